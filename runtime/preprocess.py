@@ -1,0 +1,218 @@
+"""The one preprocessing function, shared by training and serving.
+
+decode -> RGB -> resize (stretch | center-crop | letterbox) -> normalize -> dtype.
+
+Training (edgecls) and the device runtime both call `preprocess`, and its parameters travel
+in the model's metadata and the bundle's manifest, so the same file gives the same tensor.
+Only OpenCV and numpy are used here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from runtime.errors import EdgeclsError, ImageDecodeError, MissingDependencyError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+RESIZE_MODES = ("stretch", "center-crop", "letterbox")
+COLORS = ("rgb", "bgr", "gray")
+INTERPOLATIONS = ("auto", "area", "linear", "cubic", "nearest")
+DTYPES = ("float32", "uint8")
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError("opencv-python-headless", "runtime", "needed to decode images") from exc
+    return cv2
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes the model's input tensor (HWC, one image).
+
+    Normalization is `(pixel - mean) / std` per channel, pixels in 0..255.
+    `PreprocessSpec.scaled(...)` builds it from the `pixel * scale + offset` form.
+    """
+
+    height: int
+    width: int
+    color: str = "rgb"
+    resize: str = "stretch"
+    interpolation: str = "auto"
+    mean: tuple = (0.0,)
+    std: tuple = (255.0,)
+    dtype: str = "float32"
+    pad_value: int = 0
+    layout: str = field(default="NHWC")
+
+    def __post_init__(self):
+        if self.height < 1 or self.width < 1:
+            raise EdgeclsError(f"image size must be positive, got {self.height}x{self.width}")
+        for name, value, allowed in (
+            ("color", self.color, COLORS),
+            ("resize", self.resize, RESIZE_MODES),
+            ("interpolation", self.interpolation, INTERPOLATIONS),
+            ("dtype", self.dtype, DTYPES),
+        ):
+            if value not in allowed:
+                raise EdgeclsError(f"unknown preprocessing {name} {value!r}: use one of {', '.join(allowed)}")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, self.channels):
+                raise EdgeclsError(f"preprocessing {name} needs 1 or {self.channels} values, got {len(values)}")
+        if any(s == 0 for s in self.std):
+            raise EdgeclsError("preprocessing std must not be 0")
+
+    @classmethod
+    def scaled(cls, height: int, width: int, scale: float = 1 / 255, offset: float = 0.0, **kw) -> "PreprocessSpec":
+        """Spec for `pixel * scale + offset` (e.g. scale=1/127.5, offset=-1 for MobileNet)."""
+        return cls(height, width, mean=(-offset / scale,), std=(1.0 / scale,), **kw)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+    @property
+    def shape(self) -> tuple:
+        return (self.height, self.width, self.channels)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array (H, W, 3).
+
+    Grayscale becomes 3 channels, alpha is dropped (as PIL's convert("RGB") does), 16-bit is
+    scaled to 8-bit, and EXIF orientation is applied.
+    """
+    cv2 = _cv2()
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    image = None
+    if buf.size:
+        image = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if image is None:
+        raise ImageDecodeError(f"cannot decode image {name}: the file is corrupt, truncated or not an image")
+    if _is_truncated_jpeg(buf):
+        raise ImageDecodeError(f"cannot decode image {name}: the JPEG is truncated (no end-of-image marker)")
+    return to_rgb8(image, order="bgr", name=name)
+
+
+def _is_truncated_jpeg(buf: np.ndarray) -> bool:
+    # libjpeg returns a half-grey image for a cut-off file with only a warning on stderr.
+    # In entropy-coded data 0xFF is always stuffed, so FF D9 near the end means a real EOI.
+    if buf.size < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+        return False
+    tail = buf[-4096:].tobytes()
+    return b"\xff\xd9" not in tail
+
+
+def to_rgb8(image: np.ndarray, order: str = "bgr", name: str = "<array>") -> np.ndarray:
+    """Normalize any OpenCV-style image (gray, BGR, BGRA, 8/16-bit) to RGB uint8 (H, W, 3)."""
+    cv2 = _cv2()
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageDecodeError(f"unsupported pixel type {image.dtype} in {name}: use 8- or 16-bit images")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ImageDecodeError(f"unsupported image layout {image.shape} in {name}")
+    channels = image.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if channels == 4:
+        code = cv2.COLOR_BGRA2RGB if order == "bgr" else cv2.COLOR_RGBA2RGB
+        return cv2.cvtColor(image, code)
+    if order == "bgr":
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image)
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file (any path, unicode included) as RGB uint8 (H, W, 3)."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot read image {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    return decode_image(data, name=str(path))
+
+
+def _interpolation(cv2, mode: str, src_hw: Sequence[int], dst_hw: Sequence[int]) -> int:
+    if mode == "auto":
+        shrinking = dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1]
+        return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return {
+        "area": cv2.INTER_AREA,
+        "linear": cv2.INTER_LINEAR,
+        "cubic": cv2.INTER_CUBIC,
+        "nearest": cv2.INTER_NEAREST,
+    }[mode]
+
+
+def resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Resize an (H, W, C) image to the spec's size with its resize mode."""
+    cv2 = _cv2()
+    h, w = image.shape[:2]
+    th, tw = spec.height, spec.width
+    if spec.resize == "stretch":
+        return cv2.resize(image, (tw, th), interpolation=_interpolation(cv2, spec.interpolation, (h, w), (th, tw)))
+    if spec.resize == "center-crop":
+        scale = max(th / h, tw / w)
+        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+        scaled = cv2.resize(image, (nw, nh), interpolation=_interpolation(cv2, spec.interpolation, (h, w), (nh, nw)))
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        return np.ascontiguousarray(scaled[top : top + th, left : left + tw])
+    # letterbox: fit inside, pad the rest
+    scale = min(th / h, tw / w)
+    nh, nw = min(th, max(1, round(h * scale))), min(tw, max(1, round(w * scale)))
+    scaled = cv2.resize(image, (nw, nh), interpolation=_interpolation(cv2, spec.interpolation, (h, w), (nh, nw)))
+    top, left = (th - nh) // 2, (tw - nw) // 2
+    return cv2.copyMakeBorder(
+        scaled, top, th - nh - top, left, tw - nw - left, cv2.BORDER_CONSTANT, value=(spec.pad_value,) * 3
+    )
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec, order: str = "rgb") -> np.ndarray:
+    """Turn one uint8 image into the model's input tensor (H, W, C) as the spec says.
+
+    `order` names the channel order of `image`: "rgb" for `load_image`/`decode_image` output,
+    "bgr" for frames straight from OpenCV capture.
+    """
+    cv2 = _cv2()
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        image = to_rgb8(image, order=order)
+        order = "rgb"
+    if spec.color == "gray":
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY if order == "rgb" else cv2.COLOR_BGR2GRAY)
+    elif spec.color != order:
+        image = image[..., ::-1]
+    image = resize(np.ascontiguousarray(image), spec)
+    if image.ndim == 2:
+        image = image[..., None]
+    if spec.dtype == "uint8":
+        return np.ascontiguousarray(image, dtype=np.uint8)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    inv_std = np.float32(1.0) / np.asarray(spec.std, dtype=np.float32)
+    return ((image.astype(np.float32) - mean) * inv_std).astype(np.float32, copy=False)
+
+
+def preprocess_file(path: str | os.PathLike, spec: PreprocessSpec) -> np.ndarray:
+    """`load_image` then `preprocess`: the exact path every training and serving file takes."""
+    return preprocess(load_image(path), spec, order="rgb")
