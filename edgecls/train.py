@@ -185,6 +185,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()  # --seed means the same run, augmentation order included
     splits = {name: load_split(samples, spec, cfg.workers, name) for name, samples in dataset.splits.items() if samples}
     if "train" not in splits:
         raise EdgeclsError("the train split is empty: add more images per class")

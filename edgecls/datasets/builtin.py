@@ -54,7 +54,7 @@ def write_digits(folder: Path) -> None:
 def write_shapes(folder: Path) -> None:
     from edgecls.datasets.shapes import render_dataset
 
-    for label, index, image_bgr in render_dataset(per_class=300, size=64, seed=1234):
+    for label, index, image_bgr in render_dataset(per_class=500, size=64, seed=1234):
         class_dir = folder / label
         class_dir.mkdir(exist_ok=True)
         _write_png(class_dir / f"{index:04d}.png", image_bgr)
@@ -67,9 +67,9 @@ BUILTIN_DATASETS = {
         description="UCI handwritten digits shipped with scikit-learn (10 classes, 1,797 images)",
     ),
     "shapes": Builtin(
-        "shapes", 1, write_shapes,
+        "shapes", 2, write_shapes,
         defaults={"image_size": 48, "color": "rgb", "epochs": 50, "flip": True},
-        description="generated shapes on textured backgrounds (5 classes, 1,500 images)",
+        description="generated shapes on textured backgrounds (5 classes, 2,500 images)",
     ),
 }
 

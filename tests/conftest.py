@@ -1,0 +1,49 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_image(path: Path, image_bgr: np.ndarray) -> Path:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix, image_bgr)
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_data_cache(tmp_path_factory):
+    """Built-in datasets are written under a temp folder, not the user's cache."""
+    os.environ["EDGECLS_DATA"] = str(tmp_path_factory.mktemp("edgecls-data"))
+
+
+@pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory) -> Path:
+    """A small class-per-folder dataset of generated shapes (3 classes x 24 images, mixed formats)."""
+    from edgecls.datasets.shapes import render_shape
+
+    root = tmp_path_factory.mktemp("shapes-small")
+    rng = np.random.default_rng(0)
+    suffixes = [".png", ".jpg", ".bmp", ".webp"]
+    for kind in ("circle", "square", "triangle"):
+        for i in range(24):
+            write_image(root / kind / f"{i:03d}{suffixes[i % 4]}", render_shape(kind, rng, 40))
+    return root
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600):
+    """Run the real `edgecls` entry point in a subprocess; returns CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "edgecls.cli", *map(str, args)],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,80 @@
+import shutil
+
+import numpy as np
+import pytest
+
+from edgecls.data import load_split
+from edgecls.datasets import scan_folder
+from edgecls.datasets.builtin import materialize
+from runtime.errors import DataError
+from runtime.preprocess import PreprocessSpec
+from tests.conftest import write_image
+
+
+def _img(seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+
+
+def _folder(root, counts):
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            write_image(root / name / f"{i}.png", _img(i))
+    return root
+
+
+def test_seeded_split_is_stratified_and_reproducible(tmp_path):
+    root = _folder(tmp_path / "d", {"a": 30, "b": 50})
+    one, two = scan_folder(root, 0.1, 0.2, seed=3), scan_folder(root, 0.1, 0.2, seed=3)
+    assert one.labels == ["a", "b"] and one.split_source == "seeded"
+    assert [s.path for s in one.splits["test"]] == [s.path for s in two.splits["test"]]
+    per_class = {n: np.bincount([s.label for s in one.splits[n]], minlength=2).tolist() for n in one.splits}
+    assert per_class == {"train": [21, 35], "val": [3, 5], "test": [6, 10]}
+    other = scan_folder(root, 0.1, 0.2, seed=4)
+    assert {s.path for s in other.splits["test"]} != {s.path for s in one.splits["test"]}
+    every = [s.path for n in one.splits for s in one.splits[n]]
+    assert len(every) == len(set(every)) == 80
+
+
+def test_train_val_test_subfolders_are_used_as_given(tmp_path):
+    _folder(tmp_path / "train", {"cat": 6, "dog": 6})
+    _folder(tmp_path / "test", {"cat": 2, "dog": 3})
+    ds = scan_folder(tmp_path, 0.25, 0.2, seed=0)
+    assert ds.split_source == "folders"
+    assert len(ds.splits["test"]) == 5  # from test/
+    assert len(ds.splits["val"]) == 4 and len(ds.splits["train"]) == 8  # val carved out of train/
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda r: None, "does not exist"),
+    (lambda r: r.mkdir(), "no class folders"),
+    (lambda r: _folder(r, {"only": 3}), "single class"),
+    (lambda r: (_folder(r, {"a": 3}), (r / "b").mkdir()), "b in .* have no images"),
+    (lambda r: (r.parent.mkdir(exist_ok=True), r.write_text("x")), "is not a directory"),
+])
+def test_bad_dataset_folders_name_the_cause(tmp_path, make, message):
+    root = tmp_path / "data"
+    make(root)
+    with pytest.raises(DataError, match=message):
+        scan_folder(root)
+
+
+def test_non_images_are_ignored_and_corrupt_images_skipped_with_a_count(tmp_path, capsys):
+    root = _folder(tmp_path / "d", {"a": 4, "b": 4})
+    (root / "a" / "README.txt").write_text("notes")
+    (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    ds = scan_folder(root, 0.0, 0.0)
+    assert any("ignored 1 non-image" in n for n in ds.notes)
+    loaded = load_split(ds.splits["train"], PreprocessSpec(8, 8), name="train")
+    assert len(loaded.y) == 8 and len(loaded.skipped) == 1
+    assert "skipped 1 unreadable image(s) in train" in capsys.readouterr().err
+
+
+def test_digits_are_written_once_as_a_class_per_folder_directory(tmp_path):
+    folder = materialize("digits", tmp_path)
+    files = sorted(folder.rglob("*.png"))
+    assert len(files) == 1797
+    assert sorted(p.name for p in folder.iterdir()) == [str(d) for d in range(10)]
+    mtime = files[0].stat().st_mtime_ns
+    assert materialize("digits", tmp_path) == folder and files[0].stat().st_mtime_ns == mtime
+    assert not list(tmp_path.glob(".*partial"))

@@ -1,0 +1,129 @@
+"""`edgecls train` / `evaluate` end to end on tiny data, through the real CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = ["--epochs", "2", "--image-size", "32", "--widths", "8,16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, shapes_folder):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = run_cli("train", "--data", shapes_folder, "--out", out, "--seed", "1", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_train_writes_a_complete_run_directory(tiny_run, shapes_folder):
+    out, result = tiny_run
+    assert sorted(p.name for p in out.iterdir()) == [
+        "confusion_matrix.png", "curves.png", "history.json", "metadata.json", "metrics.json", "model.keras"]
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["labels"] == ["circle", "square", "triangle"]
+    assert meta["input_shape"] == [32, 32, 3]
+    assert meta["preprocess"]["color"] == "rgb" and meta["preprocess"]["std"] == [255.0]
+    assert meta["seed"] == 1 and len(meta["dataset"]["fingerprint"]) == 64
+    assert meta["dataset"]["counts"] == {"train": 51, "val": 6, "test": 15}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert set(metrics["per_class"]) == {"circle", "square", "triangle"}
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 15
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == 2 and len(history["val_accuracy"]) == 2
+    for png in ("curves.png", "confusion_matrix.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+    assert "precision" in result.stdout and "test_accuracy" in result.stdout
+    assert "Epoch 1/2" in result.stdout + result.stderr  # Keras progress is shown
+    assert not list(out.parent.glob(".*partial"))
+
+
+def test_evaluate_recomputes_the_same_test_accuracy(tiny_run):
+    out, _ = tiny_run
+    before = json.loads((out / "metrics.json").read_text())
+    result = run_cli("evaluate", out, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout)
+    assert metrics["n"] == 15
+    assert metrics["test_accuracy"] == pytest.approx(before["test_accuracy"])
+    assert metrics["confusion_matrix"] == before["confusion_matrix"]
+
+
+def test_same_seed_gives_the_same_split_and_model_outputs(tiny_run, shapes_folder, tmp_path):
+    out, _ = tiny_run
+    again = tmp_path / "again"
+    result = run_cli("train", "--data", shapes_folder, "--out", again, "--seed", "1", *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = (json.loads((d / "metadata.json").read_text())["dataset"] for d in (out, again))
+    assert a["fingerprint"] == b["fingerprint"]
+    ha, hb = (json.loads((d / "history.json").read_text()) for d in (out, again))
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-3)
+
+
+def test_two_classes_get_a_sigmoid_head_and_mirrored_strategy_runs(tmp_path, shapes_folder):
+    import shutil
+
+    data = tmp_path / "two"
+    for name in ("circle", "square"):
+        shutil.copytree(shapes_folder / name, data / name)
+    out = tmp_path / "binary"
+    result = run_cli("train", "--data", data, "--out", out, "--strategy", "mirrored", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "metadata.json").read_text())["head"] == "sigmoid"
+    import keras
+
+    model = keras.models.load_model(out / "model.keras", compile=False)
+    assert model.output_shape == (None, 1)
+
+
+def test_mobilenetv2_transfer_learning_from_a_local_weights_file(tmp_path, shapes_folder):
+    import keras
+
+    weights = tmp_path / "backbone.weights.h5"
+    keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None).save_weights(weights)
+    out = tmp_path / "mnv2"
+    result = run_cli("train", "--data", shapes_folder, "--out", out, "--model", "mobilenetv2", "--alpha", "0.35",
+                     "--weights", weights, "--fine-tune-layers", "10", "--fine-tune-epochs", "1",
+                     "--epochs", "1", "--image-size", "32", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fine-tuning the top" in result.stderr
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["preprocess"]["mean"] == [127.5] and meta["preprocess"]["std"] == [127.5]
+    assert len(json.loads((out / "history.json").read_text())["loss"]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/no/such/folder"], "does not exist"),
+    (["--data", "{single}"], "single class"),
+    (["--data", "{shapes}", "--image-size", "8", "--widths", "8,16,32,64"], "too small for 4 pooling blocks"),
+    (["--data", "{shapes}", "--model", "resnet9000"], "unknown model 'resnet9000'"),
+    (["--data", "{shapes}", "--out", "{existing}"], "already exists"),
+    (["--data", "{shapes}", "--strategy", "multiworker"], "TF_CONFIG"),
+])
+def test_bad_input_is_one_line_without_traceback(tmp_path, shapes_folder, args, message):
+    single = tmp_path / "single" / "only"
+    single.mkdir(parents=True)
+    (single / "a.png").write_bytes((shapes_folder / "circle" / "000.png").read_bytes())
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("user data")
+    subst = {"{single}": single.parent, "{shapes}": shapes_folder, "{existing}": existing}
+    args = [str(subst.get(a, a)) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    result = run_cli("train", *args, "--epochs", "1", env={"TF_CONFIG": ""} if False else None)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and message.split(".*")[0] in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert (existing / "keep.txt").read_text() == "user data"
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    result = run_cli("--debug", "train", "--data", tmp_path / "nothing", "--out", tmp_path / "o")
+    assert result.returncode != 0 and "Traceback" in result.stderr
