@@ -33,27 +33,21 @@ def evaluate_run(run_path, data: str | None = None, split: str = "test", batch_s
     test split refreshes metrics.json and confusion_matrix.png in the run directory.
     """
     from edgecls.data import load_split
-    from edgecls.datasets import resolve_dataset, scan_folder
+    from edgecls.rundata import run_dataset
 
     run = rundir.open_run(run_path)
-    info = run.metadata.get("dataset", {})
-    seed = run.metadata.get("seed", 0)
-    source = data or info.get("source")
-    if not source:
-        raise DataError(f"{run.path} does not record its dataset: pass --data FOLDER")
-    root, _ = resolve_dataset(source)
-    dataset = scan_folder(root, info.get("val_fraction", 0.1), info.get("test_fraction", 0.2), seed)
+    dataset = run_dataset(run, data)
+    root = dataset.root
+    chosen = sum(dataset.splits.values(), []) if split == "all" else dataset.splits[split]
     if data:
         unknown = sorted(set(dataset.labels) - set(run.labels))
         if unknown:
             raise DataError(f"{root} has classes {unknown} the model does not know (it knows {run.labels})")
         remap = {i: run.labels.index(name) for i, name in enumerate(dataset.labels)}
-        samples = [type(s)(s.path, remap[s.label]) for s in (dataset.splits[split] if split != "all" else sum(dataset.splits.values(), []))]
-    else:
-        samples = dataset.splits[split] if split != "all" else sum(dataset.splits.values(), [])
-    if not samples:
+        chosen = [type(s)(s.path, remap[s.label]) for s in chosen]
+    if not chosen:
         raise DataError(f"the {split} split of {root} is empty: use --split val|train|all")
-    loaded = load_split(samples, run.preprocess, workers, split)
+    loaded = load_split(chosen, run.preprocess, workers, split)
     model = run.load_model()
     report = evaluate_arrays(model, loaded.x, loaded.y, run.labels, batch_size)
     metrics = {"test_accuracy": report["accuracy"], "evaluated_on": split, "data": str(root), **report}

@@ -74,7 +74,7 @@ class PreprocessSpec:
     @classmethod
     def scaled(cls, height: int, width: int, scale: float = 1 / 255, offset: float = 0.0, **kw) -> "PreprocessSpec":
         """Spec for `pixel * scale + offset` (e.g. scale=1/127.5, offset=-1 for MobileNet)."""
-        return cls(height, width, mean=(-offset / scale,), std=(1.0 / scale,), **kw)
+        return cls(height, width, mean=(-offset / scale + 0.0,), std=(1.0 / scale,), **kw)  # + 0.0: no -0.0
 
     @property
     def channels(self) -> int:

@@ -1,0 +1,1 @@
+"""Converters: a trained run in, a verified model bundle out (prune -> quantize -> export -> verify)."""

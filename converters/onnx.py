@@ -1,0 +1,101 @@
+"""ONNX export (Keras 3's own `model.export(format="onnx")`) and ONNX Runtime static int8 quantization."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import MissingDependencyError
+
+
+def export_onnx(model, path: Path, sample: np.ndarray) -> None:
+    """Write an fp32 ONNX model. Keras needs the model called once before export."""
+    try:
+        import tf2onnx  # noqa: F401  (Keras' exporter uses it for the TensorFlow backend)
+    except ImportError as exc:
+        raise MissingDependencyError("tf2onnx", "convert", "Keras exports ONNX through it") from exc
+    model.predict(sample[:1], verbose=0)
+    model.export(str(path), format="onnx", verbose=False)
+
+
+def set_metadata(path: Path, props: dict) -> None:
+    """Store key/value metadata (labels, preprocessing) inside the ONNX file itself."""
+    import onnx
+
+    m = onnx.load(str(path))
+    del m.metadata_props[:]
+    for key, value in props.items():
+        entry = m.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save(m, str(path))
+
+
+def check(path: Path) -> None:
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+@dataclass(frozen=True)
+class OnnxQuantOptions:
+    """Typed options for onnxruntime's quantize_static (QDQ format)."""
+
+    per_channel: bool = True
+    calibration: str = "minmax"  # minmax | percentile | entropy
+    percentile: float = 99.999
+    exclude_nodes: tuple = ()
+    reduce_range: bool = False
+
+    def describe(self) -> str:
+        parts = [("per-channel" if self.per_channel else "per-tensor"), self.calibration]
+        if self.exclude_nodes:
+            parts.append(f"{len(self.exclude_nodes)} node(s) kept in float")
+        return ", ".join(parts)
+
+
+class _ArrayReader:
+    """CalibrationDataReader over a preloaded array, one sample per call."""
+
+    def __init__(self, name: str, data: np.ndarray):
+        self._name, self._data, self._i = name, data.astype(np.float32), 0
+
+    def get_next(self):
+        if self._i >= len(self._data):
+            return None
+        self._i += 1
+        return {self._name: self._data[self._i - 1 : self._i]}
+
+    def rewind(self):
+        self._i = 0
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, options: OnnxQuantOptions) -> None:
+    """Static QDQ int8 quantization (per-channel by default) calibrated on `calibration`."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[options.calibration]
+    input_name = onnx.load(str(fp32_path)).graph.input[0].name
+    with tempfile.TemporaryDirectory() as tmp:
+        prepped = Path(tmp) / "prep.onnx"
+        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
+        extra = {"CalibPercentile": options.percentile} if options.calibration == "percentile" else {}
+        quantize_static(
+            str(prepped), str(out_path), _ArrayReader(input_name, calibration),
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            per_channel=options.per_channel, reduce_range=options.reduce_range, calibrate_method=method,
+            nodes_to_exclude=list(options.exclude_nodes), extra_options=extra,
+        )
+
+
+def weighted_nodes(path: Path) -> list:
+    """Names of Conv/Gemm/MatMul nodes in graph order (candidates to keep in float)."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]

@@ -1,0 +1,263 @@
+"""`convert`: run directory -> (prune) -> export every format -> verify in the runtime -> bundle.
+
+The bundle is built in a temp directory and renamed into place only when every artifact
+passed the accuracy gate, so a failed or interrupted convert leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from converters import calibration as calib
+from converters import onnx as onnx_export
+from converters.formats import FORMATS, ExportFormat
+from converters.macs import count_macs
+from converters.quiet import quiet
+from converters.tflite import to_tflite
+from converters.verify import compare, format_table
+from edgecls import __version__
+from edgecls.metrics import probabilities
+from edgecls.rundir import open_run
+from runtime.atomic import staged_dir, write_bytes, write_json, write_text
+from runtime.bundle import LABELS, MANIFEST, Artifact, Manifest, TensorQuant, sha256_file
+from runtime.errors import EdgeclsError
+from runtime.session import ModelSession
+
+
+class AccuracyGateError(EdgeclsError):
+    """An artifact lost more accuracy than allowed and no remedy recovered it."""
+
+
+@dataclass
+class ConvertOptions:
+    formats: list = field(default_factory=lambda: list(FORMATS.values()))
+    prune: str | None = None  # "structured=0.5" | "sparsity=0.7"
+    prune_epochs: int = 8
+    max_prune_drop: float = 1.0  # accuracy points
+    calibration_size: int = 200
+    calibration_method: str = "minmax"  # for ONNX: minmax | percentile | entropy
+    max_drop: float = 1.0  # accuracy points an artifact may lose against Keras
+    overwrite: bool = False
+    tar: bool = False
+    seed: int = 0
+    workers: int = 4
+
+
+@dataclass
+class ConvertResult:
+    bundle: Path
+    manifest: dict
+    table: str
+    seconds: float
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _tensor_quant(spec) -> TensorQuant:
+    return TensorQuant(spec.dtype, float(spec.scale), int(spec.zero_point))
+
+
+class _Exporter:
+    """Writes one format's file; `attempts` lists (description, build) in remedy order."""
+
+    def __init__(self, model, workdir: Path, train_x: np.ndarray, options: ConvertOptions, sample: np.ndarray):
+        self.model, self.workdir, self.train_x, self.options, self.sample = model, workdir, train_x, options, sample
+        self._onnx_fp32: Path | None = None
+
+    def calibration(self, factor: int = 1) -> np.ndarray:
+        size = min(len(self.train_x), self.options.calibration_size * factor)
+        return calib.representative_set(self.train_x, size, self.options.seed)
+
+    def onnx_fp32(self) -> Path:
+        if self._onnx_fp32 is None:
+            self._onnx_fp32 = self.workdir / "fp32-export.onnx"
+            onnx_export.export_onnx(self.model, self._onnx_fp32, self.sample)
+        return self._onnx_fp32
+
+    def attempts(self, fmt: ExportFormat):
+        n = self.options.calibration_size
+        if fmt.format == "tflite":
+            if fmt.precision != "int8":
+                return [("", lambda out: write_bytes(out, to_tflite(self.model, fmt.precision)))]
+            return [
+                (f"per-channel, {n} calibration images",
+                 lambda out: write_bytes(out, to_tflite(self.model, "int8", self.calibration()))),
+                (f"more calibration data ({min(4 * n, len(self.train_x))} images)",
+                 lambda out: write_bytes(out, to_tflite(self.model, "int8", self.calibration(4)))),
+            ]
+        if fmt.precision == "fp32":
+            return [("", lambda out: out.write_bytes(self.onnx_fp32().read_bytes()))]
+        base = onnx_export.OnnxQuantOptions(calibration=self.options.calibration_method)
+
+        def quant(opts, factor=1):
+            return lambda out: onnx_export.quantize_int8(self.onnx_fp32(), out, self.calibration(factor), opts)
+
+        def keep_ends_in_float(out):
+            nodes = onnx_export.weighted_nodes(self.onnx_fp32())
+            opts = replace(base, exclude_nodes=tuple(nodes[:1] + nodes[-1:]))
+            onnx_export.quantize_int8(self.onnx_fp32(), out, self.calibration(4), opts)
+
+        return [
+            (f"QDQ {base.describe()}, {n} calibration images", quant(base)),
+            (f"more calibration data ({min(4 * n, len(self.train_x))} images)", quant(base, 4)),
+            ("percentile calibration", quant(replace(base, calibration="percentile"), 4)),
+            ("entropy calibration", quant(replace(base, calibration="entropy"), 4)),
+            ("first and last layers kept in float", keep_ends_in_float),
+        ]
+
+
+def _prune(run, model, splits, options: ConvertOptions, reference: dict):
+    from converters.prune import prune_model
+
+    model, report = prune_model(model, options.prune, splits, run, epochs=options.prune_epochs, seed=options.seed)
+    test = splits["test"]
+    pruned_probs = probabilities(model.predict(test.x, batch_size=64, verbose=0))
+    report["accuracy_before"] = reference["accuracy"]
+    report["accuracy_after"] = float((pruned_probs.argmax(1) == test.y).mean())
+    drop = 100 * (report["accuracy_before"] - report["accuracy_after"])
+    _log(f"pruned ({options.prune}): params {report['params_before']:,} -> {report['params_after']:,}, "
+         f"MACs {report['macs_before']:,} -> {report['macs_after']:,} ({report['macs_before'] / max(1, report['macs_after']):.2f}x fewer), "
+         f"accuracy {report['accuracy_before']:.4f} -> {report['accuracy_after']:.4f}")
+    if drop > options.max_prune_drop:
+        raise AccuracyGateError(
+            f"pruning ({options.prune}) lost {drop:.2f} accuracy points after fine-tuning (limit {options.max_prune_drop}): "
+            f"prune less, fine-tune longer (--prune-epochs), or raise --max-prune-drop"
+        )
+    return model, pruned_probs, report
+
+
+def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResult:
+    options = options or ConvertOptions()
+    started = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not options.overwrite:
+        raise EdgeclsError(f"output {out} already exists: choose another --out or pass --overwrite")
+    if not options.formats:
+        raise EdgeclsError("no formats to export: pass --formats")
+    run = open_run(run_path)
+    model = run.load_model()
+    expected = tuple(run.metadata["input_shape"])
+    if tuple(model.input_shape[1:]) != expected:
+        raise EdgeclsError(f"{run.model_path} takes input {tuple(model.input_shape[1:])} but metadata.json says {expected}: the run directory is inconsistent")
+
+    from edgecls.rundata import load_run_splits
+
+    _log("loading the run's data (train for calibration, test for verification)")
+    splits = load_run_splits(run, ("train", "val", "test") if options.prune else ("train", "test"), options.workers)
+    if "test" not in splits:
+        raise EdgeclsError("the run has no test split to verify artifacts on: train with --test-fraction > 0")
+    test = splits["test"]
+    ref_probs = probabilities(model.predict(test.x, batch_size=64, verbose=0))
+    reference = {"accuracy": float((ref_probs.argmax(1) == test.y).mean()), "macs": count_macs(model),
+                 "params": int(model.count_params())}
+    source_accuracy = reference["accuracy"]
+    pruning = {}
+    if options.prune:
+        model, ref_probs, pruning = _prune(run, model, splits, options, reference)
+        reference.update(accuracy=pruning["accuracy_after"], macs=pruning["macs_after"], params=pruning["params_after"])
+    calibration = calib.representative_set(splits["train"].x, options.calibration_size, options.seed)
+    calib.check_shape(calibration, expected)
+
+    labels, head = run.labels, run.metadata.get("head", "softmax")
+    rows, artifacts = [], []
+    with tempfile.TemporaryDirectory(prefix="edgecls-convert-") as work, staged_dir(out, overwrite=options.overwrite) as stage:
+        exporter = _Exporter(model, Path(work), splits["train"].x, options, test.x)
+        for i, fmt in enumerate(options.formats, 1):
+            target = stage / fmt.file
+            failures = []
+            for description, build in exporter.attempts(fmt):
+                _log(f"[{i}/{len(options.formats)}] {fmt.name}: converting" + (f" ({description})" if description else ""))
+                with quiet():
+                    build(target)
+                if fmt.format == "onnx":
+                    onnx_export.set_metadata(target, {"labels": labels, "preprocess": run.preprocess.to_dict(), "head": head})
+                    onnx_export.check(target)
+                _log(f"[{i}/{len(options.formats)}] {fmt.name}: verifying on {len(test.y)} test images")
+                session = ModelSession(target, fmt.format, head=head)
+                result = compare(session.predict(test.x), ref_probs, test.y, labels)
+                drop = 100 * (reference["accuracy"] - result["accuracy"])
+                if drop <= options.max_drop:
+                    break
+                failures.append(f"{description or fmt.name}: -{drop:.2f} points")
+                _log(f"    lost {drop:.2f} points (limit {options.max_drop}); trying the next remedy")
+            else:
+                raise AccuracyGateError(
+                    f"{fmt.name} loses more than {options.max_drop} accuracy points whatever we try "
+                    f"({'; '.join(failures)}): ship without it (--formats) or raise --max-drop"
+                )
+            note = {"remedy": description} if failures else {}
+            if failures:
+                note["failed_attempts"] = failures
+            if fmt.precision == "int8":
+                note["calibration"] = description
+            if result["per_class_recall_change"]:
+                note["per_class_recall_change"] = result["per_class_recall_change"]
+            artifacts.append(Artifact(
+                name=fmt.name, file=fmt.file, format=fmt.format, precision=fmt.precision,
+                size_bytes=target.stat().st_size, sha256=sha256_file(target),
+                input=_tensor_quant(session.backend.input_spec), output=_tensor_quant(session.backend.output_spec),
+                accuracy=round(result["accuracy"], 6), agreement=round(result["agreement"], 6),
+                max_prob_diff=round(result["max_prob_diff"], 6), macs=reference["macs"], notes=note,
+            ))
+            rows.append({"name": fmt.name, "size_bytes": artifacts[-1].size_bytes, **result,
+                         "note": f"fixed by: {description}" if failures else ""})
+
+        import keras
+        import tensorflow as tf
+
+        manifest = Manifest(
+            labels=labels, preprocess=run.preprocess, head=head, artifacts=artifacts,
+            reference_accuracy=round(reference["accuracy"], 6),
+            source={"run": str(Path(run_path).resolve()), "model_sha256": sha256_file(run.model_path),
+                    "model": run.metadata.get("model", {}), "accuracy": round(source_accuracy, 6),
+                    "dataset_fingerprint": run.metadata.get("dataset", {}).get("fingerprint"),
+                    "test_images": int(len(test.y)), "params": reference["params"], "macs": reference["macs"]},
+            calibration={"size": int(len(calibration)), "fingerprint": calib.fingerprint(calibration),
+                         "method": options.calibration_method, "drawn_from": "train", "seed": options.seed},
+            pruning=pruning,
+            versions={"edgecls": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+                      **_runtime_versions(), "python": platform.python_version()},
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        table = format_table(rows, reference["accuracy"])
+        write_text(stage / LABELS, "\n".join(labels) + "\n")
+        write_text(stage / "verification.txt", table + "\n")
+        manifest.files = {name: sha256_file(stage / name) for name in (LABELS, "verification.txt")}
+        write_json(stage / MANIFEST, manifest.to_dict())
+    if options.tar:
+        _write_tar(out)
+    return ConvertResult(out, manifest.to_dict(), table, time.perf_counter() - started)
+
+
+def _runtime_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for pkg in ("onnx", "onnxruntime", "ai-edge-litert", "tf2onnx"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _write_tar(bundle: Path) -> Path:
+    """BUNDLE.tar beside the directory, written to a temp name and renamed."""
+    target = bundle.with_name(bundle.name + ".tar")
+    tmp = target.with_name(f".{target.name}.partial")
+    with tarfile.open(tmp, "w") as tar:
+        tar.add(bundle, arcname=bundle.name)
+    tmp.replace(target)
+    return target

@@ -1,0 +1,56 @@
+"""LiteRT (ai-edge-litert) and its predecessor tflite-runtime: the same Interpreter API."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from runtime.backends.base import TensorSpec
+
+log = logging.getLogger("edgecls.runtime")
+
+
+def _spec(detail: dict) -> TensorSpec:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    shape = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+    return TensorSpec(detail["name"], shape, np.dtype(detail["dtype"]).name, float(scale), int(zero_point))
+
+
+class _InterpreterBackend:
+    module = ""
+
+    def __init__(self, path, threads: int | None = None, **_):
+        import importlib
+
+        interpreter_cls = importlib.import_module(self.module).Interpreter
+        self._interp = interpreter_cls(model_path=str(path), num_threads=threads)
+        self._interp.allocate_tensors()
+        self._in = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()[0]
+        self.input_spec, self.output_spec = _spec(self._in), _spec(self._out)
+        self._batch = int(self._in["shape"][0])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        n = batch.shape[0]
+        if n != self._batch:
+            self._interp.resize_tensor_input(self._in["index"], [n, *self._in["shape"][1:]], strict=False)
+            self._interp.allocate_tensors()
+            self._batch = n
+        self._interp.set_tensor(self._in["index"], np.ascontiguousarray(batch))
+        self._interp.invoke()
+        return self._interp.get_tensor(self._out["index"]).copy()
+
+
+class LiteRTBackend(_InterpreterBackend):
+    name = "litert"
+    module = "ai_edge_litert.interpreter"
+    package = "ai-edge-litert"
+
+
+class TFLiteRuntimeBackend(_InterpreterBackend):
+    """For older Raspberry Pi OS images; tflite-runtime 2.14 is the last release and needs numpy < 2."""
+
+    name = "tflite-runtime"
+    module = "tflite_runtime.interpreter"
+    package = "tflite-runtime"

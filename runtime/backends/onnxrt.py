@@ -1,0 +1,63 @@
+"""ONNX Runtime with execution providers in the device profile's order (e.g. TensorRT -> CUDA -> CPU)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from runtime.backends.base import TensorSpec
+
+log = logging.getLogger("edgecls.runtime")
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(float16)": "float16"}
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def choose_providers(preferred, available) -> tuple:
+    """Keep the preferred providers that this onnxruntime build has, in order; always end with CPU.
+
+    Returns (providers, skipped) where skipped lists (provider, reason).
+    """
+    chosen, skipped = [], []
+    for p in preferred or DEFAULT_PROVIDERS:
+        if p in available:
+            if p not in chosen:
+                chosen.append(p)
+        else:
+            skipped.append((p, "not in this onnxruntime build (install onnxruntime-gpu for CUDA/TensorRT)"))
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen, skipped
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    module = "onnxruntime"
+    package = "onnxruntime"
+
+    def __init__(self, path, threads: int | None = None, providers=None, **_):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        wanted, skipped = choose_providers(providers, ort.get_available_providers())
+        for provider, reason in skipped:
+            log.warning("onnxruntime: skipping %s: %s", provider, reason)
+        self._session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        self.providers = self._session.get_providers()
+        for provider in wanted:
+            if provider not in self.providers:
+                log.warning("onnxruntime: %s could not be initialised here (driver or library missing); using %s",
+                            provider, self.providers[0])
+        log.info("onnxruntime: running on %s", self.providers[0])
+        inp, out = self._session.get_inputs()[0], self._session.get_outputs()[0]
+        self._input_name = inp.name
+        self.input_spec = TensorSpec(inp.name, tuple(d if isinstance(d, int) else -1 for d in inp.shape), _ORT_TYPES.get(inp.type, inp.type))
+        self.output_spec = TensorSpec(out.name, tuple(d if isinstance(d, int) else -1 for d in out.shape), _ORT_TYPES.get(out.type, out.type))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input_name: np.ascontiguousarray(batch)})[0]

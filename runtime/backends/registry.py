@@ -1,0 +1,62 @@
+"""Which backend runs which artifact, and whether its package is installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from runtime.backends.litert import LiteRTBackend, TFLiteRuntimeBackend
+from runtime.backends.onnxrt import OnnxRuntimeBackend
+from runtime.errors import EdgeclsError, MissingDependencyError
+
+log = logging.getLogger("edgecls.runtime")
+
+# format -> backends in default order of preference
+BACKENDS = {
+    "tflite": (LiteRTBackend, TFLiteRuntimeBackend),
+    "onnx": (OnnxRuntimeBackend,),
+}
+_BY_NAME = {cls.name: cls for classes in BACKENDS.values() for cls in classes}
+
+
+def _installed(cls) -> bool:
+    try:
+        return importlib.util.find_spec(cls.module.split(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available_backends() -> dict:
+    """{backend name: installed?}"""
+    return {name: _installed(cls) for name, cls in _BY_NAME.items()}
+
+
+def open_backend(path, fmt: str, prefer=None, threads: int | None = None, providers=None):
+    """Load `path` in the first installed backend for `fmt`, in `prefer` order if given."""
+    if fmt not in BACKENDS:
+        raise EdgeclsError(f"no backend runs {fmt!r} artifacts: supported formats are {', '.join(BACKENDS)}")
+    candidates = list(BACKENDS[fmt])
+    if prefer:
+        unknown = [p for p in prefer if p not in _BY_NAME]
+        if unknown:
+            raise EdgeclsError(f"unknown backend(s) {unknown}: choose from {', '.join(_BY_NAME)}")
+        ordered = [_BY_NAME[p] for p in prefer if _BY_NAME[p] in candidates]
+        candidates = ordered + [c for c in candidates if c not in ordered]
+    errors = []
+    for cls in candidates:
+        if not _installed(cls):
+            errors.append(cls)
+            continue
+        try:
+            backend = cls(path, threads=threads, providers=providers)
+        except ImportError as exc:  # e.g. tflite-runtime built against numpy 1.x
+            log.warning("%s is installed but cannot load (%s); trying the next backend", cls.name, str(exc).splitlines()[0])
+            errors.append(cls)
+            continue
+        except Exception as exc:
+            raise EdgeclsError(f"{cls.name} cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
+        if errors:
+            log.info("%s: using %s (%s unavailable)", fmt, cls.name, ", ".join(c.name for c in errors))
+        return backend
+    first = candidates[0]
+    raise MissingDependencyError(first.package, "runtime", f"needed to run {fmt} artifacts")
