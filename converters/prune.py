@@ -235,7 +235,7 @@ def _fine_tune(model, splits, run, epochs: int, seed: int, callbacks=()):
     train_ds = make_tf_dataset(splits["train"], batch, True, seed, build_augmenter(augment, run.preprocess, seed), as_targets)
     val_ds = make_tf_dataset(splits["val"], batch, False, seed, None, as_targets) if "val" in splits else None
     cbs = list(callbacks) + [keras.callbacks.ReduceLROnPlateau(monitor="val_loss" if val_ds else "loss", factor=0.5, patience=2)]
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs, verbose=2)
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs, verbose=2, shuffle=False)
     return model
 
 

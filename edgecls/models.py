@@ -112,7 +112,7 @@ def build_mobilenetv2(
     """keras.applications.MobileNetV2 backbone + GAP + classifier head.
 
     `weights` is None (random init) or a local weights file for the backbone (include_top=False);
-    with weights the backbone starts frozen (transfer learning), see `train --fine-tune-layers`.
+    with weights the backbone layers start frozen (transfer learning), see `train --fine-tune-layers`.
     Inputs are expected in [-1, 1] (the default preprocessing for this model).
     """
     import keras
@@ -123,8 +123,11 @@ def build_mobilenetv2(
         raise EdgeclsError(f"MobileNetV2 needs images of at least 32x32, got {input_shape[0]}x{input_shape[1]}: raise --image-size")
     if input_shape[2] != 3:
         raise EdgeclsError("MobileNetV2 needs 3-channel input: use --color rgb")
+    inputs = keras.Input(shape=input_shape, name="image")
+    # input_tensor makes the backbone's layers part of this model (a flat graph), which structured
+    # pruning and per-layer freezing need.
     backbone = keras.applications.MobileNetV2(
-        input_shape=input_shape, alpha=alpha, include_top=False, weights=None, pooling=None
+        input_tensor=inputs, alpha=alpha, include_top=False, weights=None, pooling=None
     )
     if weights:
         try:
@@ -134,12 +137,21 @@ def build_mobilenetv2(
                 f"cannot load MobileNetV2 weights from {weights}: {str(exc).splitlines()[0]} "
                 f"(it must be a no-top weights file for alpha={alpha}, input {input_shape[0]}x{input_shape[1]})"
             ) from exc
-        backbone.trainable = False
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = backbone(inputs, training=False if weights else None)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
+        for layer in backbone.layers:
+            layer.trainable = False  # transfer learning: train the head first
+    x = layers.GlobalAveragePooling2D(name="gap")(backbone.output)
     outputs = _classifier_head(x, num_classes, activation, dropout, l2)
     return keras.Model(inputs, outputs, name="mobilenetv2")
+
+
+HEAD_LAYERS = ("gap", "flatten", "hidden", "head_dropout", "predictions")
+
+
+def backbone_layers(model) -> list:
+    """The layers below the classifier head (excluding the input)."""
+    import keras
+
+    return [l for l in model.layers if l.name not in HEAD_LAYERS and not isinstance(l, keras.layers.InputLayer)]
 
 
 def _check_unused(unused: dict) -> None:

@@ -142,20 +142,17 @@ def _merge_history(total: dict, new: dict) -> None:
 
 
 def _unfreeze_top(model, n_layers: int) -> int:
-    """Make the top `n_layers` of the (nested) backbone trainable, BatchNorm kept frozen."""
+    """Make the top `n_layers` of the frozen backbone trainable, BatchNorm kept frozen."""
     import keras
 
-    backbone = next((l for l in model.layers if isinstance(l, keras.Model)), None)
-    if backbone is None:
-        raise EdgeclsError("--fine-tune-layers needs a model with a pretrained backbone (e.g. --model mobilenetv2 --weights FILE)")
-    backbone.trainable = True
-    layers = backbone.layers
-    for layer in layers[: max(0, len(layers) - n_layers)]:
-        layer.trainable = False
-    for layer in layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-    return sum(1 for l in layers if l.trainable)
+    from edgecls.models import backbone_layers
+
+    backbone = backbone_layers(model)
+    if all(l.trainable for l in backbone):
+        raise EdgeclsError("--fine-tune-layers needs a frozen pretrained backbone: use --model mobilenetv2 --weights FILE")
+    for i, layer in enumerate(backbone):
+        layer.trainable = i >= len(backbone) - n_layers and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(1 for l in backbone if l.trainable)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -206,7 +203,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             _log("class weights: " + ", ".join(f"{dataset.labels[i]}={w:.2f}" for i, w in weights.items()))
         _log(f"training {cfg.model} ({model.count_params():,} parameters) for up to {epochs} epochs")
         history: dict = {}
-        fit = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights,
+        fit = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, shuffle=False,
                         callbacks=_callbacks(cfg, stage, val_ds is not None), verbose=cfg.verbose)
         _merge_history(history, fit.history)
         if cfg.fine_tune_layers and cfg.fine_tune_epochs:
@@ -214,7 +211,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 trainable = _unfreeze_top(model, cfg.fine_tune_layers)
                 _compile(model, cfg, activation, cfg.learning_rate / 10)
             _log(f"fine-tuning the top {trainable} backbone layers for {cfg.fine_tune_epochs} epochs")
-            fit = model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, class_weight=weights,
+            fit = model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, class_weight=weights, shuffle=False,
                             callbacks=_callbacks(cfg, stage, val_ds is not None), verbose=cfg.verbose)
             _merge_history(history, fit.history)
         history.pop("learning_rate", None)

@@ -47,3 +47,24 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
         [sys.executable, "-m", "edgecls.cli", *map(str, args)],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory, shapes_folder) -> Path:
+    """A real (tiny) trained run: 3 shape classes at 32x32, two epochs."""
+    from edgecls.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    train(TrainConfig(data=str(shapes_folder), out=str(out), image_size=32, epochs=2, seed=0,
+                      model_options={"widths": (8, 16)}, verbose=0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_run_dir) -> Path:
+    """The tiny run converted to every format (real TF conversions, verified in LiteRT and ONNX Runtime)."""
+    from converters.pipeline import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny-bundle"
+    convert(tiny_run_dir, out, ConvertOptions(calibration_size=32, max_drop=100.0, tar=True))
+    return out

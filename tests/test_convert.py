@@ -1,0 +1,140 @@
+"""`convert`: real TFLite/ONNX conversions of a tiny trained model, verified in the real runtimes."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from runtime.bundle import load_bundle, sha256_file
+from runtime.session import ModelSession
+from tests.conftest import run_cli
+
+
+def _keras_probs(run_dir, x):
+    import keras
+
+    from edgecls.metrics import probabilities
+
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    return probabilities(model.predict(x, verbose=0))
+
+
+def _test_tensors(run_dir):
+    from edgecls.rundata import load_run_splits
+    from edgecls.rundir import open_run
+
+    return load_run_splits(open_run(run_dir), ("test",))["test"]
+
+
+def test_bundle_has_every_format_with_hashes_and_labels(tiny_bundle):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    names = [a["name"] for a in manifest["artifacts"]]
+    assert names == ["tflite-fp32", "tflite-fp16", "tflite-int8", "onnx-fp32", "onnx-int8"]
+    assert manifest["labels"] == ["circle", "square", "triangle"]
+    assert (tiny_bundle / "labels.txt").read_text().split() == manifest["labels"]
+    assert manifest["input"]["shape"] == [1, 32, 32, 3] and manifest["input"]["layout"] == "NHWC"
+    assert manifest["input"]["color"] == "rgb" and manifest["input"]["resize"] == "stretch"
+    for art in manifest["artifacts"]:
+        path = tiny_bundle / art["file"]
+        assert sha256_file(path) == art["sha256"] and path.stat().st_size == art["size_bytes"]
+        assert 0 <= art["accuracy"] <= 1 and 0 <= art["agreement"] <= 1 and art["macs"] > 0
+    for name, sha in manifest["files"].items():
+        assert sha256_file(tiny_bundle / name) == sha
+    int8 = next(a for a in manifest["artifacts"] if a["name"] == "tflite-int8")
+    assert int8["input"]["dtype"] == "int8" and int8["input"]["scale"] > 0
+    assert int8["output"]["dtype"] == "int8" and int8["output"]["scale"] > 0
+    assert manifest["calibration"]["size"] == 32 and len(manifest["calibration"]["fingerprint"]) == 64
+    assert len(manifest["source"]["model_sha256"]) == 64 and manifest["reference_accuracy"] is not None
+    assert {"tensorflow", "onnxruntime", "ai-edge-litert"} <= set(manifest["versions"])
+    assert tiny_bundle.with_name("tiny-bundle.tar").is_file()
+
+
+def test_int8_tflite_stores_weights_as_int8(tiny_bundle):
+    sizes = {a.name: a.size_bytes for a in load_bundle(tiny_bundle).manifest.artifacts}
+    assert sizes["tflite-int8"] < 0.5 * sizes["tflite-fp32"]
+    assert sizes["tflite-fp16"] < 0.7 * sizes["tflite-fp32"]
+
+
+
+def test_onnx_int8_weights_are_stored_as_int8(tiny_bundle):
+    import onnx
+
+    graph = onnx.load(str(tiny_bundle / "model_int8.onnx")).graph
+    int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    big_float = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2]
+    assert len(int8) >= 3 and not big_float  # every conv/dense kernel quantized, none left in float
+
+
+def test_onnx_files_pass_the_full_checker_and_carry_labels(tiny_bundle):
+    import onnx
+
+    for name in ("model_fp32.onnx", "model_int8.onnx"):
+        model = onnx.load(str(tiny_bundle / name))
+        onnx.checker.check_model(model, full_check=True)
+        props = {p.key: p.value for p in model.metadata_props}
+        assert json.loads(props["labels"]) == ["circle", "square", "triangle"]
+        assert json.loads(props["preprocess"])["height"] == 32
+    ops = {n.op_type for n in onnx.load(str(tiny_bundle / "model_int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_fp32_artifacts_match_keras_and_int8_stays_close(tiny_run_dir, tiny_bundle):
+    test = _test_tensors(tiny_run_dir)
+    ref = _keras_probs(tiny_run_dir, test.x)
+    bundle = load_bundle(tiny_bundle)
+    for art in bundle.manifest.artifacts:
+        probs = ModelSession(bundle.verify(art), art.format, head=bundle.manifest.head).predict(test.x)
+        diff = np.abs(probs - ref).max()
+        assert diff == pytest.approx(art.max_prob_diff, abs=1e-5), art.name  # manifest tells the truth
+        if art.precision == "fp32":
+            assert diff < 1e-4, art.name
+            assert (probs.argmax(1) == ref.argmax(1)).all()
+        else:
+            assert diff < 0.2, art.name
+
+
+def test_failed_accuracy_gate_tries_remedies_and_leaves_no_bundle(tiny_run_dir, tmp_path):
+    out = tmp_path / "never"
+    result = run_cli("convert", tiny_run_dir, "--out", out, "--formats", "onnx-int8", "--max-drop", "-50",
+                     "--calibration-size", "16")
+    assert result.returncode == 1
+    error = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert len(error) == 1 and "onnx-int8 loses more than -50.0 accuracy points" in error[0]
+    for remedy in ("more calibration data", "percentile", "entropy", "kept in float"):
+        assert remedy in error[0]
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("no-metadata", "no metadata.json"),
+    ("corrupt-model", "cannot load"),
+    ("exists", "already exists"),
+    ("bad-format", "unknown format(s) tflite-int4"),
+    ("bad-prune", "cannot read --prune"),
+])
+def test_convert_bad_input_is_one_clear_line(tiny_run_dir, tmp_path, case, message):
+    import shutil
+
+    run = tmp_path / "run"
+    out = tmp_path / "bundle"
+    args = ["--formats", "tflite-fp32"]
+    if case != "missing":
+        shutil.copytree(tiny_run_dir, run)
+    if case == "no-metadata":
+        (run / "metadata.json").unlink()
+    if case == "corrupt-model":
+        (run / "model.keras").write_bytes(b"PK\x03\x04 broken zip")
+    if case == "exists":
+        out.mkdir()
+    if case == "bad-format":
+        args = ["--formats", "tflite-int4"]
+    if case == "bad-prune":
+        args += ["--prune", "half"]
+    result = run_cli("convert", run, "--out", out, *args)
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert case == "exists" or not out.exists()
