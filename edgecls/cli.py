@@ -36,7 +36,7 @@ def cli(ctx, debug):
     """Train image classifiers, convert them for edge devices, and run them without TensorFlow."""
     ctx.obj = {"debug": debug}
     if not debug:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ start-up chatter out
 
 
 def _model_help() -> str:
@@ -168,6 +168,81 @@ def convert(run, out, formats, prune, prune_epochs, max_prune_drop, calibration_
     result = run_convert(run, out, options)
     click.echo(result.table)
     click.echo(f"bundle written to {result.bundle} in {result.seconds:.1f}s")
+
+
+def _image_paths(paths) -> list:
+    """Files as given; folders searched recursively for images, in sorted order."""
+    from pathlib import Path
+
+    from runtime.preprocess import IMAGE_SUFFIXES
+
+    found = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise EdgeclsError(f"{p} does not exist: pass image files or folders")
+    if not found:
+        raise EdgeclsError(f"no images found in {', '.join(map(str, paths))} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image (path, top1, score, topk, latency_ms).")
+@click.option("--artifact", help="Artifact to run (e.g. tflite-int8); default: the device profile's first runnable one.")
+@click.option("--device", "device", help="Device profile name or JSON file (see `edgecls devices`).")
+@click.option("--threads", type=click.IntRange(1), help="Inference threads (default: the profile's, else the backend's).")
+def predict(bundle, paths, top_k, as_json, artifact, device, threads):
+    """Classify image files and folders (recursively) with a bundle; no TensorFlow needed."""
+    from devices import load_profile
+    from runtime.classifier import Classifier
+    from runtime.errors import ImageDecodeError
+
+    images = _image_paths(paths)
+    classifier = Classifier(bundle, artifact=artifact, profile=load_profile(device), threads=threads, top_k=top_k)
+    failed = 0
+    for path in images:
+        try:
+            prediction = classifier.classify_file(path)
+        except ImageDecodeError as exc:
+            failed += 1
+            if as_json:
+                click.echo(json.dumps({"path": str(path), "error": str(exc)}))
+            else:
+                click.echo(f"error: {exc}", err=True)
+            continue
+        if as_json:
+            click.echo(json.dumps({"path": str(path), **prediction.to_dict()}))
+        else:
+            others = ", ".join(f"{l} {s:.3f}" for l, s in prediction.topk[1:])
+            click.echo(f"{path}\t{prediction.label}\t{prediction.score:.4f}\t{prediction.latency_ms:.1f} ms" + (f"\t({others})" if others else ""))
+    if failed:
+        raise EdgeclsError(f"{failed} of {len(images)} image(s) could not be read")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def devices(as_json):
+    """List the device profiles and which inference backends are installed here."""
+    from dataclasses import asdict
+
+    from devices import list_profiles, load_profile
+    from runtime.backends import available_backends
+
+    profiles = [load_profile(n) for n in list_profiles()]
+    backends = available_backends()
+    if as_json:
+        click.echo(json.dumps({"profiles": [asdict(p) for p in profiles], "backends": backends}, indent=2))
+        return
+    for p in profiles:
+        click.echo(f"{p.name:<18} {p.description}")
+    click.echo("backends here: " + ", ".join(f"{n} ({'installed' if ok else 'missing'})" for n, ok in backends.items()))
 
 
 def main(argv=None):

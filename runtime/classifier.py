@@ -1,0 +1,114 @@
+"""`Classifier`: a bundle in, top-k (label, score) out, for single frames and batches.
+
+Loads the bundle, verifies the chosen artifact's sha256 before loading it, and applies the
+manifest's preprocessing with the same function training used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.backends.registry import BACKENDS, available_backends
+from runtime.bundle import Artifact, Bundle, BundleError, load_bundle
+from runtime.errors import EdgeclsError, MissingDependencyError
+from runtime.preprocess import load_image, preprocess
+from runtime.session import ModelSession
+
+log = logging.getLogger("edgecls.runtime")
+
+DEFAULT_ARTIFACT_ORDER = ("tflite-int8", "onnx-int8", "tflite-fp32", "onnx-fp32", "tflite-fp16")
+
+
+@dataclass
+class Prediction:
+    label: str
+    score: float
+    topk: list  # [(label, score), ...] best first
+    latency_ms: float = 0.0  # preprocessing + inference
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"top1": self.label, "score": round(self.score, 6),
+                "topk": [{"label": l, "score": round(s, 6)} for l, s in self.topk],
+                "latency_ms": round(self.latency_ms, 3), **self.extra}
+
+
+def choose_artifact(bundle: Bundle, wanted: str | None = None, preference=None) -> Artifact:
+    """The named artifact, or the first in `preference` order whose backend is installed."""
+    if wanted:
+        return bundle.artifact(wanted)
+    installed = available_backends()
+    runnable = {fmt for fmt, classes in BACKENDS.items() if any(installed[c.name] for c in classes)}
+    by_name = {a.name: a for a in bundle.manifest.artifacts}
+    order = list(preference or DEFAULT_ARTIFACT_ORDER) + [a.name for a in bundle.manifest.artifacts]
+    for name in order:
+        art = by_name.get(name)
+        if art is not None and art.format in runnable:
+            return art
+    formats = sorted({a.format for a in bundle.manifest.artifacts})
+    package = "ai-edge-litert" if "tflite" in formats else "onnxruntime"
+    raise MissingDependencyError(package, "runtime", f"no installed backend runs this bundle's {', '.join(formats)} artifacts")
+
+
+class Classifier:
+    def __init__(self, bundle, artifact: str | None = None, profile=None, threads: int | None = None, top_k: int = 5):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        manifest = self.bundle.manifest
+        self.profile = profile
+        self.artifact = choose_artifact(self.bundle, artifact, getattr(profile, "artifacts", None))
+        path = self.bundle.verify(self.artifact)
+        threads = threads or getattr(profile, "threads", None)
+        prefer = getattr(profile, "backends", None) if self.artifact.format == "tflite" else None
+        providers = getattr(profile, "providers", None) if self.artifact.format == "onnx" else None
+        self.session = ModelSession(path, self.artifact.format, head=manifest.head, prefer=prefer, threads=threads,
+                                    providers=providers)
+        self.spec = manifest.preprocess
+        self.labels = manifest.labels
+        self.top_k = top_k
+        self._check_input_shape()
+        log.info("loaded %s (%s) with %s", self.artifact.name, self.artifact.file, self.session.backend.name)
+
+    @property
+    def backend_name(self) -> str:
+        return self.session.backend.name
+
+    def _check_input_shape(self) -> None:
+        model_shape = tuple(self.session.input_spec.shape[1:])
+        if model_shape != self.spec.shape:
+            raise BundleError(
+                f"{self.artifact.file} takes input {model_shape} but the manifest's preprocessing gives {self.spec.shape}: "
+                f"the bundle is inconsistent, convert it again"
+            )
+
+    def _topk(self, probs: np.ndarray, k: int) -> list:
+        order = np.argsort(-probs, kind="stable")[:k]
+        return [(self.labels[i], float(probs[i])) for i in order]
+
+    def probabilities(self, tensors: np.ndarray) -> np.ndarray:
+        """Preprocessed batch (N, H, W, C) -> (N, classes)."""
+        if tensors.shape[1:] != self.spec.shape:
+            raise EdgeclsError(f"input batch has shape {tensors.shape[1:]}, the model takes {self.spec.shape}")
+        return self.session.predict(tensors)
+
+    def classify(self, image: np.ndarray, order: str = "rgb", top_k: int | None = None) -> Prediction:
+        """One uint8 image (RGB by default; order="bgr" for OpenCV frames) -> Prediction."""
+        return self.classify_batch([image], order, top_k)[0]
+
+    def classify_batch(self, images, order: str = "rgb", top_k: int | None = None) -> list:
+        start = time.perf_counter()
+        tensors = np.stack([preprocess(im, self.spec, order=order) for im in images])
+        probs = self.probabilities(tensors)
+        per_image = (time.perf_counter() - start) * 1000 / max(1, len(images))
+        k = min(top_k or self.top_k, len(self.labels))
+        return [Prediction(*self._topk(p, 1)[0], topk=self._topk(p, k), latency_ms=per_image) for p in probs]
+
+    def classify_file(self, path: str | os.PathLike, top_k: int | None = None) -> Prediction:
+        start = time.perf_counter()
+        prediction = self.classify(load_image(path), "rgb", top_k)
+        prediction.latency_ms = (time.perf_counter() - start) * 1000
+        return prediction
