@@ -1,0 +1,365 @@
+"""Frame sources named by one string, read through OpenCV in a capture thread.
+
+    0, 1 ...                     camera index
+    /dev/video0, v4l2:///dev/video0
+    csi://0                      CSI camera through the device profile's GStreamer pipeline
+    gst://PIPELINE or any string with " ! "   a GStreamer pipeline ending in appsink
+    rtsp://..., http(s)://...    network streams (RTSP, HTTP MJPEG)
+    path/to/video.mp4            video file (a camera stand-in: paced at its own frame rate)
+    path/to/image.jpg, folder/   still images
+
+The capture thread keeps only the newest frame, so inference never works on stale buffered
+frames; drops are counted and every frame carries its capture time. `read()` waits with a
+timeout, so a dead stream cannot hang the caller, and live sources reconnect with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import EdgeclsError, MissingDependencyError
+from runtime.preprocess import IMAGE_SUFFIXES
+
+log = logging.getLogger("edgecls.runtime")
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mjpeg", ".mjpg")
+LIVE_KINDS = ("camera", "v4l2", "csi", "gstreamer", "network")
+
+
+class SourceError(EdgeclsError):
+    """A source that cannot be opened or has failed for good."""
+
+
+class SourceTimeout(SourceError):
+    """No new frame arrived within the timeout."""
+
+
+class SourceEnded(SourceError):
+    """A finite source (file, folder) has no more frames."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str  # camera | v4l2 | csi | gstreamer | network | video | image | folder
+    target: object  # int index, device path, pipeline, URL or file path
+    uri: str
+
+    @property
+    def live(self) -> bool:
+        return self.kind in LIVE_KINDS
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # BGR uint8, as OpenCV delivers it
+    index: int  # frame number since the source started
+    captured_at: float  # time.monotonic() when the capture thread got it
+    source: str
+    name: str = ""  # file name for image sources
+
+    @property
+    def age_ms(self) -> float:
+        return (time.monotonic() - self.captured_at) * 1000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Reconnect live sources with exponential backoff; `max_attempts=None` retries forever."""
+
+    first_delay: float = 0.5
+    max_delay: float = 5.0
+    max_attempts: int | None = None
+
+    def delays(self):
+        delay, attempt = self.first_delay, 0
+        while self.max_attempts is None or attempt < self.max_attempts:
+            yield delay
+            attempt += 1
+            delay = min(self.max_delay, delay * 2)
+
+
+def parse_source(uri, csi_pipeline: str = "", width: int = 1280, height: int = 720, fps: int = 30) -> SourceSpec:
+    text = str(uri).strip()
+    if text.isdigit():
+        return SourceSpec("camera", int(text), text)
+    if text.startswith("v4l2://"):
+        return SourceSpec("v4l2", text[len("v4l2://"):], text)
+    if text.startswith("/dev/video"):
+        return SourceSpec("v4l2", text, text)
+    if text.startswith("csi://"):
+        if not csi_pipeline:
+            raise SourceError(f"{text} needs a device profile with a csi_pipeline (e.g. --device raspberry-pi-5)")
+        sensor = text[len("csi://"):] or "0"
+        return SourceSpec("gstreamer", csi_pipeline.format(sensor=sensor, width=width, height=height, fps=fps), text)
+    if text.startswith("gst://"):
+        return SourceSpec("gstreamer", text[len("gst://"):], text)
+    if " ! " in text:
+        return SourceSpec("gstreamer", text, text)
+    if text.split("://", 1)[0].lower() in ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp"):
+        return SourceSpec("network", text, text)
+    path = Path(text[len("file://"):] if text.startswith("file://") else text)
+    if path.is_dir():
+        return SourceSpec("folder", path, text)
+    if not path.exists():
+        raise SourceError(f"source {text!r} does not exist: give a camera index, /dev/videoN, csi://N, a URL, a video, an image or a folder")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return SourceSpec("image", path, text)
+    return SourceSpec("video", path, text)
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError as exc:  # pragma: no cover
+        raise MissingDependencyError("opencv-python-headless", "runtime", "needed to read cameras and videos") from exc
+    return cv2
+
+
+class _VideoReader:
+    """cv2.VideoCapture with open/read timeouts where the backend supports them."""
+
+    def __init__(self, spec: SourceSpec, timeout_s: float):
+        cv2 = _cv2()
+        ms = int(timeout_s * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        if spec.kind == "camera":
+            cap = cv2.VideoCapture(spec.target)
+        elif spec.kind == "v4l2":
+            cap = cv2.VideoCapture(spec.target, cv2.CAP_V4L2)
+        elif spec.kind == "gstreamer":
+            cap = cv2.VideoCapture(spec.target, cv2.CAP_GSTREAMER)
+        else:  # network streams and video files
+            cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, params)
+        if not cap.isOpened():
+            cap.release()
+            hint = " (this OpenCV build has no GStreamer support)" if spec.kind == "gstreamer" and "GStreamer" not in "".join(
+                l for l in cv2.getBuildInformation().splitlines() if "GStreamer" in l and "YES" in l) else ""
+            raise SourceError(f"cannot open source {spec.uri}{hint}")
+        self._cap = cap
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 1000 else None
+
+    def read(self):
+        ok, frame = self._cap.read()
+        return frame if ok else None
+
+    def release(self):
+        self._cap.release()
+
+
+class _ImageReader:
+    """Still images from a file or a folder (sorted, recursive), one per read."""
+
+    fps = None
+
+    def __init__(self, spec: SourceSpec):
+        root = Path(spec.target)
+        if spec.kind == "image":
+            self._files = [root]
+        else:
+            self._files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._files:
+            raise SourceError(f"no images in {root}")
+        self._i = 0
+        self.name = ""
+
+    def read(self):
+        from runtime.errors import ImageDecodeError
+        from runtime.preprocess import load_image
+
+        while self._i < len(self._files):
+            path = self._files[self._i]
+            self._i += 1
+            try:
+                image = load_image(path)
+            except ImageDecodeError as exc:
+                log.warning("skipping %s", exc)
+                continue
+            self.name = str(path)
+            return np.ascontiguousarray(image[..., ::-1])  # frames are BGR, like OpenCV's
+        return None
+
+    def release(self):
+        pass
+
+
+@dataclass
+class SourceStats:
+    state: str = "starting"  # starting | running | reconnecting | ended | failed | closed
+    frames: int = 0  # frames captured
+    delivered: int = 0  # frames handed to read()
+    dropped: int = 0  # frames replaced by a newer one before anyone read them
+    outages: int = 0
+    reconnects: int = 0
+    last_error: str = ""
+    fps: float | None = None
+    events: list = field(default_factory=list)  # (monotonic time, message), last 50
+
+    def note(self, message: str) -> None:
+        self.events.append((time.monotonic(), message))
+        del self.events[:-50]
+
+
+class Source:
+    """A started capture thread over one source; use as a context manager or call close().
+
+    every_frame=False (default): keep only the newest frame, count drops (live use).
+    every_frame=True: hand over every frame, the reader sets the pace (offline processing).
+    realtime: pace video files at their own frame rate (default True unless every_frame).
+    """
+
+    def __init__(self, uri, *, loop: bool = False, every_frame: bool = False, realtime: bool | None = None,
+                 timeout_s: float = 5.0, retry: RetryPolicy | None = None, profile=None, fps: float | None = None):
+        self.spec = parse_source(uri, getattr(profile, "csi_pipeline", "") or "")
+        self.loop, self.every_frame = loop, every_frame
+        self.realtime = (not every_frame) if realtime is None else realtime
+        self.timeout_s = timeout_s
+        self.retry = retry or (RetryPolicy() if self.spec.live else RetryPolicy(max_attempts=0))
+        self.stats = SourceStats()
+        self._fps_override = fps
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._last_index = -1
+        self._stop = threading.Event()
+        self._reader = None
+        try:
+            self._reader = self._open()  # the first open is synchronous: a bad source fails here, clearly
+        except SourceError:
+            if not self.spec.live or self.retry.max_attempts == 0:
+                raise
+            self.stats.last_error = f"cannot open {self.spec.uri}"
+        self._thread = threading.Thread(target=self._run, name=f"capture:{self.spec.uri}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ capture thread
+
+    def _open(self):
+        if self.spec.kind in ("image", "folder"):
+            return _ImageReader(self.spec)
+        return _VideoReader(self.spec, self.timeout_s)
+
+    def _reconnect(self) -> bool:
+        for delay in self.retry.delays():
+            if self._stop.wait(delay):
+                return False
+            try:
+                self._reader = self._open()
+            except SourceError as exc:
+                self.stats.last_error = str(exc)
+                log.warning("%s: still down (%s); retrying", self.spec.uri, exc)
+                continue
+            self.stats.reconnects += 1
+            self.stats.note("reconnected")
+            log.warning("%s: reconnected after outage", self.spec.uri)
+            return True
+        return False
+
+    def _finish(self, state: str, error: str = "") -> None:
+        with self._cond:
+            self.stats.state = state
+            if error:
+                self.stats.last_error = error
+            self.stats.note(state + (f": {error}" if error else ""))
+            self._cond.notify_all()
+
+    def _publish(self, image: np.ndarray, name: str) -> None:
+        with self._cond:
+            if self.every_frame:
+                while self._frame is not None and self._frame.index > self._last_index and not self._stop.is_set():
+                    self._cond.wait(0.1)
+            elif self._frame is not None and self._frame.index > self._last_index:
+                self.stats.dropped += 1
+            self._frame = Frame(image, self.stats.frames, time.monotonic(), self.spec.uri, name)
+            self.stats.frames += 1
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        started, n_since_start = None, 0
+        if self._reader is None and not self._reconnect():
+            return self._finish("failed" if not self._stop.is_set() else "closed", self.stats.last_error)
+        self.stats.state = "running"
+        while not self._stop.is_set():
+            reader = self._reader
+            fps = self._fps_override or reader.fps
+            image = reader.read()
+            if image is None:
+                if self.spec.live:
+                    self.stats.outages += 1
+                    self.stats.state = "reconnecting"
+                    self.stats.last_error = f"no frame from {self.spec.uri}"
+                    self.stats.note("outage")
+                    log.warning("%s: stream lost; reconnecting", self.spec.uri)
+                    reader.release()
+                    if not self._reconnect():
+                        return self._finish("failed" if not self._stop.is_set() else "closed", self.stats.last_error)
+                    self.stats.state = "running"
+                    continue
+                if self.loop:
+                    reader.release()
+                    self._reader = self._open()
+                    started, n_since_start = None, 0
+                    continue
+                reader.release()
+                return self._finish("ended")
+            if self.realtime and fps and not self.spec.live:
+                now = time.monotonic()
+                started = started if started is not None else now
+                wait = started + n_since_start / fps - now
+                if wait > 0 and self._stop.wait(wait):
+                    break
+                n_since_start += 1
+            self._publish(image, getattr(reader, "name", ""))
+        if self._reader is not None:
+            self._reader.release()
+
+    # ------------------------------------------------------------------ consumer side
+
+    def read(self, timeout: float | None = None) -> Frame:
+        """The newest frame not yet returned; waits up to `timeout` seconds (default: the source's)."""
+        deadline = time.monotonic() + (self.timeout_s if timeout is None else timeout)
+        with self._cond:
+            while True:
+                frame = self._frame
+                if frame is not None and frame.index > self._last_index:
+                    self._last_index = frame.index
+                    self.stats.delivered += 1
+                    self._cond.notify_all()
+                    return frame
+                if self.stats.state == "ended":
+                    raise SourceEnded(f"{self.spec.uri}: end of source")
+                if self.stats.state in ("failed", "closed"):
+                    raise SourceError(f"{self.spec.uri}: {self.stats.last_error or self.stats.state}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SourceTimeout(f"{self.spec.uri}: no frame for {self.timeout_s if timeout is None else timeout:.1f}s "
+                                        f"(state {self.stats.state}{', ' + self.stats.last_error if self.stats.last_error else ''})")
+                self._cond.wait(remaining)
+
+    def __iter__(self):
+        while True:
+            try:
+                yield self.read()
+            except SourceEnded:
+                return
+
+    def close(self, join_timeout: float = 2.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(join_timeout)
+        if self.stats.state not in ("ended", "failed"):
+            self.stats.state = "closed"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
