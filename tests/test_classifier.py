@@ -136,3 +136,13 @@ def test_predict_cli_errors_are_one_line(tiny_bundle, tmp_path, case, message):
     assert result.returncode == 1
     lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert message in lines[-1] and "Traceback" not in result.stderr
+
+
+def test_tflite_runtime_preference_falls_back_to_litert_when_absent(tiny_bundle, caplog):
+    from runtime.backends import available_backends, open_backend
+
+    path = load_bundle(tiny_bundle).root / "model_int8.tflite"
+    backend = open_backend(path, "tflite", prefer=("tflite-runtime", "litert"))
+    expected = "tflite-runtime" if available_backends()["tflite-runtime"] else "litert"
+    assert backend.name == expected
+    assert backend.input_spec.dtype == "int8" and backend.input_spec.scale > 0
