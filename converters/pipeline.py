@@ -6,9 +6,7 @@ passed the accuracy gate, so a failed or interrupted convert leaves nothing that
 
 from __future__ import annotations
 
-import json
 import platform
-import sys
 import tarfile
 import tempfile
 import time
@@ -26,6 +24,7 @@ from converters.quiet import quiet
 from converters.tflite import to_tflite
 from converters.verify import compare, format_table
 from edgecls import __version__
+from edgecls.progress import progress
 from edgecls.metrics import probabilities
 from edgecls.rundir import open_run
 from runtime.atomic import staged_dir, write_bytes, write_json, write_text
@@ -59,10 +58,6 @@ class ConvertResult:
     manifest: dict
     table: str
     seconds: float
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _tensor_quant(spec) -> TensorQuant:
@@ -127,7 +122,7 @@ def _prune(run, model, splits, options: ConvertOptions, reference: dict):
     report["accuracy_before"] = reference["accuracy"]
     report["accuracy_after"] = float((pruned_probs.argmax(1) == test.y).mean())
     drop = 100 * (report["accuracy_before"] - report["accuracy_after"])
-    _log(f"pruned ({options.prune}): params {report['params_before']:,} -> {report['params_after']:,}, "
+    progress(f"pruned ({options.prune}): params {report['params_before']:,} -> {report['params_after']:,}, "
          f"MACs {report['macs_before']:,} -> {report['macs_after']:,} ({report['macs_before'] / max(1, report['macs_after']):.2f}x fewer), "
          f"accuracy {report['accuracy_before']:.4f} -> {report['accuracy_after']:.4f}")
     if drop > options.max_prune_drop:
@@ -154,7 +149,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
 
     from edgecls.rundata import load_run_splits
 
-    _log("loading the run's data (train for calibration, test for verification)")
+    progress("loading the run's data (train for calibration, test for verification)")
     splits = load_run_splits(run, ("train", "val", "test") if options.prune else ("train", "test"), options.workers)
     if "test" not in splits:
         raise EdgeclsError("the run has no test split to verify artifacts on: train with --test-fraction > 0")
@@ -178,20 +173,20 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
             target = stage / fmt.file
             failures = []
             for description, build in exporter.attempts(fmt):
-                _log(f"[{i}/{len(options.formats)}] {fmt.name}: converting" + (f" ({description})" if description else ""))
+                progress(f"[{i}/{len(options.formats)}] {fmt.name}: converting" + (f" ({description})" if description else ""))
                 with quiet():
                     build(target)
                 if fmt.format == "onnx":
                     onnx_export.set_metadata(target, {"labels": labels, "preprocess": run.preprocess.to_dict(), "head": head})
                     onnx_export.check(target)
-                _log(f"[{i}/{len(options.formats)}] {fmt.name}: verifying on {len(test.y)} test images")
+                progress(f"[{i}/{len(options.formats)}] {fmt.name}: verifying on {len(test.y)} test images")
                 session = ModelSession(target, fmt.format, head=head)
                 result = compare(session.predict(test.x), ref_probs, test.y, labels)
                 drop = 100 * (reference["accuracy"] - result["accuracy"])
                 if drop <= options.max_drop:
                     break
                 failures.append(f"{description or fmt.name}: -{drop:.2f} points")
-                _log(f"    lost {drop:.2f} points (limit {options.max_drop}); trying the next remedy")
+                progress(f"    lost {drop:.2f} points (limit {options.max_drop}); trying the next remedy")
             else:
                 raise AccuracyGateError(
                     f"{fmt.name} loses more than {options.max_drop} accuracy points whatever we try "

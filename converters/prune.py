@@ -13,11 +13,10 @@ Both fine-tune on the run's training data afterwards.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from converters.macs import count_macs
+from edgecls.progress import progress
 from runtime.errors import EdgeclsError
 
 
@@ -172,8 +171,8 @@ def _all_layers(model):
 
 
 def _polynomial(step: int, end_step: int, target: float, power: int = 3) -> float:
-    progress = min(1.0, step / max(1, end_step))
-    return target * (1 - (1 - progress) ** power)
+    fraction = min(1.0, step / max(1, end_step))
+    return target * (1 - (1 - fraction) ** power)
 
 
 def _magnitude_mask(kernel: np.ndarray, sparsity: float) -> np.ndarray:
@@ -247,7 +246,7 @@ def prune_model(model, spec: str, splits: dict, run, epochs: int = 8, seed: int 
     keras.utils.set_random_seed(seed)
     report = {"method": kind, "ratio": ratio, "params_before": int(model.count_params()), "macs_before": count_macs(model),
               "fine_tune_epochs": epochs}
-    print(f"pruning: {kind}={ratio}, then fine-tuning for {epochs} epochs", file=sys.stderr, flush=True)
+    progress(f"pruning: {kind}={ratio}, then fine-tuning for {epochs} epochs")
     if kind == "structured":
         model, kept = structured_prune(model, ratio)
         report["filters_kept"] = kept

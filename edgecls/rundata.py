@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from edgecls.data import LoadedSplit, fingerprint, load_split
+from edgecls.data import fingerprint, load_split
 from edgecls.datasets import resolve_dataset, scan_folder
 from runtime.errors import DataError
 

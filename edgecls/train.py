@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -14,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecls import __version__
+from edgecls.progress import progress
 from edgecls.augment import AugmentSpec, build_augmenter
 from edgecls.data import fingerprint, load_split, make_tf_dataset
 from edgecls.datasets import resolve_dataset, scan_folder
@@ -64,10 +63,6 @@ class TrainResult:
     metrics: dict
     history: dict
     seconds: float
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def preprocess_spec_for(cfg: TrainConfig, defaults: dict) -> PreprocessSpec:
@@ -166,14 +161,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     defaults = builtin.defaults if builtin else {}
     dataset = scan_folder(root, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     for note in dataset.notes:
-        _log(f"warning: {note}")
+        progress(f"warning: {note}")
     spec = preprocess_spec_for(cfg, defaults)
     augment = cfg.augment or AugmentSpec(flip=bool(defaults.get("flip", False)))
     epochs = cfg.epochs or defaults.get("epochs", 30)
     model_options = dict(cfg.model_options)
     if cfg.model == "simple" and "widths" in defaults:
         model_options.setdefault("widths", tuple(defaults["widths"]))
-    _log(
+    progress(
         f"data: {root} ({len(dataset.labels)} classes, split from {dataset.split_source}: "
         + ", ".join(f"{k} {v}" for k, v in dataset.counts().items()) + f"); input {spec.shape}"
     )
@@ -200,8 +195,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         val_ds = make_tf_dataset(splits["val"], cfg.batch_size, False, cfg.seed, None, as_targets) if "val" in splits else None
         weights = _class_weights(splits["train"].y, num_classes, cfg.class_weight)
         if weights:
-            _log("class weights: " + ", ".join(f"{dataset.labels[i]}={w:.2f}" for i, w in weights.items()))
-        _log(f"training {cfg.model} ({model.count_params():,} parameters) for up to {epochs} epochs")
+            progress("class weights: " + ", ".join(f"{dataset.labels[i]}={w:.2f}" for i, w in weights.items()))
+        progress(f"training {cfg.model} ({model.count_params():,} parameters) for up to {epochs} epochs")
         history: dict = {}
         fit = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, shuffle=False,
                         callbacks=_callbacks(cfg, stage, val_ds is not None), verbose=cfg.verbose)
@@ -210,7 +205,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             with strategy.scope():
                 trainable = _unfreeze_top(model, cfg.fine_tune_layers)
                 _compile(model, cfg, activation, cfg.learning_rate / 10)
-            _log(f"fine-tuning the top {trainable} backbone layers for {cfg.fine_tune_epochs} epochs")
+            progress(f"fine-tuning the top {trainable} backbone layers for {cfg.fine_tune_epochs} epochs")
             fit = model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, class_weight=weights, shuffle=False,
                             callbacks=_callbacks(cfg, stage, val_ds is not None), verbose=cfg.verbose)
             _merge_history(history, fit.history)

@@ -16,7 +16,6 @@ timeout, so a dead stream cannot hang the caller, and live sources reconnect wit
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field

@@ -1,7 +1,6 @@
 """`convert`: real TFLite/ONNX conversions of a tiny trained model, verified in the real runtimes."""
 
 import json
-import time
 
 import numpy as np
 import pytest
