@@ -154,7 +154,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Train, evaluate on the held-out split, and write the run directory atomically."""
     started = time.perf_counter()
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite and any(out.iterdir() if out.is_dir() else [out]):
+    if out.is_dir() and not cfg.overwrite and not any(out.iterdir()):
+        out.rmdir()  # an empty folder made beforehand holds nothing to lose
+    if out.exists() and not cfg.overwrite:
         raise EdgeclsError(f"output {out} already exists: choose another --out or pass --overwrite")
 
     root, builtin = resolve_dataset(cfg.data)

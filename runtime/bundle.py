@@ -159,7 +159,14 @@ def _extract_tar(path: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="edgecls-bundle-"))
     try:
         with tarfile.open(path) as tar:
-            tar.extractall(target, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(target, filter="data")
+            else:  # Python < 3.11.4 (e.g. Raspberry Pi OS Bookworm's 3.11.2): refuse escaping members ourselves
+                for member in tar.getmembers():
+                    dest = (target / member.name).resolve()
+                    if not (member.isfile() or member.isdir()) or target.resolve() not in (dest, *dest.parents):
+                        raise BundleError(f"bundle archive {path} has an unsafe member {member.name!r}")
+                tar.extractall(target)
     except (tarfile.TarError, OSError) as exc:
         raise BundleError(f"cannot read bundle archive {path}: {exc}") from exc
     inner = [p for p in target.iterdir() if p.is_dir()]
