@@ -55,7 +55,29 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
                                "results": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    chart = out.with_suffix(".png")
+    _chart(rows, args.threads, chart)
+    print(f"wrote {out} and {chart}")
+
+
+def _chart(rows: list, threads: int, path: Path) -> None:
+    """Horizontal bars: median latency per artifact, whiskers to p90."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{Path(r['bundle']).name} / {r['artifact']}" for r in rows]
+    medians = [r["median_ms"] for r in rows]
+    whiskers = [[0] * len(rows), [r["p90_ms"] - r["median_ms"] for r in rows]]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
+    colors = ["tab:green" if "int8" in r["artifact"] else "tab:blue" for r in rows]
+    ax.barh(names, medians, xerr=whiskers, color=colors, capsize=3)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"latency per image, ms (median, whisker to p90; {threads} thread)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -174,8 +174,14 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
             failures = []
             for description, build in exporter.attempts(fmt):
                 progress(f"[{i}/{len(options.formats)}] {fmt.name}: converting" + (f" ({description})" if description else ""))
-                with quiet():
-                    build(target)
+                try:
+                    with quiet():
+                        build(target)
+                except EdgeclsError:
+                    raise
+                except Exception as exc:  # the converters raise many types; name the format and the way out
+                    first = next((l for l in str(exc).splitlines() if l.strip()), type(exc).__name__)
+                    raise EdgeclsError(f"{fmt.name} conversion failed: {first[:300]} (leave it out with --formats)") from exc
                 if fmt.format == "onnx":
                     onnx_export.set_metadata(target, {"labels": labels, "preprocess": run.preprocess.to_dict(), "head": head})
                     onnx_export.check(target)

@@ -36,10 +36,19 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="edgecls")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log which backend, providers and artifact are used.")
 @click.pass_context
-def cli(ctx, debug):
+def cli(ctx, debug, verbose):
     """Train image classifiers, convert them for edge devices, and run them without TensorFlow."""
+    import logging
+
     ctx.obj = {"debug": debug}
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    runtime_log = logging.getLogger("edgecls")
+    runtime_log.addHandler(handler)
+    runtime_log.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+    runtime_log.propagate = False
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ start-up chatter out
 

@@ -20,7 +20,7 @@ from edgecls.evaluate import evaluate_arrays, write_evaluation
 from edgecls.models import create_model, head_activation
 from edgecls import plots, rundir
 from runtime.atomic import staged_dir, write_json
-from runtime.errors import EdgeclsError
+from runtime.errors import EdgeclsError, MissingDependencyError
 from runtime.preprocess import PreprocessSpec
 
 STRATEGIES = ("none", "mirrored", "multiworker")
@@ -127,6 +127,10 @@ def _callbacks(cfg: TrainConfig, stage_dir: Path, has_val: bool):
     if cfg.patience:
         cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True))
     if cfg.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise MissingDependencyError("tensorboard", "train", "--tensorboard writes its logs")
         cbs.append(keras.callbacks.TensorBoard(log_dir=str(stage_dir / "tensorboard")))
     return cbs
 

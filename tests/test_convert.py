@@ -137,3 +137,23 @@ def test_convert_bad_input_is_one_clear_line(tiny_run_dir, tmp_path, case, messa
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert case == "exists" or not out.exists()
+
+
+@pytest.mark.parametrize("prune", ["structured=0.5", "sparsity=0.6"])
+def test_convert_with_pruning_reports_before_and_after(tiny_run_dir, tmp_path, prune):
+    from converters.pipeline import ConvertOptions, convert
+    from converters.formats import parse_formats
+
+    result = convert(tiny_run_dir, tmp_path / "pruned", ConvertOptions(
+        formats=parse_formats("tflite-int8"), prune=prune, prune_epochs=1, max_prune_drop=100.0,
+        calibration_size=16, max_drop=100.0))
+    pruning = result.manifest["pruning"]
+    assert pruning["method"] == prune.split("=")[0] and pruning["fine_tune_epochs"] == 1
+    assert {"accuracy_before", "accuracy_after", "params_before", "params_after", "macs_before", "macs_after"} <= set(pruning)
+    if prune.startswith("structured"):
+        assert pruning["macs_before"] / pruning["macs_after"] > 3.5  # 8,16 -> 4,8 filters
+        assert result.manifest["artifacts"][0]["macs"] == pruning["macs_after"]
+    else:
+        assert pruning["sparsity"] == pytest.approx(0.6, abs=0.02)
+        assert pruning["nonzero_params_after"] < 0.5 * pruning["params_after"]
+    assert result.manifest["source"]["accuracy"] == pytest.approx(pruning["accuracy_before"], abs=1e-6)
