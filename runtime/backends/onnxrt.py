@@ -45,6 +45,11 @@ class OnnxRuntimeBackend:
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         wanted, skipped = choose_providers(providers, ort.get_available_providers())
+        if any(p in wanted for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")) and hasattr(ort, "preload_dlls"):
+            try:  # CUDA/cuDNN from pip's nvidia-* packages are not on the loader path by themselves
+                ort.preload_dlls()
+            except Exception as exc:  # best effort: system-wide CUDA (e.g. JetPack) needs none of this
+                log.debug("onnxruntime.preload_dlls failed: %s", exc)
         for provider, reason in skipped:
             log.warning("onnxruntime: skipping %s: %s", provider, reason)
         self._session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
