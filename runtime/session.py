@@ -14,7 +14,7 @@ from runtime.backends.base import TensorSpec
 
 def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if spec.dtype not in ("int8", "uint8") or not spec.scale:
-        return x.astype(spec.dtype if spec.dtype != "float16" else "float32", copy=False)
+        return x.astype(spec.dtype, copy=False)
     info = np.iinfo(spec.dtype)
     q = np.round(x / spec.scale + spec.zero_point)
     return np.clip(q, info.min, info.max).astype(spec.dtype)

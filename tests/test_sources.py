@@ -116,3 +116,25 @@ def test_mjpeg_stream_outage_is_reported_and_reading_resumes():
         source.close()
         server.kill()
     assert source.stats.state == "closed"
+
+
+def test_run_cli_classifies_every_frame_of_a_video(tiny_bundle, video):
+    import json
+
+    from tests.conftest import run_cli
+
+    result = run_cli("run", tiny_bundle, "--source", video, "--every-frame", "--top-k", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(l) for l in result.stdout.splitlines()]
+    assert [r["frame"] for r in rows] == list(range(20))
+    assert all(r["top1"] in ("circle", "square", "triangle") and len(r["topk"]) == 2 and r["dropped"] == 0 for r in rows)
+    summary = json.loads(result.stderr.strip().splitlines()[-1])
+    assert summary == {"event": "stopped", "frames": 20, "captured": 20, "dropped": 0, "outages": 0, "reconnects": 0,
+                       "state": "ended"}
+
+
+def test_run_cli_reports_a_source_that_cannot_open(tiny_bundle, tmp_path):
+    from tests.conftest import run_cli
+
+    result = run_cli("run", tiny_bundle, "--source", tmp_path / "missing.mp4")
+    assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
