@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.errors import DataError, ImageDecodeError
-from runtime.preprocess import PreprocessSpec, decode_image
+from runtime.preprocess import PreprocessSpec, decode_image, preprocess
 
 
 @dataclass
@@ -27,8 +27,6 @@ class LoadedSplit:
 
 
 def _load_one(path, spec: PreprocessSpec):
-    from runtime.preprocess import preprocess
-
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
