@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import time
@@ -127,10 +128,6 @@ def _callbacks(cfg: TrainConfig, stage_dir: Path, has_val: bool):
     if cfg.patience:
         cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True))
     if cfg.tensorboard:
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is None:
-            raise MissingDependencyError("tensorboard", "train", "--tensorboard writes its logs")
         cbs.append(keras.callbacks.TensorBoard(log_dir=str(stage_dir / "tensorboard")))
     return cbs
 
@@ -162,6 +159,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         out.rmdir()  # an empty folder made beforehand holds nothing to lose
     if out.exists() and not cfg.overwrite:
         raise EdgeclsError(f"output {out} already exists: choose another --out or pass --overwrite")
+
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise MissingDependencyError("tensorboard", "train", "--tensorboard writes its logs")
 
     root, builtin = resolve_dataset(cfg.data)
     defaults = builtin.defaults if builtin else {}

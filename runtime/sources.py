@@ -121,6 +121,10 @@ def _cv2():
     return cv2
 
 
+def _has_gstreamer(cv2) -> bool:
+    return any("GStreamer" in line and "YES" in line for line in cv2.getBuildInformation().splitlines())
+
+
 class _VideoReader:
     """cv2.VideoCapture with open/read timeouts where the backend supports them."""
 
@@ -138,8 +142,7 @@ class _VideoReader:
             cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            hint = " (this OpenCV build has no GStreamer support)" if spec.kind == "gstreamer" and "GStreamer" not in "".join(
-                l for l in cv2.getBuildInformation().splitlines() if "GStreamer" in l and "YES" in l) else ""
+            hint = " (this OpenCV build has no GStreamer support)" if spec.kind == "gstreamer" and not _has_gstreamer(cv2) else ""
             raise SourceError(f"cannot open source {spec.uri}{hint}")
         self._cap = cap
         fps = cap.get(cv2.CAP_PROP_FPS)

@@ -40,6 +40,15 @@ def shapes_folder(tmp_path_factory) -> Path:
     return root
 
 
+def cli_error(result, single: bool = True) -> str:
+    """The CLI's last `error:` line, after checking it failed cleanly: exit 1, no traceback."""
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert lines and (len(lines) == 1 or not single), result.stderr[-2000:]
+    return lines[-1]
+
+
 def run_cli(*args, cwd=None, env=None, timeout=600):
     """Run the real `edgecls` entry point in a subprocess; returns CompletedProcess."""
     full_env = {**os.environ, **(env or {})}

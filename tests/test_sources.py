@@ -134,7 +134,6 @@ def test_run_cli_classifies_every_frame_of_a_video(tiny_bundle, video):
 
 
 def test_run_cli_reports_a_source_that_cannot_open(tiny_bundle, tmp_path):
-    from tests.conftest import run_cli
+    from tests.conftest import cli_error, run_cli
 
-    result = run_cli("run", tiny_bundle, "--source", tmp_path / "missing.mp4")
-    assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert "does not exist" in cli_error(run_cli("run", tiny_bundle, "--source", tmp_path / "missing.mp4"))

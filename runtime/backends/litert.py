@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from runtime.backends.base import TensorSpec
-
-log = logging.getLogger("edgecls.runtime")
-
 
 def _spec(detail: dict) -> TensorSpec:
     scale, zero_point = detail.get("quantization", (0.0, 0))
