@@ -1,0 +1,37 @@
+"""`edgecls convert`: prune, quantize, export and verify a run into a bundle."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("run", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Bundle directory to create.")
+@click.option("--formats", default="all", show_default=True,
+              help="Comma-separated: tflite-fp32, tflite-fp16, tflite-int8, onnx-fp32, onnx-int8, or all.")
+@click.option("--prune", help="structured=RATIO (remove filters) or sparsity=RATIO (zero weights), then fine-tune.")
+@click.option("--prune-epochs", type=click.IntRange(1), default=8, show_default=True, help="Fine-tuning epochs after pruning.")
+@click.option("--max-prune-drop", type=float, default=1.0, show_default=True, help="Accuracy points pruning may lose.")
+@click.option("--calibration-size", type=click.IntRange(1), default=200, show_default=True,
+              help="Training images in the int8 representative set.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="ONNX int8 calibration (TFLite always uses min/max).")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Accuracy points an artifact may lose against the Keras model before remedies are tried.")
+@click.option("--tar", is_flag=True, help="Also write BUNDLE.tar.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def convert(run, out, formats, prune, prune_epochs, max_prune_drop, calibration_size, calibration_method, max_drop, tar, overwrite, seed):
+    """Prune, quantize and export a trained run to a verified model bundle (TFLite and ONNX)."""
+    from converters.formats import parse_formats
+    from converters.pipeline import ConvertOptions, convert as run_convert
+
+    options = ConvertOptions(
+        formats=parse_formats(formats), prune=prune, prune_epochs=prune_epochs, max_prune_drop=max_prune_drop,
+        calibration_size=calibration_size, calibration_method=calibration_method, max_drop=max_drop,
+        overwrite=overwrite, tar=tar, seed=seed,
+    )
+    result = run_convert(run, out, options)
+    click.echo(result.table)
+    click.echo(f"bundle written to {result.bundle} in {result.seconds:.1f}s")
