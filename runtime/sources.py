@@ -8,9 +8,15 @@
     path/to/video.mp4            video file (a camera stand-in: paced at its own frame rate)
     path/to/image.jpg, folder/   still images
 
-The capture thread keeps only the newest frame, so inference never works on stale buffered
-frames; drops are counted and every frame carries its capture time. `read()` waits with a
-timeout, so a dead stream cannot hang the caller, and live sources reconnect with backoff.
+Live sources and videos keep only the newest frame, so inference never works on stale buffered
+frames; drops are counted and every frame carries its capture time. Images and folders are
+offline inputs: every image is handed over once, in order. `read()` waits with a timeout, so a
+dead stream cannot hang the caller, and live sources reconnect with backoff.
+
+How `read()` ends: SourceTimeout (no frame yet, try again), SourceEnded (a file or folder is
+done), SourceClosed (a SourceEnded: close() was called; raised at once, also to a reader already
+waiting, so shutdown never waits for a timeout) and SourceFailed (the capture thread stopped for
+good; the message says why).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ log = logging.getLogger("edgecls.runtime")
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mjpeg", ".mjpg")
 LIVE_KINDS = ("camera", "v4l2", "csi", "gstreamer", "network")
+OFFLINE_KINDS = ("image", "folder")  # every image is delivered unless pacing is asked for
 
 
 class SourceError(EdgeclsError):
@@ -42,6 +49,14 @@ class SourceTimeout(SourceError):
 
 class SourceEnded(SourceError):
     """A finite source (file, folder) has no more frames."""
+
+
+class SourceClosed(SourceEnded):
+    """close() was called: no more frames will come, so readers stop as they do at the end of a file."""
+
+
+class SourceFailed(SourceError):
+    """The capture thread stopped for good (reopen failed, retries used up, nothing decodable, a crash)."""
 
 
 @dataclass(frozen=True)
@@ -212,16 +227,20 @@ class SourceStats:
 class Source:
     """A started capture thread over one source; use as a context manager or call close().
 
-    every_frame=False (default): keep only the newest frame, count drops (live use).
-    every_frame=True: hand over every frame, the reader sets the pace (offline processing).
-    realtime: pace video files at their own frame rate (default True unless every_frame).
+    every_frame=False: keep only the newest frame, count drops (live use; default for cameras,
+      streams and video files).
+    every_frame=True: hand over every frame, the reader sets the pace (offline processing; default
+      for images and folders, so none is skipped).
+    realtime: pace video files (and folders, given `fps`) at their own frame rate (default True
+      unless every_frame).
     """
 
-    def __init__(self, uri, *, loop: bool = False, every_frame: bool = False, realtime: bool | None = None,
+    def __init__(self, uri, *, loop: bool = False, every_frame: bool | None = None, realtime: bool | None = None,
                  timeout_s: float = 5.0, retry: RetryPolicy | None = None, profile=None, fps: float | None = None):
         self.spec = parse_source(uri, getattr(profile, "csi_pipeline", "") or "")
-        self.loop, self.every_frame = loop, every_frame
-        self.realtime = (not every_frame) if realtime is None else realtime
+        self.loop = loop
+        self.every_frame = self.spec.kind in OFFLINE_KINDS if every_frame is None else every_frame
+        self.realtime = (not self.every_frame) if realtime is None else realtime
         self.timeout_s = timeout_s
         self.retry = retry or (RetryPolicy() if self.spec.live else RetryPolicy(max_attempts=0))
         self.stats = SourceStats()
@@ -263,13 +282,20 @@ class Source:
             return True
         return False
 
-    def _finish(self, state: str, error: str = "") -> None:
+    def _set_state(self, state: str, error: str = "") -> None:
+        """Change state and wake readers; "closed" is final, so a late capture step cannot undo close()."""
         with self._cond:
+            if self.stats.state == "closed":
+                return
             self.stats.state = state
             if error:
                 self.stats.last_error = error
-            self.stats.note(state + (f": {error}" if error else ""))
             self._cond.notify_all()
+
+    def _finish(self, state: str, error: str = "") -> None:
+        with self._cond:
+            self.stats.note(state + (f": {error}" if error else ""))
+            self._set_state(state, error)
 
     def _publish(self, image: np.ndarray, name: str) -> None:
         with self._cond:
@@ -283,33 +309,59 @@ class Source:
             self._cond.notify_all()
 
     def _run(self) -> None:
-        started, n_since_start = None, 0
+        """Every way out of the capture thread ends here, so readers always learn the final state."""
+        state, error = "failed", ""
+        try:
+            state, error = self._capture()
+        except Exception as exc:  # a dead thread must not leave readers waiting on a "running" source
+            expected = isinstance(exc, EdgeclsError)
+            error = str(exc) if expected else f"capture thread crashed: {type(exc).__name__}: {exc}"
+            log.error("%s: %s", self.spec.uri, error, exc_info=not expected)
+        finally:
+            if self._reader is not None:
+                try:
+                    self._reader.release()
+                except Exception as exc:  # pragma: no cover - release of a broken capture
+                    log.warning("%s: release failed: %s", self.spec.uri, exc)
+                self._reader = None
+            self._finish("closed" if self._stop.is_set() else state, error)
+
+    def _capture(self) -> tuple[str, str]:
+        """Read until the source ends, fails or is closed; returns (final state, reason)."""
+        started, n_since_start, n_this_pass = None, 0, 0
         if self._reader is None and not self._reconnect():
-            return self._finish("failed" if not self._stop.is_set() else "closed", self.stats.last_error)
-        self.stats.state = "running"
+            return "failed", self.stats.last_error
+        self._set_state("running")
         while not self._stop.is_set():
             reader = self._reader
             fps = self._fps_override or reader.fps
             image = reader.read()
+            if image is None and self._stop.is_set():
+                break  # the read ended because we are closing, not an outage
             if image is None:
                 if self.spec.live:
                     self.stats.outages += 1
-                    self.stats.state = "reconnecting"
-                    self.stats.last_error = f"no frame from {self.spec.uri}"
+                    self._set_state("reconnecting", f"no frame from {self.spec.uri}")
                     self.stats.note("outage")
                     log.warning("%s: stream lost; reconnecting", self.spec.uri)
                     reader.release()
+                    self._reader = None
                     if not self._reconnect():
-                        return self._finish("failed" if not self._stop.is_set() else "closed", self.stats.last_error)
-                    self.stats.state = "running"
-                    continue
-                if self.loop:
-                    reader.release()
-                    self._reader = self._open()
-                    started, n_since_start = None, 0
+                        return "failed", self.stats.last_error
+                    self._set_state("running")
                     continue
                 reader.release()
-                return self._finish("ended")
+                self._reader = None
+                if n_this_pass == 0:  # looping (or ending) over nothing would spin or pass silently
+                    if self.spec.kind in OFFLINE_KINDS:
+                        return "failed", "no decodable image (every file was skipped, see the warnings)"
+                    return "failed", "no decodable frame"
+                if not self.loop:
+                    return "ended", ""
+                self._reader = self._open()  # raises if the file or folder went away: the thread fails with the reason
+                started, n_since_start, n_this_pass = None, 0, 0
+                continue
+            n_this_pass += 1
             if self.realtime and fps and not self.spec.live:
                 now = time.monotonic()
                 started = started if started is not None else now
@@ -318,8 +370,7 @@ class Source:
                     break
                 n_since_start += 1
             self._publish(image, getattr(reader, "name", ""))
-        if self._reader is not None:
-            self._reader.release()
+        return "closed", ""
 
     # ------------------------------------------------------------------ consumer side
 
@@ -328,6 +379,8 @@ class Source:
         deadline = time.monotonic() + (self.timeout_s if timeout is None else timeout)
         with self._cond:
             while True:
+                if self.stats.state == "closed":
+                    raise SourceClosed(f"{self.spec.uri}: source closed")
                 frame = self._frame
                 if frame is not None and frame.index > self._last_index:
                     self._last_index = frame.index
@@ -336,8 +389,8 @@ class Source:
                     return frame
                 if self.stats.state == "ended":
                     raise SourceEnded(f"{self.spec.uri}: end of source")
-                if self.stats.state in ("failed", "closed"):
-                    raise SourceError(f"{self.spec.uri}: {self.stats.last_error or self.stats.state}")
+                if self.stats.state == "failed":
+                    raise SourceFailed(f"{self.spec.uri}: {self.stats.last_error or 'capture stopped'}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise SourceTimeout(f"{self.spec.uri}: no frame for {self.timeout_s if timeout is None else timeout:.1f}s "
@@ -345,6 +398,7 @@ class Source:
                 self._cond.wait(remaining)
 
     def __iter__(self):
+        """Frames until the source ends or is closed; timeouts and failures are raised."""
         while True:
             try:
                 yield self.read()
@@ -352,13 +406,19 @@ class Source:
                 return
 
     def close(self, join_timeout: float = 2.0) -> None:
+        """Stop capturing: readers waiting in read() get SourceClosed at once, then the thread is joined.
+
+        The thread stops within milliseconds unless it sits in a native read of a stalled stream;
+        that read ends by itself within `timeout_s` and the thread then releases the capture, so
+        close() never waits more than `join_timeout`.
+        """
         self._stop.set()
-        with self._cond:
+        with self._cond:  # state and wake-up under one lock: a woken reader sees "closed", not a stale state
+            if self.stats.state not in ("ended", "failed"):
+                self.stats.state = "closed"
             self._cond.notify_all()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(join_timeout)
-        if self.stats.state not in ("ended", "failed"):
-            self.stats.state = "closed"
 
     def __enter__(self):
         return self

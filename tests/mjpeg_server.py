@@ -1,4 +1,4 @@
-"""A real MJPEG-over-HTTP server on 127.0.0.1 for tests: a camera stand-in that can be killed and restarted."""
+"""A real MJPEG-over-HTTP server on 127.0.0.1 for tests: a camera stand-in that can be killed, restarted or stalled."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         server = self.server
         try:
             while not server.stopping.is_set():
+                if server.stall_after is not None and server.counter >= server.stall_after:
+                    server.stopping.wait()  # a hung camera: the connection stays open, nothing more arrives
+                    break
                 i = server.counter
                 server.counter += 1
                 image = np.full((48, 64, 3), (i * 7) % 256, np.uint8)
@@ -40,8 +43,9 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 class MjpegServer:
-    def __init__(self, port: int = 0, fps: float = 25.0):
-        self.fps, self._port = fps, port
+    def __init__(self, port: int = 0, fps: float = 25.0, stall_after: int | None = None):
+        """`stall_after=N`: send N frames, then keep the connection open and send nothing more."""
+        self.fps, self._port, self.stall_after = fps, port, stall_after
         self._server = None
 
     @property
@@ -51,6 +55,7 @@ class MjpegServer:
     def start(self) -> "MjpegServer":
         self._server = _Server(("127.0.0.1", self._port), _Handler)
         self._server.stopping, self._server.counter, self._server.fps = threading.Event(), 0, self.fps
+        self._server.stall_after = self.stall_after
         self._port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self

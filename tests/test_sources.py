@@ -137,3 +137,39 @@ def test_run_cli_reports_a_source_that_cannot_open(tiny_bundle, tmp_path):
     from tests.conftest import cli_error, run_cli
 
     assert "does not exist" in cli_error(run_cli("run", tiny_bundle, "--source", tmp_path / "missing.mp4"))
+
+
+def test_i15_p10_run_cli_classifies_every_image_of_a_folder_once_in_order(tiny_bundle, tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    rng = np.random.default_rng(0)
+    names = [f"{i:03d}.png" for i in range(120)]
+    for name in names:
+        write_image(tmp_path / "digits" / name, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    result = run_cli("run", tiny_bundle, "--source", tmp_path / "digits", "--top-k", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(l) for l in result.stdout.splitlines()]
+    assert [r["name"].rsplit("/", 1)[-1] for r in rows] == names  # each file once, in order, none dropped
+    assert [r["frame"] for r in rows] == list(range(120)) and all(r["dropped"] == 0 for r in rows)
+    summary = json.loads(result.stderr.strip().splitlines()[-1])
+    assert summary["frames"] == 120 and summary["dropped"] == 0 and summary["state"] == "ended"
+
+
+def test_i15_p10_run_cli_refuses_fps_where_it_cannot_pace(tiny_bundle, video):
+    from tests.conftest import cli_error, run_cli
+
+    assert "pick one" in cli_error(run_cli("run", tiny_bundle, "--source", video, "--fps", "5", "--every-frame"))
+    assert "is live" in cli_error(run_cli("run", tiny_bundle, "--source", "rtsp://127.0.0.1:9/cam", "--fps", "5"))
+
+
+def test_i15_p10_folder_source_delivers_every_image_to_a_slow_reader_by_default(tmp_path):
+    for i in range(30):
+        write_image(tmp_path / f"{i:02d}.png", np.full((8, 8, 3), i, np.uint8))
+    names = []
+    with Source(tmp_path) as source:  # no every_frame: folders are offline inputs
+        for frame in source:
+            names.append(frame.name.rsplit("/", 1)[-1])
+            time.sleep(0.01)  # slower than the capture thread decodes
+    assert names == [f"{i:02d}.png" for i in range(30)] and source.stats.dropped == 0
