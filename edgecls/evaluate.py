@@ -26,33 +26,74 @@ def write_evaluation(folder: Path, metrics: dict, labels: list) -> None:
     )
 
 
-def evaluate_run(run_path, data: str | None = None, split: str = "test", batch_size: int = 64, workers: int = 4) -> dict:
-    """Re-evaluate a run's model on its held-out split (rebuilt from the metadata), or on `data`.
+def _same_folder(a, b) -> bool:
+    if a is None or b is None:
+        return False
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
-    With `data`, class folders are matched to the run's labels by name. Re-evaluating the run's own
-    test split refreshes metrics.json and confusion_matrix.png in the run directory.
+
+def _recorded_root(run) -> Path | None:
+    from edgecls.rundata import run_root
+
+    try:
+        return run_root(run)
+    except DataError:  # the run does not record its dataset: any --data is other data
+        return None
+
+
+def _other_samples(run, root: Path, split: str) -> list:
+    """Samples of another dataset, labelled by the model's label indices: every image, or one seeded split."""
+    from edgecls.datasets import scan_folder
+    from edgecls.rundata import check_classes
+
+    info = run.metadata.get("dataset", {})
+    if split == "all":
+        dataset = scan_folder(root, 0.0, 0.0)
+    else:
+        dataset = scan_folder(root, info.get("val_fraction", 0.1), info.get("test_fraction", 0.2), run.metadata.get("seed", 0))
+    check_classes(root, dataset.labels, run.labels, subset_ok=True)
+    chosen = sum(dataset.splits.values(), []) if split == "all" else dataset.splits[split]
+    remap = {i: run.labels.index(name) for i, name in enumerate(dataset.labels)}
+    return [type(s)(s.path, remap[s.label], s.digest) for s in chosen]
+
+
+def evaluate_run(run_path, data: str | None = None, split: str | None = None, batch_size: int = 64, workers: int = 4,
+                 save: bool | None = None) -> dict:
+    """Evaluate a run's model on its own recorded split (default: test), or on every image of `data`.
+
+    `data` naming the run's own dataset folder counts as the run's own data. With other data, class
+    folders are matched to the run's labels by name (a subset is fine, an unknown class is refused)
+    and `split` (default: all) narrows it to a seeded split drawn with the run's seed and fractions.
+    `save` writes metrics.json and confusion_matrix.png into the run; by default only re-evaluating
+    the run's own test split does, so other data never replaces the run's own figures unasked.
     """
     from edgecls.data import load_split
-    from edgecls.rundata import run_dataset
+    from edgecls.datasets import resolve_dataset
+    from edgecls.rundata import require_splits, run_dataset
 
     run = rundir.open_run(run_path)
-    dataset = run_dataset(run, data)
-    root = dataset.root
-    chosen = sum(dataset.splits.values(), []) if split == "all" else dataset.splits[split]
-    if data:
-        unknown = sorted(set(dataset.labels) - set(run.labels))
-        if unknown:
-            raise DataError(f"{root} has classes {unknown} the model does not know (it knows {run.labels})")
-        remap = {i: run.labels.index(name) for i, name in enumerate(dataset.labels)}
-        chosen = [type(s)(s.path, remap[s.label]) for s in chosen]
+    root = resolve_dataset(data)[0] if data is not None else None
+    own = root is None or _same_folder(root, _recorded_root(run))
+    if own:
+        split = split or "test"
+        names = ["train", "val", "test"] if split == "all" else [split]
+        dataset = run_dataset(run, workers, names)
+        require_splits(run, dataset, names)
+        root, chosen = dataset.root, sum(dataset.splits.values(), []) if split == "all" else dataset.splits.get(split, [])
+    else:
+        split = split or "all"
+        chosen = _other_samples(run, root, split)
     if not chosen:
         raise DataError(f"the {split} split of {root} is empty: use --split val|train|all")
     loaded = load_split(chosen, run.preprocess, workers, split)
     model = run.load_model()
     report = evaluate_arrays(model, loaded.x, loaded.y, run.labels, batch_size)
     metrics = {"test_accuracy": report["accuracy"], "evaluated_on": split, "data": str(root), **report}
-    if data is None and split == "test":
-        # Same split as training: refresh the run's own metrics, keeping what training recorded.
+    if save if save is not None else (own and split == "test"):
+        # Keep what training recorded (val accuracy, time); the fields above say what was evaluated.
         previous = run.path / rundir.METRICS_FILE
         old = json.loads(previous.read_text()) if previous.is_file() else {}
         metrics = {**old, **metrics}

@@ -21,7 +21,8 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 
 def classification_report(y_true, y_pred, labels: list) -> dict:
     """Accuracy, per-class precision/recall/F1/support, macro averages and the confusion matrix
-    (rows: true class, columns: predicted class)."""
+    (rows: true class, columns: predicted class). Definitions are scikit-learn's
+    `precision_recall_fscore_support(labels=range(len(labels)), zero_division=0)`."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     cm = confusion_matrix(y_true, y_pred, len(labels))
     tp = np.diag(cm).astype(float)
@@ -40,15 +41,16 @@ def classification_report(y_true, y_pred, labels: list) -> dict:
         }
         for i, label in enumerate(labels)
     }
-    present = actual > 0
+    # Macro averages over every class of the model, as scikit-learn's with labels=all and
+    # zero_division=0: a class predicted but absent, or never predicted, counts as 0, not as missing.
     return {
         "accuracy": float(tp.sum() / max(1, len(y_true))),
         "n": int(len(y_true)),
         "per_class": per_class,
         "macro": {
-            "precision": float(precision[present].mean()) if present.any() else 0.0,
-            "recall": float(recall[present].mean()) if present.any() else 0.0,
-            "f1": float(f1[present].mean()) if present.any() else 0.0,
+            "precision": float(precision.mean()) if len(labels) else 0.0,
+            "recall": float(recall.mean()) if len(labels) else 0.0,
+            "f1": float(f1.mean()) if len(labels) else 0.0,
         },
         "labels": list(labels),
         "confusion_matrix": cm.tolist(),

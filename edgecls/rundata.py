@@ -1,30 +1,99 @@
-"""Rebuild a run's dataset splits from its metadata (same folder, fractions and seed)."""
+"""A run's own data: the dataset folder it trained on and the exact split it recorded (split.json).
+
+`convert` and `evaluate` verify on the run's recorded test split, so no training image is ever
+verified on, even after the folder gained, lost or changed files. Runs trained before splits were
+recorded get their split recomputed from the folder, fractions and seed, with a warning.
+"""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from edgecls.data import fingerprint, load_split
 from edgecls.datasets import resolve_dataset, scan_folder
+from edgecls.datasets.builtin import BUILTIN_DATASETS, materialize
+from edgecls.datasets.folder import SPLIT_NAMES, FolderDataset, dataset_classes, image_files
+from edgecls.splits import PERMUTATION, read_split_record, recorded_samples
 from runtime.errors import DataError
 
 
-def run_dataset(run, data: str | None = None):
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_root(run) -> Path:
+    """The run's dataset folder: a built-in by its recorded name (never a same-named folder here)."""
     info = run.metadata.get("dataset", {})
-    source = data or info.get("source")
+    builtin = info.get("builtin")
+    if builtin:
+        if builtin not in BUILTIN_DATASETS:
+            raise DataError(f"{run.path} was trained on built-in dataset {builtin!r}, which this edgecls does not have")
+        return materialize(builtin)
+    source = info.get("source")
     if not source:
-        raise DataError(f"{run.path} does not record its dataset: pass --data FOLDER")
-    root, _ = resolve_dataset(source)
-    return scan_folder(root, info.get("val_fraction", 0.1), info.get("test_fraction", 0.2), run.metadata.get("seed", 0))
+        raise DataError(f"{run.path} does not record its dataset: evaluate with --data FOLDER")
+    return resolve_dataset(source)[0]
+
+
+def check_classes(root, found: list, labels: list, subset_ok: bool = False) -> None:
+    """Refuse a folder whose classes differ from the model's labels, naming the differences.
+
+    subset_ok: other data may hold only some of the model's classes, never one it does not know.
+    """
+    unknown = [c for c in found if c not in labels]
+    missing = [c for c in labels if c not in found]
+    if unknown or (missing and not subset_ok):
+        parts = ([f"{', '.join(unknown)} unknown to the model"] if unknown else []) + (
+            [f"{', '.join(missing)} missing"] if missing and (not subset_ok or unknown) else [])
+        raise DataError(
+            f"the class folders of {root} differ from the model's labels ({'; '.join(parts)}): "
+            f"name the class folders like the model's labels ({', '.join(labels)})"
+        )
+
+
+def run_dataset(run, workers: int = 4, names=SPLIT_NAMES) -> FolderDataset:
+    """The run's own dataset with the splits it trained on (recorded), or recomputed for old runs.
+
+    Recorded splits are checked file by file (sha256), for the `names` asked for only.
+    """
+    root = run_root(run)
+    if not Path(root).is_dir():
+        raise DataError(f"the run's dataset folder {root} does not exist (moved or deleted): put it back to use the run's own split")
+    check_classes(root, dataset_classes(root), run.labels)
+    record = read_split_record(run.path)
+    info = run.metadata.get("dataset", {})
+    if record is None:
+        _warn(f"warning: {run.path} has no split.json (trained before splits were recorded): recomputing its split from {root}")
+        return scan_folder(root, info.get("val_fraction", 0.1), info.get("test_fraction", 0.2), run.metadata.get("seed", 0),
+                           method=info.get("split_method", PERMUTATION))
+    if record.labels != run.labels:
+        raise DataError(f"{run.path}/split.json has labels {record.labels} but metadata.json has {run.labels}: the run is damaged, train again")
+    splits, problems = recorded_samples(record, root, [n for n in names if n in record.splits], workers)
+    if problems:
+        _warn(f"warning: {problems}")
+    added = len(set(image_files(root)) - record.paths)
+    if added:
+        _warn(f"note: {added} image(s) added to {root} since training are not in the run's split (ignored)")
+    return FolderDataset(Path(root), run.labels, splits, "recorded")
+
+
+def require_splits(run, dataset: FolderDataset, names) -> None:
+    """Refuse when every image of a split the run used is gone or changed (nothing left to verify on)."""
+    for name in names:
+        used = run.metadata.get("dataset", {}).get("counts", {}).get(name, 0)
+        if used and not dataset.splits.get(name):
+            raise DataError(f"none of the {used} {name} images the run used is still in {dataset.root} unchanged: "
+                            f"restore the dataset, or train again on it as it is now")
 
 
 def load_run_splits(run, names=("train", "val", "test"), workers: int = 4) -> dict:
-    """Load the named splits with the run's preprocessing; warn if the data changed since training."""
-    dataset = run_dataset(run)
-    if dataset.labels != run.labels:
-        raise DataError(f"the dataset's classes {dataset.labels} differ from the model's {run.labels}: the folder changed since training")
+    """Load the named splits of the run's own split with its preprocessing."""
+    dataset = run_dataset(run, workers, names)
+    require_splits(run, dataset, names)
     splits = {n: load_split(dataset.splits[n], run.preprocess, workers, n) for n in names if dataset.splits.get(n)}
     recorded = run.metadata.get("dataset", {}).get("fingerprint")
-    if recorded and set(names) >= {"train", "val", "test"} and fingerprint(run.labels, splits) != recorded:
-        print("warning: the dataset changed since training (fingerprint differs); splits may not match the run's", file=sys.stderr)
+    if dataset.split_source != "recorded" and recorded and set(names) >= {"train", "val", "test"} \
+            and fingerprint(run.labels, splits) != recorded:
+        _warn("warning: the dataset changed since training (fingerprint differs); splits may not match the run's")
     return splits

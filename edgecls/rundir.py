@@ -1,6 +1,7 @@
 """The run directory: what training leaves behind and what converters read.
 
-RUN/model.keras, metadata.json, metrics.json, history.json, curves.png, confusion_matrix.png
+RUN/model.keras, metadata.json, split.json, metrics.json, history.json, curves.png, confusion_matrix.png
+(split.json: the exact files of each split, see `edgecls.splits`; runs before it lack it)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from runtime.preprocess import PreprocessSpec
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 METRICS_FILE = "metrics.json"
+SPLIT_FILE = "split.json"
 HISTORY_FILE = "history.json"
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion_matrix.png"

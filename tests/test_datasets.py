@@ -77,3 +77,36 @@ def test_digits_are_written_once_as_a_class_per_folder_directory(tmp_path):
     mtime = files[0].stat().st_mtime_ns
     assert materialize("digits", tmp_path) == folder and files[0].stat().st_mtime_ns == mtime
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_i15_p8_a_class_named_train_is_a_class_not_a_presplit_layout(tmp_path):
+    root = _folder(tmp_path / "vehicles", {"bus": 5, "car": 5, "train": 5})
+    ds = scan_folder(root, 0.2, 0.2, seed=0)
+    assert ds.labels == ["bus", "car", "train"] and ds.split_source == "seeded"
+    assert sum(len(s) for s in ds.splits.values()) == 15
+
+
+def test_i15_p8_classes_named_like_splits_holding_images_are_classes(tmp_path):
+    root = _folder(tmp_path / "d", {"train": 4, "test": 4})
+    ds = scan_folder(root, 0.0, 0.25)
+    assert ds.labels == ["test", "train"] and ds.split_source == "seeded"
+
+
+def test_i15_p8_half_presplit_layout_is_refused_with_the_cause(tmp_path):
+    _folder(tmp_path / "train", {"cat": 3, "dog": 3})
+    _folder(tmp_path, {"test": 2})  # test/ holds images directly
+    with pytest.raises(DataError, match="test/ holds images of its own"):
+        scan_folder(tmp_path)
+
+
+def test_i16_p3_a_bare_builtin_name_is_the_builtin_even_beside_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
+    from edgecls.datasets import resolve_dataset
+    from edgecls.datasets.builtin import BUILTIN_DATASETS
+
+    monkeypatch.chdir(tmp_path)
+    _folder(tmp_path / "digits", {"x": 3, "y": 3})  # e.g. a run written with --out digits
+    folder, builtin = resolve_dataset("digits")
+    assert builtin is BUILTIN_DATASETS["digits"] and folder.name == "digits-v1" and folder.is_absolute()
+    assert "write ./digits for the folder" in capsys.readouterr().err
+    folder, builtin = resolve_dataset("./digits")  # written as a path: the folder
+    assert builtin is None and scan_folder(folder).labels == ["x", "y"]

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -87,8 +88,22 @@ def materialize(name: str, root: Path | None = None) -> Path:
     return folder
 
 
+def is_builtin_name(data: str) -> bool:
+    """A bare built-in name (`digits`), as opposed to a path (`./digits`, `data/digits`, `digits/`)."""
+    return data in BUILTIN_DATASETS
+
+
 def resolve_dataset(data: str) -> tuple:
-    """Map `--data` to (folder, builtin or None): a built-in name, or a path to a folder."""
-    if data in BUILTIN_DATASETS and not Path(data).exists():
+    """Map `--data` to (folder, builtin or None).
+
+    A bare built-in name always means the built-in dataset, even when a folder of that name sits in
+    the current directory (often the run itself: `--out digits`); write a path (`./digits`) for the
+    folder. Anything else is a path to a class-per-folder directory.
+    """
+    data = str(data)
+    if is_builtin_name(data):
+        if Path(data).exists():
+            print(f"note: --data {data} is the built-in dataset; write ./{data} for the folder of that name",
+                  file=sys.stderr, flush=True)
         return materialize(data), BUILTIN_DATASETS[data]
     return Path(data), None

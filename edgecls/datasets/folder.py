@@ -1,7 +1,8 @@
 """Scan a class-per-folder directory: root/<class>/*.jpg, or root/{train,val,test}/<class>/*.
 
-Splits come from train/val/test subfolders when present, otherwise from a seeded,
-stratified split, so the same seed always gives the same test set.
+Splits come from train/val/test subfolders when the layout really is pre-split, otherwise from a
+seeded, stratified split that is a function of each file's content (see `edgecls.splits`), so the
+same seed and files always give the same test set and adding files moves few existing ones.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from runtime.errors import DataError
 from runtime.preprocess import IMAGE_SUFFIXES
@@ -22,6 +21,7 @@ SPLIT_NAMES = ("train", "val", "test")
 class Sample:
     path: Path
     label: int
+    digest: str | None = None  # sha256 of the file's bytes, when known
 
 
 @dataclass
@@ -29,7 +29,7 @@ class FolderDataset:
     root: Path
     labels: list
     splits: dict  # split name -> list[Sample]
-    split_source: str  # "folders" or "seeded"
+    split_source: str  # "folders", "seeded" or "recorded"
     ignored_files: int = 0
     notes: list = field(default_factory=list)
 
@@ -41,6 +41,10 @@ def _class_dirs(root: Path) -> list:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
 def _images_in(class_dir: Path) -> tuple:
     """Image files under a class folder (recursively), and how many other files were ignored."""
     images, ignored = [], 0
@@ -49,11 +53,56 @@ def _images_in(class_dir: Path) -> tuple:
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
-            if name.lower().endswith(IMAGE_SUFFIXES):
+            if _is_image(name):
                 images.append(Path(dirpath) / name)
             else:
                 ignored += 1
     return images, ignored
+
+
+def image_files(root: Path) -> list:
+    """Every image under `root`'s folders (what a scan could pick up), as paths relative to root."""
+    root = Path(root)
+    found = []
+    for top in _class_dirs(root):
+        images, _ = _images_in(top)
+        found.extend(p.relative_to(root).as_posix() for p in images)
+    return found
+
+
+def presplit_folders(root: Path) -> list:
+    """The split folders when `root` is a pre-split layout (root/train/<class>/...), else [].
+
+    Pre-split only when every top-level folder is named train, val or test and each holds
+    class folders and no images of its own: classes bus/car/train stay classes.
+    """
+    dirs = _class_dirs(root)
+    if not dirs or any(d.name not in SPLIT_NAMES for d in dirs):
+        return []
+    def split_like(d: Path) -> bool:
+        entries = list(d.iterdir())
+        return any(e.is_dir() and not e.name.startswith(".") for e in entries) and not any(
+            e.is_file() and _is_image(e.name) for e in entries)
+    like = [d for d in dirs if split_like(d)]
+    if not like:
+        return []
+    if len(like) < len(dirs):
+        flat = next(d for d in dirs if d not in like)
+        raise DataError(
+            f"{root} looks pre-split ({like[0].name}/ holds class folders) but {flat.name}/ holds images of its own: "
+            f"put them in {flat.name}/<class>/, or rename the folders if they are classes"
+        )
+    names = [d.name for d in dirs]
+    if "train" not in names:
+        raise DataError(f"{root} has {'/'.join(names)}/ but no train/ folder: add train/<class>/ images")
+    return names
+
+
+def dataset_classes(root: Path) -> list:
+    """The class names a scan of `root` would find (train/'s classes in a pre-split layout)."""
+    root = Path(root)
+    base = root / "train" if presplit_folders(root) else root
+    return [d.name for d in _class_dirs(base)]
 
 
 def _scan_classes(root: Path, labels: list | None = None) -> tuple:
@@ -77,32 +126,19 @@ def _scan_classes(root: Path, labels: list | None = None) -> tuple:
     return labels, samples, ignored, empty
 
 
-def stratified_split(samples: list, fractions: dict, seed: int) -> dict:
-    """Split samples per class with a seeded shuffle; each class contributes its share to every split."""
-    rng = np.random.default_rng(seed)
-    by_label: dict = {}
-    for s in samples:
-        by_label.setdefault(s.label, []).append(s)
-    out = {name: [] for name in SPLIT_NAMES}
-    for label in sorted(by_label):
-        group = by_label[label]
-        order = rng.permutation(len(group))
-        n = len(group)
-        n_test = int(round(n * fractions["test"])) if n >= 3 else 0
-        n_val = int(round(n * fractions["val"])) if n >= 3 else 0
-        if fractions["test"] > 0 and n >= 3:
-            n_test = max(1, n_test)
-        if fractions["val"] > 0 and n >= 3:
-            n_val = max(1, n_val)
-        picked = [group[i] for i in order]
-        out["test"].extend(picked[:n_test])
-        out["val"].extend(picked[n_test : n_test + n_val])
-        out["train"].extend(picked[n_test + n_val :])
-    return out
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DataError("val and test fractions must be in [0, 1) and leave some images for training")
 
 
-def scan_folder(root, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> FolderDataset:
-    """Find classes and images under `root` and assign every image to train, val or test."""
+def scan_folder(root, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+                method: str | None = None) -> FolderDataset:
+    """Find classes and images under `root` and assign every image to train, val or test.
+
+    `method` picks the seeded split (`edgecls.splits.METHODS`); None is the current one.
+    """
+    from edgecls.splits import seeded_split
+
     root = Path(root)
     if not root.exists():
         raise DataError(f"dataset folder {root} does not exist: pass a class-per-folder directory or a built-in name (digits, shapes)")
@@ -110,13 +146,10 @@ def scan_folder(root, val_fraction: float = 0.1, test_fraction: float = 0.2, see
         raise DataError(f"{root} is not a directory: pass a folder with one subfolder of images per class")
     if not os.access(root, os.R_OK | os.X_OK):
         raise DataError(f"cannot read dataset folder {root}: check its permissions")
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise DataError("val and test fractions must be in [0, 1) and leave some images for training")
+    _check_fractions(val_fraction, test_fraction)
 
-    presplit = [n for n in SPLIT_NAMES if (root / n).is_dir()]
+    presplit = presplit_folders(root)
     if presplit:
-        if "train" not in presplit:
-            raise DataError(f"{root} has {'/'.join(presplit)}/ but no train/ folder: add train/<class>/ images")
         labels, train, ignored, empty = _scan_classes(root / "train")
         _require_classes(root / "train", labels, empty)
         splits = {"train": train}
@@ -128,7 +161,7 @@ def scan_folder(root, val_fraction: float = 0.1, test_fraction: float = 0.2, see
         # A missing val/ or test/ is carved out of train/ with the seeded split.
         missing = {n: f for n, f in (("val", val_fraction), ("test", test_fraction)) if n not in splits}
         if missing:
-            carved = stratified_split(train, {"val": missing.get("val", 0.0), "test": missing.get("test", 0.0)}, seed)
+            carved = seeded_split(train, {"val": missing.get("val", 0.0), "test": missing.get("test", 0.0)}, seed, root, method)
             splits["train"] = carved["train"]
             for name in missing:
                 splits[name] = carved[name]
@@ -136,7 +169,7 @@ def scan_folder(root, val_fraction: float = 0.1, test_fraction: float = 0.2, see
     else:
         labels, samples, ignored, empty = _scan_classes(root)
         _require_classes(root, labels, empty)
-        splits = stratified_split(samples, {"val": val_fraction, "test": test_fraction}, seed)
+        splits = seeded_split(samples, {"val": val_fraction, "test": test_fraction}, seed, root, method)
         dataset = FolderDataset(root, labels, splits, "seeded", ignored)
     if ignored:
         dataset.notes.append(f"ignored {ignored} non-image file(s) (images are {', '.join(IMAGE_SUFFIXES)})")

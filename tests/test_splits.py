@@ -1,0 +1,141 @@
+"""Splits: a content-stable seeded split, and the split a run records and later steps reuse (issue 15.7)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecls.datasets import scan_folder
+from edgecls.rundir import open_run
+from edgecls.splits import PERMUTATION, file_digest
+from runtime.errors import DataError
+from tests.conftest import run_cli, write_image
+
+
+def _png(path, seed):
+    return write_image(path, np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+
+
+def _members(dataset) -> dict:
+    """split name of every file, keyed by content (so renames do not matter)."""
+    return {file_digest(s.path): name for name, samples in dataset.splits.items() for s in samples}
+
+
+def test_i15_p7_seeded_split_depends_on_content_and_adding_a_file_moves_few(tmp_path):
+    root = tmp_path / "d"
+    for c, name in enumerate(("a", "b", "c")):
+        for i in range(30):
+            _png(root / name / f"{i:02d}.png", 100 * c + i)
+    before = _members(scan_folder(root, 0.1, 0.2, seed=5))
+    _png(root / "a" / "new.png", 999)
+    after = _members(scan_folder(root, 0.1, 0.2, seed=5))
+    moved = {d: (before[d], after[d]) for d in before if before[d] != after[d]}
+    labels = {file_digest(p): p.parent.name for p in root.rglob("*.png")}
+    assert all(labels[d] == "a" for d in moved), moved  # other classes keep their split exactly
+    assert len(moved) <= 2 and ("test", "train") not in moved.values()  # one added file: one per boundary at most
+    for p in sorted((root / "b").glob("*.png")):  # names do not matter, only bytes
+        p.rename(p.with_name("renamed-" + p.name))
+    assert _members(scan_folder(root, 0.1, 0.2, seed=5)) == after
+
+
+@pytest.fixture
+def fresh_run(tmp_path, shapes_folder):
+    """A 16 px, one-epoch run on a private copy of the shapes folder (tests change the folder)."""
+    from edgecls.train import TrainConfig, train
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_folder, data)
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(data), out=str(out), image_size=16, epochs=1, seed=0, model_options={"widths": (8,)},
+                      verbose=0))
+    return out, data
+
+
+def _add_images(data, n: int) -> None:
+    for k, name in enumerate(("circle", "square", "triangle")):
+        for i in range(n):
+            _png(data / name / f"added-{i}.png", 1000 + 100 * k + i)
+
+
+def _recorded(out) -> dict:
+    return json.loads((out / "split.json").read_text())["splits"]
+
+
+def test_i15_p7_run_records_every_file_of_each_split(fresh_run):
+    out, data = fresh_run
+    splits = _recorded(out)
+    counts = json.loads((out / "metadata.json").read_text())["dataset"]["counts"]
+    assert {n: len(e) for n, e in splits.items()} == counts == {"train": 51, "val": 6, "test": 15}
+    every = [tuple(e) for entries in splits.values() for e in entries]
+    assert len({p for p, _, _ in every}) == 72
+    labels = open_run(out).labels
+    for path, digest, label in every:
+        assert file_digest(data / path) == digest and labels[label] == path.split("/")[0]
+
+
+def test_i15_p7_after_adding_files_the_run_uses_its_recorded_split(fresh_run, capfd):
+    from edgecls.rundata import load_run_splits
+
+    out, data = fresh_run
+    recorded = _recorded(out)
+    _add_images(data, 40)
+    fresh_test = {s.path.relative_to(data).as_posix() for s in scan_folder(data, 0.1, 0.2, 0).splits["test"]}
+    recorded_train = {p for p, _, _ in recorded["train"]}
+    assert fresh_test & recorded_train  # precondition: drawing the split again would verify on training images
+    capfd.readouterr()
+    splits = load_run_splits(open_run(out), ("train", "test"))
+    used_test = {Path(p).relative_to(data).as_posix() for p in splits["test"].paths}
+    assert used_test == {p for p, _, _ in recorded["test"]}
+    assert sorted(splits["test"].digests) == sorted(d for _, d, _ in recorded["test"])
+    assert not used_test & recorded_train
+    assert len(splits["train"].y) == 51
+    assert "note: 120 image(s) added" in capfd.readouterr().err
+
+
+def test_i15_p7_gone_and_changed_files_are_dropped_in_one_line_then_refused(fresh_run, capfd):
+    from edgecls.rundata import load_run_splits
+
+    out, data = fresh_run
+    test = [p for p, _, _ in _recorded(out)["test"]]
+    (data / test[0]).unlink()
+    _png(data / test[1], 4242)  # same name, other bytes
+    capfd.readouterr()
+    used = load_run_splits(open_run(out), ("test",))["test"]
+    assert sorted(used.paths) == sorted(str(data / p) for p in test[2:])
+    err = [l for l in capfd.readouterr().err.splitlines() if "recorded split" in l]
+    assert len(err) == 1 and "1 file(s) of the run's recorded split are gone and 1 changed" in err[0]
+    for p in test[2:]:
+        (data / p).unlink()
+    with pytest.raises(DataError, match="none of the 15 test images the run used"):
+        load_run_splits(open_run(out), ("test",))
+
+
+def test_i15_p7_runs_without_split_json_recompute_the_old_split_with_a_warning(fresh_run, capfd):
+    from edgecls.rundata import load_run_splits
+
+    out, data = fresh_run
+    (out / "split.json").unlink()
+    meta = json.loads((out / "metadata.json").read_text())
+    del meta["dataset"]["split_method"]  # as written before splits were recorded
+    (out / "metadata.json").write_text(json.dumps(meta))
+    capfd.readouterr()
+    used = load_run_splits(open_run(out), ("test",))["test"]
+    legacy = scan_folder(data, 0.1, 0.2, 0, method=PERMUTATION).splits["test"]
+    assert used.paths == [str(s.path) for s in legacy]
+    assert "has no split.json (trained before splits were recorded): recomputing" in capfd.readouterr().err
+
+
+def test_i15_p7_evaluate_and_convert_cli_use_the_recorded_test_split(fresh_run, tmp_path):
+    out, data = fresh_run
+    _add_images(data, 40)
+    before = (out / "metrics.json").read_text()
+    result = run_cli("evaluate", out, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["n"] == 15 and "added" in result.stderr
+    assert json.loads((out / "metrics.json").read_text())["confusion_matrix"] == json.loads(before)["confusion_matrix"]
+    bundle = tmp_path / "bundle"
+    result = run_cli("convert", out, "--out", bundle, "--formats", "tflite-fp32", "--max-drop", "100")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((bundle / "manifest.json").read_text())["source"]["test_images"] == 15
