@@ -1,15 +1,20 @@
 """The model bundle: manifest.json + artifacts + labels.txt, each with its sha256.
 
 It is the contract between converters, runtime, bench and flash: nothing downstream reads a
-Keras file. A bundle is a directory or a single uncompressed .tar of one.
+Keras file. A bundle is a directory or a single uncompressed .tar of one; a .tar is unpacked
+once into a cache folder named by its sha256 and reused by every later load.
+File names in the manifest are plain names inside the bundle, checked on load and on use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import tarfile
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -19,6 +24,8 @@ from runtime.preprocess import PreprocessSpec
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 BUNDLE_FORMAT = "edgecls-bundle/1"
+CACHE_ENV = "EDGECLS_BUNDLE_CACHE"
+_STALE_PARTIAL_S = 3600  # an unpack older than this was interrupted (a Pi unpacks a bundle in seconds)
 
 
 class BundleError(EdgeclsError):
@@ -139,11 +146,16 @@ class Bundle:
         raise BundleError(f"bundle {self.root} has no artifact {name!r}: it has {have}")
 
     def path_of(self, artifact: Artifact) -> Path:
-        return self.root / artifact.file
+        return self.root / check_file_name(artifact.file, f"bundle {self.root}: artifact {artifact.name}")
 
     def verify(self, artifact: Artifact) -> Path:
-        """Check the artifact's size and sha256 against the manifest before anything loads it."""
+        """Check the artifact's name, place and sha256 against the manifest before anything loads it."""
         path = self.path_of(artifact)
+        if path.is_symlink() and self.root.resolve() not in path.resolve().parents:
+            raise BundleError(
+                f"bundle {self.root}: {artifact.file} is a link to {path.resolve()}, outside the bundle: "
+                f"copy the real file into the bundle"
+            )
         if not path.is_file():
             raise BundleError(f"bundle {self.root} is incomplete: {artifact.file} is missing (convert again or copy the whole bundle)")
         digest = sha256_file(path)
@@ -155,22 +167,122 @@ class Bundle:
         return path
 
 
-def _extract_tar(path: Path) -> Path:
-    target = Path(tempfile.mkdtemp(prefix="edgecls-bundle-"))
+def check_file_name(name, where: str) -> str:
+    """`name` if it is a plain file name inside the bundle, else a BundleError.
+
+    Flash writes files on devices by these names, so no folders, `..` or absolute paths.
+    """
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise BundleError(
+            f"{where} names the file {name!r}, which is not a plain file name inside the bundle "
+            f"(no folders, '..' or absolute paths): the manifest was edited or damaged; convert again"
+        )
+    return name
+
+
+def bundle_cache_dir() -> Path:
+    """Where .tar bundles are unpacked: $EDGECLS_BUNDLE_CACHE, else ~/.cache/edgecls/bundles.
+
+    On disk rather than in the temp dir, which is RAM on a Raspberry Pi.
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no home directory (some service users)
+        base = Path(tempfile.gettempdir()) / f"edgecls-{os.getuid()}"
+    return base / "edgecls" / "bundles"
+
+
+def _read_manifest(root: Path, shown: Path) -> Manifest:
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{shown} is not a bundle: it has no {MANIFEST} (create one with `edgecls convert`)")
+    try:
+        raw = json.loads(manifest_path.read_text())
+        manifest = Manifest.from_dict(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{shown}: {MANIFEST} is malformed ({type(exc).__name__}: {exc}): convert the model again") from exc
+    if not str(raw.get("format", "")).startswith("edgecls-bundle/"):
+        raise BundleError(f"{shown}: {MANIFEST} is not an edgecls bundle manifest")
+    for artifact in manifest.artifacts:
+        check_file_name(artifact.file, f"bundle {shown}: artifact {artifact.name}")
+    for name in manifest.files:
+        check_file_name(name, f"bundle {shown}: the files list")
+    return manifest
+
+
+def _bundle_root(folder: Path) -> Path:
+    # convert writes the archive with the bundle's own folder inside it
+    inner = [p for p in folder.iterdir() if p.is_dir()]
+    return inner[0] if not (folder / MANIFEST).exists() and len(inner) == 1 else folder
+
+
+def _extract(path: Path, target: Path) -> None:
+    """Unpack `path` into `target`, refusing links, devices and names that would land outside it."""
     try:
         with tarfile.open(path) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(target, filter="data")
-            else:  # Python < 3.11.4 (e.g. Raspberry Pi OS Bookworm's 3.11.2): refuse escaping members ourselves
-                for member in tar.getmembers():
-                    dest = (target / member.name).resolve()
-                    if not (member.isfile() or member.isdir()) or target.resolve() not in (dest, *dest.parents):
-                        raise BundleError(f"bundle archive {path} has an unsafe member {member.name!r}")
-                tar.extractall(target)
+            members = tar.getmembers()
+            inside = target.resolve()
+            for member in members:
+                dest = (inside / member.name).resolve()
+                if not (member.isfile() or member.isdir()) or inside not in (dest, *dest.parents):
+                    raise BundleError(f"bundle archive {path} has an unsafe member {member.name!r}: "
+                                      f"only plain files inside the bundle are allowed; convert again")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 checks again, and drops odd permissions
+                tar.extractall(target, members, filter="data")
+            else:  # e.g. Raspberry Pi OS Bookworm's 3.11.2: the loop above is the check
+                tar.extractall(target, members)
     except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"cannot read bundle archive {path}: {exc}") from exc
-    inner = [p for p in target.iterdir() if p.is_dir()]
-    return inner[0] if not (target / MANIFEST).exists() and len(inner) == 1 else target
+        raise BundleError(f"cannot read bundle archive {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
+def _remove_stale_partials(cache: Path) -> None:
+    now = time.time()
+    for partial in cache.glob(".*.partial"):
+        try:
+            if now - partial.stat().st_mtime > _STALE_PARTIAL_S:
+                shutil.rmtree(partial, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _load_tar(path: Path) -> Bundle:
+    """Unpack into the cache folder named by the archive's sha256 (once), then load from there.
+
+    Unpacking goes to a temp folder beside it that is renamed into place only when the
+    archive and its manifest check out, so a refused or interrupted unpack leaves nothing.
+    """
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle archive {path}: {exc.strerror or exc}") from exc
+    cache = bundle_cache_dir()
+    final = cache / digest
+    if final.is_dir():
+        root = _bundle_root(final)
+        return Bundle(root, _read_manifest(root, path))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", suffix=".partial", dir=cache))
+    except OSError as exc:
+        raise BundleError(f"cannot unpack {path} into {cache} ({exc.strerror or exc}): "
+                          f"set {CACHE_ENV} to a writable folder") from exc
+    try:
+        _extract(path, partial)
+        manifest = _read_manifest(_bundle_root(partial), path)
+        try:
+            os.rename(partial, final)
+        except OSError as exc:
+            if not final.is_dir():  # else another process unpacked the same archive first: use theirs
+                raise BundleError(f"cannot unpack {path} into {cache} ({exc.strerror or exc}): "
+                                  f"set {CACHE_ENV} to a writable folder") from exc
+            shutil.rmtree(partial, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _remove_stale_partials(cache)
+    return Bundle(_bundle_root(final), manifest)
 
 
 def load_bundle(path) -> Bundle:
@@ -178,15 +290,6 @@ def load_bundle(path) -> Bundle:
     path = Path(path)
     if not path.exists():
         raise BundleError(f"bundle {path} does not exist: create one with `edgecls convert RUN --out {path}`")
-    root = _extract_tar(path) if path.is_file() else path
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise BundleError(f"{path} is not a bundle: it has no {MANIFEST} (create one with `edgecls convert`)")
-    try:
-        raw = json.loads(manifest_path.read_text())
-        manifest = Manifest.from_dict(raw)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{manifest_path} is malformed ({type(exc).__name__}: {exc}): convert the model again") from exc
-    if not str(raw.get("format", "")).startswith("edgecls-bundle/"):
-        raise BundleError(f"{manifest_path} is not an edgecls bundle manifest")
-    return Bundle(root, manifest)
+    if path.is_file():
+        return _load_tar(path)
+    return Bundle(path, _read_manifest(path, path))

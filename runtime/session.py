@@ -13,10 +13,23 @@ from runtime.backends.base import TensorSpec
 
 
 def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Float input -> the model's int8/uint8 input, bit for bit as the runtime's own quantize op.
+
+    Both round x/scale to the nearest integer, ties to even, and only then add the zero point
+    (rounding x/scale + zero_point moves every tie one step when the zero point is odd):
+    ONNX Runtime's QuantizeLinear divides by the scale in float32; LiteRT's default kernels
+    (the optimized QUANTIZE and XNNPACK) multiply by the float32 reciprocal, which differs
+    near ties. TFLite's reference kernel, which the runtime does not use, rounds ties away from 0.
+    """
     if spec.dtype not in ("int8", "uint8") or not spec.scale:
         return x.astype(spec.dtype, copy=False)
+    x = np.asarray(x, dtype=np.float32)
+    if spec.quantize_like == "litert":
+        scaled = x * np.float32(1.0 / spec.scale)
+    else:
+        scaled = x / np.float32(spec.scale)
     info = np.iinfo(spec.dtype)
-    q = np.round(x / spec.scale + spec.zero_point)
+    q = np.rint(scaled) + spec.zero_point
     return np.clip(q, info.min, info.max).astype(spec.dtype)
 
 

@@ -22,8 +22,9 @@ def write_image(path: Path, image_bgr: np.ndarray) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_data_cache(tmp_path_factory):
-    """Built-in datasets are written under a temp folder, not the user's cache."""
+    """Built-in datasets and unpacked .tar bundles go under temp folders, not the user's cache."""
     os.environ["EDGECLS_DATA"] = str(tmp_path_factory.mktemp("edgecls-data"))
+    os.environ["EDGECLS_BUNDLE_CACHE"] = str(tmp_path_factory.mktemp("bundle-cache"))  # unpacked .tar bundles
 
 
 # Each fixture class has its own pure colour (BGR) as well as its shape, so a tiny model learns it in seconds

@@ -95,7 +95,8 @@ def test_tampered_or_incomplete_bundles_are_refused(tiny_bundle, tmp_path):
         load_bundle(tmp_path)
 
 
-def test_bundle_tar_loads_like_the_directory(tiny_bundle):
+def test_bundle_tar_loads_like_the_directory(tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECLS_BUNDLE_CACHE", str(tmp_path))  # not the user's ~/.cache
     tar = tiny_bundle.with_name("tiny-bundle.tar")
     assert load_bundle(tar).manifest.to_dict() == load_bundle(tiny_bundle).manifest.to_dict()
     assert Classifier(tar).artifact.name == "tflite-int8"

@@ -17,6 +17,8 @@ class TensorSpec:
     dtype: str  # numpy dtype name: float32, int8, uint8
     scale: float = 0.0  # affine quantization: real = scale * (q - zero_point)
     zero_point: int = 0
+    # whose arithmetic `session.quantize` copies for this input: "onnx" (QuantizeLinear) or "litert"
+    quantize_like: str = "onnx"
 
 
 class Backend(Protocol):
@@ -24,6 +26,8 @@ class Backend(Protocol):
 
     `run` takes a batch already in the model's input dtype (quantized if the model says so)
     and returns the raw first output; quantization and top-k live above the backends.
+    `run` may be called from several threads at once; a backend whose engine is not safe
+    for that serializes `run` with a lock.
     """
 
     name: str

@@ -1,6 +1,15 @@
-"""LiteRT (ai-edge-litert) and its predecessor tflite-runtime: the same Interpreter API."""
+"""LiteRT (ai-edge-litert) and its predecessor tflite-runtime: the same Interpreter API.
+
+Thread safety: one interpreter per backend, behind a lock. An Interpreter keeps its input
+and output in buffers of its own, so two threads interleaving set_tensor/invoke/get_tensor
+get each other's scores or RuntimeErrors. The lock makes resize+set+invoke+get one step:
+threads sharing a Classifier take turns (the interpreter's own threads still run each
+invoke in parallel); open one Classifier per thread where they must run side by side.
+"""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -9,7 +18,7 @@ from runtime.backends.base import TensorSpec
 def _spec(detail: dict) -> TensorSpec:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     shape = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
-    return TensorSpec(detail["name"], shape, np.dtype(detail["dtype"]).name, float(scale), int(zero_point))
+    return TensorSpec(detail["name"], shape, np.dtype(detail["dtype"]).name, float(scale), int(zero_point), "litert")
 
 
 class _InterpreterBackend:
@@ -25,16 +34,19 @@ class _InterpreterBackend:
         self._out = self._interp.get_output_details()[0]
         self.input_spec, self.output_spec = _spec(self._in), _spec(self._out)
         self._batch = int(self._in["shape"][0])
+        self._lock = threading.Lock()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch)
         n = batch.shape[0]
-        if n != self._batch:
-            self._interp.resize_tensor_input(self._in["index"], [n, *self._in["shape"][1:]], strict=False)
-            self._interp.allocate_tensors()
-            self._batch = n
-        self._interp.set_tensor(self._in["index"], np.ascontiguousarray(batch))
-        self._interp.invoke()
-        return self._interp.get_tensor(self._out["index"]).copy()
+        with self._lock:  # resize, set, invoke and get are one step (see the module docstring)
+            if n != self._batch:
+                self._interp.resize_tensor_input(self._in["index"], [n, *self._in["shape"][1:]], strict=False)
+                self._interp.allocate_tensors()
+                self._batch = n
+            self._interp.set_tensor(self._in["index"], batch)
+            self._interp.invoke()
+            return self._interp.get_tensor(self._out["index"]).copy()
 
 
 class LiteRTBackend(_InterpreterBackend):

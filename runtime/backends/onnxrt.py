@@ -1,4 +1,7 @@
-"""ONNX Runtime with execution providers in the device profile's order (e.g. TensorRT -> CUDA -> CPU)."""
+"""ONNX Runtime with execution providers in the device profile's order (e.g. TensorRT -> CUDA -> CPU).
+
+Thread safety: InferenceSession.run may be called from several threads at once, so no lock.
+"""
 
 from __future__ import annotations
 
