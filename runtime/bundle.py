@@ -190,8 +190,22 @@ def bundle_cache_dir() -> Path:
     try:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     except RuntimeError:  # no home directory (some service users)
-        base = Path(tempfile.gettempdir()) / f"edgecls-{os.getuid()}"
+        base = _private_temp_dir(Path(tempfile.gettempdir()) / f"edgecls-{os.getuid()}")
     return base / "edgecls" / "bundles"
+
+
+def _private_temp_dir(path: Path) -> Path:
+    """A folder in the shared temp dir that only we own: another user could otherwise plant a bundle there."""
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        raise BundleError(f"cannot create the bundle cache {path} ({exc.strerror}): set {CACHE_ENV} to a writable folder") from exc
+    import stat
+
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise BundleError(f"the bundle cache {path} is not a private folder of this user: remove it or set {CACHE_ENV}")
+    return path
 
 
 def _read_manifest(root: Path, shown: Path) -> Manifest:

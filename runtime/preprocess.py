@@ -96,14 +96,64 @@ class PreprocessSpec:
         return cls(**known)
 
 
+# Pillow's DecompressionBombError threshold: a 1 MB PNG can declare 20000x20000 pixels, and decoding
+# it took 2.3 GB of RSS (an OOM kill on a Pi) before any resize could help. EDGECLS_MAX_IMAGE_PIXELS
+# raises it for real giant photos (a 200 MP phone shot is 16320x12240).
+MAX_IMAGE_PIXELS = 178_956_970
+MAX_PIXELS_ENV = "EDGECLS_MAX_IMAGE_PIXELS"
+
+
+def _declared_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, BMP or WebP header without decoding; None if unknown."""
+    head = buf[:64].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head.startswith(b"BM") and len(head) >= 26:
+        return abs(int.from_bytes(head[18:22], "little", signed=True)), abs(int.from_bytes(head[22:26], "little", signed=True))
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        chunk = head[12:16]
+        if chunk == b"VP8X":
+            return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+        if chunk == b"VP8L":
+            bits = int.from_bytes(head[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8 ":
+            return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+    if head[:2] == b"\xff\xd8":
+        data, pos = memoryview(np.ascontiguousarray(buf, dtype=np.uint8)).cast("B"), 2
+        while (marker := _JPEG_MARKER.search(data, pos)) is not None and len(data) >= marker.end() + 7:
+            code, start = marker.group(1)[0], marker.end()
+            if code in _JPEG_SOF:
+                return int.from_bytes(data[start + 5 : start + 7], "big"), int.from_bytes(data[start + 3 : start + 5], "big")
+            if code in (_SOI, _EOI, 0xDA):  # the frame header comes before any scan
+                return None
+            pos = start + int.from_bytes(data[start : start + 2], "big")
+    return None
+
+
+def _check_pixel_count(buf: np.ndarray, name: str) -> None:
+    size = _declared_size(buf)
+    try:
+        limit = int(os.environ.get(MAX_PIXELS_ENV) or MAX_IMAGE_PIXELS)
+    except ValueError:
+        raise EdgeclsError(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r} is not a whole number of pixels") from None
+    if size is not None and size[0] * size[1] > limit:
+        raise ImageDecodeError(
+            f"cannot decode image {name}: it declares {size[0]}x{size[1]} pixels, more than the limit of {limit} "
+            f"(a decompression bomb, or a giant photo: shrink it, or raise {MAX_PIXELS_ENV})"
+        )
+
+
 def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array (H, W, 3).
 
     Grayscale becomes 3 channels, alpha is dropped (as PIL's convert("RGB") does), 16-bit is
-    scaled to 8-bit, and EXIF orientation is applied.
+    scaled to 8-bit, and EXIF orientation is applied. Images that declare more than
+    MAX_IMAGE_PIXELS are refused before decoding.
     """
     cv2 = _cv2()
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    _check_pixel_count(buf, name)
     image = None
     if buf.size:
         image = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
@@ -114,11 +164,13 @@ def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
     return to_rgb8(image, order="bgr", name=name)
 
 
-# A marker: 0xFF (plus fill 0xFFs) then a code that is not a stuffed 0x00, TEM, RSTn, SOI or another 0xFF.
-# Those skipped codes carry no length; everything else but EOI is followed by a two-byte length.
-# Spelled \xff\xff* rather than \xff+ so that `re` can jump between 0xFF bytes (~15x faster).
-_JPEG_MARKER = re.compile(rb"\xff\xff*([^\x00\x01\xd0-\xd8\xff])")
-_EOI = 0xD9
+# A marker: 0xFF then a code that is not a stuffed 0x00, TEM, RSTn or another 0xFF (fill bytes
+# before a marker end in the 0xFF this matches). Those skipped codes carry no length; everything
+# else but SOI and EOI is followed by a two-byte length. One 0xFF, never a run: `\xff\xff*` re-scans
+# a run of 0xFF at every start, so a decodable JPEG padded with 40 KB of 0xFF took 26 s (quadratic).
+_JPEG_MARKER = re.compile(rb"\xff([^\x00\x01\xd0-\xd7\xff])")
+_SOI, _EOI = 0xD8, 0xD9
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers: baseline, progressive, lossless...
 
 
 def _is_truncated_jpeg(buf: np.ndarray) -> bool:
@@ -136,6 +188,8 @@ def _is_truncated_jpeg(buf: np.ndarray) -> bool:
     while (marker := _JPEG_MARKER.search(data, pos)) is not None:
         if marker.group(1)[0] == _EOI:
             return False
+        if marker.group(1)[0] == _SOI:  # another image starts: this one was cut off (libjpeg decodes on, garbled)
+            return True
         start = marker.end()
         length = int.from_bytes(data[start : start + 2], "big")
         if length < 2 or start + length > len(data):
