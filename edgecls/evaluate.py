@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,10 @@ def write_evaluation(folder: Path, metrics: dict, labels: list) -> None:
         metrics["confusion_matrix"], labels, Path(folder) / rundir.CONFUSION_PNG,
         title=f"confusion matrix ({metrics.get('evaluated_on', 'test')}, accuracy {metrics['accuracy']:.4f})",
     )
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _same_folder(a, b) -> bool:
@@ -51,9 +56,10 @@ def _other_samples(run, root: Path, split: str) -> list:
 
     info = run.metadata.get("dataset", {})
     if split == "all":
-        dataset = scan_folder(root, 0.0, 0.0)
+        dataset = scan_folder(root, 0.0, 0.0, min_classes=1)
     else:
-        dataset = scan_folder(root, info.get("val_fraction", 0.1), info.get("test_fraction", 0.2), run.metadata.get("seed", 0))
+        dataset = scan_folder(root, info.get("val_fraction", 0.1), info.get("test_fraction", 0.2), run.metadata.get("seed", 0),
+                              min_classes=1)
     check_classes(root, dataset.labels, run.labels, subset_ok=True)
     chosen = sum(dataset.splits.values(), []) if split == "all" else dataset.splits[split]
     remap = {i: run.labels.index(name) for i, name in enumerate(dataset.labels)}
@@ -72,15 +78,18 @@ def evaluate_run(run_path, data: str | None = None, split: str | None = None, ba
     """
     from edgecls.data import load_split
     from edgecls.datasets import resolve_dataset
-    from edgecls.rundata import require_splits, run_dataset
+    from edgecls.rundata import holds_recorded_split, require_splits, run_dataset, trained_on
 
     run = rundir.open_run(run_path)
     root = resolve_dataset(data)[0] if data is not None else None
     own = root is None or _same_folder(root, _recorded_root(run))
-    if own:
+    moved = not own and holds_recorded_split(run, root)
+    if moved:  # the run's own folder, moved or copied: evaluating it whole would verify on training images
+        _warn(f"note: {root} holds the files the run recorded in split.json: evaluating the run's own split there")
+    if own or moved:
         split = split or "test"
         names = ["train", "val", "test"] if split == "all" else [split]
-        dataset = run_dataset(run, workers, names)
+        dataset = run_dataset(run, workers, names, root if moved else None)
         require_splits(run, dataset, names)
         root, chosen = dataset.root, sum(dataset.splits.values(), []) if split == "all" else dataset.splits.get(split, [])
     else:
@@ -89,6 +98,12 @@ def evaluate_run(run_path, data: str | None = None, split: str | None = None, ba
     if not chosen:
         raise DataError(f"the {split} split of {root} is empty: use --split val|train|all")
     loaded = load_split(chosen, run.preprocess, workers, split)
+    if not (own or moved):
+        seen = trained_on(run)
+        overlap = sum(d in seen for d in loaded.digests)
+        if overlap:
+            _warn(f"warning: {overlap} of the {len(loaded.digests)} images of {root} are images the run trained or validated on "
+                  f"(same bytes): their accuracy is not held-out")
     model = run.load_model()
     report = evaluate_arrays(model, loaded.x, loaded.y, run.labels, batch_size)
     metrics = {"test_accuracy": report["accuracy"], "evaluated_on": split, "data": str(root), **report}

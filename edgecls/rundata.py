@@ -52,12 +52,35 @@ def check_classes(root, found: list, labels: list, subset_ok: bool = False) -> N
         )
 
 
-def run_dataset(run, workers: int = 4, names=SPLIT_NAMES) -> FolderDataset:
+def holds_recorded_split(run, folder) -> bool:
+    """Whether `folder` is the run's dataset moved elsewhere: the same classes, and most of the files
+    the run recorded (by relative path; their bytes are checked when they are used). A copy of some
+    classes is other data."""
+    record = read_split_record(run.path)
+    if record is None or not Path(folder).is_dir():
+        return False
+    try:
+        if sorted(dataset_classes(folder)) != sorted(run.labels):
+            return False
+    except DataError:
+        return False
+    recorded = [p for entries in record.splits.values() for p, _, _ in entries]
+    return bool(recorded) and sum((Path(folder) / p).is_file() for p in recorded) * 2 > len(recorded)
+
+
+def trained_on(run) -> set:
+    """sha256 of every image the run trained or validated on (empty for runs without split.json)."""
+    record = read_split_record(run.path)
+    return {d for name in ("train", "val") for _, d, _ in (record.splits.get(name, []) if record else [])}
+
+
+def run_dataset(run, workers: int = 4, names=SPLIT_NAMES, root=None) -> FolderDataset:
     """The run's own dataset with the splits it trained on (recorded), or recomputed for old runs.
 
-    Recorded splits are checked file by file (sha256), for the `names` asked for only.
+    Recorded splits are checked file by file (sha256), for the `names` asked for only. `root`: the
+    run's dataset moved to another folder (else the folder the run recorded).
     """
-    root = run_root(run)
+    root = run_root(run) if root is None else Path(root)
     if not Path(root).is_dir():
         raise DataError(f"the run's dataset folder {root} does not exist (moved or deleted): put it back to use the run's own split")
     check_classes(root, dataset_classes(root), run.labels)

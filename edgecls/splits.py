@@ -3,20 +3,24 @@
 The seeded split ranks each class's files by sha256(seed, file sha256) and takes the first
 n_test for test, the next n_val for val, the rest for train. A file's place in that order depends
 only on its own bytes, so the split does not depend on file names, order or other classes, and
-growing a dataset moves few files: adding k images to a class keeps the relative order of the old
-ones, so at most k old images of that class cross each boundary (test|val and val|train), and
-other classes do not change at all. Old images can still change split (a test image can become a
-val or, when k is large, a train image of a *new* split): a run therefore records the split it
-trained on, and `convert`/`evaluate` use that record rather than drawing the split again.
+copies of one image (same bytes) sit side by side: a boundary that would fall between copies moves
+before them, so all copies go to the later split and no test image is a copy of a training image
+of its class. Growing a dataset moves few files: adding k images to a class of 3 or more keeps the
+relative order of the old ones, so at most k old images of that class cross each boundary
+(test|val and val|train), and other classes do not change at all. (A class growing past 2 images
+gets its first test and val images, which may be old ones.) Old images can still change split: a
+run therefore records the split it trained on, and `convert`/`evaluate` use that record rather
+than drawing the split again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -89,10 +93,20 @@ def seeded_split(samples: list, fractions: dict, seed: int, root: Path | None = 
         else:
             ordered = [group[i] for i in rng.permutation(len(group))]
         n_test, n_val = _counts(len(group), fractions)
+        if method == CONTENT_RANK:
+            n_test = _before_copies(ordered, n_test)
+            n_val = max(n_test, _before_copies(ordered, n_test + n_val)) - n_test
         out["test"].extend(ordered[:n_test])
         out["val"].extend(ordered[n_test : n_test + n_val])
         out["train"].extend(ordered[n_test + n_val :])
     return out
+
+
+def _before_copies(ordered: list, i: int) -> int:
+    """Move a boundary back so copies of one file (adjacent: same rank) never straddle it."""
+    while 0 < i < len(ordered) and ordered[i].digest and ordered[i].digest == ordered[i - 1].digest:
+        i -= 1
+    return i
 
 
 # --- the record a run keeps --------------------------------------------------------------------------
@@ -140,12 +154,39 @@ def read_split_record(run_dir) -> RecordedSplit | None:
         return None
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != SPLIT_FORMAT:
-            raise ValueError(f"format {data.get('format')!r}, expected {SPLIT_FORMAT}")
-        splits = {name: [(str(p), str(d), int(y)) for p, d, y in entries] for name, entries in data["splits"].items()}
-        return RecordedSplit(list(data["labels"]), splits, list(data.get("skipped", [])))
+        if not isinstance(data, dict) or data.get("format") != SPLIT_FORMAT:
+            raise ValueError(f"format {data.get('format') if isinstance(data, dict) else None!r}, expected {SPLIT_FORMAT}")
+        labels, skipped = data["labels"], data.get("skipped", [])
+        if not isinstance(labels, list) or not isinstance(data["splits"], dict) or not isinstance(skipped, list):
+            raise ValueError("labels, splits or skipped of the wrong type")
+        splits = {name: [_entry(name, e, len(labels)) for e in entries] for name, entries in data["splits"].items()}
+        return RecordedSplit(list(labels), splits, [_relative(p) for p in skipped])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"cannot read {path}: {exc} (the run is damaged: train again)") from exc
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _relative(path) -> str:
+    """A recorded path must stay inside the dataset folder: relative, with no `..`, `.` or empty part."""
+    if not isinstance(path, str) or PurePosixPath(path).is_absolute() or any(
+            part in ("", ".", "..") for part in path.split("/")):
+        raise ValueError(f"path {path!r} is not a path inside the dataset folder")
+    return path
+
+
+def _entry(name: str, entry, n_labels: int) -> tuple:
+    """One [relative path, sha256, label index] entry, checked so a damaged record cannot read
+    outside the dataset or label an image with a class the model does not have."""
+    if name not in SPLIT_NAMES or not isinstance(entry, list) or len(entry) != 3:
+        raise ValueError(f"entry {entry!r} of split {name!r} is not [path, sha256, label]")
+    path, digest, label = entry
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise ValueError(f"entry {path!r} has no sha256")
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n_labels:
+        raise ValueError(f"entry {path!r} has label {label!r}, not one of the {n_labels} classes")
+    return _relative(path), digest, label
 
 
 def recorded_samples(record: RecordedSplit, root, names, workers: int = 4) -> tuple:

@@ -79,15 +79,13 @@ def presplit_folders(root: Path) -> list:
     dirs = _class_dirs(root)
     if not dirs or any(d.name not in SPLIT_NAMES for d in dirs):
         return []
-    def split_like(d: Path) -> bool:
-        entries = list(d.iterdir())
-        return any(e.is_dir() and not e.name.startswith(".") for e in entries) and not any(
-            e.is_file() and _is_image(e.name) for e in entries)
-    like = [d for d in dirs if split_like(d)]
+    like = [d for d in dirs if _holds_class_folders(d)]
     if not like:
         return []
-    if len(like) < len(dirs):
-        flat = next(d for d in dirs if d not in like)
+    # A split folder with no images at all (val/ made ahead of time) is an empty split, not a class.
+    flats = [d for d in dirs if d not in like and _images_in(d)[0]]
+    if flats:
+        flat = flats[0]
         raise DataError(
             f"{root} looks pre-split ({like[0].name}/ holds class folders) but {flat.name}/ holds images of its own: "
             f"put them in {flat.name}/<class>/, or rename the folders if they are classes"
@@ -96,6 +94,26 @@ def presplit_folders(root: Path) -> list:
     if "train" not in names:
         raise DataError(f"{root} has {'/'.join(names)}/ but no train/ folder: add train/<class>/ images")
     return names
+
+
+def _holds_class_folders(d: Path) -> bool:
+    """Holds class folders and no images of its own: what a split folder of a pre-split layout holds."""
+    entries = list(d.iterdir())
+    return any(e.is_dir() and not e.name.startswith(".") for e in entries) and not any(
+        e.is_file() and _is_image(e.name) for e in entries)
+
+
+def _ambiguous_split_folders(root: Path) -> str | None:
+    """A note when train/ (val/, test/) beside other folders holds only subfolders: taken as a class,
+    which is right for classes bus/car/train, but a pre-split layout with a stray folder looks the same."""
+    odd = [d for d in _class_dirs(root) if d.name in SPLIT_NAMES and _holds_class_folders(d)]
+    if not odd:
+        return None
+    d = odd[0]
+    subs = ", ".join(p.name for p in _class_dirs(d)[:3])
+    others = ", ".join(p.name for p in _class_dirs(root) if p.name not in SPLIT_NAMES)
+    return (f"{d.name}/ holds only subfolders ({subs}) and is taken as one class beside {others}; for a "
+            f"pre-split layout keep only train/, val/ and test/ at the top of {root}")
 
 
 def dataset_classes(root: Path) -> list:
@@ -132,10 +150,11 @@ def _check_fractions(val_fraction: float, test_fraction: float) -> None:
 
 
 def scan_folder(root, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-                method: str | None = None) -> FolderDataset:
+                method: str | None = None, min_classes: int = 2) -> FolderDataset:
     """Find classes and images under `root` and assign every image to train, val or test.
 
     `method` picks the seeded split (`edgecls.splits.METHODS`); None is the current one.
+    `min_classes`: 2 to train; evaluating a model on one class's images is fine (1).
     """
     from edgecls.splits import seeded_split
 
@@ -151,7 +170,7 @@ def scan_folder(root, val_fraction: float = 0.1, test_fraction: float = 0.2, see
     presplit = presplit_folders(root)
     if presplit:
         labels, train, ignored, empty = _scan_classes(root / "train")
-        _require_classes(root / "train", labels, empty)
+        _require_classes(root / "train", labels, empty, min_classes)
         splits = {"train": train}
         for name in ("val", "test"):
             if name in presplit:
@@ -168,18 +187,39 @@ def scan_folder(root, val_fraction: float = 0.1, test_fraction: float = 0.2, see
         dataset = FolderDataset(root, labels, {n: splits[n] for n in SPLIT_NAMES}, "folders", ignored)
     else:
         labels, samples, ignored, empty = _scan_classes(root)
-        _require_classes(root, labels, empty)
+        _require_classes(root, labels, empty, min_classes)
         splits = seeded_split(samples, {"val": val_fraction, "test": test_fraction}, seed, root, method)
         dataset = FolderDataset(root, labels, splits, "seeded", ignored)
+        ambiguous = _ambiguous_split_folders(root)
+        if ambiguous:
+            dataset.notes.append(ambiguous)
+    copies = _copies_across_classes(root, labels, dataset.splits)
+    if copies:
+        dataset.notes.append(copies)
     if ignored:
         dataset.notes.append(f"ignored {ignored} non-image file(s) (images are {', '.join(IMAGE_SUFFIXES)})")
     return dataset
 
 
-def _require_classes(root: Path, labels: list, empty: list) -> None:
+def _copies_across_classes(root: Path, labels: list, splits: dict) -> str | None:
+    """A note when one image (same bytes) sits in two classes: the model is taught both labels."""
+    first: dict = {}
+    clashes = []
+    for sample in (s for samples in splits.values() for s in samples if s.digest):
+        seen = first.setdefault(sample.digest, sample)
+        if seen.label != sample.label:
+            clashes.append((seen, sample))
+    if not clashes:
+        return None
+    a, b = (Path(s.path).relative_to(root).as_posix() for s in clashes[0])
+    return (f"{len(clashes)} image(s) are copies (same bytes) of an image in another class (first: {a} and {b}): "
+            f"remove the wrongly labelled copies")
+
+
+def _require_classes(root: Path, labels: list, empty: list, min_classes: int = 2) -> None:
     if not labels:
         raise DataError(f"{root} has no class folders: put images in {root}/<class name>/")
     if empty:
         raise DataError(f"class folder(s) {', '.join(empty)} in {root} have no images: add images or remove the folder")
-    if len(labels) < 2:
+    if len(labels) < min_classes:
         raise DataError(f"{root} has a single class ({labels[0]}): a classifier needs at least two class folders")
