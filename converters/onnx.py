@@ -47,11 +47,14 @@ class OnnxQuantOptions:
     per_channel: bool = True
     calibration: str = "minmax"  # minmax | percentile | entropy
     percentile: float = 99.999
-    exclude_nodes: tuple = ()
+    exclude_nodes: tuple = ()  # node names in the pre-processed graph, the one quantized
+    keep_ends_in_float: bool = False  # the first and last Conv/Gemm/MatMul of the graph that is quantized
     reduce_range: bool = False
 
     def describe(self) -> str:
         parts = [("per-channel" if self.per_channel else "per-tensor"), self.calibration]
+        if self.keep_ends_in_float:
+            parts.append("first and last layers kept in float")
         if self.exclude_nodes:
             parts.append(f"{len(self.exclude_nodes)} node(s) kept in float")
         return ", ".join(parts)
@@ -73,25 +76,45 @@ class _ArrayReader:
         self._i = 0
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, options: OnnxQuantOptions) -> None:
-    """Static QDQ int8 quantization (per-channel by default) calibrated on `calibration`."""
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, options: OnnxQuantOptions) -> tuple:
+    """Static QDQ int8 quantization (per-channel by default) calibrated on `calibration`.
+
+    Returns the names of the nodes kept in float. They are looked up in the pre-processed graph,
+    the one actually quantized: pre-processing fuses MatMul + Add into a Gemm with a new name, so a
+    name taken from the exported file would silently match nothing.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[options.calibration]
     input_name = onnx.load(str(fp32_path)).graph.input[0].name
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prep.onnx"
-        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
+        _pre_process(fp32_path, prepped)
+        excluded = _excluded(weighted_nodes(prepped), [n.name for n in onnx.load(str(prepped)).graph.node], options)
         extra = {"CalibPercentile": options.percentile} if options.calibration == "percentile" else {}
         quantize_static(
             str(prepped), str(out_path), _ArrayReader(input_name, calibration),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             per_channel=options.per_channel, reduce_range=options.reduce_range, calibrate_method=method,
-            nodes_to_exclude=list(options.exclude_nodes), extra_options=extra,
+            nodes_to_exclude=list(excluded), extra_options=extra,
         )
+    return excluded
+
+
+def _pre_process(fp32_path: Path, out_path: Path) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+
+
+def _excluded(weighted: list, names: list, options: OnnxQuantOptions) -> tuple:
+    unknown = [n for n in options.exclude_nodes if n not in names]
+    if unknown:
+        raise ValueError(f"node(s) {', '.join(unknown)} not in the graph being quantized (names change in pre-processing)")
+    ends = (weighted[:1] + weighted[-1:]) if options.keep_ends_in_float else []
+    return tuple(dict.fromkeys([*ends, *options.exclude_nodes]))
 
 
 def weighted_nodes(path: Path) -> list:

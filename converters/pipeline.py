@@ -72,8 +72,11 @@ class _Exporter:
         self._onnx_fp32: Path | None = None
 
     def calibration(self, factor: int = 1) -> np.ndarray:
-        size = min(len(self.train_x), self.options.calibration_size * factor)
-        return calib.representative_set(self.train_x, size, self.options.seed)
+        return calib.representative_set(self.train_x, self.calibration_count(factor), self.options.seed)
+
+    def calibration_count(self, factor: int = 1) -> int:
+        """Images the representative set really holds: the training split may have fewer than asked."""
+        return min(len(self.train_x), self.options.calibration_size * factor)
 
     def onnx_fp32(self) -> Path:
         if self._onnx_fp32 is None:
@@ -82,35 +85,46 @@ class _Exporter:
         return self._onnx_fp32
 
     def attempts(self, fmt: ExportFormat):
-        n = self.options.calibration_size
+        """(description, build) pairs; build(out) writes the file and returns notes for the manifest."""
+        n, more = self.calibration_count(), self.calibration_count(4)
         if fmt.format == "tflite":
             if fmt.precision != "int8":
-                return [("", lambda out: write_bytes(out, to_tflite(self.model, fmt.precision)))]
-            return [
-                (f"per-channel, {n} calibration images",
-                 lambda out: write_bytes(out, to_tflite(self.model, "int8", self.calibration()))),
-                (f"more calibration data ({min(4 * n, len(self.train_x))} images)",
-                 lambda out: write_bytes(out, to_tflite(self.model, "int8", self.calibration(4)))),
-            ]
+                return [("", _without_notes(lambda out: write_bytes(out, to_tflite(self.model, fmt.precision))))]
+
+            def tflite_int8(factor=1):
+                def build(out):
+                    data = self.calibration(factor)
+                    write_bytes(out, to_tflite(self.model, "int8", data))
+                    return {"calibration_images": len(data)}
+                return build
+
+            return [(f"per-channel, {n} calibration images", tflite_int8())] + (
+                [(f"more calibration data ({more} images)", tflite_int8(4))] if more > n else [])
         if fmt.precision == "fp32":
-            return [("", lambda out: out.write_bytes(self.onnx_fp32().read_bytes()))]
+            return [("", _without_notes(lambda out: out.write_bytes(self.onnx_fp32().read_bytes())))]
         base = onnx_export.OnnxQuantOptions(calibration=self.options.calibration_method)
 
         def quant(opts, factor=1):
-            return lambda out: onnx_export.quantize_int8(self.onnx_fp32(), out, self.calibration(factor), opts)
-
-        def keep_ends_in_float(out):
-            nodes = onnx_export.weighted_nodes(self.onnx_fp32())
-            opts = replace(base, exclude_nodes=tuple(nodes[:1] + nodes[-1:]))
-            onnx_export.quantize_int8(self.onnx_fp32(), out, self.calibration(4), opts)
+            def build(out):
+                data = self.calibration(factor)
+                kept = onnx_export.quantize_int8(self.onnx_fp32(), out, data, opts)
+                return {"calibration_images": len(data), **({"kept_in_float": list(kept)} if kept else {})}
+            return build
 
         return [
             (f"QDQ {base.describe()}, {n} calibration images", quant(base)),
-            (f"more calibration data ({min(4 * n, len(self.train_x))} images)", quant(base, 4)),
-            ("percentile calibration", quant(replace(base, calibration="percentile"), 4)),
-            ("entropy calibration", quant(replace(base, calibration="entropy"), 4)),
-            ("first and last layers kept in float", keep_ends_in_float),
+            *([(f"more calibration data ({more} images)", quant(base, 4))] if more > n else []),  # else the same set
+            (f"percentile calibration ({more} images)", quant(replace(base, calibration="percentile"), 4)),
+            (f"entropy calibration ({more} images)", quant(replace(base, calibration="entropy"), 4)),
+            (f"first and last layers kept in float ({more} images)", quant(replace(base, keep_ends_in_float=True), 4)),
         ]
+
+
+def _without_notes(write):
+    def build(out) -> dict:
+        write(out)
+        return {}
+    return build
 
 
 def _prune(run, model, splits, options: ConvertOptions, reference: dict):
@@ -176,7 +190,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
                 progress(f"[{i}/{len(options.formats)}] {fmt.name}: converting" + (f" ({description})" if description else ""))
                 try:
                     with quiet():
-                        build(target)
+                        built = build(target)
                 except EdgeclsError:
                     raise
                 except Exception as exc:  # the converters raise many types; name the format and the way out
@@ -203,6 +217,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
                 note["failed_attempts"] = failures
             if fmt.precision == "int8":
                 note["calibration"] = description
+            note.update(built)  # calibration_images, kept_in_float: read off what was built
             if result["per_class_recall_change"]:
                 note["per_class_recall_change"] = result["per_class_recall_change"]
             artifacts.append(Artifact(
@@ -213,7 +228,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
                 max_prob_diff=round(result["max_prob_diff"], 6), macs=reference["macs"], notes=note,
             ))
             rows.append({"name": fmt.name, "size_bytes": artifacts[-1].size_bytes, **result,
-                         "note": f"fixed by: {description}" if failures else ""})
+                         "note": f"fixed by: {description}" if failures else description})
 
         import keras
         import tensorflow as tf
@@ -225,8 +240,9 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
                     "model": run.metadata.get("model", {}), "accuracy": round(source_accuracy, 6),
                     "dataset_fingerprint": run.metadata.get("dataset", {}).get("fingerprint"),
                     "test_images": int(len(test.y)), "params": reference["params"], "macs": reference["macs"]},
-            calibration={"size": int(len(calibration)), "fingerprint": calib.fingerprint(calibration),
-                         "method": options.calibration_method, "drawn_from": "train", "seed": options.seed},
+            calibration={"size": int(len(calibration)), "requested": options.calibration_size,
+                         "fingerprint": calib.fingerprint(calibration), "method": options.calibration_method,
+                         "drawn_from": "train", "seed": options.seed},
             pruning=pruning,
             versions={"edgecls": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
                       **_runtime_versions(), "python": platform.python_version()},

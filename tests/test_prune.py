@@ -6,7 +6,9 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from converters.macs import count_macs
-from converters.prune import _magnitude_mask, _polynomial, parse_prune, sparsity_callback, sparsity_of, structured_prune
+from converters.prune import (
+    _magnitude_mask, _polynomial, parse_prune, recalibrate_batchnorm, sparsity_callback, sparsity_of, structured_prune,
+)
 from edgecls.models import create_model
 from runtime.errors import EdgeclsError
 
@@ -68,3 +70,89 @@ def test_sparsity_callback_reaches_the_target_during_training():
 def test_bad_prune_specs_are_rejected(bad):
     with pytest.raises(EdgeclsError, match="structured=RATIO or sparsity=RATIO"):
         parse_prune(bad)
+
+
+# ---------------------------------------------------------------- issue 15 point 13: refit and BN recalibration
+
+def _shift_the_weak_channels(model, gamma_weak: float, beta_weak: float = 2.0):
+    """Odd BN channels get a small scale (so they are the ones pruned) and a large shift."""
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            weak = np.arange(len(gamma)) % 2 == 1
+            gamma = np.where(weak, gamma_weak, rng.uniform(0.5, 1.5, len(gamma))).astype("float32")
+            beta = np.where(weak, beta_weak, rng.normal(0, 0.2, len(beta))).astype("float32")
+            layer.set_weights([gamma, beta, mean, var])
+
+
+def _images(n, shape, seed=1):
+    return np.random.default_rng(seed).random((n, *shape)).astype("float32")
+
+
+def test_i15_p13_constant_removed_channels_are_folded_exactly_into_the_dense_bias():
+    # one conv -> BN -> ReLU -> pool -> GAP -> Dense: the removed channels output relu(2.0) everywhere
+    keras.utils.set_random_seed(0)
+    model = create_model("simple", 3, (16, 16, 1), widths=(8,), convs_per_block=1, dropout=0.0)
+    _shift_the_weak_channels(model, gamma_weak=0.0)
+    x, sample = _images(8, (16, 16, 1)), _images(32, (16, 16, 1), seed=2)
+    before = model.predict(x, verbose=0)
+    folded, _ = structured_prune(model, 0.5, sample)
+    sliced, _ = structured_prune(model, 0.5)
+    assert np.abs(sliced.predict(x, verbose=0) - before).max() > 0.05  # dropping the constant is visible
+    np.testing.assert_allclose(folded.predict(x, verbose=0), before, atol=2e-4)
+    dense_old, dense_new = model.get_layer("predictions"), folded.get_layer("predictions")
+    kept = np.arange(8) % 2 == 0
+    expected_bias = dense_old.bias.numpy() + 2.0 * dense_old.kernel.numpy()[~kept].sum(axis=0)
+    np.testing.assert_allclose(dense_new.bias.numpy(), expected_bias, rtol=1e-3, atol=1e-3)
+
+
+def test_i15_p13_refit_keeps_the_pruned_model_much_closer_before_fine_tuning():
+    # removed channels are nearly constant (small scale, large shift) through two blocks of convs
+    keras.utils.set_random_seed(0)
+    model = create_model("simple", 4, (16, 16, 3), widths=(8, 16), dropout=0.0)
+    x, sample = _images(16, (16, 16, 3)), _images(64, (16, 16, 3), seed=2)
+    recalibrate_batchnorm(model, sample)  # a fresh model's (0, 1) statistics: measure them, as training would
+    _shift_the_weak_channels(model, gamma_weak=0.05)
+    before = model.predict(x, verbose=0)
+    errors = [np.abs(structured_prune(model, 0.5, s)[0].predict(x, verbose=0) - before).mean() for s in (sample, None)]
+    with_fold, without = errors
+    assert without > 0.05 and with_fold < 0.05 * without, errors
+
+
+def test_i15_p13_refit_gives_a_bias_to_a_conv_without_one():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 2))
+    h = keras.layers.Conv2D(6, 3, padding="same", name="first")(inputs)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Conv2D(4, 3, padding="valid", use_bias=False, name="second")(h)
+    h = keras.layers.Flatten()(h)  # keeps "second" whole: only "first" is pruned
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(h))
+    kernel, bias = model.get_layer("first").get_weights()
+    weak = np.arange(6) % 2 == 1
+    kernel[..., weak], bias[weak] = 0.0, 1.5  # removed filters output relu(1.5) wherever they look
+    model.get_layer("first").set_weights([kernel, bias])
+    x, sample = _images(8, (12, 12, 2)), _images(32, (12, 12, 2), seed=2)
+    pruned, kept = structured_prune(model, 0.5, sample)
+    assert kept == {"first": 3} and pruned.get_layer("second").use_bias
+    before, sliced = model.predict(x, verbose=0), structured_prune(model, 0.5)[0].predict(x, verbose=0)
+    assert np.abs(sliced - before).max() > 0.05
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), before, atol=2e-4)
+
+
+def test_i15_p13_recalibrated_batchnorm_holds_the_batch_statistics_of_the_new_inputs():
+    keras.utils.set_random_seed(0)
+    model = create_model("simple", 3, (16, 16, 3), widths=(8, 16), dropout=0.0)
+    _shift_the_weak_channels(model, gamma_weak=0.3)
+    pruned, _ = structured_prune(model, 0.5)
+    x = _images(40, (16, 16, 3))
+    stale = pruned(x, training=False).numpy()
+    assert recalibrate_batchnorm(pruned, x, batch_size=16) == 4  # batches of 16, 16, 8
+    for bn in [l for l in pruned.layers if isinstance(l, keras.layers.BatchNormalization)]:
+        seen = keras.Model(pruned.inputs, bn.input).predict(x, verbose=0).reshape(-1, bn.input.shape[-1])
+        np.testing.assert_allclose(bn.moving_mean.numpy(), seen.mean(axis=0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), seen.var(axis=0), rtol=1e-3, atol=1e-5)
+    # the same as training mode's batch statistics over x as one batch
+    inference = pruned(x, training=False).numpy()
+    assert np.abs(inference - stale).max() > 1e-3
+    np.testing.assert_allclose(pruned(x, training=True).numpy(), inference, atol=1e-5)

@@ -1,0 +1,87 @@
+"""What the int8 artifacts' notes claim (calibration images, layers kept in float) is what was built."""
+
+import json
+
+import numpy as np
+import pytest
+
+from converters import onnx as onnx_export
+
+
+def _weighted_nodes(path):
+    """(name, op_type, weight comes through DequantizeLinear) for each Conv/Gemm/MatMul, in graph order."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    return [(n.name, n.op_type, producer.get(n.input[1]) == "DequantizeLinear")
+            for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+
+
+def _train_split(run_dir):
+    from edgecls.rundata import load_run_splits
+    from edgecls.rundir import open_run
+
+    return load_run_splits(open_run(run_dir), ("train",))["train"]
+
+
+def test_i15_p6_first_and_last_layers_kept_in_float_have_no_dequantized_weights(tiny_run_dir, tmp_path):
+    from edgecls.rundir import open_run
+
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    x = _train_split(tiny_run_dir).x
+    onnx_export.export_onnx(open_run(tiny_run_dir).load_model(), fp32, x)
+    options = onnx_export.OnnxQuantOptions(keep_ends_in_float=True)
+    kept = onnx_export.quantize_int8(fp32, int8, x[:16], options)
+
+    nodes = _weighted_nodes(int8)
+    assert len(nodes) >= 3
+    assert kept == (nodes[0][0], nodes[-1][0])  # the ends of the graph that was quantized
+    assert [name for name, _, dequantized in nodes if not dequantized] == list(kept)  # and only they stay float
+    # the cause: pre-processing fused the exported MatMul (+ bias Add) into a Gemm with another name
+    exported_last = _weighted_nodes(fp32)[-1]
+    assert nodes[-1][1] == "Gemm" and exported_last[1] == "MatMul" and exported_last[0] not in kept
+
+
+def test_i15_p6_unknown_node_names_are_refused_not_silently_ignored(tiny_run_dir, tmp_path):
+    from edgecls.rundir import open_run
+
+    fp32 = tmp_path / "fp32.onnx"
+    x = _train_split(tiny_run_dir).x
+    onnx_export.export_onnx(open_run(tiny_run_dir).load_model(), fp32, x)
+    last_exported = _weighted_nodes(fp32)[-1][0]  # renamed by pre-processing
+    with pytest.raises(ValueError, match="not in the graph being quantized"):
+        onnx_export.quantize_int8(fp32, tmp_path / "int8.onnx", x[:4], onnx_export.OnnxQuantOptions(exclude_nodes=(last_exported,)))
+
+
+def test_i15_p6_manifest_says_which_layers_are_float_and_the_file_agrees(tiny_run_dir, tmp_path, monkeypatch):
+    from converters.formats import parse_formats
+    from converters.pipeline import ConvertOptions, _Exporter, convert
+
+    every = _Exporter.attempts
+    # start at the last remedy (the real one, real conversion) instead of waiting for the others to fail
+    monkeypatch.setattr(_Exporter, "attempts", lambda self, fmt: [a for a in every(self, fmt) if "kept in float" in a[0]])
+    result = convert(tiny_run_dir, tmp_path / "bundle", ConvertOptions(
+        formats=parse_formats("onnx-int8"), calibration_size=16, max_drop=100.0))
+    notes = result.manifest["artifacts"][0]["notes"]
+    nodes = _weighted_nodes(tmp_path / "bundle" / "model_int8.onnx")
+    assert "first and last layers kept in float" in notes["calibration"]
+    assert notes["kept_in_float"] == [name for name, _, dequantized in nodes if not dequantized]
+    assert notes["kept_in_float"] == [nodes[0][0], nodes[-1][0]]
+
+
+def test_i15_p12_notes_and_table_report_the_calibration_images_really_used(tiny_run_dir, tmp_path):
+    from converters.formats import parse_formats
+    from converters.pipeline import ConvertOptions, convert
+
+    available = len(_train_split(tiny_run_dir).y)
+    assert available < 1000
+    result = convert(tiny_run_dir, tmp_path / "bundle", ConvertOptions(
+        formats=parse_formats("tflite-int8,onnx-int8"), calibration_size=1000, max_drop=100.0))
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    for art in manifest["artifacts"]:
+        assert f"{available} calibration images" in art["notes"]["calibration"]
+        assert "1000" not in art["notes"]["calibration"]
+        assert art["notes"]["calibration_images"] == available
+    assert result.table.count(f"{available} calibration images") == 2 and "1000" not in result.table
+    assert manifest["calibration"]["size"] == available and manifest["calibration"]["requested"] == 1000
