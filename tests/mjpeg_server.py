@@ -60,6 +60,10 @@ class MjpegServer:
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
+    def unstall(self) -> None:
+        """Serve frames again on new connections (a stalled one stays silent, as a hung camera's would)."""
+        self.stall_after = self._server.stall_after = None
+
     def kill(self) -> None:
         """Stop serving and drop open connections, as a crashed camera would."""
         self._server.stopping.set()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
+
+TOKEN_ENV = "EDGECLS_RUN_TOKEN"
 
 
 @click.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--source", help="Camera index, /dev/videoN, csi://N, rtsp:// or http(s):// URL, GStreamer pipeline, "
-              "video file, image or folder (default: the device profile's camera). Images and folders are offline "
-              "inputs: every image is classified once, in order (unless --fps). Video files play at their own "
-              "frame rate and frames inference cannot keep up with are dropped (unless --every-frame).")
+@click.option("--source", "sources", multiple=True, help="Camera index, /dev/videoN, csi://N, rtsp:// or http(s):// "
+              "URL, GStreamer pipeline, video file, image or folder (default: the device profile's camera). Images "
+              "and folders are offline inputs: every image is classified once, in order (unless --fps). Video files "
+              "play at their own frame rate and frames inference cannot keep up with are dropped (unless --every-frame). Repeat "
+              "--source to run several sources in one process (daemon mode), each with its own capture and watchdog.")
 @click.option("--device", "device", help="Device profile name or JSON file.")
 @click.option("--artifact", help="Artifact to run (default: the device profile's first runnable one).")
 @click.option("--threads", type=click.IntRange(1))
@@ -24,15 +28,38 @@ import click
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True),
               help="Play a video file or folder as a live camera at this rate: the newest frame is classified and "
               "frames inference cannot keep up with are dropped (counted).")
-@click.option("--max-frames", type=click.IntRange(1), help="Stop after this many classified frames.")
+@click.option("--max-frames", type=click.IntRange(1), help="Stop after this many classified frames (per source).")
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for a frame before reporting a stall.")
-def run(bundle, source, device, artifact, threads, top_k, loop, every_frame, fps, max_frames, timeout):
+@click.option("--port", type=click.IntRange(0, 65535), help="Daemon mode: serve /healthz, /metrics (Prometheus) and "
+              "/latest on this port (0: any free port; the URL is printed as a JSON event on stderr).")
+@click.option("--host", help="Address the HTTP server binds to.  [default: 127.0.0.1]")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="File holding a bearer token that every HTTP "
+              f"endpoint then requires (or set {TOKEN_ENV}). The token is never logged.")
+@click.option("--smooth", type=click.IntRange(1), help="Daemon mode: average the probabilities of the last N frames "
+              "of each source.")
+@click.option("--threshold", type=click.FloatRange(0, 1),
+              help="Daemon mode: label results scoring below this `unknown`.")
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), help="Daemon mode: reopen a source that "
+              "delivers no new frame for this many seconds (with capped exponential backoff).  [default: 10]")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+              help="Daemon mode: stop after this many seconds.")
+@click.option("--results", type=click.Path(dir_okay=False), help="Daemon mode: append JSON lines to this file instead "
+              "of stdout, rotated past --results-max-mb (3 old files kept).")
+@click.option("--results-max-mb", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Rotate the --results file past this size (0: never).")
+def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fps, max_frames, timeout, port, host,
+        token_file, smooth, threshold, stall_timeout, duration, results, results_max_mb):
     """Classify frames from a camera, stream, video or folder; one JSON line per frame.
 
     Each line has the frame index, its age when classified, the top-k and the running drop count.
     Images and folders deliver every image, in order; video files play at their own frame rate
     (--every-frame: every frame, as fast as inference goes; --fps: a paced live stand-in).
     Stalls of a live source are reported and reading resumes when it comes back. Ctrl-C stops.
+
+    Daemon mode (--port, several --source, or any daemon option): every source gets a capture
+    thread and a watchdog that reopens it after --stall-timeout, all share one loaded model, and
+    results carry source, ts, frame, top1, score, topk, latency_ms (pre/infer/post) and
+    frame_age_ms. SIGTERM or Ctrl-C stop it within 2 s with exit code 0.
     """
     from devices import load_profile
     from runtime.classifier import Classifier
@@ -40,16 +67,30 @@ def run(bundle, source, device, artifact, threads, top_k, loop, every_frame, fps
     from runtime.sources import Source, SourceEnded, SourceTimeout, parse_source
 
     profile = load_profile(device)
-    uri = source or profile.camera
+    uris = list(sources) or [profile.camera]
+    daemon_only = (smooth, threshold, stall_timeout, duration, results)
+    if port is None:
+        for name, value in (("--host", host), ("--token-file", token_file)):
+            if value is not None:
+                raise EdgeclsError(f"{name} configures the HTTP server: add --port")
     pacing = {}  # the source's defaults: every image of a folder, a video at its own frame rate
     if every_frame:
         pacing = {"every_frame": True}
     if fps is not None:
         if every_frame:
             raise EdgeclsError("--fps (paced, drops frames) and --every-frame (no drops) contradict: pick one")
-        if parse_source(uri, profile.csi_pipeline).live:
-            raise EdgeclsError(f"--fps paces a video file or folder; {uri} is live and sets its own rate: drop --fps")
+        for uri in uris:
+            if parse_source(uri, profile.csi_pipeline).live:
+                raise EdgeclsError(f"--fps paces a video file or folder; {uri} is live and sets its own rate: "
+                                   "drop --fps")
         pacing = {"every_frame": False, "realtime": True, "fps": fps}
+    if port is not None or len(uris) > 1 or any(v is not None for v in daemon_only):
+        _run_daemon(bundle, uris, profile=profile, artifact=artifact, threads=threads, top_k=top_k,
+                    source_options={"loop": loop, "timeout_s": timeout, **pacing}, max_frames=max_frames, port=port,
+                    host=host, token=_read_token(token_file), smooth=smooth, threshold=threshold,
+                    stall_timeout=stall_timeout, duration=duration, results=results, results_max_mb=results_max_mb)
+        return
+    uri = uris[0]
     classifier = Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
     done = 0
     with Source(uri, loop=loop, timeout_s=timeout, profile=profile, **pacing) as src:
@@ -69,3 +110,35 @@ def run(bundle, source, device, artifact, threads, top_k, loop, every_frame, fps
     stats = src.stats
     click.echo(json.dumps({"event": "stopped", "frames": done, "captured": stats.frames, "dropped": stats.dropped,
                            "outages": stats.outages, "reconnects": stats.reconnects, "state": stats.state}), err=True)
+
+
+def _read_token(token_file) -> str | None:
+    """The bearer token from --token-file, else from the environment; None when neither is set."""
+    from runtime.errors import EdgeclsError
+
+    if token_file is None:
+        return os.environ.get(TOKEN_ENV) or None
+    try:
+        token = open(token_file, encoding="utf-8").read().strip()
+    except OSError as exc:
+        raise EdgeclsError(f"cannot read --token-file {token_file}: {exc.strerror or exc}") from exc
+    if not token or any(c.isspace() for c in token):
+        raise EdgeclsError(f"--token-file {token_file} must hold one token on one line (it is empty or has spaces)")
+    return token
+
+
+def _run_daemon(bundle, uris, *, results, results_max_mb, stall_timeout, host, smooth, threshold, **options) -> None:
+    """Several sources, HTTP, smoothing: the daemon in runtime.daemon; events go to stderr as JSON lines."""
+    from runtime.daemon import Daemon
+    from runtime.daemon.sinks import JsonlFileSink, StdoutSink
+
+    sinks = [JsonlFileSink(results, max_bytes=int(results_max_mb * 1024 * 1024))] if results else [StdoutSink()]
+    daemon = Daemon(bundle, uris, sinks=sinks, stall_timeout=10.0 if stall_timeout is None else stall_timeout,
+                    host=host or "127.0.0.1", smooth=smooth or 1, threshold=threshold or 0.0, **options)
+
+    def started(d):
+        click.echo(json.dumps({"event": "started", "sources": [s.name for s in d.supervisors],
+                               **({"url": d.url} if d.url else {})}), err=True)
+
+    summary = daemon.run(on_start=started)
+    click.echo(json.dumps({"event": "stopped", "sources": summary}), err=True)

@@ -1,0 +1,202 @@
+"""`Daemon`: several sources, one shared model, sinks, metrics and an optional HTTP server, wired together.
+
+    daemon = Daemon("bundle/", ["0", "rtsp://cam/stream"], port=8080)
+    daemon.run()   # until SIGTERM/SIGINT, --duration, --max-frames, or every source ended
+
+Each source gets a supervisor (capture, watchdog, reopen) and a loop thread (classify, publish);
+nothing is queued between them, so memory is bounded and a dead source never blocks another.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from runtime.daemon.loop import SourceLoop
+from runtime.daemon.metrics import Metrics
+from runtime.daemon.sinks import StdoutSink
+from runtime.daemon.supervisor import Backoff, Supervisor, display_name
+from runtime.errors import EdgeclsError
+
+log = logging.getLogger("edgecls.daemon")
+
+STOP_BUDGET_S = 2.0  # SIGTERM to exit, everything included
+
+
+class Daemon:
+    """Classify several sources with one model; `run()` blocks, `stop()` (or SIGTERM/SIGINT) ends it.
+
+    sources: URIs as `runtime.sources` parses them. classifier: an already loaded Classifier
+    (otherwise one is loaded from `bundle` with artifact/profile/threads/top_k). sinks: objects
+    with write(dict) and close() (default: JSON lines on stdout). port: None for no HTTP server,
+    0 for any free port (see `url`). max_frames is per source. source_options go to every Source
+    (loop, every_frame, realtime, fps, timeout_s).
+    """
+
+    def __init__(self, bundle, sources, *, classifier=None, artifact: str | None = None, profile=None,
+                 threads: int | None = None, top_k: int = 3, smooth: int = 1, threshold: float = 0.0,
+                 stall_timeout: float = 10.0, backoff: Backoff | None = None, sinks=None, host: str = "127.0.0.1",
+                 port: int | None = None, token: str | None = None, max_frames: int | None = None,
+                 duration: float | None = None, source_options: dict | None = None):
+        sources = [str(s) for s in sources]
+        if not sources:
+            raise EdgeclsError("no source to run: give at least one --source (or a device profile with a camera)")
+        if smooth < 1:
+            raise EdgeclsError(f"--smooth {smooth}: the smoothing window is a number of frames, at least 1")
+        if not 0.0 <= threshold <= 1.0:
+            raise EdgeclsError(f"--threshold {threshold}: a score threshold lies between 0 and 1")
+        if stall_timeout <= 0:
+            raise EdgeclsError(f"--stall-timeout {stall_timeout}: give a positive number of seconds")
+        options = {"profile": profile, **(source_options or {})}
+        self.supervisors = [Supervisor(uri, name=name, stall_timeout=stall_timeout, backoff=backoff, **options)
+                            for uri, name in zip(sources, _unique_names(sources))]
+        if classifier is None:
+            from runtime.classifier import Classifier
+
+            classifier = Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
+        self.classifier = classifier
+        self.sinks = list(sinks) if sinks is not None else [StdoutSink()]
+        self.duration = duration
+        self.metrics = Metrics()
+        art = classifier.artifact
+        self.metrics.set_bundle(version=classifier.bundle.manifest.created or "unknown", artifact=art.name,
+                                sha256=art.sha256, backend=classifier.backend_name, bundle=classifier.bundle.root.name)
+        self.loops = []
+        for supervisor in self.supervisors:
+            loop = SourceLoop(supervisor, classifier, self._publish, metrics=self.metrics, smooth=smooth,
+                              threshold=threshold, top_k=top_k, max_frames=max_frames)
+            self.metrics.track(supervisor.name, supervisor, loop.stats)
+            self.loops.append(loop)
+        self.server = None
+        if port is not None:
+            from runtime.daemon.http import StatusServer
+
+            self.server = StatusServer(health=self.health, latest=self.latest, metrics=self.metrics.exposition,
+                                       host=host, port=port, token=token)
+        self._stop = threading.Event()
+        self._stopped = False
+        self._sink_errors = 0
+
+    @property
+    def url(self) -> str | None:
+        return self.server.url if self.server else None
+
+    # ------------------------------------------------------------------ state, read by HTTP and the CLI
+
+    def health(self) -> tuple[bool, dict]:
+        """Healthy when every source delivers frames; the detail names each source's state and why."""
+        now = time.monotonic()
+        detail = {}
+        for supervisor, loop in zip(self.supervisors, self.loops):
+            s = supervisor.stats
+            detail[supervisor.name] = {
+                "state": s.state, "reason": s.reason, "frames": s.frames, "classified": loop.stats.processed,
+                "dropped": s.dropped, "outages": s.outages, "reconnects": s.reconnects,
+                "fps": round(loop.stats.fps, 2),
+                "last_frame_age_s": None if s.last_frame_at is None else round(now - s.last_frame_at, 3),
+            }
+        unhealthy = [name for name, d in detail.items() if d["state"] != "running"]
+        return not unhealthy, {"status": "unhealthy" if unhealthy else "ok", "unhealthy": unhealthy, "sources": detail}
+
+    def latest(self) -> dict:
+        return {loop.supervisor.name: loop.stats.latest for loop in self.loops}
+
+    def summary(self) -> dict:
+        return {s.name: {"classified": l.stats.processed, "captured": s.stats.frames, "dropped": s.stats.dropped,
+                         "outages": s.stats.outages, "reconnects": s.stats.reconnects, "state": s.stats.state}
+                for s, l in zip(self.supervisors, self.loops)}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _publish(self, result: dict) -> None:
+        for sink in self.sinks:
+            try:
+                sink.write(result)
+            except Exception as exc:  # a full disk must not stop classification or the other sinks
+                self._sink_errors += 1
+                if self._sink_errors == 1 or self._sink_errors % 1000 == 0:
+                    log.error("sink %s failed (%d times): %s: %s", type(sink).__name__, self._sink_errors,
+                              type(exc).__name__, exc)
+
+    def start(self) -> "Daemon":
+        for supervisor in self.supervisors:
+            supervisor.start()
+        for loop in self.loops:
+            loop.start()
+        if self.server:
+            self.server.start()
+            log.info("serving /healthz, /metrics and /latest on %s", self.server.url)
+        return self
+
+    def wait(self) -> None:
+        """Until stop() or a signal, `duration` has passed, or every loop has finished."""
+        deadline = None if self.duration is None else time.monotonic() + self.duration
+        while not self._stop.wait(0.05):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if all(loop.done for loop in self.loops):
+                break
+
+    def run(self, on_start=None) -> dict:
+        """start, wait, stop; SIGTERM/SIGINT stop it cleanly. Returns `summary()`."""
+        previous = self._install_signal_handlers()
+        try:
+            self.start()
+            if on_start is not None:
+                on_start(self)
+            self.wait()
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.summary()
+
+    def request_stop(self) -> None:
+        """Safe from a signal handler: run() notices within 50 ms and stops."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop loops, sources and the server and flush sinks, within STOP_BUDGET_S in all."""
+        if self._stopped:
+            return
+        self._stopped = True
+        deadline = time.monotonic() + STOP_BUDGET_S - 0.3  # leave time for the interpreter to exit
+        self._stop.set()
+        for loop in self.loops:
+            loop.stop()
+        share = max(0.1, (deadline - time.monotonic()) * 0.6 / len(self.supervisors))
+        for supervisor in self.supervisors:  # closing a source wakes its loop at once
+            supervisor.stop(timeout=min(1.0, share))
+        for loop in self.loops:
+            loop.join(max(0.0, deadline - time.monotonic()))
+        if self.server:
+            self.server.stop()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                log.error("closing sink %s failed: %s: %s", type(sink).__name__, type(exc).__name__, exc)
+        stuck = [loop.supervisor.name for loop in self.loops if not loop.done]
+        if stuck:
+            log.warning("stopped without waiting for %s (a frame still being classified)", ", ".join(stuck))
+
+    def _install_signal_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, lambda *_: self.request_stop())
+        return previous
+
+
+def _unique_names(uris) -> list:
+    """Display names (passwords hidden), with #2, #3 ... when the same source is given twice."""
+    names, seen = [], {}
+    for uri in uris:
+        name = display_name(uri)
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names

@@ -1,0 +1,114 @@
+"""The daemon's HTTP side: /healthz, /metrics, /latest on a stdlib ThreadingHTTPServer.
+
+Bound to 127.0.0.1 unless told otherwise. With a token, every endpoint wants
+`Authorization: Bearer TOKEN` (compared in constant time) and answers 401 without it. Request
+lines go to the debug log; headers (where the token travels) are never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from runtime.errors import EdgeclsError
+
+log = logging.getLogger("edgecls.daemon")
+
+
+class StatusServer:
+    """Serves the daemon's state; each callable is read per request, so answers are always current.
+
+    health() -> (healthy: bool, detail: dict); latest() -> dict; metrics() -> (body bytes, content type).
+    """
+
+    def __init__(self, *, health, latest, metrics, host: str = "127.0.0.1", port: int = 0, token: str | None = None):
+        handler = type("_BoundHandler", (_Handler,), {"routes": {"/healthz": self._healthz, "/latest": self._latest,
+                                                                   "/metrics": self._metrics},
+                                                      "token": (token or "").encode() or None})
+        self._health, self._latest_fn, self._metrics_fn = health, latest, metrics
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise EdgeclsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}: "
+                               f"pick another --port or --host") from exc
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "StatusServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+
+    def _healthz(self):
+        healthy, detail = self._health()
+        return (200 if healthy else 503), "application/json", _json(detail)
+
+    def _latest(self):
+        return 200, "application/json", _json(self._latest_fn())
+
+    def _metrics(self):
+        body, content_type = self._metrics_fn()
+        return 200, content_type, body
+
+
+def _json(data) -> bytes:
+    return (json.dumps(data, indent=1) + "\n").encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    routes: dict = {}
+    token: bytes | None = None
+    server_version = "edgecls"
+    sys_version = ""
+
+    def log_message(self, fmt, *args):  # the request line only; never headers
+        log.debug("http %s: " + fmt, self.client_address[0], *args)
+
+    def _authorized(self) -> bool:
+        if self.token is None:
+            return True
+        header = self.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token)
+
+    def _send(self, status: int, content_type: str, body: bytes, extra: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        if not self._authorized():
+            self._send(401, "application/json", _json({"error": "missing or wrong bearer token"}),
+                       {"WWW-Authenticate": 'Bearer realm="edgecls"'})
+            return
+        route = self.routes.get(self.path.split("?", 1)[0])
+        if route is None:
+            self._send(404, "application/json", _json({"error": "not found", "endpoints": sorted(self.routes)}))
+            return
+        try:
+            status, content_type, body = route()
+        except Exception as exc:  # a broken endpoint answers 500 and the server keeps serving
+            log.error("http %s failed: %s: %s", self.path, type(exc).__name__, exc, exc_info=True)
+            status, content_type, body = 500, "application/json", _json({"error": f"{type(exc).__name__}: {exc}"})
+        self._send(status, content_type, body)
+
+    do_HEAD = do_GET

@@ -1,0 +1,158 @@
+"""Per source, one thread: newest frame -> classify with the shared model -> smooth -> publish.
+
+Timings are split here (pre/infer/post) from the same steps `Classifier.classify` runs:
+`runtime.preprocess.preprocess` with the manifest's spec, then `Classifier.probabilities`
+(which quantizes, invokes and dequantizes, so "infer" includes the int8 input quantization).
+The loop keeps no queue: it reads the newest frame only when it is ready for one, so memory
+stays flat however fast the camera is.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+import numpy as np
+
+from runtime.preprocess import preprocess
+from runtime.sources import SourceEnded, SourceTimeout
+
+log = logging.getLogger("edgecls.daemon")
+
+UNKNOWN = "unknown"
+
+
+class Smoother:
+    """Mean of the last `window` probability vectors, then a threshold below which the label is `unknown`.
+
+    Averaging probabilities (not votes) keeps the score meaningful, and a window of 1 with
+    threshold 0 returns the frame's own result unchanged.
+    """
+
+    def __init__(self, window: int = 1, threshold: float = 0.0):
+        if window < 1:
+            raise ValueError("smoothing window must be at least 1 frame")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError("threshold must be between 0 and 1")
+        self.threshold = threshold
+        self._history = collections.deque(maxlen=window)
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:
+        self._history.append(np.asarray(probs, dtype=np.float32))
+        return np.mean(self._history, axis=0) if len(self._history) > 1 else self._history[0]
+
+    def label(self, label: str, score: float) -> str:
+        return label if score >= self.threshold else UNKNOWN
+
+
+class LoopStats:
+    """What the loop did; read by metrics, HTTP and the final summary (bounded: a fixed window of times)."""
+
+    def __init__(self, window: int = 30):
+        self.processed = 0
+        self.errors = 0
+        self.latest: dict | None = None
+        self._times = collections.deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def record(self, result: dict) -> None:
+        with self._lock:
+            self.processed += 1
+            self.latest = result
+            self._times.append(time.monotonic())
+
+    @property
+    def fps(self) -> float:
+        """Frames classified per second over the last window; 0 when none arrived for 2 s."""
+        with self._lock:
+            times = list(self._times)
+        if len(times) < 2 or time.monotonic() - times[-1] > 2.0:
+            return 0.0
+        return (len(times) - 1) / max(1e-9, times[-1] - times[0])
+
+
+class SourceLoop:
+    """Reads frames from one supervisor and publishes one result per classified frame.
+
+    classifier: a `runtime.classifier.Classifier`, shared by every loop (its session is thread-safe).
+    publish: called with each result dict (the daemon fans it out to sinks); must not raise.
+    metrics: a `runtime.daemon.metrics.Metrics` or None.
+    max_frames: stop after this many classified frames (None: until stopped or the source ends).
+    """
+
+    def __init__(self, supervisor, classifier, publish, *, metrics=None, smooth: int = 1, threshold: float = 0.0,
+                 top_k: int | None = None, max_frames: int | None = None):
+        self.supervisor = supervisor
+        self.classifier = classifier
+        self.publish = publish
+        self.metrics = metrics
+        self.smoother = Smoother(smooth, threshold)
+        self.top_k = min(top_k or classifier.top_k, len(classifier.labels))
+        self.max_frames = max_frames
+        self.stats = LoopStats()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"loop:{supervisor.name}", daemon=True)
+
+    def start(self) -> "SourceLoop":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        name = self.supervisor.name
+        while not self._stop.is_set() and (self.max_frames is None or self.stats.processed < self.max_frames):
+            try:
+                frame = self.supervisor.read(timeout=0.25)  # short, so stop() is seen within a quarter second
+            except SourceTimeout:
+                continue
+            except SourceEnded:
+                break
+            try:
+                result = self.classify(frame)
+            except Exception as exc:  # one bad frame (or a model error) must not end this source's loop
+                self.stats.errors += 1
+                log.error("%s: frame %d not classified: %s: %s", name, frame.index, type(exc).__name__, exc)
+                continue
+            self.stats.record(result)
+            self.publish(result)
+        log.debug("%s: loop ended after %d frames", name, self.stats.processed)
+
+    def classify(self, frame) -> dict:
+        """One frame -> the published result, with the latency of each step."""
+        clf = self.classifier
+        t0 = time.perf_counter()
+        tensor = preprocess(frame.image, clf.spec, order="bgr")
+        t1 = time.perf_counter()
+        probs = clf.probabilities(tensor[None])[0]
+        t2 = time.perf_counter()
+        smoothed = self.smoother(probs)
+        order = np.argsort(-smoothed, kind="stable")[: self.top_k]
+        best = int(order[0])
+        score = float(smoothed[best])
+        result = {
+            "source": frame.source,
+            "ts": round(time.time(), 3),
+            "frame": frame.index,
+            **({"name": frame.name} if frame.name else {}),
+            "top1": self.smoother.label(clf.labels[best], score),
+            "score": round(score, 6),
+            "topk": [{"label": clf.labels[i], "score": round(float(smoothed[i]), 6)} for i in order],
+        }
+        t3 = time.perf_counter()
+        result["latency_ms"] = {"pre": round((t1 - t0) * 1000, 3), "infer": round((t2 - t1) * 1000, 3),
+                                "post": round((t3 - t2) * 1000, 3), "total": round((t3 - t0) * 1000, 3)}
+        result["frame_age_ms"] = round(frame.age_ms, 1)
+        if self.metrics is not None:
+            self.metrics.observe_frame(frame.source, infer_s=t2 - t1, total_s=t3 - t0, age_s=frame.age_ms / 1000)
+        return result

@@ -1,0 +1,97 @@
+"""Where results go: JSON lines on stdout, or an append-only JSON-lines file rotated by size.
+
+A sink has `write(result: dict)` and `close()`; several loops write to one sink, so each write
+is one locked line. Each line is flushed as it is written so a crash loses at most the line in
+progress and `tail -f` sees results at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+from runtime.errors import EdgeclsError
+
+
+class StdoutSink:
+    """One JSON object per line on stdout (or any text stream)."""
+
+    def __init__(self, stream=None):
+        self._stream = stream or sys.stdout
+        self._lock = threading.Lock()
+
+    def write(self, result: dict) -> None:
+        line = json.dumps(result, separators=(",", ":")) + "\n"
+        with self._lock:
+            try:
+                self._stream.write(line)
+                self._stream.flush()
+            except BrokenPipeError:  # `edgecls run ... | head`: the reader left, keep serving HTTP
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+
+
+class JsonlFileSink:
+    """Appends JSON lines to `path`; past `max_bytes`, path -> path.1 -> ... -> path.<backups> (oldest dropped).
+
+    Only ever appends to the current file and renames whole files, so a reader never sees a
+    rewritten line; `max_bytes=0` never rotates.
+    """
+
+    def __init__(self, path, max_bytes: int = 10 * 1024 * 1024, backups: int = 3):
+        if max_bytes < 0 or backups < 0:
+            raise EdgeclsError("results file rotation needs max_bytes >= 0 and backups >= 0")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise EdgeclsError(f"cannot open results file {self.path}: {exc.strerror or exc}: "
+                               f"choose a writable path with --results") from exc
+        self._size = self._file.tell()
+
+    def write(self, result: dict) -> None:
+        line = json.dumps(result, separators=(",", ":")) + "\n"
+        data_len = len(line.encode("utf-8"))
+        with self._lock:
+            if self._file is None:
+                return
+            if self.max_bytes and self._size and self._size + data_len > self.max_bytes:
+                self._rotate()
+            self._file.write(line)
+            self._file.flush()
+            self._size += data_len
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._size = 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None

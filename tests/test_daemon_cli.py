@@ -1,0 +1,117 @@
+"""`edgecls run` in daemon mode (issue 7) as a real subprocess: signals, exit code, token, results file."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+pytest.importorskip("prometheus_client")
+
+from tests.conftest import REPO, cli_error, run_cli  # noqa: E402
+from tests.mjpeg_server import MjpegServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("daemon-cli") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
+    for i in range(20):
+        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def _pump(stream, lines):
+    for line in stream:
+        lines.append(line)
+
+
+def _get(url, token=None):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_sigterm_stops_the_daemon_within_2_s_with_exit_0_and_the_token_never_logged(tiny_bundle, video, tmp_path):
+    token = "cli-token-5b8e0d-secret"
+    (tmp_path / "token").write_text(token + "\n")
+    server = MjpegServer(fps=25).start()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecls.cli", "--debug", "run", str(tiny_bundle), "--source", str(video), "--loop",
+         "--source", server.url, "--port", "0", "--token-file", str(tmp_path / "token"), "--stall-timeout", "2"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    out, err = [], []
+    pumps = [threading.Thread(target=_pump, args=(process.stdout, out), daemon=True),
+             threading.Thread(target=_pump, args=(process.stderr, err), daemon=True)]
+    for pump in pumps:
+        pump.start()
+    try:
+        deadline = time.monotonic() + 60
+        started = None
+        while started is None and time.monotonic() < deadline and process.poll() is None:
+            started = next((json.loads(l) for l in list(err) if l.startswith('{"event": "started"')), None)
+            time.sleep(0.1)
+        assert started is not None, "".join(err)[-3000:]
+        url = started["url"]
+        assert url.startswith("http://127.0.0.1:") and started["sources"] == [str(video), server.url]
+        while time.monotonic() < deadline and _get(url + "/healthz", token) != 200:
+            time.sleep(0.1)
+        assert [_get(url + p) for p in ("/healthz", "/metrics", "/latest")] == [401] * 3
+        assert [_get(url + p, token) for p in ("/healthz", "/metrics", "/latest")] == [200] * 3
+        while time.monotonic() < deadline and not any(server.url in l for l in list(out)):
+            time.sleep(0.1)
+
+        process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = process.wait(timeout=10)
+        took = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.kill()
+    for pump in pumps:
+        pump.join(5)
+    print(f"SIGTERM to exit: {took:.2f} s")
+    assert code == 0 and took < 2.0, "".join(err)[-3000:]
+    results = [json.loads(l) for l in out]
+    assert {r["source"] for r in results} == {str(video), server.url}
+    assert all({"ts", "frame", "top1", "score", "topk", "latency_ms", "frame_age_ms"} <= set(r) for r in results)
+    stopped = json.loads(err[-1])
+    assert stopped["event"] == "stopped" and stopped["sources"][server.url]["classified"] > 0
+    assert any("http 127.0.0.1" in l for l in err)  # requests were logged (debug), yet:
+    assert not [l for l in err + out if token in l]
+
+
+def test_two_sources_with_max_frames_write_the_results_file_and_exit_0(tiny_bundle, video, tmp_path):
+    results = tmp_path / "results.jsonl"
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((32, 32, 3), 60 * i, np.uint8))
+    done = run_cli("run", tiny_bundle, "--source", video, "--source", folder, "--every-frame", "--max-frames", "5",
+                   "--results", results, "--smooth", "2", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == ""  # results went to the file
+    rows = [json.loads(l) for l in results.read_text().splitlines()]
+    assert [r["frame"] for r in rows if r["source"] == str(video)] == [0, 1, 2, 3, 4]
+    assert [r["name"].rsplit("/", 1)[-1] for r in rows if r["source"] == str(folder)] == ["0.png", "1.png", "2.png"]
+    summary = json.loads(done.stderr.strip().splitlines()[-1])["sources"]
+    assert summary[str(video)]["classified"] == 5 and summary[str(folder)] == {
+        "classified": 3, "captured": 3, "dropped": 0, "outages": 0, "reconnects": 0, "state": "ended"}
+
+
+def test_http_options_without_a_port_are_refused(tiny_bundle, video):
+    assert "--host configures the HTTP server: add --port" in cli_error(
+        run_cli("run", tiny_bundle, "--source", video, "--host", "0.0.0.0"))

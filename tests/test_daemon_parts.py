@@ -1,0 +1,95 @@
+"""The daemon's parts on their own (issue 7): the stall watchdog, the results file, names without passwords."""
+
+import json
+import time
+
+import pytest
+
+pytest.importorskip("cv2")
+
+from runtime.daemon.loop import Smoother  # noqa: E402
+from runtime.daemon.sinks import JsonlFileSink  # noqa: E402
+from runtime.daemon.supervisor import Backoff, Supervisor, display_name  # noqa: E402
+from runtime.sources import SourceTimeout  # noqa: E402
+from tests.mjpeg_server import MjpegServer  # noqa: E402
+
+
+def _read_until(supervisor, predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            frame = supervisor.read(timeout=0.2)
+        except SourceTimeout:
+            frame = None
+        if predicate(frame):
+            return frame
+    raise AssertionError(f"timed out; supervisor stats {supervisor.stats}")
+
+
+def test_watchdog_reopens_a_stream_that_stays_connected_but_sends_nothing():
+    """A hung camera: the connection stays open, no frame comes, and OpenCV's own read timeout (5 s) is longer."""
+    server = MjpegServer(fps=25, stall_after=10).start()
+    supervisor = Supervisor(server.url, stall_timeout=0.8, backoff=Backoff(0.1, 0.4), timeout_s=5.0).start()
+    try:
+        first = _read_until(supervisor, lambda f: f is not None, 10)
+        _read_until(supervisor, lambda f: supervisor.state == "running", 1)  # the watchdog looks every 0.1 s
+        start = time.monotonic()
+        _read_until(supervisor, lambda f: supervisor.state == "reconnecting", 4)
+        assert time.monotonic() - start < 3.0  # the watchdog, not the 5 s read timeout, noticed the stall
+        assert supervisor.stats.outages == 1 and "no new frame for 0.8s" in supervisor.stats.reason
+        server.unstall()
+        resumed = _read_until(supervisor, lambda f: f is not None and f.index > first.index + 9, 10)
+        _read_until(supervisor, lambda f: supervisor.state == "running", 1)
+        assert supervisor.stats.reconnects == 1 and supervisor.stats.opens >= 2
+        assert resumed.age_ms < 1000 and resumed.source == server.url
+    finally:
+        supervisor.stop()
+        server.kill()
+    assert supervisor.state == "stopped"
+
+
+def test_backoff_doubles_up_to_its_cap():
+    assert [Backoff(0.5, 3.0).delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_a_missing_file_fails_for_good_without_retrying(tmp_path):
+    path = tmp_path / "clip.avi"
+    path.write_bytes(b"not a video")
+    supervisor = Supervisor(str(path), stall_timeout=1.0).start()
+    try:
+        deadline = time.monotonic() + 10
+        while supervisor.state != "failed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert supervisor.state == "failed" and supervisor.stats.opens == 1 and supervisor.done
+    finally:
+        supervisor.stop()
+    assert supervisor.state == "failed"
+
+
+def test_results_file_appends_and_rotates_by_size(tmp_path):
+    path = tmp_path / "out" / "results.jsonl"
+    sink = JsonlFileSink(path, max_bytes=400, backups=2)
+    for i in range(40):
+        sink.write({"frame": i, "top1": "circle", "pad": "x" * 20})
+    sink.close()
+    files = [path.with_name("results.jsonl.2"), path.with_name("results.jsonl.1"), path]
+    assert all(f.stat().st_size <= 400 for f in files) and not path.with_name("results.jsonl.3").exists()
+    frames = [json.loads(line)["frame"] for f in files for line in f.read_text().splitlines()]
+    assert frames == list(range(frames[0], 40))  # the newest results, in order, none lost between files
+    again = JsonlFileSink(path, max_bytes=0)  # a restart appends to what is there
+    again.write({"frame": 40})
+    again.close()
+    assert json.loads(path.read_text().splitlines()[-1]) == {"frame": 40}
+
+
+def test_threshold_turns_low_scores_unknown_and_window_averages():
+    smoother = Smoother(window=2, threshold=0.6)
+    assert list(smoother([0.9, 0.1])) == pytest.approx([0.9, 0.1])
+    assert list(smoother([0.1, 0.9])) == pytest.approx([0.5, 0.5])
+    assert smoother.label("cat", 0.5) == "unknown" and smoother.label("cat", 0.6) == "cat"
+
+
+def test_display_names_hide_passwords():
+    assert display_name("rtsp://admin:hunter2@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
+    assert display_name("http://127.0.0.1:8080/stream.mjpg") == "http://127.0.0.1:8080/stream.mjpg"
+    assert display_name("/dev/video0") == "/dev/video0"
