@@ -27,7 +27,8 @@ from edgecls import __version__
 from edgecls.progress import progress
 from edgecls.metrics import probabilities
 from edgecls.rundir import open_run
-from runtime.atomic import staged_dir, write_bytes, write_json, write_text
+from edgecls.outputs import bundle_guard
+from runtime.atomic import check_output, staged_dir, write_bytes, write_json, write_text
 from runtime.bundle import LABELS, MANIFEST, Artifact, Manifest, TensorQuant, sha256_file
 from runtime.errors import EdgeclsError
 from runtime.session import ModelSession
@@ -151,11 +152,11 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
     options = options or ConvertOptions()
     started = time.perf_counter()
     out = Path(out)
-    if out.exists() and not options.overwrite:
-        raise EdgeclsError(f"output {out} already exists: choose another --out or pass --overwrite")
     if not options.formats:
         raise EdgeclsError("no formats to export: pass --formats")
     run = open_run(run_path)
+    guard = bundle_guard(run)
+    check_output(out, options.overwrite, **guard)  # before the model loads: a refusal costs nothing
     model = run.load_model()
     expected = tuple(run.metadata["input_shape"])
     if tuple(model.input_shape[1:]) != expected:
@@ -181,7 +182,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
 
     labels, head = run.labels, run.metadata.get("head", "softmax")
     rows, artifacts = [], []
-    with tempfile.TemporaryDirectory(prefix="edgecls-convert-") as work, staged_dir(out, overwrite=options.overwrite) as stage:
+    with tempfile.TemporaryDirectory(prefix="edgecls-convert-") as work, staged_dir(out, overwrite=options.overwrite, **guard) as stage:
         exporter = _Exporter(model, Path(work), splits["train"].x, options, test.x)
         for i, fmt in enumerate(options.formats, 1):
             target = stage / fmt.file

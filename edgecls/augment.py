@@ -6,9 +6,22 @@ model that gets saved and exported.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
+from runtime.errors import EdgeclsError
 from runtime.preprocess import PreprocessSpec
+
+# (low, high, high included) per factor: the ranges Keras' layers accept for +-value
+# (RandomTranslation, RandomShear and RandomBrightness take [0, 1]; RandomZoom needs the zoom-in
+# bound -value above -1). Rotation is in degrees: 180 already covers every angle.
+RANGES = {
+    "rotation": (0.0, 180.0, True),
+    "shift": (0.0, 1.0, True),
+    "shear": (0.0, 1.0, True),
+    "zoom": (0.0, 1.0, False),
+    "brightness": (0.0, 1.0, True),
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,18 @@ class AugmentSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Raise EdgeclsError for a factor the augmentation layers would refuse (or misuse)."""
+        for name, (low, high, closed) in RANGES.items():
+            value = getattr(self, name)
+            try:
+                ok = math.isfinite(value) and low <= value and (value <= high if closed else value < high)
+            except TypeError:
+                ok = False
+            if not ok:
+                upper = f"{high:g}" if closed else f"{high:g} (not included)"
+                raise EdgeclsError(f"{name} {value!r} is out of range: use {low:g} to {upper} (--{name}; 0 turns it off)")
 
 
 def value_range(spec: PreprocessSpec) -> tuple:

@@ -6,16 +6,29 @@ default, softmax otherwise.
 
 from __future__ import annotations
 
+import inspect
+import math
+import numbers
+import os
 from typing import Callable
 
 from runtime.errors import EdgeclsError
 
 _REGISTRY: dict = {}
+_CHECKS: dict = {}
 
 
 def register_model(fn: Callable) -> Callable:
     _REGISTRY[fn.__name__.removeprefix("build_")] = fn
     return fn
+
+
+def option_check(name: str) -> Callable:
+    """Register the validation of one model's options (run without building, before data loads)."""
+    def register(fn: Callable) -> Callable:
+        _CHECKS[name] = fn
+        return fn
+    return register
 
 
 def list_models() -> list:
@@ -32,11 +45,43 @@ def head_activation(num_classes: int, head: str = "auto") -> str:
     return head
 
 
-def create_model(name: str, num_classes: int, input_shape: tuple, head: str = "auto", **options):
+def check_options(name: str, input_shape: tuple | None, **options) -> None:
+    """Raise EdgeclsError for an unknown model, unknown option or out-of-range value, without Keras.
+
+    Training calls it before loading data so that a typo costs nothing; `create_model` calls it too.
+    With `input_shape` None the checks that need the image size are skipped.
+    """
     if name not in _REGISTRY:
         raise EdgeclsError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
+    signature = inspect.signature(_REGISTRY[name])
+    known = set(signature.parameters) - {"num_classes", "input_shape", "activation", "unused"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise EdgeclsError(f"model {name} has no option(s) {', '.join(unknown)}: it takes {', '.join(sorted(known))}")
+    args = signature.bind_partial(**options)
+    args.apply_defaults()
+    values = {k: v for k, v in args.arguments.items() if k in known}
+    _check_fraction("dropout", values.get("dropout", 0.0), "--dropout", high=1.0)
+    _check_fraction("L2 weight decay", values.get("l2", 0.0), "--l2", high=math.inf)
+    if name in _CHECKS:
+        _CHECKS[name](None if input_shape is None else tuple(input_shape), **values)
+
+
+def create_model(name: str, num_classes: int, input_shape: tuple, head: str = "auto", **options):
+    check_options(name, input_shape, **options)
     activation = head_activation(num_classes, head)
     return _REGISTRY[name](num_classes=num_classes, input_shape=tuple(input_shape), activation=activation, **options)
+
+
+def _check_fraction(what: str, value, flag: str, high: float) -> None:
+    """`value` must be a finite number in [0, high) (dropout, weight decay)."""
+    try:
+        ok = 0.0 <= float(value) < high
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        bound = "0 or more" if high == math.inf else f"from 0 up to (not including) {high:g}"
+        raise EdgeclsError(f"{what} {value!r} is out of range: use {bound} ({flag})")
 
 
 def _classifier_head(x, num_classes: int, activation: str, dropout: float, l2: float):
@@ -73,14 +118,6 @@ def build_simple(
     from keras import layers
 
     _check_unused(unused)
-    min_side = 2 ** len(widths)
-    if min(input_shape[:2]) < min_side:
-        raise EdgeclsError(
-            f"image size {input_shape[0]}x{input_shape[1]} is too small for {len(widths)} pooling blocks: "
-            f"use --image-size {min_side} or more, or fewer --widths"
-        )
-    if pooling not in ("global", "flatten"):
-        raise EdgeclsError(f"unknown pooling {pooling!r}: use global or flatten")
     reg = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
@@ -96,6 +133,24 @@ def build_simple(
         x = layers.Dense(dense, activation="relu", kernel_regularizer=reg, name="hidden")(x)
     outputs = _classifier_head(x, num_classes, activation, dropout, l2)
     return keras.Model(inputs, outputs, name="simple")
+
+
+@option_check("simple")
+def _check_simple(input_shape: tuple, widths=(), convs_per_block=2, pooling="global", dense=0, **_):
+    if not widths or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in widths):
+        raise EdgeclsError(f"widths {tuple(widths)} are invalid: give one or more filter counts of 1 or more, e.g. --widths 32,64,128")
+    if not isinstance(convs_per_block, int) or convs_per_block < 1:
+        raise EdgeclsError(f"convs_per_block {convs_per_block!r} is invalid: use 1 or more")
+    if not isinstance(dense, int) or dense < 0:
+        raise EdgeclsError(f"dense {dense!r} is invalid: use 0 (no hidden layer) or more units (--dense)")
+    if pooling not in ("global", "flatten"):
+        raise EdgeclsError(f"unknown pooling {pooling!r}: use global or flatten")
+    min_side = 2 ** len(widths)
+    if input_shape is not None and min(input_shape[:2]) < min_side:
+        raise EdgeclsError(
+            f"image size {input_shape[0]}x{input_shape[1]} is too small for {len(widths)} pooling blocks: "
+            f"use --image-size {min_side} or more, or fewer --widths"
+        )
 
 
 @register_model
@@ -119,10 +174,6 @@ def build_mobilenetv2(
     from keras import layers
 
     _check_unused(unused)
-    if min(input_shape[:2]) < 32:
-        raise EdgeclsError(f"MobileNetV2 needs images of at least 32x32, got {input_shape[0]}x{input_shape[1]}: raise --image-size")
-    if input_shape[2] != 3:
-        raise EdgeclsError("MobileNetV2 needs 3-channel input: use --color rgb")
     inputs = keras.Input(shape=input_shape, name="image")
     # input_tensor makes the backbone's layers part of this model (a flat graph), which structured
     # pruning and per-layer freezing need.
@@ -142,6 +193,25 @@ def build_mobilenetv2(
     x = layers.GlobalAveragePooling2D(name="gap")(backbone.output)
     outputs = _classifier_head(x, num_classes, activation, dropout, l2)
     return keras.Model(inputs, outputs, name="mobilenetv2")
+
+
+@option_check("mobilenetv2")
+def _check_mobilenetv2(input_shape: tuple, alpha=1.0, weights=None, **_):
+    # Keras accepts any alpha > 0 without ImageNet weights (a local weights file must match it);
+    # zero or negative widths still build a network of 8-filter layers, which is never meant.
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+        raise EdgeclsError(f"alpha {alpha!r} is out of range: use a width multiplier above 0, e.g. 0.35, 0.5, 0.75 or 1.0 (--alpha)")
+    if input_shape is not None and min(input_shape[:2]) < 32:
+        raise EdgeclsError(f"MobileNetV2 needs images of at least 32x32, got {input_shape[0]}x{input_shape[1]}: raise --image-size")
+    if input_shape is not None and input_shape[2] != 3:
+        raise EdgeclsError("MobileNetV2 needs 3-channel input: use --color rgb")
+    if weights is not None and not os.path.isfile(weights):
+        raise EdgeclsError(f"weights file {weights} does not exist: pass a no-top MobileNetV2 weights file (--weights)")
+
+
+def supports_fine_tuning(name: str, options: dict) -> bool:
+    """Whether the model starts with a frozen pretrained backbone that fine-tuning can unfreeze."""
+    return name == "mobilenetv2" and bool(options.get("weights"))
 
 
 HEAD_LAYERS = ("gap", "flatten", "hidden", "head_dropout", "predictions")

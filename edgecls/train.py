@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import platform
 import time
@@ -15,20 +16,34 @@ import numpy as np
 from edgecls import __version__
 from edgecls.progress import progress
 from edgecls.augment import AugmentSpec, build_augmenter
+from edgecls.callbacks import keep_best, training_callbacks
 from edgecls.data import fingerprint, load_split, make_tf_dataset
 from edgecls.datasets import resolve_dataset, scan_folder
+from edgecls.distributed import MultiWorkerTrainer, is_chief, local_copy, output_dir
 from edgecls.evaluate import evaluate_arrays, write_evaluation
-from edgecls.models import create_model, head_activation
+from edgecls.splits import CONTENT_RANK, write_split_record
+from edgecls.outputs import run_guard
+from edgecls.models import check_options, create_model, head_activation, list_models, supports_fine_tuning
 from edgecls import plots, rundir
-from runtime.atomic import staged_dir, write_json
+from runtime.atomic import check_output, write_json
 from runtime.errors import EdgeclsError, MissingDependencyError
-from runtime.preprocess import PreprocessSpec
+from runtime.preprocess import COLORS, RESIZE_MODES, PreprocessSpec
 
 STRATEGIES = ("none", "mirrored", "multiworker")
+OPTIMIZERS = ("adam", "sgd")
+CLASS_WEIGHTS = ("auto", "balanced", "none")
+HEADS = ("auto", "sigmoid", "softmax")
+NORMALIZATIONS = ("scale", "symmetric")
 
 
 @dataclass
 class TrainConfig:
+    """What `train` does. `validate()` checks every field before any data is read.
+
+    With fine-tuning the saved model is the epoch with the lowest validation loss (training loss
+    without a val split) over both phases together, and metadata.json says which epoch that was.
+    """
+
     data: str
     out: str
     model: str = "simple"
@@ -57,6 +72,61 @@ class TrainConfig:
     workers: int = 4
     verbose: int | str = "auto"
 
+    def validate(self) -> None:
+        """Raise EdgeclsError (one line, naming the option) for any value training would choke on later."""
+        for value, allowed, what in (
+            (self.model, list_models(), "model"), (self.optimizer, OPTIMIZERS, "optimizer"),
+            (self.class_weight, CLASS_WEIGHTS, "class weight mode"), (self.head, HEADS, "head"),
+            (self.strategy, STRATEGIES, "strategy"), (self.resize, RESIZE_MODES, "resize mode"),
+            (self.normalize, (None, *NORMALIZATIONS), "normalization"), (self.color, (None, *COLORS), "color"),
+        ):
+            if value not in allowed:
+                raise EdgeclsError(f"unknown {what} {value!r}: use one of {', '.join(a for a in allowed if a)}")
+        _check_int("--image-size", self.image_size, 8, 1024, optional=True)
+        _check_int("--epochs", self.epochs, 1, optional=True)
+        _check_int("--batch-size", self.batch_size, 1)
+        _check_int("--patience", self.patience, 0)
+        _check_int("--fine-tune-layers", self.fine_tune_layers, 0)
+        _check_int("--fine-tune-epochs", self.fine_tune_epochs, 0)
+        _check_int("workers", self.workers, 1)
+        _check_float("--lr", self.learning_rate, 0.0, math.inf, low_open=True)
+        _check_float("--momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _check_float("--val-fraction", self.val_fraction, 0.0, 1.0, high_open=True)
+        _check_float("--test-fraction", self.test_fraction, 0.0, 1.0, high_open=True)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise EdgeclsError(f"--val-fraction {self.val_fraction:g} and --test-fraction {self.test_fraction:g} "
+                               "leave no images for training: keep their sum below 1")
+        if self.augment is not None:
+            self.augment.validate()
+        check_options(self.model, None, **self.model_options)  # the image-size checks wait for the dataset's defaults
+        if bool(self.fine_tune_layers) != bool(self.fine_tune_epochs):
+            raise EdgeclsError("fine-tuning needs both --fine-tune-layers N and --fine-tune-epochs N (one of them is 0)")
+        if self.fine_tune_layers and not supports_fine_tuning(self.model, self.model_options):
+            raise EdgeclsError("--fine-tune-layers needs a frozen pretrained backbone: use --model mobilenetv2 --weights FILE")
+        if self.strategy == "multiworker" and "TF_CONFIG" not in os.environ:
+            raise EdgeclsError("--strategy multiworker needs TF_CONFIG set on every worker (cluster spec and task index)")
+
+
+def _check_int(flag: str, value, low: int, high: int | None = None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+    if not ok:
+        bound = f"from {low} to {high}" if high is not None else f"of {low} or more"
+        raise EdgeclsError(f"{flag} {value!r} is out of range: use a whole number {bound}")
+
+
+def _check_float(flag: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    try:
+        value = float(value)
+        ok = math.isfinite(value) and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        lower = f"above {low:g}" if low_open else f"from {low:g}"
+        upper = "" if high == math.inf else (f" to below {high:g}" if high_open else f" to {high:g}")
+        raise EdgeclsError(f"{flag} {value!r} is out of range: use a value {lower}{upper}")
+
 
 @dataclass
 class TrainResult:
@@ -64,6 +134,7 @@ class TrainResult:
     metrics: dict
     history: dict
     seconds: float
+    chief: bool = True  # False on the other workers of a multi-worker run: they wrote nothing
 
 
 def preprocess_spec_for(cfg: TrainConfig, defaults: dict) -> PreprocessSpec:
@@ -118,20 +189,6 @@ def _compile(model, cfg: TrainConfig, activation: str, learning_rate: float) -> 
     model.compile(optimizer=_optimizer(cfg, learning_rate), loss=loss, metrics=["accuracy"])
 
 
-def _callbacks(cfg: TrainConfig, stage_dir: Path, has_val: bool):
-    import keras
-
-    monitor = "val_loss" if has_val else "loss"
-    cbs = [
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(2, cfg.patience // 2), min_lr=1e-5, verbose=0),
-    ]
-    if cfg.patience:
-        cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True))
-    if cfg.tensorboard:
-        cbs.append(keras.callbacks.TensorBoard(log_dir=str(stage_dir / "tensorboard")))
-    return cbs
-
-
 def _merge_history(total: dict, new: dict) -> None:
     for key, values in new.items():
         total.setdefault(key, []).extend(float(v) for v in values)
@@ -151,19 +208,80 @@ def _unfreeze_top(model, n_layers: int) -> int:
     return sum(1 for l in backbone if l.trainable)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train, evaluate on the held-out split, and write the run directory atomically."""
-    started = time.perf_counter()
-    out = Path(cfg.out)
-    if out.is_dir() and not cfg.overwrite and not any(out.iterdir()):
-        out.rmdir()  # an empty folder made beforehand holds nothing to lose
-    if out.exists() and not cfg.overwrite:
-        raise EdgeclsError(f"output {out} already exists: choose another --out or pass --overwrite")
+def _fit_function(cfg: TrainConfig, strategy, model, splits: dict, activation: str, augmenter, weights, chief: bool):
+    """`fit(callbacks, end, start) -> history` for epochs start..end-1: Keras' fit, or the multi-worker loop."""
+    if cfg.strategy == "multiworker":
+        trainer = MultiWorkerTrainer(strategy, model, activation, splits["train"], splits.get("val"), cfg.batch_size,
+                                     cfg.seed, augmenter, weights, verbose=chief)
+        return lambda callbacks, end, start: trainer.fit(end, start, callbacks)
+    as_targets = (lambda y: y.astype(np.float32)[:, None]) if activation == "sigmoid" else None
+    train_ds = make_tf_dataset(splits["train"], cfg.batch_size, True, cfg.seed, augmenter, as_targets)
+    val_ds = make_tf_dataset(splits["val"], cfg.batch_size, False, cfg.seed, None, as_targets) if "val" in splits else None
 
+    def fit(callbacks, end, start):
+        return model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=start, class_weight=weights,
+                         shuffle=False, callbacks=callbacks, verbose=cfg.verbose).history
+
+    return fit
+
+
+def _train_model(cfg: TrainConfig, strategy, chief: bool, splits: dict, spec, augment, epochs: int,
+                 model_options: dict, activation: str, labels: list, stage: Path):
+    """Both phases (head, then optional fine-tuning); returns (model, history, the kept epoch)."""
+    multiworker = cfg.strategy == "multiworker"
+    with strategy.scope():
+        model = create_model(cfg.model, len(labels), spec.shape, head=cfg.head, **model_options)
+        _compile(model, cfg, activation, cfg.learning_rate)
+    weights = _class_weights(splits["train"].y, len(labels), cfg.class_weight)
+    if weights:
+        progress("class weights: " + ", ".join(f"{labels[i]}={w:.2f}" for i, w in weights.items()))
+    fit = _fit_function(cfg, strategy, model, splits, activation, build_augmenter(augment, spec, cfg.seed), weights, chief)
+    monitor = "val_loss" if "val" in splits else "loss"
+    best = keep_best(monitor)  # one keeper for both phases: the saved model is the best epoch overall
+    logs = stage / "tensorboard" if cfg.tensorboard and chief else None
+
+    def callbacks():
+        return training_callbacks(cfg.patience, monitor, best, logs, graph=not multiworker)
+
+    progress(f"training {cfg.model} ({model.count_params():,} parameters) for up to {epochs} epochs")
+    history: dict = {}
+    _merge_history(history, fit(callbacks(), epochs, 0))
+    best.restore()  # fine-tuning starts from the best head
+    head_epochs = len(history.get("loss", []))
+    if cfg.fine_tune_layers and cfg.fine_tune_epochs:
+        with strategy.scope():
+            trainable = _unfreeze_top(model, cfg.fine_tune_layers)
+            _compile(model, cfg, activation, cfg.learning_rate / 10)
+        progress(f"fine-tuning the top {trainable} backbone layers for {cfg.fine_tune_epochs} epochs")
+        # initial_epoch continues the epoch count, so TensorBoard and the history do not overlap
+        _merge_history(history, fit(callbacks(), head_epochs + cfg.fine_tune_epochs, head_epochs))
+        best.restore()
+    history.pop("learning_rate", None)
+    kept = None
+    if best.best_epoch is not None:
+        phase = "fine-tune" if best.best_epoch >= head_epochs else ("head" if cfg.fine_tune_layers else "train")
+        kept = {"epoch": best.best_epoch + 1, "phase": phase, "monitor": monitor, "value": round(best.best, 6)}
+        progress(f"kept the weights of epoch {kept['epoch']} ({phase}), the lowest {monitor} ({best.best:.4f})")
+    if multiworker:
+        model = local_copy(model)  # evaluate and save outside the strategy, like the other engines
+    return model, history, kept
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train, evaluate on the held-out split, and write the run directory atomically.
+
+    Every option and the output path are checked before any image is read or any epoch runs. With
+    `--strategy multiworker` every worker runs this; only the chief (task 0) writes `cfg.out`.
+    """
+    started = time.perf_counter()
+    cfg.validate()
+    out = Path(cfg.out)
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise MissingDependencyError("tensorboard", "train", "--tensorboard writes its logs")
 
     root, builtin = resolve_dataset(cfg.data)
+    guard = run_guard(root)
+    check_output(out, cfg.overwrite, **guard)  # a refusal costs nothing
     defaults = builtin.defaults if builtin else {}
     dataset = scan_folder(root, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     for note in dataset.notes:
@@ -174,6 +292,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     model_options = dict(cfg.model_options)
     if cfg.model == "simple" and "widths" in defaults:
         model_options.setdefault("widths", tuple(defaults["widths"]))
+    activation = head_activation(len(dataset.labels), cfg.head)
+    check_options(cfg.model, spec.shape, **model_options)
     progress(
         f"data: {root} ({len(dataset.labels)} classes, split from {dataset.split_source}: "
         + ", ".join(f"{k} {v}" for k, v in dataset.counts().items()) + f"); input {spec.shape}"
@@ -182,41 +302,17 @@ def train(cfg: TrainConfig) -> TrainResult:
     import keras
     import tensorflow as tf
 
+    strategy = _strategy(cfg.strategy)  # MultiWorkerMirroredStrategy must exist before other TF ops run
+    chief = is_chief(strategy)
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()  # --seed means the same run, augmentation order included
     splits = {name: load_split(samples, spec, cfg.workers, name) for name, samples in dataset.splits.items() if samples}
     if "train" not in splits:
         raise EdgeclsError("the train split is empty: add more images per class")
-    num_classes = len(dataset.labels)
-    activation = head_activation(num_classes, cfg.head)
-    as_targets = (lambda y: y.astype(np.float32)[:, None]) if activation == "sigmoid" else None
-    strategy = _strategy(cfg.strategy)
 
-    with staged_dir(out, overwrite=cfg.overwrite) as stage:
-        with strategy.scope():
-            model = create_model(cfg.model, num_classes, spec.shape, head=cfg.head, **model_options)
-            _compile(model, cfg, activation, cfg.learning_rate)
-        augmenter = build_augmenter(augment, spec, cfg.seed)
-        train_ds = make_tf_dataset(splits["train"], cfg.batch_size, True, cfg.seed, augmenter, as_targets)
-        val_ds = make_tf_dataset(splits["val"], cfg.batch_size, False, cfg.seed, None, as_targets) if "val" in splits else None
-        weights = _class_weights(splits["train"].y, num_classes, cfg.class_weight)
-        if weights:
-            progress("class weights: " + ", ".join(f"{dataset.labels[i]}={w:.2f}" for i, w in weights.items()))
-        progress(f"training {cfg.model} ({model.count_params():,} parameters) for up to {epochs} epochs")
-        history: dict = {}
-        fit = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights, shuffle=False,
-                        callbacks=_callbacks(cfg, stage, val_ds is not None), verbose=cfg.verbose)
-        _merge_history(history, fit.history)
-        if cfg.fine_tune_layers and cfg.fine_tune_epochs:
-            with strategy.scope():
-                trainable = _unfreeze_top(model, cfg.fine_tune_layers)
-                _compile(model, cfg, activation, cfg.learning_rate / 10)
-            progress(f"fine-tuning the top {trainable} backbone layers for {cfg.fine_tune_epochs} epochs")
-            fit = model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, class_weight=weights, shuffle=False,
-                            callbacks=_callbacks(cfg, stage, val_ds is not None), verbose=cfg.verbose)
-            _merge_history(history, fit.history)
-        history.pop("learning_rate", None)
-
+    with output_dir(out, chief, overwrite=cfg.overwrite, **guard) as stage:
+        model, history, kept = _train_model(cfg, strategy, chief, splits, spec, augment, epochs, model_options,
+                                            activation, dataset.labels, stage)
         eval_split = splits.get("test") or splits.get("val") or splits["train"]
         report = evaluate_arrays(model, eval_split.x, eval_split.y, dataset.labels, cfg.batch_size)
         metrics = {
@@ -240,6 +336,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "source": cfg.data if builtin else str(Path(root).resolve()),
                 "builtin": builtin.name if builtin else None,
                 "split_source": dataset.split_source,
+                "split_method": CONTENT_RANK,
                 "val_fraction": cfg.val_fraction,
                 "test_fraction": cfg.test_fraction,
                 "counts": {k: len(v.y) for k, v in splits.items()},
@@ -248,13 +345,15 @@ def train(cfg: TrainConfig) -> TrainResult:
             },
             "seed": cfg.seed,
             "augment": augment.to_dict(),
-            "train": {k: v for k, v in asdict(cfg).items() if k not in ("augment", "data", "out", "model_options")} | {"epochs": epochs},
+            "train": {k: v for k, v in asdict(cfg).items() if k not in ("augment", "data", "out", "model_options")}
+                     | {"epochs": epochs, "kept_epoch": kept, "replicas": int(strategy.num_replicas_in_sync)},
             "versions": {"edgecls": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
                          "python": platform.python_version()},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         write_json(stage / rundir.METADATA_FILE, metadata)
+        write_split_record(stage, root, dataset.labels, splits)
         write_json(stage / rundir.HISTORY_FILE, history)
         write_evaluation(stage, metrics, dataset.labels)
         plots.training_curves(history, stage / rundir.CURVES_PNG, title=f"{cfg.model} on {Path(str(cfg.data)).name}")
-    return TrainResult(out, metrics, history, time.perf_counter() - started)
+    return TrainResult(out, metrics, history, time.perf_counter() - started, chief)

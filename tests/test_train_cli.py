@@ -22,7 +22,7 @@ def tiny_run(tmp_path_factory, shapes_folder):
 def test_train_writes_a_complete_run_directory(tiny_run, shapes_folder):
     out, result = tiny_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion_matrix.png", "curves.png", "history.json", "metadata.json", "metrics.json", "model.keras"]
+        "confusion_matrix.png", "curves.png", "history.json", "metadata.json", "metrics.json", "model.keras", "split.json"]
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["labels"] == ["circle", "square", "triangle"]
     assert meta["input_shape"] == [32, 32, 3]

@@ -20,10 +20,18 @@ import click
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
               help="Accuracy points an artifact may lose against the Keras model before remedies are tried.")
 @click.option("--tar", is_flag=True, help="Also write BUNDLE.tar.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle (only a bundle or an empty folder).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def convert(run, out, formats, prune, prune_epochs, max_prune_drop, calibration_size, calibration_method, max_drop, tar, overwrite, seed):
     """Prune, quantize and export a trained run to a verified model bundle (TFLite and ONNX)."""
+    from edgecls.outputs import bundle_guard
+    from edgecls.rundir import open_run
+    from runtime.atomic import check_output
+
+    # Before anything heavy is imported or loaded: only a bundle of ours (or an empty folder) may be
+    # replaced, and never the run being converted or its dataset.
+    check_output(out, overwrite, **bundle_guard(open_run(run)))
+
     from converters.formats import parse_formats
     from converters.pipeline import ConvertOptions, convert as run_convert
 

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import click
 
+from runtime.errors import EdgeclsError
+
+
+class _OneLineErrors(click.Command):
+    """A bad option value is one `error:` line and exit 1, like every other refusal (not a usage block)."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.BadParameter as exc:
+            raise EdgeclsError(exc.format_message()) from exc
+
 
 def _model_help() -> str:
     from edgecls.models import list_models
@@ -17,9 +29,9 @@ def _parse_widths(value: str | None):
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter("use comma-separated integers, e.g. 32,64,128")
+        raise EdgeclsError(f"--widths {value!r} is invalid: use comma-separated integers, e.g. 32,64,128") from None
 
-@click.command()
+@click.command(cls=_OneLineErrors)
 @click.option("--data", required=True, help="Class-per-folder directory, or a built-in dataset: digits, shapes.")
 @click.option("--out", "out", required=True, type=click.Path(), help="Run directory to create.")
 @click.option("--model", default="simple", show_default=True, help=_model_help())
@@ -30,36 +42,38 @@ def _parse_widths(value: str | None):
 @click.option("--epochs", type=click.IntRange(1), help="Maximum epochs (default: per dataset, else 30).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
-@click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True, help="Learning rate.")
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--lr", "learning_rate", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Learning rate.")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True, help="SGD momentum.")
 @click.option("--patience", type=click.IntRange(0), default=8, show_default=True, help="Early stopping patience (0: off).")
 @click.option("--class-weight", type=click.Choice(["auto", "balanced", "none"]), default="auto", show_default=True,
               help="auto weights classes only when the folders are imbalanced.")
 @click.option("--head", type=click.Choice(["auto", "sigmoid", "softmax"]), default="auto", show_default=True,
               help="auto: sigmoid for two classes, softmax otherwise.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--val-fraction", type=float, default=0.1, show_default=True)
-@click.option("--test-fraction", type=float, default=0.2, show_default=True)
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--widths", help="simple: filters per block, e.g. 32,64,128.")
 @click.option("--dense", type=click.IntRange(0), help="simple: hidden Dense units before the head.")
 @click.option("--pooling", type=click.Choice(["global", "flatten"]), help="simple: how the head sees the features.")
 @click.option("--dropout", type=click.FloatRange(0, 0.95), help="Dropout before the head.")
 @click.option("--l2", type=click.FloatRange(0), help="L2 weight decay.")
-@click.option("--alpha", type=float, help="mobilenetv2: width multiplier.")
+@click.option("--alpha", type=click.FloatRange(0, min_open=True), help="mobilenetv2: width multiplier.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="mobilenetv2: local backbone weights file (transfer learning).")
 @click.option("--fine-tune-layers", type=click.IntRange(0), default=0, show_default=True, help="Unfreeze this many top backbone layers after the head is trained.")
-@click.option("--fine-tune-epochs", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--fine-tune-epochs", type=click.IntRange(0), default=0, show_default=True,
+              help="Epochs of fine-tuning; the saved model is the epoch with the lowest val loss over both phases.")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Random rotation, shift, shear, zoom, brightness.")
-@click.option("--rotation", type=float, default=10.0, show_default=True, help="Augmentation: max rotation in degrees.")
-@click.option("--shift", type=float, default=0.1, show_default=True, help="Augmentation: max shift as a fraction.")
-@click.option("--shear", type=float, default=0.1, show_default=True, help="Augmentation: max shear factor.")
-@click.option("--zoom", type=float, default=0.1, show_default=True, help="Augmentation: max zoom as a fraction.")
-@click.option("--brightness", type=float, default=0.1, show_default=True, help="Augmentation: max brightness change.")
+@click.option("--rotation", type=click.FloatRange(0, 180), default=10.0, show_default=True, help="Augmentation: max rotation in degrees.")
+@click.option("--shift", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Augmentation: max shift as a fraction.")
+@click.option("--shear", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Augmentation: max shear factor.")
+@click.option("--zoom", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Augmentation: max zoom as a fraction.")
+@click.option("--brightness", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Augmentation: max brightness change.")
 @click.option("--flip/--no-flip", default=None, help="Augmentation: horizontal flip (default: per dataset, else off).")
 @click.option("--strategy", type=click.Choice(["none", "mirrored", "multiworker"]), default="none", show_default=True,
-              help="tf.distribute strategy: mirrored (GPUs on one host) or multiworker (reads TF_CONFIG).")
+              help="tf.distribute strategy: mirrored (GPUs on one host) or multiworker (reads TF_CONFIG; start one "
+                   "process per worker, task 0 writes the run).")
 @click.option("--tensorboard", is_flag=True, help="Write TensorBoard logs to RUN/tensorboard.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only a run or an empty folder).")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of progress bars.")
 def train(**o):
     """Train a CNN on a class-per-folder dataset; write the model, metadata, metrics and plots to --out."""
@@ -85,5 +99,8 @@ def train(**o):
         overwrite=o["overwrite"], verbose=2 if o["quiet"] else "auto",
     )
     result = run_training(cfg)
+    if not result.chief:
+        click.echo(f"worker done in {result.seconds:.1f}s; the chief (task 0) writes the run")
+        return
     click.echo(format_report(result.metrics))
     click.echo(f"test_accuracy {result.metrics['test_accuracy']:.4f} in {result.seconds:.1f}s -> {result.run_dir}")
