@@ -96,7 +96,7 @@ class _Exporter:
                 def build(out):
                     data = self.calibration(factor)
                     write_bytes(out, to_tflite(self.model, "int8", data))
-                    return {"calibration_images": len(data)}
+                    return _calibration_notes(data)
                 return build
 
             return [(f"per-channel, {n} calibration images", tflite_int8())] + (
@@ -109,7 +109,7 @@ class _Exporter:
             def build(out):
                 data = self.calibration(factor)
                 kept = onnx_export.quantize_int8(self.onnx_fp32(), out, data, opts)
-                return {"calibration_images": len(data), **({"kept_in_float": list(kept)} if kept else {})}
+                return {**_calibration_notes(data), **({"kept_in_float": list(kept)} if kept else {})}
             return build
 
         return [
@@ -119,6 +119,11 @@ class _Exporter:
             (f"entropy calibration ({more} images)", quant(replace(base, calibration="entropy"), 4)),
             (f"first and last layers kept in float ({more} images)", quant(replace(base, keep_ends_in_float=True), 4)),
         ]
+
+
+def _calibration_notes(data: np.ndarray) -> dict:
+    """The set this artifact was calibrated on: a remedy's larger set is not the manifest's `calibration`."""
+    return {"calibration_images": int(len(data)), "calibration_fingerprint": calib.fingerprint(data)}
 
 
 def _without_notes(write):

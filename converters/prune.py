@@ -250,6 +250,7 @@ def _linear(layer, x, kernel: np.ndarray) -> np.ndarray:
     import keras
 
     layers, _ = _layers()
+    kernel = keras.ops.cast(kernel, keras.ops.convert_to_tensor(x).dtype)  # mixed precision: float16 inputs
     y = layer.convolution_op(x, kernel) if isinstance(layer, layers.Conv2D) else keras.ops.matmul(x, kernel)
     y = keras.ops.convert_to_numpy(y).astype(np.float64)
     return y.reshape(-1, y.shape[-1])

@@ -124,8 +124,9 @@ def test_convert_bad_input_is_one_clear_line(tiny_run_dir, tmp_path, case, messa
         (run / "metadata.json").unlink()
     if case == "corrupt-model":
         (run / "model.keras").write_bytes(b"PK\x03\x04 broken zip")
-    if case == "exists":
+    if case == "exists":  # an empty folder may be used; one holding anything is not replaced without --overwrite
         out.mkdir()
+        (out / "notes.txt").write_text("mine")
     if case == "bad-format":
         args = ["--formats", "tflite-int4"]
     if case == "bad-prune":
@@ -133,6 +134,7 @@ def test_convert_bad_input_is_one_clear_line(tiny_run_dir, tmp_path, case, messa
     result = run_cli("convert", run, "--out", out, *args)
     assert message in cli_error(result)
     assert case == "exists" or not out.exists()
+    assert case != "exists" or (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("prune", ["structured=0.5", "sparsity=0.6"])
