@@ -9,7 +9,7 @@ import os
 
 import click
 
-from edgecls.commands import convert, devices, evaluate, predict, run, train
+from edgecls.commands import convert, devices, evaluate, predict, run, service, train
 from runtime.errors import EdgeclsError
 
 
@@ -59,6 +59,7 @@ cli.add_command(convert.convert)
 cli.add_command(predict.predict)
 cli.add_command(run.run)
 cli.add_command(devices.devices)
+cli.add_command(service.service)
 
 
 def main(argv=None):

@@ -7,12 +7,49 @@ import os
 
 import click
 
-TOKEN_ENV = "EDGECLS_RUN_TOKEN"
+ENV_PREFIX = "EDGECLS_RUN"
+TOKEN_ENV = f"{ENV_PREFIX}_TOKEN"
 
 
-@click.command()
-@click.argument("bundle", type=click.Path())
-@click.option("--source", "sources", multiple=True, help="Camera index, /dev/videoN, csi://N, rtsp:// or http(s):// "
+def _load_config(ctx, param, path):
+    """--config FILE: its keys become the defaults of the other options (so flags and env still win)."""
+    if path is None:
+        return
+    from runtime.errors import EdgeclsError
+
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise EdgeclsError("--config needs Python 3.11+ (tomllib) or `pip install tomli`") from None
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise EdgeclsError(f"cannot read --config {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgeclsError(f"--config {path} is not valid TOML: {exc}") from exc
+    names = {}  # "stall-timeout", "stall_timeout", "source" -> the parameter's name
+    for p in ctx.command.params:
+        if p.expose_value:
+            names[p.name] = names[p.name.replace("_", "-")] = p.name
+            names.update({o.lstrip("-"): p.name for o in p.opts if o.startswith("--")})
+    unknown = sorted(k for k in data if k not in names)
+    if unknown:
+        raise EdgeclsError(f"--config {path}: unknown option(s) {', '.join(unknown)}; keys are `edgecls run` option "
+                           f"names such as bundle, source, port, stall-timeout")
+    ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in data.items()}}
+
+
+@click.command(context_settings={"auto_envvar_prefix": ENV_PREFIX})
+@click.argument("bundle", type=click.Path(), required=False, envvar=f"{ENV_PREFIX}_BUNDLE")
+@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config,
+              help="TOML file of options: keys are option names (bundle = \"...\", source = [\"0\"], port = 8080, "
+              "stall-timeout = 5). The command line, then EDGECLS_RUN_* variables (EDGECLS_RUN_SOURCE, "
+              "EDGECLS_RUN_PORT, ...), override it.")
+@click.option("--source", "sources", multiple=True, envvar=f"{ENV_PREFIX}_SOURCE", help="Camera index, /dev/videoN, csi://N, rtsp:// or http(s):// "
               "URL, GStreamer pipeline, video file, image or folder (default: the device profile's camera). Images "
               "and folders are offline inputs: every image is classified once, in order (unless --fps). Video files "
               "play at their own frame rate and frames inference cannot keep up with are dropped (unless --every-frame). Repeat "
@@ -60,10 +97,16 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
     thread and a watchdog that reopens it after --stall-timeout, all share one loaded model, and
     results carry source, ts, frame, top1, score, topk, latency_ms (pre/infer/post) and
     frame_age_ms. SIGTERM or Ctrl-C stop it within 2 s with exit code 0.
+
+    Every option can come from --config FILE (TOML) or an EDGECLS_RUN_<OPTION> variable;
+    `edgecls service unit` prints a systemd unit that runs `edgecls run --config FILE`.
     """
     from devices import load_profile
-    from runtime.classifier import Classifier
     from runtime.errors import EdgeclsError
+
+    if bundle is None:
+        raise EdgeclsError("no bundle to run: give BUNDLE, `bundle = ...` in --config, or EDGECLS_RUN_BUNDLE")
+    from runtime.classifier import Classifier
     from runtime.sources import Source, SourceEnded, SourceTimeout, parse_source
 
     profile = load_profile(device)

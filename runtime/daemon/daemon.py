@@ -5,6 +5,7 @@
 
 Each source gets a supervisor (capture, watchdog, reopen) and a loop thread (classify, publish);
 nothing is queued between them, so memory is bounded and a dead source never blocks another.
+SIGHUP, or a bundle symlink that moves, reloads the model without stopping (runtime/daemon/reload.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 
 from runtime.daemon.loop import SourceLoop
 from runtime.daemon.metrics import Metrics
+from runtime.daemon.reload import Reloader
 from runtime.daemon.sinks import StdoutSink
 from runtime.daemon.supervisor import Backoff, Supervisor, display_name
 from runtime.errors import EdgeclsError
@@ -52,20 +54,15 @@ class Daemon:
         options = {"profile": profile, **(source_options or {})}
         self.supervisors = [Supervisor(uri, name=name, stall_timeout=stall_timeout, backoff=backoff, **options)
                             for uri, name in zip(sources, _unique_names(sources))]
-        if classifier is None:
-            from runtime.classifier import Classifier
-
-            classifier = Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
-        self.classifier = classifier
+        self._model_options = {"artifact": artifact, "profile": profile, "threads": threads, "top_k": top_k}
+        self.classifier = classifier if classifier is not None else self._load_classifier(bundle)
         self.sinks = list(sinks) if sinks is not None else [StdoutSink()]
         self.duration = duration
         self.metrics = Metrics()
-        art = classifier.artifact
-        self.metrics.set_bundle(version=classifier.bundle.manifest.created or "unknown", artifact=art.name,
-                                sha256=art.sha256, backend=classifier.backend_name, bundle=classifier.bundle.root.name)
+        self._describe_model()
         self.loops = []
         for supervisor in self.supervisors:
-            loop = SourceLoop(supervisor, classifier, self._publish, metrics=self.metrics, smooth=smooth,
+            loop = SourceLoop(supervisor, self.classifier, self._publish, metrics=self.metrics, smooth=smooth,
                               threshold=threshold, top_k=top_k, max_frames=max_frames)
             self.metrics.track(supervisor.name, supervisor, loop.stats)
             self.loops.append(loop)
@@ -74,10 +71,30 @@ class Daemon:
             from runtime.daemon.http import StatusServer
 
             self.server = StatusServer(health=self.health, latest=self.latest, metrics=self.metrics.exposition,
-                                       host=host, port=port, token=token)
+                                       preview=_Preview(self.loops), host=host, port=port, token=token)
+        self.reloader = None if bundle is None else Reloader(bundle, load=self._load_classifier,
+                                                             swap=self.swap_classifier, metrics=self.metrics)
+        self.notifier = None  # a SystemdNotifier when started under systemd (Type=notify)
         self._stop = threading.Event()
         self._stopped = False
         self._sink_errors = 0
+
+    def _load_classifier(self, bundle):
+        from runtime.classifier import Classifier
+
+        return Classifier(bundle, **self._model_options)
+
+    def _describe_model(self) -> None:
+        clf, art = self.classifier, self.classifier.artifact
+        self.metrics.set_bundle(version=clf.bundle.manifest.created or "unknown", artifact=art.name,
+                                sha256=art.sha256, backend=clf.backend_name, bundle=clf.bundle.root.name)
+
+    def swap_classifier(self, classifier) -> None:
+        """Serve `classifier` from now on: every loop adopts it before its next frame (hot reload)."""
+        self.classifier = classifier
+        self._describe_model()
+        for loop in self.loops:
+            loop.use(classifier)
 
     @property
     def url(self) -> str | None:
@@ -98,7 +115,11 @@ class Daemon:
                 "last_frame_age_s": None if s.last_frame_at is None else round(now - s.last_frame_at, 3),
             }
         unhealthy = [name for name, d in detail.items() if d["state"] != "running"]
-        return not unhealthy, {"status": "unhealthy" if unhealthy else "ok", "unhealthy": unhealthy, "sources": detail}
+        # A refused reload leaves the old model serving: worth showing, not a reason for 503.
+        model = {"labels": len(self.classifier.labels), "artifact": self.classifier.artifact.name,
+                 **(self.reloader.status() if self.reloader else {})}
+        return not unhealthy, {"status": "unhealthy" if unhealthy else "ok", "unhealthy": unhealthy,
+                               "sources": detail, "model": model}
 
     def latest(self) -> dict:
         return {loop.supervisor.name: loop.stats.latest for loop in self.loops}
@@ -127,8 +148,22 @@ class Daemon:
             loop.start()
         if self.server:
             self.server.start()
-            log.info("serving /healthz, /metrics and /latest on %s", self.server.url)
+            log.info("serving the preview, /healthz, /metrics and /latest on %s", self.server.url)
+        if self.reloader:
+            self.reloader.start()
+        from runtime.daemon.notify import SystemdNotifier
+
+        self.notifier = SystemdNotifier.from_env(progress=self._classified, status=self._status_line)
+        if self.notifier is not None:
+            self.notifier.start()
         return self
+
+    def _classified(self) -> int:
+        return sum(loop.stats.processed for loop in self.loops)
+
+    def _status_line(self) -> str:
+        running = sum(s.state == "running" for s in self.supervisors)
+        return f"{running}/{len(self.supervisors)} sources running, {self._classified()} frames classified"
 
     def wait(self) -> None:
         """Until stop() or a signal, `duration` has passed, or every loop has finished."""
@@ -164,6 +199,10 @@ class Daemon:
         self._stopped = True
         deadline = time.monotonic() + STOP_BUDGET_S - 0.3  # leave time for the interpreter to exit
         self._stop.set()
+        if self.notifier is not None:
+            self.notifier.stop()  # STOPPING=1 first: systemd stops expecting watchdog pings
+        if self.reloader:
+            self.reloader.stop()
         for loop in self.loops:
             loop.stop()
         share = max(0.1, (deadline - time.monotonic()) * 0.6 / len(self.supervisors))
@@ -189,7 +228,25 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.getsignal(sig)
             signal.signal(sig, lambda *_: self.request_stop())
+        if self.reloader and hasattr(signal, "SIGHUP"):
+            previous[signal.SIGHUP] = signal.getsignal(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, lambda *_: self.reloader.request())
         return previous
+
+
+class _Preview:
+    """What the preview page reads: source names, and each loop's newest classified frame with its fps."""
+
+    def __init__(self, loops):
+        self._loops = loops
+
+    def names(self) -> list:
+        return [loop.supervisor.name for loop in self._loops]
+
+    def frame(self, index: int):
+        loop = self._loops[index]
+        shown = loop.shown
+        return None if shown is None else (shown[0], shown[1], loop.stats.fps)
 
 
 def _unique_names(uris) -> list:

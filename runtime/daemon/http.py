@@ -1,4 +1,4 @@
-"""The daemon's HTTP side: /healthz, /metrics, /latest on a stdlib ThreadingHTTPServer.
+"""The daemon's HTTP side: /healthz, /metrics, /latest and the preview (/, /stream/N) on a ThreadingHTTPServer.
 
 Bound to 127.0.0.1 unless told otherwise. With a token, every endpoint wants
 `Authorization: Bearer TOKEN` (compared in constant time) and answers 401 without it. Request
@@ -24,11 +24,16 @@ class StatusServer:
     health() -> (healthy: bool, detail: dict); latest() -> dict; metrics() -> (body bytes, content type).
     """
 
-    def __init__(self, *, health, latest, metrics, host: str = "127.0.0.1", port: int = 0, token: str | None = None):
-        handler = type("_BoundHandler", (_Handler,), {"routes": {"/healthz": self._healthz, "/latest": self._latest,
-                                                                   "/metrics": self._metrics},
-                                                      "token": (token or "").encode() or None})
+    def __init__(self, *, health, latest, metrics, preview=None, host: str = "127.0.0.1", port: int = 0,
+                 token: str | None = None):
+        routes = {"/healthz": self._healthz, "/latest": self._latest, "/metrics": self._metrics}
+        if preview is not None:
+            routes["/"] = self._page
+        self._stopping = threading.Event()
+        handler = type("_BoundHandler", (_Handler,), {"routes": routes, "token": (token or "").encode() or None,
+                                                      "preview": preview, "stopping": self._stopping})
         self._health, self._latest_fn, self._metrics_fn = health, latest, metrics
+        self._preview = preview
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -48,6 +53,7 @@ class StatusServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # ends open preview streams
         if self._thread.is_alive():
             self._server.shutdown()
         self._server.server_close()
@@ -62,6 +68,11 @@ class StatusServer:
     def _metrics(self):
         body, content_type = self._metrics_fn()
         return 200, content_type, body
+
+    def _page(self):
+        from runtime.daemon.preview import page
+
+        return 200, "text/html; charset=utf-8", page(self._preview.names())
 
 
 def _json(data) -> bytes:
@@ -100,7 +111,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, "application/json", _json({"error": "missing or wrong bearer token"}),
                        {"WWW-Authenticate": 'Bearer realm="edgecls"'})
             return
-        route = self.routes.get(self.path.split("?", 1)[0])
+        path = self.path.split("?", 1)[0]
+        route = self.routes.get(path)
+        if route is None and self.preview is not None and path.startswith("/stream/") and self.command == "GET":
+            self._stream(path[len("/stream/"):])
+            return
         if route is None:
             self._send(404, "application/json", _json({"error": "not found", "endpoints": sorted(self.routes)}))
             return
@@ -112,3 +127,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, content_type, body)
 
     do_HEAD = do_GET
+
+    def _stream(self, which: str) -> None:
+        """/stream/<index>: the source's newest classified frame, annotated, as MJPEG until the client leaves."""
+        from runtime.daemon.preview import BOUNDARY, MAX_FPS, annotate, jpeg, part
+
+        names = self.preview.names()
+        if not which.isdigit() or int(which) >= len(names):
+            self._send(404, "application/json", _json({"error": "no such source", "sources": len(names)}))
+            return
+        index = int(which)
+        self.send_response(200)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        sent = None
+        try:
+            while not self.stopping.is_set():
+                shown = self.preview.frame(index)  # (image, result, fps) or None before the first result
+                if shown is not None and shown[1]["frame"] != sent:
+                    image, result, fps = shown
+                    self.wfile.write(part(jpeg(annotate(image, result, fps)), result["frame"]))
+                    self.wfile.flush()
+                    sent = result["frame"]
+                self.stopping.wait(1 / MAX_FPS)
+        except (BrokenPipeError, ConnectionResetError):  # the viewer closed the page
+            pass
+        self.close_connection = True

@@ -89,9 +89,13 @@ class SourceLoop:
         self.publish = publish
         self.metrics = metrics
         self.smoother = Smoother(smooth, threshold)
+        self._top_k = top_k
         self.top_k = min(top_k or classifier.top_k, len(classifier.labels))
+        self._pending = None  # a reloaded classifier, adopted before the next frame
+        self._swap_lock = threading.Lock()
         self.max_frames = max_frames
         self.stats = LoopStats()
+        self.shown = None  # (image, result) of the newest classified frame
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"loop:{supervisor.name}", daemon=True)
 
@@ -101,6 +105,17 @@ class SourceLoop:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def use(self, classifier) -> None:
+        """Switch to `classifier` between two frames (hot reload); never in the middle of one."""
+        with self._swap_lock:
+            self._pending = classifier
+
+    def _adopt(self, classifier) -> None:
+        self.classifier = classifier
+        # The old model's probabilities mean nothing to the new one (other labels, maybe another count).
+        self.smoother = Smoother(self.smoother._history.maxlen, self.smoother.threshold)
+        self.top_k = min(self._top_k or classifier.top_k, len(classifier.labels))
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -118,6 +133,10 @@ class SourceLoop:
                 continue
             except SourceEnded:
                 break
+            if self._pending is not None:
+                with self._swap_lock:
+                    pending, self._pending = self._pending, None
+                self._adopt(pending)
             try:
                 result = self.classify(frame)
             except Exception as exc:  # one bad frame (or a model error) must not end this source's loop
@@ -125,6 +144,7 @@ class SourceLoop:
                 log.error("%s: frame %d not classified: %s: %s", name, frame.index, type(exc).__name__, exc)
                 continue
             self.stats.record(result)
+            self.shown = (frame.image, result)  # for the preview stream: one reference, replaced each frame
             self.publish(result)
         log.debug("%s: loop ended after %d frames", name, self.stats.processed)
 

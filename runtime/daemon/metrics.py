@@ -74,11 +74,21 @@ class Metrics:
         self.frame_age = prom.Gauge("edgecls_frame_age_seconds", "Age of the newest classified frame when its "
                                     "result was published (capture to result).", ["source"], registry=self.registry)
         self.bundle = prom.Info("edgecls_bundle", "The loaded bundle and artifact.", registry=self.registry)
+        self.reloads = prom.Counter("edgecls_model_reloads", "Model reload attempts, by result (ok, failed).",
+                                    ["result"], registry=self.registry)
+        self.reload_failing = prom.Gauge("edgecls_model_reload_failing", "1 while the newest bundle was refused "
+                                         "and an older model keeps serving.", registry=self.registry)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result=result)
         self.registry.register(_SourceCollector(self._sources))
 
     def set_bundle(self, *, version: str, artifact: str, sha256: str, backend: str, bundle: str) -> None:
         self.bundle.info({"version": version, "artifact": artifact, "sha256": sha256, "backend": backend,
                           "bundle": bundle})
+
+    def reload_done(self, *, ok: bool) -> None:
+        self.reloads.labels(result="ok" if ok else "failed").inc()
+        self.reload_failing.set(0 if ok else 1)
 
     def track(self, name: str, supervisor, loop_stats=None) -> None:
         """Expose a source's supervisor counters and loop fps; its frame series start at 0."""

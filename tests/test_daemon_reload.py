@@ -1,0 +1,157 @@
+"""Hot model reload (issue 7 point 6): a moved bundle symlink or SIGHUP swaps the model, with no HTTP downtime."""
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+pytest.importorskip("prometheus_client")
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from runtime.bundle import sha256_file  # noqa: E402
+from runtime.daemon import Daemon  # noqa: E402
+
+
+def relabelled(src, dest, prefix):
+    """A copy of the bundle whose labels are renamed, consistently in manifest.json and labels.txt."""
+    shutil.copytree(src, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["labels"] = [prefix + label for label in manifest["labels"]]
+    (dest / "labels.txt").write_text("\n".join(manifest["labels"]) + "\n")
+    manifest["files"]["labels.txt"] = sha256_file(dest / "labels.txt")
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return dest, set(manifest["labels"])
+
+
+def repoint(link, target):
+    """Atomically, as flash commits a release: a new link renamed over the old one."""
+    tmp = link.with_name(link.name + ".new")
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def corrupt_artifacts(bundle):
+    for artifact in json.loads((bundle / "manifest.json").read_text())["artifacts"]:
+        with open(bundle / artifact["file"], "ab") as f:
+            f.write(b"\0garbage")
+
+
+class Poller(threading.Thread):
+    """Reads /latest and /healthz back to back for the whole test, counting every request that failed."""
+
+    def __init__(self, url):
+        super().__init__(daemon=True)
+        self.url, self.ok, self.failed, self.stop = url, 0, [], threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            for path in ("/latest", "/healthz"):
+                try:
+                    with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                        response.read()
+                        self.ok += 1
+                except urllib.error.HTTPError as exc:
+                    self.failed.append(f"{path}: {exc}: {exc.read()[:600]}")
+                except (urllib.error.URLError, OSError) as exc:
+                    self.failed.append(f"{path}: {exc}")
+            time.sleep(0.02)
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("daemon-reload") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
+    for i in range(20):
+        image = np.zeros((48, 64, 3), np.uint8)
+        cv2.circle(image, (32, 24), 6 + i % 12, (255, 255, 255), -1)
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def test_i7_p6_symlink_move_and_sighup_swap_the_model_and_a_broken_bundle_is_refused(tiny_bundle, video, tmp_path):
+    first, old_labels = relabelled(tiny_bundle, tmp_path / "release-1", "")
+    second, new_labels = relabelled(tiny_bundle, tmp_path / "release-2", "new_")
+    third, third_labels = relabelled(tiny_bundle, tmp_path / "release-3", "third_")
+    good_artifacts = {p.name: p.read_bytes() for p in third.iterdir() if p.suffix in (".tflite", ".onnx")}
+    corrupt_artifacts(third)
+    current = tmp_path / "current"
+    os.symlink(first, current)
+    daemon = Daemon(current, [video], port=0, sinks=[], source_options={"loop": True})
+
+    def latest():
+        return json.loads(urllib.request.urlopen(daemon.url + "/latest", timeout=2).read())[str(video)]
+
+    def serving(labels):
+        result = latest()
+        return result is not None and {t["label"] for t in result["topk"]} <= labels and result
+
+    def health():
+        try:
+            return json.loads(urllib.request.urlopen(daemon.url + "/healthz", timeout=2).read())
+        except urllib.error.HTTPError as exc:  # 503 while the source starts
+            return json.loads(exc.read())
+
+    def reload_metrics():
+        body = urllib.request.urlopen(daemon.url + "/metrics", timeout=2).read().decode()
+        family = next(f for f in text_string_to_metric_families(body) if f.name == "edgecls_model_reloads")
+        gauge = next(f for f in text_string_to_metric_families(body) if f.name == "edgecls_model_reload_failing")
+        counts = {s.labels["result"]: s.value for s in family.samples if s.name.endswith("_total")}
+        return counts, gauge.samples[0].value
+
+    timings = {}
+
+    def scenario(d):
+        poller = Poller(d.url)
+        wait_for(lambda: serving(old_labels), 20, "results from the first bundle")
+        wait_for(lambda: health()["status"] == "ok", 5, "the source running")  # /healthz is 200 from here on
+        poller.start()
+        try:
+            repoint(current, second)  # the link moves: the new model must serve within 5 s
+            moved = time.monotonic()
+            wait_for(lambda: serving(new_labels), 5, "the second bundle's labels in /latest")
+            timings["swap_s"] = time.monotonic() - moved
+            assert reload_metrics() == ({"ok": 1.0, "failed": 0.0}, 0.0)
+
+            repoint(current, third)  # a broken release: refused, the second model keeps serving
+            detail = wait_for(lambda: health()["model"]["last_error"] and health(), 5, "the refusal in /healthz")
+            assert "does not match the manifest" in detail["model"]["last_error"] and detail["status"] == "ok"
+            assert detail["model"]["failures"] == 1 and detail["model"]["bundle"] == str(third)
+            assert reload_metrics() == ({"ok": 1.0, "failed": 1.0}, 1.0)
+            before = latest()["frame"]
+            wait_for(lambda: latest()["frame"] > before + 5, 5, "results still flowing after the refusal")
+            assert serving(new_labels)
+
+            for name, data in good_artifacts.items():  # repaired in place: SIGHUP reloads the same path
+                (third / name).write_bytes(data)
+            os.kill(os.getpid(), signal.SIGHUP)
+            wait_for(lambda: serving(third_labels), 5, "the repaired bundle after SIGHUP")
+            assert health()["model"]["last_error"] is None and reload_metrics() == ({"ok": 2.0, "failed": 1.0}, 0.0)
+        finally:
+            poller.stop.set()
+            poller.join(3)
+            d.request_stop()
+        timings["requests"] = poller.ok
+        assert poller.failed == [] and poller.ok > 20, poller.failed
+
+    daemon.run(on_start=scenario)
+    print(f"swap visible in /latest after {timings['swap_s']:.2f} s; {timings['requests']} HTTP requests, none failed")

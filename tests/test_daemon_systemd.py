@@ -1,0 +1,177 @@
+"""The daemon under systemd (issue 7 point 8): the unit, sd_notify on a real socket, --config and EDGECLS_RUN_*."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+pytest.importorskip("prometheus_client")
+
+from runtime.daemon import Daemon  # noqa: E402
+from runtime.daemon.notify import notify, watchdog_interval  # noqa: E402
+from runtime.daemon.supervisor import Backoff  # noqa: E402
+from tests.conftest import cli_error, run_cli  # noqa: E402
+from tests.mjpeg_server import MjpegServer  # noqa: E402
+
+
+class NotifySocket:
+    """A real AF_UNIX datagram socket, as systemd binds it; records (time, fields) per datagram."""
+
+    def __init__(self, abstract: bool = False):
+        self._dir = tempfile.mkdtemp(prefix="ntf", dir="/tmp")  # AF_UNIX paths must stay under 108 bytes
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = f"edgecls-test-{Path(self._dir).name}"
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        else:
+            self.address = str(Path(self._dir) / "notify")
+            self.sock.bind(self.address)
+        self.sock.settimeout(0.1)
+        self.messages = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def times(self, key):
+        return [t for t, fields in list(self.messages) if fields.get(key) == "1"]
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(1)
+        self.sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("daemon-systemd") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
+    for i in range(20):
+        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_i7_p8_generated_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package `systemd`); cannot verify the unit")
+    executable = shutil.which("edgecls") or sys.executable
+    done = run_cli("service", "unit", "--exec", executable, "--config", "/etc/edgecls/run.toml", "--watchdog-sec", "20")
+    assert done.returncode == 0, done.stderr
+    unit = tmp_path / "edgecls.service"
+    unit.write_text(done.stdout)
+    directives = [l for l in done.stdout.splitlines() if l and not l.startswith("#")]
+    for wanted in ("Type=notify", "WatchdogSec=20", "Restart=on-failure", "DynamicUser=yes",
+                   "SupplementaryGroups=video", "DeviceAllow=char-video4linux rw", "ProtectSystem=strict",
+                   "NoNewPrivileges=yes", "ReadWritePaths=/var/lib/edgecls",
+                   f"ExecStart={executable} run --config /etc/edgecls/run.toml"):
+        assert wanted in directives, wanted
+    assert [l for l in directives if l.startswith("ReadWritePaths=")] == ["ReadWritePaths=/var/lib/edgecls"]
+    verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    # verify exits 0 even for unknown keys or bad values: it only warns, so any line about our unit fails too.
+    complaints = [l for l in (verify.stdout + verify.stderr).splitlines() if "edgecls.service" in l]
+    assert verify.returncode == 0 and complaints == [], verify.stdout + verify.stderr
+
+
+def test_i7_p8_unit_refuses_root_and_relative_paths():
+    assert "not root" in cli_error(run_cli("service", "unit", "--user", "root"))
+    assert "absolute path" in cli_error(run_cli("service", "unit", "--config", "run.toml"))
+
+
+def test_i7_p8_notify_reaches_an_abstract_socket_and_reads_the_watchdog_interval(monkeypatch):
+    receiver = NotifySocket(abstract=True)
+    try:
+        assert notify("STATUS=hello", receiver.address)
+        wait_for(lambda: receiver.messages, 2, "the datagram")
+        assert receiver.messages[0][1] == {"STATUS": "hello"}
+    finally:
+        receiver.close()
+    assert not notify("READY=1", "")  # outside systemd: nothing to do, no error
+    assert watchdog_interval({"WATCHDOG_USEC": "3000000"}) == 1.5
+    assert watchdog_interval({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}) is None  # meant for another process
+
+
+def test_i7_p8_ready_then_watchdog_only_while_frames_flow(tiny_bundle, monkeypatch):
+    receiver = NotifySocket()
+    monkeypatch.setenv("NOTIFY_SOCKET", receiver.address)
+    monkeypatch.setenv("WATCHDOG_USEC", "600000")  # a ping every 0.3 s while frames flow
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    server = MjpegServer(fps=25).start()
+    port = int(server.url.split(":")[2].split("/")[0])
+    daemon = Daemon(tiny_bundle, [server.url], stall_timeout=1.0, backoff=Backoff(0.2, 0.5), sinks=[])
+    daemon.start()
+    try:
+        wait_for(lambda: receiver.times("READY"), 15, "READY=1")
+        wait_for(lambda: len(receiver.times("WATCHDOG")) >= 3, 5, "watchdog pings while frames flow")
+        assert len(receiver.times("READY")) == 1 and receiver.times("READY")[0] < receiver.times("WATCHDOG")[0]
+
+        server.kill()  # the only source goes down: systemd must stop hearing from us
+        killed = time.monotonic()
+        wait_for(lambda: daemon.supervisors[0].state != "running", 5, "the source to go down")
+        time.sleep(3.0)
+        quiet_from = killed + 0.6 + 0.3  # one ping may still be due for frames classified just before the kill
+        during = [t for t in receiver.times("WATCHDOG") if t > quiet_from]
+        assert during == [], f"{len(during)} WATCHDOG=1 while the only source was down"
+
+        server = MjpegServer(port=port, fps=25).start()
+        back = time.monotonic()
+        wait_for(lambda: [t for t in receiver.times("WATCHDOG") if t > back], 15, "pings once frames flow again")
+    finally:
+        daemon.stop()
+        server.kill()
+        time.sleep(0.2)
+        receiver.close()
+    assert receiver.times("STOPPING") and len(receiver.times("READY")) == 1
+    assert "sources running" in receiver.messages[0][1]["STATUS"]
+
+
+def test_i7_p8_options_come_from_a_toml_config_and_env_overrides_it(tiny_bundle, video, tmp_path):
+    results = tmp_path / "results.jsonl"
+    config = tmp_path / "run.toml"
+    config.write_text(f'bundle = "{tiny_bundle}"\nsource = ["{video}"]\nevery-frame = true\nmax_frames = 4\n'
+                      f'results = "{results}"\nsmooth = 2\n')
+    done = run_cli("run", "--config", config, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(l)["frame"] for l in results.read_text().splitlines()] == [0, 1, 2, 3]
+
+    results.unlink()
+    done = run_cli("run", "--config", config, env={"EDGECLS_RUN_MAX_FRAMES": "2"}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(results.read_text().splitlines()) == 2  # the environment beats the file...
+    results.unlink()
+    done = run_cli("run", "--config", config, "--max-frames", "1", env={"EDGECLS_RUN_MAX_FRAMES": "2"}, timeout=120)
+    assert done.returncode == 0 and len(results.read_text().splitlines()) == 1  # ...and the command line both
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('bundle = "x"\nstall-timeot = 3\n')
+    assert "unknown option(s) stall-timeot" in cli_error(run_cli("run", "--config", bad))
+    assert "no bundle to run" in cli_error(run_cli("run", "--source", video))
