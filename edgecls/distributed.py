@@ -5,8 +5,9 @@ Keras 3's `model.fit` fails under MultiWorkerMirroredStrategy with two or more w
 trains the same Keras model, optimizer and callbacks from a loop of `strategy.run` steps.
 
 Every worker holds the whole (in-memory) dataset and keeps its shard of each identically shuffled
-epoch (auto-sharding off: the shard is explicit), padded with zero-weight images to the same number
-of steps everywhere, because a collective op that one worker skips hangs the others. Losses and
+epoch (auto-sharding off: the shard is explicit), padded with zero-weight copies of real images to
+the same number of steps everywhere, because a collective op that one worker skips hangs the others
+(black padding would skew BatchNorm's batch statistics in training mode). Losses and
 accuracies are all-reduced and BatchNorm statistics averaged after every epoch, so every worker sees
 the same numbers, takes the same early-stopping and learning-rate decisions and holds the same weights.
 """
@@ -23,6 +24,7 @@ import numpy as np
 
 from edgecls.progress import progress
 from runtime.atomic import staged_dir
+from runtime.errors import EdgeclsError
 
 
 def is_chief(strategy) -> bool:
@@ -63,6 +65,13 @@ def local_copy(model):
     return copy
 
 
+def _lost_peer_errors() -> tuple:
+    """What a collective op raises when another worker died: its connection is refused within seconds."""
+    import tensorflow as tf
+
+    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError, tf.errors.CancelledError)
+
+
 class MultiWorkerTrainer:
     """`fit` for a compiled Keras model under MultiWorkerMirroredStrategy, with Keras callbacks."""
 
@@ -101,9 +110,9 @@ class MultiWorkerTrainer:
                 ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
             ds = ds.shard(workers, index)
             pad = steps * per_step - mine
-            if pad:
-                ds = ds.concatenate(tf.data.Dataset.from_tensor_slices(
-                    (np.zeros((pad, *x.shape[1:]), x.dtype), np.zeros(pad, np.int32), np.zeros(pad, np.float32))))
+            if pad:  # real images (BatchNorm's batch statistics see them), weighted 0 in loss and metrics
+                fill = np.arange(pad) % n
+                ds = ds.concatenate(tf.data.Dataset.from_tensor_slices((x[fill], y[fill], np.zeros(pad, np.float32))))
             ds = ds.batch(per_replica)
             if augmenter is not None:
                 ds = ds.map(lambda a, t, m: (augmenter(a, training=True), t, m), num_parallel_calls=tf.data.AUTOTUNE)
@@ -205,6 +214,7 @@ class MultiWorkerTrainer:
         """Train epochs `initial_epoch` .. `epochs - 1` (numbered like `model.fit`); returns the history."""
         import keras
 
+        lost_peer = _lost_peer_errors()
         model, optimizer = self.model, self.model.optimizer
         if not optimizer.built:
             with self.strategy.scope():  # slots are mirrored variables, created outside any replica
@@ -217,10 +227,14 @@ class MultiWorkerTrainer:
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
-            logs = self._logs(train_epoch(iter(self.train)).numpy(), self.steps["train"])
-            sync()
-            if val_epoch is not None:
-                logs.update(self._logs(val_epoch(iter(self.val)).numpy(), self.steps["val"], "val_"))
+            try:
+                logs = self._logs(train_epoch(iter(self.train)).numpy(), self.steps["train"])
+                sync()
+                if val_epoch is not None:
+                    logs.update(self._logs(val_epoch(iter(self.val)).numpy(), self.steps["val"], "val_"))
+            except lost_peer as exc:
+                raise EdgeclsError(f"multi-worker training lost another worker in epoch {epoch + 1} "
+                                   f"({type(exc).__name__}): every worker must run to the end; start them all again") from exc
             logs["learning_rate"] = float(np.asarray(optimizer.learning_rate))  # the rate this epoch used, as fit logs it
             cbs.on_epoch_end(epoch, logs)
             for key, value in logs.items():

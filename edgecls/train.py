@@ -89,6 +89,7 @@ class TrainConfig:
         _check_int("--fine-tune-layers", self.fine_tune_layers, 0)
         _check_int("--fine-tune-epochs", self.fine_tune_epochs, 0)
         _check_int("workers", self.workers, 1)
+        _check_int("--seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
         _check_float("--lr", self.learning_rate, 0.0, math.inf, low_open=True)
         _check_float("--momentum", self.momentum, 0.0, 1.0, high_open=True)
         _check_float("--val-fraction", self.val_fraction, 0.0, 1.0, high_open=True)

@@ -17,7 +17,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from runtime.errors import EdgeclsError
 
@@ -29,6 +29,10 @@ MARKERS = {
     "manifest.json": ("edgecls-bundle/", "an edgecls bundle (manifest.json)"),
 }
 _STAGE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]*)\.[a-z0-9_]+\.(?P<kind>partial|old)$")
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # write_bytes' temp file, left by a kill
+
+# What a product of one kind may hold: names, or a function of the folder that lists them.
+Contents = Callable[[Path], Iterable[str]] | Iterable[str] | None
 
 
 def _umask() -> int:
@@ -96,6 +100,25 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
+def _absolute(final) -> Path:
+    """`final` as an absolute path with `.` and `..` folded, so that `--out .` has a parent to stage in."""
+    return Path(os.path.abspath(final))
+
+
+def _foreign(folder: Path, contents: Contents) -> list:
+    """Entries of `folder` that a product of its kind never holds (someone's own files put there)."""
+    if contents is None:
+        return []
+    allowed = set(contents(folder) if callable(contents) else contents)
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        temp = _TEMP_FILE.match(entry.name)
+        if entry.name in allowed or (temp and temp["name"] in allowed) or _STAGE.match(entry.name):
+            continue
+        foreign.append(entry.name)
+    return foreign
+
+
 def _relation(final: Path, other: Path) -> str | None:
     if final == other:
         return "is"
@@ -107,15 +130,19 @@ def _relation(final: Path, other: Path) -> str | None:
 
 
 def check_output(final: str | os.PathLike, overwrite: bool = False, *, marker: str | None = None,
-                 protect: Mapping[str, str | os.PathLike] | None = None) -> None:
+                 protect: Mapping[str, str | os.PathLike] | None = None, contents: Contents = None) -> None:
     """Refuse an output path whose replacement could destroy something that is not ours.
 
     Call it before any work so that a refusal costs nothing; `staged_dir` calls it again.
     `final` may be replaced when it does not exist, is an empty folder, or (with `overwrite`) holds
     our `marker` file (see MARKERS). `protect` maps a description to a path that `final` must not
-    be, contain or lie inside (the dataset, the run being converted).
+    be, contain or lie inside (the dataset, the run being converted). `contents` names what such a
+    product may hold: a folder of ours that also holds anything else (photos someone put into a run)
+    is refused too, because replacing the folder would delete them.
     """
-    final = Path(final)
+    final = _absolute(final)
+    if final == Path(final.anchor):
+        raise EdgeclsError(f"output {final} is the root of the file system: choose another --out")
     where = final.resolve()
     for what, path in (protect or {}).items():
         relation = _relation(where, Path(path).resolve())
@@ -133,6 +160,11 @@ def check_output(final: str | os.PathLike, overwrite: bool = False, *, marker: s
                            f"choose another --out or move it away yourself")
     if not overwrite:
         raise EdgeclsError(f"output {final} already exists: choose another --out or pass --overwrite to replace it")
+    foreign = _foreign(final, contents)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise EdgeclsError(f"output {final} is {kind} but also holds {shown}, which edgecls did not write, so "
+                           f"--overwrite will not replace it: move those out or choose another --out")
 
 
 def _host() -> str:
@@ -151,11 +183,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _started_after(pid: int, when: float) -> bool:
+    """Whether process `pid` started after time `when`: then it reused the pid of a stage's dead writer.
+
+    Linux only (/proc); elsewhere, or when unreadable, False (the stage is kept, never wrongly removed).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        started = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return started > when + 2.0  # btime has whole-second precision
+
+
 def remove_stale_stages(parent: str | os.PathLike) -> list:
     """Remove stages in `parent` left by processes of this host that no longer exist.
 
     Only names of our own pattern are touched; a stage of a live process, or of another host (a
-    shared file system), is left alone. A stale `.old` (the process died between its two renames)
+    shared file system), is left alone. A process that started after the stage was last written
+    only reuses the dead writer's pid, so its stage counts as stale. A stale `.old` (the process died between its two renames)
     is moved back to its final name when that name is free, so the previous product survives.
     """
     parent, host, removed = Path(parent), _host(), []
@@ -165,7 +212,13 @@ def remove_stale_stages(parent: str | os.PathLike) -> list:
         return removed
     for path in entries:
         m = _STAGE.match(path.name)
-        if not m or m["host"] != host or path.is_symlink() or not path.is_dir() or _pid_alive(int(m["pid"])):
+        if not m or m["host"] != host or path.is_symlink() or not path.is_dir():
+            continue
+        pid = int(m["pid"])
+        try:
+            if _pid_alive(pid) and not (pid != os.getpid() and _started_after(pid, path.stat().st_mtime)):
+                continue
+        except OSError:
             continue
         final = parent / m["name"]
         try:
@@ -184,7 +237,7 @@ def remove_stale_stages(parent: str | os.PathLike) -> list:
 
 @contextmanager
 def staged_dir(final: str | os.PathLike, overwrite: bool = False, *, marker: str | None = None,
-               protect: Mapping[str, str | os.PathLike] | None = None) -> Iterator[Path]:
+               protect: Mapping[str, str | os.PathLike] | None = None, contents: Contents = None) -> Iterator[Path]:
     """Yield a temp directory beside `final`; rename it to `final` only if the block succeeds.
 
     An interrupted or failed run leaves no directory at `final` that looks complete, and the next
@@ -192,20 +245,22 @@ def staged_dir(final: str | os.PathLike, overwrite: bool = False, *, marker: str
     if something else appeared there meanwhile, the commit raises FileExistsError (not `overwrite`)
     or EdgeclsError (not ours) and the stage is removed.
     """
-    final = Path(final)
-    check_output(final, overwrite, marker=marker, protect=protect)
+    final = _absolute(final)
+    if final.parent.is_dir():
+        # First: a stale `.old` put back here is what the check below must see, not what the commit finds.
+        remove_stale_stages(final.parent)
+    check_output(final, overwrite, marker=marker, protect=protect, contents=contents)
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_stages(final.parent)
     prefix = f".{final.name}.{os.getpid()}@{_host()}."
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=final.parent))
+    old = tmp.with_suffix(".old")
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         if final.exists() and not _is_empty_dir(final):
             if not overwrite:
                 raise FileExistsError(final)
-            check_output(final, overwrite, marker=marker)
-            old = tmp.with_suffix(".old")
+            check_output(final, overwrite, marker=marker, contents=contents)
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -214,4 +269,6 @@ def staged_dir(final: str | os.PathLike, overwrite: bool = False, *, marker: str
         _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists() and not final.is_symlink():
+            os.replace(old, final)  # the second rename failed: the previous product goes back now
         raise

@@ -81,7 +81,7 @@ def test_i16_p6_two_workers_train_and_only_the_chief_writes_the_run(tmp_path, sh
     assert "epoch 2/2:" in chief_err
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion_matrix.png", "curves.png", "history.json", "metadata.json", "metrics.json", "model.keras"]
+        "confusion_matrix.png", "curves.png", "history.json", "metadata.json", "metrics.json", "model.keras", "split.json"]
     assert [p.name for p in out.parent.iterdir()] == ["mw"]  # no stage left beside it
     assert not list((tmp_path / "tmp1").iterdir())  # the worker deleted what it wrote
     meta = json.loads((out / "metadata.json").read_text())
@@ -109,3 +109,68 @@ def test_i16_p6_one_worker_loop_stops_early_halves_the_rate_and_keeps_the_best_e
     best = int(np.argmin(history["val_loss"]))
     assert meta["train"]["kept_epoch"]["epoch"] == best + 1
     assert saved_val_loss(out, shapes_folder) == pytest.approx(history["val_loss"][best], abs=1e-4)
+
+
+PADDED_EPOCH = """
+import json, sys
+import numpy as np, tensorflow as tf, keras
+strategy = tf.distribute.MultiWorkerMirroredStrategy()  # no TF_CONFIG: one local worker
+from edgecls.distributed import MultiWorkerTrainer
+
+class Split:
+    x = np.ones((10, 4, 4, 1), np.float32)  # every pixel 1: every batch mean is 1 unless padding is black
+    y = np.zeros(10, np.int64)
+
+with strategy.scope():
+    inputs = keras.Input((4, 4, 1))
+    bn = keras.layers.BatchNormalization(momentum=0.5)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(bn(inputs)))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
+MultiWorkerTrainer(strategy, model, "softmax", Split(), None, batch_size=8, verbose=False).fit(1)
+print(json.dumps(float(np.asarray(bn.moving_mean)[0])))
+"""
+
+
+def test_review_padding_of_the_last_batch_does_not_skew_batchnorm_statistics():
+    """10 images in batches of 8: the second step holds 2 images and 6 padding. Padding with black
+    images dragged that step's batch mean to 0.25 (moving mean 0.375 instead of 0.75)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-c", PADDED_EPOCH], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Two steps of momentum 0.5 from 0 towards batch means of 1: 1 - 0.5 ** 2.
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == pytest.approx(0.75, abs=1e-6)
+
+
+def test_review_a_worker_that_dies_ends_the_other_with_one_error_line_and_no_stage(tmp_path, shapes_folder):
+    """The survivor's collective op fails within seconds (no hang); it printed a TensorFlow traceback."""
+    import time
+
+    out = tmp_path / "runs" / "mw"
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs, logs = [], []
+    for index in range(2):
+        env = {**os.environ, "PYTHONPATH": str(REPO),
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        logs.append(tmp_path / f"worker{index}.log")
+        procs.append(subprocess.Popen([sys.executable, "-m", "edgecls.cli", "train", "--strategy", "multiworker",
+                                       "--data", str(shapes_folder), "--out", str(out), "--epochs", "200", "--patience", "0",
+                                       "--image-size", "16", "--widths", "8", "--quiet"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=logs[-1].open("w")))
+    try:
+        deadline = time.monotonic() + 200
+        while "epoch 2/" not in logs[0].read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        procs[1].kill()
+        assert procs[0].wait(timeout=120) == 1
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    stderr = logs[0].read_text()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "error: multi-worker training lost another worker" in stderr
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []  # the chief removed its stage

@@ -26,8 +26,11 @@ def _model_help() -> str:
 def _parse_widths(value: str | None):
     if value is None:
         return None
+    items = value.split(",")
+    if items and not items[-1].strip():
+        items = items[:-1]  # a trailing comma is harmless; an empty item inside (8,,16) is a typo
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        return tuple(int(v) for v in items)
     except ValueError:
         raise EdgeclsError(f"--widths {value!r} is invalid: use comma-separated integers, e.g. 32,64,128") from None
 
@@ -49,7 +52,7 @@ def _parse_widths(value: str | None):
               help="auto weights classes only when the folders are imbalanced.")
 @click.option("--head", type=click.Choice(["auto", "sigmoid", "softmax"]), default="auto", show_default=True,
               help="auto: sigmoid for two classes, softmax otherwise.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--widths", help="simple: filters per block, e.g. 32,64,128.")
