@@ -51,6 +51,10 @@ def cli(ctx, debug, verbose):
     runtime_log.propagate = False
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ start-up chatter out
+        # OpenCV's and FFmpeg's own warnings (a refused stream, a probe) would go raw to stderr; our sources
+        # report the same events as states and log lines. --debug shows them.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 cli.add_command(train.train)

@@ -145,7 +145,7 @@ class MultiWorkerTrainer:
     def _train_epoch_fn(self, optimizer):
         import tensorflow as tf
 
-        model, strategy, table = self.model, self.strategy, self.class_table
+        model, table = self.model, self.class_table
         variables = model.trainable_variables
 
         def step(x, y, mask):
@@ -159,6 +159,14 @@ class MultiWorkerTrainer:
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return tf.stack([tf.reduce_sum(weighted), tf.reduce_sum(mask), self._correct(y, probs, mask), regularization])
 
+        return self._summed_over_epoch(step)
+
+    def _summed_over_epoch(self, step):
+        """A tf.function running `step` on every batch of an epoch, its four totals summed over replicas."""
+        import tensorflow as tf
+
+        strategy = self.strategy
+
         @tf.function
         def run_epoch(iterator):
             totals = tf.zeros(4)
@@ -171,21 +179,14 @@ class MultiWorkerTrainer:
     def _val_epoch_fn(self):
         import tensorflow as tf
 
-        model, strategy = self.model, self.strategy
+        model = self.model
 
         def step(x, y, mask):
             probs = model(x, training=False)
             return tf.stack([tf.reduce_sum(self._losses(y, probs) * mask), tf.reduce_sum(mask),
                              self._correct(y, probs, mask), self._regularization()])
 
-        @tf.function
-        def run_epoch(iterator):
-            totals = tf.zeros(4)
-            for batch in iterator:
-                totals += strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(step, args=batch), axis=None)
-            return totals
-
-        return run_epoch
+        return self._summed_over_epoch(step)
 
     def _sync_fn(self):
         """Average BatchNorm moving statistics over replicas (each saw only its own shard)."""

@@ -22,6 +22,7 @@ good; the message says why).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,25 @@ class SourceFailed(SourceError):
     """The capture thread stopped for good (reopen failed, retries used up, nothing decodable, a crash)."""
 
 
+# user:password@ (or a bare token@) after the scheme, up to the last "@": a password may hold "/", "@" or ":".
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(?:([^/?#@:]*):.*|[^/?#@:]+)@")
+_SECRET_PARAM = re.compile(r"([?&;](?:password|passwd|pass|pwd|token|access_token|auth|key|secret|sig|signature)=)"
+                           r"[^&#;]*", re.IGNORECASE)
+
+
+def redact_uri(uri) -> str:
+    """The source as it may be shown (logs, errors, labels, JSON): passwords and tokens replaced by ***.
+
+    Hides too much rather than too little: a path holding "@" after a ":" is masked as well.
+    """
+    text = str(uri)
+    match = _USERINFO.match(text)
+    if match:
+        user = match.group(2)
+        text = match.group(1) + ("***" if user is None else f"{user}:***") + "@" + text[match.end():]
+    return _SECRET_PARAM.sub(r"\1***", text)
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     kind: str  # camera | v4l2 | csi | gstreamer | network | video | image | folder
@@ -68,6 +88,11 @@ class SourceSpec:
     @property
     def live(self) -> bool:
         return self.kind in LIVE_KINDS
+
+    @property
+    def shown(self) -> str:
+        """The URI without its credentials, for every message."""
+        return redact_uri(self.uri)
 
 
 @dataclass
@@ -109,7 +134,8 @@ def parse_source(uri, csi_pipeline: str = "", width: int = 1280, height: int = 7
         return SourceSpec("v4l2", text, text)
     if text.startswith("csi://"):
         if not csi_pipeline:
-            raise SourceError(f"{text} needs a device profile with a csi_pipeline (e.g. --device raspberry-pi-5)")
+            raise SourceError(f"{redact_uri(text)} needs a device profile with a csi_pipeline "
+                              "(e.g. --device raspberry-pi-5)")
         sensor = text[len("csi://"):] or "0"
         return SourceSpec("gstreamer", csi_pipeline.format(sensor=sensor, width=width, height=height, fps=fps), text)
     if text.startswith("gst://"):
@@ -122,7 +148,7 @@ def parse_source(uri, csi_pipeline: str = "", width: int = 1280, height: int = 7
     if path.is_dir():
         return SourceSpec("folder", path, text)
     if not path.exists():
-        raise SourceError(f"source {text!r} does not exist: give a camera index, /dev/videoN, csi://N, a URL, a video, an image or a folder")
+        raise SourceError(f"source {redact_uri(text)!r} does not exist: give a camera index, /dev/videoN, csi://N, a URL, a video, an image or a folder")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return SourceSpec("image", path, text)
     return SourceSpec("video", path, text)
@@ -158,7 +184,7 @@ class _VideoReader:
         if not cap.isOpened():
             cap.release()
             hint = " (this OpenCV build has no GStreamer support)" if spec.kind == "gstreamer" and not _has_gstreamer(cv2) else ""
-            raise SourceError(f"cannot open source {spec.uri}{hint}")
+            raise SourceError(f"cannot open source {spec.shown}{hint}")
         self._cap = cap
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 1000 else None
@@ -255,8 +281,8 @@ class Source:
         except SourceError:
             if not self.spec.live or self.retry.max_attempts == 0:
                 raise
-            self.stats.last_error = f"cannot open {self.spec.uri}"
-        self._thread = threading.Thread(target=self._run, name=f"capture:{self.spec.uri}", daemon=True)
+            self.stats.last_error = f"cannot open {self.spec.shown}"
+        self._thread = threading.Thread(target=self._run, name=f"capture:{self.spec.shown}", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ capture thread
@@ -274,11 +300,11 @@ class Source:
                 self._reader = self._open()
             except SourceError as exc:
                 self.stats.last_error = str(exc)
-                log.warning("%s: still down (%s); retrying", self.spec.uri, exc)
+                log.warning("%s: still down (%s); retrying", self.spec.shown, exc)
                 continue
             self.stats.reconnects += 1
             self.stats.note("reconnected")
-            log.warning("%s: reconnected after outage", self.spec.uri)
+            log.warning("%s: reconnected after outage", self.spec.shown)
             return True
         return False
 
@@ -304,7 +330,7 @@ class Source:
                     self._cond.wait(0.1)
             elif self._frame is not None and self._frame.index > self._last_index:
                 self.stats.dropped += 1
-            self._frame = Frame(image, self.stats.frames, time.monotonic(), self.spec.uri, name)
+            self._frame = Frame(image, self.stats.frames, time.monotonic(), self.spec.shown, name)
             self.stats.frames += 1
             self._cond.notify_all()
 
@@ -316,13 +342,13 @@ class Source:
         except Exception as exc:  # a dead thread must not leave readers waiting on a "running" source
             expected = isinstance(exc, EdgeclsError)
             error = str(exc) if expected else f"capture thread crashed: {type(exc).__name__}: {exc}"
-            log.error("%s: %s", self.spec.uri, error, exc_info=not expected)
+            log.error("%s: %s", self.spec.shown, error, exc_info=not expected)
         finally:
             if self._reader is not None:
                 try:
                     self._reader.release()
                 except Exception as exc:  # pragma: no cover - release of a broken capture
-                    log.warning("%s: release failed: %s", self.spec.uri, exc)
+                    log.warning("%s: release failed: %s", self.spec.shown, exc)
                 self._reader = None
             self._finish("closed" if self._stop.is_set() else state, error)
 
@@ -341,9 +367,9 @@ class Source:
             if image is None:
                 if self.spec.live:
                     self.stats.outages += 1
-                    self._set_state("reconnecting", f"no frame from {self.spec.uri}")
+                    self._set_state("reconnecting", f"no frame from {self.spec.shown}")
                     self.stats.note("outage")
-                    log.warning("%s: stream lost; reconnecting", self.spec.uri)
+                    log.warning("%s: stream lost; reconnecting", self.spec.shown)
                     reader.release()
                     self._reader = None
                     if not self._reconnect():
@@ -380,7 +406,7 @@ class Source:
         with self._cond:
             while True:
                 if self.stats.state == "closed":
-                    raise SourceClosed(f"{self.spec.uri}: source closed")
+                    raise SourceClosed(f"{self.spec.shown}: source closed")
                 frame = self._frame
                 if frame is not None and frame.index > self._last_index:
                     self._last_index = frame.index
@@ -388,12 +414,12 @@ class Source:
                     self._cond.notify_all()
                     return frame
                 if self.stats.state == "ended":
-                    raise SourceEnded(f"{self.spec.uri}: end of source")
+                    raise SourceEnded(f"{self.spec.shown}: end of source")
                 if self.stats.state == "failed":
-                    raise SourceFailed(f"{self.spec.uri}: {self.stats.last_error or 'capture stopped'}")
+                    raise SourceFailed(f"{self.spec.shown}: {self.stats.last_error or 'capture stopped'}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise SourceTimeout(f"{self.spec.uri}: no frame for {self.timeout_s if timeout is None else timeout:.1f}s "
+                    raise SourceTimeout(f"{self.spec.shown}: no frame for {self.timeout_s if timeout is None else timeout:.1f}s "
                                         f"(state {self.stats.state}{', ' + self.stats.last_error if self.stats.last_error else ''})")
                 self._cond.wait(remaining)
 

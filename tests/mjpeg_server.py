@@ -28,7 +28,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     break
                 i = server.counter
                 server.counter += 1
-                image = np.full((48, 64, 3), (i * 7) % 256, np.uint8)
+                big = server.resize_after is not None and i >= server.resize_after
+                image = np.full((120, 160, 3) if big else (48, 64, 3), (i * 7) % 256, np.uint8)
                 ok, buf = cv2.imencode(".jpg", image)
                 self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(buf)
                                  + buf.tobytes() + b"\r\n")
@@ -43,9 +44,11 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 class MjpegServer:
-    def __init__(self, port: int = 0, fps: float = 25.0, stall_after: int | None = None):
-        """`stall_after=N`: send N frames, then keep the connection open and send nothing more."""
-        self.fps, self._port, self.stall_after = fps, port, stall_after
+    def __init__(self, port: int = 0, fps: float = 25.0, stall_after: int | None = None,
+                 resize_after: int | None = None):
+        """`stall_after=N`: send N frames, then keep the connection open and send nothing more.
+        `resize_after=N`: frames are 64x48 until the Nth, then 160x120 on the same connection (a camera reconfigured)."""
+        self.fps, self._port, self.stall_after, self.resize_after = fps, port, stall_after, resize_after
         self._server = None
 
     @property
@@ -55,7 +58,7 @@ class MjpegServer:
     def start(self) -> "MjpegServer":
         self._server = _Server(("127.0.0.1", self._port), _Handler)
         self._server.stopping, self._server.counter, self._server.fps = threading.Event(), 0, self.fps
-        self._server.stall_after = self.stall_after
+        self._server.stall_after, self._server.resize_after = self.stall_after, self.resize_after
         self._port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self

@@ -35,7 +35,7 @@ def video(tmp_path_factory):
 def daemon(tiny_bundle, video):
     server = MjpegServer(fps=25).start()
     d = Daemon(tiny_bundle, [video, server.url], port=0, sinks=[], source_options={"loop": True}).start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while not all(loop.shown for loop in d.loops) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert all(loop.shown for loop in d.loops), d.health()
@@ -82,7 +82,7 @@ def test_i7_p4_preview_page_renders_in_headless_chromium(daemon):
     with tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "preview.png"
         done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                               f"--user-data-dir={tmp}/profile", "--window-size=1100,700", "--timeout=4000",
+                               f"--user-data-dir={tmp}/profile", "--window-size=1100,700", "--timeout=8000",
                                f"--screenshot={shot}", daemon.url + "/"], capture_output=True, text=True, timeout=90)
         assert shot.exists(), done.stderr[-2000:]
         image = cv2.imread(str(shot))

@@ -56,7 +56,7 @@ class Poller(threading.Thread):
         while not self.stop.is_set():
             for path in ("/latest", "/healthz"):
                 try:
-                    with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                    with urllib.request.urlopen(self.url + path, timeout=10) as response:
                         response.read()
                         self.ok += 1
                 except urllib.error.HTTPError as exc:
@@ -99,7 +99,7 @@ def test_i7_p6_symlink_move_and_sighup_swap_the_model_and_a_broken_bundle_is_ref
     daemon = Daemon(current, [video], port=0, sinks=[], source_options={"loop": True})
 
     def latest():
-        return json.loads(urllib.request.urlopen(daemon.url + "/latest", timeout=2).read())[str(video)]
+        return json.loads(urllib.request.urlopen(daemon.url + "/latest", timeout=10).read())[str(video)]
 
     def serving(labels):
         result = latest()
@@ -107,12 +107,12 @@ def test_i7_p6_symlink_move_and_sighup_swap_the_model_and_a_broken_bundle_is_ref
 
     def health():
         try:
-            return json.loads(urllib.request.urlopen(daemon.url + "/healthz", timeout=2).read())
+            return json.loads(urllib.request.urlopen(daemon.url + "/healthz", timeout=10).read())
         except urllib.error.HTTPError as exc:  # 503 while the source starts
             return json.loads(exc.read())
 
     def reload_metrics():
-        body = urllib.request.urlopen(daemon.url + "/metrics", timeout=2).read().decode()
+        body = urllib.request.urlopen(daemon.url + "/metrics", timeout=10).read().decode()
         family = next(f for f in text_string_to_metric_families(body) if f.name == "edgecls_model_reloads")
         gauge = next(f for f in text_string_to_metric_families(body) if f.name == "edgecls_model_reload_failing")
         counts = {s.labels["result"]: s.value for s in family.samples if s.name.endswith("_total")}
@@ -123,7 +123,7 @@ def test_i7_p6_symlink_move_and_sighup_swap_the_model_and_a_broken_bundle_is_ref
     def scenario(d):
         poller = Poller(d.url)
         wait_for(lambda: serving(old_labels), 20, "results from the first bundle")
-        wait_for(lambda: health()["status"] == "ok", 5, "the source running")  # /healthz is 200 from here on
+        wait_for(lambda: health()["status"] == "ok", 20, "the source running")  # /healthz is 200 from here on
         poller.start()
         try:
             repoint(current, second)  # the link moves: the new model must serve within 5 s
@@ -133,12 +133,12 @@ def test_i7_p6_symlink_move_and_sighup_swap_the_model_and_a_broken_bundle_is_ref
             assert reload_metrics() == ({"ok": 1.0, "failed": 0.0}, 0.0)
 
             repoint(current, third)  # a broken release: refused, the second model keeps serving
-            detail = wait_for(lambda: health()["model"]["last_error"] and health(), 5, "the refusal in /healthz")
+            detail = wait_for(lambda: health()["model"]["last_error"] and health(), 20, "the refusal in /healthz")
             assert "does not match the manifest" in detail["model"]["last_error"] and detail["status"] == "ok"
             assert detail["model"]["failures"] == 1 and detail["model"]["bundle"] == str(third)
             assert reload_metrics() == ({"ok": 1.0, "failed": 1.0}, 1.0)
             before = latest()["frame"]
-            wait_for(lambda: latest()["frame"] > before + 5, 5, "results still flowing after the refusal")
+            wait_for(lambda: latest()["frame"] > before + 5, 20, "results still flowing after the refusal")
             assert serving(new_labels)
 
             for name, data in good_artifacts.items():  # repaired in place: SIGHUP reloads the same path

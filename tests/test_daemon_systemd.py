@@ -130,21 +130,23 @@ def test_i7_p8_ready_then_watchdog_only_while_frames_flow(tiny_bundle, monkeypat
     daemon = Daemon(tiny_bundle, [server.url], stall_timeout=1.0, backoff=Backoff(0.2, 0.5), sinks=[])
     daemon.start()
     try:
-        wait_for(lambda: receiver.times("READY"), 15, "READY=1")
-        wait_for(lambda: len(receiver.times("WATCHDOG")) >= 3, 5, "watchdog pings while frames flow")
+        wait_for(lambda: receiver.times("READY"), 30, "READY=1")
+        wait_for(lambda: len(receiver.times("WATCHDOG")) >= 3, 15, "watchdog pings while frames flow")
         assert len(receiver.times("READY")) == 1 and receiver.times("READY")[0] < receiver.times("WATCHDOG")[0]
 
         server.kill()  # the only source goes down: systemd must stop hearing from us
-        killed = time.monotonic()
-        wait_for(lambda: daemon.supervisors[0].state != "running", 5, "the source to go down")
+        wait_for(lambda: daemon.supervisors[0].state != "running", 15, "the source to go down")
+        down = time.monotonic()
         time.sleep(3.0)
-        quiet_from = killed + 0.6 + 0.3  # one ping may still be due for frames classified just before the kill
+        # A ping may still be due (0.3 s interval, 0.2 s tick) for the last frames classified as the source went
+        # down, later on a loaded machine; from then on 2 s of silence, where a daemon that kept pinging sends ~6.
+        quiet_from = down + 1.0
         during = [t for t in receiver.times("WATCHDOG") if t > quiet_from]
         assert during == [], f"{len(during)} WATCHDOG=1 while the only source was down"
 
         server = MjpegServer(port=port, fps=25).start()
         back = time.monotonic()
-        wait_for(lambda: [t for t in receiver.times("WATCHDOG") if t > back], 15, "pings once frames flow again")
+        wait_for(lambda: [t for t in receiver.times("WATCHDOG") if t > back], 30, "pings once frames flow again")
     finally:
         daemon.stop()
         server.kill()

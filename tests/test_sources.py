@@ -59,7 +59,7 @@ def test_video_is_paced_at_its_own_frame_rate_and_loops(video):
         elapsed = time.monotonic() - start
     assert elapsed >= 1.3  # 30 frames at 20 fps cannot arrive faster than ~1.5 s
     assert frames[-1].index >= 29  # kept going past the 20 frames in the file
-    assert max(ages) < 200
+    assert max(ages) < 500  # fresh frames (a queue would age them without bound); slack for a loaded CI
 
 
 def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(video):
@@ -69,7 +69,7 @@ def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(video):
         newest = source.read(timeout=2)
     assert newest.index - first.index >= 5
     assert source.stats.dropped >= 4
-    assert newest.age_ms < 200  # not a stale buffered frame
+    assert newest.age_ms < 300  # not a stale buffered frame (that one would be ~500 ms old)
 
 
 def test_folder_source_yields_each_image_once_and_skips_broken_files(tmp_path):

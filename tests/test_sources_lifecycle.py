@@ -60,16 +60,16 @@ class _CountWarnings(logging.Handler):
 
 
 def test_i15_p4_loop_reopen_that_fails_puts_the_source_in_failed_with_the_reason(video):
-    source = Source(video, loop=True, every_frame=True, timeout_s=2)
+    source = Source(video, loop=True, every_frame=True, timeout_s=5)
     video.unlink()  # the open capture keeps reading; the reopen for the second pass cannot
     try:
         start = time.monotonic()
         frames = 0
         with pytest.raises(SourceFailed, match="cannot open source"):
             while True:
-                source.read(timeout=2)
+                source.read(timeout=5)
                 frames += 1
-        assert frames == 20 and time.monotonic() - start < 1.5  # promptly, not after a read timeout
+        assert frames == 20 and time.monotonic() - start < 3.0  # promptly, not after the 5 s read timeout
         assert source.stats.state == "failed" and "cannot open source" in source.stats.last_error
         with pytest.raises(SourceFailed):  # and it stays failed
             source.read(timeout=2)
@@ -87,16 +87,16 @@ def test_i15_p4_folder_of_undecodable_images_fails_clearly_instead_of_spinning(t
     logger.addHandler(warnings)
     cpu_start, start = time.process_time(), time.monotonic()
     try:
-        source = Source(tmp_path, loop=True, timeout_s=2)
+        source = Source(tmp_path, loop=True, timeout_s=5)
         with pytest.raises(SourceFailed, match="no decodable image"):
             source.read()
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 3.0  # promptly, not after the 5 s read timeout
         time.sleep(2.0)  # a spinning capture thread would burn a core here
         cpu = time.process_time() - cpu_start
         source.close()
     finally:
         logger.removeHandler(warnings)
-    assert cpu < 0.3, f"{cpu:.2f} s of CPU in 2 s"
+    assert cpu < 0.5, f"{cpu:.2f} s of CPU in 2 s"  # a spinning thread burns ~2 s
     assert warnings.count == 20  # one per bad file, one pass
     assert source.stats.state == "failed"
 
@@ -112,10 +112,10 @@ def test_i15_p5_close_wakes_a_blocked_reader_at_once_and_joins_the_thread(video)
     closing = time.monotonic()
     source.close()
     close_s = time.monotonic() - closing
-    assert reader.join(0.5), "reader still blocked 0.5 s after close()"
+    assert reader.join(2), "reader still blocked 2 s after close()"
     assert isinstance(reader.error, SourceClosed) and isinstance(reader.error, SourceEnded)
-    assert reader.ended_at - closing < 0.3
-    assert close_s < 0.5 and not source._thread.is_alive()
+    assert reader.ended_at - closing < 1.0  # at once, not at its 5 s read timeout (slack for a loaded CI)
+    assert close_s < 1.5 and not source._thread.is_alive()  # the thread woke, not a 2 s join timeout
     assert source.stats.state == "closed"
     with pytest.raises(SourceClosed):
         source.read(timeout=5)
@@ -130,10 +130,10 @@ def test_i15_p5_close_wakes_a_reader_of_a_stalled_stream(tmp_path):
         time.sleep(0.5)  # the capture thread now sits in a native read that lasts up to timeout_s
         closing = time.monotonic()
         source.close(join_timeout=0.5)
-        assert time.monotonic() - closing < 0.8  # close() never waits past join_timeout
-        assert reader.join(0.5), "reader still blocked after close()"
+        assert time.monotonic() - closing < 1.5  # close() never waits past join_timeout, nor the 3 s native read
+        assert reader.join(2), "reader still blocked after close()"
         assert isinstance(reader.error, SourceClosed)
-        assert reader.ended_at - closing < 0.3
+        assert reader.ended_at - closing < 1.0  # at once, not at its 5 s read timeout
         assert source.stats.state == "closed"
     finally:
         server.kill()  # drops the connection: the native read returns and the thread releases the capture
@@ -151,12 +151,12 @@ def test_i15_p14_read_returns_an_available_frame_at_once(video):
             time.sleep(0.01)
         start = time.monotonic()
         frame = source.read(timeout=0)
-        assert frame.index == 0 and time.monotonic() - start < 0.05
+        assert frame.index == 0 and time.monotonic() - start < 0.5  # not the next frame, 10 s away
     with Source(video, fps=4) as source:
         source.read(timeout=2)
         start = time.monotonic()
         frame = source.read(timeout=5)  # the next frame arrives ~0.25 s later: returned then, not at the timeout
-        assert frame.index == 1 and 0.1 < time.monotonic() - start < 0.6
+        assert frame.index == 1 and 0.1 < time.monotonic() - start < 1.5
 
 
 @pytest.mark.parametrize("timeout", [0.05, 0.3, 0.8, None])
@@ -168,4 +168,5 @@ def test_i15_p14_read_times_out_after_the_given_timeout_never_later(video, timeo
         with pytest.raises(SourceTimeout, match=f"no frame for {expected:.1f}s"):
             source.read(timeout=timeout)
         elapsed = time.monotonic() - start
-    assert expected - 0.01 <= elapsed < expected + 0.15, elapsed
+    # Never later; the slack (0.3 s, for a loaded CI) keeps 0.05 s apart from the 0.4 s of a read ignoring `timeout`.
+    assert expected - 0.01 <= elapsed < expected + 0.3, elapsed

@@ -107,7 +107,7 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
     if bundle is None:
         raise EdgeclsError("no bundle to run: give BUNDLE, `bundle = ...` in --config, or EDGECLS_RUN_BUNDLE")
     from runtime.classifier import Classifier
-    from runtime.sources import Source, SourceEnded, SourceTimeout, parse_source
+    from runtime.sources import Source, SourceEnded, SourceTimeout, parse_source, redact_uri
 
     profile = load_profile(device)
     uris = list(sources) or [profile.camera]
@@ -124,8 +124,8 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
             raise EdgeclsError("--fps (paced, drops frames) and --every-frame (no drops) contradict: pick one")
         for uri in uris:
             if parse_source(uri, profile.csi_pipeline).live:
-                raise EdgeclsError(f"--fps paces a video file or folder; {uri} is live and sets its own rate: "
-                                   "drop --fps")
+                raise EdgeclsError(f"--fps paces a video file or folder; {redact_uri(uri)} is live and sets its own "
+                                   "rate: drop --fps")
         pacing = {"every_frame": False, "realtime": True, "fps": fps}
     if port is not None or len(uris) > 1 or any(v is not None for v in daemon_only):
         _run_daemon(bundle, uris, profile=profile, artifact=artifact, threads=threads, top_k=top_k,
@@ -159,8 +159,11 @@ def _read_token(token_file) -> str | None:
     """The bearer token from --token-file, else from the environment; None when neither is set."""
     from runtime.errors import EdgeclsError
 
-    if token_file is None:
-        return os.environ.get(TOKEN_ENV) or None
+    if token_file is None:  # stripped like the file: `echo tok >` and env files add a newline no client sends
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        if any(c.isspace() for c in token):
+            raise EdgeclsError(f"{TOKEN_ENV} must hold one token without spaces")
+        return token or None
     try:
         token = open(token_file, encoding="utf-8").read().strip()
     except OSError as exc:

@@ -22,24 +22,25 @@ class StatusServer:
     """Serves the daemon's state; each callable is read per request, so answers are always current.
 
     health() -> (healthy: bool, detail: dict); latest() -> dict; metrics() -> (body bytes, content type).
+    idle_timeout: seconds a connection may stay silent, or a viewer stop reading, before it is dropped.
     """
 
     def __init__(self, *, health, latest, metrics, preview=None, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None):
+                 token: str | None = None, idle_timeout: float = 10.0):
         routes = {"/healthz": self._healthz, "/latest": self._latest, "/metrics": self._metrics}
         if preview is not None:
             routes["/"] = self._page
         self._stopping = threading.Event()
         handler = type("_BoundHandler", (_Handler,), {"routes": routes, "token": (token or "").encode() or None,
-                                                      "preview": preview, "stopping": self._stopping})
+                                                      "preview": preview, "stopping": self._stopping,
+                                                      "timeout": idle_timeout})
         self._health, self._latest_fn, self._metrics_fn = health, latest, metrics
         self._preview = preview
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            self._server = _Server((host, port), handler)
         except OSError as exc:
             raise EdgeclsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}: "
                                f"pick another --port or --host") from exc
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="http", daemon=True)
 
@@ -75,6 +76,23 @@ class StatusServer:
         return 200, "text/html; charset=utf-8", page(self._preview.names())
 
 
+class _Server(ThreadingHTTPServer):
+    """A thread per connection (daemon threads: stop() never waits for a viewer), quiet about clients that leave."""
+
+    daemon_threads = True
+    request_queue_size = 128  # 5 (the default backlog) makes a burst of scrapers wait out SYN retries
+
+    def handle_error(self, request, client_address):
+        # socketserver prints a traceback on stderr for any error; a client that hung up or went silent is routine.
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("http %s: connection ended: %s: %s", client_address[0], type(exc).__name__, exc)
+        else:
+            log.error("http %s: %s: %s", client_address[0], type(exc).__name__, exc, exc_info=True)
+
+
 def _json(data) -> bytes:
     return (json.dumps(data, indent=1) + "\n").encode()
 
@@ -84,6 +102,8 @@ class _Handler(BaseHTTPRequestHandler):
     token: bytes | None = None
     server_version = "edgecls"
     sys_version = ""
+    # A client that connects and never sends (or a viewer that stopped reading) would hold its thread forever.
+    timeout = 10.0
 
     def log_message(self, fmt, *args):  # the request line only; never headers
         log.debug("http %s: " + fmt, self.client_address[0], *args)
@@ -151,6 +171,6 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     sent = result["frame"]
                 self.stopping.wait(1 / MAX_FPS)
-        except (BrokenPipeError, ConnectionResetError):  # the viewer closed the page
+        except OSError:  # the viewer closed the page (broken pipe, reset) or stopped reading (timeout)
             pass
         self.close_connection = True

@@ -8,12 +8,15 @@ progress and `tail -f` sees results at once.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
 from pathlib import Path
 
 from runtime.errors import EdgeclsError
+
+log = logging.getLogger("edgecls.daemon")
 
 
 class StdoutSink:
@@ -61,6 +64,10 @@ class JsonlFileSink:
             raise EdgeclsError(f"cannot open results file {self.path}: {exc.strerror or exc}: "
                                f"choose a writable path with --results") from exc
         self._size = self._file.tell()
+        if max_bytes and not os.access(self.path.parent, os.W_OK):  # found at the first rotation, hours later
+            self._file.close()
+            raise EdgeclsError(f"results folder {self.path.parent} is not writable, so {self.path.name} cannot be "
+                               f"rotated: make it writable, or pass --results-max-mb 0")
 
     def write(self, result: dict) -> None:
         line = json.dumps(result, separators=(",", ":")) + "\n"
@@ -76,6 +83,16 @@ class JsonlFileSink:
 
     def _rotate(self) -> None:
         self._file.close()
+        try:
+            self._shift()
+        except OSError as exc:  # keep appending to the one file rather than lose every later result
+            log.error("cannot rotate %s (%s: %s); appending to it without rotation", self.path, type(exc).__name__,
+                      exc)
+            self.max_bytes = 0
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._size = self._file.tell()
+
+    def _shift(self) -> None:
         if self.backups == 0:
             self.path.unlink(missing_ok=True)
         else:
@@ -84,8 +101,6 @@ class JsonlFileSink:
                 if older.exists():
                     os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._file = open(self.path, "a", encoding="utf-8")
-        self._size = 0
 
     def close(self) -> None:
         with self._lock:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
 
 from runtime.sources import (RetryPolicy, Source, SourceClosed, SourceEnded, SourceError, SourceFailed, SourceTimeout,
-                             parse_source)
+                             parse_source, redact_uri)
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -26,8 +25,8 @@ STATES = ("starting", "running", "reconnecting", "failed", "ended", "stopped")
 
 
 def display_name(uri: str) -> str:
-    """The URI with any password replaced, so it can go into logs, labels and JSON."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", str(uri))
+    """The URI with any password or token replaced, so it can go into logs, labels and JSON."""
+    return redact_uri(uri)
 
 
 @dataclass(frozen=True)
@@ -155,6 +154,8 @@ class Supervisor:
         """Caller holds the lock. "stopped" is final: a watchdog step finishing late cannot undo stop()."""
         if self.stats.state == "stopped":
             return
+        if self.uri in reason:  # a reason quoting the raw URI (an OpenCV message, say) must not carry its password
+            reason = reason.replace(self.uri, display_name(self.uri))
         if state != self.stats.state:
             self.stats.state_since = time.monotonic()
             level = logging.INFO if state in ("running", "starting", "stopped", "ended") else logging.WARNING
