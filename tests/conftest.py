@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,16 +51,43 @@ def render_fixture_image(kind: str, rng: np.random.Generator, size: int = 40) ->
     return image
 
 
-@pytest.fixture(scope="session")
-def shapes_folder(tmp_path_factory) -> Path:
-    """A small class-per-folder dataset of generated shapes (3 classes x 24 images, mixed formats)."""
-    root = tmp_path_factory.mktemp("shapes-small")
+def _session_folder(tmp_path_factory, name: str, build, copy: bool = True) -> Path:
+    """A folder that build(folder) fills, once per session; under EDGECLS_TEST_FIXTURE_CACHE=DIR, once per DIR.
+
+    Mutation testing (benchmarks/mutation.py) runs one short pytest session per mutant and builds DIR from
+    unmutated code first. Each session gets its own copy, so a test (or a mutant) writing into it cannot
+    spoil the next; the dataset is not copied, since the trained run records its path.
+    """
+    cache = os.environ.get("EDGECLS_TEST_FIXTURE_CACHE")
+    if not cache:
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    cached, done = Path(cache) / name, Path(cache) / f"{name}.complete"
+    if not done.exists():
+        shutil.rmtree(cached, ignore_errors=True)
+        cached.mkdir(parents=True)
+        build(cached)
+        done.touch()
+    if not copy:
+        return cached
+    out = tmp_path_factory.mktemp(name)
+    shutil.copytree(cached, out, dirs_exist_ok=True, symlinks=True)
+    return out
+
+
+def _write_shapes(root: Path) -> None:
     rng = np.random.default_rng(0)
     suffixes = [".png", ".jpg", ".bmp", ".webp"]
     for kind in FIXTURE_COLOURS:
         for i in range(24):
             write_image(root / kind / f"{i:03d}{suffixes[i % 4]}", render_fixture_image(kind, rng, 40))
-    return root
+
+
+@pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory) -> Path:
+    """A small class-per-folder dataset of generated shapes (3 classes x 24 images, mixed formats)."""
+    return _session_folder(tmp_path_factory, "shapes-small", _write_shapes, copy=False)
 
 
 def cli_error(result, single: bool = True) -> str:
@@ -85,10 +113,11 @@ def tiny_run_dir(tmp_path_factory, shapes_folder) -> Path:
     """A real (tiny) trained run: 3 shape classes at 32x32, trained well above chance (about 0.9 test accuracy)."""
     from edgecls.train import TrainConfig, train
 
-    out = tmp_path_factory.mktemp("run") / "tiny"
-    train(TrainConfig(data=str(shapes_folder), out=str(out), image_size=32, epochs=8, batch_size=8, seed=0,
-                      model_options={"widths": (8, 16)}, verbose=0))
-    return out
+    def build(folder: Path) -> None:
+        train(TrainConfig(data=str(shapes_folder), out=str(folder / "tiny"), image_size=32, epochs=8, batch_size=8,
+                          seed=0, model_options={"widths": (8, 16)}, verbose=0))
+
+    return _session_folder(tmp_path_factory, "run", build) / "tiny"
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +125,7 @@ def tiny_bundle(tmp_path_factory, tiny_run_dir) -> Path:
     """The tiny run converted to every format (real TF conversions, verified in LiteRT and ONNX Runtime)."""
     from converters.pipeline import ConvertOptions, convert
 
-    out = tmp_path_factory.mktemp("bundle") / "tiny-bundle"
-    convert(tiny_run_dir, out, ConvertOptions(calibration_size=32, max_drop=100.0, tar=True))
-    return out
+    def build(folder: Path) -> None:
+        convert(tiny_run_dir, folder / "tiny-bundle", ConvertOptions(calibration_size=32, max_drop=100.0, tar=True))
+
+    return _session_folder(tmp_path_factory, "bundle", build) / "tiny-bundle"
