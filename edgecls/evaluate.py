@@ -106,7 +106,9 @@ def evaluate_run(run_path, data: str | None = None, split: str | None = None, ba
                   f"(same bytes): their accuracy is not held-out")
     model = run.load_model()
     report = evaluate_arrays(model, loaded.x, loaded.y, run.labels, batch_size)
-    metrics = {"test_accuracy": report["accuracy"], "evaluated_on": split, "data": str(root), **report}
+    metrics = {"evaluated_on": split, "data": str(root), **report}
+    if own and split == "test":  # only the run's own held-out split is its test accuracy
+        metrics = {"test_accuracy": report["accuracy"], **metrics}
     if save if save is not None else (own and split == "test"):
         # Keep what training recorded (val accuracy, time); the fields above say what was evaluated.
         previous = run.path / rundir.METRICS_FILE

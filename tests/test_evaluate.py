@@ -73,6 +73,12 @@ def test_i16_p10_other_data_is_evaluated_whole_and_saved_only_with_save(run_and_
     saved = evaluate_run(out, data=str(other), save=True)
     written = json.loads((out / "metrics.json").read_text())
     assert written["n"] == 48 == saved["n"] and written["data"] == str(other)
+    # the run's own test accuracy is kept: other data (or another split) is not its test accuracy
+    assert "test_accuracy" not in narrowed and "test_accuracy" not in evaluate_run(out, split="train", save=False)
+    assert written["test_accuracy"] == json.loads(before)["test_accuracy"]
+    evaluate_run(out, split="train", save=True)
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["evaluated_on"] == "train" and written["test_accuracy"] == json.loads(before)["test_accuracy"]
 
 
 def test_i16_p10_own_data_keeps_its_test_split_by_default(run_and_other):
