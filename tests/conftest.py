@@ -90,6 +90,17 @@ def shapes_folder(tmp_path_factory) -> Path:
     return _session_folder(tmp_path_factory, "shapes-small", _write_shapes, copy=False)
 
 
+def require_tool(*names: str, package: str) -> str:
+    """The path of the first of `names` on PATH. Missing: skip here, but fail under CI (CI=true), which installs it."""
+    found = next((shutil.which(n) for n in names if shutil.which(n)), None)
+    if found is None:
+        why = f"{names[0]} is not installed (Debian package `{package}`; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return found
+
+
 def cli_error(result, single: bool = True) -> str:
     """The CLI's last `error:` line, after checking it failed cleanly: exit 1, no traceback."""
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])

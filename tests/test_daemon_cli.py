@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 cv2 = pytest.importorskip("cv2")
-pytest.importorskip("prometheus_client")
 
 from tests.conftest import REPO, cli_error, run_cli  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402

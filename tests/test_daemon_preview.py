@@ -1,7 +1,6 @@
 """The preview page (issue 7 point 4): annotated MJPEG per source, opened in a real headless Chromium."""
 
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -11,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import require_tool
+
 cv2 = pytest.importorskip("cv2")
-pytest.importorskip("prometheus_client")
 
 from runtime.daemon import Daemon  # noqa: E402
 from runtime.daemon.preview import BOUNDARY  # noqa: E402
@@ -76,9 +76,7 @@ def test_i7_p4_preview_streams_are_flowing_annotated_frames(daemon):
 
 
 def test_i7_p4_preview_page_renders_in_headless_chromium(daemon):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (Debian package `chromium`); cannot render the preview page")
+    chromium = require_tool("chromium", "chromium-browser", package="chromium")
     with tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "preview.png"
         done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",

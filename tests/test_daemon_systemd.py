@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 cv2 = pytest.importorskip("cv2")
-pytest.importorskip("prometheus_client")
 
 from runtime.daemon import Daemon  # noqa: E402
 from runtime.daemon.notify import notify, watchdog_interval  # noqa: E402
 from runtime.daemon.supervisor import Backoff  # noqa: E402
-from tests.conftest import cli_error, run_cli  # noqa: E402
+from tests.conftest import cli_error, require_tool, run_cli  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 
@@ -81,9 +80,7 @@ def wait_for(predicate, timeout, what):
 
 
 def test_i7_p8_generated_unit_passes_systemd_analyze_verify(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed (Debian package `systemd`); cannot verify the unit")
+    analyze = require_tool("systemd-analyze", package="systemd")
     executable = shutil.which("edgecls") or sys.executable
     done = run_cli("service", "unit", "--exec", executable, "--config", "/etc/edgecls/run.toml", "--watchdog-sec", "20")
     assert done.returncode == 0, done.stderr

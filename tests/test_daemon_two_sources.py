@@ -2,7 +2,6 @@
 
 import json
 import logging
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -11,8 +10,9 @@ import urllib.request
 import numpy as np
 import pytest
 
+from tests.conftest import require_tool
+
 cv2 = pytest.importorskip("cv2")
-pytest.importorskip("prometheus_client")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
@@ -86,10 +86,7 @@ def sample(families, family, name, **labels):
 
 def promtool_check(body: bytes) -> None:
     """`promtool check metrics` (Debian `prometheus`) lints names, units and types; any complaint fails."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        print("promtool not installed (Debian package `prometheus`): exposition lint skipped")
-        return
+    promtool = require_tool("promtool", package="prometheus")
     done = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), (done.stdout + done.stderr).decode()
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 cv2 = pytest.importorskip("cv2")
-pytest.importorskip("prometheus_client")
 
 from runtime.daemon import Daemon  # noqa: E402
 from runtime.daemon.http import StatusServer  # noqa: E402
