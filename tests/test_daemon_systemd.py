@@ -10,16 +10,15 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
-
-from runtime.daemon import Daemon  # noqa: E402
-from runtime.daemon.notify import notify, watchdog_interval  # noqa: E402
-from runtime.daemon.supervisor import Backoff  # noqa: E402
-from tests.conftest import cli_error, require_tool, run_cli  # noqa: E402
-from tests.mjpeg_server import MjpegServer  # noqa: E402
+from runtime.daemon import Daemon
+from runtime.daemon.notify import notify, watchdog_interval
+from runtime.daemon.supervisor import Backoff
+from tests.conftest import cli_error, require_tool, run_cli
+from tests.mjpeg_server import MjpegServer
 
 
 class NotifySocket:
