@@ -7,8 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -16,17 +14,13 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from tests.conftest import REPO, cli_error, run_cli  # noqa: E402
+from tests.daemon_helpers import http_get, write_test_video  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    path = tmp_path_factory.mktemp("daemon-cli") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
-    for i in range(20):
-        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
-    writer.release()
-    return path
+    return write_test_video(tmp_path_factory.mktemp("daemon-cli") / "clip.avi", pattern="ramp")
 
 
 def _pump(stream, lines):
@@ -35,12 +29,7 @@ def _pump(stream, lines):
 
 
 def _get(url, token=None):
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return http_get(url, token, timeout=5)[0]
 
 
 def test_sigterm_stops_the_daemon_within_2_s_with_exit_0_and_the_token_never_logged(tiny_bundle, video, tmp_path):

@@ -16,19 +16,13 @@ cv2 = pytest.importorskip("cv2")
 
 from runtime.daemon import Daemon  # noqa: E402
 from runtime.daemon.preview import BOUNDARY  # noqa: E402
+from tests.daemon_helpers import write_test_video  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    path = tmp_path_factory.mktemp("daemon-preview") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
-    for i in range(20):
-        image = np.zeros((48, 64, 3), np.uint8)
-        cv2.circle(image, (32, 24), 6 + i % 12, (255, 255, 255), -1)
-        writer.write(image)
-    writer.release()
-    return path
+    return write_test_video(tmp_path_factory.mktemp("daemon-preview") / "clip.avi")
 
 
 @pytest.fixture

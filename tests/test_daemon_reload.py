@@ -9,7 +9,6 @@ import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 
 cv2 = pytest.importorskip("cv2")
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from runtime.bundle import sha256_file  # noqa: E402
 from runtime.daemon import Daemon  # noqa: E402
+from tests.daemon_helpers import wait_for, write_test_video  # noqa: E402
 
 
 def relabelled(src, dest, prefix):
@@ -65,26 +65,9 @@ class Poller(threading.Thread):
             time.sleep(0.02)
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    path = tmp_path_factory.mktemp("daemon-reload") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
-    for i in range(20):
-        image = np.zeros((48, 64, 3), np.uint8)
-        cv2.circle(image, (32, 24), 6 + i % 12, (255, 255, 255), -1)
-        writer.write(image)
-    writer.release()
-    return path
+    return write_test_video(tmp_path_factory.mktemp("daemon-reload") / "clip.avi")
 
 
 def test_i7_p6_symlink_move_and_sighup_swap_the_model_and_a_broken_bundle_is_refused(tiny_bundle, video, tmp_path):

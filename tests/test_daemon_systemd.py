@@ -10,14 +10,13 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from runtime.daemon import Daemon
 from runtime.daemon.notify import notify, watchdog_interval
 from runtime.daemon.supervisor import Backoff
 from tests.conftest import cli_error, require_tool, run_cli
+from tests.daemon_helpers import wait_for, write_test_video
 from tests.mjpeg_server import MjpegServer
 
 
@@ -61,21 +60,7 @@ class NotifySocket:
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    path = tmp_path_factory.mktemp("daemon-systemd") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
-    for i in range(20):
-        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
-    writer.release()
-    return path
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return write_test_video(tmp_path_factory.mktemp("daemon-systemd") / "clip.avi", pattern="ramp")
 
 
 def test_i7_p8_generated_unit_passes_systemd_analyze_verify(tmp_path):

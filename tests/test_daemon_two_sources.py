@@ -4,8 +4,6 @@ import json
 import logging
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from runtime.daemon import Daemon  # noqa: E402
 from runtime.daemon.supervisor import Backoff  # noqa: E402
+from tests.daemon_helpers import http_get as get, wait_for, write_test_video  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 RESULT_KEYS = {"source", "ts", "frame", "top1", "score", "topk", "latency_ms", "frame_age_ms"}
@@ -42,35 +41,7 @@ class ListSink:
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
     """A 20-frame, 20 fps MJPG AVI of shapes on a dark background."""
-    path = tmp_path_factory.mktemp("daemon-video") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
-    assert writer.isOpened()
-    for i in range(20):
-        image = np.zeros((48, 64, 3), np.uint8)
-        cv2.circle(image, (32, 24), 6 + i % 12, (255, 255, 255), -1)
-        writer.write(image)
-    writer.release()
-    return path
-
-
-def get(url, token=None):
-    """(status, body) of a real HTTP GET; errors are answers too."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return write_test_video(tmp_path_factory.mktemp("daemon-video") / "clip.avi")
 
 
 def metrics(url):

@@ -6,7 +6,6 @@ import logging
 import select
 import socket
 import time
-import urllib.error
 import urllib.request
 
 import numpy as np
@@ -20,6 +19,7 @@ from runtime.daemon.sinks import JsonlFileSink  # noqa: E402
 from runtime.daemon.supervisor import Backoff  # noqa: E402
 from runtime.sources import SourceError, parse_source, redact_uri  # noqa: E402
 from tests.conftest import write_image  # noqa: E402
+from tests.daemon_helpers import http_get as get, wait_for  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 SECRET = "pw-9c41e7-secret"
@@ -34,24 +34,6 @@ class ListSink:
 
     def close(self):
         pass
-
-
-def get(url, timeout=10):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _status_server(**options):

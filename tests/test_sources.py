@@ -9,19 +9,14 @@ cv2 = pytest.importorskip("cv2")
 
 from runtime.sources import RetryPolicy, Source, SourceEnded, SourceError, SourceTimeout, parse_source
 from tests.conftest import write_image
+from tests.daemon_helpers import write_test_video
 from tests.mjpeg_server import MjpegServer
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
     """A 20-frame, 20 fps MJPG AVI whose frame i has brightness 10*i."""
-    path = tmp_path_factory.mktemp("video") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
-    assert writer.isOpened()
-    for i in range(20):
-        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
-    writer.release()
-    return path
+    return write_test_video(tmp_path_factory.mktemp("video") / "clip.avi", pattern="ramp")
 
 
 def test_uris_pick_the_source_kind(tmp_path, video):

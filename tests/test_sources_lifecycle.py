@@ -5,26 +5,19 @@ import logging
 import threading
 import time
 
-import numpy as np
 import pytest
 
 cv2 = pytest.importorskip("cv2")
 
 from runtime.sources import RetryPolicy, Source, SourceClosed, SourceEnded, SourceFailed, SourceTimeout
-from tests.conftest import write_image
+from tests.daemon_helpers import write_test_video
 from tests.mjpeg_server import MjpegServer
 
 
 @pytest.fixture
 def video(tmp_path):
     """A 20-frame, 20 fps MJPG AVI of its own, so a test may delete it."""
-    path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
-    assert writer.isOpened()
-    for i in range(20):
-        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
-    writer.release()
-    return path
+    return write_test_video(tmp_path / "clip.avi", pattern="ramp")
 
 
 class _BlockedReader:

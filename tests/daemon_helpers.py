@@ -1,0 +1,51 @@
+"""Helpers the daemon and source tests share: a generated test video, polling with a deadline, a plain HTTP GET."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+
+def write_test_video(path, frames=20, fps=20.0, size=(64, 48), pattern="circle"):
+    """Write an MJPG AVI and return `path`. Frame i is a white circle of radius 6 + i % 12 on black ("circle", so the
+    model sees shapes) or a flat grey of brightness 10*i ("ramp", so a test can tell frames apart by brightness)."""
+    import cv2  # callers skip on a missing OpenCV before they get here
+
+    if pattern not in ("circle", "ramp"):
+        raise ValueError(f"pattern must be 'circle' or 'ramp', not {pattern!r}")
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    assert writer.isOpened()
+    for i in range(frames):
+        if pattern == "ramp":
+            image = np.full((height, width, 3), 10 * i, np.uint8)
+        else:
+            image = np.zeros((height, width, 3), np.uint8)
+            cv2.circle(image, (width // 2, height // 2), 6 + i % 12, (255, 255, 255), -1)
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def wait_for(predicate, timeout, what):
+    """The first truthy value of `predicate()` within `timeout` seconds; fails the test naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_get(url, token=None, timeout=10):
+    """(status, body) of a real HTTP GET, with a bearer token if given; error statuses are answers too."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
