@@ -88,3 +88,185 @@ def test_i15_p14_notifier_outside_systemd_stays_silent_even_if_the_socket_appear
 def test_i15_p14_notifier_thread_never_keeps_the_process_alive():
     notifier = SystemdNotifier(lambda: 0, socket_path="")
     assert notifier._thread.daemon  # a daemon that forgets stop() must still exit
+
+
+def test_i15_p14_a_request_without_the_token_gets_a_json_error_and_a_bearer_challenge():
+    import json
+    import urllib.error
+    import urllib.request
+
+    from runtime.daemon.http import StatusServer
+
+    server = StatusServer(health=lambda: (True, {"status": "ok"}), latest=lambda: {},
+                          metrics=lambda: (b"", "text/plain"), token="s3cret").start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(server.url + "/healthz", timeout=10)
+        assert caught.value.code == 401
+        assert caught.value.headers["WWW-Authenticate"] == 'Bearer realm="edgecls"'
+        assert caught.value.headers["Content-Type"] == "application/json"
+        assert json.loads(caught.value.read()) == {"error": "missing or wrong bearer token"}
+    finally:
+        server.stop()
+
+
+def test_i15_p14_the_profiles_provider_order_reaches_the_onnxruntime_session(tmp_path, caplog):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    if "AzureExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs a second provider that any CPU build has (AzureExecutionProvider)")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "relu.onnx")
+    # left to itself onnxruntime would pick CPU only; the profile's list must be what the session uses
+    with caplog.at_level("WARNING", logger="edgecls.runtime"):
+        backend = OnnxRuntimeBackend(tmp_path / "relu.onnx", providers=["AzureExecutionProvider", "CPUExecutionProvider"])
+    assert backend.providers == ["AzureExecutionProvider", "CPUExecutionProvider"]
+    assert not caplog.records  # every provider asked for was initialised: nothing to warn about
+    if "CUDAExecutionProvider" not in ort.get_available_providers():  # and the warnings do reach caplog
+        with caplog.at_level("WARNING", logger="edgecls.runtime"):
+            OnnxRuntimeBackend(tmp_path / "relu.onnx", providers=["CUDAExecutionProvider"])
+        assert [r.getMessage().split(":")[1].strip() for r in caplog.records] == ["skipping CUDAExecutionProvider"]
+    np.testing.assert_array_equal(backend.run(np.array([[-1, 0, 2]], np.float32)), [[0, 0, 2]])
+
+
+def test_i15_p14_metric_names_and_help_texts_are_the_documented_ones(tmp_path):
+    pytest.importorskip("prometheus_client")
+    from runtime.daemon.loop import LoopStats
+    from runtime.daemon.metrics import Metrics
+    from runtime.daemon.supervisor import Supervisor
+
+    (tmp_path / "stills").mkdir()
+    metrics = Metrics()
+    metrics.track("cam", Supervisor(str(tmp_path / "stills"), name="cam"), LoopStats())
+    before = metrics.exposition()[0].decode()  # tracked, no frame yet: every series exists at 0
+    assert 'edgecls_frame_processing_seconds_count{source="cam"} 0.0' in before and 'source="None"' not in before
+    metrics.observe_frame("cam", infer_s=0.004, total_s=0.02, age_s=0.03)
+    text = metrics.exposition()[0].decode()
+    assert 'edgecls_frame_processing_seconds_bucket{le="0.025",source="cam"} 1.0' in text
+    assert 'edgecls_frame_processing_seconds_count{source="cam"} 1.0' in text
+    assert "# HELP edgecls_source_outages_total Times a source stopped delivering frames.\n" in text
+    assert 'edgecls_source_outages_total{source="cam"} 0.0' in text
+
+
+def test_i15_p14_an_unclassifiable_frame_is_logged_with_its_cause_and_the_loop_goes_on(tiny_bundle, tmp_path, caplog):
+    from runtime.classifier import Classifier
+    from runtime.daemon.loop import SourceLoop
+    from runtime.daemon.supervisor import Supervisor
+
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(stills / f"{i}.png"), np.full((32, 32, 3), 60 * i, np.uint8))
+    broken = Classifier(tiny_bundle)
+    broken.labels = []  # a model whose labels went missing: classify() cannot name any class
+    supervisor = Supervisor(str(stills), name="stills").start()
+    loop = SourceLoop(supervisor, Classifier(tiny_bundle), lambda result: None)
+    loop.use(broken)
+    with caplog.at_level("ERROR", logger="edgecls.daemon"):
+        loop.start().join(30)
+    supervisor.stop()
+    assert loop.done and loop.stats.errors == 2 and loop.stats.processed == 0
+    messages = [r.getMessage() for r in caplog.records if r.name == "edgecls.daemon"]
+    assert len(messages) == 2 and all(m.startswith("stills: frame ") for m in messages)
+    assert all(m.endswith("not classified: IndexError: index 0 is out of bounds for axis 0 with size 0")
+               for m in messages), messages
+
+
+def test_i15_p14_a_result_from_a_folder_names_the_image_it_came_from(tiny_bundle, tmp_path):
+    from runtime.classifier import Classifier
+    from runtime.daemon.loop import SourceLoop
+    from runtime.daemon.supervisor import Supervisor
+
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(stills / name), np.full((32, 32, 3), 90, np.uint8))
+    results = []
+    supervisor = Supervisor(str(stills), name="stills").start()
+    loop = SourceLoop(supervisor, Classifier(tiny_bundle), results.append).start()
+    loop.join(30)
+    supervisor.stop()
+    assert [r.get("name") for r in results] == [str(stills / "a.png"), str(stills / "b.png")]
+
+
+def test_i15_p14_read_returns_by_its_timeout_while_a_connected_stream_sends_nothing():
+    from runtime.daemon.supervisor import Supervisor
+    from runtime.sources import SourceTimeout
+    from tests.mjpeg_server import MjpegServer
+
+    server = MjpegServer(fps=25, stall_after=5).start()  # 5 frames, then the connection stays open, silent
+    supervisor = Supervisor(server.url, stall_timeout=10.0, timeout_s=10.0).start()  # neither fires in this test
+    try:
+        frames, stalled, deadline = 0, False, time.monotonic() + 20
+        while time.monotonic() < deadline:
+            start = time.monotonic()
+            try:
+                supervisor.read(timeout=0.3)
+                frames += 1
+            except SourceTimeout:
+                took = time.monotonic() - start
+                if frames:  # the stream stalled after frames flowed: the wait must still end on time
+                    assert took < 1.5, took
+                    stalled = True
+                    break
+        assert frames >= 1 and stalled and supervisor.state == "running"
+    finally:
+        supervisor.stop()
+        server.kill()
+
+
+def test_i15_p14_a_device_with_no_backend_is_told_which_package_to_install(tiny_bundle, monkeypatch):
+    import sys
+
+    from runtime.bundle import load_bundle
+    from runtime.classifier import choose_artifact
+    from runtime.errors import MissingDependencyError
+
+    bundle = load_bundle(tiny_bundle)
+    for module in ("ai_edge_litert", "tflite_runtime", "onnxruntime"):  # None in sys.modules: "not installed"
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingDependencyError) as caught:
+        choose_artifact(bundle)
+    assert str(caught.value) == ("ai-edge-litert is not installed (no installed backend runs this bundle's onnx, "
+                                 "tflite artifacts): install it with `pip install 'edgecls[runtime]'`")
+
+
+def test_i15_p14_csi_without_a_number_is_sensor_zero():
+    from runtime.sources import parse_source
+
+    pipeline = "libcamerasrc camera-name={sensor} ! video/x-raw,width={width},height={height},framerate={fps}/1"
+    for uri in ("csi://", "csi://0"):
+        spec = parse_source(uri, csi_pipeline=pipeline, width=640, height=480, fps=15)
+        assert spec.kind == "gstreamer" and spec.uri == uri
+        assert spec.target == "libcamerasrc camera-name=0 ! video/x-raw,width=640,height=480,framerate=15/1"
+    assert parse_source("csi://1", csi_pipeline=pipeline).target.startswith("libcamerasrc camera-name=1 !")
+
+
+def test_i15_p14_close_waits_at_most_two_seconds_for_a_capture_stuck_in_a_native_read():
+    from runtime.sources import Source, SourceTimeout
+    from tests.mjpeg_server import MjpegServer
+
+    server = MjpegServer(fps=25, stall_after=3).start()  # then connected and silent: OpenCV's read blocks
+    source = Source(server.url, timeout_s=10.0)  # the native read would end only after 10 s
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                source.read(timeout=0.5)
+            except SourceTimeout:
+                break  # frames stopped: the capture thread now sits in the blocked read
+        time.sleep(0.3)
+        start = time.monotonic()
+        source.close()
+        took = time.monotonic() - start
+        assert 1.9 <= took < 2.9, took  # the documented default join_timeout, 2 s (3 s would be a bug)
+    finally:
+        server.kill()
