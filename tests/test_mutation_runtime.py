@@ -138,7 +138,6 @@ def test_i15_p14_the_profiles_provider_order_reaches_the_onnxruntime_session(tmp
 
 
 def test_i15_p14_metric_names_and_help_texts_are_the_documented_ones(tmp_path):
-    pytest.importorskip("prometheus_client")
     from runtime.daemon.loop import LoopStats
     from runtime.daemon.metrics import Metrics
     from runtime.daemon.supervisor import Supervisor
