@@ -101,6 +101,31 @@ def require_tool(*names: str, package: str) -> str:
     return found
 
 
+def snapshot(root: Path) -> dict:
+    """Every path under root with its bytes (None for folders): equal snapshots mean nothing was lost."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def make_home_like(home: Path) -> Path:
+    """A folder that is not ours and must never be replaced: Documents/ and a dotfile."""
+    (home / "Documents").mkdir(parents=True)
+    (home / "Documents" / "thesis.txt").write_text("years of work")
+    (home / ".bashrc").write_text("export PATH=$HOME/bin:$PATH\n")
+    return home
+
+
+def train_on_private_copy(shapes_folder: Path, folder: Path) -> tuple:
+    """A 16 px, one-epoch run on a copy of the shapes folder that the test may change; returns (run, data)."""
+    from edgecls.train import TrainConfig, train
+
+    data = folder / "data"
+    shutil.copytree(shapes_folder, data)
+    out = folder / "run"
+    train(TrainConfig(data=str(data), out=str(out), image_size=16, epochs=1, seed=0, model_options={"widths": (8,)},
+                      verbose=0))
+    return out, data
+
+
 def cli_error(result, single: bool = True) -> str:
     """The CLI's last `error:` line, after checking it failed cleanly: exit 1, no traceback."""
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])

@@ -9,18 +9,7 @@ import pytest
 
 from runtime.atomic import _host, check_output, remove_stale_stages, staged_dir
 from runtime.errors import EdgeclsError
-
-
-def snapshot(root):
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
-
-
-def home_like(tmp_path):
-    home = tmp_path / "home"
-    (home / "Documents").mkdir(parents=True)
-    (home / "Documents" / "thesis.txt").write_text("years of work")
-    (home / ".bashrc").write_text("export PATH=...")
-    return home
+from tests.conftest import make_home_like, snapshot
 
 
 def our_run(path, fmt="edgecls-run/1"):
@@ -38,7 +27,7 @@ def dead_pid() -> int:
 
 @pytest.mark.parametrize("marker", [None, "metadata.json", "manifest.json"])
 def test_i16_p1_overwrite_refuses_a_folder_that_is_not_ours_and_keeps_every_file(tmp_path, marker):
-    home = home_like(tmp_path)
+    home = make_home_like(tmp_path / "home")
     before = snapshot(home)
     with pytest.raises(EdgeclsError, match="not .*--overwrite will not replace it"):
         with staged_dir(home, overwrite=True, marker=marker) as stage:

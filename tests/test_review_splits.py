@@ -12,7 +12,7 @@ import pytest
 from edgecls.datasets import Sample, scan_folder
 from edgecls.splits import file_digest, read_split_record, seeded_split
 from runtime.errors import DataError
-from tests.conftest import cli_error, run_cli, write_image
+from tests.conftest import cli_error, run_cli, train_on_private_copy, write_image
 
 
 def _png(path, seed):
@@ -92,15 +92,7 @@ def test_i15_p7_a_split_record_of_the_wrong_shape_is_a_data_error_not_a_tracebac
 @pytest.fixture(scope="module")
 def review_run(tmp_path_factory, shapes_folder):
     """A 16 px, one-epoch run on a private copy of the shapes folder."""
-    from edgecls.train import TrainConfig, train
-
-    tmp = tmp_path_factory.mktemp("review")
-    data = tmp / "data"
-    shutil.copytree(shapes_folder, data)
-    out = tmp / "run"
-    train(TrainConfig(data=str(data), out=str(out), image_size=16, epochs=1, seed=0, model_options={"widths": (8,)},
-                      verbose=0))
-    return out, data
+    return train_on_private_copy(shapes_folder, tmp_path_factory.mktemp("review"))
 
 
 def test_i15_p7_evaluate_refuses_a_split_record_pointing_outside_the_dataset(review_run, tmp_path):

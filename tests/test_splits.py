@@ -1,7 +1,6 @@
 """Splits: a content-stable seeded split, and the split a run records and later steps reuse (issue 15.7)."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ from edgecls.datasets import scan_folder
 from edgecls.rundir import open_run
 from edgecls.splits import PERMUTATION, file_digest
 from runtime.errors import DataError
-from tests.conftest import run_cli, write_image
+from tests.conftest import run_cli, train_on_private_copy, write_image
 
 
 def _png(path, seed):
@@ -43,14 +42,7 @@ def test_i15_p7_seeded_split_depends_on_content_and_adding_a_file_moves_few(tmp_
 @pytest.fixture
 def fresh_run(tmp_path, shapes_folder):
     """A 16 px, one-epoch run on a private copy of the shapes folder (tests change the folder)."""
-    from edgecls.train import TrainConfig, train
-
-    data = tmp_path / "data"
-    shutil.copytree(shapes_folder, data)
-    out = tmp_path / "run"
-    train(TrainConfig(data=str(data), out=str(out), image_size=16, epochs=1, seed=0, model_options={"widths": (8,)},
-                      verbose=0))
-    return out, data
+    return train_on_private_copy(shapes_folder, tmp_path)
 
 
 def _add_images(data, n: int) -> None:

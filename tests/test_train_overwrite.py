@@ -15,13 +15,10 @@ import pytest
 
 from edgecls.train import TrainConfig, train
 from runtime.errors import EdgeclsError
-from tests.conftest import REPO, cli_error, run_cli
+from tests.conftest import REPO, cli_error, make_home_like, run_cli, snapshot
+from tests.daemon_helpers import wait_for
 
 TINY = ["--epochs", "1", "--image-size", "16", "--widths", "8", "--quiet"]
-
-
-def snapshot(root):
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture
@@ -33,11 +30,7 @@ def dataset(tmp_path, shapes_folder):
 
 @pytest.fixture
 def home(tmp_path):
-    home = tmp_path / "fakehome"
-    (home / "Documents").mkdir(parents=True)
-    (home / "Documents" / "thesis.txt").write_text("years of work")
-    (home / ".bashrc").write_text("export PATH=$HOME/bin:$PATH\n")
-    return home
+    return make_home_like(tmp_path / "fakehome")
 
 
 @pytest.mark.parametrize("target", ["dataset", "inside-dataset", "parent-of-dataset", "home"])
@@ -72,16 +65,6 @@ def test_i16_p1_convert_overwrite_refuses_what_is_not_a_bundle_and_every_file_st
     assert [snapshot(p) for p in watched] == before
 
 
-def _wait_for(predicate, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.02)
-    return None
-
-
 def test_i15_p12_a_killed_train_leaves_a_stage_the_next_run_removes_and_overwrite_replaces_a_run(tmp_path, dataset):
     parent = tmp_path / "runs"
     out = parent / "run"
@@ -95,8 +78,8 @@ def test_i15_p12_a_killed_train_leaves_a_stage_the_next_run_removes_and_overwrit
     proc = subprocess.Popen([sys.executable, "-m", "edgecls.cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        stage = _wait_for(lambda: [p for p in parent.iterdir() if p.name.endswith(".partial")], 300)
-        assert stage, "the killed run never staged its output"
+        stage = wait_for(lambda: [p for p in parent.iterdir() if p.name.endswith(".partial")], 300,
+                         "the run to stage its output")
         time.sleep(1.0)  # let it write into the stage
     finally:
         proc.send_signal(signal.SIGKILL)
