@@ -16,8 +16,8 @@ import numpy as np
 from runtime.backends.registry import BACKENDS, available_backends
 from runtime.bundle import Artifact, Bundle, BundleError, load_bundle
 from runtime.errors import EdgeclsError, MissingDependencyError
-from runtime.preprocess import load_image, preprocess
-from runtime.session import ModelSession
+from runtime.preprocess import _cv2, load_image, pixels
+from runtime.session import ModelSession, input_table, quantize
 
 log = logging.getLogger("edgecls.runtime")
 
@@ -71,6 +71,7 @@ class Classifier:
         self.labels = manifest.labels
         self.top_k = top_k
         self._check_input_shape()
+        self._table = input_table(self.spec, self.session.input_spec)
         log.info("loaded %s (%s) with %s", self.artifact.name, self.artifact.file, self.session.backend.name)
 
     @property
@@ -95,14 +96,31 @@ class Classifier:
             raise EdgeclsError(f"input batch has shape {tensors.shape[1:]}, the model takes {self.spec.shape}")
         return self.session.predict(tensors)
 
+    def prepare(self, image: np.ndarray, order: str = "rgb") -> np.ndarray:
+        """One uint8 image -> the model's input tensor (H, W, C) in the model's own dtype.
+
+        Equal, bit for bit, to `quantize(preprocess(image, spec))`: resize and colour on uint8,
+        then one table lookup for normalization and quantization (`runtime.session.input_table`).
+        """
+        image = pixels(image, self.spec, order)
+        if self._table is None:  # the model takes raw uint8 pixels
+            return quantize(image[None], self.session.input_spec)[0]
+        cv2 = _cv2()
+        return cv2.LUT(image, self._table).reshape(self.spec.shape)
+
+    def infer(self, prepared: np.ndarray) -> np.ndarray:
+        """A batch of `prepare` outputs (N, H, W, C) -> probabilities (N, classes)."""
+        if prepared.shape[1:] != self.spec.shape:
+            raise EdgeclsError(f"input batch has shape {prepared.shape[1:]}, the model takes {self.spec.shape}")
+        return self.session.run_prepared(prepared)
+
     def classify(self, image: np.ndarray, order: str = "rgb", top_k: int | None = None) -> Prediction:
         """One uint8 image (RGB by default; order="bgr" for OpenCV frames) -> Prediction."""
         return self.classify_batch([image], order, top_k)[0]
 
     def classify_batch(self, images, order: str = "rgb", top_k: int | None = None) -> list:
         start = time.perf_counter()
-        tensors = np.stack([preprocess(im, self.spec, order=order) for im in images])
-        probs = self.probabilities(tensors)
+        probs = self.infer(np.stack([self.prepare(im, order) for im in images]))
         per_image = (time.perf_counter() - start) * 1000 / max(1, len(images))
         k = min(top_k or self.top_k, len(self.labels))
         return [Prediction(*self._topk(p, 1)[0], topk=self._topk(p, k), latency_ms=per_image) for p in probs]

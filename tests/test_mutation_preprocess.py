@@ -35,7 +35,7 @@ def test_scaled_spec_stores_plus_zero_mean_never_minus_zero():
 def test_spec_to_dict_is_the_plain_manifest_form():
     spec = PreprocessSpec(24, 32, color="bgr", resize="letterbox", mean=(1, 2, 3), std=(4, 5, 6), pad_value=7)
     assert spec.to_dict() == {
-        "height": 24, "width": 32, "color": "bgr", "resize": "letterbox", "interpolation": "auto",
+        "height": 24, "width": 32, "color": "bgr", "resize": "letterbox", "interpolation": "box-linear",
         "mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0], "dtype": "float32", "pad_value": 7, "layout": "NHWC",
     }
 
@@ -115,7 +115,7 @@ def test_center_crop_of_a_one_pixel_strip_keeps_exactly_the_middle_line(tall):
 
 
 def test_bad_spec_values_are_named_in_the_error():
-    with pytest.raises(EdgeclsError, match="unknown preprocessing interpolation 'bogus': use one of auto, area"):
+    with pytest.raises(EdgeclsError, match="unknown preprocessing interpolation 'bogus': use one of box-linear, auto, area"):
         PreprocessSpec(8, 8, interpolation="bogus")
     with pytest.raises(EdgeclsError, match="preprocessing std needs 1 or 3 values, got 2"):
         PreprocessSpec(8, 8, std=(1, 2))
@@ -136,7 +136,7 @@ def test_an_unreadable_path_is_one_clear_error():
 
 def test_letterbox_of_a_tall_image_pads_left_and_right_and_shrinks_with_area():
     image = np.random.default_rng(5).integers(0, 256, (60, 27, 3), dtype=np.uint8)  # 60x27 -> 40x18 inside 40x40
-    out = preprocess(image, PreprocessSpec(40, 40, resize="letterbox", dtype="uint8", pad_value=3))
+    out = preprocess(image, PreprocessSpec(40, 40, resize="letterbox", dtype="uint8", pad_value=3, interpolation="auto"))
     assert (out[:, :11] == 3).all() and (out[:, 29:] == 3).all()  # (40 - 18) // 2 = 11 columns each side
     np.testing.assert_array_equal(out[:, 11:29], cv2.resize(image, (18, 40), interpolation=cv2.INTER_AREA))
     assert (out[:, 11:29] != cv2.resize(image, (18, 40), interpolation=cv2.INTER_LINEAR)).any()  # the choice shows

@@ -84,8 +84,10 @@ def _load_config(ctx, param, path):
               "of stdout, rotated past --results-max-mb (3 old files kept).")
 @click.option("--results-max-mb", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Rotate the --results file past this size (0: never).")
+@click.option("--show", is_flag=True, default=None, help="Daemon mode: show the annotated frames in a window per "
+              "source (needs OpenCV with GUI support and a display; q or Esc stops).")
 def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fps, max_frames, timeout, port, host,
-        token_file, smooth, threshold, stall_timeout, duration, results, results_max_mb):
+        token_file, smooth, threshold, stall_timeout, duration, results, results_max_mb, show):
     """Classify frames from a camera, stream, video or folder; one JSON line per frame.
 
     Each line has the frame index, its age when classified, the top-k and the running drop count.
@@ -106,12 +108,11 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
 
     if bundle is None:
         raise EdgeclsError("no bundle to run: give BUNDLE, `bundle = ...` in --config, or EDGECLS_RUN_BUNDLE")
-    from runtime.classifier import Classifier
-    from runtime.sources import Source, SourceEnded, SourceTimeout, parse_source, redact_uri
+    from runtime.sources import parse_source, redact_uri
 
     profile = load_profile(device)
     uris = list(sources) or [profile.camera]
-    daemon_only = (smooth, threshold, stall_timeout, duration, results)
+    daemon_only = (smooth, threshold, stall_timeout, duration, results, show)
     if port is None:
         for name, value in (("--host", host), ("--token-file", token_file)):
             if value is not None:
@@ -127,13 +128,26 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
                 raise EdgeclsError(f"--fps paces a video file or folder; {redact_uri(uri)} is live and sets its own "
                                    "rate: drop --fps")
         pacing = {"every_frame": False, "realtime": True, "fps": fps}
+    from runtime.daemon.nativelog import native_output_to_log
+
     if port is not None or len(uris) > 1 or any(v is not None for v in daemon_only):
-        _run_daemon(bundle, uris, profile=profile, artifact=artifact, threads=threads, top_k=top_k,
-                    source_options={"loop": loop, "timeout_s": timeout, **pacing}, max_frames=max_frames, port=port,
-                    host=host, token=_read_token(token_file), smooth=smooth, threshold=threshold,
-                    stall_timeout=stall_timeout, duration=duration, results=results, results_max_mb=results_max_mb)
+        token = _read_token(token_file)
+        with native_output_to_log():  # OpenCV/FFmpeg/LiteRT chatter: debug log lines, not raw stderr
+            _run_daemon(bundle, uris, profile=profile, artifact=artifact, threads=threads, top_k=top_k,
+                        source_options={"loop": loop, "timeout_s": timeout, **pacing}, max_frames=max_frames,
+                        port=port, host=host, token=token, smooth=smooth, threshold=threshold, show=bool(show),
+                        stall_timeout=stall_timeout, duration=duration, results=results, results_max_mb=results_max_mb)
         return
-    uri = uris[0]
+    with native_output_to_log():
+        _run_simple(bundle, uris[0], profile=profile, artifact=artifact, threads=threads, top_k=top_k, loop=loop,
+                    timeout=timeout, pacing=pacing, max_frames=max_frames)
+
+
+def _run_simple(bundle, uri, *, profile, artifact, threads, top_k, loop, timeout, pacing, max_frames) -> None:
+    """One source, one JSON line per frame on stdout, events on stderr."""
+    from runtime.classifier import Classifier
+    from runtime.sources import Source, SourceEnded, SourceTimeout
+
     classifier = Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
     done = 0
     with Source(uri, loop=loop, timeout_s=timeout, profile=profile, **pacing) as src:

@@ -41,7 +41,7 @@ class Daemon:
                  threads: int | None = None, top_k: int = 3, smooth: int = 1, threshold: float = 0.0,
                  stall_timeout: float = 10.0, backoff: Backoff | None = None, sinks=None, host: str = "127.0.0.1",
                  port: int | None = None, token: str | None = None, max_frames: int | None = None,
-                 duration: float | None = None, source_options: dict | None = None):
+                 duration: float | None = None, source_options: dict | None = None, show: bool = False):
         sources = [str(s) for s in sources]
         if not sources:
             raise EdgeclsError("no source to run: give at least one --source (or a device profile with a camera)")
@@ -66,6 +66,11 @@ class Daemon:
                               threshold=threshold, top_k=top_k, max_frames=max_frames)
             self.metrics.track(supervisor.name, supervisor, loop.stats)
             self.loops.append(loop)
+        self.window = None
+        if show:
+            from runtime.daemon.window import Window
+
+            self.window = Window(_Preview(self.loops))
         self.server = None
         if port is not None:
             from runtime.daemon.http import StatusServer
@@ -168,11 +173,14 @@ class Daemon:
     def wait(self) -> None:
         """Until stop() or a signal, `duration` has passed, or every loop has finished."""
         deadline = None if self.duration is None else time.monotonic() + self.duration
-        while not self._stop.wait(0.05):
+        tick = 0.05 if self.window is None else 1 / 30  # a window is redrawn from this thread (HighGUI's rule)
+        while not self._stop.wait(tick):
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if all(loop.done for loop in self.loops):
                 break
+            if self.window is not None and not self.window.update():
+                break  # q or Esc in the window
 
     def run(self, on_start=None) -> dict:
         """start, wait, stop; SIGTERM/SIGINT stop it cleanly. Returns `summary()`."""
@@ -212,6 +220,8 @@ class Daemon:
             loop.join(max(0.0, deadline - time.monotonic()))
         if self.server:
             self.server.stop()
+        if self.window is not None:
+            self.window.close()
         for sink in self.sinks:
             try:
                 sink.close()

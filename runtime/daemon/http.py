@@ -1,17 +1,24 @@
 """The daemon's HTTP side: /healthz, /metrics, /latest and the preview (/, /stream/N) on a ThreadingHTTPServer.
 
 Bound to 127.0.0.1 unless told otherwise. With a token, every endpoint wants
-`Authorization: Bearer TOKEN` (compared in constant time) and answers 401 without it. Request
-lines go to the debug log; headers (where the token travels) are never logged.
+`Authorization: Bearer TOKEN` (compared in constant time) and answers 401 without it. A browser
+cannot send that header for the preview's <img> streams, so `/?token=TOKEN` (the link the daemon
+prints) answers with a session cookie (HttpOnly, SameSite=Strict, derived from the token, not the
+token) and a redirect to `/`, and the cookie is accepted like the header. Request lines go to the
+debug log with any `token=` value blanked; headers (where the token travels) are never logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
+import re
 import threading
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from runtime.errors import EdgeclsError
 
@@ -97,6 +104,20 @@ def _json(data) -> bytes:
     return (json.dumps(data, indent=1) + "\n").encode()
 
 
+COOKIE = "edgecls_session"
+_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s#]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """A request line or path with any `token=` value blanked, for logs."""
+    return _TOKEN_IN_QUERY.sub(r"\1***", text)
+
+
+def session_cookie(token: bytes) -> str:
+    """The preview's cookie value: an HMAC of the token, so the cookie jar never holds the token itself."""
+    return hmac.new(token, b"edgecls preview session v1", hashlib.sha256).hexdigest()
+
+
 class _Handler(BaseHTTPRequestHandler):
     routes: dict = {}
     token: bytes | None = None
@@ -105,15 +126,33 @@ class _Handler(BaseHTTPRequestHandler):
     # A client that connects and never sends (or a viewer that stopped reading) would hold its thread forever.
     timeout = 10.0
 
-    def log_message(self, fmt, *args):  # the request line only; never headers
-        log.debug("http %s: " + fmt, self.client_address[0], *args)
+    def log_message(self, fmt, *args):  # the request line only, token blanked; never headers
+        log.debug("http %s: %s", self.client_address[0], redact(fmt % args))
 
     def _authorized(self) -> bool:
         if self.token is None:
             return True
         header = self.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token)
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token):
+            return True
+        try:
+            jar = SimpleCookie(self.headers.get("Cookie", ""))
+        except CookieError:
+            return False
+        morsel = jar.get(COOKIE)
+        return morsel is not None and hmac.compare_digest(morsel.value.encode(), session_cookie(self.token).encode())
+
+    def _login(self, query: str) -> bool:
+        """`/?token=TOKEN` from a browser: set the session cookie and redirect to `/` (the token leaves the URL bar)."""
+        given = parse_qs(query).get("token")
+        if self.token is None or self.preview is None or not given:
+            return False
+        if not hmac.compare_digest(given[-1].encode(), self.token):
+            return False
+        cookie = f"{COOKIE}={session_cookie(self.token)}; Path=/; HttpOnly; SameSite=Strict"
+        self._send(303, "text/plain; charset=utf-8", b"signed in\n", {"Location": "/", "Set-Cookie": cookie})
+        return True
 
     def _send(self, status: int, content_type: str, body: bytes, extra: dict | None = None) -> None:
         self.send_response(status)
@@ -127,11 +166,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def do_GET(self):
-        if not self._authorized():
-            self._send(401, "application/json", _json({"error": "missing or wrong bearer token"}),
-                       {"WWW-Authenticate": 'Bearer realm="edgecls"'})
+        path, _, query = self.path.partition("?")
+        if path == "/" and "token=" in query and self._login(query):
             return
-        path = self.path.split("?", 1)[0]
+        if not self._authorized():
+            challenge = {"WWW-Authenticate": 'Bearer realm="edgecls"'}
+            if path == "/" and self.preview is not None:  # a browser: a one-field form that comes back as /?token=
+                from runtime.daemon.preview import sign_in_page
+
+                self._send(401, "text/html; charset=utf-8", sign_in_page(wrong="token=" in query), challenge)
+            else:
+                self._send(401, "application/json", _json({"error": "missing or wrong bearer token"}), challenge)
+            return
         route = self.routes.get(path)
         if route is None and self.preview is not None and path.startswith("/stream/") and self.command == "GET":
             self._stream(path[len("/stream/"):])
@@ -142,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             status, content_type, body = route()
         except Exception as exc:  # a broken endpoint answers 500 and the server keeps serving
-            log.error("http %s failed: %s: %s", self.path, type(exc).__name__, exc, exc_info=True)
+            log.error("http %s failed: %s: %s", redact(self.path), type(exc).__name__, exc, exc_info=True)
             status, content_type, body = 500, "application/json", _json({"error": f"{type(exc).__name__}: {exc}"})
         self._send(status, content_type, body)
 

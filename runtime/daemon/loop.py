@@ -1,10 +1,14 @@
 """Per source, one thread: newest frame -> classify with the shared model -> smooth -> publish.
 
 Timings are split here (pre/infer/post) from the same steps `Classifier.classify` runs:
-`runtime.preprocess.preprocess` with the manifest's spec, then `Classifier.probabilities`
-(which quantizes, invokes and dequantizes, so "infer" includes the int8 input quantization).
-The loop keeps no queue: it reads the newest frame only when it is ready for one, so memory
-stays flat however fast the camera is.
+`Classifier.prepare` (resize, colour, and one table lookup for normalization and input
+quantization), then `Classifier.infer` (invoke and dequantize), then smoothing and top-k.
+
+Preparing and inferring overlap: a second thread per source reads the newest frame and prepares
+it while the model is busy with the previous one, so a source faster than the model keeps the
+model busy all the time (OpenCV and the inference engines release the GIL). The hand-over is a
+single slot, never a queue: memory stays flat however fast the camera is, and a classified frame
+is at most one inference older than it would be without the overlap (`frame_age_ms` includes it).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import time
 
 import numpy as np
 
-from runtime.preprocess import preprocess
 from runtime.sources import SourceEnded, SourceTimeout
 
 log = logging.getLogger("edgecls.daemon")
@@ -73,6 +76,71 @@ class LoopStats:
         return (len(times) - 1) / max(1e-9, times[-1] - times[0])
 
 
+class _Prepared:
+    """A frame, and its model input as prepared for one classifier (or the error preparing it raised)."""
+
+    __slots__ = ("frame", "classifier", "tensor", "pre_s", "error")
+
+    def __init__(self, frame, classifier=None, tensor=None, pre_s=0.0, error=None):
+        self.frame, self.classifier, self.tensor, self.pre_s, self.error = frame, classifier, tensor, pre_s, error
+
+
+class _Ahead:
+    """Reads the newest frame and prepares it while the model works on the previous one (one slot)."""
+
+    ENDED = object()
+
+    def __init__(self, loop: "SourceLoop"):
+        self._loop = loop
+        self._slot = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name=f"prepare:{loop.supervisor.name}", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        with self._cond:
+            while self._slot is not None and not self._loop._stop.is_set():
+                self._cond.wait(0.25)
+            if self._loop._stop.is_set():
+                return False
+            self._slot = item
+            self._cond.notify_all()
+            return True
+
+    def take(self, timeout: float):
+        """The next prepared frame, ENDED when the source ended, None after `timeout` s without one."""
+        with self._cond:
+            if self._slot is None:
+                self._cond.wait(timeout)
+            item = self._slot
+            if item is not self.ENDED:  # ENDED stays: every later take() sees the end too
+                self._slot = None
+                self._cond.notify_all()
+            return item
+
+    def _work(self) -> None:
+        loop = self._loop
+        while not loop._stop.is_set():
+            try:
+                frame = loop.supervisor.read(timeout=0.25)
+            except SourceTimeout:
+                continue
+            except SourceEnded:
+                self._put(self.ENDED)
+                return
+            clf = loop._pending or loop.classifier  # a reload about to be adopted: prepare for the new model
+            t0 = time.perf_counter()
+            try:
+                item = _Prepared(frame, clf, clf.prepare(frame.image, "bgr"), time.perf_counter() - t0)
+            except Exception as exc:  # reported by the loop, which counts and logs frame errors
+                item = _Prepared(frame, clf, error=exc)
+            if not self._put(item):
+                return
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+
 class SourceLoop:
     """Reads frames from one supervisor and publishes one result per classified frame.
 
@@ -126,35 +194,47 @@ class SourceLoop:
 
     def _run(self) -> None:
         name = self.supervisor.name
+        ahead = _Ahead(self)
         while not self._stop.is_set() and (self.max_frames is None or self.stats.processed < self.max_frames):
-            try:
-                frame = self.supervisor.read(timeout=0.25)  # short, so stop() is seen within a quarter second
-            except SourceTimeout:
+            item = ahead.take(timeout=0.25)  # short, so stop() is seen within a quarter second
+            if item is None:
                 continue
-            except SourceEnded:
+            if item is _Ahead.ENDED:
                 break
             if self._pending is not None:
                 with self._swap_lock:
                     pending, self._pending = self._pending, None
                 self._adopt(pending)
             try:
-                result = self.classify(frame)
+                if item.error is not None:
+                    raise item.error
+                result = self.classify(item.frame, item if item.classifier is self.classifier else None)
             except Exception as exc:  # one bad frame (or a model error) must not end this source's loop
                 self.stats.errors += 1
-                log.error("%s: frame %d not classified: %s: %s", name, frame.index, type(exc).__name__, exc)
+                log.error("%s: frame %d not classified: %s: %s", name, item.frame.index, type(exc).__name__, exc)
                 continue
             self.stats.record(result)
-            self.shown = (frame.image, result)  # for the preview stream: one reference, replaced each frame
+            self.shown = (item.frame.image, result)  # for the preview stream: one reference, replaced each frame
             self.publish(result)
+        self._stop.set()  # ends the preparing thread too (max_frames reached, or the source ended)
+        ahead.join(1.0)
         log.debug("%s: loop ended after %d frames", name, self.stats.processed)
 
-    def classify(self, frame) -> dict:
-        """One frame -> the published result, with the latency of each step."""
+    def classify(self, frame, prepared: _Prepared | None = None) -> dict:
+        """One frame -> the published result, with the latency of each step.
+
+        `prepared`: the frame's model input, made ahead by the preparing thread for the current
+        classifier; without it (or after a reload to another model) it is made here.
+        """
         clf = self.classifier
-        t0 = time.perf_counter()
-        tensor = preprocess(frame.image, clf.spec, order="bgr")
+        if prepared is None:
+            t0 = time.perf_counter()
+            tensor = clf.prepare(frame.image, "bgr")
+            pre_s = time.perf_counter() - t0
+        else:
+            tensor, pre_s = prepared.tensor, prepared.pre_s
         t1 = time.perf_counter()
-        probs = clf.probabilities(tensor[None])[0]
+        probs = clf.infer(tensor[None])[0]
         t2 = time.perf_counter()
         smoothed = self.smoother(probs)
         order = np.argsort(-smoothed, kind="stable")[: self.top_k]
@@ -170,9 +250,10 @@ class SourceLoop:
             "topk": [{"label": clf.labels[i], "score": round(float(smoothed[i]), 6)} for i in order],
         }
         t3 = time.perf_counter()
-        result["latency_ms"] = {"pre": round((t1 - t0) * 1000, 3), "infer": round((t2 - t1) * 1000, 3),
-                                "post": round((t3 - t2) * 1000, 3), "total": round((t3 - t0) * 1000, 3)}
+        total_s = pre_s + (t3 - t1)  # the work spent on this frame, whichever thread prepared it
+        result["latency_ms"] = {"pre": round(pre_s * 1000, 3), "infer": round((t2 - t1) * 1000, 3),
+                                "post": round((t3 - t2) * 1000, 3), "total": round(total_s * 1000, 3)}
         result["frame_age_ms"] = round(frame.age_ms, 1)
         if self.metrics is not None:
-            self.metrics.observe_frame(frame.source, infer_s=t2 - t1, total_s=t3 - t0, age_s=frame.age_ms / 1000)
+            self.metrics.observe_frame(frame.source, infer_s=t2 - t1, total_s=total_s, age_s=frame.age_ms / 1000)
         return result

@@ -1,0 +1,139 @@
+"""Daemon throughput against the model's own speed (issue 7: frames/s >= 0.85 x 1 / invoke).
+
+    python3 benchmarks/daemon_throughput.py BUNDLE [--artifact tflite-int8] [--threads 1] [--seconds 20] [--rounds 3]
+
+Side by side, in one process and alternating: (a) the artifact's bare invoke on a prepared tensor, timed
+in a tight loop (the best the model can do), and (b) the real daemon (runtime.daemon.Daemon) classifying
+every frame of a looping 640x480 MJPG video, a source faster than the model, with the HTTP server up.
+Frames/s counts results published after a 2 s warm-up. Writes benchmarks/results/daemon_throughput.txt/.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def write_video(path: Path, frames: int = 90) -> Path:
+    """A camera-like clip: smooth gradients and a moving shape (noise would make decoding the bottleneck)."""
+    import cv2
+    import numpy as np
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
+    y, x = np.mgrid[0:480, 0:640]
+    for i in range(frames):
+        image = np.stack([(x // 3 + i) % 256, (y // 2) % 256, ((x + y) // 5) % 256], axis=-1).astype(np.uint8)
+        cv2.circle(image, (100 + 5 * i, 240), 80, (40, 200, 255), -1)
+        cv2.putText(image, str(i % 10), (300, 330), cv2.FONT_HERSHEY_SIMPLEX, 6, (255, 255, 255), 12)
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def invoke_ms(classifier, runs: int = 300) -> float:
+    """Median of the backend's own run() on one prepared tensor: the model alone."""
+    import numpy as np
+
+    tensor = classifier.prepare(np.zeros((480, 640, 3), np.uint8), "bgr")[None]
+    backend = classifier.session.backend
+    for _ in range(30):
+        backend.run(tensor)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        backend.run(tensor)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+class Collect:
+    """A sink keeping the publish times and the per-step latencies of the results."""
+
+    def __init__(self):
+        self.times, self.pre, self.infer, self.post = [], [], [], []
+
+    def write(self, result: dict) -> None:
+        self.times.append(time.perf_counter())
+        lat = result["latency_ms"]
+        self.pre.append(lat["pre"])
+        self.infer.append(lat["infer"])
+        self.post.append(lat["post"])
+
+    def close(self) -> None:
+        pass
+
+
+def daemon_fps(classifier, video: Path, seconds: float, warmup: float = 2.0) -> dict:
+    from runtime.daemon import Daemon
+
+    sink = Collect()
+    daemon = Daemon(None, [str(video)], classifier=classifier, sinks=[sink], port=0, duration=seconds + warmup,
+                    source_options={"loop": True, "every_frame": True})
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    runner.join()
+    start = sink.times[0] + warmup
+    kept = [i for i, t in enumerate(sink.times) if t >= start]
+    span = sink.times[kept[-1]] - sink.times[kept[0]]
+    return {"fps": (len(kept) - 1) / span, "frames": len(kept),
+            "pre_ms": statistics.median(sink.pre[i] for i in kept),
+            "infer_ms": statistics.median(sink.infer[i] for i in kept),
+            "post_ms": statistics.median(sink.post[i] for i in kept)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle")
+    p.add_argument("--artifact", default="tflite-int8")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "daemon_throughput"))
+    args = p.parse_args()
+
+    from runtime.classifier import Classifier
+
+    classifier = Classifier(args.bundle, artifact=args.artifact, threads=args.threads)
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        video = write_video(Path(tmp) / "clip.avi")
+        for r in range(args.rounds):
+            before = invoke_ms(classifier)
+            run = daemon_fps(classifier, video, args.seconds)
+            after = invoke_ms(classifier)
+            invoke = statistics.median([before, after])
+            rounds.append({"invoke_ms": round(invoke, 3), "invoke_before_ms": round(before, 3),
+                           "invoke_after_ms": round(after, 3), **{k: round(v, 3) for k, v in run.items()},
+                           "ratio": round(run["fps"] * invoke / 1000, 3)})
+            print(f"round {r + 1}: invoke {invoke:.2f} ms (1/invoke {1000 / invoke:.0f}/s)  daemon {run['fps']:.0f} frames/s "
+                  f"over {run['frames']} frames  ratio {rounds[-1]['ratio']:.2f}  (pre {run['pre_ms']:.2f} ms, "
+                  f"infer {run['infer_ms']:.2f} ms, post {run['post_ms']:.3f} ms)", flush=True)
+    ratio = statistics.median(r["ratio"] for r in rounds)
+    machine = f"{platform.machine()}, {platform.processor() or '?'}, Python {platform.python_version()}"
+    record = {"bundle": str(args.bundle), "artifact": args.artifact, "threads": args.threads,
+              "backend": classifier.backend_name, "rounds": rounds, "median_ratio": ratio, "machine": machine,
+              "date": time.strftime("%Y-%m-%d")}
+    Path(args.out + ".json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"# daemon throughput vs invoke: {args.bundle} {args.artifact}, {args.threads} inference thread(s), "
+             f"{classifier.backend_name}; looping 640x480 MJPG video, every frame",
+             f"# {machine}, {time.strftime('%Y-%m-%d')}",
+             *(f"round {i + 1}: invoke {r['invoke_ms']:.2f} ms -> {1000 / r['invoke_ms']:.0f}/s; daemon {r['fps']:.0f} frames/s; "
+               f"ratio {r['ratio']:.2f}; per frame pre {r['pre_ms']:.2f} ms infer {r['infer_ms']:.2f} ms post {r['post_ms']:.3f} ms"
+               for i, r in enumerate(rounds)),
+             f"median ratio frames/s x invoke: {ratio:.2f} (target: >= 0.85)"]
+    Path(args.out + ".txt").write_text("\n".join(lines) + "\n")
+    print(lines[-1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Issue 7, the rest: the preview behind a token in a real browser, native chatter through our logging,
+preparation overlapped with inference, and --show's checks."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+from tests.conftest import require_tool
+
+cv2 = pytest.importorskip("cv2")
+
+from runtime.daemon import Daemon  # noqa: E402
+from runtime.daemon.http import COOKIE  # noqa: E402
+from tests.daemon_helpers import wait_for, write_test_video  # noqa: E402
+
+TOKEN = "tok-51c0ffee-preview-not-in-logs"
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return write_test_video(tmp_path_factory.mktemp("daemon-finish") / "clip.avi")
+
+
+class ListSink:
+    def __init__(self):
+        self.results = []
+
+    def write(self, result):
+        self.results.append(result)
+
+    def close(self):
+        pass
+
+
+def request(url, path, headers=None, read_bytes=None):
+    """(status, headers, body) from a real HTTP request; read_bytes limits reading an endless stream."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        body = response.read(read_bytes) if read_bytes else response.read()
+        return response.status, dict(response.getheaders()), body
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def guarded(tiny_bundle, video, caplog):
+    caplog.set_level(logging.DEBUG, logger="edgecls")
+    d = Daemon(tiny_bundle, [video], port=0, token=TOKEN, sinks=[], source_options={"loop": True}).start()
+    wait_for(lambda: all(loop.shown for loop in d.loops), 30, "a classified frame")
+    yield d
+    d.stop()
+    records = caplog.get_records("setup") + caplog.get_records("call") + caplog.get_records("teardown")
+    assert any("GET /?token=*** " in r.getMessage() for r in records)  # request lines were logged...
+    assert not [r.getMessage() for r in records if TOKEN in r.getMessage()]  # ...never with the token
+
+
+def test_i7_p4_browser_signs_in_with_the_token_once_and_gets_a_cookie_not_the_token(guarded):
+    status, headers, body = request(guarded.url, "/")
+    assert status == 401 and b'name="token"' in body  # a browser gets a sign-in form, not JSON
+    status, headers, body = request(guarded.url, "/?token=wrong-" + TOKEN)
+    assert status == 401 and b"not the right one" in body and "Set-Cookie" not in headers
+    status, headers, _ = request(guarded.url, "/?token=" + TOKEN)
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"]
+    assert TOKEN not in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    jar = {"Cookie": cookie.split(";", 1)[0]}
+    assert request(guarded.url, "/", jar)[0] == 200
+    assert request(guarded.url, "/latest", jar)[0] == 200
+    status, headers, chunk = request(guarded.url, "/stream/0", jar, read_bytes=2000)
+    assert status == 200 and headers["Content-Type"].startswith("multipart/x-mixed-replace")
+    assert b"\xff\xd8" in chunk  # a JPEG is flowing
+    forged = {"Cookie": f"{COOKIE}={'0' * 64}"}
+    for path in ("/", "/latest", "/stream/0", "/metrics", "/healthz"):
+        assert request(guarded.url, path, forged, read_bytes=200)[0] == 401, path
+    # the token in the query string of anything but the sign-in page is no way in
+    assert request(guarded.url, "/latest?token=" + TOKEN)[0] == 401
+
+
+def test_i7_p4_preview_behind_a_token_renders_in_headless_chromium(guarded):
+    chromium = require_tool("chromium", "chromium-browser", package="chromium")
+    with tempfile.TemporaryDirectory() as tmp:
+        shot = Path(tmp) / "preview.png"
+        done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                               f"--user-data-dir={tmp}/profile", "--window-size=900,600", "--timeout=8000",
+                               f"--screenshot={shot}", f"{guarded.url}/?token={TOKEN}"],
+                              capture_output=True, text=True, timeout=90)
+        assert shot.exists(), done.stderr[-2000:]
+        image = cv2.imread(str(shot))
+    green = (image[..., 1] > 150) & (image[..., 0] < 100) & (image[..., 2] < 100)
+    bright = image.max(axis=2) > 200
+    assert green.sum() > 200, "no annotated frame: the redirect's cookie did not reach the <img> stream"
+    assert bright.sum() > 2000
+
+
+def _run_cli(args, timeout=120):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("OPENCV_LOG_LEVEL", None)
+    env.pop("OPENCV_FFMPEG_LOGLEVEL", None)
+    return subprocess.run([sys.executable, "-m", "edgecls.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_i7_p3_native_chatter_goes_through_our_logging_at_debug_level(tiny_bundle, video):
+    """LiteRT's XNNPACK line and OpenCV/FFmpeg's refusals of a dead stream are written by C code to fd 2."""
+    args = ["run", str(tiny_bundle), "--artifact", "tflite-int8", "--source", str(video), "--source",
+            "http://127.0.0.1:9/dead.mjpg", "--duration", "2", "--stall-timeout", "1"]
+    quiet = _run_cli(args)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "XNNPACK" not in quiet.stderr and "[ WARN" not in quiet.stderr, quiet.stderr
+    assert '"event": "stopped"' in quiet.stderr  # our own lines still reach stderr
+    loud = _run_cli(["--debug", *args])
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    native = [line for line in loud.stderr.splitlines() if line.startswith("DEBUG: native: ")]
+    assert any("XNNPACK" in line for line in native), loud.stderr[-3000:]
+    assert not [line for line in loud.stderr.splitlines() if "XNNPACK" in line and not line.startswith("DEBUG: native:")]
+
+
+def test_i7_p3_native_output_to_log_captures_fd2_and_keeps_python_stderr(caplog, capfd):
+    from runtime.daemon.nativelog import native_output_to_log
+
+    caplog.set_level(logging.DEBUG, logger="edgecls.native")
+    with native_output_to_log():
+        os.write(2, b"from C: first line\nsecond line without newline")
+        sys.stderr.write("from python\n")
+        sys.stderr.flush()
+    messages = [r.getMessage() for r in caplog.records if r.name == "edgecls.native"]
+    assert messages == ["native: from C: first line", "native: second line without newline"]
+    err = capfd.readouterr().err
+    assert "from python" in err and "from C" not in err
+    os.write(2, b"after\n")  # fd 2 is the real stderr again
+    assert "after" in capfd.readouterr().err
+
+
+def test_i7_throughput_preparation_runs_on_its_own_thread_and_every_frame_is_classified_once(tiny_bundle, video):
+    from runtime.classifier import Classifier
+
+    classifier = Classifier(tiny_bundle, artifact="tflite-int8")
+    threads = set()
+    original = classifier.prepare
+
+    def recording_prepare(image, order="rgb"):  # the real method, with a note of the calling thread
+        threads.add(threading.current_thread().name)
+        return original(image, order)
+
+    classifier.prepare = recording_prepare
+    sink = ListSink()
+    d = Daemon(None, [video], classifier=classifier, sinks=[sink], max_frames=40,
+               source_options={"loop": True, "every_frame": True})
+    d.run()
+    frames = [r["frame"] for r in sink.results]
+    assert frames == list(range(len(frames))) and len(frames) == 40  # every frame, in order, none twice
+    assert threads == {f"prepare:{d.supervisors[0].name}"}
+    for r in sink.results:  # the published result matches the model on that very frame
+        assert set(r["latency_ms"]) == {"pre", "infer", "post", "total"} and r["latency_ms"]["pre"] > 0
+
+
+def test_i7_p5_show_refuses_with_one_line_when_opencv_has_no_gui(tiny_bundle, video):
+    from runtime.daemon.window import gui_backend
+
+    if gui_backend() is not None:
+        pytest.skip("this OpenCV has a GUI; the refusal is for headless builds")
+    done = _run_cli(["run", str(tiny_bundle), "--source", str(video), "--show", "--max-frames", "2"])
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --show needs OpenCV with GUI support") and "opencv-python" in lines[-1]
+    assert "Traceback" not in done.stderr
