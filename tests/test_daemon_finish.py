@@ -179,3 +179,19 @@ def test_i7_p5_show_refuses_with_one_line_when_opencv_has_no_gui(tiny_bundle, vi
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("error: --show needs OpenCV with GUI support") and "opencv-python" in lines[-1]
     assert "Traceback" not in done.stderr
+
+
+def test_i7_p1_device_profile_gives_daemon_mode_its_artifact_and_camera(tiny_bundle, video, tmp_path):
+    """No --source and no --artifact: both come from the profile (a user's JSON file)."""
+    import json
+
+    profile = tmp_path / "bench-rig.json"
+    profile.write_text(json.dumps({"name": "bench-rig", "artifacts": ["onnx-int8", "tflite-int8"],
+                                   "threads": 1, "camera": str(video)}))
+    results = tmp_path / "results.jsonl"
+    done = _run_cli(["-v", "run", str(tiny_bundle), "--device", str(profile), "--duration", "2",
+                     "--results", str(results)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded onnx-int8" in done.stderr, done.stderr[-2000:]
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert lines and {r["source"] for r in lines} == {str(video)}
