@@ -16,8 +16,8 @@ import numpy as np
 from runtime.backends.registry import BACKENDS, available_backends
 from runtime.bundle import Artifact, Bundle, BundleError, load_bundle
 from runtime.errors import EdgeclsError, MissingDependencyError
-from runtime.preprocess import _cv2, load_image, pixels
-from runtime.session import ModelSession, input_table, quantize
+from runtime.preprocess import load_image, pixels
+from runtime.session import ModelSession, apply_table, input_table, quantize
 
 log = logging.getLogger("edgecls.runtime")
 
@@ -105,8 +105,7 @@ class Classifier:
         image = pixels(image, self.spec, order)
         if self._table is None:  # the model takes raw uint8 pixels
             return quantize(image[None], self.session.input_spec)[0]
-        cv2 = _cv2()
-        return cv2.LUT(image, self._table).reshape(self.spec.shape)
+        return apply_table(image, self._table)
 
     def infer(self, prepared: np.ndarray) -> np.ndarray:
         """A batch of `prepare` outputs (N, H, W, C) -> probabilities (N, classes)."""
@@ -120,7 +119,10 @@ class Classifier:
 
     def classify_batch(self, images, order: str = "rgb", top_k: int | None = None) -> list:
         start = time.perf_counter()
-        probs = self.infer(np.stack([self.prepare(im, order) for im in images]))
+        images = list(images)
+        chunks = [self.infer(np.stack([self.prepare(im, order) for im in images[i : i + 64]]))
+                  for i in range(0, len(images), 64)]  # the backend's input is resized to the batch: keep it bounded
+        probs = np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
         per_image = (time.perf_counter() - start) * 1000 / max(1, len(images))
         k = min(top_k or self.top_k, len(self.labels))
         return [Prediction(*self._topk(p, 1)[0], topk=self._topk(p, k), latency_ms=per_image) for p in probs]

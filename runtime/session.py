@@ -67,6 +67,17 @@ def input_table(spec, tensor: TensorSpec) -> np.ndarray | None:
     return np.ascontiguousarray(table)
 
 
+def apply_table(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) pixels through an `input_table` -> the model input (H, W, C)."""
+    if table.dtype == np.float16:  # OpenCV 4.x's LUT has no 16-bit float kernel
+        if table.ndim == 1:
+            return table[pixels]
+        return table.reshape(256, -1)[pixels, np.arange(pixels.shape[-1])]
+    import cv2
+
+    return cv2.LUT(pixels, table).reshape(pixels.shape)
+
+
 class ModelSession:
     def __init__(self, path, fmt: str, head: str = "softmax", prefer=None, threads=None, providers=None):
         self.backend = open_backend(path, fmt, prefer=prefer, threads=threads, providers=providers)

@@ -84,7 +84,8 @@ def test_i7_p4_browser_signs_in_with_the_token_once_and_gets_a_cookie_not_the_to
     status, headers, chunk = request(guarded.url, "/stream/0", jar, read_bytes=2000)
     assert status == 200 and headers["Content-Type"].startswith("multipart/x-mixed-replace")
     assert b"\xff\xd8" in chunk  # a JPEG is flowing
-    forged = {"Cookie": f"{COOKIE}={'0' * 64}"}
+    assert cookie.startswith(f"{COOKIE}_{urlsplit(guarded.url).port}=")  # per port: daemons side by side
+    forged = {"Cookie": f"{COOKIE}_{urlsplit(guarded.url).port}={'0' * 64}"}
     for path in ("/", "/latest", "/stream/0", "/metrics", "/healthz"):
         assert request(guarded.url, path, forged, read_bytes=200)[0] == 401, path
     # the token in the query string of anything but the sign-in page is no way in
@@ -146,9 +147,21 @@ def test_i7_p3_native_output_to_log_captures_fd2_and_keeps_python_stderr(caplog,
     assert "after" in capfd.readouterr().err
 
 
-def test_i7_throughput_preparation_runs_on_its_own_thread_and_every_frame_is_classified_once(tiny_bundle, video):
+def _decoded_frames(video):
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
+def test_i7_throughput_preparation_runs_on_its_own_thread_and_every_frame_is_classified_once(tiny_bundle, tmp_path):
     from runtime.classifier import Classifier
 
+    video = write_test_video(tmp_path / "circles.avi", frames=30)
+    decoded = _decoded_frames(video)
     classifier = Classifier(tiny_bundle, artifact="tflite-int8")
     threads = set()
     original = classifier.prepare
@@ -159,14 +172,58 @@ def test_i7_throughput_preparation_runs_on_its_own_thread_and_every_frame_is_cla
 
     classifier.prepare = recording_prepare
     sink = ListSink()
-    d = Daemon(None, [video], classifier=classifier, sinks=[sink], max_frames=40,
-               source_options={"loop": True, "every_frame": True})
+    d = Daemon(None, [video], classifier=classifier, sinks=[sink], max_frames=30, top_k=3,
+               source_options={"every_frame": True})
     d.run()
     frames = [r["frame"] for r in sink.results]
-    assert frames == list(range(len(frames))) and len(frames) == 40  # every frame, in order, none twice
+    assert frames == list(range(30))  # every frame, in order, none twice
     assert threads == {f"prepare:{d.supervisors[0].name}"}
-    for r in sink.results:  # the published result matches the model on that very frame
+    reference = Classifier(tiny_bundle, artifact="tflite-int8", top_k=3)
+    for r in sink.results:  # each result is the model's answer on that very frame (not its neighbour's tensor)
+        expected = reference.classify(decoded[r["frame"]], "bgr").to_dict()
+        assert r["topk"] == expected["topk"], r["frame"]
         assert set(r["latency_ms"]) == {"pre", "infer", "post", "total"} and r["latency_ms"]["pre"] > 0
+
+
+def test_i7_p6_reload_to_other_preprocessing_never_feeds_a_tensor_prepared_for_the_old_model(tiny_bundle, tmp_path):
+    """A frame prepared ahead for the old model is prepared again for the new one: after the swap, every result is
+    the new classifier's answer on its frame (labels renamed so a stale tensor would show as a mismatch)."""
+    import json as _json
+    import shutil
+
+    from runtime.bundle import sha256_file
+    from runtime.classifier import Classifier
+
+    second = tmp_path / "second"
+    shutil.copytree(tiny_bundle, second)
+    manifest = _json.loads((second / "manifest.json").read_text())
+    manifest["labels"] = ["new_" + label for label in manifest["labels"]]
+    manifest["input"]["mean"] = [40.0]  # another normalization: the same frame gives another tensor
+    for check in manifest.get("checks", []):
+        check["label"] = "new_" + check["label"]
+    (second / "labels.txt").write_text("\n".join(manifest["labels"]) + "\n")
+    manifest["files"]["labels.txt"] = sha256_file(second / "labels.txt")
+    (second / "manifest.json").write_text(_json.dumps(manifest, indent=2))
+    video = write_test_video(tmp_path / "circles.avi", frames=20)
+    decoded = _decoded_frames(video)
+    old = Classifier(tiny_bundle, artifact="tflite-int8", top_k=3)
+    new = Classifier(second, artifact="tflite-int8", top_k=3)
+    sink = ListSink()
+    d = Daemon(None, [video], classifier=old, sinks=[sink], max_frames=400, top_k=3,
+               source_options={"every_frame": True, "loop": True})
+
+    def swap_midway(daemon):
+        wait_for(lambda: len(sink.results) >= 50, 30, "50 results from the first model")
+        daemon.swap_classifier(new)
+
+    d.run(on_start=lambda daemon: threading.Thread(target=swap_midway, args=(daemon,), daemon=True).start())
+    switched = [i for i, r in enumerate(sink.results) if r["top1"].startswith("new_")]
+    assert switched and switched[0] >= 50
+    for r in sink.results[switched[0]:]:
+        frame = decoded[r["frame"] % len(decoded)]
+        assert r["topk"] == new.classify(frame, "bgr").to_dict()["topk"], r["frame"]
+    for r in sink.results[: switched[0]]:
+        assert r["topk"] == old.classify(decoded[r["frame"] % len(decoded)], "bgr").to_dict()["topk"], r["frame"]
 
 
 def test_i7_p5_show_refuses_with_one_line_when_opencv_has_no_gui(tiny_bundle, video):

@@ -25,6 +25,8 @@ def relabelled(src, dest, prefix):
     shutil.copytree(src, dest)
     manifest = json.loads((dest / "manifest.json").read_text())
     manifest["labels"] = [prefix + label for label in manifest["labels"]]
+    for check in manifest.get("checks", []):  # the check images' expected labels follow
+        check["label"] = prefix + check["label"]
     (dest / "labels.txt").write_text("\n".join(manifest["labels"]) + "\n")
     manifest["files"]["labels.txt"] = sha256_file(dest / "labels.txt")
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))

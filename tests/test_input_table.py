@@ -25,6 +25,7 @@ TENSORS = [
     TensorSpec("x", (1,), "int8", 0.0123, -7, "onnx"),  # an odd zero point: ties move if rounding is done late
     TensorSpec("x", (1,), "uint8", 0.0041, 131, "litert"),
     TensorSpec("x", (1,), "float32"),
+    TensorSpec("x", (1,), "float16"),
 ]
 
 
@@ -33,10 +34,11 @@ def _frame(h=67, w=91, seed=0):
 
 
 def _apply(image, spec, tensor, order):
+    """What Classifier.prepare runs when the model's input is not raw uint8 pixels."""
     from runtime.preprocess import pixels
+    from runtime.session import apply_table
 
-    table = input_table(spec, tensor)
-    return cv2.LUT(pixels(image, spec, order), table).reshape(spec.shape)
+    return apply_table(pixels(image, spec, order), input_table(spec, tensor))
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.color}-{s.resize}-{s.interpolation}")

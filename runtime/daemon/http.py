@@ -16,9 +16,8 @@ import json
 import logging
 import re
 import threading
-from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs
+from urllib.parse import unquote
 
 from runtime.errors import EdgeclsError
 
@@ -136,21 +135,28 @@ class _Handler(BaseHTTPRequestHandler):
         scheme, _, given = header.partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token):
             return True
-        try:
-            jar = SimpleCookie(self.headers.get("Cookie", ""))
-        except CookieError:
-            return False
-        morsel = jar.get(COOKIE)
-        return morsel is not None and hmac.compare_digest(morsel.value.encode(), session_cookie(self.token).encode())
+        # Parsed by hand: a browser sends every cookie of this host whatever the port (another app's
+        # `prefs={"a":1}` included), and http.cookies drops all cookies after the first it dislikes.
+        name, expected = self._cookie_name(), session_cookie(self.token).encode()
+        for part in self.headers.get("Cookie", "").split(";"):
+            key, sep, value = part.strip().partition("=")
+            if sep and key == name and hmac.compare_digest(value.strip().strip('"').encode(), expected):
+                return True
+        return False
+
+    def _cookie_name(self) -> str:
+        """Per port: two daemons on one host (cookies ignore ports) must not sign each other out."""
+        return f"{COOKIE}_{self.server.server_address[1]}"
 
     def _login(self, query: str) -> bool:
         """`/?token=TOKEN` from a browser: set the session cookie and redirect to `/` (the token leaves the URL bar)."""
-        given = parse_qs(query).get("token")
+        # Split by hand and percent-decoded only: parse_qs turns the '+' of a base64 token into a space.
+        given = [unquote(v) for k, _, v in (p.partition("=") for p in query.split("&")) if k == "token"]
         if self.token is None or self.preview is None or not given:
             return False
         if not hmac.compare_digest(given[-1].encode(), self.token):
             return False
-        cookie = f"{COOKIE}={session_cookie(self.token)}; Path=/; HttpOnly; SameSite=Strict"
+        cookie = f"{self._cookie_name()}={session_cookie(self.token)}; Path=/; HttpOnly; SameSite=Strict"
         self._send(303, "text/plain; charset=utf-8", b"signed in\n", {"Location": "/", "Set-Cookie": cookie})
         return True
 

@@ -118,9 +118,18 @@ class _Ahead:
                 self._cond.notify_all()
             return item
 
+    def _wait_for_room(self) -> None:
+        """Read only once the model has taken the previous frame: a frame read earlier would wait in the slot."""
+        with self._cond:
+            while self._slot is not None and not self._loop._stop.is_set():
+                self._cond.wait(0.25)
+
     def _work(self) -> None:
         loop = self._loop
         while not loop._stop.is_set():
+            self._wait_for_room()
+            if loop._stop.is_set():
+                return
             try:
                 frame = loop.supervisor.read(timeout=0.25)
             except SourceTimeout:

@@ -1,8 +1,8 @@
 """`--show`: the annotated frames in a desktop window per source, when OpenCV was built with a GUI.
 
 The pip wheel devices install (`opencv-python-headless`) has none, and on Linux OpenCV's GUI
-aborts the whole process when no display is reachable; both are checked up front with a one-line
-error. HighGUI wants the thread that created the window, so the daemon's main thread calls
+aborts the whole process when no display is reachable; both are checked up front (a window is
+tried in a child process) with a one-line error. HighGUI wants the thread that created the window, so the daemon's main thread calls
 `update()` from its wait loop; q or Esc in a window stops the daemon.
 """
 
@@ -33,6 +33,19 @@ def check_can_show() -> None:
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise EdgeclsError("--show needs a desktop session and DISPLAY is not set (a service or SSH login has none): "
                            "use the preview page (--port), or `ssh -X` / run it on the device's desktop")
+    # A DISPLAY nobody serves (an ended `ssh -X`, a stale session) makes Qt abort the whole process at the
+    # first window: try one in a child process first.
+    import subprocess
+
+    probe = "import cv2; cv2.namedWindow('edgecls-probe'); cv2.waitKey(1); cv2.destroyAllWindows()"
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        done = None
+    if done is None or done.returncode != 0:
+        where = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or "this desktop"
+        raise EdgeclsError(f"--show cannot open a window on {where}: no display answers; use the preview page "
+                           f"(--port) instead, or check the desktop session")
 
 
 class Window:
