@@ -49,6 +49,7 @@ class ConvertOptions:
     max_drop: float = 1.0  # accuracy points an artifact may lose against Keras
     overwrite: bool = False
     tar: bool = False
+    check_images: int = 6  # held-out images kept in the bundle for the on-device smoke test after a flash
     seed: int = 0
     workers: int = 4
 
@@ -189,6 +190,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
     rows, artifacts = [], []
     with tempfile.TemporaryDirectory(prefix="edgecls-convert-") as work, staged_dir(out, overwrite=options.overwrite, **guard) as stage:
         exporter = _Exporter(model, Path(work), splits["train"].x, options, test.x)
+        all_right = ref_probs.argmax(1) == test.y  # check images must be right in Keras and in every artifact
         for i, fmt in enumerate(options.formats, 1):
             target = stage / fmt.file
             failures = []
@@ -207,7 +209,8 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
                     onnx_export.check(target)
                 progress(f"[{i}/{len(options.formats)}] {fmt.name}: verifying on {len(test.y)} test images")
                 session = ModelSession(target, fmt.format, head=head)
-                result = compare(session.predict(test.x), ref_probs, test.y, labels)
+                predicted = session.predict(test.x)
+                result = compare(predicted, ref_probs, test.y, labels)
                 drop = 100 * (reference["accuracy"] - result["accuracy"])
                 if drop <= options.max_drop:
                     break
@@ -218,6 +221,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
                     f"{fmt.name} loses more than {options.max_drop} accuracy points whatever we try "
                     f"({'; '.join(failures)}): ship without it (--formats) or raise --max-drop"
                 )
+            all_right &= predicted.argmax(1) == test.y
             note = {"remedy": description} if failures else {}
             if failures:
                 note["failed_attempts"] = failures
@@ -257,11 +261,35 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
         table = format_table(rows, reference["accuracy"])
         write_text(stage / LABELS, "\n".join(labels) + "\n")
         write_text(stage / "verification.txt", table + "\n")
-        manifest.files = {name: sha256_file(stage / name) for name in (LABELS, "verification.txt")}
+        manifest.checks = _write_checks(stage, test, all_right, labels, options.check_images)
+        manifest.files = {name: sha256_file(stage / name)
+                          for name in (LABELS, "verification.txt", *(c["file"] for c in manifest.checks))}
         write_json(stage / MANIFEST, manifest.to_dict())
     if options.tar:
         _write_tar(out)
     return ConvertResult(out, manifest.to_dict(), table, time.perf_counter() - started)
+
+
+def _write_checks(stage: Path, test, right: np.ndarray, labels: list, count: int) -> list:
+    """Copy up to `count` test images (classes in turn) that Keras and every artifact classify right.
+
+    Only images every format gets right: a check image must fail the smoke test because the device is
+    wrong, not because the model was. The file's own bytes are kept, so the device decodes what the
+    user's data looked like.
+    """
+    by_class = [[i for i in np.flatnonzero(right) if test.y[i] == c] for c in range(len(labels))]
+    chosen = []
+    for turn in range(count):
+        for indices in by_class:
+            if len(chosen) < count and turn < len(indices):
+                chosen.append(int(indices[turn]))
+    checks = []
+    for n, i in enumerate(chosen):
+        source = Path(test.paths[i])
+        name = f"check-{n:02d}{source.suffix.lower()}"
+        write_bytes(stage / name, source.read_bytes())
+        checks.append({"file": name, "label": labels[int(test.y[i])]})
+    return checks
 
 
 def _runtime_versions() -> dict:

@@ -10,6 +10,7 @@ import os
 import click
 
 from edgecls.commands import convert, devices, evaluate, predict, run, service, train
+from edgecls.commands import flash, rollback, sign, status
 from runtime.errors import EdgeclsError
 
 
@@ -64,6 +65,10 @@ cli.add_command(predict.predict)
 cli.add_command(run.run)
 cli.add_command(devices.devices)
 cli.add_command(service.service)
+cli.add_command(flash.flash)
+cli.add_command(sign.sign)
+cli.add_command(rollback.rollback)
+cli.add_command(status.status)
 
 
 def main(argv=None):

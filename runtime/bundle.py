@@ -4,6 +4,11 @@ It is the contract between converters, runtime, bench and flash: nothing downstr
 Keras file. A bundle is a directory or a single uncompressed .tar of one; a .tar is unpacked
 once into a cache folder named by its sha256 and reused by every later load.
 File names in the manifest are plain names inside the bundle, checked on load and on use.
+
+Since issue 9 a manifest may list `checks` (held-out images with expected labels, for the on-device smoke
+test; their sha256 are in `files`), a bundle may carry `manifest.json.sig` (runtime/install/signature.py),
+and an installed release on a device holds `release.json` naming the artifacts flash sent there: loading
+such a release offers only those. Manifests without these fields load as before.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from runtime.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
+RELEASE = "release.json"  # written by runtime/install into a device's release: which artifacts were sent
 BUNDLE_FORMAT = "edgecls-bundle/1"
 CACHE_ENV = "EDGECLS_BUNDLE_CACHE"
 _STALE_PARTIAL_S = 3600  # an unpack older than this was interrupted (a Pi unpacks a bundle in seconds)
@@ -93,6 +99,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)  # other bundle files (labels.txt, ...) -> sha256
     created: str = ""
+    checks: list = field(default_factory=list)  # [{"file": "check-00.png", "label": "cat"}]: smoke test
     format: str = BUNDLE_FORMAT
 
     def to_dict(self) -> dict:
@@ -109,6 +116,7 @@ class Manifest:
             "versions": self.versions,
             "files": self.files,
             "created": self.created,
+            "checks": self.checks,
         }
 
     @classmethod
@@ -125,6 +133,7 @@ class Manifest:
             versions=d.get("versions", {}),
             files=d.get("files", {}),
             created=d.get("created", ""),
+            checks=[dict(c) for c in d.get("checks", [])],
             format=d.get("format", BUNDLE_FORMAT),
         )
 
@@ -223,7 +232,25 @@ def _read_manifest(root: Path, shown: Path) -> Manifest:
         check_file_name(artifact.file, f"bundle {shown}: artifact {artifact.name}")
     for name in manifest.files:
         check_file_name(name, f"bundle {shown}: the files list")
+    for check in manifest.checks:
+        check_file_name(check.get("file"), f"bundle {shown}: check image")
+        if check.get("label") not in manifest.labels or check["file"] not in manifest.files:
+            raise BundleError(f"{shown}: check image {check['file']} has label {check.get('label')!r} or no sha256 "
+                              f"in the manifest: the manifest was edited or damaged; convert again")
+    _keep_installed_artifacts(root, manifest)
     return manifest
+
+
+def _keep_installed_artifacts(root: Path, manifest: Manifest) -> None:
+    """On a device, a release holds only the artifacts flash sent: offer only those (the manifest stays signed)."""
+    release = root / RELEASE
+    if not release.is_file():
+        return
+    try:
+        sent = set(json.loads(release.read_text())["artifacts"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{root}: {RELEASE} is malformed ({exc}): flash the bundle again") from exc
+    manifest.artifacts = [a for a in manifest.artifacts if a.name in sent]
 
 
 def _bundle_root(folder: Path) -> Path:

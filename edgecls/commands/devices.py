@@ -1,4 +1,4 @@
-"""`edgecls devices`: device profiles and installed backends."""
+"""`edgecls devices [list | show NAME]`: device profiles and installed backends."""
 
 from __future__ import annotations
 
@@ -7,13 +7,28 @@ import json
 import click
 
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True)
-def devices(as_json):
-    """List the device profiles and which inference backends are installed here."""
+def _profiles_help() -> str:
+    from devices.profiles import PROFILES_ENV, user_profile_dirs
+
+    return f"your own profiles: *.json in {user_profile_dirs()[0]} (or folders in ${PROFILES_ENV})"
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def devices(ctx, as_json):
+    """Device profiles (built-in and your own) and which inference backends are installed here."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_cmd, as_json=as_json)
+
+
+@devices.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_cmd(as_json):
+    """List the profiles and the backends installed here."""
     from dataclasses import asdict
 
-    from devices import list_profiles, load_profile
+    from devices.profiles import list_profiles, load_profile, profile_source
     from runtime.backends import available_backends
 
     profiles = [load_profile(n) for n in list_profiles()]
@@ -22,5 +37,29 @@ def devices(as_json):
         click.echo(json.dumps({"profiles": [asdict(p) for p in profiles], "backends": backends}, indent=2))
         return
     for p in profiles:
-        click.echo(f"{p.name:<18} {p.description}")
+        source = profile_source(p.name)
+        click.echo(f"{p.name:<18} {p.description}" + ("" if source == "built-in" else f"  [{source}]"))
     click.echo("backends here: " + ", ".join(f"{n} ({'installed' if ok else 'missing'})" for n, ok in backends.items()))
+    click.echo(_profiles_help())
+
+
+@devices.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(name, as_json):
+    """Every field of one profile (NAME, or a path to a JSON file)."""
+    from dataclasses import asdict
+
+    from devices.profiles import load_profile, profile_source
+
+    profile = load_profile(name)
+    data = asdict(profile)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{profile.name} ({profile_source(profile.name) if profile.name == name else name})")
+    for key, value in data.items():
+        if key == "name" or value in ("", (), {}, None):
+            continue
+        shown = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        click.echo(f"  {key:<18} {shown}")

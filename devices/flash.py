@@ -1,0 +1,203 @@
+"""`edgecls flash`: send a bundle to one or many devices and install it the way system updaters do.
+
+One target: check the bundle here (sha256, signature when the profile trusts keys) -> ask the device what
+it still needs -> send only those files -> the device verifies every sha256 and the signature, promotes
+the release, switches `current` with one rename, restarts or waits for the daemon, runs the smoke test,
+and keeps the new version or rolls back (runtime/install). Many targets: the same in parallel threads,
+one result row each. Re-flashing what is installed sends nothing and changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from devices.profiles import DeviceProfile, load_profile
+from devices.targets import make_target
+from runtime.bundle import MANIFEST, Bundle, load_bundle
+from runtime.errors import EdgeclsError
+from runtime.install.signature import SIGNATURE, verify_manifest
+
+
+@dataclass
+class FlashOptions:
+    profile: DeviceProfile = field(default_factory=lambda: DeviceProfile(name="default"))
+    ssh_config: str | None = None  # `ssh -F FILE`; default: the user's ~/.ssh/config
+    ssh_options: tuple = ()  # extra `ssh -o` options
+    python: str = "python3"  # the device's interpreter (a venv's python works too)
+    setup: bool = False  # pip install the profile's packages (and its trusted keys) first
+    install_service: bool = False
+    unit_dir: str = "/etc/systemd/system"
+    smoke: bool = True
+    lock_timeout: float = 60.0
+    jobs: int = 8  # targets flashed at once
+
+
+@dataclass
+class FlashResult:
+    target: str
+    result: str  # installed | unchanged | rolled back | failed
+    slot: str = ""
+    reason: str = ""
+    seconds: float = 0.0
+    sent: list = field(default_factory=list)
+    smoke: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result in ("installed", "unchanged")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def choose_artifacts(bundle: Bundle, profile: DeviceProfile) -> list:
+    """The profile's most preferred artifact that the bundle has: the only model file sent."""
+    have = {a.name for a in bundle.manifest.artifacts}
+    for name in profile.artifacts:
+        if name in have:
+            return [name]
+    raise EdgeclsError(f"the bundle has none of the artifacts profile {profile.name} can use ({', '.join(profile.artifacts)}"
+                       f"; it has {', '.join(sorted(have))}): convert with one of those formats or choose another --device")
+
+
+def _bundle_files(bundle: Bundle, artifacts: list) -> dict:
+    """name -> local path of everything to send, each checked against the manifest here first."""
+    from runtime.bundle import check_file_name, sha256_file
+
+    files = {MANIFEST: bundle.root / MANIFEST}
+    for name, digest in bundle.manifest.files.items():
+        path = bundle.root / check_file_name(name, f"bundle {bundle.root}")
+        if not path.is_file() or sha256_file(path) != digest:
+            raise EdgeclsError(f"bundle {bundle.root}: {name} is missing or does not match the manifest: copy or "
+                               f"convert the bundle again")
+        files[name] = path
+    for name in artifacts:
+        artifact = bundle.artifact(name)
+        files[artifact.file] = bundle.verify(artifact)
+    if (bundle.root / SIGNATURE).is_file():
+        files[SIGNATURE] = bundle.root / SIGNATURE
+    return files
+
+
+def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashResult:
+    """Flash one target; refusals and failures raise EdgeclsError, a rollback is a result."""
+    started = time.monotonic()
+    profile = options.profile
+    artifacts = choose_artifacts(bundle, profile)
+    files = _bundle_files(bundle, artifacts)
+    if profile.allowed_signers:  # refuse here already: nothing is sent for an unsigned bundle
+        verify_manifest(bundle.root / MANIFEST, bundle.root / SIGNATURE, Path(profile.allowed_signers).expanduser())
+    target = make_target(target_text, profile.install_root, config=options.ssh_config, options=options.ssh_options,
+                         python=options.python)
+    if options.setup:
+        target.setup(list(profile.packages))
+        if profile.allowed_signers:
+            target.trust(Path(profile.allowed_signers).expanduser().read_bytes())
+    if options.install_service:
+        from devices.service import UnitOptions, unit_text
+
+        target.install_service(profile.service or "edgecls", unit_text(UnitOptions()), options.unit_dir)
+    manifest = files[MANIFEST].read_bytes()
+    plan = target.plan(manifest, artifacts)
+    if plan["installed"]:
+        return FlashResult(target_text, "unchanged", plan["slot"], "already installed and healthy",
+                           time.monotonic() - started)
+    send = {name: files[name] for name in plan["need"]}
+    if SIGNATURE in files:
+        send[SIGNATURE] = files[SIGNATURE]
+    done = target.apply(manifest, artifacts, send, profile=_smoke_profile(profile), budget_ms=profile.latency_budget_ms,
+                        service=profile.service, health_url=profile.health_url, smoke=options.smoke,
+                        lock_timeout=options.lock_timeout)
+    return FlashResult(target_text, done["result"], done["slot"], done.get("reason", ""), time.monotonic() - started,
+                       sorted(send), done.get("smoke"))
+
+
+def _smoke_profile(profile: DeviceProfile) -> dict:
+    """What the device's Classifier reads from a profile, as plain data (runtime never imports devices/)."""
+    return {"artifacts": list(profile.artifacts), "backends": list(profile.backends),
+            "providers": list(profile.providers), "threads": profile.threads}
+
+
+def flash(bundle_path, targets, options: FlashOptions | None = None) -> list:
+    """Flash every target (in parallel); one FlashResult each, failures included as result "failed".
+
+    A target is a TARGET string, or (TARGET, DeviceProfile) for a mixed fleet (see `read_targets_file`)."""
+    options = options or FlashOptions()
+    if not targets:
+        raise EdgeclsError("no TARGET given: name devices as user@host[:port][:/root] or local folders, or pass --targets FILE")
+    bundle = load_bundle(bundle_path)
+
+    def one(entry) -> FlashResult:
+        target, profile = entry if isinstance(entry, tuple) else (entry, None)
+        started = time.monotonic()
+        try:
+            return flash_one(bundle, target, replace(options, profile=profile) if profile else options)
+        except EdgeclsError as exc:
+            return FlashResult(target, "failed", reason=str(exc), seconds=time.monotonic() - started)
+        except OSError as exc:  # a full or read-only disk on a local target
+            return FlashResult(target, "failed", reason=f"{exc.strerror or exc} ({exc.filename})",
+                               seconds=time.monotonic() - started)
+
+    if len(targets) == 1:
+        return [one(targets[0])]
+    with ThreadPoolExecutor(max_workers=max(1, min(options.jobs, len(targets)))) as pool:
+        return list(pool.map(one, targets))
+
+
+def read_targets_file(path) -> list:
+    """`TARGET [PROFILE]` per line (PROFILE: a name or a JSON file, for mixed fleets); `#` comments.
+
+    Returns TARGET strings, or (TARGET, DeviceProfile) where a line names a profile.
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise EdgeclsError(f"cannot read --targets {path}: {exc.strerror or exc}") from exc
+    entries = []
+    for number, line in enumerate(lines, 1):
+        words = line.split("#", 1)[0].split()
+        if len(words) > 2:
+            raise EdgeclsError(f"{path} line {number}: expected `TARGET [PROFILE]`, got {len(words)} words")
+        if len(words) == 2:
+            profile = words[1]
+            if not Path(profile).is_absolute() and (Path(path).parent / profile).is_file():
+                profile = str(Path(path).parent / profile)  # a profile file beside the targets file
+            entries.append((words[0], load_profile(profile)))
+        elif words:
+            entries.append(words[0])
+    return entries
+
+
+def format_table(results: list) -> str:
+    """target | result | version | seconds | reason; one row per target, in the order given."""
+    rows = [("TARGET", "RESULT", "VERSION", "TIME", "REASON")]
+    for r in results:
+        rows.append((r.target, r.result, r.slot or "-", f"{r.seconds:.1f}s", r.reason or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows)
+
+
+def resolve_profile(device: str | None, profile_file: str | None) -> DeviceProfile:
+    """`--device NAME` or `--profile FILE` (not both)."""
+    if device and profile_file:
+        raise EdgeclsError("give either --device NAME or --profile FILE, not both")
+    return load_profile(profile_file or device)
+
+
+def rollback(target_text: str, options: FlashOptions | None = None) -> dict:
+    """`edgecls rollback TARGET`: `previous` becomes `current` again, on the device, with the same commit."""
+    options = options or FlashOptions()
+    target = make_target(target_text, options.profile.install_root, config=options.ssh_config,
+                         options=options.ssh_options, python=options.python)
+    return target.rollback(options.profile.service)
+
+
+def status(target_text: str, options: FlashOptions | None = None) -> dict:
+    """`edgecls status TARGET`: versions, current/previous, signatures, health, the last flash and its reason."""
+    options = options or FlashOptions()
+    target = make_target(target_text, options.profile.install_root, config=options.ssh_config,
+                         options=options.ssh_options, python=options.python)
+    return target.status()

@@ -1,0 +1,143 @@
+"""Where a flash goes: a local folder (a mounted SD card, a rootfs, this machine) or an SSH device.
+
+Both run the same device code (runtime/install): a local target calls it directly, an SSH target runs
+`python3 -m runtime.install ...` on the device and reads its JSON. So verification and the commit happen on
+the device, with the device's own file system semantics, whichever way the files travelled.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import tarfile
+import tempfile
+from pathlib import Path
+
+from devices.ssh import SshClient, SshError, parse_target
+from runtime.errors import EdgeclsError
+
+
+class LocalTarget:
+    kind = "local"
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = str(Path(os.path.expanduser(str(root))).absolute())
+        self.name = self.root
+
+    def plan(self, manifest: bytes, artifacts) -> dict:
+        from runtime.install import api
+
+        return api.plan(self.root, manifest, artifacts)
+
+    def apply(self, manifest: bytes, artifacts, files: dict, **options) -> dict:
+        from runtime.install import api
+
+        return api.apply(self.root, manifest, artifacts, sources=files, **options)
+
+    def rollback(self, service: str = "") -> dict:
+        from runtime.install import api
+
+        return api.rollback(self.root, service=service)
+
+    def status(self) -> dict:
+        from runtime.install import api
+
+        return api.status(self.root)
+
+    def trust(self, signers: bytes) -> dict:
+        from runtime.install import api
+
+        return api.trust(self.root, signers)
+
+    def setup(self, packages) -> str:
+        return "a local target is a folder: install the runtime packages on the device itself"
+
+    def install_service(self, unit_name: str, unit_text: str, unit_dir: str) -> str:
+        from runtime.atomic import write_text
+
+        path = Path(unit_dir) / f"{unit_name}.service"
+        write_text(path, unit_text)
+        return f"wrote {path}"
+
+
+class SshDeviceTarget:
+    kind = "ssh"
+
+    def __init__(self, text: str, default_root: str, *, config=None, options=(), python: str = "python3"):
+        target = parse_target(text)
+        self.client = SshClient(target, config=config, options=options, python=python)
+        self.root = target.root or default_root
+        self.name = text
+
+    def _call(self, command: str, args: list, *, stdin=None, timeout: float = 600) -> dict:
+        result = self.client.run([self.client.python_exe, "-m", "runtime.install", command, "--root", self.root,
+                                  *map(str, args)], stdin=stdin, timeout=timeout, check=False)
+        out = result.stdout.decode("utf-8", "replace").strip().splitlines()
+        try:
+            data = json.loads(out[-1]) if out else None
+        except ValueError:
+            data = None
+        if result.returncode == 2 and isinstance(data, dict) and "error" in data:
+            raise EdgeclsError(data["error"])
+        if result.returncode != 0 or not isinstance(data, dict):
+            raise SshError(self.client.describe_failure(result, self.client.python_exe))
+        return data
+
+    def _manifest_args(self, manifest: bytes, artifacts) -> list:
+        return ["--manifest-b64", base64.b64encode(manifest).decode(), "--artifacts", ",".join(artifacts)]
+
+    def plan(self, manifest: bytes, artifacts) -> dict:
+        return self._call("plan", self._manifest_args(manifest, artifacts), timeout=120)
+
+    def apply(self, manifest: bytes, artifacts, files: dict, *, profile=None, budget_ms=None, service="",
+              health_url="", smoke=True, lock_timeout=60.0) -> dict:
+        args = self._manifest_args(manifest, artifacts) + ["--stdin-tar", "--profile-json", json.dumps(profile or {}),
+                                                           "--service", service, "--health-url", health_url,
+                                                           "--lock-timeout", lock_timeout]
+        if budget_ms is not None:
+            args += ["--budget-ms", budget_ms]
+        if not smoke:
+            args.append("--no-smoke")
+        with tempfile.TemporaryFile() as stream:
+            with tarfile.open(fileobj=stream, mode="w") as tar:
+                for name, path in files.items():
+                    tar.add(path, arcname=name, recursive=False)
+            stream.seek(0)
+            return self._call("apply", args, stdin=stream)
+
+    def rollback(self, service: str = "") -> dict:
+        return self._call("rollback", ["--service", service])
+
+    def status(self) -> dict:
+        return self._call("status", [], timeout=60)
+
+    def trust(self, signers: bytes) -> dict:
+        with tempfile.TemporaryFile() as stream:
+            stream.write(signers)
+            stream.seek(0)
+            return self._call("trust", [], stdin=stream, timeout=60)
+
+    def setup(self, packages) -> str:
+        if not packages:
+            return "the profile lists no packages"
+        self.client.run([self.client.python_exe, "-m", "pip", "install", "--disable-pip-version-check",
+                         "--upgrade-strategy", "only-if-needed", *packages], timeout=1800)
+        return f"installed {' '.join(packages)}"
+
+    def install_service(self, unit_name: str, unit_text: str, unit_dir: str) -> str:
+        path = f"{unit_dir.rstrip('/')}/{unit_name}.service"
+        q = shlex.quote
+        # Written beside and renamed, as everywhere; enabled only where systemd runs (not in a chroot or container).
+        self.client.run(f"mkdir -p {q(unit_dir)} && cat > {q(path + '.tmp')} && mv {q(path + '.tmp')} {q(path)} && "
+                        f"if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemctl enable {q(unit_name)}; "
+                        f"fi", input=unit_text.encode(), timeout=120)
+        return f"wrote {path}"
+
+
+def make_target(text: str, default_root: str, **ssh) -> LocalTarget | SshDeviceTarget:
+    """TARGET as given on the command line: `user@host[:port][:/root]` or a local folder."""
+    if parse_target(text) is not None:
+        return SshDeviceTarget(text, default_root, **ssh)
+    return LocalTarget(text)

@@ -1,0 +1,38 @@
+"""`edgecls status TARGET`: what is installed on a device and how the last flash went (devices/flash.py)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from edgecls.commands.flash import target_options, with_target_options
+
+
+@click.command()
+@click.argument("target")
+@with_target_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(target, as_json, **kw):
+    """Installed versions, which is current, signature state, health, and the last flash result with its reason."""
+    from devices.flash import status as run_status
+
+    info = run_status(target, target_options(**kw))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{target} (root {info['root']}){'  signatures required' if info['requires_signature'] else ''}")
+    for v in info["versions"]:
+        mark = "current " if v["slot"] == info["current"] else "previous" if v["slot"] == info["previous"] else "        "
+        sig = v.get("signature") or {}
+        signed = f"signed by {sig['signer']}" if sig.get("signer") else "unsigned"
+        click.echo(f"  {mark} {v['slot']}  {v['created'] or '-'}  {','.join(v['artifacts'])}  {signed}")
+    if "health" in info:
+        h = info["health"]
+        click.echo(f"  health: {h['url']} -> {h.get('status')}" + (f" ({h['error']})" if h.get("error") else ""))
+    last = info.get("last_flash")
+    if last:
+        click.echo(f"  last flash: {last['result']} {last.get('slot', '')} at {last.get('time', '')}"
+                   + (f": {last['reason']}" if last.get("reason") else ""))
+    if info.get("pending"):
+        click.echo(f"  interrupted flash of {info['pending']['slot']}: run the flash again to finish it")

@@ -1,0 +1,75 @@
+"""`python3 -m runtime.install plan|apply|rollback|status|trust`: the device's half of flash, in JSON.
+
+Every command prints one JSON object on stdout. A refusal prints {"error": "..."} and exits 2, so the host
+can tell a reasoned refusal from a crash (exit 1, traceback on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+
+from runtime.errors import EdgeclsError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m runtime.install", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("plan", "apply", "rollback", "status", "trust"):
+        c = sub.add_parser(name)
+        c.add_argument("--root", required=True, help="the device root (releases/, current, previous)")
+        if name in ("plan", "apply"):
+            c.add_argument("--manifest-b64", required=True, help="the bundle's manifest.json, base64")
+            c.add_argument("--artifacts", required=True, help="comma-separated artifact names sent")
+        if name == "apply":
+            c.add_argument("--stdin-tar", action="store_true", help="read the files to stage as a tar on stdin")
+            c.add_argument("--from-dir", default=None, help="stage the files found in this folder (Ansible copies there)")
+            c.add_argument("--profile-json", default="{}", help="artifacts/backends/providers/threads for the smoke test")
+            c.add_argument("--budget-ms", type=float, default=None)
+            c.add_argument("--health-url", default="")
+            c.add_argument("--no-smoke", action="store_true")
+        if name in ("apply", "rollback"):
+            c.add_argument("--service", default="")
+            c.add_argument("--lock-timeout", type=float, default=60.0)
+        if name == "status":
+            c.add_argument("--health-url", default="")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from runtime.install import api
+
+    try:
+        if args.command in ("plan", "apply"):
+            manifest = base64.b64decode(args.manifest_b64)
+            artifacts = [a for a in args.artifacts.split(",") if a]
+        if args.command == "plan":
+            out = api.plan(args.root, manifest, artifacts)
+        elif args.command == "apply":
+            sources = None
+            if args.from_dir:
+                from pathlib import Path
+
+                sources = {p.name: p for p in Path(args.from_dir).iterdir() if p.is_file()}
+            out = api.apply(args.root, manifest, artifacts, stream=sys.stdin.buffer if args.stdin_tar else None,
+                            sources=sources,
+                            profile=json.loads(args.profile_json), budget_ms=args.budget_ms, service=args.service,
+                            health_url=args.health_url, smoke=not args.no_smoke, lock_timeout=args.lock_timeout)
+        elif args.command == "rollback":
+            out = api.rollback(args.root, service=args.service, lock_timeout=args.lock_timeout)
+        elif args.command == "trust":
+            out = api.trust(args.root, sys.stdin.buffer.read())
+        else:
+            out = api.status(args.root, args.health_url)
+    except EdgeclsError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 2
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

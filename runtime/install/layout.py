@@ -1,0 +1,152 @@
+"""The device root: which folder is ours, where releases live, the flash lock, and durable small writes.
+
+    ROOT/.edgecls-device        marker (JSON, format edgecls-device/1): only such a folder is ever written into
+    ROOT/device.json            settings kept by flashes: service name, health URL (no secrets)
+    ROOT/allowed_signers        optional: when present, every bundle must carry a signature it trusts
+    ROOT/staging/<version>/     uploads in progress (resumable file by file)
+    ROOT/releases/<version>/    complete, verified bundles; never modified once in place
+    ROOT/current, ROOT/previous relative symlinks into releases/, replaced only by `commit.switch`
+    ROOT/state.json             last flash result and history, for `edgecls status`
+    ROOT/.lock                  flock(2): one flash, rollback or cleanup at a time
+
+Files we did not write are never deleted: a folder that is not empty and has no marker is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from runtime.errors import EdgeclsError
+
+MARKER = ".edgecls-device"
+DEVICE_FORMAT = "edgecls-device/1"
+SIGNERS = "allowed_signers"
+
+
+class InstallError(EdgeclsError):
+    """A flash step on the device that failed; nothing was switched."""
+
+
+def fsync_dir(path: Path) -> None:
+    """Make renames and new entries in `path` durable (a rename is only safe after its folder is synced)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: Path, data: bytes) -> None:
+    """Temp file beside `path`, fsync, rename, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class DeviceRoot:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(os.path.abspath(os.path.expanduser(str(root))))
+
+    releases = property(lambda self: self.root / "releases")
+    staging = property(lambda self: self.root / "staging")
+    current = property(lambda self: self.root / "current")
+    previous = property(lambda self: self.root / "previous")
+    state_file = property(lambda self: self.root / "state.json")
+    config_file = property(lambda self: self.root / "device.json")
+    signers = property(lambda self: self.root / SIGNERS)
+
+    def is_ours(self) -> bool:
+        try:
+            return json.loads((self.root / MARKER).read_text()).get("format", "").startswith("edgecls-device/")
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def check(self) -> None:
+        """Refuse a root we must not write into: a file, a link, or someone's non-empty folder."""
+        root = self.root
+        if root == Path(root.anchor):
+            raise InstallError(f"device root {root} is the file system root: give a folder such as /opt/edgecls")
+        if root.is_symlink() or (root.exists() and not root.is_dir()):
+            raise InstallError(f"device root {root} exists and is not a folder: choose another root")
+        if root.is_dir() and not self.is_ours() and any(root.iterdir()):
+            shown = ", ".join(sorted(p.name for p in root.iterdir())[:3])
+            raise InstallError(f"device root {root} already holds files edgecls did not write ({shown}…): choose an "
+                               f"empty or new folder as the root; nothing there was changed")
+
+    def ensure(self) -> "DeviceRoot":
+        """Create the root (checked first) and its marker; idempotent."""
+        self.check()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for folder in (self.releases, self.staging):
+            folder.mkdir(exist_ok=True)
+        if not self.is_ours():
+            write_durable(self.root / MARKER, json.dumps({"format": DEVICE_FORMAT, "created": time.time()}).encode())
+        return self
+
+    def require(self) -> "DeviceRoot":
+        """For read-mostly commands (status, rollback): the root must exist and be ours."""
+        if not self.is_ours():
+            raise InstallError(f"{self.root} is not an edgecls device root (no {MARKER}): flash a bundle there "
+                               f"first, or check the TARGET's root")
+        return self
+
+    def read_json(self, path: Path, default):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return default
+
+    def write_json(self, path: Path, obj) -> None:
+        write_durable(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+    def link_version(self, link: Path) -> str | None:
+        """The release version a link points at, or None (missing, dangling, or not into releases/)."""
+        try:
+            target = os.readlink(link)
+        except OSError:
+            return None
+        parts = Path(target).parts
+        if len(parts) != 2 or parts[0] != "releases" or not (self.releases / parts[1]).is_dir():
+            return None
+        return parts[1]
+
+    def versions(self) -> list:
+        if not self.releases.is_dir():
+            return []
+        return sorted(p.name for p in self.releases.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    @contextmanager
+    def lock(self, timeout: float = 60.0):
+        """Hold ROOT/.lock; wait up to `timeout` s for another flash, then refuse naming its holder.
+
+        flock is released by the kernel when the holder dies, so a killed flash never leaves a stale lock.
+        """
+        path = self.root / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                        raise InstallError(f"{self.root} is busy: {holder} holds {path}; wait for it to finish "
+                                           f"and run again") from exc
+                    time.sleep(0.05)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"a flash (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the flock

@@ -1,0 +1,72 @@
+"""Issue 9 point 1: device profiles (built-in and users' own), their validation, `edgecls devices list|show`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from devices.profiles import DeviceProfile, ProfileError, list_profiles, load_profile
+from tests.conftest import cli_error, run_cli
+
+ISSUE_PROFILES = ["desktop-cpu", "desktop-gpu", "jetson-nano", "jetson-orin-nano", "raspberry-pi-4", "raspberry-pi-5"]
+
+
+@pytest.mark.parametrize("name", ISSUE_PROFILES)
+def test_i9_p1_builtin_profiles_say_everything_flash_needs(name):
+    p = load_profile(name)
+    assert p.name == name and p.architecture in ("aarch64", "x86_64", "any") and p.python.startswith("3.")
+    assert p.packages and p.artifacts and p.providers and p.install_root.startswith("/") and p.service
+    assert p.latency_budget_ms and p.latency_budget_ms > 0
+    if name.startswith(("raspberry", "jetson")):
+        assert p.camera == "csi://0" and ("libcamerasrc" in p.csi_pipeline or "nvarguscamerasrc" in p.csi_pipeline)
+
+
+def test_i9_p1_every_builtin_is_listed_and_round_trips():
+    assert set(ISSUE_PROFILES) <= set(list_profiles())
+    for name in list_profiles():
+        p = load_profile(name)
+        assert DeviceProfile.from_dict(json.loads(json.dumps(asdict(p)))) == p
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"artifacts": ["tflite-int9"]}, r'"artifacts" is .*expected names from tflite-int8.*\'tflite-int9\' is not one'),
+    ({"threads": 0}, r'"threads" is 0; expected a whole number of at least 1'),
+    ({"threads": "4"}, r'"threads" is \'4\''),
+    ({"latency_budget_ms": -1}, r'"latency_budget_ms" is -1; expected a positive number'),
+    ({"install_root": "opt/edgecls"}, r'"install_root" .*expected an absolute folder'),
+    ({"service": "edge cls"}, r'"service" .*systemd unit name'),
+    ({"architecture": "riscv"}, r'"architecture" .*one of any, aarch64'),
+    ({"providers": []}, r'"providers" is \(\); expected a list of names \(at least one\)'),
+    ({"camra": "0"}, r"unknown field\(s\) \['camra'\]"),
+    ({"health_url": "localhost:8080"}, r'"health_url" .*http://'),
+])
+def test_i9_p1_invalid_profiles_name_the_field_and_the_fix(tmp_path, change, message):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"name": "mine", **change}))
+    with pytest.raises(ProfileError, match=message):
+        load_profile(str(path))
+
+
+def test_i9_p1_user_profile_folder_and_profile_file(tmp_path, monkeypatch):
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "shop-pi.json").write_text(json.dumps({"name": "shop-pi", "description": "the shop's Pi 4",
+                                                     "artifacts": ["tflite-int8"], "latency_budget_ms": 80}))
+    (folder / "raspberry-pi-5.json").write_text(json.dumps({"name": "raspberry-pi-5", "threads": 2}))
+    monkeypatch.setenv("EDGECLS_PROFILES", str(folder))
+    assert "shop-pi" in list_profiles() and load_profile("shop-pi").latency_budget_ms == 80
+    assert load_profile("raspberry-pi-5").threads == 2  # the user's copy replaces the built-in
+    env = {"EDGECLS_PROFILES": str(folder)}
+    listed = run_cli("devices", "list", env=env)
+    assert listed.returncode == 0 and "shop-pi" in listed.stdout and str(folder) in listed.stdout
+    shown = run_cli("devices", "show", "shop-pi", env=env)
+    assert shown.returncode == 0 and "latency_budget_ms  80" in shown.stdout
+    as_json = json.loads(run_cli("devices", "show", "jetson-nano", "--json").stdout)
+    assert as_json["providers"][0] == "CUDAExecutionProvider"
+    assert "unknown device profile 'nope'" in cli_error(run_cli("devices", "show", "nope", env=env))
+    (folder / "broken.json").write_text("{not json")
+    assert "is not valid JSON" in cli_error(run_cli("devices", "show", str(folder / "broken.json")))
+    assert "give either --device NAME or --profile FILE" in cli_error(
+        run_cli("status", str(tmp_path), "--device", "desktop-cpu", "--profile", folder / "shop-pi.json"))

@@ -1,0 +1,68 @@
+"""devices/ssh.py against a real OpenSSH server on 127.0.0.1 (tests/sshd.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from devices.ssh import SshClient, SshError, SshTarget, is_ssh_target, parse_target
+from tests.sshd import sshd  # noqa: F401  (fixture)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("pi@raspberrypi", SshTarget("raspberrypi", "pi")),
+    ("pi@10.0.0.5:2222", SshTarget("10.0.0.5", "pi", 2222)),
+    ("pi@10.0.0.5:/opt/edgecls", SshTarget("10.0.0.5", "pi", None, "/opt/edgecls")),
+    ("root@127.0.0.1:2200:/tmp/dev root", SshTarget("127.0.0.1", "root", 2200, "/tmp/dev root")),
+    ("orin:~/edgecls", SshTarget("orin", None, None, "~/edgecls")),
+    ("pi@[fe80::1]:22:/srv", SshTarget("fe80::1", "pi", 22, "/srv")),
+])
+def test_i9_p2_target_syntax(text, expected):
+    assert parse_target(text) == expected
+
+
+@pytest.mark.parametrize("text", ["/media/sd/rootfs", "./device", "~/sd", "relative/folder"])
+def test_i9_p2_local_paths_are_not_ssh(text):
+    assert not is_ssh_target(text) and parse_target(text) is None
+
+
+def test_i9_p2_bad_port_is_a_clear_error():
+    with pytest.raises(SshError, match="out of range"):
+        parse_target("pi@host:70000")
+
+
+def test_i9_p2_run_push_fetch_on_real_sshd(sshd, tmp_path):  # noqa: F811
+    client = SshClient(parse_target(sshd.target(tmp_path / "dev")), config=sshd.ssh_config)
+    assert client.run(["echo", "a b; c"]).stdout == b"a b; c\n"  # argv words quoted for the remote shell
+    assert client.run("cat", input=b"\x00\x01data").stdout == b"\x00\x01data"
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "x.bin").write_bytes(os.urandom(4096))
+    (tmp_path / "one.txt").write_text("one")
+    client.push([src, tmp_path / "one.txt"], str(tmp_path / "remote dir"))
+    assert (tmp_path / "remote dir" / "src" / "sub" / "x.bin").read_bytes() == (src / "sub" / "x.bin").read_bytes()
+    client.fetch(str(tmp_path / "remote dir" / "one.txt"), tmp_path / "back.txt")
+    assert (tmp_path / "back.txt").read_text() == "one"
+    out = client.python("runtime.install", ["--help"]).stdout.decode()
+    assert "install" in out
+
+
+def test_i9_p2_errors_name_cause_and_fix(sshd, tmp_path):  # noqa: F811
+    closed = SshClient(SshTarget("127.0.0.1", sshd.user, 1), config=sshd.ssh_config)
+    with pytest.raises(SshError, match="cannot reach .*port 1 .*connection refused"):
+        closed.run(["true"])
+    # The server knows only the test's client key: another key is refused.
+    other = tmp_path / "other_key"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {other}")
+    stranger = SshClient(SshTarget("127.0.0.1", sshd.user, sshd.port),
+                         options=[f"IdentityFile={other}", "IdentitiesOnly=yes", "StrictHostKeyChecking=no",
+                                  f"UserKnownHostsFile={tmp_path / 'kh'}", "ControlMaster=no"])
+    with pytest.raises(SshError, match="refused the login.*ssh-copy-id"):
+        stranger.run(["true"])
+    client = SshClient(parse_target(sshd.target("/x")), config=sshd.ssh_config, python="python3.0-missing")
+    with pytest.raises(SshError, match="not installed on the device"):
+        client.python("runtime.install", ["status"])
+    missing = SshClient(parse_target(sshd.target("/x")), config=sshd.ssh_config)
+    with pytest.raises(SshError, match="edgecls is not installed for the device's python3"):
+        missing.run("cd / && PYTHONPATH= python3 -S -c 'import runtime.install'")

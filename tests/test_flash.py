@@ -1,0 +1,258 @@
+"""Issue 9: flash, rollback, status against a local folder and a real OpenSSH server on 127.0.0.1.
+
+Bundles are the session's real tiny bundle (tests/conftest.py) and variants of it whose manifest differs
+(another version), whose check labels are wrong (a smoke test that must fail), or whose names are unsafe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from devices.flash import FlashOptions, flash, read_targets_file, status
+from devices.profiles import DeviceProfile
+from runtime.bundle import MANIFEST, load_bundle, sha256_file
+from tests.conftest import cli_error, make_home_like, run_cli, snapshot
+from tests.sshd import sshd  # noqa: F401  (fixture)
+
+PROFILE = DeviceProfile(name="test-cpu", artifacts=("tflite-int8",), threads=1)
+
+
+def variant(src: Path, dst: Path, **changes) -> Path:
+    """A copy of bundle `src` whose manifest has `changes` (another version of the same model)."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    manifest.update(changes)
+    (dst / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return dst
+
+
+@pytest.fixture
+def bundles(tiny_bundle, tmp_path) -> dict:
+    """a, b: two good versions; wrong: check labels that the model does not give."""
+    a = variant(tiny_bundle, tmp_path / "a", created="2026-01-01T00:00:00+00:00")
+    b = variant(tiny_bundle, tmp_path / "b", created="2026-02-02T00:00:00+00:00")
+    manifest = json.loads((a / MANIFEST).read_text())
+    labels = manifest["labels"]
+    wrong = [{**c, "label": labels[(labels.index(c["label"]) + 1) % len(labels)]} for c in manifest["checks"]]
+    return {"a": a, "b": b, "wrong": variant(tiny_bundle, tmp_path / "wrong", checks=wrong)}
+
+
+def current_release(root: Path) -> Path:
+    return root / os.readlink(root / "current")
+
+
+def assert_complete(root: Path, expected_manifest: Path) -> None:
+    """`current` is a whole release of this manifest: every file it lists that was sent matches its sha256."""
+    release = current_release(root)
+    assert (release / MANIFEST).read_bytes() == expected_manifest.read_bytes()
+    bundle = load_bundle(release)
+    for artifact in bundle.manifest.artifacts:
+        bundle.verify(artifact)
+    for name, digest in bundle.manifest.files.items():
+        assert sha256_file(release / name) == digest
+
+
+def test_i9_p2_local_flash_sends_only_what_the_profile_needs(bundles, tmp_path):
+    root = tmp_path / "device"
+    [result] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    assert result.result == "installed", result.reason
+    release = current_release(root)
+    manifest = json.loads((bundles["a"] / MANIFEST).read_text())
+    checks = [c["file"] for c in manifest["checks"]]
+    assert len(checks) >= 3  # convert stored held-out images, at least one per class
+    assert sorted(p.name for p in release.iterdir()) == sorted(
+        ["manifest.json", "labels.txt", "verification.txt", "model_int8.tflite", "release.json", *checks])
+    assert_complete(root, bundles["a"] / MANIFEST)
+    assert result.smoke["correct"] == len(checks) and result.smoke["artifact"] == "tflite-int8"
+    # Re-flashing the installed version sends nothing and touches nothing.
+    before = snapshot(root)
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if not p.is_symlink()}
+    [again] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    assert again.result == "unchanged" and again.sent == []
+    assert snapshot(root) == before
+    assert mtimes == {p: p.stat().st_mtime_ns for p in root.rglob("*") if not p.is_symlink()}
+
+
+def test_i9_p2_ssh_flash_keeps_previous_and_reports_status(bundles, sshd, tmp_path):  # noqa: F811
+    root = tmp_path / "pi root"  # a space: every remote path is quoted
+    target = sshd.target(root)
+    options = FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config))
+    [first] = flash(bundles["a"], [target], options)
+    assert first.result == "installed", first.reason
+    [second] = flash(bundles["b"], [target], options)
+    assert second.result == "installed", second.reason
+    assert "model_int8.tflite" not in second.sent  # the same artifact bytes were already on the device
+    assert_complete(root, bundles["b"] / MANIFEST)
+    info = status(target, options)
+    assert info["current"] == second.slot and info["previous"] == first.slot
+    assert {v["slot"] for v in info["versions"]} == {first.slot, second.slot}
+    assert info["last_flash"]["result"] == "installed" and not info["requires_signature"]
+    assert os.readlink(root / "previous") == f"releases/{first.slot}"
+
+
+def test_i9_p2_foreign_root_is_refused_and_left_alone(bundles, tmp_path, sshd):  # noqa: F811
+    home = make_home_like(tmp_path / "home")
+    before = snapshot(home)
+    results = flash(bundles["a"], [str(home), sshd.target(home)],
+                    FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config)))
+    for r in results:
+        assert r.result == "failed" and "holds files edgecls did not write" in r.reason, r
+    assert snapshot(home) == before
+
+
+def test_i9_p2_path_traversal_names_are_refused(bundles, tmp_path, sshd):  # noqa: F811
+    evil = variant(bundles["a"], tmp_path / "evil", files={"../../escaped.txt": "0" * 64})
+    root = tmp_path / "dev"
+    assert "not a plain file name" in cli_error(run_cli("flash", evil, root))
+    assert not (tmp_path / "escaped.txt").exists() and not root.exists()
+    # The device refuses such a name too, even from a host that did not check (a crafted upload).
+    from devices.targets import SshDeviceTarget
+
+    device = SshDeviceTarget(sshd.target(root), "/unused", config=sshd.ssh_config)
+    outside = tmp_path / "payload"
+    outside.write_text("x")
+    manifest = (bundles["a"] / MANIFEST).read_bytes()
+    with pytest.raises(Exception, match="not a file of this bundle"):
+        device.apply(manifest, ["tflite-int8"], {"../outside.txt": outside})
+    assert not (root / "outside.txt").exists() and not (root.parent / "outside.txt").exists()
+    assert not (root / "current").exists()
+
+
+def test_i9_p3_bytes_flipped_in_transit_are_never_switched_to(bundles, tmp_path, sshd):  # noqa: F811
+    from devices.targets import SshDeviceTarget
+
+    root = tmp_path / "dev"
+    options = FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config))
+    [a] = flash(bundles["a"], [str(tmp_path / "other")], options)  # a release elsewhere: nothing to reuse on dev
+    # What the host sends under the artifact's name differs from the manifest by one bit.
+    flipped = tmp_path / "flipped.tflite"
+    data = bytearray((bundles["b"] / "model_int8.tflite").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    device = SshDeviceTarget(sshd.target(root), "/unused", config=sshd.ssh_config)
+    manifest_b = bundles["b"] / MANIFEST
+    with pytest.raises(Exception, match="arrived corrupted"):
+        device.apply(manifest_b.read_bytes(), ["tflite-int8"],
+                     {MANIFEST: manifest_b, "labels.txt": bundles["b"] / "labels.txt", "model_int8.tflite": flipped})
+    assert not (root / "current").is_symlink() and not any((root / "releases").iterdir())
+    staged = list((root / "staging").rglob("model_int8.tflite"))
+    assert not staged  # the bad bytes were dropped, never stored under the real name
+    # The next flash sends what is still missing and completes.
+    [b] = flash(bundles["b"], [sshd.target(root)], options)
+    assert b.result == "installed" and "model_int8.tflite" in b.sent and MANIFEST not in b.sent
+    assert_complete(root, manifest_b)
+
+
+def test_i9_p4_wrong_labels_roll_back_with_the_reason(bundles, tmp_path):
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    good = snapshot(current_release(root))
+    [w] = flash(bundles["wrong"], [str(root)], FlashOptions(profile=PROFILE))
+    assert w.result == "rolled back" and "got the wrong label" in w.reason and "expected" in w.reason
+    assert current_release(root).name == a.slot and snapshot(current_release(root)) == good
+    info = status(str(root))
+    assert info["last_flash"]["result"] == "rolled back" and "wrong label" in info["last_flash"]["reason"]
+
+
+def test_i9_p4_latency_over_budget_rolls_back(bundles, tmp_path):
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    strict = DeviceProfile(name="strict", artifacts=("tflite-int8",), threads=1, latency_budget_ms=0.001)
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=strict))
+    assert b.result == "rolled back" and "p95 latency" in b.reason and "budget of 0.001 ms" in b.reason
+    assert current_release(root).name == a.slot
+    # The first flash onto an empty device that fails leaves no `current` at all: nothing half-working runs.
+    [c] = flash(bundles["b"], [str(tmp_path / "fresh")], FlashOptions(profile=strict))
+    assert c.result == "rolled back" and not (tmp_path / "fresh" / "current").is_symlink()
+
+
+def test_i9_p5_rollback_cli_restores_previous_byte_for_byte(bundles, tmp_path, sshd):  # noqa: F811
+    root = tmp_path / "dev"
+    target = sshd.target(root)
+    ssh = ["--ssh-config", sshd.ssh_config]
+    assert run_cli("flash", bundles["a"], target, *ssh, "--profile", _profile_file(tmp_path, PROFILE)).returncode == 0
+    was = snapshot(current_release(root))
+    done = run_cli("flash", bundles["b"], target, *ssh, "--profile", _profile_file(tmp_path, PROFILE))
+    assert done.returncode == 0, done.stderr
+    assert snapshot(current_release(root)) != was
+    back = run_cli("rollback", target, *ssh)
+    assert back.returncode == 0, back.stderr
+    assert snapshot(current_release(root)) == was
+    shown = run_cli("status", target, *ssh)
+    assert shown.returncode == 0 and "last flash: rolled back" in shown.stdout and "`edgecls rollback`" in shown.stdout
+    # Nothing further back to go to after two rollbacks? One more swaps again; a fresh root has nothing.
+    err = cli_error(run_cli("rollback", str(tmp_path / "nothing-here")))
+    assert "not an edgecls device root" in err
+
+
+def _profile_file(folder: Path, profile: DeviceProfile, name: str = "profile.json") -> Path:
+    from dataclasses import asdict
+
+    path = folder / name
+    path.write_text(json.dumps({k: v for k, v in asdict(profile).items() if v is not None}))
+    return path
+
+
+def test_i9_p6_fleet_table_one_success_one_rollback(bundles, tmp_path, sshd):  # noqa: F811
+    roots = [tmp_path / "pi-a", tmp_path / "pi-b"]
+    _profile_file(tmp_path, DeviceProfile(name="slow", artifacts=("tflite-int8",), latency_budget_ms=0.001), "slow.json")
+    (tmp_path / "fleet.txt").write_text(f"# two loopback devices\n{sshd.target(roots[0])}\n"
+                                        f"{sshd.target(roots[1])}  slow.json   # this one must roll back\n")
+    assert read_targets_file(tmp_path / "fleet.txt")[1][1].name == "slow"
+    for root in roots:  # both run version a first, so the failing one has something to roll back to
+        assert flash(bundles["a"], [sshd.target(root)], FlashOptions(profile=PROFILE,
+                     ssh_config=str(sshd.ssh_config)))[0].ok
+    done = run_cli("flash", bundles["b"], "--targets", tmp_path / "fleet.txt", "--ssh-config", sshd.ssh_config,
+                   "--profile", _profile_file(tmp_path, PROFILE))
+    assert done.returncode == 1, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert " installed " in rows[sshd.target(roots[0])]
+    assert " rolled back " in rows[sshd.target(roots[1])] and "p95 latency" in rows[sshd.target(roots[1])]
+    assert "1 of 2 target(s) not updated" in done.stderr
+    slot_a = os.readlink(roots[1] / "current")
+    assert os.readlink(roots[0] / "previous") == slot_a  # a's slot, kept as previous on the updated device
+
+
+def test_i9_p2_concurrent_flashes_take_turns(bundles, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runtime.install import DeviceRoot
+
+    root = tmp_path / "dev"
+    assert flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].ok
+    with DeviceRoot(root).lock():  # another flash is running: a short wait gives up naming the holder
+        [busy] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE, lock_timeout=0.2))
+    assert busy.result == "failed" and "is busy" in busy.reason and "pid" in busy.reason
+    assert current_release(root).name == flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].slot
+    with ThreadPoolExecutor(2) as pool:  # two flashes at once: serialized by the lock, both complete
+        results = list(pool.map(lambda b: flash(b, [str(root)], FlashOptions(profile=PROFILE))[0],
+                                [bundles["a"], bundles["b"]]))
+    assert all(r.ok for r in results), results
+    assert_complete(root, (bundles["a"] if current_release(root).name == results[0].slot else bundles["b"]) / MANIFEST)
+
+
+def test_i9_p2_unreachable_target_is_one_failed_row_with_cause_and_fix(bundles, tmp_path, sshd):  # noqa: F811
+    closed = f"{sshd.user}@127.0.0.1:1:{tmp_path / 'x'}"  # nothing listens on port 1
+    done = run_cli("flash", bundles["a"], closed, tmp_path / "local", "--ssh-config", sshd.ssh_config,
+                   "--profile", _profile_file(tmp_path, PROFILE))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert " failed " in rows[closed] and "cannot reach" in rows[closed] and "SSH server" in rows[closed]
+    assert " installed " in rows[str(tmp_path / "local")]
+
+
+def test_i9_p2_damaged_previous_release_is_replaced_not_trusted(bundles, tmp_path):
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    with open(root / "releases" / a.slot / "labels.txt", "a") as f:  # bit rot in the previous release
+        f.write("x")
+    [again] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    assert again.result == "installed", again.reason  # the damaged release was replaced, not switched to as is
+    assert_complete(root, bundles["a"] / MANIFEST)
+    assert os.readlink(root / "previous") == f"releases/{b.slot}"

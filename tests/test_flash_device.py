@@ -1,0 +1,78 @@
+"""Issue 9: the bundle's check images, old bundles, --setup, --install-service, and the daemon's health after a flash."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from devices.flash import FlashOptions, flash
+from devices.profiles import DeviceProfile
+from runtime.bundle import MANIFEST, load_bundle
+from runtime.classifier import Classifier
+from tests.sshd import sshd  # noqa: F401  (fixture)
+from tests.test_flash import PROFILE, bundles, current_release  # noqa: F401  (fixture)
+
+
+def test_i9_p4_convert_stores_check_images_every_artifact_gets_right(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    checks = bundle.manifest.checks
+    assert len(checks) == 6 and {c["label"] for c in checks} == set(bundle.labels)  # classes in turn
+    for check in checks:
+        assert check["file"] in bundle.manifest.files and (tiny_bundle / check["file"]).is_file()
+    for artifact in bundle.manifest.artifacts:
+        classifier = Classifier(bundle, artifact=artifact.name)
+        got = [classifier.classify_file(tiny_bundle / c["file"]).label for c in checks]
+        assert got == [c["label"] for c in checks], artifact.name
+
+
+def test_i9_p4_bundle_without_check_images_still_loads_and_flashes(tiny_bundle, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    manifest = json.loads((old / MANIFEST).read_text())
+    for check in manifest.pop("checks"):
+        del manifest["files"][check["file"]]
+        (old / check["file"]).unlink()
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    assert load_bundle(old).manifest.checks == []
+    [r] = flash(old, [str(tmp_path / "dev")], FlashOptions(profile=PROFILE))
+    assert r.result == "installed" and "no check images" in r.smoke["note"] and r.smoke["p95_ms"] > 0
+
+
+def test_i9_p4_setup_and_install_service_over_ssh(bundles, sshd, tmp_path):  # noqa: F811
+    profile = DeviceProfile(name="svc", artifacts=("tflite-int8",), packages=("numpy",), service="edgecls-test")
+    units = tmp_path / "units"
+    options = FlashOptions(profile=profile, ssh_config=str(sshd.ssh_config), setup=True, install_service=True,
+                           unit_dir=str(units))
+    [r] = flash(bundles["a"], [sshd.target(tmp_path / "dev")], options)
+    assert r.result == "installed", r.reason
+    unit = (units / "edgecls-test.service").read_text()
+    assert "Type=notify" in unit and "ExecStart=" in unit and " run --config " in unit
+
+
+def test_i9_p4_flash_waits_for_the_daemon_to_serve_the_new_release(bundles, tmp_path):
+    pytest.importorskip("cv2")
+    from runtime.daemon import Daemon
+    from tests.daemon_helpers import write_test_video
+
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    video = write_test_video(tmp_path / "clip.avi")
+    daemon = Daemon(root / "current", [video], port=0, sinks=[], source_options={"loop": True})
+    results = {}
+
+    def scenario(d):
+        try:
+            profile = DeviceProfile(name="with-daemon", artifacts=("tflite-int8",), threads=1,
+                                    health_url=d.url + "/healthz")
+            [results["b"]] = flash(bundles["b"], [str(root)], FlashOptions(profile=profile))
+            results["serving"] = d.reloader.status()["bundle"]
+        finally:
+            d.request_stop()
+
+    daemon.run(on_start=scenario)
+    b = results["b"]
+    assert b.result == "installed", b.reason
+    assert results["serving"] == str(current_release(root).resolve()) and current_release(root).name == b.slot
+    assert json.loads((root / "device.json").read_text())["health_url"].endswith("/healthz")
