@@ -252,3 +252,50 @@ def test_i7_p1_device_profile_gives_daemon_mode_its_artifact_and_camera(tiny_bun
     assert "loaded onnx-int8" in done.stderr, done.stderr[-2000:]
     lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert lines and {r["source"] for r in lines} == {str(video)}
+
+
+def test_i9_p3_daemon_told_to_verify_loads_only_signed_bundles(tiny_bundle, video, tmp_path):
+    """`edgecls run --allowed-signers FILE`: an unsigned bundle is refused at start (one line, exit 1); a signed one
+    runs; a hot reload to an unsigned bundle is refused and the signed model keeps serving."""
+    import shutil
+
+    from devices.sign import sign_bundle, trusted_line
+
+    require_tool("ssh-keygen", package="openssh-client")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(trusted_line(tmp_path / "key.pub", "release@example.com"))
+    signed, unsigned = tmp_path / "signed", tmp_path / "unsigned"
+    shutil.copytree(tiny_bundle, signed)
+    shutil.copytree(tiny_bundle, unsigned)
+    sign_bundle(signed, tmp_path / "key")
+    args = ["--source", str(video), "--duration", "1", "--allowed-signers", str(signers), "--results",
+            str(tmp_path / "r.jsonl")]
+    refused = _run_cli(["run", str(unsigned), *args])
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "is not signed" in refused.stderr and "Traceback" not in refused.stderr
+    accepted = _run_cli(["run", str(signed), *args])
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    assert (tmp_path / "r.jsonl").read_text().strip()
+
+    link = tmp_path / "current"
+    link.symlink_to(signed)
+    d = Daemon(link, [video], sinks=[], allowed_signers=str(signers), source_options={"loop": True}).start()
+    try:
+        wait_for(lambda: all(loop.stats.processed for loop in d.loops), 30, "results from the signed bundle")
+        first = d.classifier
+        tmp_link = tmp_path / "current.tmp"
+        tmp_link.symlink_to(unsigned)
+        os.replace(tmp_link, link)
+        wait_for(lambda: "not signed" in json_dumps(d.health()[1]["model"]), 10, "the reload refused")
+        before = sum(loop.stats.processed for loop in d.loops)
+        wait_for(lambda: sum(loop.stats.processed for loop in d.loops) > before + 5, 10, "the old model serving")
+        assert d.classifier is first
+    finally:
+        d.stop()
+
+
+def json_dumps(data) -> str:
+    import json
+
+    return json.dumps(data)

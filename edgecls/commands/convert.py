@@ -21,8 +21,12 @@ import click
               help="Accuracy points an artifact may lose against the Keras model before remedies are tried.")
 @click.option("--tar", is_flag=True, help="Also write BUNDLE.tar.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle (only a bundle or an empty folder).")
+@click.option("--check-images", type=click.IntRange(0), default=6, show_default=True,
+              help="Held-out test images, classified right by every artifact, kept in the bundle for the smoke test "
+              "`edgecls flash` runs on the device (0: none).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def convert(run, out, formats, prune, prune_epochs, max_prune_drop, calibration_size, calibration_method, max_drop, tar, overwrite, seed):
+def convert(run, out, formats, prune, prune_epochs, max_prune_drop, calibration_size, calibration_method, max_drop, tar,
+            overwrite, check_images, seed):
     """Prune, quantize and export a trained run to a verified model bundle (TFLite and ONNX)."""
     from edgecls.outputs import bundle_guard
     from edgecls.rundir import open_run
@@ -38,7 +42,7 @@ def convert(run, out, formats, prune, prune_epochs, max_prune_drop, calibration_
     options = ConvertOptions(
         formats=parse_formats(formats), prune=prune, prune_epochs=prune_epochs, max_prune_drop=max_prune_drop,
         calibration_size=calibration_size, calibration_method=calibration_method, max_drop=max_drop,
-        overwrite=overwrite, tar=tar, seed=seed,
+        overwrite=overwrite, tar=tar, check_images=check_images, seed=seed,
     )
     result = run_convert(run, out, options)
     click.echo(result.table)

@@ -84,10 +84,12 @@ def _load_config(ctx, param, path):
               "of stdout, rotated past --results-max-mb (3 old files kept).")
 @click.option("--results-max-mb", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Rotate the --results file past this size (0: never).")
+@click.option("--allowed-signers", type=click.Path(dir_okay=False), help="OpenSSH allowed-signers file: load only "
+              "bundles signed (`edgecls sign`) by one of its keys, at start and on every hot reload.")
 @click.option("--show", is_flag=True, default=None, help="Daemon mode: show the annotated frames in a window per "
               "source (needs OpenCV with GUI support and a display; q or Esc stops).")
 def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fps, max_frames, timeout, port, host,
-        token_file, smooth, threshold, stall_timeout, duration, results, results_max_mb, show):
+        token_file, smooth, threshold, stall_timeout, duration, results, results_max_mb, allowed_signers, show):
     """Classify frames from a camera, stream, video or folder; one JSON line per frame.
 
     Each line has the frame index, its age when classified, the top-k and the running drop count.
@@ -136,17 +138,26 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
             _run_daemon(bundle, uris, profile=profile, artifact=artifact, threads=threads, top_k=top_k,
                         source_options={"loop": loop, "timeout_s": timeout, **pacing}, max_frames=max_frames,
                         port=port, host=host, token=token, smooth=smooth, threshold=threshold, show=bool(show),
+                        allowed_signers=allowed_signers,
                         stall_timeout=stall_timeout, duration=duration, results=results, results_max_mb=results_max_mb)
         return
     with native_output_to_log():
         _run_simple(bundle, uris[0], profile=profile, artifact=artifact, threads=threads, top_k=top_k, loop=loop,
-                    timeout=timeout, pacing=pacing, max_frames=max_frames)
+                    timeout=timeout, pacing=pacing, max_frames=max_frames, allowed_signers=allowed_signers)
 
 
-def _run_simple(bundle, uri, *, profile, artifact, threads, top_k, loop, timeout, pacing, max_frames) -> None:
+def _run_simple(bundle, uri, *, profile, artifact, threads, top_k, loop, timeout, pacing, max_frames,
+                allowed_signers) -> None:
     """One source, one JSON line per frame on stdout, events on stderr."""
+    from runtime.bundle import load_bundle
     from runtime.classifier import Classifier
     from runtime.sources import Source, SourceEnded, SourceTimeout
+
+    if allowed_signers:
+        from runtime.install.signature import verify_bundle
+
+        bundle = load_bundle(bundle)
+        verify_bundle(bundle.root, allowed_signers)
 
     classifier = Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
     done = 0

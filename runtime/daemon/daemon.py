@@ -41,7 +41,8 @@ class Daemon:
                  threads: int | None = None, top_k: int = 3, smooth: int = 1, threshold: float = 0.0,
                  stall_timeout: float = 10.0, backoff: Backoff | None = None, sinks=None, host: str = "127.0.0.1",
                  port: int | None = None, token: str | None = None, max_frames: int | None = None,
-                 duration: float | None = None, source_options: dict | None = None, show: bool = False):
+                 duration: float | None = None, source_options: dict | None = None, show: bool = False,
+                 allowed_signers=None):
         sources = [str(s) for s in sources]
         if not sources:
             raise EdgeclsError("no source to run: give at least one --source (or a device profile with a camera)")
@@ -55,6 +56,7 @@ class Daemon:
         self.supervisors = [Supervisor(uri, name=name, stall_timeout=stall_timeout, backoff=backoff, **options)
                             for uri, name in zip(sources, _unique_names(sources))]
         self._model_options = {"artifact": artifact, "profile": profile, "threads": threads, "top_k": top_k}
+        self.allowed_signers = allowed_signers  # when set, only bundles signed by one of these keys are loaded
         self.classifier = classifier if classifier is not None else self._load_classifier(bundle)
         self.sinks = list(sinks) if sinks is not None else [StdoutSink()]
         self.duration = duration
@@ -85,8 +87,15 @@ class Daemon:
         self._sink_errors = 0
 
     def _load_classifier(self, bundle):
+        from runtime.bundle import load_bundle
         from runtime.classifier import Classifier
 
+        if self.allowed_signers:  # an unsigned or untrusted bundle is refused: at start, and on every reload
+            from runtime.install.signature import verify_bundle
+
+            bundle = load_bundle(bundle)
+            signer = verify_bundle(bundle.root, self.allowed_signers)
+            log.info("bundle %s signed by %s", bundle.root.name, signer)
         return Classifier(bundle, **self._model_options)
 
     def _describe_model(self) -> None:
