@@ -30,6 +30,8 @@ class FlashOptions:
     setup: bool = False  # pip install the profile's packages (and its trusted keys) first
     install_service: bool = False
     unit_dir: str = "/etc/systemd/system"
+    service_config: str = "/etc/edgecls/run.toml"  # the daemon's --config on the device, written when absent
+    service_port: int = 8080  # the daemon's HTTP port there (its /healthz is awaited after a flash)
     smoke: bool = True
     lock_timeout: float = 60.0
     jobs: int = 8  # targets flashed at once
@@ -96,10 +98,12 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
         target.setup(list(profile.packages))
         if profile.allowed_signers:
             target.trust(Path(profile.allowed_signers).expanduser().read_bytes())
+    health_url = profile.health_url
     if options.install_service:
-        from devices.service import UnitOptions, unit_text
-
-        target.install_service(profile.service or "edgecls", unit_text(UnitOptions()), options.unit_dir)
+        service = target.install_service(name=profile.service or "edgecls", unit_dir=options.unit_dir,
+                                         config=options.service_config, camera=profile.camera,
+                                         port=options.service_port, profile=profile.name)
+        health_url = health_url or (service["health_url"] if service["enabled"] else "")
     manifest = files[MANIFEST].read_bytes()
     plan = target.plan(manifest, artifacts)
     if plan["installed"]:
@@ -109,7 +113,7 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     if SIGNATURE in files:
         send[SIGNATURE] = files[SIGNATURE]
     done = target.apply(manifest, artifacts, send, profile=_smoke_profile(profile), budget_ms=profile.latency_budget_ms,
-                        service=profile.service, health_url=profile.health_url, smoke=options.smoke,
+                        service=profile.service, health_url=health_url, smoke=options.smoke,
                         lock_timeout=options.lock_timeout)
     return FlashResult(target_text, done["result"], done["slot"], done.get("reason", ""), time.monotonic() - started,
                        sorted(send), done.get("smoke"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shlex
 import tarfile
 import tempfile
 from pathlib import Path
@@ -54,12 +53,10 @@ class LocalTarget:
     def setup(self, packages) -> str:
         return "a local target is a folder: install the runtime packages on the device itself"
 
-    def install_service(self, unit_name: str, unit_text: str, unit_dir: str) -> str:
-        from runtime.atomic import write_text
+    def install_service(self, **options) -> dict:
+        from runtime.install.service import install_service
 
-        path = Path(unit_dir) / f"{unit_name}.service"
-        write_text(path, unit_text)
-        return f"wrote {path}"
+        return install_service(self.root, **options)
 
 
 class SshDeviceTarget:
@@ -126,14 +123,10 @@ class SshDeviceTarget:
                          "--upgrade-strategy", "only-if-needed", *packages], timeout=1800)
         return f"installed {' '.join(packages)}"
 
-    def install_service(self, unit_name: str, unit_text: str, unit_dir: str) -> str:
-        path = f"{unit_dir.rstrip('/')}/{unit_name}.service"
-        q = shlex.quote
-        # Written beside and renamed, as everywhere; enabled only where systemd runs (not in a chroot or container).
-        self.client.run(f"mkdir -p {q(unit_dir)} && cat > {q(path + '.tmp')} && mv {q(path + '.tmp')} {q(path)} && "
-                        f"if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemctl enable {q(unit_name)}; "
-                        f"fi", input=unit_text.encode(), timeout=120)
-        return f"wrote {path}"
+    def install_service(self, **options) -> dict:
+        """Written by the device's own code: only it knows where its edgecls lives (see runtime/install/service.py)."""
+        args = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
+        return self._call("service", args, timeout=180)
 
 
 def make_target(text: str, default_root: str, **ssh) -> LocalTarget | SshDeviceTarget:

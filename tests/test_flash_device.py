@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,41 @@ def test_i9_p4_setup_and_install_service_over_ssh(bundles, sshd, tmp_path):  # n
     assert r.result == "installed", r.reason
     unit = (units / "edgecls-test.service").read_text()
     assert "Type=notify" in unit and "ExecStart=" in unit and " run --config " in unit
+
+
+def test_i9_p4_install_service_points_the_daemon_at_current_with_the_devices_own_edgecls(bundles, tmp_path):
+    """The unit names the DEVICE's edgecls (the console script beside its Python), and the config it runs is written
+    once, for ROOT/current from the profile's camera: the daemon really starts from it and serves the flashed model."""
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("cv2")
+    from tests.daemon_helpers import write_test_video
+
+    video = write_test_video(tmp_path / "camera.avi")
+    profile = DeviceProfile(name="svc", artifacts=("tflite-int8",), camera=str(video), service="edgecls-test")
+    root, units, config = tmp_path / "dev", tmp_path / "units", tmp_path / "etc" / "run.toml"
+    options = FlashOptions(profile=profile, install_service=True, unit_dir=str(units), service_config=str(config),
+                           service_port=0)
+    [r] = flash(bundles["a"], [str(root)], options)
+    assert r.result == "installed", r.reason
+    unit = (units / "edgecls-test.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    executable = exec_start.split("=", 1)[1].split()[0]
+    beside = Path(sys.executable).with_name("edgecls")
+    assert executable == (str(beside) if beside.exists() else shutil.which("edgecls")), exec_start
+    assert exec_start.endswith(f" run --config {config}")
+    text = config.read_text()
+    assert f'bundle = "{root / "current"}"' in text and f'source = ["{video}"]' in text
+    # The operator's edits survive the next flash.
+    config.write_text(text + "# mine\n")
+    flash(bundles["b"], [str(root)], options)
+    assert config.read_text().endswith("# mine\n")
+    done = subprocess.run([executable, "run", "--config", str(config), "--duration", "2", "--results",
+                           str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "r.jsonl").read_text().count("\n") > 0
 
 
 def test_i9_p4_flash_waits_for_the_daemon_to_serve_the_new_release(bundles, tmp_path):

@@ -1,4 +1,4 @@
-"""`python3 -m runtime.install plan|apply|rollback|status|trust`: the device's half of flash, in JSON.
+"""`python3 -m runtime.install plan|apply|rollback|status|trust|service`: the device's half of flash, in JSON.
 
 Every command prints one JSON object on stdout. A refusal prints {"error": "..."} and exits 2, so the host
 can tell a reasoned refusal from a crash (exit 1, traceback on stderr).
@@ -17,7 +17,7 @@ from runtime.errors import EdgeclsError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m runtime.install", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("plan", "apply", "rollback", "status", "trust"):
+    for name in ("plan", "apply", "rollback", "status", "trust", "service"):
         c = sub.add_parser(name)
         c.add_argument("--root", required=True, help="the device root (releases/, current, previous)")
         if name in ("plan", "apply"):
@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--lock-timeout", type=float, default=60.0)
         if name == "status":
             c.add_argument("--health-url", default="")
+        if name == "service":
+            c.add_argument("--name", default="edgecls")
+            c.add_argument("--unit-dir", default="/etc/systemd/system")
+            c.add_argument("--config", default="/etc/edgecls/run.toml")
+            c.add_argument("--camera", default="0")
+            c.add_argument("--port", type=int, default=8080)
+            c.add_argument("--profile", default="")
     return p
 
 
@@ -62,6 +69,11 @@ def main(argv=None) -> int:
             out = api.rollback(args.root, service=args.service, lock_timeout=args.lock_timeout)
         elif args.command == "trust":
             out = api.trust(args.root, sys.stdin.buffer.read())
+        elif args.command == "service":
+            from runtime.install.service import install_service
+
+            out = install_service(args.root, name=args.name, unit_dir=args.unit_dir, config=args.config,
+                                  camera=args.camera, port=args.port, profile=args.profile)
         else:
             out = api.status(args.root, args.health_url)
     except EdgeclsError as exc:

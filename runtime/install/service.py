@@ -1,0 +1,71 @@
+"""Install the daemon's systemd unit ON the device, pointed at ROOT/current (`edgecls flash --install-service`).
+
+Written by the device's own code because only the device knows where its `edgecls` lives (a venv, /usr/local)
+and which Python runs it; the unit text is the daemon issue's hardened one (devices/service.py). The unit's
+`--config` TOML is written only when absent (an operator's edits survive re-flashes): it runs
+ROOT/current from the profile's camera with the HTTP server on `port`, checking signatures when the device
+trusts keys, so hot reload follows every flash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from runtime.atomic import write_text
+from runtime.install.layout import DeviceRoot, InstallError
+
+
+def device_executable() -> str:
+    """This Python's `edgecls` entry point (the console script pip put beside it), else the one on PATH."""
+    beside = Path(sys.executable).with_name("edgecls")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("edgecls")
+    if found:
+        return os.path.abspath(found)
+    raise InstallError(f"edgecls is not installed for {sys.executable} on this device: run `edgecls flash --setup` "
+                       f"or `{sys.executable} -m pip install 'edgecls[runtime]'` there")
+
+
+def _toml(value) -> str:
+    return json.dumps(value)  # JSON strings, numbers and arrays of strings are valid TOML
+
+
+def install_service(root, *, name: str = "edgecls", unit_dir: str = "/etc/systemd/system",
+                    config: str = "/etc/edgecls/run.toml", camera: str = "0", port: int = 8080,
+                    profile: str = "") -> dict:
+    from devices.service import UnitOptions, unit_text
+
+    device = DeviceRoot(root).ensure()
+    config_path = Path(config)
+    wrote_config = False
+    if not config_path.exists():
+        lines = [f"bundle = {_toml(str(device.current))}", f"source = [{_toml(camera)}]", f"port = {int(port)}"]
+        from devices.profiles import list_profiles
+
+        if profile and profile in list_profiles():  # only a profile this device knows by name (its threads, artifact)
+            lines.append(f"device = {_toml(profile)}")
+        if device.signers.is_file():
+            lines.append(f"allowed-signers = {_toml(str(device.signers))}")
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(config_path, "# written by edgecls flash --install-service; edit freely, it is never overwritten\n"
+                   + "\n".join(lines) + "\n")
+        wrote_config = True
+    unit = Path(unit_dir) / f"{name}.service"
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    write_text(unit, unit_text(UnitOptions(executable=device_executable(), config=str(config_path))))
+    enabled = False
+    if Path("/run/systemd/system").is_dir() and Path(unit_dir).resolve() == Path("/etc/systemd/system"):
+        for command in (["systemctl", "daemon-reload"], ["systemctl", "enable", f"{name}.service"],
+                        ["systemctl", "restart", f"{name}.service"]):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise InstallError(f"`{' '.join(command)}` failed: {done.stderr.strip() or done.stdout.strip()}")
+        enabled = True
+    return {"unit": str(unit), "config": str(config_path), "config_written": wrote_config, "enabled": enabled,
+            "health_url": f"http://127.0.0.1:{int(port)}/healthz"}
