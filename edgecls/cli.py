@@ -9,7 +9,7 @@ import os
 
 import click
 
-from edgecls.commands import convert, devices, evaluate, predict, run, service, train
+from edgecls.commands import bench, convert, devices, evaluate, predict, run, service, train
 from edgecls.commands import flash, rollback, sign, status
 from runtime.errors import EdgeclsError
 
@@ -69,6 +69,7 @@ cli.add_command(flash.flash)
 cli.add_command(sign.sign)
 cli.add_command(rollback.rollback)
 cli.add_command(status.status)
+cli.add_command(bench.bench)
 
 
 def main(argv=None):

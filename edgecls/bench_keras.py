@@ -1,0 +1,150 @@
+"""The Keras baseline of `edgecls bench`: the source model's per-frame call, as users would ship it without us.
+
+The bundle holds no Keras file; its manifest names the run it was converted from (`source.run`) and the
+model's sha256, so the baseline is that run's model.keras when it is still the same file, or `--keras
+MODEL.keras` when given. Timed in a fresh process per thread count (TensorFlow fixes its thread pools when
+it starts) with the same warm-up, statistics and whole-frame split as the runtime's artifacts:
+`model(x, training=False)` eagerly, one frame at a time.
+
+    python -m edgecls.bench_keras JOB_JSON     (the worker; `keras_records` runs it)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from runtime.errors import EdgeclsError
+
+KERAS_ARTIFACT = "keras"
+
+
+def tensorflow_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("keras") is not None
+
+
+def source_model(bundle, explicit=None) -> tuple[Path | None, str]:
+    """(model.keras path or None, why not): `explicit` if given, else the bundle's source run if unchanged."""
+    from runtime.bundle import sha256_file
+
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file() or path.suffix != ".keras":
+            raise EdgeclsError(f"--keras {path} is not a .keras model file: pass the run's model.keras")
+        return path, ""
+    source = bundle.manifest.source or {}
+    if not source.get("run"):
+        return None, "the bundle names no source run: pass --keras MODEL.keras for the Keras baseline"
+    path = Path(source["run"]) / "model.keras"
+    if not path.is_file():
+        return None, f"the source model {path} is not on this machine: pass --keras MODEL.keras for the Keras baseline"
+    if source.get("model_sha256") and sha256_file(path) != source["model_sha256"]:
+        return None, f"{path} changed since this bundle was converted: pass --keras MODEL.keras to time it anyway"
+    return path, ""
+
+
+class _KerasEngine:
+    """The Keras model behind the frame probe's `run`, so its frame splits like an artifact's."""
+
+    name = "keras"
+
+    def __init__(self, model):
+        self.model = model
+
+    def run(self, batch):
+        return self.model(batch, training=False).numpy()
+
+
+def measure(job: dict) -> dict:
+    """Load, first call, warm-up, timed calls, whole frames, accuracy, RSS of one Keras model: one worker result."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from runtime.bench.frame import frame_stages
+    from runtime.bench.machine import package_versions
+    from runtime.bench.stats import timed_runs, warm_up
+    from runtime.bench.worker import accuracy, peak_rss_mb, rss_mb
+    from runtime.preprocess import PreprocessSpec, load_image, preprocess
+    import numpy as np
+
+    rss_start = rss_mb()
+    t = time.perf_counter()
+    import keras
+    import tensorflow as tf
+
+    if job.get("threads"):  # before any op runs: TensorFlow fixes its pools on first use
+        tf.config.threading.set_intra_op_parallelism_threads(job["threads"])
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    import_ms = (time.perf_counter() - t) * 1000
+    t = time.perf_counter()
+    model = keras.models.load_model(job["model"], compile=False)
+    load_ms = (time.perf_counter() - t) * 1000
+    spec, labels, head = PreprocessSpec.from_dict(job["preprocess"]), job["labels"], job.get("head", "softmax")
+    engine = _KerasEngine(model)
+    batch = preprocess(load_image(job["frame"]), spec)[None]
+    t = time.perf_counter()
+    engine.run(batch)
+    first_ms = (time.perf_counter() - t) * 1000
+    warm = warm_up(lambda: engine.run(batch), max_seconds=job.get("max_warmup_s", 10.0))
+    invoke = timed_runs(lambda: engine.run(batch), job["runs"], job.get("budget_s"))
+
+    def classify(image):
+        # The runtime's own probabilities and top-k, so the frame's last stage is the same work as an artifact's.
+        from runtime.session import to_probabilities
+
+        probs = to_probabilities(engine.run(preprocess(image, spec)[None]), head)[0]
+        order = np.argsort(-probs, kind="stable")[: job.get("top_k", 5)]
+        return [(labels[i], float(probs[i])) for i in order]
+
+    frame = frame_stages(classify, engine, Path(job["frame"]), job.get("frame_runs", job["runs"]), job.get("budget_s"))
+    record = {"import_ms": import_ms, "load_ms": load_ms, "first_inference_ms": first_ms, **warm,
+              "invoke_samples": invoke, "frame_samples": frame, "backend": "keras",
+              "backend_version": package_versions(("tensorflow",)).get("tensorflow"),
+              "provider": "CPU" if not tf.config.list_physical_devices("GPU") else "GPU",
+              "rss_before_load_mb": rss_start, "pid": os.getpid()}
+    if job.get("data"):
+        record.update(accuracy(lambda p: classify(load_image(p))[0][0], job["data"], labels))
+    record["peak_rss_mb"] = peak_rss_mb()
+    return record
+
+
+def keras_records(model_path: Path, say=None):
+    """An `extra_jobs` hook for `runtime.bench.run_bench`: the Keras model at each thread count, pooled like artifacts."""
+    from runtime.bench.runner import pool, run_worker
+
+    def extra(bundle, options, frame, host, progress):
+        results = {}
+        for rep in range(options.repeats):
+            for threads in options.threads:
+                progress(f"[{rep + 1}/{options.repeats}] keras threads={threads or 'default'}")
+                job = {"model": str(model_path), "preprocess": bundle.manifest.preprocess.to_dict(),
+                       "labels": bundle.labels, "head": bundle.manifest.head, "threads": threads, "runs": options.runs,
+                       "frame_runs": options.frame_runs or options.runs, "budget_s": options.budget_s,
+                       "max_warmup_s": options.max_warmup_s, "frame": str(frame), "top_k": options.top_k,
+                       "data": options.data if rep == 0 else None}
+                results.setdefault(threads, []).append(
+                    run_worker(job, options.python, options.timeout_s, module="edgecls.bench_keras"))
+        source = bundle.manifest.source or {}
+        return [pool({"artifact": KERAS_ARTIFACT, "file": model_path.name, "format": "keras", "precision": "fp32",
+                      "threads": t, "size_bytes": model_path.stat().st_size, "macs": source.get("macs"),
+                      "bundle_accuracy": source.get("accuracy"), "machine": host}, results[t])
+                for t in options.threads]
+
+    return extra
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        print(json.dumps(measure(json.loads(argv[0]))))
+    except EdgeclsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`python3 -m runtime.bench BUNDLE ...`: the bench as a device runs it (no TensorFlow, no edgecls CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from runtime.bench.runner import BenchOptions, run_bench
+from runtime.bench.table import format_table
+from runtime.errors import EdgeclsError
+
+
+def parse_threads(value: str) -> list:
+    """'1,2' -> [1, 2]; 'default' -> [None] (the engine's own choice)."""
+    out = []
+    for part in (p.strip() for p in str(value).split(",") if p.strip()):
+        if part == "default":
+            out.append(None)
+        elif part.isdigit() and int(part) >= 1:
+            out.append(int(part))
+        else:
+            raise EdgeclsError(f"--threads {value!r}: give positive whole numbers separated by commas, e.g. 1,2")
+    if not out:
+        raise EdgeclsError("--threads is empty: give e.g. 1 or 1,2")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m runtime.bench", description=__doc__)
+    p.add_argument("bundle")
+    p.add_argument("--artifacts", help="comma-separated artifact names (default: all)")
+    p.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2 (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per artifact and thread count")
+    p.add_argument("--runs", type=int, default=200, help="timed runs per repeat (invoke and whole frame)")
+    p.add_argument("--frame-runs", type=int, help="timed whole frames per repeat (default: --runs)")
+    p.add_argument("--time-budget", type=float, default=10.0, help="seconds per timed phase of one repeat (0: none)")
+    p.add_argument("--max-warmup", type=float, default=10.0, help="seconds of warm-up at most")
+    p.add_argument("--frame", help="image for the whole-frame timing (default: a synthetic 640x480 JPEG)")
+    p.add_argument("--data", help="class-per-folder images for accuracy")
+    p.add_argument("--json", dest="json_path", help="write the results here ('-': standard output)")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def options_from(args) -> BenchOptions:
+    return BenchOptions(
+        artifacts=[a.strip() for a in args.artifacts.split(",") if a.strip()] if args.artifacts else None,
+        threads=parse_threads(args.threads), repeats=args.repeats, runs=args.runs, frame_runs=args.frame_runs,
+        budget_s=args.time_budget or None, max_warmup_s=args.max_warmup, frame=args.frame, data=args.data,
+    )
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        doc = run_bench(args.bundle, options_from(args), progress=log)
+        text = json.dumps(doc, indent=2) + "\n"
+        if args.json_path == "-":
+            sys.stdout.write(text)
+        elif args.json_path:
+            from runtime.atomic import write_text
+
+            write_text(args.json_path, text)
+        if args.json_path != "-":
+            print(format_table(doc))
+        elif not args.quiet:
+            print(format_table(doc), file=sys.stderr)
+    except EdgeclsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The parent side: one fresh worker process per (repeat, artifact, threads), pooled into one record each.
+
+Repeats go round-robin (repeat 1 of every artifact, then repeat 2, ...) so that a burst of other work on
+the machine lands on several artifacts a little rather than on one a lot, and the spread of the per-repeat
+medians says how much one bench run can be trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from runtime.bench import frame as frames
+from runtime.bench import machine
+from runtime.bench.stats import spread_pct, summarize
+from runtime.bundle import Bundle, load_bundle
+from runtime.errors import EdgeclsError
+
+FORMAT = "edgecls-bench/1"
+STAGES = ("decode", "preprocess", "invoke", "postprocess", "total", "overhead")
+
+
+@dataclass
+class BenchOptions:
+    artifacts: list | None = None  # names; None: every artifact of the bundle
+    threads: list = field(default_factory=lambda: [1])  # None in the list: the engine's default
+    repeats: int = 3
+    runs: int = 200
+    frame_runs: int | None = None  # None: as many as `runs`
+    budget_s: float | None = 10.0  # per timed phase of one repeat
+    max_warmup_s: float = 10.0
+    frame: str | None = None  # an image file; None: a synthetic 640x480 JPEG
+    data: str | None = None
+    top_k: int = 5
+    python: str = sys.executable
+    timeout_s: float = 900.0
+
+    def validate(self) -> None:
+        if self.repeats < 1 or self.runs < 1:
+            raise EdgeclsError("--repeats and --runs must be at least 1")
+        if any(t is not None and t < 1 for t in self.threads):
+            raise EdgeclsError("--threads values must be at least 1")
+
+
+def select_artifacts(bundle: Bundle, names) -> list:
+    """The bundle's artifacts by name, in manifest order; an unknown name is an error that lists the known ones."""
+    if not names:
+        return list(bundle.manifest.artifacts)
+    for name in names:
+        bundle.artifact(name)  # raises BundleError naming what the bundle has
+    return [a for a in bundle.manifest.artifacts if a.name in names]
+
+
+def run_worker(job: dict, python: str, timeout_s: float, module: str = "runtime.bench.worker") -> dict:
+    """Run one measurement in a fresh interpreter; its one-line error becomes ours."""
+    # The worker must import this very runtime (a checkout, or the one the device installed), wherever we run from.
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    try:
+        proc = subprocess.run([python, "-m", module, json.dumps(job)], capture_output=True, text=True,
+                              timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        raise EdgeclsError(f"benchmarking {job.get('artifact')} took longer than {timeout_s:.0f} s: "
+                           f"lower --runs or --time-budget") from None
+    if proc.returncode != 0:
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        errors = [l for l in lines if l.startswith("error: ")]
+        why = errors[-1][len("error: "):] if errors else (lines[-1] if lines else f"exit status {proc.returncode}")
+        raise EdgeclsError(f"benchmarking {job.get('artifact')} failed: {why}")
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise EdgeclsError(f"benchmarking {job.get('artifact')} printed no result: {proc.stdout[-200:]!r}") from None
+
+
+def pool(static: dict, repeats: list) -> dict:
+    """One record from the repeats of one artifact at one thread count."""
+    invoke = [x for r in repeats for x in r["invoke_samples"]]
+    record = dict(static)
+    record.update(summarize(invoke))
+    record["repeats"] = len(repeats)
+    record["p50_repeats_ms"] = [summarize(r["invoke_samples"])["p50_ms"] for r in repeats]
+    record["p50_spread_pct"] = spread_pct(record["p50_repeats_ms"])
+    record["throughput_ips"] = 1000.0 / record["mean_ms"] if record.get("mean_ms") else None
+    macs = record.get("macs")
+    record["gmacs_per_s"] = macs / (record["p50_ms"] / 1000) / 1e9 if macs and record.get("p50_ms") else None
+    frame = {}
+    for stage in STAGES:
+        values = [x for r in repeats for x in r["frame_samples"].get(stage, [])]
+        frame[stage] = summarize(values)
+    record["frame"] = frame
+    record["frame_p50_ms"] = frame["total"].get("p50_ms")
+    record["frame_p90_ms"] = frame["total"].get("p90_ms")
+    record["frame_p99_ms"] = frame["total"].get("p99_ms")
+    record["frame_p50_repeats_ms"] = [summarize(r["frame_samples"]["total"])["p50_ms"] for r in repeats]
+    record["frame_throughput_fps"] = 1000.0 / frame["total"]["mean_ms"] if frame["total"].get("mean_ms") else None
+    # Preprocess + quantize + top-k per frame against the engine alone; decode is the camera's or the file's cost.
+    overhead = frame["overhead"].get("p50_ms")
+    record["overhead_ms"] = overhead
+    record["overhead_pct_of_invoke"] = 100.0 * overhead / record["p50_ms"] if overhead is not None and record.get("p50_ms") else None
+    for key in ("import_ms", "load_ms", "first_inference_ms", "warmup_runs", "warmup_ms"):
+        values = sorted(r[key] for r in repeats if r.get(key) is not None)
+        record[key] = values[len(values) // 2] if values else None
+    record["settled"] = all(r.get("settled") for r in repeats)
+    record["peak_rss_mb"] = max(r["peak_rss_mb"] for r in repeats)
+    record["rss_before_load_mb"] = min((r["rss_before_load_mb"] for r in repeats if r.get("rss_before_load_mb")), default=None)
+    for key in ("backend", "backend_version", "provider"):
+        record[key] = repeats[0].get(key)
+    for key in ("accuracy", "accuracy_images", "unreadable_images", "skipped_folders"):
+        if key in repeats[0]:
+            record[key] = repeats[0][key]
+    return record
+
+
+def _frame_for(bundle: Bundle, options: BenchOptions, folder: Path) -> Path:
+    if options.frame:
+        frame = Path(options.frame)
+        if not frame.is_file():
+            raise EdgeclsError(f"--frame {frame} is not an image file")
+        from runtime.preprocess import load_image
+
+        load_image(frame)  # a bad file is an error here, once, not in every worker
+        return frame.resolve()
+    return frames.synthetic_frame(folder / "frame-640x480.jpg", gray=bundle.manifest.preprocess.color == "gray")
+
+
+def run_bench(bundle_path, options: BenchOptions | None = None, progress: Callable[[str], None] | None = None,
+              extra_jobs: Callable | None = None) -> dict:
+    """Benchmark every selected artifact at every thread count; returns the JSON document (see FORMAT)."""
+    options = options or BenchOptions()
+    options.validate()
+    say = progress or (lambda msg: None)
+    bundle = load_bundle(bundle_path)
+    artifacts = select_artifacts(bundle, options.artifacts)
+    for artifact in artifacts:
+        bundle.verify(artifact)  # a damaged bundle is refused before minutes of timing
+    if options.data:
+        from runtime.bench.worker import dataset_images
+
+        dataset_images(options.data, bundle.labels)
+    started = time.time()
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="edgecls-bench-") as tmp:
+        frame = _frame_for(bundle, options, Path(tmp))
+        for rep in range(options.repeats):
+            for artifact in artifacts:
+                for threads in options.threads:
+                    say(f"[{rep + 1}/{options.repeats}] {artifact.name} threads={threads or 'default'}")
+                    job = {"bundle": str(Path(bundle.root).resolve()), "artifact": artifact.name, "format": artifact.format,
+                           "threads": threads, "runs": options.runs, "frame_runs": options.frame_runs or options.runs,
+                           "budget_s": options.budget_s, "max_warmup_s": options.max_warmup_s, "frame": str(frame),
+                           "top_k": options.top_k, "data": options.data if rep == 0 else None}
+                    results.setdefault((artifact.name, threads), []).append(run_worker(job, options.python, options.timeout_s))
+        host = machine.describe()
+        records = []
+        for artifact in artifacts:
+            for threads in options.threads:
+                static = {"artifact": artifact.name, "file": artifact.file, "format": artifact.format,
+                          "precision": artifact.precision, "threads": threads, "size_bytes": artifact.size_bytes,
+                          "macs": artifact.macs, "bundle_accuracy": artifact.accuracy, "machine": host}
+                records.append(pool(static, results[(artifact.name, threads)]))
+        if extra_jobs is not None:
+            records += extra_jobs(bundle, options, frame, host, say)
+    return {
+        "format": FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 1),
+        "bundle": {"path": str(bundle_path), "labels": len(bundle.labels),
+                   "input": list(bundle.manifest.preprocess.shape), "source": bundle.manifest.source.get("model", {})},
+        "settings": {"repeats": options.repeats, "runs": options.runs, "frame_runs": options.frame_runs or options.runs,
+                     "time_budget_s": options.budget_s, "threads": options.threads,
+                     "frame": options.frame or "synthetic 640x480 JPEG", "data": options.data},
+        "machine": host,
+        "records": records,
+    }

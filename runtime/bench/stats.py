@@ -1,0 +1,72 @@
+"""Latency statistics: percentiles, warm-up until the latency settles, and the spread across repeats.
+
+Percentiles interpolate linearly between samples (numpy's default), so p50 <= p90 <= p99 always holds;
+with N runs, p99 rests on the slowest N/100 samples: say how many runs a p99 stands on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+PERCENTILES = (50, 90, 99)
+
+
+def summarize(samples_ms) -> dict:
+    """p50/p90/p99/mean/std/min/max (ms) and the number of samples."""
+    values = np.asarray(samples_ms, dtype=np.float64)
+    if values.size == 0:
+        return {"runs": 0}
+    p50, p90, p99 = np.percentile(values, PERCENTILES)
+    return {"runs": int(values.size), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "mean_ms": float(values.mean()), "std_ms": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+            "min_ms": float(values.min()), "max_ms": float(values.max())}
+
+
+def spread_pct(values) -> float | None:
+    """(max - min) / median of per-repeat figures, in %: how far one run of the bench may land from another."""
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return None
+    return float(100.0 * (max(values) - min(values)) / float(np.median(values)))
+
+
+def warm_up(call: Callable[[], None], window: int = 10, tolerance: float = 0.05, min_windows: int = 2,
+            max_seconds: float = 10.0) -> dict:
+    """Call until the median of a window of `window` calls is within `tolerance` of the previous window's.
+
+    Caches, lazily packed weights (XNNPACK packs on first use), thread pools and CPU clocks settle at
+    different speeds per engine, so a fixed count either wastes time or times the ramp. Gives up after
+    `max_seconds` and says so (`settled: false`).
+    """
+    started = time.perf_counter()
+    previous, windows, runs = None, 0, 0
+    while True:
+        times = []
+        for _ in range(window):
+            t = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t)
+        runs += window
+        windows += 1
+        median = float(np.median(times))
+        settled = previous is not None and abs(median - previous) <= tolerance * previous and windows >= min_windows
+        elapsed = time.perf_counter() - started
+        if settled or elapsed >= max_seconds:
+            return {"warmup_runs": runs, "warmup_ms": elapsed * 1000, "settled": bool(settled)}
+        previous = median
+
+
+def timed_runs(call: Callable[[], None], runs: int, budget_s: float | None, min_runs: int = 10) -> list:
+    """Latencies (ms) of up to `runs` calls, stopping early once `budget_s` is spent (but never before `min_runs`)."""
+    samples = []
+    deadline = time.perf_counter() + budget_s if budget_s else None
+    for i in range(runs):
+        t = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - t) * 1000)
+        if deadline is not None and i + 1 >= min_runs and time.perf_counter() >= deadline:
+            break
+    return samples

@@ -1,0 +1,51 @@
+"""The terminal table of a bench document: one row per artifact and thread count."""
+
+from __future__ import annotations
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+COLUMNS = (
+    ("artifact", lambda r: r["artifact"]),
+    ("thr", lambda r: str(r["threads"] or "def")),
+    ("p50", lambda r: _ms(r.get("p50_ms"))),
+    ("p90", lambda r: _ms(r.get("p90_ms"))),
+    ("p99", lambda r: _ms(r.get("p99_ms"))),
+    ("std", lambda r: _ms(r.get("std_ms"))),
+    ("spread", lambda r: _pct(r.get("p50_spread_pct"))),
+    ("frame p50", lambda r: _ms(r.get("frame_p50_ms"))),
+    ("overhead", lambda r: _pct(r.get("overhead_pct_of_invoke"))),
+    ("load", lambda r: _ms(r.get("load_ms"))),
+    ("1st", lambda r: _ms(r.get("first_inference_ms"))),
+    ("RSS MB", lambda r: "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}"),
+    ("MB", lambda r: f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-"),
+    ("GMAC/s", lambda r: "-" if r.get("gmacs_per_s") is None else f"{r['gmacs_per_s']:.1f}"),
+    ("acc", lambda r: "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"),
+)
+
+
+def rows(doc: dict) -> list:
+    return [[cell(r) for _, cell in COLUMNS] for r in doc["records"]]
+
+
+def format_table(doc: dict) -> str:
+    """Latencies in ms (invoke unless 'frame'); spread: of the per-repeat p50s; overhead: preprocess + top-k vs invoke."""
+    header = [name for name, _ in COLUMNS]
+    body = rows(doc)
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    for r in body:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    m = doc.get("machine", {})
+    lines.append(f"machine: {m.get('hostname')}: {m.get('cpu')}, {m.get('cores')} cores ({m.get('cores_usable')} usable), "
+                 f"{m.get('arch')}, {m.get('os')}, {m.get('python')}, load {m.get('load_average')}")
+    s = doc.get("settings", {})
+    lines.append(f"ms per call; p50/p90/p99 pooled over {s.get('repeats')} repeat(s) of up to {s.get('runs')} runs; "
+                 f"spread = (max-min)/median of the per-repeat p50s; frame = preprocess+invoke+top-k (decode apart)")
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""One artifact at one thread count, measured in a process that loads nothing else.
+
+    python3 -m runtime.bench.worker '{"bundle": ..., "artifact": ..., "threads": 1, ...}'
+
+Prints one JSON object (raw samples included; the parent pools repeats). A fresh process per
+measurement makes peak RSS mean "this artifact" and keeps one engine's thread pool or allocator
+from slowing the next.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+from runtime.bench.stats import timed_runs, warm_up
+
+
+def rss_mb() -> float | None:
+    """Current resident set size of this process."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def dataset_images(folder, labels) -> tuple[list, list]:
+    """([(path, class index)], [folders that are not classes of the bundle]) of a class-per-folder dataset."""
+    from runtime.errors import DataError
+    from runtime.preprocess import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--data {folder} is not a folder: pass a folder with one sub-folder of images per class")
+    index = {label: i for i, label in enumerate(labels)}
+    items, unknown = [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub.name not in index:
+            unknown.append(sub.name)
+            continue
+        items += [(f, index[sub.name]) for f in sorted(sub.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if not items:
+        raise DataError(f"--data {folder} has no images in folders named after the bundle's classes "
+                        f"({', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''})")
+    return items, unknown
+
+
+def accuracy(classify_file, folder, labels) -> dict:
+    """Top-1 accuracy of `classify_file(path) -> label` on a class-per-folder dataset; unreadable images count apart."""
+    from runtime.errors import ImageDecodeError
+
+    items, unknown = dataset_images(folder, labels)
+    correct = failed = 0
+    for path, truth in items:
+        try:
+            correct += classify_file(path) == labels[truth]
+        except ImageDecodeError:
+            failed += 1
+    scored = len(items) - failed
+    return {"accuracy": correct / scored if scored else None, "accuracy_images": scored, "unreadable_images": failed,
+            "skipped_folders": unknown}
+
+
+def _engine_module(fmt: str) -> tuple[str, str]:
+    from runtime.backends.registry import BACKENDS, available_backends
+
+    installed = available_backends()
+    for cls in BACKENDS.get(fmt, ()):
+        if installed[cls.name]:
+            return cls.module, cls.package
+    return "", ""
+
+
+def measure(job: dict) -> dict:
+    """Load, first inference, warm-up, timed invokes, timed whole frames, accuracy, RSS: one record."""
+    from runtime.bench.frame import frame_stages
+    from runtime.bench.machine import package_versions
+    from runtime.classifier import Classifier
+    from runtime.preprocess import load_image, preprocess
+    from runtime.session import quantize
+
+    rss_start = rss_mb()
+    threads = job.get("threads")
+    fmt = job["format"]
+    module, package = _engine_module(fmt)
+    t = time.perf_counter()
+    if module:
+        importlib.import_module(module)
+    import_ms = (time.perf_counter() - t) * 1000
+    t = time.perf_counter()
+    classifier = Classifier(job["bundle"], artifact=job["artifact"], threads=threads, top_k=job.get("top_k", 5))
+    load_ms = (time.perf_counter() - t) * 1000
+    backend = classifier.session.backend
+
+    # Invoke alone: the engine on an input already preprocessed and quantized, as TFLite's benchmark_model times it.
+    batch = quantize(preprocess(load_image(job["frame"]), classifier.spec)[None], backend.input_spec)
+    t = time.perf_counter()
+    backend.run(batch)
+    first_ms = (time.perf_counter() - t) * 1000
+    warm = warm_up(lambda: backend.run(batch), max_seconds=job.get("max_warmup_s", 10.0))
+    invoke = timed_runs(lambda: backend.run(batch), job["runs"], job.get("budget_s"))
+    frame = frame_stages(lambda image: classifier.classify(image, "rgb"), backend, Path(job["frame"]),
+                         job.get("frame_runs", job["runs"]), job.get("budget_s"))
+    record = {
+        "import_ms": import_ms, "load_ms": load_ms, "first_inference_ms": first_ms, **warm,
+        "invoke_samples": invoke, "frame_samples": frame,
+        "backend": backend.name, "backend_version": package_versions((package,)).get(package) if package else None,
+        "provider": (getattr(backend, "providers", None) or ["CPU"])[0],
+        "rss_before_load_mb": rss_start, "pid": os.getpid(),
+    }
+    if job.get("data"):
+        record.update(accuracy(lambda p: classifier.classify_file(p).label, job["data"], classifier.labels))
+    record["peak_rss_mb"] = peak_rss_mb()
+    return record
+
+
+def main(argv=None) -> int:
+    from runtime.errors import EdgeclsError
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        print(json.dumps(measure(json.loads(argv[0]))))
+    except EdgeclsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

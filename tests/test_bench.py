@@ -1,0 +1,194 @@
+"""`edgecls bench` (issue 8): records, report files, --compare for CI, and one-line errors on bad input.
+
+One real bench of the tiny bundle (every artifact, the Keras baseline, accuracy on the shapes folder) is shared
+by the module; timings are never asserted here (benchmarks/bench_reference.py checks their stability).
+"""
+
+import csv
+import json
+import socket
+
+import pytest
+
+from tests.conftest import cli_error, make_home_like, run_cli
+
+FAST = ("--repeats", "2", "--runs", "15", "--frame-runs", "8", "--time-budget", "2")
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, tiny_bundle, tiny_run_dir, shapes_folder):
+    out = tmp_path_factory.mktemp("bench")
+    paths = {k: out / f"bench.{k}" for k in ("json", "csv", "md", "png")}
+    # --keras: a cached fixture bundle may name a source run of an earlier session (see test_i8_p1_keras_source_*)
+    result = run_cli("bench", tiny_bundle, *FAST, "--keras", tiny_run_dir / "model.keras", "--data", shapes_folder,
+                     "--json", paths["json"], "--csv", paths["csv"],
+                     "--markdown", paths["md"], "--plot", paths["png"], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, paths, json.loads(paths["json"].read_text())
+
+
+def test_i8_p1_every_artifact_and_the_keras_baseline_get_a_record(bench_run, tiny_bundle):
+    _, _, doc = bench_run
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert [r["artifact"] for r in doc["records"]] == [a["name"] for a in manifest["artifacts"]] + ["keras"]
+    for r, a in zip(doc["records"], manifest["artifacts"]):
+        assert (r["file"], r["format"], r["precision"], r["size_bytes"], r["macs"]) == \
+               (a["file"], a["format"], a["precision"], a["size_bytes"], a["macs"])
+    keras = doc["records"][-1]
+    assert keras["format"] == "keras" and keras["file"] == "model.keras" and keras["backend"] == "keras"
+
+
+def test_i8_p1_keras_source_is_the_bundles_run_while_it_is_unchanged(tiny_bundle, tiny_run_dir, tmp_path):
+    import shutil
+
+    from edgecls.bench_keras import source_model
+    from runtime.bundle import load_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["source"]["run"] = str(run)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert source_model(load_bundle(bundle)) == (run / "model.keras", "")
+    (run / "model.keras").write_bytes((run / "model.keras").read_bytes() + b"\0")  # retrained since, say
+    path, why = source_model(load_bundle(bundle))
+    assert path is None and "changed since this bundle was converted" in why
+    shutil.rmtree(run)
+    path, why = source_model(load_bundle(bundle))
+    assert path is None and "--keras MODEL.keras" in why
+
+
+def test_i8_p1_records_hold_sane_statistics_from_fresh_processes(bench_run):
+    _, _, doc = bench_run
+    for r in doc["records"]:
+        assert r["threads"] == 1 and r["repeats"] == 2 and 2 * 10 <= r["runs"] <= 2 * 15
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"], r
+        assert r["std_ms"] >= 0 and r["min_ms"] <= r["mean_ms"] <= r["max_ms"]
+        assert len(r["p50_repeats_ms"]) == 2 and r["p50_spread_pct"] >= 0
+        assert r["load_ms"] > 0 and r["first_inference_ms"] > 0 and r["warmup_runs"] >= 10
+        assert r["throughput_ips"] == pytest.approx(1000 / r["mean_ms"])
+        assert r["gmacs_per_s"] == pytest.approx(r["macs"] / (r["p50_ms"] / 1000) / 1e9)
+        # peak RSS of a process that loaded this artifact: more than the interpreter alone, far less than TF
+        assert r["rss_before_load_mb"] < r["peak_rss_mb"] and (r["format"] == "keras" or r["peak_rss_mb"] < 500)
+        frame = r["frame"]
+        for stage in ("decode", "preprocess", "invoke", "postprocess", "total", "overhead"):
+            assert 0 < frame[stage]["p50_ms"] <= frame[stage]["p90_ms"] <= frame[stage]["p99_ms"], (stage, r["artifact"])
+        assert frame["total"]["p50_ms"] >= frame["invoke"]["p50_ms"]
+        assert r["overhead_pct_of_invoke"] == pytest.approx(100 * frame["overhead"]["p50_ms"] / r["p50_ms"])
+        assert r["machine"] == doc["machine"]
+    records = {r["artifact"]: r for r in doc["records"]}
+    assert records["onnx-fp32"]["provider"] == "CPUExecutionProvider" and records["tflite-int8"]["backend"] == "litert"
+
+
+def test_i8_p1_accuracy_on_data_matches_the_bundle_and_pids_differ(bench_run, tiny_bundle, shapes_folder):
+    _, _, doc = bench_run
+    images = sum(1 for p in shapes_folder.rglob("*") if p.is_file())
+    for r in doc["records"]:
+        assert r["accuracy_images"] == images and 0.0 <= r["accuracy"] <= 1.0
+    acc = {r["artifact"]: r["accuracy"] for r in doc["records"]}
+    assert acc["tflite-fp32"] == pytest.approx(acc["keras"], abs=0.02)  # the same model, two engines
+    assert acc["keras"] > 0.6  # the fixture model is well above chance (1/3) on its own classes
+
+
+def test_i8_p2_machine_is_described(bench_run):
+    _, _, doc = bench_run
+    m = doc["machine"]
+    assert m["hostname"] == socket.gethostname() and m["cores"] >= 1 and m["arch"]
+    assert m["cpu"] and m["os"] and m["python"].split()[-1].count(".") == 2
+    assert {"onnxruntime", "ai-edge-litert", "numpy"} <= set(m["versions"])
+
+
+def test_i8_p2_table_csv_markdown_and_plot_are_written(bench_run):
+    result, paths, doc = bench_run
+    assert "tflite-int8" in result.stdout and "machine:" in result.stdout
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [r["artifact"] for r in rows] == [r["artifact"] for r in doc["records"]]
+    assert float(rows[0]["p50_ms"]) == pytest.approx(doc["records"][0]["p50_ms"], rel=1e-3) and rows[0]["cpu"]
+    markdown = paths["md"].read_text()
+    assert markdown.count("\n| ") == 1 + len(doc["records"]) and doc["machine"]["cpu"] in markdown
+
+    import cv2
+
+    png = cv2.imread(str(paths["png"]))
+    assert png is not None and png.shape[0] > 200 and png.shape[1] > 600
+    ink = (png < 200).any(axis=2)  # bars, marks and text on a white figure
+    assert 0.02 < ink.mean() < 0.6
+    assert ink[:, : png.shape[1] // 2].any() and ink[:, png.shape[1] // 2 :].any()  # latency and accuracy panels
+
+
+def _edited(doc: dict, factor: float) -> dict:
+    doc = json.loads(json.dumps(doc))
+    for r in doc["records"]:
+        for key in ("p50_ms", "p90_ms", "p99_ms"):
+            r[key] *= factor
+    return doc
+
+
+def test_i8_p3_compare_exits_zero_against_itself_and_one_on_a_30pc_faster_baseline(bench_run, tmp_path):
+    _, paths, doc = bench_run
+    same = run_cli("bench", "--from-json", paths["json"], "--compare", paths["json"], "--max-regression", "10%")
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert same.stdout.count("(+0.0%) ok") == len(doc["records"])
+    faster = tmp_path / "faster.json"
+    faster.write_text(json.dumps(_edited(doc, 0.7)))  # the baseline was 30 % faster: now 43 % slower
+    result = run_cli("bench", "--from-json", paths["json"], "--compare", faster, "--max-regression", "10%")
+    error = cli_error(result)
+    assert "regressed beyond 10%" in error and "tflite-int8 threads=1 +42.9%" in error
+    assert result.stdout.count("REGRESSION") == len(doc["records"])
+    within = run_cli("bench", "--from-json", paths["json"], "--compare", faster, "--max-regression", "50%")
+    assert within.returncode == 0, within.stderr[-2000:]
+
+
+def test_i8_p3_a_fresh_bench_fails_against_a_much_faster_baseline(bench_run, tiny_bundle, tmp_path):
+    _, _, doc = bench_run
+    baseline = tmp_path / "base.json"
+    baseline.write_text(json.dumps(_edited(doc, 0.2)))  # far beyond any noise of this machine
+    result = run_cli("bench", tiny_bundle, "--artifacts", "tflite-int8", "--repeats", "1", "--runs", "20",
+                     "--no-keras", "--compare", baseline, timeout=120)
+    assert "p50 regressed beyond 10%: tflite-int8 threads=1" in cli_error(result)
+    assert "onnx" not in result.stdout.split("machine:")[1]  # only the benchmarked artifact is compared
+
+
+@pytest.mark.parametrize("case", ["missing-bundle", "unknown-artifact", "foreign-out", "not-json", "not-bench-json",
+                                  "no-p50", "out-is-dir"])
+def test_i8_bad_input_gives_one_line_errors(case, tiny_bundle, tmp_path):
+    base = tmp_path / "base.json"
+    args = {
+        "missing-bundle": [tmp_path / "nope"],
+        "unknown-artifact": [tiny_bundle, "--artifacts", "tflite-int4"],
+        "foreign-out": [tiny_bundle, "--out", make_home_like(tmp_path / "home")],
+        "not-json": [tiny_bundle, "--compare", base],
+        "not-bench-json": [tiny_bundle, "--compare", base],
+        "no-p50": [tiny_bundle, "--compare", base],
+        "out-is-dir": [tiny_bundle, "--json", tmp_path],
+    }[case]
+    base.write_text({"not-json": "{not json", "not-bench-json": '{"records": []}',
+                     "no-p50": '{"format": "edgecls-bench/1", "records": [{"file": "m", "format": "tflite", '
+                               '"precision": "int8", "threads": 1, "p90_ms": 1, "p99_ms": 2}]}'}.get(case, "{}"))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    error = cli_error(run_cli("bench", *args, "--runs", "5", "--repeats", "1", "--no-keras", timeout=120))
+    expected = {"missing-bundle": "does not exist", "unknown-artifact": "has no artifact 'tflite-int4'",
+                "foreign-out": "did not write", "not-json": "is not valid JSON",
+                "not-bench-json": "is not an edgecls bench result", "no-p50": "lacks a usable p50_ms",
+                "out-is-dir": "is a folder"}[case]
+    assert expected in error, error
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # refused before anything was written
+
+
+def test_i8_p1_runtime_bench_runs_without_the_cli(tiny_bundle, tmp_path):
+    """The device-side entry point: `python3 -m runtime.bench` writes the same document."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "runtime.bench", str(tiny_bundle), "--artifacts", "onnx-int8",
+                           "--threads", "1,2", "--repeats", "1", "--runs", "10", "--json", str(out), "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert [(r["artifact"], r["threads"]) for r in doc["records"]] == [("onnx-int8", 1), ("onnx-int8", 2)]
+    assert doc["format"] == "edgecls-bench/1" and "onnx-int8" in proc.stdout
