@@ -49,3 +49,19 @@ def http_get(url, token=None, timeout=10):
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+class ListSink:
+    """Keeps every published result, as a real sink would write them."""
+
+    def __init__(self):
+        self.results, self.closed = [], False
+
+    def write(self, result):
+        self.results.append(result)
+
+    def close(self):
+        self.closed = True
+
+    def of(self, source):
+        return [r for r in list(self.results) if r["source"] == source]

@@ -94,6 +94,7 @@ class SshServer:
             "MaxSessions 50",
             # A provisioned device has edgecls installed; here the checkout stands in for that install.
             f"SetEnv PATH={path} PYTHONPATH={_REPO}",
+            "AcceptEnv EDGECLS_TEST_KILL_AT",  # the kill tests' device-side hook (runtime/install/layout.py)
             "Subsystem sftp internal-sftp",
             "",
         ]))

@@ -10,11 +10,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
 
 from tests.conftest import require_tool
@@ -23,7 +21,7 @@ cv2 = pytest.importorskip("cv2")
 
 from runtime.daemon import Daemon  # noqa: E402
 from runtime.daemon.http import COOKIE  # noqa: E402
-from tests.daemon_helpers import wait_for, write_test_video  # noqa: E402
+from tests.daemon_helpers import ListSink, wait_for, write_test_video  # noqa: E402
 
 TOKEN = "tok-51c0ffee-preview-not-in-logs"
 
@@ -31,17 +29,6 @@ TOKEN = "tok-51c0ffee-preview-not-in-logs"
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
     return write_test_video(tmp_path_factory.mktemp("daemon-finish") / "clip.avi")
-
-
-class ListSink:
-    def __init__(self):
-        self.results = []
-
-    def write(self, result):
-        self.results.append(result)
-
-    def close(self):
-        pass
 
 
 def request(url, path, headers=None, read_bytes=None):

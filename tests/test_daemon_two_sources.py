@@ -16,26 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from runtime.daemon import Daemon  # noqa: E402
 from runtime.daemon.supervisor import Backoff  # noqa: E402
-from tests.daemon_helpers import http_get as get, wait_for, write_test_video  # noqa: E402
+from tests.daemon_helpers import ListSink, http_get as get, wait_for, write_test_video  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 RESULT_KEYS = {"source", "ts", "frame", "top1", "score", "topk", "latency_ms", "frame_age_ms"}
-
-
-class ListSink:
-    """Keeps every published result, as a real sink would write them."""
-
-    def __init__(self):
-        self.results, self.closed = [], False
-
-    def write(self, result):
-        self.results.append(result)
-
-    def close(self):
-        self.closed = True
-
-    def of(self, source):
-        return [r for r in list(self.results) if r["source"] == source]
 
 
 @pytest.fixture(scope="module")

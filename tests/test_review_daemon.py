@@ -19,21 +19,10 @@ from runtime.daemon.sinks import JsonlFileSink  # noqa: E402
 from runtime.daemon.supervisor import Backoff  # noqa: E402
 from runtime.sources import SourceError, parse_source, redact_uri  # noqa: E402
 from tests.conftest import write_image  # noqa: E402
-from tests.daemon_helpers import http_get as get, wait_for  # noqa: E402
+from tests.daemon_helpers import ListSink, http_get as get, wait_for  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 SECRET = "pw-9c41e7-secret"
-
-
-class ListSink:
-    def __init__(self):
-        self.results = []
-
-    def write(self, result):
-        self.results.append(result)
-
-    def close(self):
-        pass
 
 
 def _status_server(**options):

@@ -13,24 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import write_test_video
+from tests.daemon_helpers import ListSink, write_test_video
 
 cv2 = pytest.importorskip("cv2")
 
 from tests.test_daemon_show import gui_python  # noqa: E402,F401  (the opencv-python venv fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class ListSink:
-    def __init__(self):
-        self.results = []
-
-    def write(self, result):
-        self.results.append(result)
-
-    def close(self):
-        pass
 
 
 def _python(code: str, timeout: float, env=None):
