@@ -105,7 +105,7 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
                                          port=options.service_port, profile=profile.name)
         health_url = health_url or (service["health_url"] if service["enabled"] else "")
     manifest = files[MANIFEST].read_bytes()
-    plan = target.plan(manifest, artifacts)
+    plan = target.plan(manifest, artifacts, smoke=options.smoke)
     if plan["installed"]:
         return FlashResult(target_text, "unchanged", plan["slot"], "already installed and healthy",
                            time.monotonic() - started)
@@ -113,7 +113,8 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     if SIGNATURE in files:
         send[SIGNATURE] = files[SIGNATURE]
     done = target.apply(manifest, artifacts, send, profile=_smoke_profile(profile), budget_ms=profile.latency_budget_ms,
-                        service=profile.service, health_url=health_url, smoke=options.smoke,
+                        service=profile.service, health_url=health_url,
+                        health_token_file=profile.health_token_file if health_url else "", smoke=options.smoke,
                         lock_timeout=options.lock_timeout)
     return FlashResult(target_text, done["result"], done["slot"], done.get("reason", ""), time.monotonic() - started,
                        sorted(send), done.get("smoke"))
@@ -175,11 +176,18 @@ def read_targets_file(path) -> list:
     return entries
 
 
+def printable(text) -> str:
+    """`text` with control characters escaped (\\x1b, \\n): manifest fields and device messages come from
+    files anyone could have written, and a terminal must not execute them."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def format_table(results: list) -> str:
     """target | result | version | seconds | reason; one row per target, in the order given."""
     rows = [("TARGET", "RESULT", "VERSION", "TIME", "REASON")]
     for r in results:
-        rows.append((r.target, r.result, r.slot or "-", f"{r.seconds:.1f}s", r.reason or ""))
+        rows.append((printable(r.target), r.result, printable(r.slot or "-"), f"{r.seconds:.1f}s",
+                     printable(r.reason or "")))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows)
 

@@ -51,6 +51,7 @@ class DeviceProfile:
     latency_budget_ms: float | None = None  # p95 per image in the smoke test; None: not checked
     allowed_signers: str = ""  # an OpenSSH allowed-signers file: flash refuses bundles not signed by these keys
     health_url: str = ""  # the daemon's /healthz on the device, waited for after the switch
+    health_token_file: str = ""  # a file ON the device holding the daemon's bearer token (the path is kept, never the token)
     notes: dict = field(default_factory=dict)
 
     @classmethod
@@ -112,6 +113,9 @@ class DeviceProfile:
             bad("latency_budget_ms", "a positive number of milliseconds, or null")
         if self.health_url and not self.health_url.startswith(("http://", "https://")):
             bad("health_url", "an http:// URL such as http://127.0.0.1:8080/healthz")
+        if not isinstance(self.health_token_file, str) or (
+                self.health_token_file and not self.health_token_file.startswith(("/", "~/"))):
+            bad("health_token_file", "an absolute path on the device such as /etc/edgecls/token, or \"\"")
         if not isinstance(self.notes, dict):
             bad("notes", "an object")
 

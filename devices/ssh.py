@@ -93,7 +93,8 @@ def _cause(stderr: str, target: SshTarget) -> str | None:
     if "could not resolve hostname" in text or "name or service not known" in text:
         return f"cannot resolve the host name {target.host!r}: check the spelling, DNS or your ~/.ssh/config Host entry"
     if "host key verification failed" in text or "remote host identification has changed" in text:
-        return (f"the host key of {where} is unknown or changed: connect once with `ssh {target.destination}` "
+        connect = f"ssh -p {target.port} {target.destination}" if target.port else f"ssh {target.destination}"
+        return (f"the host key of {where} is unknown or changed: connect once with `{connect}` "
                 f"to accept it, or fix ~/.ssh/known_hosts if the device was re-imaged")
     if "permission denied" in text or "too many authentication failures" in text:
         return (f"{where} refused the login: install your public key on the device (`ssh-copy-id "
@@ -172,8 +173,10 @@ class SshClient:
         cause = _remote_cause(stderr, argv0) if result.returncode in (1, 127) else None
         if cause:
             return f"{self.target}: {cause}"
-        last = next((l.strip() for l in reversed(stderr.splitlines()) if l.strip()), f"exit status {result.returncode}")
-        return f"{self.target}: `{argv0}` failed: {last[:300]}"
+        last = next((l.strip() for l in reversed(stderr.splitlines()) if l.strip()), "")
+        if result.returncode == 255 and "Traceback" not in stderr:
+            last = "the connection or the remote process ended abruptly (killed, or the device rebooted)"
+        return f"{self.target}: `{argv0}` failed (exit status {result.returncode})" + (f": {last[:300]}" if last else "")
 
     def python(self, module: str, args: Sequence[str] = (), **kw) -> subprocess.CompletedProcess:
         """`python3 -m module args...` on the device (the interpreter is the `python` given at construction)."""

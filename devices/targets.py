@@ -7,7 +7,8 @@ the device, with the device's own file system semantics, whichever way the files
 
 from __future__ import annotations
 
-import base64
+import hashlib
+import io
 import json
 import os
 import tarfile
@@ -25,10 +26,10 @@ class LocalTarget:
         self.root = str(Path(os.path.expanduser(str(root))).absolute())
         self.name = self.root
 
-    def plan(self, manifest: bytes, artifacts) -> dict:
+    def plan(self, manifest: bytes, artifacts, smoke: bool = True) -> dict:
         from runtime.install import api
 
-        return api.plan(self.root, manifest, artifacts)
+        return api.plan(self.root, manifest, artifacts, smoke=smoke)
 
     def apply(self, manifest: bytes, artifacts, files: dict, **options) -> dict:
         from runtime.install import api
@@ -68,9 +69,9 @@ class SshDeviceTarget:
         self.root = target.root or default_root
         self.name = text
 
-    def _call(self, command: str, args: list, *, stdin=None, timeout: float = 600) -> dict:
+    def _call(self, command: str, args: list, *, stdin=None, input: bytes | None = None, timeout: float = 600) -> dict:
         result = self.client.run([self.client.python_exe, "-m", "runtime.install", command, "--root", self.root,
-                                  *map(str, args)], stdin=stdin, timeout=timeout, check=False)
+                                  *map(str, args)], stdin=stdin, input=input, timeout=timeout, check=False)
         out = result.stdout.decode("utf-8", "replace").strip().splitlines()
         try:
             data = json.loads(out[-1]) if out else None
@@ -82,25 +83,31 @@ class SshDeviceTarget:
             raise SshError(self.client.describe_failure(result, self.client.python_exe))
         return data
 
-    def _manifest_args(self, manifest: bytes, artifacts) -> list:
-        return ["--manifest-b64", base64.b64encode(manifest).decode(), "--artifacts", ",".join(artifacts)]
+    def _manifest_args(self, manifest: bytes, artifacts, smoke: bool) -> list:
+        """Only the manifest's sha256 goes in argv (the manifest itself on stdin: argv is capped at 128 KiB)."""
+        return ["--manifest-sha256", hashlib.sha256(manifest).hexdigest(), "--artifacts", ",".join(artifacts)] + \
+            ([] if smoke else ["--no-smoke"])
 
-    def plan(self, manifest: bytes, artifacts) -> dict:
-        return self._call("plan", self._manifest_args(manifest, artifacts), timeout=120)
+    def plan(self, manifest: bytes, artifacts, smoke: bool = True) -> dict:
+        return self._call("plan", self._manifest_args(manifest, artifacts, smoke), input=manifest, timeout=120)
 
     def apply(self, manifest: bytes, artifacts, files: dict, *, profile=None, budget_ms=None, service="",
-              health_url="", smoke=True, lock_timeout=60.0) -> dict:
-        args = self._manifest_args(manifest, artifacts) + ["--stdin-tar", "--profile-json", json.dumps(profile or {}),
-                                                           "--service", service, "--health-url", health_url,
-                                                           "--lock-timeout", lock_timeout]
+              health_url="", health_token_file="", smoke=True, lock_timeout=60.0) -> dict:
+        args = self._manifest_args(manifest, artifacts, smoke) + [
+            "--stdin-tar", "--profile-json", json.dumps(profile or {}), "--service", service, "--health-url",
+            health_url, "--health-token-file", health_token_file, "--lock-timeout", lock_timeout]
         if budget_ms is not None:
             args += ["--budget-ms", budget_ms]
-        if not smoke:
-            args.append("--no-smoke")
         with tempfile.TemporaryFile() as stream:
-            with tarfile.open(fileobj=stream, mode="w") as tar:
+            # dereference: a model file that is a link inside the bundle (a deduplicated store) travels as its
+            # bytes, which the host has checked against the manifest; the device accepts only plain files.
+            with tarfile.open(fileobj=stream, mode="w", dereference=True) as tar:
+                header = tarfile.TarInfo("manifest.json")  # first: the device reads the manifest from here
+                header.size, header.mode = len(manifest), 0o644
+                tar.addfile(header, io.BytesIO(manifest))
                 for name, path in files.items():
-                    tar.add(path, arcname=name, recursive=False)
+                    if name != "manifest.json":  # already sent as the header, the same bytes
+                        tar.add(path, arcname=name, recursive=False)
             stream.seek(0)
             return self._call("apply", args, stdin=stream)
 

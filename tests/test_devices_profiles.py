@@ -41,6 +41,7 @@ def test_i9_p1_every_builtin_is_listed_and_round_trips():
     ({"providers": []}, r'"providers" is \(\); expected a list of names \(at least one\)'),
     ({"camra": "0"}, r"unknown field\(s\) \['camra'\]"),
     ({"health_url": "localhost:8080"}, r'"health_url" .*http://'),
+    ({"health_token_file": "token.txt"}, r'"health_token_file" .*absolute path on the device'),
 ])
 def test_i9_p1_invalid_profiles_name_the_field_and_the_fix(tmp_path, change, message):
     path = tmp_path / "mine.json"

@@ -66,3 +66,14 @@ def test_i9_p2_errors_name_cause_and_fix(sshd, tmp_path):  # noqa: F811
     missing = SshClient(parse_target(sshd.target("/x")), config=sshd.ssh_config)
     with pytest.raises(SshError, match="edgecls is not installed for the device's python3"):
         missing.run("cd / && PYTHONPATH= python3 -S -c 'import runtime.install'")
+
+
+def test_i9_p2_host_key_hint_names_the_port(sshd, tmp_path):  # noqa: F811
+    """A device on a non-default port: the hint's command must reach that port, or it accepts the wrong key."""
+    (tmp_path / "known_hosts").write_text("")
+    client = SshClient(SshTarget("127.0.0.1", sshd.user, sshd.port),
+                       options=[f"IdentityFile={sshd.client_key}", "IdentitiesOnly=yes", "StrictHostKeyChecking=yes",
+                                f"UserKnownHostsFile={tmp_path / 'known_hosts'}", "ControlMaster=no"])
+    with pytest.raises(SshError, match=rf"host key of .* is unknown or changed: connect once with "
+                                       rf"`ssh -p {sshd.port} {sshd.user}@127.0.0.1`"):
+        client.run(["true"])

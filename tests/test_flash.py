@@ -229,11 +229,18 @@ def test_i9_p2_concurrent_flashes_take_turns(bundles, tmp_path):
         [busy] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE, lock_timeout=0.2))
     assert busy.result == "failed" and "is busy" in busy.reason and "pid" in busy.reason
     assert current_release(root).name == flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].slot
-    with ThreadPoolExecutor(2) as pool:  # two flashes at once: serialized by the lock, both complete
-        results = list(pool.map(lambda b: flash(b, [str(root)], FlashOptions(profile=PROFILE))[0],
-                                [bundles["a"], bundles["b"]]))
-    assert all(r.ok for r in results), results
-    assert_complete(root, (bundles["a"] if current_release(root).name == results[0].slot else bundles["b"]) / MANIFEST)
+    # Two flashes at once, of two versions neither installed (so both take the lock, not plan's no-op path):
+    # serialized by the lock, both complete, and the device's own record of when each held the lock shows
+    # the two intervals one after the other, never overlapping.
+    c = variant(bundles["a"], tmp_path / "c", created="2026-03-03T00:00:00+00:00")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda b: flash(b, [str(root)], FlashOptions(profile=PROFILE))[0], [bundles["b"], c]))
+    assert [r.result for r in results] == ["installed", "installed"], results
+    held = [h for h in json.loads((root / "state.json").read_text())["history"] if h["slot"] in {r.slot for r in results}]
+    assert len(held) == 2
+    (start1, end1), (start2, end2) = sorted((h["locked_at"], h["recorded_at"]) for h in held)
+    assert start1 < end1 <= start2 < end2, held
+    assert_complete(root, (bundles["b"] if current_release(root).name == results[0].slot else c) / MANIFEST)
 
 
 def test_i9_p2_unreachable_target_is_one_failed_row_with_cause_and_fix(bundles, tmp_path, sshd):  # noqa: F811
@@ -256,3 +263,34 @@ def test_i9_p2_damaged_previous_release_is_replaced_not_trusted(bundles, tmp_pat
     assert again.result == "installed", again.reason  # the damaged release was replaced, not switched to as is
     assert_complete(root, bundles["a"] / MANIFEST)
     assert os.readlink(root / "previous") == f"releases/{b.slot}"
+
+
+def test_i9_p4_smoke_test_stops_once_over_budget_and_has_a_deadline(bundles, tmp_path):
+    """A model far over its budget must not hold the flash lock for all its timing runs, and nothing may
+    make the smoke test run unbounded (a hung backend, a huge model on a slow device)."""
+    from runtime.install.smoke import smoke_deadline, smoke_test
+
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    profile = {"artifacts": ["tflite-int8"], "threads": 1}
+    over = smoke_test(current_release(root), profile, budget_ms=0.001)
+    assert not over["ok"] and "p95 latency" in over["reason"] and over["runs"] == 3  # not 30: p95 was certain
+    late = smoke_test(current_release(root), profile, budget_ms=None, deadline_s=0)
+    assert not late["ok"] and "did not finish within 0 s" in late["reason"]
+    assert smoke_deadline(0.001) == 10 and smoke_deadline(1000) == 90  # max(10 s, 3 x 30 runs at budget)
+    assert smoke_test(current_release(root), profile, budget_ms=None)["runs"] == 30
+
+
+def test_i9_p5_status_and_table_escape_control_characters(bundles, tmp_path):
+    """Manifest fields are text anyone could write: a terminal must see escapes, not execute them."""
+    from devices.flash import FlashResult, format_table
+
+    evil = variant(bundles["a"], tmp_path / "evil", created="2026\x1b]0;owned\x07\x1b[2J\nforged line")
+    root = tmp_path / "dev"
+    assert flash(evil, [str(root)], FlashOptions(profile=PROFILE))[0].ok
+    shown = run_cli("status", root)
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout and "\nforged line" not in shown.stdout
+    assert "2026\\x1b]0;owned\\x07\\x1b[2J\\nforged line" in shown.stdout
+    table = format_table([FlashResult("t\x1b[1m", "failed", reason="bad\x1b[2J\rlabel")])
+    assert "\x1b" not in table and "\r" not in table and "bad\\x1b[2J\\rlabel" in table

@@ -100,3 +100,24 @@ def test_i9_p3_profile_with_trusted_keys_refuses_on_the_host(bundles, keys, tmp_
     assert (tmp_path / "dev" / "allowed_signers").read_bytes() == keys["signers"].read_bytes()
     [refused] = flash(bundles["a"], [str(tmp_path / "dev")], FlashOptions(profile=PROFILE))
     assert refused.result == "failed" and "is not signed" in refused.reason
+
+
+def test_i9_p5_rollback_refuses_an_unsigned_previous_where_signatures_are_required(bundles, keys, tmp_path):
+    """`edgecls rollback` is a switch like a flash: on a device that requires signatures it must not make
+    current a version installed before the device trusted keys (unsigned), and says why."""
+    from runtime.install import api
+
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    api.trust(str(root), keys["signers"].read_bytes())
+    sign_bundle(bundles["b"], keys["trusted"])
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    assert b.result == "installed" and status(str(root))["previous"] == a.slot
+    err = cli_error(run_cli("rollback", root))
+    assert "cannot roll back" in err and "requires signed bundles" in err and "is not signed" in err
+    assert current_release(root).name == b.slot  # nothing switched
+    # Signed now (and re-flashed, which records the signature in its release): rollback is allowed again.
+    sign_bundle(bundles["a"], keys["trusted"])
+    assert flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].result == "installed"
+    assert run_cli("rollback", root).returncode == 0
+    assert current_release(root).name == b.slot

@@ -15,24 +15,30 @@ from edgecls.commands.flash import target_options, with_target_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(target, as_json, **kw):
     """Installed versions, which is current, signature state, health, and the last flash result with its reason."""
+    from devices.flash import printable as p
     from devices.flash import status as run_status
 
     info = run_status(target, target_options(**kw))
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"{target} (root {info['root']}){'  signatures required' if info['requires_signature'] else ''}")
+    # Every field below may come from a manifest or a device: printed with control characters escaped.
+    click.echo(f"{p(target)} (root {p(info['root'])}){'  signatures required' if info['requires_signature'] else ''}")
     for v in info["versions"]:
         mark = "current " if v["slot"] == info["current"] else "previous" if v["slot"] == info["previous"] else "        "
         sig = v.get("signature") or {}
-        signed = f"signed by {sig['signer']}" if sig.get("signer") else "unsigned"
-        click.echo(f"  {mark} {v['slot']}  {v['created'] or '-'}  {','.join(v['artifacts'])}  {signed}")
+        signed = f"signed by {p(sig['signer'])}" if sig.get("signer") else "unsigned"
+        click.echo(f"  {mark} {p(v['slot'])}  {p(v['created'] or '-')}  {p(','.join(v['artifacts']))}  {signed}")
     if "health" in info:
         h = info["health"]
-        click.echo(f"  health: {h['url']} -> {h.get('status')}" + (f" ({h['error']})" if h.get("error") else ""))
+        click.echo(f"  health: {p(h['url'])} -> {h.get('status')}" + (f" ({p(h['error'])})" if h.get("error") else ""))
     last = info.get("last_flash")
     if last:
-        click.echo(f"  last flash: {last['result']} {last.get('slot', '')} at {last.get('time', '')}"
-                   + (f": {last['reason']}" if last.get("reason") else ""))
-    if info.get("pending"):
-        click.echo(f"  interrupted flash of {info['pending']['slot']}: run the flash again to finish it")
+        click.echo(f"  last flash: {p(last['result'])} {p(last.get('slot') or '')} at {p(last.get('time', ''))}"
+                   + (f": {p(last['reason'])}" if last.get("reason") else ""))
+    pending = info.get("pending")
+    if pending and pending.get("kind") == "rollback":
+        click.echo(f"  interrupted rollback to {p(pending['slot'])}: run `edgecls rollback` again (or any flash) "
+                   f"to finish it")
+    elif pending:
+        click.echo(f"  interrupted flash of {p(pending['slot'])}: run the flash again to finish it")

@@ -2,12 +2,15 @@
 
 Every command prints one JSON object on stdout. A refusal prints {"error": "..."} and exits 2, so the host
 can tell a reasoned refusal from a crash (exit 1, traceback on stderr).
+
+The manifest never travels in argv (Linux caps one argument at 128 KiB, and a 10k-class manifest is
+larger): `plan` reads it raw on stdin, `apply --stdin-tar` as the tar's first member, `apply --from-dir` raw
+on stdin; argv carries only its sha256 (`--manifest-sha256`), checked before the manifest is parsed.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 
@@ -21,15 +24,16 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name)
         c.add_argument("--root", required=True, help="the device root (releases/, current, previous)")
         if name in ("plan", "apply"):
-            c.add_argument("--manifest-b64", required=True, help="the bundle's manifest.json, base64")
+            c.add_argument("--manifest-sha256", required=True, help="sha256 of the manifest.json given on stdin")
             c.add_argument("--artifacts", required=True, help="comma-separated artifact names sent")
+            c.add_argument("--no-smoke", action="store_true", help="the flash skips the smoke test")
         if name == "apply":
             c.add_argument("--stdin-tar", action="store_true", help="read the files to stage as a tar on stdin")
             c.add_argument("--from-dir", default=None, help="stage the files found in this folder (Ansible copies there)")
             c.add_argument("--profile-json", default="{}", help="artifacts/backends/providers/threads for the smoke test")
             c.add_argument("--budget-ms", type=float, default=None)
             c.add_argument("--health-url", default="")
-            c.add_argument("--no-smoke", action="store_true")
+            c.add_argument("--health-token-file", default="", help="a file on the device holding the daemon's token")
         if name in ("apply", "rollback"):
             c.add_argument("--service", default="")
             c.add_argument("--lock-timeout", type=float, default=60.0)
@@ -51,20 +55,26 @@ def main(argv=None) -> int:
 
     try:
         if args.command in ("plan", "apply"):
-            manifest = base64.b64decode(args.manifest_b64)
+            from runtime.install import staging
+
             artifacts = [a for a in args.artifacts.split(",") if a]
+            stream = None
+            if args.command == "apply" and args.stdin_tar:
+                manifest, stream = staging.open_upload(sys.stdin.buffer, args.manifest_sha256)
+            else:
+                manifest = staging.check_manifest(sys.stdin.buffer.read(), args.manifest_sha256)
         if args.command == "plan":
-            out = api.plan(args.root, manifest, artifacts)
+            out = api.plan(args.root, manifest, artifacts, smoke=not args.no_smoke)
         elif args.command == "apply":
             sources = None
             if args.from_dir:
                 from pathlib import Path
 
                 sources = {p.name: p for p in Path(args.from_dir).iterdir() if p.is_file()}
-            out = api.apply(args.root, manifest, artifacts, stream=sys.stdin.buffer if args.stdin_tar else None,
-                            sources=sources,
+            out = api.apply(args.root, manifest, artifacts, stream=stream, sources=sources,
                             profile=json.loads(args.profile_json), budget_ms=args.budget_ms, service=args.service,
-                            health_url=args.health_url, smoke=not args.no_smoke, lock_timeout=args.lock_timeout)
+                            health_url=args.health_url, health_token_file=args.health_token_file,
+                            smoke=not args.no_smoke, lock_timeout=args.lock_timeout)
         elif args.command == "rollback":
             out = api.rollback(args.root, service=args.service, lock_timeout=args.lock_timeout)
         elif args.command == "trust":
@@ -78,6 +88,10 @@ def main(argv=None) -> int:
             out = api.status(args.root, args.health_url)
     except EdgeclsError as exc:
         print(json.dumps({"error": str(exc)}))
+        return 2
+    except OSError as exc:  # a full or read-only disk: the device's own words, as for a local target
+        print(json.dumps({"error": f"{exc.strerror or exc} ({exc.filename}): free space or check the device's "
+                                   f"disk, then flash again"}))
         return 2
     print(json.dumps(out))
     return 0

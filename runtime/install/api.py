@@ -10,12 +10,11 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import BinaryIO
 
 from runtime.bundle import MANIFEST, RELEASE, Manifest
 from runtime.install import commit, staging
-from runtime.install.layout import DeviceRoot, InstallError
+from runtime.install.layout import SLOT, DeviceRoot, InstallError, is_real_dir
 from runtime.install.signature import SIGNATURE, SignatureError, verify_manifest
 
 KEEP_RELEASES = 3  # besides current and previous nothing is needed; a few more make `rollback` cheap to repeat
@@ -33,27 +32,44 @@ def _state(device: DeviceRoot) -> dict:
     return device.read_json(device.state_file, {"history": []})
 
 
-def _record(device: DeviceRoot, finished: bool = False, **result) -> dict:
-    """Append a result to state.json; `finished` also clears the flash's pending record in the same write."""
+def _record(device: DeviceRoot, clear=(), **result) -> dict:
+    """Append a result to state.json; `clear` names journal entries (pending, pending_rollback) it completes.
+
+    One write, so a result and the end of its journal entry are durable together.
+    """
     state = _state(device)
     result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    result["recorded_at"] = time.time()
     state["last_flash"] = result
     state["history"] = (state.get("history", []) + [result])[-HISTORY:]
     if result.get("result") == "installed":
         state.setdefault("healthy", {})[result["slot"]] = True
-    if finished:
-        state.pop("pending", None)
+        state.setdefault("smoke_tested", {})[result["slot"]] = bool(result.get("smoke_tested"))
+    for entry in clear:
+        state.pop(entry, None)
     device.write_json(device.state_file, state)
     return result
 
 
-def _is_installed(state: dict, current: str | None, slot: str) -> bool:
-    """Current, smoke-tested, and not a flash interrupted before its end (then the re-run finishes it)."""
+def _is_installed(device: DeviceRoot, state: dict, current: str | None, slot: str, smoke: bool) -> bool:
+    """Current, healthy (smoke-tested when asked for), intact, signed if the device wants that, and not a flash
+    or rollback interrupted before its end (then the re-run finishes it)."""
     pending = (state.get("pending") or {}).get("slot")
-    return current == slot and bool(state.get("healthy", {}).get(slot)) and pending != slot
+    if current != slot or not state.get("healthy", {}).get(slot) or pending == slot or state.get("pending_rollback"):
+        return False
+    if smoke and not state.get("smoke_tested", {}).get(slot):
+        return False  # installed with --no-smoke: a flash that wants the smoke test runs it
+    if staging.release_damage(device, slot):
+        return False  # the device must not vouch for bytes it finds wrong: the flash repairs them
+    if device.signers.is_file():
+        try:
+            verify_manifest(device.releases / slot / MANIFEST, device.releases / slot / SIGNATURE, device.signers)
+        except SignatureError:
+            return False  # installed before the device trusted keys: a signed re-flash records the signature
+    return True
 
 
-def plan(root, manifest_bytes: bytes, artifacts) -> dict:
+def plan(root, manifest_bytes: bytes, artifacts, smoke: bool = True) -> dict:
     """What a flash of this bundle still has to send; read-only (no lock, creates nothing)."""
     device = DeviceRoot(root)
     device.check()
@@ -61,10 +77,10 @@ def plan(root, manifest_bytes: bytes, artifacts) -> dict:
     files = staging.wanted_files(manifest, manifest_bytes, artifacts)
     slot = staging.slot_name(manifest_bytes, artifacts)
     current = device.link_version(device.current)
-    done = _is_installed(_state(device), current, slot)
+    done = _is_installed(device, _state(device), current, slot, smoke) if device.is_ours() else False
     have = []
     for folder in (device.releases / slot, device.staging / slot):
-        if folder.is_dir():
+        if is_real_dir(folder):
             have = staging.verified(folder, files)
             if len(have) == len(files):
                 break
@@ -74,16 +90,27 @@ def plan(root, manifest_bytes: bytes, artifacts) -> dict:
             "reuse": sorted(reusable), "signed_required": device.signers.is_file()}
 
 
-def _check_signature(device: DeviceRoot, folder: Path) -> dict:
+def _check_signature(device: DeviceRoot, slot: str, files: dict) -> dict:
+    """Verify the signature just sent (staging/<slot>) if any, else the one installed with the release."""
     if not device.signers.is_file():
         return {"required": False, "signer": None}
-    signer = verify_manifest(folder / MANIFEST, folder / SIGNATURE, device.signers)
+    release, stage = device.releases / slot, device.staging / slot
+    manifest = release if staging.verified(release, {MANIFEST: files[MANIFEST]}) else stage
+    signature = stage / SIGNATURE if (stage / SIGNATURE).is_file() else release / SIGNATURE
+    signer = verify_manifest(manifest / MANIFEST, signature, device.signers)
     return {"required": True, "signer": signer}
+
+
+def _recover(device: DeviceRoot) -> None:
+    """Under the lock, before anything else: finish what a killed command left (temps, trash, a rollback)."""
+    commit.remove_stale_temps(device)
+    staging.remove_trash(device)
+    _finish_rollback(device)
 
 
 def apply(root, manifest_bytes: bytes, artifacts, *, stream: BinaryIO | None = None, sources: dict | None = None,
           profile: dict | None = None, budget_ms: float | None = None, service: str = "", health_url: str = "",
-          smoke: bool = True, lock_timeout: float = 60.0) -> dict:
+          health_token_file: str = "", smoke: bool = True, lock_timeout: float = 60.0) -> dict:
     """Receive, verify, commit, check, and keep or roll back. Returns the result recorded in state.json.
 
     Refusals before the switch (corrupted upload, bad signature, foreign root, busy) raise InstallError and
@@ -93,32 +120,35 @@ def apply(root, manifest_bytes: bytes, artifacts, *, stream: BinaryIO | None = N
     manifest = _manifest(manifest_bytes)
     files = staging.wanted_files(manifest, manifest_bytes, artifacts)
     slot = staging.slot_name(manifest_bytes, artifacts)
+    if health_token_file:
+        from runtime.install.smoke import read_token
+
+        read_token(health_token_file)  # unreadable: refuse now, not roll back a good model after the switch
     with device.lock(lock_timeout):
-        commit.remove_stale_temps(device)
-        staging.remove_trash(device)
-        if (service or health_url) and device.read_json(device.config_file, {}) != {"service": service,
-                                                                                    "health_url": health_url}:
-            device.write_json(device.config_file, {"service": service, "health_url": health_url})
+        locked_at = time.time()
+        _recover(device)
+        settings = {"service": service, "health_url": health_url, "health_token_file": health_token_file}
+        if (service or health_url) and device.read_json(device.config_file, {}) != settings:
+            device.write_json(device.config_file, settings)  # the token file's path, never the token
+        # Staged first, so an upload cut off or refused below still leaves the manifest for the re-run.
+        staging.put_manifest(device, slot, manifest_bytes, files)
         if stream is not None:
             staging.receive(device, slot, stream, files)
         if sources:
             staging.copy_into(device, slot, sources, files)
-        staging.reuse_from_releases(device, slot, files)  # files the host did not send: same bytes, older release
         state = _state(device)
         old = device.link_version(device.current)
-        if _is_installed(state, old, slot):
+        if _is_installed(device, state, old, slot, smoke):
             return {"slot": slot, "result": "unchanged", "reason": "this version is already installed and healthy"}
-        release = device.releases / slot
-        folder = release if release.is_dir() and len(staging.verified(release, files)) == len(files) \
-            else device.staging / slot
+        staging.reuse_from_releases(device, slot, files)  # files the host did not send: same bytes, older release
         try:
-            signature = _check_signature(device, folder)
+            signature = _check_signature(device, slot, files)
         except SignatureError as exc:
-            _record(device, slot=slot, result="refused", reason=str(exc))
+            _record(device, slot=slot, result="refused", reason=str(exc), locked_at=locked_at)
             raise
         info = {"slot": slot, "artifacts": sorted(artifacts), "created": manifest.created,
                 "labels": len(manifest.labels), "signature": signature, "installed": time.time()}
-        staging.promote(device, slot, files, info)
+        release, repaired = staging.promote(device, slot, files, info)
         # A re-run after a kill between here and the end finds its own `pending` record: what to roll back to.
         pending = state.get("pending") if (state.get("pending") or {}).get("slot") == slot else None
         if old != slot:
@@ -127,41 +157,54 @@ def apply(root, manifest_bytes: bytes, artifacts, *, stream: BinaryIO | None = N
             if pending["old"]:
                 commit.switch(device, "previous", pending["old"])
             commit.switch(device, "current", slot)  # the commit
-        pending = pending or {"slot": slot, "old": device.link_version(device.previous), "prior": None}
-        failure, checks = _after_switch(device, release, profile or {}, budget_ms, service, health_url, smoke)
+        else:  # current already: checked again (not smoke-tested yet, repaired, or a re-run after a kill)
+            pending = pending or {"slot": slot, "old": device.link_version(device.previous), "prior": None}
+            _write_pending(device, pending)
+        failure, checks = _after_switch(device, release, profile or {}, budget_ms, service, health_url,
+                                        health_token_file, smoke)
         if failure:
             _roll_back(device, pending.get("old"), pending.get("prior"), service)
             return _finish(device, slot=slot, result="rolled back", reason=failure, smoke=checks,
-                           restored=pending.get("old"))
+                           restored=pending.get("old"), locked_at=locked_at)
         _cleanup(device)
-        return _finish(device, slot=slot, result="installed", reason="", smoke=checks, replaced=pending.get("old"))
+        reason = f"repaired damaged file(s) of the installed release: {', '.join(repaired)}" if repaired else ""
+        return _finish(device, slot=slot, result="installed", reason=reason, smoke=checks, smoke_tested=smoke,
+                       replaced=pending.get("old"), locked_at=locked_at)
 
 
 def _write_pending(device: DeviceRoot, pending: dict) -> None:
     state = _state(device)
+    if state.get("pending") == pending and pending["slot"] not in state.get("healthy", {}):
+        return  # a re-run: already journaled
     state["pending"] = pending
     state.setdefault("healthy", {}).pop(pending["slot"], None)
+    state.setdefault("smoke_tested", {}).pop(pending["slot"], None)
     device.write_json(device.state_file, state)
 
 
 def _finish(device: DeviceRoot, **result) -> dict:
-    return _record(device, finished=True, **result)
+    return _record(device, clear=("pending",), **result)
 
 
-def _after_switch(device, release, profile, budget_ms, service, health_url, smoke) -> tuple:
+def _after_switch(device, release, profile, budget_ms, service, health_url, token_file, smoke) -> tuple:
+    """(failure or None, smoke result): anything that goes wrong here is a reason to roll back, not a crash
+    that would leave an unchecked version current."""
     from runtime.install import smoke as checks
 
-    if checks.service_installed(service):
-        failure = checks.restart_service(service)
-        if failure:
-            return failure, None
-    if health_url:
-        failure = checks.wait_healthy(health_url, release)
-        if failure:
-            return failure, None
-    if not smoke:
-        return None, None
-    result = checks.smoke_test(release, profile, budget_ms)
+    try:
+        if checks.service_installed(service):
+            failure = checks.restart_service(service)
+            if failure:
+                return failure, None
+        if health_url:
+            failure = checks.wait_healthy(health_url, release, token_file=token_file)
+            if failure:
+                return failure, None
+        if not smoke:
+            return None, None
+        result = checks.smoke_test(release, profile, budget_ms)
+    except Exception as exc:
+        return f"the check after the switch failed: {type(exc).__name__}: {exc}", None
     return (None if result["ok"] else f"smoke test failed: {result['reason']}"), result
 
 
@@ -174,34 +217,82 @@ def _roll_back(device: DeviceRoot, old: str | None, prior: str | None, service: 
         checks.restart_service(service)
 
 
+def _check_rollback_target(device: DeviceRoot, slot: str) -> None:
+    """`previous` must be whole (and signed by a trusted key where the device requires it) before it is current."""
+    bad = staging.release_damage(device, slot)
+    if bad:
+        raise InstallError(f"cannot roll back: the previous release {slot} no longer matches its manifest "
+                           f"({', '.join(bad[:3])}; disk damage?); nothing was switched: flash the version you "
+                           f"want instead")
+    if device.signers.is_file():
+        release = device.releases / slot
+        try:
+            verify_manifest(release / MANIFEST, release / SIGNATURE, device.signers)
+        except SignatureError as exc:
+            raise InstallError(f"cannot roll back to {slot}, this device requires signed bundles: {exc}; "
+                               f"nothing was switched") from exc
+
+
+def _finish_rollback(device: DeviceRoot) -> dict | None:
+    """Complete an `edgecls rollback` killed between its renames (its journal: state["pending_rollback"])."""
+    todo = _state(device).get("pending_rollback")
+    if not todo:
+        return None
+    for link in ("current", "previous"):  # `current` first, as rollback() switched them
+        target = todo.get(link)
+        if target and not is_real_dir(device.releases / target):
+            continue  # cannot happen short of a hand edit; never point a link at nothing
+        if device.link_version(getattr(device, link)) != target:
+            commit.switch(device, link, target)
+    return _record(device, clear=("pending_rollback", "pending"), slot=todo.get("current"), result="rolled back",
+                   reason=f"`edgecls rollback` from {todo.get('previous')} (completed after an interruption)",
+                   replaced=todo.get("previous"))
+
+
 def rollback(root, *, service: str = "", lock_timeout: float = 60.0) -> dict:
-    """`edgecls rollback`: make `previous` current again (and the current one previous)."""
+    """`edgecls rollback`: make `previous` current again (and the current one previous).
+
+    Journaled like a flash: killed between its two renames, the next locked command (a flash or another
+    rollback) completes it; the rerun of a rollback killed midway finishes that rollback, not a second one.
+    """
+    from runtime.install import smoke as checks
+
     device = DeviceRoot(root).require()
     with device.lock(lock_timeout):
-        current, previous = device.link_version(device.current), device.link_version(device.previous)
-        if not previous:
-            raise InstallError(f"{device.root} has no previous version to roll back to (installed: "
-                               f"{', '.join(device.versions()) or 'none'})")
-        commit.switch(device, "current", previous)  # the commit
-        commit.switch(device, "previous", current)
-        from runtime.install import smoke as checks
-
+        locked_at = time.time()
+        commit.remove_stale_temps(device)
+        staging.remove_trash(device)
+        done = _finish_rollback(device)
+        if done is None:
+            current, previous = device.link_version(device.current), device.link_version(device.previous)
+            if not previous or previous == current:
+                raise InstallError(f"{device.root} has no previous version to roll back to (installed: "
+                                   f"{', '.join(device.versions()) or 'none'})")
+            _check_rollback_target(device, previous)
+            state = _state(device)
+            state["pending_rollback"] = {"slot": previous, "kind": "rollback", "current": previous,
+                                         "previous": current}
+            device.write_json(device.state_file, state)
+            commit.switch(device, "current", previous)  # the commit
+            commit.switch(device, "previous", current)
+            done = _record(device, clear=("pending_rollback", "pending"), slot=previous, result="rolled back",
+                           reason=f"`edgecls rollback` from {current}", replaced=current, locked_at=locked_at)
         if checks.service_installed(service):
             checks.restart_service(service)
-        return _record(device, slot=previous, result="rolled back", reason=f"`edgecls rollback` from {current}",
-                       replaced=current)
+        return done
 
 
 def _cleanup(device: DeviceRoot) -> None:
+    """Old releases beyond KEEP_RELEASES and day-old uploads: only real folders named like a version."""
     keep = {device.link_version(device.current), device.link_version(device.previous)}
-    others = sorted((p for p in device.releases.iterdir() if p.is_dir() and not p.name.startswith(".")
+    others = sorted((p for p in device.releases.iterdir() if is_real_dir(p) and SLOT.match(p.name)
                      and p.name not in keep), key=lambda p: p.stat().st_mtime)
     for old in others[:max(0, len(others) - KEEP_RELEASES)]:
         trash = device.releases / f".trash-{old.name}-{os.getpid()}"
         os.replace(old, trash)  # renamed first: a kill mid-delete leaves a .trash-* name, never half a release
         shutil.rmtree(trash, ignore_errors=True)
     for stage in device.staging.iterdir():
-        if stage.is_dir() and time.time() - stage.stat().st_mtime > 86400:
+        if is_real_dir(stage) and SLOT.match(stage.name) and time.time() - stage.stat().st_mtime > 86400:
             shutil.rmtree(stage, ignore_errors=True)
 
 
@@ -217,13 +308,14 @@ def status(root, health_url: str = "") -> dict:
     result = {"root": str(device.root), "current": device.link_version(device.current),
               "previous": device.link_version(device.previous), "versions": versions,
               "requires_signature": device.signers.is_file(), "last_flash": state.get("last_flash"),
-              "pending": state.get("pending")}
-    url = health_url or device.read_json(device.config_file, {}).get("health_url", "")
+              "pending": state.get("pending") or state.get("pending_rollback")}
+    config = device.read_json(device.config_file, {})
+    url = health_url or config.get("health_url", "")
     if url:
-        import urllib.request
+        from runtime.install.smoke import health_request
 
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with health_request(url, config.get("health_token_file", ""), timeout=5) as response:
                 result["health"] = {"url": url, "status": response.status}
         except Exception as exc:
             result["health"] = {"url": url, "status": getattr(exc, "code", None), "error": str(exc)[:200]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.install.layout import DeviceRoot, fsync_dir
+from runtime.install.layout import DeviceRoot, fsync_dir, kill_point
 
 
 def switch(device: DeviceRoot, link: str, version: str | None) -> None:
@@ -18,6 +18,7 @@ def switch(device: DeviceRoot, link: str, version: str | None) -> None:
     path = device.root / link
     if version is None:
         if path.is_symlink():
+            kill_point("switch")
             os.unlink(path)
             fsync_dir(device.root)
         return
@@ -27,6 +28,7 @@ def switch(device: DeviceRoot, link: str, version: str | None) -> None:
     if tmp.is_symlink() or tmp.exists():
         os.unlink(tmp)
     os.symlink(str(Path("releases") / version), tmp)  # relative: the root can be mounted elsewhere (an SD card)
+    kill_point("switch")
     os.replace(tmp, path)  # rename(2): readers see the old link or the new one, never none
     fsync_dir(device.root)
 

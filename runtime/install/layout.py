@@ -1,7 +1,7 @@
 """The device root: which folder is ours, where releases live, the flash lock, and durable small writes.
 
     ROOT/.edgecls-device        marker (JSON, format edgecls-device/1): only such a folder is ever written into
-    ROOT/device.json            settings kept by flashes: service name, health URL (no secrets)
+    ROOT/device.json            settings kept by flashes: service name, health URL, token file path (no secrets)
     ROOT/allowed_signers        optional: when present, every bundle must carry a signature it trusts
     ROOT/staging/<version>/     uploads in progress (resumable file by file)
     ROOT/releases/<version>/    complete, verified bundles; never modified once in place
@@ -9,7 +9,11 @@
     ROOT/state.json             last flash result and history, for `edgecls status`
     ROOT/.lock                  flock(2): one flash, rollback or cleanup at a time
 
-Files we did not write are never deleted: a folder that is not empty and has no marker is refused.
+Files we did not write are never deleted: a folder that is not empty and has no marker is refused, so is a
+releases/ or staging/ that is a link or not a folder, and only real folders named like a version
+(16 hex digits) or our own `.trash-VERSION-PID` are ever removed under them.
+
+`EDGECLS_TEST_KILL_AT=NAME:N` is a test hook (see `kill_point`), inert unless set.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import errno
 import fcntl
 import json
 import os
+import re
+import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +33,32 @@ from runtime.errors import EdgeclsError
 MARKER = ".edgecls-device"
 DEVICE_FORMAT = "edgecls-device/1"
 SIGNERS = "allowed_signers"
+SLOT = re.compile(r"^[0-9a-f]{16}$")  # a release's folder name (staging.slot_name)
+TRASH = re.compile(r"^\.trash-[0-9a-f]{16}-\d+$")  # a release being deleted (renamed first)
+KILL_ENV = "EDGECLS_TEST_KILL_AT"
+_kill_counts: dict = {}
+
+
+def kill_point(name: str) -> None:
+    """Test hook: with $EDGECLS_TEST_KILL_AT=NAME:N, SIGKILL this process at the N-th `name` step.
+
+    The kill tests stop the device side exactly at each rename of a flash, an automatic rollback and
+    `edgecls rollback` (locally and over SSH); unset, as on every real device, it does nothing.
+    """
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    want, _, count = spec.partition(":")
+    if want != name:
+        return
+    _kill_counts[name] = _kill_counts.get(name, 0) + 1
+    if str(_kill_counts[name]) == count:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def is_real_dir(path: Path) -> bool:
+    """A folder, not a link to one: the only kind of entry we delete or write into under the root."""
+    return path.is_dir() and not path.is_symlink()
 
 
 class InstallError(EdgeclsError):
@@ -45,10 +77,15 @@ def fsync_dir(path: Path) -> None:
 def write_durable(path: Path, data: bytes) -> None:
     """Temp file beside `path`, fsync, rename, fsync the folder."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: no half file left holding the space
+        raise
+    kill_point("write_durable")
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -82,6 +119,11 @@ class DeviceRoot:
             shown = ", ".join(sorted(p.name for p in root.iterdir())[:3])
             raise InstallError(f"device root {root} already holds files edgecls did not write ({shown}…): choose an "
                                f"empty or new folder as the root; nothing there was changed")
+        for folder in (self.releases, self.staging):
+            if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+                what = f"a link to {os.readlink(folder)}" if folder.is_symlink() else "not a folder"
+                raise InstallError(f"{folder} is {what}: edgecls only writes and deletes inside real folders under "
+                                   f"its root; replace it with a folder (remove the link, then flash again)")
 
     def ensure(self) -> "DeviceRoot":
         """Create the root (checked first) and its marker; idempotent."""
@@ -98,6 +140,7 @@ class DeviceRoot:
         if not self.is_ours():
             raise InstallError(f"{self.root} is not an edgecls device root (no {MARKER}): flash a bundle there "
                                f"first, or check the TARGET's root")
+        self.check()
         return self
 
     def read_json(self, path: Path, default):
@@ -123,7 +166,7 @@ class DeviceRoot:
     def versions(self) -> list:
         if not self.releases.is_dir():
             return []
-        return sorted(p.name for p in self.releases.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in self.releases.iterdir() if is_real_dir(p) and SLOT.match(p.name))
 
     @contextmanager
     def lock(self, timeout: float = 60.0):

@@ -10,8 +10,11 @@ For the daemon (verify on load): `verify_bundle(bundle_root, allowed_signers)` r
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import tempfile
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from runtime.bundle import MANIFEST, BundleError
@@ -32,22 +35,67 @@ def _ssh_keygen() -> str:
     return found
 
 
+_FIELD = re.compile(r'\s*("[^"]*"|\S+)')
+_OPTIONS = re.compile(r'\s*((?:[^\s"]|"[^"]*")+)')
+_NAMESPACES = re.compile(r'(?:^|,)namespaces="([^"]*)"', re.IGNORECASE)
+_KEY_TYPES = ("ssh-", "ecdsa-", "sk-", "rsa-")
+
+
+def _for_bundles(line: str) -> bool:
+    """Whether an allowed-signers line may verify bundles: no `namespaces=` option, or one that matches ours.
+
+    `ssh-keygen -Y find-principals` ignores namespaces and stops at the first line listing the key, so a key
+    listed for git before it is listed for bundles would name the git principal (and verify would fail).
+    """
+    field = _FIELD.match(line)
+    if not field:
+        return False
+    rest = line[field.end():].lstrip()
+    if rest.startswith(_KEY_TYPES):
+        return True  # no options: every namespace
+    options = _OPTIONS.match(rest)
+    found = _NAMESPACES.search(options.group(1)) if options else None
+    if not found:
+        return True
+    allowed = False
+    for pattern in found.group(1).split(","):  # OpenSSH pattern list: wildcards, `!` negates
+        negated = pattern.startswith("!")
+        if fnmatchcase(NAMESPACE, pattern[1:] if negated else pattern):
+            if negated:
+                return False
+            allowed = True
+    return allowed
+
+
 def verify_manifest(manifest: Path, signature: Path, allowed_signers: Path) -> str:
-    """The principal that signed `manifest` if `signature` verifies against `allowed_signers`, else SignatureError."""
+    """The principal that signed `manifest` if `signature` verifies against `allowed_signers`, else SignatureError.
+
+    Checked against a temporary copy of `allowed_signers` holding only the lines valid for our namespace
+    (see `_for_bundles`), so one file shared with git's allowedSignersFile works.
+    """
     if not signature.is_file():
         raise SignatureError(f"{manifest.parent} is not signed ({SIGNATURE} is missing) but this device requires "
                              f"signed bundles: sign it with `edgecls sign BUNDLE --key KEY`")
     keygen = _ssh_keygen()
-    found = subprocess.run([keygen, "-Y", "find-principals", "-s", str(signature), "-f", str(allowed_signers)],
-                           capture_output=True, text=True, timeout=60)
-    principals = found.stdout.split()
-    if found.returncode != 0 or not principals:
-        raise SignatureError(f"{manifest.parent} is signed by a key that {allowed_signers} does not trust: sign it "
-                             f"with a trusted key, or add the signer's public key to {allowed_signers}")
-    with open(manifest, "rb") as data:
-        checked = subprocess.run([keygen, "-Y", "verify", "-f", str(allowed_signers), "-I", principals[0],
-                                  "-n", NAMESPACE, "-s", str(signature)], stdin=data, capture_output=True, text=True,
-                                 timeout=60)
+    lines = [l for l in Path(allowed_signers).read_text(errors="replace").splitlines()
+             if l.strip() and not l.lstrip().startswith("#") and _for_bundles(l)]
+    untrusted = SignatureError(f"{manifest.parent} is signed by a key that {allowed_signers} does not trust for "
+                               f"{NAMESPACE}: sign it with a trusted key, or add the signer's public key to "
+                               f"{allowed_signers} (namespaces=\"{NAMESPACE}\")")
+    if not lines:
+        raise untrusted
+    with tempfile.NamedTemporaryFile("w", prefix="edgecls-signers-", suffix=".txt") as signers:
+        signers.write("\n".join(lines) + "\n")
+        signers.flush()
+        found = subprocess.run([keygen, "-Y", "find-principals", "-s", str(signature), "-f", signers.name],
+                               capture_output=True, text=True, timeout=60)
+        principals = found.stdout.split()
+        if found.returncode != 0 or not principals:
+            raise untrusted
+        with open(manifest, "rb") as data:
+            checked = subprocess.run([keygen, "-Y", "verify", "-f", signers.name, "-I", principals[0],
+                                      "-n", NAMESPACE, "-s", str(signature)], stdin=data, capture_output=True,
+                                     text=True, timeout=60)
     if checked.returncode != 0:
         raise SignatureError(f"the signature of {manifest.parent} does not verify (the manifest changed after "
                              f"signing, or it was signed for another purpose): sign the bundle again")

@@ -11,18 +11,40 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from runtime.install.layout import InstallError
 
-def smoke_test(release: Path, profile: dict, budget_ms: float | None, min_runs: int = 30) -> dict:
-    """{"ok", "reason", ...} for the bundle in `release`; never raises for a model failure (it is the result)."""
+
+def smoke_deadline(budget_ms: float | None, min_runs: int = 30) -> float:
+    """Seconds the whole smoke test may take: three times the timing runs at budget, at least 10 s.
+
+    Without a budget there is nothing to compare with: a generous 10 minutes, so a hung backend still ends.
+    """
+    return 600.0 if budget_ms is None else max(10.0, 3 * min_runs * budget_ms / 1000)
+
+
+def smoke_test(release: Path, profile: dict, budget_ms: float | None, min_runs: int = 30,
+               deadline_s: float | None = None) -> dict:
+    """{"ok", "reason", ...} for the bundle in `release`; never raises for a model failure (it is the result).
+
+    Stops early once p95 is certainly over the budget, and fails when the whole test outlasts `deadline_s`
+    (default `smoke_deadline`): a model far too slow must not hold the device's flash lock for minutes.
+    """
     from runtime.bundle import load_bundle
     from runtime.classifier import Classifier
     from runtime.preprocess import load_image
+
+    deadline_s = smoke_deadline(budget_ms, min_runs) if deadline_s is None else deadline_s
+    deadline = time.monotonic() + deadline_s
+
+    def late(done: str) -> str:
+        return f"the smoke test did not finish within {deadline_s:g} s ({done}): the model is far too slow here"
 
     try:
         bundle = load_bundle(release)
@@ -33,7 +55,9 @@ def smoke_test(release: Path, profile: dict, budget_ms: float | None, min_runs: 
         return {"ok": False, "reason": f"the new bundle does not load: {type(exc).__name__}: {exc}"}
     result = {"artifact": classifier.artifact.name, "backend": classifier.backend_name, "checks": len(checks)}
     wrong = []
-    for check, image in zip(checks, images):
+    for number, (check, image) in enumerate(zip(checks, images)):
+        if time.monotonic() > deadline:
+            return {**result, "ok": False, "reason": late(f"{number} of {len(checks)} check images classified")}
         got = classifier.classify(image).label
         if got != check["label"]:
             wrong.append(f"{check['file']}: expected {check['label']}, got {got}")
@@ -45,12 +69,20 @@ def smoke_test(release: Path, profile: dict, budget_ms: float | None, min_runs: 
         images = [np.full((*bundle.manifest.preprocess.shape[:2], 3), 128, np.uint8)]
         result["note"] = "the bundle has no check images (converted by an older edgecls): labels not checked"
     classifier.classify(images[0])  # warm-up: first-call allocations are not the steady state
-    timings = []
-    while len(timings) < min_runs:
+    # With this many runs over budget among min_runs, the 95th percentile is over budget whatever comes next.
+    certain = min_runs - int(0.95 * (min_runs - 1))
+    timings, over = [], 0
+    while len(timings) < min_runs and (budget_ms is None or over < certain):
         for image in images:
+            if time.monotonic() > deadline:
+                return {**result, "ok": False, "runs": len(timings), "budget_ms": budget_ms,
+                        "reason": late(f"{len(timings)} timing runs of {min_runs}")}
             start = time.perf_counter()
             classifier.classify(image)
             timings.append((time.perf_counter() - start) * 1000)
+            over += budget_ms is not None and timings[-1] > budget_ms
+            if over >= certain:
+                break
     p95 = float(np.percentile(timings, 95))
     result.update(p95_ms=round(p95, 3), budget_ms=budget_ms, runs=len(timings))
     if budget_ms is not None and p95 > budget_ms:
@@ -67,22 +99,50 @@ def service_installed(name: str) -> bool:
     return subprocess.run([systemctl, "is-enabled", "--quiet", name], capture_output=True).returncode == 0
 
 
-def restart_service(name: str) -> str | None:
-    """Restart the daemon's unit; a failure message, or None."""
-    done = subprocess.run(["systemctl", "restart", name], capture_output=True, text=True, timeout=120)
+def restart_service(name: str, timeout: float = 120.0) -> str | None:
+    """Restart the daemon's unit within `timeout` s; a failure message, or None (never raises)."""
+    systemctl = shutil.which("systemctl")
+    if not systemctl:
+        return f"systemctl is not installed here, so {name} cannot be restarted"
+    try:
+        done = subprocess.run([systemctl, "restart", name], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"systemctl restart {name} did not finish within {timeout:g} s: check `journalctl -u {name}`"
     return None if done.returncode == 0 else f"systemctl restart {name} failed: {done.stderr.strip()[:200]}"
 
 
-def wait_healthy(url: str, release: Path, timeout: float = 60.0) -> str | None:
+def read_token(token_file: str) -> str:
+    """The daemon's bearer token from a file on the device (the setting keeps the path, never the token)."""
+    path = Path(token_file).expanduser()
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise InstallError(f"cannot read the health token file {path}: {exc.strerror or exc}: fix the profile's "
+                           f"health_token_file (a path on the device) or the file's permissions") from exc
+    if not token or any(c.isspace() for c in token):
+        raise InstallError(f"the health token file {path} must hold one token on one line")
+    return token
+
+
+def health_request(url: str, token_file: str = "", timeout: float = 5):
+    """GET `url`, with `Authorization: Bearer` from `token_file` when given; the response (a context manager)."""
+    request = urllib.request.Request(url)
+    if token_file:
+        request.add_header("Authorization", f"Bearer {read_token(token_file)}")
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str = "") -> str | None:
     """Wait until GET `url` (the daemon's /healthz) is 200 and serves `release`; a failure message, or None.
 
     The daemon reports the bundle it serves (its hot reload follows `current`) and why a reload was refused.
+    A 401 is final: waiting does not make a missing or wrong token right.
     """
     want = str(Path(release).resolve())
     deadline, last = time.monotonic() + timeout, "no answer"
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with health_request(url, token_file, timeout=5) as response:
                 detail = json.loads(response.read() or b"{}")
             model = detail.get("model") if isinstance(detail.get("model"), dict) else detail
             serving = model.get("bundle")
@@ -92,6 +152,14 @@ def wait_healthy(url: str, release: Path, timeout: float = 60.0) -> str | None:
             if want in error:
                 return f"the daemon refused the new bundle: {error[:300]}"
             last = f"still serving {serving}"
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                hint = "the token in health_token_file is not the daemon's" if token_file else \
+                    "set the profile's health_token_file to the daemon's token file on the device"
+                return f"{url} answered {exc.code} (the daemon requires a bearer token): {hint}"
+            last = f"HTTP {exc.code}"
+        except InstallError as exc:
+            return str(exc)
         except Exception as exc:  # refused while restarting, 503 while the first frame loads
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(0.25)

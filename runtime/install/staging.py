@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from runtime.bundle import MANIFEST, RELEASE, Manifest, check_file_name, sha256_file
-from runtime.install.layout import DeviceRoot, InstallError, fsync_dir
+from runtime.install.layout import SLOT, TRASH, DeviceRoot, InstallError, fsync_dir, is_real_dir, write_durable
 from runtime.install.signature import SIGNATURE
 
 
@@ -46,15 +46,52 @@ def verified(folder: Path, files: dict) -> list:
             and sha256_file(folder / n) == digest]
 
 
+def release_damage(device: DeviceRoot, slot: str) -> list:
+    """Names of releases/<slot> that no longer match what was installed (empty: intact).
+
+    The manifest is checked through the folder's name (a hash of the manifest and the artifacts in
+    release.json), every other file through the manifest, so nothing has to be trusted as found.
+    """
+    release = device.releases / slot
+    if not is_real_dir(release):
+        return [str(release)]
+    try:
+        manifest_bytes = (release / MANIFEST).read_bytes()
+        artifacts = json.loads((release / RELEASE).read_text())["artifacts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [MANIFEST if not (release / MANIFEST).is_file() else RELEASE]
+    if slot_name(manifest_bytes, artifacts) != slot:
+        return [MANIFEST]
+    try:
+        files = wanted_files(Manifest.from_dict(json.loads(manifest_bytes)), manifest_bytes, artifacts)
+    except (InstallError, ValueError, KeyError, TypeError):
+        return [MANIFEST]
+    return sorted(set(files) - set(verified(release, files)))
+
+
+def _stage_dir(device: DeviceRoot, slot: str) -> Path:
+    """staging/<slot>, created; never a link (writes must stay under the root)."""
+    stage = device.staging / slot
+    if stage.is_symlink() or (os.path.lexists(stage) and not stage.is_dir()):
+        raise InstallError(f"{stage} is a link or not a folder, which edgecls never creates: remove it and flash "
+                           f"again (nothing was switched)")
+    stage.mkdir(parents=True, exist_ok=True)
+    return stage
+
+
 def _write_member(stage: Path, name: str, source: BinaryIO, digest: str | None) -> None:
     part = stage / f".{name}.{os.getpid()}.part"
     h = hashlib.sha256()
-    with open(part, "wb") as out:
-        while block := source.read(1 << 20):
-            h.update(block)
-            out.write(block)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with open(part, "wb") as out:
+            while block := source.read(1 << 20):
+                h.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        part.unlink(missing_ok=True)  # a full disk or a cut stream: resume is per whole file, a part is only waste
+        raise
     if digest is not None and h.hexdigest() != digest:
         part.unlink()
         raise InstallError(f"{name} arrived corrupted (sha256 {h.hexdigest()[:12]}… is not the manifest's "
@@ -63,18 +100,43 @@ def _write_member(stage: Path, name: str, source: BinaryIO, digest: str | None) 
     os.replace(part, stage / name)
 
 
-def receive(device: DeviceRoot, slot: str, stream: BinaryIO, files: dict) -> list:
-    """Unpack a tar stream of bundle files into staging/<slot>; returns the names written.
+def open_upload(stream: BinaryIO, manifest_sha256: str) -> tuple:
+    """(manifest bytes, the tar for `receive`) from an upload whose first member is the manifest.
 
-    Only plain files named in `files` (or the signature) are accepted: a name with a folder, `..`, a link or
-    a device is refused before anything of it is written.
+    The manifest travels in the stream rather than in argv, where Linux caps one argument at 128 KiB; argv
+    carries only its sha256, so a manifest changed on the way is refused before it is read as JSON.
     """
-    stage = device.staging / slot
-    stage.mkdir(parents=True, exist_ok=True)
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|")
+        first = tar.next()
+        data = tar.extractfile(first).read() if first is not None and first.isfile() else None
+    except tarfile.TarError as exc:
+        raise InstallError(f"the upload is not a tar stream ({exc}): run the flash again") from exc
+    if first is None or first.name != MANIFEST or data is None:
+        raise InstallError(f"the upload does not start with {MANIFEST}: use the same edgecls version on the host "
+                           f"and the device")
+    return check_manifest(data, manifest_sha256), tar
+
+
+def check_manifest(data: bytes, manifest_sha256: str) -> bytes:
+    got = hashlib.sha256(data).hexdigest()
+    if got != manifest_sha256.lower():
+        raise InstallError(f"{MANIFEST} arrived corrupted (sha256 {got[:12]}… is not the {manifest_sha256[:12]}… "
+                           f"the host sent); nothing was switched: run the flash again")
+    return data
+
+
+def receive(device: DeviceRoot, slot: str, stream, files: dict) -> list:
+    """Unpack a tar stream (or a TarFile from `open_upload`) of bundle files into staging/<slot>.
+
+    Returns the names written. Only plain files named in `files` (or the signature) are accepted: a name
+    with a folder, `..`, a link or a device is refused before anything of it is written.
+    """
+    stage = _stage_dir(device, slot)
     written = []
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
+        with (stream if isinstance(stream, tarfile.TarFile) else tarfile.open(fileobj=stream, mode="r|")) as tar:
+            while (member := tar.next()) is not None:  # not `for`: a TarFile replays members already read
                 name = member.name
                 if not member.isfile() or (name not in files and name != SIGNATURE):
                     raise InstallError(f"the upload holds {name!r}, which is not a file of this bundle: refused "
@@ -91,8 +153,7 @@ def receive(device: DeviceRoot, slot: str, stream: BinaryIO, files: dict) -> lis
 
 def copy_into(device: DeviceRoot, slot: str, sources: dict, files: dict) -> list:
     """The local-target twin of `receive`: copy name -> source path, with the same checks."""
-    stage = device.staging / slot
-    stage.mkdir(parents=True, exist_ok=True)
+    stage = _stage_dir(device, slot)
     for name, source in sources.items():
         if name not in files and name != SIGNATURE:
             raise InstallError(f"{name!r} is not a file of this bundle: refused")
@@ -103,11 +164,21 @@ def copy_into(device: DeviceRoot, slot: str, sources: dict, files: dict) -> list
     return list(sources)
 
 
+def put_manifest(device: DeviceRoot, slot: str, manifest_bytes: bytes, files: dict) -> None:
+    """Stage the manifest from the bytes the command received (the host no longer sends it as a file)."""
+    release, stage = device.releases / slot, device.staging / slot
+    if verified(release, {MANIFEST: files[MANIFEST]}) or verified(stage, {MANIFEST: files[MANIFEST]}):
+        return
+    import io
+
+    _write_member(_stage_dir(device, slot), MANIFEST, io.BytesIO(manifest_bytes), files[MANIFEST])
+
+
 def find_in_releases(device: DeviceRoot, files: dict) -> dict:
     """name -> path of an installed file with that name and sha256 (a new version often keeps the model file)."""
     found = {}
-    releases = [device.current] + ([p for p in device.releases.iterdir() if not p.name.startswith(".")]
-                                   if device.releases.is_dir() else [])
+    releases = [device.current] + ([p for p in device.releases.iterdir() if is_real_dir(p) and SLOT.match(p.name)]
+                                   if is_real_dir(device.releases) else [])
     for release in releases:
         for name in set(files) - set(found):
             path = release / name
@@ -118,10 +189,9 @@ def find_in_releases(device: DeviceRoot, files: dict) -> dict:
 
 def reuse_from_releases(device: DeviceRoot, slot: str, files: dict) -> None:
     """Copy into staging/<slot> what is missing there but installed already (checked again on the way)."""
-    stage = device.staging / slot
     if (device.releases / slot).is_dir() and len(verified(device.releases / slot, files)) == len(files):
         return
-    stage.mkdir(parents=True, exist_ok=True)
+    stage = _stage_dir(device, slot)
     missing = {n: d for n, d in files.items() if n not in verified(stage, {n: d})}
     for name, path in find_in_releases(device, missing).items():
         with open(path, "rb") as f:
@@ -136,16 +206,25 @@ def _fsync_tree(folder: Path) -> None:
     fsync_dir(folder)
 
 
-def promote(device: DeviceRoot, slot: str, files: dict, release_info: dict) -> Path:
-    """Move a fully verified staging/<slot> to releases/<slot> (or re-check the release already there)."""
-    final = device.releases / slot
+def promote(device: DeviceRoot, slot: str, files: dict, release_info: dict) -> tuple:
+    """Move a fully verified staging/<slot> to releases/<slot>; returns (the release, what was repaired).
+
+    A release already in place is checked again: intact, it is kept (with a signature sent since it was
+    installed added); damaged and current, its bad files are replaced one rename each by verified copies
+    (no reader ever sees a missing file, and what it saw was wrong already); damaged otherwise, replaced.
+    """
+    final, stage = device.releases / slot, device.staging / slot
+    for path in (final, stage):
+        if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
+            raise InstallError(f"{path} is a link or not a folder, which edgecls never creates: remove it and flash "
+                               f"again (nothing was switched)")
     if final.is_dir():
         bad = sorted(set(files) - set(verified(final, files)))
         if not bad:
-            return final
+            _add_signature(final, stage, release_info)
+            return final, []
         if device.link_version(device.current) == slot:
-            raise InstallError(f"the installed release {slot} (current) no longer matches its manifest ({', '.join(bad[:3])}"
-                               f"; disk damage?): roll back or flash another version, then flash this one again")
+            return final, _repair(device, final, stage, files, bad)
         if device.link_version(device.previous) == slot:
             from runtime.install.commit import switch
 
@@ -153,7 +232,6 @@ def promote(device: DeviceRoot, slot: str, files: dict, release_info: dict) -> P
         trash = device.releases / f".trash-{slot}-{os.getpid()}"
         os.replace(final, trash)  # renamed first: a kill mid-delete leaves a .trash-* name, never half a release
         shutil.rmtree(trash, ignore_errors=True)
-    stage = device.staging / slot
     missing = sorted(set(files) - set(verified(stage, files))) if stage.is_dir() else sorted(files)
     if missing:
         raise InstallError(f"the upload is incomplete or corrupted ({', '.join(missing[:3])} missing or wrong); "
@@ -168,10 +246,41 @@ def promote(device: DeviceRoot, slot: str, files: dict, release_info: dict) -> P
     os.replace(stage, final)
     fsync_dir(device.releases)
     fsync_dir(device.staging)
-    return final
+    return final, []
+
+
+def _repair(device: DeviceRoot, final: Path, stage: Path, files: dict, bad: list) -> list:
+    """Replace the damaged files of the current release with the verified copies staged for them."""
+    missing = [n for n in bad if not verified(stage, {n: files[n]})]
+    if missing:
+        raise InstallError(f"the installed release {final.name} (current) no longer matches its manifest "
+                           f"({', '.join(bad[:3])}; disk damage?) and the upload has no good copy of "
+                           f"{', '.join(missing[:3])}: run the flash again")
+    for name in bad:
+        with open(stage / name, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(stage / name, final / name)
+    fsync_dir(final)
+    shutil.rmtree(stage, ignore_errors=True)
+    return bad
+
+
+def _add_signature(final: Path, stage: Path, release_info: dict) -> None:
+    """A signature sent for an installed release (signed after it was installed) becomes part of it."""
+    sent = stage / SIGNATURE
+    if not sent.is_file() or sent.is_symlink():
+        return
+    data = sent.read_bytes()
+    if not (final / SIGNATURE).is_file() or (final / SIGNATURE).read_bytes() != data:
+        write_durable(final / SIGNATURE, data)
+        info = json.loads((final / RELEASE).read_text()) if (final / RELEASE).is_file() else dict(release_info)
+        info["signature"] = release_info.get("signature", info.get("signature"))
+        write_durable(final / RELEASE, (json.dumps(info, indent=2) + "\n").encode())
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def remove_trash(device: DeviceRoot) -> None:
-    """Leftovers of a cleanup that was killed midway (only our own `.trash-*` names)."""
+    """Leftovers of a cleanup that was killed midway (only our own `.trash-VERSION-PID` folders, never links)."""
     for trash in device.releases.glob(".trash-*"):
-        shutil.rmtree(trash, ignore_errors=True)
+        if TRASH.match(trash.name) and is_real_dir(trash):
+            shutil.rmtree(trash, ignore_errors=True)
