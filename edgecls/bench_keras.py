@@ -60,13 +60,29 @@ class _KerasEngine:
         return self.model(batch, training=False).numpy()
 
 
+def check_fits(model, name: str, spec, labels: list, head: str) -> None:
+    """Refuse a model that cannot be the bundle's source: another input size or another number of classes.
+
+    Without this a mismatch surfaces as an IndexError deep in top-k, after seconds of timing.
+    """
+    fix = "pass the model.keras of the run this bundle was converted from"
+    expected = tuple(spec.shape)
+    got = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
+    if got is None or len(got) != len(expected) or any(g is not None and g != e for g, e in zip(got, expected)):
+        raise EdgeclsError(f"--keras {name} takes input {got}, the bundle feeds {expected}: {fix}")
+    units = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    allowed = {len(labels)} | ({1} if head == "sigmoid" and len(labels) == 2 else set())
+    if units not in allowed:
+        raise EdgeclsError(f"--keras {name} outputs {units} classes, the bundle has {len(labels)} labels: {fix}")
+
+
 def measure(job: dict) -> dict:
     """Load, first call, warm-up, timed calls, whole frames, accuracy, RSS of one Keras model: one worker result."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from runtime.bench.frame import frame_stages
     from runtime.bench.machine import package_versions
     from runtime.bench.stats import timed_runs, warm_up
-    from runtime.bench.worker import accuracy, peak_rss_mb, rss_mb
+    from runtime.bench.worker import accuracy, engines_loaded, peak_rss_mb, rss_mb
     from runtime.preprocess import PreprocessSpec, load_image, preprocess
     import numpy as np
 
@@ -83,6 +99,7 @@ def measure(job: dict) -> dict:
     model = keras.models.load_model(job["model"], compile=False)
     load_ms = (time.perf_counter() - t) * 1000
     spec, labels, head = PreprocessSpec.from_dict(job["preprocess"]), job["labels"], job.get("head", "softmax")
+    check_fits(model, Path(job["model"]).name, spec, labels, head)
     engine = _KerasEngine(model)
     batch = preprocess(load_image(job["frame"]), spec)[None]
     t = time.perf_counter()
@@ -108,6 +125,7 @@ def measure(job: dict) -> dict:
     if job.get("data"):
         record.update(accuracy(lambda p: classify(load_image(p))[0][0], job["data"], labels))
     record["peak_rss_mb"] = peak_rss_mb()
+    record["engines_loaded"] = engines_loaded()
     return record
 
 
@@ -121,7 +139,8 @@ def keras_records(model_path: Path, say=None):
             for threads in options.threads:
                 progress(f"[{rep + 1}/{options.repeats}] keras threads={threads or 'default'}")
                 job = {"model": str(model_path), "preprocess": bundle.manifest.preprocess.to_dict(),
-                       "labels": bundle.labels, "head": bundle.manifest.head, "threads": threads, "runs": options.runs,
+                       "artifact": KERAS_ARTIFACT, "labels": bundle.labels, "head": bundle.manifest.head,
+                       "threads": threads, "runs": options.runs,
                        "frame_runs": options.frame_runs or options.runs, "budget_s": options.budget_s,
                        "max_warmup_s": options.max_warmup_s, "frame": str(frame), "top_k": options.top_k,
                        "data": options.data if rep == 0 else None}

@@ -1,14 +1,16 @@
 """`edgecls bench --device user@host[:port]`: the same bench on a device, by the device's own installed runtime.
 
 The bundle (and --frame / --data when given) is copied into a fresh temp folder on the device, `python3 -m
-runtime.bench ... --json -` runs there, its JSON comes back on stdout, and the folder is removed. The machine
-description in the result is read on the device, so it names the device, not this host.
+runtime.bench ... --json -` runs there, its JSON comes back on stdout, and the folder is removed, after the
+remote bench is stopped if it still runs (Ctrl-C, timeout). The machine description in the result is read on the
+device, so it names the device, not this host.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import shlex
 from pathlib import Path
 
 from runtime.errors import EdgeclsError
@@ -39,15 +41,59 @@ def runner_args(options) -> list:
     return [str(a) for a in args]
 
 
+# Stops the device-side bench (its process group: runtime.bench and its worker) before its folder goes:
+# SIGINT first so it ends cleanly, SIGKILL after ~3 s, then the folder (bundle, frame, pid file, temp files).
+_STOP_AND_REMOVE = (
+    'd={dir}; if [ -s "$d/bench.pid" ]; then p=$(cat "$d/bench.pid"); '
+    'if kill -INT -"$p" 2>/dev/null; then i=0; '
+    'while kill -0 -"$p" 2>/dev/null && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; '
+    'kill -KILL -"$p" 2>/dev/null; fi; fi; rm -rf -- "$d"'
+)
+
+
+def bench_args(remote: str, args: list) -> list:
+    """runtime.bench's arguments on the device: leading its own process group, temp files inside `remote`.
+
+    Without a pty, killing the local ssh (Ctrl-C, timeout) leaves the remote side running; the pid file lets
+    the cleanup stop it. --tmp-dir puts runtime.bench's frame folder in `remote`, so `rm -rf` takes it even
+    after a SIGKILL.
+    """
+    return [*args, "--json", "-", "--quiet", "--pid-file", posixpath.join(remote, "bench.pid"), "--tmp-dir", remote]
+
+
+def parse_output(stdout: bytes, target) -> dict:
+    """The JSON after runtime.bench's marker line; whatever a chatty shell printed before it is skipped."""
+    from runtime.bench.__main__ import JSON_MARKER
+
+    text = stdout.decode("utf-8", "replace")
+    head, marker, body = text.rpartition(f"{JSON_MARKER}\n")
+    if not marker:
+        if not text.strip():
+            raise EdgeclsError(f"{target}: python3 -m runtime.bench printed nothing: is the device's edgecls too old? "
+                               f"update it (`edgecls flash ... --setup`)")
+        raise EdgeclsError(f"{target}: python3 -m runtime.bench printed no result marker (output ends {text[-200:]!r}): "
+                           f"update the device's edgecls (`edgecls flash ... --setup`)")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise EdgeclsError(f"{target}: the bench result from the device is not valid JSON ({exc}): run again") from None
+
+
 def run_remote(device: str, bundle, options, ssh_config=None, python: str = "python3", progress=None,
                timeout_s: float = 3600) -> dict:
     """Run the bench on `device` and return its JSON document, with `remote` saying where and how."""
     from devices.ssh import SshClient
+    from runtime.bench.runner import data_note
+    from runtime.bundle import load_bundle
 
     say = progress or (lambda msg: None)
     bundle = Path(bundle)
     if not bundle.exists():
         raise EdgeclsError(f"bundle {bundle} does not exist: create one with `edgecls convert RUN --out {bundle}`")
+    if options.data:  # checked here: the device's notes go to a stderr nobody reads
+        note = data_note(options.data, load_bundle(bundle).labels)
+        if note:
+            say(note)
     target = parse_device(device)
     client = SshClient(target, config=ssh_config, python=python)
     say(f"{target}: creating a temp folder")
@@ -65,15 +111,19 @@ def run_remote(device: str, bundle, options, ssh_config=None, python: str = "pyt
         say(f"{target}: copying {', '.join(p.name for p in uploads)}")
         client.push(uploads, remote)
         say(f"{target}: running python3 -m runtime.bench (this takes as long as a local bench)")
-        result = client.python("runtime.bench", [*args, *runner_args(options), "--json", "-", "--quiet"],
-                               timeout=timeout_s)
+        result = client.python("runtime.bench", bench_args(remote, [*args, *runner_args(options)]), timeout=timeout_s,
+                               check=False)
     finally:
-        client.run(["rm", "-rf", "--", remote], check=False, timeout=60)
-    try:
-        doc = json.loads(result.stdout.decode("utf-8"))
-    except ValueError:
-        raise EdgeclsError(f"{target}: python3 -m runtime.bench printed no JSON: is the device's edgecls too old? "
-                           f"({result.stdout[-200:]!r})") from None
-    doc["remote"] = {"device": str(target), "python": python}
+        client.run(_STOP_AND_REMOVE.format(dir=shlex.quote(remote)), check=False, timeout=60)
+    if result.returncode != 0:
+        stderr = result.stderr.decode("utf-8", "replace")
+        errors = [l[len("error: "):] for l in stderr.splitlines() if l.startswith("error: ")]
+        if not errors and "unrecognized arguments" in stderr:  # argparse of an older runtime.bench
+            raise EdgeclsError(f"{target}: the device's edgecls is older than this one ({stderr.strip().splitlines()[-1][:200]}): "
+                               f"update it there (`edgecls flash ... --setup`)")
+        # runtime.bench's own one-line error, once (not "`python3` failed: error: ..."); else ssh's diagnosis
+        raise EdgeclsError(f"{target}: {errors[-1]}" if errors else client.describe_failure(result, python))
+    doc = parse_output(result.stdout, target)
+    doc["remote"] = {"device": str(target), "python": python, "workdir": remote}
     doc["bundle"]["path"] = str(bundle)
     return doc

@@ -9,19 +9,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 from pathlib import Path
 
 from runtime.atomic import write_bytes, write_text
 from runtime.bench.runner import FORMAT
-from runtime.bench.table import format_table
+from runtime.bench.table import P99_MIN_RUNS, few_runs, format_table
 from runtime.errors import EdgeclsError
 
 REQUIRED = ("file", "format", "precision", "threads", "p50_ms", "p90_ms", "p99_ms")
 OUT_FILES = {"json": "bench.json", "csv": "bench.csv", "markdown": "bench.md", "plot": "bench.png"}
 CSV_FIELDS = (
     "artifact", "file", "format", "precision", "threads", "backend", "backend_version", "provider", "size_bytes", "macs",
-    "runs", "repeats", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p50_spread_pct",
+    "runs", "repeats", "p50_ms", "p90_ms", "p99_ms", "p99_runs", "mean_ms", "std_ms", "min_ms", "max_ms", "p50_spread_pct",
     "throughput_ips", "gmacs_per_s", "frame_p50_ms", "frame_p90_ms", "frame_p99_ms", "decode_p50_ms",
     "preprocess_p50_ms", "frame_invoke_p50_ms", "postprocess_p50_ms", "overhead_ms", "overhead_pct_of_invoke",
     "frame_throughput_fps", "import_ms", "load_ms", "first_inference_ms", "warmup_runs", "settled", "peak_rss_mb",
@@ -41,11 +42,23 @@ def parse_percent(value: str | float) -> float:
     return float(m.group(1))
 
 
+def _check_can_make(path: Path, what: str, shown: Path) -> None:
+    """The first existing folder above `path` is a folder we may write in, so the write after the timing succeeds."""
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EdgeclsError(f"{what} {shown}: {parent} is a file, not a folder: choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgeclsError(f"{what} {shown}: cannot write in {parent} (permission denied): choose another path")
+
+
 def check_file_output(path, what: str) -> Path:
-    """An output file path we may write: not a folder, and its folder can be made."""
+    """An output file path we may write: not a folder, and its folder exists or can be made, checked before timing."""
     path = Path(path)
     if path.is_dir():
         raise EdgeclsError(f"{what} {path} is a folder: give a file name, e.g. {path / ('bench' + (path.suffix or '.json'))}")
+    _check_can_make(path, what, path)
     return path
 
 
@@ -54,6 +67,7 @@ def check_out_dir(path) -> Path:
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise EdgeclsError(f"--out {path} exists and is not a folder: choose another --out")
+    _check_can_make(path / OUT_FILES["json"], "--out", path)
     if path.is_dir() and any(path.iterdir()):
         names = {p.name for p in path.iterdir()}
         ours = False
@@ -96,9 +110,27 @@ def _key(record: dict) -> tuple:
     return record.get("artifact") or f"{record['format']}-{record['precision']}", record.get("threads")
 
 
+def _not_run_reason(name: str, threads, current: dict) -> str | None:
+    """Why a baseline record may be absent from `current` without a regression, or None (it should be there)."""
+    settings = current.get("settings", {})
+    run_threads = settings.get("threads") or sorted({r.get("threads") for r in current["records"]}, key=str)
+    if threads not in run_threads:
+        return f"--threads {','.join(str(t) if t else 'default' for t in run_threads)} did not include {threads or 'default'}"
+    if settings.get("artifacts") is not None and name not in settings["artifacts"]:
+        return "not selected by --artifacts"
+    if name == "keras":  # the baseline the bench adds when TensorFlow and the source model are here, not an artifact
+        return "no Keras baseline in this run"
+    return None
+
+
 def compare(current: dict, baseline: dict, max_regression_pct: float) -> tuple[list, list]:
-    """(lines, regressions): the p50 change per artifact and thread count; slower beyond the limit regresses."""
+    """(lines, regressions): the p50 change per artifact and thread count; slower beyond the limit regresses.
+
+    A baseline record this run lacks regresses too (a conversion that failed, an artifact a bundle lost),
+    unless the run did not ask for it (--artifacts, --threads, no Keras baseline): then it is only listed.
+    """
     base = {_key(r): r for r in baseline["records"]}
+    ran = {_key(r) for r in current["records"]}
     lines, regressions = [], []
     bm, cm = baseline.get("machine", {}), current.get("machine", {})
     if (bm.get("hostname"), bm.get("cpu")) != (cm.get("hostname"), cm.get("cpu")):
@@ -119,6 +151,16 @@ def compare(current: dict, baseline: dict, max_regression_pct: float) -> tuple[l
             regressions.append(f"{name} threads={threads} {change:+.1f}%")
     if not matched:
         raise EdgeclsError("the baseline has no artifact and thread count in common with this run: nothing to compare")
+    skipped = []
+    for name, threads in (k for k in base if k not in ran):
+        why = _not_run_reason(name, threads, current)
+        if why:
+            skipped.append(f"{name} threads={threads} ({why})")
+        else:
+            lines.append(f"{name} threads={threads}: in the baseline, missing from this run REGRESSION")
+            regressions.append(f"{name} threads={threads} missing from this run")
+    if skipped:
+        lines.append(f"not compared, this run did not ask for them: {'; '.join(skipped)}")
     return lines, regressions
 
 
@@ -172,16 +214,19 @@ def to_markdown(doc: dict) -> str:
         lines.append(
             f"| {r.get('artifact')} | {r.get('threads') or 'default'} | {r.get('backend')} ({r.get('provider')}) "
             f"| {_cell(r['size_bytes'] / 1e6 if r.get('size_bytes') else None)} | {_cell(r.get('p50_ms'))} "
-            f"| {_cell(r.get('p90_ms'))} | {_cell(r.get('p99_ms'))} | {_cell(r.get('mean_ms'))} ± {_cell(r.get('std_ms'))} "
+            f"| {_cell(r.get('p90_ms'))} | {_cell(r.get('p99_ms'))}{'*' if few_runs(r) else ''} "
+            f"| {_cell(r.get('mean_ms'))} ± {_cell(r.get('std_ms'))} "
             f"| {_cell(r.get('p50_spread_pct'), 1)} % | {_cell(r.get('frame_p50_ms'))} "
             f"| {_cell(f.get('decode', {}).get('p50_ms'))} | {_cell(f.get('preprocess', {}).get('p50_ms'))} "
             f"| {_cell(f.get('postprocess', {}).get('p50_ms'), 3)} | {_cell(r.get('overhead_pct_of_invoke'), 1)} % "
             f"| {_cell(r.get('load_ms'), 1)} | {_cell(r.get('first_inference_ms'), 1)} | {_cell(r.get('peak_rss_mb'), 0)} "
             f"| {_cell(r.get('gmacs_per_s'), 1)} | {_cell(r.get('accuracy'), 4)} |")
-    lines += ["", "Latencies in ms. invoke: the engine alone on a preprocessed, quantized input. frame: "
-              "preprocess+quantize → invoke → top-k through `Classifier.classify` (decode listed apart). "
-              "p50 spread: (max − min) / median of the per-repeat p50s. overhead: (preprocess+quantize + top-k) p50 "
-              "as % of the invoke p50."]
+    lines += ["", "Latencies in ms. invoke: the engine alone on a preprocessed, quantized input. frame: the whole "
+              "frame, decode → preprocess+quantize → invoke → top-k through `load_image` and `Classifier.classify`. "
+              "p50 spread: (max − min) / median of the per-repeat p50s. overhead: (preprocess+quantize + top-k) p50, "
+              "decode excluded, as % of the invoke p50."]
+    if any(few_runs(r) for r in doc["records"]):
+        lines.append(f"\\* p99 from fewer than {P99_MIN_RUNS} runs: it is the slowest run or close to it.")
     return "\n".join(lines) + "\n"
 
 

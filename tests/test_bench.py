@@ -63,7 +63,7 @@ def test_i8_p1_keras_source_is_the_bundles_run_while_it_is_unchanged(tiny_bundle
 def test_i8_p1_records_hold_sane_statistics_from_fresh_processes(bench_run):
     _, _, doc = bench_run
     for r in doc["records"]:
-        assert r["threads"] == 1 and r["repeats"] == 2 and 2 * 10 <= r["runs"] <= 2 * 15
+        assert r["threads"] == 1 and r["repeats"] == 2 and 2 * 10 <= r["runs"] <= 2 * 15 and r["p99_runs"] == r["runs"]
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"], r
         assert r["std_ms"] >= 0 and r["min_ms"] <= r["mean_ms"] <= r["max_ms"]
         assert len(r["p50_repeats_ms"]) == 2 and r["p50_spread_pct"] >= 0
@@ -73,13 +73,26 @@ def test_i8_p1_records_hold_sane_statistics_from_fresh_processes(bench_run):
         # peak RSS of a process that loaded this artifact: more than the interpreter alone, far less than TF
         assert r["rss_before_load_mb"] < r["peak_rss_mb"] and (r["format"] == "keras" or r["peak_rss_mb"] < 500)
         frame = r["frame"]
-        for stage in ("decode", "preprocess", "invoke", "postprocess", "total", "overhead"):
+        for stage in ("decode", "preprocess", "invoke", "postprocess", "frame", "total", "overhead"):
             assert 0 < frame[stage]["p50_ms"] <= frame[stage]["p90_ms"] <= frame[stage]["p99_ms"], (stage, r["artifact"])
-        assert frame["total"]["p50_ms"] >= frame["invoke"]["p50_ms"]
+        # The whole frame is timed end to end, decode included: every frame is at least its decode + preprocess +
+        # invoke, so the fastest frame is no faster than the fastest of each stage together.
+        assert (r["frame_p50_ms"], r["frame_p90_ms"], r["frame_p99_ms"]) == \
+               (frame["frame"]["p50_ms"], frame["frame"]["p90_ms"], frame["frame"]["p99_ms"])
+        assert frame["frame"]["min_ms"] >= frame["decode"]["min_ms"] + frame["preprocess"]["min_ms"] + frame["invoke"]["min_ms"]
+        assert frame["frame"]["min_ms"] > frame["total"]["min_ms"] >= frame["invoke"]["min_ms"]
         assert r["overhead_pct_of_invoke"] == pytest.approx(100 * frame["overhead"]["p50_ms"] / r["p50_ms"])
         assert r["machine"] == doc["machine"]
     records = {r["artifact"]: r for r in doc["records"]}
     assert records["onnx-fp32"]["provider"] == "CPUExecutionProvider" and records["tflite-int8"]["backend"] == "litert"
+    # A fresh process per repeat and per artifact: every worker's pid differs.
+    pids = [pid for r in doc["records"] for pid in r["pids"]]
+    assert all(len(r["pids"]) == 2 for r in doc["records"]) and len(set(pids)) == len(pids), pids
+    # ... and each loaded only its own engine, so its RSS and start-up are its own (sys.modules, read in the worker).
+    for r in doc["records"]:
+        assert r["engines_loaded"] == {"tflite": ["ai_edge_litert"], "onnx": ["onnxruntime"]}.get(
+            r["format"], r["engines_loaded"]), (r["artifact"], r["engines_loaded"])
+    assert {"tensorflow", "keras"} <= set(records["keras"]["engines_loaded"])  # the probe does see an engine
 
 
 def test_i8_p1_accuracy_on_data_matches_the_bundle_and_pids_differ(bench_run, tiny_bundle, shapes_folder):
@@ -103,6 +116,8 @@ def test_i8_p2_machine_is_described(bench_run):
 def test_i8_p2_table_csv_markdown_and_plot_are_written(bench_run):
     result, paths, doc = bench_run
     assert "tflite-int8" in result.stdout and "machine:" in result.stdout
+    # 2 x <= 15 runs: every p99 is about the slowest run, and the table says so
+    assert "* p99 from fewer than 100 runs" in result.stdout and result.stdout.count("*  ") >= len(doc["records"])
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [r["artifact"] for r in rows] == [r["artifact"] for r in doc["records"]]
     assert float(rows[0]["p50_ms"]) == pytest.approx(doc["records"][0]["p50_ms"], rel=1e-3) and rows[0]["cpu"]
@@ -148,7 +163,61 @@ def test_i8_p3_a_fresh_bench_fails_against_a_much_faster_baseline(bench_run, tin
     result = run_cli("bench", tiny_bundle, "--artifacts", "tflite-int8", "--repeats", "1", "--runs", "20",
                      "--no-keras", "--compare", baseline, timeout=120)
     assert "p50 regressed beyond 10%: tflite-int8 threads=1" in cli_error(result)
-    assert "onnx" not in result.stdout.split("machine:")[1]  # only the benchmarked artifact is compared
+    # only the benchmarked artifact is compared; the others are listed as not asked for, not as regressions
+    tail = result.stdout.split("machine:")[1]
+    assert not [l for l in tail.splitlines() if l.startswith("onnx")], tail
+    assert "onnx-fp32 threads=1 (not selected by --artifacts)" in tail and "missing" not in cli_error(result)
+
+
+def _records(doc: dict, keep=None, threads=(1,), artifacts="same") -> dict:
+    """A copy of a bench document with only the artifacts in `keep`, at each of `threads`, as a run of them."""
+    doc = json.loads(json.dumps(doc))
+    doc["records"] = [dict(r, threads=t) for t in threads for r in doc["records"] if keep is None or r["artifact"] in keep]
+    doc["settings"]["threads"] = list(threads)
+    if artifacts != "same":
+        doc["settings"]["artifacts"] = artifacts
+    return doc
+
+
+def test_i8_p3_compare_an_artifact_on_one_side_only(bench_run):
+    """Missing from the baseline: listed. Missing from the run: a regression (a failed conversion must fail CI),
+    unless the run did not ask for it (--artifacts, or no Keras baseline there)."""
+    from edgecls.bench_report import compare
+
+    _, _, doc = bench_run
+    everything = [r["artifact"] for r in doc["records"]]
+    lines, regressions = compare(doc, _records(doc, keep=everything[1:]), 10)
+    assert f"{everything[0]} threads=1: not in the baseline" in lines and regressions == []
+    lines, regressions = compare(_records(doc, keep=everything[1:]), doc, 10)
+    assert regressions == [f"{everything[0]} threads=1 missing from this run"]
+    assert f"{everything[0]} threads=1: in the baseline, missing from this run REGRESSION" in lines
+    limited = _records(doc, keep=everything[1:], artifacts=everything[1:])
+    lines, regressions = compare(limited, doc, 10)
+    assert regressions == [] and f"{everything[0]} threads=1 (not selected by --artifacts)" in lines[-1]
+    lines, regressions = compare(_records(doc, keep=everything[:-1]), doc, 10)  # the run had no Keras baseline
+    assert regressions == [] and "keras threads=1 (no Keras baseline in this run)" in lines[-1]
+
+
+def test_i8_p3_compare_with_different_thread_sets(bench_run):
+    from edgecls.bench_report import compare
+
+    _, _, doc = bench_run
+    both = _records(doc, threads=(1, 2))
+    lines, regressions = compare(doc, both, 10)  # the baseline also ran 2 threads; this run only 1
+    assert regressions == [] and "tflite-int8 threads=2 (--threads 1 did not include 2)" in lines[-1]
+    assert sum(l.endswith(" ok") for l in lines) == len(doc["records"])
+    lines, regressions = compare(both, doc, 10)
+    assert regressions == [] and "tflite-int8 threads=2: not in the baseline" in lines
+    with pytest.raises(Exception, match="nothing to compare"):
+        compare(_records(doc, threads=(2,)), doc, 10)
+
+
+def test_i8_p3_a_run_missing_a_baseline_artifact_exits_one(bench_run, tmp_path):
+    _, paths, doc = bench_run
+    current = tmp_path / "current.json"
+    current.write_text(json.dumps(_records(doc, keep=[r["artifact"] for r in doc["records"] if r["artifact"] != "onnx-int8"])))
+    error = cli_error(run_cli("bench", "--from-json", current, "--compare", paths["json"]))
+    assert "onnx-int8 threads=1 missing from this run" in error
 
 
 @pytest.mark.parametrize("case", ["missing-bundle", "unknown-artifact", "foreign-out", "not-json", "not-bench-json",

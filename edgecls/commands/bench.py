@@ -15,6 +15,8 @@ import click
 @click.option("--frame-runs", type=click.IntRange(1), help="Timed whole frames per repeat (default: --runs).")
 @click.option("--time-budget", type=click.FloatRange(0), default=10.0, show_default=True,
               help="Seconds per timed phase of one repeat (0: no limit); at least 10 runs are always timed.")
+@click.option("--max-warmup", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="Seconds of warm-up at most per process (until the latency settles).")
 @click.option("--frame", type=click.Path(), help="Image for the whole-frame timing (default: a synthetic 640x480 JPEG).")
 @click.option("--data", type=click.Path(), help="Class-per-folder images: accuracy of each artifact.")
 @click.option("--keras", "keras_model", type=click.Path(), help="Source MODEL.keras for the Keras baseline "
@@ -32,7 +34,7 @@ import click
 @click.option("--device", help="Run on user@host[:port] over SSH with the device's installed runtime.")
 @click.option("--ssh-config", type=click.Path(), help="ssh -F file for --device (host aliases, keys, ports).")
 @click.option("--remote-python", default="python3", show_default=True, help="The device's Python for --device.")
-def bench(bundle, artifacts, threads, repeats, runs, frame_runs, time_budget, frame, data, keras_model, no_keras,
+def bench(bundle, artifacts, threads, repeats, runs, frame_runs, time_budget, max_warmup, frame, data, keras_model, no_keras,
           json_path, csv_path, markdown_path, plot_path, out_dir, from_json, baseline, max_regression, device, ssh_config,
           remote_python):
     """Benchmark every artifact of BUNDLE (and the source Keras model): invoke and whole-frame p50/p90/p99,
@@ -58,7 +60,7 @@ def bench(bundle, artifacts, threads, repeats, runs, frame_runs, time_budget, fr
     options = BenchOptions(
         artifacts=[a.strip() for a in artifacts.split(",") if a.strip()] if artifacts else None,
         threads=parse_threads(threads), repeats=repeats, runs=runs, frame_runs=frame_runs,
-        budget_s=time_budget or None, frame=frame, data=data,
+        budget_s=time_budget or None, max_warmup_s=max_warmup, frame=frame, data=data,
     )
     options.validate()
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
@@ -71,7 +73,7 @@ def bench(bundle, artifacts, threads, repeats, runs, frame_runs, time_budget, fr
             say("note: --keras is ignored with --device (the device has no TensorFlow to run it)")
         doc = run_remote(device, bundle, options, ssh_config=ssh_config, python=remote_python, progress=say)
     else:
-        doc = run_bench(bundle, options, progress=say, extra_jobs=_keras_hook(bundle, keras_model, no_keras, say))
+        doc = run_bench(bundle, options, progress=say, extra_jobs=_keras_hook(bundle, keras_model, no_keras, say), notify=say)
     click.echo(report.format_table(doc))
     for path in report.write_outputs(doc, json_path, csv_path, markdown_path, plot_path, out_dir):
         say(f"wrote {path}")

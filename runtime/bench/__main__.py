@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 
 from runtime.bench.runner import BenchOptions, run_bench
 from runtime.bench.table import format_table
 from runtime.errors import EdgeclsError
 
+# Printed on its own line before the JSON of `--json -`: a device's shell or python shim may print first
+# (a pyenv banner, an rc file's echo), so the reader takes what follows the marker, not the whole stdout.
+JSON_MARKER = "--- edgecls-bench json ---"
+
 
 def parse_threads(value: str) -> list:
-    """'1,2' -> [1, 2]; 'default' -> [None] (the engine's own choice)."""
+    """'1,2' -> [1, 2]; 'default' -> [None] (the engine's own choice); repeats dropped, order kept."""
     out = []
     for part in (p.strip() for p in str(value).split(",") if p.strip()):
         if part == "default":
@@ -23,7 +29,7 @@ def parse_threads(value: str) -> list:
             raise EdgeclsError(f"--threads {value!r}: give positive whole numbers separated by commas, e.g. 1,2")
     if not out:
         raise EdgeclsError("--threads is empty: give e.g. 1 or 1,2")
-    return out
+    return list(dict.fromkeys(out))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame", help="image for the whole-frame timing (default: a synthetic 640x480 JPEG)")
     p.add_argument("--data", help="class-per-folder images for accuracy")
     p.add_argument("--json", dest="json_path", help="write the results here ('-': standard output)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (notes and errors still go to stderr)")
+    p.add_argument("--pid-file", help="lead a process group of our own and write its id here, so that whoever started "
+                   "us (edgecls bench --device over SSH) can stop the bench and its worker together")
+    p.add_argument("--tmp-dir", help="folder for temporary files (the synthetic frame); default: the system's")
     return p
+
+
+def _own_process_group(pid_file: str) -> None:
+    """Become a process group leader (our workers join the group) and write the group id to `pid_file`."""
+    if os.getpgrp() != os.getpid():  # sshd usually made us a session leader already; setsid would refuse then
+        os.setsid()
+    from runtime.atomic import write_text
+
+    write_text(pid_file, f"{os.getpgrp()}\n")
+
+
+def _exit_on_signal(signum, frame):
+    # SIGTERM/SIGHUP end us like Ctrl-C does: `finally` blocks run, the worker is stopped, temp folders removed.
+    raise SystemExit(128 + signum)
 
 
 def options_from(args) -> BenchOptions:
@@ -53,12 +76,21 @@ def options_from(args) -> BenchOptions:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    note = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    log = (lambda m: None) if args.quiet else note
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     try:
-        doc = run_bench(args.bundle, options_from(args), progress=log)
+        if args.pid_file:
+            _own_process_group(args.pid_file)
+        if args.tmp_dir:
+            import tempfile
+
+            tempfile.tempdir = args.tmp_dir
+        doc = run_bench(args.bundle, options_from(args), progress=log, notify=note)
         text = json.dumps(doc, indent=2) + "\n"
         if args.json_path == "-":
-            sys.stdout.write(text)
+            sys.stdout.write(f"\n{JSON_MARKER}\n{text}")
         elif args.json_path:
             from runtime.atomic import write_text
 

@@ -33,16 +33,18 @@ def spread_pct(values) -> float | None:
     return float(100.0 * (max(values) - min(values)) / float(np.median(values)))
 
 
-def warm_up(call: Callable[[], None], window: int = 10, tolerance: float = 0.05, min_windows: int = 2,
+def warm_up(call: Callable[[], None], window: int = 10, tolerance: float = 0.05, lookback: int = 3,
             max_seconds: float = 10.0) -> dict:
-    """Call until the median of a window of `window` calls is within `tolerance` of the previous window's.
+    """Call until the median of a window of `window` calls is within `tolerance` of the median `lookback` windows back.
 
     Caches, lazily packed weights (XNNPACK packs on first use), thread pools and CPU clocks settle at
-    different speeds per engine, so a fixed count either wastes time or times the ramp. Gives up after
-    `max_seconds` and says so (`settled: false`).
+    different speeds per engine, so a fixed count either wastes time or times the ramp. Comparing with the
+    window just before would call a slow ramp (a governor stepping up, 4 % per window) settled at once;
+    `lookback` windows back, the ramp adds up past the tolerance. Gives up after `max_seconds` and says so
+    (`settled: false`).
     """
     started = time.perf_counter()
-    previous, windows, runs = None, 0, 0
+    medians, runs = [], 0
     while True:
         times = []
         for _ in range(window):
@@ -50,13 +52,12 @@ def warm_up(call: Callable[[], None], window: int = 10, tolerance: float = 0.05,
             call()
             times.append(time.perf_counter() - t)
         runs += window
-        windows += 1
-        median = float(np.median(times))
-        settled = previous is not None and abs(median - previous) <= tolerance * previous and windows >= min_windows
+        medians.append(float(np.median(times)))
+        before = medians[-1 - lookback] if len(medians) > lookback else None
+        settled = before is not None and abs(medians[-1] - before) <= tolerance * before
         elapsed = time.perf_counter() - started
         if settled or elapsed >= max_seconds:
             return {"warmup_runs": runs, "warmup_ms": elapsed * 1000, "settled": bool(settled)}
-        previous = median
 
 
 def timed_runs(call: Callable[[], None], runs: int, budget_s: float | None, min_runs: int = 10) -> list:

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+P99_MIN_RUNS = 100  # below this many samples a p99 is about the slowest run: tables mark it
+
+
+def few_runs(record: dict) -> bool:
+    """Whether the record's p99 stands on fewer than P99_MIN_RUNS samples (then it is about the maximum)."""
+    runs = record.get("p99_runs", record.get("runs"))
+    return runs is not None and runs < P99_MIN_RUNS
+
 
 def _ms(value) -> str:
     return "-" if value is None else f"{value:.2f}" if value < 100 else f"{value:.0f}"
@@ -16,7 +24,7 @@ COLUMNS = (
     ("thr", lambda r: str(r["threads"] or "def")),
     ("p50", lambda r: _ms(r.get("p50_ms"))),
     ("p90", lambda r: _ms(r.get("p90_ms"))),
-    ("p99", lambda r: _ms(r.get("p99_ms"))),
+    ("p99", lambda r: _ms(r.get("p99_ms")) + ("*" if few_runs(r) else "")),
     ("std", lambda r: _ms(r.get("std_ms"))),
     ("spread", lambda r: _pct(r.get("p50_spread_pct"))),
     ("frame p50", lambda r: _ms(r.get("frame_p50_ms"))),
@@ -47,5 +55,8 @@ def format_table(doc: dict) -> str:
                  f"{m.get('arch')}, {m.get('os')}, {m.get('python')}, load {m.get('load_average')}")
     s = doc.get("settings", {})
     lines.append(f"ms per call; p50/p90/p99 pooled over {s.get('repeats')} repeat(s) of up to {s.get('runs')} runs; "
-                 f"spread = (max-min)/median of the per-repeat p50s; frame = preprocess+invoke+top-k (decode apart)")
+                 f"spread = (max-min)/median of the per-repeat p50s; frame = decode+preprocess+invoke+top-k; "
+                 f"overhead = preprocess+top-k (decode excluded) vs invoke")
+    if any(few_runs(r) for r in doc["records"]):
+        lines.append(f"* p99 from fewer than {P99_MIN_RUNS} runs: it is the slowest run or close to it")
     return "\n".join(lines)

@@ -36,6 +36,15 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+ENGINE_MODULES = ("ai_edge_litert", "tflite_runtime", "onnxruntime", "tensorflow", "keras", "torch")
+
+
+def engines_loaded() -> list:
+    """The inference engines imported into this process: a tflite worker that loaded onnxruntime or TensorFlow
+    would report their memory and start-up cost as its own."""
+    return [name for name in ENGINE_MODULES if name in sys.modules]
+
+
 def dataset_images(folder, labels) -> tuple[list, list]:
     """([(path, class index)], [folders that are not classes of the bundle]) of a class-per-folder dataset."""
     from runtime.errors import DataError
@@ -123,6 +132,7 @@ def measure(job: dict) -> dict:
     if job.get("data"):
         record.update(accuracy(lambda p: classifier.classify_file(p).label, job["data"], classifier.labels))
     record["peak_rss_mb"] = peak_rss_mb()
+    record["engines_loaded"] = engines_loaded()
     return record
 
 
