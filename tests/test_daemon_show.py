@@ -28,7 +28,15 @@ def gui_python(tmp_path_factory) -> str:
     venv = Path(cache) / "gui-venv" if cache else tmp_path_factory.mktemp("gui") / "venv"
     python = venv / "bin" / "python"
     if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        # This interpreter's packages (edgecls's dependencies, wherever they were installed: a venv or the
+        # system), after the venv's own, so the venv's opencv-python shadows the headless cv2.
+        import site
+
+        own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        parents = [p for p in site.getsitepackages() + [site.getusersitepackages()] if Path(p).is_dir()]
+        Path(own, "_edgecls_parent.pth").write_text("\n".join(parents) + "\n")
         done = subprocess.run([str(python), "-m", "pip", "install", "-q", "opencv-python"], capture_output=True,
                               text=True, timeout=600)
         if done.returncode != 0:
