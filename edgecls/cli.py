@@ -16,8 +16,13 @@ from runtime.errors import EdgeclsError
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        from runtime.daemon.nativelog import native_output_to_log
+
         try:
-            return super().invoke(ctx)
+            # TensorFlow's, LiteRT's, OpenCV's and FFmpeg's C code write to fd 2 behind Python's back: their
+            # lines become debug log lines (`--debug` shows them; crash explanations stay warnings).
+            with native_output_to_log():
+                return super().invoke(ctx)
         except EdgeclsError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
