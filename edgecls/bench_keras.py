@@ -11,7 +11,6 @@ it starts) with the same warm-up, statistics and whole-frame split as the runtim
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -156,13 +155,9 @@ def keras_records(model_path: Path, say=None):
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        print(json.dumps(measure(json.loads(argv[0]))))
-    except EdgeclsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    from runtime.bench.worker import serve_job
+
+    return serve_job(measure, argv)
 
 
 if __name__ == "__main__":

@@ -136,16 +136,21 @@ def measure(job: dict) -> dict:
     return record
 
 
-def main(argv=None) -> int:
+def serve_job(measure_job, argv=None) -> int:
+    """A worker process's whole life: the job as JSON in argv[1], its record as JSON on stdout, errors in one line."""
     from runtime.errors import EdgeclsError
 
     argv = sys.argv[1:] if argv is None else argv
     try:
-        print(json.dumps(measure(json.loads(argv[0]))))
+        print(json.dumps(measure_job(json.loads(argv[0]))))
     except EdgeclsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    return serve_job(measure, argv)
 
 
 if __name__ == "__main__":
