@@ -84,12 +84,17 @@ def _load_config(ctx, param, path):
               "of stdout, rotated past --results-max-mb (3 old files kept).")
 @click.option("--results-max-mb", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Rotate the --results file past this size (0: never).")
+@click.option("--mqtt", help="Daemon mode: publish results to mqtt://[user:pass@]host[:port]/topic-prefix "
+              "(PREFIX/SOURCE/state on each label change, PREFIX/availability online/offline with a last will).")
+@click.option("--mqtt-qos", type=click.IntRange(0, 2), default=1, show_default=True)
+@click.option("--mqtt-every", type=click.IntRange(1), help="Also publish every N frames of a source, changed or not.")
 @click.option("--allowed-signers", type=click.Path(dir_okay=False), help="OpenSSH allowed-signers file: load only "
               "bundles signed (`edgecls sign`) by one of its keys, at start and on every hot reload.")
 @click.option("--show", is_flag=True, default=None, help="Daemon mode: show the annotated frames in a window per "
               "source (needs OpenCV with GUI support and a display; q or Esc stops).")
 def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fps, max_frames, timeout, port, host,
-        token_file, smooth, threshold, stall_timeout, duration, results, results_max_mb, allowed_signers, show):
+        token_file, smooth, threshold, stall_timeout, duration, results, results_max_mb, mqtt, mqtt_qos, mqtt_every,
+        allowed_signers, show):
     """Classify frames from a camera, stream, video or folder; one JSON line per frame.
 
     Each line has the frame index, its age when classified, the top-k and the running drop count.
@@ -114,7 +119,7 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
 
     profile = load_profile(device)
     uris = list(sources) or [profile.camera]
-    daemon_only = (smooth, threshold, stall_timeout, duration, results, show)
+    daemon_only = (smooth, threshold, stall_timeout, duration, results, show, mqtt)
     if port is None:
         for name, value in (("--host", host), ("--token-file", token_file)):
             if value is not None:
@@ -138,7 +143,7 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
             _run_daemon(bundle, uris, profile=profile, artifact=artifact, threads=threads, top_k=top_k,
                         source_options={"loop": loop, "timeout_s": timeout, **pacing}, max_frames=max_frames,
                         port=port, host=host, token=token, smooth=smooth, threshold=threshold, show=bool(show),
-                        allowed_signers=allowed_signers,
+                        allowed_signers=allowed_signers, mqtt=mqtt, mqtt_qos=mqtt_qos, mqtt_every=mqtt_every,
                         stall_timeout=stall_timeout, duration=duration, results=results, results_max_mb=results_max_mb)
         return
     with native_output_to_log():
@@ -198,12 +203,17 @@ def _read_token(token_file) -> str | None:
     return token
 
 
-def _run_daemon(bundle, uris, *, results, results_max_mb, stall_timeout, host, smooth, threshold, **options) -> None:
+def _run_daemon(bundle, uris, *, results, results_max_mb, stall_timeout, host, smooth, threshold, mqtt, mqtt_qos,
+                mqtt_every, **options) -> None:
     """Several sources, HTTP, smoothing: the daemon in runtime.daemon; events go to stderr as JSON lines."""
     from runtime.daemon import Daemon
     from runtime.daemon.sinks import JsonlFileSink, StdoutSink
 
     sinks = [JsonlFileSink(results, max_bytes=int(results_max_mb * 1024 * 1024))] if results else [StdoutSink()]
+    if mqtt:
+        from runtime.daemon.mqtt import MqttSink
+
+        sinks.append(MqttSink(mqtt, qos=mqtt_qos, every=mqtt_every))
     daemon = Daemon(bundle, uris, sinks=sinks, stall_timeout=10.0 if stall_timeout is None else stall_timeout,
                     host=host or "127.0.0.1", smooth=smooth or 1, threshold=threshold or 0.0, **options)
 

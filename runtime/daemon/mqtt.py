@@ -1,0 +1,140 @@
+"""`--mqtt mqtt://[user:pass@]host[:port]/prefix`: results as MQTT events, with paho-mqtt.
+
+Topics (PREFIX from the URL, default `edgecls`; SOURCE is the source's name made topic-safe):
+- `PREFIX/availability`: `online` (retained) once connected, `offline` (retained) on a clean stop, and
+  the same `offline` as the broker's last will when the daemon dies without saying goodbye;
+- `PREFIX/SOURCE/state`: the result JSON when the source's label changes (and every `every` frames).
+
+paho runs its own network thread (`loop_start`) that reconnects with capped backoff; `write` only
+queues (bounded: past `MAX_QUEUED` messages waiting for the broker, new ones are dropped and counted),
+so a slow or absent broker never blocks classification.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import uuid
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from runtime.errors import EdgeclsError, MissingDependencyError
+
+log = logging.getLogger("edgecls.daemon")
+
+MAX_QUEUED = 1000
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    host: str
+    port: int
+    prefix: str
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> "MqttTarget":
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise EdgeclsError(f"--mqtt {redact(url)}: give mqtt://[user:pass@]host[:port]/topic-prefix "
+                               "(mqtts:// for TLS)")
+        prefix = parts.path.strip("/") or "edgecls"
+        if any(c in prefix for c in "#+") or "//" in prefix:
+            raise EdgeclsError(f"--mqtt topic prefix {prefix!r}: no wildcards (# +) or empty levels")
+        try:
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        except ValueError:
+            raise EdgeclsError(f"--mqtt {redact(url)}: the port is not a number between 0 and 65535") from None
+        return cls(parts.hostname, port, prefix, unquote(parts.username) if parts.username else None,
+                   unquote(parts.password) if parts.password else None, parts.scheme == "mqtts")
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, for messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def topic_name(source: str) -> str:
+    """A source name as one topic level: MQTT wildcards, separators and spaces become '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_") or "source"
+
+
+class MqttSink:
+    """A daemon sink (write/close) publishing label changes and availability to an MQTT broker."""
+
+    def __init__(self, url: str, *, qos: int = 1, every: int | None = None, client_id: str | None = None):
+        try:
+            import paho.mqtt.client as mqtt
+        except ImportError as exc:
+            raise MissingDependencyError("paho-mqtt", "runtime", "needed for --mqtt") from exc
+        if qos not in (0, 1, 2):
+            raise EdgeclsError(f"--mqtt-qos {qos}: MQTT knows QoS 0, 1 and 2")
+        if every is not None and every < 1:
+            raise EdgeclsError(f"--mqtt-every {every}: give a number of frames, at least 1")
+        self._mqtt = mqtt
+        self.target = MqttTarget.parse(url)
+        self.url = redact(url)
+        self.qos, self.every = qos, every
+        self.availability = f"{self.target.prefix}/availability"
+        self.published = 0
+        self.dropped = 0
+        self._last = {}  # source -> (label, frames since the last publish)
+        self._lock = threading.Lock()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=client_id or f"edgecls-{uuid.uuid4().hex[:12]}")
+        if self.target.username:
+            client.username_pw_set(self.target.username, self.target.password)
+        if self.target.tls:
+            client.tls_set()
+        client.will_set(self.availability, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_queued_messages_set(MAX_QUEUED)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+        client.connect_async(self.target.host, self.target.port, keepalive=15)
+        client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        if getattr(reason_code, "is_failure", False):
+            log.warning("mqtt %s refused the connection: %s", self.url, reason_code)
+            return
+        log.info("mqtt connected to %s:%d", self.target.host, self.target.port)
+        client.publish(self.availability, "online", qos=1, retain=True)
+        with self._lock:  # after a reconnect, the next result of every source is published again
+            self._last.clear()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        if reason_code != 0:
+            log.warning("mqtt connection to %s lost (%s); reconnecting", self.url, reason_code)
+
+    def write(self, result: dict) -> None:
+        source = result.get("source", "")
+        with self._lock:
+            label, count = self._last.get(source, (None, 0))
+            count += 1
+            due = result.get("top1") != label or (self.every is not None and count >= self.every)
+            self._last[source] = (result.get("top1"), 0 if due else count)
+        if not due:
+            return
+        info = self._client.publish(f"{self.target.prefix}/{topic_name(source)}/state", json.dumps(result),
+                                    qos=self.qos)
+        if info.rc == self._mqtt.MQTT_ERR_SUCCESS or (info.rc == self._mqtt.MQTT_ERR_NO_CONN and self.qos > 0):
+            self.published += 1  # sent, or queued by paho until the broker is back (QoS 1/2)
+        else:  # the queue is full, or QoS 0 without a connection: drop, never wait
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("mqtt: %d result(s) dropped (broker unreachable or queue full)", self.dropped)
+
+    def close(self) -> None:
+        try:
+            if self._client.is_connected():
+                self._client.publish(self.availability, "offline", qos=1, retain=True).wait_for_publish(2.0)
+        except (RuntimeError, ValueError):
+            pass
+        self._client.disconnect()
+        self._client.loop_stop()

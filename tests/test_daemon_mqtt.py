@@ -1,0 +1,139 @@
+"""Issue 12 point 4: the MQTT sink against a real mosquitto broker on 127.0.0.1, checked by a paho-mqtt subscriber."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import require_tool
+from tests.daemon_helpers import wait_for, write_test_video
+
+mqtt = pytest.importorskip("paho.mqtt.client")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    def __init__(self, port: int, tmp_path):
+        self.binary = require_tool("mosquitto", package="mosquitto")
+        self.port = port
+        self.config = tmp_path / "mosquitto.conf"
+        self.config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.process = None
+
+    def start(self) -> "Broker":
+        self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_for(self._listening, 10, "mosquitto listening")
+        return self
+
+    def _listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+class Subscriber:
+    """A real paho client that records (topic, payload, retained) of everything under `prefix/#`."""
+
+    def __init__(self, port: int, prefix: str):
+        self.messages = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}")
+        self.client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/#", qos=1)
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 2)
+        self.client.connect_async("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message):
+        with self._lock:
+            self.messages.append((message.topic, message.payload.decode(), bool(message.retain)))
+
+    def on(self, topic):
+        with self._lock:
+            return [m for m in self.messages if m[0] == topic]
+
+    def stop(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_i12_p4_mqtt_availability_label_changes_broker_restart_and_last_will(tiny_bundle, tmp_path):
+    port = _free_port()
+    broker = Broker(port, tmp_path).start()
+    subscriber = Subscriber(port, "lab")
+    video = write_test_video(tmp_path / "clip.avi", frames=40)
+    results = tmp_path / "results.jsonl"
+    daemon = subprocess.Popen([sys.executable, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(video),
+                               "--loop", "--mqtt", f"mqtt://127.0.0.1:{port}/lab", "--mqtt-every", "10",
+                               "--results", str(results)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: ("lab/availability", "online", False) in subscriber.messages
+                 or ("lab/availability", "online", True) in subscriber.messages, 30, "availability online")
+        wait_for(lambda: any(t.endswith("/state") for t, _, _ in subscriber.messages), 30, "a state message")
+        topic = next(t for t, _, _ in subscriber.messages if t.endswith("/state"))
+        assert topic.startswith("lab/") and "/" not in topic[len("lab/"):-len("/state")], topic  # one topic level
+        first = [json.loads(p) for t, p, _ in subscriber.messages if t == topic]
+        assert {"source", "frame", "top1", "score", "topk"} <= set(first[0])
+        assert first[0]["source"] == str(video)
+
+        # The broker goes away for 3 s: classification goes on, then the daemon reconnects and publishes again.
+        broker.kill()
+        lines_before = results.read_text().count("\n")
+        time.sleep(3)
+        assert results.read_text().count("\n") > lines_before + 10, "classification stalled without the broker"
+        assert daemon.poll() is None
+        count_before = len(subscriber.on(topic))
+        broker.start()
+        wait_for(lambda: len(subscriber.on(topic)) > count_before, 40, "state messages after the broker restart")
+        wait_for(lambda: subscriber.on("lab/availability")[-1][1] == "online", 10, "online again after reconnect")
+
+        # SIGKILL: no goodbye, so the broker publishes the last will.
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        wait_for(lambda: subscriber.on("lab/availability")[-1][1] == "offline", 30, "the last will (offline)")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        subscriber.stop()
+        broker.kill()
+
+
+def test_i12_p4_clean_stop_says_offline_and_a_bad_url_is_one_line(tiny_bundle, tmp_path):
+    port = _free_port()
+    broker = Broker(port, tmp_path).start()
+    subscriber = Subscriber(port, "edgecls")
+    try:
+        time.sleep(0.5)
+        video = write_test_video(tmp_path / "clip.avi", frames=20)
+        done = subprocess.run([sys.executable, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(video),
+                               "--mqtt", f"mqtt://user:s3cret-pw@127.0.0.1:{port}", "--results",
+                               str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "s3cret-pw" not in done.stderr
+        wait_for(lambda: subscriber.on("edgecls/availability")
+                 and subscriber.on("edgecls/availability")[-1][1] == "offline", 10, "offline on a clean stop")
+        assert any(p == "online" for _, p, _ in subscriber.on("edgecls/availability"))
+    finally:
+        subscriber.stop()
+        broker.kill()
+    bad = subprocess.run([sys.executable, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(video),
+                          "--mqtt", "http://user:s3cret-pw@host/x"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: --mqtt")
+    assert "s3cret-pw" not in bad.stderr and "Traceback" not in bad.stderr
