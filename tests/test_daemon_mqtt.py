@@ -55,7 +55,8 @@ class Subscriber:
         self.messages = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}")
-        self.client.on_connect = lambda c, *_: c.subscribe(f"{prefix}/#", qos=1)
+        pattern = "#" if prefix == "#" else f"{prefix}/#"
+        self.client.on_connect = lambda c, *_: c.subscribe(pattern, qos=1)
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 2)
         self.client.connect_async("127.0.0.1", port)
@@ -118,15 +119,22 @@ def test_i12_p4_mqtt_availability_label_changes_broker_restart_and_last_will(tin
 def test_i12_p4_clean_stop_says_offline_and_a_bad_url_is_one_line(tiny_bundle, tmp_path):
     port = _free_port()
     broker = Broker(port, tmp_path).start()
-    subscriber = Subscriber(port, "edgecls")
+    subscriber = Subscriber(port, "#")
     try:
         time.sleep(0.5)
         video = write_test_video(tmp_path / "clip.avi", frames=20)
-        done = subprocess.run([sys.executable, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(video),
-                               "--mqtt", f"mqtt://user:s3cret-pw@127.0.0.1:{port}", "--results",
-                               str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "-m", "edgecls.cli", "--debug", "run", str(tiny_bundle), "--source",
+                               str(video), "--mqtt", f"mqtt://user:s3cret-pw@127.0.0.1:{port}", "--mqtt-discovery",
+                               "--results", str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
-        assert "s3cret-pw" not in done.stderr
+        assert "s3cret-pw" not in done.stderr  # not even in debug logs
+        # Home Assistant discovery: one retained sensor config per source, pointing at its state topic.
+        configs = [(t, json.loads(p)) for t, p, _ in subscriber.messages if t.startswith("homeassistant/sensor/")]
+        assert len(configs) == 1 and configs[0][0].endswith("/label/config")
+        config = configs[0][1]
+        assert config["state_topic"].startswith("edgecls/") and config["availability_topic"] == "edgecls/availability"
+        assert config["value_template"] == "{{ value_json.top1 }}"
+        assert any(t == config["state_topic"] for t, _, _ in subscriber.messages)
         wait_for(lambda: subscriber.on("edgecls/availability")
                  and subscriber.on("edgecls/availability")[-1][1] == "offline", 10, "offline on a clean stop")
         assert any(p == "online" for _, p, _ in subscriber.on("edgecls/availability"))

@@ -88,13 +88,15 @@ def _load_config(ctx, param, path):
               "(PREFIX/SOURCE/state on each label change, PREFIX/availability online/offline with a last will).")
 @click.option("--mqtt-qos", type=click.IntRange(0, 2), default=1, show_default=True)
 @click.option("--mqtt-every", type=click.IntRange(1), help="Also publish every N frames of a source, changed or not.")
+@click.option("--mqtt-discovery", is_flag=True, default=None,
+              help="Publish Home Assistant MQTT discovery configs: a sensor per source appears by itself.")
 @click.option("--allowed-signers", type=click.Path(dir_okay=False), help="OpenSSH allowed-signers file: load only "
               "bundles signed (`edgecls sign`) by one of its keys, at start and on every hot reload.")
 @click.option("--show", is_flag=True, default=None, help="Daemon mode: show the annotated frames in a window per "
               "source (needs OpenCV with GUI support and a display; q or Esc stops).")
 def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fps, max_frames, timeout, port, host,
         token_file, smooth, threshold, stall_timeout, duration, results, results_max_mb, mqtt, mqtt_qos, mqtt_every,
-        allowed_signers, show):
+        mqtt_discovery, allowed_signers, show):
     """Classify frames from a camera, stream, video or folder; one JSON line per frame.
 
     Each line has the frame index, its age when classified, the top-k and the running drop count.
@@ -144,6 +146,7 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
                         source_options={"loop": loop, "timeout_s": timeout, **pacing}, max_frames=max_frames,
                         port=port, host=host, token=token, smooth=smooth, threshold=threshold, show=bool(show),
                         allowed_signers=allowed_signers, mqtt=mqtt, mqtt_qos=mqtt_qos, mqtt_every=mqtt_every,
+                        mqtt_discovery=bool(mqtt_discovery),
                         stall_timeout=stall_timeout, duration=duration, results=results, results_max_mb=results_max_mb)
         return
     with native_output_to_log():
@@ -204,7 +207,7 @@ def _read_token(token_file) -> str | None:
 
 
 def _run_daemon(bundle, uris, *, results, results_max_mb, stall_timeout, host, smooth, threshold, mqtt, mqtt_qos,
-                mqtt_every, **options) -> None:
+                mqtt_every, mqtt_discovery, **options) -> None:
     """Several sources, HTTP, smoothing: the daemon in runtime.daemon; events go to stderr as JSON lines."""
     from runtime.daemon import Daemon
     from runtime.daemon.sinks import JsonlFileSink, StdoutSink
@@ -213,7 +216,7 @@ def _run_daemon(bundle, uris, *, results, results_max_mb, stall_timeout, host, s
     if mqtt:
         from runtime.daemon.mqtt import MqttSink
 
-        sinks.append(MqttSink(mqtt, qos=mqtt_qos, every=mqtt_every))
+        sinks.append(MqttSink(mqtt, qos=mqtt_qos, every=mqtt_every, discovery=mqtt_discovery))
     daemon = Daemon(bundle, uris, sinks=sinks, stall_timeout=10.0 if stall_timeout is None else stall_timeout,
                     host=host or "127.0.0.1", smooth=smooth or 1, threshold=threshold or 0.0, **options)
 

@@ -3,7 +3,10 @@
 Topics (PREFIX from the URL, default `edgecls`; SOURCE is the source's name made topic-safe):
 - `PREFIX/availability`: `online` (retained) once connected, `offline` (retained) on a clean stop, and
   the same `offline` as the broker's last will when the daemon dies without saying goodbye;
-- `PREFIX/SOURCE/state`: the result JSON when the source's label changes (and every `every` frames).
+- `PREFIX/SOURCE/state`: the result JSON when the source's label changes (and every `every` frames);
+- with `discovery`, Home Assistant's MQTT discovery: a retained
+  `homeassistant/sensor/PREFIX_SOURCE/label/config` per source, so a sensor showing the label (with the
+  score and top-k as attributes) appears without configuration.
 
 paho runs its own network thread (`loop_start`) that reconnects with capped backoff; `write` only
 queues (bounded: past `MAX_QUEUED` messages waiting for the broker, new ones are dropped and counted),
@@ -66,7 +69,8 @@ def topic_name(source: str) -> str:
 class MqttSink:
     """A daemon sink (write/close) publishing label changes and availability to an MQTT broker."""
 
-    def __init__(self, url: str, *, qos: int = 1, every: int | None = None, client_id: str | None = None):
+    def __init__(self, url: str, *, qos: int = 1, every: int | None = None, client_id: str | None = None,
+                 discovery: bool = False, discovery_prefix: str = "homeassistant"):
         try:
             import paho.mqtt.client as mqtt
         except ImportError as exc:
@@ -83,6 +87,8 @@ class MqttSink:
         self.published = 0
         self.dropped = 0
         self._last = {}  # source -> (label, frames since the last publish)
+        self.discovery, self.discovery_prefix = discovery, discovery_prefix
+        self._announced = set()  # sources whose discovery config went out since the last connect
         self._lock = threading.Lock()
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                              client_id=client_id or f"edgecls-{uuid.uuid4().hex[:12]}")
@@ -107,6 +113,7 @@ class MqttSink:
         client.publish(self.availability, "online", qos=1, retain=True)
         with self._lock:  # after a reconnect, the next result of every source is published again
             self._last.clear()
+            self._announced.clear()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         if reason_code != 0:
@@ -121,6 +128,8 @@ class MqttSink:
             self._last[source] = (result.get("top1"), 0 if due else count)
         if not due:
             return
+        if self.discovery and source not in self._announced:
+            self._announce(source)
         info = self._client.publish(f"{self.target.prefix}/{topic_name(source)}/state", json.dumps(result),
                                     qos=self.qos)
         if info.rc == self._mqtt.MQTT_ERR_SUCCESS or (info.rc == self._mqtt.MQTT_ERR_NO_CONN and self.qos > 0):
@@ -129,6 +138,23 @@ class MqttSink:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("mqtt: %d result(s) dropped (broker unreachable or queue full)", self.dropped)
+
+    def _announce(self, source: str) -> None:
+        """Home Assistant MQTT discovery for one source: a sensor whose state is the label."""
+        node = topic_name(f"{self.target.prefix}_{topic_name(source)}")
+        config = {
+            "name": f"edgecls {source}", "unique_id": f"edgecls_{node}", "object_id": f"edgecls_{node}",
+            "state_topic": f"{self.target.prefix}/{topic_name(source)}/state",
+            "value_template": "{{ value_json.top1 }}", "json_attributes_topic":
+            f"{self.target.prefix}/{topic_name(source)}/state", "json_attributes_template":
+            "{{ {'score': value_json.score, 'topk': value_json.topk, 'frame': value_json.frame} | tojson }}",
+            "availability_topic": self.availability, "icon": "mdi:cctv",
+            "device": {"identifiers": [f"edgecls_{topic_name(self.target.prefix)}"], "name": f"edgecls {self.target.prefix}",
+                       "manufacturer": "edgecls"},
+        }
+        self._client.publish(f"{self.discovery_prefix}/sensor/{node}/label/config", json.dumps(config), qos=1,
+                             retain=True)
+        self._announced.add(source)
 
     def close(self) -> None:
         try:
