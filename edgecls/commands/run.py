@@ -90,13 +90,20 @@ def _load_config(ctx, param, path):
 @click.option("--mqtt-every", type=click.IntRange(1), help="Also publish every N frames of a source, changed or not.")
 @click.option("--mqtt-discovery", is_flag=True, default=None,
               help="Publish Home Assistant MQTT discovery configs: a sensor per source appears by itself.")
+@click.option("--capture", type=click.Path(file_okay=False), help="Daemon mode: save frames scoring below "
+              "--capture-below as JPEG + JSON sidecar in DIR/.unlabelled/SOURCE/ (move them into DIR/<class>/ to label; "
+              "`edgecls train --data DIR` then takes the folder).")
+@click.option("--capture-below", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--capture-every", type=click.IntRange(1), help="Also capture a random 1 in N frames.")
+@click.option("--capture-max-mb", type=click.FloatRange(min=0, min_open=True), default=500.0, show_default=True,
+              help="Delete the oldest captures past this size.")
 @click.option("--allowed-signers", type=click.Path(dir_okay=False), help="OpenSSH allowed-signers file: load only "
               "bundles signed (`edgecls sign`) by one of its keys, at start and on every hot reload.")
 @click.option("--show", is_flag=True, default=None, help="Daemon mode: show the annotated frames in a window per "
               "source (needs OpenCV with GUI support and a display; q or Esc stops).")
 def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fps, max_frames, timeout, port, host,
         token_file, smooth, threshold, stall_timeout, duration, results, results_max_mb, mqtt, mqtt_qos, mqtt_every,
-        mqtt_discovery, allowed_signers, show):
+        mqtt_discovery, capture, capture_below, capture_every, capture_max_mb, allowed_signers, show):
     """Classify frames from a camera, stream, video or folder; one JSON line per frame.
 
     Each line has the frame index, its age when classified, the top-k and the running drop count.
@@ -121,7 +128,7 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
 
     profile = load_profile(device)
     uris = list(sources) or [profile.camera]
-    daemon_only = (smooth, threshold, stall_timeout, duration, results, show, mqtt)
+    daemon_only = (smooth, threshold, stall_timeout, duration, results, show, mqtt, capture)
     if port is None:
         for name, value in (("--host", host), ("--token-file", token_file)):
             if value is not None:
@@ -146,7 +153,8 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
                         source_options={"loop": loop, "timeout_s": timeout, **pacing}, max_frames=max_frames,
                         port=port, host=host, token=token, smooth=smooth, threshold=threshold, show=bool(show),
                         allowed_signers=allowed_signers, mqtt=mqtt, mqtt_qos=mqtt_qos, mqtt_every=mqtt_every,
-                        mqtt_discovery=bool(mqtt_discovery),
+                        mqtt_discovery=bool(mqtt_discovery), capture=_capture(capture, capture_below, capture_every,
+                                                                              capture_max_mb),
                         stall_timeout=stall_timeout, duration=duration, results=results, results_max_mb=results_max_mb)
         return
     with native_output_to_log():
@@ -186,6 +194,14 @@ def _run_simple(bundle, uri, *, profile, artifact, threads, top_k, loop, timeout
     stats = src.stats
     click.echo(json.dumps({"event": "stopped", "frames": done, "captured": stats.frames, "dropped": stats.dropped,
                            "outages": stats.outages, "reconnects": stats.reconnects, "state": stats.state}), err=True)
+
+
+def _capture(folder, below, every, max_mb):
+    if folder is None:
+        return None
+    from runtime.daemon.capture import Capture
+
+    return Capture(folder, below=below, sample=every, max_bytes=int(max_mb * 2 ** 20))
 
 
 def _read_token(token_file) -> str | None:

@@ -42,7 +42,7 @@ class Daemon:
                  stall_timeout: float = 10.0, backoff: Backoff | None = None, sinks=None, host: str = "127.0.0.1",
                  port: int | None = None, token: str | None = None, max_frames: int | None = None,
                  duration: float | None = None, source_options: dict | None = None, show: bool = False,
-                 allowed_signers=None):
+                 allowed_signers=None, capture=None):
         sources = [str(s) for s in sources]
         if not sources:
             raise EdgeclsError("no source to run: give at least one --source (or a device profile with a camera)")
@@ -59,13 +59,18 @@ class Daemon:
         self.allowed_signers = allowed_signers  # when set, only bundles signed by one of these keys are loaded
         self.classifier = classifier if classifier is not None else self._load_classifier(bundle)
         self.sinks = list(sinks) if sinks is not None else [StdoutSink()]
+        self.capture = capture
+        if capture is not None:  # sidecars name the model that was unsure
+            art = self.classifier.artifact
+            capture.model.update({"bundle": self.classifier.bundle.manifest.created or "", "artifact": art.name,
+                                  "sha256": art.sha256})
         self.duration = duration
         self.metrics = Metrics()
         self._describe_model()
         self.loops = []
         for supervisor in self.supervisors:
             loop = SourceLoop(supervisor, self.classifier, self._publish, metrics=self.metrics, smooth=smooth,
-                              threshold=threshold, top_k=top_k, max_frames=max_frames)
+                              threshold=threshold, top_k=top_k, max_frames=max_frames, capture=capture)
             self.metrics.track(supervisor.name, supervisor, loop.stats)
             self.loops.append(loop)
         self.window = None
@@ -231,6 +236,8 @@ class Daemon:
             self.server.stop()
         if self.window is not None:
             self.window.close()
+        if self.capture is not None:
+            self.capture.close(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
         for sink in self.sinks:
             try:
                 sink.close()

@@ -160,7 +160,7 @@ class SourceLoop:
     """
 
     def __init__(self, supervisor, classifier, publish, *, metrics=None, smooth: int = 1, threshold: float = 0.0,
-                 top_k: int | None = None, max_frames: int | None = None):
+                 top_k: int | None = None, max_frames: int | None = None, capture=None):
         self.supervisor = supervisor
         self.classifier = classifier
         self.publish = publish
@@ -171,6 +171,7 @@ class SourceLoop:
         self._pending = None  # a reloaded classifier, adopted before the next frame
         self._swap_lock = threading.Lock()
         self.max_frames = max_frames
+        self.capture = capture  # a runtime.daemon.capture.Capture or None: offered every classified frame
         self.stats = LoopStats()
         self.shown = None  # (image, result) of the newest classified frame
         self._stop = threading.Event()
@@ -225,6 +226,8 @@ class SourceLoop:
             self.stats.record(result)
             self.shown = (item.frame.image, result)  # for the preview stream: one reference, replaced each frame
             self.publish(result)
+            if self.capture is not None:
+                self.capture.offer(item.frame.image, result)
         self._stop.set()  # ends the preparing thread too (max_frames reached, or the source ended)
         ahead.join(1.0)
         log.debug("%s: loop ended after %d frames", name, self.stats.processed)

@@ -1,0 +1,125 @@
+"""`--capture DIR`: keep the frames the model is unsure of, for a person to label and retrain on.
+
+Layout, chosen so that `edgecls train --data DIR` takes the folder as soon as images are moved into
+class folders: new captures land in `DIR/.unlabelled/SOURCE/` (a dot folder, which training ignores)
+as `TIME-FRAME.jpg` with a `TIME-FRAME.json` sidecar (source, time, frame, top-k, score, bundle and
+artifact); a person moves the JPEGs they label into `DIR/<class>/`.
+
+Frames are offered by the classification loops and written by one thread of its own through a small
+bounded queue: a full queue drops the frame and counts it, so capture never slows classification.
+Files are written atomically (temp file, fsync, rename); past `max_bytes` the oldest captures (image
+and sidecar) are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import re
+import threading
+import time
+from pathlib import Path
+
+from runtime.atomic import write_bytes, write_text
+
+log = logging.getLogger("edgecls.daemon")
+
+INBOX = ".unlabelled"
+
+
+def _folder_name(source: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("._") or "source"
+
+
+class Capture:
+    def __init__(self, folder, *, below: float = 0.5, sample: int | None = None, max_bytes: int = 500 * 2 ** 20,
+                 queue_size: int = 16, model: dict | None = None, seed: int | None = None):
+        if not 0.0 <= below <= 1.0:
+            raise ValueError("--capture-below is a score between 0 and 1")
+        self.root = Path(folder)
+        self.inbox = self.root / INBOX
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.below, self.sample, self.max_bytes = below, sample, max_bytes
+        self.model = dict(model or {})
+        self.captured = self.dropped = 0
+        self._random = random.Random(seed)
+        self._queue = queue.Queue(maxsize=queue_size)
+        self._files = self._existing()  # [(paths of one capture, bytes)] oldest first: an image and its sidecar
+        self._bytes = sum(size for _, size in self._files)
+        self._thread = threading.Thread(target=self._work, name="capture", daemon=True)
+        self._thread.start()
+
+    def _existing(self) -> list:
+        groups = {}
+        for path in self.inbox.rglob("*"):
+            if path.is_file() and not path.name.startswith("."):
+                groups.setdefault(path.with_suffix(""), []).append(path)
+        found = [(tuple(paths), sum(p.stat().st_size for p in paths)) for paths in groups.values()]
+        return sorted(found, key=lambda item: (min(p.stat().st_mtime for p in item[0]), str(item[0][0])))
+
+    def wants(self, result: dict) -> bool:
+        if result.get("score", 1.0) < self.below:
+            return True
+        return self.sample is not None and self._random.randrange(self.sample) == 0
+
+    def offer(self, image, result: dict) -> None:
+        """From a classification loop: never blocks; a full queue drops the frame (counted)."""
+        if not self.wants(result):
+            return
+        try:
+            self._queue.put_nowait((image, result))
+        except queue.Full:
+            self.dropped += 1
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self._write(*item)
+            except Exception as exc:  # a full disk must not end the daemon: say so, drop the frame
+                self.dropped += 1
+                log.error("capture failed: %s: %s", type(exc).__name__, exc)
+
+    def _write(self, image, result: dict) -> None:
+        import cv2
+
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        folder = self.inbox / _folder_name(result.get("source", ""))
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(result.get("ts", time.time())))
+        stem = folder / f"{stamp}-{result.get('frame', 0):08d}"
+        sidecar = {"source": result.get("source"), "ts": result.get("ts"), "frame": result.get("frame"),
+                   "top1": result.get("top1"), "score": result.get("score"), "topk": result.get("topk"),
+                   **self.model}
+        image_path, sidecar_path = stem.with_suffix(".jpg"), stem.with_suffix(".json")
+        write_bytes(image_path, jpeg.tobytes())
+        write_text(sidecar_path, json.dumps(sidecar, indent=1) + "\n")
+        size = image_path.stat().st_size + sidecar_path.stat().st_size
+        self._files.append(((image_path, sidecar_path), size))
+        self._bytes += size
+        self.captured += 1
+        self._enforce_cap()
+
+    def _enforce_cap(self) -> None:
+        while self._bytes > self.max_bytes and self._files:
+            paths, size = self._files.pop(0)
+            self._bytes -= size
+            for path in paths:  # the image and its sidecar go together
+                path.unlink(missing_ok=True)  # moved away by a person already: nothing to do
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Write what is queued (within `timeout`), then stop the writer."""
+        deadline = time.monotonic() + timeout
+        while not self._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
