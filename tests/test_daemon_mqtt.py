@@ -132,12 +132,15 @@ def test_i12_p4_clean_stop_says_offline_and_a_bad_url_is_one_line(tiny_bundle, t
         configs = [(t, json.loads(p)) for t, p, _ in subscriber.messages if t.startswith("homeassistant/sensor/")]
         assert len(configs) == 1 and configs[0][0].endswith("/label/config")
         config = configs[0][1]
-        assert config["state_topic"].startswith("edgecls/") and config["availability_topic"] == "edgecls/availability"
+        from runtime.daemon.mqtt import default_prefix
+
+        prefix = default_prefix()  # edgecls/HOSTNAME when the URL names none
+        assert config["state_topic"].startswith(prefix + "/") and config["availability_topic"] == f"{prefix}/availability"
         assert config["value_template"] == "{{ value_json.top1 }}"
         assert any(t == config["state_topic"] for t, _, _ in subscriber.messages)
-        wait_for(lambda: subscriber.on("edgecls/availability")
-                 and subscriber.on("edgecls/availability")[-1][1] == "offline", 10, "offline on a clean stop")
-        assert any(p == "online" for _, p, _ in subscriber.on("edgecls/availability"))
+        wait_for(lambda: subscriber.on(f"{prefix}/availability")
+                 and subscriber.on(f"{prefix}/availability")[-1][1] == "offline", 10, "offline on a clean stop")
+        assert any(p == "online" for _, p, _ in subscriber.on(f"{prefix}/availability"))
     finally:
         subscriber.stop()
         broker.kill()

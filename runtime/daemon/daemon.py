@@ -240,7 +240,10 @@ class Daemon:
             self.capture.close(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
         for sink in self.sinks:
             try:
-                sink.close()
+                if getattr(sink, "close_takes_timeout", False):  # a network sink: bounded by what is left
+                    sink.close(timeout=max(0.1, deadline - time.monotonic()))
+                else:
+                    sink.close()
             except Exception as exc:
                 log.error("closing sink %s failed: %s: %s", type(sink).__name__, type(exc).__name__, exc)
         stuck = [loop.supervisor.name for loop in self.loops if not loop.done]

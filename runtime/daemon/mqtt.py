@@ -45,29 +45,55 @@ class MqttTarget:
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise EdgeclsError(f"--mqtt {redact(url)}: give mqtt://[user:pass@]host[:port]/topic-prefix "
                                "(mqtts:// for TLS)")
-        prefix = parts.path.strip("/") or "edgecls"
-        if any(c in prefix for c in "#+") or "//" in prefix:
-            raise EdgeclsError(f"--mqtt topic prefix {prefix!r}: no wildcards (# +) or empty levels")
+        tail = url[len(parts.scheme) + 3 + len(parts.netloc):]  # urlsplit would read '#' and '?' as URL parts
+        prefix = tail.strip("/") or default_prefix()
+        if any(c in prefix for c in "#+?") or "//" in prefix or prefix.startswith("$"):
+            raise EdgeclsError(f"--mqtt topic prefix {prefix!r}: no wildcards (# +), '?', empty levels or a "
+                               "leading '$' (brokers reserve $SYS)")
         try:
-            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+            port = parts.port if parts.port is not None else (8883 if parts.scheme == "mqtts" else 1883)
         except ValueError:
-            raise EdgeclsError(f"--mqtt {redact(url)}: the port is not a number between 0 and 65535") from None
+            port = -1
+        if not 0 < port < 65536:
+            raise EdgeclsError(f"--mqtt {redact(url)}: the port must be a number between 1 and 65535")
         return cls(parts.hostname, port, prefix, unquote(parts.username) if parts.username else None,
                    unquote(parts.password) if parts.password else None, parts.scheme == "mqtts")
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced, for messages and logs."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """The URL with its password replaced, for messages and logs (the sources' masking: up to the last '@')."""
+    from runtime.sources import redact_uri
+
+    return redact_uri(url)
+
+
+def default_prefix() -> str:
+    """`edgecls/HOSTNAME`: two devices on one broker must not share topics (nor one's `offline`)."""
+    import socket
+
+    return f"edgecls/{re.sub(r'[^A-Za-z0-9_-]+', '_', socket.gethostname()).strip('_') or 'device'}"
 
 
 def topic_name(source: str) -> str:
-    """A source name as one topic level: MQTT wildcards, separators and spaces become '_'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_") or "source"
+    """A source name as one topic level: MQTT wildcards, separators and spaces become '_'; when that changed the
+    name, a short hash of the original keeps two sources (`cam/1`, `cam_1`, non-Latin names) apart, stably."""
+    import hashlib
+
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_")
+    if clean == source and clean:
+        return clean
+    return f"{clean[:80] or 'source'}_{hashlib.sha1(source.encode()).hexdigest()[:8]}"
+
+
+def _id(text: str) -> str:
+    """Home Assistant's discovery ids and topic levels take [A-Za-z0-9_-] only."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "edgecls"
 
 
 class MqttSink:
     """A daemon sink (write/close) publishing label changes and availability to an MQTT broker."""
+
+    close_takes_timeout = True
 
     def __init__(self, url: str, *, qos: int = 1, every: int | None = None, client_id: str | None = None,
                  discovery: bool = False, discovery_prefix: str = "homeassistant"):
@@ -99,6 +125,7 @@ class MqttSink:
         client.will_set(self.availability, "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_queued_messages_set(MAX_QUEUED)
+        client.connect_timeout = 1.0  # a host that drops SYNs must not hold paho's thread (and our stop) for 5 s
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         self._client = client
@@ -141,7 +168,7 @@ class MqttSink:
 
     def _announce(self, source: str) -> None:
         """Home Assistant MQTT discovery for one source: a sensor whose state is the label."""
-        node = topic_name(f"{self.target.prefix}_{topic_name(source)}")
+        node = _id(f"{self.target.prefix}_{topic_name(source)}")
         config = {
             "name": f"edgecls {source}", "unique_id": f"edgecls_{node}", "object_id": f"edgecls_{node}",
             "state_topic": f"{self.target.prefix}/{topic_name(source)}/state",
@@ -149,18 +176,33 @@ class MqttSink:
             f"{self.target.prefix}/{topic_name(source)}/state", "json_attributes_template":
             "{{ {'score': value_json.score, 'topk': value_json.topk, 'frame': value_json.frame} | tojson }}",
             "availability_topic": self.availability, "icon": "mdi:cctv",
-            "device": {"identifiers": [f"edgecls_{topic_name(self.target.prefix)}"], "name": f"edgecls {self.target.prefix}",
+            "device": {"identifiers": [f"edgecls_{_id(self.target.prefix)}"], "name": f"edgecls {self.target.prefix}",
                        "manufacturer": "edgecls"},
         }
         self._client.publish(f"{self.discovery_prefix}/sensor/{node}/label/config", json.dumps(config), qos=1,
                              retain=True)
         self._announced.add(source)
 
-    def close(self) -> None:
-        try:
-            if self._client.is_connected():
-                self._client.publish(self.availability, "offline", qos=1, retain=True).wait_for_publish(2.0)
-        except (RuntimeError, ValueError):
-            pass
-        self._client.disconnect()
-        self._client.loop_stop()
+    def close(self, timeout: float = 0.5) -> None:
+        """Say `offline` and disconnect within `timeout` s: the daemon's whole stop has a 2 s budget.
+
+        A broker that does not answer (or a connect that hangs) is left to paho's daemon thread; the last
+        will then tells the broker's subscribers once the connection drops.
+        """
+        import time
+
+        deadline = time.monotonic() + timeout
+
+        def goodbye():
+            try:
+                if self._client.is_connected():
+                    self._client.publish(self.availability, "offline", qos=1, retain=True).wait_for_publish(
+                        max(0.05, min(0.3, deadline - time.monotonic())))
+            except (RuntimeError, ValueError):
+                pass
+            self._client.disconnect()
+            self._client.loop_stop()
+
+        worker = threading.Thread(target=goodbye, name="mqtt-close", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
