@@ -3,82 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from tests.conftest import require_tool
 from tests.daemon_helpers import wait_for, write_test_video
 
 mqtt = pytest.importorskip("paho.mqtt.client")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Broker:
-    def __init__(self, port: int, tmp_path):
-        self.binary = require_tool("mosquitto", package="mosquitto")
-        self.port = port
-        self.config = tmp_path / "mosquitto.conf"
-        self.config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.process = None
-
-    def start(self) -> "Broker":
-        self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        wait_for(self._listening, 10, "mosquitto listening")
-        return self
-
-    def _listening(self) -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
-
-
-class Subscriber:
-    """A real paho client that records (topic, payload, retained) of everything under `prefix/#`."""
-
-    def __init__(self, port: int, prefix: str):
-        self.messages = []
-        self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}")
-        pattern = "#" if prefix == "#" else f"{prefix}/#"
-        self.client.on_connect = lambda c, *_: c.subscribe(pattern, qos=1)
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 2)
-        self.client.connect_async("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, message):
-        with self._lock:
-            self.messages.append((message.topic, message.payload.decode(), bool(message.retain)))
-
-    def on(self, topic):
-        with self._lock:
-            return [m for m in self.messages if m[0] == topic]
-
-    def stop(self):
-        self.client.disconnect()
-        self.client.loop_stop()
+from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 
 
 def test_i12_p4_mqtt_availability_label_changes_broker_restart_and_last_will(tiny_bundle, tmp_path):
-    port = _free_port()
-    broker = Broker(port, tmp_path).start()
-    subscriber = Subscriber(port, "lab")
+    broker = Broker(tmp_path).start()
+    port = broker.port
+    subscriber = Subscriber(port, "lab/#")
     video = write_test_video(tmp_path / "clip.avi", frames=40)
     results = tmp_path / "results.jsonl"
     daemon = subprocess.Popen([sys.executable, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(video),
@@ -95,7 +37,7 @@ def test_i12_p4_mqtt_availability_label_changes_broker_restart_and_last_will(tin
         assert first[0]["source"] == str(video)
 
         # The broker goes away for 3 s: classification goes on, then the daemon reconnects and publishes again.
-        broker.kill()
+        broker.stop()
         lines_before = results.read_text().count("\n")
         time.sleep(3)
         assert results.read_text().count("\n") > lines_before + 10, "classification stalled without the broker"
@@ -113,12 +55,12 @@ def test_i12_p4_mqtt_availability_label_changes_broker_restart_and_last_will(tin
         if daemon.poll() is None:
             daemon.kill()
         subscriber.stop()
-        broker.kill()
+        broker.stop()
 
 
 def test_i12_p4_clean_stop_says_offline_and_a_bad_url_is_one_line(tiny_bundle, tmp_path):
-    port = _free_port()
-    broker = Broker(port, tmp_path).start()
+    broker = Broker(tmp_path).start()
+    port = broker.port
     subscriber = Subscriber(port, "#")
     try:
         time.sleep(0.5)
@@ -143,7 +85,7 @@ def test_i12_p4_clean_stop_says_offline_and_a_bad_url_is_one_line(tiny_bundle, t
         assert any(p == "online" for _, p, _ in subscriber.on(f"{prefix}/availability"))
     finally:
         subscriber.stop()
-        broker.kill()
+        broker.stop()
     bad = subprocess.run([sys.executable, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(video),
                           "--mqtt", "http://user:s3cret-pw@host/x"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: --mqtt")
