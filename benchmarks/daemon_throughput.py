@@ -21,18 +21,9 @@ import threading
 import time
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write_video(path: Path, frames: int = 90) -> Path:
@@ -130,7 +121,7 @@ def main() -> None:
                   f"over {run['frames']} frames  ratio {rounds[-1]['ratio']:.2f}  (pre {run['pre_ms']:.2f} ms, "
                   f"infer {run['infer_ms']:.2f} ms, post {run['post_ms']:.3f} ms)", flush=True)
     ratio = statistics.median(r["ratio"] for r in rounds)
-    machine = f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     record = {"bundle": str(args.bundle), "artifact": args.artifact, "threads": args.threads,
               "backend": classifier.backend_name, "rounds": rounds, "median_ratio": ratio, "machine": machine,
               "date": time.strftime("%Y-%m-%d")}
@@ -148,3 +139,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def cpu_name() -> str:
+    from runtime.bench.machine import cpu_model
+
+    return cpu_model() or platform.processor() or "unknown CPU"

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -236,7 +237,7 @@ def main() -> None:
         f"# produced by: python benchmarks/onnx_int8.py --runs {args.runs} --rounds {args.rounds}"
         + (f" --accuracy-run {args.accuracy_run}" if args.accuracy_run else "") + f"  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)",
-        f"# machine: {platform.machine()}, {_cpu_model()}, {os.cpu_count()} cores, flags: {_simd_flags()}; "
+        f"# machine: {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, flags: {_simd_flags()}; "
         f"onnxruntime {ort.__version__}, Python {platform.python_version()}",
         "# interleaved in one process: per round the median of the runs; ms = median of round medians;",
         "# ratio = fp32 ms / variant ms within each round (median, and min..max over rounds).",
@@ -269,16 +270,6 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _simd_flags() -> str:
     try:
         flags = set(next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split())
@@ -290,3 +281,9 @@ def _simd_flags() -> str:
 
 if __name__ == "__main__":
     main()
+
+
+def cpu_name() -> str:
+    from runtime.bench.machine import cpu_model
+
+    return cpu_model() or platform.processor() or "unknown CPU"

@@ -8,11 +8,9 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from tests.daemon_helpers import wait_for, write_test_video
 
-mqtt = pytest.importorskip("paho.mqtt.client")
 
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 

@@ -17,7 +17,6 @@ import pytest
 from runtime.errors import EdgeclsError
 from tests.daemon_helpers import wait_for, write_test_video
 
-mqtt = pytest.importorskip("paho.mqtt.client")
 
 from runtime.daemon.mqtt import MqttSink, MqttTarget  # noqa: E402  (paho first: skip cleanly without it)
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
