@@ -26,13 +26,14 @@ class FlashOptions:
     profile: DeviceProfile = field(default_factory=lambda: DeviceProfile(name="default"))
     ssh_config: str | None = None  # `ssh -F FILE`; default: the user's ~/.ssh/config
     ssh_options: tuple = ()  # extra `ssh -o` options
-    python: str = "python3"  # the device's interpreter (a venv's python works too)
+    python: str = "auto"  # the device's interpreter; auto: ROOT/venv/bin/python (made by --setup), else python3
     setup: bool = False  # pip install the profile's packages (and its trusted keys) first
     install_service: bool = False
     unit_dir: str = "/etc/systemd/system"
     service_config: str = "/etc/edgecls/run.toml"  # the daemon's --config on the device, written when absent
     service_port: int = 8080  # the daemon's HTTP port there (its /healthz is awaited after a flash)
     smoke: bool = True
+    say: object = field(default=lambda message: None, repr=False)  # progress lines (setup takes minutes)
     lock_timeout: float = 60.0
     jobs: int = 8  # targets flashed at once
 
@@ -95,7 +96,7 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     target = make_target(target_text, profile.install_root, config=options.ssh_config, options=options.ssh_options,
                          python=options.python)
     if options.setup:
-        target.setup(list(profile.packages))
+        target.setup(list(profile.packages), say=options.say)
         if profile.allowed_signers:
             target.trust(Path(profile.allowed_signers).expanduser().read_bytes())
     health_url = profile.health_url

@@ -118,6 +118,17 @@ def _remote_cause(stderr: str, argv0: str) -> str | None:
     return None
 
 
+def python_command(python: str, root: str, argv: Sequence[str]) -> list | str:
+    """`PYTHON argv...` for the device; python "auto": ROOT/venv/bin/python (what `flash --setup` makes) if it
+    exists there, else python3 (decided on the device, in the same round trip)."""
+    if python != "auto":
+        return [python, *map(str, argv)]
+    from runtime.install.layout import VENV
+
+    venv_python = shlex.quote(f"{root.rstrip('/')}/{VENV}/bin/python")
+    return f'p={venv_python}; [ -x "$p" ] || p=python3; exec "$p" ' + " ".join(shlex.quote(str(a)) for a in argv)
+
+
 class SshClient:
     """Runs commands on one SSH target with the system `ssh` (see the module docstring)."""
 

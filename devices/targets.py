@@ -11,11 +11,12 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import tarfile
 import tempfile
 from pathlib import Path
 
-from devices.ssh import SshClient, SshError, parse_target
+from devices.ssh import SshClient, SshError, parse_target, python_command
 from runtime.errors import EdgeclsError
 
 
@@ -63,15 +64,19 @@ class LocalTarget:
 class SshDeviceTarget:
     kind = "ssh"
 
-    def __init__(self, text: str, default_root: str, *, config=None, options=(), python: str = "python3"):
+    def __init__(self, text: str, default_root: str, *, config=None, options=(), python: str = "auto"):
         target = parse_target(text)
-        self.client = SshClient(target, config=config, options=options, python=python)
+        self.auto_python = python == "auto"
+        self.client = SshClient(target, config=config, options=options, python="python3" if self.auto_python else python)
         self.root = target.root or default_root
         self.name = text
 
+    def _command(self, argv: list) -> list | str:
+        return python_command("auto" if self.auto_python else self.client.python_exe, self.root, argv)
+
     def _call(self, command: str, args: list, *, stdin=None, input: bytes | None = None, timeout: float = 600) -> dict:
-        result = self.client.run([self.client.python_exe, "-m", "runtime.install", command, "--root", self.root,
-                                  *map(str, args)], stdin=stdin, input=input, timeout=timeout, check=False)
+        result = self.client.run(self._command(["-m", "runtime.install", command, "--root", self.root, *args]),
+                                 stdin=stdin, input=input, timeout=timeout, check=False)
         out = result.stdout.decode("utf-8", "replace").strip().splitlines()
         try:
             data = json.loads(out[-1]) if out else None
@@ -123,12 +128,28 @@ class SshDeviceTarget:
             stream.seek(0)
             return self._call("trust", [], stdin=stream, timeout=60)
 
-    def setup(self, packages) -> str:
+    def setup(self, packages, say=lambda message: None) -> str:
+        """Install `packages` offline: wheels fetched here for the device's platform, pushed, pip --no-index there.
+
+        Into ROOT/venv (made with the OS's python3, seeing its packages) unless --python names an interpreter.
+        """
+        from devices import wheels
+
         if not packages:
             return "the profile lists no packages"
-        self.client.run([self.client.python_exe, "-m", "pip", "install", "--disable-pip-version-check",
-                         "--upgrade-strategy", "only-if-needed", *packages], timeout=1800)
-        return f"installed {' '.join(packages)}"
+        probe = self.client.run([self.client.python_exe, "-c", wheels.PROBE], timeout=120)
+        platform = wheels.DevicePlatform.parse(probe.stdout.decode("utf-8", "replace"), str(self.client.target))
+        house = wheels.wheelhouse(platform, list(packages), say=say)
+        remote = f"/tmp/edgecls-wheels-{secrets.token_hex(6)}"
+        say(f"{self.name}: pushing {sum(1 for _ in house.glob('*.whl'))} wheels and installing offline")
+        self.client.push(sorted(house.glob("*.whl")), remote, timeout=1800)
+        if self.auto_python:
+            self.client.run(wheels.install_script(self.root, remote, list(packages)), timeout=3600)
+            return f"installed {' '.join(packages)} into {self.root.rstrip('/')}/{wheels.VENV} (offline)"
+        self.client.run([self.client.python_exe, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                         "--no-index", "--find-links", remote, *packages], timeout=3600)
+        self.client.run(["rm", "-rf", remote], timeout=120)
+        return f"installed {' '.join(packages)} (offline)"
 
     def install_service(self, **options) -> dict:
         """Written by the device's own code: only it knows where its edgecls lives (see runtime/install/service.py)."""

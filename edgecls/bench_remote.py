@@ -79,10 +79,10 @@ def parse_output(stdout: bytes, target) -> dict:
         raise EdgeclsError(f"{target}: the bench result from the device is not valid JSON ({exc}): run again") from None
 
 
-def run_remote(device: str, bundle, options, ssh_config=None, python: str = "python3", progress=None,
-               timeout_s: float = 3600) -> dict:
+def run_remote(device: str, bundle, options, ssh_config=None, python: str = "auto", progress=None,
+               timeout_s: float = 3600, root: str = "/opt/edgecls") -> dict:
     """Run the bench on `device` and return its JSON document, with `remote` saying where and how."""
-    from devices.ssh import SshClient
+    from devices.ssh import SshClient, python_command
     from runtime.bench.runner import data_note
     from runtime.bundle import load_bundle
 
@@ -95,7 +95,7 @@ def run_remote(device: str, bundle, options, ssh_config=None, python: str = "pyt
         if note:
             say(note)
     target = parse_device(device)
-    client = SshClient(target, config=ssh_config, python=python)
+    client = SshClient(target, config=ssh_config, python="python3" if python == "auto" else python)
     say(f"{target}: creating a temp folder")
     remote = client.run("mktemp -d \"${TMPDIR:-/tmp}/edgecls-bench.XXXXXXXX\"", timeout=60).stdout.decode().strip()
     if not remote.startswith("/"):
@@ -111,8 +111,8 @@ def run_remote(device: str, bundle, options, ssh_config=None, python: str = "pyt
         say(f"{target}: copying {', '.join(p.name for p in uploads)}")
         client.push(uploads, remote)
         say(f"{target}: running python3 -m runtime.bench (this takes as long as a local bench)")
-        result = client.python("runtime.bench", bench_args(remote, [*args, *runner_args(options)]), timeout=timeout_s,
-                               check=False)
+        argv = ["-m", "runtime.bench", *bench_args(remote, [*args, *runner_args(options)])]
+        result = client.run(python_command(python, root, argv), timeout=timeout_s, check=False)
     finally:
         client.run(_STOP_AND_REMOVE.format(dir=shlex.quote(remote)), check=False, timeout=60)
     if result.returncode != 0:

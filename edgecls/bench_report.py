@@ -202,6 +202,8 @@ def to_markdown(doc: dict) -> str:
         f"{m.get('os')}, {m.get('python')}, {m.get('memory_mb')} MB RAM, CPU flags {', '.join(m.get('cpu_flags') or []) or '–'}; "
         f"host `{m.get('hostname')}`, load average at the end {m.get('load_average')}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()) + ".",
+        *([f"**EMULATED ({m['emulated']}): these timings are not those of a real {m.get('arch')} device.**"]
+          if m.get("emulated") else []),
         f"Settings: {s.get('repeats')} repeat(s) (a fresh process each) of up to {s.get('runs')} timed runs or "
         f"{s.get('time_budget_s')} s; whole frame from {s.get('frame')}.",
         "",
@@ -271,7 +273,8 @@ def write_plot(doc: dict, path) -> None:
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False)
     m = doc.get("machine", {})
-    fig.suptitle(f"{m.get('hostname')}: {m.get('cpu')} ({m.get('cores')} cores, {m.get('arch')})", fontsize=9)
+    emulated = f" - EMULATED ({m['emulated']}), not real-device timings" if m.get("emulated") else ""
+    fig.suptitle(f"{m.get('hostname')}: {m.get('cpu')} ({m.get('cores')} cores, {m.get('arch')}){emulated}", fontsize=9)
     if with_accuracy:
         acc = axes[0][1]
         bars = acc.barh(ys, [r.get("accuracy") or 0 for r in records], color="tab:purple")

@@ -33,7 +33,9 @@ import click
 @click.option("--max-regression", default="10%", show_default=True, help="With --compare: exit 1 if a p50 is slower by more.")
 @click.option("--device", help="Run on user@host[:port] over SSH with the device's installed runtime.")
 @click.option("--ssh-config", type=click.Path(), help="ssh -F file for --device (host aliases, keys, ports).")
-@click.option("--remote-python", default="python3", show_default=True, help="The device's Python for --device.")
+@click.option("--remote-python", default="auto", show_default=True,
+              help="The device's Python for --device; auto: /opt/edgecls/venv/bin/python (made by `flash --setup`) "
+                   "when it exists, else python3.")
 def bench(bundle, artifacts, threads, repeats, runs, frame_runs, time_budget, max_warmup, frame, data, keras_model, no_keras,
           json_path, csv_path, markdown_path, plot_path, out_dir, from_json, baseline, max_regression, device, ssh_config,
           remote_python):

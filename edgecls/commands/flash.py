@@ -10,7 +10,8 @@ ssh_options = [
     click.option("--ssh-config", "ssh_config", type=click.Path(dir_okay=False), default=None,
                  help="An ssh_config file (`ssh -F`); default: your ~/.ssh/config."),
     click.option("--ssh-option", "ssh_options", multiple=True, metavar="OPT=VALUE", help="Extra `ssh -o` option (repeatable)."),
-    click.option("--python", default="python3", show_default=True, help="The device's Python (a venv's works too)."),
+    click.option("--python", default="auto", show_default=True,
+                 help="The device's Python; auto: ROOT/venv/bin/python when `--setup` made it, else python3."),
     click.option("--device", "device", default=None, help="Device profile name (see `edgecls devices`)."),
     click.option("--profile", "profile_file", type=click.Path(exists=True, dir_okay=False), default=None,
                  help="A device profile JSON file of your own."),
@@ -36,7 +37,7 @@ def target_options(device, profile_file, ssh_config, ssh_options, python, **more
 @click.option("--targets", "targets_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A file with one TARGET per line (# comments).")
 @with_target_options
-@click.option("--setup", is_flag=True, help="First pip-install the profile's runtime packages on the device.")
+@click.option("--setup", is_flag=True, help="First install the profile's runtime packages on the device, offline: wheels fetched here for its platform, pushed, pip --no-index into ROOT/venv.")
 @click.option("--install-service", is_flag=True, help="Write and enable the daemon's systemd unit on the device.")
 @click.option("--no-smoke", is_flag=True, help="Skip the smoke test (check images, latency budget) after the switch.")
 @click.option("--jobs", type=int, default=8, show_default=True, help="Targets flashed at once.")
@@ -54,8 +55,11 @@ def flash(bundle, targets, targets_file, device, profile_file, ssh_config, ssh_o
     from devices.flash import format_table, read_targets_file
 
     all_targets = list(targets) + (read_targets_file(targets_file) if targets_file else [])
+    from edgecls.progress import progress
+
     options = target_options(device, profile_file, ssh_config, ssh_options, python, setup=setup,
-                             install_service=install_service, smoke=not no_smoke, jobs=jobs, lock_timeout=lock_timeout)
+                             install_service=install_service, smoke=not no_smoke, jobs=jobs, lock_timeout=lock_timeout,
+                             say=progress)
     results = run_flash(bundle, all_targets, options)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))

@@ -77,6 +77,28 @@ def package_versions(names=PACKAGES) -> dict:
     return found
 
 
+_X86 = ("x86_64", "i386", "i686", "amd64")
+
+
+def emulation() -> str | None:
+    """'qemu-user on an x86_64 CPU' when this process runs under user-mode emulation, else None.
+
+    qemu-user shows the host's /proc/cpuinfo to the emulated program: an aarch64 Python reading an x86
+    CPU description (or the reverse) is emulated, and its timings are not the target's.
+    """
+    info = (_read("/proc/cpuinfo") or "").lower()
+    if not info:
+        return None
+    x86_cpu = "vendor_id" in info or "\nflags" in info or info.startswith("flags")
+    arm_cpu = "cpu implementer" in info
+    arch = platform.machine().lower()
+    if arch not in _X86 and x86_cpu:
+        return "qemu-user on an x86_64 CPU"
+    if arch in _X86 and arm_cpu and not x86_cpu:
+        return "qemu-user on an ARM CPU"
+    return None
+
+
 def describe() -> dict:
     """The machine this process runs on; `via_ssh` says whether it was started over SSH (a remote bench)."""
     try:
@@ -93,6 +115,7 @@ def describe() -> dict:
         "cores": os.cpu_count(),
         "cores_usable": usable,
         "arch": platform.machine(),
+        "emulated": emulation(),  # timings taken under emulation are labelled, never a real device's
         "cpu_flags": cpu_flags(),
         "os": _os_name(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -104,5 +127,8 @@ def describe() -> dict:
 
 
 def short(machine: dict) -> str:
-    """One line for tables: 'host: CPU, N cores, arch'."""
-    return f"{machine.get('hostname')}: {machine.get('cpu') or '?'}, {machine.get('cores')} cores, {machine.get('arch')}"
+    """One line for tables: 'host: CPU, N cores, arch' (and EMULATED when it was)."""
+    line = f"{machine.get('hostname')}: {machine.get('cpu') or '?'}, {machine.get('cores')} cores, {machine.get('arch')}"
+    if machine.get("emulated"):
+        line += f", EMULATED ({machine['emulated']}): not timings of a real device"
+    return line

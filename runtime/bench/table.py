@@ -53,6 +53,8 @@ def format_table(doc: dict) -> str:
     m = doc.get("machine", {})
     lines.append(f"machine: {m.get('hostname')}: {m.get('cpu')}, {m.get('cores')} cores ({m.get('cores_usable')} usable), "
                  f"{m.get('arch')}, {m.get('os')}, {m.get('python')}, load {m.get('load_average')}")
+    if m.get("emulated"):
+        lines.append(f"EMULATED ({m['emulated']}): these timings are not those of a real {m.get('arch')} device")
     s = doc.get("settings", {})
     lines.append(f"ms per call; p50/p90/p99 pooled over {s.get('repeats')} repeat(s) of up to {s.get('runs')} runs; "
                  f"spread = (max-min)/median of the per-repeat p50s; frame = decode+preprocess+invoke+top-k; "

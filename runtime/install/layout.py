@@ -33,6 +33,7 @@ from runtime.errors import EdgeclsError
 MARKER = ".edgecls-device"
 DEVICE_FORMAT = "edgecls-device/1"
 SIGNERS = "allowed_signers"
+VENV = "venv"  # `flash --setup` installs the runtime here, before the root is ours: not a foreign file
 SLOT = re.compile(r"^[0-9a-f]{16}$")  # a release's folder name (staging.slot_name)
 TRASH = re.compile(r"^\.trash-[0-9a-f]{16}-\d+$")  # a release being deleted (renamed first)
 KILL_ENV = "EDGECLS_TEST_KILL_AT"
@@ -115,8 +116,9 @@ class DeviceRoot:
             raise InstallError(f"device root {root} is the file system root: give a folder such as /opt/edgecls")
         if root.is_symlink() or (root.exists() and not root.is_dir()):
             raise InstallError(f"device root {root} exists and is not a folder: choose another root")
-        if root.is_dir() and not self.is_ours() and any(root.iterdir()):
-            shown = ", ".join(sorted(p.name for p in root.iterdir())[:3])
+        foreign = sorted(p.name for p in root.iterdir() if p.name != VENV) if root.is_dir() else []
+        if foreign and not self.is_ours():
+            shown = ", ".join(foreign[:3])
             raise InstallError(f"device root {root} already holds files edgecls did not write ({shown}…): choose an "
                                f"empty or new folder as the root; nothing there was changed")
         for folder in (self.releases, self.staging):
