@@ -11,6 +11,7 @@ import click
 
 from edgecls.commands import bench, convert, devices, evaluate, predict, run, service, train
 from edgecls.commands import flash, rollback, sign, status
+from edgecls.commands import explain, tune
 from runtime.errors import EdgeclsError
 
 
@@ -75,6 +76,8 @@ cli.add_command(sign.sign)
 cli.add_command(rollback.rollback)
 cli.add_command(status.status)
 cli.add_command(bench.bench)
+cli.add_command(explain.explain)
+cli.add_command(tune.tune)
 
 
 def main(argv=None):

@@ -17,7 +17,7 @@ from runtime.bundle import LABELS, MANIFEST
 # Everything `train` and `evaluate` write into a run directory.
 RUN_CONTENTS = frozenset({
     rundir.MODEL_FILE, rundir.METADATA_FILE, rundir.METRICS_FILE, rundir.SPLIT_FILE, rundir.HISTORY_FILE,
-    rundir.CURVES_PNG, rundir.CONFUSION_PNG, "tensorboard",
+    rundir.CURVES_PNG, rundir.CONFUSION_PNG, "tensorboard", "tuning",
 })
 
 

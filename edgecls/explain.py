@@ -1,0 +1,408 @@
+"""Grad-CAM: which pixels made the trained Keras model say what it said.
+
+Per image: the gradients of the class's score (the logit when the head is a softmax or sigmoid
+Dense, so a confident answer does not saturate them) with respect to a convolutional layer's
+activations are averaged per channel into weights, and the ReLU of the weighted sum of the
+activation maps is the heatmap (Selvaraju et al., 2017). It needs the Keras model and its
+gradients, so it lives with training, not in `runtime/`.
+
+The layer is found automatically: the last convolution, with the normalization and activation
+layers that directly follow it (their output is what the head sees). A backbone nested as a
+sub-model (Keras 3) is searched too; the graph is then re-traced so that the nested layer's
+activations become an output of one functional model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecls.progress import progress
+from runtime.errors import EdgeclsError
+
+MANIFEST = "explanations.json"
+FORMAT = "edgecls-explain/1"
+DISPLAY_SIDE = 224  # the longer side of each PNG: small files, readable labels
+TILE = 128  # contact-sheet thumbnail side
+SHEET_TILES = 64  # thumbnails per contact sheet; more images make more sheets
+BATCH = 16
+_CONV = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
+# Layers that keep the conv's grid and only rescale or gate it: Grad-CAM reads their output instead.
+_ELEMENTWISE = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU")
+
+
+@dataclass
+class LayerRef:
+    """A layer and the chain of nested sub-models holding it (empty: a layer of the model itself)."""
+
+    layer: object
+    parents: tuple = ()
+
+    @property
+    def name(self) -> str:
+        return "/".join([*(p.name for p in self.parents), self.layer.name])
+
+
+@dataclass
+class Explanation:
+    image: Path
+    label: str  # the class explained: the predicted one, or --class
+    score: float  # that class's probability
+    predicted: str
+    predicted_score: float
+    heatmap: np.ndarray  # (H, W) in [0, 1], the model's input frame
+    png: str = ""
+
+
+@dataclass
+class ExplainResult:
+    out: Path
+    layer: str
+    explanations: list = field(default_factory=list)
+    sheets: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- layers
+
+def _has_grid(layer) -> bool:
+    try:
+        return len(layer.output.shape) == 4
+    except (AttributeError, ValueError):  # never called, or called more than once (no single output)
+        return False
+
+
+def _walk(model, parents: tuple = ()):
+    """Every layer in graph order, nested sub-models expanded in place (their input layers left out)."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            yield from _walk(layer, (*parents, layer))
+        else:
+            yield LayerRef(layer, parents)
+
+
+def candidate_layers(model) -> list:
+    """Layers with a spatial (batch, height, width, channels) output: what Grad-CAM can read."""
+    return [ref for ref in _walk(model) if _has_grid(ref.layer)]
+
+
+def find_layer(model) -> LayerRef:
+    """The last convolution, moved past the BatchNorm/activation layers that directly follow it."""
+    refs = list(_walk(model))
+    convs = [i for i, ref in enumerate(refs) if type(ref.layer).__name__ in _CONV and _has_grid(ref.layer)]
+    if not convs:
+        raise EdgeclsError(f"model {model.name} has no convolutional layer to explain: Grad-CAM needs a CNN "
+                           f"(name a layer with a spatial output with --layer)")
+    i = convs[-1]
+    while (i + 1 < len(refs) and type(refs[i + 1].layer).__name__ in _ELEMENTWISE
+           and refs[i + 1].parents == refs[i].parents and _has_grid(refs[i + 1].layer)):
+        i += 1
+    return refs[i]
+
+
+def resolve_layer(model, name: str | None) -> LayerRef:
+    """`--layer NAME` (a layer name, or SUBMODEL/NAME inside a nested model), or the automatic choice."""
+    if not name:
+        return find_layer(model)
+    candidates = candidate_layers(model)
+    matches = [ref for ref in candidates if name in (ref.name, ref.layer.name)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise EdgeclsError(f"layer name {name!r} is ambiguous: use one of {', '.join(r.name for r in matches)}")
+    shown = [r.name for r in candidates[::-1][:8]]
+    more = f" and {len(candidates) - len(shown)} earlier" if len(candidates) > len(shown) else ""
+    other = next((r for r in _walk(model) if name in (r.name, r.layer.name)), None)
+    why = "has no spatial output" if other is not None else "is not in the model"
+    raise EdgeclsError(f"layer {name!r} {why}: choose a layer with a spatial output (--layer), "
+                       f"e.g. {', '.join(shown)}{more}")
+
+
+# ---------------------------------------------------------------------------------------------- Grad-CAM
+
+def _head(model):
+    """The final Dense layer if its activation is softmax or sigmoid (Grad-CAM then uses its logits)."""
+    import keras
+
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Dense) and getattr(last.activation, "__name__", "") in ("softmax", "sigmoid"):
+        return last
+    return None
+
+
+def _retraced(model, target, head):
+    """(inputs, activations, head input or output) for a target inside nested sub-models.
+
+    Keras 3 keeps a nested model's layers in its own graph, so `layer.output` is not reachable
+    from the outer inputs: the outer graph is run symbolically again on fresh inputs, each nested
+    model by its own graph, noting the tensors we need on the way.
+    """
+    import keras
+
+    noted: dict = {}
+
+    def holds(model_, layer) -> bool:
+        return any(l is layer or (isinstance(l, keras.Model) and holds(l, layer)) for l in model_.layers)
+
+    def operation_fn(op):
+        if op is target:
+            def run(*args, **kwargs):
+                noted["activations"] = op(*args, **kwargs)
+                return noted["activations"]
+            return run
+        if head is not None and op is head:
+            def run(*args, **kwargs):
+                noted["features"] = args[0]
+                return op(*args, **kwargs)
+            return run
+        if isinstance(op, keras.Model) and holds(op, target):
+            return lambda *args, **kwargs: op._run_through_graph(list(args), operation_fn=operation_fn)
+        return op
+
+    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype) for t in model.inputs]
+    outputs = model._run_through_graph(inputs, operation_fn=operation_fn)
+    outputs = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+    return inputs, noted["activations"], noted.get("features", outputs)
+
+
+class GradCam:
+    """Grad-CAM for one model and layer; call it on a batch of preprocessed images."""
+
+    def __init__(self, model, layer: LayerRef, sigmoid_head: bool | None = None):
+        import keras
+
+        self.layer = layer
+        self.head = _head(model)
+        if not layer.parents:  # a layer of the model itself: plain functional API
+            features = self.head.input if self.head is not None else model.outputs[0]
+            self.grad_model = keras.Model(model.inputs, [layer.layer.output, features])
+        else:
+            try:
+                inputs, acts, features = _retraced(model, layer.layer, self.head)
+            except (AttributeError, KeyError) as exc:  # a Keras without `_run_through_graph`
+                raise EdgeclsError(f"cannot reach layer {layer.name} inside a nested model with this Keras "
+                                   f"({exc}): choose a layer of the outer model with --layer") from exc
+            self.grad_model = keras.Model(inputs, [acts, features])
+        units = int(model.outputs[0].shape[-1])
+        self.one_unit = units == 1  # a sigmoid head: P(class 1) = p, P(class 0) = 1 - p
+        self.num_classes = 2 if self.one_unit else units
+
+    def __call__(self, batch: np.ndarray, class_index: int | None = None) -> tuple:
+        """(heatmaps (N, h, w) in [0, 1] on the layer's grid, probabilities (N, classes))."""
+        import tensorflow as tf
+        from keras import ops
+
+        x = tf.convert_to_tensor(batch, dtype=tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(x)  # a frozen backbone has no trainable variables the tape would follow
+            acts, features = self.grad_model(x, training=False)
+            if self.head is not None:
+                logits = ops.matmul(features, self.head.kernel)
+                if self.head.use_bias:
+                    logits = logits + self.head.bias
+                if self.one_unit:
+                    logits = ops.concatenate([-logits, logits], axis=-1)  # sigmoid(z) = softmax([-z, z] / 2)
+                probs = ops.softmax(logits * 0.5 if self.one_unit else logits, axis=-1)
+                scores = logits
+            else:  # an unknown head: its output is taken as probabilities
+                probs = ops.concatenate([1 - features, features], axis=-1) if self.one_unit else features
+                scores = probs
+            chosen = ops.argmax(probs, axis=-1) if class_index is None else ops.full((len(batch),), class_index, "int32")
+            target = ops.sum(ops.take_along_axis(scores, ops.cast(chosen[:, None], "int32"), axis=1))
+        grads = tape.gradient(target, acts)  # each image's score depends on its own activations only
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cams = tf.nn.relu(tf.reduce_sum(weights * acts, axis=-1)).numpy()
+        peak = cams.reshape(len(cams), -1).max(axis=1).reshape(-1, 1, 1)
+        cams = np.where(peak > 0, cams / np.where(peak > 0, peak, 1), 0.0).astype(np.float32)
+        return cams, np.asarray(probs, dtype=np.float32)
+
+
+def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    import cv2
+
+    return np.clip(cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+
+def _display_image(image: np.ndarray, spec) -> np.ndarray:
+    """The original image cut and fitted as the model saw it (crop, letterbox), at display size, RGB."""
+    from runtime.preprocess import pixels
+
+    k = max(1, math.ceil(DISPLAY_SIDE / max(spec.height, spec.width)))
+    display = dataclasses.replace(spec, height=spec.height * k, width=spec.width * k, color="rgb")
+    return pixels(image, display, order="rgb")
+
+
+def overlay(image_rgb: np.ndarray, heatmap: np.ndarray, lines: list) -> np.ndarray:
+    """Heatmap (JET) blended over the image, caption lines top left on a dark band; RGB uint8."""
+    import cv2
+
+    h, w = image_rgb.shape[:2]
+    heat = cv2.applyColorMap((upsample(heatmap, h, w) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    blended = cv2.addWeighted(image_rgb, 0.55, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.45, 0)
+    scale = max(0.35, min(w, 448) / 560)
+    thickness = 1
+    y = 0
+    for line in lines:
+        (tw, th), base = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        cv2.rectangle(blended, (0, y), (min(w, tw + 6), y + th + base + 4), (0, 0, 0), -1)
+        cv2.putText(blended, line, (3, y + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+        y += th + base + 4
+    return blended
+
+
+def _png(image_rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise EdgeclsError("OpenCV could not encode a PNG")
+    return buf.tobytes()
+
+
+def contact_sheet(tiles: list) -> np.ndarray:
+    """(image_rgb, caption) tiles in a grid with the caption under each."""
+    import cv2
+
+    cols = min(8, math.ceil(math.sqrt(len(tiles))))
+    rows = math.ceil(len(tiles) / cols)
+    cell_h = TILE + 16
+    sheet = np.full((rows * cell_h, cols * TILE, 3), 255, np.uint8)
+    for n, (image, caption) in enumerate(tiles):
+        r, c = divmod(n, cols)
+        h, w = image.shape[:2]
+        k = TILE / max(h, w)
+        thumb = cv2.resize(image, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+        sheet[r * cell_h : r * cell_h + thumb.shape[0], c * TILE : c * TILE + thumb.shape[1]] = thumb
+        text = caption if len(caption) <= 22 else caption[:10] + "~" + caption[-11:]
+        cv2.putText(sheet, text, (c * TILE + 2, r * cell_h + TILE + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+    return sheet
+
+
+# ---------------------------------------------------------------------------------------------- inputs and output
+
+def image_paths(paths) -> list:
+    """(file, output name) for files as given and images found (recursively, sorted) in folders."""
+    from runtime.preprocess import IMAGE_SUFFIXES
+
+    found, used = [], set()
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files = [(f, f.relative_to(p).with_suffix("")) for f in sorted(p.rglob("*"))
+                     if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        elif p.is_file():
+            files = [(p, Path(p.stem))]
+        else:
+            raise EdgeclsError(f"{p} does not exist: pass image files or folders")
+        for f, rel in files:
+            name = "__".join(rel.parts) or "image"
+            stem, n = name, 1
+            while name.lower() in used:  # two inputs of one name (a.jpg and a.png, or two folders)
+                n += 1
+                name = f"{stem}-{n}"
+            used.add(name.lower())
+            found.append((f, f"{name}.png"))
+    if not found:
+        raise EdgeclsError(f"no images found in {', '.join(map(str, paths))} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def _contents(folder: Path) -> set:
+    """What an explanation folder holds: its manifest and the PNGs it lists."""
+    names = {MANIFEST}
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        names |= {i.get("png") for i in manifest.get("images", []) if isinstance(i, dict)}
+        names |= set(manifest.get("contact_sheets", []))
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    return {n for n in names if isinstance(n, str)}
+
+
+def explain_guard(run, paths) -> dict:
+    """For `explain --out`: only an explanation folder of ours is replaced; never the run, its data or the images."""
+    from edgecls.outputs import bundle_guard
+    protect = dict(bundle_guard(run)["protect"])
+    for n, p in enumerate(Path(p) for p in paths):
+        if p.is_dir():
+            protect[f"the images ({p})" if n else "the images"] = p
+    return {"marker": MANIFEST, "protect": protect, "contents": _contents}
+
+
+def explain_run(run_path, paths, out, class_label: str | None = None, layer: str | None = None,
+                overwrite: bool = False) -> ExplainResult:
+    """Grad-CAM PNGs for images (files or folders) with a run's model; a contact sheet for several.
+
+    Every image takes the run's own preprocessing (`runtime.preprocess.preprocess`). `--out` is
+    written atomically; it may replace only an explanation folder of ours (with `overwrite`).
+    """
+    from edgecls.rundir import open_run
+    from runtime.atomic import check_output, staged_dir, write_bytes, write_json
+    from runtime.errors import ImageDecodeError
+    from runtime.preprocess import load_image, preprocess
+
+    run = open_run(run_path)
+    labels, spec = run.labels, run.preprocess
+    class_index = None
+    if class_label is not None:
+        if class_label not in labels:
+            raise EdgeclsError(f"unknown class {class_label!r}: the model's labels are {', '.join(labels)} (--class)")
+        class_index = labels.index(class_label)
+    images = image_paths(paths)
+    guard = explain_guard(run, paths)
+    check_output(out, overwrite, **guard)  # a refusal costs nothing
+    model = run.load_model()
+    ref = resolve_layer(model, layer)
+    cam = GradCam(model, ref)
+    if cam.num_classes != len(labels):
+        raise EdgeclsError(f"{run.model_path} has {cam.num_classes} outputs but the run has {len(labels)} labels: the run is inconsistent")
+    result = ExplainResult(Path(out), ref.name)
+    tiles = []
+    with staged_dir(out, overwrite, **guard) as stage:
+        for start in range(0, len(images), BATCH):
+            chunk = images[start : start + BATCH]
+            originals = []
+            for path, _ in chunk:
+                try:
+                    originals.append(load_image(path))
+                except ImageDecodeError as exc:
+                    raise ImageDecodeError(f"{exc} (remove it, or pass only readable images)") from exc
+            heatmaps, probs = cam(np.stack([preprocess(image, spec, order="rgb") for image in originals]), class_index)
+            if start == 0 and heatmaps.shape[1] * heatmaps.shape[2] == 1:
+                progress(f"warning: layer {ref.name} has a 1x1 grid at this input size, so the heatmap cannot "
+                         f"localise: pick an earlier layer with --layer")
+            for (path, name), image, heat, p in zip(chunk, originals, heatmaps, probs):
+                top = int(p.argmax())
+                index = top if class_index is None else class_index
+                item = Explanation(path, labels[index], float(p[index]), labels[top], float(p[top]),
+                                   upsample(heat, spec.height, spec.width), name)
+                lines = [f"{item.label} {item.score:.2f}"] + ([] if index == top else [f"top: {item.predicted} {item.predicted_score:.2f}"])
+                picture = overlay(_display_image(image, spec), heat, lines)
+                write_bytes(stage / name, _png(picture))
+                result.explanations.append(item)
+                if len(images) > 1:
+                    tiles.append((picture, Path(name).stem))  # the tile's corner shows class and score
+            if len(images) > BATCH:
+                progress(f"explained {min(start + BATCH, len(images))}/{len(images)} images")
+        for page, first in enumerate(range(0, len(tiles), SHEET_TILES), 1):
+            sheet = "contact_sheet.png" if page == 1 else f"contact_sheet_{page}.png"
+            write_bytes(stage / sheet, _png(contact_sheet(tiles[first : first + SHEET_TILES])))
+            result.sheets.append(sheet)
+        write_json(stage / MANIFEST, {
+            "format": FORMAT, "run": str(Path(run.path).resolve()), "layer": ref.name,
+            "class": class_label, "contact_sheets": result.sheets,
+            "images": [{"image": str(e.image), "png": e.png, "class": e.label, "score": round(e.score, 6),
+                        "predicted": e.predicted, "predicted_score": round(e.predicted_score, 6)}
+                       for e in result.explanations],
+        })
+    return result

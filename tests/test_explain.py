@@ -1,0 +1,220 @@
+"""Issue 11 point 1: Grad-CAM (`edgecls explain`) on real trained runs."""
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from runtime.errors import EdgeclsError
+from tests.conftest import cli_error, make_home_like, run_cli, snapshot, write_image
+
+SIZE = 32
+KINDS = ("circle", "square", "triangle")
+
+
+def _quadrant_image(kind: str, quadrant: int, rng) -> np.ndarray:
+    """Noise everywhere; one black or white shape (the class) entirely inside `quadrant` (0 1 / 2 3)."""
+    import cv2
+
+    image = rng.normal(128, 40, (SIZE, SIZE, 3)).clip(0, 255).astype(np.uint8)
+    half, r = SIZE // 2, rng.uniform(5.5, 6.5)
+    qy, qx = divmod(quadrant, 2)
+    cx, cy = qx * half + rng.uniform(r + 1, half - r - 1), qy * half + rng.uniform(r + 1, half - r - 1)
+    colour = (255, 255, 255) if rng.random() < 0.5 else (0, 0, 0)
+    if kind == "circle":
+        cv2.circle(image, (int(cx * 16), int(cy * 16)), int(r * 16), colour, -1, cv2.LINE_AA, shift=4)
+    else:
+        n = 4 if kind == "square" else 3
+        t = (np.pi / 4 if n == 4 else -np.pi / 2) + np.arange(n) * 2 * np.pi / n
+        points = np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
+        cv2.fillPoly(image, [np.round(points * 16).astype(np.int32)], colour, cv2.LINE_AA, shift=4)
+    return image
+
+
+def _write_quadrant_set(root, per_class: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for kind in KINDS:
+        for i in range(per_class):
+            quadrant = int(rng.integers(4))
+            write_image(root / kind / f"q{quadrant}_{i:03d}.png", _quadrant_image(kind, quadrant, rng))
+
+
+def _quadrant_mass(heatmap: np.ndarray, quadrant: int) -> float:
+    half = heatmap.shape[0] // 2
+    qy, qx = divmod(quadrant, 2)
+    return float(heatmap[qy * half:(qy + 1) * half, qx * half:(qx + 1) * half].sum() / max(heatmap.sum(), 1e-12))
+
+
+@pytest.mark.slow
+def test_i11_p1_gradcam_mass_lies_in_the_objects_quadrant(tmp_path):
+    """The only informative object sits in one quadrant of noise: most of the heatmap must lie there (chance: 25 %)."""
+    from edgecls.augment import AugmentSpec
+    from edgecls.explain import explain_run
+    from edgecls.train import TrainConfig, train
+
+    _write_quadrant_set(tmp_path / "train", 60, seed=0)
+    _write_quadrant_set(tmp_path / "held", 12, seed=1)  # images the model never saw
+    started = time.perf_counter()
+    train(TrainConfig(data=str(tmp_path / "train"), out=str(tmp_path / "run"), image_size=SIZE, epochs=12, batch_size=16,
+                      learning_rate=3e-3, patience=0, seed=0, model_options={"widths": (16, 32, 64)},
+                      augment=AugmentSpec.off(), verbose=0))
+    trained = time.perf_counter()
+    result = explain_run(tmp_path / "run", [tmp_path / "held"], tmp_path / "cams")
+    assert result.layer == "block2_relu1"  # the last conv block's activation, found automatically
+    right = [e for e in result.explanations if e.predicted == e.image.parent.name]
+    masses = [_quadrant_mass(e.heatmap, int(e.image.name[1])) for e in right]
+    print(f"\ngrad-cam: {len(right)}/{len(result.explanations)} held-out images right; mean mass in the object's "
+          f"quadrant {np.mean(masses):.3f} (min {np.min(masses):.3f}); train {trained - started:.1f}s, "
+          f"explain {time.perf_counter() - trained:.1f}s")
+    assert len(right) >= 0.6 * len(result.explanations)  # the model learned the shapes
+    assert np.mean(masses) >= 0.5
+    assert len(list((tmp_path / "cams").glob("*.png"))) == len(result.explanations) + 1  # + the contact sheet
+
+
+def test_i11_p1_explain_cli_writes_a_png_per_image_a_contact_sheet_and_a_manifest(tmp_path, tiny_run_dir, shapes_folder):
+    import cv2
+
+    single = shapes_folder / "square" / "000.png"
+    out = tmp_path / "cams"
+    result = run_cli("explain", tiny_run_dir, shapes_folder / "circle", single, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / "explanations.json").read_text())
+    assert manifest["format"].startswith("edgecls-explain/") and manifest["layer"] == "block1_relu1"
+    circles = len(list((shapes_folder / "circle").iterdir()))
+    assert len(manifest["images"]) == circles + 1
+    assert manifest["contact_sheets"] == ["contact_sheet.png"]
+    for item in manifest["images"]:
+        picture = cv2.imread(str(out / item["png"]))
+        assert picture.shape == (224, 224, 3)
+        assert item["class"] == item["predicted"] and 0 <= item["score"] <= 1
+        assert f"{out / item['png']}" in result.stdout
+    # the caption sits on a dark band in the corner
+    assert picture[0, 0].max() == 0
+    assert sum(i["predicted"] == "circle" for i in manifest["images"]) > circles / 2  # a trained model, not noise
+    assert cv2.imread(str(out / "contact_sheet.png")).shape[0] >= 128
+    assert "already exists" in cli_error(run_cli("explain", tiny_run_dir, single, "--out", out))
+
+
+def test_i11_p1_explain_asked_class_and_overwrite_replace_only_ours(tmp_path, tiny_run_dir, shapes_folder):
+    from edgecls.explain import explain_run
+
+    out = tmp_path / "cams"
+    image = shapes_folder / "circle" / "000.png"
+    first = explain_run(tiny_run_dir, [image], out)
+    a = first.explanations[0]
+    other = next(label for label in ("circle", "square", "triangle") if label != a.predicted)
+    b = explain_run(tiny_run_dir, [image], out, class_label=other, overwrite=True).explanations[0]
+    assert (b.label, b.predicted) == (other, a.predicted) and b.score + a.score <= 1.0 + 1e-6
+    assert not np.allclose(a.heatmap, b.heatmap)  # another class, another gradient
+    assert sorted(p.name for p in out.iterdir()) == ["000.png", "explanations.json"]  # the old set is gone, one image
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(EdgeclsError, match="notes.txt"):
+        explain_run(tiny_run_dir, [image], out, overwrite=True)
+
+
+@pytest.mark.parametrize("case", ["class", "layer", "unreadable", "out-file", "out-home", "out-in-images", "out-run"])
+def test_i11_p1_explain_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, tiny_run_dir, shapes_folder, case):
+    from edgecls.explain import explain_run
+
+    images = tmp_path / "images"
+    shutil.copytree(shapes_folder / "circle", images)
+    out, kwargs = tmp_path / "out", {}
+    if case == "class":
+        kwargs["class_label"] = "hexagon"
+    elif case == "layer":
+        kwargs["layer"] = "block9_conv0"
+    elif case == "unreadable":
+        (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    elif case == "out-file":
+        out.write_text("a file")
+    elif case == "out-home":
+        out = make_home_like(tmp_path / "home")
+    elif case == "out-in-images":
+        out = images / "cams"
+    elif case == "out-run":
+        out = tiny_run_dir
+    before = [snapshot(tmp_path), snapshot(tiny_run_dir)]
+    with pytest.raises(EdgeclsError) as error:
+        explain_run(tiny_run_dir, [images], out, **kwargs)
+    message = str(error.value)
+    assert "\n" not in message
+    expected = {"class": "circle, square, triangle", "layer": "block1_relu1", "unreadable": "broken.png",
+                "out-file": "not a folder", "out-home": "not an edgecls explanation folder",
+                "out-in-images": "the images", "out-run": "the run directory"}[case]
+    assert expected in message, message
+    assert [snapshot(tmp_path), snapshot(tiny_run_dir)] == before
+
+
+def test_i11_p1_explain_cli_unknown_layer_is_one_error_line(tmp_path, tiny_run_dir, shapes_folder):
+    message = cli_error(run_cli("explain", tiny_run_dir, shapes_folder / "circle" / "000.png", "--out", tmp_path / "o",
+                                "--layer", "nope"))
+    assert "layer 'nope' is not in the model" in message and "block1_relu1" in message
+    assert not (tmp_path / "o").exists()
+    from edgecls.explain import resolve_layer
+    from edgecls.rundir import open_run
+
+    with pytest.raises(EdgeclsError, match="'gap' has no spatial output"):
+        resolve_layer(open_run(tiny_run_dir).load_model(), "gap")
+
+
+def test_i11_p1_gradcam_of_a_nested_backbone_equals_the_flat_model(tiny_run_dir):
+    """Keras 3 keeps a nested model's layers in its own graph; the re-traced model must give the same maps."""
+    import keras
+
+    from edgecls.explain import GradCam, find_layer, resolve_layer
+    from edgecls.rundir import open_run
+
+    flat = open_run(tiny_run_dir).load_model()
+    backbone = keras.Model(flat.inputs, flat.get_layer("block1_relu1").output, name="backbone")
+    x = keras.Input(shape=flat.input_shape[1:])
+    y = backbone(x)
+    for name in ("block1_pool", "gap", "head_dropout", "predictions"):
+        y = flat.get_layer(name)(y)
+    nested = keras.Model(x, y)
+    assert find_layer(nested).name == "backbone/block1_relu1"
+    assert resolve_layer(nested, "block0_relu1").name == "backbone/block0_relu1"
+    images = np.random.default_rng(0).uniform(0, 1, (4, *flat.input_shape[1:])).astype(np.float32)
+    expected, probs = GradCam(flat, find_layer(flat))(images)
+    got, nested_probs = GradCam(nested, find_layer(nested))(images)
+    assert expected.shape == (4, 16, 16) and expected.max() > 0
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(nested_probs, flat.predict(images, verbose=0), atol=1e-5)
+
+
+def test_i11_p1_gradcam_nested_frozen_mobilenetv2_and_sigmoid_head():
+    """The transfer-learning pattern: a frozen keras.applications backbone as one layer, and a 2-class sigmoid head."""
+    import keras
+
+    from edgecls.explain import GradCam, find_layer
+
+    keras.utils.set_random_seed(0)  # random weights: some draws give an all-negative (ReLU'd to zero) map
+    base = keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, include_top=False, weights=None)
+    base.trainable = False  # no trainable variable below the head: the tape must still follow the input
+    x = keras.Input((64, 64, 3))
+    y = keras.layers.Dense(1, activation="sigmoid", name="predictions")(keras.layers.GlobalAveragePooling2D()(base(x)))
+    model = keras.Model(x, y)
+    ref = find_layer(model)
+    assert ref.name == f"{base.name}/out_relu"
+    images = np.random.default_rng(0).uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
+    cam = GradCam(model, ref)
+    maps1, probs = cam(images, 1)
+    maps0, _ = cam(images, 0)
+    p = model.predict(images, verbose=0)[:, 0]
+    np.testing.assert_allclose(probs, np.stack([1 - p, p], 1), atol=1e-5)
+    assert maps1.shape == (3, 2, 2) and np.isfinite(maps1).all() and maps1.max() > 0
+    assert not np.allclose(maps0, maps1)  # class 0's evidence is the opposite gradient
+
+
+@pytest.mark.slow
+def test_i11_p1_explain_mobilenetv2_run_finds_its_layer(tmp_path, shapes_folder):
+    from edgecls.explain import explain_run
+    from edgecls.train import TrainConfig, train
+
+    train(TrainConfig(data=str(shapes_folder), out=str(tmp_path / "run"), model="mobilenetv2", image_size=32, epochs=1,
+                      batch_size=16, seed=0, model_options={"alpha": 0.35}, verbose=0))
+    result = explain_run(tmp_path / "run", [shapes_folder / "square"], tmp_path / "cams")
+    assert result.layer == "out_relu"  # the flat MobileNetV2 of edgecls.models: its last activation
+    pngs = sorted(p.name for p in (tmp_path / "cams").glob("*.png"))
+    assert len(pngs) == len(list((shapes_folder / "square").iterdir())) + 1 and "contact_sheet.png" in pngs
