@@ -20,6 +20,7 @@ from converters import calibration as calib
 from converters import onnx as onnx_export
 from converters.formats import FORMATS, ExportFormat
 from converters.macs import count_macs
+from converters.reference import ReferenceStats
 from converters.quiet import quiet
 from converters.tflite import to_tflite
 from converters.verify import compare, format_table
@@ -187,7 +188,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
     calib.check_shape(calibration, expected)
 
     labels, head = run.labels, run.metadata.get("head", "softmax")
-    rows, artifacts = [], []
+    rows, artifacts, references = [], [], {}
     with tempfile.TemporaryDirectory(prefix="edgecls-convert-") as work, staged_dir(out, overwrite=options.overwrite, **guard) as stage:
         exporter = _Exporter(model, Path(work), splits["train"].x, options, test.x)
         all_right = ref_probs.argmax(1) == test.y  # check images must be right in Keras and in every artifact
@@ -222,6 +223,8 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
                     f"({'; '.join(failures)}): ship without it (--formats) or raise --max-drop"
                 )
             all_right &= predicted.argmax(1) == test.y
+            # What the device's drift monitoring compares with: this artifact's answers on the test split.
+            references[fmt.name] = ReferenceStats(labels, run.preprocess).update(test.x, predicted).result()
             note = {"remedy": description} if failures else {}
             if failures:
                 note["failed_attempts"] = failures
@@ -253,7 +256,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
             calibration={"size": int(len(calibration)), "requested": options.calibration_size,
                          "fingerprint": calib.fingerprint(calibration), "method": options.calibration_method,
                          "drawn_from": "train", "seed": options.seed},
-            pruning=pruning,
+            pruning=pruning, reference=references,
             versions={"edgecls": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
                       **_runtime_versions(), "python": platform.python_version()},
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

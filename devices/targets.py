@@ -52,7 +52,7 @@ class LocalTarget:
 
         return api.trust(self.root, signers)
 
-    def setup(self, packages) -> str:
+    def setup(self, packages, say=lambda message: None) -> str:
         return "a local target is a folder: install the runtime packages on the device itself"
 
     def install_service(self, **options) -> dict:

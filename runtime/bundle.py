@@ -8,7 +8,11 @@ File names in the manifest are plain names inside the bundle, checked on load an
 Since issue 9 a manifest may list `checks` (held-out images with expected labels, for the on-device smoke
 test; their sha256 are in `files`), a bundle may carry `manifest.json.sig` (runtime/install/signature.py),
 and an installed release on a device holds `release.json` naming the artifacts flash sent there: loading
-such a release offers only those. Manifests without these fields load as before.
+such a release offers only those. Since issue 12 a manifest may hold `reference`: per artifact name,
+the statistics of the test split through that artifact, which the daemon's drift monitoring compares
+with (runtime/monitor/). It is plain data inside the manifest (covered by its signature); its content
+is checked where it is used, so a bad one turns monitoring off, never the model. Manifests without
+these fields load as before.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class Manifest:
     files: dict = field(default_factory=dict)  # other bundle files (labels.txt, ...) -> sha256
     created: str = ""
     checks: list = field(default_factory=list)  # [{"file": "check-00.png", "label": "cat"}]: smoke test
+    reference: dict = field(default_factory=dict)  # artifact name -> reference statistics (runtime/monitor/stats.py)
     format: str = BUNDLE_FORMAT
 
     def to_dict(self) -> dict:
@@ -117,6 +122,7 @@ class Manifest:
             "files": self.files,
             "created": self.created,
             "checks": self.checks,
+            **({"reference": self.reference} if self.reference else {}),
         }
 
     @classmethod
@@ -134,8 +140,17 @@ class Manifest:
             files=d.get("files", {}),
             created=d.get("created", ""),
             checks=[dict(c) for c in d.get("checks", [])],
+            reference=_reference(d.get("reference")),
             format=d.get("format", BUNDLE_FORMAT),
         )
+
+
+def _reference(value) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"reference is a {type(value).__name__}, not an object of artifact name -> statistics")
+    return dict(value)
 
 
 @dataclass

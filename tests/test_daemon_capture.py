@@ -7,7 +7,9 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.daemon_helpers import ListSink, write_test_video
@@ -67,3 +69,107 @@ def test_i12_p3_labelled_captures_make_a_training_folder(tiny_bundle, tmp_path):
         (folder / label).mkdir()
         shutil.move(str(image), folder / label / image.name)
     assert dataset_classes(folder) == ["circle", "square"]
+
+
+# ------------------------------------------------------------------ issue 12 point 3, must show (with point 2's video)
+
+
+def _captured(folder):
+    """(image, sidecar dict) of every capture in the inbox, oldest frame first."""
+    pairs = [(p, json.loads(p.with_suffix(".json").read_text())) for p in (folder / INBOX).rglob("*.jpg")]
+    return sorted(pairs, key=lambda pair: pair[1]["frame"])
+
+
+def test_i12_p3_must_show_the_unsure_frames_of_the_darkening_video_land_with_valid_sidecars(tiny_bundle, tiny_run_dir,
+                                                                                          tmp_path):
+    """Exactly the frames scoring below --capture-below are kept, each with a sidecar that matches its result."""
+    from tests.test_drift_daemon import write_test_split_video
+
+    video = str(write_test_split_video(tmp_path / "shifted.avi", tiny_run_dir, cycles=2, dark_cycles=2))
+    sink = ListSink()
+    Daemon(tiny_bundle, [video], sinks=[sink], drift_window=20, source_options={"every_frame": True}).run()
+    scores = sorted(r["score"] for r in sink.results)
+    below = scores[len(scores) // 2]  # the median: about half the frames are "unsure"
+    capture = Capture(tmp_path / "captures", below=below, queue_size=len(scores))
+    sink = ListSink()
+    daemon = Daemon(tiny_bundle, [video], sinks=[sink], capture=capture, drift_window=20,
+                    source_options={"every_frame": True})
+    daemon.run()
+    unsure = {r["frame"]: r for r in sink.results if r["score"] < below}
+    assert capture.dropped == 0 and 0 < len(unsure) < len(sink.results)
+    captured = _captured(tmp_path / "captures")
+    assert [meta["frame"] for _, meta in captured] == sorted(unsure)  # those frames, and only those
+    art = daemon.classifier.artifact
+    for image, meta in captured:
+        result = unsure[meta["frame"]]
+        assert meta["score"] < below and meta["score"] == result["score"] and meta["topk"] == result["topk"]
+        assert meta["top1"] == result["top1"] and meta["source"] == video and meta["ts"] == result["ts"]
+        assert meta["artifact"] == art.name and meta["sha256"] == art.sha256 and meta["bundle"]
+        assert image.parent == tmp_path / "captures" / INBOX / image.parent.name
+        decoded = cv2.imread(str(image))
+        assert decoded is not None and decoded.shape == (40, 40, 3)
+
+
+def _capture_two(tiny_bundle, tiny_run_dir, tmp_path):
+    from tests.test_drift_daemon import write_test_split_video
+
+    video = write_test_split_video(tmp_path / "clip.avi", tiny_run_dir, cycles=1)
+    capture = Capture(tmp_path / "captures", below=1.0, queue_size=64)  # every frame is "unsure"
+    Daemon(tiny_bundle, [video], sinks=[], capture=capture, drift_window=20, max_frames=4,
+           source_options={"every_frame": True}).run()
+    return [image for image, _ in _captured(tmp_path / "captures")][:2]
+
+
+def _moved(images, folder):
+    """A person labelling: each image (without its sidecar) into a class folder of `folder`."""
+    moved = []
+    for label, image in zip(("circle", "square"), images):
+        (folder / label).mkdir(exist_ok=True)
+        moved.append(shutil.move(str(image), folder / label / f"captured-{image.name}"))
+    return [Path(p) for p in moved]
+
+
+def test_i12_p3_must_show_edgecls_train_takes_a_training_folder_with_two_labelled_captures(
+        tiny_bundle, tiny_run_dir, shapes_folder, tmp_path):
+    from tests.conftest import run_cli
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_folder, data)
+    moved = _moved(_capture_two(tiny_bundle, tiny_run_dir, tmp_path), data)
+    done = run_cli("train", "--data", data, "--out", tmp_path / "run", "--image-size", 16, "--epochs", 1,
+                   "--widths", 8, "--no-augment", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    assert (run / "metadata.json").is_file() and (run / "model.keras").is_file()
+    recorded = {p for entries in json.loads((run / "split.json").read_text())["splits"].values() for p, _, _ in entries}
+    assert {f"{p.parent.name}/{p.name}" for p in moved} <= recorded  # the captures are training data now
+    assert len(recorded) == sum(1 for p in data.rglob("*") if p.is_file())  # and nothing of the inbox
+
+
+@pytest.mark.slow  # a real `edgecls train` in a subprocess: TensorFlow's start alone takes ~8 s
+def test_i12_p3_edgecls_train_takes_the_capture_folder_itself_once_images_are_in_class_folders(
+        tiny_bundle, tiny_run_dir, tmp_path):
+    """`edgecls train --data CAPTUREDIR`: the .unlabelled inbox (images and sidecars) is ignored by the scan."""
+    from tests.conftest import run_cli
+
+    folder = tmp_path / "captures"
+    moved = _moved(_capture_two(tiny_bundle, tiny_run_dir, tmp_path), folder)
+    assert list((folder / INBOX).rglob("*.jpg"))  # the rest still waits in the inbox
+    done = run_cli("train", "--data", folder, "--out", tmp_path / "run", "--image-size", 16, "--epochs", 1,
+                   "--widths", 8, "--no-augment", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((tmp_path / "run" / "metadata.json").read_text())
+    assert meta["labels"] == ["circle", "square"] and sum(meta["dataset"]["counts"].values()) == len(moved)
+
+
+def test_i12_p3_frames_left_unwritten_at_stop_are_counted_as_dropped(tmp_path):
+    """Stopping within the SIGTERM budget may leave queued frames unwritten: they count as dropped, not vanish.
+    (Before, `close` gave up silently and captured + dropped fell short of what was offered.)"""
+    capture = Capture(tmp_path / "captures", below=1.0, queue_size=64)
+    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)  # slow to encode
+    for frame in range(40):
+        capture.offer(image, {"source": "cam", "ts": 1.0, "frame": frame, "score": 0.1, "top1": "a", "topk": []})
+    capture.close(timeout=0.0)
+    capture._thread.join(10)  # the frame being written when close gave up still lands
+    assert capture.dropped > 0 and capture.captured + capture.dropped == 40
+    assert len(list((tmp_path / "captures" / INBOX).rglob("*.jpg"))) == capture.captured

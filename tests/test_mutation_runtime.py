@@ -56,7 +56,7 @@ def test_i15_p14_daemon_summary_and_health_name_every_counter_per_source(tiny_bu
     assert {k: source[k] for k in ("frames", "classified", "dropped", "outages", "reconnects", "fps")} == \
         {"frames": 0, "classified": 0, "dropped": 0, "outages": 0, "reconnects": 0, "fps": 0.0}
     assert set(source) == {"state", "reason", "frames", "classified", "dropped", "outages", "reconnects", "fps",
-                           "last_frame_age_s"} and source["last_frame_age_s"] is None
+                           "last_frame_age_s", "drift"} and source["last_frame_age_s"] is None
 
     stats = daemon.loops[0].stats  # real timestamps: fps is (n - 1) / span, almost never 2 decimals
     for _ in range(20):

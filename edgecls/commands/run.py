@@ -97,13 +97,19 @@ def _load_config(ctx, param, path):
 @click.option("--capture-every", type=click.IntRange(1), help="Also capture a random 1 in N frames.")
 @click.option("--capture-max-mb", type=click.FloatRange(min=0, min_open=True), default=500.0, show_default=True,
               help="Delete the oldest captures past this size.")
+@click.option("--drift-window", type=click.IntRange(20, 100_000), help="Daemon mode: compare the last N classified frames of "
+              "each source with the bundle's reference statistics (class, confidence, brightness).  [default: 500]")
+@click.option("--drift-threshold", type=click.FloatRange(min=0, min_open=True), help="Daemon mode: a source whose "
+              "population stability index passes this is reported in drift (/healthz degraded, log line, "
+              "edgecls_drift_degraded); < 0.1 is stable, > 0.25 a major shift.  [default: 0.25]")
 @click.option("--allowed-signers", type=click.Path(dir_okay=False), help="OpenSSH allowed-signers file: load only "
               "bundles signed (`edgecls sign`) by one of its keys, at start and on every hot reload.")
 @click.option("--show", is_flag=True, default=None, help="Daemon mode: show the annotated frames in a window per "
               "source (needs OpenCV with GUI support and a display; q or Esc stops).")
 def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fps, max_frames, timeout, port, host,
         token_file, smooth, threshold, stall_timeout, duration, results, results_max_mb, mqtt, mqtt_qos, mqtt_every,
-        mqtt_discovery, capture, capture_below, capture_every, capture_max_mb, allowed_signers, show):
+        mqtt_discovery, capture, capture_below, capture_every, capture_max_mb, drift_window, drift_threshold,
+        allowed_signers, show):
     """Classify frames from a camera, stream, video or folder; one JSON line per frame.
 
     Each line has the frame index, its age when classified, the top-k and the running drop count.
@@ -114,7 +120,9 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
     Daemon mode (--port, several --source, or any daemon option): every source gets a capture
     thread and a watchdog that reopens it after --stall-timeout, all share one loaded model, and
     results carry source, ts, frame, top1, score, topk, latency_ms (pre/infer/post) and
-    frame_age_ms. SIGTERM or Ctrl-C stop it within 2 s with exit code 0.
+    frame_age_ms. SIGTERM or Ctrl-C stop it within 2 s with exit code 0. Each source's last
+    --drift-window frames are compared with the bundle's reference statistics: /healthz says
+    "degraded": "drift" (still 200) past --drift-threshold, /metrics has edgecls_drift_score.
 
     Every option can come from --config FILE (TOML) or an EDGECLS_RUN_<OPTION> variable;
     `edgecls service unit` prints a systemd unit that runs `edgecls run --config FILE`.
@@ -128,7 +136,8 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
 
     profile = load_profile(device)
     uris = list(sources) or [profile.camera]
-    daemon_only = (smooth, threshold, stall_timeout, duration, results, show, mqtt, capture)
+    daemon_only = (smooth, threshold, stall_timeout, duration, results, show, mqtt, capture, drift_window,
+                   drift_threshold)
     if port is None:
         for name, value in (("--host", host), ("--token-file", token_file)):
             if value is not None:
@@ -155,7 +164,9 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
                         allowed_signers=allowed_signers, mqtt=mqtt, mqtt_qos=mqtt_qos, mqtt_every=mqtt_every,
                         mqtt_discovery=bool(mqtt_discovery), capture=_capture(capture, capture_below, capture_every,
                                                                               capture_max_mb),
-                        stall_timeout=stall_timeout, duration=duration, results=results, results_max_mb=results_max_mb)
+                        stall_timeout=stall_timeout, duration=duration, results=results, results_max_mb=results_max_mb,
+                        **{k: v for k, v in (("drift_window", drift_window), ("drift_threshold", drift_threshold))
+                           if v is not None})
         return
     with native_output_to_log():
         _run_simple(bundle, uris[0], profile=profile, artifact=artifact, threads=threads, top_k=top_k, loop=loop,

@@ -77,12 +77,27 @@ class Capture:
         while True:
             item = self._queue.get()
             if item is None:
+                self._queue.task_done()
                 return
             try:
                 self._write(*item)
             except Exception as exc:  # a full disk must not end the daemon: say so, drop the frame
                 self.dropped += 1
                 log.error("capture failed: %s: %s", type(exc).__name__, exc)
+            finally:
+                self._queue.task_done()
+
+    @property
+    def pending(self) -> int:
+        """Frames offered and not yet written (queued, or being written)."""
+        return self._queue.unfinished_tasks
+
+    def drain(self, timeout: float, stop=None) -> bool:
+        """Wait until every offered frame is written (True), `timeout` passed or `stop` (an Event) is set."""
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+            time.sleep(0.01)
+        return not self.pending
 
     def _write(self, image, result: dict) -> None:
         import cv2
@@ -114,12 +129,23 @@ class Capture:
                 path.unlink(missing_ok=True)  # moved away by a person already: nothing to do
 
     def close(self, timeout: float = 1.0) -> None:
-        """Write what is queued (within `timeout`), then stop the writer."""
+        """Write what is queued (within `timeout`), then stop the writer; frames left unwritten count as dropped."""
         deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self.drain(timeout)
         try:
             self._queue.put_nowait(None)
         except queue.Full:
             pass
         self._thread.join(max(0.0, deadline - time.monotonic()))
+        lost = 0
+        while True:  # what the writer had no time for: said and counted, not silently gone
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._queue.task_done()
+            lost += item is not None
+        if lost:
+            self.dropped += lost
+            log.warning("capture: %d frame(s) not written before stopping (counted as dropped)", lost)
+            self._queue.put_nowait(None)  # a writer still busy with one frame ends after it

@@ -6,6 +6,8 @@
 Each source gets a supervisor (capture, watchdog, reopen) and a loop thread (classify, publish);
 nothing is queued between them, so memory is bounded and a dead source never blocks another.
 SIGHUP, or a bundle symlink that moves, reloads the model without stopping (runtime/daemon/reload.py).
+Each source's recent frames are compared with the served artifact's reference statistics
+(runtime/monitor/drift.py): /healthz and /metrics say when a source drifted, and which statistic moved.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from runtime.daemon.reload import Reloader
 from runtime.daemon.sinks import StdoutSink
 from runtime.daemon.supervisor import Backoff, Supervisor, display_name
 from runtime.errors import EdgeclsError
+from runtime.monitor.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW, NO_REFERENCE, DriftMonitor
 
 log = logging.getLogger("edgecls.daemon")
 
 STOP_BUDGET_S = 2.0  # SIGTERM to exit, everything included
+CAPTURE_DRAIN_S = 30.0  # every source ended: how long the frames still queued for --capture may take
 
 
 class Daemon:
@@ -34,7 +38,12 @@ class Daemon:
     (otherwise one is loaded from `bundle` with artifact/profile/threads/top_k). sinks: objects
     with write(dict) and close() (default: JSON lines on stdout). port: None for no HTTP server,
     0 for any free port (see `url`). max_frames is per source. source_options go to every Source
-    (loop, every_frame, realtime, fps, timeout_s).
+    (loop, every_frame, realtime, fps, timeout_s). drift_window / drift_threshold: the rolling window
+    (frames per source) and the PSI past which a source is reported in drift.
+
+    /healthz: 503 when a source delivers no frames ("status": "unhealthy"); a source in drift alone
+    keeps 200 with "status": "degraded" and "degraded": "drift" on that source, since the model
+    still answers.
     """
 
     def __init__(self, bundle, sources, *, classifier=None, artifact: str | None = None, profile=None,
@@ -42,7 +51,8 @@ class Daemon:
                  stall_timeout: float = 10.0, backoff: Backoff | None = None, sinks=None, host: str = "127.0.0.1",
                  port: int | None = None, token: str | None = None, max_frames: int | None = None,
                  duration: float | None = None, source_options: dict | None = None, show: bool = False,
-                 allowed_signers=None, capture=None):
+                 allowed_signers=None, capture=None, drift_window: int = DEFAULT_WINDOW,
+                 drift_threshold: float = DEFAULT_THRESHOLD):
         sources = [str(s) for s in sources]
         if not sources:
             raise EdgeclsError("no source to run: give at least one --source (or a device profile with a camera)")
@@ -65,12 +75,15 @@ class Daemon:
             capture.model.update({"bundle": self.classifier.bundle.manifest.created or "", "artifact": art.name,
                                   "sha256": art.sha256})
         self.duration = duration
+        self.drift = DriftMonitor(drift_window, drift_threshold)
         self.metrics = Metrics()
+        self.metrics.track_drift(self.drift)
         self._describe_model()
         self.loops = []
         for supervisor in self.supervisors:
             loop = SourceLoop(supervisor, self.classifier, self._publish, metrics=self.metrics, smooth=smooth,
-                              threshold=threshold, top_k=top_k, max_frames=max_frames, capture=capture)
+                              threshold=threshold, top_k=top_k, max_frames=max_frames, capture=capture,
+                              drift=self.drift.source(supervisor.name))
             self.metrics.track(supervisor.name, supervisor, loop.stats)
             self.loops.append(loop)
         self.window = None
@@ -132,12 +145,19 @@ class Daemon:
                 "dropped": s.dropped, "outages": s.outages, "reconnects": s.reconnects,
                 "fps": round(loop.stats.fps, 2),
                 "last_frame_age_s": None if s.last_frame_at is None else round(now - s.last_frame_at, 3),
+                "drift": loop.drift.status() if loop.drift is not None else {"state": "off"},
             }
+            if detail[supervisor.name]["drift"]["state"] == "drift":
+                detail[supervisor.name]["degraded"] = "drift"
         unhealthy = [name for name, d in detail.items() if d["state"] != "running"]
-        # A refused reload leaves the old model serving: worth showing, not a reason for 503.
+        degraded = [name for name, d in detail.items() if "degraded" in d]
+        # A refused reload leaves the old model serving: worth showing, not a reason for 503. Drift neither.
+        reference, why_not = self.drift.describe(self.classifier)
         model = {"labels": len(self.classifier.labels), "artifact": self.classifier.artifact.name,
+                 "drift_reference": "yes" if reference is not None else f"{NO_REFERENCE}: {why_not}",
                  **(self.reloader.status() if self.reloader else {})}
-        return not unhealthy, {"status": "unhealthy" if unhealthy else "ok", "unhealthy": unhealthy,
+        status = "unhealthy" if unhealthy else "degraded" if degraded else "ok"
+        return not unhealthy, {"status": status, "unhealthy": unhealthy, "degraded": degraded,
                                "sources": detail, "model": model}
 
     def latest(self) -> dict:
@@ -192,6 +212,8 @@ class Daemon:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if all(loop.done for loop in self.loops):
+                if self.capture is not None:  # offline input ended: finish its captures (a signal still stops)
+                    self.capture.drain(CAPTURE_DRAIN_S, stop=self._stop)
                 break
             if self.window is not None and not self.window.update():
                 break  # q or Esc in the window

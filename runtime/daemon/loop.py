@@ -9,6 +9,10 @@ it while the model is busy with the previous one, so a source faster than the mo
 model busy all the time (OpenCV and the inference engines release the GIL). The hand-over is a
 single slot, never a queue: memory stays flat however fast the camera is, and a classified frame
 is at most one inference older than it would be without the overlap (`frame_age_ms` includes it).
+
+With drift monitoring (runtime/monitor/drift.py) the preparing thread also measures the brightness
+of the frame's resized pixels, and the loop hands each frame's raw probabilities to the source's
+drift window: O(1) per frame, and nothing at all when the artifact has no reference.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import time
 
 import numpy as np
 
+from runtime.monitor.stats import brightness
+from runtime.preprocess import pixels
 from runtime.sources import SourceEnded, SourceTimeout
 
 log = logging.getLogger("edgecls.daemon")
@@ -79,10 +85,11 @@ class LoopStats:
 class _Prepared:
     """A frame, and its model input as prepared for one classifier (or the error preparing it raised)."""
 
-    __slots__ = ("frame", "classifier", "tensor", "pre_s", "error")
+    __slots__ = ("frame", "classifier", "tensor", "brightness", "pre_s", "error")
 
-    def __init__(self, frame, classifier=None, tensor=None, pre_s=0.0, error=None):
+    def __init__(self, frame, classifier=None, tensor=None, brightness=None, pre_s=0.0, error=None):
         self.frame, self.classifier, self.tensor, self.pre_s, self.error = frame, classifier, tensor, pre_s, error
+        self.brightness = brightness
 
 
 class _Ahead:
@@ -140,7 +147,8 @@ class _Ahead:
             clf = loop._pending or loop.classifier  # a reload about to be adopted: prepare for the new model
             t0 = time.perf_counter()
             try:
-                item = _Prepared(frame, clf, clf.prepare(frame.image, "bgr"), time.perf_counter() - t0)
+                tensor, bright = loop.prepare(clf, frame.image)
+                item = _Prepared(frame, clf, tensor, bright, time.perf_counter() - t0)
             except Exception as exc:  # reported by the loop, which counts and logs frame errors
                 item = _Prepared(frame, clf, error=exc)
             if not self._put(item):
@@ -157,10 +165,11 @@ class SourceLoop:
     publish: called with each result dict (the daemon fans it out to sinks); must not raise.
     metrics: a `runtime.daemon.metrics.Metrics` or None.
     max_frames: stop after this many classified frames (None: until stopped or the source ends).
+    drift: this source's `runtime.monitor.drift.SourceDrift`, or None for no drift monitoring.
     """
 
     def __init__(self, supervisor, classifier, publish, *, metrics=None, smooth: int = 1, threshold: float = 0.0,
-                 top_k: int | None = None, max_frames: int | None = None, capture=None):
+                 top_k: int | None = None, max_frames: int | None = None, capture=None, drift=None):
         self.supervisor = supervisor
         self.classifier = classifier
         self.publish = publish
@@ -172,6 +181,9 @@ class SourceLoop:
         self._swap_lock = threading.Lock()
         self.max_frames = max_frames
         self.capture = capture  # a runtime.daemon.capture.Capture or None: offered every classified frame
+        self.drift = drift
+        if drift is not None:
+            drift.adopt(classifier)
         self.stats = LoopStats()
         self.shown = None  # (image, result) of the newest classified frame
         self._stop = threading.Event()
@@ -194,6 +206,17 @@ class SourceLoop:
         # The old model's probabilities mean nothing to the new one (other labels, maybe another count).
         self.smoother = Smoother(self.smoother._history.maxlen, self.smoother.threshold)
         self.top_k = min(self._top_k or classifier.top_k, len(classifier.labels))
+        if self.drift is not None:  # the old window measured the old model: start afresh against the new reference
+            self.drift.adopt(classifier)
+
+    def prepare(self, clf, image):
+        """A BGR frame -> (model input, brightness of its pixels or None when drift does not need it)."""
+        if self.drift is None or not self.drift.wants(clf):
+            return clf.prepare(image, "bgr"), None
+        # The resized pixels once, for both: `prepare` of pixels already at the model's size and colour gives
+        # the same tensor bit for bit (resizing to the same size copies; grey round-trips exactly).
+        px = pixels(image, clf.spec, "bgr")
+        return clf.prepare(px, "rgb" if clf.spec.color == "gray" else clf.spec.color), brightness(px)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -241,13 +264,15 @@ class SourceLoop:
         clf = self.classifier
         if prepared is None:
             t0 = time.perf_counter()
-            tensor = clf.prepare(frame.image, "bgr")
+            tensor, bright = self.prepare(clf, frame.image)
             pre_s = time.perf_counter() - t0
         else:
-            tensor, pre_s = prepared.tensor, prepared.pre_s
+            tensor, bright, pre_s = prepared.tensor, prepared.brightness, prepared.pre_s
         t1 = time.perf_counter()
         probs = clf.infer(tensor[None])[0]
         t2 = time.perf_counter()
+        if bright is not None:  # the raw answer, as the reference recorded it per test image
+            self.drift.update(probs, bright)
         smoothed = self.smoother(probs)
         order = np.argsort(-smoothed, kind="stable")[: self.top_k]
         best = int(order[0])

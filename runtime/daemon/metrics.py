@@ -57,6 +57,36 @@ class _SourceCollector:
         yield from (dropped, captured, reconnects, outages, up, state, fps)
 
 
+class _DriftCollector:
+    """Drift per source (runtime/monitor/drift.py), read at scrape time from the scores its last check computed."""
+
+    def __init__(self, monitor):
+        self._monitor = monitor
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        reference = GaugeMetricFamily("edgecls_drift_reference", "1 when the served artifact has reference "
+                                      "statistics to measure drift against, else 0.", labels=["source"])
+        score = GaugeMetricFamily("edgecls_drift_score", "Population stability index of the source's window against "
+                                  "the reference, per statistic (< 0.1 stable, > 0.25 major shift).",
+                                  labels=["source", "statistic"])
+        frames = GaugeMetricFamily("edgecls_drift_window_frames", "Frames in the source's drift window.",
+                                   labels=["source"])
+        degraded = GaugeMetricFamily("edgecls_drift_degraded", "1 while the source is in drift (a score past "
+                                     "--drift-threshold), else 0.", labels=["source"])
+        for name, drift in list(self._monitor.sources.items()):
+            status = drift.status()
+            reference.add_metric([name], 0.0 if drift.reference is None else 1.0)
+            if drift.reference is None:  # no reference: nothing to compare, so no drift series at all
+                continue
+            frames.add_metric([name], status["window_frames"])
+            degraded.add_metric([name], 1.0 if status["state"] == "drift" else 0.0)
+            for statistic, value in dict(drift.scores).items():  # replaced whole by each check, never mutated
+                score.add_metric([name, statistic], value)
+        yield from (reference, score, frames, degraded)
+
+
 class Metrics:
     """The daemon's metrics; `registry` is what /metrics exposes."""
 
@@ -96,6 +126,10 @@ class Metrics:
         self.frames.labels(source=name)
         self.inference.labels(source=name)
         self.frame_time.labels(source=name)
+
+    def track_drift(self, monitor) -> None:
+        """Expose a `runtime.monitor.drift.DriftMonitor`'s sources (read at scrape time)."""
+        self.registry.register(_DriftCollector(monitor))
 
     def observe_frame(self, source: str, *, infer_s: float, total_s: float, age_s: float) -> None:
         self.frames.labels(source=source).inc()

@@ -1,0 +1,310 @@
+"""Issue 12 points 1-2: reference statistics in the bundle, and the drift windows and scores built on them.
+
+The daemon end to end (real video, real HTTP) is in tests/test_drift_daemon.py; here the parts, on the real tiny
+bundle: what convert stores, that old manifests still load, that the daemon's statistics of the test images equal
+the reference exactly, and what hostile references, windows and probabilities do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+
+from runtime.bundle import BundleError, load_bundle  # noqa: E402
+from runtime.classifier import Classifier  # noqa: E402
+from runtime.errors import EdgeclsError  # noqa: E402
+from runtime.monitor.drift import (MIN_WINDOW, NO_REFERENCE, DriftMonitor, Reference, UnusableReference,  # noqa: E402
+                                   psi)
+from runtime.monitor.stats import (BRIGHTNESS_EDGES, CONFIDENCE_EDGES, bin_index,  # noqa: E402
+                                   brightness_batch, input_pixels)
+from runtime.preprocess import PreprocessSpec, load_image, pixels, preprocess  # noqa: E402
+
+
+def split_test_files(run) -> list:
+    """The image files of the run's recorded test split: what convert measured the bundle's reference on."""
+    run = Path(run)
+    root = Path(json.loads((run / "metadata.json").read_text())["dataset"]["source"])
+    return [root / path for path, _, _ in json.loads((run / "split.json").read_text())["splits"]["test"]]
+
+
+def without_reference(bundle, dest, edit=None):
+    """A copy of the bundle as an older convert wrote it (no `reference`), or with `edit(manifest)` applied."""
+    shutil.copytree(bundle, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    if edit is None:
+        del manifest["reference"]
+    else:
+        edit(manifest)
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------- point 1: convert
+
+
+def test_i12_p1_convert_stores_a_reference_for_every_artifact(tiny_bundle, tiny_run_dir):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    names = [a["name"] for a in manifest["artifacts"]]
+    assert sorted(manifest["reference"]) == sorted(names)
+    images = manifest["source"]["test_images"]
+    for name in names:
+        ref = manifest["reference"][name]
+        assert ref["images"] == images and sum(ref["classes"]) == images and len(ref["classes"]) == 3
+        assert ref["confidence"]["edges"] == list(CONFIDENCE_EDGES) and sum(ref["confidence"]["counts"]) == images
+        assert ref["brightness"]["edges"] == list(BRIGHTNESS_EDGES) and sum(ref["brightness"]["counts"]) == images
+        assert 0 < ref["brightness"]["mean"] < 255 and ref["brightness"]["std"] > 0
+        Reference.parse(ref, manifest["labels"])  # and the daemon can use it
+    # The brightness is the test images' own: recomputed here from the files, independently of convert.
+    values = [float(np.mean(pixels(load_image(f), PreprocessSpec.from_dict(manifest["input"])), dtype=np.float64))
+              for f in split_test_files(tiny_run_dir)]
+    ref = manifest["reference"][names[0]]["brightness"]
+    assert ref["counts"] == [sum(bin_index(v, BRIGHTNESS_EDGES) == i for v in values) for i in range(16)]
+    assert ref["mean"] == pytest.approx(np.mean(values), abs=1e-3) and ref["std"] == pytest.approx(np.std(values), abs=1e-3)
+
+
+def test_i12_p1_an_old_manifest_without_reference_still_loads_and_classifies(tiny_bundle, tiny_run_dir, tmp_path):
+    old = without_reference(tiny_bundle, tmp_path / "old")
+    bundle = load_bundle(old)
+    assert bundle.manifest.reference == {} and "reference" not in bundle.manifest.to_dict()
+    image = cv2.imread(str(split_test_files(tiny_run_dir)[0]))
+    assert Classifier(bundle).classify(image, "bgr").label in bundle.labels
+    # ...and a reference that is not an object is a malformed manifest, refused with the usual one line
+    broken = without_reference(tiny_bundle, tmp_path / "broken", lambda m: m.update(reference=[1, 2]))
+    with pytest.raises(BundleError, match="malformed.*reference is a list"):
+        load_bundle(broken)
+
+
+def test_i12_p1_reference_round_trips_through_the_manifest(tiny_bundle):
+    manifest = load_bundle(tiny_bundle).manifest
+    assert manifest.to_dict()["reference"] == json.loads((tiny_bundle / "manifest.json").read_text())["reference"]
+
+
+@pytest.mark.parametrize("spec", [
+    PreprocessSpec(8, 8),  # 0..1
+    PreprocessSpec.scaled(8, 8, scale=1 / 127.5, offset=-1.0),  # MobileNet's -1..1
+    PreprocessSpec(8, 8, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),  # ImageNet per channel
+    PreprocessSpec(8, 8, color="gray", mean=(0.5,), std=(0.3,)),  # std below one grey level
+    PreprocessSpec(8, 8, dtype="uint8"),
+])
+def test_i12_p1_normalized_inputs_invert_to_their_exact_pixels(spec):
+    ramp = np.arange(256, dtype=np.uint8)
+    image = np.stack([np.roll(ramp, 37 * c) for c in range(3)], axis=-1).reshape(16, 16, 3)
+    expected = pixels(image, spec)
+    tensor = preprocess(image, spec)
+    assert np.array_equal(input_pixels(tensor[None], spec)[0], expected)
+    every = np.repeat(ramp.reshape(1, 16, 16, 1), spec.channels, axis=-1)  # every grey level, exactly
+    from runtime.preprocess import normalize
+
+    back = every if spec.dtype == "uint8" else normalize(every, spec)
+    assert np.array_equal(input_pixels(back, spec), every)
+
+
+def test_i12_p1_convert_and_daemon_measure_the_same_brightness_for_the_same_image(tiny_bundle, tiny_run_dir):
+    """Convert: the run's float tensor, inverted. Daemon: the frame's pixels (`SourceLoop.prepare`). Bit for bit."""
+    from runtime.daemon.loop import SourceLoop
+
+    clf = Classifier(tiny_bundle)
+    loop = SourceLoop(_Named("x"), clf, lambda r: None, drift=DriftMonitor(20).source("x"))
+    for path in split_test_files(tiny_run_dir):
+        rgb = load_image(path)
+        convert_side = brightness_batch(input_pixels(preprocess(rgb, clf.spec)[None], clf.spec))[0]
+        tensor, daemon_side = loop.prepare(clf, np.ascontiguousarray(rgb[..., ::-1]))
+        assert daemon_side == convert_side
+        assert np.array_equal(tensor, clf.prepare(rgb[..., ::-1].copy(), "bgr"))  # the model input is unchanged
+
+
+@pytest.mark.parametrize("spec", [
+    PreprocessSpec(24, 20), PreprocessSpec(24, 20, resize="center-crop"), PreprocessSpec(24, 20, resize="letterbox"),
+    PreprocessSpec(24, 20, color="gray"), PreprocessSpec(24, 20, color="bgr", interpolation="area"),
+])
+def test_i12_p2_pixels_of_pixels_are_the_same_pixels(spec):
+    """Why the loop may prepare from the resized pixels: resizing them again changes nothing, in every mode."""
+    image = np.random.default_rng(3).integers(0, 256, (61, 97, 3), dtype=np.uint8)
+    once = pixels(image, spec, "bgr")
+    again = pixels(once, spec, "rgb" if spec.color == "gray" else spec.color)
+    assert np.array_equal(again, once)
+
+
+class _Named:
+    """The one thing SourceLoop reads from a supervisor before it starts: its name."""
+
+    def __init__(self, name):
+        self.name = name
+
+
+# ---------------------------------------------------------------------------------------------- point 2: scores
+
+
+def test_i12_p2_daemon_statistics_of_the_test_images_equal_the_reference(tiny_bundle, tiny_run_dir, tmp_path):
+    """The daemon over the test split's own files (a folder source) counts exactly what convert recorded: PSI 0."""
+    from runtime.daemon import Daemon
+
+    folder = tmp_path / "test-images"
+    folder.mkdir()
+    files = split_test_files(tiny_run_dir)
+    for i, path in enumerate(files):
+        shutil.copy(path, folder / f"{i:03d}{path.suffix}")
+    daemon = Daemon(tiny_bundle, [folder], sinks=[], drift_window=MIN_WINDOW, max_frames=len(files))
+    daemon.run()
+    drift = daemon.drift.source(str(folder))
+    reference = daemon.drift.reference_for(daemon.classifier)
+    assert drift.frames == len(files) and drift.counts() == {k: list(v) for k, v in reference.counts.items()}
+    assert all(psi(reference.counts[k], drift.counts()[k]) == 0.0 for k in reference.counts)
+
+
+def test_i12_p2_psi_is_zero_for_equal_shapes_finite_for_empty_bins_and_grows_with_the_shift():
+    assert psi([5, 0, 10], [50, 0, 100]) == pytest.approx(0.0, abs=1e-12)  # sample sizes differ, shape equal
+    assert psi([0, 0, 15], [15, 0, 0]) == pytest.approx(psi([0, 0, 15], [15, 0, 0]))
+    moved = [psi([10, 10, 0, 0], [10 - s, 10, s, 0]) for s in range(0, 11, 2)]
+    assert moved == sorted(moved) and moved[0] == 0 and math.isfinite(moved[-1]) and moved[-1] > 0.25
+    assert math.isfinite(psi([0] * 999 + [10 ** 12], [500] + [0] * 999))  # zero-count classes, a huge count
+    assert psi([1, 2], [0, 0]) == 0.0  # an empty window scores nothing
+
+
+def _reference(classes=(5, 6, 4), confidence=None, bright=None) -> dict:
+    n = sum(classes)
+    conf = confidence or [0] * 9 + [n]
+    bright = bright or [0] * 6 + [n] + [0] * 9
+    return {"version": 1, "images": n, "classes": list(classes),
+            "confidence": {"edges": list(CONFIDENCE_EDGES), "counts": conf},
+            "brightness": {"edges": list(BRIGHTNESS_EDGES), "counts": bright, "mean": 100.0, "std": 5.0}}
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda r: r.update(classes=[5, 6, 4, 0]), "counts 4 classes but the bundle has 3 labels"),
+    (lambda r: r.update(classes=[5, -1, 11]), "whole numbers"),
+    (lambda r: r.update(classes=[5, True, 9]), "whole numbers"),
+    (lambda r: r.update(classes=[0, 0, 0]), "different numbers of images (or none)"),
+    (lambda r: r["confidence"].update(edges=[0.0, float("nan"), 1.0]), "strictly increasing"),
+    (lambda r: r["brightness"].update(edges=[0, 128, 64, 256]), "strictly increasing"),
+    (lambda r: r["brightness"].update(counts=[15]), "1 counts for 16 bins"),
+    (lambda r: r["brightness"].update(mean=float("inf")), "finite"),
+    (lambda r: r.update(version=2), "version 2"),
+    (lambda r: r.pop("confidence"), "confidence is missing"),
+])
+def test_i12_p2_a_reference_that_does_not_fit_is_refused_with_one_line(edit, why):
+    raw = _reference()
+    edit(raw)
+    with pytest.raises(UnusableReference, match=re.escape(why)):
+        Reference.parse(raw, ["a", "b", "c"])
+    Reference.parse(_reference(classes=(0, 15, 0)), ["a", "b", "c"])  # zero-count classes are fine
+
+
+def test_i12_p2_a_reference_with_another_class_count_turns_monitoring_off_with_a_warning(tiny_bundle, tmp_path, caplog):
+    """Decided: monitoring data never stops a model the manifest vouches for; the daemon serves, says why, once."""
+    def wrong(manifest):
+        for ref in manifest["reference"].values():
+            ref["classes"] = ref["classes"] + [0]
+
+    bundle = without_reference(tiny_bundle, tmp_path / "wrong", wrong)
+    caplog.set_level(logging.INFO, logger="edgecls")
+    monitor = DriftMonitor(MIN_WINDOW)
+    clf = Classifier(bundle)
+    assert monitor.reference_for(clf) is None and monitor.reference_for(clf) is None
+    lines = [r.getMessage() for r in caplog.records if "drift monitoring off" in r.getMessage()]
+    assert len(lines) == 1 and "counts 4 classes but the bundle has 3 labels" in lines[0], lines
+    drift = monitor.source("cam")
+    drift.adopt(clf)
+    drift.update(np.array([0.2, 0.7, 0.1], np.float32), 100.0)
+    assert drift.status() == {"state": NO_REFERENCE} and drift.counts() == {}
+
+
+@pytest.mark.parametrize("window, threshold, why", [
+    (MIN_WINDOW - 1, 0.25, "--drift-window 19: give 20 to 100000 frames"), (0, 0.25, "give 20 to 100000"),
+    (True, 0.25, "give 20 to 100000"), (10 ** 9, 0.25, "the window is kept in memory"), (500, float("nan"), "--drift-threshold nan"),
+    (500, float("inf"), "--drift-threshold inf"), (500, 0.0, "positive"),
+])
+def test_i12_p2_windows_smaller_than_the_bins_and_bad_thresholds_are_refused(window, threshold, why):
+    with pytest.raises(EdgeclsError, match=re.escape(why)):
+        DriftMonitor(window, threshold)
+
+
+class _Clf:
+    """What DriftMonitor reads from a classifier: labels, the artifact's name, the manifest's reference."""
+
+    def __init__(self, raw, labels=("a", "b", "c")):
+        from types import SimpleNamespace
+
+        self.labels = list(labels)
+        self.artifact = SimpleNamespace(name="art")
+        self.bundle = SimpleNamespace(manifest=SimpleNamespace(reference={"art": raw}))
+
+
+def test_i12_p2_thousands_of_frames_keep_exact_window_counts_and_cost_microseconds(caplog):
+    caplog.set_level(logging.INFO, logger="edgecls")
+    monitor = DriftMonitor(500, 0.25)
+    drift = monitor.source("cam")
+    drift.adopt(_Clf(_reference(classes=(400, 300, 300), confidence=[0] * 8 + [500, 500],
+                                bright=[0] * 5 + [500, 500] + [0] * 9)))
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([0.3, 0.3, 0.3], 20_000).astype(np.float32)
+    levels = rng.uniform(80, 112, 20_000)
+    start = time.perf_counter()
+    for p, b in zip(probs, levels):
+        drift.update(p, float(b))
+    per_frame_us = (time.perf_counter() - start) / len(probs) * 1e6
+    counts = drift.counts()
+    assert drift.frames == 500 and all(sum(c) == 500 for c in counts.values())
+    last = probs[-500:]  # the window is exactly the newest 500 frames
+    assert counts["class"] == np.bincount(last.argmax(1), minlength=3).tolist()
+    assert counts["brightness"] == [sum(bin_index(float(b), BRIGHTNESS_EDGES) == i for b in levels[-500:])
+                                    for i in range(16)]
+    assert per_frame_us < 200, per_frame_us  # a few us on a quiet machine; generous for a loaded CI runner
+    status = drift.status()
+    assert status["state"] in ("ok", "drift") and all(math.isfinite(v) for v in status["scores"].values())
+
+
+def test_i12_p2_nan_probabilities_are_skipped_and_scores_stay_finite():
+    drift = DriftMonitor(MIN_WINDOW, 0.25).source("cam")
+    drift.adopt(_Clf(_reference()))
+    for _ in range(30):
+        drift.update(np.array([np.nan, np.nan, np.nan], np.float32), 100.0)
+        drift.update(np.array([0.0, 1.0, np.inf], np.float32), 100.0)
+        drift.update(np.array([0.1, 0.8, 0.1], np.float32), float("nan"))
+    assert drift.frames == 0 and drift.status()["skipped_frames"] == 90
+    for _ in range(MIN_WINDOW):
+        drift.update(np.array([0.01, 0.98, 0.01], np.float32), 100.0)
+    status = drift.status()
+    assert status["state"] in ("ok", "drift") and all(math.isfinite(v) for v in status["scores"].values())
+
+
+def test_i12_p2_a_transition_is_logged_once_with_the_statistic_that_moved_and_cleared_once(caplog):
+    caplog.set_level(logging.INFO, logger="edgecls")
+    drift = DriftMonitor(100, 0.25).source("cam")
+    drift.adopt(_Clf(_reference(classes=(30, 30, 40), confidence=[0] * 9 + [100], bright=[0] * 6 + [100] + [0] * 9)))
+    like_reference = [np.array(p, np.float32) for p in ([0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])]
+    for phase, level in ((0, 100.0), (1, 20.0), (2, 100.0)):  # as trained, much darker, as trained again
+        for i in range(300):
+            probs = like_reference[0 if i % 10 < 4 else 1 + i % 2]
+            drift.update(probs, level)
+        assert drift.status()["state"] == ("drift" if phase == 1 else "ok")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cam: drift")]
+    assert len(lines) == 2, lines
+    assert "drift: brightness moved" in lines[0] and "cleared" in lines[1]
+    scores = drift.status()["scores"]
+    assert max(scores.values()) < 0.1, scores
+
+
+def test_i12_p2_edgecls_run_takes_the_drift_options_and_refuses_a_nan_threshold(tiny_bundle, tmp_path):
+    from tests.conftest import cli_error, run_cli
+    from tests.daemon_helpers import write_test_video
+
+    video = write_test_video(tmp_path / "clip.avi", frames=40)  # white circles on black: not the training data
+    done = run_cli("run", tiny_bundle, "--source", video, "--every-frame", "--drift-window", 20, "--drift-threshold",
+                   0.01, "--results", tmp_path / "r.jsonl", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if f"{video}: drift:" in line]
+    assert len(lines) == 1 and "threshold 0.01) over the last 20 frames" in lines[0], done.stderr[-2000:]
+    refused = run_cli("run", tiny_bundle, "--source", video, "--drift-threshold", "nan", "--results",
+                      tmp_path / "r.jsonl", timeout=120)
+    assert "--drift-threshold nan: give a positive PSI" in cli_error(refused)

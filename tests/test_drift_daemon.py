@@ -1,0 +1,144 @@
+"""Issue 12 point 2, must show: the real daemon on two real videos over real HTTP, one of which turns much darker
+halfway; only that source's drift gauge passes the threshold, /healthz says so (still 200), a bundle without a
+reference still serves and says "no reference", and a hot reload starts the window afresh."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from runtime.daemon import Daemon  # noqa: E402
+from tests.daemon_helpers import ListSink, http_get, wait_for, write_test_video  # noqa: E402
+from tests.test_drift import split_test_files, without_reference  # noqa: E402
+
+FPS = 30
+CYCLES = 8  # the test images, shown this many times before the video turns dark
+DARK = 0.3  # the shifted half: every pixel times this
+
+
+def write_test_split_video(path, run_dir, cycles=CYCLES, dark_cycles=0, fps=FPS):
+    """An MJPG AVI of the run's own test images (what the reference was measured on), `cycles` times over, then
+    `dark_cycles` more times at DARK brightness: frames of the kind the model was trained on, then the same scene
+    with the lights turned down."""
+    images = [cv2.imread(str(p)) for p in split_test_files(run_dir)]
+    height, width = images[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    assert writer.isOpened()
+    for cycle in range(cycles + dark_cycles):
+        for image in images:
+            writer.write(image if cycle < cycles else (image * DARK).astype(np.uint8))
+    writer.release()
+    return path
+
+
+def scores(url) -> dict:
+    """{(family, source, statistic): value} of every edgecls_drift_* sample on /metrics."""
+    status, body = http_get(url + "/metrics")
+    assert status == 200
+    return {(s.name, s.labels.get("source"), s.labels.get("statistic")): s.value
+            for family in text_string_to_metric_families(body.decode()) if family.name.startswith("edgecls_drift")
+            for s in family.samples}
+
+
+def worst(found: dict, source: str) -> float:
+    return max((v for (name, src, _), v in found.items() if name == "edgecls_drift_score" and src == source),
+               default=float("nan"))
+
+
+def test_i12_p2_must_show_the_darkened_source_drifts_and_the_steady_one_does_not(tiny_bundle, tiny_run_dir,
+                                                                                 tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="edgecls")
+    steady = str(write_test_split_video(tmp_path / "steady.avi", tiny_run_dir))
+    shifted = str(write_test_split_video(tmp_path / "shifted.avi", tiny_run_dir, dark_cycles=3 * CYCLES))
+    sink = ListSink()
+    # Both loop at their own 30 fps; the shifted one is dark for 12 of every 16 seconds.
+    daemon = Daemon(tiny_bundle, [steady, shifted], port=0, sinks=[sink], drift_window=60,
+                    source_options={"loop": True})
+    seen = {}
+
+    def scenario(d):
+        found = wait_for(lambda: (f := scores(d.url)) and worst(f, shifted) > 0.25 and f, 60,
+                         "the shifted source's drift score past 0.25")
+        status, body = http_get(d.url + "/healthz")
+        seen.update(found=found, status=status, health=json.loads(body))
+        d.request_stop()
+
+    daemon.run(on_start=scenario)
+    found, health = seen["found"], seen["health"]
+    print(f"\ndrift PSI steady {worst(found, steady):.3f}, shifted {worst(found, shifted):.3f}: "
+          f"{ {k[2]: round(v, 3) for k, v in found.items() if k[0] == 'edgecls_drift_score'} }")
+    assert found[("edgecls_drift_window_frames", steady, None)] == 60  # a full window, scored
+    assert worst(found, steady) < 0.25 and worst(found, shifted) > 0.25
+    assert found[("edgecls_drift_degraded", shifted, None)] == 1 and found[("edgecls_drift_degraded", steady, None)] == 0
+    assert found[("edgecls_drift_reference", steady, None)] == 1
+    # /healthz: drift alone is "degraded" with 200; the shifted source says what moved; the steady one is fine
+    assert seen["status"] == 200 and health["status"] == "degraded" and health["degraded"] == [shifted]
+    assert health["sources"][shifted]["degraded"] == "drift"
+    drift = health["sources"][shifted]["drift"]
+    assert drift["state"] == "drift" and "brightness" in drift["moved"] and drift["brightness"]["z"] < -1
+    assert health["sources"][steady]["drift"]["state"] == "ok" and "degraded" not in health["sources"][steady]
+    assert health["model"]["drift_reference"] == "yes"
+    # one log line for the transition, naming the statistic; none for the steady source
+    lines = [r.getMessage() for r in caplog.records if ": drift" in r.getMessage()]
+    assert any(line.startswith(f"{shifted}: drift:") and "brightness" in line for line in lines), lines
+    assert sum(line.startswith(f"{shifted}: drift:") for line in lines) == 1, lines
+    assert not any(line.startswith(f"{steady}:") for line in lines), lines
+
+
+def test_i12_p2_must_show_a_bundle_without_reference_serves_and_says_no_reference(tiny_bundle, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="edgecls")
+    old = without_reference(tiny_bundle, tmp_path / "old-bundle")
+    video = str(write_test_video(tmp_path / "clip.avi", frames=20))
+    sink = ListSink()
+    daemon = Daemon(old, [video], port=0, sinks=[sink], drift_window=20, source_options={"loop": True})
+    seen = {}
+
+    def scenario(d):
+        wait_for(lambda: len(sink.of(video)) > 40, 30, "results past a drift window")
+        seen["health"] = http_get(d.url + "/healthz")
+        seen["drift"] = scores(d.url)
+        d.request_stop()
+
+    daemon.run(on_start=scenario)
+    status, body = seen["health"]
+    health = json.loads(body)
+    assert status == 200 and health["status"] == "ok" and health["degraded"] == []
+    assert health["sources"][video]["drift"] == {"state": "no reference"}
+    assert health["model"]["drift_reference"].startswith("no reference: the bundle has no reference statistics")
+    assert seen["drift"] == {("edgecls_drift_reference", video, None): 0.0}  # no score series at all
+    lines = [r.getMessage() for r in caplog.records if "drift monitoring off" in r.getMessage()]
+    assert len(lines) == 1 and "convert the model again" in lines[0], lines
+
+
+def test_i12_p2_a_hot_reload_starts_the_window_afresh_against_the_new_reference(tiny_bundle, tiny_run_dir, tmp_path):
+    shifted = str(write_test_split_video(tmp_path / "dark.avi", tiny_run_dir, cycles=0, dark_cycles=8))
+    second = without_reference(tiny_bundle, tmp_path / "second", lambda m: m.update(created="second"))
+    current = tmp_path / "current"
+    os.symlink(tiny_bundle, current)
+    daemon = Daemon(current, [shifted], sinks=[], drift_window=60, source_options={"loop": True})
+    drift = daemon.drift.source(shifted)
+    seen = {}
+
+    def scenario(d):
+        wait_for(lambda: drift.status()["state"] == "drift", 30, "the dark video in drift")
+        old_reference = drift.reference
+        tmp = tmp_path / "current.new"
+        os.symlink(second, tmp)
+        os.replace(tmp, current)  # as flash commits a release: the reloader notices within 0.5 s
+        wait_for(lambda: d.loops[0].classifier.bundle.root == second, 20, "the second bundle serving")
+        new_reference = wait_for(lambda: drift.reference is not old_reference and drift.reference, 10,
+                                 "the window adopting the new reference")
+        seen.update(status=drift.status(), frames=drift.frames, new=new_reference)
+        d.request_stop()
+
+    daemon.run(on_start=scenario)
+    assert seen["frames"] < 60 and seen["status"]["state"] in ("warming up", "ok", "drift")
+    assert seen["new"] is daemon.drift.reference_for(daemon.classifier)
