@@ -9,6 +9,7 @@ install root. Wheelhouses are cached on the host per platform and requirement se
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -66,7 +67,7 @@ def _edgecls_wheel(folder: Path) -> str:
 
     source = _edgecls_source()
     if source is not None:
-        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
                    "--disable-pip-version-check", "-w", str(folder), str(source)]
         what = f"building a wheel of edgecls from {source}"
     else:
@@ -76,9 +77,15 @@ def _edgecls_wheel(folder: Path) -> str:
     result = subprocess.run(command, capture_output=True, text=True)
     wheels = sorted(folder.glob("edgecls-*.whl"))
     if result.returncode != 0 or not wheels:
-        last = (result.stderr.strip().splitlines() or ["no wheel produced"])[-1]
-        raise EdgeclsError(f"{what} failed: {last[:300]}")
+        raise EdgeclsError(f"{what} failed: {_pip_error(result.stderr)}")
     return str(wheels[-1])
+
+
+def _pip_error(stderr: str) -> str:
+    """pip's cause, not its closing hint ('See above for details')."""
+    lines = [l.strip() for l in stderr.splitlines() if l.strip() and not l.startswith("WARNING: Location")]
+    causes = [l for l in lines if re.match(r"(error|\w+Error)\b", l, re.I) and "metadata-generation-failed" not in l]
+    return ((causes or lines or ["no detail"])[-1])[:300]
 
 
 def _requirements(packages, wheel_of_edgecls) -> list:
@@ -103,9 +110,16 @@ def wheelhouse(platform: DevicePlatform, packages, say=print) -> Path:
     key = hashlib.sha256(json.dumps([platform.machine, platform.python, list(platform.libc), sorted(packages),
                                      __version__, _tree_digest(source) if source else ""]).encode()).hexdigest()[:16]
     final = _cache_root() / f"{platform.machine}-py{platform.python}-{key}"
-    if (final / ".complete").is_file():
-        return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    # A fleet flash sets up several devices at once: one builds the wheelhouse, the others wait and reuse it.
+    with open(final.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / ".complete").is_file():
+            return final
+        return _build(final, platform, packages, say)
+
+
+def _build(final: Path, platform: DevicePlatform, packages, say) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         local: list = []
@@ -124,18 +138,26 @@ def wheelhouse(platform: DevicePlatform, packages, say=print) -> Path:
             command += ["--platform", tag]
         result = subprocess.run(command + requirements, capture_output=True, text=True)
         if result.returncode != 0:
-            lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("WARNING: Location")]
             raise EdgeclsError(f"pip could not fetch wheels for {platform.machine}/Python {platform.python}: "
-                               f"{(lines or ['no detail'])[-1][:300]} (a package without a wheel for the device "
+                               f"{_pip_error(result.stderr)} (a package without a wheel for the device "
                                f"cannot be installed offline: pin a version that has one in the profile)")
         (work / ".complete").write_text(json.dumps({"packages": list(packages), "platform": platform.__dict__}))
         if final.exists():
             shutil.rmtree(final)
         work.rename(final)
+        _drop_older(final)
         return final
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _drop_older(kept: Path) -> None:
+    """Other wheelhouses for the same platform (an older checkout's): one per platform is enough."""
+    prefix = kept.name.rsplit("-", 1)[0] + "-"
+    for other in kept.parent.iterdir():
+        if other != kept and other.name.startswith(prefix) and (other / ".complete").is_file():
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _tree_digest(source: Path) -> str:
@@ -159,7 +181,11 @@ def install_script(root: str, wheels_dir: str, packages: list) -> str:
             f"install it with the OS package manager (apt install python3-venv)' >&2; exit 3; }}; "
             f"[ -x {quote(venv)}/bin/python ] || python3 -m venv --system-site-packages {quote(venv)}; "
             f"{quote(venv)}/bin/python -m pip install --quiet --disable-pip-version-check --no-index "
-            f"--find-links {quote(wheels_dir)} {names}; rm -rf {quote(wheels_dir)}")
+            f"--find-links {quote(wheels_dir)} {names}; "
+            # the same version number with other code (a checkout): pip would keep the old one
+            f"for w in {quote(wheels_dir)}/edgecls-*.whl; do [ -e \"$w\" ] && {quote(venv)}/bin/python -m pip install "
+            f"--quiet --disable-pip-version-check --no-index --no-deps --force-reinstall \"$w\"; done; "
+            f"rm -rf {quote(wheels_dir)}")
 
 
 def _requirement_name(package: str) -> str:

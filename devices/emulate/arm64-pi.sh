@@ -64,7 +64,10 @@ start() {
     check
     [ -e "$root/.edgecls-built" ] || die "$root is not a built rootfs: run '$0 build $root' first"
     [ -r "$pubkey" ] || die "public key $pubkey is not readable"
-    for dir in proc sys dev; do
+    # /proc and /dev only: with the host's /sys, the cpuinfo library inside onnxruntime and LiteRT reads an
+    # x86 CPU topology as an arm64 one and crashes (SIGSEGV at import under qemu 7.2); without it they warn
+    # "cpuinfo_initialize failed" and run.
+    for dir in proc dev; do
         mountpoint -q "$root/$dir" || mount --bind "/$dir" "$root/$dir"
     done
     mkdir -p "$root/run/sshd" "$root/home/pi/.ssh"
