@@ -102,10 +102,20 @@ class Classifier:
         Equal, bit for bit, to `quantize(preprocess(image, spec))`: resize and colour on uint8,
         then one table lookup for normalization and quantization (`runtime.session.input_table`).
         """
-        image = pixels(image, self.spec, order)
+        return self.prepare_pixels(pixels(image, self.spec, order))
+
+    def prepare_pixels(self, px: np.ndarray) -> np.ndarray:
+        """Pixels already at the model's size and colour (`runtime.preprocess.pixels` output) -> the input tensor.
+
+        What `prepare` gives for the image they came from, bit for bit, without resizing again: for callers
+        that need the pixels themselves too (the daemon measures their brightness for drift monitoring).
+        """
+        if px.shape != self.spec.shape or px.dtype != np.uint8:
+            raise EdgeclsError(f"pixels of shape {px.shape} ({px.dtype}): the model's pixels are {self.spec.shape} "
+                               f"uint8, as runtime.preprocess.pixels makes them")
         if self._table is None:  # the model takes raw uint8 pixels
-            return quantize(image[None], self.session.input_spec)[0]
-        return apply_table(image, self._table)
+            return quantize(px[None], self.session.input_spec)[0]
+        return apply_table(px, self._table)
 
     def infer(self, prepared: np.ndarray) -> np.ndarray:
         """A batch of `prepare` outputs (N, H, W, C) -> probabilities (N, classes)."""

@@ -173,3 +173,57 @@ def test_i12_p3_frames_left_unwritten_at_stop_are_counted_as_dropped(tmp_path):
     capture._thread.join(10)  # the frame being written when close gave up still lands
     assert capture.dropped > 0 and capture.captured + capture.dropped == 40
     assert len(list((tmp_path / "captures" / INBOX).rglob("*.jpg"))) == capture.captured
+
+
+# ------------------------------------------------------------------ review of issue 12: capture's loose ends
+
+
+def _result(source, frame, score=0.1):
+    return {"source": source, "ts": 1_700_000_000.0, "frame": frame, "score": score, "top1": "a",
+            "topk": [{"label": "a", "score": score}]}
+
+
+def test_i12_p3_temp_files_a_killed_daemon_left_are_removed_at_start_and_the_cap_then_holds(tmp_path):
+    """kill -9 between write and rename leaves `.NAME.x.tmp` files: never renamed, never counted against
+    --capture-max-mb, never deleted, they filled the disk unseen. A new Capture removes them."""
+    folder = tmp_path / "captures" / INBOX / "cam"
+    folder.mkdir(parents=True)
+    left = [folder / ".20261123-101010-00000007.jpg.k3x9_q.tmp", folder / ".20261123-101010-00000007.json.a1b2c3.tmp"]
+    for path in left:
+        path.write_bytes(b"\0" * 50_000)
+    kept = folder / ".keep"  # a dot file that is not ours: left alone
+    kept.write_text("")
+    capture = Capture(tmp_path / "captures", below=1.0, max_bytes=30_000)
+    assert not any(p.exists() for p in left) and kept.exists()
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    for frame in range(6):
+        capture.offer(image, _result("cam", frame))
+    capture.close(timeout=10)
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "captures").rglob("*") if p.is_file())
+    assert capture.captured == 6 and on_disk <= 30_000
+
+
+def test_i12_p3_sources_whose_names_sanitise_alike_keep_separate_folders(tmp_path):
+    """`cam/1` and `cam:1` both became `cam_1`: same folder, same TIME-FRAME names, one overwrote the other."""
+    capture = Capture(tmp_path / "captures", below=1.0)
+    image = np.zeros((8, 8, 3), np.uint8)
+    for source in ("cam/1", "cam:1", "cam_1"):
+        capture.offer(image, _result(source, 3))
+    capture.close(timeout=10)
+    sidecars = sorted((tmp_path / "captures" / INBOX).rglob("*.json"))
+    assert len(sidecars) == 3 and len({p.parent for p in sidecars}) == 3
+    assert sorted(json.loads(p.read_text())["source"] for p in sidecars) == ["cam/1", "cam:1", "cam_1"]
+    assert (tmp_path / "captures" / INBOX / "cam_1").is_dir()  # a name that is already safe stays as it is
+
+
+def test_i12_p3_a_nan_score_gives_a_strict_json_sidecar(tmp_path):
+    """A model that answered NaN: the frame is worth a look (captured), and its sidecar is JSON every parser takes
+    (null, not the NaN token Python's json writes by default)."""
+    capture = Capture(tmp_path / "captures", below=0.5)
+    capture.offer(np.zeros((8, 8, 3), np.uint8), _result("cam", 1, score=float("nan")))
+    capture.close(timeout=10)
+    (sidecar,) = (tmp_path / "captures" / INBOX).rglob("*.json")
+    text = sidecar.read_text()
+    assert "NaN" not in text
+    meta = json.loads(text, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
+    assert meta["score"] is None and meta["topk"] == [{"label": "a", "score": None}]

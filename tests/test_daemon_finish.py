@@ -151,13 +151,17 @@ def test_i7_throughput_preparation_runs_on_its_own_thread_and_every_frame_is_cla
     decoded = _decoded_frames(video)
     classifier = Classifier(tiny_bundle, artifact="tflite-int8")
     threads = set()
-    original = classifier.prepare
+    original, original_pixels = classifier.prepare, classifier.prepare_pixels
 
     def recording_prepare(image, order="rgb"):  # the real method, with a note of the calling thread
         threads.add(threading.current_thread().name)
         return original(image, order)
 
-    classifier.prepare = recording_prepare
+    def recording_prepare_pixels(px):  # the daemon's path when drift monitoring measures the same pixels
+        threads.add(threading.current_thread().name)
+        return original_pixels(px)
+
+    classifier.prepare, classifier.prepare_pixels = recording_prepare, recording_prepare_pixels
     sink = ListSink()
     d = Daemon(None, [video], classifier=classifier, sinks=[sink], max_frames=30, top_k=3,
                source_options={"every_frame": True})

@@ -98,10 +98,12 @@ def _load_config(ctx, param, path):
 @click.option("--capture-max-mb", type=click.FloatRange(min=0, min_open=True), default=500.0, show_default=True,
               help="Delete the oldest captures past this size.")
 @click.option("--drift-window", type=click.IntRange(20, 100_000), help="Daemon mode: compare the last N classified frames of "
-              "each source with the bundle's reference statistics (class, confidence, brightness).  [default: 500]")
+              "each source with the bundle's reference statistics and with the source's first N frames.  "
+              "[default: 500]")
 @click.option("--drift-threshold", type=click.FloatRange(min=0, min_open=True), help="Daemon mode: a source whose "
-              "population stability index passes this is reported in drift (/healthz degraded, log line, "
-              "edgecls_drift_degraded); < 0.1 is stable, > 0.25 a major shift.  [default: 0.25]")
+              "mean brightness (either way) or mean top-1 confidence (downward) moved further than this many standard "
+              "deviations of the test images, from the reference or from its own first window, is reported in drift "
+              "(/healthz degraded, log line, edgecls_drift_degraded).  [default: 3]")
 @click.option("--allowed-signers", type=click.Path(dir_okay=False), help="OpenSSH allowed-signers file: load only "
               "bundles signed (`edgecls sign`) by one of its keys, at start and on every hot reload.")
 @click.option("--show", is_flag=True, default=None, help="Daemon mode: show the annotated frames in a window per "
@@ -121,8 +123,9 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
     thread and a watchdog that reopens it after --stall-timeout, all share one loaded model, and
     results carry source, ts, frame, top1, score, topk, latency_ms (pre/infer/post) and
     frame_age_ms. SIGTERM or Ctrl-C stop it within 2 s with exit code 0. Each source's last
-    --drift-window frames are compared with the bundle's reference statistics: /healthz says
-    "degraded": "drift" (still 200) past --drift-threshold, /metrics has edgecls_drift_score.
+    --drift-window frames are compared with the bundle's reference statistics and with the source's
+    first window: /healthz says "degraded": "drift" (still 200) past --drift-threshold, /metrics has
+    edgecls_drift_score.
 
     Every option can come from --config FILE (TOML) or an EDGECLS_RUN_<OPTION> variable;
     `edgecls service unit` prints a systemd unit that runs `edgecls run --config FILE`.

@@ -3,18 +3,22 @@
 Layout, chosen so that `edgecls train --data DIR` takes the folder as soon as images are moved into
 class folders: new captures land in `DIR/.unlabelled/SOURCE/` (a dot folder, which training ignores)
 as `TIME-FRAME.jpg` with a `TIME-FRAME.json` sidecar (source, time, frame, top-k, score, bundle and
-artifact); a person moves the JPEGs they label into `DIR/<class>/`.
+artifact; strict JSON: a score that is not a number is null); a person moves the JPEGs they label into
+`DIR/<class>/`. SOURCE is the source's name made safe for a path, with a short hash of the name when
+it had to be changed. One daemon per capture folder.
 
 Frames are offered by the classification loops and written by one thread of its own through a small
 bounded queue: a full queue drops the frame and counts it, so capture never slows classification.
 Files are written atomically (temp file, fsync, rename); past `max_bytes` the oldest captures (image
-and sidecar) are deleted.
+and sidecar) are deleted, and temp files a killed daemon left behind are removed at start.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import queue
 import random
 import re
@@ -22,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from runtime.atomic import write_bytes, write_text
+from runtime.atomic import _TEMP_FILE, write_bytes, write_text
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -30,7 +34,23 @@ INBOX = ".unlabelled"
 
 
 def _folder_name(source: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("._") or "source"
+    """A folder name for a source; a name that had to be changed gets a short hash of the original, so two
+    sources that sanitise alike (`cam/1` and `cam:1`) never share a folder or overwrite each other's frames."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("._") or "source"
+    if name == source:
+        return name
+    return f"{name[:80]}-{hashlib.sha256(source.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def _finite(value):
+    """`value` with every NaN or infinity replaced by None: sidecars are strict JSON (RFC 8259 has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class Capture:
@@ -52,15 +72,23 @@ class Capture:
         self._thread.start()
 
     def _existing(self) -> list:
+        """The captures already in the inbox, oldest first; temp files a killed daemon left (`.NAME.x.tmp`,
+        never renamed into place) are removed, or they would fill the disk past the cap unseen."""
         groups = {}
         for path in self.inbox.rglob("*"):
-            if path.is_file() and not path.name.startswith("."):
-                groups.setdefault(path.with_suffix(""), []).append(path)
+            if not path.is_file() or path.is_symlink():
+                continue
+            if path.name.startswith("."):
+                if _TEMP_FILE.match(path.name):  # one daemon per capture folder: nobody else is writing it
+                    path.unlink(missing_ok=True)
+                    log.info("capture: removed %s, left half-written by a daemon that was killed", path)
+                continue
+            groups.setdefault(path.with_suffix(""), []).append(path)
         found = [(tuple(paths), sum(p.stat().st_size for p in paths)) for paths in groups.values()]
         return sorted(found, key=lambda item: (min(p.stat().st_mtime for p in item[0]), str(item[0][0])))
 
     def wants(self, result: dict) -> bool:
-        if result.get("score", 1.0) < self.below:
+        if not result.get("score", 1.0) >= self.below:  # NaN too: a frame the model had no answer for
             return True
         return self.sample is not None and self._random.randrange(self.sample) == 0
 
@@ -109,12 +137,12 @@ class Capture:
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(result.get("ts", time.time())))
         stem = folder / f"{stamp}-{result.get('frame', 0):08d}"
-        sidecar = {"source": result.get("source"), "ts": result.get("ts"), "frame": result.get("frame"),
-                   "top1": result.get("top1"), "score": result.get("score"), "topk": result.get("topk"),
-                   **self.model}
+        sidecar = _finite({"source": result.get("source"), "ts": result.get("ts"), "frame": result.get("frame"),
+                           "top1": result.get("top1"), "score": result.get("score"), "topk": result.get("topk"),
+                           **self.model})
         image_path, sidecar_path = stem.with_suffix(".jpg"), stem.with_suffix(".json")
         write_bytes(image_path, jpeg.tobytes())
-        write_text(sidecar_path, json.dumps(sidecar, indent=1) + "\n")
+        write_text(sidecar_path, json.dumps(sidecar, indent=1, allow_nan=False) + "\n")
         size = image_path.stat().st_size + sidecar_path.stat().st_size
         self._files.append(((image_path, sidecar_path), size))
         self._bytes += size

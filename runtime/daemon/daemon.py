@@ -6,8 +6,9 @@
 Each source gets a supervisor (capture, watchdog, reopen) and a loop thread (classify, publish);
 nothing is queued between them, so memory is bounded and a dead source never blocks another.
 SIGHUP, or a bundle symlink that moves, reloads the model without stopping (runtime/daemon/reload.py).
-Each source's recent frames are compared with the served artifact's reference statistics
-(runtime/monitor/drift.py): /healthz and /metrics say when a source drifted, and which statistic moved.
+Each source's recent frames are compared with the served artifact's reference statistics and with the
+source's own first window (runtime/monitor/drift.py): /healthz and /metrics say when a source drifted,
+and which statistic moved against what.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Daemon:
     with write(dict) and close() (default: JSON lines on stdout). port: None for no HTTP server,
     0 for any free port (see `url`). max_frames is per source. source_options go to every Source
     (loop, every_frame, realtime, fps, timeout_s). drift_window / drift_threshold: the rolling window
-    (frames per source) and the PSI past which a source is reported in drift.
+    (frames per source) and the shift of its mean brightness or confidence, in standard deviations of the
+    reference's test images, past which a source is reported in drift.
 
     /healthz: 503 when a source delivers no frames ("status": "unhealthy"); a source in drift alone
     keeps 200 with "status": "degraded" and "degraded": "drift" on that source, since the model

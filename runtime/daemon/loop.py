@@ -10,9 +10,10 @@ model busy all the time (OpenCV and the inference engines release the GIL). The 
 single slot, never a queue: memory stays flat however fast the camera is, and a classified frame
 is at most one inference older than it would be without the overlap (`frame_age_ms` includes it).
 
-With drift monitoring (runtime/monitor/drift.py) the preparing thread also measures the brightness
-of the frame's resized pixels, and the loop hands each frame's raw probabilities to the source's
-drift window: O(1) per frame, and nothing at all when the artifact has no reference.
+With drift monitoring (runtime/monitor/drift.py) the preparing thread resizes the frame once, measures
+the brightness of those pixels and makes the model input from them (`Classifier.prepare_pixels`), and
+the loop hands each frame's raw probabilities to the source's drift window: a few microseconds per
+frame (benchmarks/drift_overhead.py), and nothing at all when the artifact has no reference.
 """
 
 from __future__ import annotations
@@ -213,10 +214,8 @@ class SourceLoop:
         """A BGR frame -> (model input, brightness of its pixels or None when drift does not need it)."""
         if self.drift is None or not self.drift.wants(clf):
             return clf.prepare(image, "bgr"), None
-        # The resized pixels once, for both: `prepare` of pixels already at the model's size and colour gives
-        # the same tensor bit for bit (resizing to the same size copies; grey round-trips exactly).
-        px = pixels(image, clf.spec, "bgr")
-        return clf.prepare(px, "rgb" if clf.spec.color == "gray" else clf.spec.color), brightness(px)
+        px = pixels(image, clf.spec, "bgr")  # resized once, for both
+        return clf.prepare_pixels(px), brightness(px)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

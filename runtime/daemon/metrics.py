@@ -58,7 +58,8 @@ class _SourceCollector:
 
 
 class _DriftCollector:
-    """Drift per source (runtime/monitor/drift.py), read at scrape time from the scores its last check computed."""
+    """Drift per source (runtime/monitor/drift.py), read at scrape time from one `status()` snapshot per source:
+    a hot reload adopted by a loop thread meanwhile shows on the next scrape, never as half of each."""
 
     def __init__(self, monitor):
         self._monitor = monitor
@@ -66,25 +67,36 @@ class _DriftCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
+        from runtime.monitor.drift import NO_REFERENCE
+
         reference = GaugeMetricFamily("edgecls_drift_reference", "1 when the served artifact has reference "
                                       "statistics to measure drift against, else 0.", labels=["source"])
-        score = GaugeMetricFamily("edgecls_drift_score", "Population stability index of the source's window against "
-                                  "the reference, per statistic (< 0.1 stable, > 0.25 major shift).",
-                                  labels=["source", "statistic"])
+        score = GaugeMetricFamily("edgecls_drift_score", "How far the mean of the source's window moved, in standard "
+                                  "deviations of the reference's test images (brightness either way, confidence "
+                                  "downward only), against the reference or the source's baseline (its first full "
+                                  "window); past --drift-threshold (default 3) the source is degraded.",
+                                  labels=["source", "statistic", "against"])
+        psi = GaugeMetricFamily("edgecls_drift_psi", "Population stability index of the source's window against the "
+                                "reference per statistic: information (high for any camera that sees one scene), "
+                                "not what decides drift.", labels=["source", "statistic"])
         frames = GaugeMetricFamily("edgecls_drift_window_frames", "Frames in the source's drift window.",
                                    labels=["source"])
         degraded = GaugeMetricFamily("edgecls_drift_degraded", "1 while the source is in drift (a score past "
                                      "--drift-threshold), else 0.", labels=["source"])
         for name, drift in list(self._monitor.sources.items()):
-            status = drift.status()
-            reference.add_metric([name], 0.0 if drift.reference is None else 1.0)
-            if drift.reference is None:  # no reference: nothing to compare, so no drift series at all
+            status = drift.status()  # everything below from this one snapshot
+            known = status["state"] != NO_REFERENCE
+            reference.add_metric([name], 1.0 if known else 0.0)
+            if not known:  # nothing to compare, so no drift series at all
                 continue
             frames.add_metric([name], status["window_frames"])
             degraded.add_metric([name], 1.0 if status["state"] == "drift" else 0.0)
-            for statistic, value in dict(drift.scores).items():  # replaced whole by each check, never mutated
-                score.add_metric([name, statistic], value)
-        yield from (reference, score, frames, degraded)
+            for statistic, against in status["scores"].items():
+                for what, value in against.items():
+                    score.add_metric([name, statistic, what], value)
+            for statistic, value in status.get("psi", {}).items():
+                psi.add_metric([name, statistic], value)
+        yield from (reference, score, psi, frames, degraded)
 
 
 class Metrics:
