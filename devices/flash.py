@@ -96,6 +96,9 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     target = make_target(target_text, profile.install_root, config=options.ssh_config, options=options.ssh_options,
                          python=options.python)
     if options.setup:
+        # setup writes ROOT/venv: a root the flash would refuse (someone's folder) is refused before, untouched.
+        # Asked of the device's bare python, as edgecls may not be there yet (runtime/install/rootcheck.py).
+        target.check_root()
         target.setup(list(profile.packages), say=options.say)
         if profile.allowed_signers:
             target.trust(Path(profile.allowed_signers).expanduser().read_bytes())

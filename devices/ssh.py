@@ -118,6 +118,11 @@ def _remote_cause(stderr: str, argv0: str) -> str | None:
     return None
 
 
+def sh_path(path: str) -> str:
+    """`path` for the device's shell: quoted, with a leading ~/ left to the shell (profiles allow ~/edgecls)."""
+    return f'"$HOME"/{shlex.quote(path[2:])}' if path.startswith("~/") else shlex.quote(path)
+
+
 def python_command(python: str, root: str, argv: Sequence[str]) -> list | str:
     """`PYTHON argv...` for the device; python "auto": ROOT/venv/bin/python (what `flash --setup` makes) if it
     exists there, else python3 (decided on the device, in the same round trip)."""
@@ -125,7 +130,7 @@ def python_command(python: str, root: str, argv: Sequence[str]) -> list | str:
         return [python, *map(str, argv)]
     from runtime.install.layout import VENV
 
-    venv_python = shlex.quote(f"{root.rstrip('/')}/{VENV}/bin/python")
+    venv_python = sh_path(f"{root.rstrip('/')}/{VENV}/bin/python")  # ~/edgecls: the device's HOME, as DeviceRoot reads it
     return f'p={venv_python}; [ -x "$p" ] || p=python3; exec "$p" ' + " ".join(shlex.quote(str(a)) for a in argv)
 
 
@@ -154,14 +159,15 @@ class SshClient:
         return argv + ["--", self.target.destination]
 
     def run(self, command: Sequence[str] | str, *, input: bytes | None = None, timeout: float | None = 300,
-            check: bool = True, stdin=None) -> subprocess.CompletedProcess:
+            check: bool = True, stdin=None, what: str = "") -> subprocess.CompletedProcess:
         """Run `command` on the device; stdout/stderr are captured as bytes.
 
         `command` as a list is quoted word by word (paths with spaces are safe); as a str it is one shell line.
         `check`: a non-zero exit raises SshError with the cause. `stdin` may be an open file instead of `input`.
+        `what` names the step in errors (a script's first word, `set`, would say nothing).
         """
         line = command if isinstance(command, str) else " ".join(shlex.quote(str(a)) for a in command)
-        argv0 = line.split(" ", 1)[0]
+        argv0 = what or line.split(" ", 1)[0]
         log.debug("ssh %s: %s", self.target, line)
         try:
             result = subprocess.run([*self.ssh_argv(), line], input=input, stdin=stdin, capture_output=True,

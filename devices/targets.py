@@ -52,6 +52,11 @@ class LocalTarget:
 
         return api.trust(self.root, signers)
 
+    def check_root(self) -> None:
+        from runtime.install.layout import DeviceRoot
+
+        DeviceRoot(self.root).check()
+
     def setup(self, packages, say=lambda message: None) -> str:
         return "a local target is a folder: install the runtime packages on the device itself"
 
@@ -77,6 +82,10 @@ class SshDeviceTarget:
     def _call(self, command: str, args: list, *, stdin=None, input: bytes | None = None, timeout: float = 600) -> dict:
         result = self.client.run(self._command(["-m", "runtime.install", command, "--root", self.root, *args]),
                                  stdin=stdin, input=input, timeout=timeout, check=False)
+        return self._reply(result)
+
+    def _reply(self, result) -> dict:
+        """The device's JSON answer; {"error"} with exit status 2 is its refusal, in its words."""
         out = result.stdout.decode("utf-8", "replace").strip().splitlines()
         try:
             data = json.loads(out[-1]) if out else None
@@ -128,28 +137,40 @@ class SshDeviceTarget:
             stream.seek(0)
             return self._call("trust", [], stdin=stream, timeout=60)
 
+    def check_root(self) -> None:
+        """DeviceRoot.check on the device before anything of edgecls may be there: runtime/install/rootcheck.py
+        (standard library only) is sent to the device's python as its program."""
+        from runtime.install import rootcheck
+
+        source = Path(rootcheck.__file__).read_bytes()
+        result = self.client.run([self.client.python_exe, "-", self.root], input=source, timeout=120, check=False)
+        self._reply(result)
+
     def setup(self, packages, say=lambda message: None) -> str:
         """Install `packages` offline: wheels fetched here for the device's platform, pushed, pip --no-index there.
 
         Into ROOT/venv (made with the OS's python3, seeing its packages) unless --python names an interpreter.
+        Call `check_root` first: this writes ROOT/venv.
         """
         from devices import wheels
 
         if not packages:
             return "the profile lists no packages"
-        probe = self.client.run([self.client.python_exe, "-c", wheels.PROBE], timeout=120)
+        probe = self.client.run([self.client.python_exe, "-c", wheels.PROBE], timeout=120, what="edgecls setup (probe)")
         platform = wheels.DevicePlatform.parse(probe.stdout.decode("utf-8", "replace"), str(self.client.target))
-        house = wheels.wheelhouse(platform, list(packages), say=say)
         remote = f"/tmp/edgecls-wheels-{secrets.token_hex(6)}"
-        say(f"{self.name}: pushing {sum(1 for _ in house.glob('*.whl'))} wheels and installing offline")
-        self.client.push(sorted(house.glob("*.whl")), remote, timeout=1800)
-        if self.auto_python:
-            self.client.run(wheels.install_script(self.root, remote, list(packages)), timeout=3600)
-            return f"installed {' '.join(packages)} into {self.root.rstrip('/')}/{wheels.VENV} (offline)"
-        self.client.run([self.client.python_exe, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                         "--no-index", "--find-links", remote, *packages], timeout=3600)
-        self.client.run(["rm", "-rf", remote], timeout=120)
-        return f"installed {' '.join(packages)} (offline)"
+        with wheels.wheels_for(platform, list(packages), say=say) as house:  # held: not cleaned while pushed
+            say(f"{self.name}: pushing {sum(1 for _ in house.glob('*.whl'))} wheels and installing offline")
+            try:
+                self.client.push(sorted(house.glob("*.whl")), remote, timeout=1800)
+            except SshError:
+                self.client.run(["rm", "-rf", remote], timeout=120, check=False)  # half a push: best effort
+                raise
+        python = "" if self.auto_python else self.client.python_exe
+        self.client.run(wheels.install_script(self.root, remote, list(packages), python=python), timeout=3600,
+                        what="edgecls setup")  # removes the pushed wheels however it ends
+        where = f"into {self.root.rstrip('/')}/{wheels.VENV} " if self.auto_python else ""
+        return f"installed {' '.join(packages)} {where}(offline)"
 
     def install_service(self, **options) -> dict:
         """Written by the device's own code: only it knows where its edgecls lives (see runtime/install/service.py)."""

@@ -18,15 +18,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from devices.ssh import sh_path
 from runtime.errors import EdgeclsError
 from runtime.install.layout import VENV  # under the device's install root
 
-PROBE = ("import json, platform, sys; print(json.dumps({'machine': platform.machine(), "
-         "'python': '%d.%d' % sys.version_info[:2], 'libc': list(platform.libc_ver())}))")
+# `bits`: a 32-bit userland (Raspberry Pi OS armhf) on a 64-bit kernel says aarch64 but takes armv7l wheels.
+PROBE = ("import json, platform, struct, sys; print(json.dumps({'machine': platform.machine(), "
+         "'python': '%d.%d' % sys.version_info[:2], 'libc': list(platform.libc_ver()), "
+         "'bits': 8 * struct.calcsize('P')}))")
 _OLDEST_GLIBC_MINOR = 17  # manylinux2014
+_ARCH_32 = {"aarch64": "armv7l", "arm64": "armv7l", "armv8l": "armv7l", "x86_64": "i686"}  # 32-bit userland
+COMPLETE, IN_USE = ".complete", ".in-use"  # in a wheelhouse: built to the end; flocked while pushed
+STALE_BUILD_S = 3600  # a wheelhouse build folder this old belongs to a killed build
 
 
 @dataclass(frozen=True)
@@ -34,14 +42,22 @@ class DevicePlatform:
     machine: str  # uname -m: aarch64, x86_64, armv7l
     python: str  # "3.11"
     libc: tuple  # ("glibc", "2.36")
+    bits: int = 0  # the interpreter's pointer size; 0: unknown (then the machine decides)
 
     @classmethod
     def parse(cls, text: str, where: str) -> "DevicePlatform":
         try:
             data = json.loads(text.strip().splitlines()[-1])
-            return cls(str(data["machine"]), str(data["python"]), tuple(data["libc"]))
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            return cls(str(data["machine"]), str(data["python"]), tuple(data["libc"]), int(data.get("bits") or 0))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise EdgeclsError(f"{where}: could not read the device's platform from its python3 ({text[-200:]!r})") from exc
+
+    @property
+    def arch(self) -> str:
+        """The wheels' architecture: the userland's, which a 32-bit one on a 64-bit kernel does not report."""
+        if self.bits == 32 and self.machine in _ARCH_32:
+            return _ARCH_32[self.machine]
+        return {"armv8l": "armv7l", "arm64": "aarch64"}.get(self.machine, self.machine)
 
     def pip_platforms(self) -> list:
         """The wheel platform tags this device takes, newest glibc first (pip's --platform, repeatable)."""
@@ -50,9 +66,8 @@ class DevicePlatform:
         if name != "glibc" or not match:
             raise EdgeclsError(f"the device's C library is {name or 'unknown'} {version}: edgecls ships wheels for "
                                f"glibc systems only (Raspberry Pi OS, Debian, Ubuntu, Jetson Linux)")
-        arch = {"armv7l": "armv7l", "armv8l": "armv7l"}.get(self.machine, self.machine)
         minors = range(int(match.group(1)), _OLDEST_GLIBC_MINOR - 1, -1)
-        return [f"manylinux_2_{m}_{arch}" for m in minors] + [f"manylinux2014_{arch}", f"linux_{arch}"]
+        return [f"manylinux_2_{m}_{self.arch}" for m in minors] + [f"manylinux2014_{self.arch}", f"linux_{self.arch}"]
 
 
 def _edgecls_source() -> Path | None:
@@ -102,21 +117,39 @@ def _cache_root() -> Path:
     return Path(base) / "edgecls" / "wheels"
 
 
-def wheelhouse(platform: DevicePlatform, packages, say=print) -> Path:
-    """A folder of wheels that installs `packages` on `platform` offline; cached per platform and packages."""
+@contextmanager
+def wheels_for(platform: DevicePlatform, packages, say=print):
+    """The wheelhouse that installs `packages` on `platform` offline, held (a shared flock) until the caller has
+    pushed it: cleaning skips a held one. Cached per platform, package list and edgecls code."""
     from edgecls import __version__
 
     source = _edgecls_source()
-    key = hashlib.sha256(json.dumps([platform.machine, platform.python, list(platform.libc), sorted(packages),
+    listed = hashlib.sha256(json.dumps(sorted(packages)).encode()).hexdigest()[:8]
+    key = hashlib.sha256(json.dumps([platform.arch, platform.python, list(platform.libc), sorted(packages),
                                      __version__, _tree_digest(source) if source else ""]).encode()).hexdigest()[:16]
-    final = _cache_root() / f"{platform.machine}-py{platform.python}-{key}"
+    # One per platform and package list (desktop-cpu and desktop-gpu differ in packages): only an older
+    # checkout's wheelhouse of the same prefix is ever dropped.
+    final = _cache_root() / f"{platform.arch}-py{platform.python}-{listed}-{key}"
     final.parent.mkdir(parents=True, exist_ok=True)
     # A fleet flash sets up several devices at once: one builds the wheelhouse, the others wait and reuse it.
+    # Builds, cleaning and taking a wheelhouse into use happen under this lock.
     with open(final.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / ".complete").is_file():
-            return final
-        return _build(final, platform, packages, say)
+        _drop_stale_builds(final.parent)
+        if not (final / COMPLETE).is_file():
+            _build(final, platform, packages, say)
+        held = open(final / IN_USE, "a")
+        fcntl.flock(held, fcntl.LOCK_SH)
+    try:
+        yield final
+    finally:
+        held.close()
+
+
+def wheelhouse(platform: DevicePlatform, packages, say=print) -> Path:
+    """`wheels_for` without holding it: the folder, for a caller that pushes nothing."""
+    with wheels_for(platform, packages, say) as house:
+        return house
 
 
 def _build(final: Path, platform: DevicePlatform, packages, say) -> Path:
@@ -130,7 +163,7 @@ def _build(final: Path, platform: DevicePlatform, packages, say) -> Path:
             return local[0]
 
         requirements = _requirements(packages, edgecls_wheel)
-        say(f"fetching wheels for {platform.machine}, Python {platform.python} ({' '.join(packages)})")
+        say(f"fetching wheels for {platform.arch}, Python {platform.python} ({' '.join(packages)})")
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                    "--only-binary=:all:", "--implementation", "cp", "--python-version", platform.python,
                    "-d", str(work)]
@@ -138,12 +171,12 @@ def _build(final: Path, platform: DevicePlatform, packages, say) -> Path:
             command += ["--platform", tag]
         result = subprocess.run(command + requirements, capture_output=True, text=True)
         if result.returncode != 0:
-            raise EdgeclsError(f"pip could not fetch wheels for {platform.machine}/Python {platform.python}: "
+            raise EdgeclsError(f"pip could not fetch wheels for {platform.arch}/Python {platform.python}: "
                                f"{_pip_error(result.stderr)} (a package without a wheel for the device "
                                f"cannot be installed offline: pin a version that has one in the profile)")
-        (work / ".complete").write_text(json.dumps({"packages": list(packages), "platform": platform.__dict__}))
+        (work / COMPLETE).write_text(json.dumps({"packages": list(packages), "platform": platform.__dict__}))
         if final.exists():
-            shutil.rmtree(final)
+            shutil.rmtree(final)  # an incomplete one (no .complete): nobody can hold it
         work.rename(final)
         _drop_older(final)
         return final
@@ -153,11 +186,31 @@ def _build(final: Path, platform: DevicePlatform, packages, say) -> Path:
 
 
 def _drop_older(kept: Path) -> None:
-    """Other wheelhouses for the same platform (an older checkout's): one per platform is enough."""
+    """Other wheelhouses of the same platform and package list (an older checkout's), unless one is being
+    pushed: a setup holds its wheelhouse with a shared flock, so an exclusive one fails while it pushes."""
     prefix = kept.name.rsplit("-", 1)[0] + "-"
     for other in kept.parent.iterdir():
-        if other != kept and other.name.startswith(prefix) and (other / ".complete").is_file():
+        if other == kept or not other.name.startswith(prefix) or not (other / COMPLETE).is_file():
+            continue
+        with open(other / IN_USE, "a") as held:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # pushing now: the next build drops it
             shutil.rmtree(other, ignore_errors=True)
+
+
+def _drop_stale_builds(cache: Path) -> None:
+    """Build folders (mkdtemp's `.NAME.xxxx`) of builds killed midway; a live build holds the cache lock we
+    hold now, but an hour's margin also spares one on a shared file system where flock is not shared."""
+    for entry in cache.iterdir():
+        try:
+            stale = entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink() and \
+                time.time() - entry.stat().st_mtime > STALE_BUILD_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _tree_digest(source: Path) -> str:
@@ -171,21 +224,69 @@ def _tree_digest(source: Path) -> str:
     return h.hexdigest()
 
 
-def install_script(root: str, wheels_dir: str, packages: list) -> str:
-    """The device-side shell: a venv (seeing the OS's Python packages, e.g. Jetson's TensorRT) and an offline pip."""
+# Run by the new venv's python: the venv was made in a temporary folder, and its scripts (activate, pip's
+# shebangs) and pyvenv.cfg name that folder; they must name the one it is renamed to.
+_RELOCATE = """
+import os, sys
+old, new = sys.argv[1], sys.argv[2]
+files = [os.path.join(old, "bin", n) for n in os.listdir(os.path.join(old, "bin"))] + [os.path.join(old, "pyvenv.cfg")]
+for path in files:
+    if os.path.isfile(path) and not os.path.islink(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        if old.encode() in data:
+            with open(path, "wb") as f:
+                f.write(data.replace(old.encode(), new.encode()))
+"""
+
+
+def install_script(root: str, wheels_dir: str, packages: list, python: str = "") -> str:
+    """The device-side shell: an offline `pip install --no-index --find-links WHEELS` of `packages`.
+
+    Into ROOT/venv (made with the OS's python3, seeing its packages, e.g. Jetson's TensorRT), or into `python`
+    when --python names one. The venv is built in ROOT/.venv-setup-PID and renamed to ROOT/venv only once it
+    has pip, so a failed or killed setup never leaves a venv that `python_command("auto")` would then use.
+    The pushed wheels are removed however it ends. Each failure of ours is one last stderr line.
+    """
     from shlex import quote
 
-    venv = f"{root.rstrip('/')}/{VENV}"
     names = " ".join(quote(_requirement_name(p)) for p in packages)
-    return (f"set -e; python3 -m venv --help >/dev/null 2>&1 || {{ echo 'python3-venv is missing on the device: "
-            f"install it with the OS package manager (apt install python3-venv)' >&2; exit 3; }}; "
-            f"[ -x {quote(venv)}/bin/python ] || python3 -m venv --system-site-packages {quote(venv)}; "
-            f"{quote(venv)}/bin/python -m pip install --quiet --disable-pip-version-check --no-index "
-            f"--find-links {quote(wheels_dir)} {names}; "
-            # the same version number with other code (a checkout): pip would keep the old one
-            f"for w in {quote(wheels_dir)}/edgecls-*.whl; do [ -e \"$w\" ] && {quote(venv)}/bin/python -m pip install "
-            f"--quiet --disable-pip-version-check --no-index --no-deps --force-reinstall \"$w\"; done; "
-            f"rm -rf {quote(wheels_dir)}")
+    pip = "--quiet --disable-pip-version-check --no-index"
+    return "\n".join([
+        "set -eu",
+        f"R={sh_path(root.rstrip('/') or '/')}; W={sh_path(wheels_dir)}; PY={quote(python)}; V=\"$R\"/{VENV}; T=",
+        'cleanup() { rm -rf "$W"; [ -z "$T" ] || rm -rf "$T"; }',
+        "trap cleanup EXIT; trap 'exit 129' HUP INT TERM",  # a signal exits, so EXIT cleans up
+        'fail() { echo "edgecls setup: $*" >&2; exit 3; }',
+        'if [ -z "$PY" ]; then',
+        "  command -v python3 >/dev/null 2>&1 || fail 'python3 is not installed on the device: install the OS package "
+        "python3'",
+        # Debian and Ubuntu ship venv without ensurepip unless python3-venv is installed: `venv --help` works,
+        # creating one fails with several lines and leaves a venv without pip.
+        "  python3 -c 'import ensurepip; ensurepip.version()' >/dev/null 2>&1 || fail 'python3-venv is missing on "
+        "the device (its python3 cannot make a virtualenv with pip): install it with the OS package manager "
+        "(apt install python3-venv), then run --setup again'",
+        '  if ! "$V/bin/python" -m pip --version >/dev/null 2>&1; then',
+        '    mkdir -p "$R"',
+        # builds killed over an hour ago (a live one is minutes old)
+        "    find \"$R\" -maxdepth 1 -type d -name '.venv-setup-*' -mmin +60 -exec rm -rf {} + 2>/dev/null || true",
+        '    T="$R/.venv-setup-$$"; rm -rf "$T"',
+        f'    out=$(python3 -m venv --system-site-packages --prompt {VENV} "$T" 2>&1) || fail "python3 -m venv failed: '
+        '$(printf "%s\\n" "$out" | grep . | tail -n 1)"',
+        '    "$T/bin/python" -m pip --version >/dev/null 2>&1 || fail "the venv python3 made has no pip: install '
+        'python3-venv (apt install python3-venv), then run --setup again"',
+        f'    "$T/bin/python" -c {quote(_RELOCATE)} "$T" "$V"',
+        # a venv without pip (an older setup killed midway): replaced; anything else there the root check refused
+        '    if [ -d "$V" ] && [ ! -L "$V" ] && [ -f "$V/pyvenv.cfg" ]; then rm -rf "$V"; fi',
+        '    [ ! -e "$V" ] && [ ! -L "$V" ] || fail "$V is not a venv edgecls made: move it away, then run --setup again"',
+        '    mv "$T" "$V"; T=',
+        "  fi",
+        '  PY="$V/bin/python"',
+        "fi",
+        f'"$PY" -m pip install {pip} --find-links "$W" {names}',
+        # the same version number with other code (a checkout): pip would keep the old one
+        f'for w in "$W"/edgecls-*.whl; do [ ! -e "$w" ] || "$PY" -m pip install {pip} --no-deps --force-reinstall "$w"; done',
+    ])
 
 
 def _requirement_name(package: str) -> str:

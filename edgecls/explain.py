@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ BATCH = 16
 _CONV = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 # Layers that keep the conv's grid and only rescale or gate it: Grad-CAM reads their output instead.
 _ELEMENTWISE = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU")
+SHEET = re.compile(r"contact_sheet(_\d+)?")  # the contact sheets' names (without .png): never an image's
 
 
 @dataclass
@@ -307,7 +309,8 @@ def image_paths(paths) -> list:
         for f, rel in files:
             name = "__".join(rel.parts) or "image"
             stem, n = name, 1
-            while name.lower() in used:  # two inputs of one name (a.jpg and a.png, or two folders)
+            # two inputs of one name (a.jpg and a.png, or two folders), or one named like a contact sheet
+            while name.lower() in used or SHEET.fullmatch(name.lower()):
                 n += 1
                 name = f"{stem}-{n}"
             used.add(name.lower())
@@ -395,7 +398,7 @@ def explain_run(run_path, paths, out, class_label: str | None = None, layer: str
             if len(images) > BATCH:
                 progress(f"explained {min(start + BATCH, len(images))}/{len(images)} images")
         for page, first in enumerate(range(0, len(tiles), SHEET_TILES), 1):
-            sheet = "contact_sheet.png" if page == 1 else f"contact_sheet_{page}.png"
+            sheet = "contact_sheet.png" if page == 1 else f"contact_sheet_{page}.png"  # SHEET reserves these
             write_bytes(stage / sheet, _png(contact_sheet(tiles[first : first + SHEET_TILES])))
             result.sheets.append(sheet)
         write_json(stage / MANIFEST, {

@@ -165,8 +165,16 @@ def _quiet_search():
 
 
 def _one_line(text: str) -> str:
-    lines = [l.strip() for l in str(text or "").splitlines() if l.strip()]
-    return lines[-1][:300] if lines else ""
+    """The cause in one line: `Type: first line of the message`, not TensorFlow's closing "Hint:" lines.
+
+    A traceback (keras-tuner's own trial message) ends with the exception: what follows its last indented
+    (frame) line."""
+    lines = [l for l in str(text or "").splitlines() if l.strip()]
+    if lines and lines[0].startswith("Traceback"):
+        frames = [n for n, l in enumerate(lines) if l[:1].isspace()]
+        lines = lines[frames[-1] + 1:] if frames else lines[1:]
+    lines = [l.strip() for l in lines if not l.strip().startswith("Hint:")]
+    return lines[0][:300] if lines else ""
 
 
 def _oracle(cfg: TuneConfig, hp):
@@ -174,8 +182,10 @@ def _oracle(cfg: TuneConfig, hp):
 
     objective = kt.Objective(cfg.objective, OBJECTIVES[cfg.objective])
     # seed 0 would mean "random" to keras-tuner (`seed or randint`): shift it, so --seed 0 repeats too
+    # A failed trial is a row in the table, not the end; with every trial failed, tune() says why in one line
+    # (keras-tuner would raise its own multi-line RuntimeError at its limit, so the limit is never reached).
     common = dict(objective=objective, hyperparameters=hp, seed=cfg.seed + 1,
-                  max_consecutive_failed_trials=cfg.trials)  # a failed trial is a row in the table, not the end
+                  max_consecutive_failed_trials=cfg.trials + 1)
     if cfg.search == "random":
         return kt.oracles.RandomSearchOracle(max_trials=cfg.trials, **common)
     if cfg.search == "bayesian":
@@ -221,13 +231,25 @@ def _make_tuner(cfg: TuneConfig, oracle, directory: Path, runs: Path, records: d
             if "val_accuracy" not in metrics or not history.get("val_loss"):
                 raise _Fatal(EdgeclsError("the validation split is empty, so trials cannot be scored: "
                                           "add images or raise --val-fraction"))
-            scores = {"val_accuracy": float(metrics["val_accuracy"]), "val_loss": float(min(history["val_loss"]))}
+            scores = {"val_accuracy": float(metrics["val_accuracy"]), "val_loss": _finite_min(history["val_loss"])}
+            if not all(math.isfinite(v) for v in scores.values()):  # diverged (NaN/inf): failed, never the best
+                record.update(seconds=round(time.perf_counter() - started, 2),
+                              message=f"diverged: val_loss {scores['val_loss']}, val_accuracy {scores['val_accuracy']}")
+                progress(f"trial {trial.trial_id} failed: {record['message']}")
+                raise kt.errors.FailedTrialError(record["message"])
             record.update(scores, test_accuracy=float(metrics["test_accuracy"]), epochs=len(history.get("loss", [])),
                           seconds=round(time.perf_counter() - started, 2))
             progress(f"trial {trial.trial_id}: val_accuracy {scores['val_accuracy']:.4f}, val_loss {scores['val_loss']:.4f}")
             return scores
 
     return EdgeclsTuner(oracle=oracle, directory=str(directory), project_name="tuner", overwrite=True)
+
+
+def _finite_min(values) -> float:
+    """The best finite validation loss (the epoch train() keeps), NaN when no epoch had one: min() over a
+    list holding NaN depends on where the NaN sits."""
+    finite = [float(v) for v in values if math.isfinite(float(v))]
+    return min(finite) if finite else math.nan
 
 
 def _fmt(value) -> str:
@@ -276,8 +298,8 @@ def _plot(rows: list, objective: str, best_id: str, path) -> None:
 
     better = max if OBJECTIVES[objective] == "max" else min
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    done = [(int(r["trial"]), r["score"]) for r in rows if r["score"] is not None]
-    failed = [int(r["trial"]) for r in rows if r["score"] is None]
+    done = [(int(r["trial"]), r["score"]) for r in rows if _finite(r["score"])]
+    failed = [int(r["trial"]) for r in rows if not _finite(r["score"])]
     if done:
         xs, ys = zip(*done)
         ax.plot(xs, ys, "o", label=objective)
@@ -302,11 +324,17 @@ def _plot(rows: list, objective: str, best_id: str, path) -> None:
 def best_row(rows: list, objective: str) -> dict | None:
     """The completed trial with the best objective; ties (common on a small validation split) go to
     the lower validation loss, then the earlier trial."""
-    done = [r for r in rows if r["status"] == "COMPLETED" and r["score"] is not None]
+    done = [r for r in rows if r["status"] == "COMPLETED" and _finite(r["score"])
+            and all(r.get(k) is None or _finite(r[k]) for k in OBJECTIVES)]
     if not done:
         return None
     sign = -1 if OBJECTIVES[objective] == "max" else 1
-    return min(done, key=lambda r: (sign * r["score"], r["val_loss"] if r["val_loss"] is not None else math.inf, int(r["trial"])))
+    return min(done, key=lambda r: (sign * r["score"], r["val_loss"] if _finite(r["val_loss"]) else math.inf, int(r["trial"])))
+
+
+def _finite(value) -> bool:
+    """A score that can be compared: a diverged trial's NaN would never lose (nothing compares below NaN)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def tune(cfg: TuneConfig) -> TuneResult:

@@ -218,3 +218,13 @@ def test_i11_p1_explain_mobilenetv2_run_finds_its_layer(tmp_path, shapes_folder)
     assert result.layer == "out_relu"  # the flat MobileNetV2 of edgecls.models: its last activation
     pngs = sorted(p.name for p in (tmp_path / "cams").glob("*.png"))
     assert len(pngs) == len(list((shapes_folder / "square").iterdir())) + 1 and "contact_sheet.png" in pngs
+
+
+def test_i11_p1_an_input_named_like_a_contact_sheet_keeps_its_own_png(tmp_path):
+    """contact_sheet.jpg and contact_sheet_2.png would be written under the sheets' names, then overwritten."""
+    from edgecls.explain import image_paths
+
+    for name in ("contact_sheet.jpg", "Contact_Sheet_2.png", "cat.png"):
+        write_image(tmp_path / name, np.zeros((8, 8, 3), np.uint8))
+    names = [png for _, png in image_paths([tmp_path])]
+    assert names == ["Contact_Sheet_2-2.png", "cat.png", "contact_sheet-2.png"], names

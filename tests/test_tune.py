@@ -147,3 +147,44 @@ def test_i11_p3_tune_cli_bad_search_is_one_error_line(tmp_path, shapes_folder):
     message = cli_error(run_cli("tune", "--data", shapes_folder, "--out", tmp_path / "o", "--search", "grid"))
     assert "'grid'" in message and "random" in message
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # two real trainings: about 50 s on a busy 2-core machine
+def test_i11_p3_a_trial_whose_validation_loss_diverged_is_failed_and_never_the_run(tmp_path, shapes_folder, monkeypatch):
+    """Fault injection on real training: the first trial's validation loss is NaN in every epoch (a diverged
+    run), so it is a FAILED row with the reason, and the other trial is the run; trials.json stays strict JSON."""
+    import math
+
+    import edgecls.train
+    from edgecls.tune import TuneConfig, tune
+
+    real, calls = edgecls.train.train, []
+
+    def first_diverges(cfg):
+        result = real(cfg)
+        calls.append(cfg.out)
+        if len(calls) == 1:
+            result.history["val_loss"] = [math.nan] * len(result.history["val_loss"])
+        return result
+
+    monkeypatch.setattr(edgecls.train, "train", first_diverges)
+    out = tmp_path / "tuned"
+    result = tune(TuneConfig(data=str(shapes_folder), out=str(out), trials=2, max_epochs=1, image_size=16,
+                             objective="val_loss"))
+    table = json.loads((out / "tuning" / "trials.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    first, second = table["trials"]
+    assert first["status"] == "FAILED" and first["message"].startswith("diverged: val_loss nan"), first
+    assert second["status"] == "COMPLETED" and table["best"] == second["trial"] == result.best["trial"]
+    assert math.isfinite(result.best["score"])
+
+
+def test_i11_p3_a_failure_message_is_the_exception_and_its_first_line():
+    """TensorFlow ends an OOM message with "Hint:" lines; keras-tuner's trial message is a whole traceback."""
+    from edgecls.tune import _one_line
+
+    oom = "ResourceExhaustedError: OOM when allocating tensor\nHint: If you want to see a list of allocated tensors"
+    assert _one_line(oom) == "ResourceExhaustedError: OOM when allocating tensor"
+    traceback = ('Traceback (most recent call last):\n  File "x.py", line 1, in run\n    train(cfg)\n'
+                 "ValueError: bad shape\nsecond line of the message\n")
+    assert _one_line(traceback) == "ValueError: bad shape"
+    assert _one_line("") == ""

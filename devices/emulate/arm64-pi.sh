@@ -19,6 +19,14 @@ PACKAGES=python3,python3-venv,python3-pip,ca-certificates,openssh-server,tar
 
 die() { echo "arm64-pi: $*" >&2; exit 1; }
 
+# ROOT as given must name a rootfs folder: an unset variable ("") or / would make stop unmount the machine's own
+# /dev and /proc and kill every process. stop and start also want the mark a finished build leaves.
+guard_root() {
+    [ -n "$1" ] || die "ROOT is empty: name the rootfs folder (e.g. ~/.cache/edgecls/arm64-pi/bookworm)"
+    [ "$(realpath -m -- "$1")" != / ] || die "ROOT is the file system root: name the rootfs folder"
+    [ "$2" != built ] || [ -e "$1/.edgecls-built" ] || die "$1 is not a rootfs this script built (no .edgecls-built): nothing done"
+}
+
 check() {
     [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot and binfmt_misc need it)"
     command -v qemu-aarch64-static >/dev/null || die "qemu-aarch64-static is missing: apt-get install qemu-user-static"
@@ -38,6 +46,7 @@ check() {
 
 build() {
     root=$1
+    guard_root "$root" any
     check
     command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap"
     [ -e "$root/.edgecls-built" ] && { echo "arm64-pi: $root is already built"; return 0; }
@@ -61,6 +70,7 @@ build() {
 
 start() {
     root=$1 port=$2 pubkey=$3
+    guard_root "$root" any
     check
     [ -e "$root/.edgecls-built" ] || die "$root is not a built rootfs: run '$0 build $root' first"
     [ -r "$pubkey" ] || die "public key $pubkey is not readable"
@@ -88,13 +98,18 @@ start() {
 
 stop() {
     root=$1
+    guard_root "$root" built
+    real=$(realpath -- "$root")
+    # After a host reboot or a kill -9 the pid file names a pid that may be anyone's: only a process whose
+    # root is this rootfs is ours to end.
     if [ -s "$root/run/sshd-edgecls.pid" ]; then
-        kill "$(cat "$root/run/sshd-edgecls.pid")" 2>/dev/null || true
+        pid=$(head -c 32 "$root/run/sshd-edgecls.pid" | tr -cd 0-9)
+        [ -n "$pid" ] && [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$real" ] && kill "$pid" 2>/dev/null || true
         rm -f "$root/run/sshd-edgecls.pid"
     fi
     # Sessions still running under the rootfs keep the mounts busy: end them first.
     for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-        [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$(realpath "$root")" ] && kill -9 "$pid" 2>/dev/null || true
+        [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$real" ] && kill -9 "$pid" 2>/dev/null || true
     done
     for dir in dev sys proc; do
         mountpoint -q "$root/$dir" && umount -l "$root/$dir" || true

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -77,26 +78,42 @@ def package_versions(names=PACKAGES) -> dict:
     return found
 
 
-_X86 = ("x86_64", "i386", "i686", "amd64")
+def _family(machine: str) -> str:
+    """x86, arm, or the name itself (s390x, ppc64le, riscv64): 32- and 64-bit of one family run natively."""
+    machine = machine.lower()
+    if machine in ("x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"):
+        return "x86"
+    if machine.startswith(("arm", "aarch64")):
+        return "arm"
+    return "s390" if machine == "s390x" else re.sub(r"(64|32)?(le|el|be|eb)?$", "", machine) or machine  # ppc64le
+
+
+def _cpuinfo_family(info: str) -> str | None:
+    """The CPU family /proc/cpuinfo describes: x86 only by x86 flags (s390x also writes a vendor_id line)."""
+    for line in info.lower().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags" and {"sse", "sse2", "avx"} & set(value.split()):
+            return "x86"
+    if "cpu implementer" in info.lower():
+        return "arm"
+    return None
 
 
 def emulation() -> str | None:
     """'qemu-user on an x86_64 CPU' when this process runs under user-mode emulation, else None.
 
-    qemu-user shows the host's /proc/cpuinfo to the emulated program: an aarch64 Python reading an x86
-    CPU description (or the reverse) is emulated, and its timings are not the target's.
+    qemu-user answers uname (so platform.machine()) for the emulated CPU, but not /proc/sys/kernel/arch: that
+    is the real kernel's. Since QEMU 8.2 it also emulates /proc/cpuinfo for ARM guests, so cpuinfo is only
+    the fallback, for kernels without kernel/arch (before Linux 6.1).
     """
-    info = (_read("/proc/cpuinfo") or "").lower()
-    if not info:
+    arch = platform.machine()
+    kernel = _read("/proc/sys/kernel/arch")
+    if kernel:
+        return f"qemu-user on an {kernel} CPU" if _family(kernel) != _family(arch) else None
+    cpu = _cpuinfo_family(_read("/proc/cpuinfo") or "")
+    if cpu is None or cpu == _family(arch):
         return None
-    x86_cpu = "vendor_id" in info or "\nflags" in info or info.startswith("flags")
-    arm_cpu = "cpu implementer" in info
-    arch = platform.machine().lower()
-    if arch not in _X86 and x86_cpu:
-        return "qemu-user on an x86_64 CPU"
-    if arch in _X86 and arm_cpu and not x86_cpu:
-        return "qemu-user on an ARM CPU"
-    return None
+    return "qemu-user on an x86_64 CPU" if cpu == "x86" else "qemu-user on an ARM CPU"
 
 
 def describe() -> dict:

@@ -8,6 +8,7 @@
     ROOT/current, ROOT/previous relative symlinks into releases/, replaced only by `commit.switch`
     ROOT/state.json             last flash result and history, for `edgecls status`
     ROOT/.lock                  flock(2): one flash, rollback or cleanup at a time
+    ROOT/venv                   `flash --setup`'s virtualenv (may come before the marker; rootcheck.py)
 
 Files we did not write are never deleted: a folder that is not empty and has no marker is refused, so is a
 releases/ or staging/ that is a link or not a folder, and only real folders named like a version
@@ -29,11 +30,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from runtime.errors import EdgeclsError
+from runtime.install.rootcheck import MARKER, VENV, is_ours, refusal  # noqa: F401  (VENV: where --setup installs)
 
-MARKER = ".edgecls-device"
 DEVICE_FORMAT = "edgecls-device/1"
 SIGNERS = "allowed_signers"
-VENV = "venv"  # `flash --setup` installs the runtime here, before the root is ours: not a foreign file
 SLOT = re.compile(r"^[0-9a-f]{16}$")  # a release's folder name (staging.slot_name)
 TRASH = re.compile(r"^\.trash-[0-9a-f]{16}-\d+$")  # a release being deleted (renamed first)
 KILL_ENV = "EDGECLS_TEST_KILL_AT"
@@ -104,28 +104,13 @@ class DeviceRoot:
     signers = property(lambda self: self.root / SIGNERS)
 
     def is_ours(self) -> bool:
-        try:
-            return json.loads((self.root / MARKER).read_text()).get("format", "").startswith("edgecls-device/")
-        except (OSError, ValueError, AttributeError):
-            return False
+        return is_ours(str(self.root))
 
     def check(self) -> None:
-        """Refuse a root we must not write into: a file, a link, or someone's non-empty folder."""
-        root = self.root
-        if root == Path(root.anchor):
-            raise InstallError(f"device root {root} is the file system root: give a folder such as /opt/edgecls")
-        if root.is_symlink() or (root.exists() and not root.is_dir()):
-            raise InstallError(f"device root {root} exists and is not a folder: choose another root")
-        foreign = sorted(p.name for p in root.iterdir() if p.name != VENV) if root.is_dir() else []
-        if foreign and not self.is_ours():
-            shown = ", ".join(foreign[:3])
-            raise InstallError(f"device root {root} already holds files edgecls did not write ({shown}…): choose an "
-                               f"empty or new folder as the root; nothing there was changed")
-        for folder in (self.releases, self.staging):
-            if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
-                what = f"a link to {os.readlink(folder)}" if folder.is_symlink() else "not a folder"
-                raise InstallError(f"{folder} is {what}: edgecls only writes and deletes inside real folders under "
-                                   f"its root; replace it with a folder (remove the link, then flash again)")
+        """Refuse a root we must not write into: a file, a link, someone's non-empty folder (rootcheck.py)."""
+        why = refusal(str(self.root))
+        if why:
+            raise InstallError(why)
 
     def ensure(self) -> "DeviceRoot":
         """Create the root (checked first) and its marker; idempotent."""
