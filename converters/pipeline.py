@@ -25,6 +25,7 @@ from converters.quiet import quiet
 from converters.tflite import to_tflite
 from converters.verify import compare, format_table
 from edgecls import __version__
+from edgecls.data import iter_batches, predict_split
 from edgecls.progress import progress
 from edgecls.metrics import probabilities
 from edgecls.rundir import open_run
@@ -53,6 +54,8 @@ class ConvertOptions:
     check_images: int = 6  # held-out images kept in the bundle for the on-device smoke test after a flash
     seed: int = 0
     workers: int = 4
+    qat: str = "remedy"  # tflite-int8 quantization-aware training: remedy (when PTQ fails the gate) | always | never
+    qat_epochs: int = 3
 
 
 @dataclass
@@ -70,16 +73,23 @@ def _tensor_quant(spec) -> TensorQuant:
 class _Exporter:
     """Writes one format's file; `attempts` lists (description, build) in remedy order."""
 
-    def __init__(self, model, workdir: Path, train_x: np.ndarray, options: ConvertOptions, sample: np.ndarray):
-        self.model, self.workdir, self.train_x, self.options, self.sample = model, workdir, train_x, options, sample
+    def __init__(self, model, workdir: Path, train: calib.CalibrationSampler, options: ConvertOptions, sample: np.ndarray,
+                 qat=None):
+        self.model, self.workdir, self.train, self.options, self.sample = model, workdir, train, options, sample
         self._onnx_fp32: Path | None = None
+        self.qat = qat  # () -> converters.qat.QatResult: fine-tunes, so only called when its attempt comes
+
+    def tflite_qat(self, out) -> dict:
+        result = self.qat()
+        write_bytes(out, result.tflite)
+        return result.notes
 
     def calibration(self, factor: int = 1) -> np.ndarray:
-        return calib.representative_set(self.train_x, self.calibration_count(factor), self.options.seed)
+        return self.train.draw(self.calibration_count(factor))
 
     def calibration_count(self, factor: int = 1) -> int:
         """Images the representative set really holds: the training split may have fewer than asked."""
-        return min(len(self.train_x), self.options.calibration_size * factor)
+        return min(len(self.train), self.options.calibration_size * factor)
 
     def onnx_fp32(self) -> Path:
         if self._onnx_fp32 is None:
@@ -101,8 +111,13 @@ class _Exporter:
                     return _calibration_notes(data)
                 return build
 
+            epochs = self.options.qat_epochs
+            qat = ([(f"quantization-aware training ({epochs} epoch{'s' if epochs != 1 else ''})", self.tflite_qat)]
+                   if self.qat is not None and self.options.qat != "never" else [])
+            if self.options.qat == "always":
+                return qat
             return [(f"per-channel, {n} calibration images", tflite_int8())] + (
-                [(f"more calibration data ({more} images)", tflite_int8(4))] if more > n else [])
+                [(f"more calibration data ({more} images)", tflite_int8(4))] if more > n else []) + qat
         if fmt.precision == "fp32":
             return [("", _without_notes(lambda out: out.write_bytes(self.onnx_fp32().read_bytes())))]
         base = onnx_export.OnnxQuantOptions(calibration=self.options.calibration_method)
@@ -132,6 +147,15 @@ def _without_notes(write):
     def build(out) -> dict:
         write(out)
         return {}
+    return build
+
+
+def _qat_source(model, run, splits, options: ConvertOptions):
+    def build():
+        from converters.qat import QatOptions, quantization_aware_tflite
+
+        return quantization_aware_tflite(model, run, splits, QatOptions(
+            epochs=options.qat_epochs, calibration_size=options.calibration_size, seed=options.seed))
     return build
 
 
@@ -171,12 +195,14 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
 
     from edgecls.rundata import load_run_splits
 
-    progress("loading the run's data (train for calibration, test for verification)")
-    splits = load_run_splits(run, ("train", "val", "test") if options.prune else ("train", "test"), options.workers)
+    progress("reading the run's data (train for calibration, test for verification)")
+    # Pruning fine-tunes on whole splits in memory; otherwise large splits stream (edgecls.data).
+    splits = load_run_splits(run, ("train", "val", "test") if options.prune else ("train", "test"), options.workers,
+                             stream=not options.prune)
     if "test" not in splits:
         raise EdgeclsError("the run has no test split to verify artifacts on: train with --test-fraction > 0")
     test = splits["test"]
-    ref_probs = probabilities(model.predict(test.x, batch_size=64, verbose=0))
+    ref_probs, _ = predict_split(lambda x: probabilities(model.predict_on_batch(x)), test)
     reference = {"accuracy": float((ref_probs.argmax(1) == test.y).mean()), "macs": count_macs(model),
                  "params": int(model.count_params())}
     source_accuracy = reference["accuracy"]
@@ -184,13 +210,17 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
     if options.prune:
         model, ref_probs, pruning = _prune(run, model, splits, options, reference)
         reference.update(accuracy=pruning["accuracy_after"], macs=pruning["macs_after"], params=pruning["params_after"])
-    calibration = calib.representative_set(splits["train"].x, options.calibration_size, options.seed)
+    sampler = calib.CalibrationSampler(splits["train"], options.seed)
+    calibration = sampler.draw(options.calibration_size)
     calib.check_shape(calibration, expected)
+    # Only its size and fingerprint are kept: each int8 format draws the set again (memory, issue 10).
+    calibration = {"size": int(len(calibration)), "fingerprint": calib.fingerprint(calibration)}
 
     labels, head = run.labels, run.metadata.get("head", "softmax")
     rows, artifacts, references = [], [], {}
     with tempfile.TemporaryDirectory(prefix="edgecls-convert-") as work, staged_dir(out, overwrite=options.overwrite, **guard) as stage:
-        exporter = _Exporter(model, Path(work), splits["train"].x, options, test.x)
+        exporter = _Exporter(model, Path(work), sampler, options, next(iter_batches(test, 1))[0],
+                             qat=_qat_source(model, run, splits, options))
         all_right = ref_probs.argmax(1) == test.y  # check images must be right in Keras and in every artifact
         for i, fmt in enumerate(options.formats, 1):
             target = stage / fmt.file
@@ -210,7 +240,8 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
                     onnx_export.check(target)
                 progress(f"[{i}/{len(options.formats)}] {fmt.name}: verifying on {len(test.y)} test images")
                 session = ModelSession(target, fmt.format, head=head)
-                predicted = session.predict(test.x)
+                stats = ReferenceStats(labels, run.preprocess)  # gathered in the same pass over the test split
+                predicted, _ = predict_split(session.predict, test, each=stats.update)
                 result = compare(predicted, ref_probs, test.y, labels)
                 drop = 100 * (reference["accuracy"] - result["accuracy"])
                 if drop <= options.max_drop:
@@ -224,7 +255,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
                 )
             all_right &= predicted.argmax(1) == test.y
             # What the device's drift monitoring compares with: this artifact's answers on the test split.
-            references[fmt.name] = ReferenceStats(labels, run.preprocess).update(test.x, predicted).result()
+            references[fmt.name] = stats.result()
             note = {"remedy": description} if failures else {}
             if failures:
                 note["failed_attempts"] = failures
@@ -242,6 +273,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
             ))
             rows.append({"name": fmt.name, "size_bytes": artifacts[-1].size_bytes, **result,
                          "note": f"fixed by: {description}" if failures else description})
+            session = None  # its runtime's buffers go before the next format converts
 
         import keras
         import tensorflow as tf
@@ -253,8 +285,8 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
                     "model": run.metadata.get("model", {}), "accuracy": round(source_accuracy, 6),
                     "dataset_fingerprint": run.metadata.get("dataset", {}).get("fingerprint"),
                     "test_images": int(len(test.y)), "params": reference["params"], "macs": reference["macs"]},
-            calibration={"size": int(len(calibration)), "requested": options.calibration_size,
-                         "fingerprint": calib.fingerprint(calibration), "method": options.calibration_method,
+            calibration={"size": calibration["size"], "requested": options.calibration_size,
+                         "fingerprint": calibration["fingerprint"], "method": options.calibration_method,
                          "drawn_from": "train", "seed": options.seed},
             pruning=pruning, reference=references,
             versions={"edgecls": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,

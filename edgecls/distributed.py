@@ -4,8 +4,9 @@ Keras 3's `model.fit` fails under MultiWorkerMirroredStrategy with two or more w
 (keras-team/keras#20585, "Attempt to convert a value (PerReplica...)"), so `--strategy multiworker`
 trains the same Keras model, optimizer and callbacks from a loop of `strategy.run` steps.
 
-Every worker holds the whole (in-memory) dataset and keeps its shard of each identically shuffled
-epoch (auto-sharding off: the shard is explicit), padded with zero-weight copies of real images to
+Every worker holds the whole file list (and, for a small dataset, its tensors) and keeps its shard of
+each identically shuffled epoch (auto-sharding off: the shard is explicit), so a streamed dataset
+decodes only its own shard's files each epoch; the shard is padded with zero-weight copies of real images to
 the same number of steps everywhere, because a collective op that one worker skips hangs the others
 (black padding would skew BatchNorm's batch statistics in training mode). Losses and
 accuracies are all-reduced and BatchNorm statistics averaged after every epoch, so every worker sees
@@ -72,6 +73,22 @@ def _lost_peer_errors() -> tuple:
     return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError, tf.errors.CancelledError)
 
 
+def _elements(split) -> tuple:
+    """(file indices, index -> (tensor, int32 label, 1 or 0 if unreadable)) for an in-memory or a streamed split.
+
+    A streamed file that fails to decode mid-epoch keeps its place with weight 0 (a blank image):
+    dropping it would leave its worker one step short, and the others waiting for it.
+    """
+    import tensorflow as tf
+
+    from edgecls.data import StreamedSplit
+
+    if isinstance(split, StreamedSplit):
+        return split.readable(), split.tf_elements(split.labels.astype(np.int32))
+    x, y = tf.constant(split.x), tf.constant(split.y.astype(np.int32))
+    return np.arange(len(split.y), dtype=np.int64), lambda i: (tf.gather(x, i), tf.gather(y, i), tf.constant(1.0))
+
+
 class MultiWorkerTrainer:
     """`fit` for a compiled Keras model under MultiWorkerMirroredStrategy, with Keras callbacks."""
 
@@ -96,7 +113,10 @@ class MultiWorkerTrainer:
     def _distribute(self, name: str, split, shuffle: bool, seed: int, augmenter):
         import tensorflow as tf
 
-        x, y, n = split.x, split.y.astype(np.int32), len(split.y)
+        from edgecls.data import StreamedSplit
+
+        indices, element = _elements(split)
+        n = len(indices)
 
         def dataset_fn(ctx):
             workers, index = ctx.num_input_pipelines, ctx.input_pipeline_id
@@ -105,19 +125,28 @@ class MultiWorkerTrainer:
             steps = max(1, math.ceil(math.ceil(n / workers) / per_step))
             self.steps[name] = steps
             mine = len(range(index, n, workers))
-            ds = tf.data.Dataset.from_tensor_slices((x, y, np.ones(n, np.float32)))
+            ds = tf.data.Dataset.from_tensor_slices((indices, np.ones(n, np.float32)))
             if shuffle:  # the same seed on every worker: the shards of one epoch do not overlap
                 ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
             ds = ds.shard(workers, index)
             pad = steps * per_step - mine
             if pad:  # real images (BatchNorm's batch statistics see them), weighted 0 in loss and metrics
-                fill = np.arange(pad) % n
-                ds = ds.concatenate(tf.data.Dataset.from_tensor_slices((x[fill], y[fill], np.zeros(pad, np.float32))))
+                fill = indices[np.arange(pad) % n]
+                ds = ds.concatenate(tf.data.Dataset.from_tensor_slices((fill, np.zeros(pad, np.float32))))
+
+            def load(i, weight):
+                x, y, readable = element(i)
+                return x, y, weight * readable
+
+            ds = ds.map(load, num_parallel_calls=split.workers if isinstance(split, StreamedSplit) else tf.data.AUTOTUNE,
+                        deterministic=True)
             ds = ds.batch(per_replica)
             if augmenter is not None:
                 ds = ds.map(lambda a, t, m: (augmenter(a, training=True), t, m), num_parallel_calls=tf.data.AUTOTUNE)
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+            if isinstance(split, StreamedSplit):
+                options.threading.private_threadpool_size = max(2, split.workers)  # see edgecls.data.own_threads
             return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)

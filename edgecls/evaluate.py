@@ -6,16 +6,17 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from edgecls import plots, rundir
 from edgecls.metrics import classification_report, probabilities
 from runtime.atomic import write_json
 from runtime.errors import DataError
 
 
-def evaluate_arrays(model, x: np.ndarray, y: np.ndarray, labels: list, batch_size: int = 64) -> dict:
-    probs = probabilities(model.predict(x, batch_size=batch_size, verbose=0))
+def evaluate_split(model, split, labels: list, batch_size: int = 64) -> dict:
+    """Classification report of the model over a split, in memory or streamed batch by batch."""
+    from edgecls.data import predict_split
+
+    probs, y = predict_split(lambda x: probabilities(model.predict_on_batch(x)), split, batch_size)
     return classification_report(y, probs.argmax(axis=1), labels)
 
 
@@ -76,7 +77,7 @@ def evaluate_run(run_path, data: str | None = None, split: str | None = None, ba
     `save` writes metrics.json and confusion_matrix.png into the run; by default only re-evaluating
     the run's own test split does, so other data never replaces the run's own figures unasked.
     """
-    from edgecls.data import load_split
+    from edgecls.data import open_splits
     from edgecls.datasets import resolve_dataset
     from edgecls.rundata import holds_recorded_split, require_splits, run_dataset, trained_on
 
@@ -97,7 +98,7 @@ def evaluate_run(run_path, data: str | None = None, split: str | None = None, ba
         chosen = _other_samples(run, root, split)
     if not chosen:
         raise DataError(f"the {split} split of {root} is empty: use --split val|train|all")
-    loaded = load_split(chosen, run.preprocess, workers, split)
+    loaded = open_splits({split: chosen}, run.preprocess, workers)[split]  # streamed above the in-memory limit
     if not (own or moved):
         seen = trained_on(run)
         overlap = sum(d in seen for d in loaded.digests)
@@ -105,7 +106,7 @@ def evaluate_run(run_path, data: str | None = None, split: str | None = None, ba
             _warn(f"warning: {overlap} of the {len(loaded.digests)} images of {root} are images the run trained or validated on "
                   f"(same bytes): their accuracy is not held-out")
     model = run.load_model()
-    report = evaluate_arrays(model, loaded.x, loaded.y, run.labels, batch_size)
+    report = evaluate_split(model, loaded, run.labels, batch_size)
     metrics = {"evaluated_on": split, "data": str(root), **report}
     if own and split == "test":  # only the run's own held-out split is its test accuracy
         metrics = {"test_accuracy": report["accuracy"], **metrics}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from edgecls.data import fingerprint, load_split
+from edgecls.data import fingerprint, load_split, open_splits
 from edgecls.datasets import resolve_dataset, scan_folder
 from edgecls.datasets.builtin import BUILTIN_DATASETS, materialize
 from edgecls.datasets.folder import SPLIT_NAMES, FolderDataset, dataset_classes, image_files
@@ -110,11 +110,19 @@ def require_splits(run, dataset: FolderDataset, names) -> None:
                             f"restore the dataset, or train again on it as it is now")
 
 
-def load_run_splits(run, names=("train", "val", "test"), workers: int = 4) -> dict:
-    """Load the named splits of the run's own split with its preprocessing."""
+def load_run_splits(run, names=("train", "val", "test"), workers: int = 4, stream: bool = False) -> dict:
+    """Load the named splits of the run's own split with its preprocessing.
+
+    `stream`: splits whose tensors exceed the in-memory limit (edgecls.data) come back as
+    `StreamedSplit`s, read batch by batch (`iter_batches`, `CalibrationSampler`) and never whole.
+    """
     dataset = run_dataset(run, workers, names)
     require_splits(run, dataset, names)
-    splits = {n: load_split(dataset.splits[n], run.preprocess, workers, n) for n in names if dataset.splits.get(n)}
+    chosen = {n: dataset.splits[n] for n in names if dataset.splits.get(n)}
+    if stream:
+        splits = open_splits(chosen, run.preprocess, workers, decoded_before=dataset.split_source == "recorded")
+    else:
+        splits = {n: load_split(samples, run.preprocess, workers, n) for n, samples in chosen.items()}
     recorded = run.metadata.get("dataset", {}).get("fingerprint")
     if dataset.split_source != "recorded" and recorded and set(names) >= {"train", "val", "test"} \
             and fingerprint(run.labels, splits) != recorded:

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from edgecls import rundir
+from edgecls.progress import counted
 from edgecls.datasets.folder import SPLIT_NAMES, Sample
 from runtime.atomic import write_text
 from runtime.errors import DataError
@@ -50,7 +51,7 @@ def file_digest(path) -> str | None:
 
 def digests(paths: list, workers: int = 4) -> list:
     with ThreadPoolExecutor(max_workers=workers) as pool:  # hashlib releases the GIL on large reads
-        return list(pool.map(file_digest, paths))
+        return list(counted(pool.map(file_digest, paths), len(paths), "hashing"))
 
 
 def _counts(n: int, fractions: dict) -> tuple:

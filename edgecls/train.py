@@ -7,7 +7,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,14 +17,14 @@ from edgecls import __version__
 from edgecls.progress import progress
 from edgecls.augment import AugmentSpec, build_augmenter
 from edgecls.callbacks import keep_best, training_callbacks
-from edgecls.data import fingerprint, load_split, make_tf_dataset
+from edgecls.data import StreamedSplit, check_all_decoded, fingerprint, in_memory_limit, make_tf_dataset, open_splits
 from edgecls.datasets import resolve_dataset, scan_folder
 from edgecls.distributed import MultiWorkerTrainer, is_chief, local_copy, output_dir
-from edgecls.evaluate import evaluate_arrays, write_evaluation
+from edgecls.evaluate import evaluate_split, write_evaluation
 from edgecls.splits import CONTENT_RANK, write_split_record
 from edgecls.outputs import run_guard
 from edgecls.models import check_options, create_model, head_activation, list_models, supports_fine_tuning
-from edgecls import plots, rundir
+from edgecls import distill, plots, rundir
 from runtime.atomic import check_output, write_json
 from runtime.errors import EdgeclsError, MissingDependencyError
 from runtime.preprocess import COLORS, RESIZE_MODES, PreprocessSpec
@@ -71,6 +71,10 @@ class TrainConfig:
     overwrite: bool = False
     workers: int = 4
     verbose: int | str = "auto"
+    in_memory_mb: float | None = None  # None: EDGECLS_IN_MEMORY_MB, else 256 (edgecls.data)
+    teacher: str | None = None  # a run directory to distil from (edgecls.distill)
+    temperature: float = distill.DEFAULT_TEMPERATURE
+    distill_alpha: float = distill.DEFAULT_ALPHA
 
     def validate(self) -> None:
         """Raise EdgeclsError (one line, naming the option) for any value training would choke on later."""
@@ -89,6 +93,7 @@ class TrainConfig:
         _check_int("--fine-tune-layers", self.fine_tune_layers, 0)
         _check_int("--fine-tune-epochs", self.fine_tune_epochs, 0)
         _check_int("workers", self.workers, 1)
+        in_memory_limit(self.in_memory_mb)
         _check_int("--seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
         _check_float("--lr", self.learning_rate, 0.0, math.inf, low_open=True)
         _check_float("--momentum", self.momentum, 0.0, 1.0, high_open=True)
@@ -104,6 +109,10 @@ class TrainConfig:
             raise EdgeclsError("fine-tuning needs both --fine-tune-layers N and --fine-tune-epochs N (one of them is 0)")
         if self.fine_tune_layers and not supports_fine_tuning(self.model, self.model_options):
             raise EdgeclsError("--fine-tune-layers needs a frozen pretrained backbone: use --model mobilenetv2 --weights FILE")
+        if self.teacher is not None:
+            distill.check_settings(self.temperature, self.distill_alpha)
+            if self.strategy == "multiworker":
+                raise EdgeclsError("--teacher does not work with --strategy multiworker: use --strategy none or mirrored")
         if self.strategy == "multiworker" and "TF_CONFIG" not in os.environ:
             raise EdgeclsError("--strategy multiworker needs TF_CONFIG set on every worker (cluster spec and task index)")
 
@@ -209,6 +218,20 @@ def _unfreeze_top(model, n_layers: int) -> int:
     return sum(1 for l in backbone if l.trainable)
 
 
+def _skip_reporter(splits: dict):
+    """A callback: at the end of each epoch, one line for the streamed files found unreadable during it."""
+    import keras
+
+    streamed = [s for s in splits.values() if isinstance(s, StreamedSplit)]
+
+    class ReportSkipped(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            for split in streamed:
+                split.report_new(f" during epoch {epoch + 1}")
+
+    return ReportSkipped()
+
+
 def _fit_function(cfg: TrainConfig, strategy, model, splits: dict, activation: str, augmenter, weights, chief: bool):
     """`fit(callbacks, end, start) -> history` for epochs start..end-1: Keras' fit, or the multi-worker loop."""
     if cfg.strategy == "multiworker":
@@ -216,12 +239,15 @@ def _fit_function(cfg: TrainConfig, strategy, model, splits: dict, activation: s
                                      cfg.seed, augmenter, weights, verbose=chief)
         return lambda callbacks, end, start: trainer.fit(end, start, callbacks)
     as_targets = (lambda y: y.astype(np.float32)[:, None]) if activation == "sigmoid" else None
-    train_ds = make_tf_dataset(splits["train"], cfg.batch_size, True, cfg.seed, augmenter, as_targets)
+    streamed = isinstance(splits["train"], StreamedSplit)  # its dataset carries the class weights itself
+    train_ds = make_tf_dataset(splits["train"], cfg.batch_size, True, cfg.seed, augmenter, as_targets,
+                               weights if streamed else None)
     val_ds = make_tf_dataset(splits["val"], cfg.batch_size, False, cfg.seed, None, as_targets) if "val" in splits else None
 
     def fit(callbacks, end, start):
-        return model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=start, class_weight=weights,
-                         shuffle=False, callbacks=callbacks, verbose=cfg.verbose).history
+        return model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=start,
+                         class_weight=None if streamed else weights, shuffle=False, callbacks=callbacks,
+                         verbose=cfg.verbose).history
 
     return fit
 
@@ -232,19 +258,26 @@ def _train_model(cfg: TrainConfig, strategy, chief: bool, splits: dict, spec, au
     multiworker = cfg.strategy == "multiworker"
     with strategy.scope():
         model = create_model(cfg.model, len(labels), spec.shape, head=cfg.head, **model_options)
-        _compile(model, cfg, activation, cfg.learning_rate)
+        trainer = model  # what fits: the model itself, or the Distiller around it and the teacher
+        if cfg.teacher:
+            _, teacher = distill.load_teacher(cfg.teacher, cfg.out)
+            trainer = distill.Distiller(model, teacher, cfg.temperature, cfg.distill_alpha)
+            trainer.compile(_optimizer(cfg, cfg.learning_rate))
+        else:
+            _compile(model, cfg, activation, cfg.learning_rate)
     weights = _class_weights(splits["train"].y, len(labels), cfg.class_weight)
     if weights:
         progress("class weights: " + ", ".join(f"{labels[i]}={w:.2f}" for i, w in weights.items()))
-    fit = _fit_function(cfg, strategy, model, splits, activation, build_augmenter(augment, spec, cfg.seed), weights, chief)
+    fit = _fit_function(cfg, strategy, trainer, splits, activation, build_augmenter(augment, spec, cfg.seed), weights, chief)
     monitor = "val_loss" if "val" in splits else "loss"
     best = keep_best(monitor)  # one keeper for both phases: the saved model is the best epoch overall
     logs = stage / "tensorboard" if cfg.tensorboard and chief else None
 
     def callbacks():
-        return training_callbacks(cfg.patience, monitor, best, logs, graph=not multiworker)
+        return training_callbacks(cfg.patience, monitor, best, logs, graph=not multiworker) + [_skip_reporter(splits)]
 
-    progress(f"training {cfg.model} ({model.count_params():,} parameters) for up to {epochs} epochs")
+    progress(f"training {cfg.model} ({model.count_params():,} parameters) for up to {epochs} epochs"
+             + (f", distilled from {cfg.teacher} (T={cfg.temperature:g}, alpha={cfg.distill_alpha:g})" if cfg.teacher else ""))
     history: dict = {}
     _merge_history(history, fit(callbacks(), epochs, 0))
     best.restore()  # fine-tuning starts from the best head
@@ -252,7 +285,10 @@ def _train_model(cfg: TrainConfig, strategy, chief: bool, splits: dict, spec, au
     if cfg.fine_tune_layers and cfg.fine_tune_epochs:
         with strategy.scope():
             trainable = _unfreeze_top(model, cfg.fine_tune_layers)
-            _compile(model, cfg, activation, cfg.learning_rate / 10)
+            if cfg.teacher:
+                trainer.compile(_optimizer(cfg, cfg.learning_rate / 10))
+            else:
+                _compile(model, cfg, activation, cfg.learning_rate / 10)
         progress(f"fine-tuning the top {trainable} backbone layers for {cfg.fine_tune_epochs} epochs")
         # initial_epoch continues the epoch count, so TensorBoard and the history do not overlap
         _merge_history(history, fit(callbacks(), head_epochs + cfg.fine_tune_epochs, head_epochs))
@@ -284,6 +320,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     guard = run_guard(root)
     check_output(out, cfg.overwrite, **guard)  # a refusal costs nothing
     defaults = builtin.defaults if builtin else {}
+    teacher = None
+    if cfg.teacher:
+        teacher = distill.open_teacher(cfg.teacher, cfg.out)  # metadata only; the model loads with the student
+        cfg = replace(cfg, **{k: v for k, v in distill.teacher_defaults(teacher).items() if getattr(cfg, k) is None})
     dataset = scan_folder(root, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     for note in dataset.notes:
         progress(f"warning: {note}")
@@ -295,6 +335,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         model_options.setdefault("widths", tuple(defaults["widths"]))
     activation = head_activation(len(dataset.labels), cfg.head)
     check_options(cfg.model, spec.shape, **model_options)
+    if teacher is not None:
+        distill.check_teacher(teacher, spec, dataset.labels)
     progress(
         f"data: {root} ({len(dataset.labels)} classes, split from {dataset.split_source}: "
         + ", ".join(f"{k} {v}" for k, v in dataset.counts().items()) + f"); input {spec.shape}"
@@ -307,23 +349,27 @@ def train(cfg: TrainConfig) -> TrainResult:
     chief = is_chief(strategy)
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()  # --seed means the same run, augmentation order included
-    splits = {name: load_split(samples, spec, cfg.workers, name) for name, samples in dataset.splits.items() if samples}
+    splits = open_splits(dataset.splits, spec, cfg.workers, cfg.in_memory_mb)
     if "train" not in splits:
         raise EdgeclsError("the train split is empty: add more images per class")
+    if teacher is not None and "test" in splits:
+        distill.check_split(teacher, splits["test"].digests)
 
     with output_dir(out, chief, overwrite=cfg.overwrite, **guard) as stage:
         model, history, kept = _train_model(cfg, strategy, chief, splits, spec, augment, epochs, model_options,
                                             activation, dataset.labels, stage)
         eval_split = splits.get("test") or splits.get("val") or splits["train"]
-        report = evaluate_arrays(model, eval_split.x, eval_split.y, dataset.labels, cfg.batch_size)
+        report = evaluate_split(model, eval_split, dataset.labels, cfg.batch_size)
         metrics = {
             "test_accuracy": report["accuracy"],
             "evaluated_on": "test" if "test" in splits else ("val" if "val" in splits else "train"),
             **report,
         }
         if "val" in splits:
-            metrics["val_accuracy"] = evaluate_arrays(model, splits["val"].x, splits["val"].y, dataset.labels, cfg.batch_size)["accuracy"]
+            metrics["val_accuracy"] = evaluate_split(model, splits["val"], dataset.labels, cfg.batch_size)["accuracy"]
         metrics["train_seconds"] = round(time.perf_counter() - started, 2)
+        if chief:  # split.json, counts and the fingerprint list the files really used (the others' are discarded)
+            check_all_decoded(splits)
 
         model.save(stage / rundir.MODEL_FILE)
         metadata = {
@@ -346,6 +392,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             },
             "seed": cfg.seed,
             "augment": augment.to_dict(),
+            "teacher": distill.teacher_record(teacher, cfg.temperature, cfg.distill_alpha) if teacher else None,
             "train": {k: v for k, v in asdict(cfg).items() if k not in ("augment", "data", "out", "model_options")}
                      | {"epochs": epochs, "kept_epoch": kept, "replicas": int(strategy.num_replicas_in_sync)},
             "versions": {"edgecls": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,

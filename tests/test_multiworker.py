@@ -31,14 +31,14 @@ def free_ports(n: int) -> list:
     return ports
 
 
-def run_workers(n: int, args: list, tmp_path, timeout: int = 240) -> list:
+def run_workers(n: int, args: list, tmp_path, timeout: int = 240, extra_env: dict | None = None) -> list:
     ports = free_ports(n)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(n):
         scratch = tmp_path / f"tmp{index}"
         scratch.mkdir()
-        env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(scratch),
+        env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(REPO), "TMPDIR": str(scratch),
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         procs.append(subprocess.Popen([sys.executable, "-m", "edgecls.cli", "train", "--strategy", "multiworker", *map(str, args)],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -91,6 +91,50 @@ def test_i16_p6_two_workers_train_and_only_the_chief_writes_the_run(tmp_path, sh
     # The loop's all-reduced val loss is the saved model's own loss on the val split.
     kept = meta["train"]["kept_epoch"]
     assert saved_val_loss(out, shapes_folder) == pytest.approx(history["val_loss"][kept["epoch"] - 1], abs=1e-4)
+
+
+def test_i10_p4_two_streaming_workers_train_like_one_process(tmp_path, shapes_folder):
+    """Issue 10 point 4 on the streaming path: two workers with TF_CONFIG on loopback ports both exit 0, only the
+    chief writes the run, and it scores within a few points of a single-process run with the same seed.
+
+    Two truncated PNGs that only decoding finds sit side by side in val/, so each worker's (unshuffled) val
+    shard holds one: each worker weighs its bad file 0 (the steps stay in step, nobody crashes), and the chief's
+    records skip both, like the single-process run's.
+    """
+    from tests.conftest import FIXTURE_COLOURS, render_fixture_image, run_cli, write_image
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(7)
+    for kind in FIXTURE_COLOURS:  # 48 test images: one image is about 2 points
+        for split, count in (("train", 64), ("val", 8), ("test", 16)):
+            for i in range(count):
+                write_image(data / split / kind / f"{i:03d}.png", render_fixture_image(kind, rng, 40))
+    png = data / "train" / "circle" / "000.png"
+    for name in ("003a.png", "003b.png"):
+        (data / "val" / "square" / name).write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    args = ["--data", data, "--epochs", "6", "--image-size", "24", "--widths", "8,16", "--batch-size", "16", "--seed", "0",
+            "--quiet"]
+    stream = {"EDGECLS_IN_MEMORY_MB": "0"}
+    out, single = tmp_path / "runs" / "mw", tmp_path / "runs" / "single"
+    results = run_workers(2, ["--out", out, *args], tmp_path, timeout=480, extra_env=stream)
+    for code, stdout, stderr in results:
+        assert code == 0, stderr[-3000:]
+        assert "streaming 266 images from disk" in stderr
+    (_, chief_out, _), (_, worker_out, _) = results
+    assert "test_accuracy" in chief_out and "the chief (task 0) writes the run" in worker_out
+    assert (out / "metrics.json").is_file() and (out / "split.json").is_file()
+    assert not list((tmp_path / "tmp1").iterdir())  # the worker deleted what it wrote
+
+    alone = run_cli("train", "--out", single, *args, env=stream)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mw", "single"]  # no worker's run, no stage left
+    meta, meta1 = (json.loads((d / "metadata.json").read_text()) for d in (out, single))
+    assert meta["train"]["replicas"] == 2 and meta1["train"]["replicas"] == 1
+    assert meta["dataset"]["skipped"] == meta1["dataset"]["skipped"] == 2
+    assert meta["dataset"]["fingerprint"] == meta1["dataset"]["fingerprint"]
+    assert (out / "split.json").read_text() == (single / "split.json").read_text()
+    acc, acc1 = (json.loads((d / "metrics.json").read_text())["test_accuracy"] for d in (out, single))
+    assert acc1 > 0.6 and abs(acc - acc1) <= 0.05, (acc, acc1)
 
 
 def test_i16_p6_one_worker_loop_stops_early_halves_the_rate_and_keeps_the_best_epoch(tmp_path, shapes_folder):

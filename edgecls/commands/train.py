@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import click
 
+from edgecls.commands._errors import OneLineErrors
+from edgecls.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 from runtime.errors import EdgeclsError
-
-
-class _OneLineErrors(click.Command):
-    """A bad option value is one `error:` line and exit 1, like every other refusal (not a usage block)."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.BadParameter as exc:
-            raise EdgeclsError(exc.format_message()) from exc
 
 
 def _model_help() -> str:
@@ -34,7 +26,8 @@ def _parse_widths(value: str | None):
     except ValueError:
         raise EdgeclsError(f"--widths {value!r} is invalid: use comma-separated integers, e.g. 32,64,128") from None
 
-@click.command(cls=_OneLineErrors)
+
+@click.command(cls=OneLineErrors)
 @click.option("--data", required=True, help="Class-per-folder directory, or a built-in dataset: digits, shapes.")
 @click.option("--out", "out", required=True, type=click.Path(), help="Run directory to create.")
 @click.option("--model", default="simple", show_default=True, help=_model_help())
@@ -58,6 +51,7 @@ def _parse_widths(value: str | None):
 @click.option("--widths", help="simple: filters per block, e.g. 32,64,128.")
 @click.option("--dense", type=click.IntRange(0), help="simple: hidden Dense units before the head.")
 @click.option("--pooling", type=click.Choice(["global", "flatten"]), help="simple: how the head sees the features.")
+@click.option("--batch-norm/--no-batch-norm", default=None, help="simple: BatchNormalization after each conv (default: on).")
 @click.option("--dropout", type=click.FloatRange(0, 0.95), help="Dropout before the head.")
 @click.option("--l2", type=click.FloatRange(0), help="L2 weight decay.")
 @click.option("--alpha", type=click.FloatRange(0, min_open=True), help="mobilenetv2: width multiplier.")
@@ -75,18 +69,29 @@ def _parse_widths(value: str | None):
 @click.option("--strategy", type=click.Choice(["none", "mirrored", "multiworker"]), default="none", show_default=True,
               help="tf.distribute strategy: mirrored (GPUs on one host) or multiworker (reads TF_CONFIG; start one "
                    "process per worker, task 0 writes the run).")
+@click.option("--teacher", type=click.Path(), help="A trained run to distil from: the student learns from its softened "
+              "outputs as well as the labels (its preprocessing and classes are the student's; they are the defaults).")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=DEFAULT_TEMPERATURE, show_default=True,
+              help="Distillation: how much both models' outputs are softened.")
+@click.option("--distill-alpha", type=click.FloatRange(0, 1), default=DEFAULT_ALPHA, show_default=True,
+              help="Distillation: weight of the labels; the teacher gets the rest.")
 @click.option("--tensorboard", is_flag=True, help="Write TensorBoard logs to RUN/tensorboard.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only a run or an empty folder).")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of progress bars.")
 def train(**o):
-    """Train a CNN on a class-per-folder dataset; write the model, metadata, metrics and plots to --out."""
+    """Train a CNN on a class-per-folder dataset; write the model, metadata, metrics and plots to --out.
+
+    A dataset whose preprocessed images take more than 256 MB is streamed from disk each epoch instead of
+    held in memory; EDGECLS_IN_MEMORY_MB sets that limit (0 always streams).
+    """
     from edgecls.augment import AugmentSpec
     from edgecls.datasets import BUILTIN_DATASETS
     from edgecls.metrics import format_report
     from edgecls.train import TrainConfig, train as run_training
 
     model_options = {k: v for k, v in {
-        "widths": _parse_widths(o["widths"]), "dense": o["dense"], "pooling": o["pooling"], "dropout": o["dropout"],
+        "widths": _parse_widths(o["widths"]), "dense": o["dense"], "pooling": o["pooling"], "batch_norm": o["batch_norm"],
+        "dropout": o["dropout"],
         "l2": o["l2"], "alpha": o["alpha"], "weights": o["weights"],
     }.items() if v is not None}
     builtin = BUILTIN_DATASETS.get(o["data"])
@@ -100,6 +105,7 @@ def train(**o):
         test_fraction=o["test_fraction"], augment=augment, fine_tune_layers=o["fine_tune_layers"],
         fine_tune_epochs=o["fine_tune_epochs"], strategy=o["strategy"], tensorboard=o["tensorboard"],
         overwrite=o["overwrite"], verbose=2 if o["quiet"] else "auto",
+        teacher=o["teacher"], temperature=o["temperature"], distill_alpha=o["distill_alpha"],
     )
     result = run_training(cfg)
     if not result.chief:
