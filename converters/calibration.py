@@ -26,7 +26,10 @@ def representative_set(x_train: np.ndarray, size: int, seed: int = 0) -> np.ndar
 class CalibrationSampler:
     """Draws representative sets from a train split without holding the split: it decodes only the
     files a set takes. The same images, in the same order, as `representative_set(split.x, ...)`
-    on the whole split loaded in memory, so a set's fingerprint does not depend on how it was read.
+    on the whole split loaded in memory, so a set's fingerprint does not depend on how it was read,
+    when every file of the split decodes, as in a run's recorded split (training leaves out the files
+    it could not decode). An undecodable file the draw does not meet stays in the count and can shift
+    the draw; decoding them all to know would be the whole pass this class avoids.
     """
 
     def __init__(self, split, seed: int = 0):

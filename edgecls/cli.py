@@ -12,6 +12,7 @@ import click
 from edgecls.commands import bench, convert, devices, evaluate, predict, run, service, train
 from edgecls.commands import flash, rollback, sign, status
 from edgecls.commands import explain, tune
+from edgecls.commands.quickstart import quickstart
 from runtime.errors import EdgeclsError
 
 
@@ -78,6 +79,7 @@ cli.add_command(status.status)
 cli.add_command(bench.bench)
 cli.add_command(explain.explain)
 cli.add_command(tune.tune)
+cli.add_command(quickstart)
 
 
 def main(argv=None):

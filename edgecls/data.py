@@ -31,7 +31,7 @@ import numpy as np
 
 from edgecls.progress import counted, progress
 from runtime.errors import DataError, EdgeclsError, ImageDecodeError
-from runtime.preprocess import (PreprocessSpec, _check_pixel_count, _is_truncated_jpeg, decode_image, preprocess,
+from runtime.preprocess import (PreprocessSpec, check_encoded, decode_image, preprocess,
                                 preprocess_file)
 
 IN_MEMORY_ENV = "EDGECLS_IN_MEMORY_MB"
@@ -93,39 +93,36 @@ def load_split(samples: list, spec: PreprocessSpec, workers: int = 4, name: str 
 # --- streaming ----------------------------------------------------------------------------------------
 
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")
-_NOT_AN_IMAGE = "the file is corrupt, truncated or not an image"
 
 
-def _header_problem(head: bytes) -> str | None:
-    """Why the first bytes of a file cannot start an image the decoder reads, or None."""
-    if head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return None
-    return _NOT_AN_IMAGE
+def _known_header(head: bytes) -> bool:
+    """PNG, JPEG, BMP or WebP: the formats whose size and structure the header check reads."""
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
 def check_file(path, digest: str | None = None) -> tuple:
-    """(sha256, problem) from a header check, no decoding: the format's signature, the declared size
-    against the pixel limit, a JPEG's structure up to its end marker. Reads the whole file only
-    when it must (no digest yet, or a JPEG); `digest` is kept when given."""
+    """(sha256, problem) from a header check: the declared size against the pixel limits, a JPEG's
+    structure up to its end marker. Reads the whole file only when it must (no digest yet, or a
+    JPEG); `digest` is kept when given. A format the check does not parse (a GIF or TIFF, whatever
+    its extension says) is decoded once, so the files a run uses do not depend on its size."""
     try:
         with open(path, "rb") as f:
             head = f.read(64)
-            whole = digest is None or head.startswith(b"\xff\xd8")
+            known = _known_header(head)
+            whole = digest is None or head.startswith(b"\xff\xd8") or not known
             data = head + f.read() if whole else head
     except OSError as exc:
         return digest, f"unreadable ({exc.strerror or exc})"
     if digest is None:
         digest = hashlib.sha256(data).hexdigest()
-    problem = _header_problem(head)
-    if problem is None:
-        buf = np.frombuffer(data, dtype=np.uint8)
-        try:
-            _check_pixel_count(buf, str(path))
-        except ImageDecodeError as exc:
-            return digest, _reason(exc)
-        if head.startswith(b"\xff\xd8") and _is_truncated_jpeg(buf):
-            problem = "the JPEG is truncated (no end-of-image marker)"
-    return digest, problem
+    try:
+        if known:
+            check_encoded(data, str(path))  # `data` is the head alone unless a JPEG (whose end is checked)
+        else:
+            decode_image(data, str(path))
+    except ImageDecodeError as exc:
+        return digest, _reason(exc)
+    return digest, None
 
 
 class StreamedSplit:
@@ -253,8 +250,9 @@ def in_memory_limit(mb: float | None = None) -> float:
             mb = float(raw) if raw else IN_MEMORY_MB
         except ValueError:
             raise EdgeclsError(f"{IN_MEMORY_ENV}={raw!r} is not a number of megabytes (0 streams every dataset)") from None
-    if not mb >= 0:
-        raise EdgeclsError(f"the in-memory limit of {mb:g} MB ({IN_MEMORY_ENV}) is negative: use 0 (always stream) or more")
+    if mb != mb or mb < 0:  # nan, or negative
+        raise EdgeclsError(f"the in-memory limit of {mb:g} MB ({IN_MEMORY_ENV}) is not 0 or more: use 0 (always stream) "
+                           f"or a number of megabytes")
     return mb * 2**20
 
 

@@ -77,7 +77,7 @@ def evaluate_run(run_path, data: str | None = None, split: str | None = None, ba
     `save` writes metrics.json and confusion_matrix.png into the run; by default only re-evaluating
     the run's own test split does, so other data never replaces the run's own figures unasked.
     """
-    from edgecls.data import open_splits
+    from edgecls.data import StreamedSplit, open_splits
     from edgecls.datasets import resolve_dataset
     from edgecls.rundata import holds_recorded_split, require_splits, run_dataset, trained_on
 
@@ -99,14 +99,16 @@ def evaluate_run(run_path, data: str | None = None, split: str | None = None, ba
     if not chosen:
         raise DataError(f"the {split} split of {root} is empty: use --split val|train|all")
     loaded = open_splits({split: chosen}, run.preprocess, workers)[split]  # streamed above the in-memory limit
-    if not (own or moved):
+    model = run.load_model()
+    report = evaluate_split(model, loaded, run.labels, batch_size)
+    if isinstance(loaded, StreamedSplit):
+        loaded.report_new(" while evaluating")  # files that passed the header check but did not decode
+    if not (own or moved):  # after the pass: only the images really evaluated count
         seen = trained_on(run)
         overlap = sum(d in seen for d in loaded.digests)
         if overlap:
             _warn(f"warning: {overlap} of the {len(loaded.digests)} images of {root} are images the run trained or validated on "
                   f"(same bytes): their accuracy is not held-out")
-    model = run.load_model()
-    report = evaluate_split(model, loaded, run.labels, batch_size)
     metrics = {"evaluated_on": split, "data": str(root), **report}
     if own and split == "test":  # only the run's own held-out split is its test accuracy
         metrics = {"test_accuracy": report["accuracy"], **metrics}

@@ -26,7 +26,7 @@ from edgecls.outputs import run_guard
 from edgecls.models import check_options, create_model, head_activation, list_models, supports_fine_tuning
 from edgecls import distill, plots, rundir
 from runtime.atomic import check_output, write_json
-from runtime.errors import EdgeclsError, MissingDependencyError
+from runtime.errors import DataError, EdgeclsError, MissingDependencyError
 from runtime.preprocess import COLORS, RESIZE_MODES, PreprocessSpec
 
 STRATEGIES = ("none", "mirrored", "multiworker")
@@ -218,6 +218,20 @@ def _unfreeze_top(model, n_layers: int) -> int:
     return sum(1 for l in backbone if l.trainable)
 
 
+def _decode_held_out(splits: dict) -> None:
+    """Decode streamed val and test files once before training (a third of a pass): a held-out split
+    whose files pass the header check but never decode is refused now, with the cause, not after
+    the last epoch (val would pick the kept epoch on nothing)."""
+    for name in ("val", "test"):
+        split = splits.get(name)
+        if isinstance(split, StreamedSplit):
+            split.check_unseen()
+            split.report_new()
+            if not len(split):
+                raise DataError(f"no readable images in the {name} split: every file failed to decode "
+                                f"({split.skipped[0][1]}); replace them or move good images into {name}")
+
+
 def _skip_reporter(splits: dict):
     """A callback: at the end of each epoch, one line for the streamed files found unreadable during it."""
     import keras
@@ -228,6 +242,9 @@ def _skip_reporter(splits: dict):
         def on_epoch_end(self, epoch, logs=None):
             for split in streamed:
                 split.report_new(f" during epoch {epoch + 1}")
+                if not len(split):  # a whole pass decoded nothing: every batch weighed 0
+                    raise DataError(f"no readable images in the {split.name} split: every file failed to decode "
+                                    f"({split.skipped[0][1]})")
 
     return ReportSkipped()
 
@@ -352,6 +369,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     splits = open_splits(dataset.splits, spec, cfg.workers, cfg.in_memory_mb)
     if "train" not in splits:
         raise EdgeclsError("the train split is empty: add more images per class")
+    _decode_held_out(splits)
     if teacher is not None and "test" in splits:
         distill.check_split(teacher, splits["test"].digests)
 

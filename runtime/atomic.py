@@ -28,6 +28,7 @@ MARKERS = {
     "metadata.json": ("edgecls-run/", "an edgecls run (metadata.json)"),
     "manifest.json": ("edgecls-bundle/", "an edgecls bundle (manifest.json)"),
     "explanations.json": ("edgecls-explain/", "an edgecls explanation folder (explanations.json)"),
+    "quickstart.json": ("edgecls-quickstart/", "an edgecls quickstart folder (quickstart.json)"),
 }
 _STAGE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]*)\.[a-z0-9_]+\.(?P<kind>partial|old)$")
 _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # write_bytes' temp file, left by a kill

@@ -111,6 +111,7 @@ class PreprocessSpec:
 # raises it for real giant photos (a 200 MP phone shot is 16320x12240).
 MAX_IMAGE_PIXELS = 178_956_970
 MAX_PIXELS_ENV = "EDGECLS_MAX_IMAGE_PIXELS"
+MAX_SIDE = 1 << 20  # OpenCV's CV_IO_MAX_IMAGE_WIDTH/HEIGHT: imdecode raises above it
 
 
 def _declared_size(buf: np.ndarray) -> tuple[int, int] | None:
@@ -152,6 +153,9 @@ def _check_pixel_count(buf: np.ndarray, name: str) -> None:
             f"cannot decode image {name}: it declares {size[0]}x{size[1]} pixels, more than the limit of {limit} "
             f"(a decompression bomb, or a giant photo: shrink it, or raise {MAX_PIXELS_ENV})"
         )
+    if size is not None and max(size) > MAX_SIDE:
+        raise ImageDecodeError(f"cannot decode image {name}: it declares {size[0]}x{size[1]} pixels, and OpenCV decodes "
+                               f"at most {MAX_SIDE:,} pixels per side (crop or resize it)")
 
 
 def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
@@ -166,12 +170,28 @@ def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
     _check_pixel_count(buf, name)
     image = None
     if buf.size:
-        image = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        try:
+            image = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        except cv2.error:  # e.g. a side over its limit in a header we do not parse: it raises, not returns None
+            image = None
     if image is None:
         raise ImageDecodeError(f"cannot decode image {name}: the file is corrupt, truncated or not an image")
+    _check_jpeg_end(buf, name)
+    return to_rgb8(image, order="bgr", name=name)
+
+
+def check_encoded(data: bytes | np.ndarray, name: str = "<bytes>") -> None:
+    """Raise ImageDecodeError for what `decode_image` refuses without decoding a pixel: more pixels
+    declared than the limit, a JPEG cut off before its end marker. (Training checks a large
+    dataset's files this way before streaming it.)"""
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    _check_pixel_count(buf, name)
+    _check_jpeg_end(buf, name)
+
+
+def _check_jpeg_end(buf: np.ndarray, name: str) -> None:
     if _is_truncated_jpeg(buf):
         raise ImageDecodeError(f"cannot decode image {name}: the JPEG is truncated (no end-of-image marker)")
-    return to_rgb8(image, order="bgr", name=name)
 
 
 # A marker: 0xFF then a code that is not a stuffed 0x00, TEM, RSTn or another 0xFF (fill bytes

@@ -1,6 +1,10 @@
 """`edgecls train` / `evaluate` end to end on tiny data, through the real CLI."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -125,3 +129,34 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, shapes_folder, args, 
 def test_debug_flag_shows_the_traceback(tmp_path):
     result = run_cli("--debug", "train", "--data", tmp_path / "nothing", "--out", tmp_path / "o")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+# What TensorFlow's C++ side prints at start-up when nothing keeps it quiet (issue 14): absl's
+# pre-init warning, oneDNN's and the CPU feature guard's notes, the CUDA probe, and its glog lines.
+TF_STARTUP = re.compile(
+    r"absl::InitializeLog|oneDNN custom operations|cuda drivers|cpu_feature_guard|This TensorFlow binary is optimized"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered"
+    r"|^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\.cc:\d+\]"
+    r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] (tensorflow|external|xla)/", re.MULTILINE)
+
+
+def test_i14_p5_train_on_digits_prints_no_tensorflow_startup_lines(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "ABSL"))}
+    result = subprocess.run([sys.executable, "-m", "edgecls.cli", "train", "--data", "digits", "--out", str(tmp_path / "run"),
+                             "--image-size", "8", "--widths", "8", "--epochs", "1"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "test_accuracy" in output  # the command's own summary is there
+    assert not TF_STARTUP.findall(output), [m.group(0) for m in TF_STARTUP.finditer(output)]
+
+
+def test_i14_p5_the_startup_pattern_matches_what_tensorflow_prints():
+    """The pattern above would catch the lines the issue quotes (else the test before cannot fail)."""
+    seen = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:1732345678.123456   12345 cpu_feature_guard.cc:210] This TensorFlow binary is optimized\n"
+            "2026-11-23 07:00:00.000000: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] Could not find cuda drivers"
+            " on your machine, GPU will not be used.\n"
+            "2026-11-23 07:00:00.000000: I tensorflow/core/util/port.cc:153] oneDNN custom operations are on.\n")
+    assert len(TF_STARTUP.findall(seen)) >= 4
+    assert not TF_STARTUP.findall("training simple (73,114 parameters) for up to 1 epochs\naccuracy: 0.5292 (359 images)\n")

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import click
 
-from runtime.errors import EdgeclsError
+from edgecls.commands._errors import OneLineErrors
 
 
-class _OneLineErrors(click.Command):
-    """A bad option value is one `error:` line and exit 1, as in `edgecls train`."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.BadParameter as exc:
-            raise EdgeclsError(exc.format_message()) from exc
-
-
-@click.command(cls=_OneLineErrors)
+@click.command(cls=OneLineErrors)
 @click.option("--data", required=True, help="Class-per-folder directory, or a built-in dataset: digits, shapes.")
 @click.option("--out", required=True, type=click.Path(),
               help="Run directory to create: the best trial, with tuning/ (trials.csv, trials.json, trials.png).")

@@ -1,0 +1,123 @@
+"""Issue 14 point 1: `edgecls quickstart` runs the whole chain (train, convert, bench, flash, daemon, pictures)
+on built-in data, and its --out is guarded like every other product."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_error, make_home_like, run_cli, snapshot
+
+ARTIFACTS = ("tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _table_rows(lines: list, header: re.Pattern) -> dict:
+    """name -> cells of the table whose header line matches, up to the first blank line."""
+    start = next(i for i, line in enumerate(lines) if header.match(line))
+    rows = {}
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        cells = line.split()
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _written(lines: list, out: Path) -> list:
+    """The files the summary says it wrote: every path of the lines under `written to OUT/`."""
+    start = lines.index(f"written to {out}/")
+    paths = []
+    for line in lines[start + 1:]:
+        if not line.startswith("  "):
+            break
+        paths += [out / name for name in line.split()[1:]]
+    return paths
+
+
+def _decodes(path: Path) -> bool:
+    import cv2
+    import numpy as np
+
+    return cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+@pytest.mark.slow
+def test_i14_p1_quickstart_runs_the_whole_chain(tmp_path):
+    out = tmp_path / "qs"
+    result = run_cli("quickstart", "--out", out, "--quick", timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert "Epoch 1/" not in result.stdout  # Keras' epoch lines are progress: stderr
+    for n, step in enumerate(("train", "convert", "bench", "flash", "daemon", "pictures"), 1):
+        assert f"[{n}/6] {step}:" in result.stderr
+
+    # The accuracy table: Keras and each artifact, measured on the held-out test split.
+    accuracy = _table_rows(lines, re.compile(r"^artifact\s+size\s+accuracy"))
+    assert set(accuracy) == {"keras", *ARTIFACTS}
+    keras = float(accuracy["keras"][0])
+    assert keras > 0.8  # digits are easy: far above the 0.1 of chance
+    for name in ARTIFACTS:
+        size, acc, delta = accuracy[name][:3]
+        assert int(size.replace(",", "")) > 0
+        assert abs(float(acc) - keras) <= 0.02 and float(delta) >= -2.0  # within the gate the quickstart sets
+
+    # The latency table: a p50 for every artifact of the bundle.
+    latency = _table_rows(lines, re.compile(r"^artifact\s+p50 ms"))
+    assert set(ARTIFACTS) <= set(latency)
+    assert all(float(latency[name][0]) > 0 for name in ARTIFACTS)
+
+    # Every file the summary names exists; pictures are real images.
+    written = _written(lines, out)
+    assert len(written) >= 14
+    for path in written:
+        assert path.is_file(), path
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == PNG and _decodes(path), path
+    names = {str(p.relative_to(out)) for p in written}
+    assert {"run/curves.png", "run/confusion_matrix.png", "bench/bench.png", "accuracy.png",
+            "explain/contact_sheet.png", "preview.jpg"} <= names
+    preview = out / "preview.jpg"
+    assert preview.read_bytes()[:2] == b"\xff\xd8" and _decodes(preview)
+    assert (out / "summary.txt").read_text().strip() == result.stdout.strip()
+
+    # The flashed folder holds the bundle as `current`: the same manifest, committed by the flash.
+    current = out / "device" / "current"
+    assert current.is_symlink() and os.readlink(current).startswith("releases/")
+    assert (current / "manifest.json").read_bytes() == (out / "bundle" / "manifest.json").read_bytes()
+
+    # The daemon classified frames of the video, as its own /metrics counted them.
+    record = json.loads((out / "quickstart.json").read_text())
+    assert record["format"] == "edgecls-quickstart/1" and record["status"] == "complete"
+    daemon = record["daemon"]
+    assert daemon["frames_processed_total"] > 0 and daemon["classified"] > 0 and daemon["healthz"] == 200
+    assert daemon["preview_page"] is True
+    assert daemon["agree"] > daemon["classified"] / 2  # the model read the held-out digits the video showed
+    counted = re.search(r"/metrics edgecls_frames_processed_total (\d+)", result.stdout)
+    assert counted and int(counted.group(1)) > 0
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_i14_p1_quickstart_refuses_a_folder_that_is_not_ours(tmp_path, overwrite):
+    home = make_home_like(tmp_path / "home")
+    before = snapshot(home)
+    result = run_cli("quickstart", "--out", home, "--quick", *(["--overwrite"] if overwrite else []), timeout=120)
+    assert "not an edgecls quickstart folder" in cli_error(result)
+    assert snapshot(home) == before
+
+
+def test_i14_p1_quickstart_keeps_files_it_did_not_write(tmp_path):
+    """A quickstart folder of ours with someone's file in it is not replaced, even with --overwrite."""
+    out = tmp_path / "qs"
+    out.mkdir()
+    (out / "quickstart.json").write_text(json.dumps({"format": "edgecls-quickstart/1", "status": "complete"}))
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    assert "notes.txt" in cli_error(run_cli("quickstart", "--out", out, "--overwrite", timeout=120))
+    assert "--overwrite" in cli_error(run_cli("quickstart", "--out", out, timeout=120))  # ours: say how to replace
+    assert snapshot(out) == before
