@@ -50,7 +50,7 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)
     image_size: int | None = None  # None: the dataset's default, else 64
     color: str | None = None  # None: the dataset's default, else rgb
-    resize: str = "stretch"
+    resize: str | None = None  # None: the teacher's when distilling, else stretch
     normalize: str | None = None  # "scale" (0..1) or "symmetric" (-1..1); None: by model
     epochs: int | None = None
     batch_size: int = 32
@@ -81,7 +81,7 @@ class TrainConfig:
         for value, allowed, what in (
             (self.model, list_models(), "model"), (self.optimizer, OPTIMIZERS, "optimizer"),
             (self.class_weight, CLASS_WEIGHTS, "class weight mode"), (self.head, HEADS, "head"),
-            (self.strategy, STRATEGIES, "strategy"), (self.resize, RESIZE_MODES, "resize mode"),
+            (self.strategy, STRATEGIES, "strategy"), (self.resize, (None, *RESIZE_MODES), "resize mode"),
             (self.normalize, (None, *NORMALIZATIONS), "normalization"), (self.color, (None, *COLORS), "color"),
         ):
             if value not in allowed:
@@ -152,9 +152,9 @@ def preprocess_spec_for(cfg: TrainConfig, defaults: dict) -> PreprocessSpec:
     color = cfg.color or defaults.get("color", "rgb")
     normalize = cfg.normalize or ("symmetric" if cfg.model == "mobilenetv2" else "scale")
     if normalize == "scale":
-        return PreprocessSpec.scaled(size, size, 1 / 255, 0.0, color=color, resize=cfg.resize)
+        return PreprocessSpec.scaled(size, size, 1 / 255, 0.0, color=color, resize=cfg.resize or "stretch")
     if normalize == "symmetric":
-        return PreprocessSpec.scaled(size, size, 1 / 127.5, -1.0, color=color, resize=cfg.resize)
+        return PreprocessSpec.scaled(size, size, 1 / 127.5, -1.0, color=color, resize=cfg.resize or "stretch")
     raise EdgeclsError(f"unknown normalization {normalize!r}: use scale (0..1) or symmetric (-1..1)")
 
 

@@ -156,7 +156,43 @@ def test_i11_p2_teacher_preprocessing_is_the_students_default(tiny_run_dir):
     from edgecls.distill import teacher_defaults
     from edgecls.rundir import open_run
 
-    assert teacher_defaults(open_run(tiny_run_dir)) == {"image_size": 32, "color": "rgb", "normalize": "scale"}
+    assert teacher_defaults(open_run(tiny_run_dir)) == {"image_size": 32, "color": "rgb", "normalize": "scale",
+                                                        "resize": "stretch"}
+
+
+def test_review_i11_p2_a_letterboxed_teacher_gives_the_student_its_resize(tiny_run_dir, tmp_path):
+    """A teacher trained with --resize letterbox was refused ("resize letterbox (student stretch)") although the
+    help says the teacher's preprocessing is the student's default: --resize had a fixed default of stretch."""
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from edgecls.distill import check_teacher, teacher_defaults
+    from edgecls.rundir import open_run
+    from edgecls.train import TrainConfig, preprocess_spec_for
+
+    teacher_dir = tmp_path / "teacher"
+    shutil.copytree(tiny_run_dir, teacher_dir)
+    meta = json.loads((teacher_dir / "metadata.json").read_text())
+    meta["preprocess"]["resize"] = "letterbox"
+    (teacher_dir / "metadata.json").write_text(json.dumps(meta))
+    teacher = open_run(teacher_dir)
+    cfg = TrainConfig(data="unused", out=str(tmp_path / "s"), teacher=str(teacher_dir))
+    cfg = replace(cfg, **{k: v for k, v in teacher_defaults(teacher).items() if getattr(cfg, k) is None})
+    spec = preprocess_spec_for(cfg, {})
+    assert spec.resize == "letterbox"
+    check_teacher(teacher, spec, teacher.labels)  # accepted
+    assert preprocess_spec_for(TrainConfig(data="unused", out="x"), {}).resize == "stretch"  # without a teacher
+
+
+def test_review_i11_p2_distillation_settings_without_a_teacher_are_refused(shapes_folder, tmp_path):
+    """--temperature / --distill-alpha without --teacher were ignored but recorded in metadata.train."""
+    from conftest import cli_error, run_cli
+
+    for flag, value in (("--temperature", "4"), ("--distill-alpha", "0.2")):
+        line = cli_error(run_cli("train", "--data", shapes_folder, "--out", tmp_path / "s", "--epochs", "1", flag, value))
+        assert "give --teacher" in line, line
+    assert not (tmp_path / "s").exists()
 
 
 def test_i11_p2_teacher_that_trained_on_the_students_test_images_is_refused(tiny_run_dir):

@@ -160,6 +160,7 @@ def test_i11_p4_convert_qat_always_ships_a_verified_full_int8_artifact(tiny_run_
     path = loaded.verify(loaded.artifact("tflite-int8"))
     # the check images were classified right by Keras and by this artifact during convert's verification
     session = ModelSession(path, "tflite", head=manifest["head"])
+    assert len(manifest["checks"]) == 2
     for check in manifest["checks"]:
         x = preprocess_file(bundle / check["file"], loaded.manifest.preprocess)[None]
         assert manifest["labels"][int(session.predict(x).argmax())] == check["label"]

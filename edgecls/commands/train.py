@@ -33,7 +33,8 @@ def _parse_widths(value: str | None):
 @click.option("--model", default="simple", show_default=True, help=_model_help())
 @click.option("--image-size", type=click.IntRange(8, 1024), help="Square input size (default: per dataset, else 64).")
 @click.option("--color", type=click.Choice(["rgb", "bgr", "gray"]), help="Input colour (default: per dataset, else rgb).")
-@click.option("--resize", type=click.Choice(["stretch", "center-crop", "letterbox"]), default="stretch", show_default=True)
+@click.option("--resize", type=click.Choice(["stretch", "center-crop", "letterbox"]),
+              help="How images reach the input size  [default: stretch, or the teacher's]")
 @click.option("--normalize", type=click.Choice(["scale", "symmetric"]), help="0..1 or -1..1 (default: by model).")
 @click.option("--epochs", type=click.IntRange(1), help="Maximum epochs (default: per dataset, else 30).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
@@ -71,10 +72,10 @@ def _parse_widths(value: str | None):
                    "process per worker, task 0 writes the run).")
 @click.option("--teacher", type=click.Path(), help="A trained run to distil from: the student learns from its softened "
               "outputs as well as the labels (its preprocessing and classes are the student's; they are the defaults).")
-@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=DEFAULT_TEMPERATURE, show_default=True,
-              help="Distillation: how much both models' outputs are softened.")
-@click.option("--distill-alpha", type=click.FloatRange(0, 1), default=DEFAULT_ALPHA, show_default=True,
-              help="Distillation: weight of the labels; the teacher gets the rest.")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True),
+              help=f"Distillation: how much both models' outputs are softened  [default: {DEFAULT_TEMPERATURE:g}]")
+@click.option("--distill-alpha", type=click.FloatRange(0, 1),
+              help=f"Distillation: weight of the labels; the teacher gets the rest  [default: {DEFAULT_ALPHA:g}]")
 @click.option("--tensorboard", is_flag=True, help="Write TensorBoard logs to RUN/tensorboard.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only a run or an empty folder).")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of progress bars.")
@@ -97,6 +98,8 @@ def train(**o):
     builtin = BUILTIN_DATASETS.get(o["data"])
     flip = o["flip"] if o["flip"] is not None else bool(builtin and builtin.defaults.get("flip"))
     augment = AugmentSpec(o["rotation"], o["shift"], o["shear"], o["zoom"], flip, o["brightness"]) if o["augment"] else AugmentSpec.off()
+    if not o["teacher"] and (o["temperature"] is not None or o["distill_alpha"] is not None):
+        raise EdgeclsError("--temperature and --distill-alpha are distillation settings: give --teacher RUN too")
     cfg = TrainConfig(
         data=o["data"], out=o["out"], model=o["model"], model_options=model_options, image_size=o["image_size"],
         color=o["color"], resize=o["resize"], normalize=o["normalize"], epochs=o["epochs"], batch_size=o["batch_size"],
@@ -105,7 +108,9 @@ def train(**o):
         test_fraction=o["test_fraction"], augment=augment, fine_tune_layers=o["fine_tune_layers"],
         fine_tune_epochs=o["fine_tune_epochs"], strategy=o["strategy"], tensorboard=o["tensorboard"],
         overwrite=o["overwrite"], verbose=2 if o["quiet"] else "auto",
-        teacher=o["teacher"], temperature=o["temperature"], distill_alpha=o["distill_alpha"],
+        teacher=o["teacher"],
+        temperature=DEFAULT_TEMPERATURE if o["temperature"] is None else o["temperature"],
+        distill_alpha=DEFAULT_ALPHA if o["distill_alpha"] is None else o["distill_alpha"],
     )
     result = run_training(cfg)
     if not result.chief:
