@@ -46,9 +46,13 @@ def read_run(out: Path) -> dict:
     metadata = json.loads((out / "metadata.json").read_text())
     kept = metadata["train"].get("kept_epoch") or {}
     TRAIN_SECONDS[str(out)] = metrics.get("train_seconds", 0.0)
-    return {"accuracy": 100 * metrics["test_accuracy"], "params": metadata["model"]["parameters"],
-            "teacher": metadata.get("teacher"), "test_images": metadata["dataset"]["counts"]["test"],
-            "val_loss": kept.get("value") if kept.get("monitor") == "val_loss" else None}
+    return {
+        "accuracy": 100 * metrics["test_accuracy"],
+        "params": metadata["model"]["parameters"],
+        "teacher": metadata.get("teacher"),
+        "test_images": metadata["dataset"]["counts"]["test"],
+        "val_loss": kept.get("value") if kept.get("monitor") == "val_loss" else None,
+    }
 
 
 def convert(run: Path, out: Path, *args) -> dict:
@@ -61,8 +65,14 @@ def convert(run: Path, out: Path, *args) -> dict:
 
 
 def write_results(path: Path, lines: list, started: float, work: Path) -> None:
-    reused = (f" ({len(REUSED)} finished runs there reused, made by an earlier pass; the {len(TRAIN_SECONDS)} runs "
-              f"trained in {sum(TRAIN_SECONDS.values()):.0f} s in all)") if REUSED else ""
+    reused = (
+        (
+            f" ({len(REUSED)} finished runs there reused, made by an earlier pass; the {len(TRAIN_SECONDS)} runs "
+            f"trained in {sum(TRAIN_SECONDS.values()):.0f} s in all)"
+        )
+        if REUSED
+        else ""
+    )
     lines = [*lines, f"# {time.perf_counter() - started:.0f} s; runs in {work}{reused}"]
     path.parent.mkdir(exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

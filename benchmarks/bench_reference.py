@@ -33,9 +33,9 @@ OUT = REPO / "benchmarks" / "results"
 def _shapes_folder(root: Path, per_class: int = 12) -> Path:
     """A few generated images per class: enough for a run directory (train/test splits and calibration)."""
     import cv2
+    import numpy as np
 
     from edgecls.datasets.shapes import SHAPES, render_shape
-    import numpy as np
 
     rng = np.random.default_rng(0)
     for kind in SHAPES:
@@ -54,9 +54,17 @@ def build_bundles(work: Path) -> dict:
     bundles = {}
     plans = {
         "digits": TrainConfig(data="digits", out=str(work / "digits-run"), epochs=5, seed=0, verbose=0),
-        "mobilenetv2-224": TrainConfig(data=str(work / "shapes224"), out=str(work / "mnv2-run"), model="mobilenetv2",
-                                       model_options={"alpha": 1.0}, image_size=224, epochs=1, batch_size=16,
-                                       seed=0, verbose=0),
+        "mobilenetv2-224": TrainConfig(
+            data=str(work / "shapes224"),
+            out=str(work / "mnv2-run"),
+            model="mobilenetv2",
+            model_options={"alpha": 1.0},
+            image_size=224,
+            epochs=1,
+            batch_size=16,
+            seed=0,
+            verbose=0,
+        ),
     }
     for name, cfg in plans.items():
         bundle = work / f"{name}-bundle"
@@ -70,16 +78,38 @@ def build_bundles(work: Path) -> dict:
             train(cfg)
         print(f"converting {name} ...", flush=True)
         # A one-epoch MobileNetV2 is near chance: the accuracy gate would only measure noise, so it is open.
-        convert(cfg.out, bundle, ConvertOptions(calibration_size=32 if name != "digits" else 200,
-                                                max_drop=100.0 if name != "digits" else 1.0))
+        convert(
+            cfg.out,
+            bundle,
+            ConvertOptions(
+                calibration_size=32 if name != "digits" else 200, max_drop=100.0 if name != "digits" else 1.0
+            ),
+        )
     return bundles
 
 
 def bench(bundle: Path, out: Path, args, extra=()) -> dict:
     """`edgecls bench` as a user runs it; returns its JSON document."""
-    cmd = [sys.executable, "-m", "edgecls.cli", "bench", str(bundle), "--threads", args.threads, "--repeats",
-           str(args.repeats), "--runs", str(args.runs), "--time-budget", str(args.budget), "--max-warmup",
-           str(args.max_warmup), "--json", str(out.with_suffix(".json")), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgecls.cli",
+        "bench",
+        str(bundle),
+        "--threads",
+        args.threads,
+        "--repeats",
+        str(args.repeats),
+        "--runs",
+        str(args.runs),
+        "--time-budget",
+        str(args.budget),
+        "--max-warmup",
+        str(args.max_warmup),
+        "--json",
+        str(out.with_suffix(".json")),
+        *extra,
+    ]
     print("$", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
     return json.loads(out.with_suffix(".json").read_text())
@@ -101,48 +131,78 @@ def summary(name: str, run1: dict, run2: dict, threads: list, repeats: int) -> l
     """Markdown lines: latency table, ratios, whole frame, run-to-run stability for one bundle."""
     one, two = _by(run1), _by(run2)
     names = list(dict.fromkeys(r["artifact"] for r in run1["records"]))
-    lines = [f"### {name}", "", f"Invoke (the engine alone), ms; p50 spread = (max − min) / median of the {repeats} per-process p50s.", "",
-             "| artifact | MB | " + " | ".join(f"p50 @{t} | p90 @{t} | p99 @{t} | spread @{t}" for t in threads)
-             + " | GMAC/s @1 | load ms | 1st ms | peak RSS MB |",
-             "|---|---|" + "---|---|---|---|" * len(threads) + "---|---|---|---|"]
+    lines = [
+        f"### {name}",
+        "",
+        f"Invoke (the engine alone), ms; p50 spread = (max − min) / median of the {repeats} per-process p50s.",
+        "",
+        "| artifact | MB | "
+        + " | ".join(f"p50 @{t} | p90 @{t} | p99 @{t} | spread @{t}" for t in threads)
+        + " | GMAC/s @1 | load ms | 1st ms | peak RSS MB |",
+        "|---|---|" + "---|---|---|---|" * len(threads) + "---|---|---|---|",
+    ]
     for a in names:
         cells = []
         for t in threads:
             r = one.get((a, t), {})
-            cells.append(f"{_f(r.get('p50_ms'))} | {_f(r.get('p90_ms'))} | {_f(r.get('p99_ms'))} | {_f(r.get('p50_spread_pct'), 1)} %")
+            cells.append(
+                f"{_f(r.get('p50_ms'))} | {_f(r.get('p90_ms'))} | {_f(r.get('p99_ms'))} | "
+                f"{_f(r.get('p50_spread_pct'), 1)} %"
+            )
         r1 = one.get((a, threads[0]), {})
-        lines.append(f"| {a} | {_f(r1.get('size_bytes', 0) / 1e6)} | " + " | ".join(cells)
-                     + f" | {_f(r1.get('gmacs_per_s'), 1)} | {_f(r1.get('load_ms'), 0)} | {_f(r1.get('first_inference_ms'), 1)}"
-                     f" | {_f(r1.get('peak_rss_mb'), 0)} |")
+        lines.append(
+            f"| {a} | {_f(r1.get('size_bytes', 0) / 1e6)} | "
+            + " | ".join(cells)
+            + f" | {_f(r1.get('gmacs_per_s'), 1)} | {_f(r1.get('load_ms'), 0)} | {_f(r1.get('first_inference_ms'), 1)}"
+            f" | {_f(r1.get('peak_rss_mb'), 0)} |"
+        )
     lines += ["", "Ratios (p50; > 1 means the first is faster):", ""]
     for t in threads:
         p = {a: one.get((a, t), {}).get("p50_ms") for a in names}
-        parts = [f"tflite int8 vs fp32 {_ratio(p.get('tflite-fp32'), p.get('tflite-int8'))}",
-                 f"tflite fp16 vs fp32 {_ratio(p.get('tflite-fp32'), p.get('tflite-fp16'))}",
-                 f"**onnx int8 vs fp32 {_ratio(p.get('onnx-fp32'), p.get('onnx-int8'))}**",
-                 f"tflite-fp32 vs onnx-fp32 {_ratio(p.get('onnx-fp32'), p.get('tflite-fp32'))}"]
+        parts = [
+            f"tflite int8 vs fp32 {_ratio(p.get('tflite-fp32'), p.get('tflite-int8'))}",
+            f"tflite fp16 vs fp32 {_ratio(p.get('tflite-fp32'), p.get('tflite-fp16'))}",
+            f"**onnx int8 vs fp32 {_ratio(p.get('onnx-fp32'), p.get('onnx-int8'))}**",
+            f"tflite-fp32 vs onnx-fp32 {_ratio(p.get('onnx-fp32'), p.get('tflite-fp32'))}",
+        ]
         if p.get("keras"):
             best = min((v, a) for a, v in p.items() if v and a != "keras")
             parts.append(f"{best[1]} vs Keras {_ratio(p['keras'], best[0])}")
         lines.append(f"- {t} thread{'s' if t != 1 else ''}: " + "; ".join(parts))
     if len(threads) > 1:
-        lines.append(f"- {threads[-1]} vs {threads[0]} threads: " + "; ".join(
-            f"{a} {_ratio(one.get((a, threads[0]), {}).get('p50_ms'), one.get((a, threads[-1]), {}).get('p50_ms'))}" for a in names))
-    lines += ["", f"Whole frame at {threads[0]} thread{'s' if threads[0] != 1 else ''} (640×480 JPEG through `load_image` + "
-              "`Classifier.classify`), p50 ms; the whole frame is timed end to end, so its p90/p99 are real percentiles:", "",
-              "| artifact | decode | preprocess + quantize | invoke | dequantize + top-k | decode excluded | whole frame p50 "
-              "| p90 | p99 | overhead vs invoke alone (decode excluded) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"- {threads[-1]} vs {threads[0]} threads: "
+            + "; ".join(
+                f"{a} {_ratio(one.get((a, threads[0]), {}).get('p50_ms'), one.get((a, threads[-1]), {}).get('p50_ms'))}"
+                for a in names
+            )
+        )
+    lines += [
+        "",
+        f"Whole frame at {threads[0]} thread{'s' if threads[0] != 1 else ''} (640×480 JPEG through `load_image` + "
+        "`Classifier.classify`), p50 ms; the whole frame is timed end to end, so its p90/p99 are real percentiles:",
+        "",
+        "| artifact | decode | preprocess + quantize | invoke | dequantize + top-k | decode excluded | whole frame p50 "
+        "| p90 | p99 | overhead vs invoke alone (decode excluded) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for a in names:
         r = one.get((a, threads[0]), {})
         f = r.get("frame", {})
-        lines.append(f"| {a} | {_f(f.get('decode', {}).get('p50_ms'))} | {_f(f.get('preprocess', {}).get('p50_ms'))} | "
-                     f"{_f(f.get('invoke', {}).get('p50_ms'))} | {_f(f.get('postprocess', {}).get('p50_ms'), 3)} | "
-                     f"{_f(f.get('total', {}).get('p50_ms'))} | {_f(r.get('frame_p50_ms'))} | {_f(r.get('frame_p90_ms'))} | "
-                     f"{_f(r.get('frame_p99_ms'))} | {_f(r.get('overhead_pct_of_invoke'), 1)} % |")
+        lines.append(
+            f"| {a} | {_f(f.get('decode', {}).get('p50_ms'))} | {_f(f.get('preprocess', {}).get('p50_ms'))} | "
+            f"{_f(f.get('invoke', {}).get('p50_ms'))} | {_f(f.get('postprocess', {}).get('p50_ms'), 3)} | "
+            f"{_f(f.get('total', {}).get('p50_ms'))} | {_f(r.get('frame_p50_ms'))} | {_f(r.get('frame_p90_ms'))} | "
+            f"{_f(r.get('frame_p99_ms'))} | {_f(r.get('overhead_pct_of_invoke'), 1)} % |"
+        )
     worst = 0.0
-    lines += ["", "Two consecutive runs of the same command, invoke p50 (ms):", "",
-              "| artifact | threads | run 1 | run 2 | difference |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Two consecutive runs of the same command, invoke p50 (ms):",
+        "",
+        "| artifact | threads | run 1 | run 2 | difference |",
+        "|---|---|---|---|---|",
+    ]
     for key, r in one.items():
         other = two.get(key)
         if not other:
@@ -150,7 +210,12 @@ def summary(name: str, run1: dict, run2: dict, threads: list, repeats: int) -> l
         diff = 100 * abs(other["p50_ms"] - r["p50_ms"]) / r["p50_ms"]
         worst = max(worst, diff)
         lines.append(f"| {key[0]} | {key[1]} | {r['p50_ms']:.3f} | {other['p50_ms']:.3f} | {diff:.1f} % |")
-    lines += ["", f"Largest run-to-run difference: **{worst:.1f} %** ({'within' if worst <= 10 else 'NOT within'} the 10 % target).", ""]
+    lines += [
+        "",
+        f"Largest run-to-run difference: **{worst:.1f} %** "
+        f"({'within' if worst <= 10 else 'NOT within'} the 10 % target).",
+        "",
+    ]
     return lines
 
 
@@ -164,11 +229,15 @@ def targets(run1: dict, threads: list) -> list:
     return [
         f"| target (MobileNetV2-224, {t} thread{'s' if t != 1 else ''}, one run) | measured | goal | verdict |",
         "|---|---|---|---|",
-        f"| ONNX int8 vs ONNX fp32 (invoke p50) | {_f(speedup)}× ({_f(int8 and int8['p50_ms'])} vs {_f(fp32 and fp32['p50_ms'])} ms) "
+        f"| ONNX int8 vs ONNX fp32 (invoke p50) | {_f(speedup)}× "
+        f"({_f(int8 and int8['p50_ms'])} vs {_f(fp32 and fp32['p50_ms'])} ms) "
         f"| ≥ 1.5× | {'met' if speedup and speedup >= 1.5 else 'not met'} |",
-        f"| whole-frame overhead (preprocess + quantize + top-k, decode excluded) vs tflite-int8 invoke | {_f(overhead, 1)} % "
+        f"| whole-frame overhead (preprocess + quantize + top-k, decode excluded) vs tflite-int8 invoke | "
+        f"{_f(overhead, 1)} % "
         f"({_f(tfl and tfl['overhead_ms'])} ms vs {_f(tfl and tfl['p50_ms'])} ms) | ≤ 25 % | "
-        f"{'met' if overhead is not None and overhead <= 25 else 'not met'} |", ""]
+        f"{'met' if overhead is not None and overhead <= 25 else 'not met'} |",
+        "",
+    ]
 
 
 VNNI = ("avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8")
@@ -178,16 +247,22 @@ def int8_instructions(m: dict) -> list:
     """Markdown lines on the int8 instructions of the machine that ran the bench (its /proc/cpuinfo flags)."""
     flags = set(m.get("cpu_flags") or [])
     if m.get("arch") not in ("x86_64", "AMD64", "i686"):
-        return [f"- int8 instructions (from /proc/cpuinfo): {', '.join(sorted(flags)) or 'none reported'} "
-                f"(asimddp / i8mm speed int8 up on ARM)"]
+        return [
+            f"- int8 instructions (from /proc/cpuinfo): {', '.join(sorted(flags)) or 'none reported'} "
+            f"(asimddp / i8mm speed int8 up on ARM)"
+        ]
     vnni = sorted(flags & set(VNNI))
-    lines = [f"- int8 instructions (from /proc/cpuinfo): AVX2 {'yes' if 'avx2' in flags else 'no'}, AVX-512 "
-             f"{'yes' if 'avx512f' in flags else 'no'}, VNNI {'yes (' + ', '.join(vnni) + ')' if vnni else 'no'}"]
+    lines = [
+        f"- int8 instructions (from /proc/cpuinfo): AVX2 {'yes' if 'avx2' in flags else 'no'}, AVX-512 "
+        f"{'yes' if 'avx512f' in flags else 'no'}, VNNI {'yes (' + ', '.join(vnni) + ')' if vnni else 'no'}"
+    ]
     if not vnni:
-        lines.append("- **No VNNI here**: int8 kernels multiply-accumulate with two AVX2 instructions "
-                     "(vpmaddubsw + vpmaddwd) where VNNI has one (vpdpbusd), so int8's lead over fp32 is smaller than on the "
-                     "VNNI machines that the issue's reference numbers (and its 1.5× ONNX int8 target) assumed. "
-                     "Compare the ratios below with that in mind.")
+        lines.append(
+            "- **No VNNI here**: int8 kernels multiply-accumulate with two AVX2 instructions "
+            "(vpmaddubsw + vpmaddwd) where VNNI has one (vpdpbusd), so int8's lead over fp32 is smaller than on the "
+            "VNNI machines that the issue's reference numbers (and its 1.5× ONNX int8 target) assumed. "
+            "Compare the ratios below with that in mind."
+        )
     return lines
 
 
@@ -208,34 +283,58 @@ def write_results(docs: dict, work: str, command: str) -> str:
     first = docs["mobilenetv2-224"][0]
     m, st = first["machine"], first["settings"]
     threads = [t for t in st["threads"]]
-    lines = ["# edgecls bench: reference results", "",
-             f"Written by `{command}` (bundles cached in `{work}`) on {first['created']}.", "",
-             "## Machine", "",
-             f"- CPU: {m.get('cpu')}, {m.get('cores')} cores ({m.get('cores_usable')} usable), {m.get('arch')}, "
-             f"flags {', '.join(m.get('cpu_flags') or []) or '–'}; {m.get('memory_mb')} MB RAM; host `{m.get('hostname')}`",
-             *int8_instructions(m),
-             f"- OS: {m.get('os')}; {m.get('python')}",
-             "- Versions: " + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()),
-             f"- Load average when run 1 ended: {m.get('load_average')} (other work on the machine widens the spread)", "",
-             f"Settings: threads {','.join(map(str, threads))}; {st['repeats']} repeats, each a fresh process per artifact and "
-             f"thread count (round-robin); up to {st['runs']} timed runs or {st['time_budget_s']} s per phase after warm-up "
-             f"until the latency settles (at most {st.get('max_warmup_s', 10.0)} s); whole frame from a {st['frame']}.",
-             "Execution providers: LiteRT's default CPU kernels (XNNPACK); ONNX Runtime CPUExecutionProvider.", "",
-             "## Issue 8, point 6: both targets from one run", ""]
+    lines = [
+        "# edgecls bench: reference results",
+        "",
+        f"Written by `{command}` (bundles cached in `{work}`) on {first['created']}.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m.get('cpu')}, {m.get('cores')} cores ({m.get('cores_usable')} usable), {m.get('arch')}, "
+        f"flags {', '.join(m.get('cpu_flags') or []) or '–'}; {m.get('memory_mb')} MB RAM; host `{m.get('hostname')}`",
+        *int8_instructions(m),
+        f"- OS: {m.get('os')}; {m.get('python')}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()),
+        f"- Load average when run 1 ended: {m.get('load_average')} (other work on the machine widens the spread)",
+        "",
+        f"Settings: threads {','.join(map(str, threads))}; {st['repeats']} repeats, "
+        "each a fresh process per artifact and "
+        f"thread count (round-robin); up to {st['runs']} timed runs or {st['time_budget_s']} s per phase after warm-up "
+        f"until the latency settles (at most {st.get('max_warmup_s', 10.0)} s); whole frame from a {st['frame']}.",
+        "Execution providers: LiteRT's default CPU kernels (XNNPACK); ONNX Runtime CPUExecutionProvider.",
+        "",
+        "## Issue 8, point 6: both targets from one run",
+        "",
+    ]
     lines += targets(first, threads)
     load = max((d["machine"].get("load_average") or [0])[0] for pair in docs.values() for d in pair)
     if load > 0.5 * (m.get("cores_usable") or 1):
-        lines += [f"**Caveat:** the machine was shared while this ran (load average up to {load} on "
-                  f"{m.get('cores_usable')} usable cores): latencies, ratios and the run-to-run spread below say more "
-                  f"about the other work than about the engines. Regenerate on an idle machine with the command below.", ""]
+        lines += [
+            f"**Caveat:** the machine was shared while this ran (load average up to {load} on "
+            f"{m.get('cores_usable')} usable cores): latencies, ratios and the run-to-run spread below say more "
+            f"about the other work than about the engines. Regenerate on an idle machine with the command below.",
+            "",
+        ]
     lines += ["## Results", ""]
     for name, (run1, run2) in sorted(docs.items(), key=lambda kv: kv[0] != "mobilenetv2-224"):
         lines += summary(name, run1, run2, threads, st["repeats"])
-    lines += [ANCHORS, "## Reproduce", "", "On an otherwise idle machine:", "", "```", "pip install -e '.[all]'",
-              command, "# one bundle by hand:",
-              f"edgecls bench BUNDLE --threads {','.join(map(str, threads))} --repeats {st['repeats']} --json bench.json "
-              f"--markdown bench.md --plot bench.png",
-              "```", "", "Raw results: `benchmarks/results/bench_*.json` (both runs), charts `bench_*.png`.", ""]
+    lines += [
+        ANCHORS,
+        "## Reproduce",
+        "",
+        "On an otherwise idle machine:",
+        "",
+        "```",
+        "pip install -e '.[all]'",
+        command,
+        "# one bundle by hand:",
+        f"edgecls bench BUNDLE --threads {','.join(map(str, threads))} --repeats {st['repeats']} --json bench.json "
+        f"--markdown bench.md --plot bench.png",
+        "```",
+        "",
+        "Raw results: `benchmarks/results/bench_*.json` (both runs), charts `bench_*.png`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -260,12 +359,21 @@ def _main(argv=None) -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--budget", type=_seconds, default=10.0,
-                        help="seconds per timed phase of one repeat, e.g. 0.5 for a smoke run (at least 10 runs are timed)")
-    parser.add_argument("--max-warmup", type=_seconds, help="seconds of warm-up at most per process (default: "
-                        "the --budget, at most 10)")
-    parser.add_argument("--out", type=Path, help="folder for the JSON, charts and RESULTS.md (default: benchmarks/results "
-                        "and benchmarks/RESULTS.md, the committed ones)")
+    parser.add_argument(
+        "--budget",
+        type=_seconds,
+        default=10.0,
+        help="seconds per timed phase of one repeat, e.g. 0.5 for a smoke run (at least 10 runs are timed)",
+    )
+    parser.add_argument(
+        "--max-warmup", type=_seconds, help="seconds of warm-up at most per process (default: the --budget, at most 10)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for the JSON, charts and RESULTS.md (default: benchmarks/results "
+        "and benchmarks/RESULTS.md, the committed ones)",
+    )
     parser.add_argument("--only", help="benchmark only this bundle (digits or mobilenetv2-224)")
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results/bench_*_run?.json")
@@ -274,8 +382,11 @@ def _main(argv=None) -> None:
     out_dir, results = (args.out, args.out / "RESULTS.md") if args.out else (OUT, RESULTS)
     command = "python -m benchmarks.bench_reference " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.report_only:
-        docs = {name: tuple(json.loads((out_dir / f"bench_{name}_run{i}.json").read_text()) for i in (1, 2))
-                for name in ("digits", "mobilenetv2-224") if (out_dir / f"bench_{name}_run2.json").is_file()}
+        docs = {
+            name: tuple(json.loads((out_dir / f"bench_{name}_run{i}.json").read_text()) for i in (1, 2))
+            for name in ("digits", "mobilenetv2-224")
+            if (out_dir / f"bench_{name}_run2.json").is_file()
+        }
         command = docs["mobilenetv2-224"][0].get("command", command)
         results.write_text(write_results(docs, args.work, command.replace(" --report-only", "")))
         return
@@ -293,8 +404,12 @@ def _main(argv=None) -> None:
             from edgecls.datasets.builtin import materialize
 
             extra += ["--data", str(materialize("digits"))]  # MobileNetV2's random weights make accuracy meaningless
-        first = bench(bundle, out_dir / f"bench_{name}_run1", args,
-                      [*extra, "--markdown", str(out_dir / f"bench_{name}.md"), "--plot", str(out_dir / f"bench_{name}.png")])
+        first = bench(
+            bundle,
+            out_dir / f"bench_{name}_run1",
+            args,
+            [*extra, "--markdown", str(out_dir / f"bench_{name}.md"), "--plot", str(out_dir / f"bench_{name}.png")],
+        )
         second = bench(bundle, out_dir / f"bench_{name}_run2", args, extra)
         docs[name] = (first, second)
     if "mobilenetv2-224" not in docs:

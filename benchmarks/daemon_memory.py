@@ -68,8 +68,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = write_video(Path(tmp) / "clip.avi")
         sink = CountingSink()
-        daemon = Daemon(args.bundle, [str(video)], sinks=[sink], port=0, max_frames=args.frames,
-                        source_options={"loop": True, "every_frame": True})
+        daemon = Daemon(
+            args.bundle,
+            [str(video)],
+            sinks=[sink],
+            port=0,
+            max_frames=args.frames,
+            source_options={"loop": True, "every_frame": True},
+        )
         samples, started = [], time.perf_counter()
         runner = threading.Thread(target=daemon.run, daemon=True)
         runner.start()
@@ -78,9 +84,17 @@ def main() -> None:
             if sink.count >= next_mark:
                 if daemon.url:  # a scrape now and then, as Prometheus would
                     urllib.request.urlopen(daemon.url + "/metrics", timeout=10).read()
-                samples.append({"frames": sink.count, "rss_mb": round(rss_mb(), 1),
-                                "seconds": round(time.perf_counter() - started, 1)})
-                print(f"{sink.count:>7} frames  RSS {samples[-1]['rss_mb']:7.1f} MB  {samples[-1]['seconds']:6.1f} s", flush=True)
+                samples.append(
+                    {
+                        "frames": sink.count,
+                        "rss_mb": round(rss_mb(), 1),
+                        "seconds": round(time.perf_counter() - started, 1),
+                    }
+                )
+                print(
+                    f"{sink.count:>7} frames  RSS {samples[-1]['rss_mb']:7.1f} MB  {samples[-1]['seconds']:6.1f} s",
+                    flush=True,
+                )
                 next_mark += args.every
             time.sleep(0.005)
         runner.join()
@@ -88,13 +102,21 @@ def main() -> None:
     at = {s["frames"] // args.every * args.every: s["rss_mb"] for s in samples}
     first, last = at.get(args.every), at.get(args.frames // args.every * args.every)
     growth = None if first is None or last is None else round(last - first, 1)
-    record = {"bundle": str(args.bundle), "frames": sink.count, "samples": samples, "growth_mb_1k_to_last": growth,
-              "machine": f"{platform.machine()}, {platform.python_version()}"}
+    record = {
+        "bundle": str(args.bundle),
+        "frames": sink.count,
+        "samples": samples,
+        "growth_mb_1k_to_last": growth,
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+    }
     Path(args.out + ".json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = [f"# daemon RSS over time: {args.bundle}, looping 640x480 MJPG video, every frame, /metrics scraped",
-             f"# {platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}",
-             *(f"{s['frames']:>7} frames  RSS {s['rss_mb']:7.1f} MB  at {s['seconds']:6.1f} s" for s in samples),
-             f"growth from {args.every} to {args.frames // args.every * args.every} frames: {growth} MB (target: within 10 MB)"]
+    lines = [
+        f"# daemon RSS over time: {args.bundle}, looping 640x480 MJPG video, every frame, /metrics scraped",
+        f"# {platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}",
+        *(f"{s['frames']:>7} frames  RSS {s['rss_mb']:7.1f} MB  at {s['seconds']:6.1f} s" for s in samples),
+        f"growth from {args.every} to {args.frames // args.every * args.every} frames: {growth} MB "
+        "(target: within 10 MB)",
+    ]
     Path(args.out + ".txt").write_text("\n".join(lines) + "\n")
     print(lines[-1])
 

@@ -21,7 +21,6 @@ import threading
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -79,18 +78,28 @@ def daemon_fps(classifier, video: Path, seconds: float, warmup: float = 2.0) -> 
     from runtime.daemon import Daemon
 
     sink = Collect()
-    daemon = Daemon(None, [str(video)], classifier=classifier, sinks=[sink], port=0, duration=seconds + warmup,
-                    source_options={"loop": True, "every_frame": True})
+    daemon = Daemon(
+        None,
+        [str(video)],
+        classifier=classifier,
+        sinks=[sink],
+        port=0,
+        duration=seconds + warmup,
+        source_options={"loop": True, "every_frame": True},
+    )
     runner = threading.Thread(target=daemon.run, daemon=True)
     runner.start()
     runner.join()
     start = sink.times[0] + warmup
     kept = [i for i, t in enumerate(sink.times) if t >= start]
     span = sink.times[kept[-1]] - sink.times[kept[0]]
-    return {"fps": (len(kept) - 1) / span, "frames": len(kept),
-            "pre_ms": statistics.median(sink.pre[i] for i in kept),
-            "infer_ms": statistics.median(sink.infer[i] for i in kept),
-            "post_ms": statistics.median(sink.post[i] for i in kept)}
+    return {
+        "fps": (len(kept) - 1) / span,
+        "frames": len(kept),
+        "pre_ms": statistics.median(sink.pre[i] for i in kept),
+        "infer_ms": statistics.median(sink.infer[i] for i in kept),
+        "post_ms": statistics.median(sink.post[i] for i in kept),
+    }
 
 
 def main() -> None:
@@ -114,25 +123,48 @@ def main() -> None:
             run = daemon_fps(classifier, video, args.seconds)
             after = invoke_ms(classifier)
             invoke = statistics.median([before, after])
-            rounds.append({"invoke_ms": round(invoke, 3), "invoke_before_ms": round(before, 3),
-                           "invoke_after_ms": round(after, 3), **{k: round(v, 3) for k, v in run.items()},
-                           "ratio": round(run["fps"] * invoke / 1000, 3)})
-            print(f"round {r + 1}: invoke {invoke:.2f} ms (1/invoke {1000 / invoke:.0f}/s)  daemon {run['fps']:.0f} frames/s "
-                  f"over {run['frames']} frames  ratio {rounds[-1]['ratio']:.2f}  (pre {run['pre_ms']:.2f} ms, "
-                  f"infer {run['infer_ms']:.2f} ms, post {run['post_ms']:.3f} ms)", flush=True)
+            rounds.append(
+                {
+                    "invoke_ms": round(invoke, 3),
+                    "invoke_before_ms": round(before, 3),
+                    "invoke_after_ms": round(after, 3),
+                    **{k: round(v, 3) for k, v in run.items()},
+                    "ratio": round(run["fps"] * invoke / 1000, 3),
+                }
+            )
+            print(
+                f"round {r + 1}: invoke {invoke:.2f} ms (1/invoke {1000 / invoke:.0f}/s)  "
+                f"daemon {run['fps']:.0f} frames/s "
+                f"over {run['frames']} frames  ratio {rounds[-1]['ratio']:.2f}  (pre {run['pre_ms']:.2f} ms, "
+                f"infer {run['infer_ms']:.2f} ms, post {run['post_ms']:.3f} ms)",
+                flush=True,
+            )
     ratio = statistics.median(r["ratio"] for r in rounds)
     machine = f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    record = {"bundle": str(args.bundle), "artifact": args.artifact, "threads": args.threads,
-              "backend": classifier.backend_name, "rounds": rounds, "median_ratio": ratio, "machine": machine,
-              "date": time.strftime("%Y-%m-%d")}
+    record = {
+        "bundle": str(args.bundle),
+        "artifact": args.artifact,
+        "threads": args.threads,
+        "backend": classifier.backend_name,
+        "rounds": rounds,
+        "median_ratio": ratio,
+        "machine": machine,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     Path(args.out + ".json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = [f"# daemon throughput vs invoke: {args.bundle} {args.artifact}, {args.threads} inference thread(s), "
-             f"{classifier.backend_name}; looping 640x480 MJPG video, every frame",
-             f"# {machine}, {time.strftime('%Y-%m-%d')}",
-             *(f"round {i + 1}: invoke {r['invoke_ms']:.2f} ms -> {1000 / r['invoke_ms']:.0f}/s; daemon {r['fps']:.0f} frames/s; "
-               f"ratio {r['ratio']:.2f}; per frame pre {r['pre_ms']:.2f} ms infer {r['infer_ms']:.2f} ms post {r['post_ms']:.3f} ms"
-               for i, r in enumerate(rounds)),
-             f"median ratio frames/s x invoke: {ratio:.2f} (target: >= 0.85)"]
+    lines = [
+        f"# daemon throughput vs invoke: {args.bundle} {args.artifact}, {args.threads} inference thread(s), "
+        f"{classifier.backend_name}; looping 640x480 MJPG video, every frame",
+        f"# {machine}, {time.strftime('%Y-%m-%d')}",
+        *(
+            f"round {i + 1}: invoke {r['invoke_ms']:.2f} ms -> {1000 / r['invoke_ms']:.0f}/s; "
+            f"daemon {r['fps']:.0f} frames/s; "
+            f"ratio {r['ratio']:.2f}; per frame pre {r['pre_ms']:.2f} ms "
+            f"infer {r['infer_ms']:.2f} ms post {r['post_ms']:.3f} ms"
+            for i, r in enumerate(rounds)
+        ),
+        f"median ratio frames/s x invoke: {ratio:.2f} (target: >= 0.85)",
+    ]
     Path(args.out + ".txt").write_text("\n".join(lines) + "\n")
     print(lines[-1])
 

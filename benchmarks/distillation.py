@@ -53,8 +53,14 @@ def _teacher(work: Path, seed: int) -> tuple[Path, dict]:
     return out, _runs.train(out, *COMMON, *TEACHER, "--seed", seed)
 
 
-def _student(work: Path, teacher: Path, widths: tuple, setting: tuple | None, seed: int = 0, epochs: int = EPOCHS) -> dict:
-    name = f"student-e{epochs}-" + "-".join(map(str, widths)) + (f"-T{setting[0]:g}-a{setting[1]:g}" if setting else "-alone")
+def _student(
+    work: Path, teacher: Path, widths: tuple, setting: tuple | None, seed: int = 0, epochs: int = EPOCHS
+) -> dict:
+    name = (
+        f"student-e{epochs}-"
+        + "-".join(map(str, widths))
+        + (f"-T{setting[0]:g}-a{setting[1]:g}" if setting else "-alone")
+    )
     args = [*COMMON, "--seed", seed, "--widths", ",".join(map(str, widths)), "--epochs", epochs]
     if setting:
         args += ["--teacher", teacher, "--temperature", setting[0], "--distill-alpha", setting[1]]
@@ -84,7 +90,9 @@ def part1(work: Path) -> list:
         for setting in settings:
             r = _student(work, teacher_dir, widths, setting)
             label = f"student {name} + teacher, {_setting(setting)}"
-            lines.append(f"{label:<46} {r['params']:>7,} {r['accuracy']:>8.2f}% {r['accuracy'] - alone['accuracy']:+8.2f}")
+            lines.append(
+                f"{label:<46} {r['params']:>7,} {r['accuracy']:>8.2f}% {r['accuracy'] - alone['accuracy']:+8.2f}"
+            )
         print("\n".join(lines), flush=True)
     return lines
 
@@ -118,10 +126,12 @@ def summary(found: dict) -> list:
             continue
         gains, losses = [g for g, _ in rows], [loss for _, loss in rows]
         lower = sum(a > b for a, b in zip(alone_loss, losses))
-        lines.append(f"{_setting(s)}: mean {sum(gains) / len(gains):+.2f} points, at least the alone accuracy on "
-                     f"{sum(g >= 0 for g in gains)} of {len(gains)} seeds (worst {min(gains):+.2f}); val loss "
-                     f"{sum(losses) / len(losses):.3f} vs alone {sum(alone_loss) / len(alone_loss):.3f}, lower on "
-                     f"{lower} of {len(losses)} seeds")
+        lines.append(
+            f"{_setting(s)}: mean {sum(gains) / len(gains):+.2f} points, at least the alone accuracy on "
+            f"{sum(g >= 0 for g in gains)} of {len(gains)} seeds (worst {min(gains):+.2f}); val loss "
+            f"{sum(losses) / len(losses):.3f} vs alone {sum(alone_loss) / len(alone_loss):.3f}, lower on "
+            f"{lower} of {len(losses)} seeds"
+        )
     return lines
 
 
@@ -138,8 +148,8 @@ def main() -> None:
     started = time.perf_counter()
     default = (DEFAULT_TEMPERATURE, DEFAULT_ALPHA)
     lines = [
-        "# Knowledge distillation (issue 11 point 2): digits 16 px; every run by `edgecls train [--teacher]`; a student "
-        "and its alone run differ only in the teacher (same seed, epochs, augmentation)",
+        "# Knowledge distillation (issue 11 point 2): digits 16 px; every run by `edgecls train [--teacher]`; "
+        "a student and its alone run differ only in the teacher (same seed, epochs, augmentation)",
         f"# {cpu_model()}, Python {platform.python_version()}",
         "",
         *part1(work),
@@ -150,8 +160,11 @@ def main() -> None:
     settings = [default, *[s for s in CANDIDATES if s != default]]
     rows, found_10 = part2(work, settings)
     lines += rows + summary(found_10)
-    lines += ["", f"## part 3: student 8,16 trained to convergence ({CONVERGED_EPOCHS} epochs), alone and with "
-              f"{_setting(default)}; each seed its own split and teacher"]
+    lines += [
+        "",
+        f"## part 3: student 8,16 trained to convergence ({CONVERGED_EPOCHS} epochs), alone and with "
+        f"{_setting(default)}; each seed its own split and teacher",
+    ]
     if args.converged:
         rows, found = part2(work, [default], CONVERGED_EPOCHS)
         gains = [g for g, _ in found[default]]
@@ -159,9 +172,11 @@ def main() -> None:
     else:
         lines += ["(recorded earlier by the same runs; --converged re-runs them)", *CONVERGED_RECORD]
     ten = [g for g, _ in found_10[default]]
-    lines.append(f"Distillation helps most when the student is far below the teacher: the defaults' mean gain is "
-                 f"{sum(ten) / len(ten):+.2f} points at {EPOCHS} epochs (student 9-20 points below it) against -0.09 "
-                 f"converged (1-3 points below); at neither is it a gain on every seed.")
+    lines.append(
+        f"Distillation helps most when the student is far below the teacher: the defaults' mean gain is "
+        f"{sum(ten) / len(ten):+.2f} points at {EPOCHS} epochs (student 9-20 points below it) against -0.09 "
+        f"converged (1-3 points below); at neither is it a gain on every seed."
+    )
     _runs.write_results(RESULTS, lines + [""], started, work)
 
 

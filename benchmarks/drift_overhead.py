@@ -69,17 +69,21 @@ def main(argv=None) -> int:
     plain = SourceLoop(_Named("cam"), clf, lambda r: None)
     watched = SourceLoop(_Named("cam"), clf, lambda r: None, drift=monitor.source("cam"))
     per_frame_us([plain, watched], image, 200)  # warm up both
-    lines = [f"# drift overhead: {args.bundle} {clf.artifact.name} ({clf.backend_name}, 1 thread), 640x480 BGR frame "
-             f"-> {clf.spec.height}x{clf.spec.width}; SourceLoop.classify median per frame, {args.frames} frames "
-             f"a round",
-             f"# {platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"]
+    lines = [
+        f"# drift overhead: {args.bundle} {clf.artifact.name} ({clf.backend_name}, 1 thread), 640x480 BGR frame "
+        f"-> {clf.spec.height}x{clf.spec.width}; SourceLoop.classify median per frame, {args.frames} frames "
+        f"a round",
+        f"# {platform.machine()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}",
+    ]
     off, on = [], []
     for r in range(args.rounds):
         a, b = per_frame_us([plain, watched] if r % 2 else [watched, plain], image, args.frames)
         off.append(a if r % 2 else b)
         on.append(b if r % 2 else a)
-        lines.append(f"round {r + 1}: without drift {off[-1]:.1f} us, with drift {on[-1]:.1f} us, "
-                     f"+{on[-1] - off[-1]:.1f} us ({100 * (on[-1] / off[-1] - 1):+.1f} %)")
+        lines.append(
+            f"round {r + 1}: without drift {off[-1]:.1f} us, with drift {on[-1]:.1f} us, "
+            f"+{on[-1] - off[-1]:.1f} us ({100 * (on[-1] / off[-1] - 1):+.1f} %)"
+        )
     a, b = statistics.median(off), statistics.median(on)
     lines.append(f"median: without {a:.1f} us, with {b:.1f} us: +{b - a:.1f} us per frame ({100 * (b / a - 1):+.1f} %)")
     text = "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """Latency of every artifact in one or more bundles, one image per call, in the runtime that ships.
 
-    python benchmarks/latency.py BUNDLE [BUNDLE ...] [--threads 1] [--runs 300] [--out results/latency.json]
+python benchmarks/latency.py BUNDLE [BUNDLE ...] [--threads 1] [--runs 300] [--out results/latency.json]
 """
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ def time_session(session: ModelSession, x: np.ndarray, runs: int, warmup: int = 
         session.backend.run(batch)
         times.append((time.perf_counter() - t) * 1000)
     times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * len(times)) - 1], "min_ms": times[0], "runs": runs}
+    return {
+        "median_ms": statistics.median(times),
+        "p90_ms": times[int(0.9 * len(times)) - 1],
+        "min_ms": times[0],
+        "runs": runs,
+    }
 
 
 def main() -> None:
@@ -47,14 +52,29 @@ def main() -> None:
         for art in bundle.manifest.artifacts:
             session = ModelSession(bundle.verify(art), art.format, head=bundle.manifest.head, threads=args.threads)
             stats = time_session(session, x, args.runs)
-            rows.append({"bundle": str(path), "artifact": art.name, "backend": session.backend.name,
-                         "size_bytes": art.size_bytes, "macs": art.macs, "accuracy": art.accuracy, **stats})
-            print(f"{Path(path).name:<24} {art.name:<12} {session.backend.name:<12} median {stats['median_ms']:.4f} ms  "
-                  f"p90 {stats['p90_ms']:.4f} ms  MACs {art.macs:,}")
+            rows.append(
+                {
+                    "bundle": str(path),
+                    "artifact": art.name,
+                    "backend": session.backend.name,
+                    "size_bytes": art.size_bytes,
+                    "macs": art.macs,
+                    "accuracy": art.accuracy,
+                    **stats,
+                }
+            )
+            print(
+                f"{Path(path).name:<24} {art.name:<12} {session.backend.name:<12} median {stats['median_ms']:.4f} ms  "
+                f"p90 {stats['p90_ms']:.4f} ms  MACs {art.macs:,}"
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                               "results": rows}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {"machine": platform.processor() or platform.machine(), "threads": args.threads, "results": rows}, indent=2
+        )
+        + "\n"
+    )
     chart = out.with_suffix(".png")
     _chart(rows, args.threads, chart)
     print(f"wrote {out} and {chart}")

@@ -19,10 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main() -> None:
     import keras
 
+    from benchmarks.latency import time_session
     from converters.quiet import quiet
     from converters.tflite import to_tflite
     from runtime.session import ModelSession
-    from benchmarks.latency import time_session
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, weights=None, classes=10)
@@ -36,13 +36,18 @@ def main() -> None:
                 path.write_bytes(to_tflite(model, precision, calibration if precision == "int8" else None))
             session = ModelSession(path, "tflite", threads=1)
             results[precision] = {"size_bytes": path.stat().st_size, **time_session(session, calibration[:1], runs=200)}
-            print(f"{precision}: {results[precision]['size_bytes']:,} bytes, median {results[precision]['median_ms']:.2f} ms "
-                  f"(p90 {results[precision]['p90_ms']:.2f} ms), backend {session.backend.name}")
+            print(
+                f"{precision}: {results[precision]['size_bytes']:,} bytes, "
+                f"median {results[precision]['median_ms']:.2f} ms "
+                f"(p90 {results[precision]['p90_ms']:.2f} ms), backend {session.backend.name}"
+            )
     speedup = results["fp32"]["median_ms"] / results["int8"]["median_ms"]
     print(f"int8 speed-up with one thread: {speedup:.2f}x")
     out = Path("benchmarks/results/mobilenetv2_int8.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.machine(), "threads": 1, "speedup": speedup, **results}, indent=2) + "\n")
+    out.write_text(
+        json.dumps({"machine": platform.machine(), "threads": 1, "speedup": speedup, **results}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

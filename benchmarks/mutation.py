@@ -33,10 +33,11 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 # Not copied into the snapshot: build outputs, caches, earlier mutmut runs.
@@ -49,15 +50,27 @@ MISSED = ("survived", "no tests", "suspicious")
 FIXTURE_PROBE = "test_zz_mutation_fixture_cache.py"
 # Imported once by mutmut's fork server, so no mutant's session pays for them (TensorFlow alone takes 7-14 s).
 # Importing is fork-safe; running TensorFlow before a fork is not, and the server never runs it.
-PRELOAD = ["numpy", "cv2", "onnxruntime", "onnxruntime.quantization", "ai_edge_litert.interpreter", "onnx",
-           "tensorflow", "keras", "tf2onnx", "sklearn.metrics"]
+PRELOAD = [
+    "numpy",
+    "cv2",
+    "onnxruntime",
+    "onnxruntime.quantization",
+    "ai_edge_litert.interpreter",
+    "onnx",
+    "tensorflow",
+    "keras",
+    "tf2onnx",
+    "sklearn.metrics",
+]
 
 
 try:
     from pytest import hookimpl as _hookimpl
 except ImportError:  # the script itself needs no pytest; only the plugin half does
+
     def _hookimpl(**_):
         return lambda f: f
+
 
 _costs: dict = {}
 
@@ -90,16 +103,29 @@ def pytest_collection_modifyitems(items) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     defaults = _repo_config()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--paths", default="runtime,converters",
-                   help="comma-separated files or folders to mutate (default: runtime,converters)")
-    p.add_argument("--tests", default=",".join(defaults.get("pytest_add_cli_args_test_selection", ["tests"])),
-                   help="comma-separated pytest arguments choosing the tests (default: [tool.mutmut] in pyproject.toml)")
+    p.add_argument(
+        "--paths",
+        default="runtime,converters",
+        help="comma-separated files or folders to mutate (default: runtime,converters)",
+    )
+    p.add_argument(
+        "--tests",
+        default=",".join(defaults.get("pytest_add_cli_args_test_selection", ["tests"])),
+        help="comma-separated pytest arguments choosing the tests (default: [tool.mutmut] in pyproject.toml)",
+    )
     p.add_argument("--max-mutants", type=int, default=0, help="run a random sample of this many mutants (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    p.add_argument("--mutants", default="",
-                   help="comma-separated mutant names or globs to run instead of a sample (e.g. an earlier run's survivors)")
-    p.add_argument("--timeout", type=float, default=60.0,
-                   help="a mutant times out when its tests run this many seconds longer than they did unmutated")
+    p.add_argument(
+        "--mutants",
+        default="",
+        help="comma-separated mutant names or globs to run instead of a sample (e.g. an earlier run's survivors)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="a mutant times out when its tests run this many seconds longer than they did unmutated",
+    )
     p.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1: shared machines)")
     p.add_argument("--workdir", default=str(REPO / "build" / "mutation"), help="scratch folder, emptied first")
     p.add_argument("--source", default=str(REPO), help="tree to snapshot (default: this repository)")
@@ -118,8 +144,9 @@ def _repo_config() -> dict:
 
 def snapshot(source: Path, dest: Path) -> list[str]:
     """Copy the tree's files (tracked and untracked-not-ignored when it is a git checkout) to dest."""
-    listed = subprocess.run(["git", "-C", str(source), "ls-files", "-co", "--exclude-standard", "-z"],
-                            capture_output=True, text=True)
+    listed = subprocess.run(
+        ["git", "-C", str(source), "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True, text=True
+    )
     if listed.returncode == 0:
         files = [f for f in listed.stdout.split("\0") if f and (source / f).is_file()]
     else:
@@ -180,8 +207,10 @@ def enumerate_mutants(snap: Path, files: list[str]) -> dict[str, list[str]]:
     from mutmut.utils.format_utils import get_mutant_name
 
     with cwd(snap):
-        return {f: [get_mutant_name(Path(f), n) for n in mutate_file_contents(f, Path(f).read_text()).mutant_names]
-                for f in files}
+        return {
+            f: [get_mutant_name(Path(f), n) for n in mutate_file_contents(f, Path(f).read_text()).mutant_names]
+            for f in files
+        }
 
 
 def build_fixture_cache(snap: Path, cache: Path, env: dict) -> bool:
@@ -189,18 +218,32 @@ def build_fixture_cache(snap: Path, cache: Path, env: dict) -> bool:
     probe = snap / "tests" / FIXTURE_PROBE
     probe.write_text("def test_build(shapes_folder, tiny_run_dir, tiny_bundle):\n    pass\n")
     try:
-        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe)],
-                             cwd=snap, env=env, capture_output=True, text=True)
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe)],
+            cwd=snap,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     finally:
         probe.unlink()
     if run.returncode != 0:
-        raise SystemExit(f"error: building the fixtures failed on unmutated code:\n{run.stdout[-3000:]}{run.stderr[-2000:]}")
+        raise SystemExit(
+            f"error: building the fixtures failed on unmutated code:\n{run.stdout[-3000:]}{run.stderr[-2000:]}"
+        )
     return cache.is_dir() and any(cache.iterdir())
 
 
 def run_mutmut(snap: Path, names: list[str], max_children: int, env: dict, log: Path) -> int:
-    cmd = [sys.executable, "-c", "import sys; from mutmut.__main__ import cli; sys.exit(cli(prog_name='mutmut'))",
-           "run", "--max-children", str(max_children), *names]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from mutmut.__main__ import cli; sys.exit(cli(prog_name='mutmut'))",
+        "run",
+        "--max-children",
+        str(max_children),
+        *names,
+    ]
     with open(log, "w") as out:
         return subprocess.run(cmd, cwd=snap, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
 
@@ -221,8 +264,13 @@ def collect_results(snap: Path, by_file: dict[str, list[str]], sampled: set[str]
                     continue
                 status = status_by_exit_code[data.exit_code_by_key.get(name)]
                 func, cls = orig_function_and_class_names_from_key(name)
-                row = {"mutant": name, "file": f, "function": f"{cls}.{func}" if cls else func, "status": status,
-                       "seconds": data.durations_by_key.get(name)}
+                row = {
+                    "mutant": name,
+                    "file": f,
+                    "function": f"{cls}.{func}" if cls else func,
+                    "status": status,
+                    "seconds": data.durations_by_key.get(name),
+                }
                 if status not in CAUGHT:
                     row["diff"] = get_diff_for_mutant(name, path=f)
                 rows.append(row)
@@ -235,8 +283,12 @@ def summarize(rows: list[dict]) -> dict:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     caught = sum(counts.get(s, 0) for s in CAUGHT)
     tested = caught + sum(counts.get(s, 0) for s in MISSED)
-    return {"counts": counts, "caught": caught, "tested": tested,
-            "score": round(100.0 * caught / tested, 1) if tested else None}
+    return {
+        "counts": counts,
+        "caught": caught,
+        "tested": tested,
+        "score": round(100.0 * caught / tested, 1) if tested else None,
+    }
 
 
 def write_report(out_stem: Path, meta: dict, rows: list[dict]) -> None:
@@ -248,7 +300,8 @@ def write_report(out_stem: Path, meta: dict, rows: list[dict]) -> None:
         f"source: {meta['source']}" + (f" ({meta['note']})" if meta.get("note") else ""),
         f"files: {', '.join(meta['files'])}",
         f"tests: {' '.join(meta['tests'])}",
-        f"mutants generated: {meta['generated']} ({', '.join(f'{f} {n}' for f, n in meta['generated_by_file'].items())})",
+        f"mutants generated: {meta['generated']} "
+        f"({', '.join(f'{f} {n}' for f, n in meta['generated_by_file'].items())})",
         f"run: {meta['sampled']} ({meta['chosen_by'] if len(meta['chosen_by']) < 60 else 'chosen by --mutants'}), "
         f"timeout +{meta['timeout_s']:g} s, "
         f"{meta['max_children']} at a time, fixture cache {'on' if meta['fixture_cache'] else 'off'}",
@@ -308,8 +361,9 @@ def describe_source(source: Path, files: list[str]) -> str:
     git = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     if git.returncode != 0:
         return str(source)
-    dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--", *files],
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(source), "status", "--porcelain", "--", *files], capture_output=True, text=True
+    ).stdout.strip()
     return f"{source} at {git.stdout.strip()}" + (" with uncommitted changes to the mutated files" if dirty else "")
 
 
@@ -327,16 +381,23 @@ def main(argv=None) -> int:
     tests = [t.strip() for t in args.tests.split(",") if t.strip()]
     configure(snap, work, files, tests, args.timeout)
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
-           "PYTEST_DEBUG_TEMPROOT": str(work / "tmp")}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTEST_DEBUG_TEMPROOT": str(work / "tmp"),
+    }
     cached = False
     if not args.no_fixture_cache:
         env["EDGECLS_TEST_FIXTURE_CACHE"] = str(cache)
         print("building the session fixtures once (unmutated) ...", flush=True)
         cached = build_fixture_cache(snap, cache, env)
         if not cached:
-            print("warning: tests/conftest.py ignores EDGECLS_TEST_FIXTURE_CACHE: every mutant rebuilds its fixtures",
-                  flush=True)
+            print(
+                "warning: tests/conftest.py ignores EDGECLS_TEST_FIXTURE_CACHE: every mutant rebuilds its fixtures",
+                flush=True,
+            )
 
     by_file = enumerate_mutants(snap, files)
     every = [n for names in by_file.values() for n in names]
@@ -359,19 +420,30 @@ def main(argv=None) -> int:
         "tool": f"mutmut {mutmut.__version__}",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "source": describe_source(source, files), "note": args.note, "files": files, "tests": tests,
-        "generated": len(every), "generated_by_file": {f: len(n) for f, n in by_file.items()},
-        "sampled": len(sample), "chosen_by": f"--mutants {args.mutants}" if args.mutants else f"seed {args.seed}",
-        "timeout_s": args.timeout, "max_children": args.max_children, "fixture_cache": cached,
+        "source": describe_source(source, files),
+        "note": args.note,
+        "files": files,
+        "tests": tests,
+        "generated": len(every),
+        "generated_by_file": {f: len(n) for f, n in by_file.items()},
+        "sampled": len(sample),
+        "chosen_by": f"--mutants {args.mutants}" if args.mutants else f"seed {args.seed}",
+        "timeout_s": args.timeout,
+        "max_children": args.max_children,
+        "fixture_cache": cached,
         "summary": summarize(rows),
-        "wall_s": round(time.monotonic() - start, 1), "mutant_phase_s": round(mutant_phase, 1),
-        "mutants_run": ran, "seconds_per_mutant": round(mutant_phase / max(1, ran), 2),
+        "wall_s": round(time.monotonic() - start, 1),
+        "mutant_phase_s": round(mutant_phase, 1),
+        "mutants_run": ran,
+        "seconds_per_mutant": round(mutant_phase / max(1, ran), 2),
     }
     out = REPO / "benchmarks" / "results" / args.name
     write_report(out, meta, rows)
     s = meta["summary"]
-    print(f"score {s['score']}% ({s['caught']}/{s['tested']}); {meta['seconds_per_mutant']} s per mutant; "
-          f"wrote {out}.txt and .json")
+    print(
+        f"score {s['score']}% ({s['caught']}/{s['tested']}); {meta['seconds_per_mutant']} s per mutant; "
+        f"wrote {out}.txt and .json"
+    )
     return 0
 
 

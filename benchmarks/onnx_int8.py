@@ -23,10 +23,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 
 def _raw_quantize(prepped: Path, out: Path, calibration: np.ndarray, **kwargs) -> None:
     """quantize_static on the converter's pre-processed graph, for choices OnnxQuantOptions does not offer."""
@@ -178,21 +178,28 @@ def accuracy_table(run_dir: str) -> list[str]:
     test = splits["test"]
     ref = probabilities(model.predict(test.x, batch_size=64, verbose=0))
     calibration = calib.representative_set(splits["train"].x, 200, 0)
-    lines = [f"accuracy on {run_dir} ({len(test.y)} test images, 200 calibration images): Keras {np.mean(ref.argmax(1) == test.y):.4f}",
-             f"{'variant':<36} {'accuracy':>8} {'agree':>7} {'max|dp|':>8}"]
+    lines = [
+        f"accuracy on {run_dir} ({len(test.y)} test images, 200 calibration images): "
+        f"Keras {np.mean(ref.argmax(1) == test.y):.4f}",
+        f"{'variant':<36} {'accuracy':>8} {'agree':>7} {'max|dp|':>8}",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         with quiet():
             co.export_onnx(model, fp32, test.x)
-        for label, options in [("S8S8, 8-bit weights (old default)", co.OnnxQuantOptions(activation_type="int8", reduce_range=False)),
-                               ("U8S8, 8-bit weights", co.OnnxQuantOptions(reduce_range=False)),
-                               ("U8S8, 7-bit weights (new default)", co.OnnxQuantOptions()),
-                               ("U8S8, 7-bit, per-tensor weights", co.OnnxQuantOptions(per_channel=False))]:
+        for label, options in [
+            ("S8S8, 8-bit weights (old default)", co.OnnxQuantOptions(activation_type="int8", reduce_range=False)),
+            ("U8S8, 8-bit weights", co.OnnxQuantOptions(reduce_range=False)),
+            ("U8S8, 7-bit weights (new default)", co.OnnxQuantOptions()),
+            ("U8S8, 7-bit, per-tensor weights", co.OnnxQuantOptions(per_channel=False)),
+        ]:
             with quiet():
                 co.quantize_int8(fp32, int8, calibration, options)
             p = ModelSession(int8, "onnx", head=run.metadata.get("head", "softmax")).predict(test.x)
-            lines.append(f"{label:<36} {np.mean(p.argmax(1) == test.y):>8.4f} {np.mean(p.argmax(1) == ref.argmax(1)):>7.4f} "
-                         f"{np.abs(p - ref).max():>8.4f}")
+            lines.append(
+                f"{label:<36} {np.mean(p.argmax(1) == test.y):>8.4f} {np.mean(p.argmax(1) == ref.argmax(1)):>7.4f} "
+                f"{np.abs(p - ref).max():>8.4f}"
+            )
     return lines
 
 
@@ -216,26 +223,36 @@ def main() -> None:
         folder = Path(tmp)
         print("building MobileNetV2-224 fp32 and int8 variants with converters.onnx ...", flush=True)
         fp32, variants = build_variants(folder, calibration)
-        rows = {"fp32 (shipped)": (fp32, None)} | {k: (p, None if lvl == ort.GraphOptimizationLevel.ORT_ENABLE_ALL else lvl)
-                                                   for k, (p, lvl) in variants.items()}
+        rows = {"fp32 (shipped)": (fp32, None)} | {
+            k: (p, None if lvl == ort.GraphOptimizationLevel.ORT_ENABLE_ALL else lvl)
+            for k, (p, lvl) in variants.items()
+        }
         new = variants["U8S8, 7-bit weights (new default)"][0]
         offline = folder / "new-offline.onnx"
         session(new, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, offline)
         rows["new default, optimized offline, loaded as is"] = (offline, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        ops = {k: runtime_ops(p, lvl or ort.GraphOptimizationLevel.ORT_ENABLE_ALL, folder) for k, (p, lvl) in rows.items()}
+        ops = {
+            k: runtime_ops(p, lvl or ort.GraphOptimizationLevel.ORT_ENABLE_ALL, folder) for k, (p, lvl) in rows.items()
+        }
         loads = {k: load_ms(p, lvl) for k, (p, lvl) in rows.items()}
         sizes = {k: p.stat().st_size for k, (p, _) in rows.items()}
-        print(f"timing {len(rows)} sessions interleaved, one thread, {args.rounds} rounds x {args.runs} runs ...", flush=True)
+        print(
+            f"timing {len(rows)} sessions interleaved, one thread, {args.rounds} rounds x {args.runs} runs ...",
+            flush=True,
+        )
         load_before = os.getloadavg()[0]
         medians = interleaved({k: runner(p, lvl) for k, (p, lvl) in rows.items()}, x, args.runs, args.rounds)
-        profiles = {k: profile(rows[k][0], x, folder) for k in
-                    ("fp32 (shipped)", "S8S8, 8-bit weights (old default)", "U8S8, 7-bit weights (new default)")}
+        profiles = {
+            k: profile(rows[k][0], x, folder)
+            for k in ("fp32 (shipped)", "S8S8, 8-bit weights (old default)", "U8S8, 7-bit weights (new default)")
+        }
 
     base = medians["fp32 (shipped)"]
     lines = [
         "# ONNX Runtime int8 vs fp32, MobileNetV2 alpha 1.0 224x224 (random weights), one thread (issue 8 point 6)",
         f"# produced by: python benchmarks/onnx_int8.py --runs {args.runs} --rounds {args.rounds}"
-        + (f" --accuracy-run {args.accuracy_run}" if args.accuracy_run else "") + f"  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        + (f" --accuracy-run {args.accuracy_run}" if args.accuracy_run else "")
+        + f"  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)",
         f"# machine: {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, flags: {_simd_flags()}; "
         f"onnxruntime {ort.__version__}, Python {platform.python_version()}",
@@ -243,19 +260,29 @@ def main() -> None:
         "# ratio = fp32 ms / variant ms within each round (median, and min..max over rounds).",
         "# ops = op types in the graph ONNX Runtime's CPU provider runs after its optimisations.",
         "",
-        f"{'variant':<46} {'ms':>6} {'ratio':>6} {'min..max':>11} {'load ms':>8} {'MB':>5}  float Conv/Add/Mul, QLinearConv/Add, Transpose, Q, DQ",
+        f"{'variant':<46} {'ms':>6} {'ratio':>6} {'min..max':>11} {'load ms':>8} {'MB':>5}  "
+        "float Conv/Add/Mul, QLinearConv/Add, Transpose, Q, DQ",
     ]
     for k in rows:
         ratios = [b / m for b, m in zip(base, medians[k])]
         o = ops[k]
-        lines.append(f"{k:<46} {statistics.median(medians[k]):>6.2f} {statistics.median(ratios):>5.2f}x "
-                     f"{min(ratios):>5.2f}..{max(ratios):<5.2f} {loads[k]:>8.0f} {sizes[k] / 1e6:>5.1f}  "
-                     f"{o['Conv'] + o['FusedConv']}/{o['Add']}/{o['Mul']}, {o['QLinearConv']}/{o['QLinearAdd']}, {o['Transpose']}, "
-                     f"{o['QuantizeLinear']}, {o['DequantizeLinear']}")
-    lines += ["", "per-round medians (ms): " + "; ".join(f"{k}: {' '.join(f'{v:.2f}' for v in medians[k])}"
-                                                     for k in ("fp32 (shipped)", "S8S8, 8-bit weights (old default)",
-                                                               "U8S8, 7-bit weights (new default)")),
-              "", "ONNX Runtime profiler, ms per run by op type (profiling overhead included; compare shares):"]
+        lines.append(
+            f"{k:<46} {statistics.median(medians[k]):>6.2f} {statistics.median(ratios):>5.2f}x "
+            f"{min(ratios):>5.2f}..{max(ratios):<5.2f} {loads[k]:>8.0f} {sizes[k] / 1e6:>5.1f}  "
+            f"{o['Conv'] + o['FusedConv']}/{o['Add']}/{o['Mul']}, "
+            f"{o['QLinearConv']}/{o['QLinearAdd']}, {o['Transpose']}, "
+            f"{o['QuantizeLinear']}, {o['DequantizeLinear']}"
+        )
+    lines += [
+        "",
+        "per-round medians (ms): "
+        + "; ".join(
+            f"{k}: {' '.join(f'{v:.2f}' for v in medians[k])}"
+            for k in ("fp32 (shipped)", "S8S8, 8-bit weights (old default)", "U8S8, 7-bit weights (new default)")
+        ),
+        "",
+        "ONNX Runtime profiler, ms per run by op type (profiling overhead included; compare shares):",
+    ]
     for k, by_op in profiles.items():
         lines.append(f"  {k}: " + ", ".join(f"{op} {ms:.2f}" for op, ms in by_op.items() if ms >= 0.01))
     if args.accuracy_run:

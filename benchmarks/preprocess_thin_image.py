@@ -91,8 +91,13 @@ print(json.dumps(result))
 
 
 def thin_image(which: str, path: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", _THIN, which, str(path), str(REPO)], capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", _THIN, which, str(path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1][:200]}
     return json.loads(done.stdout)
@@ -118,13 +123,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "thin.png"
         cv2.imwrite(str(png), np.full((1, 65000, 3), 128, np.uint8))
-        lines += ["", f"1x65000 PNG ({png.stat().st_size} bytes) -> 224x224 center-crop, in a child process "
-                      f"limited to +2 GB of address space:"]
+        lines += [
+            "",
+            f"1x65000 PNG ({png.stat().st_size} bytes) -> 224x224 center-crop, in a child process "
+            f"limited to +2 GB of address space:",
+        ]
         for which in ("old", "new"):
             r = thin_image(which, png)
             outcome = f"shape {r['shape']}" if "shape" in r else f"failed: {r['error']}"
-            lines.append(f"  {which}: {outcome}; {r.get('seconds', float('nan')):.3f} s; "
-                         f"peak RSS growth {r.get('rss_growth_mb', float('nan')):.1f} MB")
+            lines.append(
+                f"  {which}: {outcome}; {r.get('seconds', float('nan')):.3f} s; "
+                f"peak RSS growth {r.get('rss_growth_mb', float('nan')):.1f} MB"
+            )
     text = "\n".join(lines) + "\n"
     print(text, end="")
     write_text(RESULT, text)

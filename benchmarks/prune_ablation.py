@@ -35,10 +35,12 @@ def main() -> None:
 
     print(f"{'structured=' + str(args.ratio) + ', 0 fine-tuning epochs':<44} test accuracy ({len(test.y)} images)")
     print(f"{'unpruned':<44} {accuracy(model):.4f}")
-    for label, sample, recalibrate in (("sliced (before issue 15)", None, False),
-                                       ("sliced + BN recalibration", None, True),
-                                       ("refit (fold)", stats, False),
-                                       ("refit + BN recalibration (convert's start)", stats, True)):
+    for label, sample, recalibrate in (
+        ("sliced (before issue 15)", None, False),
+        ("sliced + BN recalibration", None, True),
+        ("refit (fold)", stats, False),
+        ("refit + BN recalibration (convert's start)", stats, True),
+    ):
         pruned, _ = structured_prune(model, args.ratio, sample)
         if recalibrate:
             recalibrate_batchnorm(pruned, stats)

@@ -42,8 +42,9 @@ RESULTS = Path(__file__).parent / "results" / "qat.txt"
 TRAIN = ["--data", "digits", "--image-size", "16", "--seed", "0"]
 CASES = {
     "spread": dict(args=["--widths", "8,16", "--epochs", "30"], spread=1.0),
-    "short": dict(args=["--widths", "8", "--epochs", "10", "--no-batch-norm", "--pooling", "flatten", "--dense", "16"],
-                  spread=0.0),
+    "short": dict(
+        args=["--widths", "8", "--epochs", "10", "--no-batch-norm", "--pooling", "flatten", "--dense", "16"], spread=0.0
+    ),
 }
 INT8 = ["--formats", "tflite-int8", "--check-images", "0"]
 
@@ -95,8 +96,9 @@ class Case:
         self.test = self.splits["test"]
         original = self.run.load_model()
         self.model = spread_channel_ranges(original, spread) if spread else original
-        self.same_function = float(np.abs(self.model.predict(self.test.x, verbose=0)
-                                          - original.predict(self.test.x, verbose=0)).max())
+        self.same_function = float(
+            np.abs(self.model.predict(self.test.x, verbose=0) - original.predict(self.test.x, verbose=0)).max()
+        )
         self.run_dir = run_dir
         if spread:  # a run directory holding the spread model, for `convert`
             self.run_dir = work / f"{run_dir.name}-spread"
@@ -131,11 +133,16 @@ def _qat_cli(case: Case, work: Path, epochs: int, seed: int) -> float:
     """`convert --qat always`: the bundle must say QAT made it, and hold a full-int8 tflite."""
     from converters.qat import float_tensors
 
-    accuracy, artifact = _int8(case, work, f"qat-s{seed}", "--qat", "always", "--qat-epochs", epochs, "--seed", seed,
-                               "--max-drop", "100")
+    accuracy, artifact = _int8(
+        case, work, f"qat-s{seed}", "--qat", "always", "--qat-epochs", epochs, "--seed", seed, "--max-drop", "100"
+    )
     bundle = work / f"{case.run_dir.name}-qat-s{seed}"
     how = f"quantization-aware training ({epochs} epoch{'s' if epochs != 1 else ''})"
-    recorded = (artifact["notes"].get("calibration"), artifact["notes"].get("qat", {}).get("epochs"), how in artifact["report"])
+    recorded = (
+        artifact["notes"].get("calibration"),
+        artifact["notes"].get("qat", {}).get("epochs"),
+        how in artifact["report"],
+    )
     if recorded != (how, epochs, True):
         raise SystemExit(f"{bundle}: the manifest/report do not record QAT ({recorded})")
     if float_tensors((bundle / artifact["file"]).read_bytes()):
@@ -146,13 +153,18 @@ def _qat_cli(case: Case, work: Path, epochs: int, seed: int) -> float:
 def _gate(case: Case, work: Path, epochs: int) -> str:
     """`convert` as a user runs it (--qat remedy, --max-drop 1): which attempt passed the gate, or its refusal."""
     bundle = work / f"{case.run_dir.name}-gate"
-    done = _runs.cli("convert", case.run_dir, "--out", bundle, *INT8, "--qat-epochs", epochs, "--overwrite", check=False)
+    done = _runs.cli(
+        "convert", case.run_dir, "--out", bundle, *INT8, "--qat-epochs", epochs, "--overwrite", check=False
+    )
     if done.returncode:
         return f"convert (default --qat remedy, --max-drop 1) refused: {done.stderr.strip().splitlines()[-1]}"
     artifact = json.loads((bundle / "manifest.json").read_text())["artifacts"][0]
     failed = artifact["notes"].get("failed_attempts")
-    return (f"convert (default --qat remedy, --max-drop 1): tflite-int8 {100 * artifact['accuracy']:.2f} % passed with: "
-            f"{artifact['notes'].get('remedy', 'the first attempt')}" + (f" (failed: {'; '.join(failed)})" if failed else ""))
+    return (
+        f"convert (default --qat remedy, --max-drop 1): tflite-int8 {100 * artifact['accuracy']:.2f} % passed with: "
+        f"{artifact['notes'].get('remedy', 'the first attempt')}"
+        + (f" (failed: {'; '.join(failed)})" if failed else "")
+    )
 
 
 def _control(case: Case, options) -> tuple[float, float]:
@@ -179,7 +191,9 @@ def _augmented(case: Case, options) -> float:
     from converters.quiet import quiet
 
     with quiet():
-        return case.lite(quantization_aware_tflite(case.model, case.run, case.splits, replace(options, augment=True)).tflite)
+        return case.lite(
+            quantization_aware_tflite(case.model, case.run, case.splits, replace(options, augment=True)).tflite
+        )
 
 
 def main() -> None:
@@ -197,29 +211,38 @@ def main() -> None:
     work = _runs.work_folder(args.work, "edgecls-bench-qat-")
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.perf_counter()
-    lines = [f"# QAT vs post-training int8 (issue 11 point 4): digits 16 px, split seed 0, {args.epochs} QAT epochs, "
-             "lr = run's / 10; runs by `edgecls train`, int8 models by `edgecls convert` (verified in LiteRT)",
-             f"# {cpu_model()}, TensorFlow {tf.__version__}, Python {platform.python_version()}", ""]
+    lines = [
+        f"# QAT vs post-training int8 (issue 11 point 4): digits 16 px, split seed 0, {args.epochs} QAT epochs, "
+        "lr = run's / 10; runs by `edgecls train`, int8 models by `edgecls convert` (verified in LiteRT)",
+        f"# {cpu_model()}, TensorFlow {tf.__version__}, Python {platform.python_version()}",
+        "",
+    ]
     for name, spec in CASES.items():
         _runs.train(work / name, *TRAIN, *spec["args"])
         case = Case(work / name, spec["spread"], work)
-        ptq = {n: _int8(case, work, f"ptq{n}", "--qat", "never", "--calibration-size", n, "--max-drop", "100")
-               for n in (200, 800)}
+        ptq = {
+            n: _int8(case, work, f"ptq{n}", "--qat", "never", "--calibration-size", n, "--max-drop", "100")
+            for n in (200, 800)
+        }
         fp32 = ptq[200][1]["source_accuracy"]
         rows = [("fp32 (Keras, the bundle's source accuracy)", fp32)]
         rows += [(f"convert --qat never: PTQ int8, {n} calibration images", acc) for n, (acc, _) in ptq.items()]
-        rows += [(f"convert --qat always --seed {seed}: QAT int8", _qat_cli(case, work, args.epochs, seed)) for seed in seeds]
+        rows += [
+            (f"convert --qat always --seed {seed}: QAT int8", _qat_cli(case, work, args.epochs, seed)) for seed in seeds
+        ]
         options = QatOptions(epochs=args.epochs)
         for seed in seeds:
             float_acc, control = _control(case, replace(options, seed=seed))
             rows.append((f"control seed {seed}: float fine-tune ({float_acc:.2f}) then PTQ int8", control))
         rows.append(("QAT int8 with the run's augmentation, seed 0 (in process)", _augmented(case, options)))
         gate = _gate(case, work, args.epochs)
-        lines.append(f"## {name}: train {' '.join(spec['args'])}, spread={spec['spread']:g}; {len(case.test.y)} test images; "
-                     f"float outputs of the case vs the trained model: max diff {case.same_function:.1e}")
+        lines.append(
+            f"## {name}: train {' '.join(spec['args'])}, spread={spec['spread']:g}; {len(case.test.y)} test images; "
+            f"float outputs of the case vs the trained model: max diff {case.same_function:.1e}"
+        )
         lines += [f"{label:<66} {acc:6.2f} %  {acc - fp32:+6.2f}" for label, acc in rows]
         lines += [gate, ""]
-        print("\n".join(lines[-len(rows) - 3:]), flush=True)
+        print("\n".join(lines[-len(rows) - 3 :]), flush=True)
     _runs.write_results(RESULTS, lines, started, work)
 
 

@@ -82,7 +82,9 @@ def timed(args: list, pythonpath: str, log: Path, must_pass: bool = True) -> dic
     started = time.perf_counter()
     proc = subprocess.run(command, cwd="/tmp", env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr + f"\nedgecls-benchmark-wall-seconds: {seconds:.2f}\n")
+    log.write_text(
+        proc.stdout + "\n--- stderr ---\n" + proc.stderr + f"\nedgecls-benchmark-wall-seconds: {seconds:.2f}\n"
+    )
     if proc.returncode != 0 and must_pass:
         raise SystemExit(f"{' '.join(command[3:6])} ... failed (exit {proc.returncode}); see {log}")
     return from_log(log)
@@ -95,7 +97,13 @@ def from_log(log: Path) -> dict:
     rss = int(field(r"Maximum resident set size \(kbytes\)")) * 1024
     cpu = float(field(r"User time \(seconds\)")) + float(field(r"System time \(seconds\)"))
     code = int(field("Exit status"))
-    return {"rss": rss, "wall": float(field("edgecls-benchmark-wall-seconds")), "cpu": cpu, "log": str(log), "code": code}
+    return {
+        "rss": rss,
+        "wall": float(field("edgecls-benchmark-wall-seconds")),
+        "cpu": cpu,
+        "log": str(log),
+        "code": code,
+    }
 
 
 def train_seconds(run: Path) -> float:
@@ -111,11 +119,15 @@ def main() -> None:
     p.add_argument("--images", type=int, default=20_000)
     p.add_argument("--data", type=Path, default=Path("/tmp/edgecls-bench/shapes-20k-256"))
     p.add_argument("--work", type=Path, default=Path("/tmp/edgecls-bench/train-memory"))
-    p.add_argument("--old", type=Path, default=Path("/tmp/edgecls-old"), help="the code before streaming (git archive HEAD)")
+    p.add_argument(
+        "--old", type=Path, default=Path("/tmp/edgecls-old"), help="the code before streaming (git archive HEAD)"
+    )
     p.add_argument("--skip-big", action="store_true", help="only the 2,500-image comparison")
     p.add_argument("--skip-old", action="store_true", help="no comparison with the old code")
     p.add_argument("--repeats", type=int, default=2, help="runs per side of the comparison, in ABBA order")
-    p.add_argument("--reuse-big-run", action="store_true", help="measure convert on the big run a previous call trained")
+    p.add_argument(
+        "--reuse-big-run", action="store_true", help="measure convert on the big run a previous call trained"
+    )
     p.add_argument("--convert-path", default="", help="a folder put first on PYTHONPATH for the convert step")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_memory.txt")
     args = p.parse_args()
@@ -125,9 +137,12 @@ def main() -> None:
     from runtime.bench.machine import cpu_model
 
     args.work.mkdir(parents=True, exist_ok=True)
-    lines = [f"# edgecls train/convert memory and speed (issue 10), {date.today()}",
-             f"# {cpu_model()}, {os.cpu_count()} cores (shared), {platform.machine()}, Python {platform.python_version()}; GB = 2^30 bytes",
-             f"# train: edgecls train --data DATA {' '.join(TRAIN[:-2])}"]
+    lines = [
+        f"# edgecls train/convert memory and speed (issue 10), {date.today()}",
+        f"# {cpu_model()}, {os.cpu_count()} cores (shared), {platform.machine()}, "
+        f"Python {platform.python_version()}; GB = 2^30 bytes",
+        f"# train: edgecls train --data DATA {' '.join(TRAIN[:-2])}",
+    ]
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -136,25 +151,43 @@ def main() -> None:
     new = str(REPO)
     if args.skip_old and args.out.is_file():  # keep the comparison an earlier call measured
         kept = [l for l in args.out.read_text().splitlines() if l.startswith(("shapes 2,500", "time per image"))]
-        lines += [f"(comparison below from an earlier call, {date.fromtimestamp(args.out.stat().st_mtime)})", *kept] if kept else []
+        lines += (
+            [f"(comparison below from an earlier call, {date.fromtimestamp(args.out.stat().st_mtime)})", *kept]
+            if kept
+            else []
+        )
     if not args.skip_old:
         sides = {"before": str(args.old), "streaming": new}
-        order = ["before", "streaming", "streaming", "before"] * (args.repeats // 2) + ["before", "streaming"] * (args.repeats % 2)
+        order = ["before", "streaming", "streaming", "before"] * (args.repeats // 2) + ["before", "streaming"] * (
+            args.repeats % 2
+        )
         runs = {name: [] for name in sides}
         for i, name in enumerate(order):  # ABBA: a load that drifts during the runs weighs on both sides alike
             run = args.work / f"shapes2500-{name}"
-            result = timed(["train", "--data", "shapes", "--out", run, *TRAIN], sides[name], args.work / f"shapes2500-{name}-{i}.log")
+            result = timed(
+                ["train", "--data", "shapes", "--out", run, *TRAIN],
+                sides[name],
+                args.work / f"shapes2500-{name}-{i}.log",
+            )
             n = images_used(run)
             runs[name].append(result | {"per_image": train_seconds(run) / n, "cpu_per_image": result["cpu"] / n})
-            say(f"shapes 2,500 ({name:>9}): {n:,} images, peak RSS {result['rss'] / GB:.2f} GB, train_seconds "
-                f"{train_seconds(run):.1f} s = {1000 * runs[name][-1]['per_image']:.1f} ms/image, wall {result['wall']:.1f} s, "
+            say(
+                f"shapes 2,500 ({name:>9}): {n:,} images, peak RSS {result['rss'] / GB:.2f} GB, train_seconds "
+                f"{train_seconds(run):.1f} s = {1000 * runs[name][-1]['per_image']:.1f} ms/image, "
+                f"wall {result['wall']:.1f} s, "
                 f"CPU {result['cpu']:.0f} s = {1000 * runs[name][-1]['cpu_per_image']:.1f} ms/image, "
-                f"load average {os.getloadavg()[0]:.1f}")
-        mean = {name: {k: sum(r[k] for r in rs) / len(rs) for k in ("per_image", "cpu_per_image")} for name, rs in runs.items()}
+                f"load average {os.getloadavg()[0]:.1f}"
+            )
+        mean = {
+            name: {k: sum(r[k] for r in rs) / len(rs) for k in ("per_image", "cpu_per_image")}
+            for name, rs in runs.items()
+        }
         change = mean["streaming"]["per_image"] / mean["before"]["per_image"] - 1
         cpu = mean["streaming"]["cpu_per_image"] / mean["before"]["cpu_per_image"] - 1
-        say(f"time per image, streaming vs before (mean of {len(runs['before'])} runs each): {100 * change:+.1f} % "
-            f"(train_seconds), {100 * cpu:+.1f} % (CPU time) (target: within +-10 %)")
+        say(
+            f"time per image, streaming vs before (mean of {len(runs['before'])} runs each): {100 * change:+.1f} % "
+            f"(train_seconds), {100 * cpu:+.1f} % (CPU time) (target: within +-10 %)"
+        )
     if not args.skip_big:
         data = make_dataset(args.data, args.images)
         run, log = args.work / "big-run", args.work / "big-train.log"
@@ -164,22 +197,32 @@ def main() -> None:
         else:
             result = timed(["train", "--data", data, "--out", run, *TRAIN], new, log)
         n = images_used(run)
-        say(f"train on {n:,} images of 256x256: peak RSS {result['rss'] / GB:.2f} GB (target: <= 3 GB), "
+        say(
+            f"train on {n:,} images of 256x256: peak RSS {result['rss'] / GB:.2f} GB (target: <= 3 GB), "
             f"{result['wall']:.0f} s wall, {1000 * train_seconds(run) / n:.1f} ms/image, "
-            f"test accuracy {json.loads((run / 'metrics.json').read_text())['test_accuracy']:.4f}")
+            f"test accuracy {json.loads((run / 'metrics.json').read_text())['test_accuracy']:.4f}"
+        )
         path = os.pathsep.join(p for p in (args.convert_path, new) if p)
         if args.convert_path:
             say(f"(convert below ran with {args.convert_path} first on PYTHONPATH)")
         bundle = args.work / "big-bundle"
-        result = timed(["convert", run, "--out", bundle, "--overwrite"], path, args.work / "big-convert.log", must_pass=False)
-        head = f"convert of that run: peak RSS {result['rss'] / GB:.2f} GB (target: <= 2 GB), {result['wall']:.0f} s wall, "
+        result = timed(
+            ["convert", run, "--out", bundle, "--overwrite"], path, args.work / "big-convert.log", must_pass=False
+        )
+        head = (
+            f"convert of that run: peak RSS {result['rss'] / GB:.2f} GB (target: <= 2 GB), "
+            f"{result['wall']:.0f} s wall, "
+        )
         if result["code"]:  # the accuracy gate may refuse an artifact of a one-epoch model; memory is still measured
             error = [l for l in Path(result["log"]).read_text().splitlines() if l.startswith("error:")]
             say(head + f"exit {result['code']}: {error[-1] if error else 'see ' + result['log']}")
         else:
             manifest = json.loads((bundle / "manifest.json").read_text())
-            say(head + f"{len(manifest['artifacts'])} artifacts verified on {manifest['source']['test_images']:,} test images, "
-                f"{manifest['calibration']['size']} calibration images")
+            say(
+                head + f"{len(manifest['artifacts'])} artifacts verified on "
+                f"{manifest['source']['test_images']:,} test images, "
+                f"{manifest['calibration']['size']} calibration images"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

@@ -103,8 +103,11 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, opti
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[options.calibration]
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[options.calibration]
     input_name = onnx.load(str(fp32_path)).graph.input[0].name
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prep.onnx"
@@ -113,10 +116,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, opti
         extra = {"CalibPercentile": options.percentile} if options.calibration == "percentile" else {}
         activation = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[options.activation_type]
         quantize_static(
-            str(prepped), str(out_path), _ArrayReader(input_name, calibration),
-            quant_format=QuantFormat.QDQ, activation_type=activation, weight_type=QuantType.QInt8,
-            per_channel=options.per_channel, reduce_range=options.reduce_range, calibrate_method=method,
-            nodes_to_exclude=list(excluded), extra_options=extra,
+            str(prepped),
+            str(out_path),
+            _ArrayReader(input_name, calibration),
+            quant_format=QuantFormat.QDQ,
+            activation_type=activation,
+            weight_type=QuantType.QInt8,
+            per_channel=options.per_channel,
+            reduce_range=options.reduce_range,
+            calibrate_method=method,
+            nodes_to_exclude=list(excluded),
+            extra_options=extra,
         )
     return excluded
 
@@ -130,7 +140,9 @@ def _pre_process(fp32_path: Path, out_path: Path) -> None:
 def _excluded(weighted: list, names: list, options: OnnxQuantOptions) -> tuple:
     unknown = [n for n in options.exclude_nodes if n not in names]
     if unknown:
-        raise ValueError(f"node(s) {', '.join(unknown)} not in the graph being quantized (names change in pre-processing)")
+        raise ValueError(
+            f"node(s) {', '.join(unknown)} not in the graph being quantized (names change in pre-processing)"
+        )
     ends = (weighted[:1] + weighted[-1:]) if options.keep_ends_in_float else []
     return tuple(dict.fromkeys([*ends, *options.exclude_nodes]))
 

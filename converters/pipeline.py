@@ -20,16 +20,16 @@ from converters import calibration as calib
 from converters import onnx as onnx_export
 from converters.formats import FORMATS, ExportFormat
 from converters.macs import count_macs
-from converters.reference import ReferenceStats
 from converters.quiet import quiet
+from converters.reference import ReferenceStats
 from converters.tflite import to_tflite
 from converters.verify import compare, format_table
 from edgecls import __version__
 from edgecls.data import iter_batches, predict_split
-from edgecls.progress import progress
 from edgecls.metrics import probabilities
-from edgecls.rundir import open_run
 from edgecls.outputs import bundle_guard
+from edgecls.progress import progress
+from edgecls.rundir import open_run
 from runtime.atomic import check_output, staged_dir, write_bytes, write_json, write_text
 from runtime.bundle import LABELS, MANIFEST, Artifact, Manifest, TensorQuant, sha256_file
 from runtime.errors import EdgeclsError
@@ -73,8 +73,15 @@ def _tensor_quant(spec) -> TensorQuant:
 class _Exporter:
     """Writes one format's file; `attempts` lists (description, build) in remedy order."""
 
-    def __init__(self, model, workdir: Path, train: calib.CalibrationSampler, options: ConvertOptions, sample: np.ndarray,
-                 qat=None):
+    def __init__(
+        self,
+        model,
+        workdir: Path,
+        train: calib.CalibrationSampler,
+        options: ConvertOptions,
+        sample: np.ndarray,
+        qat=None,
+    ):
         self.model, self.workdir, self.train, self.options, self.sample = model, workdir, train, options, sample
         self._onnx_fp32: Path | None = None
         self.qat = qat  # () -> converters.qat.QatResult: fine-tunes, so only called when its attempt comes
@@ -109,15 +116,22 @@ class _Exporter:
                     data = self.calibration(factor)
                     write_bytes(out, to_tflite(self.model, "int8", data))
                     return _calibration_notes(data)
+
                 return build
 
             epochs = self.options.qat_epochs
-            qat = ([(f"quantization-aware training ({epochs} epoch{'s' if epochs != 1 else ''})", self.tflite_qat)]
-                   if self.qat is not None and self.options.qat != "never" else [])
+            qat = (
+                [(f"quantization-aware training ({epochs} epoch{'s' if epochs != 1 else ''})", self.tflite_qat)]
+                if self.qat is not None and self.options.qat != "never"
+                else []
+            )
             if self.options.qat == "always":
                 return qat
-            return [(f"per-channel, {n} calibration images", tflite_int8())] + (
-                [(f"more calibration data ({more} images)", tflite_int8(4))] if more > n else []) + qat
+            return (
+                [(f"per-channel, {n} calibration images", tflite_int8())]
+                + ([(f"more calibration data ({more} images)", tflite_int8(4))] if more > n else [])
+                + qat
+            )
         if fmt.precision == "fp32":
             return [("", _without_notes(lambda out: out.write_bytes(self.onnx_fp32().read_bytes())))]
         base = onnx_export.OnnxQuantOptions(calibration=self.options.calibration_method)
@@ -127,6 +141,7 @@ class _Exporter:
                 data = self.calibration(factor)
                 kept = onnx_export.quantize_int8(self.onnx_fp32(), out, data, opts)
                 return {**_calibration_notes(data), **({"kept_in_float": list(kept)} if kept else {})}
+
             return build
 
         return [
@@ -147,6 +162,7 @@ def _without_notes(write):
     def build(out) -> dict:
         write(out)
         return {}
+
     return build
 
 
@@ -154,8 +170,13 @@ def _qat_source(model, run, splits, options: ConvertOptions):
     def build():
         from converters.qat import QatOptions, quantization_aware_tflite
 
-        return quantization_aware_tflite(model, run, splits, QatOptions(
-            epochs=options.qat_epochs, calibration_size=options.calibration_size, seed=options.seed))
+        return quantization_aware_tflite(
+            model,
+            run,
+            splits,
+            QatOptions(epochs=options.qat_epochs, calibration_size=options.calibration_size, seed=options.seed),
+        )
+
     return build
 
 
@@ -168,12 +189,16 @@ def _prune(run, model, splits, options: ConvertOptions, reference: dict):
     report["accuracy_before"] = reference["accuracy"]
     report["accuracy_after"] = float((pruned_probs.argmax(1) == test.y).mean())
     drop = 100 * (report["accuracy_before"] - report["accuracy_after"])
-    progress(f"pruned ({options.prune}): params {report['params_before']:,} -> {report['params_after']:,}, "
-         f"MACs {report['macs_before']:,} -> {report['macs_after']:,} ({report['macs_before'] / max(1, report['macs_after']):.2f}x fewer), "
-         f"accuracy {report['accuracy_before']:.4f} -> {report['accuracy_after']:.4f}")
+    progress(
+        f"pruned ({options.prune}): params {report['params_before']:,} -> {report['params_after']:,}, "
+        f"MACs {report['macs_before']:,} -> {report['macs_after']:,} "
+        f"({report['macs_before'] / max(1, report['macs_after']):.2f}x fewer), "
+        f"accuracy {report['accuracy_before']:.4f} -> {report['accuracy_after']:.4f}"
+    )
     if drop > options.max_prune_drop:
         raise AccuracyGateError(
-            f"pruning ({options.prune}) lost {drop:.2f} accuracy points after fine-tuning (limit {options.max_prune_drop}): "
+            f"pruning ({options.prune}) lost {drop:.2f} accuracy points after fine-tuning "
+            f"(limit {options.max_prune_drop}): "
             f"prune less, fine-tune longer (--prune-epochs), or raise --max-prune-drop"
         )
     return model, pruned_probs, report
@@ -191,20 +216,27 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
     model = run.load_model()
     expected = tuple(run.metadata["input_shape"])
     if tuple(model.input_shape[1:]) != expected:
-        raise EdgeclsError(f"{run.model_path} takes input {tuple(model.input_shape[1:])} but metadata.json says {expected}: the run directory is inconsistent")
+        raise EdgeclsError(
+            f"{run.model_path} takes input {tuple(model.input_shape[1:])} but metadata.json says {expected}: "
+            "the run directory is inconsistent"
+        )
 
     from edgecls.rundata import load_run_splits
 
     progress("reading the run's data (train for calibration, test for verification)")
     # Pruning fine-tunes on whole splits in memory; otherwise large splits stream (edgecls.data).
-    splits = load_run_splits(run, ("train", "val", "test") if options.prune else ("train", "test"), options.workers,
-                             stream=not options.prune)
+    splits = load_run_splits(
+        run, ("train", "val", "test") if options.prune else ("train", "test"), options.workers, stream=not options.prune
+    )
     if "test" not in splits:
         raise EdgeclsError("the run has no test split to verify artifacts on: train with --test-fraction > 0")
     test = splits["test"]
     ref_probs, _ = predict_split(lambda x: probabilities(model.predict_on_batch(x)), test)
-    reference = {"accuracy": float((ref_probs.argmax(1) == test.y).mean()), "macs": count_macs(model),
-                 "params": int(model.count_params())}
+    reference = {
+        "accuracy": float((ref_probs.argmax(1) == test.y).mean()),
+        "macs": count_macs(model),
+        "params": int(model.count_params()),
+    }
     source_accuracy = reference["accuracy"]
     pruning = {}
     if options.prune:
@@ -218,15 +250,27 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
 
     labels, head = run.labels, run.metadata.get("head", "softmax")
     rows, artifacts, references = [], [], {}
-    with tempfile.TemporaryDirectory(prefix="edgecls-convert-") as work, staged_dir(out, overwrite=options.overwrite, **guard) as stage:
-        exporter = _Exporter(model, Path(work), sampler, options, next(iter_batches(test, 1))[0],
-                             qat=_qat_source(model, run, splits, options))
+    with (
+        tempfile.TemporaryDirectory(prefix="edgecls-convert-") as work,
+        staged_dir(out, overwrite=options.overwrite, **guard) as stage,
+    ):
+        exporter = _Exporter(
+            model,
+            Path(work),
+            sampler,
+            options,
+            next(iter_batches(test, 1))[0],
+            qat=_qat_source(model, run, splits, options),
+        )
         all_right = ref_probs.argmax(1) == test.y  # check images must be right in Keras and in every artifact
         for i, fmt in enumerate(options.formats, 1):
             target = stage / fmt.file
             failures = []
             for description, build in exporter.attempts(fmt):
-                progress(f"[{i}/{len(options.formats)}] {fmt.name}: converting" + (f" ({description})" if description else ""))
+                progress(
+                    f"[{i}/{len(options.formats)}] {fmt.name}: converting"
+                    + (f" ({description})" if description else "")
+                )
                 try:
                     with quiet():
                         built = build(target)
@@ -234,9 +278,13 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
                     raise
                 except Exception as exc:  # the converters raise many types; name the format and the way out
                     first = next((l for l in str(exc).splitlines() if l.strip()), type(exc).__name__)
-                    raise EdgeclsError(f"{fmt.name} conversion failed: {first[:300]} (leave it out with --formats)") from exc
+                    raise EdgeclsError(
+                        f"{fmt.name} conversion failed: {first[:300]} (leave it out with --formats)"
+                    ) from exc
                 if fmt.format == "onnx":
-                    onnx_export.set_metadata(target, {"labels": labels, "preprocess": run.preprocess.to_dict(), "head": head})
+                    onnx_export.set_metadata(
+                        target, {"labels": labels, "preprocess": run.preprocess.to_dict(), "head": head}
+                    )
                     onnx_export.check(target)
                 progress(f"[{i}/{len(options.formats)}] {fmt.name}: verifying on {len(test.y)} test images")
                 session = ModelSession(target, fmt.format, head=head)
@@ -264,41 +312,79 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
             note.update(built)  # calibration_images, kept_in_float: read off what was built
             if result["per_class_recall_change"]:
                 note["per_class_recall_change"] = result["per_class_recall_change"]
-            artifacts.append(Artifact(
-                name=fmt.name, file=fmt.file, format=fmt.format, precision=fmt.precision,
-                size_bytes=target.stat().st_size, sha256=sha256_file(target),
-                input=_tensor_quant(session.backend.input_spec), output=_tensor_quant(session.backend.output_spec),
-                accuracy=round(result["accuracy"], 6), agreement=round(result["agreement"], 6),
-                max_prob_diff=round(result["max_prob_diff"], 6), macs=reference["macs"], notes=note,
-            ))
-            rows.append({"name": fmt.name, "size_bytes": artifacts[-1].size_bytes, **result,
-                         "note": f"fixed by: {description}" if failures else description})
+            artifacts.append(
+                Artifact(
+                    name=fmt.name,
+                    file=fmt.file,
+                    format=fmt.format,
+                    precision=fmt.precision,
+                    size_bytes=target.stat().st_size,
+                    sha256=sha256_file(target),
+                    input=_tensor_quant(session.backend.input_spec),
+                    output=_tensor_quant(session.backend.output_spec),
+                    accuracy=round(result["accuracy"], 6),
+                    agreement=round(result["agreement"], 6),
+                    max_prob_diff=round(result["max_prob_diff"], 6),
+                    macs=reference["macs"],
+                    notes=note,
+                )
+            )
+            rows.append(
+                {
+                    "name": fmt.name,
+                    "size_bytes": artifacts[-1].size_bytes,
+                    **result,
+                    "note": f"fixed by: {description}" if failures else description,
+                }
+            )
             session = None  # its runtime's buffers go before the next format converts
 
         import keras
         import tensorflow as tf
 
         manifest = Manifest(
-            labels=labels, preprocess=run.preprocess, head=head, artifacts=artifacts,
+            labels=labels,
+            preprocess=run.preprocess,
+            head=head,
+            artifacts=artifacts,
             reference_accuracy=round(reference["accuracy"], 6),
-            source={"run": str(Path(run_path).resolve()), "model_sha256": sha256_file(run.model_path),
-                    "model": run.metadata.get("model", {}), "accuracy": round(source_accuracy, 6),
-                    "dataset_fingerprint": run.metadata.get("dataset", {}).get("fingerprint"),
-                    "test_images": int(len(test.y)), "params": reference["params"], "macs": reference["macs"]},
-            calibration={"size": calibration["size"], "requested": options.calibration_size,
-                         "fingerprint": calibration["fingerprint"], "method": options.calibration_method,
-                         "drawn_from": "train", "seed": options.seed},
-            pruning=pruning, reference=references,
-            versions={"edgecls": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-                      **_runtime_versions(), "python": platform.python_version()},
+            source={
+                "run": str(Path(run_path).resolve()),
+                "model_sha256": sha256_file(run.model_path),
+                "model": run.metadata.get("model", {}),
+                "accuracy": round(source_accuracy, 6),
+                "dataset_fingerprint": run.metadata.get("dataset", {}).get("fingerprint"),
+                "test_images": int(len(test.y)),
+                "params": reference["params"],
+                "macs": reference["macs"],
+            },
+            calibration={
+                "size": calibration["size"],
+                "requested": options.calibration_size,
+                "fingerprint": calibration["fingerprint"],
+                "method": options.calibration_method,
+                "drawn_from": "train",
+                "seed": options.seed,
+            },
+            pruning=pruning,
+            reference=references,
+            versions={
+                "edgecls": __version__,
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                **_runtime_versions(),
+                "python": platform.python_version(),
+            },
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         table = format_table(rows, reference["accuracy"])
         write_text(stage / LABELS, "\n".join(labels) + "\n")
         write_text(stage / "verification.txt", table + "\n")
         manifest.checks = _write_checks(stage, test, all_right, labels, options.check_images)
-        manifest.files = {name: sha256_file(stage / name)
-                          for name in (LABELS, "verification.txt", *(c["file"] for c in manifest.checks))}
+        manifest.files = {
+            name: sha256_file(stage / name)
+            for name in (LABELS, "verification.txt", *(c["file"] for c in manifest.checks))
+        }
         write_json(stage / MANIFEST, manifest.to_dict())
     if options.tar:
         _write_tar(out)

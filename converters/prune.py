@@ -35,16 +35,27 @@ def parse_prune(spec: str) -> tuple:
     return kind, ratio
 
 
-STATS_PIXELS = 2 ** 23  # input pixels for the refit and the BN statistics: 512 small images, ~170 at 224x224
+STATS_PIXELS = 2**23  # input pixels for the refit and the BN statistics: 512 small images, ~170 at 224x224
 
 # ---------------------------------------------------------------- graph helpers
+
 
 def _layers():
     from keras import layers
 
-    passthrough = (layers.BatchNormalization, layers.ReLU, layers.Activation, layers.Dropout, layers.MaxPooling2D,
-                   layers.AveragePooling2D, layers.ZeroPadding2D, layers.GlobalAveragePooling2D,
-                   layers.GlobalMaxPooling2D, layers.SpatialDropout2D, layers.LeakyReLU)
+    passthrough = (
+        layers.BatchNormalization,
+        layers.ReLU,
+        layers.Activation,
+        layers.Dropout,
+        layers.MaxPooling2D,
+        layers.AveragePooling2D,
+        layers.ZeroPadding2D,
+        layers.GlobalAveragePooling2D,
+        layers.GlobalMaxPooling2D,
+        layers.SpatialDropout2D,
+        layers.LeakyReLU,
+    )
     return layers, passthrough
 
 
@@ -83,7 +94,9 @@ def _is_prunable(conv, consumers: dict, outputs: set) -> bool:
             if nxt.name in seen:
                 continue
             seen.add(nxt.name)
-            if isinstance(nxt, layers.Dense) or (isinstance(nxt, layers.Conv2D) and not isinstance(nxt, layers.DepthwiseConv2D) and nxt.groups == 1):
+            if isinstance(nxt, layers.Dense) or (
+                isinstance(nxt, layers.Conv2D) and not isinstance(nxt, layers.DepthwiseConv2D) and nxt.groups == 1
+            ):
                 continue  # consumes channels: its input side gets sliced
             if _is_channelwise(nxt):
                 stack.append(nxt)
@@ -103,6 +116,7 @@ def _importance(conv, consumers: dict) -> np.ndarray:
 
 # ---------------------------------------------------------------- structured
 
+
 def structured_prune(model, ratio: float, sample: np.ndarray | None = None, batch_size: int = 32):
     """Return a new, smaller model with `ratio` of each prunable conv's filters removed.
 
@@ -119,14 +133,18 @@ def structured_prune(model, ratio: float, sample: np.ndarray | None = None, batc
     keep: dict = {}
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            raise EdgeclsError("structured pruning needs a flat model (no nested sub-models); use --prune sparsity=… instead")
+            raise EdgeclsError(
+                "structured pruning needs a flat model (no nested sub-models); use --prune sparsity=… instead"
+            )
         if _is_dense_conv(layer) and _is_prunable(layer, consumers, outputs):
             n_keep = max(1, int(round(layer.filters * (1 - ratio))))
             keep[layer.name] = np.sort(np.argsort(_importance(layer, consumers))[::-1][:n_keep])
     if not keep:
         raise EdgeclsError("no prunable convolution found (every conv feeds an Add/Concatenate/Flatten or the output)")
     in_keep = _kept_inputs(model, keep)
-    refit = [l for l in model.layers if in_keep[l.name] is not None and (isinstance(l, layers.Dense) or _is_dense_conv(l))]
+    refit = [
+        l for l in model.layers if in_keep[l.name] is not None and (isinstance(l, layers.Dense) or _is_dense_conv(l))
+    ]
     # the fold needs somewhere to go: the layer's bias, else the BatchNorm right after it, else a new bias
     into_bn = {l.name: consumers[l.name][0].name for l in refit if not l.use_bias and _sole_batchnorm(l, consumers)}
     needs_bias = {l.name for l in refit if not l.use_bias and l.name not in into_bn} if sample is not None else set()
@@ -181,15 +199,26 @@ def _kept_inputs(model, keep: dict) -> dict:
     for layer in model.layers:
         ins = [] if isinstance(layer, layers.InputLayer) else [out_keep.get(_producer(t).name) for t in _inputs(layer)]
         in_keep[layer.name] = ins[0] if len(ins) == 1 else None
-        if isinstance(layer, layers.Dense) or (isinstance(layer, layers.Conv2D) and not isinstance(layer, layers.DepthwiseConv2D)):
+        if isinstance(layer, layers.Dense) or (
+            isinstance(layer, layers.Conv2D) and not isinstance(layer, layers.DepthwiseConv2D)
+        ):
             out_keep[layer.name] = keep.get(layer.name)
         else:  # channel-wise layers (BN, activations, pooling, depthwise) pass the selection on
             out_keep[layer.name] = in_keep[layer.name]
     return in_keep
 
 
-def _refit(original, smaller, name: str, out_keep, sample: np.ndarray, batch_size: int, bn=None,
-           ridge: float = 1e-3, rows_per_batch: int = 8192) -> None:
+def _refit(
+    original,
+    smaller,
+    name: str,
+    out_keep,
+    sample: np.ndarray,
+    batch_size: int,
+    bn=None,
+    ridge: float = 1e-3,
+    rows_per_batch: int = 8192,
+) -> None:
     """Least-squares refit of one layer that lost input channels, with an intercept (the fold).
 
     Target: the original layer's output without bias, from all its original inputs; features: what
@@ -214,7 +243,7 @@ def _refit(original, smaller, name: str, out_keep, sample: np.ndarray, batch_siz
     n_features = int(np.prod(new.kernel.shape[:-1])) + 1
     gram, cross = np.zeros((n_features, n_features)), np.zeros((n_features, kernel.shape[-1]))
     for start in range(0, len(sample), batch_size):
-        batch = sample[start:start + batch_size]
+        batch = sample[start : start + batch_size]
         target = _linear(old, probe_old([batch], training=False), kernel)
         features = _patches(new, probe_new([batch], training=False))
         rows = rng.permutation(len(target))[:rows_per_batch]
@@ -239,8 +268,13 @@ def _patches(layer, x) -> np.ndarray:
 
     layers, _ = _layers()
     if isinstance(layer, layers.Conv2D):
-        x = keras.ops.image.extract_patches(x, tuple(layer.kernel_size), strides=tuple(layer.strides),
-                                            dilation_rate=tuple(layer.dilation_rate), padding=layer.padding)
+        x = keras.ops.image.extract_patches(
+            x,
+            tuple(layer.kernel_size),
+            strides=tuple(layer.strides),
+            dilation_rate=tuple(layer.dilation_rate),
+            padding=layer.padding,
+        )
     x = keras.ops.convert_to_numpy(x).astype(np.float64)
     return x.reshape(-1, x.shape[-1])
 
@@ -263,11 +297,11 @@ def _channel_moments(model, tensor, x: np.ndarray, batch_size: int) -> tuple:
     probe = keras.Model(model.inputs, tensor)
     count, total, squares = 0, 0.0, 0.0
     for start in range(0, len(x), batch_size):
-        a = keras.ops.convert_to_numpy(probe([x[start:start + batch_size]], training=False)).astype(np.float64)
+        a = keras.ops.convert_to_numpy(probe([x[start : start + batch_size]], training=False)).astype(np.float64)
         a = a.reshape(-1, a.shape[-1])
         count, total, squares = count + len(a), total + a.sum(axis=0), squares + (a * a).sum(axis=0)
     mean = total / count
-    return mean, np.maximum(squares / count - mean ** 2, 0.0)
+    return mean, np.maximum(squares / count - mean**2, 0.0)
 
 
 def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = 64) -> int:
@@ -289,6 +323,7 @@ def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = 64) -> int:
 
 
 # ---------------------------------------------------------------- unstructured
+
 
 def _prunable_kernels(model) -> list:
     layers, _ = _layers()
@@ -352,6 +387,7 @@ def nonzero_params(model) -> int:
 
 # ---------------------------------------------------------------- fine-tuning
 
+
 def _fine_tune(model, splits, run, epochs: int, seed: int, callbacks=(), lr_factor: float = 0.5):
     import keras
 
@@ -366,9 +402,13 @@ def _fine_tune(model, splits, run, epochs: int, seed: int, callbacks=(), lr_fact
     lr = float(train_cfg.get("learning_rate", 1e-3)) * lr_factor
     loss = "binary_crossentropy" if head == "sigmoid" else "sparse_categorical_crossentropy"
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
-    train_ds = make_tf_dataset(splits["train"], batch, True, seed, build_augmenter(augment, run.preprocess, seed), as_targets)
+    train_ds = make_tf_dataset(
+        splits["train"], batch, True, seed, build_augmenter(augment, run.preprocess, seed), as_targets
+    )
     val_ds = make_tf_dataset(splits["val"], batch, False, seed, None, as_targets) if "val" in splits else None
-    cbs = list(callbacks) + [keras.callbacks.ReduceLROnPlateau(monitor="val_loss" if val_ds else "loss", factor=0.5, patience=2)]
+    cbs = list(callbacks) + [
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss" if val_ds else "loss", factor=0.5, patience=2)
+    ]
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs, verbose=2, shuffle=False)
     return model
 
@@ -385,8 +425,13 @@ def prune_model(model, spec: str, splits: dict, run, epochs: int = 8, seed: int 
 
     kind, ratio = parse_prune(spec)
     keras.utils.set_random_seed(seed)
-    report = {"method": kind, "ratio": ratio, "params_before": int(model.count_params()), "macs_before": count_macs(model),
-              "fine_tune_epochs": epochs}
+    report = {
+        "method": kind,
+        "ratio": ratio,
+        "params_before": int(model.count_params()),
+        "macs_before": count_macs(model),
+        "fine_tune_epochs": epochs,
+    }
     progress(f"pruning: {kind}={ratio}, then fine-tuning for {epochs} epochs")
     if kind == "structured":
         stats = representative_set(splits["train"].x, _stats_size(model), seed)
@@ -399,7 +444,9 @@ def prune_model(model, spec: str, splits: dict, run, epochs: int = 8, seed: int 
         # undid part of the refit on digits (2 epochs: 0.983-0.994 at 1/2, 0.986-0.992 at 1/10)
         _fine_tune(model, splits, run, epochs, seed, lr_factor=0.1)
     else:
-        steps_per_epoch = int(np.ceil(len(splits["train"].y) / int(run.metadata.get("train", {}).get("batch_size", 32))))
+        steps_per_epoch = int(
+            np.ceil(len(splits["train"].y) / int(run.metadata.get("train", {}).get("batch_size", 32)))
+        )
         end_step = max(1, int(0.7 * epochs * steps_per_epoch))
         original, model = model, keras.models.clone_model(model)  # keep the caller's model untouched
         model.set_weights(original.get_weights())

@@ -76,8 +76,12 @@ def _classes() -> dict:
 
         def build(self, input_shape):
             low, high = self.fixed_range or (0.0, 0.0)  # the range always holds 0 (exact zero point)
-            self.low = self.add_weight(shape=(), initializer=keras.initializers.Constant(low), trainable=False, name="min")
-            self.high = self.add_weight(shape=(), initializer=keras.initializers.Constant(high), trainable=False, name="max")
+            self.low = self.add_weight(
+                shape=(), initializer=keras.initializers.Constant(low), trainable=False, name="min"
+            )
+            self.high = self.add_weight(
+                shape=(), initializer=keras.initializers.Constant(high), trainable=False, name="max"
+            )
 
         def call(self, x, training=False):
             if self.observing:
@@ -100,14 +104,17 @@ def _classes() -> dict:
         bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(kernel), axis=axes), 1e-8))
         if per_channel:
             return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True)
+                kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True
+            )
         return tf.quantization.fake_quant_with_min_max_vars(kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True)
 
     class QuantConv2D(keras.layers.Conv2D):
         observing = False  # float weights while calibrating, like the float model PTQ calibrates
 
         def convolution_op(self, inputs, kernel):
-            return super().convolution_op(inputs, kernel if self.observing else quantize_kernel(kernel, per_channel=True))
+            return super().convolution_op(
+                inputs, kernel if self.observing else quantize_kernel(kernel, per_channel=True)
+            )
 
     class QuantDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         observing = False
@@ -118,8 +125,14 @@ def _classes() -> dict:
             kernel = self.kernel
             if not self.observing:
                 kernel = tf.reshape(quantize_kernel(tf.reshape(kernel, (h, w, cin * mult)), True), (h, w, cin, mult))
-            outputs = keras.ops.depthwise_conv(inputs, kernel, strides=self.strides, padding=self.padding,
-                                               dilation_rate=self.dilation_rate, data_format=self.data_format)
+            outputs = keras.ops.depthwise_conv(
+                inputs,
+                kernel,
+                strides=self.strides,
+                padding=self.padding,
+                dilation_rate=self.dilation_rate,
+                data_format=self.data_format,
+            )
             return self.activation(outputs + self.bias)
 
     class QuantDense(keras.layers.Dense):
@@ -202,9 +215,11 @@ class _Rewriter:
         return found[0] if len(found) == 1 else None
 
     def refuse(self, layer, why: str = ""):
-        raise EdgeclsError(f"quantization-aware training does not support layer {layer.name} ({type(layer).__name__}"
-                           f"{', ' + why if why else ''}): it cannot make this model's tflite-int8 (convert --no-qat, or leave "
-                           f"tflite-int8 out with --formats)")
+        raise EdgeclsError(
+            f"quantization-aware training does not support layer {layer.name} ({type(layer).__name__}"
+            f"{', ' + why if why else ''}): it cannot make this model's tflite-int8 (convert --no-qat, or leave "
+            f"tflite-int8 out with --formats)"
+        )
 
     def weighted(self, layer, x):
         """Conv2D / DepthwiseConv2D / Dense with the BN and ReLU after it folded in, then its rounding."""
@@ -214,18 +229,36 @@ class _Rewriter:
             self.refuse(layer, "activation")
         kernel, bias = _weights(layer)
         nxt = self.sole_consumer(layer)
-        if activation == "linear" and isinstance(nxt, layers.BatchNormalization) and not isinstance(layer, layers.Dense):
+        if (
+            activation == "linear"
+            and isinstance(nxt, layers.BatchNormalization)
+            and not isinstance(layer, layers.Dense)
+        ):
             kernel, bias = _folded(layer, nxt)
             self.absorbed.add(nxt.name)
             last, nxt = nxt, self.sole_consumer(nxt)
-        if activation == "linear" and isinstance(nxt, (layers.ReLU, layers.Activation)) and _activation(nxt) in ("relu", "relu6"):
+        if (
+            activation == "linear"
+            and isinstance(nxt, (layers.ReLU, layers.Activation))
+            and _activation(nxt) in ("relu", "relu6")
+        ):
             activation = _activation(nxt)  # TFLite fuses it into the op: one rounding, after it
             self.absorbed.add(nxt.name)
             last = nxt
         head = activation in ("softmax", "sigmoid")
-        config = {**layer.get_config(), "use_bias": True, "activation": "linear" if head else activation,
-                  "name": f"qat_{layer.name}"}
-        for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint"):
+        config = {
+            **layer.get_config(),
+            "use_bias": True,
+            "activation": "linear" if head else activation,
+            "name": f"qat_{layer.name}",
+        }
+        for key in (
+            "kernel_regularizer",
+            "bias_regularizer",
+            "activity_regularizer",
+            "kernel_constraint",
+            "bias_constraint",
+        ):
             config.pop(key, None)  # they would pull on the folded weights, which are not the original's
         new = self.classes[type(layer).__name__].from_config(config)
         self.weights.append((new, [kernel, bias]))
@@ -251,8 +284,18 @@ class _Rewriter:
             return y if kind in ("softmax", "sigmoid") else self.fq(y, layer.name)
         if isinstance(layer, (layers.Add, layers.Concatenate, layers.GlobalAveragePooling2D, layers.AveragePooling2D)):
             return self.fq(y, layer.name)
-        if isinstance(layer, (layers.MaxPooling2D, layers.GlobalMaxPooling2D, layers.ZeroPadding2D, layers.Dropout,
-                              layers.SpatialDropout2D, layers.Flatten, layers.Reshape)):
+        if isinstance(
+            layer,
+            (
+                layers.MaxPooling2D,
+                layers.GlobalMaxPooling2D,
+                layers.ZeroPadding2D,
+                layers.Dropout,
+                layers.SpatialDropout2D,
+                layers.Flatten,
+                layers.Reshape,
+            ),
+        ):
             return y
         self.refuse(layer)
 
@@ -343,8 +386,13 @@ def fine_tune(qat_model, splits: dict, run, options: QatOptions) -> dict:
     qat_model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
     train_ds = make_tf_dataset(splits["train"], batch, True, options.seed, augmenter, as_targets)
     history = qat_model.fit(train_ds, epochs=options.epochs, verbose=0, shuffle=False).history
-    return {"epochs": options.epochs, "learning_rate": lr, "batch_size": batch, "augment": bool(augmenter),
-            "final_loss": round(float(history["loss"][-1]), 6)}
+    return {
+        "epochs": options.epochs,
+        "learning_rate": lr,
+        "batch_size": batch,
+        "augment": bool(augmenter),
+        "final_loss": round(float(history["loss"][-1]), 6),
+    }
 
 
 def to_tflite_int8(qat_model) -> bytes:
@@ -362,8 +410,10 @@ def to_tflite_int8(qat_model) -> bytes:
     data = converter.convert()
     floats = float_tensors(data)
     if floats:
-        raise EdgeclsError(f"the TFLite converter left {len(floats)} float tensor(s) in the QAT model "
-                           f"(first: {floats[0]}): it is not full-int8, convert without --qat")
+        raise EdgeclsError(
+            f"the TFLite converter left {len(floats)} float tensor(s) in the QAT model "
+            f"(first: {floats[0]}): it is not full-int8, convert without --qat"
+        )
     return data
 
 
@@ -387,8 +437,17 @@ def quantization_aware_tflite(model, run, splits: dict, options: QatOptions | No
     qat = build_qat_model(model, input_range(run.preprocess))
     calibration = CalibrationSampler(splits["train"], options.seed).draw(options.calibration_size)
     calibrate(qat, calibration)
-    progress(f"quantization-aware training: {options.epochs} epochs on the training split, "
-             f"ranges started on {len(calibration)} images")
+    progress(
+        f"quantization-aware training: {options.epochs} epochs on the training split, "
+        f"ranges started on {len(calibration)} images"
+    )
     notes = fine_tune(qat, splits, run, options)
-    return QatResult(to_tflite_int8(qat), qat, {
-        "qat": notes, "calibration_images": int(len(calibration)), "calibration_fingerprint": fingerprint(calibration)})
+    return QatResult(
+        to_tflite_int8(qat),
+        qat,
+        {
+            "qat": notes,
+            "calibration_images": int(len(calibration)),
+            "calibration_fingerprint": fingerprint(calibration),
+        },
+    )

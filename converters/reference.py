@@ -21,8 +21,14 @@ import math
 
 import numpy as np
 
-from runtime.monitor.stats import (BRIGHTNESS_EDGES, CONFIDENCE_EDGES, REFERENCE_VERSION, bin_index,
-                                   brightness_batch, input_pixels)
+from runtime.monitor.stats import (
+    BRIGHTNESS_EDGES,
+    CONFIDENCE_EDGES,
+    REFERENCE_VERSION,
+    bin_index,
+    brightness_batch,
+    input_pixels,
+)
 
 
 class ReferenceStats:
@@ -35,24 +41,26 @@ class ReferenceStats:
         self._conf_sum = self._conf_sum_sq = 0.0
         self.images = 0
 
-    def update(self, inputs: np.ndarray, probs: np.ndarray) -> "ReferenceStats":
+    def update(self, inputs: np.ndarray, probs: np.ndarray) -> ReferenceStats:
         """One batch: inputs (N, H, W, C) as `runtime.preprocess.preprocess` made them, probs (N, classes)."""
         probs = np.asarray(probs, dtype=np.float64)
         if len(inputs) != len(probs) or probs.ndim != 2 or probs.shape[1] != len(self.labels):
-            raise ValueError(f"reference statistics: {len(inputs)} inputs, probabilities of shape {probs.shape}, "
-                             f"{len(self.labels)} labels")
+            raise ValueError(
+                f"reference statistics: {len(inputs)} inputs, probabilities of shape {probs.shape}, "
+                f"{len(self.labels)} labels"
+            )
         predicted = probs.argmax(axis=1)
         top1 = probs[np.arange(len(probs)), predicted]
         for k, confidence in zip(predicted, top1):
             self.classes[int(k)] += 1
             self.confidence[bin_index(float(confidence), CONFIDENCE_EDGES)] += 1
         self._conf_sum += float(top1.sum())
-        self._conf_sum_sq += float((top1 ** 2).sum())
+        self._conf_sum_sq += float((top1**2).sum())
         values = brightness_batch(input_pixels(inputs, self.spec))
         for v in values:
             self.brightness[bin_index(float(v), BRIGHTNESS_EDGES)] += 1
         self._sum += float(values.sum())
-        self._sum_sq += float((values ** 2).sum())
+        self._sum_sq += float((values**2).sum())
         self.images += len(values)
         return self
 
@@ -65,10 +73,18 @@ class ReferenceStats:
             "classes": list(self.classes),  # predicted-class counts, in label order
             # mean/std of confidence are new since the first release of version 1: a daemon estimates them
             # from the histogram when a reference lacks them, so the version stays 1
-            "confidence": {"edges": list(CONFIDENCE_EDGES), "counts": list(self.confidence),
-                           "mean": round(conf_mean, 6), "std": round(conf_std, 6)},
-            "brightness": {"edges": list(BRIGHTNESS_EDGES), "counts": list(self.brightness),
-                           "mean": round(mean, 4), "std": round(std, 4)},
+            "confidence": {
+                "edges": list(CONFIDENCE_EDGES),
+                "counts": list(self.confidence),
+                "mean": round(conf_mean, 6),
+                "std": round(conf_std, 6),
+            },
+            "brightness": {
+                "edges": list(BRIGHTNESS_EDGES),
+                "counts": list(self.brightness),
+                "mean": round(mean, 4),
+                "std": round(std, 4),
+            },
         }
 
 

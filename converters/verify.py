@@ -25,10 +25,14 @@ def compare(probs: np.ndarray, ref_probs: np.ndarray, y: np.ndarray, labels: lis
 
 def format_table(rows: list, reference_accuracy: float) -> str:
     """rows: dicts with name, size_bytes, accuracy, agreement, max_prob_diff (and optional remedy)."""
-    lines = [f"{'artifact':<12} {'size':>10} {'accuracy':>9} {'Δ points':>9} {'agree':>7} {'max |Δp|':>9}  note",
-             f"{'keras':<12} {'':>10} {reference_accuracy:9.4f} {'':>9} {'':>7} {'':>9}"]
+    lines = [
+        f"{'artifact':<12} {'size':>10} {'accuracy':>9} {'Δ points':>9} {'agree':>7} {'max |Δp|':>9}  note",
+        f"{'keras':<12} {'':>10} {reference_accuracy:9.4f} {'':>9} {'':>7} {'':>9}",
+    ]
     for r in rows:
         delta = 100 * (r["accuracy"] - reference_accuracy)
-        lines.append(f"{r['name']:<12} {r['size_bytes']:>10,} {r['accuracy']:9.4f} {delta:+9.2f} "
-                     f"{r['agreement']:7.4f} {r['max_prob_diff']:9.5f}  {r.get('note', '')}")
+        lines.append(
+            f"{r['name']:<12} {r['size_bytes']:>10,} {r['accuracy']:9.4f} {delta:+9.2f} "
+            f"{r['agreement']:7.4f} {r['max_prob_diff']:9.5f}  {r.get('note', '')}"
+        )
     return "\n".join(lines)

@@ -62,8 +62,10 @@ def choose_artifacts(bundle: Bundle, profile: DeviceProfile) -> list:
     for name in profile.artifacts:
         if name in have:
             return [name]
-    raise EdgeclsError(f"the bundle has none of the artifacts profile {profile.name} can use ({', '.join(profile.artifacts)}"
-                       f"; it has {', '.join(sorted(have))}): convert with one of those formats or choose another --device")
+    raise EdgeclsError(
+        f"the bundle has none of the artifacts profile {profile.name} can use ({', '.join(profile.artifacts)}"
+        f"; it has {', '.join(sorted(have))}): convert with one of those formats or choose another --device"
+    )
 
 
 def _bundle_files(bundle: Bundle, artifacts: list) -> dict:
@@ -74,8 +76,10 @@ def _bundle_files(bundle: Bundle, artifacts: list) -> dict:
     for name, digest in bundle.manifest.files.items():
         path = bundle.root / check_file_name(name, f"bundle {bundle.root}")
         if not path.is_file() or sha256_file(path) != digest:
-            raise EdgeclsError(f"bundle {bundle.root}: {name} is missing or does not match the manifest: copy or "
-                               f"convert the bundle again")
+            raise EdgeclsError(
+                f"bundle {bundle.root}: {name} is missing or does not match the manifest: copy or "
+                f"convert the bundle again"
+            )
         files[name] = path
     for name in artifacts:
         artifact = bundle.artifact(name)
@@ -93,8 +97,9 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     files = _bundle_files(bundle, artifacts)
     if profile.allowed_signers:  # refuse here already: nothing is sent for an unsigned bundle
         verify_manifest(bundle.root / MANIFEST, bundle.root / SIGNATURE, Path(profile.allowed_signers).expanduser())
-    target = make_target(target_text, profile.install_root, config=options.ssh_config, options=options.ssh_options,
-                         python=options.python)
+    target = make_target(
+        target_text, profile.install_root, config=options.ssh_config, options=options.ssh_options, python=options.python
+    )
     if options.setup:
         # setup writes ROOT/venv: a root the flash would refuse (someone's folder) is refused before, untouched.
         # Asked of the device's bare python, as edgecls may not be there yet (runtime/install/rootcheck.py).
@@ -104,30 +109,55 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
             target.trust(Path(profile.allowed_signers).expanduser().read_bytes())
     health_url = profile.health_url
     if options.install_service:
-        service = target.install_service(name=profile.service or "edgecls", unit_dir=options.unit_dir,
-                                         config=options.service_config, camera=profile.camera,
-                                         port=options.service_port, profile=profile.name)
+        service = target.install_service(
+            name=profile.service or "edgecls",
+            unit_dir=options.unit_dir,
+            config=options.service_config,
+            camera=profile.camera,
+            port=options.service_port,
+            profile=profile.name,
+        )
         health_url = health_url or (service["health_url"] if service["enabled"] else "")
     manifest = files[MANIFEST].read_bytes()
     plan = target.plan(manifest, artifacts, smoke=options.smoke)
     if plan["installed"]:
-        return FlashResult(target_text, "unchanged", plan["slot"], "already installed and healthy",
-                           time.monotonic() - started)
+        return FlashResult(
+            target_text, "unchanged", plan["slot"], "already installed and healthy", time.monotonic() - started
+        )
     send = {name: files[name] for name in plan["need"]}
     if SIGNATURE in files:
         send[SIGNATURE] = files[SIGNATURE]
-    done = target.apply(manifest, artifacts, send, profile=_smoke_profile(profile), budget_ms=profile.latency_budget_ms,
-                        service=profile.service, health_url=health_url,
-                        health_token_file=profile.health_token_file if health_url else "", smoke=options.smoke,
-                        lock_timeout=options.lock_timeout)
-    return FlashResult(target_text, done["result"], done["slot"], done.get("reason", ""), time.monotonic() - started,
-                       sorted(send), done.get("smoke"))
+    done = target.apply(
+        manifest,
+        artifacts,
+        send,
+        profile=_smoke_profile(profile),
+        budget_ms=profile.latency_budget_ms,
+        service=profile.service,
+        health_url=health_url,
+        health_token_file=profile.health_token_file if health_url else "",
+        smoke=options.smoke,
+        lock_timeout=options.lock_timeout,
+    )
+    return FlashResult(
+        target_text,
+        done["result"],
+        done["slot"],
+        done.get("reason", ""),
+        time.monotonic() - started,
+        sorted(send),
+        done.get("smoke"),
+    )
 
 
 def _smoke_profile(profile: DeviceProfile) -> dict:
     """What the device's Classifier reads from a profile, as plain data (runtime never imports devices/)."""
-    return {"artifacts": list(profile.artifacts), "backends": list(profile.backends),
-            "providers": list(profile.providers), "threads": profile.threads}
+    return {
+        "artifacts": list(profile.artifacts),
+        "backends": list(profile.backends),
+        "providers": list(profile.providers),
+        "threads": profile.threads,
+    }
 
 
 def flash(bundle_path, targets, options: FlashOptions | None = None) -> list:
@@ -136,7 +166,9 @@ def flash(bundle_path, targets, options: FlashOptions | None = None) -> list:
     A target is a TARGET string, or (TARGET, DeviceProfile) for a mixed fleet (see `read_targets_file`)."""
     options = options or FlashOptions()
     if not targets:
-        raise EdgeclsError("no TARGET given: name devices as user@host[:port][:/root] or local folders, or pass --targets FILE")
+        raise EdgeclsError(
+            "no TARGET given: name devices as user@host[:port][:/root] or local folders, or pass --targets FILE"
+        )
     bundle = load_bundle(bundle_path)
 
     def one(entry) -> FlashResult:
@@ -147,8 +179,9 @@ def flash(bundle_path, targets, options: FlashOptions | None = None) -> list:
         except EdgeclsError as exc:
             return FlashResult(target, "failed", reason=str(exc), seconds=time.monotonic() - started)
         except OSError as exc:  # a full or read-only disk on a local target
-            return FlashResult(target, "failed", reason=f"{exc.strerror or exc} ({exc.filename})",
-                               seconds=time.monotonic() - started)
+            return FlashResult(
+                target, "failed", reason=f"{exc.strerror or exc} ({exc.filename})", seconds=time.monotonic() - started
+            )
 
     if len(targets) == 1:
         return [one(targets[0])]
@@ -190,8 +223,9 @@ def format_table(results: list) -> str:
     """target | result | version | seconds | reason; one row per target, in the order given."""
     rows = [("TARGET", "RESULT", "VERSION", "TIME", "REASON")]
     for r in results:
-        rows.append((printable(r.target), r.result, printable(r.slot or "-"), f"{r.seconds:.1f}s",
-                     printable(r.reason or "")))
+        rows.append(
+            (printable(r.target), r.result, printable(r.slot or "-"), f"{r.seconds:.1f}s", printable(r.reason or ""))
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows)
 
@@ -206,14 +240,24 @@ def resolve_profile(device: str | None, profile_file: str | None) -> DeviceProfi
 def rollback(target_text: str, options: FlashOptions | None = None) -> dict:
     """`edgecls rollback TARGET`: `previous` becomes `current` again, on the device, with the same commit."""
     options = options or FlashOptions()
-    target = make_target(target_text, options.profile.install_root, config=options.ssh_config,
-                         options=options.ssh_options, python=options.python)
+    target = make_target(
+        target_text,
+        options.profile.install_root,
+        config=options.ssh_config,
+        options=options.ssh_options,
+        python=options.python,
+    )
     return target.rollback(options.profile.service)
 
 
 def status(target_text: str, options: FlashOptions | None = None) -> dict:
     """`edgecls status TARGET`: versions, current/previous, signatures, health, the last flash and its reason."""
     options = options or FlashOptions()
-    target = make_target(target_text, options.profile.install_root, config=options.ssh_config,
-                         options=options.ssh_options, python=options.python)
+    target = make_target(
+        target_text,
+        options.profile.install_root,
+        config=options.ssh_config,
+        options=options.ssh_options,
+        python=options.python,
+    )
     return target.status()

@@ -51,21 +51,23 @@ class DeviceProfile:
     latency_budget_ms: float | None = None  # p95 per image in the smoke test; None: not checked
     allowed_signers: str = ""  # an OpenSSH allowed-signers file: flash refuses bundles not signed by these keys
     health_url: str = ""  # the daemon's /healthz on the device, waited for after the switch
-    health_token_file: str = ""  # a file ON the device holding the daemon's bearer token (the path is kept, never the token)
+    health_token_file: str = (
+        ""  # a file ON the device holding the daemon's bearer token (the path is kept, never the token)
+    )
     notes: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "") -> "DeviceProfile":
+    def from_dict(cls, d: dict, where: str = "") -> DeviceProfile:
         where = where or f"device profile {d.get('name', '?') if isinstance(d, dict) else '?'}"
         if not isinstance(d, dict):
-            raise ProfileError(f"{where} is not a JSON object: write {{\"name\": ..., ...}}")
+            raise ProfileError(f'{where} is not a JSON object: write {{"name": ..., ...}}')
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ProfileError(f"{where} has unknown field(s) {unknown}: allowed are {sorted(known)}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         if "name" not in d:
-            raise ProfileError(f"{where} has no \"name\"")
+            raise ProfileError(f'{where} has no "name"')
         profile = cls(**d)
         profile.validate(where)
         return profile
@@ -75,12 +77,15 @@ class DeviceProfile:
         where = where or f"device profile {self.name}"
 
         def bad(name: str, expected: str):
-            raise ProfileError(f"{where}: \"{name}\" is {getattr(self, name)!r}; expected {expected}")
+            raise ProfileError(f'{where}: "{name}" is {getattr(self, name)!r}; expected {expected}')
 
         def strings(name: str, allowed=None, empty_ok=False):
             value = getattr(self, name)
-            if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value) or \
-                    (not value and not empty_ok):
+            if (
+                not isinstance(value, tuple)
+                or not all(isinstance(v, str) and v for v in value)
+                or (not value and not empty_ok)
+            ):
                 bad(name, "a list of names" + ("" if empty_ok else " (at least one)"))
             if allowed:
                 for v in value:
@@ -96,26 +101,29 @@ class DeviceProfile:
         strings("backends", BACKENDS)
         strings("providers")
         strings("packages", empty_ok=True)
-        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
-                                         or self.threads < 1):
+        if self.threads is not None and (
+            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
+        ):
             bad("threads", "a whole number of at least 1, or null for the backend's default")
         if self.architecture not in ARCHITECTURES:
             bad("architecture", f"one of {', '.join(ARCHITECTURES)}")
         if not re.match(r"^3\.\d+$", self.python):
-            bad("python", "a version such as \"3.11\"")
-        if not isinstance(self.install_root, str) or not (self.install_root.startswith("/")
-                                                          or self.install_root.startswith("~/")):
+            bad("python", 'a version such as "3.11"')
+        if not isinstance(self.install_root, str) or not (
+            self.install_root.startswith("/") or self.install_root.startswith("~/")
+        ):
             bad("install_root", "an absolute folder such as /opt/edgecls (or ~/edgecls)")
         if not isinstance(self.service, str) or not (self.service == "" or _SERVICE.match(self.service)):
-            bad("service", "a systemd unit name such as edgecls, or \"\" for none")
+            bad("service", 'a systemd unit name such as edgecls, or "" for none')
         budget = self.latency_budget_ms
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
             bad("latency_budget_ms", "a positive number of milliseconds, or null")
         if self.health_url and not self.health_url.startswith(("http://", "https://")):
             bad("health_url", "an http:// URL such as http://127.0.0.1:8080/healthz")
         if not isinstance(self.health_token_file, str) or (
-                self.health_token_file and not self.health_token_file.startswith(("/", "~/"))):
-            bad("health_token_file", "an absolute path on the device such as /etc/edgecls/token, or \"\"")
+            self.health_token_file and not self.health_token_file.startswith(("/", "~/"))
+        ):
+            bad("health_token_file", 'an absolute path on the device such as /etc/edgecls/token, or ""')
         if not isinstance(self.notes, dict):
             bad("notes", "an object")
 
@@ -167,6 +175,8 @@ def load_profile(name_or_path: str | None) -> DeviceProfile:
         return read_profile_file(path)
     found = _profile_files().get(str(name_or_path))
     if found is None:
-        raise ProfileError(f"unknown device profile {name_or_path!r}: use one of {', '.join(list_profiles())}, a JSON "
-                           f"file, or add {name_or_path}.json to {user_profile_dirs()[0]}")
+        raise ProfileError(
+            f"unknown device profile {name_or_path!r}: use one of {', '.join(list_profiles())}, a JSON "
+            f"file, or add {name_or_path}.json to {user_profile_dirs()[0]}"
+        )
     return read_profile_file(found)

@@ -38,8 +38,9 @@ def _absolute(path: str, what: str) -> str:
 
 def unit_text(options: UnitOptions = UnitOptions()) -> str:
     """The `.service` file for `options`, ready for /etc/systemd/system/edgecls.service."""
-    executable = _absolute(options.executable or shutil.which("edgecls") or "/usr/local/bin/edgecls",
-                           "the edgecls executable")
+    executable = _absolute(
+        options.executable or shutil.which("edgecls") or "/usr/local/bin/edgecls", "the edgecls executable"
+    )
     config = _absolute(options.config, "--config")
     env_file = _absolute(options.env_file, "--env-file")
     results = _absolute(options.results_dir, "--results-dir")
@@ -52,11 +53,16 @@ def unit_text(options: UnitOptions = UnitOptions()) -> str:
     elif _USER.match(options.user) and options.user != "root":
         identity = [f"User={options.user}", f"Group={options.user}"]
     else:
-        raise EdgeclsError(f"--user {options.user!r}: give an unprivileged system user name (not root), "
-                           "or leave it out for a dynamic user")
+        raise EdgeclsError(
+            f"--user {options.user!r}: give an unprivileged system user name (not root), "
+            "or leave it out for a dynamic user"
+        )
     # A folder under /var/lib is created by systemd and owned by the service's (dynamic) user.
-    state = [f"StateDirectory={results[len('/var/lib/'):]}", "StateDirectoryMode=0750"] \
-        if results.startswith("/var/lib/") else []
+    state = (
+        [f"StateDirectory={results[len('/var/lib/') :]}", "StateDirectoryMode=0750"]
+        if results.startswith("/var/lib/")
+        else []
+    )
     lines = [
         "[Unit]",
         f"Description={options.description}",

@@ -36,12 +36,15 @@ def sign_bundle(bundle_path, key) -> Path:
         raise EdgeclsError(f"signing key {key} does not exist: create one with `ssh-keygen -t ed25519 -f {key}`")
     bundle = load_bundle(bundle_path)
     manifest = bundle.root / MANIFEST
-    done = subprocess.run([_keygen(), "-Y", "sign", "-f", str(key), "-n", NAMESPACE], stdin=open(manifest, "rb"),
-                          capture_output=True)
+    done = subprocess.run(
+        [_keygen(), "-Y", "sign", "-f", str(key), "-n", NAMESPACE], stdin=open(manifest, "rb"), capture_output=True
+    )
     if done.returncode != 0 or not done.stdout.startswith(b"-----BEGIN SSH SIGNATURE-----"):
         why = done.stderr.decode(errors="replace").strip().splitlines()
-        raise EdgeclsError(f"ssh-keygen could not sign with {key} ({why[-1] if why else 'no signature'}): give a "
-                           f"private OpenSSH key (or its .pub with the key loaded in ssh-agent)")
+        raise EdgeclsError(
+            f"ssh-keygen could not sign with {key} ({why[-1] if why else 'no signature'}): give a "
+            f"private OpenSSH key (or its .pub with the key loaded in ssh-agent)"
+        )
     path = Path(bundle_path)
     if path.is_file():  # a .tar: add the signature beside the manifest inside it (its unpacked cache stays as is)
         _add_to_tar(path, done.stdout)

@@ -25,9 +25,9 @@ import re
 import shlex
 import subprocess
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from runtime.errors import EdgeclsError
 
@@ -77,8 +77,10 @@ def parse_target(text: str) -> SshTarget | None:
         return None
     m = _TARGET.match(text)
     if not m:
-        raise SshError(f"cannot read the target {text!r}: write user@host, user@host:PORT, user@host:/ROOT "
-                       f"or user@host:PORT:/ROOT (or a local folder path starting with / or ./)")
+        raise SshError(
+            f"cannot read the target {text!r}: write user@host, user@host:PORT, user@host:/ROOT "
+            f"or user@host:PORT:/ROOT (or a local folder path starting with / or ./)"
+        )
     port = int(m["port"]) if m["port"] else None
     if port is not None and not 0 < port < 65536:
         raise SshError(f"target {text!r}: port {port} is out of range 1-65535")
@@ -94,16 +96,29 @@ def _cause(stderr: str, target: SshTarget) -> str | None:
         return f"cannot resolve the host name {target.host!r}: check the spelling, DNS or your ~/.ssh/config Host entry"
     if "host key verification failed" in text or "remote host identification has changed" in text:
         connect = f"ssh -p {target.port} {target.destination}" if target.port else f"ssh {target.destination}"
-        return (f"the host key of {where} is unknown or changed: connect once with `{connect}` "
-                f"to accept it, or fix ~/.ssh/known_hosts if the device was re-imaged")
+        return (
+            f"the host key of {where} is unknown or changed: connect once with `{connect}` "
+            f"to accept it, or fix ~/.ssh/known_hosts if the device was re-imaged"
+        )
     if "permission denied" in text or "too many authentication failures" in text:
-        return (f"{where} refused the login: install your public key on the device (`ssh-copy-id "
-                f"{target.destination}`) or load it into ssh-agent (passwords are not asked for)")
-    for phrase in ("connection refused", "timed out", "no route to host", "network is unreachable",
-                   "connection closed", "connection reset", "unknown port"):
+        return (
+            f"{where} refused the login: install your public key on the device (`ssh-copy-id "
+            f"{target.destination}`) or load it into ssh-agent (passwords are not asked for)"
+        )
+    for phrase in (
+        "connection refused",
+        "timed out",
+        "no route to host",
+        "network is unreachable",
+        "connection closed",
+        "connection reset",
+        "unknown port",
+    ):
         if phrase in text:
-            return (f"cannot reach {where} ({phrase}): check that the device is on, on the network, and runs an "
-                    f"SSH server on that port")
+            return (
+                f"cannot reach {where} ({phrase}): check that the device is on, on the network, and runs an "
+                f"SSH server on that port"
+            )
     return None
 
 
@@ -113,8 +128,10 @@ def _remote_cause(stderr: str, argv0: str) -> str | None:
         return f"{argv0!r} is not installed on the device: install it there (for python3: your OS's python3 package)"
     m = re.search(r"No module named '?([A-Za-z0-9_.]+)", stderr)
     if m and m.group(1).split(".")[0] in ("runtime", "devices", "edgecls"):
-        return ("edgecls is not installed for the device's python3: run `edgecls flash ... --setup` or "
-                "`python3 -m pip install 'edgecls[runtime]'` on the device")
+        return (
+            "edgecls is not installed for the device's python3: run `edgecls flash ... --setup` or "
+            "`python3 -m pip install 'edgecls[runtime]'` on the device"
+        )
     return None
 
 
@@ -130,15 +147,24 @@ def python_command(python: str, root: str, argv: Sequence[str]) -> list | str:
         return [python, *map(str, argv)]
     from runtime.install.layout import VENV
 
-    venv_python = sh_path(f"{root.rstrip('/')}/{VENV}/bin/python")  # ~/edgecls: the device's HOME, as DeviceRoot reads it
+    venv_python = sh_path(
+        f"{root.rstrip('/')}/{VENV}/bin/python"
+    )  # ~/edgecls: the device's HOME, as DeviceRoot reads it
     return f'p={venv_python}; [ -x "$p" ] || p=python3; exec "$p" ' + " ".join(shlex.quote(str(a)) for a in argv)
 
 
 class SshClient:
     """Runs commands on one SSH target with the system `ssh` (see the module docstring)."""
 
-    def __init__(self, target: SshTarget, *, config: str | os.PathLike | None = None,
-                 options: Sequence[str] = (), python: str = "python3", connect_timeout: int = 15):
+    def __init__(
+        self,
+        target: SshTarget,
+        *,
+        config: str | os.PathLike | None = None,
+        options: Sequence[str] = (),
+        python: str = "python3",
+        connect_timeout: int = 15,
+    ):
         self.target = target
         self.config = str(Path(config).expanduser()) if config else None
         self.options = list(options)
@@ -158,8 +184,16 @@ class SshClient:
             argv += ["-p", str(self.target.port)]
         return argv + ["--", self.target.destination]
 
-    def run(self, command: Sequence[str] | str, *, input: bytes | None = None, timeout: float | None = 300,
-            check: bool = True, stdin=None, what: str = "") -> subprocess.CompletedProcess:
+    def run(
+        self,
+        command: Sequence[str] | str,
+        *,
+        input: bytes | None = None,
+        timeout: float | None = 300,
+        check: bool = True,
+        stdin=None,
+        what: str = "",
+    ) -> subprocess.CompletedProcess:
         """Run `command` on the device; stdout/stderr are captured as bytes.
 
         `command` as a list is quoted word by word (paths with spaces are safe); as a str it is one shell line.
@@ -170,13 +204,16 @@ class SshClient:
         argv0 = what or line.split(" ", 1)[0]
         log.debug("ssh %s: %s", self.target, line)
         try:
-            result = subprocess.run([*self.ssh_argv(), line], input=input, stdin=stdin, capture_output=True,
-                                    timeout=timeout)
+            result = subprocess.run(
+                [*self.ssh_argv(), line], input=input, stdin=stdin, capture_output=True, timeout=timeout
+            )
         except FileNotFoundError as exc:
             raise SshError("the OpenSSH client `ssh` is not installed here: install openssh-client") from exc
         except subprocess.TimeoutExpired as exc:
-            raise SshError(f"{self.target}: `{argv0}` did not finish within {timeout:.0f} s: check the device "
-                           f"(load, disk) or the network, then run again") from exc
+            raise SshError(
+                f"{self.target}: `{argv0}` did not finish within {timeout:.0f} s: check the device "
+                f"(load, disk) or the network, then run again"
+            ) from exc
         if check and result.returncode != 0:
             raise SshError(self.describe_failure(result, argv0))
         return result
@@ -193,7 +230,9 @@ class SshClient:
         last = next((l.strip() for l in reversed(stderr.splitlines()) if l.strip()), "")
         if result.returncode == 255 and "Traceback" not in stderr:
             last = "the connection or the remote process ended abruptly (killed, or the device rebooted)"
-        return f"{self.target}: `{argv0}` failed (exit status {result.returncode})" + (f": {last[:300]}" if last else "")
+        return f"{self.target}: `{argv0}` failed (exit status {result.returncode})" + (
+            f": {last[:300]}" if last else ""
+        )
 
     def python(self, module: str, args: Sequence[str] = (), **kw) -> subprocess.CompletedProcess:
         """`python3 -m module args...` on the device (the interpreter is the `python` given at construction)."""

@@ -72,7 +72,9 @@ class SshDeviceTarget:
     def __init__(self, text: str, default_root: str, *, config=None, options=(), python: str = "auto"):
         target = parse_target(text)
         self.auto_python = python == "auto"
-        self.client = SshClient(target, config=config, options=options, python="python3" if self.auto_python else python)
+        self.client = SshClient(
+            target, config=config, options=options, python="python3" if self.auto_python else python
+        )
         self.root = target.root or default_root
         self.name = text
 
@@ -80,8 +82,13 @@ class SshDeviceTarget:
         return python_command("auto" if self.auto_python else self.client.python_exe, self.root, argv)
 
     def _call(self, command: str, args: list, *, stdin=None, input: bytes | None = None, timeout: float = 600) -> dict:
-        result = self.client.run(self._command(["-m", "runtime.install", command, "--root", self.root, *args]),
-                                 stdin=stdin, input=input, timeout=timeout, check=False)
+        result = self.client.run(
+            self._command(["-m", "runtime.install", command, "--root", self.root, *args]),
+            stdin=stdin,
+            input=input,
+            timeout=timeout,
+            check=False,
+        )
         return self._reply(result)
 
     def _reply(self, result) -> dict:
@@ -99,17 +106,40 @@ class SshDeviceTarget:
 
     def _manifest_args(self, manifest: bytes, artifacts, smoke: bool) -> list:
         """Only the manifest's sha256 goes in argv (the manifest itself on stdin: argv is capped at 128 KiB)."""
-        return ["--manifest-sha256", hashlib.sha256(manifest).hexdigest(), "--artifacts", ",".join(artifacts)] + \
-            ([] if smoke else ["--no-smoke"])
+        return ["--manifest-sha256", hashlib.sha256(manifest).hexdigest(), "--artifacts", ",".join(artifacts)] + (
+            [] if smoke else ["--no-smoke"]
+        )
 
     def plan(self, manifest: bytes, artifacts, smoke: bool = True) -> dict:
         return self._call("plan", self._manifest_args(manifest, artifacts, smoke), input=manifest, timeout=120)
 
-    def apply(self, manifest: bytes, artifacts, files: dict, *, profile=None, budget_ms=None, service="",
-              health_url="", health_token_file="", smoke=True, lock_timeout=60.0) -> dict:
+    def apply(
+        self,
+        manifest: bytes,
+        artifacts,
+        files: dict,
+        *,
+        profile=None,
+        budget_ms=None,
+        service="",
+        health_url="",
+        health_token_file="",
+        smoke=True,
+        lock_timeout=60.0,
+    ) -> dict:
         args = self._manifest_args(manifest, artifacts, smoke) + [
-            "--stdin-tar", "--profile-json", json.dumps(profile or {}), "--service", service, "--health-url",
-            health_url, "--health-token-file", health_token_file, "--lock-timeout", lock_timeout]
+            "--stdin-tar",
+            "--profile-json",
+            json.dumps(profile or {}),
+            "--service",
+            service,
+            "--health-url",
+            health_url,
+            "--health-token-file",
+            health_token_file,
+            "--lock-timeout",
+            lock_timeout,
+        ]
         if budget_ms is not None:
             args += ["--budget-ms", budget_ms]
         with tempfile.TemporaryFile() as stream:
@@ -167,8 +197,9 @@ class SshDeviceTarget:
                 self.client.run(["rm", "-rf", remote], timeout=120, check=False)  # half a push: best effort
                 raise
         python = "" if self.auto_python else self.client.python_exe
-        self.client.run(wheels.install_script(self.root, remote, list(packages), python=python), timeout=3600,
-                        what="edgecls setup")  # removes the pushed wheels however it ends
+        self.client.run(
+            wheels.install_script(self.root, remote, list(packages), python=python), timeout=3600, what="edgecls setup"
+        )  # removes the pushed wheels however it ends
         where = f"into {self.root.rstrip('/')}/{wheels.VENV} " if self.auto_python else ""
         return f"installed {' '.join(packages)} {where}(offline)"
 

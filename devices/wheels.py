@@ -28,9 +28,11 @@ from runtime.errors import EdgeclsError
 from runtime.install.layout import VENV  # under the device's install root
 
 # `bits`: a 32-bit userland (Raspberry Pi OS armhf) on a 64-bit kernel says aarch64 but takes armv7l wheels.
-PROBE = ("import json, platform, struct, sys; print(json.dumps({'machine': platform.machine(), "
-         "'python': '%d.%d' % sys.version_info[:2], 'libc': list(platform.libc_ver()), "
-         "'bits': 8 * struct.calcsize('P')}))")
+PROBE = (
+    "import json, platform, struct, sys; print(json.dumps({'machine': platform.machine(), "
+    "'python': '%d.%d' % sys.version_info[:2], 'libc': list(platform.libc_ver()), "
+    "'bits': 8 * struct.calcsize('P')}))"
+)
 _OLDEST_GLIBC_MINOR = 17  # manylinux2014
 _ARCH_32 = {"aarch64": "armv7l", "arm64": "armv7l", "armv8l": "armv7l", "x86_64": "i686"}  # 32-bit userland
 COMPLETE, IN_USE = ".complete", ".in-use"  # in a wheelhouse: built to the end; flocked while pushed
@@ -45,12 +47,14 @@ class DevicePlatform:
     bits: int = 0  # the interpreter's pointer size; 0: unknown (then the machine decides)
 
     @classmethod
-    def parse(cls, text: str, where: str) -> "DevicePlatform":
+    def parse(cls, text: str, where: str) -> DevicePlatform:
         try:
             data = json.loads(text.strip().splitlines()[-1])
             return cls(str(data["machine"]), str(data["python"]), tuple(data["libc"]), int(data.get("bits") or 0))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise EdgeclsError(f"{where}: could not read the device's platform from its python3 ({text[-200:]!r})") from exc
+            raise EdgeclsError(
+                f"{where}: could not read the device's platform from its python3 ({text[-200:]!r})"
+            ) from exc
 
     @property
     def arch(self) -> str:
@@ -64,8 +68,10 @@ class DevicePlatform:
         name, version = self.libc
         match = re.fullmatch(r"2\.(\d+)", version or "")
         if name != "glibc" or not match:
-            raise EdgeclsError(f"the device's C library is {name or 'unknown'} {version}: edgecls ships wheels for "
-                               f"glibc systems only (Raspberry Pi OS, Debian, Ubuntu, Jetson Linux)")
+            raise EdgeclsError(
+                f"the device's C library is {name or 'unknown'} {version}: edgecls ships wheels for "
+                f"glibc systems only (Raspberry Pi OS, Debian, Ubuntu, Jetson Linux)"
+            )
         minors = range(int(match.group(1)), _OLDEST_GLIBC_MINOR - 1, -1)
         return [f"manylinux_2_{m}_{self.arch}" for m in minors] + [f"manylinux2014_{self.arch}", f"linux_{self.arch}"]
 
@@ -82,12 +88,32 @@ def _edgecls_wheel(folder: Path) -> str:
 
     source = _edgecls_source()
     if source is not None:
-        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                   "--disable-pip-version-check", "-w", str(folder), str(source)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-w",
+            str(folder),
+            str(source),
+        ]
         what = f"building a wheel of edgecls from {source}"
     else:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-                   "-d", str(folder), f"edgecls=={__version__}"]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-d",
+            str(folder),
+            f"edgecls=={__version__}",
+        ]
         what = f"downloading edgecls {__version__}"
     result = subprocess.run(command, capture_output=True, text=True)
     wheels = sorted(folder.glob("edgecls-*.whl"))
@@ -125,8 +151,18 @@ def wheels_for(platform: DevicePlatform, packages, say=print):
 
     source = _edgecls_source()
     listed = hashlib.sha256(json.dumps(sorted(packages)).encode()).hexdigest()[:8]
-    key = hashlib.sha256(json.dumps([platform.arch, platform.python, list(platform.libc), sorted(packages),
-                                     __version__, _tree_digest(source) if source else ""]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                platform.arch,
+                platform.python,
+                list(platform.libc),
+                sorted(packages),
+                __version__,
+                _tree_digest(source) if source else "",
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     # One per platform and package list (desktop-cpu and desktop-gpu differ in packages): only an older
     # checkout's wheelhouse of the same prefix is ever dropped.
     final = _cache_root() / f"{platform.arch}-py{platform.python}-{listed}-{key}"
@@ -164,16 +200,30 @@ def _build(final: Path, platform: DevicePlatform, packages, say) -> Path:
 
         requirements = _requirements(packages, edgecls_wheel)
         say(f"fetching wheels for {platform.arch}, Python {platform.python} ({' '.join(packages)})")
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                   "--only-binary=:all:", "--implementation", "cp", "--python-version", platform.python,
-                   "-d", str(work)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            platform.python,
+            "-d",
+            str(work),
+        ]
         for tag in platform.pip_platforms():
             command += ["--platform", tag]
         result = subprocess.run(command + requirements, capture_output=True, text=True)
         if result.returncode != 0:
-            raise EdgeclsError(f"pip could not fetch wheels for {platform.arch}/Python {platform.python}: "
-                               f"{_pip_error(result.stderr)} (a package without a wheel for the device "
-                               f"cannot be installed offline: pin a version that has one in the profile)")
+            raise EdgeclsError(
+                f"pip could not fetch wheels for {platform.arch}/Python {platform.python}: "
+                f"{_pip_error(result.stderr)} (a package without a wheel for the device "
+                f"cannot be installed offline: pin a version that has one in the profile)"
+            )
         (work / COMPLETE).write_text(json.dumps({"packages": list(packages), "platform": platform.__dict__}))
         if final.exists():
             shutil.rmtree(final)  # an incomplete one (no .complete): nobody can hold it
@@ -205,8 +255,12 @@ def _drop_stale_builds(cache: Path) -> None:
     hold now, but an hour's margin also spares one on a shared file system where flock is not shared."""
     for entry in cache.iterdir():
         try:
-            stale = entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink() and \
-                time.time() - entry.stat().st_mtime > STALE_BUILD_S
+            stale = (
+                entry.name.startswith(".")
+                and entry.is_dir()
+                and not entry.is_symlink()
+                and time.time() - entry.stat().st_mtime > STALE_BUILD_S
+            )
         except OSError:
             continue
         if stale:
@@ -252,41 +306,45 @@ def install_script(root: str, wheels_dir: str, packages: list, python: str = "")
 
     names = " ".join(quote(_requirement_name(p)) for p in packages)
     pip = "--quiet --disable-pip-version-check --no-index"
-    return "\n".join([
-        "set -eu",
-        f"R={sh_path(root.rstrip('/') or '/')}; W={sh_path(wheels_dir)}; PY={quote(python)}; V=\"$R\"/{VENV}; T=",
-        'cleanup() { rm -rf "$W"; [ -z "$T" ] || rm -rf "$T"; }',
-        "trap cleanup EXIT; trap 'exit 129' HUP INT TERM",  # a signal exits, so EXIT cleans up
-        'fail() { echo "edgecls setup: $*" >&2; exit 3; }',
-        'if [ -z "$PY" ]; then',
-        "  command -v python3 >/dev/null 2>&1 || fail 'python3 is not installed on the device: install the OS package "
-        "python3'",
-        # Debian and Ubuntu ship venv without ensurepip unless python3-venv is installed: `venv --help` works,
-        # creating one fails with several lines and leaves a venv without pip.
-        "  python3 -c 'import ensurepip; ensurepip.version()' >/dev/null 2>&1 || fail 'python3-venv is missing on "
-        "the device (its python3 cannot make a virtualenv with pip): install it with the OS package manager "
-        "(apt install python3-venv), then run --setup again'",
-        '  if ! "$V/bin/python" -m pip --version >/dev/null 2>&1; then',
-        '    mkdir -p "$R"',
-        # builds killed over an hour ago (a live one is minutes old)
-        "    find \"$R\" -maxdepth 1 -type d -name '.venv-setup-*' -mmin +60 -exec rm -rf {} + 2>/dev/null || true",
-        '    T="$R/.venv-setup-$$"; rm -rf "$T"',
-        f'    out=$(python3 -m venv --system-site-packages --prompt {VENV} "$T" 2>&1) || fail "python3 -m venv failed: '
-        '$(printf "%s\\n" "$out" | grep . | tail -n 1)"',
-        '    "$T/bin/python" -m pip --version >/dev/null 2>&1 || fail "the venv python3 made has no pip: install '
-        'python3-venv (apt install python3-venv), then run --setup again"',
-        f'    "$T/bin/python" -c {quote(_RELOCATE)} "$T" "$V"',
-        # a venv without pip (an older setup killed midway): replaced; anything else there the root check refused
-        '    if [ -d "$V" ] && [ ! -L "$V" ] && [ -f "$V/pyvenv.cfg" ]; then rm -rf "$V"; fi',
-        '    [ ! -e "$V" ] && [ ! -L "$V" ] || fail "$V is not a venv edgecls made: move it away, then run --setup again"',
-        '    mv "$T" "$V"; T=',
-        "  fi",
-        '  PY="$V/bin/python"',
-        "fi",
-        f'"$PY" -m pip install {pip} --find-links "$W" {names}',
-        # the same version number with other code (a checkout): pip would keep the old one
-        f'for w in "$W"/edgecls-*.whl; do [ ! -e "$w" ] || "$PY" -m pip install {pip} --no-deps --force-reinstall "$w"; done',
-    ])
+    return "\n".join(
+        [
+            "set -eu",
+            f'R={sh_path(root.rstrip("/") or "/")}; W={sh_path(wheels_dir)}; PY={quote(python)}; V="$R"/{VENV}; T=',
+            'cleanup() { rm -rf "$W"; [ -z "$T" ] || rm -rf "$T"; }',
+            "trap cleanup EXIT; trap 'exit 129' HUP INT TERM",  # a signal exits, so EXIT cleans up
+            'fail() { echo "edgecls setup: $*" >&2; exit 3; }',
+            'if [ -z "$PY" ]; then',
+            "  command -v python3 >/dev/null 2>&1 || fail 'python3 is not installed on the device: "
+            "install the OS package python3'",
+            # Debian and Ubuntu ship venv without ensurepip unless python3-venv is installed: `venv --help` works,
+            # creating one fails with several lines and leaves a venv without pip.
+            "  python3 -c 'import ensurepip; ensurepip.version()' >/dev/null 2>&1 || fail 'python3-venv is missing on "
+            "the device (its python3 cannot make a virtualenv with pip): install it with the OS package manager "
+            "(apt install python3-venv), then run --setup again'",
+            '  if ! "$V/bin/python" -m pip --version >/dev/null 2>&1; then',
+            '    mkdir -p "$R"',
+            # builds killed over an hour ago (a live one is minutes old)
+            "    find \"$R\" -maxdepth 1 -type d -name '.venv-setup-*' -mmin +60 -exec rm -rf {} + 2>/dev/null || true",
+            '    T="$R/.venv-setup-$$"; rm -rf "$T"',
+            f'    out=$(python3 -m venv --system-site-packages --prompt {VENV} "$T" 2>&1) '
+            '|| fail "python3 -m venv failed: $(printf "%s\\n" "$out" | grep . | tail -n 1)"',
+            '    "$T/bin/python" -m pip --version >/dev/null 2>&1 || fail "the venv python3 made has no pip: install '
+            'python3-venv (apt install python3-venv), then run --setup again"',
+            f'    "$T/bin/python" -c {quote(_RELOCATE)} "$T" "$V"',
+            # a venv without pip (an older setup killed midway): replaced; anything else there the root check refused
+            '    if [ -d "$V" ] && [ ! -L "$V" ] && [ -f "$V/pyvenv.cfg" ]; then rm -rf "$V"; fi',
+            '    [ ! -e "$V" ] && [ ! -L "$V" ] || fail "$V is not a venv edgecls made: '
+            'move it away, then run --setup again"',
+            '    mv "$T" "$V"; T=',
+            "  fi",
+            '  PY="$V/bin/python"',
+            "fi",
+            f'"$PY" -m pip install {pip} --find-links "$W" {names}',
+            # the same version number with other code (a checkout): pip would keep the old one
+            f'for w in "$W"/edgecls-*.whl; do [ ! -e "$w" ] || '
+            f'"$PY" -m pip install {pip} --no-deps --force-reinstall "$w"; done',
+        ]
+    )
 
 
 def _requirement_name(package: str) -> str:

@@ -34,7 +34,7 @@ class AugmentSpec:
     brightness: float = 0.1  # fraction of the value range, +-
 
     @classmethod
-    def off(cls) -> "AugmentSpec":
+    def off(cls) -> AugmentSpec:
         return cls(0.0, 0.0, 0.0, 0.0, False, 0.0)
 
     @property
@@ -54,7 +54,9 @@ class AugmentSpec:
                 ok = False
             if not ok:
                 upper = f"{high:g}" if closed else f"{high:g} (not included)"
-                raise EdgeclsError(f"{name} {value!r} is out of range: use {low:g} to {upper} (--{name}; 0 turns it off)")
+                raise EdgeclsError(
+                    f"{name} {value!r} is out of range: use {low:g} to {upper} (--{name}; 0 turns it off)"
+                )
 
 
 def value_range(spec: PreprocessSpec) -> tuple:

@@ -78,12 +78,13 @@ def check_fits(model, name: str, spec, labels: list, head: str) -> None:
 def measure(job: dict) -> dict:
     """Load, first call, warm-up, timed calls, whole frames, accuracy, RSS of one Keras model: one worker result."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+
     from runtime.bench.frame import frame_stages
     from runtime.bench.machine import package_versions
     from runtime.bench.stats import timed_runs, warm_up
     from runtime.bench.worker import accuracy, engines_loaded, peak_rss_mb, rss_mb
     from runtime.preprocess import PreprocessSpec, load_image, preprocess
-    import numpy as np
 
     rss_start = rss_mb()
     t = time.perf_counter()
@@ -116,11 +117,19 @@ def measure(job: dict) -> dict:
         return [(labels[i], float(probs[i])) for i in order]
 
     frame = frame_stages(classify, engine, Path(job["frame"]), job.get("frame_runs", job["runs"]), job.get("budget_s"))
-    record = {"import_ms": import_ms, "load_ms": load_ms, "first_inference_ms": first_ms, **warm,
-              "invoke_samples": invoke, "frame_samples": frame, "backend": "keras",
-              "backend_version": package_versions(("tensorflow",)).get("tensorflow"),
-              "provider": "CPU" if not tf.config.list_physical_devices("GPU") else "GPU",
-              "rss_before_load_mb": rss_start, "pid": os.getpid()}
+    record = {
+        "import_ms": import_ms,
+        "load_ms": load_ms,
+        "first_inference_ms": first_ms,
+        **warm,
+        "invoke_samples": invoke,
+        "frame_samples": frame,
+        "backend": "keras",
+        "backend_version": package_versions(("tensorflow",)).get("tensorflow"),
+        "provider": "CPU" if not tf.config.list_physical_devices("GPU") else "GPU",
+        "rss_before_load_mb": rss_start,
+        "pid": os.getpid(),
+    }
     if job.get("data"):
         record.update(accuracy(lambda p: classify(load_image(p))[0][0], job["data"], labels))
     record["peak_rss_mb"] = peak_rss_mb()
@@ -129,7 +138,8 @@ def measure(job: dict) -> dict:
 
 
 def keras_records(model_path: Path, say=None):
-    """An `extra_jobs` hook for `runtime.bench.run_bench`: the Keras model at each thread count, pooled like artifacts."""
+    """An `extra_jobs` hook for `runtime.bench.run_bench`: the Keras model at each thread count, pooled like
+    artifacts."""
     from runtime.bench.runner import pool, run_worker
 
     def extra(bundle, options, frame, host, progress):
@@ -137,19 +147,42 @@ def keras_records(model_path: Path, say=None):
         for rep in range(options.repeats):
             for threads in options.threads:
                 progress(f"[{rep + 1}/{options.repeats}] keras threads={threads or 'default'}")
-                job = {"model": str(model_path), "preprocess": bundle.manifest.preprocess.to_dict(),
-                       "artifact": KERAS_ARTIFACT, "labels": bundle.labels, "head": bundle.manifest.head,
-                       "threads": threads, "runs": options.runs,
-                       "frame_runs": options.frame_runs or options.runs, "budget_s": options.budget_s,
-                       "max_warmup_s": options.max_warmup_s, "frame": str(frame), "top_k": options.top_k,
-                       "data": options.data if rep == 0 else None}
+                job = {
+                    "model": str(model_path),
+                    "preprocess": bundle.manifest.preprocess.to_dict(),
+                    "artifact": KERAS_ARTIFACT,
+                    "labels": bundle.labels,
+                    "head": bundle.manifest.head,
+                    "threads": threads,
+                    "runs": options.runs,
+                    "frame_runs": options.frame_runs or options.runs,
+                    "budget_s": options.budget_s,
+                    "max_warmup_s": options.max_warmup_s,
+                    "frame": str(frame),
+                    "top_k": options.top_k,
+                    "data": options.data if rep == 0 else None,
+                }
                 results.setdefault(threads, []).append(
-                    run_worker(job, options.python, options.timeout_s, module="edgecls.bench_keras"))
+                    run_worker(job, options.python, options.timeout_s, module="edgecls.bench_keras")
+                )
         source = bundle.manifest.source or {}
-        return [pool({"artifact": KERAS_ARTIFACT, "file": model_path.name, "format": "keras", "precision": "fp32",
-                      "threads": t, "size_bytes": model_path.stat().st_size, "macs": source.get("macs"),
-                      "bundle_accuracy": source.get("accuracy"), "machine": host}, results[t])
-                for t in options.threads]
+        return [
+            pool(
+                {
+                    "artifact": KERAS_ARTIFACT,
+                    "file": model_path.name,
+                    "format": "keras",
+                    "precision": "fp32",
+                    "threads": t,
+                    "size_bytes": model_path.stat().st_size,
+                    "macs": source.get("macs"),
+                    "bundle_accuracy": source.get("accuracy"),
+                    "machine": host,
+                },
+                results[t],
+            )
+            for t in options.threads
+        ]
 
     return extra
 

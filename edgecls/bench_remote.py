@@ -25,15 +25,26 @@ def parse_device(text: str):
     except SshError as exc:
         raise EdgeclsError(f"--device {text!r}: {exc}") from None
     if target is None or target.root:
-        raise EdgeclsError(f"--device {text!r} is not user@host or user@host:PORT (the bench runs in a temp folder there)")
+        raise EdgeclsError(
+            f"--device {text!r} is not user@host or user@host:PORT (the bench runs in a temp folder there)"
+        )
     return target
 
 
 def runner_args(options) -> list:
     """The runtime.bench command line for these BenchOptions (paths are rewritten by the caller)."""
-    args = ["--threads", ",".join(str(t) if t else "default" for t in options.threads),
-            "--repeats", options.repeats, "--runs", options.runs, "--time-budget", options.budget_s or 0,
-            "--max-warmup", options.max_warmup_s]
+    args = [
+        "--threads",
+        ",".join(str(t) if t else "default" for t in options.threads),
+        "--repeats",
+        options.repeats,
+        "--runs",
+        options.runs,
+        "--time-budget",
+        options.budget_s or 0,
+        "--max-warmup",
+        options.max_warmup_s,
+    ]
     if options.frame_runs:
         args += ["--frame-runs", options.frame_runs]
     if options.artifacts:
@@ -69,18 +80,30 @@ def parse_output(stdout: bytes, target) -> dict:
     head, marker, body = text.rpartition(f"{JSON_MARKER}\n")
     if not marker:
         if not text.strip():
-            raise EdgeclsError(f"{target}: python3 -m runtime.bench printed nothing: is the device's edgecls too old? "
-                               f"update it (`edgecls flash ... --setup`)")
-        raise EdgeclsError(f"{target}: python3 -m runtime.bench printed no result marker (output ends {text[-200:]!r}): "
-                           f"update the device's edgecls (`edgecls flash ... --setup`)")
+            raise EdgeclsError(
+                f"{target}: python3 -m runtime.bench printed nothing: is the device's edgecls too old? "
+                f"update it (`edgecls flash ... --setup`)"
+            )
+        raise EdgeclsError(
+            f"{target}: python3 -m runtime.bench printed no result marker (output ends {text[-200:]!r}): "
+            f"update the device's edgecls (`edgecls flash ... --setup`)"
+        )
     try:
         return json.loads(body)
     except ValueError as exc:
         raise EdgeclsError(f"{target}: the bench result from the device is not valid JSON ({exc}): run again") from None
 
 
-def run_remote(device: str, bundle, options, ssh_config=None, python: str = "auto", progress=None,
-               timeout_s: float = 3600, root: str = "/opt/edgecls") -> dict:
+def run_remote(
+    device: str,
+    bundle,
+    options,
+    ssh_config=None,
+    python: str = "auto",
+    progress=None,
+    timeout_s: float = 3600,
+    root: str = "/opt/edgecls",
+) -> dict:
     """Run the bench on `device` and return its JSON document, with `remote` saying where and how."""
     from devices.ssh import SshClient, python_command
     from runtime.bench.runner import data_note
@@ -97,7 +120,7 @@ def run_remote(device: str, bundle, options, ssh_config=None, python: str = "aut
     target = parse_device(device)
     client = SshClient(target, config=ssh_config, python="python3" if python == "auto" else python)
     say(f"{target}: creating a temp folder")
-    remote = client.run("mktemp -d \"${TMPDIR:-/tmp}/edgecls-bench.XXXXXXXX\"", timeout=60).stdout.decode().strip()
+    remote = client.run('mktemp -d "${TMPDIR:-/tmp}/edgecls-bench.XXXXXXXX"', timeout=60).stdout.decode().strip()
     if not remote.startswith("/"):
         raise EdgeclsError(f"{target}: mktemp gave {remote!r}, not a folder path: check the device's /tmp")
     try:
@@ -117,10 +140,12 @@ def run_remote(device: str, bundle, options, ssh_config=None, python: str = "aut
         client.run(_STOP_AND_REMOVE.format(dir=shlex.quote(remote)), check=False, timeout=60)
     if result.returncode != 0:
         stderr = result.stderr.decode("utf-8", "replace")
-        errors = [l[len("error: "):] for l in stderr.splitlines() if l.startswith("error: ")]
+        errors = [l[len("error: ") :] for l in stderr.splitlines() if l.startswith("error: ")]
         if not errors and "unrecognized arguments" in stderr:  # argparse of an older runtime.bench
-            raise EdgeclsError(f"{target}: the device's edgecls is older than this one ({stderr.strip().splitlines()[-1][:200]}): "
-                               f"update it there (`edgecls flash ... --setup`)")
+            raise EdgeclsError(
+                f"{target}: the device's edgecls is older than this one ({stderr.strip().splitlines()[-1][:200]}): "
+                f"update it there (`edgecls flash ... --setup`)"
+            )
         # runtime.bench's own one-line error, once (not "`python3` failed: error: ..."); else ssh's diagnosis
         raise EdgeclsError(f"{target}: {errors[-1]}" if errors else client.describe_failure(result, python))
     doc = parse_output(result.stdout, target)

@@ -21,12 +21,53 @@ from runtime.errors import EdgeclsError
 REQUIRED = ("file", "format", "precision", "threads", "p50_ms", "p90_ms", "p99_ms")
 OUT_FILES = {"json": "bench.json", "csv": "bench.csv", "markdown": "bench.md", "plot": "bench.png"}
 CSV_FIELDS = (
-    "artifact", "file", "format", "precision", "threads", "backend", "backend_version", "provider", "size_bytes", "macs",
-    "runs", "repeats", "p50_ms", "p90_ms", "p99_ms", "p99_runs", "mean_ms", "std_ms", "min_ms", "max_ms", "p50_spread_pct",
-    "throughput_ips", "gmacs_per_s", "frame_p50_ms", "frame_p90_ms", "frame_p99_ms", "decode_p50_ms",
-    "preprocess_p50_ms", "frame_invoke_p50_ms", "postprocess_p50_ms", "overhead_ms", "overhead_pct_of_invoke",
-    "frame_throughput_fps", "import_ms", "load_ms", "first_inference_ms", "warmup_runs", "settled", "peak_rss_mb",
-    "accuracy", "accuracy_images", "hostname", "cpu", "cores", "arch", "os", "python",
+    "artifact",
+    "file",
+    "format",
+    "precision",
+    "threads",
+    "backend",
+    "backend_version",
+    "provider",
+    "size_bytes",
+    "macs",
+    "runs",
+    "repeats",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "p99_runs",
+    "mean_ms",
+    "std_ms",
+    "min_ms",
+    "max_ms",
+    "p50_spread_pct",
+    "throughput_ips",
+    "gmacs_per_s",
+    "frame_p50_ms",
+    "frame_p90_ms",
+    "frame_p99_ms",
+    "decode_p50_ms",
+    "preprocess_p50_ms",
+    "frame_invoke_p50_ms",
+    "postprocess_p50_ms",
+    "overhead_ms",
+    "overhead_pct_of_invoke",
+    "frame_throughput_fps",
+    "import_ms",
+    "load_ms",
+    "first_inference_ms",
+    "warmup_runs",
+    "settled",
+    "peak_rss_mb",
+    "accuracy",
+    "accuracy_images",
+    "hostname",
+    "cpu",
+    "cores",
+    "arch",
+    "os",
+    "python",
 )
 
 
@@ -57,7 +98,9 @@ def check_file_output(path, what: str) -> Path:
     """An output file path we may write: not a folder, and its folder exists or can be made, checked before timing."""
     path = Path(path)
     if path.is_dir():
-        raise EdgeclsError(f"{what} {path} is a folder: give a file name, e.g. {path / ('bench' + (path.suffix or '.json'))}")
+        raise EdgeclsError(
+            f"{what} {path} is a folder: give a file name, e.g. {path / ('bench' + (path.suffix or '.json'))}"
+        )
     _check_can_make(path, what, path)
     return path
 
@@ -78,7 +121,9 @@ def check_out_dir(path) -> Path:
         foreign = sorted(names - set(OUT_FILES.values()))
         if not ours or foreign:
             shown = ", ".join(foreign[:3]) if foreign else "no bench.json of ours"
-            raise EdgeclsError(f"--out {path} is a folder that edgecls bench did not write ({shown}): choose an empty or new folder")
+            raise EdgeclsError(
+                f"--out {path} is a folder that edgecls bench did not write ({shown}): choose an empty or new folder"
+            )
     return path
 
 
@@ -88,21 +133,29 @@ def load_results(path, what: str = "baseline") -> dict:
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise EdgeclsError(f"{what} {path} does not exist: write one with `edgecls bench BUNDLE --json {path}`") from None
+        raise EdgeclsError(
+            f"{what} {path} does not exist: write one with `edgecls bench BUNDLE --json {path}`"
+        ) from None
     except IsADirectoryError:
         raise EdgeclsError(f"{what} {path} is a folder: give the JSON file written by `edgecls bench --json`") from None
     except (OSError, ValueError) as exc:
-        raise EdgeclsError(f"{what} {path} is not valid JSON ({str(exc).splitlines()[0]}): write it again with --json") from None
+        raise EdgeclsError(
+            f"{what} {path} is not valid JSON ({str(exc).splitlines()[0]}): write it again with --json"
+        ) from None
     records = doc.get("records") if isinstance(doc, dict) else None
     if not isinstance(records, list) or not records or not str(doc.get("format", "")).startswith("edgecls-bench/"):
-        raise EdgeclsError(f"{what} {path} is not an edgecls bench result (no format {FORMAT!r} and records): "
-                           f"write one with `edgecls bench BUNDLE --json`")
+        raise EdgeclsError(
+            f"{what} {path} is not an edgecls bench result (no format {FORMAT!r} and records): "
+            f"write one with `edgecls bench BUNDLE --json`"
+        )
     for i, r in enumerate(records):
         missing = [k for k in REQUIRED if not isinstance(r, dict) or k not in r]
         p50 = r.get("p50_ms") if isinstance(r, dict) else None
         if missing or isinstance(p50, bool) or not isinstance(p50, (int, float)) or not p50 > 0:
-            raise EdgeclsError(f"{what} {path}: record {i + 1} lacks a usable {', '.join(missing) or 'p50_ms'}: "
-                               f"write it again with `edgecls bench --json`")
+            raise EdgeclsError(
+                f"{what} {path}: record {i + 1} lacks a usable {', '.join(missing) or 'p50_ms'}: "
+                f"write it again with `edgecls bench --json`"
+            )
     return doc
 
 
@@ -115,7 +168,10 @@ def _not_run_reason(name: str, threads, current: dict) -> str | None:
     settings = current.get("settings", {})
     run_threads = settings.get("threads") or sorted({r.get("threads") for r in current["records"]}, key=str)
     if threads not in run_threads:
-        return f"--threads {','.join(str(t) if t else 'default' for t in run_threads)} did not include {threads or 'default'}"
+        return (
+            f"--threads {','.join(str(t) if t else 'default' for t in run_threads)} "
+            f"did not include {threads or 'default'}"
+        )
     if settings.get("artifacts") is not None and name not in settings["artifacts"]:
         return "not selected by --artifacts"
     if name == "keras":  # the baseline the bench adds when TensorFlow and the source model are here, not an artifact
@@ -134,8 +190,10 @@ def compare(current: dict, baseline: dict, max_regression_pct: float) -> tuple[l
     lines, regressions = [], []
     bm, cm = baseline.get("machine", {}), current.get("machine", {})
     if (bm.get("hostname"), bm.get("cpu")) != (cm.get("hostname"), cm.get("cpu")):
-        lines.append(f"note: the baseline ran on {bm.get('hostname')} ({bm.get('cpu')}), this run on "
-                     f"{cm.get('hostname')} ({cm.get('cpu')})")
+        lines.append(
+            f"note: the baseline ran on {bm.get('hostname')} ({bm.get('cpu')}), this run on "
+            f"{cm.get('hostname')} ({cm.get('cpu')})"
+        )
     matched = 0
     for r in current["records"]:
         name, threads = _key(r)
@@ -146,7 +204,9 @@ def compare(current: dict, baseline: dict, max_regression_pct: float) -> tuple[l
         matched += 1
         change = 100.0 * (r["p50_ms"] / b["p50_ms"] - 1.0)
         verdict = "REGRESSION" if change > max_regression_pct else "ok"
-        lines.append(f"{name} threads={threads}: p50 {b['p50_ms']:.3f} -> {r['p50_ms']:.3f} ms ({change:+.1f}%) {verdict}")
+        lines.append(
+            f"{name} threads={threads}: p50 {b['p50_ms']:.3f} -> {r['p50_ms']:.3f} ms ({change:+.1f}%) {verdict}"
+        )
         if verdict != "ok":
             regressions.append(f"{name} threads={threads} {change:+.1f}%")
     if not matched:
@@ -172,8 +232,12 @@ def check_regressions(regressions: list, limit: float) -> None:
 def flat(record: dict) -> dict:
     frame = record.get("frame", {})
     row = {k: record.get(k) for k in CSV_FIELDS}
-    for stage, column in (("decode", "decode_p50_ms"), ("preprocess", "preprocess_p50_ms"),
-                          ("invoke", "frame_invoke_p50_ms"), ("postprocess", "postprocess_p50_ms")):
+    for stage, column in (
+        ("decode", "decode_p50_ms"),
+        ("preprocess", "preprocess_p50_ms"),
+        ("invoke", "frame_invoke_p50_ms"),
+        ("postprocess", "postprocess_p50_ms"),
+    ):
         row[column] = frame.get(stage, {}).get("p50_ms")
     for key in ("hostname", "cpu", "cores", "arch", "os", "python"):
         row[key] = record.get("machine", {}).get(key)
@@ -199,16 +263,21 @@ def to_markdown(doc: dict) -> str:
     m, s = doc.get("machine", {}), doc.get("settings", {})
     lines = [
         f"Machine: **{m.get('cpu')}**, {m.get('cores')} cores ({m.get('cores_usable')} usable), {m.get('arch')}, "
-        f"{m.get('os')}, {m.get('python')}, {m.get('memory_mb')} MB RAM, CPU flags {', '.join(m.get('cpu_flags') or []) or '–'}; "
+        f"{m.get('os')}, {m.get('python')}, {m.get('memory_mb')} MB RAM, "
+        f"CPU flags {', '.join(m.get('cpu_flags') or []) or '–'}; "
         f"host `{m.get('hostname')}`, load average at the end {m.get('load_average')}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()) + ".",
-        *([f"**EMULATED ({m['emulated']}): these timings are not those of a real {m.get('arch')} device.**"]
-          if m.get("emulated") else []),
+        *(
+            [f"**EMULATED ({m['emulated']}): these timings are not those of a real {m.get('arch')} device.**"]
+            if m.get("emulated")
+            else []
+        ),
         f"Settings: {s.get('repeats')} repeat(s) (a fresh process each) of up to {s.get('runs')} timed runs or "
         f"{s.get('time_budget_s')} s; whole frame from {s.get('frame')}.",
         "",
         "| artifact | threads | backend (provider) | MB | invoke p50 | p90 | p99 | mean ± std | p50 spread | frame p50 "
-        "| decode | preprocess+quantize | top-k | overhead vs invoke | load ms | 1st ms | peak RSS MB | GMAC/s | accuracy |",
+        "| decode | preprocess+quantize | top-k "
+        "| overhead vs invoke | load ms | 1st ms | peak RSS MB | GMAC/s | accuracy |",
         "|" + "---|" * 19,
     ]
     for r in doc["records"]:
@@ -221,12 +290,17 @@ def to_markdown(doc: dict) -> str:
             f"| {_cell(r.get('p50_spread_pct'), 1)} % | {_cell(r.get('frame_p50_ms'))} "
             f"| {_cell(f.get('decode', {}).get('p50_ms'))} | {_cell(f.get('preprocess', {}).get('p50_ms'))} "
             f"| {_cell(f.get('postprocess', {}).get('p50_ms'), 3)} | {_cell(r.get('overhead_pct_of_invoke'), 1)} % "
-            f"| {_cell(r.get('load_ms'), 1)} | {_cell(r.get('first_inference_ms'), 1)} | {_cell(r.get('peak_rss_mb'), 0)} "
-            f"| {_cell(r.get('gmacs_per_s'), 1)} | {_cell(r.get('accuracy'), 4)} |")
-    lines += ["", "Latencies in ms. invoke: the engine alone on a preprocessed, quantized input. frame: the whole "
-              "frame, decode → preprocess+quantize → invoke → top-k through `load_image` and `Classifier.classify`. "
-              "p50 spread: (max − min) / median of the per-repeat p50s. overhead: (preprocess+quantize + top-k) p50, "
-              "decode excluded, as % of the invoke p50."]
+            f"| {_cell(r.get('load_ms'), 1)} | {_cell(r.get('first_inference_ms'), 1)} "
+            f"| {_cell(r.get('peak_rss_mb'), 0)} "
+            f"| {_cell(r.get('gmacs_per_s'), 1)} | {_cell(r.get('accuracy'), 4)} |"
+        )
+    lines += [
+        "",
+        "Latencies in ms. invoke: the engine alone on a preprocessed, quantized input. frame: the whole "
+        "frame, decode → preprocess+quantize → invoke → top-k through `load_image` and `Classifier.classify`. "
+        "p50 spread: (max − min) / median of the per-repeat p50s. overhead: (preprocess+quantize + top-k) p50, "
+        "decode excluded, as % of the invoke p50.",
+    ]
     if any(few_runs(r) for r in doc["records"]):
         lines.append(f"\\* p99 from fewer than {P99_MIN_RUNS} runs: it is the slowest run or close to it.")
     return "\n".join(lines) + "\n"
@@ -257,11 +331,25 @@ def write_plot(doc: dict, path) -> None:
     names = [f"{r.get('artifact')} ×{r.get('threads') or 'def'}" for r in records]
     ys = list(range(len(records)))
     with_accuracy = any(r.get("accuracy") is not None for r in records)
-    fig, axes = plt.subplots(1, 2 if with_accuracy else 1, figsize=(11 if with_accuracy else 8, 0.45 * len(records) + 1.6),
-                             squeeze=False, sharey=True, gridspec_kw={"width_ratios": [3, 1]} if with_accuracy else None)
+    fig, axes = plt.subplots(
+        1,
+        2 if with_accuracy else 1,
+        figsize=(11 if with_accuracy else 8, 0.45 * len(records) + 1.6),
+        squeeze=False,
+        sharey=True,
+        gridspec_kw={"width_ratios": [3, 1]} if with_accuracy else None,
+    )
     ax = axes[0][0]
-    colors = ["tab:gray" if r.get("format") == "keras" else "tab:green" if r.get("precision") == "int8"
-              else "tab:orange" if r.get("precision") == "fp16" else "tab:blue" for r in records]
+    colors = [
+        "tab:gray"
+        if r.get("format") == "keras"
+        else "tab:green"
+        if r.get("precision") == "int8"
+        else "tab:orange"
+        if r.get("precision") == "fp16"
+        else "tab:blue"
+        for r in records
+    ]
     ax.barh(ys, [r["p50_ms"] for r in records], color=colors, label="p50")
     ax.scatter([r["p90_ms"] for r in records], ys, marker="|", s=220, color="black", label="p90", zorder=3)
     ax.scatter([r["p99_ms"] for r in records], ys, marker="x", s=50, color="tab:red", label="p99", zorder=3)
@@ -278,8 +366,13 @@ def write_plot(doc: dict, path) -> None:
     if with_accuracy:
         acc = axes[0][1]
         bars = acc.barh(ys, [r.get("accuracy") or 0 for r in records], color="tab:purple")
-        acc.bar_label(bars, labels=["–" if r.get("accuracy") is None else f"{r['accuracy']:.3f}" for r in records],
-                      label_type="center", color="white", fontsize=8)
+        acc.bar_label(
+            bars,
+            labels=["–" if r.get("accuracy") is None else f"{r['accuracy']:.3f}" for r in records],
+            label_type="center",
+            color="white",
+            fontsize=8,
+        )
         acc.set_xlim(0, 1)
         acc.set_xlabel("accuracy (--data)")
         acc.grid(axis="x", alpha=0.3)
@@ -298,15 +391,29 @@ def write_outputs(doc: dict, json_path=None, csv_path=None, markdown_path=None, 
         markdown_path = markdown_path or out_dir / OUT_FILES["markdown"]
         plot_path = plot_path or (out_dir / OUT_FILES["plot"] if plotting_available() else None)
     written = []
-    for path, write in ((json_path, lambda p: write_text(p, json.dumps(doc, indent=2) + "\n")),
-                        (csv_path, lambda p: write_text(p, to_csv(doc))),
-                        (markdown_path, lambda p: write_text(p, to_markdown(doc))),
-                        (plot_path, lambda p: write_plot(doc, p))):
+    for path, write in (
+        (json_path, lambda p: write_text(p, json.dumps(doc, indent=2) + "\n")),
+        (csv_path, lambda p: write_text(p, to_csv(doc))),
+        (markdown_path, lambda p: write_text(p, to_markdown(doc))),
+        (plot_path, lambda p: write_plot(doc, p)),
+    ):
         if path:
             write(Path(path))
             written.append(Path(path))
     return written
 
 
-__all__ = ["format_table", "load_results", "compare", "check_regressions", "parse_percent", "write_outputs",
-           "to_csv", "to_markdown", "write_plot", "check_out_dir", "check_file_output", "RegressionError"]
+__all__ = [
+    "format_table",
+    "load_results",
+    "compare",
+    "check_regressions",
+    "parse_percent",
+    "write_outputs",
+    "to_csv",
+    "to_markdown",
+    "write_plot",
+    "check_out_dir",
+    "check_file_output",
+    "RegressionError",
+]

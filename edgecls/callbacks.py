@@ -46,7 +46,9 @@ def training_callbacks(patience: int, monitor: str, best, tensorboard_dir=None, 
     import keras
 
     cbs = [
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(2, patience // 2), min_lr=1e-5, verbose=0),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, factor=0.5, patience=max(2, patience // 2), min_lr=1e-5, verbose=0
+        ),
         best,
     ]
     if patience:

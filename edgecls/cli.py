@@ -9,9 +9,22 @@ import os
 
 import click
 
-from edgecls.commands import bench, convert, devices, evaluate, predict, run, service, train
-from edgecls.commands import flash, rollback, sign, status
-from edgecls.commands import explain, tune
+from edgecls.commands import (
+    bench,
+    convert,
+    devices,
+    evaluate,
+    explain,
+    flash,
+    predict,
+    rollback,
+    run,
+    service,
+    sign,
+    status,
+    train,
+    tune,
+)
 from edgecls.commands.quickstart import quickstart
 from runtime.errors import EdgeclsError
 

@@ -31,8 +31,7 @@ import numpy as np
 
 from edgecls.progress import counted, progress
 from runtime.errors import DataError, EdgeclsError, ImageDecodeError
-from runtime.preprocess import (PreprocessSpec, check_encoded, decode_image, preprocess,
-                                preprocess_file)
+from runtime.preprocess import PreprocessSpec, check_encoded, decode_image, preprocess, preprocess_file
 
 IN_MEMORY_ENV = "EDGECLS_IN_MEMORY_MB"
 IN_MEMORY_MB = 256.0
@@ -67,14 +66,19 @@ def _load_one(path, spec: PreprocessSpec):
 def _warn_skipped(skipped: list, name: str, when: str = "") -> None:
     if skipped:
         first = f"{skipped[0][0]}: {skipped[0][1]}"
-        print(f"warning: skipped {len(skipped)} unreadable image(s) in {name or 'data'}{when} (first: {first})",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: skipped {len(skipped)} unreadable image(s) in {name or 'data'}{when} (first: {first})",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def load_split(samples: list, spec: PreprocessSpec, workers: int = 4, name: str = "") -> LoadedSplit:
     """Decode and preprocess every sample (in threads: OpenCV releases the GIL); skip bad files."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(counted(pool.map(lambda s: _load_one(s.path, spec), samples), len(samples), f"decoding {name or 'data'}"))
+        results = list(
+            counted(pool.map(lambda s: _load_one(s.path, spec), samples), len(samples), f"decoding {name or 'data'}")
+        )
     xs, ys, paths, digests, skipped = [], [], [], [], []
     for sample, (tensor, digest, problem) in zip(samples, results):
         if problem:
@@ -86,7 +90,10 @@ def load_split(samples: list, spec: PreprocessSpec, workers: int = 4, name: str 
         digests.append(digest)
     _warn_skipped(skipped, name)
     if not xs:
-        raise DataError(f"no readable images in the {name or 'data'} split: every file failed to decode ({skipped[0][1] if skipped else 'no files'})")
+        raise DataError(
+            f"no readable images in the {name or 'data'} split: every file failed to decode "
+            f"({skipped[0][1] if skipped else 'no files'})"
+        )
     return LoadedSplit(np.stack(xs), np.asarray(ys, dtype=np.int64), paths, skipped, digests)
 
 
@@ -134,7 +141,9 @@ class StreamedSplit:
     they are complete once every file was decoded once (`check_unseen`).
     """
 
-    def __init__(self, samples: list, spec: PreprocessSpec, name: str = "", workers: int = 4, problems: dict | None = None):
+    def __init__(
+        self, samples: list, spec: PreprocessSpec, name: str = "", workers: int = 4, problems: dict | None = None
+    ):
         self.samples, self.spec, self.name, self.workers = list(samples), spec, name, workers
         self.labels = np.asarray([s.label for s in samples], dtype=np.int64)  # every file's, readable or not
         self._problems = dict(problems or {})  # index -> reason
@@ -143,18 +152,27 @@ class StreamedSplit:
         self._lock = threading.Lock()
 
     @classmethod
-    def scan(cls, samples: list, spec: PreprocessSpec, workers: int = 4, name: str = "") -> "StreamedSplit":
+    def scan(cls, samples: list, spec: PreprocessSpec, workers: int = 4, name: str = "") -> StreamedSplit:
         """Hash the files not hashed yet and check every header; warn (one line) about the bad ones."""
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            found = list(counted(pool.map(lambda s: check_file(s.path, s.digest), samples), len(samples),
-                                 f"checking {name or 'data'}"))
-        samples = [type(s)(s.path, s.label, digest) if s.digest is None else s for s, (digest, _) in zip(samples, found)]
+            found = list(
+                counted(
+                    pool.map(lambda s: check_file(s.path, s.digest), samples),
+                    len(samples),
+                    f"checking {name or 'data'}",
+                )
+            )
+        samples = [
+            type(s)(s.path, s.label, digest) if s.digest is None else s for s, (digest, _) in zip(samples, found)
+        ]
         problems = {i: problem for i, (_, problem) in enumerate(found) if problem}
         split = cls(samples, spec, name, workers, problems)
         _warn_skipped(split.skipped, name)
         if len(problems) == len(samples):
-            raise DataError(f"no readable images in the {name or 'data'} split: every file failed the header check "
-                            f"({split.skipped[0][1] if problems else 'no files'})")
+            raise DataError(
+                f"no readable images in the {name or 'data'} split: every file failed the header check "
+                f"({split.skipped[0][1] if problems else 'no files'})"
+            )
         return split
 
     def __len__(self) -> int:
@@ -211,7 +229,9 @@ class StreamedSplit:
         unseen = [int(i) for i in np.flatnonzero(~self._decoded) if i not in self._problems]
         if unseen:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                for _ in counted(pool.map(self.tensor, unseen), len(unseen), f"checking the rest of {self.name or 'data'}"):
+                for _ in counted(
+                    pool.map(self.tensor, unseen), len(unseen), f"checking the rest of {self.name or 'data'}"
+                ):
                     pass
 
     def tf_elements(self, targets: np.ndarray, weights: np.ndarray | None = None):
@@ -249,10 +269,14 @@ def in_memory_limit(mb: float | None = None) -> float:
         try:
             mb = float(raw) if raw else IN_MEMORY_MB
         except ValueError:
-            raise EdgeclsError(f"{IN_MEMORY_ENV}={raw!r} is not a number of megabytes (0 streams every dataset)") from None
+            raise EdgeclsError(
+                f"{IN_MEMORY_ENV}={raw!r} is not a number of megabytes (0 streams every dataset)"
+            ) from None
     if mb != mb or mb < 0:  # nan, or negative
-        raise EdgeclsError(f"the in-memory limit of {mb:g} MB ({IN_MEMORY_ENV}) is not 0 or more: use 0 (always stream) "
-                           f"or a number of megabytes")
+        raise EdgeclsError(
+            f"the in-memory limit of {mb:g} MB ({IN_MEMORY_ENV}) is not 0 or more: use 0 (always stream) "
+            f"or a number of megabytes"
+        )
     return mb * 2**20
 
 
@@ -260,8 +284,9 @@ def tensor_bytes(spec: PreprocessSpec) -> int:
     return int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
 
 
-def open_splits(splits: dict, spec: PreprocessSpec, workers: int = 4, limit_mb: float | None = None,
-                decoded_before: bool = False) -> dict:
+def open_splits(
+    splits: dict, spec: PreprocessSpec, workers: int = 4, limit_mb: float | None = None, decoded_before: bool = False
+) -> dict:
     """Every non-empty split, in memory if all of them fit under the limit together, else streamed.
 
     `decoded_before`: the files are a run's recorded split, unchanged (same sha256) since training
@@ -272,8 +297,10 @@ def open_splits(splits: dict, spec: PreprocessSpec, workers: int = 4, limit_mb: 
     limit = in_memory_limit(limit_mb)
     if total <= limit:
         return {name: load_split(samples, spec, workers, name) for name, samples in splits.items()}
-    progress(f"streaming {sum(len(s) for s in splits.values()):,} images from disk "
-             f"({total / 2**30:.2f} GB as tensors, above the {limit / 2**20:g} MB in-memory limit, {IN_MEMORY_ENV})")
+    progress(
+        f"streaming {sum(len(s) for s in splits.values()):,} images from disk "
+        f"({total / 2**30:.2f} GB as tensors, above the {limit / 2**20:g} MB in-memory limit, {IN_MEMORY_ENV})"
+    )
     if decoded_before:
         return {name: StreamedSplit(samples, spec, name, workers) for name, samples in splits.items()}
     return {name: StreamedSplit.scan(samples, spec, workers, name) for name, samples in splits.items()}
@@ -298,8 +325,9 @@ def fingerprint(labels: list, splits: dict) -> str:
     return h.hexdigest()
 
 
-def make_tf_dataset(split, batch_size: int, shuffle: bool, seed: int, augment=None, labels_for=None,
-                    class_weight: dict | None = None):
+def make_tf_dataset(
+    split, batch_size: int, shuffle: bool, seed: int, augment=None, labels_for=None, class_weight: dict | None = None
+):
     """A tf.data pipeline over a split; augmentation (if any) runs here, not in the model.
 
     In memory: (x, target) pairs; pass class weights to `fit`. Streamed: (x, target, weight),
@@ -317,7 +345,9 @@ def make_tf_dataset(split, batch_size: int, shuffle: bool, seed: int, augment=No
         ds = tf.data.Dataset.from_tensor_slices(indices)
         if shuffle:
             ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(split.tf_elements(targets, weights), num_parallel_calls=split.workers, deterministic=True).batch(batch_size)
+        ds = ds.map(split.tf_elements(targets, weights), num_parallel_calls=split.workers, deterministic=True).batch(
+            batch_size
+        )
         if augment is not None:
             ds = ds.map(lambda x, t, w: (augment(x, training=True), t, w), num_parallel_calls=tf.data.AUTOTUNE)
         return own_threads(ds, split.workers).prefetch(tf.data.AUTOTUNE)
@@ -365,8 +395,11 @@ def iter_batches(split, batch_size: int = 64, workers: int | None = None):
             kept = [(int(i), f.result()) for i, f in zip(chunk, futures)]
             kept = [(i, x) for i, x in kept if x is not None]
             if kept:
-                yield (np.stack([x for _, x in kept]), split.labels[[i for i, _ in kept]],
-                       [str(split.samples[i].path) for i, _ in kept])
+                yield (
+                    np.stack([x for _, x in kept]),
+                    split.labels[[i for i, _ in kept]],
+                    [str(split.samples[i].path) for i, _ in kept],
+                )
 
 
 def predict_split(predict, split, batch_size: int = 32, each=None) -> tuple:

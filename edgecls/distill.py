@@ -44,10 +44,13 @@ def check_settings(temperature, alpha) -> None:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise EdgeclsError(f"--distill-alpha {alpha!r} is out of range: use a value from 0 (teacher only) to 1 (labels only)")
+        raise EdgeclsError(
+            f"--distill-alpha {alpha!r} is out of range: use a value from 0 (teacher only) to 1 (labels only)"
+        )
 
 
 # --- the teacher --------------------------------------------------------------------------------
+
 
 def _normalization(spec) -> str | None:
     """The `--normalize` value that gives `spec`'s mean/std, or None (no flag gives it)."""
@@ -93,8 +96,10 @@ def check_teacher(teacher, spec, labels: list) -> None:
         diffs.append(f"classes {', '.join(teacher.labels)} (student {', '.join(labels)})")
         fixes.append("the teacher's dataset (the same class folders)")
     if diffs:
-        raise EdgeclsError(f"the teacher {teacher.path} was trained on other input than the student: {'; '.join(diffs)}: "
-                           f"train the student with {', '.join(dict.fromkeys(fixes))}")
+        raise EdgeclsError(
+            f"the teacher {teacher.path} was trained on other input than the student: {'; '.join(diffs)}: "
+            f"train the student with {', '.join(dict.fromkeys(fixes))}"
+        )
 
 
 def check_split(teacher, test_digests) -> None:
@@ -109,7 +114,8 @@ def check_split(teacher, test_digests) -> None:
         raise EdgeclsError(
             f"{leaked} of the student's {len(test_digests)} test images were training images of the teacher "
             f"{teacher.path}: train the student on the teacher's split (--seed {teacher.metadata.get('seed', 0)} "
-            f"--val-fraction {split.get('val_fraction', 0.1):g} --test-fraction {split.get('test_fraction', 0.2):g})")
+            f"--val-fraction {split.get('val_fraction', 0.1):g} --test-fraction {split.get('test_fraction', 0.2):g})"
+        )
 
 
 def open_teacher(path, out=None):
@@ -155,6 +161,7 @@ def teacher_record(teacher, temperature: float, alpha: float) -> dict:
 
 # --- logits ---------------------------------------------------------------------------------------
 
+
 def head_layer(model, what: str = "the model"):
     """The Dense that ends `model` with a softmax or sigmoid, else a refusal naming what is there."""
     import keras
@@ -162,9 +169,15 @@ def head_layer(model, what: str = "the model"):
     last = model.outputs[0]._keras_history.operation if len(model.outputs) == 1 else None
     activation = getattr(getattr(last, "activation", None), "__name__", None)
     if not isinstance(last, keras.layers.Dense) or activation not in HEAD_ACTIVATIONS:
-        found = f"{last.name} ({type(last).__name__}, {activation or 'no activation'})" if last is not None else "several outputs"
-        raise EdgeclsError(f"{what} does not end in a Dense layer with a softmax or sigmoid (it ends in {found}): "
-                           f"distillation reads the logits there; use a model from `edgecls train`")
+        found = (
+            f"{last.name} ({type(last).__name__}, {activation or 'no activation'})"
+            if last is not None
+            else "several outputs"
+        )
+        raise EdgeclsError(
+            f"{what} does not end in a Dense layer with a softmax or sigmoid (it ends in {found}): "
+            f"distillation reads the logits there; use a model from `edgecls train`"
+        )
     return last
 
 
@@ -196,8 +209,14 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     log_p = ops.log_softmax(student_logits, axis=-1)
     ce = -ops.take_along_axis(log_p, ops.expand_dims(labels, -1), axis=-1)[:, 0]
     soft_t = ops.softmax(teacher_logits / temperature, axis=-1)
-    kl = ops.sum(soft_t * (ops.log_softmax(teacher_logits / temperature, axis=-1)
-                           - ops.log_softmax(student_logits / temperature, axis=-1)), axis=-1)
+    kl = ops.sum(
+        soft_t
+        * (
+            ops.log_softmax(teacher_logits / temperature, axis=-1)
+            - ops.log_softmax(student_logits / temperature, axis=-1)
+        ),
+        axis=-1,
+    )
     per_image = alpha * ce + (1.0 - alpha) * temperature**2 * kl
     if sample_weight is not None:
         per_image = per_image * ops.cast(ops.reshape(sample_weight, (-1,)), per_image.dtype)
@@ -205,6 +224,7 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
 
 
 # --- the model that trains ------------------------------------------------------------------------
+
 
 def _distiller_class():
     import keras
@@ -219,7 +239,9 @@ def _distiller_class():
         schedule then judge the student as they judge one trained alone.
         """
 
-        def __init__(self, student, teacher, temperature: float = DEFAULT_TEMPERATURE, alpha: float = DEFAULT_ALPHA, **kw):
+        def __init__(
+            self, student, teacher, temperature: float = DEFAULT_TEMPERATURE, alpha: float = DEFAULT_ALPHA, **kw
+        ):
             super().__init__(**kw)
             check_settings(temperature, alpha)
             self.student, self.teacher = student, teacher
@@ -227,9 +249,14 @@ def _distiller_class():
             self.temperature, self.alpha = float(temperature), float(alpha)
             self._student_logits = Logits(student, "the student")
             self._teacher_logits = Logits(teacher, "the teacher")
-            if student.output_shape[-1] != teacher.output_shape[-1] and 1 not in (student.output_shape[-1], teacher.output_shape[-1]):
-                raise EdgeclsError(f"the teacher has {teacher.output_shape[-1]} outputs and the student "
-                                   f"{student.output_shape[-1]}: they must classify the same classes")
+            if student.output_shape[-1] != teacher.output_shape[-1] and 1 not in (
+                student.output_shape[-1],
+                teacher.output_shape[-1],
+            ):
+                raise EdgeclsError(
+                    f"the teacher has {teacher.output_shape[-1]} outputs and the student "
+                    f"{student.output_shape[-1]}: they must classify the same classes"
+                )
             self.ce_tracker = keras.metrics.Mean(name="student_loss")
             self.kd_tracker = keras.metrics.Mean(name="distillation_loss")
 
@@ -263,4 +290,3 @@ def __getattr__(name):  # `from edgecls.distill import Distiller` without import
         _DISTILLER = _DISTILLER or _distiller_class()
         return _DISTILLER
     raise AttributeError(name)
-

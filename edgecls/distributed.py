@@ -70,7 +70,12 @@ def _lost_peer_errors() -> tuple:
     """What a collective op raises when another worker died: its connection is refused within seconds."""
     import tensorflow as tf
 
-    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError, tf.errors.CancelledError)
+    return (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.AbortedError,
+        tf.errors.CancelledError,
+    )
 
 
 def _elements(split) -> tuple:
@@ -92,8 +97,19 @@ def _elements(split) -> tuple:
 class MultiWorkerTrainer:
     """`fit` for a compiled Keras model under MultiWorkerMirroredStrategy, with Keras callbacks."""
 
-    def __init__(self, strategy, model, activation: str, train, val=None, batch_size: int = 32, seed: int = 0,
-                 augmenter=None, class_weights: dict | None = None, verbose: bool = True):
+    def __init__(
+        self,
+        strategy,
+        model,
+        activation: str,
+        train,
+        val=None,
+        batch_size: int = 32,
+        seed: int = 0,
+        augmenter=None,
+        class_weights: dict | None = None,
+        verbose: bool = True,
+    ):
         import tensorflow as tf
 
         self.strategy, self.model, self.verbose = strategy, model, verbose
@@ -138,8 +154,11 @@ class MultiWorkerTrainer:
                 x, y, readable = element(i)
                 return x, y, weight * readable
 
-            ds = ds.map(load, num_parallel_calls=split.workers if isinstance(split, StreamedSplit) else tf.data.AUTOTUNE,
-                        deterministic=True)
+            ds = ds.map(
+                load,
+                num_parallel_calls=split.workers if isinstance(split, StreamedSplit) else tf.data.AUTOTUNE,
+                deterministic=True,
+            )
             ds = ds.batch(per_replica)
             if augmenter is not None:
                 ds = ds.map(lambda a, t, m: (augmenter(a, training=True), t, m), num_parallel_calls=tf.data.AUTOTUNE)
@@ -162,7 +181,9 @@ class MultiWorkerTrainer:
     def _correct(self, y, probs, mask):
         import tensorflow as tf
 
-        predicted = tf.cast(probs[:, 0] > 0.5, tf.int32) if self.sigmoid else tf.argmax(probs, axis=-1, output_type=tf.int32)
+        predicted = (
+            tf.cast(probs[:, 0] > 0.5, tf.int32) if self.sigmoid else tf.argmax(probs, axis=-1, output_type=tf.int32)
+        )
         return tf.reduce_sum(tf.cast(tf.equal(predicted, y), tf.float32) * mask)
 
     def _regularization(self):
@@ -186,7 +207,9 @@ class MultiWorkerTrainer:
                 regularization = self._regularization()
                 loss = tf.reduce_sum(weighted) / tf.maximum(count, 1.0) + regularization
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            return tf.stack([tf.reduce_sum(weighted), tf.reduce_sum(mask), self._correct(y, probs, mask), regularization])
+            return tf.stack(
+                [tf.reduce_sum(weighted), tf.reduce_sum(mask), self._correct(y, probs, mask), regularization]
+            )
 
         return self._summed_over_epoch(step)
 
@@ -212,8 +235,14 @@ class MultiWorkerTrainer:
 
         def step(x, y, mask):
             probs = model(x, training=False)
-            return tf.stack([tf.reduce_sum(self._losses(y, probs) * mask), tf.reduce_sum(mask),
-                             self._correct(y, probs, mask), self._regularization()])
+            return tf.stack(
+                [
+                    tf.reduce_sum(self._losses(y, probs) * mask),
+                    tf.reduce_sum(mask),
+                    self._correct(y, probs, mask),
+                    self._regularization(),
+                ]
+            )
 
         return self._summed_over_epoch(step)
 
@@ -222,8 +251,12 @@ class MultiWorkerTrainer:
         import keras
         import tensorflow as tf
 
-        stats = [v for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)
-                 for v in (layer.moving_mean, layer.moving_variance)]
+        stats = [
+            v
+            for layer in self.model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for v in (layer.moving_mean, layer.moving_variance)
+        ]
         strategy = self.strategy
 
         @tf.function
@@ -237,8 +270,10 @@ class MultiWorkerTrainer:
     @staticmethod
     def _logs(totals, steps: int, prefix: str = "") -> dict:
         weighted, count, correct, regularization = (float(v) for v in totals)
-        return {f"{prefix}loss": weighted / max(count, 1.0) + regularization / steps,
-                f"{prefix}accuracy": correct / max(count, 1.0)}
+        return {
+            f"{prefix}loss": weighted / max(count, 1.0) + regularization / steps,
+            f"{prefix}accuracy": correct / max(count, 1.0),
+        }
 
     def fit(self, epochs: int, initial_epoch: int = 0, callbacks=()) -> dict:
         """Train epochs `initial_epoch` .. `epochs - 1` (numbered like `model.fit`); returns the history."""
@@ -263,9 +298,13 @@ class MultiWorkerTrainer:
                 if val_epoch is not None:
                     logs.update(self._logs(val_epoch(iter(self.val)).numpy(), self.steps["val"], "val_"))
             except lost_peer as exc:
-                raise EdgeclsError(f"multi-worker training lost another worker in epoch {epoch + 1} "
-                                   f"({type(exc).__name__}): every worker must run to the end; start them all again") from exc
-            logs["learning_rate"] = float(np.asarray(optimizer.learning_rate))  # the rate this epoch used, as fit logs it
+                raise EdgeclsError(
+                    f"multi-worker training lost another worker in epoch {epoch + 1} "
+                    f"({type(exc).__name__}): every worker must run to the end; start them all again"
+                ) from exc
+            logs["learning_rate"] = float(
+                np.asarray(optimizer.learning_rate)
+            )  # the rate this epoch used, as fit logs it
             cbs.on_epoch_end(epoch, logs)
             for key, value in logs.items():
                 history.setdefault(key, []).append(float(value))

@@ -23,7 +23,9 @@ def evaluate_split(model, split, labels: list, batch_size: int = 64) -> dict:
 def write_evaluation(folder: Path, metrics: dict, labels: list) -> None:
     write_json(Path(folder) / rundir.METRICS_FILE, metrics)
     plots.confusion_matrix(
-        metrics["confusion_matrix"], labels, Path(folder) / rundir.CONFUSION_PNG,
+        metrics["confusion_matrix"],
+        labels,
+        Path(folder) / rundir.CONFUSION_PNG,
         title=f"confusion matrix ({metrics.get('evaluated_on', 'test')}, accuracy {metrics['accuracy']:.4f})",
     )
 
@@ -59,16 +61,27 @@ def _other_samples(run, root: Path, split: str) -> list:
     if split == "all":
         dataset = scan_folder(root, 0.0, 0.0, min_classes=1)
     else:
-        dataset = scan_folder(root, info.get("val_fraction", 0.1), info.get("test_fraction", 0.2), run.metadata.get("seed", 0),
-                              min_classes=1)
+        dataset = scan_folder(
+            root,
+            info.get("val_fraction", 0.1),
+            info.get("test_fraction", 0.2),
+            run.metadata.get("seed", 0),
+            min_classes=1,
+        )
     check_classes(root, dataset.labels, run.labels, subset_ok=True)
     chosen = sum(dataset.splits.values(), []) if split == "all" else dataset.splits[split]
     remap = {i: run.labels.index(name) for i, name in enumerate(dataset.labels)}
     return [type(s)(s.path, remap[s.label], s.digest) for s in chosen]
 
 
-def evaluate_run(run_path, data: str | None = None, split: str | None = None, batch_size: int = 64, workers: int = 4,
-                 save: bool | None = None) -> dict:
+def evaluate_run(
+    run_path,
+    data: str | None = None,
+    split: str | None = None,
+    batch_size: int = 64,
+    workers: int = 4,
+    save: bool | None = None,
+) -> dict:
     """Evaluate a run's model on its own recorded split (default: test), or on every image of `data`.
 
     `data` naming the run's own dataset folder counts as the run's own data. With other data, class
@@ -92,7 +105,10 @@ def evaluate_run(run_path, data: str | None = None, split: str | None = None, ba
         names = ["train", "val", "test"] if split == "all" else [split]
         dataset = run_dataset(run, workers, names, root if moved else None)
         require_splits(run, dataset, names)
-        root, chosen = dataset.root, sum(dataset.splits.values(), []) if split == "all" else dataset.splits.get(split, [])
+        root, chosen = (
+            dataset.root,
+            sum(dataset.splits.values(), []) if split == "all" else dataset.splits.get(split, []),
+        )
     else:
         split = split or "all"
         chosen = _other_samples(run, root, split)
@@ -107,8 +123,11 @@ def evaluate_run(run_path, data: str | None = None, split: str | None = None, ba
         seen = trained_on(run)
         overlap = sum(d in seen for d in loaded.digests)
         if overlap:
-            _warn(f"warning: {overlap} of the {len(loaded.digests)} images of {root} are images the run trained or validated on "
-                  f"(same bytes): their accuracy is not held-out")
+            _warn(
+                f"warning: {overlap} of the {len(loaded.digests)} images of {root} "
+                "are images the run trained or validated on "
+                f"(same bytes): their accuracy is not held-out"
+            )
     metrics = {"evaluated_on": split, "data": str(root), **report}
     if own and split == "test":  # only the run's own held-out split is its test accuracy
         metrics = {"test_accuracy": report["accuracy"], **metrics}

@@ -71,6 +71,7 @@ class ExplainResult:
 
 # ---------------------------------------------------------------------------------------------- layers
 
+
 def _has_grid(layer) -> bool:
     try:
         return len(layer.output.shape) == 4
@@ -101,11 +102,17 @@ def find_layer(model) -> LayerRef:
     refs = list(_walk(model))
     convs = [i for i, ref in enumerate(refs) if type(ref.layer).__name__ in _CONV and _has_grid(ref.layer)]
     if not convs:
-        raise EdgeclsError(f"model {model.name} has no convolutional layer to explain: Grad-CAM needs a CNN "
-                           f"(name a layer with a spatial output with --layer)")
+        raise EdgeclsError(
+            f"model {model.name} has no convolutional layer to explain: Grad-CAM needs a CNN "
+            f"(name a layer with a spatial output with --layer)"
+        )
     i = convs[-1]
-    while (i + 1 < len(refs) and type(refs[i + 1].layer).__name__ in _ELEMENTWISE
-           and refs[i + 1].parents == refs[i].parents and _has_grid(refs[i + 1].layer)):
+    while (
+        i + 1 < len(refs)
+        and type(refs[i + 1].layer).__name__ in _ELEMENTWISE
+        and refs[i + 1].parents == refs[i].parents
+        and _has_grid(refs[i + 1].layer)
+    ):
         i += 1
     return refs[i]
 
@@ -124,11 +131,13 @@ def resolve_layer(model, name: str | None) -> LayerRef:
     more = f" and {len(candidates) - len(shown)} earlier" if len(candidates) > len(shown) else ""
     other = next((r for r in _walk(model) if name in (r.name, r.layer.name)), None)
     why = "has no spatial output" if other is not None else "is not in the model"
-    raise EdgeclsError(f"layer {name!r} {why}: choose a layer with a spatial output (--layer), "
-                       f"e.g. {', '.join(shown)}{more}")
+    raise EdgeclsError(
+        f"layer {name!r} {why}: choose a layer with a spatial output (--layer), e.g. {', '.join(shown)}{more}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- Grad-CAM
+
 
 def _head(model):
     """The final Dense layer if its activation is softmax or sigmoid (Grad-CAM then uses its logits)."""
@@ -156,14 +165,18 @@ def _retraced(model, target, head):
 
     def operation_fn(op):
         if op is target:
+
             def run(*args, **kwargs):
                 noted["activations"] = op(*args, **kwargs)
                 return noted["activations"]
+
             return run
         if head is not None and op is head:
+
             def run(*args, **kwargs):
                 noted["features"] = args[0]
                 return op(*args, **kwargs)
+
             return run
         if isinstance(op, keras.Model) and holds(op, target):
             return lambda *args, **kwargs: op._run_through_graph(list(args), operation_fn=operation_fn)
@@ -190,8 +203,10 @@ class GradCam:
             try:
                 inputs, acts, features = _retraced(model, layer.layer, self.head)
             except (AttributeError, KeyError) as exc:  # a Keras without `_run_through_graph`
-                raise EdgeclsError(f"cannot reach layer {layer.name} inside a nested model with this Keras "
-                                   f"({exc}): choose a layer of the outer model with --layer") from exc
+                raise EdgeclsError(
+                    f"cannot reach layer {layer.name} inside a nested model with this Keras "
+                    f"({exc}): choose a layer of the outer model with --layer"
+                ) from exc
             self.grad_model = keras.Model(inputs, [acts, features])
         units = int(model.outputs[0].shape[-1])
         self.one_unit = units == 1  # a sigmoid head: P(class 1) = p, P(class 0) = 1 - p
@@ -217,7 +232,9 @@ class GradCam:
             else:  # an unknown head: its output is taken as probabilities
                 probs = ops.concatenate([1 - features, features], axis=-1) if self.one_unit else features
                 scores = probs
-            chosen = ops.argmax(probs, axis=-1) if class_index is None else ops.full((len(batch),), class_index, "int32")
+            chosen = (
+                ops.argmax(probs, axis=-1) if class_index is None else ops.full((len(batch),), class_index, "int32")
+            )
             target = ops.sum(ops.take_along_axis(scores, ops.cast(chosen[:, None], "int32"), axis=1))
         grads = tape.gradient(target, acts)  # each image's score depends on its own activations only
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
@@ -234,6 +251,7 @@ def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- pictures
+
 
 def _display_image(image: np.ndarray, spec) -> np.ndarray:
     """The original image cut and fitted as the model saw it (crop, letterbox), at display size, RGB."""
@@ -257,7 +275,9 @@ def overlay(image_rgb: np.ndarray, heatmap: np.ndarray, lines: list) -> np.ndarr
     for line in lines:
         (tw, th), base = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         cv2.rectangle(blended, (0, y), (min(w, tw + 6), y + th + base + 4), (0, 0, 0), -1)
-        cv2.putText(blended, line, (3, y + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+        cv2.putText(
+            blended, line, (3, y + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA
+        )
         y += th + base + 4
     return blended
 
@@ -286,11 +306,21 @@ def contact_sheet(tiles: list) -> np.ndarray:
         thumb = cv2.resize(image, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
         sheet[r * cell_h : r * cell_h + thumb.shape[0], c * TILE : c * TILE + thumb.shape[1]] = thumb
         text = caption if len(caption) <= 22 else caption[:10] + "~" + caption[-11:]
-        cv2.putText(sheet, text, (c * TILE + 2, r * cell_h + TILE + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            sheet,
+            text,
+            (c * TILE + 2, r * cell_h + TILE + 12),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.33,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return sheet
 
 
 # ---------------------------------------------------------------------------------------------- inputs and output
+
 
 def image_paths(paths) -> list:
     """(file, output name) for files as given and images found (recursively, sorted) in folders."""
@@ -300,8 +330,11 @@ def image_paths(paths) -> list:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            files = [(f, f.relative_to(p).with_suffix("")) for f in sorted(p.rglob("*"))
-                     if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+            files = [
+                (f, f.relative_to(p).with_suffix(""))
+                for f in sorted(p.rglob("*"))
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            ]
         elif p.is_file():
             files = [(p, Path(p.stem))]
         else:
@@ -335,6 +368,7 @@ def _contents(folder: Path) -> set:
 def explain_guard(run, paths) -> dict:
     """For `explain --out`: only an explanation folder of ours is replaced; never the run, its data or the images."""
     from edgecls.outputs import bundle_guard
+
     protect = dict(bundle_guard(run)["protect"])
     for n, p in enumerate(Path(p) for p in paths):
         if p.is_dir():
@@ -342,8 +376,9 @@ def explain_guard(run, paths) -> dict:
     return {"marker": MANIFEST, "protect": protect, "contents": _contents}
 
 
-def explain_run(run_path, paths, out, class_label: str | None = None, layer: str | None = None,
-                overwrite: bool = False) -> ExplainResult:
+def explain_run(
+    run_path, paths, out, class_label: str | None = None, layer: str | None = None, overwrite: bool = False
+) -> ExplainResult:
     """Grad-CAM PNGs for images (files or folders) with a run's model; a contact sheet for several.
 
     Every image takes the run's own preprocessing (`runtime.preprocess.preprocess`). `--out` is
@@ -368,7 +403,10 @@ def explain_run(run_path, paths, out, class_label: str | None = None, layer: str
     ref = resolve_layer(model, layer)
     cam = GradCam(model, ref)
     if cam.num_classes != len(labels):
-        raise EdgeclsError(f"{run.model_path} has {cam.num_classes} outputs but the run has {len(labels)} labels: the run is inconsistent")
+        raise EdgeclsError(
+            f"{run.model_path} has {cam.num_classes} outputs but the run has {len(labels)} labels: "
+            "the run is inconsistent"
+        )
     result = ExplainResult(Path(out), ref.name)
     tiles = []
     with staged_dir(out, overwrite, **guard) as stage:
@@ -382,14 +420,25 @@ def explain_run(run_path, paths, out, class_label: str | None = None, layer: str
                     raise ImageDecodeError(f"{exc} (remove it, or pass only readable images)") from exc
             heatmaps, probs = cam(np.stack([preprocess(image, spec, order="rgb") for image in originals]), class_index)
             if start == 0 and heatmaps.shape[1] * heatmaps.shape[2] == 1:
-                progress(f"warning: layer {ref.name} has a 1x1 grid at this input size, so the heatmap cannot "
-                         f"localise: pick an earlier layer with --layer")
+                progress(
+                    f"warning: layer {ref.name} has a 1x1 grid at this input size, so the heatmap cannot "
+                    f"localise: pick an earlier layer with --layer"
+                )
             for (path, name), image, heat, p in zip(chunk, originals, heatmaps, probs):
                 top = int(p.argmax())
                 index = top if class_index is None else class_index
-                item = Explanation(path, labels[index], float(p[index]), labels[top], float(p[top]),
-                                   upsample(heat, spec.height, spec.width), name)
-                lines = [f"{item.label} {item.score:.2f}"] + ([] if index == top else [f"top: {item.predicted} {item.predicted_score:.2f}"])
+                item = Explanation(
+                    path,
+                    labels[index],
+                    float(p[index]),
+                    labels[top],
+                    float(p[top]),
+                    upsample(heat, spec.height, spec.width),
+                    name,
+                )
+                lines = [f"{item.label} {item.score:.2f}"] + (
+                    [] if index == top else [f"top: {item.predicted} {item.predicted_score:.2f}"]
+                )
                 picture = overlay(_display_image(image, spec), heat, lines)
                 write_bytes(stage / name, _png(picture))
                 result.explanations.append(item)
@@ -401,11 +450,25 @@ def explain_run(run_path, paths, out, class_label: str | None = None, layer: str
             sheet = "contact_sheet.png" if page == 1 else f"contact_sheet_{page}.png"  # SHEET reserves these
             write_bytes(stage / sheet, _png(contact_sheet(tiles[first : first + SHEET_TILES])))
             result.sheets.append(sheet)
-        write_json(stage / MANIFEST, {
-            "format": FORMAT, "run": str(Path(run.path).resolve()), "layer": ref.name,
-            "class": class_label, "contact_sheets": result.sheets,
-            "images": [{"image": str(e.image), "png": e.png, "class": e.label, "score": round(e.score, 6),
-                        "predicted": e.predicted, "predicted_score": round(e.predicted_score, 6)}
-                       for e in result.explanations],
-        })
+        write_json(
+            stage / MANIFEST,
+            {
+                "format": FORMAT,
+                "run": str(Path(run.path).resolve()),
+                "layer": ref.name,
+                "class": class_label,
+                "contact_sheets": result.sheets,
+                "images": [
+                    {
+                        "image": str(e.image),
+                        "png": e.png,
+                        "class": e.label,
+                        "score": round(e.score, 6),
+                        "predicted": e.predicted,
+                        "predicted_score": round(e.predicted_score, 6),
+                    }
+                    for e in result.explanations
+                ],
+            },
+        )
     return result

@@ -62,7 +62,9 @@ def format_report(report: dict) -> str:
     width = max(8, *(len(l) for l in report["labels"]))
     lines = [f"{'class':<{width}}  precision  recall     f1  support"]
     for label, row in report["per_class"].items():
-        lines.append(f"{label:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:5.4f}  {row['support']:7d}")
+        lines.append(
+            f"{label:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:5.4f}  {row['support']:7d}"
+        )
     m = report["macro"]
     lines.append(f"{'macro avg':<{width}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:5.4f}  {report['n']:7d}")
     lines.append(f"accuracy: {report['accuracy']:.4f} ({report['n']} images)")

@@ -25,9 +25,11 @@ def register_model(fn: Callable) -> Callable:
 
 def option_check(name: str) -> Callable:
     """Register the validation of one model's options (run without building, before data loads)."""
+
     def register(fn: Callable) -> Callable:
         _CHECKS[name] = fn
         return fn
+
     return register
 
 
@@ -123,9 +125,13 @@ def build_simple(
     x = inputs
     for b, width in enumerate(widths):
         for c in range(convs_per_block):
-            x = layers.Conv2D(width, 3, padding="same", use_bias=not batch_norm, kernel_regularizer=reg, name=f"block{b}_conv{c}")(x)
+            x = layers.Conv2D(
+                width, 3, padding="same", use_bias=not batch_norm, kernel_regularizer=reg, name=f"block{b}_conv{c}"
+            )(x)
             if batch_norm:
-                x = layers.BatchNormalization(momentum=0.9, name=f"block{b}_bn{c}")(x)  # small data: fast-settling stats
+                x = layers.BatchNormalization(momentum=0.9, name=f"block{b}_bn{c}")(
+                    x
+                )  # small data: fast-settling stats
             x = layers.ReLU(name=f"block{b}_relu{c}")(x)
         x = layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x) if pooling == "global" else layers.Flatten(name="flatten")(x)
@@ -138,7 +144,9 @@ def build_simple(
 @option_check("simple")
 def _check_simple(input_shape: tuple, widths=(), convs_per_block=2, pooling="global", dense=0, **_):
     if not widths or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in widths):
-        raise EdgeclsError(f"widths {tuple(widths)} are invalid: give one or more filter counts of 1 or more, e.g. --widths 32,64,128")
+        raise EdgeclsError(
+            f"widths {tuple(widths)} are invalid: give one or more filter counts of 1 or more, e.g. --widths 32,64,128"
+        )
     if not isinstance(convs_per_block, int) or convs_per_block < 1:
         raise EdgeclsError(f"convs_per_block {convs_per_block!r} is invalid: use 1 or more")
     if not isinstance(dense, int) or dense < 0:
@@ -200,9 +208,13 @@ def _check_mobilenetv2(input_shape: tuple, alpha=1.0, weights=None, **_):
     # Keras accepts any alpha > 0 without ImageNet weights (a local weights file must match it);
     # zero or negative widths still build a network of 8-filter layers, which is never meant.
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
-        raise EdgeclsError(f"alpha {alpha!r} is out of range: use a width multiplier above 0, e.g. 0.35, 0.5, 0.75 or 1.0 (--alpha)")
+        raise EdgeclsError(
+            f"alpha {alpha!r} is out of range: use a width multiplier above 0, e.g. 0.35, 0.5, 0.75 or 1.0 (--alpha)"
+        )
     if input_shape is not None and min(input_shape[:2]) < 32:
-        raise EdgeclsError(f"MobileNetV2 needs images of at least 32x32, got {input_shape[0]}x{input_shape[1]}: raise --image-size")
+        raise EdgeclsError(
+            f"MobileNetV2 needs images of at least 32x32, got {input_shape[0]}x{input_shape[1]}: raise --image-size"
+        )
     if input_shape is not None and input_shape[2] != 3:
         raise EdgeclsError("MobileNetV2 needs 3-channel input: use --color rgb")
     if weights is not None and not os.path.isfile(weights):

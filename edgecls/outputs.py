@@ -15,10 +15,19 @@ from edgecls import rundir
 from runtime.bundle import LABELS, MANIFEST
 
 # Everything `train` and `evaluate` write into a run directory.
-RUN_CONTENTS = frozenset({
-    rundir.MODEL_FILE, rundir.METADATA_FILE, rundir.METRICS_FILE, rundir.SPLIT_FILE, rundir.HISTORY_FILE,
-    rundir.CURVES_PNG, rundir.CONFUSION_PNG, "tensorboard", "tuning",
-})
+RUN_CONTENTS = frozenset(
+    {
+        rundir.MODEL_FILE,
+        rundir.METADATA_FILE,
+        rundir.METRICS_FILE,
+        rundir.SPLIT_FILE,
+        rundir.HISTORY_FILE,
+        rundir.CURVES_PNG,
+        rundir.CONFUSION_PNG,
+        "tensorboard",
+        "tuning",
+    }
+)
 
 
 def bundle_contents(folder: Path) -> set:

@@ -60,5 +60,13 @@ def confusion_matrix(cm, labels: list, path, title: str = "confusion matrix") ->
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    color="white" if norm[i, j] > 0.5 else "black",
+                    fontsize=8,
+                )
     _save(fig, path)

@@ -64,11 +64,29 @@ class Plan:
 
 PLANS = {
     ("digits", False): Plan(image_size=16, epochs=6),
-    ("digits", True): Plan(image_size=16, epochs=3, prune_epochs=1, calibration_size=50, bench_runs=20,
-                           bench_budget_s=0.5, keras_baseline=False, daemon_seconds=3.0, explain_images=4),
+    ("digits", True): Plan(
+        image_size=16,
+        epochs=3,
+        prune_epochs=1,
+        calibration_size=50,
+        bench_runs=20,
+        bench_budget_s=0.5,
+        keras_baseline=False,
+        daemon_seconds=3.0,
+        explain_images=4,
+    ),
     ("shapes", False): Plan(image_size=32, epochs=10),
-    ("shapes", True): Plan(image_size=32, epochs=4, prune_epochs=1, calibration_size=50, bench_runs=20,
-                           bench_budget_s=0.5, keras_baseline=False, daemon_seconds=3.0, explain_images=4),
+    ("shapes", True): Plan(
+        image_size=32,
+        epochs=4,
+        prune_epochs=1,
+        calibration_size=50,
+        bench_runs=20,
+        bench_budget_s=0.5,
+        keras_baseline=False,
+        daemon_seconds=3.0,
+        explain_images=4,
+    ),
 }
 
 
@@ -104,9 +122,16 @@ def quickstart(options: QuickstartOptions | None = None) -> QuickstartResult:
     out = Path(options.out)
     plan = PLANS[(options.data, options.quick)]
     _check_outputs(out, options)
-    record = {"format": FORMAT, "status": "running", "data": options.data, "quick": options.quick,
-              "seed": options.seed, "plan": asdict(plan),
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "steps": {}}
+    record = {
+        "format": FORMAT,
+        "status": "running",
+        "data": options.data,
+        "quick": options.quick,
+        "seed": options.seed,
+        "plan": asdict(plan),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "steps": {},
+    }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / MARKER, record)  # first: an interrupted quickstart leaves a folder --overwrite may replace
 
@@ -119,8 +144,9 @@ def quickstart(options: QuickstartOptions | None = None) -> QuickstartResult:
         trained = _train(out / RUN, options, plan)
     with step(2, "convert", f"{plan.prune}, {FORMATS.replace(',', ', ')}, accuracy gate -> {out / BUNDLE}"):
         converted = _convert(out / RUN, out / BUNDLE, options, plan)
-    with step(3, "bench", f"latency of every artifact{' and the Keras model' if plan.keras_baseline else ''} "
-                          f"-> {out / BENCH}"):
+    with step(
+        3, "bench", f"latency of every artifact{' and the Keras model' if plan.keras_baseline else ''} -> {out / BENCH}"
+    ):
         bench_doc = _bench(out / BUNDLE, out / BENCH, plan)
     with step(4, "flash", f"to the local folder {out / DEVICE} (profile {PROFILE})"):
         flashed = _flash(out / BUNDLE, out / DEVICE)
@@ -133,17 +159,28 @@ def quickstart(options: QuickstartOptions | None = None) -> QuickstartResult:
         sheet = _explain(out / RUN, out / EXPLAIN, held_out[: plan.explain_images], options.overwrite)
 
     files = {
-        "model": out / RUN / "model.keras", "bundle": out / BUNDLE / "manifest.json",
-        "device": out / DEVICE / "current" / "manifest.json", "video": out / VIDEO,
-        "training curves": out / RUN / "curves.png", "confusion matrix": out / RUN / "confusion_matrix.png",
-        "latency chart": out / BENCH / "bench.png", "accuracy chart": out / ACCURACY_PNG, "grad-cam": sheet,
-        "preview": out / PREVIEW, "bench table": out / BENCH / "bench.md",
-        "verification": out / BUNDLE / "verification.txt", "summary": out / SUMMARY, "record": out / MARKER,
+        "model": out / RUN / "model.keras",
+        "bundle": out / BUNDLE / "manifest.json",
+        "device": out / DEVICE / "current" / "manifest.json",
+        "video": out / VIDEO,
+        "training curves": out / RUN / "curves.png",
+        "confusion matrix": out / RUN / "confusion_matrix.png",
+        "latency chart": out / BENCH / "bench.png",
+        "accuracy chart": out / ACCURACY_PNG,
+        "grad-cam": sheet,
+        "preview": out / PREVIEW,
+        "bench table": out / BENCH / "bench.md",
+        "verification": out / BUNDLE / "verification.txt",
+        "summary": out / SUMMARY,
+        "record": out / MARKER,
     }
     seconds = time.monotonic() - started
     record.update(
-        status="complete", seconds=round(seconds, 1), test_accuracy=trained.metrics["test_accuracy"],
-        accuracy=_accuracy_rows(converted.manifest), latency=[_latency_row(r) for r in bench_doc["records"]],
+        status="complete",
+        seconds=round(seconds, 1),
+        test_accuracy=trained.metrics["test_accuracy"],
+        accuracy=_accuracy_rows(converted.manifest),
+        latency=[_latency_row(r) for r in bench_doc["records"]],
         flash={"result": flashed.result, "slot": flashed.slot, "smoke": flashed.smoke},
         daemon={k: v for k, v in daemon.items() if k != "health"},
         files={k: str(Path(v).relative_to(out)) for k, v in files.items()},
@@ -190,18 +227,37 @@ def _check_outputs(out: Path, options: QuickstartOptions) -> None:
 def _train(run_dir: Path, options: QuickstartOptions, plan: Plan):
     from edgecls.train import TrainConfig, train
 
-    return train(TrainConfig(data=options.data, out=str(run_dir), image_size=plan.image_size, epochs=plan.epochs,
-                             seed=options.seed, overwrite=options.overwrite, verbose=2))
+    return train(
+        TrainConfig(
+            data=options.data,
+            out=str(run_dir),
+            image_size=plan.image_size,
+            epochs=plan.epochs,
+            seed=options.seed,
+            overwrite=options.overwrite,
+            verbose=2,
+        )
+    )
 
 
 def _convert(run_dir: Path, bundle_dir: Path, options: QuickstartOptions, plan: Plan):
     from converters.formats import parse_formats
     from converters.pipeline import ConvertOptions, convert
 
-    return convert(run_dir, bundle_dir, ConvertOptions(
-        formats=parse_formats(FORMATS), prune=plan.prune, prune_epochs=plan.prune_epochs,
-        max_prune_drop=plan.max_prune_drop, calibration_size=plan.calibration_size, max_drop=plan.max_drop,
-        overwrite=options.overwrite, seed=options.seed))
+    return convert(
+        run_dir,
+        bundle_dir,
+        ConvertOptions(
+            formats=parse_formats(FORMATS),
+            prune=plan.prune,
+            prune_epochs=plan.prune_epochs,
+            max_prune_drop=plan.max_prune_drop,
+            calibration_size=plan.calibration_size,
+            max_drop=plan.max_drop,
+            overwrite=options.overwrite,
+            seed=options.seed,
+        ),
+    )
 
 
 def _bench(bundle_dir: Path, bench_dir: Path, plan: Plan) -> dict:
@@ -216,8 +272,7 @@ def _bench(bundle_dir: Path, bench_dir: Path, plan: Plan) -> dict:
             progress(f"note: no Keras baseline: {why}")
         else:
             extra = bench_keras.keras_records(model)
-    options = BenchOptions(threads=[1], repeats=1, runs=plan.bench_runs, budget_s=plan.bench_budget_s,
-                           max_warmup_s=1.0)
+    options = BenchOptions(threads=[1], repeats=1, runs=plan.bench_runs, budget_s=plan.bench_budget_s, max_warmup_s=1.0)
     doc = run_bench(bundle_dir, options, progress=lambda m: progress(f"    {m}"), extra_jobs=extra)
     bench_report.write_outputs(doc, out_dir=bench_dir)
     return doc
@@ -227,8 +282,9 @@ def _flash(bundle_dir: Path, device_dir: Path):
     from devices.flash import FlashOptions, flash
     from devices.profiles import load_profile
 
-    [result] = flash(bundle_dir, [str(device_dir)], FlashOptions(profile=load_profile(PROFILE),
-                                                                 say=lambda m: progress(f"    {m}")))
+    [result] = flash(
+        bundle_dir, [str(device_dir)], FlashOptions(profile=load_profile(PROFILE), say=lambda m: progress(f"    {m}"))
+    )
     if not result.ok:
         raise EdgeclsError(f"flashing {device_dir} {result.result}: {result.reason}")
     return result
@@ -265,8 +321,9 @@ def _write_video(path: Path, held_out: list, plan: Plan) -> list:
         staged = Path(tmp) / path.name  # OpenCV picks the container by the file's suffix: no temp suffix here
         writer = cv2.VideoWriter(str(staged), cv2.VideoWriter_fourcc(*"MJPG"), VIDEO_FPS, (side, side))
         if not writer.isOpened():
-            raise EdgeclsError("OpenCV cannot write an MJPG video here: install opencv-python (not -headless builds "
-                               "without video I/O)")
+            raise EdgeclsError(
+                "OpenCV cannot write an MJPG video here: install opencv-python (not -headless builds without video I/O)"
+            )
         try:
             for image_path, label in shown:
                 image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
@@ -323,9 +380,17 @@ def _run_daemon(bundle: Path, video: Path, labels: list, preview: Path, plan: Pl
     write_bytes(preview, snapshot)
     results = list(sink.results)
     agree = sum(labels[frame] == top1 for frame, top1 in results if frame < len(labels))
-    return {"classified": len(results), "agree": agree, "seconds": round(seconds, 1), "healthz": status,
-            "status": health.get("status"), "frames_processed_total": metrics, "preview_page": page_ok,
-            "artifact": daemon.classifier.artifact.name, "health": health}
+    return {
+        "classified": len(results),
+        "agree": agree,
+        "seconds": round(seconds, 1),
+        "healthz": status,
+        "status": health.get("status"),
+        "frames_processed_total": metrics,
+        "preview_page": page_ok,
+        "artifact": daemon.classifier.artifact.name,
+        "health": health,
+    }
 
 
 def _get(url: str) -> tuple:
@@ -339,8 +404,12 @@ def _get(url: str) -> tuple:
 def _frames_processed(text: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               for sample in family.samples if sample.name == "edgecls_frames_processed_total")
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "edgecls_frames_processed_total"
+    )
 
 
 def _first_frame(url: str) -> bytes:
@@ -370,8 +439,9 @@ def _accuracy_rows(manifest: dict) -> list:
     rows = [{"name": "keras", "accuracy": source.get("accuracy")}]
     if manifest.get("pruning"):
         rows.append({"name": "keras pruned", "accuracy": manifest.get("reference_accuracy")})
-    return rows + [{"name": a["name"], "accuracy": a["accuracy"], "size_bytes": a["size_bytes"]}
-                   for a in manifest["artifacts"]]
+    return rows + [
+        {"name": a["name"], "accuracy": a["accuracy"], "size_bytes": a["size_bytes"]} for a in manifest["artifacts"]
+    ]
 
 
 def accuracy_chart(manifest: dict, path) -> None:
@@ -401,8 +471,9 @@ def accuracy_chart(manifest: dict, path) -> None:
 
 
 def _latency_row(record: dict) -> dict:
-    return {k: record.get(k) for k in ("artifact", "threads", "p50_ms", "p90_ms", "frame_p50_ms", "load_ms",
-                                       "size_bytes")}
+    return {
+        k: record.get(k) for k in ("artifact", "threads", "p50_ms", "p90_ms", "frame_p50_ms", "load_ms", "size_bytes")
+    }
 
 
 def _load(machine: dict) -> str:
@@ -418,24 +489,38 @@ def latency_table(doc: dict, pruned: bool = False) -> str:
     """The few columns a newcomer reads first; bench/bench.md has them all. The Keras baseline is the run's
     model as trained: with `pruned`, the artifacts are smaller than it."""
     header = ("artifact", "p50 ms", "p90 ms", "frame p50", "load ms", "MB")
-    body = [(r["artifact"] + (" (unpruned)" if r["artifact"] == "keras" and pruned else ""),
-             *(_ms(r.get(k)) for k in ("p50_ms", "p90_ms", "frame_p50_ms", "load_ms")),
-             f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-") for r in doc["records"]]
+    body = [
+        (
+            r["artifact"] + (" (unpruned)" if r["artifact"] == "keras" and pruned else ""),
+            *(_ms(r.get(k)) for k in ("p50_ms", "p90_ms", "frame_p50_ms", "load_ms")),
+            f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-",
+        )
+        for r in doc["records"]
+    ]
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                     for row in (header, *body))
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in (header, *body)
+    )
 
 
-def format_summary(out: Path, options, plan: Plan, converted, bench_doc: dict, flashed, daemon: dict, files: dict,
-                   seconds: float) -> str:
+def format_summary(
+    out: Path, options, plan: Plan, converted, bench_doc: dict, flashed, daemon: dict, files: dict, seconds: float
+) -> str:
     manifest = converted.manifest
     source, pruning = manifest.get("source", {}), manifest.get("pruning") or {}
     shape = "x".join(map(str, bench_doc["bundle"]["input"]))
     minutes, secs = divmod(round(seconds), 60)
     machine = bench_doc.get("machine", {})
     rel = {k: str(Path(v).relative_to(out)) for k, v in files.items()}
-    pruned = (f"; pruned {pruning.get('params_before', 0):,} -> {pruning.get('params_after', 0):,} parameters, "
-              f"accuracy {source.get('accuracy', 0):.4f} before") if pruning else ""
+    pruned = (
+        (
+            f"; pruned {pruning.get('params_before', 0):,} -> {pruning.get('params_after', 0):,} parameters, "
+            f"accuracy {source.get('accuracy', 0):.4f} before"
+        )
+        if pruning
+        else ""
+    )
     smoke = flashed.smoke or {}
     lines = [
         f"edgecls quickstart: {options.data}, {len(manifest['labels'])} classes, input {shape}, done in "

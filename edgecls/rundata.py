@@ -45,7 +45,8 @@ def check_classes(root, found: list, labels: list, subset_ok: bool = False) -> N
     missing = [c for c in labels if c not in found]
     if unknown or (missing and not subset_ok):
         parts = ([f"{', '.join(unknown)} unknown to the model"] if unknown else []) + (
-            [f"{', '.join(missing)} missing"] if missing and (not subset_ok or unknown) else [])
+            [f"{', '.join(missing)} missing"] if missing and (not subset_ok or unknown) else []
+        )
         raise DataError(
             f"the class folders of {root} differ from the model's labels ({'; '.join(parts)}): "
             f"name the class folders like the model's labels ({', '.join(labels)})"
@@ -82,16 +83,29 @@ def run_dataset(run, workers: int = 4, names=SPLIT_NAMES, root=None) -> FolderDa
     """
     root = run_root(run) if root is None else Path(root)
     if not Path(root).is_dir():
-        raise DataError(f"the run's dataset folder {root} does not exist (moved or deleted): put it back to use the run's own split")
+        raise DataError(
+            f"the run's dataset folder {root} does not exist (moved or deleted): put it back to use the run's own split"
+        )
     check_classes(root, dataset_classes(root), run.labels)
     record = read_split_record(run.path)
     info = run.metadata.get("dataset", {})
     if record is None:
-        _warn(f"warning: {run.path} has no split.json (trained before splits were recorded): recomputing its split from {root}")
-        return scan_folder(root, info.get("val_fraction", 0.1), info.get("test_fraction", 0.2), run.metadata.get("seed", 0),
-                           method=info.get("split_method", PERMUTATION))
+        _warn(
+            f"warning: {run.path} has no split.json (trained before splits were recorded): "
+            f"recomputing its split from {root}"
+        )
+        return scan_folder(
+            root,
+            info.get("val_fraction", 0.1),
+            info.get("test_fraction", 0.2),
+            run.metadata.get("seed", 0),
+            method=info.get("split_method", PERMUTATION),
+        )
     if record.labels != run.labels:
-        raise DataError(f"{run.path}/split.json has labels {record.labels} but metadata.json has {run.labels}: the run is damaged, train again")
+        raise DataError(
+            f"{run.path}/split.json has labels {record.labels} but metadata.json has {run.labels}: "
+            "the run is damaged, train again"
+        )
     splits, problems = recorded_samples(record, root, [n for n in names if n in record.splits], workers)
     if problems:
         _warn(f"warning: {problems}")
@@ -106,8 +120,10 @@ def require_splits(run, dataset: FolderDataset, names) -> None:
     for name in names:
         used = run.metadata.get("dataset", {}).get("counts", {}).get(name, 0)
         if used and not dataset.splits.get(name):
-            raise DataError(f"none of the {used} {name} images the run used is still in {dataset.root} unchanged: "
-                            f"restore the dataset, or train again on it as it is now")
+            raise DataError(
+                f"none of the {used} {name} images the run used is still in {dataset.root} unchanged: "
+                f"restore the dataset, or train again on it as it is now"
+            )
 
 
 def load_run_splits(run, names=("train", "val", "test"), workers: int = 4, stream: bool = False) -> dict:
@@ -124,7 +140,11 @@ def load_run_splits(run, names=("train", "val", "test"), workers: int = 4, strea
     else:
         splits = {n: load_split(samples, run.preprocess, workers, n) for n, samples in chosen.items()}
     recorded = run.metadata.get("dataset", {}).get("fingerprint")
-    if dataset.split_source != "recorded" and recorded and set(names) >= {"train", "val", "test"} \
-            and fingerprint(run.labels, splits) != recorded:
+    if (
+        dataset.split_source != "recorded"
+        and recorded
+        and set(names) >= {"train", "val", "test"}
+        and fingerprint(run.labels, splits) != recorded
+    ):
         _warn("warning: the dataset changed since training (fingerprint differs); splits may not match the run's")
     return splits

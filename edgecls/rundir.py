@@ -58,7 +58,10 @@ def open_run(path) -> Run:
         raise EdgeclsError(f"run directory {path} does not exist: pass the --out folder of `edgecls train`")
     meta_path = path / METADATA_FILE
     if not meta_path.is_file():
-        raise EdgeclsError(f"{path} has no {METADATA_FILE}: it is not an edgecls run directory (train one with `edgecls train --out {path}`)")
+        raise EdgeclsError(
+            f"{path} has no {METADATA_FILE}: it is not an edgecls run directory "
+            f"(train one with `edgecls train --out {path}`)"
+        )
     try:
         metadata = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:

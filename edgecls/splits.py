@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from edgecls import rundir
-from edgecls.progress import counted
 from edgecls.datasets.folder import SPLIT_NAMES, Sample
+from edgecls.progress import counted
 from runtime.atomic import write_text
 from runtime.errors import DataError
 
@@ -73,11 +73,15 @@ def _rank_key(sample: Sample, seed: int, root: Path) -> tuple:
     return hashlib.sha256(f"edgecls-split:{seed}:{content}".encode()).hexdigest(), relative
 
 
-def seeded_split(samples: list, fractions: dict, seed: int, root: Path | None = None, method: str | None = None) -> dict:
+def seeded_split(
+    samples: list, fractions: dict, seed: int, root: Path | None = None, method: str | None = None
+) -> dict:
     """Split samples per class; each class contributes its share to every split."""
     method = method or CONTENT_RANK
     if method not in METHODS:
-        raise DataError(f"unknown split method {method!r} in the run's metadata: this edgecls knows {', '.join(METHODS)}")
+        raise DataError(
+            f"unknown split method {method!r} in the run's metadata: this edgecls knows {', '.join(METHODS)}"
+        )
     if method == CONTENT_RANK and (fractions["test"] > 0 or fractions["val"] > 0):
         known = [s for s in samples if s.digest]
         missing = [s for s in samples if not s.digest]
@@ -123,7 +127,10 @@ def split_record(root, labels: list, loaded: dict) -> str:
     names = [n for n in SPLIT_NAMES if n in loaded]
     for i, name in enumerate(names):
         split = loaded[name]
-        entries = [json.dumps(e) for e in sorted([rel(p), d, int(y)] for p, d, y in zip(split.paths, split.digests, split.y.tolist()))]
+        entries = [
+            json.dumps(e)
+            for e in sorted([rel(p), d, int(y)] for p, d, y in zip(split.paths, split.digests, split.y.tolist()))
+        ]
         lines.append(f"    {json.dumps(name)}: [")
         lines.append(",\n".join(f"      {e}" for e in entries))
         lines.append("    ]" + ("," if i < len(names) - 1 else ""))
@@ -156,7 +163,9 @@ def read_split_record(run_dir) -> RecordedSplit | None:
     try:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or data.get("format") != SPLIT_FORMAT:
-            raise ValueError(f"format {data.get('format') if isinstance(data, dict) else None!r}, expected {SPLIT_FORMAT}")
+            raise ValueError(
+                f"format {data.get('format') if isinstance(data, dict) else None!r}, expected {SPLIT_FORMAT}"
+            )
         labels, skipped = data["labels"], data.get("skipped", [])
         if not isinstance(labels, list) or not isinstance(data["splits"], dict) or not isinstance(skipped, list):
             raise ValueError("labels, splits or skipped of the wrong type")
@@ -171,8 +180,11 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def _relative(path) -> str:
     """A recorded path must stay inside the dataset folder: relative, with no `..`, `.` or empty part."""
-    if not isinstance(path, str) or PurePosixPath(path).is_absolute() or any(
-            part in ("", ".", "..") for part in path.split("/")):
+    if (
+        not isinstance(path, str)
+        or PurePosixPath(path).is_absolute()
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
         raise ValueError(f"path {path!r} is not a path inside the dataset folder")
     return path
 
@@ -210,6 +222,8 @@ def recorded_samples(record: RecordedSplit, root, names, workers: int = 4) -> tu
     problems = None
     if gone or changed:
         first = (gone + changed)[0]
-        problems = (f"{len(gone)} file(s) of the run's recorded split are gone and {len(changed)} changed since training "
-                    f"(first: {first}); dropped them")
+        problems = (
+            f"{len(gone)} file(s) of the run's recorded split are gone and {len(changed)} changed since training "
+            f"(first: {first}); dropped them"
+        )
     return splits, problems

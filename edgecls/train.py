@@ -13,18 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls import __version__
-from edgecls.progress import progress
+from edgecls import __version__, distill, plots, rundir
 from edgecls.augment import AugmentSpec, build_augmenter
 from edgecls.callbacks import keep_best, training_callbacks
 from edgecls.data import StreamedSplit, check_all_decoded, fingerprint, in_memory_limit, make_tf_dataset, open_splits
 from edgecls.datasets import resolve_dataset, scan_folder
 from edgecls.distributed import MultiWorkerTrainer, is_chief, local_copy, output_dir
 from edgecls.evaluate import evaluate_split, write_evaluation
-from edgecls.splits import CONTENT_RANK, write_split_record
-from edgecls.outputs import run_guard
 from edgecls.models import check_options, create_model, head_activation, list_models, supports_fine_tuning
-from edgecls import distill, plots, rundir
+from edgecls.outputs import run_guard
+from edgecls.progress import progress
+from edgecls.splits import CONTENT_RANK, write_split_record
 from runtime.atomic import check_output, write_json
 from runtime.errors import DataError, EdgeclsError, MissingDependencyError
 from runtime.preprocess import COLORS, RESIZE_MODES, PreprocessSpec
@@ -79,10 +78,14 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise EdgeclsError (one line, naming the option) for any value training would choke on later."""
         for value, allowed, what in (
-            (self.model, list_models(), "model"), (self.optimizer, OPTIMIZERS, "optimizer"),
-            (self.class_weight, CLASS_WEIGHTS, "class weight mode"), (self.head, HEADS, "head"),
-            (self.strategy, STRATEGIES, "strategy"), (self.resize, (None, *RESIZE_MODES), "resize mode"),
-            (self.normalize, (None, *NORMALIZATIONS), "normalization"), (self.color, (None, *COLORS), "color"),
+            (self.model, list_models(), "model"),
+            (self.optimizer, OPTIMIZERS, "optimizer"),
+            (self.class_weight, CLASS_WEIGHTS, "class weight mode"),
+            (self.head, HEADS, "head"),
+            (self.strategy, STRATEGIES, "strategy"),
+            (self.resize, (None, *RESIZE_MODES), "resize mode"),
+            (self.normalize, (None, *NORMALIZATIONS), "normalization"),
+            (self.color, (None, *COLORS), "color"),
         ):
             if value not in allowed:
                 raise EdgeclsError(f"unknown {what} {value!r}: use one of {', '.join(a for a in allowed if a)}")
@@ -100,21 +103,31 @@ class TrainConfig:
         _check_float("--val-fraction", self.val_fraction, 0.0, 1.0, high_open=True)
         _check_float("--test-fraction", self.test_fraction, 0.0, 1.0, high_open=True)
         if self.val_fraction + self.test_fraction >= 1:
-            raise EdgeclsError(f"--val-fraction {self.val_fraction:g} and --test-fraction {self.test_fraction:g} "
-                               "leave no images for training: keep their sum below 1")
+            raise EdgeclsError(
+                f"--val-fraction {self.val_fraction:g} and --test-fraction {self.test_fraction:g} "
+                "leave no images for training: keep their sum below 1"
+            )
         if self.augment is not None:
             self.augment.validate()
         check_options(self.model, None, **self.model_options)  # the image-size checks wait for the dataset's defaults
         if bool(self.fine_tune_layers) != bool(self.fine_tune_epochs):
-            raise EdgeclsError("fine-tuning needs both --fine-tune-layers N and --fine-tune-epochs N (one of them is 0)")
+            raise EdgeclsError(
+                "fine-tuning needs both --fine-tune-layers N and --fine-tune-epochs N (one of them is 0)"
+            )
         if self.fine_tune_layers and not supports_fine_tuning(self.model, self.model_options):
-            raise EdgeclsError("--fine-tune-layers needs a frozen pretrained backbone: use --model mobilenetv2 --weights FILE")
+            raise EdgeclsError(
+                "--fine-tune-layers needs a frozen pretrained backbone: use --model mobilenetv2 --weights FILE"
+            )
         if self.teacher is not None:
             distill.check_settings(self.temperature, self.distill_alpha)
             if self.strategy == "multiworker":
-                raise EdgeclsError("--teacher does not work with --strategy multiworker: use --strategy none or mirrored")
+                raise EdgeclsError(
+                    "--teacher does not work with --strategy multiworker: use --strategy none or mirrored"
+                )
         if self.strategy == "multiworker" and "TF_CONFIG" not in os.environ:
-            raise EdgeclsError("--strategy multiworker needs TF_CONFIG set on every worker (cluster spec and task index)")
+            raise EdgeclsError(
+                "--strategy multiworker needs TF_CONFIG set on every worker (cluster spec and task index)"
+            )
 
 
 def _check_int(flag: str, value, low: int, high: int | None = None, optional: bool = False) -> None:
@@ -129,7 +142,11 @@ def _check_int(flag: str, value, low: int, high: int | None = None, optional: bo
 def _check_float(flag: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
     try:
         value = float(value)
-        ok = math.isfinite(value) and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+        ok = (
+            math.isfinite(value)
+            and (low < value if low_open else low <= value)
+            and (value < high if high_open else value <= high)
+        )
     except (TypeError, ValueError):
         ok = False
     if not ok:
@@ -167,7 +184,9 @@ def _strategy(name: str):
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise EdgeclsError("--strategy multiworker needs TF_CONFIG set on every worker (cluster spec and task index)")
+            raise EdgeclsError(
+                "--strategy multiworker needs TF_CONFIG set on every worker (cluster spec and task index)"
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise EdgeclsError(f"unknown strategy {name!r}: use one of {', '.join(STRATEGIES)}")
 
@@ -212,7 +231,9 @@ def _unfreeze_top(model, n_layers: int) -> int:
 
     backbone = backbone_layers(model)
     if all(l.trainable for l in backbone):
-        raise EdgeclsError("--fine-tune-layers needs a frozen pretrained backbone: use --model mobilenetv2 --weights FILE")
+        raise EdgeclsError(
+            "--fine-tune-layers needs a frozen pretrained backbone: use --model mobilenetv2 --weights FILE"
+        )
     for i, layer in enumerate(backbone):
         layer.trainable = i >= len(backbone) - n_layers and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(1 for l in backbone if l.trainable)
@@ -228,8 +249,10 @@ def _decode_held_out(splits: dict) -> None:
             split.check_unseen()
             split.report_new()
             if not len(split):
-                raise DataError(f"no readable images in the {name} split: every file failed to decode "
-                                f"({split.skipped[0][1]}); replace them or move good images into {name}")
+                raise DataError(
+                    f"no readable images in the {name} split: every file failed to decode "
+                    f"({split.skipped[0][1]}); replace them or move good images into {name}"
+                )
 
 
 def _skip_reporter(splits: dict):
@@ -243,8 +266,10 @@ def _skip_reporter(splits: dict):
             for split in streamed:
                 split.report_new(f" during epoch {epoch + 1}")
                 if not len(split):  # a whole pass decoded nothing: every batch weighed 0
-                    raise DataError(f"no readable images in the {split.name} split: every file failed to decode "
-                                    f"({split.skipped[0][1]})")
+                    raise DataError(
+                        f"no readable images in the {split.name} split: every file failed to decode "
+                        f"({split.skipped[0][1]})"
+                    )
 
     return ReportSkipped()
 
@@ -252,25 +277,56 @@ def _skip_reporter(splits: dict):
 def _fit_function(cfg: TrainConfig, strategy, model, splits: dict, activation: str, augmenter, weights, chief: bool):
     """`fit(callbacks, end, start) -> history` for epochs start..end-1: Keras' fit, or the multi-worker loop."""
     if cfg.strategy == "multiworker":
-        trainer = MultiWorkerTrainer(strategy, model, activation, splits["train"], splits.get("val"), cfg.batch_size,
-                                     cfg.seed, augmenter, weights, verbose=chief)
+        trainer = MultiWorkerTrainer(
+            strategy,
+            model,
+            activation,
+            splits["train"],
+            splits.get("val"),
+            cfg.batch_size,
+            cfg.seed,
+            augmenter,
+            weights,
+            verbose=chief,
+        )
         return lambda callbacks, end, start: trainer.fit(end, start, callbacks)
     as_targets = (lambda y: y.astype(np.float32)[:, None]) if activation == "sigmoid" else None
     streamed = isinstance(splits["train"], StreamedSplit)  # its dataset carries the class weights itself
-    train_ds = make_tf_dataset(splits["train"], cfg.batch_size, True, cfg.seed, augmenter, as_targets,
-                               weights if streamed else None)
-    val_ds = make_tf_dataset(splits["val"], cfg.batch_size, False, cfg.seed, None, as_targets) if "val" in splits else None
+    train_ds = make_tf_dataset(
+        splits["train"], cfg.batch_size, True, cfg.seed, augmenter, as_targets, weights if streamed else None
+    )
+    val_ds = (
+        make_tf_dataset(splits["val"], cfg.batch_size, False, cfg.seed, None, as_targets) if "val" in splits else None
+    )
 
     def fit(callbacks, end, start):
-        return model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=start,
-                         class_weight=None if streamed else weights, shuffle=False, callbacks=callbacks,
-                         verbose=cfg.verbose).history
+        return model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=end,
+            initial_epoch=start,
+            class_weight=None if streamed else weights,
+            shuffle=False,
+            callbacks=callbacks,
+            verbose=cfg.verbose,
+        ).history
 
     return fit
 
 
-def _train_model(cfg: TrainConfig, strategy, chief: bool, splits: dict, spec, augment, epochs: int,
-                 model_options: dict, activation: str, labels: list, stage: Path):
+def _train_model(
+    cfg: TrainConfig,
+    strategy,
+    chief: bool,
+    splits: dict,
+    spec,
+    augment,
+    epochs: int,
+    model_options: dict,
+    activation: str,
+    labels: list,
+    stage: Path,
+):
     """Both phases (head, then optional fine-tuning); returns (model, history, the kept epoch)."""
     multiworker = cfg.strategy == "multiworker"
     with strategy.scope():
@@ -285,7 +341,9 @@ def _train_model(cfg: TrainConfig, strategy, chief: bool, splits: dict, spec, au
     weights = _class_weights(splits["train"].y, len(labels), cfg.class_weight)
     if weights:
         progress("class weights: " + ", ".join(f"{labels[i]}={w:.2f}" for i, w in weights.items()))
-    fit = _fit_function(cfg, strategy, trainer, splits, activation, build_augmenter(augment, spec, cfg.seed), weights, chief)
+    fit = _fit_function(
+        cfg, strategy, trainer, splits, activation, build_augmenter(augment, spec, cfg.seed), weights, chief
+    )
     monitor = "val_loss" if "val" in splits else "loss"
     best = keep_best(monitor)  # one keeper for both phases: the saved model is the best epoch overall
     logs = stage / "tensorboard" if cfg.tensorboard and chief else None
@@ -293,8 +351,14 @@ def _train_model(cfg: TrainConfig, strategy, chief: bool, splits: dict, spec, au
     def callbacks():
         return training_callbacks(cfg.patience, monitor, best, logs, graph=not multiworker) + [_skip_reporter(splits)]
 
-    progress(f"training {cfg.model} ({model.count_params():,} parameters) for up to {epochs} epochs"
-             + (f", distilled from {cfg.teacher} (T={cfg.temperature:g}, alpha={cfg.distill_alpha:g})" if cfg.teacher else ""))
+    progress(
+        f"training {cfg.model} ({model.count_params():,} parameters) for up to {epochs} epochs"
+        + (
+            f", distilled from {cfg.teacher} (T={cfg.temperature:g}, alpha={cfg.distill_alpha:g})"
+            if cfg.teacher
+            else ""
+        )
+    )
     history: dict = {}
     _merge_history(history, fit(callbacks(), epochs, 0))
     best.restore()  # fine-tuning starts from the best head
@@ -356,7 +420,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         distill.check_teacher(teacher, spec, dataset.labels)
     progress(
         f"data: {root} ({len(dataset.labels)} classes, split from {dataset.split_source}: "
-        + ", ".join(f"{k} {v}" for k, v in dataset.counts().items()) + f"); input {spec.shape}"
+        + ", ".join(f"{k} {v}" for k, v in dataset.counts().items())
+        + f"); input {spec.shape}"
     )
 
     import keras
@@ -374,8 +439,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         distill.check_split(teacher, splits["test"].digests)
 
     with output_dir(out, chief, overwrite=cfg.overwrite, **guard) as stage:
-        model, history, kept = _train_model(cfg, strategy, chief, splits, spec, augment, epochs, model_options,
-                                            activation, dataset.labels, stage)
+        model, history, kept = _train_model(
+            cfg, strategy, chief, splits, spec, augment, epochs, model_options, activation, dataset.labels, stage
+        )
         eval_split = splits.get("test") or splits.get("val") or splits["train"]
         report = evaluate_split(model, eval_split, dataset.labels, cfg.batch_size)
         metrics = {
@@ -412,9 +478,13 @@ def train(cfg: TrainConfig) -> TrainResult:
             "augment": augment.to_dict(),
             "teacher": distill.teacher_record(teacher, cfg.temperature, cfg.distill_alpha) if teacher else None,
             "train": {k: v for k, v in asdict(cfg).items() if k not in ("augment", "data", "out", "model_options")}
-                     | {"epochs": epochs, "kept_epoch": kept, "replicas": int(strategy.num_replicas_in_sync)},
-            "versions": {"edgecls": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-                         "python": platform.python_version()},
+            | {"epochs": epochs, "kept_epoch": kept, "replicas": int(strategy.num_replicas_in_sync)},
+            "versions": {
+                "edgecls": __version__,
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "python": platform.python_version(),
+            },
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         write_json(stage / rundir.METADATA_FILE, metadata)

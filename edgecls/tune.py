@@ -111,12 +111,23 @@ def train_config(cfg: TuneConfig, values: dict, out, epochs: int | None = None):
     else:
         options["alpha"] = float(values["alpha"])
     return TrainConfig(
-        data=cfg.data, out=str(out), model=cfg.model, model_options=options, image_size=cfg.image_size,
-        color=cfg.color, epochs=epochs, batch_size=int(values["batch_size"]),
-        learning_rate=float(values["learning_rate"]), patience=cfg.patience, seed=cfg.seed,
-        val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-        augment=None if cfg.augment else AugmentSpec.off(), fine_tune_layers=fine_tune,
-        fine_tune_epochs=epochs if fine_tune else 0, verbose=cfg.verbose,
+        data=cfg.data,
+        out=str(out),
+        model=cfg.model,
+        model_options=options,
+        image_size=cfg.image_size,
+        color=cfg.color,
+        epochs=epochs,
+        batch_size=int(values["batch_size"]),
+        learning_rate=float(values["learning_rate"]),
+        patience=cfg.patience,
+        seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        augment=None if cfg.augment else AugmentSpec.off(),
+        fine_tune_layers=fine_tune,
+        fine_tune_epochs=epochs if fine_tune else 0,
+        verbose=cfg.verbose,
     )
 
 
@@ -172,7 +183,7 @@ def _one_line(text: str) -> str:
     lines = [l for l in str(text or "").splitlines() if l.strip()]
     if lines and lines[0].startswith("Traceback"):
         frames = [n for n, l in enumerate(lines) if l[:1].isspace()]
-        lines = lines[frames[-1] + 1:] if frames else lines[1:]
+        lines = lines[frames[-1] + 1 :] if frames else lines[1:]
     lines = [l.strip() for l in lines if not l.strip().startswith("Hint:")]
     return lines[0][:300] if lines else ""
 
@@ -184,8 +195,9 @@ def _oracle(cfg: TuneConfig, hp):
     # seed 0 would mean "random" to keras-tuner (`seed or randint`): shift it, so --seed 0 repeats too
     # A failed trial is a row in the table, not the end; with every trial failed, tune() says why in one line
     # (keras-tuner would raise its own multi-line RuntimeError at its limit, so the limit is never reached).
-    common = dict(objective=objective, hyperparameters=hp, seed=cfg.seed + 1,
-                  max_consecutive_failed_trials=cfg.trials + 1)
+    common = dict(
+        objective=objective, hyperparameters=hp, seed=cfg.seed + 1, max_consecutive_failed_trials=cfg.trials + 1
+    )
     if cfg.search == "random":
         return kt.oracles.RandomSearchOracle(max_trials=cfg.trials, **common)
     if cfg.search == "bayesian":
@@ -215,8 +227,10 @@ def _make_tuner(cfg: TuneConfig, oracle, directory: Path, runs: Path, records: d
             epochs = values.get("tuner/epochs")  # Hyperband's budget for this round
             out = runs / f"trial_{trial.trial_id}"
             shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if not k.startswith("tuner/"))
-            progress(f"trial {trial.trial_id} ({len(records) + 1}/{cfg.trials}): {shown}"
-                     + (f", {epochs} epochs" if epochs else ""))
+            progress(
+                f"trial {trial.trial_id} ({len(records) + 1}/{cfg.trials}): {shown}"
+                + (f", {epochs} epochs" if epochs else "")
+            )
             started = time.perf_counter()
             record = records.setdefault(trial.trial_id, {"run": out})
             try:
@@ -224,22 +238,35 @@ def _make_tuner(cfg: TuneConfig, oracle, directory: Path, runs: Path, records: d
             except EdgeclsError as exc:
                 raise _Fatal(exc) from exc
             except Exception as exc:  # one configuration failing (out of memory, NaN) is a result of the search
-                record.update(seconds=round(time.perf_counter() - started, 2), message=_one_line(f"{type(exc).__name__}: {exc}"))
+                record.update(
+                    seconds=round(time.perf_counter() - started, 2), message=_one_line(f"{type(exc).__name__}: {exc}")
+                )
                 progress(f"trial {trial.trial_id} failed: {record['message']}")
                 raise kt.errors.FailedTrialError(record["message"]) from exc
             metrics, history = result.metrics, result.history
             if "val_accuracy" not in metrics or not history.get("val_loss"):
-                raise _Fatal(EdgeclsError("the validation split is empty, so trials cannot be scored: "
-                                          "add images or raise --val-fraction"))
+                raise _Fatal(
+                    EdgeclsError(
+                        "the validation split is empty, so trials cannot be scored: add images or raise --val-fraction"
+                    )
+                )
             scores = {"val_accuracy": float(metrics["val_accuracy"]), "val_loss": _finite_min(history["val_loss"])}
             if not all(math.isfinite(v) for v in scores.values()):  # diverged (NaN/inf): failed, never the best
-                record.update(seconds=round(time.perf_counter() - started, 2),
-                              message=f"diverged: val_loss {scores['val_loss']}, val_accuracy {scores['val_accuracy']}")
+                record.update(
+                    seconds=round(time.perf_counter() - started, 2),
+                    message=f"diverged: val_loss {scores['val_loss']}, val_accuracy {scores['val_accuracy']}",
+                )
                 progress(f"trial {trial.trial_id} failed: {record['message']}")
                 raise kt.errors.FailedTrialError(record["message"])
-            record.update(scores, test_accuracy=float(metrics["test_accuracy"]), epochs=len(history.get("loss", [])),
-                          seconds=round(time.perf_counter() - started, 2))
-            progress(f"trial {trial.trial_id}: val_accuracy {scores['val_accuracy']:.4f}, val_loss {scores['val_loss']:.4f}")
+            record.update(
+                scores,
+                test_accuracy=float(metrics["test_accuracy"]),
+                epochs=len(history.get("loss", [])),
+                seconds=round(time.perf_counter() - started, 2),
+            )
+            progress(
+                f"trial {trial.trial_id}: val_accuracy {scores['val_accuracy']:.4f}, val_loss {scores['val_loss']:.4f}"
+            )
             return scores
 
     return EdgeclsTuner(oracle=oracle, directory=str(directory), project_name="tuner", overwrite=True)
@@ -262,15 +289,20 @@ def _rows(oracle, records: dict, objective: str) -> list:
         trial = oracle.trials[trial_id]
         record = records.get(trial_id, {})
         status = str(getattr(trial.status, "value", trial.status))
-        rows.append({
-            "trial": trial_id, "status": status,
-            "score": None if trial.score is None else round(float(trial.score), 6),
-            "objective": objective,
-            **{k: (round(record[k], 6) if isinstance(record.get(k), float) else record.get(k))
-               for k in ("val_accuracy", "val_loss", "test_accuracy", "epochs", "seconds")},
-            "hyperparameters": dict(trial.hyperparameters.values),
-            "message": record.get("message") or (_one_line(trial.message) if status != "COMPLETED" else ""),
-        })
+        rows.append(
+            {
+                "trial": trial_id,
+                "status": status,
+                "score": None if trial.score is None else round(float(trial.score), 6),
+                "objective": objective,
+                **{
+                    k: (round(record[k], 6) if isinstance(record.get(k), float) else record.get(k))
+                    for k in ("val_accuracy", "val_loss", "test_accuracy", "epochs", "seconds")
+                },
+                "hyperparameters": dict(trial.hyperparameters.values),
+                "message": record.get("message") or (_one_line(trial.message) if status != "COMPLETED" else ""),
+            }
+        )
     return rows
 
 
@@ -281,8 +313,11 @@ def _csv(rows: list) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(fixed + names + ["message"])
     for row in rows:
-        writer.writerow([("" if row[k] is None else row[k]) for k in fixed]
-                        + [row["hyperparameters"].get(n, "") for n in names] + [row["message"]])
+        writer.writerow(
+            [("" if row[k] is None else row[k]) for k in fixed]
+            + [row["hyperparameters"].get(n, "") for n in names]
+            + [row["message"]]
+        )
     return buf.getvalue()
 
 
@@ -305,8 +340,15 @@ def _plot(rows: list, objective: str, best_id: str, path) -> None:
         ax.plot(xs, ys, "o", label=objective)
         ax.step(xs, [better(ys[: n + 1]) for n in range(len(ys))], where="post", alpha=0.6, label="best so far")
         best = next(r for r in rows if r["trial"] == best_id)
-        ax.plot([int(best_id)], [best["score"]], "*", markersize=14, color="gold", markeredgecolor="black",
-                label=f"best (trial {best_id})")
+        ax.plot(
+            [int(best_id)],
+            [best["score"]],
+            "*",
+            markersize=14,
+            color="gold",
+            markeredgecolor="black",
+            label=f"best (trial {best_id})",
+        )
     if failed:
         low = min((s for _, s in done), default=0.0)
         ax.plot(failed, [low] * len(failed), "x", color="red", label="failed")
@@ -324,12 +366,19 @@ def _plot(rows: list, objective: str, best_id: str, path) -> None:
 def best_row(rows: list, objective: str) -> dict | None:
     """The completed trial with the best objective; ties (common on a small validation split) go to
     the lower validation loss, then the earlier trial."""
-    done = [r for r in rows if r["status"] == "COMPLETED" and _finite(r["score"])
-            and all(r.get(k) is None or _finite(r[k]) for k in OBJECTIVES)]
+    done = [
+        r
+        for r in rows
+        if r["status"] == "COMPLETED"
+        and _finite(r["score"])
+        and all(r.get(k) is None or _finite(r[k]) for k in OBJECTIVES)
+    ]
     if not done:
         return None
     sign = -1 if OBJECTIVES[objective] == "max" else 1
-    return min(done, key=lambda r: (sign * r["score"], r["val_loss"] if _finite(r["val_loss"]) else math.inf, int(r["trial"])))
+    return min(
+        done, key=lambda r: (sign * r["score"], r["val_loss"] if _finite(r["val_loss"]) else math.inf, int(r["trial"]))
+    )
 
 
 def _finite(value) -> bool:
@@ -349,8 +398,20 @@ def tune(cfg: TuneConfig) -> TuneResult:
     root, builtin = resolve_dataset(cfg.data)
     guard = _guard(root)
     check_output(cfg.out, cfg.overwrite, **guard)  # a refusal costs nothing
-    probe = train_config(cfg, {"dropout": 0.0, "l2": 0.0, "batch_size": 1, "learning_rate": 1e-3, "base_width": 8,
-                               "blocks": 1, "fine_tune_layers": 0, "alpha": ALPHAS[0]}, cfg.out)
+    probe = train_config(
+        cfg,
+        {
+            "dropout": 0.0,
+            "l2": 0.0,
+            "batch_size": 1,
+            "learning_rate": 1e-3,
+            "base_width": 8,
+            "blocks": 1,
+            "fine_tune_layers": 0,
+            "alpha": ALPHAS[0],
+        },
+        cfg.out,
+    )
     probe.validate()  # every fixed option, as `train` would check it
     spec = preprocess_spec_for(probe, builtin.defaults if builtin else {})
 
@@ -367,8 +428,10 @@ def tune(cfg: TuneConfig) -> TuneResult:
         runs = tuning / "runs"
         oracle = _oracle(cfg, hp)
         tuner = _make_tuner(cfg, oracle, tuning, runs, records)
-        progress(f"searching {cfg.model} with {cfg.search} search: {cfg.trials} trials of up to {cfg.max_epochs} epochs, "
-                 f"scored by {cfg.objective} on the validation split")
+        progress(
+            f"searching {cfg.model} with {cfg.search} search: {cfg.trials} trials of up to {cfg.max_epochs} epochs, "
+            f"scored by {cfg.objective} on the validation split"
+        )
         try:
             with _quiet_search():
                 tuner.search(verbose=0)
@@ -389,11 +452,26 @@ def tune(cfg: TuneConfig) -> TuneResult:
         from edgecls import rundir
 
         metadata = json.loads((stage / rundir.METADATA_FILE).read_text(encoding="utf-8"))
-        metadata["tuning"] = {"search": cfg.search, "trial": best["trial"], "trials": len(rows), "objective": cfg.objective,
-                              "score": best["score"], "hyperparameters": best["hyperparameters"]}
+        metadata["tuning"] = {
+            "search": cfg.search,
+            "trial": best["trial"],
+            "trials": len(rows),
+            "objective": cfg.objective,
+            "score": best["score"],
+            "hyperparameters": best["hyperparameters"],
+        }
         write_json(stage / rundir.METADATA_FILE, metadata)
-        write_json(tuning / TRIALS_JSON, {"search": cfg.search, "model": cfg.model, "objective": cfg.objective,
-                                          "direction": OBJECTIVES[cfg.objective], "best": best["trial"], "trials": rows})
+        write_json(
+            tuning / TRIALS_JSON,
+            {
+                "search": cfg.search,
+                "model": cfg.model,
+                "objective": cfg.objective,
+                "direction": OBJECTIVES[cfg.objective],
+                "best": best["trial"],
+                "trials": rows,
+            },
+        )
         write_text(tuning / TRIALS_CSV, _csv(rows))
         _plot(rows, cfg.objective, best["trial"], tuning / TRIALS_PNG)
     return TuneResult(Path(cfg.out), best, rows, time.perf_counter() - started)

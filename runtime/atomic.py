@@ -15,9 +15,10 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable
 
 from runtime.errors import EdgeclsError
 
@@ -131,8 +132,14 @@ def _relation(final: Path, other: Path) -> str | None:
     return None
 
 
-def check_output(final: str | os.PathLike, overwrite: bool = False, *, marker: str | None = None,
-                 protect: Mapping[str, str | os.PathLike] | None = None, contents: Contents = None) -> None:
+def check_output(
+    final: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    marker: str | None = None,
+    protect: Mapping[str, str | os.PathLike] | None = None,
+    contents: Contents = None,
+) -> None:
     """Refuse an output path whose replacement could destroy something that is not ours.
 
     Call it before any work so that a refusal costs nothing; `staged_dir` calls it again.
@@ -151,22 +158,28 @@ def check_output(final: str | os.PathLike, overwrite: bool = False, *, marker: s
         if relation:
             raise EdgeclsError(f"output {final} {relation} {what} ({path}): choose an --out outside it")
     if final.is_symlink():
-        raise EdgeclsError(f"output {final} is a symbolic link: choose another --out (edgecls replaces only folders it wrote)")
+        raise EdgeclsError(
+            f"output {final} is a symbolic link: choose another --out (edgecls replaces only folders it wrote)"
+        )
     if not final.exists() or _is_empty_dir(final):
         return
     kind = MARKERS[marker][1] if marker else "an empty folder"
     if not final.is_dir():
         raise EdgeclsError(f"output {final} exists and is not a folder: choose another --out")
     if not is_ours(final, marker):
-        raise EdgeclsError(f"output {final} already exists and is not {kind}, so --overwrite will not replace it: "
-                           f"choose another --out or move it away yourself")
+        raise EdgeclsError(
+            f"output {final} already exists and is not {kind}, so --overwrite will not replace it: "
+            f"choose another --out or move it away yourself"
+        )
     if not overwrite:
         raise EdgeclsError(f"output {final} already exists: choose another --out or pass --overwrite to replace it")
     foreign = _foreign(final, contents)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise EdgeclsError(f"output {final} is {kind} but also holds {shown}, which edgecls did not write, so "
-                           f"--overwrite will not replace it: move those out or choose another --out")
+        raise EdgeclsError(
+            f"output {final} is {kind} but also holds {shown}, which edgecls did not write, so "
+            f"--overwrite will not replace it: move those out or choose another --out"
+        )
 
 
 def _host() -> str:
@@ -192,7 +205,9 @@ def _started_after(pid: int, when: float) -> bool:
     """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
         started = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return False
@@ -204,8 +219,9 @@ def remove_stale_stages(parent: str | os.PathLike) -> list:
 
     Only names of our own pattern are touched; a stage of a live process, or of another host (a
     shared file system), is left alone. A process that started after the stage was last written
-    only reuses the dead writer's pid, so its stage counts as stale. A stale `.old` (the process died between its two renames)
-    is moved back to its final name when that name is free, so the previous product survives.
+    only reuses the dead writer's pid, so its stage counts as stale. A stale `.old` (the process
+    died between its two renames) is moved back to its final name when that name is free, so the
+    previous product survives.
     """
     parent, host, removed = Path(parent), _host(), []
     try:
@@ -238,8 +254,14 @@ def remove_stale_stages(parent: str | os.PathLike) -> list:
 
 
 @contextmanager
-def staged_dir(final: str | os.PathLike, overwrite: bool = False, *, marker: str | None = None,
-               protect: Mapping[str, str | os.PathLike] | None = None, contents: Contents = None) -> Iterator[Path]:
+def staged_dir(
+    final: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    marker: str | None = None,
+    protect: Mapping[str, str | os.PathLike] | None = None,
+    contents: Contents = None,
+) -> Iterator[Path]:
     """Yield a temp directory beside `final`; rename it to `final` only if the block succeeds.
 
     An interrupted or failed run leaves no directory at `final` that looks complete, and the next

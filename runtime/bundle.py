@@ -83,7 +83,7 @@ class Artifact:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Artifact":
+    def from_dict(cls, d: dict) -> Artifact:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         d["input"], d["output"] = TensorQuant(**d["input"]), TensorQuant(**d["output"])
@@ -126,7 +126,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Manifest":
+    def from_dict(cls, d: dict) -> Manifest:
         return cls(
             labels=list(d["labels"]),
             preprocess=PreprocessSpec.from_dict(d["input"]),
@@ -181,7 +181,9 @@ class Bundle:
                 f"copy the real file into the bundle"
             )
         if not path.is_file():
-            raise BundleError(f"bundle {self.root} is incomplete: {artifact.file} is missing (convert again or copy the whole bundle)")
+            raise BundleError(
+                f"bundle {self.root} is incomplete: {artifact.file} is missing (convert again or copy the whole bundle)"
+            )
         digest = sha256_file(path)
         if digest != artifact.sha256:
             raise BundleError(
@@ -224,7 +226,9 @@ def _private_temp_dir(path: Path) -> Path:
         path.mkdir(mode=0o700, exist_ok=True)
         info = path.lstat()
     except OSError as exc:
-        raise BundleError(f"cannot create the bundle cache {path} ({exc.strerror}): set {CACHE_ENV} to a writable folder") from exc
+        raise BundleError(
+            f"cannot create the bundle cache {path} ({exc.strerror}): set {CACHE_ENV} to a writable folder"
+        ) from exc
     import stat
 
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
@@ -240,7 +244,9 @@ def _read_manifest(root: Path, shown: Path) -> Manifest:
         raw = json.loads(manifest_path.read_text())
         manifest = Manifest.from_dict(raw)
     except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{shown}: {MANIFEST} is malformed ({type(exc).__name__}: {exc}): convert the model again") from exc
+        raise BundleError(
+            f"{shown}: {MANIFEST} is malformed ({type(exc).__name__}: {exc}): convert the model again"
+        ) from exc
     if not str(raw.get("format", "")).startswith("edgecls-bundle/"):
         raise BundleError(f"{shown}: {MANIFEST} is not an edgecls bundle manifest")
     for artifact in manifest.artifacts:
@@ -250,8 +256,10 @@ def _read_manifest(root: Path, shown: Path) -> Manifest:
     for check in manifest.checks:
         check_file_name(check.get("file"), f"bundle {shown}: check image")
         if check.get("label") not in manifest.labels or check["file"] not in manifest.files:
-            raise BundleError(f"{shown}: check image {check['file']} has label {check.get('label')!r} or no sha256 "
-                              f"in the manifest: the manifest was edited or damaged; convert again")
+            raise BundleError(
+                f"{shown}: check image {check['file']} has label {check.get('label')!r} or no sha256 "
+                f"in the manifest: the manifest was edited or damaged; convert again"
+            )
     _keep_installed_artifacts(root, manifest)
     return manifest
 
@@ -283,14 +291,18 @@ def _extract(path: Path, target: Path) -> None:
             for member in members:
                 dest = (inside / member.name).resolve()
                 if not (member.isfile() or member.isdir()) or inside not in (dest, *dest.parents):
-                    raise BundleError(f"bundle archive {path} has an unsafe member {member.name!r}: "
-                                      f"only plain files inside the bundle are allowed; convert again")
+                    raise BundleError(
+                        f"bundle archive {path} has an unsafe member {member.name!r}: "
+                        f"only plain files inside the bundle are allowed; convert again"
+                    )
             if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 checks again, and drops odd permissions
                 tar.extractall(target, members, filter="data")
             else:  # e.g. Raspberry Pi OS Bookworm's 3.11.2: the loop above is the check
                 tar.extractall(target, members)
     except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"cannot read bundle archive {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise BundleError(
+            f"cannot read bundle archive {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
 
 
 def _remove_stale_partials(cache: Path) -> None:
@@ -322,8 +334,9 @@ def _load_tar(path: Path) -> Bundle:
         cache.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", suffix=".partial", dir=cache))
     except OSError as exc:
-        raise BundleError(f"cannot unpack {path} into {cache} ({exc.strerror or exc}): "
-                          f"set {CACHE_ENV} to a writable folder") from exc
+        raise BundleError(
+            f"cannot unpack {path} into {cache} ({exc.strerror or exc}): set {CACHE_ENV} to a writable folder"
+        ) from exc
     try:
         _extract(path, partial)
         manifest = _read_manifest(_bundle_root(partial), path)
@@ -331,8 +344,9 @@ def _load_tar(path: Path) -> Bundle:
             os.rename(partial, final)
         except OSError as exc:
             if not final.is_dir():  # else another process unpacked the same archive first: use theirs
-                raise BundleError(f"cannot unpack {path} into {cache} ({exc.strerror or exc}): "
-                                  f"set {CACHE_ENV} to a writable folder") from exc
+                raise BundleError(
+                    f"cannot unpack {path} into {cache} ({exc.strerror or exc}): set {CACHE_ENV} to a writable folder"
+                ) from exc
             shutil.rmtree(partial, ignore_errors=True)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

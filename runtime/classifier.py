@@ -33,9 +33,13 @@ class Prediction:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"top1": self.label, "score": round(self.score, 6),
-                "topk": [{"label": l, "score": round(s, 6)} for l, s in self.topk],
-                "latency_ms": round(self.latency_ms, 3), **self.extra}
+        return {
+            "top1": self.label,
+            "score": round(self.score, 6),
+            "topk": [{"label": l, "score": round(s, 6)} for l, s in self.topk],
+            "latency_ms": round(self.latency_ms, 3),
+            **self.extra,
+        }
 
 
 def choose_artifact(bundle: Bundle, wanted: str | None = None, preference=None) -> Artifact:
@@ -52,7 +56,9 @@ def choose_artifact(bundle: Bundle, wanted: str | None = None, preference=None) 
             return art
     formats = sorted({a.format for a in bundle.manifest.artifacts})
     package = "ai-edge-litert" if "tflite" in formats else "onnxruntime"
-    raise MissingDependencyError(package, "runtime", f"no installed backend runs this bundle's {', '.join(formats)} artifacts")
+    raise MissingDependencyError(
+        package, "runtime", f"no installed backend runs this bundle's {', '.join(formats)} artifacts"
+    )
 
 
 class Classifier:
@@ -65,8 +71,9 @@ class Classifier:
         threads = threads or getattr(profile, "threads", None)
         prefer = getattr(profile, "backends", None) if self.artifact.format == "tflite" else None
         providers = getattr(profile, "providers", None) if self.artifact.format == "onnx" else None
-        self.session = ModelSession(path, self.artifact.format, head=manifest.head, prefer=prefer, threads=threads,
-                                    providers=providers)
+        self.session = ModelSession(
+            path, self.artifact.format, head=manifest.head, prefer=prefer, threads=threads, providers=providers
+        )
         self.spec = manifest.preprocess
         self.labels = manifest.labels
         self.top_k = top_k
@@ -82,7 +89,8 @@ class Classifier:
         model_shape = tuple(self.session.input_spec.shape[1:])
         if model_shape != self.spec.shape:
             raise BundleError(
-                f"{self.artifact.file} takes input {model_shape} but the manifest's preprocessing gives {self.spec.shape}: "
+                f"{self.artifact.file} takes input {model_shape} "
+                f"but the manifest's preprocessing gives {self.spec.shape}: "
                 f"the bundle is inconsistent, convert it again"
             )
 
@@ -111,8 +119,10 @@ class Classifier:
         that need the pixels themselves too (the daemon measures their brightness for drift monitoring).
         """
         if px.shape != self.spec.shape or px.dtype != np.uint8:
-            raise EdgeclsError(f"pixels of shape {px.shape} ({px.dtype}): the model's pixels are {self.spec.shape} "
-                               f"uint8, as runtime.preprocess.pixels makes them")
+            raise EdgeclsError(
+                f"pixels of shape {px.shape} ({px.dtype}): the model's pixels are {self.spec.shape} "
+                f"uint8, as runtime.preprocess.pixels makes them"
+            )
         if self._table is None:  # the model takes raw uint8 pixels
             return quantize(px[None], self.session.input_spec)[0]
         return apply_table(px, self._table)
@@ -130,8 +140,10 @@ class Classifier:
     def classify_batch(self, images, order: str = "rgb", top_k: int | None = None) -> list:
         start = time.perf_counter()
         images = list(images)
-        chunks = [self.infer(np.stack([self.prepare(im, order) for im in images[i : i + 64]]))
-                  for i in range(0, len(images), 64)]  # the backend's input is resized to the batch: keep it bounded
+        chunks = [
+            self.infer(np.stack([self.prepare(im, order) for im in images[i : i + 64]]))
+            for i in range(0, len(images), 64)
+        ]  # the backend's input is resized to the batch: keep it bounded
         probs = np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
         per_image = (time.perf_counter() - start) * 1000 / max(1, len(images))
         k = min(top_k or self.top_k, len(self.labels))

@@ -18,8 +18,6 @@ class MissingDependencyError(EdgeclsError):
 
     def __init__(self, package: str, extra: str, why: str = ""):
         reason = f" ({why})" if why else ""
-        super().__init__(
-            f"{package} is not installed{reason}: install it with `pip install 'edgecls[{extra}]'`"
-        )
+        super().__init__(f"{package} is not installed{reason}: install it with `pip install 'edgecls[{extra}]'`")
         self.package = package
         self.extra = extra

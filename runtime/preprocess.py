@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class PreprocessSpec:
             raise EdgeclsError("preprocessing std must not be 0")
 
     @classmethod
-    def scaled(cls, height: int, width: int, scale: float = 1 / 255, offset: float = 0.0, **kw) -> "PreprocessSpec":
+    def scaled(cls, height: int, width: int, scale: float = 1 / 255, offset: float = 0.0, **kw) -> PreprocessSpec:
         """Spec for `pixel * scale + offset` (e.g. scale=1/127.5, offset=-1 for MobileNet)."""
         return cls(height, width, mean=(-offset / scale + 0.0,), std=(1.0 / scale,), **kw)  # + 0.0: no -0.0
 
@@ -100,7 +100,7 @@ class PreprocessSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSpec":
+    def from_dict(cls, d: dict) -> PreprocessSpec:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         known.setdefault("interpolation", LEGACY_INTERPOLATION)
         return cls(**known)
@@ -120,7 +120,9 @@ def _declared_size(buf: np.ndarray) -> tuple[int, int] | None:
     if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
         return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     if head.startswith(b"BM") and len(head) >= 26:
-        return abs(int.from_bytes(head[18:22], "little", signed=True)), abs(int.from_bytes(head[22:26], "little", signed=True))
+        return abs(int.from_bytes(head[18:22], "little", signed=True)), abs(
+            int.from_bytes(head[22:26], "little", signed=True)
+        )
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
         chunk = head[12:16]
         if chunk == b"VP8X":
@@ -135,7 +137,9 @@ def _declared_size(buf: np.ndarray) -> tuple[int, int] | None:
         while (marker := _JPEG_MARKER.search(data, pos)) is not None and len(data) >= marker.end() + 7:
             code, start = marker.group(1)[0], marker.end()
             if code in _JPEG_SOF:
-                return int.from_bytes(data[start + 5 : start + 7], "big"), int.from_bytes(data[start + 3 : start + 5], "big")
+                return int.from_bytes(data[start + 5 : start + 7], "big"), int.from_bytes(
+                    data[start + 3 : start + 5], "big"
+                )
             if code in (_SOI, _EOI, 0xDA):  # the frame header comes before any scan
                 return None
             pos = start + int.from_bytes(data[start : start + 2], "big")
@@ -154,8 +158,10 @@ def _check_pixel_count(buf: np.ndarray, name: str) -> None:
             f"(a decompression bomb, or a giant photo: shrink it, or raise {MAX_PIXELS_ENV})"
         )
     if size is not None and max(size) > MAX_SIDE:
-        raise ImageDecodeError(f"cannot decode image {name}: it declares {size[0]}x{size[1]} pixels, and OpenCV decodes "
-                               f"at most {MAX_SIDE:,} pixels per side (crop or resize it)")
+        raise ImageDecodeError(
+            f"cannot decode image {name}: it declares {size[0]}x{size[1]} pixels, and OpenCV decodes "
+            f"at most {MAX_SIDE:,} pixels per side (crop or resize it)"
+        )
 
 
 def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:

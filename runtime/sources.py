@@ -62,8 +62,11 @@ class SourceFailed(SourceError):
 
 # user:password@ (or a bare token@) after the scheme, up to the last "@": a password may hold "/", "@" or ":".
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(?:([^/?#@:]*):.*|[^/?#@:]+)@")
-_SECRET_PARAM = re.compile(r"([?&;](?:password|passwd|pass|pwd|token|access_token|auth|key|secret|sig|signature)=)"
-                           r"[^&#;]*", re.IGNORECASE)
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:password|passwd|pass|pwd|token|access_token|auth|key|secret|sig|signature)=)"
+    r"[^&#;]*",
+    re.IGNORECASE,
+)
 
 
 def redact_uri(uri) -> str:
@@ -75,7 +78,7 @@ def redact_uri(uri) -> str:
     match = _USERINFO.match(text)
     if match:
         user = match.group(2)
-        text = match.group(1) + ("***" if user is None else f"{user}:***") + "@" + text[match.end():]
+        text = match.group(1) + ("***" if user is None else f"{user}:***") + "@" + text[match.end() :]
     return _SECRET_PARAM.sub(r"\1***", text)
 
 
@@ -129,26 +132,30 @@ def parse_source(uri, csi_pipeline: str = "", width: int = 1280, height: int = 7
     if text.isdigit():
         return SourceSpec("camera", int(text), text)
     if text.startswith("v4l2://"):
-        return SourceSpec("v4l2", text[len("v4l2://"):], text)
+        return SourceSpec("v4l2", text[len("v4l2://") :], text)
     if text.startswith("/dev/video"):
         return SourceSpec("v4l2", text, text)
     if text.startswith("csi://"):
         if not csi_pipeline:
-            raise SourceError(f"{redact_uri(text)} needs a device profile with a csi_pipeline "
-                              "(e.g. --device raspberry-pi-5)")
-        sensor = text[len("csi://"):] or "0"
+            raise SourceError(
+                f"{redact_uri(text)} needs a device profile with a csi_pipeline (e.g. --device raspberry-pi-5)"
+            )
+        sensor = text[len("csi://") :] or "0"
         return SourceSpec("gstreamer", csi_pipeline.format(sensor=sensor, width=width, height=height, fps=fps), text)
     if text.startswith("gst://"):
-        return SourceSpec("gstreamer", text[len("gst://"):], text)
+        return SourceSpec("gstreamer", text[len("gst://") :], text)
     if " ! " in text:
         return SourceSpec("gstreamer", text, text)
     if text.split("://", 1)[0].lower() in ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp"):
         return SourceSpec("network", text, text)
-    path = Path(text[len("file://"):] if text.startswith("file://") else text)
+    path = Path(text[len("file://") :] if text.startswith("file://") else text)
     if path.is_dir():
         return SourceSpec("folder", path, text)
     if not path.exists():
-        raise SourceError(f"source {redact_uri(text)!r} does not exist: give a camera index, /dev/videoN, csi://N, a URL, a video, an image or a folder")
+        raise SourceError(
+            f"source {redact_uri(text)!r} does not exist: "
+            "give a camera index, /dev/videoN, csi://N, a URL, a video, an image or a folder"
+        )
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return SourceSpec("image", path, text)
     return SourceSpec("video", path, text)
@@ -183,7 +190,11 @@ class _VideoReader:
             cap = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            hint = " (this OpenCV build has no GStreamer support)" if spec.kind == "gstreamer" and not _has_gstreamer(cv2) else ""
+            hint = (
+                " (this OpenCV build has no GStreamer support)"
+                if spec.kind == "gstreamer" and not _has_gstreamer(cv2)
+                else ""
+            )
             raise SourceError(f"cannot open source {spec.shown}{hint}")
         self._cap = cap
         fps = cap.get(cv2.CAP_PROP_FPS)
@@ -261,8 +272,18 @@ class Source:
       unless every_frame).
     """
 
-    def __init__(self, uri, *, loop: bool = False, every_frame: bool | None = None, realtime: bool | None = None,
-                 timeout_s: float = 5.0, retry: RetryPolicy | None = None, profile=None, fps: float | None = None):
+    def __init__(
+        self,
+        uri,
+        *,
+        loop: bool = False,
+        every_frame: bool | None = None,
+        realtime: bool | None = None,
+        timeout_s: float = 5.0,
+        retry: RetryPolicy | None = None,
+        profile=None,
+        fps: float | None = None,
+    ):
         self.spec = parse_source(uri, getattr(profile, "csi_pipeline", "") or "")
         self.loop = loop
         self.every_frame = self.spec.kind in OFFLINE_KINDS if every_frame is None else every_frame
@@ -419,8 +440,10 @@ class Source:
                     raise SourceFailed(f"{self.spec.shown}: {self.stats.last_error or 'capture stopped'}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise SourceTimeout(f"{self.spec.shown}: no frame for {self.timeout_s if timeout is None else timeout:.1f}s "
-                                        f"(state {self.stats.state}{', ' + self.stats.last_error if self.stats.last_error else ''})")
+                    raise SourceTimeout(
+                        f"{self.spec.shown}: no frame for {self.timeout_s if timeout is None else timeout:.1f}s "
+                        f"(state {self.stats.state}{', ' + self.stats.last_error if self.stats.last_error else ''})"
+                    )
                 self._cond.wait(remaining)
 
     def __iter__(self):

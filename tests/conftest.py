@@ -121,8 +121,11 @@ def train_on_private_copy(shapes_folder: Path, folder: Path) -> tuple:
     data = folder / "data"
     shutil.copytree(shapes_folder, data)
     out = folder / "run"
-    train(TrainConfig(data=str(data), out=str(out), image_size=16, epochs=1, seed=0, model_options={"widths": (8,)},
-                      verbose=0))
+    train(
+        TrainConfig(
+            data=str(data), out=str(out), image_size=16, epochs=1, seed=0, model_options={"widths": (8,)}, verbose=0
+        )
+    )
     return out, data
 
 
@@ -140,7 +143,11 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "edgecls.cli", *map(str, args)],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -150,8 +157,18 @@ def tiny_run_dir(tmp_path_factory, shapes_folder) -> Path:
     from edgecls.train import TrainConfig, train
 
     def build(folder: Path) -> None:
-        train(TrainConfig(data=str(shapes_folder), out=str(folder / "tiny"), image_size=32, epochs=8, batch_size=8,
-                          seed=0, model_options={"widths": (8, 16)}, verbose=0))
+        train(
+            TrainConfig(
+                data=str(shapes_folder),
+                out=str(folder / "tiny"),
+                image_size=32,
+                epochs=8,
+                batch_size=8,
+                seed=0,
+                model_options={"widths": (8, 16)},
+                verbose=0,
+            )
+        )
 
     return _session_folder(tmp_path_factory, "run", build) / "tiny"
 

@@ -31,8 +31,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 big = server.resize_after is not None and i >= server.resize_after
                 image = np.full((120, 160, 3) if big else (48, 64, 3), (i * 7) % 256, np.uint8)
                 ok, buf = cv2.imencode(".jpg", image)
-                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(buf)
-                                 + buf.tobytes() + b"\r\n")
+                self.wfile.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(buf)
+                    + buf.tobytes()
+                    + b"\r\n"
+                )
                 time.sleep(1 / server.fps)
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -44,10 +47,12 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 class MjpegServer:
-    def __init__(self, port: int = 0, fps: float = 25.0, stall_after: int | None = None,
-                 resize_after: int | None = None):
+    def __init__(
+        self, port: int = 0, fps: float = 25.0, stall_after: int | None = None, resize_after: int | None = None
+    ):
         """`stall_after=N`: send N frames, then keep the connection open and send nothing more.
-        `resize_after=N`: frames are 64x48 until the Nth, then 160x120 on the same connection (a camera reconfigured)."""
+        `resize_after=N`: frames are 64x48 until the Nth, then 160x120 on the same connection (a camera
+        reconfigured)."""
         self.fps, self._port, self.stall_after, self.resize_after = fps, port, stall_after, resize_after
         self._server = None
 
@@ -55,7 +60,7 @@ class MjpegServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._port}/stream.mjpg"
 
-    def start(self) -> "MjpegServer":
+    def start(self) -> MjpegServer:
         self._server = _Server(("127.0.0.1", self._port), _Handler)
         self._server.stopping, self._server.counter, self._server.fps = threading.Event(), 0, self.fps
         self._server.stall_after, self._server.resize_after = self.stall_after, self.resize_after

@@ -31,9 +31,10 @@ class Broker:
         self.config.write_text(f"listener {self.port} 127.0.0.1\npersistence false\n{extra}")
         self.process = None
 
-    def start(self) -> "Broker":
-        self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+    def start(self) -> Broker:
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for(self._listening, 10, "mosquitto listening")
         return self
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-
 _REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,8 +34,11 @@ def _free_port() -> int:
 
 
 def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgecls-test", "-f", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgecls-test", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
 
 
 @dataclass
@@ -77,27 +79,31 @@ class SshServer:
             _keygen(self.client_key)
         shutil.copy(self.folder / "client_key.pub", self.folder / "authorized_keys")
         path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])
-        (self.folder / "sshd_config").write_text("\n".join([
-            f"Port {self.port}",
-            "ListenAddress 127.0.0.1",
-            f"HostKey {self.folder / 'host_key'}",
-            f"PidFile {self.folder / 'sshd.pid'}",
-            f"AuthorizedKeysFile {self.folder / 'authorized_keys'}",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            "StrictModes no",
-            "PermitRootLogin prohibit-password",
-            "PrintMotd no",
-            "MaxStartups 100:30:200",  # fleet tests open many sessions at once
-            "MaxSessions 50",
-            # A provisioned device has edgecls installed; here the checkout stands in for that install.
-            f"SetEnv PATH={path} PYTHONPATH={_REPO}",
-            "AcceptEnv EDGECLS_TEST_KILL_AT",  # the kill tests' device-side hook (runtime/install/layout.py)
-            "Subsystem sftp internal-sftp",
-            "",
-        ]))
+        (self.folder / "sshd_config").write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.folder / 'host_key'}",
+                    f"PidFile {self.folder / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {self.folder / 'authorized_keys'}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    "PrintMotd no",
+                    "MaxStartups 100:30:200",  # fleet tests open many sessions at once
+                    "MaxSessions 50",
+                    # A provisioned device has edgecls installed; here the checkout stands in for that install.
+                    f"SetEnv PATH={path} PYTHONPATH={_REPO}",
+                    "AcceptEnv EDGECLS_TEST_KILL_AT",  # the kill tests' device-side hook (runtime/install/layout.py)
+                    "Subsystem sftp internal-sftp",
+                    "",
+                ]
+            )
+        )
         # A short folder for ControlPath: unix socket paths are limited to ~104 bytes.
         self._control = Path(tempfile.mkdtemp(prefix="ecls-cm-"))
         host_block = [
@@ -118,7 +124,7 @@ class SshServer:
         ]
         self.ssh_config.write_text("\n".join(["Host 127.0.0.1 edgecls-test", *host_block, ""]))
 
-    def start(self, attempts: int = 3) -> "SshServer":
+    def start(self, attempts: int = 3) -> SshServer:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         try:
             Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation folder sshd insists on as root
@@ -128,8 +134,9 @@ class SshServer:
             self.port = _free_port()
             self._write_files()
             log = open(self.log, "wb")
-            self.process = subprocess.Popen([sshd, "-D", "-e", "-f", str(self.folder / "sshd_config")],
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(self.folder / "sshd_config")], stdout=log, stderr=subprocess.STDOUT
+            )
             log.close()
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and self.process.poll() is None:
@@ -143,8 +150,9 @@ class SshServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit", "edgecls-test"], capture_output=True,
-                           timeout=10)
+            subprocess.run(
+                ["ssh", "-F", str(self.ssh_config), "-O", "exit", "edgecls-test"], capture_output=True, timeout=10
+            )
             self.process.terminate()
             try:
                 self.process.wait(10)
@@ -155,7 +163,7 @@ class SshServer:
         if control is not None:
             shutil.rmtree(control, ignore_errors=True)
 
-    def __enter__(self) -> "SshServer":
+    def __enter__(self) -> SshServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

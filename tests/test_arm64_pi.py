@@ -63,9 +63,11 @@ def pi(tmp_path_factory):
     started = _script("start", root, port, f"{key}.pub", timeout=600)
     assert started.returncode == 0, started.stderr
     config = folder / "ssh_config"
-    config.write_text(f"Host 127.0.0.1 emulated-pi\n  HostName 127.0.0.1\n  Port {port}\n  User pi\n"
-                      f"  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
-                      f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n")
+    config.write_text(
+        f"Host 127.0.0.1 emulated-pi\n  HostName 127.0.0.1\n  Port {port}\n  User pi\n"
+        f"  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
+        f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+    )
     try:
         yield SimpleNamespace(root=root, port=port, config=config, target=f"pi@127.0.0.1:{port}")
     finally:
@@ -73,8 +75,9 @@ def pi(tmp_path_factory):
 
 
 def _ssh(pi, command: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(["ssh", "-F", str(pi.config), "emulated-pi", command], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["ssh", "-F", str(pi.config), "emulated-pi", command], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +85,15 @@ def digits_bundle(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("digits")
     trained = run_cli("train", "--data", "digits", "--out", folder / "run", "--epochs", "4", "--quiet", timeout=900)
     assert trained.returncode == 0, trained.stderr[-2000:]
-    converted = run_cli("convert", folder / "run", "--out", folder / "bundle", "--formats",
-                        "tflite-int8,onnx-int8,tflite-fp32", timeout=900)
+    converted = run_cli(
+        "convert",
+        folder / "run",
+        "--out",
+        folder / "bundle",
+        "--formats",
+        "tflite-int8,onnx-int8,tflite-fp32",
+        timeout=900,
+    )
     assert converted.returncode == 0, converted.stderr[-2000:]
     return folder / "bundle"
 
@@ -105,8 +115,17 @@ def _top1(lines: str) -> dict:
 
 
 def test_i13_flash_setup_predict_and_bench_on_the_emulated_pi(pi, digits_bundle, tmp_path):
-    flashed = run_cli("flash", digits_bundle, pi.target, "--device", "raspberry-pi-5", "--setup",
-                      "--ssh-config", pi.config, timeout=3600)
+    flashed = run_cli(
+        "flash",
+        digits_bundle,
+        pi.target,
+        "--device",
+        "raspberry-pi-5",
+        "--setup",
+        "--ssh-config",
+        pi.config,
+        timeout=3600,
+    )
     assert flashed.returncode == 0, flashed.stdout[-2000:] + flashed.stderr[-3000:]
     assert "installed" in flashed.stdout
 
@@ -121,20 +140,42 @@ def test_i13_flash_setup_predict_and_bench_on_the_emulated_pi(pi, digits_bundle,
     for artifact, bundle in (("tflite-int8", "/opt/edgecls/current"), ("onnx-int8", "/tmp/edgecls-test/bundle")):
         host = run_cli("predict", "--json", "--artifact", artifact, digits_bundle, images)
         assert host.returncode == 0, host.stderr[-2000:]
-        device = _ssh(pi, f"/opt/edgecls/venv/bin/edgecls predict --json --artifact {artifact} "
-                          f"{bundle} /tmp/edgecls-test/images")
+        device = _ssh(
+            pi, f"/opt/edgecls/venv/bin/edgecls predict --json --artifact {artifact} {bundle} /tmp/edgecls-test/images"
+        )
         assert device.returncode == 0, device.stderr[-2000:]
         assert _top1(device.stdout) == _top1(host.stdout) and len(_top1(host.stdout)) == 20, artifact
 
     out = tmp_path / "bench.json"
-    bench = run_cli("bench", digits_bundle, "--device", pi.target, "--ssh-config", pi.config, "--artifacts",
-                    "tflite-int8", "--repeats", "1", "--runs", "30", "--time-budget", "5", "--max-warmup", "2",
-                    "--no-keras", "--json", out, timeout=1800)
+    bench = run_cli(
+        "bench",
+        digits_bundle,
+        "--device",
+        pi.target,
+        "--ssh-config",
+        pi.config,
+        "--artifacts",
+        "tflite-int8",
+        "--repeats",
+        "1",
+        "--runs",
+        "30",
+        "--time-budget",
+        "5",
+        "--max-warmup",
+        "2",
+        "--no-keras",
+        "--json",
+        out,
+        timeout=1800,
+    )
     assert bench.returncode == 0, bench.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["machine"]["arch"] == "aarch64", doc["machine"]
     assert doc["machine"]["emulated"], doc["machine"]  # never presented as a Raspberry Pi figure
     assert "EMULATED" in bench.stdout
     size = subprocess.run(["du", "-sm", str(pi.root / "opt" / "edgecls" / "venv")], capture_output=True, text=True)
-    print(f"runtime venv on aarch64: {size.stdout.split()[0]} MB; invoke p50 (emulated) "
-          f"{doc['records'][0]['p50_ms']:.2f} ms")
+    print(
+        f"runtime venv on aarch64: {size.stdout.split()[0]} MB; invoke p50 (emulated) "
+        f"{doc['records'][0]['p50_ms']:.2f} ms"
+    )

@@ -20,9 +20,24 @@ def bench_run(tmp_path_factory, tiny_bundle, tiny_run_dir, shapes_folder):
     out = tmp_path_factory.mktemp("bench")
     paths = {k: out / f"bench.{k}" for k in ("json", "csv", "md", "png")}
     # --keras: a cached fixture bundle may name a source run of an earlier session (see test_i8_p1_keras_source_*)
-    result = run_cli("bench", tiny_bundle, *FAST, "--keras", tiny_run_dir / "model.keras", "--data", shapes_folder,
-                     "--json", paths["json"], "--csv", paths["csv"],
-                     "--markdown", paths["md"], "--plot", paths["png"], timeout=300)
+    result = run_cli(
+        "bench",
+        tiny_bundle,
+        *FAST,
+        "--keras",
+        tiny_run_dir / "model.keras",
+        "--data",
+        shapes_folder,
+        "--json",
+        paths["json"],
+        "--csv",
+        paths["csv"],
+        "--markdown",
+        paths["md"],
+        "--plot",
+        paths["png"],
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result, paths, json.loads(paths["json"].read_text())
 
@@ -32,8 +47,13 @@ def test_i8_p1_every_artifact_and_the_keras_baseline_get_a_record(bench_run, tin
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     assert [r["artifact"] for r in doc["records"]] == [a["name"] for a in manifest["artifacts"]] + ["keras"]
     for r, a in zip(doc["records"], manifest["artifacts"]):
-        assert (r["file"], r["format"], r["precision"], r["size_bytes"], r["macs"]) == \
-               (a["file"], a["format"], a["precision"], a["size_bytes"], a["macs"])
+        assert (r["file"], r["format"], r["precision"], r["size_bytes"], r["macs"]) == (
+            a["file"],
+            a["format"],
+            a["precision"],
+            a["size_bytes"],
+            a["macs"],
+        )
     keras = doc["records"][-1]
     assert keras["format"] == "keras" and keras["file"] == "model.keras" and keras["backend"] == "keras"
 
@@ -74,12 +94,21 @@ def test_i8_p1_records_hold_sane_statistics_from_fresh_processes(bench_run):
         assert r["rss_before_load_mb"] < r["peak_rss_mb"] and (r["format"] == "keras" or r["peak_rss_mb"] < 500)
         frame = r["frame"]
         for stage in ("decode", "preprocess", "invoke", "postprocess", "frame", "total", "overhead"):
-            assert 0 < frame[stage]["p50_ms"] <= frame[stage]["p90_ms"] <= frame[stage]["p99_ms"], (stage, r["artifact"])
+            assert 0 < frame[stage]["p50_ms"] <= frame[stage]["p90_ms"] <= frame[stage]["p99_ms"], (
+                stage,
+                r["artifact"],
+            )
         # The whole frame is timed end to end, decode included: every frame is at least its decode + preprocess +
         # invoke, so the fastest frame is no faster than the fastest of each stage together.
-        assert (r["frame_p50_ms"], r["frame_p90_ms"], r["frame_p99_ms"]) == \
-               (frame["frame"]["p50_ms"], frame["frame"]["p90_ms"], frame["frame"]["p99_ms"])
-        assert frame["frame"]["min_ms"] >= frame["decode"]["min_ms"] + frame["preprocess"]["min_ms"] + frame["invoke"]["min_ms"]
+        assert (r["frame_p50_ms"], r["frame_p90_ms"], r["frame_p99_ms"]) == (
+            frame["frame"]["p50_ms"],
+            frame["frame"]["p90_ms"],
+            frame["frame"]["p99_ms"],
+        )
+        assert (
+            frame["frame"]["min_ms"]
+            >= frame["decode"]["min_ms"] + frame["preprocess"]["min_ms"] + frame["invoke"]["min_ms"]
+        )
         assert frame["frame"]["min_ms"] > frame["total"]["min_ms"] >= frame["invoke"]["min_ms"]
         assert r["overhead_pct_of_invoke"] == pytest.approx(100 * frame["overhead"]["p50_ms"] / r["p50_ms"])
         assert r["machine"] == doc["machine"]
@@ -91,7 +120,8 @@ def test_i8_p1_records_hold_sane_statistics_from_fresh_processes(bench_run):
     # ... and each loaded only its own engine, so its RSS and start-up are its own (sys.modules, read in the worker).
     for r in doc["records"]:
         assert r["engines_loaded"] == {"tflite": ["ai_edge_litert"], "onnx": ["onnxruntime"]}.get(
-            r["format"], r["engines_loaded"]), (r["artifact"], r["engines_loaded"])
+            r["format"], r["engines_loaded"]
+        ), (r["artifact"], r["engines_loaded"])
     assert {"tensorflow", "keras"} <= set(records["keras"]["engines_loaded"])  # the probe does see an engine
 
 
@@ -160,8 +190,20 @@ def test_i8_p3_a_fresh_bench_fails_against_a_much_faster_baseline(bench_run, tin
     _, _, doc = bench_run
     baseline = tmp_path / "base.json"
     baseline.write_text(json.dumps(_edited(doc, 0.2)))  # far beyond any noise of this machine
-    result = run_cli("bench", tiny_bundle, "--artifacts", "tflite-int8", "--repeats", "1", "--runs", "20",
-                     "--no-keras", "--compare", baseline, timeout=120)
+    result = run_cli(
+        "bench",
+        tiny_bundle,
+        "--artifacts",
+        "tflite-int8",
+        "--repeats",
+        "1",
+        "--runs",
+        "20",
+        "--no-keras",
+        "--compare",
+        baseline,
+        timeout=120,
+    )
     assert "p50 regressed beyond 10%: tflite-int8 threads=1" in cli_error(result)
     # only the benchmarked artifact is compared; the others are listed as not asked for, not as regressions
     tail = result.stdout.split("machine:")[1]
@@ -172,7 +214,9 @@ def test_i8_p3_a_fresh_bench_fails_against_a_much_faster_baseline(bench_run, tin
 def _records(doc: dict, keep=None, threads=(1,), artifacts="same") -> dict:
     """A copy of a bench document with only the artifacts in `keep`, at each of `threads`, as a run of them."""
     doc = json.loads(json.dumps(doc))
-    doc["records"] = [dict(r, threads=t) for t in threads for r in doc["records"] if keep is None or r["artifact"] in keep]
+    doc["records"] = [
+        dict(r, threads=t) for t in threads for r in doc["records"] if keep is None or r["artifact"] in keep
+    ]
     doc["settings"]["threads"] = list(threads)
     if artifacts != "same":
         doc["settings"]["artifacts"] = artifacts
@@ -215,13 +259,16 @@ def test_i8_p3_compare_with_different_thread_sets(bench_run):
 def test_i8_p3_a_run_missing_a_baseline_artifact_exits_one(bench_run, tmp_path):
     _, paths, doc = bench_run
     current = tmp_path / "current.json"
-    current.write_text(json.dumps(_records(doc, keep=[r["artifact"] for r in doc["records"] if r["artifact"] != "onnx-int8"])))
+    current.write_text(
+        json.dumps(_records(doc, keep=[r["artifact"] for r in doc["records"] if r["artifact"] != "onnx-int8"]))
+    )
     error = cli_error(run_cli("bench", "--from-json", current, "--compare", paths["json"]))
     assert "onnx-int8 threads=1 missing from this run" in error
 
 
-@pytest.mark.parametrize("case", ["missing-bundle", "unknown-artifact", "foreign-out", "not-json", "not-bench-json",
-                                  "no-p50", "out-is-dir"])
+@pytest.mark.parametrize(
+    "case", ["missing-bundle", "unknown-artifact", "foreign-out", "not-json", "not-bench-json", "no-p50", "out-is-dir"]
+)
 def test_i8_bad_input_gives_one_line_errors(case, tiny_bundle, tmp_path):
     base = tmp_path / "base.json"
     args = {
@@ -233,15 +280,25 @@ def test_i8_bad_input_gives_one_line_errors(case, tiny_bundle, tmp_path):
         "no-p50": [tiny_bundle, "--compare", base],
         "out-is-dir": [tiny_bundle, "--json", tmp_path],
     }[case]
-    base.write_text({"not-json": "{not json", "not-bench-json": '{"records": []}',
-                     "no-p50": '{"format": "edgecls-bench/1", "records": [{"file": "m", "format": "tflite", '
-                               '"precision": "int8", "threads": 1, "p90_ms": 1, "p99_ms": 2}]}'}.get(case, "{}"))
+    base.write_text(
+        {
+            "not-json": "{not json",
+            "not-bench-json": '{"records": []}',
+            "no-p50": '{"format": "edgecls-bench/1", "records": [{"file": "m", "format": "tflite", '
+            '"precision": "int8", "threads": 1, "p90_ms": 1, "p99_ms": 2}]}',
+        }.get(case, "{}")
+    )
     before = sorted(p.name for p in tmp_path.rglob("*"))
     error = cli_error(run_cli("bench", *args, "--runs", "5", "--repeats", "1", "--no-keras", timeout=120))
-    expected = {"missing-bundle": "does not exist", "unknown-artifact": "has no artifact 'tflite-int4'",
-                "foreign-out": "did not write", "not-json": "is not valid JSON",
-                "not-bench-json": "is not an edgecls bench result", "no-p50": "lacks a usable p50_ms",
-                "out-is-dir": "is a folder"}[case]
+    expected = {
+        "missing-bundle": "does not exist",
+        "unknown-artifact": "has no artifact 'tflite-int4'",
+        "foreign-out": "did not write",
+        "not-json": "is not valid JSON",
+        "not-bench-json": "is not an edgecls bench result",
+        "no-p50": "lacks a usable p50_ms",
+        "out-is-dir": "is a folder",
+    }[case]
     assert expected in error, error
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # refused before anything was written
 
@@ -254,9 +311,29 @@ def test_i8_p1_runtime_bench_runs_without_the_cli(tiny_bundle, tmp_path):
     from tests.conftest import REPO
 
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "runtime.bench", str(tiny_bundle), "--artifacts", "onnx-int8",
-                           "--threads", "1,2", "--repeats", "1", "--runs", "10", "--json", str(out), "--quiet"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime.bench",
+            str(tiny_bundle),
+            "--artifacts",
+            "onnx-int8",
+            "--threads",
+            "1,2",
+            "--repeats",
+            "1",
+            "--runs",
+            "10",
+            "--json",
+            str(out),
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert [(r["artifact"], r["threads"]) for r in doc["records"]] == [("onnx-int8", 1), ("onnx-int8", 2)]

@@ -16,8 +16,25 @@ def test_i8_p4_remote_bench_runs_on_the_device_and_names_it(sshd, tiny_bundle, s
     shutil.copytree(shapes_folder / "circle", data / "circle")
     shutil.copytree(shapes_folder / "square", data / "sqaure")  # not a class: said here, not in the device's stderr
     device = f"{sshd.user}@{sshd.host}:{sshd.port}"
-    result = run_cli("bench", tiny_bundle, "--device", device, "--ssh-config", sshd.ssh_config, "--data", data,
-                     "--artifacts", "tflite-int8,onnx-fp32", "--repeats", "1", "--runs", "10", "--json", out, timeout=240)
+    result = run_cli(
+        "bench",
+        tiny_bundle,
+        "--device",
+        device,
+        "--ssh-config",
+        sshd.ssh_config,
+        "--data",
+        data,
+        "--artifacts",
+        "tflite-int8,onnx-fp32",
+        "--repeats",
+        "1",
+        "--runs",
+        "10",
+        "--json",
+        out,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sqaure" in result.stderr and "left out of the accuracy" in result.stderr
     doc = json.loads(out.read_text())
@@ -40,8 +57,23 @@ def test_i8_p4_remote_bench_runs_on_the_device_and_names_it(sshd, tiny_bundle, s
 def test_i8_p4_a_failing_remote_bench_says_why_once(sshd, tiny_bundle):  # noqa: F811
     """The device's own one-line error comes back once, named after the device, not wrapped in a second error:."""
     device = f"{sshd.user}@{sshd.host}:{sshd.port}"
-    error = cli_error(run_cli("bench", tiny_bundle, "--device", device, "--ssh-config", sshd.ssh_config,
-                              "--frame", tiny_bundle / "manifest.json", "--repeats", "1", "--runs", "5", timeout=120))
+    error = cli_error(
+        run_cli(
+            "bench",
+            tiny_bundle,
+            "--device",
+            device,
+            "--ssh-config",
+            sshd.ssh_config,
+            "--frame",
+            tiny_bundle / "manifest.json",
+            "--repeats",
+            "1",
+            "--runs",
+            "5",
+            timeout=120,
+        )
+    )
     assert error.startswith(f"error: {device}: --frame: cannot decode") and error.count("error") == 1, error
 
 
@@ -49,6 +81,17 @@ def test_i8_p4_unreachable_device_is_one_line(tiny_bundle, sshd):  # noqa: F811
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once we leave: nothing listens there
-    error = cli_error(run_cli("bench", tiny_bundle, "--device", f"{sshd.user}@127.0.0.1:{port}",
-                              "--ssh-config", sshd.ssh_config, "--runs", "5", timeout=120))
+    error = cli_error(
+        run_cli(
+            "bench",
+            tiny_bundle,
+            "--device",
+            f"{sshd.user}@127.0.0.1:{port}",
+            "--ssh-config",
+            sshd.ssh_config,
+            "--runs",
+            "5",
+            timeout=120,
+        )
+    )
     assert "cannot reach" in error, error

@@ -42,6 +42,7 @@ def _tar_of(folder, target, arcname="bundle"):
 
 # -- point 9: .tar bundles ------------------------------------------------------------------------
 
+
 def test_i15_p9_tar_loads_reuse_one_cache_folder_and_leave_no_temp_dirs(tiny_bundle, cache):
     cache_dir, tmp = cache
     tar = tiny_bundle.with_name("tiny-bundle.tar")
@@ -65,8 +66,11 @@ def test_i15_p9_refused_archives_leave_nothing_behind(tiny_bundle, cache, tmp_pa
     (no_manifest / "inner" / "labels.txt").write_text("a\n")
     _tar_of(no_manifest, tmp_path / "nomanifest.tar")
     for _ in range(3):
-        for name, message in (("cut.tar", "cannot read bundle archive"), ("junk.tar", "cannot read bundle archive"),
-                              ("nomanifest.tar", "is not a bundle")):
+        for name, message in (
+            ("cut.tar", "cannot read bundle archive"),
+            ("junk.tar", "cannot read bundle archive"),
+            ("nomanifest.tar", "is not a bundle"),
+        ):
             with pytest.raises(BundleError, match=message) as exc_info:
                 load_bundle(tmp_path / name)
             _one_line(exc_info)
@@ -85,6 +89,7 @@ def test_i15_p9_a_new_archive_clears_stale_interrupted_unpacks(tiny_bundle, cach
 
 
 # -- point 15: names that lead outside ---------------------------------------------------------
+
 
 @pytest.fixture
 def bundle_copy(tiny_bundle, tmp_path):
@@ -107,8 +112,14 @@ def test_i15_p15_artifact_names_outside_the_bundle_are_refused_on_load(bundle_co
     shutil.copy(bundle_copy / "model_int8.tflite", outside)  # same bytes: the sha256 check alone would pass
     (bundle_copy / "sub").mkdir()
     shutil.copy(outside, bundle_copy / "sub" / "model.tflite")
-    name = {"parent": "../outside.tflite", "absolute": str(outside), "subfolder": "sub/model.tflite",
-            "backslash": "..\\outside.tflite", "dotdot": "..", "empty": ""}[where]
+    name = {
+        "parent": "../outside.tflite",
+        "absolute": str(outside),
+        "subfolder": "sub/model.tflite",
+        "backslash": "..\\outside.tflite",
+        "dotdot": "..",
+        "empty": "",
+    }[where]
     _set_artifact_file(bundle_copy, "tflite-int8", name)
     with pytest.raises(BundleError, match="not a plain file name inside the bundle") as exc_info:
         load_bundle(bundle_copy)
@@ -166,8 +177,11 @@ def _evil_tar(path, kind):
         good.size = 2
         tar.addfile(good, io.BytesIO(b"{}"))
         if kind in ("parent", "nested-parent", "absolute"):
-            name = {"parent": "../evil.txt", "nested-parent": "bundle/../../evil.txt",
-                    "absolute": str(path.parent / "abs-evil.txt")}[kind]
+            name = {
+                "parent": "../evil.txt",
+                "nested-parent": "bundle/../../evil.txt",
+                "absolute": str(path.parent / "abs-evil.txt"),
+            }[kind]
             member = tarfile.TarInfo(name)
             member.size = 4
             tar.addfile(member, io.BytesIO(b"evil"))
@@ -181,7 +195,9 @@ def _evil_tar(path, kind):
 
 @pytest.mark.parametrize("python_has_data_filter", [True, False])
 @pytest.mark.parametrize("kind", ["parent", "nested-parent", "absolute", "symlink", "hardlink"])
-def test_i15_p15_tar_members_escaping_the_bundle_are_refused(cache, tmp_path, monkeypatch, kind, python_has_data_filter):
+def test_i15_p15_tar_members_escaping_the_bundle_are_refused(
+    cache, tmp_path, monkeypatch, kind, python_has_data_filter
+):
     cache_dir, tmp = cache
     if not python_has_data_filter:  # as on Raspberry Pi OS Bookworm's Python 3.11.2
         monkeypatch.delattr(tarfile, "data_filter", raising=False)

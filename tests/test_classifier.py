@@ -114,12 +114,15 @@ def test_predict_cli_prints_one_json_object_per_image_recursively(tiny_bundle, s
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing-bundle", "does not exist"),
-    ("tampered", "does not match the manifest"),
-    ("bad-image", "1 of 1 image(s) could not be read"),
-    ("no-images", "no images found"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing-bundle", "does not exist"),
+        ("tampered", "does not match the manifest"),
+        ("bad-image", "1 of 1 image(s) could not be read"),
+        ("no-images", "no images found"),
+    ],
+)
 def test_predict_cli_errors_are_one_line(tiny_bundle, tmp_path, case, message):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

@@ -8,8 +8,9 @@ import sys
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "edgecls.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecls.cli", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_i7_p3_predict_prints_no_native_chatter_unless_debug(tiny_bundle, shapes_folder):
@@ -19,7 +20,9 @@ def test_i7_p3_predict_prints_no_native_chatter_unless_debug(tiny_bundle, shapes
     assert "XNNPACK" not in quiet.stderr and quiet.stdout.strip()
     loud = _cli("--debug", "predict", tiny_bundle, image, "--artifact", "tflite-int8")
     assert loud.returncode == 0, loud.stderr
-    assert any(line.startswith("DEBUG: native: ") and "XNNPACK" in line for line in loud.stderr.splitlines()), loud.stderr
+    assert any(line.startswith("DEBUG: native: ") and "XNNPACK" in line for line in loud.stderr.splitlines()), (
+        loud.stderr
+    )
     # errors still reach the real stderr, as one line
     bad = _cli("predict", tiny_bundle / "missing", image)
     assert bad.returncode != 0 and "error:" in bad.stderr and "Traceback" not in bad.stderr

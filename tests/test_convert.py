@@ -55,7 +55,6 @@ def test_int8_tflite_stores_weights_as_int8(tiny_bundle):
     assert sizes["tflite-fp16"] < 0.7 * sizes["tflite-fp32"]
 
 
-
 def test_onnx_int8_weights_are_stored_as_int8(tiny_bundle):
     import onnx
 
@@ -95,8 +94,9 @@ def test_fp32_artifacts_match_keras_and_int8_stays_close(tiny_run_dir, tiny_bund
 
 def test_failed_accuracy_gate_tries_remedies_and_leaves_no_bundle(tiny_run_dir, tmp_path):
     out = tmp_path / "never"
-    result = run_cli("convert", tiny_run_dir, "--out", out, "--formats", "onnx-int8", "--max-drop", "-50",
-                     "--calibration-size", "16")
+    result = run_cli(
+        "convert", tiny_run_dir, "--out", out, "--formats", "onnx-int8", "--max-drop", "-50", "--calibration-size", "16"
+    )
     error = cli_error(result)
     assert "onnx-int8 loses more than -50.0 accuracy points" in error
     for remedy in ("more calibration data", "percentile", "entropy", "kept in float"):
@@ -104,14 +104,17 @@ def test_failed_accuracy_gate_tries_remedies_and_leaves_no_bundle(tiny_run_dir, 
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"),
-    ("no-metadata", "no metadata.json"),
-    ("corrupt-model", "cannot load"),
-    ("exists", "already exists"),
-    ("bad-format", "unknown format(s) tflite-int4"),
-    ("bad-prune", "cannot read --prune"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("no-metadata", "no metadata.json"),
+        ("corrupt-model", "cannot load"),
+        ("exists", "already exists"),
+        ("bad-format", "unknown format(s) tflite-int4"),
+        ("bad-prune", "cannot read --prune"),
+    ],
+)
 def test_convert_bad_input_is_one_clear_line(tiny_run_dir, tmp_path, case, message):
     import shutil
 
@@ -139,15 +142,26 @@ def test_convert_bad_input_is_one_clear_line(tiny_run_dir, tmp_path, case, messa
 
 @pytest.mark.parametrize("prune", ["structured=0.5", "sparsity=0.6"])
 def test_convert_with_pruning_reports_before_and_after(tiny_run_dir, tmp_path, prune):
-    from converters.pipeline import ConvertOptions, convert
     from converters.formats import parse_formats
+    from converters.pipeline import ConvertOptions, convert
 
-    result = convert(tiny_run_dir, tmp_path / "pruned", ConvertOptions(
-        formats=parse_formats("tflite-int8"), prune=prune, prune_epochs=1, max_prune_drop=100.0,
-        calibration_size=16, max_drop=100.0))
+    result = convert(
+        tiny_run_dir,
+        tmp_path / "pruned",
+        ConvertOptions(
+            formats=parse_formats("tflite-int8"),
+            prune=prune,
+            prune_epochs=1,
+            max_prune_drop=100.0,
+            calibration_size=16,
+            max_drop=100.0,
+        ),
+    )
     pruning = result.manifest["pruning"]
     assert pruning["method"] == prune.split("=")[0] and pruning["fine_tune_epochs"] == 1
-    assert {"accuracy_before", "accuracy_after", "params_before", "params_after", "macs_before", "macs_after"} <= set(pruning)
+    assert {"accuracy_before", "accuracy_after", "params_before", "params_after", "macs_before", "macs_after"} <= set(
+        pruning
+    )
     if prune.startswith("structured"):
         assert pruning["macs_before"] / pruning["macs_after"] > 3.5  # 8,16 -> 4,8 filters
         assert result.manifest["artifacts"][0]["macs"] == pruning["macs_after"]

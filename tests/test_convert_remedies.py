@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from converters import onnx as onnx_export
@@ -14,8 +13,11 @@ def _weighted_nodes(path):
 
     graph = onnx.load(str(path)).graph
     producer = {out: node.op_type for node in graph.node for out in node.output}
-    return [(n.name, n.op_type, producer.get(n.input[1]) == "DequantizeLinear")
-            for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return [
+        (n.name, n.op_type, producer.get(n.input[1]) == "DequantizeLinear")
+        for n in graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul")
+    ]
 
 
 def _train_split(run_dir):
@@ -51,7 +53,9 @@ def test_i15_p6_unknown_node_names_are_refused_not_silently_ignored(tiny_run_dir
     onnx_export.export_onnx(open_run(tiny_run_dir).load_model(), fp32, x)
     last_exported = _weighted_nodes(fp32)[-1][0]  # renamed by pre-processing
     with pytest.raises(ValueError, match="not in the graph being quantized"):
-        onnx_export.quantize_int8(fp32, tmp_path / "int8.onnx", x[:4], onnx_export.OnnxQuantOptions(exclude_nodes=(last_exported,)))
+        onnx_export.quantize_int8(
+            fp32, tmp_path / "int8.onnx", x[:4], onnx_export.OnnxQuantOptions(exclude_nodes=(last_exported,))
+        )
 
 
 def test_i15_p6_manifest_says_which_layers_are_float_and_the_file_agrees(tiny_run_dir, tmp_path, monkeypatch):
@@ -60,9 +64,14 @@ def test_i15_p6_manifest_says_which_layers_are_float_and_the_file_agrees(tiny_ru
 
     every = _Exporter.attempts
     # start at the last remedy (the real one, real conversion) instead of waiting for the others to fail
-    monkeypatch.setattr(_Exporter, "attempts", lambda self, fmt: [a for a in every(self, fmt) if "kept in float" in a[0]])
-    result = convert(tiny_run_dir, tmp_path / "bundle", ConvertOptions(
-        formats=parse_formats("onnx-int8"), calibration_size=16, max_drop=100.0))
+    monkeypatch.setattr(
+        _Exporter, "attempts", lambda self, fmt: [a for a in every(self, fmt) if "kept in float" in a[0]]
+    )
+    result = convert(
+        tiny_run_dir,
+        tmp_path / "bundle",
+        ConvertOptions(formats=parse_formats("onnx-int8"), calibration_size=16, max_drop=100.0),
+    )
     notes = result.manifest["artifacts"][0]["notes"]
     nodes = _weighted_nodes(tmp_path / "bundle" / "model_int8.onnx")
     assert "first and last layers kept in float" in notes["calibration"]
@@ -76,8 +85,11 @@ def test_i15_p12_notes_and_table_report_the_calibration_images_really_used(tiny_
 
     available = len(_train_split(tiny_run_dir).y)
     assert available < 1000
-    result = convert(tiny_run_dir, tmp_path / "bundle", ConvertOptions(
-        formats=parse_formats("tflite-int8,onnx-int8"), calibration_size=1000, max_drop=100.0))
+    result = convert(
+        tiny_run_dir,
+        tmp_path / "bundle",
+        ConvertOptions(formats=parse_formats("tflite-int8,onnx-int8"), calibration_size=1000, max_drop=100.0),
+    )
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     for art in manifest["artifacts"]:
         assert f"{available} calibration images" in art["notes"]["calibration"]

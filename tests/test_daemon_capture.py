@@ -24,8 +24,9 @@ def test_i12_p3_low_score_frames_are_captured_with_sidecars_under_a_size_cap(tin
     video = write_test_video(tmp_path / "clip.avi", frames=40)
     capture = Capture(tmp_path / "captures", below=0.0, sample=1, max_bytes=40_000, queue_size=64)  # every frame
     sink = ListSink()
-    Daemon(tiny_bundle, [video], sinks=[sink], max_frames=40, capture=capture,
-           source_options={"every_frame": True}).run()
+    Daemon(
+        tiny_bundle, [video], sinks=[sink], max_frames=40, capture=capture, source_options={"every_frame": True}
+    ).run()
     images = sorted((tmp_path / "captures" / INBOX).rglob("*.jpg"))
     sidecars = sorted((tmp_path / "captures" / INBOX).rglob("*.json"))
     assert capture.captured + capture.dropped == 40 and capture.captured > 0
@@ -59,9 +60,26 @@ def test_i12_p3_labelled_captures_make_a_training_folder(tiny_bundle, tmp_path):
 
     video = write_test_video(tmp_path / "clip.avi", frames=20)
     folder = tmp_path / "captures"
-    done = subprocess.run([sys.executable, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(video),
-                           "--capture", str(folder), "--capture-every", "1", "--results", str(tmp_path / "r.jsonl")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecls.cli",
+            "run",
+            str(tiny_bundle),
+            "--source",
+            str(video),
+            "--capture",
+            str(folder),
+            "--capture-every",
+            "1",
+            "--results",
+            str(tmp_path / "r.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     images = sorted((folder / INBOX).rglob("*.jpg"))
     assert len(images) >= 2
@@ -80,8 +98,9 @@ def _captured(folder):
     return sorted(pairs, key=lambda pair: pair[1]["frame"])
 
 
-def test_i12_p3_must_show_the_unsure_frames_of_the_darkening_video_land_with_valid_sidecars(tiny_bundle, tiny_run_dir,
-                                                                                          tmp_path):
+def test_i12_p3_must_show_the_unsure_frames_of_the_darkening_video_land_with_valid_sidecars(
+    tiny_bundle, tiny_run_dir, tmp_path
+):
     """Exactly the frames scoring below --capture-below are kept, each with a sidecar that matches its result."""
     from tests.test_drift_daemon import write_test_split_video
 
@@ -92,8 +111,9 @@ def test_i12_p3_must_show_the_unsure_frames_of_the_darkening_video_land_with_val
     below = scores[len(scores) // 2]  # the median: about half the frames are "unsure"
     capture = Capture(tmp_path / "captures", below=below, queue_size=len(scores))
     sink = ListSink()
-    daemon = Daemon(tiny_bundle, [video], sinks=[sink], capture=capture, drift_window=20,
-                    source_options={"every_frame": True})
+    daemon = Daemon(
+        tiny_bundle, [video], sinks=[sink], capture=capture, drift_window=20, source_options={"every_frame": True}
+    )
     daemon.run()
     unsure = {r["frame"]: r for r in sink.results if r["score"] < below}
     assert capture.dropped == 0 and 0 < len(unsure) < len(sink.results)
@@ -115,8 +135,15 @@ def _capture_two(tiny_bundle, tiny_run_dir, tmp_path):
 
     video = write_test_split_video(tmp_path / "clip.avi", tiny_run_dir, cycles=1)
     capture = Capture(tmp_path / "captures", below=1.0, queue_size=64)  # every frame is "unsure"
-    Daemon(tiny_bundle, [video], sinks=[], capture=capture, drift_window=20, max_frames=4,
-           source_options={"every_frame": True}).run()
+    Daemon(
+        tiny_bundle,
+        [video],
+        sinks=[],
+        capture=capture,
+        drift_window=20,
+        max_frames=4,
+        source_options={"every_frame": True},
+    ).run()
     return [image for image, _ in _captured(tmp_path / "captures")][:2]
 
 
@@ -130,14 +157,28 @@ def _moved(images, folder):
 
 
 def test_i12_p3_must_show_edgecls_train_takes_a_training_folder_with_two_labelled_captures(
-        tiny_bundle, tiny_run_dir, shapes_folder, tmp_path):
+    tiny_bundle, tiny_run_dir, shapes_folder, tmp_path
+):
     from tests.conftest import run_cli
 
     data = tmp_path / "data"
     shutil.copytree(shapes_folder, data)
     moved = _moved(_capture_two(tiny_bundle, tiny_run_dir, tmp_path), data)
-    done = run_cli("train", "--data", data, "--out", tmp_path / "run", "--image-size", 16, "--epochs", 1,
-                   "--widths", 8, "--no-augment", timeout=300)
+    done = run_cli(
+        "train",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "run",
+        "--image-size",
+        16,
+        "--epochs",
+        1,
+        "--widths",
+        8,
+        "--no-augment",
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     assert (run / "metadata.json").is_file() and (run / "model.keras").is_file()
@@ -148,15 +189,29 @@ def test_i12_p3_must_show_edgecls_train_takes_a_training_folder_with_two_labelle
 
 @pytest.mark.slow  # a real `edgecls train` in a subprocess: TensorFlow's start alone takes ~8 s
 def test_i12_p3_edgecls_train_takes_the_capture_folder_itself_once_images_are_in_class_folders(
-        tiny_bundle, tiny_run_dir, tmp_path):
+    tiny_bundle, tiny_run_dir, tmp_path
+):
     """`edgecls train --data CAPTUREDIR`: the .unlabelled inbox (images and sidecars) is ignored by the scan."""
     from tests.conftest import run_cli
 
     folder = tmp_path / "captures"
     moved = _moved(_capture_two(tiny_bundle, tiny_run_dir, tmp_path), folder)
     assert list((folder / INBOX).rglob("*.jpg"))  # the rest still waits in the inbox
-    done = run_cli("train", "--data", folder, "--out", tmp_path / "run", "--image-size", 16, "--epochs", 1,
-                   "--widths", 8, "--no-augment", timeout=300)
+    done = run_cli(
+        "train",
+        "--data",
+        folder,
+        "--out",
+        tmp_path / "run",
+        "--image-size",
+        16,
+        "--epochs",
+        1,
+        "--widths",
+        8,
+        "--no-augment",
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     meta = json.loads((tmp_path / "run" / "metadata.json").read_text())
     assert meta["labels"] == ["circle", "square"] and sum(meta["dataset"]["counts"].values()) == len(moved)
@@ -179,8 +234,14 @@ def test_i12_p3_frames_left_unwritten_at_stop_are_counted_as_dropped(tmp_path):
 
 
 def _result(source, frame, score=0.1):
-    return {"source": source, "ts": 1_700_000_000.0, "frame": frame, "score": score, "top1": "a",
-            "topk": [{"label": "a", "score": score}]}
+    return {
+        "source": source,
+        "ts": 1_700_000_000.0,
+        "frame": frame,
+        "score": score,
+        "top1": "a",
+        "topk": [{"label": "a", "score": score}],
+    }
 
 
 def test_i12_p3_temp_files_a_killed_daemon_left_are_removed_at_start_and_the_cap_then_holds(tmp_path):

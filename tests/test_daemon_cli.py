@@ -37,12 +37,36 @@ def test_sigterm_stops_the_daemon_within_2_s_with_exit_0_and_the_token_never_log
     (tmp_path / "token").write_text(token + "\n")
     server = MjpegServer(fps=25).start()
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgecls.cli", "--debug", "run", str(tiny_bundle), "--source", str(video), "--loop",
-         "--source", server.url, "--port", "0", "--token-file", str(tmp_path / "token"), "--stall-timeout", "2"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+        [
+            sys.executable,
+            "-m",
+            "edgecls.cli",
+            "--debug",
+            "run",
+            str(tiny_bundle),
+            "--source",
+            str(video),
+            "--loop",
+            "--source",
+            server.url,
+            "--port",
+            "0",
+            "--token-file",
+            str(tmp_path / "token"),
+            "--stall-timeout",
+            "2",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     out, err = [], []
-    pumps = [threading.Thread(target=_pump, args=(process.stdout, out), daemon=True),
-             threading.Thread(target=_pump, args=(process.stderr, err), daemon=True)]
+    pumps = [
+        threading.Thread(target=_pump, args=(process.stdout, out), daemon=True),
+        threading.Thread(target=_pump, args=(process.stderr, err), daemon=True),
+    ]
     for pump in pumps:
         pump.start()
     try:
@@ -88,8 +112,22 @@ def test_two_sources_with_max_frames_write_the_results_file_and_exit_0(tiny_bund
     folder.mkdir()
     for i in range(3):
         cv2.imwrite(str(folder / f"{i}.png"), np.full((32, 32, 3), 60 * i, np.uint8))
-    done = run_cli("run", tiny_bundle, "--source", video, "--source", folder, "--every-frame", "--max-frames", "5",
-                   "--results", results, "--smooth", "2", timeout=120)
+    done = run_cli(
+        "run",
+        tiny_bundle,
+        "--source",
+        video,
+        "--source",
+        folder,
+        "--every-frame",
+        "--max-frames",
+        "5",
+        "--results",
+        results,
+        "--smooth",
+        "2",
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == ""  # results went to the file
     rows = [json.loads(l) for l in results.read_text().splitlines()]
@@ -97,9 +135,16 @@ def test_two_sources_with_max_frames_write_the_results_file_and_exit_0(tiny_bund
     assert [r["name"].rsplit("/", 1)[-1] for r in rows if r["source"] == str(folder)] == ["0.png", "1.png", "2.png"]
     summary = json.loads(done.stderr.strip().splitlines()[-1])["sources"]
     assert summary[str(video)]["classified"] == 5 and summary[str(folder)] == {
-        "classified": 3, "captured": 3, "dropped": 0, "outages": 0, "reconnects": 0, "state": "ended"}
+        "classified": 3,
+        "captured": 3,
+        "dropped": 0,
+        "outages": 0,
+        "reconnects": 0,
+        "state": "ended",
+    }
 
 
 def test_http_options_without_a_port_are_refused(tiny_bundle, video):
     assert "--host configures the HTTP server: add --port" in cli_error(
-        run_cli("run", tiny_bundle, "--source", video, "--host", "0.0.0.0"))
+        run_cli("run", tiny_bundle, "--source", video, "--host", "0.0.0.0")
+    )

@@ -83,10 +83,23 @@ def test_i7_p4_preview_behind_a_token_renders_in_headless_chromium(guarded):
     chromium = require_tool("chromium", "chromium-browser", package="chromium")
     with tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "preview.png"
-        done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                               f"--user-data-dir={tmp}/profile", "--window-size=900,600", "--timeout=8000",
-                               f"--screenshot={shot}", f"{guarded.url}/?token={TOKEN}"],
-                              capture_output=True, text=True, timeout=90)
+        done = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--user-data-dir={tmp}/profile",
+                "--window-size=900,600",
+                "--timeout=8000",
+                f"--screenshot={shot}",
+                f"{guarded.url}/?token={TOKEN}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert shot.exists(), done.stderr[-2000:]
         image = cv2.imread(str(shot))
     green = (image[..., 1] > 150) & (image[..., 0] < 100) & (image[..., 2] < 100)
@@ -99,14 +112,27 @@ def _run_cli(args, timeout=120):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("OPENCV_LOG_LEVEL", None)
     env.pop("OPENCV_FFMPEG_LOGLEVEL", None)
-    return subprocess.run([sys.executable, "-m", "edgecls.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecls.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_i7_p3_native_chatter_goes_through_our_logging_at_debug_level(tiny_bundle, video):
     """LiteRT's XNNPACK line and OpenCV/FFmpeg's refusals of a dead stream are written by C code to fd 2."""
-    args = ["run", str(tiny_bundle), "--artifact", "tflite-int8", "--source", str(video), "--source",
-            "http://127.0.0.1:9/dead.mjpg", "--duration", "2", "--stall-timeout", "1"]
+    args = [
+        "run",
+        str(tiny_bundle),
+        "--artifact",
+        "tflite-int8",
+        "--source",
+        str(video),
+        "--source",
+        "http://127.0.0.1:9/dead.mjpg",
+        "--duration",
+        "2",
+        "--stall-timeout",
+        "1",
+    ]
     quiet = _run_cli(args)
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "XNNPACK" not in quiet.stderr and "[ WARN" not in quiet.stderr, quiet.stderr
@@ -115,7 +141,9 @@ def test_i7_p3_native_chatter_goes_through_our_logging_at_debug_level(tiny_bundl
     assert loud.returncode == 0, loud.stderr[-2000:]
     native = [line for line in loud.stderr.splitlines() if line.startswith("DEBUG: native: ")]
     assert any("XNNPACK" in line for line in native), loud.stderr[-3000:]
-    assert not [line for line in loud.stderr.splitlines() if "XNNPACK" in line and not line.startswith("DEBUG: native:")]
+    assert not [
+        line for line in loud.stderr.splitlines() if "XNNPACK" in line and not line.startswith("DEBUG: native:")
+    ]
 
 
 def test_i7_p3_native_output_to_log_captures_fd2_and_keeps_python_stderr(caplog, capfd):
@@ -163,8 +191,9 @@ def test_i7_throughput_preparation_runs_on_its_own_thread_and_every_frame_is_cla
 
     classifier.prepare, classifier.prepare_pixels = recording_prepare, recording_prepare_pixels
     sink = ListSink()
-    d = Daemon(None, [video], classifier=classifier, sinks=[sink], max_frames=30, top_k=3,
-               source_options={"every_frame": True})
+    d = Daemon(
+        None, [video], classifier=classifier, sinks=[sink], max_frames=30, top_k=3, source_options={"every_frame": True}
+    )
     d.run()
     frames = [r["frame"] for r in sink.results]
     assert frames == list(range(30))  # every frame, in order, none twice
@@ -200,8 +229,15 @@ def test_i7_p6_reload_to_other_preprocessing_never_feeds_a_tensor_prepared_for_t
     old = Classifier(tiny_bundle, artifact="tflite-int8", top_k=3)
     new = Classifier(second, artifact="tflite-int8", top_k=3)
     sink = ListSink()
-    d = Daemon(None, [video], classifier=old, sinks=[sink], max_frames=400, top_k=3,
-               source_options={"every_frame": True, "loop": True})
+    d = Daemon(
+        None,
+        [video],
+        classifier=old,
+        sinks=[sink],
+        max_frames=400,
+        top_k=3,
+        source_options={"every_frame": True, "loop": True},
+    )
 
     def swap_midway(daemon):
         wait_for(lambda: len(sink.results) >= 50, 30, "50 results from the first model")
@@ -210,7 +246,7 @@ def test_i7_p6_reload_to_other_preprocessing_never_feeds_a_tensor_prepared_for_t
     d.run(on_start=lambda daemon: threading.Thread(target=swap_midway, args=(daemon,), daemon=True).start())
     switched = [i for i, r in enumerate(sink.results) if r["top1"].startswith("new_")]
     assert switched and switched[0] >= 50
-    for r in sink.results[switched[0]:]:
+    for r in sink.results[switched[0] :]:
         frame = decoded[r["frame"] % len(decoded)]
         assert r["topk"] == new.classify(frame, "bgr").to_dict()["topk"], r["frame"]
     for r in sink.results[: switched[0]]:
@@ -234,11 +270,13 @@ def test_i7_p1_device_profile_gives_daemon_mode_its_artifact_and_camera(tiny_bun
     import json
 
     profile = tmp_path / "bench-rig.json"
-    profile.write_text(json.dumps({"name": "bench-rig", "artifacts": ["onnx-int8", "tflite-int8"],
-                                   "threads": 1, "camera": str(video)}))
+    profile.write_text(
+        json.dumps({"name": "bench-rig", "artifacts": ["onnx-int8", "tflite-int8"], "threads": 1, "camera": str(video)})
+    )
     results = tmp_path / "results.jsonl"
-    done = _run_cli(["-v", "run", str(tiny_bundle), "--device", str(profile), "--duration", "2",
-                     "--results", str(results)])
+    done = _run_cli(
+        ["-v", "run", str(tiny_bundle), "--device", str(profile), "--duration", "2", "--results", str(results)]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded onnx-int8" in done.stderr, done.stderr[-2000:]
     lines = [json.loads(line) for line in results.read_text().splitlines()]
@@ -260,8 +298,16 @@ def test_i9_p3_daemon_told_to_verify_loads_only_signed_bundles(tiny_bundle, vide
     shutil.copytree(tiny_bundle, signed)
     shutil.copytree(tiny_bundle, unsigned)
     sign_bundle(signed, tmp_path / "key")
-    args = ["--source", str(video), "--duration", "1", "--allowed-signers", str(signers), "--results",
-            str(tmp_path / "r.jsonl")]
+    args = [
+        "--source",
+        str(video),
+        "--duration",
+        "1",
+        "--allowed-signers",
+        str(signers),
+        "--results",
+        str(tmp_path / "r.jsonl"),
+    ]
     refused = _run_cli(["run", str(unsigned), *args])
     assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "is not signed" in refused.stderr and "Traceback" not in refused.stderr

@@ -46,7 +46,7 @@ def read_parts(url, count, timeout=10):
         while len(parts) < count:
             assert response.readline().strip() == f"--{BOUNDARY}".encode()
             headers = {}
-            while (line := response.readline().strip()):
+            while line := response.readline().strip():
                 key, _, value = line.decode().partition(":")
                 headers[key.lower()] = value.strip()
             body = response.read(int(headers["content-length"]))
@@ -73,9 +73,23 @@ def test_i7_p4_preview_page_renders_in_headless_chromium(daemon):
     chromium = require_tool("chromium", "chromium-browser", package="chromium")
     with tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "preview.png"
-        done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                               f"--user-data-dir={tmp}/profile", "--window-size=1100,700", "--timeout=8000",
-                               f"--screenshot={shot}", daemon.url + "/"], capture_output=True, text=True, timeout=90)
+        done = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--user-data-dir={tmp}/profile",
+                "--window-size=1100,700",
+                "--timeout=8000",
+                f"--screenshot={shot}",
+                daemon.url + "/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert shot.exists(), done.stderr[-2000:]
         image = cv2.imread(str(shot))
     assert image is not None and image.shape[:2] == (700, 1100)

@@ -33,12 +33,17 @@ def gui_python(tmp_path_factory) -> str:
         # system), after the venv's own, so the venv's opencv-python shadows the headless cv2.
         import site
 
-        own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], check=True,
-                             capture_output=True, text=True).stdout.strip()
+        own = subprocess.run(
+            [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         parents = [p for p in site.getsitepackages() + [site.getusersitepackages()] if Path(p).is_dir()]
         Path(own, "_edgecls_parent.pth").write_text("\n".join(parents) + "\n")
-        done = subprocess.run([str(python), "-m", "pip", "install", "-q", "opencv-python"], capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "opencv-python"], capture_output=True, text=True, timeout=600
+        )
         if done.returncode != 0:
             shutil.rmtree(venv, ignore_errors=True)
             pytest.fail(f"pip install opencv-python failed: {done.stderr[-1000:]}")
@@ -48,11 +53,18 @@ def gui_python(tmp_path_factory) -> str:
 def read_xwd(data: bytes) -> np.ndarray:
     """A 24/32-bit ZPixmap xwd dump -> BGR image."""
     header = struct.unpack(">25I", data[:100])
-    size, width, height, byte_order, bits, per_line, colours = (header[0], header[4], header[5], header[7],
-                                                                header[11], header[12], header[19])
+    size, width, height, byte_order, bits, per_line, colours = (
+        header[0],
+        header[4],
+        header[5],
+        header[7],
+        header[11],
+        header[12],
+        header[19],
+    )
     assert bits == 32 or header[3] == 24, header
     start = size + colours * 12
-    pixels = np.frombuffer(data[start:start + per_line * height], np.uint8).reshape(height, per_line)
+    pixels = np.frombuffer(data[start : start + per_line * height], np.uint8).reshape(height, per_line)
     pixels = pixels[:, : width * 4].reshape(height, width, 4)
     return np.ascontiguousarray(pixels[..., :3] if byte_order == 0 else pixels[..., 1:][..., ::-1])
 
@@ -62,23 +74,47 @@ def test_i7_p5_show_draws_annotated_frames_in_a_window_and_stops_cleanly(tiny_bu
     xwd = require_tool("xwd", package="x11-apps")
     video = write_test_video(tmp_path / "clip.avi")
     display = f":{90 + os.getpid() % 100}"
-    server = subprocess.Popen([xvfb, display, "-screen", "0", "800x600x24", "-nolisten", "tcp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [xvfb, display, "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(1.0)
         env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
         results = tmp_path / "results.jsonl"
-        daemon = subprocess.Popen([gui_python, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(video),
-                                   "--loop", "--show", "--duration", "12", "--results", str(results)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        daemon = subprocess.Popen(
+            [
+                gui_python,
+                "-m",
+                "edgecls.cli",
+                "run",
+                str(tiny_bundle),
+                "--source",
+                str(video),
+                "--loop",
+                "--show",
+                "--duration",
+                "12",
+                "--results",
+                str(results),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         deadline = time.monotonic() + 60
         shot = None
         while time.monotonic() < deadline and daemon.poll() is None:
             time.sleep(1.0)
             if results.exists() and results.stat().st_size > 0:
                 time.sleep(1.5)  # a few frames drawn
-                shot = read_xwd(subprocess.run([xwd, "-root", "-display", display, "-silent"], capture_output=True,
-                                               check=True, timeout=30).stdout)
+                shot = read_xwd(
+                    subprocess.run(
+                        [xwd, "-root", "-display", display, "-silent"], capture_output=True, check=True, timeout=30
+                    ).stdout
+                )
                 break
         daemon.send_signal(subprocess.signal.SIGTERM)
         _, err = daemon.communicate(timeout=30)

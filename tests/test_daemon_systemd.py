@@ -71,10 +71,18 @@ def test_i7_p8_generated_unit_passes_systemd_analyze_verify(tmp_path):
     unit = tmp_path / "edgecls.service"
     unit.write_text(done.stdout)
     directives = [l for l in done.stdout.splitlines() if l and not l.startswith("#")]
-    for wanted in ("Type=notify", "WatchdogSec=20", "Restart=on-failure", "DynamicUser=yes",
-                   "SupplementaryGroups=video", "DeviceAllow=char-video4linux rw", "ProtectSystem=strict",
-                   "NoNewPrivileges=yes", "ReadWritePaths=/var/lib/edgecls",
-                   f"ExecStart={executable} run --config /etc/edgecls/run.toml"):
+    for wanted in (
+        "Type=notify",
+        "WatchdogSec=20",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        "SupplementaryGroups=video",
+        "DeviceAllow=char-video4linux rw",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "ReadWritePaths=/var/lib/edgecls",
+        f"ExecStart={executable} run --config /etc/edgecls/run.toml",
+    ):
         assert wanted in directives, wanted
     assert [l for l in directives if l.startswith("ReadWritePaths=")] == ["ReadWritePaths=/var/lib/edgecls"]
     verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
@@ -140,8 +148,10 @@ def test_i7_p8_ready_then_watchdog_only_while_frames_flow(tiny_bundle, monkeypat
 def test_i7_p8_options_come_from_a_toml_config_and_env_overrides_it(tiny_bundle, video, tmp_path):
     results = tmp_path / "results.jsonl"
     config = tmp_path / "run.toml"
-    config.write_text(f'bundle = "{tiny_bundle}"\nsource = ["{video}"]\nevery-frame = true\nmax_frames = 4\n'
-                      f'results = "{results}"\nsmooth = 2\n')
+    config.write_text(
+        f'bundle = "{tiny_bundle}"\nsource = ["{video}"]\nevery-frame = true\nmax_frames = 4\n'
+        f'results = "{results}"\nsmooth = 2\n'
+    )
     done = run_cli("run", "--config", config, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [json.loads(l)["frame"] for l in results.read_text().splitlines()] == [0, 1, 2, 3]

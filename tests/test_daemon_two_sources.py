@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from runtime.daemon import Daemon  # noqa: E402
 from runtime.daemon.supervisor import Backoff  # noqa: E402
-from tests.daemon_helpers import ListSink, http_get as get, wait_for, write_test_video  # noqa: E402
+from tests.daemon_helpers import ListSink, wait_for, write_test_video  # noqa: E402
+from tests.daemon_helpers import http_get as get
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 RESULT_KEYS = {"source", "ts", "frame", "top1", "score", "topk", "latency_ms", "frame_age_ms"}
@@ -35,8 +36,11 @@ def metrics(url):
 
 
 def sample(families, family, name, **labels):
-    return next(s.value for s in families[family].samples if s.name == name and
-                all(s.labels.get(k) == v for k, v in labels.items()))
+    return next(
+        s.value
+        for s in families[family].samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def promtool_check(body: bytes) -> None:
@@ -52,8 +56,15 @@ def test_two_sources_serve_health_latest_and_metrics_and_survive_a_stream_outage
     sink = ListSink()
     # The stall timeout is generous so a starved video is not taken for a stall; the dead stream is noticed by
     # its lost connection, at once.
-    daemon = Daemon(tiny_bundle, [video, server.url], port=0, stall_timeout=3.0, backoff=Backoff(0.2, 1.0),
-                    sinks=[sink], source_options={"loop": True})
+    daemon = Daemon(
+        tiny_bundle,
+        [video, server.url],
+        port=0,
+        stall_timeout=3.0,
+        backoff=Backoff(0.2, 1.0),
+        sinks=[sink],
+        source_options={"loop": True},
+    )
     stream, film = server.url, str(video)
     daemon.start()
     try:
@@ -74,8 +85,9 @@ def test_two_sources_serve_health_latest_and_metrics_and_survive_a_stream_outage
             assert sample(families, "edgecls_source_up", "edgecls_source_up", source=name) == 1
             assert sample(families, "edgecls_inference_seconds", "edgecls_inference_seconds_count", source=name) > 0
             assert sample(families, "edgecls_fps", "edgecls_fps", source=name) > 0
-        buckets = {float(s.labels["le"]) for s in families["edgecls_inference_seconds"].samples
-                   if s.name.endswith("_bucket")}
+        buckets = {
+            float(s.labels["le"]) for s in families["edgecls_inference_seconds"].samples if s.name.endswith("_bucket")
+        }
         assert min(buckets) < 0.001 and 1.0 <= max(b for b in buckets if b != float("inf"))
         promtool_check(get(daemon.url + "/metrics")[1])
         info = next(s for s in families["edgecls_bundle_info"].samples if s.name == "edgecls_bundle_info")
@@ -86,8 +98,11 @@ def test_two_sources_serve_health_latest_and_metrics_and_survive_a_stream_outage
         server.kill()
         killed_at = time.monotonic()
         film_before = len(sink.of(film))
-        down = wait_for(lambda: (lambda s, b: json.loads(b) if s == 503 else None)(*get(daemon.url + "/healthz")),
-                        10, "/healthz to report the dead stream")
+        down = wait_for(
+            lambda: (lambda s, b: json.loads(b) if s == 503 else None)(*get(daemon.url + "/healthz")),
+            10,
+            "/healthz to report the dead stream",
+        )
         assert down["unhealthy"] == [stream] and down["sources"][stream]["state"] in ("reconnecting", "starting")
         assert down["sources"][stream]["reason"] and down["sources"][film]["state"] == "running"
         time.sleep(max(0.0, 4.0 - (time.monotonic() - killed_at)))
@@ -152,12 +167,19 @@ def test_smoothing_and_threshold_match_the_model_frame_by_frame(tiny_bundle, vid
             break
         frames.append(frame)
     probs = [classifier.probabilities(preprocess(f, classifier.spec, order="bgr")[None])[0] for f in frames]
-    smoothed = [np.mean(probs[max(0, i - 2):i + 1], axis=0) for i in range(len(probs))]
+    smoothed = [np.mean(probs[max(0, i - 2) : i + 1], axis=0) for i in range(len(probs))]
     threshold = float(np.median([s.max() for s in smoothed]))
 
     sink = ListSink()
-    daemon = Daemon(tiny_bundle, [video], classifier=classifier, smooth=3, threshold=threshold, sinks=[sink],
-                    source_options={"every_frame": True})
+    daemon = Daemon(
+        tiny_bundle,
+        [video],
+        classifier=classifier,
+        smooth=3,
+        threshold=threshold,
+        sinks=[sink],
+        source_options={"every_frame": True},
+    )
     summary = daemon.run()
     assert [r["frame"] for r in sink.results] == list(range(20)) and summary[str(video)]["state"] == "ended"
     for result, expected in zip(sink.results, smoothed):

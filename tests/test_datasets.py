@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 
@@ -44,13 +43,16 @@ def test_train_val_test_subfolders_are_used_as_given(tmp_path):
     assert len(ds.splits["val"]) == 4 and len(ds.splits["train"]) == 8  # val carved out of train/
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda r: None, "does not exist"),
-    (lambda r: r.mkdir(), "no class folders"),
-    (lambda r: _folder(r, {"only": 3}), "single class"),
-    (lambda r: (_folder(r, {"a": 3}), (r / "b").mkdir()), "b in .* have no images"),
-    (lambda r: (r.parent.mkdir(exist_ok=True), r.write_text("x")), "is not a directory"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda r: None, "does not exist"),
+        (lambda r: r.mkdir(), "no class folders"),
+        (lambda r: _folder(r, {"only": 3}), "single class"),
+        (lambda r: (_folder(r, {"a": 3}), (r / "b").mkdir()), "b in .* have no images"),
+        (lambda r: (r.parent.mkdir(exist_ok=True), r.write_text("x")), "is not a directory"),
+    ],
+)
 def test_bad_dataset_folders_name_the_cause(tmp_path, make, message):
     root = tmp_path / "data"
     make(root)

@@ -30,19 +30,25 @@ def test_i9_p1_every_builtin_is_listed_and_round_trips():
         assert DeviceProfile.from_dict(json.loads(json.dumps(asdict(p)))) == p
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"artifacts": ["tflite-int9"]}, r'"artifacts" is .*expected names from tflite-int8.*\'tflite-int9\' is not one'),
-    ({"threads": 0}, r'"threads" is 0; expected a whole number of at least 1'),
-    ({"threads": "4"}, r'"threads" is \'4\''),
-    ({"latency_budget_ms": -1}, r'"latency_budget_ms" is -1; expected a positive number'),
-    ({"install_root": "opt/edgecls"}, r'"install_root" .*expected an absolute folder'),
-    ({"service": "edge cls"}, r'"service" .*systemd unit name'),
-    ({"architecture": "riscv"}, r'"architecture" .*one of any, aarch64'),
-    ({"providers": []}, r'"providers" is \(\); expected a list of names \(at least one\)'),
-    ({"camra": "0"}, r"unknown field\(s\) \['camra'\]"),
-    ({"health_url": "localhost:8080"}, r'"health_url" .*http://'),
-    ({"health_token_file": "token.txt"}, r'"health_token_file" .*absolute path on the device'),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"artifacts": ["tflite-int9"]},
+            r'"artifacts" is .*expected names from tflite-int8.*\'tflite-int9\' is not one',
+        ),
+        ({"threads": 0}, r'"threads" is 0; expected a whole number of at least 1'),
+        ({"threads": "4"}, r'"threads" is \'4\''),
+        ({"latency_budget_ms": -1}, r'"latency_budget_ms" is -1; expected a positive number'),
+        ({"install_root": "opt/edgecls"}, r'"install_root" .*expected an absolute folder'),
+        ({"service": "edge cls"}, r'"service" .*systemd unit name'),
+        ({"architecture": "riscv"}, r'"architecture" .*one of any, aarch64'),
+        ({"providers": []}, r'"providers" is \(\); expected a list of names \(at least one\)'),
+        ({"camra": "0"}, r"unknown field\(s\) \['camra'\]"),
+        ({"health_url": "localhost:8080"}, r'"health_url" .*http://'),
+        ({"health_token_file": "token.txt"}, r'"health_token_file" .*absolute path on the device'),
+    ],
+)
 def test_i9_p1_invalid_profiles_name_the_field_and_the_fix(tmp_path, change, message):
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"name": "mine", **change}))
@@ -53,8 +59,11 @@ def test_i9_p1_invalid_profiles_name_the_field_and_the_fix(tmp_path, change, mes
 def test_i9_p1_user_profile_folder_and_profile_file(tmp_path, monkeypatch):
     folder = tmp_path / "profiles"
     folder.mkdir()
-    (folder / "shop-pi.json").write_text(json.dumps({"name": "shop-pi", "description": "the shop's Pi 4",
-                                                     "artifacts": ["tflite-int8"], "latency_budget_ms": 80}))
+    (folder / "shop-pi.json").write_text(
+        json.dumps(
+            {"name": "shop-pi", "description": "the shop's Pi 4", "artifacts": ["tflite-int8"], "latency_budget_ms": 80}
+        )
+    )
     (folder / "raspberry-pi-5.json").write_text(json.dumps({"name": "raspberry-pi-5", "threads": 2}))
     monkeypatch.setenv("EDGECLS_PROFILES", str(folder))
     assert "shop-pi" in list_profiles() and load_profile("shop-pi").latency_budget_ms == 80
@@ -70,4 +79,5 @@ def test_i9_p1_user_profile_folder_and_profile_file(tmp_path, monkeypatch):
     (folder / "broken.json").write_text("{not json")
     assert "is not valid JSON" in cli_error(run_cli("devices", "show", str(folder / "broken.json")))
     assert "give either --device NAME or --profile FILE" in cli_error(
-        run_cli("status", str(tmp_path), "--device", "desktop-cpu", "--profile", folder / "shop-pi.json"))
+        run_cli("status", str(tmp_path), "--device", "desktop-cpu", "--profile", folder / "shop-pi.json")
+    )

@@ -10,14 +10,17 @@ from devices.ssh import SshClient, SshError, SshTarget, is_ssh_target, parse_tar
 from tests.sshd import sshd  # noqa: F401  (fixture)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("pi@raspberrypi", SshTarget("raspberrypi", "pi")),
-    ("pi@10.0.0.5:2222", SshTarget("10.0.0.5", "pi", 2222)),
-    ("pi@10.0.0.5:/opt/edgecls", SshTarget("10.0.0.5", "pi", None, "/opt/edgecls")),
-    ("root@127.0.0.1:2200:/tmp/dev root", SshTarget("127.0.0.1", "root", 2200, "/tmp/dev root")),
-    ("orin:~/edgecls", SshTarget("orin", None, None, "~/edgecls")),
-    ("pi@[fe80::1]:22:/srv", SshTarget("fe80::1", "pi", 22, "/srv")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("pi@raspberrypi", SshTarget("raspberrypi", "pi")),
+        ("pi@10.0.0.5:2222", SshTarget("10.0.0.5", "pi", 2222)),
+        ("pi@10.0.0.5:/opt/edgecls", SshTarget("10.0.0.5", "pi", None, "/opt/edgecls")),
+        ("root@127.0.0.1:2200:/tmp/dev root", SshTarget("127.0.0.1", "root", 2200, "/tmp/dev root")),
+        ("orin:~/edgecls", SshTarget("orin", None, None, "~/edgecls")),
+        ("pi@[fe80::1]:22:/srv", SshTarget("fe80::1", "pi", 22, "/srv")),
+    ],
+)
 def test_i9_p2_target_syntax(text, expected):
     assert parse_target(text) == expected
 
@@ -55,9 +58,16 @@ def test_i9_p2_errors_name_cause_and_fix(sshd, tmp_path):  # noqa: F811
     # The server knows only the test's client key: another key is refused.
     other = tmp_path / "other_key"
     os.system(f"ssh-keygen -q -t ed25519 -N '' -f {other}")
-    stranger = SshClient(SshTarget("127.0.0.1", sshd.user, sshd.port),
-                         options=[f"IdentityFile={other}", "IdentitiesOnly=yes", "StrictHostKeyChecking=no",
-                                  f"UserKnownHostsFile={tmp_path / 'kh'}", "ControlMaster=no"])
+    stranger = SshClient(
+        SshTarget("127.0.0.1", sshd.user, sshd.port),
+        options=[
+            f"IdentityFile={other}",
+            "IdentitiesOnly=yes",
+            "StrictHostKeyChecking=no",
+            f"UserKnownHostsFile={tmp_path / 'kh'}",
+            "ControlMaster=no",
+        ],
+    )
     with pytest.raises(SshError, match="refused the login.*ssh-copy-id"):
         stranger.run(["true"])
     client = SshClient(parse_target(sshd.target("/x")), config=sshd.ssh_config, python="python3.0-missing")
@@ -71,9 +81,19 @@ def test_i9_p2_errors_name_cause_and_fix(sshd, tmp_path):  # noqa: F811
 def test_i9_p2_host_key_hint_names_the_port(sshd, tmp_path):  # noqa: F811
     """A device on a non-default port: the hint's command must reach that port, or it accepts the wrong key."""
     (tmp_path / "known_hosts").write_text("")
-    client = SshClient(SshTarget("127.0.0.1", sshd.user, sshd.port),
-                       options=[f"IdentityFile={sshd.client_key}", "IdentitiesOnly=yes", "StrictHostKeyChecking=yes",
-                                f"UserKnownHostsFile={tmp_path / 'known_hosts'}", "ControlMaster=no"])
-    with pytest.raises(SshError, match=rf"host key of .* is unknown or changed: connect once with "
-                                       rf"`ssh -p {sshd.port} {sshd.user}@127.0.0.1`"):
+    client = SshClient(
+        SshTarget("127.0.0.1", sshd.user, sshd.port),
+        options=[
+            f"IdentityFile={sshd.client_key}",
+            "IdentitiesOnly=yes",
+            "StrictHostKeyChecking=yes",
+            f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+            "ControlMaster=no",
+        ],
+    )
+    with pytest.raises(
+        SshError,
+        match=rf"host key of .* is unknown or changed: connect once with "
+        rf"`ssh -p {sshd.port} {sshd.user}@127.0.0.1`",
+    ):
         client.run(["true"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devices.ssh import python_command
-from devices.wheels import DevicePlatform, PROBE, _requirements, install_script, wheelhouse, wheels_for
+from devices.wheels import PROBE, DevicePlatform, _requirements, install_script, wheelhouse, wheels_for
 from runtime.errors import EdgeclsError
 from runtime.install.layout import DeviceRoot
 from tests.sshd import sshd  # noqa: F401  (fixture)
@@ -43,8 +43,10 @@ def test_i13_p2_edgecls_with_extras_points_at_the_local_wheel():
         built.append(1)
         return "/tmp/edgecls-0.1.0-py3-none-any.whl"
 
-    assert _requirements(["edgecls[runtime]", "numpy>=1.23"], wheel) == \
-        ["/tmp/edgecls-0.1.0-py3-none-any.whl[runtime]", "numpy>=1.23"]
+    assert _requirements(["edgecls[runtime]", "numpy>=1.23"], wheel) == [
+        "/tmp/edgecls-0.1.0-py3-none-any.whl[runtime]",
+        "numpy>=1.23",
+    ]
     assert _requirements(["numpy"], wheel) == ["numpy"] and len(built) == 1  # built only when asked for
 
 
@@ -81,27 +83,42 @@ def test_i13_p2_the_device_installs_offline_into_its_venv_and_forces_our_wheel(t
     pkg = tmp_path / "pkg"
     (pkg / "tinypkg").mkdir(parents=True)
     (pkg / "tinypkg" / "__init__.py").write_text("VALUE = 42\n")
-    (pkg / "pyproject.toml").write_text('[project]\nname = "tinypkg"\nversion = "1.0"\n[build-system]\n'
-                                        'requires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n')
-    made = subprocess.run(["python3", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                           str(wheels), str(pkg)], capture_output=True, text=True)
+    (pkg / "pyproject.toml").write_text(
+        '[project]\nname = "tinypkg"\nversion = "1.0"\n[build-system]\n'
+        'requires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+    )
+    made = subprocess.run(
+        ["python3", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(pkg)],
+        capture_output=True,
+        text=True,
+    )
     assert made.returncode == 0, made.stderr[-1000:]
     root = tmp_path / "root"
     (root / ".venv-setup-1" / "bin").mkdir(parents=True)  # a setup killed two hours ago
     os.utime(root / ".venv-setup-1", (time.time() - 7200,) * 2)
-    ran = subprocess.run(["sh", "-c", install_script(str(root), str(wheels), ["tinypkg"])], capture_output=True,
-                         text=True, timeout=600)
+    ran = subprocess.run(
+        ["sh", "-c", install_script(str(root), str(wheels), ["tinypkg"])], capture_output=True, text=True, timeout=600
+    )
     assert ran.returncode == 0, ran.stderr[-2000:]
-    value = subprocess.run([str(root / "venv" / "bin" / "python"), "-c", "import tinypkg; print(tinypkg.VALUE)"],
-                           capture_output=True, text=True)
+    value = subprocess.run(
+        [str(root / "venv" / "bin" / "python"), "-c", "import tinypkg; print(tinypkg.VALUE)"],
+        capture_output=True,
+        text=True,
+    )
     assert value.stdout.strip() == "42" and not wheels.exists()  # installed, and the pushed wheels cleaned up
     # Built in ROOT/.venv-setup-PID and renamed: nothing in the venv names the temporary folder (pip's shebang).
     assert [p.name for p in root.iterdir()] == ["venv"]
-    assert not [f for f in (root / "venv" / "bin").iterdir() if not f.is_symlink() and b".venv-setup-" in f.read_bytes()]
+    assert not [
+        f for f in (root / "venv" / "bin").iterdir() if not f.is_symlink() and b".venv-setup-" in f.read_bytes()
+    ]
     assert subprocess.run([str(root / "venv" / "bin" / "pip"), "--version"], capture_output=True).returncode == 0
-    assert json.loads(subprocess.run([str(root / "venv" / "bin" / "python"), "-c",
-                                      "import json, sys; print(json.dumps(sys.prefix))"],
-                                     capture_output=True, text=True).stdout) == str(root / "venv")
+    assert json.loads(
+        subprocess.run(
+            [str(root / "venv" / "bin" / "python"), "-c", "import json, sys; print(json.dumps(sys.prefix))"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    ) == str(root / "venv")
 
 
 def _wheel(folder: Path, name: str, value: str = "42") -> Path:
@@ -109,11 +126,16 @@ def _wheel(folder: Path, name: str, value: str = "42") -> Path:
     src = folder / f"src-{name}-{value}"
     (src / name).mkdir(parents=True)
     (src / name / "__init__.py").write_text(f"VALUE = {value!r}\n")
-    (src / "pyproject.toml").write_text(f'[project]\nname = "{name}"\nversion = "1.0"\n[build-system]\n'
-                                        'requires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n')
+    (src / "pyproject.toml").write_text(
+        f'[project]\nname = "{name}"\nversion = "1.0"\n[build-system]\n'
+        'requires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+    )
     out = folder / f"wheels-{value}"
-    made = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                           str(out), str(src)], capture_output=True, text=True)
+    made = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
+        capture_output=True,
+        text=True,
+    )
     assert made.returncode == 0, made.stderr[-1000:]
     return next(out.glob(f"{name}-*.whl"))
 
@@ -130,18 +152,27 @@ def test_i13_p2_the_probe_reports_the_pointer_size_and_a_32_bit_userland_takes_a
 def test_i13_p2_setup_with_an_explicit_python_force_reinstalls_our_wheel(tmp_path):
     """--python /some/python: no venv of ours, but a checkout's edgecls of an unchanged version number is still
     replaced (pip alone keeps the installed one)."""
-    made = subprocess.run(["python3", "-m", "venv", "--without-pip", "--system-site-packages", str(tmp_path / "theirs")],
-                          capture_output=True, text=True)
+    made = subprocess.run(
+        ["python3", "-m", "venv", "--without-pip", "--system-site-packages", str(tmp_path / "theirs")],
+        capture_output=True,
+        text=True,
+    )
     assert made.returncode == 0, made.stderr
     python = str(tmp_path / "theirs" / "bin" / "python")
     root = tmp_path / "root"
     for value in ("old", "new"):
         wheels = tmp_path / f"push-{value}"
         wheels.mkdir()
-        (wheels / _wheel(tmp_path, "edgecls", value).name).write_bytes(_wheel(tmp_path / "again", "edgecls", value).read_bytes())
-        ran = subprocess.run(["sh", "-c", install_script(str(root), str(wheels), ["edgecls"], python=python)],
-                             capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "PYTHONPATH": "", "PIP_TARGET": ""})
+        (wheels / _wheel(tmp_path, "edgecls", value).name).write_bytes(
+            _wheel(tmp_path / "again", "edgecls", value).read_bytes()
+        )
+        ran = subprocess.run(
+            ["sh", "-c", install_script(str(root), str(wheels), ["edgecls"], python=python)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": "", "PIP_TARGET": ""},
+        )
         assert ran.returncode == 0, ran.stderr[-1500:]
     got = subprocess.run([python, "-I", "-c", "import edgecls; print(edgecls.VALUE)"], capture_output=True, text=True)
     assert got.stdout.strip() == "new", got.stderr[-500:]
@@ -153,8 +184,12 @@ def test_i13_p2_a_failed_offline_install_removes_the_pushed_wheels_and_says_what
     wheels.mkdir()
     (wheels / "README").write_text("no wheel for the package asked for")
     root = tmp_path / "root"
-    ran = subprocess.run(["sh", "-c", install_script(str(root), str(wheels), ["edgecls-no-such-package"])],
-                         capture_output=True, text=True, timeout=300)
+    ran = subprocess.run(
+        ["sh", "-c", install_script(str(root), str(wheels), ["edgecls-no-such-package"])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     last = [l for l in ran.stderr.splitlines() if l.strip()][-1]
     assert ran.returncode != 0 and "edgecls-no-such-package" in last, ran.stderr[-1500:]
     assert not wheels.exists()  # the trap removed them (/tmp/edgecls-wheels-* on a device)
@@ -235,8 +270,12 @@ def test_i13_p3_auto_python_finds_a_venv_under_a_home_relative_root(tmp_path):
     venv_python.parent.mkdir(parents=True)
     venv_python.write_text('#!/bin/sh\necho "venv python"\n')
     venv_python.chmod(0o755)
-    ran = subprocess.run(["sh", "-c", python_command("auto", "~/edgecls", ["-c", "pass"])], capture_output=True,
-                         text=True, env={**os.environ, "HOME": str(tmp_path)})
+    ran = subprocess.run(
+        ["sh", "-c", python_command("auto", "~/edgecls", ["-c", "pass"])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
     assert ran.stdout.strip() == "venv python", ran
 
 
@@ -247,21 +286,39 @@ def test_i13_p3_emulation_falls_back_to_cpuinfo_where_the_kernel_has_no_arch_fil
 
     qemu = shutil.which("qemu-aarch64-static")
     cache = Path(os.environ.get("EDGECLS_PI_ROOTFS_CACHE", "~/.cache/edgecls/arm64-pi")).expanduser()
-    rootfs = next((r for r in [*sorted(cache.glob("bookworm-*")), Path("/tmp/pi-root")]
-                   if (r / ".edgecls-built").exists()), None)
+    rootfs = next(
+        (r for r in [*sorted(cache.glob("bookworm-*")), Path("/tmp/pi-root")] if (r / ".edgecls-built").exists()), None
+    )
     hidden = os.geteuid() == 0 and subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
     if not (qemu and rootfs and hidden):
-        why = "needs root, unshare, qemu-user-static and a built arm64 rootfs (arm64-pi.sh build; test_arm64_pi builds it)"
+        why = (
+            "needs root, unshare, qemu-user-static and a built arm64 rootfs "
+            "(arm64-pi.sh build; test_arm64_pi builds it)"
+        )
         if os.environ.get("CI"):  # CI installs all of it and builds the rootfs first: missing is a failure there
             pytest.fail(why)
         pytest.skip(why)
     (tmp_path / "empty").write_text("")
-    code = ("import importlib.util as u, platform; s = u.spec_from_file_location('m', %r); m = u.module_from_spec(s); "
-            "s.loader.exec_module(m); print(platform.machine(), m.emulation())"
-            % str(Path(__file__).resolve().parents[1] / "runtime" / "bench" / "machine.py"))
+    machine_py = str(Path(__file__).resolve().parents[1] / "runtime" / "bench" / "machine.py")
+    code = (
+        f"import importlib.util as u, platform; s = u.spec_from_file_location('m', {machine_py!r}); "
+        "m = u.module_from_spec(s); s.loader.exec_module(m); print(platform.machine(), m.emulation())"
+    )
     env = {**os.environ, "EMPTY": str(tmp_path / "empty"), "QEMU": qemu, "ROOTFS": str(rootfs), "CODE": code}
-    ran = subprocess.run(["unshare", "--mount", "sh", "-c", 'mount --bind "$EMPTY" /proc/sys/kernel/arch && '
-                          '"$QEMU" -L "$ROOTFS" "$ROOTFS/usr/bin/python3" -B -c "$CODE" && python3 -c "$CODE"'],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert ran.stdout.splitlines() == ["aarch64 qemu-user on an x86_64 CPU", f"{os.uname().machine} None"], \
+    ran = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            'mount --bind "$EMPTY" /proc/sys/kernel/arch && '
+            '"$QEMU" -L "$ROOTFS" "$ROOTFS/usr/bin/python3" -B -c "$CODE" && python3 -c "$CODE"',
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert ran.stdout.splitlines() == ["aarch64 qemu-user on an x86_64 CPU", f"{os.uname().machine} None"], (
         ran.stdout + ran.stderr[-1000:]
+    )

@@ -57,7 +57,8 @@ def test_i11_p2_loss_equals_the_formula_on_a_hand_computed_batch():
     assert loss_eval == pytest.approx(_formula(s_logits, t_logits, y, 2.5, 1.0, w), rel=1e-5)
     # alpha 1 is plain cross-entropy
     assert float(Distiller(student, teacher, 2.5, 1.0).compute_loss(x, y, distiller(x))) == pytest.approx(
-        _formula(s_logits, t_logits, y, 2.5, 1.0), rel=1e-5)
+        _formula(s_logits, t_logits, y, 2.5, 1.0), rel=1e-5
+    )
 
 
 def test_i11_p2_sigmoid_heads_read_as_two_logits():
@@ -156,8 +157,12 @@ def test_i11_p2_teacher_preprocessing_is_the_students_default(tiny_run_dir):
     from edgecls.distill import teacher_defaults
     from edgecls.rundir import open_run
 
-    assert teacher_defaults(open_run(tiny_run_dir)) == {"image_size": 32, "color": "rgb", "normalize": "scale",
-                                                        "resize": "stretch"}
+    assert teacher_defaults(open_run(tiny_run_dir)) == {
+        "image_size": 32,
+        "color": "rgb",
+        "normalize": "scale",
+        "resize": "stretch",
+    }
 
 
 def test_review_i11_p2_a_letterboxed_teacher_gives_the_student_its_resize(tiny_run_dir, tmp_path):
@@ -190,7 +195,9 @@ def test_review_i11_p2_distillation_settings_without_a_teacher_are_refused(shape
     from conftest import cli_error, run_cli
 
     for flag, value in (("--temperature", "4"), ("--distill-alpha", "0.2")):
-        line = cli_error(run_cli("train", "--data", shapes_folder, "--out", tmp_path / "s", "--epochs", "1", flag, value))
+        line = cli_error(
+            run_cli("train", "--data", shapes_folder, "--out", tmp_path / "s", "--epochs", "1", flag, value)
+        )
         assert "give --teacher" in line, line
     assert not (tmp_path / "s").exists()
 
@@ -214,8 +221,12 @@ def test_i11_p2_bad_settings_and_heads_are_refused():
 
     from edgecls.distill import Distiller, check_settings
 
-    for temperature, alpha, flag in ((0, 0.1, "--temperature"), (float("nan"), 0.1, "--temperature"),
-                                     (4, 1.5, "--distill-alpha"), (4, -0.1, "--distill-alpha")):
+    for temperature, alpha, flag in (
+        (0, 0.1, "--temperature"),
+        (float("nan"), 0.1, "--temperature"),
+        (4, 1.5, "--distill-alpha"),
+        (4, -0.1, "--distill-alpha"),
+    ):
         with pytest.raises(EdgeclsError, match=flag):
             check_settings(temperature, alpha)
     inputs = keras.Input(shape=(3,))
@@ -232,8 +243,24 @@ def test_i11_p2_train_with_teacher_records_it_and_the_student_converts(tiny_run_
     from conftest import run_cli
 
     student = tmp_path / "student"
-    done = run_cli("train", "--data", shapes_folder, "--out", student, "--widths", "4", "--epochs", "1", "--quiet",
-                   "--teacher", tiny_run_dir, "--temperature", "3", "--distill-alpha", "0.2")
+    done = run_cli(
+        "train",
+        "--data",
+        shapes_folder,
+        "--out",
+        student,
+        "--widths",
+        "4",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--teacher",
+        tiny_run_dir,
+        "--temperature",
+        "3",
+        "--distill-alpha",
+        "0.2",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     metadata = json.loads((student / "metadata.json").read_text())
     assert metadata["teacher"]["run"] == str(tiny_run_dir.resolve())
@@ -248,8 +275,21 @@ def test_i11_p2_train_with_teacher_records_it_and_the_student_converts(tiny_run_
 def test_i11_p2_cli_refuses_a_teacher_with_other_preprocessing(tiny_run_dir, shapes_folder, tmp_path):
     from conftest import cli_error, run_cli
 
-    line = cli_error(run_cli("train", "--data", shapes_folder, "--out", tmp_path / "s", "--image-size", "16",
-                             "--epochs", "1", "--teacher", tiny_run_dir))
+    line = cli_error(
+        run_cli(
+            "train",
+            "--data",
+            shapes_folder,
+            "--out",
+            tmp_path / "s",
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--teacher",
+            tiny_run_dir,
+        )
+    )
     assert "image size 32x32 (student 16x16)" in line and "--image-size 32" in line
     assert not (tmp_path / "s").exists()
 
@@ -265,7 +305,9 @@ def test_i11_p2_cli_refuses_a_teacher_of_other_classes(tiny_run_dir, shapes_fold
     for name in classes[:2]:
         shutil.copytree(shapes_folder / name, data / name)
     shutil.copytree(shapes_folder / classes[2], data / "other")
-    line = cli_error(run_cli("train", "--data", data, "--out", tmp_path / "s", "--epochs", "1", "--teacher", tiny_run_dir))
+    line = cli_error(
+        run_cli("train", "--data", data, "--out", tmp_path / "s", "--epochs", "1", "--teacher", tiny_run_dir)
+    )
     assert f"classes {', '.join(classes)} (student {', '.join(sorted([*classes[:2], 'other']))})" in line
     assert "the teacher's dataset" in line
     assert not (tmp_path / "s").exists()

@@ -23,10 +23,21 @@ cv2 = pytest.importorskip("cv2")
 from runtime.bundle import BundleError, load_bundle  # noqa: E402
 from runtime.classifier import Classifier  # noqa: E402
 from runtime.errors import EdgeclsError  # noqa: E402
-from runtime.monitor.drift import (MIN_WINDOW, NO_REFERENCE, DriftMonitor, Reference, UnusableReference,  # noqa: E402
-                                   psi)
-from runtime.monitor.stats import (BRIGHTNESS_EDGES, CONFIDENCE_EDGES, bin_index,  # noqa: E402
-                                   brightness_batch, input_pixels)
+from runtime.monitor.drift import (
+    MIN_WINDOW,
+    NO_REFERENCE,
+    DriftMonitor,
+    Reference,
+    UnusableReference,  # noqa: E402
+    psi,
+)
+from runtime.monitor.stats import (
+    BRIGHTNESS_EDGES,
+    CONFIDENCE_EDGES,
+    bin_index,  # noqa: E402
+    brightness_batch,
+    input_pixels,
+)
 from runtime.preprocess import PreprocessSpec, load_image, pixels, preprocess  # noqa: E402
 
 
@@ -65,11 +76,15 @@ def test_i12_p1_convert_stores_a_reference_for_every_artifact(tiny_bundle, tiny_
         assert 0 < ref["brightness"]["mean"] < 255 and ref["brightness"]["std"] > 0
         Reference.parse(ref, manifest["labels"])  # and the daemon can use it
     # The brightness is the test images' own: recomputed here from the files, independently of convert.
-    values = [float(np.mean(pixels(load_image(f), PreprocessSpec.from_dict(manifest["input"])), dtype=np.float64))
-              for f in split_test_files(tiny_run_dir)]
+    values = [
+        float(np.mean(pixels(load_image(f), PreprocessSpec.from_dict(manifest["input"])), dtype=np.float64))
+        for f in split_test_files(tiny_run_dir)
+    ]
     ref = manifest["reference"][names[0]]["brightness"]
     assert ref["counts"] == [sum(bin_index(v, BRIGHTNESS_EDGES) == i for v in values) for i in range(16)]
-    assert ref["mean"] == pytest.approx(np.mean(values), abs=1e-3) and ref["std"] == pytest.approx(np.std(values), abs=1e-3)
+    assert ref["mean"] == pytest.approx(np.mean(values), abs=1e-3) and ref["std"] == pytest.approx(
+        np.std(values), abs=1e-3
+    )
 
 
 def test_i12_p1_an_old_manifest_without_reference_still_loads_and_classifies(tiny_bundle, tiny_run_dir, tmp_path):
@@ -89,13 +104,16 @@ def test_i12_p1_reference_round_trips_through_the_manifest(tiny_bundle):
     assert manifest.to_dict()["reference"] == json.loads((tiny_bundle / "manifest.json").read_text())["reference"]
 
 
-@pytest.mark.parametrize("spec", [
-    PreprocessSpec(8, 8),  # 0..1
-    PreprocessSpec.scaled(8, 8, scale=1 / 127.5, offset=-1.0),  # MobileNet's -1..1
-    PreprocessSpec(8, 8, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),  # ImageNet per channel
-    PreprocessSpec(8, 8, color="gray", mean=(0.5,), std=(0.3,)),  # std below one grey level
-    PreprocessSpec(8, 8, dtype="uint8"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        PreprocessSpec(8, 8),  # 0..1
+        PreprocessSpec.scaled(8, 8, scale=1 / 127.5, offset=-1.0),  # MobileNet's -1..1
+        PreprocessSpec(8, 8, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),  # ImageNet per channel
+        PreprocessSpec(8, 8, color="gray", mean=(0.5,), std=(0.3,)),  # std below one grey level
+        PreprocessSpec(8, 8, dtype="uint8"),
+    ],
+)
 def test_i12_p1_normalized_inputs_invert_to_their_exact_pixels(spec):
     ramp = np.arange(256, dtype=np.uint8)
     image = np.stack([np.roll(ramp, 37 * c) for c in range(3)], axis=-1).reshape(16, 16, 3)
@@ -123,10 +141,16 @@ def test_i12_p1_convert_and_daemon_measure_the_same_brightness_for_the_same_imag
         assert np.array_equal(tensor, clf.prepare(rgb[..., ::-1].copy(), "bgr"))  # the model input is unchanged
 
 
-@pytest.mark.parametrize("spec", [
-    PreprocessSpec(24, 20), PreprocessSpec(24, 20, resize="center-crop"), PreprocessSpec(24, 20, resize="letterbox"),
-    PreprocessSpec(24, 20, color="gray"), PreprocessSpec(24, 20, color="bgr", interpolation="area"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        PreprocessSpec(24, 20),
+        PreprocessSpec(24, 20, resize="center-crop"),
+        PreprocessSpec(24, 20, resize="letterbox"),
+        PreprocessSpec(24, 20, color="gray"),
+        PreprocessSpec(24, 20, color="bgr", interpolation="area"),
+    ],
+)
 def test_i12_p2_pixels_of_pixels_are_the_same_pixels(spec):
     """Why the loop may prepare from the resized pixels: resizing them again changes nothing, in every mode."""
     image = np.random.default_rng(3).integers(0, 256, (61, 97, 3), dtype=np.uint8)
@@ -168,7 +192,7 @@ def test_i12_p2_psi_is_zero_for_equal_shapes_finite_for_empty_bins_and_grows_wit
     assert math.isfinite(swapped) and swapped > 0.25 and swapped == pytest.approx(psi([15, 0, 0], [0, 0, 15]))
     moved = [psi([10, 10, 0, 0], [10 - s, 10, s, 0]) for s in range(0, 11, 2)]
     assert moved == sorted(moved) and moved[0] == 0 and math.isfinite(moved[-1]) and moved[-1] > 0.25
-    assert math.isfinite(psi([0] * 999 + [10 ** 12], [500] + [0] * 999))  # zero-count classes, a huge count
+    assert math.isfinite(psi([0] * 999 + [10**12], [500] + [0] * 999))  # zero-count classes, a huge count
     assert psi([1, 2], [0, 0]) == 0.0  # an empty window scores nothing
 
 
@@ -176,26 +200,35 @@ def _reference(classes=(5, 6, 4), confidence=None, bright=None) -> dict:
     n = sum(classes)
     conf = confidence or [0] * 9 + [n]
     bright = bright or [0] * 6 + [n] + [0] * 9
-    return {"version": 1, "images": n, "classes": list(classes),
-            "confidence": {"edges": list(CONFIDENCE_EDGES), "counts": conf},
-            "brightness": {"edges": list(BRIGHTNESS_EDGES), "counts": bright, "mean": 100.0, "std": 5.0}}
+    return {
+        "version": 1,
+        "images": n,
+        "classes": list(classes),
+        "confidence": {"edges": list(CONFIDENCE_EDGES), "counts": conf},
+        "brightness": {"edges": list(BRIGHTNESS_EDGES), "counts": bright, "mean": 100.0, "std": 5.0},
+    }
 
 
-@pytest.mark.parametrize("edit, why", [
-    (lambda r: r.update(classes=[5, 6, 4, 0]), "counts 4 classes but the bundle has 3 labels"),
-    (lambda r: r.update(classes=[5, -1, 11]), "whole numbers"),
-    (lambda r: r.update(classes=[5, True, 9]), "whole numbers"),
-    (lambda r: r.update(classes=[0, 0, 0]), "different numbers of images (or none)"),
-    (lambda r: r["confidence"].update(edges=[0.0, float("nan"), 1.0]), "strictly increasing"),
-    (lambda r: r["brightness"].update(edges=[0, 128, 64, 256]), "strictly increasing"),
-    (lambda r: r["brightness"].update(counts=[15]), "1 counts for 16 bins"),
-    (lambda r: r["brightness"].update(mean=float("inf")), "finite"),
-    (lambda r: r.update(version=2), "version 2"),
-    (lambda r: r.pop("confidence"), "confidence is missing"),
-    (lambda r: r["confidence"].update(mean=0.5), "confidence mean and std must be finite"),
-    (lambda r: r["brightness"].update(edges=list(range(1026)), counts=[15] + [0] * 1024),
-     "brightness has 1025 bins; at most 1024"),
-])
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda r: r.update(classes=[5, 6, 4, 0]), "counts 4 classes but the bundle has 3 labels"),
+        (lambda r: r.update(classes=[5, -1, 11]), "whole numbers"),
+        (lambda r: r.update(classes=[5, True, 9]), "whole numbers"),
+        (lambda r: r.update(classes=[0, 0, 0]), "different numbers of images (or none)"),
+        (lambda r: r["confidence"].update(edges=[0.0, float("nan"), 1.0]), "strictly increasing"),
+        (lambda r: r["brightness"].update(edges=[0, 128, 64, 256]), "strictly increasing"),
+        (lambda r: r["brightness"].update(counts=[15]), "1 counts for 16 bins"),
+        (lambda r: r["brightness"].update(mean=float("inf")), "finite"),
+        (lambda r: r.update(version=2), "version 2"),
+        (lambda r: r.pop("confidence"), "confidence is missing"),
+        (lambda r: r["confidence"].update(mean=0.5), "confidence mean and std must be finite"),
+        (
+            lambda r: r["brightness"].update(edges=list(range(1026)), counts=[15] + [0] * 1024),
+            "brightness has 1025 bins; at most 1024",
+        ),
+    ],
+)
 def test_i12_p2_a_reference_that_does_not_fit_is_refused_with_one_line(edit, why):
     raw = _reference()
     edit(raw)
@@ -206,6 +239,7 @@ def test_i12_p2_a_reference_that_does_not_fit_is_refused_with_one_line(edit, why
 
 def test_i12_p2_a_reference_with_another_class_count_turns_monitoring_off_with_a_warning(tiny_bundle, tmp_path, caplog):
     """Decided: monitoring data never stops a model the manifest vouches for; the daemon serves, says why, once."""
+
     def wrong(manifest):
         for ref in manifest["reference"].values():
             ref["classes"] = ref["classes"] + [0]
@@ -223,11 +257,18 @@ def test_i12_p2_a_reference_with_another_class_count_turns_monitoring_off_with_a
     assert drift.status() == {"state": NO_REFERENCE} and drift.counts() == {}
 
 
-@pytest.mark.parametrize("window, threshold, why", [
-    (MIN_WINDOW - 1, 0.25, "--drift-window 19: give 20 to 100000 frames"), (0, 0.25, "give 20 to 100000"),
-    (True, 0.25, "give 20 to 100000"), (10 ** 9, 0.25, "the window is kept in memory"), (500, float("nan"), "--drift-threshold nan"),
-    (500, float("inf"), "--drift-threshold inf"), (500, 0.0, "positive"),
-])
+@pytest.mark.parametrize(
+    "window, threshold, why",
+    [
+        (MIN_WINDOW - 1, 0.25, "--drift-window 19: give 20 to 100000 frames"),
+        (0, 0.25, "give 20 to 100000"),
+        (True, 0.25, "give 20 to 100000"),
+        (10**9, 0.25, "the window is kept in memory"),
+        (500, float("nan"), "--drift-threshold nan"),
+        (500, float("inf"), "--drift-threshold inf"),
+        (500, 0.0, "positive"),
+    ],
+)
 def test_i12_p2_windows_smaller_than_the_bins_and_bad_thresholds_are_refused(window, threshold, why):
     with pytest.raises(EdgeclsError, match=re.escape(why)):
         DriftMonitor(window, threshold)
@@ -248,8 +289,11 @@ def test_i12_p2_thousands_of_frames_keep_exact_window_counts_and_cost_microsecon
     caplog.set_level(logging.INFO, logger="edgecls")
     monitor = DriftMonitor(500, 0.25)
     drift = monitor.source("cam")
-    drift.adopt(_Clf(_reference(classes=(400, 300, 300), confidence=[0] * 8 + [500, 500],
-                                bright=[0] * 5 + [500, 500] + [0] * 9)))
+    drift.adopt(
+        _Clf(
+            _reference(classes=(400, 300, 300), confidence=[0] * 8 + [500, 500], bright=[0] * 5 + [500, 500] + [0] * 9)
+        )
+    )
     rng = np.random.default_rng(0)
     probs = rng.dirichlet([0.3, 0.3, 0.3], 20_000).astype(np.float32)
     levels = rng.uniform(80, 112, 20_000)
@@ -261,8 +305,9 @@ def test_i12_p2_thousands_of_frames_keep_exact_window_counts_and_cost_microsecon
     assert drift.frames == 500 and all(sum(c) == 500 for c in counts.values())
     last = probs[-500:]  # the window is exactly the newest 500 frames
     assert counts["class"] == np.bincount(last.argmax(1), minlength=3).tolist()
-    assert counts["brightness"] == [sum(bin_index(float(b), BRIGHTNESS_EDGES) == i for b in levels[-500:])
-                                    for i in range(16)]
+    assert counts["brightness"] == [
+        sum(bin_index(float(b), BRIGHTNESS_EDGES) == i for b in levels[-500:]) for i in range(16)
+    ]
     assert per_frame_us < 200, per_frame_us  # a few us on a quiet machine; generous for a loaded CI runner
     status = drift.status()
     assert status["state"] in ("ok", "drift") and all(math.isfinite(v) for v in _flat(status["scores"]))
@@ -310,13 +355,34 @@ def test_i12_p2_edgecls_run_takes_the_drift_options_and_refuses_a_nan_threshold(
     from tests.daemon_helpers import write_test_video
 
     video = write_test_video(tmp_path / "clip.avi", frames=40)  # white circles on black: not the training data
-    done = run_cli("run", tiny_bundle, "--source", video, "--every-frame", "--drift-window", 20, "--drift-threshold",
-                   0.01, "--results", tmp_path / "r.jsonl", timeout=120)
+    done = run_cli(
+        "run",
+        tiny_bundle,
+        "--source",
+        video,
+        "--every-frame",
+        "--drift-window",
+        20,
+        "--drift-threshold",
+        0.01,
+        "--results",
+        tmp_path / "r.jsonl",
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if f"{video}: drift:" in line]
     assert len(lines) == 1 and "threshold 0.01) over the last 20 frames" in lines[0], done.stderr[-2000:]
-    refused = run_cli("run", tiny_bundle, "--source", video, "--drift-threshold", "nan", "--results",
-                      tmp_path / "r.jsonl", timeout=120)
+    refused = run_cli(
+        "run",
+        tiny_bundle,
+        "--source",
+        video,
+        "--drift-threshold",
+        "nan",
+        "--results",
+        tmp_path / "r.jsonl",
+        timeout=120,
+    )
     assert "--drift-threshold nan: give a positive number of reference standard deviations" in cli_error(refused)
 
 
@@ -377,8 +443,10 @@ def test_i12_p2_a_change_against_the_sources_own_baseline_is_drift_within_the_re
     _feed(drift, 100, 0.55, 60.0)  # z -1.3 against the reference, -3.3 against the baseline
     status = drift.status()
     assert status["state"] == "drift" and status["moved"] == ["brightness"], status
-    assert status["scores"]["brightness"] == {"reference": pytest.approx(1.3333, abs=1e-3),
-                                              "baseline": pytest.approx(3.3333, abs=1e-3)}
+    assert status["scores"]["brightness"] == {
+        "reference": pytest.approx(1.3333, abs=1e-3),
+        "baseline": pytest.approx(3.3333, abs=1e-3),
+    }
     assert status["brightness"] == {"window_mean": 60.0, "reference_mean": 100.0, "baseline_mean": 160.0, "z": -1.33}
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("cam: drift:"))
     assert "brightness moved" in line and "3.33 against the baseline" in line, line
@@ -397,8 +465,10 @@ def test_i12_p2_confidence_decides_downward_only_against_the_reference_and_the_b
     _feed(unsure, 100, 0.45, 100.0)  # 1.5 s.d. below the test images, 3.5 below the baseline
     status = unsure.status()
     assert status["state"] == "drift" and status["moved"] == ["confidence"], status
-    assert status["scores"]["confidence"] == {"reference": pytest.approx(1.5, abs=1e-3),
-                                              "baseline": pytest.approx(3.5, abs=1e-3)}
+    assert status["scores"]["confidence"] == {
+        "reference": pytest.approx(1.5, abs=1e-3),
+        "baseline": pytest.approx(3.5, abs=1e-3),
+    }
 
 
 def test_i12_p2_confidence_moments_are_recorded_by_convert_and_estimated_for_older_references():
@@ -406,8 +476,11 @@ def test_i12_p2_confidence_moments_are_recorded_by_convert_and_estimated_for_old
 
     rng = np.random.default_rng(1)
     probs = rng.dirichlet([0.5, 0.5, 0.5], 200)
-    raw = ReferenceStats(["a", "b", "c"], PreprocessSpec(4, 4, dtype="uint8")).update(
-        rng.integers(0, 256, (200, 4, 4, 3), dtype=np.uint8), probs).result()
+    raw = (
+        ReferenceStats(["a", "b", "c"], PreprocessSpec(4, 4, dtype="uint8"))
+        .update(rng.integers(0, 256, (200, 4, 4, 3), dtype=np.uint8), probs)
+        .result()
+    )
     top1 = probs.max(axis=1)
     assert raw["confidence"]["mean"] == pytest.approx(top1.mean(), abs=1e-6)
     assert raw["confidence"]["std"] == pytest.approx(top1.std(), abs=1e-6)

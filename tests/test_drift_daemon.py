@@ -44,39 +44,55 @@ def scores(url) -> dict:
     """{(family, source, statistic, against): value} of every edgecls_drift_* sample on /metrics."""
     status, body = http_get(url + "/metrics")
     assert status == 200
-    return {(s.name, s.labels.get("source"), s.labels.get("statistic"), s.labels.get("against")): s.value
-            for family in text_string_to_metric_families(body.decode()) if family.name.startswith("edgecls_drift")
-            for s in family.samples}
+    return {
+        (s.name, s.labels.get("source"), s.labels.get("statistic"), s.labels.get("against")): s.value
+        for family in text_string_to_metric_families(body.decode())
+        if family.name.startswith("edgecls_drift")
+        for s in family.samples
+    }
 
 
 def worst(found: dict, source: str, against=("reference", "baseline")) -> float:
     """The source's highest deciding score (edgecls_drift_score), in reference standard deviations."""
-    return max((v for (name, src, _, what), v in found.items()
-                if name == "edgecls_drift_score" and src == source and what in against), default=float("nan"))
+    return max(
+        (
+            v
+            for (name, src, _, what), v in found.items()
+            if name == "edgecls_drift_score" and src == source and what in against
+        ),
+        default=float("nan"),
+    )
 
 
-def test_i12_p2_must_show_the_darkened_source_drifts_and_the_steady_one_does_not(tiny_bundle, tiny_run_dir,
-                                                                                 tmp_path, caplog):
+def test_i12_p2_must_show_the_darkened_source_drifts_and_the_steady_one_does_not(
+    tiny_bundle, tiny_run_dir, tmp_path, caplog
+):
     caplog.set_level(logging.INFO, logger="edgecls")
     steady = str(write_test_split_video(tmp_path / "steady.avi", tiny_run_dir))
     shifted = str(write_test_split_video(tmp_path / "shifted.avi", tiny_run_dir, dark_cycles=3 * CYCLES))
     sink = ListSink()
     # Both loop at their own 30 fps; the shifted one is dark for 12 of every 16 seconds.
-    daemon = Daemon(tiny_bundle, [steady, shifted], port=0, sinks=[sink], drift_window=60,
-                    source_options={"loop": True})
+    daemon = Daemon(
+        tiny_bundle, [steady, shifted], port=0, sinks=[sink], drift_window=60, source_options={"loop": True}
+    )
     seen = {}
 
     def scenario(d):
-        found = wait_for(lambda: (f := scores(d.url)) and worst(f, shifted) > DEFAULT_THRESHOLD and f, 60,
-                         "the shifted source's drift score past the threshold")
+        found = wait_for(
+            lambda: (f := scores(d.url)) and worst(f, shifted) > DEFAULT_THRESHOLD and f,
+            60,
+            "the shifted source's drift score past the threshold",
+        )
         status, body = http_get(d.url + "/healthz")
         seen.update(found=found, status=status, health=json.loads(body))
         d.request_stop()
 
     daemon.run(on_start=scenario)
     found, health = seen["found"], seen["health"]
-    print(f"\ndrift score (s.d.) steady {worst(found, steady):.2f}, shifted {worst(found, shifted):.2f}: "
-          f"{ {k[1:]: round(v, 2) for k, v in found.items() if k[0] == 'edgecls_drift_score'} }")
+    print(
+        f"\ndrift score (s.d.) steady {worst(found, steady):.2f}, shifted {worst(found, shifted):.2f}: "
+        f"{ {k[1:]: round(v, 2) for k, v in found.items() if k[0] == 'edgecls_drift_score'} }"
+    )
     assert found[("edgecls_drift_window_frames", steady, None, None)] == 60  # a full window, scored
     # the steady source stays low against both; the shifted one passes the threshold against both: it is darker
     # than the test images and than its own first window
@@ -141,8 +157,11 @@ def test_i12_p2_a_hot_reload_starts_the_window_afresh_against_the_new_reference(
         os.symlink(second, tmp)
         os.replace(tmp, current)  # as flash commits a release: the reloader notices within 0.5 s
         wait_for(lambda: d.loops[0].classifier.bundle.root == second, 20, "the second bundle serving")
-        new_reference = wait_for(lambda: drift.reference is not old_reference and drift.reference, 10,
-                                 "the window adopting the new reference")
+        new_reference = wait_for(
+            lambda: drift.reference is not old_reference and drift.reference,
+            10,
+            "the window adopting the new reference",
+        )
         seen.update(status=drift.status(), frames=drift.frames, new=new_reference)
         d.request_stop()
 
@@ -151,8 +170,9 @@ def test_i12_p2_a_hot_reload_starts_the_window_afresh_against_the_new_reference(
     assert seen["new"] is daemon.drift.reference_for(daemon.classifier)
 
 
-def test_i12_p2_a_hot_reload_to_a_bundle_without_reference_ends_the_drift_and_its_series(tiny_bundle, tiny_run_dir,
-                                                                                          tmp_path, caplog):
+def test_i12_p2_a_hot_reload_to_a_bundle_without_reference_ends_the_drift_and_its_series(
+    tiny_bundle, tiny_run_dir, tmp_path, caplog
+):
     """In drift, then flashed a bundle converted before drift monitoring: the source says "no reference", its score
     series disappear from /metrics (edgecls_drift_reference 0 stays), and one log line says the drift ended with it."""
     caplog.set_level(logging.INFO, logger="edgecls")

@@ -15,8 +15,13 @@ RULE_TESTS = RULES.with_name("edgecls-rules.test.yml")
 
 
 def promtool(*args) -> str:
-    done = subprocess.run([require_tool("promtool", package="prometheus"), *map(str, args)], cwd=RULES.parent,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [require_tool("promtool", package="prometheus"), *map(str, args)],
+        cwd=RULES.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
 

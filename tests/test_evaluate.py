@@ -17,8 +17,11 @@ def _train(tmp_path, shapes_folder, name="run"):
     data = tmp_path / f"{name}-data"
     shutil.copytree(shapes_folder, data)
     out = tmp_path / name
-    train(TrainConfig(data=str(data), out=str(out), image_size=16, epochs=1, seed=0, model_options={"widths": (8,)},
-                      verbose=0))
+    train(
+        TrainConfig(
+            data=str(data), out=str(out), image_size=16, epochs=1, seed=0, model_options={"widths": (8,)}, verbose=0
+        )
+    )
     return out, data
 
 
@@ -33,10 +36,13 @@ def run_and_other(tmp_path_factory, shapes_folder):
     return out, other
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: (d / "circle").rename(d / "zero"), "(zero unknown to the model; circle missing)"),
-    (lambda d: shutil.copytree(d / "circle", d / "star"), "(star unknown to the model)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: (d / "circle").rename(d / "zero"), "(zero unknown to the model; circle missing)"),
+        (lambda d: shutil.copytree(d / "circle", d / "star"), "(star unknown to the model)"),
+    ],
+)
 def test_i16_p2_own_folder_whose_classes_changed_is_refused_in_one_line(tmp_path, shapes_folder, change, message):
     out, data = _train(tmp_path, shapes_folder)
     before = (out / "metrics.json").read_text()
@@ -95,8 +101,21 @@ def test_i16_p3_builtin_run_named_like_the_builtin_is_evaluated_on_the_builtin(t
     from edgecls.rundata import load_run_splits
     from edgecls.rundir import open_run
 
-    result = run_cli("train", "--data", "digits", "--out", "digits", "--image-size", "8", "--widths", "8",
-                     "--epochs", "1", "--quiet", cwd=tmp_path)
+    result = run_cli(
+        "train",
+        "--data",
+        "digits",
+        "--out",
+        "digits",
+        "--image-size",
+        "8",
+        "--widths",
+        "8",
+        "--epochs",
+        "1",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     test_count = json.loads((tmp_path / "digits" / "metadata.json").read_text())["dataset"]["counts"]["test"]
     result = run_cli("evaluate", "digits", "--json", cwd=tmp_path)

@@ -44,7 +44,7 @@ def _write_quadrant_set(root, per_class: int, seed: int) -> None:
 def _quadrant_mass(heatmap: np.ndarray, quadrant: int) -> float:
     half = heatmap.shape[0] // 2
     qy, qx = divmod(quadrant, 2)
-    return float(heatmap[qy * half:(qy + 1) * half, qx * half:(qx + 1) * half].sum() / max(heatmap.sum(), 1e-12))
+    return float(heatmap[qy * half : (qy + 1) * half, qx * half : (qx + 1) * half].sum() / max(heatmap.sum(), 1e-12))
 
 
 @pytest.mark.slow
@@ -57,23 +57,39 @@ def test_i11_p1_gradcam_mass_lies_in_the_objects_quadrant(tmp_path):
     _write_quadrant_set(tmp_path / "train", 60, seed=0)
     _write_quadrant_set(tmp_path / "held", 12, seed=1)  # images the model never saw
     started = time.perf_counter()
-    train(TrainConfig(data=str(tmp_path / "train"), out=str(tmp_path / "run"), image_size=SIZE, epochs=12, batch_size=16,
-                      learning_rate=3e-3, patience=0, seed=0, model_options={"widths": (16, 32, 64)},
-                      augment=AugmentSpec.off(), verbose=0))
+    train(
+        TrainConfig(
+            data=str(tmp_path / "train"),
+            out=str(tmp_path / "run"),
+            image_size=SIZE,
+            epochs=12,
+            batch_size=16,
+            learning_rate=3e-3,
+            patience=0,
+            seed=0,
+            model_options={"widths": (16, 32, 64)},
+            augment=AugmentSpec.off(),
+            verbose=0,
+        )
+    )
     trained = time.perf_counter()
     result = explain_run(tmp_path / "run", [tmp_path / "held"], tmp_path / "cams")
     assert result.layer == "block2_relu1"  # the last conv block's activation, found automatically
     right = [e for e in result.explanations if e.predicted == e.image.parent.name]
     masses = [_quadrant_mass(e.heatmap, int(e.image.name[1])) for e in right]
-    print(f"\ngrad-cam: {len(right)}/{len(result.explanations)} held-out images right; mean mass in the object's "
-          f"quadrant {np.mean(masses):.3f} (min {np.min(masses):.3f}); train {trained - started:.1f}s, "
-          f"explain {time.perf_counter() - trained:.1f}s")
+    print(
+        f"\ngrad-cam: {len(right)}/{len(result.explanations)} held-out images right; mean mass in the object's "
+        f"quadrant {np.mean(masses):.3f} (min {np.min(masses):.3f}); train {trained - started:.1f}s, "
+        f"explain {time.perf_counter() - trained:.1f}s"
+    )
     assert len(right) >= 0.6 * len(result.explanations)  # the model learned the shapes
     assert np.mean(masses) >= 0.5
     assert len(list((tmp_path / "cams").glob("*.png"))) == len(result.explanations) + 1  # + the contact sheet
 
 
-def test_i11_p1_explain_cli_writes_a_png_per_image_a_contact_sheet_and_a_manifest(tmp_path, tiny_run_dir, shapes_folder):
+def test_i11_p1_explain_cli_writes_a_png_per_image_a_contact_sheet_and_a_manifest(
+    tmp_path, tiny_run_dir, shapes_folder
+):
     import cv2
 
     single = shapes_folder / "square" / "000.png"
@@ -140,16 +156,25 @@ def test_i11_p1_explain_refuses_bad_input_in_one_line_and_writes_nothing(tmp_pat
         explain_run(tiny_run_dir, [images], out, **kwargs)
     message = str(error.value)
     assert "\n" not in message
-    expected = {"class": "circle, square, triangle", "layer": "block1_relu1", "unreadable": "broken.png",
-                "out-file": "not a folder", "out-home": "not an edgecls explanation folder",
-                "out-in-images": "the images", "out-run": "the run directory"}[case]
+    expected = {
+        "class": "circle, square, triangle",
+        "layer": "block1_relu1",
+        "unreadable": "broken.png",
+        "out-file": "not a folder",
+        "out-home": "not an edgecls explanation folder",
+        "out-in-images": "the images",
+        "out-run": "the run directory",
+    }[case]
     assert expected in message, message
     assert [snapshot(tmp_path), snapshot(tiny_run_dir)] == before
 
 
 def test_i11_p1_explain_cli_unknown_layer_is_one_error_line(tmp_path, tiny_run_dir, shapes_folder):
-    message = cli_error(run_cli("explain", tiny_run_dir, shapes_folder / "circle" / "000.png", "--out", tmp_path / "o",
-                                "--layer", "nope"))
+    message = cli_error(
+        run_cli(
+            "explain", tiny_run_dir, shapes_folder / "circle" / "000.png", "--out", tmp_path / "o", "--layer", "nope"
+        )
+    )
     assert "layer 'nope' is not in the model" in message and "block1_relu1" in message
     assert not (tmp_path / "o").exists()
     from edgecls.explain import resolve_layer
@@ -212,8 +237,19 @@ def test_i11_p1_explain_mobilenetv2_run_finds_its_layer(tmp_path, shapes_folder)
     from edgecls.explain import explain_run
     from edgecls.train import TrainConfig, train
 
-    train(TrainConfig(data=str(shapes_folder), out=str(tmp_path / "run"), model="mobilenetv2", image_size=32, epochs=1,
-                      batch_size=16, seed=0, model_options={"alpha": 0.35}, verbose=0))
+    train(
+        TrainConfig(
+            data=str(shapes_folder),
+            out=str(tmp_path / "run"),
+            model="mobilenetv2",
+            image_size=32,
+            epochs=1,
+            batch_size=16,
+            seed=0,
+            model_options={"alpha": 0.35},
+            verbose=0,
+        )
+    )
     result = explain_run(tmp_path / "run", [shapes_folder / "square"], tmp_path / "cams")
     assert result.layer == "out_relu"  # the flat MobileNetV2 of edgecls.models: its last activation
     pngs = sorted(p.name for p in (tmp_path / "cams").glob("*.png"))

@@ -66,7 +66,8 @@ def test_i9_p2_local_flash_sends_only_what_the_profile_needs(bundles, tmp_path):
     checks = [c["file"] for c in manifest["checks"]]
     assert len(checks) >= 3  # convert stored held-out images, at least one per class
     assert sorted(p.name for p in release.iterdir()) == sorted(
-        ["manifest.json", "labels.txt", "verification.txt", "model_int8.tflite", "release.json", *checks])
+        ["manifest.json", "labels.txt", "verification.txt", "model_int8.tflite", "release.json", *checks]
+    )
     assert_complete(root, bundles["a"] / MANIFEST)
     assert result.smoke["correct"] == len(checks) and result.smoke["artifact"] == "tflite-int8"
     # Re-flashing the installed version sends nothing and touches nothing.
@@ -98,8 +99,9 @@ def test_i9_p2_ssh_flash_keeps_previous_and_reports_status(bundles, sshd, tmp_pa
 def test_i9_p2_foreign_root_is_refused_and_left_alone(bundles, tmp_path, sshd):  # noqa: F811
     home = make_home_like(tmp_path / "home")
     before = snapshot(home)
-    results = flash(bundles["a"], [str(home), sshd.target(home)],
-                    FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config)))
+    results = flash(
+        bundles["a"], [str(home), sshd.target(home)], FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config))
+    )
     for r in results:
         assert r.result == "failed" and "holds files edgecls did not write" in r.reason, r
     assert snapshot(home) == before
@@ -137,8 +139,11 @@ def test_i9_p3_bytes_flipped_in_transit_are_never_switched_to(bundles, tmp_path,
     device = SshDeviceTarget(sshd.target(root), "/unused", config=sshd.ssh_config)
     manifest_b = bundles["b"] / MANIFEST
     with pytest.raises(Exception, match="arrived corrupted"):
-        device.apply(manifest_b.read_bytes(), ["tflite-int8"],
-                     {MANIFEST: manifest_b, "labels.txt": bundles["b"] / "labels.txt", "model_int8.tflite": flipped})
+        device.apply(
+            manifest_b.read_bytes(),
+            ["tflite-int8"],
+            {MANIFEST: manifest_b, "labels.txt": bundles["b"] / "labels.txt", "model_int8.tflite": flipped},
+        )
     assert not (root / "current").is_symlink() and not any((root / "releases").iterdir())
     staged = list((root / "staging").rglob("model_int8.tflite"))
     assert not staged  # the bad bytes were dropped, never stored under the real name
@@ -200,15 +205,28 @@ def _profile_file(folder: Path, profile: DeviceProfile, name: str = "profile.jso
 
 def test_i9_p6_fleet_table_one_success_one_rollback(bundles, tmp_path, sshd):  # noqa: F811
     roots = [tmp_path / "pi-a", tmp_path / "pi-b"]
-    _profile_file(tmp_path, DeviceProfile(name="slow", artifacts=("tflite-int8",), latency_budget_ms=0.001), "slow.json")
-    (tmp_path / "fleet.txt").write_text(f"# two loopback devices\n{sshd.target(roots[0])}\n"
-                                        f"{sshd.target(roots[1])}  slow.json   # this one must roll back\n")
+    _profile_file(
+        tmp_path, DeviceProfile(name="slow", artifacts=("tflite-int8",), latency_budget_ms=0.001), "slow.json"
+    )
+    (tmp_path / "fleet.txt").write_text(
+        f"# two loopback devices\n{sshd.target(roots[0])}\n"
+        f"{sshd.target(roots[1])}  slow.json   # this one must roll back\n"
+    )
     assert read_targets_file(tmp_path / "fleet.txt")[1][1].name == "slow"
     for root in roots:  # both run version a first, so the failing one has something to roll back to
-        assert flash(bundles["a"], [sshd.target(root)], FlashOptions(profile=PROFILE,
-                     ssh_config=str(sshd.ssh_config)))[0].ok
-    done = run_cli("flash", bundles["b"], "--targets", tmp_path / "fleet.txt", "--ssh-config", sshd.ssh_config,
-                   "--profile", _profile_file(tmp_path, PROFILE))
+        assert flash(bundles["a"], [sshd.target(root)], FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config)))[
+            0
+        ].ok
+    done = run_cli(
+        "flash",
+        bundles["b"],
+        "--targets",
+        tmp_path / "fleet.txt",
+        "--ssh-config",
+        sshd.ssh_config,
+        "--profile",
+        _profile_file(tmp_path, PROFILE),
+    )
     assert done.returncode == 1, done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
     assert " installed " in rows[sshd.target(roots[0])]
@@ -236,7 +254,9 @@ def test_i9_p2_concurrent_flashes_take_turns(bundles, tmp_path):
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda b: flash(b, [str(root)], FlashOptions(profile=PROFILE))[0], [bundles["b"], c]))
     assert [r.result for r in results] == ["installed", "installed"], results
-    held = [h for h in json.loads((root / "state.json").read_text())["history"] if h["slot"] in {r.slot for r in results}]
+    held = [
+        h for h in json.loads((root / "state.json").read_text())["history"] if h["slot"] in {r.slot for r in results}
+    ]
     assert len(held) == 2
     (start1, end1), (start2, end2) = sorted((h["locked_at"], h["recorded_at"]) for h in held)
     assert start1 < end1 <= start2 < end2, held
@@ -245,8 +265,16 @@ def test_i9_p2_concurrent_flashes_take_turns(bundles, tmp_path):
 
 def test_i9_p2_unreachable_target_is_one_failed_row_with_cause_and_fix(bundles, tmp_path, sshd):  # noqa: F811
     closed = f"{sshd.user}@127.0.0.1:1:{tmp_path / 'x'}"  # nothing listens on port 1
-    done = run_cli("flash", bundles["a"], closed, tmp_path / "local", "--ssh-config", sshd.ssh_config,
-                   "--profile", _profile_file(tmp_path, PROFILE))
+    done = run_cli(
+        "flash",
+        bundles["a"],
+        closed,
+        tmp_path / "local",
+        "--ssh-config",
+        sshd.ssh_config,
+        "--profile",
+        _profile_file(tmp_path, PROFILE),
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
     assert " failed " in rows[closed] and "cannot reach" in rows[closed] and "SSH server" in rows[closed]

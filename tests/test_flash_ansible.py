@@ -21,10 +21,19 @@ PLAYBOOK = REPO / "devices" / "ansible" / "flash.yml"
 def _ansible(*args, tmp: Path) -> subprocess.CompletedProcess:
     exe = require_tool("ansible-playbook", package="ansible-core (pip, the dev extra)")
     (tmp / "ansible.cfg").write_text("[defaults]\n")  # none of the machine's own settings
-    env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp / "at"),
-           "ANSIBLE_REMOTE_TMP": str(tmp / "rt"), "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_CONFIG": str(tmp / "ansible.cfg"),
-           "ANSIBLE_PYTHON_INTERPRETER": sys.executable, "ANSIBLE_PIPELINING": "True",
-           "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp / "cp"), "ANSIBLE_HOME": str(tmp / "ah")}
+    env = {
+        **os.environ,
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCAL_TEMP": str(tmp / "at"),
+        "ANSIBLE_REMOTE_TMP": str(tmp / "rt"),
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_CONFIG": str(tmp / "ansible.cfg"),
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp / "cp"),
+        "ANSIBLE_HOME": str(tmp / "ah"),
+    }
     return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env, timeout=300, cwd=tmp)
 
 
@@ -39,12 +48,16 @@ def test_i9_p6_playbook_flashes_loopback_devices(bundles, sshd, tmp_path):  # no
     # The slow device runs version b first: its failed smoke test of a must roll back to b.
     assert flash(bundles["b"], [str(slow)], FlashOptions(profile=PROFILE))[0].ok
     old = current_release(slow).name
-    common = (f"ansible_host={sshd.host} ansible_port={sshd.port} ansible_user={sshd.user} "
-              f"ansible_ssh_common_args='-F {sshd.ssh_config}' ansible_python_interpreter={sys.executable} "
-              f"edgecls_python={sys.executable}")
+    common = (
+        f"ansible_host={sshd.host} ansible_port={sshd.port} ansible_user={sshd.user} "
+        f"ansible_ssh_common_args='-F {sshd.ssh_config}' ansible_python_interpreter={sys.executable} "
+        f"edgecls_python={sys.executable}"
+    )
     inventory = tmp_path / "inventory.ini"
-    inventory.write_text(f"[edgecls_devices]\ngood {common} edgecls_root={good}\n"
-                         f"slow {common} edgecls_root={slow} edgecls_budget_ms=0.001\n")
+    inventory.write_text(
+        f"[edgecls_devices]\ngood {common} edgecls_root={good}\n"
+        f"slow {common} edgecls_root={slow} edgecls_budget_ms=0.001\n"
+    )
     done = _ansible("-i", inventory, PLAYBOOK, "-e", f"edgecls_bundle={bundles['a']}", tmp=tmp_path)
     out = done.stdout
     assert done.returncode != 0, out

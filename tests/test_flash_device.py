@@ -1,4 +1,5 @@
-"""Issue 9: the bundle's check images, old bundles, --setup, --install-service, and the daemon's health after a flash."""
+"""Issue 9: the bundle's check images, old bundles, --setup, --install-service, and the daemon's health after a
+flash."""
 
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def test_i9_p4_bundle_without_check_images_still_loads_and_flashes(tiny_bundle, 
 def test_i9_p4_setup_and_install_service_over_ssh(bundles, sshd, tmp_path):  # noqa: F811
     profile = DeviceProfile(name="svc", artifacts=("tflite-int8",), packages=("numpy",), service="edgecls-test")
     units = tmp_path / "units"
-    options = FlashOptions(profile=profile, ssh_config=str(sshd.ssh_config), setup=True, install_service=True,
-                           unit_dir=str(units))
+    options = FlashOptions(
+        profile=profile, ssh_config=str(sshd.ssh_config), setup=True, install_service=True, unit_dir=str(units)
+    )
     [r] = flash(bundles["a"], [sshd.target(tmp_path / "dev")], options)
     assert r.result == "installed", r.reason
     unit = (units / "edgecls-test.service").read_text()
@@ -65,8 +67,9 @@ def test_i9_p4_install_service_points_the_daemon_at_current_with_the_devices_own
     video = write_test_video(tmp_path / "camera.avi")
     profile = DeviceProfile(name="svc", artifacts=("tflite-int8",), camera=str(video), service="edgecls-test")
     root, units, config = tmp_path / "dev", tmp_path / "units", tmp_path / "etc" / "run.toml"
-    options = FlashOptions(profile=profile, install_service=True, unit_dir=str(units), service_config=str(config),
-                           service_port=0)
+    options = FlashOptions(
+        profile=profile, install_service=True, unit_dir=str(units), service_config=str(config), service_port=0
+    )
     [r] = flash(bundles["a"], [str(root)], options)
     assert r.result == "installed", r.reason
     unit = (units / "edgecls-test.service").read_text()
@@ -81,8 +84,12 @@ def test_i9_p4_install_service_points_the_daemon_at_current_with_the_devices_own
     config.write_text(text + "# mine\n")
     flash(bundles["b"], [str(root)], options)
     assert config.read_text().endswith("# mine\n")
-    done = subprocess.run([executable, "run", "--config", str(config), "--duration", "2", "--results",
-                           str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [executable, "run", "--config", str(config), "--duration", "2", "--results", str(tmp_path / "r.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "r.jsonl").read_text().count("\n") > 0
 
@@ -100,8 +107,9 @@ def test_i9_p4_flash_waits_for_the_daemon_to_serve_the_new_release(bundles, tmp_
 
     def scenario(d):
         try:
-            profile = DeviceProfile(name="with-daemon", artifacts=("tflite-int8",), threads=1,
-                                    health_url=d.url + "/healthz")
+            profile = DeviceProfile(
+                name="with-daemon", artifacts=("tflite-int8",), threads=1, health_url=d.url + "/healthz"
+            )
             [results["b"]] = flash(bundles["b"], [str(root)], FlashOptions(profile=profile))
             results["serving"] = d.reloader.status()["bundle"]
         finally:

@@ -47,8 +47,14 @@ print(json.dumps(r.to_dict()), flush=True)
 
 
 def _worker(bundle: Path, target: str, config: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(bundle), target, config], cwd=REPO,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(bundle), target, config],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -69,7 +75,10 @@ def _timed_run(bundle: Path, target: str, config: str) -> float:
 def test_i9_p2_sigkill_at_50_random_moments(bundles, tmp_path, sshd, capsys):  # noqa: F811
     rng = random.Random(int(os.environ.get("EDGECLS_FLASH_KILL_SEED", "9")))  # other seeds: a longer stress run
     manifests = {name: (bundles[name] / MANIFEST).read_bytes() for name in ("a", "b")}
-    kinds = [("local", str(tmp_path / "local-dev"), ""), ("ssh", sshd.target(tmp_path / "ssh-dev"), str(sshd.ssh_config))]
+    kinds = [
+        ("local", str(tmp_path / "local-dev"), ""),
+        ("ssh", sshd.target(tmp_path / "ssh-dev"), str(sshd.ssh_config)),
+    ]
     outcome = {"old": 0, "new": 0, "none": 0}
     started = time.monotonic()
     rounds = 0
@@ -104,9 +113,11 @@ def test_i9_p2_sigkill_at_50_random_moments(bundles, tmp_path, sshd, capsys):  #
             assert not list(root.glob(".*.tmp")) and not list((root / "releases").glob(".trash-*"))
     elapsed = time.monotonic() - started
     with capsys.disabled():
-        print(f"\nkill test: {rounds}/50 rounds consistent and completed on re-run; after the kill current was the "
-              f"old bundle {outcome['old']}x, the new one {outcome['new']}x ({outcome['none']}x with its smoke test "
-              f"unfinished, finished by the re-run); {elapsed:.1f} s")
+        print(
+            f"\nkill test: {rounds}/50 rounds consistent and completed on re-run; after the kill current was the "
+            f"old bundle {outcome['old']}x, the new one {outcome['new']}x ({outcome['none']}x with its smoke test "
+            f"unfinished, finished by the re-run); {elapsed:.1f} s"
+        )
     assert rounds == 50
 
 
@@ -123,13 +134,20 @@ print(json.dumps(flash(bundle, [target], options)[0].to_dict() if action == "fla
 def _killed_run(action: str, bundle: Path, target: str, point: str, ssh_config: str | None) -> bool:
     """Run `action` with the device side SIGKILLed at `point`; whether the kill happened (else it completed)."""
     if ssh_config is None:  # local: the device code runs in the worker, which the hook kills
-        done = subprocess.run([sys.executable, "-c", DEVICE_WORKER, action, str(bundle), target], cwd=REPO,
-                              env={**os.environ, KILL_ENV: point}, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", DEVICE_WORKER, action, str(bundle), target],
+            cwd=REPO,
+            env={**os.environ, KILL_ENV: point},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode in (0, -signal.SIGKILL), done.stderr[-2000:]
         return done.returncode == -signal.SIGKILL
     # SSH: the hook's variable reaches only the device's process (sshd AcceptEnv; no multiplexing, which drops it)
-    options = FlashOptions(profile=PROFILE, ssh_config=ssh_config,
-                           ssh_options=(f"SetEnv={KILL_ENV}={point}", "ControlPath=none"))
+    options = FlashOptions(
+        profile=PROFILE, ssh_config=ssh_config, ssh_options=(f"SetEnv={KILL_ENV}={point}", "ControlPath=none")
+    )
     [r] = flash(bundle, [target], options)
     assert r.result in ("failed", "installed", "rolled back"), r
     return r.result == "failed" and "exit status 255" in r.reason  # ssh's report of a remote killed by a signal
@@ -175,8 +193,10 @@ def test_i9_p2_device_killed_at_every_switch_and_durable_write(bundles, tmp_path
             else:
                 raise AssertionError(f"{label}: never completed")
 
-    for kind, target, config in (("local", str(tmp_path / "local-dev"), None),
-                                 ("ssh", sshd.target(tmp_path / "ssh-dev"), str(sshd.ssh_config))):
+    for kind, target, config in (
+        ("local", str(tmp_path / "local-dev"), None),
+        ("ssh", sshd.target(tmp_path / "ssh-dev"), str(sshd.ssh_config)),
+    ):
         root = Path(target.rsplit(":", 1)[-1]) if kind == "ssh" else Path(target)
         options = FlashOptions(profile=PROFILE, ssh_config=config)
         assert flash(bundles["a"], [target], options)[0].ok and flash(bundles["b"], [target], options)[0].ok
@@ -191,11 +211,13 @@ def test_i9_p2_device_killed_at_every_switch_and_durable_write(bundles, tmp_path
 
             def rerun():
                 assert flash(bundles["wrong"], [target], options)[0].result == "rolled back"
+
             return ("flash", bundles["wrong"], {old, "wrong"}, rerun, old)
 
         each_point(f"{kind} flash", root, target, config, forward)
         if kind == "local":  # the same device code as over SSH; SSH's own part (a killed remote) is shown above
             each_point(f"{kind} automatic rollback", root, target, config, automatic_rollback)
+
             def manual_rollback():  # `edgecls rollback`: its re-run finishes the interrupted one
                 old = _release_of(root, manifests)
                 back = os.readlink(root / "previous").split("/")[-1]

@@ -61,7 +61,9 @@ def test_i8_p6_every_pixel_value_maps_like_the_float_path():
     tensor = TensorSpec("x", (1,), "int8", 0.37, 3, "onnx")
     table = input_table(spec, tensor)
     assert table.shape == (1, 256, 3)  # channels differ, so one table each
-    np.testing.assert_array_equal(_apply(image, spec, tensor, "rgb"), quantize(preprocess(image, spec)[None], tensor)[0])
+    np.testing.assert_array_equal(
+        _apply(image, spec, tensor, "rgb"), quantize(preprocess(image, spec)[None], tensor)[0]
+    )
 
 
 def test_i8_p6_shared_table_when_channels_agree_and_none_for_raw_pixels():
@@ -92,8 +94,17 @@ def test_i8_p6_swapping_channels_after_resizing_is_exact():
             np.testing.assert_array_equal(preprocess(image, spec, order="bgr"), swapped_first, err_msg=f"{mode} {how}")
 
 
-@pytest.mark.parametrize("src, dst", [((480, 640), (224, 224)), ((481, 643), (224, 224)), ((1080, 1920), (96, 128)),
-                                      ((30, 1000), (24, 24)), ((1, 500), (8, 8)), ((200, 100), (224, 224))])
+@pytest.mark.parametrize(
+    "src, dst",
+    [
+        ((480, 640), (224, 224)),
+        ((481, 643), (224, 224)),
+        ((1080, 1920), (96, 128)),
+        ((30, 1000), (24, 24)),
+        ((1, 500), (8, 8)),
+        ((200, 100), (224, 224)),
+    ],
+)
 def test_i8_p6_box_linear_averages_whole_boxes_then_resizes_linearly(src, dst):
     image = _frame(*src, seed=1)
     got = preprocess(image, PreprocessSpec(*dst, dtype="uint8"))  # box-linear is the default
@@ -113,7 +124,10 @@ def test_i8_p6_box_linear_averages_whole_boxes_then_resizes_linearly(src, dst):
 def test_i8_p6_box_linear_is_much_faster_than_generic_area_on_a_vga_frame():
     """Not a timed target: a guard that the fast path is really taken (the generic path is ~7x slower)."""
     image = _frame(480, 640, seed=2)
-    specs = {m: PreprocessSpec(224, 224, resize="center-crop", interpolation=m, dtype="uint8") for m in ("box-linear", "auto")}
+    specs = {
+        m: PreprocessSpec(224, 224, resize="center-crop", interpolation=m, dtype="uint8")
+        for m in ("box-linear", "auto")
+    }
 
     def cpu(spec):
         times = []

@@ -16,7 +16,8 @@ def test_i16_p7_a_class_predicted_but_absent_counts_in_the_macro_average():
 
 @pytest.mark.parametrize("trial", range(40))
 def test_i16_p7_per_class_and_macro_match_scikit_learn_on_random_label_sets(trial):
-    from sklearn.metrics import classification_report as sk_report, precision_recall_fscore_support
+    from sklearn.metrics import classification_report as sk_report
+    from sklearn.metrics import precision_recall_fscore_support
 
     rng = np.random.default_rng(trial)
     k = int(rng.integers(2, 9))

@@ -38,10 +38,22 @@ def run_workers(n: int, args: list, tmp_path, timeout: int = 240, extra_env: dic
     for index in range(n):
         scratch = tmp_path / f"tmp{index}"
         scratch.mkdir()
-        env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(REPO), "TMPDIR": str(scratch),
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen([sys.executable, "-m", "edgecls.cli", "train", "--strategy", "multiworker", *map(str, args)],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            **(extra_env or {}),
+            "PYTHONPATH": str(REPO),
+            "TMPDIR": str(scratch),
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "edgecls.cli", "train", "--strategy", "multiworker", *map(str, args)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = []
     try:
         for proc in procs:
@@ -64,7 +76,9 @@ def saved_val_loss(run, data):
     from runtime.preprocess import PreprocessSpec
 
     meta = json.loads((run / "metadata.json").read_text())
-    val = scan_folder(data, meta["dataset"]["val_fraction"], meta["dataset"]["test_fraction"], meta["seed"]).splits["val"]
+    val = scan_folder(data, meta["dataset"]["val_fraction"], meta["dataset"]["test_fraction"], meta["seed"]).splits[
+        "val"
+    ]
     split = load_split(val, PreprocessSpec.from_dict(meta["preprocess"]))
     model = keras.models.load_model(run / "model.keras", compile=False)
     probs = np.clip(model.predict(split.x, verbose=0), 1e-7, 1 - 1e-7)
@@ -74,14 +88,21 @@ def saved_val_loss(run, data):
 def test_i16_p6_two_workers_train_and_only_the_chief_writes_the_run(tmp_path, shapes_folder):
     out = tmp_path / "runs" / "mw"
     results = run_workers(2, ["--data", shapes_folder, "--out", out, *TINY], tmp_path)
-    for code, stdout, stderr in results:
+    for code, _stdout, stderr in results:
         assert code == 0, stderr[-3000:]
     (_, chief_out, chief_err), (_, worker_out, _) = results
     assert "test_accuracy" in chief_out and "the chief (task 0) writes the run" in worker_out
     assert "epoch 2/2:" in chief_err
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion_matrix.png", "curves.png", "history.json", "metadata.json", "metrics.json", "model.keras", "split.json"]
+        "confusion_matrix.png",
+        "curves.png",
+        "history.json",
+        "metadata.json",
+        "metrics.json",
+        "model.keras",
+        "split.json",
+    ]
     assert [p.name for p in out.parent.iterdir()] == ["mw"]  # no stage left beside it
     assert not list((tmp_path / "tmp1").iterdir())  # the worker deleted what it wrote
     meta = json.loads((out / "metadata.json").read_text())
@@ -112,12 +133,25 @@ def test_i10_p4_two_streaming_workers_train_like_one_process(tmp_path, shapes_fo
     png = data / "train" / "circle" / "000.png"
     for name in ("003a.png", "003b.png"):
         (data / "val" / "square" / name).write_bytes(png.read_bytes()[: png.stat().st_size // 2])
-    args = ["--data", data, "--epochs", "6", "--image-size", "24", "--widths", "8,16", "--batch-size", "16", "--seed", "0",
-            "--quiet"]
+    args = [
+        "--data",
+        data,
+        "--epochs",
+        "6",
+        "--image-size",
+        "24",
+        "--widths",
+        "8,16",
+        "--batch-size",
+        "16",
+        "--seed",
+        "0",
+        "--quiet",
+    ]
     stream = {"EDGECLS_IN_MEMORY_MB": "0"}
     out, single = tmp_path / "runs" / "mw", tmp_path / "runs" / "single"
     results = run_workers(2, ["--out", out, *args], tmp_path, timeout=480, extra_env=stream)
-    for code, stdout, stderr in results:
+    for code, _stdout, stderr in results:
         assert code == 0, stderr[-3000:]
         assert "streaming 266 images from disk" in stderr
     (_, chief_out, _), (_, worker_out, _) = results
@@ -139,8 +173,23 @@ def test_i10_p4_two_streaming_workers_train_like_one_process(tmp_path, shapes_fo
 
 def test_i16_p6_one_worker_loop_stops_early_halves_the_rate_and_keeps_the_best_epoch(tmp_path, shapes_folder):
     out = tmp_path / "mw1"
-    args = ["--data", shapes_folder, "--out", out, "--epochs", "40", "--patience", "4", "--lr", "0.05",
-            "--image-size", "16", "--widths", "8", "--quiet"]
+    args = [
+        "--data",
+        shapes_folder,
+        "--out",
+        out,
+        "--epochs",
+        "40",
+        "--patience",
+        "4",
+        "--lr",
+        "0.05",
+        "--image-size",
+        "16",
+        "--widths",
+        "8",
+        "--quiet",
+    ]
     [(code, stdout, stderr)] = run_workers(1, args, tmp_path)
     assert code == 0, stderr[-3000:]
     assert "test_accuracy" in stdout
@@ -196,13 +245,40 @@ def test_review_a_worker_that_dies_ends_the_other_with_one_error_line_and_no_sta
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs, logs = [], []
     for index in range(2):
-        env = {**os.environ, "PYTHONPATH": str(REPO),
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
         logs.append(tmp_path / f"worker{index}.log")
-        procs.append(subprocess.Popen([sys.executable, "-m", "edgecls.cli", "train", "--strategy", "multiworker",
-                                       "--data", str(shapes_folder), "--out", str(out), "--epochs", "200", "--patience", "0",
-                                       "--image-size", "16", "--widths", "8", "--quiet"],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=logs[-1].open("w")))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "edgecls.cli",
+                    "train",
+                    "--strategy",
+                    "multiworker",
+                    "--data",
+                    str(shapes_folder),
+                    "--out",
+                    str(out),
+                    "--epochs",
+                    "200",
+                    "--patience",
+                    "0",
+                    "--image-size",
+                    "16",
+                    "--widths",
+                    "8",
+                    "--quiet",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=logs[-1].open("w"),
+            )
+        )
     try:
         deadline = time.monotonic() + 200
         while "epoch 2/" not in logs[0].read_text() and time.monotonic() < deadline:

@@ -16,8 +16,14 @@ import pytest
 def tiny_keras():
     keras = pytest.importorskip("keras")
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
-                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
 
 
 def test_i15_p14_every_onnx_int8_remedy_calibrates_on_the_images_its_description_names(tiny_keras, tmp_path):
@@ -28,8 +34,9 @@ def test_i15_p14_every_onnx_int8_remedy_calibrates_on_the_images_its_description
     exporter = _Exporter(tiny_keras, tmp_path, train, ConvertOptions(calibration_size=4), train[:2])
     attempts = exporter.attempts(FORMATS["onnx-int8"])
     # 4 asked for; the remedies take 4 x 4 = 16 (40 are available)
-    assert [re.search(r"(\d+) calibration images|\((\d+) images\)", d).group(0) for d, _ in attempts] == \
-        ["4 calibration images"] + ["(16 images)"] * 4
+    assert [re.search(r"(\d+) calibration images|\((\d+) images\)", d).group(0) for d, _ in attempts] == [
+        "4 calibration images"
+    ] + ["(16 images)"] * 4
     for i, (description, build) in enumerate(attempts):
         notes = build(tmp_path / f"attempt{i}.onnx")
         assert notes["calibration_images"] == (4 if i == 0 else 16), description
@@ -41,12 +48,23 @@ def pruned_onnx_bundle(tiny_run_dir, tmp_path_factory):
     from converters.pipeline import ConvertOptions, convert
 
     out = tmp_path_factory.mktemp("mutation-converters") / "bundle"
-    return convert(tiny_run_dir, out, ConvertOptions(formats=parse_formats("onnx-int8"), prune="structured=0.5",
-                                                       prune_epochs=1, max_prune_drop=100.0, calibration_size=8,
-                                                       max_drop=100.0))
+    return convert(
+        tiny_run_dir,
+        out,
+        ConvertOptions(
+            formats=parse_formats("onnx-int8"),
+            prune="structured=0.5",
+            prune_epochs=1,
+            max_prune_drop=100.0,
+            calibration_size=8,
+            max_drop=100.0,
+        ),
+    )
 
 
-def test_i15_p14_a_pruned_onnx_bundle_carries_labels_and_head_and_measures_against_the_pruned_model(pruned_onnx_bundle, tiny_run_dir):
+def test_i15_p14_a_pruned_onnx_bundle_carries_labels_and_head_and_measures_against_the_pruned_model(
+    pruned_onnx_bundle, tiny_run_dir
+):
     import json
 
     onnx = pytest.importorskip("onnx")
@@ -88,8 +106,19 @@ def test_i15_p14_a_sigmoid_head_run_is_converted_and_verified_as_two_classes(sha
     for kind in ("circle", "triangle"):  # red vs blue: learnt in a few epochs
         shutil.copytree(shapes_folder / kind, data / kind)
     run = tmp_path / "run"
-    train(TrainConfig(data=str(data), out=str(run), image_size=16, epochs=6, batch_size=8, seed=0,
-                      augment=AugmentSpec.off(), model_options={"widths": (8,)}, verbose=0))
+    train(
+        TrainConfig(
+            data=str(data),
+            out=str(run),
+            image_size=16,
+            epochs=6,
+            batch_size=8,
+            seed=0,
+            augment=AugmentSpec.off(),
+            model_options={"widths": (8,)},
+            verbose=0,
+        )
+    )
     keras_accuracy = json.loads((run / "metrics.json").read_text())["test_accuracy"]
     assert keras_accuracy >= 0.8  # above chance, or a wrong head could not show
     bundle = tmp_path / "bundle"
@@ -130,8 +159,9 @@ def test_i15_p14_the_accuracy_gate_and_manifest_use_the_exact_drop_and_agreement
     logits = keras.layers.Dense(3)(feature)
     model = keras.Model(inputs, keras.layers.Softmax()(logits))
     t = 1e-3
-    model.layers[2].set_weights([np.array([[0, -t / 2, 0], [0, t, 0], [0, -t / 2, 0]], np.float32),
-                                 np.array([0, -t * cut, -10], np.float32)])
+    model.layers[2].set_weights(
+        [np.array([[0, -t / 2, 0], [0, t, 0], [0, -t / 2, 0]], np.float32), np.array([0, -t * cut, -10], np.float32)]
+    )
     model.save(run / "model.keras")
     keras_pred = model.predict(test.x, verbose=0).argmax(1)
     assert keras_pred.sum() == 1  # one image is called square by Keras

@@ -35,8 +35,16 @@ def test_scaled_spec_stores_plus_zero_mean_never_minus_zero():
 def test_spec_to_dict_is_the_plain_manifest_form():
     spec = PreprocessSpec(24, 32, color="bgr", resize="letterbox", mean=(1, 2, 3), std=(4, 5, 6), pad_value=7)
     assert spec.to_dict() == {
-        "height": 24, "width": 32, "color": "bgr", "resize": "letterbox", "interpolation": "box-linear",
-        "mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0], "dtype": "float32", "pad_value": 7, "layout": "NHWC",
+        "height": 24,
+        "width": 32,
+        "color": "bgr",
+        "resize": "letterbox",
+        "interpolation": "box-linear",
+        "mean": [1.0, 2.0, 3.0],
+        "std": [4.0, 5.0, 6.0],
+        "dtype": "float32",
+        "pad_value": 7,
+        "layout": "NHWC",
     }
 
 
@@ -92,7 +100,11 @@ def test_four_channel_frames_drop_alpha_in_either_channel_order():
     spec = PreprocessSpec(2, 2, dtype="uint8")
     assert preprocess(bgra, spec, order="bgr")[0, 0].tolist() == [30, 20, 10]
     assert preprocess(bgra, spec, order="rgb")[0, 0].tolist() == [10, 20, 30]
-    assert preprocess(bgra, PreprocessSpec(2, 2, color="bgr", dtype="uint8"), order="rgb")[0, 0].tolist() == [30, 20, 10]
+    assert preprocess(bgra, PreprocessSpec(2, 2, color="bgr", dtype="uint8"), order="rgb")[0, 0].tolist() == [
+        30,
+        20,
+        10,
+    ]
     gray = preprocess(bgra, PreprocessSpec(2, 2, color="gray", dtype="uint8"), order="rgb")
     assert gray[0, 0].tolist() == [round(0.299 * 10 + 0.587 * 20 + 0.114 * 30)]  # RGB luma weights, not BGR's
 
@@ -108,14 +120,19 @@ def test_center_crop_of_a_one_pixel_strip_keeps_exactly_the_middle_line(tall):
     # 100 lines valued 0, 2, 4, ...: any blend of two lines would give an odd value
     line = (np.arange(100, dtype=np.uint8) * 2).reshape(100, 1)
     image = np.repeat(line if tall else line.T, 3).reshape((100, 1, 3) if tall else (1, 100, 3))
-    spec = PreprocessSpec(1, 4, resize="center-crop", dtype="uint8") if tall else \
-        PreprocessSpec(4, 1, resize="center-crop", dtype="uint8")
+    spec = (
+        PreprocessSpec(1, 4, resize="center-crop", dtype="uint8")
+        if tall
+        else PreprocessSpec(4, 1, resize="center-crop", dtype="uint8")
+    )
     out = preprocess(image, spec)
     assert (out == 98).all()  # line 49 = (100 - 1) // 2
 
 
 def test_bad_spec_values_are_named_in_the_error():
-    with pytest.raises(EdgeclsError, match="unknown preprocessing interpolation 'bogus': use one of box-linear, auto, area"):
+    with pytest.raises(
+        EdgeclsError, match="unknown preprocessing interpolation 'bogus': use one of box-linear, auto, area"
+    ):
         PreprocessSpec(8, 8, interpolation="bogus")
     with pytest.raises(EdgeclsError, match="preprocessing std needs 1 or 3 values, got 2"):
         PreprocessSpec(8, 8, std=(1, 2))
@@ -136,7 +153,9 @@ def test_an_unreadable_path_is_one_clear_error():
 
 def test_letterbox_of_a_tall_image_pads_left_and_right_and_shrinks_with_area():
     image = np.random.default_rng(5).integers(0, 256, (60, 27, 3), dtype=np.uint8)  # 60x27 -> 40x18 inside 40x40
-    out = preprocess(image, PreprocessSpec(40, 40, resize="letterbox", dtype="uint8", pad_value=3, interpolation="auto"))
+    out = preprocess(
+        image, PreprocessSpec(40, 40, resize="letterbox", dtype="uint8", pad_value=3, interpolation="auto")
+    )
     assert (out[:, :11] == 3).all() and (out[:, 29:] == 3).all()  # (40 - 18) // 2 = 11 columns each side
     np.testing.assert_array_equal(out[:, 11:29], cv2.resize(image, (18, 40), interpolation=cv2.INTER_AREA))
     assert (out[:, 11:29] != cv2.resize(image, (18, 40), interpolation=cv2.INTER_LINEAR)).any()  # the choice shows
@@ -149,14 +168,20 @@ def _jpeg_bytes(progressive: bool = False) -> bytes:
 
 @pytest.mark.parametrize("progressive", [False, True])
 def test_the_truncation_walker_judges_cut_jpegs_itself(progressive):
-    """The walker itself: this OpenCV refuses cut JPEGs before it runs, builds whose libjpeg decodes them grey do not."""
+    """The walker itself: this OpenCV refuses cut JPEGs before it runs, builds whose libjpeg decodes them grey do
+    not."""
     from runtime.preprocess import _is_truncated_jpeg
 
     data = _jpeg_bytes(progressive)
-    judged = {name: _is_truncated_jpeg(np.frombuffer(buf, np.uint8)) for name, buf in {
-        "whole": data, "with trailing data": data + b"\x00" * 100,
-        "no end-of-image marker": data[:-2], "half": data[: len(data) // 2],
-    }.items()}
+    judged = {
+        name: _is_truncated_jpeg(np.frombuffer(buf, np.uint8))
+        for name, buf in {
+            "whole": data,
+            "with trailing data": data + b"\x00" * 100,
+            "no end-of-image marker": data[:-2],
+            "half": data[: len(data) // 2],
+        }.items()
+    }
     assert judged == {"whole": False, "with trailing data": False, "no end-of-image marker": True, "half": True}
 
 

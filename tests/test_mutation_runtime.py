@@ -48,15 +48,41 @@ def test_i15_p14_daemon_summary_and_health_name_every_counter_per_source(tiny_bu
     stills.mkdir()
     daemon = Daemon(tiny_bundle, [stills], sinks=[])  # never started: every counter is still zero
     (name,) = daemon.summary()
-    assert daemon.summary()[name] == {"classified": 0, "captured": 0, "dropped": 0, "outages": 0,
-                                      "reconnects": 0, "state": daemon.supervisors[0].stats.state}
+    assert daemon.summary()[name] == {
+        "classified": 0,
+        "captured": 0,
+        "dropped": 0,
+        "outages": 0,
+        "reconnects": 0,
+        "state": daemon.supervisors[0].stats.state,
+    }
     healthy, detail = daemon.health()
     source = detail["sources"][name]
     assert not healthy and detail["unhealthy"] == [name]
-    assert {k: source[k] for k in ("frames", "classified", "dropped", "outages", "reconnects", "fps")} == \
-        {"frames": 0, "classified": 0, "dropped": 0, "outages": 0, "reconnects": 0, "fps": 0.0}
-    assert set(source) == {"state", "reason", "frames", "classified", "dropped", "outages", "reconnects", "fps",
-                           "last_frame_age_s", "drift"} and source["last_frame_age_s"] is None
+    assert {k: source[k] for k in ("frames", "classified", "dropped", "outages", "reconnects", "fps")} == {
+        "frames": 0,
+        "classified": 0,
+        "dropped": 0,
+        "outages": 0,
+        "reconnects": 0,
+        "fps": 0.0,
+    }
+    assert (
+        set(source)
+        == {
+            "state",
+            "reason",
+            "frames",
+            "classified",
+            "dropped",
+            "outages",
+            "reconnects",
+            "fps",
+            "last_frame_age_s",
+            "drift",
+        }
+        and source["last_frame_age_s"] is None
+    )
 
     stats = daemon.loops[0].stats  # real timestamps: fps is (n - 1) / span, almost never 2 decimals
     for _ in range(20):
@@ -97,8 +123,9 @@ def test_i15_p14_a_request_without_the_token_gets_a_json_error_and_a_bearer_chal
 
     from runtime.daemon.http import StatusServer
 
-    server = StatusServer(health=lambda: (True, {"status": "ok"}), latest=lambda: {},
-                          metrics=lambda: (b"", "text/plain"), token="s3cret").start()
+    server = StatusServer(
+        health=lambda: (True, {"status": "ok"}), latest=lambda: {}, metrics=lambda: (b"", "text/plain"), token="s3cret"
+    ).start()
     try:
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(server.url + "/healthz", timeout=10)
@@ -119,15 +146,20 @@ def test_i15_p14_the_profiles_provider_order_reaches_the_onnxruntime_session(tmp
 
     if "AzureExecutionProvider" not in ort.get_available_providers():
         pytest.skip("needs a second provider that any CPU build has (AzureExecutionProvider)")
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "relu.onnx")
     # left to itself onnxruntime would pick CPU only; the profile's list must be what the session uses
     with caplog.at_level("WARNING", logger="edgecls.runtime"):
-        backend = OnnxRuntimeBackend(tmp_path / "relu.onnx", providers=["AzureExecutionProvider", "CPUExecutionProvider"])
+        backend = OnnxRuntimeBackend(
+            tmp_path / "relu.onnx", providers=["AzureExecutionProvider", "CPUExecutionProvider"]
+        )
     assert backend.providers == ["AzureExecutionProvider", "CPUExecutionProvider"]
     assert not caplog.records  # every provider asked for was initialised: nothing to warn about
     if "CUDAExecutionProvider" not in ort.get_available_providers():  # and the warnings do reach caplog
@@ -175,8 +207,9 @@ def test_i15_p14_an_unclassifiable_frame_is_logged_with_its_cause_and_the_loop_g
     assert loop.done and loop.stats.errors == 2 and loop.stats.processed == 0
     messages = [r.getMessage() for r in caplog.records if r.name == "edgecls.daemon"]
     assert len(messages) == 2 and all(m.startswith("stills: frame ") for m in messages)
-    assert all(m.endswith("not classified: IndexError: index 0 is out of bounds for axis 0 with size 0")
-               for m in messages), messages
+    assert all(
+        m.endswith("not classified: IndexError: index 0 is out of bounds for axis 0 with size 0") for m in messages
+    ), messages
 
 
 def test_i15_p14_a_result_from_a_folder_names_the_image_it_came_from(tiny_bundle, tmp_path):
@@ -234,8 +267,10 @@ def test_i15_p14_a_device_with_no_backend_is_told_which_package_to_install(tiny_
         monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(MissingDependencyError) as caught:
         choose_artifact(bundle)
-    assert str(caught.value) == ("ai-edge-litert is not installed (no installed backend runs this bundle's onnx, "
-                                 "tflite artifacts): install it with `pip install 'edgecls[runtime]'`")
+    assert str(caught.value) == (
+        "ai-edge-litert is not installed (no installed backend runs this bundle's onnx, "
+        "tflite artifacts): install it with `pip install 'edgecls[runtime]'`"
+    )
 
 
 def test_i15_p14_csi_without_a_number_is_sensor_zero():

@@ -17,7 +17,8 @@ def softmax_model(tmp_path_factory):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["p"], axis=-1)], "softmax",
+        [helper.make_node("Softmax", ["x"], ["p"], axis=-1)],
+        "softmax",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
         [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 3])],
     )

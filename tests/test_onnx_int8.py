@@ -19,8 +19,11 @@ def _mini_mobilenet_v2():
     keras.utils.set_random_seed(0)
 
     def conv_bn_relu6(x, filters, kernel=1, strides=1, depthwise=False):
-        conv = (layers.DepthwiseConv2D(kernel, strides=strides, padding="same", use_bias=False) if depthwise
-                else layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False))
+        conv = (
+            layers.DepthwiseConv2D(kernel, strides=strides, padding="same", use_bias=False)
+            if depthwise
+            else layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False)
+        )
         return layers.ReLU(6.0)(layers.BatchNormalization()(conv(x)))
 
     def inverted_residual(x, channels):
@@ -83,8 +86,11 @@ def test_i8_p6_int8_model_has_uint8_activations_and_7_bit_symmetric_weights(mini
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
     assert quantize and {inits[n.input[2]].dtype for n in quantize} == {np.dtype(np.uint8)}
-    weights = [inits[n.input[0]] for n in graph.node
-               if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None and inits[n.input[0]].ndim >= 2]
+    weights = [
+        inits[n.input[0]]
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None and inits[n.input[0]].ndim >= 2
+    ]
     assert len(weights) == 8 and {w.dtype for w in weights} == {np.dtype(np.int8)}
     # 7-bit weights: a pair of u8 x s8 products fits int16, so AVX2's VPMADDUBSW cannot saturate
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64

@@ -8,11 +8,14 @@ from edgecls.datasets import scan_folder
 from runtime.preprocess import PreprocessSpec, preprocess_file
 
 
-@pytest.mark.parametrize("spec", [
-    PreprocessSpec.scaled(24, 24, 1 / 255, 0.0),
-    PreprocessSpec.scaled(20, 28, 1 / 127.5, -1.0, color="bgr", resize="letterbox"),
-    PreprocessSpec(16, 16, color="gray", resize="center-crop", mean=(120,), std=(60,)),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        PreprocessSpec.scaled(24, 24, 1 / 255, 0.0),
+        PreprocessSpec.scaled(20, 28, 1 / 127.5, -1.0, color="bgr", resize="letterbox"),
+        PreprocessSpec(16, 16, color="gray", resize="center-crop", mean=(120,), std=(60,)),
+    ],
+)
 def test_training_pipeline_and_runtime_give_identical_arrays(shapes_folder, spec):
     ds = scan_folder(shapes_folder, 0.0, 0.0)
     split = load_split(ds.splits["train"], spec)

@@ -28,7 +28,7 @@ def test_gray_rgba_and_16bit_pngs_become_rgb8(tmp_path):
     out = load_image(write_image(tmp_path / "rgba.png", bgra))
     np.testing.assert_array_equal(out, bgra[..., 2::-1])  # alpha dropped, RGB kept
 
-    deep = (np.arange(81, dtype=np.uint16).reshape(9, 9) * 800)
+    deep = np.arange(81, dtype=np.uint16).reshape(9, 9) * 800
     out = load_image(write_image(tmp_path / "d16.png", deep))
     np.testing.assert_array_equal(out[..., 0], np.round(deep / 257).astype(np.uint8))
 
@@ -77,7 +77,9 @@ def test_bgr_frames_and_rgb_files_give_the_same_tensor():
     rgb = _noise(30, 50)
     for color in ("rgb", "bgr", "gray"):
         spec = PreprocessSpec(16, 16, color=color)
-        np.testing.assert_array_equal(preprocess(rgb, spec, order="rgb"), preprocess(rgb[..., ::-1].copy(), spec, order="bgr"))
+        np.testing.assert_array_equal(
+            preprocess(rgb, spec, order="rgb"), preprocess(rgb[..., ::-1].copy(), spec, order="bgr")
+        )
     assert preprocess(rgb, PreprocessSpec(16, 16, color="gray")).shape == (16, 16, 1)
 
 
@@ -123,7 +125,10 @@ out = {}
 for name in images:
     for mode in ("center-crop", "letterbox", "stretch"):
         x = preprocess_file(folder / f"{name}.png", PreprocessSpec(224, 224, resize=mode, dtype="uint8"))
-        out[f"{name} {mode}"] = {"shape": list(x.shape), "colors": sorted({tuple(map(int, c)) for c in x.reshape(-1, 3)})}
+        out[f"{name} {mode}"] = {
+            "shape": list(x.shape),
+            "colors": sorted({tuple(map(int, c)) for c in x.reshape(-1, 3)}),
+        }
 out["growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 out["png_bytes"] = (folder / "1x65000.png").stat().st_size
 print(json.dumps(out))
@@ -137,8 +142,13 @@ def test_i15_p1_thin_wide_and_one_pixel_images_preprocess_in_every_mode_without_
 
     from tests.conftest import REPO
 
-    result = subprocess.run([sys.executable, "-c", _EXTREME_SHAPES_SCRIPT, str(tmp_path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _EXTREME_SHAPES_SCRIPT, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout)
     assert out["png_bytes"] < 1000  # a tiny file, as anyone could send
@@ -153,12 +163,15 @@ def test_i15_p1_thin_wide_and_one_pixel_images_preprocess_in_every_mode_without_
     assert list(rest) in out["1x65000 stretch"]["colors"]
 
 
-@pytest.mark.parametrize("src, dst, window", [
-    ((40, 63), (20, 20), (slice(0, 40), slice(11, 51))),  # wide, shrinking: area
-    ((63, 40), (20, 20), (slice(11, 51), slice(0, 40))),  # tall
-    ((40, 63), (10, 30), (slice(9, 30), slice(0, 63))),  # wider target: 63 * 10 / 30 = 21 rows from row 9
-    ((5, 9), (20, 20), (slice(0, 5), slice(2, 7))),  # enlarging: linear
-])
+@pytest.mark.parametrize(
+    "src, dst, window",
+    [
+        ((40, 63), (20, 20), (slice(0, 40), slice(11, 51))),  # wide, shrinking: area
+        ((63, 40), (20, 20), (slice(11, 51), slice(0, 40))),  # tall
+        ((40, 63), (10, 30), (slice(9, 30), slice(0, 63))),  # wider target: 63 * 10 / 30 = 21 rows from row 9
+        ((5, 9), (20, 20), (slice(0, 5), slice(2, 7))),  # enlarging: linear
+    ],
+)
 def test_i15_p1_center_crop_takes_the_middle_in_source_pixels_then_resizes_once(src, dst, window):
     image = _noise(*src)
     got = preprocess(image, PreprocessSpec(*dst, resize="center-crop", dtype="uint8", interpolation="auto"))
@@ -169,6 +182,7 @@ def test_i15_p1_center_crop_takes_the_middle_in_source_pixels_then_resizes_once(
 
 
 # -- issue 15 point 2: truncation is judged by the JPEG's structure, not by the file's tail ------------
+
 
 def _jpeg(progressive: bool, seed: int = 0) -> bytes:
     image = cv2.GaussianBlur(_noise(120, 160, seed=seed), (0, 0), 2)
@@ -225,6 +239,7 @@ def test_i15_p2_truncated_jpegs_are_still_refused(tmp_path, progressive):
 
 # -- issue 15 point 14: hand-computed values, channel order, interpolation ---------------------------
 
+
 def test_i15_p14_a_small_image_gives_hand_computed_values():
     r = np.array([[0, 4, 100, 100], [8, 12, 100, 104], [255, 255, 1, 2], [255, 255, 3, 6]], np.uint8)
     g = np.full((4, 4), 128, np.uint8)
@@ -255,14 +270,17 @@ def test_i15_p14_channel_order_of_a_pure_red_image(tmp_path):
     assert preprocess_file(path, PreprocessSpec(3, 3))[0, 0].tolist() == [1.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("mode, src, dst, expected", [
-    ("auto", (48, 64), (12, 16), "area"),  # shrinking
-    ("auto", (8, 8), (20, 20), "linear"),  # enlarging
-    ("area", (8, 8), (20, 20), "area"),
-    ("linear", (48, 64), (12, 16), "linear"),
-    ("cubic", (8, 8), (20, 20), "cubic"),
-    ("nearest", (48, 64), (12, 16), "nearest"),
-])
+@pytest.mark.parametrize(
+    "mode, src, dst, expected",
+    [
+        ("auto", (48, 64), (12, 16), "area"),  # shrinking
+        ("auto", (8, 8), (20, 20), "linear"),  # enlarging
+        ("area", (8, 8), (20, 20), "area"),
+        ("linear", (48, 64), (12, 16), "linear"),
+        ("cubic", (8, 8), (20, 20), "cubic"),
+        ("nearest", (48, 64), (12, 16), "nearest"),
+    ],
+)
 def test_i15_p14_interpolation_is_the_documented_one(mode, src, dst, expected):
     flags = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
     image = _noise(*src, seed=3)

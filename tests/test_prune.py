@@ -7,7 +7,13 @@ keras = pytest.importorskip("keras")
 
 from converters.macs import count_macs
 from converters.prune import (
-    _magnitude_mask, _polynomial, parse_prune, recalibrate_batchnorm, sparsity_callback, sparsity_of, structured_prune,
+    _magnitude_mask,
+    _polynomial,
+    parse_prune,
+    recalibrate_batchnorm,
+    sparsity_callback,
+    sparsity_of,
+    structured_prune,
 )
 from edgecls.models import create_model
 from runtime.errors import EdgeclsError
@@ -62,7 +68,9 @@ def test_sparsity_callback_reaches_the_target_during_training():
     model.compile("adam", "sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
     x, y = rng.random((64, 16, 16, 1)).astype("float32"), rng.integers(0, 3, 64)
-    model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[sparsity_callback(model, 0.6, end_step=16, frequency=4)])
+    model.fit(
+        x, y, epochs=3, batch_size=8, verbose=0, callbacks=[sparsity_callback(model, 0.6, end_step=16, frequency=4)]
+    )
     assert sparsity_of(model) == pytest.approx(0.6, abs=0.02)
 
 
@@ -73,6 +81,7 @@ def test_bad_prune_specs_are_rejected(bad):
 
 
 # ---------------------------------------------------------------- issue 15 point 13: refit and BN recalibration
+
 
 def _shift_the_weak_channels(model, gamma_weak: float, beta_weak: float = 2.0):
     """Odd BN channels get a small scale (so they are the ones pruned) and a large shift."""

@@ -16,7 +16,9 @@ def _with_random_batchnorm(model, seed: int = 1):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.moving_mean.shape[0]
-            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 0.3, n), rng.normal(0, 0.2, n), rng.uniform(0.3, 3, n)])
+            layer.set_weights(
+                [rng.uniform(0.5, 2, n), rng.normal(0, 0.3, n), rng.normal(0, 0.2, n), rng.uniform(0.3, 3, n)]
+            )
     return model
 
 
@@ -54,7 +56,9 @@ def test_i11_p4_qat_tflite_is_full_int8_and_matches_its_keras_accuracy(tiny_run_
     run = open_run(tiny_run_dir)
     splits = load_run_splits(run, ("train", "test"))
     with quiet():
-        result = qat.quantization_aware_tflite(run.load_model(), run, splits, qat.QatOptions(epochs=1, calibration_size=32))
+        result = qat.quantization_aware_tflite(
+            run.load_model(), run, splits, qat.QatOptions(epochs=1, calibration_size=32)
+        )
     assert qat.float_tensors(result.tflite) == []  # no float op anywhere, input and output included
     session = _tflite_session(result.tflite, tmp_path, run.metadata["head"])
     spec_in, spec_out = session.backend.input_spec, session.backend.output_spec
@@ -146,8 +150,24 @@ def test_i11_p4_convert_qat_always_ships_a_verified_full_int8_artifact(tiny_run_
     from runtime.session import ModelSession
 
     bundle = tmp_path / "bundle"
-    done = run_cli("convert", tiny_run_dir, "--out", bundle, "--formats", "tflite-int8", "--qat", "always",
-                   "--qat-epochs", "1", "--calibration-size", "32", "--max-drop", "100", "--check-images", "2")
+    done = run_cli(
+        "convert",
+        tiny_run_dir,
+        "--out",
+        bundle,
+        "--formats",
+        "tflite-int8",
+        "--qat",
+        "always",
+        "--qat-epochs",
+        "1",
+        "--calibration-size",
+        "32",
+        "--max-drop",
+        "100",
+        "--check-images",
+        "2",
+    )
     assert done.returncode == 0, done.stderr[-2000:]  # the mechanics; the accuracy: the tests above, benchmarks/qat.py
     manifest = json.loads((bundle / "manifest.json").read_text())
     artifact = manifest["artifacts"][0]
@@ -170,8 +190,20 @@ def test_i11_p4_convert_qat_never_does_not_train(tiny_run_dir, tmp_path):
     """With every attempt failing the gate (--max-drop -100), the default would end with QAT; never does not."""
     from conftest import cli_error, run_cli
 
-    done = run_cli("convert", tiny_run_dir, "--out", tmp_path / "b", "--formats", "tflite-int8", "--qat", "never",
-                   "--calibration-size", "8", "--max-drop", "-100")
+    done = run_cli(
+        "convert",
+        tiny_run_dir,
+        "--out",
+        tmp_path / "b",
+        "--formats",
+        "tflite-int8",
+        "--qat",
+        "never",
+        "--calibration-size",
+        "8",
+        "--max-drop",
+        "-100",
+    )
     line = cli_error(done)
     assert "tflite-int8 loses more than -100.0 accuracy points whatever we try" in line
     assert "per-channel, 8 calibration images" in line
@@ -184,8 +216,22 @@ def test_i11_p4_convert_qat_remedy_is_the_gates_last_attempt(tiny_run_dir, tmp_p
     """The control for the test above: the same command without --qat never ends with QAT."""
     from conftest import cli_error, run_cli
 
-    line = cli_error(run_cli("convert", tiny_run_dir, "--out", tmp_path / "b", "--formats", "tflite-int8",
-                             "--qat-epochs", "1", "--calibration-size", "8", "--max-drop", "-100"))
+    line = cli_error(
+        run_cli(
+            "convert",
+            tiny_run_dir,
+            "--out",
+            tmp_path / "b",
+            "--formats",
+            "tflite-int8",
+            "--qat-epochs",
+            "1",
+            "--calibration-size",
+            "8",
+            "--max-drop",
+            "-100",
+        )
+    )
     assert line.index("per-channel, 8 calibration images") < line.index("quantization-aware training (1 epoch)")
 
 
@@ -204,12 +250,24 @@ def test_i11_p4_train_no_batch_norm_reaches_the_model(shapes_folder, tmp_path):
     import json
 
     import keras
-
     from conftest import run_cli
 
     out = tmp_path / "run"
-    done = run_cli("train", "--data", shapes_folder, "--out", out, "--image-size", "16", "--widths", "4", "--epochs", "1",
-                   "--no-batch-norm", "--quiet")
+    done = run_cli(
+        "train",
+        "--data",
+        shapes_folder,
+        "--out",
+        out,
+        "--image-size",
+        "16",
+        "--widths",
+        "4",
+        "--epochs",
+        "1",
+        "--no-batch-norm",
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "metadata.json").read_text())["model"]["options"]["batch_norm"] is False
     model = keras.models.load_model(out / "model.keras", compile=False)

@@ -20,7 +20,7 @@ def _table_rows(lines: list, header: re.Pattern) -> dict:
     """name -> cells of the table whose header line matches, up to the first blank line."""
     start = next(i for i, line in enumerate(lines) if header.match(line))
     rows = {}
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             break
         cells = line.split()
@@ -32,7 +32,7 @@ def _written(lines: list, out: Path) -> list:
     """The files the summary says it wrote: every path of the lines under `written to OUT/`."""
     start = lines.index(f"written to {out}/")
     paths = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("  "):
             break
         paths += [out / name for name in line.split()[1:]]
@@ -80,8 +80,14 @@ def test_i14_p1_quickstart_runs_the_whole_chain(tmp_path):
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == PNG and _decodes(path), path
     names = {str(p.relative_to(out)) for p in written}
-    assert {"run/curves.png", "run/confusion_matrix.png", "bench/bench.png", "accuracy.png",
-            "explain/contact_sheet.png", "preview.jpg"} <= names
+    assert {
+        "run/curves.png",
+        "run/confusion_matrix.png",
+        "bench/bench.png",
+        "accuracy.png",
+        "explain/contact_sheet.png",
+        "preview.jpg",
+    } <= names
     preview = out / "preview.jpg"
     assert preview.read_bytes()[:2] == b"\xff\xd8" and _decodes(preview)
     assert (out / "summary.txt").read_text().strip() == result.stdout.strip()

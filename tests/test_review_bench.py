@@ -21,8 +21,13 @@ QUICK = ("--repeats", "1", "--runs", "10", "--frame-runs", "10", "--time-budget"
 
 
 def _device_bench(bundle, *args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "runtime.bench", str(bundle), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.bench", str(bundle), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,10 @@ def test_review_whole_frame_percentiles_include_decode(quick_run):
     for r in doc["records"]:
         stages = r["frame"]
         assert r["frame_p50_ms"] >= stages["decode"]["p50_ms"] + stages["invoke"]["p50_ms"], (
-            r["artifact"], r["frame_p50_ms"], stages["decode"]["p50_ms"])
+            r["artifact"],
+            r["frame_p50_ms"],
+            stages["decode"]["p50_ms"],
+        )
 
 
 def test_review_data_folders_that_are_not_classes_are_reported(quick_run):
@@ -73,8 +81,9 @@ def test_review_repeated_thread_counts_are_not_pooled_twice(tiny_bundle, tmp_pat
     """`--threads 1,1` benchmarks every artifact twice per repeat, pools both into one key and prints two identical
     records each claiming `repeats: 2` for `--repeats 1`."""
     out = tmp_path / "b.json"
-    proc = _device_bench(tiny_bundle, "--artifacts", "tflite-int8", "--threads", "1,1", *QUICK, "--json", out,
-                         "--quiet")
+    proc = _device_bench(
+        tiny_bundle, "--artifacts", "tflite-int8", "--threads", "1,1", *QUICK, "--json", out, "--quiet"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = json.loads(out.read_text())["records"]
     assert [(r["threads"], r["repeats"]) for r in records] == [(1, 1)]
@@ -104,8 +113,22 @@ def test_review_an_output_path_under_a_file_is_refused_before_timing(tiny_bundle
     every artifact first and only then fails, losing the results."""
     blocker = tmp_path / "results"
     blocker.write_text("not a folder")
-    result = run_cli("bench", tiny_bundle, "--artifacts", "tflite-int8", "--no-keras", "--repeats", "1", "--runs", "5",
-                     "--time-budget", "1", "--json", blocker / "bench.json", timeout=120)
+    result = run_cli(
+        "bench",
+        tiny_bundle,
+        "--artifacts",
+        "tflite-int8",
+        "--no-keras",
+        "--repeats",
+        "1",
+        "--runs",
+        "5",
+        "--time-budget",
+        "1",
+        "--json",
+        blocker / "bench.json",
+        timeout=120,
+    )
     cli_error(result)
     assert "[1/1]" not in result.stderr, "benchmarked before refusing the output path"
 
@@ -118,12 +141,28 @@ def test_review_a_mismatched_keras_model_is_a_clear_error(tiny_bundle, tmp_path)
 
     labels = (tiny_bundle / "labels.txt").read_text().split()
     assert len(labels) == 3
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")]
+    )
     path = tmp_path / "other.keras"
     model.save(path)
-    result = run_cli("bench", tiny_bundle, "--artifacts", "tflite-int8", "--keras", path, "--repeats", "1",
-                     "--runs", "5", "--frame-runs", "5", "--time-budget", "1", timeout=300)
+    result = run_cli(
+        "bench",
+        tiny_bundle,
+        "--artifacts",
+        "tflite-int8",
+        "--keras",
+        path,
+        "--repeats",
+        "1",
+        "--runs",
+        "5",
+        "--frame-runs",
+        "5",
+        "--time-budget",
+        "1",
+        timeout=300,
+    )
     error = cli_error(result)
     assert "None" not in error and "IndexError" not in error, error
     assert "10" in error and "3" in error, error  # names the two class counts
@@ -154,14 +193,39 @@ def test_review_interrupted_remote_bench_stops_on_the_device(sshd, tiny_bundle):
     keep running on the device (no pty, so no SIGHUP), timing on a board the user believes idle and skewing the
     next bench there, while `rm -rf` pulls the bundle from under them."""
     device = f"{sshd.user}@{sshd.host}:{sshd.port}"
-    cli = subprocess.Popen([sys.executable, "-m", "edgecls.cli", "bench", str(tiny_bundle), "--device", device,
-                            "--ssh-config", str(sshd.ssh_config), "--artifacts", "tflite-int8", "--repeats", "2",
-                            "--runs", "1000000", "--frame-runs", "1000000", "--time-budget", "20"],
-                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgecls.cli",
+            "bench",
+            str(tiny_bundle),
+            "--device",
+            device,
+            "--ssh-config",
+            str(sshd.ssh_config),
+            "--artifacts",
+            "tflite-int8",
+            "--repeats",
+            "2",
+            "--runs",
+            "1000000",
+            "--frame-runs",
+            "1000000",
+            "--time-budget",
+            "20",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     left = []
     try:
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not any("runtime.bench.worker" in c for _, c in _descendants(sshd.process.pid)):
+        while time.monotonic() < deadline and not any(
+            "runtime.bench.worker" in c for _, c in _descendants(sshd.process.pid)
+        ):
             assert cli.poll() is None, cli.communicate()[1][-2000:]
             time.sleep(0.2)
         assert any("runtime.bench.worker" in c for _, c in _descendants(sshd.process.pid)), "no worker started"
@@ -191,7 +255,19 @@ def test_review_remote_json_survives_a_chatty_device_shell(sshd, tiny_bundle, tm
     shim = tmp_path / "python3-shim"
     shim.write_text(f"#!/bin/sh\necho 'pyenv: using 3.11'\nexec {sys.executable} \"$@\"\n")
     shim.chmod(0o755)
-    result = run_cli("bench", tiny_bundle, "--device", f"{sshd.user}@{sshd.host}:{sshd.port}", "--ssh-config",
-                     sshd.ssh_config, "--remote-python", shim, "--artifacts", "tflite-int8", *QUICK[:-2], timeout=240)
+    result = run_cli(
+        "bench",
+        tiny_bundle,
+        "--device",
+        f"{sshd.user}@{sshd.host}:{sshd.port}",
+        "--ssh-config",
+        sshd.ssh_config,
+        "--remote-python",
+        shim,
+        "--artifacts",
+        "tflite-int8",
+        *QUICK[:-2],
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tflite-int8" in result.stdout

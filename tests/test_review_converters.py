@@ -65,9 +65,14 @@ def test_i15_p12_an_artifact_built_by_a_remedy_records_the_calibration_set_it_us
 
     every = _Exporter.attempts
     # the real "more calibration data" remedy, run first instead of after a failure
-    monkeypatch.setattr(_Exporter, "attempts", lambda self, fmt: [a for a in every(self, fmt) if a[0].startswith("more")])
-    result = convert(tiny_run_dir, tmp_path / "bundle", ConvertOptions(
-        formats=parse_formats("tflite-int8,onnx-int8"), calibration_size=8, max_drop=100.0))
+    monkeypatch.setattr(
+        _Exporter, "attempts", lambda self, fmt: [a for a in every(self, fmt) if a[0].startswith("more")]
+    )
+    result = convert(
+        tiny_run_dir,
+        tmp_path / "bundle",
+        ConvertOptions(formats=parse_formats("tflite-int8,onnx-int8"), calibration_size=8, max_drop=100.0),
+    )
     train = _splits(tiny_run_dir)[1]["train"].x
     used = representative_set(train, min(32, len(train)), 0)
     assert len(used) > 8

@@ -19,15 +19,20 @@ from runtime.daemon.sinks import JsonlFileSink  # noqa: E402
 from runtime.daemon.supervisor import Backoff  # noqa: E402
 from runtime.sources import SourceError, parse_source, redact_uri  # noqa: E402
 from tests.conftest import write_image  # noqa: E402
-from tests.daemon_helpers import ListSink, http_get as get, wait_for  # noqa: E402
+from tests.daemon_helpers import ListSink, wait_for  # noqa: E402
+from tests.daemon_helpers import http_get as get
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 SECRET = "pw-9c41e7-secret"
 
 
 def _status_server(**options):
-    return StatusServer(health=lambda: (True, {"status": "ok"}), latest=dict,
-                        metrics=lambda: (b"edgecls_up 1\n", "text/plain"), **options).start()
+    return StatusServer(
+        health=lambda: (True, {"status": "ok"}),
+        latest=dict,
+        metrics=lambda: (b"edgecls_up 1\n", "text/plain"),
+        **options,
+    ).start()
 
 
 def test_i7_p4_redact_uri_hides_passwords_with_odd_characters_tokens_and_secret_parameters():
@@ -48,8 +53,9 @@ def test_i7_p4_a_password_in_a_source_uri_reaches_no_log_healthz_metrics_or_late
     live = server.url.replace("http://", f"http://admin:{SECRET}@")  # the test server ignores credentials
     dead = f"http://admin:{SECRET}@127.0.0.1:9/stream.mjpg"  # port 9: connection refused
     caplog.set_level(logging.DEBUG)
-    daemon = Daemon(tiny_bundle, [live, dead], port=0, sinks=[ListSink()], stall_timeout=1.0,
-                    backoff=Backoff(0.1, 0.3)).start()
+    daemon = Daemon(
+        tiny_bundle, [live, dead], port=0, sinks=[ListSink()], stall_timeout=1.0, backoff=Backoff(0.1, 0.3)
+    ).start()
     try:
         dead_name = daemon.supervisors[1].name
         wait_for(lambda: "cannot open" in daemon.supervisors[1].stats.reason, 30, "the dead source's reason")
@@ -66,7 +72,7 @@ def test_i7_p4_a_password_in_a_source_uri_reaches_no_log_healthz_metrics_or_late
 
 def test_i7_p4_connections_that_never_send_are_dropped_and_block_nobody():
     server = _status_server(idle_timeout=0.5)
-    host, port = server.url[len("http://"):].split(":")
+    host, port = server.url[len("http://") :].split(":")
     idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(20)]
     try:
         assert get(server.url + "/healthz")[0] == 200  # served while 20 silent clients hold connections
@@ -81,7 +87,7 @@ def test_i7_p4_connections_that_never_send_are_dropped_and_block_nobody():
 def test_i7_p4_a_burst_of_50_scrapers_is_accepted_at_once_and_all_answered():
     """With the default listen backlog (5), most of 50 simultaneous connects waited out a 1 s SYN retry."""
     server = _status_server()
-    host, port = server.url[len("http://"):].split(":")
+    host, port = server.url[len("http://") :].split(":")
     socks = []
     try:
         for _ in range(50):
@@ -141,8 +147,11 @@ def test_i7_p2_sources_that_change_frame_size_keep_being_classified(tiny_bundle,
     sink = ListSink()
     daemon = Daemon(tiny_bundle, [server.url, tmp_path / "stills"], port=0, sinks=[sink]).start()
     try:
-        wait_for(lambda: [r for r in sink.results if r["source"] == server.url and r["frame"] >= 30], 30,
-                 "stream results well past the size change")
+        wait_for(
+            lambda: [r for r in sink.results if r["source"] == server.url and r["frame"] >= 30],
+            30,
+            "stream results well past the size change",
+        )
         wait_for(lambda: daemon.supervisors[1].state == "ended", 30, "the folder to end")
         with urllib.request.urlopen(daemon.url + "/stream/0", timeout=10) as stream:  # annotates any size
             assert b"image/jpeg" in stream.read(2000)

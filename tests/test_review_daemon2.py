@@ -24,8 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _python(code: str, timeout: float, env=None):
     """Run `code` in a fresh interpreter at the repo root (fd 2 games stay out of pytest's process)."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 # ---------------------------------------------------------------- loop.py: the preparing thread
@@ -62,8 +68,10 @@ def test_review_i7_p1_overlap_keeps_classified_frames_at_most_one_inference_olde
 def test_review_i7_p3_carriage_return_progress_lines_do_not_stall_native_writers():
     """FFmpeg/GStreamer-style progress ends lines with \\r only. The pump re-concatenates and re-splits its whole
     unterminated buffer on every read: quadratic time and unbounded memory, and while it churns, native threads
-    writing to fd 2 (capture threads) block on the full pipe. 40 MB took ~26 s here; split on \\r as well and it takes 0.9 s."""
-    done = _python("""
+    writing to fd 2 (capture threads) block on the full pipe. 40 MB took ~26 s here; split on \\r as well and it
+    takes 0.9 s."""
+    done = _python(
+        """
         import os, select, sys, time
         from runtime.daemon.nativelog import native_output_to_log
         line = b"frame= 1234 fps= 25 q=-0.0 size=N/A time=00:00:49.36 bitrate=N/A speed=1x  \\r"
@@ -77,7 +85,9 @@ def test_review_i7_p3_carriage_return_progress_lines_do_not_stall_native_writers
                     select.select([], [2], [], 1.0)
             wrote = time.monotonic() - start
         print(f"{wrote:.2f}", file=sys.__stdout__)
-    """, timeout=120)
+    """,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 5.0, f"writing 40 MB of progress lines to fd 2 took {done.stdout}s"
 
@@ -105,14 +115,17 @@ def test_review_i7_p3_a_native_fatal_message_before_an_abort_is_not_lost():
     """Native code explains a crash on fd 2 and aborts (Qt without a display, a C++ assertion, glibc's
     "double free"). Redirected, the explanation is a DEBUG record (dropped without --debug) or still in the pipe
     when the process dies: the journal shows "Aborted" and a Python traceback, never the cause."""
-    done = _python("""
+    done = _python(
+        """
         import os, time
         from runtime.daemon.nativelog import native_output_to_log
         with native_output_to_log():
             os.write(2, b"qt.qpa.xcb: could not connect to display :77\\n")
             time.sleep(0.3)  # ample time for the pump to read it
             os.abort()
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
     assert done.returncode != 0
     assert "could not connect to display" in done.stderr, done.stderr[-1500:]
 
@@ -121,17 +134,34 @@ def test_review_i7_p3_a_native_fatal_message_before_an_abort_is_not_lost():
 
 
 @pytest.mark.slow
-def test_review_i7_p5_show_with_an_unreachable_display_is_a_one_line_error_not_an_abort(tiny_bundle, tmp_path,
-                                                                                        gui_python):  # noqa: F811
+def test_review_i7_p5_show_with_an_unreachable_display_is_a_one_line_error_not_an_abort(
+    tiny_bundle, tmp_path, gui_python
+):  # noqa: F811
     """window.py says both a headless OpenCV and an unreachable display are "checked up front"; only the DISPLAY
     variable is. A DISPLAY nobody serves (an ended `ssh -X`, a stale session) makes Qt abort the process at the
     first imshow: exit 134, and its reason swallowed by the native-log pipe."""
     video = write_test_video(tmp_path / "clip.avi")
     number = next(n for n in range(400, 500) if not Path(f"/tmp/.X11-unix/X{n}").exists())
     env = {**os.environ, "DISPLAY": f":{number}", "QT_QPA_PLATFORM": "xcb"}
-    done = subprocess.run([gui_python, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(video),
-                           "--show", "--max-frames", "3"], capture_output=True, text=True, timeout=120, env=env,
-                          cwd=REPO)
+    done = subprocess.run(
+        [
+            gui_python,
+            "-m",
+            "edgecls.cli",
+            "run",
+            str(tiny_bundle),
+            "--source",
+            str(video),
+            "--show",
+            "--max-frames",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
     assert done.returncode == 1, f"exit {done.returncode}: {done.stderr[-1500:]}"
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --show") and "display" in last.lower(), done.stderr[-1500:]
@@ -155,8 +185,13 @@ class _Preview:
 def _server(token):
     from runtime.daemon.http import StatusServer
 
-    return StatusServer(health=lambda: (True, {}), latest=lambda: {}, metrics=lambda: (b"", "text/plain"),
-                        preview=_Preview(), token=token).start()
+    return StatusServer(
+        health=lambda: (True, {}),
+        latest=lambda: {},
+        metrics=lambda: (b"", "text/plain"),
+        preview=_Preview(),
+        token=token,
+    ).start()
 
 
 def _get(url, headers):

@@ -100,8 +100,9 @@ def test_review_i12_a_reload_that_ends_a_drift_is_logged(caplog):
     caplog.clear()
     drift.adopt(_Clf(_reference()))
     assert drift.status()["state"] != "drift"
-    assert any(r.getMessage().startswith("cam:") and "drift" in r.getMessage() for r in caplog.records), \
-        [r.getMessage() for r in caplog.records]
+    assert any(r.getMessage().startswith("cam:") and "drift" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
 
 
 def test_review_i12_the_moderate_drift_alert_does_not_fire_while_the_source_is_degraded(tmp_path):
@@ -125,6 +126,7 @@ tests:
         alertname: EdgeclsDriftModerate
         exp_alerts: []
 """)
-    done = subprocess.run([promtool, "test", "rules", "t.yml"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [promtool, "test", "rules", "t.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -7,7 +7,6 @@ outside can hit, made reproducible; the code under test runs unchanged.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -30,10 +29,12 @@ def _links(root: Path) -> tuple:
             return Path(os.readlink(root / name)).name
         except OSError:
             return None
+
     return one("current"), one("previous")
 
 
 # --- 1. Symlinked staging/ deletes folders outside the device root ---------------------------------------
+
 
 def test_review_symlinked_staging_never_deletes_outside_folders(bundles, tmp_path):
     """`staging -> /var/tmp` (same file system, to spare the SD card) is a plausible layout; layout.py promises
@@ -57,6 +58,7 @@ def test_review_symlinked_staging_never_deletes_outside_folders(bundles, tmp_pat
 
 # --- 2. Re-flash of a damaged current release is reported "unchanged, healthy" ---------------------------
 
+
 def test_review_reflash_over_damaged_current_is_not_a_silent_noop(bundles, tmp_path):
     """Bit rot in the *current* release: plan() hashes the release (`have`) and then ignores the result, so
     re-flashing the same bundle answers "already installed and healthy" while current serves damaged bytes."""
@@ -74,6 +76,7 @@ def test_review_reflash_over_damaged_current_is_not_a_silent_noop(bundles, tmp_p
 
 
 # --- 3. --no-smoke records the version as healthy: a later flash with the smoke test skips it ------------
+
 
 def test_review_no_smoke_install_is_not_recorded_as_smoke_tested(bundles, tmp_path):
     root = tmp_path / "dev"
@@ -123,6 +126,7 @@ def test_review_rollback_killed_between_renames_loses_nothing(bundles, tmp_path)
 
 # --- 5. A signed bundle is refused where its release folder already exists unsigned -----------------------
 
+
 def _keypair(folder: Path, name: str) -> Path:
     key = folder / name
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
@@ -149,21 +153,27 @@ def test_review_signed_reflash_of_a_version_installed_before_trust_is_accepted(b
 
 # --- 6. SSH: the manifest travels on the command line -----------------------------------------------------
 
+
 def test_review_large_manifest_flashes_over_ssh_like_locally(bundles, tmp_path, sshd):  # noqa: F811
     """plan/apply pass the whole manifest base64 in argv (`--manifest-b64`), inside the single `sh -c` argument
     sshd execs: past Linux's MAX_ARG_STRLEN (128 KiB) the exec fails. A 10k-class label list or a long
     `source` record is enough. The same bundle installs on a local target. (It is also sent twice.)"""
-    big = variant(bundles["a"], tmp_path / "big",
-                  source={"dataset_card": "\n".join(f"class {i}: a longish description of the class" for i in range(3000))})
+    big = variant(
+        bundles["a"],
+        tmp_path / "big",
+        source={"dataset_card": "\n".join(f"class {i}: a longish description of the class" for i in range(3000))},
+    )
     assert len((big / MANIFEST).read_bytes()) > 100_000
     [local] = flash(big, [str(tmp_path / "local")], FlashOptions(profile=PROFILE))
     assert local.result == "installed", local
-    [remote] = flash(big, [sshd.target(tmp_path / "remote")], FlashOptions(profile=PROFILE,
-                                                                            ssh_config=str(sshd.ssh_config)))
+    [remote] = flash(
+        big, [sshd.target(tmp_path / "remote")], FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config))
+    )
     assert remote.result == "installed", remote
 
 
 # --- 7. SSH: a bundle whose model file is a link inside the bundle -----------------------------------------
+
 
 def test_review_bundle_with_in_bundle_symlink_flashes_over_ssh(bundles, tmp_path, sshd):  # noqa: F811
     """Bundle.verify() accepts a link that stays inside the bundle (deduplicated stores do this), the host's
@@ -175,12 +185,14 @@ def test_review_bundle_with_in_bundle_symlink_flashes_over_ssh(bundles, tmp_path
     os.symlink("store/blob", linked / "model_int8.tflite")
     [local] = flash(linked, [str(tmp_path / "local")], FlashOptions(profile=PROFILE))
     assert local.result == "installed", local
-    [remote] = flash(linked, [sshd.target(tmp_path / "remote")], FlashOptions(profile=PROFILE,
-                                                                               ssh_config=str(sshd.ssh_config)))
+    [remote] = flash(
+        linked, [sshd.target(tmp_path / "remote")], FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config))
+    )
     assert remote.result == "installed", remote
 
 
 # --- 8. A shared allowed_signers file (git + edgecls) refuses a correctly signed bundle --------------------
+
 
 def test_review_key_listed_for_git_first_still_verifies_for_edgecls(bundles, tmp_path):
     """Teams keep one allowed_signers file (git's gpg.ssh.allowedSignersFile) listing a key once per purpose.
@@ -192,8 +204,12 @@ def test_review_key_listed_for_git_first_still_verifies_for_edgecls(bundles, tmp
     key = _keypair(tmp_path, "dev-key")
     kind, blob = key.with_suffix(".pub").read_text().split()[:2]
     root = tmp_path / "dev"
-    api.trust(str(root), (f'alice-commits namespaces="git" {kind} {blob}\n'
-                          f'alice-releases namespaces="edgecls-bundle" {kind} {blob}\n').encode())
+    api.trust(
+        str(root),
+        (
+            f'alice-commits namespaces="git" {kind} {blob}\nalice-releases namespaces="edgecls-bundle" {kind} {blob}\n'
+        ).encode(),
+    )
     sign_bundle(bundles["a"], key)
     [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
     assert a.result == "installed", a
@@ -201,6 +217,7 @@ def test_review_key_listed_for_git_first_still_verifies_for_edgecls(bundles, tmp
 
 
 # --- 9. Disk full on the device: the partial file stays and keeps the disk full ---------------------------
+
 
 def test_review_disk_full_leaves_no_partial_files_and_current_intact(bundles, tmp_path):
     """_write_member() writes `.NAME.PID.part` and only removes it on a sha256 mismatch: on ENOSPC the partial
@@ -234,6 +251,7 @@ def test_review_disk_full_leaves_no_partial_files_and_current_intact(bundles, tm
 
 # --- 10. `edgecls rollback` switches to a damaged previous release without checking it ---------------------
 
+
 def test_review_rollback_refuses_a_damaged_previous(bundles, tmp_path):
     """flash re-verifies a release before reusing it (test_i9_p2_damaged_previous_release_is_replaced_not_trusted),
     rollback does not: bit rot in `previous` is switched to and reported as a successful rollback."""
@@ -256,6 +274,7 @@ def test_review_rollback_refuses_a_damaged_previous(bundles, tmp_path):
 
 # --- 11. A daemon started with a token: the health wait can never pass ------------------------------------
 
+
 def test_review_health_wait_works_with_a_token_protected_daemon(bundles, tmp_path):
     """The daemon's /healthz wants `Authorization: Bearer TOKEN` when it has a token (runtime/daemon/http.py);
     smoke.wait_healthy() sends none and the profile has no way to give one, so every flash of a device whose
@@ -266,8 +285,14 @@ def test_review_health_wait_works_with_a_token_protected_daemon(bundles, tmp_pat
 
     root = tmp_path / "dev"
     assert flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].ok
-    daemon = Daemon(root / "current", [write_test_video(tmp_path / "clip.avi")], port=0, sinks=[],
-                    source_options={"loop": True}, token="s3cret-token")
+    daemon = Daemon(
+        root / "current",
+        [write_test_video(tmp_path / "clip.avi")],
+        port=0,
+        sinks=[],
+        source_options={"loop": True},
+        token="s3cret-token",
+    )
     token_file = tmp_path / "token"  # on the device, as `edgecls run --token-file` reads it
     token_file.write_text("s3cret-token\n")
     results = {}
@@ -276,8 +301,13 @@ def test_review_health_wait_works_with_a_token_protected_daemon(bundles, tmp_pat
         try:
             # Corrected by the fixer: the device has to be told where the token is (the profile's
             # health_token_file); the review's version gave no token at all, which no fix could pass.
-            profile = DeviceProfile(name="with-daemon", artifacts=("tflite-int8",), threads=1,
-                                    health_url=d.url + "/healthz", health_token_file=str(token_file))
+            profile = DeviceProfile(
+                name="with-daemon",
+                artifacts=("tflite-int8",),
+                threads=1,
+                health_url=d.url + "/healthz",
+                health_token_file=str(token_file),
+            )
             [results["b"]] = flash(bundles["b"], [str(root)], FlashOptions(profile=profile))
             results["status"] = status(str(root))  # status asks /healthz with the token too (device.json's path)
         finally:

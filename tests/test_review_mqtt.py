@@ -14,23 +14,27 @@ import time
 
 import pytest
 
+from runtime.daemon.mqtt import MqttSink, MqttTarget  # noqa: E402  (paho first: skip cleanly without it)
 from runtime.errors import EdgeclsError
 from tests.daemon_helpers import wait_for, write_test_video
-
-
-from runtime.daemon.mqtt import MqttSink, MqttTarget  # noqa: E402  (paho first: skip cleanly without it)
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 
 # Home Assistant's discovery topic matcher (homeassistant/components/mqtt/discovery.py, TOPIC_MATCHER): a config
 # published on any other topic is dropped ("Received message on illegal discovery topic"), so no sensor appears.
-HA_TOPIC_MATCHER = re.compile(r"(?P<component>\w+)/(?:(?P<node_id>[a-zA-Z0-9_-]+)/)?(?P<object_id>[a-zA-Z0-9_-]+)/config")
-
-
+HA_TOPIC_MATCHER = re.compile(
+    r"(?P<component>\w+)/(?:(?P<node_id>[a-zA-Z0-9_-]+)/)?(?P<object_id>[a-zA-Z0-9_-]+)/config"
+)
 
 
 def _result(source, label, frame=0):
-    return {"source": source, "ts": time.time(), "frame": frame, "top1": label, "score": 0.9,
-            "topk": [{"label": label, "score": 0.9}]}
+    return {
+        "source": source,
+        "ts": time.time(),
+        "frame": frame,
+        "top1": label,
+        "score": 0.9,
+        "topk": [{"label": label, "score": 0.9}],
+    }
 
 
 def _online(sub, topic):
@@ -47,10 +51,25 @@ def test_i12_p4_review_sigterm_within_2s_when_the_broker_stops_answering(tiny_bu
     broker = Broker(tmp_path).start()
     sub = Subscriber(broker.port, "lab/#")
     video = write_test_video(tmp_path / "clip.avi", frames=20)
-    daemon = subprocess.Popen([sys.executable, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(video),
-                               "--loop", "--mqtt", f"mqtt://127.0.0.1:{broker.port}/lab",
-                               "--results", str(tmp_path / "r.jsonl")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgecls.cli",
+            "run",
+            str(tiny_bundle),
+            "--source",
+            str(video),
+            "--loop",
+            "--mqtt",
+            f"mqtt://127.0.0.1:{broker.port}/lab",
+            "--results",
+            str(tmp_path / "r.jsonl"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: any(t.endswith("/state") for t in sub.topics()), 60, "a state message")
         broker.process.send_signal(signal.SIGSTOP)  # connected, but nothing answers any more
@@ -157,8 +176,11 @@ def test_i12_p4_review_distinct_sources_get_distinct_topics(tmp_path):
         sources = [s for pair in pairs for s in pair]
         for source in sources:
             sink.write(_result(source, "circle"))
-        wait_for(lambda: sum(1 for t, p, _ in sub.messages if t.endswith("/state")) >= len(sources), 10,
-                 "every state message")
+        wait_for(
+            lambda: sum(1 for t, p, _ in sub.messages if t.endswith("/state")) >= len(sources),
+            10,
+            "every state message",
+        )
         sink.close()
     finally:
         sub.stop()
@@ -189,7 +211,7 @@ def test_i12_p4_review_discovery_topic_is_one_home_assistant_accepts(tmp_path):
         sub.stop()
         broker.stop()
     for topic in (t for t in sub.topics() if t.startswith("homeassistant/")):
-        match = HA_TOPIC_MATCHER.fullmatch(topic[len("homeassistant/"):])
+        match = HA_TOPIC_MATCHER.fullmatch(topic[len("homeassistant/") :])
         assert match, f"Home Assistant ignores discovery topic {topic!r}"
 
 

@@ -25,6 +25,7 @@ def _jpeg(h=48, w=64, **params) -> bytes:
 
 # -- point 2: the JPEG structure walker ---------------------------------------------------------------
 
+
 def test_i15_p2_fill_bytes_in_scan_data_are_walked_in_linear_time():
     """libjpeg reads FF FF ... FF 00 as one stuffed byte; the walker took 6 s for 20 KB of them (quadratic)."""
     data = _jpeg()
@@ -54,7 +55,7 @@ def test_i15_p2_a_cut_jpeg_followed_by_another_image_is_truncated(tmp_path, prog
 
 def test_i15_p2_restart_markers_and_fill_bytes_before_markers_decode():
     rst = cv2.imencode(".jpg", _noise(48, 64), [cv2.IMWRITE_JPEG_RST_INTERVAL, 1])[1].tobytes()
-    assert b"\xff\xd0" in rst[rst.index(b"\xff\xda"):]
+    assert b"\xff\xd0" in rst[rst.index(b"\xff\xda") :]
     decode_image(rst)
     dqt = rst.index(b"\xff\xdb")
     np.testing.assert_array_equal(decode_image(rst[:dqt] + b"\xff\xff\xff" + rst[dqt:]), decode_image(rst))
@@ -64,9 +65,11 @@ def test_i15_p2_restart_markers_and_fill_bytes_before_markers_decode():
 
 # -- point 1 (memory): images that declare too many pixels are refused before decoding -----------------
 
+
 def _png_header_only(w: int, h: int) -> bytes:
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
     return b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IDAT", zlib.compress(b"\x00" * (3 * w + 1))) + chunk(b"IEND", b"")
 
@@ -107,11 +110,15 @@ def test_i15_p1_a_bad_pixel_limit_setting_is_one_clear_error(monkeypatch):
 
 # -- point 1: the center-crop window is rounded to the nearest pixel, not floored -------------------------
 
-@pytest.mark.parametrize("src, dst, cols, rows", [
-    ((7, 100), (16, 20), (45, 54), (0, 7)),  # window width 20 * 7 / 16 = 8.75 -> 9 columns
-    ((100, 7), (20, 16), (0, 7), (45, 54)),  # the same, transposed
-    ((9, 9), (4, 6), (0, 9), (1, 7)),  # height 4 * 9 / 6 = 6
-])
+
+@pytest.mark.parametrize(
+    "src, dst, cols, rows",
+    [
+        ((7, 100), (16, 20), (45, 54), (0, 7)),  # window width 20 * 7 / 16 = 8.75 -> 9 columns
+        ((100, 7), (20, 16), (0, 7), (45, 54)),  # the same, transposed
+        ((9, 9), (4, 6), (0, 9), (1, 7)),  # height 4 * 9 / 6 = 6
+    ],
+)
 def test_i15_p1_center_crop_window_is_rounded_to_the_nearest_pixel(src, dst, cols, rows):
     from runtime.preprocess import PreprocessSpec, resize
 

@@ -28,10 +28,26 @@ def _tiny_wheel(folder: Path, name: str = "tinypkg") -> Path:
     pkg = folder / f"src-{name}"
     (pkg / name).mkdir(parents=True)
     (pkg / name / "__init__.py").write_text("VALUE = 42\n")
-    (pkg / "pyproject.toml").write_text(f'[project]\nname = "{name}"\nversion = "1.0"\n[build-system]\n'
-                                        'requires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n')
-    made = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                           str(folder / "wheels"), str(pkg)], capture_output=True, text=True)
+    (pkg / "pyproject.toml").write_text(
+        f'[project]\nname = "{name}"\nversion = "1.0"\n[build-system]\n'
+        'requires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+    )
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(folder / "wheels"),
+            str(pkg),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert made.returncode == 0, made.stderr[-1000:]
     return next((folder / "wheels").glob(f"{name}-*.whl"))
 
@@ -43,6 +59,7 @@ def _can_unshare(*flags: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- issue 11
+
 
 def test_review_i11_explain_image_named_contact_sheet_is_not_overwritten_by_the_sheet(tmp_path, tiny_run_dir):
     """An input called contact_sheet.jpg gets the PNG name the contact sheet then overwrites (edgecls/explain.py:
@@ -68,9 +85,13 @@ def test_review_i11_tune_every_trial_failing_is_one_error_line_with_the_cause(tm
     from edgecls.tune import TuneConfig, tune
 
     def out_of_memory(cfg):
-        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[64,64,3,3]\n"
-                                               "Hint: If you want to see a list of allocated tensors when OOM "
-                                               "happens, add report_tensor_allocations_upon_oom to RunOptions.")
+        raise tf.errors.ResourceExhaustedError(
+            None,
+            None,
+            "OOM when allocating tensor with shape[64,64,3,3]\n"
+            "Hint: If you want to see a list of allocated tensors when OOM "
+            "happens, add report_tensor_allocations_upon_oom to RunOptions.",
+        )
 
     monkeypatch.setattr(edgecls.train, "train", out_of_memory)
     out = tmp_path / "tuned"
@@ -86,12 +107,15 @@ def test_review_i11_tune_a_diverged_trial_never_wins():
     that trial first, edgecls/tune.py:best_row returns it (nothing compares below NaN)."""
     from edgecls.tune import best_row
 
-    rows = [{"trial": "0", "status": "COMPLETED", "score": math.nan, "val_loss": math.nan},
-            {"trial": "1", "status": "COMPLETED", "score": 0.7, "val_loss": 0.7}]
+    rows = [
+        {"trial": "0", "status": "COMPLETED", "score": math.nan, "val_loss": math.nan},
+        {"trial": "1", "status": "COMPLETED", "score": 0.7, "val_loss": 0.7},
+    ]
     assert best_row(rows, "val_loss")["trial"] == "1"
 
 
 # ---------------------------------------------------------------------------------------------- issue 13
+
 
 @pytest.mark.parametrize("kind", ["file", "symlink"])
 def test_review_i13_a_foreign_venv_entry_does_not_make_a_root_ours(tmp_path, kind):
@@ -117,8 +141,15 @@ def test_review_i13_setup_without_python3_venv_says_so_and_leaves_no_half_venv(t
     ('No module named pip') and python_command('auto') then use."""
     from devices.wheels import install_script
 
-    version = subprocess.run(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True).stdout.strip() if os.path.exists("/usr/bin/python3") else ""
+    version = (
+        subprocess.run(
+            ["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if os.path.exists("/usr/bin/python3")
+        else ""
+    )
     ensurepip = Path(f"/usr/lib/python{version}/ensurepip")
     if not ensurepip.is_dir() or not _can_unshare("--mount"):
         pytest.skip("needs root, unshare and a Debian python3 with python3-venv installed (to hide its ensurepip)")
@@ -126,31 +157,45 @@ def test_review_i13_setup_without_python3_venv_says_so_and_leaves_no_half_venv(t
     (tmp_path / "wheels").mkdir()
     shutil.copy(_tiny_wheel(tmp_path / "build"), tmp_path / "wheels")
     root = tmp_path / "root"
-    env = {**os.environ, "EMPTY": str(tmp_path / "empty"), "EP": str(ensurepip),
-           "SCRIPT": install_script(str(root), str(tmp_path / "wheels"), ["tinypkg"])}
-    ran = subprocess.run(["unshare", "--mount", "sh", "-c",
-                          'mount --bind "$EMPTY" "$EP" && PATH=/usr/bin:/bin exec sh -c "$SCRIPT"'],
-                         capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "EMPTY": str(tmp_path / "empty"),
+        "EP": str(ensurepip),
+        "SCRIPT": install_script(str(root), str(tmp_path / "wheels"), ["tinypkg"]),
+    }
+    ran = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", 'mount --bind "$EMPTY" "$EP" && PATH=/usr/bin:/bin exec sh -c "$SCRIPT"'],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     last = [l for l in ran.stderr.splitlines() if l.strip()][-1:]  # what SshClient.describe_failure shows
     assert ran.returncode != 0 and last and "python3-venv" in last[0], (ran.stdout + ran.stderr)[-1500:]
     assert not (root / "venv").exists()
 
 
 @pytest.mark.slow  # 20 s here: it makes the venv the test says it must not make
-def test_review_i13_setup_does_not_write_into_a_root_the_flash_then_refuses(tmp_path, tiny_bundle, sshd,  # noqa: F811
-                                                                             monkeypatch):
+def test_review_i13_setup_does_not_write_into_a_root_the_flash_then_refuses(
+    tmp_path,
+    tiny_bundle,
+    sshd,  # noqa: F811
+    monkeypatch,
+):
     """devices/flash.py:flash_one runs target.setup before target.plan checks the root, so --setup makes
     HOME/venv (or pip-installs into someone's HOME/venv) in a folder that the flash refuses a moment later."""
     from devices.flash import FlashOptions, flash
     from devices.profiles import DeviceProfile
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the host's wheel cache for this test only
-    profile = DeviceProfile(name="test-cpu", artifacts=("tflite-int8",), threads=1,
-                            packages=(str(_tiny_wheel(tmp_path / "build")),))
+    profile = DeviceProfile(
+        name="test-cpu", artifacts=("tflite-int8",), threads=1, packages=(str(_tiny_wheel(tmp_path / "build")),)
+    )
     home = make_home_like(tmp_path / "home")
     before = snapshot(home)
-    [result] = flash(tiny_bundle, [sshd.target(home)],
-                     FlashOptions(profile=profile, ssh_config=str(sshd.ssh_config), setup=True))
+    [result] = flash(
+        tiny_bundle, [sshd.target(home)], FlashOptions(profile=profile, ssh_config=str(sshd.ssh_config), setup=True)
+    )
     assert result.result == "failed" and "did not write" in result.reason, result
     after = snapshot(home)
     added = sorted(set(after) - set(before))
@@ -204,12 +249,26 @@ def test_review_i13_emulation_is_seen_when_qemu_shows_an_arm_cpuinfo(tmp_path):
     if rootfs is None or not _can_unshare("--mount"):
         pytest.skip("needs root, unshare and a built arm64 rootfs (devices/emulate/arm64-pi.sh build)")
     (tmp_path / "cpuinfo").write_text(PI5_CPUINFO)
-    code = ("import importlib.util as u, platform; s = u.spec_from_file_location('m', %r); m = u.module_from_spec(s); "
-            "s.loader.exec_module(m); print(platform.machine(), m.emulation())" % str(REPO / "runtime/bench/machine.py"))
+    machine_py = str(REPO / "runtime/bench/machine.py")
+    code = (
+        f"import importlib.util as u, platform; s = u.spec_from_file_location('m', {machine_py!r}); "
+        "m = u.module_from_spec(s); s.loader.exec_module(m); print(platform.machine(), m.emulation())"
+    )
     env = {**os.environ, "CPUINFO": str(tmp_path / "cpuinfo"), "QEMU": qemu, "ROOTFS": str(rootfs), "CODE": code}
-    ran = subprocess.run(["unshare", "--mount", "sh", "-c", 'mount --bind "$CPUINFO" /proc/cpuinfo && '
-                          'exec "$QEMU" -L "$ROOTFS" "$ROOTFS/usr/bin/python3" -B -c "$CODE"'],
-                         capture_output=True, text=True, env=env, timeout=120)
+    ran = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            'mount --bind "$CPUINFO" /proc/cpuinfo && '
+            'exec "$QEMU" -L "$ROOTFS" "$ROOTFS/usr/bin/python3" -B -c "$CODE"',
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert ran.stdout.startswith("aarch64 "), ran.stderr[-1000:]
     assert ran.stdout.strip() != "aarch64 None", "emulated aarch64 Python not recognised as emulated"
 
@@ -220,9 +279,21 @@ def test_review_i13_pi_script_stop_with_an_empty_root_leaves_the_machine_alone()
     namespaces, so only their copies are touched."""
     if not _can_unshare("--mount", "--pid", "--fork", "--mount-proc"):
         pytest.skip("needs root and unshare (private mount and PID namespaces)")
-    ran = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c",
-                          f'sh {SCRIPT} stop ""; echo "rc=$?"; mountpoint -q /dev && echo dev-intact'],
-                         capture_output=True, text=True, timeout=120)
+    ran = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            f'sh {SCRIPT} stop ""; echo "rc=$?"; mountpoint -q /dev && echo dev-intact',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "rc=0" not in ran.stdout and "dev-intact" in ran.stdout, ran.stdout + ran.stderr[-500:]
 
 
@@ -230,7 +301,9 @@ def test_review_i13_pi_script_stop_does_not_kill_a_stale_pid(tmp_path):
     """After a host reboot or a kill -9, ROOT/run/sshd-edgecls.pid names a pid that may now be anyone's: stop
     kills it unchecked (as root), though its own loop already finds the processes that live in the rootfs."""
     (tmp_path / "pi" / "run").mkdir(parents=True)
-    (tmp_path / "pi" / ".edgecls-built").touch()  # a built rootfs: stop runs (not refused), so the pid check is what holds
+    (
+        tmp_path / "pi" / ".edgecls-built"
+    ).touch()  # a built rootfs: stop runs (not refused), so the pid check is what holds
     victim = subprocess.Popen(["sleep", "60"])
     try:
         (tmp_path / "pi" / "run" / "sshd-edgecls.pid").write_text(f"{victim.pid}\n")

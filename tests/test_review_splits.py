@@ -35,6 +35,7 @@ def test_i15_p7_copies_of_one_image_never_straddle_a_split_boundary(tmp_path):
 
 def test_i15_p7_adding_k_files_moves_at_most_k_per_boundary_from_three_images_up():
     """The claim in edgecls.splits' docstring, checked exhaustively on small classes."""
+
     def samples(names):
         return [Sample(Path("/r/a") / n, 0, hashlib.sha256(n.encode()).hexdigest()) for n in names]
 
@@ -42,9 +43,14 @@ def test_i15_p7_adding_k_files_moves_at_most_k_per_boundary_from_three_images_up
     for n in range(3, 40):
         for k in (1, 2, 5):
             old, new = [f"o{n}-{i}" for i in range(n)], [f"n{n}-{i}" for i in range(k)]
-            before, after = ({s.path.name: name for name, ss in seeded_split(samples(names), {"val": 0.1, "test": 0.2}, 0,
-                                                                                  Path("/r")).items() for s in ss}
-                             for names in (old, old + new))
+            before, after = (
+                {
+                    s.path.name: name
+                    for name, ss in seeded_split(samples(names), {"val": 0.1, "test": 0.2}, 0, Path("/r")).items()
+                    for s in ss
+                }
+                for names in (old, old + new)
+            )
             for edge in (0, 1):
                 crossed = sum((rank[before[x]] <= edge) != (rank[after[x]] <= edge) for x in old)
                 assert crossed <= k, (n, k, edge, crossed)
@@ -53,8 +59,13 @@ def test_i15_p7_adding_k_files_moves_at_most_k_per_boundary_from_three_images_up
 def _record(tmp_path, entries, labels=("a", "b")) -> Path:
     run = tmp_path / "run"
     run.mkdir(exist_ok=True)
-    record = {"format": "edgecls-split/1", "method": "content-rank/1", "labels": list(labels),
-              "splits": {"test": entries}, "skipped": []}
+    record = {
+        "format": "edgecls-split/1",
+        "method": "content-rank/1",
+        "labels": list(labels),
+        "splits": {"test": entries},
+        "skipped": [],
+    }
     (run / "split.json").write_text(json.dumps(record))
     return run
 
@@ -62,16 +73,19 @@ def _record(tmp_path, entries, labels=("a", "b")) -> Path:
 SHA = "0" * 64
 
 
-@pytest.mark.parametrize("entries, message", [
-    ([["../../etc/hostname", SHA, 0]], "not a path inside the dataset folder"),
-    ([["/etc/hostname", SHA, 0]], "not a path inside the dataset folder"),
-    ([["a/./x.png", SHA, 0]], "not a path inside the dataset folder"),
-    ([["a/x.png", SHA, 2]], "label 2, not one of the 2 classes"),
-    ([["a/x.png", SHA, -1]], "label -1, not one of the 2 classes"),
-    ([["a/x.png", SHA, True]], "label True"),
-    ([["a/x.png", "abc", 0]], "has no sha256"),
-    ({"not": "a list"}, "not [path, sha256, label]"),
-])
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([["../../etc/hostname", SHA, 0]], "not a path inside the dataset folder"),
+        ([["/etc/hostname", SHA, 0]], "not a path inside the dataset folder"),
+        ([["a/./x.png", SHA, 0]], "not a path inside the dataset folder"),
+        ([["a/x.png", SHA, 2]], "label 2, not one of the 2 classes"),
+        ([["a/x.png", SHA, -1]], "label -1, not one of the 2 classes"),
+        ([["a/x.png", SHA, True]], "label True"),
+        ([["a/x.png", "abc", 0]], "has no sha256"),
+        ({"not": "a list"}, "not [path, sha256, label]"),
+    ],
+)
 def test_i15_p7_a_damaged_split_record_is_refused_in_one_line(tmp_path, entries, message):
     run = _record(tmp_path, entries)
     with pytest.raises(DataError, match="the run is damaged") as error:
@@ -160,8 +174,9 @@ def test_i15_p7_an_image_copied_into_another_class_is_noted(tmp_path):
             _png(tmp_path / name / f"{i}.png", 10 * c + i)
     shutil.copy(tmp_path / "a" / "0.png", tmp_path / "b" / "copy.png")
     notes = scan_folder(tmp_path).notes
-    assert any("1 image(s) are copies (same bytes) of an image in another class" in n and "b/copy.png" in n
-               for n in notes), notes
+    assert any(
+        "1 image(s) are copies (same bytes) of an image in another class" in n and "b/copy.png" in n for n in notes
+    ), notes
 
 
 def test_i16_p10_other_data_of_a_single_class_is_evaluated(review_run, tmp_path):
@@ -190,5 +205,8 @@ def test_i15_p7_a_class_of_three_gets_one_test_and_one_val_image_even_at_small_f
             _png(tmp_path / c / f"{i}.png", hash((c, i)) % 1000)
     assert scan_folder(tmp_path, 0.1, 0.1).counts() == {"train": 2, "val": 2, "test": 2}
     small = [Sample(tmp_path / "a" / f"{i}.png", 0) for i in range(2)]
-    assert {n: len(s) for n, s in seeded_split(small, {"val": 0.1, "test": 0.1}, 0, tmp_path).items()} == \
-        {"train": 2, "val": 0, "test": 0}
+    assert {n: len(s) for n, s in seeded_split(small, {"val": 0.1, "test": 0.1}, 0, tmp_path).items()} == {
+        "train": 2,
+        "val": 0,
+        "test": 0,
+    }

@@ -6,15 +6,22 @@ turned out right; the others failed on the reviewed code (commit 16e3619).
 """
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgecls.data import IN_MEMORY_ENV, LoadedSplit, StreamedSplit, check_file, in_memory_limit, iter_batches, load_split, \
-    make_tf_dataset, open_splits
+from edgecls.data import (
+    IN_MEMORY_ENV,
+    StreamedSplit,
+    check_file,
+    in_memory_limit,
+    iter_batches,
+    load_split,
+    make_tf_dataset,
+    open_splits,
+)
 from edgecls.datasets import scan_folder
 from runtime.errors import DataError, EdgeclsError
 from runtime.preprocess import PreprocessSpec
@@ -57,8 +64,18 @@ def test_review_i10_p2_a_split_that_never_decodes_is_not_found_only_after_traini
         _cut_in_half(path)
     out = tmp_path / "run"
     try:
-        train(TrainConfig(data=str(data), out=str(out), image_size=16, epochs=1, seed=0, model_options={"widths": (4,)},
-                          in_memory_mb=0, verbose=0))
+        train(
+            TrainConfig(
+                data=str(data),
+                out=str(out),
+                image_size=16,
+                epochs=1,
+                seed=0,
+                model_options={"widths": (4,)},
+                in_memory_mb=0,
+                verbose=0,
+            )
+        )
     except DataError as exc:
         err = capsys.readouterr().err
         assert "training simple" not in err, "refused only after a whole training"
@@ -89,15 +106,17 @@ def test_review_i10_p2_a_tall_bmp_does_not_crash_a_streamed_epoch(tmp_path):
     that turns into such a BMP after the check (the cv2.error path itself) weighs 0 and is reported."""
     data = _dataset(tmp_path / "data", {"train": 2})
     tall = _tall_bmp(data / "train" / "circle" / "tall.bmp")
-    split = open_splits({"train": scan_folder(data / "train", 0.0, 0.0).splits["train"]}, PreprocessSpec.scaled(8, 8),
-                        limit_mb=0)["train"]
+    split = open_splits(
+        {"train": scan_folder(data / "train", 0.0, 0.0).splits["train"]}, PreprocessSpec.scaled(8, 8), limit_mb=0
+    )["train"]
     assert len(split) == 6 and [Path(p).name for p, _ in split.skipped] == ["tall.bmp"]
     assert "pixels per side" in split.skipped[0][1]
 
     tall.unlink()
     good = sorted((data / "train" / "circle").glob("*.png"))[0]
-    split = open_splits({"train": scan_folder(data / "train", 0.0, 0.0).splits["train"]}, PreprocessSpec.scaled(8, 8),
-                        limit_mb=0)["train"]
+    split = open_splits(
+        {"train": scan_folder(data / "train", 0.0, 0.0).splits["train"]}, PreprocessSpec.scaled(8, 8), limit_mb=0
+    )["train"]
     assert len(split) == 6
     good.unlink()
     _tall_bmp(good)  # replaced after the header check: only decoding meets it (cv2.imdecode raises)
@@ -220,8 +239,9 @@ def test_review_i10_p2_a_file_gone_between_scan_and_epoch_weighs_zero_holds(tmp_
     """A file deleted and replaced by a folder after the header check: the epoch goes on, the file weighs 0
     and is recorded as skipped; evaluation batches leave it out."""
     data = _dataset(tmp_path / "data", {"train": 3})
-    split = open_splits({"train": scan_folder(data / "train", 0.0, 0.0).splits["train"]}, PreprocessSpec.scaled(8, 8),
-                        limit_mb=0)["train"]
+    split = open_splits(
+        {"train": scan_folder(data / "train", 0.0, 0.0).splits["train"]}, PreprocessSpec.scaled(8, 8), limit_mb=0
+    )["train"]
     assert isinstance(split, StreamedSplit)
     victim = split.samples[4].path
     victim.unlink()
@@ -242,9 +262,23 @@ def test_review_i10_p1_streamed_class_weights_and_sigmoid_heads_train_like_in_me
         data = _dataset(tmp_path / f"data{len(kinds)}", {"train": 10, "val": 3, "test": 3}, kinds)
         for path in sorted((data / "train" / "square").glob("*.png"))[3:]:
             path.unlink()  # imbalanced: balanced class weights are not 1
-        runs = [train(TrainConfig(data=str(data), out=str(tmp_path / f"r{len(kinds)}-{mb}"), image_size=16, epochs=2,
-                                  batch_size=8, seed=0, class_weight="balanced", model_options={"widths": (4,)},
-                                  in_memory_mb=mb, verbose=0)) for mb in (None, 0)]
+        runs = [
+            train(
+                TrainConfig(
+                    data=str(data),
+                    out=str(tmp_path / f"r{len(kinds)}-{mb}"),
+                    image_size=16,
+                    epochs=2,
+                    batch_size=8,
+                    seed=0,
+                    class_weight="balanced",
+                    model_options={"widths": (4,)},
+                    in_memory_mb=mb,
+                    verbose=0,
+                )
+            )
+            for mb in (None, 0)
+        ]
         assert runs[0].history == runs[1].history
         assert runs[0].metrics["confusion_matrix"] == runs[1].metrics["confusion_matrix"]
 
@@ -259,8 +293,19 @@ def test_review_i11_p2_sigmoid_teacher_distils_a_softmax_student_streamed_like_i
     common = dict(data=str(data), image_size=16, epochs=2, seed=0, verbose=0)
     train(TrainConfig(out=str(tmp_path / "teacher"), model_options={"widths": (8,)}, **common))
     assert json.loads((tmp_path / "teacher" / "metadata.json").read_text())["head"] == "sigmoid"
-    runs = [train(TrainConfig(out=str(tmp_path / f"s{mb}"), head="softmax", model_options={"widths": (4,)},
-                              teacher=str(tmp_path / "teacher"), in_memory_mb=mb, **common)) for mb in (None, 0)]
+    runs = [
+        train(
+            TrainConfig(
+                out=str(tmp_path / f"s{mb}"),
+                head="softmax",
+                model_options={"widths": (4,)},
+                teacher=str(tmp_path / "teacher"),
+                in_memory_mb=mb,
+                **common,
+            )
+        )
+        for mb in (None, 0)
+    ]
     assert runs[0].history == runs[1].history
     meta = json.loads((tmp_path / "s0" / "metadata.json").read_text())
     assert meta["head"] == "softmax" and meta["teacher"]["head"] == "sigmoid"

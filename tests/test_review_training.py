@@ -34,8 +34,17 @@ def test_i16_p1_overwrite_keeps_a_run_someone_put_their_own_files_into(tmp_path,
     (run / "holiday" / "beach.jpg").write_bytes(b"irreplaceable")
     before = snapshot(tmp_path)
     with pytest.raises(EdgeclsError, match="also holds holiday, which edgecls did not write"):
-        train(TrainConfig(data=str(shapes_folder), out=str(run), overwrite=True, epochs=1, image_size=16,
-                          model_options={"widths": (8,)}, verbose=0))
+        train(
+            TrainConfig(
+                data=str(shapes_folder),
+                out=str(run),
+                overwrite=True,
+                epochs=1,
+                image_size=16,
+                model_options={"widths": (8,)},
+                verbose=0,
+            )
+        )
     with pytest.raises(EdgeclsError, match="also holds holiday"):  # the commit checks again
         with staged_dir(run, overwrite=True, **run_guard(shapes_folder)) as stage:
             (stage / "metadata.json").write_text("{}")
@@ -55,7 +64,11 @@ def test_i16_p1_overwrite_still_replaces_a_run_of_only_our_files_and_our_temp_le
 def test_i16_p1_overwrite_keeps_a_bundle_holding_files_its_manifest_does_not_list(tmp_path):
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    manifest = {"format": "edgecls-bundle/1", "artifacts": [{"file": "model_fp32.tflite"}], "files": {"labels.txt": "0"}}
+    manifest = {
+        "format": "edgecls-bundle/1",
+        "artifacts": [{"file": "model_fp32.tflite"}],
+        "files": {"labels.txt": "0"},
+    }
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     for name in ("model_fp32.tflite", "labels.txt", "verification.txt"):
         (bundle / name).write_text("x")
@@ -121,13 +134,18 @@ def test_i15_p12_a_stage_whose_pid_was_reused_by_a_newer_process_is_stale(tmp_pa
         live.wait()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--widths", "8,,16"], "--widths '8,,16' is invalid"),
-    (["--seed", "-1"], "'--seed': -1 is not in the range"),
-    (["--seed", str(2**32)], "'--seed': 4294967296 is not in the range"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--widths", "8,,16"], "--widths '8,,16' is invalid"),
+        (["--seed", "-1"], "'--seed': -1 is not in the range"),
+        (["--seed", str(2**32)], "'--seed': 4294967296 is not in the range"),
+    ],
+)
 def test_i16_p8_seed_and_widths_typos_are_one_line_errors(tmp_path, shapes_folder, args, message):
-    result = run_cli("train", "--data", shapes_folder, "--out", tmp_path / "run", "--epochs", "1", "--image-size", "16", *args)
+    result = run_cli(
+        "train", "--data", shapes_folder, "--out", tmp_path / "run", "--epochs", "1", "--image-size", "16", *args
+    )
     assert message in cli_error(result)
     assert not (tmp_path / "run").exists()
 

@@ -25,22 +25,47 @@ def test_runtime_only_environment_classifies_images_without_tensorflow(tmp_path,
     venv = tmp_path / "device-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     pip = venv / "bin" / "pip"
-    install = subprocess.run([str(pip), "install", "--quiet", f"{REPO}[runtime]"], capture_output=True, text=True, timeout=1200)
+    install = subprocess.run(
+        [str(pip), "install", "--quiet", f"{REPO}[runtime]"], capture_output=True, text=True, timeout=1200
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     python = venv / "bin" / "python"
 
-    probe = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('tensorflow'), u.find_spec('keras'))"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    probe = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print(u.find_spec('tensorflow'), u.find_spec('keras'))"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert probe.stdout.split() == ["None", "None"], probe.stdout + probe.stderr
 
-    out = subprocess.run([str(venv / "bin" / "edgecls"), "predict", str(tiny_bundle), str(shapes_folder / "circle"), "--json"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [str(venv / "bin" / "edgecls"), "predict", str(tiny_bundle), str(shapes_folder / "circle"), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(l) for l in out.stdout.splitlines()]
     assert len(rows) == 24 and all(r["top1"] in ("circle", "square", "triangle") for r in rows)
     for artifact in ("onnx-int8", "tflite-fp32"):
-        one = subprocess.run([str(venv / "bin" / "edgecls"), "predict", str(tiny_bundle), str(shapes_folder / "square" / "000.png"),
-                              "--json", "--artifact", artifact], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        one = subprocess.run(
+            [
+                str(venv / "bin" / "edgecls"),
+                "predict",
+                str(tiny_bundle),
+                str(shapes_folder / "square" / "000.png"),
+                "--json",
+                "--artifact",
+                artifact,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
         assert one.returncode == 0, one.stderr[-2000:]
 
     size_mb = _size_mib(venv)

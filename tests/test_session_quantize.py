@@ -31,17 +31,21 @@ def _values(scale: float, seed: int = 0) -> np.ndarray:
 
 # -- against ONNX Runtime's QuantizeLinear ------------------------------------------------------
 
+
 def _onnx_quantize_linear(scale: float, zero_point: int, dtype: str):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
     elem = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}[dtype]
     graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "scale", "zero_point"], ["y"])], "quantize",
+        [helper.make_node("QuantizeLinear", ["x", "scale", "zero_point"], ["y"])],
+        "quantize",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N])],
         [helper.make_tensor_value_info("y", elem, [N])],
-        initializer=[helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
-                     helper.make_tensor("zero_point", elem, [], [zero_point])],
+        initializer=[
+            helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
+            helper.make_tensor("zero_point", elem, [], [zero_point]),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -49,12 +53,15 @@ def _onnx_quantize_linear(scale: float, zero_point: int, dtype: str):
     return lambda x: session.run(None, {"x": x})[0]
 
 
-@pytest.mark.parametrize("dtype, scale, zero_point", [
-    ("int8", 2 / 255, -1),  # symmetric normalization, [-1, 1] calibration: every pixel is a tie
-    ("int8", 0.018658448, -14),
-    ("uint8", 0.013607842, 27),
-    ("uint8", 1 / 255, 0),
-])
+@pytest.mark.parametrize(
+    "dtype, scale, zero_point",
+    [
+        ("int8", 2 / 255, -1),  # symmetric normalization, [-1, 1] calibration: every pixel is a tie
+        ("int8", 0.018658448, -14),
+        ("uint8", 0.013607842, 27),
+        ("uint8", 1 / 255, 0),
+    ],
+)
 def test_i15_p11_quantize_matches_onnxruntime_quantizelinear(dtype, scale, zero_point):
     scale = float(np.float32(scale))  # what an ONNX float initializer holds
     x = _values(scale)
@@ -65,6 +72,7 @@ def test_i15_p11_quantize_matches_onnxruntime_quantizelinear(dtype, scale, zero_
 
 
 # -- against LiteRT's QUANTIZE op ------------------------------------------------------------------
+
 
 def _tflite_quantize_model(path, lo: float, hi: float, input_type: str) -> None:
     """float (or int8) input [N] -> QUANTIZE -> concat -> int8 output, quantized for range [lo, hi]."""
@@ -129,6 +137,7 @@ def test_i15_p14_int8_litert_model_round_trips_through_the_session(tflite_models
 
 # -- hand-computed ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("like", ["onnx", "litert"])
 def test_i15_p14_quantize_int8_by_hand(like):
     spec = TensorSpec("x", (7,), "int8", 0.5, 3, like)
@@ -180,7 +189,8 @@ def test_i15_p14_sigmoid_model_in_onnxruntime_gives_not_p_then_p(tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Sigmoid", ["x"], ["p"])], "sigmoid",
+        [helper.make_node("Sigmoid", ["x"], ["p"])],
+        "sigmoid",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1])],
         [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 1])],
     )

@@ -122,10 +122,19 @@ def test_run_cli_classifies_every_frame_of_a_video(tiny_bundle, video):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(l) for l in result.stdout.splitlines()]
     assert [r["frame"] for r in rows] == list(range(20))
-    assert all(r["top1"] in ("circle", "square", "triangle") and len(r["topk"]) == 2 and r["dropped"] == 0 for r in rows)
+    assert all(
+        r["top1"] in ("circle", "square", "triangle") and len(r["topk"]) == 2 and r["dropped"] == 0 for r in rows
+    )
     summary = json.loads(result.stderr.strip().splitlines()[-1])
-    assert summary == {"event": "stopped", "frames": 20, "captured": 20, "dropped": 0, "outages": 0, "reconnects": 0,
-                       "state": "ended"}
+    assert summary == {
+        "event": "stopped",
+        "frames": 20,
+        "captured": 20,
+        "dropped": 0,
+        "outages": 0,
+        "reconnects": 0,
+        "state": "ended",
+    }
 
 
 def test_run_cli_reports_a_source_that_cannot_open(tiny_bundle, tmp_path):

@@ -13,8 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecls.data import (IN_MEMORY_ENV, LoadedSplit, StreamedSplit, check_file, fingerprint, iter_batches,
-                          load_split, make_tf_dataset, open_splits)
+from edgecls.data import (
+    IN_MEMORY_ENV,
+    LoadedSplit,
+    StreamedSplit,
+    check_file,
+    fingerprint,
+    iter_batches,
+    load_split,
+    make_tf_dataset,
+    open_splits,
+)
 from edgecls.datasets import scan_folder
 from runtime.errors import EdgeclsError
 from runtime.preprocess import PreprocessSpec, preprocess_file
@@ -56,7 +65,9 @@ def test_i10_p1_streamed_shuffle_is_the_in_memory_shuffle(shapes_folder):
     memory, streamed = load_split(samples, spec), open_splits({"train": samples}, spec, limit_mb=0)["train"]
     a, b = make_tf_dataset(memory, 8, True, seed=3), make_tf_dataset(streamed, 8, True, seed=3)
     for _ in range(2):  # two epochs: each reshuffles
-        np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in a]), np.concatenate([x.numpy() for x, _, _ in b]))
+        np.testing.assert_array_equal(
+            np.concatenate([x.numpy() for x, _ in a]), np.concatenate([x.numpy() for x, _, _ in b])
+        )
 
 
 def test_i10_p1_the_in_memory_limit_decides_and_is_checked(shapes_folder, monkeypatch):
@@ -82,9 +93,18 @@ def _config_of(run: Path, out: Path):
     train, options = meta["train"], dict(meta["model"]["options"])
     if "widths" in options:
         options["widths"] = tuple(options["widths"])
-    return TrainConfig(data=meta["dataset"]["source"], out=str(out), model=meta["model"]["name"], model_options=options,
-                       image_size=meta["input_shape"][0], epochs=train["epochs"], batch_size=train["batch_size"],
-                       seed=meta["seed"], augment=AugmentSpec(**meta["augment"]), verbose=0)
+    return TrainConfig(
+        data=meta["dataset"]["source"],
+        out=str(out),
+        model=meta["model"]["name"],
+        model_options=options,
+        image_size=meta["input_shape"][0],
+        epochs=train["epochs"],
+        batch_size=train["batch_size"],
+        seed=meta["seed"],
+        augment=AugmentSpec(**meta["augment"]),
+        verbose=0,
+    )
 
 
 def _fingerprint_from_bytes(root: Path, run: Path) -> str:
@@ -92,7 +112,9 @@ def _fingerprint_from_bytes(root: Path, run: Path) -> str:
     record = json.loads((run / "split.json").read_text())
     h = hashlib.sha256("\n".join(record["labels"]).encode())
     for name in sorted(record["splits"]):
-        lines = sorted((hashlib.sha256((root / p).read_bytes()).hexdigest(), label) for p, _, label in record["splits"][name])
+        lines = sorted(
+            (hashlib.sha256((root / p).read_bytes()).hexdigest(), label) for p, _, label in record["splits"][name]
+        )
         for digest, label in lines:
             h.update(f"{name}:{label}:{digest}\n".encode())
     return h.hexdigest()
@@ -131,8 +153,11 @@ def _bad_files(root: Path) -> dict:
     whose header is fine (only decoding finds it)."""
     jpeg = next(root.rglob("*.jpg"))
     png = next(root.rglob("*.png"))
-    bad = {"circle/cut.jpg": jpeg.read_bytes()[:-200], "square/notes.png": b"shopping list\n",
-           "triangle/half.png": png.read_bytes()[: png.stat().st_size // 2]}
+    bad = {
+        "circle/cut.jpg": jpeg.read_bytes()[:-200],
+        "square/notes.png": b"shopping list\n",
+        "triangle/half.png": png.read_bytes()[: png.stat().st_size // 2],
+    }
     for rel, data in bad.items():
         (root / rel).write_bytes(data)
     return bad
@@ -158,8 +183,20 @@ def test_i10_p2_bad_files_in_a_streamed_dataset_are_counted_never_fatal(shapes_f
     shutil.copytree(shapes_folder, data)
     _bad_files(data)
     out = tmp_path / "run"
-    train(TrainConfig(data=str(data), out=str(out), image_size=16, epochs=1, seed=0, model_options={"widths": (8,)},
-                      val_fraction=0.0, test_fraction=0.0, in_memory_mb=0, verbose=0))
+    train(
+        TrainConfig(
+            data=str(data),
+            out=str(out),
+            image_size=16,
+            epochs=1,
+            seed=0,
+            model_options={"widths": (8,)},
+            val_fraction=0.0,
+            test_fraction=0.0,
+            in_memory_mb=0,
+            verbose=0,
+        )
+    )
     err = capsys.readouterr().err
     before, during = err.split("training simple")
     assert "warning: skipped 2 unreadable image(s) in train (first: " in before  # the header check, before training
@@ -176,13 +213,17 @@ def test_i10_p2_bad_files_in_a_streamed_dataset_are_counted_never_fatal(shapes_f
     assert meta["dataset"]["fingerprint"] == fingerprint(meta["labels"], {"train": memory})
 
 
-def test_i10_p4_files_only_another_worker_decoded_are_checked_before_the_run_is_recorded(shapes_folder, tmp_path, capsys):
+def test_i10_p4_files_only_another_worker_decoded_are_checked_before_the_run_is_recorded(
+    shapes_folder, tmp_path, capsys
+):
     """A multi-worker chief decodes only its shard of the training files; before it writes split.json and the
     fingerprint, the files it never decoded are decoded once, so a bad one in the other shard is skipped too."""
     data = tmp_path / "data"
     shutil.copytree(shapes_folder, data)
     bad = _bad_files(data)
-    split = open_splits({"train": scan_folder(data, 0.0, 0.0).splits["train"]}, PreprocessSpec.scaled(8, 8), limit_mb=0)["train"]
+    split = open_splits(
+        {"train": scan_folder(data, 0.0, 0.0).splits["train"]}, PreprocessSpec.scaled(8, 8), limit_mb=0
+    )["train"]
     assert len(split.skipped) == 2  # the header check's
     capsys.readouterr()
     elsewhere = next(int(i) for i in split.readable() if split.samples[i].path.name == "half.png")
@@ -198,7 +239,8 @@ def test_i10_p4_files_only_another_worker_decoded_are_checked_before_the_run_is_
 
 
 def test_i10_p3_calibration_sets_and_test_batches_read_only_what_they_use(tiny_run_dir, monkeypatch):
-    from converters.calibration import CalibrationSampler, fingerprint as calibration_fingerprint, representative_set
+    from converters.calibration import CalibrationSampler, representative_set
+    from converters.calibration import fingerprint as calibration_fingerprint
     from edgecls.rundata import load_run_splits
     from edgecls.rundir import open_run
 
@@ -216,21 +258,28 @@ def test_i10_p3_calibration_sets_and_test_batches_read_only_what_they_use(tiny_r
     assert calibration_fingerprint(drawn) == calibration_fingerprint(representative_set(memory["train"].x, 8, 0))
     assert calibration_fingerprint(sampler.draw(1000)) == calibration_fingerprint(memory["train"].x)  # all, if fewer
 
-    x, y, paths = (np.concatenate(part) if i < 2 else sum(part, []) for i, part in
-                   enumerate(zip(*iter_batches(streamed["test"], 4))))
+    x, y, paths = (
+        np.concatenate(part) if i < 2 else sum(part, [])
+        for i, part in enumerate(zip(*iter_batches(streamed["test"], 4)))
+    )
     np.testing.assert_array_equal(x, memory["test"].x)
     assert y.tolist() == memory["test"].y.tolist() and paths == memory["test"].paths
 
 
 @pytest.mark.slow
-def test_i10_p3_convert_streams_and_gives_the_in_memory_bundle(tiny_run_dir, tiny_bundle, tmp_path, monkeypatch, capsys):
+def test_i10_p3_convert_streams_and_gives_the_in_memory_bundle(
+    tiny_run_dir, tiny_bundle, tmp_path, monkeypatch, capsys
+):
     """Needs converters/pipeline.py to read the run's data with load_run_splits(stream=True) (issue 10 point 3)."""
     from converters.formats import FORMATS
     from converters.pipeline import ConvertOptions, convert
 
     monkeypatch.setenv(IN_MEMORY_ENV, "0")
-    result = convert(tiny_run_dir, tmp_path / "b", ConvertOptions(formats=[FORMATS["tflite-int8"]], calibration_size=32,
-                                                                 max_drop=100.0))
+    result = convert(
+        tiny_run_dir,
+        tmp_path / "b",
+        ConvertOptions(formats=[FORMATS["tflite-int8"]], calibration_size=32, max_drop=100.0),
+    )
     assert "streaming" in capsys.readouterr().err
     before = json.loads((tiny_bundle / "manifest.json").read_text())
     assert result.manifest["calibration"]["fingerprint"] == before["calibration"]["fingerprint"]

@@ -26,7 +26,14 @@ def tiny_run(tmp_path_factory, shapes_folder):
 def test_train_writes_a_complete_run_directory(tiny_run, shapes_folder):
     out, result = tiny_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion_matrix.png", "curves.png", "history.json", "metadata.json", "metrics.json", "model.keras", "split.json"]
+        "confusion_matrix.png",
+        "curves.png",
+        "history.json",
+        "metadata.json",
+        "metrics.json",
+        "model.keras",
+        "split.json",
+    ]
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["labels"] == ["circle", "square", "triangle"]
     assert meta["input_shape"] == [32, 32, 3]
@@ -89,11 +96,32 @@ def test_mobilenetv2_transfer_learning_from_a_local_weights_file(tmp_path, shape
     import keras
 
     weights = tmp_path / "backbone.weights.h5"
-    keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None).save_weights(weights)
+    keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None).save_weights(
+        weights
+    )
     out = tmp_path / "mnv2"
-    result = run_cli("train", "--data", shapes_folder, "--out", out, "--model", "mobilenetv2", "--alpha", "0.35",
-                     "--weights", weights, "--fine-tune-layers", "10", "--fine-tune-epochs", "1",
-                     "--epochs", "1", "--image-size", "32", "--quiet")
+    result = run_cli(
+        "train",
+        "--data",
+        shapes_folder,
+        "--out",
+        out,
+        "--model",
+        "mobilenetv2",
+        "--alpha",
+        "0.35",
+        "--weights",
+        weights,
+        "--fine-tune-layers",
+        "10",
+        "--fine-tune-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fine-tuning the top" in result.stderr
     meta = json.loads((out / "metadata.json").read_text())
@@ -101,14 +129,17 @@ def test_mobilenetv2_transfer_learning_from_a_local_weights_file(tmp_path, shape
     assert len(json.loads((out / "history.json").read_text())["loss"]) == 2
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data", "/no/such/folder"], "does not exist"),
-    (["--data", "{single}"], "single class"),
-    (["--data", "{shapes}", "--image-size", "8", "--widths", "8,16,32,64"], "too small for 4 pooling blocks"),
-    (["--data", "{shapes}", "--model", "resnet9000"], "unknown model 'resnet9000'"),
-    (["--data", "{shapes}", "--out", "{existing}"], "already exists"),
-    (["--data", "{shapes}", "--strategy", "multiworker"], "TF_CONFIG"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "/no/such/folder"], "does not exist"),
+        (["--data", "{single}"], "single class"),
+        (["--data", "{shapes}", "--image-size", "8", "--widths", "8,16,32,64"], "too small for 4 pooling blocks"),
+        (["--data", "{shapes}", "--model", "resnet9000"], "unknown model 'resnet9000'"),
+        (["--data", "{shapes}", "--out", "{existing}"], "already exists"),
+        (["--data", "{shapes}", "--strategy", "multiworker"], "TF_CONFIG"),
+    ],
+)
 def test_bad_input_is_one_line_without_traceback(tmp_path, shapes_folder, args, message):
     single = tmp_path / "single" / "only"
     single.mkdir(parents=True)
@@ -137,14 +168,36 @@ TF_STARTUP = re.compile(
     r"absl::InitializeLog|oneDNN custom operations|cuda drivers|cpu_feature_guard|This TensorFlow binary is optimized"
     r"|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered"
     r"|^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\.cc:\d+\]"
-    r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] (tensorflow|external|xla)/", re.MULTILINE)
+    r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] (tensorflow|external|xla)/",
+    re.MULTILINE,
+)
 
 
 def test_i14_p5_train_on_digits_prints_no_tensorflow_startup_lines(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "ABSL"))}
-    result = subprocess.run([sys.executable, "-m", "edgecls.cli", "train", "--data", "digits", "--out", str(tmp_path / "run"),
-                             "--image-size", "8", "--widths", "8", "--epochs", "1"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecls.cli",
+            "train",
+            "--data",
+            "digits",
+            "--out",
+            str(tmp_path / "run"),
+            "--image-size",
+            "8",
+            "--widths",
+            "8",
+            "--epochs",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
     assert "test_accuracy" in output  # the command's own summary is there
@@ -153,10 +206,14 @@ def test_i14_p5_train_on_digits_prints_no_tensorflow_startup_lines(tmp_path):
 
 def test_i14_p5_the_startup_pattern_matches_what_tensorflow_prints():
     """The pattern above would catch the lines the issue quotes (else the test before cannot fail)."""
-    seen = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
-            "I0000 00:00:1732345678.123456   12345 cpu_feature_guard.cc:210] This TensorFlow binary is optimized\n"
-            "2026-11-23 07:00:00.000000: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] Could not find cuda drivers"
-            " on your machine, GPU will not be used.\n"
-            "2026-11-23 07:00:00.000000: I tensorflow/core/util/port.cc:153] oneDNN custom operations are on.\n")
+    seen = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1732345678.123456   12345 cpu_feature_guard.cc:210] This TensorFlow binary is optimized\n"
+        "2026-11-23 07:00:00.000000: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] Could not find cuda drivers"
+        " on your machine, GPU will not be used.\n"
+        "2026-11-23 07:00:00.000000: I tensorflow/core/util/port.cc:153] oneDNN custom operations are on.\n"
+    )
     assert len(TF_STARTUP.findall(seen)) >= 4
-    assert not TF_STARTUP.findall("training simple (73,114 parameters) for up to 1 epochs\naccuracy: 0.5292 (359 images)\n")
+    assert not TF_STARTUP.findall(
+        "training simple (73,114 parameters) for up to 1 epochs\naccuracy: 0.5292 (359 images)\n"
+    )

@@ -25,10 +25,21 @@ def fine_tuned(tmp_path_factory, shapes_folder):
     from edgecls.train import TrainConfig, preprocess_spec_for, train
 
     root = tmp_path_factory.mktemp("finetune")
-    cfg = TrainConfig(data=str(shapes_folder), out=str(root / "run"), model="mobilenetv2", image_size=32, epochs=HEAD_EPOCHS,
-                      fine_tune_layers=100, fine_tune_epochs=FINE_TUNE_EPOCHS, batch_size=8, learning_rate=0.01,
-                      val_fraction=0.3,
-                      tensorboard=True, seed=0, verbose=0)
+    cfg = TrainConfig(
+        data=str(shapes_folder),
+        out=str(root / "run"),
+        model="mobilenetv2",
+        image_size=32,
+        epochs=HEAD_EPOCHS,
+        fine_tune_layers=100,
+        fine_tune_epochs=FINE_TUNE_EPOCHS,
+        batch_size=8,
+        learning_rate=0.01,
+        val_fraction=0.3,
+        tensorboard=True,
+        seed=0,
+        verbose=0,
+    )
     spec = preprocess_spec_for(cfg, {})
     images = load_split(sum(scan_folder(shapes_folder).splits.values(), []), spec).x
     keras.utils.set_random_seed(1)  # the backbone's random weights: a draw where fine-tuning hurts
@@ -59,7 +70,12 @@ def test_i16_p4_the_saved_model_is_the_best_epoch_over_both_phases(fine_tuned):
     assert saved_loss == pytest.approx(losses[best], abs=1e-4)
     kept = json.loads((result.run_dir / "metadata.json").read_text())["train"]["kept_epoch"]
     phase = "head" if best < HEAD_EPOCHS else "fine-tune"
-    assert kept == {"epoch": best + 1, "phase": phase, "monitor": "val_loss", "value": pytest.approx(losses[best], abs=1e-5)}
+    assert kept == {
+        "epoch": best + 1,
+        "phase": phase,
+        "monitor": "val_loss",
+        "value": pytest.approx(losses[best], abs=1e-5),
+    }
     # What makes this a regression test here: fine-tuning made things worse, so the last phase's best
     # (what was saved before) is clearly not the best epoch.
     assert phase == "head" and min(losses[HEAD_EPOCHS:]) > losses[best] + 0.05, losses

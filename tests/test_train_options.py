@@ -43,15 +43,35 @@ def test_i16_p8_out_of_range_options_are_one_line_errors_before_the_data_loads(t
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("changes", [
-    {"augment": AugmentSpec(shear=2.0)}, {"augment": AugmentSpec(zoom=1.5)}, {"augment": AugmentSpec(brightness=1.5)},
-    {"augment": AugmentSpec(rotation=math.inf)}, {"model_options": {"widths": (0, 8)}},
-    {"model": "mobilenetv2", "model_options": {"alpha": -1.0}}, {"model_options": {"dropout": 1.0}},
-    {"learning_rate": 0.0}, {"learning_rate": -1e-3}, {"momentum": 1.0}, {"val_fraction": -0.1},
-    {"test_fraction": 1.0}, {"val_fraction": 0.6, "test_fraction": 0.4}, {"batch_size": 0}, {"epochs": 0},
-    {"image_size": 4}, {"patience": -1}, {"optimizer": "rmsprop"}, {"strategy": "tpu"}, {"head": "tanh"},
-    {"class_weight": "heavy"}, {"fine_tune_layers": 4}, {"fine_tune_epochs": 2},
-], ids=str)
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"augment": AugmentSpec(shear=2.0)},
+        {"augment": AugmentSpec(zoom=1.5)},
+        {"augment": AugmentSpec(brightness=1.5)},
+        {"augment": AugmentSpec(rotation=math.inf)},
+        {"model_options": {"widths": (0, 8)}},
+        {"model": "mobilenetv2", "model_options": {"alpha": -1.0}},
+        {"model_options": {"dropout": 1.0}},
+        {"learning_rate": 0.0},
+        {"learning_rate": -1e-3},
+        {"momentum": 1.0},
+        {"val_fraction": -0.1},
+        {"test_fraction": 1.0},
+        {"val_fraction": 0.6, "test_fraction": 0.4},
+        {"batch_size": 0},
+        {"epochs": 0},
+        {"image_size": 4},
+        {"patience": -1},
+        {"optimizer": "rmsprop"},
+        {"strategy": "tpu"},
+        {"head": "tanh"},
+        {"class_weight": "heavy"},
+        {"fine_tune_layers": 4},
+        {"fine_tune_epochs": 2},
+    ],
+    ids=str,
+)
 def test_i16_p8_the_python_api_validates_the_same_ranges_before_reading_data(tmp_path, changes):
     cfg = TrainConfig(data=str(tmp_path / "no-such-dataset"), out=str(tmp_path / "out"), **changes)
     with pytest.raises(EdgeclsError) as caught:
@@ -62,21 +82,47 @@ def test_i16_p8_the_python_api_validates_the_same_ranges_before_reading_data(tmp
 
 
 def test_i16_p5_fine_tuning_a_model_without_a_frozen_backbone_fails_before_training(tmp_path, shapes_folder):
-    result = run_cli("train", "--data", shapes_folder, "--out", tmp_path / "out", "--model", "simple",
-                     "--fine-tune-layers", "4", "--fine-tune-epochs", "2", "--epochs", "1")
+    result = run_cli(
+        "train",
+        "--data",
+        shapes_folder,
+        "--out",
+        tmp_path / "out",
+        "--model",
+        "simple",
+        "--fine-tune-layers",
+        "4",
+        "--fine-tune-epochs",
+        "2",
+        "--epochs",
+        "1",
+    )
     assert "--fine-tune-layers needs a frozen pretrained backbone" in cli_error(result)
     assert "data:" not in result.stderr and "Epoch" not in result.stdout + result.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_i16_p5_the_api_checks_fine_tuning_before_the_dataset(tmp_path):
-    cfg = TrainConfig(data=str(tmp_path / "no-such-dataset"), out=str(tmp_path / "out"), model="mobilenetv2",
-                      fine_tune_layers=10, fine_tune_epochs=1)  # no --weights: nothing is frozen
+    cfg = TrainConfig(
+        data=str(tmp_path / "no-such-dataset"),
+        out=str(tmp_path / "out"),
+        model="mobilenetv2",
+        fine_tune_layers=10,
+        fine_tune_epochs=1,
+    )  # no --weights: nothing is frozen
     with pytest.raises(EdgeclsError, match="frozen pretrained backbone"):
         train(cfg)
 
 
 def test_valid_options_pass_validation(tmp_path):
-    TrainConfig(data="x", out="y", augment=AugmentSpec(rotation=180, shift=1, shear=1, zoom=0.99, brightness=1),
-                learning_rate=10.0, momentum=0.0, val_fraction=0.0, test_fraction=0.99, model="mobilenetv2",
-                model_options={"alpha": 0.35, "dropout": 0.0}).validate()
+    TrainConfig(
+        data="x",
+        out="y",
+        augment=AugmentSpec(rotation=180, shift=1, shear=1, zoom=0.99, brightness=1),
+        learning_rate=10.0,
+        momentum=0.0,
+        val_fraction=0.0,
+        test_fraction=0.99,
+        model="mobilenetv2",
+        model_options={"alpha": 0.35, "dropout": 0.0},
+    ).validate()

@@ -47,20 +47,35 @@ def test_i16_p1_train_overwrite_refuses_what_is_not_a_run_and_every_file_stays(t
 def test_i16_p1_train_api_refuses_the_dataset_as_output(dataset):
     before = snapshot(dataset)
     with pytest.raises(EdgeclsError, match="is the dataset"):
-        train(TrainConfig(data=str(dataset), out=str(dataset), overwrite=True, epochs=1, image_size=16,
-                          model_options={"widths": (8,)}, verbose=0))
+        train(
+            TrainConfig(
+                data=str(dataset),
+                out=str(dataset),
+                overwrite=True,
+                epochs=1,
+                image_size=16,
+                model_options={"widths": (8,)},
+                verbose=0,
+            )
+        )
     assert snapshot(dataset) == before
 
 
 @pytest.mark.parametrize("target", ["home", "run", "parent-of-run", "dataset"])
-def test_i16_p1_convert_overwrite_refuses_what_is_not_a_bundle_and_every_file_stays(tmp_path, tiny_run_dir, shapes_folder, home, target):
+def test_i16_p1_convert_overwrite_refuses_what_is_not_a_bundle_and_every_file_stays(
+    tmp_path, tiny_run_dir, shapes_folder, home, target
+):
     out = {"home": home, "run": tiny_run_dir, "parent-of-run": tiny_run_dir.parent, "dataset": shapes_folder}[target]
     watched = [tmp_path, tiny_run_dir.parent, shapes_folder]
     before = [snapshot(p) for p in watched]
     result = run_cli("convert", tiny_run_dir, "--out", out, "--overwrite")
     message = cli_error(result)
-    expected = {"home": "not an edgecls bundle", "run": "is the run directory",
-                "parent-of-run": "contains the run directory", "dataset": "is the run's dataset"}[target]
+    expected = {
+        "home": "not an edgecls bundle",
+        "run": "is the run directory",
+        "parent-of-run": "contains the run directory",
+        "dataset": "is the run's dataset",
+    }[target]
     assert expected in message
     assert [snapshot(p) for p in watched] == before
 
@@ -73,13 +88,28 @@ def test_i15_p12_a_killed_train_leaves_a_stage_the_next_run_removes_and_overwrit
 
     # A second run into the same place, killed with SIGKILL while it trains (long, so it is still running).
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    args = ["train", "--data", str(dataset), "--out", str(out), "--overwrite", "--epochs", "200",
-            "--image-size", "16", "--widths", "8", "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "edgecls.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "train",
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--epochs",
+        "200",
+        "--image-size",
+        "16",
+        "--widths",
+        "8",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecls.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
-        stage = wait_for(lambda: [p for p in parent.iterdir() if p.name.endswith(".partial")], 300,
-                         "the run to stage its output")
+        stage = wait_for(
+            lambda: [p for p in parent.iterdir() if p.name.endswith(".partial")], 300, "the run to stage its output"
+        )
         time.sleep(1.0)  # let it write into the stage
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -93,20 +123,33 @@ def test_i15_p12_a_killed_train_leaves_a_stage_the_next_run_removes_and_overwrit
     assert json.loads((out / "metadata.json").read_text())["seed"] == 2  # and the run was replaced
 
 
-def test_i16_p1_convert_api_refuses_before_converting_and_overwrite_replaces_a_bundle(tmp_path, tiny_run_dir, home, capsys):
+def test_i16_p1_convert_api_refuses_before_converting_and_overwrite_replaces_a_bundle(
+    tmp_path, tiny_run_dir, home, capsys
+):
     from converters.formats import parse_formats
     from converters.pipeline import ConvertOptions, convert
 
     before = snapshot(home)
     with pytest.raises(EdgeclsError, match="not an edgecls bundle"):
-        convert(tiny_run_dir, home, ConvertOptions(formats=parse_formats("tflite-fp32"), overwrite=True, max_drop=100.0))
+        convert(
+            tiny_run_dir, home, ConvertOptions(formats=parse_formats("tflite-fp32"), overwrite=True, max_drop=100.0)
+        )
     assert snapshot(home) == before
     assert "converting" not in capsys.readouterr().err  # refused before any work
 
     bundle = tmp_path / "bundle"
     for attempt in range(2):
-        result = run_cli("convert", tiny_run_dir, "--out", bundle, "--formats", "tflite-fp32", "--max-drop", "100",
-                         *(["--overwrite"] if attempt else []))
+        result = run_cli(
+            "convert",
+            tiny_run_dir,
+            "--out",
+            bundle,
+            "--formats",
+            "tflite-fp32",
+            "--max-drop",
+            "100",
+            *(["--overwrite"] if attempt else []),
+        )
         assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((bundle / "manifest.json").read_text())["format"].startswith("edgecls-bundle/")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "fakehome"]

@@ -18,17 +18,39 @@ def test_i11_p3_three_random_trials_give_a_run_that_convert_accepts(tmp_path, sh
     from runtime.atomic import check_output
 
     out = tmp_path / "tuned"
-    result = run_cli("tune", "--data", shapes_folder, "--out", out, "--trials", 3, "--search", "random",
-                     "--max-epochs", 1, "--image-size", 16, "--quiet")
+    result = run_cli(
+        "tune",
+        "--data",
+        shapes_folder,
+        "--out",
+        out,
+        "--trials",
+        3,
+        "--search",
+        "random",
+        "--max-epochs",
+        1,
+        "--image-size",
+        16,
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads((out / "tuning" / "trials.json").read_text())
     trials = table["trials"]
     assert [t["status"] for t in trials] == ["COMPLETED"] * 3 and all(t["epochs"] == 1 for t in trials)
-    assert len({json.dumps(t["hyperparameters"], sort_keys=True) for t in trials}) == 3  # three different configurations
+    assert (
+        len({json.dumps(t["hyperparameters"], sort_keys=True) for t in trials}) == 3
+    )  # three different configurations
     with open(out / "tuning" / "trials.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["trial"] for r in rows] == [t["trial"] for t in trials] and {"learning_rate", "base_width", "blocks",
-                                                                             "dropout", "l2", "batch_size"} <= set(rows[0])
+    assert [r["trial"] for r in rows] == [t["trial"] for t in trials] and {
+        "learning_rate",
+        "base_width",
+        "blocks",
+        "dropout",
+        "l2",
+        "batch_size",
+    } <= set(rows[0])
     assert (out / "tuning" / "trials.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "tuning" / "tuner" / "oracle.json").is_file()  # keras-tuner's own state
     assert not (out / "tuning" / "runs").exists()  # the losing trials' runs are gone
@@ -43,8 +65,13 @@ def test_i11_p3_three_random_trials_give_a_run_that_convert_accepts(tmp_path, sh
     meta = run.metadata
     assert meta["tuning"]["trial"] == table["best"] and meta["tuning"]["hyperparameters"] == hp
     assert meta["model"]["options"]["widths"] == [hp["base_width"] * 2**i for i in range(hp["blocks"])]
-    assert meta["model"]["options"]["dropout"] == pytest.approx(hp["dropout"]) and meta["model"]["options"]["l2"] == hp["l2"]
-    assert meta["train"]["batch_size"] == hp["batch_size"] and meta["train"]["learning_rate"] == pytest.approx(hp["learning_rate"])
+    assert (
+        meta["model"]["options"]["dropout"] == pytest.approx(hp["dropout"])
+        and meta["model"]["options"]["l2"] == hp["l2"]
+    )
+    assert meta["train"]["batch_size"] == hp["batch_size"] and meta["train"]["learning_rate"] == pytest.approx(
+        hp["learning_rate"]
+    )
     assert meta["input_shape"] == [16, 16, 3] and (out / "split.json").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
@@ -70,8 +97,18 @@ def test_i11_p3_search_space_follows_the_model_and_the_image_size():
     assert set(simple) == {"learning_rate", "dropout", "l2", "batch_size", "base_width", "blocks"}
     assert max(simple["blocks"].values) == 3  # 8 px: three poolings at most
     assert max(space(TuneConfig("shapes", "out"), 64)["blocks"].values) == 4
-    cfg = train_config(TuneConfig("shapes", "out"), {"learning_rate": 0.002, "dropout": 0.30000000000000004, "l2": 1e-4,
-                                                      "batch_size": 16, "base_width": 8, "blocks": 3}, "trial")
+    cfg = train_config(
+        TuneConfig("shapes", "out"),
+        {
+            "learning_rate": 0.002,
+            "dropout": 0.30000000000000004,
+            "l2": 1e-4,
+            "batch_size": 16,
+            "base_width": 8,
+            "blocks": 3,
+        },
+        "trial",
+    )
     assert cfg.model_options == {"widths": (8, 16, 32), "dropout": 0.3, "l2": 1e-4}
     assert (cfg.batch_size, cfg.learning_rate, cfg.epochs, cfg.fine_tune_layers) == (16, 0.002, 10, 0)
 
@@ -88,10 +125,12 @@ def test_i11_p3_search_space_follows_the_model_and_the_image_size():
 def test_i11_p3_best_trial_breaks_ties_by_validation_loss():
     from edgecls.tune import best_row
 
-    rows = [{"trial": "0", "status": "COMPLETED", "score": 0.5, "val_loss": 0.9},
-            {"trial": "1", "status": "FAILED", "score": None, "val_loss": None},
-            {"trial": "2", "status": "COMPLETED", "score": 0.5, "val_loss": 0.7},
-            {"trial": "3", "status": "COMPLETED", "score": 0.25, "val_loss": 0.1}]
+    rows = [
+        {"trial": "0", "status": "COMPLETED", "score": 0.5, "val_loss": 0.9},
+        {"trial": "1", "status": "FAILED", "score": None, "val_loss": None},
+        {"trial": "2", "status": "COMPLETED", "score": 0.5, "val_loss": 0.7},
+        {"trial": "3", "status": "COMPLETED", "score": 0.25, "val_loss": 0.1},
+    ]
     assert best_row(rows, "val_accuracy")["trial"] == "2"
     assert best_row([{**r, "score": r["val_loss"]} for r in rows], "val_loss")["trial"] == "3"
     assert best_row(rows[1:2], "val_accuracy") is None
@@ -118,9 +157,14 @@ def test_i11_p3_tune_refuses_before_any_trial(tmp_path, shapes_folder, case):
     before = [snapshot(tmp_path), snapshot(shapes_folder)]
     with pytest.raises(EdgeclsError) as error:
         tune(cfg)
-    expected = {"out-file": "not a folder", "out-home": "not an edgecls run", "out-dataset": "lies inside the dataset",
-                "no-val": "--val-fraction above 0", "mobilenet-16px": "at least 32x32",
-                "weights-simple": "--model mobilenetv2"}[case]
+    expected = {
+        "out-file": "not a folder",
+        "out-home": "not an edgecls run",
+        "out-dataset": "lies inside the dataset",
+        "no-val": "--val-fraction above 0",
+        "mobilenet-16px": "at least 32x32",
+        "weights-simple": "--model mobilenetv2",
+    }[case]
     assert expected in str(error.value) and "\n" not in str(error.value)
     assert [snapshot(tmp_path), snapshot(shapes_folder)] == before
 
@@ -150,7 +194,9 @@ def test_i11_p3_tune_cli_bad_search_is_one_error_line(tmp_path, shapes_folder):
 
 
 @pytest.mark.slow  # two real trainings: about 50 s on a busy 2-core machine
-def test_i11_p3_a_trial_whose_validation_loss_diverged_is_failed_and_never_the_run(tmp_path, shapes_folder, monkeypatch):
+def test_i11_p3_a_trial_whose_validation_loss_diverged_is_failed_and_never_the_run(
+    tmp_path, shapes_folder, monkeypatch
+):
     """Fault injection on real training: the first trial's validation loss is NaN in every epoch (a diverged
     run), so it is a FAILED row with the reason, and the other trial is the run; trials.json stays strict JSON."""
     import math
@@ -169,8 +215,9 @@ def test_i11_p3_a_trial_whose_validation_loss_diverged_is_failed_and_never_the_r
 
     monkeypatch.setattr(edgecls.train, "train", first_diverges)
     out = tmp_path / "tuned"
-    result = tune(TuneConfig(data=str(shapes_folder), out=str(out), trials=2, max_epochs=1, image_size=16,
-                             objective="val_loss"))
+    result = tune(
+        TuneConfig(data=str(shapes_folder), out=str(out), trials=2, max_epochs=1, image_size=16, objective="val_loss")
+    )
     table = json.loads((out / "tuning" / "trials.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     first, second = table["trials"]
     assert first["status"] == "FAILED" and first["message"].startswith("diverged: val_loss nan"), first
@@ -184,7 +231,9 @@ def test_i11_p3_a_failure_message_is_the_exception_and_its_first_line():
 
     oom = "ResourceExhaustedError: OOM when allocating tensor\nHint: If you want to see a list of allocated tensors"
     assert _one_line(oom) == "ResourceExhaustedError: OOM when allocating tensor"
-    traceback = ('Traceback (most recent call last):\n  File "x.py", line 1, in run\n    train(cfg)\n'
-                 "ValueError: bad shape\nsecond line of the message\n")
+    traceback = (
+        'Traceback (most recent call last):\n  File "x.py", line 1, in run\n    train(cfg)\n'
+        "ValueError: bad shape\nsecond line of the message\n"
+    )
     assert _one_line(traceback) == "ValueError: bad shape"
     assert _one_line("") == ""

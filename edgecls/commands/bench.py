@@ -9,36 +9,91 @@ import click
 @click.argument("bundle", type=click.Path(), required=False)
 @click.option("--artifacts", help="Comma-separated artifact names (default: all in the bundle).")
 @click.option("--threads", default="1", show_default=True, help="Comma-separated thread counts, e.g. 1,2.")
-@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
-              help="Fresh processes per artifact and thread count; their p50 spread is reported.")
+@click.option(
+    "--repeats",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Fresh processes per artifact and thread count; their p50 spread is reported.",
+)
 @click.option("--runs", type=click.IntRange(1), default=200, show_default=True, help="Timed runs per repeat.")
 @click.option("--frame-runs", type=click.IntRange(1), help="Timed whole frames per repeat (default: --runs).")
-@click.option("--time-budget", type=click.FloatRange(0), default=10.0, show_default=True,
-              help="Seconds per timed phase of one repeat (0: no limit); at least 10 runs are always timed.")
-@click.option("--max-warmup", type=click.FloatRange(0), default=10.0, show_default=True,
-              help="Seconds of warm-up at most per process (until the latency settles).")
-@click.option("--frame", type=click.Path(), help="Image for the whole-frame timing (default: a synthetic 640x480 JPEG).")
+@click.option(
+    "--time-budget",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Seconds per timed phase of one repeat (0: no limit); at least 10 runs are always timed.",
+)
+@click.option(
+    "--max-warmup",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Seconds of warm-up at most per process (until the latency settles).",
+)
+@click.option(
+    "--frame", type=click.Path(), help="Image for the whole-frame timing (default: a synthetic 640x480 JPEG)."
+)
 @click.option("--data", type=click.Path(), help="Class-per-folder images: accuracy of each artifact.")
-@click.option("--keras", "keras_model", type=click.Path(), help="Source MODEL.keras for the Keras baseline "
-              "(default: the bundle's source run, when TensorFlow is installed).")
+@click.option(
+    "--keras",
+    "keras_model",
+    type=click.Path(),
+    help="Source MODEL.keras for the Keras baseline (default: the bundle's source run, when TensorFlow is installed).",
+)
 @click.option("--no-keras", is_flag=True, help="Skip the Keras baseline.")
 @click.option("--json", "json_path", type=click.Path(), help="Write one record per artifact and thread count.")
 @click.option("--csv", "csv_path", type=click.Path(), help="Write the records as CSV.")
 @click.option("--markdown", "markdown_path", type=click.Path(), help="Write a Markdown table with the machine.")
 @click.option("--plot", "plot_path", type=click.Path(), help="Write a PNG: p50 bars, p90/p99 marks, accuracy beside.")
 @click.option("--out", "out_dir", type=click.Path(), help="Folder for bench.json, .csv, .md and .png together.")
-@click.option("--from-json", "from_json", type=click.Path(),
-              help="Report (and --compare) an earlier --json result instead of benchmarking, e.g. one from a device lab.")
-@click.option("--compare", "baseline", type=click.Path(), help="Baseline JSON from an earlier --json: print the change.")
-@click.option("--max-regression", default="10%", show_default=True, help="With --compare: exit 1 if a p50 is slower by more.")
+@click.option(
+    "--from-json",
+    "from_json",
+    type=click.Path(),
+    help="Report (and --compare) an earlier --json result instead of benchmarking, e.g. one from a device lab.",
+)
+@click.option(
+    "--compare", "baseline", type=click.Path(), help="Baseline JSON from an earlier --json: print the change."
+)
+@click.option(
+    "--max-regression", default="10%", show_default=True, help="With --compare: exit 1 if a p50 is slower by more."
+)
 @click.option("--device", help="Run on user@host[:port] over SSH with the device's installed runtime.")
 @click.option("--ssh-config", type=click.Path(), help="ssh -F file for --device (host aliases, keys, ports).")
-@click.option("--remote-python", default="auto", show_default=True,
-              help="The device's Python for --device; auto: /opt/edgecls/venv/bin/python (made by `flash --setup`) "
-                   "when it exists, else python3.")
-def bench(bundle, artifacts, threads, repeats, runs, frame_runs, time_budget, max_warmup, frame, data, keras_model, no_keras,
-          json_path, csv_path, markdown_path, plot_path, out_dir, from_json, baseline, max_regression, device, ssh_config,
-          remote_python):
+@click.option(
+    "--remote-python",
+    default="auto",
+    show_default=True,
+    help="The device's Python for --device; auto: /opt/edgecls/venv/bin/python (made by `flash --setup`) "
+    "when it exists, else python3.",
+)
+def bench(
+    bundle,
+    artifacts,
+    threads,
+    repeats,
+    runs,
+    frame_runs,
+    time_budget,
+    max_warmup,
+    frame,
+    data,
+    keras_model,
+    no_keras,
+    json_path,
+    csv_path,
+    markdown_path,
+    plot_path,
+    out_dir,
+    from_json,
+    baseline,
+    max_regression,
+    device,
+    ssh_config,
+    remote_python,
+):
     """Benchmark every artifact of BUNDLE (and the source Keras model): invoke and whole-frame p50/p90/p99,
     load and first-inference time, peak RSS, GMAC/s, accuracy; compare with a baseline for CI."""
     from edgecls import bench_report as report
@@ -47,12 +102,20 @@ def bench(bundle, artifacts, threads, repeats, runs, frame_runs, time_budget, ma
     from runtime.errors import EdgeclsError
 
     if bool(bundle) == bool(from_json):
-        raise EdgeclsError("give a BUNDLE to benchmark or --from-json RESULTS.json to report, not both" if bundle
-                           else "missing BUNDLE: give the bundle to benchmark (or --from-json RESULTS.json)")
+        raise EdgeclsError(
+            "give a BUNDLE to benchmark or --from-json RESULTS.json to report, not both"
+            if bundle
+            else "missing BUNDLE: give the bundle to benchmark (or --from-json RESULTS.json)"
+        )
     # Everything that can be refused is refused before minutes of timing.
     limit = report.parse_percent(max_regression)
     base = report.load_results(baseline) if baseline else None
-    for path, what in ((json_path, "--json"), (csv_path, "--csv"), (markdown_path, "--markdown"), (plot_path, "--plot")):
+    for path, what in (
+        (json_path, "--json"),
+        (csv_path, "--csv"),
+        (markdown_path, "--markdown"),
+        (plot_path, "--plot"),
+    ):
         if path:
             report.check_file_output(path, what)
     if out_dir:
@@ -61,8 +124,14 @@ def bench(bundle, artifacts, threads, repeats, runs, frame_runs, time_budget, ma
         report.check_plotting()
     options = BenchOptions(
         artifacts=[a.strip() for a in artifacts.split(",") if a.strip()] if artifacts else None,
-        threads=parse_threads(threads), repeats=repeats, runs=runs, frame_runs=frame_runs,
-        budget_s=time_budget or None, max_warmup_s=max_warmup, frame=frame, data=data,
+        threads=parse_threads(threads),
+        repeats=repeats,
+        runs=runs,
+        frame_runs=frame_runs,
+        budget_s=time_budget or None,
+        max_warmup_s=max_warmup,
+        frame=frame,
+        data=data,
     )
     options.validate()
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
@@ -75,7 +144,9 @@ def bench(bundle, artifacts, threads, repeats, runs, frame_runs, time_budget, ma
             say("note: --keras is ignored with --device (the device has no TensorFlow to run it)")
         doc = run_remote(device, bundle, options, ssh_config=ssh_config, python=remote_python, progress=say)
     else:
-        doc = run_bench(bundle, options, progress=say, extra_jobs=_keras_hook(bundle, keras_model, no_keras, say), notify=say)
+        doc = run_bench(
+            bundle, options, progress=say, extra_jobs=_keras_hook(bundle, keras_model, no_keras, say), notify=say
+        )
     click.echo(report.format_table(doc))
     for path in report.write_outputs(doc, json_path, csv_path, markdown_path, plot_path, out_dir):
         say(f"wrote {path}")

@@ -13,31 +13,85 @@ QAT_MODES = ("remedy", "always", "never")
 @click.command(cls=OneLineErrors)
 @click.argument("run", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory to create.")
-@click.option("--formats", default="all", show_default=True,
-              help="Comma-separated: tflite-fp32, tflite-fp16, tflite-int8, onnx-fp32, onnx-int8, or all.")
+@click.option(
+    "--formats",
+    default="all",
+    show_default=True,
+    help="Comma-separated: tflite-fp32, tflite-fp16, tflite-int8, onnx-fp32, onnx-int8, or all.",
+)
 @click.option("--prune", help="structured=RATIO (remove filters) or sparsity=RATIO (zero weights), then fine-tune.")
-@click.option("--prune-epochs", type=click.IntRange(1), default=8, show_default=True, help="Fine-tuning epochs after pruning.")
+@click.option(
+    "--prune-epochs", type=click.IntRange(1), default=8, show_default=True, help="Fine-tuning epochs after pruning."
+)
 @click.option("--max-prune-drop", type=float, default=1.0, show_default=True, help="Accuracy points pruning may lose.")
-@click.option("--calibration-size", type=click.IntRange(1), default=200, show_default=True,
-              help="Training images in the int8 representative set.")
-@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
-              show_default=True, help="ONNX int8 calibration (TFLite always uses min/max).")
-@click.option("--max-drop", type=float, default=1.0, show_default=True,
-              help="Accuracy points an artifact may lose against the Keras model before remedies are tried.")
-@click.option("--qat", type=click.Choice(QAT_MODES), default="remedy", show_default=True, is_flag=False, flag_value="always",
-              help="tflite-int8 by quantization-aware training: remedy (the last one tried when post-training int8 "
-                   "fails the accuracy gate), always (no post-training attempt; a bare --qat), never.")
+@click.option(
+    "--calibration-size",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Training images in the int8 representative set.",
+)
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["minmax", "percentile", "entropy"]),
+    default="minmax",
+    show_default=True,
+    help="ONNX int8 calibration (TFLite always uses min/max).",
+)
+@click.option(
+    "--max-drop",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Accuracy points an artifact may lose against the Keras model before remedies are tried.",
+)
+@click.option(
+    "--qat",
+    type=click.Choice(QAT_MODES),
+    default="remedy",
+    show_default=True,
+    is_flag=False,
+    flag_value="always",
+    help="tflite-int8 by quantization-aware training: remedy (the last one tried when post-training int8 "
+    "fails the accuracy gate), always (no post-training attempt; a bare --qat), never.",
+)
 @click.option("--no-qat", is_flag=True, help="The same as --qat never.")
-@click.option("--qat-epochs", type=click.IntRange(1), default=3, show_default=True,
-              help="Epochs of quantization-aware fine-tuning on the run's training split.")
+@click.option(
+    "--qat-epochs",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Epochs of quantization-aware fine-tuning on the run's training split.",
+)
 @click.option("--tar", is_flag=True, help="Also write BUNDLE.tar.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle (only a bundle or an empty folder).")
-@click.option("--check-images", type=click.IntRange(0), default=6, show_default=True,
-              help="Held-out test images, classified right by every artifact, kept in the bundle for the smoke test "
-              "`edgecls flash` runs on the device (0: none).")
+@click.option(
+    "--check-images",
+    type=click.IntRange(0),
+    default=6,
+    show_default=True,
+    help="Held-out test images, classified right by every artifact, kept in the bundle for the smoke test "
+    "`edgecls flash` runs on the device (0: none).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-def convert(run, out, formats, prune, prune_epochs, max_prune_drop, calibration_size, calibration_method, max_drop, qat,
-            no_qat, qat_epochs, tar, overwrite, check_images, seed):
+def convert(
+    run,
+    out,
+    formats,
+    prune,
+    prune_epochs,
+    max_prune_drop,
+    calibration_size,
+    calibration_method,
+    max_drop,
+    qat,
+    no_qat,
+    qat_epochs,
+    tar,
+    overwrite,
+    check_images,
+    seed,
+):
     """Prune, quantize and export a trained run to a verified model bundle (TFLite and ONNX)."""
     if no_qat:
         if qat not in ("remedy", "never"):
@@ -52,13 +106,23 @@ def convert(run, out, formats, prune, prune_epochs, max_prune_drop, calibration_
     check_output(out, overwrite, **bundle_guard(open_run(run)))
 
     from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, convert as run_convert
+    from converters.pipeline import ConvertOptions
+    from converters.pipeline import convert as run_convert
 
     options = ConvertOptions(
-        formats=parse_formats(formats), prune=prune, prune_epochs=prune_epochs, max_prune_drop=max_prune_drop,
-        calibration_size=calibration_size, calibration_method=calibration_method, max_drop=max_drop,
-        overwrite=overwrite, tar=tar, check_images=check_images, seed=seed,
-        qat=qat, qat_epochs=qat_epochs,
+        formats=parse_formats(formats),
+        prune=prune,
+        prune_epochs=prune_epochs,
+        max_prune_drop=max_prune_drop,
+        calibration_size=calibration_size,
+        calibration_method=calibration_method,
+        max_drop=max_drop,
+        overwrite=overwrite,
+        tar=tar,
+        check_images=check_images,
+        seed=seed,
+        qat=qat,
+        qat_epochs=qat_epochs,
     )
     result = run_convert(run, out, options)
     click.echo(result.table)

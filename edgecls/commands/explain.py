@@ -8,10 +8,19 @@ import click
 @click.command()
 @click.argument("run", type=click.Path())
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(), help="Folder to create: one PNG per image, contact_sheet.png, explanations.json.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    help="Folder to create: one PNG per image, contact_sheet.png, explanations.json.",
+)
 @click.option("--class", "class_label", help="Explain this label instead of each image's predicted class.")
-@click.option("--layer", help="Convolutional layer to read (default: the last one; SUBMODEL/NAME inside a nested model).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing explanation folder (only one of ours, or an empty folder).")
+@click.option(
+    "--layer", help="Convolutional layer to read (default: the last one; SUBMODEL/NAME inside a nested model)."
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing explanation folder (only one of ours, or an empty folder)."
+)
 def explain(run, paths, out, class_label, layer, overwrite):
     """Grad-CAM: overlay on each image (files or folders) where the model looked, with its class and score."""
     from edgecls.explain import explain_run

@@ -7,14 +7,30 @@ import json
 import click
 
 ssh_options = [
-    click.option("--ssh-config", "ssh_config", type=click.Path(dir_okay=False), default=None,
-                 help="An ssh_config file (`ssh -F`); default: your ~/.ssh/config."),
-    click.option("--ssh-option", "ssh_options", multiple=True, metavar="OPT=VALUE", help="Extra `ssh -o` option (repeatable)."),
-    click.option("--python", default="auto", show_default=True,
-                 help="The device's Python; auto: ROOT/venv/bin/python when `--setup` made it, else python3."),
+    click.option(
+        "--ssh-config",
+        "ssh_config",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="An ssh_config file (`ssh -F`); default: your ~/.ssh/config.",
+    ),
+    click.option(
+        "--ssh-option", "ssh_options", multiple=True, metavar="OPT=VALUE", help="Extra `ssh -o` option (repeatable)."
+    ),
+    click.option(
+        "--python",
+        default="auto",
+        show_default=True,
+        help="The device's Python; auto: ROOT/venv/bin/python when `--setup` made it, else python3.",
+    ),
     click.option("--device", "device", default=None, help="Device profile name (see `edgecls devices`)."),
-    click.option("--profile", "profile_file", type=click.Path(exists=True, dir_okay=False), default=None,
-                 help="A device profile JSON file of your own."),
+    click.option(
+        "--profile",
+        "profile_file",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="A device profile JSON file of your own.",
+    ),
 ]
 
 
@@ -27,25 +43,59 @@ def with_target_options(f):
 def target_options(device, profile_file, ssh_config, ssh_options, python, **more):
     from devices.flash import FlashOptions, resolve_profile
 
-    return FlashOptions(profile=resolve_profile(device, profile_file), ssh_config=ssh_config,
-                        ssh_options=tuple(ssh_options), python=python, **more)
+    return FlashOptions(
+        profile=resolve_profile(device, profile_file),
+        ssh_config=ssh_config,
+        ssh_options=tuple(ssh_options),
+        python=python,
+        **more,
+    )
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(exists=True))
 @click.argument("targets", nargs=-1)
-@click.option("--targets", "targets_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A file with one TARGET per line (# comments).")
+@click.option(
+    "--targets",
+    "targets_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A file with one TARGET per line (# comments).",
+)
 @with_target_options
-@click.option("--setup", is_flag=True, help="First install the profile's runtime packages on the device, offline: wheels fetched here for its platform, pushed, pip --no-index into ROOT/venv.")
+@click.option(
+    "--setup",
+    is_flag=True,
+    help="First install the profile's runtime packages on the device, offline: wheels fetched here for its platform, "
+    "pushed, pip --no-index into ROOT/venv.",
+)
 @click.option("--install-service", is_flag=True, help="Write and enable the daemon's systemd unit on the device.")
 @click.option("--no-smoke", is_flag=True, help="Skip the smoke test (check images, latency budget) after the switch.")
 @click.option("--jobs", type=int, default=8, show_default=True, help="Targets flashed at once.")
-@click.option("--lock-timeout", type=float, default=60.0, show_default=True,
-              help="Seconds to wait for another flash of the same target to finish.")
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for another flash of the same target to finish.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def flash(bundle, targets, targets_file, device, profile_file, ssh_config, ssh_options, python, setup,
-          install_service, no_smoke, jobs, lock_timeout, as_json):
+def flash(
+    bundle,
+    targets,
+    targets_file,
+    device,
+    profile_file,
+    ssh_config,
+    ssh_options,
+    python,
+    setup,
+    install_service,
+    no_smoke,
+    jobs,
+    lock_timeout,
+    as_json,
+):
     """Install BUNDLE on each TARGET: user@host[:port][:/root] over SSH, or a local folder.
 
     Sends only the files the profile needs, verifies them on the device, switches `current` atomically,
@@ -57,9 +107,19 @@ def flash(bundle, targets, targets_file, device, profile_file, ssh_config, ssh_o
     all_targets = list(targets) + (read_targets_file(targets_file) if targets_file else [])
     from edgecls.progress import progress
 
-    options = target_options(device, profile_file, ssh_config, ssh_options, python, setup=setup,
-                             install_service=install_service, smoke=not no_smoke, jobs=jobs, lock_timeout=lock_timeout,
-                             say=progress)
+    options = target_options(
+        device,
+        profile_file,
+        ssh_config,
+        ssh_options,
+        python,
+        setup=setup,
+        install_service=install_service,
+        smoke=not no_smoke,
+        jobs=jobs,
+        lock_timeout=lock_timeout,
+        say=progress,
+    )
     results = run_flash(bundle, all_targets, options)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
@@ -67,6 +127,9 @@ def flash(bundle, targets, targets_file, device, profile_file, ssh_config, ssh_o
         click.echo(format_table(results))
     failed = [r for r in results if not r.ok]
     if failed:
-        click.echo(f"error: {len(failed)} of {len(results)} target(s) not updated: "
-                   f"{'; '.join(f'{r.target}: {r.result}' for r in failed)}", err=True)
+        click.echo(
+            f"error: {len(failed)} of {len(results)} target(s) not updated: "
+            f"{'; '.join(f'{r.target}: {r.result}' for r in failed)}",
+            err=True,
+        )
         raise SystemExit(1)

@@ -33,10 +33,16 @@ def _image_paths(paths) -> list:
 @click.argument("bundle", type=click.Path())
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per image (path, top1, score, topk, latency_ms).")
-@click.option("--artifact", help="Artifact to run (e.g. tflite-int8); default: the device profile's first runnable one.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per image (path, top1, score, topk, latency_ms)."
+)
+@click.option(
+    "--artifact", help="Artifact to run (e.g. tflite-int8); default: the device profile's first runnable one."
+)
 @click.option("--device", "device", help="Device profile name or JSON file (see `edgecls devices`).")
-@click.option("--threads", type=click.IntRange(1), help="Inference threads (default: the profile's, else the backend's).")
+@click.option(
+    "--threads", type=click.IntRange(1), help="Inference threads (default: the profile's, else the backend's)."
+)
 def predict(bundle, paths, top_k, as_json, artifact, device, threads):
     """Classify image files and folders (recursively) with a bundle; no TensorFlow needed."""
     from devices import load_profile
@@ -60,6 +66,9 @@ def predict(bundle, paths, top_k, as_json, artifact, device, threads):
             click.echo(json.dumps({"path": str(path), **prediction.to_dict()}))
         else:
             others = ", ".join(f"{l} {s:.3f}" for l, s in prediction.topk[1:])
-            click.echo(f"{path}\t{prediction.label}\t{prediction.score:.4f}\t{prediction.latency_ms:.1f} ms" + (f"\t({others})" if others else ""))
+            click.echo(
+                f"{path}\t{prediction.label}\t{prediction.score:.4f}\t{prediction.latency_ms:.1f} ms"
+                + (f"\t({others})" if others else "")
+            )
     if failed:
         raise EdgeclsError(f"{failed} of {len(images)} image(s) could not be read")

@@ -12,10 +12,20 @@ from edgecls.commands._errors import OneLineErrors
 
 
 @click.command(cls=OneLineErrors)
-@click.option("--out", default="quickstart", show_default=True, type=click.Path(),
-              help="Folder to create: the run, bundle, bench results, a flashed device folder, pictures, summary.")
-@click.option("--data", type=click.Choice(["digits", "shapes"]), default="digits", show_default=True,
-              help="Built-in dataset: handwritten digits (8x8 grey) or generated shapes (colour).")
+@click.option(
+    "--out",
+    default="quickstart",
+    show_default=True,
+    type=click.Path(),
+    help="Folder to create: the run, bundle, bench results, a flashed device folder, pictures, summary.",
+)
+@click.option(
+    "--data",
+    type=click.Choice(["digits", "shapes"]),
+    default="digits",
+    show_default=True,
+    help="Built-in dataset: handwritten digits (8x8 grey) or generated shapes (colour).",
+)
 @click.option("--quick", is_flag=True, help="Fewer epochs, shorter timings and daemon run: about half the time.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier quickstart folder (only one of ours).")
@@ -26,7 +36,8 @@ def quickstart(out, data, quick, seed, overwrite):
     the model, the pictures (training curves, confusion matrix, latency and accuracy charts, Grad-CAM,
     the daemon's preview) and the details were written. Progress goes to stderr, the summary to stdout.
     """
-    from edgecls.quickstart import QuickstartOptions, quickstart as run_quickstart
+    from edgecls.quickstart import QuickstartOptions
+    from edgecls.quickstart import quickstart as run_quickstart
 
     with _stdout_to_stderr():  # Keras prints its epoch lines on stdout: here they are progress
         result = run_quickstart(QuickstartOptions(out=out, data=data, quick=quick, overwrite=overwrite, seed=seed))

@@ -38,80 +38,196 @@ def _load_config(ctx, param, path):
             names.update({o.lstrip("-"): p.name for o in p.opts if o.startswith("--")})
     unknown = sorted(k for k in data if k not in names)
     if unknown:
-        raise EdgeclsError(f"--config {path}: unknown option(s) {', '.join(unknown)}; keys are `edgecls run` option "
-                           f"names such as bundle, source, port, stall-timeout")
+        raise EdgeclsError(
+            f"--config {path}: unknown option(s) {', '.join(unknown)}; keys are `edgecls run` option "
+            f"names such as bundle, source, port, stall-timeout"
+        )
     ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in data.items()}}
 
 
 @click.command(context_settings={"auto_envvar_prefix": ENV_PREFIX})
 @click.argument("bundle", type=click.Path(), required=False, envvar=f"{ENV_PREFIX}_BUNDLE")
-@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config,
-              help="TOML file of options: keys are option names (bundle = \"...\", source = [\"0\"], port = 8080, "
-              "stall-timeout = 5). The command line, then EDGECLS_RUN_* variables (EDGECLS_RUN_SOURCE, "
-              "EDGECLS_RUN_PORT, ...), override it.")
-@click.option("--source", "sources", multiple=True, envvar=f"{ENV_PREFIX}_SOURCE", help="Camera index, /dev/videoN, csi://N, rtsp:// or http(s):// "
-              "URL, GStreamer pipeline, video file, image or folder (default: the device profile's camera). Images "
-              "and folders are offline inputs: every image is classified once, in order (unless --fps). Video files "
-              "play at their own frame rate and frames inference cannot keep up with are dropped (unless --every-frame). Repeat "
-              "--source to run several sources in one process (daemon mode), each with its own capture and watchdog.")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config,
+    help='TOML file of options: keys are option names (bundle = "...", source = ["0"], port = 8080, '
+    "stall-timeout = 5). The command line, then EDGECLS_RUN_* variables (EDGECLS_RUN_SOURCE, "
+    "EDGECLS_RUN_PORT, ...), override it.",
+)
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    envvar=f"{ENV_PREFIX}_SOURCE",
+    help="Camera index, /dev/videoN, csi://N, rtsp:// or http(s):// "
+    "URL, GStreamer pipeline, video file, image or folder (default: the device profile's camera). Images "
+    "and folders are offline inputs: every image is classified once, in order (unless --fps). Video files "
+    "play at their own frame rate and frames inference cannot keep up with are dropped (unless --every-frame). Repeat "
+    "--source to run several sources in one process (daemon mode), each with its own capture and watchdog.",
+)
 @click.option("--device", "device", help="Device profile name or JSON file.")
 @click.option("--artifact", help="Artifact to run (default: the device profile's first runnable one).")
 @click.option("--threads", type=click.IntRange(1))
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--loop", is_flag=True, help="Repeat a video file or folder.")
-@click.option("--every-frame", "--as-fast-as-possible", "every_frame", is_flag=True,
-              help="Classify every frame of a video file as fast as inference goes (offline), instead of at its own "
-              "frame rate.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True),
-              help="Play a video file or folder as a live camera at this rate: the newest frame is classified and "
-              "frames inference cannot keep up with are dropped (counted).")
+@click.option(
+    "--every-frame",
+    "--as-fast-as-possible",
+    "every_frame",
+    is_flag=True,
+    help="Classify every frame of a video file as fast as inference goes (offline), instead of at its own frame rate.",
+)
+@click.option(
+    "--fps",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Play a video file or folder as a live camera at this rate: the newest frame is classified and "
+    "frames inference cannot keep up with are dropped (counted).",
+)
 @click.option("--max-frames", type=click.IntRange(1), help="Stop after this many classified frames (per source).")
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for a frame before reporting a stall.")
-@click.option("--port", type=click.IntRange(0, 65535), help="Daemon mode: serve /healthz, /metrics (Prometheus) and "
-              "/latest on this port (0: any free port; the URL is printed as a JSON event on stderr).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for a frame before reporting a stall.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="Daemon mode: serve /healthz, /metrics (Prometheus) and "
+    "/latest on this port (0: any free port; the URL is printed as a JSON event on stderr).",
+)
 @click.option("--host", help="Address the HTTP server binds to.  [default: 127.0.0.1]")
-@click.option("--token-file", type=click.Path(dir_okay=False), help="File holding a bearer token that every HTTP "
-              f"endpoint then requires (or set {TOKEN_ENV}). The token is never logged.")
-@click.option("--smooth", type=click.IntRange(1), help="Daemon mode: average the probabilities of the last N frames "
-              "of each source.")
-@click.option("--threshold", type=click.FloatRange(0, 1),
-              help="Daemon mode: label results scoring below this `unknown`.")
-@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), help="Daemon mode: reopen a source that "
-              "delivers no new frame for this many seconds (with capped exponential backoff).  [default: 10]")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
-              help="Daemon mode: stop after this many seconds.")
-@click.option("--results", type=click.Path(dir_okay=False), help="Daemon mode: append JSON lines to this file instead "
-              "of stdout, rotated past --results-max-mb (3 old files kept).")
-@click.option("--results-max-mb", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Rotate the --results file past this size (0: never).")
-@click.option("--mqtt", help="Daemon mode: publish results to mqtt://[user:pass@]host[:port]/topic-prefix "
-              "(PREFIX/SOURCE/state on each label change, PREFIX/availability online/offline with a last will).")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    help="File holding a bearer token that every HTTP "
+    f"endpoint then requires (or set {TOKEN_ENV}). The token is never logged.",
+)
+@click.option(
+    "--smooth",
+    type=click.IntRange(1),
+    help="Daemon mode: average the probabilities of the last N frames of each source.",
+)
+@click.option(
+    "--threshold", type=click.FloatRange(0, 1), help="Daemon mode: label results scoring below this `unknown`."
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Daemon mode: reopen a source that "
+    "delivers no new frame for this many seconds (with capped exponential backoff).  [default: 10]",
+)
+@click.option(
+    "--duration", type=click.FloatRange(min=0, min_open=True), help="Daemon mode: stop after this many seconds."
+)
+@click.option(
+    "--results",
+    type=click.Path(dir_okay=False),
+    help="Daemon mode: append JSON lines to this file instead "
+    "of stdout, rotated past --results-max-mb (3 old files kept).",
+)
+@click.option(
+    "--results-max-mb",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Rotate the --results file past this size (0: never).",
+)
+@click.option(
+    "--mqtt",
+    help="Daemon mode: publish results to mqtt://[user:pass@]host[:port]/topic-prefix "
+    "(PREFIX/SOURCE/state on each label change, PREFIX/availability online/offline with a last will).",
+)
 @click.option("--mqtt-qos", type=click.IntRange(0, 2), default=1, show_default=True)
 @click.option("--mqtt-every", type=click.IntRange(1), help="Also publish every N frames of a source, changed or not.")
-@click.option("--mqtt-discovery", is_flag=True, default=None,
-              help="Publish Home Assistant MQTT discovery configs: a sensor per source appears by itself.")
-@click.option("--capture", type=click.Path(file_okay=False), help="Daemon mode: save frames scoring below "
-              "--capture-below as JPEG + JSON sidecar in DIR/.unlabelled/SOURCE/ (move them into DIR/<class>/ to label; "
-              "`edgecls train --data DIR` then takes the folder).")
+@click.option(
+    "--mqtt-discovery",
+    is_flag=True,
+    default=None,
+    help="Publish Home Assistant MQTT discovery configs: a sensor per source appears by itself.",
+)
+@click.option(
+    "--capture",
+    type=click.Path(file_okay=False),
+    help="Daemon mode: save frames scoring below "
+    "--capture-below as JPEG + JSON sidecar in DIR/.unlabelled/SOURCE/ (move them into DIR/<class>/ to label; "
+    "`edgecls train --data DIR` then takes the folder).",
+)
 @click.option("--capture-below", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--capture-every", type=click.IntRange(1), help="Also capture a random 1 in N frames.")
-@click.option("--capture-max-mb", type=click.FloatRange(min=0, min_open=True), default=500.0, show_default=True,
-              help="Delete the oldest captures past this size.")
-@click.option("--drift-window", type=click.IntRange(20, 100_000), help="Daemon mode: compare the last N classified frames of "
-              "each source with the bundle's reference statistics and with the source's first N frames.  "
-              "[default: 500]")
-@click.option("--drift-threshold", type=click.FloatRange(min=0, min_open=True), help="Daemon mode: a source whose "
-              "mean brightness (either way) or mean top-1 confidence (downward) moved further than this many standard "
-              "deviations of the test images, from the reference or from its own first window, is reported in drift "
-              "(/healthz degraded, log line, edgecls_drift_degraded).  [default: 3]")
-@click.option("--allowed-signers", type=click.Path(dir_okay=False), help="OpenSSH allowed-signers file: load only "
-              "bundles signed (`edgecls sign`) by one of its keys, at start and on every hot reload.")
-@click.option("--show", is_flag=True, default=None, help="Daemon mode: show the annotated frames in a window per "
-              "source (needs OpenCV with GUI support and a display; q or Esc stops).")
-def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fps, max_frames, timeout, port, host,
-        token_file, smooth, threshold, stall_timeout, duration, results, results_max_mb, mqtt, mqtt_qos, mqtt_every,
-        mqtt_discovery, capture, capture_below, capture_every, capture_max_mb, drift_window, drift_threshold,
-        allowed_signers, show):
+@click.option(
+    "--capture-max-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=500.0,
+    show_default=True,
+    help="Delete the oldest captures past this size.",
+)
+@click.option(
+    "--drift-window",
+    type=click.IntRange(20, 100_000),
+    help="Daemon mode: compare the last N classified frames of "
+    "each source with the bundle's reference statistics and with the source's first N frames.  "
+    "[default: 500]",
+)
+@click.option(
+    "--drift-threshold",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Daemon mode: a source whose "
+    "mean brightness (either way) or mean top-1 confidence (downward) moved further than this many standard "
+    "deviations of the test images, from the reference or from its own first window, is reported in drift "
+    "(/healthz degraded, log line, edgecls_drift_degraded).  [default: 3]",
+)
+@click.option(
+    "--allowed-signers",
+    type=click.Path(dir_okay=False),
+    help="OpenSSH allowed-signers file: load only "
+    "bundles signed (`edgecls sign`) by one of its keys, at start and on every hot reload.",
+)
+@click.option(
+    "--show",
+    is_flag=True,
+    default=None,
+    help="Daemon mode: show the annotated frames in a window per "
+    "source (needs OpenCV with GUI support and a display; q or Esc stops).",
+)
+def run(
+    bundle,
+    sources,
+    device,
+    artifact,
+    threads,
+    top_k,
+    loop,
+    every_frame,
+    fps,
+    max_frames,
+    timeout,
+    port,
+    host,
+    token_file,
+    smooth,
+    threshold,
+    stall_timeout,
+    duration,
+    results,
+    results_max_mb,
+    mqtt,
+    mqtt_qos,
+    mqtt_every,
+    mqtt_discovery,
+    capture,
+    capture_below,
+    capture_every,
+    capture_max_mb,
+    drift_window,
+    drift_threshold,
+    allowed_signers,
+    show,
+):
     """Classify frames from a camera, stream, video or folder; one JSON line per frame.
 
     Each line has the frame index, its age when classified, the top-k and the running drop count.
@@ -139,8 +255,18 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
 
     profile = load_profile(device)
     uris = list(sources) or [profile.camera]
-    daemon_only = (smooth, threshold, stall_timeout, duration, results, show, mqtt, capture, drift_window,
-                   drift_threshold)
+    daemon_only = (
+        smooth,
+        threshold,
+        stall_timeout,
+        duration,
+        results,
+        show,
+        mqtt,
+        capture,
+        drift_window,
+        drift_threshold,
+    )
     if port is None:
         for name, value in (("--host", host), ("--token-file", token_file)):
             if value is not None:
@@ -153,31 +279,66 @@ def run(bundle, sources, device, artifact, threads, top_k, loop, every_frame, fp
             raise EdgeclsError("--fps (paced, drops frames) and --every-frame (no drops) contradict: pick one")
         for uri in uris:
             if parse_source(uri, profile.csi_pipeline).live:
-                raise EdgeclsError(f"--fps paces a video file or folder; {redact_uri(uri)} is live and sets its own "
-                                   "rate: drop --fps")
+                raise EdgeclsError(
+                    f"--fps paces a video file or folder; {redact_uri(uri)} is live and sets its own rate: drop --fps"
+                )
         pacing = {"every_frame": False, "realtime": True, "fps": fps}
     from runtime.daemon.nativelog import native_output_to_log
 
     if port is not None or len(uris) > 1 or any(v is not None for v in daemon_only):
         token = _read_token(token_file)
         with native_output_to_log():  # OpenCV/FFmpeg/LiteRT chatter: debug log lines, not raw stderr
-            _run_daemon(bundle, uris, profile=profile, artifact=artifact, threads=threads, top_k=top_k,
-                        source_options={"loop": loop, "timeout_s": timeout, **pacing}, max_frames=max_frames,
-                        port=port, host=host, token=token, smooth=smooth, threshold=threshold, show=bool(show),
-                        allowed_signers=allowed_signers, mqtt=mqtt, mqtt_qos=mqtt_qos, mqtt_every=mqtt_every,
-                        mqtt_discovery=bool(mqtt_discovery), capture=_capture(capture, capture_below, capture_every,
-                                                                              capture_max_mb),
-                        stall_timeout=stall_timeout, duration=duration, results=results, results_max_mb=results_max_mb,
-                        **{k: v for k, v in (("drift_window", drift_window), ("drift_threshold", drift_threshold))
-                           if v is not None})
+            _run_daemon(
+                bundle,
+                uris,
+                profile=profile,
+                artifact=artifact,
+                threads=threads,
+                top_k=top_k,
+                source_options={"loop": loop, "timeout_s": timeout, **pacing},
+                max_frames=max_frames,
+                port=port,
+                host=host,
+                token=token,
+                smooth=smooth,
+                threshold=threshold,
+                show=bool(show),
+                allowed_signers=allowed_signers,
+                mqtt=mqtt,
+                mqtt_qos=mqtt_qos,
+                mqtt_every=mqtt_every,
+                mqtt_discovery=bool(mqtt_discovery),
+                capture=_capture(capture, capture_below, capture_every, capture_max_mb),
+                stall_timeout=stall_timeout,
+                duration=duration,
+                results=results,
+                results_max_mb=results_max_mb,
+                **{
+                    k: v
+                    for k, v in (("drift_window", drift_window), ("drift_threshold", drift_threshold))
+                    if v is not None
+                },
+            )
         return
     with native_output_to_log():
-        _run_simple(bundle, uris[0], profile=profile, artifact=artifact, threads=threads, top_k=top_k, loop=loop,
-                    timeout=timeout, pacing=pacing, max_frames=max_frames, allowed_signers=allowed_signers)
+        _run_simple(
+            bundle,
+            uris[0],
+            profile=profile,
+            artifact=artifact,
+            threads=threads,
+            top_k=top_k,
+            loop=loop,
+            timeout=timeout,
+            pacing=pacing,
+            max_frames=max_frames,
+            allowed_signers=allowed_signers,
+        )
 
 
-def _run_simple(bundle, uri, *, profile, artifact, threads, top_k, loop, timeout, pacing, max_frames,
-                allowed_signers) -> None:
+def _run_simple(
+    bundle, uri, *, profile, artifact, threads, top_k, loop, timeout, pacing, max_frames, allowed_signers
+) -> None:
     """One source, one JSON line per frame on stdout, events on stderr."""
     from runtime.bundle import load_bundle
     from runtime.classifier import Classifier
@@ -201,13 +362,30 @@ def _run_simple(bundle, uri, *, profile, artifact, threads, top_k, loop, timeout
                 click.echo(json.dumps({"event": "stall", "detail": str(exc), "state": src.stats.state}), err=True)
                 continue
             prediction = classifier.classify(frame.image, order="bgr")
-            record = {"frame": frame.index, **({"name": frame.name} if frame.name else {}),
-                      "age_ms": round(frame.age_ms, 1), **prediction.to_dict(), "dropped": src.stats.dropped}
+            record = {
+                "frame": frame.index,
+                **({"name": frame.name} if frame.name else {}),
+                "age_ms": round(frame.age_ms, 1),
+                **prediction.to_dict(),
+                "dropped": src.stats.dropped,
+            }
             click.echo(json.dumps(record))
             done += 1
     stats = src.stats
-    click.echo(json.dumps({"event": "stopped", "frames": done, "captured": stats.frames, "dropped": stats.dropped,
-                           "outages": stats.outages, "reconnects": stats.reconnects, "state": stats.state}), err=True)
+    click.echo(
+        json.dumps(
+            {
+                "event": "stopped",
+                "frames": done,
+                "captured": stats.frames,
+                "dropped": stats.dropped,
+                "outages": stats.outages,
+                "reconnects": stats.reconnects,
+                "state": stats.state,
+            }
+        ),
+        err=True,
+    )
 
 
 def _capture(folder, below, every, max_mb):
@@ -215,7 +393,7 @@ def _capture(folder, below, every, max_mb):
         return None
     from runtime.daemon.capture import Capture
 
-    return Capture(folder, below=below, sample=every, max_bytes=int(max_mb * 2 ** 20))
+    return Capture(folder, below=below, sample=every, max_bytes=int(max_mb * 2**20))
 
 
 def _read_token(token_file) -> str | None:
@@ -236,8 +414,22 @@ def _read_token(token_file) -> str | None:
     return token
 
 
-def _run_daemon(bundle, uris, *, results, results_max_mb, stall_timeout, host, smooth, threshold, mqtt, mqtt_qos,
-                mqtt_every, mqtt_discovery, **options) -> None:
+def _run_daemon(
+    bundle,
+    uris,
+    *,
+    results,
+    results_max_mb,
+    stall_timeout,
+    host,
+    smooth,
+    threshold,
+    mqtt,
+    mqtt_qos,
+    mqtt_every,
+    mqtt_discovery,
+    **options,
+) -> None:
     """Several sources, HTTP, smoothing: the daemon in runtime.daemon; events go to stderr as JSON lines."""
     from runtime.daemon import Daemon
     from runtime.daemon.sinks import JsonlFileSink, StdoutSink
@@ -247,12 +439,24 @@ def _run_daemon(bundle, uris, *, results, results_max_mb, stall_timeout, host, s
         from runtime.daemon.mqtt import MqttSink
 
         sinks.append(MqttSink(mqtt, qos=mqtt_qos, every=mqtt_every, discovery=mqtt_discovery))
-    daemon = Daemon(bundle, uris, sinks=sinks, stall_timeout=10.0 if stall_timeout is None else stall_timeout,
-                    host=host or "127.0.0.1", smooth=smooth or 1, threshold=threshold or 0.0, **options)
+    daemon = Daemon(
+        bundle,
+        uris,
+        sinks=sinks,
+        stall_timeout=10.0 if stall_timeout is None else stall_timeout,
+        host=host or "127.0.0.1",
+        smooth=smooth or 1,
+        threshold=threshold or 0.0,
+        **options,
+    )
 
     def started(d):
-        click.echo(json.dumps({"event": "started", "sources": [s.name for s in d.supervisors],
-                               **({"url": d.url} if d.url else {})}), err=True)
+        click.echo(
+            json.dumps(
+                {"event": "started", "sources": [s.name for s in d.supervisors], **({"url": d.url} if d.url else {})}
+            ),
+            err=True,
+        )
 
     summary = daemon.run(on_start=started)
     click.echo(json.dumps({"event": "stopped", "sources": summary}), err=True)

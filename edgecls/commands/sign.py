@@ -7,8 +7,12 @@ import click
 
 @click.command()
 @click.argument("bundle", type=click.Path(exists=True))
-@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Private OpenSSH key (ssh-keygen -t ed25519), or its .pub with the key in ssh-agent.")
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Private OpenSSH key (ssh-keygen -t ed25519), or its .pub with the key in ssh-agent.",
+)
 @click.option("--principal", default=None, help="Also print the allowed-signers line for this name.")
 def sign(bundle, key, principal):
     """Write BUNDLE/manifest.json.sig; devices with an allowed_signers file accept only bundles it trusts."""

@@ -25,7 +25,9 @@ def status(target, as_json, **kw):
     # Every field below may come from a manifest or a device: printed with control characters escaped.
     click.echo(f"{p(target)} (root {p(info['root'])}){'  signatures required' if info['requires_signature'] else ''}")
     for v in info["versions"]:
-        mark = "current " if v["slot"] == info["current"] else "previous" if v["slot"] == info["previous"] else "        "
+        mark = (
+            "current " if v["slot"] == info["current"] else "previous" if v["slot"] == info["previous"] else "        "
+        )
         sig = v.get("signature") or {}
         signed = f"signed by {p(sig['signer'])}" if sig.get("signer") else "unsigned"
         click.echo(f"  {mark} {p(v['slot'])}  {p(v['created'] or '-')}  {p(','.join(v['artifacts']))}  {signed}")
@@ -34,11 +36,14 @@ def status(target, as_json, **kw):
         click.echo(f"  health: {p(h['url'])} -> {h.get('status')}" + (f" ({p(h['error'])})" if h.get("error") else ""))
     last = info.get("last_flash")
     if last:
-        click.echo(f"  last flash: {p(last['result'])} {p(last.get('slot') or '')} at {p(last.get('time', ''))}"
-                   + (f": {p(last['reason'])}" if last.get("reason") else ""))
+        click.echo(
+            f"  last flash: {p(last['result'])} {p(last.get('slot') or '')} at {p(last.get('time', ''))}"
+            + (f": {p(last['reason'])}" if last.get("reason") else "")
+        )
     pending = info.get("pending")
     if pending and pending.get("kind") == "rollback":
-        click.echo(f"  interrupted rollback to {p(pending['slot'])}: run `edgecls rollback` again (or any flash) "
-                   f"to finish it")
+        click.echo(
+            f"  interrupted rollback to {p(pending['slot'])}: run `edgecls rollback` again (or any flash) to finish it"
+        )
     elif pending:
         click.echo(f"  interrupted flash of {p(pending['slot'])}: run the flash again to finish it")

@@ -32,50 +32,136 @@ def _parse_widths(value: str | None):
 @click.option("--out", "out", required=True, type=click.Path(), help="Run directory to create.")
 @click.option("--model", default="simple", show_default=True, help=_model_help())
 @click.option("--image-size", type=click.IntRange(8, 1024), help="Square input size (default: per dataset, else 64).")
-@click.option("--color", type=click.Choice(["rgb", "bgr", "gray"]), help="Input colour (default: per dataset, else rgb).")
-@click.option("--resize", type=click.Choice(["stretch", "center-crop", "letterbox"]),
-              help="How images reach the input size  [default: stretch, or the teacher's]")
+@click.option(
+    "--color", type=click.Choice(["rgb", "bgr", "gray"]), help="Input colour (default: per dataset, else rgb)."
+)
+@click.option(
+    "--resize",
+    type=click.Choice(["stretch", "center-crop", "letterbox"]),
+    help="How images reach the input size  [default: stretch, or the teacher's]",
+)
 @click.option("--normalize", type=click.Choice(["scale", "symmetric"]), help="0..1 or -1..1 (default: by model).")
 @click.option("--epochs", type=click.IntRange(1), help="Maximum epochs (default: per dataset, else 30).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
-@click.option("--lr", "learning_rate", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Learning rate.")
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True, help="SGD momentum.")
-@click.option("--patience", type=click.IntRange(0), default=8, show_default=True, help="Early stopping patience (0: off).")
-@click.option("--class-weight", type=click.Choice(["auto", "balanced", "none"]), default="auto", show_default=True,
-              help="auto weights classes only when the folders are imbalanced.")
-@click.option("--head", type=click.Choice(["auto", "sigmoid", "softmax"]), default="auto", show_default=True,
-              help="auto: sigmoid for two classes, softmax otherwise.")
+@click.option(
+    "--lr",
+    "learning_rate",
+    type=click.FloatRange(0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Learning rate.",
+)
+@click.option(
+    "--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True, help="SGD momentum."
+)
+@click.option(
+    "--patience", type=click.IntRange(0), default=8, show_default=True, help="Early stopping patience (0: off)."
+)
+@click.option(
+    "--class-weight",
+    type=click.Choice(["auto", "balanced", "none"]),
+    default="auto",
+    show_default=True,
+    help="auto weights classes only when the folders are imbalanced.",
+)
+@click.option(
+    "--head",
+    type=click.Choice(["auto", "sigmoid", "softmax"]),
+    default="auto",
+    show_default=True,
+    help="auto: sigmoid for two classes, softmax otherwise.",
+)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 @click.option("--widths", help="simple: filters per block, e.g. 32,64,128.")
 @click.option("--dense", type=click.IntRange(0), help="simple: hidden Dense units before the head.")
 @click.option("--pooling", type=click.Choice(["global", "flatten"]), help="simple: how the head sees the features.")
-@click.option("--batch-norm/--no-batch-norm", default=None, help="simple: BatchNormalization after each conv (default: on).")
+@click.option(
+    "--batch-norm/--no-batch-norm", default=None, help="simple: BatchNormalization after each conv (default: on)."
+)
 @click.option("--dropout", type=click.FloatRange(0, 0.95), help="Dropout before the head.")
 @click.option("--l2", type=click.FloatRange(0), help="L2 weight decay.")
 @click.option("--alpha", type=click.FloatRange(0, min_open=True), help="mobilenetv2: width multiplier.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="mobilenetv2: local backbone weights file (transfer learning).")
-@click.option("--fine-tune-layers", type=click.IntRange(0), default=0, show_default=True, help="Unfreeze this many top backbone layers after the head is trained.")
-@click.option("--fine-tune-epochs", type=click.IntRange(0), default=0, show_default=True,
-              help="Epochs of fine-tuning; the saved model is the epoch with the lowest val loss over both phases.")
-@click.option("--augment/--no-augment", default=True, show_default=True, help="Random rotation, shift, shear, zoom, brightness.")
-@click.option("--rotation", type=click.FloatRange(0, 180), default=10.0, show_default=True, help="Augmentation: max rotation in degrees.")
-@click.option("--shift", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Augmentation: max shift as a fraction.")
-@click.option("--shear", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Augmentation: max shear factor.")
-@click.option("--zoom", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Augmentation: max zoom as a fraction.")
-@click.option("--brightness", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Augmentation: max brightness change.")
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False),
+    help="mobilenetv2: local backbone weights file (transfer learning).",
+)
+@click.option(
+    "--fine-tune-layers",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Unfreeze this many top backbone layers after the head is trained.",
+)
+@click.option(
+    "--fine-tune-epochs",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Epochs of fine-tuning; the saved model is the epoch with the lowest val loss over both phases.",
+)
+@click.option(
+    "--augment/--no-augment", default=True, show_default=True, help="Random rotation, shift, shear, zoom, brightness."
+)
+@click.option(
+    "--rotation",
+    type=click.FloatRange(0, 180),
+    default=10.0,
+    show_default=True,
+    help="Augmentation: max rotation in degrees.",
+)
+@click.option(
+    "--shift",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Augmentation: max shift as a fraction.",
+)
+@click.option(
+    "--shear", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Augmentation: max shear factor."
+)
+@click.option(
+    "--zoom",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Augmentation: max zoom as a fraction.",
+)
+@click.option(
+    "--brightness",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Augmentation: max brightness change.",
+)
 @click.option("--flip/--no-flip", default=None, help="Augmentation: horizontal flip (default: per dataset, else off).")
-@click.option("--strategy", type=click.Choice(["none", "mirrored", "multiworker"]), default="none", show_default=True,
-              help="tf.distribute strategy: mirrored (GPUs on one host) or multiworker (reads TF_CONFIG; start one "
-                   "process per worker, task 0 writes the run).")
-@click.option("--teacher", type=click.Path(), help="A trained run to distil from: the student learns from its softened "
-              "outputs as well as the labels (its preprocessing and classes are the student's; they are the defaults).")
-@click.option("--temperature", type=click.FloatRange(0, min_open=True),
-              help=f"Distillation: how much both models' outputs are softened  [default: {DEFAULT_TEMPERATURE:g}]")
-@click.option("--distill-alpha", type=click.FloatRange(0, 1),
-              help=f"Distillation: weight of the labels; the teacher gets the rest  [default: {DEFAULT_ALPHA:g}]")
+@click.option(
+    "--strategy",
+    type=click.Choice(["none", "mirrored", "multiworker"]),
+    default="none",
+    show_default=True,
+    help="tf.distribute strategy: mirrored (GPUs on one host) or multiworker (reads TF_CONFIG; start one "
+    "process per worker, task 0 writes the run).",
+)
+@click.option(
+    "--teacher",
+    type=click.Path(),
+    help="A trained run to distil from: the student learns from its softened "
+    "outputs as well as the labels (its preprocessing and classes are the student's; they are the defaults).",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0, min_open=True),
+    help=f"Distillation: how much both models' outputs are softened  [default: {DEFAULT_TEMPERATURE:g}]",
+)
+@click.option(
+    "--distill-alpha",
+    type=click.FloatRange(0, 1),
+    help=f"Distillation: weight of the labels; the teacher gets the rest  [default: {DEFAULT_ALPHA:g}]",
+)
 @click.option("--tensorboard", is_flag=True, help="Write TensorBoard logs to RUN/tensorboard.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only a run or an empty folder).")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of progress bars.")
@@ -88,26 +174,59 @@ def train(**o):
     from edgecls.augment import AugmentSpec
     from edgecls.datasets import BUILTIN_DATASETS
     from edgecls.metrics import format_report
-    from edgecls.train import TrainConfig, train as run_training
+    from edgecls.train import TrainConfig
+    from edgecls.train import train as run_training
 
-    model_options = {k: v for k, v in {
-        "widths": _parse_widths(o["widths"]), "dense": o["dense"], "pooling": o["pooling"], "batch_norm": o["batch_norm"],
-        "dropout": o["dropout"],
-        "l2": o["l2"], "alpha": o["alpha"], "weights": o["weights"],
-    }.items() if v is not None}
+    model_options = {
+        k: v
+        for k, v in {
+            "widths": _parse_widths(o["widths"]),
+            "dense": o["dense"],
+            "pooling": o["pooling"],
+            "batch_norm": o["batch_norm"],
+            "dropout": o["dropout"],
+            "l2": o["l2"],
+            "alpha": o["alpha"],
+            "weights": o["weights"],
+        }.items()
+        if v is not None
+    }
     builtin = BUILTIN_DATASETS.get(o["data"])
     flip = o["flip"] if o["flip"] is not None else bool(builtin and builtin.defaults.get("flip"))
-    augment = AugmentSpec(o["rotation"], o["shift"], o["shear"], o["zoom"], flip, o["brightness"]) if o["augment"] else AugmentSpec.off()
+    augment = (
+        AugmentSpec(o["rotation"], o["shift"], o["shear"], o["zoom"], flip, o["brightness"])
+        if o["augment"]
+        else AugmentSpec.off()
+    )
     if not o["teacher"] and (o["temperature"] is not None or o["distill_alpha"] is not None):
         raise EdgeclsError("--temperature and --distill-alpha are distillation settings: give --teacher RUN too")
     cfg = TrainConfig(
-        data=o["data"], out=o["out"], model=o["model"], model_options=model_options, image_size=o["image_size"],
-        color=o["color"], resize=o["resize"], normalize=o["normalize"], epochs=o["epochs"], batch_size=o["batch_size"],
-        optimizer=o["optimizer"], learning_rate=o["learning_rate"], momentum=o["momentum"], patience=o["patience"],
-        class_weight=o["class_weight"], head=o["head"], seed=o["seed"], val_fraction=o["val_fraction"],
-        test_fraction=o["test_fraction"], augment=augment, fine_tune_layers=o["fine_tune_layers"],
-        fine_tune_epochs=o["fine_tune_epochs"], strategy=o["strategy"], tensorboard=o["tensorboard"],
-        overwrite=o["overwrite"], verbose=2 if o["quiet"] else "auto",
+        data=o["data"],
+        out=o["out"],
+        model=o["model"],
+        model_options=model_options,
+        image_size=o["image_size"],
+        color=o["color"],
+        resize=o["resize"],
+        normalize=o["normalize"],
+        epochs=o["epochs"],
+        batch_size=o["batch_size"],
+        optimizer=o["optimizer"],
+        learning_rate=o["learning_rate"],
+        momentum=o["momentum"],
+        patience=o["patience"],
+        class_weight=o["class_weight"],
+        head=o["head"],
+        seed=o["seed"],
+        val_fraction=o["val_fraction"],
+        test_fraction=o["test_fraction"],
+        augment=augment,
+        fine_tune_layers=o["fine_tune_layers"],
+        fine_tune_epochs=o["fine_tune_epochs"],
+        strategy=o["strategy"],
+        tensorboard=o["tensorboard"],
+        overwrite=o["overwrite"],
+        verbose=2 if o["quiet"] else "auto",
         teacher=o["teacher"],
         temperature=DEFAULT_TEMPERATURE if o["temperature"] is None else o["temperature"],
         distill_alpha=DEFAULT_ALPHA if o["distill_alpha"] is None else o["distill_alpha"],

@@ -63,12 +63,16 @@ def write_shapes(folder: Path) -> None:
 
 BUILTIN_DATASETS = {
     "digits": Builtin(
-        "digits", 1, write_digits,
+        "digits",
+        1,
+        write_digits,
         defaults={"image_size": 24, "color": "gray", "epochs": 30, "flip": False, "widths": (16, 32, 64)},
         description="UCI handwritten digits shipped with scikit-learn (10 classes, 1,797 images)",
     ),
     "shapes": Builtin(
-        "shapes", 2, write_shapes,
+        "shapes",
+        2,
+        write_shapes,
         defaults={"image_size": 48, "color": "rgb", "epochs": 50, "flip": True},
         description="generated shapes on textured backgrounds (5 classes, 2,500 images)",
     ),
@@ -103,7 +107,10 @@ def resolve_dataset(data: str) -> tuple:
     data = str(data)
     if is_builtin_name(data):
         if Path(data).exists():
-            print(f"note: --data {data} is the built-in dataset; write ./{data} for the folder of that name",
-                  file=sys.stderr, flush=True)
+            print(
+                f"note: --data {data} is the built-in dataset; write ./{data} for the folder of that name",
+                file=sys.stderr,
+                flush=True,
+            )
         return materialize(data), BUILTIN_DATASETS[data]
     return Path(data), None

@@ -100,7 +100,8 @@ def _holds_class_folders(d: Path) -> bool:
     """Holds class folders and no images of its own: what a split folder of a pre-split layout holds."""
     entries = list(d.iterdir())
     return any(e.is_dir() and not e.name.startswith(".") for e in entries) and not any(
-        e.is_file() and _is_image(e.name) for e in entries)
+        e.is_file() and _is_image(e.name) for e in entries
+    )
 
 
 def _ambiguous_split_folders(root: Path) -> str | None:
@@ -112,8 +113,10 @@ def _ambiguous_split_folders(root: Path) -> str | None:
     d = odd[0]
     subs = ", ".join(p.name for p in _class_dirs(d)[:3])
     others = ", ".join(p.name for p in _class_dirs(root) if p.name not in SPLIT_NAMES)
-    return (f"{d.name}/ holds only subfolders ({subs}) and is taken as one class beside {others}; for a "
-            f"pre-split layout keep only train/, val/ and test/ at the top of {root}")
+    return (
+        f"{d.name}/ holds only subfolders ({subs}) and is taken as one class beside {others}; for a "
+        f"pre-split layout keep only train/, val/ and test/ at the top of {root}"
+    )
 
 
 def dataset_classes(root: Path) -> list:
@@ -130,7 +133,9 @@ def _scan_classes(root: Path, labels: list | None = None) -> tuple:
     by_name = {d.name: d for d in dirs}
     unknown = sorted(set(by_name) - set(labels))
     if unknown:
-        raise DataError(f"{root} has class folders {unknown} that train/ does not have: every split needs the same classes")
+        raise DataError(
+            f"{root} has class folders {unknown} that train/ does not have: every split needs the same classes"
+        )
     samples, ignored, empty = [], 0, []
     for index, name in enumerate(labels):
         if name not in by_name:
@@ -149,8 +154,14 @@ def _check_fractions(val_fraction: float, test_fraction: float) -> None:
         raise DataError("val and test fractions must be in [0, 1) and leave some images for training")
 
 
-def scan_folder(root, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-                method: str | None = None, min_classes: int = 2) -> FolderDataset:
+def scan_folder(
+    root,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    method: str | None = None,
+    min_classes: int = 2,
+) -> FolderDataset:
     """Find classes and images under `root` and assign every image to train, val or test.
 
     `method` picks the seeded split (`edgecls.splits.METHODS`); None is the current one.
@@ -160,7 +171,10 @@ def scan_folder(root, val_fraction: float = 0.1, test_fraction: float = 0.2, see
 
     root = Path(root)
     if not root.exists():
-        raise DataError(f"dataset folder {root} does not exist: pass a class-per-folder directory or a built-in name (digits, shapes)")
+        raise DataError(
+            f"dataset folder {root} does not exist: "
+            "pass a class-per-folder directory or a built-in name (digits, shapes)"
+        )
     if not root.is_dir():
         raise DataError(f"{root} is not a directory: pass a folder with one subfolder of images per class")
     if not os.access(root, os.R_OK | os.X_OK):
@@ -180,7 +194,9 @@ def scan_folder(root, val_fraction: float = 0.1, test_fraction: float = 0.2, see
         # A missing val/ or test/ is carved out of train/ with the seeded split.
         missing = {n: f for n, f in (("val", val_fraction), ("test", test_fraction)) if n not in splits}
         if missing:
-            carved = seeded_split(train, {"val": missing.get("val", 0.0), "test": missing.get("test", 0.0)}, seed, root, method)
+            carved = seeded_split(
+                train, {"val": missing.get("val", 0.0), "test": missing.get("test", 0.0)}, seed, root, method
+            )
             splits["train"] = carved["train"]
             for name in missing:
                 splits[name] = carved[name]
@@ -212,8 +228,10 @@ def _copies_across_classes(root: Path, labels: list, splits: dict) -> str | None
     if not clashes:
         return None
     a, b = (Path(s.path).relative_to(root).as_posix() for s in clashes[0])
-    return (f"{len(clashes)} image(s) are copies (same bytes) of an image in another class (first: {a} and {b}): "
-            f"remove the wrongly labelled copies")
+    return (
+        f"{len(clashes)} image(s) are copies (same bytes) of an image in another class (first: {a} and {b}): "
+        f"remove the wrongly labelled copies"
+    )
 
 
 def _require_classes(root: Path, labels: list, empty: list, min_classes: int = 2) -> None:

@@ -18,7 +18,20 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndar
     elif kind == "cross":
         # 12 corners of a plus sign with arm half-width w
         w = r * 0.33
-        pts = [(w, r), (w, w), (r, w), (r, -w), (w, -w), (w, -r), (-w, -r), (-w, -w), (-r, -w), (-r, w), (-w, w), (-w, r)]
+        pts = [
+            (w, r),
+            (w, w),
+            (r, w),
+            (r, -w),
+            (w, -w),
+            (w, -r),
+            (-w, -r),
+            (-w, -w),
+            (-r, -w),
+            (-r, w),
+            (-w, w),
+            (-w, r),
+        ]
         c, s = np.cos(angle), np.sin(angle)
         return np.array([(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts])
     else:

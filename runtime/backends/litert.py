@@ -15,6 +15,7 @@ import numpy as np
 
 from runtime.backends.base import TensorSpec
 
+
 def _spec(detail: dict) -> TensorSpec:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     shape = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))

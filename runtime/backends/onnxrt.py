@@ -13,7 +13,12 @@ from runtime.backends.base import TensorSpec
 
 log = logging.getLogger("edgecls.runtime")
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(float16)": "float16"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(float16)": "float16",
+}
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
 
@@ -48,7 +53,9 @@ class OnnxRuntimeBackend:
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         wanted, skipped = choose_providers(providers, ort.get_available_providers())
-        if any(p in wanted for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")) and hasattr(ort, "preload_dlls"):
+        if any(p in wanted for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")) and hasattr(
+            ort, "preload_dlls"
+        ):
             try:  # CUDA/cuDNN from pip's nvidia-* packages are not on the loader path by themselves
                 ort.preload_dlls()
             except Exception as exc:  # best effort: system-wide CUDA (e.g. JetPack) needs none of this
@@ -59,13 +66,20 @@ class OnnxRuntimeBackend:
         self.providers = self._session.get_providers()
         for provider in wanted:
             if provider not in self.providers:
-                log.warning("onnxruntime: %s could not be initialised here (driver or library missing); using %s",
-                            provider, self.providers[0])
+                log.warning(
+                    "onnxruntime: %s could not be initialised here (driver or library missing); using %s",
+                    provider,
+                    self.providers[0],
+                )
         log.info("onnxruntime: running on %s", self.providers[0])
         inp, out = self._session.get_inputs()[0], self._session.get_outputs()[0]
         self._input_name = inp.name
-        self.input_spec = TensorSpec(inp.name, tuple(d if isinstance(d, int) else -1 for d in inp.shape), _ORT_TYPES.get(inp.type, inp.type))
-        self.output_spec = TensorSpec(out.name, tuple(d if isinstance(d, int) else -1 for d in out.shape), _ORT_TYPES.get(out.type, out.type))
+        self.input_spec = TensorSpec(
+            inp.name, tuple(d if isinstance(d, int) else -1 for d in inp.shape), _ORT_TYPES.get(inp.type, inp.type)
+        )
+        self.output_spec = TensorSpec(
+            out.name, tuple(d if isinstance(d, int) else -1 for d in out.shape), _ORT_TYPES.get(out.type, out.type)
+        )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input_name: np.ascontiguousarray(batch)})[0]

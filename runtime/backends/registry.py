@@ -50,7 +50,9 @@ def open_backend(path, fmt: str, prefer=None, threads: int | None = None, provid
         try:
             backend = cls(path, threads=threads, providers=providers)
         except ImportError as exc:  # e.g. tflite-runtime built against numpy 1.x
-            log.warning("%s is installed but cannot load (%s); trying the next backend", cls.name, str(exc).splitlines()[0])
+            log.warning(
+                "%s is installed but cannot load (%s); trying the next backend", cls.name, str(exc).splitlines()[0]
+            )
             errors.append(cls)
             continue
         except Exception as exc:

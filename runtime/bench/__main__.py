@@ -46,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="class-per-folder images for accuracy")
     p.add_argument("--json", dest="json_path", help="write the results here ('-': standard output)")
     p.add_argument("--quiet", action="store_true", help="no progress lines (notes and errors still go to stderr)")
-    p.add_argument("--pid-file", help="lead a process group of our own and write its id here, so that whoever started "
-                   "us (edgecls bench --device over SSH) can stop the bench and its worker together")
+    p.add_argument(
+        "--pid-file",
+        help="lead a process group of our own and write its id here, so that whoever started "
+        "us (edgecls bench --device over SSH) can stop the bench and its worker together",
+    )
     p.add_argument("--tmp-dir", help="folder for temporary files (the synthetic frame); default: the system's")
     return p
 
@@ -69,8 +72,14 @@ def _exit_on_signal(signum, frame):
 def options_from(args) -> BenchOptions:
     return BenchOptions(
         artifacts=[a.strip() for a in args.artifacts.split(",") if a.strip()] if args.artifacts else None,
-        threads=parse_threads(args.threads), repeats=args.repeats, runs=args.runs, frame_runs=args.frame_runs,
-        budget_s=args.time_budget or None, max_warmup_s=args.max_warmup, frame=args.frame, data=args.data,
+        threads=parse_threads(args.threads),
+        repeats=args.repeats,
+        runs=args.runs,
+        frame_runs=args.frame_runs,
+        budget_s=args.time_budget or None,
+        max_warmup_s=args.max_warmup,
+        frame=args.frame,
+        data=args.data,
     )
 
 

@@ -41,8 +41,9 @@ class _RunProbe:
             del self.backend.run  # back to the class's own method
 
 
-def frame_stages(classify, backend, image_path: Path, runs: int, budget_s: float | None, warmup: int = 5,
-                 min_runs: int = 10) -> dict:
+def frame_stages(
+    classify, backend, image_path: Path, runs: int, budget_s: float | None, warmup: int = 5, min_runs: int = 10
+) -> dict:
     """{stage: [ms per frame]} plus "frame" (the whole frame, decode included), "total" (decode excluded)
     and "overhead" (preprocess + postprocess, the part of the frame that is neither decode nor the engine).
 
@@ -67,8 +68,14 @@ def frame_stages(classify, backend, image_path: Path, runs: int, budget_s: float
                 raise RuntimeError("the classifier never called its backend: the frame probe cannot split the stages")
             if i < warmup:
                 continue
-            ms = {"decode": t1 - t0, "preprocess": probe.start - t1, "invoke": probe.end - probe.start,
-                  "postprocess": t2 - probe.end, "frame": t2 - t0, "total": t2 - t1}
+            ms = {
+                "decode": t1 - t0,
+                "preprocess": probe.start - t1,
+                "invoke": probe.end - probe.start,
+                "postprocess": t2 - probe.end,
+                "frame": t2 - t0,
+                "total": t2 - t1,
+            }
             ms["overhead"] = ms["preprocess"] + ms["postprocess"]
             for key, value in ms.items():
                 samples[key].append(value * 1000)
@@ -86,7 +93,9 @@ def synthetic_frame(path: Path, height: int = 480, width: int = 640, gray: bool 
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack([96 + 80 * np.sin(xx / 97.0), 110 + 70 * np.cos(yy / 71.0), 128 + 60 * np.sin((xx + yy) / 150.0)], -1)
+    image = np.stack(
+        [96 + 80 * np.sin(xx / 97.0), 110 + 70 * np.cos(yy / 71.0), 128 + 60 * np.sin((xx + yy) / 150.0)], -1
+    )
     for _ in range(12):
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))

@@ -13,8 +13,18 @@ import socket
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-PACKAGES = ("edgecls", "numpy", "opencv-python-headless", "opencv-python", "ai-edge-litert", "tflite-runtime",
-            "onnxruntime", "onnxruntime-gpu", "tensorflow", "keras")
+PACKAGES = (
+    "edgecls",
+    "numpy",
+    "opencv-python-headless",
+    "opencv-python",
+    "ai-edge-litert",
+    "tflite-runtime",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tensorflow",
+    "keras",
+)
 
 
 def _read(path: str) -> str | None:
@@ -41,7 +51,18 @@ def cpu_model() -> str | None:
 
 
 # Instruction sets that decide int8 speed: VNNI/AMX on x86, dot product and i8mm on ARM.
-_INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+_INT8_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+)
 
 
 def cpu_flags() -> list:
@@ -145,7 +166,9 @@ def describe() -> dict:
 
 def short(machine: dict) -> str:
     """One line for tables: 'host: CPU, N cores, arch' (and EMULATED when it was)."""
-    line = f"{machine.get('hostname')}: {machine.get('cpu') or '?'}, {machine.get('cores')} cores, {machine.get('arch')}"
+    line = (
+        f"{machine.get('hostname')}: {machine.get('cpu') or '?'}, {machine.get('cores')} cores, {machine.get('arch')}"
+    )
     if machine.get("emulated"):
         line += f", EMULATED ({machine['emulated']}): not timings of a real device"
     return line

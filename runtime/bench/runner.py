@@ -71,8 +71,10 @@ def data_note(folder, labels) -> str | None:
     if not unknown:
         return None
     shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-    return (f"note: --data {folder}: {len(unknown)} folder(s) not named after a class of the bundle are left out of "
-            f"the accuracy ({shown}); the classes are {', '.join(labels[:8])}{', ...' if len(labels) > 8 else ''}")
+    return (
+        f"note: --data {folder}: {len(unknown)} folder(s) not named after a class of the bundle are left out of "
+        f"the accuracy ({shown}); the classes are {', '.join(labels[:8])}{', ...' if len(labels) > 8 else ''}"
+    )
 
 
 def run_worker(job: dict, python: str, timeout_s: float, module: str = "runtime.bench.worker") -> dict:
@@ -80,18 +82,23 @@ def run_worker(job: dict, python: str, timeout_s: float, module: str = "runtime.
     what = job.get("artifact") or Path(str(job.get("model"))).name  # a Keras job names a model, not an artifact
     # The worker must import this very runtime (a checkout, or the one the device installed), wherever we run from.
     root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+    }
     try:
-        proc = subprocess.run([python, "-m", module, json.dumps(job)], capture_output=True, text=True,
-                              timeout=timeout_s, env=env)
+        proc = subprocess.run(
+            [python, "-m", module, json.dumps(job)], capture_output=True, text=True, timeout=timeout_s, env=env
+        )
     except subprocess.TimeoutExpired:
-        raise EdgeclsError(f"benchmarking {what} took longer than {timeout_s:.0f} s: "
-                           f"lower --runs or --time-budget") from None
+        raise EdgeclsError(
+            f"benchmarking {what} took longer than {timeout_s:.0f} s: lower --runs or --time-budget"
+        ) from None
     if proc.returncode != 0:
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
         errors = [l for l in lines if l.startswith("error: ")]
-        why = errors[-1][len("error: "):] if errors else (lines[-1] if lines else f"exit status {proc.returncode}")
+        why = errors[-1][len("error: ") :] if errors else (lines[-1] if lines else f"exit status {proc.returncode}")
         raise EdgeclsError(f"benchmarking {what} failed: {why}")
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -126,13 +133,17 @@ def pool(static: dict, repeats: list) -> dict:
     # Preprocess + quantize + top-k per frame against the engine alone; decode is the camera's or the file's cost.
     overhead = frame["overhead"].get("p50_ms")
     record["overhead_ms"] = overhead
-    record["overhead_pct_of_invoke"] = 100.0 * overhead / record["p50_ms"] if overhead is not None and record.get("p50_ms") else None
+    record["overhead_pct_of_invoke"] = (
+        100.0 * overhead / record["p50_ms"] if overhead is not None and record.get("p50_ms") else None
+    )
     for key in ("import_ms", "load_ms", "first_inference_ms", "warmup_runs", "warmup_ms"):
         values = sorted(r[key] for r in repeats if r.get(key) is not None)
         record[key] = values[len(values) // 2] if values else None
     record["settled"] = all(r.get("settled") for r in repeats)
     record["peak_rss_mb"] = max(r["peak_rss_mb"] for r in repeats)
-    record["rss_before_load_mb"] = min((r["rss_before_load_mb"] for r in repeats if r.get("rss_before_load_mb")), default=None)
+    record["rss_before_load_mb"] = min(
+        (r["rss_before_load_mb"] for r in repeats if r.get("rss_before_load_mb")), default=None
+    )
     for key in ("backend", "backend_version", "provider"):
         record[key] = repeats[0].get(key)
     record["pids"] = [r.get("pid") for r in repeats]  # one fresh process per repeat, checkable
@@ -158,8 +169,13 @@ def _frame_for(bundle: Bundle, options: BenchOptions, folder: Path) -> Path:
     return frames.synthetic_frame(folder / "frame-640x480.jpg", gray=bundle.manifest.preprocess.color == "gray")
 
 
-def run_bench(bundle_path, options: BenchOptions | None = None, progress: Callable[[str], None] | None = None,
-              extra_jobs: Callable | None = None, notify: Callable[[str], None] | None = None) -> dict:
+def run_bench(
+    bundle_path,
+    options: BenchOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+    extra_jobs: Callable | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> dict:
     """Benchmark every selected artifact at every thread count; returns the JSON document (see FORMAT).
 
     `progress` hears what is being timed; `notify` (default: `progress`) hears notes the user must see.
@@ -183,18 +199,37 @@ def run_bench(bundle_path, options: BenchOptions | None = None, progress: Callab
             for artifact in artifacts:
                 for threads in options.threads:
                     say(f"[{rep + 1}/{options.repeats}] {artifact.name} threads={threads or 'default'}")
-                    job = {"bundle": str(Path(bundle.root).resolve()), "artifact": artifact.name, "format": artifact.format,
-                           "threads": threads, "runs": options.runs, "frame_runs": options.frame_runs or options.runs,
-                           "budget_s": options.budget_s, "max_warmup_s": options.max_warmup_s, "frame": str(frame),
-                           "top_k": options.top_k, "data": options.data if rep == 0 else None}
-                    results.setdefault((artifact.name, threads), []).append(run_worker(job, options.python, options.timeout_s))
+                    job = {
+                        "bundle": str(Path(bundle.root).resolve()),
+                        "artifact": artifact.name,
+                        "format": artifact.format,
+                        "threads": threads,
+                        "runs": options.runs,
+                        "frame_runs": options.frame_runs or options.runs,
+                        "budget_s": options.budget_s,
+                        "max_warmup_s": options.max_warmup_s,
+                        "frame": str(frame),
+                        "top_k": options.top_k,
+                        "data": options.data if rep == 0 else None,
+                    }
+                    results.setdefault((artifact.name, threads), []).append(
+                        run_worker(job, options.python, options.timeout_s)
+                    )
         host = machine.describe()
         records = []
         for artifact in artifacts:
             for threads in options.threads:
-                static = {"artifact": artifact.name, "file": artifact.file, "format": artifact.format,
-                          "precision": artifact.precision, "threads": threads, "size_bytes": artifact.size_bytes,
-                          "macs": artifact.macs, "bundle_accuracy": artifact.accuracy, "machine": host}
+                static = {
+                    "artifact": artifact.name,
+                    "file": artifact.file,
+                    "format": artifact.format,
+                    "precision": artifact.precision,
+                    "threads": threads,
+                    "size_bytes": artifact.size_bytes,
+                    "macs": artifact.macs,
+                    "bundle_accuracy": artifact.accuracy,
+                    "machine": host,
+                }
                 records.append(pool(static, results[(artifact.name, threads)]))
         if extra_jobs is not None:
             records += extra_jobs(bundle, options, frame, host, say)
@@ -202,13 +237,25 @@ def run_bench(bundle_path, options: BenchOptions | None = None, progress: Callab
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 1),
-        "bundle": {"path": str(bundle_path), "labels": len(bundle.labels),
-                   "input": list(bundle.manifest.preprocess.shape), "source": bundle.manifest.source.get("model", {})},
-        # `artifacts`: the --artifacts selection (None: all), so --compare knows a missing artifact from one not asked for.
-        "settings": {"repeats": options.repeats, "runs": options.runs, "frame_runs": options.frame_runs or options.runs,
-                     "time_budget_s": options.budget_s, "max_warmup_s": options.max_warmup_s, "threads": options.threads,
-                     "artifacts": [a.name for a in artifacts] if options.artifacts else None,
-                     "frame": options.frame or "synthetic 640x480 JPEG", "data": options.data},
+        "bundle": {
+            "path": str(bundle_path),
+            "labels": len(bundle.labels),
+            "input": list(bundle.manifest.preprocess.shape),
+            "source": bundle.manifest.source.get("model", {}),
+        },
+        # `artifacts`: the --artifacts selection (None: all), so --compare knows a missing artifact from one
+        # not asked for.
+        "settings": {
+            "repeats": options.repeats,
+            "runs": options.runs,
+            "frame_runs": options.frame_runs or options.runs,
+            "time_budget_s": options.budget_s,
+            "max_warmup_s": options.max_warmup_s,
+            "threads": options.threads,
+            "artifacts": [a.name for a in artifacts] if options.artifacts else None,
+            "frame": options.frame or "synthetic 640x480 JPEG",
+            "data": options.data,
+        },
         "machine": host,
         "records": records,
     }

@@ -20,9 +20,16 @@ def summarize(samples_ms) -> dict:
     if values.size == 0:
         return {"runs": 0}
     p50, p90, p99 = np.percentile(values, PERCENTILES)
-    return {"runs": int(values.size), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-            "mean_ms": float(values.mean()), "std_ms": float(values.std(ddof=1)) if values.size > 1 else 0.0,
-            "min_ms": float(values.min()), "max_ms": float(values.max())}
+    return {
+        "runs": int(values.size),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "mean_ms": float(values.mean()),
+        "std_ms": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+        "min_ms": float(values.min()),
+        "max_ms": float(values.max()),
+    }
 
 
 def spread_pct(values) -> float | None:
@@ -33,8 +40,9 @@ def spread_pct(values) -> float | None:
     return float(100.0 * (max(values) - min(values)) / float(np.median(values)))
 
 
-def warm_up(call: Callable[[], None], window: int = 10, tolerance: float = 0.05, lookback: int = 3,
-            max_seconds: float = 10.0) -> dict:
+def warm_up(
+    call: Callable[[], None], window: int = 10, tolerance: float = 0.05, lookback: int = 3, max_seconds: float = 10.0
+) -> dict:
     """Call until the median of a window of `window` calls is within `tolerance` of the median `lookback` windows back.
 
     Caches, lazily packed weights (XNNPACK packs on first use), thread pools and CPU clocks settle at

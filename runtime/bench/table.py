@@ -43,7 +43,8 @@ def rows(doc: dict) -> list:
 
 
 def format_table(doc: dict) -> str:
-    """Latencies in ms (invoke unless 'frame'); spread: of the per-repeat p50s; overhead: preprocess + top-k vs invoke."""
+    """Latencies in ms (invoke unless 'frame'); spread: of the per-repeat p50s; overhead: preprocess + top-k
+    vs invoke."""
     header = [name for name, _ in COLUMNS]
     body = rows(doc)
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
@@ -51,14 +52,18 @@ def format_table(doc: dict) -> str:
     for r in body:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     m = doc.get("machine", {})
-    lines.append(f"machine: {m.get('hostname')}: {m.get('cpu')}, {m.get('cores')} cores ({m.get('cores_usable')} usable), "
-                 f"{m.get('arch')}, {m.get('os')}, {m.get('python')}, load {m.get('load_average')}")
+    lines.append(
+        f"machine: {m.get('hostname')}: {m.get('cpu')}, {m.get('cores')} cores ({m.get('cores_usable')} usable), "
+        f"{m.get('arch')}, {m.get('os')}, {m.get('python')}, load {m.get('load_average')}"
+    )
     if m.get("emulated"):
         lines.append(f"EMULATED ({m['emulated']}): these timings are not those of a real {m.get('arch')} device")
     s = doc.get("settings", {})
-    lines.append(f"ms per call; p50/p90/p99 pooled over {s.get('repeats')} repeat(s) of up to {s.get('runs')} runs; "
-                 f"spread = (max-min)/median of the per-repeat p50s; frame = decode+preprocess+invoke+top-k; "
-                 f"overhead = preprocess+top-k (decode excluded) vs invoke")
+    lines.append(
+        f"ms per call; p50/p90/p99 pooled over {s.get('repeats')} repeat(s) of up to {s.get('runs')} runs; "
+        f"spread = (max-min)/median of the per-repeat p50s; frame = decode+preprocess+invoke+top-k; "
+        f"overhead = preprocess+top-k (decode excluded) vs invoke"
+    )
     if any(few_runs(r) for r in doc["records"]):
         lines.append(f"* p99 from fewer than {P99_MIN_RUNS} runs: it is the slowest run or close to it")
     return "\n".join(lines)

@@ -59,10 +59,14 @@ def dataset_images(folder, labels) -> tuple[list, list]:
         if sub.name not in index:
             unknown.append(sub.name)
             continue
-        items += [(f, index[sub.name]) for f in sorted(sub.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        items += [
+            (f, index[sub.name]) for f in sorted(sub.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+        ]
     if not items:
-        raise DataError(f"--data {folder} has no images in folders named after the bundle's classes "
-                        f"({', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''})")
+        raise DataError(
+            f"--data {folder} has no images in folders named after the bundle's classes "
+            f"({', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''})"
+        )
     return items, unknown
 
 
@@ -78,8 +82,12 @@ def accuracy(classify_file, folder, labels) -> dict:
         except ImageDecodeError:
             failed += 1
     scored = len(items) - failed
-    return {"accuracy": correct / scored if scored else None, "accuracy_images": scored, "unreadable_images": failed,
-            "skipped_folders": unknown}
+    return {
+        "accuracy": correct / scored if scored else None,
+        "accuracy_images": scored,
+        "unreadable_images": failed,
+        "skipped_folders": unknown,
+    }
 
 
 def _engine_module(fmt: str) -> tuple[str, str]:
@@ -120,14 +128,25 @@ def measure(job: dict) -> dict:
     first_ms = (time.perf_counter() - t) * 1000
     warm = warm_up(lambda: backend.run(batch), max_seconds=job.get("max_warmup_s", 10.0))
     invoke = timed_runs(lambda: backend.run(batch), job["runs"], job.get("budget_s"))
-    frame = frame_stages(lambda image: classifier.classify(image, "rgb"), backend, Path(job["frame"]),
-                         job.get("frame_runs", job["runs"]), job.get("budget_s"))
+    frame = frame_stages(
+        lambda image: classifier.classify(image, "rgb"),
+        backend,
+        Path(job["frame"]),
+        job.get("frame_runs", job["runs"]),
+        job.get("budget_s"),
+    )
     record = {
-        "import_ms": import_ms, "load_ms": load_ms, "first_inference_ms": first_ms, **warm,
-        "invoke_samples": invoke, "frame_samples": frame,
-        "backend": backend.name, "backend_version": package_versions((package,)).get(package) if package else None,
+        "import_ms": import_ms,
+        "load_ms": load_ms,
+        "first_inference_ms": first_ms,
+        **warm,
+        "invoke_samples": invoke,
+        "frame_samples": frame,
+        "backend": backend.name,
+        "backend_version": package_versions((package,)).get(package) if package else None,
         "provider": (getattr(backend, "providers", None) or ["CPU"])[0],
-        "rss_before_load_mb": rss_start, "pid": os.getpid(),
+        "rss_before_load_mb": rss_start,
+        "pid": os.getpid(),
     }
     if job.get("data"):
         record.update(accuracy(lambda p: classifier.classify_file(p).label, job["data"], classifier.labels))

@@ -54,8 +54,17 @@ def _finite(value):
 
 
 class Capture:
-    def __init__(self, folder, *, below: float = 0.5, sample: int | None = None, max_bytes: int = 500 * 2 ** 20,
-                 queue_size: int = 16, model: dict | None = None, seed: int | None = None):
+    def __init__(
+        self,
+        folder,
+        *,
+        below: float = 0.5,
+        sample: int | None = None,
+        max_bytes: int = 500 * 2**20,
+        queue_size: int = 16,
+        model: dict | None = None,
+        seed: int | None = None,
+    ):
         if not 0.0 <= below <= 1.0:
             raise ValueError("--capture-below is a score between 0 and 1")
         self.root = Path(folder)
@@ -137,9 +146,17 @@ class Capture:
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(result.get("ts", time.time())))
         stem = folder / f"{stamp}-{result.get('frame', 0):08d}"
-        sidecar = _finite({"source": result.get("source"), "ts": result.get("ts"), "frame": result.get("frame"),
-                           "top1": result.get("top1"), "score": result.get("score"), "topk": result.get("topk"),
-                           **self.model})
+        sidecar = _finite(
+            {
+                "source": result.get("source"),
+                "ts": result.get("ts"),
+                "frame": result.get("frame"),
+                "top1": result.get("top1"),
+                "score": result.get("score"),
+                "topk": result.get("topk"),
+                **self.model,
+            }
+        )
         image_path, sidecar_path = stem.with_suffix(".jpg"), stem.with_suffix(".json")
         write_bytes(image_path, jpeg.tobytes())
         write_text(sidecar_path, json.dumps(sidecar, indent=1, allow_nan=False) + "\n")

@@ -48,13 +48,33 @@ class Daemon:
     still answers.
     """
 
-    def __init__(self, bundle, sources, *, classifier=None, artifact: str | None = None, profile=None,
-                 threads: int | None = None, top_k: int = 3, smooth: int = 1, threshold: float = 0.0,
-                 stall_timeout: float = 10.0, backoff: Backoff | None = None, sinks=None, host: str = "127.0.0.1",
-                 port: int | None = None, token: str | None = None, max_frames: int | None = None,
-                 duration: float | None = None, source_options: dict | None = None, show: bool = False,
-                 allowed_signers=None, capture=None, drift_window: int = DEFAULT_WINDOW,
-                 drift_threshold: float = DEFAULT_THRESHOLD):
+    def __init__(
+        self,
+        bundle,
+        sources,
+        *,
+        classifier=None,
+        artifact: str | None = None,
+        profile=None,
+        threads: int | None = None,
+        top_k: int = 3,
+        smooth: int = 1,
+        threshold: float = 0.0,
+        stall_timeout: float = 10.0,
+        backoff: Backoff | None = None,
+        sinks=None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        token: str | None = None,
+        max_frames: int | None = None,
+        duration: float | None = None,
+        source_options: dict | None = None,
+        show: bool = False,
+        allowed_signers=None,
+        capture=None,
+        drift_window: int = DEFAULT_WINDOW,
+        drift_threshold: float = DEFAULT_THRESHOLD,
+    ):
         sources = [str(s) for s in sources]
         if not sources:
             raise EdgeclsError("no source to run: give at least one --source (or a device profile with a camera)")
@@ -65,8 +85,10 @@ class Daemon:
         if stall_timeout <= 0:
             raise EdgeclsError(f"--stall-timeout {stall_timeout}: give a positive number of seconds")
         options = {"profile": profile, **(source_options or {})}
-        self.supervisors = [Supervisor(uri, name=name, stall_timeout=stall_timeout, backoff=backoff, **options)
-                            for uri, name in zip(sources, _unique_names(sources))]
+        self.supervisors = [
+            Supervisor(uri, name=name, stall_timeout=stall_timeout, backoff=backoff, **options)
+            for uri, name in zip(sources, _unique_names(sources))
+        ]
         self._model_options = {"artifact": artifact, "profile": profile, "threads": threads, "top_k": top_k}
         self.allowed_signers = allowed_signers  # when set, only bundles signed by one of these keys are loaded
         self.classifier = classifier if classifier is not None else self._load_classifier(bundle)
@@ -74,8 +96,9 @@ class Daemon:
         self.capture = capture
         if capture is not None:  # sidecars name the model that was unsure
             art = self.classifier.artifact
-            capture.model.update({"bundle": self.classifier.bundle.manifest.created or "", "artifact": art.name,
-                                  "sha256": art.sha256})
+            capture.model.update(
+                {"bundle": self.classifier.bundle.manifest.created or "", "artifact": art.name, "sha256": art.sha256}
+            )
         self.duration = duration
         self.drift = DriftMonitor(drift_window, drift_threshold)
         self.metrics = Metrics()
@@ -83,9 +106,18 @@ class Daemon:
         self._describe_model()
         self.loops = []
         for supervisor in self.supervisors:
-            loop = SourceLoop(supervisor, self.classifier, self._publish, metrics=self.metrics, smooth=smooth,
-                              threshold=threshold, top_k=top_k, max_frames=max_frames, capture=capture,
-                              drift=self.drift.source(supervisor.name))
+            loop = SourceLoop(
+                supervisor,
+                self.classifier,
+                self._publish,
+                metrics=self.metrics,
+                smooth=smooth,
+                threshold=threshold,
+                top_k=top_k,
+                max_frames=max_frames,
+                capture=capture,
+                drift=self.drift.source(supervisor.name),
+            )
             self.metrics.track(supervisor.name, supervisor, loop.stats)
             self.loops.append(loop)
         self.window = None
@@ -97,10 +129,20 @@ class Daemon:
         if port is not None:
             from runtime.daemon.http import StatusServer
 
-            self.server = StatusServer(health=self.health, latest=self.latest, metrics=self.metrics.exposition,
-                                       preview=_Preview(self.loops), host=host, port=port, token=token)
-        self.reloader = None if bundle is None else Reloader(bundle, load=self._load_classifier,
-                                                             swap=self.swap_classifier, metrics=self.metrics)
+            self.server = StatusServer(
+                health=self.health,
+                latest=self.latest,
+                metrics=self.metrics.exposition,
+                preview=_Preview(self.loops),
+                host=host,
+                port=port,
+                token=token,
+            )
+        self.reloader = (
+            None
+            if bundle is None
+            else Reloader(bundle, load=self._load_classifier, swap=self.swap_classifier, metrics=self.metrics)
+        )
         self.notifier = None  # a SystemdNotifier when started under systemd (Type=notify)
         self._stop = threading.Event()
         self._stopped = False
@@ -120,8 +162,13 @@ class Daemon:
 
     def _describe_model(self) -> None:
         clf, art = self.classifier, self.classifier.artifact
-        self.metrics.set_bundle(version=clf.bundle.manifest.created or "unknown", artifact=art.name,
-                                sha256=art.sha256, backend=clf.backend_name, bundle=clf.bundle.root.name)
+        self.metrics.set_bundle(
+            version=clf.bundle.manifest.created or "unknown",
+            artifact=art.name,
+            sha256=art.sha256,
+            backend=clf.backend_name,
+            bundle=clf.bundle.root.name,
+        )
 
     def swap_classifier(self, classifier) -> None:
         """Serve `classifier` from now on: every loop adopts it before its next frame (hot reload)."""
@@ -143,8 +190,13 @@ class Daemon:
         for supervisor, loop in zip(self.supervisors, self.loops):
             s = supervisor.stats
             detail[supervisor.name] = {
-                "state": s.state, "reason": s.reason, "frames": s.frames, "classified": loop.stats.processed,
-                "dropped": s.dropped, "outages": s.outages, "reconnects": s.reconnects,
+                "state": s.state,
+                "reason": s.reason,
+                "frames": s.frames,
+                "classified": loop.stats.processed,
+                "dropped": s.dropped,
+                "outages": s.outages,
+                "reconnects": s.reconnects,
                 "fps": round(loop.stats.fps, 2),
                 "last_frame_age_s": None if s.last_frame_at is None else round(now - s.last_frame_at, 3),
                 "drift": loop.drift.status() if loop.drift is not None else {"state": "off"},
@@ -155,20 +207,36 @@ class Daemon:
         degraded = [name for name, d in detail.items() if "degraded" in d]
         # A refused reload leaves the old model serving: worth showing, not a reason for 503. Drift neither.
         reference, why_not = self.drift.describe(self.classifier)
-        model = {"labels": len(self.classifier.labels), "artifact": self.classifier.artifact.name,
-                 "drift_reference": "yes" if reference is not None else f"{NO_REFERENCE}: {why_not}",
-                 **(self.reloader.status() if self.reloader else {})}
+        model = {
+            "labels": len(self.classifier.labels),
+            "artifact": self.classifier.artifact.name,
+            "drift_reference": "yes" if reference is not None else f"{NO_REFERENCE}: {why_not}",
+            **(self.reloader.status() if self.reloader else {}),
+        }
         status = "unhealthy" if unhealthy else "degraded" if degraded else "ok"
-        return not unhealthy, {"status": status, "unhealthy": unhealthy, "degraded": degraded,
-                               "sources": detail, "model": model}
+        return not unhealthy, {
+            "status": status,
+            "unhealthy": unhealthy,
+            "degraded": degraded,
+            "sources": detail,
+            "model": model,
+        }
 
     def latest(self) -> dict:
         return {loop.supervisor.name: loop.stats.latest for loop in self.loops}
 
     def summary(self) -> dict:
-        return {s.name: {"classified": l.stats.processed, "captured": s.stats.frames, "dropped": s.stats.dropped,
-                         "outages": s.stats.outages, "reconnects": s.stats.reconnects, "state": s.stats.state}
-                for s, l in zip(self.supervisors, self.loops)}
+        return {
+            s.name: {
+                "classified": l.stats.processed,
+                "captured": s.stats.frames,
+                "dropped": s.stats.dropped,
+                "outages": s.stats.outages,
+                "reconnects": s.stats.reconnects,
+                "state": s.stats.state,
+            }
+            for s, l in zip(self.supervisors, self.loops)
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,10 +247,15 @@ class Daemon:
             except Exception as exc:  # a full disk must not stop classification or the other sinks
                 self._sink_errors += 1
                 if self._sink_errors == 1 or self._sink_errors % 1000 == 0:
-                    log.error("sink %s failed (%d times): %s: %s", type(sink).__name__, self._sink_errors,
-                              type(exc).__name__, exc)
+                    log.error(
+                        "sink %s failed (%d times): %s: %s",
+                        type(sink).__name__,
+                        self._sink_errors,
+                        type(exc).__name__,
+                        exc,
+                    )
 
-    def start(self) -> "Daemon":
+    def start(self) -> Daemon:
         for supervisor in self.supervisors:
             supervisor.start()
         for loop in self.loops:

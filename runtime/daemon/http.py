@@ -31,31 +31,51 @@ class StatusServer:
     idle_timeout: seconds a connection may stay silent, or a viewer stop reading, before it is dropped.
     """
 
-    def __init__(self, *, health, latest, metrics, preview=None, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None, idle_timeout: float = 10.0):
+    def __init__(
+        self,
+        *,
+        health,
+        latest,
+        metrics,
+        preview=None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        idle_timeout: float = 10.0,
+    ):
         routes = {"/healthz": self._healthz, "/latest": self._latest, "/metrics": self._metrics}
         if preview is not None:
             routes["/"] = self._page
         self._stopping = threading.Event()
-        handler = type("_BoundHandler", (_Handler,), {"routes": routes, "token": (token or "").encode() or None,
-                                                      "preview": preview, "stopping": self._stopping,
-                                                      "timeout": idle_timeout})
+        handler = type(
+            "_BoundHandler",
+            (_Handler,),
+            {
+                "routes": routes,
+                "token": (token or "").encode() or None,
+                "preview": preview,
+                "stopping": self._stopping,
+                "timeout": idle_timeout,
+            },
+        )
         self._health, self._latest_fn, self._metrics_fn = health, latest, metrics
         self._preview = preview
         try:
             self._server = _Server((host, port), handler)
         except OSError as exc:
-            raise EdgeclsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}: "
-                               f"pick another --port or --host") from exc
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="http", daemon=True)
+            raise EdgeclsError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}: pick another --port or --host"
+            ) from exc
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
+        )
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "StatusServer":
+    def start(self) -> StatusServer:
         self._thread.start()
         return self
 
@@ -186,7 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         route = self.routes.get(path)
         if route is None and self.preview is not None and path.startswith("/stream/") and self.command == "GET":
-            self._stream(path[len("/stream/"):])
+            self._stream(path[len("/stream/") :])
             return
         if route is None:
             self._send(404, "application/json", _json({"error": "not found", "endpoints": sorted(self.routes)}))

@@ -98,7 +98,7 @@ class _Ahead:
 
     ENDED = object()
 
-    def __init__(self, loop: "SourceLoop"):
+    def __init__(self, loop: SourceLoop):
         self._loop = loop
         self._slot = None
         self._cond = threading.Condition()
@@ -169,8 +169,20 @@ class SourceLoop:
     drift: this source's `runtime.monitor.drift.SourceDrift`, or None for no drift monitoring.
     """
 
-    def __init__(self, supervisor, classifier, publish, *, metrics=None, smooth: int = 1, threshold: float = 0.0,
-                 top_k: int | None = None, max_frames: int | None = None, capture=None, drift=None):
+    def __init__(
+        self,
+        supervisor,
+        classifier,
+        publish,
+        *,
+        metrics=None,
+        smooth: int = 1,
+        threshold: float = 0.0,
+        top_k: int | None = None,
+        max_frames: int | None = None,
+        capture=None,
+        drift=None,
+    ):
         self.supervisor = supervisor
         self.classifier = classifier
         self.publish = publish
@@ -190,7 +202,7 @@ class SourceLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"loop:{supervisor.name}", daemon=True)
 
-    def start(self) -> "SourceLoop":
+    def start(self) -> SourceLoop:
         self._thread.start()
         return self
 
@@ -287,8 +299,12 @@ class SourceLoop:
         }
         t3 = time.perf_counter()
         total_s = pre_s + (t3 - t1)  # the work spent on this frame, whichever thread prepared it
-        result["latency_ms"] = {"pre": round(pre_s * 1000, 3), "infer": round((t2 - t1) * 1000, 3),
-                                "post": round((t3 - t2) * 1000, 3), "total": round(total_s * 1000, 3)}
+        result["latency_ms"] = {
+            "pre": round(pre_s * 1000, 3),
+            "infer": round((t2 - t1) * 1000, 3),
+            "post": round((t3 - t2) * 1000, 3),
+            "total": round(total_s * 1000, 3),
+        }
         result["frame_age_ms"] = round(frame.age_ms, 1)
         if self.metrics is not None:
             self.metrics.observe_frame(frame.source, infer_s=t2 - t1, total_s=total_s, age_s=frame.age_ms / 1000)

@@ -32,18 +32,25 @@ class _SourceCollector:
 
         from runtime.daemon.supervisor import STATES
 
-        dropped = CounterMetricFamily("edgecls_frames_dropped", "Frames captured but replaced by a newer one before "
-                                      "they were classified.", labels=["source"])
+        dropped = CounterMetricFamily(
+            "edgecls_frames_dropped",
+            "Frames captured but replaced by a newer one before they were classified.",
+            labels=["source"],
+        )
         captured = CounterMetricFamily("edgecls_frames_captured", "Frames delivered by the capture.", labels=["source"])
-        reconnects = CounterMetricFamily("edgecls_source_reconnects", "Times frames flowed again after an outage.",
-                                         labels=["source"])
-        outages = CounterMetricFamily("edgecls_source_outages", "Times a source stopped delivering frames.",
-                                      labels=["source"])
+        reconnects = CounterMetricFamily(
+            "edgecls_source_reconnects", "Times frames flowed again after an outage.", labels=["source"]
+        )
+        outages = CounterMetricFamily(
+            "edgecls_source_outages", "Times a source stopped delivering frames.", labels=["source"]
+        )
         up = GaugeMetricFamily("edgecls_source_up", "1 while the source delivers frames, else 0.", labels=["source"])
-        state = GaugeMetricFamily("edgecls_source_state", "1 for the source's current state.",
-                                  labels=["source", "state"])
-        fps = GaugeMetricFamily("edgecls_fps", "Frames classified per second, over the last 30 frames.",
-                                labels=["source"])
+        state = GaugeMetricFamily(
+            "edgecls_source_state", "1 for the source's current state.", labels=["source", "state"]
+        )
+        fps = GaugeMetricFamily(
+            "edgecls_fps", "Frames classified per second, over the last 30 frames.", labels=["source"]
+        )
         for name, (supervisor, loop_stats) in list(self._sources.items()):
             s = supervisor.stats
             dropped.add_metric([name], s.dropped)
@@ -69,20 +76,34 @@ class _DriftCollector:
 
         from runtime.monitor.drift import NO_REFERENCE
 
-        reference = GaugeMetricFamily("edgecls_drift_reference", "1 when the served artifact has reference "
-                                      "statistics to measure drift against, else 0.", labels=["source"])
-        score = GaugeMetricFamily("edgecls_drift_score", "How far the mean of the source's window moved, in standard "
-                                  "deviations of the reference's test images (brightness either way, confidence "
-                                  "downward only), against the reference or the source's baseline (its first full "
-                                  "window); past --drift-threshold (default 3) the source is degraded.",
-                                  labels=["source", "statistic", "against"])
-        psi = GaugeMetricFamily("edgecls_drift_psi", "Population stability index of the source's window against the "
-                                "reference per statistic: information (high for any camera that sees one scene), "
-                                "not what decides drift.", labels=["source", "statistic"])
-        frames = GaugeMetricFamily("edgecls_drift_window_frames", "Frames in the source's drift window.",
-                                   labels=["source"])
-        degraded = GaugeMetricFamily("edgecls_drift_degraded", "1 while the source is in drift (a score past "
-                                     "--drift-threshold), else 0.", labels=["source"])
+        reference = GaugeMetricFamily(
+            "edgecls_drift_reference",
+            "1 when the served artifact has reference statistics to measure drift against, else 0.",
+            labels=["source"],
+        )
+        score = GaugeMetricFamily(
+            "edgecls_drift_score",
+            "How far the mean of the source's window moved, in standard "
+            "deviations of the reference's test images (brightness either way, confidence "
+            "downward only), against the reference or the source's baseline (its first full "
+            "window); past --drift-threshold (default 3) the source is degraded.",
+            labels=["source", "statistic", "against"],
+        )
+        psi = GaugeMetricFamily(
+            "edgecls_drift_psi",
+            "Population stability index of the source's window against the "
+            "reference per statistic: information (high for any camera that sees one scene), "
+            "not what decides drift.",
+            labels=["source", "statistic"],
+        )
+        frames = GaugeMetricFamily(
+            "edgecls_drift_window_frames", "Frames in the source's drift window.", labels=["source"]
+        )
+        degraded = GaugeMetricFamily(
+            "edgecls_drift_degraded",
+            "1 while the source is in drift (a score past --drift-threshold), else 0.",
+            labels=["source"],
+        )
         for name, drift in list(self._monitor.sources.items()):
             status = drift.status()  # everything below from this one snapshot
             known = status["state"] != NO_REFERENCE
@@ -106,27 +127,49 @@ class Metrics:
         prom = _prometheus()
         self.registry = prom.CollectorRegistry(auto_describe=True)
         self._sources: dict = {}
-        self.frames = prom.Counter("edgecls_frames_processed", "Frames classified and published.", ["source"],
-                                   registry=self.registry)
-        self.inference = prom.Histogram("edgecls_inference_seconds", "Model invocation time per frame.", ["source"],
-                                        buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.frame_time = prom.Histogram("edgecls_frame_processing_seconds", "Preprocessing, inference and "
-                                         "post-processing time per frame.", ["source"], buckets=LATENCY_BUCKETS,
-                                         registry=self.registry)
-        self.frame_age = prom.Gauge("edgecls_frame_age_seconds", "Age of the newest classified frame when its "
-                                    "result was published (capture to result).", ["source"], registry=self.registry)
+        self.frames = prom.Counter(
+            "edgecls_frames_processed", "Frames classified and published.", ["source"], registry=self.registry
+        )
+        self.inference = prom.Histogram(
+            "edgecls_inference_seconds",
+            "Model invocation time per frame.",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.frame_time = prom.Histogram(
+            "edgecls_frame_processing_seconds",
+            "Preprocessing, inference and post-processing time per frame.",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.frame_age = prom.Gauge(
+            "edgecls_frame_age_seconds",
+            "Age of the newest classified frame when its result was published (capture to result).",
+            ["source"],
+            registry=self.registry,
+        )
         self.bundle = prom.Info("edgecls_bundle", "The loaded bundle and artifact.", registry=self.registry)
-        self.reloads = prom.Counter("edgecls_model_reloads", "Model reload attempts, by result (ok, failed).",
-                                    ["result"], registry=self.registry)
-        self.reload_failing = prom.Gauge("edgecls_model_reload_failing", "1 while the newest bundle was refused "
-                                         "and an older model keeps serving.", registry=self.registry)
+        self.reloads = prom.Counter(
+            "edgecls_model_reloads",
+            "Model reload attempts, by result (ok, failed).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.reload_failing = prom.Gauge(
+            "edgecls_model_reload_failing",
+            "1 while the newest bundle was refused and an older model keeps serving.",
+            registry=self.registry,
+        )
         for result in ("ok", "failed"):
             self.reloads.labels(result=result)
         self.registry.register(_SourceCollector(self._sources))
 
     def set_bundle(self, *, version: str, artifact: str, sha256: str, backend: str, bundle: str) -> None:
-        self.bundle.info({"version": version, "artifact": artifact, "sha256": sha256, "backend": backend,
-                          "bundle": bundle})
+        self.bundle.info(
+            {"version": version, "artifact": artifact, "sha256": sha256, "backend": backend, "bundle": bundle}
+        )
 
     def reload_done(self, *, ok: bool) -> None:
         self.reloads.labels(result="ok" if ok else "failed").inc()

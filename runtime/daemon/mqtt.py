@@ -40,24 +40,33 @@ class MqttTarget:
     tls: bool = False
 
     @classmethod
-    def parse(cls, url: str) -> "MqttTarget":
+    def parse(cls, url: str) -> MqttTarget:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise EdgeclsError(f"--mqtt {redact(url)}: give mqtt://[user:pass@]host[:port]/topic-prefix "
-                               "(mqtts:// for TLS)")
-        tail = url[len(parts.scheme) + 3 + len(parts.netloc):]  # urlsplit would read '#' and '?' as URL parts
+            raise EdgeclsError(
+                f"--mqtt {redact(url)}: give mqtt://[user:pass@]host[:port]/topic-prefix (mqtts:// for TLS)"
+            )
+        tail = url[len(parts.scheme) + 3 + len(parts.netloc) :]  # urlsplit would read '#' and '?' as URL parts
         prefix = tail.strip("/") or default_prefix()
         if any(c in prefix for c in "#+?") or "//" in prefix or prefix.startswith("$"):
-            raise EdgeclsError(f"--mqtt topic prefix {prefix!r}: no wildcards (# +), '?', empty levels or a "
-                               "leading '$' (brokers reserve $SYS)")
+            raise EdgeclsError(
+                f"--mqtt topic prefix {prefix!r}: no wildcards (# +), '?', empty levels or a "
+                "leading '$' (brokers reserve $SYS)"
+            )
         try:
             port = parts.port if parts.port is not None else (8883 if parts.scheme == "mqtts" else 1883)
         except ValueError:
             port = -1
         if not 0 < port < 65536:
             raise EdgeclsError(f"--mqtt {redact(url)}: the port must be a number between 1 and 65535")
-        return cls(parts.hostname, port, prefix, unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password else None, parts.scheme == "mqtts")
+        return cls(
+            parts.hostname,
+            port,
+            prefix,
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None,
+            parts.scheme == "mqtts",
+        )
 
 
 def redact(url: str) -> str:
@@ -95,8 +104,16 @@ class MqttSink:
 
     close_takes_timeout = True
 
-    def __init__(self, url: str, *, qos: int = 1, every: int | None = None, client_id: str | None = None,
-                 discovery: bool = False, discovery_prefix: str = "homeassistant"):
+    def __init__(
+        self,
+        url: str,
+        *,
+        qos: int = 1,
+        every: int | None = None,
+        client_id: str | None = None,
+        discovery: bool = False,
+        discovery_prefix: str = "homeassistant",
+    ):
         try:
             import paho.mqtt.client as mqtt
         except ImportError as exc:
@@ -116,8 +133,9 @@ class MqttSink:
         self.discovery, self.discovery_prefix = discovery, discovery_prefix
         self._announced = set()  # sources whose discovery config went out since the last connect
         self._lock = threading.Lock()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=client_id or f"edgecls-{uuid.uuid4().hex[:12]}")
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"edgecls-{uuid.uuid4().hex[:12]}"
+        )
         if self.target.username:
             client.username_pw_set(self.target.username, self.target.password)
         if self.target.tls:
@@ -157,8 +175,9 @@ class MqttSink:
             return
         if self.discovery and source not in self._announced:
             self._announce(source)
-        info = self._client.publish(f"{self.target.prefix}/{topic_name(source)}/state", json.dumps(result),
-                                    qos=self.qos)
+        info = self._client.publish(
+            f"{self.target.prefix}/{topic_name(source)}/state", json.dumps(result), qos=self.qos
+        )
         if info.rc == self._mqtt.MQTT_ERR_SUCCESS or (info.rc == self._mqtt.MQTT_ERR_NO_CONN and self.qos > 0):
             self.published += 1  # sent, or queued by paho until the broker is back (QoS 1/2)
         else:  # the queue is full, or QoS 0 without a connection: drop, never wait
@@ -170,17 +189,26 @@ class MqttSink:
         """Home Assistant MQTT discovery for one source: a sensor whose state is the label."""
         node = _id(f"{self.target.prefix}_{topic_name(source)}")
         config = {
-            "name": f"edgecls {source}", "unique_id": f"edgecls_{node}", "object_id": f"edgecls_{node}",
+            "name": f"edgecls {source}",
+            "unique_id": f"edgecls_{node}",
+            "object_id": f"edgecls_{node}",
             "state_topic": f"{self.target.prefix}/{topic_name(source)}/state",
-            "value_template": "{{ value_json.top1 }}", "json_attributes_topic":
-            f"{self.target.prefix}/{topic_name(source)}/state", "json_attributes_template":
-            "{{ {'score': value_json.score, 'topk': value_json.topk, 'frame': value_json.frame} | tojson }}",
-            "availability_topic": self.availability, "icon": "mdi:cctv",
-            "device": {"identifiers": [f"edgecls_{_id(self.target.prefix)}"], "name": f"edgecls {self.target.prefix}",
-                       "manufacturer": "edgecls"},
+            "value_template": "{{ value_json.top1 }}",
+            "json_attributes_topic": f"{self.target.prefix}/{topic_name(source)}/state",
+            "json_attributes_template": (
+                "{{ {'score': value_json.score, 'topk': value_json.topk, 'frame': value_json.frame} | tojson }}"
+            ),
+            "availability_topic": self.availability,
+            "icon": "mdi:cctv",
+            "device": {
+                "identifiers": [f"edgecls_{_id(self.target.prefix)}"],
+                "name": f"edgecls {self.target.prefix}",
+                "manufacturer": "edgecls",
+            },
         }
-        self._client.publish(f"{self.discovery_prefix}/sensor/{node}/label/config", json.dumps(config), qos=1,
-                             retain=True)
+        self._client.publish(
+            f"{self.discovery_prefix}/sensor/{node}/label/config", json.dumps(config), qos=1, retain=True
+        )
         self._announced.add(source)
 
     def close(self, timeout: float = 0.5) -> None:
@@ -197,7 +225,8 @@ class MqttSink:
             try:
                 if self._client.is_connected():
                     self._client.publish(self.availability, "offline", qos=1, retain=True).wait_for_publish(
-                        max(0.05, min(0.3, deadline - time.monotonic())))
+                        max(0.05, min(0.3, deadline - time.monotonic()))
+                    )
             except (RuntimeError, ValueError):
                 pass
             self._client.disconnect()

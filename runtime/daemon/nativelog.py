@@ -24,13 +24,24 @@ log = logging.getLogger("edgecls.native")
 # Lines that explain a crash (Qt's "could not connect to display" before an abort, a C++ terminate, a
 # failed assertion) are logged as warnings: the process may be gone before anyone turns on --debug.
 # Plain substring tests on the lowered bytes: a case-insensitive regex alternation costs ~8 ms per 64 KiB.
-_SERIOUS = (b"fatal", b"abort", b"terminate called", b"could not connect", b"assertion failed", b"assert failed",
-            b"segmentation fault", b"core dumped", b"out of memory")
+_SERIOUS = (
+    b"fatal",
+    b"abort",
+    b"terminate called",
+    b"could not connect",
+    b"assertion failed",
+    b"assert failed",
+    b"segmentation fault",
+    b"core dumped",
+    b"out of memory",
+)
 
 
 def _serious(data: bytes) -> bool:
     low = data.lower()
     return any(word in low for word in _SERIOUS)
+
+
 MAX_LINE = 8192  # a "line" that never ends (progress redrawn with \r, binary junk) is logged in pieces
 
 
@@ -99,8 +110,9 @@ def _redirected():
     sys.stderr.flush()
     real = os.dup(2)
     read_end, write_end = os.pipe()
-    python_stderr = os.fdopen(os.dup(real), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
-                              errors="backslashreplace")
+    python_stderr = os.fdopen(
+        os.dup(real), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace"
+    )
     old_stderr = sys.stderr
     moved = _retarget_handlers(old_stderr, python_stderr)
     sys.stderr = python_stderr
@@ -132,7 +144,9 @@ def _redirected():
 def _retarget_handlers(old, new) -> list:
     """Stream handlers writing to the old sys.stderr object follow it to the real stderr's duplicate."""
     moved = []
-    loggers = [logging.getLogger()] + [l for l in logging.Logger.manager.loggerDict.values() if isinstance(l, logging.Logger)]
+    loggers = [logging.getLogger()] + [
+        l for l in logging.Logger.manager.loggerDict.values() if isinstance(l, logging.Logger)
+    ]
     for logger in loggers:
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is old:

@@ -56,8 +56,7 @@ class SystemdNotifier:
     status(): a one-line STATUS= text for `systemctl status`.
     """
 
-    def __init__(self, progress, status=lambda: "", *, socket_path: str | None = None,
-                 interval: float | None = None):
+    def __init__(self, progress, status=lambda: "", *, socket_path: str | None = None, interval: float | None = None):
         self.socket_path = socket_path if socket_path is not None else os.environ.get("NOTIFY_SOCKET", "")
         self.interval = interval
         self._progress, self._status = progress, status
@@ -76,7 +75,7 @@ class SystemdNotifier:
     def send(self, message: str) -> bool:
         return notify(message, self.socket_path)
 
-    def start(self) -> "SystemdNotifier":
+    def start(self) -> SystemdNotifier:
         self._thread.start()
         return self
 

@@ -43,14 +43,19 @@ def jpeg(image: np.ndarray, quality: int = 80) -> bytes:
 
 def part(body: bytes, frame: int) -> bytes:
     """One multipart/x-mixed-replace part; X-Frame lets a client see that frames move on."""
-    return (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(body)}\r\nX-Frame: {frame}\r\n\r\n"
-            .encode() + body + b"\r\n")
+    return (
+        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(body)}\r\nX-Frame: {frame}\r\n\r\n".encode()
+        + body
+        + b"\r\n"
+    )
 
 
 def page(names) -> bytes:
     """The HTML page: a figure per source, each an <img> on /stream/<index>."""
-    figures = "\n".join(f'<figure><img src="/stream/{i}" alt="{html.escape(n)}"><figcaption>{html.escape(n)}'
-                        f'</figcaption></figure>' for i, n in enumerate(names))
+    figures = "\n".join(
+        f'<figure><img src="/stream/{i}" alt="{html.escape(n)}"><figcaption>{html.escape(n)}</figcaption></figure>'
+        for i, n in enumerate(names)
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgecls preview</title>
 <style>body{{margin:0;padding:8px;background:#111;color:#ddd;font:14px sans-serif}}

@@ -36,7 +36,7 @@ class Reloader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reload", daemon=True)
 
-    def start(self) -> "Reloader":
+    def start(self) -> Reloader:
         self._thread.start()
         return self
 
@@ -51,8 +51,13 @@ class Reloader:
 
     def status(self) -> dict:
         """For /healthz: which bundle serves, and why the last reload was refused (None when it was not)."""
-        return {"bundle": self.target, "reloads": self.reloads, "failures": self.failures,
-                "last_error": self.last_error, "last_attempt": self.last_attempt}
+        return {
+            "bundle": self.target,
+            "reloads": self.reloads,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "last_attempt": self.last_attempt,
+        }
 
     def _run(self) -> None:
         while not self._stop.is_set():

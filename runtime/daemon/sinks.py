@@ -61,13 +61,16 @@ class JsonlFileSink:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
         except OSError as exc:
-            raise EdgeclsError(f"cannot open results file {self.path}: {exc.strerror or exc}: "
-                               f"choose a writable path with --results") from exc
+            raise EdgeclsError(
+                f"cannot open results file {self.path}: {exc.strerror or exc}: choose a writable path with --results"
+            ) from exc
         self._size = self._file.tell()
         if max_bytes and not os.access(self.path.parent, os.W_OK):  # found at the first rotation, hours later
             self._file.close()
-            raise EdgeclsError(f"results folder {self.path.parent} is not writable, so {self.path.name} cannot be "
-                               f"rotated: make it writable, or pass --results-max-mb 0")
+            raise EdgeclsError(
+                f"results folder {self.path.parent} is not writable, so {self.path.name} cannot be "
+                f"rotated: make it writable, or pass --results-max-mb 0"
+            )
 
     def write(self, result: dict) -> None:
         line = json.dumps(result, separators=(",", ":")) + "\n"
@@ -86,8 +89,7 @@ class JsonlFileSink:
         try:
             self._shift()
         except OSError as exc:  # keep appending to the one file rather than lose every later result
-            log.error("cannot rotate %s (%s: %s); appending to it without rotation", self.path, type(exc).__name__,
-                      exc)
+            log.error("cannot rotate %s (%s: %s); appending to it without rotation", self.path, type(exc).__name__, exc)
             self.max_bytes = 0
         self._file = open(self.path, "a", encoding="utf-8")
         self._size = self._file.tell()

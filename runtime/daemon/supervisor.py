@@ -16,8 +16,17 @@ import threading
 import time
 from dataclasses import dataclass
 
-from runtime.sources import (RetryPolicy, Source, SourceClosed, SourceEnded, SourceError, SourceFailed, SourceTimeout,
-                             parse_source, redact_uri)
+from runtime.sources import (
+    RetryPolicy,
+    Source,
+    SourceClosed,
+    SourceEnded,
+    SourceError,
+    SourceFailed,
+    SourceTimeout,
+    parse_source,
+    redact_uri,
+)
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -65,8 +74,16 @@ class Supervisor:
       for live sources; files and folders fail on the first, since retrying cannot bring them back).
     """
 
-    def __init__(self, uri: str, *, name: str | None = None, stall_timeout: float = 10.0,
-                 backoff: Backoff | None = None, max_failures: int | None = None, **source_options):
+    def __init__(
+        self,
+        uri: str,
+        *,
+        name: str | None = None,
+        stall_timeout: float = 10.0,
+        backoff: Backoff | None = None,
+        max_failures: int | None = None,
+        **source_options,
+    ):
         self.uri = str(uri)
         self.spec = parse_source(self.uri, getattr(source_options.get("profile"), "csi_pipeline", "") or "")
         self.name = name or display_name(self.uri)
@@ -86,7 +103,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "Supervisor":
+    def start(self) -> Supervisor:
         self._thread.start()
         return self
 

@@ -2,8 +2,9 @@
 
 The pip wheel devices install (`opencv-python-headless`) has none, and on Linux OpenCV's GUI
 aborts the whole process when no display is reachable; both are checked up front (a window is
-tried in a child process) with a one-line error. HighGUI wants the thread that created the window, so the daemon's main thread calls
-`update()` from its wait loop; q or Esc in a window stops the daemon.
+tried in a child process) with a one-line error. HighGUI wants the thread that created the
+window, so the daemon's main thread calls `update()` from its wait loop; q or Esc in a window
+stops the daemon.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 
 from runtime.errors import EdgeclsError
+
 
 def gui_backend() -> str | None:
     """OpenCV's GUI backend (GTK, QT, WIN32UI, COCOA, ...) or None for a headless build."""
@@ -27,12 +29,16 @@ def gui_backend() -> str | None:
 
 def check_can_show() -> None:
     if gui_backend() is None:
-        raise EdgeclsError("--show needs OpenCV with GUI support, and this OpenCV is a headless build: "
-                           "`pip install opencv-python` in place of opencv-python-headless, or watch the preview page "
-                           "(--port) instead")
+        raise EdgeclsError(
+            "--show needs OpenCV with GUI support, and this OpenCV is a headless build: "
+            "`pip install opencv-python` in place of opencv-python-headless, or watch the preview page "
+            "(--port) instead"
+        )
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise EdgeclsError("--show needs a desktop session and DISPLAY is not set (a service or SSH login has none): "
-                           "use the preview page (--port), or `ssh -X` / run it on the device's desktop")
+        raise EdgeclsError(
+            "--show needs a desktop session and DISPLAY is not set (a service or SSH login has none): "
+            "use the preview page (--port), or `ssh -X` / run it on the device's desktop"
+        )
     # A DISPLAY nobody serves (an ended `ssh -X`, a stale session) makes Qt abort the whole process at the
     # first window: try one in a child process first.
     import subprocess
@@ -44,8 +50,10 @@ def check_can_show() -> None:
         done = None
     if done is None or done.returncode != 0:
         where = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or "this desktop"
-        raise EdgeclsError(f"--show cannot open a window on {where}: no display answers; use the preview page "
-                           f"(--port) instead, or check the desktop session")
+        raise EdgeclsError(
+            f"--show cannot open a window on {where}: no display answers; use the preview page "
+            f"(--port) instead, or check the desktop session"
+        )
 
 
 class Window:

@@ -8,5 +8,14 @@ from runtime.install.api import apply, plan, rollback, status
 from runtime.install.layout import DeviceRoot, InstallError
 from runtime.install.signature import SIGNATURE, SignatureError, verify_bundle
 
-__all__ = ["apply", "plan", "rollback", "status", "DeviceRoot", "InstallError", "SIGNATURE", "SignatureError",
-           "verify_bundle"]
+__all__ = [
+    "apply",
+    "plan",
+    "rollback",
+    "status",
+    "DeviceRoot",
+    "InstallError",
+    "SIGNATURE",
+    "SignatureError",
+    "verify_bundle",
+]

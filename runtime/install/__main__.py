@@ -29,8 +29,12 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--no-smoke", action="store_true", help="the flash skips the smoke test")
         if name == "apply":
             c.add_argument("--stdin-tar", action="store_true", help="read the files to stage as a tar on stdin")
-            c.add_argument("--from-dir", default=None, help="stage the files found in this folder (Ansible copies there)")
-            c.add_argument("--profile-json", default="{}", help="artifacts/backends/providers/threads for the smoke test")
+            c.add_argument(
+                "--from-dir", default=None, help="stage the files found in this folder (Ansible copies there)"
+            )
+            c.add_argument(
+                "--profile-json", default="{}", help="artifacts/backends/providers/threads for the smoke test"
+            )
             c.add_argument("--budget-ms", type=float, default=None)
             c.add_argument("--health-url", default="")
             c.add_argument("--health-token-file", default="", help="a file on the device holding the daemon's token")
@@ -71,10 +75,20 @@ def main(argv=None) -> int:
                 from pathlib import Path
 
                 sources = {p.name: p for p in Path(args.from_dir).iterdir() if p.is_file()}
-            out = api.apply(args.root, manifest, artifacts, stream=stream, sources=sources,
-                            profile=json.loads(args.profile_json), budget_ms=args.budget_ms, service=args.service,
-                            health_url=args.health_url, health_token_file=args.health_token_file,
-                            smoke=not args.no_smoke, lock_timeout=args.lock_timeout)
+            out = api.apply(
+                args.root,
+                manifest,
+                artifacts,
+                stream=stream,
+                sources=sources,
+                profile=json.loads(args.profile_json),
+                budget_ms=args.budget_ms,
+                service=args.service,
+                health_url=args.health_url,
+                health_token_file=args.health_token_file,
+                smoke=not args.no_smoke,
+                lock_timeout=args.lock_timeout,
+            )
         elif args.command == "rollback":
             out = api.rollback(args.root, service=args.service, lock_timeout=args.lock_timeout)
         elif args.command == "trust":
@@ -82,16 +96,29 @@ def main(argv=None) -> int:
         elif args.command == "service":
             from runtime.install.service import install_service
 
-            out = install_service(args.root, name=args.name, unit_dir=args.unit_dir, config=args.config,
-                                  camera=args.camera, port=args.port, profile=args.profile)
+            out = install_service(
+                args.root,
+                name=args.name,
+                unit_dir=args.unit_dir,
+                config=args.config,
+                camera=args.camera,
+                port=args.port,
+                profile=args.profile,
+            )
         else:
             out = api.status(args.root, args.health_url)
     except EdgeclsError as exc:
         print(json.dumps({"error": str(exc)}))
         return 2
     except OSError as exc:  # a full or read-only disk: the device's own words, as for a local target
-        print(json.dumps({"error": f"{exc.strerror or exc} ({exc.filename}): free space or check the device's "
-                                   f"disk, then flash again"}))
+        print(
+            json.dumps(
+                {
+                    "error": f"{exc.strerror or exc} ({exc.filename}): free space or check the device's "
+                    f"disk, then flash again"
+                }
+            )
+        )
         return 2
     print(json.dumps(out))
     return 0

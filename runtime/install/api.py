@@ -86,8 +86,14 @@ def plan(root, manifest_bytes: bytes, artifacts, smoke: bool = True) -> dict:
                 break
     missing = {n: files[n] for n in set(files) - set(have)}
     reusable = staging.find_in_releases(device, missing) if len(have) < len(files) else {}
-    return {"slot": slot, "current": current, "installed": bool(done), "need": sorted(set(missing) - set(reusable)),
-            "reuse": sorted(reusable), "signed_required": device.signers.is_file()}
+    return {
+        "slot": slot,
+        "current": current,
+        "installed": bool(done),
+        "need": sorted(set(missing) - set(reusable)),
+        "reuse": sorted(reusable),
+        "signed_required": device.signers.is_file(),
+    }
 
 
 def _check_signature(device: DeviceRoot, slot: str, files: dict) -> dict:
@@ -108,9 +114,21 @@ def _recover(device: DeviceRoot) -> None:
     _finish_rollback(device)
 
 
-def apply(root, manifest_bytes: bytes, artifacts, *, stream: BinaryIO | None = None, sources: dict | None = None,
-          profile: dict | None = None, budget_ms: float | None = None, service: str = "", health_url: str = "",
-          health_token_file: str = "", smoke: bool = True, lock_timeout: float = 60.0) -> dict:
+def apply(
+    root,
+    manifest_bytes: bytes,
+    artifacts,
+    *,
+    stream: BinaryIO | None = None,
+    sources: dict | None = None,
+    profile: dict | None = None,
+    budget_ms: float | None = None,
+    service: str = "",
+    health_url: str = "",
+    health_token_file: str = "",
+    smoke: bool = True,
+    lock_timeout: float = 60.0,
+) -> dict:
     """Receive, verify, commit, check, and keep or roll back. Returns the result recorded in state.json.
 
     Refusals before the switch (corrupted upload, bad signature, foreign root, busy) raise InstallError and
@@ -146,8 +164,14 @@ def apply(root, manifest_bytes: bytes, artifacts, *, stream: BinaryIO | None = N
         except SignatureError as exc:
             _record(device, slot=slot, result="refused", reason=str(exc), locked_at=locked_at)
             raise
-        info = {"slot": slot, "artifacts": sorted(artifacts), "created": manifest.created,
-                "labels": len(manifest.labels), "signature": signature, "installed": time.time()}
+        info = {
+            "slot": slot,
+            "artifacts": sorted(artifacts),
+            "created": manifest.created,
+            "labels": len(manifest.labels),
+            "signature": signature,
+            "installed": time.time(),
+        }
         release, repaired = staging.promote(device, slot, files, info)
         # A re-run after a kill between here and the end finds its own `pending` record: what to roll back to.
         pending = state.get("pending") if (state.get("pending") or {}).get("slot") == slot else None
@@ -160,16 +184,32 @@ def apply(root, manifest_bytes: bytes, artifacts, *, stream: BinaryIO | None = N
         else:  # current already: checked again (not smoke-tested yet, repaired, or a re-run after a kill)
             pending = pending or {"slot": slot, "old": device.link_version(device.previous), "prior": None}
             _write_pending(device, pending)
-        failure, checks = _after_switch(device, release, profile or {}, budget_ms, service, health_url,
-                                        health_token_file, smoke)
+        failure, checks = _after_switch(
+            device, release, profile or {}, budget_ms, service, health_url, health_token_file, smoke
+        )
         if failure:
             _roll_back(device, pending.get("old"), pending.get("prior"), service)
-            return _finish(device, slot=slot, result="rolled back", reason=failure, smoke=checks,
-                           restored=pending.get("old"), locked_at=locked_at)
+            return _finish(
+                device,
+                slot=slot,
+                result="rolled back",
+                reason=failure,
+                smoke=checks,
+                restored=pending.get("old"),
+                locked_at=locked_at,
+            )
         _cleanup(device)
         reason = f"repaired damaged file(s) of the installed release: {', '.join(repaired)}" if repaired else ""
-        return _finish(device, slot=slot, result="installed", reason=reason, smoke=checks, smoke_tested=smoke,
-                       replaced=pending.get("old"), locked_at=locked_at)
+        return _finish(
+            device,
+            slot=slot,
+            result="installed",
+            reason=reason,
+            smoke=checks,
+            smoke_tested=smoke,
+            replaced=pending.get("old"),
+            locked_at=locked_at,
+        )
 
 
 def _write_pending(device: DeviceRoot, pending: dict) -> None:
@@ -221,16 +261,19 @@ def _check_rollback_target(device: DeviceRoot, slot: str) -> None:
     """`previous` must be whole (and signed by a trusted key where the device requires it) before it is current."""
     bad = staging.release_damage(device, slot)
     if bad:
-        raise InstallError(f"cannot roll back: the previous release {slot} no longer matches its manifest "
-                           f"({', '.join(bad[:3])}; disk damage?); nothing was switched: flash the version you "
-                           f"want instead")
+        raise InstallError(
+            f"cannot roll back: the previous release {slot} no longer matches its manifest "
+            f"({', '.join(bad[:3])}; disk damage?); nothing was switched: flash the version you "
+            f"want instead"
+        )
     if device.signers.is_file():
         release = device.releases / slot
         try:
             verify_manifest(release / MANIFEST, release / SIGNATURE, device.signers)
         except SignatureError as exc:
-            raise InstallError(f"cannot roll back to {slot}, this device requires signed bundles: {exc}; "
-                               f"nothing was switched") from exc
+            raise InstallError(
+                f"cannot roll back to {slot}, this device requires signed bundles: {exc}; nothing was switched"
+            ) from exc
 
 
 def _finish_rollback(device: DeviceRoot) -> dict | None:
@@ -244,9 +287,14 @@ def _finish_rollback(device: DeviceRoot) -> dict | None:
             continue  # cannot happen short of a hand edit; never point a link at nothing
         if device.link_version(getattr(device, link)) != target:
             commit.switch(device, link, target)
-    return _record(device, clear=("pending_rollback", "pending"), slot=todo.get("current"), result="rolled back",
-                   reason=f"`edgecls rollback` from {todo.get('previous')} (completed after an interruption)",
-                   replaced=todo.get("previous"))
+    return _record(
+        device,
+        clear=("pending_rollback", "pending"),
+        slot=todo.get("current"),
+        result="rolled back",
+        reason=f"`edgecls rollback` from {todo.get('previous')} (completed after an interruption)",
+        replaced=todo.get("previous"),
+    )
 
 
 def rollback(root, *, service: str = "", lock_timeout: float = 60.0) -> dict:
@@ -266,17 +314,25 @@ def rollback(root, *, service: str = "", lock_timeout: float = 60.0) -> dict:
         if done is None:
             current, previous = device.link_version(device.current), device.link_version(device.previous)
             if not previous or previous == current:
-                raise InstallError(f"{device.root} has no previous version to roll back to (installed: "
-                                   f"{', '.join(device.versions()) or 'none'})")
+                raise InstallError(
+                    f"{device.root} has no previous version to roll back to (installed: "
+                    f"{', '.join(device.versions()) or 'none'})"
+                )
             _check_rollback_target(device, previous)
             state = _state(device)
-            state["pending_rollback"] = {"slot": previous, "kind": "rollback", "current": previous,
-                                         "previous": current}
+            state["pending_rollback"] = {"slot": previous, "kind": "rollback", "current": previous, "previous": current}
             device.write_json(device.state_file, state)
             commit.switch(device, "current", previous)  # the commit
             commit.switch(device, "previous", current)
-            done = _record(device, clear=("pending_rollback", "pending"), slot=previous, result="rolled back",
-                           reason=f"`edgecls rollback` from {current}", replaced=current, locked_at=locked_at)
+            done = _record(
+                device,
+                clear=("pending_rollback", "pending"),
+                slot=previous,
+                result="rolled back",
+                reason=f"`edgecls rollback` from {current}",
+                replaced=current,
+                locked_at=locked_at,
+            )
         if checks.service_installed(service):
             checks.restart_service(service)
         return done
@@ -285,9 +341,11 @@ def rollback(root, *, service: str = "", lock_timeout: float = 60.0) -> dict:
 def _cleanup(device: DeviceRoot) -> None:
     """Old releases beyond KEEP_RELEASES and day-old uploads: only real folders named like a version."""
     keep = {device.link_version(device.current), device.link_version(device.previous)}
-    others = sorted((p for p in device.releases.iterdir() if is_real_dir(p) and SLOT.match(p.name)
-                     and p.name not in keep), key=lambda p: p.stat().st_mtime)
-    for old in others[:max(0, len(others) - KEEP_RELEASES)]:
+    others = sorted(
+        (p for p in device.releases.iterdir() if is_real_dir(p) and SLOT.match(p.name) and p.name not in keep),
+        key=lambda p: p.stat().st_mtime,
+    )
+    for old in others[: max(0, len(others) - KEEP_RELEASES)]:
         trash = device.releases / f".trash-{old.name}-{os.getpid()}"
         os.replace(old, trash)  # renamed first: a kill mid-delete leaves a .trash-* name, never half a release
         shutil.rmtree(trash, ignore_errors=True)
@@ -303,12 +361,23 @@ def status(root, health_url: str = "") -> dict:
     versions = []
     for slot in device.versions():
         info = device.read_json(device.releases / slot / RELEASE, {})
-        versions.append({"slot": slot, "created": info.get("created", ""), "artifacts": info.get("artifacts", []),
-                         "signature": info.get("signature", {})})
-    result = {"root": str(device.root), "current": device.link_version(device.current),
-              "previous": device.link_version(device.previous), "versions": versions,
-              "requires_signature": device.signers.is_file(), "last_flash": state.get("last_flash"),
-              "pending": state.get("pending") or state.get("pending_rollback")}
+        versions.append(
+            {
+                "slot": slot,
+                "created": info.get("created", ""),
+                "artifacts": info.get("artifacts", []),
+                "signature": info.get("signature", {}),
+            }
+        )
+    result = {
+        "root": str(device.root),
+        "current": device.link_version(device.current),
+        "previous": device.link_version(device.previous),
+        "versions": versions,
+        "requires_signature": device.signers.is_file(),
+        "last_flash": state.get("last_flash"),
+        "pending": state.get("pending") or state.get("pending_rollback"),
+    }
     config = device.read_json(device.config_file, {})
     url = health_url or config.get("health_url", "")
     if url:
@@ -328,8 +397,10 @@ def trust(root, allowed_signers: bytes) -> dict:
 
     lines = [l for l in allowed_signers.decode("utf-8", "replace").splitlines() if l.strip() and not l.startswith("#")]
     if not lines:
-        raise InstallError("the allowed signers file is empty: give one `PRINCIPAL namespaces=\"edgecls-bundle\" "
-                           "ssh-ed25519 KEY` line per trusted key")
+        raise InstallError(
+            'the allowed signers file is empty: give one `PRINCIPAL namespaces="edgecls-bundle" '
+            "ssh-ed25519 KEY` line per trusted key"
+        )
     device = DeviceRoot(root).ensure()
     write_durable(device.signers, allowed_signers)
     return {"root": str(device.root), "trusted_keys": len(lines)}

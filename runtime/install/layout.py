@@ -112,7 +112,7 @@ class DeviceRoot:
         if why:
             raise InstallError(why)
 
-    def ensure(self) -> "DeviceRoot":
+    def ensure(self) -> DeviceRoot:
         """Create the root (checked first) and its marker; idempotent."""
         self.check()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -122,11 +122,13 @@ class DeviceRoot:
             write_durable(self.root / MARKER, json.dumps({"format": DEVICE_FORMAT, "created": time.time()}).encode())
         return self
 
-    def require(self) -> "DeviceRoot":
+    def require(self) -> DeviceRoot:
         """For read-mostly commands (status, rollback): the root must exist and be ours."""
         if not self.is_ours():
-            raise InstallError(f"{self.root} is not an edgecls device root (no {MARKER}): flash a bundle there "
-                               f"first, or check the TARGET's root")
+            raise InstallError(
+                f"{self.root} is not an edgecls device root (no {MARKER}): flash a bundle there "
+                f"first, or check the TARGET's root"
+            )
         self.check()
         return self
 
@@ -172,8 +174,9 @@ class DeviceRoot:
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
                         holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                        raise InstallError(f"{self.root} is busy: {holder} holds {path}; wait for it to finish "
-                                           f"and run again") from exc
+                        raise InstallError(
+                            f"{self.root} is busy: {holder} holds {path}; wait for it to finish and run again"
+                        ) from exc
                     time.sleep(0.05)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"a flash (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})".encode(), 0)

@@ -48,14 +48,18 @@ def refusal(root: str) -> str | None:
         return f"device root {root} exists and is not a folder: choose another root"
     foreign = sorted(n for n in os.listdir(root) if not is_setup_entry(root, n)) if os.path.isdir(root) else []
     if foreign and not is_ours(root):
-        return (f"device root {root} already holds files edgecls did not write ({', '.join(foreign[:3])}…): choose "
-                f"an empty or new folder as the root; nothing there was changed")
+        return (
+            f"device root {root} already holds files edgecls did not write ({', '.join(foreign[:3])}…): choose "
+            f"an empty or new folder as the root; nothing there was changed"
+        )
     for name in ("releases", "staging"):
         folder = os.path.join(root, name)
         if os.path.islink(folder) or (os.path.lexists(folder) and not os.path.isdir(folder)):
             what = f"a link to {os.readlink(folder)}" if os.path.islink(folder) else "not a folder"
-            return (f"{folder} is {what}: edgecls only writes and deletes inside real folders under its root; "
-                    f"replace it with a folder (remove the link, then flash again)")
+            return (
+                f"{folder} is {what}: edgecls only writes and deletes inside real folders under its root; "
+                f"replace it with a folder (remove the link, then flash again)"
+            )
     return None
 
 

@@ -28,17 +28,26 @@ def device_executable() -> str:
     found = shutil.which("edgecls")
     if found:
         return os.path.abspath(found)
-    raise InstallError(f"edgecls is not installed for {sys.executable} on this device: run `edgecls flash --setup` "
-                       f"or `{sys.executable} -m pip install 'edgecls[runtime]'` there")
+    raise InstallError(
+        f"edgecls is not installed for {sys.executable} on this device: run `edgecls flash --setup` "
+        f"or `{sys.executable} -m pip install 'edgecls[runtime]'` there"
+    )
 
 
 def _toml(value) -> str:
     return json.dumps(value)  # JSON strings, numbers and arrays of strings are valid TOML
 
 
-def install_service(root, *, name: str = "edgecls", unit_dir: str = "/etc/systemd/system",
-                    config: str = "/etc/edgecls/run.toml", camera: str = "0", port: int = 8080,
-                    profile: str = "") -> dict:
+def install_service(
+    root,
+    *,
+    name: str = "edgecls",
+    unit_dir: str = "/etc/systemd/system",
+    config: str = "/etc/edgecls/run.toml",
+    camera: str = "0",
+    port: int = 8080,
+    profile: str = "",
+) -> dict:
     from devices.service import UnitOptions, unit_text
 
     device = DeviceRoot(root).ensure()
@@ -53,19 +62,31 @@ def install_service(root, *, name: str = "edgecls", unit_dir: str = "/etc/system
         if device.signers.is_file():
             lines.append(f"allowed-signers = {_toml(str(device.signers))}")
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(config_path, "# written by edgecls flash --install-service; edit freely, it is never overwritten\n"
-                   + "\n".join(lines) + "\n")
+        write_text(
+            config_path,
+            "# written by edgecls flash --install-service; edit freely, it is never overwritten\n"
+            + "\n".join(lines)
+            + "\n",
+        )
         wrote_config = True
     unit = Path(unit_dir) / f"{name}.service"
     unit.parent.mkdir(parents=True, exist_ok=True)
     write_text(unit, unit_text(UnitOptions(executable=device_executable(), config=str(config_path))))
     enabled = False
     if Path("/run/systemd/system").is_dir() and Path(unit_dir).resolve() == Path("/etc/systemd/system"):
-        for command in (["systemctl", "daemon-reload"], ["systemctl", "enable", f"{name}.service"],
-                        ["systemctl", "restart", f"{name}.service"]):
+        for command in (
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", f"{name}.service"],
+            ["systemctl", "restart", f"{name}.service"],
+        ):
             done = subprocess.run(command, capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
                 raise InstallError(f"`{' '.join(command)}` failed: {done.stderr.strip() or done.stdout.strip()}")
         enabled = True
-    return {"unit": str(unit), "config": str(config_path), "config_written": wrote_config, "enabled": enabled,
-            "health_url": f"http://127.0.0.1:{int(port)}/healthz"}
+    return {
+        "unit": str(unit),
+        "config": str(config_path),
+        "config_written": wrote_config,
+        "enabled": enabled,
+        "health_url": f"http://127.0.0.1:{int(port)}/healthz",
+    }

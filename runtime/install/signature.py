@@ -30,8 +30,9 @@ class SignatureError(BundleError):
 def _ssh_keygen() -> str:
     found = shutil.which("ssh-keygen")
     if not found:
-        raise SignatureError("ssh-keygen is not installed, so bundle signatures cannot be checked: install "
-                             "openssh-client on this device")
+        raise SignatureError(
+            "ssh-keygen is not installed, so bundle signatures cannot be checked: install openssh-client on this device"
+        )
     return found
 
 
@@ -50,7 +51,7 @@ def _for_bundles(line: str) -> bool:
     field = _FIELD.match(line)
     if not field:
         return False
-    rest = line[field.end():].lstrip()
+    rest = line[field.end() :].lstrip()
     if rest.startswith(_KEY_TYPES):
         return True  # no options: every namespace
     options = _OPTIONS.match(rest)
@@ -74,31 +75,60 @@ def verify_manifest(manifest: Path, signature: Path, allowed_signers: Path) -> s
     (see `_for_bundles`), so one file shared with git's allowedSignersFile works.
     """
     if not signature.is_file():
-        raise SignatureError(f"{manifest.parent} is not signed ({SIGNATURE} is missing) but this device requires "
-                             f"signed bundles: sign it with `edgecls sign BUNDLE --key KEY`")
+        raise SignatureError(
+            f"{manifest.parent} is not signed ({SIGNATURE} is missing) but this device requires "
+            f"signed bundles: sign it with `edgecls sign BUNDLE --key KEY`"
+        )
     keygen = _ssh_keygen()
-    lines = [l for l in Path(allowed_signers).read_text(errors="replace").splitlines()
-             if l.strip() and not l.lstrip().startswith("#") and _for_bundles(l)]
-    untrusted = SignatureError(f"{manifest.parent} is signed by a key that {allowed_signers} does not trust for "
-                               f"{NAMESPACE}: sign it with a trusted key, or add the signer's public key to "
-                               f"{allowed_signers} (namespaces=\"{NAMESPACE}\")")
+    lines = [
+        l
+        for l in Path(allowed_signers).read_text(errors="replace").splitlines()
+        if l.strip() and not l.lstrip().startswith("#") and _for_bundles(l)
+    ]
+    untrusted = SignatureError(
+        f"{manifest.parent} is signed by a key that {allowed_signers} does not trust for "
+        f"{NAMESPACE}: sign it with a trusted key, or add the signer's public key to "
+        f'{allowed_signers} (namespaces="{NAMESPACE}")'
+    )
     if not lines:
         raise untrusted
     with tempfile.NamedTemporaryFile("w", prefix="edgecls-signers-", suffix=".txt") as signers:
         signers.write("\n".join(lines) + "\n")
         signers.flush()
-        found = subprocess.run([keygen, "-Y", "find-principals", "-s", str(signature), "-f", signers.name],
-                               capture_output=True, text=True, timeout=60)
+        found = subprocess.run(
+            [keygen, "-Y", "find-principals", "-s", str(signature), "-f", signers.name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         principals = found.stdout.split()
         if found.returncode != 0 or not principals:
             raise untrusted
         with open(manifest, "rb") as data:
-            checked = subprocess.run([keygen, "-Y", "verify", "-f", signers.name, "-I", principals[0],
-                                      "-n", NAMESPACE, "-s", str(signature)], stdin=data, capture_output=True,
-                                     text=True, timeout=60)
+            checked = subprocess.run(
+                [
+                    keygen,
+                    "-Y",
+                    "verify",
+                    "-f",
+                    signers.name,
+                    "-I",
+                    principals[0],
+                    "-n",
+                    NAMESPACE,
+                    "-s",
+                    str(signature),
+                ],
+                stdin=data,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
     if checked.returncode != 0:
-        raise SignatureError(f"the signature of {manifest.parent} does not verify (the manifest changed after "
-                             f"signing, or it was signed for another purpose): sign the bundle again")
+        raise SignatureError(
+            f"the signature of {manifest.parent} does not verify (the manifest changed after "
+            f"signing, or it was signed for another purpose): sign the bundle again"
+        )
     return principals[0]
 
 
@@ -109,6 +139,8 @@ def verify_bundle(bundle_root, allowed_signers) -> str:
     """
     root, signers = Path(bundle_root), Path(allowed_signers)
     if not signers.is_file():
-        raise SignatureError(f"allowed signers file {signers} does not exist: create it (one `PRINCIPAL "
-                             f"namespaces=\"{NAMESPACE}\" ssh-ed25519 KEY` line per trusted key)")
+        raise SignatureError(
+            f"allowed signers file {signers} does not exist: create it (one `PRINCIPAL "
+            f'namespaces="{NAMESPACE}" ssh-ed25519 KEY` line per trusted key)'
+        )
     return verify_manifest(root / MANIFEST, root / SIGNATURE, signers)

@@ -29,8 +29,9 @@ def smoke_deadline(budget_ms: float | None, min_runs: int = 30) -> float:
     return 600.0 if budget_ms is None else max(10.0, 3 * min_runs * budget_ms / 1000)
 
 
-def smoke_test(release: Path, profile: dict, budget_ms: float | None, min_runs: int = 30,
-               deadline_s: float | None = None) -> dict:
+def smoke_test(
+    release: Path, profile: dict, budget_ms: float | None, min_runs: int = 30, deadline_s: float | None = None
+) -> dict:
     """{"ok", "reason", ...} for the bundle in `release`; never raises for a model failure (it is the result).
 
     Stops early once p95 is certainly over the budget, and fails when the whole test outlasts `deadline_s`
@@ -70,12 +71,22 @@ def smoke_test(release: Path, profile: dict, budget_ms: float | None, min_runs: 
             wrong.append(f"{check['file']}: expected {check['label']}, got {got}")
     result["correct"] = len(checks) - len(wrong)
     if wrong:
-        return {**result, "ok": False, "reason": f"{len(wrong)} of {len(checks)} check images got the wrong label "
-                                                 f"({'; '.join(wrong[:3])})"}
+        return {
+            **result,
+            "ok": False,
+            "reason": f"{len(wrong)} of {len(checks)} check images got the wrong label ({'; '.join(wrong[:3])})",
+        }
     if not images:  # a bundle converted before check images existed: time a plain image
         images = [np.full((*bundle.manifest.preprocess.shape[:2], 3), 128, np.uint8)]
-        result["note"] = "; ".join(filter(None, [result.get("note"), "the bundle has no check images (converted by an "
-                                                "older edgecls): labels not checked"]))
+        result["note"] = "; ".join(
+            filter(
+                None,
+                [
+                    result.get("note"),
+                    "the bundle has no check images (converted by an older edgecls): labels not checked",
+                ],
+            )
+        )
     classifier.classify(images[0])  # warm-up: first-call allocations are not the steady state
     # With this many runs over budget among min_runs, the 95th percentile is over budget whatever comes next.
     certain = min_runs - int(0.95 * (min_runs - 1))
@@ -83,8 +94,13 @@ def smoke_test(release: Path, profile: dict, budget_ms: float | None, min_runs: 
     while len(timings) < min_runs and (budget_ms is None or over < certain):
         for image in images:
             if time.monotonic() > deadline:
-                return {**result, "ok": False, "runs": len(timings), "budget_ms": budget_ms,
-                        "reason": late(f"{len(timings)} timing runs of {min_runs}")}
+                return {
+                    **result,
+                    "ok": False,
+                    "runs": len(timings),
+                    "budget_ms": budget_ms,
+                    "reason": late(f"{len(timings)} timing runs of {min_runs}"),
+                }
             start = time.perf_counter()
             classifier.classify(image)
             timings.append((time.perf_counter() - start) * 1000)
@@ -94,9 +110,13 @@ def smoke_test(release: Path, profile: dict, budget_ms: float | None, min_runs: 
     p95 = float(np.percentile(timings, 95))
     result.update(p95_ms=round(p95, 3), budget_ms=budget_ms, runs=len(timings))
     if budget_ms is not None and p95 > budget_ms:
-        return {**result, "ok": False, "reason": f"p95 latency {p95:.3f} ms is over the profile's budget of "
-                                                 f"{budget_ms:g} ms ({classifier.artifact.name} on "
-                                                 f"{classifier.backend_name})"}
+        return {
+            **result,
+            "ok": False,
+            "reason": f"p95 latency {p95:.3f} ms is over the profile's budget of "
+            f"{budget_ms:g} ms ({classifier.artifact.name} on "
+            f"{classifier.backend_name})",
+        }
     return {**result, "ok": True, "reason": ""}
 
 
@@ -125,8 +145,10 @@ def read_token(token_file: str) -> str:
     try:
         token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise InstallError(f"cannot read the health token file {path}: {exc.strerror or exc}: fix the profile's "
-                           f"health_token_file (a path on the device) or the file's permissions") from exc
+        raise InstallError(
+            f"cannot read the health token file {path}: {exc.strerror or exc}: fix the profile's "
+            f"health_token_file (a path on the device) or the file's permissions"
+        ) from exc
     if not token or any(c.isspace() for c in token):
         raise InstallError(f"the health token file {path} must hold one token on one line")
     return token
@@ -162,8 +184,11 @@ def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str
             last = f"still serving {serving}"
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                hint = "the token in health_token_file is not the daemon's" if token_file else \
-                    "set the profile's health_token_file to the daemon's token file on the device"
+                hint = (
+                    "the token in health_token_file is not the daemon's"
+                    if token_file
+                    else "set the profile's health_token_file to the daemon's token file on the device"
+                )
                 return f"{url} answered {exc.code} (the daemon requires a bearer token): {hint}"
             last = f"HTTP {exc.code}"
         except InstallError as exc:

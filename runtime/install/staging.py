@@ -42,8 +42,11 @@ def wanted_files(manifest: Manifest, manifest_bytes: bytes, artifacts) -> dict:
 
 def verified(folder: Path, files: dict) -> list:
     """Names in `files` that are in `folder` with the right sha256."""
-    return [n for n, digest in files.items() if (folder / n).is_file() and not (folder / n).is_symlink()
-            and sha256_file(folder / n) == digest]
+    return [
+        n
+        for n, digest in files.items()
+        if (folder / n).is_file() and not (folder / n).is_symlink() and sha256_file(folder / n) == digest
+    ]
 
 
 def release_damage(device: DeviceRoot, slot: str) -> list:
@@ -73,8 +76,10 @@ def _stage_dir(device: DeviceRoot, slot: str) -> Path:
     """staging/<slot>, created; never a link (writes must stay under the root)."""
     stage = device.staging / slot
     if stage.is_symlink() or (os.path.lexists(stage) and not stage.is_dir()):
-        raise InstallError(f"{stage} is a link or not a folder, which edgecls never creates: remove it and flash "
-                           f"again (nothing was switched)")
+        raise InstallError(
+            f"{stage} is a link or not a folder, which edgecls never creates: remove it and flash "
+            f"again (nothing was switched)"
+        )
     stage.mkdir(parents=True, exist_ok=True)
     return stage
 
@@ -94,9 +99,11 @@ def _write_member(stage: Path, name: str, source: BinaryIO, digest: str | None) 
         raise
     if digest is not None and h.hexdigest() != digest:
         part.unlink()
-        raise InstallError(f"{name} arrived corrupted (sha256 {h.hexdigest()[:12]}… is not the manifest's "
-                           f"{digest[:12]}…); nothing was switched: run the flash again (check the link or disk if "
-                           f"it repeats)")
+        raise InstallError(
+            f"{name} arrived corrupted (sha256 {h.hexdigest()[:12]}… is not the manifest's "
+            f"{digest[:12]}…); nothing was switched: run the flash again (check the link or disk if "
+            f"it repeats)"
+        )
     os.replace(part, stage / name)
 
 
@@ -113,16 +120,19 @@ def open_upload(stream: BinaryIO, manifest_sha256: str) -> tuple:
     except tarfile.TarError as exc:
         raise InstallError(f"the upload is not a tar stream ({exc}): run the flash again") from exc
     if first is None or first.name != MANIFEST or data is None:
-        raise InstallError(f"the upload does not start with {MANIFEST}: use the same edgecls version on the host "
-                           f"and the device")
+        raise InstallError(
+            f"the upload does not start with {MANIFEST}: use the same edgecls version on the host and the device"
+        )
     return check_manifest(data, manifest_sha256), tar
 
 
 def check_manifest(data: bytes, manifest_sha256: str) -> bytes:
     got = hashlib.sha256(data).hexdigest()
     if got != manifest_sha256.lower():
-        raise InstallError(f"{MANIFEST} arrived corrupted (sha256 {got[:12]}… is not the {manifest_sha256[:12]}… "
-                           f"the host sent); nothing was switched: run the flash again")
+        raise InstallError(
+            f"{MANIFEST} arrived corrupted (sha256 {got[:12]}… is not the {manifest_sha256[:12]}… "
+            f"the host sent); nothing was switched: run the flash again"
+        )
     return data
 
 
@@ -135,18 +145,21 @@ def receive(device: DeviceRoot, slot: str, stream, files: dict) -> list:
     stage = _stage_dir(device, slot)
     written = []
     try:
-        with (stream if isinstance(stream, tarfile.TarFile) else tarfile.open(fileobj=stream, mode="r|")) as tar:
+        with stream if isinstance(stream, tarfile.TarFile) else tarfile.open(fileobj=stream, mode="r|") as tar:
             while (member := tar.next()) is not None:  # not `for`: a TarFile replays members already read
                 name = member.name
                 if not member.isfile() or (name not in files and name != SIGNATURE):
-                    raise InstallError(f"the upload holds {name!r}, which is not a file of this bundle: refused "
-                                       f"(nothing was switched)")
+                    raise InstallError(
+                        f"the upload holds {name!r}, which is not a file of this bundle: refused (nothing was switched)"
+                    )
                 check_file_name(name, "upload")
                 _write_member(stage, name, tar.extractfile(member), files.get(name))
                 written.append(name)
     except tarfile.TarError as exc:
-        raise InstallError(f"the upload was cut off after {len(written)} file(s) ({exc}): run the flash again; "
-                           f"it resumes with the files still missing") from exc
+        raise InstallError(
+            f"the upload was cut off after {len(written)} file(s) ({exc}): run the flash again; "
+            f"it resumes with the files still missing"
+        ) from exc
     fsync_dir(stage)
     return written
 
@@ -177,8 +190,11 @@ def put_manifest(device: DeviceRoot, slot: str, manifest_bytes: bytes, files: di
 def find_in_releases(device: DeviceRoot, files: dict) -> dict:
     """name -> path of an installed file with that name and sha256 (a new version often keeps the model file)."""
     found = {}
-    releases = [device.current] + ([p for p in device.releases.iterdir() if is_real_dir(p) and SLOT.match(p.name)]
-                                   if is_real_dir(device.releases) else [])
+    releases = [device.current] + (
+        [p for p in device.releases.iterdir() if is_real_dir(p) and SLOT.match(p.name)]
+        if is_real_dir(device.releases)
+        else []
+    )
     for release in releases:
         for name in set(files) - set(found):
             path = release / name
@@ -216,8 +232,10 @@ def promote(device: DeviceRoot, slot: str, files: dict, release_info: dict) -> t
     final, stage = device.releases / slot, device.staging / slot
     for path in (final, stage):
         if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
-            raise InstallError(f"{path} is a link or not a folder, which edgecls never creates: remove it and flash "
-                               f"again (nothing was switched)")
+            raise InstallError(
+                f"{path} is a link or not a folder, which edgecls never creates: remove it and flash "
+                f"again (nothing was switched)"
+            )
     if final.is_dir():
         bad = sorted(set(files) - set(verified(final, files)))
         if not bad:
@@ -234,8 +252,10 @@ def promote(device: DeviceRoot, slot: str, files: dict, release_info: dict) -> t
         shutil.rmtree(trash, ignore_errors=True)
     missing = sorted(set(files) - set(verified(stage, files))) if stage.is_dir() else sorted(files)
     if missing:
-        raise InstallError(f"the upload is incomplete or corrupted ({', '.join(missing[:3])} missing or wrong); "
-                           f"nothing was switched: run the flash again")
+        raise InstallError(
+            f"the upload is incomplete or corrupted ({', '.join(missing[:3])} missing or wrong); "
+            f"nothing was switched: run the flash again"
+        )
     for leftover in stage.glob(".*.part"):
         leftover.unlink()
     for extra in stage.iterdir():  # a signature from an earlier upload that this one did not send, etc.
@@ -253,9 +273,11 @@ def _repair(device: DeviceRoot, final: Path, stage: Path, files: dict, bad: list
     """Replace the damaged files of the current release with the verified copies staged for them."""
     missing = [n for n in bad if not verified(stage, {n: files[n]})]
     if missing:
-        raise InstallError(f"the installed release {final.name} (current) no longer matches its manifest "
-                           f"({', '.join(bad[:3])}; disk damage?) and the upload has no good copy of "
-                           f"{', '.join(missing[:3])}: run the flash again")
+        raise InstallError(
+            f"the installed release {final.name} (current) no longer matches its manifest "
+            f"({', '.join(bad[:3])}; disk damage?) and the upload has no good copy of "
+            f"{', '.join(missing[:3])}: run the flash again"
+        )
     for name in bad:
         with open(stage / name, "rb") as f:
             os.fsync(f.fileno())

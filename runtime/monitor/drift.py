@@ -123,12 +123,14 @@ class Reference:
     confidence_std: float = 0.0
 
     @classmethod
-    def parse(cls, raw, labels) -> "Reference":
+    def parse(cls, raw, labels) -> Reference:
         """The manifest's reference of one artifact; UnusableReference (one line) when it cannot be used."""
         if not isinstance(raw, dict):
             raise UnusableReference(f"it is a {type(raw).__name__}, not an object")
         if raw.get("version") != REFERENCE_VERSION:
-            raise UnusableReference(f"version {raw.get('version')!r} is not {REFERENCE_VERSION} (a newer edgecls wrote it)")
+            raise UnusableReference(
+                f"version {raw.get('version')!r} is not {REFERENCE_VERSION} (a newer edgecls wrote it)"
+            )
         classes = _counts(raw.get("classes"), "classes")
         if len(classes) != len(labels):
             raise UnusableReference(f"it counts {len(classes)} classes but the bundle has {len(labels)} labels")
@@ -143,12 +145,15 @@ class Reference:
                 raise UnusableReference(f"{name} has {len(counts[name])} counts for {len(edges[name]) - 1} bins")
         images = sum(classes)
         if images == 0 or any(sum(c) != images for c in counts.values()):
-            raise UnusableReference(f"its statistics count different numbers of images (or none): "
-                                 f"{', '.join(f'{k} {sum(v)}' for k, v in counts.items())}")
+            raise UnusableReference(
+                f"its statistics count different numbers of images (or none): "
+                f"{', '.join(f'{k} {sum(v)}' for k, v in counts.items())}"
+            )
         bright = _moments(raw["brightness"], "brightness")
         # References written before convert recorded the confidence moments: estimated from the histogram.
-        confidence = _moments(raw["confidence"], "confidence") or _histogram_moments(counts["confidence"],
-                                                                                   edges["confidence"])
+        confidence = _moments(raw["confidence"], "confidence") or _histogram_moments(
+            counts["confidence"], edges["confidence"]
+        )
         return cls(counts, edges, images, *bright, *confidence)
 
     @property
@@ -157,18 +162,25 @@ class Reference:
 
 
 def _counts(value, name) -> tuple:
-    if not isinstance(value, list) or not value or not all(
-            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2 ** 53 for c in value):
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**53 for c in value)
+    ):
         raise UnusableReference(f"{name} counts must be a non-empty list of whole numbers >= 0")
     return tuple(value)
 
 
 def _edges(value, name) -> tuple:
     if isinstance(value, list) and len(value) > MAX_BINS + 1:  # before looking at each of them
-        raise UnusableReference(f"{name} has {len(value) - 1} bins; at most {MAX_BINS} are read (monitoring "
-                                f"must not slow the model down)")
-    ok = isinstance(value, list) and len(value) >= 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        raise UnusableReference(
+            f"{name} has {len(value) - 1} bins; at most {MAX_BINS} are read (monitoring must not slow the model down)"
+        )
+    ok = (
+        isinstance(value, list)
+        and len(value) >= 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
     if not ok or any(b <= a for a, b in zip(value, value[1:])):
         raise UnusableReference(f"{name} edges must be at least two finite, strictly increasing numbers")
     return tuple(float(v) for v in value)
@@ -179,8 +191,9 @@ def _moments(part: dict, name: str) -> tuple | None:
     mean, std = part.get("mean"), part.get("std")
     if mean is None and std is None and name == "confidence":
         return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-               for v in (mean, std)):
+    if not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in (mean, std)
+    ):
         raise UnusableReference(f"{name} mean and std must be finite non-negative numbers")
     return float(mean), float(std)
 
@@ -202,7 +215,7 @@ def _named(items) -> str:
 class SourceDrift:
     """One source's window and drift state. `update` runs on the source's loop thread; readers take the lock."""
 
-    def __init__(self, name: str, monitor: "DriftMonitor"):
+    def __init__(self, name: str, monitor: DriftMonitor):
         self.name = name
         self.monitor = monitor
         self._lock = threading.Lock()
@@ -235,10 +248,17 @@ class SourceDrift:
             was, moved = self.drifting, list(self.moved)
         self._reset(reference)
         if was:  # the transition out of drift, said once like every other
-            after = (f"scores resume after {min(self.monitor.window, WARMUP)} frames" if reference is not None
-                     else f"{NO_REFERENCE} for the new model, so no scores")
-            log.info("%s: drift window restarted for the new model (the source was in drift: %s moved); %s",
-                     self.name, _named(moved), after)
+            after = (
+                f"scores resume after {min(self.monitor.window, WARMUP)} frames"
+                if reference is not None
+                else f"{NO_REFERENCE} for the new model, so no scores"
+            )
+            log.info(
+                "%s: drift window restarted for the new model (the source was in drift: %s moved); %s",
+                self.name,
+                _named(moved),
+                after,
+            )
 
     def wants(self, classifier) -> bool:
         """Whether frames for `classifier` need their brightness measured (its artifact has a reference)."""
@@ -322,14 +342,24 @@ class SourceDrift:
             was, self.drifting, self.scores = self.drifting, drifting, scores
             if drifting:
                 self.moved = moved or self.moved
-        shown = "; ".join(f"{k} " + ", ".join(f"{v:.2f} against the {a}" for a, v in scores[k].items())
-                          for k in DECIDING)
+        shown = "; ".join(
+            f"{k} " + ", ".join(f"{v:.2f} against the {a}" for a, v in scores[k].items()) for k in DECIDING
+        )
         if drifting and not was:
-            log.warning("%s: drift: %s moved (in reference standard deviations: %s; threshold %g) over the last "
-                        "%d frames", self.name, _named(moved), shown, threshold, frames)
+            log.warning(
+                "%s: drift: %s moved (in reference standard deviations: %s; threshold %g) over the last %d frames",
+                self.name,
+                _named(moved),
+                shown,
+                threshold,
+                frames,
+            )
         elif was and not drifting:
-            log.info("%s: drift cleared: brightness and confidence are back near the reference and the baseline "
-                     "(%s)", self.name, shown)
+            log.info(
+                "%s: drift cleared: brightness and confidence are back near the reference and the baseline (%s)",
+                self.name,
+                shown,
+            )
 
     def status(self) -> dict:
         """For /healthz and /metrics, one consistent snapshot: state (no reference | warming up | ok | drift),
@@ -341,20 +371,27 @@ class SourceDrift:
             counts = None if not scores else {k: list(v) for k, v in self._counts.items()}
         if reference is None:
             return {"state": NO_REFERENCE}
-        out = {"state": "drift" if drifting else ("ok" if scores else "warming up"),
-               "window_frames": frames, "window": len(self._ring), "threshold": self.monitor.threshold,
-               "scores": {k: {a: round(v, 4) for a, v in s.items()} for k, s in scores.items()}}
+        out = {
+            "state": "drift" if drifting else ("ok" if scores else "warming up"),
+            "window_frames": frames,
+            "window": len(self._ring),
+            "threshold": self.monitor.threshold,
+            "scores": {k: {a: round(v, 4) for a, v in s.items()} for k, s in scores.items()},
+        }
         if drifting:
             out["moved"] = moved
         if frames:
-            for k, (ref_mean, digits) in {"brightness": (reference.brightness_mean, 2),
-                                          "confidence": (reference.confidence_mean, 4)}.items():
+            for k, (ref_mean, digits) in {
+                "brightness": (reference.brightness_mean, 2),
+                "confidence": (reference.confidence_mean, 4),
+            }.items():
                 mean = sums[k] / frames
                 out[k] = {"window_mean": round(mean, digits), "reference_mean": round(ref_mean, digits)}
                 if baseline is not None:
                     out[k]["baseline_mean"] = round(baseline[k], digits)
-            out["brightness"]["z"] = round((sums["brightness"] / frames - reference.brightness_mean)
-                                           / _spread(reference, "brightness"), 2)
+            out["brightness"]["z"] = round(
+                (sums["brightness"] / frames - reference.brightness_mean) / _spread(reference, "brightness"), 2
+            )
         if counts is not None:
             out["psi"] = {k: round(psi(reference.counts[k], counts[k]), 4) for k in STATISTICS}
         if self.skipped:
@@ -386,16 +423,21 @@ def _scores(means: dict, reference: Reference, baseline: dict | None) -> dict:
 class DriftMonitor:
     """Drift windows for every source of one daemon, against the references of the artifacts it serves."""
 
-    def __init__(self, window: int = DEFAULT_WINDOW, threshold: float = DEFAULT_THRESHOLD,
-                 check_every: int | None = None):
+    def __init__(
+        self, window: int = DEFAULT_WINDOW, threshold: float = DEFAULT_THRESHOLD, check_every: int | None = None
+    ):
         from runtime.errors import EdgeclsError
 
         if isinstance(window, bool) or not isinstance(window, int) or not MIN_WINDOW <= window <= MAX_WINDOW:
-            raise EdgeclsError(f"--drift-window {window}: give {MIN_WINDOW} to {MAX_WINDOW} frames (fewer than "
-                               f"{MIN_WINDOW} makes every drift score sampling noise; the window is kept in memory)")
+            raise EdgeclsError(
+                f"--drift-window {window}: give {MIN_WINDOW} to {MAX_WINDOW} frames (fewer than "
+                f"{MIN_WINDOW} makes every drift score sampling noise; the window is kept in memory)"
+            )
         if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
-            raise EdgeclsError(f"--drift-threshold {threshold}: give a positive number of reference standard "
-                               f"deviations (default {DEFAULT_THRESHOLD:g})")
+            raise EdgeclsError(
+                f"--drift-threshold {threshold}: give a positive number of reference standard "
+                f"deviations (default {DEFAULT_THRESHOLD:g})"
+            )
         self.window = window
         self.threshold = float(threshold)
         self.check_every = check_every or max(1, min(MAX_CHECK_EVERY, window // 10))
@@ -435,6 +477,10 @@ class DriftMonitor:
             log.warning("drift monitoring off: %s; convert the model again", why)
             return None, why
         if reference.images < WARMUP:
-            log.warning("the drift reference of %s counts only %d test images: its means and spreads are coarse "
-                        "(convert with a larger test split for a finer one)", artifact, reference.images)
+            log.warning(
+                "the drift reference of %s counts only %d test images: its means and spreads are coarse "
+                "(convert with a larger test split for a finer one)",
+                artifact,
+                reference.images,
+            )
         return reference, ""
