@@ -107,6 +107,8 @@ def check_file_output(path, what: str) -> Path:
 
 def check_out_dir(path) -> Path:
     """--out: a folder that does not exist, is empty, or holds only an earlier bench's files."""
+    from runtime.atomic import _TEMP_FILE
+
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise EdgeclsError(f"--out {path} exists and is not a folder: choose another --out")
@@ -118,8 +120,10 @@ def check_out_dir(path) -> Path:
             ours = json.loads((path / OUT_FILES["json"]).read_text()).get("format", "").startswith("edgecls-bench/")
         except (OSError, ValueError, AttributeError):
             pass
-        foreign = sorted(names - set(OUT_FILES.values()))
-        if not ours or foreign:
+        ours_names = set(OUT_FILES.values())
+        # write_bytes' temp file of one of ours, left by a kill, is ours too (as runtime.atomic.check_output has it)
+        foreign = sorted(n for n in names - ours_names if not ((m := _TEMP_FILE.match(n)) and m["name"] in ours_names))
+        if foreign or (not ours and names & ours_names):  # only temp files: nothing of value, as if empty
             shown = ", ".join(foreign[:3]) if foreign else "no bench.json of ours"
             raise EdgeclsError(
                 f"--out {path} is a folder that edgecls bench did not write ({shown}): choose an empty or new folder"

@@ -5,7 +5,9 @@ camera-like video of held-out test images through the daemon with its HTTP previ
 -> a summary. Each step calls the API its own command calls; only the settings are chosen here (small
 images, few epochs), so what a newcomer sees working is what they will use.
 
-    OUT/quickstart.json   edgecls-quickstart/1: what ran and what it wrote (marks OUT as ours for --overwrite)
+    OUT/quickstart.json   edgecls-quickstart/1: what ran and what it wrote (marks OUT as ours for --overwrite);
+                          its status is running, complete, failed (with the error) or interrupted
+    OUT/.quickstart.lock  flock(2) held for the whole run: one quickstart into OUT at a time
     OUT/summary.txt       the printed summary
     OUT/run/ bundle/ bench/ device/ explain/     each step's own product, written atomically by its API
     OUT/camera.avi  preview.jpg  accuracy.png
@@ -13,28 +15,34 @@ images, few epochs), so what a newcomer sees working is what they will use.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import math
+import os
 import random
+import re
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from edgecls.progress import progress
-from runtime.atomic import check_output, write_bytes, write_json, write_text
+from runtime.atomic import _TEMP_FILE, check_output, write_bytes, write_json, write_text
 from runtime.errors import EdgeclsError
 
 MARKER = "quickstart.json"
+LOCK = ".quickstart.lock"
 FORMAT = "edgecls-quickstart/1"
 
 RUN, BUNDLE, BENCH, DEVICE, EXPLAIN = "run", "bundle", "bench", "device", "explain"
 VIDEO, PREVIEW, ACCURACY_PNG, SUMMARY = "camera.avi", "preview.jpg", "accuracy.png", "summary.txt"
-CONTENTS = frozenset({MARKER, SUMMARY, RUN, BUNDLE, BENCH, DEVICE, EXPLAIN, VIDEO, PREVIEW, ACCURACY_PNG})
+FILES = (MARKER, SUMMARY, VIDEO, PREVIEW, ACCURACY_PNG)  # written by write_bytes: never a folder or a link
+CONTENTS = frozenset({*FILES, LOCK, RUN, BUNDLE, BENCH, DEVICE, EXPLAIN})
 FORMATS = "tflite-fp32,tflite-int8,onnx-fp32,onnx-int8"
 PROFILE = "desktop-cpu"  # this machine is the "device": int8 LiteRT first, like a desktop without a GPU
 DATASETS = ("digits", "shapes")
@@ -132,8 +140,28 @@ def quickstart(options: QuickstartOptions | None = None) -> QuickstartResult:
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "steps": {},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / MARKER, record)  # first: an interrupted quickstart leaves a folder --overwrite may replace
+    with _exclusive(out):
+        _remove_temp_files(out)  # under the lock: only a killed quickstart's
+        write_json(out / MARKER, record)  # first: an interrupted quickstart leaves a folder --overwrite may replace
+        try:
+            return _chain(out, options, plan, record, started)
+        except BaseException as exc:
+            # The record must not say "running" for a quickstart that is gone; a kill -9 is the only exception.
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            record.update(
+                status="interrupted" if interrupted else "failed", seconds=round(time.monotonic() - started, 1)
+            )
+            if not interrupted:
+                record["error"] = _error_line(exc)
+            try:
+                write_json(out / MARKER, record)
+            except OSError:
+                pass  # a full disk: the error being raised says more than this one
+            raise
+
+
+def _chain(out: Path, options: QuickstartOptions, plan: Plan, record: dict, started: float) -> QuickstartResult:
+    """The six steps, each into its own part of OUT; `record` collects their timings."""
 
     def step(n: int, name: str, what: str):
         progress(f"[{n}/{STEPS}] {name}: {what}")
@@ -191,6 +219,100 @@ def quickstart(options: QuickstartOptions | None = None) -> QuickstartResult:
     return QuickstartResult(out, summary, record, files, seconds)
 
 
+def _error_line(exc: BaseException) -> str:
+    if isinstance(exc, EdgeclsError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f" ({exc.filename})" if exc.filename else "")
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
+@contextmanager
+def _exclusive(out: Path):
+    """Create OUT and hold its lock for the whole run: a second quickstart into OUT refuses instead of replacing
+    the products the first is writing.
+
+    flock(2) on OUT/.quickstart.lock, as the device folder's `.lock` (runtime/install/layout.py): the kernel
+    releases it when its holder dies, so a killed quickstart never blocks the next. The file stays (unlinking
+    it would let a waiting process lock a file nobody else sees)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise EdgeclsError(
+            f"cannot write {out.absolute()} ({exc.strerror or exc}): run from a folder you can write, or pass "
+            f"--out with one (e.g. --out ~/edgecls-quickstart)"
+        ) from None
+    try:
+        deadline = time.monotonic() + 2.0  # another quickstart's `_holder` holds it shared for a moment
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    _refuse_in_use(out, os.pread(fd, 200, 0).decode(errors="replace"))
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%H:%M:%S')}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _holder(out: Path) -> str | None:
+    """Who holds OUT's lock (the line its holder wrote), or None; creates and changes nothing."""
+    path = out / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # none, a link, unreadable: no quickstart of ours holds it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # releases the shared lock taken to look
+    return None
+
+
+def _refuse_in_use(out: Path, holder: str) -> None:
+    who = holder.strip() or "another process"
+    pid = re.match(r"pid (\d+)", who)
+    stop = f" (kill {pid[1]})" if pid else ""
+    raise EdgeclsError(
+        f"output {out} is in use by another quickstart ({who}): wait for it to finish or stop it{stop}, "
+        f"or choose another --out"
+    )
+
+
+def _leftovers_only(out: Path) -> bool:
+    """OUT holds only what a quickstart killed before its first record leaves (its lock, the record's temp file):
+    nothing of value, so OUT counts as empty, as check_output counts an empty folder."""
+    if out.is_symlink() or not out.is_dir():
+        return False
+    entries = list(out.iterdir())
+    return bool(entries) and all(
+        entry.is_file()
+        and not entry.is_symlink()
+        and (entry.name == LOCK or ((m := _TEMP_FILE.match(entry.name)) is not None and m["name"] == MARKER))
+        for entry in entries
+    )
+
+
+def _remove_temp_files(out: Path) -> None:
+    """write_bytes' temp files of OUT's own files: under the lock, only a killed quickstart's (check_output
+    tolerates them in a folder of ours; here they go)."""
+    for entry in out.iterdir():
+        m = _TEMP_FILE.match(entry.name)
+        if m and m["name"] in FILES and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+
+
 class _Timer:
     def __init__(self, steps: dict, name: str):
         self.steps, self.name = steps, name
@@ -206,17 +328,28 @@ class _Timer:
 
 def _check_outputs(out: Path, options: QuickstartOptions) -> None:
     """OUT and every product inside it, checked before minutes of work: each step refuses what its command refuses."""
-    from edgecls import bench_report
+    from edgecls import bench_report, explain
     from edgecls.datasets.builtin import cache_root
     from edgecls.outputs import RUN_CONTENTS, bundle_contents
     from runtime.bundle import MANIFEST
 
-    check_output(out, options.overwrite, protect={"the built-in dataset cache": cache_root()}, **guard())
+    holder = _holder(out)
+    if holder is not None:
+        _refuse_in_use(out, holder)
+    if not _leftovers_only(out):
+        check_output(out, options.overwrite, protect={"the built-in dataset cache": cache_root()}, **guard())
     if not out.is_dir():
         return
+    for name in FILES:
+        path = out / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise EdgeclsError(
+                f"output {path} is {'a link' if path.is_symlink() else 'a folder'} that quickstart did not write "
+                f"(it writes a file there): move it out of {out} or choose another --out"
+            )
     check_output(out / RUN, options.overwrite, marker="metadata.json", contents=RUN_CONTENTS)
     check_output(out / BUNDLE, options.overwrite, marker=MANIFEST, contents=bundle_contents)
-    check_output(out / EXPLAIN, options.overwrite, marker="explanations.json")
+    check_output(out / EXPLAIN, options.overwrite, marker=explain.MANIFEST, contents=explain._contents)  # explain_run's
     bench_report.check_out_dir(out / BENCH)
     if (out / DEVICE).exists():
         from devices.targets import LocalTarget

@@ -338,3 +338,27 @@ def test_i8_p1_runtime_bench_runs_without_the_cli(tiny_bundle, tmp_path):
     doc = json.loads(out.read_text())
     assert [(r["artifact"], r["threads"]) for r in doc["records"]] == [("onnx-int8", 1), ("onnx-int8", 2)]
     assert doc["format"] == "edgecls-bench/1" and "onnx-int8" in proc.stdout
+
+
+def test_i14_p1_out_dir_counts_a_killed_writes_temp_file_as_ours(tmp_path):
+    """A kill -9 while bench writes bench.json leaves `.bench.json.XXXX.tmp` (write_bytes' temp file): ours, like
+    runtime.atomic.check_output has it, so the folder stays reusable; anyone else's file still refuses it."""
+    from edgecls.bench_report import check_out_dir
+    from runtime.errors import EdgeclsError
+
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / ".bench.json.k1lled_x.tmp").write_text("{")
+    assert check_out_dir(out) == out  # only a temp file: nothing of value, as if empty
+    (out / "bench.json").write_text(json.dumps({"format": "edgecls-bench/1", "records": []}))
+    (out / ".bench.png.a1b2c3d4.tmp").write_bytes(b"\x89PNG")
+    assert check_out_dir(out) == out
+    for name in (".notes.txt.k1lled_x.tmp", "notes.txt"):  # a temp file of a name bench never writes is not ours
+        (out / name).write_text("mine")
+        with pytest.raises(EdgeclsError, match=name.replace(".", r"\.")):
+            check_out_dir(out)
+        (out / name).unlink()
+    (out / "bench.json").unlink()
+    (out / "bench.csv").write_text("artifact\n")  # a product file without our bench.json: not ours
+    with pytest.raises(EdgeclsError, match="no bench.json of ours"):
+        check_out_dir(out)

@@ -127,3 +127,63 @@ def test_i14_p1_quickstart_keeps_files_it_did_not_write(tmp_path):
     assert "notes.txt" in cli_error(run_cli("quickstart", "--out", out, "--overwrite", timeout=120))
     assert "--overwrite" in cli_error(run_cli("quickstart", "--out", out, timeout=120))  # ours: say how to replace
     assert snapshot(out) == before
+
+
+def test_i14_p1_a_running_quickstart_holds_out_and_a_killed_one_does_not(tmp_path):
+    """The second quickstart into a running one's OUT refuses naming its pid; once that one is killed (-9, no
+    clean-up), its lock is gone with it and the next quickstart runs."""
+    from tests.test_review_quickstart import _popen, _starts_work, _stop, _wait_started
+
+    out = tmp_path / "qs"
+    first = _popen(out)
+    try:
+        started, stderr = _wait_started(first)
+        assert started, stderr[-2000:]
+        for args in ((), ("--overwrite",)):
+            error = cli_error(run_cli("quickstart", "--out", out, "--quick", *args, timeout=120))
+            assert f"in use by another quickstart (pid {first.pid}," in error and "choose another --out" in error
+        first.kill()
+        first.wait()
+    finally:
+        _stop(first)
+    assert json.loads((out / "quickstart.json").read_text())["status"] == "running"  # kill -9: nobody to say
+    started, stderr = _starts_work(out, "--overwrite")
+    assert started, stderr[-2000:]
+
+
+def test_i14_p1_a_failed_quickstart_records_the_error(tmp_path):
+    """A failure after the first record is written leaves status "failed" and the error line, not "running"."""
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "qs"
+    env = {"EDGECLS_DATA": str(tmp_path / "file" / "cache")}  # the dataset cannot be made: train fails at once
+    error = cli_error(run_cli("quickstart", "--out", out, "--quick", env=env, timeout=120))
+    record = json.loads((out / "quickstart.json").read_text())
+    assert record["status"] == "failed" and record["error"] == error.removeprefix("error: ")
+    assert "train" in record["steps"]
+
+
+def test_i14_p1_an_out_that_cannot_be_made_is_named_with_the_fix(tmp_path):
+    """Was "error: Read-only file system (quickstart)": the path that could not be written and what to do."""
+    (tmp_path / "file").write_text("not a folder")
+    error = cli_error(run_cli("quickstart", "--out", tmp_path / "file" / "qs", "--quick", timeout=120))
+    assert f"cannot write {tmp_path / 'file' / 'qs'} (Not a directory)" in error and "--out" in error
+
+
+def test_i14_p1_a_folder_of_only_a_killed_quickstarts_leftovers_is_reused(tmp_path):
+    """Killed before its first record: OUT holds its lock and the record's temp file, nothing of value, so it is
+    reused like an empty folder (no --overwrite needed) and the temp file goes; anything else there still refuses."""
+    from tests.test_review_quickstart import _starts_work
+
+    out = tmp_path / "qs"
+    out.mkdir()
+    (out / ".quickstart.lock").write_text("pid 1, since 00:00:00\n")
+    (out / ".quickstart.json.k1lled_x.tmp").write_text('{"format": "edgecls-quick')
+    (out / ".notes.txt.k1lled_x.tmp").write_text("mine")  # a temp file, but of no name quickstart writes
+    before = snapshot(out)
+    for args in ((), ("--overwrite",)):
+        assert "not an edgecls quickstart folder" in cli_error(run_cli("quickstart", "--out", out, *args))
+    assert snapshot(out) == before
+    (out / ".notes.txt.k1lled_x.tmp").unlink()
+    started, stderr = _starts_work(out)
+    assert started, stderr[-2000:]
+    assert not (out / ".quickstart.json.k1lled_x.tmp").exists()

@@ -26,7 +26,12 @@ from edgecls.commands._errors import OneLineErrors
     show_default=True,
     help="Built-in dataset: handwritten digits (8x8 grey) or generated shapes (colour).",
 )
-@click.option("--quick", is_flag=True, help="Fewer epochs, shorter timings and daemon run: about half the time.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Fewer epochs, 4 Grad-CAM images, no Keras baseline, shorter timings and daemon run: "
+    "about three quarters of the time (training and conversion dominate).",
+)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier quickstart folder (only one of ours).")
 def quickstart(out, data, quick, seed, overwrite):

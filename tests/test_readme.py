@@ -1,0 +1,632 @@
+"""Issue 14 point 3: every shell command in the README is run, so the README cannot drift from the code.
+
+Every fenced block tagged `bash`, `sh` or `shell` is split into commands (tests/readme_blocks.py) and each runs
+through `bash -euo pipefail` with a timeout and must exit 0, in README order, in one temporary working directory
+(later sections use what earlier ones made: runs/digits, bundles/digits, ...). HOME is a temporary folder and no
+EDGECLS_* variable is set, so `~/.cache/edgecls/...` is where the README says and nothing of the user's is touched.
+A section's test first runs the sections above it (once per session), so `-k flash` alone works too.
+
+What a user has and this machine has not (their image folders, a camera, a Pi, a second machine) is made here, and
+the few places where the README's command cannot run as written are rewritten by the table QUICK below: that table
+is the only place commands change, and the README says near such commands that tests run them with quicker
+settings. Two harness rules are not textual: a daemon (`edgecls run ... --port`) runs in the background while the
+rest of its block (the `curl`s) runs, then gets SIGTERM and must exit 0; a block that exports a TF_CONFIG for
+worker `"index": 0` runs twice at once, the second as index 1, as its comment says. Commands nothing can run here
+are listed, with why, in NOT_RUN; any other command that fails fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, write_image
+from tests.readme_blocks import SHELL_LANGUAGES, read_blocks, sections
+
+README = REPO / "README.md"
+COMMAND_TIMEOUT_S = 420
+SECTION_TIMEOUT_S = {"Try it on an emulated Raspberry Pi": 3600}  # pip installs and predicts under qemu
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    pattern: str  # a regular expression searched in each command (as the README writes it, comments stripped)
+    replacement: str  # re.sub's; {name} is filled from the workspace (ports, paths of the stand-ins)
+    why: str
+
+
+# Every change the test makes to a README command, in the order applied. A rule that matches no command fails
+# test_i14_p3_readme_rewrites_are_all_used_and_not_run_is_short, so this table cannot outlive the commands it is for.
+QUICK = [
+    # Installation: CI installed .[all] already (.ci/run); reinstalling is slow and a non-editable `pip install .`
+    # would replace the checkout's editable install. Instead the test checks the extra's requirements are installed.
+    Rewrite(r'^python3 -m pip install -e "\.\[all\]"$', "true", "installed by .ci/run; checked installed instead"),
+    Rewrite(r'^pip install "\.\[runtime\]"$', "true", "same, for .[runtime]; checked installed instead"),
+    # Quick settings: tiny training.
+    Rewrite(r"^(edgecls train --data digits --out runs/digits --seed 0)$", r"\1 --epochs 2", "quick: 2 epochs"),
+    Rewrite(r"^(edgecls quickstart --out quickstart)$", r"\1 --quick", "quick: --quick"),
+    Rewrite(r"--teacher runs/flowers --epochs 20", "--teacher runs/flowers --epochs 1", "quick: 1 epoch"),
+    Rewrite(r"--image-size 96 --epochs 40", "--image-size 16 --epochs 1", "quick: 16 px, 1 epoch"),
+    Rewrite(
+        r"--trials 20 --search bayesian --max-epochs 10",
+        "--trials 2 --search bayesian --max-epochs 1 --image-size 16",
+        "quick: 2 trials of 1 epoch at 16 px",
+    ),
+    # Several machines: two workers on this machine's loopback, a tiny MobileNetV2 on the generated folder.
+    Rewrite(r"10\.0\.0\.1:2222", "127.0.0.1:{worker0}", "the first machine: a free local port"),
+    Rewrite(r"10\.0\.0\.2:2222", "127.0.0.1:{worker1}", "the second machine: another free local port"),
+    Rewrite(
+        r"--data /data/pets --out /runs/pets (--model mobilenetv2 --strategy multiworker)",
+        r"--data {work}/flowers --out runs/pets \1 --image-size 32 --alpha 0.35 --epochs 1",
+        "the generated folder at one path for both workers; quick: 32 px, alpha 0.35, 1 epoch",
+    ),
+    # Running: the README's placeholder bundle, a camera and its streams stand-ins, bounded runs.
+    Rewrite(r"\bBUNDLE\b", "bundles/digits", "the placeholder: the bundle the Quick start made"),
+    Rewrite(r"http://127\.0\.0\.1:8080/stream\.mjpg", "{mjpeg_url}", "a camera's MJPEG stream: tests/mjpeg_server.py"),
+    Rewrite(
+        r"--source 0 --source rtsp://cam2/stream",
+        "--source clip.mp4 --loop --source {mjpeg_url}",
+        "no camera or RTSP server here: a looping video and the MJPEG server stand in",
+    ),
+    Rewrite(r"(--port |127\.0\.0\.1:)8080\b", r"\g<1>{daemon_port}", "the daemon on a free port"),
+    Rewrite(
+        r"^(edgecls run (?!.*--port).*(?:--loop|\.mjpg).*)$",
+        r"\1 --max-frames 5",
+        "a live source never ends: stop after 5 frames",
+    ),
+    Rewrite(r"> /etc/systemd/system/edgecls\.service", "> edgecls.service", "not this machine's systemd"),
+    # Benchmarks: short timings (they are not the point here), a loose gate on a noisy shared machine.
+    Rewrite(
+        r"^(edgecls bench .*)$",
+        r"\1 --repeats 1 --runs 10 --time-budget 0.5 --max-warmup 0.5",
+        "quick: one process, 10 timed runs",
+    ),
+    Rewrite(
+        r"--compare baseline\.json --max-regression 10%",
+        "--compare bench/bench.json --max-regression 1000%",
+        "the baseline is the first bench's result; 10 runs on a shared 2-core machine vary more than 10% "
+        "(tests/test_bench.py checks the gate itself)",
+    ),
+    # Devices: the real OpenSSH server on 127.0.0.1 (tests/sshd.py) stands in for the Pi, with a root in tmp.
+    Rewrite(r"--device pi@kitchen\.local", "--device {ssh_device} --ssh-config {ssh_config}", "the local sshd"),
+    Rewrite(
+        r"^(edgecls (?:flash|status|rollback) .*)pi@kitchen\.local(.*)$",
+        r"\1{ssh_target}\2 --ssh-config {ssh_config}",
+        "the local sshd, install root in tmp",
+    ),
+    Rewrite(
+        r"(--targets fleet\.txt.*)$",
+        r"\1 --ssh-config {ssh_config}",
+        "fleet.txt (made here) names the local sshd and a local folder",
+    ),
+    # The emulated Pi (marker arm64): root already, packages checked not installed, the rootfs and wheels that
+    # tests/test_arm64_pi.py caches (building one takes 15-20 minutes), a free port.
+    Rewrite(r"^sudo ", "", "the arm64 tests run as root"),
+    Rewrite(
+        r"^apt-get install (qemu-user-static debootstrap)$",
+        r"dpkg -s \1 > /dev/null",
+        "never install system packages from a test: .ci/run does; checked installed instead",
+    ),
+    Rewrite(r"/var/tmp/pi-root", "{pi_rootfs}", "the rootfs tests/test_arm64_pi.py built and caches"),
+    Rewrite(r"\b2222\b", "{pi_port}", "a free port for the emulated Pi's sshd"),
+]
+
+# Commands that are not run, with why. Keep it short: anything else that cannot run must fail the test.
+NOT_RUN = {
+    "python3 -m pytest -q": "the test command itself (it would run this test again); .ci/run runs exactly it",
+    "systemctl daemon-reload && systemctl enable --now edgecls": (
+        "would install a service on this machine; tests/test_daemon_systemd.py verifies the unit with systemd-analyze"
+    ),
+}
+
+# Sections whose commands need more than this test can give everywhere: pytest marks, as for the test they mirror.
+MARKS = {"Try it on an emulated Raspberry Pi": [pytest.mark.arm64]}
+
+# Cheap checks that a command made what the README says it makes: (pattern in the README's command, paths).
+WHAT_YOU_GET = "What you get"  # the README's table of a run's files, checked after the Quick start's train
+EXPECT = [
+    (
+        r"^edgecls convert runs/digits --out bundles/digits",
+        ["bundles/digits/manifest.json", "bundles/digits/labels.txt", "bundles/digits/verification.txt"],
+    ),
+    (r"--data flowers --out runs/flowers ", ["runs/flowers/model.keras", "runs/flowers/metrics.json"]),
+    (r"--strategy multiworker", ["runs/pets/model.keras"]),
+    (
+        r"explain runs/flowers photos/odd-ones/ --out explain/",
+        ["explain/contact_sheet.png", "explain/explanations.json"],
+    ),
+    (
+        r"edgecls tune ",
+        [
+            "runs/flowers-tuned/model.keras",
+            "runs/flowers-tuned/tuning/trials.csv",
+            "runs/flowers-tuned/tuning/trials.json",
+            "runs/flowers-tuned/tuning/trials.png",
+        ],
+    ),
+    (r"--out bench/", ["bench/bench.json", "bench/bench.csv", "bench/bench.md", "bench/bench.png"]),
+    (r"--json pi\.json", ["pi.json"]),
+    (r"--results results\.jsonl", ["results.jsonl"]),
+    (r"edgecls service unit", ["edgecls.service"]),
+]
+# And what the README's comments say a command prints or writes: (pattern in the README's command, file or
+# "stdout", texts that must appear).
+EXPECT_TEXT = [
+    (r"edgecls predict .*--json", "stdout", ['"top1"', '"score"', '"topk"', '"latency_ms"']),
+    (r"curl .*/metrics", "stdout", ["edgecls_frames_processed_total", "edgecls_inference_seconds"]),
+    (r"curl .*/latest", "stdout", ['"top1"']),
+    (
+        r"edgecls service unit",
+        "edgecls.service",
+        ["Type=notify", "WatchdogSec=", "DynamicUser=yes", "SupplementaryGroups=video", "ProtectSystem=strict"],
+    ),
+    (
+        r"edgecls devices list",
+        "stdout",
+        ["raspberry-pi-4", "raspberry-pi-5", "jetson-nano", "jetson-orin-nano", "desktop-cpu", "desktop-gpu"],
+    ),
+]
+
+
+def shell_sections() -> list:
+    return [s for s in sections(README) if s.commands]
+
+
+def readme_file_table() -> list:
+    """The file names in the first column of the README's "What you get" table."""
+    text = README.read_text().split(f"## {WHAT_YOU_GET}", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    return [name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])]
+
+
+def apply_quick(command: str, values: dict, used: set | None = None) -> str:
+    """`command` after every matching rule of QUICK, with {name}s filled from `values`; `used` collects the rules."""
+    for rule in QUICK:
+        if re.search(rule.pattern, command) and used is not None:
+            used.add(rule)
+        replacement = re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), rule.replacement)
+        command = re.sub(rule.pattern, replacement, command)
+    return command
+
+
+def extra_is_installed(extra: str) -> None:
+    """pyproject.toml has edgecls[extra] and each of its requirements (nested extras followed) is installed in a
+    version it accepts: what the README's install command would leave behind."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import tomllib
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extra in extras, f"the README installs edgecls[{extra}], which pyproject.toml does not define"
+    pending, seen, missing = [extra], set(), []
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for req in map(Requirement, extras[name]):
+            if req.marker and not req.marker.evaluate():
+                continue
+            if req.name == "edgecls":
+                pending.extend(req.extras)
+                continue
+            try:
+                if not req.specifier.contains(version(req.name), prereleases=True):
+                    missing.append(f"{req} (have {version(req.name)})")
+            except PackageNotFoundError:
+                missing.append(str(req))
+    assert not missing, f"edgecls[{extra}] is not installed as the README's command would install it: {missing}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_user_files(work: Path, home: Path) -> None:
+    """What the README assumes a user has: image folders, a photo, a video, a signing key, a fleet list."""
+    import cv2
+    import numpy as np
+
+    from tests.conftest import render_fixture_image
+
+    rng = np.random.default_rng(0)
+    flower_kinds = {"daisy": "circle", "tulip": "triangle"}  # classes named like the README's
+    for folder, count in (("flowers", 24), ("other", 4), ("photos/odd-ones", 2)):
+        for label, kind in flower_kinds.items():
+            for i in range(count):
+                name = f"{label}-{i:02d}.jpg" if folder == "photos/odd-ones" else f"{label}/{i:03d}.png"
+                write_image(work / folder / name, render_fixture_image(kind, rng, 40))
+    write_image(work / "tulip.jpg", render_fixture_image("triangle", rng, 40))
+    # photos/: a few digits in class folders (the digits bundle's accuracy in `bench --data photos/`)
+    digits = home / ".cache" / "edgecls" / "datasets" / "digits-v1"
+    for label in sorted(p.name for p in digits.iterdir() if p.is_dir()):
+        (work / "photos" / label).mkdir(parents=True)
+        for image in sorted((digits / label).iterdir())[:2]:
+            shutil.copy(image, work / "photos" / label / image.name)
+    writer = cv2.VideoWriter(str(work / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 20.0, (64, 48))
+    assert writer.isOpened()
+    for i in range(40):
+        frame = np.zeros((48, 64, 3), np.uint8)
+        cv2.circle(frame, (32, 24), 6 + i % 12, (255, 255, 255), -1)
+        writer.write(frame)
+    writer.release()
+    (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "release@example.com",
+            "-f",
+            str(home / ".ssh" / "release_ed25519"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+class Workspace:
+    """The README's working directory and everything its commands talk to; runs sections in order, once each."""
+
+    def __init__(self, root: Path, sshd):
+        self.root, self.sshd = root, sshd
+        self.work, self.home = root / "work", root / "home"
+        self.work.mkdir()
+        self.home.mkdir()
+        (self.work / "devices").symlink_to(REPO / "devices")  # the README's commands run in a checkout
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("EDGECLS_", "XDG_")) and k not in ("TF_CONFIG", "PYTHONPATH")
+        }
+        self.env.update(
+            HOME=str(self.home),
+            PYTHONPATH=str(REPO),
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        )
+        self.values = {
+            "work": self.work,
+            "worker0": free_port(),
+            "worker1": free_port(),
+            "daemon_port": free_port(),
+            "ssh_config": sshd.ssh_config,
+            "ssh_device": f"{sshd.user}@{sshd.host}:{sshd.port}",
+            "ssh_target": sshd.target(root / "pi-root"),
+            "pi_port": free_port(),
+        }
+        self.done: dict = {}  # section title -> None (passed) or the failure
+        self.user_files_made = self.pi_has_earlier = False
+        self.why = ""  # why the command being run differs from the README's (QUICK), for failure messages
+        self.log: list = []
+
+    def run_through(self, title: str) -> None:
+        for section in shell_sections():
+            if any(m.name == "arm64" for m in MARKS.get(section.title, [])) and section.title != title:
+                continue  # the emulated Pi is nobody's prerequisite
+            if section.title not in self.done:
+                try:
+                    self.run_section(section)
+                    self.done[section.title] = None
+                except BaseException as failure:  # noqa: B036  (a timeout is a failure too)
+                    self.done[section.title] = failure
+                    raise
+            elif self.done[section.title] is not None and section.title != title:
+                pytest.fail(f"an earlier README section failed: {section.title!r}")
+            if section.title == title:
+                if self.done[title] is not None:
+                    raise self.done[title]
+                return
+
+    def run_section(self, section) -> None:
+        if section.title == "Try it on an emulated Raspberry Pi":
+            self._prepare_pi()
+        for block in section.blocks:
+            if block.language in SHELL_LANGUAGES:
+                self.run_block(section.title, block)
+
+    def run_block(self, title: str, block) -> None:
+        commands = [c for c in block.commands if c not in NOT_RUN]
+        if any(re.search(r"TF_CONFIG=.*\"index\": 0", c) for c in commands):
+            return self._run_workers(title, block, commands)
+        exports, daemons = [], []
+        try:
+            for original in commands:
+                used: set = set()
+                command = apply_quick(original, self.values, used)
+                self.why = "; ".join(rule.why for rule in QUICK if rule in used) or "as written"
+                self._before(original)
+                if command.startswith("export "):
+                    exports.append(command)
+                elif re.match(r"edgecls run .*--port ", command):
+                    daemons.append((original, self._start_daemon(exports, command)))
+                else:
+                    self._after(original, self._run(title, original, command, exports))
+        finally:
+            for original, daemon in daemons:
+                self._stop_daemon(title, original, daemon)
+                self._after(original)
+
+    def _script(self, exports: list, command: str) -> list:
+        return ["bash", "-euo", "pipefail", "-c", "\n".join([*exports, command])]
+
+    def _run(self, title, original, command, exports) -> str:
+        started, limit = time.monotonic(), SECTION_TIMEOUT_S.get(title, COMMAND_TIMEOUT_S)
+        try:
+            done = subprocess.run(
+                self._script(exports, command),
+                cwd=self.work,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=limit,
+            )
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(
+                f"README [{title}] `{original}` (run as `{command}`) took over {limit} s:\n"
+                f"{(e.stderr or b'')[-3000:]!r}"
+            )
+        self.log.append((title, command, round(time.monotonic() - started, 1)))
+        assert done.returncode == 0, (
+            f"README [{title}] `{original}` (run as `{command}`: {self.why}) exited "
+            f"{done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        )
+        return done.stdout
+
+    def _start_daemon(self, exports, command) -> subprocess.Popen:
+        log = open(self.root / f"daemon-{len(self.log)}.log", "w+")
+        process = subprocess.Popen(
+            self._script(exports, f"exec {command}"),
+            cwd=self.work,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        process.log, process.command, process.started = log, command, time.monotonic()
+        # The block's next commands (curl) are typed once it runs: /healthz 200 (every source delivers frames) and
+        # a frame of each classified.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.values['daemon_port']}/healthz", timeout=2) as r:
+                    counts = re.findall(r'"classified": (\d+)', r.read().decode())
+                if counts and min(map(int, counts)) > 0:
+                    return process
+            except (OSError, urllib.error.URLError):
+                pass  # not listening yet, or 503: a source without frames so far
+            time.sleep(0.2)
+        process.kill()
+        process.wait()
+        log.seek(0)
+        pytest.fail(f"the README's daemon `{command}` never answered /healthz with 200:\n{log.read()[-3000:]}")
+
+    def _stop_daemon(self, title, original, process) -> None:
+        time.sleep(1)  # a few frames into results.jsonl
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            code = "none within 15 s of SIGTERM"
+        self.log.append((title, f"{process.command} (in the background)", round(time.monotonic() - process.started, 1)))
+        process.log.seek(0)
+        output = process.log.read()
+        process.log.close()
+        assert code == 0, (
+            f"README [{title}] daemon `{original}` (run as `{process.command}`) exit: {code}\n{output[-3000:]}"
+        )
+
+    def _run_workers(self, title, block, commands) -> None:
+        """The block on each of two machines: here, two processes at once, the second with "index": 1."""
+        script = "\n".join(apply_quick(c, self.values) for c in commands)
+        for original in commands:
+            self._before(original)
+        workers, started = [], time.monotonic()
+        for index in (0, 1):
+            log = open(self.root / f"worker-{index}.log", "w+")
+            text = script.replace('"index": 0', f'"index": {index}')
+            workers.append(
+                (
+                    subprocess.Popen(
+                        ["bash", "-euo", "pipefail", "-c", text],
+                        cwd=self.work,
+                        env=self.env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                    ),
+                    log,
+                )
+            )
+        try:
+            for index, (process, log) in enumerate(workers):
+                code = process.wait(timeout=COMMAND_TIMEOUT_S)
+                log.seek(0)
+                assert code == 0, f"README [{title}] worker {index} of `{script}` exited {code}:\n{log.read()[-4000:]}"
+            self.log.append((title, f"two workers: {script}", round(time.monotonic() - started, 1)))
+        finally:
+            for process, log in workers:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+                log.close()
+        for original in commands:
+            self._after(original)
+
+    def _before(self, original: str) -> None:
+        match = re.match(r'^(?:python3 -m )?pip install (?:-e )?"\.\[([\w,-]+)\]"', original)
+        if match:
+            extra_is_installed(match.group(1))
+        if re.match(r"^edgecls flash bundles/digits pi@kitchen\.local", original) and not self.pi_has_earlier:
+            self._flash_earlier_version()
+
+    def _flash_earlier_version(self) -> None:
+        """The README's Pi was flashed before, so `rollback` has a previous version: an earlier copy of the bundle."""
+        import json
+
+        earlier = self.root / "earlier-digits"
+        shutil.copytree(self.work / "bundles" / "digits", earlier)
+        for signature in earlier.glob("*.sig"):
+            signature.unlink()  # its manifest changes below; the Pi does not ask for signatures
+        manifest = json.loads((earlier / "manifest.json").read_text())
+        (earlier / "manifest.json").write_text(json.dumps({**manifest, "created": "2026-01-01T00:00:00+00:00"}))
+        command = [
+            "edgecls",
+            "flash",
+            str(earlier),
+            self.values["ssh_target"],
+            "--device",
+            "raspberry-pi-5",
+            "--ssh-config",
+            str(self.sshd.ssh_config),
+        ]
+        done = subprocess.run(
+            command, cwd=self.work, env=self.env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+        )
+        assert done.returncode == 0, f"flashing the Pi's earlier version failed: {done.stdout}{done.stderr[-3000:]}"
+        self.pi_has_earlier = True
+
+    def _after(self, original: str, stdout: str = "") -> None:
+        if not self.user_files_made and re.search(r"\bedgecls train --data digits", original):
+            make_user_files(self.work, self.home)  # needs the digits the train just wrote under ~/.cache
+            self.user_files_made = True
+            run = self.work / "runs" / "digits"
+            missing = [name for name in readme_file_table() if not (run / name).exists()]
+            assert not missing, f"the README's '{WHAT_YOU_GET}' table names files a run lacks: {missing}"
+        for pattern, paths in EXPECT:
+            if re.search(pattern, original):
+                missing = [p for p in paths if not (self.work / p).is_file() or not (self.work / p).stat().st_size]
+                assert not missing, f"README `{original}` did not make {missing}"
+        for pattern, where, texts in EXPECT_TEXT:
+            if re.search(pattern, original):
+                text = stdout if where == "stdout" else (self.work / where).read_text()
+                missing = [t for t in texts if t not in text]
+                assert not missing, f"README `{original}`: {where} lacks {missing}:\n{text[-2000:]}"
+
+    def _prepare_pi(self) -> None:
+        from tests.conftest import require_tool
+        from tests.test_arm64_pi import _rootfs
+
+        if os.geteuid() != 0:
+            pytest.fail("the emulated Pi needs root (debootstrap, chroot, binfmt_misc): run the arm64 tests as root")
+        require_tool("qemu-aarch64-static", package="qemu-user-static")
+        require_tool("debootstrap", package="debootstrap")
+        self.values["pi_rootfs"] = _rootfs()
+        # The wheels `flash --setup` fetched for the Pi before (tests/test_arm64_pi.py) are reused, not downloaded.
+        real = Path(os.path.expanduser("~")) / ".cache" / "edgecls" / "wheels"
+        real.mkdir(parents=True, exist_ok=True)
+        (self.home / ".cache" / "edgecls").mkdir(parents=True, exist_ok=True)
+        if not (self.home / ".cache" / "edgecls" / "wheels").exists():
+            (self.home / ".cache" / "edgecls" / "wheels").symlink_to(real)
+
+    def stop_pi(self) -> None:
+        if "pi_rootfs" in self.values:
+            script = REPO / "devices" / "emulate" / "arm64-pi.sh"
+            subprocess.run(["sh", str(script), "stop", str(self.values["pi_rootfs"])], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from tests.mjpeg_server import MjpegServer
+    from tests.sshd import SshServer, require_sshd
+
+    require_sshd()
+    root = tmp_path_factory.mktemp("readme")
+    server = SshServer(root / "sshd").start()
+    camera = MjpegServer().start()
+    space = Workspace(root, server)
+    space.values["mjpeg_url"] = camera.url
+    fleet_root = root / "fleet"
+    (space.work / "fleet.txt").write_text(f"# two devices\n{server.target(fleet_root / 'pi-a')}\n{fleet_root / 'sd'}\n")
+    try:
+        yield space
+    finally:
+        space.stop_pi()
+        camera.kill()
+        server.stop()
+        for title, command, seconds in space.log:
+            print(f"{seconds:7.1f} s  [{title}] {command}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "title", [pytest.param(s.title, marks=MARKS.get(s.title, []), id=s.title) for s in shell_sections()]
+)
+def test_i14_p3_readme_section_commands_run(workspace, title):
+    workspace.run_through(title)
+
+
+def test_i14_p3_every_readme_block_names_its_language():
+    """A block without a language could hide commands from the test: each says bash, text, yaml, python, ..."""
+    unnamed = [f"README.md:{b.line} ({b.section})" for b in read_blocks(README) if not b.language]
+    assert not unnamed, f"fenced blocks without a language: {unnamed}"
+
+
+def test_i14_p3_readme_rewrites_are_all_used_and_not_run_is_short():
+    commands = [c for s in shell_sections() for c in s.commands]
+    assert commands, "the README has no shell commands?"
+    used: set = set()
+    for command in commands:
+        apply_quick(command, {}, used)
+    unused = [rule.pattern for rule in QUICK if rule not in used]
+    assert not unused, f"QUICK rules that match no README command (remove them): {unused}"
+    assert len(NOT_RUN) <= 3
+    for command in NOT_RUN:
+        assert command in commands, f"NOT_RUN lists {command!r}, which the README no longer has"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "\npython3 -m pytest -q\n" in ci + "\n", ".ci/run no longer runs the README's test command"
+    # The README's notes on quick settings name only settings QUICK really uses.
+    replacements = " ".join(rule.replacement for rule in QUICK)
+    notes = [line for line in README.read_text().splitlines() if line.startswith("*Tests ")]
+    assert notes, "the README no longer says that tests run its commands with quick settings"
+    for quoted in re.findall(r"`(--[^`]+)`", "\n".join(notes)):
+        for setting in re.findall(r"--[\w-]+ [^-\s]\S*", quoted):
+            assert setting in replacements, f"the README says tests use `{setting}`, QUICK does not"
+    # Synopses ([--option]) and placeholders other than BUNDLE are not commands: they belong in `text` blocks.
+    for command in commands:
+        assert not re.search(r"\s\[--", command), f"a synopsis in a shell block (fence it as text): {command}"
+
+
+def test_i14_p3_readme_quick_rewrites_keep_the_command():
+    """The rewrites change settings, not what runs: each rewritten command still starts with the same program."""
+    values = {
+        k: "X"
+        for k in (
+            "work",
+            "worker0",
+            "worker1",
+            "daemon_port",
+            "ssh_config",
+            "ssh_device",
+            "ssh_target",
+            "pi_port",
+            "pi_rootfs",
+            "mjpeg_url",
+        )
+    }
+    rewritten = apply_quick("edgecls train --data flowers --out runs/flowers --image-size 96 --epochs 40", values)
+    assert rewritten == "edgecls train --data flowers --out runs/flowers --image-size 16 --epochs 1"
+    assert apply_quick("edgecls bench BUNDLE --device pi@kitchen.local --json pi.json", values) == (
+        "edgecls bench bundles/digits --device X --ssh-config X --json pi.json --repeats 1 --runs 10 "
+        "--time-budget 0.5 --max-warmup 0.5"
+    )
