@@ -73,7 +73,9 @@ QAT_MODES = ("remedy", "always", "never")
     help="Held-out test images, classified right by every artifact, kept in the bundle for the smoke test "
     "`edgecls flash` runs on the device (0: none).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds the calibration draw, pruning and QAT fine-tuning."
+)
 def convert(
     run,
     out,

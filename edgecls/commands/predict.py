@@ -32,7 +32,7 @@ def _image_paths(paths) -> list:
 @click.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per image.")
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per image (path, top1, score, topk, latency_ms)."
 )

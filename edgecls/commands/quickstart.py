@@ -32,7 +32,13 @@ from edgecls.commands._errors import OneLineErrors
     help="Fewer epochs, 4 Grad-CAM images, no Keras baseline, shorter timings and daemon run: "
     "about three quarters of the time (training and conversion dominate).",
 )
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    show_default=True,
+    help="Seeds the split, training and draws.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier quickstart folder (only one of ours).")
 def quickstart(out, data, quick, seed, overwrite):
     """Train, convert, bench, flash to a local folder and run the daemon on a video of held-out images, in minutes.

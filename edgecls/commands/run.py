@@ -70,8 +70,10 @@ def _load_config(ctx, param, path):
 )
 @click.option("--device", "device", help="Device profile name or JSON file.")
 @click.option("--artifact", help="Artifact to run (default: the device profile's first runnable one).")
-@click.option("--threads", type=click.IntRange(1))
-@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--threads", type=click.IntRange(1), help="Inference threads (default: the profile's, else the backend's)."
+)
+@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per result.")
 @click.option("--loop", is_flag=True, help="Repeat a video file or folder.")
 @click.option(
     "--every-frame",
@@ -142,7 +144,13 @@ def _load_config(ctx, param, path):
     help="Daemon mode: publish results to mqtt://[user:pass@]host[:port]/topic-prefix "
     "(PREFIX/SOURCE/state on each label change, PREFIX/availability online/offline with a last will).",
 )
-@click.option("--mqtt-qos", type=click.IntRange(0, 2), default=1, show_default=True)
+@click.option(
+    "--mqtt-qos",
+    type=click.IntRange(0, 2),
+    default=1,
+    show_default=True,
+    help="MQTT quality of service of each message.",
+)
 @click.option("--mqtt-every", type=click.IntRange(1), help="Also publish every N frames of a source, changed or not.")
 @click.option(
     "--mqtt-discovery",
@@ -157,7 +165,13 @@ def _load_config(ctx, param, path):
     "--capture-below as JPEG + JSON sidecar in DIR/.unlabelled/SOURCE/ (move them into DIR/<class>/ to label; "
     "`edgecls train --data DIR` then takes the folder).",
 )
-@click.option("--capture-below", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option(
+    "--capture-below",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="With --capture: save frames whose top-1 score is below this.",
+)
 @click.option("--capture-every", type=click.IntRange(1), help="Also capture a random 1 in N frames.")
 @click.option(
     "--capture-max-mb",

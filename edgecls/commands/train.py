@@ -42,8 +42,14 @@ def _parse_widths(value: str | None):
 )
 @click.option("--normalize", type=click.Choice(["scale", "symmetric"]), help="0..1 or -1..1 (default: by model).")
 @click.option("--epochs", type=click.IntRange(1), help="Maximum epochs (default: per dataset, else 30).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per training step.")
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adam", "sgd"]),
+    default="adam",
+    show_default=True,
+    help="Adam, or SGD with --momentum.",
+)
 @click.option(
     "--lr",
     "learning_rate",
@@ -72,9 +78,27 @@ def _parse_widths(value: str | None):
     show_default=True,
     help="auto: sigmoid for two classes, softmax otherwise.",
 )
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
-@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    show_default=True,
+    help="Seeds the split, initialization, augmentation and shuffling (op determinism on).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of each class held out for validation (when the folder has no val/).",
+)
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Share of each class held out for the test (when the folder has no test/).",
+)
 @click.option("--widths", help="simple: filters per block, e.g. 32,64,128.")
 @click.option("--dense", type=click.IntRange(0), help="simple: hidden Dense units before the head.")
 @click.option("--pooling", type=click.Choice(["global", "flatten"]), help="simple: how the head sees the features.")

@@ -15,9 +15,22 @@ from edgecls.commands._errors import OneLineErrors
     type=click.Path(),
     help="Run directory to create: the best trial, with tuning/ (trials.csv, trials.json, trials.png).",
 )
-@click.option("--model", type=click.Choice(["simple", "mobilenetv2"]), default="simple", show_default=True)
+@click.option(
+    "--model",
+    type=click.Choice(["simple", "mobilenetv2"]),
+    default="simple",
+    show_default=True,
+    help="What is searched: simple, learning rate, widths and depth, dropout, L2, batch size; mobilenetv2, alpha and "
+    "fine-tuning depth.",
+)
 @click.option("--trials", type=click.IntRange(1), default=10, show_default=True, help="Number of trials.")
-@click.option("--search", type=click.Choice(["random", "bayesian", "hyperband"]), default="random", show_default=True)
+@click.option(
+    "--search",
+    type=click.Choice(["random", "bayesian", "hyperband"]),
+    default="random",
+    show_default=True,
+    help="keras-tuner's search: random, Bayesian optimization or Hyperband.",
+)
 @click.option(
     "--max-epochs",
     type=click.IntRange(1),
@@ -63,9 +76,19 @@ from edgecls.commands._errors import OneLineErrors
     help="Seeds the split (the same for every trial), the training and the search.",
 )
 @click.option(
-    "--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of each class the trials are ranked on (when the folder has no val/).",
 )
-@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True)
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Share of each class held out for the best run's test (when the folder has no test/).",
+)
 @click.option(
     "--augment/--no-augment",
     default=True,
