@@ -70,31 +70,21 @@ class Plan:
     explain_images: int = 16
 
 
+# --quick: fewer epochs, the rest shortened alike for both datasets.
+QUICK = dict(
+    prune_epochs=1,
+    calibration_size=50,
+    bench_runs=20,
+    bench_budget_s=0.5,
+    keras_baseline=False,
+    daemon_seconds=3.0,
+    explain_images=4,
+)
 PLANS = {
     ("digits", False): Plan(image_size=16, epochs=6),
-    ("digits", True): Plan(
-        image_size=16,
-        epochs=3,
-        prune_epochs=1,
-        calibration_size=50,
-        bench_runs=20,
-        bench_budget_s=0.5,
-        keras_baseline=False,
-        daemon_seconds=3.0,
-        explain_images=4,
-    ),
+    ("digits", True): Plan(image_size=16, epochs=3, **QUICK),
     ("shapes", False): Plan(image_size=32, epochs=10),
-    ("shapes", True): Plan(
-        image_size=32,
-        epochs=4,
-        prune_epochs=1,
-        calibration_size=50,
-        bench_runs=20,
-        bench_budget_s=0.5,
-        keras_baseline=False,
-        daemon_seconds=3.0,
-        explain_images=4,
-    ),
+    ("shapes", True): Plan(image_size=32, epochs=4, **QUICK),
 }
 
 
