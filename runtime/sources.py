@@ -22,7 +22,6 @@ good; the message says why).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 
 from runtime.errors import EdgeclsError, MissingDependencyError
 from runtime.preprocess import IMAGE_SUFFIXES
+from runtime.redact import redact
 
 log = logging.getLogger("edgecls.runtime")
 
@@ -60,26 +60,12 @@ class SourceFailed(SourceError):
     """The capture thread stopped for good (reopen failed, retries used up, nothing decodable, a crash)."""
 
 
-# user:password@ (or a bare token@) after the scheme, up to the last "@": a password may hold "/", "@" or ":".
-_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(?:([^/?#@:]*):.*|[^/?#@:]+)@")
-_SECRET_PARAM = re.compile(
-    r"([?&;](?:password|passwd|pass|pwd|token|access_token|auth|key|secret|sig|signature)=)"
-    r"[^&#;]*",
-    re.IGNORECASE,
-)
-
-
 def redact_uri(uri) -> str:
-    """The source as it may be shown (logs, errors, labels, JSON): passwords and tokens replaced by ***.
+    """The source as it may be shown (logs, errors, labels, JSON): passwords and secret values replaced by ***.
 
-    Hides too much rather than too little: a path holding "@" after a ":" is masked as well.
+    Any string quoting a source (a pipeline, an error message) may go through it: see `runtime.redact`.
     """
-    text = str(uri)
-    match = _USERINFO.match(text)
-    if match:
-        user = match.group(2)
-        text = match.group(1) + ("***" if user is None else f"{user}:***") + "@" + text[match.end() :]
-    return _SECRET_PARAM.sub(r"\1***", text)
+    return redact(uri)
 
 
 @dataclass(frozen=True)
@@ -321,7 +307,7 @@ class Source:
                 self._reader = self._open()
             except SourceError as exc:
                 self.stats.last_error = str(exc)
-                log.warning("%s: still down (%s); retrying", self.spec.shown, exc)
+                log.warning("%s: still down (%s); retrying", self.spec.shown, redact(exc))
                 continue
             self.stats.reconnects += 1
             self.stats.note("reconnected")
@@ -336,10 +322,11 @@ class Source:
                 return
             self.stats.state = state
             if error:
-                self.stats.last_error = error
+                self.stats.last_error = redact(error)  # an OpenCV or OS message may quote the raw source
             self._cond.notify_all()
 
     def _finish(self, state: str, error: str = "") -> None:
+        error = redact(error) if error else error
         with self._cond:
             self.stats.note(state + (f": {error}" if error else ""))
             self._set_state(state, error)
@@ -362,7 +349,7 @@ class Source:
             state, error = self._capture()
         except Exception as exc:  # a dead thread must not leave readers waiting on a "running" source
             expected = isinstance(exc, EdgeclsError)
-            error = str(exc) if expected else f"capture thread crashed: {type(exc).__name__}: {exc}"
+            error = redact(str(exc) if expected else f"capture thread crashed: {type(exc).__name__}: {exc}")
             log.error("%s: %s", self.spec.shown, error, exc_info=not expected)
         finally:
             if self._reader is not None:
