@@ -1,34 +1,64 @@
-"""The daemon's HTTP side: /healthz, /metrics, /latest and the preview (/, /stream/N) on a ThreadingHTTPServer.
+"""The daemon's HTTP side: /healthz, /metrics, /latest and the preview (/, /stream/N) on a bounded thread pool.
 
 Bound to 127.0.0.1 unless told otherwise. With a token, every endpoint wants
 `Authorization: Bearer TOKEN` (compared in constant time) and answers 401 without it. A browser
-cannot send that header for the preview's <img> streams, so `/?token=TOKEN` (the link the daemon
-prints) answers with a session cookie (HttpOnly, SameSite=Strict, derived from the token, not the
-token) and a redirect to `/`, and the cookie is accepted like the header. Request lines go to the
-debug log with any `token=` value blanked; headers (where the token travels) are never logged.
+cannot send that header for the preview's <img> streams, so the sign-in form (POST `/`, the token
+in the body) or the link `/?token=TOKEN` answers with a session cookie (HttpOnly, SameSite=Strict,
+derived from the token, not the token) and a redirect to `/`, and the cookie is accepted like the
+header. A client that keeps sending wrong tokens is answered 429 for a doubling time. Request lines
+go to the debug log with secrets blanked; headers (where the token travels) are never logged.
+
+Without a token, a request naming a Host that is not an IP address, a localhost name, this machine's
+name or one of `allowed_hosts` is refused (a DNS-rebinding page in a browser names its own domain).
+
+A fixed pool of `workers` threads serves the connections, which wait in a bounded queue without a
+thread of their own (more are answered 503), and a request must arrive whole within
+`request_timeout` of its accept, so slow or silent clients cannot multiply threads or hold them long.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import io
+import ipaddress
 import json
 import logging
+import queue
 import re
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from urllib.parse import unquote, unquote_plus
 
 from runtime.errors import EdgeclsError
+from runtime.redact import redact as _redact_secrets
 
 log = logging.getLogger("edgecls.daemon")
+
+WORKERS = 16  # threads serving requests, started as needed; the daemon's own threads come on top
+MAX_STREAMS = 8  # preview viewers at once: each holds a worker, the rest stay for scrapers and health checks
+MAX_QUEUED = 512  # connections waiting for a worker (no thread each); more are answered 503
+FREE_FAILURES = 10  # wrong tokens a client may send before it must wait
+MAX_LOCKOUT_S = 60.0
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: 52\r\n\r\n"
+    b'{"error": "too many connections, retry in a second"}'
+)
 
 
 class StatusServer:
     """Serves the daemon's state; each callable is read per request, so answers are always current.
 
     health() -> (healthy: bool, detail: dict); latest() -> dict; metrics() -> (body bytes, content type).
-    idle_timeout: seconds a connection may stay silent, or a viewer stop reading, before it is dropped.
+    idle_timeout: seconds a viewer may stop reading before it is dropped.
+    request_timeout: seconds a client has to send a whole request (line, headers, body); also the keep-alive wait.
+    workers: threads serving requests; max_streams of them may hold preview streams (more viewers get 503).
+    max_queued: accepted connections waiting for a worker; more are answered 503 and closed.
+    allowed_hosts: Host names accepted besides IP addresses, localhost and this machine's names (token-less only);
+      "*" accepts any.
     """
 
     def __init__(
@@ -42,6 +72,11 @@ class StatusServer:
         port: int = 0,
         token: str | None = None,
         idle_timeout: float = 10.0,
+        request_timeout: float | None = None,
+        workers: int = WORKERS,
+        max_queued: int = MAX_QUEUED,
+        max_streams: int = MAX_STREAMS,
+        allowed_hosts=(),
     ):
         routes = {"/healthz": self._healthz, "/latest": self._latest, "/metrics": self._metrics}
         if preview is not None:
@@ -52,20 +87,31 @@ class StatusServer:
             (_Handler,),
             {
                 "routes": routes,
-                "token": (token or "").encode() or None,
+                "token": _token_bytes(token),
                 "preview": preview,
                 "stopping": self._stopping,
                 "timeout": idle_timeout,
+                "request_timeout": idle_timeout if request_timeout is None else request_timeout,
+                "allowed_hosts": None if token else _allowed_hosts(host, allowed_hosts),
+                "guesses": _Guesses(),
+                "streams": threading.BoundedSemaphore(max(1, min(max_streams, workers - 1))),
             },
         )
         self._health, self._latest_fn, self._metrics_fn = health, latest, metrics
         self._preview = preview
         try:
-            self._server = _Server((host, port), handler)
+            self._server = _Server((host, port), handler, workers, max_queued)
         except OSError as exc:
             raise EdgeclsError(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}: pick another --port or --host"
             ) from exc
+        if not token and not _is_loopback(host):
+            log.warning(
+                "HTTP on %s:%d has no token: anyone who can reach this address sees the camera and the results; "
+                "set a token (--token-file) or bind to 127.0.0.1 (--host)",
+                host,
+                self._server.server_address[1],
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
         )
@@ -102,11 +148,141 @@ class StatusServer:
         return 200, "text/html; charset=utf-8", page(self._preview.names())
 
 
-class _Server(ThreadingHTTPServer):
-    """A thread per connection (daemon threads: stop() never waits for a viewer), quiet about clients that leave."""
+def _token_bytes(token: str | None) -> bytes | None:
+    """The token as UTF-8; a token no HTTP header can carry (control characters, spaces) is refused here."""
+    if not token:
+        return None
+    if any(not c.isprintable() or c.isspace() for c in token):
+        raise EdgeclsError("the token must be one word of printable characters (no spaces or control characters)")
+    return token.encode()
 
-    daemon_threads = True
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _allowed_hosts(host: str, extra) -> frozenset | None:
+    """Host names a token-less daemon answers: localhost names, this machine's names, the bind name, the extras."""
+    names = {"localhost", host.lower()} | {h.lower().rstrip(".") for h in extra}
+    if "*" in names:
+        return None
+    for name in (socket.gethostname(), socket.getfqdn()):
+        name = name.lower().rstrip(".")
+        if name:
+            names |= {name, name.split(".", 1)[0], name.split(".", 1)[0] + ".local"}
+    return frozenset(names)
+
+
+def _host_allowed(value: str, allowed: frozenset) -> bool:
+    host = value.strip().lower()
+    if host.startswith("["):  # [v6]:port
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    host = host.rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return True  # a rebinding page cannot name an IP address: its origin is its own domain
+    except ValueError:
+        return host in allowed or host.endswith(".localhost")
+
+
+class _Guesses:
+    """Wrong tokens per client address: after FREE_FAILURES, a wait that doubles with each further one (to 60 s)."""
+
+    MAX_CLIENTS = 4096
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._clients: dict = {}  # address -> (failures, blocked until: monotonic)
+
+    def wait_left(self, client: str) -> float:
+        with self._lock:
+            failures, until = self._clients.get(client, (0, 0.0))
+        return max(0.0, until - time.monotonic())
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            failures, _ = self._clients.pop(client, (0, 0.0))
+            failures += 1
+            over = failures - FREE_FAILURES
+            until = time.monotonic() + min(MAX_LOCKOUT_S, 2.0 ** (over - 1)) if over > 0 else 0.0
+            self._clients[client] = (failures, until)
+            while len(self._clients) > self.MAX_CLIENTS:  # a flood of addresses must not grow memory
+                self._clients.pop(next(iter(self._clients)))
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._clients.pop(client, None)
+
+
+class _Server(HTTPServer):
+    """A fixed pool of worker threads (started as needed) serving accepted connections from a bounded queue.
+
+    A connection waits in the queue without a thread; its request deadline runs from the accept, so the silent
+    ones that waited are closed at once. Beyond `max_queued` waiting, a connection is answered 503 and closed.
+    """
+
     request_queue_size = 128  # 5 (the default backlog) makes a burst of scrapers wait out SYN retries
+
+    def __init__(self, address, handler, workers: int, max_queued: int):
+        self._queue: queue.Queue = queue.Queue()
+        self._workers, self._max_workers, self._max_queued = [], workers, max_queued
+        self._idle = 0
+        self._pool_lock = threading.Lock()
+        self.accepted_at = threading.local()  # the handler reads its connection's accept time here
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if self._queue.qsize() >= self._max_queued:  # full: say so at once (never blocks) and close
+            try:
+                request.setblocking(False)
+                request.send(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        with self._pool_lock:
+            if self._queue.qsize() >= self._idle and len(self._workers) < self._max_workers:
+                worker = threading.Thread(target=self._work, name=f"http-{len(self._workers)}", daemon=True)
+                self._workers.append(worker)
+                self._idle += 1
+                worker.start()
+        self._queue.put((request, client_address, time.monotonic()))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            request, client_address, self.accepted_at.value = item
+            with self._pool_lock:
+                self._idle -= 1
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+                with self._pool_lock:
+                    self._idle += 1
+
+    def server_close(self) -> None:
+        super().server_close()
+        while True:  # connections still waiting: closed, not left to time out
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self.shutdown_request(item[0])
+        for _ in self._workers:
+            self._queue.put(None)
 
     def handle_error(self, request, client_address):
         # socketserver prints a traceback on stderr for any error; a client that hung up or went silent is routine.
@@ -119,17 +295,35 @@ class _Server(ThreadingHTTPServer):
             log.error("http %s: %s: %s", client_address[0], type(exc).__name__, exc, exc_info=True)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The socket's reading side with one deadline for a whole request, not a timeout per read (slowloris)."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.deadline = time.monotonic()
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
 def _json(data) -> bytes:
     return (json.dumps(data, indent=1) + "\n").encode()
 
 
 COOKIE = "edgecls_session"
-_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s#]*", re.IGNORECASE)
+MAX_FORM_BYTES = 4096
 
 
 def redact(text: str) -> str:
-    """A request line or path with any `token=` value blanked, for logs."""
-    return _TOKEN_IN_QUERY.sub(r"\1***", text)
+    """A request line or path with any `token=` (or other secret) value blanked, for logs."""
+    return _redact_secrets(text)
 
 
 def session_cookie(token: bytes) -> str:
@@ -137,50 +331,84 @@ def session_cookie(token: bytes) -> str:
     return hmac.new(token, b"edgecls preview session v1", hashlib.sha256).hexdigest()
 
 
+def _same(given: bytes, token: bytes) -> bool:
+    return hmac.compare_digest(given, token)
+
+
 class _Handler(BaseHTTPRequestHandler):
     routes: dict = {}
     token: bytes | None = None
     server_version = "edgecls"
     sys_version = ""
-    # A client that connects and never sends (or a viewer that stopped reading) would hold its thread forever.
+    # A viewer that stopped reading would hold its thread forever.
     timeout = 10.0
+    request_timeout = 10.0
+    allowed_hosts: frozenset | None = None
+    guesses: _Guesses
+    streams: threading.BoundedSemaphore
 
-    def log_message(self, fmt, *args):  # the request line only, token blanked; never headers
+    def setup(self):
+        super().setup()
+        self.rfile.close()  # socket.makefile's reader: replaced by one with a deadline per request
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+        self._next_deadline = getattr(self.server.accepted_at, "value", time.monotonic()) + self.request_timeout
+
+    def handle_one_request(self):
+        self._reader.deadline = self._next_deadline  # the first from the accept: time in the queue counts
+        self._answered = False
+        super().handle_one_request()
+        self._next_deadline = time.monotonic() + self.request_timeout  # the keep-alive wait for the next one
+
+    def log_message(self, fmt, *args):  # the request line only, secrets blanked; never headers
         log.debug("http %s: %s", self.client_address[0], redact(fmt % args))
 
-    def _authorized(self) -> bool:
-        if self.token is None:
-            return True
+    def _credentials(self) -> tuple:
+        """(given any, valid): the bearer header or the session cookie."""
         header = self.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token):
-            return True
+        given_any = bool(header)
+        # Header values arrive decoded as latin-1: back to the bytes sent, which a UTF-8 client made of the token.
+        raw = given.strip().encode("latin-1", "replace")
+        if scheme.lower() == "bearer" and (_same(raw, self.token) or _same(raw, self._latin1_token())):
+            return True, True
         # Parsed by hand: a browser sends every cookie of this host whatever the port (another app's
         # `prefs={"a":1}` included), and http.cookies drops all cookies after the first it dislikes.
         name, expected = self._cookie_name(), session_cookie(self.token).encode()
         for part in self.headers.get("Cookie", "").split(";"):
             key, sep, value = part.strip().partition("=")
-            if sep and key == name and hmac.compare_digest(value.strip().strip('"').encode(), expected):
-                return True
-        return False
+            if sep and key == name:
+                given_any = True
+                if _same(value.strip().strip('"').encode("latin-1", "replace"), expected):
+                    return True, True
+        return given_any, False
+
+    def _latin1_token(self) -> bytes:
+        """The token as a client that encodes headers as latin-1 (Python's http.client) sends it."""
+        try:
+            return self.token.decode().encode("latin-1")
+        except UnicodeEncodeError:
+            return self.token
 
     def _cookie_name(self) -> str:
         """Per port: two daemons on one host (cookies ignore ports) must not sign each other out."""
         return f"{COOKIE}_{self.server.server_address[1]}"
 
-    def _login(self, query: str) -> bool:
-        """`/?token=TOKEN` from a browser: set the session cookie and redirect to `/` (the token leaves the URL bar)."""
-        # Split by hand and percent-decoded only: parse_qs turns the '+' of a base64 token into a space.
-        given = [unquote(v) for k, _, v in (p.partition("=") for p in query.split("&")) if k == "token"]
+    def _sign_in(self, given: list) -> bool:
+        """A token from the form (POST) or the link (`/?token=`): set the session cookie and redirect to `/`."""
         if self.token is None or self.preview is None or not given:
             return False
-        if not hmac.compare_digest(given[-1].encode(), self.token):
+        if not _same(given[-1].encode(), self.token):
+            self.guesses.failed(self.client_address[0])
             return False
+        self.guesses.succeeded(self.client_address[0])
         cookie = f"{self._cookie_name()}={session_cookie(self.token)}; Path=/; HttpOnly; SameSite=Strict"
         self._send(303, "text/plain; charset=utf-8", b"signed in\n", {"Location": "/", "Set-Cookie": cookie})
         return True
 
     def _send(self, status: int, content_type: str, body: bytes, extra: dict | None = None) -> None:
+        self.connection.settimeout(self.timeout)  # writing: a viewer gets idle_timeout to take the bytes
+        self._answered = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -191,19 +419,85 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def do_GET(self):
-        path, _, query = self.path.partition("?")
-        if path == "/" and "token=" in query and self._login(query):
-            return
-        if not self._authorized():
-            challenge = {"WWW-Authenticate": 'Bearer realm="edgecls"'}
-            if path == "/" and self.preview is not None:  # a browser: a one-field form that comes back as /?token=
-                from runtime.daemon.preview import sign_in_page
+    def _error(self, status: int, message: str, extra: dict | None = None) -> None:
+        self._send(status, "application/json", _json({"error": message}), extra)
 
-                self._send(401, "text/html; charset=utf-8", sign_in_page(wrong="token=" in query), challenge)
-            else:
-                self._send(401, "application/json", _json({"error": "missing or wrong bearer token"}), challenge)
+    def do_GET(self):
+        self._guarded(self._get)
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        self._guarded(self._post)
+
+    def _guarded(self, serve) -> None:
+        """Any request gets a status code: an unexpected error is a 500 (or a closed stream), never a dropped link."""
+        try:
+            if self._refused():
+                return
+            serve()
+        except OSError:
+            raise  # the client left or timed out: socketserver logs it quietly
+        except Exception as exc:
+            log.error("http %s failed: %s: %s", redact(self.path), type(exc).__name__, exc, exc_info=True)
+            if not self._answered:
+                self._error(500, f"{type(exc).__name__}: {exc}")
+            self.close_connection = True
+
+    def _refused(self) -> bool:
+        """A foreign Host on a token-less daemon, or a client that must wait after wrong tokens: answered here."""
+        host = self.headers.get("Host")
+        if self.allowed_hosts is not None and host is not None and not _host_allowed(host, self.allowed_hosts):
+            self._error(403, f"Host {host[:100]!r} is not this daemon's: open it by IP address or localhost")
+            return True
+        wait = self.guesses.wait_left(self.client_address[0]) if self.token else 0.0
+        if wait > 0:
+            self._error(429, f"too many wrong tokens: retry in {wait:.0f} s", {"Retry-After": str(int(wait) + 1)})
+            self.close_connection = True
+            return True
+        return False
+
+    def _post(self):
+        path = self.path.partition("?")[0]
+        if path != "/" or self.preview is None or self.token is None:
+            self._error(405, "only the sign-in form posts, to /", {"Allow": "GET, HEAD"})
             return
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_FORM_BYTES:
+            self._error(411 if length < 0 else 413, f"send the form with a Content-Length up to {MAX_FORM_BYTES}")
+            self.close_connection = True
+            return
+        form = self.rfile.read(length).decode("utf-8", "replace")
+        given = [unquote_plus(v) for k, _, v in (p.partition("=") for p in form.split("&")) if k == "token"]
+        if not self._sign_in(given):
+            self._sign_in_page(wrong=True)
+
+    def _sign_in_page(self, wrong: bool) -> None:
+        from runtime.daemon.preview import sign_in_page
+
+        challenge = {"WWW-Authenticate": 'Bearer realm="edgecls"'}
+        self._send(401, "text/html; charset=utf-8", sign_in_page(wrong=wrong), challenge)
+
+    def _get(self):
+        path, _, query = self.path.partition("?")
+        # The link: split by hand and percent-decoded only, as parse_qs turns the '+' of a base64 token into a space.
+        link = [unquote(v) for k, _, v in (p.partition("=") for p in query.split("&")) if k == "token"]
+        if path == "/" and link and self._sign_in(link):
+            return
+        if self.token is not None:
+            given, valid = self._credentials()
+            if not valid:
+                if given:
+                    self.guesses.failed(self.client_address[0])
+                if path == "/" and self.preview is not None:  # a browser: a one-field form that posts the token
+                    self._sign_in_page(wrong=bool(link))
+                else:
+                    self._error(401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="edgecls"'})
+                return
+            self.guesses.succeeded(self.client_address[0])
         route = self.routes.get(path)
         if route is None and self.preview is not None and path.startswith("/stream/") and self.command == "GET":
             self._stream(path[len("/stream/") :])
@@ -218,17 +512,26 @@ class _Handler(BaseHTTPRequestHandler):
             status, content_type, body = 500, "application/json", _json({"error": f"{type(exc).__name__}: {exc}"})
         self._send(status, content_type, body)
 
-    do_HEAD = do_GET
-
     def _stream(self, which: str) -> None:
         """/stream/<index>: the source's newest classified frame, annotated, as MJPEG until the client leaves."""
-        from runtime.daemon.preview import BOUNDARY, MAX_FPS, annotate, jpeg, part
-
         names = self.preview.names()
-        if not which.isdigit() or int(which) >= len(names):
+        # ASCII digits only, and few: str.isdigit() takes '²' and int() refuses more than 4,300 digits.
+        if not re.fullmatch(r"[0-9]{1,9}", which) or int(which) >= len(names):
             self._send(404, "application/json", _json({"error": "no such source", "sources": len(names)}))
             return
-        index = int(which)
+        if not self.streams.acquire(blocking=False):
+            self._error(503, "too many preview viewers: close one", {"Retry-After": "5"})
+            return
+        try:
+            self._serve_stream(int(which))
+        finally:
+            self.streams.release()
+
+    def _serve_stream(self, index: int) -> None:
+        from runtime.daemon.preview import BOUNDARY, MAX_FPS, annotate, jpeg, part
+
+        self.connection.settimeout(self.timeout)
+        self._answered = True
         self.send_response(200)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")

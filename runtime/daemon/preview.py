@@ -69,13 +69,14 @@ a{{color:#8cf}}</style></head>
 
 
 def sign_in_page(wrong: bool = False) -> bytes:
-    """Shown instead of the preview when a token is required: submits to `/?token=`, which sets a cookie."""
+    """Shown instead of the preview when a token is required: POSTs the token to `/` (never in a URL), which
+    answers with a session cookie."""
     note = "<p>That token is not the right one.</p>" if wrong else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgecls preview: sign in</title>
 <style>body{{margin:0;padding:16px;background:#111;color:#ddd;font:14px sans-serif}}</style></head>
 <body><h1>edgecls</h1><p>This daemon requires its bearer token.</p>{note}
-<form method="get" action="/"><input type="password" name="token" autocomplete="current-password" autofocus>
+<form method="post" action="/"><input type="password" name="token" autocomplete="current-password" autofocus>
 <button>Open preview</button></form>
 </body></html>
 """.encode()
