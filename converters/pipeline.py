@@ -6,33 +6,39 @@ passed the accuracy gate, so a failed or interrupted convert leaves nothing that
 
 from __future__ import annotations
 
+import math
+import os
 import platform
-import tarfile
+import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from converters import calibration as calib
 from converters import onnx as onnx_export
+from converters import testsplit
 from converters.formats import FORMATS, ExportFormat
 from converters.macs import count_macs
+from converters.output import check_tar_output, claimed_stage, publish_tar, write_tar
 from converters.quiet import quiet
 from converters.reference import ReferenceStats
 from converters.tflite import to_tflite
-from converters.verify import compare, format_table
+from converters.verify import compare, format_recall, format_table
 from edgecls import __version__
-from edgecls.data import iter_batches, predict_split
+from edgecls.data import iter_batches
 from edgecls.metrics import probabilities
 from edgecls.outputs import bundle_guard
 from edgecls.progress import progress
 from edgecls.rundir import open_run
-from runtime.atomic import check_output, staged_dir, write_bytes, write_json, write_text
+from runtime.atomic import check_output, write_bytes, write_json, write_text
 from runtime.bundle import LABELS, MANIFEST, Artifact, Manifest, TensorQuant, sha256_file
-from runtime.errors import EdgeclsError
+from runtime.errors import DataError, EdgeclsError
 from runtime.session import ModelSession
 
 
@@ -56,6 +62,7 @@ class ConvertOptions:
     workers: int = 4
     qat: str = "remedy"  # tflite-int8 quantization-aware training: remedy (when PTQ fails the gate) | always | never
     qat_epochs: int = 3
+    allow_partial_test: bool = False  # verify on a test split that lost images since training (recorded)
 
 
 @dataclass
@@ -207,12 +214,90 @@ def _prune(run, model, splits, options: ConvertOptions, reference: dict):
 def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResult:
     options = options or ConvertOptions()
     started = time.perf_counter()
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # `--out .` has a name, and a parent to stage in
     if not options.formats:
         raise EdgeclsError("no formats to export: pass --formats")
+    if not math.isfinite(options.max_drop):  # nan passes no comparison; negative: only for tests (the CLI refuses)
+        raise EdgeclsError(f"max_drop {options.max_drop} is not a number of accuracy points")
     run = open_run(run_path)
     guard = bundle_guard(run)
     check_output(out, options.overwrite, **guard)  # before the model loads: a refusal costs nothing
+    if options.tar:
+        check_tar_output(out, options.overwrite)
+    with claimed_stage(out, options.overwrite, guard) as stage:
+        work = stage / WORK
+        work.mkdir()
+        with _temp_files_in(work):  # the ONNX export, TF's SavedModel: gone with the stage if we are killed
+            manifest, table = _convert_into(stage, work, run, run_path, options)
+        shutil.rmtree(work)
+        tar = write_tar(stage, out) if options.tar else None
+    if tar is not None:
+        publish_tar(tar, out, options.overwrite)
+    return ConvertResult(out, manifest, table, time.perf_counter() - started)
+
+
+WORK = ".work"  # inside the stage: temp files of the conversion
+
+
+def check_max_drop(value: float) -> None:
+    """A limit of accuracy points must be a number of 0 or more (nan compares false with everything)."""
+    if not math.isfinite(value) or value < 0:
+        raise EdgeclsError(f"--max-drop {value} is not a number of accuracy points of 0 or more: use e.g. --max-drop 1")
+
+
+@contextmanager
+def _temp_files_in(folder: Path):
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+
+
+def gate_passes(reference_right: int, artifact_right: int, images: int, max_drop: float) -> bool:
+    """Whether the artifact lost at most `max_drop` points, counted in images: exact at the limit (99 -> 98 of
+    100 is 1 point, not 1.0000000000000009), the limit read as the decimal the user typed."""
+    allowed = Fraction(repr(float(max_drop))) * images / 100
+    return (reference_right - artifact_right) <= allowed
+
+
+def _by_file(predict, split, each=None) -> dict:
+    """path -> (output, label) of the split's images that decoded in this pass."""
+    found = {}
+    for x, y, paths in iter_batches(split, 32):
+        outputs = np.asarray(predict(x))
+        if each is not None:
+            each(x, outputs)
+        found.update((p, (o, int(t))) for p, o, t in zip(paths, outputs, y))
+    if not found:
+        raise DataError(f"no readable images in the {getattr(split, 'name', '') or 'test'} split")
+    return found
+
+
+def _load_data(run, options: ConvertOptions) -> tuple:
+    """(splits, split kind, changed since training): an old run's recomputed split is checked as evaluate does."""
+    from edgecls.rundata import load_run_splits
+    from edgecls.splits import read_split_record
+
+    recorded = read_split_record(run.path) is not None
+    names = ("train", "val", "test") if options.prune or not recorded else ("train", "test")
+    progress("reading the run's data (train for calibration, test for verification)")
+    # Pruning fine-tunes on whole splits in memory; otherwise large splits stream (edgecls.data).
+    splits = load_run_splits(run, names, options.workers, stream=not options.prune)
+    if "test" not in splits:
+        raise EdgeclsError("the run has no test split to verify artifacts on: train with --test-fraction > 0")
+    changed = False
+    fingerprint = run.metadata.get("dataset", {}).get("fingerprint")
+    if not recorded and fingerprint:
+        from edgecls.data import fingerprint as dataset_fingerprint
+
+        changed = dataset_fingerprint(run.labels, {n: splits[n] for n in names if n in splits}) != fingerprint
+    return splits, ("recorded" if recorded else "recomputed"), changed
+
+
+def _convert_into(stage: Path, work: Path, run, run_path, options: ConvertOptions) -> tuple:
+    """Everything of a convert that writes into the stage; returns (manifest dict, verification table)."""
     model = run.load_model()
     expected = tuple(run.metadata["input_shape"])
     if tuple(model.input_shape[1:]) != expected:
@@ -220,27 +305,25 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
             f"{run.model_path} takes input {tuple(model.input_shape[1:])} but metadata.json says {expected}: "
             "the run directory is inconsistent"
         )
-
-    from edgecls.rundata import load_run_splits
-
-    progress("reading the run's data (train for calibration, test for verification)")
-    # Pruning fine-tunes on whole splits in memory; otherwise large splits stream (edgecls.data).
-    splits = load_run_splits(
-        run, ("train", "val", "test") if options.prune else ("train", "test"), options.workers, stream=not options.prune
-    )
-    if "test" not in splits:
-        raise EdgeclsError("the run has no test split to verify artifacts on: train with --test-fraction > 0")
+    splits, split_kind, changed = _load_data(run, options)
     test = splits["test"]
-    ref_probs, _ = predict_split(lambda x: probabilities(model.predict_on_batch(x)), test)
+    keras_out = _by_file(lambda x: probabilities(model.predict_on_batch(x)), test)
+    paths = list(keras_out)  # the files verified, in order; a file that stops decoding later leaves every side
+    y = np.asarray([keras_out[p][1] for p in paths])
+    split_report = testsplit.check(run, y, split_kind, changed, max_drop=options.max_drop)
+    testsplit.enforce(split_report, options.allow_partial_test)
+    ref_probs = np.stack([keras_out[p][0] for p in paths])
     reference = {
-        "accuracy": float((ref_probs.argmax(1) == test.y).mean()),
+        "accuracy": float((ref_probs.argmax(1) == y).mean()),
         "macs": count_macs(model),
         "params": int(model.count_params()),
     }
     source_accuracy = reference["accuracy"]
     pruning = {}
     if options.prune:
-        model, ref_probs, pruning = _prune(run, model, splits, options, reference)
+        model, pruned, pruning = _prune(run, model, splits, options, reference)
+        index = {p: k for k, p in enumerate(test.paths)}  # pruning runs in memory: every file decoded once
+        ref_probs = pruned[[index[p] for p in paths]]
         reference.update(accuracy=pruning["accuracy_after"], macs=pruning["macs_after"], params=pruning["params_after"])
     sampler = calib.CalibrationSampler(splits["train"], options.seed)
     calibration = sampler.draw(options.calibration_size)
@@ -249,156 +332,187 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
     calibration = {"size": int(len(calibration)), "fingerprint": calib.fingerprint(calibration)}
 
     labels, head = run.labels, run.metadata.get("head", "softmax")
-    rows, artifacts, references = [], [], {}
-    with (
-        tempfile.TemporaryDirectory(prefix="edgecls-convert-") as work,
-        staged_dir(out, overwrite=options.overwrite, **guard) as stage,
-    ):
-        exporter = _Exporter(
-            model,
-            Path(work),
-            sampler,
-            options,
-            next(iter_batches(test, 1))[0],
-            qat=_qat_source(model, run, splits, options),
-        )
-        all_right = ref_probs.argmax(1) == test.y  # check images must be right in Keras and in every artifact
-        for i, fmt in enumerate(options.formats, 1):
-            target = stage / fmt.file
-            failures = []
-            for description, build in exporter.attempts(fmt):
-                progress(
-                    f"[{i}/{len(options.formats)}] {fmt.name}: converting"
-                    + (f" ({description})" if description else "")
-                )
-                try:
-                    with quiet():
-                        built = build(target)
-                except EdgeclsError:
-                    raise
-                except Exception as exc:  # the converters raise many types; name the format and the way out
-                    first = next((l for l in str(exc).splitlines() if l.strip()), type(exc).__name__)
-                    raise EdgeclsError(
-                        f"{fmt.name} conversion failed: {first[:300]} (leave it out with --formats)"
-                    ) from exc
-                if fmt.format == "onnx":
-                    onnx_export.set_metadata(
-                        target, {"labels": labels, "preprocess": run.preprocess.to_dict(), "head": head}
-                    )
-                    onnx_export.check(target)
-                progress(f"[{i}/{len(options.formats)}] {fmt.name}: verifying on {len(test.y)} test images")
-                session = ModelSession(target, fmt.format, head=head)
-                stats = ReferenceStats(labels, run.preprocess)  # gathered in the same pass over the test split
-                predicted, _ = predict_split(session.predict, test, each=stats.update)
-                result = compare(predicted, ref_probs, test.y, labels)
-                drop = 100 * (reference["accuracy"] - result["accuracy"])
-                if drop <= options.max_drop:
-                    break
-                failures.append(f"{description or fmt.name}: -{drop:.2f} points")
-                progress(f"    lost {drop:.2f} points (limit {options.max_drop}); trying the next remedy")
-            else:
-                raise AccuracyGateError(
-                    f"{fmt.name} loses more than {options.max_drop} accuracy points whatever we try "
-                    f"({'; '.join(failures)}): ship without it (--formats) or raise --max-drop"
-                )
-            all_right &= predicted.argmax(1) == test.y
-            # What the device's drift monitoring compares with: this artifact's answers on the test split.
-            references[fmt.name] = stats.result()
-            note = {"remedy": description} if failures else {}
-            if failures:
-                note["failed_attempts"] = failures
-            if fmt.precision == "int8":
-                note["calibration"] = description
-            note.update(built)  # calibration_images, kept_in_float: read off what was built
-            if result["per_class_recall_change"]:
-                note["per_class_recall_change"] = result["per_class_recall_change"]
-            artifacts.append(
-                Artifact(
-                    name=fmt.name,
-                    file=fmt.file,
-                    format=fmt.format,
-                    precision=fmt.precision,
-                    size_bytes=target.stat().st_size,
-                    sha256=sha256_file(target),
-                    input=_tensor_quant(session.backend.input_spec),
-                    output=_tensor_quant(session.backend.output_spec),
-                    accuracy=round(result["accuracy"], 6),
-                    agreement=round(result["agreement"], 6),
-                    max_prob_diff=round(result["max_prob_diff"], 6),
-                    macs=reference["macs"],
-                    notes=note,
-                )
+    exporter = _Exporter(
+        model, work, sampler, options, next(iter_batches(test, 1))[0], qat=_qat_source(model, run, splits, options)
+    )
+    verified = []  # per format: (fmt, description, failures, built, session specs, path -> probs, stats)
+    for i, fmt in enumerate(options.formats, 1):
+        verified.append(_export_verified(i, fmt, stage, exporter, run, test, paths, ref_probs, y, options))
+    # The files every pass decoded: a file that stopped decoding mid-run is dropped from every side.
+    common = [i for i, p in enumerate(paths) if all(p in v["probs"] for v in verified)]
+    dropped = [p for i, p in enumerate(paths) if i not in set(common)]
+    if dropped:
+        progress(f"warning: {len(dropped)} test image(s) stopped decoding during verification (first: {dropped[0]})")
+        split_report = testsplit.check(run, y[common], split_kind, changed, dropped, options.max_drop)
+        testsplit.enforce(split_report, options.allow_partial_test, " (files stopped decoding during verification)")
+        paths, y, ref_probs = [paths[i] for i in common], y[common], ref_probs[common]
+        reference["accuracy"] = float((ref_probs.argmax(1) == y).mean())
+        if not options.prune:
+            source_accuracy = reference["accuracy"]
+    rows, artifacts, references, recalls, keras_recall = [], [], {}, {}, {}
+    all_right = ref_probs.argmax(1) == y  # check images must be right in Keras and in every artifact
+    for v in verified:
+        fmt, description, failures = v["fmt"], v["description"], v["failures"]
+        predicted = np.stack([v["probs"][p] for p in paths])
+        result = compare(predicted, ref_probs, y, labels)
+        if dropped and not gate_passes(result["reference_right"], result["right"], len(y), options.max_drop):
+            raise AccuracyGateError(
+                f"{fmt.name} loses more than {options.max_drop} accuracy points on the test images left after "
+                f"{len(dropped)} stopped decoding: restore them and convert again"
             )
-            rows.append(
-                {
-                    "name": fmt.name,
-                    "size_bytes": artifacts[-1].size_bytes,
-                    **result,
-                    "note": f"fixed by: {description}" if failures else description,
-                }
+        all_right &= predicted.argmax(1) == y
+        recalls[fmt.name], keras_recall = result["per_class_recall"], result["reference_per_class_recall"]
+        # What the device's drift monitoring compares with: this artifact's answers on the test split.
+        references[fmt.name] = v["stats"].result()
+        note = {"remedy": description} if failures else {}
+        if failures:
+            note["failed_attempts"] = failures
+        if fmt.precision == "int8":
+            note["calibration"] = description
+        note.update(v["built"])  # calibration_images, kept_in_float: read off what was built
+        if result["per_class_recall_change"]:
+            note["per_class_recall_change"] = result["per_class_recall_change"]
+        target = stage / fmt.file
+        artifacts.append(
+            Artifact(
+                name=fmt.name,
+                file=fmt.file,
+                format=fmt.format,
+                precision=fmt.precision,
+                size_bytes=target.stat().st_size,
+                sha256=sha256_file(target),
+                input=v["input"],
+                output=v["output"],
+                accuracy=round(result["accuracy"], 6),
+                agreement=round(result["agreement"], 6),
+                max_prob_diff=round(result["max_prob_diff"], 6),
+                macs=reference["macs"],
+                notes=note,
             )
-            session = None  # its runtime's buffers go before the next format converts
-
-        import keras
-        import tensorflow as tf
-
-        manifest = Manifest(
-            labels=labels,
-            preprocess=run.preprocess,
-            head=head,
-            artifacts=artifacts,
-            reference_accuracy=round(reference["accuracy"], 6),
-            source={
-                "run": str(Path(run_path).resolve()),
-                "model_sha256": sha256_file(run.model_path),
-                "model": run.metadata.get("model", {}),
-                "accuracy": round(source_accuracy, 6),
-                "dataset_fingerprint": run.metadata.get("dataset", {}).get("fingerprint"),
-                "test_images": int(len(test.y)),
-                "params": reference["params"],
-                "macs": reference["macs"],
-            },
-            calibration={
-                "size": calibration["size"],
-                "requested": options.calibration_size,
-                "fingerprint": calibration["fingerprint"],
-                "method": options.calibration_method,
-                "drawn_from": "train",
-                "seed": options.seed,
-            },
-            pruning=pruning,
-            reference=references,
-            versions={
-                "edgecls": __version__,
-                "tensorflow": tf.__version__,
-                "keras": keras.__version__,
-                **_runtime_versions(),
-                "python": platform.python_version(),
-            },
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        table = format_table(rows, reference["accuracy"])
-        write_text(stage / LABELS, "\n".join(labels) + "\n")
-        write_text(stage / "verification.txt", table + "\n")
-        manifest.checks = _write_checks(stage, test, all_right, labels, options.check_images)
-        manifest.files = {
-            name: sha256_file(stage / name)
-            for name in (LABELS, "verification.txt", *(c["file"] for c in manifest.checks))
-        }
-        write_json(stage / MANIFEST, manifest.to_dict())
-    if options.tar:
-        _write_tar(out)
-    return ConvertResult(out, manifest.to_dict(), table, time.perf_counter() - started)
+        rows.append(
+            {
+                "name": fmt.name,
+                "size_bytes": artifacts[-1].size_bytes,
+                **result,
+                "note": f"fixed by: {description}" if failures else description,
+            }
+        )
+
+    import keras
+    import tensorflow as tf
+
+    manifest = Manifest(
+        labels=labels,
+        preprocess=run.preprocess,
+        head=head,
+        artifacts=artifacts,
+        reference_accuracy=round(reference["accuracy"], 6),
+        source={
+            "run": str(Path(run_path).resolve()),
+            "model_sha256": sha256_file(run.model_path),
+            "model": run.metadata.get("model", {}),
+            "accuracy": round(source_accuracy, 6),
+            "dataset_fingerprint": run.metadata.get("dataset", {}).get("fingerprint"),
+            "test_images": int(len(y)),
+            "test_split": split_report.to_dict(),
+            "params": reference["params"],
+            "macs": reference["macs"],
+        },
+        calibration={
+            "size": calibration["size"],
+            "requested": options.calibration_size,
+            "fingerprint": calibration["fingerprint"],
+            "method": options.calibration_method,
+            "drawn_from": "train",
+            "seed": options.seed,
+        },
+        pruning=pruning,
+        reference=references,
+        versions={
+            "edgecls": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            **_runtime_versions(),
+            "python": platform.python_version(),
+        },
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    table = format_table(rows, reference["accuracy"])
+    text = "\n".join(
+        [split_report.summary(), table, "", format_recall(labels, split_report.per_class, keras_recall, recalls)]
+    )
+    write_text(stage / LABELS, "\n".join(labels) + "\n")
+    write_text(stage / "verification.txt", text + "\n")
+    manifest.checks = _write_checks(stage, paths, y, all_right, labels, options.check_images)
+    manifest.files = {
+        name: sha256_file(stage / name) for name in (LABELS, "verification.txt", *(c["file"] for c in manifest.checks))
+    }
+    write_json(stage / MANIFEST, manifest.to_dict())
+    return manifest.to_dict(), "\n".join([split_report.summary(), table])
 
 
-def _write_checks(stage: Path, test, right: np.ndarray, labels: list, count: int) -> list:
+def _export_verified(i, fmt, stage, exporter, run, test, paths, ref_probs, y, options) -> dict:
+    """Build one format, trying its remedies in turn until one passes the gate; its answers by file."""
+    labels, head = run.labels, run.metadata.get("head", "softmax")
+    target, total = stage / fmt.file, len(options.formats)
+    failures = []
+    attempts = exporter.attempts(fmt)
+    for n, (description, build) in enumerate(attempts, 1):
+        progress(f"[{i}/{total}] {fmt.name}: converting" + (f" ({description})" if description else ""))
+        try:
+            with quiet():
+                built = build(target)
+        except EdgeclsError:
+            raise
+        except Exception as exc:  # the converters raise many types; name the format and the way out
+            first = next((l for l in str(exc).splitlines() if l.strip()), type(exc).__name__)
+            raise EdgeclsError(f"{fmt.name} conversion failed: {first[:300]} (leave it out with --formats)") from exc
+        if fmt.format == "onnx":
+            onnx_export.set_metadata(target, {"labels": labels, "preprocess": run.preprocess.to_dict(), "head": head})
+            onnx_export.check(target)
+        progress(f"[{i}/{total}] {fmt.name}: verifying on {len(paths)} test images")
+        session = ModelSession(target, fmt.format, head=head)
+        stats = ReferenceStats(labels, run.preprocess)  # gathered in the same pass over the test split
+        found = _by_file(session.predict, test, each=stats.update)
+        both = [k for k, p in enumerate(paths) if p in found]  # a file that stopped decoding is judged without
+        predicted = np.stack([found[paths[k]][0] for k in both])
+        result = compare(predicted, ref_probs[both], y[both], labels)
+        if gate_passes(result["reference_right"], result["right"], len(both), options.max_drop):
+            break
+        drop = 100 * (result["reference_right"] - result["right"]) / len(both)
+        failures.append(f"{description or fmt.name}: -{drop:.2f} points")
+        last = n == len(attempts)
+        progress(
+            f"    lost {drop:.2f} points (limit {options.max_drop}); "
+            + ("no remedy left" if last else "trying the next remedy")
+        )
+    else:
+        raise AccuracyGateError(
+            f"{fmt.name} loses more than {options.max_drop} accuracy points whatever we try "
+            f"({'; '.join(failures)}): ship without it (--formats) or raise --max-drop"
+        )
+    spec = session.backend.input_spec, session.backend.output_spec
+    return {
+        "fmt": fmt,
+        "description": description,
+        "failures": failures,
+        "built": built,
+        "input": _tensor_quant(spec[0]),
+        "output": _tensor_quant(spec[1]),
+        "probs": {p: o for p, (o, _) in found.items()},
+        "stats": stats,
+    }
+
+
+def _write_checks(stage: Path, paths: list, y: np.ndarray, right: np.ndarray, labels: list, count: int) -> list:
     """Copy up to `count` test images (classes in turn) that Keras and every artifact classify right.
 
     Only images every format gets right: a check image must fail the smoke test because the device is
     wrong, not because the model was. The file's own bytes are kept, so the device decodes what the
     user's data looked like.
     """
-    by_class = [[i for i in np.flatnonzero(right) if test.y[i] == c] for c in range(len(labels))]
+    by_class = [[i for i in np.flatnonzero(right) if y[i] == c] for c in range(len(labels))]
     chosen = []
     for turn in range(count):
         for indices in by_class:
@@ -406,10 +520,10 @@ def _write_checks(stage: Path, test, right: np.ndarray, labels: list, count: int
                 chosen.append(int(indices[turn]))
     checks = []
     for n, i in enumerate(chosen):
-        source = Path(test.paths[i])
+        source = Path(paths[i])
         name = f"check-{n:02d}{source.suffix.lower()}"
         write_bytes(stage / name, source.read_bytes())
-        checks.append({"file": name, "label": labels[int(test.y[i])]})
+        checks.append({"file": name, "label": labels[int(y[i])]})
     return checks
 
 
@@ -423,13 +537,3 @@ def _runtime_versions() -> dict:
         except PackageNotFoundError:
             pass
     return found
-
-
-def _write_tar(bundle: Path) -> Path:
-    """BUNDLE.tar beside the directory, written to a temp name and renamed."""
-    target = bundle.with_name(bundle.name + ".tar")
-    tmp = target.with_name(f".{target.name}.partial")
-    with tarfile.open(tmp, "w") as tar:
-        tar.add(bundle, arcname=bundle.name)
-    tmp.replace(target)
-    return target

@@ -192,6 +192,23 @@ class Bundle:
             )
         return path
 
+    def verify_files(self) -> None:
+        """Every file the manifest's `files` lists, by sha256, and labels.txt against the manifest's labels:
+        what flash checks before it sends a bundle, so a bundle edited by hand is refused here too."""
+        for name, digest in self.manifest.files.items():
+            path = self.root / check_file_name(name, f"bundle {self.root}: the files list")
+            if path.is_symlink() or not path.is_file() or sha256_file(path) != digest:
+                raise BundleError(
+                    f"bundle {self.root}: {name} is missing or does not match the manifest (sha256): "
+                    f"the bundle was edited or damaged; copy or convert it again"
+                )
+        labels = self.root / LABELS
+        if labels.is_file() and labels.read_text(encoding="utf-8", errors="replace").splitlines() != self.labels:
+            raise BundleError(
+                f"bundle {self.root}: {LABELS} does not list the manifest's labels in the same order: "
+                f"the bundle was edited or damaged; copy or convert it again"
+            )
+
 
 def check_file_name(name, where: str) -> str:
     """`name` if it is a plain file name inside the bundle, else a BundleError.

@@ -92,15 +92,21 @@ def test_fp32_artifacts_match_keras_and_int8_stays_close(tiny_run_dir, tiny_bund
             assert diff < 0.2, art.name
 
 
-def test_failed_accuracy_gate_tries_remedies_and_leaves_no_bundle(tiny_run_dir, tmp_path):
+def test_failed_accuracy_gate_tries_remedies_and_leaves_no_bundle(tiny_run_dir, tmp_path, capsys):
+    """A negative limit (the library's way to fail every attempt; the CLI refuses it) tries every remedy."""
+    from converters.formats import parse_formats
+    from converters.pipeline import AccuracyGateError, ConvertOptions, convert
+
     out = tmp_path / "never"
-    result = run_cli(
-        "convert", tiny_run_dir, "--out", out, "--formats", "onnx-int8", "--max-drop", "-50", "--calibration-size", "16"
-    )
-    error = cli_error(result)
-    assert "onnx-int8 loses more than -50.0 accuracy points" in error
+    options = ConvertOptions(formats=parse_formats("onnx-int8"), max_drop=-50, calibration_size=16)
+    with pytest.raises(AccuracyGateError) as refused:
+        convert(tiny_run_dir, out, options)
+    error = str(refused.value)
+    assert "onnx-int8 loses more than -50 accuracy points" in error
     for remedy in ("more calibration data", "percentile", "entropy", "kept in float"):
         assert remedy in error
+    said = capsys.readouterr().err
+    assert said.count("trying the next remedy") == 4 and said.count("no remedy left") == 1
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
 
 

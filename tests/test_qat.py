@@ -186,52 +186,32 @@ def test_i11_p4_convert_qat_always_ships_a_verified_full_int8_artifact(tiny_run_
         assert manifest["labels"][int(session.predict(x).argmax())] == check["label"]
 
 
-def test_i11_p4_convert_qat_never_does_not_train(tiny_run_dir, tmp_path):
-    """With every attempt failing the gate (--max-drop -100), the default would end with QAT; never does not."""
-    from conftest import cli_error, run_cli
+def test_i11_p4_convert_qat_never_does_not_train(tiny_run_dir, tmp_path, capsys):
+    """With every attempt failing the gate (max_drop -100: the library's way; the CLI refuses a negative limit),
+    the default would end with QAT; never does not."""
+    from converters.formats import parse_formats
+    from converters.pipeline import AccuracyGateError, ConvertOptions, convert
 
-    done = run_cli(
-        "convert",
-        tiny_run_dir,
-        "--out",
-        tmp_path / "b",
-        "--formats",
-        "tflite-int8",
-        "--qat",
-        "never",
-        "--calibration-size",
-        "8",
-        "--max-drop",
-        "-100",
-    )
-    line = cli_error(done)
+    options = ConvertOptions(formats=parse_formats("tflite-int8"), qat="never", calibration_size=8, max_drop=-100.0)
+    with pytest.raises(AccuracyGateError) as refused:
+        convert(tiny_run_dir, tmp_path / "b", options)
+    line = str(refused.value)
     assert "tflite-int8 loses more than -100.0 accuracy points whatever we try" in line
     assert "per-channel, 8 calibration images" in line
-    assert "quantization-aware" not in done.stderr  # neither tried nor announced
+    assert "quantization-aware" not in capsys.readouterr().err  # neither tried nor announced
     assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.slow
 def test_i11_p4_convert_qat_remedy_is_the_gates_last_attempt(tiny_run_dir, tmp_path):
-    """The control for the test above: the same command without --qat never ends with QAT."""
-    from conftest import cli_error, run_cli
+    """The control for the test above: the same options without qat never end with QAT."""
+    from converters.formats import parse_formats
+    from converters.pipeline import AccuracyGateError, ConvertOptions, convert
 
-    line = cli_error(
-        run_cli(
-            "convert",
-            tiny_run_dir,
-            "--out",
-            tmp_path / "b",
-            "--formats",
-            "tflite-int8",
-            "--qat-epochs",
-            "1",
-            "--calibration-size",
-            "8",
-            "--max-drop",
-            "-100",
-        )
-    )
+    options = ConvertOptions(formats=parse_formats("tflite-int8"), qat_epochs=1, calibration_size=8, max_drop=-100.0)
+    with pytest.raises(AccuracyGateError) as refused:
+        convert(tiny_run_dir, tmp_path / "b", options)
+    line = str(refused.value)
     assert line.index("per-channel, 8 calibration images") < line.index("quantization-aware training (1 epoch)")
 
 

@@ -63,7 +63,13 @@ QAT_MODES = ("remedy", "always", "never")
     show_default=True,
     help="Epochs of quantization-aware fine-tuning on the run's training split.",
 )
-@click.option("--tar", is_flag=True, help="Also write BUNDLE.tar.")
+@click.option(
+    "--allow-partial-test",
+    is_flag=True,
+    help="Verify even when the test split lost images or classes since training (or an old run's dataset "
+    "changed); what was missing is recorded in the manifest and verification.txt.",
+)
+@click.option("--tar", is_flag=True, help="Also write BUNDLE.tar (replacing only an archive edgecls wrote).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle (only a bundle or an empty folder).")
 @click.option(
     "--check-images",
@@ -89,6 +95,7 @@ def convert(
     qat,
     no_qat,
     qat_epochs,
+    allow_partial_test,
     tar,
     overwrite,
     check_images,
@@ -99,13 +106,20 @@ def convert(
         if qat not in ("remedy", "never"):
             raise EdgeclsError(f"--no-qat contradicts --qat {qat}: give one of them")
         qat = "never"
+    from converters.pipeline import check_max_drop
     from edgecls.outputs import bundle_guard
     from edgecls.rundir import open_run
+
+    check_max_drop(max_drop)
     from runtime.atomic import check_output
 
     # Before anything heavy is imported or loaded: only a bundle of ours (or an empty folder) may be
     # replaced, and never the run being converted or its dataset.
     check_output(out, overwrite, **bundle_guard(open_run(run)))
+    if tar:
+        from converters.output import check_tar_output
+
+        check_tar_output(out, overwrite)
 
     from converters.formats import parse_formats
     from converters.pipeline import ConvertOptions
@@ -125,6 +139,7 @@ def convert(
         seed=seed,
         qat=qat,
         qat_epochs=qat_epochs,
+        allow_partial_test=allow_partial_test,
     )
     result = run_convert(run, out, options)
     click.echo(result.table)

@@ -46,11 +46,14 @@ def _image_paths(paths) -> list:
 def predict(bundle, paths, top_k, as_json, artifact, device, threads):
     """Classify image files and folders (recursively) with a bundle; no TensorFlow needed."""
     from devices import load_profile
+    from runtime.bundle import load_bundle
     from runtime.classifier import Classifier
     from runtime.errors import ImageDecodeError
 
     images = _image_paths(paths)
-    classifier = Classifier(bundle, artifact=artifact, profile=load_profile(device), threads=threads, top_k=top_k)
+    loaded = load_bundle(bundle)
+    loaded.verify_files()  # labels.txt and the check images too, as flash does: not only the artifact
+    classifier = Classifier(loaded, artifact=artifact, profile=load_profile(device), threads=threads, top_k=top_k)
     failed = 0
     for path in images:
         try:

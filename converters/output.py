@@ -1,0 +1,144 @@
+"""Where convert writes: BUNDLE.tar under the same rules as the bundle folder, and one convert per --out.
+
+Both are checked before any work, so a refusal costs nothing and nothing of the user's is replaced.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import tarfile
+import tempfile
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from runtime.atomic import staged_dir
+from runtime.bundle import MANIFEST
+from runtime.errors import EdgeclsError
+
+
+def tar_path(out) -> Path:
+    """BUNDLE.tar beside the bundle folder (absolute: `--out .` has a name too)."""
+    out = Path(os.path.abspath(out))
+    return out.with_name(out.name + ".tar")
+
+
+def _is_our_tar(path: Path, bundle_name: str) -> bool:
+    """A tar whose BUNDLE/manifest.json is an edgecls bundle manifest: one `--tar` wrote."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            member = tar.getmember(f"{bundle_name}/{MANIFEST}")
+            data = tar.extractfile(member).read(1 << 22) if member.isfile() else b""
+        meta = json.loads(data)
+    except (OSError, KeyError, ValueError, tarfile.TarError, AttributeError):
+        return False
+    return isinstance(meta, dict) and str(meta.get("format", "")).startswith("edgecls-bundle/")
+
+
+def check_tar_output(out, overwrite: bool = False) -> Path:
+    """Refuse a BUNDLE.tar path whose replacement could destroy something that is not ours; returns it."""
+    target = tar_path(out)
+    if target.is_symlink():
+        raise EdgeclsError(f"{target} (--tar) is a symbolic link: choose another --out or move it away yourself")
+    if target.is_dir():
+        raise EdgeclsError(f"{target} (--tar) exists and is a folder: choose another --out or move it away yourself")
+    if not target.exists():
+        return target
+    if not _is_our_tar(target, target.name[: -len(".tar")]):
+        raise EdgeclsError(
+            f"{target} (--tar) already exists and is not an edgecls bundle archive, so --overwrite will not "
+            f"replace it: choose another --out or move it away yourself"
+        )
+    if not overwrite:
+        raise EdgeclsError(f"{target} (--tar) already exists: choose another --out or pass --overwrite to replace it")
+    return target
+
+
+def write_tar(stage: Path, out: Path) -> Path:
+    """BUNDLE.tar of the stage (as BUNDLE/), in a stage folder of its own beside it: a kill leaves only a stage
+    that the next convert into this folder removes. Returns the finished file, still in its stage."""
+    holder = Path(
+        tempfile.mkdtemp(prefix=f".{out.name}.tar.{os.getpid()}@{_host()}.", suffix=".partial", dir=out.parent)
+    )
+    tmp = holder / f"{out.name}.tar"
+    with tarfile.open(tmp, "w") as tar:
+        tar.add(stage, arcname=out.name)
+    return tmp
+
+
+def publish_tar(tmp: Path, out: Path, overwrite: bool) -> Path:
+    """Move the finished tar to BUNDLE.tar: replacing only our own archive, never a file that appeared meanwhile."""
+    target = tar_path(out)
+    try:
+        check_tar_output(out, overwrite)
+        if target.exists():
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)  # fails if anything took the name since the check
+    except FileExistsError:
+        raise EdgeclsError(
+            f"{target} (--tar) appeared while this convert ran; it was left alone (the bundle folder is written): "
+            f"choose another --out"
+        ) from None
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+    return target
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _other_writer(out: Path) -> int | None:
+    """The pid of a live process of this host staging `out` (staged_dir names its stage after its pid)."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(\d+)@{re.escape(_host())}\.[a-z0-9_]+\.partial$")
+    for entry in out.parent.iterdir():
+        m = pattern.match(entry.name)
+        if m and int(m[1]) != os.getpid() and _alive(int(m[1])):
+            return int(m[1])
+    return None
+
+
+@contextmanager
+def claimed_stage(out: Path, overwrite: bool, guard: dict):
+    """`staged_dir(out)` entered for the whole convert, after making sure no other convert stages `out`.
+
+    The look and the stage's creation happen under flock(2) on the parent folder (released by the kernel
+    if we die), so of two converts racing to one --out the second always sees the first's stage and pid.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with ExitStack() as stack:
+            fd = os.open(out.parent, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                pid = _other_writer(out)
+                if pid is not None:
+                    raise EdgeclsError(
+                        f"another convert (pid {pid}) is writing {out}: wait for it to finish or choose another --out"
+                    )
+                path = stack.enter_context(staged_dir(out, overwrite=overwrite, **guard))
+            finally:
+                os.close(fd)  # releases the flock: our stage now shows the next convert who holds `out`
+            yield path
+    except FileExistsError as exc:
+        if exc.args[:1] != (out,):
+            raise
+        raise EdgeclsError(
+            f"output {out} appeared while this convert ran (written by another process): it was left alone; "
+            f"choose another --out"
+        ) from None

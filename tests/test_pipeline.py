@@ -1,0 +1,204 @@
+"""convert's pipeline: the test split it verifies on, where it writes, and what a kill leaves behind."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_error, run_cli, train_on_private_copy
+
+
+@pytest.fixture(scope="module")
+def private_run(tmp_path_factory, shapes_folder):
+    """A 16 px run on its own copy of the shapes: tests may change its data (and put it back)."""
+    return train_on_private_copy(shapes_folder, tmp_path_factory.mktemp("private"))
+
+
+def _test_files(run: Path, data: Path) -> list:
+    record = json.loads((run / "split.json").read_text())
+    return [(data / e[0] if isinstance(e, list) else data / e["path"]) for e in record["splits"]["test"]]
+
+
+def _convert(run, out, **options):
+    from converters.formats import parse_formats
+    from converters.pipeline import ConvertOptions, convert
+
+    return convert(run, out, ConvertOptions(formats=parse_formats("tflite-fp32"), max_drop=100.0, **options))
+
+
+def test_convert_refuses_a_test_split_that_lost_images_and_records_them_when_allowed(private_run, tmp_path, capsys):
+    from runtime.errors import DataError
+
+    run, data = private_run
+    files = _test_files(run, data)
+    gone = {f: f.read_bytes() for f in files[:3]}
+    try:
+        for f in gone:
+            f.unlink()
+        with pytest.raises(DataError) as refused:
+            _convert(run, tmp_path / "b")
+        assert f"3 of the {len(files)} test images the run was tested on are gone" in str(refused.value)
+        assert "--allow-partial-test" in str(refused.value)
+        assert not (tmp_path / "b").exists()
+        _convert(run, tmp_path / "b", allow_partial_test=True)
+    finally:
+        for f, data_ in gone.items():
+            f.write_bytes(data_)
+    split = json.loads((tmp_path / "b" / "manifest.json").read_text())["source"]["test_split"]
+    assert split["images"] == len(files) - 3 and split["recorded"] == len(files) and split["missing"] == 3
+    assert split["allowed_partial"] and sum(split["per_class"].values()) == len(files) - 3
+    text = (tmp_path / "b" / "verification.txt").read_text()
+    assert f"verified on {len(files) - 3} test images" in text and "PARTIAL" in text
+    assert "per-class recall" in text and all(label in text for label in split["per_class"])
+    assert f"WARNING: only {len(files) - 3} test images" in capsys.readouterr().err  # tiny: flagged loudly
+
+
+def test_convert_refuses_a_test_split_that_lost_a_whole_class(private_run, tmp_path):
+    from runtime.errors import DataError
+
+    run, data = private_run
+    labels = json.loads((run / "metadata.json").read_text())["labels"]
+    circles = [f for f in _test_files(run, data) if f.parent.name == labels[0]]
+    saved = {f: f.read_bytes() for f in circles}
+    try:
+        for f in circles:
+            f.write_bytes(b"not an image any more")  # changed since training: dropped as changed
+        with pytest.raises(DataError, match=f"class\\(es\\) {labels[0]} lost every test image"):
+            _convert(run, tmp_path / "b")
+    finally:
+        for f, data_ in saved.items():
+            f.write_bytes(data_)
+    assert not (tmp_path / "b").exists()
+
+
+def test_convert_of_an_old_run_refuses_when_its_dataset_changed(private_run, tmp_path):
+    """No split.json: the split is recomputed from the folder; a folder that changed would mix training images in."""
+    from runtime.errors import DataError
+
+    run, data = private_run
+    old = tmp_path / "old-run"
+    shutil.copytree(run, old)
+    (old / "split.json").unlink()
+    added = []
+    try:
+        for f in sorted(data.rglob("*.png"))[:6]:
+            added.append(f.with_name("copy-" + f.name))
+            shutil.copy(f, added[-1])
+        with pytest.raises(DataError, match="no split.json and its dataset changed since training"):
+            _convert(old, tmp_path / "b")
+    finally:
+        for f in added:
+            f.unlink()
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("case", ["user-file", "folder", "link"])
+def test_tar_never_replaces_what_is_not_an_edgecls_archive(private_run, tmp_path, case):
+    run, _ = private_run
+    target = tmp_path / "b.tar"
+    if case == "user-file":
+        target.write_bytes(b"years of work")
+    elif case == "folder":
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    else:
+        (tmp_path / "elsewhere").write_text("mine")
+        target.symlink_to(tmp_path / "elsewhere")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    error = cli_error(run_cli("convert", run, "--out", tmp_path / "b", "--formats", "tflite-fp32", "--tar"))
+    assert "(--tar)" in error and "choose another --out" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # refused before any work: no bundle, no partial
+    assert case != "user-file" or target.read_bytes() == b"years of work"
+
+
+def test_convert_out_dot_with_tar_writes_the_archive_beside_the_folder(private_run, tmp_path):
+    run, _ = private_run
+    here = tmp_path / "here"
+    here.mkdir()
+    done = run_cli("convert", run, "--out", ".", "--formats", "tflite-fp32", "--max-drop", "100", "--tar", cwd=here)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (here / "manifest.json").is_file() and (tmp_path / "here.tar").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "here.tar"]  # no partial left
+
+
+def test_a_test_file_that_stops_decoding_mid_run_is_dropped_from_every_side(private_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECLS_IN_MEMORY_MB", "0")  # streamed: files are decoded in each pass
+    from converters.formats import parse_formats
+    from converters.pipeline import ConvertOptions, convert
+
+    run, data = private_run
+    victim = _test_files(run, data)[0]
+    saved, out, stop = victim.read_bytes(), tmp_path / "b", threading.Event()
+
+    def spoil_after_the_first_artifact():
+        while not stop.is_set():
+            if list(tmp_path.glob(".b.*.partial/model_fp32.tflite")):
+                victim.write_bytes(saved[:20])
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=spoil_after_the_first_artifact)
+    watcher.start()
+    try:
+        options = ConvertOptions(
+            formats=parse_formats("tflite-fp32,onnx-fp32"), max_drop=100.0, allow_partial_test=True
+        )
+        convert(run, out, options)
+    finally:
+        stop.set()
+        watcher.join()
+        victim.write_bytes(saved)
+    split = json.loads((out / "manifest.json").read_text())["source"]["test_split"]
+    assert split["dropped"] == [str(victim)] and split["images"] == len(_test_files(run, data)) - 1
+
+
+def test_two_converts_racing_to_one_out_the_second_names_the_first(private_run, tmp_path):
+    run, _ = private_run
+    out = tmp_path / "b"
+    args = [sys.executable, "-m", "edgecls.cli", "convert", str(run), "--out", str(out), "--formats", "tflite-fp32"]
+    first = subprocess.Popen([*args, "--max-drop", "100"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".b.*.partial")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        error = cli_error(run_cli("convert", run, "--out", out, "--formats", "tflite-fp32", "--max-drop", "100"))
+        assert f"another convert (pid {first.pid}) is writing {out}" in error
+    finally:
+        first.communicate(timeout=300)
+    assert first.returncode == 0 and (out / "manifest.json").is_file()
+
+
+def test_kill_9_leaves_nothing_that_a_rerun_does_not_remove(private_run, tmp_path):
+    """The ONNX export of the model is written in the stage, which the next convert into the folder removes."""
+    run, _ = private_run
+    temp, parent = tmp_path / "tmp", tmp_path / "out"
+    temp.mkdir()
+    parent.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    args = [sys.executable, "-m", "edgecls.cli", "convert", str(run), "--out", str(parent / "b")]
+    args += ["--formats", "onnx-fp32", "--max-drop", "100"]
+    victim = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not [*temp.rglob("*.onnx"), *parent.rglob("*.onnx")]:
+        time.sleep(0.02)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [p.name for p in parent.iterdir()] == ["b"]
+    assert not [p for p in temp.iterdir() if p.name.startswith("edgecls-convert-") or p.suffix == ".onnx"]
+
+
+def test_max_drop_nan_or_negative_is_refused_before_any_work(private_run, tmp_path):
+    run, _ = private_run
+    for value in ("nan", "-1"):
+        error = cli_error(run_cli("convert", run, "--out", tmp_path / "b", "--max-drop", value))
+        assert f"--max-drop {float(value)} is not a number of accuracy points of 0 or more" in error
+    assert list(tmp_path.iterdir()) == []
