@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from runtime.bundle import sha256_file  # noqa: E402
 from runtime.daemon import Daemon  # noqa: E402
-from tests.daemon_helpers import wait_for, write_test_video  # noqa: E402
+from tests.daemon_helpers import http_get, wait_for, write_test_video  # noqa: E402
 
 
 def relabelled(src, dest, prefix):
@@ -119,7 +119,9 @@ def test_i7_p6_symlink_move_and_sighup_swap_the_model_and_a_broken_bundle_is_ref
             repoint(current, third)  # a broken release: refused, the second model keeps serving
             detail = wait_for(lambda: health()["model"]["last_error"] and health(), 20, "the refusal in /healthz")
             assert "does not match the manifest" in detail["model"]["last_error"] and detail["unhealthy"] == []
-            assert detail["model"]["failures"] == 1 and detail["model"]["bundle"] == str(third)
+            assert detail["model"]["failures"] == 1 and detail["model"]["bundle"] == str(second)  # still serving
+            assert detail["model"]["refused"]["bundle"] == str(third)
+            assert "does not match the manifest" in detail["model"]["refused"]["error"]
             assert reload_metrics() == ({"ok": 1.0, "failed": 1.0}, 1.0)
             before = latest()["frame"]
             wait_for(lambda: latest()["frame"] > before + 5, 20, "results still flowing after the refusal")
@@ -130,6 +132,7 @@ def test_i7_p6_symlink_move_and_sighup_swap_the_model_and_a_broken_bundle_is_ref
             os.kill(os.getpid(), signal.SIGHUP)
             wait_for(lambda: serving(third_labels), 5, "the repaired bundle after SIGHUP")
             assert health()["model"]["last_error"] is None and reload_metrics() == ({"ok": 2.0, "failed": 1.0}, 0.0)
+            assert health()["model"]["refused"] is None and health()["model"]["bundle"] == str(third)
         finally:
             poller.stop.set()
             poller.join(3)
@@ -139,3 +142,58 @@ def test_i7_p6_symlink_move_and_sighup_swap_the_model_and_a_broken_bundle_is_ref
 
     daemon.run(on_start=scenario)
     print(f"swap visible in /latest after {timings['swap_s']:.2f} s; {timings['requests']} HTTP requests, none failed")
+
+
+def test_a_switch_of_current_while_the_daemon_starts_is_served_as_healthz_says(tiny_bundle, video, tmp_path):
+    """`current` flips back and forth while the daemon loads its model, 25 times: once the flipping stops, the model
+    that answers (/latest's labels) is always the one /healthz names, and that is where `current` points."""
+    releases = {}
+    for name, prefix in (("release-1", "one_"), ("release-2", "two_")):
+        path, labels = relabelled(tiny_bundle, tmp_path / name, prefix)
+        releases[str(path)] = labels
+    current = tmp_path / "current"
+    os.symlink(next(iter(releases)), current)
+    paths = list(releases)
+    for start in range(25):
+        stop = threading.Event()
+
+        def flip():
+            i = 0
+            while not stop.is_set():
+                i += 1
+                repoint(current, paths[i % 2])
+                time.sleep(0.001)
+
+        flipper = threading.Thread(target=flip, daemon=True)
+        flipper.start()
+        try:
+            daemon = Daemon(current, [video], port=0, sinks=[], source_options={"loop": True})
+        finally:
+            stop.set()
+            flipper.join()
+        final = os.path.realpath(current)
+        seen = {}
+
+        def scenario(d):
+            try:
+
+                def agreed():
+                    health = json.loads(http_get(d.url + "/healthz")[1])  # 503 until the first frame: read it too
+                    latest = json.loads(http_get(d.url + "/latest")[1])[str(video)]
+                    if latest is None or health["model"]["bundle"] != final:
+                        return None
+                    return latest["frame"]
+
+                after = wait_for(agreed, 10, "/healthz naming the release `current` points to") + 1
+                # A frame classified after /healthz said so: its labels are the named release's.
+                latest = wait_for(
+                    lambda: (r := json.loads(http_get(d.url + "/latest")[1])[str(video)])["frame"] > after and r,
+                    10,
+                    "a later result",
+                )
+                seen["labels"] = {t["label"] for t in latest["topk"]}
+            finally:
+                d.request_stop()
+
+        daemon.run(on_start=scenario)
+        assert seen["labels"] <= releases[final], (start, final, seen["labels"])

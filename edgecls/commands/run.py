@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import click
 
+from edgecls.commands._errors import OneLineErrors
+
 ENV_PREFIX = "EDGECLS_RUN"
 TOKEN_ENV = f"{ENV_PREFIX}_TOKEN"
+
+
+class Finite(click.FloatRange):
+    """A FloatRange that also refuses nan and infinity (FloatRange lets nan through: it compares false)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number: give a plain number such as 5 or 0.5", param, ctx)
+        return number
+
+
+SECONDS = Finite(min=0, min_open=True)
 
 
 def _load_config(ctx, param, path):
@@ -45,7 +61,7 @@ def _load_config(ctx, param, path):
     ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in data.items()}}
 
 
-@click.command(context_settings={"auto_envvar_prefix": ENV_PREFIX})
+@click.command(cls=OneLineErrors, context_settings={"auto_envvar_prefix": ENV_PREFIX})
 @click.argument("bundle", type=click.Path(), required=False, envvar=f"{ENV_PREFIX}_BUNDLE")
 @click.option(
     "--config",
@@ -84,14 +100,14 @@ def _load_config(ctx, param, path):
 )
 @click.option(
     "--fps",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, max=1000, min_open=True),
     help="Play a video file or folder as a live camera at this rate: the newest frame is classified and "
     "frames inference cannot keep up with are dropped (counted).",
 )
 @click.option("--max-frames", type=click.IntRange(1), help="Stop after this many classified frames (per source).")
 @click.option(
     "--timeout",
-    type=float,
+    type=Finite(min=0, max=3600, min_open=True),
     default=5.0,
     show_default=True,
     help="Seconds to wait for a frame before reporting a stall.",
@@ -114,18 +130,14 @@ def _load_config(ctx, param, path):
     type=click.IntRange(1),
     help="Daemon mode: average the probabilities of the last N frames of each source.",
 )
-@click.option(
-    "--threshold", type=click.FloatRange(0, 1), help="Daemon mode: label results scoring below this `unknown`."
-)
+@click.option("--threshold", type=Finite(0, 1), help="Daemon mode: label results scoring below this `unknown`.")
 @click.option(
     "--stall-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     help="Daemon mode: reopen a source that "
     "delivers no new frame for this many seconds (with capped exponential backoff).  [default: 10]",
 )
-@click.option(
-    "--duration", type=click.FloatRange(min=0, min_open=True), help="Daemon mode: stop after this many seconds."
-)
+@click.option("--duration", type=SECONDS, help="Daemon mode: stop after this many seconds.")
 @click.option(
     "--results",
     type=click.Path(dir_okay=False),
@@ -134,7 +146,7 @@ def _load_config(ctx, param, path):
 )
 @click.option(
     "--results-max-mb",
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     default=10.0,
     show_default=True,
     help="Rotate the --results file past this size (0: never).",
@@ -167,7 +179,7 @@ def _load_config(ctx, param, path):
 )
 @click.option(
     "--capture-below",
-    type=click.FloatRange(0, 1),
+    type=Finite(0, 1),
     default=0.5,
     show_default=True,
     help="With --capture: save frames whose top-1 score is below this.",
@@ -175,7 +187,7 @@ def _load_config(ctx, param, path):
 @click.option("--capture-every", type=click.IntRange(1), help="Also capture a random 1 in N frames.")
 @click.option(
     "--capture-max-mb",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=500.0,
     show_default=True,
     help="Delete the oldest captures past this size.",
@@ -189,7 +201,7 @@ def _load_config(ctx, param, path):
 )
 @click.option(
     "--drift-threshold",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     help="Daemon mode: a source whose "
     "mean brightness (either way) or mean top-1 confidence (downward) moved further than this many standard "
     "deviations of the test images, from the reference or from its own first window, is reported in drift "
@@ -200,6 +212,13 @@ def _load_config(ctx, param, path):
     type=click.Path(dir_okay=False),
     help="OpenSSH allowed-signers file: load only "
     "bundles signed (`edgecls sign`) by one of its keys, at start and on every hot reload.",
+)
+@click.option(
+    "--wait-for-sources/--no-wait-for-sources",
+    default=None,
+    help="Keep retrying a live source that cannot be opened at start (a camera plugged in later, a stream "
+    "not up yet) instead of stopping with an error naming the cause. The default under systemd "
+    "(Type=notify, as `edgecls service unit` writes it), off otherwise.",
 )
 @click.option(
     "--show",
@@ -240,6 +259,7 @@ def run(
     drift_window,
     drift_threshold,
     allowed_signers,
+    wait_for_sources,
     show,
 ):
     """Classify frames from a camera, stream, video or folder; one JSON line per frame.
@@ -265,6 +285,8 @@ def run(
 
     if bundle is None:
         raise EdgeclsError("no bundle to run: give BUNDLE, `bundle = ...` in --config, or EDGECLS_RUN_BUNDLE")
+    if wait_for_sources is None:  # a service waits for its camera (systemd sets NOTIFY_SOCKET for Type=notify)
+        wait_for_sources = bool(os.environ.get("NOTIFY_SOCKET"))
     from runtime.sources import parse_source, redact_uri
 
     profile = load_profile(device)
@@ -327,6 +349,7 @@ def run(
                 duration=duration,
                 results=results,
                 results_max_mb=results_max_mb,
+                wait_for_sources=wait_for_sources,
                 **{
                     k: v
                     for k, v in (("drift_window", drift_window), ("drift_threshold", drift_threshold))
@@ -347,15 +370,29 @@ def run(
             pacing=pacing,
             max_frames=max_frames,
             allowed_signers=allowed_signers,
+            wait_for_sources=wait_for_sources,
         )
 
 
 def _run_simple(
-    bundle, uri, *, profile, artifact, threads, top_k, loop, timeout, pacing, max_frames, allowed_signers
+    bundle,
+    uri,
+    *,
+    profile,
+    artifact,
+    threads,
+    top_k,
+    loop,
+    timeout,
+    pacing,
+    max_frames,
+    allowed_signers,
+    wait_for_sources,
 ) -> None:
     """One source, one JSON line per frame on stdout, events on stderr."""
     from runtime.bundle import load_bundle
     from runtime.classifier import Classifier
+    from runtime.errors import EdgeclsError
     from runtime.sources import Source, SourceEnded, SourceTimeout
 
     if allowed_signers:
@@ -367,6 +404,11 @@ def _run_simple(
     classifier = Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
     done = 0
     with Source(uri, loop=loop, timeout_s=timeout, profile=profile, **pacing) as src:
+        if src.spec.live and src.stats.last_error and not src.stats.frames and not wait_for_sources:
+            # Its first open failed (Source retries in the background): a camera that was never there.
+            from runtime.daemon.supervisor import open_fix
+
+            raise EdgeclsError(f"cannot open source {src.spec.shown}: {open_fix(src.spec)}")
         while max_frames is None or done < max_frames:
             try:
                 frame = src.read()
@@ -447,6 +489,7 @@ def _run_daemon(
     """Several sources, HTTP, smoothing: the daemon in runtime.daemon; events go to stderr as JSON lines."""
     from runtime.daemon import Daemon
     from runtime.daemon.sinks import JsonlFileSink, StdoutSink
+    from runtime.errors import EdgeclsError
 
     sinks = [JsonlFileSink(results, max_bytes=int(results_max_mb * 1024 * 1024))] if results else [StdoutSink()]
     if mqtt:
@@ -474,3 +517,6 @@ def _run_daemon(
 
     summary = daemon.run(on_start=started)
     click.echo(json.dumps({"event": "stopped", "sources": summary}), err=True)
+    failures = daemon.failures() if daemon.ended_by == "sources" else []
+    if failures:  # failed is not ended: exit non-zero, so systemd's Restart=on-failure starts it again
+        raise EdgeclsError("; ".join(failures))

@@ -32,6 +32,14 @@ def rss_mb() -> float | None:
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS. On Linux, VmHWM: ru_maxrss keeps the parent's peak across a vfork + exec
+    (so a worker started by a 1 GB quickstart process reported 1 GB whatever it ran)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 

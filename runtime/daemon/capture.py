@@ -2,10 +2,10 @@
 
 Layout, chosen so that `edgecls train --data DIR` takes the folder as soon as images are moved into
 class folders: new captures land in `DIR/.unlabelled/SOURCE/` (a dot folder, which training ignores)
-as `TIME-FRAME.jpg` with a `TIME-FRAME.json` sidecar (source, time, frame, top-k, score, bundle and
-artifact; strict JSON: a score that is not a number is null); a person moves the JPEGs they label into
-`DIR/<class>/`. SOURCE is the source's name made safe for a path, with a short hash of the name when
-it had to be changed. One daemon per capture folder.
+as `TIME-FRAME.jpg` with a `TIME-FRAME.json` sidecar (source, time, frame, top-k, score, and the bundle,
+version, artifact and sha256 of the model that produced the result; strict JSON: a score that is not a
+number is null); a person moves the JPEGs they label into `DIR/<class>/`. SOURCE is the source's name
+made safe for a path, with a short hash of the name when it had to be changed. One daemon per capture folder.
 
 Frames are offered by the classification loops and written by one thread of its own through a small
 bounded queue: a full queue drops the frame and counts it, so capture never slows classification.
@@ -31,6 +31,7 @@ from runtime.atomic import _TEMP_FILE, write_bytes, write_text
 log = logging.getLogger("edgecls.daemon")
 
 INBOX = ".unlabelled"
+ERROR_LOG_EVERY_S = 60.0  # a full or read-only disk fails every frame: one line a minute says it
 
 
 def _folder_name(source: str) -> str:
@@ -73,6 +74,9 @@ class Capture:
         self.below, self.sample, self.max_bytes = below, sample, max_bytes
         self.model = dict(model or {})
         self.captured = self.dropped = 0
+        self.errors = 0  # captures that failed to write (a full or read-only disk): counted, logged rarely
+        self.last_error: str | None = None
+        self._logged_at: float | None = None  # time.monotonic() of the last error line
         self._random = random.Random(seed)
         self._queue = queue.Queue(maxsize=queue_size)
         self._files = self._existing()  # [(paths of one capture, bytes)] oldest first: an image and its sidecar
@@ -120,9 +124,28 @@ class Capture:
                 self._write(*item)
             except Exception as exc:  # a full disk must not end the daemon: say so, drop the frame
                 self.dropped += 1
-                log.error("capture failed: %s: %s", type(exc).__name__, exc)
+                self._failed(exc)
             finally:
                 self._queue.task_done()
+
+    def _failed(self, exc: Exception) -> None:
+        """Count the failure; log the first, then one line per ERROR_LOG_EVERY_S with the count (not one a frame)."""
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= ERROR_LOG_EVERY_S:
+            self._logged_at = now
+            log.error("capture failed (%d times so far, frames dropped): %s", self.errors, self.last_error)
+
+    def status(self) -> dict:
+        """For /healthz."""
+        return {
+            "captured": self.captured,
+            "dropped": self.dropped,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "pending": self.pending,
+        }
 
     @property
     def pending(self) -> int:
@@ -155,6 +178,7 @@ class Capture:
                 "score": result.get("score"),
                 "topk": result.get("topk"),
                 **self.model,
+                **(result.get("model") or {}),  # the model that produced this very result, reloads included
             }
         )
         image_path, sidecar_path = stem.with_suffix(".jpg"), stem.with_suffix(".json")

@@ -14,6 +14,7 @@ and which statistic moved against what.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -74,6 +75,7 @@ class Daemon:
         capture=None,
         drift_window: int = DEFAULT_WINDOW,
         drift_threshold: float = DEFAULT_THRESHOLD,
+        wait_for_sources: bool = True,
     ):
         sources = [str(s) for s in sources]
         if not sources:
@@ -86,23 +88,30 @@ class Daemon:
             raise EdgeclsError(f"--stall-timeout {stall_timeout}: give a positive number of seconds")
         options = {"profile": profile, **(source_options or {})}
         self.supervisors = [
-            Supervisor(uri, name=name, stall_timeout=stall_timeout, backoff=backoff, **options)
+            Supervisor(
+                uri,
+                name=name,
+                stall_timeout=stall_timeout,
+                backoff=backoff,
+                wait_for_source=wait_for_sources,
+                **options,
+            )
             for uri, name in zip(sources, _unique_names(sources))
         ]
         self._model_options = {"artifact": artifact, "profile": profile, "threads": threads, "top_k": top_k}
         self.allowed_signers = allowed_signers  # when set, only bundles signed by one of these keys are loaded
-        self.classifier = classifier if classifier is not None else self._load_classifier(bundle)
+        # `current` is resolved once and loaded from there: a switch during start is then a move the reloader
+        # sees (it starts from this target), never a model that differs from the one /healthz names.
+        serving = None if bundle is None else os.path.realpath(bundle)
+        self.classifier = classifier if classifier is not None else self._load_classifier(serving)
         self.sinks = list(sinks) if sinks is not None else [StdoutSink()]
-        self.capture = capture
-        if capture is not None:  # sidecars name the model that was unsure
-            art = self.classifier.artifact
-            capture.model.update(
-                {"bundle": self.classifier.bundle.manifest.created or "", "artifact": art.name, "sha256": art.sha256}
-            )
+        self.capture = capture  # each sidecar names the model of its result (loop.py), reloads included
         self.duration = duration
         self.drift = DriftMonitor(drift_window, drift_threshold)
         self.metrics = Metrics()
         self.metrics.track_drift(self.drift)
+        if capture is not None:
+            self.metrics.track_capture(capture)
         self._describe_model()
         self.loops = []
         for supervisor in self.supervisors:
@@ -141,12 +150,15 @@ class Daemon:
         self.reloader = (
             None
             if bundle is None
-            else Reloader(bundle, load=self._load_classifier, swap=self.swap_classifier, metrics=self.metrics)
+            else Reloader(
+                bundle, load=self._load_classifier, swap=self.swap_classifier, metrics=self.metrics, serving=serving
+            )
         )
         self.notifier = None  # a SystemdNotifier when started under systemd (Type=notify)
         self._stop = threading.Event()
         self._stopped = False
         self._sink_errors = 0
+        self.ended_by: str | None = None  # "stop" (signal, stop(), window), "duration", or "sources" (all done)
 
     def _load_classifier(self, bundle):
         from runtime.bundle import load_bundle
@@ -220,6 +232,7 @@ class Daemon:
             "degraded": degraded,
             "sources": detail,
             "model": model,
+            **({"capture": self.capture.status()} if self.capture is not None else {}),
         }
 
     def latest(self) -> dict:
@@ -283,15 +296,35 @@ class Daemon:
         """Until stop() or a signal, `duration` has passed, or every loop has finished."""
         deadline = None if self.duration is None else time.monotonic() + self.duration
         tick = 0.05 if self.window is None else 1 / 30  # a window is redrawn from this thread (HighGUI's rule)
+        self.ended_by = "stop"
         while not self._stop.wait(tick):
             if deadline is not None and time.monotonic() >= deadline:
+                self.ended_by = "duration"
+                break
+            if any(s.unopened for s in self.supervisors):  # a source that was never there: a setup mistake
+                self.ended_by = "sources"
                 break
             if all(loop.done for loop in self.loops):
+                self.ended_by = "sources"
                 if self.capture is not None:  # offline input ended: finish its captures (a signal still stops)
                     self.capture.drain(CAPTURE_DRAIN_S, stop=self._stop)
                 break
             if self.window is not None and not self.window.update():
                 break  # q or Esc in the window
+
+    def failures(self) -> list:
+        """Why each failed source failed (not those that ended), as lines; [] when none failed.
+
+        After `run()` ended by itself (`ended_by == "sources"`) a non-empty list is a failed run: the CLI
+        exits non-zero so systemd's Restart=on-failure restarts it.
+        """
+        lines = []
+        for supervisor in self.supervisors:
+            s = supervisor.stats
+            if s.state == "failed":
+                reason = s.reason or "failed"
+                lines.append(reason if supervisor.name in reason else f"{supervisor.name}: {reason}")
+        return lines
 
     def run(self, on_start=None) -> dict:
         """start, wait, stop; SIGTERM/SIGINT stop it cleanly. Returns `summary()`."""

@@ -34,6 +34,17 @@ log = logging.getLogger("edgecls.daemon")
 UNKNOWN = "unknown"
 
 
+def model_info(classifier) -> dict:
+    """The model a result came from, as results and capture sidecars name it (/healthz's `bundle` path too)."""
+    art = classifier.artifact
+    return {
+        "bundle": str(classifier.bundle.root),
+        "version": classifier.bundle.manifest.created or "",
+        "artifact": art.name,
+        "sha256": art.sha256,
+    }
+
+
 class Smoother:
     """Mean of the last `window` probability vectors, then a threshold below which the label is `unknown`.
 
@@ -190,6 +201,7 @@ class SourceLoop:
         self.smoother = Smoother(smooth, threshold)
         self._top_k = top_k
         self.top_k = min(top_k or classifier.top_k, len(classifier.labels))
+        self.model = model_info(classifier)  # put in every result: after a reload, the new model's
         self._pending = None  # a reloaded classifier, adopted before the next frame
         self._swap_lock = threading.Lock()
         self.max_frames = max_frames
@@ -219,6 +231,7 @@ class SourceLoop:
         # The old model's probabilities mean nothing to the new one (other labels, maybe another count).
         self.smoother = Smoother(self.smoother._history.maxlen, self.smoother.threshold)
         self.top_k = min(self._top_k or classifier.top_k, len(classifier.labels))
+        self.model = model_info(classifier)
         if self.drift is not None:  # the old window measured the old model: start afresh against the new reference
             self.drift.adopt(classifier)
 
@@ -306,6 +319,7 @@ class SourceLoop:
             "total": round(total_s * 1000, 3),
         }
         result["frame_age_ms"] = round(frame.age_ms, 1)
+        result["model"] = dict(self.model)
         if self.metrics is not None:
             self.metrics.observe_frame(frame.source, infer_s=t2 - t1, total_s=total_s, age_s=frame.age_ms / 1000)
         return result

@@ -120,6 +120,29 @@ class _DriftCollector:
         yield from (reference, score, psi, frames, degraded)
 
 
+class _CaptureCollector:
+    """--capture's counters, read from the Capture at scrape time."""
+
+    def __init__(self, capture):
+        self._capture = capture
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        c = self._capture
+        yield CounterMetricFamily("edgecls_captures", "Frames saved by --capture.", value=c.captured)
+        yield CounterMetricFamily(
+            "edgecls_capture_errors",
+            "Captures that could not be written (full or read-only disk); each frame dropped.",
+            value=c.errors,
+        )
+        yield CounterMetricFamily(
+            "edgecls_captures_dropped",
+            "Frames --capture wanted but dropped (queue full or write error).",
+            value=c.dropped,
+        )
+
+
 class Metrics:
     """The daemon's metrics; `registry` is what /metrics exposes."""
 
@@ -185,6 +208,10 @@ class Metrics:
     def track_drift(self, monitor) -> None:
         """Expose a `runtime.monitor.drift.DriftMonitor`'s sources (read at scrape time)."""
         self.registry.register(_DriftCollector(monitor))
+
+    def track_capture(self, capture) -> None:
+        """Expose a `runtime.daemon.capture.Capture`'s counts (read at scrape time)."""
+        self.registry.register(_CaptureCollector(capture))
 
     def observe_frame(self, source: str, *, infer_s: float, total_s: float, age_s: float) -> None:
         self.frames.labels(source=source).inc()

@@ -3,7 +3,8 @@
 The new bundle is loaded and verified (sha256, input shape) on this thread while the old model
 keeps serving; only a loaded Classifier is handed to the loops, which adopt it between two frames.
 A bundle that fails to load is refused: the old model stays, and why is logged, kept for /healthz
-and counted in metrics. A refused target is not retried until the link moves again or SIGHUP.
+(`refused`, apart from `bundle`, which always names the bundle serving) and counted in metrics. A refused
+target is not retried until the link moves again or SIGHUP.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ class Reloader:
 
     load(path) -> a ready Classifier (raises on a bad bundle); swap(classifier) installs it.
     metrics: a `runtime.daemon.metrics.Metrics` or None. poll_s: how often the link is read.
+
+    serving: the resolved path the model in use was loaded from (default: where `path` points now). A daemon
+    resolves its link once and loads from there, so a switch during its start is seen here as a move.
     """
 
-    def __init__(self, path, *, load, swap, metrics=None, poll_s: float = 0.5):
+    def __init__(self, path, *, load, swap, metrics=None, poll_s: float = 0.5, serving: str | None = None):
         self.path = str(path)
         self._load, self._swap, self._metrics = load, swap, metrics
         self.poll_s = poll_s
-        self.target = os.path.realpath(self.path)
+        self.target = os.path.realpath(self.path) if serving is None else str(serving)  # the bundle serving
+        self.refused: dict | None = None  # {"bundle", "error", "at"} of the last refused target, until one loads
+        self._seen = self.target  # where the link pointed at the last look: only a move is worth a load
         self.reloads = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -50,9 +56,10 @@ class Reloader:
         self._requested.set()
 
     def status(self) -> dict:
-        """For /healthz: which bundle serves, and why the last reload was refused (None when it was not)."""
+        """For /healthz: which bundle serves, and the one refused since (None when the last reload worked)."""
         return {
             "bundle": self.target,
+            "refused": None if self.refused is None else dict(self.refused),
             "reloads": self.reloads,
             "failures": self.failures,
             "last_error": self.last_error,
@@ -66,7 +73,8 @@ class Reloader:
                 return
             self._requested.clear()
             target = os.path.realpath(self.path)
-            if requested or target != self.target:
+            moved, self._seen = target != self._seen, target
+            if requested or (moved and target != self.target):
                 self.reload(target, "SIGHUP" if requested else f"{self.path} now points to {target}")
 
     def reload(self, target: str, why: str) -> bool:
@@ -78,13 +86,14 @@ class Reloader:
         except Exception as exc:  # any failure keeps the old model serving
             self.failures += 1
             self.last_error = f"{target}: {type(exc).__name__}: {exc}"
-            self.target = target  # refused once; tried again when the link moves or on SIGHUP
+            # Remembered apart from the serving one: not retried until the link moves again or SIGHUP.
+            self.refused = {"bundle": target, "error": f"{type(exc).__name__}: {exc}", "at": self.last_attempt}
             log.error("model reload refused, the old model keeps serving: %s", self.last_error)
             if self._metrics is not None:
                 self._metrics.reload_done(ok=False)
             return False
         self._swap(classifier)
-        self.target, self.last_error = target, None
+        self.target, self.last_error, self.refused = target, None, None
         self.reloads += 1
         log.info("model reloaded from %s (%d labels)", target, len(classifier.labels))
         if self._metrics is not None:

@@ -38,6 +38,21 @@ def display_name(uri: str) -> str:
     return redact_uri(uri)
 
 
+def open_fix(spec) -> str:
+    """What to check when a source never opened, by kind (and how to keep trying instead)."""
+    wait = "or add --wait-for-sources to keep trying until it appears"
+    if spec.kind in ("camera", "v4l2"):
+        return (
+            "check that the camera is there (`ls /dev/video*`) and that this user may open it (group `video`: "
+            f"`sudo usermod -aG video $USER`, then log in again), {wait}"
+        )
+    if spec.kind == "gstreamer":
+        return f"check the pipeline with `gst-launch-1.0` and that OpenCV was built with GStreamer, {wait}"
+    if spec.kind == "network":
+        return f"check the URL, that the camera or server answers from here and its user and password, {wait}"
+    return "check that the file is readable and is a video or image OpenCV can decode"
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Delays between reopen attempts: first, doubled each failure, capped; reset once frames flow again."""
@@ -72,6 +87,9 @@ class Supervisor:
     source_options: passed to Source (loop, every_frame, realtime, fps, profile, timeout_s).
     max_failures: consecutive failed opens before the state becomes "failed" for good (None: never
       for live sources; files and folders fail on the first, since retrying cannot bring them back).
+    wait_for_source: False: a live source whose very first open fails is "failed" at once (`unopened` says
+      so, the reason names the cause and the fix), since a camera that was never there is a setup mistake;
+      True: it is retried like any outage (a camera that appears after boot).
     """
 
     def __init__(
@@ -82,6 +100,7 @@ class Supervisor:
         stall_timeout: float = 10.0,
         backoff: Backoff | None = None,
         max_failures: int | None = None,
+        wait_for_source: bool = True,
         **source_options,
     ):
         self.uri = str(uri)
@@ -90,6 +109,9 @@ class Supervisor:
         self.stall_timeout = stall_timeout
         self.backoff = backoff or Backoff()
         self.max_failures = max_failures if self.spec.live else 1
+        self.wait_for_source = wait_for_source
+        self.unopened = False  # gave up on a source that never opened (wait_for_source False)
+        self._ever_opened = False
         self.source_options = {"timeout_s": min(5.0, stall_timeout), **source_options}
         self.stats = SupervisorStats(state_since=time.monotonic())
         self._lock = threading.Lock()
@@ -194,10 +216,16 @@ class Supervisor:
                     source = self._open()
                 except SourceError as exc:
                     failures += 1
+                    if not self._ever_opened and not self.wait_for_source:
+                        with self._lock:
+                            self.unopened = True
+                            self._set_state("failed", f"{exc}: {open_fix(self.spec)}")
+                        return
                     if self._give_up(failures, str(exc)):
                         return
                     self._wait_before_reopen(failures, str(exc))
                     continue
+                self._ever_opened = True
                 with self._lock:
                     if self._stop.is_set():
                         source.close(join_timeout=0.2)

@@ -165,7 +165,8 @@ def health_request(url: str, token_file: str = "", timeout: float = 5):
 def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str = "") -> str | None:
     """Wait until GET `url` (the daemon's /healthz) is 200 and serves `release`; a failure message, or None.
 
-    The daemon reports the bundle it serves (its hot reload follows `current`) and why a reload was refused.
+    The daemon reports the bundle it serves (its hot reload follows `current`) and, apart, the one it refused
+    (`refused`): a refused `release` fails at once, whatever `bundle` says.
     A 401 is final: waiting does not make a missing or wrong token right.
     """
     want = str(Path(release).resolve())
@@ -177,10 +178,14 @@ def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str
             model = detail.get("model") if isinstance(detail.get("model"), dict) else detail
             serving = model.get("bundle")
             error = model.get("last_error") or ""
+            refused = model.get("refused") if isinstance(model.get("refused"), dict) else {}
+            # The refusal first: a daemon that keeps the old model must never count as serving the new one.
+            if refused.get("bundle") == want:
+                return f"the daemon refused the new bundle: {str(refused.get('error'))[:300]}"
+            if want in error and "refused" not in model:  # a daemon from before `refused` existed
+                return f"the daemon refused the new bundle: {error[:300]}"
             if serving is None or serving == want:
                 return None
-            if want in error:
-                return f"the daemon refused the new bundle: {error[:300]}"
             last = f"still serving {serving}"
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
