@@ -288,3 +288,89 @@ def test_i12_p3_a_nan_score_gives_a_strict_json_sidecar(tmp_path):
     assert "NaN" not in text
     meta = json.loads(text, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
     assert meta["score"] is None and meta["topk"] == [{"label": "a", "score": None}]
+
+
+def test_results_and_capture_sidecars_name_the_model_that_produced_them_across_a_reload(tiny_bundle, tmp_path):
+    """Before and after a hot reload, each result and each sidecar names the bundle whose labels it carries."""
+    import os
+
+    from tests.daemon_helpers import wait_for
+    from tests.test_daemon_reload import relabelled, repoint
+
+    first, one = relabelled(tiny_bundle, tmp_path / "release-1", "one_")
+    second, two = relabelled(tiny_bundle, tmp_path / "release-2", "two_")
+    current = tmp_path / "current"
+    os.symlink(first, current)
+    video = write_test_video(tmp_path / "clip.avi", frames=20)
+    capture = Capture(tmp_path / "captures", below=0.0, sample=1, queue_size=256)  # every frame
+    sink = ListSink()
+    daemon = Daemon(current, [video], sinks=[sink], capture=capture, source_options={"loop": True})
+
+    def labels(topk):
+        return {t["label"] for t in topk}
+
+    def scenario(d):
+        try:
+            wait_for(lambda: len(sink.results) > 5, 20, "results from the first bundle")
+            repoint(current, second)
+            wait_for(lambda: sum(labels(r["topk"]) <= two for r in list(sink.results)) > 5, 20, "the second model")
+        finally:
+            d.request_stop()
+
+    daemon.run(on_start=scenario)
+    expected = {}
+    for result in sink.results:
+        bundle = first if labels(result["topk"]) <= one else second
+        assert result["model"]["bundle"] == str(bundle), result
+        assert result["model"]["artifact"] and len(result["model"]["sha256"]) == 64
+        expected[result["frame"]] = str(bundle)
+    assert set(expected.values()) == {str(first), str(second)}
+    sidecars = [json.loads(p.read_text()) for p in (tmp_path / "captures" / INBOX).rglob("*.json")]
+    models = {meta["bundle"] for meta in sidecars}
+    assert models == {str(first), str(second)}, models  # captures after the reload name the new model
+    for meta in sidecars:
+        assert meta["bundle"] == (str(first) if labels(meta["topk"]) <= one else str(second)), meta
+
+
+def test_capture_errors_are_counted_logged_once_a_minute_and_shown_in_healthz(tiny_bundle, tmp_path, caplog):
+    """A read-only capture folder fails every frame: a few log lines (not one per frame), every failure counted in
+    /metrics (edgecls_capture_errors_total) and shown in /healthz with the last error."""
+    import logging
+    import os
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.daemon_helpers import http_get, wait_for
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=True)
+    try:
+        capture = Capture(folder, below=0.0, sample=1)  # every frame
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        video = write_test_video(tmp_path / "clip.avi", frames=20)
+        daemon = Daemon(tiny_bundle, [video], port=0, sinks=[], capture=capture, source_options={"loop": True})
+        seen = {}
+
+        def scenario(d):
+            try:
+                wait_for(lambda: capture.errors >= 30, 30, "30 failed captures")
+                seen["health"] = json.loads(http_get(d.url + "/healthz")[1])
+                body = http_get(d.url + "/metrics")[1].decode()
+                family = next(f for f in text_string_to_metric_families(body) if f.name == "edgecls_capture_errors")
+                seen["metric"] = family.samples[0].value
+            finally:
+                d.request_stop()
+
+        with caplog.at_level(logging.INFO, logger="edgecls.daemon"):
+            daemon.run(on_start=scenario)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+    lines = [r for r in caplog.records if r.levelno >= logging.ERROR and "capture" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
+    assert "Read-only file system" in lines[0].getMessage()
+    assert seen["metric"] >= 30
+    status = seen["health"]["capture"]
+    assert status["errors"] >= 30 and "Read-only file system" in status["last_error"], status
