@@ -71,6 +71,7 @@ class ConvertResult:
     manifest: dict
     table: str
     seconds: float
+    test_split: str = ""  # what verification ran on, one line (the first of verification.txt)
 
 
 def _tensor_quant(spec) -> TensorQuant:
@@ -228,12 +229,12 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
         work = stage / WORK
         work.mkdir()
         with _temp_files_in(work):  # the ONNX export, TF's SavedModel: gone with the stage if we are killed
-            manifest, table = _convert_into(stage, work, run, run_path, options)
+            manifest, table, split_line = _convert_into(stage, work, run, run_path, options)
         shutil.rmtree(work)
         tar = write_tar(stage, out) if options.tar else None
     if tar is not None:
         publish_tar(tar, out, options.overwrite)
-    return ConvertResult(out, manifest, table, time.perf_counter() - started)
+    return ConvertResult(out, manifest, table, time.perf_counter() - started, split_line)
 
 
 WORK = ".work"  # inside the stage: temp files of the conversion
@@ -297,7 +298,7 @@ def _load_data(run, options: ConvertOptions) -> tuple:
 
 
 def _convert_into(stage: Path, work: Path, run, run_path, options: ConvertOptions) -> tuple:
-    """Everything of a convert that writes into the stage; returns (manifest dict, verification table)."""
+    """Everything of a convert that writes into the stage; returns (manifest dict, table, test split line)."""
     model = run.load_model()
     expected = tuple(run.metadata["input_shape"])
     if tuple(model.input_shape[1:]) != expected:
@@ -449,7 +450,7 @@ def _convert_into(stage: Path, work: Path, run, run_path, options: ConvertOption
         name: sha256_file(stage / name) for name in (LABELS, "verification.txt", *(c["file"] for c in manifest.checks))
     }
     write_json(stage / MANIFEST, manifest.to_dict())
-    return manifest.to_dict(), "\n".join([split_report.summary(), table])
+    return manifest.to_dict(), table, split_report.summary()
 
 
 def _export_verified(i, fmt, stage, exporter, run, test, paths, ref_probs, y, options) -> dict:

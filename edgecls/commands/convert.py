@@ -142,5 +142,6 @@ def convert(
         allow_partial_test=allow_partial_test,
     )
     result = run_convert(run, out, options)
+    click.echo(result.test_split)
     click.echo(result.table)
     click.echo(f"bundle written to {result.bundle} in {result.seconds:.1f}s")
