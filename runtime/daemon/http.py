@@ -11,9 +11,10 @@ go to the debug log with secrets blanked; headers (where the token travels) are 
 Without a token, a request naming a Host that is not an IP address, a localhost name, this machine's
 name or one of `allowed_hosts` is refused (a DNS-rebinding page in a browser names its own domain).
 
-A fixed pool of `workers` threads serves the connections, which wait in a bounded queue without a
-thread of their own (more are answered 503), and a request must arrive whole within
-`request_timeout` of its accept, so slow or silent clients cannot multiply threads or hold them long.
+Threads are bounded: a connection holds none until its request head has arrived (one selector
+thread reads the heads of all), then one of `workers` threads answers it; a request must arrive
+whole within `request_timeout` of the accept, and too many waiting connections are answered 503.
+So silent or slow clients (slowloris) cannot multiply threads, hold them, or slow classification.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import logging
 import queue
 import re
+import selectors
 import socket
 import threading
 import time
@@ -39,7 +41,7 @@ log = logging.getLogger("edgecls.daemon")
 
 WORKERS = 16  # threads serving requests, started as needed; the daemon's own threads come on top
 MAX_STREAMS = 8  # preview viewers at once: each holds a worker, the rest stay for scrapers and health checks
-MAX_QUEUED = 512  # connections waiting for a worker (no thread each); more are answered 503
+MAX_PENDING = 512  # connections still sending their request (no thread each); more are answered 503
 FREE_FAILURES = 10  # wrong tokens a client may send before it must wait
 MAX_LOCKOUT_S = 60.0
 _BUSY = (
@@ -54,9 +56,9 @@ class StatusServer:
 
     health() -> (healthy: bool, detail: dict); latest() -> dict; metrics() -> (body bytes, content type).
     idle_timeout: seconds a viewer may stop reading before it is dropped.
-    request_timeout: seconds a client has to send a whole request (line, headers, body); also the keep-alive wait.
+    request_timeout: seconds from the accept a client has to send its whole request (line, headers, body).
     workers: threads serving requests; max_streams of them may hold preview streams (more viewers get 503).
-    max_queued: accepted connections waiting for a worker; more are answered 503 and closed.
+    max_pending: connections whose request has not fully arrived (they hold no thread); more get 503 and close.
     allowed_hosts: Host names accepted besides IP addresses, localhost and this machine's names (token-less only);
       "*" accepts any.
     """
@@ -74,7 +76,7 @@ class StatusServer:
         idle_timeout: float = 10.0,
         request_timeout: float | None = None,
         workers: int = WORKERS,
-        max_queued: int = MAX_QUEUED,
+        max_pending: int = MAX_PENDING,
         max_streams: int = MAX_STREAMS,
         allowed_hosts=(),
     ):
@@ -91,7 +93,6 @@ class StatusServer:
                 "preview": preview,
                 "stopping": self._stopping,
                 "timeout": idle_timeout,
-                "request_timeout": idle_timeout if request_timeout is None else request_timeout,
                 "allowed_hosts": None if token else _allowed_hosts(host, allowed_hosts),
                 "guesses": _Guesses(),
                 "streams": threading.BoundedSemaphore(max(1, min(max_streams, workers - 1))),
@@ -100,7 +101,13 @@ class StatusServer:
         self._health, self._latest_fn, self._metrics_fn = health, latest, metrics
         self._preview = preview
         try:
-            self._server = _Server((host, port), handler, workers, max_queued)
+            self._server = _Server(
+                (host, port),
+                handler,
+                workers=workers,
+                max_pending=max_pending,
+                request_timeout=idle_timeout if request_timeout is None else request_timeout,
+            )
         except OSError as exc:
             raise EdgeclsError(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}: pick another --port or --host"
@@ -222,45 +229,40 @@ class _Guesses:
 
 
 class _Server(HTTPServer):
-    """A fixed pool of worker threads (started as needed) serving accepted connections from a bounded queue.
+    """Connections wait, without a thread, until their request head (line and headers) has arrived; then one of
+    a fixed pool of worker threads (started as needed) answers it and closes the connection.
 
-    A connection waits in the queue without a thread; its request deadline runs from the accept, so the silent
-    ones that waited are closed at once. Beyond `max_queued` waiting, a connection is answered 503 and closed.
+    Silent and slow clients (slowloris) cost a socket, not a thread: a head not complete within
+    `request_timeout` of the accept is dropped, and beyond `max_pending` waiting a new connection is answered
+    503 and closed. So `workers` bounds the threads, and a worker only waits for a client's body (up to the
+    same deadline) or a preview viewer.
     """
 
     request_queue_size = 128  # 5 (the default backlog) makes a burst of scrapers wait out SYN retries
 
-    def __init__(self, address, handler, workers: int, max_queued: int):
-        self._queue: queue.Queue = queue.Queue()
-        self._workers, self._max_workers, self._max_queued = [], workers, max_queued
-        self._idle = 0
+    def __init__(self, address, handler, *, workers: int, max_pending: int, request_timeout: float):
+        self._ready: queue.Queue = queue.Queue()  # (socket, address, head bytes, deadline), or None to end a worker
+        self._workers, self._max_workers, self._idle = [], workers, 0
         self._pool_lock = threading.Lock()
-        self.accepted_at = threading.local()  # the handler reads its connection's accept time here
+        self.current = threading.local()  # what the handler of this worker's connection reads: head, deadline
         super().__init__(address, handler)
+        self._heads = _HeadReader(self._dispatch, self.shutdown_request, max_pending, request_timeout)
 
     def process_request(self, request, client_address):
-        if self._queue.qsize() >= self._max_queued:  # full: say so at once (never blocks) and close
-            try:
-                request.setblocking(False)
-                request.send(_BUSY)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
+        self._heads.add(request, client_address)
+
+    def _dispatch(self, request, client_address, head: bytes, deadline: float) -> None:
         with self._pool_lock:
-            if self._queue.qsize() >= self._idle and len(self._workers) < self._max_workers:
+            if self._ready.qsize() >= self._idle and len(self._workers) < self._max_workers:
                 worker = threading.Thread(target=self._work, name=f"http-{len(self._workers)}", daemon=True)
                 self._workers.append(worker)
                 self._idle += 1
                 worker.start()
-        self._queue.put((request, client_address, time.monotonic()))
+        self._ready.put((request, client_address, head, deadline))
 
     def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            request, client_address, self.accepted_at.value = item
+        while (item := self._ready.get()) is not None:
+            request, client_address, self.current.head, self.current.deadline = item
             with self._pool_lock:
                 self._idle -= 1
             try:
@@ -274,15 +276,16 @@ class _Server(HTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        while True:  # connections still waiting: closed, not left to time out
+        self._heads.close()
+        while True:  # answered by nobody now: closed, not left to time out
             try:
-                item = self._queue.get_nowait()
+                item = self._ready.get_nowait()
             except queue.Empty:
                 break
             if item is not None:
                 self.shutdown_request(item[0])
         for _ in self._workers:
-            self._queue.put(None)
+            self._ready.put(None)
 
     def handle_error(self, request, client_address):
         # socketserver prints a traceback on stderr for any error; a client that hung up or went silent is routine.
@@ -295,17 +298,130 @@ class _Server(HTTPServer):
             log.error("http %s: %s: %s", client_address[0], type(exc).__name__, exc, exc_info=True)
 
 
-class _DeadlineReader(io.RawIOBase):
-    """The socket's reading side with one deadline for a whole request, not a timeout per read (slowloris)."""
+class _HeadReader:
+    """One thread and a selector: reads each new connection's request head without blocking, hands a complete
+    one to `dispatch`, and drops connections whose deadline passed (or answers 503 when too many wait)."""
 
-    def __init__(self, sock):
-        self._sock = sock
-        self.deadline = time.monotonic()
+    MAX_HEAD = 65536 + 100 * 1024  # the request line and headers stdlib accepts at most; more is its 414/431
+
+    def __init__(self, dispatch, drop, max_pending: int, timeout: float):
+        self._dispatch, self._drop, self._max_pending, self._timeout = dispatch, drop, max_pending, timeout
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._new: list = []
+        self._lock = threading.Lock()
+        self._pending: dict = {}  # socket -> [address, head so far, deadline]
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="http-heads", daemon=True)
+        self._thread.start()
+
+    def add(self, sock, address) -> None:
+        with self._lock:
+            self._new.append((sock, address, time.monotonic() + self._timeout))
+        self._wake()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+        self._thread.join(2.0)
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:  # the wake-up pipe is full: the thread is awake anyway
+            pass
+
+    def _run(self) -> None:
+        try:
+            while not self._closed:
+                now = time.monotonic()
+                wait = min((entry[2] for entry in self._pending.values()), default=now + 1.0) - now
+                for key, _ in self._selector.select(max(0.0, min(wait, 1.0))):
+                    if key.data is None:
+                        self._take_new()
+                    else:
+                        self._read(key.fileobj)
+                self._expire()
+        finally:
+            for sock in list(self._pending):
+                self._forget(sock)
+                self._drop(sock)
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _take_new(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+        with self._lock:
+            new, self._new = self._new, []
+        for sock, address, deadline in new:
+            if len(self._pending) >= self._max_pending:  # full: say so at once (never blocks) and close
+                try:
+                    sock.setblocking(False)
+                    sock.send(_BUSY)
+                except OSError:
+                    pass
+                self._drop(sock)
+                continue
+            sock.setblocking(False)
+            self._pending[sock] = [address, b"", deadline]
+            self._selector.register(sock, selectors.EVENT_READ, address)
+
+    def _read(self, sock) -> None:
+        entry = self._pending[sock]
+        try:
+            chunk = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # the client left before its request was whole
+            self._forget(sock)
+            self._drop(sock)
+            return
+        entry[1] += chunk
+        head = entry[1]
+        if b"\r\n\r\n" in head or b"\n\n" in head or len(head) > self.MAX_HEAD:
+            self._forget(sock)
+            sock.setblocking(True)
+            self._dispatch(sock, entry[0], head, entry[2])
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for sock in [s for s, entry in self._pending.items() if entry[2] <= now]:
+            self._forget(sock)
+            self._drop(sock)
+
+    def _forget(self, sock) -> None:
+        self._pending.pop(sock, None)
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The request as read so far (its head), then the socket with one deadline for the whole request (the
+    body included), not a timeout per read: a client sending a byte at a time cannot hold the worker."""
+
+    def __init__(self, sock, head: bytes, deadline: float):
+        self._sock, self._head, self.deadline = sock, head, deadline
 
     def readable(self):
         return True
 
     def readinto(self, buffer):
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the request did not arrive in time")
@@ -342,23 +458,22 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     # A viewer that stopped reading would hold its thread forever.
     timeout = 10.0
-    request_timeout = 10.0
     allowed_hosts: frozenset | None = None
     guesses: _Guesses
     streams: threading.BoundedSemaphore
 
     def setup(self):
         super().setup()
-        self.rfile.close()  # socket.makefile's reader: replaced by one with a deadline per request
-        self._reader = _DeadlineReader(self.connection)
-        self.rfile = io.BufferedReader(self._reader)
-        self._next_deadline = getattr(self.server.accepted_at, "value", time.monotonic()) + self.request_timeout
-
-    def handle_one_request(self):
-        self._reader.deadline = self._next_deadline  # the first from the accept: time in the queue counts
+        self.rfile.close()  # socket.makefile's reader: replaced by the head already read, then the deadline
+        self.rfile = io.BufferedReader(
+            _DeadlineReader(self.connection, self.server.current.head, self.server.current.deadline)
+        )
         self._answered = False
-        super().handle_one_request()
-        self._next_deadline = time.monotonic() + self.request_timeout  # the keep-alive wait for the next one
+
+    def handle(self):
+        # One request per connection: the next one waits for its head again without a thread (see _Server).
+        self.handle_one_request()
+        self.close_connection = True
 
     def log_message(self, fmt, *args):  # the request line only, secrets blanked; never headers
         log.debug("http %s: %s", self.client_address[0], redact(fmt % args))
