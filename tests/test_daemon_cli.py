@@ -148,3 +148,65 @@ def test_http_options_without_a_port_are_refused(tiny_bundle, video):
     assert "--host configures the HTTP server: add --port" in cli_error(
         run_cli("run", tiny_bundle, "--source", video, "--host", "0.0.0.0")
     )
+
+
+def test_the_daemon_exits_non_zero_when_its_sources_failed_and_zero_when_they_ended(tiny_bundle, video, tmp_path):
+    """Failed is not ended: a video that cannot be decoded fails its source, and the daemon then exits 1 naming it
+    (systemd's Restart=on-failure restarts it); a video that plays to its end exits 0."""
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(b"not a video at all" * 100)
+    failed = run_cli("run", tiny_bundle, "--source", broken, "--duration", "60", timeout=120)
+    assert f"cannot open source {broken}" in cli_error(failed)
+    ended = run_cli("run", tiny_bundle, "--source", video, "--duration", "60", "--every-frame", timeout=120)
+    assert ended.returncode == 0, ended.stderr[-2000:]
+
+
+NOT_NUMBERS = [
+    ("--timeout", "nan"),
+    ("--timeout", "-1"),
+    ("--timeout", "inf"),
+    ("--fps", "nan"),
+    ("--threshold", "nan"),
+    ("--stall-timeout", "nan"),
+    ("--stall-timeout", "inf"),
+    ("--duration", "nan"),
+    ("--results-max-mb", "inf"),
+    ("--results-max-mb", "nan"),
+    ("--capture-below", "nan"),
+    ("--capture-max-mb", "inf"),
+    ("--drift-threshold", "nan"),
+    ("--smooth", "-1"),
+]
+
+
+def test_every_numeric_option_refuses_nan_infinity_and_negatives_in_one_line(tiny_bundle, video, tmp_path):
+    """Each bad number is one `error:` line naming the option, exit 1, before any model loads (--duration 3 bounds a
+    run that wrongly starts)."""
+    for option, value in NOT_NUMBERS:
+        extra = ["--capture", str(tmp_path / "captures")] if option.startswith("--capture-") else []
+        args = ["run", tiny_bundle, "--source", video, "--duration", "3", *extra, option, value]
+        if option == "--duration":
+            args = ["run", tiny_bundle, "--source", video, "--port", "0", option, value]
+        done = run_cli(*args, timeout=60)
+        assert done.returncode == 1, (option, value, done.returncode, done.stderr[-1500:])
+        line = cli_error(done)
+        assert option in line and value in line, (option, value, line)
+    config = tmp_path / "run.toml"  # a TOML file may hold nan and inf too
+    config.write_text(f'bundle = "{tiny_bundle}"\nsource = ["{video}"]\nduration = 3\ntimeout = nan\n')
+    assert "--timeout" in cli_error(run_cli("run", "--config", config, timeout=60))
+
+
+def test_a_camera_that_never_opens_is_one_error_line_naming_the_fix_unless_asked_to_wait(tiny_bundle, tmp_path):
+    """`edgecls run --source N` with no camera N: `error: cannot open source N: ... ls /dev/video* ... video ...`,
+    exit 1, in the simple mode and in daemon mode; --wait-for-sources keeps trying instead (until --duration)."""
+    missing = next(str(n) for n in range(64) if not os.path.exists(f"/dev/video{n}"))
+    for mode in ([], ["--port", "0"]):
+        done = run_cli("run", tiny_bundle, "--source", missing, *mode, timeout=30)
+        line = cli_error(done)
+        assert line.startswith(f"error: cannot open source {missing}: "), line
+        assert "ls /dev/video*" in line and "`video`" in line and "--wait-for-sources" in line, line
+    waited = run_cli(
+        "run", tiny_bundle, "--source", missing, "--port", "0", "--duration", "3", "--wait-for-sources", timeout=60
+    )
+    assert waited.returncode == 0, waited.stderr[-2000:]
+    assert "reconnecting" in waited.stderr
