@@ -217,7 +217,7 @@ class _Guesses:
         with self._lock:
             failures, _ = self._clients.pop(client, (0, 0.0))
             failures += 1
-            over = failures - FREE_FAILURES
+            over = failures - FREE_FAILURES + 1  # the 10th wrong token already waits 1 s
             until = time.monotonic() + min(MAX_LOCKOUT_S, 2.0 ** (over - 1)) if over > 0 else 0.0
             self._clients[client] = (failures, until)
             while len(self._clients) > self.MAX_CLIENTS:  # a flood of addresses must not grow memory

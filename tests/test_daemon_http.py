@@ -1,0 +1,276 @@
+"""The daemon's HTTP server against real sockets: odd paths, slow and silent clients, Host checks, token guessing,
+the sign-in form, the open-bind warning and non-ASCII tokens."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import threading
+import time
+from urllib.parse import quote
+
+import pytest
+
+from runtime.daemon.http import StatusServer
+
+TOKEN = "tok-4f1d9a-secret"
+
+
+class _Preview:
+    """The preview's provider: two named sources, no frame classified yet."""
+
+    def names(self):
+        return ["cam0", "cam1"]
+
+    def frame(self, index):
+        return None
+
+
+def _server(**options):
+    return StatusServer(
+        health=lambda: (True, {"status": "ok"}),
+        latest=dict,
+        metrics=lambda: (b"edgecls_up 1\n", "text/plain"),
+        preview=_Preview(),
+        **options,
+    ).start()
+
+
+def _address(server):
+    host, port = server.url[len("http://") :].rsplit(":", 1)
+    return host, int(port)
+
+
+def _raw(server, request: bytes, source: str = "127.0.0.1", timeout: float = 10) -> bytes:
+    """Send raw bytes, return everything the server answers until it closes."""
+    with socket.create_connection(_address(server), timeout=timeout, source_address=(source, 0)) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def _status(answer: bytes) -> int | None:
+    line = answer.split(b"\r\n", 1)[0].split()
+    return int(line[1]) if len(line) > 1 and line[1].isdigit() else None
+
+
+def _get(server, path, headers=None, method="GET", body=None):
+    conn = http.client.HTTPConnection(*_address(server), timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- any path gets a status code
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/stream/\xb2", b"/stream/\xb9", b"/stream/" + b"7" * 5000, b"/stream/-1", b"/stream/0x1", b"/stream/2"],
+    ids=["superscript two", "superscript one", "5000 digits", "negative", "hex", "past the end"],
+)
+def test_any_stream_path_is_answered_with_a_status_code_not_a_dropped_connection(path, caplog):
+    caplog.set_level(logging.DEBUG, logger="edgecls")
+    server = _server()
+    try:
+        answer = _raw(server, b"GET " + path + b" HTTP/1.0\r\n\r\n")
+    finally:
+        server.stop()
+    assert _status(answer) == 404, answer[:200]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback either
+
+
+# ---------------------------------------------------------------- slow and silent clients
+
+
+def test_a_client_trickling_its_headers_is_cut_off_at_the_request_deadline():
+    """A timeout per read lets a byte every 0.3 s hold the connection for ever (slowloris)."""
+    server = _server(idle_timeout=1.0)
+    sock = socket.create_connection(_address(server), timeout=10)
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        started, closed = time.monotonic(), False
+        while time.monotonic() - started < 4.0 and not closed:
+            try:
+                sock.sendall(b"X")
+                sock.settimeout(0.3)
+                closed = sock.recv(100) == b""
+            except TimeoutError:
+                pass
+            except OSError:  # reset: closed as well
+                closed = True
+        took = time.monotonic() - started
+    finally:
+        sock.close()
+        server.stop()
+    assert closed and took < 2.0, f"still open after {took:.1f} s of trickling"
+
+
+def test_silent_and_slow_connections_take_no_threads_and_requests_are_still_answered_at_once():
+    server = _server(idle_timeout=5.0)
+    before = threading.active_count()
+    idle = [socket.create_connection(_address(server), timeout=10) for _ in range(120)]
+    slow = [socket.create_connection(_address(server), timeout=10) for _ in range(40)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.5)
+        threads = threading.active_count() - before
+        started = time.monotonic()
+        status = _get(server, "/healthz")[0]
+        took = time.monotonic() - started
+    finally:
+        for sock in idle + slow:
+            sock.close()
+        server.stop()
+    assert threads <= 4, f"{threads} threads for 160 connections that sent no whole request"
+    assert status == 200 and took < 1.0, (status, took)
+
+
+def test_connections_beyond_the_waiting_limit_are_refused_with_503():
+    server = _server(max_pending=5)
+    idle = [socket.create_connection(_address(server), timeout=10) for _ in range(5)]
+    try:
+        time.sleep(0.3)
+        assert _status(_raw(server, b"GET /healthz HTTP/1.0\r\n\r\n")) == 503
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
+# ---------------------------------------------------------------- Host check (DNS rebinding)
+
+
+def test_a_token_less_daemon_refuses_a_foreign_host_name():
+    server = _server()
+    port = _address(server)[1]
+    try:
+        assert _get(server, "/healthz", {"Host": f"attacker.example:{port}"})[0] == 403
+        assert _get(server, "/", {"Host": "rebind.attacker.example"})[0] == 403
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", f"{socket.gethostname()}"):
+            assert _get(server, "/healthz", {"Host": host})[0] == 200, host
+        assert _status(_raw(server, b"GET /healthz HTTP/1.0\r\n\r\n")) == 200  # no Host (not a browser): served
+    finally:
+        server.stop()
+
+
+def test_host_names_given_to_the_daemon_are_accepted_and_a_token_makes_the_check_unneeded():
+    named = _server(allowed_hosts=["camera.lan"])
+    guarded = _server(token=TOKEN)
+    try:
+        assert _get(named, "/healthz", {"Host": "camera.lan:8080"})[0] == 200
+        assert _get(named, "/healthz", {"Host": "other.lan"})[0] == 403
+        auth = {"Authorization": f"Bearer {TOKEN}", "Host": "any-name.example"}
+        assert _get(guarded, "/healthz", auth)[0] == 200
+    finally:
+        named.stop()
+        guarded.stop()
+
+
+# ---------------------------------------------------------------- token guessing
+
+
+def test_wrong_tokens_are_answered_429_after_ten_and_other_clients_are_not_affected():
+    server = _server(token=TOKEN)
+    try:
+        statuses = [_get(server, "/healthz", {"Authorization": f"Bearer guess-{i}"})[0] for i in range(40)]
+        status, headers, _ = _get(server, "/healthz", {"Authorization": f"Bearer {TOKEN}"})
+        link = _get(server, f"/?token={TOKEN}")[0]
+        other = _raw(server, f"GET /healthz HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode(), "127.0.0.2")
+    finally:
+        server.stop()
+    assert statuses[:10] == [401] * 10
+    assert statuses[10:] == [429] * 30  # 40 guesses, 10 checked: each one more doubles the wait
+    assert status == 429 and int(headers["Retry-After"]) >= 1  # even the right token waits: no oracle
+    assert link == 429  # the sign-in link counts too
+    assert _status(other) == 200  # another address signs in as usual
+
+
+def test_a_right_token_resets_the_count_of_wrong_ones():
+    server = _server(token=TOKEN)
+    try:
+        for _ in range(3):
+            assert [_get(server, "/latest", {"Authorization": "Bearer nope"})[0] for _ in range(9)] == [401] * 9
+            assert _get(server, "/latest", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- the sign-in form
+
+
+def test_the_sign_in_form_posts_the_token_and_gets_a_session_cookie():
+    server = _server(token=TOKEN)
+    try:
+        status, _, page = _get(server, "/")
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        wrong = _get(server, "/", form, "POST", "token=wrong")
+        status_in, headers, _ = _get(server, "/", form, "POST", f"token={TOKEN}")
+        cookie = headers.get("Set-Cookie", "").split(";", 1)[0]
+        signed_in = _get(server, "/", {"Cookie": cookie})[0]
+    finally:
+        server.stop()
+    assert status == 401 and b'method="post"' in page and b'name="token"' in page
+    assert wrong[0] == 401 and b"not the right one" in wrong[2] and "Set-Cookie" not in wrong[1]
+    assert status_in == 303 and headers["Location"] == "/" and TOKEN not in headers["Set-Cookie"]
+    assert signed_in == 200
+
+
+def test_a_sign_in_form_without_a_length_or_too_long_is_refused():
+    server = _server(token=TOKEN)
+    try:
+        assert _status(_raw(server, b"POST / HTTP/1.0\r\n\r\ntoken=" + TOKEN.encode())) == 411
+        assert _status(_raw(server, b"POST / HTTP/1.0\r\nContent-Length: 99999\r\n\r\n")) == 413
+        assert _get(server, "/healthz", {"Content-Length": "0"}, "POST", "")[0] == 405
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- an open bind warns
+
+
+def test_binding_beyond_loopback_without_a_token_warns_once_at_start(caplog):
+    caplog.set_level(logging.WARNING, logger="edgecls")
+    for options in ({"host": "127.0.0.1"}, {"host": "0.0.0.0", "token": TOKEN}):
+        _server(**options).stop()
+    assert not [r for r in caplog.records if "no token" in r.getMessage()]
+    _server(host="0.0.0.0").stop()
+    warnings = [r.getMessage() for r in caplog.records if "no token" in r.getMessage()]
+    assert len(warnings) == 1 and "0.0.0.0" in warnings[0] and "--token-file" in warnings[0]
+
+
+# ---------------------------------------------------------------- non-ASCII tokens
+
+
+def test_a_non_ascii_token_works_from_utf8_and_latin1_clients():
+    cyrillic, accented = "ключ-7d2e-тайный", "pässwört-91c3"
+    servers = [_server(token=cyrillic), _server(token=accented)]
+    try:
+        utf8 = _raw(servers[0], b"GET /healthz HTTP/1.0\r\nAuthorization: Bearer " + cyrillic.encode() + b"\r\n\r\n")
+        latin1 = _get(servers[1], "/healthz", {"Authorization": f"Bearer {accented}"})[0]  # http.client: latin-1
+        utf8_accented = _raw(
+            servers[1], b"GET /healthz HTTP/1.0\r\nAuthorization: Bearer " + accented.encode() + b"\r\n\r\n"
+        )
+        wrong = _raw(servers[0], "GET /healthz HTTP/1.0\r\nAuthorization: Bearer ключ\r\n\r\n".encode())
+        link = _get(servers[0], "/?token=" + quote(cyrillic))[0]  # the sign-in link, percent-encoded UTF-8
+    finally:
+        for server in servers:
+            server.stop()
+    assert _status(utf8) == 200 and latin1 == 200 and _status(utf8_accented) == 200
+    assert _status(wrong) == 401
+    assert link == 303
+
+
+def test_a_token_no_header_can_carry_is_refused_at_start_with_the_reason():
+    from runtime.errors import EdgeclsError
+
+    for bad in ("two words", "tab\there", "bell\x07"):
+        with pytest.raises(EdgeclsError, match="printable"):
+            _server(token=bad)
