@@ -160,7 +160,10 @@ def _token_bytes(token: str | None) -> bytes | None:
     if not token:
         return None
     if any(not c.isprintable() or c.isspace() for c in token):
-        raise EdgeclsError("the token must be one word of printable characters (no spaces or control characters)")
+        raise EdgeclsError(
+            "the token must be one word of printable characters (no spaces or control characters): "
+            "make one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
     return token.encode()
 
 
@@ -178,10 +181,9 @@ def _allowed_hosts(host: str, extra) -> frozenset | None:
     names = {"localhost", host.lower()} | {h.lower().rstrip(".") for h in extra}
     if "*" in names:
         return None
-    for name in (socket.gethostname(), socket.getfqdn()):
-        name = name.lower().rstrip(".")
-        if name:
-            names |= {name, name.split(".", 1)[0], name.split(".", 1)[0] + ".local"}
+    name = socket.gethostname().lower().rstrip(".")  # not getfqdn(): a reverse DNS lookup can hang a start
+    if name:
+        names |= {name, name.split(".", 1)[0], name.split(".", 1)[0] + ".local"}
     return frozenset(names)
 
 
@@ -563,7 +565,11 @@ class _Handler(BaseHTTPRequestHandler):
         """A foreign Host on a token-less daemon, or a client that must wait after wrong tokens: answered here."""
         host = self.headers.get("Host")
         if self.allowed_hosts is not None and host is not None and not _host_allowed(host, self.allowed_hosts):
-            self._error(403, f"Host {host[:100]!r} is not this daemon's: open it by IP address or localhost")
+            self._error(
+                403,
+                f"Host {host[:100]!r} is not one of this daemon's names: open it by IP address or localhost, "
+                "add the name to its allowed hosts, or give it a token",
+            )
             return True
         wait = self.guesses.wait_left(self.client_address[0]) if self.token else 0.0
         if wait > 0:
