@@ -132,6 +132,7 @@ def test_i7_p3_native_chatter_goes_through_our_logging_at_debug_level(tiny_bundl
         "2",
         "--stall-timeout",
         "1",
+        "--wait-for-sources",  # the dead stream is retried (its refusals are the chatter), not a setup error
     ]
     quiet = _run_cli(args)
     assert quiet.returncode == 0, quiet.stderr[-2000:]
