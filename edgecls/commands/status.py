@@ -46,4 +46,13 @@ def status(target, as_json, **kw):
             f"  interrupted rollback to {p(pending['slot'])}: run `edgecls rollback` again (or any flash) to finish it"
         )
     elif pending:
-        click.echo(f"  interrupted flash of {p(pending['slot'])}: run the flash again to finish it")
+        unchecked = info["current"] == pending["slot"]
+        serving = (
+            f"current is {p(pending['slot'])}, never verified"
+            if unchecked
+            else f"current is {p(info['current'] or 'none')}"
+        )
+        click.echo(
+            f"  interrupted flash of {p(pending['slot'])} ({serving}): run that flash again to finish it, or "
+            f"`edgecls rollback`; a flash of another version first restores {p(pending.get('old') or 'nothing')}"
+        )

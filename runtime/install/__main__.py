@@ -111,14 +111,9 @@ def main(argv=None) -> int:
         print(json.dumps({"error": str(exc)}))
         return 2
     except OSError as exc:  # a full or read-only disk: the device's own words, as for a local target
-        print(
-            json.dumps(
-                {
-                    "error": f"{exc.strerror or exc} ({exc.filename}): free space or check the device's "
-                    f"disk, then flash again"
-                }
-            )
-        )
+        from runtime.install.layout import os_error_text
+
+        print(json.dumps({"error": os_error_text(exc)}))
         return 2
     print(json.dumps(out))
     return 0

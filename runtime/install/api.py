@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from runtime.bundle import MANIFEST, RELEASE, Manifest
 from runtime.install import commit, staging
-from runtime.install.layout import SLOT, DeviceRoot, InstallError, is_real_dir
+from runtime.install.layout import SLOT, DeviceRoot, InstallError, is_real_dir, os_error_text
 from runtime.install.signature import SIGNATURE, SignatureError, verify_manifest
 
 KEEP_RELEASES = 3  # besides current and previous nothing is needed; a few more make `rollback` cheap to repeat
@@ -47,7 +47,12 @@ def _record(device: DeviceRoot, clear=(), **result) -> dict:
         state.setdefault("smoke_tested", {})[result["slot"]] = bool(result.get("smoke_tested"))
     for entry in clear:
         state.pop(entry, None)
-    device.write_json(device.state_file, state)
+    try:
+        device.write_json(device.state_file, state)
+    except OSError as exc:  # a full disk: through the space reserved before the switch, if any
+        data = (json.dumps(state, indent=2) + "\n").encode()
+        if exc.errno not in commit.FULL or not commit.write_reserved(device, device.state_file, data):
+            raise
     return result
 
 
@@ -107,11 +112,35 @@ def _check_signature(device: DeviceRoot, slot: str, files: dict) -> dict:
     return {"required": True, "signer": signer}
 
 
-def _recover(device: DeviceRoot) -> None:
-    """Under the lock, before anything else: finish what a killed command left (temps, trash, a rollback)."""
+def _recover(device: DeviceRoot, slot: str | None = None, service: str = "") -> None:
+    """Under the lock, before anything else: finish what a killed command left (temps, trash, a rollback,
+    a flash of another version interrupted before it was verified)."""
     commit.remove_stale_temps(device)
     staging.remove_trash(device)
     _finish_rollback(device)
+    _resolve_interrupted(device, slot, service)
+
+
+def _resolve_interrupted(device: DeviceRoot, slot: str | None, service: str) -> None:
+    """A flash killed between its switch and its verdict left `current` unchecked. The re-run of that flash
+    finishes it; any other flash first restores the version it replaced (the last verified one), so that a
+    later rollback can never return to a model nothing checked."""
+    pending = _state(device).get("pending")
+    if not pending or pending.get("slot") == slot:
+        return
+    old = pending.get("old")
+    unchecked = device.link_version(device.current) == pending["slot"]
+    _roll_back(device, old, pending.get("prior"), service if unchecked else "")
+    _record(
+        device,
+        clear=("pending",),
+        slot=pending["slot"],
+        result="rolled back",
+        reason=f"the flash of {pending['slot']} was interrupted before it was verified: "
+        f"{old or 'no version'} restored before flashing {slot}",
+        restored=old,
+    )
+    commit.drop_rollback(device)
 
 
 def apply(
@@ -131,10 +160,11 @@ def apply(
 ) -> dict:
     """Receive, verify, commit, check, and keep or roll back. Returns the result recorded in state.json.
 
-    Refusals before the switch (corrupted upload, bad signature, foreign root, busy) raise InstallError and
-    leave `current` untouched; failures after it roll back and are returned as result "rolled back".
+    Refusals before the switch (corrupted upload, bad signature, foreign root, busy, a full disk) raise
+    InstallError and leave `current` untouched; failures after it roll back and are returned as result
+    "rolled back".
     """
-    device = DeviceRoot(root).ensure()
+    device = DeviceRoot(root)
     manifest = _manifest(manifest_bytes)
     files = staging.wanted_files(manifest, manifest_bytes, artifacts)
     slot = staging.slot_name(manifest_bytes, artifacts)
@@ -142,74 +172,122 @@ def apply(
         from runtime.install.smoke import read_token
 
         read_token(health_token_file)  # unreadable: refuse now, not roll back a good model after the switch
-    with device.lock(lock_timeout):
-        locked_at = time.time()
-        _recover(device)
-        settings = {"service": service, "health_url": health_url, "health_token_file": health_token_file}
-        if (service or health_url) and device.read_json(device.config_file, {}) != settings:
-            device.write_json(device.config_file, settings)  # the token file's path, never the token
-        # Staged first, so an upload cut off or refused below still leaves the manifest for the re-run.
-        staging.put_manifest(device, slot, manifest_bytes, files)
-        if stream is not None:
-            staging.receive(device, slot, stream, files)
-        if sources:
-            staging.copy_into(device, slot, sources, files)
-        state = _state(device)
-        old = device.link_version(device.current)
-        if _is_installed(device, state, old, slot, smoke):
-            return {"slot": slot, "result": "unchanged", "reason": "this version is already installed and healthy"}
-        staging.reuse_from_releases(device, slot, files)  # files the host did not send: same bytes, older release
-        try:
-            signature = _check_signature(device, slot, files)
-        except SignatureError as exc:
-            _record(device, slot=slot, result="refused", reason=str(exc), locked_at=locked_at)
-            raise
-        info = {
-            "slot": slot,
-            "artifacts": sorted(artifacts),
-            "created": manifest.created,
-            "labels": len(manifest.labels),
-            "signature": signature,
-            "installed": time.time(),
-        }
-        release, repaired = staging.promote(device, slot, files, info)
-        # A re-run after a kill between here and the end finds its own `pending` record: what to roll back to.
-        pending = state.get("pending") if (state.get("pending") or {}).get("slot") == slot else None
+    try:
+        with device.claim(lock_timeout):
+            return _apply_locked(
+                device, slot, manifest, manifest_bytes, artifacts, files, stream, sources, profile, budget_ms,
+                service, health_url, health_token_file, smoke,
+            )  # fmt: skip
+    except OSError as exc:
+        raise InstallError(_disk_failure(device, slot, exc)) from exc
+
+
+def _disk_failure(device: DeviceRoot, slot: str, exc: OSError) -> str:
+    """The failure in words, and which version is current now (the tool must say which one serves)."""
+    current = device.link_version(device.current) if device.current.is_symlink() else None
+    pending = _state(device).get("pending") or {}
+    if current == slot and pending.get("slot") == slot:
+        where = f"`current` is {slot}, not yet verified: run the flash again to finish it, or `edgecls rollback`"
+    else:
+        where = f"`current` is still {current}" if current else "nothing is installed (no `current`)"
+    return f"{os_error_text(exc)}; {where}"
+
+
+def _apply_locked(
+    device, slot, manifest, manifest_bytes, artifacts, files, stream, sources, profile, budget_ms,
+    service, health_url, health_token_file, smoke,
+) -> dict:  # fmt: skip
+    locked_at = time.time()
+    _recover(device, slot, service)
+    settings = {"service": service, "health_url": health_url, "health_token_file": health_token_file}
+    if (service or health_url) and device.read_json(device.config_file, {}) != settings:
+        device.write_json(device.config_file, settings)  # the token file's path, never the token
+    # Staged first, so an upload cut off or refused below still leaves the manifest for the re-run.
+    staging.put_manifest(device, slot, manifest_bytes, files)
+    if stream is not None:
+        staging.receive(device, slot, stream, files)
+    if sources:
+        staging.copy_into(device, slot, sources, files)
+    state = _state(device)
+    old = device.link_version(device.current)
+    if _is_installed(device, state, old, slot, smoke):
+        return {"slot": slot, "result": "unchanged", "reason": "this version is already installed and healthy"}
+    staging.reuse_from_releases(device, slot, files)  # files the host did not send: same bytes, older release
+    try:
+        signature = _check_signature(device, slot, files)
+    except SignatureError as exc:
+        _record(device, slot=slot, result="refused", reason=str(exc), locked_at=locked_at)
+        raise
+    info = {
+        "slot": slot,
+        "artifacts": sorted(artifacts),
+        "created": manifest.created,
+        "labels": len(manifest.labels),
+        "signature": signature,
+        "installed": time.time(),
+    }
+    release, repaired = staging.promote(device, slot, files, info)
+    # A re-run after a kill between here and the end finds its own `pending` record: what to roll back to.
+    pending = state.get("pending") if (state.get("pending") or {}).get("slot") == slot else None
+    if old != slot:
+        pending = pending or {"slot": slot, "old": old, "prior": device.link_version(device.previous)}
+    else:  # current already: checked again (not smoke-tested yet, repaired, or a re-run after a kill)
+        pending = pending or {"slot": slot, "old": device.link_version(device.previous), "prior": None}
+    _write_pending(device, pending)
+    try:
+        # The way back first (links and space), so that the rollback needs nothing a full disk could refuse.
+        commit.prepare_rollback(device, pending["old"], _prior(pending))
         if old != slot:
-            pending = pending or {"slot": slot, "old": old, "prior": device.link_version(device.previous)}
-            _write_pending(device, pending)
             if pending["old"]:
                 commit.switch(device, "previous", pending["old"])
             commit.switch(device, "current", slot)  # the commit
-        else:  # current already: checked again (not smoke-tested yet, repaired, or a re-run after a kill)
-            pending = pending or {"slot": slot, "old": device.link_version(device.previous), "prior": None}
-            _write_pending(device, pending)
-        failure, checks = _after_switch(
-            device, release, profile or {}, budget_ms, service, health_url, health_token_file, smoke
-        )
-        if failure:
-            _roll_back(device, pending.get("old"), pending.get("prior"), service)
-            return _finish(
-                device,
-                slot=slot,
-                result="rolled back",
-                reason=failure,
-                smoke=checks,
-                restored=pending.get("old"),
-                locked_at=locked_at,
-            )
-        _cleanup(device)
-        reason = f"repaired damaged file(s) of the installed release: {', '.join(repaired)}" if repaired else ""
+    except OSError:
+        if device.link_version(device.current) != slot:
+            _abandon(device, pending)
+        raise
+    failure, checks = _after_switch(
+        device, release, profile or {}, budget_ms, service, health_url, health_token_file, smoke
+    )
+    if failure:
+        _roll_back(device, pending.get("old"), pending.get("prior"), service)
         return _finish(
             device,
             slot=slot,
-            result="installed",
-            reason=reason,
+            result="rolled back",
+            reason=failure,
             smoke=checks,
-            smoke_tested=smoke,
-            replaced=pending.get("old"),
+            restored=pending.get("old"),
             locked_at=locked_at,
         )
+    _cleanup(device)
+    reason = f"repaired damaged file(s) of the installed release: {', '.join(repaired)}" if repaired else ""
+    return _finish(
+        device,
+        slot=slot,
+        result="installed",
+        reason=reason,
+        smoke=checks,
+        smoke_tested=smoke,
+        replaced=pending.get("old"),
+        locked_at=locked_at,
+    )
+
+
+def _prior(pending: dict) -> str | None:
+    """What `previous` becomes again if this flash rolls back."""
+    prior = pending.get("prior")
+    return prior if prior and prior != pending.get("old") else None
+
+
+def _abandon(device: DeviceRoot, pending: dict) -> None:
+    """A flash that failed before its switch (a full disk): put `previous` back and end its journal entry,
+    best effort; what a full disk prevents here the next flash's `_resolve_interrupted` completes."""
+    try:
+        commit.restore(device, "previous", _prior(pending))
+        _record(device, clear=("pending",), slot=pending["slot"], result="failed", reason="the disk was full")
+        commit.drop_rollback(device)
+    except OSError:
+        pass
 
 
 def _write_pending(device: DeviceRoot, pending: dict) -> None:
@@ -223,7 +301,9 @@ def _write_pending(device: DeviceRoot, pending: dict) -> None:
 
 
 def _finish(device: DeviceRoot, **result) -> dict:
-    return _record(device, clear=("pending",), **result)
+    done = _record(device, clear=("pending",), **result)
+    commit.drop_rollback(device)
+    return done
 
 
 def _after_switch(device, release, profile, budget_ms, service, health_url, token_file, smoke) -> tuple:
@@ -251,8 +331,8 @@ def _after_switch(device, release, profile, budget_ms, service, health_url, toke
 def _roll_back(device: DeviceRoot, old: str | None, prior: str | None, service: str) -> None:
     from runtime.install import smoke as checks
 
-    commit.switch(device, "current", old)
-    commit.switch(device, "previous", prior if prior and prior != old else None)
+    commit.restore(device, "current", old)  # renames of links made before the switch: no new inode or space
+    commit.restore(device, "previous", _prior({"old": old, "prior": prior}))
     if old and checks.service_installed(service):
         checks.restart_service(service)
 
@@ -401,6 +481,7 @@ def trust(root, allowed_signers: bytes) -> dict:
             'the allowed signers file is empty: give one `PRINCIPAL namespaces="edgecls-bundle" '
             "ssh-ed25519 KEY` line per trusted key"
         )
-    device = DeviceRoot(root).ensure()
-    write_durable(device.signers, allowed_signers)
+    device = DeviceRoot(root)
+    with device.claim():
+        write_durable(device.signers, allowed_signers)
     return {"root": str(device.root), "trusted_keys": len(lines)}

@@ -7,7 +7,10 @@
     ROOT/releases/<version>/    complete, verified bundles; never modified once in place
     ROOT/current, ROOT/previous relative symlinks into releases/, replaced only by `commit.switch`
     ROOT/state.json             last flash result and history, for `edgecls status`
-    ROOT/.lock                  flock(2): one flash, rollback or cleanup at a time
+    ROOT/.lock                  flock(2): one flash, rollback or cleanup at a time (taken before the marker)
+    ROOT/.rollback-current      made before each switch, pointing where `current` was: the automatic
+    ROOT/.rollback-previous     rollback renames them back over current/previous, needing no new inode or space
+    ROOT/.reserve               space set aside before each switch for the record of a rollback (commit.py)
     ROOT/venv                   `flash --setup`'s virtualenv (may come before the marker; rootcheck.py)
 
 Files we did not write are never deleted: a folder that is not empty and has no marker is refused, so is a
@@ -24,13 +27,15 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from runtime.errors import EdgeclsError
-from runtime.install.rootcheck import MARKER, VENV, is_ours, refusal  # noqa: F401  (VENV: where --setup installs)
+from runtime.install.rootcheck import LOCK, MARKER, VENV, is_ours, refusal, resolve  # noqa: F401  (VENV: --setup's)
 
 DEVICE_FORMAT = "edgecls-device/1"
 SIGNERS = "allowed_signers"
@@ -66,6 +71,17 @@ class InstallError(EdgeclsError):
     """A flash step on the device that failed; nothing was switched."""
 
 
+def os_error_text(exc: OSError) -> str:
+    """An OSError in words a user acts on: a full disk says so and how to see which kind (never "(None)")."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" (writing {exc.filename})" if exc.filename else ""
+        return (
+            f"the device's disk is full: no space or no free inodes left{where}; free some (`df -h` and `df -i` "
+            f"on the device show which), then flash again"
+        )
+    return (exc.strerror or str(exc) or type(exc).__name__) + (f" ({exc.filename})" if exc.filename else "")
+
+
 def fsync_dir(path: Path) -> None:
     """Make renames and new entries in `path` durable (a rename is only safe after its folder is synced)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -75,9 +91,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temp_tag() -> str:
+    """PID-THREAD-RANDOM for temp names: unique per thread too (a fleet flash runs targets in threads, and a
+    targets file may name one root twice). remove_stale_temps reads the PID back."""
+    return f"{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(3)}"
+
+
 def write_durable(path: Path, data: bytes) -> None:
     """Temp file beside `path`, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{temp_tag()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -93,7 +115,7 @@ def write_durable(path: Path, data: bytes) -> None:
 
 class DeviceRoot:
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(os.path.abspath(os.path.expanduser(str(root))))
+        self.root = Path(resolve(str(root)))  # a root that is a link: the folder it names, resolved once
 
     releases = property(lambda self: self.root / "releases")
     staging = property(lambda self: self.root / "staging")
@@ -113,14 +135,24 @@ class DeviceRoot:
             raise InstallError(why)
 
     def ensure(self) -> DeviceRoot:
-        """Create the root (checked first) and its marker; idempotent."""
+        """Create the root (checked first) and its marker; idempotent. Call it holding `lock`, which
+        `claim` does: two first flashes must not see each other's half-made root as someone's files."""
         self.check()
         self.root.mkdir(parents=True, exist_ok=True)
+        if not self.is_ours():  # the marker first: from then on the root's other entries are ours
+            write_durable(self.root / MARKER, json.dumps({"format": DEVICE_FORMAT, "created": time.time()}).encode())
         for folder in (self.releases, self.staging):
             folder.mkdir(exist_ok=True)
-        if not self.is_ours():
-            write_durable(self.root / MARKER, json.dumps({"format": DEVICE_FORMAT, "created": time.time()}).encode())
         return self
+
+    @contextmanager
+    def claim(self, timeout: float = 60.0):
+        """Check the root, create it, hold its lock, and only then check it again and make it ours."""
+        self.check()
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.lock(timeout):
+            self.ensure()
+            yield self
 
     def require(self) -> DeviceRoot:
         """For read-mostly commands (status, rollback): the root must exist and be ours."""
@@ -163,7 +195,7 @@ class DeviceRoot:
 
         flock is released by the kernel when the holder dies, so a killed flash never leaves a stale lock.
         """
-        path = self.root / ".lock"
+        path = self.root / LOCK
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             deadline = time.monotonic() + timeout

@@ -18,6 +18,11 @@ import sys
 MARKER = ".edgecls-device"
 VENV = "venv"  # `flash --setup` installs the runtime here, before the root is ours
 VENV_BUILD = re.compile(r"^\.venv-setup-\d+$")  # a venv --setup is building, renamed to VENV once it has pip
+VENV_MARKER = ".edgecls-venv"  # written by --setup into the venv it makes: only such a venv is ever replaced
+LOCK = ".lock"
+# What a first flash creates before its marker is in place (the lock, the marker's own temp file): another
+# flash starting at that moment must not take them for someone's files.
+CLAIMING = re.compile(r"^\.\.edgecls-device\.[0-9A-Za-z_-]+\.tmp$")
 
 
 def is_ours(root: str) -> bool:
@@ -28,26 +33,48 @@ def is_ours(root: str) -> bool:
         return False
 
 
+def is_edgecls_venv(path: str) -> bool:
+    """A real folder holding the marker --setup writes into the venvs it makes (someone's venv has none)."""
+    marker = os.path.join(path, VENV_MARKER)
+    return not os.path.islink(path) and os.path.isdir(path) and os.path.isfile(marker) and not os.path.islink(marker)
+
+
 def is_setup_entry(root: str, name: str) -> bool:
-    """ROOT/venv as --setup makes it (a real folder holding pyvenv.cfg), or one it is building: not a foreign
-    file. Someone's file named venv, or a link to their own virtualenv, is foreign."""
+    """ROOT/venv as --setup makes it (with its marker), one it is building, or what a first flash creates
+    before its marker: not a foreign file. Someone's virtualenv, or a link to one, is foreign."""
     path = os.path.join(root, name)
+    if name == LOCK or CLAIMING.match(name):
+        return os.path.isfile(path) and not os.path.islink(path)
     if os.path.islink(path) or not os.path.isdir(path):
         return False
     if name == VENV:
-        return os.path.isfile(os.path.join(path, "pyvenv.cfg")) and not os.path.islink(os.path.join(path, "pyvenv.cfg"))
+        return is_edgecls_venv(path)
     return bool(VENV_BUILD.match(name))
+
+
+def resolve(root: str) -> str:
+    """The absolute root, through a link if it is one (a link to nothing stays as given, to be refused)."""
+    root = os.path.abspath(os.path.expanduser(root))
+    return root if os.path.islink(root) and not os.path.exists(root) else os.path.realpath(root)
 
 
 def refusal(root: str) -> str | None:
     """Why edgecls must not write into `root` (a file, a link, someone's non-empty folder), or None."""
-    root = os.path.abspath(os.path.expanduser(root))
+    root = resolve(root)  # a root that is a link (to an SD card's folder) is the folder it names
     if os.path.dirname(root) == root:
         return f"device root {root} is the file system root: give a folder such as /opt/edgecls"
-    if os.path.islink(root) or (os.path.exists(root) and not os.path.isdir(root)):
+    if os.path.lexists(root) and not os.path.exists(root):
+        return f"device root {root} is a link to nothing ({os.readlink(root)}): fix or remove the link"
+    if os.path.exists(root) and not os.path.isdir(root):
         return f"device root {root} exists and is not a folder: choose another root"
     foreign = sorted(n for n in os.listdir(root) if not is_setup_entry(root, n)) if os.path.isdir(root) else []
     if foreign and not is_ours(root):
+        if foreign == [VENV]:
+            return (
+                f"{os.path.join(root, VENV)} is a virtualenv edgecls did not make (no {VENV_MARKER} in it): "
+                f"move it away (mv {os.path.join(root, VENV)} {os.path.join(root, VENV)}.old) or choose another "
+                f"root; nothing there was changed"
+            )
         return (
             f"device root {root} already holds files edgecls did not write ({', '.join(foreign[:3])}…): choose "
             f"an empty or new folder as the root; nothing there was changed"

@@ -50,7 +50,9 @@ def install_service(
 ) -> dict:
     from devices.service import UnitOptions, unit_text
 
-    device = DeviceRoot(root).ensure()
+    device = DeviceRoot(root)
+    with device.claim():  # made ours under the lock, as a flash does
+        pass
     config_path = Path(config)
     wrote_config = False
     if not config_path.exists():

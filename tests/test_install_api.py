@@ -1,0 +1,211 @@
+"""The device side of flash (runtime/install/api.py, commit.py, layout.py) where the disk, the clock or another
+flash works against it: a file system filled after the switch, a flash killed before its verdict and followed
+by another version, first flashes racing for a new root, a root that is a link.
+
+Real file systems (tmpfs with size= or nr_inodes=, as root), real processes killed with SIGKILL, the session's
+real tiny bundle and its smoke test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from devices.flash import FlashOptions, flash, status
+from devices.profiles import DeviceProfile
+from runtime.bundle import MANIFEST
+from tests.conftest import REPO, run_cli
+from tests.test_flash import PROFILE, assert_complete, bundles, current_release  # noqa: F401  (fixture)
+
+
+@contextmanager
+def small_fs(folder: Path, options: str):
+    """A tmpfs mounted at `folder` with `options` (size=, nr_inodes=); skipped where mounting is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+# Another program on the device: waits for `current` to change, then takes every free block or inode.
+FILLER = r"""
+import os, sys, time
+link, before, fill, kind = sys.argv[1:5]
+print("ready", flush=True)
+deadline = time.monotonic() + 60
+while os.readlink(link) == before and time.monotonic() < deadline:
+    pass
+os.makedirs(fill, exist_ok=True)
+try:
+    if kind == "inodes":
+        for i in range(10**6):
+            open(os.path.join(fill, str(i)), "w").close()
+    else:
+        with open(os.path.join(fill, "blob"), "wb", buffering=0) as f:
+            while True:
+                f.write(b"\0" * 4096)
+except OSError:
+    pass
+stat = os.statvfs(fill)
+print("full", stat.f_bfree if kind == "blocks" else stat.f_ffree, time.time(), flush=True)
+"""
+
+
+def _filler(root: Path, fill: Path, kind: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FILLER, str(root / "current"), os.readlink(root / "current"), str(fill), kind],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.mark.parametrize("kind, options", [("blocks", "size=3m"), ("inodes", "nr_inodes=120")])
+def test_rollback_succeeds_when_the_filesystem_fills_up_after_the_switch(bundles, tmp_path, kind, options):
+    """The switch done, something takes the last free block (or inode) during the smoke test, which then
+    fails: the rollback must need nothing new, so `current` is the old, verified release and the result
+    is recorded and reported as a rollback, not as a failure that leaves the bad model current."""
+    with small_fs(tmp_path / "sd", options) as sd:
+        root = sd / "edgecls"
+        [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+        assert a.ok, a
+        filler = _filler(root, sd / "filler", kind)
+        [bad] = flash(bundles["wrong"], [str(root)], FlashOptions(profile=PROFILE))
+        word, free, full_at = filler.stdout.readline().split()
+        assert word == "full" and filler.wait(10) == 0 and int(free) == 0
+        assert bad.result == "rolled back" and "smoke test failed" in bad.reason, bad
+        assert current_release(root).name == a.slot
+        assert_complete(root, bundles["a"] / MANIFEST)
+        state = json.loads((root / "state.json").read_text())
+        assert "pending" not in state and state["last_flash"]["result"] == "rolled back"
+        assert float(full_at) < state["last_flash"]["recorded_at"]  # full before the rollback and its record
+        assert status(str(root))["current"] == a.slot
+
+
+def test_a_full_disk_is_reported_in_words_and_says_what_is_current(bundles, tmp_path):
+    """A flash refused for lack of space says the disk is full (not "No space left on device (None)"), how to
+    see which kind, and that the installed version is still current."""
+    with small_fs(tmp_path / "sd", "size=192k") as sd:
+        root = sd / "edgecls"
+        [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+        assert a.ok, a
+        with open(sd / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        fp32 = DeviceProfile(name="fp32", artifacts=("tflite-fp32",), threads=1)
+        [full] = flash(bundles["a"], [str(root)], FlashOptions(profile=fp32))
+        assert full.result == "failed", full
+        assert "disk is full" in full.reason and "df -i" in full.reason and "None" not in full.reason, full.reason
+        assert f"`current` is still {a.slot}" in full.reason, full.reason
+        assert current_release(root).name == a.slot
+
+
+KILL_AFTER_SWITCH = r"""
+import json, sys
+from devices.flash import FlashOptions, flash
+from devices.profiles import DeviceProfile
+options = FlashOptions(profile=DeviceProfile(name="test-cpu", artifacts=("tflite-int8",), threads=1))
+print(json.dumps(flash(sys.argv[1], [sys.argv[2]], options)[0].to_dict()), flush=True)
+"""
+
+
+def _flash_killed_after_the_switch(bundle: Path, root: Path) -> None:
+    """A flash SIGKILLed the moment `current` changes: switched, never verified."""
+    before = os.readlink(root / "current")
+    proc = subprocess.Popen([sys.executable, "-c", KILL_AFTER_SWITCH, str(bundle), str(root)], cwd=REPO)
+    deadline = time.monotonic() + 120
+    while os.readlink(root / "current") == before and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_a_flash_of_another_version_never_rolls_back_to_an_interrupted_unverified_one(bundles, tmp_path):
+    """A, then W killed right after its switch (current = W, never smoke-tested), then C, whose smoke test
+    fails: C must end on A, the last verified release, not on W; and `status` says "interrupted" until a flash
+    resolves it."""
+    root = tmp_path / "device"
+    options = FlashOptions(profile=PROFILE)
+    [a] = flash(bundles["a"], [str(root)], options)
+    assert a.ok, a
+    _flash_killed_after_the_switch(bundles["b"], root)
+    state = json.loads((root / "state.json").read_text())
+    unchecked = state["pending"]["slot"]
+    assert current_release(root).name == unchecked != a.slot  # the precondition: switched, no verdict
+    ran = run_cli("status", root, timeout=120)
+    assert f"interrupted flash of {unchecked}" in ran.stdout, ran.stdout
+    [c] = flash(bundles["wrong"], [str(root)], options)
+    assert c.result == "rolled back", c
+    assert current_release(root).name == a.slot  # not the unchecked W
+    assert_complete(root, bundles["a"] / MANIFEST)
+    assert status(str(root))["pending"] is None  # resolved: status said "interrupted" until this flash
+    history = json.loads((root / "state.json").read_text())["history"]
+    resolved = [h for h in history if h["slot"] == unchecked]
+    assert resolved and resolved[-1]["result"] == "rolled back" and "interrupted" in resolved[-1]["reason"]
+
+
+FIRST_FLASH = r"""
+import json, sys
+from devices.flash import FlashOptions, flash
+from devices.profiles import DeviceProfile
+options = FlashOptions(profile=DeviceProfile(name="test-cpu", artifacts=("tflite-int8",), threads=1))
+sys.stdin.readline()
+print(json.dumps(flash(sys.argv[1], [sys.argv[2]], options)[0].to_dict()), flush=True)
+"""
+
+
+def test_two_first_flashes_to_a_new_root_never_refuse_each_other(bundles, tmp_path):
+    """The same new root twice in one targets list (threads of one process), and two processes at once: one
+    installs, the other waits for the lock and finds it installed; neither takes the other's half-made root
+    for someone's files, nor its temporary files for its own."""
+    for round_ in range(4):
+        root = tmp_path / f"twice-{round_}"
+        results = flash(bundles["a"], [str(root), str(root)], FlashOptions(profile=PROFILE))
+        assert sorted(r.result for r in results) == ["installed", "unchanged"], results
+    for round_ in range(3):
+        root = tmp_path / f"procs-{round_}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", FIRST_FLASH, str(bundles["a"]), str(root)],
+                cwd=REPO,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        for proc in procs:  # both started and imported: go at once
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = [json.loads(proc.communicate(timeout=120)[0]) for proc in procs]
+        assert sorted(r["result"] for r in results) == ["installed", "unchanged"], results
+
+
+def test_a_root_that_is_a_link_to_a_folder_is_flashed_into_that_folder(bundles, tmp_path):
+    """/opt/edgecls -> /data/edgecls (an SD card's folder) is a common layout: resolved, not refused as
+    "not a folder"; a link to nothing is refused naming the link."""
+    (tmp_path / "card" / "edgecls").mkdir(parents=True)
+    (tmp_path / "opt").mkdir()
+    (tmp_path / "opt" / "edgecls").symlink_to(tmp_path / "card" / "edgecls")
+    [r] = flash(bundles["a"], [str(tmp_path / "opt" / "edgecls")], FlashOptions(profile=PROFILE))
+    assert r.result == "installed", r
+    assert_complete(tmp_path / "card" / "edgecls", bundles["a"] / MANIFEST)
+    (tmp_path / "opt" / "gone").symlink_to(tmp_path / "nowhere")
+    [dangling] = flash(bundles["a"], [str(tmp_path / "opt" / "gone")], FlashOptions(profile=PROFILE))
+    assert dangling.result == "failed" and "link to nothing" in dangling.reason, dangling
+    assert not (tmp_path / "nowhere").exists()
