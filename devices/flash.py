@@ -9,6 +9,7 @@ one result row each. Re-flashing what is installed sends nothing and changes not
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -18,7 +19,11 @@ from devices.profiles import DeviceProfile, load_profile
 from devices.targets import make_target
 from runtime.bundle import MANIFEST, Bundle, load_bundle
 from runtime.errors import EdgeclsError
+from runtime.install.layout import os_error_text
 from runtime.install.signature import SIGNATURE, verify_manifest
+
+log = logging.getLogger("edgecls.devices")
+RESULTS = ("installed", "unchanged", "rolled back")
 
 
 @dataclass
@@ -119,7 +124,9 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
         )
         health_url = health_url or (service["health_url"] if service["enabled"] else "")
     manifest = files[MANIFEST].read_bytes()
-    plan = target.plan(manifest, artifacts, smoke=options.smoke)
+    plan = device_reply(target.plan(manifest, artifacts, smoke=options.smoke), "plan", target_text)
+    if not set(plan["need"]) <= set(files):
+        raise EdgeclsError(f"{target_text}: {_unexpected('plan', 'need', 'names of files in this bundle')}")
     if plan["installed"]:
         return FlashResult(
             target_text, "unchanged", plan["slot"], "already installed and healthy", time.monotonic() - started
@@ -139,6 +146,7 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
         smoke=options.smoke,
         lock_timeout=options.lock_timeout,
     )
+    device_reply(done, "apply", target_text)
     return FlashResult(
         target_text,
         done["result"],
@@ -147,6 +155,41 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
         time.monotonic() - started,
         sorted(send),
         done.get("smoke"),
+    )
+
+
+_REPLIES = {
+    "plan": {"slot": str, "installed": bool, "need": list},
+    "apply": {"slot": str, "result": str, "reason": (str, type(None)), "smoke": (dict, type(None))},
+}
+
+
+def _unexpected(command: str, key: str, wanted: str) -> str:
+    return (
+        f"the device's reply to `{command}` is not what this edgecls expects ({key!r}: not {wanted}): it may run "
+        f"another edgecls version; update it there (`edgecls flash ... --setup`), then flash again"
+    )
+
+
+def device_reply(reply, command: str, target_text: str) -> dict:
+    """The device's answer to `command` with every field this host reads checked: a device running other
+    code (or lying) fails its own row, never the whole fleet run."""
+    if not isinstance(reply, dict):
+        raise EdgeclsError(f"{target_text}: {_unexpected(command, 'reply', 'a JSON object')}")
+    for key, kind in _REPLIES[command].items():
+        if not isinstance(reply.get(key), kind) or (kind is bool and not isinstance(reply[key], bool)):
+            raise EdgeclsError(f"{target_text}: {_unexpected(command, key, _kind_name(kind))}")
+    if command == "plan" and not all(isinstance(n, str) for n in reply["need"]):
+        raise EdgeclsError(f"{target_text}: {_unexpected(command, 'need', 'a list of file names')}")
+    if command == "apply" and reply["result"] not in RESULTS:
+        raise EdgeclsError(f"{target_text}: {_unexpected(command, 'result', ' or '.join(RESULTS))}")
+    return reply
+
+
+def _kind_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(
+        {str: "a string", bool: "true/false", list: "a list", dict: "an object"}.get(k, "null") for k in kinds
     )
 
 
@@ -179,8 +222,14 @@ def flash(bundle_path, targets, options: FlashOptions | None = None) -> list:
         except EdgeclsError as exc:
             return FlashResult(target, "failed", reason=str(exc), seconds=time.monotonic() - started)
         except OSError as exc:  # a full or read-only disk on a local target
+            return FlashResult(target, "failed", reason=os_error_text(exc), seconds=time.monotonic() - started)
+        except Exception as exc:  # a bug or a reply nothing foresaw: this target's row, not the fleet's traceback
+            log.debug("flash of %s failed", target, exc_info=True)
             return FlashResult(
-                target, "failed", reason=f"{exc.strerror or exc} ({exc.filename})", seconds=time.monotonic() - started
+                target,
+                "failed",
+                reason=f"unexpected error ({type(exc).__name__}: {exc}); please report it with the output of --debug",
+                seconds=time.monotonic() - started,
             )
 
     if len(targets) == 1:

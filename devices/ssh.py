@@ -34,9 +34,10 @@ from runtime.errors import EdgeclsError
 log = logging.getLogger("edgecls.devices")
 
 _TARGET = re.compile(
-    r"^(?:(?P<user>[^@/:\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)"
+    r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)"
     r"(?::(?P<port>\d{1,5}))?(?::(?P<root>.+))?$"
 )
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")  # POSIX-style login names; ssh refuses shell characters
 
 
 class SshError(EdgeclsError):
@@ -63,12 +64,12 @@ class SshTarget:
 def is_ssh_target(text: str) -> bool:
     """Whether TARGET names an SSH device rather than a local directory (a mounted SD card, a rootfs).
 
-    SSH needs `user@host` or `host:...`; anything starting with / . or ~, or an existing path, is local.
+    SSH needs `user@host` or `host:...`; anything starting with / . or ~, or an existing path, is local. Any
+    other text with an @ or a : is read as SSH (and refused if malformed), never silently as a folder.
     """
     if not text or text[0] in "/.~" or os.path.exists(text):
         return False
-    head = text.split("/", 1)[0]
-    return "@" in head or ":" in head
+    return "@" in text or ":" in text
 
 
 def parse_target(text: str) -> SshTarget | None:
@@ -80,6 +81,11 @@ def parse_target(text: str) -> SshTarget | None:
         raise SshError(
             f"cannot read the target {text!r}: write user@host, user@host:PORT, user@host:/ROOT "
             f"or user@host:PORT:/ROOT (or a local folder path starting with / or ./)"
+        )
+    if m["user"] is not None and not _USER.match(m["user"]):
+        raise SshError(
+            f"target {text!r}: {m['user']!r} is not a valid SSH user name (letters, digits, '.', '_', '-'): "
+            f"fix the user, or write a local folder as ./{text}"
         )
     port = int(m["port"]) if m["port"] else None
     if port is not None and not 0 < port < 65536:
@@ -100,11 +106,15 @@ def _cause(stderr: str, target: SshTarget) -> str | None:
             f"the host key of {where} is unknown or changed: connect once with `{connect}` "
             f"to accept it, or fix ~/.ssh/known_hosts if the device was re-imaged"
         )
+    user = f"user {target.user!r}" if target.user else "your user (or ~/.ssh/config's User)"
     if "permission denied" in text or "too many authentication failures" in text:
         return (
-            f"{where} refused the login: install your public key on the device (`ssh-copy-id "
-            f"{target.destination}`) or load it into ssh-agent (passwords are not asked for)"
+            f"authentication failed: {where} refused the login of {user}: check the user name, and install your "
+            f"public key on the device (`ssh-copy-id {target.destination}`) or load it into ssh-agent "
+            f"(passwords are not asked for)"
         )
+    if "username contains invalid characters" in text:
+        return f"ssh refused {user} (it contains characters a login name cannot have): fix the user in the TARGET"
     for phrase in (
         "connection refused",
         "timed out",

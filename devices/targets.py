@@ -100,6 +100,11 @@ class SshDeviceTarget:
             data = None
         if result.returncode == 2 and isinstance(data, dict) and "error" in data:
             raise EdgeclsError(data["error"])
+        if result.returncode == 0 and not isinstance(data, dict):
+            raise SshError(
+                f"{self.name}: the device's reply is not what this edgecls expects (not one JSON object): it may "
+                f"run another edgecls version; update it there (`edgecls flash ... --setup`), then flash again"
+            )
         if result.returncode != 0 or not isinstance(data, dict):
             raise SshError(self.client.describe_failure(result, self.client.python_exe))
         return data

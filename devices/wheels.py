@@ -26,6 +26,7 @@ from pathlib import Path
 from devices.ssh import sh_path
 from runtime.errors import EdgeclsError
 from runtime.install.layout import VENV  # under the device's install root
+from runtime.install.rootcheck import VENV_MARKER
 
 # `bits`: a 32-bit userland (Raspberry Pi OS armhf) on a 64-bit kernel says aarch64 but takes armv7l wheels.
 PROBE = (
@@ -331,10 +332,11 @@ def install_script(root: str, wheels_dir: str, packages: list, python: str = "")
             '    "$T/bin/python" -m pip --version >/dev/null 2>&1 || fail "the venv python3 made has no pip: install '
             'python3-venv (apt install python3-venv), then run --setup again"',
             f'    "$T/bin/python" -c {quote(_RELOCATE)} "$T" "$V"',
-            # a venv without pip (an older setup killed midway): replaced; anything else there the root check refused
-            '    if [ -d "$V" ] && [ ! -L "$V" ] && [ -f "$V/pyvenv.cfg" ]; then rm -rf "$V"; fi',
-            '    [ ! -e "$V" ] && [ ! -L "$V" ] || fail "$V is not a venv edgecls made: '
-            'move it away, then run --setup again"',
+            f'    : > "$T"/{VENV_MARKER}',  # the mark of a venv edgecls made: only such a one is ever replaced
+            # a venv of ours without pip (broken, or an older setup's): replaced; anyone else's is never deleted
+            f'    if [ -d "$V" ] && [ ! -L "$V" ] && [ -f "$V"/{VENV_MARKER} ]; then rm -rf "$V"; fi',
+            '    [ ! -e "$V" ] && [ ! -L "$V" ] || fail "$V is a virtualenv edgecls did not make (no '
+            f'{VENV_MARKER} in it), left as it is: move it away (mv $V $V.old), then run --setup again"',
             '    mv "$T" "$V"; T=',
             "  fi",
             '  PY="$V/bin/python"',

@@ -97,3 +97,31 @@ def test_i9_p2_host_key_hint_names_the_port(sshd, tmp_path):  # noqa: F811
         rf"`ssh -p {sshd.port} {sshd.user}@127.0.0.1`",
     ):
         client.run(["true"])
+
+
+def test_a_target_with_shell_characters_in_its_user_is_refused_not_taken_as_a_folder(tmp_path, monkeypatch):
+    """`a$(touch${IFS}/x)@host:/p` has a / before its @: it was silently a local folder of that name. Now it is
+    read as what it looks like (SSH) and refused, naming the user and how to write a folder instead."""
+    from devices.targets import make_target
+
+    monkeypatch.chdir(tmp_path)
+    text = "a$(touch${IFS}/x)@host:/p"
+    with pytest.raises(SshError, match="not a valid SSH user name") as error:
+        make_target(text, "/opt/edgecls")
+    assert f"./{text}" in str(error.value) and "a$(touch${IFS}/x)" in str(error.value)
+    assert list(tmp_path.iterdir()) == []  # no folder made of it
+
+
+def test_a_user_the_server_rejects_reads_as_an_authentication_failure_naming_the_user(sshd, tmp_path):  # noqa: F811
+    client = SshClient(parse_target(f"nosuchuser@127.0.0.1:{sshd.port}:{tmp_path}"), config=sshd.ssh_config)
+    with pytest.raises(SshError) as error:
+        client.run(["true"])
+    assert "authentication failed" in str(error.value) and "'nosuchuser'" in str(error.value), error.value
+    # a user name ssh itself refuses to send (it read as "the connection ended abruptly"): refused up front,
+    # and named if it gets to ssh all the same
+    with pytest.raises(SshError, match="'x\\(y' is not a valid SSH user name"):
+        parse_target(f"x(y@127.0.0.1:{sshd.port}")
+    client = SshClient(SshTarget("127.0.0.1", "x(y", sshd.port), config=sshd.ssh_config)
+    with pytest.raises(SshError) as error:
+        client.run(["true"])
+    assert "user 'x(y'" in str(error.value) and "abruptly" not in str(error.value), error.value

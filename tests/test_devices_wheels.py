@@ -4,6 +4,7 @@ in tests/test_arm64_pi.py does it for real on an emulated Pi)."""
 import fcntl
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -53,6 +54,7 @@ def test_i13_p2_edgecls_with_extras_points_at_the_local_wheel():
 def test_i13_p2_a_root_holding_only_the_setup_venv_is_still_ours_to_take(tmp_path):
     (tmp_path / "root" / "venv" / "bin").mkdir(parents=True)
     (tmp_path / "root" / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (tmp_path / "root" / "venv" / ".edgecls-venv").write_text("")  # --setup's mark
     (tmp_path / "root" / ".venv-setup-123").mkdir()  # one a --setup is building (or a killed one's)
     DeviceRoot(tmp_path / "root").ensure()  # the venv --setup made before the first flash is not a foreign file
     (tmp_path / "other" / "venv").mkdir(parents=True)
@@ -218,6 +220,9 @@ def test_i13_p2_the_root_check_runs_on_a_bare_python_without_edgecls(tmp_path):
     assert check(tmp_path / "new") == (0, {"ok": True})
     (tmp_path / "home" / "venv").mkdir(parents=True)
     (tmp_path / "home" / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    code, answer = check(tmp_path / "home")
+    assert code == 2 and "virtualenv edgecls did not make" in answer["error"]  # someone's venv
+    (tmp_path / "home" / "venv" / ".edgecls-venv").write_text("")
     assert check(tmp_path / "home") == (0, {"ok": True})  # only the venv --setup made
     (tmp_path / "home" / "thesis.txt").write_text("mine")
     code, answer = check(tmp_path / "home")
@@ -322,3 +327,36 @@ def test_i13_p3_emulation_falls_back_to_cpuinfo_where_the_kernel_has_no_arch_fil
     assert ran.stdout.splitlines() == ["aarch64 qemu-user on an x86_64 CPU", f"{os.uname().machine} None"], (
         ran.stdout + ran.stderr[-1000:]
     )
+
+
+def test_setup_never_deletes_a_virtualenv_edgecls_did_not_make(tmp_path):
+    """install_script run for real: someone's venv without pip in the (already ours) root, their files in it,
+    is left whole and refused in one line with the fix; a venv edgecls made (its marker) without pip is
+    replaced, and the new one carries the marker."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    shutil.copy(_wheel(tmp_path, "pkgv"), wheels)
+    root = tmp_path / "root"
+    (root / "venv" / "bin").mkdir(parents=True)
+    (root / ".edgecls-device").write_text('{"format": "edgecls-device/1"}')
+    (root / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (root / "venv" / "notes.txt").write_text("my experiments")
+
+    def setup():
+        return subprocess.run(
+            ["sh", "-c", install_script(str(root), str(wheels), ["pkgv"])], capture_output=True, text=True, timeout=600
+        )
+
+    ran = setup()
+    assert ran.returncode == 3, ran.stderr[-2000:]
+    [line] = [l for l in ran.stderr.splitlines() if l.startswith("edgecls setup:")]
+    assert "virtualenv edgecls did not make" in line and "mv " in line, line
+    assert (root / "venv" / "notes.txt").read_text() == "my experiments"
+    assert sorted(p.name for p in root.iterdir()) == [".edgecls-device", "venv"]  # its build folder removed too
+    (root / "venv" / ".edgecls-venv").write_text("")  # the same folder, had edgecls made it: a broken venv of ours
+    wheels.mkdir(exist_ok=True)
+    shutil.copy(next(tmp_path.glob("wheels-*/pkgv-*.whl")), wheels)
+    ran = setup()
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert not (root / "venv" / "notes.txt").exists() and (root / "venv" / ".edgecls-venv").is_file()
+    assert subprocess.run([str(root / "venv" / "bin" / "python"), "-c", "import pkgv"]).returncode == 0

@@ -322,3 +322,34 @@ def test_i9_p5_status_and_table_escape_control_characters(bundles, tmp_path):
     assert "2026\\x1b]0;owned\\x07\\x1b[2J\\nforged line" in shown.stdout
     table = format_table([FlashResult("t\x1b[1m", "failed", reason="bad\x1b[2J\rlabel")])
     assert "\x1b" not in table and "\r" not in table and "bad\\x1b[2J\\rlabel" in table
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"slot": "0123456789abcdef", "need": []}',  # a plan without `installed`
+        'case "$*" in *" plan "*) echo \'{"slot": "s", "installed": false, "need": []}\';; '
+        "*) echo '{\"ok\": 1}';; esac",
+        "echo '[1, 2]'",  # not an object
+    ],
+    ids=["plan-missing-key", "apply-missing-result", "not-an-object"],
+)
+def test_a_device_reply_of_unexpected_shape_is_one_failed_row_and_the_others_report(
+    bundles,
+    tmp_path,
+    sshd,
+    answer,  # noqa: F811
+):
+    """The device's interpreter (another edgecls version, or a device that lies) answers JSON of another shape:
+    that target fails with a reason, the local target beside it in the same run is installed and reported."""
+    fake = tmp_path / "device-python"
+    line = answer if answer.startswith(("case", "echo")) else f"echo '{answer}'"
+    fake.write_text(f"#!/bin/sh\ncat > /dev/null\n{line}\n")
+    fake.chmod(0o755)
+    local, remote = str(tmp_path / "local-dev"), sshd.target(tmp_path / "ssh-dev")
+    options = FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config), python=str(fake))
+    results = flash(bundles["a"], [local, remote], options)
+    assert [r.target for r in results] == [local, remote]
+    assert results[0].result == "installed", results[0]
+    assert results[1].result == "failed" and "not what this edgecls expects" in results[1].reason, results[1]
+    assert "Traceback" not in results[1].reason and "\n" not in results[1].reason
