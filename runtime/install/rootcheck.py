@@ -33,22 +33,18 @@ def is_ours(root: str) -> bool:
         return False
 
 
-def is_edgecls_venv(path: str) -> bool:
-    """A real folder holding the marker --setup writes into the venvs it makes (someone's venv has none)."""
-    marker = os.path.join(path, VENV_MARKER)
-    return not os.path.islink(path) and os.path.isdir(path) and os.path.isfile(marker) and not os.path.islink(marker)
-
-
 def is_setup_entry(root: str, name: str) -> bool:
-    """ROOT/venv as --setup makes it (with its marker), one it is building, or what a first flash creates
-    before its marker: not a foreign file. Someone's virtualenv, or a link to one, is foreign."""
+    """ROOT/venv (a real folder holding pyvenv.cfg: --setup's, or one made by hand as the README shows), one
+    --setup is building, or what a first flash creates before its marker: not a foreign file. Someone's file
+    named venv, or a link to their own virtualenv, is foreign. (--setup itself replaces only a venv holding
+    VENV_MARKER: devices/wheels.py.)"""
     path = os.path.join(root, name)
     if name == LOCK or CLAIMING.match(name):
         return os.path.isfile(path) and not os.path.islink(path)
     if os.path.islink(path) or not os.path.isdir(path):
         return False
     if name == VENV:
-        return is_edgecls_venv(path)
+        return os.path.isfile(os.path.join(path, "pyvenv.cfg")) and not os.path.islink(os.path.join(path, "pyvenv.cfg"))
     return bool(VENV_BUILD.match(name))
 
 
@@ -69,12 +65,6 @@ def refusal(root: str) -> str | None:
         return f"device root {root} exists and is not a folder: choose another root"
     foreign = sorted(n for n in os.listdir(root) if not is_setup_entry(root, n)) if os.path.isdir(root) else []
     if foreign and not is_ours(root):
-        if foreign == [VENV]:
-            return (
-                f"{os.path.join(root, VENV)} is a virtualenv edgecls did not make (no {VENV_MARKER} in it): "
-                f"move it away (mv {os.path.join(root, VENV)} {os.path.join(root, VENV)}.old) or choose another "
-                f"root; nothing there was changed"
-            )
         return (
             f"device root {root} already holds files edgecls did not write ({', '.join(foreign[:3])}…): choose "
             f"an empty or new folder as the root; nothing there was changed"
