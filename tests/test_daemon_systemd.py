@@ -168,3 +168,22 @@ def test_i7_p8_options_come_from_a_toml_config_and_env_overrides_it(tiny_bundle,
     bad.write_text('bundle = "x"\nstall-timeot = 3\n')
     assert "unknown option(s) stall-timeot" in cli_error(run_cli("run", "--config", bad))
     assert "no bundle to run" in cli_error(run_cli("run", "--source", video))
+
+
+def test_under_systemd_a_camera_not_there_yet_is_waited_for_and_the_unit_restarts_a_failed_daemon(
+    tiny_bundle, tmp_path
+):
+    """As a Type=notify service (NOTIFY_SOCKET set) the daemon waits for a camera that is not there yet
+    (--wait-for-sources is the service's default) instead of exiting; --no-wait-for-sources exits 1 naming the fix,
+    and the unit restarts a daemon that exits non-zero."""
+    missing = next(str(n) for n in range(64) if not Path(f"/dev/video{n}").exists())
+    receiver = NotifySocket()
+    try:
+        env = {"NOTIFY_SOCKET": receiver.address}
+        waited = run_cli("run", tiny_bundle, "--source", missing, "--port", "0", "--duration", "3", env=env, timeout=60)
+        assert waited.returncode == 0 and "reconnecting" in waited.stderr, waited.stderr[-2000:]
+        refused = run_cli("run", tiny_bundle, "--source", missing, "--port", "0", "--no-wait-for-sources", env=env)
+        assert cli_error(refused).startswith(f"error: cannot open source {missing}: ")
+    finally:
+        receiver.close()
+    assert "Restart=on-failure" in run_cli("service", "unit").stdout
