@@ -272,7 +272,9 @@ def run(
     Daemon mode (--port, several --source, or any daemon option): every source gets a capture
     thread and a watchdog that reopens it after --stall-timeout, all share one loaded model, and
     results carry source, ts, frame, top1, score, topk, latency_ms (pre/infer/post) and
-    frame_age_ms. SIGTERM or Ctrl-C stop it within 2 s with exit code 0. Each source's last
+    frame_age_ms, and the model that produced them. SIGTERM or Ctrl-C stop it within 2 s with exit code 0;
+    it exits 1 when its sources failed (a file that cannot be read, a camera that never opened: unless
+    --wait-for-sources), so systemd's Restart=on-failure restarts it. Each source's last
     --drift-window frames are compared with the bundle's reference statistics and with the source's
     first window: /healthz says "degraded": "drift" (still 200) past --drift-threshold, /metrics has
     edgecls_drift_score.

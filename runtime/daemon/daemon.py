@@ -46,7 +46,9 @@ class Daemon:
 
     /healthz: 503 when a source delivers no frames ("status": "unhealthy"); a source in drift alone
     keeps 200 with "status": "degraded" and "degraded": "drift" on that source, since the model
-    still answers.
+    still answers. "model": "bundle" is the path of the bundle serving, "refused" the last one a reload refused
+    ({"bundle", "error", "at"}, None once one loads); "capture" has --capture's counts and last write error.
+    wait_for_sources: False makes a live source whose first open fails end the run (see `failures()`).
     """
 
     def __init__(
