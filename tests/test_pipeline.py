@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_error, run_cli, train_on_private_copy
+from tests.conftest import REPO, cli_error, run_cli, train_on_private_copy
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,8 @@ def test_convert_out_dot_with_tar_writes_the_archive_beside_the_folder(private_r
     run, _ = private_run
     here = tmp_path / "here"
     here.mkdir()
-    done = run_cli("convert", run, "--out", ".", "--formats", "tflite-fp32", "--max-drop", "100", "--tar", cwd=here)
+    args = ["--out", ".", "--formats", "tflite-fp32", "--max-drop", "100", "--tar"]
+    done = run_cli("convert", run, *args, cwd=here, env={"PYTHONPATH": str(REPO)})  # this checkout's edgecls
     assert done.returncode == 0, done.stderr[-2000:]
     assert (here / "manifest.json").is_file() and (tmp_path / "here.tar").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "here.tar"]  # no partial left
