@@ -274,3 +274,73 @@ def test_a_token_no_header_can_carry_is_refused_at_start_with_the_reason():
     for bad in ("two words", "tab\there", "bell\x07"):
         with pytest.raises(EdgeclsError, match="printable"):
             _server(token=bad)
+
+
+# ---------------------------------------------------------------- the same through a real `edgecls run`
+
+
+def _run_daemon(tiny_bundle, tmp_path, *options):
+    """A real `edgecls run` on a looping clip with HTTP; returns (process, port, stderr lines) once it serves."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.daemon_helpers import write_test_video
+
+    clip = write_test_video(tmp_path / "clip.avi", frames=10)
+    command = [sys.executable, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(clip), "--loop"]
+    process = subprocess.Popen(
+        [*command, "--port", "0", *options],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        started = next((json.loads(line) for line in list(lines) if line.startswith('{"event": "started"')), None)
+        if started:
+            return process, int(started["url"].rsplit(":", 1)[1]), lines
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError("the daemon did not start: " + "".join(lines)[-2000:])
+
+
+def _stop(process):
+    process.terminate()
+    process.wait(20)
+
+
+def _ask(port, request: bytes) -> int | None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return _status(data)
+
+
+def test_a_real_daemon_open_to_the_network_without_a_token_warns_and_refuses_foreign_hosts(tiny_bundle, tmp_path):
+    process, port, lines = _run_daemon(tiny_bundle, tmp_path, "--host", "0.0.0.0")
+    try:
+        foreign = _ask(port, b"GET /healthz HTTP/1.1\r\nHost: rebind.attacker.example\r\n\r\n")
+        local = _ask(port, f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    finally:
+        _stop(process)
+    assert [line for line in lines if "no token" in line and "0.0.0.0" in line], "".join(lines)
+    assert (foreign, local) == (403, 200)
+
+
+def test_a_real_daemon_takes_a_non_ascii_token_from_its_token_file(tiny_bundle, tmp_path):
+    token = "ключ-7d2e-тайный"
+    (tmp_path / "token").write_text(token + "\n", encoding="utf-8")
+    process, port, _ = _run_daemon(tiny_bundle, tmp_path, "--token-file", str(tmp_path / "token"))
+    try:
+        right = _ask(port, b"GET /metrics HTTP/1.0\r\nAuthorization: Bearer " + token.encode() + b"\r\n\r\n")
+        wrong = _ask(port, b"GET /metrics HTTP/1.0\r\nAuthorization: Bearer " + token[:-1].encode() + b"\r\n\r\n")
+    finally:
+        _stop(process)
+    assert (right, wrong) == (200, 401)
