@@ -247,7 +247,8 @@ class _Server(HTTPServer):
         self._workers, self._max_workers, self._idle = [], workers, 0
         self._pool_lock = threading.Lock()
         self.current = threading.local()  # what the handler of this worker's connection reads: head, deadline
-        super().__init__(address, handler)
+        self._heads = None
+        super().__init__(address, handler)  # on a failed bind it calls server_close() itself
         self._heads = _HeadReader(self._dispatch, self.shutdown_request, max_pending, request_timeout)
 
     def process_request(self, request, client_address):
@@ -278,7 +279,8 @@ class _Server(HTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self._heads.close()
+        if self._heads is not None:
+            self._heads.close()
         while True:  # answered by nobody now: closed, not left to time out
             try:
                 item = self._ready.get_nowait()
