@@ -112,26 +112,26 @@ def _check_signature(device: DeviceRoot, slot: str, files: dict) -> dict:
     return {"required": True, "signer": signer}
 
 
-def _recover(device: DeviceRoot, slot: str | None = None, service: str = "") -> None:
+def _recover(device: DeviceRoot, slot: str | None = None, service: str = "") -> dict | None:
     """Under the lock, before anything else: finish what a killed command left (temps, trash, a rollback,
-    a flash of another version interrupted before it was verified)."""
+    a flash of another version interrupted before it was verified). The record of that last one, if any."""
     commit.remove_stale_temps(device)
     staging.remove_trash(device)
     _finish_rollback(device)
-    _resolve_interrupted(device, slot, service)
+    return _resolve_interrupted(device, slot, service)
 
 
-def _resolve_interrupted(device: DeviceRoot, slot: str | None, service: str) -> None:
+def _resolve_interrupted(device: DeviceRoot, slot: str | None, service: str) -> dict | None:
     """A flash killed between its switch and its verdict left `current` unchecked. The re-run of that flash
     finishes it; any other flash first restores the version it replaced (the last verified one), so that a
     later rollback can never return to a model nothing checked."""
     pending = _state(device).get("pending")
     if not pending or pending.get("slot") == slot:
-        return
+        return None
     old = pending.get("old")
     unchecked = device.link_version(device.current) == pending["slot"]
     _roll_back(device, old, pending.get("prior"), service if unchecked else "")
-    _record(
+    done = _record(
         device,
         clear=("pending",),
         slot=pending["slot"],
@@ -141,6 +141,7 @@ def _resolve_interrupted(device: DeviceRoot, slot: str | None, service: str) -> 
         restored=old,
     )
     commit.drop_rollback(device)
+    return done
 
 
 def apply(
@@ -198,7 +199,7 @@ def _apply_locked(
     service, health_url, health_token_file, smoke,
 ) -> dict:  # fmt: skip
     locked_at = time.time()
-    _recover(device, slot, service)
+    resolved = _recover(device, slot, service)
     settings = {"service": service, "health_url": health_url, "health_token_file": health_token_file}
     if (service or health_url) and device.read_json(device.config_file, {}) != settings:
         device.write_json(device.config_file, settings)  # the token file's path, never the token
@@ -211,7 +212,8 @@ def _apply_locked(
     state = _state(device)
     old = device.link_version(device.current)
     if _is_installed(device, state, old, slot, smoke):
-        return {"slot": slot, "result": "unchanged", "reason": "this version is already installed and healthy"}
+        why = "this version is already installed and healthy"
+        return {"slot": slot, "result": "unchanged", "reason": f"{resolved['reason']}; {why}" if resolved else why}
     staging.reuse_from_releases(device, slot, files)  # files the host did not send: same bytes, older release
     try:
         signature = _check_signature(device, slot, files)
