@@ -145,6 +145,32 @@ def test_connections_beyond_the_waiting_limit_are_refused_with_503():
         server.stop()
 
 
+def test_preview_viewers_beyond_the_limit_get_503_and_requests_are_still_served():
+    server = _server(max_streams=2)
+    viewers = [socket.create_connection(_address(server), timeout=10) for _ in range(2)]
+    try:
+        for sock in viewers:
+            sock.sendall(b"GET /stream/0 HTTP/1.0\r\n\r\n")
+            assert sock.recv(12) == b"HTTP/1.0 200"
+        assert _status(_raw(server, b"GET /stream/1 HTTP/1.0\r\n\r\n")) == 503
+        assert _status(_raw(server, b"GET /healthz HTTP/1.0\r\n\r\n")) == 200
+    finally:
+        for sock in viewers:
+            sock.close()
+        server.stop()
+
+
+def test_a_port_in_use_is_refused_with_the_cause_and_the_fix():
+    from runtime.errors import EdgeclsError
+
+    first = _server()
+    try:
+        with pytest.raises(EdgeclsError, match="cannot listen on .*: pick another --port"):
+            _server(port=_address(first)[1])
+    finally:
+        first.stop()
+
+
 # ---------------------------------------------------------------- Host check (DNS rebinding)
 
 
