@@ -96,7 +96,8 @@ def flash(
     lock_timeout,
     as_json,
 ):
-    """Install BUNDLE on each TARGET: user@host[:port][:/root] over SSH, or a local folder.
+    """Install BUNDLE on each TARGET: user@host[:port][:/root] over SSH, or a local folder (a folder whose
+    name has an @ or a : is written ./NAME or /path/NAME).
 
     Sends only the files the profile needs, verifies them on the device, switches `current` atomically,
     runs the smoke test and rolls back on failure. Exits 1 if any target failed or rolled back.
