@@ -202,26 +202,31 @@ def _host_allowed(value: str, allowed: frozenset) -> bool:
 
 
 class _Guesses:
-    """Wrong tokens per client address: after FREE_FAILURES, a wait that doubles with each further one (to 60 s)."""
+    """Wrong tokens per client address: after FREE_FAILURES, a wait that doubles with each further one (to 60 s).
+
+    A client silent for FORGET_S starts again from nothing, so a typo weeks later costs no wait.
+    """
 
     MAX_CLIENTS = 4096
+    FORGET_S = 600.0
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._clients: dict = {}  # address -> (failures, blocked until: monotonic)
+        self._clients: dict = {}  # address -> (failures, blocked until, last failure): monotonic times
 
     def wait_left(self, client: str) -> float:
         with self._lock:
-            failures, until = self._clients.get(client, (0, 0.0))
+            _, until, _ = self._clients.get(client, (0, 0.0, 0.0))
         return max(0.0, until - time.monotonic())
 
     def failed(self, client: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            failures, _ = self._clients.pop(client, (0, 0.0))
-            failures += 1
-            over = failures - FREE_FAILURES + 1  # the 10th wrong token already waits 1 s
-            until = time.monotonic() + min(MAX_LOCKOUT_S, 2.0 ** (over - 1)) if over > 0 else 0.0
-            self._clients[client] = (failures, until)
+            failures, _, last = self._clients.pop(client, (0, 0.0, now))
+            failures = 1 if now - last > self.FORGET_S else failures + 1
+            over = failures - FREE_FAILURES  # the 10th wrong token already waits 1 s
+            until = now + min(MAX_LOCKOUT_S, 2.0 ** min(over, 16)) if over >= 0 else 0.0
+            self._clients[client] = (failures, until, now)
             while len(self._clients) > self.MAX_CLIENTS:  # a flood of addresses must not grow memory
                 self._clients.pop(next(iter(self._clients)))
 
