@@ -33,7 +33,7 @@ class Reloader:
         self.poll_s = poll_s
         self.target = os.path.realpath(self.path) if serving is None else str(serving)  # the bundle serving
         self.refused: dict | None = None  # {"bundle", "error", "at"} of the last refused target, until one loads
-        self._seen = self.target  # where the link pointed at the last look: only a move is worth a load
+        self._seen = (self.target, None)  # the link at the last look: only a move (or SIGHUP) is worth a load
         self.reloads = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -72,10 +72,21 @@ class Reloader:
             if self._stop.is_set():
                 return
             self._requested.clear()
-            target = os.path.realpath(self.path)
-            moved, self._seen = target != self._seen, target
+            seen = self._look()
+            moved, self._seen = seen != self._seen, seen
+            target = seen[0]
             if requested or (moved and target != self.target):
                 self.reload(target, "SIGHUP" if requested else f"{self.path} now points to {target}")
+
+    def _look(self) -> tuple:
+        """(where the path points, which link that is): a flash renames a new link over `current` each time, so
+        a refused release flashed again is a move even when the rollback in between came and went unseen."""
+        try:
+            st = os.lstat(self.path)
+            link = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            link = None
+        return os.path.realpath(self.path), link
 
     def reload(self, target: str, why: str) -> bool:
         """Load `target`; swap it in when it loads, else keep the old model. True when swapped."""
