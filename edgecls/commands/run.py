@@ -87,7 +87,7 @@ def _load_config(ctx, param, path):
 @click.option("--device", "device", help="Device profile name or JSON file.")
 @click.option("--artifact", help="Artifact to run (default: the device profile's first runnable one).")
 @click.option(
-    "--threads", type=click.IntRange(1), help="Inference threads (default: the profile's, else the backend's)."
+    "--threads", type=click.IntRange(1, 1024), help="Inference threads (default: the profile's, else the backend's)."
 )
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True, help="Classes listed per result.")
 @click.option("--loop", is_flag=True, help="Repeat a video file or folder.")
@@ -397,6 +397,7 @@ def _run_simple(
     from runtime.errors import EdgeclsError
     from runtime.sources import Source, SourceEnded, SourceTimeout
 
+    bundle = os.path.realpath(bundle)  # a flashed `current`, resolved once: the model named is the one loaded
     if allowed_signers:
         from runtime.install.signature import verify_bundle
 
@@ -404,6 +405,9 @@ def _run_simple(
         verify_bundle(bundle.root, allowed_signers)
 
     classifier = Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
+    from runtime.daemon.loop import model_info
+
+    model = model_info(classifier)  # each line names the model that produced it, as the daemon's do
     done = 0
     with Source(uri, loop=loop, timeout_s=timeout, profile=profile, **pacing) as src:
         if src.spec.live and src.stats.last_error and not src.stats.frames and not wait_for_sources:
@@ -426,6 +430,7 @@ def _run_simple(
                 "age_ms": round(frame.age_ms, 1),
                 **prediction.to_dict(),
                 "dropped": src.stats.dropped,
+                "model": model,
             }
             click.echo(json.dumps(record))
             done += 1

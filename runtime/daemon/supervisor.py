@@ -189,7 +189,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ watchdog thread
 
-    def _set_state(self, state: str, reason: str) -> None:
+    def _set_state(self, state: str, reason: str, level: int | None = None) -> None:
         """Caller holds the lock. "stopped" is final: a watchdog step finishing late cannot undo stop()."""
         if self.stats.state == "stopped":
             return
@@ -197,7 +197,8 @@ class Supervisor:
             reason = reason.replace(self.uri, display_name(self.uri))
         if state != self.stats.state:
             self.stats.state_since = time.monotonic()
-            level = logging.INFO if state in ("running", "starting", "stopped", "ended") else logging.WARNING
+            if level is None:
+                level = logging.INFO if state in ("running", "starting", "stopped", "ended") else logging.WARNING
             log.log(level, "%s: %s%s", self.name, state, f" ({reason})" if reason else "")
         self.stats.state, self.stats.reason = state, reason
         self._changed.notify_all()
@@ -219,7 +220,8 @@ class Supervisor:
                     if not self._ever_opened and not self.wait_for_source:
                         with self._lock:
                             self.unopened = True
-                            self._set_state("failed", f"{exc}: {open_fix(self.spec)}")
+                            # The run ends on it and the CLI prints it as its one error line: no second copy.
+                            self._set_state("failed", f"{exc}: {open_fix(self.spec)}", level=logging.DEBUG)
                         return
                     if self._give_up(failures, str(exc)):
                         return
