@@ -120,10 +120,13 @@ def claimed_stage(out: Path, overwrite: bool, guard: dict):
     The look and the stage's creation happen under flock(2) on the parent folder (released by the kernel
     if we die), so of two converts racing to one --out the second always sees the first's stage and pid.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out.parent, os.O_RDONLY)
+    except OSError as exc:
+        raise EdgeclsError(f"cannot write into {out.parent} ({exc.strerror or exc}): choose another --out") from None
     try:
         with ExitStack() as stack:
-            fd = os.open(out.parent, os.O_RDONLY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 pid = _other_writer(out)

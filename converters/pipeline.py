@@ -326,13 +326,15 @@ def _convert_into(stage: Path, work: Path, run, run_path, options: ConvertOption
         index = {p: k for k, p in enumerate(test.paths)}  # pruning runs in memory: every file decoded once
         ref_probs = pruned[[index[p] for p in paths]]
         reference.update(accuracy=pruning["accuracy_after"], macs=pruning["macs_after"], params=pruning["params_after"])
+    labels = run.labels
+    testsplit.check_training_split(labels, splits["train"].y)
     sampler = calib.CalibrationSampler(splits["train"], options.seed)
     calibration = sampler.draw(options.calibration_size)
     calib.check_shape(calibration, expected)
     # Only its size and fingerprint are kept: each int8 format draws the set again (memory, issue 10).
     calibration = {"size": int(len(calibration)), "fingerprint": calib.fingerprint(calibration)}
 
-    labels, head = run.labels, run.metadata.get("head", "softmax")
+    head = run.metadata.get("head", "softmax")
     exporter = _Exporter(
         model, work, sampler, options, next(iter_batches(test, 1))[0], qat=_qat_source(model, run, splits, options)
     )

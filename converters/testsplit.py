@@ -86,9 +86,10 @@ def check(
             "so the recomputed test split may hold training images"
         )
     if report.images < TINY_SPLIT:
+        step = 100 / max(1, report.images)
         report.warnings.append(
-            f"only {report.images} test images: one image is {100 / max(1, report.images):.1f} accuracy points, "
-            f"coarser than --max-drop {max_drop:g}"
+            f"only {report.images} test images: one image is {step:.1f} accuracy points"
+            + (f", more than --max-drop {max_drop:g}" if step > max_drop else "")
         )
     absent = [c for c, n in per_class.items() if n == 0]
     few = [f"{c} {n}" for c, n in per_class.items() if 0 < n < TINY_CLASS]
@@ -97,6 +98,17 @@ def check(
     if few:
         report.warnings.append(f"fewer than {TINY_CLASS} test images in class(es) {', '.join(few)}")
     return report
+
+
+def check_training_split(labels: list, y) -> None:
+    """Warn when the training split (the int8 calibration set is drawn from it) lost whole classes."""
+    present = set(int(v) for v in y)
+    absent = [name for i, name in enumerate(labels) if i not in present]
+    if absent:
+        _warn(
+            f"WARNING: the training split has no image of class(es) {', '.join(absent)}: int8 calibration "
+            f"will not see them (restore the run's dataset)"
+        )
 
 
 def enforce(report: TestSplitReport, allow_partial: bool, when: str = "") -> None:
