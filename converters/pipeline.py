@@ -338,12 +338,13 @@ def _convert_into(stage: Path, work: Path, run, run_path, options: ConvertOption
     exporter = _Exporter(
         model, work, sampler, options, next(iter_batches(test, 1))[0], qat=_qat_source(model, run, splits, options)
     )
-    verified = []  # per format: (fmt, description, failures, built, session specs, path -> probs, stats)
+    verified = []  # per format: what _export_verified returns
     for i, fmt in enumerate(options.formats, 1):
         verified.append(_export_verified(i, fmt, stage, exporter, run, test, paths, ref_probs, y, options))
     # The files every pass decoded: a file that stopped decoding mid-run is dropped from every side.
     common = [i for i, p in enumerate(paths) if all(p in v["probs"] for v in verified)]
-    dropped = [p for i, p in enumerate(paths) if i not in set(common)]
+    kept = set(common)
+    dropped = [p for i, p in enumerate(paths) if i not in kept]
     if dropped:
         progress(f"warning: {len(dropped)} test image(s) stopped decoding during verification (first: {dropped[0]})")
         split_report = testsplit.check(run, y[common], split_kind, changed, dropped, options.max_drop)
