@@ -126,16 +126,20 @@ def worker(bundle: Path, target: str, config: str, env=None) -> subprocess.Popen
 def wait_device_idle(root: Path, timeout: float = 120) -> None:
     """Until no device-side process works on `root`: over SSH, the device's `python3 -m runtime.install`
     outlives the killed host and may still finish (or start) its step; the expectation is taken after it."""
-    deadline = time.monotonic() + timeout
+    deadline, idle_since = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         busy = False
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             try:
-                words = cmdline.read_bytes().split(b"\0")
+                data = cmdline.read_bytes()
             except OSError:
                 continue
-            busy = busy or (b"runtime.install" in words and str(root).encode() in words)
-        if not busy:
+            busy = busy or (b"runtime.install" in data and str(root).encode() in data)  # sh -c '... exec' too
+        if busy:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > 1.0:  # sshd may still be starting a command the host sent
             return
         time.sleep(0.05)
     raise Failure(f"a device process on {root} still runs after {timeout} s")
@@ -404,6 +408,16 @@ def main() -> None:
     )
     checks = len(json.loads(manifests["a"])["checks"])
     say(f"bundle: {args.bundle} (tflite-int8, {checks} check images), seed {args.seed}")
+    say(
+        "every round checks that `current` is a whole release (each file against its manifest, the device's own "
+        "release_damage); any round that does not holds up is a failure, counted at the end"
+    )
+    say(
+        "2: steps_X = flashes started with 0, 1, 2... units free (4 KiB or 1 inode) until 3 in a row had enough; "
+        "failed_at = the file each failure was writing (ENOSPC from write() names none: '-'); "
+        "free_after_switch_fill = what statvfs still counted once the filler got ENOSPC (ext4 keeps reserved "
+        "clusters that f_bfree includes)"
+    )
     failures = []
 
     def section(title, fn, *a):
