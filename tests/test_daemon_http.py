@@ -360,6 +360,16 @@ def test_a_real_daemon_open_to_the_network_without_a_token_warns_and_refuses_for
     assert (foreign, local) == (403, 200)
 
 
+def test_a_host_name_given_with_allowed_host_is_served_and_others_still_refused(tiny_bundle, tmp_path):
+    process, port, _ = _run_daemon(tiny_bundle, tmp_path, "--allowed-host", "pi.lan")
+    try:
+        named = _ask(port, f"GET /metrics HTTP/1.1\r\nHost: pi.lan:{port}\r\n\r\n".encode())
+        foreign = _ask(port, b"GET /healthz HTTP/1.1\r\nHost: rebind.attacker.example\r\n\r\n")
+    finally:
+        _stop(process)
+    assert (named, foreign) == (200, 403)
+
+
 def test_a_real_daemon_takes_a_non_ascii_token_from_its_token_file(tiny_bundle, tmp_path):
     token = "ключ-7d2e-тайный"
     (tmp_path / "token").write_text(token + "\n", encoding="utf-8")

@@ -126,6 +126,14 @@ def _load_config(ctx, param, path):
     f"endpoint then requires (or set {TOKEN_ENV}). The token is never logged.",
 )
 @click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Daemon mode without a token: a Host name browsers may use to reach the HTTP server besides IP "
+    "addresses, localhost and this machine's own names (repeatable; `*` turns the DNS-rebinding check off).",
+)
+@click.option(
     "--smooth",
     type=click.IntRange(1),
     help="Daemon mode: average the probabilities of the last N frames of each source.",
@@ -242,6 +250,7 @@ def run(
     port,
     host,
     token_file,
+    allowed_hosts,
     smooth,
     threshold,
     stall_timeout,
@@ -306,7 +315,7 @@ def run(
         drift_threshold,
     )
     if port is None:
-        for name, value in (("--host", host), ("--token-file", token_file)):
+        for name, value in (("--host", host), ("--token-file", token_file), ("--allowed-host", allowed_hosts or None)):
             if value is not None:
                 raise EdgeclsError(f"{name} configures the HTTP server: add --port")
     pacing = {}  # the source's defaults: every image of a folder, a video at its own frame rate
@@ -338,6 +347,7 @@ def run(
                 port=port,
                 host=host,
                 token=token,
+                allowed_hosts=allowed_hosts,
                 smooth=smooth,
                 threshold=threshold,
                 show=bool(show),

@@ -48,6 +48,7 @@ class Daemon:
     keeps 200 with "status": "degraded" and "degraded": "drift" on that source, since the model
     still answers. "model": "bundle" is the path of the bundle serving, "refused" the last one a reload refused
     ({"bundle", "error", "at"}, None once one loads); "capture" has --capture's counts and last write error.
+    allowed_hosts: Host names a token-less HTTP server accepts besides IPs and this machine's names (see http.py).
     wait_for_sources: False makes a live source whose first open fails end the run (see `failures()`).
     """
 
@@ -69,6 +70,7 @@ class Daemon:
         host: str = "127.0.0.1",
         port: int | None = None,
         token: str | None = None,
+        allowed_hosts=(),
         max_frames: int | None = None,
         duration: float | None = None,
         source_options: dict | None = None,
@@ -148,6 +150,7 @@ class Daemon:
                 host=host,
                 port=port,
                 token=token,
+                allowed_hosts=allowed_hosts,
             )
         self.reloader = (
             None
