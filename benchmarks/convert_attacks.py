@@ -34,9 +34,10 @@ FAST = ["--formats", "tflite-fp32", "--max-drop", "100", "--check-images", "2"]
 
 
 def cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """`edgecls ARGS` of CODE (`python -m` puts the working folder first: it is CODE unless `cwd` is given)."""
     cmd = [sys.executable, "-m", "edgecls.cli", *map(str, args)]
     environment = {**os.environ, "PYTHONPATH": str(CODE), **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, env=environment, cwd=cwd)
+    return subprocess.run(cmd, capture_output=True, text=True, env=environment, cwd=cwd or CODE)
 
 
 def last_error(done) -> str:
@@ -236,7 +237,7 @@ def kill_attacks(work: Path, run: Path, kills: int, lines: list) -> None:
 
     fresh()
     started = time.perf_counter()
-    subprocess.run([*args, "--out", str(area / "b"), *options], env=env, capture_output=True, check=True)
+    subprocess.run([*args, "--out", str(area / "b"), *options], env=env, capture_output=True, check=True, cwd=CODE)
     full = time.perf_counter() - started
     # What an uninterrupted convert leaves in TMPDIR too (a library's session file): not a kill's leftover.
     usual = {f"TMPDIR/{p.name}" for p in temp.iterdir()}
@@ -248,12 +249,16 @@ def kill_attacks(work: Path, run: Path, kills: int, lines: list) -> None:
     for k in range(kills):
         fresh()
         moment = full * (k + 0.5) / kills
-        victim = subprocess.Popen([*args, "--out", str(area / "b"), *options], env=env, stderr=subprocess.DEVNULL)
+        victim = subprocess.Popen(
+            [*args, "--out", str(area / "b"), *options], env=env, stderr=subprocess.DEVNULL, cwd=CODE
+        )
         time.sleep(moment)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         left = sorted(p.name for p in area.iterdir()) + sorted(f"TMPDIR/{p.name}" for p in temp.iterdir())
-        again = subprocess.run([*args, "--out", str(area / "b"), *options, "--overwrite"], env=env, capture_output=True)
+        again = subprocess.run(
+            [*args, "--out", str(area / "b"), *options, "--overwrite"], env=env, capture_output=True, cwd=CODE
+        )
         after = sorted(p.name for p in area.iterdir() if p.name not in ("b", "b.tar"))
         after += sorted(f"TMPDIR/{p.name}" for p in temp.iterdir() if f"TMPDIR/{p.name}" not in usual)
         ok = again.returncode == 0 and (area / "b" / "manifest.json").is_file() and not after
