@@ -67,3 +67,160 @@ def test_flash_rolls_back_when_the_daemon_refuses_the_new_bundle(bundles, keys, 
     assert signed.result == "installed", (signed.result, signed.reason)
     assert seen["after"]["model"]["bundle"] == os.path.realpath(root / "current") == refused["bundle"]
     assert seen["after"]["model"]["refused"] is None
+
+
+# --- The health wait against answers that are not a daemon's ---------------------------------------------------
+
+
+class HostileHealth:
+    """A real HTTP server on 127.0.0.1 answering /healthz in one of the ways a daemon never does:
+    trickle (200, then 1 byte every 2 s), trickle_headers (the status line 1 byte every 2 s), flood (an
+    endless body), empty (200 {"status": "ok"}), redirect (302 to `location`), or a callable(request) -> bytes.
+    `requests` records every request head received."""
+
+    def __init__(self, mode, location: str = ""):
+        import socket
+        import threading
+
+        self.mode, self.location, self.requests = mode, location, []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/healthz"
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import threading
+
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        import time
+
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                head += data
+            self.requests.append(head.split(b"\r\n\r\n")[0].decode("latin-1"))
+            if callable(self.mode):
+                conn.sendall(self.mode(head))
+            elif self.mode == "trickle":
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                while not self.stopped.is_set():
+                    conn.sendall(b" ")
+                    time.sleep(2)
+            elif self.mode == "trickle_headers":
+                for byte in b"HTTP/1.0 200 OK\r\nX-A: " + b"a" * 100000:
+                    if self.stopped.is_set():
+                        return
+                    conn.sendall(bytes([byte]))
+                    time.sleep(2)
+            elif self.mode == "flood":
+                conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+                while not self.stopped.is_set():
+                    conn.sendall(b" " * (1 << 20))
+            elif self.mode == "empty":
+                conn.sendall(answer(200, b'{"status": "ok"}'))
+            elif self.mode == "redirect":
+                conn.sendall(
+                    b"HTTP/1.0 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % self.location.encode()
+                )
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stopped.set()
+        self.sock.close()
+
+
+def answer(code: int, body: bytes) -> bytes:
+    return b"HTTP/1.0 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (code, len(body)) + body
+
+
+WAIT = r"""
+import json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))  # an unbounded read dies here rather than eat the host
+from runtime.install.smoke import wait_healthy
+started = time.monotonic()
+failure = wait_healthy(sys.argv[1], sys.argv[2], timeout=float(sys.argv[3]))
+print(json.dumps({"failure": failure, "seconds": time.monotonic() - started}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["trickle", "trickle_headers", "flood"])
+def test_the_health_wait_ends_at_its_deadline_whatever_the_answer(tmp_path, mode):
+    """One deadline for the whole wait, each request included: an answer trickled byte by byte (body or
+    headers) or a body that never ends fails by the deadline, with bounded memory, so the flash rolls back and
+    lets go of its lock (before: still waiting after 150 s; 4.7 GB after 20 s)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    server = HostileHealth(mode)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", WAIT, server.url, str(tmp_path), "4"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the health wait of 4 s was still running after 20 s ({mode})")
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["failure"] and result["seconds"] < 6, result
+    assert "did not report the new bundle healthy within 4 s" in result["failure"] or "MiB" in result["failure"]
+
+
+def test_a_health_answer_without_model_bundle_or_a_redirect_is_never_a_pass(bundles, tmp_path):  # noqa: F811
+    """Another service answering 200 {"status": "ok"} must not let a model nothing checked stay installed: the
+    flash rolls back saying what was answered. A redirect is not followed (it carried the bearer token to
+    another address): the flash rolls back naming where it pointed, with its secrets masked, and the other
+    address receives nothing."""
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    assert a.ok, a
+    token = tmp_path / "token"
+    token.write_text("s3cr3t-token\n")
+    elsewhere = HostileHealth("empty")
+    empty = HostileHealth("empty")
+    redirect = HostileHealth("redirect", location=elsewhere.url + "?token=leaked")
+    try:
+        for server, expected in ((empty, "model.bundle"), (redirect, "redirect")):
+            profile = DeviceProfile(
+                name="h", artifacts=("tflite-int8",), threads=1, health_url=server.url, health_token_file=str(token)
+            )
+            [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=profile, smoke=False))
+            assert b.result == "rolled back" and expected in b.reason, (b.result, b.reason)
+            assert current_release(root).name == a.slot
+        assert "127.0.0.1" in b.reason and "leaked" not in b.reason, b.reason  # where it pointed, masked
+        assert elsewhere.requests == []  # the token never went anywhere else
+        assert (
+            '\'{"status": "ok"}\''
+            in flash(
+                bundles["b"],
+                [str(root)],
+                FlashOptions(
+                    profile=DeviceProfile(name="h", artifacts=("tflite-int8",), threads=1, health_url=empty.url),
+                    smoke=False,
+                ),
+            )[0].reason
+        )  # says what was answered
+    finally:
+        for server in (elsewhere, empty, redirect):
+            server.close()

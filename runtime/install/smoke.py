@@ -11,8 +11,6 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -156,61 +154,91 @@ def read_token(token_file: str) -> str:
     return token
 
 
-def health_request(url: str, token_file: str = "", timeout: float = 5):
-    """GET `url`, with `Authorization: Bearer` from `token_file` when given; the response (a context manager)."""
-    request = urllib.request.Request(url)
-    if token_file:
-        request.add_header("Authorization", f"Bearer {read_token(token_file)}")
-    return urllib.request.urlopen(request, timeout=timeout)
-
-
 def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str = "") -> str | None:
     """Wait until GET `url` (the daemon's /healthz) is 200 and serves `release`; a failure message, or None.
 
-    The daemon reports the bundle it serves (its hot reload follows `current`) and, apart, the one it refused
-    (`refused`): a refused `release` fails at once, whatever `bundle` says.
-    A 401 is final: waiting does not make a missing or wrong token right.
+    One deadline for the whole wait: each request ends by it too (health.py), so a trickled or endless answer
+    fails in time and the flash rolls back. The daemon reports the bundle it serves (`model.bundle`; its hot
+    reload follows `current`) and, apart, the one it refused (`refused`): a refused `release` fails at once,
+    and so does a 200 without `model.bundle` (another service), a redirect (never followed: it would carry the
+    token elsewhere) and a 401/403 (waiting does not make a missing or wrong token right).
     """
+    from runtime.install.health import HealthTooLarge, health_get
+    from runtime.redact import redact
+
     want = str(Path(release).resolve())
+    shown = redact(url)
+    try:
+        token = read_token(token_file) if token_file else ""
+    except InstallError as exc:
+        return str(exc)
     deadline, last = time.monotonic() + timeout, "no answer"
     started, older = time.time(), None  # older: (its time, first seen) of a refusal from before this wait
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0:
         try:
-            with health_request(url, token_file, timeout=5) as response:
-                detail = json.loads(response.read() or b"{}")
-            model = detail.get("model") if isinstance(detail.get("model"), dict) else detail
-            serving = model.get("bundle")
-            error = model.get("last_error") or ""
-            refused = model.get("refused") if isinstance(model.get("refused"), dict) else {}
-            # The refusal first: a daemon that keeps the old model must never count as serving the new one.
-            if refused.get("bundle") == want:
-                at = refused.get("at") or 0.0
-                if older is None or older[0] != at:
-                    older = (at, time.monotonic())
-                # One from before this wait may be an earlier flash of this same release (signed since): the
-                # daemon retries a release the link moves back to within its poll, so only one that stays counts.
-                retrying = (model.get("last_attempt") or 0.0) > at  # a newer load under way: its answer decides
-                if not retrying and (at >= started or time.monotonic() - older[1] >= REFUSAL_SETTLE_S):
-                    return f"the daemon refused the new bundle: {str(refused.get('error'))[:300]}"
-                time.sleep(0.1)
-                continue
-            if want in error and "refused" not in model:  # a daemon from before `refused` existed
-                return f"the daemon refused the new bundle: {error[:300]}"
-            if serving is None or serving == want:
-                return None
-            last = f"still serving {serving}"
-        except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
-                hint = (
-                    "the token in health_token_file is not the daemon's"
-                    if token_file
-                    else "set the profile's health_token_file to the daemon's token file on the device"
-                )
-                return f"{url} answered {exc.code} (the daemon requires a bearer token): {hint}"
-            last = f"HTTP {exc.code}"
+            code, location, body = health_get(url, token, min(5.0, left))
         except InstallError as exc:
             return str(exc)
-        except Exception as exc:  # refused while restarting, 503 while the first frame loads
-            last = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.25)
-    return f"{url} did not report the new bundle healthy within {timeout:g} s ({last})"
+        except HealthTooLarge as exc:
+            return f"{shown} sent {exc}: set health_url to the daemon's /healthz"
+        except Exception as exc:  # refused while restarting, a timeout, a connection cut
+            last = redact(f"{type(exc).__name__}: {exc}")
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+            continue
+        if code in (401, 403):
+            hint = (
+                "the token in health_token_file is not the daemon's"
+                if token_file
+                else "set the profile's health_token_file to the daemon's token file on the device"
+            )
+            return f"{shown} answered {code} (the daemon requires a bearer token): {hint}"
+        if 300 <= code < 400:
+            return (
+                f"{shown} answered {code}, a redirect to {redact(location) or 'nowhere'}, which is not followed: "
+                f"set health_url to the daemon's own /healthz"
+            )
+        if code != 200:  # 503 while the first frame loads
+            last = f"HTTP {code}"
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+            continue
+        verdict, why, older = _judge(body, want, shown, started, older)
+        if verdict != "again":
+            return why
+        last = why
+        time.sleep(0.1)
+    return f"{shown} did not report the new bundle healthy within {timeout:g} s ({last})"
+
+
+def _judge(body: bytes, want: str, shown: str, started: float, older) -> tuple:
+    """(verdict, failure or what to say, older) for a 200's body: "pass", "fail" or "again" (ask again)."""
+    try:
+        detail = json.loads(body)
+    except ValueError:
+        detail = None
+    model = detail.get("model") if isinstance(detail, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("bundle"), str):
+        said = body[:120].decode("utf-8", "replace")
+        return (
+            "fail",
+            f"{shown} answered 200 without the daemon's model.bundle ({said!r}{'…' if len(body) > 120 else ''}): "
+            f"not an edgecls daemon's /healthz; set health_url to the daemon's",
+            older,
+        )
+    refused = model.get("refused") if isinstance(model.get("refused"), dict) else {}
+    # The refusal first: a daemon that keeps the old model must never count as serving the new one.
+    if refused.get("bundle") == want:
+        at = refused.get("at") or 0.0
+        if older is None or older[0] != at:
+            older = (at, time.monotonic())
+        # One from before this wait may be an earlier flash of this same release (signed since): the
+        # daemon retries a release the link moves back to within its poll, so only one that stays counts.
+        retrying = (model.get("last_attempt") or 0.0) > at  # a newer load under way: its answer decides
+        if not retrying and (at >= started or time.monotonic() - older[1] >= REFUSAL_SETTLE_S):
+            return "fail", f"the daemon refused the new bundle: {str(refused.get('error'))[:300]}", older
+        return "again", "the daemon refused the new bundle a moment ago", older
+    error = str(model.get("last_error") or "")
+    if want in error and "refused" not in model:  # a daemon from before `refused` existed
+        return "fail", f"the daemon refused the new bundle: {error[:300]}", older
+    if model["bundle"] == want:
+        return "pass", None, older
+    return "again", f"still serving {model['bundle']}", older
