@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 
@@ -333,7 +332,11 @@ class Daemon:
 
     def run(self, on_start=None) -> dict:
         """start, wait, stop; SIGTERM/SIGINT stop it cleanly. Returns `summary()`."""
-        previous = self._install_signal_handlers()
+        from runtime.daemon.signals import SignalWatcher
+
+        # The handlers set flags only; a thread acts on them (a handler taking a lock deadlocks on a signal burst).
+        signals = SignalWatcher(self.request_stop, self.reloader.request if self.reloader else None)
+        signals.install()
         try:
             self.start()
             if on_start is not None:
@@ -341,12 +344,11 @@ class Daemon:
             self.wait()
         finally:
             self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            signals.uninstall()
         return self.summary()
 
     def request_stop(self) -> None:
-        """Safe from a signal handler: run() notices within 50 ms and stops."""
+        """From any thread (not a signal handler: run()'s go through runtime/daemon/signals.py); run() then stops."""
         self._stop.set()
 
     def stop(self) -> None:
@@ -384,18 +386,6 @@ class Daemon:
         stuck = [loop.supervisor.name for loop in self.loops if not loop.done]
         if stuck:
             log.warning("stopped without waiting for %s (a frame still being classified)", ", ".join(stuck))
-
-    def _install_signal_handlers(self) -> dict:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, lambda *_: self.request_stop())
-        if self.reloader and hasattr(signal, "SIGHUP"):
-            previous[signal.SIGHUP] = signal.getsignal(signal.SIGHUP)
-            signal.signal(signal.SIGHUP, lambda *_: self.reloader.request())
-        return previous
 
 
 class _Preview:

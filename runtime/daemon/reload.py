@@ -18,7 +18,7 @@ log = logging.getLogger("edgecls.daemon")
 
 
 class Reloader:
-    """Watches `path` and swaps the model; `request()` is safe from a signal handler.
+    """Watches `path` and swaps the model; `request()` (from any thread, not a signal handler) reloads it.
 
     load(path) -> a ready Classifier (raises on a bad bundle); swap(classifier) installs it.
     metrics: a `runtime.daemon.metrics.Metrics` or None. poll_s: how often the link is read.
