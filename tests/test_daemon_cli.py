@@ -210,3 +210,22 @@ def test_a_camera_that_never_opens_is_one_error_line_naming_the_fix_unless_asked
     )
     assert waited.returncode == 0, waited.stderr[-2000:]
     assert "reconnecting" in waited.stderr
+
+
+def test_a_tiny_results_max_mb_rotates_the_results_file_instead_of_never(tiny_bundle, video, tmp_path):
+    """--results-max-mb 0.0000001 (about 0.1 byte) rounded down to 0 bytes, which means 'never rotate'."""
+    results = tmp_path / "r.jsonl"
+    done = run_cli(
+        "run",
+        tiny_bundle,
+        "--source",
+        video,
+        "--results",
+        results,
+        "--results-max-mb",
+        "0.0000001",
+        "--max-frames",
+        "4",
+    )
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert (tmp_path / "r.jsonl.1").exists(), sorted(p.name for p in tmp_path.iterdir())

@@ -466,7 +466,12 @@ def _capture(folder, below, every, max_mb):
         return None
     from runtime.daemon.capture import Capture
 
-    return Capture(folder, below=below, sample=every, max_bytes=int(max_mb * 2**20))
+    return Capture(folder, below=below, sample=every, max_bytes=_bytes(max_mb))
+
+
+def _bytes(megabytes: float) -> int:
+    """Whole bytes of a size in MiB, at least 1 when it is not 0: int() made a tiny size 0, which means 'never'."""
+    return 0 if megabytes == 0 else max(1, math.ceil(megabytes * 2**20))
 
 
 def _read_token(token_file) -> str | None:
@@ -508,7 +513,7 @@ def _run_daemon(
     from runtime.daemon.sinks import JsonlFileSink, StdoutSink
     from runtime.errors import EdgeclsError
 
-    sinks = [JsonlFileSink(results, max_bytes=int(results_max_mb * 1024 * 1024))] if results else [StdoutSink()]
+    sinks = [JsonlFileSink(results, max_bytes=_bytes(results_max_mb))] if results else [StdoutSink()]
     if mqtt:
         from runtime.daemon.mqtt import MqttSink
 

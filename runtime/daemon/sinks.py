@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -47,7 +48,8 @@ class JsonlFileSink:
     """Appends JSON lines to `path`; past `max_bytes`, path -> path.1 -> ... -> path.<backups> (oldest dropped).
 
     Only ever appends to the current file and renames whole files, so a reader never sees a
-    rewritten line; `max_bytes=0` never rotates.
+    rewritten line; `max_bytes=0` never rotates. Only a regular file is rotated or synced: /dev/null, a FIFO or
+    /dev/stdout is written to as it is (renaming a device node would replace it with a file).
     """
 
     def __init__(self, path, max_bytes: int = 10 * 1024 * 1024, backups: int = 3):
@@ -64,7 +66,10 @@ class JsonlFileSink:
             raise EdgeclsError(
                 f"cannot open results file {self.path}: {exc.strerror or exc}: choose a writable path with --results"
             ) from exc
-        self._size = self._file.tell()
+        self.regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
+        if not self.regular:
+            self.max_bytes = max_bytes = 0
+        self._size = self._file.tell() if self.regular else 0
         if max_bytes and not os.access(self.path.parent, os.W_OK):  # found at the first rotation, hours later
             self._file.close()
             raise EdgeclsError(
@@ -87,6 +92,8 @@ class JsonlFileSink:
     def _rotate(self) -> None:
         self._file.close()
         try:
+            if not stat.S_ISREG(os.lstat(self.path).st_mode):  # replaced by a link, a FIFO, a device since the start
+                raise OSError(f"{self.path} is no longer a regular file")
             self._shift()
         except OSError as exc:  # keep appending to the one file rather than lose every later result
             log.error("cannot rotate %s (%s: %s); appending to it without rotation", self.path, type(exc).__name__, exc)
@@ -109,6 +116,7 @@ class JsonlFileSink:
             if self._file is None:
                 return
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if self.regular:  # fsync of /dev/null or a pipe is EINVAL
+                os.fsync(self._file.fileno())
             self._file.close()
             self._file = None

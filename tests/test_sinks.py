@@ -1,0 +1,48 @@
+"""Result sinks (runtime/daemon/sinks.py): what is rotated, and what is only written to."""
+
+import os
+import stat
+import threading
+
+import pytest
+
+from runtime.daemon.sinks import JsonlFileSink
+
+
+def _fill(sink, lines=200):
+    for i in range(lines):
+        sink.write({"frame": i, "label": "x" * 40})
+
+
+def test_a_fifo_given_as_results_file_is_written_to_and_never_rotated(tmp_path):
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()), daemon=True)
+    reader.start()
+    sink = JsonlFileSink(fifo, max_bytes=300, backups=2)
+    _fill(sink)
+    sink.close()
+    reader.join(10)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced by a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.fifo"]
+    assert got and got[0].count(b"\n") == 200
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_a_null_device_given_as_results_file_is_never_renamed_and_closes_without_error(tmp_path, caplog):
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a real /dev/null, in a folder of the test's own
+    sink = JsonlFileSink(null, max_bytes=300, backups=2)
+    _fill(sink)
+    sink.close()  # fsync of a device is EINVAL: it must not be tried
+    assert stat.S_ISCHR(os.lstat(null).st_mode), "the device node was renamed and replaced by a regular file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]
+
+
+def test_a_regular_results_file_is_still_rotated_by_size(tmp_path):
+    path = tmp_path / "r.jsonl"
+    sink = JsonlFileSink(path, max_bytes=300, backups=2)
+    _fill(sink, 20)
+    sink.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.1", "r.jsonl.2"]
