@@ -158,9 +158,27 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     )
 
 
+_NONE = type(None)
 _REPLIES = {
     "plan": {"slot": str, "installed": bool, "need": list},
-    "apply": {"slot": str, "result": str, "reason": (str, type(None)), "smoke": (dict, type(None))},
+    "apply": {"slot": str, "result": str, "reason": (str, _NONE), "smoke": (dict, _NONE)},
+    "rollback": {"slot": (str, _NONE), "replaced": (str, _NONE)},
+    "status": {
+        "root": str,
+        "current": (str, _NONE),
+        "previous": (str, _NONE),
+        "versions": list,
+        "requires_signature": bool,
+        "last_flash": (dict, _NONE),
+        "pending": (dict, _NONE),
+    },
+}
+# What `edgecls status` reads inside the reply's parts (each a JSON object where present).
+_PARTS = {
+    "versions": {"slot": str, "created": str, "artifacts": list, "signature": (dict, _NONE)},
+    "health": {"url": str},
+    "last_flash": {"result": str},
+    "pending": {"slot": str},
 }
 
 
@@ -177,13 +195,31 @@ def device_reply(reply, command: str, target_text: str) -> dict:
     if not isinstance(reply, dict):
         raise EdgeclsError(f"{target_text}: {_unexpected(command, 'reply', 'a JSON object')}")
     for key, kind in _REPLIES[command].items():
-        if not isinstance(reply.get(key), kind) or (kind is bool and not isinstance(reply[key], bool)):
+        absent = key not in reply and command in ("rollback", "status")  # there, null is an answer; absent not
+        if absent or not isinstance(reply.get(key), kind) or (kind is bool and not isinstance(reply[key], bool)):
             raise EdgeclsError(f"{target_text}: {_unexpected(command, key, _kind_name(kind))}")
     if command == "plan" and not all(isinstance(n, str) for n in reply["need"]):
         raise EdgeclsError(f"{target_text}: {_unexpected(command, 'need', 'a list of file names')}")
     if command == "apply" and reply["result"] not in RESULTS:
         raise EdgeclsError(f"{target_text}: {_unexpected(command, 'result', ' or '.join(RESULTS))}")
+    if command == "status":
+        _status_parts(reply, target_text)
     return reply
+
+
+def _status_parts(reply: dict, target_text: str) -> None:
+    for part, fields in _PARTS.items():
+        items = reply.get(part)
+        if items is None:
+            continue
+        for item in items if part == "versions" else [items]:
+            if not isinstance(item, dict):
+                raise EdgeclsError(f"{target_text}: {_unexpected('status', part, 'an object')}")
+            for key, kind in fields.items():
+                if not isinstance(item.get(key), kind):
+                    raise EdgeclsError(f"{target_text}: {_unexpected('status', f'{part}.{key}', _kind_name(kind))}")
+            if part == "versions" and not all(isinstance(a, str) for a in item["artifacts"]):
+                raise EdgeclsError(f"{target_text}: {_unexpected('status', 'versions.artifacts', 'names')}")
 
 
 def _kind_name(kind) -> str:
@@ -296,7 +332,7 @@ def rollback(target_text: str, options: FlashOptions | None = None) -> dict:
         options=options.ssh_options,
         python=options.python,
     )
-    return target.rollback(options.profile.service)
+    return device_reply(target.rollback(options.profile.service), "rollback", target_text)
 
 
 def status(target_text: str, options: FlashOptions | None = None) -> dict:
@@ -309,4 +345,4 @@ def status(target_text: str, options: FlashOptions | None = None) -> dict:
         options=options.ssh_options,
         python=options.python,
     )
-    return target.status()
+    return device_reply(target.status(), "status", target_text)

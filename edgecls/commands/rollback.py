@@ -12,7 +12,12 @@ from edgecls.commands.flash import target_options, with_target_options
 @with_target_options
 def rollback(target, **kw):
     """Switch TARGET's `current` back to `previous` atomically (and restart the daemon's service if installed)."""
+    from devices.flash import printable as p
     from devices.flash import rollback as run_rollback
 
-    done = run_rollback(target, target_options(**kw))
-    click.echo(f"{target}: current is now {done['slot']} (was {done.get('replaced')})")
+    done = run_rollback(target, target_options(**kw))  # its fields come from the device: printed escaped
+    now = p(done["slot"] or "nothing (no `current`)")
+    if done.get("replaced") == done["slot"]:  # an interrupted flash abandoned before it switched
+        click.echo(f"{p(target)}: current is {now}: {p(done.get('reason') or '')}")
+    else:
+        click.echo(f"{p(target)}: current is now {now} (was {p(done.get('replaced') or 'nothing')})")

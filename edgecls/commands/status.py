@@ -33,7 +33,9 @@ def status(target, as_json, **kw):
         click.echo(f"  {mark} {p(v['slot'])}  {p(v['created'] or '-')}  {p(','.join(v['artifacts']))}  {signed}")
     if "health" in info:
         h = info["health"]
-        click.echo(f"  health: {p(h['url'])} -> {h.get('status')}" + (f" ({p(h['error'])})" if h.get("error") else ""))
+        click.echo(
+            f"  health: {p(h['url'])} -> {p(h.get('status'))}" + (f" ({p(h['error'])})" if h.get("error") else "")
+        )
     last = info.get("last_flash")
     if last:
         click.echo(
@@ -41,7 +43,9 @@ def status(target, as_json, **kw):
             + (f": {p(last['reason'])}" if last.get("reason") else "")
         )
     pending = info.get("pending")
-    if pending and pending.get("kind") == "rollback":
+    if info.get("in_progress"):  # its `pending` record is its own, not a leftover of a killed one
+        click.echo(f"  in progress: {p(info['in_progress'])}; run status again when it has ended")
+    elif pending and pending.get("kind") == "rollback":
         click.echo(
             f"  interrupted rollback to {p(pending['slot'])}: run `edgecls rollback` again (or any flash) to finish it"
         )
@@ -52,7 +56,9 @@ def status(target, as_json, **kw):
             if unchecked
             else f"current is {p(info['current'] or 'none')}"
         )
+        old = p(pending.get("old") or "nothing")
+        undo = f"`edgecls rollback` to return to {old}" if unchecked else "`edgecls rollback` to abandon it"
         click.echo(
             f"  interrupted flash of {p(pending['slot'])} ({serving}): run that flash again to finish it, or "
-            f"`edgecls rollback`; a flash of another version first restores {p(pending.get('old') or 'nothing')}"
+            f"{undo}; a flash of another version first restores {old}"
         )

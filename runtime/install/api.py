@@ -121,10 +121,10 @@ def _recover(device: DeviceRoot, slot: str | None = None, service: str = "") -> 
     return _resolve_interrupted(device, slot, service)
 
 
-def _resolve_interrupted(device: DeviceRoot, slot: str | None, service: str) -> dict | None:
+def _resolve_interrupted(device: DeviceRoot, slot: str | None, service: str, then: str = "") -> dict | None:
     """A flash killed between its switch and its verdict left `current` unchecked. The re-run of that flash
-    finishes it; any other flash first restores the version it replaced (the last verified one), so that a
-    later rollback can never return to a model nothing checked."""
+    finishes it; any other flash, and `edgecls rollback`, first restores the version it replaced (the last
+    verified one), so that no rollback can ever return to a model nothing checked."""
     pending = _state(device).get("pending")
     if not pending or pending.get("slot") == slot:
         return None
@@ -137,7 +137,7 @@ def _resolve_interrupted(device: DeviceRoot, slot: str | None, service: str) -> 
         slot=pending["slot"],
         result="rolled back",
         reason=f"the flash of {pending['slot']} was interrupted before it was verified: "
-        f"{old or 'no version'} restored before flashing {slot}",
+        f"{old or 'no version'} restored {then or f'before flashing {slot}'}",
         restored=old,
     )
     commit.drop_rollback(device)
@@ -169,6 +169,11 @@ def apply(
     manifest = _manifest(manifest_bytes)
     files = staging.wanted_files(manifest, manifest_bytes, artifacts)
     slot = staging.slot_name(manifest_bytes, artifacts)
+    if health_url:
+        from runtime.install.health import url_problem
+
+        if url_problem(health_url):
+            raise InstallError(url_problem(health_url))
     if health_token_file:
         from runtime.install.smoke import read_token
 
@@ -380,44 +385,73 @@ def _finish_rollback(device: DeviceRoot) -> dict | None:
 
 
 def rollback(root, *, service: str = "", lock_timeout: float = 60.0) -> dict:
-    """`edgecls rollback`: make `previous` current again (and the current one previous).
+    """`edgecls rollback`: back to the last verified release. Returns {"slot": current now, "replaced", ...}.
 
-    Journaled like a flash: killed between its two renames, the next locked command (a flash or another
-    rollback) completes it; the rerun of a rollback killed midway finishes that rollback, not a second one.
+    After a flash interrupted before its verdict, that is the version the flash replaced (its unchecked
+    release is never kept as `previous`); otherwise `previous`, which becomes current (and the current one
+    previous). Journaled like a flash: killed between its two renames, the next locked command completes it.
+    On a full disk it uses the links and space the interrupted flash prepared; without them it fails before
+    switching anything and says which version is current.
     """
     from runtime.install import smoke as checks
 
     device = DeviceRoot(root).require()
-    with device.lock(lock_timeout):
-        locked_at = time.time()
-        commit.remove_stale_temps(device)
-        staging.remove_trash(device)
-        done = _finish_rollback(device)
-        if done is None:
-            current, previous = device.link_version(device.current), device.link_version(device.previous)
-            if not previous or previous == current:
-                raise InstallError(
-                    f"{device.root} has no previous version to roll back to (installed: "
-                    f"{', '.join(device.versions()) or 'none'})"
-                )
-            _check_rollback_target(device, previous)
-            state = _state(device)
-            state["pending_rollback"] = {"slot": previous, "kind": "rollback", "current": previous, "previous": current}
-            device.write_json(device.state_file, state)
-            commit.switch(device, "current", previous)  # the commit
-            commit.switch(device, "previous", current)
-            done = _record(
-                device,
-                clear=("pending_rollback", "pending"),
-                slot=previous,
-                result="rolled back",
-                reason=f"`edgecls rollback` from {current}",
-                replaced=current,
-                locked_at=locked_at,
-            )
-        if checks.service_installed(service):
-            checks.restart_service(service)
-        return done
+    try:
+        with device.lock(lock_timeout, "a rollback"):
+            locked_at = time.time()
+            commit.remove_stale_temps(device)
+            staging.remove_trash(device)
+            done = _finish_rollback(device) or _abandon_interrupted(device, service) or _swap(device, locked_at)
+            if checks.service_installed(service):
+                checks.restart_service(service)
+            return done
+    except OSError as exc:
+        current = device.link_version(device.current)
+        pending = _state(device).get("pending") or {}
+        where = f"`current` is {current or 'nothing'}" + (", never verified" if current == pending.get("slot") else "")
+        raise InstallError(f"cannot roll back: {os_error_text(exc, 'run `edgecls rollback` again')}; {where}") from exc
+
+
+def _abandon_interrupted(device: DeviceRoot, service: str) -> dict | None:
+    """A flash interrupted before its verdict: restore what it replaced (`previous` too), nothing more."""
+    before = device.link_version(device.current)
+    record = _resolve_interrupted(device, None, service, then="by `edgecls rollback`")
+    if record is None:
+        return None
+    now = device.link_version(device.current)
+    return {**record, "slot": now, "replaced": before}
+
+
+def _swap(device: DeviceRoot, locked_at: float) -> dict:
+    """`previous` becomes current and current previous; only ever to a release this device verified."""
+    state = _state(device)
+    current, previous = device.link_version(device.current), device.link_version(device.previous)
+    if not previous or previous == current:
+        raise InstallError(
+            f"{device.root} has no previous version to roll back to (installed: "
+            f"{', '.join(device.versions()) or 'none'})"
+        )
+    verified = state.get("healthy") if isinstance(state.get("healthy"), dict) else None
+    if verified is not None and not verified.get(previous):
+        raise InstallError(
+            f"cannot roll back to {previous}: it was never verified on this device (its flash failed or was "
+            f"interrupted); nothing was switched: flash the version you want instead"
+        )
+    _check_rollback_target(device, previous)
+    keep = current if verified is None or verified.get(current) else None  # never an unchecked `previous`
+    state["pending_rollback"] = {"slot": previous, "kind": "rollback", "current": previous, "previous": keep}
+    device.write_json(device.state_file, state)
+    commit.switch(device, "current", previous)  # the commit
+    commit.switch(device, "previous", keep)
+    return _record(
+        device,
+        clear=("pending_rollback", "pending"),
+        slot=previous,
+        result="rolled back",
+        reason=f"`edgecls rollback` from {current}",
+        replaced=current,
+        locked_at=locked_at,
+    )
 
 
 def _cleanup(device: DeviceRoot) -> None:
@@ -459,18 +493,29 @@ def status(root, health_url: str = "") -> dict:
         "requires_signature": device.signers.is_file(),
         "last_flash": state.get("last_flash"),
         "pending": state.get("pending") or state.get("pending_rollback"),
+        "in_progress": device.lock_holder(),  # a flash or rollback running now: its `pending` is not a leftover
     }
     config = device.read_json(device.config_file, {})
     url = health_url or config.get("health_url", "")
     if url:
-        from runtime.install.smoke import health_request
-
-        try:
-            with health_request(url, config.get("health_token_file", ""), timeout=5) as response:
-                result["health"] = {"url": url, "status": response.status}
-        except Exception as exc:
-            result["health"] = {"url": url, "status": getattr(exc, "code", None), "error": str(exc)[:200]}
+        result["health"] = _probe(url, config.get("health_token_file", ""))
     return result
+
+
+def _probe(url: str, token_file: str, deadline_s: float = 5.0) -> dict:
+    """Status's look at the daemon: one GET that ends within `deadline_s`, whatever answers."""
+    from runtime.install.health import health_get
+    from runtime.install.smoke import read_token
+    from runtime.redact import redact
+
+    try:
+        code, location, _ = health_get(url, read_token(token_file) if token_file else "", deadline_s)
+    except Exception as exc:
+        return {"url": redact(url), "status": None, "error": redact(f"{exc}")[:200]}
+    health = {"url": redact(url), "status": code}
+    if 300 <= code < 400:
+        health["error"] = f"a redirect to {redact(location) or 'nowhere'} (not followed)"
+    return health
 
 
 def trust(root, allowed_signers: bytes) -> dict:

@@ -71,13 +71,13 @@ class InstallError(EdgeclsError):
     """A flash step on the device that failed; nothing was switched."""
 
 
-def os_error_text(exc: OSError) -> str:
+def os_error_text(exc: OSError, then: str = "flash again") -> str:
     """An OSError in words a user acts on: a full disk says so and how to see which kind (never "(None)")."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" (writing {exc.filename})" if exc.filename else ""
         return (
             f"the device's disk is full: no space or no free inodes left{where}; free some (`df -h` and `df -i` "
-            f"on the device show which), then flash again"
+            f"on the device show which), then {then}"
         )
     return (exc.strerror or str(exc) or type(exc).__name__) + (f" ({exc.filename})" if exc.filename else "")
 
@@ -189,8 +189,24 @@ class DeviceRoot:
             return []
         return sorted(p.name for p in self.releases.iterdir() if is_real_dir(p) and SLOT.match(p.name))
 
+    def lock_holder(self) -> str | None:
+        """Who holds ROOT/.lock now ("a flash (pid N, since T)"), or None; takes nothing and writes nothing."""
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                return None
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)  # releases a shared lock taken above
+        return None
+
     @contextmanager
-    def lock(self, timeout: float = 60.0):
+    def lock(self, timeout: float = 60.0, what: str = "a flash"):
         """Hold ROOT/.lock; wait up to `timeout` s for another flash, then refuse naming its holder.
 
         flock is released by the kernel when the holder dies, so a killed flash never leaves a stale lock.
@@ -210,8 +226,11 @@ class DeviceRoot:
                             f"{self.root} is busy: {holder} holds {path}; wait for it to finish and run again"
                         ) from exc
                     time.sleep(0.05)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"a flash (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})".encode(), 0)
+            try:  # who holds it, for `status` and the busy message; a full disk must not stop a rollback
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{what} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})".encode(), 0)
+            except OSError:
+                pass
             yield
         finally:
             os.close(fd)  # releases the flock

@@ -1,0 +1,127 @@
+"""`edgecls rollback` (edgecls/commands/rollback.py, runtime/install/api.rollback): only ever back to a release
+this device verified, on a full disk too, after a flash killed anywhere, and never trusting a device's reply."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from devices.flash import FlashOptions, flash
+from runtime.bundle import MANIFEST
+from tests.conftest import cli_error, run_cli
+from tests.sshd import sshd  # noqa: F401  (fixture)
+from tests.test_flash import PROFILE, assert_complete, bundles, current_release  # noqa: F401  (fixture)
+from tests.test_install_api import _flash_killed_after_the_switch, small_fs
+
+
+def _links(root) -> tuple:
+    return tuple(
+        os.path.basename(os.readlink(root / n)) if os.path.islink(root / n) else None for n in ("current", "previous")
+    )
+
+
+def _fill(sd, kind: str) -> None:
+    """Take every free block (or inode) of the file system `sd`, as the daemon's captures would."""
+    (sd / "fill").mkdir()
+    try:
+        if kind == "inodes":
+            for i in range(10**6):
+                (sd / "fill" / str(i)).touch()
+        else:
+            with open(sd / "fill" / "blob", "wb", buffering=0) as f:
+                while True:
+                    f.write(b"\0" * 4096)
+    except OSError:
+        pass
+
+
+def test_rollback_after_an_interrupted_flash_returns_to_the_last_verified_release(bundles, tmp_path):  # noqa: F811
+    """a, b, then `wrong` killed right after its switch (never verified, and its smoke test would fail): the
+    first rollback returns to b and never keeps `wrong` as previous, so the second returns to a, and no
+    rollback ever ends on `wrong` (before: the second rollback switched to it)."""
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    _flash_killed_after_the_switch(bundles["wrong"], root)
+    unchecked = json.loads((root / "state.json").read_text())["pending"]["slot"]
+    assert current_release(root).name == unchecked
+    first = run_cli("rollback", root, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert f"current is now {b.slot} (was {unchecked})" in first.stdout, first.stdout
+    assert _links(root) == (b.slot, a.slot)
+    second = run_cli("rollback", root, timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert _links(root) == (a.slot, b.slot)
+    assert_complete(root, bundles["a"] / MANIFEST)
+    status = run_cli("status", root, timeout=120)
+    assert "interrupted flash of" not in status.stdout, status.stdout
+
+
+@pytest.mark.parametrize("kind, options", [("blocks", "size=3m"), ("inodes", "nr_inodes=120")])
+def test_rollback_on_a_full_disk_uses_what_the_interrupted_flash_prepared(bundles, tmp_path, kind, options):  # noqa: F811
+    """A flash killed after its switch left the rollback links and the reserve; the disk then fills up.
+    `edgecls rollback`, as status advises, renames them back: the verified release is current again and
+    recorded (before: a bare "No space left on device", the unverified model kept serving)."""
+    with small_fs(tmp_path / "sd", options) as sd:
+        root = sd / "edgecls"
+        [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+        [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+        _flash_killed_after_the_switch(bundles["wrong"], root)
+        assert os.path.islink(root / ".rollback-current") and (root / ".reserve").is_file()
+        _fill(sd, kind)
+        ran = run_cli("rollback", root, timeout=120)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        assert _links(root) == (b.slot, a.slot)
+        state = json.loads((root / "state.json").read_text())
+        assert "pending" not in state and state["last_flash"]["result"] == "rolled back", state
+
+
+def test_rollback_on_a_full_disk_without_prepared_links_says_which_version_is_current(bundles, tmp_path):  # noqa: F811
+    """No flash in progress, so nothing prepared: on a full disk the rollback fails before switching anything,
+    in one line saying the disk is full and which version is current (before: a bare "No space left on
+    device")."""
+    with small_fs(tmp_path / "sd", "size=3m") as sd:
+        root = sd / "edgecls"
+        flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+        [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+        _fill(sd, "blocks")
+        error = cli_error(run_cli("rollback", root, timeout=120))
+        assert "disk is full" in error and f"`current` is {b.slot}" in error, error
+        assert current_release(root).name == b.slot
+
+
+def test_rollback_after_a_flash_killed_between_its_two_renames_works_as_status_advises(bundles, tmp_path):  # noqa: F811
+    """Killed after `previous` moved to the old current and before `current` switched (previous == current):
+    status advises `edgecls rollback`, which must work: the interrupted flash is abandoned and both links are
+    what they were before it (before: "has no previous version to roll back to")."""
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    killed = run_cli("flash", bundles["wrong"], root, env={"EDGECLS_TEST_KILL_AT": "switch:2"}, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert _links(root) == (b.slot, b.slot)
+    status = run_cli("status", root, timeout=120)
+    assert "`edgecls rollback`" in status.stdout, status.stdout
+    ran = run_cli("rollback", root, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert _links(root) == (b.slot, a.slot)
+    assert "interrupted flash of" not in run_cli("status", root, timeout=120).stdout
+    again = run_cli("rollback", root, timeout=120)  # and the next one goes where `previous` says
+    assert again.returncode == 0 and _links(root) == (a.slot, b.slot), again.stderr[-2000:]
+
+
+def test_rollback_refuses_a_device_reply_of_another_shape_and_escapes_what_it_prints(tmp_path, sshd):  # noqa: F811
+    """A device answering `{}` is one error line, no traceback (before: KeyError: 'slot'); a slot holding
+    terminal escapes is printed escaped."""
+    target = sshd.target(tmp_path / "dev")
+    for reply, ok in (("{}", False), ('{"slot": "\\u001b[2Jx", "replaced": null}', True)):
+        fake = tmp_path / "fake-python"
+        fake.write_text(f"#!/bin/sh\ncat >/dev/null </dev/null\necho '{reply}'\n")
+        fake.chmod(0o755)
+        ran = run_cli("rollback", target, "--ssh-config", sshd.ssh_config, "--python", fake, timeout=120)
+        if ok:
+            assert ran.returncode == 0 and "\x1b" not in ran.stdout and "\\x1b[2Jx" in ran.stdout, ran
+        else:
+            assert "is not what this edgecls expects" in cli_error(ran), ran.stderr

@@ -1,0 +1,80 @@
+"""`edgecls status` (edgecls/commands/status.py, runtime/install/api.status): a status that answers in seconds
+whatever the daemon does, tells a running flash from an interrupted one, and never trusts a device's reply."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+from devices.flash import FlashOptions, flash
+from devices.profiles import DeviceProfile
+from tests.conftest import cli_error, run_cli
+from tests.sshd import sshd  # noqa: F401  (fixture)
+from tests.test_flash import PROFILE, bundles, current_release  # noqa: F401  (fixture)
+from tests.test_smoke import HostileHealth, answer
+
+
+def test_status_answers_within_seconds_when_the_daemon_trickles_its_answer(bundles, tmp_path):  # noqa: F811
+    """A /healthz sending its status line one byte every 2 s: status's look at the daemon gives up after a few
+    seconds and reports that, instead of hanging (before: still waiting after 40 s)."""
+    root = tmp_path / "dev"
+    assert flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].ok
+    server = HostileHealth("trickle_headers")
+    (root / "device.json").write_text(json.dumps({"service": "", "health_url": server.url, "health_token_file": ""}))
+    started = time.monotonic()
+    try:
+        ran = run_cli("status", root, timeout=40)
+    finally:
+        server.close()
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert time.monotonic() - started < 25
+    assert f"health: {server.url} -> None (no complete answer within 5 s)" in ran.stdout, ran.stdout
+
+
+def test_status_says_a_flash_is_in_progress_while_it_holds_the_lock(bundles, tmp_path):  # noqa: F811
+    """During a flash's health wait its `pending` record is its own, not a killed flash's leftover: status says a
+    flash is in progress (and its pid), never "interrupted flash ... or `edgecls rollback`"."""
+    root = tmp_path / "dev"
+    assert flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].ok
+    release = threading.Event()
+
+    def healthz(head: bytes) -> bytes:  # 503 (loading) until released, then the daemon's answer for `current`
+        if not release.is_set():
+            return answer(503, b'{"status": "unhealthy"}')
+        return answer(200, json.dumps({"model": {"bundle": os.path.realpath(root / "current")}}).encode())
+
+    server = HostileHealth(healthz)
+    profile = DeviceProfile(name="h", artifacts=("tflite-int8",), threads=1, health_url=server.url)
+    results = []
+    worker = threading.Thread(
+        target=lambda: results.extend(flash(bundles["b"], [str(root)], FlashOptions(profile=profile)))
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.requests and time.monotonic() < deadline:  # switched, now in its health wait
+            time.sleep(0.05)
+        ran = run_cli("status", root, timeout=60)
+    finally:
+        release.set()
+        worker.join(90)
+        server.close()
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert f"a flash (pid {os.getpid()}" in ran.stdout and "in progress" in ran.stdout, ran.stdout
+    assert "interrupted" not in ran.stdout, ran.stdout
+    assert results and results[0].result == "installed", results
+
+
+def test_status_refuses_a_device_reply_of_another_shape_in_one_line(tmp_path, sshd):  # noqa: F811
+    """A device running other code (or lying) answers `{}` or a version whose slot is a number: one error line
+    saying so, no traceback (before: KeyError: 'root')."""
+    for reply in ("{}", '{"root": "/x", "versions": [{"slot": 5}], "requires_signature": false, "current": null}'):
+        fake = tmp_path / "fake-python"
+        fake.write_text(f"#!/bin/sh\ncat >/dev/null </dev/null\necho '{reply}'\n")
+        fake.chmod(0o755)
+        ran = run_cli(
+            "status", sshd.target(tmp_path / "dev"), "--ssh-config", sshd.ssh_config, "--python", fake, timeout=120
+        )
+        assert "is not what this edgecls expects" in cli_error(ran), ran.stderr
