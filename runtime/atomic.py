@@ -31,8 +31,12 @@ MARKERS = {
     "explanations.json": ("edgecls-explain/", "an edgecls explanation folder (explanations.json)"),
     "quickstart.json": ("edgecls-quickstart/", "an edgecls quickstart folder (quickstart.json)"),
 }
-_STAGE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]*)\.[a-z0-9_]+\.(?P<kind>partial|old)$")
-_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # write_bytes' temp file, left by a kill
+# re.DOTALL: a name may hold a newline (`--out $'b\nx'`); `.` must match it, or that stage is never removed.
+# \Z, not $: `$` also matches before a final newline, so `.b.1@h.x.partial\n` would pass for a stage.
+_STAGE = re.compile(
+    r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]*)\.[a-z0-9_]+\.(?P<kind>partial|old)\Z", re.DOTALL
+)
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp\Z", re.DOTALL)  # write_bytes' temp file, left by a kill
 
 # What a product of one kind may hold: names, or a function of the folder that lists them.
 Contents = Callable[[Path], Iterable[str]] | Iterable[str] | None

@@ -126,3 +126,17 @@ def test_stage_is_removed_when_the_block_fails(tmp_path):
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
     assert os.path.basename(str(stage)).startswith(f".out.{os.getpid()}@")
+
+
+def test_a_dead_stage_whose_name_holds_a_newline_is_removed_and_its_temp_files_are_not_foreign(tmp_path):
+    """`--out $'b\\nx'`: the stage and write_bytes' temp file of a killed run carry the newline in their names."""
+    stage = tmp_path / f".b\nx.{dead_pid()}@{_host()}.abc123.partial"
+    stage.mkdir()
+    (stage / "model.tflite").write_bytes(b"half")
+    assert remove_stale_stages(tmp_path) == [stage]
+    assert list(tmp_path.iterdir()) == []
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"format": "edgecls-bundle/1"}))
+    (bundle / ".labels\nv2.txt.k3j_9.tmp").write_bytes(b"half")  # a kill during write_bytes of `labels\nv2.txt`
+    check_output(bundle, overwrite=True, marker="manifest.json", contents={"manifest.json", "labels\nv2.txt"})
