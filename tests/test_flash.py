@@ -112,17 +112,48 @@ def test_i9_p2_path_traversal_names_are_refused(bundles, tmp_path, sshd):  # noq
     root = tmp_path / "dev"
     assert "not a plain file name" in cli_error(run_cli("flash", evil, root))
     assert not (tmp_path / "escaped.txt").exists() and not root.exists()
-    # The device refuses such a name too, even from a host that did not check (a crafted upload).
+    # The device refuses such a name too, even from a host that did not check: a manifest that lists it
+    # (refused by the device's name check itself) and an upload naming a file the manifest does not list.
     from devices.targets import SshDeviceTarget
 
     device = SshDeviceTarget(sshd.target(root), "/unused", config=sshd.ssh_config)
     outside = tmp_path / "payload"
     outside.write_text("x")
+    evil_manifest = (evil / MANIFEST).read_bytes()
+    for call in (
+        lambda: device.plan(evil_manifest, ["tflite-int8"]),
+        lambda: device.apply(evil_manifest, ["tflite-int8"], {"../../escaped.txt": outside}),
+    ):
+        with pytest.raises(Exception, match="not a plain file name"):
+            call()
     manifest = (bundles["a"] / MANIFEST).read_bytes()
     with pytest.raises(Exception, match="not a file of this bundle"):
         device.apply(manifest, ["tflite-int8"], {"../outside.txt": outside})
     assert not (root / "outside.txt").exists() and not (root.parent / "outside.txt").exists()
-    assert not (root / "current").exists()
+    assert not (tmp_path / "escaped.txt").exists() and not (root / "current").exists()
+
+
+@pytest.mark.parametrize("name", ["release.json", ".notes.part", "manifest.json.sig"])
+def test_bundle_files_named_like_the_devices_own_files_are_refused(bundles, tmp_path, name):
+    """A bundle file named release.json (the device's record of a release, which `status` reads the signer
+    from), .NAME.part (an upload leftover, deleted after its check) or the signature's name would be
+    overwritten, forged or deleted after it was checked: refused before anything is sent or switched (before:
+    'installed', then 'repaired' with the bundle's own release.json and a forged signer in status)."""
+    import hashlib
+
+    evil = variant(bundles["a"], tmp_path / "evil", created="2026-04-04T00:00:00+00:00")
+    fake = json.dumps({"artifacts": ["tflite-int8"], "signature": {"required": True, "signer": "forged"}}).encode()
+    (evil / name).write_bytes(fake)
+    manifest = json.loads((evil / MANIFEST).read_text())
+    manifest["files"][name] = hashlib.sha256(fake).hexdigest()
+    (evil / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    for _ in range(2):
+        [r] = flash(evil, [str(root)], FlashOptions(profile=PROFILE))
+        assert r.result == "failed" and "which the device uses itself" in r.reason and name in r.reason, r
+        assert current_release(root).name == a.slot
+    assert "forged" not in json.dumps(status(str(root)))
 
 
 def test_i9_p3_bytes_flipped_in_transit_are_never_switched_to(bundles, tmp_path, sshd):  # noqa: F811

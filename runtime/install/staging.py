@@ -34,10 +34,26 @@ def wanted_files(manifest: Manifest, manifest_bytes: bytes, artifacts) -> dict:
     if missing or not artifacts:
         raise InstallError(f"the bundle has no artifact {missing or '(none chosen)'}: it has {sorted(by_name)}")
     files = {MANIFEST: hashlib.sha256(manifest_bytes).hexdigest()}
-    files.update({check_file_name(n, "manifest files"): d for n, d in manifest.files.items()})
+    files.update({device_name(n, "manifest files"): d for n, d in manifest.files.items()})
     for name in artifacts:
-        files[check_file_name(by_name[name].file, f"artifact {name}")] = by_name[name].sha256
+        files[device_name(by_name[name].file, f"artifact {name}")] = by_name[name].sha256
     return files
+
+
+def device_name(name, where: str) -> str:
+    """`name` if it is a plain file name (check_file_name) that the device does not use for itself.
+
+    A release holds release.json (written here), the manifest and its signature; staging writes
+    `.NAME.PID.part` and deletes `.*.part` leftovers; temp files are `.NAME.TAG.tmp`. A bundle file of such a
+    name would be overwritten, forged or deleted as a leftover after it was checked."""
+    check_file_name(name, where)
+    if name in (MANIFEST, SIGNATURE, RELEASE) or name.startswith(".") or name.endswith((".part", ".tmp")):
+        raise InstallError(
+            f"the bundle's {where} name the file {name!r}, which the device uses itself ({RELEASE}, {MANIFEST}, "
+            f"{SIGNATURE}, names starting with '.' or ending in .part or .tmp): rename it and convert the bundle "
+            f"again; nothing was sent or switched"
+        )
+    return name
 
 
 def verified(folder: Path, files: dict) -> list:
