@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -38,14 +40,25 @@ METHODS = (CONTENT_RANK, PERMUTATION)
 
 
 def file_digest(path) -> str | None:
-    """sha256 of a file's bytes; None when it cannot be read (loading reports it later)."""
+    """sha256 of a regular file's bytes; None when it cannot be read or is not a regular file (a FIFO
+    would block the open or the read forever, a device never end): then it counts as gone."""
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO returns at once
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb") as f:
+            fd = None
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     except OSError:
         return None
+    finally:
+        if fd is not None:
+            os.close(fd)
     return h.hexdigest()
 
 

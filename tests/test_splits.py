@@ -131,3 +131,28 @@ def test_i15_p7_evaluate_and_convert_cli_use_the_recorded_test_split(fresh_run, 
     result = run_cli("convert", out, "--out", bundle, "--formats", "tflite-fp32", "--max-drop", "100")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((bundle / "manifest.json").read_text())["source"]["test_images"] == 15
+
+
+def test_a_recorded_file_replaced_by_a_fifo_counts_as_gone_instead_of_hanging(tmp_path):
+    import os
+    import threading
+
+    from edgecls.splits import RecordedSplit, recorded_samples
+
+    good, fifo = _png(tmp_path / "a" / "good.png", 1), tmp_path / "a" / "was-an-image.png"
+    os.mkfifo(fifo)
+    record = RecordedSplit(
+        ["a"], {"test": [("a/good.png", file_digest(good), 0), ("a/was-an-image.png", "0" * 64, 0)]}, []
+    )
+    found = {}
+    worker = threading.Thread(target=lambda: found.update(r=recorded_samples(record, tmp_path, ["test"])), daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():  # blocked opening the FIFO: let it go (a writer that closes at once) before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(5)
+        pytest.fail("hashing the recorded split blocked on a FIFO")
+    splits, problems = found["r"]
+    assert [s.path for s in splits["test"]] == [good]
+    assert problems.startswith("1 file(s) of the run's recorded split are gone") and "was-an-image.png" in problems
+    assert file_digest(fifo) is None and file_digest(tmp_path / "a") is None
