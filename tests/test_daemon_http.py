@@ -39,12 +39,24 @@ def _server(**options):
 
 def _address(server):
     host, port = server.url[len("http://") :].rsplit(":", 1)
-    return host, int(port)
+    return host.strip("[]"), int(port)
+
+
+def _connect(server, source: str, timeout: float = 10):
+    """A connection from `source` (127.x.y.z, or ::1 to a server bound to ::) to the server's port."""
+    host, port = _address(server)
+    if host == "::":  # both families reach it: through the loopback of the source's
+        host = "::1" if ":" in source else "127.0.0.1"
+    sock = socket.socket(socket.AF_INET6 if ":" in source else socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.bind((source, 0))
+    sock.connect((host, port))
+    return sock
 
 
 def _raw(server, request: bytes, source: str = "127.0.0.1", timeout: float = 10) -> bytes:
     """Send raw bytes, return everything the server answers until it closes."""
-    with socket.create_connection(_address(server), timeout=timeout, source_address=(source, 0)) as sock:
+    with _connect(server, source, timeout) as sock:
         sock.sendall(request)
         data = b""
         while chunk := sock.recv(65536):
@@ -134,15 +146,83 @@ def test_silent_and_slow_connections_take_no_threads_and_requests_are_still_answ
 
 
 def test_connections_beyond_the_waiting_limit_are_refused_with_503():
-    server = _server(max_pending=5)
-    idle = [socket.create_connection(_address(server), timeout=10) for _ in range(5)]
+    """Full (4 waiting): a client holding less than the biggest share gets in, the biggest's oldest is answered 503;
+    a client holding as many as any other is refused 503 itself."""
+    server = _server(host="::", max_pending=4, max_pending_per_client=3)
+    v4 = [_connect(server, "127.0.0.1") for _ in range(3)]
+    v6 = [_connect(server, "::1")]
     try:
         time.sleep(0.3)
+        assert _status(_raw(server, b"GET /healthz HTTP/1.0\r\n\r\n", "::1")) == 200
+        assert _status(v4[0].recv(100)) == 503  # the biggest client's oldest made room
+        v6.append(_connect(server, "::1"))
+        time.sleep(0.3)  # now 2 + 2 wait: a third from 127.0.0.1 holds no less than anyone
         assert _status(_raw(server, b"GET /healthz HTTP/1.0\r\n\r\n")) == 503
     finally:
-        for sock in idle:
+        for sock in v4 + v6:
             sock.close()
         server.stop()
+
+
+def test_one_client_with_many_silent_connections_cannot_keep_out_its_own_next_request():
+    """120 silent connections from one address (more than the 100 that may wait): its next, real request is answered,
+    from the same address and from another; its own oldest silent ones are the ones dropped."""
+    server = _server(token=TOKEN, max_pending=100)
+    silent = []
+    try:
+        for _ in range(120):
+            sock = _connect(server, "127.0.0.1")
+            sock.sendall(b"G")
+            silent.append(sock)
+        time.sleep(0.5)
+        request = f"GET /healthz HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+        same = _status(_raw(server, request, "127.0.0.1", timeout=3))
+        other = _status(_raw(server, request, "127.0.0.2", timeout=3))
+    finally:
+        for sock in silent:
+            sock.close()
+        server.stop()
+    assert (same, other) == (200, 200)
+
+
+def test_a_body_that_never_comes_holds_no_worker_and_requests_are_still_answered_at_once():
+    """48 unauthenticated sign-in posts announce a 4,096-byte body and send none: the body is waited for before a
+    worker is given (16 of them), so a health check with the right token is answered at once."""
+    server = _server(token=TOKEN, idle_timeout=10.0)
+    before = threading.active_count()
+    stuck = []
+    try:
+        for _ in range(48):
+            sock = _connect(server, "127.0.0.1")
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n")
+            stuck.append(sock)
+        time.sleep(0.5)
+        threads = threading.active_count() - before
+        started = time.monotonic()
+        status = _get(server, "/healthz", {"Authorization": f"Bearer {TOKEN}"})[0]
+        took = time.monotonic() - started
+    finally:
+        for sock in stuck:
+            sock.close()
+        server.stop()
+    assert status == 200 and took < 1.0, (status, took)
+    assert threads <= 4, f"{threads} threads for 48 requests whose body never came"
+
+
+def test_a_sign_in_form_sent_in_pieces_is_read_whole():
+    server = _server(token=TOKEN)
+    try:
+        with _connect(server, "127.0.0.1") as sock:
+            body = f"token={quote(TOKEN)}".encode()
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+            time.sleep(0.3)
+            sock.sendall(body[:5])
+            time.sleep(0.3)
+            sock.sendall(body[5:])
+            answer = sock.recv(4096)
+    finally:
+        server.stop()
+    assert _status(answer) == 303 and b"Set-Cookie" in answer
 
 
 def test_preview_viewers_beyond_the_limit_get_503_and_requests_are_still_served():
@@ -187,6 +267,16 @@ def test_a_token_less_daemon_refuses_a_foreign_host_name():
         server.stop()
 
 
+@pytest.mark.parametrize(
+    ("given", "name"), [("pi.lan:18089", "pi.lan"), ("http://cam.lan/", "cam.lan"), ("cam.lan/x", "cam.lan")]
+)
+def test_an_allowed_host_with_a_port_scheme_or_path_is_refused_naming_the_name_to_give(given, name):
+    from runtime.errors import EdgeclsError
+
+    with pytest.raises(EdgeclsError, match=f"give the name alone, such as '{name}'"):
+        _server(allowed_hosts=[given])
+
+
 def test_host_names_given_to_the_daemon_are_accepted_and_a_token_makes_the_check_unneeded():
     named = _server(allowed_hosts=["camera.lan"])
     guarded = _server(token=TOKEN)
@@ -204,12 +294,13 @@ def test_host_names_given_to_the_daemon_are_accepted_and_a_token_makes_the_check
 
 
 def test_wrong_tokens_are_answered_429_after_ten_and_other_clients_are_not_affected():
-    server = _server(token=TOKEN)
+    server = _server(host="::", token=TOKEN)
     try:
         statuses = [_get(server, "/healthz", {"Authorization": f"Bearer guess-{i}"})[0] for i in range(40)]
         status, headers, _ = _get(server, "/healthz", {"Authorization": f"Bearer {TOKEN}"})
         link = _get(server, f"/?token={TOKEN}")[0]
-        other = _raw(server, f"GET /healthz HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode(), "127.0.0.2")
+        # http.client reached "::" from ::1: another client is any IPv4 address
+        other = _raw(server, f"GET /healthz HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode(), "127.0.0.1")
     finally:
         server.stop()
     assert statuses[:10] == [401] * 10
@@ -217,6 +308,55 @@ def test_wrong_tokens_are_answered_429_after_ten_and_other_clients_are_not_affec
     assert status == 429 and int(headers["Retry-After"]) >= 1  # even the right token waits: no oracle
     assert link == 429  # the sign-in link counts too
     assert _status(other) == 200  # another address signs in as usual
+
+
+def test_a_locked_out_client_is_logged_once_a_minute_with_its_count_and_counted(caplog):
+    """A scraper with an old token: its operator finds it in the log (one WARNING naming the client and the count,
+    not one per request) and in the counts /metrics exposes; each 429 says when to retry."""
+    server = _server(token=TOKEN)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edgecls.daemon"):
+            answers = [_get(server, "/metrics", {"Authorization": "Bearer stale"}) for _ in range(30)]
+    finally:
+        server.stop()
+    warnings = [r.getMessage() for r in caplog.records if "wrong tokens" in r.getMessage()]
+    assert len(warnings) == 1 and "10 wrong tokens from 127.0.0.0/8" in warnings[0], warnings
+    assert [a[0] for a in answers[:10]] == [401] * 10 and {a[0] for a in answers[10:]} == {429}
+    assert all(int(a[1]["Retry-After"]) >= 1 for a in answers[10:])
+    assert (server.guesses.wrong, server.guesses.refused) == (10, 20)  # the 10th already waits
+
+
+def test_many_addresses_of_one_machine_or_network_share_one_count_of_wrong_tokens():
+    """60 loopback addresses (127/8 is one machine) x 3 guesses: answered 429 from the 11th guess on, not 600 x 401."""
+    server = _server(token=TOKEN)
+    statuses = []
+    try:
+        for a in range(2, 62):
+            for i in range(3):
+                request = f"GET /healthz HTTP/1.0\r\nAuthorization: Bearer guess{i}\r\n\r\n".encode()
+                statuses.append(_status(_raw(server, request, f"127.0.1.{a}")))
+    finally:
+        server.stop()
+    assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}
+
+
+@pytest.mark.parametrize(
+    ("address", "client"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("127.0.0.1", "127.0.0.0/8"),
+        ("127.45.3.9", "127.0.0.0/8"),
+        ("::ffff:127.0.0.5", "127.0.0.0/8"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:1:2:3", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+    ],
+)
+def test_a_client_is_an_ipv4_address_all_of_loopback_or_an_ipv6_64(address, client):
+    from runtime.daemon.http import client_of
+
+    assert client_of(address) == client
 
 
 def test_a_right_token_resets_the_count_of_wrong_ones():
@@ -380,3 +520,44 @@ def test_a_real_daemon_takes_a_non_ascii_token_from_its_token_file(tiny_bundle, 
     finally:
         _stop(process)
     assert (right, wrong) == (200, 401)
+
+
+def _ask_from(port, source: str, request: bytes) -> bytes:
+    family = socket.AF_INET6 if ":" in source else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.bind((source, 0))
+        sock.connect((source, port))
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def test_a_real_daemon_names_a_client_sending_an_old_token_in_its_log_and_metrics(tiny_bundle, tmp_path):
+    """A scraper with a stale token on this machine: 15 wrong tokens; the daemon's log names 127.0.0.0/8 once, the
+    429 says when to retry, and /metrics (read over IPv6, another client) counts the wrong tokens and the 429s."""
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    process, port, lines = _run_daemon(tiny_bundle, tmp_path, "--host", "::", "--token-file", str(tmp_path / "token"))
+    try:
+        stale = b"GET /metrics HTTP/1.0\r\nAuthorization: Bearer old-token\r\n\r\n"
+        answers = [_ask_from(port, "127.0.0.1", stale) for _ in range(15)]
+        metrics = _ask_from(port, "::1", f"GET /metrics HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+    finally:
+        _stop(process)
+    assert [_status(a) for a in answers] == [401] * 10 + [429] * 5
+    assert all(b"\r\nRetry-After: " in a for a in answers[10:])
+    assert _status(metrics) == 200
+    assert b"edgecls_http_wrong_tokens_total 10.0" in metrics and b"edgecls_http_locked_out_total 5.0" in metrics
+    warnings = [line for line in lines if "wrong tokens from 127.0.0.0/8" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0], "".join(lines)[-2000:]
+
+
+def test_a_real_daemon_refuses_an_allowed_host_with_a_port_in_one_line(tiny_bundle, tmp_path):
+    from tests.conftest import cli_error, run_cli
+
+    done = run_cli(
+        "run", tiny_bundle, "--source", tmp_path, "--port", "0", "--allowed-host", "pi.lan:18089", timeout=60
+    )
+    assert "--allowed-host 'pi.lan:18089'" in cli_error(done) and "'pi.lan'" in cli_error(done)

@@ -314,6 +314,10 @@ def run(
         drift_window,
         drift_threshold,
     )
+    if allowed_hosts:  # a port, scheme or path would never match a Host header: refused here, in one line
+        from runtime.daemon.http import allowed_host_names
+
+        allowed_hosts = tuple(allowed_host_names(allowed_hosts))
     if port is None:
         for name, value in (("--host", host), ("--token-file", token_file), ("--allowed-host", allowed_hosts or None)):
             if value is not None:

@@ -151,6 +151,7 @@ class Daemon:
                 token=token,
                 allowed_hosts=allowed_hosts,
             )
+            self.metrics.track_http(self.server)
         self.reloader = (
             None
             if bundle is None

@@ -5,15 +5,21 @@ Bound to 127.0.0.1 unless told otherwise. With a token, every endpoint wants
 cannot send that header for the preview's <img> streams, so the sign-in form (POST `/`, the token
 in the body) or the link `/?token=TOKEN` answers with a session cookie (HttpOnly, SameSite=Strict,
 derived from the token, not the token) and a redirect to `/`, and the cookie is accepted like the
-header. A client that keeps sending wrong tokens is answered 429 for a doubling time. Request lines
-go to the debug log with secrets blanked; headers (where the token travels) are never logged.
+header. A client that keeps sending wrong tokens is answered 429 (with Retry-After) for a doubling time, the
+right token included: answering it during the wait would tell a guesser which of its tries was right. A
+client is an IPv4 address (all of 127/8 as one), or an IPv6 /64, so many addresses buy no more tries; a
+locked-out client is logged (once a minute, with its count: a scraper with an old token) and counted in
+/metrics. Request lines go to the debug log with secrets blanked; headers (where the token travels) are
+never logged.
 
 Without a token, a request naming a Host that is not an IP address, a localhost name, this machine's
 name or one of `allowed_hosts` is refused (a DNS-rebinding page in a browser names its own domain).
 
-Threads are bounded: a connection holds none until its request head has arrived (one selector
-thread reads the heads of all), then one of `workers` threads answers it; a request must arrive
-whole within `request_timeout` of the accept, and too many waiting connections are answered 503.
+Threads are bounded: a connection holds none until its whole request (head, and a body up to
+MAX_FORM_BYTES) has arrived (one selector thread reads them all), then one of `workers` threads answers
+it; a request must arrive whole within `request_timeout` of the accept. Too many waiting connections are
+answered 503; one client waits with at most PER_CLIENT_PENDING, its oldest dropped for its newest, so
+it cannot crowd out others (nor its own next real request).
 So silent or slow clients (slowloris) cannot multiply threads, hold them, or slow classification.
 """
 
@@ -42,8 +48,11 @@ log = logging.getLogger("edgecls.daemon")
 WORKERS = 16  # threads serving requests, started as needed; the daemon's own threads come on top
 MAX_STREAMS = 8  # preview viewers at once: each holds a worker, the rest stay for scrapers and health checks
 MAX_PENDING = 512  # connections still sending their request (no thread each); more are answered 503
+PER_CLIENT_PENDING = 64  # of those, from one client (see client_of); its oldest goes when a new one comes
 FREE_FAILURES = 10  # wrong tokens a client may send before it must wait
 MAX_LOCKOUT_S = 60.0
+WARN_EVERY_S = 60.0  # a locked-out client is logged at most this often
+MAX_FORM_BYTES = 4096  # a request body (the sign-in form) is read before a worker takes the request
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: 52\r\n\r\n"
@@ -59,6 +68,7 @@ class StatusServer:
     request_timeout: seconds from the accept a client has to send its whole request (line, headers, body).
     workers: threads serving requests; max_streams of them may hold preview streams (more viewers get 503).
     max_pending: connections whose request has not fully arrived (they hold no thread); more get 503 and close.
+    max_pending_per_client: of those, from one client (`client_of`); its oldest gets 503 when it opens one more.
     allowed_hosts: Host names accepted besides IP addresses, localhost and this machine's names (token-less only);
       "*" accepts any.
     """
@@ -77,13 +87,16 @@ class StatusServer:
         request_timeout: float | None = None,
         workers: int = WORKERS,
         max_pending: int = MAX_PENDING,
+        max_pending_per_client: int = PER_CLIENT_PENDING,
         max_streams: int = MAX_STREAMS,
         allowed_hosts=(),
     ):
+        allowed = allowed_host_names(allowed_hosts)
         routes = {"/healthz": self._healthz, "/latest": self._latest, "/metrics": self._metrics}
         if preview is not None:
             routes["/"] = self._page
         self._stopping = threading.Event()
+        self.guesses = _Guesses()  # wrong tokens per client; its counts are in /metrics
         handler = type(
             "_BoundHandler",
             (_Handler,),
@@ -93,8 +106,8 @@ class StatusServer:
                 "preview": preview,
                 "stopping": self._stopping,
                 "timeout": idle_timeout,
-                "allowed_hosts": None if token else _allowed_hosts(host, allowed_hosts),
-                "guesses": _Guesses(),
+                "allowed_hosts": None if token else _allowed_hosts(host, allowed),
+                "guesses": self.guesses,
                 "streams": threading.BoundedSemaphore(max(1, min(max_streams, workers - 1))),
             },
         )
@@ -106,6 +119,7 @@ class StatusServer:
                 handler,
                 workers=workers,
                 max_pending=max_pending,
+                per_client=max_pending_per_client,
                 request_timeout=idle_timeout if request_timeout is None else request_timeout,
             )
         except OSError as exc:
@@ -126,7 +140,7 @@ class StatusServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def start(self) -> StatusServer:
         self._thread.start()
@@ -167,6 +181,42 @@ def _token_bytes(token: str | None) -> bytes | None:
     return token.encode()
 
 
+def allowed_host_names(names) -> list:
+    """--allowed-host values as the Host check compares them (lower case, no trailing dot); a value with a port, a
+    scheme or a path would never match a request's Host: refused in one line naming the name to give."""
+    out = []
+    for given in names:
+        name = str(given).strip().lower().rstrip(".")
+        if name != "*" and not _HOST_NAME.fullmatch(name):
+            bare = re.sub(r"^[a-z][a-z0-9+.-]*://|[:/].*$", "", name) or "pi.lan"
+            raise EdgeclsError(
+                f"--allowed-host {str(given)[:100]!r} is not a host name: give the name alone, such as {bare!r} "
+                "(no scheme, port or path: any port is accepted)"
+            )
+        out.append(name)
+    return out
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*"
+)
+
+
+def client_of(address) -> str:
+    """Who a connection counts as, for the wrong-token back-off and the pending cap: an IPv4 address (all of 127/8,
+    one machine, as one), an IPv6 /64 (what one host or LAN gets), an ::ffff:-mapped IPv4 as that IPv4."""
+    text = str(address).split("%", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.version == 4:
+        return "127.0.0.0/8" if ip.is_loopback else str(ip)
+    return str(ipaddress.ip_network((ip, 64), strict=False))
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -202,9 +252,11 @@ def _host_allowed(value: str, allowed: frozenset) -> bool:
 
 
 class _Guesses:
-    """Wrong tokens per client address: after FREE_FAILURES, a wait that doubles with each further one (to 60 s).
+    """Wrong tokens per client (`client_of`): after FREE_FAILURES, a wait that doubles with each further one (to 60 s).
 
-    A client silent for FORGET_S starts again from nothing, so a typo weeks later costs no wait.
+    A client silent for FORGET_S starts again from nothing, so a typo weeks later costs no wait. A client that
+    has to wait is logged at most once per WARN_EVERY_S, naming it and its count. `wrong` and `refused` count
+    every wrong token and every 429, for /metrics.
     """
 
     MAX_CLIENTS = 4096
@@ -212,27 +264,42 @@ class _Guesses:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._clients: dict = {}  # address -> (failures, blocked until, last failure): monotonic times
+        self._clients: dict = {}  # client -> [failures, blocked until, last failure, last warning]: monotonic times
+        self.wrong = 0
+        self.refused = 0
 
-    def wait_left(self, client: str) -> float:
+    def wait_left(self, address: str) -> float:
         with self._lock:
-            _, until, _ = self._clients.get(client, (0, 0.0, 0.0))
-        return max(0.0, until - time.monotonic())
+            entry = self._clients.get(client_of(address))
+            left = 0.0 if entry is None else max(0.0, entry[1] - time.monotonic())
+            if left > 0:
+                self.refused += 1
+        return left
 
-    def failed(self, client: str) -> None:
-        now = time.monotonic()
+    def failed(self, address: str) -> None:
+        client, now = client_of(address), time.monotonic()
         with self._lock:
-            failures, _, last = self._clients.pop(client, (0, 0.0, now))
+            self.wrong += 1
+            failures, _, last, warned = self._clients.pop(client, (0, 0.0, now, None))
             failures = 1 if now - last > self.FORGET_S else failures + 1
             over = failures - FREE_FAILURES  # the 10th wrong token already waits 1 s
             until = now + min(MAX_LOCKOUT_S, 2.0 ** min(over, 16)) if over >= 0 else 0.0
-            self._clients[client] = (failures, until, now)
+            if over >= 0 and (warned is None or now - warned >= WARN_EVERY_S):
+                warned = now
+                log.warning(
+                    "http: %d wrong tokens from %s in a row: it is answered 429 (the right token too) for up to %.0f s "
+                    "after each further one; a scraper or script there may have an old token",
+                    failures,
+                    client,
+                    MAX_LOCKOUT_S,
+                )
+            self._clients[client] = (failures, until, now, warned)
             while len(self._clients) > self.MAX_CLIENTS:  # a flood of addresses must not grow memory
                 self._clients.pop(next(iter(self._clients)))
 
-    def succeeded(self, client: str) -> None:
+    def succeeded(self, address: str) -> None:
         with self._lock:
-            self._clients.pop(client, None)
+            self._clients.pop(client_of(address), None)
 
 
 class _Server(HTTPServer):
@@ -247,7 +314,10 @@ class _Server(HTTPServer):
 
     request_queue_size = 128  # 5 (the default backlog) makes a burst of scrapers wait out SYN retries
 
-    def __init__(self, address, handler, *, workers: int, max_pending: int, request_timeout: float):
+    def __init__(self, address, handler, *, workers: int, max_pending: int, per_client: int, request_timeout: float):
+        if ":" in address[0]:  # an IPv6 address; "::" takes IPv4 clients too (as ::ffff:a.b.c.d)
+            self.address_family = socket.AF_INET6
+            address = (address[0].strip("[]"), address[1])
         self._ready: queue.Queue = queue.Queue()  # (socket, address, head bytes, deadline), or None to end a worker
         self._workers, self._max_workers, self._idle = [], workers, 0
         self._pool_lock = threading.Lock()
@@ -255,6 +325,12 @@ class _Server(HTTPServer):
         self._heads = None
         super().__init__(address, handler)  # on a failed bind it calls server_close() itself
         self._heads = _HeadReader(self._dispatch, self.shutdown_request, max_pending, request_timeout)
+        self._heads.per_client = max(1, min(per_client, max_pending))
+
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
     def process_request(self, request, client_address):
         self._heads.add(request, client_address)
@@ -308,8 +384,12 @@ class _Server(HTTPServer):
 
 
 class _HeadReader:
-    """One thread and a selector: reads each new connection's request head without blocking, hands a complete
-    one to `dispatch`, and drops connections whose deadline passed (or answers 503 when too many wait)."""
+    """One thread and a selector: reads each new connection's request (head, and a body up to MAX_FORM_BYTES)
+    without blocking, hands a complete one to `dispatch`, and drops connections whose deadline passed.
+
+    Beyond `per_client` waiting connections of one client, its oldest is answered 503 and closed; when
+    `max_pending` wait in all, the oldest of the client with the most goes, or the newcomer when it is that client.
+    """
 
     MAX_HEAD = 65536 + 100 * 1024  # the request line and headers stdlib accepts at most; more is its 414/431
 
@@ -321,7 +401,9 @@ class _HeadReader:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._new: list = []
         self._lock = threading.Lock()
-        self._pending: dict = {}  # socket -> [address, head so far, deadline]
+        self._pending: dict = {}  # socket -> [address, head so far, deadline, client]
+        self._clients: dict = {}  # client -> its waiting sockets, oldest first
+        self.per_client = PER_CLIENT_PENDING
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="http-heads", daemon=True)
         self._thread.start()
@@ -370,20 +452,35 @@ class _HeadReader:
         with self._lock:
             new, self._new = self._new, []
         for sock, address, deadline in new:
-            if len(self._pending) >= self._max_pending:  # full: say so at once (never blocks) and close
-                try:
-                    sock.setblocking(False)
-                    sock.send(_BUSY)
-                except OSError:
-                    pass
-                self._drop(sock)
-                continue
+            client = client_of(address[0])
+            mine = self._clients.setdefault(client, [])
+            if len(mine) >= self.per_client:  # one client cannot crowd out the others: its oldest goes
+                self._refuse(mine[0])
+            elif len(self._pending) >= self._max_pending:
+                biggest = max(self._clients.values(), key=len)
+                if len(biggest) > len(mine):
+                    self._refuse(biggest[0])
+                else:  # full, and this client holds its share: say so at once (never blocks) and close
+                    self._refuse(sock)
+                    continue
             sock.setblocking(False)
-            self._pending[sock] = [address, b"", deadline]
+            self._pending[sock] = [address, b"", deadline, client]
+            self._clients.setdefault(client, []).append(sock)
             self._selector.register(sock, selectors.EVENT_READ, address)
 
+    def _refuse(self, sock) -> None:
+        self._forget(sock)
+        try:
+            sock.setblocking(False)
+            sock.send(_BUSY)
+        except OSError:
+            pass
+        self._drop(sock)
+
     def _read(self, sock) -> None:
-        entry = self._pending[sock]
+        entry = self._pending.get(sock)
+        if entry is None:  # dropped earlier in this round (a client's oldest, to make room)
+            return
         try:
             chunk = sock.recv(65536)
         except (BlockingIOError, InterruptedError):
@@ -396,7 +493,7 @@ class _HeadReader:
             return
         entry[1] += chunk
         head = entry[1]
-        if b"\r\n\r\n" in head or b"\n\n" in head or len(head) > self.MAX_HEAD:
+        if _complete(head) or len(head) > self.MAX_HEAD:
             self._forget(sock)
             sock.setblocking(True)
             self._dispatch(sock, entry[0], head, entry[2])
@@ -408,11 +505,33 @@ class _HeadReader:
             self._drop(sock)
 
     def _forget(self, sock) -> None:
-        self._pending.pop(sock, None)
+        entry = self._pending.pop(sock, None)
+        if entry is not None:
+            mine = self._clients.get(entry[3], [])
+            if sock in mine:
+                mine.remove(sock)
+            if not mine:
+                self._clients.pop(entry[3], None)
         try:
             self._selector.unregister(sock)
         except (KeyError, ValueError):
             pass
+
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_LENGTH = re.compile(rb"\ncontent-length[ \t]*:[ \t]*([0-9]{1,9})[ \t]*\r?\n", re.IGNORECASE)
+
+
+def _complete(data: bytes) -> bool:
+    """Whether the request is all here: its head, and its body when it declares one small enough to wait for
+    (a larger one is answered 413 without being read, so it is not waited for)."""
+    end = _HEAD_END.search(data)
+    if end is None:
+        return False
+    length = _LENGTH.search(data, 0, end.start() + 2)
+    if length is None or int(length.group(1)) > MAX_FORM_BYTES:
+        return True
+    return len(data) - end.end() >= int(length.group(1))
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -443,7 +562,6 @@ def _json(data) -> bytes:
 
 
 COOKIE = "edgecls_session"
-MAX_FORM_BYTES = 4096
 
 
 def redact(text: str) -> str:

@@ -143,6 +143,25 @@ class _CaptureCollector:
         )
 
 
+class _HttpCollector:
+    """The HTTP server's wrong-token counts (runtime/daemon/http.py `_Guesses`), read at scrape time."""
+
+    def __init__(self, guesses):
+        self._guesses = guesses
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily(
+            "edgecls_http_wrong_tokens", "Requests with a wrong token or session cookie.", value=self._guesses.wrong
+        )
+        yield CounterMetricFamily(
+            "edgecls_http_locked_out",
+            "Requests answered 429 because their client sent too many wrong tokens (the right one included).",
+            value=self._guesses.refused,
+        )
+
+
 class Metrics:
     """The daemon's metrics; `registry` is what /metrics exposes."""
 
@@ -212,6 +231,10 @@ class Metrics:
     def track_capture(self, capture) -> None:
         """Expose a `runtime.daemon.capture.Capture`'s counts (read at scrape time)."""
         self.registry.register(_CaptureCollector(capture))
+
+    def track_http(self, server) -> None:
+        """Expose a `runtime.daemon.http.StatusServer`'s wrong-token counts (a scraper with an old token shows)."""
+        self.registry.register(_HttpCollector(server.guesses))
 
     def observe_frame(self, source: str, *, infer_s: float, total_s: float, age_s: float) -> None:
         self.frames.labels(source=source).inc()
