@@ -11,13 +11,14 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tarfile
 import tempfile
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from runtime.atomic import staged_dir
-from runtime.bundle import MANIFEST
+from runtime.bundle import LABELS, MANIFEST
 from runtime.errors import EdgeclsError
 
 
@@ -27,31 +28,84 @@ def tar_path(out) -> Path:
     return out.with_name(out.name + ".tar")
 
 
-def _is_our_tar(path: Path, bundle_name: str) -> bool:
-    """A tar whose BUNDLE/manifest.json is an edgecls bundle manifest: one `--tar` wrote."""
+def _bundle_names(manifest: dict) -> set:
+    """What a bundle holds (as edgecls.outputs.bundle_contents reads it from a folder): its manifest, the
+    files it lists and its artifacts."""
+    names = {MANIFEST, LABELS, "verification.txt"}
+    files, artifacts = manifest.get("files"), manifest.get("artifacts")
+    names |= set(files) if isinstance(files, dict) else set()
+    names |= {a.get("file") for a in artifacts if isinstance(a, dict)} if isinstance(artifacts, list) else set()
+    return {n for n in names if isinstance(n, str)}
+
+
+def _open_regular(path: Path):
+    """A binary file object of `path` if it is a regular file (not a link), else None. O_NONBLOCK: opening
+    a FIFO would otherwise wait forever for a writer."""
     try:
-        with tarfile.open(path, "r:") as tar:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def _tar_contents(path: Path, bundle_name: str) -> list | None:
+    """None unless `path` is a tar holding an edgecls bundle manifest at BUNDLE/manifest.json (one `--tar`
+    wrote); else its members that such a bundle never holds (someone's own files added to it)."""
+    f = _open_regular(path)
+    if f is None:
+        return None
+    try:
+        with f, tarfile.open(fileobj=f, mode="r:") as tar:
+            members = tar.getmembers()
             member = tar.getmember(f"{bundle_name}/{MANIFEST}")
             data = tar.extractfile(member).read(1 << 22) if member.isfile() else b""
         meta = json.loads(data)
     except (OSError, KeyError, ValueError, tarfile.TarError, AttributeError):
-        return False
-    return isinstance(meta, dict) and str(meta.get("format", "")).startswith("edgecls-bundle/")
+        return None
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("edgecls-bundle/"):
+        return None
+    allowed = {f"{bundle_name}/{n}" for n in _bundle_names(meta)}
+    return [
+        m.name for m in members if not (m.name == bundle_name and m.isdir()) and not (m.name in allowed and m.isfile())
+    ]
 
 
-def check_tar_output(out, overwrite: bool = False) -> Path:
-    """Refuse a BUNDLE.tar path whose replacement could destroy something that is not ours; returns it."""
+def check_tar_output(out, overwrite: bool = False) -> Path | None:
+    """Refuse a BUNDLE.tar path whose replacement could destroy something that is not ours.
+
+    Returns the archive of ours that `--overwrite` will replace, or None when the name is free (then the
+    finished tar is linked there, which fails if anything took the name meanwhile).
+    """
     target = tar_path(out)
-    if target.is_symlink():
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise EdgeclsError(f"cannot look at {target} (--tar) ({exc.strerror or exc}): choose another --out") from None
+    if stat.S_ISLNK(info.st_mode):
         raise EdgeclsError(f"{target} (--tar) is a symbolic link: choose another --out or move it away yourself")
-    if target.is_dir():
+    if stat.S_ISDIR(info.st_mode):
         raise EdgeclsError(f"{target} (--tar) exists and is a folder: choose another --out or move it away yourself")
-    if not target.exists():
-        return target
-    if not _is_our_tar(target, target.name[: -len(".tar")]):
+    if not stat.S_ISREG(info.st_mode):
+        raise EdgeclsError(
+            f"{target} (--tar) exists and is not a regular file (a FIFO, socket or device): "
+            f"choose another --out or move it away yourself"
+        )
+    foreign = _tar_contents(target, target.name[: -len(".tar")])
+    if foreign is None:
         raise EdgeclsError(
             f"{target} (--tar) already exists and is not an edgecls bundle archive, so --overwrite will not "
             f"replace it: choose another --out or move it away yourself"
+        )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise EdgeclsError(
+            f"{target} (--tar) is an edgecls bundle archive but also holds {shown}, which edgecls did not write, "
+            f"so --overwrite will not replace it: choose another --out or move it away yourself"
         )
     if not overwrite:
         raise EdgeclsError(f"{target} (--tar) already exists: choose another --out or pass --overwrite to replace it")
@@ -74,9 +128,8 @@ def publish_tar(tmp: Path, out: Path, overwrite: bool) -> Path:
     """Move the finished tar to BUNDLE.tar: replacing only our own archive, never a file that appeared meanwhile."""
     target = tar_path(out)
     try:
-        check_tar_output(out, overwrite)
-        if target.exists():
-            os.replace(tmp, target)
+        if check_tar_output(out, overwrite) is not None:
+            os.replace(tmp, target)  # our own archive, as checked (--overwrite)
         else:
             os.link(tmp, target)  # fails if anything took the name since the check
     except FileExistsError:
