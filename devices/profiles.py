@@ -77,7 +77,9 @@ class DeviceProfile:
         where = where or f"device profile {self.name}"
 
         def bad(name: str, expected: str):
-            raise ProfileError(f'{where}: "{name}" is {getattr(self, name)!r}; expected {expected}')
+            from runtime.redact import redact
+
+            raise ProfileError(f'{where}: "{name}" is {redact(repr(getattr(self, name)))}; expected {expected}')
 
         def strings(name: str, allowed=None, empty_ok=False):
             value = getattr(self, name)
@@ -120,6 +122,12 @@ class DeviceProfile:
             bad("latency_budget_ms", "a positive number of milliseconds, or null")
         if self.health_url and not self.health_url.startswith(("http://", "https://")):
             bad("health_url", "an http:// URL such as http://127.0.0.1:8080/healthz")
+        if self.health_url:
+            from runtime.install.health import url_problem
+
+            problem = url_problem(self.health_url)  # a password or token: shown and stored; never the value here
+            if problem:
+                raise ProfileError(f"{where}: {problem}")
         if not isinstance(self.health_token_file, str) or (
             self.health_token_file and not self.health_token_file.startswith(("/", "~/"))
         ):

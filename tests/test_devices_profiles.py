@@ -81,3 +81,34 @@ def test_i9_p1_user_profile_folder_and_profile_file(tmp_path, monkeypatch):
     assert "give either --device NAME or --profile FILE" in cli_error(
         run_cli("status", str(tmp_path), "--device", "desktop-cpu", "--profile", folder / "shop-pi.json")
     )
+
+
+@pytest.mark.parametrize(
+    "url", ["http://admin:hunter2@127.0.0.1:8080/healthz", "http://127.0.0.1:8080/healthz?token=s3cret"]
+)
+def test_a_health_url_holding_a_password_or_token_is_refused_pointing_at_health_token_file(tmp_path, url):
+    """urllib cannot send user:pass@, and both would be shown in results and status and stored on the device:
+    a one-line error that names health_token_file and never shows the secret (before: accepted; a good model
+    rolled back after 60 s with the password in the table, status, device.json and state.json)."""
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"name": "p", "health_url": url}))
+    error = cli_error(run_cli("flash", tmp_path, tmp_path / "dev", "--profile", path))
+    assert "health_token_file" in error and "hunter2" not in error and "s3cret" not in error, error
+    with pytest.raises(ProfileError, match="health_token_file"):
+        load_profile(str(path))
+
+
+def test_devices_list_and_show_print_profile_text_with_terminal_escapes_escaped(tmp_path):
+    """A profile file may hold anything: its description and notes are printed with control characters
+    escaped, as the flash table and status do (before: raw escapes reached the terminal)."""
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "esc.json").write_text(
+        json.dumps({"name": "esc", "description": "x\x1b]0;pwned\x07\x1b[2J", "notes": {"a": "\x1b[31mred"}})
+    )
+    env = {"EDGECLS_PROFILES": str(folder)}
+    for args in (("devices",), ("devices", "show", "esc")):
+        ran = run_cli(*args, env=env, timeout=120)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        assert "\x1b" not in ran.stdout and "\x07" not in ran.stdout, repr(ran.stdout)
+        assert "\\x1b]0;pwned" in ran.stdout, ran.stdout

@@ -209,3 +209,22 @@ def test_a_root_that_is_a_link_to_a_folder_is_flashed_into_that_folder(bundles, 
     [dangling] = flash(bundles["a"], [str(tmp_path / "opt" / "gone")], FlashOptions(profile=PROFILE))
     assert dangling.result == "failed" and "link to nothing" in dangling.reason, dangling
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_device_refuses_a_health_url_holding_a_password_or_token(bundles, tmp_path):
+    """From a host that did not check (another edgecls, a hand-made call): refused before the lock, nothing
+    switched or stored, and the secret is not in the message (before: stored in device.json and state.json)."""
+    from runtime.install import api
+    from runtime.install.layout import InstallError
+
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    manifest = (bundles["b"] / MANIFEST).read_bytes()
+    sources = {p.name: p for p in bundles["b"].iterdir() if p.is_file()}
+    for url in ("http://admin:hunter2@127.0.0.1:9/healthz", "http://127.0.0.1:9/healthz?token=s3cret"):
+        with pytest.raises(InstallError, match="health_token_file") as refused:
+            api.apply(str(root), manifest, ["tflite-int8"], sources=sources, health_url=url, smoke=False)
+        assert "hunter2" not in str(refused.value) and "s3cret" not in str(refused.value)
+    assert current_release(root).name == a.slot
+    stored = "".join(p.read_text() for p in (root / "state.json", root / "device.json") if p.exists())
+    assert "hunter2" not in stored and "s3cret" not in stored

@@ -28,6 +28,7 @@ def list_cmd(as_json):
     """List the profiles and the backends installed here."""
     from dataclasses import asdict
 
+    from devices.flash import printable
     from devices.profiles import list_profiles, load_profile, profile_source
     from runtime.backends import available_backends
 
@@ -36,9 +37,11 @@ def list_cmd(as_json):
     if as_json:
         click.echo(json.dumps({"profiles": [asdict(p) for p in profiles], "backends": backends}, indent=2))
         return
-    for p in profiles:
+    for p in profiles:  # a user's profile file may hold anything: escaped like flash's table
         source = profile_source(p.name)
-        click.echo(f"{p.name:<18} {p.description}" + ("" if source == "built-in" else f"  [{source}]"))
+        click.echo(
+            f"{p.name:<18} {printable(p.description)}" + ("" if source == "built-in" else f"  [{printable(source)}]")
+        )
     click.echo("backends here: " + ", ".join(f"{n} ({'installed' if ok else 'missing'})" for n, ok in backends.items()))
     click.echo(_profiles_help())
 
@@ -50,6 +53,7 @@ def show(name, as_json):
     """Every field of one profile (NAME, or a path to a JSON file)."""
     from dataclasses import asdict
 
+    from devices.flash import printable
     from devices.profiles import load_profile, profile_source
 
     profile = load_profile(name)
@@ -57,9 +61,9 @@ def show(name, as_json):
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"{profile.name} ({profile_source(profile.name) if profile.name == name else name})")
+    click.echo(printable(f"{profile.name} ({profile_source(profile.name) if profile.name == name else name})"))
     for key, value in data.items():
         if key == "name" or value in ("", (), {}, None):
             continue
         shown = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-        click.echo(f"  {key:<18} {shown}")
+        click.echo(f"  {key:<18} {printable(shown)}")
