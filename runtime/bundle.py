@@ -127,22 +127,42 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
+        """Raises TypeError (or KeyError, ValueError) for a manifest whose fields have the wrong JSON types."""
+        if not isinstance(d, dict):
+            raise TypeError(f"the manifest is a {type(d).__name__}, not an object")
+        labels = _typed(d, "labels", list, None, str)
+        files = _typed(d, "files", dict, {}, str)
+        if any(not isinstance(k, str) for k in files):
+            raise TypeError("files has a name that is not a string")
         return cls(
-            labels=list(d["labels"]),
-            preprocess=PreprocessSpec.from_dict(d["input"]),
+            labels=labels,
+            preprocess=PreprocessSpec.from_dict(_typed(d, "input", dict, None)),
             head=d.get("head", "softmax"),
-            artifacts=[Artifact.from_dict(a) for a in d["artifacts"]],
+            artifacts=[Artifact.from_dict(a) for a in _typed(d, "artifacts", list, None, dict)],
             reference_accuracy=d.get("reference_accuracy"),
             source=d.get("source", {}),
             calibration=d.get("calibration", {}),
             pruning=d.get("pruning", {}),
             versions=d.get("versions", {}),
-            files=d.get("files", {}),
+            files=files,
             created=d.get("created", ""),
-            checks=[dict(c) for c in d.get("checks", [])],
+            checks=[dict(c) for c in _typed(d, "checks", list, [], dict)],
             reference=_reference(d.get("reference")),
             format=d.get("format", BUNDLE_FORMAT),
         )
+
+
+def _typed(d: dict, key: str, kind: type, default, items: type | None = None):
+    """d[key] if it is a `kind` (whose values, or items, are `items`); `default` when absent (None: required)."""
+    if key not in d and default is not None:
+        return type(default)(default)
+    value = d[key]
+    if not isinstance(value, kind):
+        raise TypeError(f"{key} is {json.dumps(value)[:40]}, not a JSON {'array' if kind is list else 'object'}")
+    values = value.values() if isinstance(value, dict) else value
+    if items is not None and any(not isinstance(v, items) for v in values):
+        raise TypeError(f"{key} holds an entry that is not a {'string' if items is str else 'JSON object'}")
+    return kind(value)
 
 
 def _reference(value) -> dict:
@@ -203,11 +223,17 @@ class Bundle:
                     f"the bundle was edited or damaged; copy or convert it again"
                 )
         labels = self.root / LABELS
-        if labels.is_file() and labels.read_text(encoding="utf-8", errors="replace").splitlines() != self.labels:
+        # split("\n") as convert joins them: splitlines() would also cut a label at U+2028 or a vertical tab
+        if labels.is_file() and _lines(labels.read_text(encoding="utf-8", errors="replace")) != self.labels:
             raise BundleError(
                 f"bundle {self.root}: {LABELS} does not list the manifest's labels in the same order: "
                 f"the bundle was edited or damaged; copy or convert it again"
             )
+
+
+def _lines(text: str) -> list:
+    """The lines of a text file written as "\n".join(lines) + "\n" (labels.txt), cut at "\n" only."""
+    return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
 
 
 def check_file_name(name, where: str) -> str:
@@ -260,7 +286,7 @@ def _read_manifest(root: Path, shown: Path) -> Manifest:
     try:
         raw = json.loads(manifest_path.read_text())
         manifest = Manifest.from_dict(raw)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BundleError(
             f"{shown}: {MANIFEST} is malformed ({type(exc).__name__}: {exc}): convert the model again"
         ) from exc
