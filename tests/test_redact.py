@@ -66,6 +66,13 @@ def forms(port: int = 9) -> dict:
         "query keys": (f"http://{live}?ch=1&{query}", [f"q{i}-{k}-SECRET" for i, k in enumerate(SECRET_KEYS)]),
         "fragment": (f"http://{live}#access_token=frag-SECRET&token_type=bearer", ["frag-SECRET"]),
         "path parameter": (f"http://{live};password=pathparam-SECRET", ["pathparam-SECRET"]),
+        "camera CGI login": (f"http://{live}?loginuse=admin&loginpas=cgi-SECRET", ["cgi-SECRET"]),
+        "u and p": (f"http://{live}?u=admin&p=up-SECRET", ["up-SECRET"]),
+        "percent-encoded key": (f"http://{live}?pass%77ord=encodedkey-SECRET&ch=1", ["encodedkey-SECRET"]),
+        "encoded inner URL": (
+            f"http://{live}?next=http%3A%2F%2Fcam%3Fuser%3Dadmin%26password%3Dinner-SECRET%26ch%3D1",
+            ["inner-SECRET"],
+        ),
         "rtspsrc location": (
             "rtspsrc location=rtsp://admin:rtspsrc-SECRET@127.0.0.1:9/live latency=0 ! decodebin ! videoconvert"
             " ! appsink",
@@ -89,6 +96,16 @@ def forms(port: int = 9) -> dict:
             "gst://rtspsrc location=rtsp://admin:gstscheme-SECRET@127.0.0.1:9/live ! decodebin ! appsink",
             ["gstscheme-SECRET"],
         ),
+        "extra-headers": (
+            'souphttpsrc location=http://127.0.0.1:9/x.mjpg extra-headers="Authorization: Basic aGVhZGVy-SECRET"'
+            " ! jpegdec ! appsink",
+            ["aGVhZGVy-SECRET"],
+        ),
+        "typed extra-headers": (
+            'souphttpsrc location=http://127.0.0.1:9/x.mjpg extra-headers="h, Authorization=(string)\\"Basic'
+            ' dHlwZWQ-SECRET\\"" ! jpegdec ! appsink',
+            ["dHlwZWQ-SECRET"],
+        ),
         "no scheme": ("rtspsrc location=admin:noscheme-SECRET@127.0.0.1 ! decodebin ! appsink", ["noscheme-SECRET"]),
         "refused rtsp signed": (
             "rtsp://admin:rtsp-SECRET@127.0.0.1:9/live?X-Amz-Credential=amzcred-SECRET&X-Amz-Signature=amzsig-SECRET",
@@ -104,6 +121,10 @@ LIVE_FORMS = [
     "query keys",
     "fragment",
     "path parameter",
+    "camera CGI login",
+    "u and p",
+    "percent-encoded key",
+    "encoded inner URL",
 ]  # served by the MJPEG server
 
 

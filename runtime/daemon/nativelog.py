@@ -4,8 +4,8 @@ OpenCV's `[ WARN:0@1.2] ...`, FFmpeg's `Connection refused` and LiteRT's `INFO: 
 Lite XNNPACK delegate` are written by C/C++ code straight to file descriptor 2, where no Python
 logging setting reaches them: in a daemon's journal they read like errors and interleave with our
 own lines. `native_output_to_log()` points fd 2 at a pipe whose reader thread logs each line on the
-`edgecls.native` logger at DEBUG, and moves Python's own stderr (our log handlers, tracebacks,
-faulthandler) to a duplicate of the real one, so nothing of ours is captured or lost.
+`edgecls.native` logger at DEBUG (secrets masked by runtime/redact.py), and moves Python's own stderr (our
+log handlers, tracebacks, faulthandler) to a duplicate of the real one, so nothing of ours is captured or lost.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import os
 import re
 import sys
 import threading
+
+from runtime.redact import redact
 
 log = logging.getLogger("edgecls.native")
 
@@ -47,8 +49,8 @@ MAX_LINE = 8192  # a "line" that never ends (progress redrawn with \r, binary ju
 
 def _emit(line: bytes, level: int) -> None:
     text = line.decode("utf-8", "replace").strip()
-    if text:
-        log.log(level, "native: %s", text)
+    if text:  # FFmpeg quotes the URLs it opens (an HLS segment's, with its password and token): masked like ours
+        log.log(level, "native: %s", redact(text))
 
 
 def _emit_all(data: bytes) -> None:
