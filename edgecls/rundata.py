@@ -8,6 +8,7 @@ recorded get their split recomputed from the folder, fractions and seed, with a 
 from __future__ import annotations
 
 import sys
+import unicodedata
 from pathlib import Path
 
 from edgecls.data import fingerprint, load_split, open_splits
@@ -43,6 +44,16 @@ def check_classes(root, found: list, labels: list, subset_ok: bool = False) -> N
     """
     unknown = [c for c in found if c not in labels]
     missing = [c for c in labels if c not in found]
+    by_form = {unicodedata.normalize("NFC", c): c for c in missing}
+    renamed = [
+        (c, by_form[unicodedata.normalize("NFC", c)]) for c in unknown if unicodedata.normalize("NFC", c) in by_form
+    ]
+    if renamed:  # the names look identical on screen: show their escapes
+        shown = ", ".join(f"folder {ascii(folder)} for label {ascii(label)}" for folder, label in renamed)
+        raise DataError(
+            f"the class folders of {root} differ from the model's labels only in Unicode normalisation ({shown}): "
+            f"rename each folder to its label's exact code points (a copy through macOS may have decomposed them)"
+        )
     if unknown or (missing and not subset_ok):
         parts = ([f"{', '.join(unknown)} unknown to the model"] if unknown else []) + (
             [f"{', '.join(missing)} missing"] if missing and (not subset_ok or unknown) else []
