@@ -13,8 +13,9 @@ set to 224x224) against 80-90 ms for a MobileNetV2 training step, and a streamed
 an in-memory one; a cache would save under 2 % for gigabytes of disk and an invalidation scheme.
 Small sets stay in memory because there a whole epoch is one cheap slice of an array (0.3 s of CPU
 against 1.7 s streamed for 1,750 images). Files that cannot be images are found before training
-by a header check; a file that passes it but fails to decode weighs 0 (a blank image) when an
-epoch meets it, is counted at the end of that epoch and left out of evaluation and the run's records.
+by a header check; a file that passes it but fails to decode, or whose bytes changed since they were
+hashed, weighs 0 (a blank image) when an epoch meets it, is counted at the end of that epoch and left
+out of evaluation and the run's records.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 
 from edgecls.progress import counted, progress
 from runtime.errors import DataError, EdgeclsError, ImageDecodeError
-from runtime.preprocess import PreprocessSpec, check_encoded, decode_image, preprocess, preprocess_file
+from runtime.preprocess import PreprocessSpec, check_encoded, decode_image, preprocess
 
 IN_MEMORY_ENV = "EDGECLS_IN_MEMORY_MB"
 IN_MEMORY_MB = 256.0
@@ -184,16 +185,28 @@ class StreamedSplit:
             return np.asarray([i for i in range(len(self.samples)) if i not in self._problems], dtype=np.int64)
 
     def tensor(self, i: int) -> np.ndarray | None:
-        """File `i` through runtime.preprocess, or None (and recorded in `skipped`) if it will not decode."""
+        """File `i` through runtime.preprocess, or None (and recorded in `skipped`) if it will not decode
+        or its bytes are no longer the ones hashed (split.json's, or the scan's): each pass hashes what it
+        decodes, so a file replaced by another valid picture between two passes (Keras, then an artifact)
+        is dropped like one that stopped decoding, never judged as a different image."""
+        sample = self.samples[i]
         try:
-            x = preprocess_file(self.samples[i].path, self.spec)
+            data = np.fromfile(sample.path, dtype=np.uint8)
+        except (OSError, ValueError) as exc:
+            return self._bad(i, f"unreadable ({getattr(exc, 'strerror', None) or exc})")
+        if sample.digest is not None and hashlib.sha256(data.tobytes()).hexdigest() != sample.digest:
+            return self._bad(i, "changed since it was hashed (its sha256 differs)")
+        try:
+            x = preprocess(decode_image(data, name=str(sample.path)), self.spec, order="rgb")
         except ImageDecodeError as exc:
-            with self._lock:
-                self._problems[i] = _reason(exc)
-                self._decoded[i] = True
-            return None
+            return self._bad(i, _reason(exc))
         self._decoded[i] = True
         return x
+
+    def _bad(self, i: int, why: str) -> None:
+        with self._lock:
+            self._problems[i] = why
+            self._decoded[i] = True
 
     @property
     def skipped(self) -> list:

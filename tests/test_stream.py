@@ -301,3 +301,19 @@ def test_i10_p5_long_passes_over_files_say_how_far_they_are(capsys):
 def test_i10_p1_a_bad_in_memory_limit_is_one_error_line(shapes_folder, tmp_path):
     result = run_cli("train", "--data", shapes_folder, "--out", tmp_path / "r", env={IN_MEMORY_ENV: "-1"})
     assert "in-memory limit" in cli_error(result)
+
+
+def test_a_streamed_file_replaced_by_another_valid_image_between_passes_is_dropped_not_decoded(shapes_folder, tmp_path):
+    """Convert's Keras pass and each artifact's pass must judge the same pictures: each pass checks the bytes."""
+    data = tmp_path / "data"
+    shutil.copytree(shapes_folder, data)
+    samples = scan_folder(data, 0.0, 0.0).splits["train"][:12]
+    split = open_splits({"test": samples}, SPECS[0], limit_mb=0)["test"]
+    first = sum((paths for _, _, paths in iter_batches(split, 5)), [])
+    assert first == [str(s.path) for s in samples]
+    victim, other = Path(first[3]), Path(first[-1])
+    victim.write_bytes(other.read_bytes())  # still a valid image, of another class maybe: not the one hashed
+    second = sum((paths for _, _, paths in iter_batches(split, 5)), [])
+    assert second == first[:3] + first[4:]
+    assert split.skipped == [(str(victim), "changed since it was hashed (its sha256 differs)")]
+    assert str(victim) not in split.paths and len(split.y) == 11
