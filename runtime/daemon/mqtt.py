@@ -10,7 +10,9 @@ Topics (PREFIX from the URL, default `edgecls`; SOURCE is the source's name made
 
 paho runs its own network thread (`loop_start`) that reconnects with capped backoff; `write` only
 queues (bounded: past `MAX_QUEUED` messages waiting for the broker, new ones are dropped and counted),
-so a slow or absent broker never blocks classification.
+so a slow or absent broker never blocks classification. `queued` counts the results handed to paho,
+`published` those the broker acknowledged (QoS 1/2) or that were sent (QoS 0). A broker that cannot be reached is
+logged when it first fails, then at most once a minute.
 """
 
 from __future__ import annotations
@@ -41,7 +43,14 @@ class MqttTarget:
 
     @classmethod
     def parse(cls, url: str) -> MqttTarget:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.hostname, parts.username, parts.password  # noqa: B018  (each may raise ValueError)
+        except ValueError as exc:  # "Invalid IPv6 URL": a '[' or ']' in the password, say
+            raise EdgeclsError(
+                f"--mqtt {redact(url)}: cannot read it as a URL ({exc}): percent-encode the user name's and password's "
+                "special characters ([ as %5B, ] as %5D, / as %2F, @ as %40, : as %3A)"
+            ) from None
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise EdgeclsError(
                 f"--mqtt {redact(url)}: give mqtt://[user:pass@]host[:port]/topic-prefix (mqtts:// for TLS)"
@@ -127,8 +136,13 @@ class MqttSink:
         self.url = redact(url)
         self.qos, self.every = qos, every
         self.availability = f"{self.target.prefix}/availability"
-        self.published = 0
+        self.queued = 0
         self.dropped = 0
+        self.published = 0  # acknowledged by the broker (QoS 1/2) or sent (QoS 0): see _on_publish
+        self._waiting: set = set()  # message ids of results not yet acknowledged (bounded by paho's queue)
+        self._early: dict = {}  # ids acknowledged before publish() returned (or not results): matched after it
+        self._connect_failures = 0
+        self._warned_at = None
         self._last = {}  # source -> (label, frames since the last publish)
         self.discovery, self.discovery_prefix = discovery, discovery_prefix
         self._announced = set()  # sources whose discovery config went out since the last connect
@@ -146,6 +160,8 @@ class MqttSink:
         client.connect_timeout = 1.0  # a host that drops SYNs must not hold paho's thread (and our stop) for 5 s
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_publish = self._on_publish
         self._client = client
         client.connect_async(self.target.host, self.target.port, keepalive=15)
         client.loop_start()
@@ -155,10 +171,45 @@ class MqttSink:
             log.warning("mqtt %s refused the connection: %s", self.url, reason_code)
             return
         log.info("mqtt connected to %s:%d", self.target.host, self.target.port)
+        self._connect_failures, self._warned_at = 0, None
         client.publish(self.availability, "online", qos=1, retain=True)
         with self._lock:  # after a reconnect, the next result of every source is published again
             self._last.clear()
             self._announced.clear()
+
+    def _on_connect_fail(self, client, userdata):
+        import time
+
+        self._connect_failures += 1
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= 60:
+            self._warned_at = now
+            log.warning(
+                "mqtt: cannot connect to %s:%d (%d tries so far); results wait in a queue of %d (QoS %d) and it keeps "
+                "retrying: check --mqtt's host and port and that the broker runs",
+                self.target.host,
+                self.target.port,
+                self._connect_failures,
+                MAX_QUEUED,
+                self.qos,
+            )
+
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
+        with self._lock:
+            if mid in self._waiting:
+                self._waiting.discard(mid)
+                self.published += 1
+            else:  # from inside publish() (QoS 0), or availability/discovery: kept a while, bounded
+                self._early[mid] = True
+                while len(self._early) > 2 * MAX_QUEUED:
+                    self._early.pop(next(iter(self._early)))
+
+    def _sent(self, mid: int) -> None:
+        with self._lock:
+            if self._early.pop(mid, None):
+                self.published += 1
+            else:
+                self._waiting.add(mid)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         if reason_code != 0:
@@ -179,7 +230,8 @@ class MqttSink:
             f"{self.target.prefix}/{topic_name(source)}/state", json.dumps(result), qos=self.qos
         )
         if info.rc == self._mqtt.MQTT_ERR_SUCCESS or (info.rc == self._mqtt.MQTT_ERR_NO_CONN and self.qos > 0):
-            self.published += 1  # sent, or queued by paho until the broker is back (QoS 1/2)
+            self.queued += 1  # sent, or queued by paho until the broker is back (QoS 1/2): `published` once acked
+            self._sent(info.mid)
         else:  # the queue is full, or QoS 0 without a connection: drop, never wait
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
