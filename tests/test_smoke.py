@@ -224,3 +224,30 @@ def test_a_health_answer_without_model_bundle_or_a_redirect_is_never_a_pass(bund
     finally:
         for server in (elsewhere, empty, redirect):
             server.close()
+
+
+@pytest.mark.slow
+def test_a_flash_whose_daemon_trickles_its_answer_rolls_back_within_the_wait_and_frees_the_lock(
+    bundles,  # noqa: F811
+    tmp_path,
+):
+    """The whole flash, through the CLI: /healthz answers 200 then one byte every 2 s; within the 60 s wait
+    (plus the rollback) the flash ends rolled back, the verified release is current, and the lock is free
+    (before: still running after 150 s, holding the lock on an unverified model)."""
+    from runtime.install.layout import DeviceRoot
+    from tests.conftest import run_cli
+
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    server = HostileHealth("trickle")
+    profile = tmp_path / "p.json"
+    profile.write_text(
+        json.dumps({"name": "t", "artifacts": ["tflite-int8"], "threads": 1, "service": "", "health_url": server.url})
+    )
+    try:
+        ran = run_cli("flash", bundles["b"], root, "--profile", profile, "--no-smoke", timeout=110)
+    finally:
+        server.close()
+    assert "rolled back" in ran.stdout and "within 60 s" in ran.stdout, (ran.stdout, ran.stderr[-2000:])
+    assert current_release(root).name == a.slot
+    assert DeviceRoot(root).lock_holder() is None
