@@ -93,12 +93,15 @@ class _ArrayReader:
         self._i = 0
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, options: OnnxQuantOptions) -> tuple:
+def quantize_int8(
+    fp32_path: Path, out_path: Path, calibration: np.ndarray, options: OnnxQuantOptions, workdir: Path | None = None
+) -> tuple:
     """Static QDQ int8 quantization (per-channel by default) calibrated on `calibration`.
 
     Returns the names of the nodes kept in float. They are looked up in the pre-processed graph,
     the one actually quantized: pre-processing fuses MatMul + Add into a Gemm with a new name, so a
-    name taken from the exported file would silently match nothing.
+    name taken from the exported file would silently match nothing. `workdir`: where our temp folder goes
+    (convert's stage, which a kill -9 leaves for the next convert to remove).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -109,7 +112,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, opti
         "entropy": CalibrationMethod.Entropy,
     }[options.calibration]
     input_name = onnx.load(str(fp32_path)).graph.input[0].name
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         prepped = Path(tmp) / "prep.onnx"
         _pre_process(fp32_path, prepped)
         excluded = _excluded(weighted_nodes(prepped), [n.name for n in onnx.load(str(prepped)).graph.node], options)

@@ -2,15 +2,25 @@
 
 The bundle is built in a temp directory and renamed into place only when every artifact
 passed the accuracy gate, so a failed or interrupted convert leaves nothing that looks complete.
+
+Temp files: ours (the ONNX export, quantization's pre-processed graph) are written into the stage's
+`.work` folder by explicit paths, so a kill -9 leaves them where the next convert into that folder
+removes them. The libraries' own (TF's SavedModel and autograph files, ONNX Runtime's) follow
+`tempfile.tempdir`, which belongs to the whole process: a library caller's convert leaves it alone
+(another thread's temp files must not land in our stage and be deleted with it), and those files
+are cleaned by the libraries' own try/finally. Only the CLI, which owns its process, points it at
+`.work` (`ConvertOptions.temp_in_stage`), under a lock held for the whole convert and always restored.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import platform
 import shutil
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -63,6 +73,7 @@ class ConvertOptions:
     qat: str = "remedy"  # tflite-int8 quantization-aware training: remedy (when PTQ fails the gate) | always | never
     qat_epochs: int = 3
     allow_partial_test: bool = False  # verify on a test split that lost images since training (recorded)
+    temp_in_stage: bool = False  # the libraries' temp files in the stage too: for a process that does nothing else
 
 
 @dataclass
@@ -109,7 +120,7 @@ class _Exporter:
     def onnx_fp32(self) -> Path:
         if self._onnx_fp32 is None:
             self._onnx_fp32 = self.workdir / "fp32-export.onnx"
-            onnx_export.export_onnx(self.model, self._onnx_fp32, self.sample)
+            onnx_export.export_onnx(self.model, self._onnx_fp32, self.sample)  # the workdir: in the stage
         return self._onnx_fp32
 
     def attempts(self, fmt: ExportFormat):
@@ -147,7 +158,7 @@ class _Exporter:
         def quant(opts, factor=1):
             def build(out):
                 data = self.calibration(factor)
-                kept = onnx_export.quantize_int8(self.onnx_fp32(), out, data, opts)
+                kept = onnx_export.quantize_int8(self.onnx_fp32(), out, data, opts, workdir=self.workdir)
                 return {**_calibration_notes(data), **({"kept_in_float": list(kept)} if kept else {})}
 
             return build
@@ -188,14 +199,15 @@ def _qat_source(model, run, splits, options: ConvertOptions):
     return build
 
 
-def _prune(run, model, splits, options: ConvertOptions, reference: dict):
+def _prune(run, model, splits, options: ConvertOptions, reference: dict, reference_right: int):
     from converters.prune import prune_model
 
     model, report = prune_model(model, options.prune, splits, run, epochs=options.prune_epochs, seed=options.seed)
     test = splits["test"]
     pruned_probs = probabilities(model.predict(test.x, batch_size=64, verbose=0))
     report["accuracy_before"] = reference["accuracy"]
-    report["accuracy_after"] = float((pruned_probs.argmax(1) == test.y).mean())
+    pruned_right = int((pruned_probs.argmax(1) == test.y).sum())
+    report["accuracy_after"] = pruned_right / len(test.y)
     drop = 100 * (report["accuracy_before"] - report["accuracy_after"])
     progress(
         f"pruned ({options.prune}): params {report['params_before']:,} -> {report['params_after']:,}, "
@@ -203,7 +215,7 @@ def _prune(run, model, splits, options: ConvertOptions, reference: dict):
         f"({report['macs_before'] / max(1, report['macs_after']):.2f}x fewer), "
         f"accuracy {report['accuracy_before']:.4f} -> {report['accuracy_after']:.4f}"
     )
-    if drop > options.max_prune_drop:
+    if not gate_passes(reference_right, pruned_right, len(test.y), options.max_prune_drop):
         raise AccuracyGateError(
             f"pruning ({options.prune}) lost {drop:.2f} accuracy points after fine-tuning "
             f"(limit {options.max_prune_drop}): "
@@ -216,11 +228,9 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
     options = options or ConvertOptions()
     started = time.perf_counter()
     out = Path(os.path.abspath(out))  # `--out .` has a name, and a parent to stage in
-    if not options.formats:
-        raise EdgeclsError("no formats to export: pass --formats")
-    if not math.isfinite(options.max_drop):  # nan passes no comparison; negative: only for tests (the CLI refuses)
-        raise EdgeclsError(f"max_drop {options.max_drop} is not a number of accuracy points")
+    check_options(options)
     run = open_run(run_path)
+    check_labels(run.labels)
     guard = bundle_guard(run)
     check_output(out, options.overwrite, **guard)  # before the model loads: a refusal costs nothing
     if options.tar:
@@ -228,7 +238,7 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
     with claimed_stage(out, options.overwrite, guard) as stage:
         work = stage / WORK
         work.mkdir()
-        with _temp_files_in(work):  # the ONNX export, TF's SavedModel: gone with the stage if we are killed
+        with _temp_files_in(work, options.temp_in_stage):
             manifest, table, split_line = _convert_into(stage, work, run, run_path, options)
         shutil.rmtree(work)
         tar = write_tar(stage, out) if options.tar else None
@@ -240,20 +250,71 @@ def convert(run_path, out, options: ConvertOptions | None = None) -> ConvertResu
 WORK = ".work"  # inside the stage: temp files of the conversion
 
 
-def check_max_drop(value: float) -> None:
-    """A limit of accuracy points must be a number of 0 or more (nan compares false with everything)."""
-    if not math.isfinite(value) or value < 0:
-        raise EdgeclsError(f"--max-drop {value} is not a number of accuracy points of 0 or more: use e.g. --max-drop 1")
+def check_max_drop(value: float, option: str = "--max-drop") -> None:
+    """A limit of accuracy points given by a user must be a number of 0 or more (nan compares false with
+    everything: `drop > nan` would turn the gate off)."""
+    if not _number(value) or not math.isfinite(value) or value < 0:
+        raise EdgeclsError(f"{option} {value} is not a number of accuracy points of 0 or more: use e.g. {option} 1")
+
+
+def _number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# ConvertOptions field -> (least value, the CLI option): whole numbers
+_COUNTS = {
+    "prune_epochs": (1, "--prune-epochs"),
+    "calibration_size": (1, "--calibration-size"),
+    "check_images": (0, "--check-images"),
+    "seed": (0, "--seed"),
+    "workers": (1, "workers"),
+    "qat_epochs": (1, "--qat-epochs"),
+}
+
+
+def check_options(options: ConvertOptions) -> None:
+    """Every numeric option, before any work: the CLI checks its flags too, a library caller is checked here.
+
+    The two limits in accuracy points must be finite (a negative one, demanding a gain, makes every
+    attempt fail, which tests use; the CLI refuses it)."""
+    if not options.formats:
+        raise EdgeclsError("no formats to export: pass --formats")
+    for name, option in (("max_drop", "--max-drop"), ("max_prune_drop", "--max-prune-drop")):
+        value = getattr(options, name)
+        if not _number(value) or not math.isfinite(value):
+            raise EdgeclsError(f"{option} {value} is not a number of accuracy points: use e.g. {option} 1")
+    for name, (least, option) in _COUNTS.items():
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise EdgeclsError(f"{option} {value!r} is not a whole number of {least} or more")
+
+
+def check_labels(labels: list) -> None:
+    """labels.txt holds one label a line: a class name with a line break would read back as two."""
+    broken = [label for label in labels if "\n" in label]
+    if broken:
+        raise EdgeclsError(
+            f"class name {broken[0]!r} holds a line break, which labels.txt cannot hold: "
+            f"rename its class folder and train again"
+        )
+
+
+_TEMP_LOCK = threading.Lock()  # held by a convert that redirects tempfile.tempdir, for its whole run
 
 
 @contextmanager
-def _temp_files_in(folder: Path):
-    saved = tempfile.tempdir
-    tempfile.tempdir = str(folder)
-    try:
+def _temp_files_in(folder: Path, redirect: bool):
+    """With `redirect`, the libraries' temp files go to `folder` (in the stage) for the block; see the module."""
+    if not redirect:
         yield
-    finally:
-        tempfile.tempdir = saved
+        return
+    with _TEMP_LOCK:
+        saved = tempfile.tempdir
+        tempfile.tempdir = str(folder)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved
 
 
 def gate_passes(reference_right: int, artifact_right: int, images: int, max_drop: float) -> bool:
@@ -322,7 +383,8 @@ def _convert_into(stage: Path, work: Path, run, run_path, options: ConvertOption
     source_accuracy = reference["accuracy"]
     pruning = {}
     if options.prune:
-        model, pruned, pruning = _prune(run, model, splits, options, reference)
+        reference_right = int((ref_probs.argmax(1) == y).sum())
+        model, pruned, pruning = _prune(run, model, splits, options, reference, reference_right)
         index = {p: k for k, p in enumerate(test.paths)}  # pruning runs in memory: every file decoded once
         ref_probs = pruned[[index[p] for p in paths]]
         reference.update(accuracy=pruning["accuracy_after"], macs=pruning["macs_after"], params=pruning["params_after"])
@@ -346,9 +408,14 @@ def _convert_into(stage: Path, work: Path, run, run_path, options: ConvertOption
     kept = set(common)
     dropped = [p for i, p in enumerate(paths) if i not in kept]
     if dropped:
-        progress(f"warning: {len(dropped)} test image(s) stopped decoding during verification (first: {dropped[0]})")
+        progress(
+            f"warning: {len(dropped)} test image(s) stopped decoding or changed during verification "
+            f"(first: {dropped[0]})"
+        )
         split_report = testsplit.check(run, y[common], split_kind, changed, dropped, options.max_drop)
-        testsplit.enforce(split_report, options.allow_partial_test, " (files stopped decoding during verification)")
+        testsplit.enforce(
+            split_report, options.allow_partial_test, " (files stopped decoding or changed during verification)"
+        )
         paths, y, ref_probs = [paths[i] for i in common], y[common], ref_probs[common]
         reference["accuracy"] = float((ref_probs.argmax(1) == y).mean())
         if not options.prune:
@@ -362,7 +429,7 @@ def _convert_into(stage: Path, work: Path, run, run_path, options: ConvertOption
         if dropped and not gate_passes(result["reference_right"], result["right"], len(y), options.max_drop):
             raise AccuracyGateError(
                 f"{fmt.name} loses more than {options.max_drop} accuracy points on the test images left after "
-                f"{len(dropped)} stopped decoding: restore them and convert again"
+                f"{len(dropped)} stopped decoding or changed: restore them and convert again"
             )
         all_right &= predicted.argmax(1) == y
         recalls[fmt.name], keras_recall = result["per_class_recall"], result["reference_per_class_recall"]

@@ -203,3 +203,94 @@ def test_max_drop_nan_or_negative_is_refused_before_any_work(private_run, tmp_pa
         error = cli_error(run_cli("convert", run, "--out", tmp_path / "b", "--max-drop", value))
         assert f"--max-drop {float(value)} is not a number of accuracy points of 0 or more" in error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_numeric_option_of_convert_refuses_nan_and_negatives_before_any_work(private_run, tmp_path):
+    """`drop > nan` is always false: --max-prune-drop nan turned the pruning gate off and a 10 % model shipped."""
+    from converters.pipeline import ConvertOptions, convert
+    from runtime.errors import EdgeclsError
+
+    run, _ = private_run
+    args = ["--formats", "tflite-fp32", "--max-drop", "100", "--prune", "sparsity=0.5", "--prune-epochs", "1"]
+    for value in ("nan", "-1"):
+        error = cli_error(run_cli("convert", run, "--out", tmp_path / "b", *args, "--max-prune-drop", value))
+        assert f"--max-prune-drop {float(value)} is not a number of accuracy points of 0 or more" in error
+    assert "-1 is not in the range x>=0" in cli_error(run_cli("convert", run, "--out", tmp_path / "b", "--seed", "-1"))
+    bad = [
+        {"max_prune_drop": float("nan")},
+        {"max_drop": float("inf")},
+        {"calibration_size": 0},
+        {"check_images": -1},
+        {"seed": -1},
+        {"workers": 0},
+        {"prune_epochs": 0},
+        {"qat_epochs": 2.5},
+    ]
+    for fields in bad:
+        with pytest.raises(EdgeclsError, match="is not a (number of accuracy points|whole number of)"):
+            convert(run, tmp_path / "b", ConvertOptions(**fields))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_library_convert_leaves_other_threads_temp_files_and_tempfile_tempdir_alone(private_run, tmp_path):
+    """tempfile.tempdir belongs to the whole process: a convert in one thread must not redirect another's."""
+    import tempfile
+
+    run, _ = private_run
+    before, errors, mine = tempfile.tempdir, [], None
+    worker = threading.Thread(target=lambda: _record_error(errors, _convert, run, tmp_path / "b"))
+    worker.start()
+    try:
+        while worker.is_alive() and not list(tmp_path.glob(".b.*.partial/.work")):
+            time.sleep(0.01)
+        mine = Path(tempfile.mkdtemp(prefix="user-cache-"))  # another part of the program, meanwhile
+        (mine / "data").write_text("important")
+    finally:
+        worker.join(300)
+    assert not errors, errors
+    assert (tmp_path / "b" / "manifest.json").is_file()
+    assert tmp_path not in mine.parents and (mine / "data").read_text() == "important"
+    shutil.rmtree(mine)
+    assert tempfile.tempdir == before
+
+
+def _record_error(errors: list, call, *args, **kwargs):
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001  (reported by the test's thread)
+        errors.append(repr(exc))
+
+
+def test_a_convert_that_puts_temp_files_in_its_stage_restores_tempfile_tempdir_when_it_fails(private_run, tmp_path):
+    import tempfile
+
+    from runtime.errors import DataError
+
+    run, data = private_run
+    before, files = tempfile.tempdir, _test_files(run, data)
+    gone = {f: f.read_bytes() for f in files[:3]}
+    try:
+        for f in gone:
+            f.unlink()
+        with pytest.raises(DataError, match="are gone"):  # refused inside the redirected block
+            _convert(run, tmp_path / "b", temp_in_stage=True)
+    finally:
+        for f, data_ in gone.items():
+            f.write_bytes(data_)
+    assert tempfile.tempdir == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_refuses_a_class_name_holding_a_line_break_before_any_work(private_run, tmp_path):
+    """labels.txt holds one label a line: such a bundle would be refused by predict and flash as edited."""
+    from runtime.errors import EdgeclsError
+
+    run, _ = private_run
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    meta = json.loads((broken / "metadata.json").read_text())
+    meta["labels"][0] = "circ\nle"
+    (broken / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(EdgeclsError, match=r"class name 'circ\\nle' holds a line break"):
+        _convert(broken, tmp_path / "b")
+    assert not (tmp_path / "b").exists()

@@ -23,7 +23,9 @@ QAT_MODES = ("remedy", "always", "never")
 @click.option(
     "--prune-epochs", type=click.IntRange(1), default=8, show_default=True, help="Fine-tuning epochs after pruning."
 )
-@click.option("--max-prune-drop", type=float, default=1.0, show_default=True, help="Accuracy points pruning may lose.")
+@click.option(
+    "--max-prune-drop", type=float, default=1.0, show_default=True, help="Accuracy points pruning may lose (0 or more)."
+)
 @click.option(
     "--calibration-size",
     type=click.IntRange(1),
@@ -80,7 +82,11 @@ QAT_MODES = ("remedy", "always", "never")
     "`edgecls flash` runs on the device (0: none).",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seeds the calibration draw, pruning and QAT fine-tuning."
+    "--seed",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Seeds the calibration draw, pruning and QAT fine-tuning.",
 )
 def convert(
     run,
@@ -110,7 +116,8 @@ def convert(
     from edgecls.outputs import bundle_guard
     from edgecls.rundir import open_run
 
-    check_max_drop(max_drop)
+    check_max_drop(max_drop)  # click's float takes nan, inf and negatives: each would change what the gate means
+    check_max_drop(max_prune_drop, "--max-prune-drop")
     from runtime.atomic import check_output
 
     # Before anything heavy is imported or loaded: only a bundle of ours (or an empty folder) may be
@@ -140,6 +147,7 @@ def convert(
         qat=qat,
         qat_epochs=qat_epochs,
         allow_partial_test=allow_partial_test,
+        temp_in_stage=True,  # this process does nothing else: TF's own temp files go with the stage if killed
     )
     result = run_convert(run, out, options)
     click.echo(result.test_split)
