@@ -6,20 +6,24 @@
 2. Outputs: --tar and --out at a user's file, a folder, a link, `.`: no file outside the bundle replaced.
 3. kill -9 at 20 moments of a convert (--tar, int8 TFLite and ONNX), then the same convert again: what is
    left beside the bundle and in TMPDIR.
+4. The second review's: a FIFO at BUNDLE.tar or in place of a test image (hung), an edgecls archive holding
+   a user's notes.txt under --tar --overwrite (replaced), nan and negative limits and seeds (accepted).
 
-    python benchmarks/convert_attacks.py [--work DIR] [--kills 20]
+    python benchmarks/convert_attacks.py [--work DIR] [--kills 20] [--sections splits,outputs,options,kills]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -33,11 +37,15 @@ CODE = Path(__file__).resolve().parents[1]  # the checkout whose edgecls runs (-
 FAST = ["--formats", "tflite-fp32", "--max-drop", "100", "--check-images", "2"]
 
 
-def cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
-    """`edgecls ARGS` of CODE (`python -m` puts the working folder first: it is CODE unless `cwd` is given)."""
+def cli(*args, env=None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """`edgecls ARGS` of CODE (`python -m` puts the working folder first: it is CODE unless `cwd` is given).
+    A command still running after `timeout` s is killed and reads as exit 124, "HUNG"."""
     cmd = [sys.executable, "-m", "edgecls.cli", *map(str, args)]
     environment = {**os.environ, "PYTHONPATH": str(CODE), **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, env=environment, cwd=cwd or CODE)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=environment, cwd=cwd or CODE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"error: HUNG (killed after {timeout} s)")
 
 
 def last_error(done) -> str:
@@ -72,9 +80,8 @@ class Data:
     def restore(self):
         for rel, data in self.saved.items():
             path = self.root / rel
-            if data is None:
-                path.unlink(missing_ok=True)
-            else:
+            path.unlink(missing_ok=True)  # first: it may be a FIFO now (writing to it would block)
+            if data is not None:
                 path.write_bytes(data)
         self.saved = {}
 
@@ -109,11 +116,17 @@ def split_attacks(work: Path, run: Path, data: Data, lines: list) -> None:
         for rel, _, _ in entries[2:]:
             data.keep(rel).unlink()
 
+    def fifo():
+        path = data.keep(entries[0][0])
+        path.unlink()
+        os.mkfifo(path)
+
     for name, attack in [
         ("40% of the test files deleted", shrink),
         ("10 test PNGs re-encoded", reencode),
         ('only class "1" left in the test split', one_class),
         ("2 test images left", two_left),
+        ("a test image replaced by a FIFO", fifo),
     ]:
         attack()
         try:
@@ -138,10 +151,10 @@ def split_attacks(work: Path, run: Path, data: Data, lines: list) -> None:
 def report_convert(work: Path, run: Path, name: str, lines: list) -> None:
     out = work / "bundle"
     shutil.rmtree(out, ignore_errors=True)
-    refused = cli("convert", run, "--out", out, *FAST)
+    refused = cli("convert", run, "--out", out, *FAST, timeout=300)
     verdict = "REFUSED" if refused.returncode else "CONVERTED (not refused)"
     lines.append(f"- {name}: {verdict}: {last_error(refused) if refused.returncode else ''}")
-    allowed = cli("convert", run, "--out", out, *FAST, "--allow-partial-test", "--overwrite")
+    allowed = cli("convert", run, "--out", out, *FAST, "--allow-partial-test", "--overwrite", timeout=300)
     if allowed.returncode:
         lines.append(f"    --allow-partial-test: refused too: {last_error(allowed)}")
         return
@@ -199,7 +212,9 @@ def output_attacks(work: Path, run: Path, lines: list) -> None:
     (area / "busy").mkdir()
     (area / "busy" / "photo.jpg").write_bytes(b"\xff\xd8 a photo")
     (area / "empty").mkdir()
+    os.mkfifo(area / "fifo.tar")
     cases = [
+        ("--tar onto a FIFO BUNDLE.tar", ["--out", area / "fifo", "--tar"], None),
         ("--tar onto a user's victim.tar", ["--out", area / "victim", "--tar"], None),
         ("--tar onto a folder BUNDLE.tar", ["--out", area / "folder", "--tar"], None),
         ("--tar onto a symlink BUNDLE.tar", ["--out", area / "link", "--tar"], None),
@@ -209,11 +224,15 @@ def output_attacks(work: Path, run: Path, lines: list) -> None:
         ("--out . in an empty folder, --tar", ["--out", ".", "--tar"], area / "empty"),
         ("the same again (bundle and tar exist)", ["--out", ".", "--tar"], area / "empty"),
         ("the same with --overwrite (ours: replaced)", ["--out", ".", "--tar", "--overwrite"], area / "empty"),
+        ("--tar --overwrite onto our archive holding a user's notes.txt", ["--out", area / "notes", "--tar"], None),
     ]
     replaced = 0
     for name, args, cwd in cases:
+        if "notes.txt" in name:  # empty.tar, as its convert wrote it, with the user's notes added
+            _archive_with_notes(area / "empty.tar", area / "notes.tar", "notes")
+            args = [*args, "--overwrite"]
         before = snapshot(area)
-        done = cli("convert", run, *FAST, *args, cwd=cwd)
+        done = cli("convert", run, *FAST, *args, cwd=cwd, timeout=300)
         after = snapshot(area)
         ours = {k for k in after if k.startswith(("empty/", "empty.tar"))}
         changed = [k for k, v in before.items() if k not in ours and after.get(k) != v]
@@ -222,6 +241,41 @@ def output_attacks(work: Path, run: Path, lines: list) -> None:
         lines.append(f"- {name}: {outcome}; files outside the bundle changed: {len(changed)}")
     leftovers = [p.name for p in area.iterdir() if p.name.endswith((".partial", ".old"))]
     lines.append(f"files outside the bundle replaced or changed in all: {replaced}; partials left: {leftovers}")
+
+
+def _archive_with_notes(ours: Path, target: Path, name: str) -> None:
+    with tarfile.open(ours) as src, tarfile.open(target, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member) if member.isfile() else None
+            member.name = name + member.name[member.name.index("/") :] if "/" in member.name else name
+            dst.addfile(member, data)
+        info = tarfile.TarInfo(f"{name}/notes.txt")
+        body = b"field notes, 3 months"
+        info.size = len(body)
+        dst.addfile(info, io.BytesIO(body))
+
+
+def option_attacks(run: Path, lines: list) -> None:
+    """Numbers convert must refuse before any work (nan compares false: `drop > nan` turns a gate off)."""
+    lines.append("## options (each must be refused before any work)")
+    cases = [
+        ["--max-prune-drop", "nan", "--prune", "sparsity=0.97", "--prune-epochs", "1"],
+        ["--max-prune-drop", "-5", "--prune", "sparsity=0.97", "--prune-epochs", "1"],
+        ["--max-prune-drop", "inf", "--prune", "sparsity=0.97", "--prune-epochs", "1"],
+        ["--max-drop", "nan"],
+        ["--max-drop", "-1"],
+        ["--seed", "-1"],
+    ]
+    accepted = 0
+    for args in cases:
+        out = run.parent / "option-bundle"
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.perf_counter()
+        done = cli("convert", run, "--out", out, "--formats", "tflite-fp32", "--check-images", "1", *args)
+        accepted += done.returncode == 0
+        outcome = "ACCEPTED" if done.returncode == 0 else f"refused in {time.perf_counter() - started:.1f} s"
+        lines.append(f"- {' '.join(args[:2])}: {outcome}: {last_error(done)[:150] if done.returncode else ''}")
+    lines.append(f"accepted: {accepted} of {len(cases)}")
 
 
 def kill_attacks(work: Path, run: Path, kills: int, lines: list) -> None:
@@ -276,6 +330,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--code", help="run the edgecls of this checkout (e.g. the base, to compare)")
     parser.add_argument("--only-kills", action="store_true", help="only the kill -9 attack (an older edgecls)")
+    parser.add_argument("--sections", default="splits,outputs,options,kills", help="which attacks, comma-separated")
     parser.add_argument("--results", default=str(RESULTS))
     ns = parser.parse_args()
     global CODE
@@ -294,11 +349,16 @@ def main() -> None:
         if done.returncode:
             raise SystemExit(done.stderr[-3000:])
     lines = [f"# benchmarks/convert_attacks.py: digits copied to a folder, 16 px run, {time.strftime('%Y-%m-%d')}"]
-    if not ns.only_kills:
+    sections = {"kills"} if ns.only_kills else set(ns.sections.split(","))
+    if "splits" in sections:
         split_attacks(work, run, Data(data), lines)
         tiny_run(work, digits, lines)
+    if "outputs" in sections:
         output_attacks(work, run, lines)
-    kill_attacks(work, run, ns.kills, lines)
+    if "options" in sections:
+        option_attacks(run, lines)
+    if "kills" in sections:
+        kill_attacks(work, run, ns.kills, lines)
     lines.append(f"# {time.perf_counter() - started:.0f} s in all; work folder {work}")
     Path(ns.results).parent.mkdir(exist_ok=True)
     Path(ns.results).write_text("\n".join(lines) + "\n")
