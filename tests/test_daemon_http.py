@@ -146,18 +146,18 @@ def test_silent_and_slow_connections_take_no_threads_and_requests_are_still_answ
 
 
 def test_connections_beyond_the_waiting_limit_are_refused_with_503():
-    """Full (4 waiting): a client holding less than the biggest share gets in, the biggest's oldest is answered 503;
-    a client holding as many as any other is refused 503 itself."""
-    server = _server(host="::", max_pending=4, max_pending_per_client=3)
+    """Full (4 waiting): a newcomer takes the place of the oldest connection of the client holding the most (answered
+    503), its own client's on a tie; another client is never kept out."""
+    server = _server(host="::", max_pending=4)
     v4 = [_connect(server, "127.0.0.1") for _ in range(3)]
     v6 = [_connect(server, "::1")]
     try:
         time.sleep(0.3)
+        v6.append(_connect(server, "::1"))  # full: 127/8 holds the most, its oldest goes
+        assert _status(v4[0].recv(100)) == 503
+        v4.append(_connect(server, "127.0.0.1"))  # 2 + 2: a tie, this client's own oldest goes
+        assert _status(v4[1].recv(100)) == 503
         assert _status(_raw(server, b"GET /healthz HTTP/1.0\r\n\r\n", "::1")) == 200
-        assert _status(v4[0].recv(100)) == 503  # the biggest client's oldest made room
-        v6.append(_connect(server, "::1"))
-        time.sleep(0.3)  # now 2 + 2 wait: a third from 127.0.0.1 holds no less than anyone
-        assert _status(_raw(server, b"GET /healthz HTTP/1.0\r\n\r\n")) == 503
     finally:
         for sock in v4 + v6:
             sock.close()

@@ -17,9 +17,11 @@ name or one of `allowed_hosts` is refused (a DNS-rebinding page in a browser nam
 
 Threads are bounded: a connection holds none until its whole request (head, and a body up to
 MAX_FORM_BYTES) has arrived (one selector thread reads them all), then one of `workers` threads answers
-it; a request must arrive whole within `request_timeout` of the accept. Too many waiting connections are
-answered 503; one client waits with at most PER_CLIENT_PENDING, its oldest dropped for its newest, so
-it cannot crowd out others (nor its own next real request).
+it; a request must arrive whole within `request_timeout` of the accept. When `max_pending` connections
+wait, a new one takes the place of the oldest of the client holding the most (answered 503): one client
+cannot crowd out the others, nor its own next real request. (A fixed cap per client below the table's
+size made an attacker with more connections than the cap churn, reconnecting each one dropped: 0.42 of
+the frames/s in benchmarks/daemon_attacks.py; this way a passive flood costs nothing until the table is full.)
 So silent or slow clients (slowloris) cannot multiply threads, hold them, or slow classification.
 """
 
@@ -48,7 +50,6 @@ log = logging.getLogger("edgecls.daemon")
 WORKERS = 16  # threads serving requests, started as needed; the daemon's own threads come on top
 MAX_STREAMS = 8  # preview viewers at once: each holds a worker, the rest stay for scrapers and health checks
 MAX_PENDING = 512  # connections still sending their request (no thread each); more are answered 503
-PER_CLIENT_PENDING = 64  # of those, from one client (see client_of); its oldest goes when a new one comes
 FREE_FAILURES = 10  # wrong tokens a client may send before it must wait
 MAX_LOCKOUT_S = 60.0
 WARN_EVERY_S = 60.0  # a locked-out client is logged at most this often
@@ -68,7 +69,7 @@ class StatusServer:
     request_timeout: seconds from the accept a client has to send its whole request (line, headers, body).
     workers: threads serving requests; max_streams of them may hold preview streams (more viewers get 503).
     max_pending: connections whose request has not fully arrived (they hold no thread); more get 503 and close.
-    max_pending_per_client: of those, from one client (`client_of`); its oldest gets 503 when it opens one more.
+      Beyond, the oldest of the client (`client_of`) holding the most is answered 503 to make room.
     allowed_hosts: Host names accepted besides IP addresses, localhost and this machine's names (token-less only);
       "*" accepts any.
     """
@@ -87,7 +88,6 @@ class StatusServer:
         request_timeout: float | None = None,
         workers: int = WORKERS,
         max_pending: int = MAX_PENDING,
-        max_pending_per_client: int = PER_CLIENT_PENDING,
         max_streams: int = MAX_STREAMS,
         allowed_hosts=(),
     ):
@@ -119,7 +119,6 @@ class StatusServer:
                 handler,
                 workers=workers,
                 max_pending=max_pending,
-                per_client=max_pending_per_client,
                 request_timeout=idle_timeout if request_timeout is None else request_timeout,
             )
         except OSError as exc:
@@ -314,7 +313,7 @@ class _Server(HTTPServer):
 
     request_queue_size = 128  # 5 (the default backlog) makes a burst of scrapers wait out SYN retries
 
-    def __init__(self, address, handler, *, workers: int, max_pending: int, per_client: int, request_timeout: float):
+    def __init__(self, address, handler, *, workers: int, max_pending: int, request_timeout: float):
         if ":" in address[0]:  # an IPv6 address; "::" takes IPv4 clients too (as ::ffff:a.b.c.d)
             self.address_family = socket.AF_INET6
             address = (address[0].strip("[]"), address[1])
@@ -325,7 +324,6 @@ class _Server(HTTPServer):
         self._heads = None
         super().__init__(address, handler)  # on a failed bind it calls server_close() itself
         self._heads = _HeadReader(self._dispatch, self.shutdown_request, max_pending, request_timeout)
-        self._heads.per_client = max(1, min(per_client, max_pending))
 
     def server_bind(self):
         if self.address_family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
@@ -387,8 +385,8 @@ class _HeadReader:
     """One thread and a selector: reads each new connection's request (head, and a body up to MAX_FORM_BYTES)
     without blocking, hands a complete one to `dispatch`, and drops connections whose deadline passed.
 
-    Beyond `per_client` waiting connections of one client, its oldest is answered 503 and closed; when
-    `max_pending` wait in all, the oldest of the client with the most goes, or the newcomer when it is that client.
+    When `max_pending` wait, a newcomer takes the place of the oldest connection of the client with the most (its
+    own client's on a tie), which is answered 503 and closed; the newcomer's request is read at once.
     """
 
     MAX_HEAD = 65536 + 100 * 1024  # the request line and headers stdlib accepts at most; more is its 414/431
@@ -403,7 +401,6 @@ class _HeadReader:
         self._lock = threading.Lock()
         self._pending: dict = {}  # socket -> [address, head so far, deadline, client]
         self._clients: dict = {}  # client -> its waiting sockets, oldest first
-        self.per_client = PER_CLIENT_PENDING
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="http-heads", daemon=True)
         self._thread.start()
@@ -453,20 +450,15 @@ class _HeadReader:
             new, self._new = self._new, []
         for sock, address, deadline in new:
             client = client_of(address[0])
-            mine = self._clients.setdefault(client, [])
-            if len(mine) >= self.per_client:  # one client cannot crowd out the others: its oldest goes
-                self._refuse(mine[0])
-            elif len(self._pending) >= self._max_pending:
+            if len(self._pending) >= self._max_pending:  # full: the biggest client gives way (this one, on a tie)
+                mine = self._clients.get(client, [])
                 biggest = max(self._clients.values(), key=len)
-                if len(biggest) > len(mine):
-                    self._refuse(biggest[0])
-                else:  # full, and this client holds its share: say so at once (never blocks) and close
-                    self._refuse(sock)
-                    continue
+                self._refuse(mine[0] if mine and len(mine) >= len(biggest) else biggest[0])
             sock.setblocking(False)
             self._pending[sock] = [address, b"", deadline, client]
             self._clients.setdefault(client, []).append(sock)
             self._selector.register(sock, selectors.EVENT_READ, address)
+            self._read(sock)  # a request sent with the connect is usually here: served before later ones can evict it
 
     def _refuse(self, sock) -> None:
         self._forget(sock)
