@@ -112,3 +112,9 @@ def test_i16_p3_a_bare_builtin_name_is_the_builtin_even_beside_a_folder_of_that_
     assert "write ./digits for the folder" in capsys.readouterr().err
     folder, builtin = resolve_dataset("./digits")  # written as a path: the folder
     assert builtin is None and scan_folder(folder).labels == ["x", "y"]
+
+
+def test_a_class_folder_with_a_line_break_in_its_name_is_refused_when_scanned_for_training(tmp_path):
+    _folder(tmp_path / "d", {"circ\nle": 3, "square": 3})
+    with pytest.raises(DataError, match=r"class folder 'circ\\nle' in .* has a line break in its name"):
+        scan_folder(tmp_path / "d")

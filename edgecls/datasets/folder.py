@@ -130,6 +130,12 @@ def _scan_classes(root: Path, labels: list | None = None) -> tuple:
     dirs = _class_dirs(root)
     if labels is None:
         labels = [d.name for d in dirs]
+        broken = [name for name in labels if "\n" in name]
+        if broken:  # a bundle's labels.txt holds one label a line: convert could never write this model's labels
+            raise DataError(
+                f"class folder {broken[0]!r} in {root} has a line break in its name, which a bundle's labels.txt "
+                f"cannot hold: rename the folder"
+            )
     by_name = {d.name: d for d in dirs}
     unknown = sorted(set(by_name) - set(labels))
     if unknown:
