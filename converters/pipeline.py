@@ -47,7 +47,7 @@ from edgecls.outputs import bundle_guard
 from edgecls.progress import progress
 from edgecls.rundir import open_run
 from runtime.atomic import check_output, write_bytes, write_json, write_text
-from runtime.bundle import LABELS, MANIFEST, Artifact, Manifest, TensorQuant, sha256_file
+from runtime.bundle import LABELS, MANIFEST, Artifact, Manifest, TensorQuant, check_listed_names, sha256_file
 from runtime.errors import DataError, EdgeclsError
 from runtime.session import ModelSession
 
@@ -519,6 +519,7 @@ def _convert_into(stage: Path, work: Path, run, run_path, options: ConvertOption
     manifest.files = {
         name: sha256_file(stage / name) for name in (LABELS, "verification.txt", *(c["file"] for c in manifest.checks))
     }
+    check_listed_names(manifest, stage)  # what predict and flash would refuse is never written
     write_json(stage / MANIFEST, manifest.to_dict())
     return manifest.to_dict(), table, split_report.summary()
 

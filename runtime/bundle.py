@@ -249,6 +249,30 @@ def check_file_name(name, where: str) -> str:
     return name
 
 
+# Names a device's release uses itself: flash would overwrite, forge or delete a bundle file of such a name.
+DEVICE_NAMES = (MANIFEST, MANIFEST + ".sig", RELEASE)
+DEVICE_NAMES_TEXT = f"{', '.join(DEVICE_NAMES)}, names starting with '.' or ending in .part or .tmp"
+
+
+def device_reserved(name: str) -> bool:
+    """Whether a device keeps `name` for itself: its release files, `.NAME.PID.part` staging and `.tmp` files."""
+    return name in DEVICE_NAMES or name.startswith(".") or name.endswith((".part", ".tmp"))
+
+
+def check_listed_names(manifest: Manifest, shown) -> None:
+    """Every file the manifest lists (artifacts, files, check images) is a plain name no device uses itself."""
+    listed = [(a.file, f"artifact {a.name}") for a in manifest.artifacts]
+    listed += [(name, "the files list") for name in manifest.files]
+    listed += [(check.get("file"), "check image") for check in manifest.checks]
+    for name, where in listed:
+        check_file_name(name, f"bundle {shown}: {where}")
+        if device_reserved(name):
+            raise BundleError(
+                f"bundle {shown}: {where} names the file {name!r}, which devices keep for themselves "
+                f"({DEVICE_NAMES_TEXT}): the manifest was edited or damaged; convert again"
+            )
+
+
 def bundle_cache_dir() -> Path:
     """Where .tar bundles are unpacked: $EDGECLS_BUNDLE_CACHE, else ~/.cache/edgecls/bundles.
 
@@ -292,12 +316,8 @@ def _read_manifest(root: Path, shown: Path) -> Manifest:
         ) from exc
     if not str(raw.get("format", "")).startswith("edgecls-bundle/"):
         raise BundleError(f"{shown}: {MANIFEST} is not an edgecls bundle manifest")
-    for artifact in manifest.artifacts:
-        check_file_name(artifact.file, f"bundle {shown}: artifact {artifact.name}")
-    for name in manifest.files:
-        check_file_name(name, f"bundle {shown}: the files list")
+    check_listed_names(manifest, shown)
     for check in manifest.checks:
-        check_file_name(check.get("file"), f"bundle {shown}: check image")
         if check.get("label") not in manifest.labels or check["file"] not in manifest.files:
             raise BundleError(
                 f"{shown}: check image {check['file']} has label {check.get('label')!r} or no sha256 "

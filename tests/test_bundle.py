@@ -42,3 +42,29 @@ def test_predict_names_a_malformed_manifest_in_one_line(tmp_path):
     bundle = _bundle(tmp_path / "b", fields={"files": None})
     image = write_image(tmp_path / "x.png", np.zeros((16, 16, 3), np.uint8))
     assert "manifest.json is malformed (TypeError: files is null" in cli_error(run_cli("predict", bundle, image))
+
+
+@pytest.mark.parametrize(
+    "name", ["release.json", "manifest.json", "manifest.json.sig", ".hidden.png", "check-00.part", "notes.tmp"]
+)
+def test_a_bundle_listing_a_file_named_like_a_devices_own_is_refused(tmp_path, name):
+    """Flash would overwrite, forge or delete such a file after checking it: the bundle side refuses it too."""
+    bundle = _bundle(tmp_path / "b")
+    if name != "manifest.json":
+        (bundle / name).write_bytes(b"x")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][name] = sha256_file(bundle / name) if name != "manifest.json" else "0" * 64
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"the files list names the file '{name}', which devices keep for"):
+        load_bundle(bundle).verify_files()
+
+
+def test_predict_refuses_a_bundle_listing_release_json_in_one_line(tmp_path):
+    bundle = _bundle(tmp_path / "b")
+    (bundle / "release.json").write_text("{}")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["release.json"] = sha256_file(bundle / "release.json")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    image = write_image(tmp_path / "x.png", np.zeros((16, 16, 3), np.uint8))
+    error = cli_error(run_cli("predict", bundle, image))
+    assert "names the file 'release.json', which devices keep for themselves" in error and "convert again" in error
