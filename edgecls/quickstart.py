@@ -379,6 +379,7 @@ def _convert(run_dir: Path, bundle_dir: Path, options: QuickstartOptions, plan: 
             max_drop=plan.max_drop,
             overwrite=options.overwrite,
             seed=options.seed,
+            temp_in_stage=True,  # quickstart owns its process: TF's temp files go with the stage if killed
         ),
     )
 

@@ -187,3 +187,33 @@ def test_i14_p1_a_folder_of_only_a_killed_quickstarts_leftovers_is_reused(tmp_pa
     started, stderr = _starts_work(out)
     assert started, stderr[-2000:]
     assert not (out / ".quickstart.json.k1lled_x.tmp").exists()
+
+
+def test_quickstarts_convert_puts_the_libraries_temp_files_in_its_stage(tiny_run_dir, tmp_path):
+    """Like `edgecls convert`: TF's temp files go into the bundle's stage (which a rerun removes), so a killed
+    quickstart leaves none in the system temp folder; tempfile.tempdir is restored afterwards."""
+    import tempfile
+    import threading
+    import time
+
+    from edgecls.quickstart import Plan, QuickstartOptions, _convert
+
+    plan = Plan(image_size=32, epochs=1, prune=None, calibration_size=16, max_drop=100.0, max_prune_drop=100.0)
+    before, seen, errors = tempfile.tempdir, set(), []
+
+    def work():
+        try:
+            _convert(tiny_run_dir, tmp_path / "b", QuickstartOptions(out=str(tmp_path)), plan)
+        except Exception as exc:  # noqa: BLE001  (reported by the test's thread)
+            errors.append(repr(exc))
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    while worker.is_alive():
+        seen.add(tempfile.tempdir)
+        time.sleep(0.005)
+    worker.join()
+    assert not errors, errors
+    assert (tmp_path / "b" / "manifest.json").is_file() and tempfile.tempdir == before
+    stages = [Path(t) for t in seen if t is not None]  # /tmp too: a library caches the default before
+    assert any(re.fullmatch(r"\.b\..*\.partial", p.parent.name) and p.name == ".work" for p in stages), seen
