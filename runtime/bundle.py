@@ -250,7 +250,8 @@ def check_file_name(name, where: str) -> str:
 
 
 # Names a device's release uses itself: flash would overwrite, forge or delete a bundle file of such a name.
-DEVICE_NAMES = (MANIFEST, MANIFEST + ".sig", RELEASE)
+SIGNATURE = MANIFEST + ".sig"  # the manifest's signature (`edgecls sign`); runtime/install/signature.py's too
+DEVICE_NAMES = (MANIFEST, SIGNATURE, RELEASE)
 DEVICE_NAMES_TEXT = f"{', '.join(DEVICE_NAMES)}, names starting with '.' or ending in .part or .tmp"
 
 
