@@ -69,6 +69,53 @@ def test_flash_rolls_back_when_the_daemon_refuses_the_new_bundle(bundles, keys, 
     assert seen["after"]["model"]["refused"] is None
 
 
+def test_a_daemon_backing_off_after_wrong_tokens_fails_the_health_wait_at_once_naming_the_cause(
+    bundles,  # noqa: F811
+    tmp_path,
+):
+    """Another client on this address sent wrong tokens: the daemon answers 429 to everyone there, the right token
+    too. The wait must not spend its whole minute on it and then blame the model: it fails in seconds, saying why."""
+    import threading
+    import time
+
+    pytest.importorskip("cv2")
+    from runtime.daemon import Daemon
+    from runtime.install.smoke import wait_healthy
+
+    token = tmp_path / "token"
+    token.write_text("the-right-token\n")
+    stop = threading.Event()
+    daemon = Daemon(
+        bundles["a"],
+        [write_test_video(tmp_path / "clip.avi")],
+        port=0,
+        sinks=[],
+        source_options={"loop": True},
+        token="the-right-token",
+    )
+    seen = {}
+
+    def scenario(d):
+        try:
+            for _ in range(11):
+                http_get(d.url + "/healthz", token="an-old-token")
+            threading.Thread(target=scrape, args=(d.url,), daemon=True).start()
+            started = time.monotonic()
+            seen["why"] = wait_healthy(d.url + "/healthz", bundles["a"], timeout=30, token_file=str(token))
+            seen["seconds"] = time.monotonic() - started
+        finally:
+            stop.set()
+            d.request_stop()
+
+    def scrape(url):  # a scraper on this address that keeps its old token
+        while not stop.wait(0.2):
+            http_get(url + "/healthz", token="an-old-token")
+
+    daemon.run(on_start=scenario)
+    assert seen["why"] and "429" in seen["why"] and "wrong tokens" in seen["why"], seen
+    assert seen["seconds"] < 10, seen
+
+
 # --- The health wait against answers that are not a daemon's ---------------------------------------------------
 
 

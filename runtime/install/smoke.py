@@ -161,7 +161,8 @@ def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str
     fails in time and the flash rolls back. The daemon reports the bundle it serves (`model.bundle`; its hot
     reload follows `current`) and, apart, the one it refused (`refused`): a refused `release` fails at once,
     and so does a 200 without `model.bundle` (another service), a redirect (never followed: it would carry the
-    token elsewhere) and a 401/403 (waiting does not make a missing or wrong token right).
+    token elsewhere) and a 401/403 (waiting does not make a missing or wrong token right). A 429 (the daemon's
+    back-off after wrong tokens from this address) is asked once more, then fails naming the cause.
     """
     from runtime.install.health import HealthTooLarge, health_get
     from runtime.redact import redact
@@ -174,6 +175,7 @@ def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str
         return str(exc)
     deadline, last = time.monotonic() + timeout, "no answer"
     started, older = time.time(), None  # older: (its time, first seen) of a refusal from before this wait
+    backed_off = False  # a 429 seen: asked once more after 2 s, then a failure naming the cause
     while (left := deadline - time.monotonic()) > 0:
         try:
             code, location, body = health_get(url, token, min(5.0, left))
@@ -192,6 +194,16 @@ def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str
                 else "set the profile's health_token_file to the daemon's token file on the device"
             )
             return f"{shown} answered {code} (the daemon requires a bearer token): {hint}"
+        if code == 429:  # the daemon's back-off after wrong tokens from this address: it holds the right one too
+            if backed_off:
+                return (
+                    f"{shown} answered 429: the daemon refuses this address after too many wrong tokens from it "
+                    "(its log names the client, /metrics counts edgecls_http_wrong_tokens_total): fix that "
+                    "client's token, then flash again"
+                )
+            backed_off, last = True, "HTTP 429"
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            continue
         if 300 <= code < 400:
             return (
                 f"{shown} answered {code}, a redirect to {redact(location) or 'nowhere'}, which is not followed: "
