@@ -70,4 +70,6 @@ def test_runtime_only_environment_classifies_images_without_tensorflow(tmp_path,
 
     size_mb = _size_mib(venv)
     print(f"runtime-only environment: {size_mb:.0f} MiB")
-    assert size_mb <= 400, f"the device environment grew to {size_mb:.0f} MiB"
+    # 384 MiB with opencv-python-headless 5.0; 407 MiB with 5.1 (its bundled libraries grew). TensorFlow alone
+    # would add over 1 GiB: the budget is there to catch that, not a point release of a dependency.
+    assert size_mb <= 450, f"the device environment grew to {size_mb:.0f} MiB"
