@@ -228,3 +228,116 @@ def test_the_device_refuses_a_health_url_holding_a_password_or_token(bundles, tm
     assert current_release(root).name == a.slot
     stored = "".join(p.read_text() for p in (root / "state.json", root / "device.json") if p.exists())
     assert "hunter2" not in stored and "s3cret" not in stored
+
+
+class DaemonHealth:
+    """A real HTTP server answering GET /healthz as the daemon does: 200 with model.bundle (the bundle it says it
+    serves) and model.refused; the test sets both. Stands in for a daemon that never follows `current`."""
+
+    def __init__(self, bundle: str = "", refused: dict | None = None):
+        import http.server
+        import threading
+
+        self.bundle, self.refused = bundle, refused
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                model = {"bundle": outer.bundle}
+                if outer.refused:
+                    model["refused"] = outer.refused
+                body = json.dumps({"status": "ok", "model": model}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/healthz"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _health_profile(folder: Path, url: str, **more) -> Path:
+    from tests.test_flash import _profile_file
+
+    profile = DeviceProfile(name="with-daemon", artifacts=("tflite-int8",), threads=1, health_url=url, **more)
+    return _profile_file(folder, profile, "health.json")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_flash_interrupted_after_the_switch_rolls_back_to_the_last_verified_release(bundles, tmp_path, sig):
+    """Ctrl-C or SIGTERM while the flash waits for the daemon (current already switched to the unchecked
+    release): the flash rolls back to the verified one, records it, cleans its rollback links and exits
+    non-zero saying so (before: rc 130/143, `current` left on the unchecked model, its journal pending)."""
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    assert a.ok, a
+    daemon = DaemonHealth(str((root / "releases" / a.slot).resolve()))  # never serves the new one
+    try:
+        profile = _health_profile(tmp_path, daemon.url)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgecls.cli", "flash", str(bundles["b"]), str(root), "--profile", str(profile)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while os.readlink(root / "current").endswith(a.slot) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        new = os.path.basename(os.readlink(root / "current"))
+        assert new != a.slot, "the flash never switched"
+        time.sleep(0.5)  # inside the health wait
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        daemon.close()
+    assert proc.returncode not in (0, -sig, 128 + sig), (proc.returncode, out, err)
+    assert f"rolled back to {a.slot}" in out + err and "interrupted" in out + err, (out, err)
+    assert "Traceback" not in err, err
+    assert current_release(root).name == a.slot
+    state = json.loads((root / "state.json").read_text())
+    assert "pending" not in state and state["last_flash"]["result"] == "rolled back", state
+    assert not [n for n in os.listdir(root) if n.startswith((".rollback-", ".reserve"))]
+
+
+def _fake_systemctl(folder: Path, restart_fails_after: int) -> dict:
+    """A systemctl on PATH (this machine has no systemd): the unit is enabled; its restarts succeed
+    `restart_fails_after` times, then fail as systemd says it. Returns the env for the CLI."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    count = folder / "restarts"
+    (bin_dir / "systemctl").write_text(
+        "#!/bin/sh\n"
+        'case "$1" in is-enabled) exit 0;; restart)\n'
+        f"  n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}\n"
+        f'  if [ "$n" -ge {restart_fails_after} ]; then echo "Job for $2 failed because the control process exited '
+        'with error code." >&2; exit 1; fi;;\nesac\nexit 0\n'
+    )
+    (bin_dir / "systemctl").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_a_flash_whose_rollback_cannot_restart_the_daemon_says_the_daemon_is_down(bundles, tmp_path):
+    """The new model fails its smoke test; the rollback's `systemctl restart` then fails: the result says the
+    daemon is not running (before: a plain "rolled back", the service down and nothing said)."""
+    from tests.test_flash import _profile_file
+
+    root = tmp_path / "dev"
+    profile = _profile_file(
+        tmp_path, DeviceProfile(name="svc", artifacts=("tflite-int8",), threads=1, service="edgecls-t")
+    )
+    env = _fake_systemctl(tmp_path, restart_fails_after=2)  # a's flash, then wrong's: the rollback's fails
+    first = run_cli("flash", bundles["a"], root, "--profile", profile, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    bad = run_cli("flash", bundles["wrong"], root, "--profile", profile, env=env, timeout=120)
+    assert bad.returncode == 1, bad.stderr[-2000:]
+    assert "rolled back" in bad.stdout and "systemctl restart edgecls-t failed" in bad.stdout, bad.stdout
+    assert "smoke test failed" in bad.stdout and "daemon is not running" in bad.stdout, bad.stdout

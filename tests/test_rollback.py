@@ -9,6 +9,7 @@ import os
 import pytest
 
 from devices.flash import FlashOptions, flash
+from devices.profiles import DeviceProfile
 from runtime.bundle import MANIFEST
 from tests.conftest import cli_error, run_cli
 from tests.sshd import sshd  # noqa: F401  (fixture)
@@ -125,3 +126,45 @@ def test_rollback_refuses_a_device_reply_of_another_shape_and_escapes_what_it_pr
             assert ran.returncode == 0 and "\x1b" not in ran.stdout and "\\x1b[2Jx" in ran.stdout, ran
         else:
             assert "is not what this edgecls expects" in cli_error(ran), ran.stderr
+
+
+def test_rollback_whose_daemon_restart_fails_exits_non_zero_saying_so(bundles, tmp_path):  # noqa: F811
+    """`systemctl restart` fails after the links moved back: the rollback says which version is current and
+    that the daemon's restart failed, and exits 1 (before: "current is now ...", exit 0, the service down)."""
+    from tests.test_flash import _profile_file
+    from tests.test_install_api import _fake_systemctl
+
+    root = tmp_path / "dev"
+    profile = _profile_file(
+        tmp_path, DeviceProfile(name="svc", artifacts=("tflite-int8",), threads=1, service="edgecls-t")
+    )
+    env = _fake_systemctl(tmp_path, restart_fails_after=2)  # the two flashes' restarts, then the rollback's fails
+    [a, b] = [run_cli("flash", bundles[n], root, "--profile", profile, env=env, timeout=120) for n in "ab"]
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr[-2000:], b.stderr[-2000:])
+    slots = _links(root)
+    error = cli_error(run_cli("rollback", root, "--profile", profile, env=env, timeout=120))
+    assert f"current is now {slots[1]}" in error and "systemctl restart edgecls-t failed" in error, error
+
+
+def test_rollback_waits_for_the_daemon_and_fails_when_it_does_not_serve_the_restored_release(bundles, tmp_path):  # noqa: F811
+    """With a health_url recorded by the flashes, the rollback asks the daemon as a flash does: a daemon that keeps
+    serving b and reports a refused makes the rollback fail naming the refusal (before: "current is now a", exit 0)."""
+    from tests.test_install_api import DaemonHealth, _health_profile
+
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    release = {n: str((root / "releases" / r.slot).resolve()) for n, r in (("a", a), ("b", b))}
+    daemon = DaemonHealth(release["b"])
+    try:
+        (root / "device.json").write_text(
+            json.dumps({"service": "", "health_url": daemon.url, "health_token_file": ""})
+        )
+        daemon.refused = {"bundle": release["a"], "error": "the bundle is not signed", "at": 1.0e10}
+        error = cli_error(run_cli("rollback", root, "--profile", _health_profile(tmp_path, daemon.url), timeout=120))
+        assert f"current is now {a.slot}" in error and "not signed" in error, error
+        daemon.refused = None  # it serves b, which the next rollback restores: that one passes
+        ran = run_cli("rollback", root, timeout=120)
+        assert ran.returncode == 0 and f"current is now {b.slot}" in ran.stdout, ran.stderr[-2000:]
+    finally:
+        daemon.close()

@@ -78,3 +78,23 @@ def test_status_refuses_a_device_reply_of_another_shape_in_one_line(tmp_path, ss
             "status", sshd.target(tmp_path / "dev"), "--ssh-config", sshd.ssh_config, "--python", fake, timeout=120
         )
         assert "is not what this edgecls expects" in cli_error(ran), ran.stderr
+
+
+def test_status_names_the_bundle_the_daemon_serves_and_the_one_it_refused(bundles, tmp_path):  # noqa: F811
+    """status shows what the daemon says it serves (model.bundle) and what it refused (model.refused), not only
+    the HTTP code: a daemon serving a while current is b reads so (before: `health: ... -> 200` and nothing more)."""
+    from tests.test_install_api import DaemonHealth
+
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    release = {r.slot: str((root / "releases" / r.slot).resolve()) for r in (a, b)}
+    daemon = DaemonHealth(release[a.slot], {"bundle": release[b.slot], "error": "the bundle is not signed", "at": 1.0})
+    (root / "device.json").write_text(json.dumps({"service": "", "health_url": daemon.url, "health_token_file": ""}))
+    try:
+        ran = run_cli("status", root, timeout=60)
+    finally:
+        daemon.close()
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert f"daemon serves: {a.slot} (not current {b.slot})" in ran.stdout, ran.stdout
+    assert f"daemon refused: {b.slot}: the bundle is not signed" in ran.stdout, ran.stdout

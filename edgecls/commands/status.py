@@ -36,6 +36,11 @@ def status(target, as_json, **kw):
         click.echo(
             f"  health: {p(h['url'])} -> {p(h.get('status'))}" + (f" ({p(h['error'])})" if h.get("error") else "")
         )
+        if isinstance(h.get("serving"), str):
+            off = "" if h["serving"] == info["current"] else f" (not current {p(info['current'] or 'none')})"
+            click.echo(f"  daemon serves: {p(h['serving'])}{off}")
+        if isinstance(h.get("refused"), str):
+            click.echo(f"  daemon refused: {p(h['refused'])}: {p(h.get('refused_error') or '')}")
     last = info.get("last_flash")
     if last:
         click.echo(

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from typing import BinaryIO
 
 from runtime.bundle import MANIFEST, RELEASE, Manifest
@@ -179,7 +182,7 @@ def apply(
 
         read_token(health_token_file)  # unreadable: refuse now, not roll back a good model after the switch
     try:
-        with device.claim(lock_timeout):
+        with _signals_interrupt(), device.claim(lock_timeout):
             return _apply_locked(
                 device, slot, manifest, manifest_bytes, artifacts, files, stream, sources, profile, budget_ms,
                 service, health_url, health_token_file, smoke,
@@ -242,42 +245,118 @@ def _apply_locked(
         pending = pending or {"slot": slot, "old": device.link_version(device.previous), "prior": None}
     _write_pending(device, pending)
     try:
-        # The way back first (links and space), so that the rollback needs nothing a full disk could refuse.
-        commit.prepare_rollback(device, pending["old"], _prior(pending))
-        if old != slot:
-            if pending["old"]:
-                commit.switch(device, "previous", pending["old"])
-            commit.switch(device, "current", slot)  # the commit
-    except OSError:
-        if device.link_version(device.current) != slot:
-            _abandon(device, pending)
-        raise
-    failure, checks = _after_switch(
-        device, release, profile or {}, budget_ms, service, health_url, health_token_file, smoke
-    )
-    if failure:
-        _roll_back(device, pending.get("old"), pending.get("prior"), service)
+        try:
+            # The way back first (links and space), so that the rollback needs nothing a full disk could refuse.
+            commit.prepare_rollback(device, pending["old"], _prior(pending))
+            if old != slot:
+                if pending["old"]:
+                    commit.switch(device, "previous", pending["old"])
+                commit.switch(device, "current", slot)  # the commit
+        except OSError:
+            if device.link_version(device.current) != slot:
+                _abandon(device, pending)
+            raise
+        failure, checks = _after_switch(
+            device, release, profile or {}, budget_ms, service, health_url, health_token_file, smoke
+        )
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP through _signals_interrupt
+        _interrupted(device, slot, pending, old != slot, service, exc, locked_at)
+    with _signals_ignored():  # the verdict and its rollback are short: a second signal must not cut them
+        if failure:
+            restarted = _roll_back(device, pending.get("old"), pending.get("prior"), service)
+            return _finish(
+                device,
+                slot=slot,
+                result="rolled back",
+                reason=failure + (f"; then {restarted}: the daemon is not running" if restarted else ""),
+                smoke=checks,
+                restored=pending.get("old"),
+                locked_at=locked_at,
+            )
+        _cleanup(device)
+        reason = f"repaired damaged file(s) of the installed release: {', '.join(repaired)}" if repaired else ""
         return _finish(
             device,
             slot=slot,
-            result="rolled back",
-            reason=failure,
+            result="installed",
+            reason=reason,
             smoke=checks,
-            restored=pending.get("old"),
+            smoke_tested=smoke,
+            replaced=pending.get("old"),
             locked_at=locked_at,
         )
-    _cleanup(device)
-    reason = f"repaired damaged file(s) of the installed release: {', '.join(repaired)}" if repaired else ""
-    return _finish(
-        device,
-        slot=slot,
-        result="installed",
-        reason=reason,
-        smoke=checks,
-        smoke_tested=smoke,
-        replaced=pending.get("old"),
-        locked_at=locked_at,
-    )
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP during a flash: raised in the main thread like Ctrl-C's KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)  # nothing else here: no lock, no I/O (it runs between any two bytecodes)
+
+
+@contextmanager
+def _signals_interrupt():
+    """For a flash in the main thread: SIGTERM and SIGHUP interrupt it as Ctrl-C does, so that a flash stopped
+    after its switch rolls back to the last verified release instead of leaving an unchecked model current."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def _signals_ignored():
+    """SIGINT, SIGTERM and SIGHUP ignored (main thread only): a rollback once begun is finished."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _interrupted(device, slot: str, pending: dict, switching: bool, service: str, exc: BaseException, locked_at):
+    """A flash interrupted between its journal entry and its verdict: back to the last verified release (or,
+    before the switch, as it was), recorded, then raised as an InstallError saying which version is current."""
+    name = exc.args[0] if isinstance(exc, Interrupted) else "SIGINT (Ctrl-C)"
+    with _signals_ignored():
+        if not switching:  # a check of the release current already: left journaled, as a kill would leave it
+            raise InstallError(
+                f"interrupted by {name}: `current` is {slot}, not verified again: run the flash again to finish "
+                f"it, or `edgecls rollback`"
+            )
+        if device.link_version(device.current) != slot:
+            _abandon(device, pending)
+            now = device.link_version(device.current)
+            raise InstallError(f"interrupted by {name} before the switch: `current` is still {now or 'nothing'}")
+        restarted = _roll_back(device, pending.get("old"), pending.get("prior"), service)
+        old = pending.get("old")
+        _finish(
+            device,
+            slot=slot,
+            result="rolled back",
+            reason=f"interrupted by {name} before it was verified: {old or 'no version'} restored"
+            + (f"; then {restarted}" if restarted else ""),
+            restored=old,
+            locked_at=locked_at,
+        )
+        raise InstallError(
+            f"interrupted by {name}: rolled back to {old or 'nothing (no `current`)'}, the last verified release"
+            + (f"; but {restarted}: the daemon is not running" if restarted else "")
+        ) from None
 
 
 def _prior(pending: dict) -> str | None:
@@ -335,13 +414,15 @@ def _after_switch(device, release, profile, budget_ms, service, health_url, toke
     return (None if result["ok"] else f"smoke test failed: {result['reason']}"), result
 
 
-def _roll_back(device: DeviceRoot, old: str | None, prior: str | None, service: str) -> None:
+def _roll_back(device: DeviceRoot, old: str | None, prior: str | None, service: str) -> str | None:
+    """Links back to `old`, and the daemon restarted on it; the restart's failure message, or None."""
     from runtime.install import smoke as checks
 
     commit.restore(device, "current", old)  # renames of links made before the switch: no new inode or space
     commit.restore(device, "previous", _prior({"old": old, "prior": prior}))
     if old and checks.service_installed(service):
-        checks.restart_service(service)
+        return checks.restart_service(service)
+    return None
 
 
 def _check_rollback_target(device: DeviceRoot, slot: str) -> None:
@@ -402,14 +483,32 @@ def rollback(root, *, service: str = "", lock_timeout: float = 60.0) -> dict:
             commit.remove_stale_temps(device)
             staging.remove_trash(device)
             done = _finish_rollback(device) or _abandon_interrupted(device, service) or _swap(device, locked_at)
-            if checks.service_installed(service):
-                checks.restart_service(service)
+            failure = checks.restart_service(service) if checks.service_installed(service) else None
+            failure = failure or _wait_daemon(device, done.get("slot"))
+            if failure:
+                raise InstallError(
+                    f"current is now {done.get('slot') or 'nothing'} (was {done.get('replaced') or 'nothing'}), "
+                    f"but {failure}"
+                )
             return done
     except OSError as exc:
         current = device.link_version(device.current)
         pending = _state(device).get("pending") or {}
         where = f"`current` is {current or 'nothing'}" + (", never verified" if current == pending.get("slot") else "")
         raise InstallError(f"cannot roll back: {os_error_text(exc, 'run `edgecls rollback` again')}; {where}") from exc
+
+
+def _wait_daemon(device: DeviceRoot, slot: str | None) -> str | None:
+    """After a rollback, as after a flash: the daemon at device.json's health_url must serve `slot` (its
+    failure in words, or None); without a health_url there is nothing to ask."""
+    from runtime.install.smoke import wait_healthy
+
+    config = device.read_json(device.config_file, {})
+    url = config.get("health_url", "") if isinstance(config, dict) else ""
+    if not url or not slot:
+        return None
+    failure = wait_healthy(url, device.releases / slot, token_file=config.get("health_token_file", ""))
+    return f"the daemon does not serve it: {failure}" if failure else None
 
 
 def _abandon_interrupted(device: DeviceRoot, service: str) -> dict | None:
@@ -509,13 +608,30 @@ def _probe(url: str, token_file: str, deadline_s: float = 5.0) -> dict:
     from runtime.redact import redact
 
     try:
-        code, location, _ = health_get(url, read_token(token_file) if token_file else "", deadline_s)
+        code, location, body = health_get(url, read_token(token_file) if token_file else "", deadline_s)
     except Exception as exc:
         return {"url": redact(url), "status": None, "error": redact(f"{exc}")[:200]}
     health = {"url": redact(url), "status": code}
     if 300 <= code < 400:
         health["error"] = f"a redirect to {redact(location) or 'nowhere'} (not followed)"
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        model = None
+    if isinstance(model, dict):  # what the daemon serves, and the bundle it refused (status names both)
+        if isinstance(model.get("bundle"), str):
+            health["serving"] = _slot_of(model["bundle"])
+        refused = model.get("refused")
+        if isinstance(refused, dict) and isinstance(refused.get("bundle"), str):
+            health["refused"] = _slot_of(refused["bundle"])
+            health["refused_error"] = redact(str(refused.get("error") or ""))[:200]
     return health
+
+
+def _slot_of(bundle: str) -> str:
+    """A release folder's version (releases/<slot>) as status prints it, else the path as the daemon said it."""
+    path = os.path.normpath(bundle)
+    return os.path.basename(path) if SLOT.match(os.path.basename(path)) else bundle[:300]
 
 
 def trust(root, allowed_signers: bytes) -> dict:
