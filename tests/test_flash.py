@@ -134,12 +134,16 @@ def test_i9_p2_path_traversal_names_are_refused(bundles, tmp_path, sshd):  # noq
 
 
 @pytest.mark.parametrize("name", ["release.json", ".notes.part", "manifest.json.sig"])
-def test_bundle_files_named_like_the_devices_own_files_are_refused(bundles, tmp_path, name):
+def test_bundle_files_named_like_the_devices_own_files_are_refused(bundles, tmp_path, sshd, name):  # noqa: F811
     """A bundle file named release.json (the device's record of a release, which `status` reads the signer
     from), .NAME.part (an upload leftover, deleted after its check) or the signature's name would be
-    overwritten, forged or deleted after it was checked: refused before anything is sent or switched (before:
-    'installed', then 'repaired' with the bundle's own release.json and a forged signer in status)."""
+    overwritten, forged or deleted after it was checked: the host refuses the bundle before any target, and the
+    device refuses the manifest itself, from a host that did not check (before: 'installed', then 'repaired'
+    with the bundle's own release.json and a forged signer in status)."""
     import hashlib
+
+    from devices.targets import SshDeviceTarget
+    from runtime.bundle import BundleError
 
     evil = variant(bundles["a"], tmp_path / "evil", created="2026-04-04T00:00:00+00:00")
     fake = json.dumps({"artifacts": ["tflite-int8"], "signature": {"required": True, "signer": "forged"}}).encode()
@@ -149,10 +153,16 @@ def test_bundle_files_named_like_the_devices_own_files_are_refused(bundles, tmp_
     (evil / MANIFEST).write_text(json.dumps(manifest, indent=2))
     root = tmp_path / "dev"
     [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
-    for _ in range(2):
-        [r] = flash(evil, [str(root)], FlashOptions(profile=PROFILE))
-        assert r.result == "failed" and "which the device uses itself" in r.reason and name in r.reason, r
-        assert current_release(root).name == a.slot
+    with pytest.raises(BundleError, match="which devices keep for themselves"):
+        flash(evil, [str(root)], FlashOptions(profile=PROFILE))
+    device = SshDeviceTarget(sshd.target(root), "/unused", config=sshd.ssh_config)
+    for call in (
+        lambda: device.plan((evil / MANIFEST).read_bytes(), ["tflite-int8"]),
+        lambda: device.apply((evil / MANIFEST).read_bytes(), ["tflite-int8"], {name: evil / name}),
+    ):
+        with pytest.raises(Exception, match="which the device uses itself"):
+            call()
+    assert current_release(root).name == a.slot
     assert "forged" not in json.dumps(status(str(root)))
 
 
@@ -384,3 +394,23 @@ def test_a_device_reply_of_unexpected_shape_is_one_failed_row_and_the_others_rep
     assert results[0].result == "installed", results[0]
     assert results[1].result == "failed" and "not what this edgecls expects" in results[1].reason, results[1]
     assert "Traceback" not in results[1].reason and "\n" not in results[1].reason
+
+
+def test_an_ssh_flash_whose_device_side_dies_after_the_switch_names_what_is_current_and_what_to_run(
+    bundles,
+    tmp_path,
+    sshd,  # noqa: F811
+):
+    """The device's process is killed right after `current` switched to the unchecked release: the row names
+    that version as current, never verified, and says to flash again or `edgecls rollback` (before: only
+    "...ended abruptly", the unverified model current and nothing said)."""
+    target = sshd.target(tmp_path / "dev")
+    config = str(sshd.ssh_config)
+    [a] = flash(bundles["a"], [target], FlashOptions(profile=PROFILE, ssh_config=config))
+    assert a.ok, a
+    kill = ("SetEnv=EDGECLS_TEST_KILL_AT=write_durable:2", "ControlPath=none")
+    [b] = flash(bundles["b"], [target], FlashOptions(profile=PROFILE, ssh_config=config, ssh_options=kill))
+    assert b.result == "failed", b
+    now = current_release(tmp_path / "dev").name
+    assert now != a.slot, "the kill came before the switch: this test needs it after"
+    assert f"`current` is {now}, never verified" in b.reason and f"`edgecls rollback {target}`" in b.reason, b.reason

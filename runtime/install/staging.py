@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
-from runtime.bundle import MANIFEST, RELEASE, Manifest, check_file_name, sha256_file
+from runtime.bundle import DEVICE_NAMES_TEXT, MANIFEST, RELEASE, Manifest, check_file_name, device_reserved, sha256_file
 from runtime.install.layout import SLOT, TRASH, DeviceRoot, InstallError, fsync_dir, is_real_dir, write_durable
 from runtime.install.signature import SIGNATURE
 
@@ -47,11 +47,10 @@ def device_name(name, where: str) -> str:
     `.NAME.PID.part` and deletes `.*.part` leftovers; temp files are `.NAME.TAG.tmp`. A bundle file of such a
     name would be overwritten, forged or deleted as a leftover after it was checked."""
     check_file_name(name, where)
-    if name in (MANIFEST, SIGNATURE, RELEASE) or name.startswith(".") or name.endswith((".part", ".tmp")):
+    if device_reserved(name):
         raise InstallError(
-            f"the bundle's {where} name the file {name!r}, which the device uses itself ({RELEASE}, {MANIFEST}, "
-            f"{SIGNATURE}, names starting with '.' or ending in .part or .tmp): rename it and convert the bundle "
-            f"again; nothing was sent or switched"
+            f"the bundle's {where} name the file {name!r}, which the device uses itself ({DEVICE_NAMES_TEXT}): "
+            "rename it and convert the bundle again; nothing was sent or switched"
         )
     return name
 
