@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from devices.profiles import DeviceProfile, load_profile
+from devices.ssh import SshError
 from devices.targets import make_target
 from runtime.bundle import MANIFEST, Bundle, load_bundle
 from runtime.errors import EdgeclsError
@@ -134,18 +135,21 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     send = {name: files[name] for name in plan["need"]}
     if SIGNATURE in files:
         send[SIGNATURE] = files[SIGNATURE]
-    done = target.apply(
-        manifest,
-        artifacts,
-        send,
-        profile=_smoke_profile(profile),
-        budget_ms=profile.latency_budget_ms,
-        service=profile.service,
-        health_url=health_url,
-        health_token_file=profile.health_token_file if health_url else "",
-        smoke=options.smoke,
-        lock_timeout=options.lock_timeout,
-    )
+    try:
+        done = target.apply(
+            manifest,
+            artifacts,
+            send,
+            profile=_smoke_profile(profile),
+            budget_ms=profile.latency_budget_ms,
+            service=profile.service,
+            health_url=health_url,
+            health_token_file=profile.health_token_file if health_url else "",
+            smoke=options.smoke,
+            lock_timeout=options.lock_timeout,
+        )
+    except SshError as exc:  # the device's side ended without its verdict: what does it serve now?
+        raise SshError(f"{exc}{_device_now(target, target_text)}") from exc
     device_reply(done, "apply", target_text)
     return FlashResult(
         target_text,
@@ -156,6 +160,24 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
         sorted(send),
         done.get("smoke"),
     )
+
+
+def _device_now(target, target_text: str) -> str:
+    """After a flash whose device side ended abruptly: which version the device's `current` is, from its own
+    `status`, and what to run next (a flash killed after its switch leaves an unchecked model current)."""
+    try:
+        info = device_reply(target.status(), "status", target_text)
+    except (EdgeclsError, OSError):
+        return f"; the device did not answer `status` either: run `edgecls status {target_text}` once it does"
+    current, pending = info["current"], info.get("pending") or {}
+    if info.get("in_progress"):
+        return f"; the device is still busy ({printable(info['in_progress'])}): run `edgecls status {target_text}`"
+    if pending.get("slot") and pending["slot"] == current:
+        return (
+            f"; the device's `current` is {current}, never verified: flash again to finish it, or "
+            f"`edgecls rollback {target_text}` to return to {pending.get('old') or 'nothing'}"
+        )
+    return f"; the device's `current` is {current or 'nothing'}"
 
 
 _NONE = type(None)
