@@ -98,3 +98,48 @@ def test_status_names_the_bundle_the_daemon_serves_and_the_one_it_refused(bundle
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert f"daemon serves: {a.slot} (not current {b.slot})" in ran.stdout, ran.stdout
     assert f"daemon refused: {b.slot}: the bundle is not signed" in ran.stdout, ran.stdout
+
+
+HOLDER = r"""
+import json, sys
+from runtime.install.layout import DeviceRoot
+device = DeviceRoot(sys.argv[1])
+with device.lock(5):
+    state = json.loads(device.state_file.read_text())
+    device.write_json(device.state_file, {**state, "pending": {"slot": sys.argv[2], "old": None, "prior": None}})
+    print("ready", flush=True)
+    sys.stdin.readline()
+    device.write_json(device.state_file, state)  # the flash ends: its journal entry done, then the lock freed
+"""
+
+
+def test_status_never_calls_a_flash_that_ends_while_it_reads_interrupted(bundles, tmp_path):  # noqa: F811
+    """A flash holding the lock with its `pending` record, which ends (record cleared, lock freed) just as status
+    asks who holds the lock: status must report it as in progress or finished, never as an interrupted flash
+    (before: state read first, the lock asked after it was freed: "interrupted ... never verified")."""
+    import subprocess
+    import sys
+
+    from runtime.install import api
+
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(root), a.slot], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "ready"
+
+    def end_the_flash(frame, event, arg):  # the first time status asks who holds the lock, the flash has ended
+        if event == "call" and frame.f_code.co_name == "lock_holder" and holder.poll() is None:
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            holder.wait(10)
+        return None
+
+    sys.settrace(end_the_flash)
+    try:
+        info = api.status(root)
+    finally:
+        sys.settrace(None)
+    assert holder.returncode == 0
+    assert not (info["pending"] and not info["in_progress"]), info

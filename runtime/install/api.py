@@ -572,7 +572,7 @@ def _cleanup(device: DeviceRoot) -> None:
 def status(root, health_url: str = "") -> dict:
     """Installed versions, current and previous, signatures, last flash, and (with a URL) the daemon's health."""
     device = DeviceRoot(root).require()
-    state = _state(device)
+    state, holder = _state_and_holder(device)
     versions = []
     for slot in device.versions():
         info = device.read_json(device.releases / slot / RELEASE, {})
@@ -592,13 +592,25 @@ def status(root, health_url: str = "") -> dict:
         "requires_signature": device.signers.is_file(),
         "last_flash": state.get("last_flash"),
         "pending": state.get("pending") or state.get("pending_rollback"),
-        "in_progress": device.lock_holder(),  # a flash or rollback running now: its `pending` is not a leftover
+        "in_progress": holder,  # a flash or rollback running now: its `pending` is not a leftover
     }
     config = device.read_json(device.config_file, {})
     url = health_url or config.get("health_url", "")
     if url:
         result["health"] = _probe(url, config.get("health_token_file", ""))
     return result
+
+
+def _state_and_holder(device: DeviceRoot) -> tuple:
+    """state.json and the lock's holder, read so that a flash ending between the two reads is never taken for
+    an interrupted one: the holder is asked before and after the state is read, and the state read again."""
+    for _ in range(5):
+        before = device.lock_holder()
+        state = _state(device)
+        after = device.lock_holder()
+        if before or after or _state(device) == state:
+            return state, before or after
+    return state, None
 
 
 def _probe(url: str, token_file: str, deadline_s: float = 5.0) -> dict:
