@@ -341,3 +341,31 @@ def test_a_flash_whose_rollback_cannot_restart_the_daemon_says_the_daemon_is_dow
     assert bad.returncode == 1, bad.stderr[-2000:]
     assert "rolled back" in bad.stdout and "systemctl restart edgecls-t failed" in bad.stdout, bad.stdout
     assert "smoke test failed" in bad.stdout and "daemon is not running" in bad.stdout, bad.stdout
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:99999/healthz",
+        "http://127.0.0.1:8080/santé",
+        "http://127.0.0.1:8080/a b",
+        "http://h:8080/x\r\nX: 1",
+    ],
+)
+def test_a_health_url_that_can_never_be_asked_is_refused_before_anything_is_switched(bundles, tmp_path, url):  # noqa: F811
+    """A port out of range, a non-ASCII path, a space or a line break: the profile refuses it, and so does the
+    device before it takes the lock, `current` untouched (before: switched, then a minute unchecked and a
+    rollback with "ValueError: Port out of range")."""
+    from devices.profiles import ProfileError
+    from runtime.install import api
+    from runtime.install.layout import InstallError
+
+    with pytest.raises(ProfileError, match="health_url"):
+        DeviceProfile.from_dict({"name": "p", "health_url": url})
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    manifest = (bundles["b"] / MANIFEST).read_bytes()
+    with pytest.raises(InstallError, match="health_url"):
+        api.apply(root, manifest, ["tflite-int8"], sources={}, health_url=url)
+    assert current_release(root).name == a.slot
+    assert json.loads((root / "state.json").read_text())["last_flash"]["result"] == "installed"

@@ -34,9 +34,20 @@ def url_problem(url: str) -> str | None:
 
     A password or token in it would be shown in results and status and stored in device.json: the token
     belongs in a file on the device (health_token_file)."""
+    if any(c.isspace() or not c.isprintable() or ord(c) > 127 for c in url):
+        return (
+            f"health_url {redact(url)!r} holds a space, a line break or a non-ASCII character, which cannot be "
+            f"sent in a request: percent-encode it (a space is %20), or use the daemon's plain /healthz"
+        )
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"health_url {redact(url)!r} is not an http:// URL such as http://127.0.0.1:8080/healthz"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (parts.netloc.endswith(":") and port is None):
+        return f"health_url {redact(url)!r} has no valid port: give one from 1 to 65535, such as :8080"
     if "@" in parts.netloc or redact(url) != url:
         return (
             f"health_url {redact(url)} holds a user name, password or token (user:pass@ or ?token=), which would "
