@@ -298,3 +298,53 @@ def test_a_flash_whose_daemon_trickles_its_answer_rolls_back_within_the_wait_and
     assert "rolled back" in ran.stdout and "within 60 s" in ran.stdout, (ran.stdout, ran.stderr[-2000:])
     assert current_release(root).name == a.slot
     assert DeviceRoot(root).lock_holder() is None
+
+
+def test_a_daemon_refusing_the_health_urls_host_name_is_reported_as_such_not_as_a_token_problem(bundles, tmp_path):  # noqa: F811
+    """A token-less daemon answers 403 to a Host name it does not know (here edge-pi.lan, put in /etc/hosts in a
+    mount namespace of the flash alone): the flash shows the daemon's reason and the fix (its IP address, or
+    --allowed-host), never "requires a bearer token" (before: a token hint, which cannot help)."""
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("cv2")
+    from runtime.daemon import Daemon
+    from tests.test_flash import _profile_file
+
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -m (root) to give the flash its own /etc/hosts")
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    hosts = tmp_path / "hosts"
+    hosts.write_text(open("/etc/hosts").read() + "\n127.0.0.1 edge-pi.lan\n")
+    daemon = Daemon(
+        root / "current", [write_test_video(tmp_path / "clip.avi")], port=0, sinks=[], source_options={"loop": True}
+    )
+    seen = {}
+
+    def scenario(d):
+        try:
+            port = d.url.rsplit(":", 1)[1]
+            profile = _profile_file(
+                tmp_path,
+                DeviceProfile(
+                    name="lan", artifacts=("tflite-int8",), threads=1, health_url=f"http://edge-pi.lan:{port}/healthz"
+                ),
+            )
+            flash_cli = f"{sys.executable} -m edgecls.cli flash {bundles['b']} {root} --profile {profile}"
+            seen["ran"] = subprocess.run(
+                ["unshare", "-m", "sh", "-c", f"mount --bind {hosts} /etc/hosts && exec {flash_cli}"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            d.request_stop()
+
+    daemon.run(on_start=scenario)
+    ran = seen["ran"]
+    assert ran.returncode == 1, ran.stderr[-2000:]
+    assert "answered 403" in ran.stdout and "not one of this daemon's names" in ran.stdout, ran.stdout
+    assert "--allowed-host" in ran.stdout and "bearer token" not in ran.stdout, ran.stdout
+    assert current_release(root).name == a.slot

@@ -188,12 +188,7 @@ def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str
             time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
             continue
         if code in (401, 403):
-            hint = (
-                "the token in health_token_file is not the daemon's"
-                if token_file
-                else "set the profile's health_token_file to the daemon's token file on the device"
-            )
-            return f"{shown} answered {code} (the daemon requires a bearer token): {hint}"
+            return _refusal(shown, code, body, token_file)
         if code == 429:  # the daemon's back-off after wrong tokens from this address: it holds the right one too
             if backed_off:
                 return (
@@ -219,6 +214,29 @@ def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str
         last = why
         time.sleep(0.1)
     return f"{shown} did not report the new bundle healthy within {timeout:g} s ({last})"
+
+
+def _refusal(shown: str, code: int, body: bytes, token_file: str) -> str:
+    """A 401/403 in words: the daemon's own reason (short, masked), and the fix that fits it. A token-less
+    daemon answers 403 to a Host name it does not know (DNS rebinding): no token helps there."""
+    from runtime.redact import redact
+
+    try:
+        said = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        said = None
+    said = redact(str(said))[:200] if isinstance(said, str) and said else ""
+    if code == 403 and said.startswith("Host "):
+        return (
+            f"{shown} answered 403: {said!r}: set health_url to the daemon's IP address (http://127.0.0.1:PORT/healthz "
+            f"on the device), or start the daemon with --allowed-host NAME"
+        )
+    hint = (
+        "the token in health_token_file is not the daemon's"
+        if token_file
+        else "set the profile's health_token_file to the daemon's token file on the device"
+    )
+    return f"{shown} answered {code} (the daemon requires a bearer token{f': {said!r}' if said else ''}): {hint}"
 
 
 def _judge(body: bytes, want: str, shown: str, started: float, older) -> tuple:
