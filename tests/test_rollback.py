@@ -168,3 +168,21 @@ def test_rollback_waits_for_the_daemon_and_fails_when_it_does_not_serve_the_rest
         assert ran.returncode == 0 and f"current is now {b.slot}" in ran.stdout, ran.stderr[-2000:]
     finally:
         daemon.close()
+
+
+@pytest.mark.parametrize("damage", ["", '{"history": [', "[]"])
+def test_rollback_refuses_when_state_json_is_damaged_instead_of_trusting_every_release(bundles, tmp_path, damage):  # noqa: F811
+    """An empty, cut-short or non-object state.json is not the old format: which releases were verified is
+    unknown, so the rollback refuses in one line naming the file and the fix, nothing switched, and status says
+    so (before: every release trusted: the unchecked one was kept as previous, the next rollback returned to it)."""
+    root = tmp_path / "dev"
+    flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    _flash_killed_after_the_switch(bundles["wrong"], root)  # current: the unchecked `wrong`, previous b
+    before = _links(root)
+    assert before[1] == b.slot and before[0] != b.slot
+    (root / "state.json").write_text(damage)
+    error = cli_error(run_cli("rollback", root, timeout=120))
+    assert "state.json is damaged" in error and "flash the version you want" in error, error
+    assert _links(root) == before
+    assert "state.json is damaged" in run_cli("status", root, timeout=60).stdout

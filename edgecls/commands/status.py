@@ -47,6 +47,8 @@ def status(target, as_json, **kw):
             f"  last flash: {p(last['result'])} {p(last.get('slot') or '')} at {p(last.get('time', ''))}"
             + (f": {p(last['reason'])}" if last.get("reason") else "")
         )
+    if isinstance(info.get("state_error"), str):
+        click.echo(f"  {p(info['state_error'])}: rollback refused until a flash records a new one")
     pending = info.get("pending")
     if info.get("in_progress"):  # its `pending` record is its own, not a leftover of a killed one
         click.echo(f"  in progress: {p(info['in_progress'])}; run status again when it has ended")

@@ -32,7 +32,24 @@ def _manifest(manifest_bytes: bytes) -> Manifest:
 
 
 def _state(device: DeviceRoot) -> dict:
-    return device.read_json(device.state_file, {"history": []})
+    state = device.read_json(device.state_file, {"history": []})
+    return state if isinstance(state, dict) else {"history": []}
+
+
+def _state_damage(device: DeviceRoot) -> str | None:
+    """Why state.json cannot be read (empty, cut short, not JSON, not an object), or None (fine or absent).
+    Damaged is not the old format: nothing tells which releases were verified, so none is trusted."""
+    try:
+        text = device.state_file.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{device.state_file} cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    try:
+        ok = isinstance(json.loads(text), dict)
+    except ValueError:
+        ok = False
+    return None if ok else f"{device.state_file} is damaged ({'empty' if not text.strip() else 'not a JSON object'})"
 
 
 def _record(device: DeviceRoot, clear=(), **result) -> dict:
@@ -523,6 +540,12 @@ def _abandon_interrupted(device: DeviceRoot, service: str) -> dict | None:
 
 def _swap(device: DeviceRoot, locked_at: float) -> dict:
     """`previous` becomes current and current previous; only ever to a release this device verified."""
+    damage = _state_damage(device)
+    if damage:
+        raise InstallError(
+            f"cannot roll back: {damage}, so which releases this device verified is unknown; nothing was "
+            f"switched: flash the version you want (its record starts state.json afresh)"
+        )
     state = _state(device)
     current, previous = device.link_version(device.current), device.link_version(device.previous)
     if not previous or previous == current:
@@ -592,6 +615,7 @@ def status(root, health_url: str = "") -> dict:
         "requires_signature": device.signers.is_file(),
         "last_flash": state.get("last_flash"),
         "pending": state.get("pending") or state.get("pending_rollback"),
+        "state_error": _state_damage(device),
         "in_progress": holder,  # a flash or rollback running now: its `pending` is not a leftover
     }
     config = device.read_json(device.config_file, {})
