@@ -186,3 +186,17 @@ def test_rollback_refuses_when_state_json_is_damaged_instead_of_trusting_every_r
     assert "state.json is damaged" in error and "flash the version you want" in error, error
     assert _links(root) == before
     assert "state.json is damaged" in run_cli("status", root, timeout=60).stdout
+
+
+def test_a_release_verified_before_stays_a_rollback_target_after_a_failed_re_flash_of_it(bundles, tmp_path):  # noqa: F811
+    """a, b, then a again with a latency budget it cannot meet: the flash rolls back to b and a stays `previous`;
+    `edgecls rollback` then returns to a, verified by its first flash (before: "never verified", refused)."""
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    slow = DeviceProfile(name="slow", artifacts=("tflite-int8",), threads=1, latency_budget_ms=0.0001)
+    [again] = flash(bundles["a"], [str(root)], FlashOptions(profile=slow))
+    assert again.result == "rolled back" and _links(root) == (b.slot, a.slot), (again, _links(root))
+    ran = run_cli("rollback", root, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert _links(root) == (a.slot, b.slot)

@@ -395,10 +395,11 @@ def _abandon(device: DeviceRoot, pending: dict) -> None:
 
 def _write_pending(device: DeviceRoot, pending: dict) -> None:
     state = _state(device)
-    if state.get("pending") == pending and pending["slot"] not in state.get("healthy", {}):
+    if state.get("pending") == pending:
         return  # a re-run: already journaled
     state["pending"] = pending
-    state.setdefault("healthy", {}).pop(pending["slot"], None)
+    # `healthy` records that this device verified a release once: a later failed flash of the same release does
+    # not undo that (it may stay `previous`, and `edgecls rollback` must accept it); `pending` marks it unchecked.
     state.setdefault("smoke_tested", {}).pop(pending["slot"], None)
     device.write_json(device.state_file, state)
 
