@@ -8,6 +8,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from devices.flash import FlashOptions, flash
 from devices.profiles import DeviceProfile
 from tests.conftest import cli_error, run_cli
@@ -143,3 +145,52 @@ def test_status_never_calls_a_flash_that_ends_while_it_reads_interrupted(bundles
         sys.settrace(None)
     assert holder.returncode == 0
     assert not (info["pending"] and not info["in_progress"]), info
+
+
+DEAD_DNS = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.83.0.53", 53))  # glibc asks port 53 only
+print("ready", flush=True)
+while True:
+    s.recvfrom(4096)  # never answers
+"""
+
+
+def test_status_answers_within_its_deadline_when_the_health_urls_name_cannot_be_resolved(bundles, tmp_path):  # noqa: F811
+    """A DNS server that never answers (in a mount namespace whose resolv.conf names it): status's look at the
+    daemon ends in about 5 s, saying the name was not resolved (before: 10 s or more, the lookup ran before the
+    request's deadline started)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -m (root) to give status its own resolv.conf")
+    root = tmp_path / "dev"
+    assert flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].ok
+    dns = subprocess.Popen([sys.executable, "-c", DEAD_DNS], stdout=subprocess.PIPE, text=True)
+    try:
+        assert dns.stdout.readline().strip() == "ready"
+        resolv = tmp_path / "resolv.conf"
+        resolv.write_text("nameserver 127.83.0.53\noptions timeout:5 attempts:2\n")
+        probe = f"from runtime.install import api; print(api.status({str(root)!r}, 'http://pi.invalid-lan:8080/healthz')['health'])"
+        started = time.monotonic()
+        ran = subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                f'mount --bind {resolv} /etc/resolv.conf && exec {sys.executable} -c "{probe}"',
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        took = time.monotonic() - started
+    finally:
+        dns.kill()
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert took < 8.5, took
+    assert "not resolved within 5 s" in ran.stdout, ran.stdout

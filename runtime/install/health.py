@@ -68,8 +68,10 @@ def health_get(url: str, token: str = "", deadline_s: float = 5.0) -> tuple:
     deadline = time.monotonic() + deadline_s
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = kind(parts.hostname, parts.port, timeout=min(READ_S, deadline_s))
+    addresses = _resolve(parts.hostname, conn.port, deadline_s)  # bounded: the lookup may hang on a dead DNS
+    conn._create_connection = lambda _address, timeout, source=None: _connect(addresses, timeout, source)
     sock: list = []
-    timer = threading.Timer(deadline_s, _cut, (sock,))
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (sock,))
     timer.daemon = True
     timer.start()
     try:
@@ -110,6 +112,44 @@ def health_get(url: str, token: str = "", deadline_s: float = 5.0) -> tuple:
         conn.close()
         for s in sock:
             s.close()
+
+
+def _resolve(host: str, port: int, deadline_s: float) -> list:
+    """getaddrinfo within `deadline_s`: the lookup runs in a daemon thread (the C resolver cannot be cut short,
+    and a DNS server that never answers takes 10 s or more); past the deadline it is left to end on its own."""
+    found: dict = {}
+
+    def look() -> None:
+        try:
+            found["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            found["error"] = exc
+
+    lookup = threading.Thread(target=look, name="health-lookup", daemon=True)
+    lookup.start()
+    lookup.join(deadline_s)
+    if lookup.is_alive():
+        raise HealthTimeout(f"the name {host!r} was not resolved within {deadline_s:g} s (check the DNS)")
+    if "error" in found:
+        raise found["error"]
+    return found["addresses"]
+
+
+def _connect(addresses: list, timeout: float, source=None) -> socket.socket:
+    """Connect to the first of the resolved addresses that answers (as socket.create_connection does)."""
+    error: OSError = OSError("no address to connect to")
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            if source:
+                sock.bind(source)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    raise error
 
 
 def _cut(sock: list) -> None:
