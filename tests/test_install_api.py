@@ -369,3 +369,21 @@ def test_a_health_url_that_can_never_be_asked_is_refused_before_anything_is_swit
         api.apply(root, manifest, ["tflite-int8"], sources={}, health_url=url)
     assert current_release(root).name == a.slot
     assert json.loads((root / "state.json").read_text())["last_flash"]["result"] == "installed"
+
+
+def test_state_json_records_verification_only_for_releases_still_on_the_device(bundles, tmp_path):
+    """healthy and smoke_tested name only releases kept (releases/ is pruned to a few): records of deleted ones
+    are dropped at the next result, so state.json and the reserve made from its size stay small (before: one
+    entry per version ever flashed, 30 after 30 flashes)."""
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    state = json.loads((root / "state.json").read_text())
+    gone = {f"{n:016x}": True for n in range(40)}  # releases flashed once and deleted since
+    state["healthy"].update(gone)
+    state["smoke_tested"].update(gone)
+    (root / "state.json").write_text(json.dumps(state))
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    state = json.loads((root / "state.json").read_text())
+    kept = set(os.listdir(root / "releases"))
+    assert set(state["healthy"]) == {a.slot, b.slot} <= kept, state["healthy"]
+    assert set(state["smoke_tested"]) == {a.slot, b.slot}, state["smoke_tested"]

@@ -65,6 +65,9 @@ def _record(device: DeviceRoot, clear=(), **result) -> dict:
     if result.get("result") == "installed":
         state.setdefault("healthy", {})[result["slot"]] = True
         state.setdefault("smoke_tested", {})[result["slot"]] = bool(result.get("smoke_tested"))
+    for key in ("healthy", "smoke_tested"):  # only releases still on the device (_cleanup deletes old ones)
+        if isinstance(state.get(key), dict):
+            state[key] = {s: v for s, v in state[key].items() if SLOT.match(s) and is_real_dir(device.releases / s)}
     for entry in clear:
         state.pop(entry, None)
     try:
