@@ -414,3 +414,45 @@ def test_an_ssh_flash_whose_device_side_dies_after_the_switch_names_what_is_curr
     now = current_release(tmp_path / "dev").name
     assert now != a.slot, "the kill came before the switch: this test needs it after"
     assert f"`current` is {now}, never verified" in b.reason and f"`edgecls rollback {target}`" in b.reason, b.reason
+
+
+def test_an_ssh_flash_interrupted_on_the_host_after_the_switch_rolls_the_device_back(bundles, tmp_path, sshd):  # noqa: F811
+    """Ctrl-C on the host (SIGINT to the flash and its ssh) while the device waits for its daemon, `current`
+    already switched: the device sees its host gone and rolls back to the last verified release, recorded
+    (before: the device finished on its own, or left the unchecked model current with no one told)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_install_api import DaemonHealth, _health_profile
+
+    root = tmp_path / "dev"
+    target = sshd.target(root)
+    config = str(sshd.ssh_config)
+    [a] = flash(bundles["a"], [target], FlashOptions(profile=PROFILE, ssh_config=config))
+    assert a.ok, a
+    daemon = DaemonHealth(str((root / "releases" / a.slot).resolve()))  # never serves the new release
+    try:
+        profile = _health_profile(tmp_path, daemon.url)
+        cli = [sys.executable, "-m", "edgecls.cli", "flash", str(bundles["b"]), target, "--profile", str(profile)]
+        proc = subprocess.Popen(
+            [*cli, "--ssh-config", config], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 60
+        while os.readlink(root / "current").endswith(a.slot) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not os.readlink(root / "current").endswith(a.slot), "the flash never switched"
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the flash and its ssh client
+        proc.communicate(timeout=30)
+        while time.monotonic() < deadline + 30:
+            state = json.loads((root / "state.json").read_text())
+            if "pending" not in state:
+                break
+            time.sleep(0.1)
+    finally:
+        daemon.close()
+    assert current_release(root).name == a.slot
+    assert state["last_flash"]["result"] == "rolled back", state
+    assert state["last_flash"]["reason"].startswith("interrupted by SIGHUP"), state

@@ -70,6 +70,7 @@ def main(argv=None) -> int:
         if args.command == "plan":
             out = api.plan(args.root, manifest, artifacts, smoke=not args.no_smoke)
         elif args.command == "apply":
+            _watch_host()
             sources = None
             if args.from_dir:
                 from pathlib import Path
@@ -117,6 +118,31 @@ def main(argv=None) -> int:
         return 2
     print(json.dumps(out))
     return 0
+
+
+def _watch_host() -> None:
+    """Over SSH, the host gone (Ctrl-C, a closed laptop) closes the pipe this process answers on: that counts as
+    an interruption (SIGHUP to itself, which api.apply turns into a rollback to the last verified release), as no
+    one would be told the verdict otherwise. Watched only when stdout is a pipe or socket."""
+    import os
+    import select
+    import signal
+    import stat
+    import threading
+    import time
+
+    fd = sys.stdout.fileno()
+    if not (stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)):
+        return
+    poller = select.poll()
+    poller.register(fd, select.POLLERR | select.POLLHUP)
+
+    def watch() -> None:
+        while not poller.poll(500):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    threading.Thread(target=watch, name="host-watch", daemon=True).start()
 
 
 if __name__ == "__main__":
