@@ -10,14 +10,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import tarfile
 import tempfile
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from runtime.atomic import staged_dir
+from runtime.atomic import host_tag, pid_alive, staged_dir
 from runtime.bundle import LABELS, MANIFEST
 from runtime.errors import EdgeclsError
 
@@ -116,7 +115,7 @@ def write_tar(stage: Path, out: Path) -> Path:
     """BUNDLE.tar of the stage (as BUNDLE/), in a stage folder of its own beside it: a kill leaves only a stage
     that the next convert into this folder removes. Returns the finished file, still in its stage."""
     holder = Path(
-        tempfile.mkdtemp(prefix=f".{out.name}.tar.{os.getpid()}@{_host()}.", suffix=".partial", dir=out.parent)
+        tempfile.mkdtemp(prefix=f".{out.name}.tar.{os.getpid()}@{host_tag()}.", suffix=".partial", dir=out.parent)
     )
     tmp = holder / f"{out.name}.tar"
     with tarfile.open(tmp, "w") as tar:
@@ -142,26 +141,12 @@ def publish_tar(tmp: Path, out: Path, overwrite: bool) -> Path:
     return target
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _other_writer(out: Path) -> int | None:
     """The pid of a live process of this host staging `out` (staged_dir names its stage after its pid)."""
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(\d+)@{re.escape(_host())}\.[a-z0-9_]+\.partial$")
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(\d+)@{re.escape(host_tag())}\.[a-z0-9_]+\.partial$")
     for entry in out.parent.iterdir():
         m = pattern.match(entry.name)
-        if m and int(m[1]) != os.getpid() and _alive(int(m[1])):
+        if m and int(m[1]) != os.getpid() and pid_alive(int(m[1])):
             return int(m[1])
     return None
 

@@ -186,11 +186,13 @@ def check_output(
         )
 
 
-def _host() -> str:
+def host_tag() -> str:
+    """This machine's name as it goes into stage names (so a stage of another host sharing the folder is left)."""
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (ours included; one owned by another user counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -227,7 +229,7 @@ def remove_stale_stages(parent: str | os.PathLike) -> list:
     died between its two renames) is moved back to its final name when that name is free, so the
     previous product survives.
     """
-    parent, host, removed = Path(parent), _host(), []
+    parent, host, removed = Path(parent), host_tag(), []
     try:
         entries = list(parent.iterdir())
     except OSError:
@@ -238,7 +240,7 @@ def remove_stale_stages(parent: str | os.PathLike) -> list:
             continue
         pid = int(m["pid"])
         try:
-            if _pid_alive(pid) and not (pid != os.getpid() and _started_after(pid, path.stat().st_mtime)):
+            if pid_alive(pid) and not (pid != os.getpid() and _started_after(pid, path.stat().st_mtime)):
                 continue
         except OSError:
             continue
@@ -279,7 +281,7 @@ def staged_dir(
         remove_stale_stages(final.parent)
     check_output(final, overwrite, marker=marker, protect=protect, contents=contents)
     final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.name}.{os.getpid()}@{_host()}."
+    prefix = f".{final.name}.{os.getpid()}@{host_tag()}."
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=final.parent))
     old = tmp.with_suffix(".old")
     try:

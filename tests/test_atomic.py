@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from runtime.atomic import _host, check_output, remove_stale_stages, staged_dir
+from runtime.atomic import check_output, host_tag, remove_stale_stages, staged_dir
 from runtime.errors import EdgeclsError
 from tests.conftest import make_home_like, snapshot
 
@@ -91,7 +91,7 @@ def test_i16_p1_something_foreign_appearing_during_the_run_is_not_replaced(tmp_p
 
 
 def test_i15_p12_stale_stages_of_dead_processes_are_removed_live_and_foreign_ones_kept(tmp_path):
-    host, pid = _host(), dead_pid()
+    host, pid = host_tag(), dead_pid()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         stale = tmp_path / f".run.{pid}@{host}.abcd1234.partial"
@@ -111,7 +111,7 @@ def test_i15_p12_stale_stages_of_dead_processes_are_removed_live_and_foreign_one
 
 
 def test_i15_p12_a_stale_replacement_puts_the_previous_product_back(tmp_path):
-    previous = tmp_path / f".run.{dead_pid()}@{_host()}.abcd1234.old"
+    previous = tmp_path / f".run.{dead_pid()}@{host_tag()}.abcd1234.old"
     (previous / "model.keras").parent.mkdir()
     (previous / "model.keras").write_bytes(b"previous")
     assert remove_stale_stages(tmp_path) == []
@@ -130,7 +130,7 @@ def test_stage_is_removed_when_the_block_fails(tmp_path):
 
 def test_a_dead_stage_whose_name_holds_a_newline_is_removed_and_its_temp_files_are_not_foreign(tmp_path):
     """`--out $'b\\nx'`: the stage and write_bytes' temp file of a killed run carry the newline in their names."""
-    stage = tmp_path / f".b\nx.{dead_pid()}@{_host()}.abc123.partial"
+    stage = tmp_path / f".b\nx.{dead_pid()}@{host_tag()}.abc123.partial"
     stage.mkdir()
     (stage / "model.tflite").write_bytes(b"half")
     assert remove_stale_stages(tmp_path) == [stage]

@@ -11,7 +11,7 @@ import pytest
 from edgecls.outputs import bundle_contents, bundle_guard, run_guard
 from edgecls.rundir import open_run
 from edgecls.train import TrainConfig, train
-from runtime.atomic import _host, check_output, staged_dir
+from runtime.atomic import check_output, host_tag, staged_dir
 from runtime.errors import EdgeclsError
 from tests.conftest import cli_error, run_cli
 
@@ -105,7 +105,7 @@ def test_i15_p12_a_restored_previous_run_is_refused_before_the_work_not_after_it
     """A stale `.old` was put back only after the check passed, so the run trained and then failed."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    previous = tmp_path / f".run.{dead.pid}@{_host()}.abcd1234.old"
+    previous = tmp_path / f".run.{dead.pid}@{host_tag()}.abcd1234.old"
     previous.mkdir()
     (previous / "metadata.json").write_text(json.dumps({"format": "edgecls-run/1"}))
     worked = []
@@ -119,11 +119,11 @@ def test_i15_p12_a_restored_previous_run_is_refused_before_the_work_not_after_it
 def test_i15_p12_a_stage_whose_pid_was_reused_by_a_newer_process_is_stale(tmp_path):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        stage = tmp_path / f".run.{live.pid}@{_host()}.abcd1234.partial"
+        stage = tmp_path / f".run.{live.pid}@{host_tag()}.abcd1234.partial"
         (stage / "sub").mkdir(parents=True)
         an_hour_ago = time.time() - 3600
         os.utime(stage, (an_hour_ago, an_hour_ago))  # written long before that process started
-        own = tmp_path / f".other.{os.getpid()}@{_host()}.efgh5678.partial"
+        own = tmp_path / f".other.{os.getpid()}@{host_tag()}.efgh5678.partial"
         own.mkdir()
         os.utime(own, (an_hour_ago, an_hour_ago))  # this process's own stage is never stale
         with staged_dir(tmp_path / "another") as out:

@@ -15,6 +15,7 @@ import errno
 import os
 from pathlib import Path
 
+from runtime.atomic import pid_alive
 from runtime.install.layout import DeviceRoot, fsync_dir, kill_point, temp_tag
 
 SPARE = {"current": ".rollback-current", "previous": ".rollback-previous"}
@@ -109,16 +110,6 @@ def remove_stale_temps(device: DeviceRoot) -> None:
     """Temporary links and files (`.NAME.PID[-THREAD-RANDOM].tmp`) left by a flash killed before its rename."""
     for tmp in device.root.glob(".*.*.tmp"):
         pid = tmp.name.rsplit(".", 2)[-2].split("-", 1)[0]
-        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+        if not pid.isdigit() or (int(pid) != os.getpid() and pid_alive(int(pid))):
             continue  # not ours, or another live process's write in progress
         tmp.unlink(missing_ok=True)  # under the lock: this process's other threads are waiting for it
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
