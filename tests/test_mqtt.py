@@ -7,12 +7,10 @@ import logging
 
 import pytest
 
-pytest.importorskip("paho.mqtt.client")
-
-from runtime.daemon.mqtt import MqttSink, MqttTarget  # noqa: E402
-from runtime.errors import EdgeclsError  # noqa: E402
-from tests.conftest import cli_error, run_cli  # noqa: E402
-from tests.daemon_helpers import wait_for  # noqa: E402
+from runtime.daemon.mqtt import MqttSink, MqttTarget
+from runtime.errors import EdgeclsError
+from tests.conftest import cli_error, run_cli
+from tests.daemon_helpers import wait_for
 from tests.mqtt_helpers import Broker, _free_port  # noqa: E402
 
 
