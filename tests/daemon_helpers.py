@@ -65,3 +65,29 @@ class ListSink:
 
     def of(self, source):
         return [r for r in list(self.results) if r["source"] == source]
+
+
+def start_cli_daemon(bundle, clip, *options):
+    """A real `edgecls run BUNDLE --source CLIP --loop --port 0 OPTIONS…`: (process, url, stderr lines) once it
+    serves (its "started" event names the URL); stderr keeps being collected into the list."""
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    from tests.conftest import REPO
+
+    command = [sys.executable, "-m", "edgecls.cli", "run", str(bundle), "--source", str(clip), "--loop", "--port", "0"]
+    process = subprocess.Popen(
+        [*command, *map(str, options)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    lines: list = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        started = next((json.loads(line) for line in list(lines) if line.startswith('{"event": "started"')), None)
+        if started:
+            return process, started["url"], lines
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("the daemon did not start: " + "".join(lines)[-2000:])

@@ -26,7 +26,7 @@ def dead_pid() -> int:
 
 
 @pytest.mark.parametrize("marker", [None, "metadata.json", "manifest.json"])
-def test_i16_p1_overwrite_refuses_a_folder_that_is_not_ours_and_keeps_every_file(tmp_path, marker):
+def test_overwrite_refuses_a_folder_that_is_not_ours_and_keeps_every_file(tmp_path, marker):
     home = make_home_like(tmp_path / "home")
     before = snapshot(home)
     with pytest.raises(EdgeclsError, match="not .*--overwrite will not replace it"):
@@ -36,7 +36,7 @@ def test_i16_p1_overwrite_refuses_a_folder_that_is_not_ours_and_keeps_every_file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]  # no stage left either
 
 
-def test_i16_p1_overwrite_refuses_a_run_of_another_format_or_a_bundle_for_a_run(tmp_path):
+def test_overwrite_refuses_a_run_of_another_format_or_a_bundle_for_a_run(tmp_path):
     foreign = our_run(tmp_path / "foreign", fmt="someone-else/1")
     with pytest.raises(EdgeclsError, match="not an edgecls run"):
         check_output(foreign, overwrite=True, marker="metadata.json")
@@ -52,7 +52,7 @@ def test_i16_p1_overwrite_refuses_a_run_of_another_format_or_a_bundle_for_a_run(
     assert (run / "model.keras").read_bytes() == b"old model"
 
 
-def test_i16_p1_overwrite_replaces_our_run_and_an_empty_folder_needs_no_flag(tmp_path):
+def test_overwrite_replaces_our_run_and_an_empty_folder_needs_no_flag(tmp_path):
     run = our_run(tmp_path / "run")
     with pytest.raises(EdgeclsError, match="pass --overwrite"):
         check_output(run, overwrite=False, marker="metadata.json")
@@ -69,7 +69,7 @@ def test_i16_p1_overwrite_replaces_our_run_and_an_empty_folder_needs_no_flag(tmp
 
 
 @pytest.mark.parametrize("out, relation", [("data", "is"), ("data/run", "lies inside"), (".", "contains")])
-def test_i16_p1_output_may_not_be_contain_or_lie_inside_a_protected_folder(tmp_path, out, relation):
+def test_output_may_not_be_contain_or_lie_inside_a_protected_folder(tmp_path, out, relation):
     data = tmp_path / "data"
     (data / "cat").mkdir(parents=True)
     (data / "cat" / "1.png").write_bytes(b"png")
@@ -80,7 +80,7 @@ def test_i16_p1_output_may_not_be_contain_or_lie_inside_a_protected_folder(tmp_p
     assert snapshot(tmp_path) == before
 
 
-def test_i16_p1_something_foreign_appearing_during_the_run_is_not_replaced(tmp_path):
+def test_something_foreign_appearing_during_the_run_is_not_replaced(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(EdgeclsError, match="not an edgecls run"):
         with staged_dir(out, overwrite=True, marker="metadata.json") as stage:

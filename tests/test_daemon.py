@@ -4,33 +4,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 
 import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from tests.conftest import REPO  # noqa: E402
-from tests.daemon_helpers import http_get, write_test_video  # noqa: E402
+from tests.daemon_helpers import http_get, start_cli_daemon, write_test_video  # noqa: E402
 from tests.test_daemon_reload import relabelled, repoint  # noqa: E402
-
-
-def _start(bundle, clip):
-    """A real `edgecls run` with HTTP; (process, url, stderr lines) once it serves."""
-    command = [sys.executable, "-m", "edgecls.cli", "run", str(bundle), "--source", str(clip), "--loop", "--port", "0"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list = []
-    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        started = next((json.loads(line) for line in list(lines) if line.startswith('{"event": "started"')), None)
-        if started:
-            return process, started["url"], lines
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("the daemon did not start: " + "".join(lines)[-2000:])
 
 
 def _storm(pid, signals, seconds):
@@ -59,7 +40,7 @@ def test_a_burst_of_signals_never_freezes_the_daemon_reloads_still_work_and_sigt
     os.symlink(one, current)
     failures = []
     for trial in range(4):
-        process, url, lines = _start(current, clip)
+        process, url, lines = start_cli_daemon(current, clip)
         try:
             want = str(two if trial % 2 == 0 else one)
             _storm(process.pid, [signal.SIGHUP], 1.5)

@@ -447,32 +447,11 @@ def test_a_token_no_header_can_carry_is_refused_at_start_with_the_reason():
 
 def _run_daemon(tiny_bundle, tmp_path, *options):
     """A real `edgecls run` on a looping clip with HTTP; returns (process, port, stderr lines) once it serves."""
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-    from tests.daemon_helpers import write_test_video
+    from tests.daemon_helpers import start_cli_daemon, write_test_video
 
     clip = write_test_video(tmp_path / "clip.avi", frames=10)
-    command = [sys.executable, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(clip), "--loop"]
-    process = subprocess.Popen(
-        [*command, "--port", "0", *options],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list = []
-    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        started = next((json.loads(line) for line in list(lines) if line.startswith('{"event": "started"')), None)
-        if started:
-            return process, int(started["url"].rsplit(":", 1)[1]), lines
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError("the daemon did not start: " + "".join(lines)[-2000:])
+    process, url, lines = start_cli_daemon(tiny_bundle, clip, *options)
+    return process, int(url.rsplit(":", 1)[1]), lines
 
 
 def _stop(process):

@@ -28,7 +28,7 @@ def our_run(path, **metadata):
     return path
 
 
-def test_i16_p1_overwrite_keeps_a_run_someone_put_their_own_files_into(tmp_path, shapes_folder):
+def test_overwrite_keeps_a_run_someone_put_their_own_files_into(tmp_path, shapes_folder):
     run = our_run(tmp_path / "run")
     (run / "holiday").mkdir()
     (run / "holiday" / "beach.jpg").write_bytes(b"irreplaceable")
@@ -51,7 +51,7 @@ def test_i16_p1_overwrite_keeps_a_run_someone_put_their_own_files_into(tmp_path,
     assert snapshot(tmp_path) == before
 
 
-def test_i16_p1_overwrite_still_replaces_a_run_of_only_our_files_and_our_temp_leftovers(tmp_path, shapes_folder):
+def test_overwrite_still_replaces_a_run_of_only_our_files_and_our_temp_leftovers(tmp_path, shapes_folder):
     run = our_run(tmp_path / "run")
     for name in ("metrics.json", "split.json", "curves.png", ".metrics.json.k2j4h5x1.tmp"):
         (run / name).write_text("x")
@@ -61,7 +61,7 @@ def test_i16_p1_overwrite_still_replaces_a_run_of_only_our_files_and_our_temp_le
     assert sorted(p.name for p in run.iterdir()) == ["metadata.json"]
 
 
-def test_i16_p1_overwrite_keeps_a_bundle_holding_files_its_manifest_does_not_list(tmp_path):
+def test_overwrite_keeps_a_bundle_holding_files_its_manifest_does_not_list(tmp_path):
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     manifest = {
@@ -78,7 +78,7 @@ def test_i16_p1_overwrite_keeps_a_bundle_holding_files_its_manifest_does_not_lis
         check_output(bundle, True, marker="manifest.json", contents=bundle_contents)
 
 
-def test_i16_p1_convert_never_writes_into_the_built_in_dataset_cache(tmp_path, monkeypatch):
+def test_convert_never_writes_into_the_built_in_dataset_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     (cache / "shapes-v1" / "circle").mkdir(parents=True)
     run = our_run(tmp_path / "run", dataset={"source": "shapes", "builtin": "shapes"})
@@ -91,7 +91,7 @@ def test_i16_p1_convert_never_writes_into_the_built_in_dataset_cache(tmp_path, m
         check_output(cache, True, **bundle_guard(open_run(run)))
 
 
-def test_i16_p1_out_dot_inside_our_run_is_replaced_instead_of_failing_after_training(tmp_path, monkeypatch):
+def test_out_dot_inside_our_run_is_replaced_instead_of_failing_after_training(tmp_path, monkeypatch):
     """`--out .` staged its folder inside `.` and then could not rename `.` (EBUSY) once training was done."""
     run = our_run(tmp_path / "run")
     monkeypatch.chdir(run)
