@@ -47,7 +47,7 @@ def _shapes_folder(root: Path, per_class: int = 12) -> Path:
 
 def build_bundles(work: Path) -> dict:
     """{name: bundle dir}: digits CNN and MobileNetV2-224, each converted to every format."""
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.pipeline import ConvertOptions, convert
     from edgecls.train import TrainConfig, train
 
     work.mkdir(parents=True, exist_ok=True)

@@ -230,7 +230,7 @@ def main() -> None:
 
 def cpu_name() -> str:
     sys.path.insert(0, str(REPO))
-    from runtime.bench.machine import cpu_model
+    from edgecls.runtime.bench.machine import cpu_model
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return (cpu_model() or platform.processor() or "unknown CPU") + (

@@ -2,7 +2,7 @@
 
     python3 benchmarks/daemon_memory.py BUNDLE [--frames 10000] [--every 1000]
 
-Runs the real daemon (runtime.daemon.Daemon) on a looping 640x480 MJPG video, every frame classified
+Runs the real daemon (edgecls.runtime.daemon.Daemon) on a looping 640x480 MJPG video, every frame classified
 as fast as the model goes, with the HTTP server up and scraped, results going to a counting sink;
 samples the process's RSS each `--every` frames. Writes benchmarks/results/daemon_memory.txt and .json.
 """
@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "daemon_memory"))
     args = p.parse_args()
 
-    from runtime.daemon import Daemon
+    from edgecls.runtime.daemon import Daemon
 
     with tempfile.TemporaryDirectory() as tmp:
         video = write_video(Path(tmp) / "clip.avi")

@@ -3,7 +3,7 @@
     python3 benchmarks/daemon_throughput.py BUNDLE [--artifact tflite-int8] [--threads 1] [--seconds 20] [--rounds 3]
 
 Side by side, in one process and alternating: (a) the artifact's bare invoke on a prepared tensor, timed
-in a tight loop (the best the model can do), and (b) the real daemon (runtime.daemon.Daemon) classifying
+in a tight loop (the best the model can do), and (b) the real daemon (edgecls.runtime.daemon.Daemon) classifying
 every frame of a looping 640x480 MJPG video, a source faster than the model, with the HTTP server up.
 Frames/s counts results published after a 2 s warm-up. Writes benchmarks/results/daemon_throughput.txt/.json.
 """
@@ -75,7 +75,7 @@ class Collect:
 
 
 def daemon_fps(classifier, video: Path, seconds: float, warmup: float = 2.0) -> dict:
-    from runtime.daemon import Daemon
+    from edgecls.runtime.daemon import Daemon
 
     sink = Collect()
     daemon = Daemon(
@@ -112,7 +112,7 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "daemon_throughput"))
     args = p.parse_args()
 
-    from runtime.classifier import Classifier
+    from edgecls.runtime.classifier import Classifier
 
     classifier = Classifier(args.bundle, artifact=args.artifact, threads=args.threads)
     rounds = []
@@ -174,6 +174,6 @@ if __name__ == "__main__":
 
 
 def cpu_name() -> str:
-    from runtime.bench.machine import cpu_model
+    from edgecls.runtime.bench.machine import cpu_model
 
     return cpu_model() or platform.processor() or "unknown CPU"

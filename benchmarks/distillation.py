@@ -142,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from edgecls.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
-    from runtime.bench.machine import cpu_model
+    from edgecls.runtime.bench.machine import cpu_model
 
     work = _runs.work_folder(args.work, "edgecls-bench-distill-")
     started = time.perf_counter()

@@ -47,9 +47,9 @@ def per_frame_us(loops, image, frames: int) -> list:
 def main(argv=None) -> int:
     import numpy as np
 
-    from runtime.classifier import Classifier
-    from runtime.daemon.loop import SourceLoop
-    from runtime.monitor.drift import DriftMonitor
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.daemon.loop import SourceLoop
+    from edgecls.runtime.monitor.drift import DriftMonitor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle")

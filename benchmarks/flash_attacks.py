@@ -39,17 +39,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from devices.flash import FlashOptions, flash, read_targets_file  # noqa: E402
-from devices.profiles import DeviceProfile  # noqa: E402
-from runtime.bundle import MANIFEST  # noqa: E402
-from runtime.install import staging  # noqa: E402
-from runtime.install.layout import KILL_ENV, DeviceRoot  # noqa: E402
+from edgecls.devices.flash import FlashOptions, flash, read_targets_file  # noqa: E402
+from edgecls.devices.profiles import DeviceProfile  # noqa: E402
+from edgecls.runtime.bundle import MANIFEST  # noqa: E402
+from edgecls.runtime.install import staging  # noqa: E402
+from edgecls.runtime.install.layout import KILL_ENV, DeviceRoot  # noqa: E402
 
 PROFILE = DeviceProfile(name="test-cpu", artifacts=("tflite-int8",), threads=1)
 WORKER = r"""
 import json, sys
-from devices.flash import FlashOptions, flash
-from devices.profiles import DeviceProfile
+from edgecls.devices.flash import FlashOptions, flash
+from edgecls.devices.profiles import DeviceProfile
 bundle, target, config = sys.argv[1], sys.argv[2], sys.argv[3] or None
 options = FlashOptions(profile=DeviceProfile(name="test-cpu", artifacts=("tflite-int8",), threads=1), ssh_config=config)
 print("ready", flush=True)
@@ -124,7 +124,7 @@ def worker(bundle: Path, target: str, config: str, env=None) -> subprocess.Popen
 
 
 def wait_device_idle(root: Path, timeout: float = 120) -> None:
-    """Until no device-side process works on `root`: over SSH, the device's `python3 -m runtime.install`
+    """Until no device-side process works on `root`: over SSH, the device's `python3 -m edgecls.runtime.install`
     outlives the killed host and may still finish (or start) its step; the expectation is taken after it."""
     deadline, idle_since = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
@@ -134,7 +134,7 @@ def wait_device_idle(root: Path, timeout: float = 120) -> None:
                 data = cmdline.read_bytes()
             except OSError:
                 continue
-            busy = busy or (b"runtime.install" in data and str(root).encode() in data)  # sh -c '... exec' too
+            busy = busy or (b"edgecls.runtime.install" in data and str(root).encode() in data)  # sh -c '... exec' too
         if busy:
             idle_since = None
         elif idle_since is None:

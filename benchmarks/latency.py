@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.bundle import load_bundle
-from runtime.session import ModelSession, quantize
+from edgecls.runtime.bundle import load_bundle
+from edgecls.runtime.session import ModelSession, quantize
 
 
 def time_session(session: ModelSession, x: np.ndarray, runs: int, warmup: int = 20) -> dict:

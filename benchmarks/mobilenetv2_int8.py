@@ -1,6 +1,6 @@
 """MobileNetV2 (alpha 1.0, 224x224, random weights): int8 vs fp32 TFLite latency with one thread.
 
-Uses the project's own converter (`converters.tflite.to_tflite`) and runtime backend (LiteRT).
+Uses the project's own converter (`edgecls.converters.tflite.to_tflite`) and runtime backend (LiteRT).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ def main() -> None:
     import keras
 
     from benchmarks.latency import time_session
-    from converters.quiet import quiet
-    from converters.tflite import to_tflite
-    from runtime.session import ModelSession
+    from edgecls.converters.quiet import quiet
+    from edgecls.converters.tflite import to_tflite
+    from edgecls.runtime.session import ModelSession
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, weights=None, classes=10)

@@ -2,7 +2,7 @@
 
     python benchmarks/onnx_int8.py [--runs 200] [--rounds 5] [--accuracy-run RUN_DIR] [--out FILE] [--append]
 
-The fp32 model and the shipped int8 variants come from the project's converter (`converters.onnx`);
+The fp32 model and the shipped int8 variants come from the project's converter (`edgecls.converters.onnx`);
 the few rows the converter has no option for (QOperator, U8U8, dedicated Q/DQ pairs, no pre-processing)
 call onnxruntime.quantization on the same pre-processed graph. All sessions live in one process and are
 timed interleaved, one run each in turn, so a noisy neighbour slows them alike; each round gives a
@@ -33,7 +33,7 @@ def _raw_quantize(prepped: Path, out: Path, calibration: np.ndarray, **kwargs) -
     import onnx
     from onnxruntime.quantization import QuantType, quantize_static
 
-    from converters.onnx import _ArrayReader
+    from edgecls.converters.onnx import _ArrayReader
 
     name = onnx.load(str(prepped)).graph.input[0].name
     options = {"weight_type": QuantType.QInt8, "per_channel": True, **kwargs}
@@ -46,8 +46,8 @@ def build_variants(folder: Path, calibration: np.ndarray) -> tuple[Path, dict]:
     import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, QuantType
 
-    from converters import onnx as co
-    from converters.quiet import quiet
+    from edgecls.converters import onnx as co
+    from edgecls.converters.quiet import quiet
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, weights=None, classes=10)
@@ -88,7 +88,7 @@ def build_variants(folder: Path, calibration: np.ndarray) -> tuple[Path, dict]:
 
 def runner(path: Path, level=None):
     """run(batch): the project's backend (what `edgecls run`/`bench` load), or a raw session for the level rows."""
-    from runtime.backends.onnxrt import OnnxRuntimeBackend
+    from edgecls.runtime.backends.onnxrt import OnnxRuntimeBackend
 
     if level is None:
         return OnnxRuntimeBackend(path, threads=1).run
@@ -164,13 +164,13 @@ def profile(path: Path, x: np.ndarray, folder: Path, runs: int = 50) -> dict:
 
 def accuracy_table(run_dir: str) -> list[str]:
     """Test-split accuracy of the main quantization choices on a trained run, in the runtime that ships."""
-    from converters import calibration as calib
-    from converters import onnx as co
-    from converters.quiet import quiet
+    from edgecls.converters import calibration as calib
+    from edgecls.converters import onnx as co
+    from edgecls.converters.quiet import quiet
     from edgecls.metrics import probabilities
     from edgecls.rundata import load_run_splits
     from edgecls.rundir import open_run
-    from runtime.session import ModelSession
+    from edgecls.runtime.session import ModelSession
 
     run = open_run(run_dir)
     model = run.load_model()
@@ -206,7 +206,7 @@ def accuracy_table(run_dir: str) -> list[str]:
 def main() -> None:
     import onnxruntime as ort
 
-    from runtime.atomic import write_text
+    from edgecls.runtime.atomic import write_text
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=200)
@@ -221,7 +221,7 @@ def main() -> None:
     x = calibration[:1]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        print("building MobileNetV2-224 fp32 and int8 variants with converters.onnx ...", flush=True)
+        print("building MobileNetV2-224 fp32 and int8 variants with edgecls.converters.onnx ...", flush=True)
         fp32, variants = build_variants(folder, calibration)
         rows = {"fp32 (shipped)": (fp32, None)} | {
             k: (p, None if lvl == ort.GraphOptimizationLevel.ORT_ENABLE_ALL else lvl)
@@ -311,6 +311,6 @@ if __name__ == "__main__":
 
 
 def cpu_name() -> str:
-    from runtime.bench.machine import cpu_model
+    from edgecls.runtime.bench.machine import cpu_model
 
     return cpu_model() or platform.processor() or "unknown CPU"

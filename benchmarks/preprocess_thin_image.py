@@ -27,14 +27,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from runtime.atomic import write_text  # noqa: E402
-from runtime.preprocess import PreprocessSpec, _interpolation, resize  # noqa: E402
+from edgecls.runtime.atomic import write_text  # noqa: E402
+from edgecls.runtime.preprocess import PreprocessSpec, _interpolation, resize  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "preprocess_thin_image.txt"
 
 
 def old_center_crop(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """The center-crop branch of `runtime.preprocess.resize` before the fix, verbatim."""
+    """The center-crop branch of `edgecls.runtime.preprocess.resize` before the fix, verbatim."""
     h, w = image.shape[:2]
     th, tw = spec.height, spec.width
     scale = max(th / h, tw / w)
@@ -69,7 +69,7 @@ _THIN = r"""
 import json, resource, sys, time
 import cv2, numpy as np
 sys.path.insert(0, sys.argv[3])
-from runtime.preprocess import PreprocessSpec, load_image, preprocess, resize
+from edgecls.runtime.preprocess import PreprocessSpec, load_image, preprocess, resize
 from benchmarks.preprocess_thin_image import old_center_crop
 which, path = sys.argv[1], sys.argv[2]
 spec = PreprocessSpec(224, 224, resize="center-crop", dtype="uint8")

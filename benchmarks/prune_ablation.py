@@ -19,8 +19,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from converters.calibration import representative_set
-    from converters.prune import _stats_size, recalibrate_batchnorm, structured_prune
+    from edgecls.converters.calibration import representative_set
+    from edgecls.converters.prune import _stats_size, recalibrate_batchnorm, structured_prune
     from edgecls.rundata import load_run_splits
     from edgecls.rundir import open_run
 

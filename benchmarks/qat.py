@@ -112,7 +112,7 @@ class Case:
         return 100 * float((probabilities(probs).argmax(1) == self.test.y).mean())
 
     def lite(self, data: bytes) -> float:
-        from runtime.session import ModelSession
+        from edgecls.runtime.session import ModelSession
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.tflite"
@@ -131,7 +131,7 @@ def _int8(case: Case, work: Path, name: str, *args) -> tuple[float, dict]:
 
 def _qat_cli(case: Case, work: Path, epochs: int, seed: int) -> float:
     """`convert --qat always`: the bundle must say QAT made it, and hold a full-int8 tflite."""
-    from converters.qat import float_tensors
+    from edgecls.converters.qat import float_tensors
 
     accuracy, artifact = _int8(
         case, work, f"qat-s{seed}", "--qat", "always", "--qat-epochs", epochs, "--seed", seed, "--max-drop", "100"
@@ -171,10 +171,10 @@ def _control(case: Case, options) -> tuple[float, float]:
     """The same fine-tuning without fake quantization, then post-training int8 (in process)."""
     import keras
 
-    from converters.calibration import representative_set
-    from converters.qat import fine_tune
-    from converters.quiet import quiet
-    from converters.tflite import to_tflite
+    from edgecls.converters.calibration import representative_set
+    from edgecls.converters.qat import fine_tune
+    from edgecls.converters.quiet import quiet
+    from edgecls.converters.tflite import to_tflite
 
     keras.utils.set_random_seed(options.seed)
     model = keras.models.clone_model(case.model)
@@ -187,8 +187,8 @@ def _control(case: Case, options) -> tuple[float, float]:
 
 def _augmented(case: Case, options) -> float:
     """QAT with the run's augmentation (in process: `convert` fine-tunes without it)."""
-    from converters.qat import quantization_aware_tflite
-    from converters.quiet import quiet
+    from edgecls.converters.qat import quantization_aware_tflite
+    from edgecls.converters.quiet import quiet
 
     with quiet():
         return case.lite(
@@ -205,8 +205,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from converters.qat import QatOptions
-    from runtime.bench.machine import cpu_model
+    from edgecls.converters.qat import QatOptions
+    from edgecls.runtime.bench.machine import cpu_model
 
     work = _runs.work_folder(args.work, "edgecls-bench-qat-")
     seeds = [int(s) for s in args.seeds.split(",")]

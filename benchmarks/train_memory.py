@@ -134,7 +134,7 @@ def main() -> None:
     if not Path("/usr/bin/time").is_file():
         raise SystemExit("/usr/bin/time is missing: apt-get install -y time")
 
-    from runtime.bench.machine import cpu_model
+    from edgecls.runtime.bench.machine import cpu_model
 
     args.work.mkdir(parents=True, exist_ok=True)
     lines = [

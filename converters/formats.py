@@ -30,7 +30,7 @@ FORMATS = {
 
 
 def parse_formats(value: str | None) -> list:
-    from runtime.errors import EdgeclsError
+    from edgecls.runtime.errors import EdgeclsError
 
     if not value or value == "all":
         return list(FORMATS.values())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import MissingDependencyError
+from edgecls.runtime.errors import MissingDependencyError
 
 
 def export_onnx(model, path: Path, sample: np.ndarray) -> None:

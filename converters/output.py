@@ -16,9 +16,9 @@ import tempfile
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from runtime.atomic import host_tag, pid_alive, staged_dir
-from runtime.bundle import LABELS, MANIFEST
-from runtime.errors import EdgeclsError
+from edgecls.runtime.atomic import host_tag, pid_alive, staged_dir
+from edgecls.runtime.bundle import LABELS, MANIFEST
+from edgecls.runtime.errors import EdgeclsError
 
 
 def tar_path(out) -> Path:

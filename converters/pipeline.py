@@ -30,26 +30,26 @@ from pathlib import Path
 
 import numpy as np
 
-from converters import calibration as calib
-from converters import onnx as onnx_export
-from converters import testsplit
-from converters.formats import FORMATS, ExportFormat
-from converters.macs import count_macs
-from converters.output import check_tar_output, claimed_stage, publish_tar, write_tar
-from converters.quiet import quiet
-from converters.reference import ReferenceStats
-from converters.tflite import to_tflite
-from converters.verify import compare, format_recall, format_table
 from edgecls import __version__
+from edgecls.converters import calibration as calib
+from edgecls.converters import onnx as onnx_export
+from edgecls.converters import testsplit
+from edgecls.converters.formats import FORMATS, ExportFormat
+from edgecls.converters.macs import count_macs
+from edgecls.converters.output import check_tar_output, claimed_stage, publish_tar, write_tar
+from edgecls.converters.quiet import quiet
+from edgecls.converters.reference import ReferenceStats
+from edgecls.converters.tflite import to_tflite
+from edgecls.converters.verify import compare, format_recall, format_table
 from edgecls.data import iter_batches
 from edgecls.metrics import probabilities
 from edgecls.outputs import bundle_guard
 from edgecls.progress import progress
 from edgecls.rundir import open_run
-from runtime.atomic import check_output, write_bytes, write_json, write_text
-from runtime.bundle import LABELS, MANIFEST, Artifact, Manifest, TensorQuant, check_listed_names, sha256_file
-from runtime.errors import DataError, EdgeclsError
-from runtime.session import ModelSession
+from edgecls.runtime.atomic import check_output, write_bytes, write_json, write_text
+from edgecls.runtime.bundle import LABELS, MANIFEST, Artifact, Manifest, TensorQuant, check_listed_names, sha256_file
+from edgecls.runtime.errors import DataError, EdgeclsError
+from edgecls.runtime.session import ModelSession
 
 
 class AccuracyGateError(EdgeclsError):
@@ -103,7 +103,7 @@ class _Exporter:
     ):
         self.model, self.workdir, self.train, self.options, self.sample = model, workdir, train, options, sample
         self._onnx_fp32: Path | None = None
-        self.qat = qat  # () -> converters.qat.QatResult: fine-tunes, so only called when its attempt comes
+        self.qat = qat  # () -> edgecls.converters.qat.QatResult: fine-tunes, so only called when its attempt comes
 
     def tflite_qat(self, out) -> dict:
         result = self.qat()
@@ -187,7 +187,7 @@ def _without_notes(write):
 
 def _qat_source(model, run, splits, options: ConvertOptions):
     def build():
-        from converters.qat import QatOptions, quantization_aware_tflite
+        from edgecls.converters.qat import QatOptions, quantization_aware_tflite
 
         return quantization_aware_tflite(
             model,
@@ -200,7 +200,7 @@ def _qat_source(model, run, splits, options: ConvertOptions):
 
 
 def _prune(run, model, splits, options: ConvertOptions, reference: dict, reference_right: int):
-    from converters.prune import prune_model
+    from edgecls.converters.prune import prune_model
 
     model, report = prune_model(model, options.prune, splits, run, epochs=options.prune_epochs, seed=options.seed)
     test = splits["test"]

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from converters.calibration import representative_set
-from converters.macs import count_macs
+from edgecls.converters.calibration import representative_set
+from edgecls.converters.macs import count_macs
 from edgecls.progress import progress
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 
 def parse_prune(spec: str) -> tuple:

@@ -15,7 +15,7 @@ model is rebuilt here layer by layer with simulated int8 rounding where the TFLi
   softmax and sigmoid outputs get TFLite's fixed range (scale 1/256), so nothing follows them.
 
 `tf.lite.TFLiteConverter` takes the FakeQuant ranges instead of calibrating: the result is a
-full-int8 model (int8 input and output, as `converters.tflite`'s int8 path) whose answers match the
+full-int8 model (int8 input and output, as `edgecls.converters.tflite`'s int8 path) whose answers match the
 fake-quantized Keras model's. Fine-tuning lets the weights adapt to the rounding, which is what
 recovers the accuracy post-training quantization loses.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgecls.progress import progress
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 EMA_DECAY = 0.99  # of the activation ranges while fine-tuning: about 100 batches of memory
 NUM_BITS = 8
@@ -430,7 +430,7 @@ def quantization_aware_tflite(model, run, splits: dict, options: QatOptions | No
     training images, fine-tune, and convert to a full-int8 TFLite flatbuffer."""
     import keras
 
-    from converters.calibration import CalibrationSampler, fingerprint
+    from edgecls.converters.calibration import CalibrationSampler, fingerprint
 
     options = options or QatOptions()
     keras.utils.set_random_seed(options.seed)

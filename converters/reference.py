@@ -11,7 +11,7 @@ Fed batch by batch with the held-out test split as it goes through an artifact:
 confidence (with its per-image mean and spread), and the brightness of the inputs (histogram, mean
 and spread): the daemon decides drift on those means and spreads and shows PSI over the bins,
 binned by
-`runtime.monitor.stats` so the daemon's windows bin the same way. Only counts and sums are kept:
+`edgecls.runtime.monitor.stats` so the daemon's windows bin the same way. Only counts and sums are kept:
 memory does not grow with the split.
 """
 
@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from runtime.monitor.stats import (
+from edgecls.runtime.monitor.stats import (
     BRIGHTNESS_EDGES,
     CONFIDENCE_EDGES,
     REFERENCE_VERSION,
@@ -42,7 +42,7 @@ class ReferenceStats:
         self.images = 0
 
     def update(self, inputs: np.ndarray, probs: np.ndarray) -> ReferenceStats:
-        """One batch: inputs (N, H, W, C) as `runtime.preprocess.preprocess` made them, probs (N, classes)."""
+        """One batch: inputs (N, H, W, C) as `edgecls.runtime.preprocess.preprocess` made them, probs (N, classes)."""
         probs = np.asarray(probs, dtype=np.float64)
         if len(inputs) != len(probs) or probs.ndim != 2 or probs.shape[1] != len(self.labels):
             raise ValueError(

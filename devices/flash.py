@@ -15,13 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from devices.profiles import DeviceProfile, load_profile
-from devices.ssh import SshError
-from devices.targets import make_target
-from runtime.bundle import MANIFEST, Bundle, load_bundle
-from runtime.errors import EdgeclsError
-from runtime.install.layout import os_error_text
-from runtime.install.signature import SIGNATURE, verify_manifest
+from edgecls.devices.profiles import DeviceProfile, load_profile
+from edgecls.devices.ssh import SshError
+from edgecls.devices.targets import make_target
+from edgecls.runtime.bundle import MANIFEST, Bundle, load_bundle
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.install.layout import os_error_text
+from edgecls.runtime.install.signature import SIGNATURE, verify_manifest
 
 log = logging.getLogger("edgecls.devices")
 RESULTS = ("installed", "unchanged", "rolled back")
@@ -76,7 +76,7 @@ def choose_artifacts(bundle: Bundle, profile: DeviceProfile) -> list:
 
 def _bundle_files(bundle: Bundle, artifacts: list) -> dict:
     """name -> local path of everything to send, each checked against the manifest here first."""
-    from runtime.bundle import check_file_name, sha256_file
+    from edgecls.runtime.bundle import check_file_name, sha256_file
 
     files = {MANIFEST: bundle.root / MANIFEST}
     for name, digest in bundle.manifest.files.items():

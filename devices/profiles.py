@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 PROFILES_ENV = "EDGECLS_PROFILES"
@@ -77,7 +77,7 @@ class DeviceProfile:
         where = where or f"device profile {self.name}"
 
         def bad(name: str, expected: str):
-            from runtime.redact import redact
+            from edgecls.runtime.redact import redact
 
             raise ProfileError(f'{where}: "{name}" is {redact(repr(getattr(self, name)))}; expected {expected}')
 
@@ -123,7 +123,7 @@ class DeviceProfile:
         if self.health_url and not self.health_url.startswith(("http://", "https://")):
             bad("health_url", "an http:// URL such as http://127.0.0.1:8080/healthz")
         if self.health_url:
-            from runtime.install.health import url_problem
+            from edgecls.runtime.install.health import url_problem
 
             problem = url_problem(self.health_url)  # a password or token: shown and stored; never the value here
             if problem:

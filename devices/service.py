@@ -12,7 +12,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 

@@ -12,10 +12,10 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from runtime.atomic import write_bytes
-from runtime.bundle import MANIFEST, BundleError, load_bundle
-from runtime.errors import EdgeclsError
-from runtime.install.signature import NAMESPACE, SIGNATURE
+from edgecls.runtime.atomic import write_bytes
+from edgecls.runtime.bundle import MANIFEST, BundleError, load_bundle
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.install.signature import NAMESPACE, SIGNATURE
 
 
 def _keygen() -> str:

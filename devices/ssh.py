@@ -7,7 +7,7 @@ expect: ~/.ssh/config host aliases, keys, agents, ProxyJump, ControlMaster. The 
     client = SshClient(target, config="~/.ssh/other_config", options=["ConnectTimeout=5"])
     client.run(["uname", "-m"]).stdout                 # argv is quoted for the remote shell; check=True
     client.run("echo $HOME", timeout=10)                # a str is sent as one shell command line
-    client.python("runtime.install", ["status", "--root", "/opt/edgecls"])  # `python3 -m ...` on the device
+    client.python("edgecls.runtime.install", ["status", "--root", "/opt/edgecls"])  # `python3 -m ...` on the device
     client.push([Path("bundle/manifest.json"), Path("bundle")], "/tmp/x")   # files and folders, via tar
     client.fetch("/opt/edgecls/status.json", Path("status.json"))
 
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 log = logging.getLogger("edgecls.devices")
 
@@ -155,7 +155,7 @@ def python_command(python: str, root: str, argv: Sequence[str]) -> list | str:
     exists there, else python3 (decided on the device, in the same round trip)."""
     if python != "auto":
         return [python, *map(str, argv)]
-    from runtime.install.layout import VENV
+    from edgecls.runtime.install.layout import VENV
 
     venv_python = sh_path(
         f"{root.rstrip('/')}/{VENV}/bin/python"
@@ -263,7 +263,7 @@ class SshClient:
 
     def fetch(self, remote_file: str, local: os.PathLike, *, timeout: float | None = 300) -> Path:
         """Copy one file from the device; written beside `local` and renamed, so `local` is never half a file."""
-        from runtime.atomic import write_bytes
+        from edgecls.runtime.atomic import write_bytes
 
         result = self.run(["cat", "--", remote_file], timeout=timeout)
         write_bytes(local, result.stdout)

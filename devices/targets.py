@@ -1,7 +1,7 @@
 """Where a flash goes: a local folder (a mounted SD card, a rootfs, this machine) or an SSH device.
 
 Both run the same device code (runtime/install): a local target calls it directly, an SSH target runs
-`python3 -m runtime.install ...` on the device and reads its JSON. So verification and the commit happen on
+`python3 -m edgecls.runtime.install ...` on the device and reads its JSON. So verification and the commit happen on
 the device, with the device's own file system semantics, whichever way the files travelled.
 """
 
@@ -16,8 +16,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from devices.ssh import SshClient, SshError, parse_target, python_command
-from runtime.errors import EdgeclsError
+from edgecls.devices.ssh import SshClient, SshError, parse_target, python_command
+from edgecls.runtime.errors import EdgeclsError
 
 
 class LocalTarget:
@@ -28,32 +28,32 @@ class LocalTarget:
         self.name = self.root
 
     def plan(self, manifest: bytes, artifacts, smoke: bool = True) -> dict:
-        from runtime.install import api
+        from edgecls.runtime.install import api
 
         return api.plan(self.root, manifest, artifacts, smoke=smoke)
 
     def apply(self, manifest: bytes, artifacts, files: dict, **options) -> dict:
-        from runtime.install import api
+        from edgecls.runtime.install import api
 
         return api.apply(self.root, manifest, artifacts, sources=files, **options)
 
     def rollback(self, service: str = "") -> dict:
-        from runtime.install import api
+        from edgecls.runtime.install import api
 
         return api.rollback(self.root, service=service)
 
     def status(self) -> dict:
-        from runtime.install import api
+        from edgecls.runtime.install import api
 
         return api.status(self.root)
 
     def trust(self, signers: bytes) -> dict:
-        from runtime.install import api
+        from edgecls.runtime.install import api
 
         return api.trust(self.root, signers)
 
     def check_root(self) -> None:
-        from runtime.install.layout import DeviceRoot
+        from edgecls.runtime.install.layout import DeviceRoot
 
         DeviceRoot(self.root).check()
 
@@ -61,7 +61,7 @@ class LocalTarget:
         return "a local target is a folder: install the runtime packages on the device itself"
 
     def install_service(self, **options) -> dict:
-        from runtime.install.service import install_service
+        from edgecls.runtime.install.service import install_service
 
         return install_service(self.root, **options)
 
@@ -83,7 +83,7 @@ class SshDeviceTarget:
 
     def _call(self, command: str, args: list, *, stdin=None, input: bytes | None = None, timeout: float = 600) -> dict:
         result = self.client.run(
-            self._command(["-m", "runtime.install", command, "--root", self.root, *args]),
+            self._command(["-m", "edgecls.runtime.install", command, "--root", self.root, *args]),
             stdin=stdin,
             input=input,
             timeout=timeout,
@@ -175,7 +175,7 @@ class SshDeviceTarget:
     def check_root(self) -> None:
         """DeviceRoot.check on the device before anything of edgecls may be there: runtime/install/rootcheck.py
         (standard library only) is sent to the device's python as its program."""
-        from runtime.install import rootcheck
+        from edgecls.runtime.install import rootcheck
 
         source = Path(rootcheck.__file__).read_bytes()
         result = self.client.run([self.client.python_exe, "-", self.root], input=source, timeout=120, check=False)
@@ -187,7 +187,7 @@ class SshDeviceTarget:
         Into ROOT/venv (made with the OS's python3, seeing its packages) unless --python names an interpreter.
         Call `check_root` first: this writes ROOT/venv.
         """
-        from devices import wheels
+        from edgecls.devices import wheels
 
         if not packages:
             return "the profile lists no packages"

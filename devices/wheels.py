@@ -23,10 +23,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from devices.ssh import sh_path
-from runtime.errors import EdgeclsError
-from runtime.install.layout import VENV  # under the device's install root
-from runtime.install.rootcheck import VENV_MARKER
+from edgecls.devices.ssh import sh_path
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.install.layout import VENV  # under the device's install root
+from edgecls.runtime.install.rootcheck import VENV_MARKER
 
 # `bits`: a 32-bit userland (Raspberry Pi OS armhf) on a 64-bit kernel says aarch64 but takes armv7l wheels.
 PROBE = (

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from runtime.errors import EdgeclsError
-from runtime.preprocess import PreprocessSpec
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.preprocess import PreprocessSpec
 
 # (low, high, high included) per factor: the ranges Keras' layers accept for +-value
 # (RandomTranslation, RandomShear and RandomBrightness take [0, 1]; RandomZoom needs the zoom-in

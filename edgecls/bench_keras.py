@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 KERAS_ARTIFACT = "keras"
 
@@ -29,7 +29,7 @@ def tensorflow_installed() -> bool:
 
 def source_model(bundle, explicit=None) -> tuple[Path | None, str]:
     """(model.keras path or None, why not): `explicit` if given, else the bundle's source run if unchanged."""
-    from runtime.bundle import sha256_file
+    from edgecls.runtime.bundle import sha256_file
 
     if explicit:
         path = Path(explicit)
@@ -80,11 +80,11 @@ def measure(job: dict) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
 
-    from runtime.bench.frame import frame_stages
-    from runtime.bench.machine import package_versions
-    from runtime.bench.stats import timed_runs, warm_up
-    from runtime.bench.worker import accuracy, engines_loaded, peak_rss_mb, rss_mb
-    from runtime.preprocess import PreprocessSpec, load_image, preprocess
+    from edgecls.runtime.bench.frame import frame_stages
+    from edgecls.runtime.bench.machine import package_versions
+    from edgecls.runtime.bench.stats import timed_runs, warm_up
+    from edgecls.runtime.bench.worker import accuracy, engines_loaded, peak_rss_mb, rss_mb
+    from edgecls.runtime.preprocess import PreprocessSpec, load_image, preprocess
 
     rss_start = rss_mb()
     t = time.perf_counter()
@@ -110,7 +110,7 @@ def measure(job: dict) -> dict:
 
     def classify(image):
         # The runtime's own probabilities and top-k, so the frame's last stage is the same work as an artifact's.
-        from runtime.session import to_probabilities
+        from edgecls.runtime.session import to_probabilities
 
         probs = to_probabilities(engine.run(preprocess(image, spec)[None]), head)[0]
         order = np.argsort(-probs, kind="stable")[: job.get("top_k", 5)]
@@ -138,9 +138,9 @@ def measure(job: dict) -> dict:
 
 
 def keras_records(model_path: Path, say=None):
-    """An `extra_jobs` hook for `runtime.bench.run_bench`: the Keras model at each thread count, pooled like
+    """An `extra_jobs` hook for `edgecls.runtime.bench.run_bench`: the Keras model at each thread count, pooled like
     artifacts."""
-    from runtime.bench.runner import pool, run_worker
+    from edgecls.runtime.bench.runner import pool, run_worker
 
     def extra(bundle, options, frame, host, progress):
         results = {}
@@ -188,7 +188,7 @@ def keras_records(model_path: Path, say=None):
 
 
 def main(argv=None) -> int:
-    from runtime.bench.worker import serve_job
+    from edgecls.runtime.bench.worker import serve_job
 
     return serve_job(measure, argv)
 

@@ -1,7 +1,7 @@
 """`edgecls bench --device user@host[:port]`: the same bench on a device, by the device's own installed runtime.
 
 The bundle (and --frame / --data when given) is copied into a fresh temp folder on the device, `python3 -m
-runtime.bench ... --json -` runs there, its JSON comes back on stdout, and the folder is removed, after the
+edgecls.runtime.bench ... --json -` runs there, its JSON comes back on stdout, and the folder is removed, after the
 remote bench is stopped if it still runs (Ctrl-C, timeout). The machine description in the result is read on the
 device, so it names the device, not this host.
 """
@@ -13,12 +13,12 @@ import posixpath
 import shlex
 from pathlib import Path
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 
 def parse_device(text: str):
-    """`user@host[:port]` as devices.ssh's SshTarget; a local path or a /root suffix is refused with the fix."""
-    from devices.ssh import SshError, parse_target
+    """`user@host[:port]` as edgecls.devices.ssh's SshTarget; a local path or a /root suffix is refused with the fix."""
+    from edgecls.devices.ssh import SshError, parse_target
 
     try:
         target = parse_target(text)
@@ -32,7 +32,7 @@ def parse_device(text: str):
 
 
 def runner_args(options) -> list:
-    """The runtime.bench command line for these BenchOptions (paths are rewritten by the caller)."""
+    """The edgecls.runtime.bench command line for these BenchOptions (paths are rewritten by the caller)."""
     args = [
         "--threads",
         ",".join(str(t) if t else "default" for t in options.threads),
@@ -52,7 +52,7 @@ def runner_args(options) -> list:
     return [str(a) for a in args]
 
 
-# Stops the device-side bench (its process group: runtime.bench and its worker) before its folder goes:
+# Stops the device-side bench (its process group: edgecls.runtime.bench and its worker) before its folder goes:
 # SIGINT first so it ends cleanly, SIGKILL after ~3 s, then the folder (bundle, frame, pid file, temp files).
 _STOP_AND_REMOVE = (
     'd={dir}; if [ -s "$d/bench.pid" ]; then p=$(cat "$d/bench.pid"); '
@@ -63,29 +63,29 @@ _STOP_AND_REMOVE = (
 
 
 def bench_args(remote: str, args: list) -> list:
-    """runtime.bench's arguments on the device: leading its own process group, temp files inside `remote`.
+    """edgecls.runtime.bench's arguments on the device: leading its own process group, temp files inside `remote`.
 
     Without a pty, killing the local ssh (Ctrl-C, timeout) leaves the remote side running; the pid file lets
-    the cleanup stop it. --tmp-dir puts runtime.bench's frame folder in `remote`, so `rm -rf` takes it even
+    the cleanup stop it. --tmp-dir puts edgecls.runtime.bench's frame folder in `remote`, so `rm -rf` takes it even
     after a SIGKILL.
     """
     return [*args, "--json", "-", "--quiet", "--pid-file", posixpath.join(remote, "bench.pid"), "--tmp-dir", remote]
 
 
 def parse_output(stdout: bytes, target) -> dict:
-    """The JSON after runtime.bench's marker line; whatever a chatty shell printed before it is skipped."""
-    from runtime.bench.__main__ import JSON_MARKER
+    """The JSON after edgecls.runtime.bench's marker line; whatever a chatty shell printed before it is skipped."""
+    from edgecls.runtime.bench.__main__ import JSON_MARKER
 
     text = stdout.decode("utf-8", "replace")
     head, marker, body = text.rpartition(f"{JSON_MARKER}\n")
     if not marker:
         if not text.strip():
             raise EdgeclsError(
-                f"{target}: python3 -m runtime.bench printed nothing: is the device's edgecls too old? "
+                f"{target}: python3 -m edgecls.runtime.bench printed nothing: is the device's edgecls too old? "
                 f"update it (`edgecls flash ... --setup`)"
             )
         raise EdgeclsError(
-            f"{target}: python3 -m runtime.bench printed no result marker (output ends {text[-200:]!r}): "
+            f"{target}: python3 -m edgecls.runtime.bench printed no result marker (output ends {text[-200:]!r}): "
             f"update the device's edgecls (`edgecls flash ... --setup`)"
         )
     try:
@@ -105,9 +105,9 @@ def run_remote(
     root: str = "/opt/edgecls",
 ) -> dict:
     """Run the bench on `device` and return its JSON document, with `remote` saying where and how."""
-    from devices.ssh import SshClient, python_command
-    from runtime.bench.runner import data_note
-    from runtime.bundle import load_bundle
+    from edgecls.devices.ssh import SshClient, python_command
+    from edgecls.runtime.bench.runner import data_note
+    from edgecls.runtime.bundle import load_bundle
 
     say = progress or (lambda msg: None)
     bundle = Path(bundle)
@@ -133,20 +133,20 @@ def run_remote(
             raise EdgeclsError("the bundle, --frame and --data must have different names to be copied side by side")
         say(f"{target}: copying {', '.join(p.name for p in uploads)}")
         client.push(uploads, remote)
-        say(f"{target}: running python3 -m runtime.bench (this takes as long as a local bench)")
-        argv = ["-m", "runtime.bench", *bench_args(remote, [*args, *runner_args(options)])]
+        say(f"{target}: running python3 -m edgecls.runtime.bench (this takes as long as a local bench)")
+        argv = ["-m", "edgecls.runtime.bench", *bench_args(remote, [*args, *runner_args(options)])]
         result = client.run(python_command(python, root, argv), timeout=timeout_s, check=False)
     finally:
         client.run(_STOP_AND_REMOVE.format(dir=shlex.quote(remote)), check=False, timeout=60)
     if result.returncode != 0:
         stderr = result.stderr.decode("utf-8", "replace")
         errors = [l[len("error: ") :] for l in stderr.splitlines() if l.startswith("error: ")]
-        if not errors and "unrecognized arguments" in stderr:  # argparse of an older runtime.bench
+        if not errors and "unrecognized arguments" in stderr:  # argparse of an older edgecls.runtime.bench
             raise EdgeclsError(
                 f"{target}: the device's edgecls is older than this one ({stderr.strip().splitlines()[-1][:200]}): "
                 f"update it there (`edgecls flash ... --setup`)"
             )
-        # runtime.bench's own one-line error, once (not "`python3` failed: error: ..."); else ssh's diagnosis
+        # edgecls.runtime.bench's own one-line error, once (not "`python3` failed: error: ..."); else ssh's diagnosis
         raise EdgeclsError(f"{target}: {errors[-1]}" if errors else client.describe_failure(result, python))
     doc = parse_output(result.stdout, target)
     doc["remote"] = {"device": str(target), "python": python, "workdir": remote}

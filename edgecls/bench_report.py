@@ -1,6 +1,6 @@
 """What `edgecls bench` writes: the table, JSON, CSV, Markdown, a PNG chart, and the comparison with a baseline.
 
-Reads and writes the document `runtime.bench.run_bench` returns (format edgecls-bench/1). matplotlib is
+Reads and writes the document `edgecls.runtime.bench.run_bench` returns (format edgecls-bench/1). matplotlib is
 imported only for --plot, on the host.
 """
 
@@ -13,10 +13,10 @@ import os
 import re
 from pathlib import Path
 
-from runtime.atomic import write_bytes, write_text
-from runtime.bench.runner import FORMAT
-from runtime.bench.table import P99_MIN_RUNS, few_runs, format_table
-from runtime.errors import EdgeclsError
+from edgecls.runtime.atomic import write_bytes, write_text
+from edgecls.runtime.bench.runner import FORMAT
+from edgecls.runtime.bench.table import P99_MIN_RUNS, few_runs, format_table
+from edgecls.runtime.errors import EdgeclsError
 
 REQUIRED = ("file", "format", "precision", "threads", "p50_ms", "p90_ms", "p99_ms")
 OUT_FILES = {"json": "bench.json", "csv": "bench.csv", "markdown": "bench.md", "plot": "bench.png"}
@@ -107,7 +107,7 @@ def check_file_output(path, what: str) -> Path:
 
 def check_out_dir(path) -> Path:
     """--out: a folder that does not exist, is empty, or holds only an earlier bench's files."""
-    from runtime.atomic import _TEMP_FILE
+    from edgecls.runtime.atomic import _TEMP_FILE
 
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
@@ -318,7 +318,7 @@ def plotting_available() -> bool:
 
 def check_plotting() -> None:
     if not plotting_available():
-        from runtime.errors import MissingDependencyError
+        from edgecls.runtime.errors import MissingDependencyError
 
         raise MissingDependencyError("matplotlib", "train", "--plot draws the chart on the host")
 

@@ -26,12 +26,12 @@ from edgecls.commands import (
     tune,
 )
 from edgecls.commands.quickstart import quickstart
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 
 class _Group(click.Group):
     def invoke(self, ctx):
-        from runtime.daemon.nativelog import native_output_to_log
+        from edgecls.runtime.daemon.nativelog import native_output_to_log
 
         try:
             # TensorFlow's, LiteRT's, OpenCV's and FFmpeg's C code write to fd 2 behind Python's back: their

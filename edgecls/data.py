@@ -1,6 +1,6 @@
-"""The training input pipeline: files -> runtime.preprocess -> tf.data, in memory or streamed.
+"""The training input pipeline: files -> edgecls.runtime.preprocess -> tf.data, in memory or streamed.
 
-Every image goes through `runtime.preprocess.preprocess`, the function the device runs, so
+Every image goes through `edgecls.runtime.preprocess.preprocess`, the function the device runs, so
 training and serving see identical tensors for the same file.
 
 A split whose preprocessed tensors fit under the in-memory limit is decoded once into one array
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgecls.progress import counted, progress
-from runtime.errors import DataError, EdgeclsError, ImageDecodeError
-from runtime.preprocess import PreprocessSpec, check_encoded, decode_image, preprocess
+from edgecls.runtime.errors import DataError, EdgeclsError, ImageDecodeError
+from edgecls.runtime.preprocess import PreprocessSpec, check_encoded, decode_image, preprocess
 
 IN_MEMORY_ENV = "EDGECLS_IN_MEMORY_MB"
 IN_MEMORY_MB = 256.0
@@ -185,7 +185,7 @@ class StreamedSplit:
             return np.asarray([i for i in range(len(self.samples)) if i not in self._problems], dtype=np.int64)
 
     def tensor(self, i: int) -> np.ndarray | None:
-        """File `i` through runtime.preprocess, or None (and recorded in `skipped`) if it will not decode
+        """File `i` through edgecls.runtime.preprocess, or None (and recorded in `skipped`) if it will not decode
         or its bytes are no longer the ones hashed (split.json's, or the scan's): each pass hashes what it
         decodes, so a file replaced by another valid picture between two passes (Keras, then an artifact)
         is dropped like one that stopped decoding, never judged as a different image."""

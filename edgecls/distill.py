@@ -5,9 +5,9 @@ loss = alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T)
 over logits (Hinton et al. 2015; the Keras "Knowledge Distillation" example). T^2 keeps the soft
 term's gradients at the scale of the hard one's as T changes. The teacher is a finished run
 directory, loaded read-only and never trained; it sees the very tensors the student sees (the run's
-`runtime.preprocess` output), so its preprocessing must be the student's: a teacher whose image
+`edgecls.runtime.preprocess` output), so its preprocessing must be the student's: a teacher whose image
 size, colour, resize, normalization or classes differ is refused. Resizing inside the graph is not
-offered: `runtime.preprocess` resizes the decoded image once from its full resolution, and a second
+offered: `edgecls.runtime.preprocess` resizes the decoded image once from its full resolution, and a second
 resampling of the student's tensor is not the tensor the teacher was trained on.
 
 Heads: the models end in a Dense with softmax (K units) or sigmoid (one unit, two classes). Their
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 # On digits (benchmarks/results/distillation.txt) no setting reached the student-alone accuracy on every seed,
 # at 10 epochs or converged, though every one lowered the student's held-out loss. T=2, alpha 0.75 did best at
@@ -141,7 +141,7 @@ def teacher_record(teacher, temperature: float, alpha: float) -> dict:
     import json
 
     from edgecls import rundir
-    from runtime.bundle import sha256_file
+    from edgecls.runtime.bundle import sha256_file
 
     metrics = {}
     try:

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.progress import progress
-from runtime.atomic import staged_dir
-from runtime.errors import EdgeclsError
+from edgecls.runtime.atomic import staged_dir
+from edgecls.runtime.errors import EdgeclsError
 
 
 def is_chief(strategy) -> bool:

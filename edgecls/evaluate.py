@@ -8,8 +8,8 @@ from pathlib import Path
 
 from edgecls import plots, rundir
 from edgecls.metrics import classification_report, probabilities
-from runtime.atomic import write_json
-from runtime.errors import DataError
+from edgecls.runtime.atomic import write_json
+from edgecls.runtime.errors import DataError
 
 
 def evaluate_split(model, split, labels: list, batch_size: int = 64) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.progress import progress
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 MANIFEST = "explanations.json"
 FORMAT = "edgecls-explain/1"
@@ -255,7 +255,7 @@ def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _display_image(image: np.ndarray, spec) -> np.ndarray:
     """The original image cut and fitted as the model saw it (crop, letterbox), at display size, RGB."""
-    from runtime.preprocess import pixels
+    from edgecls.runtime.preprocess import pixels
 
     k = max(1, math.ceil(DISPLAY_SIDE / max(spec.height, spec.width)))
     display = dataclasses.replace(spec, height=spec.height * k, width=spec.width * k, color="rgb")
@@ -324,7 +324,7 @@ def contact_sheet(tiles: list) -> np.ndarray:
 
 def image_paths(paths) -> list:
     """(file, output name) for files as given and images found (recursively, sorted) in folders."""
-    from runtime.preprocess import IMAGE_SUFFIXES
+    from edgecls.runtime.preprocess import IMAGE_SUFFIXES
 
     found, used = [], set()
     for raw in paths:
@@ -381,13 +381,13 @@ def explain_run(
 ) -> ExplainResult:
     """Grad-CAM PNGs for images (files or folders) with a run's model; a contact sheet for several.
 
-    Every image takes the run's own preprocessing (`runtime.preprocess.preprocess`). `--out` is
+    Every image takes the run's own preprocessing (`edgecls.runtime.preprocess.preprocess`). `--out` is
     written atomically; it may replace only an explanation folder of ours (with `overwrite`).
     """
     from edgecls.rundir import open_run
-    from runtime.atomic import check_output, staged_dir, write_bytes, write_json
-    from runtime.errors import ImageDecodeError
-    from runtime.preprocess import load_image, preprocess
+    from edgecls.runtime.atomic import check_output, staged_dir, write_bytes, write_json
+    from edgecls.runtime.errors import ImageDecodeError
+    from edgecls.runtime.preprocess import load_image, preprocess
 
     run = open_run(run_path)
     labels, spec = run.labels, run.preprocess

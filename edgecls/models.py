@@ -12,7 +12,7 @@ import numbers
 import os
 from typing import Callable
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 _REGISTRY: dict = {}
 _CHECKS: dict = {}

@@ -1,4 +1,4 @@
-"""What `--overwrite` may replace for each product, as keyword arguments for runtime.atomic.
+"""What `--overwrite` may replace for each product, as keyword arguments for edgecls.runtime.atomic.
 
 `check_output(out, overwrite, **guard)` before any work and `staged_dir(out, overwrite, **guard)`
 for the write: a run replaces only a run, a bundle only a bundle (or an empty folder), and neither
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from edgecls import rundir
-from runtime.bundle import LABELS, MANIFEST
+from edgecls.runtime.bundle import LABELS, MANIFEST
 
 # Everything `train` and `evaluate` write into a run directory.
 RUN_CONTENTS = frozenset(

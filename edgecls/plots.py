@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from runtime.atomic import write_bytes
+from edgecls.runtime.atomic import write_bytes
 
 
 def _pyplot():

@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgecls.progress import progress
-from runtime.atomic import _TEMP_FILE, check_output, write_bytes, write_json, write_text
-from runtime.errors import EdgeclsError
+from edgecls.runtime.atomic import _TEMP_FILE, check_output, write_bytes, write_json, write_text
+from edgecls.runtime.errors import EdgeclsError
 
 MARKER = "quickstart.json"
 LOCK = ".quickstart.lock"
@@ -321,7 +321,7 @@ def _check_outputs(out: Path, options: QuickstartOptions) -> None:
     from edgecls import bench_report, explain
     from edgecls.datasets.builtin import cache_root
     from edgecls.outputs import RUN_CONTENTS, bundle_contents
-    from runtime.bundle import MANIFEST
+    from edgecls.runtime.bundle import MANIFEST
 
     holder = _holder(out)
     if holder is not None:
@@ -342,7 +342,7 @@ def _check_outputs(out: Path, options: QuickstartOptions) -> None:
     check_output(out / EXPLAIN, options.overwrite, marker=explain.MANIFEST, contents=explain._contents)  # explain_run's
     bench_report.check_out_dir(out / BENCH)
     if (out / DEVICE).exists():
-        from devices.targets import LocalTarget
+        from edgecls.devices.targets import LocalTarget
 
         LocalTarget(out / DEVICE).check_root()
 
@@ -364,8 +364,8 @@ def _train(run_dir: Path, options: QuickstartOptions, plan: Plan):
 
 
 def _convert(run_dir: Path, bundle_dir: Path, options: QuickstartOptions, plan: Plan):
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, convert
 
     return convert(
         run_dir,
@@ -386,8 +386,8 @@ def _convert(run_dir: Path, bundle_dir: Path, options: QuickstartOptions, plan: 
 
 def _bench(bundle_dir: Path, bench_dir: Path, plan: Plan) -> dict:
     from edgecls import bench_keras, bench_report
-    from runtime.bench.runner import BenchOptions, run_bench
-    from runtime.bundle import load_bundle
+    from edgecls.runtime.bench.runner import BenchOptions, run_bench
+    from edgecls.runtime.bundle import load_bundle
 
     extra = None
     if plan.keras_baseline:
@@ -403,8 +403,8 @@ def _bench(bundle_dir: Path, bench_dir: Path, plan: Plan) -> dict:
 
 
 def _flash(bundle_dir: Path, device_dir: Path):
-    from devices.flash import FlashOptions, flash
-    from devices.profiles import load_profile
+    from edgecls.devices.flash import FlashOptions, flash
+    from edgecls.devices.profiles import load_profile
 
     [result] = flash(
         bundle_dir, [str(device_dir)], FlashOptions(profile=load_profile(PROFILE), say=lambda m: progress(f"    {m}"))
@@ -478,8 +478,8 @@ class _Results:
 
 def _run_daemon(bundle: Path, video: Path, labels: list, preview: Path, plan: Plan) -> dict:
     """The daemon on the flashed `current`, as a device runs it; its HTTP side read once, then stopped."""
-    from devices.profiles import load_profile
-    from runtime.daemon import Daemon
+    from edgecls.devices.profiles import load_profile
+    from edgecls.runtime.daemon import Daemon
 
     sink = _Results()
     daemon = Daemon(bundle, [str(video)], profile=load_profile(PROFILE), threads=1, port=0, sinks=[sink])

@@ -15,8 +15,8 @@ from edgecls.data import fingerprint, load_split, open_splits
 from edgecls.datasets import resolve_dataset, scan_folder
 from edgecls.datasets.builtin import BUILTIN_DATASETS, materialize
 from edgecls.datasets.folder import SPLIT_NAMES, FolderDataset, dataset_classes, image_files
+from edgecls.runtime.errors import DataError
 from edgecls.splits import PERMUTATION, read_split_record, recorded_samples
-from runtime.errors import DataError
 
 
 def _warn(message: str) -> None:

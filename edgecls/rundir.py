@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import EdgeclsError
-from runtime.preprocess import PreprocessSpec
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.preprocess import PreprocessSpec
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"

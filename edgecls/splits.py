@@ -29,8 +29,8 @@ import numpy as np
 from edgecls import rundir
 from edgecls.datasets.folder import SPLIT_NAMES, Sample
 from edgecls.progress import counted
-from runtime.atomic import write_text
-from runtime.errors import DataError
+from edgecls.runtime.atomic import write_text
+from edgecls.runtime.errors import DataError
 
 SPLIT_FILE = rundir.SPLIT_FILE
 SPLIT_FORMAT = "edgecls-split/1"

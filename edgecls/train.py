@@ -23,10 +23,10 @@ from edgecls.evaluate import evaluate_split, write_evaluation
 from edgecls.models import check_options, create_model, head_activation, list_models, supports_fine_tuning
 from edgecls.outputs import run_guard
 from edgecls.progress import progress
+from edgecls.runtime.atomic import check_output, write_json
+from edgecls.runtime.errors import DataError, EdgeclsError, MissingDependencyError
+from edgecls.runtime.preprocess import COLORS, RESIZE_MODES, PreprocessSpec
 from edgecls.splits import CONTENT_RANK, write_split_record
-from runtime.atomic import check_output, write_json
-from runtime.errors import DataError, EdgeclsError, MissingDependencyError
-from runtime.preprocess import COLORS, RESIZE_MODES, PreprocessSpec
 
 STRATEGIES = ("none", "mirrored", "multiworker")
 OPTIMIZERS = ("adam", "sgd")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecls.progress import progress
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 SEARCHES = ("random", "bayesian", "hyperband")
 OBJECTIVES = {"val_accuracy": "max", "val_loss": "min"}
@@ -329,7 +329,7 @@ def _plot(rows: list, objective: str, best_id: str, path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from runtime.atomic import write_bytes
+    from edgecls.runtime.atomic import write_bytes
 
     better = max if OBJECTIVES[objective] == "max" else min
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -392,8 +392,8 @@ def tune(cfg: TuneConfig) -> TuneResult:
     _validate(cfg)
     from edgecls.datasets import resolve_dataset
     from edgecls.models import check_options
+    from edgecls.runtime.atomic import check_output, staged_dir, write_json, write_text
     from edgecls.train import preprocess_spec_for
-    from runtime.atomic import check_output, staged_dir, write_json, write_text
 
     root, builtin = resolve_dataset(cfg.data)
     guard = _guard(root)

@@ -1,6 +1,6 @@
 """edgecls runtime: what a device installs. Never imports TensorFlow or Keras."""
 
-from runtime.errors import EdgeclsError
-from runtime.preprocess import PreprocessSpec, decode_image, load_image, preprocess
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.preprocess import PreprocessSpec, decode_image, load_image, preprocess
 
 __all__ = ["EdgeclsError", "PreprocessSpec", "decode_image", "load_image", "preprocess"]

@@ -27,8 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from runtime.errors import EdgeclsError
-from runtime.preprocess import PreprocessSpec
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.backends.registry import BACKENDS, available_backends
-from runtime.bundle import Artifact, Bundle, BundleError, load_bundle
-from runtime.errors import EdgeclsError, MissingDependencyError
-from runtime.preprocess import load_image, pixels
-from runtime.session import ModelSession, apply_table, input_table, quantize
+from edgecls.runtime.backends.registry import BACKENDS, available_backends
+from edgecls.runtime.bundle import Artifact, Bundle, BundleError, load_bundle
+from edgecls.runtime.errors import EdgeclsError, MissingDependencyError
+from edgecls.runtime.preprocess import load_image, pixels
+from edgecls.runtime.session import ModelSession, apply_table, input_table, quantize
 
 log = logging.getLogger("edgecls.runtime")
 
@@ -108,12 +108,12 @@ class Classifier:
         """One uint8 image -> the model's input tensor (H, W, C) in the model's own dtype.
 
         Equal, bit for bit, to `quantize(preprocess(image, spec))`: resize and colour on uint8,
-        then one table lookup for normalization and quantization (`runtime.session.input_table`).
+        then one table lookup for normalization and quantization (`edgecls.runtime.session.input_table`).
         """
         return self.prepare_pixels(pixels(image, self.spec, order))
 
     def prepare_pixels(self, px: np.ndarray) -> np.ndarray:
-        """Pixels already at the model's size and colour (`runtime.preprocess.pixels` output) -> the input tensor.
+        """Pixels already at the model's size and colour (`preprocess.pixels` output) -> the input tensor.
 
         What `prepare` gives for the image they came from, bit for bit, without resizing again: for callers
         that need the pixels themselves too (the daemon measures their brightness for drift monitoring).
@@ -121,7 +121,7 @@ class Classifier:
         if px.shape != self.spec.shape or px.dtype != np.uint8:
             raise EdgeclsError(
                 f"pixels of shape {px.shape} ({px.dtype}): the model's pixels are {self.spec.shape} "
-                f"uint8, as runtime.preprocess.pixels makes them"
+                f"uint8, as edgecls.runtime.preprocess.pixels makes them"
             )
         if self._table is None:  # the model takes raw uint8 pixels
             return quantize(px[None], self.session.input_spec)[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import EdgeclsError, ImageDecodeError, MissingDependencyError
+from edgecls.runtime.errors import EdgeclsError, ImageDecodeError, MissingDependencyError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 RESIZE_MODES = ("stretch", "center-crop", "letterbox")

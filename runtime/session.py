@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.backends import open_backend
-from runtime.backends.base import TensorSpec
+from edgecls.runtime.backends import open_backend
+from edgecls.runtime.backends.base import TensorSpec
 
 
 def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -56,7 +56,7 @@ def input_table(spec, tensor: TensorSpec) -> np.ndarray | None:
     Returns (256,) when every channel shares a table, else (1, 256, C); None when the model takes
     the raw uint8 pixels.
     """
-    from runtime.preprocess import normalize
+    from edgecls.runtime.preprocess import normalize
 
     if spec.dtype == "uint8":
         return None

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import EdgeclsError, MissingDependencyError
-from runtime.preprocess import IMAGE_SUFFIXES
-from runtime.redact import redact
+from edgecls.runtime.errors import EdgeclsError, MissingDependencyError
+from edgecls.runtime.preprocess import IMAGE_SUFFIXES
+from edgecls.runtime.redact import redact
 
 log = logging.getLogger("edgecls.runtime")
 
@@ -63,7 +63,7 @@ class SourceFailed(SourceError):
 def redact_uri(uri) -> str:
     """The source as it may be shown (logs, errors, labels, JSON): passwords and secret values replaced by ***.
 
-    Any string quoting a source (a pipeline, an error message) may go through it: see `runtime.redact`.
+    Any string quoting a source (a pipeline, an error message) may go through it: see `edgecls.runtime.redact`.
     """
     return redact(uri)
 
@@ -211,8 +211,8 @@ class _ImageReader:
         self.name = ""
 
     def read(self):
-        from runtime.errors import ImageDecodeError
-        from runtime.preprocess import load_image
+        from edgecls.runtime.errors import ImageDecodeError
+        from edgecls.runtime.preprocess import load_image
 
         while self._i < len(self._files):
             path = self._files[self._i]

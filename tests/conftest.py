@@ -176,7 +176,7 @@ def tiny_run_dir(tmp_path_factory, shapes_folder) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_run_dir) -> Path:
     """The tiny run converted to every format (real TF conversions, verified in LiteRT and ONNX Runtime)."""
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.pipeline import ConvertOptions, convert
 
     def build(folder: Path) -> None:
         convert(tiny_run_dir, folder / "tiny-bundle", ConvertOptions(calibration_size=32, max_drop=100.0, tar=True))

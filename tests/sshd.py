@@ -6,7 +6,7 @@ Use the `sshd` fixture (import it into a test module: `from tests.sshd import ss
 `user@host:port:/root` syntax. Missing sshd skips here and fails under CI (conftest's `require_tool`).
 
 Sessions get a PATH whose first entry is this interpreter's folder and PYTHONPATH=the checkout, so
-`python3 -m runtime.install` on the "device" runs this tree's code (as it would on a provisioned device).
+`python3 -m edgecls.runtime.install` on the "device" runs this tree's code (as it would on a provisioned device).
 """
 
 from __future__ import annotations

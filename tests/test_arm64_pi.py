@@ -133,7 +133,7 @@ def test_i13_flash_setup_predict_and_bench_on_the_emulated_pi(pi, digits_bundle,
     assert arch.stdout.strip() == "aarch64", arch
 
     images = _test_images(tmp_path / "images")
-    from devices.ssh import SshClient, parse_target
+    from edgecls.devices.ssh import SshClient, parse_target
 
     # The flashed release holds the profile's choice (tflite-int8); the whole bundle goes along for ONNX Runtime.
     SshClient(parse_target(pi.target), config=pi.config).push([images, digits_bundle], "/tmp/edgecls-test")

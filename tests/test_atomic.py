@@ -1,4 +1,4 @@
-"""runtime.atomic: what `--overwrite` may replace, and the stages an interrupted run leaves behind."""
+"""edgecls.runtime.atomic: what `--overwrite` may replace, and the stages an interrupted run leaves behind."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from runtime.atomic import check_output, host_tag, remove_stale_stages, staged_dir
-from runtime.errors import EdgeclsError
+from edgecls.runtime.atomic import check_output, host_tag, remove_stale_stages, staged_dir
+from edgecls.runtime.errors import EdgeclsError
 from tests.conftest import make_home_like, snapshot
 
 

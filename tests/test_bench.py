@@ -62,7 +62,7 @@ def test_i8_p1_keras_source_is_the_bundles_run_while_it_is_unchanged(tiny_bundle
     import shutil
 
     from edgecls.bench_keras import source_model
-    from runtime.bundle import load_bundle
+    from edgecls.runtime.bundle import load_bundle
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
@@ -304,7 +304,7 @@ def test_i8_bad_input_gives_one_line_errors(case, tiny_bundle, tmp_path):
 
 
 def test_i8_p1_runtime_bench_runs_without_the_cli(tiny_bundle, tmp_path):
-    """The device-side entry point: `python3 -m runtime.bench` writes the same document."""
+    """The device-side entry point: `python3 -m edgecls.runtime.bench` writes the same document."""
     import subprocess
     import sys
 
@@ -315,7 +315,7 @@ def test_i8_p1_runtime_bench_runs_without_the_cli(tiny_bundle, tmp_path):
         [
             sys.executable,
             "-m",
-            "runtime.bench",
+            "edgecls.runtime.bench",
             str(tiny_bundle),
             "--artifacts",
             "onnx-int8",
@@ -342,9 +342,9 @@ def test_i8_p1_runtime_bench_runs_without_the_cli(tiny_bundle, tmp_path):
 
 def test_i14_p1_out_dir_counts_a_killed_writes_temp_file_as_ours(tmp_path):
     """A kill -9 while bench writes bench.json leaves `.bench.json.XXXX.tmp` (write_bytes' temp file): ours, like
-    runtime.atomic.check_output has it, so the folder stays reusable; anyone else's file still refuses it."""
+    edgecls.runtime.atomic.check_output has it, so the folder stays reusable; anyone else's file still refuses it."""
     from edgecls.bench_report import check_out_dir
-    from runtime.errors import EdgeclsError
+    from edgecls.runtime.errors import EdgeclsError
 
     out = tmp_path / "bench"
     out.mkdir()

@@ -5,7 +5,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from runtime.bench.machine import cpu_model
+from edgecls.runtime.bench.machine import cpu_model
 from tests.conftest import cli_error, run_cli
 from tests.sshd import sshd  # noqa: F401  (the fixture)
 

@@ -1,12 +1,12 @@
-"""runtime.bundle: what a bundle's manifest must look like, and labels.txt read as convert writes it."""
+"""edgecls.runtime.bundle: what a bundle's manifest must look like, and labels.txt read as convert writes it."""
 
 import json
 
 import numpy as np
 import pytest
 
-from runtime.bundle import BundleError, Manifest, load_bundle, sha256_file
-from runtime.preprocess import PreprocessSpec
+from edgecls.runtime.bundle import BundleError, Manifest, load_bundle, sha256_file
+from edgecls.runtime.preprocess import PreprocessSpec
 from tests.conftest import cli_error, run_cli, write_image
 
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from runtime.bundle import Bundle, BundleError, bundle_cache_dir, load_bundle, sha256_file
-from runtime.classifier import Classifier
+from edgecls.runtime.bundle import Bundle, BundleError, bundle_cache_dir, load_bundle, sha256_file
+from edgecls.runtime.classifier import Classifier
 
 
 @pytest.fixture

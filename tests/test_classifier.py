@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from devices import load_profile
-from runtime.bundle import BundleError, load_bundle
-from runtime.classifier import Classifier, choose_artifact
+from edgecls.devices import load_profile
+from edgecls.runtime.bundle import BundleError, load_bundle
+from edgecls.runtime.classifier import Classifier, choose_artifact
 from tests.conftest import cli_error, run_cli
 
 
@@ -26,7 +26,7 @@ def _keras_probs_for_files(run_dir, files):
 
     from edgecls.metrics import probabilities
     from edgecls.rundir import open_run
-    from runtime.preprocess import preprocess_file
+    from edgecls.runtime.preprocess import preprocess_file
 
     run = open_run(run_dir)
     x = np.stack([preprocess_file(f, run.preprocess) for f in files])
@@ -50,7 +50,7 @@ def test_runtime_top1_and_probabilities_match_keras_for_the_same_files(tiny_run_
 
 
 def test_batches_equal_single_frames_and_bgr_frames_equal_rgb(tiny_bundle, tiny_run_dir):
-    from runtime.preprocess import load_image
+    from edgecls.runtime.preprocess import load_image
 
     files, _ = _test_files(tiny_run_dir)
     images = [load_image(f) for f in files[:5]]
@@ -141,7 +141,7 @@ def test_predict_cli_errors_are_one_line(tiny_bundle, tmp_path, case, message):
 
 
 def test_tflite_runtime_preference_falls_back_to_litert_when_absent(tiny_bundle, caplog):
-    from runtime.backends import available_backends, open_backend
+    from edgecls.runtime.backends import available_backends, open_backend
 
     path = load_bundle(tiny_bundle).root / "model_int8.tflite"
     backend = open_backend(path, "tflite", prefer=("tflite-runtime", "litert"))

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from runtime.bundle import load_bundle, sha256_file
-from runtime.session import ModelSession
+from edgecls.runtime.bundle import load_bundle, sha256_file
+from edgecls.runtime.session import ModelSession
 from tests.conftest import cli_error, run_cli
 
 
@@ -94,8 +94,8 @@ def test_fp32_artifacts_match_keras_and_int8_stays_close(tiny_run_dir, tiny_bund
 
 def test_failed_accuracy_gate_tries_remedies_and_leaves_no_bundle(tiny_run_dir, tmp_path, capsys):
     """A negative limit (the library's way to fail every attempt; the CLI refuses it) tries every remedy."""
-    from converters.formats import parse_formats
-    from converters.pipeline import AccuracyGateError, ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import AccuracyGateError, ConvertOptions, convert
 
     out = tmp_path / "never"
     options = ConvertOptions(formats=parse_formats("onnx-int8"), max_drop=-50, calibration_size=16)
@@ -148,8 +148,8 @@ def test_convert_bad_input_is_one_clear_line(tiny_run_dir, tmp_path, case, messa
 
 @pytest.mark.parametrize("prune", ["structured=0.5", "sparsity=0.6"])
 def test_convert_with_pruning_reports_before_and_after(tiny_run_dir, tmp_path, prune):
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, convert
 
     result = convert(
         tiny_run_dir,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from converters import onnx as onnx_export
+from edgecls.converters import onnx as onnx_export
 
 
 def _weighted_nodes(path):
@@ -59,8 +59,8 @@ def test_i15_p6_unknown_node_names_are_refused_not_silently_ignored(tiny_run_dir
 
 
 def test_i15_p6_manifest_says_which_layers_are_float_and_the_file_agrees(tiny_run_dir, tmp_path, monkeypatch):
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, _Exporter, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, _Exporter, convert
 
     every = _Exporter.attempts
     # start at the last remedy (the real one, real conversion) instead of waiting for the others to fail
@@ -80,8 +80,8 @@ def test_i15_p6_manifest_says_which_layers_are_float_and_the_file_agrees(tiny_ru
 
 
 def test_i15_p12_notes_and_table_report_the_calibration_images_really_used(tiny_run_dir, tmp_path):
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, convert
 
     available = len(_train_split(tiny_run_dir).y)
     assert available < 1000

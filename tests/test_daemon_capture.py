@@ -16,8 +16,8 @@ from tests.daemon_helpers import ListSink, write_test_video
 
 cv2 = pytest.importorskip("cv2")
 
-from runtime.daemon import Daemon  # noqa: E402
-from runtime.daemon.capture import INBOX, Capture  # noqa: E402
+from edgecls.runtime.daemon import Daemon  # noqa: E402
+from edgecls.runtime.daemon.capture import INBOX, Capture  # noqa: E402
 
 
 def test_i12_p3_low_score_frames_are_captured_with_sidecars_under_a_size_cap(tiny_bundle, tmp_path):

@@ -19,8 +19,8 @@ from tests.conftest import require_tool
 
 cv2 = pytest.importorskip("cv2")
 
-from runtime.daemon import Daemon  # noqa: E402
-from runtime.daemon.http import COOKIE  # noqa: E402
+from edgecls.runtime.daemon import Daemon  # noqa: E402
+from edgecls.runtime.daemon.http import COOKIE  # noqa: E402
 from tests.daemon_helpers import ListSink, wait_for, write_test_video  # noqa: E402
 
 TOKEN = "tok-51c0ffee-preview-not-in-logs"
@@ -148,7 +148,7 @@ def test_i7_p3_native_chatter_goes_through_our_logging_at_debug_level(tiny_bundl
 
 
 def test_i7_p3_native_output_to_log_captures_fd2_and_keeps_python_stderr(caplog, capfd):
-    from runtime.daemon.nativelog import native_output_to_log
+    from edgecls.runtime.daemon.nativelog import native_output_to_log
 
     caplog.set_level(logging.DEBUG, logger="edgecls.native")
     with native_output_to_log():
@@ -174,7 +174,7 @@ def _decoded_frames(video):
 
 
 def test_i7_throughput_preparation_runs_on_its_own_thread_and_every_frame_is_classified_once(tiny_bundle, tmp_path):
-    from runtime.classifier import Classifier
+    from edgecls.runtime.classifier import Classifier
 
     video = write_test_video(tmp_path / "circles.avi", frames=30)
     decoded = _decoded_frames(video)
@@ -212,8 +212,8 @@ def test_i7_p6_reload_to_other_preprocessing_never_feeds_a_tensor_prepared_for_t
     import json as _json
     import shutil
 
-    from runtime.bundle import sha256_file
-    from runtime.classifier import Classifier
+    from edgecls.runtime.bundle import sha256_file
+    from edgecls.runtime.classifier import Classifier
 
     second = tmp_path / "second"
     shutil.copytree(tiny_bundle, second)
@@ -255,7 +255,7 @@ def test_i7_p6_reload_to_other_preprocessing_never_feeds_a_tensor_prepared_for_t
 
 
 def test_i7_p5_show_refuses_with_one_line_when_opencv_has_no_gui(tiny_bundle, video):
-    from runtime.daemon.window import gui_backend
+    from edgecls.runtime.daemon.window import gui_backend
 
     if gui_backend() is not None:
         pytest.skip("this OpenCV has a GUI; the refusal is for headless builds")
@@ -289,7 +289,7 @@ def test_i9_p3_daemon_told_to_verify_loads_only_signed_bundles(tiny_bundle, vide
     runs; a hot reload to an unsigned bundle is refused and the signed model keeps serving."""
     import shutil
 
-    from devices.sign import sign_bundle, trusted_line
+    from edgecls.devices.sign import sign_bundle, trusted_line
 
     require_tool("ssh-keygen", package="openssh-client")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)

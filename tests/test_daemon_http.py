@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from runtime.daemon.http import StatusServer
+from edgecls.runtime.daemon.http import StatusServer
 
 TOKEN = "tok-4f1d9a-secret"
 
@@ -241,7 +241,7 @@ def test_preview_viewers_beyond_the_limit_get_503_and_requests_are_still_served(
 
 
 def test_a_port_in_use_is_refused_with_the_cause_and_the_fix():
-    from runtime.errors import EdgeclsError
+    from edgecls.runtime.errors import EdgeclsError
 
     first = _server()
     try:
@@ -271,7 +271,7 @@ def test_a_token_less_daemon_refuses_a_foreign_host_name():
     ("given", "name"), [("pi.lan:18089", "pi.lan"), ("http://cam.lan/", "cam.lan"), ("cam.lan/x", "cam.lan")]
 )
 def test_an_allowed_host_with_a_port_scheme_or_path_is_refused_naming_the_name_to_give(given, name):
-    from runtime.errors import EdgeclsError
+    from edgecls.runtime.errors import EdgeclsError
 
     with pytest.raises(EdgeclsError, match=f"give the name alone, such as '{name}'"):
         _server(allowed_hosts=[given])
@@ -354,7 +354,7 @@ def test_many_addresses_of_one_machine_or_network_share_one_count_of_wrong_token
     ],
 )
 def test_a_client_is_an_ipv4_address_all_of_loopback_or_an_ipv6_64(address, client):
-    from runtime.daemon.http import client_of
+    from edgecls.runtime.daemon.http import client_of
 
     assert client_of(address) == client
 
@@ -435,7 +435,7 @@ def test_a_non_ascii_token_works_from_utf8_and_latin1_clients():
 
 
 def test_a_token_no_header_can_carry_is_refused_at_start_with_the_reason():
-    from runtime.errors import EdgeclsError
+    from edgecls.runtime.errors import EdgeclsError
 
     for bad in ("two words", "tab\there", "bell\x07"):
         with pytest.raises(EdgeclsError, match="printable"):

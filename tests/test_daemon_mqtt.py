@@ -110,7 +110,7 @@ def test_i12_p4_clean_stop_says_offline_and_a_bad_url_is_one_line(tiny_bundle, t
         configs = [(t, json.loads(p)) for t, p, _ in subscriber.messages if t.startswith("homeassistant/sensor/")]
         assert len(configs) == 1 and configs[0][0].endswith("/label/config")
         config = configs[0][1]
-        from runtime.daemon.mqtt import default_prefix
+        from edgecls.runtime.daemon.mqtt import default_prefix
 
         prefix = default_prefix()  # edgecls/HOSTNAME when the URL names none
         assert (

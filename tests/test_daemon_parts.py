@@ -7,10 +7,10 @@ import pytest
 
 pytest.importorskip("cv2")
 
-from runtime.daemon.loop import Smoother  # noqa: E402
-from runtime.daemon.sinks import JsonlFileSink  # noqa: E402
-from runtime.daemon.supervisor import Backoff, Supervisor, display_name  # noqa: E402
-from runtime.sources import SourceTimeout  # noqa: E402
+from edgecls.runtime.daemon.loop import Smoother  # noqa: E402
+from edgecls.runtime.daemon.sinks import JsonlFileSink  # noqa: E402
+from edgecls.runtime.daemon.supervisor import Backoff, Supervisor, display_name  # noqa: E402
+from edgecls.runtime.sources import SourceTimeout  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 

@@ -14,8 +14,8 @@ from tests.conftest import require_tool
 
 cv2 = pytest.importorskip("cv2")
 
-from runtime.daemon import Daemon  # noqa: E402
-from runtime.daemon.preview import BOUNDARY  # noqa: E402
+from edgecls.runtime.daemon import Daemon  # noqa: E402
+from edgecls.runtime.daemon.preview import BOUNDARY  # noqa: E402
 from tests.daemon_helpers import write_test_video  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.daemon import Daemon
-from runtime.daemon.notify import notify, watchdog_interval
-from runtime.daemon.supervisor import Backoff
+from edgecls.runtime.daemon import Daemon
+from edgecls.runtime.daemon.notify import notify, watchdog_interval
+from edgecls.runtime.daemon.supervisor import Backoff
 from tests.conftest import cli_error, require_tool, run_cli
 from tests.daemon_helpers import wait_for, write_test_video
 from tests.mjpeg_server import MjpegServer

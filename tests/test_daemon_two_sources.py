@@ -14,8 +14,8 @@ cv2 = pytest.importorskip("cv2")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from runtime.daemon import Daemon  # noqa: E402
-from runtime.daemon.supervisor import Backoff  # noqa: E402
+from edgecls.runtime.daemon import Daemon  # noqa: E402
+from edgecls.runtime.daemon.supervisor import Backoff  # noqa: E402
 from tests.daemon_helpers import ListSink, wait_for, write_test_video  # noqa: E402
 from tests.daemon_helpers import http_get as get
 from tests.mjpeg_server import MjpegServer  # noqa: E402
@@ -155,8 +155,8 @@ def test_bearer_token_guards_every_endpoint_and_is_never_logged(tiny_bundle, vid
 
 def test_smoothing_and_threshold_match_the_model_frame_by_frame(tiny_bundle, video):
     """Every frame of the file, in order: each score is the mean of the last 3 frames' probabilities."""
-    from runtime.classifier import Classifier
-    from runtime.preprocess import preprocess
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.preprocess import preprocess
 
     classifier = Classifier(tiny_bundle)
     frames = []

@@ -4,8 +4,8 @@ import pytest
 from edgecls.data import load_split
 from edgecls.datasets import scan_folder
 from edgecls.datasets.builtin import materialize
-from runtime.errors import DataError
-from runtime.preprocess import PreprocessSpec
+from edgecls.runtime.errors import DataError
+from edgecls.runtime.preprocess import PreprocessSpec
 from tests.conftest import write_image
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import pytest
 
-from devices.profiles import DeviceProfile, ProfileError, list_profiles, load_profile
+from edgecls.devices.profiles import DeviceProfile, ProfileError, list_profiles, load_profile
 from tests.conftest import cli_error, run_cli
 
 ISSUE_PROFILES = ["desktop-cpu", "desktop-gpu", "jetson-nano", "jetson-orin-nano", "raspberry-pi-4", "raspberry-pi-5"]

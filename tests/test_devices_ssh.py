@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from devices.ssh import SshClient, SshError, SshTarget, is_ssh_target, parse_target
+from edgecls.devices.ssh import SshClient, SshError, SshTarget, is_ssh_target, parse_target
 from tests.sshd import sshd  # noqa: F401  (fixture)
 
 
@@ -47,7 +47,7 @@ def test_i9_p2_run_push_fetch_on_real_sshd(sshd, tmp_path):  # noqa: F811
     assert (tmp_path / "remote dir" / "src" / "sub" / "x.bin").read_bytes() == (src / "sub" / "x.bin").read_bytes()
     client.fetch(str(tmp_path / "remote dir" / "one.txt"), tmp_path / "back.txt")
     assert (tmp_path / "back.txt").read_text() == "one"
-    out = client.python("runtime.install", ["--help"]).stdout.decode()
+    out = client.python("edgecls.runtime.install", ["--help"]).stdout.decode()
     assert "install" in out
 
 
@@ -72,10 +72,10 @@ def test_i9_p2_errors_name_cause_and_fix(sshd, tmp_path):  # noqa: F811
         stranger.run(["true"])
     client = SshClient(parse_target(sshd.target("/x")), config=sshd.ssh_config, python="python3.0-missing")
     with pytest.raises(SshError, match="not installed on the device"):
-        client.python("runtime.install", ["status"])
+        client.python("edgecls.runtime.install", ["status"])
     missing = SshClient(parse_target(sshd.target("/x")), config=sshd.ssh_config)
     with pytest.raises(SshError, match="edgecls is not installed for the device's python3"):
-        missing.run("cd / && PYTHONPATH= python3 -S -c 'import runtime.install'")
+        missing.run("cd / && PYTHONPATH= python3 -S -c 'import edgecls.runtime.install'")
 
 
 def test_i9_p2_host_key_hint_names_the_port(sshd, tmp_path):  # noqa: F811
@@ -102,7 +102,7 @@ def test_i9_p2_host_key_hint_names_the_port(sshd, tmp_path):  # noqa: F811
 def test_a_target_with_shell_characters_in_its_user_is_refused_not_taken_as_a_folder(tmp_path, monkeypatch):
     """`a$(touch${IFS}/x)@host:/p` has a / before its @: it was silently a local folder of that name. Now it is
     read as what it looks like (SSH) and refused, naming the user and how to write a folder instead."""
-    from devices.targets import make_target
+    from edgecls.devices.targets import make_target
 
     monkeypatch.chdir(tmp_path)
     text = "a$(touch${IFS}/x)@host:/p"

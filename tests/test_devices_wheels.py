@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from devices.ssh import python_command
-from devices.wheels import PROBE, DevicePlatform, _requirements, install_script, wheelhouse, wheels_for
-from runtime.errors import EdgeclsError
-from runtime.install.layout import DeviceRoot
+from edgecls.devices.ssh import python_command
+from edgecls.devices.wheels import PROBE, DevicePlatform, _requirements, install_script, wheelhouse, wheels_for
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.install.layout import DeviceRoot
 from tests.sshd import sshd  # noqa: F401  (fixture)
 
 
@@ -198,7 +198,7 @@ def test_i13_p2_a_failed_offline_install_removes_the_pushed_wheels_and_says_what
 
 
 def test_i13_p2_remote_errors_name_the_setup_step_not_the_scripts_first_word(sshd, tmp_path):  # noqa: F811
-    from devices.ssh import SshClient, SshError, parse_target
+    from edgecls.devices.ssh import SshClient, SshError, parse_target
 
     client = SshClient(parse_target(sshd.target(tmp_path)), config=sshd.ssh_config)
     with pytest.raises(SshError) as error:
@@ -208,7 +208,7 @@ def test_i13_p2_remote_errors_name_the_setup_step_not_the_scripts_first_word(ssh
 
 def test_i13_p2_the_root_check_runs_on_a_bare_python_without_edgecls(tmp_path):
     """rootcheck.py is the program sent to the device's python before --setup: it must need nothing of ours."""
-    from runtime.install import rootcheck
+    from edgecls.runtime.install import rootcheck
 
     source = Path(rootcheck.__file__).read_bytes()
 
@@ -228,7 +228,7 @@ def test_i13_p2_the_root_check_runs_on_a_bare_python_without_edgecls(tmp_path):
 def test_i13_p2_a_wheelhouse_being_pushed_is_never_dropped_and_killed_builds_are(tmp_path, monkeypatch):
     """Held (as setup holds it while pushing), an older wheelhouse of the same prefix survives a newer build's
     cleaning; released, the next cleaning drops it. Build folders of killed builds go after an hour."""
-    from devices import wheels
+    from edgecls.devices import wheels
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     platform = DevicePlatform("x86_64", "3.11", ("glibc", "2.36"))
@@ -255,7 +255,7 @@ def test_i13_p2_a_wheelhouse_being_pushed_is_never_dropped_and_killed_builds_are
 def test_i13_p3_emulation_reads_the_kernel_not_the_cpu_description():
     """kernel/arch is the real kernel's, which qemu-user does not answer; cpuinfo is only the fallback, and
     there x86 is recognised by its flags: s390x's cpuinfo has a vendor_id line too."""
-    from runtime.bench.machine import _cpuinfo_family, _family, emulation
+    from edgecls.runtime.bench.machine import _cpuinfo_family, _family, emulation
 
     assert emulation() is None  # this machine, natively
     assert _family("armv7l") == _family("aarch64") and _family("ppc64le") == _family("ppc")  # 32-bit userlands

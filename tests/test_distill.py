@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.errors import EdgeclsError
-from runtime.preprocess import PreprocessSpec
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.preprocess import PreprocessSpec
 
 
 def _dense_model(units: int, activation: str, kernel: np.ndarray, bias: np.ndarray, name: str):

@@ -20,10 +20,10 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from runtime.bundle import BundleError, load_bundle  # noqa: E402
-from runtime.classifier import Classifier  # noqa: E402
-from runtime.errors import EdgeclsError  # noqa: E402
-from runtime.monitor.drift import (
+from edgecls.runtime.bundle import BundleError, load_bundle  # noqa: E402
+from edgecls.runtime.classifier import Classifier  # noqa: E402
+from edgecls.runtime.errors import EdgeclsError  # noqa: E402
+from edgecls.runtime.monitor.drift import (
     MIN_WINDOW,
     NO_REFERENCE,
     DriftMonitor,
@@ -31,14 +31,14 @@ from runtime.monitor.drift import (
     UnusableReference,  # noqa: E402
     psi,
 )
-from runtime.monitor.stats import (
+from edgecls.runtime.monitor.stats import (
     BRIGHTNESS_EDGES,
     CONFIDENCE_EDGES,
     bin_index,  # noqa: E402
     brightness_batch,
     input_pixels,
 )
-from runtime.preprocess import PreprocessSpec, load_image, pixels, preprocess  # noqa: E402
+from edgecls.runtime.preprocess import PreprocessSpec, load_image, pixels, preprocess  # noqa: E402
 
 
 def split_test_files(run) -> list:
@@ -121,7 +121,7 @@ def test_i12_p1_normalized_inputs_invert_to_their_exact_pixels(spec):
     tensor = preprocess(image, spec)
     assert np.array_equal(input_pixels(tensor[None], spec)[0], expected)
     every = np.repeat(ramp.reshape(1, 16, 16, 1), spec.channels, axis=-1)  # every grey level, exactly
-    from runtime.preprocess import normalize
+    from edgecls.runtime.preprocess import normalize
 
     back = every if spec.dtype == "uint8" else normalize(every, spec)
     assert np.array_equal(input_pixels(back, spec), every)
@@ -129,7 +129,7 @@ def test_i12_p1_normalized_inputs_invert_to_their_exact_pixels(spec):
 
 def test_i12_p1_convert_and_daemon_measure_the_same_brightness_for_the_same_image(tiny_bundle, tiny_run_dir):
     """Convert: the run's float tensor, inverted. Daemon: the frame's pixels (`SourceLoop.prepare`). Bit for bit."""
-    from runtime.daemon.loop import SourceLoop
+    from edgecls.runtime.daemon.loop import SourceLoop
 
     clf = Classifier(tiny_bundle)
     loop = SourceLoop(_Named("x"), clf, lambda r: None, drift=DriftMonitor(20).source("x"))
@@ -171,7 +171,7 @@ class _Named:
 
 def test_i12_p2_daemon_statistics_of_the_test_images_equal_the_reference(tiny_bundle, tiny_run_dir, tmp_path):
     """The daemon over the test split's own files (a folder source) counts exactly what convert recorded: PSI 0."""
-    from runtime.daemon import Daemon
+    from edgecls.runtime.daemon import Daemon
 
     folder = tmp_path / "test-images"
     folder.mkdir()
@@ -473,7 +473,7 @@ def test_i12_p2_confidence_decides_downward_only_against_the_reference_and_the_b
 
 
 def test_i12_p2_confidence_moments_are_recorded_by_convert_and_estimated_for_older_references():
-    from converters.reference import ReferenceStats
+    from edgecls.converters.reference import ReferenceStats
 
     rng = np.random.default_rng(1)
     probs = rng.dirichlet([0.5, 0.5, 0.5], 200)
@@ -504,5 +504,5 @@ def test_i12_p2_prepare_pixels_is_prepare_without_the_second_resize(tiny_bundle,
         want = clf.prepare(frame, "bgr")
         got = clf.prepare_pixels(pixels(frame, clf.spec, "bgr"))
         assert got.dtype == want.dtype and np.array_equal(got, want)
-    with pytest.raises(EdgeclsError, match="as runtime.preprocess.pixels makes them"):
+    with pytest.raises(EdgeclsError, match="as edgecls.runtime.preprocess.pixels makes them"):
         clf.prepare_pixels(frames[-1])  # a frame that was not resized

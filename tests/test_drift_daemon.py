@@ -15,8 +15,8 @@ cv2 = pytest.importorskip("cv2")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from runtime.daemon import Daemon  # noqa: E402
-from runtime.monitor.drift import DEFAULT_THRESHOLD  # noqa: E402
+from edgecls.runtime.daemon import Daemon  # noqa: E402
+from edgecls.runtime.monitor.drift import DEFAULT_THRESHOLD  # noqa: E402
 from tests.daemon_helpers import ListSink, http_get, wait_for, write_test_video  # noqa: E402
 from tests.test_drift import split_test_files, without_reference  # noqa: E402
 

@@ -38,7 +38,7 @@ def test_i12_p2_the_rules_use_only_metrics_the_daemon_exports(tiny_bundle, tmp_p
     pytest.importorskip("cv2")
     from prometheus_client.parser import text_string_to_metric_families
 
-    from runtime.daemon import Daemon
+    from edgecls.runtime.daemon import Daemon
     from tests.daemon_helpers import ListSink, http_get, wait_for, write_test_video
 
     video = str(write_test_video(tmp_path / "clip.avi", frames=20))

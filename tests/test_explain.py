@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 from tests.conftest import cli_error, make_home_like, run_cli, snapshot, write_image
 
 SIZE = 32

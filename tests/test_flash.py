@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from devices.flash import FlashOptions, flash, read_targets_file, status
-from devices.profiles import DeviceProfile
-from runtime.bundle import MANIFEST, load_bundle, sha256_file
+from edgecls.devices.flash import FlashOptions, flash, read_targets_file, status
+from edgecls.devices.profiles import DeviceProfile
+from edgecls.runtime.bundle import MANIFEST, load_bundle, sha256_file
 from tests.conftest import cli_error, make_home_like, run_cli, snapshot
 from tests.sshd import sshd  # noqa: F401  (fixture)
 
@@ -114,7 +114,7 @@ def test_i9_p2_path_traversal_names_are_refused(bundles, tmp_path, sshd):  # noq
     assert not (tmp_path / "escaped.txt").exists() and not root.exists()
     # The device refuses such a name too, even from a host that did not check: a manifest that lists it
     # (refused by the device's name check itself) and an upload naming a file the manifest does not list.
-    from devices.targets import SshDeviceTarget
+    from edgecls.devices.targets import SshDeviceTarget
 
     device = SshDeviceTarget(sshd.target(root), "/unused", config=sshd.ssh_config)
     outside = tmp_path / "payload"
@@ -142,8 +142,8 @@ def test_bundle_files_named_like_the_devices_own_files_are_refused(bundles, tmp_
     with the bundle's own release.json and a forged signer in status)."""
     import hashlib
 
-    from devices.targets import SshDeviceTarget
-    from runtime.bundle import BundleError
+    from edgecls.devices.targets import SshDeviceTarget
+    from edgecls.runtime.bundle import BundleError
 
     evil = variant(bundles["a"], tmp_path / "evil", created="2026-04-04T00:00:00+00:00")
     fake = json.dumps({"artifacts": ["tflite-int8"], "signature": {"required": True, "signer": "forged"}}).encode()
@@ -167,7 +167,7 @@ def test_bundle_files_named_like_the_devices_own_files_are_refused(bundles, tmp_
 
 
 def test_i9_p3_bytes_flipped_in_transit_are_never_switched_to(bundles, tmp_path, sshd):  # noqa: F811
-    from devices.targets import SshDeviceTarget
+    from edgecls.devices.targets import SshDeviceTarget
 
     root = tmp_path / "dev"
     options = FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config))
@@ -280,7 +280,7 @@ def test_i9_p6_fleet_table_one_success_one_rollback(bundles, tmp_path, sshd):  #
 def test_i9_p2_concurrent_flashes_take_turns(bundles, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from runtime.install import DeviceRoot
+    from edgecls.runtime.install import DeviceRoot
 
     root = tmp_path / "dev"
     assert flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].ok
@@ -337,7 +337,7 @@ def test_i9_p2_damaged_previous_release_is_replaced_not_trusted(bundles, tmp_pat
 def test_i9_p4_smoke_test_stops_once_over_budget_and_has_a_deadline(bundles, tmp_path):
     """A model far over its budget must not hold the flash lock for all its timing runs, and nothing may
     make the smoke test run unbounded (a hung backend, a huge model on a slow device)."""
-    from runtime.install.smoke import smoke_deadline, smoke_test
+    from edgecls.runtime.install.smoke import smoke_deadline, smoke_test
 
     root = tmp_path / "dev"
     [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
@@ -352,7 +352,7 @@ def test_i9_p4_smoke_test_stops_once_over_budget_and_has_a_deadline(bundles, tmp
 
 def test_i9_p5_status_and_table_escape_control_characters(bundles, tmp_path):
     """Manifest fields are text anyone could write: a terminal must see escapes, not execute them."""
-    from devices.flash import FlashResult, format_table
+    from edgecls.devices.flash import FlashResult, format_table
 
     evil = variant(bundles["a"], tmp_path / "evil", created="2026\x1b]0;owned\x07\x1b[2J\nforged line")
     root = tmp_path / "dev"

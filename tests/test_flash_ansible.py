@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from devices.flash import FlashOptions, flash
-from runtime.bundle import MANIFEST
+from edgecls.devices.flash import FlashOptions, flash
+from edgecls.runtime.bundle import MANIFEST
 from tests.conftest import REPO, require_tool
 from tests.sshd import sshd  # noqa: F401  (fixture)
 from tests.test_flash import PROFILE, assert_complete, bundles, current_release  # noqa: F401  (fixture)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from devices.flash import FlashOptions, flash
-from devices.profiles import DeviceProfile
-from runtime.bundle import MANIFEST, load_bundle
-from runtime.classifier import Classifier
+from edgecls.devices.flash import FlashOptions, flash
+from edgecls.devices.profiles import DeviceProfile
+from edgecls.runtime.bundle import MANIFEST, load_bundle
+from edgecls.runtime.classifier import Classifier
 from tests.sshd import sshd  # noqa: F401  (fixture)
 from tests.test_flash import PROFILE, bundles, current_release  # noqa: F401  (fixture)
 
@@ -96,7 +96,7 @@ def test_i9_p4_install_service_points_the_daemon_at_current_with_the_devices_own
 
 def test_i9_p4_flash_waits_for_the_daemon_to_serve_the_new_release(bundles, tmp_path):
     pytest.importorskip("cv2")
-    from runtime.daemon import Daemon
+    from edgecls.runtime.daemon import Daemon
     from tests.daemon_helpers import write_test_video
 
     root = tmp_path / "dev"

@@ -25,18 +25,18 @@ from pathlib import Path
 
 import pytest
 
-from devices.flash import FlashOptions, flash
-from devices.flash import rollback as flash_rollback
-from runtime.bundle import MANIFEST
-from runtime.install.layout import KILL_ENV
+from edgecls.devices.flash import FlashOptions, flash
+from edgecls.devices.flash import rollback as flash_rollback
+from edgecls.runtime.bundle import MANIFEST
+from edgecls.runtime.install.layout import KILL_ENV
 from tests.conftest import REPO
 from tests.sshd import sshd  # noqa: F401  (fixture)
 from tests.test_flash import PROFILE, assert_complete, bundles, current_release  # noqa: F401  (fixture)
 
 WORKER = r"""
 import sys, json
-from devices.flash import FlashOptions, flash
-from devices.profiles import DeviceProfile
+from edgecls.devices.flash import FlashOptions, flash
+from edgecls.devices.profiles import DeviceProfile
 bundle, target, config = sys.argv[1], sys.argv[2], sys.argv[3] or None
 options = FlashOptions(profile=DeviceProfile(name="test-cpu", artifacts=("tflite-int8",), threads=1), ssh_config=config)
 print("ready", flush=True)
@@ -123,8 +123,8 @@ def test_i9_p2_sigkill_at_50_random_moments(bundles, tmp_path, sshd, capsys):  #
 
 DEVICE_WORKER = r"""
 import json, sys
-from devices.flash import FlashOptions, flash, rollback
-from devices.profiles import DeviceProfile
+from edgecls.devices.flash import FlashOptions, flash, rollback
+from edgecls.devices.profiles import DeviceProfile
 action, bundle, target = sys.argv[1:4]
 options = FlashOptions(profile=DeviceProfile(name="test-cpu", artifacts=("tflite-int8",), threads=1))
 print(json.dumps(flash(bundle, [target], options)[0].to_dict() if action == "flash" else rollback(target, options)))

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.backends.base import TensorSpec
-from runtime.classifier import Classifier
-from runtime.preprocess import PreprocessSpec, preprocess, resize
-from runtime.session import input_table, quantize
+from edgecls.runtime.backends.base import TensorSpec
+from edgecls.runtime.classifier import Classifier
+from edgecls.runtime.preprocess import PreprocessSpec, preprocess, resize
+from edgecls.runtime.session import input_table, quantize
 
 SPECS = [
     PreprocessSpec.scaled(24, 24, 1 / 127.5, -1.0, resize="center-crop"),
@@ -35,8 +35,8 @@ def _frame(h=67, w=91, seed=0):
 
 def _apply(image, spec, tensor, order):
     """What Classifier.prepare runs when the model's input is not raw uint8 pixels."""
-    from runtime.preprocess import pixels
-    from runtime.session import apply_table
+    from edgecls.runtime.preprocess import pixels
+    from edgecls.runtime.session import apply_table
 
     return apply_table(pixels(image, spec, order), input_table(spec, tensor))
 

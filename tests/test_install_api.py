@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from devices.flash import FlashOptions, flash, status
-from devices.profiles import DeviceProfile
-from runtime.bundle import MANIFEST
+from edgecls.devices.flash import FlashOptions, flash, status
+from edgecls.devices.profiles import DeviceProfile
+from edgecls.runtime.bundle import MANIFEST
 from tests.conftest import REPO, run_cli
 from tests.test_flash import PROFILE, assert_complete, bundles, current_release  # noqa: F401  (fixture)
 
@@ -117,8 +117,8 @@ def test_a_full_disk_is_reported_in_words_and_says_what_is_current(bundles, tmp_
 
 KILL_AFTER_SWITCH = r"""
 import json, sys
-from devices.flash import FlashOptions, flash
-from devices.profiles import DeviceProfile
+from edgecls.devices.flash import FlashOptions, flash
+from edgecls.devices.profiles import DeviceProfile
 options = FlashOptions(profile=DeviceProfile(name="test-cpu", artifacts=("tflite-int8",), threads=1))
 print(json.dumps(flash(sys.argv[1], [sys.argv[2]], options)[0].to_dict()), flush=True)
 """
@@ -161,8 +161,8 @@ def test_a_flash_of_another_version_never_rolls_back_to_an_interrupted_unverifie
 
 FIRST_FLASH = r"""
 import json, sys
-from devices.flash import FlashOptions, flash
-from devices.profiles import DeviceProfile
+from edgecls.devices.flash import FlashOptions, flash
+from edgecls.devices.profiles import DeviceProfile
 options = FlashOptions(profile=DeviceProfile(name="test-cpu", artifacts=("tflite-int8",), threads=1))
 sys.stdin.readline()
 print(json.dumps(flash(sys.argv[1], [sys.argv[2]], options)[0].to_dict()), flush=True)
@@ -214,8 +214,8 @@ def test_a_root_that_is_a_link_to_a_folder_is_flashed_into_that_folder(bundles, 
 def test_the_device_refuses_a_health_url_holding_a_password_or_token(bundles, tmp_path):
     """From a host that did not check (another edgecls, a hand-made call): refused before the lock, nothing
     switched or stored, and the secret is not in the message (before: stored in device.json and state.json)."""
-    from runtime.install import api
-    from runtime.install.layout import InstallError
+    from edgecls.runtime.install import api
+    from edgecls.runtime.install.layout import InstallError
 
     root = tmp_path / "dev"
     [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
@@ -356,9 +356,9 @@ def test_a_health_url_that_can_never_be_asked_is_refused_before_anything_is_swit
     """A port out of range, a non-ASCII path, a space or a line break: the profile refuses it, and so does the
     device before it takes the lock, `current` untouched (before: switched, then a minute unchecked and a
     rollback with "ValueError: Port out of range")."""
-    from devices.profiles import ProfileError
-    from runtime.install import api
-    from runtime.install.layout import InstallError
+    from edgecls.devices.profiles import ProfileError
+    from edgecls.runtime.install import api
+    from edgecls.runtime.install.layout import InstallError
 
     with pytest.raises(ProfileError, match="health_url"):
         DeviceProfile.from_dict({"name": "p", "health_url": url})

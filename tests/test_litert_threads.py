@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from runtime.classifier import Classifier
+from edgecls.runtime.classifier import Classifier
 
 THREADS, CALLS = 2, 1200
 

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from runtime.daemon.mqtt import MqttSink, MqttTarget
-from runtime.errors import EdgeclsError
+from edgecls.runtime.daemon.mqtt import MqttSink, MqttTarget
+from edgecls.runtime.errors import EdgeclsError
 from tests.conftest import cli_error, run_cli
 from tests.daemon_helpers import wait_for
 from tests.mqtt_helpers import Broker, _free_port  # noqa: E402

@@ -73,7 +73,7 @@ def saved_val_loss(run, data):
 
     from edgecls.data import load_split
     from edgecls.datasets import scan_folder
-    from runtime.preprocess import PreprocessSpec
+    from edgecls.runtime.preprocess import PreprocessSpec
 
     meta = json.loads((run / "metadata.json").read_text())
     val = scan_folder(data, meta["dataset"]["val_fraction"], meta["dataset"]["test_fraction"], meta["seed"]).splits[

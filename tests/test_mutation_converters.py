@@ -27,9 +27,9 @@ def tiny_keras():
 
 
 def test_i15_p14_every_onnx_int8_remedy_calibrates_on_the_images_its_description_names(tiny_keras, tmp_path):
-    from converters.calibration import CalibrationSampler
-    from converters.formats import FORMATS
-    from converters.pipeline import ConvertOptions, _Exporter
+    from edgecls.converters.calibration import CalibrationSampler
+    from edgecls.converters.formats import FORMATS
+    from edgecls.converters.pipeline import ConvertOptions, _Exporter
     from edgecls.data import LoadedSplit
 
     train = np.random.default_rng(0).random((40, 8, 8, 3), dtype=np.float32)
@@ -47,8 +47,8 @@ def test_i15_p14_every_onnx_int8_remedy_calibrates_on_the_images_its_description
 
 @pytest.fixture(scope="module")
 def pruned_onnx_bundle(tiny_run_dir, tmp_path_factory):
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, convert
 
     out = tmp_path_factory.mktemp("mutation-converters") / "bundle"
     return convert(
@@ -99,11 +99,11 @@ def test_i15_p14_a_sigmoid_head_run_is_converted_and_verified_as_two_classes(sha
     import json
     import shutil
 
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, convert
     from edgecls.augment import AugmentSpec
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, convert
+    from edgecls.runtime.classifier import Classifier
     from edgecls.train import TrainConfig, train
-    from runtime.classifier import Classifier
 
     data = tmp_path / "two"
     for kind in ("circle", "triangle"):  # red vs blue: learnt in a few epochs
@@ -147,8 +147,8 @@ def test_i15_p14_the_accuracy_gate_and_manifest_use_the_exact_drop_and_agreement
 
     import keras
 
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, convert
     from edgecls.rundata import load_run_splits
     from edgecls.rundir import open_run
 

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.errors import EdgeclsError, ImageDecodeError, MissingDependencyError
-from runtime.preprocess import PreprocessSpec, decode_image, preprocess, to_rgb8
+from edgecls.runtime.errors import EdgeclsError, ImageDecodeError, MissingDependencyError
+from edgecls.runtime.preprocess import PreprocessSpec, decode_image, preprocess, to_rgb8
 
 cv2 = pytest.importorskip("cv2")
 
@@ -145,7 +145,7 @@ def test_sixteen_bit_pixels_round_to_the_nearest_eight_bit_value():
 
 
 def test_an_unreadable_path_is_one_clear_error():
-    from runtime.preprocess import load_image
+    from edgecls.runtime.preprocess import load_image
 
     with pytest.raises(ImageDecodeError, match="cannot read image .*embedded null byte"):
         load_image("bad\0name.png")  # numpy raises ValueError, which has no strerror
@@ -170,7 +170,7 @@ def _jpeg_bytes(progressive: bool = False) -> bytes:
 def test_the_truncation_walker_judges_cut_jpegs_itself(progressive):
     """The walker itself: this OpenCV refuses cut JPEGs before it runs, builds whose libjpeg decodes them grey do
     not."""
-    from runtime.preprocess import _is_truncated_jpeg
+    from edgecls.runtime.preprocess import _is_truncated_jpeg
 
     data = _jpeg_bytes(progressive)
     judged = {
@@ -192,7 +192,7 @@ def test_an_empty_comment_segment_is_legal():
 
 
 def test_only_files_that_start_like_a_jpeg_are_walked():
-    from runtime.preprocess import _is_truncated_jpeg
+    from edgecls.runtime.preprocess import _is_truncated_jpeg
 
     jpeg2000 = b"\xff\x4f\xff\x51\x00\x29" + bytes(60)  # a JPEG 2000 codestream also starts with 0xFF
     assert not _is_truncated_jpeg(np.frombuffer(jpeg2000, np.uint8))

@@ -10,13 +10,13 @@ import time
 import numpy as np
 import pytest
 
-from runtime.daemon.notify import SystemdNotifier
+from edgecls.runtime.daemon.notify import SystemdNotifier
 
 cv2 = pytest.importorskip("cv2")
 
 
 def test_i15_p14_annotate_turns_a_grayscale_frame_into_bgr():
-    from runtime.daemon.preview import annotate
+    from edgecls.runtime.daemon.preview import annotate
 
     gray = np.full((240, 320), 128, np.uint8)  # 320 wide: no enlargement, only the conversion
     out = annotate(gray, {"top1": "cat", "score": 0.5}, 2.0)
@@ -27,7 +27,7 @@ def test_i15_p14_annotate_turns_a_grayscale_frame_into_bgr():
 
 
 def test_i15_p14_annotate_draws_the_text_four_pixels_from_the_left_edge():
-    from runtime.daemon.preview import TEXT, annotate
+    from edgecls.runtime.daemon.preview import TEXT, annotate
 
     frame = np.full((240, 320, 3), 200, np.uint8)
     result, fps = {"top1": "dog", "score": 0.75}, 12.5
@@ -42,7 +42,7 @@ def test_i15_p14_annotate_draws_the_text_four_pixels_from_the_left_edge():
 
 
 def test_i15_p14_daemon_summary_and_health_name_every_counter_per_source(tiny_bundle, tmp_path):
-    from runtime.daemon import Daemon
+    from edgecls.runtime.daemon import Daemon
 
     stills = tmp_path / "stills"
     stills.mkdir()
@@ -121,7 +121,7 @@ def test_i15_p14_a_request_without_the_token_gets_a_json_error_and_a_bearer_chal
     import urllib.error
     import urllib.request
 
-    from runtime.daemon.http import StatusServer
+    from edgecls.runtime.daemon.http import StatusServer
 
     server = StatusServer(
         health=lambda: (True, {"status": "ok"}), latest=lambda: {}, metrics=lambda: (b"", "text/plain"), token="s3cret"
@@ -142,7 +142,7 @@ def test_i15_p14_the_profiles_provider_order_reaches_the_onnxruntime_session(tmp
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
 
-    from runtime.backends.onnxrt import OnnxRuntimeBackend
+    from edgecls.runtime.backends.onnxrt import OnnxRuntimeBackend
 
     if "AzureExecutionProvider" not in ort.get_available_providers():
         pytest.skip("needs a second provider that any CPU build has (AzureExecutionProvider)")
@@ -170,9 +170,9 @@ def test_i15_p14_the_profiles_provider_order_reaches_the_onnxruntime_session(tmp
 
 
 def test_i15_p14_metric_names_and_help_texts_are_the_documented_ones(tmp_path):
-    from runtime.daemon.loop import LoopStats
-    from runtime.daemon.metrics import Metrics
-    from runtime.daemon.supervisor import Supervisor
+    from edgecls.runtime.daemon.loop import LoopStats
+    from edgecls.runtime.daemon.metrics import Metrics
+    from edgecls.runtime.daemon.supervisor import Supervisor
 
     (tmp_path / "stills").mkdir()
     metrics = Metrics()
@@ -188,9 +188,9 @@ def test_i15_p14_metric_names_and_help_texts_are_the_documented_ones(tmp_path):
 
 
 def test_i15_p14_an_unclassifiable_frame_is_logged_with_its_cause_and_the_loop_goes_on(tiny_bundle, tmp_path, caplog):
-    from runtime.classifier import Classifier
-    from runtime.daemon.loop import SourceLoop
-    from runtime.daemon.supervisor import Supervisor
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.daemon.loop import SourceLoop
+    from edgecls.runtime.daemon.supervisor import Supervisor
 
     stills = tmp_path / "stills"
     stills.mkdir()
@@ -213,9 +213,9 @@ def test_i15_p14_an_unclassifiable_frame_is_logged_with_its_cause_and_the_loop_g
 
 
 def test_i15_p14_a_result_from_a_folder_names_the_image_it_came_from(tiny_bundle, tmp_path):
-    from runtime.classifier import Classifier
-    from runtime.daemon.loop import SourceLoop
-    from runtime.daemon.supervisor import Supervisor
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.daemon.loop import SourceLoop
+    from edgecls.runtime.daemon.supervisor import Supervisor
 
     stills = tmp_path / "stills"
     stills.mkdir()
@@ -230,8 +230,8 @@ def test_i15_p14_a_result_from_a_folder_names_the_image_it_came_from(tiny_bundle
 
 
 def test_i15_p14_read_returns_by_its_timeout_while_a_connected_stream_sends_nothing():
-    from runtime.daemon.supervisor import Supervisor
-    from runtime.sources import SourceTimeout
+    from edgecls.runtime.daemon.supervisor import Supervisor
+    from edgecls.runtime.sources import SourceTimeout
     from tests.mjpeg_server import MjpegServer
 
     server = MjpegServer(fps=25, stall_after=5).start()  # 5 frames, then the connection stays open, silent
@@ -258,9 +258,9 @@ def test_i15_p14_read_returns_by_its_timeout_while_a_connected_stream_sends_noth
 def test_i15_p14_a_device_with_no_backend_is_told_which_package_to_install(tiny_bundle, monkeypatch):
     import sys
 
-    from runtime.bundle import load_bundle
-    from runtime.classifier import choose_artifact
-    from runtime.errors import MissingDependencyError
+    from edgecls.runtime.bundle import load_bundle
+    from edgecls.runtime.classifier import choose_artifact
+    from edgecls.runtime.errors import MissingDependencyError
 
     bundle = load_bundle(tiny_bundle)
     for module in ("ai_edge_litert", "tflite_runtime", "onnxruntime"):  # None in sys.modules: "not installed"
@@ -274,7 +274,7 @@ def test_i15_p14_a_device_with_no_backend_is_told_which_package_to_install(tiny_
 
 
 def test_i15_p14_csi_without_a_number_is_sensor_zero():
-    from runtime.sources import parse_source
+    from edgecls.runtime.sources import parse_source
 
     pipeline = "libcamerasrc camera-name={sensor} ! video/x-raw,width={width},height={height},framerate={fps}/1"
     for uri in ("csi://", "csi://0"):
@@ -285,7 +285,7 @@ def test_i15_p14_csi_without_a_number_is_sensor_zero():
 
 
 def test_i15_p14_close_waits_at_most_two_seconds_for_a_capture_stuck_in_a_native_read():
-    from runtime.sources import Source, SourceTimeout
+    from edgecls.runtime.sources import Source, SourceTimeout
     from tests.mjpeg_server import MjpegServer
 
     server = MjpegServer(fps=25, stall_after=3).start()  # then connected and silent: OpenCV's read blocks

@@ -7,7 +7,7 @@ tests never pass an empty batch or more rows than one batch holds.
 import numpy as np
 import pytest
 
-from runtime.session import ModelSession
+from edgecls.runtime.session import ModelSession
 
 
 @pytest.fixture(scope="module")

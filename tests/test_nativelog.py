@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from runtime.daemon.nativelog import native_output_to_log
+from edgecls.runtime.daemon.nativelog import native_output_to_log
 
 
 def test_a_native_line_quoting_a_secret_url_is_logged_masked(caplog):

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from converters import onnx as onnx_export
+from edgecls.converters import onnx as onnx_export
 
 
 def _mini_mobilenet_v2():
@@ -97,7 +97,7 @@ def test_i8_p6_int8_model_has_uint8_activations_and_7_bit_symmetric_weights(mini
 
 
 def test_i8_p6_fused_int8_model_still_computes_what_fp32_does(mini_int8):
-    from runtime.session import ModelSession
+    from edgecls.runtime.session import ModelSession
 
     fp32, int8, x = mini_int8
     ref = ModelSession(fp32, "onnx").predict(x)  # an untrained model: probabilities near 1/3, so no argmax check

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from converters import output
-from converters.output import check_tar_output, publish_tar
-from runtime.errors import EdgeclsError
+from edgecls.converters import output
+from edgecls.converters.output import check_tar_output, publish_tar
+from edgecls.runtime.errors import EdgeclsError
 
 
 def _bundle_tar(tmp_path, extra: dict | None = None):

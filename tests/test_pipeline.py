@@ -27,14 +27,14 @@ def _test_files(run: Path, data: Path) -> list:
 
 
 def _convert(run, out, **options):
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, convert
 
     return convert(run, out, ConvertOptions(formats=parse_formats("tflite-fp32"), max_drop=100.0, **options))
 
 
 def test_convert_refuses_a_test_split_that_lost_images_and_records_them_when_allowed(private_run, tmp_path, capsys):
-    from runtime.errors import DataError
+    from edgecls.runtime.errors import DataError
 
     run, data = private_run
     files = _test_files(run, data)
@@ -61,7 +61,7 @@ def test_convert_refuses_a_test_split_that_lost_images_and_records_them_when_all
 
 
 def test_convert_refuses_a_test_split_that_lost_a_whole_class(private_run, tmp_path):
-    from runtime.errors import DataError
+    from edgecls.runtime.errors import DataError
 
     run, data = private_run
     labels = json.loads((run / "metadata.json").read_text())["labels"]
@@ -80,7 +80,7 @@ def test_convert_refuses_a_test_split_that_lost_a_whole_class(private_run, tmp_p
 
 def test_convert_of_an_old_run_refuses_when_its_dataset_changed(private_run, tmp_path):
     """No split.json: the split is recomputed from the folder; a folder that changed would mix training images in."""
-    from runtime.errors import DataError
+    from edgecls.runtime.errors import DataError
 
     run, data = private_run
     old = tmp_path / "old-run"
@@ -131,8 +131,8 @@ def test_convert_out_dot_with_tar_writes_the_archive_beside_the_folder(private_r
 
 def test_a_test_file_that_stops_decoding_mid_run_is_dropped_from_every_side(private_run, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECLS_IN_MEMORY_MB", "0")  # streamed: files are decoded in each pass
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, convert
 
     run, data = private_run
     victim = _test_files(run, data)[0]
@@ -207,8 +207,8 @@ def test_max_drop_nan_or_negative_is_refused_before_any_work(private_run, tmp_pa
 
 def test_every_numeric_option_of_convert_refuses_nan_and_negatives_before_any_work(private_run, tmp_path):
     """`drop > nan` is always false: --max-prune-drop nan turned the pruning gate off and a 10 % model shipped."""
-    from converters.pipeline import ConvertOptions, convert
-    from runtime.errors import EdgeclsError
+    from edgecls.converters.pipeline import ConvertOptions, convert
+    from edgecls.runtime.errors import EdgeclsError
 
     run, _ = private_run
     args = ["--formats", "tflite-fp32", "--max-drop", "100", "--prune", "sparsity=0.5", "--prune-epochs", "1"]
@@ -264,7 +264,7 @@ def _record_error(errors: list, call, *args, **kwargs):
 def test_a_convert_that_puts_temp_files_in_its_stage_restores_tempfile_tempdir_when_it_fails(private_run, tmp_path):
     import tempfile
 
-    from runtime.errors import DataError
+    from edgecls.runtime.errors import DataError
 
     run, data = private_run
     before, files = tempfile.tempdir, _test_files(run, data)
@@ -283,7 +283,7 @@ def test_a_convert_that_puts_temp_files_in_its_stage_restores_tempfile_tempdir_w
 
 def test_convert_refuses_a_class_name_holding_a_line_break_before_any_work(private_run, tmp_path):
     """labels.txt holds one label a line: such a bundle would be refused by predict and flash as edited."""
-    from runtime.errors import EdgeclsError
+    from edgecls.runtime.errors import EdgeclsError
 
     run, _ = private_run
     broken = tmp_path / "run"

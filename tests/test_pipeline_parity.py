@@ -5,7 +5,7 @@ import pytest
 
 from edgecls.data import load_split, make_tf_dataset
 from edgecls.datasets import scan_folder
-from runtime.preprocess import PreprocessSpec, preprocess_file
+from edgecls.runtime.preprocess import PreprocessSpec, preprocess_file
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from runtime.errors import EdgeclsError, ImageDecodeError
-from runtime.preprocess import PreprocessSpec, decode_image, load_image, preprocess, preprocess_file
+from edgecls.runtime.errors import EdgeclsError, ImageDecodeError
+from edgecls.runtime.preprocess import PreprocessSpec, decode_image, load_image, preprocess, preprocess_file
 from tests.conftest import write_image
 
 cv2 = pytest.importorskip("cv2")
@@ -106,7 +106,7 @@ _EXTREME_SHAPES_SCRIPT = r"""
 import json, resource, sys
 from pathlib import Path
 import cv2, numpy as np
-from runtime.preprocess import PreprocessSpec, preprocess, preprocess_file
+from edgecls.runtime.preprocess import PreprocessSpec, preprocess, preprocess_file
 
 folder = Path(sys.argv[1])
 images = {"1x65000": (1, 65000), "65000x1": (65000, 1), "1x1": (1, 1)}

@@ -5,8 +5,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from converters.macs import count_macs
-from converters.prune import (
+from edgecls.converters.macs import count_macs
+from edgecls.converters.prune import (
     _magnitude_mask,
     _polynomial,
     parse_prune,
@@ -16,7 +16,7 @@ from converters.prune import (
     structured_prune,
 )
 from edgecls.models import create_model
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 
 def _zero_half_the_channels(model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 
 def _with_random_batchnorm(model, seed: int = 1):
@@ -23,7 +23,7 @@ def _with_random_batchnorm(model, seed: int = 1):
 
 
 def _tflite_session(data: bytes, tmp_path, head: str = "softmax"):
-    from runtime.session import ModelSession
+    from edgecls.runtime.session import ModelSession
 
     path = tmp_path / "model_qat.tflite"
     path.write_bytes(data)
@@ -34,7 +34,7 @@ def test_i11_p4_folded_batchnorm_gives_the_models_own_outputs():
     """With rounding off (calibration mode), the rebuilt graph is the original model: BN folded exactly."""
     import keras
 
-    from converters import qat
+    from edgecls.converters import qat
     from edgecls.models import create_model
 
     keras.utils.set_random_seed(0)
@@ -47,8 +47,8 @@ def test_i11_p4_folded_batchnorm_gives_the_models_own_outputs():
 
 
 def test_i11_p4_qat_tflite_is_full_int8_and_matches_its_keras_accuracy(tiny_run_dir, tmp_path):
-    from converters import qat
-    from converters.quiet import quiet
+    from edgecls.converters import qat
+    from edgecls.converters.quiet import quiet
     from edgecls.metrics import probabilities
     from edgecls.rundata import load_run_splits
     from edgecls.rundir import open_run
@@ -79,8 +79,8 @@ def test_i11_p4_qat_tflite_is_full_int8_and_matches_its_keras_accuracy(tiny_run_
 def test_i11_p4_sigmoid_head_converts_full_int8(tmp_path):
     import keras
 
-    from converters import qat
-    from converters.quiet import quiet
+    from edgecls.converters import qat
+    from edgecls.converters.quiet import quiet
     from edgecls.metrics import probabilities
     from edgecls.models import create_model
 
@@ -100,7 +100,7 @@ def test_i11_p4_sigmoid_head_converts_full_int8(tmp_path):
 def test_i11_p4_unsupported_layer_is_refused_in_one_line():
     import keras
 
-    from converters import qat
+    from edgecls.converters import qat
 
     inputs = keras.Input(shape=(8, 8, 3))
     x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
@@ -118,8 +118,8 @@ def test_i11_p4_mobilenetv2_depthwise_and_residuals_convert_full_int8(tmp_path):
     """Depthwise convs (per-channel), ReLU6, zero padding and residual Adds: still no float op."""
     import keras
 
-    from converters import qat
-    from converters.quiet import quiet
+    from edgecls.converters import qat
+    from edgecls.converters.quiet import quiet
     from edgecls.metrics import probabilities
     from edgecls.models import create_model
 
@@ -144,10 +144,10 @@ def test_i11_p4_convert_qat_always_ships_a_verified_full_int8_artifact(tiny_run_
 
     from conftest import run_cli
 
-    from converters import qat
-    from runtime.bundle import load_bundle
-    from runtime.preprocess import preprocess_file
-    from runtime.session import ModelSession
+    from edgecls.converters import qat
+    from edgecls.runtime.bundle import load_bundle
+    from edgecls.runtime.preprocess import preprocess_file
+    from edgecls.runtime.session import ModelSession
 
     bundle = tmp_path / "bundle"
     done = run_cli(
@@ -189,8 +189,8 @@ def test_i11_p4_convert_qat_always_ships_a_verified_full_int8_artifact(tiny_run_
 def test_i11_p4_convert_qat_never_does_not_train(tiny_run_dir, tmp_path, capsys):
     """With every attempt failing the gate (max_drop -100: the library's way; the CLI refuses a negative limit),
     the default would end with QAT; never does not."""
-    from converters.formats import parse_formats
-    from converters.pipeline import AccuracyGateError, ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import AccuracyGateError, ConvertOptions, convert
 
     options = ConvertOptions(formats=parse_formats("tflite-int8"), qat="never", calibration_size=8, max_drop=-100.0)
     with pytest.raises(AccuracyGateError) as refused:
@@ -205,8 +205,8 @@ def test_i11_p4_convert_qat_never_does_not_train(tiny_run_dir, tmp_path, capsys)
 @pytest.mark.slow
 def test_i11_p4_convert_qat_remedy_is_the_gates_last_attempt(tiny_run_dir, tmp_path):
     """The control for the test above: the same options without qat never end with QAT."""
-    from converters.formats import parse_formats
-    from converters.pipeline import AccuracyGateError, ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import AccuracyGateError, ConvertOptions, convert
 
     options = ConvertOptions(formats=parse_formats("tflite-int8"), qat_epochs=1, calibration_size=8, max_drop=-100.0)
     with pytest.raises(AccuracyGateError) as refused:

@@ -1,9 +1,9 @@
-"""converters.quiet: fd 1 silenced for a block, and put back whatever order blocks of threads end in."""
+"""edgecls.converters.quiet: fd 1 silenced for a block, and put back whatever order blocks of threads end in."""
 
 import os
 import threading
 
-from converters.quiet import quiet
+from edgecls.converters.quiet import quiet
 
 
 def _fd1() -> tuple:

@@ -1,4 +1,4 @@
-"""Secrets in source strings never shown: `runtime.redact` on every form, then a real daemon on every surface.
+"""Secrets in source strings never shown: `edgecls.runtime.redact` on every form, then a real daemon on every surface.
 
 Each form carries its own secret, so a leak names the form. The daemon test runs the forms as real
 sources (an MJPEG server for the URL forms, GStreamer pipelines and a refused RTSP camera for the
@@ -14,7 +14,7 @@ import logging
 
 import pytest
 
-from runtime.sources import redact_uri as redact  # what every surface shows a source through
+from edgecls.runtime.sources import redact_uri as redact  # what every surface shows a source through
 
 # Keys whose values are secrets, as seen in camera URLs, signed links and GStreamer properties.
 SECRET_KEYS = [
@@ -175,10 +175,10 @@ def test_the_user_name_stays_and_only_the_password_goes():
 
 def test_no_secret_form_reaches_any_surface_of_a_running_daemon(tiny_bundle, tmp_path, caplog, capfd):
     pytest.importorskip("cv2")
-    from runtime.daemon import Daemon
-    from runtime.daemon.mqtt import MqttSink
-    from runtime.daemon.sinks import JsonlFileSink
-    from runtime.daemon.supervisor import Backoff
+    from edgecls.runtime.daemon import Daemon
+    from edgecls.runtime.daemon.mqtt import MqttSink
+    from edgecls.runtime.daemon.sinks import JsonlFileSink
+    from edgecls.runtime.daemon.supervisor import Backoff
     from tests.daemon_helpers import http_get, wait_for
     from tests.mjpeg_server import MjpegServer
     from tests.mqtt_helpers import Broker, Subscriber

@@ -22,7 +22,7 @@ QUICK = ("--repeats", "1", "--runs", "10", "--frame-runs", "10", "--time-budget"
 
 def _device_bench(bundle, *args, timeout=180):
     return subprocess.run(
-        [sys.executable, "-m", "runtime.bench", str(bundle), *map(str, args)],
+        [sys.executable, "-m", "edgecls.runtime.bench", str(bundle), *map(str, args)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -98,7 +98,7 @@ def test_warm_up_does_not_settle_on_a_ramp(monkeypatch):
     """
     import types
 
-    import runtime.bench.stats as stats
+    import edgecls.runtime.bench.stats as stats
 
     clock = [0.0]
     monkeypatch.setattr(stats, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
@@ -194,7 +194,7 @@ def _descendants(pid: int) -> list:
 
 
 def test_review_interrupted_remote_bench_stops_on_the_device(sshd, tiny_bundle):  # noqa: F811
-    """Ctrl-C (or the 3600 s timeout) kills only the local ssh client: `python3 -m runtime.bench` and its worker
+    """Ctrl-C (or the 3600 s timeout) kills only the local ssh client: `python3 -m edgecls.runtime.bench` and its worker
     keep running on the device (no pty, so no SIGHUP), timing on a board the user believes idle and skewing the
     next bench there, while `rm -rf` pulls the bundle from under them."""
     device = f"{sshd.user}@{sshd.host}:{sshd.port}"
@@ -229,15 +229,15 @@ def test_review_interrupted_remote_bench_stops_on_the_device(sshd, tiny_bundle):
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not any(
-            "runtime.bench.worker" in c for _, c in _descendants(sshd.process.pid)
+            "edgecls.runtime.bench.worker" in c for _, c in _descendants(sshd.process.pid)
         ):
             assert cli.poll() is None, cli.communicate()[1][-2000:]
             time.sleep(0.2)
-        assert any("runtime.bench.worker" in c for _, c in _descendants(sshd.process.pid)), "no worker started"
+        assert any("edgecls.runtime.bench.worker" in c for _, c in _descendants(sshd.process.pid)), "no worker started"
         cli.send_signal(signal.SIGINT)
         cli.communicate(timeout=60)
         time.sleep(3)
-        left = [(p, c) for p, c in _descendants(sshd.process.pid) if "runtime.bench" in c]
+        left = [(p, c) for p, c in _descendants(sshd.process.pid) if "edgecls.runtime.bench" in c]
         assert not left, f"still running on the device after Ctrl-C: {left}"
     finally:
         if cli.poll() is None:

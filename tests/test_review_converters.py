@@ -5,8 +5,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from converters.calibration import fingerprint, representative_set
-from converters.prune import _stats_size, prune_model, recalibrate_batchnorm, structured_prune
+from edgecls.converters.calibration import fingerprint, representative_set
+from edgecls.converters.prune import _stats_size, prune_model, recalibrate_batchnorm, structured_prune
 from edgecls.models import create_model
 
 
@@ -60,8 +60,8 @@ def test_i15_p13_structured_pruning_refits_a_mixed_precision_model():
 
 
 def test_i15_p12_an_artifact_built_by_a_remedy_records_the_calibration_set_it_used(tiny_run_dir, tmp_path, monkeypatch):
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, _Exporter, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, _Exporter, convert
 
     every = _Exporter.attempts
     # the real "more calibration data" remedy, run first instead of after a failure

@@ -13,11 +13,11 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from runtime.daemon import Daemon  # noqa: E402
-from runtime.daemon.http import StatusServer  # noqa: E402
-from runtime.daemon.sinks import JsonlFileSink  # noqa: E402
-from runtime.daemon.supervisor import Backoff  # noqa: E402
-from runtime.sources import SourceError, parse_source, redact_uri  # noqa: E402
+from edgecls.runtime.daemon import Daemon  # noqa: E402
+from edgecls.runtime.daemon.http import StatusServer  # noqa: E402
+from edgecls.runtime.daemon.sinks import JsonlFileSink  # noqa: E402
+from edgecls.runtime.daemon.supervisor import Backoff  # noqa: E402
+from edgecls.runtime.sources import SourceError, parse_source, redact_uri  # noqa: E402
 from tests.conftest import write_image  # noqa: E402
 from tests.daemon_helpers import ListSink, wait_for  # noqa: E402
 from tests.daemon_helpers import http_get as get

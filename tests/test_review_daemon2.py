@@ -41,7 +41,7 @@ def test_review_i7_p1_overlap_keeps_classified_frames_at_most_one_inference_olde
     """loop.py promises "a classified frame is at most one inference older than it would be without the
     overlap". The preparing thread holds a second prepared frame while blocked on the full slot, so on a
     live source faster than the model every result is ~3 inference times old (without overlap: ~1)."""
-    from runtime.classifier import Classifier
+    from edgecls.runtime.classifier import Classifier
 
     infer_s = 0.15  # a model slower than the camera (MobileNet on a Pi): the real model, then a wait
     classifier = Classifier(tiny_bundle, artifact="tflite-int8")
@@ -54,7 +54,7 @@ def test_review_i7_p1_overlap_keeps_classified_frames_at_most_one_inference_olde
     classifier.infer = slow_infer
     video = write_test_video(tmp_path / "fast.avi", frames=100, fps=50.0)  # paced at 50 fps: a live camera
     sink = ListSink()
-    from runtime.daemon import Daemon
+    from edgecls.runtime.daemon import Daemon
 
     Daemon(None, [video], classifier=classifier, sinks=[sink], max_frames=12, source_options={"loop": True}).run()
     ages = [r["frame_age_ms"] for r in sink.results[4:]]  # steady state
@@ -73,7 +73,7 @@ def test_review_i7_p3_carriage_return_progress_lines_do_not_stall_native_writers
     done = _python(
         """
         import os, select, sys, time
-        from runtime.daemon.nativelog import native_output_to_log
+        from edgecls.runtime.daemon.nativelog import native_output_to_log
         line = b"frame= 1234 fps= 25 q=-0.0 size=N/A time=00:00:49.36 bitrate=N/A speed=1x  \\r"
         data = memoryview(line * (40 * 1024 * 1024 // len(line)))
         start = time.monotonic()
@@ -98,7 +98,7 @@ def test_review_i7_p3_native_code_holding_the_gil_cannot_deadlock_on_a_full_pipe
     the whole daemon hangs, SIGTERM included. Without the redirection the same write returns at once."""
     code = """
         import ctypes, sys
-        from runtime.daemon.nativelog import native_output_to_log
+        from edgecls.runtime.daemon.nativelog import native_output_to_log
         data = (b"W" * 79 + b"\\n") * 2000  # 160 KB
         with native_output_to_log():
             ctypes.PyDLL(None).write(2, data, len(data))
@@ -118,7 +118,7 @@ def test_review_i7_p3_a_native_fatal_message_before_an_abort_is_not_lost():
     done = _python(
         """
         import os, time
-        from runtime.daemon.nativelog import native_output_to_log
+        from edgecls.runtime.daemon.nativelog import native_output_to_log
         with native_output_to_log():
             os.write(2, b"qt.qpa.xcb: could not connect to display :77\\n")
             time.sleep(0.3)  # ample time for the pump to read it
@@ -183,7 +183,7 @@ class _Preview:
 
 
 def _server(token):
-    from runtime.daemon.http import StatusServer
+    from edgecls.runtime.daemon.http import StatusServer
 
     return StatusServer(
         health=lambda: (True, {}),
@@ -215,7 +215,7 @@ def test_review_i7_p4_session_cookie_is_read_beside_another_apps_cookie_on_the_s
     """Cookies ignore ports: a browser sends the daemon every cookie of 127.0.0.1 / the device's address (Grafana,
     Jupyter, a router UI...). http.cookies.SimpleCookie drops every cookie after one it dislikes (a JSON value, a
     space), so the signed-in browser is sent back to the sign-in form for ever."""
-    from runtime.daemon.http import COOKIE, session_cookie
+    from edgecls.runtime.daemon.http import COOKIE, session_cookie
 
     server = _server(TOKEN)
     try:

@@ -13,10 +13,10 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from runtime.classifier import Classifier  # noqa: E402
-from runtime.monitor.drift import DriftMonitor, Reference, UnusableReference  # noqa: E402
-from runtime.monitor.stats import brightness  # noqa: E402
-from runtime.preprocess import pixels  # noqa: E402
+from edgecls.runtime.classifier import Classifier  # noqa: E402
+from edgecls.runtime.monitor.drift import DriftMonitor, Reference, UnusableReference  # noqa: E402
+from edgecls.runtime.monitor.stats import brightness  # noqa: E402
+from edgecls.runtime.preprocess import pixels  # noqa: E402
 from tests.conftest import REPO, require_tool  # noqa: E402
 from tests.test_drift import _Clf, _Named, _reference, split_test_files  # noqa: E402
 
@@ -33,7 +33,7 @@ def test_review_i12_a_static_camera_showing_a_test_image_unchanged_is_not_in_dri
     bin, so PSI against the whole test split's spread is > 0.25 on every statistic even when the scene IS a test
     image, classified right, at the reference brightness (|z| < 0.5). Every real camera would be 'degraded' for
     good and EdgeclsDrift would never stop firing."""
-    from runtime.daemon.loop import SourceLoop
+    from edgecls.runtime.daemon.loop import SourceLoop
 
     clf = Classifier(tiny_bundle)
     reference = DriftMonitor(100).reference_for(clf)
@@ -58,7 +58,7 @@ def test_review_i12_a_scrape_during_a_reload_that_brings_a_reference_does_not_fa
     and /metrics fails."""
     from prometheus_client import generate_latest
 
-    from runtime.daemon.metrics import Metrics
+    from edgecls.runtime.daemon.metrics import Metrics
 
     monitor = DriftMonitor(20)
     drift = monitor.source("cam")

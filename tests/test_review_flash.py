@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from devices.flash import FlashOptions, flash, status
-from devices.profiles import DeviceProfile
-from runtime.bundle import MANIFEST
+from edgecls.devices.flash import FlashOptions, flash, status
+from edgecls.devices.profiles import DeviceProfile
+from edgecls.runtime.bundle import MANIFEST
 from tests.conftest import REPO
 from tests.sshd import sshd  # noqa: F401  (fixture)
 from tests.test_flash import PROFILE, assert_complete, bundles, current_release, variant  # noqa: F401  (fixture)
@@ -92,7 +92,7 @@ def test_review_no_smoke_install_is_not_recorded_as_smoke_tested(bundles, tmp_pa
 
 KILL_AT_SECOND_SWITCH = r"""
 import os, signal, sys
-from runtime.install import api, commit
+from edgecls.runtime.install import api, commit
 calls = [0]
 def hook(frame, event, arg):
     if event == "call" and frame.f_code is commit.switch.__code__:
@@ -118,7 +118,7 @@ def test_review_rollback_killed_between_renames_loses_nothing(bundles, tmp_path)
     # Consistent (a pair of different versions) or visibly interrupted so the next command completes it.
     assert info["current"] != info["previous"] or info.get("pending"), info
     # And one more `edgecls rollback` must end on {a, b}, not on a version swapped with itself.
-    from runtime.install import api
+    from edgecls.runtime.install import api
 
     api.rollback(str(root))
     assert set(_links(root)) == {a.slot, b.slot}, _links(root)
@@ -137,8 +137,8 @@ def test_review_signed_reflash_of_a_version_installed_before_trust_is_accepted(b
     """apply() checks the signature in releases/<slot> when that folder is complete, not the signature just
     sent (which lands in staging/<slot>). A version installed before the device trusted keys can never be
     installed again, even properly signed: "not signed ... sign it" although it is."""
-    from devices.sign import sign_bundle, trusted_line
-    from runtime.install import api
+    from edgecls.devices.sign import sign_bundle, trusted_line
+    from edgecls.runtime.install import api
 
     root = tmp_path / "dev"
     [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
@@ -198,8 +198,8 @@ def test_review_key_listed_for_git_first_still_verifies_for_edgecls(bundles, tmp
     """Teams keep one allowed_signers file (git's gpg.ssh.allowedSignersFile) listing a key once per purpose.
     `ssh-keygen -Y find-principals` returns only the first principal that lists the key, whatever its
     namespaces; verify_manifest() then verifies as that principal with -n edgecls-bundle and refuses."""
-    from devices.sign import sign_bundle
-    from runtime.install import api
+    from edgecls.devices.sign import sign_bundle
+    from edgecls.runtime.install import api
 
     key = _keypair(tmp_path, "dev-key")
     kind, blob = key.with_suffix(".pub").read_text().split()[:2]
@@ -255,8 +255,8 @@ def test_review_disk_full_leaves_no_partial_files_and_current_intact(bundles, tm
 def test_review_rollback_refuses_a_damaged_previous(bundles, tmp_path):
     """flash re-verifies a release before reusing it (test_i9_p2_damaged_previous_release_is_replaced_not_trusted),
     rollback does not: bit rot in `previous` is switched to and reported as a successful rollback."""
-    from runtime.errors import EdgeclsError
-    from runtime.install import api
+    from edgecls.runtime.errors import EdgeclsError
+    from edgecls.runtime.install import api
 
     root = tmp_path / "dev"
     [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
@@ -280,7 +280,7 @@ def test_review_health_wait_works_with_a_token_protected_daemon(bundles, tmp_pat
     smoke.wait_healthy() sends none and the profile has no way to give one, so every flash of a device whose
     daemon uses a token waits 60 s on 401s and rolls back a good model. (Slow on the old code: ~60 s.)"""
     pytest.importorskip("cv2")
-    from runtime.daemon import Daemon
+    from edgecls.runtime.daemon import Daemon
     from tests.daemon_helpers import write_test_video
 
     root = tmp_path / "dev"

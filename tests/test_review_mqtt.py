@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from runtime.daemon.mqtt import MqttSink, MqttTarget  # noqa: E402  (paho first: skip cleanly without it)
-from runtime.errors import EdgeclsError
+from edgecls.runtime.daemon.mqtt import MqttSink, MqttTarget  # noqa: E402  (paho first: skip cleanly without it)
+from edgecls.runtime.errors import EdgeclsError
 from tests.daemon_helpers import wait_for, write_test_video
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 

@@ -7,8 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from runtime.errors import EdgeclsError, ImageDecodeError
-from runtime.preprocess import decode_image, load_image
+from edgecls.runtime.errors import EdgeclsError, ImageDecodeError
+from edgecls.runtime.preprocess import decode_image, load_image
 
 cv2 = pytest.importorskip("cv2")
 MAX_PIXELS_ENV = "EDGECLS_MAX_IMAGE_PIXELS"
@@ -120,7 +120,7 @@ def test_i15_p1_a_bad_pixel_limit_setting_is_one_clear_error(monkeypatch):
     ],
 )
 def test_i15_p1_center_crop_window_is_rounded_to_the_nearest_pixel(src, dst, cols, rows):
-    from runtime.preprocess import PreprocessSpec, resize
+    from edgecls.runtime.preprocess import PreprocessSpec, resize
 
     image = _noise(*src)
     window = image[rows[0] : rows[1], cols[0] : cols[1]]
@@ -133,7 +133,7 @@ def test_the_temp_dir_cache_fallback_refuses_a_folder_others_can_write(tmp_path)
     """Without a home directory the cache lives in the shared temp dir: a planted folder must not be trusted."""
     import os
 
-    from runtime.bundle import BundleError, _private_temp_dir
+    from edgecls.runtime.bundle import BundleError, _private_temp_dir
 
     mine = _private_temp_dir(tmp_path / "edgecls-mine")
     assert mine.is_dir() and (mine.stat().st_mode & 0o777) == 0o700

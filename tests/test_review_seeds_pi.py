@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 from tests.conftest import REPO, make_home_like, require_tool, snapshot, write_image
 from tests.sshd import sshd  # noqa: F401  (fixture)
 
@@ -121,7 +121,7 @@ def test_review_i11_tune_a_diverged_trial_never_wins():
 def test_review_i13_a_foreign_venv_entry_does_not_make_a_root_ours(tmp_path, kind):
     """runtime/install/layout.py:DeviceRoot.check exempts any entry named venv: someone's file, or a link to their
     own virtualenv, lets edgecls take the folder (and python_command 'auto' then runs whatever venv/bin/python is)."""
-    from runtime.install.layout import DeviceRoot, InstallError
+    from edgecls.runtime.install.layout import DeviceRoot, InstallError
 
     root = tmp_path / "root"
     root.mkdir()
@@ -139,7 +139,7 @@ def test_review_i13_setup_without_python3_venv_says_so_and_leaves_no_half_venv(t
     namespace): `python3 -m venv --help` still works, so devices/wheels.py:install_script's check passes; venv then
     fails with Debian's multi-line text and leaves ROOT/venv/bin/python without pip, which the next --setup
     ('No module named pip') and python_command('auto') then use."""
-    from devices.wheels import install_script
+    from edgecls.devices.wheels import install_script
 
     version = (
         subprocess.run(
@@ -184,8 +184,8 @@ def test_review_i13_setup_does_not_write_into_a_root_the_flash_then_refuses(
 ):
     """devices/flash.py:flash_one runs target.setup before target.plan checks the root, so --setup makes
     HOME/venv (or pip-installs into someone's HOME/venv) in a folder that the flash refuses a moment later."""
-    from devices.flash import FlashOptions, flash
-    from devices.profiles import DeviceProfile
+    from edgecls.devices.flash import FlashOptions, flash
+    from edgecls.devices.profiles import DeviceProfile
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the host's wheel cache for this test only
     profile = DeviceProfile(
@@ -207,7 +207,7 @@ def test_review_i13_a_wheelhouse_for_other_packages_keeps_the_one_in_use(tmp_pat
     """devices/wheels.py:_drop_older deletes every other wheelhouse of the same machine and Python, whatever its
     packages: flashing desktop-cpu and desktop-gpu devices at once (both x86_64/3.11, other package lists), one
     setup deletes the wheels the other is still pushing."""
-    from devices.wheels import DevicePlatform, wheelhouse
+    from edgecls.devices.wheels import DevicePlatform, wheelhouse
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     a, b = _tiny_wheel(tmp_path / "a", "pkga"), _tiny_wheel(tmp_path / "b", "pkgb")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from edgecls.datasets import Sample, scan_folder
+from edgecls.runtime.errors import DataError
 from edgecls.splits import file_digest, read_split_record, seeded_split
-from runtime.errors import DataError
 from tests.conftest import cli_error, run_cli, train_on_private_copy, write_image
 
 

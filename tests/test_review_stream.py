@@ -23,8 +23,8 @@ from edgecls.data import (
     open_splits,
 )
 from edgecls.datasets import scan_folder
-from runtime.errors import DataError, EdgeclsError
-from runtime.preprocess import PreprocessSpec
+from edgecls.runtime.errors import DataError, EdgeclsError
+from edgecls.runtime.preprocess import PreprocessSpec
 from tests.conftest import render_fixture_image, write_image
 
 KINDS = ("circle", "square", "triangle")
@@ -135,7 +135,7 @@ def test_review_i10_p2_a_tall_bmp_is_skipped_in_memory_too(tmp_path):
 
 
 def test_review_i10_p2_misnamed_formats_opencv_reads_are_used_the_same_streamed_and_in_memory(tmp_path):
-    """A GIF saved as .jpg and a TIFF saved as .png (common in scraped photo sets). runtime.preprocess decodes
+    """A GIF saved as .jpg and a TIFF saved as .png (common in scraped photo sets). edgecls.runtime.preprocess decodes
     both (OpenCV sniffs the content), so the in-memory path trains on them and the device classifies them;
     the streaming header check only knows PNG/JPEG/BMP/WebP signatures and skips them. Which images a run
     trains on must not depend on the dataset's size (EDGECLS_IN_MEMORY_MB)."""
@@ -184,7 +184,7 @@ def test_review_i10_p3_calibration_set_is_the_in_memory_one_once_the_split_was_d
     once the files that do not decode are known: in a run's recorded split (training decoded every file and
     left those out) and after any full pass. Before that, a cut-off file the draw does not meet still counts
     (documented in its docstring: knowing would take the whole pass it avoids)."""
-    from converters.calibration import CalibrationSampler, fingerprint, representative_set
+    from edgecls.converters.calibration import CalibrationSampler, fingerprint, representative_set
 
     data = _dataset(tmp_path / "data", {"train": 6})
     samples = scan_folder(data / "train", 0.0, 0.0).splits["train"]

@@ -10,9 +10,9 @@ import pytest
 
 from edgecls.outputs import bundle_contents, bundle_guard, run_guard
 from edgecls.rundir import open_run
+from edgecls.runtime.atomic import check_output, host_tag, staged_dir
+from edgecls.runtime.errors import EdgeclsError
 from edgecls.train import TrainConfig, train
-from runtime.atomic import check_output, host_tag, staged_dir
-from runtime.errors import EdgeclsError
 from tests.conftest import cli_error, run_cli
 
 

@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from devices.flash import FlashOptions, flash
-from devices.profiles import DeviceProfile
-from runtime.bundle import MANIFEST
+from edgecls.devices.flash import FlashOptions, flash
+from edgecls.devices.profiles import DeviceProfile
+from edgecls.runtime.bundle import MANIFEST
 from tests.conftest import cli_error, run_cli
 from tests.sshd import sshd  # noqa: F401  (fixture)
 from tests.test_flash import PROFILE, assert_complete, bundles, current_release  # noqa: F401  (fixture)

@@ -5,7 +5,7 @@ import unicodedata
 import pytest
 
 from edgecls.rundata import check_classes
-from runtime.errors import DataError
+from edgecls.runtime.errors import DataError
 
 
 def test_class_folders_that_differ_only_in_unicode_normalisation_are_named_as_such(tmp_path):

@@ -7,8 +7,8 @@ ONNX QuantizeLinear in ONNX Runtime and a TFLite QUANTIZE op in LiteRT.
 import numpy as np
 import pytest
 
-from runtime.backends.base import TensorSpec
-from runtime.session import ModelSession, dequantize, quantize, to_probabilities
+from edgecls.runtime.backends.base import TensorSpec
+from edgecls.runtime.session import ModelSession, dequantize, quantize, to_probabilities
 
 N = 1024  # values per runtime check
 pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")  # TF converter noise
@@ -111,7 +111,7 @@ def tflite_models(tmp_path_factory):
 
 @pytest.mark.parametrize("lo, hi", RANGES)
 def test_i15_p11_quantize_matches_litert_quantize_op(tflite_models, lo, hi):
-    from runtime.backends.litert import LiteRTBackend
+    from edgecls.runtime.backends.litert import LiteRTBackend
 
     backend = LiteRTBackend(tflite_models[lo, hi, "float32"])  # the interpreter the runtime uses
     spec = backend.output_spec  # the QUANTIZE op's output quantization, as the backend reports it

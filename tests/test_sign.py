@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from devices.flash import FlashOptions, flash, status
-from devices.profiles import DeviceProfile
-from devices.sign import sign_bundle, trusted_line
-from devices.targets import make_target
-from runtime.bundle import MANIFEST, load_bundle
-from runtime.install import SIGNATURE, SignatureError, verify_bundle
+from edgecls.devices.flash import FlashOptions, flash, status
+from edgecls.devices.profiles import DeviceProfile
+from edgecls.devices.sign import sign_bundle, trusted_line
+from edgecls.devices.targets import make_target
+from edgecls.runtime.bundle import MANIFEST, load_bundle
+from edgecls.runtime.install import SIGNATURE, SignatureError, verify_bundle
 from tests.conftest import cli_error, require_tool, run_cli
 from tests.sshd import sshd  # noqa: F401  (fixture)
 from tests.test_flash import PROFILE, bundles, current_release, variant  # noqa: F401  (fixture)
@@ -44,7 +44,7 @@ def test_i9_p3_sign_cli_and_verify_for_the_daemon(bundles, keys, tmp_path):
     manifest.write_bytes(manifest.read_bytes().replace(b'"head": "softmax"', b'"head": "sigmoid"'))
     with pytest.raises(SignatureError, match="does not verify"):
         verify_bundle(bundles["a"], keys["signers"])
-    from runtime.errors import EdgeclsError
+    from edgecls.runtime.errors import EdgeclsError
 
     with pytest.raises(EdgeclsError, match="signing key .* does not exist: create one with `ssh-keygen"):
         sign_bundle(bundles["a"], tmp_path / "missing")
@@ -105,7 +105,7 @@ def test_i9_p3_profile_with_trusted_keys_refuses_on_the_host(bundles, keys, tmp_
 def test_i9_p5_rollback_refuses_an_unsigned_previous_where_signatures_are_required(bundles, keys, tmp_path):
     """`edgecls rollback` is a switch like a flash: on a device that requires signatures it must not make
     current a version installed before the device trusted keys (unsigned), and says why."""
-    from runtime.install import api
+    from edgecls.runtime.install import api
 
     root = tmp_path / "dev"
     [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))

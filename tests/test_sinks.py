@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from runtime.daemon.sinks import JsonlFileSink
+from edgecls.runtime.daemon.sinks import JsonlFileSink
 
 
 def _fill(sink, lines=200):

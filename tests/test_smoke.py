@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from devices.flash import FlashOptions, flash
-from devices.profiles import DeviceProfile
-from devices.sign import sign_bundle
+from edgecls.devices.flash import FlashOptions, flash
+from edgecls.devices.profiles import DeviceProfile
+from edgecls.devices.sign import sign_bundle
 from tests.daemon_helpers import http_get, write_test_video
 from tests.test_flash import PROFILE, bundles, current_release  # noqa: F401  (fixture)
 from tests.test_sign import keys  # noqa: F401  (fixture)
@@ -21,7 +21,7 @@ def test_flash_rolls_back_when_the_daemon_refuses_the_new_bundle(bundles, keys, 
     /healthz must name the bundle still serving and, apart, the refused one. Signed, the same release (same slot)
     flashed again at once installs: that old refusal neither fails it nor stops the daemon retrying."""
     pytest.importorskip("cv2")
-    from runtime.daemon import Daemon
+    from edgecls.runtime.daemon import Daemon
 
     sign_bundle(bundles["a"], keys["trusted"])
     root = tmp_path / "dev"
@@ -79,8 +79,8 @@ def test_a_daemon_backing_off_after_wrong_tokens_fails_the_health_wait_at_once_n
     import time
 
     pytest.importorskip("cv2")
-    from runtime.daemon import Daemon
-    from runtime.install.smoke import wait_healthy
+    from edgecls.runtime.daemon import Daemon
+    from edgecls.runtime.install.smoke import wait_healthy
 
     token = tmp_path / "token"
     token.write_text("the-right-token\n")
@@ -198,7 +198,7 @@ def answer(code: int, body: bytes) -> bytes:
 WAIT = r"""
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))  # an unbounded read dies here rather than eat the host
-from runtime.install.smoke import wait_healthy
+from edgecls.runtime.install.smoke import wait_healthy
 started = time.monotonic()
 failure = wait_healthy(sys.argv[1], sys.argv[2], timeout=float(sys.argv[3]))
 print(json.dumps({"failure": failure, "seconds": time.monotonic() - started}))
@@ -281,7 +281,7 @@ def test_a_flash_whose_daemon_trickles_its_answer_rolls_back_within_the_wait_and
     """The whole flash, through the CLI: /healthz answers 200 then one byte every 2 s; within the 60 s wait
     (plus the rollback) the flash ends rolled back, the verified release is current, and the lock is free
     (before: still running after 150 s, holding the lock on an unverified model)."""
-    from runtime.install.layout import DeviceRoot
+    from edgecls.runtime.install.layout import DeviceRoot
     from tests.conftest import run_cli
 
     root = tmp_path / "dev"
@@ -309,7 +309,7 @@ def test_a_daemon_refusing_the_health_urls_host_name_is_reported_as_such_not_as_
     import sys
 
     pytest.importorskip("cv2")
-    from runtime.daemon import Daemon
+    from edgecls.runtime.daemon import Daemon
     from tests.test_flash import _profile_file
 
     if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:

@@ -7,7 +7,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from runtime.sources import RetryPolicy, Source, SourceEnded, SourceError, SourceTimeout, parse_source
+from edgecls.runtime.sources import RetryPolicy, Source, SourceEnded, SourceError, SourceTimeout, parse_source
 from tests.conftest import write_image
 from tests.daemon_helpers import write_test_video
 from tests.mjpeg_server import MjpegServer

@@ -9,7 +9,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from runtime.sources import RetryPolicy, Source, SourceClosed, SourceEnded, SourceFailed, SourceTimeout
+from edgecls.runtime.sources import RetryPolicy, Source, SourceClosed, SourceEnded, SourceFailed, SourceTimeout
 from tests.daemon_helpers import write_test_video
 from tests.mjpeg_server import MjpegServer
 

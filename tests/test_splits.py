@@ -8,8 +8,8 @@ import pytest
 
 from edgecls.datasets import scan_folder
 from edgecls.rundir import open_run
+from edgecls.runtime.errors import DataError
 from edgecls.splits import PERMUTATION, file_digest
-from runtime.errors import DataError
 from tests.conftest import run_cli, train_on_private_copy, write_image
 
 

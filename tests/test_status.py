@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from devices.flash import FlashOptions, flash
-from devices.profiles import DeviceProfile
+from edgecls.devices.flash import FlashOptions, flash
+from edgecls.devices.profiles import DeviceProfile
 from tests.conftest import cli_error, run_cli
 from tests.sshd import sshd  # noqa: F401  (fixture)
 from tests.test_flash import PROFILE, bundles, current_release  # noqa: F401  (fixture)
@@ -104,7 +104,7 @@ def test_status_names_the_bundle_the_daemon_serves_and_the_one_it_refused(bundle
 
 HOLDER = r"""
 import json, sys
-from runtime.install.layout import DeviceRoot
+from edgecls.runtime.install.layout import DeviceRoot
 device = DeviceRoot(sys.argv[1])
 with device.lock(5):
     state = json.loads(device.state_file.read_text())
@@ -122,7 +122,7 @@ def test_status_never_calls_a_flash_that_ends_while_it_reads_interrupted(bundles
     import subprocess
     import sys
 
-    from runtime.install import api
+    from edgecls.runtime.install import api
 
     root = tmp_path / "dev"
     [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
@@ -174,7 +174,7 @@ def test_status_answers_within_its_deadline_when_the_health_urls_name_cannot_be_
         assert dns.stdout.readline().strip() == "ready"
         resolv = tmp_path / "resolv.conf"
         resolv.write_text("nameserver 127.83.0.53\noptions timeout:5 attempts:2\n")
-        probe = f"from runtime.install import api; print(api.status({str(root)!r}, 'http://pi.invalid-lan:8080/healthz')['health'])"
+        probe = f"from edgecls.runtime.install import api; print(api.status({str(root)!r}, 'http://pi.invalid-lan:8080/healthz')['health'])"
         started = time.monotonic()
         ran = subprocess.run(
             [

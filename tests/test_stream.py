@@ -1,7 +1,7 @@
 """Streaming input (issue 10): datasets larger than memory train, evaluate and calibrate batch by batch.
 
 Above the in-memory limit (EDGECLS_IN_MEMORY_MB, 0 here to force it on tiny sets) a split is a
-StreamedSplit: file list in memory, pixels decoded per batch by runtime.preprocess. These tests check it
+StreamedSplit: file list in memory, pixels decoded per batch by edgecls.runtime.preprocess. These tests check it
 gives the same tensors, order, run records and calibration sets as the in-memory path.
 """
 
@@ -25,8 +25,8 @@ from edgecls.data import (
     open_splits,
 )
 from edgecls.datasets import scan_folder
-from runtime.errors import EdgeclsError
-from runtime.preprocess import PreprocessSpec, preprocess_file
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.preprocess import PreprocessSpec, preprocess_file
 from tests.conftest import cli_error, run_cli
 
 SPECS = [
@@ -239,8 +239,8 @@ def test_i10_p4_files_only_another_worker_decoded_are_checked_before_the_run_is_
 
 
 def test_i10_p3_calibration_sets_and_test_batches_read_only_what_they_use(tiny_run_dir, monkeypatch):
-    from converters.calibration import CalibrationSampler, representative_set
-    from converters.calibration import fingerprint as calibration_fingerprint
+    from edgecls.converters.calibration import CalibrationSampler, representative_set
+    from edgecls.converters.calibration import fingerprint as calibration_fingerprint
     from edgecls.rundata import load_run_splits
     from edgecls.rundir import open_run
 
@@ -271,8 +271,8 @@ def test_i10_p3_convert_streams_and_gives_the_in_memory_bundle(
     tiny_run_dir, tiny_bundle, tmp_path, monkeypatch, capsys
 ):
     """Needs converters/pipeline.py to read the run's data with load_run_splits(stream=True) (issue 10 point 3)."""
-    from converters.formats import FORMATS
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.formats import FORMATS
+    from edgecls.converters.pipeline import ConvertOptions, convert
 
     monkeypatch.setenv(IN_MEMORY_ENV, "0")
     result = convert(

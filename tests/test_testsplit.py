@@ -1,8 +1,8 @@
-"""converters.testsplit: the warnings convert gives about the test and training splits it works on."""
+"""edgecls.converters.testsplit: the warnings convert gives about the test and training splits it works on."""
 
 from types import SimpleNamespace
 
-from converters import testsplit
+from edgecls.converters import testsplit
 
 
 def _run(tmp_path, labels):

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from edgecls.augment import AugmentSpec
+from edgecls.runtime.errors import EdgeclsError
 from edgecls.train import TrainConfig, train
-from runtime.errors import EdgeclsError
 from tests.conftest import cli_error, run_cli
 
 BAD_OPTIONS = [

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
+from edgecls.runtime.errors import EdgeclsError
 from edgecls.train import TrainConfig, train
-from runtime.errors import EdgeclsError
 from tests.conftest import REPO, cli_error, make_home_like, run_cli, snapshot
 from tests.daemon_helpers import wait_for
 
@@ -126,8 +126,8 @@ def test_i15_p12_a_killed_train_leaves_a_stage_the_next_run_removes_and_overwrit
 def test_i16_p1_convert_api_refuses_before_converting_and_overwrite_replaces_a_bundle(
     tmp_path, tiny_run_dir, home, capsys
 ):
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, convert
 
     before = snapshot(home)
     with pytest.raises(EdgeclsError, match="not an edgecls bundle"):

@@ -5,17 +5,17 @@ import json
 
 import pytest
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 from tests.conftest import cli_error, make_home_like, run_cli, snapshot
 
 
 @pytest.mark.slow
 def test_i11_p3_three_random_trials_give_a_run_that_convert_accepts(tmp_path, shapes_folder):
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions, convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, convert
     from edgecls.outputs import bundle_guard
     from edgecls.rundir import open_run
-    from runtime.atomic import check_output
+    from edgecls.runtime.atomic import check_output
 
     out = tmp_path / "tuned"
     result = run_cli(
@@ -171,8 +171,8 @@ def test_i11_p3_tune_refuses_before_any_trial(tmp_path, shapes_folder, case):
 
 def test_i11_p3_tune_output_may_be_replaced_only_when_it_is_ours(tmp_path):
     """A tuned run holds tuning/ beside the run's files: --overwrite replaces it, but not with someone's file in it."""
+    from edgecls.runtime.atomic import check_output
     from edgecls.tune import _guard
-    from runtime.atomic import check_output
 
     out = tmp_path / "tuned"
     (out / "tuning" / "tuner").mkdir(parents=True)

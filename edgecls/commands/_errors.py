@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 
 class OneLineErrors(click.Command):

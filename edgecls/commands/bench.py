@@ -97,9 +97,9 @@ def bench(
     """Benchmark every artifact of BUNDLE (and the source Keras model): invoke and whole-frame p50/p90/p99,
     load and first-inference time, peak RSS, GMAC/s, accuracy; compare with a baseline for CI."""
     from edgecls import bench_report as report
-    from runtime.bench.__main__ import parse_threads
-    from runtime.bench.runner import BenchOptions, run_bench
-    from runtime.errors import EdgeclsError
+    from edgecls.runtime.bench.__main__ import parse_threads
+    from edgecls.runtime.bench.runner import BenchOptions, run_bench
+    from edgecls.runtime.errors import EdgeclsError
 
     if bool(bundle) == bool(from_json):
         raise EdgeclsError(
@@ -160,13 +160,13 @@ def bench(
 def _keras_hook(bundle, keras_model, no_keras, say):
     """The Keras baseline's hook for run_bench, or None (with a note saying why) when it cannot run."""
     from edgecls import bench_keras
-    from runtime.bundle import load_bundle
+    from edgecls.runtime.bundle import load_bundle
 
     if no_keras:
         return None
     if not bench_keras.tensorflow_installed():
         if keras_model:
-            from runtime.errors import MissingDependencyError
+            from edgecls.runtime.errors import MissingDependencyError
 
             raise MissingDependencyError("tensorflow", "train", "--keras times the Keras model")
         say("note: no Keras baseline (TensorFlow is not installed)")

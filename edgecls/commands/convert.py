@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecls.commands._errors import OneLineErrors
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 QAT_MODES = ("remedy", "always", "never")
 
@@ -112,25 +112,25 @@ def convert(
         if qat not in ("remedy", "never"):
             raise EdgeclsError(f"--no-qat contradicts --qat {qat}: give one of them")
         qat = "never"
-    from converters.pipeline import check_max_drop
+    from edgecls.converters.pipeline import check_max_drop
     from edgecls.outputs import bundle_guard
     from edgecls.rundir import open_run
 
     check_max_drop(max_drop)  # click's float takes nan, inf and negatives: each would change what the gate means
     check_max_drop(max_prune_drop, "--max-prune-drop")
-    from runtime.atomic import check_output
+    from edgecls.runtime.atomic import check_output
 
     # Before anything heavy is imported or loaded: only a bundle of ours (or an empty folder) may be
     # replaced, and never the run being converted or its dataset.
     check_output(out, overwrite, **bundle_guard(open_run(run)))
     if tar:
-        from converters.output import check_tar_output
+        from edgecls.converters.output import check_tar_output
 
         check_tar_output(out, overwrite)
 
-    from converters.formats import parse_formats
-    from converters.pipeline import ConvertOptions
-    from converters.pipeline import convert as run_convert
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions
+    from edgecls.converters.pipeline import convert as run_convert
 
     options = ConvertOptions(
         formats=parse_formats(formats),

@@ -8,7 +8,7 @@ import click
 
 
 def _profiles_help() -> str:
-    from devices.profiles import PROFILES_ENV, user_profile_dirs
+    from edgecls.devices.profiles import PROFILES_ENV, user_profile_dirs
 
     return f"your own profiles: *.json in {user_profile_dirs()[0]} (or folders in ${PROFILES_ENV})"
 
@@ -28,9 +28,9 @@ def list_cmd(as_json):
     """List the profiles and the backends installed here."""
     from dataclasses import asdict
 
-    from devices.flash import printable
-    from devices.profiles import list_profiles, load_profile, profile_source
-    from runtime.backends import available_backends
+    from edgecls.devices.flash import printable
+    from edgecls.devices.profiles import list_profiles, load_profile, profile_source
+    from edgecls.runtime.backends import available_backends
 
     profiles = [load_profile(n) for n in list_profiles()]
     backends = available_backends()
@@ -53,8 +53,8 @@ def show(name, as_json):
     """Every field of one profile (NAME, or a path to a JSON file)."""
     from dataclasses import asdict
 
-    from devices.flash import printable
-    from devices.profiles import load_profile, profile_source
+    from edgecls.devices.flash import printable
+    from edgecls.devices.profiles import load_profile, profile_source
 
     profile = load_profile(name)
     data = asdict(profile)

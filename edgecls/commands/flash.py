@@ -41,7 +41,7 @@ def with_target_options(f):
 
 
 def target_options(device, profile_file, ssh_config, ssh_options, python, **more):
-    from devices.flash import FlashOptions, resolve_profile
+    from edgecls.devices.flash import FlashOptions, resolve_profile
 
     return FlashOptions(
         profile=resolve_profile(device, profile_file),
@@ -102,8 +102,8 @@ def flash(
     Sends only the files the profile needs, verifies them on the device, switches `current` atomically,
     runs the smoke test and rolls back on failure. Exits 1 if any target failed or rolled back.
     """
-    from devices.flash import flash as run_flash
-    from devices.flash import format_table, read_targets_file
+    from edgecls.devices.flash import flash as run_flash
+    from edgecls.devices.flash import format_table, read_targets_file
 
     all_targets = list(targets) + (read_targets_file(targets_file) if targets_file else [])
     from edgecls.progress import progress

@@ -6,14 +6,14 @@ import json
 
 import click
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 
 def _image_paths(paths) -> list:
     """Files as given; folders searched recursively for images, in sorted order."""
     from pathlib import Path
 
-    from runtime.preprocess import IMAGE_SUFFIXES
+    from edgecls.runtime.preprocess import IMAGE_SUFFIXES
 
     found = []
     for raw in paths:
@@ -45,10 +45,10 @@ def _image_paths(paths) -> list:
 )
 def predict(bundle, paths, top_k, as_json, artifact, device, threads):
     """Classify image files and folders (recursively) with a bundle; no TensorFlow needed."""
-    from devices import load_profile
-    from runtime.bundle import load_bundle
-    from runtime.classifier import Classifier
-    from runtime.errors import ImageDecodeError
+    from edgecls.devices import load_profile
+    from edgecls.runtime.bundle import load_bundle
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.errors import ImageDecodeError
 
     images = _image_paths(paths)
     loaded = load_bundle(bundle)

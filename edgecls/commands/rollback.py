@@ -12,8 +12,8 @@ from edgecls.commands.flash import target_options, with_target_options
 @with_target_options
 def rollback(target, **kw):
     """Switch TARGET's `current` back to `previous` atomically (and restart the daemon's service if installed)."""
-    from devices.flash import printable as p
-    from devices.flash import rollback as run_rollback
+    from edgecls.devices.flash import printable as p
+    from edgecls.devices.flash import rollback as run_rollback
 
     done = run_rollback(target, target_options(**kw))  # its fields come from the device: printed escaped
     now = p(done["slot"] or "nothing (no `current`)")

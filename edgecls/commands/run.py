@@ -31,7 +31,7 @@ def _load_config(ctx, param, path):
     """--config FILE: its keys become the defaults of the other options (so flags and env still win)."""
     if path is None:
         return
-    from runtime.errors import EdgeclsError
+    from edgecls.runtime.errors import EdgeclsError
 
     try:
         import tomllib
@@ -291,14 +291,14 @@ def run(
     Every option can come from --config FILE (TOML) or an EDGECLS_RUN_<OPTION> variable;
     `edgecls service unit` prints a systemd unit that runs `edgecls run --config FILE`.
     """
-    from devices import load_profile
-    from runtime.errors import EdgeclsError
+    from edgecls.devices import load_profile
+    from edgecls.runtime.errors import EdgeclsError
 
     if bundle is None:
         raise EdgeclsError("no bundle to run: give BUNDLE, `bundle = ...` in --config, or EDGECLS_RUN_BUNDLE")
     if wait_for_sources is None:  # a service waits for its camera (systemd sets NOTIFY_SOCKET for Type=notify)
         wait_for_sources = bool(os.environ.get("NOTIFY_SOCKET"))
-    from runtime.sources import parse_source, redact_uri
+    from edgecls.runtime.sources import parse_source, redact_uri
 
     profile = load_profile(device)
     uris = list(sources) or [profile.camera]
@@ -315,7 +315,7 @@ def run(
         drift_threshold,
     )
     if allowed_hosts:  # a port, scheme or path would never match a Host header: refused here, in one line
-        from runtime.daemon.http import allowed_host_names
+        from edgecls.runtime.daemon.http import allowed_host_names
 
         allowed_hosts = tuple(allowed_host_names(allowed_hosts))
     if port is None:
@@ -334,7 +334,7 @@ def run(
                     f"--fps paces a video file or folder; {redact_uri(uri)} is live and sets its own rate: drop --fps"
                 )
         pacing = {"every_frame": False, "realtime": True, "fps": fps}
-    from runtime.daemon.nativelog import native_output_to_log
+    from edgecls.runtime.daemon.nativelog import native_output_to_log
 
     if port is not None or len(uris) > 1 or any(v is not None for v in daemon_only):
         token = _read_token(token_file)
@@ -406,27 +406,27 @@ def _run_simple(
     wait_for_sources,
 ) -> None:
     """One source, one JSON line per frame on stdout, events on stderr."""
-    from runtime.bundle import load_bundle
-    from runtime.classifier import Classifier
-    from runtime.errors import EdgeclsError
-    from runtime.sources import Source, SourceEnded, SourceTimeout
+    from edgecls.runtime.bundle import load_bundle
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.errors import EdgeclsError
+    from edgecls.runtime.sources import Source, SourceEnded, SourceTimeout
 
     bundle = os.path.realpath(bundle)  # a flashed `current`, resolved once: the model named is the one loaded
     if allowed_signers:
-        from runtime.install.signature import verify_bundle
+        from edgecls.runtime.install.signature import verify_bundle
 
         bundle = load_bundle(bundle)
         verify_bundle(bundle.root, allowed_signers)
 
     classifier = Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
-    from runtime.daemon.loop import model_info
+    from edgecls.runtime.daemon.loop import model_info
 
     model = model_info(classifier)  # each line names the model that produced it, as the daemon's do
     done = 0
     with Source(uri, loop=loop, timeout_s=timeout, profile=profile, **pacing) as src:
         if src.spec.live and src.stats.last_error and not src.stats.frames and not wait_for_sources:
             # Its first open failed (Source retries in the background): a camera that was never there.
-            from runtime.daemon.supervisor import open_fix
+            from edgecls.runtime.daemon.supervisor import open_fix
 
             raise EdgeclsError(f"cannot open source {src.spec.shown}: {open_fix(src.spec)}")
         while max_frames is None or done < max_frames:
@@ -468,7 +468,7 @@ def _run_simple(
 def _capture(folder, below, every, max_mb):
     if folder is None:
         return None
-    from runtime.daemon.capture import Capture
+    from edgecls.runtime.daemon.capture import Capture
 
     return Capture(folder, below=below, sample=every, max_bytes=_bytes(max_mb))
 
@@ -480,7 +480,7 @@ def _bytes(megabytes: float) -> int:
 
 def _read_token(token_file) -> str | None:
     """The bearer token from --token-file, else from the environment; None when neither is set."""
-    from runtime.errors import EdgeclsError
+    from edgecls.runtime.errors import EdgeclsError
 
     if token_file is None:  # stripped like the file: `echo tok >` and env files add a newline no client sends
         token = os.environ.get(TOKEN_ENV, "").strip()
@@ -512,14 +512,14 @@ def _run_daemon(
     mqtt_discovery,
     **options,
 ) -> None:
-    """Several sources, HTTP, smoothing: the daemon in runtime.daemon; events go to stderr as JSON lines."""
-    from runtime.daemon import Daemon
-    from runtime.daemon.sinks import JsonlFileSink, StdoutSink
-    from runtime.errors import EdgeclsError
+    """Several sources, HTTP, smoothing: the daemon in edgecls.runtime.daemon; events go to stderr as JSON lines."""
+    from edgecls.runtime.daemon import Daemon
+    from edgecls.runtime.daemon.sinks import JsonlFileSink, StdoutSink
+    from edgecls.runtime.errors import EdgeclsError
 
     sinks = [JsonlFileSink(results, max_bytes=_bytes(results_max_mb))] if results else [StdoutSink()]
     if mqtt:
-        from runtime.daemon.mqtt import MqttSink
+        from edgecls.runtime.daemon.mqtt import MqttSink
 
         sinks.append(MqttSink(mqtt, qos=mqtt_qos, every=mqtt_every, discovery=mqtt_discovery))
     daemon = Daemon(

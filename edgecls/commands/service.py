@@ -48,7 +48,7 @@ def service():
 @click.option("--no-hint", is_flag=True, help="Print only the unit, without the install comment.")
 def unit(executable, config, env_file, results_dir, user, watchdog_sec, no_hint):
     """Print a hardened systemd unit for `edgecls run --config FILE` (Type=notify with a watchdog)."""
-    from devices.service import UnitOptions, unit_text
+    from edgecls.devices.service import UnitOptions, unit_text
 
     text = unit_text(
         UnitOptions(

@@ -18,7 +18,7 @@ def sign(bundle, key, principal):
     """Write BUNDLE/manifest.json.sig; devices with an allowed_signers file accept only bundles it trusts."""
     from pathlib import Path
 
-    from devices.sign import sign_bundle, trusted_line
+    from edgecls.devices.sign import sign_bundle, trusted_line
 
     where = sign_bundle(bundle, key)
     click.echo(f"signed: {where}")

@@ -15,8 +15,8 @@ from edgecls.commands.flash import target_options, with_target_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(target, as_json, **kw):
     """Installed versions, which is current, signature state, health, and the last flash result with its reason."""
-    from devices.flash import printable as p
-    from devices.flash import status as run_status
+    from edgecls.devices.flash import printable as p
+    from edgecls.devices.flash import status as run_status
 
     info = run_status(target, target_options(**kw))
     if as_json:

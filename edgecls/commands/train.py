@@ -6,7 +6,7 @@ import click
 
 from edgecls.commands._errors import OneLineErrors
 from edgecls.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 
 def _model_help() -> str:

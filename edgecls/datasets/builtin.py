@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.atomic import staged_dir
-from runtime.errors import MissingDependencyError
+from edgecls.runtime.atomic import staged_dir
+from edgecls.runtime.errors import MissingDependencyError
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.errors import DataError
-from runtime.preprocess import IMAGE_SUFFIXES
+from edgecls.runtime.errors import DataError
+from edgecls.runtime.preprocess import IMAGE_SUFFIXES
 
 SPLIT_NAMES = ("train", "val", "test")
 

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from runtime.backends.base import TensorSpec
+from edgecls.runtime.backends.base import TensorSpec
 
 
 def _spec(detail: dict) -> TensorSpec:

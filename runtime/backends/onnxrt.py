@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-from runtime.backends.base import TensorSpec
+from edgecls.runtime.backends.base import TensorSpec
 
 log = logging.getLogger("edgecls.runtime")
 

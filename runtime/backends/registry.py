@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 
-from runtime.backends.litert import LiteRTBackend, TFLiteRuntimeBackend
-from runtime.backends.onnxrt import OnnxRuntimeBackend
-from runtime.errors import EdgeclsError, MissingDependencyError
+from edgecls.runtime.backends.litert import LiteRTBackend, TFLiteRuntimeBackend
+from edgecls.runtime.backends.onnxrt import OnnxRuntimeBackend
+from edgecls.runtime.errors import EdgeclsError, MissingDependencyError
 
 log = logging.getLogger("edgecls.runtime")
 

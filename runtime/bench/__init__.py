@@ -1,6 +1,6 @@
 """The on-device half of `edgecls bench`: time every artifact of a bundle, honestly, and write JSON.
 
-    python3 -m runtime.bench BUNDLE [--threads 1,2] [--repeats 3] [--runs 200] [--data FOLDER] [--json PATH|-]
+    python3 -m edgecls.runtime.bench BUNDLE [--threads 1,2] [--repeats 3] [--runs 200] [--data FOLDER] [--json PATH|-]
 
 For each artifact and thread count, in a fresh process per repeat: load time, first inference, warm-up
 until the latency settles, then timed runs of the engine alone (invoke) and of the whole frame (decode ->
@@ -8,6 +8,6 @@ preprocess + quantize -> invoke -> top-k, through the public runtime API), peak 
 folder. TensorFlow-free: this is what a device runs; `edgecls bench` drives it locally or over SSH.
 """
 
-from runtime.bench.runner import FORMAT, BenchOptions, run_bench
+from edgecls.runtime.bench.runner import FORMAT, BenchOptions, run_bench
 
 __all__ = ["FORMAT", "BenchOptions", "run_bench"]

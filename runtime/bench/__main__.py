@@ -1,4 +1,4 @@
-"""`python3 -m runtime.bench BUNDLE ...`: the bench as a device runs it (no TensorFlow, no edgecls CLI)."""
+"""`python3 -m edgecls.runtime.bench BUNDLE ...`: the bench as a device runs it (no TensorFlow, no edgecls CLI)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import os
 import signal
 import sys
 
-from runtime.bench.runner import BenchOptions, run_bench
-from runtime.bench.table import format_table
-from runtime.errors import EdgeclsError
+from edgecls.runtime.bench.runner import BenchOptions, run_bench
+from edgecls.runtime.bench.table import format_table
+from edgecls.runtime.errors import EdgeclsError
 
 # Printed on its own line before the JSON of `--json -`: a device's shell or python shim may print first
 # (a pyenv banner, an rc file's echo), so the reader takes what follows the marker, not the whole stdout.
@@ -33,7 +33,7 @@ def parse_threads(value: str) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m runtime.bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python3 -m edgecls.runtime.bench", description=__doc__)
     p.add_argument("bundle")
     p.add_argument("--artifacts", help="comma-separated artifact names (default: all)")
     p.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2 (default 1)")
@@ -59,7 +59,7 @@ def _own_process_group(pid_file: str) -> None:
     """Become a process group leader (our workers join the group) and write the group id to `pid_file`."""
     if os.getpgrp() != os.getpid():  # sshd usually made us a session leader already; setsid would refuse then
         os.setsid()
-    from runtime.atomic import write_text
+    from edgecls.runtime.atomic import write_text
 
     write_text(pid_file, f"{os.getpgrp()}\n")
 
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         if args.json_path == "-":
             sys.stdout.write(f"\n{JSON_MARKER}\n{text}")
         elif args.json_path:
-            from runtime.atomic import write_text
+            from edgecls.runtime.atomic import write_text
 
             write_text(args.json_path, text)
         if args.json_path != "-":

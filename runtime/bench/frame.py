@@ -50,7 +50,7 @@ def frame_stages(
     `classify(image)` is the deployable per-frame call on an RGB uint8 image; `backend` the object whose
     `run` it ends up calling. `load_image` decodes the file (page cache warm after the first frame).
     """
-    from runtime.preprocess import load_image
+    from edgecls.runtime.preprocess import load_image
 
     samples = {k: [] for k in (*STAGES, "frame", "total", "overhead")}
     deadline = None

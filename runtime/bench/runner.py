@@ -18,11 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from runtime.bench import frame as frames
-from runtime.bench import machine
-from runtime.bench.stats import spread_pct, summarize
-from runtime.bundle import Bundle, load_bundle
-from runtime.errors import EdgeclsError
+from edgecls.runtime.bench import frame as frames
+from edgecls.runtime.bench import machine
+from edgecls.runtime.bench.stats import spread_pct, summarize
+from edgecls.runtime.bundle import Bundle, load_bundle
+from edgecls.runtime.errors import EdgeclsError
 
 FORMAT = "edgecls-bench/1"
 STAGES = ("decode", "preprocess", "invoke", "postprocess", "frame", "total", "overhead")
@@ -65,7 +65,7 @@ def data_note(folder, labels) -> str | None:
 
     A misspelt class folder would otherwise drop its images from the accuracy without a word.
     """
-    from runtime.bench.worker import dataset_images
+    from edgecls.runtime.bench.worker import dataset_images
 
     items, unknown = dataset_images(folder, labels)
     if not unknown:
@@ -77,7 +77,7 @@ def data_note(folder, labels) -> str | None:
     )
 
 
-def run_worker(job: dict, python: str, timeout_s: float, module: str = "runtime.bench.worker") -> dict:
+def run_worker(job: dict, python: str, timeout_s: float, module: str = "edgecls.runtime.bench.worker") -> dict:
     """Run one measurement in a fresh interpreter; its one-line error becomes ours."""
     what = job.get("artifact") or Path(str(job.get("model"))).name  # a Keras job names a model, not an artifact
     # The worker must import this very runtime (a checkout, or the one the device installed), wherever we run from.
@@ -159,7 +159,7 @@ def _frame_for(bundle: Bundle, options: BenchOptions, folder: Path) -> Path:
         frame = Path(options.frame)
         if not frame.is_file():
             raise EdgeclsError(f"--frame {frame} is not an image file")
-        from runtime.preprocess import load_image
+        from edgecls.runtime.preprocess import load_image
 
         try:
             load_image(frame)  # a bad file is an error here, once, not in every worker

@@ -1,6 +1,6 @@
 """One artifact at one thread count, measured in a process that loads nothing else.
 
-    python3 -m runtime.bench.worker '{"bundle": ..., "artifact": ..., "threads": 1, ...}'
+    python3 -m edgecls.runtime.bench.worker '{"bundle": ..., "artifact": ..., "threads": 1, ...}'
 
 Prints one JSON object (raw samples included; the parent pools repeats). A fresh process per
 measurement makes peak RSS mean "this artifact" and keeps one engine's thread pool or allocator
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.bench.stats import timed_runs, warm_up
+from edgecls.runtime.bench.stats import timed_runs, warm_up
 
 
 def rss_mb() -> float | None:
@@ -55,8 +55,8 @@ def engines_loaded() -> list:
 
 def dataset_images(folder, labels) -> tuple[list, list]:
     """([(path, class index)], [folders that are not classes of the bundle]) of a class-per-folder dataset."""
-    from runtime.errors import DataError
-    from runtime.preprocess import IMAGE_SUFFIXES
+    from edgecls.runtime.errors import DataError
+    from edgecls.runtime.preprocess import IMAGE_SUFFIXES
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -80,7 +80,7 @@ def dataset_images(folder, labels) -> tuple[list, list]:
 
 def accuracy(classify_file, folder, labels) -> dict:
     """Top-1 accuracy of `classify_file(path) -> label` on a class-per-folder dataset; unreadable images count apart."""
-    from runtime.errors import ImageDecodeError
+    from edgecls.runtime.errors import ImageDecodeError
 
     items, unknown = dataset_images(folder, labels)
     correct = failed = 0
@@ -99,7 +99,7 @@ def accuracy(classify_file, folder, labels) -> dict:
 
 
 def _engine_module(fmt: str) -> tuple[str, str]:
-    from runtime.backends.registry import BACKENDS, available_backends
+    from edgecls.runtime.backends.registry import BACKENDS, available_backends
 
     installed = available_backends()
     for cls in BACKENDS.get(fmt, ()):
@@ -110,11 +110,11 @@ def _engine_module(fmt: str) -> tuple[str, str]:
 
 def measure(job: dict) -> dict:
     """Load, first inference, warm-up, timed invokes, timed whole frames, accuracy, RSS: one record."""
-    from runtime.bench.frame import frame_stages
-    from runtime.bench.machine import package_versions
-    from runtime.classifier import Classifier
-    from runtime.preprocess import load_image, preprocess
-    from runtime.session import quantize
+    from edgecls.runtime.bench.frame import frame_stages
+    from edgecls.runtime.bench.machine import package_versions
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.preprocess import load_image, preprocess
+    from edgecls.runtime.session import quantize
 
     rss_start = rss_mb()
     threads = job.get("threads")
@@ -165,7 +165,7 @@ def measure(job: dict) -> dict:
 
 def serve_job(measure_job, argv=None) -> int:
     """A worker process's whole life: the job as JSON in argv[1], its record as JSON on stdout, errors in one line."""
-    from runtime.errors import EdgeclsError
+    from edgecls.runtime.errors import EdgeclsError
 
     argv = sys.argv[1:] if argv is None else argv
     try:

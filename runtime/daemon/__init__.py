@@ -1,9 +1,9 @@
 """The camera classification daemon: supervised sources, one shared model, sinks, metrics, HTTP.
 
-See `runtime.daemon.daemon.Daemon`; the modules each do one step of the chain
+See `edgecls.runtime.daemon.daemon.Daemon`; the modules each do one step of the chain
 (supervisor -> loop -> sinks and metrics -> http).
 """
 
-from runtime.daemon.daemon import Daemon
+from edgecls.runtime.daemon.daemon import Daemon
 
 __all__ = ["Daemon"]

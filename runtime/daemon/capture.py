@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from runtime.atomic import _TEMP_FILE, write_bytes, write_text
+from edgecls.runtime.atomic import _TEMP_FILE, write_bytes, write_text
 
 log = logging.getLogger("edgecls.daemon")
 

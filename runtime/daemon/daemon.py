@@ -18,13 +18,13 @@ import os
 import threading
 import time
 
-from runtime.daemon.loop import SourceLoop
-from runtime.daemon.metrics import Metrics
-from runtime.daemon.reload import Reloader
-from runtime.daemon.sinks import StdoutSink
-from runtime.daemon.supervisor import Backoff, Supervisor, display_name
-from runtime.errors import EdgeclsError
-from runtime.monitor.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW, NO_REFERENCE, DriftMonitor
+from edgecls.runtime.daemon.loop import SourceLoop
+from edgecls.runtime.daemon.metrics import Metrics
+from edgecls.runtime.daemon.reload import Reloader
+from edgecls.runtime.daemon.sinks import StdoutSink
+from edgecls.runtime.daemon.supervisor import Backoff, Supervisor, display_name
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.monitor.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW, NO_REFERENCE, DriftMonitor
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -35,7 +35,7 @@ CAPTURE_DRAIN_S = 30.0  # every source ended: how long the frames still queued f
 class Daemon:
     """Classify several sources with one model; `run()` blocks, `stop()` (or SIGTERM/SIGINT) ends it.
 
-    sources: URIs as `runtime.sources` parses them. classifier: an already loaded Classifier
+    sources: URIs as `edgecls.runtime.sources` parses them. classifier: an already loaded Classifier
     (otherwise one is loaded from `bundle` with artifact/profile/threads/top_k). sinks: objects
     with write(dict) and close() (default: JSON lines on stdout). port: None for no HTTP server,
     0 for any free port (see `url`). max_frames is per source. source_options go to every Source
@@ -134,12 +134,12 @@ class Daemon:
             self.loops.append(loop)
         self.window = None
         if show:
-            from runtime.daemon.window import Window
+            from edgecls.runtime.daemon.window import Window
 
             self.window = Window(_Preview(self.loops))
         self.server = None
         if port is not None:
-            from runtime.daemon.http import StatusServer
+            from edgecls.runtime.daemon.http import StatusServer
 
             self.server = StatusServer(
                 health=self.health,
@@ -166,11 +166,11 @@ class Daemon:
         self.ended_by: str | None = None  # "stop" (signal, stop(), window), "duration", or "sources" (all done)
 
     def _load_classifier(self, bundle):
-        from runtime.bundle import load_bundle
-        from runtime.classifier import Classifier
+        from edgecls.runtime.bundle import load_bundle
+        from edgecls.runtime.classifier import Classifier
 
         if self.allowed_signers:  # an unsigned or untrusted bundle is refused: at start, and on every reload
-            from runtime.install.signature import verify_bundle
+            from edgecls.runtime.install.signature import verify_bundle
 
             bundle = load_bundle(bundle)
             signer = verify_bundle(bundle.root, self.allowed_signers)
@@ -283,7 +283,7 @@ class Daemon:
             log.info("serving the preview, /healthz, /metrics and /latest on %s", self.server.url)
         if self.reloader:
             self.reloader.start()
-        from runtime.daemon.notify import SystemdNotifier
+        from edgecls.runtime.daemon.notify import SystemdNotifier
 
         self.notifier = SystemdNotifier.from_env(progress=self._classified, status=self._status_line)
         if self.notifier is not None:
@@ -333,7 +333,7 @@ class Daemon:
 
     def run(self, on_start=None) -> dict:
         """start, wait, stop; SIGTERM/SIGINT stop it cleanly. Returns `summary()`."""
-        from runtime.daemon.signals import SignalWatcher
+        from edgecls.runtime.daemon.signals import SignalWatcher
 
         # The handlers set flags only; a thread acts on them (a handler taking a lock deadlocks on a signal burst).
         signals = SignalWatcher(self.request_stop, self.reloader.request if self.reloader else None)

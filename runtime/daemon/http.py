@@ -42,8 +42,8 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import unquote, unquote_plus
 
-from runtime.errors import EdgeclsError
-from runtime.redact import redact as _redact_secrets
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.redact import redact as _redact_secrets
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -163,7 +163,7 @@ class StatusServer:
         return 200, content_type, body
 
     def _page(self):
-        from runtime.daemon.preview import page
+        from edgecls.runtime.daemon.preview import page
 
         return 200, "text/html; charset=utf-8", page(self._preview.names())
 
@@ -714,7 +714,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._sign_in_page(wrong=True)
 
     def _sign_in_page(self, wrong: bool) -> None:
-        from runtime.daemon.preview import sign_in_page
+        from edgecls.runtime.daemon.preview import sign_in_page
 
         challenge = {"WWW-Authenticate": 'Bearer realm="edgecls"'}
         self._send(401, "text/html; charset=utf-8", sign_in_page(wrong=wrong), challenge)
@@ -766,7 +766,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.streams.release()
 
     def _serve_stream(self, index: int) -> None:
-        from runtime.daemon.preview import BOUNDARY, MAX_FPS, annotate, jpeg, part
+        from edgecls.runtime.daemon.preview import BOUNDARY, MAX_FPS, annotate, jpeg, part
 
         self.connection.settimeout(self.timeout)
         self._answered = True

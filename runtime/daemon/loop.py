@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 
-from runtime.monitor.stats import brightness
-from runtime.preprocess import pixels
-from runtime.sources import SourceEnded, SourceTimeout
+from edgecls.runtime.monitor.stats import brightness
+from edgecls.runtime.preprocess import pixels
+from edgecls.runtime.sources import SourceEnded, SourceTimeout
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -173,11 +173,11 @@ class _Ahead:
 class SourceLoop:
     """Reads frames from one supervisor and publishes one result per classified frame.
 
-    classifier: a `runtime.classifier.Classifier`, shared by every loop (its session is thread-safe).
+    classifier: a `edgecls.runtime.classifier.Classifier`, shared by every loop (its session is thread-safe).
     publish: called with each result dict (the daemon fans it out to sinks); must not raise.
-    metrics: a `runtime.daemon.metrics.Metrics` or None.
+    metrics: a `edgecls.runtime.daemon.metrics.Metrics` or None.
     max_frames: stop after this many classified frames (None: until stopped or the source ends).
-    drift: this source's `runtime.monitor.drift.SourceDrift`, or None for no drift monitoring.
+    drift: this source's `edgecls.runtime.monitor.drift.SourceDrift`, or None for no drift monitoring.
     """
 
     def __init__(
@@ -205,7 +205,7 @@ class SourceLoop:
         self._pending = None  # a reloaded classifier, adopted before the next frame
         self._swap_lock = threading.Lock()
         self.max_frames = max_frames
-        self.capture = capture  # a runtime.daemon.capture.Capture or None: offered every classified frame
+        self.capture = capture  # a edgecls.runtime.daemon.capture.Capture or None: offered every classified frame
         self.drift = drift
         if drift is not None:
             drift.adopt(classifier)

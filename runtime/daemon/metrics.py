@@ -7,7 +7,7 @@ fps are read from them when Prometheus scrapes, so nothing is computed twice or 
 
 from __future__ import annotations
 
-from runtime.errors import MissingDependencyError
+from edgecls.runtime.errors import MissingDependencyError
 
 # Edge models run in about 0.1 ms (tiny int8) to a few seconds (large fp32 on a Pi Zero).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -30,7 +30,7 @@ class _SourceCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from runtime.daemon.supervisor import STATES
+        from edgecls.runtime.daemon.supervisor import STATES
 
         dropped = CounterMetricFamily(
             "edgecls_frames_dropped",
@@ -74,7 +74,7 @@ class _DriftCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        from runtime.monitor.drift import NO_REFERENCE
+        from edgecls.runtime.monitor.drift import NO_REFERENCE
 
         reference = GaugeMetricFamily(
             "edgecls_drift_reference",
@@ -225,15 +225,15 @@ class Metrics:
         self.frame_time.labels(source=name)
 
     def track_drift(self, monitor) -> None:
-        """Expose a `runtime.monitor.drift.DriftMonitor`'s sources (read at scrape time)."""
+        """Expose a `edgecls.runtime.monitor.drift.DriftMonitor`'s sources (read at scrape time)."""
         self.registry.register(_DriftCollector(monitor))
 
     def track_capture(self, capture) -> None:
-        """Expose a `runtime.daemon.capture.Capture`'s counts (read at scrape time)."""
+        """Expose a `edgecls.runtime.daemon.capture.Capture`'s counts (read at scrape time)."""
         self.registry.register(_CaptureCollector(capture))
 
     def track_http(self, server) -> None:
-        """Expose a `runtime.daemon.http.StatusServer`'s wrong-token counts (a scraper with an old token shows)."""
+        """Expose a `daemon.http.StatusServer`'s wrong-token counts (a scraper with an old token shows)."""
         self.registry.register(_HttpCollector(server.guesses))
 
     def observe_frame(self, source: str, *, infer_s: float, total_s: float, age_s: float) -> None:

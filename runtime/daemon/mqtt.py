@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from runtime.errors import EdgeclsError, MissingDependencyError
+from edgecls.runtime.errors import EdgeclsError, MissingDependencyError
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -80,7 +80,7 @@ class MqttTarget:
 
 def redact(url: str) -> str:
     """The URL with its password replaced, for messages and logs (the sources' masking: up to the last '@')."""
-    from runtime.sources import redact_uri
+    from edgecls.runtime.sources import redact_uri
 
     return redact_uri(url)
 

@@ -18,7 +18,7 @@ import re
 import sys
 import threading
 
-from runtime.redact import redact
+from edgecls.runtime.redact import redact
 
 log = logging.getLogger("edgecls.native")
 

@@ -21,7 +21,7 @@ class Reloader:
     """Watches `path` and swaps the model; `request()` (from any thread, not a signal handler) reloads it.
 
     load(path) -> a ready Classifier (raises on a bad bundle); swap(classifier) installs it.
-    metrics: a `runtime.daemon.metrics.Metrics` or None. poll_s: how often the link is read.
+    metrics: a `edgecls.runtime.daemon.metrics.Metrics` or None. poll_s: how often the link is read.
 
     serving: the resolved path the model in use was loaded from (default: where `path` points now). A daemon
     resolves its link once and loads from there, so a switch during its start is seen here as a move.

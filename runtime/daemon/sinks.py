@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 log = logging.getLogger("edgecls.daemon")
 

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from runtime.sources import (
+from edgecls.runtime.sources import (
     RetryPolicy,
     Source,
     SourceClosed,
@@ -81,7 +81,7 @@ class SupervisorStats:
 
 
 class Supervisor:
-    """Owns one `runtime.sources.Source`; `read()` hands out only frames its capture really delivered.
+    """Owns one `edgecls.runtime.sources.Source`; `read()` hands out only frames its capture really delivered.
 
     stall_timeout: seconds without a new frame after which the source is closed and reopened.
     source_options: passed to Source (loop, every_frame, realtime, fps, profile, timeout_s).

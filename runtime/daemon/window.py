@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 
 def gui_backend() -> str | None:
@@ -68,7 +68,7 @@ class Window:
         """Draw what is new; False once the user pressed q or Esc (the daemon then stops)."""
         import cv2
 
-        from runtime.daemon.preview import annotate
+        from edgecls.runtime.daemon.preview import annotate
 
         for index, name in enumerate(self._preview.names()):
             shown = self._preview.frame(index)

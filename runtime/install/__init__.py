@@ -1,12 +1,12 @@
 """The device side of `edgecls flash`: versioned slots, atomic `current`, signatures, smoke test, rollback.
 
-Runs on the device (over SSH as `python3 -m runtime.install COMMAND`) or on the host for a local target.
+Runs on the device (over SSH as `python3 -m edgecls.runtime.install COMMAND`) or on the host for a local target.
 It needs only the runtime (no TensorFlow). See layout.py for the folder it owns and commit.py for the switch.
 """
 
-from runtime.install.api import apply, plan, rollback, status
-from runtime.install.layout import DeviceRoot, InstallError
-from runtime.install.signature import SIGNATURE, SignatureError, verify_bundle
+from edgecls.runtime.install.api import apply, plan, rollback, status
+from edgecls.runtime.install.layout import DeviceRoot, InstallError
+from edgecls.runtime.install.signature import SIGNATURE, SignatureError, verify_bundle
 
 __all__ = [
     "apply",

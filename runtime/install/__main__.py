@@ -1,4 +1,4 @@
-"""`python3 -m runtime.install plan|apply|rollback|status|trust|service`: the device's half of flash, in JSON.
+"""`python3 -m edgecls.runtime.install plan|apply|rollback|status|trust|service`: the device's half of flash, in JSON.
 
 Every command prints one JSON object on stdout. A refusal prints {"error": "..."} and exits 2, so the host
 can tell a reasoned refusal from a crash (exit 1, traceback on stderr).
@@ -14,11 +14,11 @@ import argparse
 import json
 import sys
 
-from runtime.errors import EdgeclsError
+from edgecls.runtime.errors import EdgeclsError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m runtime.install", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python3 -m edgecls.runtime.install", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("plan", "apply", "rollback", "status", "trust", "service"):
         c = sub.add_parser(name)
@@ -55,11 +55,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from runtime.install import api
+    from edgecls.runtime.install import api
 
     try:
         if args.command in ("plan", "apply"):
-            from runtime.install import staging
+            from edgecls.runtime.install import staging
 
             artifacts = [a for a in args.artifacts.split(",") if a]
             stream = None
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         elif args.command == "trust":
             out = api.trust(args.root, sys.stdin.buffer.read())
         elif args.command == "service":
-            from runtime.install.service import install_service
+            from edgecls.runtime.install.service import install_service
 
             out = install_service(
                 args.root,
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         print(json.dumps({"error": str(exc)}))
         return 2
     except OSError as exc:  # a full or read-only disk: the device's own words, as for a local target
-        from runtime.install.layout import os_error_text
+        from edgecls.runtime.install.layout import os_error_text
 
         print(json.dumps({"error": os_error_text(exc)}))
         return 2

@@ -1,6 +1,6 @@
 """The device side of flash, rollback and status, as plain functions of a device root.
 
-`python3 -m runtime.install` wraps each in a JSON-speaking command for SSH targets; local targets (a mounted
+`python3 -m edgecls.runtime.install` wraps each in a JSON-speaking command for SSH targets; local targets (a mounted
 SD card, the loopback device) call them directly. Either way the same code verifies and commits.
 """
 
@@ -15,10 +15,10 @@ import time
 from contextlib import contextmanager
 from typing import BinaryIO
 
-from runtime.bundle import MANIFEST, RELEASE, Manifest
-from runtime.install import commit, staging
-from runtime.install.layout import SLOT, DeviceRoot, InstallError, is_real_dir, os_error_text
-from runtime.install.signature import SIGNATURE, SignatureError, verify_manifest
+from edgecls.runtime.bundle import MANIFEST, RELEASE, Manifest
+from edgecls.runtime.install import commit, staging
+from edgecls.runtime.install.layout import SLOT, DeviceRoot, InstallError, is_real_dir, os_error_text
+from edgecls.runtime.install.signature import SIGNATURE, SignatureError, verify_manifest
 
 KEEP_RELEASES = 3  # besides current and previous nothing is needed; a few more make `rollback` cheap to repeat
 HISTORY = 20
@@ -193,12 +193,12 @@ def apply(
     files = staging.wanted_files(manifest, manifest_bytes, artifacts)
     slot = staging.slot_name(manifest_bytes, artifacts)
     if health_url:
-        from runtime.install.health import url_problem
+        from edgecls.runtime.install.health import url_problem
 
         if url_problem(health_url):
             raise InstallError(url_problem(health_url))
     if health_token_file:
-        from runtime.install.smoke import read_token
+        from edgecls.runtime.install.smoke import read_token
 
         read_token(health_token_file)  # unreadable: refuse now, not roll back a good model after the switch
     try:
@@ -416,7 +416,7 @@ def _finish(device: DeviceRoot, **result) -> dict:
 def _after_switch(device, release, profile, budget_ms, service, health_url, token_file, smoke) -> tuple:
     """(failure or None, smoke result): anything that goes wrong here is a reason to roll back, not a crash
     that would leave an unchecked version current."""
-    from runtime.install import smoke as checks
+    from edgecls.runtime.install import smoke as checks
 
     try:
         if checks.service_installed(service):
@@ -437,7 +437,7 @@ def _after_switch(device, release, profile, budget_ms, service, health_url, toke
 
 def _roll_back(device: DeviceRoot, old: str | None, prior: str | None, service: str) -> str | None:
     """Links back to `old`, and the daemon restarted on it; the restart's failure message, or None."""
-    from runtime.install import smoke as checks
+    from edgecls.runtime.install import smoke as checks
 
     commit.restore(device, "current", old)  # renames of links made before the switch: no new inode or space
     commit.restore(device, "previous", _prior({"old": old, "prior": prior}))
@@ -495,7 +495,7 @@ def rollback(root, *, service: str = "", lock_timeout: float = 60.0) -> dict:
     On a full disk it uses the links and space the interrupted flash prepared; without them it fails before
     switching anything and says which version is current.
     """
-    from runtime.install import smoke as checks
+    from edgecls.runtime.install import smoke as checks
 
     device = DeviceRoot(root).require()
     try:
@@ -522,7 +522,7 @@ def rollback(root, *, service: str = "", lock_timeout: float = 60.0) -> dict:
 def _wait_daemon(device: DeviceRoot, slot: str | None) -> str | None:
     """After a rollback, as after a flash: the daemon at device.json's health_url must serve `slot` (its
     failure in words, or None); without a health_url there is nothing to ask."""
-    from runtime.install.smoke import wait_healthy
+    from edgecls.runtime.install.smoke import wait_healthy
 
     config = device.read_json(device.config_file, {})
     url = config.get("health_url", "") if isinstance(config, dict) else ""
@@ -643,9 +643,9 @@ def _state_and_holder(device: DeviceRoot) -> tuple:
 
 def _probe(url: str, token_file: str, deadline_s: float = 5.0) -> dict:
     """Status's look at the daemon: one GET that ends within `deadline_s`, whatever answers."""
-    from runtime.install.health import health_get
-    from runtime.install.smoke import read_token
-    from runtime.redact import redact
+    from edgecls.runtime.install.health import health_get
+    from edgecls.runtime.install.smoke import read_token
+    from edgecls.runtime.redact import redact
 
     try:
         code, location, body = health_get(url, read_token(token_file) if token_file else "", deadline_s)
@@ -676,7 +676,7 @@ def _slot_of(bundle: str) -> str:
 
 def trust(root, allowed_signers: bytes) -> dict:
     """Install the allowed-signers file: from now on this device accepts only bundles signed by those keys."""
-    from runtime.install.layout import write_durable
+    from edgecls.runtime.install.layout import write_durable
 
     lines = [l for l in allowed_signers.decode("utf-8", "replace").splitlines() if l.strip() and not l.startswith("#")]
     if not lines:

@@ -15,8 +15,8 @@ import errno
 import os
 from pathlib import Path
 
-from runtime.atomic import pid_alive
-from runtime.install.layout import DeviceRoot, fsync_dir, kill_point, temp_tag
+from edgecls.runtime.atomic import pid_alive
+from edgecls.runtime.install.layout import DeviceRoot, fsync_dir, kill_point, temp_tag
 
 SPARE = {"current": ".rollback-current", "previous": ".rollback-previous"}
 RESERVE = ".reserve"

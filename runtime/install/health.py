@@ -14,8 +14,8 @@ import threading
 import time
 import urllib.parse
 
-from runtime.install.layout import InstallError
-from runtime.redact import redact
+from edgecls.runtime.install.layout import InstallError
+from edgecls.runtime.redact import redact
 
 BODY_MAX = 1 << 20  # a daemon's /healthz is a few KiB
 READ_S = 5.0  # one read at most; the request's deadline may be shorter

@@ -34,8 +34,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from runtime.errors import EdgeclsError
-from runtime.install.rootcheck import LOCK, MARKER, VENV, is_ours, refusal, resolve  # noqa: F401  (VENV: --setup's)
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.install.rootcheck import LOCK, MARKER, VENV, is_ours, refusal, resolve  # noqa: F401  (VENV: --setup's)
 
 DEVICE_FORMAT = "edgecls-device/1"
 SIGNERS = "allowed_signers"

@@ -2,7 +2,7 @@
 
 `flash --setup` writes ROOT/venv before anything of edgecls is on the device, so it asks first with the
 device's bare python3: the host sends this file as the program (`python3 - ROOT`, source on stdin), and it
-prints {"ok": true}, or {"error": "..."} and exits 2, like `python3 -m runtime.install`. `DeviceRoot.check`
+prints {"ok": true}, or {"error": "..."} and exits 2, like `python3 -m edgecls.runtime.install`. `DeviceRoot.check`
 calls the same `refusal`, so the question asked before setup and the one asked by the flash are one.
 
 Keep it importable on Python 3.7 and free of imports from this package.

@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime.atomic import write_text
-from runtime.install.layout import DeviceRoot, InstallError
+from edgecls.runtime.atomic import write_text
+from edgecls.runtime.install.layout import DeviceRoot, InstallError
 
 
 def device_executable() -> str:
@@ -48,7 +48,7 @@ def install_service(
     port: int = 8080,
     profile: str = "",
 ) -> dict:
-    from devices.service import UnitOptions, unit_text
+    from edgecls.devices.service import UnitOptions, unit_text
 
     device = DeviceRoot(root)
     with device.claim():  # made ours under the lock, as a flash does
@@ -57,7 +57,7 @@ def install_service(
     wrote_config = False
     if not config_path.exists():
         lines = [f"bundle = {_toml(str(device.current))}", f"source = [{_toml(camera)}]", f"port = {int(port)}"]
-        from devices.profiles import list_profiles
+        from edgecls.devices.profiles import list_profiles
 
         if profile and profile in list_profiles():  # only a profile this device knows by name (its threads, artifact)
             lines.append(f"device = {_toml(profile)}")

@@ -17,7 +17,7 @@ import tempfile
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from runtime.bundle import MANIFEST, BundleError
+from edgecls.runtime.bundle import MANIFEST, BundleError
 
 SIGNATURE = MANIFEST + ".sig"
 NAMESPACE = "edgecls-bundle"

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from runtime.install.layout import InstallError
+from edgecls.runtime.install.layout import InstallError
 
 REFUSAL_SETTLE_S = 2.0  # a refusal older than the health wait must stay this long: the daemon polls every 0.5 s
 
@@ -37,10 +37,10 @@ def smoke_test(
     Stops early once p95 is certainly over the budget, and fails when the whole test outlasts `deadline_s`
     (default `smoke_deadline`): a model far too slow must not hold the device's flash lock for minutes.
     """
-    from runtime.bench.machine import emulation
-    from runtime.bundle import load_bundle
-    from runtime.classifier import Classifier
-    from runtime.preprocess import load_image
+    from edgecls.runtime.bench.machine import emulation
+    from edgecls.runtime.bundle import load_bundle
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.preprocess import load_image
 
     # Under emulation (qemu-user: the emulated Pi) the timings are not the device's: its budget cannot be judged.
     emulated = emulation()
@@ -164,8 +164,8 @@ def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str
     token elsewhere) and a 401/403 (waiting does not make a missing or wrong token right). A 429 (the daemon's
     back-off after wrong tokens from this address) is asked once more, then fails naming the cause.
     """
-    from runtime.install.health import HealthTooLarge, health_get
-    from runtime.redact import redact
+    from edgecls.runtime.install.health import HealthTooLarge, health_get
+    from edgecls.runtime.redact import redact
 
     want = str(Path(release).resolve())
     shown = redact(url)
@@ -219,7 +219,7 @@ def wait_healthy(url: str, release: Path, timeout: float = 60.0, token_file: str
 def _refusal(shown: str, code: int, body: bytes, token_file: str) -> str:
     """A 401/403 in words: the daemon's own reason (short, masked), and the fix that fits it. A token-less
     daemon answers 403 to a Host name it does not know (DNS rebinding): no token helps there."""
-    from runtime.redact import redact
+    from edgecls.runtime.redact import redact
 
     try:
         said = json.loads(body).get("error")

@@ -15,9 +15,17 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
-from runtime.bundle import DEVICE_NAMES_TEXT, MANIFEST, RELEASE, Manifest, check_file_name, device_reserved, sha256_file
-from runtime.install.layout import SLOT, TRASH, DeviceRoot, InstallError, fsync_dir, is_real_dir, write_durable
-from runtime.install.signature import SIGNATURE
+from edgecls.runtime.bundle import (
+    DEVICE_NAMES_TEXT,
+    MANIFEST,
+    RELEASE,
+    Manifest,
+    check_file_name,
+    device_reserved,
+    sha256_file,
+)
+from edgecls.runtime.install.layout import SLOT, TRASH, DeviceRoot, InstallError, fsync_dir, is_real_dir, write_durable
+from edgecls.runtime.install.signature import SIGNATURE
 
 
 def slot_name(manifest_bytes: bytes, artifacts) -> str:
@@ -259,7 +267,7 @@ def promote(device: DeviceRoot, slot: str, files: dict, release_info: dict) -> t
         if device.link_version(device.current) == slot:
             return final, _repair(device, final, stage, files, bad)
         if device.link_version(device.previous) == slot:
-            from runtime.install.commit import switch
+            from edgecls.runtime.install.commit import switch
 
             switch(device, "previous", None)  # `previous` must never point at a damaged release
         trash = device.releases / f".trash-{slot}-{os.getpid()}"

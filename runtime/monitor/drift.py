@@ -1,7 +1,7 @@
 """Drift: is the model still seeing what it was trained on, and has a source's input changed?
 
 Per source, a rolling window of the last `window` classified frames (--drift-window, default 500)
-keeps the statistics of `runtime.monitor.stats` (class, confidence, brightness) as counts and sums
+keeps the statistics of `edgecls.runtime.monitor.stats` (class, confidence, brightness) as counts and sums
 over a ring buffer: a frame adds its own and evicts the oldest frame's, so an update is O(1).
 
 What decides (a source is "in drift", /healthz "degraded"): how far the window's *mean* brightness
@@ -70,7 +70,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.monitor.stats import REFERENCE_VERSION, bin_index
+from edgecls.runtime.monitor.stats import REFERENCE_VERSION, bin_index
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -426,7 +426,7 @@ class DriftMonitor:
     def __init__(
         self, window: int = DEFAULT_WINDOW, threshold: float = DEFAULT_THRESHOLD, check_every: int | None = None
     ):
-        from runtime.errors import EdgeclsError
+        from edgecls.runtime.errors import EdgeclsError
 
         if isinstance(window, bool) or not isinstance(window, int) or not MIN_WINDOW <= window <= MAX_WINDOW:
             raise EdgeclsError(

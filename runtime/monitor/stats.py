@@ -8,7 +8,7 @@
 - confidence: the top-1 probability, binned by CONFIDENCE_EDGES (finer near 1, where a good
   model puts most images; a drop in confidence shows as mass moving down these bins).
 - brightness: the mean of the preprocessed uint8 pixels (0..255, every channel), that is the
-  image after resize and colour conversion and before normalization (`runtime.preprocess.pixels`),
+  image after resize and colour conversion and before normalization (`edgecls.runtime.preprocess.pixels`),
   binned by BRIGHTNESS_EDGES (16 bins of 16 grey levels). It is an exact integer sum divided by
   the pixel count, so convert (from its normalized tensors, inverted exactly) and the daemon
   (from the frame's pixels) get the same number for the same image.
@@ -58,7 +58,7 @@ def brightness_batch(pixels: np.ndarray) -> np.ndarray:
 
 
 def input_pixels(x: np.ndarray, spec) -> np.ndarray:
-    """A batch of model inputs as `runtime.preprocess.preprocess` made them -> the uint8 pixels they came from.
+    """A batch of model inputs as `edgecls.runtime.preprocess.preprocess` made them -> the uint8 pixels they came from.
 
     uint8 inputs are the pixels; float inputs are `(pixel - mean) / std` in float32, whose error is far
     below half a grey level, so rounding `x * std + mean` recovers every pixel exactly.
