@@ -35,7 +35,7 @@ def _shapes_folder(root: Path, per_class: int = 12) -> Path:
     import cv2
     import numpy as np
 
-    from edgecls.datasets.shapes import SHAPES, render_shape
+    from edgecls.core.datasets.shapes import SHAPES, render_shape
 
     rng = np.random.default_rng(0)
     for kind in SHAPES:
@@ -401,7 +401,7 @@ def _main(argv=None) -> None:
             continue
         extra = []
         if name == "digits":
-            from edgecls.datasets.builtin import materialize
+            from edgecls.core.datasets.builtin import materialize
 
             extra += ["--data", str(materialize("digits"))]  # MobileNetV2's random weights make accuracy meaningless
         first = bench(

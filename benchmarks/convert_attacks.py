@@ -337,7 +337,7 @@ def main() -> None:
     CODE = Path(ns.code).resolve() if ns.code else CODE
     started = time.perf_counter()
     work = work_folder(ns.work, "edgecls-convert-attacks-")
-    from edgecls.datasets.builtin import materialize
+    from edgecls.core.datasets.builtin import materialize
 
     digits = materialize("digits")
     data = work / "digits"

@@ -167,9 +167,9 @@ def accuracy_table(run_dir: str) -> list[str]:
     from edgecls.converters import calibration as calib
     from edgecls.converters import onnx as co
     from edgecls.converters.quiet import quiet
-    from edgecls.metrics import probabilities
-    from edgecls.rundata import load_run_splits
-    from edgecls.rundir import open_run
+    from edgecls.core.metrics import probabilities
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.rundir import open_run
     from edgecls.runtime.session import ModelSession
 
     run = open_run(run_dir)

@@ -21,8 +21,8 @@ def main() -> None:
 
     from edgecls.converters.calibration import representative_set
     from edgecls.converters.prune import _stats_size, recalibrate_batchnorm, structured_prune
-    from edgecls.rundata import load_run_splits
-    from edgecls.rundir import open_run
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.rundir import open_run
 
     run = open_run(args.run)
     model = run.load_model()

@@ -88,8 +88,8 @@ class Case:
     """A trained run (its spread copy for `spread`), its data and model for the in-process controls."""
 
     def __init__(self, run_dir: Path, spread: float, work: Path):
-        from edgecls.rundata import load_run_splits
-        from edgecls.rundir import open_run
+        from edgecls.core.rundata import load_run_splits
+        from edgecls.core.rundir import open_run
 
         self.run = open_run(run_dir)
         self.splits = load_run_splits(self.run, ("train", "test"))
@@ -107,7 +107,7 @@ class Case:
             self.model.save(self.run_dir / "model.keras")
 
     def accuracy(self, probs) -> float:
-        from edgecls.metrics import probabilities
+        from edgecls.core.metrics import probabilities
 
         return 100 * float((probabilities(probs).argmax(1) == self.test.y).mean())
 

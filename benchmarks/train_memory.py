@@ -4,7 +4,7 @@ before streaming (issue 10).
     python3 benchmarks/train_memory.py [--images 20000] [--data DIR] [--old /tmp/edgecls-old] [--skip-big]
                                        [--convert-path DIR] [--out FILE]
 
-1. Writes a class-per-folder set of `--images` generated shapes at 256x256 (edgecls.datasets.shapes,
+1. Writes a class-per-folder set of `--images` generated shapes at 256x256 (edgecls.core.datasets.shapes,
    JPEG quality 95) into --data, once: it is reused when complete.
 2. `/usr/bin/time -v edgecls train --data BIG --model mobilenetv2 --alpha 0.35 --image-size 224 --epochs 1`:
    the peak RSS (target: at most 3 GB).
@@ -44,7 +44,7 @@ def _write_class(args) -> int:
     import cv2
     import numpy as np
 
-    from edgecls.datasets.shapes import render_shape
+    from edgecls.core.datasets.shapes import render_shape
 
     folder, kind, label, count, size = args
     folder = Path(folder) / kind
@@ -60,7 +60,7 @@ def _write_class(args) -> int:
 
 def make_dataset(folder: Path, images: int, size: int = 256) -> Path:
     """`images` generated shapes (an equal share per class) as JPEGs under folder/<class>/, once."""
-    from edgecls.datasets.shapes import SHAPES
+    from edgecls.core.datasets.shapes import SHAPES
 
     done = folder / ".complete"
     if done.is_file() and done.read_text() == f"{images} {size}\n":

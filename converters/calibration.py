@@ -39,7 +39,7 @@ class CalibrationSampler:
         return len(self.split.y)
 
     def draw(self, size: int) -> np.ndarray:
-        from edgecls.data import StreamedSplit
+        from edgecls.core.data import StreamedSplit
 
         if not isinstance(self.split, StreamedSplit):
             return representative_set(self.split.x, size, self.seed)

@@ -28,7 +28,7 @@ def tar_path(out) -> Path:
 
 
 def _bundle_names(manifest: dict) -> set:
-    """What a bundle holds (as edgecls.outputs.bundle_contents reads it from a folder): its manifest, the
+    """What a bundle holds (as edgecls.core.outputs.bundle_contents reads it from a folder): its manifest, the
     files it lists and its artifacts."""
     names = {MANIFEST, LABELS, "verification.txt"}
     files, artifacts = manifest.get("files"), manifest.get("artifacts")

@@ -41,11 +41,11 @@ from edgecls.converters.quiet import quiet
 from edgecls.converters.reference import ReferenceStats
 from edgecls.converters.tflite import to_tflite
 from edgecls.converters.verify import compare, format_recall, format_table
-from edgecls.data import iter_batches
-from edgecls.metrics import probabilities
-from edgecls.outputs import bundle_guard
-from edgecls.progress import progress
-from edgecls.rundir import open_run
+from edgecls.core.data import iter_batches
+from edgecls.core.metrics import probabilities
+from edgecls.core.outputs import bundle_guard
+from edgecls.core.progress import progress
+from edgecls.core.rundir import open_run
 from edgecls.runtime.atomic import check_output, write_bytes, write_json, write_text
 from edgecls.runtime.bundle import LABELS, MANIFEST, Artifact, Manifest, TensorQuant, check_listed_names, sha256_file
 from edgecls.runtime.errors import DataError, EdgeclsError
@@ -339,20 +339,20 @@ def _by_file(predict, split, each=None) -> dict:
 
 def _load_data(run, options: ConvertOptions) -> tuple:
     """(splits, split kind, changed since training): an old run's recomputed split is checked as evaluate does."""
-    from edgecls.rundata import load_run_splits
-    from edgecls.splits import read_split_record
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.splits import read_split_record
 
     recorded = read_split_record(run.path) is not None
     names = ("train", "val", "test") if options.prune or not recorded else ("train", "test")
     progress("reading the run's data (train for calibration, test for verification)")
-    # Pruning fine-tunes on whole splits in memory; otherwise large splits stream (edgecls.data).
+    # Pruning fine-tunes on whole splits in memory; otherwise large splits stream (edgecls.core.data).
     splits = load_run_splits(run, names, options.workers, stream=not options.prune)
     if "test" not in splits:
         raise EdgeclsError("the run has no test split to verify artifacts on: train with --test-fraction > 0")
     changed = False
     fingerprint = run.metadata.get("dataset", {}).get("fingerprint")
     if not recorded and fingerprint:
-        from edgecls.data import fingerprint as dataset_fingerprint
+        from edgecls.core.data import fingerprint as dataset_fingerprint
 
         changed = dataset_fingerprint(run.labels, {n: splits[n] for n in names if n in splits}) != fingerprint
     return splits, ("recorded" if recorded else "recomputed"), changed

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgecls.converters.calibration import representative_set
 from edgecls.converters.macs import count_macs
-from edgecls.progress import progress
+from edgecls.core.progress import progress
 from edgecls.runtime.errors import EdgeclsError
 
 
@@ -391,8 +391,8 @@ def nonzero_params(model) -> int:
 def _fine_tune(model, splits, run, epochs: int, seed: int, callbacks=(), lr_factor: float = 0.5):
     import keras
 
-    from edgecls.augment import AugmentSpec, build_augmenter
-    from edgecls.data import make_tf_dataset
+    from edgecls.core.augment import AugmentSpec, build_augmenter
+    from edgecls.core.data import make_tf_dataset
 
     head = run.metadata.get("head", "softmax")
     as_targets = (lambda y: y.astype(np.float32)[:, None]) if head == "sigmoid" else None

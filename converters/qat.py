@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgecls.progress import progress
+from edgecls.core.progress import progress
 from edgecls.runtime.errors import EdgeclsError
 
 EMA_DECAY = 0.99  # of the activation ranges while fine-tuning: about 100 batches of memory
@@ -371,8 +371,8 @@ def fine_tune(qat_model, splits: dict, run, options: QatOptions) -> dict:
     """
     import keras
 
-    from edgecls.augment import AugmentSpec, build_augmenter
-    from edgecls.data import make_tf_dataset
+    from edgecls.core.augment import AugmentSpec, build_augmenter
+    from edgecls.core.data import make_tf_dataset
 
     head = run.metadata.get("head", "softmax")
     as_targets = (lambda y: y.astype(np.float32)[:, None]) if head == "sigmoid" else None

@@ -12,8 +12,8 @@ import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from edgecls.core.splits import read_split_record
 from edgecls.runtime.errors import DataError
-from edgecls.splits import read_split_record
 
 # Below these the gate cannot see a small loss: one image of 30 is 3.3 points (the default --max-drop is 1),
 # and one image of 5 moves a class's recall by 20 points.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecls.metrics import classification_report
+from edgecls.core.metrics import classification_report
 
 
 def compare(probs: np.ndarray, ref_probs: np.ndarray, y: np.ndarray, labels: list) -> dict:

@@ -105,7 +105,7 @@ def check_teacher(teacher, spec, labels: list) -> None:
 def check_split(teacher, test_digests) -> None:
     """Refuse when the teacher trained on images the student is tested on: the student's test accuracy
     would then carry what the teacher memorized of them. Runs without split.json cannot be checked."""
-    from edgecls.rundata import trained_on
+    from edgecls.core.rundata import trained_on
 
     seen = trained_on(teacher)
     leaked = sum(1 for d in test_digests if d in seen)
@@ -120,7 +120,7 @@ def check_split(teacher, test_digests) -> None:
 
 def open_teacher(path, out=None):
     """The teacher's run (metadata only: a refusal costs nothing); refuses the student's own --out."""
-    from edgecls.rundir import open_run
+    from edgecls.core.rundir import open_run
 
     if out is not None and Path(out).resolve() == Path(path).resolve():
         raise EdgeclsError(f"--teacher {path} is the run being written (--out): give the student another --out")
@@ -140,7 +140,7 @@ def teacher_record(teacher, temperature: float, alpha: float) -> dict:
     """What the student's metadata.json records about its teacher."""
     import json
 
-    from edgecls import rundir
+    from edgecls.core import rundir
     from edgecls.runtime.bundle import sha256_file
 
     metrics = {}

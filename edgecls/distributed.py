@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.progress import progress
+from edgecls.core.progress import progress
 from edgecls.runtime.atomic import staged_dir
 from edgecls.runtime.errors import EdgeclsError
 
@@ -86,7 +86,7 @@ def _elements(split) -> tuple:
     """
     import tensorflow as tf
 
-    from edgecls.data import StreamedSplit
+    from edgecls.core.data import StreamedSplit
 
     if isinstance(split, StreamedSplit):
         return split.readable(), split.tf_elements(split.labels.astype(np.int32))
@@ -129,7 +129,7 @@ class MultiWorkerTrainer:
     def _distribute(self, name: str, split, shuffle: bool, seed: int, augmenter):
         import tensorflow as tf
 
-        from edgecls.data import StreamedSplit
+        from edgecls.core.data import StreamedSplit
 
         indices, element = _elements(split)
         n = len(indices)
@@ -165,7 +165,7 @@ class MultiWorkerTrainer:
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
             if isinstance(split, StreamedSplit):
-                options.threading.private_threadpool_size = max(2, split.workers)  # see edgecls.data.own_threads
+                options.threading.private_threadpool_size = max(2, split.workers)  # see edgecls.core.data.own_threads
             return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)

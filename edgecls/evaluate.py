@@ -6,15 +6,16 @@ import json
 import sys
 from pathlib import Path
 
-from edgecls import plots, rundir
-from edgecls.metrics import classification_report, probabilities
+from edgecls import plots
+from edgecls.core import rundir
+from edgecls.core.metrics import classification_report, probabilities
 from edgecls.runtime.atomic import write_json
 from edgecls.runtime.errors import DataError
 
 
 def evaluate_split(model, split, labels: list, batch_size: int = 64) -> dict:
     """Classification report of the model over a split, in memory or streamed batch by batch."""
-    from edgecls.data import predict_split
+    from edgecls.core.data import predict_split
 
     probs, y = predict_split(lambda x: probabilities(model.predict_on_batch(x)), split, batch_size)
     return classification_report(y, probs.argmax(axis=1), labels)
@@ -44,7 +45,7 @@ def _same_folder(a, b) -> bool:
 
 
 def _recorded_root(run) -> Path | None:
-    from edgecls.rundata import run_root
+    from edgecls.core.rundata import run_root
 
     try:
         return run_root(run)
@@ -54,8 +55,8 @@ def _recorded_root(run) -> Path | None:
 
 def _other_samples(run, root: Path, split: str) -> list:
     """Samples of another dataset, labelled by the model's label indices: every image, or one seeded split."""
-    from edgecls.datasets import scan_folder
-    from edgecls.rundata import check_classes
+    from edgecls.core.datasets import scan_folder
+    from edgecls.core.rundata import check_classes
 
     info = run.metadata.get("dataset", {})
     if split == "all":
@@ -90,9 +91,9 @@ def evaluate_run(
     `save` writes metrics.json and confusion_matrix.png into the run; by default only re-evaluating
     the run's own test split does, so other data never replaces the run's own figures unasked.
     """
-    from edgecls.data import StreamedSplit, open_splits
-    from edgecls.datasets import resolve_dataset
-    from edgecls.rundata import holds_recorded_split, require_splits, run_dataset, trained_on
+    from edgecls.core.data import StreamedSplit, open_splits
+    from edgecls.core.datasets import resolve_dataset
+    from edgecls.core.rundata import holds_recorded_split, require_splits, run_dataset, trained_on
 
     run = rundir.open_run(run_path)
     root = resolve_dataset(data)[0] if data is not None else None

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.progress import progress
+from edgecls.core.progress import progress
 from edgecls.runtime.errors import EdgeclsError
 
 MANIFEST = "explanations.json"
@@ -367,7 +367,7 @@ def _contents(folder: Path) -> set:
 
 def explain_guard(run, paths) -> dict:
     """For `explain --out`: only an explanation folder of ours is replaced; never the run, its data or the images."""
-    from edgecls.outputs import bundle_guard
+    from edgecls.core.outputs import bundle_guard
 
     protect = dict(bundle_guard(run)["protect"])
     for n, p in enumerate(Path(p) for p in paths):
@@ -384,7 +384,7 @@ def explain_run(
     Every image takes the run's own preprocessing (`edgecls.runtime.preprocess.preprocess`). `--out` is
     written atomically; it may replace only an explanation folder of ours (with `overwrite`).
     """
-    from edgecls.rundir import open_run
+    from edgecls.core.rundir import open_run
     from edgecls.runtime.atomic import check_output, staged_dir, write_bytes, write_json
     from edgecls.runtime.errors import ImageDecodeError
     from edgecls.runtime.preprocess import load_image, preprocess

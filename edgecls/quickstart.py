@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgecls.progress import progress
+from edgecls.core.progress import progress
 from edgecls.runtime.atomic import _TEMP_FILE, check_output, write_bytes, write_json, write_text
 from edgecls.runtime.errors import EdgeclsError
 
@@ -319,8 +319,8 @@ class _Timer:
 def _check_outputs(out: Path, options: QuickstartOptions) -> None:
     """OUT and every product inside it, checked before minutes of work: each step refuses what its command refuses."""
     from edgecls import bench_report, explain
-    from edgecls.datasets.builtin import cache_root
-    from edgecls.outputs import RUN_CONTENTS, bundle_contents
+    from edgecls.core.datasets.builtin import cache_root
+    from edgecls.core.outputs import RUN_CONTENTS, bundle_contents
     from edgecls.runtime.bundle import MANIFEST
 
     holder = _holder(out)
@@ -416,8 +416,8 @@ def _flash(bundle_dir: Path, device_dir: Path):
 
 def _held_out(run_dir: Path, seed: int) -> list:
     """The run's own test images (never trained on), classes in turn so any prefix shows every class."""
-    from edgecls.rundata import run_dataset
-    from edgecls.rundir import open_run
+    from edgecls.core.rundata import run_dataset
+    from edgecls.core.rundir import open_run
 
     run = open_run(run_dir)
     samples = list(run_dataset(run, names=("test",)).splits.get("test") or [])

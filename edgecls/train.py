@@ -13,20 +13,28 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls import __version__, distill, plots, rundir
-from edgecls.augment import AugmentSpec, build_augmenter
+from edgecls import __version__, distill, plots
 from edgecls.callbacks import keep_best, training_callbacks
-from edgecls.data import StreamedSplit, check_all_decoded, fingerprint, in_memory_limit, make_tf_dataset, open_splits
-from edgecls.datasets import resolve_dataset, scan_folder
+from edgecls.core import rundir
+from edgecls.core.augment import AugmentSpec, build_augmenter
+from edgecls.core.data import (
+    StreamedSplit,
+    check_all_decoded,
+    fingerprint,
+    in_memory_limit,
+    make_tf_dataset,
+    open_splits,
+)
+from edgecls.core.datasets import resolve_dataset, scan_folder
+from edgecls.core.outputs import run_guard
+from edgecls.core.progress import progress
+from edgecls.core.splits import CONTENT_RANK, write_split_record
 from edgecls.distributed import MultiWorkerTrainer, is_chief, local_copy, output_dir
 from edgecls.evaluate import evaluate_split, write_evaluation
 from edgecls.models import check_options, create_model, head_activation, list_models, supports_fine_tuning
-from edgecls.outputs import run_guard
-from edgecls.progress import progress
 from edgecls.runtime.atomic import check_output, write_json
 from edgecls.runtime.errors import DataError, EdgeclsError, MissingDependencyError
 from edgecls.runtime.preprocess import COLORS, RESIZE_MODES, PreprocessSpec
-from edgecls.splits import CONTENT_RANK, write_split_record
 
 STRATEGIES = ("none", "mirrored", "multiworker")
 OPTIMIZERS = ("adam", "sgd")
@@ -70,7 +78,7 @@ class TrainConfig:
     overwrite: bool = False
     workers: int = 4
     verbose: int | str = "auto"
-    in_memory_mb: float | None = None  # None: EDGECLS_IN_MEMORY_MB, else 256 (edgecls.data)
+    in_memory_mb: float | None = None  # None: EDGECLS_IN_MEMORY_MB, else 256 (edgecls.core.data)
     teacher: str | None = None  # a run directory to distil from (edgecls.distill)
     temperature: float = distill.DEFAULT_TEMPERATURE
     distill_alpha: float = distill.DEFAULT_ALPHA

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecls.progress import progress
+from edgecls.core.progress import progress
 from edgecls.runtime.errors import EdgeclsError
 
 SEARCHES = ("random", "bayesian", "hyperband")
@@ -97,7 +97,7 @@ def declare_space(hp, cfg: TuneConfig, image_size: int) -> None:
 
 def train_config(cfg: TuneConfig, values: dict, out, epochs: int | None = None):
     """The `TrainConfig` of one trial: the tuner's values over the fixed options of `cfg`."""
-    from edgecls.augment import AugmentSpec
+    from edgecls.core.augment import AugmentSpec
     from edgecls.train import TrainConfig
 
     epochs = epochs or cfg.max_epochs
@@ -149,7 +149,7 @@ def _validate(cfg: TuneConfig) -> None:
 
 def _guard(root) -> dict:
     """`--out` is a run (replaces only a run or an empty folder) that also holds `tuning/`."""
-    from edgecls.outputs import RUN_CONTENTS, run_guard
+    from edgecls.core.outputs import RUN_CONTENTS, run_guard
 
     guard = run_guard(root)
     guard["contents"] = RUN_CONTENTS | {TUNING_DIR}
@@ -390,7 +390,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
     """Search, then make the best trial's run directory `cfg.out` (with `tuning/` inside)."""
     started = time.perf_counter()
     _validate(cfg)
-    from edgecls.datasets import resolve_dataset
+    from edgecls.core.datasets import resolve_dataset
     from edgecls.models import check_options
     from edgecls.runtime.atomic import check_output, staged_dir, write_json, write_text
     from edgecls.train import preprocess_spec_for
@@ -449,7 +449,7 @@ def tune(cfg: TuneConfig) -> TuneResult:
 
         import json
 
-        from edgecls import rundir
+        from edgecls.core import rundir
 
         metadata = json.loads((stage / rundir.METADATA_FILE).read_text(encoding="utf-8"))
         metadata["tuning"] = {

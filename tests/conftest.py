@@ -37,7 +37,7 @@ def render_fixture_image(kind: str, rng: np.random.Generator, size: int = 40) ->
     """A BGR image: textured background with one shape of `kind` in its class colour."""
     import cv2
 
-    from edgecls.datasets.shapes import _background, _polygon
+    from edgecls.core.datasets.shapes import _background, _polygon
 
     image = _background(rng, size)
     r = rng.uniform(0.3, 0.42) * size

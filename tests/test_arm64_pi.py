@@ -100,7 +100,7 @@ def digits_bundle(tmp_path_factory) -> Path:
 
 def _test_images(folder: Path, per_class: int = 2) -> Path:
     """Two images per digit from the built-in dataset, as files both sides classify."""
-    from edgecls.datasets.builtin import materialize
+    from edgecls.core.datasets.builtin import materialize
 
     source = materialize("digits")
     folder.mkdir(parents=True, exist_ok=True)

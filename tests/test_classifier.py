@@ -14,8 +14,8 @@ from tests.conftest import cli_error, run_cli
 
 
 def _test_files(run_dir):
-    from edgecls.rundata import run_dataset
-    from edgecls.rundir import open_run
+    from edgecls.core.rundata import run_dataset
+    from edgecls.core.rundir import open_run
 
     samples = run_dataset(open_run(run_dir)).splits["test"]
     return [s.path for s in samples], np.array([s.label for s in samples])
@@ -24,8 +24,8 @@ def _test_files(run_dir):
 def _keras_probs_for_files(run_dir, files):
     import keras
 
-    from edgecls.metrics import probabilities
-    from edgecls.rundir import open_run
+    from edgecls.core.metrics import probabilities
+    from edgecls.core.rundir import open_run
     from edgecls.runtime.preprocess import preprocess_file
 
     run = open_run(run_dir)

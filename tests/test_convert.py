@@ -13,15 +13,15 @@ from tests.conftest import cli_error, run_cli
 def _keras_probs(run_dir, x):
     import keras
 
-    from edgecls.metrics import probabilities
+    from edgecls.core.metrics import probabilities
 
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     return probabilities(model.predict(x, verbose=0))
 
 
 def _test_tensors(run_dir):
-    from edgecls.rundata import load_run_splits
-    from edgecls.rundir import open_run
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.rundir import open_run
 
     return load_run_splits(open_run(run_dir), ("test",))["test"]
 

@@ -21,14 +21,14 @@ def _weighted_nodes(path):
 
 
 def _train_split(run_dir):
-    from edgecls.rundata import load_run_splits
-    from edgecls.rundir import open_run
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.rundir import open_run
 
     return load_run_splits(open_run(run_dir), ("train",))["train"]
 
 
 def test_i15_p6_first_and_last_layers_kept_in_float_have_no_dequantized_weights(tiny_run_dir, tmp_path):
-    from edgecls.rundir import open_run
+    from edgecls.core.rundir import open_run
 
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     x = _train_split(tiny_run_dir).x
@@ -46,7 +46,7 @@ def test_i15_p6_first_and_last_layers_kept_in_float_have_no_dequantized_weights(
 
 
 def test_i15_p6_unknown_node_names_are_refused_not_silently_ignored(tiny_run_dir, tmp_path):
-    from edgecls.rundir import open_run
+    from edgecls.core.rundir import open_run
 
     fp32 = tmp_path / "fp32.onnx"
     x = _train_split(tiny_run_dir).x

@@ -56,7 +56,7 @@ def test_i12_p3_confident_frames_are_not_captured_and_sampling_adds_some(tiny_bu
 
 def test_i12_p3_labelled_captures_make_a_training_folder(tiny_bundle, tmp_path):
     """Moving captures into class folders is all it takes: the dataset scanner sees those classes, not the inbox."""
-    from edgecls.datasets.folder import dataset_classes
+    from edgecls.core.datasets.folder import dataset_classes
 
     video = write_test_video(tmp_path / "clip.avi", frames=20)
     folder = tmp_path / "captures"

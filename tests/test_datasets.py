@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from edgecls.data import load_split
-from edgecls.datasets import scan_folder
-from edgecls.datasets.builtin import materialize
+from edgecls.core.data import load_split
+from edgecls.core.datasets import scan_folder
+from edgecls.core.datasets.builtin import materialize
 from edgecls.runtime.errors import DataError
 from edgecls.runtime.preprocess import PreprocessSpec
 from tests.conftest import write_image
@@ -102,8 +102,8 @@ def test_i15_p8_half_presplit_layout_is_refused_with_the_cause(tmp_path):
 
 
 def test_i16_p3_a_bare_builtin_name_is_the_builtin_even_beside_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
-    from edgecls.datasets import resolve_dataset
-    from edgecls.datasets.builtin import BUILTIN_DATASETS
+    from edgecls.core.datasets import resolve_dataset
+    from edgecls.core.datasets.builtin import BUILTIN_DATASETS
 
     monkeypatch.chdir(tmp_path)
     _folder(tmp_path / "digits", {"x": 3, "y": 3})  # e.g. a run written with --out digits

@@ -101,10 +101,10 @@ def test_i11_p2_only_the_student_learns():
 def test_i11_p2_student_saved_without_the_teacher_loads_and_predicts(tiny_run_dir, tmp_path):
     import keras
 
-    from edgecls.data import make_tf_dataset
+    from edgecls.core.data import make_tf_dataset
+    from edgecls.core.rundata import load_run_splits
     from edgecls.distill import Distiller, load_teacher
     from edgecls.models import create_model
-    from edgecls.rundata import load_run_splits
 
     teacher_run, teacher = load_teacher(tiny_run_dir)
     train = load_run_splits(teacher_run, ("train",))["train"]
@@ -130,8 +130,8 @@ def _one_error_line(excinfo) -> str:
 
 
 def test_i11_p2_teacher_with_other_preprocessing_is_refused_in_one_line(tiny_run_dir):
+    from edgecls.core.rundir import open_run
     from edgecls.distill import check_teacher
-    from edgecls.rundir import open_run
 
     teacher = open_run(tiny_run_dir)
     same = teacher.preprocess
@@ -154,8 +154,8 @@ def test_i11_p2_teacher_with_other_preprocessing_is_refused_in_one_line(tiny_run
 
 
 def test_i11_p2_teacher_preprocessing_is_the_students_default(tiny_run_dir):
+    from edgecls.core.rundir import open_run
     from edgecls.distill import teacher_defaults
-    from edgecls.rundir import open_run
 
     assert teacher_defaults(open_run(tiny_run_dir)) == {
         "image_size": 32,
@@ -172,8 +172,8 @@ def test_review_i11_p2_a_letterboxed_teacher_gives_the_student_its_resize(tiny_r
     import shutil
     from dataclasses import replace
 
+    from edgecls.core.rundir import open_run
     from edgecls.distill import check_teacher, teacher_defaults
-    from edgecls.rundir import open_run
     from edgecls.train import TrainConfig, preprocess_spec_for
 
     teacher_dir = tmp_path / "teacher"
@@ -203,9 +203,9 @@ def test_review_i11_p2_distillation_settings_without_a_teacher_are_refused(shape
 
 
 def test_i11_p2_teacher_that_trained_on_the_students_test_images_is_refused(tiny_run_dir):
+    from edgecls.core.rundir import open_run
+    from edgecls.core.splits import read_split_record
     from edgecls.distill import check_split
-    from edgecls.rundir import open_run
-    from edgecls.splits import read_split_record
 
     teacher = open_run(tiny_run_dir)
     record = read_split_record(teacher.path)

@@ -98,8 +98,8 @@ def test_i16_p10_own_data_keeps_its_test_split_by_default(run_and_other):
 
 
 def test_i16_p3_builtin_run_named_like_the_builtin_is_evaluated_on_the_builtin(tmp_path, monkeypatch):
-    from edgecls.rundata import load_run_splits
-    from edgecls.rundir import open_run
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.rundir import open_run
 
     result = run_cli(
         "train",

@@ -50,7 +50,7 @@ def _quadrant_mass(heatmap: np.ndarray, quadrant: int) -> float:
 @pytest.mark.slow
 def test_i11_p1_gradcam_mass_lies_in_the_objects_quadrant(tmp_path):
     """The only informative object sits in one quadrant of noise: most of the heatmap must lie there (chance: 25 %)."""
-    from edgecls.augment import AugmentSpec
+    from edgecls.core.augment import AugmentSpec
     from edgecls.explain import explain_run
     from edgecls.train import TrainConfig, train
 
@@ -177,8 +177,8 @@ def test_i11_p1_explain_cli_unknown_layer_is_one_error_line(tmp_path, tiny_run_d
     )
     assert "layer 'nope' is not in the model" in message and "block1_relu1" in message
     assert not (tmp_path / "o").exists()
+    from edgecls.core.rundir import open_run
     from edgecls.explain import resolve_layer
-    from edgecls.rundir import open_run
 
     with pytest.raises(EdgeclsError, match="'gap' has no spatial output"):
         resolve_layer(open_run(tiny_run_dir).load_model(), "gap")
@@ -188,8 +188,8 @@ def test_i11_p1_gradcam_of_a_nested_backbone_equals_the_flat_model(tiny_run_dir)
     """Keras 3 keeps a nested model's layers in its own graph; the re-traced model must give the same maps."""
     import keras
 
+    from edgecls.core.rundir import open_run
     from edgecls.explain import GradCam, find_layer, resolve_layer
-    from edgecls.rundir import open_run
 
     flat = open_run(tiny_run_dir).load_model()
     backbone = keras.Model(flat.inputs, flat.get_layer("block1_relu1").output, name="backbone")

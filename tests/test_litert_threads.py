@@ -12,7 +12,7 @@ THREADS, CALLS = 2, 1200
 
 def _images():
     """Shapes and noise of a few sizes: distinct scores, so a swapped result is visible."""
-    from edgecls.datasets.shapes import render_shape
+    from edgecls.core.datasets.shapes import render_shape
 
     rng = np.random.default_rng(0)
     shapes = [render_shape(kind, rng, 40) for kind in ("circle", "square", "triangle")]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgecls.metrics import classification_report
+from edgecls.core.metrics import classification_report
 
 
 def test_i16_p7_a_class_predicted_but_absent_counts_in_the_macro_average():

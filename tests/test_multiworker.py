@@ -71,8 +71,8 @@ def saved_val_loss(run, data):
     """The saved model's loss on the run's val split, regularization included (what val_loss measures)."""
     import keras
 
-    from edgecls.data import load_split
-    from edgecls.datasets import scan_folder
+    from edgecls.core.data import load_split
+    from edgecls.core.datasets import scan_folder
     from edgecls.runtime.preprocess import PreprocessSpec
 
     meta = json.loads((run / "metadata.json").read_text())

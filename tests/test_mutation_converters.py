@@ -30,7 +30,7 @@ def test_i15_p14_every_onnx_int8_remedy_calibrates_on_the_images_its_description
     from edgecls.converters.calibration import CalibrationSampler
     from edgecls.converters.formats import FORMATS
     from edgecls.converters.pipeline import ConvertOptions, _Exporter
-    from edgecls.data import LoadedSplit
+    from edgecls.core.data import LoadedSplit
 
     train = np.random.default_rng(0).random((40, 8, 8, 3), dtype=np.float32)
     split = LoadedSplit(train, np.zeros(40, np.int64), [f"{i}.png" for i in range(40)])
@@ -99,9 +99,9 @@ def test_i15_p14_a_sigmoid_head_run_is_converted_and_verified_as_two_classes(sha
     import json
     import shutil
 
-    from edgecls.augment import AugmentSpec
     from edgecls.converters.formats import parse_formats
     from edgecls.converters.pipeline import ConvertOptions, convert
+    from edgecls.core.augment import AugmentSpec
     from edgecls.runtime.classifier import Classifier
     from edgecls.train import TrainConfig, train
 
@@ -149,8 +149,8 @@ def test_i15_p14_the_accuracy_gate_and_manifest_use_the_exact_drop_and_agreement
 
     from edgecls.converters.formats import parse_formats
     from edgecls.converters.pipeline import ConvertOptions, convert
-    from edgecls.rundata import load_run_splits
-    from edgecls.rundir import open_run
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.rundir import open_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run_dir, run)

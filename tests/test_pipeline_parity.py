@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from edgecls.data import load_split, make_tf_dataset
-from edgecls.datasets import scan_folder
+from edgecls.core.data import load_split, make_tf_dataset
+from edgecls.core.datasets import scan_folder
 from edgecls.runtime.preprocess import PreprocessSpec, preprocess_file
 
 

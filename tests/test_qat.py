@@ -49,9 +49,9 @@ def test_i11_p4_folded_batchnorm_gives_the_models_own_outputs():
 def test_i11_p4_qat_tflite_is_full_int8_and_matches_its_keras_accuracy(tiny_run_dir, tmp_path):
     from edgecls.converters import qat
     from edgecls.converters.quiet import quiet
-    from edgecls.metrics import probabilities
-    from edgecls.rundata import load_run_splits
-    from edgecls.rundir import open_run
+    from edgecls.core.metrics import probabilities
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.rundir import open_run
 
     run = open_run(tiny_run_dir)
     splits = load_run_splits(run, ("train", "test"))
@@ -81,7 +81,7 @@ def test_i11_p4_sigmoid_head_converts_full_int8(tmp_path):
 
     from edgecls.converters import qat
     from edgecls.converters.quiet import quiet
-    from edgecls.metrics import probabilities
+    from edgecls.core.metrics import probabilities
     from edgecls.models import create_model
 
     keras.utils.set_random_seed(0)
@@ -120,7 +120,7 @@ def test_i11_p4_mobilenetv2_depthwise_and_residuals_convert_full_int8(tmp_path):
 
     from edgecls.converters import qat
     from edgecls.converters.quiet import quiet
-    from edgecls.metrics import probabilities
+    from edgecls.core.metrics import probabilities
     from edgecls.models import create_model
 
     keras.utils.set_random_seed(0)

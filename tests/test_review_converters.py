@@ -15,8 +15,8 @@ def _images(n, shape, seed=1):
 
 
 def _splits(run_dir):
-    from edgecls.rundata import load_run_splits
-    from edgecls.rundir import open_run
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.rundir import open_run
 
     run = open_run(run_dir)
     return run, load_run_splits(run, ("train", "val", "test"))

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecls.datasets import Sample, scan_folder
+from edgecls.core.datasets import Sample, scan_folder
+from edgecls.core.splits import file_digest, read_split_record, seeded_split
 from edgecls.runtime.errors import DataError
-from edgecls.splits import file_digest, read_split_record, seeded_split
 from tests.conftest import cli_error, run_cli, train_on_private_copy, write_image
 
 
@@ -34,7 +34,7 @@ def test_i15_p7_copies_of_one_image_never_straddle_a_split_boundary(tmp_path):
 
 
 def test_i15_p7_adding_k_files_moves_at_most_k_per_boundary_from_three_images_up():
-    """The claim in edgecls.splits' docstring, checked exhaustively on small classes."""
+    """The claim in edgecls.core.splits' docstring, checked exhaustively on small classes."""
 
     def samples(names):
         return [Sample(Path("/r/a") / n, 0, hashlib.sha256(n.encode()).hexdigest()) for n in names]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecls.data import (
+from edgecls.core.data import (
     IN_MEMORY_ENV,
     StreamedSplit,
     check_file,
@@ -22,7 +22,7 @@ from edgecls.data import (
     make_tf_dataset,
     open_splits,
 )
-from edgecls.datasets import scan_folder
+from edgecls.core.datasets import scan_folder
 from edgecls.runtime.errors import DataError, EdgeclsError
 from edgecls.runtime.preprocess import PreprocessSpec
 from tests.conftest import render_fixture_image, write_image

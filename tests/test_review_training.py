@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from edgecls.outputs import bundle_contents, bundle_guard, run_guard
-from edgecls.rundir import open_run
+from edgecls.core.outputs import bundle_contents, bundle_guard, run_guard
+from edgecls.core.rundir import open_run
 from edgecls.runtime.atomic import check_output, host_tag, staged_dir
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.train import TrainConfig, train

@@ -1,10 +1,10 @@
-"""edgecls.rundata: the run's own dataset folder, checked against the model's labels."""
+"""edgecls.core.rundata: the run's own dataset folder, checked against the model's labels."""
 
 import unicodedata
 
 import pytest
 
-from edgecls.rundata import check_classes
+from edgecls.core.rundata import check_classes
 from edgecls.runtime.errors import DataError
 
 

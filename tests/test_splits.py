@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecls.datasets import scan_folder
-from edgecls.rundir import open_run
+from edgecls.core.datasets import scan_folder
+from edgecls.core.rundir import open_run
+from edgecls.core.splits import PERMUTATION, file_digest
 from edgecls.runtime.errors import DataError
-from edgecls.splits import PERMUTATION, file_digest
 from tests.conftest import run_cli, train_on_private_copy, write_image
 
 
@@ -68,7 +68,7 @@ def test_i15_p7_run_records_every_file_of_each_split(fresh_run):
 
 
 def test_i15_p7_after_adding_files_the_run_uses_its_recorded_split(fresh_run, capfd):
-    from edgecls.rundata import load_run_splits
+    from edgecls.core.rundata import load_run_splits
 
     out, data = fresh_run
     recorded = _recorded(out)
@@ -87,7 +87,7 @@ def test_i15_p7_after_adding_files_the_run_uses_its_recorded_split(fresh_run, ca
 
 
 def test_i15_p7_gone_and_changed_files_are_dropped_in_one_line_then_refused(fresh_run, capfd):
-    from edgecls.rundata import load_run_splits
+    from edgecls.core.rundata import load_run_splits
 
     out, data = fresh_run
     test = [p for p, _, _ in _recorded(out)["test"]]
@@ -105,7 +105,7 @@ def test_i15_p7_gone_and_changed_files_are_dropped_in_one_line_then_refused(fres
 
 
 def test_i15_p7_runs_without_split_json_recompute_the_old_split_with_a_warning(fresh_run, capfd):
-    from edgecls.rundata import load_run_splits
+    from edgecls.core.rundata import load_run_splits
 
     out, data = fresh_run
     (out / "split.json").unlink()
@@ -137,7 +137,7 @@ def test_a_recorded_file_replaced_by_a_fifo_counts_as_gone_instead_of_hanging(tm
     import os
     import threading
 
-    from edgecls.splits import RecordedSplit, recorded_samples
+    from edgecls.core.splits import RecordedSplit, recorded_samples
 
     good, fifo = _png(tmp_path / "a" / "good.png", 1), tmp_path / "a" / "was-an-image.png"
     os.mkfifo(fifo)

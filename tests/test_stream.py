@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecls.data import (
+from edgecls.core.data import (
     IN_MEMORY_ENV,
     LoadedSplit,
     StreamedSplit,
@@ -24,7 +24,7 @@ from edgecls.data import (
     make_tf_dataset,
     open_splits,
 )
-from edgecls.datasets import scan_folder
+from edgecls.core.datasets import scan_folder
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.preprocess import PreprocessSpec, preprocess_file
 from tests.conftest import cli_error, run_cli
@@ -86,7 +86,7 @@ def test_i10_p1_the_in_memory_limit_decides_and_is_checked(shapes_folder, monkey
 
 def _config_of(run: Path, out: Path):
     """The TrainConfig a run was trained with (from its metadata), writing to `out`."""
-    from edgecls.augment import AugmentSpec
+    from edgecls.core.augment import AugmentSpec
     from edgecls.train import TrainConfig
 
     meta = json.loads((run / "metadata.json").read_text())
@@ -123,8 +123,8 @@ def _fingerprint_from_bytes(root: Path, run: Path) -> str:
 @pytest.mark.slow
 def test_i10_p1_a_streamed_run_is_the_in_memory_run(tiny_run_dir, tmp_path, monkeypatch, capsys):
     """Forced to stream, the tiny run trains to the same history, accuracy (above chance), split and fingerprint."""
-    from edgecls.rundata import load_run_splits
-    from edgecls.rundir import open_run
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.rundir import open_run
     from edgecls.train import train
 
     monkeypatch.setenv(IN_MEMORY_ENV, "0")
@@ -241,8 +241,8 @@ def test_i10_p4_files_only_another_worker_decoded_are_checked_before_the_run_is_
 def test_i10_p3_calibration_sets_and_test_batches_read_only_what_they_use(tiny_run_dir, monkeypatch):
     from edgecls.converters.calibration import CalibrationSampler, representative_set
     from edgecls.converters.calibration import fingerprint as calibration_fingerprint
-    from edgecls.rundata import load_run_splits
-    from edgecls.rundir import open_run
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.rundir import open_run
 
     run = open_run(tiny_run_dir)
     memory = load_run_splits(run, ("train", "test"))
@@ -290,7 +290,7 @@ def test_i10_p3_convert_streams_and_gives_the_in_memory_bundle(
 
 
 def test_i10_p5_long_passes_over_files_say_how_far_they_are(capsys):
-    from edgecls.progress import counted
+    from edgecls.core.progress import counted
 
     assert list(counted(range(3), 3, "hashing", every=0)) == [0, 1, 2]
     lines = capsys.readouterr().err.splitlines()

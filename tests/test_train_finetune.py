@@ -20,8 +20,8 @@ HEAD_EPOCHS, FINE_TUNE_EPOCHS = 3, 2
 def fine_tuned(tmp_path_factory, shapes_folder):
     import keras
 
-    from edgecls.data import load_split
-    from edgecls.datasets import scan_folder
+    from edgecls.core.data import load_split
+    from edgecls.core.datasets import scan_folder
     from edgecls.train import TrainConfig, preprocess_spec_for, train
 
     root = tmp_path_factory.mktemp("finetune")

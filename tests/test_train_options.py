@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from edgecls.augment import AugmentSpec
+from edgecls.core.augment import AugmentSpec
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.train import TrainConfig, train
 from tests.conftest import cli_error, run_cli

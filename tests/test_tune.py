@@ -13,8 +13,8 @@ from tests.conftest import cli_error, make_home_like, run_cli, snapshot
 def test_i11_p3_three_random_trials_give_a_run_that_convert_accepts(tmp_path, shapes_folder):
     from edgecls.converters.formats import parse_formats
     from edgecls.converters.pipeline import ConvertOptions, convert
-    from edgecls.outputs import bundle_guard
-    from edgecls.rundir import open_run
+    from edgecls.core.outputs import bundle_guard
+    from edgecls.core.rundir import open_run
     from edgecls.runtime.atomic import check_output
 
     out = tmp_path / "tuned"

@@ -113,8 +113,8 @@ def convert(
             raise EdgeclsError(f"--no-qat contradicts --qat {qat}: give one of them")
         qat = "never"
     from edgecls.converters.pipeline import check_max_drop
-    from edgecls.outputs import bundle_guard
-    from edgecls.rundir import open_run
+    from edgecls.core.outputs import bundle_guard
+    from edgecls.core.rundir import open_run
 
     check_max_drop(max_drop)  # click's float takes nan, inf and negatives: each would change what the gate means
     check_max_drop(max_prune_drop, "--max-prune-drop")

@@ -34,8 +34,8 @@ def evaluate(run, data, split, save, as_json):
     The run's own data is evaluated on the exact split it recorded at training (RUN/split.json):
     files added to the folder since are ignored, files gone or changed are dropped with a warning.
     """
+    from edgecls.core.metrics import format_report
     from edgecls.evaluate import evaluate_run
-    from edgecls.metrics import format_report
 
     metrics = evaluate_run(run, data=data, split=split, save=save)
     click.echo(json.dumps(metrics, indent=2) if as_json else format_report(metrics))

@@ -106,7 +106,7 @@ def flash(
     from edgecls.devices.flash import format_table, read_targets_file
 
     all_targets = list(targets) + (read_targets_file(targets_file) if targets_file else [])
-    from edgecls.progress import progress
+    from edgecls.core.progress import progress
 
     options = target_options(
         device,

@@ -195,9 +195,9 @@ def train(**o):
     A dataset whose preprocessed images take more than 256 MB is streamed from disk each epoch instead of
     held in memory; EDGECLS_IN_MEMORY_MB sets that limit (0 always streams).
     """
-    from edgecls.augment import AugmentSpec
-    from edgecls.datasets import BUILTIN_DATASETS
-    from edgecls.metrics import format_report
+    from edgecls.core.augment import AugmentSpec
+    from edgecls.core.datasets import BUILTIN_DATASETS
+    from edgecls.core.metrics import format_report
     from edgecls.train import TrainConfig
     from edgecls.train import train as run_training
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgecls.progress import counted, progress
+from edgecls.core.progress import counted, progress
 from edgecls.runtime.errors import DataError, EdgeclsError, ImageDecodeError
 from edgecls.runtime.preprocess import PreprocessSpec, check_encoded, decode_image, preprocess
 

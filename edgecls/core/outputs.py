@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgecls import rundir
+from edgecls.core import rundir
 from edgecls.runtime.bundle import LABELS, MANIFEST
 
 # Everything `train` and `evaluate` write into a run directory.
@@ -49,7 +49,7 @@ def run_guard(dataset_root) -> dict:
 
 def bundle_guard(run) -> dict:
     """For `convert --out`: the run directory and the run's dataset (a built-in one: the whole cache)."""
-    from edgecls.datasets.builtin import cache_root
+    from edgecls.core.datasets.builtin import cache_root
 
     protect = {"the run directory": Path(run.path)}
     dataset = run.metadata.get("dataset", {})

@@ -1,7 +1,7 @@
 """The run directory: what training leaves behind and what converters read.
 
 RUN/model.keras, metadata.json, split.json, metrics.json, history.json, curves.png, confusion_matrix.png
-(split.json: the exact files of each split, see `edgecls.splits`; runs before it lack it)
+(split.json: the exact files of each split, see `edgecls.core.splits`; runs before it lack it)
 """
 
 from __future__ import annotations

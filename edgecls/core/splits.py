@@ -26,9 +26,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from edgecls import rundir
-from edgecls.datasets.folder import SPLIT_NAMES, Sample
-from edgecls.progress import counted
+from edgecls.core import rundir
+from edgecls.core.datasets.folder import SPLIT_NAMES, Sample
+from edgecls.core.progress import counted
 from edgecls.runtime.atomic import write_text
 from edgecls.runtime.errors import DataError
 

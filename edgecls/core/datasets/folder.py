@@ -1,7 +1,7 @@
 """Scan a class-per-folder directory: root/<class>/*.jpg, or root/{train,val,test}/<class>/*.
 
 Splits come from train/val/test subfolders when the layout really is pre-split, otherwise from a
-seeded, stratified split that is a function of each file's content (see `edgecls.splits`), so the
+seeded, stratified split that is a function of each file's content (see `edgecls.core.splits`), so the
 same seed and files always give the same test set and adding files moves few existing ones.
 """
 
@@ -170,10 +170,10 @@ def scan_folder(
 ) -> FolderDataset:
     """Find classes and images under `root` and assign every image to train, val or test.
 
-    `method` picks the seeded split (`edgecls.splits.METHODS`); None is the current one.
+    `method` picks the seeded split (`edgecls.core.splits.METHODS`); None is the current one.
     `min_classes`: 2 to train; evaluating a model on one class's images is fine (1).
     """
-    from edgecls.splits import seeded_split
+    from edgecls.core.splits import seeded_split
 
     root = Path(root)
     if not root.exists():

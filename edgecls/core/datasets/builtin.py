@@ -1,7 +1,7 @@
 """Built-in datasets, written once as class-per-folder PNGs so the folder path is always the one used.
 
 - digits: the UCI handwritten digits that scikit-learn ships (1,797 8x8 grey images), no download.
-- shapes: generated coloured shapes on textured backgrounds (see `edgecls.datasets.shapes`).
+- shapes: generated coloured shapes on textured backgrounds (see `edgecls.core.datasets.shapes`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def write_digits(folder: Path) -> None:
 
 
 def write_shapes(folder: Path) -> None:
-    from edgecls.datasets.shapes import render_dataset
+    from edgecls.core.datasets.shapes import render_dataset
 
     for label, index, image_bgr in render_dataset(per_class=500, size=64, seed=1234):
         class_dir = folder / label

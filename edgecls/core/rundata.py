@@ -11,12 +11,12 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from edgecls.data import fingerprint, load_split, open_splits
-from edgecls.datasets import resolve_dataset, scan_folder
-from edgecls.datasets.builtin import BUILTIN_DATASETS, materialize
-from edgecls.datasets.folder import SPLIT_NAMES, FolderDataset, dataset_classes, image_files
+from edgecls.core.data import fingerprint, load_split, open_splits
+from edgecls.core.datasets import resolve_dataset, scan_folder
+from edgecls.core.datasets.builtin import BUILTIN_DATASETS, materialize
+from edgecls.core.datasets.folder import SPLIT_NAMES, FolderDataset, dataset_classes, image_files
+from edgecls.core.splits import PERMUTATION, read_split_record, recorded_samples
 from edgecls.runtime.errors import DataError
-from edgecls.splits import PERMUTATION, read_split_record, recorded_samples
 
 
 def _warn(message: str) -> None:
@@ -140,7 +140,7 @@ def require_splits(run, dataset: FolderDataset, names) -> None:
 def load_run_splits(run, names=("train", "val", "test"), workers: int = 4, stream: bool = False) -> dict:
     """Load the named splits of the run's own split with its preprocessing.
 
-    `stream`: splits whose tensors exceed the in-memory limit (edgecls.data) come back as
+    `stream`: splits whose tensors exceed the in-memory limit (edgecls.core.data) come back as
     `StreamedSplit`s, read batch by batch (`iter_batches`, `CalibrationSampler`) and never whole.
     """
     dataset = run_dataset(run, workers, names)
