@@ -20,10 +20,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.formats import DEFAULT_PREFERENCE
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 PROFILES_ENV = "EDGECLS_PROFILES"
-ARTIFACTS = ("tflite-int8", "tflite-fp16", "tflite-fp32", "onnx-int8", "onnx-fp32")
+ARTIFACTS = DEFAULT_PREFERENCE  # every artifact name, in the default preference order
 BACKENDS = ("litert", "tflite-runtime")
 ARCHITECTURES = ("any", "aarch64", "armv7l", "x86_64")
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -37,7 +38,7 @@ class ProfileError(EdgeclsError):
 class DeviceProfile:
     name: str
     description: str = ""
-    artifacts: tuple = ("tflite-int8", "onnx-int8", "tflite-fp32", "onnx-fp32", "tflite-fp16")  # preference order
+    artifacts: tuple = DEFAULT_PREFERENCE  # preference order
     backends: tuple = ("litert", "tflite-runtime")  # for .tflite, in order
     providers: tuple = ("CPUExecutionProvider",)  # ONNX Runtime execution providers, in order
     threads: int | None = None

@@ -16,12 +16,11 @@ import numpy as np
 from edgecls.runtime.backends.registry import BACKENDS, available_backends
 from edgecls.runtime.bundle import Artifact, Bundle, BundleError, load_bundle
 from edgecls.runtime.errors import EdgeclsError, MissingDependencyError
+from edgecls.runtime.formats import DEFAULT_PREFERENCE, backend_options, install_advice
 from edgecls.runtime.preprocess import load_image, pixels
 from edgecls.runtime.session import ModelSession, apply_table, input_table, quantize
 
 log = logging.getLogger("edgecls.runtime")
-
-DEFAULT_ARTIFACT_ORDER = ("tflite-int8", "onnx-int8", "tflite-fp32", "onnx-fp32", "tflite-fp16")
 
 
 @dataclass
@@ -49,15 +48,14 @@ def choose_artifact(bundle: Bundle, wanted: str | None = None, preference=None) 
     installed = available_backends()
     runnable = {fmt for fmt, classes in BACKENDS.items() if any(installed[c.name] for c in classes)}
     by_name = {a.name: a for a in bundle.manifest.artifacts}
-    order = list(preference or DEFAULT_ARTIFACT_ORDER) + [a.name for a in bundle.manifest.artifacts]
+    order = list(preference or DEFAULT_PREFERENCE) + [a.name for a in bundle.manifest.artifacts]
     for name in order:
         art = by_name.get(name)
         if art is not None and art.format in runnable:
             return art
     formats = sorted({a.format for a in bundle.manifest.artifacts})
-    package = "ai-edge-litert" if "tflite" in formats else "onnxruntime"
     raise MissingDependencyError(
-        package, "runtime", f"no installed backend runs this bundle's {', '.join(formats)} artifacts"
+        install_advice(formats), "runtime", f"no installed backend runs this bundle's {', '.join(formats)} artifacts"
     )
 
 
@@ -69,11 +67,8 @@ class Classifier:
         self.artifact = choose_artifact(self.bundle, artifact, getattr(profile, "artifacts", None))
         path = self.bundle.verify(self.artifact)
         threads = threads or getattr(profile, "threads", None)
-        prefer = getattr(profile, "backends", None) if self.artifact.format == "tflite" else None
-        providers = getattr(profile, "providers", None) if self.artifact.format == "onnx" else None
-        self.session = ModelSession(
-            path, self.artifact.format, head=manifest.head, prefer=prefer, threads=threads, providers=providers
-        )
+        options = backend_options(self.artifact.format, profile)  # the profile's backend order or providers
+        self.session = ModelSession(path, self.artifact.format, head=manifest.head, threads=threads, **options)
         self.spec = manifest.preprocess
         self.labels = manifest.labels
         self.top_k = top_k
