@@ -1,5 +1,7 @@
-"""Issue 13 point 2: `flash --setup` without a package index on the device (the fast parts; the arm64 test
-in tests/test_arm64_pi.py does it for real on an emulated Pi)."""
+"""edgecls.devices.wheels: `flash --setup` without a package index on the device (the fast parts).
+
+tests/test_arm64_pi.py does it for real on an emulated Pi.
+"""
 
 import fcntl
 import json
@@ -20,7 +22,7 @@ from edgecls.runtime.install.layout import DeviceRoot
 from tests.sshd import sshd  # noqa: F401  (fixture)
 
 
-def test_i13_p2_the_probe_reads_this_machine_and_its_wheel_tags():
+def test_the_probe_reads_this_machine_and_its_wheel_tags():
     out = subprocess.run(["python3", "-c", PROBE], capture_output=True, text=True, check=True).stdout
     platform = DevicePlatform.parse(out, "here")
     assert platform.machine == os.uname().machine and platform.python.count(".") == 1
@@ -30,14 +32,14 @@ def test_i13_p2_the_probe_reads_this_machine_and_its_wheel_tags():
     assert "manylinux_2_16_aarch64" not in tags and all("x86" not in t for t in tags)
 
 
-def test_i13_p2_a_musl_device_is_refused_in_one_line():
+def test_a_musl_device_is_refused_in_one_line():
     with pytest.raises(EdgeclsError, match="glibc systems only"):
         DevicePlatform("aarch64", "3.11", ("", "")).pip_platforms()
     with pytest.raises(EdgeclsError, match="could not read the device's platform"):
         DevicePlatform.parse("Traceback ...", "pi@x")
 
 
-def test_i13_p2_edgecls_with_extras_points_at_the_local_wheel():
+def test_edgecls_with_extras_points_at_the_local_wheel():
     built = []
 
     def wheel():
@@ -51,7 +53,7 @@ def test_i13_p2_edgecls_with_extras_points_at_the_local_wheel():
     assert _requirements(["numpy"], wheel) == ["numpy"] and len(built) == 1  # built only when asked for
 
 
-def test_i13_p2_a_root_holding_only_the_setup_venv_is_still_ours_to_take(tmp_path):
+def test_a_root_holding_only_the_setup_venv_is_still_ours_to_take(tmp_path):
     (tmp_path / "root" / "venv" / "bin").mkdir(parents=True)
     (tmp_path / "root" / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
     (tmp_path / "root" / ".venv-setup-123").mkdir()  # one a --setup is building (or a killed one's)
@@ -62,7 +64,7 @@ def test_i13_p2_a_root_holding_only_the_setup_venv_is_still_ours_to_take(tmp_pat
         DeviceRoot(tmp_path / "other").ensure()
 
 
-def test_i13_p2_auto_python_prefers_the_setup_venv_on_the_device(tmp_path):
+def test_auto_python_prefers_the_setup_venv_on_the_device(tmp_path):
     """The shell line runs here as the device's sh would: ROOT/venv/bin/python when it exists, else python3."""
     root = tmp_path / "dev root"  # a space: quoting must hold
     line = python_command("auto", str(root), ["-c", "import sys; print(sys.argv[0] or 'python3')"])
@@ -77,7 +79,7 @@ def test_i13_p2_auto_python_prefers_the_setup_venv_on_the_device(tmp_path):
     assert python_command("/usr/bin/python3.11", str(root), ["-m", "x"]) == ["/usr/bin/python3.11", "-m", "x"]
 
 
-def test_i13_p2_the_device_installs_offline_into_its_venv_and_forces_our_wheel(tmp_path):
+def test_the_device_installs_offline_into_its_venv_and_forces_our_wheel(tmp_path):
     """install_script run for real here: a venv, pip --no-index from the pushed folder, edgecls reinstalled."""
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -141,7 +143,7 @@ def _wheel(folder: Path, name: str, value: str = "42") -> Path:
     return next(out.glob(f"{name}-*.whl"))
 
 
-def test_i13_p2_the_probe_reports_the_pointer_size_and_a_32_bit_userland_takes_armv7l_wheels():
+def test_the_probe_reports_the_pointer_size_and_a_32_bit_userland_takes_armv7l_wheels():
     out = subprocess.run(["python3", "-c", PROBE], capture_output=True, text=True, check=True).stdout
     assert DevicePlatform.parse(out, "here").bits == 8 * struct.calcsize("P")
     armhf_on_arm64 = DevicePlatform("aarch64", "3.11", ("glibc", "2.36"), bits=32)  # Raspberry Pi OS 32-bit
@@ -150,7 +152,7 @@ def test_i13_p2_the_probe_reports_the_pointer_size_and_a_32_bit_userland_takes_a
     assert DevicePlatform.parse('{"machine": "armv7l", "python": "3.9", "libc": ["glibc", "2.31"]}', "old").bits == 0
 
 
-def test_i13_p2_setup_with_an_explicit_python_force_reinstalls_our_wheel(tmp_path):
+def test_setup_with_an_explicit_python_force_reinstalls_our_wheel(tmp_path):
     """--python /some/python: no venv of ours, but a checkout's edgecls of an unchanged version number is still
     replaced (pip alone keeps the installed one)."""
     made = subprocess.run(
@@ -180,7 +182,7 @@ def test_i13_p2_setup_with_an_explicit_python_force_reinstalls_our_wheel(tmp_pat
     assert not root.exists()  # no venv made with an explicit interpreter
 
 
-def test_i13_p2_a_failed_offline_install_removes_the_pushed_wheels_and_says_what_was_missing(tmp_path):
+def test_a_failed_offline_install_removes_the_pushed_wheels_and_says_what_was_missing(tmp_path):
     wheels = tmp_path / "push"
     wheels.mkdir()
     (wheels / "README").write_text("no wheel for the package asked for")
@@ -197,7 +199,7 @@ def test_i13_p2_a_failed_offline_install_removes_the_pushed_wheels_and_says_what
     assert [p.name for p in root.iterdir()] == ["venv"]  # the venv itself was whole: kept for the next --setup
 
 
-def test_i13_p2_remote_errors_name_the_setup_step_not_the_scripts_first_word(sshd, tmp_path):  # noqa: F811
+def test_remote_errors_name_the_setup_step_not_the_scripts_first_word(sshd, tmp_path):  # noqa: F811
     from edgecls.devices.ssh import SshClient, SshError, parse_target
 
     client = SshClient(parse_target(sshd.target(tmp_path)), config=sshd.ssh_config)
@@ -206,7 +208,7 @@ def test_i13_p2_remote_errors_name_the_setup_step_not_the_scripts_first_word(ssh
     assert "`edgecls setup` failed (exit status 3): edgecls setup: the cause" in str(error.value)
 
 
-def test_i13_p2_the_root_check_runs_on_a_bare_python_without_edgecls(tmp_path):
+def test_the_root_check_runs_on_a_bare_python_without_edgecls(tmp_path):
     """rootcheck.py is the program sent to the device's python before --setup: it must need nothing of ours."""
     from edgecls.runtime.install import rootcheck
 
@@ -225,7 +227,7 @@ def test_i13_p2_the_root_check_runs_on_a_bare_python_without_edgecls(tmp_path):
     assert code == 2 and "did not write (thesis.txt" in answer["error"]
 
 
-def test_i13_p2_a_wheelhouse_being_pushed_is_never_dropped_and_killed_builds_are(tmp_path, monkeypatch):
+def test_a_wheelhouse_being_pushed_is_never_dropped_and_killed_builds_are(tmp_path, monkeypatch):
     """Held (as setup holds it while pushing), an older wheelhouse of the same prefix survives a newer build's
     cleaning; released, the next cleaning drops it. Build folders of killed builds go after an hour."""
     from edgecls.devices import wheels
@@ -252,7 +254,7 @@ def test_i13_p2_a_wheelhouse_being_pushed_is_never_dropped_and_killed_builds_are
     assert wheelhouse(platform, [package], say=lambda m: None) == held  # rebuilt on demand
 
 
-def test_i13_p3_emulation_reads_the_kernel_not_the_cpu_description():
+def test_emulation_reads_the_kernel_not_the_cpu_description():
     """kernel/arch is the real kernel's, which qemu-user does not answer; cpuinfo is only the fallback, and
     there x86 is recognised by its flags: s390x's cpuinfo has a vendor_id line too."""
     from edgecls.runtime.bench.machine import _cpuinfo_family, _family, emulation
@@ -265,7 +267,7 @@ def test_i13_p3_emulation_reads_the_kernel_not_the_cpu_description():
     assert (_cpuinfo_family(s390x), _cpuinfo_family(x86), _cpuinfo_family(pi)) == (None, "x86", "arm")
 
 
-def test_i13_p3_auto_python_finds_a_venv_under_a_home_relative_root(tmp_path):
+def test_auto_python_finds_a_venv_under_a_home_relative_root(tmp_path):
     """Profiles allow install_root ~/edgecls: the device's shell must expand it, as DeviceRoot does."""
     venv_python = tmp_path / "edgecls" / "venv" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
@@ -280,7 +282,7 @@ def test_i13_p3_auto_python_finds_a_venv_under_a_home_relative_root(tmp_path):
     assert ran.stdout.strip() == "venv python", ran
 
 
-def test_i13_p3_emulation_falls_back_to_cpuinfo_where_the_kernel_has_no_arch_file(tmp_path):
+def test_emulation_falls_back_to_cpuinfo_where_the_kernel_has_no_arch_file(tmp_path):
     """Before Linux 6.1 there is no /proc/sys/kernel/arch (hidden here in a private mount namespace): the emulated
     Pi's Python (qemu-user, the rootfs of devices/emulate/arm64-pi.sh) still sees the host's x86 cpuinfo."""
     import shutil

@@ -1,4 +1,4 @@
-"""Issue 9: flash, rollback, status against a local folder and a real OpenSSH server on 127.0.0.1.
+"""edgecls.devices.flash: flash, rollback and status against a local folder and a real OpenSSH server on 127.0.0.1.
 
 Bundles are the session's real tiny bundle (tests/conftest.py) and variants of it whose manifest differs
 (another version), whose check labels are wrong (a smoke test that must fail), or whose names are unsafe.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,19 @@ def assert_complete(root: Path, expected_manifest: Path) -> None:
         assert sha256_file(release / name) == digest
 
 
-def test_i9_p2_local_flash_sends_only_what_the_profile_needs(bundles, tmp_path):
+def links(root: Path) -> tuple:
+    """The release names `current` and `previous` point at (None where a link is missing)."""
+
+    def one(name):
+        try:
+            return Path(os.readlink(root / name)).name
+        except OSError:
+            return None
+
+    return one("current"), one("previous")
+
+
+def test_local_flash_sends_only_what_the_profile_needs(bundles, tmp_path):
     root = tmp_path / "device"
     [result] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
     assert result.result == "installed", result.reason
@@ -79,7 +92,7 @@ def test_i9_p2_local_flash_sends_only_what_the_profile_needs(bundles, tmp_path):
     assert mtimes == {p: p.stat().st_mtime_ns for p in root.rglob("*") if not p.is_symlink()}
 
 
-def test_i9_p2_ssh_flash_keeps_previous_and_reports_status(bundles, sshd, tmp_path):  # noqa: F811
+def test_ssh_flash_keeps_previous_and_reports_status(bundles, sshd, tmp_path):  # noqa: F811
     root = tmp_path / "pi root"  # a space: every remote path is quoted
     target = sshd.target(root)
     options = FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config))
@@ -96,7 +109,7 @@ def test_i9_p2_ssh_flash_keeps_previous_and_reports_status(bundles, sshd, tmp_pa
     assert os.readlink(root / "previous") == f"releases/{first.slot}"
 
 
-def test_i9_p2_foreign_root_is_refused_and_left_alone(bundles, tmp_path, sshd):  # noqa: F811
+def test_foreign_root_is_refused_and_left_alone(bundles, tmp_path, sshd):  # noqa: F811
     home = make_home_like(tmp_path / "home")
     before = snapshot(home)
     results = flash(
@@ -107,7 +120,7 @@ def test_i9_p2_foreign_root_is_refused_and_left_alone(bundles, tmp_path, sshd): 
     assert snapshot(home) == before
 
 
-def test_i9_p2_path_traversal_names_are_refused(bundles, tmp_path, sshd):  # noqa: F811
+def test_path_traversal_names_are_refused(bundles, tmp_path, sshd):  # noqa: F811
     evil = variant(bundles["a"], tmp_path / "evil", files={"../../escaped.txt": "0" * 64})
     root = tmp_path / "dev"
     assert "not a plain file name" in cli_error(run_cli("flash", evil, root))
@@ -166,7 +179,7 @@ def test_bundle_files_named_like_the_devices_own_files_are_refused(bundles, tmp_
     assert "forged" not in json.dumps(status(str(root)))
 
 
-def test_i9_p3_bytes_flipped_in_transit_are_never_switched_to(bundles, tmp_path, sshd):  # noqa: F811
+def test_bytes_flipped_in_transit_are_never_switched_to(bundles, tmp_path, sshd):  # noqa: F811
     from edgecls.devices.targets import SshDeviceTarget
 
     root = tmp_path / "dev"
@@ -194,7 +207,7 @@ def test_i9_p3_bytes_flipped_in_transit_are_never_switched_to(bundles, tmp_path,
     assert_complete(root, manifest_b)
 
 
-def test_i9_p4_wrong_labels_roll_back_with_the_reason(bundles, tmp_path):
+def test_wrong_labels_roll_back_with_the_reason(bundles, tmp_path):
     root = tmp_path / "dev"
     [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
     good = snapshot(current_release(root))
@@ -205,7 +218,7 @@ def test_i9_p4_wrong_labels_roll_back_with_the_reason(bundles, tmp_path):
     assert info["last_flash"]["result"] == "rolled back" and "wrong label" in info["last_flash"]["reason"]
 
 
-def test_i9_p4_latency_over_budget_rolls_back(bundles, tmp_path):
+def test_latency_over_budget_rolls_back(bundles, tmp_path):
     root = tmp_path / "dev"
     [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
     strict = DeviceProfile(name="strict", artifacts=("tflite-int8",), threads=1, latency_budget_ms=0.001)
@@ -217,7 +230,7 @@ def test_i9_p4_latency_over_budget_rolls_back(bundles, tmp_path):
     assert c.result == "rolled back" and not (tmp_path / "fresh" / "current").is_symlink()
 
 
-def test_i9_p5_rollback_cli_restores_previous_byte_for_byte(bundles, tmp_path, sshd):  # noqa: F811
+def test_rollback_cli_restores_previous_byte_for_byte(bundles, tmp_path, sshd):  # noqa: F811
     root = tmp_path / "dev"
     target = sshd.target(root)
     ssh = ["--ssh-config", sshd.ssh_config]
@@ -244,7 +257,7 @@ def _profile_file(folder: Path, profile: DeviceProfile, name: str = "profile.jso
     return path
 
 
-def test_i9_p6_fleet_table_one_success_one_rollback(bundles, tmp_path, sshd):  # noqa: F811
+def test_fleet_table_shows_one_success_and_one_rollback(bundles, tmp_path, sshd):  # noqa: F811
     roots = [tmp_path / "pi-a", tmp_path / "pi-b"]
     _profile_file(
         tmp_path, DeviceProfile(name="slow", artifacts=("tflite-int8",), latency_budget_ms=0.001), "slow.json"
@@ -277,7 +290,7 @@ def test_i9_p6_fleet_table_one_success_one_rollback(bundles, tmp_path, sshd):  #
     assert os.readlink(roots[0] / "previous") == slot_a  # a's slot, kept as previous on the updated device
 
 
-def test_i9_p2_concurrent_flashes_take_turns(bundles, tmp_path):
+def test_concurrent_flashes_take_turns(bundles, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     from edgecls.runtime.install import DeviceRoot
@@ -304,7 +317,7 @@ def test_i9_p2_concurrent_flashes_take_turns(bundles, tmp_path):
     assert_complete(root, (bundles["b"] if current_release(root).name == results[0].slot else c) / MANIFEST)
 
 
-def test_i9_p2_unreachable_target_is_one_failed_row_with_cause_and_fix(bundles, tmp_path, sshd):  # noqa: F811
+def test_unreachable_target_is_one_failed_row_with_cause_and_fix(bundles, tmp_path, sshd):  # noqa: F811
     closed = f"{sshd.user}@127.0.0.1:1:{tmp_path / 'x'}"  # nothing listens on port 1
     done = run_cli(
         "flash",
@@ -322,7 +335,7 @@ def test_i9_p2_unreachable_target_is_one_failed_row_with_cause_and_fix(bundles, 
     assert " installed " in rows[str(tmp_path / "local")]
 
 
-def test_i9_p2_damaged_previous_release_is_replaced_not_trusted(bundles, tmp_path):
+def test_damaged_previous_release_is_replaced_not_trusted(bundles, tmp_path):
     root = tmp_path / "dev"
     [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
     [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
@@ -334,7 +347,7 @@ def test_i9_p2_damaged_previous_release_is_replaced_not_trusted(bundles, tmp_pat
     assert os.readlink(root / "previous") == f"releases/{b.slot}"
 
 
-def test_i9_p4_smoke_test_stops_once_over_budget_and_has_a_deadline(bundles, tmp_path):
+def test_smoke_test_stops_once_over_budget_and_has_a_deadline(bundles, tmp_path):
     """A model far over its budget must not hold the flash lock for all its timing runs, and nothing may
     make the smoke test run unbounded (a hung backend, a huge model on a slow device)."""
     from edgecls.runtime.install.smoke import smoke_deadline, smoke_test
@@ -350,7 +363,7 @@ def test_i9_p4_smoke_test_stops_once_over_budget_and_has_a_deadline(bundles, tmp
     assert smoke_test(current_release(root), profile, budget_ms=None)["runs"] == 30
 
 
-def test_i9_p5_status_and_table_escape_control_characters(bundles, tmp_path):
+def test_status_and_table_escape_control_characters(bundles, tmp_path):
     """Manifest fields are text anyone could write: a terminal must see escapes, not execute them."""
     from edgecls.devices.flash import FlashResult, format_table
 
@@ -456,3 +469,83 @@ def test_an_ssh_flash_interrupted_on_the_host_after_the_switch_rolls_the_device_
     assert current_release(root).name == a.slot
     assert state["last_flash"]["result"] == "rolled back", state
     assert state["last_flash"]["reason"].startswith("interrupted by SIGHUP"), state
+
+
+def test_a_symlinked_staging_folder_never_leads_to_deleting_outside_the_root(bundles, tmp_path):
+    """`staging -> /var/tmp` (same file system, to spare the SD card) is a plausible layout; layout.py promises
+    "files we did not write are never deleted". _cleanup rmtree's every folder under staging/ older than a day,
+    following the link: the user's folders outside the root are deleted."""
+    root = tmp_path / "dev"
+    assert flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].ok
+    outside = tmp_path / "var-tmp"
+    (outside / "someone-elses-job").mkdir(parents=True)
+    (outside / "someone-elses-job" / "data.bin").write_bytes(b"precious")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(outside / "someone-elses-job", (two_days_ago, two_days_ago))
+    import shutil
+
+    shutil.rmtree(root / "staging")
+    os.symlink(outside, root / "staging")
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    # Either refuse the symlinked staging/ or leave what it points at alone; never delete it.
+    assert (outside / "someone-elses-job" / "data.bin").is_file(), f"deleted outside the root; flash said {b}"
+
+
+def test_a_reflash_over_a_damaged_current_release_is_not_reported_unchanged(bundles, tmp_path):
+    """Bit rot in the *current* release: plan() hashes the release (`have`) and then ignores the result, so
+    re-flashing the same bundle answers "already installed and healthy" while current serves damaged bytes."""
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    assert a.ok
+    model = root / "releases" / a.slot / "model_int8.tflite"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    [again] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    assert again.result != "unchanged", again  # the device must not vouch for bytes it just found wrong
+    if again.ok:
+        assert_complete(root, bundles["a"] / MANIFEST)
+
+
+def test_a_no_smoke_install_is_not_recorded_as_smoke_tested(bundles, tmp_path):
+    root = tmp_path / "dev"
+    assert flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].ok
+    [untested] = flash(bundles["wrong"], [str(root)], FlashOptions(profile=PROFILE, smoke=False))
+    assert untested.result == "installed"
+    # Now flash the same bundle with the smoke test on: its check labels are wrong, so it must roll back.
+    [checked] = flash(bundles["wrong"], [str(root)], FlashOptions(profile=PROFILE))
+    assert checked.result == "rolled back", checked  # got "unchanged": never tested, yet called healthy
+
+
+def test_a_large_manifest_flashes_over_ssh_like_locally(bundles, tmp_path, sshd):  # noqa: F811
+    """plan/apply pass the whole manifest base64 in argv (`--manifest-b64`), inside the single `sh -c` argument
+    sshd execs: past Linux's MAX_ARG_STRLEN (128 KiB) the exec fails. A 10k-class label list or a long
+    `source` record is enough. The same bundle installs on a local target. (It is also sent twice.)"""
+    big = variant(
+        bundles["a"],
+        tmp_path / "big",
+        source={"dataset_card": "\n".join(f"class {i}: a longish description of the class" for i in range(3000))},
+    )
+    assert len((big / MANIFEST).read_bytes()) > 100_000
+    [local] = flash(big, [str(tmp_path / "local")], FlashOptions(profile=PROFILE))
+    assert local.result == "installed", local
+    [remote] = flash(
+        big, [sshd.target(tmp_path / "remote")], FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config))
+    )
+    assert remote.result == "installed", remote
+
+
+def test_a_bundle_with_an_in_bundle_symlink_flashes_over_ssh(bundles, tmp_path, sshd):  # noqa: F811
+    """Bundle.verify() accepts a link that stays inside the bundle (deduplicated stores do this), the host's
+    sha256 check passes and a local flash installs it; the SSH upload tar.add()s the link itself (tarfile does
+    not dereference), and the device refuses "the upload holds 'model_int8.tflite', which is not a file"."""
+    linked = variant(bundles["a"], tmp_path / "linked")
+    (linked / "store").mkdir()
+    os.replace(linked / "model_int8.tflite", linked / "store" / "blob")
+    os.symlink("store/blob", linked / "model_int8.tflite")
+    [local] = flash(linked, [str(tmp_path / "local")], FlashOptions(profile=PROFILE))
+    assert local.result == "installed", local
+    [remote] = flash(
+        linked, [sshd.target(tmp_path / "remote")], FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config))
+    )
+    assert remote.result == "installed", remote

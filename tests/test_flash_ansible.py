@@ -1,4 +1,4 @@
-"""Issue 9 point 6: the Ansible playbook in devices/ansible/ parses, and installs for real over loopback SSH."""
+"""devices/ansible playbook: it parses, and installs for real over loopback SSH."""
 
 from __future__ import annotations
 
@@ -37,13 +37,13 @@ def _ansible(*args, tmp: Path) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env, timeout=300, cwd=tmp)
 
 
-def test_i9_p6_playbook_syntax_check(tmp_path):
+def test_the_playbook_passes_ansible_syntax_check(tmp_path):
     done = _ansible("--syntax-check", "-i", PLAYBOOK.parent / "inventory.example.ini", PLAYBOOK, tmp=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.slow
-def test_i9_p6_playbook_flashes_loopback_devices(bundles, sshd, tmp_path):  # noqa: F811
+def test_the_playbook_flashes_loopback_devices(bundles, sshd, tmp_path):  # noqa: F811
     good, slow = tmp_path / "good-dev", tmp_path / "slow-dev"
     # The slow device runs version b first: its failed smoke test of a must roll back to b.
     assert flash(bundles["b"], [str(slow)], FlashOptions(profile=PROFILE))[0].ok

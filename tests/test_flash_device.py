@@ -1,5 +1,4 @@
-"""Issue 9: the bundle's check images, old bundles, --setup, --install-service, and the daemon's health after a
-flash."""
+"""edgecls.devices.flash on a device: check images, old bundles, --setup, --install-service, the daemon's health."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from tests.sshd import sshd  # noqa: F401  (fixture)
 from tests.test_flash import PROFILE, bundles, current_release  # noqa: F401  (fixture)
 
 
-def test_i9_p4_convert_stores_check_images_every_artifact_gets_right(tiny_bundle):
+def test_convert_stores_check_images_every_artifact_gets_right(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     checks = bundle.manifest.checks
     assert len(checks) == 6 and {c["label"] for c in checks} == set(bundle.labels)  # classes in turn
@@ -29,7 +28,7 @@ def test_i9_p4_convert_stores_check_images_every_artifact_gets_right(tiny_bundle
         assert got == [c["label"] for c in checks], artifact.name
 
 
-def test_i9_p4_bundle_without_check_images_still_loads_and_flashes(tiny_bundle, tmp_path):
+def test_bundle_without_check_images_still_loads_and_flashes(tiny_bundle, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(tiny_bundle, old)
     manifest = json.loads((old / MANIFEST).read_text())
@@ -42,7 +41,7 @@ def test_i9_p4_bundle_without_check_images_still_loads_and_flashes(tiny_bundle, 
     assert r.result == "installed" and "no check images" in r.smoke["note"] and r.smoke["p95_ms"] > 0
 
 
-def test_i9_p4_setup_and_install_service_over_ssh(bundles, sshd, tmp_path):  # noqa: F811
+def test_setup_and_install_service_over_ssh(bundles, sshd, tmp_path):  # noqa: F811
     profile = DeviceProfile(name="svc", artifacts=("tflite-int8",), packages=("numpy",), service="edgecls-test")
     units = tmp_path / "units"
     options = FlashOptions(
@@ -54,7 +53,7 @@ def test_i9_p4_setup_and_install_service_over_ssh(bundles, sshd, tmp_path):  # n
     assert "Type=notify" in unit and "ExecStart=" in unit and " run --config " in unit
 
 
-def test_i9_p4_install_service_points_the_daemon_at_current_with_the_devices_own_edgecls(bundles, tmp_path):
+def test_install_service_points_the_daemon_at_current_with_the_devices_own_edgecls(bundles, tmp_path):
     """The unit names the DEVICE's edgecls (the console script beside its Python), and the config it runs is written
     once, for ROOT/current from the profile's camera: the daemon really starts from it and serves the flashed model."""
     import shutil
@@ -94,7 +93,7 @@ def test_i9_p4_install_service_points_the_daemon_at_current_with_the_devices_own
     assert (tmp_path / "r.jsonl").read_text().count("\n") > 0
 
 
-def test_i9_p4_flash_waits_for_the_daemon_to_serve_the_new_release(bundles, tmp_path):
+def test_flash_waits_for_the_daemon_to_serve_the_new_release(bundles, tmp_path):
     pytest.importorskip("cv2")
     from edgecls.runtime.daemon import Daemon
     from tests.daemon_helpers import write_test_video

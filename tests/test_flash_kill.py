@@ -1,5 +1,4 @@
-"""Issue 9, must show: a flash SIGKILLed at 50 random moments leaves `current` a complete, verified bundle
-(the old or the new one), and running the flash again completes it.
+"""edgecls.devices.flash under SIGKILL: a killed flash leaves a whole release and a re-run completes it.
 
 Each round starts a worker process that has already imported everything and waits for "go" (so the kill
 lands inside the flash, not in Python's start-up), kills it (and its ssh child) at a uniformly random
@@ -72,7 +71,7 @@ def _timed_run(bundle: Path, target: str, config: str) -> float:
 
 
 @pytest.mark.slow
-def test_i9_p2_sigkill_at_50_random_moments(bundles, tmp_path, sshd, capsys):  # noqa: F811
+def test_a_flash_killed_at_50_random_moments_leaves_a_whole_release(bundles, tmp_path, sshd, capsys):  # noqa: F811
     rng = random.Random(int(os.environ.get("EDGECLS_FLASH_KILL_SEED", "9")))  # other seeds: a longer stress run
     manifests = {name: (bundles[name] / MANIFEST).read_bytes() for name in ("a", "b")}
     kinds = [
@@ -161,7 +160,7 @@ def _release_of(root: Path, manifests: dict) -> str:
 
 
 @pytest.mark.slow
-def test_i9_p2_device_killed_at_every_switch_and_durable_write(bundles, tmp_path, sshd, capsys):  # noqa: F811
+def test_a_device_killed_at_every_switch_and_durable_write_ends_like_an_unkilled_run(bundles, tmp_path, sshd, capsys):  # noqa: F811
     """Each scenario is run once per kill point (the N-th switch or write_durable) until it completes unkilled:
     after each kill `current` is a whole allowed bundle, and the re-run (flash, or `edgecls rollback`) ends
     where an uninterrupted run would have, with no journal entry, temp file or trash left."""

@@ -1,6 +1,4 @@
-"""The device side of flash (runtime/install/api.py, commit.py, layout.py) where the disk, the clock or another
-flash works against it: a file system filled after the switch, a flash killed before its verdict and followed
-by another version, first flashes racing for a new root, a root that is a link.
+"""edgecls.runtime.install: the device side of flash when the disk, the clock or another flash works against it.
 
 Real file systems (tmpfs with size= or nr_inodes=, as root), real processes killed with SIGKILL, the session's
 real tiny bundle and its smoke test.
@@ -23,7 +21,7 @@ from edgecls.devices.flash import FlashOptions, flash, status
 from edgecls.devices.profiles import DeviceProfile
 from edgecls.runtime.bundle import MANIFEST
 from tests.conftest import REPO, run_cli
-from tests.test_flash import PROFILE, assert_complete, bundles, current_release  # noqa: F401  (fixture)
+from tests.test_flash import PROFILE, assert_complete, bundles, current_release, links  # noqa: F401  (fixture)
 
 
 @contextmanager
@@ -387,3 +385,33 @@ def test_state_json_records_verification_only_for_releases_still_on_the_device(b
     kept = set(os.listdir(root / "releases"))
     assert set(state["healthy"]) == {a.slot, b.slot} <= kept, state["healthy"]
     assert set(state["smoke_tested"]) == {a.slot, b.slot}, state["smoke_tested"]
+
+
+def test_a_full_disk_leaves_no_partial_files_and_current_intact(bundles, tmp_path):
+    """_write_member() writes `.NAME.PID.part` and only removes it on a sha256 mismatch: on ENOSPC the partial
+    file stays (resume is per whole file, so it is useless) and holds the space the daemon's logs need. Over
+    SSH every retry is a new PID, so each failed retry leaves another one."""
+    sd = tmp_path / "sd"
+    sd.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(sd)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        root = sd / "edgecls"
+        [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+        assert a.ok, a
+        with open(sd / "filler", "wb", buffering=0) as f:  # another program fills the card
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        os.truncate(sd / "filler", max(0, os.path.getsize(sd / "filler") - 12 * 1024))  # 12 KiB left
+        fp32 = DeviceProfile(name="fp32", artifacts=("tflite-fp32",), threads=1)  # a 21 KiB file to send
+        [full] = flash(bundles["a"], [str(root)], FlashOptions(profile=fp32))
+        assert full.result == "failed" and "space" in full.reason.lower(), full
+        assert links(root)[0] == a.slot
+        assert_complete(root, bundles["a"] / MANIFEST)
+        leftovers = [str(p.relative_to(root)) for p in root.rglob("*") if p.name.endswith((".part", ".tmp"))]
+        assert not leftovers, leftovers
+    finally:
+        subprocess.run(["umount", "-l", str(sd)], capture_output=True)

@@ -1,17 +1,18 @@
-"""`edgecls rollback` (edgecls/commands/rollback.py, runtime/install/api.rollback): only ever back to a release
-this device verified, on a full disk too, after a flash killed anywhere, and never trusting a device's reply."""
+"""edgecls rollback (runtime/install/api.rollback): only ever back to a release this device verified."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from edgecls.devices.flash import FlashOptions, flash
+from edgecls.devices.flash import FlashOptions, flash, status
 from edgecls.devices.profiles import DeviceProfile
 from edgecls.runtime.bundle import MANIFEST
-from tests.conftest import cli_error, run_cli
+from tests.conftest import REPO, cli_error, run_cli
 from tests.sshd import sshd  # noqa: F401  (fixture)
 from tests.test_flash import PROFILE, assert_complete, bundles, current_release  # noqa: F401  (fixture)
 from tests.test_install_api import _flash_killed_after_the_switch, small_fs
@@ -200,3 +201,57 @@ def test_a_release_verified_before_stays_a_rollback_target_after_a_failed_re_fla
     ran = run_cli("rollback", root, timeout=120)
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert _links(root) == (a.slot, b.slot)
+
+
+KILL_AT_SECOND_SWITCH = r"""
+import os, signal, sys
+from edgecls.runtime.install import api, commit
+calls = [0]
+def hook(frame, event, arg):
+    if event == "call" and frame.f_code is commit.switch.__code__:
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+sys.setprofile(hook)
+api.rollback(sys.argv[1])
+"""
+
+
+def test_a_rollback_killed_between_its_two_renames_loses_nothing(bundles, tmp_path):
+    """rollback() renames `current` then `previous` with no journal: killed in between, both point at the
+    old version, the newer one is reachable by nothing, state.json says nothing, and a second rollback
+    swaps a version with itself. (flash's own switch pair is covered by its `pending` record; rollback's is not.)"""
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    assert _links(root) == (b.slot, a.slot)
+    done = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_SWITCH, str(root)], cwd=REPO, capture_output=True)
+    assert done.returncode == -9, done.stderr[-2000:]
+    info = status(str(root))
+    # Consistent (a pair of different versions) or visibly interrupted so the next command completes it.
+    assert info["current"] != info["previous"] or info.get("pending"), info
+    # And one more `edgecls rollback` must end on {a, b}, not on a version swapped with itself.
+    from edgecls.runtime.install import api
+
+    api.rollback(str(root))
+    assert set(_links(root)) == {a.slot, b.slot}, _links(root)
+
+
+def test_rollback_refuses_a_damaged_previous(bundles, tmp_path):
+    """flash re-verifies a release before reusing it (test_i9_p2_damaged_previous_release_is_replaced_not_trusted),
+    rollback does not: bit rot in `previous` is switched to and reported as a successful rollback."""
+    from edgecls.runtime.errors import EdgeclsError
+    from edgecls.runtime.install import api
+
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    [b] = flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))
+    model = root / "releases" / a.slot / "model_int8.tflite"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    try:
+        api.rollback(str(root))
+    except EdgeclsError as exc:
+        assert "model_int8.tflite" in str(exc)
+    assert _links(root)[0] == b.slot, "rolled back onto a release that no longer matches its manifest"

@@ -1,4 +1,4 @@
-"""Issue 9 point 3: `edgecls sign` with OpenSSH keys; devices that trust keys refuse anything else."""
+"""edgecls.devices.sign: `edgecls sign` with OpenSSH keys; devices that trust keys refuse anything else."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from edgecls.runtime.bundle import MANIFEST, load_bundle
 from edgecls.runtime.install import SIGNATURE, SignatureError, verify_bundle
 from tests.conftest import cli_error, require_tool, run_cli
 from tests.sshd import sshd  # noqa: F401  (fixture)
-from tests.test_flash import PROFILE, bundles, current_release, variant  # noqa: F401  (fixture)
+from tests.test_flash import PROFILE, bundles, current_release, links, variant  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def keys(tmp_path) -> dict:
     return {"trusted": tmp_path / "trusted", "stranger": tmp_path / "stranger", "signers": signers}
 
 
-def test_i9_p3_sign_cli_and_verify_for_the_daemon(bundles, keys, tmp_path):
+def test_sign_cli_and_verify_for_the_daemon(bundles, keys, tmp_path):
     done = run_cli("sign", bundles["a"], "--key", keys["trusted"], "--principal", "release@example.com")
     assert done.returncode == 0, done.stderr
     assert (bundles["a"] / SIGNATURE).read_text().startswith("-----BEGIN SSH SIGNATURE-----")
@@ -51,7 +51,7 @@ def test_i9_p3_sign_cli_and_verify_for_the_daemon(bundles, keys, tmp_path):
     assert "could not sign" in cli_error(run_cli("sign", bundles["a"], "--key", keys["signers"]))
 
 
-def test_i9_p3_signed_tar_bundle(tiny_bundle, keys, tmp_path):
+def test_a_signed_tar_bundle_loads_with_its_signature(tiny_bundle, keys, tmp_path):
     archive = tmp_path / "tiny.tar"
     archive.write_bytes(Path(str(tiny_bundle) + ".tar").read_bytes())
     sign_bundle(archive, keys["trusted"])
@@ -59,7 +59,7 @@ def test_i9_p3_signed_tar_bundle(tiny_bundle, keys, tmp_path):
     assert verify_bundle(bundle.root, keys["signers"]) == "release@example.com"
 
 
-def test_i9_p3_device_requiring_signatures_refuses_before_switching(bundles, keys, sshd, tmp_path):  # noqa: F811
+def test_device_requiring_signatures_refuses_before_switching(bundles, keys, sshd, tmp_path):  # noqa: F811
     root = tmp_path / "dev"
     target = sshd.target(root)
     options = FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config))
@@ -88,7 +88,7 @@ def test_i9_p3_device_requiring_signatures_refuses_before_switching(bundles, key
     assert signed[good.slot] == {"required": True, "signer": "release@example.com"}
 
 
-def test_i9_p3_profile_with_trusted_keys_refuses_on_the_host(bundles, keys, tmp_path):
+def test_profile_with_trusted_keys_refuses_on_the_host(bundles, keys, tmp_path):
     profile = DeviceProfile(name="signed", artifacts=("tflite-int8",), allowed_signers=str(keys["signers"]))
     [r] = flash(bundles["b"], [str(tmp_path / "dev")], FlashOptions(profile=profile))
     assert r.result == "failed" and "is not signed" in r.reason
@@ -102,7 +102,7 @@ def test_i9_p3_profile_with_trusted_keys_refuses_on_the_host(bundles, keys, tmp_
     assert refused.result == "failed" and "is not signed" in refused.reason
 
 
-def test_i9_p5_rollback_refuses_an_unsigned_previous_where_signatures_are_required(bundles, keys, tmp_path):
+def test_rollback_refuses_an_unsigned_previous_where_signatures_are_required(bundles, keys, tmp_path):
     """`edgecls rollback` is a switch like a flash: on a device that requires signatures it must not make
     current a version installed before the device trusted keys (unsigned), and says why."""
     from edgecls.runtime.install import api
@@ -121,3 +121,49 @@ def test_i9_p5_rollback_refuses_an_unsigned_previous_where_signatures_are_requir
     assert flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].result == "installed"
     assert run_cli("rollback", root).returncode == 0
     assert current_release(root).name == b.slot
+
+
+def _keypair(folder: Path, name: str) -> Path:
+    key = folder / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
+    return key
+
+
+def test_a_signed_reflash_of_a_version_installed_before_trust_is_accepted(bundles, tmp_path):
+    """apply() checks the signature in releases/<slot> when that folder is complete, not the signature just
+    sent (which lands in staging/<slot>). A version installed before the device trusted keys can never be
+    installed again, even properly signed: "not signed ... sign it" although it is."""
+    from edgecls.devices.sign import sign_bundle, trusted_line
+    from edgecls.runtime.install import api
+
+    root = tmp_path / "dev"
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    assert flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))[0].ok
+    key = _keypair(tmp_path, "release-key")
+    api.trust(str(root), trusted_line(key.with_suffix(".pub"), "release").encode())
+    sign_bundle(bundles["a"], key)
+    [again] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    assert again.result == "installed", again
+    assert links(root)[0] == a.slot
+
+
+def test_a_key_listed_for_git_first_in_allowed_signers_still_verifies_for_edgecls(bundles, tmp_path):
+    """Teams keep one allowed_signers file (git's gpg.ssh.allowedSignersFile) listing a key once per purpose.
+    `ssh-keygen -Y find-principals` returns only the first principal that lists the key, whatever its
+    namespaces; verify_manifest() then verifies as that principal with -n edgecls-bundle and refuses."""
+    from edgecls.devices.sign import sign_bundle
+    from edgecls.runtime.install import api
+
+    key = _keypair(tmp_path, "dev-key")
+    kind, blob = key.with_suffix(".pub").read_text().split()[:2]
+    root = tmp_path / "dev"
+    api.trust(
+        str(root),
+        (
+            f'alice-commits namespaces="git" {kind} {blob}\nalice-releases namespaces="edgecls-bundle" {kind} {blob}\n'
+        ).encode(),
+    )
+    sign_bundle(bundles["a"], key)
+    [a] = flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))
+    assert a.result == "installed", a
+    assert status(str(root))["versions"][0]["signature"]["signer"] == "alice-releases"

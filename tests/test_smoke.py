@@ -1,4 +1,4 @@
-"""The smoke test's wait on the daemon (runtime/install/smoke.py): a bundle the daemon refused is never healthy."""
+"""edgecls.runtime.install.smoke: the flash's wait on the daemon; a bundle the daemon refused is never healthy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from edgecls.devices.flash import FlashOptions, flash
+from edgecls.devices.flash import FlashOptions, flash, status
 from edgecls.devices.profiles import DeviceProfile
 from edgecls.devices.sign import sign_bundle
 from tests.daemon_helpers import http_get, write_test_video
@@ -348,3 +348,47 @@ def test_a_daemon_refusing_the_health_urls_host_name_is_reported_as_such_not_as_
     assert "answered 403" in ran.stdout and "not one of this daemon's names" in ran.stdout, ran.stdout
     assert "--allowed-host" in ran.stdout and "bearer token" not in ran.stdout, ran.stdout
     assert current_release(root).name == a.slot
+
+
+def test_the_health_wait_works_with_a_token_protected_daemon(bundles, tmp_path):
+    """The daemon's /healthz wants `Authorization: Bearer TOKEN` when it has a token (runtime/daemon/http.py);
+    smoke.wait_healthy() sends none and the profile has no way to give one, so every flash of a device whose
+    daemon uses a token waits 60 s on 401s and rolls back a good model. (Slow on the old code: ~60 s.)"""
+    pytest.importorskip("cv2")
+    from edgecls.runtime.daemon import Daemon
+    from tests.daemon_helpers import write_test_video
+
+    root = tmp_path / "dev"
+    assert flash(bundles["a"], [str(root)], FlashOptions(profile=PROFILE))[0].ok
+    daemon = Daemon(
+        root / "current",
+        [write_test_video(tmp_path / "clip.avi")],
+        port=0,
+        sinks=[],
+        source_options={"loop": True},
+        token="s3cret-token",
+    )
+    token_file = tmp_path / "token"  # on the device, as `edgecls run --token-file` reads it
+    token_file.write_text("s3cret-token\n")
+    results = {}
+
+    def scenario(d):
+        try:
+            # Corrected by the fixer: the device has to be told where the token is (the profile's
+            # health_token_file); the review's version gave no token at all, which no fix could pass.
+            profile = DeviceProfile(
+                name="with-daemon",
+                artifacts=("tflite-int8",),
+                threads=1,
+                health_url=d.url + "/healthz",
+                health_token_file=str(token_file),
+            )
+            [results["b"]] = flash(bundles["b"], [str(root)], FlashOptions(profile=profile))
+            results["status"] = status(str(root))  # status asks /healthz with the token too (device.json's path)
+        finally:
+            d.request_stop()
+
+    daemon.run(on_start=scenario)
+    assert results["b"].result == "installed", results["b"]
+    assert results["status"]["health"]["status"] == 200, results["status"]["health"]
+    assert "s3cret-token" not in "".join(p.read_text(errors="replace") for p in root.glob("*.json"))

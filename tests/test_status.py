@@ -1,5 +1,4 @@
-"""`edgecls status` (edgecls/commands/status.py, runtime/install/api.status): a status that answers in seconds
-whatever the daemon does, tells a running flash from an interrupted one, and never trusts a device's reply."""
+"""edgecls status (runtime/install/api.status): answers in seconds and never trusts a device reply."""
 
 from __future__ import annotations
 
