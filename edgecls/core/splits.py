@@ -27,7 +27,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from edgecls.core import rundir
-from edgecls.core.datasets.folder import SPLIT_NAMES, Sample
 from edgecls.core.progress import counted
 from edgecls.runtime.atomic import write_text
 from edgecls.runtime.errors import DataError
@@ -37,6 +36,16 @@ SPLIT_FORMAT = "edgecls-split/1"
 CONTENT_RANK = "content-rank/1"
 PERMUTATION = "permutation/0"  # before runs recorded their split: a seeded shuffle of the scan order
 METHODS = (CONTENT_RANK, PERMUTATION)
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset: its file, its class index, and (when known) the sha256 of its bytes."""
+
+    path: Path
+    label: int
+    digest: str | None = None
 
 
 def file_digest(path) -> str | None:

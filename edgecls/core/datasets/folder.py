@@ -11,17 +11,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgecls.core.splits import SPLIT_NAMES, Sample, seeded_split
 from edgecls.runtime.errors import DataError
 from edgecls.runtime.preprocess import IMAGE_SUFFIXES
-
-SPLIT_NAMES = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: Path
-    label: int
-    digest: str | None = None  # sha256 of the file's bytes, when known
 
 
 @dataclass
@@ -173,8 +165,6 @@ def scan_folder(
     `method` picks the seeded split (`edgecls.core.splits.METHODS`); None is the current one.
     `min_classes`: 2 to train; evaluating a model on one class's images is fine (1).
     """
-    from edgecls.core.splits import seeded_split
-
     root = Path(root)
     if not root.exists():
         raise DataError(
