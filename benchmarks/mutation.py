@@ -3,8 +3,15 @@
 mutmut rewrites each function of the files under test into a trampoline, records in one unmutated
 "stats" run which tests call which function, then runs for each mutant only those tests, in a fresh
 pytest session forked per mutant. Everything happens in a copy of the repository (--workdir), so
-files edited meanwhile cannot mix into a run, and the copy's own edgecls/ and devices/ are imported
-(the editable install would otherwise serve the live ones).
+files edited meanwhile cannot mix into a run, and the copy's own edgecls/ is imported (the editable
+install would otherwise serve the live one).
+
+runtime/, converters/ and devices/ are imported only as edgecls.runtime (and so on), through the links
+edgecls/runtime -> ../runtime. A trampoline answers only to mutants named after the module it is
+imported as, so mutmut is given each file by its import path (runtime/session.py is mutated as
+edgecls/runtime/session.py, its mutants named edgecls.runtime.session.*), and the snapshot and mutmut's
+mutants/ folder keep the links: the mutated file is the one both `edgecls.runtime.session` and
+runtime/session.py name. --paths and --mutants accept either spelling.
 
 Session fixtures would be rebuilt in every mutant's session (training and five conversions, over a
 minute), so the script sets EDGECLS_TEST_FIXTURE_CACHE and builds the cache once from unmutated
@@ -42,8 +49,8 @@ import tomllib
 REPO = Path(__file__).resolve().parents[1]
 # Not copied into the snapshot: build outputs, caches, earlier mutmut runs.
 SKIP_DIRS = {".git", "build", "dist", "mutants", "runs", "bundles", "__pycache__", ".pytest_cache"}
-# Imported by the tests but not mutated: copied into mutants/ so the snapshot's own versions load.
-ALSO_COPY = ["edgecls", "devices"]
+# The package the tests import; its links to top-level folders (edgecls/runtime -> ../runtime) are kept.
+PACKAGE = "edgecls"
 COSTS = "mutation-test-costs.json"  # per test seconds (setup + call + teardown) from mutmut's stats run
 CAUGHT = ("killed", "timeout", "segfault")
 MISSED = ("survived", "no tests", "suspicious")
@@ -148,21 +155,72 @@ def snapshot(source: Path, dest: Path) -> list[str]:
         ["git", "-C", str(source), "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True, text=True
     )
     if listed.returncode == 0:
-        files = [f for f in listed.stdout.split("\0") if f and (source / f).is_file()]
+        files = [f for f in listed.stdout.split("\0") if f and ((source / f).is_symlink() or (source / f).is_file())]
     else:
         files = []
         for root, dirs, names in os.walk(source):
-            dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]
-            files += [str(Path(root, name).relative_to(source)) for name in names]
+            linked = [d for d in dirs if Path(root, d).is_symlink()]
+            dirs[:] = [d for d in dirs if d not in SKIP_DIRS and d not in linked and not d.endswith(".egg-info")]
+            files += [str(Path(root, name).relative_to(source)) for name in names + linked]
     for rel in files:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / rel, dest / rel)  # mtimes kept: mutmut compares them
+        if (source / rel).is_symlink():  # edgecls/runtime -> ../runtime: a link, or edgecls.runtime is not the copy
+            os.symlink(os.readlink(source / rel), dest / rel)
+        else:
+            shutil.copy2(source / rel, dest / rel)  # mtimes kept: mutmut compares them
     return files
 
 
-def python_files(paths: list[str], root: Path) -> list[str]:
+def package_links(root: Path) -> dict[str, str]:
+    """Top-level folders imported through a link in the package: {"runtime": "edgecls/runtime", ...}."""
+    package = root / PACKAGE
+    links = {}
+    for entry in sorted(package.iterdir()) if package.is_dir() else []:
+        target = entry.resolve()
+        if entry.is_symlink() and target.is_dir() and target.parent == root.resolve():
+            links[target.name] = f"{PACKAGE}/{entry.name}"
+    return links
+
+
+def import_path(rel: str, links: dict[str, str]) -> str:
+    """The path a file is imported from: runtime/session.py -> edgecls/runtime/session.py."""
+    top, _, rest = rel.partition("/")
+    return f"{links[top]}/{rest}" if top in links and rest else rel
+
+
+def repo_path(imported: str, links: dict[str, str]) -> str:
+    """The inverse of import_path (git names a file by its own folder, not through a link)."""
+    for top, link in links.items():
+        if imported.startswith(link + "/"):
+            return top + imported[len(link) :]
+    return imported
+
+
+def import_name(mutant: str, links: dict[str, str]) -> str:
+    """An old-layout mutant name in the new one: runtime.session.x_f__mutmut_1 -> edgecls.runtime.session...."""
+    top = mutant.split(".")[0]
+    return links[top].replace("/", ".") + mutant[len(top) :] if top in links else mutant
+
+
+def prepare_mutants(snap: Path, links: dict[str, str]) -> None:
+    """mutants/ with the package and the linked folders, links kept, before mutmut fills in the rest.
+
+    mutmut copies folders with their links followed, which would make mutants/edgecls/runtime a second
+    copy, and mutants/runtime (read by path by some tests) either missing or unmutated.
+    """
+    for name in [PACKAGE, *links]:
+        shutil.copytree(snap / name, snap / "mutants" / name, symlinks=True)
+
+
+def python_files(paths: list[str], root: Path, links: dict[str, str]) -> list[str]:
+    """The Python files of these files and folders, each by its import path (see import_path)."""
     out = []
+    real = {link: top for top, link in links.items()}
     for p in paths:
+        p = p.rstrip("/")
+        for link, top in real.items():  # edgecls/runtime/x.py -> runtime/x.py, so a folder is globbed once
+            if p == link or p.startswith(link + "/"):
+                p = top + p[len(link) :]
         target = root / p
         if target.is_dir():
             out += sorted(str(f.relative_to(root)) for f in target.rglob("*.py") if "__pycache__" not in f.parts)
@@ -170,7 +228,7 @@ def python_files(paths: list[str], root: Path) -> list[str]:
             out.append(p)
         else:
             raise SystemExit(f"error: {p} is not a Python file or folder in {root}")
-    return sorted(dict.fromkeys(out))
+    return sorted(dict.fromkeys(import_path(f, links) for f in out))
 
 
 def _toml(value) -> str:
@@ -326,14 +384,20 @@ def write_report(out_stem: Path, meta: dict, rows: list[dict]) -> None:
 
 
 def configure(snap: Path, work: Path, files: list[str], tests: list[str], timeout: float) -> None:
-    """The snapshot's [tool.mutmut]: the repository's, narrowed to these files and tests."""
+    """The snapshot's [tool.mutmut]: the repository's, narrowed to these files and tests.
+
+    mutants/ already holds the package and its linked folders (prepare_mutants), so mutmut copies only
+    the rest; the source paths are the files themselves, as mutmut does not walk into linked folders.
+    """
     preload = work / "preload.txt"
     preload.write_text("\n".join(PRELOAD) + "\n")
     settings = _repo_config()
+    prepared = {p.name for p in (snap / "mutants").iterdir()}
     settings.update(
-        source_paths=sorted({f.split("/")[0] for f in files} | set(settings.get("source_paths", []))),
+        source_paths=files,
         only_mutate=files,
-        also_copy=[d for d in ALSO_COPY if (snap / d).is_dir()] + ["benchmarks"],  # benchmarks: this plugin
+        also_copy=[d for d in settings.get("also_copy", []) if d.split("/")[0] not in prepared]
+        + ["benchmarks"],  # benchmarks: this plugin
         pytest_add_cli_args_test_selection=tests,
         pytest_add_cli_args=settings.get("pytest_add_cli_args", []) + ["-p", "benchmarks.mutation"],
         timeout_multiplier=1.0,  # mutmut's limit: (the tests' unmutated time + constant) * multiplier
@@ -346,9 +410,9 @@ def configure(snap: Path, work: Path, files: list[str], tests: list[str], timeou
     write_mutmut_config(snap / "pyproject.toml", settings)
 
 
-def choose(every: list[str], patterns: str, max_mutants: int, seed: int) -> list[str]:
+def choose(every: list[str], patterns: str, max_mutants: int, seed: int, links: dict[str, str]) -> list[str]:
     if patterns:
-        wanted = [m.strip() for m in patterns.split(",") if m.strip()]
+        wanted = [import_name(m.strip(), links) for m in patterns.split(",") if m.strip()]
         every = [n for n in every if any(fnmatch.fnmatchcase(n, w) for w in wanted)]
         if not every:
             raise SystemExit("error: no mutant of the files matches --mutants")
@@ -367,20 +431,8 @@ def describe_source(source: Path, files: list[str]) -> str:
     return f"{source} at {git.stdout.strip()}" + (" with uncommitted changes to the mutated files" if dirty else "")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    import mutmut
-
-    start = time.monotonic()
-    source, work = Path(args.source).resolve(), Path(args.workdir).resolve()
-    snap, cache = work / "snapshot", work / "fixture-cache"
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "tmp").mkdir(parents=True)
-    snapshot(source, snap)
-    files = python_files([p.strip() for p in args.paths.split(",") if p.strip()], snap)
-    tests = [t.strip() for t in args.tests.split(",") if t.strip()]
-    configure(snap, work, files, tests, args.timeout)
-
+def fixture_env(work: Path, cache_on: bool) -> dict:
+    """The environment of mutmut and its pytest sessions; with the fixtures built once under cache_on."""
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -388,20 +440,50 @@ def main(argv=None) -> int:
         "CUDA_VISIBLE_DEVICES": "",
         "PYTEST_DEBUG_TEMPROOT": str(work / "tmp"),
     }
-    cached = False
-    if not args.no_fixture_cache:
-        env["EDGECLS_TEST_FIXTURE_CACHE"] = str(cache)
-        print("building the session fixtures once (unmutated) ...", flush=True)
-        cached = build_fixture_cache(snap, cache, env)
-        if not cached:
-            print(
-                "warning: tests/conftest.py ignores EDGECLS_TEST_FIXTURE_CACHE: every mutant rebuilds its fixtures",
-                flush=True,
-            )
+    if not cache_on:
+        return env
+    cache = work / "fixture-cache"
+    env["EDGECLS_TEST_FIXTURE_CACHE"] = str(cache)
+    print("building the session fixtures once (unmutated) ...", flush=True)
+    if not build_fixture_cache(work / "snapshot", cache, env):
+        print(
+            "warning: tests/conftest.py ignores EDGECLS_TEST_FIXTURE_CACHE: every mutant rebuilds its fixtures",
+            flush=True,
+        )
+        del env["EDGECLS_TEST_FIXTURE_CACHE"]
+    return env
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    return found.group(1).strip() if found else "unknown CPU"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import mutmut
+
+    start = time.monotonic()
+    source, work = Path(args.source).resolve(), Path(args.workdir).resolve()
+    snap = work / "snapshot"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "tmp").mkdir(parents=True)
+    snapshot(source, snap)
+    links = package_links(snap)
+    files = python_files([p.strip() for p in args.paths.split(",") if p.strip()], snap, links)
+    tests = [t.strip() for t in args.tests.split(",") if t.strip()]
+    prepare_mutants(snap, links)
+    configure(snap, work, files, tests, args.timeout)
+    env = fixture_env(work, not args.no_fixture_cache)
+    cached = "EDGECLS_TEST_FIXTURE_CACHE" in env
 
     by_file = enumerate_mutants(snap, files)
     every = [n for names in by_file.values() for n in names]
-    sample = choose(every, args.mutants, args.max_mutants, args.seed)
+    sample = choose(every, args.mutants, args.max_mutants, args.seed, links)
     print(f"{len(every)} mutants in {len(files)} files; running {len(sample)}", flush=True)
 
     log = work / "mutmut.log"
@@ -418,9 +500,9 @@ def main(argv=None) -> int:
     mutant_phase = ran / rate if rate else time.monotonic() - mutant_start
     meta = {
         "tool": f"mutmut {mutmut.__version__}",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "source": describe_source(source, files),
+        "source": describe_source(source, [repo_path(f, links) for f in files]),
         "note": args.note,
         "files": files,
         "tests": tests,
