@@ -1,7 +1,7 @@
 """Install the daemon's systemd unit ON the device, pointed at ROOT/current (`edgecls flash --install-service`).
 
 Written by the device's own code because only the device knows where its `edgecls` lives (a venv, /usr/local)
-and which Python runs it; the unit text is the daemon issue's hardened one (devices/service.py). The unit's
+and which Python runs it; the unit text is the daemon issue's hardened one (unit.py). The unit's
 `--config` TOML is written only when absent (an operator's edits survive re-flashes): it runs
 ROOT/current from the profile's camera with the HTTP server on `port`, checking signatures when the device
 trusts keys, so hot reload follows every flash.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgecls.runtime.atomic import write_text
 from edgecls.runtime.install.layout import DeviceRoot, InstallError
+from edgecls.runtime.install.unit import UnitOptions, unit_text
 
 
 def device_executable() -> str:
@@ -34,6 +35,18 @@ def device_executable() -> str:
     )
 
 
+def device_knows_profile(profile: str) -> bool:
+    """Whether the device's own `edgecls` (the one the unit runs, started from / as systemd does) loads `profile` by
+    name. Asked of its CLI: device profiles (built-in files and users' folders) belong to edgecls.devices, a layer
+    above the runtime, and the answer that matters is the one of the edgecls the daemon will run."""
+    try:
+        command = [device_executable(), "devices", "show", "--json", "--", profile]
+        done = subprocess.run(command, capture_output=True, cwd="/", timeout=120)
+    except (InstallError, OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 def _toml(value) -> str:
     return json.dumps(value)  # JSON strings, numbers and arrays of strings are valid TOML
 
@@ -48,8 +61,6 @@ def install_service(
     port: int = 8080,
     profile: str = "",
 ) -> dict:
-    from edgecls.devices.service import UnitOptions, unit_text
-
     device = DeviceRoot(root)
     with device.claim():  # made ours under the lock, as a flash does
         pass
@@ -57,9 +68,7 @@ def install_service(
     wrote_config = False
     if not config_path.exists():
         lines = [f"bundle = {_toml(str(device.current))}", f"source = [{_toml(camera)}]", f"port = {int(port)}"]
-        from edgecls.devices.profiles import list_profiles
-
-        if profile and profile in list_profiles():  # only a profile this device knows by name (its threads, artifact)
+        if profile and device_knows_profile(profile):  # its threads, artifact: only one the device has
             lines.append(f"device = {_toml(profile)}")
         if device.signers.is_file():
             lines.append(f"allowed-signers = {_toml(str(device.signers))}")
