@@ -9,7 +9,6 @@ install root. Wheelhouses are cached on the host per platform and requirement se
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -19,14 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from edgecls.devices.ssh import sh_path
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.install.layout import VENV  # under the device's install root
 from edgecls.runtime.install.rootcheck import VENV_MARKER
+from edgecls.runtime.lockfile import LockBusy, file_lock
 
 # `bits`: a 32-bit userland (Raspberry Pi OS armhf) on a 64-bit kernel says aarch64 but takes armv7l wheels.
 PROBE = (
@@ -83,10 +84,18 @@ def _edgecls_source() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "runtime").is_dir() else None
 
 
+def _edgecls_version() -> str:
+    """The installed edgecls's version, from its package metadata: devices sit below the training code and
+    import none of it (pyproject's import contracts)."""
+    try:
+        return metadata.version("edgecls")
+    except metadata.PackageNotFoundError:  # a checkout that is not installed: its wheel is built from the source
+        return "0+unknown"
+
+
 def _edgecls_wheel(folder: Path) -> str:
     """A wheel of this edgecls in `folder`: built from the checkout, else downloaded at this version."""
-    from edgecls import __version__
-
+    version = _edgecls_version()
     source = _edgecls_source()
     if source is not None:
         command = [
@@ -113,9 +122,9 @@ def _edgecls_wheel(folder: Path) -> str:
             "--disable-pip-version-check",
             "-d",
             str(folder),
-            f"edgecls=={__version__}",
+            f"edgecls=={version}",
         ]
-        what = f"downloading edgecls {__version__}"
+        what = f"downloading edgecls {version}"
     result = subprocess.run(command, capture_output=True, text=True)
     wheels = sorted(folder.glob("edgecls-*.whl"))
     if result.returncode != 0 or not wheels:
@@ -148,8 +157,7 @@ def _cache_root() -> Path:
 def wheels_for(platform: DevicePlatform, packages, say=print):
     """The wheelhouse that installs `packages` on `platform` offline, held (a shared flock) until the caller has
     pushed it: cleaning skips a held one. Cached per platform, package list and edgecls code."""
-    from edgecls import __version__
-
+    version = _edgecls_version()
     source = _edgecls_source()
     listed = hashlib.sha256(json.dumps(sorted(packages)).encode()).hexdigest()[:8]
     key = hashlib.sha256(
@@ -159,7 +167,7 @@ def wheels_for(platform: DevicePlatform, packages, say=print):
                 platform.python,
                 list(platform.libc),
                 sorted(packages),
-                __version__,
+                version,
                 _tree_digest(source) if source else "",
             ]
         ).encode()
@@ -170,17 +178,13 @@ def wheels_for(platform: DevicePlatform, packages, say=print):
     final.parent.mkdir(parents=True, exist_ok=True)
     # A fleet flash sets up several devices at once: one builds the wheelhouse, the others wait and reuse it.
     # Builds, cleaning and taking a wheelhouse into use happen under this lock.
-    with open(final.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        _drop_stale_builds(final.parent)
-        if not (final / COMPLETE).is_file():
-            _build(final, platform, packages, say)
-        held = open(final / IN_USE, "a")
-        fcntl.flock(held, fcntl.LOCK_SH)
-    try:
+    with ExitStack() as held:
+        with file_lock(final.parent / ".lock", what="a wheelhouse build"):
+            _drop_stale_builds(final.parent)
+            if not (final / COMPLETE).is_file():
+                _build(final, platform, packages, say)
+            held.enter_context(file_lock(final / IN_USE, shared=True))
         yield final
-    finally:
-        held.close()
 
 
 def wheelhouse(platform: DevicePlatform, packages, say=print) -> Path:
@@ -243,12 +247,11 @@ def _drop_older(kept: Path) -> None:
     for other in kept.parent.iterdir():
         if other == kept or not other.name.startswith(prefix) or not (other / COMPLETE).is_file():
             continue
-        with open(other / IN_USE, "a") as held:
-            try:
-                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # pushing now: the next build drops it
-            shutil.rmtree(other, ignore_errors=True)
+        try:
+            with file_lock(other / IN_USE, timeout=0):
+                shutil.rmtree(other, ignore_errors=True)
+        except LockBusy:
+            continue  # pushing now: the next build drops it
 
 
 def _drop_stale_builds(cache: Path) -> None:

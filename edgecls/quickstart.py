@@ -15,18 +15,16 @@ images, few epochs), so what a newcomer sees working is what they will use.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import math
-import os
 import random
 import re
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +32,7 @@ from pathlib import Path
 from edgecls.core.progress import progress
 from edgecls.runtime.atomic import _TEMP_FILE, check_output, write_bytes, write_json, write_text
 from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.lockfile import LockBusy, file_lock, holder
 
 MARKER = "quickstart.json"
 LOCK = ".quickstart.lock"
@@ -224,50 +223,26 @@ def _exclusive(out: Path):
     """Create OUT and hold its lock for the whole run: a second quickstart into OUT refuses instead of replacing
     the products the first is writing.
 
-    flock(2) on OUT/.quickstart.lock, as the device folder's `.lock` (runtime/install/layout.py): the kernel
-    releases it when its holder dies, so a killed quickstart never blocks the next. The file stays (unlinking
-    it would let a waiting process lock a file nobody else sees)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        raise EdgeclsError(
-            f"cannot write {out.absolute()} ({exc.strerror or exc}): run from a folder you can write, or pass "
-            f"--out with one (e.g. --out ~/edgecls-quickstart)"
-        ) from None
-    try:
-        deadline = time.monotonic() + 2.0  # another quickstart's `_holder` holds it shared for a moment
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    _refuse_in_use(out, os.pread(fd, 200, 0).decode(errors="replace"))
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%H:%M:%S')}\n".encode(), 0)
+    flock(2) on OUT/.quickstart.lock (runtime/lockfile.py), as the device folder's `.lock`: the kernel releases
+    it when its holder dies, so a killed quickstart never blocks the next."""
+    with ExitStack() as held:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            # 2 s: another quickstart's `_holder` holds it shared for a moment
+            held.enter_context(file_lock(out / LOCK, timeout=2.0, what=""))
+        except LockBusy as busy:
+            _refuse_in_use(out, busy.holder)
+        except OSError as exc:
+            raise EdgeclsError(
+                f"cannot write {out.absolute()} ({exc.strerror or exc}): run from a folder you can write, or pass "
+                f"--out with one (e.g. --out ~/edgecls-quickstart)"
+            ) from None
         yield
-    finally:
-        os.close(fd)  # releases the flock
 
 
 def _holder(out: Path) -> str | None:
     """Who holds OUT's lock (the line its holder wrote), or None; creates and changes nothing."""
-    path = out / LOCK
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:  # none, a link, unreadable: no quickstart of ours holds it
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 200, 0).decode(errors="replace")
-    except OSError:
-        return None
-    finally:
-        os.close(fd)  # releases the shared lock taken to look
-    return None
+    return holder(out / LOCK)
 
 
 def _refuse_in_use(out: Path, holder: str) -> None:

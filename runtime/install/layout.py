@@ -23,7 +23,6 @@ releases/ or staging/ that is a link or not a folder, and only real folders name
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import re
@@ -31,9 +30,10 @@ import secrets
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from edgecls.runtime import lockfile
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.install.rootcheck import LOCK, MARKER, VENV, is_ours, refusal, resolve  # noqa: F401  (VENV: --setup's)
 
@@ -191,19 +191,8 @@ class DeviceRoot:
 
     def lock_holder(self) -> str | None:
         """Who holds ROOT/.lock now ("a flash (pid N, since T)"), or None; takes nothing and writes nothing."""
-        try:
-            fd = os.open(self.root / LOCK, os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                return None
-            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-        finally:
-            os.close(fd)  # releases a shared lock taken above
-        return None
+        who = lockfile.holder(self.root / LOCK)
+        return None if who is None else who or "another process"
 
     @contextmanager
     def lock(self, timeout: float = 60.0, what: str = "a flash"):
@@ -212,25 +201,12 @@ class DeviceRoot:
         flock is released by the kernel when the holder dies, so a killed flash never leaves a stale lock.
         """
         path = self.root / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                        raise InstallError(
-                            f"{self.root} is busy: {holder} holds {path}; wait for it to finish and run again"
-                        ) from exc
-                    time.sleep(0.05)
-            try:  # who holds it, for `status` and the busy message; a full disk must not stop a rollback
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{what} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})".encode(), 0)
-            except OSError:
-                pass
+        with ExitStack() as held:
+            try:
+                held.enter_context(lockfile.file_lock(path, timeout=timeout, what=what))
+            except lockfile.LockBusy as busy:
+                raise InstallError(
+                    f"{self.root} is busy: {busy.holder or 'another process'} holds {path}; wait for it to finish "
+                    f"and run again"
+                ) from busy
             yield
-        finally:
-            os.close(fd)  # releases the flock
