@@ -1,15 +1,63 @@
-"""ONNX export (Keras 3's own `model.export(format="onnx")`) and ONNX Runtime static int8 quantization."""
+"""ONNX export (Keras 3's own `model.export(format="onnx")`) and ONNX Runtime static int8 quantization; and
+the attempts `convert` makes for each precision (the formats table registers them)."""
 
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from edgecls.converters.export import calibration_notes, without_notes
 from edgecls.runtime.errors import MissingDependencyError
+
+
+def fp32_attempts(context, fmt) -> list:
+    """The fp32 export as it is: nothing to remedy."""
+    return [("", without_notes(lambda out: out.write_bytes(_fp32_export(context).read_bytes())))]
+
+
+def int8_attempts(context, fmt) -> list:
+    """QDQ int8 on the asked calibration set, then the remedies in turn: more images, percentile and
+    entropy calibration, the first and last layers kept in float."""
+    n, more = context.calibration_count(), context.calibration_count(4)
+    base = OnnxQuantOptions(calibration=context.options.calibration_method)
+
+    def quant(opts, factor=1):
+        def build(out):
+            data = context.calibration(factor)
+            kept = quantize_int8(_fp32_export(context), out, data, opts, workdir=context.workdir)
+            return {**calibration_notes(data), **({"kept_in_float": list(kept)} if kept else {})}
+
+        return build
+
+    return [
+        (f"QDQ {base.describe()}, {n} calibration images", quant(base)),
+        *([(f"more calibration data ({more} images)", quant(base, 4))] if more > n else []),  # else the same set
+        (f"percentile calibration ({more} images)", quant(replace(base, calibration="percentile"), 4)),
+        (f"entropy calibration ({more} images)", quant(replace(base, calibration="entropy"), 4)),
+        (f"first and last layers kept in float ({more} images)", quant(replace(base, keep_ends_in_float=True), 4)),
+    ]
+
+
+def finish(path: Path, run) -> None:
+    """After each build: the run's labels, preprocessing and head inside the file, then ONNX's own checker."""
+    set_metadata(
+        path,
+        {"labels": run.labels, "preprocess": run.preprocess.to_dict(), "head": run.metadata.get("head", "softmax")},
+    )
+    check(path)
+
+
+def _fp32_export(context) -> Path:
+    """The fp32 export, made once per convert in the stage's work folder; every ONNX attempt starts from it."""
+    path = context.cache.get("onnx-fp32-export")
+    if path is None:
+        path = context.cache["onnx-fp32-export"] = context.workdir / "fp32-export.onnx"
+        export_onnx(context.model, path, context.sample)
+    return path
 
 
 def export_onnx(model, path: Path, sample: np.ndarray) -> None:

@@ -56,8 +56,12 @@ _CLASSES: dict = {}
 
 def _classes() -> dict:
     """The QAT layers, defined on first use so that importing this module does not import Keras."""
-    if _CLASSES:
-        return _CLASSES
+    if not _CLASSES:
+        _CLASSES.update(FakeQuant=_fake_quant_class(), **_quantized_layer_classes())
+    return _CLASSES
+
+
+def _fake_quant_class():
     import keras
     import tensorflow as tf
 
@@ -98,22 +102,33 @@ def _classes() -> dict:
         def get_config(self):
             return {**super().get_config(), "fixed_range": self.fixed_range}
 
-    def quantize_kernel(kernel, per_channel: bool):
-        """Symmetric int8 (narrow range: zero point 0) per last-axis channel, or one scale for all."""
-        axes = list(range(len(kernel.shape) - 1)) if per_channel else None
-        bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(kernel), axis=axes), 1e-8))
-        if per_channel:
-            return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True
-            )
-        return tf.quantization.fake_quant_with_min_max_vars(kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True)
+    return FakeQuant
+
+
+def _quantize_kernel(kernel, per_channel: bool):
+    """Symmetric int8 (narrow range: zero point 0) per last-axis channel, or one scale for all."""
+    import tensorflow as tf
+
+    axes = list(range(len(kernel.shape) - 1)) if per_channel else None
+    bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(kernel), axis=axes), 1e-8))
+    if per_channel:
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True
+        )
+    return tf.quantization.fake_quant_with_min_max_vars(kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True)
+
+
+def _quantized_layer_classes() -> dict:
+    """Conv2D, DepthwiseConv2D and Dense with fake-quantized kernels (float while `observing`)."""
+    import keras
+    import tensorflow as tf
 
     class QuantConv2D(keras.layers.Conv2D):
         observing = False  # float weights while calibrating, like the float model PTQ calibrates
 
         def convolution_op(self, inputs, kernel):
             return super().convolution_op(
-                inputs, kernel if self.observing else quantize_kernel(kernel, per_channel=True)
+                inputs, kernel if self.observing else _quantize_kernel(kernel, per_channel=True)
             )
 
     class QuantDepthwiseConv2D(keras.layers.DepthwiseConv2D):
@@ -124,7 +139,7 @@ def _classes() -> dict:
             h, w, cin, mult = self.kernel.shape
             kernel = self.kernel
             if not self.observing:
-                kernel = tf.reshape(quantize_kernel(tf.reshape(kernel, (h, w, cin * mult)), True), (h, w, cin, mult))
+                kernel = tf.reshape(_quantize_kernel(tf.reshape(kernel, (h, w, cin * mult)), True), (h, w, cin, mult))
             outputs = keras.ops.depthwise_conv(
                 inputs,
                 kernel,
@@ -139,11 +154,10 @@ def _classes() -> dict:
         observing = False
 
         def call(self, inputs, training=None):
-            kernel = self.kernel if self.observing else quantize_kernel(self.kernel, per_channel=False)
+            kernel = self.kernel if self.observing else _quantize_kernel(self.kernel, per_channel=False)
             return self.activation(keras.ops.matmul(inputs, kernel) + self.bias)
 
-    _CLASSES.update(FakeQuant=FakeQuant, Conv2D=QuantConv2D, DepthwiseConv2D=QuantDepthwiseConv2D, Dense=QuantDense)
-    return _CLASSES
+    return {"Conv2D": QuantConv2D, "DepthwiseConv2D": QuantDepthwiseConv2D, "Dense": QuantDense}
 
 
 def input_range(spec) -> tuple:
@@ -336,10 +350,6 @@ def build_qat_model(model, input_spec_range: tuple | None = None):
     if not isinstance(model, keras.Model) or len(model.inputs) != 1 or len(model.outputs) != 1:
         raise EdgeclsError("quantization-aware training needs a functional Keras model with one input and one output")
     return _Rewriter(model, input_spec_range).build()
-
-
-def fake_quant_layers(qat_model) -> list:
-    return [l for l in qat_model.layers if isinstance(l, _classes()["FakeQuant"])]
 
 
 def set_observing(qat_model, on: bool) -> None:

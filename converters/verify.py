@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
+from edgecls.core.data import iter_batches
 from edgecls.core.metrics import classification_report
+from edgecls.runtime.errors import DataError, EdgeclsError
+
+
+class AccuracyGateError(EdgeclsError):
+    """An artifact lost more accuracy than allowed and no remedy recovered it."""
+
+
+def gate_passes(reference_right: int, artifact_right: int, images: int, max_drop: float) -> bool:
+    """Whether the artifact lost at most `max_drop` points, counted in images: exact at the limit (99 -> 98 of
+    100 is 1 point, not 1.0000000000000009), the limit read as the decimal the user typed."""
+    allowed = Fraction(repr(float(max_drop))) * images / 100
+    return (reference_right - artifact_right) <= allowed
+
+
+def by_file(predict, split, each=None) -> dict:
+    """path -> (output, label) of the split's images that decoded in this pass."""
+    found = {}
+    for x, y, paths in iter_batches(split, 32):
+        outputs = np.asarray(predict(x))
+        if each is not None:
+            each(x, outputs)
+        found.update((p, (o, int(t))) for p, o, t in zip(paths, outputs, y))
+    if not found:
+        raise DataError(f"no readable images in the {getattr(split, 'name', '') or 'test'} split")
+    return found
 
 
 def compare(probs: np.ndarray, ref_probs: np.ndarray, y: np.ndarray, labels: list) -> dict:

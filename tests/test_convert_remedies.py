@@ -59,13 +59,14 @@ def test_i15_p6_unknown_node_names_are_refused_not_silently_ignored(tiny_run_dir
 
 
 def test_i15_p6_manifest_says_which_layers_are_float_and_the_file_agrees(tiny_run_dir, tmp_path, monkeypatch):
+    from edgecls.converters.export import ExportContext
     from edgecls.converters.formats import parse_formats
-    from edgecls.converters.pipeline import ConvertOptions, _Exporter, convert
+    from edgecls.converters.pipeline import ConvertOptions, convert
 
-    every = _Exporter.attempts
+    every = ExportContext.attempts
     # start at the last remedy (the real one, real conversion) instead of waiting for the others to fail
     monkeypatch.setattr(
-        _Exporter, "attempts", lambda self, fmt: [a for a in every(self, fmt) if "kept in float" in a[0]]
+        ExportContext, "attempts", lambda self, fmt: [a for a in every(self, fmt) if "kept in float" in a[0]]
     )
     result = convert(
         tiny_run_dir,

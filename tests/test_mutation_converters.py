@@ -28,13 +28,16 @@ def tiny_keras():
 
 def test_i15_p14_every_onnx_int8_remedy_calibrates_on_the_images_its_description_names(tiny_keras, tmp_path):
     from edgecls.converters.calibration import CalibrationSampler
+    from edgecls.converters.export import ExportContext
     from edgecls.converters.formats import FORMATS
-    from edgecls.converters.pipeline import ConvertOptions, _Exporter
+    from edgecls.converters.pipeline import ConvertOptions
     from edgecls.core.data import LoadedSplit
 
     train = np.random.default_rng(0).random((40, 8, 8, 3), dtype=np.float32)
     split = LoadedSplit(train, np.zeros(40, np.int64), [f"{i}.png" for i in range(40)])
-    exporter = _Exporter(tiny_keras, tmp_path, CalibrationSampler(split), ConvertOptions(calibration_size=4), train[:2])
+    exporter = ExportContext(
+        tiny_keras, tmp_path, CalibrationSampler(split), ConvertOptions(calibration_size=4), train[:2]
+    )
     attempts = exporter.attempts(FORMATS["onnx-int8"])
     # 4 asked for; the remedies take 4 x 4 = 16 (40 are available)
     assert [re.search(r"(\d+) calibration images|\((\d+) images\)", d).group(0) for d, _ in attempts] == [

@@ -60,13 +60,14 @@ def test_i15_p13_structured_pruning_refits_a_mixed_precision_model():
 
 
 def test_i15_p12_an_artifact_built_by_a_remedy_records_the_calibration_set_it_used(tiny_run_dir, tmp_path, monkeypatch):
+    from edgecls.converters.export import ExportContext
     from edgecls.converters.formats import parse_formats
-    from edgecls.converters.pipeline import ConvertOptions, _Exporter, convert
+    from edgecls.converters.pipeline import ConvertOptions, convert
 
-    every = _Exporter.attempts
+    every = ExportContext.attempts
     # the real "more calibration data" remedy, run first instead of after a failure
     monkeypatch.setattr(
-        _Exporter, "attempts", lambda self, fmt: [a for a in every(self, fmt) if a[0].startswith("more")]
+        ExportContext, "attempts", lambda self, fmt: [a for a in every(self, fmt) if a[0].startswith("more")]
     )
     result = convert(
         tiny_run_dir,

@@ -1,6 +1,6 @@
 """The accuracy gate's verdict: counted in images, exact at the limit."""
 
-from edgecls.converters.pipeline import gate_passes
+from edgecls.converters.verify import gate_passes
 
 
 def test_gate_counts_images_so_a_loss_exactly_at_the_limit_passes():

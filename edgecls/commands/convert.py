@@ -6,6 +6,7 @@ import click
 
 from edgecls.commands._errors import OneLineErrors
 from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.formats import ARTIFACT_FORMATS
 
 QAT_MODES = ("remedy", "always", "never")
 
@@ -17,7 +18,7 @@ QAT_MODES = ("remedy", "always", "never")
     "--formats",
     default="all",
     show_default=True,
-    help="Comma-separated: tflite-fp32, tflite-fp16, tflite-int8, onnx-fp32, onnx-int8, or all.",
+    help=f"Comma-separated: {', '.join(ARTIFACT_FORMATS)}, or all.",
 )
 @click.option("--prune", help="structured=RATIO (remove filters) or sparsity=RATIO (zero weights), then fine-tune.")
 @click.option(
