@@ -1,11 +1,19 @@
-"""Issue 14 point 1: `edgecls quickstart` runs the whole chain (train, convert, bench, flash, daemon, pictures)
-on built-in data, and its --out is guarded like every other product."""
+"""edgecls.quickstart: `edgecls quickstart` runs the whole chain, and its --out is guarded like every product.
+
+A refusal must come before any work ("[1/6] train" on stderr); `_starts_work` stops a quickstart as soon as it
+begins training, so those tests cost seconds, not minutes.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +22,54 @@ from tests.conftest import cli_error, make_home_like, run_cli, snapshot
 
 ARTIFACTS = ("tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8")
 PNG = b"\x89PNG\r\n\x1a\n"
+STARTED = "[1/6] train:"
+
+
+def _popen(out: Path, *args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgecls.cli", "quickstart", "--out", str(out), "--quick", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_started(proc: subprocess.Popen, timeout: float = 180) -> tuple:
+    """(True, stderr so far) once `proc` prints the train step's line, (False, all its stderr) if it exits first."""
+    timer = threading.Timer(timeout, proc.kill)  # a hung start is a failure, not a hung test
+    timer.start()
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith(STARTED):
+                return True, "".join(seen)
+        proc.wait()
+        return False, "".join(seen)
+    finally:
+        timer.cancel()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
+def _starts_work(out: Path, *args) -> tuple:
+    """Run a quickstart into `out`: (whether it began training, its stderr); stopped once it begins."""
+    proc = _popen(out, *args)
+    try:
+        return _wait_started(proc)
+    finally:
+        _stop(proc)
+
+
+def _ours(out: Path) -> Path:
+    """A folder an earlier quickstart wrote (its marker), as a kill would leave it."""
+    out.mkdir(parents=True)
+    (out / "quickstart.json").write_text(json.dumps({"format": "edgecls-quickstart/1", "status": "running"}))
+    return out
 
 
 def _table_rows(lines: list, header: re.Pattern) -> dict:
@@ -47,7 +103,7 @@ def _decodes(path: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_i14_p1_quickstart_runs_the_whole_chain(tmp_path):
+def test_quickstart_runs_the_whole_chain(tmp_path):
     out = tmp_path / "qs"
     result = run_cli("quickstart", "--out", out, "--quick", timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -109,7 +165,7 @@ def test_i14_p1_quickstart_runs_the_whole_chain(tmp_path):
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_i14_p1_quickstart_refuses_a_folder_that_is_not_ours(tmp_path, overwrite):
+def test_quickstart_refuses_a_folder_that_is_not_ours(tmp_path, overwrite):
     home = make_home_like(tmp_path / "home")
     before = snapshot(home)
     result = run_cli("quickstart", "--out", home, "--quick", *(["--overwrite"] if overwrite else []), timeout=120)
@@ -117,7 +173,7 @@ def test_i14_p1_quickstart_refuses_a_folder_that_is_not_ours(tmp_path, overwrite
     assert snapshot(home) == before
 
 
-def test_i14_p1_quickstart_keeps_files_it_did_not_write(tmp_path):
+def test_quickstart_keeps_files_it_did_not_write(tmp_path):
     """A quickstart folder of ours with someone's file in it is not replaced, even with --overwrite."""
     out = tmp_path / "qs"
     out.mkdir()
@@ -129,11 +185,9 @@ def test_i14_p1_quickstart_keeps_files_it_did_not_write(tmp_path):
     assert snapshot(out) == before
 
 
-def test_i14_p1_a_running_quickstart_holds_out_and_a_killed_one_does_not(tmp_path):
+def test_a_running_quickstart_holds_out_and_a_killed_one_does_not(tmp_path):
     """The second quickstart into a running one's OUT refuses naming its pid; once that one is killed (-9, no
     clean-up), its lock is gone with it and the next quickstart runs."""
-    from tests.test_review_quickstart import _popen, _starts_work, _stop, _wait_started
-
     out = tmp_path / "qs"
     first = _popen(out)
     try:
@@ -151,7 +205,7 @@ def test_i14_p1_a_running_quickstart_holds_out_and_a_killed_one_does_not(tmp_pat
     assert started, stderr[-2000:]
 
 
-def test_i14_p1_a_failed_quickstart_records_the_error(tmp_path):
+def test_a_failed_quickstart_records_the_error(tmp_path):
     """A failure after the first record is written leaves status "failed" and the error line, not "running"."""
     (tmp_path / "file").write_text("not a folder")
     out = tmp_path / "qs"
@@ -162,18 +216,16 @@ def test_i14_p1_a_failed_quickstart_records_the_error(tmp_path):
     assert "train" in record["steps"]
 
 
-def test_i14_p1_an_out_that_cannot_be_made_is_named_with_the_fix(tmp_path):
+def test_an_out_that_cannot_be_made_is_named_with_the_fix(tmp_path):
     """Was "error: Read-only file system (quickstart)": the path that could not be written and what to do."""
     (tmp_path / "file").write_text("not a folder")
     error = cli_error(run_cli("quickstart", "--out", tmp_path / "file" / "qs", "--quick", timeout=120))
     assert f"cannot write {tmp_path / 'file' / 'qs'} (Not a directory)" in error and "--out" in error
 
 
-def test_i14_p1_a_folder_of_only_a_killed_quickstarts_leftovers_is_reused(tmp_path):
+def test_a_folder_of_only_a_killed_quickstarts_leftovers_is_reused(tmp_path):
     """Killed before its first record: OUT holds its lock and the record's temp file, nothing of value, so it is
     reused like an empty folder (no --overwrite needed) and the temp file goes; anything else there still refuses."""
-    from tests.test_review_quickstart import _starts_work
-
     out = tmp_path / "qs"
     out.mkdir()
     (out / ".quickstart.lock").write_text("pid 1, since 00:00:00\n")
@@ -217,3 +269,86 @@ def test_quickstarts_convert_puts_the_libraries_temp_files_in_its_stage(tiny_run
     assert (tmp_path / "b" / "manifest.json").is_file() and tempfile.tempdir == before
     stages = [Path(t) for t in seen if t is not None]  # /tmp too: a library caches the default before
     assert any(re.fullmatch(r"\.b\..*\.partial", p.parent.name) and p.name == ".work" for p in stages), seen
+
+
+def test_an_explain_folder_holding_a_user_file_is_refused_before_any_work(tmp_path):
+    """_check_outputs checks explain/ without explain's `contents`: with a user's file in it, quickstart --overwrite
+    trains, converts, benches, flashes and runs the daemon for minutes, then explain_run refuses at step 6."""
+    out = _ours(tmp_path / "qs")
+    (out / "explain").mkdir()
+    (out / "explain" / "explanations.json").write_text(json.dumps({"format": "edgecls-explain/1", "images": []}))
+    (out / "explain" / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    started, stderr = _starts_work(out, "--overwrite")
+    assert not started, "quickstart began the chain although step 6 will refuse explain/ (it holds notes.txt)"
+    assert "notes.txt" in stderr and "Traceback" not in stderr
+    assert snapshot(out) == before
+
+
+def test_a_second_quickstart_into_a_running_out_is_refused(tmp_path):
+    """Nothing marks OUT as in use: a second `quickstart --overwrite` into the folder a running one is writing passes
+    every check and trains too; the two then replace each other's run/bundle/device under each other's feet."""
+    out = tmp_path / "qs"
+    first = _popen(out)
+    try:
+        started, stderr = _wait_started(first)
+        assert started, stderr[-2000:]
+        second, stderr = _starts_work(out, "--overwrite")
+        assert not second, "a second quickstart ran into the folder the first one is still writing"
+        assert "Traceback" not in stderr
+    finally:
+        _stop(first)
+
+
+def test_the_record_does_not_stay_running_after_an_interrupt(tmp_path):
+    """quickstart.json is written with status "running" first and rewritten only on success: after Ctrl-C (or any
+    failure) the record of a dead quickstart still says "running"."""
+    out = tmp_path / "qs"
+    proc = _popen(out)
+    try:
+        started, stderr = _wait_started(proc)
+        assert started, stderr[-2000:]
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 130
+    status = json.loads((out / "quickstart.json").read_text())["status"]
+    assert status != "running", "the record of an interrupted quickstart says it is still running"
+
+
+def test_a_bench_temp_file_left_by_a_kill_does_not_block_overwrite(tmp_path):
+    """A kill -9 while bench writes bench.json leaves bench/.bench.json.XXXX.tmp (write_bytes' temp file).
+    The quickstart folder itself tolerates such leftovers (runtime.atomic._foreign), but bench_report.check_out_dir
+    counts it as someone's file, so `--overwrite` refuses the folder for good."""
+    out = _ours(tmp_path / "qs")
+    (out / "bench").mkdir()
+    (out / "bench" / "bench.json").write_text(json.dumps({"format": "edgecls-bench/1", "records": []}))
+    (out / "bench" / ".bench.json.k1lled_x.tmp").write_text("{")
+    started, stderr = _starts_work(out, "--overwrite")
+    assert started, "an interrupted quickstart's folder cannot be replaced: " + stderr[-500:]
+
+
+def test_a_marker_temp_file_left_by_a_kill_does_not_block_overwrite(tmp_path):
+    """A kill -9 during the first write of quickstart.json leaves OUT holding only .quickstart.json.XXXX.tmp: not
+    ours (no marker), so every rerun, with --overwrite too, refuses a folder holding nothing but our own temp file."""
+    out = tmp_path / "qs"
+    out.mkdir()
+    (out / ".quickstart.json.k1lled_x.tmp").write_text('{"format": "edgecls-quick')
+    started, stderr = _starts_work(out, "--overwrite")
+    assert started, "an interrupted quickstart's folder cannot be replaced: " + stderr[-500:]
+
+
+def test_a_user_folder_named_like_a_product_file_is_refused_before_any_work(tmp_path):
+    """CONTENTS lets camera.avi (also preview.jpg, accuracy.png, summary.txt) be any entry, a folder included: a folder
+    of the user's files under that name passes the checks, and the chain fails minutes later when write_bytes cannot
+    rename the video over a folder (IsADirectoryError at step 5)."""
+    out = _ours(tmp_path / "qs")
+    (out / "camera.avi").mkdir()
+    (out / "camera.avi" / "holiday.mp4").write_bytes(b"mine")
+    before = snapshot(out)
+    started, stderr = _starts_work(out, "--overwrite")
+    assert not started, "quickstart began the chain although it cannot write camera.avi over a folder of files"
+    assert "camera.avi" in stderr and "Traceback" not in stderr
+    assert snapshot(out) == before

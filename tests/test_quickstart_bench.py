@@ -1,4 +1,4 @@
-"""The quickstart's bench step (edgecls/quickstart.py `_bench`): each artifact's figures are its own worker's."""
+"""edgecls.quickstart bench step (`_bench`): each artifact's figures are its own worker's."""
 
 from __future__ import annotations
 
