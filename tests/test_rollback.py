@@ -238,8 +238,8 @@ def test_a_rollback_killed_between_its_two_renames_loses_nothing(bundles, tmp_pa
 
 
 def test_rollback_refuses_a_damaged_previous(bundles, tmp_path):
-    """flash re-verifies a release before reusing it (test_i9_p2_damaged_previous_release_is_replaced_not_trusted),
-    rollback does not: bit rot in `previous` is switched to and reported as a successful rollback."""
+    """flash re-verifies a release before reusing it (test_damaged_previous_release_is_replaced_not_trusted in
+    test_flash.py); rollback did not: bit rot in `previous` was switched to and reported as a successful rollback."""
     from edgecls.runtime.errors import EdgeclsError
     from edgecls.runtime.install import api
 
