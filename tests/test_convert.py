@@ -5,9 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from edgecls.core.outputs import bundle_guard
+from edgecls.core.rundir import open_run
+from edgecls.runtime.atomic import check_output
 from edgecls.runtime.bundle import load_bundle, sha256_file
+from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.session import ModelSession
-from tests.conftest import cli_error, run_cli
+from tests.conftest import cli_error, run_cli, snapshot
 
 
 def _keras_probs(run_dir, x):
@@ -176,3 +180,25 @@ def test_convert_with_pruning_reports_before_and_after(tiny_run_dir, tmp_path, p
         assert pruning["sparsity"] == pytest.approx(0.6, abs=0.02)
         assert pruning["nonzero_params_after"] < 0.5 * pruning["params_after"]
     assert result.manifest["source"]["accuracy"] == pytest.approx(pruning["accuracy_before"], abs=1e-6)
+
+
+def _fake_run(path, **metadata):
+    """A folder that looks like a run edgecls wrote (metadata.json and model.keras)."""
+    path.mkdir(parents=True)
+    meta = {"format": "edgecls-run/1", "labels": ["a", "b"], "input_shape": [16, 16, 3], "preprocess": {}, **metadata}
+    (path / "metadata.json").write_text(json.dumps(meta))
+    (path / "model.keras").write_bytes(b"old model")
+    return path
+
+
+def test_convert_never_writes_into_the_built_in_dataset_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    (cache / "shapes-v1" / "circle").mkdir(parents=True)
+    run = _fake_run(tmp_path / "run", dataset={"source": "shapes", "builtin": "shapes"})
+    before = snapshot(cache)
+    result = run_cli("convert", run, "--out", cache / "shapes-v1" / "bundle", env={"EDGECLS_DATA": str(cache)})
+    assert "lies inside the built-in dataset cache" in cli_error(result)
+    assert snapshot(cache) == before
+    monkeypatch.setenv("EDGECLS_DATA", str(cache))
+    with pytest.raises(EdgeclsError, match="is the built-in dataset cache"):
+        check_output(cache, True, **bundle_guard(open_run(run)))

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from edgecls.converters import onnx as onnx_export
+from edgecls.converters.calibration import fingerprint, representative_set
 
 
 def _weighted_nodes(path):
@@ -27,7 +28,7 @@ def _train_split(run_dir):
     return load_run_splits(open_run(run_dir), ("train",))["train"]
 
 
-def test_i15_p6_first_and_last_layers_kept_in_float_have_no_dequantized_weights(tiny_run_dir, tmp_path):
+def test_first_and_last_layers_kept_in_float_have_no_dequantized_weights(tiny_run_dir, tmp_path):
     from edgecls.core.rundir import open_run
 
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
@@ -45,7 +46,7 @@ def test_i15_p6_first_and_last_layers_kept_in_float_have_no_dequantized_weights(
     assert nodes[-1][1] == "Gemm" and exported_last[1] == "MatMul" and exported_last[0] not in kept
 
 
-def test_i15_p6_unknown_node_names_are_refused_not_silently_ignored(tiny_run_dir, tmp_path):
+def test_unknown_node_names_are_refused_not_silently_ignored(tiny_run_dir, tmp_path):
     from edgecls.core.rundir import open_run
 
     fp32 = tmp_path / "fp32.onnx"
@@ -58,7 +59,7 @@ def test_i15_p6_unknown_node_names_are_refused_not_silently_ignored(tiny_run_dir
         )
 
 
-def test_i15_p6_manifest_says_which_layers_are_float_and_the_file_agrees(tiny_run_dir, tmp_path, monkeypatch):
+def test_manifest_says_which_layers_are_float_and_the_file_agrees(tiny_run_dir, tmp_path, monkeypatch):
     from edgecls.converters.export import ExportContext
     from edgecls.converters.formats import parse_formats
     from edgecls.converters.pipeline import ConvertOptions, convert
@@ -80,7 +81,7 @@ def test_i15_p6_manifest_says_which_layers_are_float_and_the_file_agrees(tiny_ru
     assert notes["kept_in_float"] == [nodes[0][0], nodes[-1][0]]
 
 
-def test_i15_p12_notes_and_table_report_the_calibration_images_really_used(tiny_run_dir, tmp_path):
+def test_notes_and_table_report_the_calibration_images_really_used(tiny_run_dir, tmp_path):
     from edgecls.converters.formats import parse_formats
     from edgecls.converters.pipeline import ConvertOptions, convert
 
@@ -98,3 +99,30 @@ def test_i15_p12_notes_and_table_report_the_calibration_images_really_used(tiny_
         assert art["notes"]["calibration_images"] == available
     assert result.table.count(f"{available} calibration images") == 2 and "1000" not in result.table
     assert manifest["calibration"]["size"] == available and manifest["calibration"]["requested"] == 1000
+
+
+def test_an_artifact_built_by_a_remedy_records_the_calibration_set_it_used(tiny_run_dir, tmp_path, monkeypatch):
+    from edgecls.converters.export import ExportContext
+    from edgecls.converters.formats import parse_formats
+    from edgecls.converters.pipeline import ConvertOptions, convert
+
+    every = ExportContext.attempts
+    # the real "more calibration data" remedy, run first instead of after a failure
+    monkeypatch.setattr(
+        ExportContext, "attempts", lambda self, fmt: [a for a in every(self, fmt) if a[0].startswith("more")]
+    )
+    result = convert(
+        tiny_run_dir,
+        tmp_path / "bundle",
+        ConvertOptions(formats=parse_formats("tflite-int8,onnx-int8"), calibration_size=8, max_drop=100.0),
+    )
+    train = _train_split(tiny_run_dir).x
+    used = representative_set(train, min(32, len(train)), 0)
+    assert len(used) > 8
+    top = result.manifest["calibration"]
+    assert top["size"] == 8 and top["fingerprint"] == fingerprint(representative_set(train, 8, 0))
+    for art in result.manifest["artifacts"]:
+        notes = art["notes"]
+        assert notes["calibration"] == f"more calibration data ({len(used)} images)"
+        assert notes["calibration_images"] == len(used)
+        assert notes["calibration_fingerprint"] == fingerprint(used) != top["fingerprint"]

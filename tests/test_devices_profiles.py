@@ -14,7 +14,7 @@ ISSUE_PROFILES = ["desktop-cpu", "desktop-gpu", "jetson-nano", "jetson-orin-nano
 
 
 @pytest.mark.parametrize("name", ISSUE_PROFILES)
-def test_i9_p1_builtin_profiles_say_everything_flash_needs(name):
+def test_builtin_profiles_say_everything_flash_needs(name):
     p = load_profile(name)
     assert p.name == name and p.architecture in ("aarch64", "x86_64", "any") and p.python.startswith("3.")
     assert p.packages and p.artifacts and p.providers and p.install_root.startswith("/") and p.service
@@ -23,7 +23,7 @@ def test_i9_p1_builtin_profiles_say_everything_flash_needs(name):
         assert p.camera == "csi://0" and ("libcamerasrc" in p.csi_pipeline or "nvarguscamerasrc" in p.csi_pipeline)
 
 
-def test_i9_p1_every_builtin_is_listed_and_round_trips():
+def test_every_builtin_is_listed_and_round_trips():
     assert set(ISSUE_PROFILES) <= set(list_profiles())
     for name in list_profiles():
         p = load_profile(name)
@@ -49,14 +49,14 @@ def test_i9_p1_every_builtin_is_listed_and_round_trips():
         ({"health_token_file": "token.txt"}, r'"health_token_file" .*absolute path on the device'),
     ],
 )
-def test_i9_p1_invalid_profiles_name_the_field_and_the_fix(tmp_path, change, message):
+def test_invalid_profiles_name_the_field_and_the_fix(tmp_path, change, message):
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"name": "mine", **change}))
     with pytest.raises(ProfileError, match=message):
         load_profile(str(path))
 
 
-def test_i9_p1_user_profile_folder_and_profile_file(tmp_path, monkeypatch):
+def test_user_profile_folder_and_profile_file(tmp_path, monkeypatch):
     folder = tmp_path / "profiles"
     folder.mkdir()
     (folder / "shop-pi.json").write_text(

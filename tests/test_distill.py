@@ -33,7 +33,7 @@ def _formula(s, t, y, temperature, alpha, w=None):
     return float(np.mean(per_image * (1 if w is None else w)))
 
 
-def test_i11_p2_loss_equals_the_formula_on_a_hand_computed_batch():
+def test_loss_equals_the_formula_on_a_hand_computed_batch():
     from edgecls.distill import Distiller
 
     rng = np.random.default_rng(0)
@@ -61,7 +61,7 @@ def test_i11_p2_loss_equals_the_formula_on_a_hand_computed_batch():
     )
 
 
-def test_i11_p2_sigmoid_heads_read_as_two_logits():
+def test_sigmoid_heads_read_as_two_logits():
     """A one-unit sigmoid logit z is the two-class logits [0, z]; the teacher may have either head."""
     from edgecls.distill import Distiller
 
@@ -79,7 +79,7 @@ def test_i11_p2_sigmoid_heads_read_as_two_logits():
     assert loss == pytest.approx(_formula(s_logits, x @ kt + bt, y, 3.0, 0.5), rel=1e-5)
 
 
-def test_i11_p2_only_the_student_learns():
+def test_only_the_student_learns():
     import keras
 
     from edgecls.distill import Distiller
@@ -98,7 +98,7 @@ def test_i11_p2_only_the_student_learns():
     assert not all(np.array_equal(a, b) for a, b in zip(before_s, student.get_weights()))
 
 
-def test_i11_p2_student_saved_without_the_teacher_loads_and_predicts(tiny_run_dir, tmp_path):
+def test_student_saved_without_the_teacher_loads_and_predicts(tiny_run_dir, tmp_path):
     import keras
 
     from edgecls.core.data import make_tf_dataset
@@ -129,7 +129,7 @@ def _one_error_line(excinfo) -> str:
     return message
 
 
-def test_i11_p2_teacher_with_other_preprocessing_is_refused_in_one_line(tiny_run_dir):
+def test_teacher_with_other_preprocessing_is_refused_in_one_line(tiny_run_dir):
     from edgecls.core.rundir import open_run
     from edgecls.distill import check_teacher
 
@@ -153,7 +153,7 @@ def test_i11_p2_teacher_with_other_preprocessing_is_refused_in_one_line(tiny_run
     assert "classes" in _one_error_line(excinfo)
 
 
-def test_i11_p2_teacher_preprocessing_is_the_students_default(tiny_run_dir):
+def test_teacher_preprocessing_is_the_students_default(tiny_run_dir):
     from edgecls.core.rundir import open_run
     from edgecls.distill import teacher_defaults
 
@@ -165,7 +165,7 @@ def test_i11_p2_teacher_preprocessing_is_the_students_default(tiny_run_dir):
     }
 
 
-def test_review_i11_p2_a_letterboxed_teacher_gives_the_student_its_resize(tiny_run_dir, tmp_path):
+def test_a_letterboxed_teacher_gives_the_student_its_resize(tiny_run_dir, tmp_path):
     """A teacher trained with --resize letterbox was refused ("resize letterbox (student stretch)") although the
     help says the teacher's preprocessing is the student's default: --resize had a fixed default of stretch."""
     import json
@@ -190,7 +190,7 @@ def test_review_i11_p2_a_letterboxed_teacher_gives_the_student_its_resize(tiny_r
     assert preprocess_spec_for(TrainConfig(data="unused", out="x"), {}).resize == "stretch"  # without a teacher
 
 
-def test_review_i11_p2_distillation_settings_without_a_teacher_are_refused(shapes_folder, tmp_path):
+def test_distillation_settings_without_a_teacher_are_refused(shapes_folder, tmp_path):
     """--temperature / --distill-alpha without --teacher were ignored but recorded in metadata.train."""
     from conftest import cli_error, run_cli
 
@@ -202,7 +202,7 @@ def test_review_i11_p2_distillation_settings_without_a_teacher_are_refused(shape
     assert not (tmp_path / "s").exists()
 
 
-def test_i11_p2_teacher_that_trained_on_the_students_test_images_is_refused(tiny_run_dir):
+def test_teacher_that_trained_on_the_students_test_images_is_refused(tiny_run_dir):
     from edgecls.core.rundir import open_run
     from edgecls.core.splits import read_split_record
     from edgecls.distill import check_split
@@ -216,7 +216,7 @@ def test_i11_p2_teacher_that_trained_on_the_students_test_images_is_refused(tiny
     assert "3 of the student's 3 test images were training images of the teacher" in _one_error_line(excinfo)
 
 
-def test_i11_p2_bad_settings_and_heads_are_refused():
+def test_bad_settings_and_heads_are_refused():
     import keras
 
     from edgecls.distill import Distiller, check_settings
@@ -237,7 +237,7 @@ def test_i11_p2_bad_settings_and_heads_are_refused():
 
 
 @pytest.mark.slow
-def test_i11_p2_train_with_teacher_records_it_and_the_student_converts(tiny_run_dir, shapes_folder, tmp_path):
+def test_train_with_teacher_records_it_and_the_student_converts(tiny_run_dir, shapes_folder, tmp_path):
     import json
 
     from conftest import run_cli
@@ -272,7 +272,7 @@ def test_i11_p2_train_with_teacher_records_it_and_the_student_converts(tiny_run_
     assert (bundle / "model_fp32.tflite").is_file()
 
 
-def test_i11_p2_cli_refuses_a_teacher_with_other_preprocessing(tiny_run_dir, shapes_folder, tmp_path):
+def test_cli_refuses_a_teacher_with_other_preprocessing(tiny_run_dir, shapes_folder, tmp_path):
     from conftest import cli_error, run_cli
 
     line = cli_error(
@@ -294,7 +294,7 @@ def test_i11_p2_cli_refuses_a_teacher_with_other_preprocessing(tiny_run_dir, sha
     assert not (tmp_path / "s").exists()
 
 
-def test_i11_p2_cli_refuses_a_teacher_of_other_classes(tiny_run_dir, shapes_folder, tmp_path):
+def test_cli_refuses_a_teacher_of_other_classes(tiny_run_dir, shapes_folder, tmp_path):
     """Checked before any data loads: exit 1, one `error:` line naming both class lists, no run written."""
     import shutil
 
@@ -313,7 +313,7 @@ def test_i11_p2_cli_refuses_a_teacher_of_other_classes(tiny_run_dir, shapes_fold
     assert not (tmp_path / "s").exists()
 
 
-def test_i11_p2_teacher_is_not_the_students_out(tiny_run_dir):
+def test_teacher_is_not_the_students_out(tiny_run_dir):
     from edgecls.distill import open_teacher
 
     with pytest.raises(EdgeclsError, match="is the run being written"):

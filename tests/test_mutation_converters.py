@@ -26,7 +26,7 @@ def tiny_keras():
     )
 
 
-def test_i15_p14_every_onnx_int8_remedy_calibrates_on_the_images_its_description_names(tiny_keras, tmp_path):
+def test_every_onnx_int8_remedy_calibrates_on_the_images_its_description_names(tiny_keras, tmp_path):
     from edgecls.converters.calibration import CalibrationSampler
     from edgecls.converters.export import ExportContext
     from edgecls.converters.formats import FORMATS
@@ -68,7 +68,7 @@ def pruned_onnx_bundle(tiny_run_dir, tmp_path_factory):
     )
 
 
-def test_i15_p14_a_pruned_onnx_bundle_carries_labels_and_head_and_measures_against_the_pruned_model(
+def test_a_pruned_onnx_bundle_carries_labels_and_head_and_measures_against_the_pruned_model(
     pruned_onnx_bundle, tiny_run_dir
 ):
     import json
@@ -97,7 +97,7 @@ def test_i15_p14_a_pruned_onnx_bundle_carries_labels_and_head_and_measures_again
     assert art["max_prob_diff"] > 0 and art["max_prob_diff"] == pytest.approx(float(row[5]), abs=6e-6)
 
 
-def test_i15_p14_a_sigmoid_head_run_is_converted_and_verified_as_two_classes(shapes_folder, tmp_path):
+def test_a_sigmoid_head_run_is_converted_and_verified_as_two_classes(shapes_folder, tmp_path):
     """A two-class run has one sigmoid output: convert must read the head from the run and verify with it."""
     import json
     import shutil
@@ -138,7 +138,7 @@ def test_i15_p14_a_sigmoid_head_run_is_converted_and_verified_as_two_classes(sha
     assert sum(score for _, score in prediction.topk) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_i15_p14_the_accuracy_gate_and_manifest_use_the_exact_drop_and_agreement(tiny_run_dir, tmp_path):
+def test_the_accuracy_gate_and_manifest_use_the_exact_drop_and_agreement(tiny_run_dir, tmp_path):
     """A model whose int8 artifact disagrees with it on known images: the gate's drop is 100 x the accuracy
     difference (not more), and the manifest's agreement is the true fraction rounded to 6 places.
 

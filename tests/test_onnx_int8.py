@@ -62,7 +62,7 @@ def _optimized_ops(path, tmp_path) -> Counter:
     return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
 
 
-def test_i8_p6_onnxruntime_runs_every_conv_and_residual_add_of_the_int8_model_in_integer(mini_int8, tmp_path):
+def test_onnxruntime_runs_every_conv_and_residual_add_of_the_int8_model_in_integer(mini_int8, tmp_path):
     import onnx
 
     fp32, int8, _ = mini_int8
@@ -77,7 +77,7 @@ def test_i8_p6_onnxruntime_runs_every_conv_and_residual_add_of_the_int8_model_in
     assert ops["QuantizeLinear"] == 1, ops  # float in once; everything after stays integer
 
 
-def test_i8_p6_int8_model_has_uint8_activations_and_7_bit_symmetric_weights(mini_int8):
+def test_int8_model_has_uint8_activations_and_7_bit_symmetric_weights(mini_int8):
     import onnx
     from onnx import numpy_helper
 
@@ -96,7 +96,7 @@ def test_i8_p6_int8_model_has_uint8_activations_and_7_bit_symmetric_weights(mini
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
 
 
-def test_i8_p6_fused_int8_model_still_computes_what_fp32_does(mini_int8):
+def test_fused_int8_model_still_computes_what_fp32_does(mini_int8):
     from edgecls.runtime.session import ModelSession
 
     fp32, int8, x = mini_int8

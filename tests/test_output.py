@@ -9,6 +9,8 @@ import pytest
 
 from edgecls.converters import output
 from edgecls.converters.output import check_tar_output, publish_tar
+from edgecls.core.outputs import bundle_contents
+from edgecls.runtime.atomic import check_output
 from edgecls.runtime.errors import EdgeclsError
 
 
@@ -80,3 +82,20 @@ def test_publish_never_replaces_a_file_that_takes_the_name_after_the_check(tmp_p
         publish_tar(holder / "b.tar", tmp_path / "b", overwrite=True)
     assert (tmp_path / "b.tar").read_bytes() == b"someone else's archive"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar"]  # the holder is cleaned
+
+
+def test_overwrite_keeps_a_bundle_holding_files_its_manifest_does_not_list(tmp_path):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    manifest = {
+        "format": "edgecls-bundle/1",
+        "artifacts": [{"file": "model_fp32.tflite"}],
+        "files": {"labels.txt": "0"},
+    }
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("model_fp32.tflite", "labels.txt", "verification.txt"):
+        (bundle / name).write_text("x")
+    check_output(bundle, True, marker="manifest.json", contents=bundle_contents)  # only its own files: replaceable
+    (bundle / "notes.md").write_text("mine")
+    with pytest.raises(EdgeclsError, match="also holds notes.md"):
+        check_output(bundle, True, marker="manifest.json", contents=bundle_contents)

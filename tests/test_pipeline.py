@@ -191,7 +191,7 @@ def test_kill_9_leaves_nothing_that_a_rerun_does_not_remove(private_run, tmp_pat
         time.sleep(0.02)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    again = run_cli(*args[3:], env={"TMPDIR": str(temp)}, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert [p.name for p in parent.iterdir()] == ["b"]
     assert not [p for p in temp.iterdir() if p.name.startswith("edgecls-convert-") or p.suffix == ".onnx"]

@@ -5,11 +5,14 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from edgecls.converters.calibration import representative_set
 from edgecls.converters.macs import count_macs
 from edgecls.converters.prune import (
     _magnitude_mask,
     _polynomial,
+    _stats_size,
     parse_prune,
+    prune_model,
     recalibrate_batchnorm,
     sparsity_callback,
     sparsity_of,
@@ -99,7 +102,7 @@ def _images(n, shape, seed=1):
     return np.random.default_rng(seed).random((n, *shape)).astype("float32")
 
 
-def test_i15_p13_constant_removed_channels_are_folded_exactly_into_the_dense_bias():
+def test_constant_removed_channels_are_folded_exactly_into_the_dense_bias():
     # one conv -> BN -> ReLU -> pool -> GAP -> Dense: the removed channels output relu(2.0) everywhere
     keras.utils.set_random_seed(0)
     model = create_model("simple", 3, (16, 16, 1), widths=(8,), convs_per_block=1, dropout=0.0)
@@ -116,7 +119,7 @@ def test_i15_p13_constant_removed_channels_are_folded_exactly_into_the_dense_bia
     np.testing.assert_allclose(dense_new.bias.numpy(), expected_bias, rtol=1e-3, atol=1e-3)
 
 
-def test_i15_p13_refit_keeps_the_pruned_model_much_closer_before_fine_tuning():
+def test_refit_keeps_the_pruned_model_much_closer_before_fine_tuning():
     # removed channels are nearly constant (small scale, large shift) through two blocks of convs
     keras.utils.set_random_seed(0)
     model = create_model("simple", 4, (16, 16, 3), widths=(8, 16), dropout=0.0)
@@ -129,7 +132,7 @@ def test_i15_p13_refit_keeps_the_pruned_model_much_closer_before_fine_tuning():
     assert without > 0.05 and with_fold < 0.05 * without, errors
 
 
-def test_i15_p13_refit_gives_a_bias_to_a_conv_without_one():
+def test_refit_gives_a_bias_to_a_conv_without_one():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((12, 12, 2))
     h = keras.layers.Conv2D(6, 3, padding="same", name="first")(inputs)
@@ -149,7 +152,7 @@ def test_i15_p13_refit_gives_a_bias_to_a_conv_without_one():
     np.testing.assert_allclose(pruned.predict(x, verbose=0), before, atol=2e-4)
 
 
-def test_i15_p13_recalibrated_batchnorm_holds_the_batch_statistics_of_the_new_inputs():
+def test_recalibrated_batchnorm_holds_the_batch_statistics_of_the_new_inputs():
     keras.utils.set_random_seed(0)
     model = create_model("simple", 3, (16, 16, 3), widths=(8, 16), dropout=0.0)
     _shift_the_weak_channels(model, gamma_weak=0.3)
@@ -165,3 +168,48 @@ def test_i15_p13_recalibrated_batchnorm_holds_the_batch_statistics_of_the_new_in
     inference = pruned(x, training=False).numpy()
     assert np.abs(inference - stale).max() > 1e-3
     np.testing.assert_allclose(pruned(x, training=True).numpy(), inference, atol=1e-5)
+
+
+def _splits(run_dir):
+    from edgecls.core.rundata import load_run_splits
+    from edgecls.core.rundir import open_run
+
+    run = open_run(run_dir)
+    return run, load_run_splits(run, ("train", "val", "test"))
+
+
+def test_convert_path_refits_and_recalibrates_on_the_training_sample(tiny_run_dir):
+    # prune_model is what `convert --prune` runs; with no fine-tuning its model is the refit and the
+    # recalibration alone, so a refit skipped or done on the wrong images shows
+    run, splits = _splits(tiny_run_dir)
+    x = np.concatenate([s.x for s in splits.values()])
+    original = run.load_model()
+    reference = original.predict(x, verbose=0)
+    pruned, report = prune_model(run.load_model(), "structured=0.5", splits, run, epochs=0, seed=0)
+
+    stats = representative_set(splits["train"].x, _stats_size(original), 0)
+    assert report["refit_images"] == len(stats) and report["batchnorm_recalibrated"] == 4
+    for bn in [l for l in pruned.layers if isinstance(l, keras.layers.BatchNormalization)]:
+        seen = keras.Model(pruned.inputs, bn.input).predict(stats, verbose=0).reshape(-1, bn.input.shape[-1])
+        np.testing.assert_allclose(bn.moving_mean.numpy(), seen.mean(axis=0), rtol=1e-4, atol=1e-5)
+    sliced, _ = structured_prune(original, 0.5)
+    recalibrate_batchnorm(sliced, stats)
+    error = np.abs(pruned.predict(x, verbose=0) - reference).mean()
+    sliced_error = np.abs(sliced.predict(x, verbose=0) - reference).mean()
+    assert error < 0.4 * sliced_error, (error, sliced_error)
+
+
+def test_structured_pruning_refits_a_mixed_precision_model():
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = create_model("simple", 3, (16, 16, 3), widths=(8, 16), dropout=0.0)
+        x, sample = _images(8, (16, 16, 3)), _images(32, (16, 16, 3), seed=2)
+        pruned, kept = structured_prune(model, 0.5, sample)  # was: Conv2D expected a half tensor, got float
+        assert kept == {"block0_conv0": 4, "block0_conv1": 4, "block1_conv0": 8, "block1_conv1": 8}
+        assert recalibrate_batchnorm(pruned, sample) == 4
+        out = pruned.predict(x, verbose=0)
+        assert np.isfinite(out).all() and np.allclose(out.sum(axis=1), 1.0, atol=1e-2)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)

@@ -30,7 +30,7 @@ def _tflite_session(data: bytes, tmp_path, head: str = "softmax"):
     return ModelSession(path, "tflite", head=head)
 
 
-def test_i11_p4_folded_batchnorm_gives_the_models_own_outputs():
+def test_folded_batchnorm_gives_the_models_own_outputs():
     """With rounding off (calibration mode), the rebuilt graph is the original model: BN folded exactly."""
     import keras
 
@@ -46,7 +46,7 @@ def test_i11_p4_folded_batchnorm_gives_the_models_own_outputs():
     np.testing.assert_allclose(np.asarray(q(x)), np.asarray(model(x, training=False)), atol=1e-5)
 
 
-def test_i11_p4_qat_tflite_is_full_int8_and_matches_its_keras_accuracy(tiny_run_dir, tmp_path):
+def test_qat_tflite_is_full_int8_and_matches_its_keras_accuracy(tiny_run_dir, tmp_path):
     from edgecls.converters import qat
     from edgecls.converters.quiet import quiet
     from edgecls.core.metrics import probabilities
@@ -76,7 +76,7 @@ def test_i11_p4_qat_tflite_is_full_int8_and_matches_its_keras_accuracy(tiny_run_
     assert result.notes["qat"]["epochs"] == 1 and result.notes["calibration_images"] == 32
 
 
-def test_i11_p4_sigmoid_head_converts_full_int8(tmp_path):
+def test_sigmoid_head_converts_full_int8(tmp_path):
     import keras
 
     from edgecls.converters import qat
@@ -97,7 +97,7 @@ def test_i11_p4_sigmoid_head_converts_full_int8(tmp_path):
     np.testing.assert_allclose(lite, probabilities(q.predict(x, verbose=0)), atol=0.02)
 
 
-def test_i11_p4_unsupported_layer_is_refused_in_one_line():
+def test_unsupported_layer_is_refused_in_one_line():
     import keras
 
     from edgecls.converters import qat
@@ -114,7 +114,7 @@ def test_i11_p4_unsupported_layer_is_refused_in_one_line():
 
 
 @pytest.mark.slow
-def test_i11_p4_mobilenetv2_depthwise_and_residuals_convert_full_int8(tmp_path):
+def test_mobilenetv2_depthwise_and_residuals_convert_full_int8(tmp_path):
     """Depthwise convs (per-channel), ReLU6, zero padding and residual Adds: still no float op."""
     import keras
 
@@ -139,7 +139,7 @@ def test_i11_p4_mobilenetv2_depthwise_and_residuals_convert_full_int8(tmp_path):
 
 
 @pytest.mark.slow
-def test_i11_p4_convert_qat_always_ships_a_verified_full_int8_artifact(tiny_run_dir, tmp_path):
+def test_convert_qat_always_ships_a_verified_full_int8_artifact(tiny_run_dir, tmp_path):
     import json
 
     from conftest import run_cli
@@ -186,7 +186,7 @@ def test_i11_p4_convert_qat_always_ships_a_verified_full_int8_artifact(tiny_run_
         assert manifest["labels"][int(session.predict(x).argmax())] == check["label"]
 
 
-def test_i11_p4_convert_qat_never_does_not_train(tiny_run_dir, tmp_path, capsys):
+def test_convert_qat_never_does_not_train(tiny_run_dir, tmp_path, capsys):
     """With every attempt failing the gate (max_drop -100: the library's way; the CLI refuses a negative limit),
     the default would end with QAT; never does not."""
     from edgecls.converters.formats import parse_formats
@@ -203,7 +203,7 @@ def test_i11_p4_convert_qat_never_does_not_train(tiny_run_dir, tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_i11_p4_convert_qat_remedy_is_the_gates_last_attempt(tiny_run_dir, tmp_path):
+def test_convert_qat_remedy_is_the_gates_last_attempt(tiny_run_dir, tmp_path):
     """The control for the test above: the same options without qat never end with QAT."""
     from edgecls.converters.formats import parse_formats
     from edgecls.converters.pipeline import AccuracyGateError, ConvertOptions, convert
@@ -215,7 +215,7 @@ def test_i11_p4_convert_qat_remedy_is_the_gates_last_attempt(tiny_run_dir, tmp_p
     assert line.index("per-channel, 8 calibration images") < line.index("quantization-aware training (1 epoch)")
 
 
-def test_i11_p4_convert_qat_option_errors_are_one_line(tiny_run_dir, tmp_path):
+def test_convert_qat_option_errors_are_one_line(tiny_run_dir, tmp_path):
     from conftest import cli_error, run_cli
 
     line = cli_error(run_cli("convert", tiny_run_dir, "--out", tmp_path / "b", "--qat", "sometimes"))
@@ -225,7 +225,7 @@ def test_i11_p4_convert_qat_option_errors_are_one_line(tiny_run_dir, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_i11_p4_train_no_batch_norm_reaches_the_model(shapes_folder, tmp_path):
+def test_train_no_batch_norm_reaches_the_model(shapes_folder, tmp_path):
     """`--no-batch-norm` (benchmarks/qat.py's natural case) builds the simple CNN without BatchNormalization."""
     import json
 

@@ -62,7 +62,7 @@ def _onnx_quantize_linear(scale: float, zero_point: int, dtype: str):
         ("uint8", 1 / 255, 0),
     ],
 )
-def test_i15_p11_quantize_matches_onnxruntime_quantizelinear(dtype, scale, zero_point):
+def test_quantize_matches_onnxruntime_quantizelinear(dtype, scale, zero_point):
     scale = float(np.float32(scale))  # what an ONNX float initializer holds
     x = _values(scale)
     expected = _onnx_quantize_linear(scale, zero_point, dtype)(x)
@@ -110,7 +110,7 @@ def tflite_models(tmp_path_factory):
 
 
 @pytest.mark.parametrize("lo, hi", RANGES)
-def test_i15_p11_quantize_matches_litert_quantize_op(tflite_models, lo, hi):
+def test_quantize_matches_litert_quantize_op(tflite_models, lo, hi):
     from edgecls.runtime.backends.litert import LiteRTBackend
 
     backend = LiteRTBackend(tflite_models[lo, hi, "float32"])  # the interpreter the runtime uses
@@ -123,7 +123,7 @@ def test_i15_p11_quantize_matches_litert_quantize_op(tflite_models, lo, hi):
 
 
 @pytest.mark.parametrize("lo, hi", RANGES)
-def test_i15_p14_int8_litert_model_round_trips_through_the_session(tflite_models, lo, hi):
+def test_int8_litert_model_round_trips_through_the_session(tflite_models, lo, hi):
     """An int8-input model: the session quantizes, LiteRT copies, the session dequantizes."""
     session = ModelSession(tflite_models[lo, hi, "int8"], "tflite")
     spec = session.input_spec
@@ -139,7 +139,7 @@ def test_i15_p14_int8_litert_model_round_trips_through_the_session(tflite_models
 
 
 @pytest.mark.parametrize("like", ["onnx", "litert"])
-def test_i15_p14_quantize_int8_by_hand(like):
+def test_quantize_int8_by_hand(like):
     spec = TensorSpec("x", (7,), "int8", 0.5, 3, like)
     x = np.array([0.0, 0.25, 0.75, -0.25, 1.0, 100.0, -100.0], np.float32)
     # x / 0.5 = 0, 0.5, 1.5, -0.5, 2, 200, -200; ties to even: 0, 0, 2, 0, 2; + 3; clipped to [-128, 127]
@@ -149,7 +149,7 @@ def test_i15_p14_quantize_int8_by_hand(like):
 
 
 @pytest.mark.parametrize("like", ["onnx", "litert"])
-def test_i15_p14_quantize_uint8_by_hand(like):
+def test_quantize_uint8_by_hand(like):
     spec = TensorSpec("x", (7,), "uint8", 0.25, 128, like)
     x = np.array([0.0, 0.125, -0.125, 0.375, 31.75, 40.0, -40.0], np.float32)
     # x / 0.25 = 0, 0.5, -0.5, 1.5, 127, 160, -160; ties to even: 0, 0, 0, 2; + 128; clipped to [0, 255]
@@ -158,13 +158,13 @@ def test_i15_p14_quantize_uint8_by_hand(like):
     assert q.tolist() == [128, 128, 128, 130, 255, 255, 0]
 
 
-def test_i15_p14_float_inputs_are_only_cast():
+def test_float_inputs_are_only_cast():
     x = np.array([0.1, -2.5], np.float64)
     out = quantize(x, TensorSpec("x", (2,), "float32"))
     assert out.dtype == np.float32 and out.tolist() == [np.float32(0.1), -2.5]
 
 
-def test_i15_p14_dequantize_by_hand():
+def test_dequantize_by_hand():
     int8 = dequantize(np.array([3, 5, -128, 127], np.int8), TensorSpec("y", (4,), "int8", 0.5, 3))
     assert int8.dtype == np.float32 and int8.tolist() == [0.0, 1.0, -65.5, 62.0]
     uint8 = dequantize(np.array([128, 0, 255], np.uint8), TensorSpec("y", (3,), "uint8", 0.25, 128))
@@ -173,7 +173,7 @@ def test_i15_p14_dequantize_by_hand():
     assert floats.tolist() == [0.25, 2.0]
 
 
-def test_i15_p14_sigmoid_head_becomes_two_classes():
+def test_sigmoid_head_becomes_two_classes():
     probs = to_probabilities(np.array([[0.25], [0.9]], np.float32), "sigmoid")
     np.testing.assert_allclose(probs, [[0.75, 0.25], [0.1, 0.9]], rtol=0, atol=1e-7)
     # (N, 1, 1) outputs are flattened first; softmax heads and multi-unit outputs are left alone
@@ -183,7 +183,7 @@ def test_i15_p14_sigmoid_head_becomes_two_classes():
     assert to_probabilities(np.array([[0.3]]), "softmax").tolist() == [[0.3]]
 
 
-def test_i15_p14_sigmoid_model_in_onnxruntime_gives_not_p_then_p(tmp_path):
+def test_sigmoid_model_in_onnxruntime_gives_not_p_then_p(tmp_path):
     """A real one-node Sigmoid model through ModelSession with a sigmoid head."""
     import onnx
     from onnx import TensorProto, helper

@@ -56,7 +56,7 @@ def fine_tuned(tmp_path_factory, shapes_folder):
     return result, load_split(val, spec)
 
 
-def test_i16_p4_the_saved_model_is_the_best_epoch_over_both_phases(fine_tuned):
+def test_the_saved_model_is_the_best_epoch_over_both_phases(fine_tuned):
     import keras
 
     result, val = fine_tuned
@@ -81,7 +81,7 @@ def test_i16_p4_the_saved_model_is_the_best_epoch_over_both_phases(fine_tuned):
     assert phase == "head" and min(losses[HEAD_EPOCHS:]) > losses[best] + 0.05, losses
 
 
-def test_i16_p9_tensorboard_epochs_of_fine_tuning_follow_the_head_epochs(fine_tuned):
+def test_tensorboard_epochs_of_fine_tuning_follow_the_head_epochs(fine_tuned):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result, _ = fine_tuned

@@ -33,7 +33,7 @@ BAD_OPTIONS = [
 
 
 @pytest.mark.parametrize("args, message", BAD_OPTIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_i16_p8_out_of_range_options_are_one_line_errors_before_the_data_loads(tmp_path, shapes_folder, args, message):
+def test_out_of_range_options_are_one_line_errors_before_the_data_loads(tmp_path, shapes_folder, args, message):
     weights = tmp_path / "w.h5"
     weights.write_bytes(b"not read")
     args = [str(weights) if a == "{weights}" else a for a in args]
@@ -72,7 +72,7 @@ def test_i16_p8_out_of_range_options_are_one_line_errors_before_the_data_loads(t
     ],
     ids=str,
 )
-def test_i16_p8_the_python_api_validates_the_same_ranges_before_reading_data(tmp_path, changes):
+def test_the_python_api_validates_the_same_ranges_before_reading_data(tmp_path, changes):
     cfg = TrainConfig(data=str(tmp_path / "no-such-dataset"), out=str(tmp_path / "out"), **changes)
     with pytest.raises(EdgeclsError) as caught:
         cfg.validate()
@@ -81,7 +81,7 @@ def test_i16_p8_the_python_api_validates_the_same_ranges_before_reading_data(tmp
     assert str(again.value) == str(caught.value) and "does not exist" not in str(caught.value)
 
 
-def test_i16_p5_fine_tuning_a_model_without_a_frozen_backbone_fails_before_training(tmp_path, shapes_folder):
+def test_fine_tuning_a_model_without_a_frozen_backbone_fails_before_training(tmp_path, shapes_folder):
     result = run_cli(
         "train",
         "--data",
@@ -102,7 +102,7 @@ def test_i16_p5_fine_tuning_a_model_without_a_frozen_backbone_fails_before_train
     assert not (tmp_path / "out").exists()
 
 
-def test_i16_p5_the_api_checks_fine_tuning_before_the_dataset(tmp_path):
+def test_the_api_checks_fine_tuning_before_the_dataset(tmp_path):
     cfg = TrainConfig(
         data=str(tmp_path / "no-such-dataset"),
         out=str(tmp_path / "out"),
@@ -126,3 +126,24 @@ def test_valid_options_pass_validation(tmp_path):
         model="mobilenetv2",
         model_options={"alpha": 0.35, "dropout": 0.0},
     ).validate()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--widths", "8,,16"], "--widths '8,,16' is invalid"),
+        (["--seed", "-1"], "'--seed': -1 is not in the range"),
+        (["--seed", str(2**32)], "'--seed': 4294967296 is not in the range"),
+    ],
+)
+def test_seed_and_widths_typos_are_one_line_errors(tmp_path, shapes_folder, args, message):
+    result = run_cli(
+        "train", "--data", shapes_folder, "--out", tmp_path / "run", "--epochs", "1", "--image-size", "16", *args
+    )
+    assert message in cli_error(result)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_api_refuses_a_seed_numpy_cannot_take_before_reading_data(tmp_path):
+    with pytest.raises(EdgeclsError, match="--seed -1 is out of range"):
+        train(TrainConfig(data=str(tmp_path / "missing"), out=str(tmp_path / "run"), seed=-1))

@@ -10,7 +10,7 @@ from tests.conftest import cli_error, make_home_like, run_cli, snapshot
 
 
 @pytest.mark.slow
-def test_i11_p3_three_random_trials_give_a_run_that_convert_accepts(tmp_path, shapes_folder):
+def test_three_random_trials_give_a_run_that_convert_accepts(tmp_path, shapes_folder):
     from edgecls.converters.formats import parse_formats
     from edgecls.converters.pipeline import ConvertOptions, convert
     from edgecls.core.outputs import bundle_guard
@@ -83,7 +83,7 @@ def test_i11_p3_three_random_trials_give_a_run_that_convert_accepts(tmp_path, sh
     assert [a["name"] for a in manifest["artifacts"]] == ["tflite-fp32"]
 
 
-def test_i11_p3_search_space_follows_the_model_and_the_image_size():
+def test_search_space_follows_the_model_and_the_image_size():
     import keras_tuner as kt
 
     from edgecls.tune import TuneConfig, declare_space, train_config
@@ -122,7 +122,7 @@ def test_i11_p3_search_space_follows_the_model_and_the_image_size():
     assert train_config(pretrained, {**values, "fine_tune_layers": 0}, "trial").fine_tune_epochs == 0
 
 
-def test_i11_p3_best_trial_breaks_ties_by_validation_loss():
+def test_best_trial_breaks_ties_by_validation_loss():
     from edgecls.tune import best_row
 
     rows = [
@@ -137,7 +137,7 @@ def test_i11_p3_best_trial_breaks_ties_by_validation_loss():
 
 
 @pytest.mark.parametrize("case", ["out-file", "out-home", "out-dataset", "no-val", "mobilenet-16px", "weights-simple"])
-def test_i11_p3_tune_refuses_before_any_trial(tmp_path, shapes_folder, case):
+def test_tune_refuses_before_any_trial(tmp_path, shapes_folder, case):
     from edgecls.tune import TuneConfig, tune
 
     out = tmp_path / "out"
@@ -169,7 +169,7 @@ def test_i11_p3_tune_refuses_before_any_trial(tmp_path, shapes_folder, case):
     assert [snapshot(tmp_path), snapshot(shapes_folder)] == before
 
 
-def test_i11_p3_tune_output_may_be_replaced_only_when_it_is_ours(tmp_path):
+def test_tune_output_may_be_replaced_only_when_it_is_ours(tmp_path):
     """A tuned run holds tuning/ beside the run's files: --overwrite replaces it, but not with someone's file in it."""
     from edgecls.runtime.atomic import check_output
     from edgecls.tune import _guard
@@ -187,16 +187,14 @@ def test_i11_p3_tune_output_may_be_replaced_only_when_it_is_ours(tmp_path):
         check_output(out, True, **guard)
 
 
-def test_i11_p3_tune_cli_bad_search_is_one_error_line(tmp_path, shapes_folder):
+def test_tune_cli_bad_search_is_one_error_line(tmp_path, shapes_folder):
     message = cli_error(run_cli("tune", "--data", shapes_folder, "--out", tmp_path / "o", "--search", "grid"))
     assert "'grid'" in message and "random" in message
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow  # two real trainings: about 50 s on a busy 2-core machine
-def test_i11_p3_a_trial_whose_validation_loss_diverged_is_failed_and_never_the_run(
-    tmp_path, shapes_folder, monkeypatch
-):
+def test_a_trial_whose_validation_loss_diverged_is_failed_and_never_the_run(tmp_path, shapes_folder, monkeypatch):
     """Fault injection on real training: the first trial's validation loss is NaN in every epoch (a diverged
     run), so it is a FAILED row with the reason, and the other trial is the run; trials.json stays strict JSON."""
     import math
@@ -225,7 +223,7 @@ def test_i11_p3_a_trial_whose_validation_loss_diverged_is_failed_and_never_the_r
     assert math.isfinite(result.best["score"])
 
 
-def test_i11_p3_a_failure_message_is_the_exception_and_its_first_line():
+def test_a_failure_message_is_the_exception_and_its_first_line():
     """TensorFlow ends an OOM message with "Hint:" lines; keras-tuner's trial message is a whole traceback."""
     from edgecls.tune import _one_line
 
