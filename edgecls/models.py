@@ -1,6 +1,9 @@
 """Model registry: `create_model(name, num_classes, input_shape, **options)`.
 
-Adding an architecture is one decorated builder. Heads: sigmoid (one unit) for two classes by
+Adding an architecture is one decorated builder; what training and tuning need to know about a model
+travels with its entry (as timm's pretrained_cfg does), so nothing else branches on a model's name: its
+default input normalization, the built-in datasets' defaults it takes, the option naming a pretrained
+backbone, and its search space for `edgecls tune`. Heads: sigmoid (one unit) for two classes by
 default, softmax otherwise.
 """
 
@@ -10,17 +13,52 @@ import inspect
 import math
 import numbers
 import os
+from dataclasses import dataclass
 from typing import Callable
 
 from edgecls.runtime.errors import EdgeclsError
 
-_REGISTRY: dict = {}
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What `edgecls tune` searches for a model besides the shared learning rate, dropout, L2 and batch size."""
+
+    declare: Callable  # (hp, image_size, pretrained: bool) -> None: registers its hyperparameters
+    options: Callable  # (values, tune config) -> (model options, fine-tune layers)
+    probe: dict  # the smallest values, to check the fixed options before the search
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build: Callable
+    title: str = ""  # for messages; the name when empty
+    normalize: str = "scale"  # the default input normalization: scale (0..1) | symmetric (-1..1)
+    dataset_options: tuple = ()  # options a built-in dataset's defaults may set (e.g. widths)
+    pretrained_option: str = ""  # the option naming a pretrained backbone file, which fine-tuning needs
+    search: SearchSpace | None = None
+
+
+_REGISTRY: dict = {}  # name -> ModelEntry, in registration order
 _CHECKS: dict = {}
+DEFAULT_MODEL = "simple"
 
 
-def register_model(fn: Callable) -> Callable:
-    _REGISTRY[fn.__name__.removeprefix("build_")] = fn
-    return fn
+def register_model(fn: Callable | None = None, **entry) -> Callable:
+    """`@register_model` or `@register_model(normalize=..., ...)` (the fields of `ModelEntry`) on a builder."""
+
+    def register(fn: Callable) -> Callable:
+        name = fn.__name__.removeprefix("build_")
+        _REGISTRY[name] = ModelEntry(name, fn, **entry)
+        return fn
+
+    return register(fn) if fn is not None else register
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise EdgeclsError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
+    return _REGISTRY[name]
 
 
 def option_check(name: str) -> Callable:
@@ -35,6 +73,39 @@ def option_check(name: str) -> Callable:
 
 def list_models() -> list:
     return sorted(_REGISTRY)
+
+
+def tunable_models() -> list:
+    """The models `edgecls tune` has a search space for, in registration order."""
+    return [name for name, entry in _REGISTRY.items() if entry.search is not None]
+
+
+def pretrained_models() -> list:
+    """The models that can start from a pretrained backbone file."""
+    return [name for name, entry in _REGISTRY.items() if entry.pretrained_option]
+
+
+def default_normalization(name: str) -> str:
+    """The input normalization model `name` expects unless told (scale for an unknown one)."""
+    entry = _REGISTRY.get(name)
+    return entry.normalize if entry else "scale"
+
+
+def dataset_options(name: str, defaults: dict) -> dict:
+    """The options of model `name` that a built-in dataset's `defaults` set."""
+    return {k: tuple(defaults[k]) for k in model_entry(name).dataset_options if k in defaults}
+
+
+def supports_fine_tuning(name: str, options: dict) -> bool:
+    """Whether the model starts with a frozen pretrained backbone that fine-tuning can unfreeze."""
+    entry = _REGISTRY.get(name)
+    return bool(entry and entry.pretrained_option and options.get(entry.pretrained_option))
+
+
+def fine_tuning_hint() -> str:
+    """How to get a frozen pretrained backbone, for messages: `--model mobilenetv2 --weights FILE`."""
+    entry = _REGISTRY[pretrained_models()[0]]
+    return f"--model {entry.name} --{entry.pretrained_option.replace('_', '-')} FILE"
 
 
 def head_activation(num_classes: int, head: str = "auto") -> str:
@@ -53,10 +124,8 @@ def check_options(name: str, input_shape: tuple | None, **options) -> None:
     Training calls it before loading data so that a typo costs nothing; `create_model` calls it too.
     With `input_shape` None the checks that need the image size are skipped.
     """
-    if name not in _REGISTRY:
-        raise EdgeclsError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
-    signature = inspect.signature(_REGISTRY[name])
-    known = set(signature.parameters) - {"num_classes", "input_shape", "activation", "unused"}
+    signature = inspect.signature(model_entry(name).build)
+    known = set(signature.parameters) - {"num_classes", "input_shape", "activation"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise EdgeclsError(f"model {name} has no option(s) {', '.join(unknown)}: it takes {', '.join(sorted(known))}")
@@ -72,7 +141,9 @@ def check_options(name: str, input_shape: tuple | None, **options) -> None:
 def create_model(name: str, num_classes: int, input_shape: tuple, head: str = "auto", **options):
     check_options(name, input_shape, **options)
     activation = head_activation(num_classes, head)
-    return _REGISTRY[name](num_classes=num_classes, input_shape=tuple(input_shape), activation=activation, **options)
+    return _REGISTRY[name].build(
+        num_classes=num_classes, input_shape=tuple(input_shape), activation=activation, **options
+    )
 
 
 def _check_fraction(what: str, value, flag: str, high: float) -> None:
@@ -97,7 +168,32 @@ def _classifier_head(x, num_classes: int, activation: str, dropout: float, l2: f
     return layers.Dense(units, activation=activation, kernel_regularizer=reg, name="predictions")(x)
 
 
-@register_model
+# `edgecls tune`'s search spaces. simple: widths double per block from a base width; blocks are capped by the
+# image size. mobilenetv2: alpha from scratch, the fine-tuning depth with pretrained weights (alpha is theirs).
+BASE_WIDTHS = (8, 16, 32)
+MAX_BLOCKS = 4
+ALPHAS = (0.35, 0.5, 0.75, 1.0)
+FINE_TUNE_LAYERS = (0, 20, 40, 80)
+
+
+def max_blocks(image_size: int) -> int:
+    """simple halves the image once per block; keep at least 1 pixel (the model's own check)."""
+    return max(1, min(MAX_BLOCKS, int(math.log2(image_size))))
+
+
+def _declare_simple(hp, image_size: int, pretrained: bool) -> None:
+    hp.Choice("base_width", list(BASE_WIDTHS))
+    hp.Choice("blocks", list(range(min(2, max_blocks(image_size)), max_blocks(image_size) + 1)))
+
+
+def _simple_options(values: dict, cfg) -> tuple:
+    return {"widths": tuple(int(values["base_width"]) * 2**i for i in range(int(values["blocks"])))}, 0
+
+
+@register_model(
+    dataset_options=("widths",),
+    search=SearchSpace(_declare_simple, _simple_options, {"base_width": 8, "blocks": 1}),
+)
 def build_simple(
     num_classes: int,
     input_shape: tuple,
@@ -109,7 +205,6 @@ def build_simple(
     dropout: float = 0.3,
     l2: float = 1e-4,
     batch_norm: bool = True,
-    **unused,
 ):
     """The seeds' Conv2D -> MaxPooling -> ... -> Dense stack.
 
@@ -119,7 +214,6 @@ def build_simple(
     import keras
     from keras import layers
 
-    _check_unused(unused)
     reg = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
@@ -161,7 +255,25 @@ def _check_simple(input_shape: tuple, widths=(), convs_per_block=2, pooling="glo
         )
 
 
-@register_model
+def _declare_mobilenetv2(hp, image_size: int, pretrained: bool) -> None:
+    if pretrained:
+        hp.Choice("fine_tune_layers", list(FINE_TUNE_LAYERS))
+    else:
+        hp.Choice("alpha", list(ALPHAS))
+
+
+def _mobilenetv2_options(values: dict, cfg) -> tuple:
+    if cfg.weights:
+        return {"weights": cfg.weights, "alpha": cfg.alpha}, int(values["fine_tune_layers"])
+    return {"alpha": float(values["alpha"])}, 0
+
+
+@register_model(
+    title="MobileNetV2",
+    normalize="symmetric",  # Keras' MobileNetV2 expects inputs in [-1, 1]
+    pretrained_option="weights",
+    search=SearchSpace(_declare_mobilenetv2, _mobilenetv2_options, {"fine_tune_layers": 0, "alpha": ALPHAS[0]}),
+)
 def build_mobilenetv2(
     num_classes: int,
     input_shape: tuple,
@@ -170,7 +282,6 @@ def build_mobilenetv2(
     weights: str | None = None,
     dropout: float = 0.2,
     l2: float = 0.0,
-    **unused,
 ):
     """keras.applications.MobileNetV2 backbone + GAP + classifier head.
 
@@ -181,7 +292,6 @@ def build_mobilenetv2(
     import keras
     from keras import layers
 
-    _check_unused(unused)
     inputs = keras.Input(shape=input_shape, name="image")
     # input_tensor makes the backbone's layers part of this model (a flat graph), which structured
     # pruning and per-layer freezing need.
@@ -221,11 +331,6 @@ def _check_mobilenetv2(input_shape: tuple, alpha=1.0, weights=None, **_):
         raise EdgeclsError(f"weights file {weights} does not exist: pass a no-top MobileNetV2 weights file (--weights)")
 
 
-def supports_fine_tuning(name: str, options: dict) -> bool:
-    """Whether the model starts with a frozen pretrained backbone that fine-tuning can unfreeze."""
-    return name == "mobilenetv2" and bool(options.get("weights"))
-
-
 HEAD_LAYERS = ("gap", "flatten", "hidden", "head_dropout", "predictions")
 
 
@@ -234,8 +339,3 @@ def backbone_layers(model) -> list:
     import keras
 
     return [l for l in model.layers if l.name not in HEAD_LAYERS and not isinstance(l, keras.layers.InputLayer)]
-
-
-def _check_unused(unused: dict) -> None:
-    if unused:
-        raise EdgeclsError(f"unknown model option(s) {', '.join(sorted(unused))}")

@@ -31,7 +31,17 @@ from edgecls.core.progress import progress
 from edgecls.core.splits import CONTENT_RANK, write_split_record
 from edgecls.distributed import MultiWorkerTrainer, is_chief, local_copy, output_dir
 from edgecls.evaluate import evaluate_split, write_evaluation
-from edgecls.models import check_options, create_model, head_activation, list_models, supports_fine_tuning
+from edgecls.models import (
+    DEFAULT_MODEL,
+    check_options,
+    create_model,
+    dataset_options,
+    default_normalization,
+    fine_tuning_hint,
+    head_activation,
+    list_models,
+    supports_fine_tuning,
+)
 from edgecls.runtime.atomic import check_output, write_json
 from edgecls.runtime.errors import DataError, EdgeclsError, MissingDependencyError
 from edgecls.runtime.preprocess import COLORS, RESIZE_MODES, PreprocessSpec
@@ -53,7 +63,7 @@ class TrainConfig:
 
     data: str
     out: str
-    model: str = "simple"
+    model: str = DEFAULT_MODEL
     model_options: dict = field(default_factory=dict)
     image_size: int | None = None  # None: the dataset's default, else 64
     color: str | None = None  # None: the dataset's default, else rgb
@@ -123,9 +133,7 @@ class TrainConfig:
                 "fine-tuning needs both --fine-tune-layers N and --fine-tune-epochs N (one of them is 0)"
             )
         if self.fine_tune_layers and not supports_fine_tuning(self.model, self.model_options):
-            raise EdgeclsError(
-                "--fine-tune-layers needs a frozen pretrained backbone: use --model mobilenetv2 --weights FILE"
-            )
+            raise EdgeclsError(f"--fine-tune-layers needs a frozen pretrained backbone: use {fine_tuning_hint()}")
         if self.teacher is not None:
             distill.check_settings(self.temperature, self.distill_alpha)
             if self.strategy == "multiworker":
@@ -175,7 +183,7 @@ class TrainResult:
 def preprocess_spec_for(cfg: TrainConfig, defaults: dict) -> PreprocessSpec:
     size = cfg.image_size or defaults.get("image_size", 64)
     color = cfg.color or defaults.get("color", "rgb")
-    normalize = cfg.normalize or ("symmetric" if cfg.model == "mobilenetv2" else "scale")
+    normalize = cfg.normalize or default_normalization(cfg.model)
     if normalize == "scale":
         return PreprocessSpec.scaled(size, size, 1 / 255, 0.0, color=color, resize=cfg.resize or "stretch")
     if normalize == "symmetric":
@@ -239,9 +247,7 @@ def _unfreeze_top(model, n_layers: int) -> int:
 
     backbone = backbone_layers(model)
     if all(l.trainable for l in backbone):
-        raise EdgeclsError(
-            "--fine-tune-layers needs a frozen pretrained backbone: use --model mobilenetv2 --weights FILE"
-        )
+        raise EdgeclsError(f"--fine-tune-layers needs a frozen pretrained backbone: use {fine_tuning_hint()}")
     for i, layer in enumerate(backbone):
         layer.trainable = i >= len(backbone) - n_layers and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(1 for l in backbone if l.trainable)
@@ -322,21 +328,31 @@ def _fit_function(cfg: TrainConfig, strategy, model, splits: dict, activation: s
     return fit
 
 
-def _train_model(
-    cfg: TrainConfig,
-    strategy,
-    chief: bool,
-    splits: dict,
-    spec,
-    augment,
-    epochs: int,
-    model_options: dict,
-    activation: str,
-    labels: list,
-    stage: Path,
-):
+@dataclass
+class _Plan:
+    """What `train` settles before any image is read: the data, the preprocessing and the model's options."""
+
+    root: Path
+    builtin: object  # the built-in dataset, or None
+    guard: dict  # what `--out` may replace
+    teacher: object  # the distillation teacher's run, or None
+    dataset: object  # the scanned folder: labels, split files
+    spec: PreprocessSpec
+    augment: AugmentSpec
+    epochs: int
+    model_options: dict
+    activation: str
+
+    @property
+    def labels(self) -> list:
+        return self.dataset.labels
+
+
+def _train_model(cfg: TrainConfig, plan: _Plan, strategy, chief: bool, splits: dict, stage: Path):
     """Both phases (head, then optional fine-tuning); returns (model, history, the kept epoch)."""
     multiworker = cfg.strategy == "multiworker"
+    spec, augment, epochs, activation, labels = plan.spec, plan.augment, plan.epochs, plan.activation, plan.labels
+    model_options = plan.model_options
     with strategy.scope():
         model = create_model(cfg.model, len(labels), spec.shape, head=cfg.head, **model_options)
         trainer = model  # what fits: the model itself, or the Distiller around it and the teacher
@@ -404,7 +420,35 @@ def train(cfg: TrainConfig) -> TrainResult:
     out = Path(cfg.out)
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise MissingDependencyError("tensorboard", "train", "--tensorboard writes its logs")
+    cfg, plan = _plan(cfg, out)
 
+    import keras
+    import tensorflow as tf
+
+    strategy = _strategy(cfg.strategy)  # MultiWorkerMirroredStrategy must exist before other TF ops run
+    chief = is_chief(strategy)
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()  # --seed means the same run, augmentation order included
+    splits = _open_data(cfg, plan)
+
+    with output_dir(out, chief, overwrite=cfg.overwrite, **plan.guard) as stage:
+        model, history, kept = _train_model(cfg, plan, strategy, chief, splits, stage)
+        metrics = _evaluate(model, splits, plan.labels, cfg.batch_size, started)
+        if chief:  # split.json, counts and the fingerprint list the files really used (the others' are discarded)
+            check_all_decoded(splits)
+
+        model.save(stage / rundir.MODEL_FILE)
+        write_json(stage / rundir.METADATA_FILE, _metadata(cfg, plan, splits, model, kept, strategy))
+        write_split_record(stage, plan.root, plan.labels, splits)
+        write_json(stage / rundir.HISTORY_FILE, history)
+        write_evaluation(stage, metrics, plan.labels)
+        plots.training_curves(history, stage / rundir.CURVES_PNG, title=f"{cfg.model} on {Path(str(cfg.data)).name}")
+    return TrainResult(out, metrics, history, time.perf_counter() - started, chief)
+
+
+def _plan(cfg: TrainConfig, out: Path) -> tuple:
+    """(cfg with the teacher's defaults, the plan): the output, the dataset's files and every option that
+    depends on them are checked here, before any image is decoded."""
     root, builtin = resolve_dataset(cfg.data)
     guard = run_guard(root)
     check_output(out, cfg.overwrite, **guard)  # a refusal costs nothing
@@ -420,8 +464,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     augment = cfg.augment or AugmentSpec(flip=bool(defaults.get("flip", False)))
     epochs = cfg.epochs or defaults.get("epochs", 30)
     model_options = dict(cfg.model_options)
-    if cfg.model == "simple" and "widths" in defaults:
-        model_options.setdefault("widths", tuple(defaults["widths"]))
+    for name, value in dataset_options(cfg.model, defaults).items():  # e.g. the digits' widths for simple
+        model_options.setdefault(name, value)
     activation = head_activation(len(dataset.labels), cfg.head)
     check_options(cfg.model, spec.shape, **model_options)
     if teacher is not None:
@@ -431,73 +475,69 @@ def train(cfg: TrainConfig) -> TrainResult:
         + ", ".join(f"{k} {v}" for k, v in dataset.counts().items())
         + f"); input {spec.shape}"
     )
+    return cfg, _Plan(root, builtin, guard, teacher, dataset, spec, augment, epochs, model_options, activation)
 
-    import keras
-    import tensorflow as tf
 
-    strategy = _strategy(cfg.strategy)  # MultiWorkerMirroredStrategy must exist before other TF ops run
-    chief = is_chief(strategy)
-    keras.utils.set_random_seed(cfg.seed)
-    tf.config.experimental.enable_op_determinism()  # --seed means the same run, augmentation order included
-    splits = open_splits(dataset.splits, spec, cfg.workers, cfg.in_memory_mb)
+def _open_data(cfg: TrainConfig, plan: _Plan) -> dict:
+    """The splits, in memory or streamed; held-out files that never decode are refused now."""
+    splits = open_splits(plan.dataset.splits, plan.spec, cfg.workers, cfg.in_memory_mb)
     if "train" not in splits:
         raise EdgeclsError("the train split is empty: add more images per class")
     _decode_held_out(splits)
-    if teacher is not None and "test" in splits:
-        distill.check_split(teacher, splits["test"].digests)
+    if plan.teacher is not None and "test" in splits:
+        distill.check_split(plan.teacher, splits["test"].digests)
+    return splits
 
-    with output_dir(out, chief, overwrite=cfg.overwrite, **guard) as stage:
-        model, history, kept = _train_model(
-            cfg, strategy, chief, splits, spec, augment, epochs, model_options, activation, dataset.labels, stage
-        )
-        eval_split = splits.get("test") or splits.get("val") or splits["train"]
-        report = evaluate_split(model, eval_split, dataset.labels, cfg.batch_size)
-        metrics = {
-            "test_accuracy": report["accuracy"],
-            "evaluated_on": "test" if "test" in splits else ("val" if "val" in splits else "train"),
-            **report,
-        }
-        if "val" in splits:
-            metrics["val_accuracy"] = evaluate_split(model, splits["val"], dataset.labels, cfg.batch_size)["accuracy"]
-        metrics["train_seconds"] = round(time.perf_counter() - started, 2)
-        if chief:  # split.json, counts and the fingerprint list the files really used (the others' are discarded)
-            check_all_decoded(splits)
 
-        model.save(stage / rundir.MODEL_FILE)
-        metadata = {
-            "format": rundir.RUN_FORMAT,
-            "labels": dataset.labels,
-            "input_shape": list(spec.shape),
-            "preprocess": spec.to_dict(),
-            "head": activation,
-            "model": {"name": cfg.model, "options": model_options, "parameters": int(model.count_params())},
-            "dataset": {
-                "source": cfg.data if builtin else str(Path(root).resolve()),
-                "builtin": builtin.name if builtin else None,
-                "split_source": dataset.split_source,
-                "split_method": CONTENT_RANK,
-                "val_fraction": cfg.val_fraction,
-                "test_fraction": cfg.test_fraction,
-                "counts": {k: len(v.y) for k, v in splits.items()},
-                "skipped": sum(len(v.skipped) for v in splits.values()),
-                "fingerprint": fingerprint(dataset.labels, splits),
-            },
-            "seed": cfg.seed,
-            "augment": augment.to_dict(),
-            "teacher": distill.teacher_record(teacher, cfg.temperature, cfg.distill_alpha) if teacher else None,
-            "train": {k: v for k, v in asdict(cfg).items() if k not in ("augment", "data", "out", "model_options")}
-            | {"epochs": epochs, "kept_epoch": kept, "replicas": int(strategy.num_replicas_in_sync)},
-            "versions": {
-                "edgecls": __version__,
-                "tensorflow": tf.__version__,
-                "keras": keras.__version__,
-                "python": platform.python_version(),
-            },
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_json(stage / rundir.METADATA_FILE, metadata)
-        write_split_record(stage, root, dataset.labels, splits)
-        write_json(stage / rundir.HISTORY_FILE, history)
-        write_evaluation(stage, metrics, dataset.labels)
-        plots.training_curves(history, stage / rundir.CURVES_PNG, title=f"{cfg.model} on {Path(str(cfg.data)).name}")
-    return TrainResult(out, metrics, history, time.perf_counter() - started, chief)
+def _evaluate(model, splits: dict, labels: list, batch_size: int, started: float) -> dict:
+    """metrics.json: on the test split (else val, else train), with val's accuracy too when there is one."""
+    eval_split = splits.get("test") or splits.get("val") or splits["train"]
+    report = evaluate_split(model, eval_split, labels, batch_size)
+    metrics = {
+        "test_accuracy": report["accuracy"],
+        "evaluated_on": "test" if "test" in splits else ("val" if "val" in splits else "train"),
+        **report,
+    }
+    if "val" in splits:
+        metrics["val_accuracy"] = evaluate_split(model, splits["val"], labels, batch_size)["accuracy"]
+    metrics["train_seconds"] = round(time.perf_counter() - started, 2)
+    return metrics
+
+
+def _metadata(cfg: TrainConfig, plan: _Plan, splits: dict, model, kept, strategy) -> dict:
+    """metadata.json: what the run is (labels, input, preprocessing, head, model, dataset) and how it was made."""
+    import keras
+    import tensorflow as tf
+
+    builtin, dataset = plan.builtin, plan.dataset
+    return {
+        "format": rundir.RUN_FORMAT,
+        "labels": dataset.labels,
+        "input_shape": list(plan.spec.shape),
+        "preprocess": plan.spec.to_dict(),
+        "head": plan.activation,
+        "model": {"name": cfg.model, "options": plan.model_options, "parameters": int(model.count_params())},
+        "dataset": {
+            "source": cfg.data if builtin else str(Path(plan.root).resolve()),
+            "builtin": builtin.name if builtin else None,
+            "split_source": dataset.split_source,
+            "split_method": CONTENT_RANK,
+            "val_fraction": cfg.val_fraction,
+            "test_fraction": cfg.test_fraction,
+            "counts": {k: len(v.y) for k, v in splits.items()},
+            "skipped": sum(len(v.skipped) for v in splits.values()),
+            "fingerprint": fingerprint(dataset.labels, splits),
+        },
+        "seed": cfg.seed,
+        "augment": plan.augment.to_dict(),
+        "teacher": distill.teacher_record(plan.teacher, cfg.temperature, cfg.distill_alpha) if plan.teacher else None,
+        "train": {k: v for k, v in asdict(cfg).items() if k not in ("augment", "data", "out", "model_options")}
+        | {"epochs": plan.epochs, "kept_epoch": kept, "replicas": int(strategy.num_replicas_in_sync)},
+        "versions": {
+            "edgecls": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecls.core.progress import progress
+from edgecls.models import DEFAULT_MODEL, model_entry, pretrained_models, tunable_models
 from edgecls.runtime.errors import EdgeclsError
 
 SEARCHES = ("random", "bayesian", "hyperband")
@@ -34,30 +35,26 @@ OBJECTIVES = {"val_accuracy": "max", "val_loss": "min"}
 TUNING_DIR = "tuning"
 TRIALS_JSON, TRIALS_CSV, TRIALS_PNG = "trials.json", "trials.csv", "trials.png"
 
-# The search space. Widths double per block from a base width; blocks are capped by the image size.
+# The search space every model shares; each registered model adds its own (edgecls.models, `search`).
 LEARNING_RATE = (1e-4, 1e-2)
-BASE_WIDTHS = (8, 16, 32)
-MAX_BLOCKS = 4
 DROPOUT = (0.0, 0.5, 0.1)  # min, max, step
 L2 = (0.0, 1e-5, 1e-4, 1e-3)
 BATCH_SIZES = (16, 32, 64)
-ALPHAS = (0.35, 0.5, 0.75, 1.0)  # mobilenetv2 from scratch
-FINE_TUNE_LAYERS = (0, 20, 40, 80)  # mobilenetv2 with --weights (alpha is then the weights file's)
 
 
 @dataclass
 class TuneConfig:
     data: str
     out: str
-    model: str = "simple"
+    model: str = DEFAULT_MODEL
     trials: int = 10
     search: str = "random"
     max_epochs: int = 10
     objective: str = "val_accuracy"
     image_size: int | None = None
     color: str | None = None
-    weights: str | None = None  # mobilenetv2: pretrained backbone, then the fine-tuning depth is searched
-    alpha: float = 1.0  # mobilenetv2 with --weights: the weights file's width
+    weights: str | None = None  # a pretrained backbone (models that take one): the fine-tuning depth is searched
+    alpha: float = 1.0  # with --weights: the width the weights file was made for
     patience: int = 3
     seed: int = 0
     val_fraction: float = 0.1
@@ -75,24 +72,13 @@ class TuneResult:
     seconds: float = 0.0
 
 
-def max_blocks(image_size: int) -> int:
-    """simple halves the image once per block; keep at least 1 pixel (the model's own check)."""
-    return max(1, min(MAX_BLOCKS, int(math.log2(image_size))))
-
-
 def declare_space(hp, cfg: TuneConfig, image_size: int) -> None:
     """Register the search space for `cfg.model` on a keras_tuner.HyperParameters."""
     hp.Float("learning_rate", *LEARNING_RATE, sampling="log")
     hp.Float("dropout", DROPOUT[0], DROPOUT[1], step=DROPOUT[2])
     hp.Choice("l2", list(L2))
     hp.Choice("batch_size", list(BATCH_SIZES))
-    if cfg.model == "simple":
-        hp.Choice("base_width", list(BASE_WIDTHS))
-        hp.Choice("blocks", list(range(min(2, max_blocks(image_size)), max_blocks(image_size) + 1)))
-    elif cfg.weights:
-        hp.Choice("fine_tune_layers", list(FINE_TUNE_LAYERS))
-    else:
-        hp.Choice("alpha", list(ALPHAS))
+    model_entry(cfg.model).search.declare(hp, image_size, bool(cfg.weights))
 
 
 def train_config(cfg: TuneConfig, values: dict, out, epochs: int | None = None):
@@ -102,14 +88,8 @@ def train_config(cfg: TuneConfig, values: dict, out, epochs: int | None = None):
 
     epochs = epochs or cfg.max_epochs
     options = {"dropout": round(float(values["dropout"]), 6), "l2": float(values["l2"])}
-    fine_tune = 0
-    if cfg.model == "simple":
-        options["widths"] = tuple(int(values["base_width"]) * 2**i for i in range(int(values["blocks"])))
-    elif cfg.weights:
-        options.update(weights=cfg.weights, alpha=cfg.alpha)
-        fine_tune = int(values["fine_tune_layers"])
-    else:
-        options["alpha"] = float(values["alpha"])
+    own, fine_tune = model_entry(cfg.model).search.options(values, cfg)
+    options.update(own)
     return TrainConfig(
         data=cfg.data,
         out=str(out),
@@ -134,15 +114,16 @@ def train_config(cfg: TuneConfig, values: dict, out, epochs: int | None = None):
 def _validate(cfg: TuneConfig) -> None:
     if cfg.search not in SEARCHES:
         raise EdgeclsError(f"unknown search {cfg.search!r}: use one of {', '.join(SEARCHES)} (--search)")
-    if cfg.model not in ("simple", "mobilenetv2"):
-        raise EdgeclsError(f"tune has a search space for simple and mobilenetv2, not {cfg.model!r} (--model)")
+    if cfg.model not in tunable_models():
+        raise EdgeclsError(f"tune has a search space for {' and '.join(tunable_models())}, not {cfg.model!r} (--model)")
     if cfg.objective not in OBJECTIVES:
         raise EdgeclsError(f"unknown objective {cfg.objective!r}: use one of {', '.join(OBJECTIVES)} (--objective)")
     for flag, value in (("--trials", cfg.trials), ("--max-epochs", cfg.max_epochs)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise EdgeclsError(f"{flag} {value!r} is out of range: use a whole number of 1 or more")
-    if cfg.weights and cfg.model != "mobilenetv2":
-        raise EdgeclsError("--weights is a pretrained MobileNetV2 backbone: use it with --model mobilenetv2")
+    if cfg.weights and cfg.model not in pretrained_models():
+        entry = model_entry(pretrained_models()[0])
+        raise EdgeclsError(f"--weights is a pretrained {entry.title} backbone: use it with --model {entry.name}")
     if not cfg.val_fraction or cfg.val_fraction <= 0:
         raise EdgeclsError("tuning scores trials on the validation split: use a --val-fraction above 0")
 
@@ -388,40 +369,11 @@ def _finite(value) -> bool:
 
 def tune(cfg: TuneConfig) -> TuneResult:
     """Search, then make the best trial's run directory `cfg.out` (with `tuning/` inside)."""
+    from edgecls.runtime.atomic import staged_dir
+
     started = time.perf_counter()
     _validate(cfg)
-    from edgecls.core.datasets import resolve_dataset
-    from edgecls.models import check_options
-    from edgecls.runtime.atomic import check_output, staged_dir, write_json, write_text
-    from edgecls.train import preprocess_spec_for
-
-    root, builtin = resolve_dataset(cfg.data)
-    guard = _guard(root)
-    check_output(cfg.out, cfg.overwrite, **guard)  # a refusal costs nothing
-    probe = train_config(
-        cfg,
-        {
-            "dropout": 0.0,
-            "l2": 0.0,
-            "batch_size": 1,
-            "learning_rate": 1e-3,
-            "base_width": 8,
-            "blocks": 1,
-            "fine_tune_layers": 0,
-            "alpha": ALPHAS[0],
-        },
-        cfg.out,
-    )
-    probe.validate()  # every fixed option, as `train` would check it
-    spec = preprocess_spec_for(probe, builtin.defaults if builtin else {})
-
-    import keras_tuner as kt
-
-    hp = kt.HyperParameters()
-    declare_space(hp, cfg, spec.height if spec.height <= spec.width else spec.width)
-    first = train_config(cfg, dict(hp.values), cfg.out)  # the defaults: first choices, lowest values
-    check_options(cfg.model, spec.shape, **first.model_options)  # e.g. MobileNetV2 below 32 px: refused now
-
+    guard, hp = _prepare(cfg)
     records: dict = {}
     with staged_dir(cfg.out, cfg.overwrite, **guard) as stage:
         tuning = stage / TUNING_DIR
@@ -446,32 +398,63 @@ def tune(cfg: TuneConfig) -> TuneResult:
         for entry in os.listdir(best_run):  # the winner, as it was scored, becomes the run directory
             os.replace(best_run / entry, stage / entry)
         shutil.rmtree(runs, ignore_errors=True)
-
-        import json
-
-        from edgecls.core import rundir
-
-        metadata = json.loads((stage / rundir.METADATA_FILE).read_text(encoding="utf-8"))
-        metadata["tuning"] = {
-            "search": cfg.search,
-            "trial": best["trial"],
-            "trials": len(rows),
-            "objective": cfg.objective,
-            "score": best["score"],
-            "hyperparameters": best["hyperparameters"],
-        }
-        write_json(stage / rundir.METADATA_FILE, metadata)
-        write_json(
-            tuning / TRIALS_JSON,
-            {
-                "search": cfg.search,
-                "model": cfg.model,
-                "objective": cfg.objective,
-                "direction": OBJECTIVES[cfg.objective],
-                "best": best["trial"],
-                "trials": rows,
-            },
-        )
-        write_text(tuning / TRIALS_CSV, _csv(rows))
-        _plot(rows, cfg.objective, best["trial"], tuning / TRIALS_PNG)
+        _write_tuning(stage, cfg, rows, best)
     return TuneResult(Path(cfg.out), best, rows, time.perf_counter() - started)
+
+
+def _prepare(cfg: TuneConfig) -> tuple:
+    """(what `--out` may replace, the search space): every fixed option is checked, as `train` would, before
+    the search, and the first trial's model options against the image size (MobileNetV2 below 32 px)."""
+    from edgecls.core.datasets import resolve_dataset
+    from edgecls.models import check_options
+    from edgecls.runtime.atomic import check_output
+    from edgecls.train import preprocess_spec_for
+
+    root, builtin = resolve_dataset(cfg.data)
+    guard = _guard(root)
+    check_output(cfg.out, cfg.overwrite, **guard)  # a refusal costs nothing
+    shared = {"dropout": 0.0, "l2": 0.0, "batch_size": 1, "learning_rate": 1e-3}
+    probe = train_config(cfg, {**shared, **model_entry(cfg.model).search.probe}, cfg.out)
+    probe.validate()  # every fixed option, as `train` would check it
+    spec = preprocess_spec_for(probe, builtin.defaults if builtin else {})
+
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    declare_space(hp, cfg, spec.height if spec.height <= spec.width else spec.width)
+    first = train_config(cfg, dict(hp.values), cfg.out)  # the defaults: first choices, lowest values
+    check_options(cfg.model, spec.shape, **first.model_options)  # e.g. MobileNetV2 below 32 px: refused now
+    return guard, hp
+
+
+def _write_tuning(stage: Path, cfg: TuneConfig, rows: list, best: dict) -> None:
+    """The winner's metadata.json says how it was found; tuning/ holds every trial (json, csv, plot)."""
+    import json
+
+    from edgecls.core import rundir
+    from edgecls.runtime.atomic import write_json, write_text
+
+    tuning = stage / TUNING_DIR
+    metadata = json.loads((stage / rundir.METADATA_FILE).read_text(encoding="utf-8"))
+    metadata["tuning"] = {
+        "search": cfg.search,
+        "trial": best["trial"],
+        "trials": len(rows),
+        "objective": cfg.objective,
+        "score": best["score"],
+        "hyperparameters": best["hyperparameters"],
+    }
+    write_json(stage / rundir.METADATA_FILE, metadata)
+    write_json(
+        tuning / TRIALS_JSON,
+        {
+            "search": cfg.search,
+            "model": cfg.model,
+            "objective": cfg.objective,
+            "direction": OBJECTIVES[cfg.objective],
+            "best": best["trial"],
+            "trials": rows,
+        },
+    )
+    write_text(tuning / TRIALS_CSV, _csv(rows))
+    _plot(rows, cfg.objective, best["trial"], tuning / TRIALS_PNG)

@@ -6,6 +6,7 @@ import click
 
 from edgecls.commands._errors import OneLineErrors
 from edgecls.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
+from edgecls.models import DEFAULT_MODEL
 from edgecls.runtime.errors import EdgeclsError
 
 
@@ -30,7 +31,7 @@ def _parse_widths(value: str | None):
 @click.command(cls=OneLineErrors)
 @click.option("--data", required=True, help="Class-per-folder directory, or a built-in dataset: digits, shapes.")
 @click.option("--out", "out", required=True, type=click.Path(), help="Run directory to create.")
-@click.option("--model", default="simple", show_default=True, help=_model_help())
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help=_model_help())
 @click.option("--image-size", type=click.IntRange(8, 1024), help="Square input size (default: per dataset, else 64).")
 @click.option(
     "--color", type=click.Choice(["rgb", "bgr", "gray"]), help="Input colour (default: per dataset, else rgb)."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecls.commands._errors import OneLineErrors
+from edgecls.models import DEFAULT_MODEL, tunable_models
 
 
 @click.command(cls=OneLineErrors)
@@ -17,8 +18,8 @@ from edgecls.commands._errors import OneLineErrors
 )
 @click.option(
     "--model",
-    type=click.Choice(["simple", "mobilenetv2"]),
-    default="simple",
+    type=click.Choice(tunable_models()),
+    default=DEFAULT_MODEL,
     show_default=True,
     help="What is searched: simple, learning rate, widths and depth, dropout, L2, batch size; mobilenetv2, alpha and "
     "fine-tuning depth.",
