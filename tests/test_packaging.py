@@ -1,0 +1,86 @@
+"""The wheel installs one top-level package, `edgecls`, holding the runtime, converters and devices folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+FOLDERS = ("runtime", "converters", "devices")  # in the repository at the top, in the wheel under edgecls/
+
+
+def tracked_files() -> list:
+    """The tree as it would be committed: tracked files still there and new ones not ignored (no build/ leftovers)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout.decode()
+    return sorted({name for name in listed.split("\0") if name and os.path.lexists(REPO / name)})
+
+
+def clean_copy(dest: Path) -> Path:
+    """Copy the tracked tree into `dest`, links kept as links (edgecls/runtime -> ../runtime and the others)."""
+    for name in tracked_files():
+        source, target = REPO / name, dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            os.symlink(os.readlink(source), target)
+        else:
+            shutil.copy2(source, target)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    work = tmp_path_factory.mktemp("wheel")
+    source = clean_copy(work / "src")
+    # With build isolation, as a user's `pip wheel .`: the license field needs setuptools>=77 (build-system.requires).
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "out"), "."],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    [path] = (work / "out").glob("edgecls-*.whl")
+    with zipfile.ZipFile(path) as archive:
+        yield archive
+
+
+def test_the_wheel_installs_only_the_edgecls_package(wheel):
+    tops = {name.split("/")[0] for name in wheel.namelist()}
+    [info] = [t for t in tops if t.endswith(".dist-info")]
+    assert tops == {"edgecls", info}, sorted(tops)
+    assert not tops & set(FOLDERS)
+    assert wheel.read(f"{info}/top_level.txt").decode().split() == ["edgecls"]
+
+
+def test_the_wheel_holds_every_module_of_the_three_folders_under_edgecls(wheel):
+    names = set(wheel.namelist())
+    expected = {
+        f"edgecls/{name}" if name.split("/")[0] in FOLDERS else name
+        for name in tracked_files()
+        if name.endswith(".py") and name.split("/")[0] in (*FOLDERS, "edgecls")
+    }
+    assert expected, "no modules found in the tree"
+    assert not expected - names, sorted(expected - names)
+    assert "edgecls/runtime/install/__main__.py" in names and "edgecls/runtime/bench/__main__.py" in names
+
+
+def test_the_wheel_holds_the_data_files_the_code_reads_at_run_time(wheel):
+    names = set(wheel.namelist())
+    data = [name for name in tracked_files() if name.startswith("devices/") and not name.endswith(".py")]
+    assert any(name.startswith("devices/profiles/") and name.endswith(".json") for name in data), data
+    missing = [name for name in data if f"edgecls/{name}" not in names]
+    assert not missing, missing
