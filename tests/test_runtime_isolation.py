@@ -1,4 +1,5 @@
-"""runtime/ is what a device installs: it must never import TensorFlow or Keras."""
+"""runtime/ (edgecls.runtime) is what a device installs: it must never import TensorFlow or Keras, nor edgecls's
+higher layers (lint-imports checks the static imports, tests/test_architecture.py; this imports them for real)."""
 
 import ast
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 FORBIDDEN = ("tensorflow", "keras", "tf_keras")
+ABOVE = ("edgecls.core", "edgecls.converters", "edgecls.devices", "edgecls.commands", "edgecls.cli", "edgecls.train")
 
 
 def _imported_modules(path: Path):
@@ -37,9 +39,10 @@ def test_no_module_under_runtime_names_tensorflow_or_keras():
 
 
 def test_every_runtime_module_imports_with_tensorflow_blocked():
-    """Import all of runtime/ in a fresh interpreter where importing TF or Keras raises."""
+    """Import all of edgecls.runtime in a fresh interpreter where importing TF or Keras raises; no module of a
+    higher layer gets loaded on the way."""
     modules = sorted(
-        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        "edgecls." + ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
         for p in (REPO / "runtime").rglob("*.py")
     )
     code = f"""
@@ -52,6 +55,9 @@ sys.meta_path.insert(0, Block())
 for m in {modules!r}:
     importlib.import_module(m)
 assert not any(k.split('.')[0] in {FORBIDDEN!r} for k in sys.modules)
+above = sorted(k for k in sys.modules if k.startswith({ABOVE!r}))
+assert not above, above
+assert 'runtime' not in sys.modules, 'imported as a top-level package'
 print('ok', len({modules!r}))
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.test_packaging import clean_copy
 
 
 def _size_mib(path) -> float:
@@ -25,8 +25,9 @@ def test_runtime_only_environment_classifies_images_without_tensorflow(tmp_path,
     venv = tmp_path / "device-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     pip = venv / "bin" / "pip"
+    source = clean_copy(tmp_path / "src")  # the tree as committed: no stale build/ folder goes into the wheel
     install = subprocess.run(
-        [str(pip), "install", "--quiet", f"{REPO}[runtime]"], capture_output=True, text=True, timeout=1200
+        [str(pip), "install", "--quiet", f"{source}[runtime]"], capture_output=True, text=True, timeout=1200
     )
     assert install.returncode == 0, install.stderr[-3000:]
     python = venv / "bin" / "python"
@@ -39,6 +40,20 @@ def test_runtime_only_environment_classifies_images_without_tensorflow(tmp_path,
         timeout=60,
     )
     assert probe.stdout.split() == ["None", "None"], probe.stdout + probe.stderr
+    # One top-level package: the device's entry points are edgecls.runtime.*, and no `runtime` is installed.
+    names = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print(u.find_spec('runtime'), u.find_spec('converters'))"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert names.stdout.split() == ["None", "None"], names.stdout + names.stderr
+    for entry in ("edgecls.runtime.install", "edgecls.runtime.bench"):
+        helped = subprocess.run(
+            [str(python), "-m", entry, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+        )
+        assert helped.returncode == 0 and "usage" in helped.stdout.lower(), entry + helped.stderr[-2000:]
 
     out = subprocess.run(
         [str(venv / "bin" / "edgecls"), "predict", str(tiny_bundle), str(shapes_folder / "circle"), "--json"],
