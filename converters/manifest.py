@@ -76,7 +76,7 @@ def _notes(v, result: dict) -> dict:
     note = {"remedy": v.description} if v.failures else {}
     if v.failures:
         note["failed_attempts"] = v.failures
-    if v.fmt.precision == "int8":
+    if v.fmt.artifact.calibrated:
         note["calibration"] = v.description
     note.update(v.built)  # calibration_images, kept_in_float: read off what was built
     if result["per_class_recall_change"]:

@@ -28,6 +28,7 @@ import numpy as np
 
 from edgecls.core.progress import progress
 from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.formats import TFLITE_INT8
 
 EMA_DECAY = 0.99  # of the activation ranges while fine-tuning: about 100 batches of memory
 NUM_BITS = 8
@@ -231,8 +232,8 @@ class _Rewriter:
     def refuse(self, layer, why: str = ""):
         raise EdgeclsError(
             f"quantization-aware training does not support layer {layer.name} ({type(layer).__name__}"
-            f"{', ' + why if why else ''}): it cannot make this model's tflite-int8 (convert --no-qat, or leave "
-            f"tflite-int8 out with --formats)"
+            f"{', ' + why if why else ''}): it cannot make this model's {TFLITE_INT8.name} (convert --no-qat, or "
+            f"leave {TFLITE_INT8.name} out with --formats)"
         )
 
     def weighted(self, layer, x):

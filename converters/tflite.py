@@ -7,6 +7,7 @@ import numpy as np
 
 from edgecls.converters.export import calibration_notes, without_notes
 from edgecls.runtime.atomic import write_bytes
+from edgecls.runtime.formats import FP16, FP32, INT8
 
 
 def float_attempts(context, fmt) -> list:
@@ -22,7 +23,7 @@ def int8_attempts(context, fmt) -> list:
     def post_training(factor=1):
         def build(out):
             data = context.calibration(factor)
-            write_bytes(out, to_tflite(context.model, "int8", data))
+            write_bytes(out, to_tflite(context.model, fmt.precision, data))
             return calibration_notes(data)
 
         return build
@@ -61,10 +62,10 @@ def to_tflite(model, precision: str, representative: np.ndarray | None = None) -
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if precision == "fp16":
+    if precision == FP16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif precision == "int8":
+    elif precision == INT8:
         if representative is None or not len(representative):
             raise ValueError("int8 conversion needs a representative dataset")
 
@@ -77,6 +78,6 @@ def to_tflite(model, precision: str, representative: np.ndarray | None = None) -
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    elif precision != "fp32":
+    elif precision != FP32:
         raise ValueError(f"unknown TFLite precision {precision!r}")
     return converter.convert()

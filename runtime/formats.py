@@ -18,16 +18,24 @@ class Container:
     profile_options: tuple = ()  # (backend keyword, device profile field) pairs that apply to it
 
 
+FP32, FP16, INT8 = "fp32", "fp16", "int8"  # precisions
+
+
 @dataclass(frozen=True)
 class ArtifactFormat:
     name: str
     format: str  # a Container's name
-    precision: str  # fp32 | fp16 | int8
+    precision: str  # FP32 | FP16 | INT8
     suffix: str
 
     @property
     def file(self) -> str:
         return f"model_{self.precision}{self.suffix}"
+
+    @property
+    def calibrated(self) -> bool:
+        """Integer artifacts are calibrated on a representative set (the manifest notes which)."""
+        return self.precision == INT8
 
 
 # A device profile's `backends` orders the TFLite backends; its `providers` are ONNX Runtime's.
@@ -40,8 +48,8 @@ def _artifact(container: Container, precision: str) -> ArtifactFormat:
     return ArtifactFormat(f"{container.name}-{precision}", container.name, precision, container.suffix)
 
 
-TFLITE_FP32, TFLITE_FP16, TFLITE_INT8 = (_artifact(TFLITE, p) for p in ("fp32", "fp16", "int8"))
-ONNX_FP32, ONNX_INT8 = (_artifact(ONNX, p) for p in ("fp32", "int8"))
+TFLITE_FP32, TFLITE_FP16, TFLITE_INT8 = (_artifact(TFLITE, p) for p in (FP32, FP16, INT8))
+ONNX_FP32, ONNX_INT8 = (_artifact(ONNX, p) for p in (FP32, INT8))
 
 # The order `convert` exports them in (and `--formats all`).
 ARTIFACT_FORMATS = {f.name: f for f in (TFLITE_FP32, TFLITE_FP16, TFLITE_INT8, ONNX_FP32, ONNX_INT8)}
