@@ -35,9 +35,9 @@ from edgecls.runtime.redact import redact
 
 log = logging.getLogger("edgecls.runtime")
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mjpeg", ".mjpg")
 LIVE_KINDS = ("camera", "v4l2", "csi", "gstreamer", "network")
 OFFLINE_KINDS = ("image", "folder")  # every image is delivered unless pacing is asked for
+SOURCE_TIMEOUT_S = 5.0  # a read that waits longer for a frame reports a stall
 
 
 class SourceError(EdgeclsError):
@@ -265,7 +265,7 @@ class Source:
         loop: bool = False,
         every_frame: bool | None = None,
         realtime: bool | None = None,
-        timeout_s: float = 5.0,
+        timeout_s: float = SOURCE_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         profile=None,
         fps: float | None = None,

@@ -18,13 +18,12 @@ import os
 import threading
 import time
 
+from edgecls.runtime.daemon.config import DaemonConfig, megabytes
 from edgecls.runtime.daemon.loop import SourceLoop
 from edgecls.runtime.daemon.metrics import Metrics
 from edgecls.runtime.daemon.reload import Reloader
-from edgecls.runtime.daemon.sinks import StdoutSink
-from edgecls.runtime.daemon.supervisor import Backoff, Supervisor, display_name
-from edgecls.runtime.errors import EdgeclsError
-from edgecls.runtime.monitor.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW, NO_REFERENCE, DriftMonitor
+from edgecls.runtime.daemon.supervisor import Supervisor, display_name
+from edgecls.runtime.monitor.drift import NO_REFERENCE, DriftMonitor
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -35,128 +34,73 @@ CAPTURE_DRAIN_S = 30.0  # every source ended: how long the frames still queued f
 class Daemon:
     """Classify several sources with one model; `run()` blocks, `stop()` (or SIGTERM/SIGINT) ends it.
 
-    sources: URIs as `edgecls.runtime.sources` parses them. classifier: an already loaded Classifier
-    (otherwise one is loaded from `bundle` with artifact/profile/threads/top_k). sinks: objects
-    with write(dict) and close() (default: JSON lines on stdout). port: None for no HTTP server,
-    0 for any free port (see `url`). max_frames is per source. source_options go to every Source
-    (loop, every_frame, realtime, fps, timeout_s). drift_window / drift_threshold: the rolling window
-    (frames per source) and the shift of its mean brightness or confidence, in standard deviations of the
-    reference's test images, past which a source is reported in drift.
+    config: a `DaemonConfig` (runtime/daemon/config.py), or the bundle followed by the sources and the
+    configuration's fields as keywords (`DaemonConfig.of`). classifier: an already loaded Classifier
+    (otherwise one is loaded from the bundle). sinks: objects with write(dict) and close() (default: what the
+    configuration names: JSON lines on stdout or in --results, MQTT). capture: a `Capture` (default: the
+    configuration's --capture, if any). backoff: the supervisors' delays between reopen attempts.
 
     /healthz: 503 when a source delivers no frames ("status": "unhealthy"); a source in drift alone
     keeps 200 with "status": "degraded" and "degraded": "drift" on that source, since the model
     still answers. "model": "bundle" is the path of the bundle serving, "refused" the last one a reload refused
     ({"bundle", "error", "at"}, None once one loads); "capture" has --capture's counts and last write error.
-    allowed_hosts: Host names a token-less HTTP server accepts besides IPs and this machine's names (see http.py).
-    wait_for_sources: False makes a live source whose first open fails end the run (see `failures()`).
+    A live source whose first open fails ends the run unless `wait_for_sources` (see `failures()`).
     """
 
-    def __init__(
-        self,
-        bundle,
-        sources,
-        *,
-        classifier=None,
-        artifact: str | None = None,
-        profile=None,
-        threads: int | None = None,
-        top_k: int = 3,
-        smooth: int = 1,
-        threshold: float = 0.0,
-        stall_timeout: float = 10.0,
-        backoff: Backoff | None = None,
-        sinks=None,
-        host: str = "127.0.0.1",
-        port: int | None = None,
-        token: str | None = None,
-        allowed_hosts=(),
-        max_frames: int | None = None,
-        duration: float | None = None,
-        source_options: dict | None = None,
-        show: bool = False,
-        allowed_signers=None,
-        capture=None,
-        drift_window: int = DEFAULT_WINDOW,
-        drift_threshold: float = DEFAULT_THRESHOLD,
-        wait_for_sources: bool = True,
-    ):
-        sources = [str(s) for s in sources]
-        if not sources:
-            raise EdgeclsError("no source to run: give at least one --source (or a device profile with a camera)")
-        if smooth < 1:
-            raise EdgeclsError(f"--smooth {smooth}: the smoothing window is a number of frames, at least 1")
-        if not 0.0 <= threshold <= 1.0:
-            raise EdgeclsError(f"--threshold {threshold}: a score threshold lies between 0 and 1")
-        if stall_timeout <= 0:
-            raise EdgeclsError(f"--stall-timeout {stall_timeout}: give a positive number of seconds")
-        options = {"profile": profile, **(source_options or {})}
+    def __init__(self, config, sources=None, *, classifier=None, sinks=None, capture=None, backoff=None, **settings):
+        if not isinstance(config, DaemonConfig):
+            config = DaemonConfig.of(config, () if sources is None else sources, **settings)
+        elif sources is not None or settings:
+            raise TypeError("give a DaemonConfig, or the bundle, sources and settings, not both")
+        self.config = config
+        self.capture = capture if capture is not None else _capture(config.capture)
+        self.sinks = list(sinks) if sinks is not None else _sinks(config, lambda: self.supervisors[0].stats.dropped)
+        options = {"profile": config.profile, **config.source_options}
         self.supervisors = [
             Supervisor(
                 uri,
                 name=name,
-                stall_timeout=stall_timeout,
+                stall_timeout=config.stall_timeout,
                 backoff=backoff,
-                wait_for_source=wait_for_sources,
+                wait_for_source=config.wait_for_sources,
                 **options,
             )
-            for uri, name in zip(sources, _unique_names(sources))
+            for uri, name in zip(config.sources, _unique_names(config.sources))
         ]
-        self._model_options = {"artifact": artifact, "profile": profile, "threads": threads, "top_k": top_k}
-        self.allowed_signers = allowed_signers  # when set, only bundles signed by one of these keys are loaded
+        self._model_options = {
+            "artifact": config.artifact,
+            "profile": config.profile,
+            "threads": config.threads,
+            "top_k": config.top_k,
+        }
+        self.allowed_signers = config.allowed_signers  # when set, only bundles signed by these keys are loaded
         # `current` is resolved once and loaded from there: a switch during start is then a move the reloader
         # sees (it starts from this target), never a model that differs from the one /healthz names.
-        serving = None if bundle is None else os.path.realpath(bundle)
+        serving = None if config.bundle is None else os.path.realpath(config.bundle)
         self.classifier = classifier if classifier is not None else self._load_classifier(serving)
-        self.sinks = list(sinks) if sinks is not None else [StdoutSink()]
-        self.capture = capture  # each sidecar names the model of its result (loop.py), reloads included
-        self.duration = duration
-        self.drift = DriftMonitor(drift_window, drift_threshold)
+        self.duration = config.duration
+        self.drift = DriftMonitor(config.drift_window, config.drift_threshold)
         self.metrics = Metrics()
         self.metrics.track_drift(self.drift)
-        if capture is not None:
-            self.metrics.track_capture(capture)
+        if self.capture is not None:  # each sidecar names the model of its result (loop.py), reloads included
+            self.metrics.track_capture(self.capture)
         self._describe_model()
-        self.loops = []
-        for supervisor in self.supervisors:
-            loop = SourceLoop(
-                supervisor,
-                self.classifier,
-                self._publish,
-                metrics=self.metrics,
-                smooth=smooth,
-                threshold=threshold,
-                top_k=top_k,
-                max_frames=max_frames,
-                capture=capture,
-                drift=self.drift.source(supervisor.name),
-            )
-            self.metrics.track(supervisor.name, supervisor, loop.stats)
-            self.loops.append(loop)
+        self.loops = [self._loop(supervisor) for supervisor in self.supervisors]
         self.window = None
-        if show:
+        if config.show:
             from edgecls.runtime.daemon.window import Window
 
             self.window = Window(_Preview(self.loops))
-        self.server = None
-        if port is not None:
-            from edgecls.runtime.daemon.http import StatusServer
-
-            self.server = StatusServer(
-                health=self.health,
-                latest=self.latest,
-                metrics=self.metrics.exposition,
-                preview=_Preview(self.loops),
-                host=host,
-                port=port,
-                token=token,
-                allowed_hosts=allowed_hosts,
-            )
-            self.metrics.track_http(self.server)
+        self.server = None if config.http is None else self._server(config.http)
         self.reloader = (
             None
-            if bundle is None
+            if config.bundle is None
             else Reloader(
-                bundle, load=self._load_classifier, swap=self.swap_classifier, metrics=self.metrics, serving=serving
+                config.bundle,
+                load=self._load_classifier,
+                swap=self.swap_classifier,
+                metrics=self.metrics,
+                serving=serving,
             )
         )
         self.notifier = None  # a SystemdNotifier when started under systemd (Type=notify)
@@ -164,6 +108,32 @@ class Daemon:
         self._stopped = False
         self._sink_errors = 0
         self.ended_by: str | None = None  # "stop" (signal, stop(), window), "duration", or "sources" (all done)
+
+    def _loop(self, supervisor) -> SourceLoop:
+        config = self.config
+        loop = SourceLoop(
+            supervisor,
+            self.classifier,
+            self._publish,
+            metrics=self.metrics,
+            smooth=config.smooth,
+            threshold=config.threshold,
+            top_k=config.top_k,
+            max_frames=config.max_frames,
+            capture=self.capture,
+            drift=self.drift.source(supervisor.name) if config.drift else None,
+        )
+        self.metrics.track(supervisor.name, supervisor, loop.stats)
+        return loop
+
+    def _server(self, http):
+        from edgecls.runtime.daemon.http import StatusServer
+
+        server = StatusServer(
+            http, health=self.health, latest=self.latest, metrics=self.metrics.exposition, preview=_Preview(self.loops)
+        )
+        self.metrics.track_http(server)
+        return server
 
     def _load_classifier(self, bundle):
         from edgecls.runtime.bundle import load_bundle
@@ -412,3 +382,29 @@ def _unique_names(uris) -> list:
         seen[name] = seen.get(name, 0) + 1
         names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
     return names
+
+
+def _sinks(config: DaemonConfig, dropped) -> list:
+    """Where results go: the simple mode's lines (`dropped`: its source's count), or JSON lines on stdout or in
+    --results; MQTT besides."""
+    from edgecls.runtime.daemon.sinks import JsonlFileSink, SimpleLines, StdoutSink
+
+    if config.simple:
+        return [SimpleLines(dropped)]
+    sinks = [JsonlFileSink(config.results, max_bytes=megabytes(config.results_max_mb))] if config.results else []
+    sinks = sinks or [StdoutSink()]
+    if config.mqtt is not None:
+        from edgecls.runtime.daemon.mqtt import MqttSink
+
+        m = config.mqtt
+        sinks.append(MqttSink(m.url, qos=m.qos, every=m.every, discovery=m.discovery))
+    return sinks
+
+
+def _capture(capture):
+    """--capture's `Capture`, or None."""
+    if capture is None:
+        return None
+    from edgecls.runtime.daemon.capture import Capture
+
+    return Capture(capture.folder, below=capture.below, sample=capture.every, max_bytes=megabytes(capture.max_mb))

@@ -42,14 +42,12 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import unquote, unquote_plus
 
+from edgecls.runtime.daemon.config import HttpConfig
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.redact import redact as _redact_secrets
 
 log = logging.getLogger("edgecls.daemon")
 
-WORKERS = 16  # threads serving requests, started as needed; the daemon's own threads come on top
-MAX_STREAMS = 8  # preview viewers at once: each holds a worker, the rest stay for scrapers and health checks
-MAX_PENDING = 512  # connections still sending their request (no thread each); more are answered 503
 FREE_FAILURES = 10  # wrong tokens a client may send before it must wait
 MAX_LOCKOUT_S = 60.0
 WARN_EVERY_S = 60.0  # a locked-out client is logged at most this often
@@ -65,33 +63,19 @@ class StatusServer:
     """Serves the daemon's state; each callable is read per request, so answers are always current.
 
     health() -> (healthy: bool, detail: dict); latest() -> dict; metrics() -> (body bytes, content type).
-    idle_timeout: seconds a viewer may stop reading before it is dropped.
-    request_timeout: seconds from the accept a client has to send its whole request (line, headers, body).
-    workers: threads serving requests; max_streams of them may hold preview streams (more viewers get 503).
-    max_pending: connections whose request has not fully arrived (they hold no thread); more get 503 and close.
-      Beyond, the oldest of the client (`client_of`) holding the most is answered 503 to make room.
-    allowed_hosts: Host names accepted besides IP addresses, localhost and this machine's names (token-less only);
-      "*" accepts any.
+    config: an `HttpConfig` (host, port, token, allowed_hosts, timeouts, workers, max_pending, max_streams), or
+    its fields as keywords. workers: threads serving requests; max_streams of them may hold preview streams
+    (more viewers get 503). max_pending: connections whose request has not fully arrived (they hold no
+    thread); beyond, the oldest of the client (`client_of`) holding the most is answered 503 to make room.
     """
 
-    def __init__(
-        self,
-        *,
-        health,
-        latest,
-        metrics,
-        preview=None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        token: str | None = None,
-        idle_timeout: float = 10.0,
-        request_timeout: float | None = None,
-        workers: int = WORKERS,
-        max_pending: int = MAX_PENDING,
-        max_streams: int = MAX_STREAMS,
-        allowed_hosts=(),
-    ):
-        allowed = allowed_host_names(allowed_hosts)
+    def __init__(self, config: HttpConfig | None = None, *, health, latest, metrics, preview=None, **settings):
+        if config is None:
+            config = HttpConfig(**settings)
+        elif settings:
+            raise TypeError("give an HttpConfig or its fields as keywords, not both")
+        host, port, token = config.host, config.port, config.token
+        allowed = allowed_host_names(config.allowed_hosts)
         routes = {"/healthz": self._healthz, "/latest": self._latest, "/metrics": self._metrics}
         if preview is not None:
             routes["/"] = self._page
@@ -105,10 +89,10 @@ class StatusServer:
                 "token": _token_bytes(token),
                 "preview": preview,
                 "stopping": self._stopping,
-                "timeout": idle_timeout,
+                "timeout": config.idle_timeout,
                 "allowed_hosts": None if token else _allowed_hosts(host, allowed),
                 "guesses": self.guesses,
-                "streams": threading.BoundedSemaphore(max(1, min(max_streams, workers - 1))),
+                "streams": threading.BoundedSemaphore(max(1, min(config.max_streams, config.workers - 1))),
             },
         )
         self._health, self._latest_fn, self._metrics_fn = health, latest, metrics
@@ -117,9 +101,9 @@ class StatusServer:
             self._server = _Server(
                 (host, port),
                 handler,
-                workers=workers,
-                max_pending=max_pending,
-                request_timeout=idle_timeout if request_timeout is None else request_timeout,
+                workers=config.workers,
+                max_pending=config.max_pending,
+                request_timeout=config.idle_timeout if config.request_timeout is None else config.request_timeout,
             )
         except OSError as exc:
             raise EdgeclsError(

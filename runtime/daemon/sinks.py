@@ -44,6 +44,39 @@ class StdoutSink:
                 pass
 
 
+class SimpleLines:
+    """The simple mode's line per classified frame (`edgecls run` with one source and no daemon option): frame,
+    name, age_ms, top1, score, topk, latency_ms (the total), dropped (the source's count so far) and model."""
+
+    def __init__(self, dropped, stream=None):
+        self._dropped = dropped  # () -> frames the source dropped so far
+        self._stream = stream or sys.stdout
+        self._lock = threading.Lock()
+
+    def write(self, result: dict) -> None:
+        line = {
+            "frame": result["frame"],
+            **({"name": result["name"]} if "name" in result else {}),
+            "age_ms": result["frame_age_ms"],
+            "top1": result["top1"],
+            "score": result["score"],
+            "topk": result["topk"],
+            "latency_ms": result["latency_ms"]["total"],
+            "dropped": self._dropped(),
+            "model": result["model"],
+        }
+        with self._lock:
+            self._stream.write(json.dumps(line) + "\n")
+            self._stream.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+
+
 class JsonlFileSink:
     """Appends JSON lines to `path`; past `max_bytes`, path -> path.1 -> ... -> path.<backups> (oldest dropped).
 

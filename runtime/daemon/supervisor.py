@@ -16,7 +16,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from edgecls.runtime.daemon.config import STALL_TIMEOUT_S
 from edgecls.runtime.sources import (
+    SOURCE_TIMEOUT_S,
     RetryPolicy,
     Source,
     SourceClosed,
@@ -97,7 +99,7 @@ class Supervisor:
         uri: str,
         *,
         name: str | None = None,
-        stall_timeout: float = 10.0,
+        stall_timeout: float = STALL_TIMEOUT_S,
         backoff: Backoff | None = None,
         max_failures: int | None = None,
         wait_for_source: bool = True,
@@ -112,7 +114,7 @@ class Supervisor:
         self.wait_for_source = wait_for_source
         self.unopened = False  # gave up on a source that never opened (wait_for_source False)
         self._ever_opened = False
-        self.source_options = {"timeout_s": min(5.0, stall_timeout), **source_options}
+        self.source_options = {"timeout_s": min(SOURCE_TIMEOUT_S, stall_timeout), **source_options}
         self.stats = SupervisorStats(state_since=time.monotonic())
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
