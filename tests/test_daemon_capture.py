@@ -1,17 +1,16 @@
-"""Issue 12 point 3 (part): `--capture DIR` keeps the frames the model is unsure of, as JPEG + JSON sidecar, in a
-layout `edgecls train` takes once a person has moved images into class folders."""
+"""runtime/daemon/capture.py: --capture keeps the frames the model is unsure of, laid out for `edgecls train`."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import run_cli
 from tests.daemon_helpers import ListSink, write_test_video
 
 cv2 = pytest.importorskip("cv2")
@@ -20,7 +19,7 @@ from edgecls.runtime.daemon import Daemon  # noqa: E402
 from edgecls.runtime.daemon.capture import INBOX, Capture  # noqa: E402
 
 
-def test_i12_p3_low_score_frames_are_captured_with_sidecars_under_a_size_cap(tiny_bundle, tmp_path):
+def test_low_score_frames_are_captured_with_sidecars_under_a_size_cap(tiny_bundle, tmp_path):
     video = write_test_video(tmp_path / "clip.avi", frames=40)
     capture = Capture(tmp_path / "captures", below=0.0, sample=1, max_bytes=40_000, queue_size=64)  # every frame
     sink = ListSink()
@@ -44,7 +43,7 @@ def test_i12_p3_low_score_frames_are_captured_with_sidecars_under_a_size_cap(tin
     assert kept[-1] == max(by_frame) and kept[0] > 0  # newest kept, oldest gone
 
 
-def test_i12_p3_confident_frames_are_not_captured_and_sampling_adds_some(tiny_bundle, tmp_path):
+def test_confident_frames_are_not_captured_and_sampling_adds_some(tiny_bundle, tmp_path):
     video = write_test_video(tmp_path / "clip.avi", frames=30)
     none = Capture(tmp_path / "none", below=0.0)
     Daemon(tiny_bundle, [video], sinks=[], max_frames=30, capture=none, source_options={"every_frame": True}).run()
@@ -54,30 +53,23 @@ def test_i12_p3_confident_frames_are_not_captured_and_sampling_adds_some(tiny_bu
     assert 3 <= sampled.captured <= 20
 
 
-def test_i12_p3_labelled_captures_make_a_training_folder(tiny_bundle, tmp_path):
+def test_labelled_captures_make_a_training_folder(tiny_bundle, tmp_path):
     """Moving captures into class folders is all it takes: the dataset scanner sees those classes, not the inbox."""
     from edgecls.core.datasets.folder import dataset_classes
 
     video = write_test_video(tmp_path / "clip.avi", frames=20)
     folder = tmp_path / "captures"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgecls.cli",
-            "run",
-            str(tiny_bundle),
-            "--source",
-            str(video),
-            "--capture",
-            str(folder),
-            "--capture-every",
-            "1",
-            "--results",
-            str(tmp_path / "r.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
+    done = run_cli(
+        "run",
+        str(tiny_bundle),
+        "--source",
+        str(video),
+        "--capture",
+        str(folder),
+        "--capture-every",
+        "1",
+        "--results",
+        str(tmp_path / "r.jsonl"),
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -89,7 +81,7 @@ def test_i12_p3_labelled_captures_make_a_training_folder(tiny_bundle, tmp_path):
     assert dataset_classes(folder) == ["circle", "square"]
 
 
-# ------------------------------------------------------------------ issue 12 point 3, must show (with point 2's video)
+# ------------------------------------------------------------------ the darkening video of test_drift_daemon.py
 
 
 def _captured(folder):
@@ -98,9 +90,7 @@ def _captured(folder):
     return sorted(pairs, key=lambda pair: pair[1]["frame"])
 
 
-def test_i12_p3_must_show_the_unsure_frames_of_the_darkening_video_land_with_valid_sidecars(
-    tiny_bundle, tiny_run_dir, tmp_path
-):
+def test_the_unsure_frames_of_the_darkening_video_land_with_valid_sidecars(tiny_bundle, tiny_run_dir, tmp_path):
     """Exactly the frames scoring below --capture-below are kept, each with a sidecar that matches its result."""
     from tests.test_drift_daemon import write_test_split_video
 
@@ -156,7 +146,7 @@ def _moved(images, folder):
     return [Path(p) for p in moved]
 
 
-def test_i12_p3_must_show_edgecls_train_takes_a_training_folder_with_two_labelled_captures(
+def test_edgecls_train_takes_a_training_folder_with_two_labelled_captures(
     tiny_bundle, tiny_run_dir, shapes_folder, tmp_path
 ):
     from tests.conftest import run_cli
@@ -188,7 +178,7 @@ def test_i12_p3_must_show_edgecls_train_takes_a_training_folder_with_two_labelle
 
 
 @pytest.mark.slow  # a real `edgecls train` in a subprocess: TensorFlow's start alone takes ~8 s
-def test_i12_p3_edgecls_train_takes_the_capture_folder_itself_once_images_are_in_class_folders(
+def test_edgecls_train_takes_the_capture_folder_itself_once_images_are_in_class_folders(
     tiny_bundle, tiny_run_dir, tmp_path
 ):
     """`edgecls train --data CAPTUREDIR`: the .unlabelled inbox (images and sidecars) is ignored by the scan."""
@@ -217,7 +207,7 @@ def test_i12_p3_edgecls_train_takes_the_capture_folder_itself_once_images_are_in
     assert meta["labels"] == ["circle", "square"] and sum(meta["dataset"]["counts"].values()) == len(moved)
 
 
-def test_i12_p3_frames_left_unwritten_at_stop_are_counted_as_dropped(tmp_path):
+def test_frames_left_unwritten_at_stop_are_counted_as_dropped(tmp_path):
     """Stopping within the SIGTERM budget may leave queued frames unwritten: they count as dropped, not vanish.
     (Before, `close` gave up silently and captured + dropped fell short of what was offered.)"""
     capture = Capture(tmp_path / "captures", below=1.0, queue_size=64)
@@ -230,7 +220,7 @@ def test_i12_p3_frames_left_unwritten_at_stop_are_counted_as_dropped(tmp_path):
     assert len(list((tmp_path / "captures" / INBOX).rglob("*.jpg"))) == capture.captured
 
 
-# ------------------------------------------------------------------ review of issue 12: capture's loose ends
+# ------------------------------------------------------------------ loose ends: stop, leftovers, names, nan
 
 
 def _result(source, frame, score=0.1):
@@ -244,7 +234,7 @@ def _result(source, frame, score=0.1):
     }
 
 
-def test_i12_p3_temp_files_a_killed_daemon_left_are_removed_at_start_and_the_cap_then_holds(tmp_path):
+def test_temp_files_a_killed_daemon_left_are_removed_at_start_and_the_cap_then_holds(tmp_path):
     """kill -9 between write and rename leaves `.NAME.x.tmp` files: never renamed, never counted against
     --capture-max-mb, never deleted, they filled the disk unseen. A new Capture removes them."""
     folder = tmp_path / "captures" / INBOX / "cam"
@@ -264,7 +254,7 @@ def test_i12_p3_temp_files_a_killed_daemon_left_are_removed_at_start_and_the_cap
     assert capture.captured == 6 and on_disk <= 30_000
 
 
-def test_i12_p3_sources_whose_names_sanitise_alike_keep_separate_folders(tmp_path):
+def test_sources_whose_names_sanitise_alike_keep_separate_folders(tmp_path):
     """`cam/1` and `cam:1` both became `cam_1`: same folder, same TIME-FRAME names, one overwrote the other."""
     capture = Capture(tmp_path / "captures", below=1.0)
     image = np.zeros((8, 8, 3), np.uint8)
@@ -277,7 +267,7 @@ def test_i12_p3_sources_whose_names_sanitise_alike_keep_separate_folders(tmp_pat
     assert (tmp_path / "captures" / INBOX / "cam_1").is_dir()  # a name that is already safe stays as it is
 
 
-def test_i12_p3_a_nan_score_gives_a_strict_json_sidecar(tmp_path):
+def test_a_nan_score_gives_a_strict_json_sidecar(tmp_path):
     """A model that answered NaN: the frame is worth a look (captured), and its sidecar is JSON every parser takes
     (null, not the NaN token Python's json writes by default)."""
     capture = Capture(tmp_path / "captures", below=0.5)

@@ -1,4 +1,4 @@
-"""`edgecls run` in daemon mode (issue 7) as a real subprocess: signals, exit code, token, results file."""
+"""`edgecls run` (edgecls/commands/run.py) as a real subprocess: signals, exit codes, token, results file."""
 
 import json
 import os

@@ -1,10 +1,10 @@
-"""The daemon's HTTP server against real sockets: odd paths, slow and silent clients, Host checks, token guessing,
-the sign-in form, the open-bind warning and non-ASCII tokens."""
+"""runtime/daemon/http.py on real sockets: odd paths, slow, silent and bursty clients, Host checks, tokens."""
 
 from __future__ import annotations
 
 import http.client
 import logging
+import select
 import socket
 import threading
 import time
@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from edgecls.runtime.daemon.http import StatusServer
+from tests.daemon_helpers import http_get as get
 
 TOKEN = "tok-4f1d9a-secret"
 
@@ -540,3 +541,105 @@ def test_a_real_daemon_refuses_an_allowed_host_with_a_port_in_one_line(tiny_bund
         "run", tiny_bundle, "--source", tmp_path, "--port", "0", "--allowed-host", "pi.lan:18089", timeout=60
     )
     assert "--allowed-host 'pi.lan:18089'" in cli_error(done) and "'pi.lan'" in cli_error(done)
+
+
+def _status_server(**options):
+    return StatusServer(
+        health=lambda: (True, {"status": "ok"}),
+        latest=dict,
+        metrics=lambda: (b"edgecls_up 1\n", "text/plain"),
+        **options,
+    ).start()
+
+
+def test_connections_that_never_send_are_dropped_and_block_nobody():
+    server = _status_server(idle_timeout=0.5)
+    host, port = server.url[len("http://") :].split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(20)]
+    try:
+        assert get(server.url + "/healthz")[0] == 200  # served while 20 silent clients hold connections
+        for sock in idle:  # each is closed by the server (EOF), instead of holding a thread forever
+            assert sock.recv(100) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def test_a_burst_of_50_scrapers_is_accepted_at_once_and_all_answered():
+    """With the default listen backlog (5), most of 50 simultaneous connects waited out a 1 s SYN retry."""
+    server = _status_server()
+    host, port = server.url[len("http://") :].split(":")
+    socks = []
+    try:
+        for _ in range(50):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex((host, int(port)))
+            socks.append(sock)
+        pending, deadline = list(socks), time.monotonic() + 0.8  # under the kernel's first SYN retry (1 s)
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], pending, [], max(0.0, deadline - time.monotonic()))
+            pending = [s for s in pending if s not in writable]
+        assert not pending, f"{len(pending)} of 50 connections not accepted within 0.8 s"
+        for sock in socks:
+            sock.setblocking(True)
+            sock.settimeout(10)
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        answers = []
+        for sock in socks:
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+            answers.append(data.split(b"\r\n", 1)[0])
+        assert answers == [b"HTTP/1.0 200 OK"] * 50
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+
+
+def _get_no_redirect(url, headers):
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=headers)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers)
+
+
+def test_the_session_cookie_is_read_beside_another_apps_cookie_on_the_same_host():
+    """Cookies ignore ports: a browser sends the daemon every cookie of 127.0.0.1 / the device's address (Grafana,
+    Jupyter, a router UI...). http.cookies.SimpleCookie drops every cookie after one it dislikes (a JSON value, a
+    space), so the signed-in browser is sent back to the sign-in form for ever."""
+    from edgecls.runtime.daemon.http import COOKIE, session_cookie
+
+    server = _server(token=TOKEN)
+    try:
+        valid = f"{COOKIE}_{server.url.rsplit(':', 1)[1]}={session_cookie(TOKEN.encode())}"
+        assert _get_no_redirect(server.url + "/", {"Cookie": valid})[0] == 200  # alone, the cookie works
+        for other in ('prefs={"theme":"dark"}', "lang=en US"):
+            status, _ = _get_no_redirect(server.url + "/", {"Cookie": f"{other}; {valid}"})
+            assert status == 200, f"with another app's cookie {other!r} first: {status}"
+    finally:
+        server.stop()
+
+
+def test_the_documented_sign_in_link_works_for_a_base64_token():
+    """README: open http://HOST:PORT/?token=... once. Tokens from `openssl rand -base64` hold '+', which parse_qs
+    reads as a space: the link a user pastes answers "That token is not the right one"."""
+    token = "q7+Vd/2kZ9+Xc1=="
+    server = _server(token=token)
+    try:
+        status, headers = _get_no_redirect(server.url + "/?token=" + token, {})
+        assert status == 303 and "Set-Cookie" in headers, status
+    finally:
+        server.stop()

@@ -1,4 +1,4 @@
-"""Issue 12 point 4: the MQTT sink against a real mosquitto broker on 127.0.0.1, checked by a paho-mqtt subscriber."""
+"""runtime/daemon/mqtt.py in a real `edgecls run`, against a real mosquitto broker and a paho subscriber."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 
+from tests.conftest import run_cli
 from tests.daemon_helpers import wait_for, write_test_video
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 
 
-def test_i12_p4_mqtt_availability_label_changes_broker_restart_and_last_will(tiny_bundle, tmp_path):
+def test_mqtt_availability_label_changes_broker_restart_and_last_will(tiny_bundle, tmp_path):
     broker = Broker(tmp_path).start()
     port = broker.port
     subscriber = Subscriber(port, "lab/#")
@@ -77,31 +78,24 @@ def test_i12_p4_mqtt_availability_label_changes_broker_restart_and_last_will(tin
         broker.stop()
 
 
-def test_i12_p4_clean_stop_says_offline_and_a_bad_url_is_one_line(tiny_bundle, tmp_path):
+def test_clean_stop_says_offline_and_a_bad_url_is_one_line(tiny_bundle, tmp_path):
     broker = Broker(tmp_path).start()
     port = broker.port
     subscriber = Subscriber(port, "#")
     try:
         time.sleep(0.5)
         video = write_test_video(tmp_path / "clip.avi", frames=20)
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "edgecls.cli",
-                "--debug",
-                "run",
-                str(tiny_bundle),
-                "--source",
-                str(video),
-                "--mqtt",
-                f"mqtt://user:s3cret-pw@127.0.0.1:{port}",
-                "--mqtt-discovery",
-                "--results",
-                str(tmp_path / "r.jsonl"),
-            ],
-            capture_output=True,
-            text=True,
+        done = run_cli(
+            "--debug",
+            "run",
+            str(tiny_bundle),
+            "--source",
+            str(video),
+            "--mqtt",
+            f"mqtt://user:s3cret-pw@127.0.0.1:{port}",
+            "--mqtt-discovery",
+            "--results",
+            str(tmp_path / "r.jsonl"),
             timeout=120,
         )
         assert done.returncode == 0, done.stderr[-2000:]
@@ -129,21 +123,6 @@ def test_i12_p4_clean_stop_says_offline_and_a_bad_url_is_one_line(tiny_bundle, t
     finally:
         subscriber.stop()
         broker.stop()
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgecls.cli",
-            "run",
-            str(tiny_bundle),
-            "--source",
-            str(video),
-            "--mqtt",
-            "http://user:s3cret-pw@host/x",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = run_cli("run", str(tiny_bundle), "--source", str(video), "--mqtt", "http://user:s3cret-pw@host/x", timeout=60)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: --mqtt")
     assert "s3cret-pw" not in bad.stderr and "Traceback" not in bad.stderr

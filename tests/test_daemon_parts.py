@@ -1,4 +1,4 @@
-"""The daemon's parts on their own (issue 7): the stall watchdog, the results file, names without passwords."""
+"""The daemon's parts on their own (runtime/daemon/supervisor.py, loop.py, sinks.py, display names)."""
 
 import json
 import time
@@ -10,7 +10,7 @@ pytest.importorskip("cv2")
 from edgecls.runtime.daemon.loop import Smoother  # noqa: E402
 from edgecls.runtime.daemon.sinks import JsonlFileSink  # noqa: E402
 from edgecls.runtime.daemon.supervisor import Backoff, Supervisor, display_name  # noqa: E402
-from edgecls.runtime.sources import SourceTimeout  # noqa: E402
+from edgecls.runtime.sources import SourceError, SourceTimeout, parse_source, redact_uri  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 
@@ -94,3 +94,18 @@ def test_display_names_hide_passwords():
     assert display_name("rtsp://admin:hunter2@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
     assert display_name("http://127.0.0.1:8080/stream.mjpg") == "http://127.0.0.1:8080/stream.mjpg"
     assert display_name("/dev/video0") == "/dev/video0"
+
+
+SECRET = "pw-9c41e7-secret"
+
+
+def test_redact_uri_hides_passwords_with_odd_characters_tokens_and_secret_parameters():
+    assert redact_uri("rtsp://admin:hunter2@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
+    assert redact_uri("rtsp://admin:p@ss/w:rd@cam/live") == "rtsp://admin:***@cam/live"  # "@" and "/" in it
+    assert redact_uri("https://TOKEN123@cam/x") == "https://***@cam/x"
+    assert redact_uri("http://cam/snap.cgi?user=a&password=xyz&ch=1") == "http://cam/snap.cgi?user=a&password=***&ch=1"
+    for plain in ("http://127.0.0.1:8080/stream.mjpg", "/dev/video0", "0", "videotestsrc ! appsink"):
+        assert redact_uri(plain) == plain
+    with pytest.raises(SourceError) as error:  # a typo'd scheme is taken for a path: its error hides the password
+        parse_source(f"rtps://admin:{SECRET}@cam/live")
+    assert SECRET not in str(error.value)

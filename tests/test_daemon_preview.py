@@ -1,4 +1,4 @@
-"""The preview page (issue 7 point 4): annotated MJPEG per source, opened in a real headless Chromium."""
+"""runtime/daemon/preview.py: annotated MJPEG per source, opened in a real headless Chromium."""
 
 import re
 import subprocess
@@ -55,7 +55,7 @@ def read_parts(url, count, timeout=10):
     return parts
 
 
-def test_i7_p4_preview_streams_are_flowing_annotated_frames(daemon):
+def test_preview_streams_are_flowing_annotated_frames(daemon):
     page = urllib.request.urlopen(daemon.url + "/", timeout=5).read().decode()
     assert page.count('<img src="/stream/') == 2
     assert re.findall(r'(?:src|href)="(?!/)', page) == [] and "@import" not in page  # no external assets
@@ -69,7 +69,7 @@ def test_i7_p4_preview_streams_are_flowing_annotated_frames(daemon):
         assert (band[..., 1] > 150).sum() > 20 and band[..., 0].mean() < 60  # green text on the black band
 
 
-def test_i7_p4_preview_page_renders_in_headless_chromium(daemon):
+def test_preview_page_renders_in_headless_chromium(daemon):
     chromium = require_tool("chromium", "chromium-browser", package="chromium")
     with tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "preview.png"

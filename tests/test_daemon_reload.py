@@ -1,4 +1,4 @@
-"""Hot model reload (issue 7 point 6): a moved bundle symlink or SIGHUP swaps the model, with no HTTP downtime."""
+"""runtime/daemon/reload.py: a moved bundle symlink or SIGHUP swaps the model, with no HTTP downtime."""
 
 import json
 import os
@@ -72,7 +72,7 @@ def video(tmp_path_factory):
     return write_test_video(tmp_path_factory.mktemp("daemon-reload") / "clip.avi")
 
 
-def test_i7_p6_symlink_move_and_sighup_swap_the_model_and_a_broken_bundle_is_refused(tiny_bundle, video, tmp_path):
+def test_symlink_move_and_sighup_swap_the_model_and_a_broken_bundle_is_refused(tiny_bundle, video, tmp_path):
     first, old_labels = relabelled(tiny_bundle, tmp_path / "release-1", "")
     second, new_labels = relabelled(tiny_bundle, tmp_path / "release-2", "new_")
     third, third_labels = relabelled(tiny_bundle, tmp_path / "release-3", "third_")

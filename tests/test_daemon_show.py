@@ -1,5 +1,4 @@
-"""`edgecls run --show` for real: OpenCV with a GUI (the opencv-python wheel, in a venv beside the headless one
-devices install) drawing into a real X server (Xvfb), and the window's pixels read back with xwd."""
+"""runtime/daemon/window.py (`edgecls run --show`): a GUI OpenCV drawing into a real X server (Xvfb)."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import require_tool
+from tests.conftest import REPO, require_tool
 from tests.daemon_helpers import write_test_video
 
 pytestmark = pytest.mark.slow
@@ -69,7 +68,7 @@ def read_xwd(data: bytes) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., :3] if byte_order == 0 else pixels[..., 1:][..., ::-1])
 
 
-def test_i7_p5_show_draws_annotated_frames_in_a_window_and_stops_cleanly(tiny_bundle, tmp_path, gui_python):
+def test_show_draws_annotated_frames_in_a_window_and_stops_cleanly(tiny_bundle, tmp_path, gui_python):
     xvfb = require_tool("Xvfb", package="xvfb")
     xwd = require_tool("xwd", package="x11-apps")
     video = write_test_video(tmp_path / "clip.avi")
@@ -128,3 +127,35 @@ def test_i7_p5_show_draws_annotated_frames_in_a_window_and_stops_cleanly(tiny_bu
     assert green.sum() > 50, "no annotation text in the window"
     assert white.sum() > 2000, "no frame content (the white shape) in the window"
     assert json.loads(results.read_text().splitlines()[0])["source"] == str(video)
+
+
+@pytest.mark.slow
+def test_show_with_an_unreachable_display_is_a_one_line_error_not_an_abort(tiny_bundle, tmp_path, gui_python):  # noqa: F811
+    """window.py says both a headless OpenCV and an unreachable display are "checked up front"; only the DISPLAY
+    variable is. A DISPLAY nobody serves (an ended `ssh -X`, a stale session) makes Qt abort the process at the
+    first imshow: exit 134, and its reason swallowed by the native-log pipe."""
+    video = write_test_video(tmp_path / "clip.avi")
+    number = next(n for n in range(400, 500) if not Path(f"/tmp/.X11-unix/X{n}").exists())
+    env = {**os.environ, "DISPLAY": f":{number}", "QT_QPA_PLATFORM": "xcb"}
+    done = subprocess.run(
+        [
+            gui_python,
+            "-m",
+            "edgecls.cli",
+            "run",
+            str(tiny_bundle),
+            "--source",
+            str(video),
+            "--show",
+            "--max-frames",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+    assert done.returncode == 1, f"exit {done.returncode}: {done.stderr[-1500:]}"
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --show") and "display" in last.lower(), done.stderr[-1500:]

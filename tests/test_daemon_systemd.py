@@ -1,4 +1,4 @@
-"""The daemon under systemd (issue 7 point 8): the unit, sd_notify on a real socket, --config and EDGECLS_RUN_*."""
+"""runtime/daemon/notify.py and `edgecls service unit`: the unit, sd_notify on a real socket, --config."""
 
 import json
 import shutil
@@ -63,7 +63,7 @@ def video(tmp_path_factory):
     return write_test_video(tmp_path_factory.mktemp("daemon-systemd") / "clip.avi", pattern="ramp")
 
 
-def test_i7_p8_generated_unit_passes_systemd_analyze_verify(tmp_path):
+def test_generated_unit_passes_systemd_analyze_verify(tmp_path):
     analyze = require_tool("systemd-analyze", package="systemd")
     executable = shutil.which("edgecls") or sys.executable
     done = run_cli("service", "unit", "--exec", executable, "--config", "/etc/edgecls/run.toml", "--watchdog-sec", "20")
@@ -91,12 +91,12 @@ def test_i7_p8_generated_unit_passes_systemd_analyze_verify(tmp_path):
     assert verify.returncode == 0 and complaints == [], verify.stdout + verify.stderr
 
 
-def test_i7_p8_unit_refuses_root_and_relative_paths():
+def test_unit_refuses_root_and_relative_paths():
     assert "not root" in cli_error(run_cli("service", "unit", "--user", "root"))
     assert "absolute path" in cli_error(run_cli("service", "unit", "--config", "run.toml"))
 
 
-def test_i7_p8_notify_reaches_an_abstract_socket_and_reads_the_watchdog_interval(monkeypatch):
+def test_notify_reaches_an_abstract_socket_and_reads_the_watchdog_interval(monkeypatch):
     receiver = NotifySocket(abstract=True)
     try:
         assert notify("STATUS=hello", receiver.address)
@@ -109,7 +109,7 @@ def test_i7_p8_notify_reaches_an_abstract_socket_and_reads_the_watchdog_interval
     assert watchdog_interval({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}) is None  # meant for another process
 
 
-def test_i7_p8_ready_then_watchdog_only_while_frames_flow(tiny_bundle, monkeypatch):
+def test_ready_then_watchdog_only_while_frames_flow(tiny_bundle, monkeypatch):
     receiver = NotifySocket()
     monkeypatch.setenv("NOTIFY_SOCKET", receiver.address)
     monkeypatch.setenv("WATCHDOG_USEC", "600000")  # a ping every 0.3 s while frames flow
@@ -145,7 +145,7 @@ def test_i7_p8_ready_then_watchdog_only_while_frames_flow(tiny_bundle, monkeypat
     assert "sources running" in receiver.messages[0][1]["STATUS"]
 
 
-def test_i7_p8_options_come_from_a_toml_config_and_env_overrides_it(tiny_bundle, video, tmp_path):
+def test_options_come_from_a_toml_config_and_env_overrides_it(tiny_bundle, video, tmp_path):
     results = tmp_path / "results.jsonl"
     config = tmp_path / "run.toml"
     config.write_text(

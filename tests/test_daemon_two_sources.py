@@ -1,14 +1,15 @@
-"""The daemon (issue 7) in one process: a generated video and a real MJPEG stream at once, read over real HTTP."""
+"""runtime/daemon/daemon.py in one process: a video and a real MJPEG stream at once, over real HTTP."""
 
 import json
 import logging
 import subprocess
 import time
+import urllib.request
 
 import numpy as np
 import pytest
 
-from tests.conftest import require_tool
+from tests.conftest import require_tool, write_image
 
 cv2 = pytest.importorskip("cv2")
 
@@ -187,3 +188,53 @@ def test_smoothing_and_threshold_match_the_model_frame_by_frame(tiny_bundle, vid
         assert result["score"] == pytest.approx(float(expected[best]), abs=1e-5)
         assert result["top1"] == (classifier.labels[best] if expected[best] >= threshold else "unknown")
     assert 0 < sum(r["top1"] == "unknown" for r in sink.results) < 20
+
+
+SECRET = "pw-9c41e7-secret"
+
+
+def test_a_password_in_a_source_uri_reaches_no_log_healthz_metrics_or_latest(tiny_bundle, caplog):
+    """The dead camera's reason ("cannot open source URI") used to carry the raw URI into /healthz and the log."""
+    server = MjpegServer(fps=25).start()
+    live = server.url.replace("http://", f"http://admin:{SECRET}@")  # the test server ignores credentials
+    dead = f"http://admin:{SECRET}@127.0.0.1:9/stream.mjpg"  # port 9: connection refused
+    caplog.set_level(logging.DEBUG)
+    daemon = Daemon(
+        tiny_bundle, [live, dead], port=0, sinks=[ListSink()], stall_timeout=1.0, backoff=Backoff(0.1, 0.3)
+    ).start()
+    try:
+        dead_name = daemon.supervisors[1].name
+        wait_for(lambda: "cannot open" in daemon.supervisors[1].stats.reason, 30, "the dead source's reason")
+        wait_for(lambda: daemon.loops[0].stats.latest, 30, "a result from the live source")
+        bodies = [get(daemon.url + path)[1].decode() for path in ("/healthz", "/metrics", "/latest", "/")]
+    finally:
+        daemon.stop()
+        server.kill()
+    assert "cannot open" in json.loads(bodies[0])["sources"][dead_name]["reason"]
+    assert [b for b in bodies if SECRET in b] == []
+    assert [r.getMessage() for r in caplog.records if SECRET in r.getMessage()] == []
+    assert "admin:***@" in bodies[2]  # the sources are still named, only the password is gone
+
+
+def test_sources_that_change_frame_size_keep_being_classified(tiny_bundle, tmp_path):
+    """A camera reconfigured mid-stream (64x48, then 160x120 on the same connection) and a folder of mixed sizes."""
+    for i, (h, w) in enumerate([(32, 32), (240, 320), (17, 91), (480, 64)]):
+        write_image(tmp_path / "stills" / f"{i}.png", np.full((h, w, 3), 50 * i, np.uint8))
+    server = MjpegServer(fps=25, resize_after=10).start()
+    sink = ListSink()
+    daemon = Daemon(tiny_bundle, [server.url, tmp_path / "stills"], port=0, sinks=[sink]).start()
+    try:
+        wait_for(
+            lambda: [r for r in sink.results if r["source"] == server.url and r["frame"] >= 30],
+            30,
+            "stream results well past the size change",
+        )
+        wait_for(lambda: daemon.supervisors[1].state == "ended", 30, "the folder to end")
+        with urllib.request.urlopen(daemon.url + "/stream/0", timeout=10) as stream:  # annotates any size
+            assert b"image/jpeg" in stream.read(2000)
+    finally:
+        daemon.stop()
+        server.kill()
+    assert [loop.stats.errors for loop in daemon.loops] == [0, 0]
+    assert len([r for r in sink.results if r["source"] == str(tmp_path / "stills")]) == 4
+    assert daemon.supervisors[0].stats.outages == 0

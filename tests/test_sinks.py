@@ -1,5 +1,6 @@
 """Result sinks (runtime/daemon/sinks.py): what is rotated, and what is only written to."""
 
+import json
 import os
 import stat
 import threading
@@ -46,3 +47,16 @@ def test_a_regular_results_file_is_still_rotated_by_size(tmp_path):
     _fill(sink, 20)
     sink.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.1", "r.jsonl.2"]
+
+
+def test_results_keep_flowing_to_the_file_when_rotation_fails(tmp_path, caplog):
+    """A rotation that cannot rename (here path.1 is a folder) used to close the file and lose every later result."""
+    path = tmp_path / "results.jsonl"
+    (tmp_path / "results.jsonl.1").mkdir()
+    (tmp_path / "results.jsonl.1" / "keep").write_text("x")
+    sink = JsonlFileSink(path, max_bytes=200, backups=1)
+    for i in range(20):
+        sink.write({"frame": i, "pad": "x" * 20})
+    sink.close()
+    assert [json.loads(line)["frame"] for line in path.read_text().splitlines()] == list(range(20))
+    assert len([r for r in caplog.records if "cannot rotate" in r.getMessage()]) == 1  # said once, not per line
