@@ -90,7 +90,7 @@ def test_something_foreign_appearing_during_the_run_is_not_replaced(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "notes.txt").read_text() == "the user's"
 
 
-def test_i15_p12_stale_stages_of_dead_processes_are_removed_live_and_foreign_ones_kept(tmp_path):
+def test_stale_stages_of_dead_processes_are_removed_live_and_foreign_ones_kept(tmp_path):
     host, pid = host_tag(), dead_pid()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -110,7 +110,7 @@ def test_i15_p12_stale_stages_of_dead_processes_are_removed_live_and_foreign_one
         live.wait()
 
 
-def test_i15_p12_a_stale_replacement_puts_the_previous_product_back(tmp_path):
+def test_a_stale_replacement_puts_the_previous_product_back(tmp_path):
     previous = tmp_path / f".run.{dead_pid()}@{host_tag()}.abcd1234.old"
     (previous / "model.keras").parent.mkdir()
     (previous / "model.keras").write_bytes(b"previous")

@@ -1,4 +1,4 @@
-"""Bundles stay inside themselves: .tar loads leak nothing, and no file name leads outside (issue 15 points 9, 15)."""
+"""edgecls.runtime.bundle: bundles stay inside themselves; .tar loads leak nothing and no file name leads outside."""
 
 import io
 import json
@@ -43,7 +43,7 @@ def _tar_of(folder, target, arcname="bundle"):
 # -- point 9: .tar bundles ------------------------------------------------------------------------
 
 
-def test_i15_p9_tar_loads_reuse_one_cache_folder_and_leave_no_temp_dirs(tiny_bundle, cache):
+def test_tar_loads_reuse_one_cache_folder_and_leave_no_temp_dirs(tiny_bundle, cache):
     cache_dir, tmp = cache
     tar = tiny_bundle.with_name("tiny-bundle.tar")
     assert bundle_cache_dir() == cache_dir
@@ -55,7 +55,7 @@ def test_i15_p9_tar_loads_reuse_one_cache_folder_and_leave_no_temp_dirs(tiny_bun
     assert load_bundle(tar).manifest.to_dict() == load_bundle(tiny_bundle).manifest.to_dict()
 
 
-def test_i15_p9_refused_archives_leave_nothing_behind(tiny_bundle, cache, tmp_path):
+def test_refused_archives_leave_nothing_behind(tiny_bundle, cache, tmp_path):
     cache_dir, tmp = cache
     data = tiny_bundle.with_name("tiny-bundle.tar").read_bytes()
     cut = tmp_path / "cut.tar"
@@ -77,7 +77,7 @@ def test_i15_p9_refused_archives_leave_nothing_behind(tiny_bundle, cache, tmp_pa
     assert _listing(cache_dir) == [] and _listing(tmp) == []
 
 
-def test_i15_p9_a_new_archive_clears_stale_interrupted_unpacks(tiny_bundle, cache):
+def test_a_new_archive_clears_stale_interrupted_unpacks(tiny_bundle, cache):
     cache_dir, _ = cache
     stale, fresh = cache_dir / ".0123456789abcdef.x1.partial", cache_dir / ".0123456789abcdef.x2.partial"
     stale.mkdir(parents=True)
@@ -107,7 +107,7 @@ def _set_artifact_file(bundle, name, new_file):
 
 
 @pytest.mark.parametrize("where", ["parent", "absolute", "subfolder", "backslash", "dotdot", "empty"])
-def test_i15_p15_artifact_names_outside_the_bundle_are_refused_on_load(bundle_copy, where):
+def test_artifact_names_outside_the_bundle_are_refused_on_load(bundle_copy, where):
     outside = bundle_copy.parent / "outside.tflite"
     shutil.copy(bundle_copy / "model_int8.tflite", outside)  # same bytes: the sha256 check alone would pass
     (bundle_copy / "sub").mkdir()
@@ -128,7 +128,7 @@ def test_i15_p15_artifact_names_outside_the_bundle_are_refused_on_load(bundle_co
         Classifier(bundle_copy, artifact="tflite-int8")
 
 
-def test_i15_p15_verify_refuses_a_bad_name_in_a_manifest_built_in_code(bundle_copy):
+def test_verify_refuses_a_bad_name_in_a_manifest_built_in_code(bundle_copy):
     bundle = load_bundle(bundle_copy)
     artifact = bundle.artifact("tflite-int8")
     shutil.copy(bundle_copy / artifact.file, bundle_copy.parent / "outside.tflite")
@@ -138,7 +138,7 @@ def test_i15_p15_verify_refuses_a_bad_name_in_a_manifest_built_in_code(bundle_co
     _one_line(exc_info)
 
 
-def test_i15_p15_other_bundle_files_must_be_plain_names_too(bundle_copy):
+def test_other_bundle_files_must_be_plain_names_too(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["files"]["../labels.txt"] = manifest["files"].pop("labels.txt")
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
@@ -147,7 +147,7 @@ def test_i15_p15_other_bundle_files_must_be_plain_names_too(bundle_copy):
     _one_line(exc_info)
 
 
-def test_i15_p15_a_symlink_leaving_the_bundle_is_refused_on_verify(bundle_copy):
+def test_a_symlink_leaving_the_bundle_is_refused_on_verify(bundle_copy):
     outside = bundle_copy.parent / "outside.tflite"
     shutil.move(bundle_copy / "model_int8.tflite", outside)
     (bundle_copy / "model_int8.tflite").symlink_to(outside)
@@ -161,7 +161,7 @@ def test_i15_p15_a_symlink_leaving_the_bundle_is_refused_on_verify(bundle_copy):
     assert Classifier(bundle_copy, artifact="tflite-int8").artifact.name == "tflite-int8"
 
 
-def test_i15_p15_an_archive_whose_manifest_points_outside_is_refused_and_not_cached(bundle_copy, cache, tmp_path):
+def test_an_archive_whose_manifest_points_outside_is_refused_and_not_cached(bundle_copy, cache, tmp_path):
     cache_dir, tmp = cache
     _set_artifact_file(bundle_copy, "tflite-int8", "../outside.tflite")
     tar = _tar_of(bundle_copy, tmp_path / "evil.tar")
@@ -195,9 +195,7 @@ def _evil_tar(path, kind):
 
 @pytest.mark.parametrize("python_has_data_filter", [True, False])
 @pytest.mark.parametrize("kind", ["parent", "nested-parent", "absolute", "symlink", "hardlink"])
-def test_i15_p15_tar_members_escaping_the_bundle_are_refused(
-    cache, tmp_path, monkeypatch, kind, python_has_data_filter
-):
+def test_tar_members_escaping_the_bundle_are_refused(cache, tmp_path, monkeypatch, kind, python_has_data_filter):
     cache_dir, tmp = cache
     if not python_has_data_filter:  # as on Raspberry Pi OS Bookworm's Python 3.11.2
         monkeypatch.delattr(tarfile, "data_filter", raising=False)
@@ -208,3 +206,21 @@ def test_i15_p15_tar_members_escaping_the_bundle_are_refused(
     _one_line(exc_info)
     assert sorted(p.name for p in tmp_path.rglob("*evil*")) == ["evil.tar"]
     assert _listing(cache_dir) == [] and _listing(tmp) == []
+
+
+def test_the_temp_dir_cache_fallback_refuses_a_folder_others_can_write(tmp_path):
+    """Without a home directory the cache lives in the shared temp dir: a planted folder must not be trusted."""
+    import os
+
+    from edgecls.runtime.bundle import BundleError, _private_temp_dir
+
+    mine = _private_temp_dir(tmp_path / "edgecls-mine")
+    assert mine.is_dir() and (mine.stat().st_mode & 0o777) == 0o700
+    planted = tmp_path / "edgecls-planted"
+    planted.mkdir()
+    os.chmod(planted, 0o777)
+    with pytest.raises(BundleError, match="not a private folder"):
+        _private_temp_dir(planted)
+    (tmp_path / "edgecls-link").symlink_to(mine)
+    with pytest.raises(BundleError, match="not a private folder"):
+        _private_temp_dir(tmp_path / "edgecls-link")

@@ -1,4 +1,4 @@
-"""The TensorFlow-free Classifier and `edgecls predict` on a real converted bundle."""
+"""edgecls.runtime.classifier: the TensorFlow-free Classifier, its backends and `edgecls predict` on a real bundle."""
 
 import json
 import logging
@@ -148,3 +148,53 @@ def test_tflite_runtime_preference_falls_back_to_litert_when_absent(tiny_bundle,
     expected = "tflite-runtime" if available_backends()["tflite-runtime"] else "litert"
     assert backend.name == expected
     assert backend.input_spec.dtype == "int8" and backend.input_spec.scale > 0
+
+
+def test_a_device_with_no_backend_is_told_which_package_to_install(tiny_bundle, monkeypatch):
+    import sys
+
+    from edgecls.runtime.bundle import load_bundle
+    from edgecls.runtime.classifier import choose_artifact
+    from edgecls.runtime.errors import MissingDependencyError
+
+    bundle = load_bundle(tiny_bundle)
+    for module in ("ai_edge_litert", "tflite_runtime", "onnxruntime"):  # None in sys.modules: "not installed"
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingDependencyError) as caught:
+        choose_artifact(bundle)
+    assert str(caught.value) == (
+        "ai-edge-litert is not installed (no installed backend runs this bundle's onnx, "
+        "tflite artifacts): install it with `pip install 'edgecls[runtime]'`"
+    )
+
+
+def test_the_profiles_provider_order_reaches_the_onnxruntime_session(tmp_path, caplog):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from edgecls.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    if "AzureExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs a second provider that any CPU build has (AzureExecutionProvider)")
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "relu.onnx")
+    # left to itself onnxruntime would pick CPU only; the profile's list must be what the session uses
+    with caplog.at_level("WARNING", logger="edgecls.runtime"):
+        backend = OnnxRuntimeBackend(
+            tmp_path / "relu.onnx", providers=["AzureExecutionProvider", "CPUExecutionProvider"]
+        )
+    assert backend.providers == ["AzureExecutionProvider", "CPUExecutionProvider"]
+    assert not caplog.records  # every provider asked for was initialised: nothing to warn about
+    if "CUDAExecutionProvider" not in ort.get_available_providers():  # and the warnings do reach caplog
+        with caplog.at_level("WARNING", logger="edgecls.runtime"):
+            OnnxRuntimeBackend(tmp_path / "relu.onnx", providers=["CUDAExecutionProvider"])
+        assert [r.getMessage().split(":")[1].strip() for r in caplog.records] == ["skipping CUDAExecutionProvider"]
+    np.testing.assert_array_equal(backend.run(np.array([[-1, 0, 2]], np.float32)), [[0, 0, 2]])

@@ -1,5 +1,4 @@
-"""Issue 14 point 5: `edgecls --help` and every subcommand's help are complete: each command says what it does,
-each option says what it is for, and `--help` runs (in a fresh process, the way users meet it)."""
+"""edgecls.cli help: each command says what it does, each option what it is for; `--help` runs in a fresh process."""
 
 import click
 import pytest
@@ -18,7 +17,7 @@ def _commands():
             yield [name], command
 
 
-def test_i14_p5_every_command_and_option_has_help():
+def test_every_command_and_option_has_help():
     undocumented = []
     for path, command in _commands():
         if not (command.help or command.short_help):
@@ -30,7 +29,7 @@ def test_i14_p5_every_command_and_option_has_help():
 
 
 @pytest.mark.parametrize("path", [path for path, _ in _commands()], ids=" ".join)
-def test_i14_p5_help_runs_and_lists_every_option(path):
+def test_help_runs_and_lists_every_option(path):
     result = run_cli(*path, "--help", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("Usage: ") and not result.stderr
@@ -42,7 +41,7 @@ def test_i14_p5_help_runs_and_lists_every_option(path):
             assert param.opts[0] in result.stdout, f"{param.opts[0]} missing from `edgecls {' '.join(path)} --help`"
 
 
-def test_i14_p5_top_level_help_lists_every_command():
+def test_top_level_help_lists_every_command():
     result = run_cli("--help", timeout=120)
     assert result.returncode == 0
     for name in cli.commands:

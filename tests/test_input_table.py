@@ -1,5 +1,4 @@
-"""Issue 8 point 6: the per-frame fast path (resize and colour on uint8, one table for normalization and
-quantization) gives bit for bit the tensor the float path gives, so serving keeps training's parity."""
+"""edgecls.runtime.preprocess fast path: uint8 resize and one quantization table give the float path bit for bit."""
 
 from __future__ import annotations
 
@@ -44,7 +43,7 @@ def _apply(image, spec, tensor, order):
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.color}-{s.resize}-{s.interpolation}")
 @pytest.mark.parametrize("tensor", TENSORS, ids=lambda t: f"{t.dtype}-{t.quantize_like}-{t.zero_point}")
 @pytest.mark.parametrize("order", ["rgb", "bgr"])
-def test_i8_p6_table_path_equals_preprocess_then_quantize_bit_for_bit(spec, tensor, order):
+def test_table_path_equals_preprocess_then_quantize_bit_for_bit(spec, tensor, order):
     for seed in range(3):
         image = _frame(seed=seed)
         expected = quantize(preprocess(image, spec, order=order)[None], tensor)[0]
@@ -53,7 +52,7 @@ def test_i8_p6_table_path_equals_preprocess_then_quantize_bit_for_bit(spec, tens
         np.testing.assert_array_equal(got, expected)
 
 
-def test_i8_p6_every_pixel_value_maps_like_the_float_path():
+def test_every_pixel_value_maps_like_the_float_path():
     """All 256 values in every channel, not only those a random image happens to hit."""
     spec = PreprocessSpec(16, 48, mean=(10.0, 128.0, 250.0), std=(3.0, 64.0, 0.5), interpolation="nearest")
     ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
@@ -66,13 +65,13 @@ def test_i8_p6_every_pixel_value_maps_like_the_float_path():
     )
 
 
-def test_i8_p6_shared_table_when_channels_agree_and_none_for_raw_pixels():
+def test_shared_table_when_channels_agree_and_none_for_raw_pixels():
     spec = PreprocessSpec.scaled(8, 8, 1 / 127.5, -1.0)
     assert input_table(spec, TENSORS[0]).shape == (256,)
     assert input_table(PreprocessSpec(8, 8, dtype="uint8"), TENSORS[0]) is None
 
 
-def test_i8_p6_classifier_uses_the_fast_path_with_the_same_scores(tiny_bundle):
+def test_classifier_uses_the_fast_path_with_the_same_scores(tiny_bundle):
     """Every artifact of a real bundle: classify (table path) == the float API on preprocessed input."""
     image = _frame(120, 160, seed=4)
     bundle_names = [a.name for a in Classifier(tiny_bundle).bundle.manifest.artifacts]
@@ -84,7 +83,7 @@ def test_i8_p6_classifier_uses_the_fast_path_with_the_same_scores(tiny_bundle):
         assert clf.classify(image, "bgr").score == pytest.approx(float(slow.max()), abs=1e-6)
 
 
-def test_i8_p6_swapping_channels_after_resizing_is_exact():
+def test_swapping_channels_after_resizing_is_exact():
     """The colour swap moved after the resize: every interpolation treats channels alone."""
     image = _frame(101, 77, seed=7)
     for mode in ("box-linear", "auto", "area", "linear", "cubic", "nearest"):
@@ -105,7 +104,7 @@ def test_i8_p6_swapping_channels_after_resizing_is_exact():
         ((200, 100), (224, 224)),
     ],
 )
-def test_i8_p6_box_linear_averages_whole_boxes_then_resizes_linearly(src, dst):
+def test_box_linear_averages_whole_boxes_then_resizes_linearly(src, dst):
     image = _frame(*src, seed=1)
     got = preprocess(image, PreprocessSpec(*dst, dtype="uint8"))  # box-linear is the default
     h, w = src
@@ -121,7 +120,7 @@ def test_i8_p6_box_linear_averages_whole_boxes_then_resizes_linearly(src, dst):
     assert diff.max() <= 2 and diff.mean() < 0.2
 
 
-def test_i8_p6_box_linear_is_much_faster_than_generic_area_on_a_vga_frame():
+def test_box_linear_is_much_faster_than_generic_area_on_a_vga_frame():
     """Not a timed target: a guard that the fast path is really taken (the generic path is ~7x slower)."""
     image = _frame(480, 640, seed=2)
     specs = {
@@ -141,7 +140,7 @@ def test_i8_p6_box_linear_is_much_faster_than_generic_area_on_a_vga_frame():
     assert cpu(specs["box-linear"]) * 2 < cpu(specs["auto"])
 
 
-def test_i8_p6_old_manifests_without_interpolation_keep_their_meaning():
+def test_old_manifests_without_interpolation_keep_their_meaning():
     legacy = PreprocessSpec.from_dict({"height": 8, "width": 8})
     assert legacy.interpolation == "auto"
     assert PreprocessSpec(8, 8).interpolation == "box-linear"

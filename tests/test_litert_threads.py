@@ -1,4 +1,4 @@
-"""One Classifier shared by two threads gives exactly the single-threaded scores (issue 15 point 3)."""
+"""edgecls.runtime.classifier with LiteRT: one Classifier shared by two threads gives the single-threaded scores."""
 
 import threading
 
@@ -21,7 +21,7 @@ def _images():
 
 
 @pytest.mark.parametrize("artifact", ["tflite-fp32", "tflite-fp16", "tflite-int8", "onnx-fp32", "onnx-int8"])
-def test_i15_p3_one_classifier_from_two_threads_matches_single_threaded(tiny_bundle, artifact):
+def test_one_classifier_from_two_threads_matches_single_threaded(tiny_bundle, artifact):
     classifier = Classifier(tiny_bundle, artifact=artifact)
     k = len(classifier.labels)
     images = _images()

@@ -1,4 +1,4 @@
-"""Native libraries' stderr through our log (runtime/daemon/nativelog.py): what FFmpeg quotes is masked."""
+"""edgecls.runtime.daemon.nativelog: what native libraries write to stderr goes through our log, secrets masked."""
 
 from __future__ import annotations
 

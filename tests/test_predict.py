@@ -1,4 +1,4 @@
-"""`edgecls predict` checks the whole bundle, as flash does, before it classifies anything."""
+"""edgecls.commands.predict: `edgecls predict` checks the whole bundle, as flash does, before it classifies anything."""
 
 import json
 import shutil

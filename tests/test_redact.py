@@ -1,4 +1,4 @@
-"""Secrets in source strings never shown: `edgecls.runtime.redact` on every form, then a real daemon on every surface.
+"""edgecls.runtime.redact: secrets in source strings are never shown, by the function or by a running daemon.
 
 Each form carries its own secret, so a leak names the form. The daemon test runs the forms as real
 sources (an MJPEG server for the URL forms, GStreamer pipelines and a refused RTSP camera for the

@@ -1,4 +1,4 @@
-"""Sources read through OpenCV in a capture thread: video files, folders, and a real MJPEG stream."""
+"""edgecls.runtime.sources: URIs pick the kind; video files, folders and a real MJPEG stream read through OpenCV."""
 
 import time
 
@@ -143,7 +143,7 @@ def test_run_cli_reports_a_source_that_cannot_open(tiny_bundle, tmp_path):
     assert "does not exist" in cli_error(run_cli("run", tiny_bundle, "--source", tmp_path / "missing.mp4"))
 
 
-def test_i15_p10_run_cli_classifies_every_image_of_a_folder_once_in_order(tiny_bundle, tmp_path):
+def test_run_cli_classifies_every_image_of_a_folder_once_in_order(tiny_bundle, tmp_path):
     import json
 
     from tests.conftest import run_cli
@@ -161,14 +161,14 @@ def test_i15_p10_run_cli_classifies_every_image_of_a_folder_once_in_order(tiny_b
     assert summary["frames"] == 120 and summary["dropped"] == 0 and summary["state"] == "ended"
 
 
-def test_i15_p10_run_cli_refuses_fps_where_it_cannot_pace(tiny_bundle, video):
+def test_run_cli_refuses_fps_where_it_cannot_pace(tiny_bundle, video):
     from tests.conftest import cli_error, run_cli
 
     assert "pick one" in cli_error(run_cli("run", tiny_bundle, "--source", video, "--fps", "5", "--every-frame"))
     assert "is live" in cli_error(run_cli("run", tiny_bundle, "--source", "rtsp://127.0.0.1:9/cam", "--fps", "5"))
 
 
-def test_i15_p10_folder_source_delivers_every_image_to_a_slow_reader_by_default(tmp_path):
+def test_folder_source_delivers_every_image_to_a_slow_reader_by_default(tmp_path):
     for i in range(30):
         write_image(tmp_path / f"{i:02d}.png", np.full((8, 8, 3), i, np.uint8))
     names = []
@@ -177,3 +177,14 @@ def test_i15_p10_folder_source_delivers_every_image_to_a_slow_reader_by_default(
             names.append(frame.name.rsplit("/", 1)[-1])
             time.sleep(0.01)  # slower than the capture thread decodes
     assert names == [f"{i:02d}.png" for i in range(30)] and source.stats.dropped == 0
+
+
+def test_csi_without_a_number_is_sensor_zero():
+    from edgecls.runtime.sources import parse_source
+
+    pipeline = "libcamerasrc camera-name={sensor} ! video/x-raw,width={width},height={height},framerate={fps}/1"
+    for uri in ("csi://", "csi://0"):
+        spec = parse_source(uri, csi_pipeline=pipeline, width=640, height=480, fps=15)
+        assert spec.kind == "gstreamer" and spec.uri == uri
+        assert spec.target == "libcamerasrc camera-name=0 ! video/x-raw,width=640,height=480,framerate=15/1"
+    assert parse_source("csi://1", csi_pipeline=pipeline).target.startswith("libcamerasrc camera-name=1 !")

@@ -1,5 +1,4 @@
-"""How a Source stops: a failing capture thread reaches read() (issue 15 p4), close() wakes readers at once (p5),
-and read(timeout=) keeps its word (p14). Real video files, real folders and a real MJPEG server on 127.0.0.1."""
+"""edgecls.runtime.sources: how a Source stops; failures reach read(), close() wakes readers, read(timeout=) holds."""
 
 import logging
 import threading
@@ -52,7 +51,7 @@ class _CountWarnings(logging.Handler):
 # ---------------------------------------------------------------------------------------------- p4
 
 
-def test_i15_p4_loop_reopen_that_fails_puts_the_source_in_failed_with_the_reason(video):
+def test_loop_reopen_that_fails_puts_the_source_in_failed_with_the_reason(video):
     source = Source(video, loop=True, every_frame=True, timeout_s=5)
     video.unlink()  # the open capture keeps reading; the reopen for the second pass cannot
     try:
@@ -72,7 +71,7 @@ def test_i15_p4_loop_reopen_that_fails_puts_the_source_in_failed_with_the_reason
         source.close()
 
 
-def test_i15_p4_folder_of_undecodable_images_fails_clearly_instead_of_spinning(tmp_path):
+def test_folder_of_undecodable_images_fails_clearly_instead_of_spinning(tmp_path):
     for i in range(20):
         (tmp_path / f"{i:02d}.jpg").write_bytes(b"not a jpeg")
     warnings = _CountWarnings()
@@ -97,7 +96,7 @@ def test_i15_p4_folder_of_undecodable_images_fails_clearly_instead_of_spinning(t
 # ---------------------------------------------------------------------------------------------- p5
 
 
-def test_i15_p5_close_wakes_a_blocked_reader_at_once_and_joins_the_thread(video):
+def test_close_wakes_a_blocked_reader_at_once_and_joins_the_thread(video):
     source = Source(video, fps=0.1)  # the second frame is due in 10 s
     source.read(timeout=2)
     reader = _BlockedReader(source, timeout=5)
@@ -115,7 +114,7 @@ def test_i15_p5_close_wakes_a_blocked_reader_at_once_and_joins_the_thread(video)
     assert list(source) == []  # iteration stops on a closed source, as at the end of a file
 
 
-def test_i15_p5_close_wakes_a_reader_of_a_stalled_stream(tmp_path):
+def test_close_wakes_a_reader_of_a_stalled_stream(tmp_path):
     server = MjpegServer(fps=25, stall_after=3).start()  # a hung camera: connected, sends nothing more
     source = Source(server.url, timeout_s=3, retry=RetryPolicy(first_delay=0.2, max_delay=0.5))
     try:
@@ -137,7 +136,7 @@ def test_i15_p5_close_wakes_a_reader_of_a_stalled_stream(tmp_path):
 # ---------------------------------------------------------------------------------------------- p14
 
 
-def test_i15_p14_read_returns_an_available_frame_at_once(video):
+def test_read_returns_an_available_frame_at_once(video):
     with Source(video, fps=0.1) as source:
         deadline = time.monotonic() + 2
         while source.stats.frames < 1 and time.monotonic() < deadline:
@@ -153,7 +152,7 @@ def test_i15_p14_read_returns_an_available_frame_at_once(video):
 
 
 @pytest.mark.parametrize("timeout", [0.05, 0.3, 0.8, None])
-def test_i15_p14_read_times_out_after_the_given_timeout_never_later(video, timeout):
+def test_read_times_out_after_the_given_timeout_never_later(video, timeout):
     with Source(video, fps=0.1, timeout_s=0.4) as source:  # one frame, then none for 10 s
         source.read(timeout=2)
         expected = 0.4 if timeout is None else timeout
@@ -163,3 +162,25 @@ def test_i15_p14_read_times_out_after_the_given_timeout_never_later(video, timeo
         elapsed = time.monotonic() - start
     # Never later; the slack (0.3 s, for a loaded CI) keeps 0.05 s apart from the 0.4 s of a read ignoring `timeout`.
     assert expected - 0.01 <= elapsed < expected + 0.3, elapsed
+
+
+def test_close_waits_at_most_two_seconds_for_a_capture_stuck_in_a_native_read():
+    from edgecls.runtime.sources import Source, SourceTimeout
+    from tests.mjpeg_server import MjpegServer
+
+    server = MjpegServer(fps=25, stall_after=3).start()  # then connected and silent: OpenCV's read blocks
+    source = Source(server.url, timeout_s=10.0)  # the native read would end only after 10 s
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                source.read(timeout=0.5)
+            except SourceTimeout:
+                break  # frames stopped: the capture thread now sits in the blocked read
+        time.sleep(0.3)
+        start = time.monotonic()
+        source.close()
+        took = time.monotonic() - start
+        assert 1.9 <= took < 2.9, took  # the documented default join_timeout, 2 s (3 s would be a bug)
+    finally:
+        server.kill()

@@ -1,4 +1,4 @@
-"""ModelSession.predict's batching and empty input, through a real ONNX Runtime model.
+"""edgecls.runtime.session: ModelSession.predict batching and empty input, through a real ONNX Runtime model.
 
 Written for mutants that survived benchmarks/mutation.py (issue 15 point 14): the other session
 tests never pass an empty batch or more rows than one batch holds.
