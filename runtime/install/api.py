@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from edgecls.runtime.bundle import MANIFEST, RELEASE, Manifest
@@ -167,48 +168,58 @@ def _resolve_interrupted(device: DeviceRoot, slot: str | None, service: str, the
     return done
 
 
-def apply(
-    root,
-    manifest_bytes: bytes,
-    artifacts,
-    *,
-    stream: BinaryIO | None = None,
-    sources: dict | None = None,
-    profile: dict | None = None,
-    budget_ms: float | None = None,
-    service: str = "",
-    health_url: str = "",
-    health_token_file: str = "",
-    smoke: bool = True,
-    lock_timeout: float = 60.0,
-) -> dict:
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How `apply` receives the files it was not sent yet and checks the release after the switch."""
+
+    stream: BinaryIO | None = None  # a tar of the files (SSH: `python3 -m edgecls.runtime.install apply`)
+    sources: dict | None = None  # file name -> a path to copy from (local targets)
+    profile: dict | None = None  # the smoke test's profile (artifacts, threads, ...)
+    budget_ms: float | None = None  # the smoke test's p95 latency budget
+    service: str = ""  # the daemon's systemd unit, restarted after the switch
+    health_url: str = ""  # asked until healthy after the restart
+    health_token_file: str = ""  # the path of the token for health_url (kept in device.json, never the token)
+    smoke: bool = True
+    lock_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """The bundle a flash sends: its manifest, the artifacts asked for, the files they make, and its slot."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    artifacts: list
+    files: dict
+    slot: str
+
+
+def apply(root, manifest_bytes: bytes, artifacts, **options) -> dict:
     """Receive, verify, commit, check, and keep or roll back. Returns the result recorded in state.json.
 
-    Refusals before the switch (corrupted upload, bad signature, foreign root, busy, a full disk) raise
-    InstallError and leave `current` untouched; failures after it roll back and are returned as result
-    "rolled back".
+    `options` are `ApplyOptions`' fields. Refusals before the switch (corrupted upload, bad signature, foreign
+    root, busy, a full disk) raise InstallError and leave `current` untouched; failures after it roll back and
+    are returned as result "rolled back".
     """
+    request = ApplyOptions(**options)
     device = DeviceRoot(root)
     manifest = _manifest(manifest_bytes)
     files = staging.wanted_files(manifest, manifest_bytes, artifacts)
-    slot = staging.slot_name(manifest_bytes, artifacts)
-    if health_url:
+    upload = _Upload(manifest, manifest_bytes, artifacts, files, staging.slot_name(manifest_bytes, artifacts))
+    if request.health_url:
         from edgecls.runtime.install.health import url_problem
 
-        if url_problem(health_url):
-            raise InstallError(url_problem(health_url))
-    if health_token_file:
+        if url_problem(request.health_url):
+            raise InstallError(url_problem(request.health_url))
+    if request.health_token_file:
         from edgecls.runtime.install.smoke import read_token
 
-        read_token(health_token_file)  # unreadable: refuse now, not roll back a good model after the switch
+        read_token(request.health_token_file)  # unreadable: refuse now, not roll back a good model after the switch
     try:
-        with _signals_interrupt(), device.claim(lock_timeout):
-            return _apply_locked(
-                device, slot, manifest, manifest_bytes, artifacts, files, stream, sources, profile, budget_ms,
-                service, health_url, health_token_file, smoke,
-            )  # fmt: skip
+        with _signals_interrupt(), device.claim(request.lock_timeout):
+            return _apply_locked(device, upload, request)
     except OSError as exc:
-        raise InstallError(_disk_failure(device, slot, exc)) from exc
+        raise InstallError(_disk_failure(device, upload.slot, exc)) from exc
 
 
 def _disk_failure(device: DeviceRoot, slot: str, exc: OSError) -> str:
@@ -222,63 +233,36 @@ def _disk_failure(device: DeviceRoot, slot: str, exc: OSError) -> str:
     return f"{os_error_text(exc)}; {where}"
 
 
-def _apply_locked(
-    device, slot, manifest, manifest_bytes, artifacts, files, stream, sources, profile, budget_ms,
-    service, health_url, health_token_file, smoke,
-) -> dict:  # fmt: skip
+def _apply_locked(device: DeviceRoot, upload: _Upload, request: ApplyOptions) -> dict:
     locked_at = time.time()
+    slot, service = upload.slot, request.service
     resolved = _recover(device, slot, service)
-    settings = {"service": service, "health_url": health_url, "health_token_file": health_token_file}
-    if (service or health_url) and device.read_json(device.config_file, {}) != settings:
-        device.write_json(device.config_file, settings)  # the token file's path, never the token
-    # Staged first, so an upload cut off or refused below still leaves the manifest for the re-run.
-    staging.put_manifest(device, slot, manifest_bytes, files)
-    if stream is not None:
-        staging.receive(device, slot, stream, files)
-    if sources:
-        staging.copy_into(device, slot, sources, files)
+    _receive(device, upload, request)
     state = _state(device)
     old = device.link_version(device.current)
-    if _is_installed(device, state, old, slot, smoke):
+    if _is_installed(device, state, old, slot, request.smoke):
         why = "this version is already installed and healthy"
         return {"slot": slot, "result": "unchanged", "reason": f"{resolved['reason']}; {why}" if resolved else why}
-    staging.reuse_from_releases(device, slot, files)  # files the host did not send: same bytes, older release
+    staging.reuse_from_releases(device, slot, upload.files)  # files the host did not send: same bytes, older release
     try:
-        signature = _check_signature(device, slot, files)
+        signature = _check_signature(device, slot, upload.files)
     except SignatureError as exc:
         _record(device, slot=slot, result="refused", reason=str(exc), locked_at=locked_at)
         raise
     info = {
         "slot": slot,
-        "artifacts": sorted(artifacts),
-        "created": manifest.created,
-        "labels": len(manifest.labels),
+        "artifacts": sorted(upload.artifacts),
+        "created": upload.manifest.created,
+        "labels": len(upload.manifest.labels),
         "signature": signature,
         "installed": time.time(),
     }
-    release, repaired = staging.promote(device, slot, files, info)
-    # A re-run after a kill between here and the end finds its own `pending` record: what to roll back to.
-    pending = state.get("pending") if (state.get("pending") or {}).get("slot") == slot else None
-    if old != slot:
-        pending = pending or {"slot": slot, "old": old, "prior": device.link_version(device.previous)}
-    else:  # current already: checked again (not smoke-tested yet, repaired, or a re-run after a kill)
-        pending = pending or {"slot": slot, "old": device.link_version(device.previous), "prior": None}
+    release, repaired = staging.promote(device, slot, upload.files, info)
+    pending = _pending(device, state, slot, old)
     _write_pending(device, pending)
     try:
-        try:
-            # The way back first (links and space), so that the rollback needs nothing a full disk could refuse.
-            commit.prepare_rollback(device, pending["old"], _prior(pending))
-            if old != slot:
-                if pending["old"]:
-                    commit.switch(device, "previous", pending["old"])
-                commit.switch(device, "current", slot)  # the commit
-        except OSError:
-            if device.link_version(device.current) != slot:
-                _abandon(device, pending)
-            raise
-        failure, checks = _after_switch(
-            device, release, profile or {}, budget_ms, service, health_url, health_token_file, smoke
-        )
+        _switch(device, pending, slot, old != slot)
+        failure, checks = _after_switch(device, release, request)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP through _signals_interrupt
         _interrupted(device, slot, pending, old != slot, service, exc, locked_at)
     with _signals_ignored():  # the verdict and its rollback are short: a second signal must not cut them
@@ -301,10 +285,52 @@ def _apply_locked(
             result="installed",
             reason=reason,
             smoke=checks,
-            smoke_tested=smoke,
+            smoke_tested=request.smoke,
             replaced=pending.get("old"),
             locked_at=locked_at,
         )
+
+
+def _receive(device: DeviceRoot, upload: _Upload, request: ApplyOptions) -> None:
+    """Keep the daemon's settings, then stage the manifest and the files sent (streamed or copied)."""
+    settings = {
+        "service": request.service,
+        "health_url": request.health_url,
+        "health_token_file": request.health_token_file,
+    }
+    if (request.service or request.health_url) and device.read_json(device.config_file, {}) != settings:
+        device.write_json(device.config_file, settings)  # the token file's path, never the token
+    # Staged first, so an upload cut off or refused below still leaves the manifest for the re-run.
+    staging.put_manifest(device, upload.slot, upload.manifest_bytes, upload.files)
+    if request.stream is not None:
+        staging.receive(device, upload.slot, request.stream, upload.files)
+    if request.sources:
+        staging.copy_into(device, upload.slot, request.sources, upload.files)
+
+
+def _pending(device: DeviceRoot, state: dict, slot: str, old: str | None) -> dict:
+    """The journal entry of this flash: what to roll back to. A re-run after a kill between the switch and the
+    verdict finds its own entry and keeps it."""
+    pending = state.get("pending") if (state.get("pending") or {}).get("slot") == slot else None
+    if old != slot:
+        return pending or {"slot": slot, "old": old, "prior": device.link_version(device.previous)}
+    # current already: checked again (not smoke-tested yet, repaired, or a re-run after a kill)
+    return pending or {"slot": slot, "old": device.link_version(device.previous), "prior": None}
+
+
+def _switch(device: DeviceRoot, pending: dict, slot: str, switching: bool) -> None:
+    """The way back first (links and space), so that the rollback needs nothing a full disk could refuse; then,
+    unless `slot` is current already, `previous` and `current` (the commit)."""
+    try:
+        commit.prepare_rollback(device, pending["old"], _prior(pending))
+        if switching:
+            if pending["old"]:
+                commit.switch(device, "previous", pending["old"])
+            commit.switch(device, "current", slot)  # the commit
+    except OSError:
+        if device.link_version(device.current) != slot:
+            _abandon(device, pending)
+        raise
 
 
 class Interrupted(KeyboardInterrupt):
@@ -413,23 +439,23 @@ def _finish(device: DeviceRoot, **result) -> dict:
     return done
 
 
-def _after_switch(device, release, profile, budget_ms, service, health_url, token_file, smoke) -> tuple:
+def _after_switch(device, release, request: ApplyOptions) -> tuple:
     """(failure or None, smoke result): anything that goes wrong here is a reason to roll back, not a crash
     that would leave an unchecked version current."""
     from edgecls.runtime.install import smoke as checks
 
     try:
-        if checks.service_installed(service):
-            failure = checks.restart_service(service)
+        if checks.service_installed(request.service):
+            failure = checks.restart_service(request.service)
             if failure:
                 return failure, None
-        if health_url:
-            failure = checks.wait_healthy(health_url, release, token_file=token_file)
+        if request.health_url:
+            failure = checks.wait_healthy(request.health_url, release, token_file=request.health_token_file)
             if failure:
                 return failure, None
-        if not smoke:
+        if not request.smoke:
             return None, None
-        result = checks.smoke_test(release, profile, budget_ms)
+        result = checks.smoke_test(release, request.profile or {}, request.budget_ms)
     except Exception as exc:
         return f"the check after the switch failed: {type(exc).__name__}: {exc}", None
     return (None if result["ok"] else f"smoke test failed: {result['reason']}"), result
