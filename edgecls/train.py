@@ -352,9 +352,8 @@ def _train_model(cfg: TrainConfig, plan: _Plan, strategy, chief: bool, splits: d
     """Both phases (head, then optional fine-tuning); returns (model, history, the kept epoch)."""
     multiworker = cfg.strategy == "multiworker"
     spec, augment, epochs, activation, labels = plan.spec, plan.augment, plan.epochs, plan.activation, plan.labels
-    model_options = plan.model_options
     with strategy.scope():
-        model = create_model(cfg.model, len(labels), spec.shape, head=cfg.head, **model_options)
+        model = create_model(cfg.model, len(labels), spec.shape, head=cfg.head, **plan.model_options)
         trainer = model  # what fits: the model itself, or the Distiller around it and the teacher
         if cfg.teacher:
             _, teacher = distill.load_teacher(cfg.teacher, cfg.out)
