@@ -229,3 +229,30 @@ def test_a_tiny_results_max_mb_rotates_the_results_file_instead_of_never(tiny_bu
     )
     assert done.returncode == 0, done.stderr[-1500:]
     assert (tmp_path / "r.jsonl.1").exists(), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_device_profile_gives_daemon_mode_its_artifact_and_camera(tiny_bundle, video, tmp_path):
+    """No --source and no --artifact: both come from the profile (a user's JSON file)."""
+    import json
+
+    profile = tmp_path / "bench-rig.json"
+    profile.write_text(
+        json.dumps({"name": "bench-rig", "artifacts": ["onnx-int8", "tflite-int8"], "threads": 1, "camera": str(video)})
+    )
+    results = tmp_path / "results.jsonl"
+    done = run_cli(
+        "-v",
+        "run",
+        str(tiny_bundle),
+        "--device",
+        str(profile),
+        "--duration",
+        "2",
+        "--results",
+        str(results),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded onnx-int8" in done.stderr, done.stderr[-2000:]
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert lines and {r["source"] for r in lines} == {str(video)}

@@ -1,11 +1,14 @@
 """runtime/daemon/preview.py: annotated MJPEG per source, opened in a real headless Chromium."""
 
+import http.client
+import logging
 import re
 import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -15,8 +18,9 @@ from tests.conftest import require_tool
 cv2 = pytest.importorskip("cv2")
 
 from edgecls.runtime.daemon import Daemon  # noqa: E402
+from edgecls.runtime.daemon.http import COOKIE  # noqa: E402
 from edgecls.runtime.daemon.preview import BOUNDARY  # noqa: E402
-from tests.daemon_helpers import write_test_video  # noqa: E402
+from tests.daemon_helpers import wait_for, write_test_video  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 
@@ -99,3 +103,83 @@ def test_preview_page_renders_in_headless_chromium(daemon):
     assert green.sum() > 200, "no annotation text in the screenshot"
     assert bright.sum() > 2000, "no frame content (white shapes) in the screenshot"
     print(f"screenshot: {green.sum()} annotation pixels, {bright.sum()} bright pixels")
+
+
+TOKEN = "tok-51c0ffee-preview-not-in-logs"
+
+
+def request(url, path, headers=None, read_bytes=None):
+    """(status, headers, body) from a real HTTP request; read_bytes limits reading an endless stream."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        body = response.read(read_bytes) if read_bytes else response.read()
+        return response.status, dict(response.getheaders()), body
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def guarded(tiny_bundle, video, caplog):
+    caplog.set_level(logging.DEBUG, logger="edgecls")
+    d = Daemon(tiny_bundle, [video], port=0, token=TOKEN, sinks=[], source_options={"loop": True}).start()
+    wait_for(lambda: all(loop.shown for loop in d.loops), 30, "a classified frame")
+    yield d
+    d.stop()
+    records = caplog.get_records("setup") + caplog.get_records("call") + caplog.get_records("teardown")
+    assert any("GET /?token=*** " in r.getMessage() for r in records)  # request lines were logged...
+    assert not [r.getMessage() for r in records if TOKEN in r.getMessage()]  # ...never with the token
+
+
+def test_browser_signs_in_with_the_token_once_and_gets_a_cookie_not_the_token(guarded):
+    status, headers, body = request(guarded.url, "/")
+    assert status == 401 and b'name="token"' in body  # a browser gets a sign-in form, not JSON
+    status, headers, body = request(guarded.url, "/?token=wrong-" + TOKEN)
+    assert status == 401 and b"not the right one" in body and "Set-Cookie" not in headers
+    status, headers, _ = request(guarded.url, "/?token=" + TOKEN)
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"]
+    assert TOKEN not in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    jar = {"Cookie": cookie.split(";", 1)[0]}
+    assert request(guarded.url, "/", jar)[0] == 200
+    assert request(guarded.url, "/latest", jar)[0] == 200
+    status, headers, chunk = request(guarded.url, "/stream/0", jar, read_bytes=2000)
+    assert status == 200 and headers["Content-Type"].startswith("multipart/x-mixed-replace")
+    assert b"\xff\xd8" in chunk  # a JPEG is flowing
+    assert cookie.startswith(f"{COOKIE}_{urlsplit(guarded.url).port}=")  # per port: daemons side by side
+    forged = {"Cookie": f"{COOKIE}_{urlsplit(guarded.url).port}={'0' * 64}"}
+    for path in ("/", "/latest", "/stream/0", "/metrics", "/healthz"):
+        assert request(guarded.url, path, forged, read_bytes=200)[0] == 401, path
+    # the token in the query string of anything but the sign-in page is no way in
+    assert request(guarded.url, "/latest?token=" + TOKEN)[0] == 401
+
+
+def test_preview_behind_a_token_renders_in_headless_chromium(guarded):
+    chromium = require_tool("chromium", "chromium-browser", package="chromium")
+    with tempfile.TemporaryDirectory() as tmp:
+        shot = Path(tmp) / "preview.png"
+        done = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--user-data-dir={tmp}/profile",
+                "--window-size=900,600",
+                "--timeout=8000",
+                f"--screenshot={shot}",
+                f"{guarded.url}/?token={TOKEN}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert shot.exists(), done.stderr[-2000:]
+        image = cv2.imread(str(shot))
+    green = (image[..., 1] > 150) & (image[..., 0] < 100) & (image[..., 2] < 100)
+    bright = image.max(axis=2) > 200
+    assert green.sum() > 200, "no annotated frame: the redirect's cookie did not reach the <img> stream"
+    assert bright.sum() > 2000

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from edgecls.runtime.bundle import sha256_file  # noqa: E402
 from edgecls.runtime.daemon import Daemon  # noqa: E402
+from tests.conftest import require_tool, run_cli  # noqa: E402
 from tests.daemon_helpers import http_get, wait_for, write_test_video  # noqa: E402
 
 
@@ -197,3 +199,58 @@ def test_a_switch_of_current_while_the_daemon_starts_is_served_as_healthz_says(t
 
         daemon.run(on_start=scenario)
         assert seen["labels"] <= releases[final], (start, final, seen["labels"])
+
+
+def test_daemon_told_to_verify_loads_only_signed_bundles(tiny_bundle, video, tmp_path):
+    """`edgecls run --allowed-signers FILE`: an unsigned bundle is refused at start (one line, exit 1); a signed one
+    runs; a hot reload to an unsigned bundle is refused and the signed model keeps serving."""
+    import shutil
+
+    from edgecls.devices.sign import sign_bundle, trusted_line
+
+    require_tool("ssh-keygen", package="openssh-client")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(trusted_line(tmp_path / "key.pub", "release@example.com"))
+    signed, unsigned = tmp_path / "signed", tmp_path / "unsigned"
+    shutil.copytree(tiny_bundle, signed)
+    shutil.copytree(tiny_bundle, unsigned)
+    sign_bundle(signed, tmp_path / "key")
+    args = [
+        "--source",
+        str(video),
+        "--duration",
+        "1",
+        "--allowed-signers",
+        str(signers),
+        "--results",
+        str(tmp_path / "r.jsonl"),
+    ]
+    refused = run_cli("run", str(unsigned), *args, timeout=120)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "is not signed" in refused.stderr and "Traceback" not in refused.stderr
+    accepted = run_cli("run", str(signed), *args, timeout=120)
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    assert (tmp_path / "r.jsonl").read_text().strip()
+
+    link = tmp_path / "current"
+    link.symlink_to(signed)
+    d = Daemon(link, [video], sinks=[], allowed_signers=str(signers), source_options={"loop": True}).start()
+    try:
+        wait_for(lambda: all(loop.stats.processed for loop in d.loops), 30, "results from the signed bundle")
+        first = d.classifier
+        tmp_link = tmp_path / "current.tmp"
+        tmp_link.symlink_to(unsigned)
+        os.replace(tmp_link, link)
+        wait_for(lambda: "not signed" in json_dumps(d.health()[1]["model"]), 10, "the reload refused")
+        before = sum(loop.stats.processed for loop in d.loops)
+        wait_for(lambda: sum(loop.stats.processed for loop in d.loops) > before + 5, 10, "the old model serving")
+        assert d.classifier is first
+    finally:
+        d.stop()
+
+
+def json_dumps(data) -> str:
+    import json
+
+    return json.dumps(data)

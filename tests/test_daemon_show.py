@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, require_tool
+from tests.conftest import REPO, require_tool, run_cli
 from tests.daemon_helpers import write_test_video
 
 pytestmark = pytest.mark.slow
@@ -159,3 +159,16 @@ def test_show_with_an_unreachable_display_is_a_one_line_error_not_an_abort(tiny_
     assert done.returncode == 1, f"exit {done.returncode}: {done.stderr[-1500:]}"
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --show") and "display" in last.lower(), done.stderr[-1500:]
+
+
+def test_show_refuses_with_one_line_when_opencv_has_no_gui(tiny_bundle, tmp_path):
+    from edgecls.runtime.daemon.window import gui_backend
+
+    if gui_backend() is not None:
+        pytest.skip("this OpenCV has a GUI; the refusal is for headless builds")
+    video = write_test_video(tmp_path / "clip.avi")
+    done = run_cli("run", str(tiny_bundle), "--source", str(video), "--show", "--max-frames", "2", timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --show needs OpenCV with GUI support") and "opencv-python" in lines[-1]
+    assert "Traceback" not in done.stderr
