@@ -42,7 +42,7 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import unquote, unquote_plus
 
-from edgecls.runtime.daemon.config import HttpConfig
+from edgecls.runtime.daemon.config import HOST, HttpConfig
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.redact import redact as _redact_secrets
 
@@ -112,9 +112,10 @@ class StatusServer:
         if not token and not _is_loopback(host):
             log.warning(
                 "HTTP on %s:%d has no token: anyone who can reach this address sees the camera and the results; "
-                "set a token (--token-file) or bind to 127.0.0.1 (--host)",
+                "set a token (--token-file) or bind to %s (--host)",
                 host,
                 self._server.server_address[1],
+                HOST,
             )
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
