@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 from edgecls.runtime.errors import EdgeclsError
@@ -186,8 +187,6 @@ def _allowed_hosts(o: dict) -> tuple:
     """--allowed-host as the server compares them; it, --host or --token-file without --port refused in one line."""
     allowed = o["allowed_hosts"]
     if allowed:  # a port, scheme or path would never match a Host header: refused here, in one line
-        from edgecls.runtime.daemon.http import allowed_host_names
-
         allowed = tuple(allowed_host_names(allowed))
     if o["port"] is None:
         for name, value in (
@@ -253,3 +252,24 @@ def read_toml(path) -> dict:
         raise EdgeclsError(f"cannot read --config {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise EdgeclsError(f"--config {path} is not valid TOML: {exc}") from exc
+
+
+def allowed_host_names(names) -> list:
+    """--allowed-host values as the Host check compares them (lower case, no trailing dot); a value with a port, a
+    scheme or a path would never match a request's Host: refused in one line naming the name to give."""
+    out = []
+    for given in names:
+        name = str(given).strip().lower().rstrip(".")
+        if name != "*" and not _HOST_NAME.fullmatch(name):
+            bare = re.sub(r"^[a-z][a-z0-9+.-]*://|[:/].*$", "", name) or "pi.lan"
+            raise EdgeclsError(
+                f"--allowed-host {str(given)[:100]!r} is not a host name: give the name alone, such as {bare!r} "
+                "(no scheme, port or path: any port is accepted)"
+            )
+        out.append(name)
+    return out
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*"
+)

@@ -42,7 +42,7 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import unquote, unquote_plus
 
-from edgecls.runtime.daemon.config import HOST, HttpConfig
+from edgecls.runtime.daemon.config import HOST, HttpConfig, allowed_host_names
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.redact import redact as _redact_secrets
 
@@ -163,27 +163,6 @@ def _token_bytes(token: str | None) -> bytes | None:
             "make one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
         )
     return token.encode()
-
-
-def allowed_host_names(names) -> list:
-    """--allowed-host values as the Host check compares them (lower case, no trailing dot); a value with a port, a
-    scheme or a path would never match a request's Host: refused in one line naming the name to give."""
-    out = []
-    for given in names:
-        name = str(given).strip().lower().rstrip(".")
-        if name != "*" and not _HOST_NAME.fullmatch(name):
-            bare = re.sub(r"^[a-z][a-z0-9+.-]*://|[:/].*$", "", name) or "pi.lan"
-            raise EdgeclsError(
-                f"--allowed-host {str(given)[:100]!r} is not a host name: give the name alone, such as {bare!r} "
-                "(no scheme, port or path: any port is accepted)"
-            )
-        out.append(name)
-    return out
-
-
-_HOST_NAME = re.compile(
-    r"(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*"
-)
 
 
 def client_of(address) -> str:
