@@ -1,3 +1,5 @@
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -19,6 +21,14 @@ def write_image(path: Path, image_bgr: np.ndarray) -> Path:
     assert ok
     path.write_bytes(buf.tobytes())
     return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    """Group what cannot be split over pytest-xdist workers, longest unit first (tests/parallel.py)."""
+    from tests.parallel import assign_groups
+
+    assign_groups(items)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,24 +61,47 @@ def render_fixture_image(kind: str, rng: np.random.Generator, size: int = 40) ->
     return image
 
 
-def _session_folder(tmp_path_factory, name: str, build, copy: bool = True) -> Path:
-    """A folder that build(folder) fills, once per session; under EDGECLS_TEST_FIXTURE_CACHE=DIR, once per DIR.
-
-    Mutation testing (benchmarks/mutation.py) runs one short pytest session per mutant and builds DIR from
-    unmutated code first. Each session gets its own copy, so a test (or a mutant) writing into it cannot
-    spoil the next; the dataset is not copied, since the trained run records its path.
-    """
+def _fixture_cache(tmp_path_factory) -> Path | None:
+    """Where session fixtures are built once: EDGECLS_TEST_FIXTURE_CACHE, else (under pytest-xdist) a folder that
+    every worker of this run shares, beside the workers' own base temps; None: build per session."""
     cache = os.environ.get("EDGECLS_TEST_FIXTURE_CACHE")
-    if not cache:
+    if cache:
+        return Path(cache)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return tmp_path_factory.getbasetemp().parent / "fixture-cache"
+    return None
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    """Hold an exclusive flock on `lock` (made if missing): other processes of this run wait their turn."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
+def _session_folder(tmp_path_factory, name: str, build, copy: bool = True) -> Path:
+    """A folder that build(folder) fills, once per session; with a fixture cache (_fixture_cache), once per cache.
+
+    Mutation testing (benchmarks/mutation.py) runs one short pytest session per mutant and builds its
+    EDGECLS_TEST_FIXTURE_CACHE from unmutated code first; pytest-xdist workers share one cache per run, the
+    first to arrive building while the others wait on its lock. Each session gets its own copy, so a test (or a
+    mutant) writing into it cannot spoil the next; the dataset is not copied, since the trained run records its
+    path.
+    """
+    cache = _fixture_cache(tmp_path_factory)
+    if cache is None:
         out = tmp_path_factory.mktemp(name)
         build(out)
         return out
-    cached, done = Path(cache) / name, Path(cache) / f"{name}.complete"
-    if not done.exists():
-        shutil.rmtree(cached, ignore_errors=True)
-        cached.mkdir(parents=True)
-        build(cached)
-        done.touch()
+    cached, done = cache / name, cache / f"{name}.complete"
+    with _exclusive(cache / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(cached, ignore_errors=True)
+            cached.mkdir(parents=True)
+            build(cached)
+            done.touch()
     if not copy:
         return cached
     out = tmp_path_factory.mktemp(name)
