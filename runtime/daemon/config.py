@@ -164,8 +164,6 @@ class DaemonConfig:
 def _daemon_settings(o: dict) -> dict:
     """The daemon-only options that are set; the unset ones keep the fields' defaults."""
     settings = {
-        "smooth": o["smooth"] or 1,
-        "threshold": o["threshold"] or 0.0,
         "duration": o["duration"],
         "results": o["results"],
         "results_max_mb": o["results_max_mb"],
@@ -177,7 +175,7 @@ def _daemon_settings(o: dict) -> dict:
         if o["capture"] is None
         else CaptureConfig(o["capture"], o["capture_below"], o["capture_every"], o["capture_max_mb"]),
     }
-    for name in ("stall_timeout", "drift_window", "drift_threshold"):
+    for name in ("smooth", "threshold", "stall_timeout", "drift_window", "drift_threshold"):
         if o[name] is not None:
             settings[name] = o[name]
     return settings
