@@ -137,6 +137,11 @@ def _remote_cause(stderr: str, argv0: str) -> str | None:
     if "command not found" in stderr or re.search(r": (\d+: )?[^ ]+: not found", stderr):  # bash; dash
         return f"{argv0!r} is not installed on the device: install it there (for python3: your OS's python3 package)"
     m = re.search(r"No module named '?([A-Za-z0-9_.]+)", stderr)
+    if m and m.group(1).startswith("edgecls."):  # edgecls is there, from before edgecls.runtime (or another part)
+        return (
+            f"the device's edgecls is older than this one (it has no {m.group(1)}): flash once with --setup to "
+            "update it, or pip install this edgecls's wheel there"
+        )
     if m and m.group(1).split(".")[0] in ("runtime", "devices", "edgecls"):
         return (
             "edgecls is not installed for the device's python3: run `edgecls flash ... --setup` or "

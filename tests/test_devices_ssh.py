@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 from edgecls.devices.ssh import SshClient, SshError, SshTarget, is_ssh_target, parse_target
+from tests.conftest import cli_error, run_cli
 from tests.sshd import sshd  # noqa: F401  (fixture)
 
 
@@ -125,3 +127,55 @@ def test_a_user_the_server_rejects_reads_as_an_authentication_failure_naming_the
     with pytest.raises(SshError) as error:
         client.run(["true"])
     assert "user 'x(y'" in str(error.value) and "abruptly" not in str(error.value), error.value
+
+
+OLD_INSTALL = {  # what an edgecls from before the one namespace put on a device: top-level runtime, no edgecls.runtime
+    "edgecls/__init__.py": '__version__ = "0.1.0"\n',
+    "runtime/__init__.py": "",
+    "runtime/install/__init__.py": "",
+    "runtime/install/__main__.py": 'import json\nprint(json.dumps({"error": "the old device side ran"}))\n',
+}
+
+
+def _device_python(tmp_path, files: dict) -> str:
+    """A device python that sees only `files` (no site-packages, so not this checkout's editable edgecls)."""
+    lib = tmp_path / "device-lib"
+    lib.mkdir()
+    for name, text in files.items():
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        (lib / name).write_text(text)
+    script = tmp_path / "device-python"
+    script.write_text(f'#!/bin/sh\ncd / && PYTHONPATH={lib} exec {sys.executable} -S "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize(
+    "files, said",
+    [
+        (
+            OLD_INSTALL,
+            "the device's edgecls is older than this one (it has no edgecls.runtime): flash once with "
+            "--setup to update it, or pip install this edgecls's wheel there",
+        ),
+        ({}, "edgecls is not installed for the device's python3: run `edgecls flash ... --setup`"),
+    ],
+    ids=["older", "absent"],
+)
+def test_a_device_without_edgecls_runtime_gets_one_line_saying_what_to_do(
+    sshd,
+    tiny_bundle,
+    tmp_path,
+    files,
+    said,  # noqa: F811
+):
+    python = _device_python(tmp_path, files)
+    target, ssh = sshd.target(tmp_path / "dev"), ["--ssh-config", sshd.ssh_config]
+    for command in (["status", target], ["rollback", target]):
+        assert said in cli_error(run_cli(*command, *ssh, "--python", python, timeout=120)), command
+    flashed = run_cli("flash", tiny_bundle, target, *ssh, "--python", python, timeout=240)
+    assert flashed.returncode != 0 and "Traceback" not in flashed.stderr, flashed.stderr[-2000:]
+    assert said in flashed.stdout + flashed.stderr, flashed.stdout[-2000:] + flashed.stderr[-2000:]
+    device = f"{sshd.user}@{sshd.host}:{sshd.port}"
+    benched = run_cli("bench", tiny_bundle, "--device", device, *ssh, "--remote-python", python, timeout=240)
+    assert said in cli_error(benched)
