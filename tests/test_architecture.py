@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = "runtime imports nothing above it, never TensorFlow or Keras"
 CONVERTERS = "converters never import training or app modules"
 DEVICES = "devices never import training, app modules or converters"
+VERSION = "devices take edgecls's version from package metadata"
 CYCLES = "no import cycles inside edgecls"
 LAYERS = "layers of edgecls, every top-level module placed"
-CONTRACTS = (RUNTIME, CONVERTERS, DEVICES, CYCLES, LAYERS)
+CONTRACTS = (RUNTIME, CONVERTERS, DEVICES, VERSION, CYCLES, LAYERS)
 
 
 def lint_imports(cwd: Path, path: Path | None = None) -> subprocess.CompletedProcess:
@@ -117,6 +118,7 @@ BROKEN_IMPORTS = [
         DEVICES,
         "edgecls.devices.targets -> edgecls.converters",
     ),
+    ("devices/wheels.py", "from edgecls import __version__", VERSION, "edgecls.devices.wheels -> edgecls (l."),
     ("runtime/errors.py", "import edgecls.runtime.bundle", CYCLES, "No cycles are allowed in edgecls.runtime"),
     ("core/progress.py", "import edgecls.core.splits", CYCLES, "No cycles are allowed in edgecls.core"),
     ("core/metrics.py", "import edgecls.devices.sign", LAYERS, "edgecls.core.metrics -> edgecls.devices.sign"),
