@@ -134,6 +134,13 @@ def require_tool(*names: str, package: str) -> str:
     return found
 
 
+def can_unshare(*flags: str) -> bool:
+    """Whether this process may make the namespaces `flags` name (`unshare --mount`, ...): root with unshare."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", *flags, "true"], capture_output=True).returncode == 0
+
+
 def snapshot(root: Path) -> dict:
     """Every path under root with its bytes (None for folders): equal snapshots mean nothing was lost."""
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
