@@ -138,6 +138,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--source", default=str(REPO), help="tree to snapshot (default: this repository)")
     p.add_argument("--name", default="mutation", help="results go to benchmarks/results/NAME.txt and .json")
     p.add_argument("--note", default="", help="a line for the results, e.g. what the source tree was")
+    p.add_argument(
+        "--baseline",
+        default="",
+        help="an earlier run's .json: the results compare with it mutant by mutant (e.g. before a refactor)",
+    )
     p.add_argument("--no-fixture-cache", action="store_true", help="rebuild session fixtures in every mutant's session")
     return p.parse_args(argv)
 
@@ -349,6 +354,37 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
+def compare(baseline: Path, rows: list[dict], links: dict[str, str]) -> dict:
+    """This run against an earlier one, by mutant (old-layout names read as their import names).
+
+    A mutant caught before and missed now means a test that guarded it is gone or weaker.
+    """
+    earlier = json.loads(baseline.read_text())
+    before = {import_name(r["mutant"], links): r["status"] for r in earlier["mutants"]}
+    now = {r["mutant"]: r["status"] for r in rows}
+    both = sorted(set(before) & set(now))
+    return {
+        "baseline": baseline.name,
+        "score_before": earlier["summary"]["score"],
+        "score_before_on_common": summarize([{"status": before[m]} for m in both])["score"],
+        "score_now_on_common": summarize([{"status": now[m]} for m in both])["score"],
+        "common": len(both),
+        "caught_before_missed_now": [m for m in both if before[m] in CAUGHT and now[m] not in CAUGHT],
+        "missed_before_caught_now": [m for m in both if before[m] not in CAUGHT and now[m] in CAUGHT],
+        "only_before": sorted(set(before) - set(now)),
+    }
+
+
+def _baseline_lines(b: dict) -> list[str]:
+    lines = [
+        f"against {b['baseline']} on the {b['common']} mutants both ran: score {b['score_before_on_common']}% "
+        f"before, {b['score_now_on_common']}% now",
+    ]
+    for key in ("caught_before_missed_now", "missed_before_caught_now", "only_before"):
+        lines.append(f"{key.replace('_', ' ')}: {', '.join(b[key]) or 'none'}")
+    return lines
+
+
 def write_report(out_stem: Path, meta: dict, rows: list[dict]) -> None:
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     out_stem.with_suffix(".json").write_text(json.dumps({**meta, "mutants": rows}, indent=2, ensure_ascii=False) + "\n")
@@ -368,6 +404,7 @@ def write_report(out_stem: Path, meta: dict, rows: list[dict]) -> None:
         f"wall time: {meta['wall_s']:.0f} s in all; mutants {meta['mutant_phase_s']:.0f} s "
         f"({meta['seconds_per_mutant']:.1f} s per mutant); setup (snapshot, fixtures, stats, clean run) "
         f"{meta['wall_s'] - meta['mutant_phase_s']:.0f} s",
+        *(_baseline_lines(meta["baseline"]) if meta.get("baseline") else []),
         "",
     ]
     for status in ("survived", "no tests", "suspicious", "timeout", "segfault"):
@@ -519,6 +556,8 @@ def main(argv=None) -> int:
         "mutants_run": ran,
         "seconds_per_mutant": round(mutant_phase / max(1, ran), 2),
     }
+    if args.baseline:
+        meta["baseline"] = compare(Path(args.baseline), rows, links)
     out = REPO / "benchmarks" / "results" / args.name
     write_report(out, meta, rows)
     s = meta["summary"]
