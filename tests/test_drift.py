@@ -1,4 +1,4 @@
-"""Issue 12 points 1-2: reference statistics in the bundle, and the drift windows and scores built on them.
+"""edgecls.runtime.monitor (drift, stats): reference statistics in the bundle and the drift windows built on them.
 
 The daemon end to end (real video, real HTTP) is in tests/test_drift_daemon.py; here the parts, on the real tiny
 bundle: what convert stores, that old manifests still load, that the daemon's statistics of the test images equal
@@ -35,6 +35,7 @@ from edgecls.runtime.monitor.stats import (
     BRIGHTNESS_EDGES,
     CONFIDENCE_EDGES,
     bin_index,  # noqa: E402
+    brightness,
     brightness_batch,
     input_pixels,
 )
@@ -63,7 +64,7 @@ def without_reference(bundle, dest, edit=None):
 # ---------------------------------------------------------------------------------------------- point 1: convert
 
 
-def test_i12_p1_convert_stores_a_reference_for_every_artifact(tiny_bundle, tiny_run_dir):
+def test_convert_stores_a_reference_for_every_artifact(tiny_bundle, tiny_run_dir):
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     names = [a["name"] for a in manifest["artifacts"]]
     assert sorted(manifest["reference"]) == sorted(names)
@@ -87,7 +88,7 @@ def test_i12_p1_convert_stores_a_reference_for_every_artifact(tiny_bundle, tiny_
     )
 
 
-def test_i12_p1_an_old_manifest_without_reference_still_loads_and_classifies(tiny_bundle, tiny_run_dir, tmp_path):
+def test_an_old_manifest_without_reference_still_loads_and_classifies(tiny_bundle, tiny_run_dir, tmp_path):
     old = without_reference(tiny_bundle, tmp_path / "old")
     bundle = load_bundle(old)
     assert bundle.manifest.reference == {} and "reference" not in bundle.manifest.to_dict()
@@ -99,7 +100,7 @@ def test_i12_p1_an_old_manifest_without_reference_still_loads_and_classifies(tin
         load_bundle(broken)
 
 
-def test_i12_p1_reference_round_trips_through_the_manifest(tiny_bundle):
+def test_reference_round_trips_through_the_manifest(tiny_bundle):
     manifest = load_bundle(tiny_bundle).manifest
     assert manifest.to_dict()["reference"] == json.loads((tiny_bundle / "manifest.json").read_text())["reference"]
 
@@ -114,7 +115,7 @@ def test_i12_p1_reference_round_trips_through_the_manifest(tiny_bundle):
         PreprocessSpec(8, 8, dtype="uint8"),
     ],
 )
-def test_i12_p1_normalized_inputs_invert_to_their_exact_pixels(spec):
+def test_normalized_inputs_invert_to_their_exact_pixels(spec):
     ramp = np.arange(256, dtype=np.uint8)
     image = np.stack([np.roll(ramp, 37 * c) for c in range(3)], axis=-1).reshape(16, 16, 3)
     expected = pixels(image, spec)
@@ -127,7 +128,7 @@ def test_i12_p1_normalized_inputs_invert_to_their_exact_pixels(spec):
     assert np.array_equal(input_pixels(back, spec), every)
 
 
-def test_i12_p1_convert_and_daemon_measure_the_same_brightness_for_the_same_image(tiny_bundle, tiny_run_dir):
+def test_convert_and_daemon_measure_the_same_brightness_for_the_same_image(tiny_bundle, tiny_run_dir):
     """Convert: the run's float tensor, inverted. Daemon: the frame's pixels (`SourceLoop.prepare`). Bit for bit."""
     from edgecls.runtime.daemon.loop import SourceLoop
 
@@ -151,7 +152,7 @@ def test_i12_p1_convert_and_daemon_measure_the_same_brightness_for_the_same_imag
         PreprocessSpec(24, 20, color="bgr", interpolation="area"),
     ],
 )
-def test_i12_p2_pixels_of_pixels_are_the_same_pixels(spec):
+def test_pixels_of_pixels_are_the_same_pixels(spec):
     """Why the loop may prepare from the resized pixels: resizing them again changes nothing, in every mode."""
     image = np.random.default_rng(3).integers(0, 256, (61, 97, 3), dtype=np.uint8)
     once = pixels(image, spec, "bgr")
@@ -169,7 +170,7 @@ class _Named:
 # ---------------------------------------------------------------------------------------------- point 2: scores
 
 
-def test_i12_p2_daemon_statistics_of_the_test_images_equal_the_reference(tiny_bundle, tiny_run_dir, tmp_path):
+def test_daemon_statistics_of_the_test_images_equal_the_reference(tiny_bundle, tiny_run_dir, tmp_path):
     """The daemon over the test split's own files (a folder source) counts exactly what convert recorded: PSI 0."""
     from edgecls.runtime.daemon import Daemon
 
@@ -186,7 +187,7 @@ def test_i12_p2_daemon_statistics_of_the_test_images_equal_the_reference(tiny_bu
     assert all(psi(reference.counts[k], drift.counts()[k]) == 0.0 for k in reference.counts)
 
 
-def test_i12_p2_psi_is_zero_for_equal_shapes_finite_for_empty_bins_and_grows_with_the_shift():
+def test_psi_is_zero_for_equal_shapes_finite_for_empty_bins_and_grows_with_the_shift():
     assert psi([5, 0, 10], [50, 0, 100]) == pytest.approx(0.0, abs=1e-12)  # sample sizes differ, shape equal
     swapped = psi([0, 0, 15], [15, 0, 0])  # all the mass moved: finite, past any threshold, and symmetric
     assert math.isfinite(swapped) and swapped > 0.25 and swapped == pytest.approx(psi([15, 0, 0], [0, 0, 15]))
@@ -229,7 +230,7 @@ def _reference(classes=(5, 6, 4), confidence=None, bright=None) -> dict:
         ),
     ],
 )
-def test_i12_p2_a_reference_that_does_not_fit_is_refused_with_one_line(edit, why):
+def test_a_reference_that_does_not_fit_is_refused_with_one_line(edit, why):
     raw = _reference()
     edit(raw)
     with pytest.raises(UnusableReference, match=re.escape(why)):
@@ -237,7 +238,7 @@ def test_i12_p2_a_reference_that_does_not_fit_is_refused_with_one_line(edit, why
     Reference.parse(_reference(classes=(0, 15, 0)), ["a", "b", "c"])  # zero-count classes are fine
 
 
-def test_i12_p2_a_reference_with_another_class_count_turns_monitoring_off_with_a_warning(tiny_bundle, tmp_path, caplog):
+def test_a_reference_with_another_class_count_turns_monitoring_off_with_a_warning(tiny_bundle, tmp_path, caplog):
     """Decided: monitoring data never stops a model the manifest vouches for; the daemon serves, says why, once."""
 
     def wrong(manifest):
@@ -269,7 +270,7 @@ def test_i12_p2_a_reference_with_another_class_count_turns_monitoring_off_with_a
         (500, 0.0, "positive"),
     ],
 )
-def test_i12_p2_windows_smaller_than_the_bins_and_bad_thresholds_are_refused(window, threshold, why):
+def test_windows_smaller_than_the_bins_and_bad_thresholds_are_refused(window, threshold, why):
     with pytest.raises(EdgeclsError, match=re.escape(why)):
         DriftMonitor(window, threshold)
 
@@ -285,7 +286,7 @@ class _Clf:
         self.bundle = SimpleNamespace(manifest=SimpleNamespace(reference={"art": raw}))
 
 
-def test_i12_p2_thousands_of_frames_keep_exact_window_counts_and_cost_microseconds(caplog):
+def test_thousands_of_frames_keep_exact_window_counts_and_cost_microseconds(caplog):
     caplog.set_level(logging.INFO, logger="edgecls")
     monitor = DriftMonitor(500, 0.25)
     drift = monitor.source("cam")
@@ -319,7 +320,7 @@ def _flat(scores: dict) -> list:
     return [v for against in scores.values() for v in against.values()]
 
 
-def test_i12_p2_nan_probabilities_are_skipped_and_scores_stay_finite():
+def test_nan_probabilities_are_skipped_and_scores_stay_finite():
     drift = DriftMonitor(MIN_WINDOW, 0.25).source("cam")
     drift.adopt(_Clf(_reference()))
     for _ in range(30):
@@ -333,7 +334,7 @@ def test_i12_p2_nan_probabilities_are_skipped_and_scores_stay_finite():
     assert status["state"] in ("ok", "drift") and all(math.isfinite(v) for v in _flat(status["scores"]))
 
 
-def test_i12_p2_a_transition_is_logged_once_with_the_statistic_that_moved_and_cleared_once(caplog):
+def test_a_transition_is_logged_once_with_the_statistic_that_moved_and_cleared_once(caplog):
     caplog.set_level(logging.INFO, logger="edgecls")
     drift = DriftMonitor(100, 0.25).source("cam")
     drift.adopt(_Clf(_reference(classes=(30, 30, 40), confidence=[0] * 9 + [100], bright=[0] * 6 + [100] + [0] * 9)))
@@ -406,7 +407,7 @@ def _moving(mean, std, confidence=None) -> dict:
     return raw
 
 
-def test_i12_p2_one_scene_in_one_class_and_one_bin_is_not_drift_though_its_psi_is_huge(caplog):
+def test_one_scene_in_one_class_and_one_bin_is_not_drift_though_its_psi_is_huge(caplog):
     """A fixed camera: every frame in one class, one confidence bin and one brightness bin, at the reference's
     means. The PSI gauges say how unlike the test split's mix that is (far past 0.25); the decision does not."""
     caplog.set_level(logging.INFO, logger="edgecls")
@@ -419,7 +420,7 @@ def test_i12_p2_one_scene_in_one_class_and_one_bin_is_not_drift_though_its_psi_i
     assert not [r for r in caplog.records if r.getMessage().startswith("cam: drift")]
 
 
-def test_i12_p2_a_scene_jittering_across_a_bin_edge_is_not_drift():
+def test_a_scene_jittering_across_a_bin_edge_is_not_drift():
     """Why the baseline is compared by its mean, not by PSI: one scene's baseline is a point mass, and two grey levels
     of auto-exposure across a bin edge (112) move all of it into the next bin: PSI > 1 for nothing."""
     drift = DriftMonitor(100, 3.0).source("cam")
@@ -433,7 +434,7 @@ def test_i12_p2_a_scene_jittering_across_a_bin_edge_is_not_drift():
     assert status["state"] == "ok" and status["scores"]["brightness"]["baseline"] == pytest.approx(0.1), status
 
 
-def test_i12_p2_a_change_against_the_sources_own_baseline_is_drift_within_the_reference_range(caplog):
+def test_a_change_against_the_sources_own_baseline_is_drift_within_the_reference_range(caplog):
     """Lights dimmed on a bright scene: still inside the test images' brightness (|z| < 3 against the reference),
     but 3.3 test-image standard deviations darker than this source's first window: the input changed."""
     caplog.set_level(logging.INFO, logger="edgecls")
@@ -453,7 +454,7 @@ def test_i12_p2_a_change_against_the_sources_own_baseline_is_drift_within_the_re
     assert "brightness moved" in line and "3.33 against the baseline" in line, line
 
 
-def test_i12_p2_confidence_decides_downward_only_against_the_reference_and_the_baseline():
+def test_confidence_decides_downward_only_against_the_reference_and_the_baseline():
     """A model more sure than on its test images is no problem; one much less sure is (new kinds of objects)."""
     monitor = DriftMonitor(100, 3.0)
     sure = monitor.source("sure")
@@ -472,7 +473,7 @@ def test_i12_p2_confidence_decides_downward_only_against_the_reference_and_the_b
     }
 
 
-def test_i12_p2_confidence_moments_are_recorded_by_convert_and_estimated_for_older_references():
+def test_confidence_moments_are_recorded_by_convert_and_estimated_for_older_references():
     from edgecls.converters.reference import ReferenceStats
 
     rng = np.random.default_rng(1)
@@ -495,7 +496,7 @@ def test_i12_p2_confidence_moments_are_recorded_by_convert_and_estimated_for_old
 
 
 @pytest.mark.parametrize("artifact", ["tflite-int8", "tflite-fp32", "onnx-int8", "onnx-fp32", "tflite-fp16"])
-def test_i12_p2_prepare_pixels_is_prepare_without_the_second_resize(tiny_bundle, tiny_run_dir, artifact):
+def test_prepare_pixels_is_prepare_without_the_second_resize(tiny_bundle, tiny_run_dir, artifact):
     """The daemon resizes a frame once for the model input and the brightness: bit for bit what prepare() gives."""
     clf = Classifier(tiny_bundle, artifact)
     frames = [cv2.imread(str(p)) for p in split_test_files(tiny_run_dir)[:4]]
@@ -506,3 +507,87 @@ def test_i12_p2_prepare_pixels_is_prepare_without_the_second_resize(tiny_bundle,
         assert got.dtype == want.dtype and np.array_equal(got, want)
     with pytest.raises(EdgeclsError, match="as edgecls.runtime.preprocess.pixels makes them"):
         clf.prepare_pixels(frames[-1])  # a frame that was not resized
+
+
+class _Frame:
+    """What SourceLoop.classify reads from a frame."""
+
+    def __init__(self, image, index):
+        self.image, self.index, self.source, self.name, self.age_ms = image, index, "cam", None, 0.0
+
+
+def test_a_static_camera_showing_a_test_image_unchanged_is_not_in_drift(tiny_bundle, tiny_run_dir):
+    """A fixed camera sees one scene: its window is concentrated in one class, one confidence bin and one brightness
+    bin, so PSI against the whole test split's spread is > 0.25 on every statistic even when the scene IS a test
+    image, classified right, at the reference brightness (|z| < 0.5). Every real camera would be 'degraded' for
+    good and EdgeclsDrift would never stop firing."""
+    from edgecls.runtime.daemon.loop import SourceLoop
+
+    clf = Classifier(tiny_bundle)
+    reference = DriftMonitor(100).reference_for(clf)
+    checked = 0
+    for path in split_test_files(tiny_run_dir):
+        image = cv2.imread(str(path))
+        z = (brightness(pixels(image, clf.spec, "bgr")) - reference.brightness_mean) / max(reference.brightness_std, 1)
+        if clf.classify(image, "bgr").label != path.parent.name or abs(z) >= 0.5:
+            continue
+        loop = SourceLoop(_Named("cam"), clf, lambda r: None, drift=DriftMonitor(100).source("cam"))
+        for i in range(100):
+            loop.classify(_Frame(image, i))
+        status = loop.drift.status()
+        assert status["state"] != "drift", (path.name, status)
+        checked += 1
+    assert checked, "no test image is classified right at the reference brightness"
+
+
+def test_a_scrape_during_a_reload_that_brings_a_reference_does_not_fail(monkeypatch):
+    """metrics._DriftCollector.collect reads drift.status() and then drift.reference again: a hot reload adopted by the
+    loop thread in between (status without reference, reference now set) makes status["window_frames"] a KeyError,
+    and /metrics fails."""
+    from prometheus_client import generate_latest
+
+    from edgecls.runtime.daemon.metrics import Metrics
+
+    monitor = DriftMonitor(20)
+    drift = monitor.source("cam")
+    drift.adopt(_Clf(None))  # a bundle converted before issue 12: no reference
+    metrics = Metrics()
+    metrics.track_drift(monitor)
+    real_status, new = drift.status, _Clf(_reference())
+
+    def status_then_reload():  # the interleaving: the loop thread adopts the new bundle right after status()
+        out = real_status()
+        drift.adopt(new)
+        return out
+
+    monkeypatch.setattr(drift, "status", status_then_reload)
+    body = generate_latest(metrics.registry).decode()
+    assert 'edgecls_drift_reference{source="cam"}' in body
+
+
+def test_a_reference_with_a_huge_number_of_bins_is_refused():
+    """Reference.parse bounds the class count by the labels but not the confidence/brightness bins: a manifest with a
+    million confidence bins was accepted, adopting it took 1.2 s on the loop thread and each frame then cost ~10 ms
+    (a list copy and a PSI over all bins every check, up to 190 ms per frame). Monitoring data must not slow serving."""
+    bins = 100_000
+    raw = _reference(confidence=[15] + [0] * (bins - 1))
+    raw["confidence"]["edges"] = [i / bins for i in range(bins + 1)]
+    with pytest.raises(UnusableReference):
+        Reference.parse(raw, ["a", "b", "c"])
+
+
+def test_a_reload_that_ends_a_drift_is_logged(caplog):
+    """The docstring promises one log line per transition; adopt() after a hot reload silently drops a source from
+    drift to warming up: the log's last word on the source stays 'drift' forever."""
+    caplog.set_level(logging.INFO, logger="edgecls")
+    drift = DriftMonitor(100, 0.25).source("cam")
+    drift.adopt(_Clf(_reference(classes=(30, 30, 40), confidence=[0] * 9 + [100], bright=[0] * 6 + [100] + [0] * 9)))
+    for i in range(200):
+        drift.update(np.array([0.0, 1.0, 0.0] if i % 2 else [1.0, 0.0, 0.0], np.float32), 20.0)  # much darker
+    assert drift.status()["state"] == "drift"
+    caplog.clear()
+    drift.adopt(_Clf(_reference()))
+    assert drift.status()["state"] != "drift"
+    assert any(r.getMessage().startswith("cam:") and "drift" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
