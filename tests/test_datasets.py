@@ -1,3 +1,5 @@
+"""edgecls.core.datasets: class-per-folder and pre-split layouts, built-in datasets, bad folders named by cause."""
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from edgecls.core.datasets.builtin import materialize
 from edgecls.runtime.errors import DataError
 from edgecls.runtime.preprocess import PreprocessSpec
 from tests.conftest import write_image
+from tests.test_splits import _png
 
 
 def _img(seed=0):
@@ -81,27 +84,27 @@ def test_digits_are_written_once_as_a_class_per_folder_directory(tmp_path):
     assert not list(tmp_path.glob(".*partial"))
 
 
-def test_i15_p8_a_class_named_train_is_a_class_not_a_presplit_layout(tmp_path):
+def test_a_class_named_train_is_a_class_not_a_presplit_layout(tmp_path):
     root = _folder(tmp_path / "vehicles", {"bus": 5, "car": 5, "train": 5})
     ds = scan_folder(root, 0.2, 0.2, seed=0)
     assert ds.labels == ["bus", "car", "train"] and ds.split_source == "seeded"
     assert sum(len(s) for s in ds.splits.values()) == 15
 
 
-def test_i15_p8_classes_named_like_splits_holding_images_are_classes(tmp_path):
+def test_classes_named_like_splits_holding_images_are_classes(tmp_path):
     root = _folder(tmp_path / "d", {"train": 4, "test": 4})
     ds = scan_folder(root, 0.0, 0.25)
     assert ds.labels == ["test", "train"] and ds.split_source == "seeded"
 
 
-def test_i15_p8_half_presplit_layout_is_refused_with_the_cause(tmp_path):
+def test_half_presplit_layout_is_refused_with_the_cause(tmp_path):
     _folder(tmp_path / "train", {"cat": 3, "dog": 3})
     _folder(tmp_path, {"test": 2})  # test/ holds images directly
     with pytest.raises(DataError, match="test/ holds images of its own"):
         scan_folder(tmp_path)
 
 
-def test_i16_p3_a_bare_builtin_name_is_the_builtin_even_beside_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
+def test_a_bare_builtin_name_is_the_builtin_even_beside_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
     from edgecls.core.datasets import resolve_dataset
     from edgecls.core.datasets.builtin import BUILTIN_DATASETS
 
@@ -118,3 +121,31 @@ def test_a_class_folder_with_a_line_break_in_its_name_is_refused_when_scanned_fo
     _folder(tmp_path / "d", {"circ\nle": 3, "square": 3})
     with pytest.raises(DataError, match=r"class folder 'circ\\nle' in .* has a line break in its name"):
         scan_folder(tmp_path / "d")
+
+
+def test_an_empty_split_folder_in_a_presplit_layout_is_an_empty_split(tmp_path):
+    for split, n in (("train", 4), ("test", 2)):
+        for c in ("cat", "dog"):
+            for i in range(n):
+                _png(tmp_path / split / c / f"{i}.png", hash((split, c, i)) % 1000)
+    (tmp_path / "val").mkdir()  # made ahead of time; old code: "val/ holds images of its own"
+    ds = scan_folder(tmp_path)
+    assert ds.split_source == "folders" and ds.counts() == {"train": 8, "val": 0, "test": 4}
+
+
+def test_a_train_folder_of_subfolders_beside_a_class_is_noted(tmp_path):
+    for top, sub in (("train", "cat"), ("train", "dog"), ("zoo", "x")):
+        for i in range(3):
+            _png(tmp_path / top / sub / f"{i}.png", hash((top, sub, i)) % 1000)
+    ds = scan_folder(tmp_path)
+    assert ds.labels == ["train", "zoo"]
+    assert any("train/ holds only subfolders (cat, dog) and is taken as one class beside zoo" in n for n in ds.notes)
+
+
+def test_a_class_named_train_with_images_and_subfolders_stays_a_class(tmp_path):
+    for top, names in (("bus", ["0.png", "1.png", "2.png"]), ("train", ["0.png", "1.png", "old/2.png"])):
+        for i, name in enumerate(names):
+            _png(tmp_path / top / name, hash((top, i)) % 1000)
+    (tmp_path / "bus").rename(tmp_path / "test")  # test/ and train/ both hold images of their own: classes
+    ds = scan_folder(tmp_path, 0.0, 0.0)
+    assert ds.labels == ["test", "train"] and ds.split_source == "seeded" and len(ds.splits["train"]) == 6

@@ -1,12 +1,13 @@
-"""`edgecls evaluate`: classes checked against the model, other data evaluated whole and never saved unasked,
-built-in runs found by their recorded name (issue 16 points 2, 3, 10)."""
+"""edgecls.evaluate: classes checked against the model, the recorded test split, other data evaluated whole."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_error, run_cli
+from edgecls.core.splits import file_digest
+from tests.conftest import cli_error, run_cli, train_on_private_copy
 
 TINY = ["--image-size", "16", "--widths", "8", "--epochs", "1", "--quiet"]
 
@@ -43,7 +44,7 @@ def run_and_other(tmp_path_factory, shapes_folder):
         (lambda d: shutil.copytree(d / "circle", d / "star"), "(star unknown to the model)"),
     ],
 )
-def test_i16_p2_own_folder_whose_classes_changed_is_refused_in_one_line(tmp_path, shapes_folder, change, message):
+def test_own_folder_whose_classes_changed_is_refused_in_one_line(tmp_path, shapes_folder, change, message):
     out, data = _train(tmp_path, shapes_folder)
     before = (out / "metrics.json").read_text()
     change(data)
@@ -52,7 +53,7 @@ def test_i16_p2_own_folder_whose_classes_changed_is_refused_in_one_line(tmp_path
     assert (out / "metrics.json").read_text() == before
 
 
-def test_i16_p2_other_data_with_an_unknown_class_is_refused(run_and_other, tmp_path, shapes_folder):
+def test_other_data_with_an_unknown_class_is_refused(run_and_other, tmp_path, shapes_folder):
     out, _ = run_and_other
     renamed = tmp_path / "renamed"
     shutil.copytree(shapes_folder / "circle", renamed / "zero")
@@ -61,7 +62,7 @@ def test_i16_p2_other_data_with_an_unknown_class_is_refused(run_and_other, tmp_p
     assert "(zero unknown to the model; circle, triangle missing)" in error, error
 
 
-def test_i16_p10_other_data_is_evaluated_whole_and_saved_only_with_save(run_and_other):
+def test_other_data_is_evaluated_whole_and_saved_only_with_save(run_and_other):
     out, other = run_and_other
     before = (out / "metrics.json").read_text()
     whole = run_cli("evaluate", out, "--data", other, "--json")
@@ -87,7 +88,7 @@ def test_i16_p10_other_data_is_evaluated_whole_and_saved_only_with_save(run_and_
     assert written["evaluated_on"] == "train" and written["test_accuracy"] == json.loads(before)["test_accuracy"]
 
 
-def test_i16_p10_own_data_keeps_its_test_split_by_default(run_and_other):
+def test_own_data_keeps_its_test_split_by_default(run_and_other):
     from edgecls.evaluate import evaluate_run
 
     out, _ = run_and_other
@@ -97,7 +98,7 @@ def test_i16_p10_own_data_keeps_its_test_split_by_default(run_and_other):
     assert evaluate_run(out, data=data, save=False)["n"] == 15  # naming the run's own folder is its own data
 
 
-def test_i16_p3_builtin_run_named_like_the_builtin_is_evaluated_on_the_builtin(tmp_path, monkeypatch):
+def test_builtin_run_named_like_the_builtin_is_evaluated_on_the_builtin(tmp_path, monkeypatch):
     from edgecls.core.rundata import load_run_splits
     from edgecls.core.rundir import open_run
 
@@ -123,3 +124,60 @@ def test_i16_p3_builtin_run_named_like_the_builtin_is_evaluated_on_the_builtin(t
     assert json.loads(result.stdout)["n"] == test_count
     monkeypatch.chdir(tmp_path)  # what `convert digits` loads, from the folder where ./digits is the run
     assert len(load_run_splits(open_run("digits"), ("test",))["test"].y) == test_count
+
+
+@pytest.fixture(scope="module")
+def private_run(tmp_path_factory, shapes_folder):
+    """A 16 px, one-epoch run on a private copy of the shapes folder."""
+    return train_on_private_copy(shapes_folder, tmp_path_factory.mktemp("private-run"))
+
+
+def test_evaluate_refuses_a_split_record_pointing_outside_the_dataset(private_run, tmp_path):
+    out, _ = private_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    record = json.loads((run / "split.json").read_text())
+    secret = tmp_path / "secret.png"
+    shutil.copy(next(iter(Path(private_run[1]).rglob("*.png"))), secret)
+    record["splits"]["test"].append([str(Path("..") / ".." / secret.name), file_digest(secret), 0])
+    (run / "split.json").write_text(json.dumps(record))
+    error = cli_error(run_cli("evaluate", run, "--no-save"))
+    assert "is not a path inside the dataset folder" in error and "train again" in error
+
+
+def test_a_moved_dataset_given_as_data_is_evaluated_on_the_run_split(private_run, tmp_path, capfd):
+    from edgecls.evaluate import evaluate_run
+
+    out, data = private_run
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)  # the folder moved (or copied to another machine)
+    capfd.readouterr()
+    metrics = evaluate_run(out, data=str(moved), save=False)
+    assert metrics["n"] == 15 and metrics["evaluated_on"] == "test"  # old code: all 72, training images included
+    assert "holds the files the run recorded" in capfd.readouterr().err
+
+
+def test_other_data_holding_training_images_says_how_many(private_run, tmp_path, capfd):
+    from edgecls.evaluate import evaluate_run
+
+    out, data = private_run
+    record = json.loads((out / "split.json").read_text())["splits"]
+    other = tmp_path / "other"
+    for path, _, _ in record["train"][:5] + record["test"][:3]:  # a few, renamed: the bytes count, not the names
+        target = other / path.split("/")[0] / ("x-" + Path(path).name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / path, target)
+    capfd.readouterr()
+    assert evaluate_run(out, data=str(other), save=False)["n"] == 8
+    assert "5 of the 8 images of" in capfd.readouterr().err
+
+
+def test_other_data_of_a_single_class_is_evaluated(private_run, tmp_path):
+    out, data = private_run
+    one = tmp_path / "one"
+    shutil.copytree(data / "square", one / "square")  # old code: "a classifier needs at least two class folders"
+    result = run_cli("evaluate", out, "--data", one, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout)
+    assert metrics["n"] == 24 and metrics["per_class"]["square"]["support"] == 24
+    assert sum(map(sum, metrics["confusion_matrix"])) == 24

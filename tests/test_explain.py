@@ -1,4 +1,4 @@
-"""Issue 11 point 1: Grad-CAM (`edgecls explain`) on real trained runs."""
+"""edgecls.explain: Grad-CAM (`edgecls explain`) on real trained runs."""
 
 import json
 import shutil
@@ -48,7 +48,7 @@ def _quadrant_mass(heatmap: np.ndarray, quadrant: int) -> float:
 
 
 @pytest.mark.slow
-def test_i11_p1_gradcam_mass_lies_in_the_objects_quadrant(tmp_path):
+def test_gradcam_mass_lies_in_the_objects_quadrant(tmp_path):
     """The only informative object sits in one quadrant of noise: most of the heatmap must lie there (chance: 25 %)."""
     from edgecls.core.augment import AugmentSpec
     from edgecls.explain import explain_run
@@ -87,9 +87,7 @@ def test_i11_p1_gradcam_mass_lies_in_the_objects_quadrant(tmp_path):
     assert len(list((tmp_path / "cams").glob("*.png"))) == len(result.explanations) + 1  # + the contact sheet
 
 
-def test_i11_p1_explain_cli_writes_a_png_per_image_a_contact_sheet_and_a_manifest(
-    tmp_path, tiny_run_dir, shapes_folder
-):
+def test_explain_cli_writes_a_png_per_image_a_contact_sheet_and_a_manifest(tmp_path, tiny_run_dir, shapes_folder):
     import cv2
 
     single = shapes_folder / "square" / "000.png"
@@ -113,7 +111,7 @@ def test_i11_p1_explain_cli_writes_a_png_per_image_a_contact_sheet_and_a_manifes
     assert "already exists" in cli_error(run_cli("explain", tiny_run_dir, single, "--out", out))
 
 
-def test_i11_p1_explain_asked_class_and_overwrite_replace_only_ours(tmp_path, tiny_run_dir, shapes_folder):
+def test_explain_asked_class_and_overwrite_replace_only_ours(tmp_path, tiny_run_dir, shapes_folder):
     from edgecls.explain import explain_run
 
     out = tmp_path / "cams"
@@ -131,7 +129,7 @@ def test_i11_p1_explain_asked_class_and_overwrite_replace_only_ours(tmp_path, ti
 
 
 @pytest.mark.parametrize("case", ["class", "layer", "unreadable", "out-file", "out-home", "out-in-images", "out-run"])
-def test_i11_p1_explain_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, tiny_run_dir, shapes_folder, case):
+def test_explain_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path, tiny_run_dir, shapes_folder, case):
     from edgecls.explain import explain_run
 
     images = tmp_path / "images"
@@ -169,7 +167,7 @@ def test_i11_p1_explain_refuses_bad_input_in_one_line_and_writes_nothing(tmp_pat
     assert [snapshot(tmp_path), snapshot(tiny_run_dir)] == before
 
 
-def test_i11_p1_explain_cli_unknown_layer_is_one_error_line(tmp_path, tiny_run_dir, shapes_folder):
+def test_explain_cli_unknown_layer_is_one_error_line(tmp_path, tiny_run_dir, shapes_folder):
     message = cli_error(
         run_cli(
             "explain", tiny_run_dir, shapes_folder / "circle" / "000.png", "--out", tmp_path / "o", "--layer", "nope"
@@ -184,7 +182,7 @@ def test_i11_p1_explain_cli_unknown_layer_is_one_error_line(tmp_path, tiny_run_d
         resolve_layer(open_run(tiny_run_dir).load_model(), "gap")
 
 
-def test_i11_p1_gradcam_of_a_nested_backbone_equals_the_flat_model(tiny_run_dir):
+def test_gradcam_of_a_nested_backbone_equals_the_flat_model(tiny_run_dir):
     """Keras 3 keeps a nested model's layers in its own graph; the re-traced model must give the same maps."""
     import keras
 
@@ -208,7 +206,7 @@ def test_i11_p1_gradcam_of_a_nested_backbone_equals_the_flat_model(tiny_run_dir)
     np.testing.assert_allclose(nested_probs, flat.predict(images, verbose=0), atol=1e-5)
 
 
-def test_i11_p1_gradcam_nested_frozen_mobilenetv2_and_sigmoid_head():
+def test_gradcam_nested_frozen_mobilenetv2_and_sigmoid_head():
     """The transfer-learning pattern: a frozen keras.applications backbone as one layer, and a 2-class sigmoid head."""
     import keras
 
@@ -233,7 +231,7 @@ def test_i11_p1_gradcam_nested_frozen_mobilenetv2_and_sigmoid_head():
 
 
 @pytest.mark.slow
-def test_i11_p1_explain_mobilenetv2_run_finds_its_layer(tmp_path, shapes_folder):
+def test_explain_mobilenetv2_run_finds_its_layer(tmp_path, shapes_folder):
     from edgecls.explain import explain_run
     from edgecls.train import TrainConfig, train
 
@@ -256,7 +254,7 @@ def test_i11_p1_explain_mobilenetv2_run_finds_its_layer(tmp_path, shapes_folder)
     assert len(pngs) == len(list((shapes_folder / "square").iterdir())) + 1 and "contact_sheet.png" in pngs
 
 
-def test_i11_p1_an_input_named_like_a_contact_sheet_keeps_its_own_png(tmp_path):
+def test_an_input_named_like_a_contact_sheet_keeps_its_own_png(tmp_path):
     """contact_sheet.jpg and contact_sheet_2.png would be written under the sheets' names, then overwritten."""
     from edgecls.explain import image_paths
 

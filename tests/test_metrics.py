@@ -1,4 +1,4 @@
-"""Per-class and macro precision/recall/F1 as scikit-learn defines them (issue 16.7)."""
+"""edgecls.core.metrics: per-class and macro precision/recall/F1 as scikit-learn defines them."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from edgecls.core.metrics import classification_report
 
 
-def test_i16_p7_a_class_predicted_but_absent_counts_in_the_macro_average():
+def test_a_class_predicted_but_absent_counts_in_the_macro_average():
     # class 2 has no images but one prediction: its precision is 0 and it is averaged in
     report = classification_report([0, 0, 1, 1], [0, 2, 1, 1], ["a", "b", "c"])
     assert report["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
@@ -15,7 +15,7 @@ def test_i16_p7_a_class_predicted_but_absent_counts_in_the_macro_average():
 
 
 @pytest.mark.parametrize("trial", range(40))
-def test_i16_p7_per_class_and_macro_match_scikit_learn_on_random_label_sets(trial):
+def test_per_class_and_macro_match_scikit_learn_on_random_label_sets(trial):
     from sklearn.metrics import classification_report as sk_report
     from sklearn.metrics import precision_recall_fscore_support
 

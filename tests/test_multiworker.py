@@ -1,4 +1,4 @@
-"""`--strategy multiworker`: real worker processes on loopback ports (issue 16 point 6).
+"""edgecls.distributed: `--strategy multiworker` with real worker processes on loopback ports.
 
 Keras 3's `model.fit` dies under MultiWorkerMirroredStrategy with two workers (keras-team/keras#20585);
 edgecls trains with its own loop there (edgecls/distributed.py). These tests start the real CLI once per
@@ -85,7 +85,7 @@ def saved_val_loss(run, data):
     return float(-np.log(probs[np.arange(len(split.y)), split.y]).mean() + sum(float(l) for l in model.losses))
 
 
-def test_i16_p6_two_workers_train_and_only_the_chief_writes_the_run(tmp_path, shapes_folder):
+def test_two_workers_train_and_only_the_chief_writes_the_run(tmp_path, shapes_folder):
     out = tmp_path / "runs" / "mw"
     results = run_workers(2, ["--data", shapes_folder, "--out", out, *TINY], tmp_path)
     for code, _stdout, stderr in results:
@@ -114,7 +114,7 @@ def test_i16_p6_two_workers_train_and_only_the_chief_writes_the_run(tmp_path, sh
     assert saved_val_loss(out, shapes_folder) == pytest.approx(history["val_loss"][kept["epoch"] - 1], abs=1e-4)
 
 
-def test_i10_p4_two_streaming_workers_train_like_one_process(tmp_path, shapes_folder):
+def test_two_streaming_workers_train_like_one_process(tmp_path, shapes_folder):
     """Issue 10 point 4 on the streaming path: two workers with TF_CONFIG on loopback ports both exit 0, only the
     chief writes the run, and it scores within a few points of a single-process run with the same seed.
 
@@ -171,7 +171,7 @@ def test_i10_p4_two_streaming_workers_train_like_one_process(tmp_path, shapes_fo
     assert acc1 > 0.6 and abs(acc - acc1) <= 0.05, (acc, acc1)
 
 
-def test_i16_p6_one_worker_loop_stops_early_halves_the_rate_and_keeps_the_best_epoch(tmp_path, shapes_folder):
+def test_one_worker_loop_stops_early_halves_the_rate_and_keeps_the_best_epoch(tmp_path, shapes_folder):
     out = tmp_path / "mw1"
     args = [
         "--data",
@@ -225,7 +225,7 @@ print(json.dumps(float(np.asarray(bn.moving_mean)[0])))
 """
 
 
-def test_review_padding_of_the_last_batch_does_not_skew_batchnorm_statistics():
+def test_padding_of_the_last_batch_does_not_skew_batchnorm_statistics():
     """10 images in batches of 8: the second step holds 2 images and 6 padding. Padding with black
     images dragged that step's batch mean to 0.25 (moving mean 0.375 instead of 0.75)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -236,7 +236,7 @@ def test_review_padding_of_the_last_batch_does_not_skew_batchnorm_statistics():
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == pytest.approx(0.75, abs=1e-6)
 
 
-def test_review_a_worker_that_dies_ends_the_other_with_one_error_line_and_no_stage(tmp_path, shapes_folder):
+def test_a_worker_that_dies_ends_the_other_with_one_error_line_and_no_stage(tmp_path, shapes_folder):
     """The survivor's collective op fails within seconds (no hang); it printed a TensorFlow traceback."""
     import time
 
