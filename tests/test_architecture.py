@@ -122,6 +122,7 @@ BROKEN_IMPORTS = [
     ("runtime/errors.py", "import edgecls.runtime.bundle", CYCLES, "No cycles are allowed in edgecls.runtime"),
     ("core/progress.py", "import edgecls.core.splits", CYCLES, "No cycles are allowed in edgecls.core"),
     ("core/metrics.py", "import edgecls.devices.sign", LAYERS, "edgecls.core.metrics -> edgecls.devices.sign"),
+    ("converters/output.py", "import edgecls.devices.sign", LAYERS, "edgecls.converters.output -> edgecls.devices"),
     ("commands/__init__.py", "import edgecls.cli", LAYERS, "edgecls.commands -> edgecls.cli"),
 ]
 
