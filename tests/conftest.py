@@ -23,6 +23,18 @@ def write_image(path: Path, image_bgr: np.ndarray) -> Path:
     return path
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): the whole suite gets tests/parallel.py's worker count. A run that names its
+    tests (`pytest tests/test_x.py`), or only collects, stays in this one process: one file does not start N
+    TensorFlows. An explicit `-n N` or PYTEST_XDIST_AUTO_NUM_WORKERS wins."""
+    from tests.parallel import workers
+
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # pytest-xdist's own hook reads it
+    whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS and not config.option.collectonly
+    return workers() if whole_suite else 0
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Group what cannot be split over pytest-xdist workers, longest unit first (tests/parallel.py)."""

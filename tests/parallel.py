@@ -20,12 +20,20 @@ unit of its own, handed out as workers free up.
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 EMULATED_PI = "emulated-pi"
 PI_MODULES = ("test_arm64_pi.py", "test_readme.py")  # in this order: the Pi test builds the rootfs on a fresh machine
 PI_ROOTFS_HINT = "EDGECLS_PI_ROOTFS_CACHE"  # a test that reads the Pi's rootfs names where it is cached
 CHEAP_MODULE_FIXTURES = {"sshd", "video"}
+MAX_WORKERS = 6  # each worker holds TensorFlow and starts trainings and conversions: ~2-3 GB at its peak
+
+
+def workers() -> int:
+    """Workers for the whole suite: one more than the CPUs, since most tests wait on subprocesses (servers,
+    devices over SSH, the emulated Pi) rather than compute; measured on 2 cores."""
+    return min(len(os.sched_getaffinity(0)) + 1, MAX_WORKERS)
 
 
 def _module(item) -> str:
