@@ -191,7 +191,7 @@ def _retraced(model, target, head):
 class GradCam:
     """Grad-CAM for one model and layer; call it on a batch of preprocessed images."""
 
-    def __init__(self, model, layer: LayerRef, sigmoid_head: bool | None = None):
+    def __init__(self, model, layer: LayerRef):
         import keras
 
         self.layer = layer
@@ -386,89 +386,103 @@ def explain_run(
     """
     from edgecls.core.rundir import open_run
     from edgecls.runtime.atomic import check_output, staged_dir, write_bytes, write_json
-    from edgecls.runtime.errors import ImageDecodeError
-    from edgecls.runtime.preprocess import load_image, preprocess
 
     run = open_run(run_path)
-    labels, spec = run.labels, run.preprocess
-    class_index = None
-    if class_label is not None:
-        if class_label not in labels:
-            raise EdgeclsError(f"unknown class {class_label!r}: the model's labels are {', '.join(labels)} (--class)")
-        class_index = labels.index(class_label)
+    class_index = _class_index(run.labels, class_label)
     images = image_paths(paths)
     guard = explain_guard(run, paths)
     check_output(out, overwrite, **guard)  # a refusal costs nothing
     model = run.load_model()
     ref = resolve_layer(model, layer)
     cam = GradCam(model, ref)
-    if cam.num_classes != len(labels):
+    if cam.num_classes != len(run.labels):
         raise EdgeclsError(
-            f"{run.model_path} has {cam.num_classes} outputs but the run has {len(labels)} labels: "
+            f"{run.model_path} has {cam.num_classes} outputs but the run has {len(run.labels)} labels: "
             "the run is inconsistent"
         )
     result = ExplainResult(Path(out), ref.name)
     tiles = []
     with staged_dir(out, overwrite, **guard) as stage:
         for start in range(0, len(images), BATCH):
-            chunk = images[start : start + BATCH]
-            originals = []
-            for path, _ in chunk:
-                try:
-                    originals.append(load_image(path))
-                except ImageDecodeError as exc:
-                    raise ImageDecodeError(f"{exc} (remove it, or pass only readable images)") from exc
-            heatmaps, probs = cam(np.stack([preprocess(image, spec, order="rgb") for image in originals]), class_index)
-            if start == 0 and heatmaps.shape[1] * heatmaps.shape[2] == 1:
-                progress(
-                    f"warning: layer {ref.name} has a 1x1 grid at this input size, so the heatmap cannot "
-                    f"localise: pick an earlier layer with --layer"
-                )
-            for (path, name), image, heat, p in zip(chunk, originals, heatmaps, probs):
-                top = int(p.argmax())
-                index = top if class_index is None else class_index
-                item = Explanation(
-                    path,
-                    labels[index],
-                    float(p[index]),
-                    labels[top],
-                    float(p[top]),
-                    upsample(heat, spec.height, spec.width),
-                    name,
-                )
-                lines = [f"{item.label} {item.score:.2f}"] + (
-                    [] if index == top else [f"top: {item.predicted} {item.predicted_score:.2f}"]
-                )
-                picture = overlay(_display_image(image, spec), heat, lines)
-                write_bytes(stage / name, _png(picture))
+            for item, picture in _explain_chunk(cam, images[start : start + BATCH], run, class_index, start == 0):
+                write_bytes(stage / item.png, _png(picture))
                 result.explanations.append(item)
                 if len(images) > 1:
-                    tiles.append((picture, Path(name).stem))  # the tile's corner shows class and score
+                    tiles.append((picture, Path(item.png).stem))  # the tile's corner shows class and score
             if len(images) > BATCH:
                 progress(f"explained {min(start + BATCH, len(images))}/{len(images)} images")
         for page, first in enumerate(range(0, len(tiles), SHEET_TILES), 1):
             sheet = "contact_sheet.png" if page == 1 else f"contact_sheet_{page}.png"  # SHEET reserves these
             write_bytes(stage / sheet, _png(contact_sheet(tiles[first : first + SHEET_TILES])))
             result.sheets.append(sheet)
-        write_json(
-            stage / MANIFEST,
-            {
-                "format": FORMAT,
-                "run": str(Path(run.path).resolve()),
-                "layer": ref.name,
-                "class": class_label,
-                "contact_sheets": result.sheets,
-                "images": [
-                    {
-                        "image": str(e.image),
-                        "png": e.png,
-                        "class": e.label,
-                        "score": round(e.score, 6),
-                        "predicted": e.predicted,
-                        "predicted_score": round(e.predicted_score, 6),
-                    }
-                    for e in result.explanations
-                ],
-            },
-        )
+        write_json(stage / MANIFEST, _manifest(run, class_label, result))
     return result
+
+
+def _class_index(labels: list, class_label: str | None) -> int | None:
+    """--class as an output index; None explains each image's predicted class."""
+    if class_label is None:
+        return None
+    if class_label not in labels:
+        raise EdgeclsError(f"unknown class {class_label!r}: the model's labels are {', '.join(labels)} (--class)")
+    return labels.index(class_label)
+
+
+def _explain_chunk(cam: GradCam, chunk: list, run, class_index: int | None, first: bool) -> list:
+    """[(Explanation, its overlay picture)] for one batch of (path, png name); `first`: the run's first batch."""
+    from edgecls.runtime.errors import ImageDecodeError
+    from edgecls.runtime.preprocess import load_image, preprocess
+
+    labels, spec = run.labels, run.preprocess
+    originals = []
+    for path, _ in chunk:
+        try:
+            originals.append(load_image(path))
+        except ImageDecodeError as exc:
+            raise ImageDecodeError(f"{exc} (remove it, or pass only readable images)") from exc
+    heatmaps, probs = cam(np.stack([preprocess(image, spec, order="rgb") for image in originals]), class_index)
+    if first and heatmaps.shape[1] * heatmaps.shape[2] == 1:
+        progress(
+            f"warning: layer {cam.layer.name} has a 1x1 grid at this input size, so the heatmap cannot "
+            f"localise: pick an earlier layer with --layer"
+        )
+    explained = []
+    for (path, name), image, heat, p in zip(chunk, originals, heatmaps, probs):
+        top = int(p.argmax())
+        index = top if class_index is None else class_index
+        item = Explanation(
+            path,
+            labels[index],
+            float(p[index]),
+            labels[top],
+            float(p[top]),
+            upsample(heat, spec.height, spec.width),
+            name,
+        )
+        lines = [f"{item.label} {item.score:.2f}"] + (
+            [] if index == top else [f"top: {item.predicted} {item.predicted_score:.2f}"]
+        )
+        explained.append((item, overlay(_display_image(image, spec), heat, lines)))
+    return explained
+
+
+def _manifest(run, class_label: str | None, result: ExplainResult) -> dict:
+    """explanations.json: what was explained with which run and layer, and each image's PNG and scores."""
+    return {
+        "format": FORMAT,
+        "run": str(Path(run.path).resolve()),
+        "layer": result.layer,
+        "class": class_label,
+        "contact_sheets": result.sheets,
+        "images": [
+            {
+                "image": str(e.image),
+                "png": e.png,
+                "class": e.label,
+                "score": round(e.score, 6),
+                "predicted": e.predicted,
+                "predicted_score": round(e.predicted_score, 6),
+            }
+            for e in result.explanations
+        ],
+    }

@@ -58,10 +58,6 @@ class TensorQuant:
     scale: float = 0.0
     zero_point: int = 0
 
-    @property
-    def quantized(self) -> bool:
-        return self.dtype in ("int8", "uint8") and self.scale > 0
-
 
 @dataclass(frozen=True)
 class Artifact:

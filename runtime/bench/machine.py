@@ -162,13 +162,3 @@ def describe() -> dict:
         "via_ssh": bool(os.environ.get("SSH_CONNECTION")),
         "versions": package_versions(),
     }
-
-
-def short(machine: dict) -> str:
-    """One line for tables: 'host: CPU, N cores, arch' (and EMULATED when it was)."""
-    line = (
-        f"{machine.get('hostname')}: {machine.get('cpu') or '?'}, {machine.get('cores')} cores, {machine.get('arch')}"
-    )
-    if machine.get("emulated"):
-        line += f", EMULATED ({machine['emulated']}): not timings of a real device"
-    return line

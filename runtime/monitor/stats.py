@@ -20,7 +20,6 @@ own edges even if a later version bins differently.
 from __future__ import annotations
 
 import bisect
-import math
 
 import numpy as np
 
@@ -33,15 +32,6 @@ def bin_index(value: float, edges) -> int:
     """The bin of `value`: [edges[i], edges[i+1]), the last bin closed; values outside go to the end bins."""
     i = bisect.bisect_right(edges, value) - 1
     return min(max(i, 0), len(edges) - 2)
-
-
-def histogram(values, edges) -> list:
-    """Counts per bin, binned exactly as `bin_index` bins one value."""
-    counts = [0] * (len(edges) - 1)
-    for v in np.asarray(values, dtype=np.float64).ravel():
-        if math.isfinite(v):
-            counts[bin_index(float(v), edges)] += 1
-    return counts
 
 
 def brightness(pixels: np.ndarray) -> float:
