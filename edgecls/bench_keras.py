@@ -82,8 +82,7 @@ def measure(job: dict) -> dict:
 
     from edgecls.runtime.bench.frame import frame_stages
     from edgecls.runtime.bench.machine import package_versions
-    from edgecls.runtime.bench.stats import timed_runs, warm_up
-    from edgecls.runtime.bench.worker import accuracy, engines_loaded, peak_rss_mb, rss_mb
+    from edgecls.runtime.bench.worker import accuracy, invoke_phases, rss_mb, worker_record
     from edgecls.runtime.preprocess import PreprocessSpec, load_image, preprocess
 
     rss_start = rss_mb()
@@ -102,11 +101,7 @@ def measure(job: dict) -> dict:
     check_fits(model, Path(job["model"]).name, spec, labels, head)
     engine = _KerasEngine(model)
     batch = preprocess(load_image(job["frame"]), spec)[None]
-    t = time.perf_counter()
-    engine.run(batch)
-    first_ms = (time.perf_counter() - t) * 1000
-    warm = warm_up(lambda: engine.run(batch), max_seconds=job.get("max_warmup_s", 10.0))
-    invoke = timed_runs(lambda: engine.run(batch), job["runs"], job.get("budget_s"))
+    invoke = invoke_phases(lambda: engine.run(batch), job)
 
     def classify(image):
         # The runtime's own probabilities and top-k, so the frame's last stage is the same work as an artifact's.
@@ -117,30 +112,20 @@ def measure(job: dict) -> dict:
         return [(labels[i], float(probs[i])) for i in order]
 
     frame = frame_stages(classify, engine, Path(job["frame"]), job.get("frame_runs", job["runs"]), job.get("budget_s"))
-    record = {
-        "import_ms": import_ms,
-        "load_ms": load_ms,
-        "first_inference_ms": first_ms,
-        **warm,
-        "invoke_samples": invoke,
-        "frame_samples": frame,
+    engine_row = {
         "backend": "keras",
         "backend_version": package_versions(("tensorflow",)).get("tensorflow"),
         "provider": "CPU" if not tf.config.list_physical_devices("GPU") else "GPU",
-        "rss_before_load_mb": rss_start,
-        "pid": os.getpid(),
     }
-    if job.get("data"):
-        record.update(accuracy(lambda p: classify(load_image(p))[0][0], job["data"], labels))
-    record["peak_rss_mb"] = peak_rss_mb()
-    record["engines_loaded"] = engines_loaded()
-    return record
+    scored = accuracy(lambda p: classify(load_image(p))[0][0], job["data"], labels) if job.get("data") else None
+    timings = {"import_ms": import_ms, "load_ms": load_ms, **invoke, "frame_samples": frame}
+    return worker_record(timings, engine_row, rss_start, scored)
 
 
 def keras_records(model_path: Path, say=None):
     """An `extra_jobs` hook for `edgecls.runtime.bench.run_bench`: the Keras model at each thread count, pooled like
     artifacts."""
-    from edgecls.runtime.bench.runner import pool, run_worker
+    from edgecls.runtime.bench.runner import Timed, run_worker
 
     def extra(bundle, options, frame, host, progress):
         results = {}
@@ -153,36 +138,22 @@ def keras_records(model_path: Path, say=None):
                     "artifact": KERAS_ARTIFACT,
                     "labels": bundle.labels,
                     "head": bundle.manifest.head,
-                    "threads": threads,
-                    "runs": options.runs,
-                    "frame_runs": options.frame_runs or options.runs,
-                    "budget_s": options.budget_s,
-                    "max_warmup_s": options.max_warmup_s,
-                    "frame": str(frame),
-                    "top_k": options.top_k,
-                    "data": options.data if rep == 0 else None,
+                    **options.job(threads, frame, rep),
                 }
                 results.setdefault(threads, []).append(
                     run_worker(job, options.python, options.timeout_s, module="edgecls.bench_keras")
                 )
         source = bundle.manifest.source or {}
-        return [
-            pool(
-                {
-                    "artifact": KERAS_ARTIFACT,
-                    "file": model_path.name,
-                    "format": "keras",
-                    "precision": "fp32",
-                    "threads": t,
-                    "size_bytes": model_path.stat().st_size,
-                    "macs": source.get("macs"),
-                    "bundle_accuracy": source.get("accuracy"),
-                    "machine": host,
-                },
-                results[t],
-            )
-            for t in options.threads
-        ]
+        timed = Timed(
+            KERAS_ARTIFACT,
+            model_path.name,
+            "keras",
+            "fp32",
+            model_path.stat().st_size,
+            source.get("macs"),
+            source.get("accuracy"),
+        )
+        return [timed.record(t, host, results[t]) for t in options.threads]
 
     return extra
 

@@ -131,6 +131,22 @@ def check_out_dir(path) -> Path:
     return path
 
 
+def check_outputs(json_path=None, csv_path=None, markdown_path=None, plot_path=None, out_dir=None) -> None:
+    """Every output `write_outputs` will write, checked before minutes of timing (plotting included)."""
+    for path, what in (
+        (json_path, "--json"),
+        (csv_path, "--csv"),
+        (markdown_path, "--markdown"),
+        (plot_path, "--plot"),
+    ):
+        if path:
+            check_file_output(path, what)
+    if out_dir:
+        check_out_dir(out_dir)
+    if plot_path:
+        check_plotting()
+
+
 def load_results(path, what: str = "baseline") -> dict:
     """A bench JSON document, checked enough that --compare cannot misread it."""
     path = Path(path)

@@ -98,7 +98,7 @@ def bench(
     load and first-inference time, peak RSS, GMAC/s, accuracy; compare with a baseline for CI."""
     from edgecls import bench_report as report
     from edgecls.runtime.bench.__main__ import parse_threads
-    from edgecls.runtime.bench.runner import BenchOptions, run_bench
+    from edgecls.runtime.bench.runner import BenchOptions
     from edgecls.runtime.errors import EdgeclsError
 
     if bool(bundle) == bool(from_json):
@@ -110,18 +110,7 @@ def bench(
     # Everything that can be refused is refused before minutes of timing.
     limit = report.parse_percent(max_regression)
     base = report.load_results(baseline) if baseline else None
-    for path, what in (
-        (json_path, "--json"),
-        (csv_path, "--csv"),
-        (markdown_path, "--markdown"),
-        (plot_path, "--plot"),
-    ):
-        if path:
-            report.check_file_output(path, what)
-    if out_dir:
-        report.check_out_dir(out_dir)
-    if plot_path:
-        report.check_plotting()
+    report.check_outputs(json_path, csv_path, markdown_path, plot_path, out_dir)
     options = BenchOptions(
         artifacts=[a.strip() for a in artifacts.split(",") if a.strip()] if artifacts else None,
         threads=parse_threads(threads),
@@ -137,16 +126,8 @@ def bench(
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731
     if from_json:
         doc = report.load_results(from_json, "--from-json")
-    elif device:
-        from edgecls.bench_remote import run_remote
-
-        if keras_model:
-            say("note: --keras is ignored with --device (the device has no TensorFlow to run it)")
-        doc = run_remote(device, bundle, options, ssh_config=ssh_config, python=remote_python, progress=say)
     else:
-        doc = run_bench(
-            bundle, options, progress=say, extra_jobs=_keras_hook(bundle, keras_model, no_keras, say), notify=say
-        )
+        doc = _measure(bundle, options, device, ssh_config, remote_python, keras_model, no_keras, say)
     click.echo(report.format_table(doc))
     for path in report.write_outputs(doc, json_path, csv_path, markdown_path, plot_path, out_dir):
         say(f"wrote {path}")
@@ -155,6 +136,20 @@ def bench(
         for line in lines:
             click.echo(line)
         report.check_regressions(regressions, limit)
+
+
+def _measure(bundle, options, device, ssh_config, remote_python, keras_model, no_keras, say) -> dict:
+    """The bench document: on `device` over SSH (by its installed runtime), or here with the Keras baseline."""
+    if device:
+        from edgecls.bench_remote import run_remote
+
+        if keras_model:
+            say("note: --keras is ignored with --device (the device has no TensorFlow to run it)")
+        return run_remote(device, bundle, options, ssh_config=ssh_config, python=remote_python, progress=say)
+    from edgecls.runtime.bench.runner import run_bench
+
+    keras = _keras_hook(bundle, keras_model, no_keras, say)
+    return run_bench(bundle, options, progress=say, extra_jobs=keras, notify=say)
 
 
 def _keras_hook(bundle, keras_model, no_keras, say):

@@ -50,6 +50,59 @@ class BenchOptions:
             raise EdgeclsError("--threads values must be at least 1")
         self.threads = list(dict.fromkeys(self.threads))  # 1,1 would time twice and pool both as one record
 
+    def job(self, threads, frame: Path, repeat: int) -> dict:
+        """The settings every worker job carries, whatever it times (--data is scored on the first repeat only)."""
+        return {
+            "threads": threads,
+            "runs": self.runs,
+            "frame_runs": self.frame_runs or self.runs,
+            "budget_s": self.budget_s,
+            "max_warmup_s": self.max_warmup_s,
+            "frame": str(frame),
+            "top_k": self.top_k,
+            "data": self.data if repeat == 0 else None,
+        }
+
+
+@dataclass(frozen=True)
+class Timed:
+    """What one record times, as its first keys say: an artifact of the bundle, or the Keras model it came from."""
+
+    artifact: str
+    file: str
+    format: str
+    precision: str
+    size_bytes: int
+    macs: int | None = None
+    bundle_accuracy: float | None = None
+
+    @classmethod
+    def of(cls, artifact) -> Timed:
+        return cls(
+            artifact.name,
+            artifact.file,
+            artifact.format,
+            artifact.precision,
+            artifact.size_bytes,
+            artifact.macs,
+            artifact.accuracy,
+        )
+
+    def record(self, threads, host: dict, repeats: list) -> dict:
+        """Its record at one thread count: what it is, the machine it ran on, and its repeats pooled."""
+        static = {
+            "artifact": self.artifact,
+            "file": self.file,
+            "format": self.format,
+            "precision": self.precision,
+            "threads": threads,
+            "size_bytes": self.size_bytes,
+            "macs": self.macs,
+            "bundle_accuracy": self.bundle_accuracy,
+            "machine": host,
+        }
+        return pool(static, repeats)
+
 
 def select_artifacts(bundle: Bundle, names) -> list:
     """The bundle's artifacts by name, in manifest order; an unknown name is an error that lists the known ones."""
@@ -192,45 +245,11 @@ def run_bench(
         if note:
             (notify or say)(note)
     started = time.time()
-    results: dict = {}
     with tempfile.TemporaryDirectory(prefix="edgecls-bench-") as tmp:
         frame = _frame_for(bundle, options, Path(tmp))
-        for rep in range(options.repeats):
-            for artifact in artifacts:
-                for threads in options.threads:
-                    say(f"[{rep + 1}/{options.repeats}] {artifact.name} threads={threads or 'default'}")
-                    job = {
-                        "bundle": str(Path(bundle.root).resolve()),
-                        "artifact": artifact.name,
-                        "format": artifact.format,
-                        "threads": threads,
-                        "runs": options.runs,
-                        "frame_runs": options.frame_runs or options.runs,
-                        "budget_s": options.budget_s,
-                        "max_warmup_s": options.max_warmup_s,
-                        "frame": str(frame),
-                        "top_k": options.top_k,
-                        "data": options.data if rep == 0 else None,
-                    }
-                    results.setdefault((artifact.name, threads), []).append(
-                        run_worker(job, options.python, options.timeout_s)
-                    )
+        results = _time_artifacts(bundle, artifacts, options, frame, say)
         host = machine.describe()
-        records = []
-        for artifact in artifacts:
-            for threads in options.threads:
-                static = {
-                    "artifact": artifact.name,
-                    "file": artifact.file,
-                    "format": artifact.format,
-                    "precision": artifact.precision,
-                    "threads": threads,
-                    "size_bytes": artifact.size_bytes,
-                    "macs": artifact.macs,
-                    "bundle_accuracy": artifact.accuracy,
-                    "machine": host,
-                }
-                records.append(pool(static, results[(artifact.name, threads)]))
+        records = [Timed.of(a).record(t, host, results[(a.name, t)]) for a in artifacts for t in options.threads]
         if extra_jobs is not None:
             records += extra_jobs(bundle, options, frame, host, say)
     return {
@@ -259,3 +278,22 @@ def run_bench(
         "machine": host,
         "records": records,
     }
+
+
+def _time_artifacts(bundle: Bundle, artifacts: list, options: BenchOptions, frame: Path, say) -> dict:
+    """{(artifact name, threads): [one worker result per repeat]}, repeats round-robin over the artifacts."""
+    results: dict = {}
+    for rep in range(options.repeats):
+        for artifact in artifacts:
+            for threads in options.threads:
+                say(f"[{rep + 1}/{options.repeats}] {artifact.name} threads={threads or 'default'}")
+                job = {
+                    "bundle": str(Path(bundle.root).resolve()),
+                    "artifact": artifact.name,
+                    "format": artifact.format,
+                    **options.job(threads, frame, rep),
+                }
+                results.setdefault((artifact.name, threads), []).append(
+                    run_worker(job, options.python, options.timeout_s)
+                )
+    return results

@@ -20,26 +20,28 @@ from pathlib import Path
 from edgecls.runtime.bench.stats import timed_runs, warm_up
 
 
-def rss_mb() -> float | None:
-    """Current resident set size of this process."""
+def _proc_status_mb(field: str) -> float | None:
+    """A size from /proc/self/status (VmRSS, VmHWM) in MB, or None where there is none (not Linux)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
 
 
+def rss_mb() -> float | None:
+    """Current resident set size of this process."""
+    return _proc_status_mb("VmRSS")
+
+
 def peak_rss_mb() -> float:
     """This process's own peak RSS. On Linux, VmHWM: ru_maxrss keeps the parent's peak across a vfork + exec
     (so a worker started by a 1 GB quickstart process reported 1 GB whatever it ran)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
@@ -108,6 +110,24 @@ def _engine_module(fmt: str) -> tuple[str, str]:
     return "", ""
 
 
+def invoke_phases(run, job: dict) -> dict:
+    """The engine alone on a ready input: its first call, warm-up until the latency settles, then timed calls."""
+    t = time.perf_counter()
+    run()
+    first_ms = (time.perf_counter() - t) * 1000
+    warm = warm_up(run, max_seconds=job.get("max_warmup_s", 10.0))
+    return {"first_inference_ms": first_ms, **warm, "invoke_samples": timed_runs(run, job["runs"], job.get("budget_s"))}
+
+
+def worker_record(timings: dict, engine: dict, rss_start: float | None, scored: dict | None) -> dict:
+    """One worker's result: its `timings` (start-up, `invoke_phases`, frame samples), the `engine` that ran
+    (backend, backend_version, provider), memory, its pid and, with --data, the `scored` accuracy."""
+    record = {**timings, **engine, "rss_before_load_mb": rss_start, "pid": os.getpid(), **(scored or {})}
+    record["peak_rss_mb"] = peak_rss_mb()
+    record["engines_loaded"] = engines_loaded()
+    return record
+
+
 def measure(job: dict) -> dict:
     """Load, first inference, warm-up, timed invokes, timed whole frames, accuracy, RSS: one record."""
     from edgecls.runtime.bench.frame import frame_stages
@@ -117,25 +137,21 @@ def measure(job: dict) -> dict:
     from edgecls.runtime.session import quantize
 
     rss_start = rss_mb()
-    threads = job.get("threads")
-    fmt = job["format"]
-    module, package = _engine_module(fmt)
+    module, package = _engine_module(job["format"])
     t = time.perf_counter()
     if module:
         importlib.import_module(module)
     import_ms = (time.perf_counter() - t) * 1000
     t = time.perf_counter()
-    classifier = Classifier(job["bundle"], artifact=job["artifact"], threads=threads, top_k=job.get("top_k", 5))
+    classifier = Classifier(
+        job["bundle"], artifact=job["artifact"], threads=job.get("threads"), top_k=job.get("top_k", 5)
+    )
     load_ms = (time.perf_counter() - t) * 1000
     backend = classifier.session.backend
 
     # Invoke alone: the engine on an input already preprocessed and quantized, as TFLite's benchmark_model times it.
     batch = quantize(preprocess(load_image(job["frame"]), classifier.spec)[None], backend.input_spec)
-    t = time.perf_counter()
-    backend.run(batch)
-    first_ms = (time.perf_counter() - t) * 1000
-    warm = warm_up(lambda: backend.run(batch), max_seconds=job.get("max_warmup_s", 10.0))
-    invoke = timed_runs(lambda: backend.run(batch), job["runs"], job.get("budget_s"))
+    invoke = invoke_phases(lambda: backend.run(batch), job)
     frame = frame_stages(
         lambda image: classifier.classify(image, "rgb"),
         backend,
@@ -143,24 +159,16 @@ def measure(job: dict) -> dict:
         job.get("frame_runs", job["runs"]),
         job.get("budget_s"),
     )
-    record = {
-        "import_ms": import_ms,
-        "load_ms": load_ms,
-        "first_inference_ms": first_ms,
-        **warm,
-        "invoke_samples": invoke,
-        "frame_samples": frame,
+    engine = {
         "backend": backend.name,
         "backend_version": package_versions((package,)).get(package) if package else None,
         "provider": (getattr(backend, "providers", None) or ["CPU"])[0],
-        "rss_before_load_mb": rss_start,
-        "pid": os.getpid(),
     }
+    scored = None
     if job.get("data"):
-        record.update(accuracy(lambda p: classifier.classify_file(p).label, job["data"], classifier.labels))
-    record["peak_rss_mb"] = peak_rss_mb()
-    record["engines_loaded"] = engines_loaded()
-    return record
+        scored = accuracy(lambda p: classifier.classify_file(p).label, job["data"], classifier.labels)
+    timings = {"import_ms": import_ms, "load_ms": load_ms, **invoke, "frame_samples": frame}
+    return worker_record(timings, engine, rss_start, scored)
 
 
 def serve_job(measure_job, argv=None) -> int:
