@@ -6,6 +6,8 @@ import json
 
 import click
 
+from edgecls.commands._options import json_flag
+
 
 def _profiles_help() -> str:
     from edgecls.devices.profiles import PROFILES_ENV, user_profile_dirs
@@ -14,7 +16,7 @@ def _profiles_help() -> str:
 
 
 @click.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_flag
 @click.pass_context
 def devices(ctx, as_json):
     """Device profiles (built-in and your own) and which inference backends are installed here."""
@@ -23,7 +25,7 @@ def devices(ctx, as_json):
 
 
 @devices.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_flag
 def list_cmd(as_json):
     """List the profiles and the backends installed here."""
     from dataclasses import asdict
@@ -48,7 +50,7 @@ def list_cmd(as_json):
 
 @devices.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_flag
 def show(name, as_json):
     """Every field of one profile (NAME, or a path to a JSON file)."""
     from dataclasses import asdict

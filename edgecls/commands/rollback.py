@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgecls.commands.flash import target_options, with_target_options
+from edgecls.commands._options import target_options, with_target_options
 
 
 @click.command()

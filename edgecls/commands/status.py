@@ -6,13 +6,13 @@ import json
 
 import click
 
-from edgecls.commands.flash import target_options, with_target_options
+from edgecls.commands._options import json_flag, target_options, with_target_options
 
 
 @click.command()
 @click.argument("target")
 @with_target_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_flag
 def status(target, as_json, **kw):
     """Installed versions, which is current, signature state, health, and the last flash result with its reason."""
     from edgecls.devices.flash import printable as p
