@@ -43,6 +43,21 @@ def pytest_collection_modifyitems(config, items):
     assign_groups(items)
 
 
+@pytest.fixture(autouse=True)
+def pi_rootfs_turn(request):
+    """A test that reads the emulated Pi's rootfs from outside test_arm64_pi.py (tests/parallel.py finds them)
+    waits until no other test has it started (tests/emulated_pi.py)."""
+    from tests.parallel import READS_PI_ROOTFS
+
+    if not request.node.stash.get(READS_PI_ROOTFS, False):
+        yield
+        return
+    from tests.emulated_pi import in_use
+
+    with in_use():
+        yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_data_cache(tmp_path_factory):
     """Built-in datasets and unpacked .tar bundles go under temp folders, not the user's cache."""

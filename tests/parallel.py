@@ -5,16 +5,16 @@ on one worker in collection order. conftest.py's pytest_collection_modifyitems c
 files need no marks. Without `-n` the marks change nothing: a plain `pytest` runs every test in one process.
 
 What cannot be split or overlapped:
-- the emulated Raspberry Pi: one rootfs (devices/emulate/arm64-pi.sh), started by tests/test_arm64_pi.py and by the
-  README's last section; a second start or a stop of it ends the other's sshd, and arm64 code run through
-  `qemu-aarch64-static -L ROOTFS` while it is started sees the host's /proc through the rootfs's bind mount (not the
-  private mount a test puts over /proc/cpuinfo). All of it is one unit, first in line: it is the longest, and on a
-  fresh machine its first test builds the rootfs (15-20 minutes) that the others need.
-- tests/test_readme.py: one workspace (a module fixture) whose sections build on the ones above them.
+- tests/test_readme.py: one workspace (a module fixture) whose sections build on the ones above them; the longest
+  unit, so it starts first.
+- the emulated Raspberry Pi: one rootfs per machine (tests/emulated_pi.py), which test_arm64_pi.py and the README's
+  last section start, and a few tests read with qemu-user; they take turns on its lock (`pi_rootfs_turn` in
+  conftest.py for readers in other files). test_arm64_pi.py's unit starts second: on a fresh machine it builds the
+  rootfs (15-20 minutes) that the readers, in the same unit after it, need.
 - a module whose module-scoped fixture trains, converts or installs something, or holds state its tests share in
   order: split over workers, each would build it again. `sshd` and `video` are cheap and stateless: split freely.
-Everything else (fixed ports: none, every server takes a free one; tmpfs and unshare: private to each test) is a
-unit of its own, handed out as workers free up.
+Everything else (no fixed ports: every server takes a free one; tmpfs and unshare: private to each test) is a unit
+of its own, handed out as workers free up.
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ import inspect
 import os
 from pathlib import Path
 
-EMULATED_PI = "emulated-pi"
-PI_MODULES = ("test_arm64_pi.py", "test_readme.py")  # in this order: the Pi test builds the rootfs on a fresh machine
-PI_ROOTFS_HINT = "EDGECLS_PI_ROOTFS_CACHE"  # a test that reads the Pi's rootfs names where it is cached
+import pytest
+
+README, EMULATED_PI = "readme", "emulated-pi"
+FIRST = (README, EMULATED_PI)  # the long units, started first in this order
+PI_ROOTFS_HINT = "EDGECLS_PI_ROOTFS_CACHE"  # a test elsewhere that reads the Pi's rootfs names where it is cached
+READS_PI_ROOTFS = pytest.StashKey[bool]()  # set on such tests: they wait for the rootfs (conftest.pi_rootfs_turn)
 CHEAP_MODULE_FIXTURES = {"sshd", "video"}
 MAX_WORKERS = 6  # each worker holds TensorFlow and starts trainings and conversions: ~2-3 GB at its peak
 
@@ -59,7 +62,9 @@ def _has_costly_module_fixture(item) -> bool:
 
 def group_of(item) -> str | None:
     """The xdist group `item` belongs to, or None: a unit of its own."""
-    if _module(item) in PI_MODULES or _reads_pi_rootfs(item):
+    if _module(item) == "test_readme.py":
+        return README
+    if _module(item) == "test_arm64_pi.py" or item.stash.get(READS_PI_ROOTFS, False):
         return EMULATED_PI
     if _has_costly_module_fixture(item):
         return _module(item)
@@ -67,19 +72,18 @@ def group_of(item) -> str | None:
 
 
 def _rank(item, group: str | None) -> tuple:
-    """Sort key: the Pi's unit first (its modules in PI_MODULES order, then the rest), everything else after."""
-    if group != EMULATED_PI:
-        return (1, 0)
-    module = _module(item)
-    return (0, PI_MODULES.index(module) if module in PI_MODULES else len(PI_MODULES))
+    """Sort key: the long units first (test_arm64_pi.py's tests before the readers put with them), then the rest."""
+    if group not in FIRST:
+        return (len(FIRST), 0)
+    return (FIRST.index(group), _module(item) != "test_arm64_pi.py")
 
 
 def assign_groups(items: list) -> None:
     """Mark each item with its xdist group and put the longest unit first (stable otherwise: collection order)."""
-    import pytest
-
     groups = {}
     for item in items:
+        if _module(item) != "test_arm64_pi.py" and _reads_pi_rootfs(item):
+            item.stash[READS_PI_ROOTFS] = True
         group = groups[item] = group_of(item)
         if group is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))

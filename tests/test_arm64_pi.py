@@ -13,7 +13,6 @@ cannot run arm64 binaries (binfmt_misc not mountable) fails there with the reaso
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,53 +23,40 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import REPO, can_unshare, require_tool, run_cli
-
-SCRIPT = REPO / "devices" / "emulate" / "arm64-pi.sh"
-BUILD_TIMEOUT_S = 45 * 60
-
-
-def _rootfs() -> Path:
-    digest = hashlib.sha256(SCRIPT.read_bytes()).hexdigest()[:12]
-    base = Path(os.environ.get("EDGECLS_PI_ROOTFS_CACHE", "~/.cache/edgecls/arm64-pi")).expanduser()
-    return base / f"bookworm-{digest}"
-
-
-def _script(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+from tests.emulated_pi import (
+    SCRIPT,
+    ensure_built,
+    in_use,
+    pi_rootfs_alone,  # noqa: F401  (fixture)
+    require_emulation,
+    script,
+)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pi(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.fail("the emulated Pi needs root (debootstrap, chroot, binfmt_misc): run the arm64 tests as root")
-    require_tool("qemu-aarch64-static", package="qemu-user-static")
-    require_tool("debootstrap", package="debootstrap")
-    require_tool("sshd", "/usr/sbin/sshd", package="openssh-server")
-    check = _script("check")
-    assert check.returncode == 0, f"this machine cannot run arm64 binaries: {check.stderr.strip()}"
-    root = _rootfs()
-    if not (root / ".edgecls-built").exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        built = _script("build", root, timeout=BUILD_TIMEOUT_S)
-        assert built.returncode == 0, f"building the arm64 rootfs failed: {built.stderr[-3000:]}"
-    folder = tmp_path_factory.mktemp("pi")
-    key = folder / "key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    from tests.sshd import _free_port
+    """The emulated Pi, started for this test alone (its rootfs built first on a fresh machine), stopped after."""
+    require_emulation()
+    with in_use() as root:
+        ensure_built(root)
+        folder = tmp_path_factory.mktemp("pi")
+        key = folder / "key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        from tests.sshd import _free_port
 
-    port = _free_port()
-    started = _script("start", root, port, f"{key}.pub", timeout=600)
-    assert started.returncode == 0, started.stderr
-    config = folder / "ssh_config"
-    config.write_text(
-        f"Host 127.0.0.1 emulated-pi\n  HostName 127.0.0.1\n  Port {port}\n  User pi\n"
-        f"  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
-        f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
-    )
-    try:
-        yield SimpleNamespace(root=root, port=port, config=config, target=f"pi@127.0.0.1:{port}")
-    finally:
-        _script("stop", root, timeout=120)
+        port = _free_port()
+        started = script("start", root, port, f"{key}.pub", timeout=600)
+        try:
+            assert started.returncode == 0, started.stderr
+            config = folder / "ssh_config"
+            config.write_text(
+                f"Host 127.0.0.1 emulated-pi\n  HostName 127.0.0.1\n  Port {port}\n  User pi\n"
+                f"  IdentityFile {key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
+                f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+            )
+            yield SimpleNamespace(root=root, port=port, config=config, target=f"pi@127.0.0.1:{port}")
+        finally:
+            script("stop", root, timeout=120)
 
 
 def _ssh(pi, command: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -182,9 +168,9 @@ def test_flash_setup_predict_and_bench_on_the_emulated_pi(pi, digits_bundle, tmp
     )
 
 
-def _built_rootfs() -> Path | None:
-    """The cached rootfs (or one built by hand at /tmp/pi-root), if its build finished."""
-    return next((r for r in (_rootfs(), Path("/tmp/pi-root")) if (r / ".edgecls-built").exists()), None)
+def _built(root: Path) -> Path | None:
+    """`root`, or one built by hand at /tmp/pi-root, if its build finished."""
+    return next((r for r in (root, Path("/tmp/pi-root")) if (r / ".edgecls-built").exists()), None)
 
 
 PI5_CPUINFO = """processor\t: 0
@@ -200,13 +186,13 @@ Model\t\t: Raspberry Pi 5 Model B Rev 1.0
 """
 
 
-def test_emulation_is_seen_when_qemu_shows_an_arm_cpuinfo(tmp_path):
+def test_emulation_is_seen_when_qemu_shows_an_arm_cpuinfo(tmp_path, pi_rootfs_alone):  # noqa: F811
     """QEMU >= 8.2 emulates /proc/cpuinfo for arm/aarch64 guests (linux-user/aarch64/target_proc.h; Ubuntu 24.04
     ships 8.2), so runtime/bench/machine.py:emulation() sees an ARM CPU and returns None: emulated timings are
     then unlabelled and the smoke test judges the Pi's budget. Reproduced with Debian's qemu 7.2 by showing the
     guest a Pi 5 cpuinfo in a private mount namespace; /proc/sys/kernel/arch still tells the truth (x86_64)."""
     qemu = require_tool("qemu-aarch64-static", package="qemu-user-static")
-    rootfs = _built_rootfs()
+    rootfs = _built(pi_rootfs_alone)
     if rootfs is None or not can_unshare("--mount"):
         pytest.skip("needs root, unshare and a built arm64 rootfs (devices/emulate/arm64-pi.sh build)")
     (tmp_path / "cpuinfo").write_text(PI5_CPUINFO)

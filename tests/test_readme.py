@@ -1,4 +1,4 @@
-"""Issue 14 point 3: every shell command in the README is run, so the README cannot drift from the code.
+"""README.md: every shell command in it is run, so the README cannot drift from the code.
 
 Every fenced block tagged `bash`, `sh` or `shell` is split into commands (tests/readme_blocks.py) and each runs
 through `bash -euo pipefail` with a timeout and must exit 0, in README order, in one temporary working directory
@@ -37,7 +37,8 @@ from tests.readme_blocks import SHELL_LANGUAGES, read_blocks, sections
 
 README = REPO / "README.md"
 COMMAND_TIMEOUT_S = 420
-SECTION_TIMEOUT_S = {"Try it on an emulated Raspberry Pi": 3600}  # pip installs and predicts under qemu
+PI_SECTION = "Try it on an emulated Raspberry Pi"  # its commands start, flash and stop the emulated Pi
+SECTION_TIMEOUT_S = {PI_SECTION: 3600}  # pip installs and predicts under qemu
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Rewrite:
 
 
 # Every change the test makes to a README command, in the order applied. A rule that matches no command fails
-# test_i14_p3_readme_rewrites_are_all_used_and_not_run_is_short, so this table cannot outlive the commands it is for.
+# test_readme_rewrites_are_all_used_and_not_run_is_short, so this table cannot outlive the commands it is for.
 QUICK = [
     # Installation: CI installed .[all] already (.ci/run); reinstalling is slow and a non-editable `pip install .`
     # would replace the checkout's editable install. Instead the test checks the extra's requirements are installed.
@@ -132,7 +133,7 @@ NOT_RUN = {
 }
 
 # Sections whose commands need more than this test can give everywhere: pytest marks, as for the test they mirror.
-MARKS = {"Try it on an emulated Raspberry Pi": [pytest.mark.arm64]}
+MARKS = {PI_SECTION: [pytest.mark.arm64]}
 
 # Cheap checks that a command made what the README says it makes: (pattern in the README's command, paths).
 WHAT_YOU_GET = "What you get"  # the README's table of a run's files, checked after the Quick start's train
@@ -337,11 +338,24 @@ class Workspace:
                 return
 
     def run_section(self, section) -> None:
-        if section.title == "Try it on an emulated Raspberry Pi":
-            self._prepare_pi()
+        if section.title == PI_SECTION:
+            return self._run_pi_section(section)
         for block in section.blocks:
             if block.language in SHELL_LANGUAGES:
                 self.run_block(section.title, block)
+
+    def _run_pi_section(self, section) -> None:
+        """The Pi's commands while no other test uses its rootfs (tests/emulated_pi.py); stopped however they end."""
+        from tests.emulated_pi import in_use
+
+        with in_use() as root:
+            self._prepare_pi(root)
+            try:
+                for block in section.blocks:
+                    if block.language in SHELL_LANGUAGES:
+                        self.run_block(section.title, block)
+            finally:
+                self._stop_pi(root)
 
     def run_block(self, title: str, block) -> None:
         commands = [c for c in block.commands if c not in NOT_RUN]
@@ -523,15 +537,14 @@ class Workspace:
                 missing = [t for t in texts if t not in text]
                 assert not missing, f"README `{original}`: {where} lacks {missing}:\n{text[-2000:]}"
 
-    def _prepare_pi(self) -> None:
+    def _prepare_pi(self, root: Path) -> None:
         from tests.conftest import require_tool
-        from tests.test_arm64_pi import _rootfs
 
         if os.geteuid() != 0:
             pytest.fail("the emulated Pi needs root (debootstrap, chroot, binfmt_misc): run the arm64 tests as root")
         require_tool("qemu-aarch64-static", package="qemu-user-static")
         require_tool("debootstrap", package="debootstrap")
-        self.values["pi_rootfs"] = _rootfs()
+        self.values["pi_rootfs"] = root
         # The wheels `flash --setup` fetched for the Pi before (tests/test_arm64_pi.py) are reused, not downloaded.
         real = Path(os.path.expanduser("~")) / ".cache" / "edgecls" / "wheels"
         real.mkdir(parents=True, exist_ok=True)
@@ -539,10 +552,11 @@ class Workspace:
         if not (self.home / ".cache" / "edgecls" / "wheels").exists():
             (self.home / ".cache" / "edgecls" / "wheels").symlink_to(real)
 
-    def stop_pi(self) -> None:
-        if "pi_rootfs" in self.values:
-            script = REPO / "devices" / "emulate" / "arm64-pi.sh"
-            subprocess.run(["sh", str(script), "stop", str(self.values["pi_rootfs"])], capture_output=True, timeout=120)
+    def _stop_pi(self, root: Path) -> None:
+        from tests.emulated_pi import script
+
+        if (root / ".edgecls-built").exists():
+            script("stop", root, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -561,7 +575,6 @@ def workspace(tmp_path_factory):
     try:
         yield space
     finally:
-        space.stop_pi()
         camera.kill()
         server.stop()
         for title, command, seconds in space.log:
@@ -572,17 +585,17 @@ def workspace(tmp_path_factory):
 @pytest.mark.parametrize(
     "title", [pytest.param(s.title, marks=MARKS.get(s.title, []), id=s.title) for s in shell_sections()]
 )
-def test_i14_p3_readme_section_commands_run(workspace, title):
+def test_readme_section_commands_run(workspace, title):
     workspace.run_through(title)
 
 
-def test_i14_p3_every_readme_block_names_its_language():
+def test_every_readme_block_names_its_language():
     """A block without a language could hide commands from the test: each says bash, text, yaml, python, ..."""
     unnamed = [f"README.md:{b.line} ({b.section})" for b in read_blocks(README) if not b.language]
     assert not unnamed, f"fenced blocks without a language: {unnamed}"
 
 
-def test_i14_p3_readme_rewrites_are_all_used_and_not_run_is_short():
+def test_readme_rewrites_are_all_used_and_not_run_is_short():
     commands = [c for s in shell_sections() for c in s.commands]
     assert commands, "the README has no shell commands?"
     used: set = set()
@@ -607,7 +620,7 @@ def test_i14_p3_readme_rewrites_are_all_used_and_not_run_is_short():
         assert not re.search(r"\s\[--", command), f"a synopsis in a shell block (fence it as text): {command}"
 
 
-def test_i14_p3_readme_quick_rewrites_keep_the_command():
+def test_readme_quick_rewrites_keep_the_command():
     """The rewrites change settings, not what runs: each rewritten command still starts with the same program."""
     values = {
         k: "X"
