@@ -256,3 +256,18 @@ def test_device_profile_gives_daemon_mode_its_artifact_and_camera(tiny_bundle, v
     assert "loaded onnx-int8" in done.stderr, done.stderr[-2000:]
     lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert lines and {r["source"] for r in lines} == {str(video)}
+
+
+def test_the_simple_mode_prints_its_own_lines_from_the_daemons_loop(tiny_bundle, video):
+    """One source and no daemon option: a line per frame with the simple mode's keys, in their order, and a last
+    line with that source's counts; stopped by --max-frames, its source says "closed" as a plain Source did."""
+    done = run_cli("run", tiny_bundle, "--source", video, "--every-frame", "--max-frames", "3", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    keys = ["frame", "age_ms", "top1", "score", "topk", "latency_ms", "dropped", "model"]
+    assert [list(r) for r in rows] == [keys] * 3 and [r["frame"] for r in rows] == [0, 1, 2]
+    assert all(isinstance(r["latency_ms"], float) and r["model"]["artifact"] for r in rows)
+    stopped = json.loads(done.stderr.strip().splitlines()[-1])
+    assert list(stopped) == ["event", "frames", "captured", "dropped", "outages", "reconnects", "state"]
+    assert (stopped["event"], stopped["frames"], stopped["state"]) == ("stopped", 3, "closed")
+    assert '"event": "started"' not in done.stderr  # the daemon's events are not the simple mode's
