@@ -32,6 +32,7 @@ from pathlib import Path
 from edgecls.core.progress import progress
 from edgecls.runtime.atomic import _TEMP_FILE, check_output, write_bytes, write_json, write_text
 from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.formats import ONNX_FP32, ONNX_INT8, TFLITE_FP32, TFLITE_INT8
 from edgecls.runtime.lockfile import LockBusy, file_lock, holder
 
 MARKER = "quickstart.json"
@@ -42,7 +43,7 @@ RUN, BUNDLE, BENCH, DEVICE, EXPLAIN = "run", "bundle", "bench", "device", "expla
 VIDEO, PREVIEW, ACCURACY_PNG, SUMMARY = "camera.avi", "preview.jpg", "accuracy.png", "summary.txt"
 FILES = (MARKER, SUMMARY, VIDEO, PREVIEW, ACCURACY_PNG)  # written by write_bytes: never a folder or a link
 CONTENTS = frozenset({*FILES, LOCK, RUN, BUNDLE, BENCH, DEVICE, EXPLAIN})
-FORMATS = "tflite-fp32,tflite-int8,onnx-fp32,onnx-int8"
+FORMATS = ",".join(f.name for f in (TFLITE_FP32, TFLITE_INT8, ONNX_FP32, ONNX_INT8))
 PROFILE = "desktop-cpu"  # this machine is the "device": int8 LiteRT first, like a desktop without a GPU
 DATASETS = ("digits", "shapes")
 STEPS = 6

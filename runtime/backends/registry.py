@@ -8,13 +8,14 @@ import logging
 from edgecls.runtime.backends.litert import LiteRTBackend, TFLiteRuntimeBackend
 from edgecls.runtime.backends.onnxrt import OnnxRuntimeBackend
 from edgecls.runtime.errors import EdgeclsError, MissingDependencyError
+from edgecls.runtime.formats import ONNX, TFLITE
 
 log = logging.getLogger("edgecls.runtime")
 
 # format -> backends in default order of preference
 BACKENDS = {
-    "tflite": (LiteRTBackend, TFLiteRuntimeBackend),
-    "onnx": (OnnxRuntimeBackend,),
+    TFLITE.name: (LiteRTBackend, TFLiteRuntimeBackend),
+    ONNX.name: (OnnxRuntimeBackend,),
 }
 _BY_NAME = {cls.name: cls for classes in BACKENDS.values() for cls in classes}
 
