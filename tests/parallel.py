@@ -2,7 +2,7 @@
 
 loadgroup hands each worker one unit at a time: a test alone, or every test with the same `xdist_group` mark, run
 on one worker in collection order. conftest.py's pytest_collection_modifyitems calls `assign_groups`, so test
-files need no marks. Without `-n` the marks change nothing: a plain `pytest` runs every test in one process.
+files need no marks. A run in one process (one that names its files: conftest's -n auto hook) ignores the marks.
 
 What cannot be split or overlapped:
 - tests/test_readme.py: one workspace (a module fixture) whose sections build on the ones above them; the longest
@@ -10,9 +10,10 @@ What cannot be split or overlapped:
 - the emulated Raspberry Pi: one rootfs per machine (tests/emulated_pi.py), which test_arm64_pi.py and the README's
   last section start, and a few tests read with qemu-user; they take turns on its lock (`pi_rootfs_turn` in
   conftest.py for readers in other files). test_arm64_pi.py's unit starts second: on a fresh machine it builds the
-  rootfs (15-20 minutes) that the readers, in the same unit after it, need.
-- a module whose module-scoped fixture trains, converts or installs something, or holds state its tests share in
-  order: split over workers, each would build it again. `sshd` and `video` are cheap and stateless: split freely.
+  rootfs (15-20 minutes) that the readers, in the same unit after it (collection order), need.
+- a module whose module-scoped fixture (or session-scoped one of its own) trains, converts or installs something,
+  or holds state its tests share in order: split over workers, each would build it again. `sshd` and `video` are
+  cheap and stateless: split freely.
 Everything else (no fixed ports: every server takes a free one; tmpfs and unshare: private to each test) is a unit
 of its own, handed out as workers free up.
 """
@@ -52,12 +53,16 @@ def _reads_pi_rootfs(item) -> bool:
 
 
 def _has_costly_module_fixture(item) -> bool:
+    """A module-scoped fixture, or a session-scoped one that its own module defines (conftest.py's share one build
+    through _fixture_cache; a module's own, like test_daemon_show's GUI venv, would be built on every worker)."""
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return False
-    return any(
-        defs[-1].scope == "module" and name not in CHEAP_MODULE_FIXTURES for name, defs in info.name2fixturedefs.items()
-    )
+    for name, defs in info.name2fixturedefs.items():
+        scope, where = defs[-1].scope, defs[-1].baseid
+        if name not in CHEAP_MODULE_FIXTURES and (scope == "module" or (scope == "session" and where.endswith(".py"))):
+            return True
+    return False
 
 
 def group_of(item) -> str | None:
@@ -72,14 +77,16 @@ def group_of(item) -> str | None:
 
 
 def _rank(item, group: str | None) -> tuple:
-    """Sort key: the long units first (test_arm64_pi.py's tests before the readers put with them), then the rest."""
-    if group not in FIRST:
-        return (len(FIRST), 0)
-    return (FIRST.index(group), _module(item) != "test_arm64_pi.py")
+    """Sort key: the long units first, then tests marked slow, then the rest: short tests fill the workers' last
+    minutes instead of a long one starting late."""
+    if group in FIRST:
+        return (FIRST.index(group), False)
+    return (len(FIRST), item.get_closest_marker("slow") is None)
 
 
 def assign_groups(items: list) -> None:
-    """Mark each item with its xdist group and put the longest unit first (stable otherwise: collection order)."""
+    """Mark each item with its xdist group; in a pytest-xdist worker, also order the units by _rank (a group keeps
+    its collection order inside; a plain run keeps collection order throughout)."""
     groups = {}
     for item in items:
         if _module(item) != "test_arm64_pi.py" and _reads_pi_rootfs(item):
@@ -87,4 +94,10 @@ def assign_groups(items: list) -> None:
         group = groups[item] = group_of(item)
         if group is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: _rank(item, groups[item]))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    unit_rank: dict = {}  # a group's rank is its best item's, so the group stays in one piece and in order
+    for item in items:
+        key = groups[item] or item.nodeid
+        unit_rank[key] = min(unit_rank.get(key, _rank(item, groups[item])), _rank(item, groups[item]))
+    items.sort(key=lambda item: unit_rank[groups[item] or item.nodeid])
