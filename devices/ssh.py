@@ -140,7 +140,7 @@ def _remote_cause(stderr: str, argv0: str) -> str | None:
     if m and m.group(1).startswith("edgecls."):  # edgecls is there, from before edgecls.runtime (or another part)
         return (
             f"the device's edgecls is older than this one (it has no {m.group(1)}): flash once with --setup to "
-            "update it, or pip install this edgecls's wheel there"
+            "update it, or install this edgecls's wheel there with `pip install --force-reinstall WHEEL`"
         )
     if m and m.group(1).split(".")[0] in ("runtime", "devices", "edgecls"):
         return (

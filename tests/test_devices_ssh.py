@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -137,6 +138,19 @@ OLD_INSTALL = {  # what an edgecls from before the one namespace put on a device
 }
 
 
+def test_this_edgecls_is_a_newer_version_than_an_install_from_before_edgecls_runtime():
+    """pip keeps an install of the same version ("already installed"): the layout change needs a new one."""
+    import tomllib
+    from packaging.version import Version
+
+    import edgecls
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert declared == edgecls.__version__
+    old = OLD_INSTALL["edgecls/__init__.py"].split('"')[1]
+    assert Version(declared) > Version(old) and Version(declared) >= Version("0.2.0"), (declared, old)
+
+
 def _device_python(tmp_path, files: dict) -> str:
     """A device python that sees only `files` (no site-packages, so not this checkout's editable edgecls)."""
     lib = tmp_path / "device-lib"
@@ -156,7 +170,8 @@ def _device_python(tmp_path, files: dict) -> str:
         (
             OLD_INSTALL,
             "the device's edgecls is older than this one (it has no edgecls.runtime): flash once with "
-            "--setup to update it, or pip install this edgecls's wheel there",
+            "--setup to update it, or install this edgecls's wheel there with "
+            "`pip install --force-reinstall WHEEL`",
         ),
         ({}, "edgecls is not installed for the device's python3: run `edgecls flash ... --setup`"),
     ],
