@@ -35,16 +35,37 @@ def device_executable() -> str:
     )
 
 
-def device_knows_profile(profile: str) -> bool:
+PROFILE_TIMEOUT_S = 30.0  # the device's CLI answers in about a second; the host gives the whole call 180 s
+_UNKNOWN_PROFILE = "error: unknown device profile "  # edgecls.devices.profiles.load_profile's answer, through the CLI
+
+
+def device_knows_profile(executable: str, profile: str) -> bool:
     """Whether the device's own `edgecls` (the one the unit runs, started from / as systemd does) loads `profile` by
     name. Asked of its CLI: device profiles (built-in files and users' folders) belong to edgecls.devices, a layer
-    above the runtime, and the answer that matters is the one of the edgecls the daemon will run."""
+    above the runtime, and the answer that matters is the one of the edgecls the daemon will run.
+
+    Only the CLI's own "unknown device profile" answer means no; any other failure is an InstallError, so a
+    run.toml is never written without the profile because the question could not be asked.
+    """
+    command = [executable, "devices", "show", "--json", "--", profile]
     try:
-        command = [device_executable(), "devices", "show", "--json", "--", profile]
-        done = subprocess.run(command, capture_output=True, cwd="/", timeout=120)
-    except (InstallError, OSError, subprocess.TimeoutExpired):
+        done = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", cwd="/", timeout=PROFILE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        raise InstallError(
+            f"`{' '.join(command)}` did not answer in {PROFILE_TIMEOUT_S:.0f} s: the device's edgecls could not "
+            f"say whether it knows profile {profile!r}"
+        ) from None
+    except OSError as exc:
+        raise InstallError(f"cannot run {executable}: {exc.strerror or exc}") from exc
+    if done.returncode == 0:
+        return True
+    lines = [l for l in done.stderr.splitlines() if l.strip()]
+    if lines and lines[-1].startswith(_UNKNOWN_PROFILE):
         return False
-    return done.returncode == 0
+    why = lines[-1] if lines else f"exit status {done.returncode}"
+    raise InstallError(f"the device's edgecls could not say whether it knows profile {profile!r}: {why[:300]}")
 
 
 def _toml(value) -> str:
@@ -61,6 +82,7 @@ def install_service(
     port: int = 8080,
     profile: str = "",
 ) -> dict:
+    executable = device_executable()  # before anything is written: no unit or config without an edgecls to run
     device = DeviceRoot(root)
     with device.claim():  # made ours under the lock, as a flash does
         pass
@@ -68,7 +90,7 @@ def install_service(
     wrote_config = False
     if not config_path.exists():
         lines = [f"bundle = {_toml(str(device.current))}", f"source = [{_toml(camera)}]", f"port = {int(port)}"]
-        if profile and device_knows_profile(profile):  # its threads, artifact: only one the device has
+        if profile and device_knows_profile(executable, profile):  # its threads, artifact: only one the device has
             lines.append(f"device = {_toml(profile)}")
         if device.signers.is_file():
             lines.append(f"allowed-signers = {_toml(str(device.signers))}")
@@ -82,7 +104,7 @@ def install_service(
         wrote_config = True
     unit = Path(unit_dir) / f"{name}.service"
     unit.parent.mkdir(parents=True, exist_ok=True)
-    write_text(unit, unit_text(UnitOptions(executable=device_executable(), config=str(config_path))))
+    write_text(unit, unit_text(UnitOptions(executable=executable, config=str(config_path))))
     enabled = False
     if Path("/run/systemd/system").is_dir() and Path(unit_dir).resolve() == Path("/etc/systemd/system"):
         for command in (
