@@ -6,6 +6,7 @@ by the module; timings are never asserted here (benchmarks/bench_reference.py ch
 
 import csv
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -519,3 +520,39 @@ def test_a_mismatched_keras_model_is_a_clear_error(tiny_bundle, tmp_path):
     error = cli_error(result)
     assert "None" not in error and "IndexError" not in error, error
     assert "10" in error and "3" in error, error  # names the two class counts
+
+
+PROBE = """import importlib.util, json
+import edgecls
+print(json.dumps({"edgecls": edgecls.__file__, "top_level": [n for n in ("runtime", "core", "converters", "devices")
+      if importlib.util.find_spec(n) is not None]}))
+"""
+
+
+def test_a_bench_worker_of_an_installed_edgecls_sees_only_the_edgecls_package(tmp_path):
+    """Installed as a wheel (site-packages/edgecls/runtime/..., no links), the worker's path gets the folder that
+    holds edgecls, not edgecls/ itself (where runtime/ or core/ would import as top-level packages)."""
+    site = tmp_path / "site-packages"
+    shutil.copytree(
+        REPO / "edgecls",
+        site / "edgecls",
+        symlinks=False,  # the links to ../runtime and the others become folders, as in the wheel
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (site / "probe_paths.py").write_text(PROBE)
+    script = (
+        "import json, sys\n"
+        "from edgecls.runtime.bench.runner import run_worker\n"
+        "print(json.dumps(run_worker({'artifact': 'probe'}, sys.executable, 60, module='probe_paths')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"edgecls": str(site / "edgecls" / "__init__.py"), "top_level": []}, seen

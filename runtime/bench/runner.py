@@ -130,11 +130,19 @@ def data_note(folder, labels) -> str | None:
     )
 
 
+def edgecls_home() -> Path:
+    """The folder that holds the imported `edgecls` package (taken from sys.modules: it is imported already, as
+    this module's parent; no import of it here)."""
+    return Path(sys.modules[__name__.split(".")[0]].__file__).absolute().parent.parent
+
+
 def run_worker(job: dict, python: str, timeout_s: float, module: str = "edgecls.runtime.bench.worker") -> dict:
     """Run one measurement in a fresh interpreter; its one-line error becomes ours."""
     what = job.get("artifact") or Path(str(job.get("model"))).name  # a Keras job names a model, not an artifact
-    # The worker must import this very runtime (a checkout, or the one the device installed), wherever we run from.
-    root = str(Path(__file__).resolve().parents[2])
+    # The worker must import this very runtime (a checkout, or the one the device installed), wherever we run from:
+    # the folder that holds the imported edgecls package (a checkout's root, or site-packages), never one inside it,
+    # where its runtime/ or core/ would import as top-level packages.
+    root = str(edgecls_home())
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
