@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -39,6 +40,9 @@ _OLDEST_GLIBC_MINOR = 17  # manylinux2014
 _ARCH_32 = {"aarch64": "armv7l", "arm64": "armv7l", "armv8l": "armv7l", "x86_64": "i686"}  # 32-bit userland
 COMPLETE, IN_USE = ".complete", ".in-use"  # in a wheelhouse: built to the end; flocked while pushed
 STALE_BUILD_S = 3600  # a wheelhouse build folder this old belongs to a killed build
+# In the cache key: wheelhouses built before edgecls's wheel came from a clean export (some hold a wheel with
+# a stale build/lib's top-level runtime, converters, devices) are never reused.
+_WHEEL_RECIPE = "clean-export"
 
 
 @dataclass(frozen=True)
@@ -95,41 +99,91 @@ def _edgecls_version() -> str:
 
 def _edgecls_wheel(folder: Path) -> str:
     """A wheel of this edgecls in `folder`: built from the checkout, else downloaded at this version."""
-    version = _edgecls_version()
     source = _edgecls_source()
     if source is not None:
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-w",
-            str(folder),
-            str(source),
-        ]
-        what = f"building a wheel of edgecls from {source}"
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-d",
-            str(folder),
-            f"edgecls=={version}",
-        ]
-        what = f"downloading edgecls {version}"
-    result = subprocess.run(command, capture_output=True, text=True)
+        return build_wheel(source, folder)
+    version = _edgecls_version()
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check"]
+    result = subprocess.run(command + ["-d", str(folder), f"edgecls=={version}"], capture_output=True, text=True)
+    return _the_wheel(folder, result, f"downloading edgecls {version}")
+
+
+def build_wheel(source: Path, folder: Path) -> str:
+    """A wheel of the edgecls checkout `source` in `folder`, built from a clean export of it (`export_tree`)."""
+    with tempfile.TemporaryDirectory(prefix="edgecls-export-") as tmp:
+        tree = export_tree(source, Path(tmp) / "src")
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check"]
+        result = subprocess.run(command + ["-w", str(folder), str(tree)], capture_output=True, text=True)
+    return _the_wheel(folder, result, f"building a wheel of edgecls from {source}")
+
+
+def _the_wheel(folder: Path, result: subprocess.CompletedProcess, what: str) -> str:
     wheels = sorted(folder.glob("edgecls-*.whl"))
     if result.returncode != 0 or not wheels:
         raise EdgeclsError(f"{what} failed: {_pip_error(result.stderr)}")
+    check_top_level(wheels[-1], what)
     return str(wheels[-1])
+
+
+def check_top_level(wheel: Path, what: str) -> None:
+    """Refuses a wheel that installs packages besides `edgecls`: a device would import them under generic
+    top-level names (runtime, converters, devices), a second copy beside edgecls's own."""
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist()}
+    extra = sorted(t for t in tops if t != "edgecls" and not t.endswith((".dist-info", ".data")))
+    if extra:
+        raise EdgeclsError(
+            f"{what} gave {Path(wheel).name}, which installs {', '.join(extra)} beside edgecls: refusing to put "
+            f"it on a device (a wheel of edgecls holds the edgecls package only)"
+        )
+
+
+# What a wheel is built from, besides the top-level files (pyproject.toml, the README it names, license files).
+_PACKAGE_FOLDERS = ("edgecls", "runtime", "converters", "devices")
+_JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+
+
+def export_tree(source: Path, dest: Path) -> Path:
+    """The files a wheel is built from, copied to `dest` (links kept as links: edgecls/runtime -> ../runtime).
+
+    The package folders and the top-level files (pyproject.toml, README.md, a license): in a git checkout those
+    git knows (tracked, and new ones it does not ignore), as they are in the work tree. Never build/ or
+    *.egg-info: setuptools builds in place and puts whatever an older build left in build/lib into the wheel.
+    """
+    names = _git_files(source)
+    if names is None:
+        dest.mkdir(parents=True)
+        for entry in source.iterdir():
+            if entry.name in _PACKAGE_FOLDERS and entry.is_dir():
+                shutil.copytree(entry, dest / entry.name, symlinks=True, ignore=_JUNK)
+            elif entry.is_file() and not entry.is_symlink():
+                shutil.copy2(entry, dest / entry.name)
+        return dest
+    for name in names:
+        source_file, target = source / name, dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source_file.is_symlink():
+            os.symlink(os.readlink(source_file), target)
+        elif source_file.is_file():
+            shutil.copy2(source_file, target)
+    return dest
+
+
+def _git_files(source: Path) -> list | None:
+    """What git knows of the checkout `source`, or None where it is not one (or git is not installed)."""
+    try:
+        listed = subprocess.run(
+            ["git", "-C", str(source), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listed.returncode != 0:
+        return None
+    names = {n for n in listed.stdout.split("\0") if n and os.path.lexists(source / n)}
+    return sorted(n for n in names if "/" not in n or n.split("/")[0] in _PACKAGE_FOLDERS)
 
 
 def _pip_error(stderr: str) -> str:
@@ -169,6 +223,7 @@ def wheels_for(platform: DevicePlatform, packages, say=print):
                 sorted(packages),
                 version,
                 _tree_digest(source) if source else "",
+                _WHEEL_RECIPE,
             ]
         ).encode()
     ).hexdigest()[:16]

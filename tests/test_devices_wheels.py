@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -358,3 +359,58 @@ def test_setup_never_deletes_a_virtualenv_edgecls_did_not_make(tmp_path):
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert not (root / "venv" / "notes.txt").exists() and (root / "venv" / ".edgecls-venv").is_file()
     assert subprocess.run([str(root / "venv" / "bin" / "python"), "-c", "import pkgv"]).returncode == 0
+
+
+STALE_BUILD = ("runtime", "converters", "devices", "edgecls")  # what build/lib held before the one namespace
+BUILD_A_WHEEL = (
+    "import sys; from pathlib import Path; from edgecls.devices import wheels; "
+    "print(wheels._edgecls_wheel(Path(sys.argv[1])))"
+)
+
+
+@pytest.mark.parametrize("git", [True, False], ids=["git-checkout", "source-tree"])
+def test_the_wheel_built_from_a_checkout_holds_only_edgecls_whatever_its_build_folder_holds(tmp_path, git):
+    """setuptools builds a wheel in place and packs what an older build left in build/lib: a checkout that built
+    one before edgecls.runtime would ship top-level runtime, converters and devices to every device."""
+    repo = Path(__file__).resolve().parents[1]
+    checkout = tmp_path / "checkout"
+    for name in ("edgecls", "runtime", "converters", "devices"):
+        shutil.copytree(repo / name, checkout / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", ".gitignore"):
+        shutil.copy2(repo / name, checkout / name)
+    if git:
+        subprocess.run(["git", "init", "-q"], cwd=checkout, check=True)
+        subprocess.run(["git", "add", "-A"], cwd=checkout, check=True)
+    for name in STALE_BUILD:
+        (checkout / "build" / "lib" / name).mkdir(parents=True)
+        (checkout / "build" / "lib" / name / "__init__.py").write_text("")
+    built = subprocess.run(
+        [sys.executable, "-c", BUILD_A_WHEEL, str(tmp_path / "out")],
+        cwd=checkout,
+        env={**os.environ, "PYTHONPATH": str(checkout)},  # this copy's edgecls builds from this copy
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = Path(built.stdout.strip().splitlines()[-1])
+    assert wheel.parent == tmp_path / "out"
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"edgecls"}, names
+    assert "edgecls/runtime/bench/runner.py" in names and "edgecls/__init__.py" in names
+
+
+def test_a_wheel_installing_other_top_level_packages_is_refused(tmp_path):
+    from edgecls.devices.wheels import check_top_level
+
+    good, bad = tmp_path / "edgecls-0.2.0-py3-none-any.whl", tmp_path / "edgecls-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(good, "w") as archive:
+        for name in ("edgecls/__init__.py", "edgecls/runtime/__init__.py", "edgecls-0.2.0.dist-info/METADATA"):
+            archive.writestr(name, "")
+    check_top_level(good, "building a wheel")
+    with zipfile.ZipFile(bad, "w") as archive:
+        for name in ("edgecls/__init__.py", "runtime/__init__.py", "converters/__init__.py", "x.dist-info/RECORD"):
+            archive.writestr(name, "")
+    with pytest.raises(EdgeclsError, match=r"installs converters, runtime beside edgecls: refusing"):
+        check_top_level(bad, "building a wheel")
