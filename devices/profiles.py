@@ -20,11 +20,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from edgecls.runtime.errors import EdgeclsError
-from edgecls.runtime.formats import DEFAULT_PREFERENCE
+from edgecls.runtime.formats import (
+    DEFAULT_PREFERENCE,
+    ONNX_FP32,
+    ONNX_INT8,
+    TFLITE_FP16,
+    TFLITE_FP32,
+    TFLITE_INT8,
+)
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 PROFILES_ENV = "EDGECLS_PROFILES"
-ARTIFACTS = DEFAULT_PREFERENCE  # every artifact name, in the default preference order
+# Every artifact name, in the order a profile's validation error lists them (TFLite first, then ONNX).
+ARTIFACTS = tuple(f.name for f in (TFLITE_INT8, TFLITE_FP16, TFLITE_FP32, ONNX_INT8, ONNX_FP32))
 BACKENDS = ("litert", "tflite-runtime")
 ARCHITECTURES = ("any", "aarch64", "armv7l", "x86_64")
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")

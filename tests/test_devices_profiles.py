@@ -35,7 +35,8 @@ def test_every_builtin_is_listed_and_round_trips():
     [
         (
             {"artifacts": ["tflite-int9"]},
-            r'"artifacts" is .*expected names from tflite-int8.*\'tflite-int9\' is not one',
+            r"^device profile \S+/mine\.json: \"artifacts\" is \('tflite-int9',\); expected names from "
+            r"tflite-int8, tflite-fp16, tflite-fp32, onnx-int8, onnx-fp32 \('tflite-int9' is not one\)$",
         ),
         ({"threads": 0}, r'"threads" is 0; expected a whole number of at least 1'),
         ({"threads": "4"}, r'"threads" is \'4\''),
