@@ -1,7 +1,9 @@
 """What the int8 artifacts' notes claim (calibration images, layers kept in float) is what was built."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgecls.converters import onnx as onnx_export
@@ -126,3 +128,63 @@ def test_an_artifact_built_by_a_remedy_records_the_calibration_set_it_used(tiny_
         assert notes["calibration"] == f"more calibration data ({len(used)} images)"
         assert notes["calibration_images"] == len(used)
         assert notes["calibration_fingerprint"] == fingerprint(used) != top["fingerprint"]
+
+
+def _remedies(fmt_name, train_images, qat_source=None, **options):
+    """The descriptions of `fmt_name`'s attempts, in the order convert tries them (nothing is built)."""
+    from edgecls.converters.calibration import CalibrationSampler
+    from edgecls.converters.export import ExportContext
+    from edgecls.converters.formats import FORMATS
+    from edgecls.converters.pipeline import ConvertOptions
+    from edgecls.core.data import LoadedSplit
+
+    x = np.zeros((train_images, 8, 8, 3), np.float32)
+    split = LoadedSplit(x, np.zeros(train_images, np.int64), [f"{i}.png" for i in range(train_images)])
+    context = ExportContext(
+        None, Path("unused"), CalibrationSampler(split), ConvertOptions(**options), x[:1], qat_source
+    )
+    return [description for description, _ in context.attempts(FORMATS[fmt_name])]
+
+
+def _never_called():
+    raise AssertionError("listing the attempts must not fine-tune: QAT runs only when its attempt comes")
+
+
+def test_onnx_int8_remedies_are_tried_in_the_order_that_decides_which_artifact_ships():
+    assert _remedies("onnx-int8", 40, calibration_size=4) == [
+        "QDQ per-channel, minmax, 4 calibration images",
+        "more calibration data (16 images)",
+        "percentile calibration (16 images)",
+        "entropy calibration (16 images)",
+        "first and last layers kept in float (16 images)",
+    ]
+    # the training split holds no more than asked: "more calibration data" would be the same set, so it is left out
+    assert _remedies("onnx-int8", 10, calibration_size=16, calibration_method="entropy") == [
+        "QDQ per-channel, entropy, 10 calibration images",
+        "percentile calibration (10 images)",
+        "entropy calibration (10 images)",
+        "first and last layers kept in float (10 images)",
+    ]
+
+
+def test_tflite_int8_remedies_are_tried_in_the_order_that_decides_which_artifact_ships():
+    assert _remedies("tflite-int8", 40, _never_called, calibration_size=4, qat="remedy") == [
+        "per-channel, 4 calibration images",
+        "more calibration data (16 images)",
+        "quantization-aware training (3 epochs)",
+    ]
+    assert _remedies("tflite-int8", 10, _never_called, calibration_size=16, qat="remedy", qat_epochs=1) == [
+        "per-channel, 10 calibration images",
+        "quantization-aware training (1 epoch)",
+    ]
+    assert _remedies("tflite-int8", 40, _never_called, calibration_size=4, qat="always") == [
+        "quantization-aware training (3 epochs)"
+    ]
+    never = ["per-channel, 4 calibration images", "more calibration data (16 images)"]
+    assert _remedies("tflite-int8", 40, _never_called, calibration_size=4, qat="never") == never
+    assert _remedies("tflite-int8", 40, None, calibration_size=4, qat="remedy") == never  # no QAT source: none
+
+
+@pytest.mark.parametrize("fmt_name", ["tflite-fp32", "tflite-fp16", "onnx-fp32"])
+def test_float_formats_have_one_attempt_and_no_remedy(fmt_name):
+    assert _remedies(fmt_name, 40, _never_called, calibration_size=4) == [""]
