@@ -1,6 +1,10 @@
 """`convert`: real TFLite/ONNX conversions of a tiny trained model, verified in the real runtimes."""
 
+import ast
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +206,50 @@ def test_convert_never_writes_into_the_built_in_dataset_cache(tmp_path, monkeypa
     monkeypatch.setenv("EDGECLS_DATA", str(cache))
     with pytest.raises(EdgeclsError, match="is the built-in dataset cache"):
         check_output(cache, True, **bundle_guard(open_run(run)))
+
+
+# A convert that prunes, fine-tunes with QAT and quantizes both containers, then lists the edgecls modules it loaded.
+_CONVERT_AND_LIST_MODULES = """
+import json, sys
+from edgecls.converters.formats import parse_formats
+from edgecls.converters.pipeline import ConvertOptions, convert
+
+options = ConvertOptions(
+    formats=parse_formats("tflite-int8,onnx-int8"), prune="structured=0.5", prune_epochs=1, max_prune_drop=100.0,
+    qat="always", qat_epochs=1, calibration_size=8, check_images=0, max_drop=100.0,
+)
+convert(sys.argv[1], sys.argv[2], options)
+print(json.dumps(sorted(m for m in sys.modules if m == "edgecls" or m.startswith("edgecls."))))
+"""
+_BELOW_TRAINING = ("edgecls.runtime", "edgecls.core", "edgecls.converters")
+
+
+def test_a_convert_loads_no_edgecls_module_above_the_converters(tiny_run_dir, tmp_path):
+    """The import-linter contract sees `import` statements only; this sees what a real convert loads, by any means."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CONVERT_AND_LIST_MODULES, str(tiny_run_dir), str(tmp_path / "bundle")],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    assert {"edgecls.converters.prune", "edgecls.converters.qat", "edgecls.converters.onnx"} <= set(loaded)
+    below = [m for m in loaded if m == "edgecls" or any(m == p or m.startswith(p + ".") for p in _BELOW_TRAINING)]
+    assert sorted(set(loaded) - set(below)) == []
+
+
+def test_converters_import_no_module_by_a_name_in_a_string():
+    """importlib.import_module / __import__ would hide an import from the import-linter contracts."""
+    import edgecls.converters
+
+    found = []
+    for path in sorted(Path(edgecls.converters.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name in ("import_module", "__import__"):
+                    found.append(f"{path.name}:{node.lineno}")
+    assert found == []
