@@ -49,10 +49,13 @@ def test_one_source_without_daemon_options_is_the_simple_mode_and_anything_else_
 
 
 def test_unset_daemon_options_keep_the_defaults_held_once_in_the_configuration():
+    """The documented defaults (README, `edgecls run --help`), written out: a wrong constant cannot pass."""
     config = _config(sources=("clip.avi",), port=8080)
-    assert config.http == HttpConfig(HOST, 8080, None, ())
-    assert (config.smooth, config.threshold, config.stall_timeout) == (1, 0.0, STALL_TIMEOUT_S)
-    assert (config.drift_window, config.drift_threshold) == (DEFAULT_WINDOW, DEFAULT_THRESHOLD)
+    assert config.http == HttpConfig("127.0.0.1", 8080, None, ()) and HOST == "127.0.0.1"
+    assert (config.smooth, config.threshold, config.stall_timeout) == (1, 0.0, 10.0) and STALL_TIMEOUT_S == 10.0
+    assert (config.drift_window, config.drift_threshold) == (500, 3.0)
+    assert (DEFAULT_WINDOW, DEFAULT_THRESHOLD) == (500, 3.0) and config.top_k == 3
+    assert config.source_options["timeout_s"] == 5.0 and CaptureConfig("d").max_mb == 500.0
     assert config.mqtt is None and config.capture is None and config.results_max_mb == 10.0
     given = _config(sources=("clip.avi",), mqtt="mqtt://h/p", capture="dir", stall_timeout=2.5, drift_window=40)
     assert given.mqtt == MqttConfig("mqtt://h/p") and given.capture == CaptureConfig("dir")
@@ -64,6 +67,8 @@ def test_the_help_shows_the_defaults_the_configuration_holds():
     for default in (f"[default: {HOST}]", f"[default: {STALL_TIMEOUT_S:g}]", f"[default: {DEFAULT_WINDOW}]"):
         assert default in shown, default
     assert f"[default: {DEFAULT_THRESHOLD:g}]" in shown and f"[default: {CaptureConfig.max_mb}; x>0]" in shown
+    for documented in ("127.0.0.1]", "[default: 10]", "[default: 500]", "[default: 3]", "[default: 3; x>=1]"):
+        assert documented in shown, documented
 
 
 def test_the_profile_names_the_camera_when_no_source_is_given():
