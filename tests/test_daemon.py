@@ -1,4 +1,4 @@
-"""The daemon process as a whole (runtime/daemon/daemon.py): signals, as a real `edgecls run` receives them."""
+"""The daemon as a whole (runtime/daemon/daemon.py): how scripts build it, signals as a real `edgecls run` gets them."""
 
 import json
 import os
@@ -10,7 +10,8 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from tests.daemon_helpers import http_get, start_cli_daemon, write_test_video  # noqa: E402
+from edgecls.runtime.daemon import Daemon  # noqa: E402
+from tests.daemon_helpers import ListSink, http_get, start_cli_daemon, write_test_video  # noqa: E402
 from tests.test_daemon_reload import relabelled, repoint  # noqa: E402
 
 
@@ -63,3 +64,15 @@ def test_a_burst_of_signals_never_freezes_the_daemon_reloads_still_work_and_sigt
                 process.kill()
             process.wait(10)
     assert failures == [], failures
+
+
+def test_a_script_may_name_the_bundle_and_the_sources_by_keyword(tiny_bundle, tmp_path):
+    """`Daemon(bundle=B, sources=[V], ...)`, as scripts wrote it before the typed configuration, still runs."""
+    clip = write_test_video(tmp_path / "clip.avi", frames=5)
+    sink = ListSink()
+    daemon = Daemon(bundle=str(tiny_bundle), sources=[str(clip)], sinks=[sink], max_frames=3, drift=False)
+    assert daemon.config.bundle == str(tiny_bundle) and daemon.config.sources == (str(clip),)
+    daemon.run()
+    assert len(sink.of(str(clip))) == 3 and sink.closed
+    with pytest.raises(TypeError, match="give the bundle once"):
+        Daemon(str(tiny_bundle), bundle=str(tiny_bundle), sources=[str(clip)])

@@ -47,7 +47,22 @@ class Daemon:
     A live source whose first open fails ends the run unless `wait_for_sources` (see `failures()`).
     """
 
-    def __init__(self, config, sources=None, *, classifier=None, sinks=None, capture=None, backoff=None, **settings):
+    def __init__(
+        self,
+        config=None,
+        sources=None,
+        *,
+        bundle=None,
+        classifier=None,
+        sinks=None,
+        capture=None,
+        backoff=None,
+        **settings,
+    ):
+        if bundle is not None:  # the keyword form may name the bundle: Daemon(bundle=..., sources=[...])
+            if config is not None:
+                raise TypeError("give the bundle once: first, or as bundle=")
+            config = bundle
         if not isinstance(config, DaemonConfig):
             config = DaemonConfig.of(config, () if sources is None else sources, **settings)
         elif sources is not None or settings:
