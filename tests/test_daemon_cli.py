@@ -271,3 +271,18 @@ def test_the_simple_mode_prints_its_own_lines_from_the_daemons_loop(tiny_bundle,
     assert list(stopped) == ["event", "frames", "captured", "dropped", "outages", "reconnects", "state"]
     assert (stopped["event"], stopped["frames"], stopped["state"]) == ("stopped", 3, "closed")
     assert '"event": "started"' not in done.stderr  # the daemon's events are not the simple mode's
+
+
+def test_a_file_or_folder_that_cannot_be_opened_is_its_error_alone(tiny_bundle, tmp_path):
+    """The simple mode says what it always said (`cannot open source F`, `no images in D`); daemon mode adds the
+    file's fix to a file only: a folder without images needs none."""
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(b"not a video at all" * 100)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (
+        cli_error(run_cli("run", tiny_bundle, "--source", broken, timeout=60)) == f"error: cannot open source {broken}"
+    )
+    assert cli_error(run_cli("run", tiny_bundle, "--source", empty, timeout=60)) == f"error: no images in {empty}"
+    daemon = cli_error(run_cli("run", tiny_bundle, "--source", empty, "--port", "0", timeout=60))
+    assert daemon == f"error: no images in {empty}"

@@ -78,6 +78,7 @@ class Daemon:
                 stall_timeout=config.stall_timeout,
                 backoff=backoff,
                 wait_for_source=config.wait_for_sources,
+                simple=config.simple,
                 **options,
             )
             for uri, name in zip(config.sources, _unique_names(config.sources))

@@ -52,6 +52,8 @@ def open_fix(spec) -> str:
         return f"check the pipeline with `gst-launch-1.0` and that OpenCV was built with GStreamer, {wait}"
     if spec.kind == "network":
         return f"check the URL, that the camera or server answers from here and its user and password, {wait}"
+    if spec.kind == "folder":  # "no images in DIR" says it all
+        return ""
     return "check that the file is readable and is a video or image OpenCV can decode"
 
 
@@ -92,6 +94,8 @@ class Supervisor:
     wait_for_source: False: a live source whose very first open fails is "failed" at once (`unopened` says
       so, the reason names the cause and the fix), since a camera that was never there is a setup mistake;
       True: it is retried like any outage (a camera that appears after boot).
+    simple: speak as `edgecls run`'s simple mode always did: every failed reopen is a "still down" warning, a file
+      or folder that cannot be opened is its error alone (no fix appended), and stopping is not logged.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class Supervisor:
         backoff: Backoff | None = None,
         max_failures: int | None = None,
         wait_for_source: bool = True,
+        simple: bool = False,
         **source_options,
     ):
         self.uri = str(uri)
@@ -112,6 +117,7 @@ class Supervisor:
         self.backoff = backoff or Backoff()
         self.max_failures = max_failures if self.spec.live else 1
         self.wait_for_source = wait_for_source
+        self.simple = simple
         self.unopened = False  # gave up on a source that never opened (wait_for_source False)
         self._ever_opened = False
         self.source_options = {"timeout_s": min(SOURCE_TIMEOUT_S, stall_timeout), **source_options}
@@ -201,6 +207,8 @@ class Supervisor:
             self.stats.state_since = time.monotonic()
             if level is None:
                 level = logging.INFO if state in ("running", "starting", "stopped", "ended") else logging.WARNING
+                if state == "stopped" and self.simple:
+                    level = logging.DEBUG
             log.log(level, "%s: %s%s", self.name, state, f" ({reason})" if reason else "")
         self.stats.state, self.stats.reason = state, reason
         self._changed.notify_all()
@@ -223,7 +231,7 @@ class Supervisor:
                         with self._lock:
                             self.unopened = True
                             # The run ends on it and the CLI prints it as its one error line: no second copy.
-                            self._set_state("failed", f"{exc}: {open_fix(self.spec)}", level=logging.DEBUG)
+                            self._set_state("failed", self._unopened_reason(exc), level=logging.DEBUG)
                         return
                     if self._give_up(failures, str(exc)):
                         return
@@ -254,6 +262,11 @@ class Supervisor:
             log.error("%s: supervisor crashed: %s: %s", self.name, type(exc).__name__, exc, exc_info=True)
             with self._lock:
                 self._set_state("failed", f"supervisor crashed: {type(exc).__name__}: {exc}")
+
+    def _unopened_reason(self, exc: SourceError) -> str:
+        """Why a source that never opened failed, and what to check (the simple mode: a file's error alone)."""
+        fix = open_fix(self.spec) if self.spec.live or not self.simple else ""
+        return f"{exc}: {fix}" if fix else str(exc)
 
     def _watch(self, source: Source) -> tuple[str, str, bool]:
         """Poll the source until it ends, fails, stalls or we stop: (outcome, reason, delivered any frame)."""
