@@ -273,6 +273,40 @@ def test_the_simple_mode_prints_its_own_lines_from_the_daemons_loop(tiny_bundle,
     assert '"event": "started"' not in done.stderr  # the daemon's events are not the simple mode's
 
 
+def _start_simple(bundle, *options, stdout=subprocess.PIPE):
+    """`edgecls run BUNDLE OPTIONS` in the simple mode as a subprocess; stderr piped (text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgecls.cli", "run", str(bundle), *map(str, options)],
+        cwd=REPO,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_each_simple_line_has_the_drop_count_of_the_moment_it_was_written(tiny_bundle, tmp_path):
+    """The running drop count is exact: when frame i is the k-th classified, frames 0..i not classified were
+    dropped, so the line says at least i + 1 - k (a count refreshed now and then says less)."""
+    clip = write_test_video(tmp_path / "long.avi", frames=3000, fps=500.0)
+    process = _start_simple(tiny_bundle, "--source", clip, "--fps", "500", "--max-frames", "400")
+    lines = []
+    try:
+        time.sleep(1.5)  # the pipe fills and the writer waits on its reader: frames are dropped meanwhile
+        for line in process.stdout:
+            lines.append(json.loads(line))
+            time.sleep(0.004)  # a slow reader: a few frames dropped per line
+        assert process.wait(30) == 0, process.stderr.read()[-2000:]
+    finally:
+        process.kill()
+    assert len(lines) == 400 and lines[-1]["dropped"] > 100, lines[-1]
+    short = [
+        (k, line["frame"], line["dropped"])
+        for k, line in enumerate(lines, 1)
+        if line["dropped"] < line["frame"] + 1 - k
+    ]
+    assert not short, short[:10]
+
+
 def test_a_file_or_folder_that_cannot_be_opened_is_its_error_alone(tiny_bundle, tmp_path):
     """The simple mode says what it always said (`cannot open source F`, `no images in D`); daemon mode adds the
     file's fix to a file only: a folder without images needs none."""

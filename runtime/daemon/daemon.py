@@ -69,7 +69,7 @@ class Daemon:
             raise TypeError("give a DaemonConfig, or the bundle, sources and settings, not both")
         self.config = config
         self.capture = capture if capture is not None else _capture(config.capture)
-        self.sinks = list(sinks) if sinks is not None else _sinks(config, lambda: self.supervisors[0].stats.dropped)
+        self.sinks = list(sinks) if sinks is not None else _sinks(config, lambda: self.supervisors[0].dropped_now())
         options = {"profile": config.profile, **config.source_options}
         self.supervisors = [
             Supervisor(

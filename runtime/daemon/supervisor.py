@@ -152,6 +152,13 @@ class Supervisor:
                     self.stats.dropped = self._retired[1] + source.stats.dropped
         self._thread.join(timeout / 2)
 
+    def dropped_now(self) -> int:
+        """Frames dropped so far, counted now from the open source (stats.dropped is the watchdog's last look)."""
+        with self._lock:
+            source = self._source
+            live = self._retired[1] + source.stats.dropped if source is not None else 0
+            return max(live, self.stats.dropped)
+
     @property
     def state(self) -> str:
         return self.stats.state
