@@ -284,6 +284,67 @@ def _start_simple(bundle, *options, stdout=subprocess.PIPE):
     )
 
 
+def test_the_simple_mode_ends_with_one_error_line_when_it_cannot_write_its_lines(tiny_bundle, video):
+    """`edgecls run ... | head -2` ends at once with `error: Broken pipe`, exit 1; stdout on a full disk ends with
+    `error: No space left on device`, exit 1 (not 0 with the results lost)."""
+    process = _start_simple(tiny_bundle, "--source", video, "--loop")
+    try:
+        for _ in range(2):
+            assert process.stdout.readline(), process.stderr.read()[-2000:]
+        process.stdout.close()  # the reader leaves, as `head -2` does
+        assert process.wait(20) == 1
+        err = process.stderr.read()
+    finally:
+        process.kill()
+    assert err.strip().splitlines()[-1] == "error: Broken pipe", err[-2000:]
+    assert "Traceback" not in err and '"event": "stopped"' not in err, err[-2000:]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "edgecls.cli", "run", str(tiny_bundle), "--source", str(video), "--every-frame"],
+            cwd=REPO,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert cli_error(done) == "error: No space left on device"
+
+
+def test_a_hangup_ends_the_simple_mode_as_the_default_signal_action_does(tiny_bundle, video):
+    """A dropped SSH session (SIGHUP) ends `edgecls run` in the simple mode, closing the camera; only the daemon
+    takes SIGHUP as "reload the model"."""
+    process = _start_simple(tiny_bundle, "--source", video, "--loop")
+    try:
+        assert process.stdout.readline(), process.stderr.read()[-2000:]
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(10) == -signal.SIGHUP
+    finally:
+        process.kill()
+
+
+def test_the_simple_mode_keeps_the_model_it_started_with_when_the_bundle_link_moves(tiny_bundle, video, tmp_path):
+    """One results file, one model: a moved `current` link does not reload the simple mode (the daemon does)."""
+    import shutil
+
+    shutil.copytree(tiny_bundle, tmp_path / "other")
+    current = tmp_path / "current"
+    current.symlink_to(tiny_bundle)
+    process = _start_simple(current, "--source", video, "--loop")
+    lines = []
+    try:
+        lines.append(json.loads(process.stdout.readline()))
+        moved = tmp_path / "current.new"
+        moved.symlink_to(tmp_path / "other")
+        os.replace(moved, current)
+        deadline = time.monotonic() + 3  # the daemon's reloader looks at the link twice a second
+        while time.monotonic() < deadline:
+            lines.append(json.loads(process.stdout.readline()))
+    finally:
+        process.kill()
+        process.wait(10)
+    assert len(lines) > 10 and {line["model"]["bundle"] for line in lines} == {str(tiny_bundle)}
+
+
 def test_each_simple_line_has_the_drop_count_of_the_moment_it_was_written(tiny_bundle, tmp_path):
     """The running drop count is exact: when frame i is the k-th classified, frames 0..i not classified were
     dropped, so the line says at least i + 1 - k (a count refreshed now and then says less)."""

@@ -108,9 +108,9 @@ class Daemon:
 
             self.window = Window(_Preview(self.loops))
         self.server = None if config.http is None else self._server(config.http)
-        self.reloader = (
+        self.reloader = (  # the simple mode never switches models: one results file, one model, as it always did
             None
-            if config.bundle is None
+            if config.bundle is None or config.simple
             else Reloader(
                 config.bundle,
                 load=self._load_classifier,
@@ -123,6 +123,7 @@ class Daemon:
         self._stop = threading.Event()
         self._stopped = False
         self._sink_errors = 0
+        self.sink_error: OSError | None = None  # the simple mode's first failed write: run() ends and raises it
         self.ended_by: str | None = None  # "stop" (signal, stop(), window), "duration", or "sources" (all done)
 
     def _loop(self, supervisor) -> SourceLoop:
@@ -248,16 +249,26 @@ class Daemon:
         for sink in self.sinks:
             try:
                 sink.write(result)
-            except Exception as exc:  # a full disk must not stop classification or the other sinks
-                self._sink_errors += 1
-                if self._sink_errors == 1 or self._sink_errors % 1000 == 0:
-                    log.error(
-                        "sink %s failed (%d times): %s: %s",
-                        type(sink).__name__,
-                        self._sink_errors,
-                        type(exc).__name__,
-                        exc,
-                    )
+            except OSError as exc:
+                if not self.config.simple:
+                    self._sink_failed(sink, exc)
+                elif self.sink_error is None:  # `| head`, a full disk: the simple mode ends with that error
+                    self.sink_error = exc
+                    self.request_stop()
+            except Exception as exc:
+                self._sink_failed(sink, exc)
+
+    def _sink_failed(self, sink, exc: Exception) -> None:
+        """Daemon mode: a full disk must not stop classification or the other sinks; logged, counted."""
+        self._sink_errors += 1
+        if self._sink_errors == 1 or self._sink_errors % 1000 == 0:
+            log.error(
+                "sink %s failed (%d times): %s: %s",
+                type(sink).__name__,
+                self._sink_errors,
+                type(exc).__name__,
+                exc,
+            )
 
     def start(self) -> Daemon:
         for supervisor in self.supervisors:
@@ -318,7 +329,8 @@ class Daemon:
         return lines
 
     def run(self, on_start=None) -> dict:
-        """start, wait, stop; SIGTERM/SIGINT stop it cleanly. Returns `summary()`."""
+        """start, wait, stop; SIGTERM/SIGINT stop it cleanly (SIGHUP reloads; the simple mode leaves it alone, so a
+        closed terminal ends it). Returns `summary()`; raises the simple mode's failed write (`sink_error`)."""
         from edgecls.runtime.daemon.signals import SignalWatcher
 
         # The handlers set flags only; a thread acts on them (a handler taking a lock deadlocks on a signal burst).
@@ -332,6 +344,8 @@ class Daemon:
         finally:
             self.stop()
             signals.uninstall()
+        if self.sink_error is not None:  # the simple mode could not write its lines: its one error, as before
+            raise self.sink_error
         return self.summary()
 
     def request_stop(self) -> None:

@@ -65,7 +65,7 @@ class SimpleLines:
             "dropped": self._dropped(),
             "model": result["model"],
         }
-        with self._lock:
+        with self._lock:  # an OSError (`| head`, a full disk) reaches the daemon, which ends the run with it
             self._stream.write(json.dumps(line) + "\n")
             self._stream.flush()
 
@@ -73,7 +73,7 @@ class SimpleLines:
         with self._lock:
             try:
                 self._stream.flush()
-            except (BrokenPipeError, ValueError):
+            except (OSError, ValueError):  # the write that failed already ended the run with its error
                 pass
 
 
