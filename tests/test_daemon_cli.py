@@ -345,6 +345,30 @@ def test_the_simple_mode_keeps_the_model_it_started_with_when_the_bundle_link_mo
     assert len(lines) > 10 and {line["model"]["bundle"] for line in lines} == {str(tiny_bundle)}
 
 
+def test_a_stalled_live_source_is_reported_each_timeout_in_the_simple_mode(tiny_bundle):
+    """A camera that stops sending: a `{"event": "stall", "detail", "state"}` line on stderr every --timeout
+    seconds, as the simple mode always printed, while the source is retried."""
+    server = MjpegServer(fps=20, stall_after=10).start()
+    process = _start_simple(tiny_bundle, "--source", server.url, "--timeout", "1", stdout=subprocess.DEVNULL)
+    err = []
+    pump = threading.Thread(target=_pump, args=(process.stderr, err), daemon=True)
+    pump.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum('"event": "stall"' in line for line in err) < 3:
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(10)
+        server.kill()
+        pump.join(5)
+    stalls = [json.loads(line) for line in err if line.startswith('{"event": "stall"')]
+    assert len(stalls) >= 3, "".join(err)[-3000:]
+    for stall in stalls:
+        assert list(stall) == ["event", "detail", "state"], stall
+        assert stall["detail"].startswith(f"{server.url}: no frame for 1.0s (state "), stall
+
+
 def test_each_simple_line_has_the_drop_count_of_the_moment_it_was_written(tiny_bundle, tmp_path):
     """The running drop count is exact: when frame i is the k-th classified, frames 0..i not classified were
     dropped, so the line says at least i + 1 - k (a count refreshed now and then says less)."""

@@ -24,6 +24,7 @@ from edgecls.runtime.daemon.metrics import Metrics
 from edgecls.runtime.daemon.reload import Reloader
 from edgecls.runtime.daemon.supervisor import Supervisor, display_name
 from edgecls.runtime.monitor.drift import NO_REFERENCE, DriftMonitor
+from edgecls.runtime.sources import SOURCE_TIMEOUT_S
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -139,6 +140,8 @@ class Daemon:
             max_frames=config.max_frames,
             capture=self.capture,
             drift=self.drift.source(supervisor.name) if config.drift else None,
+            on_stall=self._stalled if config.simple else None,
+            stall_after=config.source_options.get("timeout_s", SOURCE_TIMEOUT_S),
         )
         self.metrics.track(supervisor.name, supervisor, loop.stats)
         return loop
@@ -269,6 +272,12 @@ class Daemon:
                 type(exc).__name__,
                 exc,
             )
+
+    def _stalled(self, event: dict) -> None:
+        """The simple mode's stall lines: no frame for --timeout seconds, said by the sinks that say it."""
+        for sink in self.sinks:
+            if hasattr(sink, "stall"):
+                sink.stall(event)
 
     def start(self) -> Daemon:
         for supervisor in self.supervisors:

@@ -48,9 +48,10 @@ class SimpleLines:
     """The simple mode's line per classified frame (`edgecls run` with one source and no daemon option): frame,
     name, age_ms, top1, score, topk, latency_ms (the total), dropped (the source's count so far) and model."""
 
-    def __init__(self, dropped, stream=None):
-        self._dropped = dropped  # () -> frames the source dropped so far
+    def __init__(self, dropped, stream=None, events=None):
+        self._dropped = dropped  # () -> frames the source dropped so far, counted now
         self._stream = stream or sys.stdout
+        self._events = events  # where stall lines go (default: sys.stderr at the time)
         self._lock = threading.Lock()
 
     def write(self, result: dict) -> None:
@@ -68,6 +69,12 @@ class SimpleLines:
         with self._lock:  # an OSError (`| head`, a full disk) reaches the daemon, which ends the run with it
             self._stream.write(json.dumps(line) + "\n")
             self._stream.flush()
+
+    def stall(self, event: dict) -> None:
+        """`{"event": "stall", "detail": ..., "state": ...}` on stderr: no frame for --timeout seconds."""
+        events = self._events or sys.stderr
+        events.write(json.dumps(event) + "\n")
+        events.flush()
 
     def close(self) -> None:
         with self._lock:

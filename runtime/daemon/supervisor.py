@@ -324,5 +324,7 @@ class Supervisor:
     def _wait_before_reopen(self, failures: int, reason: str) -> None:
         delay = self.backoff.delay(failures)
         with self._lock:
+            if self.simple and self.stats.state == "reconnecting":  # the state is unchanged, so not logged again
+                log.warning("%s: still down (%s); retrying", self.name, redact_uri(reason))
             self._set_state("reconnecting", f"{reason}; retry in {delay:.1f}s")
         self._stop.wait(delay)
