@@ -76,3 +76,57 @@ def test_a_script_may_name_the_bundle_and_the_sources_by_keyword(tiny_bundle, tm
     assert len(sink.of(str(clip))) == 3 and sink.closed
     with pytest.raises(TypeError, match="give the bundle once"):
         Daemon(str(tiny_bundle), bundle=str(tiny_bundle), sources=[str(clip)])
+
+
+def test_daemon_summary_and_health_name_every_counter_per_source(tiny_bundle, tmp_path):
+    from edgecls.runtime.daemon import Daemon
+
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    daemon = Daemon(tiny_bundle, [stills], sinks=[])  # never started: every counter is still zero
+    (name,) = daemon.summary()
+    assert daemon.summary()[name] == {
+        "classified": 0,
+        "captured": 0,
+        "dropped": 0,
+        "outages": 0,
+        "reconnects": 0,
+        "state": daemon.supervisors[0].stats.state,
+    }
+    healthy, detail = daemon.health()
+    source = detail["sources"][name]
+    assert not healthy and detail["unhealthy"] == [name]
+    assert {k: source[k] for k in ("frames", "classified", "dropped", "outages", "reconnects", "fps")} == {
+        "frames": 0,
+        "classified": 0,
+        "dropped": 0,
+        "outages": 0,
+        "reconnects": 0,
+        "fps": 0.0,
+    }
+    assert (
+        set(source)
+        == {
+            "state",
+            "reason",
+            "frames",
+            "classified",
+            "dropped",
+            "outages",
+            "reconnects",
+            "fps",
+            "last_frame_age_s",
+            "drift",
+        }
+        and source["last_frame_age_s"] is None
+    )
+
+    stats = daemon.loops[0].stats  # real timestamps: fps is (n - 1) / span, almost never 2 decimals
+    for _ in range(20):
+        stats.record({"top1": "x"})
+        time.sleep(0.013)
+        stats.record({"top1": "x"})
+        if round(stats.fps, 3) != round(stats.fps, 2):
+            break
+    fps = stats.fps
+    assert round(fps, 3) != round(fps, 2) and daemon.health()[1]["sources"][name]["fps"] == round(fps, 2)

@@ -643,3 +643,24 @@ def test_the_documented_sign_in_link_works_for_a_base64_token():
         assert status == 303 and "Set-Cookie" in headers, status
     finally:
         server.stop()
+
+
+def test_a_request_without_the_token_gets_a_json_error_and_a_bearer_challenge():
+    import json
+    import urllib.error
+    import urllib.request
+
+    from edgecls.runtime.daemon.http import StatusServer
+
+    server = StatusServer(
+        health=lambda: (True, {"status": "ok"}), latest=lambda: {}, metrics=lambda: (b"", "text/plain"), token="s3cret"
+    ).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(server.url + "/healthz", timeout=10)
+        assert caught.value.code == 401
+        assert caught.value.headers["WWW-Authenticate"] == 'Bearer realm="edgecls"'
+        assert caught.value.headers["Content-Type"] == "application/json"
+        assert json.loads(caught.value.read()) == {"error": "missing or wrong bearer token"}
+    finally:
+        server.stop()

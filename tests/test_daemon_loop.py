@@ -6,6 +6,7 @@ import statistics
 import threading
 import time
 
+import numpy as np
 import pytest
 
 cv2 = pytest.importorskip("cv2")
@@ -128,3 +129,45 @@ def test_overlap_keeps_classified_frames_at_most_one_inference_older(tiny_bundle
     ages = [r["frame_age_ms"] for r in sink.results[4:]]  # steady state
     bound_ms = (2 * infer_s + 0.075) * 1000  # one inference (always) + one more (the overlap) + slack
     assert statistics.median(ages) < bound_ms, f"frame ages {ages} ms with a {infer_s * 1000:.0f} ms model"
+
+
+def test_an_unclassifiable_frame_is_logged_with_its_cause_and_the_loop_goes_on(tiny_bundle, tmp_path, caplog):
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.daemon.loop import SourceLoop
+    from edgecls.runtime.daemon.supervisor import Supervisor
+
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(stills / f"{i}.png"), np.full((32, 32, 3), 60 * i, np.uint8))
+    broken = Classifier(tiny_bundle)
+    broken.labels = []  # a model whose labels went missing: classify() cannot name any class
+    supervisor = Supervisor(str(stills), name="stills").start()
+    loop = SourceLoop(supervisor, Classifier(tiny_bundle), lambda result: None)
+    loop.use(broken)
+    with caplog.at_level("ERROR", logger="edgecls.daemon"):
+        loop.start().join(30)
+    supervisor.stop()
+    assert loop.done and loop.stats.errors == 2 and loop.stats.processed == 0
+    messages = [r.getMessage() for r in caplog.records if r.name == "edgecls.daemon"]
+    assert len(messages) == 2 and all(m.startswith("stills: frame ") for m in messages)
+    assert all(
+        m.endswith("not classified: IndexError: index 0 is out of bounds for axis 0 with size 0") for m in messages
+    ), messages
+
+
+def test_a_result_from_a_folder_names_the_image_it_came_from(tiny_bundle, tmp_path):
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.daemon.loop import SourceLoop
+    from edgecls.runtime.daemon.supervisor import Supervisor
+
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(stills / name), np.full((32, 32, 3), 90, np.uint8))
+    results = []
+    supervisor = Supervisor(str(stills), name="stills").start()
+    loop = SourceLoop(supervisor, Classifier(tiny_bundle), results.append).start()
+    loop.join(30)
+    supervisor.stop()
+    assert [r.get("name") for r in results] == [str(stills / "a.png"), str(stills / "b.png")]

@@ -1,4 +1,4 @@
-"""The daemon's parts on their own (runtime/daemon/supervisor.py, loop.py, sinks.py, display names)."""
+"""The daemon's parts on their own (runtime/daemon/supervisor.py, loop.py, sinks.py, metrics.py, display names)."""
 
 import json
 import time
@@ -109,3 +109,47 @@ def test_redact_uri_hides_passwords_with_odd_characters_tokens_and_secret_parame
     with pytest.raises(SourceError) as error:  # a typo'd scheme is taken for a path: its error hides the password
         parse_source(f"rtps://admin:{SECRET}@cam/live")
     assert SECRET not in str(error.value)
+
+
+def test_metric_names_and_help_texts_are_the_documented_ones(tmp_path):
+    from edgecls.runtime.daemon.loop import LoopStats
+    from edgecls.runtime.daemon.metrics import Metrics
+    from edgecls.runtime.daemon.supervisor import Supervisor
+
+    (tmp_path / "stills").mkdir()
+    metrics = Metrics()
+    metrics.track("cam", Supervisor(str(tmp_path / "stills"), name="cam"), LoopStats())
+    before = metrics.exposition()[0].decode()  # tracked, no frame yet: every series exists at 0
+    assert 'edgecls_frame_processing_seconds_count{source="cam"} 0.0' in before and 'source="None"' not in before
+    metrics.observe_frame("cam", infer_s=0.004, total_s=0.02, age_s=0.03)
+    text = metrics.exposition()[0].decode()
+    assert 'edgecls_frame_processing_seconds_bucket{le="0.025",source="cam"} 1.0' in text
+    assert 'edgecls_frame_processing_seconds_count{source="cam"} 1.0' in text
+    assert "# HELP edgecls_source_outages_total Times a source stopped delivering frames.\n" in text
+    assert 'edgecls_source_outages_total{source="cam"} 0.0' in text
+
+
+def test_read_returns_by_its_timeout_while_a_connected_stream_sends_nothing():
+    from edgecls.runtime.daemon.supervisor import Supervisor
+    from edgecls.runtime.sources import SourceTimeout
+    from tests.mjpeg_server import MjpegServer
+
+    server = MjpegServer(fps=25, stall_after=5).start()  # 5 frames, then the connection stays open, silent
+    supervisor = Supervisor(server.url, stall_timeout=10.0, timeout_s=10.0).start()  # neither fires in this test
+    try:
+        frames, stalled, deadline = 0, False, time.monotonic() + 20
+        while time.monotonic() < deadline:
+            start = time.monotonic()
+            try:
+                supervisor.read(timeout=0.3)
+                frames += 1
+            except SourceTimeout:
+                took = time.monotonic() - start
+                if frames:  # the stream stalled after frames flowed: the wait must still end on time
+                    assert took < 1.5, took
+                    stalled = True
+                    break
+        assert frames >= 1 and stalled and supervisor.state == "running"
+    finally:
+        supervisor.stop()
+        server.kill()

@@ -183,3 +183,29 @@ def test_preview_behind_a_token_renders_in_headless_chromium(guarded):
     bright = image.max(axis=2) > 200
     assert green.sum() > 200, "no annotated frame: the redirect's cookie did not reach the <img> stream"
     assert bright.sum() > 2000
+
+
+def test_annotate_turns_a_grayscale_frame_into_bgr():
+    from edgecls.runtime.daemon.preview import annotate
+
+    gray = np.full((240, 320), 128, np.uint8)  # 320 wide: no enlargement, only the conversion
+    out = annotate(gray, {"top1": "cat", "score": 0.5}, 2.0)
+    assert out.shape == (240, 320, 3) and out.dtype == np.uint8
+    band = max(18, 240 // 12)
+    assert (out[band + 1 :] == 128).all()  # below the band (rows 0..band): the gray value on every channel
+    assert (out[:band, :, 0] == 0).all() and out[:band, :, 1].max() > 0  # black band, green text
+
+
+def test_annotate_draws_the_text_four_pixels_from_the_left_edge():
+    from edgecls.runtime.daemon.preview import TEXT, annotate
+
+    frame = np.full((240, 320, 3), 200, np.uint8)
+    result, fps = {"top1": "dog", "score": 0.75}, 12.5
+    band = max(18, 240 // 12)
+    out = annotate(frame, result, fps)[:band]
+    # The same text drawn at x = 0 on a black band: annotate's copy must be that image shifted right by 4.
+    ref = np.zeros((band, 320 + 8, 3), np.uint8)
+    cv2.putText(ref, "dog 0.75  12.5 fps", (0, band - 5), cv2.FONT_HERSHEY_SIMPLEX, band / 30, TEXT, 1, cv2.LINE_AA)
+    assert ref[:, :4].any()  # the glyphs' own bearing starts inside the first 4 columns, so a shift shows
+    np.testing.assert_array_equal(out[:, :4], 0)
+    np.testing.assert_array_equal(out[:, 4:], ref[:, : 320 - 4])

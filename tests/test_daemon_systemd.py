@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgecls.runtime.daemon import Daemon
-from edgecls.runtime.daemon.notify import notify, watchdog_interval
+from edgecls.runtime.daemon.notify import SystemdNotifier, notify, watchdog_interval
 from edgecls.runtime.daemon.supervisor import Backoff
 from tests.conftest import cli_error, require_tool, run_cli
 from tests.daemon_helpers import wait_for, write_test_video
@@ -187,3 +187,24 @@ def test_under_systemd_a_camera_not_there_yet_is_waited_for_and_the_unit_restart
     finally:
         receiver.close()
     assert "Restart=on-failure" in run_cli("service", "unit").stdout
+
+
+def test_notifier_outside_systemd_stays_silent_even_if_the_socket_appears_later(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notifier = SystemdNotifier(lambda: 0)
+    assert notifier.socket_path == ""
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)  # decided at construction: not ours to pick up now
+        assert notifier.send("READY=1") is False
+        with pytest.raises(BlockingIOError):
+            listener.recv(64)
+        assert SystemdNotifier(lambda: 0).send("READY=1") is True  # the same socket does work
+        assert listener.recv(64) == b"READY=1"
+
+
+def test_notifier_thread_never_keeps_the_process_alive():
+    notifier = SystemdNotifier(lambda: 0, socket_path="")
+    assert notifier._thread.daemon  # a daemon that forgets stop() must still exit
