@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.formats import FP32
 
 KERAS_ARTIFACT = "keras"
 
@@ -148,7 +149,7 @@ def keras_records(model_path: Path, say=None):
             KERAS_ARTIFACT,
             model_path.name,
             "keras",
-            "fp32",
+            FP32,
             model_path.stat().st_size,
             source.get("macs"),
             source.get("accuracy"),

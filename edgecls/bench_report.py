@@ -17,6 +17,7 @@ from edgecls.runtime.atomic import write_bytes, write_text
 from edgecls.runtime.bench.runner import FORMAT
 from edgecls.runtime.bench.table import P99_MIN_RUNS, few_runs, format_table
 from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.formats import FP16, INT8
 
 REQUIRED = ("file", "format", "precision", "threads", "p50_ms", "p90_ms", "p99_ms")
 OUT_FILES = {"json": "bench.json", "csv": "bench.csv", "markdown": "bench.md", "plot": "bench.png"}
@@ -364,9 +365,9 @@ def write_plot(doc: dict, path) -> None:
         "tab:gray"
         if r.get("format") == "keras"
         else "tab:green"
-        if r.get("precision") == "int8"
+        if r.get("precision") == INT8
         else "tab:orange"
-        if r.get("precision") == "fp16"
+        if r.get("precision") == FP16
         else "tab:blue"
         for r in records
     ]

@@ -6,7 +6,7 @@ import click
 
 from edgecls.commands._errors import OneLineErrors
 from edgecls.runtime.errors import EdgeclsError
-from edgecls.runtime.formats import ARTIFACT_FORMATS
+from edgecls.runtime.formats import ARTIFACT_FORMATS, TFLITE_INT8
 
 QAT_MODES = ("remedy", "always", "never")
 
@@ -55,7 +55,7 @@ QAT_MODES = ("remedy", "always", "never")
     show_default=True,
     is_flag=False,
     flag_value="always",
-    help="tflite-int8 by quantization-aware training: remedy (the last one tried when post-training int8 "
+    help=f"{TFLITE_INT8.name} by quantization-aware training: remedy (the last one tried when post-training int8 "
     "fails the accuracy gate), always (no post-training attempt; a bare --qat), never.",
 )
 @click.option("--no-qat", is_flag=True, help="The same as --qat never.")

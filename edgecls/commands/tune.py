@@ -5,10 +5,17 @@ from __future__ import annotations
 import click
 
 from edgecls.commands._errors import OneLineErrors
-from edgecls.models import DEFAULT_MODEL, tunable_models
+from edgecls.models import DEFAULT_MODEL, pretrained_models, tunable_models
+
+# The help names models by their roles in the registry: the default one, built from scratch (its widths and
+# depth searched), and the one that starts from a pretrained backbone (its alpha or fine-tuning depth searched).
+SCRATCH, PRETRAINED = DEFAULT_MODEL, pretrained_models()[0]
 
 
-@click.command(cls=OneLineErrors)
+@click.command(
+    cls=OneLineErrors,
+    help=f"Search learning rate, widths, dropout, L2 and batch size (alpha or fine-tuning depth for {PRETRAINED}).",
+)
 @click.option("--data", required=True, help="Class-per-folder directory, or a built-in dataset: digits, shapes.")
 @click.option(
     "--out",
@@ -21,8 +28,8 @@ from edgecls.models import DEFAULT_MODEL, tunable_models
     type=click.Choice(tunable_models()),
     default=DEFAULT_MODEL,
     show_default=True,
-    help="What is searched: simple, learning rate, widths and depth, dropout, L2, batch size; mobilenetv2, alpha and "
-    "fine-tuning depth.",
+    help=f"What is searched: {SCRATCH}, learning rate, widths and depth, dropout, L2, batch size; {PRETRAINED}, alpha "
+    "and fine-tuning depth.",
 )
 @click.option("--trials", type=click.IntRange(1), default=10, show_default=True, help="Number of trials.")
 @click.option(
@@ -53,14 +60,14 @@ from edgecls.models import DEFAULT_MODEL, tunable_models
 @click.option(
     "--weights",
     type=click.Path(exists=True, dir_okay=False),
-    help="mobilenetv2: pretrained backbone weights; the fine-tuning depth is searched instead of alpha.",
+    help=f"{PRETRAINED}: pretrained backbone weights; the fine-tuning depth is searched instead of alpha.",
 )
 @click.option(
     "--alpha",
     type=click.FloatRange(0, min_open=True),
     default=1.0,
     show_default=True,
-    help="mobilenetv2 with --weights: the width the weights file was made for.",
+    help=f"{PRETRAINED} with --weights: the width the weights file was made for.",
 )
 @click.option(
     "--patience",
@@ -99,7 +106,7 @@ from edgecls.models import DEFAULT_MODEL, tunable_models
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only a run or an empty folder).")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines from the trials.")
 def tune(**o):
-    """Search learning rate, widths, dropout, L2 and batch size (alpha or fine-tuning depth for mobilenetv2)."""
+    """Run a search (its help, given to click.command above, names a model from the registry)."""
     from edgecls.tune import TuneConfig
     from edgecls.tune import tune as run_tune
 
