@@ -5,7 +5,8 @@
 
 Each source gets a supervisor (capture, watchdog, reopen) and a loop thread (classify, publish);
 nothing is queued between them, so memory is bounded and a dead source never blocks another.
-SIGHUP, or a bundle symlink that moves, reloads the model without stopping (runtime/daemon/reload.py).
+SIGHUP, or a bundle symlink that moves, reloads the model without stopping (runtime/daemon/reload.py); the
+simple mode (`simple`: one source, `edgecls run`'s own lines) never reloads, and a SIGHUP ends it.
 Each source's recent frames are compared with the served artifact's reference statistics and with the
 source's own first window (runtime/monitor/drift.py): /healthz and /metrics say when a source drifted,
 and which statistic moved against what.
@@ -140,8 +141,6 @@ class Daemon:
             max_frames=config.max_frames,
             capture=self.capture,
             drift=self.drift.source(supervisor.name) if config.drift else None,
-            on_stall=self._stalled if config.simple else None,
-            stall_after=config.source_options.get("timeout_s", SOURCE_TIMEOUT_S),
         )
         self.metrics.track(supervisor.name, supervisor, loop.stats)
         return loop
@@ -308,7 +307,11 @@ class Daemon:
         deadline = None if self.duration is None else time.monotonic() + self.duration
         tick = 0.05 if self.window is None else 1 / 30  # a window is redrawn from this thread (HighGUI's rule)
         self.ended_by = "stop"
+        timeout = self.config.source_options.get("timeout_s", SOURCE_TIMEOUT_S)
+        stalls = _StallLines(self.loops, timeout, self._stalled) if self.config.simple else None
         while not self._stop.wait(tick):
+            if stalls is not None:
+                stalls.check()
             if deadline is not None and time.monotonic() >= deadline:
                 self.ended_by = "duration"
                 break
@@ -396,6 +399,28 @@ class Daemon:
         stuck = [loop.supervisor.name for loop in self.loops if not loop.done]
         if stuck:
             log.warning("stopped without waiting for %s (a frame still being classified)", ", ".join(stuck))
+
+
+class _StallLines:
+    """The simple mode's stall lines, as it always printed them: `{"event": "stall", "detail", "state"}` each
+    `after` seconds (--timeout) in which a source's loop classified no frame."""
+
+    def __init__(self, loops, after: float, say):
+        self._loops, self._after, self._say = loops, after, say
+        now = time.monotonic()
+        self._since = [now] * len(loops)  # the newest frame or stall line, per loop
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for i, loop in enumerate(self._loops):
+            self._since[i] = max(self._since[i], loop.stats.last_at or 0.0)
+            if loop.done or now - self._since[i] < self._after:
+                continue
+            self._since[i] = now
+            s = loop.supervisor.stats
+            why = f", {s.reason}" if s.reason else ""
+            detail = f"{loop.supervisor.name}: no frame for {self._after:.1f}s (state {s.state}{why})"
+            self._say({"event": "stall", "detail": detail, "state": s.state})
 
 
 class _Preview:

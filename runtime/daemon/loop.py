@@ -85,6 +85,12 @@ class LoopStats:
             self._times.append(time.monotonic())
 
     @property
+    def last_at(self) -> float | None:
+        """time.monotonic() of the newest classified frame; None before the first."""
+        with self._lock:
+            return self._times[-1] if self._times else None
+
+    @property
     def fps(self) -> float:
         """Frames classified per second over the last window; 0 when none arrived for 2 s."""
         with self._lock:
@@ -178,8 +184,6 @@ class SourceLoop:
     metrics: a `edgecls.runtime.daemon.metrics.Metrics` or None.
     max_frames: stop after this many classified frames (None: until stopped or the source ends).
     drift: this source's `edgecls.runtime.monitor.drift.SourceDrift`, or None for no drift monitoring.
-    on_stall: called with `{"event": "stall", "detail", "state"}` each `stall_after` seconds without a frame
-      (the simple mode's stall lines), or None.
     """
 
     def __init__(
@@ -195,8 +199,6 @@ class SourceLoop:
         max_frames: int | None = None,
         capture=None,
         drift=None,
-        on_stall=None,
-        stall_after: float | None = None,
     ):
         self.supervisor = supervisor
         self.classifier = classifier
@@ -211,8 +213,6 @@ class SourceLoop:
         self.max_frames = max_frames
         self.capture = capture  # a edgecls.runtime.daemon.capture.Capture or None: offered every classified frame
         self.drift = drift
-        self.on_stall = on_stall  # called with a stall event each `stall_after` s without a frame (None: never)
-        self.stall_after = stall_after
         if drift is not None:
             drift.adopt(classifier)
         self.stats = LoopStats()
@@ -258,17 +258,12 @@ class SourceLoop:
     def _run(self) -> None:
         name = self.supervisor.name
         ahead = _Ahead(self)
-        last = time.monotonic()  # of the last frame, or of the last stall reported
         while not self._stop.is_set() and (self.max_frames is None or self.stats.processed < self.max_frames):
             item = ahead.take(timeout=0.25)  # short, so stop() is seen within a quarter second
             if item is None:
-                if self.on_stall is not None and time.monotonic() - last >= self.stall_after:
-                    last = time.monotonic()
-                    self.on_stall(self._stall_event())
                 continue
             if item is _Ahead.ENDED:
                 break
-            last = time.monotonic()
             if self._pending is not None:
                 with self._swap_lock:
                     pending, self._pending = self._pending, None
@@ -289,12 +284,6 @@ class SourceLoop:
         self._stop.set()  # ends the preparing thread too (max_frames reached, or the source ended)
         ahead.join(1.0)
         log.debug("%s: loop ended after %d frames", name, self.stats.processed)
-
-    def _stall_event(self) -> dict:
-        s = self.supervisor.stats
-        why = f", {s.reason}" if s.reason else ""
-        detail = f"{self.supervisor.name}: no frame for {self.stall_after:.1f}s (state {s.state}{why})"
-        return {"event": "stall", "detail": detail, "state": s.state}
 
     def classify(self, frame, prepared: _Prepared | None = None) -> dict:
         """One frame -> the published result, with the latency of each step.
