@@ -24,21 +24,21 @@ from tests.sshd import sshd  # noqa: F401  (fixture)
         ("pi@[fe80::1]:22:/srv", SshTarget("fe80::1", "pi", 22, "/srv")),
     ],
 )
-def test_i9_p2_target_syntax(text, expected):
+def test_ssh_target_syntax_is_parsed(text, expected):
     assert parse_target(text) == expected
 
 
 @pytest.mark.parametrize("text", ["/media/sd/rootfs", "./device", "~/sd", "relative/folder"])
-def test_i9_p2_local_paths_are_not_ssh(text):
+def test_local_paths_are_not_ssh_targets(text):
     assert not is_ssh_target(text) and parse_target(text) is None
 
 
-def test_i9_p2_bad_port_is_a_clear_error():
+def test_a_bad_port_is_a_clear_error():
     with pytest.raises(SshError, match="out of range"):
         parse_target("pi@host:70000")
 
 
-def test_i9_p2_run_push_fetch_on_real_sshd(sshd, tmp_path):  # noqa: F811
+def test_run_push_and_fetch_over_a_real_sshd(sshd, tmp_path):  # noqa: F811
     client = SshClient(parse_target(sshd.target(tmp_path / "dev")), config=sshd.ssh_config)
     assert client.run(["echo", "a b; c"]).stdout == b"a b; c\n"  # argv words quoted for the remote shell
     assert client.run("cat", input=b"\x00\x01data").stdout == b"\x00\x01data"
@@ -54,7 +54,7 @@ def test_i9_p2_run_push_fetch_on_real_sshd(sshd, tmp_path):  # noqa: F811
     assert "install" in out
 
 
-def test_i9_p2_errors_name_cause_and_fix(sshd, tmp_path):  # noqa: F811
+def test_ssh_errors_name_the_cause_and_the_fix(sshd, tmp_path):  # noqa: F811
     closed = SshClient(SshTarget("127.0.0.1", sshd.user, 1), config=sshd.ssh_config)
     with pytest.raises(SshError, match="cannot reach .*port 1 .*connection refused"):
         closed.run(["true"])
@@ -81,7 +81,7 @@ def test_i9_p2_errors_name_cause_and_fix(sshd, tmp_path):  # noqa: F811
         missing.run("cd / && PYTHONPATH= python3 -S -c 'import edgecls.runtime.install'")
 
 
-def test_i9_p2_host_key_hint_names_the_port(sshd, tmp_path):  # noqa: F811
+def test_the_host_key_hint_names_the_port(sshd, tmp_path):  # noqa: F811
     """A device on a non-default port: the hint's command must reach that port, or it accepts the wrong key."""
     (tmp_path / "known_hosts").write_text("")
     client = SshClient(
