@@ -143,8 +143,9 @@ def run_remote(
         errors = [l[len("error: ") :] for l in stderr.splitlines() if l.startswith("error: ")]
         if not errors and "unrecognized arguments" in stderr:  # argparse of an older edgecls.runtime.bench
             raise EdgeclsError(
-                f"{target}: the device's edgecls is older than this one ({stderr.strip().splitlines()[-1][:200]}): update "
-                "it there (`edgecls flash ... --setup`, or `pip install --force-reinstall` this edgecls's wheel)"
+                f"{target}: the device's edgecls is older than this one ({stderr.strip().splitlines()[-1][:200]}): "
+                "update it there (`edgecls flash ... --setup`, "
+                "or `pip install --force-reinstall` this edgecls's wheel)"
             )
         # edgecls.runtime.bench's own one-line error, once (not "`python3` failed: error: ..."); else ssh's diagnosis
         raise EdgeclsError(f"{target}: {errors[-1]}" if errors else client.describe_failure(result, python))
