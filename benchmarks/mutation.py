@@ -19,7 +19,7 @@ code before mutmut starts; tests/conftest.py copies from it. Mutants that only t
 build could see (the conversion inside tiny_bundle) therefore survive: the score is conservative.
 
     python3 benchmarks/mutation.py --paths runtime/session.py,runtime/preprocess.py \\
-        --tests tests/test_preprocess.py,tests/test_mutation_session.py --max-mutants 80 --seed 0
+        --tests tests/test_preprocess.py,tests/test_session.py --max-mutants 80 --seed 0
 
 Writes benchmarks/results/<--name>.txt (readable, each survivor's diff) and .json.
 
