@@ -179,7 +179,7 @@ def test_convert_with_pruning_reports_before_and_after(tiny_run_dir, tmp_path, p
     if prune.startswith("structured"):
         assert pruning["macs_before"] / pruning["macs_after"] > 3.5  # 8,16 -> 4,8 filters
         assert result.manifest["artifacts"][0]["macs"] == pruning["macs_after"]
-        assert pruning["batchnorm_recalibrated"] == 4 and pruning["refit_images"] > 0  # issue 15 point 13
+        assert pruning["batchnorm_recalibrated"] == 4 and pruning["refit_images"] > 0  # BN refit after pruning
     else:
         assert pruning["sparsity"] == pytest.approx(0.6, abs=0.02)
         assert pruning["nonzero_params_after"] < 0.5 * pruning["params_after"]

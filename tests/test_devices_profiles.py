@@ -1,4 +1,4 @@
-"""Issue 9 point 1: device profiles (built-in and users' own), their validation, `edgecls devices list|show`."""
+"""edgecls.devices.profiles: built-in and users' own device profiles, their validation, `edgecls devices list|show`."""
 
 from __future__ import annotations
 

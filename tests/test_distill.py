@@ -1,4 +1,4 @@
-"""Knowledge distillation (issue 11 point 2): the loss, the saved student, the teacher checks."""
+"""edgecls.distill: knowledge distillation's loss, the saved student, the teacher checks."""
 
 from __future__ import annotations
 

@@ -262,3 +262,16 @@ def test_an_input_named_like_a_contact_sheet_keeps_its_own_png(tmp_path):
         write_image(tmp_path / name, np.zeros((8, 8, 3), np.uint8))
     names = [png for _, png in image_paths([tmp_path])]
     assert names == ["Contact_Sheet_2-2.png", "cat.png", "contact_sheet-2.png"], names
+
+
+def test_explain_image_named_contact_sheet_is_not_overwritten_by_the_sheet(tmp_path, tiny_run_dir):
+    """An input called contact_sheet.jpg gets the PNG name the contact sheet then overwrites (edgecls/explain.py:
+    image_paths does not reserve contact_sheet*.png); the manifest lists one file twice."""
+    from edgecls.explain import explain_run
+
+    rng = np.random.default_rng(0)
+    for name in ("contact_sheet.jpg", "cat.png"):
+        write_image(tmp_path / "images" / name, rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    result = explain_run(tiny_run_dir, [tmp_path / "images"], tmp_path / "cams")
+    names = [e.png for e in result.explanations] + result.sheets
+    assert len(set(names)) == len(names), names

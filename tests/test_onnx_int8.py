@@ -1,4 +1,4 @@
-"""ONNX int8 artifacts that ONNX Runtime's CPU provider runs fully in integer (issue 8 point 6).
+"""edgecls.converters.onnx: int8 artifacts that ONNX Runtime's CPU provider runs fully in integer.
 
 The model is a two-block MobileNetV2 in miniature (ReLU6, depthwise conv, residual Adds), the
 structure whose int8 graph used to keep float Conv/Add and layout Transposes. The properties are

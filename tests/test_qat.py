@@ -1,4 +1,4 @@
-"""Quantization-aware training (issue 11 point 4): fake-quantized Keras model -> full-int8 TFLite."""
+"""edgecls.converters.qat: quantization-aware training, fake-quantized Keras model -> full-int8 TFLite."""
 
 from __future__ import annotations
 

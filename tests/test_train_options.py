@@ -1,4 +1,4 @@
-"""Every training option is checked before any image is read or any epoch runs (issue 16, points 5 and 8)."""
+"""edgecls.train: every training option is checked before any image is read or any epoch runs."""
 
 import math
 

@@ -1,7 +1,8 @@
-"""Issue 11 point 3: hyperparameter search (`edgecls tune`) on keras-tuner; the best trial is a run `convert` takes."""
+"""edgecls.tune: hyperparameter search (`edgecls tune`) on keras-tuner; the best trial is a run `convert` takes."""
 
 import csv
 import json
+import math
 
 import pytest
 
@@ -235,3 +236,43 @@ def test_a_failure_message_is_the_exception_and_its_first_line():
     )
     assert _one_line(traceback) == "ValueError: bad shape"
     assert _one_line("") == ""
+
+
+def test_tune_every_trial_failing_is_one_error_line_with_the_cause(tmp_path, shapes_folder, monkeypatch):
+    """Fault injection: every trial hits TensorFlow's out-of-memory error. keras-tuner raises its own RuntimeError
+    (with tracebacks in the text) at the N-th consecutive failure, since max_consecutive_failed_trials == trials
+    (edgecls/tune.py:_oracle), so tune()'s 'no trial completed' is unreachable; and _one_line keeps TF's last
+    line (the Hint), dropping the cause."""
+    import tensorflow as tf
+
+    import edgecls.train
+    from edgecls.tune import TuneConfig, tune
+
+    def out_of_memory(cfg):
+        raise tf.errors.ResourceExhaustedError(
+            None,
+            None,
+            "OOM when allocating tensor with shape[64,64,3,3]\n"
+            "Hint: If you want to see a list of allocated tensors when OOM "
+            "happens, add report_tensor_allocations_upon_oom to RunOptions.",
+        )
+
+    monkeypatch.setattr(edgecls.train, "train", out_of_memory)
+    out = tmp_path / "tuned"
+    with pytest.raises(EdgeclsError) as error:
+        tune(TuneConfig(data=str(shapes_folder), out=str(out), trials=2, max_epochs=1, image_size=16))
+    message = str(error.value)
+    assert "\n" not in message and "no trial completed" in message and "OOM when allocating" in message, message
+    assert not out.exists()
+
+
+def test_tune_a_diverged_trial_never_wins():
+    """train() has no NaN guard, so a diverged trial COMPLETES with val_loss NaN; with --objective val_loss and
+    that trial first, edgecls/tune.py:best_row returns it (nothing compares below NaN)."""
+    from edgecls.tune import best_row
+
+    rows = [
+        {"trial": "0", "status": "COMPLETED", "score": math.nan, "val_loss": math.nan},
+        {"trial": "1", "status": "COMPLETED", "score": 0.7, "val_loss": 0.7},
+    ]
+    assert best_row(rows, "val_loss")["trial"] == "1"
