@@ -73,7 +73,8 @@ def test_preview_streams_are_flowing_annotated_frames(daemon):
         assert (band[..., 1] > 150).sum() > 20 and band[..., 0].mean() < 60  # green text on the black band
 
 
-def test_preview_page_renders_in_headless_chromium(daemon):
+def _chromium_screenshot(url: str, width: int, height: int):
+    """The page at `url` as headless Chromium draws it (BGR array), or the test fails with Chromium's stderr."""
     chromium = require_tool("chromium", "chromium-browser", package="chromium")
     with tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "preview.png"
@@ -85,17 +86,21 @@ def test_preview_page_renders_in_headless_chromium(daemon):
                 "--disable-gpu",
                 "--hide-scrollbars",
                 f"--user-data-dir={tmp}/profile",
-                "--window-size=1100,700",
+                f"--window-size={width},{height}",
                 "--timeout=8000",
                 f"--screenshot={shot}",
-                daemon.url + "/",
+                url,
             ],
             capture_output=True,
             text=True,
             timeout=90,
         )
         assert shot.exists(), done.stderr[-2000:]
-        image = cv2.imread(str(shot))
+        return cv2.imread(str(shot))
+
+
+def test_preview_page_renders_in_headless_chromium(daemon):
+    image = _chromium_screenshot(daemon.url + "/", 1100, 700)
     assert image is not None and image.shape[:2] == (700, 1100)
     # Each <img> is 480 px wide at x = 8 + 4 + i*(480+8...); find the frames by their content, not coordinates.
     green = (image[..., 1] > 150) & (image[..., 0] < 100) & (image[..., 2] < 100)
@@ -157,28 +162,7 @@ def test_browser_signs_in_with_the_token_once_and_gets_a_cookie_not_the_token(gu
 
 
 def test_preview_behind_a_token_renders_in_headless_chromium(guarded):
-    chromium = require_tool("chromium", "chromium-browser", package="chromium")
-    with tempfile.TemporaryDirectory() as tmp:
-        shot = Path(tmp) / "preview.png"
-        done = subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-                f"--user-data-dir={tmp}/profile",
-                "--window-size=900,600",
-                "--timeout=8000",
-                f"--screenshot={shot}",
-                f"{guarded.url}/?token={TOKEN}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-        assert shot.exists(), done.stderr[-2000:]
-        image = cv2.imread(str(shot))
+    image = _chromium_screenshot(f"{guarded.url}/?token={TOKEN}", 900, 600)
     green = (image[..., 1] > 150) & (image[..., 0] < 100) & (image[..., 2] < 100)
     bright = image.max(axis=2) > 200
     assert green.sum() > 200, "no annotated frame: the redirect's cookie did not reach the <img> stream"
