@@ -54,10 +54,7 @@ def check_settings(temperature, alpha) -> None:
 
 def _normalization(spec) -> str | None:
     """The `--normalize` value that gives `spec`'s mean/std, or None (no flag gives it)."""
-    for name, mean, std in (("scale", 0.0, 255.0), ("symmetric", 127.5, 127.5)):
-        if all(m == mean for m in spec.mean) and all(s == std for s in spec.std):
-            return name
-    return None
+    return spec.normalization()
 
 
 def teacher_defaults(teacher) -> dict:

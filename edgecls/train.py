@@ -45,12 +45,13 @@ from edgecls.models import (
 from edgecls.runtime.atomic import check_output, write_json
 from edgecls.runtime.errors import DataError, EdgeclsError, MissingDependencyError
 from edgecls.runtime.preprocess import COLORS, RESIZE_MODES, PreprocessSpec
+from edgecls.runtime.preprocess import NORMALIZATIONS as NAMED_NORMALIZATIONS
 
 STRATEGIES = ("none", "mirrored", "multiworker")
 OPTIMIZERS = ("adam", "sgd")
 CLASS_WEIGHTS = ("auto", "balanced", "none")
 HEADS = ("auto", "sigmoid", "softmax")
-NORMALIZATIONS = ("scale", "symmetric")
+NORMALIZATIONS = tuple(NAMED_NORMALIZATIONS)
 
 
 @dataclass
@@ -184,11 +185,7 @@ def preprocess_spec_for(cfg: TrainConfig, defaults: dict) -> PreprocessSpec:
     size = cfg.image_size or defaults.get("image_size", 64)
     color = cfg.color or defaults.get("color", "rgb")
     normalize = cfg.normalize or default_normalization(cfg.model)
-    if normalize == "scale":
-        return PreprocessSpec.scaled(size, size, 1 / 255, 0.0, color=color, resize=cfg.resize or "stretch")
-    if normalize == "symmetric":
-        return PreprocessSpec.scaled(size, size, 1 / 127.5, -1.0, color=color, resize=cfg.resize or "stretch")
-    raise EdgeclsError(f"unknown normalization {normalize!r}: use scale (0..1) or symmetric (-1..1)")
+    return PreprocessSpec.normalized(size, size, normalize, color=color, resize=cfg.resize or "stretch")
 
 
 def _strategy(name: str):

@@ -26,6 +26,14 @@ INTERPOLATIONS = ("box-linear", "auto", "area", "linear", "cubic", "nearest")
 # What specs written before "box-linear" existed meant by a missing interpolation.
 LEGACY_INTERPOLATION = "auto"
 DTYPES = ("float32", "uint8")
+# Named input normalizations, (mean, std) per channel in 0..255 pixel units: training's --normalize, import's
+# --normalize and a model registry entry's default all mean these. imagenet: torchvision's and Keras
+# EfficientNet's mean/std.
+NORMALIZATIONS = {
+    "scale": ((0.0,), (255.0,)),  # 0..1
+    "symmetric": ((127.5,), (127.5,)),  # -1..1
+    "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+}
 
 
 def _cv2():
@@ -86,6 +94,23 @@ class PreprocessSpec:
         """Spec for `pixel * scale + offset` (e.g. scale=1/127.5, offset=-1 for MobileNet)."""
         return cls(height, width, mean=(-offset / scale + 0.0,), std=(1.0 / scale,), **kw)  # + 0.0: no -0.0
 
+    @classmethod
+    def normalized(cls, height: int, width: int, normalization: str, **kw) -> PreprocessSpec:
+        """Spec for a named normalization of `NORMALIZATIONS` (imagenet needs 3 channels)."""
+        if normalization not in NORMALIZATIONS:
+            raise EdgeclsError(f"unknown normalization {normalization!r}: use one of {', '.join(NORMALIZATIONS)}")
+        mean, std = NORMALIZATIONS[normalization]
+        if len(mean) > 1 and kw.get("color") == "gray":
+            raise EdgeclsError(f"the {normalization} normalization is per colour channel: use --color rgb")
+        return cls(height, width, mean=mean, std=std, **kw)
+
+    def normalization(self) -> str | None:
+        """The name in `NORMALIZATIONS` that gives this spec's mean and std, or None."""
+        for name, (mean, std) in NORMALIZATIONS.items():
+            if _same(self.mean, mean, self.channels) and _same(self.std, std, self.channels):
+                return name
+        return None
+
     @property
     def channels(self) -> int:
         return 1 if self.color == "gray" else 3
@@ -104,6 +129,14 @@ class PreprocessSpec:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         known.setdefault("interpolation", LEGACY_INTERPOLATION)
         return cls(**known)
+
+
+def _same(values: tuple, named: tuple, channels: int) -> bool:
+    """Per-channel values equal, a single value standing for every channel."""
+    expand = lambda v: tuple(v) * channels if len(v) == 1 else tuple(v)  # noqa: E731
+    return len(expand(values)) == len(expand(named)) and all(
+        abs(a - b) < 1e-6 for a, b in zip(expand(values), expand(named))
+    )
 
 
 # Pillow's DecompressionBombError threshold: a 1 MB PNG can declare 20000x20000 pixels, and decoding

@@ -8,6 +8,7 @@ from edgecls.commands._errors import OneLineErrors
 from edgecls.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 from edgecls.models import DEFAULT_MODEL
 from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.preprocess import NORMALIZATIONS
 
 
 def _model_help() -> str:
@@ -41,7 +42,11 @@ def _parse_widths(value: str | None):
     type=click.Choice(["stretch", "center-crop", "letterbox"]),
     help="How images reach the input size  [default: stretch, or the teacher's]",
 )
-@click.option("--normalize", type=click.Choice(["scale", "symmetric"]), help="0..1 or -1..1 (default: by model).")
+@click.option(
+    "--normalize",
+    type=click.Choice(list(NORMALIZATIONS)),
+    help="scale 0..1, symmetric -1..1, imagenet mean/std (default: by model).",
+)
 @click.option("--epochs", type=click.IntRange(1), help="Maximum epochs (default: per dataset, else 30).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per training step.")
 @click.option(

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgecls.runtime.errors import EdgeclsError
-from edgecls.runtime.preprocess import COLORS, RESIZE_MODES, PreprocessSpec
+from edgecls.runtime.preprocess import COLORS, NORMALIZATIONS, RESIZE_MODES, PreprocessSpec
 
 LAYOUTS = ("nhwc", "nchw")
 OUTPUTS = ("probs", "logits")
-NORMALIZE = {"scale": ((0.0,), (255.0,)), "symmetric": ((127.5,), (127.5,)), "none": ((0.0,), (1.0,))}
+NORMALIZE = {**NORMALIZATIONS, "none": ((0.0,), (1.0,))}  # none: the model takes 0..255 floats
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Declared:
     layout: str | None = None  # nhwc | nchw
     mean: tuple | None = None  # per channel, 0..255 pixel units
     std: tuple | None = None
-    normalize: str | None = None  # scale | symmetric | none (exclusive with mean/std)
+    normalize: str | None = None  # scale | symmetric | imagenet | none (exclusive with mean/std)
     resize: str | None = None  # stretch | center-crop | letterbox
     output: str | None = None  # probs | logits
 
