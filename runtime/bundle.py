@@ -13,6 +13,11 @@ the statistics of the test split through that artifact, which the daemon's drift
 with (runtime/monitor/). It is plain data inside the manifest (covered by its signature); its content
 is checked where it is used, so a bad one turns monitoring off, never the model. Manifests without
 these fields load as before.
+
+Since issue 24 (imported models) a manifest may say `output: "logits"` (the runtime applies softmax, or
+sigmoid for a one-unit sigmoid head; absent means "probs", the artifact's output is already probabilities),
+`input.layout` may be "NCHW" (`input.shape` is then [1, C, H, W]), and an artifact may name the model's
+`input_name`/`output_name` (empty: its first input and output). Absent, each means what it meant before.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 RELEASE = "release.json"  # written by runtime/install into a device's release: which artifacts were sent
 BUNDLE_FORMAT = "edgecls-bundle/1"
+OUTPUTS = ("probs", "logits")  # what an artifact's output holds: probabilities, or logits the runtime turns into them
 CACHE_ENV = "EDGECLS_BUNDLE_CACHE"
 _STALE_PARTIAL_S = 3600  # an unpack older than this was interrupted (a Pi unpacks a bundle in seconds)
 
@@ -74,6 +80,8 @@ class Artifact:
     max_prob_diff: float | None = None
     macs: int | None = None
     notes: dict = field(default_factory=dict)
+    input_name: str = ""  # the model's input tensor to feed; "" = its first
+    output_name: str = ""  # the model's output tensor to read; "" = its first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +91,9 @@ class Artifact:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         d["input"], d["output"] = TensorQuant(**d["input"]), TensorQuant(**d["output"])
+        for key in ("input_name", "output_name"):
+            if not isinstance(d.get(key, ""), str):
+                raise TypeError(f"artifact {d.get('name')!r}: {key} is {json.dumps(d[key])[:40]}, not a string")
         return cls(**d)
 
 
@@ -102,13 +113,19 @@ class Manifest:
     checks: list = field(default_factory=list)  # [{"file": "check-00.png", "label": "cat"}]: smoke test
     reference: dict = field(default_factory=dict)  # artifact name -> reference statistics (runtime/monitor/stats.py)
     format: str = BUNDLE_FORMAT
+    output: str = "probs"  # one of OUTPUTS
+
+    def __post_init__(self):
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output is {json.dumps(self.output)[:40]}: use one of {', '.join(OUTPUTS)}")
 
     def to_dict(self) -> dict:
         return {
             "format": self.format,
             "labels": self.labels,
-            "input": {"shape": [1, *self.preprocess.shape], **self.preprocess.to_dict()},
+            "input": {"shape": [1, *self.preprocess.tensor_shape], **self.preprocess.to_dict()},
             "head": self.head,
+            "output": self.output,
             "reference_accuracy": self.reference_accuracy,
             "artifacts": [a.to_dict() for a in self.artifacts],
             "source": self.source,
@@ -145,6 +162,7 @@ class Manifest:
             checks=[dict(c) for c in _typed(d, "checks", list, [], dict)],
             reference=_reference(d.get("reference")),
             format=d.get("format", BUNDLE_FORMAT),
+            output=d.get("output", "probs"),
         )
 
 

@@ -68,7 +68,7 @@ class Classifier:
         path = self.bundle.verify(self.artifact)
         threads = threads or getattr(profile, "threads", None)
         options = backend_options(self.artifact.format, profile)  # the profile's backend order or providers
-        self.session = ModelSession(path, self.artifact.format, head=manifest.head, threads=threads, **options)
+        self.session = ModelSession.for_artifact(path, manifest, self.artifact, threads=threads, **options)
         self.spec = manifest.preprocess
         self.labels = manifest.labels
         self.top_k = top_k
@@ -82,10 +82,10 @@ class Classifier:
 
     def _check_input_shape(self) -> None:
         model_shape = tuple(self.session.input_spec.shape[1:])
-        if model_shape != self.spec.shape:
+        if model_shape != self.spec.tensor_shape:
             raise BundleError(
                 f"{self.artifact.file} takes input {model_shape} "
-                f"but the manifest's preprocessing gives {self.spec.shape}: "
+                f"but the manifest's preprocessing gives {self.spec.tensor_shape} ({self.spec.layout}): "
                 f"the bundle is inconsistent, convert it again"
             )
 
@@ -94,16 +94,17 @@ class Classifier:
         return [(self.labels[i], float(probs[i])) for i in order]
 
     def probabilities(self, tensors: np.ndarray) -> np.ndarray:
-        """Preprocessed batch (N, H, W, C) -> (N, classes)."""
+        """Preprocessed batch (N, H, W, C), as `preprocess` gives it whatever the model's layout -> (N, classes)."""
         if tensors.shape[1:] != self.spec.shape:
             raise EdgeclsError(f"input batch has shape {tensors.shape[1:]}, the model takes {self.spec.shape}")
         return self.session.predict(tensors)
 
     def prepare(self, image: np.ndarray, order: str = "rgb") -> np.ndarray:
-        """One uint8 image -> the model's input tensor (H, W, C) in the model's own dtype.
+        """One uint8 image -> the model's input tensor in its own layout and dtype ((H, W, C), or (C, H, W)).
 
-        Equal, bit for bit, to `quantize(preprocess(image, spec))`: resize and colour on uint8,
-        then one table lookup for normalization and quantization (`edgecls.runtime.session.input_table`).
+        Equal, bit for bit, to `quantize(preprocess(image, spec))` (transposed to CHW for an NCHW model):
+        resize and colour on uint8, then one table lookup for normalization and quantization
+        (`edgecls.runtime.session.input_table`), per plane for NCHW.
         """
         return self.prepare_pixels(pixels(image, self.spec, order))
 
@@ -119,13 +120,15 @@ class Classifier:
                 f"uint8, as edgecls.runtime.preprocess.pixels makes them"
             )
         if self._table is None:  # the model takes raw uint8 pixels
+            if self.spec.layout == "NCHW":
+                px = np.ascontiguousarray(px.transpose(2, 0, 1))
             return quantize(px[None], self.session.input_spec)[0]
-        return apply_table(px, self._table)
+        return apply_table(px, self._table, self.spec.layout)
 
     def infer(self, prepared: np.ndarray) -> np.ndarray:
-        """A batch of `prepare` outputs (N, H, W, C) -> probabilities (N, classes)."""
-        if prepared.shape[1:] != self.spec.shape:
-            raise EdgeclsError(f"input batch has shape {prepared.shape[1:]}, the model takes {self.spec.shape}")
+        """A batch of `prepare` outputs (N, *spec.tensor_shape) -> probabilities (N, classes)."""
+        if prepared.shape[1:] != self.spec.tensor_shape:
+            raise EdgeclsError(f"input batch has shape {prepared.shape[1:]}, the model takes {self.spec.tensor_shape}")
         return self.session.run_prepared(prepared)
 
     def classify(self, image: np.ndarray, order: str = "rgb", top_k: int | None = None) -> Prediction:

@@ -26,6 +26,9 @@ INTERPOLATIONS = ("box-linear", "auto", "area", "linear", "cubic", "nearest")
 # What specs written before "box-linear" existed meant by a missing interpolation.
 LEGACY_INTERPOLATION = "auto"
 DTYPES = ("float32", "uint8")
+# The model's tensor layout: NHWC (every edgecls-trained model, and every bundle before import existed) or NCHW
+# (PyTorch/timm exports). `pixels` and `preprocess` always give HWC; the transpose is the runtime's business.
+LAYOUTS = ("NHWC", "NCHW")
 # Named input normalizations, (mean, std) per channel in 0..255 pixel units: training's --normalize, import's
 # --normalize and a model registry entry's default all mean these. imagenet: torchvision's and Keras
 # EfficientNet's mean/std.
@@ -48,6 +51,7 @@ def _cv2():
 class PreprocessSpec:
     """How an image becomes the model's input tensor (HWC, one image).
 
+    `layout` is the model's: "NCHW" takes the same HWC tensor transposed to CHW (`tensor_shape`).
     Normalization is `(pixel - mean) / std` per channel, pixels in 0..255.
     `PreprocessSpec.scaled(...)` builds it from the `pixel * scale + offset` form.
 
@@ -73,11 +77,14 @@ class PreprocessSpec:
     def __post_init__(self):
         if self.height < 1 or self.width < 1:
             raise EdgeclsError(f"image size must be positive, got {self.height}x{self.width}")
+        if isinstance(self.layout, str):
+            object.__setattr__(self, "layout", self.layout.upper())
         for name, value, allowed in (
             ("color", self.color, COLORS),
             ("resize", self.resize, RESIZE_MODES),
             ("interpolation", self.interpolation, INTERPOLATIONS),
             ("dtype", self.dtype, DTYPES),
+            ("layout", self.layout, LAYOUTS),
         ):
             if value not in allowed:
                 raise EdgeclsError(f"unknown preprocessing {name} {value!r}: use one of {', '.join(allowed)}")
@@ -117,7 +124,13 @@ class PreprocessSpec:
 
     @property
     def shape(self) -> tuple:
+        """(H, W, C): what `pixels` and `preprocess` give for one image."""
         return (self.height, self.width, self.channels)
+
+    @property
+    def tensor_shape(self) -> tuple:
+        """The model's input for one image: (H, W, C), or (C, H, W) for an NCHW model."""
+        return (self.channels, self.height, self.width) if self.layout == "NCHW" else self.shape
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,7 +1,8 @@
 """A loaded artifact that takes float tensors and returns class probabilities.
 
-Quantization of int8/uint8 inputs and dequantization of outputs live here once, above the
-backends; so does the sigmoid head's expansion to two classes.
+Quantization of int8/uint8 inputs, the NCHW transpose of `predict`'s float input, dequantization
+of outputs and logits -> probabilities live here once, above the backends; so does the sigmoid
+head's expansion to two classes.
 """
 
 from __future__ import annotations
@@ -39,10 +40,23 @@ def dequantize(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return y.astype(np.float32, copy=False)
 
 
-def to_probabilities(y: np.ndarray, head: str) -> np.ndarray:
-    """(N, C) probabilities; a one-unit sigmoid head p becomes [1 - p, p]."""
+def to_probabilities(y: np.ndarray, head: str, output: str = "probs") -> np.ndarray:
+    """(N, C) probabilities from a dequantized output; a one-unit sigmoid head p becomes [1 - p, p].
+
+    output="logits" (an imported model without its own softmax): softmax over the classes, or the
+    sigmoid for a one-unit sigmoid head, in float64 with the maximum subtracted (no overflow for
+    logits in the thousands), returned in float32 like every other output.
+    """
     y = y.reshape(y.shape[0], -1)
-    if head == "sigmoid" and y.shape[1] == 1:
+    sigmoid_head = head == "sigmoid" and y.shape[1] == 1
+    if output == "logits":
+        z = y.astype(np.float64)
+        if sigmoid_head:  # [sigmoid(-z), sigmoid(z)]: the softmax of [0, z], exact for a tiny 1 - s too
+            z = np.concatenate([np.zeros_like(z), z], axis=1)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    if sigmoid_head:
         return np.concatenate([1.0 - y, y], axis=1)
     return y
 
@@ -67,34 +81,104 @@ def input_table(spec, tensor: TensorSpec) -> np.ndarray | None:
     return np.ascontiguousarray(table)
 
 
-def apply_table(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, C) pixels through an `input_table` -> the model input (H, W, C)."""
+def apply_table(pixels: np.ndarray, table: np.ndarray, layout: str = "NHWC") -> np.ndarray:
+    """uint8 (H, W, C) pixels through an `input_table` -> the model input, (H, W, C) or (C, H, W) for NCHW.
+
+    For NCHW the uint8 pixels are split into planes (one 150 KB uint8 pass at 224x224x3) and each plane
+    goes through its channel's table straight into the output: no float tensor is ever transposed.
+    """
+    import cv2
+
+    if layout == "NCHW":
+        return _apply_planes(cv2, pixels, table)
     if table.dtype == np.float16:  # OpenCV 4.x's LUT has no 16-bit float kernel
         if table.ndim == 1:
             return table[pixels]
         return table.reshape(256, -1)[pixels, np.arange(pixels.shape[-1])]
-    import cv2
-
     return cv2.LUT(pixels, table).reshape(pixels.shape)
 
 
+def _apply_planes(cv2, pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    h, w, c = pixels.shape
+    out = np.empty((c, h, w), table.dtype)
+    planes = cv2.split(pixels) if c > 1 else (pixels.reshape(h, w),)
+    for k, plane in enumerate(planes):
+        lut = table if table.ndim == 1 else table[0, :, k]
+        if table.dtype == np.float16:
+            out[k] = lut[plane]
+        else:
+            cv2.LUT(plane, np.ascontiguousarray(lut), dst=out[k])
+    return out
+
+
 class ModelSession:
-    def __init__(self, path, fmt: str, head: str = "softmax", prefer=None, threads=None, providers=None):
-        self.backend = open_backend(path, fmt, prefer=prefer, threads=threads, providers=providers)
-        self.head = head
+    """One artifact in its backend, with what the manifest says about its tensors.
+
+    layout: the model's input layout ("NHWC" | "NCHW"); output: "probs" | "logits" (see `to_probabilities`);
+    input_name/output_name: the model's tensors to use ("" = its first). Open a bundle's artifact with
+    `for_artifact`, so these travel from the manifest.
+    """
+
+    def __init__(
+        self,
+        path,
+        fmt: str,
+        head: str = "softmax",
+        prefer=None,
+        threads=None,
+        providers=None,
+        *,
+        layout: str = "NHWC",
+        output: str = "probs",
+        input_name: str = "",
+        output_name: str = "",
+    ):
+        self.backend = open_backend(
+            path,
+            fmt,
+            prefer=prefer,
+            threads=threads,
+            providers=providers,
+            input_name=input_name,
+            output_name=output_name,
+        )
+        self.head, self.layout, self.output = head, layout, output
+
+    @classmethod
+    def for_artifact(cls, path, manifest, artifact, **backend_options) -> ModelSession:
+        """The artifact of a bundle at `path` (already verified), opened as its manifest says.
+
+        backend_options: prefer, threads, providers."""
+        return cls(
+            path,
+            artifact.format,
+            head=manifest.head,
+            layout=manifest.preprocess.layout,
+            output=manifest.output,
+            input_name=artifact.input_name,
+            output_name=artifact.output_name,
+            **backend_options,
+        )
 
     @property
     def input_spec(self) -> TensorSpec:
         return self.backend.input_spec
 
     def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Float input batch (N, H, W, C) -> probabilities (N, classes)."""
+        """Float input batch (N, H, W, C) as `preprocess` gives it -> probabilities (N, classes).
+
+        For an NCHW model the batch is transposed here: the reference path (verification, tests);
+        serving takes the input table's path (`Classifier.prepare`), which never transposes floats.
+        """
         outs = []
         for start in range(0, len(x), batch_size):
-            outs.append(self.run_prepared(quantize(x[start : start + batch_size], self.backend.input_spec)))
+            chunk = x[start : start + batch_size]
+            if self.layout == "NCHW":
+                chunk = chunk.transpose(0, 3, 1, 2)
+            outs.append(self.run_prepared(quantize(chunk, self.backend.input_spec)))
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
     def run_prepared(self, batch: np.ndarray) -> np.ndarray:
-        """A batch already in the model's input dtype (see `input_table`) -> probabilities (N, classes)."""
+        """A batch in the model's own layout and input dtype (see `input_table`) -> probabilities (N, classes)."""
         raw = self.backend.run(batch)
-        return to_probabilities(dequantize(raw, self.backend.output_spec), self.head)
+        return to_probabilities(dequantize(raw, self.backend.output_spec), self.head, self.output)

@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from edgecls.runtime.errors import EdgeclsError
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -21,11 +23,27 @@ class TensorSpec:
     quantize_like: str = "onnx"
 
 
+def pick(tensors: list, name: str, kind: str, path) -> int:
+    """Index of the tensor called `name` among `tensors` (objects with .name or dicts with "name"); "" = the first.
+
+    A model without that name is a one-line error listing the names it has."""
+    names = [t["name"] if isinstance(t, dict) else t.name for t in tensors]
+    if not name:
+        return 0
+    if name in names:
+        return names.index(name)
+    raise EdgeclsError(
+        f"{path} has no {kind} named {name!r}: its {kind}s are {', '.join(map(repr, names))} "
+        f"(fix the {kind} name in the manifest, or import the model again with the right one)"
+    )
+
+
 class Backend(Protocol):
     """One model file loaded in one inference engine.
 
-    `run` takes a batch already in the model's input dtype (quantized if the model says so)
-    and returns the raw first output; quantization and top-k live above the backends.
+    `run` takes a batch already in the model's input dtype (quantized if the model says so) and
+    returns the raw output: the tensors named at load (`input_name`, `output_name`), else the
+    model's first input and output; quantization and top-k live above the backends.
     `run` may be called from several threads at once; a backend whose engine is not safe
     for that serializes `run` with a lock.
     """

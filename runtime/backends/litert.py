@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from edgecls.runtime.backends.base import TensorSpec
+from edgecls.runtime.backends.base import TensorSpec, pick
 
 
 def _spec(detail: dict) -> TensorSpec:
@@ -25,14 +25,15 @@ def _spec(detail: dict) -> TensorSpec:
 class _InterpreterBackend:
     module = ""
 
-    def __init__(self, path, threads: int | None = None, **_):
+    def __init__(self, path, threads: int | None = None, input_name="", output_name="", **_):
         import importlib
 
         interpreter_cls = importlib.import_module(self.module).Interpreter
         self._interp = interpreter_cls(model_path=str(path), num_threads=threads)
         self._interp.allocate_tensors()
-        self._in = self._interp.get_input_details()[0]
-        self._out = self._interp.get_output_details()[0]
+        inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
+        self._in = inputs[pick(inputs, input_name, "input", path)]
+        self._out = outputs[pick(outputs, output_name, "output", path)]
         self.input_spec, self.output_spec = _spec(self._in), _spec(self._out)
         self._batch = int(self._in["shape"][0])
         self._lock = threading.Lock()

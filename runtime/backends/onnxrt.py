@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-from edgecls.runtime.backends.base import TensorSpec
+from edgecls.runtime.backends.base import TensorSpec, pick
 
 log = logging.getLogger("edgecls.runtime")
 
@@ -44,7 +44,7 @@ class OnnxRuntimeBackend:
     module = "onnxruntime"
     package = "onnxruntime"
 
-    def __init__(self, path, threads: int | None = None, providers=None, **_):
+    def __init__(self, path, threads: int | None = None, providers=None, input_name="", output_name="", **_):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -72,14 +72,16 @@ class OnnxRuntimeBackend:
                     self.providers[0],
                 )
         log.info("onnxruntime: running on %s", self.providers[0])
-        inp, out = self._session.get_inputs()[0], self._session.get_outputs()[0]
-        self._input_name = inp.name
-        self.input_spec = TensorSpec(
-            inp.name, tuple(d if isinstance(d, int) else -1 for d in inp.shape), _ORT_TYPES.get(inp.type, inp.type)
-        )
-        self.output_spec = TensorSpec(
-            out.name, tuple(d if isinstance(d, int) else -1 for d in out.shape), _ORT_TYPES.get(out.type, out.type)
-        )
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        self.input_spec = _spec(inputs[pick(inputs, input_name, "input", path)])
+        self.output_spec = _spec(outputs[pick(outputs, output_name, "output", path)])
+        self._input_name, self._output_names = self.input_spec.name, [self.output_spec.name]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input_name: np.ascontiguousarray(batch)})[0]
+        return self._session.run(self._output_names, {self._input_name: np.ascontiguousarray(batch)})[0]
+
+
+def _spec(arg) -> TensorSpec:
+    """An onnxruntime NodeArg as a TensorSpec; symbolic dimensions (batch) are -1."""
+    shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+    return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, arg.type))

@@ -32,8 +32,9 @@ def available_backends() -> dict:
     return {name: _installed(cls) for name, cls in _BY_NAME.items()}
 
 
-def open_backend(path, fmt: str, prefer=None, threads: int | None = None, providers=None):
-    """Load `path` in the first installed backend for `fmt`, in `prefer` order if given."""
+def open_backend(path, fmt: str, prefer=None, threads=None, providers=None, input_name="", output_name=""):
+    """Load `path` in the first installed backend for `fmt`, in `prefer` order if given, reading the
+    input and output tensors of those names ("" = the model's first)."""
     if fmt not in BACKENDS:
         raise EdgeclsError(f"no backend runs {fmt!r} artifacts: supported formats are {', '.join(BACKENDS)}")
     candidates = list(BACKENDS[fmt])
@@ -49,7 +50,9 @@ def open_backend(path, fmt: str, prefer=None, threads: int | None = None, provid
             errors.append(cls)
             continue
         try:
-            backend = cls(path, threads=threads, providers=providers)
+            backend = cls(path, threads=threads, providers=providers, input_name=input_name, output_name=output_name)
+        except EdgeclsError:  # the backend's own one-line message (a tensor name the model lacks)
+            raise
         except ImportError as exc:  # e.g. tflite-runtime built against numpy 1.x
             log.warning(
                 "%s is installed but cannot load (%s); trying the next backend", cls.name, str(exc).splitlines()[0]

@@ -133,8 +133,7 @@ def measure(job: dict) -> dict:
     from edgecls.runtime.bench.frame import frame_stages
     from edgecls.runtime.bench.machine import package_versions
     from edgecls.runtime.classifier import Classifier
-    from edgecls.runtime.preprocess import load_image, preprocess
-    from edgecls.runtime.session import quantize
+    from edgecls.runtime.preprocess import load_image
 
     rss_start = rss_mb()
     module, package = _engine_module(job["format"])
@@ -149,8 +148,9 @@ def measure(job: dict) -> dict:
     load_ms = (time.perf_counter() - t) * 1000
     backend = classifier.session.backend
 
-    # Invoke alone: the engine on an input already preprocessed and quantized, as TFLite's benchmark_model times it.
-    batch = quantize(preprocess(load_image(job["frame"]), classifier.spec)[None], backend.input_spec)
+    # Invoke alone: the engine on an input already preprocessed and quantized (in the model's layout), as TFLite's
+    # benchmark_model times it.
+    batch = classifier.prepare(load_image(job["frame"]))[None]
     invoke = invoke_phases(lambda: backend.run(batch), job)
     frame = frame_stages(
         lambda image: classifier.classify(image, "rgb"),
