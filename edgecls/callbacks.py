@@ -8,6 +8,8 @@ fine-tuning that made things worse would be what gets saved.
 from __future__ import annotations
 
 import math
+import sys
+import time
 
 
 def _keras_callback_base():
@@ -39,6 +41,26 @@ def keep_best(monitor: str):
                 self.model.set_weights(self.weights)
 
     return KeepBest()
+
+
+def epoch_lines(stream=None):
+    """A callback printing one plain line per epoch (for logs in files: no progress bar, no escape codes).
+
+    `epoch 3/30 - 0.4s - loss 0.1234 - accuracy 0.9512 - val_loss ...`, on stdout by default, where
+    Keras' own progress goes.
+    """
+
+    class EpochLines(_keras_callback_base()):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            total = (self.params or {}).get("epochs", "?")
+            seconds = time.monotonic() - getattr(self, "started", time.monotonic())
+            values = " - ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
+            print(f"epoch {epoch + 1}/{total} - {seconds:.1f}s - {values}", file=stream or sys.stdout, flush=True)
+
+    return EpochLines()
 
 
 def training_callbacks(patience: int, monitor: str, best, tensorboard_dir=None, graph: bool = True) -> list:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecls import __version__, distill, plots
-from edgecls.callbacks import keep_best, training_callbacks
+from edgecls.callbacks import epoch_lines, keep_best, training_callbacks
 from edgecls.core import rundir
 from edgecls.core.augment import AugmentSpec, build_augmenter
 from edgecls.core.data import (
@@ -88,7 +88,7 @@ class TrainConfig:
     tensorboard: bool = False
     overwrite: bool = False
     workers: int = 4
-    verbose: int | str = "auto"
+    verbose: int | str = "auto"  # Keras' progress bars; 2: one plain line per epoch (logs in files); 0: none
     in_memory_mb: float | None = None  # None: EDGECLS_IN_MEMORY_MB, else 256 (edgecls.core.data)
     teacher: str | None = None  # a run directory to distil from (edgecls.distill)
     temperature: float = distill.DEFAULT_TEMPERATURE
@@ -319,7 +319,7 @@ def _fit_function(cfg: TrainConfig, strategy, model, splits: dict, activation: s
             class_weight=None if streamed else weights,
             shuffle=False,
             callbacks=callbacks,
-            verbose=cfg.verbose,
+            verbose=0 if cfg.verbose == 2 else cfg.verbose,  # 2: our own one line per epoch (_train_model)
         ).history
 
     return fit
@@ -369,7 +369,11 @@ def _train_model(cfg: TrainConfig, plan: _Plan, strategy, chief: bool, splits: d
     logs = stage / "tensorboard" if cfg.tensorboard and chief else None
 
     def callbacks():
-        return training_callbacks(cfg.patience, monitor, best, logs, graph=not multiworker) + [_skip_reporter(splits)]
+        lines = [epoch_lines()] if cfg.verbose == 2 and not multiworker else []  # the loop prints its own
+        return training_callbacks(cfg.patience, monitor, best, logs, graph=not multiworker) + [
+            _skip_reporter(splits),
+            *lines,
+        ]
 
     progress(
         f"training {cfg.model} ({model.count_params():,} parameters) for up to {epochs} epochs"
@@ -399,10 +403,22 @@ def _train_model(cfg: TrainConfig, plan: _Plan, strategy, chief: bool, splits: d
     if best.best_epoch is not None:
         phase = "fine-tune" if best.best_epoch >= head_epochs else ("head" if cfg.fine_tune_layers else "train")
         kept = {"epoch": best.best_epoch + 1, "phase": phase, "monitor": monitor, "value": round(best.best, 6)}
-        progress(f"kept the weights of epoch {kept['epoch']} ({phase}), the lowest {monitor} ({best.best:.4f})")
+        progress(_kept_line(kept, len(history.get("loss", []))))
     if multiworker:
         model = local_copy(model)  # evaluate and save outside the strategy, like the other engines
     return model, history, kept
+
+
+def _kept_line(kept: dict, ran: int) -> str:
+    """'restored the best epoch (29 of 30, lowest validation loss 0.0421)': which weights are saved, and why."""
+    phase = {"head": ", head phase", "fine-tune": ", fine-tuning phase"}.get(kept["phase"], "")
+    value = f"{kept['value']:.4f}"
+    by = (
+        f"lowest validation loss {value}"
+        if kept["monitor"] == "val_loss"
+        else f"lowest training loss {value}; no validation split"
+    )
+    return f"restored the best epoch ({kept['epoch']} of {ran}{phase}, {by})"
 
 
 def train(cfg: TrainConfig) -> TrainResult:

@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -47,7 +49,7 @@ def test_train_writes_a_complete_run_directory(tiny_run, shapes_folder):
     for png in ("curves.png", "confusion_matrix.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
     assert "precision" in result.stdout and "test_accuracy" in result.stdout
-    assert "Epoch 1/2" in result.stdout + result.stderr  # Keras progress is shown
+    assert "epoch 1/2 - " in result.stdout and "epoch 2/2 - " in result.stdout  # --quiet: one line per epoch
     assert not list(out.parent.glob(".*partial"))
 
 
@@ -207,3 +209,25 @@ def test_the_startup_pattern_matches_what_tensorflow_prints():
     assert not TF_STARTUP.findall(
         "training simple (73,114 parameters) for up to 1 epochs\naccuracy: 0.5292 (359 images)\n"
     )
+
+
+def test_train_with_stdout_in_a_file_writes_one_plain_line_per_epoch(tmp_path, shapes_folder):
+    """`edgecls train … > train.log`: no progress bar, no escape codes, no carriage returns, without --quiet."""
+    log = tmp_path / "train.log"
+    args = ["train", "--data", shapes_folder, "--out", tmp_path / "run", "--epochs", "3", "--image-size", "32"]
+    with log.open("wb") as stdout:  # a real file, as the shell's redirection gives it
+        result = subprocess.run(
+            [sys.executable, "-m", "edgecls.cli", *map(str, [*args, "--widths", "8,16", "--patience", "0"])],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=600,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = log.read_bytes().decode()
+    assert "\x1b" not in text and "\r" not in text and "\b" not in text, repr(text[:300])
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert [line.split(" - ")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"], text
+    assert all(" val_accuracy " in line and " loss " in line for line in epochs)
+    assert "Epoch 1/3" not in text  # Keras' own two-line form is off
+    assert re.search(r"restored the best epoch \([123] of 3, lowest validation loss \d\.\d{4}\)", result.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from edgecls.commands._errors import OneLineErrors
@@ -194,7 +196,11 @@ def _parse_widths(value: str | None):
 )
 @click.option("--tensorboard", is_flag=True, help="Write TensorBoard logs to RUN/tensorboard.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only a run or an empty folder).")
-@click.option("--quiet", is_flag=True, help="One line per epoch instead of progress bars.")
+@click.option(
+    "--quiet",
+    is_flag=True,
+    help="One plain line per epoch instead of progress bars (the default when stdout is not a terminal: a log file).",
+)
 def train(**o):
     """Train a CNN on a class-per-folder dataset; write the model, metadata, metrics and plots to --out.
 
@@ -256,7 +262,7 @@ def train(**o):
         strategy=o["strategy"],
         tensorboard=o["tensorboard"],
         overwrite=o["overwrite"],
-        verbose=2 if o["quiet"] else "auto",
+        verbose=2 if o["quiet"] or not sys.stdout.isatty() else "auto",  # no bars or escape codes in a log file
         teacher=o["teacher"],
         temperature=DEFAULT_TEMPERATURE if o["temperature"] is None else o["temperature"],
         distill_alpha=DEFAULT_ALPHA if o["distill_alpha"] is None else o["distill_alpha"],
