@@ -1,5 +1,7 @@
 """edgecls.cli help: each command says what it does, each option what it is for; `--help` runs in a fresh process."""
 
+import shlex
+
 import click
 import pytest
 
@@ -46,3 +48,33 @@ def test_top_level_help_lists_every_command():
     assert result.returncode == 0
     for name in cli.commands:
         assert f"  {name} " in result.stdout, name
+
+
+def _examples(help_text: str) -> list:
+    """The command lines of a help's `Examples:` block (a shell comment or redirection cut off)."""
+    lines = [line.strip() for line in help_text.splitlines()]
+    block = lines[lines.index("Examples:") + 1 : lines.index("Options:")] if "Examples:" in lines else []
+    return [shlex.split(line.partition(" >")[0], comments=True) for line in block if line]
+
+
+@pytest.mark.parametrize("path", [path for path, c in _commands() if not isinstance(c, click.Group)], ids=" ".join)
+def test_every_command_help_has_examples_that_its_options_parse(path):
+    """Each example names the command and only its options, with valid choices and numbers, and no stray argument."""
+    command = cli
+    for name in path:
+        command = command.commands[name]
+    help_text = command.get_help(click.Context(command, info_name=" ".join(["edgecls", *path])))
+    examples = _examples(help_text)
+    assert examples, f"`edgecls {' '.join(path)} --help` has no Examples block"
+    for words in examples:
+        assert words[: len(path) + 1] == ["edgecls", *path], words
+        ctx = click.Context(command, info_name=" ".join(path))
+        values, rest, _ = command.make_parser(ctx).parse_args(words[len(path) + 1 :])  # an unknown option raises
+        assert not rest, f"stray arguments {rest} in {' '.join(words)}"
+        for param in command.params:
+            if param.required:
+                assert values.get(param.name) is not None, f"{' '.join(words)} lacks {param.name}"
+            if values.get(param.name) is not None and isinstance(
+                param.type, (click.Choice, click.types._NumberParamTypeBase)
+            ):
+                param.type_cast_value(ctx, values[param.name])  # a wrong choice or number raises
