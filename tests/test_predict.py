@@ -27,3 +27,24 @@ def test_predict_refuses_a_bundle_whose_listed_files_were_edited(tiny_bundle, tm
         image.write_bytes(image.read_bytes()[:-1] + b"\0")
     error = cli_error(run_cli("predict", bundle, image, "--artifact", "tflite-fp32"))
     assert "does not match the manifest" in error and "convert it again" in error
+
+
+def test_predict_on_a_text_file_says_so_in_one_error_line(tiny_bundle, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n")
+    result = run_cli("predict", tiny_bundle, notes)
+    assert result.returncode == 1 and not result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot decode image ") and str(notes) in lines[0], lines
+
+
+def test_predict_skips_an_unreadable_file_among_images_with_one_error_line(tiny_bundle, tmp_path):
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not an image\n")
+    image = tiny_bundle / json.loads((tiny_bundle / "manifest.json").read_text())["checks"][0]["file"]
+    result = run_cli("predict", tiny_bundle, notes, image)
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{image}\t")  # the readable image is still classified
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: 1 of 2 images could not be read (skipped above); the others are classified"]
+    assert f"skipped: cannot decode image {notes}" in result.stderr

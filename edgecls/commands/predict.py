@@ -6,6 +6,7 @@ import json
 
 import click
 
+from edgecls.commands._options import examples
 from edgecls.runtime.errors import EdgeclsError
 
 
@@ -43,6 +44,10 @@ def _image_paths(paths) -> list:
 @click.option(
     "--threads", type=click.IntRange(1), help="Inference threads (default: the profile's, else the backend's)."
 )
+@examples(
+    "edgecls predict bundles/digits photo.jpg",
+    "edgecls predict bundles/digits photos/ --json --top-k 3",
+)
 def predict(bundle, paths, top_k, as_json, artifact, device, threads):
     """Classify image files and folders (recursively) with a bundle; no TensorFlow needed."""
     from edgecls.devices import load_profile
@@ -59,11 +64,13 @@ def predict(bundle, paths, top_k, as_json, artifact, device, threads):
         try:
             prediction = classifier.classify_file(path)
         except ImageDecodeError as exc:
+            if len(images) == 1:
+                raise  # its own one error line: there is nothing else to report
             failed += 1
             if as_json:
                 click.echo(json.dumps({"path": str(path), "error": str(exc)}))
             else:
-                click.echo(f"error: {exc}", err=True)
+                click.echo(f"skipped: {exc}", err=True)  # the one `error:` line is the count below
             continue
         if as_json:
             click.echo(json.dumps({"path": str(path), **prediction.to_dict()}))
@@ -74,4 +81,6 @@ def predict(bundle, paths, top_k, as_json, artifact, device, threads):
                 + (f"\t({others})" if others else "")
             )
     if failed:
-        raise EdgeclsError(f"{failed} of {len(images)} image(s) could not be read")
+        raise EdgeclsError(
+            f"{failed} of {len(images)} images could not be read (skipped above); the others are classified"
+        )
