@@ -9,7 +9,7 @@ the convert options, one input sample (for exporters that must call the model fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,45 +71,68 @@ class Verified:
     output: TensorQuant
     probs: dict  # path -> the artifact's output
     stats: ReferenceStats
+    tensors: dict = field(default_factory=dict)  # the Artifact's input_name/output_name, when named
+
+
+@dataclass(frozen=True)
+class Judging:
+    """What an artifact is judged by: the labels, the preprocessing its test inputs went through, the gate."""
+
+    labels: list
+    spec: object  # PreprocessSpec
+    max_drop: float
+    total: int  # artifacts in this bundle, for the [i/total] progress lines
+    advice: str = "ship without it (--formats) or raise --max-drop"  # when no attempt passes
 
 
 def export_verified(i: int, fmt, stage: Path, context: ExportContext, run, reference) -> Verified:
     """Build format `fmt` into the stage, trying its remedies in turn until one passes the gate."""
-    options = context.options
-    labels, head = run.labels, run.metadata.get("head", "softmax")
-    target, total = stage / fmt.file, len(options.formats)
-    paths, y, ref_probs = reference.paths, reference.y, reference.probs
-    failures = []
-    attempts = context.attempts(fmt)
-    for n, (description, build) in enumerate(attempts, 1):
-        progress(f"[{i}/{total}] {fmt.name}: converting" + (f" ({description})" if description else ""))
-        built = _build(fmt, build, target)
+    head = run.metadata.get("head", "softmax")
+    judging = Judging(run.labels, run.preprocess, context.options.max_drop, len(context.options.formats))
+
+    def opened(target: Path):
         if fmt.finish is not None:
             fmt.finish(target, run)
-        progress(f"[{i}/{total}] {fmt.name}: verifying on {len(paths)} test images")
-        session = ModelSession(target, fmt.format, head=head)
-        stats = ReferenceStats(labels, run.preprocess)  # gathered in the same pass over the test split
+        return ModelSession(target, fmt.format, head=head)
+
+    return verified_attempts(i, fmt, context.attempts(fmt), stage / fmt.file, opened, reference, judging)
+
+
+def verified_attempts(i: int, fmt, attempts: list, target: Path, opened, reference, judging: Judging) -> Verified:
+    """The first of `attempts` ((description, build) pairs) whose artifact passes the gate against `reference`.
+
+    `opened(target)` finishes a built file and opens it as the runtime will (a ModelSession); `reference`
+    holds the test split and the reference model's answers on it (paths, y, probs).
+    """
+    paths, y, ref_probs = reference.paths, reference.y, reference.probs
+    failures = []
+    for n, (description, build) in enumerate(attempts, 1):
+        progress(f"[{i}/{judging.total}] {fmt.name}: converting" + (f" ({description})" if description else ""))
+        built = _build(fmt, build, target)
+        session = opened(target)
+        progress(f"[{i}/{judging.total}] {fmt.name}: verifying on {len(paths)} test images")
+        stats = ReferenceStats(judging.labels, judging.spec)  # gathered in the same pass over the test split
         found = by_file(session.predict, reference.test, each=stats.update)
         both = [k for k, p in enumerate(paths) if p in found]  # a file that stopped decoding is judged without
         predicted = np.stack([found[paths[k]][0] for k in both])
-        result = compare(predicted, ref_probs[both], y[both], labels)
-        if gate_passes(result["reference_right"], result["right"], len(both), options.max_drop):
+        result = compare(predicted, ref_probs[both], y[both], judging.labels)
+        if gate_passes(result["reference_right"], result["right"], len(both), judging.max_drop):
             break
         drop = 100 * (result["reference_right"] - result["right"]) / len(both)
         failures.append(f"{description or fmt.name}: -{drop:.2f} points")
         last = n == len(attempts)
         progress(
-            f"    lost {drop:.2f} points (limit {options.max_drop}); "
+            f"    lost {drop:.2f} points (limit {judging.max_drop}); "
             + ("no remedy left" if last else "trying the next remedy")
         )
     else:
         raise AccuracyGateError(
-            f"{fmt.name} loses more than {options.max_drop} accuracy points whatever we try "
-            f"({'; '.join(failures)}): ship without it (--formats) or raise --max-drop"
+            f"{fmt.name} loses more than {judging.max_drop} accuracy points whatever we try "
+            f"({'; '.join(failures)}): {judging.advice}"
         )
     spec = session.backend.input_spec, session.backend.output_spec
     probs = {p: o for p, (o, _) in found.items()}
-    return Verified(fmt, description, failures, built, _tensor_quant(spec[0]), _tensor_quant(spec[1]), probs, stats)
+    return Verified(fmt, description, failures, built, tensor_quant(spec[0]), tensor_quant(spec[1]), probs, stats)
 
 
 def _build(fmt, build, target: Path) -> dict:
@@ -124,5 +147,5 @@ def _build(fmt, build, target: Path) -> dict:
         raise EdgeclsError(f"{fmt.name} conversion failed: {first[:300]} (leave it out with --formats)") from exc
 
 
-def _tensor_quant(spec) -> TensorQuant:
+def tensor_quant(spec) -> TensorQuant:
     return TensorQuant(spec.dtype, float(spec.scale), int(spec.zero_point))

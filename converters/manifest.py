@@ -59,6 +59,7 @@ def judge(stage: Path, reference, verified: list, labels: list, dropped: list, o
                 max_prob_diff=round(result["max_prob_diff"], 6),
                 macs=reference.macs,
                 notes=_notes(v, result),
+                **v.tensors,  # input_name/output_name of an imported model with several (empty for convert's)
             )
         )
         judged.rows.append(
@@ -113,19 +114,21 @@ def build_manifest(run, run_path, reference, judged: Judged, calibration: dict) 
             "edgecls": __version__,
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
-            **_runtime_versions(),
+            **runtime_versions(),
             "python": platform.python_version(),
         },
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
 
 
-def write_bundle(stage: Path, manifest: Manifest, reference, judged: Judged, check_images: int) -> str:
+def write_bundle(
+    stage: Path, manifest: Manifest, reference, judged: Judged, check_images: int, reference_name: str = "keras"
+) -> str:
     """labels.txt, verification.txt, the check images, then manifest.json (last: it lists the others);
-    returns the verification table."""
+    returns the verification table. `reference_name`: what the artifacts were judged against (its table row)."""
     labels, split_report = manifest.labels, reference.split_report
-    table = format_table(judged.rows, reference.accuracy)
-    recall = format_recall(labels, split_report.per_class, judged.keras_recall, judged.recalls)
+    table = format_table(judged.rows, reference.accuracy, reference_name)
+    recall = format_recall(labels, split_report.per_class, judged.keras_recall, judged.recalls, reference_name)
     text = "\n".join([split_report.summary(), table, "", recall])
     write_text(stage / LABELS, "\n".join(labels) + "\n")
     write_text(stage / "verification.txt", text + "\n")
@@ -160,7 +163,8 @@ def _write_checks(stage: Path, paths: list, y: np.ndarray, right: np.ndarray, la
     return checks
 
 
-def _runtime_versions() -> dict:
+def runtime_versions() -> dict:
+    """Versions of the export and runtime packages installed here (those absent are left out)."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}

@@ -20,15 +20,29 @@ def fp32_attempts(context, fmt) -> list:
 
 
 def int8_attempts(context, fmt) -> list:
-    """QDQ int8 on the asked calibration set, then the remedies in turn: more images, percentile and
-    entropy calibration, the first and last layers kept in float."""
-    n, more = context.calibration_count(), context.calibration_count(4)
-    base = OnnxQuantOptions(calibration=context.options.calibration_method)
+    """QDQ int8 on the asked calibration set, then the remedies in turn (see `quantized_attempts`)."""
+    return quantized_attempts(
+        lambda: _fp32_export(context),
+        context.calibration,
+        (context.calibration_count(), context.calibration_count(4)),
+        context.options.calibration_method,
+        context.workdir,
+    )
+
+
+def quantized_attempts(fp32, calibration, counts: tuple, method: str, workdir: Path, input_name=None) -> list:
+    """QDQ int8 of the fp32 model `fp32()` on `calibration(factor)` images, then the remedies in turn: more
+    images, percentile and entropy calibration, the first and last layers kept in float.
+
+    counts: (images in the asked set, images in the set 4 times larger: fewer when the data has fewer);
+    input_name: the model input the calibration images feed (None: the first that is not an initializer).
+    Convert's int8 and an imported ONNX model's int8 are made by the same attempts."""
+    (n, more), base = counts, OnnxQuantOptions(calibration=method)
 
     def quant(opts, factor=1):
         def build(out):
-            data = context.calibration(factor)
-            kept = quantize_int8(_fp32_export(context), out, data, opts, workdir=context.workdir)
+            data = calibration(factor)
+            kept = quantize_int8(fp32(), out, data, opts, workdir=workdir, input_name=input_name)
             return {**calibration_notes(data), **({"kept_in_float": list(kept)} if kept else {})}
 
         return build
@@ -142,14 +156,20 @@ class _ArrayReader:
 
 
 def quantize_int8(
-    fp32_path: Path, out_path: Path, calibration: np.ndarray, options: OnnxQuantOptions, workdir: Path | None = None
+    fp32_path: Path,
+    out_path: Path,
+    calibration: np.ndarray,
+    options: OnnxQuantOptions,
+    workdir: Path | None = None,
+    input_name: str | None = None,
 ) -> tuple:
     """Static QDQ int8 quantization (per-channel by default) calibrated on `calibration`.
 
     Returns the names of the nodes kept in float. They are looked up in the pre-processed graph,
     the one actually quantized: pre-processing fuses MatMul + Add into a Gemm with a new name, so a
     name taken from the exported file would silently match nothing. `workdir`: where our temp folder goes
-    (convert's stage, which a kill -9 leaves for the next convert to remove).
+    (convert's stage, which a kill -9 leaves for the next convert to remove). `input_name`: the input the
+    calibration images feed (None: the graph's first input that is not an initializer).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -159,7 +179,7 @@ def quantize_int8(
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }[options.calibration]
-    input_name = onnx.load(str(fp32_path)).graph.input[0].name
+    input_name = input_name or real_inputs(onnx.load(str(fp32_path), load_external_data=False).graph)[0].name
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         prepped = Path(tmp) / "prep.onnx"
         _pre_process(fp32_path, prepped)
@@ -196,6 +216,12 @@ def _excluded(weighted: list, names: list, options: OnnxQuantOptions) -> tuple:
         )
     ends = (weighted[:1] + weighted[-1:]) if options.keep_ends_in_float else []
     return tuple(dict.fromkeys([*ends, *options.exclude_nodes]))
+
+
+def real_inputs(graph) -> list:
+    """The graph's inputs that are fed at run time: an old exporter (IR < 4) lists every weight as an input too."""
+    weights = {init.name for init in graph.initializer}
+    return [i for i in graph.input if i.name not in weights]
 
 
 def weighted_nodes(path: Path) -> list:

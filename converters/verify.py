@@ -56,11 +56,12 @@ def compare(probs: np.ndarray, ref_probs: np.ndarray, y: np.ndarray, labels: lis
     }
 
 
-def format_table(rows: list, reference_accuracy: float) -> str:
-    """rows: dicts with name, size_bytes, accuracy, agreement, max_prob_diff (and optional remedy)."""
+def format_table(rows: list, reference_accuracy: float, reference: str = "keras") -> str:
+    """rows: dicts with name, size_bytes, accuracy, agreement, max_prob_diff (and optional remedy); `reference`
+    names the first row (the model every artifact is judged against: keras, or an imported model's framework)."""
     lines = [
         f"{'artifact':<12} {'size':>10} {'accuracy':>9} {'Δ points':>9} {'agree':>7} {'max |Δp|':>9}  note",
-        f"{'keras':<12} {'':>10} {reference_accuracy:9.4f} {'':>9} {'':>7} {'':>9}",
+        f"{reference:<12} {'':>10} {reference_accuracy:9.4f} {'':>9} {'':>7} {'':>9}",
     ]
     for r in rows:
         delta = 100 * (r["accuracy"] - reference_accuracy)
@@ -71,12 +72,13 @@ def format_table(rows: list, reference_accuracy: float) -> str:
     return "\n".join(lines)
 
 
-def format_recall(labels: list, images: dict, keras: dict, recalls: dict) -> str:
-    """Per-class recall of the reference (Keras) and each artifact's change in points, class by class."""
+def format_recall(labels: list, images: dict, keras: dict, recalls: dict, reference: str = "keras") -> str:
+    """Per-class recall of the reference (Keras, or an imported model's framework) and each artifact's change
+    in points, class by class."""
     names = list(recalls)
     lines = [
-        "per-class recall: keras, then each artifact's change in points",
-        f"{'class':<16} {'images':>6} {'keras':>7} " + " ".join(f"{n:>12}" for n in names),
+        f"per-class recall: {reference}, then each artifact's change in points",
+        f"{'class':<16} {'images':>6} {reference[:7]:>7} " + " ".join(f"{n:>12}" for n in names),
     ]
     for label in labels:
         seen = bool(images.get(label))  # a class without test images has no recall
