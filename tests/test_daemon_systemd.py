@@ -1,6 +1,8 @@
 """runtime/daemon/notify.py and `edgecls service unit`: the unit, sd_notify on a real socket, --config."""
 
 import json
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -208,3 +210,56 @@ def test_notifier_outside_systemd_stays_silent_even_if_the_socket_appears_later(
 def test_notifier_thread_never_keeps_the_process_alive():
     notifier = SystemdNotifier(lambda: 0, socket_path="")
     assert notifier._thread.daemon  # a daemon that forgets stop() must still exit
+
+
+REPO = Path(__file__).resolve().parents[1]
+# A link into our README as the code writes it: the project page or README.md, then #anchor.
+README_LINK = re.compile(r"(?:github\.com/edgecls/edgecls/?|README\.md)#([\w-]+)")
+
+
+def github_slug(heading: str) -> str:
+    """GitHub's heading anchor: lower case, every character but letters, digits, '_', '-' and spaces dropped,
+    spaces made '-' (duplicates get -1, -2, …: see readme_anchors)."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def readme_anchors(text: str) -> set:
+    """The anchors GitHub gives the README's headings (markdown-it finds them: a `#` line in a code block is none)."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(text)
+    seen, anchors = {}, set()
+    for opening, inline in zip(tokens, tokens[1:]):
+        if opening.type == "heading_open":
+            words = "".join(t.content for t in inline.children if t.type in ("text", "code_inline"))
+            slug = github_slug(words)
+            anchors.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_github_slug_follows_githubs_rules():
+    assert github_slug("Running as a service") == "running-as-a-service"
+    assert github_slug("As a daemon: several cameras, HTTP status, Prometheus") == (
+        "as-a-daemon-several-cameras-http-status-prometheus"
+    )
+    assert github_slug("The full loop: watch drift → capture → label") == "the-full-loop-watch-drift--capture--label"
+    assert readme_anchors("# A\n\n```\n# not a heading\n```\n\n## A\n\n### `edgecls run`\n") == {
+        "a",
+        "a-1",
+        "edgecls-run",
+    }
+
+
+def test_every_readme_anchor_the_code_prints_is_a_readme_heading():
+    anchors = readme_anchors((REPO / "README.md").read_text(encoding="utf-8"))
+    printed = {}
+    sources = [Path(d, f) for d, _, files in os.walk(REPO / "edgecls", followlinks=True) for f in files]
+    for source in sorted(s for s in sources if s.suffix == ".py"):  # runtime/, devices/, converters/ are links
+        for anchor in README_LINK.findall(source.read_text(encoding="utf-8")):
+            printed.setdefault(anchor, source.relative_to(REPO))
+    unit = run_cli("service", "unit", "--no-hint").stdout
+    assert "Documentation=https://github.com/edgecls/edgecls#running-as-a-service" in unit
+    assert "running-as-a-service" in printed  # the scan sees the unit's link (else it could find nothing)
+    missing = {anchor: str(where) for anchor, where in printed.items() if anchor not in anchors}
+    assert not missing, f"anchors the code prints with no README heading: {missing}"
