@@ -186,6 +186,17 @@ def _activation(layer) -> str | None:
     return name if name in ("relu", "relu6", "softmax", "sigmoid", "linear") else None
 
 
+def _activation_name(layer) -> str:
+    """What an unsupported activation is called, for the refusal: 'activation hard_silu (hard-swish)'."""
+    import keras
+
+    if isinstance(layer, keras.layers.ReLU):
+        return "a leaky, thresholded or capped ReLU other than ReLU6"
+    name = getattr(getattr(layer, "activation", None), "__name__", None) or "unknown"
+    known = {"hard_silu": "hard-swish", "silu": "SiLU/swish", "hard_sigmoid": "hard-sigmoid", "gelu": "GELU"}
+    return f"activation {name}" + (f" ({known[name]})" if name in known else "")
+
+
 def _folded(conv, bn) -> tuple:
     """(kernel, bias) of `conv` then inference-mode `bn` as one conv: the same outputs."""
     gamma = bn.gamma.numpy() if bn.scale else 1.0
@@ -216,9 +227,9 @@ class _Rewriter:
         self.absorbed: set = set()  # BNs and ReLUs fused into the conv before them
         self.weights: list = []  # (new layer, weights) set once the new model is built
         self.consumers: dict = {}
-        for layer in model.layers:
-            for t in _inputs(layer) if not isinstance(layer, keras.layers.InputLayer) else []:
-                self.consumers.setdefault(id(t), []).append(layer)
+        for op in model.operations:  # keras.ops calls too (MobileNetV3's hard-sigmoid): they consume tensors
+            for t in _inputs(op) if not isinstance(op, keras.layers.InputLayer) else []:
+                self.consumers.setdefault(id(t), []).append(op)
         self.inp = keras.Input(shape=model.inputs[0].shape[1:], name="image")
         self.mapped[id(model.inputs[0])] = self.fq(self.inp, "input", input_spec_range)
 
@@ -230,6 +241,7 @@ class _Rewriter:
         return found[0] if len(found) == 1 else None
 
     def refuse(self, layer, why: str = ""):
+        """One line: the layer, its type and why; the ways out. Never a model rounded where TFLite does not."""
         raise EdgeclsError(
             f"quantization-aware training does not support layer {layer.name} ({type(layer).__name__}"
             f"{', ' + why if why else ''}): it cannot make this model's {TFLITE_INT8.name} (convert --no-qat, or "
@@ -241,7 +253,7 @@ class _Rewriter:
         layers = self.keras.layers
         activation, last = _activation(layer), layer
         if activation is None:
-            self.refuse(layer, "activation")
+            self.refuse(layer, _activation_name(layer))
         kernel, bias = _weights(layer)
         nxt = self.sole_consumer(layer)
         if (
@@ -295,10 +307,12 @@ class _Rewriter:
         if isinstance(layer, (layers.ReLU, layers.Activation)):
             kind = _activation(layer)
             if kind is None:
-                self.refuse(layer, "activation")
+                self.refuse(layer, _activation_name(layer))
             return y if kind in ("softmax", "sigmoid") else self.fq(y, layer.name)
         if isinstance(layer, (layers.Add, layers.Concatenate, layers.GlobalAveragePooling2D, layers.AveragePooling2D)):
             return self.fq(y, layer.name)
+        if isinstance(layer, layers.Multiply):  # squeeze-excitation's gate: its sigmoid range is not modelled
+            self.refuse(layer, "squeeze-excitation multiply")
         if isinstance(
             layer,
             (
@@ -316,9 +330,11 @@ class _Rewriter:
 
     def build(self):
         keras, layers = self.keras, self.keras.layers
-        for layer in self.model.layers:
+        for layer in self.model.operations:
             if isinstance(layer, layers.InputLayer) or layer.name in self.absorbed:
                 continue
+            if not isinstance(layer, layers.Layer):
+                self.refuse(layer, "a keras.ops operation outside a layer")
             if isinstance(layer, keras.Model):
                 self.refuse(layer, "a nested model")
             if len(getattr(layer, "_inbound_nodes", [])) > 1:

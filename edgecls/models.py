@@ -255,24 +255,157 @@ def _check_simple(input_shape: tuple, widths=(), convs_per_block=2, pooling="glo
         )
 
 
-def _declare_mobilenetv2(hp, image_size: int, pretrained: bool) -> None:
+# Keras applications backbones. Each is built on our input tensor (a flat graph: structured pruning, QAT and
+# per-layer freezing need the backbone's layers in the model itself) without its own preprocessing layers, so
+# the run's one preprocessing function stays the only one; its entry's `normalize` is what its weights expect.
+# `weights`: None (random init), "imagenet" (Keras' file, from its cache or downloaded) or a local no-top file.
+IMAGENET = "imagenet"
+MOBILENETV2_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+MOBILENETV2_IMAGENET_SIZES = (96, 128, 160, 192, 224)
+_MOBILENETV2_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+_MOBILENETV3_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/"
+_EFFICIENTNET_URL = "https://storage.googleapis.com/keras-applications/"
+# md5 of the no-top files, as keras.applications checks them (keras/src/applications/mobilenet_v3.py,
+# efficientnet.py); MobileNetV2's files have none there.
+_NO_TOP_MD5 = {
+    "large_224_0.75_float": "40af19a13ebea4e2ee0c676887f69a2e",
+    "large_224_1.0_float": "07fb09a5933dd0c8eaafa16978110389",
+    "large_minimalistic_224_1.0_float": "ec5221f64a2f6d1ef965a614bdae7973",
+    "small_224_0.75_float": "ebdb5cc8e0b497cd13a7c275d475c819",
+    "small_224_1.0_float": "d3e8ec802a04aa4fc771ee12a9a9b836",
+    "small_minimalistic_224_1.0_float": "cde8136e733e811080d9fcd8a252f7e4",
+    "efficientnetb0": "50bc09e76180e00e4465e1a485ddc09d",
+}
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A pretrained no-top weights file Keras applications downloads: its name, where from, its md5 ("" none)."""
+
+    name: str
+    url: str
+    md5: str = ""
+
+
+def imagenet_weights_file(model: str, input_shape: tuple, alpha: float = 1.0, minimalistic: bool = False):
+    """The ImageNet weights file keras.applications loads for `model` built this way (the names in its source)."""
+    if model == "mobilenetv2":
+        rows = input_shape[0] if input_shape[0] == input_shape[1] in MOBILENETV2_IMAGENET_SIZES else 224
+        name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
+        return WeightsFile(name, _MOBILENETV2_URL + name)
+    if model in ("mobilenetv3small", "mobilenetv3large"):
+        key = f"{model.removeprefix('mobilenetv3')}{'_minimalistic' if minimalistic else ''}_224_{float(alpha)}_float"
+        name = f"weights_mobilenet_v3_{key}_no_top_v2.h5"
+        return WeightsFile(name, _MOBILENETV3_URL + name, _NO_TOP_MD5[key])
+    if model == "efficientnetb0":
+        return WeightsFile("efficientnetb0_notop.h5", _EFFICIENTNET_URL + "efficientnetb0_notop.h5", _NO_TOP_MD5[model])
+    raise EdgeclsError(f"model {model} has no ImageNet weights: choose one of {', '.join(pretrained_models())}")
+
+
+def keras_cache_dir() -> str:
+    """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
+    return os.path.join(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"), "models")
+
+
+def fetch_imagenet_weights(file: WeightsFile, title: str) -> str:
+    """The local path of `file`: from Keras' cache, else downloaded there; offline, one line saying what to do."""
+    import keras
+
+    folder = keras_cache_dir()
+    try:
+        return keras.utils.get_file(
+            file.name, file.url, cache_dir=os.path.dirname(folder), cache_subdir="models", file_hash=file.md5 or None
+        )
+    except Exception as exc:  # urllib's and Keras' own types: offline, a proxy, a bad hash
+        said = " ".join(str(exc).split()).split(file.url)[-1].strip(" :-")  # Keras repeats the URL
+        cause = said.removeprefix("None -- ").strip() or type(exc).__name__
+        raise EdgeclsError(
+            f"cannot download the ImageNet weights of {title} ({cause[:160]}): download {file.url} "
+            f"and put it in {folder} as {file.name}, or pass the file with --weights FILE"
+        ) from None
+
+
+def _load_backbone_weights(backbone, weights: str | None, title: str, describe: str, imagenet) -> bool:
+    """Load `weights` into `backbone` and freeze it (transfer learning: the head trains first); False without."""
+    if not weights:
+        return False
+    path = fetch_imagenet_weights(imagenet(), title) if weights == IMAGENET else weights
+    try:
+        backbone.load_weights(path)
+    except (OSError, ValueError, KeyError) as exc:
+        cause = next((l.strip() for l in str(exc).splitlines() if l.strip()), type(exc).__name__)
+        raise EdgeclsError(
+            f"cannot load {title} weights from {path}: {cause[:200]} (it must be a no-top weights file for {describe})"
+        ) from exc
+    for layer in backbone.layers:
+        layer.trainable = False
+    return True
+
+
+def _with_head(inputs, features, num_classes: int, activation: str, dropout: float, l2: float, name: str):
+    import keras
+    from keras import layers
+
+    x = layers.GlobalAveragePooling2D(name="gap")(features)
+    return keras.Model(inputs, _classifier_head(x, num_classes, activation, dropout, l2), name=name)
+
+
+def _check_backbone(title: str, input_shape, weights, alpha=None, imagenet_alphas=()) -> None:
+    """What every Keras applications backbone checks: width, image size, channels, the weights asked for."""
+    if alpha is not None and (
+        isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf
+    ):
+        raise EdgeclsError(
+            f"alpha {alpha!r} is out of range: use a width multiplier above 0, e.g. 0.35, 0.5, 0.75 or 1.0 (--alpha)"
+        )
+    if input_shape is not None and min(input_shape[:2]) < 32:
+        raise EdgeclsError(
+            f"{title} needs images of at least 32x32, got {input_shape[0]}x{input_shape[1]}: raise --image-size"
+        )
+    if input_shape is not None and input_shape[2] != 3:
+        raise EdgeclsError(f"{title} needs 3-channel input: use --color rgb")
+    if weights == IMAGENET:
+        if alpha is not None and float(alpha) not in imagenet_alphas:
+            raise EdgeclsError(
+                f"{title} has ImageNet weights for alpha {', '.join(f'{a:g}' for a in imagenet_alphas)} only, "
+                f"not {alpha:g}: change --alpha or train from scratch (no --weights)"
+            )
+    elif weights is not None and not os.path.isfile(weights):
+        raise EdgeclsError(
+            f"weights file {weights} does not exist: pass a no-top {title} weights file, or imagenet (--weights)"
+        )
+
+
+def _declare_backbone(hp, image_size: int, pretrained: bool) -> None:
     if pretrained:
         hp.Choice("fine_tune_layers", list(FINE_TUNE_LAYERS))
     else:
         hp.Choice("alpha", list(ALPHAS))
 
 
-def _mobilenetv2_options(values: dict, cfg) -> tuple:
+def _backbone_options(values: dict, cfg) -> tuple:
     if cfg.weights:
         return {"weights": cfg.weights, "alpha": cfg.alpha}, int(values["fine_tune_layers"])
     return {"alpha": float(values["alpha"])}, 0
+
+
+def _declare_fixed_width(hp, image_size: int, pretrained: bool) -> None:
+    if pretrained:
+        hp.Choice("fine_tune_layers", list(FINE_TUNE_LAYERS))
+
+
+def _fixed_width_options(values: dict, cfg) -> tuple:
+    return ({"weights": cfg.weights}, int(values["fine_tune_layers"])) if cfg.weights else ({}, 0)
+
+
+_BACKBONE_SEARCH = SearchSpace(_declare_backbone, _backbone_options, {"fine_tune_layers": 0, "alpha": ALPHAS[0]})
 
 
 @register_model(
     title="MobileNetV2",
     normalize="symmetric",  # Keras' MobileNetV2 expects inputs in [-1, 1]
     pretrained_option="weights",
-    search=SearchSpace(_declare_mobilenetv2, _mobilenetv2_options, {"fine_tune_layers": 0, "alpha": ALPHAS[0]}),
+    search=_BACKBONE_SEARCH,
 )
 def build_mobilenetv2(
     num_classes: int,
@@ -285,50 +418,176 @@ def build_mobilenetv2(
 ):
     """keras.applications.MobileNetV2 backbone + GAP + classifier head.
 
-    `weights` is None (random init) or a local weights file for the backbone (include_top=False);
-    with weights the backbone layers start frozen (transfer learning), see `train --fine-tune-layers`.
+    `weights` is None (random init), "imagenet" or a local no-top weights file for the backbone; with
+    weights the backbone layers start frozen (transfer learning), see `train --fine-tune-layers`.
     Inputs are expected in [-1, 1] (the default preprocessing for this model).
     """
     import keras
-    from keras import layers
 
     inputs = keras.Input(shape=input_shape, name="image")
-    # input_tensor makes the backbone's layers part of this model (a flat graph), which structured
-    # pruning and per-layer freezing need.
     backbone = keras.applications.MobileNetV2(
         input_tensor=inputs, alpha=alpha, include_top=False, weights=None, pooling=None
     )
-    if weights:
-        try:
-            backbone.load_weights(weights)
-        except (OSError, ValueError) as exc:
-            raise EdgeclsError(
-                f"cannot load MobileNetV2 weights from {weights}: {str(exc).splitlines()[0]} "
-                f"(it must be a no-top weights file for alpha={alpha}, input {input_shape[0]}x{input_shape[1]})"
-            ) from exc
-        for layer in backbone.layers:
-            layer.trainable = False  # transfer learning: train the head first
-    x = layers.GlobalAveragePooling2D(name="gap")(backbone.output)
-    outputs = _classifier_head(x, num_classes, activation, dropout, l2)
-    return keras.Model(inputs, outputs, name="mobilenetv2")
+    _load_backbone_weights(
+        backbone,
+        weights,
+        "MobileNetV2",
+        f"alpha={alpha}, input {input_shape[0]}x{input_shape[1]}",
+        lambda: imagenet_weights_file("mobilenetv2", input_shape, alpha),
+    )
+    return _with_head(inputs, backbone.output, num_classes, activation, dropout, l2, "mobilenetv2")
 
 
 @option_check("mobilenetv2")
 def _check_mobilenetv2(input_shape: tuple, alpha=1.0, weights=None, **_):
     # Keras accepts any alpha > 0 without ImageNet weights (a local weights file must match it);
     # zero or negative widths still build a network of 8-filter layers, which is never meant.
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
-        raise EdgeclsError(
-            f"alpha {alpha!r} is out of range: use a width multiplier above 0, e.g. 0.35, 0.5, 0.75 or 1.0 (--alpha)"
-        )
-    if input_shape is not None and min(input_shape[:2]) < 32:
-        raise EdgeclsError(
-            f"MobileNetV2 needs images of at least 32x32, got {input_shape[0]}x{input_shape[1]}: raise --image-size"
-        )
-    if input_shape is not None and input_shape[2] != 3:
-        raise EdgeclsError("MobileNetV2 needs 3-channel input: use --color rgb")
-    if weights is not None and not os.path.isfile(weights):
-        raise EdgeclsError(f"weights file {weights} does not exist: pass a no-top MobileNetV2 weights file (--weights)")
+    _check_backbone("MobileNetV2", input_shape, weights, alpha, MOBILENETV2_IMAGENET_ALPHAS)
+
+
+def _mobilenetv3(variant: str, title: str, num_classes, input_shape, activation, alpha, minimalistic, **kw):
+    """keras.applications.MobileNetV3Small/Large without its Rescaling layer (include_preprocessing=False)."""
+    import keras
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    factory = getattr(keras.applications, f"MobileNetV3{variant}")
+    backbone = factory(
+        input_tensor=inputs,
+        alpha=alpha,
+        minimalistic=minimalistic,
+        include_top=False,
+        weights=None,
+        include_preprocessing=False,
+    )
+    name = f"mobilenetv3{variant.lower()}"
+    _load_backbone_weights(
+        backbone,
+        kw["weights"],
+        title,
+        f"alpha={alpha}{', minimalistic' if minimalistic else ''}",
+        lambda: imagenet_weights_file(name, input_shape, alpha, minimalistic),
+    )
+    return _with_head(inputs, backbone.output, num_classes, activation, kw["dropout"], kw["l2"], name)
+
+
+def _check_mobilenetv3(title: str, input_shape, alpha, weights, minimalistic) -> None:
+    if not isinstance(minimalistic, bool):
+        raise EdgeclsError(f"minimalistic {minimalistic!r} is invalid: use True or False")
+    _check_backbone(title, input_shape, weights, alpha, (1.0,) if minimalistic else (0.75, 1.0))
+
+
+@register_model(title="MobileNetV3-Small", normalize="symmetric", pretrained_option="weights", search=_BACKBONE_SEARCH)
+def build_mobilenetv3small(
+    num_classes: int,
+    input_shape: tuple,
+    activation: str,
+    alpha: float = 1.0,
+    minimalistic: bool = False,
+    weights: str | None = None,
+    dropout: float = 0.2,
+    l2: float = 0.0,
+):
+    """keras.applications.MobileNetV3Small backbone + GAP + classifier head; inputs in [-1, 1].
+
+    Hard-swish and squeeze-excitation blocks; `minimalistic` swaps them for ReLU and no SE (3x3 kernels),
+    which int8 keeps better. `weights` as for mobilenetv2.
+    """
+    return _mobilenetv3(
+        "Small", "MobileNetV3-Small", num_classes, input_shape, activation, alpha, minimalistic,
+        weights=weights, dropout=dropout, l2=l2,
+    )  # fmt: skip
+
+
+@option_check("mobilenetv3small")
+def _check_mobilenetv3small(input_shape: tuple, alpha=1.0, weights=None, minimalistic=False, **_):
+    _check_mobilenetv3("MobileNetV3-Small", input_shape, alpha, weights, minimalistic)
+
+
+@register_model(title="MobileNetV3-Large", normalize="symmetric", pretrained_option="weights", search=_BACKBONE_SEARCH)
+def build_mobilenetv3large(
+    num_classes: int,
+    input_shape: tuple,
+    activation: str,
+    alpha: float = 1.0,
+    minimalistic: bool = False,
+    weights: str | None = None,
+    dropout: float = 0.2,
+    l2: float = 0.0,
+):
+    """keras.applications.MobileNetV3Large backbone + GAP + classifier head; inputs in [-1, 1] (as mobilenetv3small)."""
+    return _mobilenetv3(
+        "Large", "MobileNetV3-Large", num_classes, input_shape, activation, alpha, minimalistic,
+        weights=weights, dropout=dropout, l2=l2,
+    )  # fmt: skip
+
+
+@option_check("mobilenetv3large")
+def _check_mobilenetv3large(input_shape: tuple, alpha=1.0, weights=None, minimalistic=False, **_):
+    _check_mobilenetv3("MobileNetV3-Large", input_shape, alpha, weights, minimalistic)
+
+
+@register_model(
+    title="EfficientNet-B0",
+    normalize="imagenet",  # its weights expect (pixel / 255 - ImageNet mean) / ImageNet std
+    pretrained_option="weights",
+    search=SearchSpace(_declare_fixed_width, _fixed_width_options, {"fine_tune_layers": 0}),
+)
+def build_efficientnetb0(
+    num_classes: int,
+    input_shape: tuple,
+    activation: str,
+    weights: str | None = None,
+    dropout: float = 0.2,
+    l2: float = 0.0,
+):
+    """keras.applications.EfficientNetB0 backbone + GAP + classifier head; inputs ImageNet mean/std normalized.
+
+    Keras always puts Rescaling and Normalization layers at its input: the backbone is built and its
+    weights loaded as Keras has it, then its graph is rebuilt on our input without them.
+    SiLU activations and squeeze-excitation blocks. `weights` as for mobilenetv2.
+    """
+    import keras
+
+    backbone = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=tuple(input_shape))
+    _load_backbone_weights(
+        backbone,
+        weights,
+        "EfficientNet-B0",
+        "EfficientNet-B0",
+        lambda: imagenet_weights_file("efficientnetb0", input_shape),
+    )
+    inputs = keras.Input(shape=input_shape, name="image")
+    features = without_preprocessing(backbone, inputs)
+    return _with_head(inputs, features, num_classes, activation, dropout, l2, "efficientnetb0")
+
+
+@option_check("efficientnetb0")
+def _check_efficientnetb0(input_shape: tuple, weights=None, **_):
+    _check_backbone("EfficientNet-B0", input_shape, weights)
+
+
+def without_preprocessing(backbone, inputs):
+    """`backbone`'s graph again on `inputs`, without its Rescaling and Normalization layers: new layers
+    (one use each, as QAT and pruning need) holding the same weights and trainable flags."""
+    import keras
+
+    dropped = (keras.layers.Rescaling, keras.layers.Normalization)
+    copies = []
+
+    def clone(op):
+        if isinstance(op, dropped):
+            return lambda x: x
+        if not isinstance(op, keras.layers.Layer):
+            return op  # a stateless op
+        new = type(op).from_config(op.get_config())
+        copies.append((op, new))
+        return new
+
+    features = keras.models.clone_model(backbone, input_tensors=inputs, clone_function=clone).output
+    for old, new in copies:
+        new.set_weights(old.get_weights())
+        new.trainable = old.trainable
+    return features
 
 
 HEAD_LAYERS = ("gap", "flatten", "hidden", "head_dropout", "predictions")
