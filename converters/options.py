@@ -28,6 +28,7 @@ class ConvertOptions:
     qat_epochs: int = 3
     allow_partial_test: bool = False  # verify on a test split that lost images since training (recorded)
     temp_in_stage: bool = False  # the libraries' temp files in the stage too: for a process that does nothing else
+    import_source: dict | None = None  # `edgecls import`: the manifest's `source` record (the run is a work folder)
 
 
 def check_max_drop(value: float, option: str = "--max-drop") -> None:

@@ -114,8 +114,20 @@ def _convert_into(stage: Path, work: Path, run, run_path, options: ConvertOption
     dropped = reference.keep_common(run, [v.probs for v in verified], options)
     judged = judge(stage, reference, verified, run.labels, dropped, options)
     manifest = build_manifest(run, run_path, reference, judged, calibration)
+    if options.import_source is not None:
+        _imported(manifest, options.import_source)
     table = write_bundle(stage, manifest, reference, judged, options.check_images)
     return manifest.to_dict(), table, reference.split_report.summary()
+
+
+def _imported(manifest, record: dict) -> None:
+    """An imported model's bundle names the user's model, not the work run it was converted through; without
+    data its reference accuracy (on generated images the source model labelled) means nothing."""
+    kept = ("accuracy", "test_images", "test_split", "params", "macs")
+    manifest.source = {**record, **{k: manifest.source[k] for k in kept if k in manifest.source}}
+    if not record.get("verified_on_data"):
+        manifest.reference_accuracy = None
+        manifest.source["accuracy"] = None
 
 
 def _calibration(run, reference, options: ConvertOptions) -> tuple:

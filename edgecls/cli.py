@@ -16,6 +16,7 @@ from edgecls.commands import (
     evaluate,
     explain,
     flash,
+    import_,
     predict,
     rollback,
     run,
@@ -81,6 +82,7 @@ def cli(ctx, debug, verbose):
 cli.add_command(train.train)
 cli.add_command(evaluate.evaluate)
 cli.add_command(convert.convert)
+cli.add_command(import_.import_)
 cli.add_command(predict.predict)
 cli.add_command(run.run)
 cli.add_command(devices.devices)
