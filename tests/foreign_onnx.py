@@ -23,7 +23,7 @@ SIZE = 32
 OPSET = 17
 
 
-def _conv_weights(rng: np.random.Generator) -> tuple:
+def conv_weights(rng: np.random.Generator) -> tuple:
     """First conv: 3 colour detectors (one input channel each, centre tap) and 5 random 3x3 filters."""
     w1 = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
     w1[:3] = 0
@@ -75,7 +75,7 @@ def user_preprocess(image_rgb: np.ndarray) -> np.ndarray:
     return x.transpose(2, 0, 1)[None]
 
 
-def _images(data: Path) -> tuple:
+def class_images(data: Path) -> tuple:
     """Every image of the class-per-folder set at SIZE x SIZE (RGB uint8), and its class index."""
     import cv2
 
@@ -89,7 +89,7 @@ def _images(data: Path) -> tuple:
     return labels, np.stack(images), np.asarray(y)
 
 
-def _fit_gemm(features: np.ndarray, y: np.ndarray, classes: int, steps: int = 2000) -> tuple:
+def fit_head(features: np.ndarray, y: np.ndarray, classes: int, steps: int = 2000) -> tuple:
     """Multinomial logistic regression by gradient descent on standardized features, folded back."""
     mu, sd = features.mean(0), features.std(0) + 1e-6
     z = (features - mu) / sd
@@ -110,14 +110,14 @@ def pytorch_style(folder: Path, data: Path) -> tuple:
     import onnxruntime as ort
 
     rng = np.random.default_rng(0)
-    w1, b1, w2, b2 = _conv_weights(rng)
+    w1, b1, w2, b2 = conv_weights(rng)
     weights = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
     features_model = _model(weights, ["N", 3, SIZE, SIZE], "features", 8)
     session = ort.InferenceSession(features_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    labels, images, y = _images(data)
+    labels, images, y = class_images(data)
     x = np.concatenate([user_preprocess(image) for image in images])
     features = session.run(["features"], {"input": x})[0]
-    fc_w, fc_b = _fit_gemm(features, y, len(labels))
+    fc_w, fc_b = fit_head(features, y, len(labels))
     model = _model({**weights, "fc_w": fc_w, "fc_b": fc_b}, ["N", 3, SIZE, SIZE], "logits", len(labels))
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(folder / "model.onnx"))
@@ -135,7 +135,7 @@ def _saved(model, path: Path) -> Path:
 
 def _random_head(classes: int) -> dict:
     rng = np.random.default_rng(1)
-    w1, b1, w2, b2 = _conv_weights(rng)
+    w1, b1, w2, b2 = conv_weights(rng)
     fc_w, fc_b = rng.normal(0, 1, (classes, 8)).astype(np.float32), np.zeros(classes, np.float32)
     return {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "fc_w": fc_w, "fc_b": fc_b}
 
@@ -173,4 +173,44 @@ def winml(path: Path, pixel_format: str = "Bgr8", pixel_range: str = "Normalized
     for key, value in (("Image.BitmapPixelFormat", pixel_format), ("Image.NominalPixelRange", pixel_range)):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+    return _saved(model, path)
+
+
+def photos(folder: Path, count: int = 60, size: int = SIZE) -> list:
+    """`count` real photos at the model's size: seeded crops of scikit-learn's two sample photos (china.jpg,
+    flower.jpg: scikit-image's data set is not installed here), shrunk with OpenCV's INTER_AREA and written as PNG.
+    At the model's size, the import's resize is the identity, so a user's NumPy preprocessing needs none."""
+    import cv2
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(3)
+    sources = load_sample_images().images  # RGB uint8 (427, 640, 3)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        image = sources[i % len(sources)]
+        side = int(rng.integers(48, 400))
+        top, left = int(rng.integers(0, image.shape[0] - side)), int(rng.integers(0, image.shape[1] - side))
+        crop = cv2.resize(image[top : top + side, left : left + side], (size, size), interpolation=cv2.INTER_AREA)
+        path = folder / f"photo-{i:03d}.png"
+        cv2.imwrite(str(path), crop[..., ::-1])
+        paths.append(path)
+    return paths
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """A user's own decode: the PNG as RGB uint8 (H, W, 3)."""
+    import cv2
+
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def with_softmax(path: Path) -> Path:
+    """The classifier (random head, 3 classes) ending in its own Softmax: probabilities out."""
+    from onnx import helper
+
+    model = _model(_random_head(3), ["N", 3, SIZE, SIZE], "logits", 3)
+    graph = model.graph
+    graph.node.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1, name="softmax"))
+    graph.output[0].name = "probs"
     return _saved(model, path)

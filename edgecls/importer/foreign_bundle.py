@@ -329,11 +329,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def looks_like_probs(outputs: np.ndarray) -> bool:
-    """Rows in [0, 1] that sum to 1 (or one sigmoid unit in [0, 1]): the model already ends in a softmax."""
+def looks_like_probs(outputs: np.ndarray, step: float = 0.0) -> bool:
+    """Rows in [0, 1] that sum to 1 (or one sigmoid unit in [0, 1]): the model already ends in a softmax.
+
+    step: the output's quantization step (a uint8 softmax's rows sum to 1 within one step per class)."""
     y = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
     in_range = bool(np.all((y >= -1e-6) & (y <= 1 + 1e-6)))
-    return in_range and (y.shape[1] == 1 or bool(np.allclose(y.sum(axis=1), 1.0, atol=1e-3)))
+    tolerance = 1e-3 + step * y.shape[1]
+    return in_range and (y.shape[1] == 1 or bool(np.allclose(y.sum(axis=1), 1.0, rtol=0, atol=tolerance)))
 
 
 def to_probs(outputs: np.ndarray, output: str, head: str) -> np.ndarray:
@@ -408,10 +411,10 @@ def sample_inputs(spec: PreprocessSpec, data: DataSet | None) -> np.ndarray:
     return np.stack([preprocess(image, spec) for image in images])
 
 
-def probe_output(run, spec: PreprocessSpec, data: DataSet | None, lines: list) -> str:
+def probe_output(run, spec: PreprocessSpec, data: DataSet | None, lines: list, step: float = 0.0) -> str:
     """probs or logits, from the model's raw outputs `run(x)` on a few inputs; a line says which, and the override."""
     x = sample_inputs(spec, data)
-    if looks_like_probs(run(x)):
+    if looks_like_probs(run(x), step):
         lines.append(f"output: probabilities (rows in 0..1 summing to 1 on {len(x)} inputs); else pass --output logits")
         return "probs"
     lines.append(

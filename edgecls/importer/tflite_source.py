@@ -38,7 +38,7 @@ def import_tflite(request: ImportRequest, progress) -> ImportResult:
     data = fb.load_data(request, labels, spec) if request.data is not None else None
     said_output = hints.output is not None or request.declared.output is not None
     if not said_output:
-        output = fb.probe_output(runner.run, spec, data, lines)
+        output = fb.probe_output(runner.run, spec, data, lines, runner.output["quantization"][0])
     source = fb.SourceModel("tflite", Path(request.model), lambda x: fb.to_probs(runner.run(x), output, head))
     plan = fb.Plan(
         request, spec, output, head, labels, source, [], fb.preprocessing_from(hints, request.declared), lines

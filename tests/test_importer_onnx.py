@@ -1,0 +1,189 @@
+"""edgecls.importer.onnx_source (and the bundle writer it shares, foreign_bundle): ONNX models from elsewhere.
+
+The models are real (tests/foreign_onnx.py, built with onnx.helper, not by our converter); the references are
+ONNX Runtime called directly with the user's own NumPy preprocessing; predictions come from the real
+`edgecls predict` command in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecls.importer.onnx_source import import_onnx
+from edgecls.importer.request import Declared, ImportRequest
+from edgecls.runtime.bundle import load_bundle, sha256_file
+from edgecls.runtime.errors import EdgeclsError
+from tests import foreign_onnx
+from tests.conftest import _session_folder, run_cli
+
+IMAGENET = Declared(mean=foreign_onnx.IMAGENET_MEAN, std=foreign_onnx.IMAGENET_STD)
+
+
+@pytest.fixture(scope="session")
+def pytorch_onnx(tmp_path_factory, shapes_folder) -> tuple:
+    """(model.onnx, labels.txt): NCHW float input, ImageNet mean/std expected, logits out."""
+    folder = _session_folder(tmp_path_factory, "foreign-onnx", lambda f: foreign_onnx.pytorch_style(f, shapes_folder))
+    return folder / "model.onnx", folder / "labels.txt"
+
+
+@pytest.fixture(scope="session")
+def onnx_bundle(tmp_path_factory, pytorch_onnx, shapes_folder) -> tuple:
+    """(bundle, ImportResult) of the PyTorch-style model imported with --data (fp32 as it is, and int8)."""
+    model, labels = pytorch_onnx
+    out = tmp_path_factory.mktemp("onnx-import") / "bundle"
+    result = import_onnx(ImportRequest(model, out, labels, data=shapes_folder, declared=IMAGENET), print)
+    return out, result
+
+
+@pytest.fixture(scope="session")
+def photo_paths(tmp_path_factory) -> list:
+    return foreign_onnx.photos(tmp_path_factory.mktemp("photos"), count=60)
+
+
+def _onnxruntime_probs(model: Path, paths: list) -> np.ndarray:
+    """What a PyTorch user does: decode, normalize, NCHW, run, softmax."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    x = np.concatenate([foreign_onnx.user_preprocess(foreign_onnx.read_rgb(p)) for p in paths])
+    logits = session.run(None, {"input": x})[0].astype(np.float64)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _predict_cli(bundle: Path, paths: list, artifact: str, classes: int) -> tuple:
+    """(top-1 labels, probabilities in label order) from the real `edgecls predict --json`."""
+    done = run_cli("predict", bundle, *paths, "--json", "--top-k", classes, "--artifact", artifact)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    labels = load_bundle(bundle).labels
+    probs = np.array([[{t["label"]: t["score"] for t in r["topk"]}[label] for label in labels] for r in rows])
+    return [r["top1"] for r in rows], probs
+
+
+def test_edgecls_predict_gives_what_onnxruntime_gives_with_the_users_own_preprocessing(
+    onnx_bundle, pytorch_onnx, photo_paths
+):
+    bundle, _ = onnx_bundle
+    labels = load_bundle(bundle).labels
+    expected = _onnxruntime_probs(pytorch_onnx[0], photo_paths)
+    top1, probs = _predict_cli(bundle, photo_paths, "onnx-fp32", len(labels))
+    agreement = np.mean([t == labels[k] for t, k in zip(top1, expected.argmax(1))])
+    print(
+        f"onnx-fp32 vs onnxruntime on {len(photo_paths)} photos: top-1 agreement {agreement:.4f}, "
+        f"max |dp| {np.abs(probs - expected).max():.2e}"
+    )
+    assert len(photo_paths) >= 50
+    assert agreement == 1.0
+    assert np.abs(probs - expected).max() <= 1e-5  # predict rounds scores to 6 decimals
+    assert len(set(top1)) > 1  # the photos do not all fall in one class: the comparison sees the classes apart
+
+
+def test_an_imported_onnx_model_keeps_its_file_and_adds_a_gated_int8(onnx_bundle, pytorch_onnx, shapes_folder):
+    bundle, result = onnx_bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    fp32, int8 = (next(a for a in manifest["artifacts"] if a["name"] == n) for n in ("onnx-fp32", "onnx-int8"))
+    assert fp32["sha256"] == manifest["source"]["sha256"] == sha256_file(pytorch_onnx[0])
+    assert manifest["output"] == "logits" and manifest["input"]["layout"] == "NCHW"
+    assert manifest["input"]["shape"] == [1, 3, 32, 32]
+    assert manifest["source"]["verified_on_data"] is True
+    assert manifest["source"]["data"] == str(shapes_folder.resolve())
+    assert manifest["source"]["preprocessing_from"] == {
+        "size": "model",
+        "color": "default",
+        "layout": "model",
+        "mean": "option",
+        "std": "option",
+        "resize": "default",
+        "output": "model",
+    }
+    images = manifest["source"]["test_images"]
+    right = round(manifest["reference_accuracy"] * images)
+    print(
+        f"onnx import on {images} test images: source accuracy {manifest['reference_accuracy']:.4f}, "
+        f"fp32 {fp32['accuracy']:.4f} (agreement {fp32['agreement']:.4f}), "
+        f"int8 {int8['accuracy']:.4f} (agreement {int8['agreement']:.4f}, max |dp| {int8['max_prob_diff']:.4f})"
+    )
+    assert manifest["reference_accuracy"] >= 0.8  # the fitted model really separates the classes
+    assert fp32["agreement"] == 1.0 and fp32["max_prob_diff"] < 1e-5
+    assert right - round(int8["accuracy"] * images) <= images * 1.0 / 100  # the default --max-drop, 1 point
+    assert int8["notes"]["calibration_images"] == manifest["calibration"]["size"] > 0
+    assert set(manifest["reference"]) == {"onnx-fp32", "onnx-int8"} and manifest["checks"]
+    assert "int8 skipped" not in " ".join(result.lines)
+
+
+def test_an_onnx_model_whose_outputs_are_not_probabilities_is_taken_as_logits(onnx_bundle):
+    _, result = onnx_bundle
+    line = next(l for l in result.lines if l.startswith("output:"))
+    assert "logits" in line and "--output probs" in line
+
+
+def test_an_onnx_model_ending_in_softmax_is_taken_as_probabilities(tmp_path):
+    model = foreign_onnx.with_softmax(tmp_path / "softmax.onnx")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    result = import_onnx(ImportRequest(model, tmp_path / "b", tmp_path / "labels.txt", declared=IMAGENET), print)
+    assert result.manifest["output"] == "probs"
+
+
+def test_without_data_the_onnx_import_skips_int8_and_says_it_was_not_verified(pytorch_onnx, tmp_path):
+    model, labels = pytorch_onnx
+    result = import_onnx(ImportRequest(model, tmp_path / "b", labels, declared=IMAGENET), print)
+    manifest = result.manifest
+    assert [a["name"] for a in manifest["artifacts"]] == ["onnx-fp32"]
+    assert manifest["source"]["verified_on_data"] is False and manifest["reference_accuracy"] is None
+    assert any(line.startswith("int8 skipped: no --data") for line in result.lines)
+    assert load_bundle(tmp_path / "b").manifest.output == "logits"
+
+
+def test_windows_ml_image_metadata_sets_colour_and_range(tmp_path):
+    model = foreign_onnx.winml(tmp_path / "winml.onnx", "Bgr8", "Normalized_0_1")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    result = import_onnx(ImportRequest(model, tmp_path / "b", tmp_path / "labels.txt"), print)
+    spec, source = result.manifest["input"], result.manifest["source"]
+    assert (spec["color"], spec["mean"], spec["std"]) == ("bgr", [0.0], [255.0])
+    assert source["preprocessing_from"]["color"] == source["preprocessing_from"]["mean"] == "model"
+
+
+def _error(request: ImportRequest) -> str:
+    with pytest.raises(EdgeclsError) as caught:
+        import_onnx(request, print)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert not request.out.exists()
+    return message
+
+
+def test_an_onnx_model_with_two_inputs_needs_input_option(tmp_path):
+    model = foreign_onnx.two_inputs(tmp_path / "two.onnx")
+    message = _error(ImportRequest(model, tmp_path / "b", declared=IMAGENET))
+    assert "2 inputs (input, scale)" in message and "--input NAME" in message
+
+
+def test_an_onnx_model_whose_input_is_not_an_image_is_refused(tmp_path):
+    model = foreign_onnx.rank2_input(tmp_path / "tabular.onnx")
+    assert "the model's input is not an image" in _error(ImportRequest(model, tmp_path / "b", declared=IMAGENET))
+
+
+def test_a_text_file_named_onnx_is_refused(tmp_path):
+    (tmp_path / "model.onnx").write_text("this is not a model\n")
+    message = _error(ImportRequest(tmp_path / "model.onnx", tmp_path / "b", declared=IMAGENET))
+    assert "is not an ONNX model" in message
+
+
+def test_a_labels_file_with_the_wrong_count_is_refused(pytorch_onnx, tmp_path):
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    message = _error(ImportRequest(pytorch_onnx[0], tmp_path / "b", tmp_path / "labels.txt", declared=IMAGENET))
+    assert "has 2 labels but the model has 3 outputs" in message
+
+
+def test_an_imported_model_that_fails_the_gate_leaves_no_bundle(pytorch_onnx, shapes_folder, tmp_path):
+    model, labels = pytorch_onnx
+    request = ImportRequest(model, tmp_path / "b", labels, data=shapes_folder, declared=IMAGENET, max_drop=-1.0)
+    message = _error(request)  # -1 demands a gain: even the file as it is fails
+    assert "onnx-fp32 loses more than -1.0 accuracy points whatever we try" in message
+    assert "raise --max-drop" in message and "--formats" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no stage left behind
