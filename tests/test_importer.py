@@ -1,0 +1,193 @@
+"""edgecls.importer (detect, keras_layers, api) and `edgecls import`: detection by content, options, refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from edgecls.importer.api import import_model
+from edgecls.importer.detect import KERAS, KERAS_H5, ONNX, SAVEDMODEL, TEACHABLE, TFLITE, detect
+from edgecls.importer.request import ImportRequest
+from edgecls.runtime.errors import EdgeclsError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 16x16 RGB Keras model with 3 softmax outputs, saved as .keras and .h5."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("tiny")
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    model.save(folder / "tiny.keras")
+    model.save(folder / "tiny.h5")
+    return folder
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "edgecls.cli", *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def test_a_keras_zip_is_found_by_content_even_renamed(tiny, tmp_path):
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes((tiny / "tiny.keras").read_bytes())
+    assert detect(renamed).kind == KERAS
+
+
+def test_an_h5_that_holds_a_keras_model_is_keras_h5(tiny):
+    assert detect(tiny / "tiny.h5").kind == KERAS_H5
+
+
+def test_an_h5_without_model_config_is_not_a_keras_model(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "weights.h5", "w") as f:
+        f["w"] = np.zeros(3)
+    with pytest.raises(EdgeclsError, match=r"not a Keras model \(no model_config\).*model\.save"):
+        detect(tmp_path / "weights.h5")
+
+
+def test_a_text_file_names_what_import_takes(tmp_path):
+    (tmp_path / "notes.h5").write_text("hello\n")
+    with pytest.raises(EdgeclsError, match="not a model edgecls import can read: give a .keras file"):
+        detect(tmp_path / "notes.h5")
+
+
+def test_a_zip_without_config_json_is_not_a_keras_file(tmp_path):
+    with zipfile.ZipFile(tmp_path / "x.keras", "w") as z:
+        z.writestr("other.txt", "x")
+    with pytest.raises(EdgeclsError, match="no config.json"):
+        detect(tmp_path / "x.keras")
+
+
+def test_a_flatbuffer_with_the_tfl3_identifier_is_tflite(tmp_path):
+    (tmp_path / "m.bin").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(32))
+    assert detect(tmp_path / "m.bin").kind == TFLITE
+
+
+def test_an_onnx_model_proto_is_onnx(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
+    onnx.save(helper.make_model(graph), tmp_path / "m.model")
+    assert detect(tmp_path / "m.model").kind == ONNX
+
+
+def test_a_teachable_machine_folder_brings_its_labels(tiny, tmp_path):
+    (tmp_path / "keras_model.h5").write_bytes((tiny / "tiny.h5").read_bytes())
+    (tmp_path / "labels.txt").write_text("0 a\n1 b\n2 c\n")
+    source = detect(tmp_path)
+    assert (source.kind, source.labels, source.framework) == (TEACHABLE, tmp_path / "labels.txt", KERAS_H5)
+
+
+def test_a_savedmodel_folder_is_found_by_saved_model_pb(tmp_path):
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    assert detect(tmp_path).kind == SAVEDMODEL
+
+
+def test_a_folder_with_neither_is_refused(tmp_path):
+    with pytest.raises(EdgeclsError, match="neither saved_model.pb"):
+        detect(tmp_path)
+
+
+def test_a_labels_file_with_the_wrong_count_is_one_line(tiny, tmp_path):
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    with pytest.raises(EdgeclsError, match="has 2 labels but the model has 3 outputs"):
+        import_model(ImportRequest(tiny / "tiny.keras", tmp_path / "out", tmp_path / "labels.txt"))
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".edgecls-import")] == []
+
+
+def test_a_model_whose_input_is_not_an_image_is_refused(tmp_path):
+    import keras
+
+    inputs = keras.Input((10,))
+    keras.Model(inputs, keras.layers.Dense(3)(inputs)).save(tmp_path / "vector.keras")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    with pytest.raises(EdgeclsError, match=r"the model's input is not an image \(rank 2, shape \(None, 10\)\)"):
+        import_model(ImportRequest(tmp_path / "vector.keras", tmp_path / "out", tmp_path / "labels.txt"))
+
+
+def test_a_model_without_normalization_asks_for_normalize(tiny, tmp_path):
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    with pytest.raises(EdgeclsError, match="--normalize scale|symmetric"):
+        import_model(ImportRequest(tiny / "tiny.keras", tmp_path / "out", tmp_path / "labels.txt"))
+
+
+def test_an_out_folder_that_is_not_ours_is_refused_before_loading(tiny, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "photo.jpg").write_bytes(b"x")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    with pytest.raises(EdgeclsError, match="out"):
+        import_model(ImportRequest(tiny / "tiny.keras", tmp_path / "out", tmp_path / "labels.txt", overwrite=True))
+    assert (tmp_path / "out" / "photo.jpg").read_bytes() == b"x"
+
+
+def test_rescaling_and_normalization_at_the_input_fold_into_mean_and_std():
+    import keras
+
+    from edgecls.importer.keras_layers import fold_input_layers
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Normalization(mean=[0.485, 0.456, 0.406], variance=np.square([0.229, 0.224, 0.225]))(x)
+    x = keras.layers.Conv2D(2, 3)(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)))
+    cut, mean, std = fold_input_layers(model)
+    np.testing.assert_allclose(mean, (123.675, 116.28, 103.53), rtol=1e-6)
+    np.testing.assert_allclose(std, (58.395, 57.12, 57.375), rtol=1e-6)
+    assert not any(isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)) for layer in cut.layers)
+
+
+def test_a_model_without_input_layers_folds_nothing(tiny):
+    import keras
+
+    from edgecls.importer.keras_layers import fold_input_layers
+
+    model = keras.models.load_model(tiny / "tiny.keras", compile=False)
+    assert fold_input_layers(model) == (model, None, None)
+
+
+def test_the_cli_prints_a_text_file_refusal_in_one_line(tmp_path):
+    (tmp_path / "model.txt").write_text("not a model\n")
+    done = _cli("import", tmp_path / "model.txt", "--labels", tmp_path / "model.txt", "--out", tmp_path / "b")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--size", "0"], "--size '0' is not N or WxH"),
+        (["--mean", "1,2"], "--mean '1,2' has 2 values"),
+        (["--normalize", "scale", "--mean", "1", "--std", "2"], "--normalize and --mean/--std both"),
+        (["--max-drop", "nan"], "--max-drop nan is not a number"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, option, message):
+    done = _cli("import", "m.keras", "--out", tmp_path / "b", *option)
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_size_takes_n_or_width_by_height():
+    from edgecls.commands.import_ import _size
+
+    assert (_size("224"), _size("320x240")) == ((224, 224), (240, 320))
