@@ -6,13 +6,16 @@ Use the `sshd` fixture (import it into a test module: `from tests.sshd import ss
 `user@host:port:/root` syntax. Missing sshd skips here and fails under CI (conftest's `require_tool`).
 
 Sessions get a PATH whose first entry is this interpreter's folder and PYTHONPATH=the checkout, so
-`python3 -m edgecls.runtime.install` on the "device" runs this tree's code (as it would on a provisioned device).
+`python3 -m edgecls.runtime.install` on the "device" runs this tree's code with this interpreter's packages (as on a
+provisioned device), in a venv too: every command goes through a wrapper (ForceCommand) that sets PATH after the
+login shell's rc files, which may put another python3 first (pyenv's shims in ~/.bashrc); `start()` checks it.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -72,6 +75,34 @@ class SshServer:
         """argv prefix for running a command on the server: [*ssh_args(), "echo", "hi"]."""
         return ["ssh", "-F", str(self.ssh_config), "-p", str(self.port), f"{self.user}@{self.host}"]
 
+    def _write_session_wrapper(self, path: str) -> Path:
+        """The script every session runs: the command in bash without rc files, under the test's PATH."""
+        wrapper = self.folder / "session.sh"
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            "# The login shell read its rc files before this; they may have put another python3 first on PATH.\n"
+            f"PATH={shlex.quote(path)}; export PATH\n"
+            'if [ -z "${SSH_ORIGINAL_COMMAND:-}" ]; then exec bash --norc --noprofile -i; fi\n'
+            'exec bash --norc --noprofile -c "$SSH_ORIGINAL_COMMAND"\n'
+        )
+        wrapper.chmod(0o755)
+        return wrapper
+
+    def _check_python(self) -> None:
+        """The device's `python3` is this interpreter (its venv included), or the tests would try another one's."""
+        ran = subprocess.run(
+            [*self.ssh_args(), "python3", "-c", "'import sys; print(sys.prefix)'"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if ran.returncode != 0 or ran.stdout.strip() != sys.prefix:
+            self.stop()
+            raise RuntimeError(
+                f"the test sshd's python3 is not {sys.executable} (prefix {ran.stdout.strip()!r}, exit "
+                f"{ran.returncode}): {ran.stderr.strip()[-500:]}"
+            )
+
     def _write_files(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         if not (self.folder / "host_key").exists():
@@ -98,8 +129,10 @@ class SshServer:
                     "MaxSessions 50",
                     # A provisioned device has edgecls installed; here the checkout stands in for that install.
                     f"SetEnv PATH={path} PYTHONPATH={_REPO}",
+                    f"ForceCommand {shlex.quote(str(self._write_session_wrapper(path)))}",
                     "AcceptEnv EDGECLS_TEST_KILL_AT",  # the kill tests' device-side hook (runtime/install/layout.py)
-                    "Subsystem sftp internal-sftp",
+                    # A program, not internal-sftp: under ForceCommand the subsystem runs through the wrapper too.
+                    f"Subsystem sftp {_sftp_server()}",
                     "",
                 ]
             )
@@ -142,9 +175,11 @@ class SshServer:
             while time.monotonic() < deadline and self.process.poll() is None:
                 try:
                     socket.create_connection((self.host, self.port), timeout=0.5).close()
-                    return self
                 except OSError:
                     time.sleep(0.05)
+                    continue
+                self._check_python()
+                return self
             self.stop()  # the port was taken meanwhile, or sshd refused the config: try another port
         raise RuntimeError(f"sshd did not start: {self.log.read_text(errors='replace')[-2000:]}")
 
@@ -168,6 +203,12 @@ class SshServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _sftp_server() -> str:
+    """OpenSSH's sftp-server program (Debian's path, then Red Hat's and the BSDs'), else internal-sftp."""
+    candidates = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
+    return next((c for c in candidates if os.access(c, os.X_OK)), "internal-sftp")
 
 
 def require_sshd() -> None:

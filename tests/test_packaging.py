@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -84,3 +85,18 @@ def test_the_wheel_holds_the_data_files_the_code_reads_at_run_time(wheel):
     assert any(name.startswith("devices/profiles/") and name.endswith(".json") for name in data), data
     missing = [name for name in data if f"edgecls/{name}" not in names]
     assert not missing, missing
+
+
+def test_the_readmes_name_the_python_that_pyproject_requires():
+    """The lowest Python the READMEs give (workstation and device) is pyproject's requires-python, which pip
+    enforces: the two once said 3.10 and 3.9."""
+    import tomllib
+
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    lowest = re.fullmatch(r">=\s*(3\.\d+)", requires.strip())
+    assert lowest, f"requires-python is {requires!r}: a plain lower bound is what the READMEs can state"
+    for readme in ("README.md", "README.zh-CN.md"):
+        install = (REPO / readme).read_text().split("\n## ", 2)[1]  # the first section: the install
+        named = re.findall(r"Python (3\.\d+) ?(?:to|or newer|到|或更新)", install)
+        assert len(named) >= 2, f"{readme}'s install section names no lowest Python (workstation and device)"
+        assert set(named) == {lowest.group(1)}, f"{readme} says Python {named}, pyproject.toml {requires!r}"

@@ -1,4 +1,4 @@
-"""README.md: every shell command in it is run, so the README cannot drift from the code.
+"""README.md and README.zh-CN.md: every shell command in them is run, so neither can drift from the code.
 
 Every fenced block tagged `bash`, `sh` or `shell` is split into commands (tests/readme_blocks.py) and each runs
 through `bash -euo pipefail` with a timeout and must exit 0, in README order, in one temporary working directory
@@ -9,10 +9,16 @@ A section's test first runs the sections above it (once per session), so `-k fla
 What a user has and this machine has not (their image folders, a camera, a Pi, a second machine) is made here, and
 the few places where the README's command cannot run as written are rewritten by the table QUICK below: that table
 is the only place commands change, and the README says near such commands that tests run them with quicker
-settings. Two harness rules are not textual: a daemon (`edgecls run ... --port`) runs in the background while the
-rest of its block (the `curl`s) runs, then gets SIGTERM and must exit 0; a block that exports a TF_CONFIG for
-worker `"index": 0` runs twice at once, the second as index 1, as its comment says. Commands nothing can run here
-are listed, with why, in NOT_RUN; any other command that fails fails the test.
+settings. Three harness rules are not textual: a block's `export` and `cd` lines hold for the rest of the block, as
+in the one shell a reader types it into; a daemon (`edgecls run ... --port`) runs in the background while the rest
+of its block (the `curl`s) runs, then gets SIGTERM and must exit 0; a block that exports a TF_CONFIG for worker
+`"index": 0` runs twice at once, the second as index 1, as its comment says. Commands nothing can run here are
+listed, with why, in NOT_RUN; any other command that fails fails the test.
+
+README.zh-CN.md, the Chinese quick start, holds the same commands with translated comments: each of its shell blocks
+has the commands of one README.md block, exactly (test_chinese_readme_blocks_are_english_blocks), and its section's
+test passes once the English sections holding those blocks ran and passed in this workspace. Its commands run once,
+not twice.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from tests.conftest import REPO, write_image
 from tests.readme_blocks import SHELL_LANGUAGES, read_blocks, sections
 
 README = REPO / "README.md"
+README_ZH = REPO / "README.zh-CN.md"
 COMMAND_TIMEOUT_S = 420
 PI_SECTION = "Try it on an emulated Raspberry Pi"  # its commands start, flash and stop the emulated Pi
 SECTION_TIMEOUT_S = {PI_SECTION: 3600}  # pip installs and predicts under qemu
@@ -51,8 +58,15 @@ class Rewrite:
 # Every change the test makes to a README command, in the order applied. A rule that matches no command fails
 # test_readme_rewrites_are_all_used_and_not_run_is_short, so this table cannot outlive the commands it is for.
 QUICK = [
-    # Installation: CI installed .[all] already (.ci/run); reinstalling is slow and a non-editable `pip install .`
-    # would replace the checkout's editable install. Instead the test checks the extra's requirements are installed.
+    # Installation: a clone of this checkout (no network here; its folder is the one the README's `cd` names), then
+    # the README's own venv command in it. The install into that venv is not run: .ci/run installed .[all] into the
+    # venv the tests run from, reinstalling is slow, and a non-editable `pip install .` would replace the checkout's
+    # editable install. Instead the test checks the extra's requirements are installed.
+    Rewrite(
+        r"^git clone https://github\.com/edgecls/edgecls\.git$",
+        "git clone --quiet --depth 1 file://{repo} edgecls",
+        "no network: a shallow clone of this checkout",
+    ),
     Rewrite(r'^python3 -m pip install -e "\.\[all\]"$', "true", "installed by .ci/run; checked installed instead"),
     Rewrite(r'^pip install "\.\[runtime\]"$', "true", "same, for .[runtime]; checked installed instead"),
     # Quick settings: tiny training.
@@ -181,8 +195,23 @@ EXPECT_TEXT = [
 ]
 
 
-def shell_sections() -> list:
-    return [s for s in sections(README) if s.commands]
+def shell_sections(path: Path = README) -> list:
+    return [s for s in sections(path) if s.commands]
+
+
+def english_twin(block):
+    """The README.md block with exactly `block`'s commands (a README.zh-CN.md block's comments are translated)."""
+    return next((b for b in read_blocks(README) if b.commands and b.commands == block.commands), None)
+
+
+def translated_sections() -> list:
+    """README.zh-CN.md's sections with commands, with their pytest marks (those of the English sections they run)."""
+    params = []
+    for section in shell_sections(README_ZH):
+        twins = [english_twin(b) for b in section.blocks if b.commands]
+        marks = [m for t in twins if t is not None for m in MARKS.get(t.section, [])]
+        params.append(pytest.param(README_ZH.name, section.title, marks=marks, id=f"{README_ZH.name}: {section.title}"))
+    return params
 
 
 def readme_file_table() -> list:
@@ -313,6 +342,7 @@ class Workspace:
             "ssh_device": f"{sshd.user}@{sshd.host}:{sshd.port}",
             "ssh_target": sshd.target(root / "pi-root"),
             "pi_port": free_port(),
+            "repo": REPO,
         }
         self.done: dict = {}  # section title -> None (passed) or the failure
         self.user_files_made = self.pi_has_earlier = False
@@ -336,6 +366,15 @@ class Workspace:
                 if self.done[title] is not None:
                     raise self.done[title]
                 return
+
+    def run_translated(self, title: str) -> None:
+        """A README.zh-CN.md section: the README.md sections holding its blocks, run (once) and passed."""
+        section = next(s for s in shell_sections(README_ZH) if s.title == title)
+        for block in section.blocks:
+            if block.commands:
+                twin = english_twin(block)
+                assert twin is not None, f"{README_ZH.name}:{block.line}: no README.md block has these commands"
+                self.run_through(twin.section)
 
     def run_section(self, section) -> None:
         if section.title == PI_SECTION:
@@ -361,14 +400,15 @@ class Workspace:
         commands = [c for c in block.commands if c not in NOT_RUN]
         if any(re.search(r"TF_CONFIG=.*\"index\": 0", c) for c in commands):
             return self._run_workers(title, block, commands)
-        exports, daemons = [], []
+        exports, daemons = [], []  # exports: the block's `export` and `cd` lines so far, run before each command
         try:
             for original in commands:
                 used: set = set()
                 command = apply_quick(original, self.values, used)
                 self.why = "; ".join(rule.why for rule in QUICK if rule in used) or "as written"
                 self._before(original)
-                if command.startswith("export "):
+                if command.startswith(("export ", "cd ")):
+                    self._run(title, original, command, exports)  # a `cd` to a missing folder fails here
                     exports.append(command)
                 elif re.match(r"edgecls run .*--port ", command):
                     daemons.append((original, self._start_daemon(exports, command)))
@@ -583,16 +623,47 @@ def workspace(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "title", [pytest.param(s.title, marks=MARKS.get(s.title, []), id=s.title) for s in shell_sections()]
+    "readme, title",
+    [
+        *(pytest.param(README.name, s.title, marks=MARKS.get(s.title, []), id=s.title) for s in shell_sections()),
+        *translated_sections(),
+    ],
 )
-def test_readme_section_commands_run(workspace, title):
-    workspace.run_through(title)
+def test_readme_section_commands_run(workspace, readme, title):
+    if readme == README_ZH.name:
+        workspace.run_translated(title)
+    else:
+        workspace.run_through(title)
 
 
 def test_every_readme_block_names_its_language():
     """A block without a language could hide commands from the test: each says bash, text, yaml, python, ..."""
-    unnamed = [f"README.md:{b.line} ({b.section})" for b in read_blocks(README) if not b.language]
+    unnamed = [
+        f"{p.name}:{b.line} ({b.section})" for p in (README, README_ZH) for b in read_blocks(p) if not b.language
+    ]
     assert not unnamed, f"fenced blocks without a language: {unnamed}"
+
+
+def test_chinese_readme_blocks_are_english_blocks():
+    """Each shell block of README.zh-CN.md has exactly the commands of a README.md block (only comments are
+    translated), so the English sections' run runs them too; both READMEs link each other at the top."""
+    blocks = [b for b in read_blocks(README_ZH) if b.commands]
+    assert blocks, "README.zh-CN.md has no shell commands?"
+    strays = [f"README.zh-CN.md:{b.line}: {b.commands}" for b in blocks if english_twin(b) is None]
+    assert not strays, f"README.zh-CN.md blocks whose commands no README.md block has (copy them exactly): {strays}"
+    assert "(README.zh-CN.md)" in "\n".join(README.read_text().splitlines()[:5])
+    assert "(README.md)" in "\n".join(README_ZH.read_text().splitlines()[:5])
+
+
+def test_readme_names_every_system_package_ci_installs():
+    """The apt packages .ci/run installs for the tests are the ones the README tells a contributor to install."""
+    ci = (REPO / ".ci" / "run").read_text().replace("\\\n", " ")
+    line = next(l for l in ci.splitlines() if "apt-get install" in l)
+    packages = [w for w in line.split("--no-install-recommends", 1)[1].split() if re.fullmatch(r"[a-z0-9][\w.+-]*", w)]
+    assert "qemu-user-static" in packages and "mosquitto" in packages, packages
+    layout = README.read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    missing = [p for p in packages if f"`{p}`" not in layout]
+    assert not missing, f"README's Layout section does not name these packages .ci/run installs: {missing}"
 
 
 def test_readme_rewrites_are_all_used_and_not_run_is_short():
@@ -635,6 +706,7 @@ def test_readme_quick_rewrites_keep_the_command():
             "pi_port",
             "pi_rootfs",
             "mjpeg_url",
+            "repo",
         )
     }
     rewritten = apply_quick("edgecls train --data flowers --out runs/flowers --image-size 96 --epochs 40", values)
