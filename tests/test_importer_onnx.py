@@ -187,3 +187,68 @@ def test_an_imported_model_that_fails_the_gate_leaves_no_bundle(pytorch_onnx, sh
     assert "onnx-fp32 loses more than -1.0 accuracy points whatever we try" in message
     assert "raise --max-drop" in message and "--formats" not in message
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no stage left behind
+
+
+def _with_props(source: Path, path: Path, props: dict) -> Path:
+    import onnx
+
+    model = onnx.load(str(source))
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def test_edgecls_own_onnx_metadata_gives_labels_and_preprocessing(pytorch_onnx, tmp_path):
+    from edgecls.converters.onnx import set_metadata
+    from edgecls.runtime.preprocess import PreprocessSpec
+
+    model = tmp_path / "ours.onnx"
+    model.write_bytes(pytorch_onnx[0].read_bytes())
+    spec = PreprocessSpec(32, 32, mean=foreign_onnx.IMAGENET_MEAN, std=foreign_onnx.IMAGENET_STD, layout="NCHW")
+    set_metadata(model, {"labels": ["red", "green", "blue"], "preprocess": spec.to_dict(), "head": "softmax"})
+    result = import_onnx(ImportRequest(model, tmp_path / "b"), print)  # no --labels, no options
+    manifest = result.manifest
+    assert manifest["labels"] == ["red", "green", "blue"]
+    assert (manifest["input"]["mean"], manifest["input"]["std"]) == (list(spec.mean), list(spec.std))
+    assert manifest["output"] == "probs"  # our converter's models end in their softmax
+    assert manifest["source"]["preprocessing_from"]["mean"] == "model"
+
+
+def test_ultralytics_names_give_the_labels(pytorch_onnx, tmp_path):
+    names = "{0: 'circle', 1: 'square', 2: 'triangle'}"
+    model = _with_props(pytorch_onnx[0], tmp_path / "yolo.onnx", {"names": names, "imgsz": "[32, 32]"})
+    result = import_onnx(ImportRequest(model, tmp_path / "b", declared=IMAGENET), print)
+    assert result.manifest["labels"] == ["circle", "square", "triangle"]
+
+
+def test_an_onnx_model_newer_than_onnxruntime_is_one_line(pytorch_onnx, tmp_path):
+    import onnx
+
+    model = onnx.load(str(pytorch_onnx[0]))
+    model.ir_version = 99
+    onnx.save(model, str(tmp_path / "future.onnx"))
+    message = _error(ImportRequest(tmp_path / "future.onnx", tmp_path / "b", pytorch_onnx[1], declared=IMAGENET))
+    assert "cannot load" in message and "opset_version" in message and "upgrade onnxruntime" in message
+
+
+def test_data_folders_must_be_named_after_the_labels(pytorch_onnx, shapes_folder, tmp_path):
+    (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
+    request = ImportRequest(pytorch_onnx[0], tmp_path / "b", tmp_path / "labels.txt", shapes_folder, IMAGENET)
+    assert "--data folder 'circle' is not one of the model's labels (red, green, blue)" in _error(request)
+
+
+def test_edgecls_import_on_the_command_line_writes_a_bundle_predict_reads(pytorch_onnx, photo_paths, tmp_path):
+    from tests.conftest import cli_error
+
+    model, labels = pytorch_onnx
+    mean, std = (",".join(map(str, v)) for v in (foreign_onnx.IMAGENET_MEAN, foreign_onnx.IMAGENET_STD))
+    done = run_cli("import", model, "--labels", labels, "--out", tmp_path / "b", "--mean", mean, "--std", std)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "int8 skipped: no --data" in done.stderr and "output: logits" in done.stderr
+    top1, _ = _predict_cli(tmp_path / "b", photo_paths[:5], "onnx-fp32", 3)
+    assert len(top1) == 5
+    two = foreign_onnx.two_inputs(tmp_path / "two.onnx")
+    error = cli_error(run_cli("import", two, "--labels", labels, "--out", tmp_path / "c", "--mean", mean, "--std", std))
+    assert "--input NAME" in error and not (tmp_path / "c").exists()

@@ -107,10 +107,13 @@ class Answers:
 
 
 def import_guard(request: ImportRequest) -> dict:
-    """What `--overwrite` may replace: a bundle only, never the model file or the data set (nor inside them)."""
+    """What `--overwrite` may replace: a bundle only, never the model file, the labels file or the data set (nor
+    inside them); the same as `importer.api.check_out` checks before any work."""
     protect = {"the model": Path(request.model)}
     if request.data is not None:
-        protect["the data"] = Path(request.data)
+        protect["the --data folder"] = Path(request.data)
+    if request.labels_file is not None:
+        protect["the labels file"] = Path(request.labels_file)
     return {"marker": MANIFEST, "protect": protect, "contents": bundle_contents}
 
 
@@ -169,6 +172,8 @@ def write_foreign_bundle(plan: Plan, data: DataSet | None, progress) -> ImportRe
     request = plan.request
     out = check_out(request)
     guard = import_guard(request)
+    for line in plan.lines:  # what was read from the model, decided or skipped: the user reads it first
+        progress(line)
     with claimed_stage(out, request.overwrite, guard) as stage:
         work = stage / WORK
         work.mkdir()
@@ -189,6 +194,7 @@ def _verified_bundle(stage: Path, work: Path, plan: Plan, data: DataSet, progres
     answers = source_answers(plan.source, data, plan.labels, request.max_drop)
     for warning in answers.split_report.warnings:
         plan.lines.append(f"warning: {warning}")
+        progress(plan.lines[-1])
     judging = Judging(
         plan.labels,
         plan.spec,
