@@ -664,3 +664,30 @@ def test_a_request_without_the_token_gets_a_json_error_and_a_bearer_challenge():
         assert json.loads(caught.value.read()) == {"error": "missing or wrong bearer token"}
     finally:
         server.stop()
+
+
+def test_healthz_never_shows_more_frames_classified_than_captured(tiny_bundle, tmp_path):
+    """A real daemon classifying a video as fast as it can: every /healthz body, polled while it runs, has
+    classified <= frames for its source (both counted at the moment of the answer)."""
+    import json
+
+    from tests.daemon_helpers import start_cli_daemon, write_test_video
+
+    clip = write_test_video(tmp_path / "clip.avi", frames=40)
+    process, url, lines = start_cli_daemon(tiny_bundle, clip, "--every-frame")
+    try:
+        bodies = []
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline or not any(
+            b["sources"][s]["classified"] for b in bodies for s in b["sources"]
+        ):
+            status, body = get(url + "/healthz")
+            assert status in (200, 503), body  # 503 until the first frame
+            bodies.append(json.loads(body))
+            assert time.monotonic() < deadline + 30, "no frame classified"
+    finally:
+        process.terminate()
+        process.wait(10)
+    counts = [(d["frames"], d["classified"]) for b in bodies for d in b["sources"].values()]
+    assert len(counts) >= 100 and counts[-1][1] > 100  # polled often, while many frames went through
+    assert all(classified <= frames for frames, classified in counts), [c for c in counts if c[1] > c[0]][:5]

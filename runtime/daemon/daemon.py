@@ -195,12 +195,13 @@ class Daemon:
         detail = {}
         for supervisor, loop in zip(self.supervisors, self.loops):
             s = supervisor.stats
+            classified = loop.stats.processed  # first: a frame is counted captured before it can be classified
             detail[supervisor.name] = {
                 "state": s.state,
                 "reason": s.reason,
-                "frames": s.frames,
-                "classified": loop.stats.processed,
-                "dropped": s.dropped,
+                "frames": supervisor.frames_now(),
+                "classified": classified,
+                "dropped": supervisor.dropped_now(),
                 "outages": s.outages,
                 "reconnects": s.reconnects,
                 "fps": round(loop.stats.fps, 2),
@@ -236,8 +237,8 @@ class Daemon:
         return {
             s.name: {
                 "classified": l.stats.processed,
-                "captured": s.stats.frames,
-                "dropped": s.stats.dropped,
+                "captured": s.frames_now(),  # read after the loop's count, as in health()
+                "dropped": s.dropped_now(),
                 "outages": s.stats.outages,
                 "reconnects": s.stats.reconnects,
                 "state": s.stats.state,

@@ -125,6 +125,7 @@ class Supervisor:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._source: Source | None = None
+        self._closing: Source | None = None  # the source being retired: its frames are not in _retired yet
         self._retired = (0, 0)  # frames, dropped of sources already closed
         self._offset = 0  # frame numbers keep counting across reopens
         self._ever_ran = False  # frames flowing again only count as a reconnect after they flowed once
@@ -151,6 +152,16 @@ class Supervisor:
                     self.stats.frames = self._retired[0] + source.stats.frames
                     self.stats.dropped = self._retired[1] + source.stats.dropped
         self._thread.join(timeout / 2)
+
+    def frames_now(self) -> int:
+        """Frames captured so far, counted now from the open (or closing) source: never fewer than the loop read.
+
+        stats.frames is the watchdog's copy from its last look (up to 100 ms old); a source counts a frame
+        before it hands it out, so a count read after `loop.stats.processed` is never below it (/healthz).
+        """
+        with self._lock:
+            live = [s for s in (self._source, self._closing) if s is not None]
+            return max(self.stats.frames, self._retired[0] + sum(s.stats.frames for s in live))
 
     def dropped_now(self) -> int:
         """Frames dropped so far, counted now from the open source (stats.dropped is the watchdog's last look)."""
@@ -304,12 +315,13 @@ class Supervisor:
 
     def _retire(self, source: Source) -> None:
         with self._lock:
-            self._source = None
+            self._source, self._closing = None, source  # frames_now counts it until it is retired
             self._changed.notify_all()
         source.close(join_timeout=0.5)
         with self._lock:
             # Frames captured after the last poll still count; new numbers continue after the old ones.
             self._retired = (self._retired[0] + source.stats.frames, self._retired[1] + source.stats.dropped)
+            self._closing = None
             self.stats.frames, self.stats.dropped = self._retired
             self._offset = self._retired[0]
 
