@@ -77,7 +77,7 @@ def remedy(run: Path, out: Path, failing: list) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     found = drops(manifest)
     return {
-        a["name"]: f"passed, -{found[a['name']]:.2f} points ({a.get('remedy') or 'first attempt'})"
+        a["name"]: f"passed, -{found[a['name']]:.2f} points ({a['notes'].get('remedy') or 'first attempt'})"
         for a in manifest["artifacts"]
     }
 
@@ -164,7 +164,11 @@ def _table(rows: dict, latency: dict, counts: dict, args) -> list:
         params, macs = counts[name]
         cells = "  ".join(f"{latency.get((name, f), float('nan')):>8.2f} ms" for f in FORMATS)
         lines.append(f"{name:18} {params / 1e6:>8.2f}M {macs / 1e6:>6.1f}M  {cells}")
-    lines += ["", "# int8 drop (accuracy points lost against the Keras model on the test split, first post-training attempt; + = lost)"]
+    lines += [
+        "",
+        "# int8 drop: accuracy points lost against the Keras model on the test split (+ = lost), first post-training "
+        "attempt",
+    ]
     lines.append(f"{'backbone':18} {'set':7} {'keras acc':>9}  " + "  ".join(f"{f:>11}" for f in INT8))
     for (name, set_name), row in rows.items():
         cells = "  ".join(f"{row['drops'][f]:>+11.2f}" for f in INT8)
