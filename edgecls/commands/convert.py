@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecls.commands._errors import OneLineErrors
+from edgecls.commands._options import examples
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.formats import ARTIFACT_FORMATS, TFLITE_INT8
 
@@ -88,6 +89,10 @@ QAT_MODES = ("remedy", "always", "never")
     default=0,
     show_default=True,
     help="Seeds the calibration draw, pruning and QAT fine-tuning.",
+)
+@examples(
+    "edgecls convert runs/digits --out bundles/digits",
+    f"edgecls convert runs/digits --out bundles/digits-small --formats {TFLITE_INT8.name} --prune structured=0.5",
 )
 def convert(
     run,
