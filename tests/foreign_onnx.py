@@ -13,6 +13,7 @@ metadata (`Image.BitmapPixelFormat`, `Image.NominalPixelRange`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,15 @@ def with_softmax(path: Path) -> Path:
     graph.node.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1, name="softmax"))
     graph.output[0].name = "probs"
     return _saved(model, path)
+
+
+def flash_and_run(bundle: Path, device: Path, images: Path) -> list:
+    """`edgecls flash` to a local folder (its smoke test runs the bundle's check images), then `edgecls run` on
+    `images` from the installed release: the daemon's simple mode's rows."""
+    from tests.conftest import run_cli
+
+    done = run_cli("flash", bundle, device)
+    assert done.returncode == 0 and "installed" in done.stdout, done.stdout + done.stderr[-2000:]
+    done = run_cli("run", device / "current", "--source", images, "--every-frame", "--max-frames", "3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]

@@ -252,3 +252,10 @@ def test_edgecls_import_on_the_command_line_writes_a_bundle_predict_reads(pytorc
     two = foreign_onnx.two_inputs(tmp_path / "two.onnx")
     error = cli_error(run_cli("import", two, "--labels", labels, "--out", tmp_path / "c", "--mean", mean, "--std", std))
     assert "--input NAME" in error and not (tmp_path / "c").exists()
+
+
+def test_an_imported_onnx_bundle_flashes_and_runs_unchanged(onnx_bundle, shapes_folder, tmp_path):
+    bundle, _ = onnx_bundle
+    rows = foreign_onnx.flash_and_run(bundle, tmp_path / "device", shapes_folder / "circle")
+    assert rows and rows[0]["model"]["artifact"] in ("onnx-int8", "onnx-fp32")
+    assert {r["top1"] for r in rows} <= set(load_bundle(bundle).labels)

@@ -130,3 +130,10 @@ def test_a_file_that_is_not_tflite_is_refused(tmp_path):
     with pytest.raises(EdgeclsError, match="is not a TFLite model LiteRT can load") as caught:
         import_tflite(ImportRequest(tmp_path / "model.tflite", tmp_path / "b"), print)
     assert "\n" not in str(caught.value)
+
+
+def test_an_imported_tflite_bundle_flashes_and_runs_unchanged(tflite_models, shapes_folder, tmp_path):
+    model = tflite_models / "with_metadata.tflite"
+    import_tflite(ImportRequest(model, tmp_path / "b", data=shapes_folder), print)
+    rows = foreign_onnx.flash_and_run(tmp_path / "b", tmp_path / "device", shapes_folder / "square")
+    assert rows and rows[0]["model"]["artifact"] == "tflite-fp32"
