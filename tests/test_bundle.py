@@ -68,3 +68,57 @@ def test_predict_refuses_a_bundle_listing_release_json_in_one_line(tmp_path):
     image = write_image(tmp_path / "x.png", np.zeros((16, 16, 3), np.uint8))
     error = cli_error(run_cli("predict", bundle, image))
     assert "names the file 'release.json', which devices keep for themselves" in error and "convert again" in error
+
+
+def test_a_manifest_without_output_or_tensor_names_means_probabilities_from_the_first_tensors(tmp_path):
+    fields = {"artifacts": [_artifact()]}
+    bundle = _bundle(tmp_path / "b", fields=fields)
+    raw = json.loads((bundle / "manifest.json").read_text())
+    del raw["output"], raw["input"]["layout"]
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    manifest = load_bundle(bundle).manifest
+    assert manifest.output == "probs" and manifest.preprocess.layout == "NHWC"
+    assert (manifest.artifacts[0].input_name, manifest.artifacts[0].output_name) == ("", "")
+    assert manifest.to_dict()["output"] == "probs" and manifest.to_dict()["input"]["shape"] == [1, 16, 16, 3]
+
+
+def _artifact(**kw):
+    quant = {"dtype": "float32", "scale": 0.0, "zero_point": 0}
+    fields = {"name": "onnx-fp32", "file": "m.onnx", "format": "onnx", "precision": "fp32", "size_bytes": 1}
+    return {**fields, "sha256": "0" * 64, "input": quant, "output": quant, **kw}
+
+
+def test_an_nchw_logits_manifest_round_trips_with_its_tensor_names(tmp_path):
+    spec = PreprocessSpec(24, 32, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), layout="nchw")
+    assert spec.layout == "NCHW" and spec.shape == (24, 32, 3) and spec.tensor_shape == (3, 24, 32)
+    manifest = Manifest(["a", "b"], spec, "softmax", [], output="logits")
+    fields = {**manifest.to_dict(), "artifacts": [_artifact(input_name="pixel_values", output_name="logits")]}
+    assert fields["input"]["shape"] == [1, 3, 24, 32] and fields["output"] == "logits"
+    loaded = load_bundle(_bundle(tmp_path / "b", fields=fields)).manifest
+    assert loaded.output == "logits" and loaded.preprocess == spec
+    assert (loaded.artifacts[0].input_name, loaded.artifacts[0].output_name) == ("pixel_values", "logits")
+    assert loaded.to_dict()["artifacts"][0]["output_name"] == "logits"
+
+
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda m: m.update(output="softmax"), r"output is \"softmax\": use one of probs, logits"),
+        (lambda m: m["artifacts"][0].update(output_name=3), r"output_name is 3, not a string"),
+    ],
+)
+def test_a_bad_output_kind_or_tensor_name_is_one_malformed_error(tmp_path, edit, why):
+    fields = {"artifacts": [_artifact()]}
+    bundle = _bundle(tmp_path / "b", fields=fields)
+    raw = json.loads((bundle / "manifest.json").read_text())
+    edit(raw)
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=why):
+        load_bundle(bundle)
+
+
+def test_an_unknown_layout_names_the_ones_there_are():
+    from edgecls.runtime.errors import EdgeclsError
+
+    with pytest.raises(EdgeclsError, match="unknown preprocessing layout 'NCWH': use one of NHWC, NCHW"):
+        PreprocessSpec(8, 8, layout="NCWH")

@@ -144,3 +144,21 @@ def test_old_manifests_without_interpolation_keep_their_meaning():
     legacy = PreprocessSpec.from_dict({"height": 8, "width": 8})
     assert legacy.interpolation == "auto"
     assert PreprocessSpec(8, 8).interpolation == "box-linear"
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.color}-{s.resize}-{s.interpolation}")
+@pytest.mark.parametrize("tensor", TENSORS, ids=lambda t: f"{t.dtype}-{t.quantize_like}-{t.zero_point}")
+def test_nchw_planes_through_the_table_equal_the_transposed_float_path_bit_for_bit(spec, tensor):
+    """uint8 HWC -> planes -> one table per plane == quantize(transpose(normalize(pixels))), gray (one plane) too."""
+    from dataclasses import replace
+
+    from edgecls.runtime.preprocess import pixels
+    from edgecls.runtime.session import apply_table
+
+    spec = replace(spec, layout="NCHW")
+    for seed in range(3):
+        image = _frame(seed=seed)
+        expected = quantize(preprocess(image, spec, order="bgr").transpose(2, 0, 1)[None], tensor)[0]
+        got = apply_table(pixels(image, spec, "bgr"), input_table(spec, tensor), "NCHW")
+        assert got.shape == spec.tensor_shape and got.dtype == expected.dtype and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, expected)

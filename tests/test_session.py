@@ -49,3 +49,63 @@ def test_predict_in_small_batches_equals_one_batch_and_keeps_row_order(softmax_m
 def test_threads_reach_the_onnxruntime_session(softmax_model, threads, intra_op):
     session = ModelSession(softmax_model, "onnx", threads=threads)
     assert session.backend._session.get_session_options().intra_op_num_threads == intra_op  # 0: ORT's default
+
+
+def _softmax64(z):
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_logits_become_a_softmax_even_in_the_thousands_and_probabilities_pass_unchanged():
+    from edgecls.runtime.session import to_probabilities
+
+    logits = np.array([[2.0, -1.0, 0.5], [1000.0, 998.0, -1000.0], [-3000.0, -3001.0, -2999.5]], np.float32)
+    probs = to_probabilities(logits, "softmax", "logits")
+    assert probs.dtype == np.float32 and np.isfinite(probs).all()  # exp(1000) would overflow without the max
+    np.testing.assert_allclose(probs, _softmax64(logits), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    already = np.array([[0.2, 0.3, 0.5]], np.float32)
+    np.testing.assert_array_equal(to_probabilities(already, "softmax"), already)  # "probs", the default
+
+
+def test_a_one_unit_sigmoid_head_with_logits_becomes_one_minus_s_and_s():
+    from edgecls.runtime.session import to_probabilities
+
+    z = np.array([[0.0], [2.0], [-40.0], [40.0]], np.float32)
+    s = 1 / (1 + np.exp(-z.astype(np.float64)))
+    probs = to_probabilities(z, "sigmoid", "logits")
+    np.testing.assert_allclose(probs, np.concatenate([1 - s, s], axis=1), rtol=1e-6, atol=1e-12)
+    assert probs[2, 1] > 0 and probs[3, 0] > 0  # no underflow to 0 on either side: 1 - s is computed as s(-z)
+    # already a probability: [1 - p, p] as before
+    np.testing.assert_allclose(to_probabilities(np.float32([[0.25]]), "sigmoid"), [[0.75, 0.25]])
+
+
+def test_int8_logits_are_dequantized_before_the_softmax():
+    """An int8 output (LiteRT scale and zero point): dequantize(q) then softmax, never softmax of the integers."""
+    from edgecls.runtime.backends.base import TensorSpec
+    from edgecls.runtime.session import dequantize, to_probabilities
+
+    q = np.array([[100, 20, -128]], np.int8)
+    spec = TensorSpec("logits", (1, 3), "int8", 0.05, -28)
+    probs = to_probabilities(dequantize(q, spec), "softmax", "logits")
+    np.testing.assert_allclose(probs, _softmax64((q.astype(np.float64) + 28) * 0.05), atol=1e-7)
+
+
+def test_an_nchw_session_transposes_predicts_float_input(tmp_path):
+    """predict takes (N, H, W, C) as preprocess gives it; an NCHW model gets (N, C, H, W), height and width kept."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    # y = the input flattened: any transpose shows as a permutation of the output
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["y"])],
+        "flat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 24])],
+    )
+    path = tmp_path / "flat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    x = np.arange(2 * 2 * 4 * 3, dtype=np.float32).reshape(2, 2, 4, 3)
+    out = ModelSession(path, "onnx", layout="NCHW").predict(x)
+    np.testing.assert_array_equal(out, x.transpose(0, 3, 1, 2).reshape(2, 24))
