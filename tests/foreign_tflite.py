@@ -13,8 +13,10 @@ TFLiteConverter. It expects symmetric normalization ((pixel - 127.5) / 127.5).
   `ai_edge_litert.schema_py_generated`, re-packed with identifier "TFL3"), and labels.txt is appended to the
   file as a zip archive, as tflite-support does.
 - `without_metadata`: the same fp32 model as the converter wrote it (the options must say everything).
-- `uint8_int8`: full-integer int8 with uint8 input and output; a Rescaling layer in front makes its input
-  the raw 0..255 pixels (input scale 1, zero point 0).
+- `uint8_int8`: full-integer int8 with uint8 input and output, fed the raw 0..255 pixels. With `in_model`, a
+  Rescaling layer in front normalizes them (input scale 1, zero point 0); without, the input's quantization is
+  the normalization (scale 2/255, zero point 128: the classic quantized MobileNet, whose uint8 input q means
+  (q - 128) / 127.5).
 """
 
 from __future__ import annotations
@@ -53,13 +55,14 @@ def _keras_model(data: Path, rescaling: bool):
     return model, labels, images
 
 
-def _convert(model, images: np.ndarray | None = None) -> bytes:
+def _convert(model, samples: np.ndarray | None = None) -> bytes:
+    """fp32, or with `samples` (the model's float inputs) full-integer int8 with uint8 input and output."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if images is not None:  # full-integer int8, uint8 in and out
+    if samples is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([images[i : i + 1].astype(np.float32)] for i in range(len(images)))
+        converter.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
@@ -134,10 +137,14 @@ def without_metadata(folder: Path, data: Path) -> tuple:
     return folder / "plain.tflite", folder / "labels.txt"
 
 
-def uint8_int8(folder: Path, data: Path) -> tuple:
-    """(model.tflite, labels.txt): full-integer int8, uint8 pixels in."""
-    model, labels, images = _keras_model(data, rescaling=True)
+def uint8_int8(folder: Path, data: Path, in_model: bool = True) -> tuple:
+    """(uint8.tflite, labels.txt): full-integer int8, uint8 pixels in (see the module docstring for `in_model`)."""
+    model, labels, images = _keras_model(data, rescaling=in_model)
+    samples = images.astype(np.float32)
+    if not in_model:  # the float model takes (pixel - 127.5) / 127.5, sampled at every pixel value's extremes
+        samples = np.concatenate([(samples - 127.5) / 127.5, np.full((1, *samples.shape[1:]), -1.0, np.float32)])
+        samples = np.concatenate([samples, np.ones((1, *samples.shape[1:]), np.float32)])
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "uint8.tflite").write_bytes(_convert(model, images))
+    (folder / "uint8.tflite").write_bytes(_convert(model, samples))
     (folder / "labels.txt").write_text("\n".join(labels) + "\n")
     return folder / "uint8.tflite", folder / "labels.txt"

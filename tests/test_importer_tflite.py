@@ -24,12 +24,14 @@ from tests.conftest import _session_folder, run_cli
 
 @pytest.fixture(scope="session")
 def tflite_models(tmp_path_factory, shapes_folder) -> Path:
-    """A folder with with_metadata.tflite, plain.tflite (+ labels.txt) and uint8/uint8.tflite (+ labels.txt)."""
+    """A folder with with_metadata.tflite, plain.tflite (+ labels.txt), and uint8.tflite (+ labels.txt) in uint8/
+    (normalized inside the model) and uint8-quantized/ (normalized by its input's quantization)."""
 
     def build(folder: Path) -> None:
         foreign_tflite.with_metadata(folder, shapes_folder)
         foreign_tflite.without_metadata(folder, shapes_folder)
         foreign_tflite.uint8_int8(folder / "uint8", shapes_folder)
+        foreign_tflite.uint8_int8(folder / "uint8-quantized", shapes_folder, in_model=False)
 
     return _session_folder(tmp_path_factory, "foreign-tflite", build)
 
@@ -102,19 +104,21 @@ def test_a_tflite_model_without_metadata_needs_its_normalization_declared(tflite
     assert result.manifest["source"]["verified_on_data"] is False
 
 
-def test_a_uint8_input_int8_tflite_model_takes_raw_pixels(tflite_models, shapes_folder, photo_paths, tmp_path):
-    model, labels = tflite_models / "uint8" / "uint8.tflite", tflite_models / "uint8" / "labels.txt"
+@pytest.mark.parametrize("kind", ["uint8", "uint8-quantized"])
+def test_a_uint8_input_int8_tflite_model_takes_raw_pixels(kind, tflite_models, shapes_folder, photo_paths, tmp_path):
+    """Normalized inside the model (input scale 1) or by its input's quantization (scale 2/255, zero point 127):
+    either way the user feeds the raw pixels, and so must the runtime."""
+    model, labels = tflite_models / kind / "uint8.tflite", tflite_models / kind / "labels.txt"
     result = import_tflite(ImportRequest(model, tmp_path / "b", labels, data=shapes_folder), print)
     manifest = result.manifest
     artifact = manifest["artifacts"][0]
     assert artifact["name"] == "tflite-int8" and artifact["input"]["dtype"] == "uint8"
     assert manifest["input"]["dtype"] == "uint8" and manifest["output"] == "probs"
-    print(
-        f"tflite-int8 import: source accuracy {manifest['reference_accuracy']:.4f}, artifact {artifact['accuracy']:.4f}"
-    )
-    assert manifest["reference_accuracy"] >= 0.8 and artifact["agreement"] == 1.0
+    accuracy = manifest["reference_accuracy"]
+    print(f"tflite-int8 import ({kind}): source accuracy {accuracy:.4f}, artifact {artifact['accuracy']:.4f}")
+    assert accuracy >= 0.8 and artifact["agreement"] == 1.0
     labels_, top1, probs = _predict_cli(tmp_path / "b", photo_paths)
-    _agree("tflite-int8 (uint8 in)", labels_, top1, probs, _litert(model, photo_paths, normalize=False), 1e-5)
+    _agree(f"tflite-int8 ({kind})", labels_, top1, probs, _litert(model, photo_paths, normalize=False), 1e-5)
 
 
 def test_a_tflite_labels_file_with_the_wrong_count_is_refused(tflite_models, tmp_path):
