@@ -259,3 +259,14 @@ def test_an_imported_onnx_bundle_flashes_and_runs_unchanged(onnx_bundle, shapes_
     rows = foreign_onnx.flash_and_run(bundle, tmp_path / "device", shapes_folder / "circle")
     assert rows and rows[0]["model"]["artifact"] in ("onnx-int8", "onnx-fp32")
     assert {r["top1"] for r in rows} <= set(load_bundle(bundle).labels)
+
+
+def test_formats_picks_among_what_an_onnx_source_yields(pytorch_onnx, shapes_folder, tmp_path):
+    model, labels = pytorch_onnx
+    only = ImportRequest(model, tmp_path / "b", labels, shapes_folder, IMAGENET, formats="onnx-fp32")
+    manifest = import_onnx(only, print).manifest
+    assert [a["name"] for a in manifest["artifacts"]] == ["onnx-fp32"] and manifest["calibration"] == {}
+    other = ImportRequest(model, tmp_path / "c", labels, declared=IMAGENET, formats="tflite-int8")
+    assert "an ONNX model yields onnx-fp32, onnx-int8, not tflite-int8" in _error(other)
+    int8 = ImportRequest(model, tmp_path / "d", labels, declared=IMAGENET, formats="onnx-int8")
+    assert "onnx-int8 needs --data DIR" in _error(int8)

@@ -438,3 +438,18 @@ def as_is(model_path) -> list:
         return {}
 
     return [("the model file as it is", build)]
+
+
+def wanted_formats(formats: str | None, offered: tuple, source: str) -> tuple:
+    """The artifact names --formats asks for among those the source `offered` (None or "all": every one)."""
+    if not formats or formats.strip() == "all":
+        return offered
+    wanted = tuple(dict.fromkeys(v.strip() for v in formats.split(",") if v.strip()))
+    unknown = [name for name in wanted if name not in offered]
+    if unknown or not wanted:
+        raise EdgeclsError(
+            f"--formats {formats}: {source} yields {', '.join(offered)}"
+            + (f", not {', '.join(unknown)}" if unknown else "")
+            + ": choose from those, or leave --formats out"
+        )
+    return wanted

@@ -63,11 +63,17 @@ def import_onnx(request: ImportRequest, progress) -> ImportResult:
     )
     if not said_output:
         plan.preprocessing_from["output"] = "model"  # its outputs on sample inputs
-    plan.candidates.append(fb.Candidate(FORMATS[names.ONNX_FP32.name], lambda work: fb.as_is(request.model), tensors))
-    if data is None:
-        lines.append("int8 skipped: no --data to calibrate and verify it on (import with --data DIR to add it)")
-    else:
+    wanted = fb.wanted_formats(request.formats, (names.ONNX_FP32.name, names.ONNX_INT8.name), "an ONNX model")
+    if names.ONNX_FP32.name in wanted:
+        plan.candidates.append(
+            fb.Candidate(FORMATS[names.ONNX_FP32.name], lambda work: fb.as_is(request.model), tensors)
+        )
+    if names.ONNX_INT8.name in wanted and data is not None:
         plan.candidates.append(_int8(request, data, spec, inp.name, tensors, plan))
+    elif names.ONNX_INT8.name in wanted:
+        if not plan.candidates:
+            raise EdgeclsError("onnx-int8 needs --data DIR to calibrate and verify it on")
+        lines.append("int8 skipped: no --data to calibrate and verify it on (import with --data DIR to add it)")
     return fb.write_foreign_bundle(plan, data, progress)
 
 

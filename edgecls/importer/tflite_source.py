@@ -47,6 +47,7 @@ def import_tflite(request: ImportRequest, progress) -> ImportResult:
         plan.preprocessing_from["output"] = "model"
     precision = runner.precision()
     fmt = FORMATS[f"{names.TFLITE.name}-{precision}"]
+    fb.wanted_formats(request.formats, (fmt.name,), f"this TFLite model (taken as it is, {precision})")
     lines.append(f"taken as it is: {fmt.name} (the model's own precision)")
     tensors = {k: v for k, v in (("input_name", request.input_name), ("output_name", request.output_name)) if v}
     plan.candidates.append(fb.Candidate(fmt, lambda work: fb.as_is(request.model), tensors))
