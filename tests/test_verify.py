@@ -5,7 +5,7 @@ A crafted model whose int8 artifact ties pins the drop the gate is given and the
 
 import numpy as np
 
-from edgecls.converters.verify import gate_passes
+from edgecls.converters.verify import format_recall, format_table, gate_passes
 
 
 def test_gate_counts_images_so_a_loss_exactly_at_the_limit_passes():
@@ -58,3 +58,18 @@ def test_the_accuracy_gate_and_manifest_use_the_exact_drop_and_agreement(tiny_ru
     artifact = json.loads((bundle / "manifest.json").read_text())["artifacts"][0]
     assert artifact["accuracy"] == round(int8_acc, 6)
     assert artifact["agreement"] == round(float((keras_pred == 0).mean()), 6)
+
+
+def test_the_verification_table_names_what_the_artifacts_were_judged_against():
+    row = {"name": "onnx-int8", "size_bytes": 5266, "accuracy": 0.9, "agreement": 0.95, "max_prob_diff": 0.07}
+    convert, imported = format_table([row], 0.92).splitlines(), format_table([row], 0.92, "source").splitlines()
+    assert convert[1].split() == ["keras", "0.9200"] and imported[1].split() == ["source", "0.9200"]
+    assert imported[2].split()[:4] == ["onnx-int8", "5,266", "0.9000", "-2.00"]
+    recall = format_recall(["a"], {"a": 3}, {"a": 1.0}, {"onnx-int8": {"a": 2 / 3}}, "source").splitlines()
+    assert recall[0] == "per-class recall: source, then each artifact's change in points"
+    assert recall[1].split()[:3] == ["class", "images", "source"] and recall[2].split() == [
+        "a",
+        "3",
+        "1.0000",
+        "-33.33",
+    ]
