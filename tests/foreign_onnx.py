@@ -227,3 +227,8 @@ def flash_and_run(bundle: Path, device: Path, images: Path) -> list:
     done = run_cli("run", device / "current", "--source", images, "--every-frame", "--max-frames", "3")
     assert done.returncode == 0, done.stderr[-2000:]
     return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def dynamic_size(path: Path) -> Path:
+    """The classifier (random head, 3 classes) with a symbolic height and width: [N, 3, H, W]."""
+    return _saved(_model(_random_head(3), ["N", 3, "H", "W"], "logits", 3), path)

@@ -270,3 +270,14 @@ def test_formats_picks_among_what_an_onnx_source_yields(pytorch_onnx, shapes_fol
     assert "an ONNX model yields onnx-fp32, onnx-int8, not tflite-int8" in _error(other)
     int8 = ImportRequest(model, tmp_path / "d", labels, declared=IMAGENET, formats="onnx-int8")
     assert "onnx-int8 needs --data DIR" in _error(int8)
+
+
+def test_an_onnx_model_without_a_fixed_size_needs_size(tmp_path):
+    model = foreign_onnx.dynamic_size(tmp_path / "dynamic.onnx")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    message = _error(ImportRequest(model, tmp_path / "b", tmp_path / "labels.txt", declared=IMAGENET))
+    assert "--size N" in message
+    sized = Declared(size=(48, 40), mean=foreign_onnx.IMAGENET_MEAN, std=foreign_onnx.IMAGENET_STD)
+    result = import_onnx(ImportRequest(model, tmp_path / "b", tmp_path / "labels.txt", declared=sized), print)
+    assert result.manifest["input"]["shape"] == [1, 3, 48, 40]
+    assert result.manifest["source"]["preprocessing_from"]["size"] == "option"
