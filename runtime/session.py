@@ -21,8 +21,11 @@ def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     ONNX Runtime's QuantizeLinear divides by the scale in float32; LiteRT's default kernels
     (the optimized QUANTIZE and XNNPACK) multiply by the float32 reciprocal, which differs
     near ties. TFLite's reference kernel, which the runtime does not use, rounds ties away from 0.
+
+    A uint8 `x` is pixels of a spec whose dtype is uint8: the model's own input values (a quantized model
+    that takes camera bytes, as many exported TFLite models do), so they are cast, never scaled.
     """
-    if spec.dtype not in ("int8", "uint8") or not spec.scale:
+    if x.dtype == np.uint8 or spec.dtype not in ("int8", "uint8") or not spec.scale:
         return x.astype(spec.dtype, copy=False)
     x = np.asarray(x, dtype=np.float32)
     if spec.quantize_like == "litert":

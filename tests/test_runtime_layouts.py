@@ -478,3 +478,60 @@ def test_drift_statistics_of_a_logits_bundle_are_of_probabilities(tmp_path, mode
     assert drift.frames == len(files) and drift.counts() == {k: list(v) for k, v in counted.items()}
     assert drift.status()["confidence"]["window_mean"] == pytest.approx(np.mean(top1), abs=2e-4)
     assert 0.2 < np.mean(top1) < 1.0  # probabilities; these logits reach several units
+
+
+@pytest.fixture(scope="module")
+def litert_camera_bytes(tmp_path_factory, photo_folder) -> Path:
+    """A quantized NCHW LiteRT model that takes camera bytes as they are (uint8 input, scale 2/255, zero point 128:
+    real input = (pixel - 128) * scale, about -1..1), as TF Hub's and many exported quantized models do."""
+    tf = pytest.importorskip("tensorflow")
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((3, H, W))
+    x = keras.layers.Permute((2, 3, 1))(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(FEATURES, 3, strides=2, padding="same")(x))
+    model = keras.Model(inputs, keras.layers.Dense(len(LABELS))(x))
+    spec = nchw_spec(dtype="uint8")
+    pixels_nchw = np.stack([pixels(load_image(f), spec).transpose(2, 0, 1) for f in sorted(photo_folder.iterdir())])
+    corners = np.stack([np.zeros((3, H, W)), np.full((3, H, W), 255.0)])  # the whole 0..255 range is calibrated
+
+    def samples():
+        for image in [*pixels_nchw, *corners]:
+            yield [((image[None].astype(np.float32) - 128) * (2 / 255)).astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = samples
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    path = tmp_path_factory.mktemp("camera-bytes") / "bytes.tflite"
+    path.write_bytes(converter.convert())
+    return path
+
+
+def test_a_quantized_model_that_takes_camera_bytes_gets_the_pixels_as_they_are(
+    tmp_path, litert_camera_bytes, photo_folder
+):
+    """spec dtype uint8: the pixels are the model's own input values, never quantized again with its scale."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    spec = nchw_spec(dtype="uint8")
+    bundle = write_bundle(tmp_path / "b", litert_camera_bytes, spec, artifact={"output_name": ""})
+    classifier = Classifier(bundle, top_k=len(LABELS))
+    tensor = classifier.session.input_spec
+    assert tensor.dtype == "uint8" and tensor.scale == pytest.approx(2 / 255, rel=0.05) and tensor.zero_point != 0
+    direct = Interpreter(model_path=str(litert_camera_bytes))
+    direct.allocate_tensors()
+    (out,) = direct.get_output_details()
+    assert out["dtype"] == np.float32  # inference_output_type stays float: no dequantization here
+    for path in sorted(photo_folder.iterdir())[:4]:
+        image = load_image(path)
+        expected = np.ascontiguousarray(pixels(image, spec).transpose(2, 0, 1))
+        np.testing.assert_array_equal(classifier.prepare(image), expected)
+        direct.set_tensor(direct.get_input_details()[0]["index"], expected[None])
+        direct.invoke()
+        logits = direct.get_tensor(out["index"]).astype(np.float64)
+        np.testing.assert_allclose(classifier.infer(classifier.prepare(image)[None]), _softmax(logits), atol=1e-6)
+        # the float API (verification's path) feeds the same bytes: preprocess gives uint8 pixels for this spec
+        np.testing.assert_allclose(classifier.probabilities(preprocess(image, spec)[None]), _softmax(logits), atol=1e-6)

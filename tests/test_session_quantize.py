@@ -200,3 +200,12 @@ def test_sigmoid_model_in_onnxruntime_gives_not_p_then_p(tmp_path):
     session = ModelSession(tmp_path / "sigmoid.onnx", "onnx", head="sigmoid")
     probs = session.predict(np.array([[0.0], [np.log(3.0)]], np.float32))  # sigmoid: 0.5, 0.75
     np.testing.assert_allclose(probs, [[0.5, 0.5], [0.25, 0.75]], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("like", ["onnx", "litert"])
+def test_uint8_pixels_are_the_models_own_values_never_rescaled(like):
+    """A spec with dtype uint8 gives pixels; a model that takes camera bytes (scale 2/255, zero point 128) gets them
+    as they are, where quantizing them as real values would clip nearly all to 255."""
+    pixels = np.array([0, 1, 127, 128, 200, 255], np.uint8)
+    out = quantize(pixels, TensorSpec("x", (6,), "uint8", 2 / 255, 128, like))
+    assert out.dtype == np.uint8 and out.tolist() == pixels.tolist()
