@@ -535,3 +535,27 @@ def test_a_quantized_model_that_takes_camera_bytes_gets_the_pixels_as_they_are(
         np.testing.assert_allclose(classifier.infer(classifier.prepare(image)[None]), _softmax(logits), atol=1e-6)
         # the float API (verification's path) feeds the same bytes: preprocess gives uint8 pixels for this spec
         np.testing.assert_allclose(classifier.probabilities(preprocess(image, spec)[None]), _softmax(logits), atol=1e-6)
+
+
+def test_the_flash_smoke_test_checks_an_nchw_logits_bundle_by_its_check_images(tmp_path, models, photo_folder):
+    """Check images labelled with what onnxruntime predicts pass; the same images with another label fail."""
+    from edgecls.runtime.install.smoke import smoke_test
+
+    data = _by_predicted_label(photo_folder, models, tmp_path / "data")
+    checks = [(f, f.parent.name) for f in sorted(data.rglob("*.png"))[:4]]
+
+    def bundle_with(folder: Path, relabel) -> Path:
+        bundle = write_bundle(folder, models["nchw"], nchw_spec())
+        raw = json.loads((bundle / "manifest.json").read_text())
+        for i, (path, label) in enumerate(checks):
+            shutil.copy(path, bundle / f"check-{i:02d}.png")
+            raw["checks"].append({"file": f"check-{i:02d}.png", "label": relabel(label)})
+            raw["files"][f"check-{i:02d}.png"] = sha256_file(bundle / f"check-{i:02d}.png")
+        (bundle / "manifest.json").write_text(json.dumps(raw))
+        return bundle
+
+    good = smoke_test(bundle_with(tmp_path / "good", lambda label: label), {}, None, min_runs=3)
+    assert good["ok"] and good["correct"] == len(checks), good
+    other = {label: next(x for x in LABELS if x != label) for label in LABELS}
+    bad = smoke_test(bundle_with(tmp_path / "bad", other.get), {}, None, min_runs=3)
+    assert not bad["ok"] and f"{len(checks)} of {len(checks)} check images got the wrong label" in bad["reason"]
