@@ -14,6 +14,12 @@ model is rebuilt here layer by layer with simulated int8 rounding where the TFLi
 - max pooling, padding, dropout and reshapes keep their input's scale (no rounding in int8);
   softmax and sigmoid outputs get TFLite's fixed range (scale 1/256), so nothing follows them.
 
+Anything else is refused in one line naming the layer and what it is, never rewritten approximately:
+hard-swish and hard-sigmoid (MobileNetV3, whose hard-sigmoid is also keras.ops arithmetic outside any
+layer), SiLU/swish and the squeeze-excitation Multiply (EfficientNet, MobileNetV3) round in TFLite's
+int8 kernels where this rewrite has no fake-quantization, so fine-tuning would adapt to the wrong model.
+A minimalistic MobileNetV3 (ReLU, no squeeze-excitation) is supported.
+
 `tf.lite.TFLiteConverter` takes the FakeQuant ranges instead of calibrating: the result is a
 full-int8 model (int8 input and output, as `edgecls.converters.tflite`'s int8 path) whose answers match the
 fake-quantized Keras model's. Fine-tuning lets the weights adapt to the rounding, which is what

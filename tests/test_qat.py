@@ -113,6 +113,47 @@ def test_unsupported_layer_is_refused_in_one_line():
     assert "does not support layer norm (LayerNormalization)" in str(excinfo.value)
 
 
+def _se_model(gate_activation: str = "sigmoid", body: str = "relu", ops_gate: bool = False):
+    """conv -> squeeze-excitation (GAP, two 1x1 convs, a gate multiplied back in) -> GAP -> softmax."""
+    import keras
+
+    layers = keras.layers
+    inputs = keras.Input(shape=(8, 8, 3))
+    x = layers.Conv2D(4, 3, activation=body, name="conv")(inputs)
+    s = layers.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+    s = layers.Conv2D(2, 1, activation="relu", name="reduce")(s)
+    s = layers.Conv2D(4, 1, name="expand")(s)
+    s = (
+        layers.ReLU(6.0, name="gate_relu6")(s + 3.0) * (1.0 / 6.0)
+        if ops_gate
+        else layers.Activation(gate_activation)(s)
+    )
+    x = layers.Multiply(name="excite")([x, s])
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(2, activation="softmax")(x))
+
+
+@pytest.mark.parametrize(
+    "model_kw, expected",
+    [
+        ({}, "layer excite (Multiply, squeeze-excitation multiply)"),  # EfficientNet's SE: sigmoid gate
+        ({"ops_gate": True}, "(Add, a keras.ops operation outside a layer)"),  # MobileNetV3's hard-sigmoid: x + 3
+        ({"body": "silu"}, "layer conv (Conv2D, activation silu (SiLU/swish))"),  # EfficientNet's fused activation
+        ({"body": "hard_swish"}, "layer conv (Conv2D, activation hard_silu (hard-swish))"),  # MobileNetV3's
+    ],
+)
+def test_squeeze_excitation_silu_and_hard_swish_are_refused_in_one_line_naming_them(model_kw, expected):
+    """TFLite's int8 kernels for these round where this rewrite puts no fake-quantization: refused, never a QAT
+    model that trains against the wrong rounding."""
+    from edgecls.converters import qat
+
+    with pytest.raises(EdgeclsError) as excinfo:
+        qat.build_qat_model(_se_model(**model_kw))
+    line = str(excinfo.value)
+    assert expected in line and "\n" not in line, line
+    assert line.endswith("(convert --no-qat, or leave tflite-int8 out with --formats)"), line
+
+
 @pytest.mark.slow
 def test_mobilenetv2_depthwise_and_residuals_convert_full_int8(tmp_path):
     """Depthwise convs (per-channel), ReLU6, zero padding and residual Adds: still no float op."""
