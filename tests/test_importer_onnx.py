@@ -281,3 +281,16 @@ def test_an_onnx_model_without_a_fixed_size_needs_size(tmp_path):
     result = import_onnx(ImportRequest(model, tmp_path / "b", tmp_path / "labels.txt", declared=sized), print)
     assert result.manifest["input"]["shape"] == [1, 3, 48, 40]
     assert result.manifest["source"]["preprocessing_from"]["size"] == "option"
+
+
+def test_data_of_some_of_the_classes_verifies_the_import(pytorch_onnx, shapes_folder, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    for label in ("square", "triangle"):  # folders in another order than the labels, one class missing
+        shutil.copytree(shapes_folder / label, data / label)
+    model, labels = pytorch_onnx
+    manifest = import_onnx(ImportRequest(model, tmp_path / "b", labels, data, IMAGENET), print).manifest
+    assert manifest["source"]["test_split"]["per_class"] == {"square": 12, "triangle": 12}
+    assert {c["label"] for c in manifest["checks"]} == {"square", "triangle"}
+    assert manifest["reference_accuracy"] >= 0.8  # class indices follow the labels file, not the folder order

@@ -132,7 +132,9 @@ def load_data(request: ImportRequest, labels: list, spec: PreprocessSpec) -> Dat
     from edgecls.core.datasets.folder import scan_folder
     from edgecls.core.splits import Sample
 
-    dataset = scan_folder(request.data, val_fraction=0.0, test_fraction=DATA_TEST_FRACTION, seed=request.seed)
+    dataset = scan_folder(  # one class is enough to verify on (a model's classes need not all be there)
+        request.data, val_fraction=0.0, test_fraction=DATA_TEST_FRACTION, seed=request.seed, min_classes=1
+    )
     unknown = [name for name in dataset.labels if name not in labels]
     if unknown:
         shown = ", ".join(labels[:8]) + (f" and {len(labels) - 8} more" if len(labels) > 8 else "")
