@@ -191,3 +191,20 @@ def test_size_takes_n_or_width_by_height():
     from edgecls.commands.import_ import _size
 
     assert (_size("224"), _size("320x240")) == ((224, 224), (240, 320))
+
+
+def test_a_named_normalization_becomes_the_spec_mean_and_std():
+    from edgecls.importer.request import Declared, ModelHints, resolve_spec
+
+    spec, output = resolve_spec(ModelHints(size=(8, 8), channels=3), Declared(normalize="imagenet"), print)
+    assert (spec.mean, spec.std, output) == ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "probs")
+
+
+def test_a_declared_value_that_differs_from_the_model_warns_and_wins():
+    from edgecls.importer.request import Declared, ModelHints, resolve_spec
+
+    said = []
+    hints = ModelHints(size=(8, 8), channels=3, mean=(127.5,), std=(127.5,))
+    spec, _ = resolve_spec(hints, Declared(normalize="scale"), said.append)
+    assert (spec.mean, spec.std) == ((0.0,), (255.0,))
+    assert any("--mean says 0" in line for line in said)

@@ -127,7 +127,8 @@ def _pick(name: str, said, declared, warn, hints: ModelHints):
 
 def _normalization(hints: ModelHints, declared: Declared, warn) -> tuple:
     if declared.normalize is not None:
-        declared = replace(declared, mean=NORMALIZE[declared.normalize][0], std=NORMALIZE[declared.normalize][1])
+        mean, std = NORMALIZE[declared.normalize]
+        declared = replace(declared, normalize=None, mean=mean, std=std)
     mean = _pick("mean", hints.mean, declared.mean, warn, hints)
     std = _pick("std", hints.std, declared.std, warn, hints)
     if hints.raw_input:
