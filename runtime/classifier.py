@@ -82,7 +82,9 @@ class Classifier:
 
     def _check_input_shape(self) -> None:
         model_shape = tuple(self.session.input_spec.shape[1:])
-        if model_shape != self.spec.tensor_shape:
+        wanted = self.spec.tensor_shape
+        # -1: a dimension the model leaves open (an export with dynamic height and width takes the manifest's size)
+        if len(model_shape) != len(wanted) or any(m not in (-1, w) for m, w in zip(model_shape, wanted)):
             raise BundleError(
                 f"{self.artifact.file} takes input {model_shape} "
                 f"but the manifest's preprocessing gives {self.spec.tensor_shape} ({self.spec.layout}): "

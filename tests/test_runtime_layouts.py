@@ -65,16 +65,17 @@ def photo_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def _onnx_model(path: Path, layout: str = "NCHW", dtype: str = "float32") -> Path:
+def _onnx_model(path: Path, layout: str = "NCHW", dtype: str = "float32", size=(H, W)) -> Path:
     """conv 3x3/2 -> global average pool -> `features` -> gemm -> `logits`, with fixed random weights.
 
     layout NHWC puts a Transpose in front (what a Keras export looks like); dtype uint8 takes raw pixels and
-    normalizes inside (Cast, Sub mean, Div std). Outputs: `features` first, `logits` second.
+    normalizes inside (Cast, Sub mean, Div std); size ("h", "w") leaves height and width open, as an export with
+    dynamic axes does. Outputs: `features` first, `logits` second.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(7)
-    shape = ["N", 3, H, W] if layout == "NCHW" else ["N", H, W, 3]
+    shape = ["N", 3, *size] if layout == "NCHW" else ["N", *size, 3]
     elem = TensorProto.FLOAT if dtype == "float32" else TensorProto.UINT8
     inits = _grey_centred(rng)
     nodes, x = [], "pixel_values"
@@ -559,3 +560,22 @@ def test_the_flash_smoke_test_checks_an_nchw_logits_bundle_by_its_check_images(t
     other = {label: next(x for x in LABELS if x != label) for label in LABELS}
     bad = smoke_test(bundle_with(tmp_path / "bad", other.get), {}, None, min_runs=3)
     assert not bad["ok"] and f"{len(checks)} of {len(checks)} check images got the wrong label" in bad["reason"]
+
+
+def test_a_model_with_open_height_and_width_takes_the_manifests_size_and_a_fixed_other_size_is_refused(
+    tmp_path, models, photo_folder
+):
+    dynamic = _onnx_model(tmp_path / "dynamic.onnx", size=("h", "w"))
+    classifier = Classifier(write_bundle(tmp_path / "d", dynamic, nchw_spec()), top_k=len(LABELS))
+    assert classifier.session.input_spec.shape == (-1, 3, -1, -1)
+    image = load_image(sorted(photo_folder.iterdir())[0])
+    fixed = Classifier(write_bundle(tmp_path / "f", models["nchw"], nchw_spec()))
+    np.testing.assert_array_equal(
+        classifier.infer(classifier.prepare(image)[None]), fixed.infer(fixed.prepare(image)[None])
+    )
+    with pytest.raises(
+        EdgeclsError,
+        match=r"takes input \(3, 36, 44\) but the manifest's preprocessing gives "
+        r"\(3, 44, 36\) \(NCHW\): the bundle is inconsistent",
+    ):
+        Classifier(write_bundle(tmp_path / "w", models["nchw"], replace(nchw_spec(), height=W, width=H)))
