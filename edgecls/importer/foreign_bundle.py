@@ -268,22 +268,9 @@ def _unverified_bundle(stage: Path, work: Path, plan: Plan, progress) -> tuple:
 
 def open_session(target: Path, candidate: Candidate, plan: Plan) -> ModelSession:
     """The artifact as the runtime will open it from the manifest (layout, output kind, named tensors)."""
-    cls = RawPixelSession if plan.spec.dtype == "uint8" else ModelSession
-    return cls(
+    return ModelSession(
         target, candidate.fmt.format, head=plan.head, layout=plan.spec.layout, output=plan.output, **candidate.tensors
     )
-
-
-class RawPixelSession(ModelSession):
-    """A model that takes uint8 pixels as they are: `predict` feeds them unquantized (they are the model's
-    own input values, as `Classifier.prepare` feeds them), in the model's layout."""
-
-    def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        x = np.asarray(x, dtype=np.uint8)
-        if self.layout == "NCHW":
-            x = x.transpose(0, 3, 1, 2)
-        outs = [self.run_prepared(x[s : s + batch_size]) for s in range(0, len(x), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
 def _manifest(plan: Plan, artifacts: list, accuracy, verified_on: DataSet | None) -> Manifest:
