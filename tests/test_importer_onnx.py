@@ -19,6 +19,7 @@ from edgecls.runtime.bundle import load_bundle, sha256_file
 from edgecls.runtime.errors import EdgeclsError
 from tests import foreign_onnx
 from tests.conftest import _session_folder, run_cli
+from tests.sshd import sshd  # noqa: F401  (fixture)
 
 IMAGENET = Declared(mean=foreign_onnx.IMAGENET_MEAN, std=foreign_onnx.IMAGENET_STD)
 
@@ -294,3 +295,13 @@ def test_data_of_some_of_the_classes_verifies_the_import(pytorch_onnx, shapes_fo
     assert manifest["source"]["test_split"]["per_class"] == {"square": 12, "triangle": 12}
     assert {c["label"] for c in manifest["checks"]} == {"square", "triangle"}
     assert manifest["reference_accuracy"] >= 0.8  # class indices follow the labels file, not the folder order
+
+
+def test_an_imported_onnx_bundle_flashes_over_ssh_with_its_smoke_test(onnx_bundle, sshd, tmp_path):  # noqa: F811
+    from edgecls.devices.flash import FlashOptions, flash
+
+    bundle, _ = onnx_bundle
+    [result] = flash(bundle, [sshd.target(tmp_path / "pi")], FlashOptions(ssh_config=str(sshd.ssh_config)))
+    assert result.result == "installed", result.reason
+    checks = json.loads((bundle / "manifest.json").read_text())["checks"]
+    assert result.smoke["correct"] == len(checks) > 0 and result.smoke["artifact"].startswith("onnx-")
