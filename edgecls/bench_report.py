@@ -17,9 +17,11 @@ from edgecls.runtime.atomic import write_bytes, write_text
 from edgecls.runtime.bench.runner import FORMAT
 from edgecls.runtime.bench.table import P99_MIN_RUNS, few_runs, format_table
 from edgecls.runtime.errors import EdgeclsError
-from edgecls.runtime.formats import FP16, INT8
+from edgecls.runtime.formats import FP16, FP32, INT8
 
 REQUIRED = ("file", "format", "precision", "threads", "p50_ms", "p90_ms", "p99_ms")
+KERAS_BAR = "keras"  # the baseline record's format (edgecls.bench_keras): its own colour in the chart
+BAR_COLOURS = {KERAS_BAR: "tab:gray", FP32: "tab:blue", FP16: "tab:orange", INT8: "tab:green"}  # legend order
 OUT_FILES = {"json": "bench.json", "csv": "bench.csv", "markdown": "bench.md", "plot": "bench.png"}
 CSV_FIELDS = (
     "artifact",
@@ -340,13 +342,31 @@ def check_plotting() -> None:
         raise MissingDependencyError("matplotlib", "train", "--plot draws the chart on the host")
 
 
+def _bar_kind(record: dict) -> str:
+    """The legend entry of a record's bar: the Keras baseline, or the artifact's precision."""
+    return KERAS_BAR if record.get("format") == KERAS_BAR else record.get("precision") or FP32
+
+
 def write_plot(doc: dict, path) -> None:
-    """p50 bars with p90 and p99 marks per artifact and thread count; accuracy beside it when measured."""
+    """The latency chart (`latency_figure`) as a PNG at `path`, written atomically."""
     check_plotting()
+    import matplotlib.pyplot as plt
+
+    fig = latency_figure(doc)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def latency_figure(doc: dict):
+    """p50 bars coloured by precision (a legend says which), p90 and p99 marks per artifact and thread count;
+    accuracy beside it when measured. A matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     records = doc["records"]
     names = [f"{r.get('artifact')} ×{r.get('threads') or 'def'}" for r in records]
@@ -361,17 +381,8 @@ def write_plot(doc: dict, path) -> None:
         gridspec_kw={"width_ratios": [3, 1]} if with_accuracy else None,
     )
     ax = axes[0][0]
-    colors = [
-        "tab:gray"
-        if r.get("format") == "keras"
-        else "tab:green"
-        if r.get("precision") == INT8
-        else "tab:orange"
-        if r.get("precision") == FP16
-        else "tab:blue"
-        for r in records
-    ]
-    ax.barh(ys, [r["p50_ms"] for r in records], color=colors, label="p50")
+    kinds = [_bar_kind(r) for r in records]
+    ax.barh(ys, [r["p50_ms"] for r in records], color=[BAR_COLOURS[k] for k in kinds])
     ax.scatter([r["p90_ms"] for r in records], ys, marker="|", s=220, color="black", label="p90", zorder=3)
     ax.scatter([r["p99_ms"] for r in records], ys, marker="x", s=50, color="tab:red", label="p99", zorder=3)
     ax.set_yticks(ys, names)
@@ -380,7 +391,15 @@ def write_plot(doc: dict, path) -> None:
         ax.set_xscale("log")  # a Keras baseline next to int8 would flatten every other bar
     ax.set_xlabel("invoke latency, ms (bar p50, | p90, x p99)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False)
+    ax.legend(  # what each bar colour means (those shown), then the marks
+        handles=[Patch(color=BAR_COLOURS[k], label=f"{k} p50") for k in BAR_COLOURS if k in kinds]
+        + ax.get_legend_handles_labels()[0],
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.0),
+        ncol=6,
+        fontsize=8,
+        frameon=False,
+    )
     m = doc.get("machine", {})
     emulated = f" - EMULATED ({m['emulated']}), not real-device timings" if m.get("emulated") else ""
     fig.suptitle(f"{m.get('hostname')}: {m.get('cpu')} ({m.get('cores')} cores, {m.get('arch')}){emulated}", fontsize=9)
@@ -397,10 +416,7 @@ def write_plot(doc: dict, path) -> None:
         acc.set_xlim(0, 1)
         acc.set_xlabel("accuracy (--data)")
         acc.grid(axis="x", alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    return fig
 
 
 def write_outputs(doc: dict, json_path=None, csv_path=None, markdown_path=None, plot_path=None, out_dir=None) -> list:

@@ -43,6 +43,11 @@ def keep_best(monitor: str):
     return KeepBest()
 
 
+def _number(value: float) -> str:
+    """As Keras' progress shows a metric: 4 decimals, or 4 significant digits when that would show 0.0000."""
+    return f"{value:.4f}" if abs(value) > 1e-3 or value == 0 else f"{value:.4e}"
+
+
 def epoch_lines(stream=None):
     """A callback printing one plain line per epoch (for logs in files: no progress bar, no escape codes).
 
@@ -57,7 +62,7 @@ def epoch_lines(stream=None):
         def on_epoch_end(self, epoch, logs=None):
             total = (self.params or {}).get("epochs", "?")
             seconds = time.monotonic() - getattr(self, "started", time.monotonic())
-            values = " - ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
+            values = " - ".join(f"{k} {_number(float(v))}" for k, v in (logs or {}).items())
             print(f"epoch {epoch + 1}/{total} - {seconds:.1f}s - {values}", file=stream or sys.stdout, flush=True)
 
     return EpochLines()

@@ -6,8 +6,10 @@ activations are averaged per channel into weights, and the ReLU of the weighted 
 activation maps is the heatmap (Selvaraju et al., 2017). It needs the Keras model and its
 gradients, so it lives with training, not in `runtime/`.
 
-The layer is found automatically: the last convolution, with the normalization and activation
-layers that directly follow it (their output is what the head sees). A backbone nested as a
+The layer is found automatically: the last convolution whose grid still has MIN_GRID cells a side
+(the 7x7 of a 224-pixel ImageNet network), with the normalization, activation and residual-add
+layers that directly follow it (their output is what the next block sees). A coarser last grid
+(4x4 at 16 pixels) paints one central blob on every image, whatever the class or the picture. A backbone nested as a
 sub-model (Keras 3) is searched too; the graph is then re-traced so that the nested layer's
 activations become an output of one functional model.
 """
@@ -28,13 +30,16 @@ from edgecls.runtime.errors import EdgeclsError
 
 MANIFEST = "explanations.json"
 FORMAT = "edgecls-explain/1"
-DISPLAY_SIDE = 224  # the longer side of each PNG: small files, readable labels
-TILE = 128  # contact-sheet thumbnail side
+DISPLAY_SIDE = 224  # the longer side of each image in a PNG: small files, readable labels
+TILE = 128  # contact-sheet thumbnail height
+SHEET_WIDTH = 1100  # about as many tiles a row as fit this width (4 image | heat map pairs)
+CAPTION_PX = 16  # caption font size: capitals and digits about 12 px high at the sheet's own size
 SHEET_TILES = 64  # thumbnails per contact sheet; more images make more sheets
 BATCH = 16
 _CONV = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 # Layers that keep the conv's grid and only rescale or gate it: Grad-CAM reads their output instead.
-_ELEMENTWISE = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU")
+_ELEMENTWISE = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Add")
+MIN_GRID = 7  # cells a side the automatic layer keeps when the model has one that fine (else its finest)
 SHEET = re.compile(r"contact_sheet(_\d+)?")  # the contact sheets' names (without .png): never an image's
 
 
@@ -59,6 +64,7 @@ class Explanation:
     predicted_score: float
     heatmap: np.ndarray  # (H, W) in [0, 1], the model's input frame
     png: str = ""
+    truth: str | None = None  # the true class when known (--truth, or the image's folder is named after a label)
 
 
 @dataclass
@@ -97,8 +103,14 @@ def candidate_layers(model) -> list:
     return [ref for ref in _walk(model) if _has_grid(ref.layer)]
 
 
+def _grid(layer) -> int:
+    """The shorter side of a layer's output grid (None sides, an input of any size, count as fine)."""
+    return min(side or MIN_GRID for side in layer.output.shape[1:3])
+
+
 def find_layer(model) -> LayerRef:
-    """The last convolution, moved past the BatchNorm/activation layers that directly follow it."""
+    """The last convolution with a grid of MIN_GRID a side (else the finest), moved past the BatchNorm,
+    activation and add layers that directly follow it."""
     refs = list(_walk(model))
     convs = [i for i, ref in enumerate(refs) if type(ref.layer).__name__ in _CONV and _has_grid(ref.layer)]
     if not convs:
@@ -106,7 +118,8 @@ def find_layer(model) -> LayerRef:
             f"model {model.name} has no convolutional layer to explain: Grad-CAM needs a CNN "
             f"(name a layer with a spatial output with --layer)"
         )
-    i = convs[-1]
+    fine = [i for i in convs if _grid(refs[i].layer) >= MIN_GRID]
+    i = fine[-1] if fine else max(convs, key=lambda j: (_grid(refs[j].layer), j))
     while (
         i + 1 < len(refs)
         and type(refs[i + 1].layer).__name__ in _ELEMENTWISE
@@ -262,24 +275,55 @@ def _display_image(image: np.ndarray, spec) -> np.ndarray:
     return pixels(image, display, order="rgb")
 
 
-def overlay(image_rgb: np.ndarray, heatmap: np.ndarray, lines: list) -> np.ndarray:
-    """Heatmap (JET) blended over the image, caption lines top left on a dark band; RGB uint8."""
+def _font(px: int):
+    """DejaVu Sans (matplotlib ships it) at `px` pixels: readable captions, and the arrow Hershey fonts lack."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), px)
+
+
+def _caption_band(width: int, lines: list, px: int) -> np.ndarray:
+    """White band with `lines` of (text, rgb colour) in black or the given colour, one under the other."""
+    from PIL import Image, ImageDraw
+
+    font, step = _font(px), px + px // 3
+    band = Image.new("RGB", (width, step * len(lines) + px // 3), "white")
+    draw = ImageDraw.Draw(band)
+    for n, (text, colour) in enumerate(lines):
+        while len(text) > 4 and draw.textlength(text, font=font) > width - 6:
+            text = text[: len(text) // 2 - 1] + "…" + text[len(text) // 2 + 1 :]  # cut the middle of long names
+        draw.text((3, px // 6 + n * step), text, fill=colour, font=font)
+    return np.asarray(band)
+
+
+def panel(image_rgb: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    """The image as the model saw it beside the heat map over a faded copy of it: the object stays visible."""
     import cv2
 
     h, w = image_rgb.shape[:2]
     heat = cv2.applyColorMap((upsample(heatmap, h, w) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    blended = cv2.addWeighted(image_rgb, 0.55, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.45, 0)
-    scale = max(0.35, min(w, 448) / 560)
-    thickness = 1
-    y = 0
-    for line in lines:
-        (tw, th), base = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        cv2.rectangle(blended, (0, y), (min(w, tw + 6), y + th + base + 4), (0, 0, 0), -1)
-        cv2.putText(
-            blended, line, (3, y + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA
-        )
-        y += th + base + 4
-    return blended
+    faded = cv2.cvtColor(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    blended = cv2.addWeighted(faded, 0.6, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), 0.4, 0)
+    gap = np.full((h, max(2, w // 40), 3), 255, np.uint8)
+    return np.hstack([image_rgb, gap, blended])
+
+
+def caption(item: Explanation) -> list:
+    """(text, colour) lines: 'true → predicted (p)' (red when wrong), and the explained class when it is not
+    the predicted one (--class). Without a known true class: the image's name and the prediction."""
+    first = f"{item.truth} → " if item.truth else f"{Path(item.png).stem}: "
+    wrong = item.truth is not None and item.truth != item.predicted
+    lines = [(f"{first}{item.predicted} ({item.predicted_score:.2f})", (200, 0, 0) if wrong else (0, 0, 0))]
+    if item.label != item.predicted:
+        lines.append((f"map of {item.label} ({item.score:.2f})", (0, 0, 160)))
+    return lines
+
+
+def picture(image_rgb: np.ndarray, item: Explanation, heatmap: np.ndarray, px: int = CAPTION_PX) -> np.ndarray:
+    """One explanation as a PNG shows it: the panel with its caption above."""
+    shown = panel(image_rgb, heatmap)
+    return np.vstack([_caption_band(shown.shape[1], caption(item), px), shown])
 
 
 def _png(image_rgb: np.ndarray) -> bytes:
@@ -291,31 +335,22 @@ def _png(image_rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def contact_sheet(tiles: list) -> np.ndarray:
-    """(image_rgb, caption) tiles in a grid with the caption under each."""
+def contact_sheet(tiles: list, px: int = CAPTION_PX) -> np.ndarray:
+    """(panel, caption lines) tiles in a grid, each panel TILE high with its caption under it."""
     import cv2
 
-    cols = min(8, math.ceil(math.sqrt(len(tiles))))
-    rows = math.ceil(len(tiles) / cols)
-    cell_h = TILE + 16
-    sheet = np.full((rows * cell_h, cols * TILE, 3), 255, np.uint8)
-    for n, (image, caption) in enumerate(tiles):
-        r, c = divmod(n, cols)
+    thumbs = []
+    for image, lines in tiles:
         h, w = image.shape[:2]
-        k = TILE / max(h, w)
-        thumb = cv2.resize(image, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
-        sheet[r * cell_h : r * cell_h + thumb.shape[0], c * TILE : c * TILE + thumb.shape[1]] = thumb
-        text = caption if len(caption) <= 22 else caption[:10] + "~" + caption[-11:]
-        cv2.putText(
-            sheet,
-            text,
-            (c * TILE + 2, r * cell_h + TILE + 12),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.33,
-            (0, 0, 0),
-            1,
-            cv2.LINE_AA,
-        )
+        thumb = cv2.resize(image, (max(1, round(w * TILE / h)), TILE), interpolation=cv2.INTER_AREA)
+        thumbs.append(np.vstack([thumb, _caption_band(thumb.shape[1], lines, px)]))
+    cell_h, cell_w = max(t.shape[0] for t in thumbs), max(t.shape[1] for t in thumbs) + TILE // 8
+    cols = min(max(1, SHEET_WIDTH // cell_w), len(thumbs))
+    rows = math.ceil(len(thumbs) / cols)
+    sheet = np.full((rows * cell_h, cols * cell_w, 3), 255, np.uint8)
+    for n, thumb in enumerate(thumbs):
+        r, c = divmod(n, cols)
+        sheet[r * cell_h : r * cell_h + thumb.shape[0], c * cell_w : c * cell_w + thumb.shape[1]] = thumb
     return sheet
 
 
@@ -377,12 +412,20 @@ def explain_guard(run, paths) -> dict:
 
 
 def explain_run(
-    run_path, paths, out, class_label: str | None = None, layer: str | None = None, overwrite: bool = False
+    run_path,
+    paths,
+    out,
+    class_label: str | None = None,
+    layer: str | None = None,
+    overwrite: bool = False,
+    truths: dict | None = None,
 ) -> ExplainResult:
     """Grad-CAM PNGs for images (files or folders) with a run's model; a contact sheet for several.
 
     Every image takes the run's own preprocessing (`edgecls.runtime.preprocess.preprocess`). `--out` is
-    written atomically; it may replace only an explanation folder of ours (with `overwrite`).
+    written atomically; it may replace only an explanation folder of ours (with `overwrite`). `truths`
+    ({path: label}) gives the true classes the captions show; without it, an image in a folder named
+    after a label (a class-per-folder test set) is of that class.
     """
     from edgecls.core.rundir import open_run
     from edgecls.runtime.atomic import check_output, staged_dir, write_bytes, write_json
@@ -404,11 +447,13 @@ def explain_run(
     tiles = []
     with staged_dir(out, overwrite, **guard) as stage:
         for start in range(0, len(images), BATCH):
-            for item, picture in _explain_chunk(cam, images[start : start + BATCH], run, class_index, start == 0):
-                write_bytes(stage / item.png, _png(picture))
+            chunk = images[start : start + BATCH]
+            for item, shown in _explain_chunk(cam, chunk, run, class_index, start == 0):
+                item.truth = _truth(item.image, run.labels, truths)
+                write_bytes(stage / item.png, _png(picture(shown, item, item.heatmap)))
                 result.explanations.append(item)
                 if len(images) > 1:
-                    tiles.append((picture, Path(item.png).stem))  # the tile's corner shows class and score
+                    tiles.append((panel(shown, item.heatmap), caption(item)))
             if len(images) > BATCH:
                 progress(f"explained {min(start + BATCH, len(images))}/{len(images)} images")
         for page, first in enumerate(range(0, len(tiles), SHEET_TILES), 1):
@@ -417,6 +462,13 @@ def explain_run(
             result.sheets.append(sheet)
         write_json(stage / MANIFEST, _manifest(run, class_label, result))
     return result
+
+
+def _truth(path: Path, labels: list, truths: dict | None) -> str | None:
+    """The image's true class: from `truths` when given, else its folder's name when that is a label."""
+    if truths is not None:
+        return truths.get(str(path), truths.get(Path(path)))
+    return path.parent.name if path.parent.name in labels else None
 
 
 def _class_index(labels: list, class_label: str | None) -> int | None:
@@ -429,7 +481,7 @@ def _class_index(labels: list, class_label: str | None) -> int | None:
 
 
 def _explain_chunk(cam: GradCam, chunk: list, run, class_index: int | None, first: bool) -> list:
-    """[(Explanation, its overlay picture)] for one batch of (path, png name); `first`: the run's first batch."""
+    """[(Explanation, the image at display size)] for one batch of (path, png name); `first`: the run's first."""
     from edgecls.runtime.errors import ImageDecodeError
     from edgecls.runtime.preprocess import load_image, preprocess
 
@@ -459,10 +511,7 @@ def _explain_chunk(cam: GradCam, chunk: list, run, class_index: int | None, firs
             upsample(heat, spec.height, spec.width),
             name,
         )
-        lines = [f"{item.label} {item.score:.2f}"] + (
-            [] if index == top else [f"top: {item.predicted} {item.predicted_score:.2f}"]
-        )
-        explained.append((item, overlay(_display_image(image, spec), heat, lines)))
+        explained.append((item, _display_image(image, spec)))
     return explained
 
 
@@ -478,6 +527,7 @@ def _manifest(run, class_label: str | None, result: ExplainResult) -> dict:
             {
                 "image": str(e.image),
                 "png": e.png,
+                "true": e.truth,
                 "class": e.label,
                 "score": round(e.score, 6),
                 "predicted": e.predicted,

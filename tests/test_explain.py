@@ -3,6 +3,7 @@
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,14 +102,84 @@ def test_explain_cli_writes_a_png_per_image_a_contact_sheet_and_a_manifest(tmp_p
     assert manifest["contact_sheets"] == ["contact_sheet.png"]
     for item in manifest["images"]:
         picture = cv2.imread(str(out / item["png"]))
-        assert picture.shape == (224, 224, 3)
+        assert picture.shape[1] > 2 * 224 and picture.shape[0] > 224  # image | heat map, the caption above
         assert item["class"] == item["predicted"] and 0 <= item["score"] <= 1
+        assert item["true"] == ("square" if item["image"] == str(single) else "circle")  # the folder's name
         assert f"{out / item['png']}" in result.stdout
-    # the caption sits on a dark band in the corner
-    assert picture[0, 0].max() == 0
+    assert picture[0, 0].min() == 255  # the caption's band is white, above the pictures
+    np.testing.assert_array_equal(
+        picture[-224:, :224], _display(tiny_run_dir, single)
+    )  # the image itself, not hidden by heat
     assert sum(i["predicted"] == "circle" for i in manifest["images"]) > circles / 2  # a trained model, not noise
-    assert cv2.imread(str(out / "contact_sheet.png")).shape[0] >= 128
+    sheet = cv2.imread(str(out / "contact_sheet.png"))
+    assert sheet.shape[0] >= 128 and _caption_height(sheet) >= 12  # readable at the sheet's own size
     assert "already exists" in cli_error(run_cli("explain", tiny_run_dir, single, "--out", out))
+
+
+def _display(run_dir, path):
+    """The image as the explanation's left half shows it (the run's crop and fit at 224, BGR as cv2 reads it)."""
+    import cv2
+
+    from edgecls.core.rundir import open_run
+    from edgecls.explain import _display_image
+    from edgecls.runtime.preprocess import load_image
+
+    return cv2.cvtColor(_display_image(load_image(path), open_run(run_dir).preprocess), cv2.COLOR_RGB2BGR)
+
+
+def _caption_height(sheet) -> int:
+    """Rows of dark text in the caption under the sheet's first tile (between the tile and the next row)."""
+    band = sheet[128 : 128 + 40, :250].min(axis=(1, 2)) < 128
+    rows = np.flatnonzero(band)
+    return int(rows[-1] - rows[0] + 1) if rows.size else 0
+
+
+def test_caption_says_true_then_predicted_and_marks_a_wrong_answer():
+    from edgecls.explain import Explanation, caption
+
+    right = Explanation(Path("a/7.png"), "7", 0.9, "7", 0.9, np.zeros((2, 2)), "7.png", truth="7")
+    assert caption(right) == [("7 → 7 (0.90)", (0, 0, 0))]
+    wrong = Explanation(Path("a/3.png"), "8", 0.1, "3", 0.85, np.zeros((2, 2)), "3.png", truth="8")
+    assert caption(wrong) == [("8 → 3 (0.85)", (200, 0, 0)), ("map of 8 (0.10)", (0, 0, 160))]
+    unknown = Explanation(Path("x/cat.png"), "dog", 0.6, "dog", 0.6, np.zeros((2, 2)), "cat.png")
+    assert caption(unknown)[0][0] == "cat: dog (0.60)"
+
+
+def test_gradcam_maps_of_two_classes_on_the_same_image_differ(tiny_run_dir, shapes_folder):
+    """A model that tells the classes apart looks at different evidence for each: the maps of the predicted class
+    and of another class on one image are far apart, and the predicted class's maps differ from image to image."""
+    from edgecls.core.rundir import open_run
+    from edgecls.explain import GradCam, find_layer
+    from edgecls.runtime.preprocess import load_image, preprocess
+
+    run = open_run(tiny_run_dir)
+    model = run.load_model()
+    files = [sorted((shapes_folder / kind).iterdir())[i] for kind in ("circle", "square", "triangle") for i in range(3)]
+    x = np.stack([preprocess(load_image(f), run.preprocess, order="rgb") for f in files])
+    cam = GradCam(model, find_layer(model))
+    own, probs = cam(x)
+    right = probs.argmax(1) == np.repeat(np.arange(3), 3)
+    assert right.sum() >= 6  # trained enough to tell them apart
+    other, _ = cam(x, 1)  # "square" for every image; for the squares, compare with "circle"
+    other[3:6] = cam(x[3:6], 0)[0]
+    differences = np.abs(own - other).mean(axis=(1, 2))[right]
+    print(f"\nmean |own - other class map| per image: {np.round(differences, 3)}")
+    assert np.median(differences) > 0.1, differences
+    flat = own.reshape(len(own), -1)
+    same = np.corrcoef(flat[right])[np.triu_indices(int(right.sum()), 1)]
+    assert np.nanmean(same) < 0.8  # not one central blob for every image
+
+
+def test_the_automatic_layer_keeps_a_grid_fine_enough_to_localise():
+    """At 16 pixels the last block's grid is 4x4 (one central blob on every image): Grad-CAM takes the block before,
+    at 8x8; at 32 pixels the last block is 8x8 and is taken."""
+    from edgecls.explain import MIN_GRID, find_layer
+    from edgecls.models import create_model
+
+    small = create_model("simple", 10, (16, 16, 1), widths=(8, 16, 32))
+    assert small.get_layer("block2_relu1").output.shape[1] == 4
+    assert find_layer(small).name == "block1_relu1" and MIN_GRID <= 8
+    assert find_layer(create_model("simple", 10, (32, 32, 1), widths=(8, 16, 32))).name == "block2_relu1"
 
 
 def test_explain_asked_class_and_overwrite_replace_only_ours(tmp_path, tiny_run_dir, shapes_folder):
@@ -219,14 +290,14 @@ def test_gradcam_nested_frozen_mobilenetv2_and_sigmoid_head():
     y = keras.layers.Dense(1, activation="sigmoid", name="predictions")(keras.layers.GlobalAveragePooling2D()(base(x)))
     model = keras.Model(x, y)
     ref = find_layer(model)
-    assert ref.name == f"{base.name}/out_relu"
+    assert ref.name == f"{base.name}/block_6_expand_relu"  # the last 8x8 grid (out_relu is 2x2 at 64 pixels)
     images = np.random.default_rng(0).uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
     cam = GradCam(model, ref)
     maps1, probs = cam(images, 1)
     maps0, _ = cam(images, 0)
     p = model.predict(images, verbose=0)[:, 0]
     np.testing.assert_allclose(probs, np.stack([1 - p, p], 1), atol=1e-5)
-    assert maps1.shape == (3, 2, 2) and np.isfinite(maps1).all() and maps1.max() > 0
+    assert maps1.shape == (3, 8, 8) and np.isfinite(maps1).all() and maps1.max() > 0
     assert not np.allclose(maps0, maps1)  # class 0's evidence is the opposite gradient
 
 
@@ -249,7 +320,7 @@ def test_explain_mobilenetv2_run_finds_its_layer(tmp_path, shapes_folder):
         )
     )
     result = explain_run(tmp_path / "run", [shapes_folder / "square"], tmp_path / "cams")
-    assert result.layer == "out_relu"  # the flat MobileNetV2 of edgecls.models: its last activation
+    assert result.layer == "block_3_expand_relu"  # flat MobileNetV2 at 32 pixels: the last 8x8 grid (out_relu 1x1)
     pngs = sorted(p.name for p in (tmp_path / "cams").glob("*.png"))
     assert len(pngs) == len(list((shapes_folder / "square").iterdir())) + 1 and "contact_sheet.png" in pngs
 

@@ -352,3 +352,31 @@ def test_a_user_folder_named_like_a_product_file_is_refused_before_any_work(tmp_
     assert not started, "quickstart began the chain although it cannot write camera.avi over a folder of files"
     assert "camera.avi" in stderr and "Traceback" not in stderr
     assert snapshot(out) == before
+
+
+def test_the_accuracy_chart_starts_at_zero_and_has_a_legend_for_its_colours():
+    """A zoomed axis made 0.3 points look large; the colours are the latency chart's, with their legend."""
+    import matplotlib.colors
+
+    from edgecls.bench_report import BAR_COLOURS, KERAS_BAR
+    from edgecls.quickstart import accuracy_figure
+    from edgecls.runtime.formats import FP32, INT8, ONNX_INT8, TFLITE_FP32
+
+    manifest = {
+        "source": {"accuracy": 0.9805, "test_images": 359},
+        "artifacts": [
+            {"name": TFLITE_FP32.name, "accuracy": 0.9861, "size_bytes": 90_000},
+            {"name": ONNX_INT8.name, "accuracy": 0.9833, "size_bytes": 30_000},
+        ],
+    }
+    fig = accuracy_figure(manifest)
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (0.0, 1.0)
+    legend = ax.get_legend()
+    shown = {
+        t.get_text(): matplotlib.colors.to_hex(h.get_facecolor())
+        for t, h in zip(legend.get_texts(), legend.legend_handles)
+    }
+    assert shown == {k: matplotlib.colors.to_hex(BAR_COLOURS[k]) for k in (KERAS_BAR, FP32, INT8)}
+    bars = [matplotlib.colors.to_hex(b.get_facecolor()) for b in ax.patches]
+    assert bars == [shown[KERAS_BAR], shown[FP32], shown[INT8]]
