@@ -4,6 +4,26 @@ from __future__ import annotations
 
 import click
 
+
+def examples(*lines: str):
+    """Append an `Examples:` block to a command's help; click prints the lines as written (the \\b marker).
+
+    Put it directly above the function (below the click decorators): click reads the docstring then.
+    tests/test_cli_help.py parses every example line against its command's options.
+    """
+
+    def add(function):
+        function.__doc__ = (function.__doc__ or "").rstrip() + examples_block(*lines)
+        return function
+
+    return add
+
+
+def examples_block(*lines: str) -> str:
+    """The `Examples:` paragraph itself, indented as a docstring's body (for a command whose help is a string)."""
+    return "\n\n    Examples:\n\n    \b\n" + "\n".join(f"      {line}" for line in lines) + "\n"
+
+
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 _TARGET_OPTIONS = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgecls.commands._options import examples
+
 
 @click.command()
 @click.argument("bundle", type=click.Path(), required=False)
@@ -68,6 +70,12 @@ import click
     show_default=True,
     help="The device's Python for --device; auto: /opt/edgecls/venv/bin/python (made by `flash --setup`) "
     "when it exists, else python3.",
+)
+@examples(
+    "edgecls bench bundles/digits",
+    "edgecls bench bundles/digits --threads 1,2 --out bench/",
+    "edgecls bench bundles/digits --device pi@kitchen.local --json pi.json",
+    "edgecls bench bundles/digits --compare baseline.json --max-regression 10%",
 )
 def bench(
     bundle,

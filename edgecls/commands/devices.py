@@ -6,7 +6,7 @@ import json
 
 import click
 
-from edgecls.commands._options import json_flag
+from edgecls.commands._options import examples, json_flag
 
 
 def _profiles_help() -> str:
@@ -26,6 +26,10 @@ def devices(ctx, as_json):
 
 @devices.command("list")
 @json_flag
+@examples(
+    "edgecls devices list",
+    "edgecls devices list --json",
+)
 def list_cmd(as_json):
     """List the profiles and the backends installed here."""
     from dataclasses import asdict
@@ -51,6 +55,7 @@ def list_cmd(as_json):
 @devices.command("show")
 @click.argument("name")
 @json_flag
+@examples("edgecls devices show raspberry-pi-5", "edgecls devices show my-board.json --json")
 def show(name, as_json):
     """Every field of one profile (NAME, or a path to a JSON file)."""
     from dataclasses import asdict

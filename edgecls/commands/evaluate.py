@@ -6,6 +6,8 @@ import json
 
 import click
 
+from edgecls.commands._options import examples
+
 
 @click.command()
 @click.argument("run", type=click.Path())
@@ -28,6 +30,10 @@ import click
     "run's own test split, so other data never replaces the run's figures unless asked.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@examples(
+    "edgecls evaluate runs/digits",
+    "edgecls evaluate runs/flowers --data other/",
+)
 def evaluate(run, data, split, save, as_json):
     """Accuracy, per-class precision/recall/F1 and confusion matrix of a trained run.
 

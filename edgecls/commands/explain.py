@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgecls.commands._options import examples
+
 
 @click.command()
 @click.argument("run", type=click.Path())
@@ -20,6 +22,10 @@ import click
 )
 @click.option(
     "--overwrite", is_flag=True, help="Replace an existing explanation folder (only one of ours, or an empty folder)."
+)
+@examples(
+    "edgecls explain runs/flowers photos/odd-ones/ --out explain/",
+    "edgecls explain runs/flowers tulip.jpg --out why-not-daisy/ --class daisy",
 )
 def explain(run, paths, out, class_label, layer, overwrite):
     """Grad-CAM: overlay on each image (files or folders) where the model looked, with its class and score."""

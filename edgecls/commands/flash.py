@@ -6,7 +6,7 @@ import json
 
 import click
 
-from edgecls.commands._options import target_options, with_target_options
+from edgecls.commands._options import examples, target_options, with_target_options
 
 
 @click.command()
@@ -37,6 +37,11 @@ from edgecls.commands._options import target_options, with_target_options
     help="Seconds to wait for another flash of the same target to finish.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@examples(
+    "edgecls flash bundles/digits pi@kitchen.local --device raspberry-pi-5",
+    "edgecls flash bundles/digits ./device-folder",
+    "edgecls flash bundles/digits --targets fleet.txt --device raspberry-pi-5",
+)
 def flash(
     bundle,
     targets,

@@ -9,6 +9,7 @@ import sys
 import click
 
 from edgecls.commands._errors import OneLineErrors
+from edgecls.commands._options import examples
 
 
 @click.command(cls=OneLineErrors)
@@ -40,6 +41,10 @@ from edgecls.commands._errors import OneLineErrors
     help="Seeds the split, training and draws.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an earlier quickstart folder (only one of ours).")
+@examples(
+    "edgecls quickstart --out quickstart",
+    "edgecls quickstart --out quickstart --quick",
+)
 def quickstart(out, data, quick, seed, overwrite):
     """Train, convert, bench, flash to a local folder and run the daemon on a video of held-out images, in minutes.
 

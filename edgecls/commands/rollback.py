@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import click
 
-from edgecls.commands._options import target_options, with_target_options
+from edgecls.commands._options import examples, target_options, with_target_options
 
 
 @click.command()
 @click.argument("target")
 @with_target_options
+@examples(
+    "edgecls rollback pi@kitchen.local",
+    "edgecls rollback ./device-folder",
+)
 def rollback(target, **kw):
     """Switch TARGET's `current` back to `previous` atomically (and restart the daemon's service if installed)."""
     from edgecls.devices.flash import printable as p

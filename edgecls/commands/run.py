@@ -7,6 +7,7 @@ import json
 import click
 
 from edgecls.commands._errors import OneLineErrors
+from edgecls.commands._options import examples
 from edgecls.commands.run_options import ENV_PREFIX, run_options
 
 
@@ -34,6 +35,13 @@ def _load_config(ctx, param, path):
 
 @click.command(cls=OneLineErrors, context_settings={"auto_envvar_prefix": ENV_PREFIX})
 @run_options(_load_config)
+@examples(
+    "edgecls run bundles/digits --source 0",
+    "edgecls run bundles/digits --source clip.mp4 --every-frame",
+    "edgecls run bundles/digits --source photos/",
+    "edgecls run bundles/digits --source 0 --port 8080   # preview on http://127.0.0.1:8080",
+    "edgecls run --config /etc/edgecls/run.toml",
+)
 def run(**options):  # click passes each option by name: they become a DaemonConfig at once
     """Classify frames from a camera, stream, video or folder; one JSON line per frame.
 

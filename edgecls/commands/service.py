@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgecls.commands._options import examples
+
 INSTALL_HINT = """\
 # Install:  edgecls service unit > /etc/systemd/system/edgecls.service
 #           put `edgecls run` options in {config} (TOML, keys = option names),
@@ -46,6 +48,10 @@ def service():
     help="Restart the daemon when no frame was classified for this long.",
 )
 @click.option("--no-hint", is_flag=True, help="Print only the unit, without the install comment.")
+@examples(
+    "edgecls service unit > /etc/systemd/system/edgecls.service",
+    "edgecls service unit --config /etc/edgecls/run.toml --user edgecls",
+)
 def unit(executable, config, env_file, results_dir, user, watchdog_sec, no_hint):
     """Print a hardened systemd unit for `edgecls run --config FILE` (Type=notify with a watchdog)."""
     from edgecls.devices.service import UnitOptions, unit_text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from edgecls.commands._options import examples
+
 
 @click.command()
 @click.argument("bundle", type=click.Path(exists=True))
@@ -14,6 +16,9 @@ import click
     help="Private OpenSSH key (ssh-keygen -t ed25519), or its .pub with the key in ssh-agent.",
 )
 @click.option("--principal", default=None, help="Also print the allowed-signers line for this name.")
+@examples(
+    "edgecls sign bundles/digits --key ~/.ssh/release_ed25519 --principal release@example.com",
+)
 def sign(bundle, key, principal):
     """Write BUNDLE/manifest.json.sig; devices with an allowed_signers file accept only bundles it trusts."""
     from pathlib import Path

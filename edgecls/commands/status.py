@@ -6,13 +6,17 @@ import json
 
 import click
 
-from edgecls.commands._options import json_flag, target_options, with_target_options
+from edgecls.commands._options import examples, json_flag, target_options, with_target_options
 
 
 @click.command()
 @click.argument("target")
 @with_target_options
 @json_flag
+@examples(
+    "edgecls status pi@kitchen.local",
+    "edgecls status ./device-folder --json",
+)
 def status(target, as_json, **kw):
     """Installed versions, which is current, signature state, health, and the last flash result with its reason."""
     from edgecls.devices.flash import printable as p

@@ -7,6 +7,7 @@ import sys
 import click
 
 from edgecls.commands._errors import OneLineErrors
+from edgecls.commands._options import examples
 from edgecls.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 from edgecls.models import DEFAULT_MODEL
 from edgecls.runtime.errors import EdgeclsError
@@ -200,6 +201,10 @@ def _parse_widths(value: str | None):
     "--quiet",
     is_flag=True,
     help="One plain line per epoch instead of progress bars (the default when stdout is not a terminal: a log file).",
+)
+@examples(
+    "edgecls train --data digits --out runs/digits",
+    "edgecls train --data photos/ --out runs/photos --image-size 96 --epochs 40 > train.log",
 )
 def train(**o):
     """Train a CNN on a class-per-folder dataset; write the model, metadata, metrics and plots to --out.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecls.commands._errors import OneLineErrors
+from edgecls.commands._options import examples_block
 from edgecls.models import DEFAULT_MODEL, pretrained_models, tunable_models
 
 # The help names models by their roles in the registry: the default one, built from scratch (its widths and
@@ -14,7 +15,11 @@ SCRATCH, PRETRAINED = DEFAULT_MODEL, pretrained_models()[0]
 
 @click.command(
     cls=OneLineErrors,
-    help=f"Search learning rate, widths, dropout, L2 and batch size (alpha or fine-tuning depth for {PRETRAINED}).",
+    help=f"Search learning rate, widths, dropout, L2 and batch size (alpha or fine-tuning depth for {PRETRAINED})."
+    + examples_block(
+        "edgecls tune --data digits --out runs/digits-tuned --trials 10",
+        "edgecls tune --data flowers --out runs/flowers-tuned --trials 20 --search bayesian --max-epochs 10",
+    ),
 )
 @click.option("--data", required=True, help="Class-per-folder directory, or a built-in dataset: digits, shapes.")
 @click.option(
