@@ -78,3 +78,9 @@ def test_every_command_help_has_examples_that_its_options_parse(path):
                 param.type, (click.Choice, click.types._NumberParamTypeBase)
             ):
                 param.type_cast_value(ctx, values[param.name])  # a wrong choice or number raises
+
+
+def test_top_level_help_says_where_to_start():
+    result = run_cli("--help", timeout=120)
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("quickstart "))
+    assert "Start here" in line, line

@@ -28,7 +28,11 @@ from edgecls.commands._options import examples
     "edgecls explain runs/flowers tulip.jpg --out why-not-daisy/ --class daisy",
 )
 def explain(run, paths, out, class_label, layer, overwrite):
-    """Grad-CAM: overlay on each image (files or folders) where the model looked, with its class and score."""
+    """Grad-CAM: each image (files or folders) beside a heat map of where the model looked, captioned
+    "true → predicted (score)"; the true class is the image's folder name when that is a label.
+
+    The layer is the last convolution whose grid keeps 7 cells a side (--layer picks another).
+    """
     from edgecls.explain import explain_run
 
     result = explain_run(run, paths, out, class_label=class_label, layer=layer, overwrite=overwrite)

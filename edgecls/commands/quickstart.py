@@ -12,7 +12,7 @@ from edgecls.commands._errors import OneLineErrors
 from edgecls.commands._options import examples
 
 
-@click.command(cls=OneLineErrors)
+@click.command(cls=OneLineErrors, short_help="Start here: the whole chain on built-in data, in a few minutes.")
 @click.option(
     "--out",
     default="quickstart",
