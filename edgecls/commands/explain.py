@@ -18,7 +18,9 @@ from edgecls.commands._options import examples
 )
 @click.option("--class", "class_label", help="Explain this label instead of each image's predicted class.")
 @click.option(
-    "--layer", help="Convolutional layer to read (default: the last one; SUBMODEL/NAME inside a nested model)."
+    "--layer",
+    help="Convolutional layer to read (default: the last one with a grid of 7 cells a side; SUBMODEL/NAME inside "
+    "a nested model).",
 )
 @click.option(
     "--overwrite", is_flag=True, help="Replace an existing explanation folder (only one of ours, or an empty folder)."
