@@ -119,15 +119,15 @@ def _parse_widths(value: str | None):
 @click.option("--alpha", type=click.FloatRange(0, min_open=True), help="mobilenetv2: width multiplier.")
 @click.option(
     "--weights",
-    type=click.Path(exists=True, dir_okay=False),
-    help="mobilenetv2: local backbone weights file (transfer learning).",
+    help="Pretrained backbone of a Keras applications model, for transfer learning: imagenet (Keras' file, downloaded "
+    "once into ~/.keras/models) or a local no-top weights file. It starts frozen: see --fine-tune-layers.",
 )
 @click.option(
     "--fine-tune-layers",
     type=click.IntRange(0),
     default=0,
     show_default=True,
-    help="Unfreeze this many top backbone layers after the head is trained.",
+    help="Unfreeze this many top backbone layers (BatchNorm stays frozen) after the head is trained; needs --weights.",
 )
 @click.option(
     "--fine-tune-epochs",
