@@ -37,6 +37,7 @@ BACKBONES = ("mobilenetv2", "mobilenetv3small", "mobilenetv3large", "efficientne
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
 FORMATS = ("tflite-fp32", "tflite-fp16", "tflite-int8", "onnx-fp32", "onnx-int8")
 INT8 = ("tflite-int8", "onnx-int8")
+CALIBRATION = 100  # images (the remedy "more calibration data" draws 4x as many, up to the training split)
 
 
 def make_photos(folder: Path, per_class: int = 80, side: int = 128, seed: int = 0) -> Path:
@@ -86,7 +87,11 @@ def drops(manifest: dict) -> dict:
 
 def remedy(run: Path, out: Path, failing: list) -> dict:
     """The failing formats again under the default gate: format -> what happened, in a few words."""
-    done = _runs.cli("convert", run, "--out", out, "--formats", ",".join(failing), "--overwrite", check=False)
+    formats = ",".join(failing)
+    done = _runs.cli(
+        "convert", run, "--out", out, "--formats", formats, "--calibration-size", CALIBRATION, "--overwrite",
+        check=False,
+    )  # fmt: skip
     if done.returncode:
         line = next((l for l in reversed(done.stderr.splitlines()) if l.startswith("error")), done.stderr[-300:])
         return {f: f"refused: {line.strip()}" for f in failing}
@@ -179,10 +184,12 @@ def measure(work: Path, name: str, set_name: str, data: str, args) -> dict:
     print(f"{name} on {set_name}: training", flush=True)
     run = work / f"{name}-{set_name}"
     summary = _runs.train(
-        run, "--data", data, "--model", name, "--image-size", args.size, "--epochs", args.epochs, "--seed", 0
-    )
+        run, "--data", data, "--model", name, "--image-size", args.size, "--epochs", args.epochs, "--seed", 0,
+        "--batch-size", 16,
+    )  # fmt: skip
     print(f"{name} on {set_name}: converting", flush=True)
-    manifest = _runs.convert(run, work / f"{name}-{set_name}.bundle", "--max-drop", 100, "--no-qat")
+    bundle = work / f"{name}-{set_name}.bundle"
+    manifest = _runs.convert(run, bundle, "--max-drop", 100, "--no-qat", "--calibration-size", CALIBRATION)
     lost = drops(manifest)
     failing = [f for f in INT8 if lost[f] > 1.0]
     rescued = remedy(run, work / f"{name}-{set_name}-gate.bundle", failing) if failing else {}

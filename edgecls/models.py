@@ -325,8 +325,21 @@ def fetch_imagenet_weights(file: WeightsFile, title: str) -> str:
         ) from None
 
 
+BACKBONE_BN_MOMENTUM = 0.9  # Keras applications use 0.999 (ImageNet's million steps); the simple model's 0.9
+
+
 def _load_backbone_weights(backbone, weights: str | None, title: str, describe: str, imagenet) -> bool:
-    """Load `weights` into `backbone` and freeze it (transfer learning: the head trains first); False without."""
+    """Load `weights` into `backbone` and freeze it (transfer learning: the head trains first); False without.
+
+    Its BatchNorm moving statistics settle in tens of steps, not thousands: a backbone trained from scratch on
+    a few hundred images for a few epochs otherwise predicts one class in inference mode (its statistics still
+    the initial ones). A pretrained backbone's BatchNorm stays frozen, fine-tuning included, so it is unchanged.
+    """
+    import keras
+
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BACKBONE_BN_MOMENTUM
     if not weights:
         return False
     path = fetch_imagenet_weights(imagenet(), title) if weights == IMAGENET else weights
