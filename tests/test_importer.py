@@ -208,3 +208,35 @@ def test_a_declared_value_that_differs_from_the_model_warns_and_wins():
     spec, _ = resolve_spec(hints, Declared(normalize="scale"), said.append)
     assert (spec.mean, spec.std) == ((0.0,), (255.0,))
     assert any("--mean says 0" in line for line in said)
+
+
+def test_a_keras2_depthwise_conv_with_groups_loads_as_keras_own_layer(tmp_path):
+    """Teachable Machine's .h5 names groups=1 on DepthwiseConv2D, which Keras 3 refuses; the layer saved
+    again (the work run's model.keras) must read back as Keras's own DepthwiseConv2D."""
+    import json
+
+    import h5py
+    import keras
+
+    from edgecls.importer.detect import detect
+    from edgecls.importer.keras_load import load_model
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.DepthwiseConv2D(3, name="dw")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    model.save(tmp_path / "tm.h5")
+    with h5py.File(tmp_path / "tm.h5", "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "DepthwiseConv2D":
+                layer["config"]["groups"] = 1
+        f.attrs["model_config"] = json.dumps(config)
+    with pytest.raises(Exception, match="groups"):
+        keras.models.load_model(tmp_path / "tm.h5", compile=False)
+    loaded, opaque = load_model(detect(tmp_path / "tm.h5"), tmp_path, print)
+    assert not opaque
+    loaded.save(tmp_path / "again.keras")
+    again = keras.models.load_model(tmp_path / "again.keras", compile=False)
+    assert type(again.get_layer("dw")) is keras.layers.DepthwiseConv2D
+    x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)

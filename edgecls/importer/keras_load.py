@@ -44,6 +44,8 @@ def _keras2_objects() -> dict:
         def __init__(self, *args, groups=None, **kwargs):
             super().__init__(*args, **kwargs)
 
+    # Saved again (the work run's model.keras), it must read as Keras's own layer: its config is the same.
+    DepthwiseConv2D.__module__ = "keras.layers"
     return {"DepthwiseConv2D": DepthwiseConv2D}
 
 
