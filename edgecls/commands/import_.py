@@ -31,15 +31,7 @@ def _size(value: str | None) -> tuple | None:
     return height, width
 
 
-EXAMPLE = """
-\b
-Examples:
-  edgecls import teachable_export/ --out cats_bundle --data photos/
-  edgecls import model.onnx --labels labels.txt --out bundle --normalize imagenet --output logits
-"""
-
-
-@click.command("import", cls=OneLineErrors, epilog=EXAMPLE)
+@click.command("import", cls=OneLineErrors)
 @click.argument("model", type=click.Path())
 @click.option("--labels", "labels_file", type=click.Path(), help="Labels file: one label a line, or INDEX LABEL lines.")
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory to create.")
@@ -71,7 +63,18 @@ Examples:
 )
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seeds the --data split.")
 def import_(model, labels_file, out, data, size, color, layout, mean, std, normalize, resize, output, **rest):
-    """Import a model trained elsewhere into a verified bundle (predict, bench, flash and run take it)."""
+    """Import a model trained elsewhere into a verified bundle (predict, bench, flash and run take it).
+
+    MODEL: a .keras or Keras .h5 file, a SavedModel or Teachable Machine folder, a .tflite or an .onnx file.
+    Preprocessing the model does not state is given by the options; --data (one folder of images per label)
+    verifies every artifact against the source model and calibrates int8.
+
+    \b
+    Examples:
+      edgecls import converted_keras/ --out cats_bundle --data photos/
+      edgecls import model.keras --labels labels.txt --out bundle --data photos/
+      edgecls import model.onnx --labels labels.txt --out bundle --normalize imagenet --output logits
+    """
     from pathlib import Path
 
     from edgecls.converters.options import check_max_drop
