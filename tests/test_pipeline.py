@@ -294,3 +294,25 @@ def test_convert_refuses_a_class_name_holding_a_line_break_before_any_work(priva
     with pytest.raises(EdgeclsError, match=r"class name 'circ\\nle' holds a line break"):
         _convert(broken, tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_an_imported_models_manifest_names_the_model_and_no_accuracy_without_data():
+    from edgecls.converters.pipeline import _imported
+    from edgecls.runtime.bundle import Manifest
+    from edgecls.runtime.preprocess import PreprocessSpec
+
+    record = {"kind": "import", "framework": "keras", "file": "m.keras", "verified_on_data": False, "data": None}
+    manifest = Manifest(
+        ["a", "b"],
+        PreprocessSpec(8, 8),
+        "softmax",
+        [],
+        reference_accuracy=1.0,
+        source={"run": "/tmp/work/run", "model_sha256": "x", "accuracy": 1.0, "test_images": 32, "macs": 5},
+    )
+    _imported(manifest, record)
+    assert manifest.source == {**record, "accuracy": None, "test_images": 32, "macs": 5}
+    assert manifest.reference_accuracy is None
+    verified = Manifest(["a", "b"], PreprocessSpec(8, 8), "softmax", [], 0.9, source={"accuracy": 0.9})
+    _imported(verified, {**record, "verified_on_data": True})
+    assert (verified.reference_accuracy, verified.source["accuracy"]) == (0.9, 0.9)
