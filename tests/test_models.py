@@ -35,6 +35,16 @@ def test_a_backbone_has_no_preprocessing_layer_and_trains_a_step(name):
     assert not np.allclose(before[0], after[0])  # a step moved the head
 
 
+@pytest.mark.parametrize("name", KERAS_BACKBONES)
+def test_a_backbone_batchnorm_settles_in_tens_of_steps_not_thousands(name):
+    """Keras' 0.999 momentum left a few-epoch run from scratch predicting one class in inference mode."""
+    import keras
+
+    model = create_model(name, 3, (SIZE, SIZE, 3))
+    momentums = {l.momentum for l in model.layers if isinstance(l, keras.layers.BatchNormalization)}
+    assert momentums == {0.9}
+
+
 def _keras_reference(name: str):
     """Keras' own backbone with its own preprocessing (what its ImageNet weights are used with), random weights."""
     import keras
