@@ -240,3 +240,22 @@ def test_a_keras2_depthwise_conv_with_groups_loads_as_keras_own_layer(tmp_path):
     assert type(again.get_layer("dw")) is keras.layers.DepthwiseConv2D
     x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
     np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_data_folders_that_differ_from_the_labels_are_named_in_one_line(tiny, tmp_path):
+    from edgecls.importer.request import Declared
+
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    for name in ("a", "b", "dog"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    request = ImportRequest(
+        tiny / "tiny.keras",
+        tmp_path / "out",
+        tmp_path / "labels.txt",
+        data=tmp_path / "data",
+        declared=Declared(normalize="scale"),
+    )
+    with pytest.raises(EdgeclsError, match=r"dog unknown to the model; c missing") as caught:
+        import_model(request)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
