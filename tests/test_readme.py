@@ -87,6 +87,12 @@ QUICK = [
         r"--data {work}/flowers --out runs/pets \1 --image-size 32 --alpha 0.35 --epochs 1",
         "the generated folder at one path for both workers; quick: 32 px, alpha 0.35, 1 epoch",
     ),
+    # Bring your own model: the Keras sources' import converts like `convert`; one float format is enough here.
+    Rewrite(
+        r"^(edgecls import (?:teachable_export/|shapes\.keras) .*)$",
+        r"\1 --formats tflite-fp32",
+        "quick: float TFLite only (tests/test_importer_keras.py imports to int8)",
+    ),
     # Running: the README's placeholder bundle, a camera and its streams stand-ins, bounded runs.
     Rewrite(r"\bBUNDLE\b", "bundles/digits", "the placeholder: the bundle the Quick start made"),
     Rewrite(r"http://127\.0\.0\.1:8080/stream\.mjpg", "{mjpeg_url}", "a camera's MJPEG stream: tests/mjpeg_server.py"),
@@ -149,6 +155,7 @@ NOT_RUN = {
 # Sections whose commands need more than this test can give everywhere: pytest marks, as for the test they mirror.
 MARKS = {PI_SECTION: [pytest.mark.arm64]}
 
+FOREIGN_BUNDLES = ("bundles/teachable", "bundles/shapes", "bundles/flowers-onnx", "bundles/flowers-tflite")
 # Cheap checks that a command made what the README says it makes: (pattern in the README's command, paths).
 WHAT_YOU_GET = "What you get"  # the README's table of a run's files, checked after the Quick start's train
 EXPECT = [
@@ -175,6 +182,7 @@ EXPECT = [
     (r"--json pi\.json", ["pi.json"]),
     (r"--results results\.jsonl", ["results.jsonl"]),
     (r"edgecls service unit", ["edgecls.service"]),
+    *((rf"^edgecls import .* --out {out} ", [f"{out}/manifest.json"]) for out in FOREIGN_BUNDLES),
 ]
 # And what the README's comments say a command prints or writes: (pattern in the README's command, file or
 # "stdout", texts that must appear).
@@ -205,12 +213,15 @@ def english_twin(block):
 
 
 def translated_sections() -> list:
-    """README.zh-CN.md's sections with commands, with their pytest marks (those of the English sections they run)."""
+    """README.zh-CN.md's sections with commands, with the pytest marks of the English sections they run; ids in ASCII
+    (pytest escapes Chinese): `README.zh-CN.md:LINE = the English sections`."""
     params = []
     for section in shell_sections(README_ZH):
         twins = [english_twin(b) for b in section.blocks if b.commands]
-        marks = [m for t in twins if t is not None for m in MARKS.get(t.section, [])]
-        params.append(pytest.param(README_ZH.name, section.title, marks=marks, id=f"{README_ZH.name}: {section.title}"))
+        english = list(dict.fromkeys(t.section if t else "(none)" for t in twins))
+        marks = [m for title in english for m in MARKS.get(title, [])]
+        name = f"{README_ZH.name}:{section.blocks[0].line} = {' + '.join(english)}"
+        params.append(pytest.param(README_ZH.name, section.title, marks=marks, id=name))
     return params
 
 
@@ -314,6 +325,25 @@ def make_user_files(work: Path, home: Path) -> None:
     )
 
 
+def make_foreign_models(work: str) -> None:
+    """The models the README's "Bring your own model" imports, made offline by the importer tests' factories: a
+    Teachable Machine export and a .keras fitted to shapes/ (5 generated classes), a PyTorch-style ONNX and a TFLite
+    with metadata fitted to flowers/ (make_user_files). Run in a subprocess of its own (Workspace.start_foreign)."""
+    from tests import foreign_keras, foreign_onnx, foreign_tflite
+
+    work = Path(work)
+    shapes = foreign_keras.shapes_folder(work / "shapes")
+    (work / "shapes.txt").write_text("\n".join(foreign_keras.LABELS) + "\n")
+    foreign_keras.teachable_folder(work / "teachable_export", shapes)
+    (work / "made").mkdir()
+    foreign_keras.mobilenetv3_keras(work / "made", shapes).rename(work / "shapes.keras")
+    model, labels = foreign_onnx.pytorch_style(work / "made", work / "flowers")
+    model.rename(work / "flowers.onnx")
+    labels.rename(work / "flowers.txt")
+    foreign_tflite.with_metadata(work / "made", work / "flowers").rename(work / "flowers.tflite")
+    shutil.rmtree(work / "made")
+
+
 class Workspace:
     """The README's working directory and everything its commands talk to; runs sections in order, once each."""
 
@@ -346,6 +376,7 @@ class Workspace:
         }
         self.done: dict = {}  # section title -> None (passed) or the failure
         self.user_files_made = self.pi_has_earlier = False
+        self.foreign = None  # the process making the models to import (make_foreign_models), started early
         self.why = ""  # why the command being run differs from the README's (QUICK), for failure messages
         self.log: list = []
 
@@ -531,8 +562,34 @@ class Workspace:
         match = re.match(r'^(?:python3 -m )?pip install (?:-e )?"\.\[([\w,-]+)\]"', original)
         if match:
             extra_is_installed(match.group(1))
+        if original.startswith("edgecls import "):
+            self._await_foreign()
         if re.match(r"^edgecls flash bundles/digits pi@kitchen\.local", original) and not self.pi_has_earlier:
             self._flash_earlier_version()
+
+    def _start_foreign(self) -> None:
+        """make_foreign_models in the background (a few minutes of training), while the sections before the
+        imports run: their commands spend much of their time waiting on servers and subprocesses."""
+        log = open(self.root / "foreign-models.log", "w+")
+        code = f"from tests.test_readme import make_foreign_models; make_foreign_models({str(self.work)!r})"
+        self.foreign = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+        self.foreign.log, self.foreign.started = log, time.monotonic()
+
+    def _await_foreign(self) -> None:
+        if self.foreign is None or self.foreign.log.closed:
+            return
+        try:
+            code = self.foreign.wait(timeout=COMMAND_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.foreign.kill()
+            code = f"none within {COMMAND_TIMEOUT_S} s"
+        self.log.append(("Bring your own model", "make_foreign_models", round(time.monotonic() - self.foreign.started)))
+        self.foreign.log.seek(0)
+        output = self.foreign.log.read()
+        self.foreign.log.close()
+        assert code == 0, f"making the models to import failed (exit {code}):\n{output[-3000:]}"
 
     def _flash_earlier_version(self) -> None:
         """The README's Pi was flashed before, so `rollback` has a previous version: an earlier copy of the bundle."""
@@ -564,6 +621,7 @@ class Workspace:
         if not self.user_files_made and re.search(r"\bedgecls train --data digits", original):
             make_user_files(self.work, self.home)  # needs the digits the train just wrote under ~/.cache
             self.user_files_made = True
+            self._start_foreign()
             run = self.work / "runs" / "digits"
             missing = [name for name in readme_file_table() if not (run / name).exists()]
             assert not missing, f"the README's '{WHAT_YOU_GET}' table names files a run lacks: {missing}"
@@ -615,6 +673,9 @@ def workspace(tmp_path_factory):
     try:
         yield space
     finally:
+        if space.foreign is not None and space.foreign.poll() is None:
+            space.foreign.kill()  # a failure before the imports: the models are not needed
+            space.foreign.wait()
         camera.kill()
         server.stop()
         for title, command, seconds in space.log:
