@@ -231,3 +231,29 @@ def test_train_with_stdout_in_a_file_writes_one_plain_line_per_epoch(tmp_path, s
     assert all(" val_accuracy " in line and " loss " in line for line in epochs)
     assert "Epoch 1/3" not in text  # Keras' own two-line form is off
     assert re.search(r"restored the best epoch \([123] of 3, lowest validation loss \d\.\d{4}\)", result.stderr)
+
+
+def test_train_on_a_terminal_keeps_keras_progress_bars(tmp_path, shapes_folder):
+    """The plain lines are for files and pipes: a terminal (a real pty here) still gets the live bars."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    args = ["train", "--data", shapes_folder, "--out", tmp_path / "run", "--epochs", "1", "--image-size", "32"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecls.cli", *map(str, [*args, "--widths", "8"])],
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+    )
+    os.close(secondary)
+    seen = b""
+    try:
+        while chunk := os.read(primary, 4096):
+            seen += chunk
+    except OSError:  # EIO: the child closed its side
+        pass
+    finally:
+        os.close(primary)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    assert b"\r\x1b[1m1/2\x1b[0m" in seen  # Keras' own bar (batch 1 of 2), redrawn in place, in bold
+    assert not re.search(rb"^epoch 1/1 - ", seen, re.MULTILINE)
