@@ -42,8 +42,18 @@ def _pixels(folder: Path) -> tuple:
     return np.stack(xs), np.asarray(ys)
 
 
+def _every_layer(model) -> list:
+    """Layers of nested models too (Teachable Machine's MobileNet sits two Sequentials deep)."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if hasattr(layer, "layers"):
+            found.extend(_every_layer(layer))
+    return found
+
+
 def _train(model, x, y, epochs: int = 6) -> None:
-    for layer in model.layers + [sub for m in model.layers if hasattr(m, "layers") for sub in m.layers]:
+    for layer in _every_layer(model):
         if hasattr(layer, "momentum") and "Normalization" in type(layer).__name__:
             layer.momentum = 0.8  # the applications' 0.999 leaves inference statistics unset after a few steps
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
