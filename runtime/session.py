@@ -11,6 +11,9 @@ import numpy as np
 
 from edgecls.runtime.backends import open_backend
 from edgecls.runtime.backends.base import TensorSpec
+from edgecls.runtime.bundle import OUTPUTS
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.preprocess import LAYOUTS
 
 
 def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -136,6 +139,12 @@ class ModelSession:
         input_name: str = "",
         output_name: str = "",
     ):
+        layout = layout.upper()
+        if layout not in LAYOUTS or output not in OUTPUTS:
+            raise EdgeclsError(
+                f"unknown model input layout {layout!r} or output {output!r}: "
+                f"use one of {', '.join(LAYOUTS)} and one of {', '.join(OUTPUTS)}"
+            )
         self.backend = open_backend(
             path,
             fmt,

@@ -109,3 +109,12 @@ def test_an_nchw_session_transposes_predicts_float_input(tmp_path):
     x = np.arange(2 * 2 * 4 * 3, dtype=np.float32).reshape(2, 2, 4, 3)
     out = ModelSession(path, "onnx", layout="NCHW").predict(x)
     np.testing.assert_array_equal(out, x.transpose(0, 3, 1, 2).reshape(2, 24))
+
+
+def test_a_session_takes_the_layout_in_either_case_and_refuses_unknown_layouts_or_outputs(softmax_model):
+    from edgecls.runtime.errors import EdgeclsError
+
+    assert ModelSession(softmax_model, "onnx", layout="nchw").layout == "NCHW"
+    for bad in ({"layout": "CHW"}, {"output": "softmax"}):
+        with pytest.raises(EdgeclsError, match="use one of NHWC, NCHW and one of probs, logits"):
+            ModelSession(softmax_model, "onnx", **bad)
