@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgecls.importer.labels import check_count, parse_labels, read_labels
+from edgecls.importer.labels import check_count, check_labels, parse_labels, read_labels
 from edgecls.runtime.errors import EdgeclsError
 
 
@@ -44,3 +44,30 @@ def test_a_missing_labels_file_says_to_pass_labels(tmp_path):
 
 def test_check_count_accepts_an_unknown_count():
     check_count(["a"], None, "x")
+
+
+@pytest.mark.parametrize(
+    "label, why",
+    [
+        ("../evil", "holds '/'"),
+        ("/tmp/PWNED", "holds '/'"),
+        ("a\\b", "holds '\\\\\\\\'"),
+        ("..", "is not a name"),
+        (".", "is not a name"),
+        ("bell\x07", "holds '\\\\x07'"),
+        ("x" * 201, "is over 200 characters long"),
+    ],
+)
+def test_a_label_that_cannot_name_a_folder_is_refused(label, why):
+    with pytest.raises(EdgeclsError, match=why) as caught:
+        parse_labels(f"cat\n{label}\n", "labels file l.txt")
+    assert "\n" not in str(caught.value) and "labels file l.txt" in str(caught.value)
+
+
+def test_a_model_label_holding_a_line_break_is_refused_not_split():
+    with pytest.raises(EdgeclsError, match="holds '\\\\n'"):
+        check_labels(["circle\nsquare", "triangle"], "the model's labels")
+
+
+def test_a_label_of_200_characters_with_dots_inside_is_kept():
+    assert parse_labels("a" * 200 + "\nv1.2 cat\n...x\n") == ["a" * 200, "v1.2 cat", "...x"]

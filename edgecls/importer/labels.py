@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 from edgecls.runtime.errors import EdgeclsError
 
 _INDEXED = re.compile(r"^(\d+)\s+(\S.*)$")
+MAX_LABEL = 200  # characters: a label names a class (and a folder of --data, a file of a work run)
 
 
 def parse_labels(text: str, where: str = "labels") -> list:
@@ -26,10 +28,34 @@ def parse_labels(text: str, where: str = "labels") -> list:
         if sorted(indices) == list(range(len(lines))):
             by_index = dict(zip(indices, (m.group(2).strip() for m in matches)))
             lines = [by_index[i] for i in range(len(lines))]
-    duplicates = sorted({label for label in lines if lines.count(label) > 1})
+    return check_labels(lines, where)
+
+
+def check_labels(labels: list, where: str = "labels") -> list:
+    """`labels` as they are, refused when one could not name a class folder or file safely: a path separator,
+    a control character (a line break inside a label included), '.' or '..', over MAX_LABEL characters, or a
+    label named twice. The model's own label lists are checked as they are, never joined and parsed again."""
+    for label in labels:
+        why = _unsafe(str(label))
+        if why:
+            raise EdgeclsError(
+                f"{where} has the label {str(label)[:40]!r} that {why}: each label must be a name of at most "
+                f"{MAX_LABEL} characters, without / \\ or control characters"
+            )
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise EdgeclsError(f"{where} names {duplicates[0]!r} twice: each class needs its own label")
-    return lines
+    return list(labels)
+
+
+def _unsafe(label: str) -> str:
+    """Why `label` cannot name a class folder or file ("" when it can)."""
+    if len(label) > MAX_LABEL:
+        return f"is over {MAX_LABEL} characters long"
+    bad = next((c for c in label if c in "/\\" or unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        return f"holds {bad!r}"
+    return "is not a name" if label.strip() in ("", ".", "..") else ""
 
 
 def read_labels(path, count: int | None = None) -> list:
