@@ -7,12 +7,14 @@ import json
 import subprocess
 import sys
 
-import foreign_keras as fk
 import numpy as np
 import pytest
 
 from edgecls.importer.api import import_model
 from edgecls.importer.request import Declared, ImportRequest
+from tests import foreign_keras as fk
+
+GATE = 3.0  # accuracy points: the test half holds 75 images, one image is 1.33 points
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +56,7 @@ def test_a_keras_file_with_its_own_rescaling_imports_verified_on_data(foreign, t
 
     folder, data = foreign
     model_file = fk.mobilenetv3_keras(folder, data)
-    result = import_model(ImportRequest(model_file, tmp_path / "b", folder / "labels.txt", data=data))
+    result = import_model(ImportRequest(model_file, tmp_path / "b", folder / "labels.txt", data=data, max_drop=GATE))
     source = result.manifest["source"]
     assert (source["framework"], source["verified_on_data"], source["preprocessing_from"]["mean"]) == (
         "keras",
@@ -91,7 +93,7 @@ def test_a_teachable_machine_folder_imports_with_its_labels_and_preprocessing(fo
     folder, data = foreign
     export = fk.teachable_folder(folder / "teachable", data)
     lines = []
-    result = import_model(ImportRequest(export, tmp_path / "b", data=data), progress=lines.append)
+    result = import_model(ImportRequest(export, tmp_path / "b", data=data, max_drop=GATE), progress=lines.append)
     assert any("Teachable Machine export: center-crop" in line for line in lines)
     assert result.manifest["labels"] == fk.LABELS
     assert result.manifest["input"]["resize"] == "center-crop"
