@@ -9,6 +9,7 @@ Only OpenCV and numpy are used here.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -93,6 +94,9 @@ class PreprocessSpec:
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, self.channels):
                 raise EdgeclsError(f"preprocessing {name} needs 1 or {self.channels} values, got {len(values)}")
+            bad = [v for v in values if not math.isfinite(v)]
+            if bad:  # a NaN would reach the manifest as bare NaN (not JSON) and every prediction
+                raise EdgeclsError(f"preprocessing {name} must be finite numbers, got {bad[0]}: give real values")
         if any(s == 0 for s in self.std):
             raise EdgeclsError("preprocessing std must not be 0")
 

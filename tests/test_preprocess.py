@@ -529,6 +529,15 @@ def test_bad_spec_values_are_named_in_the_error():
         PreprocessSpec(8, 8, std=(1, 2))
 
 
+@pytest.mark.parametrize("field, value", [("mean", float("nan")), ("std", float("inf")), ("mean", float("-inf"))])
+def test_a_non_finite_mean_or_std_is_refused_naming_the_field(field, value):
+    """A NaN mean once made a bundle whose manifest held bare NaN (not JSON) and predicted `circle nan`."""
+    with pytest.raises(EdgeclsError, match=f"preprocessing {field} must be finite numbers, got {value}"):
+        PreprocessSpec(8, 8, **{field: (1.0, value, 2.0)})
+    with pytest.raises(EdgeclsError, match=f"preprocessing {field} must be finite"):
+        PreprocessSpec.from_dict({"height": 8, "width": 8, field: [value]})
+
+
 def test_sixteen_bit_pixels_round_to_the_nearest_eight_bit_value():
     deep = np.arange(65536, dtype=np.uint16).reshape(256, 256)
     expected = np.floor(deep.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)  # v * 255 / 65535, rounded
