@@ -108,7 +108,7 @@ def measure(job: dict) -> dict:
         # The runtime's own probabilities and top-k, so the frame's last stage is the same work as an artifact's.
         from edgecls.runtime.session import to_probabilities
 
-        probs = to_probabilities(engine.run(preprocess(image, spec)[None]), head)[0]
+        probs = to_probabilities(engine.run(preprocess(image, spec)[None]), head, job.get("output", "probs"))[0]
         order = np.argsort(-probs, kind="stable")[: job.get("top_k", 5)]
         return [(labels[i], float(probs[i])) for i in order]
 
@@ -139,6 +139,7 @@ def keras_records(model_path: Path, say=None):
                     "artifact": KERAS_ARTIFACT,
                     "labels": bundle.labels,
                     "head": bundle.manifest.head,
+                    "output": bundle.manifest.output,
                     **options.job(threads, frame, rep),
                 }
                 results.setdefault(threads, []).append(
