@@ -78,6 +78,20 @@ class OnnxRuntimeBackend:
         self._input_name, self._output_names = self.input_spec.name, [self.output_spec.name]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        fixed = self.input_spec.shape[0] if self.input_spec.shape else -1
+        if fixed < 1 or len(batch) in (0, fixed):
+            return self._run(batch)
+        # A fixed batch dimension (a plain torch.onnx.export has 1): run chunks of that size, the last one padded
+        # with copies of its last row, and keep only the real rows.
+        outs = []
+        for start in range(0, len(batch), fixed):
+            chunk = batch[start : start + fixed]
+            if len(chunk) < fixed:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
+            outs.append(self._run(chunk)[: len(batch) - start])
+        return np.concatenate(outs)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run(self._output_names, {self._input_name: np.ascontiguousarray(batch)})[0]
 
 
