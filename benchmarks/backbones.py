@@ -154,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     work = _runs.work_folder(args.work, "edgecls-backbones-")
-    for set_name in args.sets.split(","):
+    for set_name in filter(None, args.sets.split(",")):
         data = (
             shapes_subset(work / f"shapes-{args.shapes_per_class}", args.shapes_per_class)
             if set_name == "shapes"
@@ -168,13 +168,17 @@ def main() -> None:
         (work / "latency.json").write_text(json.dumps({"latency": {f"{n}/{f}": v for (n, f), v in latency.items()},
                                                        "counts": counts}))  # fmt: skip
     found = {p.stem[5:]: json.loads(p.read_text()) for p in sorted(work.glob("rows-*.json"))}
-    if set(found) != {"shapes", "photos"} or not (work / "latency.json").is_file():
+    if not (work / "latency.json").is_file() or (args.sets and set(found) != {"shapes", "photos"}):
         print(f"rows of {', '.join(found)} written to {work}: the process that finishes last writes the table")
+        print("(or write it from what is there: --sets '')")
         return
     timed = json.loads((work / "latency.json").read_text())
     latency = {tuple(k.split("/")): v for k, v in timed["latency"].items()}
     rows = {(name, set_name): row for set_name, by_name in found.items() for name, row in by_name.items()}
+    missing = [f"{n} on {s}" for s in ("shapes", "photos") for n in BACKBONES if (n, s) not in rows]
     lines = _table(rows, latency, timed["counts"], args)
+    if missing:
+        lines.append(f"# not measured (the run was stopped for time): {', '.join(missing)}")
     _runs.write_results(Path(args.out), lines, started, work)
 
 
