@@ -17,7 +17,7 @@ import numpy as np
 from edgecls.converters import calibration as calib
 from edgecls.converters.quiet import quiet
 from edgecls.converters.reference import ReferenceStats
-from edgecls.converters.verify import AccuracyGateError, by_file, compare, gate_passes
+from edgecls.converters.verify import AccuracyGateError, by_file, compare, result_passes
 from edgecls.core.progress import progress
 from edgecls.runtime.bundle import TensorQuant
 from edgecls.runtime.errors import EdgeclsError
@@ -116,10 +116,11 @@ def verified_attempts(i: int, fmt, attempts: list, target: Path, opened, referen
         both = [k for k, p in enumerate(paths) if p in found]  # a file that stopped decoding is judged without
         predicted = np.stack([found[paths[k]][0] for k in both])
         result = compare(predicted, ref_probs[both], y[both], judging.labels)
-        if gate_passes(result["reference_right"], result["right"], len(both), judging.max_drop):
+        if result_passes(result, len(both), judging.max_drop):
             break
         drop = 100 * (result["reference_right"] - result["right"]) / len(both)
-        failures.append(f"{description or fmt.name}: -{drop:.2f} points")
+        lost = f"-{drop:.2f} points" if np.isfinite(result["max_prob_diff"]) else "probabilities not finite (NaN)"
+        failures.append(f"{description or fmt.name}: {lost}")
         last = n == len(attempts)
         progress(
             f"    lost {drop:.2f} points (limit {judging.max_drop}); "

@@ -22,6 +22,14 @@ def gate_passes(reference_right: int, artifact_right: int, images: int, max_drop
     return (reference_right - artifact_right) <= allowed
 
 
+def result_passes(result: dict, images: int, max_drop: float) -> bool:
+    """Whether a `compare` result passes the gate: at most `max_drop` points lost, and probabilities that are
+    numbers (a NaN max |Δp| means the artifact or the reference gave NaN: nothing was verified)."""
+    return bool(np.isfinite(result["max_prob_diff"])) and gate_passes(
+        result["reference_right"], result["right"], images, max_drop
+    )
+
+
 def by_file(predict, split, each=None) -> dict:
     """path -> (output, label) of the split's images that decoded in this pass."""
     found = {}

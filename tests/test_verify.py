@@ -73,3 +73,15 @@ def test_the_verification_table_names_what_the_artifacts_were_judged_against():
         "1.0000",
         "-33.33",
     ]
+
+
+def test_the_gate_fails_an_artifact_whose_probabilities_are_nan():
+    from edgecls.converters.verify import compare, result_passes
+
+    y = np.array([0, 1, 1, 0])
+    reference = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
+    nan = np.full_like(reference, np.nan)  # what a NaN mean gives, in the source model and its artifact alike
+    result = compare(nan, nan, y, ["a", "b"])  # argmax of NaN rows is 0 for both: agreement 1.0, no image lost
+    assert result["agreement"] == 1.0 and result["reference_right"] == result["right"]
+    assert not result_passes(result, len(y), 1.0)
+    assert result_passes(compare(reference, reference, y, ["a", "b"]), len(y), 1.0)
