@@ -6,4 +6,4 @@ The public API is importable without TensorFlow; heavy modules load on first use
     from edgecls.evaluate import evaluate_run
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

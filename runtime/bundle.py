@@ -18,6 +18,8 @@ Since issue 24 (imported models) a manifest may say `output: "logits"` (the runt
 sigmoid for a one-unit sigmoid head; absent means "probs", the artifact's output is already probabilities),
 `input.layout` may be "NCHW" (`input.shape` is then [1, C, H, W]), and an artifact may name the model's
 `input_name`/`output_name` (empty: its first input and output). Absent, each means what it meant before.
+Such a manifest lists them in `requires` (FEATURES, computed in `Manifest.to_dict`, absent when empty), so an
+edgecls that does not know one refuses the bundle in one line instead of serving it wrongly.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -40,6 +43,10 @@ LABELS = "labels.txt"
 RELEASE = "release.json"  # written by runtime/install into a device's release: which artifacts were sent
 BUNDLE_FORMAT = "edgecls-bundle/1"
 OUTPUTS = ("probs", "logits")  # what an artifact's output holds: probabilities, or logits the runtime turns into them
+# What a manifest may need beyond edgecls-bundle/1 (its `requires`), with the edgecls version that first serves each.
+# A loader refuses a bundle that needs one it does not know; flash and bench --device refuse a device whose edgecls
+# predates one (0.2.0 ignores `requires`, and served such bundles wrongly rather than loudly).
+FEATURES = {"nchw-input": "0.3.0", "logits-output": "0.3.0", "named-tensors": "0.3.0", "raw-pixel-input": "0.3.0"}
 CACHE_ENV = "EDGECLS_BUNDLE_CACHE"
 _STALE_PARTIAL_S = 3600  # an unpack older than this was interrupted (a Pi unpacks a bundle in seconds)
 
@@ -114,14 +121,32 @@ class Manifest:
     reference: dict = field(default_factory=dict)  # artifact name -> reference statistics (runtime/monitor/stats.py)
     format: str = BUNDLE_FORMAT
     output: str = "probs"  # one of OUTPUTS
+    requires: list = field(default_factory=list)  # as read from a manifest; `needs()` adds what the fields imply
 
     def __post_init__(self):
         if self.output not in OUTPUTS:
             raise ValueError(f"output is {json.dumps(self.output)[:40]}: use one of {', '.join(OUTPUTS)}")
 
+    def needs(self) -> list:
+        """The FEATURES this manifest's own fields need (and any its file already listed), sorted.
+
+        raw-pixel-input: uint8 pixels fed to a quantized input as they are; edgecls 0.2.0 quantized them again
+        (the same only for scale 1, zero point 0)."""
+        spec, arts = self.preprocess, self.artifacts
+        implied = {
+            "nchw-input": spec.layout == "NCHW",
+            "logits-output": self.output == "logits",
+            "named-tensors": any(a.input_name or a.output_name for a in arts),
+            "raw-pixel-input": spec.dtype == "uint8"
+            and any(a.input.scale and (a.input.scale, a.input.zero_point) != (1.0, 0) for a in arts),
+        }
+        return sorted(set(self.requires) | {name for name, needed in implied.items() if needed})
+
     def to_dict(self) -> dict:
+        needs = self.needs()
         return {
             "format": self.format,
+            **({"requires": needs} if needs else {}),  # absent when empty: old-style manifests stay as they were
             "labels": self.labels,
             "input": {"shape": [1, *self.preprocess.tensor_shape], **self.preprocess.to_dict()},
             "head": self.head,
@@ -147,6 +172,8 @@ class Manifest:
         files = _typed(d, "files", dict, {}, str)
         if any(not isinstance(k, str) for k in files):
             raise TypeError("files has a name that is not a string")
+        requires = _typed(d, "requires", list, [], str)
+        check_features(requires)
         return cls(
             labels=labels,
             preprocess=PreprocessSpec.from_dict(_typed(d, "input", dict, None)),
@@ -163,7 +190,30 @@ class Manifest:
             reference=_reference(d.get("reference")),
             format=d.get("format", BUNDLE_FORMAT),
             output=d.get("output", "probs"),
+            requires=requires,
         )
+
+
+def check_features(requires) -> None:
+    """BundleError naming what a manifest requires that this edgecls does not know (a later version's feature)."""
+    unknown = [name for name in requires if name not in FEATURES]
+    if unknown:
+        from edgecls import __version__
+
+        raise BundleError(
+            f"this bundle needs {', '.join(map(repr, unknown))}, which edgecls {__version__} here does not have: "
+            "update edgecls on this device (`edgecls flash ... --setup`, or `pip install --upgrade 'edgecls[runtime]'`)"
+        )
+
+
+def unserved(requires, version: str) -> list:
+    """What of `requires` an edgecls of `version` predates (unknown names included): the host's check before it
+    sends a bundle to a device, whose edgecls may be older than `requires` itself."""
+
+    def key(text: str) -> tuple:
+        return tuple(int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3])
+
+    return [name for name in requires if name not in FEATURES or key(version) < key(FEATURES[name])]
 
 
 def _typed(d: dict, key: str, kind: type, default, items: type | None = None):

@@ -122,3 +122,74 @@ def test_an_unknown_layout_names_the_ones_there_are():
 
     with pytest.raises(EdgeclsError, match="unknown preprocessing layout 'NCWH': use one of NHWC, NCHW"):
         PreprocessSpec(8, 8, layout="NCWH")
+
+
+_SCALED_UINT8 = {"dtype": "uint8", "scale": 2 / 255, "zero_point": 128}
+_UNIT_UINT8 = {"dtype": "uint8", "scale": 1.0, "zero_point": 0}
+
+
+@pytest.mark.parametrize(
+    "spec, manifest_kw, artifact_kw, needs",
+    [
+        ({}, {}, {}, []),
+        ({"layout": "NCHW"}, {}, {}, ["nchw-input"]),
+        ({}, {"output": "logits"}, {}, ["logits-output"]),
+        ({}, {}, {"output_name": "logits"}, ["named-tensors"]),
+        ({}, {}, {"input_name": "pixel_values"}, ["named-tensors"]),
+        ({"dtype": "uint8"}, {}, {"input": _SCALED_UINT8}, ["raw-pixel-input"]),
+        ({"dtype": "uint8"}, {}, {"input": _UNIT_UINT8}, []),  # 0.2.0 fed these pixels the same way
+        ({"dtype": "uint8"}, {}, {}, []),  # a float input: cast either way
+        (
+            {"layout": "NCHW"},
+            {"output": "logits"},
+            {"output_name": "y"},
+            ["logits-output", "named-tensors", "nchw-input"],
+        ),
+    ],
+)
+def test_a_manifest_requires_what_its_own_fields_need_and_an_old_style_one_nothing(
+    spec, manifest_kw, artifact_kw, needs
+):
+    """edgecls 0.2.0 served such bundles wrongly (an NCHW bundle 'inconsistent', logits as confidences, the first
+    output instead of the named one, camera bytes quantized again): `requires` says what the reader must know."""
+    from edgecls.runtime.bundle import Artifact
+
+    artifact = Artifact.from_dict(_artifact(**artifact_kw))
+    manifest = Manifest(["a", "b"], PreprocessSpec(16, 16, **spec), "softmax", [artifact], **manifest_kw)
+    written = manifest.to_dict()
+    assert written.get("requires", []) == needs and ("requires" in written) == bool(needs)
+    assert Manifest.from_dict(json.loads(json.dumps(written))).to_dict() == written
+
+
+def test_an_old_style_manifest_is_written_byte_for_byte_as_before(tiny_bundle):
+    """No `requires` key at all when nothing is needed: a bundle convert wrote reads and writes back the same."""
+    raw = (tiny_bundle / "manifest.json").read_text()
+    manifest = load_bundle(tiny_bundle).manifest
+    assert "requires" not in json.loads(raw) and manifest.to_dict() == json.loads(raw)
+
+
+def test_a_bundle_needing_what_this_edgecls_does_not_know_is_refused_in_one_line(tmp_path):
+    """What protects every later feature: a loader that does not know one says so instead of guessing."""
+    import edgecls
+
+    bundle = _bundle(tmp_path / "b", fields={"requires": ["nchw-input", "hdr-input"]})
+    why = (
+        f"this bundle needs 'hdr-input', which edgecls {edgecls.__version__} here does not have: "
+        r"update edgecls on this device \(`edgecls flash ... --setup`"
+    )
+    with pytest.raises(BundleError, match=why):
+        load_bundle(bundle)
+    image = write_image(tmp_path / "x.png", np.zeros((16, 16, 3), np.uint8))
+    error = cli_error(run_cli("predict", bundle, image))
+    assert "needs 'hdr-input', which edgecls" in error and "--setup" in error and "\n" not in error.strip()
+
+
+@pytest.mark.parametrize(
+    "version, missing",
+    [("0.2.0", ["nchw-input", "logits-output"]), ("0.1.0", ["nchw-input", "logits-output"]), ("0.3.0", [])]
+    + [("0.3.0.dev1", []), ("0.10.0", []), ("1.0", [])],
+)
+def test_a_device_version_before_a_feature_does_not_serve_it(version, missing):
+    from edgecls.runtime.bundle import unserved
+
+    assert unserved(["nchw-input", "logits-output"], version) == missing
