@@ -232,3 +232,24 @@ def flash_and_run(bundle: Path, device: Path, images: Path) -> list:
 def dynamic_size(path: Path) -> Path:
     """The classifier (random head, 3 classes) with a symbolic height and width: [N, 3, H, W]."""
     return _saved(_model(_random_head(3), ["N", 3, "H", "W"], "logits", 3), path)
+
+
+def variant(path: Path, shape=("N", 3, SIZE, SIZE), elem_type: str = "FLOAT", weights_as_inputs: bool = False) -> Path:
+    """The classifier (random head, 3 classes, logits) with another input: a fixed or huge `shape`, a uint8 or
+    float16 input (`elem_type`, cast to float inside), or its weights listed as graph inputs too, as exporters
+    before IR 4 wrote them."""
+    from onnx import TensorProto, helper
+
+    model = _model(_random_head(3), list(shape), "logits", 3)
+    graph = model.graph
+    if elem_type != "FLOAT":
+        kind = getattr(TensorProto, elem_type)
+        graph.input[0].name = "pixels"
+        graph.input[0].type.tensor_type.elem_type = kind
+        graph.node.insert(0, helper.make_node("Cast", ["pixels"], ["input"], to=TensorProto.FLOAT, name="cast"))
+    if weights_as_inputs:
+        graph.input.extend(
+            helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in graph.initializer
+        )
+        model.ir_version = 3
+    return _saved(model, path)

@@ -140,12 +140,16 @@ def test_without_data_the_onnx_import_skips_int8_and_says_it_was_not_verified(py
     assert load_bundle(tmp_path / "b").manifest.output == "logits"
 
 
-def test_windows_ml_image_metadata_sets_colour_and_range(tmp_path):
-    model = foreign_onnx.winml(tmp_path / "winml.onnx", "Bgr8", "Normalized_0_1")
+@pytest.mark.parametrize(
+    "pixel_format, pixel_range, expected",
+    [("Bgr8", "Normalized_0_1", ("bgr", [0.0], [255.0])), ("Rgb8", "Normalized_1_1", ("rgb", [127.5], [127.5]))],
+)
+def test_windows_ml_image_metadata_sets_colour_and_range(pixel_format, pixel_range, expected, tmp_path):
+    model = foreign_onnx.winml(tmp_path / "winml.onnx", pixel_format, pixel_range)
     (tmp_path / "labels.txt").write_text("a\nb\nc\n")
     result = import_onnx(ImportRequest(model, tmp_path / "b", tmp_path / "labels.txt"), print)
     spec, source = result.manifest["input"], result.manifest["source"]
-    assert (spec["color"], spec["mean"], spec["std"]) == ("bgr", [0.0], [255.0])
+    assert (spec["color"], spec["mean"], spec["std"]) == expected
     assert source["preprocessing_from"]["color"] == source["preprocessing_from"]["mean"] == "model"
 
 
@@ -158,10 +162,11 @@ def _error(request: ImportRequest) -> str:
     return message
 
 
-def test_an_onnx_model_with_two_inputs_needs_input_option(tmp_path):
+def test_an_onnx_model_with_two_inputs_is_refused_as_not_single_image_input(tmp_path):
     model = foreign_onnx.two_inputs(tmp_path / "two.onnx")
     message = _error(ImportRequest(model, tmp_path / "b", declared=IMAGENET))
-    assert "2 inputs (input, scale)" in message and "--input NAME" in message
+    assert "2 inputs (input, scale)" in message and "only input is the image" in message
+    assert "--input" not in message  # naming one of them cannot help: the other still needs feeding
 
 
 def test_an_onnx_model_whose_input_is_not_an_image_is_refused(tmp_path):
@@ -252,7 +257,7 @@ def test_edgecls_import_on_the_command_line_writes_a_bundle_predict_reads(pytorc
     assert len(top1) == 5
     two = foreign_onnx.two_inputs(tmp_path / "two.onnx")
     error = cli_error(run_cli("import", two, "--labels", labels, "--out", tmp_path / "c", "--mean", mean, "--std", std))
-    assert "--input NAME" in error and not (tmp_path / "c").exists()
+    assert "only input is the image" in error and not (tmp_path / "c").exists()
 
 
 def test_an_imported_onnx_bundle_flashes_and_runs_unchanged(onnx_bundle, shapes_folder, tmp_path):
@@ -305,3 +310,127 @@ def test_an_imported_onnx_bundle_flashes_over_ssh_with_its_smoke_test(onnx_bundl
     assert result.result == "installed", result.reason
     checks = json.loads((bundle / "manifest.json").read_text())["checks"]
     assert result.smoke["correct"] == len(checks) > 0 and result.smoke["artifact"].startswith("onnx-")
+
+
+def _labels3(tmp_path: Path) -> Path:
+    (tmp_path / "labels.txt").write_text("circle\nsquare\ntriangle\n")
+    return tmp_path / "labels.txt"
+
+
+def test_an_onnx_model_with_a_fixed_batch_of_one_imports(tmp_path):
+    model = foreign_onnx.variant(tmp_path / "batch1.onnx", shape=(1, 3, 32, 32))
+    result = import_onnx(ImportRequest(model, tmp_path / "b", _labels3(tmp_path), declared=IMAGENET), print)
+    assert result.manifest["output"] == "logits"  # probed on 4 images, fed one at a time
+
+
+def test_an_onnx_model_with_a_fixed_batch_of_one_imports_verified_on_data(shapes_folder, tmp_path):
+    model = foreign_onnx.variant(tmp_path / "batch1.onnx", shape=(1, 3, 32, 32))
+    request = ImportRequest(model, tmp_path / "b", _labels3(tmp_path), shapes_folder, IMAGENET, max_drop=100.0)
+    manifest = import_onnx(request, print).manifest
+    assert manifest["source"]["verified_on_data"] is True
+
+
+def test_a_float16_input_onnx_model_imports_without_int8(shapes_folder, tmp_path):
+    model = foreign_onnx.variant(tmp_path / "half.onnx", elem_type="FLOAT16")
+    result = import_onnx(ImportRequest(model, tmp_path / "b", _labels3(tmp_path), declared=IMAGENET), print)
+    assert any(line.startswith("int8 skipped: the model's input is float16") for line in result.lines)
+
+
+@pytest.mark.parametrize("kind, skipped", [("uint8", "input is uint8"), ("ir3", "lists its weights as inputs")])
+def test_an_onnx_model_int8_cannot_calibrate_imports_without_int8(kind, skipped, shapes_folder, tmp_path):
+    options = {"elem_type": "UINT8"} if kind == "uint8" else {"weights_as_inputs": True}
+    model = foreign_onnx.variant(tmp_path / f"{kind}.onnx", **options)
+    declared = Declared(normalize="imagenet")
+    request = ImportRequest(model, tmp_path / "b", _labels3(tmp_path), shapes_folder, declared, max_drop=100.0)
+    result = import_onnx(request, print)
+    assert [a["name"] for a in result.manifest["artifacts"]] == ["onnx-fp32"]
+    assert any(line.startswith("int8 skipped") and skipped in line for line in result.lines)
+    if kind == "uint8":  # the options' normalization cannot apply to raw pixels: said, and recorded as the model's
+        assert "warning: the model takes uint8 pixels as they are: --normalize/--mean/--std ignored" in result.lines
+        assert result.manifest["source"]["preprocessing_from"]["mean"] == "model"
+
+
+@pytest.mark.parametrize(
+    "declared, expected",
+    [
+        (Declared(size=(64, 64), normalize="imagenet"), "--size 64x64 contradicts the model's fixed input 32x32"),
+        (Declared(layout="nhwc", normalize="imagenet"), "--layout nhwc contradicts the model's input shape"),
+        (Declared(mean=(float("nan"),), std=(1.0,)), "--mean/--std gives mean (nan,): it must be finite"),
+        (Declared(mean=(0.0,), std=(float("inf"),)), "--mean/--std gives std (inf,): it must be finite"),
+    ],
+)
+def test_options_that_cannot_run_the_onnx_model_are_one_line(declared, expected, pytorch_onnx, tmp_path):
+    assert expected in _error(ImportRequest(pytorch_onnx[0], tmp_path / "b", pytorch_onnx[1], declared=declared))
+
+
+@pytest.mark.parametrize(
+    "props, expected",
+    [
+        ({"imgsz": "[60000, 60000]"}, "input size 60000x60000 is over 4096 pixels a side"),
+        ({"preprocess": '{"height": 32, "width": 32, "mean": "abc", "std": [1]}'}, "edgecls metadata does not read"),
+        ({"preprocess": '{"height": 32, "width": 32, "mean": [NaN], "std": [1]}'}, "must be finite numbers"),
+        ({"preprocess": '{"height": 32, "width": 32, "mean": [0], "std": [0]}'}, "it must not be 0 (override it"),
+        ({"preprocess": '{"height": 32, "width": 32, "mean": [1, 2], "std": [1]}'}, "needs 1 or 3 (override it"),
+    ],
+)
+def test_metadata_that_cannot_run_the_onnx_model_is_one_line(props, expected, pytorch_onnx, tmp_path):
+    source = foreign_onnx.dynamic_size(tmp_path / "dynamic.onnx")  # the size is the metadata's to say
+    model = _with_props(source, tmp_path / "meta.onnx", props)
+    declared = IMAGENET if "imgsz" in props else Declared()
+    message = _error(ImportRequest(model, tmp_path / "b", pytorch_onnx[1], declared=declared))
+    assert expected in message
+    if "preprocess" in props and "abc" not in props["preprocess"]:
+        assert "the model's edgecls metadata gives" in message and "--mean/--std" in message
+
+
+def test_a_huge_fixed_onnx_input_is_refused_before_any_allocation(tmp_path):
+    model = foreign_onnx.variant(tmp_path / "huge.onnx", shape=("N", 3, 200000, 200000))
+    assert "over 4096 pixels a side" in _error(
+        ImportRequest(model, tmp_path / "b", _labels3(tmp_path), declared=IMAGENET)
+    )
+
+
+def test_an_onnx_model_with_external_data_is_refused_in_one_line(pytorch_onnx, tmp_path):
+    import onnx
+
+    model = onnx.load(str(pytorch_onnx[0]))
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    message = _error(ImportRequest(tmp_path / "ext.onnx", tmp_path / "b", pytorch_onnx[1], declared=IMAGENET))
+    assert "external data" in message and "save_as_external_data=False" in message
+
+
+def test_model_labels_holding_a_line_break_are_refused_not_split(pytorch_onnx, tmp_path):
+    model = _with_props(pytorch_onnx[0], tmp_path / "m.onnx", {"labels": '["circle\\nsquare", "triangle"]'})
+    message = _error(ImportRequest(model, tmp_path / "b", declared=IMAGENET))
+    assert "has 2 labels but the model has 3 outputs" in message
+
+
+def test_labels_option_over_the_model_labels_warns_naming_both(pytorch_onnx, tmp_path):
+    names = "{0: 'red', 1: 'green', 2: 'blue'}"
+    model = _with_props(pytorch_onnx[0], tmp_path / "yolo.onnx", {"names": names})
+    result = import_onnx(ImportRequest(model, tmp_path / "b", pytorch_onnx[1], declared=IMAGENET), print)
+    assert result.manifest["labels"] == ["circle", "square", "triangle"]
+    assert any("Ultralytics metadata names other labels than --labels" in line for line in result.lines)
+
+
+def test_edgecls_own_onnx_metadata_keeps_its_letterbox(pytorch_onnx, tmp_path):
+    from edgecls.converters.onnx import set_metadata
+    from edgecls.runtime.preprocess import PreprocessSpec
+
+    model = tmp_path / "ours.onnx"
+    model.write_bytes(pytorch_onnx[0].read_bytes())
+    spec = PreprocessSpec(32, 32, resize="letterbox", pad_value=114, mean=(0.0,), std=(255.0,), layout="NCHW")
+    set_metadata(model, {"labels": ["red", "green", "blue"], "preprocess": spec.to_dict(), "head": "softmax"})
+    manifest = import_onnx(ImportRequest(model, tmp_path / "b"), print).manifest
+    assert (manifest["input"]["resize"], manifest["input"]["pad_value"]) == ("letterbox", 114)
+
+
+def test_data_with_two_images_per_class_asks_for_three(pytorch_onnx, shapes_folder, tmp_path):
+    import shutil
+
+    for label in ("circle", "square"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for path in sorted((shapes_folder / label).iterdir())[:2]:
+            shutil.copy(path, tmp_path / "data" / label / path.name)
+    request = ImportRequest(pytorch_onnx[0], tmp_path / "b", pytorch_onnx[1], tmp_path / "data", IMAGENET)
+    assert "give at least three images per class" in _error(request)

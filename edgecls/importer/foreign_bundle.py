@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -32,7 +32,7 @@ from edgecls.converters.output import check_tar_output, claimed_stage, publish_t
 from edgecls.converters.testsplit import TINY_SPLIT, TestSplitReport
 from edgecls.converters.verify import by_file
 from edgecls.core.outputs import bundle_contents
-from edgecls.importer.request import ImportRequest, ImportResult
+from edgecls.importer.request import ImportRequest, ImportResult, resolve_spec
 from edgecls.runtime.atomic import check_output, write_json, write_text
 from edgecls.runtime.bundle import LABELS, MANIFEST, Artifact, Manifest, check_listed_names, sha256_file
 from edgecls.runtime.errors import DataError, EdgeclsError
@@ -42,6 +42,7 @@ from edgecls.runtime.session import ModelSession
 DATA_TEST_FRACTION = 0.5  # of each class of --data (without its own test/ folder): the rest calibrates int8
 CALIBRATION_SIZE = 200  # images int8 is calibrated on (4x for the remedies), as convert's default
 WORK = ".work"  # inside the stage: temp files (quantization's pre-processed graph)
+MAX_SIDE = 4096  # pixels: a larger input (declared, or read from metadata) is a mistake, not a classifier
 
 
 @dataclass
@@ -147,7 +148,10 @@ def load_data(request: ImportRequest, labels: list, spec: PreprocessSpec) -> Dat
         name: [Sample(s.path, index[s.label], s.digest) for s in dataset.splits[name]] for name in ("train", "test")
     }
     if not samples["test"]:
-        raise DataError(f"--data {request.data} leaves no test image: give at least two images per class")
+        raise DataError(
+            f"--data {request.data} leaves no test image: give at least three images per class "
+            f"(or its own train/ and test/ folders)"
+        )
     splits = open_splits(samples, spec)
     return DataSet(Path(request.data), splits, request.seed)
 
@@ -298,8 +302,44 @@ def _manifest(plan: Plan, artifacts: list, accuracy, verified_on: DataSet | None
     )
 
 
+def settle_spec(hints, declared, lines: list) -> tuple:
+    """`resolve_spec` of the model's hints and the options, refused in one line when what either gives cannot be
+    run: a normalization that is not finite, the model's own one that does not fit (the options can override
+    it), a side over MAX_SIDE. A uint8-input model takes its pixels as they are: options that normalize are
+    ignored with a warning."""
+    _check_normalization("--mean/--std", declared.mean, declared.std, 3)
+    if declared.mean is None and declared.std is None and declared.normalize is None and not hints.raw_input:
+        where = hints.said_by.get("mean") or hints.said_by.get("std") or "the model"
+        _check_normalization(where, hints.mean, hints.std, hints.channels or 3, " (override it with --mean/--std)")
+    spec, output = resolve_spec(hints, declared, lambda line: lines.append(f"warning: {line}"))
+    if max(spec.height, spec.width) > MAX_SIDE:
+        raise EdgeclsError(
+            f"input size {spec.height}x{spec.width} is over {MAX_SIDE} pixels a side: give the model's real size "
+            f"with --size N or --size WxH"
+        )
+    if hints.raw_input and (declared.mean, declared.std, declared.normalize) != (None, None, None):
+        lines.append("warning: the model takes uint8 pixels as they are: --normalize/--mean/--std ignored")
+    return spec, output
+
+
+def _check_normalization(where: str, mean, std, channels: int, fix: str = "") -> None:
+    for name, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        if not all(np.isfinite(v) for v in values):
+            raise EdgeclsError(f"{where} gives {name} {values}: it must be finite numbers{fix}")
+        if len(values) not in (1, channels):
+            raise EdgeclsError(f"{where} gives {len(values)} {name} values: it needs 1 or {channels}{fix}")
+        if name == "std" and any(v == 0 for v in values):
+            raise EdgeclsError(f"{where} gives std {values}: it must not be 0{fix}")
+
+
 def preprocessing_from(hints, declared) -> dict:
-    """The manifest's source.preprocessing_from: for each field, whether the model, an option or a default set it."""
+    """The manifest's source.preprocessing_from: for each field, whether the model, an option or a default set it
+    (a uint8-input model's normalization is the model's, whatever the options say)."""
+    if hints.raw_input:  # its normalization is inside it (or its input's quantization)
+        hints = replace(hints, mean=(0.0,), std=(1.0,))
+        declared = replace(declared, mean=None, std=None, normalize=None)
     normalized = declared.normalize is not None
     said = {
         "size": (hints.size, declared.size),
@@ -365,9 +405,20 @@ def _layout(dims: list, declared) -> dict:
             f"the model's input shape {shown(dims)} does not say where its channels are: "
             f"give --layout nchw or --layout nhwc (and --size N when its height and width are not fixed)"
         )
+    if layout is not None and declared.layout not in (None, layout):
+        raise EdgeclsError(
+            f"--layout {declared.layout} contradicts the model's input shape {shown(dims)} ({layout}): "
+            f"leave --layout out"
+        )
     layout = layout or declared.layout
     c, h, w = (dims[1], dims[2], dims[3]) if layout == "nchw" else (dims[3], dims[1], dims[2])
-    return {"layout": layout, "channels": c, "size": (h, w) if h and w else None}
+    size = (h, w) if h and w else None
+    if size is not None and declared.size is not None and tuple(declared.size) != size:
+        raise EdgeclsError(
+            f"--size {declared.size[1]}x{declared.size[0]} contradicts the model's fixed input {w}x{h} "
+            f"(shape {shown(dims)}): leave --size out"
+        )
+    return {"layout": layout, "channels": c, "size": size}
 
 
 def shown(dims: list) -> str:
@@ -385,6 +436,11 @@ def pick_tensor(found: list, wanted: str | None, what: str, option: str) -> int:
                 f"one image: export the model with the image as its only input"
             )
         return found.index(wanted)
+    if what == "input" and len(found) > 1:
+        raise EdgeclsError(
+            f"the model has {len(found)} inputs ({', '.join(found)}) but edgecls imports models whose only input "
+            f"is the image: export the model with the image as its only input"
+        )
     if len(found) != 1:
         raise EdgeclsError(
             f"the model has {len(found)} {what}s ({', '.join(found)}): name the image one with {option} NAME"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,8 @@ import numpy as np
 from edgecls.converters.formats import FORMATS
 from edgecls.converters.onnx import quantized_attempts, real_inputs
 from edgecls.importer import foreign_bundle as fb
-from edgecls.importer.labels import check_count, parse_labels, read_labels
-from edgecls.importer.request import ImportRequest, ImportResult, ModelHints, resolve_spec
+from edgecls.importer.labels import check_count, check_labels, read_labels
+from edgecls.importer.request import ImportRequest, ImportResult, ModelHints
 from edgecls.runtime import formats as names
 from edgecls.runtime.errors import EdgeclsError, MissingDependencyError
 
@@ -33,6 +34,7 @@ WINML_RANGES = {  # (mean, std) in 0..255 pixel units
     "Normalized_1_1": ((127.5,), (127.5,)),
 }
 UINT8 = 2  # onnx.TensorProto.UINT8: a model that takes the pixels as they are
+TENSOR_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
 def import_onnx(request: ImportRequest, progress) -> ImportResult:
@@ -44,12 +46,13 @@ def import_onnx(request: ImportRequest, progress) -> ImportResult:
     props = {p.key: p.value for p in model.metadata_props}
     hints = model_hints(props, _dims(inp), request.declared, inp.type.tensor_type.elem_type == UINT8)
     lines = [f"read from the model: {', '.join(sorted(set(hints.said_by.values())))}"] if hints.said_by else []
-    spec, output = resolve_spec(hints, request.declared, lambda line: lines.append(f"warning: {line}"))
+    spec, output = fb.settle_spec(hints, request.declared, lines)
+    spec = _own_resize(props, spec, request.declared)
     fb.check_out(request)  # before any work: a refusal costs nothing
     runner = OnnxRunner(request.model, inp.name, out.name, spec.layout)
     units = runner.units(spec)
     head = "sigmoid" if units == 1 else "softmax"
-    labels = _labels(request, hints, 2 if units == 1 else units)
+    labels = _labels(request, hints, 2 if units == 1 else units, lines)
     data = fb.load_data(request, labels, spec) if request.data is not None else None
     said_output = hints.output is not None or request.declared.output is not None
     if not said_output:
@@ -68,7 +71,12 @@ def import_onnx(request: ImportRequest, progress) -> ImportResult:
         plan.candidates.append(
             fb.Candidate(FORMATS[names.ONNX_FP32.name], lambda work: fb.as_is(request.model), tensors)
         )
-    if names.ONNX_INT8.name in wanted and data is not None:
+    why_not = _no_int8(runner, inputs, model)
+    if names.ONNX_INT8.name in wanted and why_not:
+        if not plan.candidates:
+            raise EdgeclsError(f"onnx-int8 cannot be made: {why_not}")
+        lines.append(f"int8 skipped: {why_not}")
+    elif names.ONNX_INT8.name in wanted and data is not None:
         plan.candidates.append(_int8(request, data, spec, inp.name, tensors, plan))
     elif names.ONNX_INT8.name in wanted:
         if not plan.candidates:
@@ -77,19 +85,34 @@ def import_onnx(request: ImportRequest, progress) -> ImportResult:
     return fb.write_foreign_bundle(plan, data, progress)
 
 
+def _no_int8(runner, inputs: list, model) -> str:
+    """Why int8 cannot be calibrated on this model ("" when it can): its calibration feeds one float32 image."""
+    if runner.dtype != np.float32:
+        return f"the model's input is {np.dtype(runner.dtype).name}, int8 is calibrated on float32 inputs"
+    if len(model.graph.input) != len(inputs):
+        return "the model lists its weights as inputs (IR < 4): re-export it with a recent exporter to add int8"
+    return ""
+
+
 def load_model(path):
     """The ONNX ModelProto at `path`; a file that does not parse is a one-line error."""
     try:
         import onnx
+        from onnx.external_data_helper import uses_external_data
     except ImportError as exc:
         raise MissingDependencyError("onnx", "convert", "needed to read ONNX models") from exc
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)  # external data is refused below, unread
     except Exception as exc:  # protobuf's DecodeError, onnx's own, OSError for external data
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise EdgeclsError(f"{path} is not an ONNX model that loads ({first[:200]}): export it again") from None
     if not len(model.graph.node) or not len(model.graph.input):
         raise EdgeclsError(f"{path} is not an ONNX model (no graph): export it again")
+    if any(uses_external_data(t) for t in model.graph.initializer):
+        raise EdgeclsError(
+            f"{path} keeps its weights in external data files, which edgecls does not copy: re-save it as one file "
+            f"(onnx.save(onnx.load(path), path, save_as_external_data=False))"
+        )
     return model
 
 
@@ -118,7 +141,7 @@ def _own(props: dict) -> tuple:
         if "preprocess" in props:
             p = json.loads(props["preprocess"])
             found.update(size=(int(p["height"]), int(p["width"])), color=p.get("color"))
-            found.update(mean=tuple(p["mean"]), std=tuple(p["std"]), output="probs")
+            found.update(mean=_floats(p["mean"]), std=_floats(p["std"]), output="probs")
         if "labels" in props:
             found["labels"] = [str(label) for label in json.loads(props["labels"])]
     except (ValueError, KeyError, TypeError) as exc:
@@ -126,6 +149,25 @@ def _own(props: dict) -> tuple:
             f"the model's edgecls metadata does not read ({exc}): pass --labels and the options"
         ) from None
     return "the model's edgecls metadata", {k: v for k, v in found.items() if v is not None}
+
+
+def _floats(values) -> tuple:
+    if not isinstance(values, list):
+        raise TypeError(f"{values!r} is not a list of numbers")
+    return tuple(float(v) for v in values)
+
+
+def _own_resize(props: dict, spec, declared):
+    """The resize mode and letterbox padding our converter wrote, unless --resize says otherwise."""
+    if declared.resize is not None or "preprocess" not in props:
+        return spec
+    p = json.loads(props["preprocess"])  # read once already by _own
+    try:
+        return replace(spec, resize=p.get("resize", spec.resize), pad_value=int(p.get("pad_value", spec.pad_value)))
+    except (TypeError, ValueError) as exc:
+        raise EdgeclsError(
+            f"the model's edgecls metadata does not read ({exc}): pass --labels and the options"
+        ) from None
 
 
 def _winml(props: dict) -> tuple:
@@ -154,14 +196,17 @@ def _ultralytics(props: dict) -> tuple:
     return "the model's Ultralytics metadata", found
 
 
-def _labels(request: ImportRequest, hints: ModelHints, count: int) -> list:
+def _labels(request: ImportRequest, hints: ModelHints, count: int, lines: list) -> list:
     if request.labels_file is not None:
-        return read_labels(request.labels_file, count)
+        labels = read_labels(request.labels_file, count)
+        if hints.labels is not None and list(hints.labels) != labels:
+            where = hints.said_by.get("labels", "the model")
+            lines.append(f"warning: {where} names other labels than --labels {request.labels_file}: using --labels")
+        return labels
     if hints.labels is None:
         raise EdgeclsError("the model carries no labels: pass --labels FILE (one label a line, in class order)")
-    labels = parse_labels("\n".join(hints.labels), "the model's labels")
-    check_count(labels, count, "the model's own labels")
-    return labels
+    check_count(hints.labels, count, "the model's own labels")  # counted as they are, never joined and split again
+    return check_labels(hints.labels, "the model's own labels")
 
 
 class OnnxRunner:
@@ -182,19 +227,30 @@ class OnnxRunner:
                 f"or upgrade onnxruntime"
             ) from None
         self.input_name, self.output_name, self.layout = input_name, output_name, layout
-        kind = next(i.type for i in self.session.get_inputs() if i.name == input_name)
-        self.dtype = np.uint8 if kind == "tensor(uint8)" else np.float32
+        found = next(i for i in self.session.get_inputs() if i.name == input_name)
+        self.dtype = TENSOR_TYPES.get(found.type)
+        if self.dtype is None:
+            raise EdgeclsError(f"the model's input {input_name} is a {found.type}: edgecls feeds float or uint8 images")
+        self.one_at_a_time = bool(found.shape) and found.shape[0] == 1  # a fixed batch of 1
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=self.dtype)
         if self.layout == "NCHW":
             x = x.transpose(0, 3, 1, 2)
-        out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x)})[0]
-        return out.reshape(len(x), -1)
+        rows = [x[i : i + 1] for i in range(len(x))] if self.one_at_a_time else [x]
+        out = [self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(r)})[0] for r in rows]
+        return np.concatenate([o.reshape(len(r), -1) for o, r in zip(out, rows)])
 
     def units(self, spec) -> int:
-        """Output units, by running the model once (the output's shape is often symbolic)."""
-        return int(self.run(np.zeros((1, *spec.shape), np.float32)).shape[1])
+        """Output units, by running the model once (the output's shape is often symbolic); its failure is one line."""
+        try:
+            return int(self.run(np.zeros((1, *spec.shape), np.float32)).shape[1])
+        except Exception as exc:  # onnxruntime's InvalidArgument/Fail for an input it cannot take
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise EdgeclsError(
+                f"the model does not run on a {spec.tensor_shape} input ({first[:200]}): "
+                f"check --size, --layout and --color against the model's input"
+            ) from None
 
 
 def _int8(request: ImportRequest, data, spec, input_name: str, tensors: dict, plan) -> fb.Candidate:
