@@ -3,15 +3,16 @@
 The model: a Keras Conv -> ReLU -> Conv -> ReLU -> GlobalAveragePool -> Dense(softmax) at 32x32 RGB (NHWC), its
 convolutions the fixed colour and edge detectors of `tests/foreign_onnx.py` and its Dense layer fitted in NumPy
 to the class-per-folder set `data` (so it genuinely separates the classes), converted by TensorFlow's own
-TFLiteConverter. It expects symmetric normalization ((pixel - 127.5) / 127.5).
+TFLiteConverter. It expects symmetric normalization ((pixel - 127.5) / 127.5), except `with_metadata`'s.
 
 - `with_metadata`: fp32, with TFLite Metadata written the way tflite-support's MetadataWriter writes it, but
   offline and without that package: the metadata FlatBuffer is built with the vendored TFLite Support schema
-  (`edgecls.importer.metadata_schema_py_generated`, object API: NormalizationOptions mean/std 127.5 on the
-  input, a TENSOR_AXIS_LABELS associated file `labels.txt` on the output, identifier "M001"), stored in a new
-  model buffer named by a `TFLITE_METADATA` metadata entry (LiteRT's model schema,
-  `ai_edge_litert.schema_py_generated`, re-packed with identifier "TFL3"), and labels.txt is appended to the
-  file as a zip archive, as tflite-support does.
+  (`edgecls.importer.metadata_schema_py_generated`, object API: NormalizationOptions mean 127.5, std 63.75 on
+  the input (a mean unlike the std, so a reader that swaps them is caught; the model trained to match), a
+  TENSOR_AXIS_LABELS associated file `labels.txt` on the output, identifier "M001"), stored in a new model buffer
+  named by a `TFLITE_METADATA` metadata entry (LiteRT's model schema, `ai_edge_litert.schema_py_generated`,
+  re-packed with identifier "TFL3"), and labels.txt is appended to the file as a zip archive, as tflite-support
+  does.
 - `without_metadata`: the same fp32 model as the converter wrote it (the options must say everything).
 - `uint8_int8`: full-integer int8 with uint8 input and output, fed the raw 0..255 pixels. With `in_model`, a
   Rescaling layer in front normalizes them (input scale 1, zero point 0); without, the input's quantization is
@@ -30,10 +31,11 @@ import numpy as np
 from tests import foreign_onnx
 
 SIZE = foreign_onnx.SIZE
+METADATA_MEAN, METADATA_STD = 127.5, 63.75  # with_metadata's normalization: (pixel - mean) / std
 
 
-def _keras_model(data: Path, rescaling: bool):
-    """(Keras model, labels, images (N, 32, 32, 3) uint8 RGB)."""
+def _keras_model(data: Path, rescaling: bool, mean: float = 127.5, std: float = 127.5):
+    """(Keras model, labels, images (N, 32, 32, 3) uint8 RGB); without `rescaling` it takes (pixel - mean) / std."""
     import keras
 
     w1, b1, w2, b2 = foreign_onnx.conv_weights(np.random.default_rng(0))
@@ -48,7 +50,7 @@ def _keras_model(data: Path, rescaling: bool):
     model = keras.Model(inputs, dense(features))
     conv1.set_weights([hwio(w1), b1])
     conv2.set_weights([hwio(w2), b2])
-    x_in = images.astype(np.float32) if rescaling else (images.astype(np.float32) - 127.5) / 127.5
+    x_in = images.astype(np.float32) if rescaling else (images.astype(np.float32) - mean) / std
     f = keras.Model(inputs, features).predict(x_in, verbose=0)
     fc_w, fc_b = foreign_onnx.fit_head(f, y, len(labels))
     dense.set_weights([fc_w.T, fc_b])
@@ -69,13 +71,13 @@ def _convert(model, samples: np.ndarray | None = None) -> bytes:
     return converter.convert()
 
 
-def _metadata(labels_name: str) -> bytes:
+def _metadata(labels_name: str, mean: float = METADATA_MEAN, std: float = METADATA_STD) -> bytes:
     import flatbuffers
 
     from edgecls.importer import metadata_schema_py_generated as m
 
     norm = m.NormalizationOptionsT()
-    norm.mean, norm.std = [127.5], [127.5]
+    norm.mean, norm.std = [mean], [std]
     unit = m.ProcessUnitT()
     unit.optionsType, unit.options = m.ProcessUnitOptions.NormalizationOptions, norm
     image = m.ImagePropertiesT()
@@ -120,7 +122,7 @@ def add_metadata(model_bytes: bytes, metadata: bytes, files: dict) -> bytes:
 
 
 def with_metadata(folder: Path, data: Path) -> Path:
-    model, labels, _ = _keras_model(data, rescaling=False)
+    model, labels, _ = _keras_model(data, rescaling=False, mean=METADATA_MEAN, std=METADATA_STD)
     labels_text = ("\n".join(labels) + "\n").encode()
     path = folder / "with_metadata.tflite"
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,3 +150,15 @@ def uint8_int8(folder: Path, data: Path, in_model: bool = True) -> tuple:
     (folder / "uint8.tflite").write_bytes(_convert(model, samples))
     (folder / "labels.txt").write_text("\n".join(labels) + "\n")
     return folder / "uint8.tflite", folder / "labels.txt"
+
+
+def dynamic_size(path: Path) -> Path:
+    """A small fp32 classifier (3 classes) whose input height and width are not fixed: [1, -1, -1, 3]."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_convert(model))
+    return path

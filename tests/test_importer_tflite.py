@@ -41,7 +41,7 @@ def photo_paths(tmp_path_factory) -> list:
     return foreign_onnx.photos(tmp_path_factory.mktemp("photos"), count=60)
 
 
-def _litert(model: Path, paths: list, normalize: bool) -> np.ndarray:
+def _litert(model: Path, paths: list, normalize: tuple | None) -> np.ndarray:
     """What a TFLite user does: decode, normalize (or feed uint8 pixels), invoke image by image, dequantize."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -51,7 +51,7 @@ def _litert(model: Path, paths: list, normalize: bool) -> np.ndarray:
     rows = []
     for path in paths:
         image = foreign_onnx.read_rgb(path)
-        x = (image.astype(np.float32) - 127.5) / 127.5 if normalize else image
+        x = (image.astype(np.float32) - normalize[0]) / normalize[1] if normalize else image
         interpreter.set_tensor(inp["index"], x[None])
         interpreter.invoke()
         y = interpreter.get_tensor(out["index"])[0]
@@ -80,17 +80,17 @@ def _agree(name: str, labels: list, top1: list, probs: np.ndarray, expected: np.
 def test_tflite_metadata_gives_normalization_and_labels(tflite_models, shapes_folder, photo_paths, tmp_path):
     model = tflite_models / "with_metadata.tflite"
     metadata = read_metadata(model)
-    assert (metadata.mean, metadata.std, metadata.color) == ({0: (127.5,)}, {0: (127.5,)}, {0: "rgb"})
+    assert (metadata.mean, metadata.std, metadata.color) == ({0: (127.5,)}, {0: (63.75,)}, {0: "rgb"})
     result = import_tflite(ImportRequest(model, tmp_path / "b", data=shapes_folder), print)  # no --labels, no options
     manifest = result.manifest
     assert manifest["labels"] == sorted(p.name for p in shapes_folder.iterdir())
-    assert (manifest["input"]["mean"], manifest["input"]["std"]) == ([127.5], [127.5])
+    assert (manifest["input"]["mean"], manifest["input"]["std"]) == ([127.5], [63.75])
     assert manifest["source"]["preprocessing_from"]["mean"] == "model"
     assert [a["name"] for a in manifest["artifacts"]] == ["tflite-fp32"]
     assert manifest["artifacts"][0]["sha256"] == sha256_file(model) and manifest["artifacts"][0]["agreement"] == 1.0
     assert manifest["reference"] and manifest["checks"] and manifest["source"]["verified_on_data"] is True
     labels, top1, probs = _predict_cli(tmp_path / "b", photo_paths)
-    _agree("tflite-fp32 (metadata)", labels, top1, probs, _litert(model, photo_paths, normalize=True), 1e-5)
+    _agree("tflite-fp32 (metadata)", labels, top1, probs, _litert(model, photo_paths, (127.5, 63.75)), 1e-5)
 
 
 def test_a_tflite_model_without_metadata_needs_its_normalization_declared(tflite_models, tmp_path):
@@ -118,7 +118,7 @@ def test_a_uint8_input_int8_tflite_model_takes_raw_pixels(kind, tflite_models, s
     print(f"tflite-int8 import ({kind}): source accuracy {accuracy:.4f}, artifact {artifact['accuracy']:.4f}")
     assert accuracy >= 0.8 and artifact["agreement"] == 1.0
     labels_, top1, probs = _predict_cli(tmp_path / "b", photo_paths)
-    _agree(f"tflite-int8 ({kind})", labels_, top1, probs, _litert(model, photo_paths, normalize=False), 1e-5)
+    _agree(f"tflite-int8 ({kind})", labels_, top1, probs, _litert(model, photo_paths, None), 1e-5)
 
 
 def test_a_tflite_labels_file_with_the_wrong_count_is_refused(tflite_models, tmp_path):
@@ -141,3 +141,70 @@ def test_an_imported_tflite_bundle_flashes_and_runs_unchanged(tflite_models, sha
     import_tflite(ImportRequest(model, tmp_path / "b", data=shapes_folder), print)
     rows = foreign_onnx.flash_and_run(tmp_path / "b", tmp_path / "device", shapes_folder / "square")
     assert rows and rows[0]["model"]["artifact"] == "tflite-fp32"
+
+
+def _plain_with(tflite_models: Path, path: Path, metadata: bytes, files: dict) -> Path:
+    path.write_bytes(foreign_tflite.add_metadata((tflite_models / "plain.tflite").read_bytes(), metadata, files))
+    return path
+
+
+def test_a_label_file_over_a_megabyte_in_the_model_is_not_read(tflite_models, tmp_path):
+    from edgecls.importer import tflite_metadata
+
+    big = b"circle\nsquare\ntriangle\n" + b"x" * 2_000_000  # a zip bomb's entry, stored: the limit is what counts
+    model = _plain_with(
+        tflite_models, tmp_path / "big.tflite", foreign_tflite._metadata("labels.txt"), {"labels.txt": big}
+    )
+    metadata = read_metadata(model)
+    assert metadata.labels == {} and "over 1 MB" in metadata.warnings[0]
+    with pytest.raises(EdgeclsError, match="over 1 MB"):
+        tflite_metadata.associated_file(model, "labels.txt")
+
+
+def _damaged_metadata() -> bytes:
+    """Real TFLite Metadata with its bytes after the M001 identifier scrambled: offsets that point nowhere."""
+    good = foreign_tflite._metadata("labels.txt")
+    return good[:8] + bytes(b ^ 0x5A for b in good[8:40]) + good[40:]
+
+
+@pytest.mark.parametrize("kind, why", [("foreign", "(no M001 identifier)"), ("damaged", "(TypeError: bad number")])
+def test_tflite_metadata_that_does_not_read_is_a_warning_and_the_options_decide(kind, why, tflite_models, tmp_path):
+    metadata = b"\x10\x00\x00\x00NOPE" + bytes(40) if kind == "foreign" else _damaged_metadata()
+    model = _plain_with(tflite_models, tmp_path / "odd.tflite", metadata, {})
+    declared = Declared(mean=(127.5,), std=(127.5,))
+    result = import_tflite(ImportRequest(model, tmp_path / "b", tflite_models / "labels.txt", declared=declared), print)
+    warning = next(line for line in result.lines if "does not read as TFLite Metadata" in line)
+    assert why in warning and warning.startswith("warning: ") and warning.endswith("the options decide")
+    assert result.manifest["source"]["preprocessing_from"]["mean"] == "option"
+
+
+def test_labels_option_over_the_tflite_label_file_warns_naming_both(tflite_models, tmp_path):
+    (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
+    model = tflite_models / "with_metadata.tflite"
+    result = import_tflite(ImportRequest(model, tmp_path / "b", tmp_path / "labels.txt"), print)
+    assert result.manifest["labels"] == ["red", "green", "blue"]
+    assert any("TFLite Metadata names other labels than --labels" in line for line in result.lines)
+
+
+def test_a_tflite_model_with_a_dynamic_height_and_width_is_refused_in_one_line(tflite_models, tmp_path):
+    model = foreign_tflite.dynamic_size(tmp_path / "dynamic.tflite")
+    request = ImportRequest(model, tmp_path / "b", tflite_models / "labels.txt", declared=Declared(size=(32, 32)))
+    with pytest.raises(EdgeclsError, match="height and width are not fixed") as caught:
+        import_tflite(request, print)
+    assert "\n" not in str(caught.value) and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "declared, expected",
+    [
+        (Declared(size=(64, 64), normalize="symmetric"), "--size 64x64 contradicts the model's fixed input 32x32"),
+        (Declared(layout="nchw", normalize="symmetric"), "--layout nchw contradicts the model's input shape"),
+    ],
+)
+def test_tflite_options_that_contradict_the_input_shape_are_one_line(declared, expected, tflite_models, tmp_path):
+    request = ImportRequest(
+        tflite_models / "plain.tflite", tmp_path / "b", tflite_models / "labels.txt", declared=declared
+    )
+    with pytest.raises(EdgeclsError, match=expected) as caught:
+        import_tflite(request, print)
+    assert "\n" not in str(caught.value)

@@ -22,6 +22,7 @@ from edgecls.runtime.errors import EdgeclsError
 
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
+MAX_ASSOCIATED = 1_000_000  # bytes of a label file read from the model: a label file is kilobytes
 COLOR_SPACES = {meta_schema.ColorSpaceType.RGB: "rgb", meta_schema.ColorSpaceType.GRAYSCALE: "gray"}
 
 
@@ -34,6 +35,7 @@ class TfliteMetadata:
     color: dict = field(default_factory=dict)  # input index -> rgb | gray
     labels: dict = field(default_factory=dict)  # output index -> the label file's text
     label_file: dict = field(default_factory=dict)  # output index -> its name in the appended zip
+    warnings: list = field(default_factory=list)  # what could not be read: the options decide instead
 
 
 def metadata_buffer(model_bytes: bytes) -> bytes | None:
@@ -52,15 +54,21 @@ def metadata_buffer(model_bytes: bytes) -> bytes | None:
 
 
 def read_metadata(path) -> TfliteMetadata:
-    """The metadata of the .tflite at `path` (empty when it has none)."""
+    """The metadata of the .tflite at `path` (empty when it has none; a warning and empty when it does not read)."""
     path = Path(path)
     found = TfliteMetadata()
     data = metadata_buffer(path.read_bytes())
     if data is None:
         return found
-    if not meta_schema.ModelMetadata.ModelMetadataBufferHasIdentifier(data, 0):
-        raise EdgeclsError(f"{path}'s TFLITE_METADATA is not TFLite Metadata (no M001 identifier): pass the options")
-    model = meta_schema.ModelMetadataT.InitFromPackedBuf(data, 0)
+    unread = f"{path.name}'s TFLITE_METADATA does not read as TFLite Metadata"
+    if len(data) < 8 or not meta_schema.ModelMetadata.ModelMetadataBufferHasIdentifier(data, 0):
+        found.warnings.append(f"{unread} (no M001 identifier): the options decide")
+        return found
+    try:
+        model = meta_schema.ModelMetadataT.InitFromPackedBuf(data, 0)
+    except Exception as exc:  # a damaged FlatBuffer: struct.error, IndexError, UnicodeDecodeError...
+        found.warnings.append(f"{unread} ({type(exc).__name__}: {str(exc)[:80]}): the options decide")
+        return found
     subgraph = (model.subgraphMetadata or [None])[0]
     if subgraph is None:
         return found
@@ -69,8 +77,11 @@ def read_metadata(path) -> TfliteMetadata:
     for i, tensor in enumerate(subgraph.outputTensorMetadata or []):
         for file in tensor.associatedFiles or []:
             if file.type == meta_schema.AssociatedFileType.TENSOR_AXIS_LABELS and file.name:
-                found.label_file[i] = _text(file.name)
-                found.labels[i] = associated_file(path, found.label_file[i])
+                try:
+                    found.labels[i] = associated_file(path, _text(file.name))
+                    found.label_file[i] = _text(file.name)
+                except EdgeclsError as exc:
+                    found.warnings.append(str(exc))
                 break
     return found
 
@@ -90,11 +101,18 @@ def _read_input(tensor, i: int, found: TfliteMetadata) -> None:
 
 
 def associated_file(path, name: str) -> str:
-    """An associated file's text, from the zip appended to the model."""
+    """An associated file's text, from the zip appended to the model; over MAX_ASSOCIATED bytes it is refused,
+    by the size the archive declares and by what really inflates (a declared size can lie)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.read(name).decode("utf-8-sig")
-    except (zipfile.BadZipFile, KeyError, OSError, UnicodeDecodeError) as exc:
+            if archive.getinfo(name).file_size > MAX_ASSOCIATED:
+                raise OSError(f"over {MAX_ASSOCIATED // 1_000_000} MB")
+            with archive.open(name) as file:
+                data = file.read(MAX_ASSOCIATED + 1)
+            if len(data) > MAX_ASSOCIATED:
+                raise OSError(f"over {MAX_ASSOCIATED // 1_000_000} MB")
+            return data.decode("utf-8-sig")
+    except (zipfile.BadZipFile, KeyError, OSError, UnicodeDecodeError, EOFError, RuntimeError) as exc:
         raise EdgeclsError(
             f"{path}'s metadata names the label file {name!r} but it cannot be read from the model ({exc}): "
             f"pass --labels FILE"

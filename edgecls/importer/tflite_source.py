@@ -16,7 +16,7 @@ import numpy as np
 from edgecls.converters.formats import FORMATS
 from edgecls.importer import foreign_bundle as fb
 from edgecls.importer.labels import check_count, parse_labels, read_labels
-from edgecls.importer.request import ImportRequest, ImportResult, ModelHints, resolve_spec
+from edgecls.importer.request import ImportRequest, ImportResult, ModelHints
 from edgecls.importer.tflite_metadata import read_metadata
 from edgecls.runtime import formats as names
 from edgecls.runtime.errors import EdgeclsError, MissingDependencyError
@@ -30,11 +30,12 @@ def import_tflite(request: ImportRequest, progress) -> ImportResult:
     metadata = read_metadata(request.model)
     hints = _hints(runner, metadata, request.declared)
     lines = [f"read from the model: {', '.join(sorted(set(hints.said_by.values())))}"] if hints.said_by else []
-    spec, output = resolve_spec(hints, request.declared, lambda line: lines.append(f"warning: {line}"))
+    lines += [f"warning: {line}" for line in metadata.warnings]
+    spec, output = fb.settle_spec(hints, request.declared, lines)
     fb.check_out(request)  # before any work: a refusal costs nothing
     units = runner.units(spec)
     head = "sigmoid" if units == 1 else "softmax"
-    labels = _labels(request, hints, 2 if units == 1 else units)
+    labels = _labels(request, hints, 2 if units == 1 else units, lines)
     data = fb.load_data(request, labels, spec) if request.data is not None else None
     said_output = hints.output is not None or request.declared.output is not None
     if not said_output:
@@ -101,7 +102,15 @@ class LiteRTRunner:
         return (y.astype(np.float64) - o_zero) * o_scale if o_scale else y.astype(np.float64)
 
     def units(self, spec) -> int:
-        return int(self.run(np.zeros((1, *spec.shape), spec.dtype)).shape[1])
+        """Output units, by running the model once; its failure is one line."""
+        try:
+            return int(self.run(np.zeros((1, *spec.shape), spec.dtype)).shape[1])
+        except (ValueError, RuntimeError) as exc:  # LiteRT's "Cannot set tensor" and kernel failures
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise EdgeclsError(
+                f"the model does not run on a {spec.tensor_shape} input ({first[:200]}): "
+                f"check --size and --color against the model's input"
+            ) from None
 
     def precision(self) -> str:
         """int8 when the input or any weight tensor is 8-bit, fp16 when a tensor is float16, else fp32."""
@@ -113,7 +122,13 @@ class LiteRTRunner:
 
 def _hints(runner: LiteRTRunner, metadata, declared) -> ModelHints:
     """The input tensor's shape and dtype, then the metadata of the input and output used."""
-    hint = fb.input_shape_hints(runner.dims(), declared)
+    dims = runner.dims()
+    hint = fb.input_shape_hints(dims, declared)
+    if hint["size"] is None:  # LiteRT would need the input resized before each run, and the runtime does not
+        raise EdgeclsError(
+            f"the model's input height and width are not fixed (shape {fb.shown(dims)}): edgecls imports TFLite "
+            f"models with a fixed input size, so convert it again with one"
+        )
     runner.layout = hint["layout"].upper()
     said = {name: "the model's input shape" for name, value in hint.items() if value is not None}
     i, o = (
@@ -132,9 +147,12 @@ def _index(details: list, chosen: dict) -> int:
     return next(k for k, d in enumerate(details) if d["index"] == chosen["index"])
 
 
-def _labels(request: ImportRequest, hints: ModelHints, count: int) -> list:
+def _labels(request: ImportRequest, hints: ModelHints, count: int, lines: list) -> list:
     if request.labels_file is not None:
-        return read_labels(request.labels_file, count)
+        labels = read_labels(request.labels_file, count)
+        if hints.labels is not None and list(hints.labels) != labels:
+            lines.append(f"warning: {SAID} names other labels than --labels {request.labels_file}: using --labels")
+        return labels
     if hints.labels is None:
         raise EdgeclsError(
             "the model carries no label file in its metadata: pass --labels FILE (one label a line, in class order)"
