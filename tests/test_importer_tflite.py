@@ -208,3 +208,17 @@ def test_tflite_options_that_contradict_the_input_shape_are_one_line(declared, e
     with pytest.raises(EdgeclsError, match=expected) as caught:
         import_tflite(request, print)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mean, std, why", [(127.5, 0.0, "it must not be 0"), (float("nan"), 127.5, "must be finite")])
+def test_tflite_metadata_normalization_that_cannot_run_names_the_metadata_and_the_options(
+    mean, std, why, tflite_models, tmp_path
+):
+    model = _plain_with(tflite_models, tmp_path / "m.tflite", foreign_tflite._metadata("x.txt", mean, std), {})
+    labels = tflite_models / "labels.txt"
+    with pytest.raises(EdgeclsError, match=why) as caught:
+        import_tflite(ImportRequest(model, tmp_path / "b", labels), print)
+    assert str(caught.value).startswith("the model's TFLite Metadata gives") and "--mean/--std" in str(caught.value)
+    declared = Declared(mean=(127.5,), std=(127.5,))
+    result = import_tflite(ImportRequest(model, tmp_path / "b", labels, declared=declared), print)
+    assert result.manifest["input"]["std"] == [127.5]
