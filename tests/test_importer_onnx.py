@@ -423,6 +423,11 @@ def test_edgecls_own_onnx_metadata_keeps_its_letterbox(pytorch_onnx, tmp_path):
     set_metadata(model, {"labels": ["red", "green", "blue"], "preprocess": spec.to_dict(), "head": "softmax"})
     manifest = import_onnx(ImportRequest(model, tmp_path / "b"), print).manifest
     assert (manifest["input"]["resize"], manifest["input"]["pad_value"]) == ("letterbox", 114)
+    result = import_onnx(ImportRequest(model, tmp_path / "c", declared=Declared(resize="center-crop")), print)
+    assert result.manifest["input"]["resize"] == "center-crop"
+    assert "warning: the model's edgecls metadata says resize letterbox, --resize says center-crop: using --resize" in (
+        result.lines
+    )
 
 
 def test_data_with_two_images_per_class_asks_for_three(pytorch_onnx, shapes_folder, tmp_path):

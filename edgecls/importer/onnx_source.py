@@ -47,7 +47,7 @@ def import_onnx(request: ImportRequest, progress) -> ImportResult:
     hints = model_hints(props, _dims(inp), request.declared, inp.type.tensor_type.elem_type == UINT8)
     lines = [f"read from the model: {', '.join(sorted(set(hints.said_by.values())))}"] if hints.said_by else []
     spec, output = fb.settle_spec(hints, request.declared, lines)
-    spec = _own_resize(props, spec, request.declared)
+    spec = _own_resize(props, spec, request.declared, lines)
     fb.check_out(request)  # before any work: a refusal costs nothing
     runner = OnnxRunner(request.model, inp.name, out.name, spec.layout)
     units = runner.units(spec)
@@ -157,11 +157,18 @@ def _floats(values) -> tuple:
     return tuple(float(v) for v in values)
 
 
-def _own_resize(props: dict, spec, declared):
-    """The resize mode and letterbox padding our converter wrote, unless --resize says otherwise."""
-    if declared.resize is not None or "preprocess" not in props:
+def _own_resize(props: dict, spec, declared, lines: list):
+    """The resize mode and letterbox padding our converter wrote, unless --resize says otherwise (a warning)."""
+    if "preprocess" not in props:
         return spec
     p = json.loads(props["preprocess"])  # read once already by _own
+    if declared.resize is not None:
+        if p.get("resize", declared.resize) != declared.resize:
+            lines.append(
+                f"warning: the model's edgecls metadata says resize {p['resize']}, "
+                f"--resize says {declared.resize}: using --resize"
+            )
+        return spec
     try:
         return replace(spec, resize=p.get("resize", spec.resize), pad_value=int(p.get("pad_value", spec.pad_value)))
     except (TypeError, ValueError) as exc:
