@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from edgecls.devices.profiles import DeviceProfile, load_profile
-from edgecls.devices.ssh import SshError
+from edgecls.devices.ssh import SshError, check_serves
 from edgecls.devices.targets import make_target
 from edgecls.runtime.bundle import MANIFEST, Bundle, load_bundle
 from edgecls.runtime.errors import EdgeclsError
@@ -113,6 +113,8 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
         target.setup(list(profile.packages), say=options.say)
         if profile.allowed_signers:
             target.trust(Path(profile.allowed_signers).expanduser().read_bytes())
+    if bundle.manifest.needs():  # a device's edgecls older than `requires` ignores it: asked only then
+        check_serves(bundle.manifest.needs(), target.edgecls_version(), target_text)
     health_url = profile.health_url
     if options.install_service:
         service = target.install_service(

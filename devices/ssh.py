@@ -273,3 +273,35 @@ class SshClient:
         result = self.run(["cat", "--", remote_file], timeout=timeout)
         write_bytes(local, result.stdout)
         return Path(local)
+
+
+# Asked of a device's python: the version of the edgecls it imports (0.2.0 and older say it no other way).
+VERSION_PROBE = "import edgecls; print(edgecls.__version__)"
+
+
+def device_edgecls_version(client: SshClient, python: str, root: str) -> str:
+    """The version of the edgecls that `python` ("auto": ROOT/venv's, else python3) imports on the device; flash and
+    bench --device ask it before they send a bundle that `requires` something (0.2.0 ignores `requires`)."""
+    result = client.run(
+        python_command(python, root, ["-c", VERSION_PROBE]),
+        timeout=60,
+        what=f"{client.python_exe} (edgecls version)",
+    )
+    words = result.stdout.decode("utf-8", "replace").split()
+    if not words:
+        raise SshError(f"{client.target}: the device's python printed no edgecls version: update it with --setup")
+    return words[-1]
+
+
+def check_serves(needs, version: str | None, where: str) -> None:
+    """An EdgeclsError, before anything is sent, when the device's edgecls `version` predates what a bundle `needs`
+    (its manifest's `requires`); None is this host's own edgecls, which serves what it knows."""
+    from edgecls.runtime.bundle import unserved
+
+    missing = unserved(needs, version) if version is not None else []
+    if missing:
+        raise EdgeclsError(
+            f"{where}: the device runs edgecls {version}, which predates what this bundle needs "
+            f"({', '.join(missing)}) and would serve it wrongly: update it with `edgecls flash ... --setup` "
+            f"(or pip install a newer edgecls there), then try again"
+        )

@@ -16,16 +16,38 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from edgecls.devices.ssh import SshClient, SshError, parse_target, python_command
+from edgecls.devices.ssh import (
+    VERSION_PROBE,
+    SshClient,
+    SshError,
+    device_edgecls_version,
+    parse_target,
+    python_command,
+)
 from edgecls.runtime.errors import EdgeclsError
 
 
 class LocalTarget:
     kind = "local"
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, python: str = "auto"):
         self.root = str(Path(os.path.expanduser(str(root))).absolute())
         self.name = self.root
+        self.python = python
+
+    def edgecls_version(self) -> str | None:
+        """The version of the edgecls that serves this root when it is not this one: --python's, else ROOT/venv's
+        (what `flash --setup` makes; read from its package metadata, so a card of another architecture answers).
+        None: this edgecls serves it."""
+        if self.python != "auto":
+            return _version_of([self.python, "-c", VERSION_PROBE], self.python)
+        from edgecls.runtime.install.layout import VENV
+
+        for metadata in sorted(Path(self.root, VENV).glob("lib/python3*/site-packages/edgecls-*.dist-info/METADATA")):
+            for line in metadata.read_text(errors="replace").splitlines():
+                if line.startswith("Version:"):
+                    return line.split(":", 1)[1].strip()
+        return None
 
     def plan(self, manifest: bytes, artifacts, smoke: bool = True) -> dict:
         from edgecls.runtime.install import api
@@ -80,6 +102,10 @@ class SshDeviceTarget:
 
     def _command(self, argv: list) -> list | str:
         return python_command("auto" if self.auto_python else self.client.python_exe, self.root, argv)
+
+    def edgecls_version(self) -> str:
+        """The device's edgecls version, from the python a flash runs there (one round trip)."""
+        return device_edgecls_version(self.client, "auto" if self.auto_python else self.client.python_exe, self.root)
 
     def _call(self, command: str, args: list, *, stdin=None, input: bytes | None = None, timeout: float = 600) -> dict:
         result = self.client.run(
@@ -218,4 +244,18 @@ def make_target(text: str, default_root: str, **ssh) -> LocalTarget | SshDeviceT
     """TARGET as given on the command line: `user@host[:port][:/root]` or a local folder."""
     if parse_target(text) is not None:
         return SshDeviceTarget(text, default_root, **ssh)
-    return LocalTarget(text)
+    return LocalTarget(text, python=ssh.get("python", "auto"))
+
+
+def _version_of(argv: list, python: str) -> str:
+    import subprocess
+
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EdgeclsError(f"cannot run the device's python {python!r} ({exc}): fix --python") from exc
+    words = result.stdout.split()
+    if result.returncode != 0 or not words:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        raise EdgeclsError(f"{python!r} cannot import edgecls ({last}): install it there, or fix --python")
+    return words[-1]

@@ -105,7 +105,7 @@ def run_remote(
     root: str = "/opt/edgecls",
 ) -> dict:
     """Run the bench on `device` and return its JSON document, with `remote` saying where and how."""
-    from edgecls.devices.ssh import SshClient, python_command
+    from edgecls.devices.ssh import SshClient, check_serves, device_edgecls_version, python_command
     from edgecls.runtime.bench.runner import data_note
     from edgecls.runtime.bundle import load_bundle
 
@@ -119,6 +119,9 @@ def run_remote(
             say(note)
     target = parse_device(device)
     client = SshClient(target, config=ssh_config, python="python3" if python == "auto" else python)
+    needs = load_bundle(bundle).manifest.needs()
+    if needs:  # a device's edgecls older than the bundle's `requires` ignores it and would time a wrong model
+        check_serves(needs, device_edgecls_version(client, python, root), str(target))
     say(f"{target}: creating a temp folder")
     remote = client.run('mktemp -d "${TMPDIR:-/tmp}/edgecls-bench.XXXXXXXX"', timeout=60).stdout.decode().strip()
     if not remote.startswith("/"):

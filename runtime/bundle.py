@@ -198,10 +198,14 @@ def check_features(requires) -> None:
     """BundleError naming what a manifest requires that this edgecls does not know (a later version's feature)."""
     unknown = [name for name in requires if name not in FEATURES]
     if unknown:
-        from edgecls import __version__
+        from importlib import metadata
 
+        try:  # from the package metadata, as devices/ reads it: nothing below edgecls imports its __init__
+            here = f"edgecls {metadata.version('edgecls')} here"
+        except metadata.PackageNotFoundError:  # a checkout that is not installed
+            here = "this edgecls"
         raise BundleError(
-            f"this bundle needs {', '.join(map(repr, unknown))}, which edgecls {__version__} here does not have: "
+            f"this bundle needs {', '.join(map(repr, unknown))}, which {here} does not have: "
             "update edgecls on this device (`edgecls flash ... --setup`, or `pip install --upgrade 'edgecls[runtime]'`)"
         )
 

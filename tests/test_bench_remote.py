@@ -14,6 +14,7 @@ from edgecls.runtime.bench.machine import cpu_model
 from tests.conftest import REPO, cli_error, run_cli
 from tests.sshd import sshd  # noqa: F401  (the fixture)
 from tests.test_bench import QUICK
+from tests.test_flash_device import edgecls_0_2_0  # noqa: F401  (the fixture)
 
 
 def test_remote_bench_runs_on_the_device_and_names_it(sshd, tiny_bundle, shapes_folder, tmp_path):  # noqa: F811
@@ -206,3 +207,24 @@ def test_remote_json_survives_a_chatty_device_shell(sshd, tiny_bundle, tmp_path)
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tflite-int8" in result.stdout
+
+
+def test_remote_bench_refuses_a_bundle_the_devices_older_edgecls_would_run_wrongly_and_runs_an_old_style_one(
+    sshd,  # noqa: F811
+    tiny_bundle,
+    edgecls_0_2_0,  # noqa: F811
+    tmp_path,
+):
+    """edgecls 0.2.0 ignores `requires`: it would time an NCHW logits model as if NHWC and rank its logits."""
+    from tests.test_flash_device import nchw_logits_bundle
+
+    device = f"{sshd.user}@{sshd.host}:{sshd.port}"
+    common = ("--device", device, "--ssh-config", sshd.ssh_config, "--remote-python", edgecls_0_2_0, "--no-keras")
+    nchw = nchw_logits_bundle(tmp_path / "nchw")
+    error = cli_error(run_cli("bench", nchw, *common, *QUICK, timeout=240))
+    assert "the device runs edgecls 0.2.0, which predates what this bundle needs (" in error, error
+    assert "nchw-input" in error and "edgecls flash ... --setup" in error
+    out = tmp_path / "old.json"
+    done = run_cli("bench", tiny_bundle, *common, "--artifacts", "tflite-int8", *QUICK, "--json", out, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["artifact"] for r in json.loads(out.read_text())["records"]] == ["tflite-int8"]

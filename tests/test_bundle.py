@@ -170,11 +170,11 @@ def test_an_old_style_manifest_is_written_byte_for_byte_as_before(tiny_bundle):
 
 def test_a_bundle_needing_what_this_edgecls_does_not_know_is_refused_in_one_line(tmp_path):
     """What protects every later feature: a loader that does not know one says so instead of guessing."""
-    import edgecls
+    from importlib import metadata
 
     bundle = _bundle(tmp_path / "b", fields={"requires": ["nchw-input", "hdr-input"]})
     why = (
-        f"this bundle needs 'hdr-input', which edgecls {edgecls.__version__} here does not have: "
+        f"this bundle needs 'hdr-input', which edgecls {metadata.version('edgecls')} here does not have: "
         r"update edgecls on this device \(`edgecls flash ... --setup`"
     )
     with pytest.raises(BundleError, match=why):

@@ -12,6 +12,7 @@ from edgecls.devices.flash import FlashOptions, flash
 from edgecls.devices.profiles import DeviceProfile
 from edgecls.runtime.bundle import MANIFEST, load_bundle
 from edgecls.runtime.classifier import Classifier
+from edgecls.runtime.install.rootcheck import VENV_MARKER
 from tests.sshd import sshd  # noqa: F401  (fixture)
 from tests.test_flash import PROFILE, bundles, current_release  # noqa: F401  (fixture)
 
@@ -119,3 +120,93 @@ def test_flash_waits_for_the_daemon_to_serve_the_new_release(bundles, tmp_path):
     assert b.result == "installed", b.reason
     assert results["serving"] == str(current_release(root).resolve()) and current_release(root).name == b.slot
     assert json.loads((root / "device.json").read_text())["health_url"].endswith("/healthz")
+
+
+OLD_RUNTIME = "32572ad"  # edgecls 0.2.0: the runtime before imported models, which ignores a manifest's `requires`
+
+
+@pytest.fixture(scope="module")
+def edgecls_0_2_0(tmp_path_factory) -> str:
+    """A device python whose edgecls is the real 0.2.0 (this repository at OLD_RUNTIME, on its PYTHONPATH; the
+    packages it needs are this interpreter's, as on a provisioned device)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    tree = tmp_path_factory.mktemp("edgecls-0.2.0")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", OLD_RUNTIME], capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"this checkout lacks commit {OLD_RUNTIME} (a shallow clone): cannot build an edgecls 0.2.0 device")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    script = tree.parent / f"{tree.name}-python"
+    # cd /: `python -c` puts the current folder first on sys.path, and a test run in the checkout would see it
+    script.write_text(f'#!/bin/sh\ncd / && PYTHONPATH={tree} exec {sys.executable} "$@"\n')
+    script.chmod(0o755)
+    said = subprocess.run([str(script), "-c", "import edgecls; print(edgecls.__version__)"], capture_output=True)
+    assert said.stdout.decode().split() == ["0.2.0"], said
+    return str(script)
+
+
+def nchw_logits_bundle(folder: Path) -> Path:
+    """An imported-style bundle (NCHW input, logits output, a named output) that edgecls 0.2.0 cannot serve."""
+    from tests.test_runtime_layouts import _onnx_model, nchw_spec, write_bundle
+
+    model = _onnx_model(folder.parent / f"{folder.name}.onnx")
+    bundle = write_bundle(folder, model, nchw_spec())
+    assert load_bundle(bundle).manifest.needs() == ["logits-output", "named-tensors", "nchw-input"]
+    return bundle
+
+
+OLD_DEVICE = DeviceProfile(name="old-device", artifacts=("tflite-int8", "onnx-fp32"), threads=1)
+
+
+@pytest.mark.parametrize("how", ["--python", "venv"])
+def test_flash_to_a_local_device_on_edgecls_0_2_0_refuses_a_bundle_it_would_serve_wrongly(
+    bundles, edgecls_0_2_0, tmp_path, how
+):
+    """0.2.0 ignores `requires` (an NCHW bundle failed as 'inconsistent', logits ran as confidences): the host asks
+    the device's edgecls (its --python, or ROOT/venv's metadata as `flash --setup` leaves it) and refuses first."""
+    root = tmp_path / "dev"
+    python = edgecls_0_2_0 if how == "--python" else "auto"
+    if how == "venv":
+        import venv
+
+        venv.create(root / "venv", with_pip=False)  # as `flash --setup` makes it, with 0.2.0's metadata installed
+        (root / "venv" / VENV_MARKER).touch()
+        [site] = (root / "venv").glob("lib/python3*/site-packages")
+        (site / "edgecls-0.2.0.dist-info").mkdir()
+        (site / "edgecls-0.2.0.dist-info" / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: edgecls\nVersion: 0.2.0\n"
+        )
+    options = FlashOptions(profile=OLD_DEVICE, python=python)
+    [r] = flash(nchw_logits_bundle(tmp_path / "nchw"), [str(root)], options)
+    assert r.result == "failed" and "\n" not in r.reason, r
+    assert "the device runs edgecls 0.2.0, which predates what this bundle needs (" in r.reason
+    assert "nchw-input" in r.reason and "edgecls flash ... --setup" in r.reason
+    assert not (root / "releases").exists() and not (root / "current").exists()
+    [r] = flash(bundles["a"], [str(root)], options)  # an old-style bundle: no `requires`, flashed as before
+    assert r.result == "installed", r.reason
+
+
+def test_flash_over_ssh_to_a_device_on_edgecls_0_2_0_refuses_before_sending_and_sends_an_old_style_bundle(
+    bundles,
+    sshd,
+    edgecls_0_2_0,
+    tmp_path,  # noqa: F811
+):
+    root = tmp_path / "dev"
+    options = FlashOptions(profile=OLD_DEVICE, ssh_config=str(sshd.ssh_config), python=edgecls_0_2_0)
+    [r] = flash(nchw_logits_bundle(tmp_path / "nchw"), [sshd.target(root)], options)
+    assert r.result == "failed" and "\n" not in r.reason, r
+    assert "the device runs edgecls 0.2.0, which predates" in r.reason and "--setup" in r.reason
+    assert not root.exists()  # nothing was sent, not even asked for a plan
+    [r] = flash(bundles["a"], [sshd.target(root)], options)  # the device's own 0.2.0 code installs and smoke-tests it
+    assert r.result == "installed" and r.smoke, r.reason
+
+
+def test_flash_over_ssh_to_a_current_device_sends_a_bundle_that_requires_features(sshd, tmp_path):  # noqa: F811
+    root = tmp_path / "dev"
+    options = FlashOptions(profile=OLD_DEVICE, ssh_config=str(sshd.ssh_config), smoke=False)
+    [r] = flash(nchw_logits_bundle(tmp_path / "nchw"), [sshd.target(root)], options)
+    assert r.result == "installed", r.reason
