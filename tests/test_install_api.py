@@ -6,6 +6,7 @@ real tiny bundle and its smoke test.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -415,3 +416,27 @@ def test_a_full_disk_leaves_no_partial_files_and_current_intact(bundles, tmp_pat
         assert not leftovers, leftovers
     finally:
         subprocess.run(["umount", "-l", str(sd)], capture_output=True)
+
+
+def test_the_device_refuses_a_manifest_needing_a_feature_its_edgecls_lacks_before_anything_is_written(
+    bundles,  # noqa: F811
+    tmp_path,
+):
+    """The device's own check, through `python3 -m edgecls.runtime.install plan` as an SSH flash runs it (a host
+    of a later edgecls would send such a bundle): its one-line refusal, and the root left untouched."""
+    manifest = json.loads((bundles["a"] / MANIFEST).read_text())
+    manifest["requires"] = ["hdr-input"]
+    data = json.dumps(manifest).encode()
+    root = tmp_path / "dev"
+    done = subprocess.run(
+        [sys.executable, "-m", "edgecls.runtime.install", "plan", "--root", root, "--artifacts", "tflite-int8"]
+        + ["--manifest-sha256", hashlib.sha256(data).hexdigest()],
+        input=data,
+        capture_output=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    error = json.loads(done.stdout.decode().strip().splitlines()[-1])["error"]
+    assert "this bundle needs 'hdr-input', which edgecls" in error and "edgecls flash ... --setup" in error, error
+    assert not root.exists() or not any(root.iterdir())
