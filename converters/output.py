@@ -170,7 +170,8 @@ def claimed_stage(out: Path, overwrite: bool, guard: dict):
                 pid = _other_writer(out)
                 if pid is not None:
                     raise EdgeclsError(
-                        f"another convert (pid {pid}) is writing {out}: wait for it to finish or choose another --out"
+                        f"another convert or import (pid {pid}) is writing {out}: "
+                        "wait for it to finish or choose another --out"
                     )
                 path = stack.enter_context(staged_dir(out, overwrite=overwrite, **guard))
             finally:

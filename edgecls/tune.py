@@ -122,8 +122,10 @@ def _validate(cfg: TuneConfig) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise EdgeclsError(f"{flag} {value!r} is out of range: use a whole number of 1 or more")
     if cfg.weights and cfg.model not in pretrained_models():
-        entry = model_entry(pretrained_models()[0])
-        raise EdgeclsError(f"--weights is a pretrained {entry.title} backbone: use it with --model {entry.name}")
+        raise EdgeclsError(
+            f"--weights is a pretrained backbone of {', '.join(pretrained_models())}: "
+            "use it with one of those (--model)"
+        )
     if not cfg.val_fraction or cfg.val_fraction <= 0:
         raise EdgeclsError("tuning scores trials on the validation split: use a --val-fraction above 0")
 

@@ -170,7 +170,7 @@ def test_two_converts_racing_to_one_out_the_second_names_the_first(private_run, 
         while not list(tmp_path.glob(".b.*.partial")) and time.monotonic() < deadline:
             time.sleep(0.05)
         error = cli_error(run_cli("convert", run, "--out", out, "--formats", "tflite-fp32", "--max-drop", "100"))
-        assert f"another convert (pid {first.pid}) is writing {out}" in error
+        assert f"another convert or import (pid {first.pid}) is writing {out}" in error
     finally:
         first.communicate(timeout=300)
     assert first.returncode == 0 and (out / "manifest.json").is_file()

@@ -164,7 +164,7 @@ def test_tune_refuses_before_any_trial(tmp_path, shapes_folder, case):
         "out-dataset": "lies inside the dataset",
         "no-val": "--val-fraction above 0",
         "mobilenet-16px": "at least 32x32",
-        "weights-simple": "--model mobilenetv2",
+        "weights-simple": "a pretrained backbone of mobilenetv2, mobilenetv3small, mobilenetv3large, efficientnetb0",
     }[case]
     assert expected in str(error.value) and "\n" not in str(error.value)
     assert [snapshot(tmp_path), snapshot(shapes_folder)] == before

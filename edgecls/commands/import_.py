@@ -93,6 +93,8 @@ def import_(model, labels_file, out, data, size, color, layout, mean, std, norma
         resize=resize,
         output=output,
     )
+    if not out.strip():
+        raise EdgeclsError("--out is empty: name the bundle folder to write")
     request = ImportRequest(
         model=Path(model),
         out=Path(out),

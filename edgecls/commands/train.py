@@ -116,7 +116,9 @@ def _parse_widths(value: str | None):
 )
 @click.option("--dropout", type=click.FloatRange(0, 0.95), help="Dropout before the head.")
 @click.option("--l2", type=click.FloatRange(0), help="L2 weight decay.")
-@click.option("--alpha", type=click.FloatRange(0, min_open=True), help="mobilenetv2: width multiplier.")
+@click.option(
+    "--alpha", type=click.FloatRange(0, min_open=True), help="MobileNetV2/V3: width multiplier (e.g. 0.35, 0.75, 1.0)."
+)
 @click.option(
     "--weights",
     help="Pretrained backbone of a Keras applications model, for transfer learning: imagenet (Keras' file, downloaded "

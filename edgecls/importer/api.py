@@ -6,7 +6,6 @@ from pathlib import Path
 
 from edgecls.importer.detect import ONNX, TFLITE, detect
 from edgecls.importer.request import ImportRequest, ImportResult
-from edgecls.runtime.errors import EdgeclsError
 
 
 def _quiet(line: str) -> None:
@@ -45,8 +44,6 @@ def check_out(request: ImportRequest) -> None:
         protect["the --data folder"] = Path(request.data)
     if request.labels_file is not None:
         protect["the labels file"] = Path(request.labels_file)
-    if not str(request.out).strip():
-        raise EdgeclsError("--out is empty: name the bundle folder to write")
     check_output(Path(request.out), request.overwrite, marker=MANIFEST, protect=protect, contents=bundle_contents)
     if request.tar:
         check_tar_output(Path(request.out), request.overwrite)
