@@ -691,3 +691,36 @@ def test_healthz_never_shows_more_frames_classified_than_captured(tiny_bundle, t
     counts = [(d["frames"], d["classified"]) for b in bodies for d in b["sources"].values()]
     assert len(counts) >= 100 and counts[-1][1] > 100  # polled often, while many frames went through
     assert all(classified <= frames for frames, classified in counts), [c for c in counts if c[1] > c[0]][:5]
+
+
+def test_metrics_never_show_more_frames_processed_than_captured(tiny_bundle, tmp_path):
+    """The same real daemon scraped at /metrics: every scrape has edgecls_frames_processed <= edgecls_frames_captured
+    (the collector counts captures now, after the processed counter, not the watchdog's copy up to 100 ms old)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.daemon_helpers import start_cli_daemon, write_test_video
+
+    def counts(body: str) -> dict:
+        found = {}
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name in ("edgecls_frames_processed_total", "edgecls_frames_captured_total"):
+                    found[sample.name.split("_")[2]] = sample.value
+        return found
+
+    clip = write_test_video(tmp_path / "clip.avi", frames=40)
+    process, url, _ = start_cli_daemon(tiny_bundle, clip, "--every-frame")
+    try:
+        scrapes = []
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline or not any(s.get("processed") for s in scrapes):
+            status, body = get(url + "/metrics")
+            assert status == 200, body
+            scrapes.append(counts(body.decode()))
+            assert time.monotonic() < deadline + 30, "no frame classified"
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert len(scrapes) >= 100 and scrapes[-1]["processed"] > 100  # scraped often, while many frames went through
+    ahead = [s for s in scrapes if s["processed"] > s["captured"]]
+    assert not ahead, ahead[:5]

@@ -53,8 +53,10 @@ class _SourceCollector:
         )
         for name, (supervisor, loop_stats) in list(self._sources.items()):
             s = supervisor.stats
-            dropped.add_metric([name], s.dropped)
-            captured.add_metric([name], s.frames)
+            # Counted now, not from the watchdog's copy (up to 100 ms old): the registry reads
+            # edgecls_frames_processed first, so captures read after it are never fewer.
+            dropped.add_metric([name], supervisor.dropped_now())
+            captured.add_metric([name], supervisor.frames_now())
             reconnects.add_metric([name], s.reconnects)
             outages.add_metric([name], s.outages)
             up.add_metric([name], 1.0 if s.state == "running" else 0.0)
@@ -206,7 +208,7 @@ class Metrics:
         )
         for result in ("ok", "failed"):
             self.reloads.labels(result=result)
-        self.registry.register(_SourceCollector(self._sources))
+        self.registry.register(_SourceCollector(self._sources))  # after self.frames: it is scraped after it
 
     def set_bundle(self, *, version: str, artifact: str, sha256: str, backend: str, bundle: str) -> None:
         self.bundle.info(
