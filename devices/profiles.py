@@ -53,7 +53,7 @@ class DeviceProfile:
     camera: str = "0"  # default source URI
     csi_pipeline: str = ""  # GStreamer pipeline for csi:// sources; {sensor}, {width}, {height}, {fps} filled in
     architecture: str = "any"  # uname -m of the device
-    python: str = "3.9"  # the oldest Python the device's OS ships
+    python: str = "3.10"  # the oldest Python the device runs edgecls with (requires-python in pyproject.toml)
     packages: tuple = ("edgecls[runtime]",)  # what `flash --setup` installs with pip on the device
     install_root: str = "/opt/edgecls"  # releases/, current, previous (a TARGET's :/root overrides it)
     service: str = "edgecls"  # the systemd unit restarted after a flash, when installed

@@ -113,3 +113,17 @@ def test_devices_list_and_show_print_profile_text_with_terminal_escapes_escaped(
         assert ran.returncode == 0, ran.stderr[-2000:]
         assert "\x1b" not in ran.stdout and "\x07" not in ran.stdout, repr(ran.stdout)
         assert "\\x1b]0;pwned" in ran.stdout, ran.stdout
+
+
+def test_every_builtin_profile_names_a_python_edgecls_installs_on():
+    """A profile's python is the oldest the device runs edgecls with: never below pyproject's requires-python."""
+    import re
+    from pathlib import Path
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    requires = re.search(r'^requires-python\s*=\s*"(.*)"', pyproject, re.M).group(1)
+    least = tuple(int(p) for p in re.fullmatch(r">=\s*(\d+)\.(\d+)", requires).groups())
+    for name in list_profiles():
+        version = tuple(int(p) for p in load_profile(name).python.split("."))
+        assert version >= least, f"profile {name} says python {version}, edgecls needs {requires}"
+    assert tuple(int(p) for p in DeviceProfile.__dataclass_fields__["python"].default.split(".")) >= least
