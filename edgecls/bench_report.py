@@ -22,6 +22,8 @@ from edgecls.runtime.formats import FP16, FP32, INT8
 REQUIRED = ("file", "format", "precision", "threads", "p50_ms", "p90_ms", "p99_ms")
 KERAS_BAR = "keras"  # the baseline record's format (edgecls.bench_keras): its own colour in the chart
 BAR_COLOURS = {KERAS_BAR: "tab:gray", FP32: "tab:blue", FP16: "tab:orange", INT8: "tab:green"}  # legend order
+OTHER_BAR = "other"  # a precision with no colour of its own (a newer edgecls's results, or edited by hand)
+OTHER_COLOUR = "tab:brown"
 OUT_FILES = {"json": "bench.json", "csv": "bench.csv", "markdown": "bench.md", "plot": "bench.png"}
 CSV_FIELDS = (
     "artifact",
@@ -344,7 +346,8 @@ def check_plotting() -> None:
 
 def _bar_kind(record: dict) -> str:
     """The legend entry of a record's bar: the Keras baseline, or the artifact's precision."""
-    return KERAS_BAR if record.get("format") == KERAS_BAR else record.get("precision") or FP32
+    kind = KERAS_BAR if record.get("format") == KERAS_BAR else record.get("precision") or FP32
+    return kind if kind in BAR_COLOURS else OTHER_BAR
 
 
 def write_plot(doc: dict, path) -> None:
@@ -382,7 +385,7 @@ def latency_figure(doc: dict):
     )
     ax = axes[0][0]
     kinds = [_bar_kind(r) for r in records]
-    ax.barh(ys, [r["p50_ms"] for r in records], color=[BAR_COLOURS[k] for k in kinds])
+    ax.barh(ys, [r["p50_ms"] for r in records], color=[BAR_COLOURS.get(k, OTHER_COLOUR) for k in kinds])
     ax.scatter([r["p90_ms"] for r in records], ys, marker="|", s=220, color="black", label="p90", zorder=3)
     ax.scatter([r["p99_ms"] for r in records], ys, marker="x", s=50, color="tab:red", label="p99", zorder=3)
     ax.set_yticks(ys, names)
@@ -392,7 +395,11 @@ def latency_figure(doc: dict):
     ax.set_xlabel("invoke latency, ms (bar p50, | p90, x p99)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(  # what each bar colour means (those shown), then the marks
-        handles=[Patch(color=BAR_COLOURS[k], label=f"{k} p50") for k in BAR_COLOURS if k in kinds]
+        handles=[
+            Patch(color=colour, label=f"{k} p50")
+            for k, colour in (*BAR_COLOURS.items(), (OTHER_BAR, OTHER_COLOUR))
+            if k in kinds
+        ]
         + ax.get_legend_handles_labels()[0],
         loc="lower left",
         bbox_to_anchor=(0.0, 1.0),

@@ -426,6 +426,23 @@ def test_compare_names_baseline_artifacts_missing_from_the_run(quick_run, tmp_pa
     assert "onnx-int8" in result.stdout + result.stderr, result.stdout
 
 
+def test_from_json_plots_a_precision_it_does_not_know_in_an_other_colour(quick_run, tmp_path):
+    """A results file with a precision the chart has no colour for (a newer edgecls's, or edited by hand) still
+    plots: its bar gets the fallback colour and the legend says 'other p50'."""
+    from edgecls.bench_report import latency_figure
+
+    _, doc, _ = quick_run
+    odd = json.loads(json.dumps(doc))
+    odd["records"][0]["precision"] = "uint8"
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(odd))
+    result = run_cli("bench", "--from-json", path, "--plot", tmp_path / "odd.png", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "odd.png").stat().st_size > 1000
+    legend = [t.get_text() for t in latency_figure(odd).axes[0].get_legend().get_texts()]
+    assert "other p50" in legend and "int8 p50" in legend, legend
+
+
 def test_repeated_thread_counts_are_not_pooled_twice(tiny_bundle, tmp_path):
     """`--threads 1,1` benchmarks every artifact twice per repeat, pools both into one key and prints two identical
     records each claiming `repeats: 2` for `--repeats 1`."""
