@@ -48,3 +48,25 @@ def test_predict_skips_an_unreadable_file_among_images_with_one_error_line(tiny_
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: 1 of 2 images could not be read (skipped above); the others are classified"]
     assert f"skipped: cannot decode image {notes}" in result.stderr
+
+
+def test_predict_when_every_file_fails_says_nothing_was_classified(tiny_bundle, tmp_path):
+    notes, bad = tmp_path / "notes.txt", tmp_path / "bad.png"
+    notes.write_text("not an image\n")
+    bad.write_bytes(b"\x89PNG broken")
+    result = run_cli("predict", tiny_bundle, notes, bad)
+    assert result.returncode == 1 and not result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: none of the 2 images could be read (skipped above); nothing was classified"], errors
+
+
+def test_predict_json_gives_a_bad_file_its_record_whether_alone_or_among_others(tiny_bundle, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n")
+    alone = run_cli("predict", tiny_bundle, notes, "--json")
+    two = run_cli("predict", tiny_bundle, notes, notes, "--json")
+    assert alone.returncode == two.returncode == 1
+    records = [json.loads(line) for line in alone.stdout.splitlines()]
+    assert records == [json.loads(two.stdout.splitlines()[0])] and records[0]["path"] == str(notes)
+    assert records[0]["error"].startswith("cannot decode image "), records
+    assert cli_error(alone).startswith("error: cannot decode image ")  # still its own one error line

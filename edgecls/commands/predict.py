@@ -64,12 +64,12 @@ def predict(bundle, paths, top_k, as_json, artifact, device, threads):
         try:
             prediction = classifier.classify_file(path)
         except ImageDecodeError as exc:
+            if as_json:  # its record whatever the file count: stdout's shape does not depend on it
+                click.echo(json.dumps({"path": str(path), "error": str(exc)}))
             if len(images) == 1:
                 raise  # its own one error line: there is nothing else to report
             failed += 1
-            if as_json:
-                click.echo(json.dumps({"path": str(path), "error": str(exc)}))
-            else:
+            if not as_json:
                 click.echo(f"skipped: {exc}", err=True)  # the one `error:` line is the count below
             continue
         if as_json:
@@ -80,6 +80,8 @@ def predict(bundle, paths, top_k, as_json, artifact, device, threads):
                 f"{path}\t{prediction.label}\t{prediction.score:.4f}\t{prediction.latency_ms:.1f} ms"
                 + (f"\t({others})" if others else "")
             )
+    if failed == len(images):
+        raise EdgeclsError(f"none of the {failed} images could be read (skipped above); nothing was classified")
     if failed:
         raise EdgeclsError(
             f"{failed} of {len(images)} images could not be read (skipped above); the others are classified"
