@@ -1,24 +1,26 @@
 """The backbone table: params, MACs, int8 drop per format and dataset, latency per format, side by side.
 
-    nice -n 10 python -m benchmarks.backbones [--work DIR] [--size 64] [--epochs 3] [--rounds 5]
+    nice -n 10 python -m benchmarks.backbones [--work DIR] [--size 48] [--epochs 20] [--strict] [--rounds 5]
 
 Every backbone of the registry that comes from Keras applications (MobileNetV2, MobileNetV3-Small and
 -Large, EfficientNet-B0) is trained from scratch by `edgecls train` (random init: no network here for
-ImageNet weights), briefly, at a small size, on two sets:
+ImageNet weights) until it is genuinely trained (see `recipe`), on two sets:
 
-- shapes: the built-in synthetic set (5 classes), its first 100 images a class by default (a 2-core budget);
+- shapes: the built-in synthetic set (5 classes), all 300 images a class by default;
 - photos: six distinct real photos of scikit-image (astronaut, coffee, chelsea, rocket, hubble deep
-  field, immunohistochemistry), one class each, 40 random crops (a third to four fifths of a side,
+  field, immunohistochemistry), one class each, 60 random crops (a third to four fifths of a side,
   flips, brightness) per photo, made offline here: a stand-in for a real photo set.
 
 Then `edgecls convert` twice per run: (1) every format with `--max-drop 100 --no-qat` (the drop of each
 format's first, post-training attempt, measured and never refused; this bundle is the one timed) and
 (2) the formats that lost more than 1 point again under the default gate (1 point, `--qat remedy`): does
 a remedy (more calibration data, percentile/entropy calibration, the ends kept in float, QAT) rescue it,
-or does convert refuse in one line? Latency: every artifact of the shapes bundles, one image per call
-on one thread (the model alone, input already quantized), interleaved: each round times every artifact
-of every backbone in turn; the figure is the median over all rounds. Writes benchmarks/results/backbones.txt.
-"""
+or does convert refuse in one line? With `--strict`, (3) the int8 formats that lost anything at all
+again under a 0-point gate, which makes the remedies run on a real (if small) drop. Latency: every
+artifact of the shapes bundles, one image per call on one thread (the model alone, input already
+quantized), interleaved: each round times every artifact of every backbone in turn; the figure is the
+median over all rounds. Two processes may share `--work`, one set each; rows are kept as each backbone
+finishes, and `--sets ''` writes benchmarks/results/backbones.txt from what is there."""
 
 from __future__ import annotations
 
