@@ -170,12 +170,13 @@ def main() -> None:
         rows_file = work / f"rows-{set_name}.json"
         rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
         for name in args.backbones.split(","):  # a row is kept as soon as it is measured: a stopped run keeps it
-            row = rows.get(name) or measure(work, name, set_name, str(data), args)
-            if args.strict and "strict" not in row:
-                row["strict"] = strict(work, name, set_name, row)
-            rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}  # another process's rows too
-            rows[name] = row
-            rows_file.write_text(json.dumps(rows))
+            if name not in rows:
+                rows[name] = measure(work, name, set_name, str(data), args)
+                rows_file.write_text(json.dumps(rows))
+            if args.strict:  # its own file: a process measuring other backbones of the set writes the rows
+                strict_file = work / f"strict-{set_name}-{name}.json"
+                if not strict_file.is_file():
+                    strict_file.write_text(json.dumps(strict(work, name, set_name, rows[name])))
     found = {p.stem[5:]: json.loads(p.read_text()) for p in sorted(work.glob("rows-*.json"))}
     if args.sets and (set(found) != {"shapes", "photos"} or any(len(r) < len(BACKBONES) for r in found.values())):
         print(f"rows of {', '.join(found)} written to {work}: the process that finishes last writes the table")
@@ -254,6 +255,9 @@ def enrich(work: Path, name: str, set_name: str, row: dict) -> dict:
         row["agreement"] = {a["name"]: 100 * a["agreement"] for a in manifest["artifacts"]}
     if "test_images" not in row:
         row["test_images"] = _runs.read_run(work / f"{name}-{set_name}")["test_images"]
+    strict_file = work / f"strict-{set_name}-{name}.json"
+    if strict_file.is_file():
+        row["strict"] = json.loads(strict_file.read_text())
     return row
 
 
