@@ -243,7 +243,9 @@ def strict(work: Path, name: str, set_name: str, row: dict) -> dict:
     """The int8 formats that lost anything, converted again under a 0-point gate: do the remedies win it back?"""
     lost = [f for f in INT8 if round(row["drops"][f], 6) > 0]
     print(f"{name} on {set_name}: {', '.join(lost) or 'nothing'} under a 0-point gate", flush=True)
-    outcome = remedy(work / f"{name}-{set_name}", work / f"{name}-{set_name}-strict.bundle", lost, 0) if lost else {}
+    outcome = {}
+    for fmt in lost:  # one convert each: a refusal of one stops its convert, not the other's
+        outcome |= remedy(work / f"{name}-{set_name}", work / f"{name}-{set_name}-strict-{fmt}.bundle", [fmt], 0)
     print(f"{name} on {set_name}: {json.dumps(outcome)}", flush=True)
     return outcome
 
