@@ -730,6 +730,45 @@ def test_readme_names_every_system_package_ci_installs():
     assert not missing, f"README's Layout section does not name these packages .ci/run installs: {missing}"
 
 
+# The programs README commands run that a clean Debian machine may lack: the apt package .ci/run installs for each.
+SYSTEM_TOOLS = {"git": "git", "curl": "curl", "ssh": "openssh-client", "ssh-keygen": "openssh-client"}
+# What the shell, the venv or a QUICK/NOT_RUN rule provides.
+SHELL_OR_VENV = {
+    "cd",
+    ".",
+    "source",
+    "export",
+    "printf",
+    "true",
+    "test",
+    "python3",
+    "pip",
+    "edgecls",
+    "sudo",
+    "tee",
+    "apt-get",
+}
+
+
+def test_ci_installs_every_program_readme_commands_run():
+    """A README command's program that is neither the shell's, the venv's nor skipped is installed by .ci/run's apt
+    line (a clean Debian has wget, not curl: a missing one exits 127 and fails every later section)."""
+    ci = (REPO / ".ci" / "run").read_text().replace("\\\n", " ")
+    line = next(l for l in ci.splitlines() if "apt-get install" in l)
+    programs = {
+        part.split()[0]
+        for s in shell_sections()
+        for command in s.commands
+        if command not in NOT_RUN
+        for part in re.split(r"&&|\|\||[|;]", command)
+        if part.split()
+    }
+    unknown = sorted(programs - SHELL_OR_VENV - set(SYSTEM_TOOLS))
+    assert not unknown, f"README commands run {unknown}: add each to SYSTEM_TOOLS and .ci/run's apt line"
+    missing = sorted({SYSTEM_TOOLS[p] for p in programs & set(SYSTEM_TOOLS)} - set(line.split()))
+    assert not missing, f".ci/run's apt line lacks {missing}, which README commands need"
+
+
 def test_readme_rewrites_are_all_used_and_not_run_is_short():
     commands = [c for s in shell_sections() for c in s.commands]
     assert commands, "the README has no shell commands?"
