@@ -140,7 +140,10 @@ OLD_INSTALL = {  # what an edgecls from before the one namespace put on a device
 
 def test_this_edgecls_is_a_newer_version_than_an_install_from_before_edgecls_runtime():
     """pip keeps an install of the same version ("already installed"): the layout change needs a new one."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: tomli, in the dev extra there
+        import tomli as tomllib
     from packaging.version import Version
 
     import edgecls

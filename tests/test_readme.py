@@ -247,7 +247,10 @@ def extra_is_installed(extra: str) -> None:
     version it accepts: what the README's install command would leave behind."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: tomli, in the dev extra there
+        import tomli as tomllib
     from packaging.requirements import Requirement
 
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
