@@ -66,7 +66,8 @@ def sections(path: Path) -> list:
 
 
 def strip_comment(line: str) -> str:
-    """`line` without its shell comment: a `#` that starts a word outside quotes, and what follows it."""
+    """`line` without its shell comment: a `#` that starts a word (after a space or a tab, as bash splits words)
+    outside quotes, and what follows it."""
     quote, escaped = None, False
     for i, char in enumerate(line):
         if escaped:
@@ -77,7 +78,7 @@ def strip_comment(line: str) -> str:
             quote = None if char == quote else quote
         elif char in "'\"":
             quote = char
-        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+        elif char == "#" and (i == 0 or line[i - 1] in " \t"):  # bash's word separators, not str.isspace()
             return line[:i].rstrip()
     return line.rstrip()
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, write_image
-from tests.readme_blocks import SHELL_LANGUAGES, read_blocks, sections
+from tests.readme_blocks import SHELL_LANGUAGES, read_blocks, sections, shell_commands, strip_comment
 
 README = REPO / "README.md"
 README_ZH = REPO / "README.zh-CN.md"
@@ -720,6 +720,61 @@ def test_chinese_readme_blocks_are_english_blocks():
     assert not strays, f"README.zh-CN.md blocks whose commands no README.md block has (copy them exactly): {strays}"
     assert "(README.zh-CN.md)" in "\n".join(README.read_text().splitlines()[:5])
     assert "(README.md)" in "\n".join(README_ZH.read_text().splitlines()[:5])
+
+
+# README.md's sections that README.zh-CN.md translates, with their Chinese headings: every shell block of these has a
+# Chinese twin (the same commands), so the quick start cannot lose a block or re-fence it out of the test.
+TRANSLATED = {
+    "Install": "安装",
+    "Quick start": "快速开始",
+    "Your own images": "用你自己的图片",
+    "Bring your own model": "导入你自己的模型（import）",
+    "Flash to devices: atomic slots, signatures, smoke test, rollback": "部署到设备（flash）",
+    "As a daemon: several cameras, HTTP status, Prometheus, preview, systemd": "作为守护进程运行（run）",
+    "Running as a service": "以系统服务运行",
+    "Benchmark on the target": "基准测试（bench）",
+    "Troubleshooting": "常见问题",
+    "Contributing": "参与开发",
+}
+COMMAND_LIKE = re.compile(r"^\s*(?:\$ |# )?(?:edgecls|sudo|cd|git|pip|python3?|curl|export|systemctl|ssh)\b")
+
+
+def test_chinese_readme_keeps_a_twin_of_every_translated_english_block():
+    def headings(path):
+        return {line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("##")}
+
+    lost = set(TRANSLATED.values()) - headings(README_ZH)
+    assert not lost, f"README.zh-CN.md lost these sections: {lost}"
+    renamed = set(TRANSLATED) - headings(README)
+    assert not renamed, f"README.md renamed translated sections (rename them in TRANSLATED too): {renamed}"
+    chinese = [b.commands for b in read_blocks(README_ZH) if b.commands]
+    missing = [
+        f"README.md:{b.line} ({b.section}): {b.commands[0]}"
+        for b in read_blocks(README)
+        if b.section in TRANSLATED and b.commands and b.commands not in chinese
+    ]
+    assert not missing, f"README.zh-CN.md has no shell block with the commands of {missing}"
+
+
+def test_chinese_readme_has_commands_only_in_shell_blocks():
+    """A command re-fenced as `text` or `shell-session` is not run, so it could drift from the English."""
+    hidden = [
+        f"README.zh-CN.md:{b.line} ({b.language}): {line.strip()}"
+        for b in read_blocks(README_ZH)
+        if b.language not in SHELL_LANGUAGES
+        for line in b.text.splitlines()
+        if COMMAND_LIKE.match(line)
+    ]
+    assert not hidden, f"commands outside a bash block (fence them as bash, as README.md does): {hidden}"
+
+
+def test_only_a_space_or_a_tab_before_hash_starts_a_comment():
+    """bash splits words on space, tab and newline only: `quickstart　# ...` (an ideographic space) is one word."""
+    assert strip_comment("edgecls quickstart --out quickstart\t# 一条命令") == "edgecls quickstart --out quickstart"
+    assert strip_comment("edgecls quickstart --out quickstart　# 一条命令") == (
+        "edgecls quickstart --out quickstart　# 一条命令"
+    )
+    assert shell_commands("edgecls a　# b") == ["edgecls a　# b"]
 
 
 def test_readme_names_every_system_package_ci_installs():
