@@ -9,11 +9,11 @@ A section's test first runs the sections above it (once per session), so `-k fla
 What a user has and this machine has not (their image folders, a camera, a Pi, a second machine) is made here, and
 the few places where the README's command cannot run as written are rewritten by the table QUICK below: that table
 is the only place commands change, and the README says near such commands that tests run them with quicker
-settings. Three harness rules are not textual: a block's `export` and `cd` lines hold for the rest of the block, as
-in the one shell a reader types it into; a daemon (`edgecls run ... --port`) runs in the background while the rest
-of its block (the `curl`s) runs, then gets SIGTERM and must exit 0; a block that exports a TF_CONFIG for worker
-`"index": 0` runs twice at once, the second as index 1, as its comment says. Commands nothing can run here are
-listed, with why, in NOT_RUN; any other command that fails fails the test.
+settings. Three harness rules are not textual: a block's `export`, `cd` and `.`/`source` lines hold for the rest of
+the block, as in the one shell a reader types it into; a daemon (`edgecls run ... --port`) runs in the background
+while the rest of its block (the `curl`s) runs, then gets SIGTERM and must exit 0; a block that exports a TF_CONFIG
+for worker `"index": 0` runs twice at once, the second as index 1, as its comment says. Commands nothing can run
+here are listed, with why, in NOT_RUN; any other command that fails fails the test.
 
 README.zh-CN.md, the Chinese quick start, holds the same commands with translated comments: each of its shell blocks
 has the commands of one README.md block, exactly (test_chinese_readme_blocks_are_english_blocks), and its section's
@@ -67,7 +67,11 @@ QUICK = [
         "git clone --quiet --depth 1 file://{repo} edgecls",
         "no network: a shallow clone of this checkout",
     ),
-    Rewrite(r'^python3 -m pip install -e "\.\[all\]"$', "true", "installed by .ci/run; checked installed instead"),
+    Rewrite(
+        r'^python3 -m pip install -e "\.\[all\]"$',
+        'test "$VIRTUAL_ENV" -ef .venv',
+        "installed by .ci/run (checked installed instead); here: the venv the block made is the active one",
+    ),
     Rewrite(r'^pip install "\.\[runtime\]"$', "true", "same, for .[runtime]; checked installed instead"),
     # Quick settings: tiny training.
     Rewrite(r"^(edgecls train --data digits --out runs/digits --seed 0)$", r"\1 --epochs 2", "quick: 2 epochs"),
@@ -359,7 +363,7 @@ class Workspace:
         self.env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("EDGECLS_", "XDG_")) and k not in ("TF_CONFIG", "PYTHONPATH")
+            if not k.startswith(("EDGECLS_", "XDG_")) and k not in ("TF_CONFIG", "PYTHONPATH", "VIRTUAL_ENV")
         }
         self.env.update(
             HOME=str(self.home),
@@ -441,13 +445,15 @@ class Workspace:
                 command = apply_quick(original, self.values, used)
                 self.why = "; ".join(rule.why for rule in QUICK if rule in used) or "as written"
                 self._before(original)
-                if command.startswith(("export ", "cd ")):
+                if command.startswith(("export ", "cd ", ". ", "source ")):
                     self._run(title, original, command, exports)  # a `cd` to a missing folder fails here
                     exports.append(command)
                 elif re.match(r"edgecls run .*--port ", command):
                     daemons.append((original, self._start_daemon(exports, command)))
                 else:
                     self._after(original, self._run(title, original, command, exports))
+                    # `python3 -m venv .venv && . .venv/bin/activate`: the activation holds for the rest too
+                    exports.extend(re.findall(r"&& ((?:\.|source) [^&|;]+?)\s*(?=&&|$)", command))
         finally:
             for original, daemon in daemons:
                 self._stop_daemon(title, original, daemon)
@@ -701,6 +707,23 @@ def test_readme_section_commands_run(workspace, readme, title):
         workspace.run_translated(title)
     else:
         workspace.run_through(title)
+
+
+def test_readme_install_block_fails_when_the_install_is_not_in_its_activated_venv(tmp_path):
+    """The install block as written passes; pip run before the venv is made and activated fails."""
+    from types import SimpleNamespace
+
+    from tests.readme_blocks import Block
+
+    sshd = SimpleNamespace(ssh_config="", user="u", host="h", port=0, target=lambda root: "")
+    install = next(b for b in read_blocks(README) if b.section == "Install" and b.commands)
+    for name in ("as-written", "reordered"):
+        (tmp_path / name).mkdir()
+    Workspace(tmp_path / "as-written", sshd).run_block("Install", install)
+    clone, cd, _, pip = install.commands  # the reviewer's order: pip first, then a venv nobody activates
+    reordered = "\n".join([clone, cd, pip, "python3 -m venv .venv"])
+    with pytest.raises(AssertionError, match="VIRTUAL_ENV"):
+        Workspace(tmp_path / "reordered", sshd).run_block("Install", Block("Install", "bash", 0, reordered))
 
 
 def test_every_readme_block_names_its_language():
