@@ -93,6 +93,31 @@ def test_generated_unit_passes_systemd_analyze_verify(tmp_path):
     assert verify.returncode == 0 and complaints == [], verify.stdout + verify.stderr
 
 
+def test_the_unit_runs_the_edgecls_that_printed_it_not_the_one_on_path():
+    """`.venv/bin/edgecls service unit` without the venv activated (or from a minimal PATH, as under sudo): ExecStart is
+    that venv's edgecls, not whatever PATH finds (a pyenv shim) or /usr/local/bin/edgecls (absent)."""
+    edgecls = Path(sys.executable).with_name("edgecls")
+    assert edgecls.is_file(), f"the suite runs from an install with no {edgecls}"
+    done = subprocess.run(
+        [str(edgecls), "service", "unit", "--no-hint"],
+        env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"ExecStart={edgecls} run --config /etc/edgecls/run.toml" in done.stdout.splitlines()
+
+
+def test_an_edgecls_under_home_gets_a_warning_that_protecthome_hides_it():
+    done = run_cli("service", "unit", "--no-hint", "--exec", "/home/pi/edgecls/.venv/bin/edgecls")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "ProtectHome" in warnings[0] and "--exec" in warnings[0], done.stderr
+    assert "ExecStart=/home/pi/edgecls/.venv/bin/edgecls run" in done.stdout
+    assert "WARNING" not in run_cli("service", "unit", "--no-hint", "--exec", "/opt/edgecls/bin/edgecls").stderr
+
+
 def test_unit_refuses_root_and_relative_paths():
     assert "not root" in cli_error(run_cli("service", "unit", "--user", "root"))
     assert "absolute path" in cli_error(run_cli("service", "unit", "--config", "run.toml"))

@@ -111,7 +111,11 @@ QUICK = [
         r"\1 --max-frames 5",
         "a live source never ends: stop after 5 frames",
     ),
-    Rewrite(r"> /etc/systemd/system/edgecls\.service", "> edgecls.service", "not this machine's systemd"),
+    Rewrite(
+        r"\| sudo tee /etc/systemd/system/edgecls\.service >/dev/null",
+        "> edgecls.service",
+        "not this machine's systemd",
+    ),
     # Benchmarks: short timings (they are not the point here), a loose gate on a noisy shared machine.
     Rewrite(
         r"^(edgecls bench .*)$",
@@ -151,7 +155,7 @@ QUICK = [
 # Commands that are not run, with why. Keep it short: anything else that cannot run must fail the test.
 NOT_RUN = {
     "python3 -m pytest -q": "the test command itself (it would run this test again); .ci/run runs exactly it",
-    "systemctl daemon-reload && systemctl enable --now edgecls": (
+    "sudo systemctl daemon-reload && sudo systemctl enable --now edgecls": (
         "would install a service on this machine; tests/test_daemon_systemd.py verifies the unit with systemd-analyze"
     ),
 }

@@ -11,12 +11,17 @@ In the runtime because the device writes it itself (install/service.py, `edgecls
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgecls.runtime.errors import EdgeclsError
 
+log = logging.getLogger("edgecls.runtime")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
@@ -24,7 +29,7 @@ _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 class UnitOptions:
     """What varies between installs; the hardening does not."""
 
-    executable: str = ""  # the edgecls entry point (default: the one on PATH, else /usr/local/bin/edgecls)
+    executable: str = ""  # the edgecls entry point (default: the running one, running_executable())
     config: str = "/etc/edgecls/run.toml"
     env_file: str = "/etc/edgecls/edgecls.env"  # EDGECLS_RUN_TOKEN=... and other EDGECLS_RUN_* settings
     results_dir: str = "/var/lib/edgecls"
@@ -39,11 +44,24 @@ def _absolute(path: str, what: str) -> str:
     return path.rstrip("/") or "/"
 
 
+def running_executable() -> str:
+    """The edgecls of the Python running now (a venv's, activated or not), else the one on PATH: PATH may name
+    another install (a pyenv shim, none under sudo's minimal PATH)."""
+    beside = Path(sys.executable).with_name("edgecls")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("edgecls") or "/usr/local/bin/edgecls"
+
+
 def unit_text(options: UnitOptions = UnitOptions()) -> str:
     """The `.service` file for `options`, ready for /etc/systemd/system/edgecls.service."""
-    executable = _absolute(
-        options.executable or shutil.which("edgecls") or "/usr/local/bin/edgecls", "the edgecls executable"
-    )
+    executable = _absolute(options.executable or running_executable(), "the edgecls executable")
+    if executable.startswith(("/home/", "/root/", "/run/user/")):
+        log.warning(
+            "%s: ProtectHome=yes hides it from the service (status 203/EXEC): install edgecls outside home folders "
+            "(python3 -m venv /opt/edgecls) and give that one with --exec",
+            executable,
+        )
     config = _absolute(options.config, "--config")
     env_file = _absolute(options.env_file, "--env-file")
     results = _absolute(options.results_dir, "--results-dir")
