@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.core.progress import progress
+from edgecls.callbacks import epoch_lines
 from edgecls.runtime.atomic import staged_dir
 from edgecls.runtime.errors import EdgeclsError
 
@@ -286,7 +286,8 @@ class MultiWorkerTrainer:
                 optimizer.build(model.trainable_variables)
         train_epoch, sync = self._train_epoch_fn(optimizer), self._sync_fn()
         val_epoch = self._val_epoch_fn() if self.val is not None else None
-        cbs = keras.callbacks.CallbackList(list(callbacks), model=model)
+        lines = [epoch_lines()] if self.verbose else []  # on stdout, as a single-process run prints them
+        cbs = keras.callbacks.CallbackList([*callbacks, *lines], model=model, epochs=epochs)
         model.stop_training = False
         history: dict = {}
         cbs.on_train_begin()
@@ -308,8 +309,6 @@ class MultiWorkerTrainer:
             cbs.on_epoch_end(epoch, logs)
             for key, value in logs.items():
                 history.setdefault(key, []).append(float(value))
-            if self.verbose:
-                progress(f"epoch {epoch + 1}/{epochs}: " + " - ".join(f"{k} {float(v):.4f}" for k, v in logs.items()))
             if model.stop_training:
                 break
         cbs.on_train_end()

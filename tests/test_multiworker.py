@@ -7,6 +7,7 @@ worker with its TF_CONFIG and check that every worker exits 0 and only the chief
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_two_workers_train_and_only_the_chief_writes_the_run(tmp_path, shapes_fo
         assert code == 0, stderr[-3000:]
     (_, chief_out, chief_err), (_, worker_out, _) = results
     assert "test_accuracy" in chief_out and "the chief (task 0) writes the run" in worker_out
-    assert "epoch 2/2:" in chief_err
+    assert "epoch 2/2 - " in chief_out and "epoch " not in chief_err + worker_out  # the chief's lines, on stdout
 
     assert sorted(p.name for p in out.iterdir()) == [
         "confusion_matrix.png",
@@ -197,7 +198,11 @@ def test_one_worker_loop_stops_early_halves_the_rate_and_keeps_the_best_epoch(tm
     history = json.loads((out / "history.json").read_text())
     assert meta["train"]["replicas"] == 1
     assert len(history["val_loss"]) < 40  # EarlyStopping (patience 4) ended it
-    rates = [float(line.rsplit("learning_rate ", 1)[1]) for line in stderr.splitlines() if line.startswith("epoch ")]
+    # one plain line per epoch on stdout, as a single-process run prints them (`train ... > train.log` keeps them)
+    lines = [line for line in stdout.splitlines() if line.startswith("epoch ")]
+    assert lines and not [line for line in stderr.splitlines() if line.startswith("epoch ")]
+    assert re.fullmatch(r"epoch 1/40 - \d+\.\ds - (\w+ \S+ - )*loss \S+( - \w+ \S+)*", lines[0]), lines[0]
+    rates = [float(re.search(r"\blearning_rate (\S+)", line)[1]) for line in lines]
     assert rates[0] == 0.05 and 0.025 in rates  # ReduceLROnPlateau (patience 2) halved it
     best = int(np.argmin(history["val_loss"]))
     assert meta["train"]["kept_epoch"]["epoch"] == best + 1
