@@ -171,8 +171,9 @@ def main() -> None:
         rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
         for name in args.backbones.split(","):  # a row is kept as soon as it is measured: a stopped run keeps it
             if name not in rows:
-                rows[name] = measure(work, name, set_name, str(data), args)
-                rows_file.write_text(json.dumps(rows))
+                row = measure(work, name, set_name, str(data), args)
+                rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}  # others' rows since
+                rows_file.write_text(json.dumps({**rows, name: row}))
             if args.strict:  # its own file: a process measuring other backbones of the set writes the rows
                 strict_file = work / f"strict-{set_name}-{name}.json"
                 if not strict_file.is_file():
