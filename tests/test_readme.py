@@ -887,6 +887,21 @@ def test_readme_teachable_machine_import_runs_as_written():
     assert "--max-drop 2" in command
 
 
+def test_what_readme_commands_write_in_a_checkout_is_ignored_by_git():
+    """A newcomer runs the Quick start in the clone: `git status` must stay clean (quickstart/ showed as `??`)."""
+    outputs = {
+        m.group(1)
+        for s in shell_sections()
+        if s.title == "Quick start"
+        for c in s.commands
+        for m in re.finditer(r"--out (\w+)/", c + "/")
+    }
+    assert "quickstart" in outputs and "runs" in outputs, outputs
+    for folder in sorted(outputs):
+        done = subprocess.run(["git", "check-ignore", "-q", f"{folder}/x"], cwd=REPO, timeout=60)
+        assert done.returncode == 0, f"{folder}/, which the Quick start writes, is not in .gitignore"
+
+
 def test_readme_quick_rewrites_keep_the_command():
     """The rewrites change settings, not what runs: each rewritten command still starts with the same program."""
     values = {
