@@ -17,6 +17,7 @@ activations become an output of one functional model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -275,25 +276,95 @@ def _display_image(image: np.ndarray, spec) -> np.ndarray:
     return pixels(image, display, order="rgb")
 
 
-def _font(px: int):
-    """DejaVu Sans (matplotlib ships it) at `px` pixels: readable captions, and the arrow Hershey fonts lack."""
-    from matplotlib import font_manager
+def _font(px: int, text: str = ""):
+    """A font at `px` pixels that has a glyph for every character of `text`: DejaVu Sans (matplotlib ships it;
+    readable, with the arrow Hershey fonts lack), else an installed one that has them (a CJK font for
+    Chinese class names), else DejaVu Sans."""
     from PIL import ImageFont
 
-    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), px)
+    path = font_file(text) or _dejavu()
+    return ImageFont.truetype(path, px, index=0)  # index 0: the first face of a .ttc collection
+
+
+@functools.cache
+def _dejavu() -> str:
+    from matplotlib import font_manager
+
+    return font_manager.findfont("DejaVu Sans")
+
+
+@functools.cache
+def _system_fonts() -> tuple:
+    """Every installed font file, CJK-looking names first (the ones that draw most class names DejaVu cannot)."""
+    from matplotlib import font_manager
+
+    files = set(font_manager.findSystemFonts()) - {_dejavu()}
+    return tuple(sorted(files, key=lambda f: (not re.search(r"cjk|wqy|droid|noto|hei|song|gothic", f.lower()), f)))
+
+
+@functools.cache
+def _characters(path: str) -> frozenset:
+    """The code points a font file has glyphs for (its first face); none if it does not read."""
+    from fontTools.ttLib import TTFont
+
+    try:
+        with TTFont(path, fontNumber=0, lazy=True) as font:
+            return frozenset(font.getBestCmap() or ())
+    except Exception:  # noqa: BLE001 - a font we cannot read is one we do not use
+        return frozenset()
+
+
+@functools.lru_cache(maxsize=512)
+def font_file(text: str) -> str | None:
+    """The first font (DejaVu Sans, then the installed ones) with a glyph for every character of `text`."""
+    wanted = frozenset(ord(c) for c in text if not c.isspace())
+    return next((f for f in (_dejavu(), *_system_fonts()) if wanted <= _characters(f)), None)
+
+
+_CAPTION = re.compile(r"(?P<head>map of |)(?P<a>.+?)(?:(?P<sep> → |: )(?P<b>.+))? (?P<p>\(\d+\.\d+\))")
+
+
+def _cut(name: str, keep: int) -> str:
+    """`name` with its middle replaced by '…' so that `keep` of its characters show."""
+    return name if keep >= len(name) else name[: (keep + 1) // 2] + "…" + name[len(name) - keep // 2 :]
+
+
+def fit_caption(text: str, width: int, px: int = CAPTION_PX) -> str:
+    """A caption line shortened to `width` pixels: each class name cut in its middle, the longest first, so
+    'true → predicted (p)' keeps its arrow, both classes and the probability. Another line: cut in its middle."""
+    from PIL import Image, ImageDraw
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), _font(px, text)
+
+    def fits(shown: str) -> bool:
+        return draw.textlength(shown, font=font) <= width - 6
+
+    m = _CAPTION.fullmatch(text)
+    if m is None:
+        while len(text) > 4 and not fits(text):
+            text = text[: len(text) // 2 - 1] + "…" + text[len(text) // 2 + 1 :]
+        return text
+    names = [n for n in (m["a"], m["b"]) if n is not None]
+    keep = [len(n) for n in names]
+    while True:
+        cut = [_cut(n, k) for n, k in zip(names, keep)]
+        shown = m["head"] + cut[0] + (m["sep"] + cut[1] if len(cut) > 1 else "") + " " + m["p"]
+        longest = max(range(len(keep)), key=keep.__getitem__)
+        if fits(shown) or keep[longest] <= 2:
+            return shown
+        keep[longest] -= 1
 
 
 def _caption_band(width: int, lines: list, px: int) -> np.ndarray:
     """White band with `lines` of (text, rgb colour) in black or the given colour, one under the other."""
     from PIL import Image, ImageDraw
 
-    font, step = _font(px), px + px // 3
+    step = px + px // 3
     band = Image.new("RGB", (width, step * len(lines) + px // 3), "white")
     draw = ImageDraw.Draw(band)
     for n, (text, colour) in enumerate(lines):
-        while len(text) > 4 and draw.textlength(text, font=font) > width - 6:
-            text = text[: len(text) // 2 - 1] + "…" + text[len(text) // 2 + 1 :]  # cut the middle of long names
-        draw.text((3, px // 6 + n * step), text, fill=colour, font=font)
+        text = fit_caption(text, width, px)
+        draw.text((3, px // 6 + n * step), text, fill=colour, font=_font(px, text))
     return np.asarray(band)
 
 
@@ -309,21 +380,41 @@ def panel(image_rgb: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     return np.hstack([image_rgb, gap, blended])
 
 
-def caption(item: Explanation) -> list:
+_UNDRAWABLE: set = set()  # class names no installed font draws, said once on stderr
+
+
+def _shown_name(name: str, labels) -> str:
+    """A class name as a caption draws it: itself, or '#index' when no installed font has its glyphs."""
+    if font_file(name) is not None or name not in labels:
+        return name
+    if name not in _UNDRAWABLE:
+        _UNDRAWABLE.add(name)
+        progress(
+            f"no installed font draws the class name {name!r}: captions show its index #{list(labels).index(name)}"
+            " instead (install a font with its glyphs, e.g. apt install fonts-wqy-microhei for Chinese)"
+        )
+    return f"#{list(labels).index(name)}"
+
+
+def caption(item: Explanation, labels=()) -> list:
     """(text, colour) lines: 'true → predicted (p)' (red when wrong), and the explained class when it is not
-    the predicted one (--class). Without a known true class: the image's name and the prediction."""
-    first = f"{item.truth} → " if item.truth else f"{Path(item.png).stem}: "
+    the predicted one (--class). Without a known true class: the image's name and the prediction. A class name
+    of `labels` that no installed font draws shows as its index."""
+    truth, predicted, label = (_shown_name(n, labels) if n else n for n in (item.truth, item.predicted, item.label))
+    first = f"{truth} → " if item.truth else f"{Path(item.png).stem}: "
     wrong = item.truth is not None and item.truth != item.predicted
-    lines = [(f"{first}{item.predicted} ({item.predicted_score:.2f})", (200, 0, 0) if wrong else (0, 0, 0))]
+    lines = [(f"{first}{predicted} ({item.predicted_score:.2f})", (200, 0, 0) if wrong else (0, 0, 0))]
     if item.label != item.predicted:
-        lines.append((f"map of {item.label} ({item.score:.2f})", (0, 0, 160)))
+        lines.append((f"map of {label} ({item.score:.2f})", (0, 0, 160)))
     return lines
 
 
-def picture(image_rgb: np.ndarray, item: Explanation, heatmap: np.ndarray, px: int = CAPTION_PX) -> np.ndarray:
+def picture(
+    image_rgb: np.ndarray, item: Explanation, heatmap: np.ndarray, px: int = CAPTION_PX, labels=()
+) -> np.ndarray:
     """One explanation as a PNG shows it: the panel with its caption above."""
     shown = panel(image_rgb, heatmap)
-    return np.vstack([_caption_band(shown.shape[1], caption(item), px), shown])
+    return np.vstack([_caption_band(shown.shape[1], caption(item, labels), px), shown])
 
 
 def _png(image_rgb: np.ndarray) -> bytes:
@@ -450,10 +541,10 @@ def explain_run(
             chunk = images[start : start + BATCH]
             for item, shown in _explain_chunk(cam, chunk, run, class_index, start == 0):
                 item.truth = _truth(item.image, run.labels, truths)
-                write_bytes(stage / item.png, _png(picture(shown, item, item.heatmap)))
+                write_bytes(stage / item.png, _png(picture(shown, item, item.heatmap, labels=run.labels)))
                 result.explanations.append(item)
                 if len(images) > 1:
-                    tiles.append((panel(shown, item.heatmap), caption(item)))
+                    tiles.append((panel(shown, item.heatmap), caption(item, run.labels)))
             if len(images) > BATCH:
                 progress(f"explained {min(start + BATCH, len(images))}/{len(images)} images")
         for page, first in enumerate(range(0, len(tiles), SHEET_TILES), 1):

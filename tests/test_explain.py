@@ -346,3 +346,43 @@ def test_explain_image_named_contact_sheet_is_not_overwritten_by_the_sheet(tmp_p
     result = explain_run(tiny_run_dir, [tmp_path / "images"], tmp_path / "cams")
     names = [e.png for e in result.explanations] + result.sheets
     assert len(set(names)) == len(names), names
+
+
+def test_a_long_caption_keeps_the_arrow_both_classes_and_the_probability():
+    from edgecls.explain import fit_caption
+
+    text = "american_pit_bull_terrier → staffordshire_bull_terrier (0.61)"  # README's /data/pets labels
+    for width in (180, 270, 448):
+        shown = fit_caption(text, width)
+        first, second = shown.removesuffix(" (0.61)").split(" → ")
+        assert shown.endswith(" (0.61)") and first.startswith("am") and second.startswith("st"), shown
+        assert first.endswith("r") and second.endswith("r") and "…" in shown, shown
+    assert fit_caption(text, 2000) == text
+
+
+def test_a_chinese_class_name_is_drawn_with_a_font_that_has_its_glyphs():
+    """With a CJK font installed (.ci/run installs fonts-wqy-microhei), '猫 → 狗' draws two different glyphs where
+    DejaVu Sans alone drew the same empty box for both."""
+    from edgecls.explain import _caption_band, font_file
+
+    if font_file("猫狗") is None:
+        pytest.skip("no installed font has CJK glyphs (apt install fonts-wqy-microhei)")
+    band = lambda text: _caption_band(300, [(text, (0, 0, 0))], 16)  # noqa: E731
+    assert not np.array_equal(band("猫 → 狗 (0.80)"), band("狗 → 狗 (0.80)"))
+    assert not np.array_equal(band("猫 → 狗 (0.80)"), band("□ → □ (0.80)"))
+
+
+def test_a_class_name_no_font_draws_is_captioned_by_its_index_said_once(monkeypatch, capsys):
+    from edgecls import explain
+
+    monkeypatch.setattr(explain, "_system_fonts", lambda: ())  # only DejaVu Sans: no CJK glyphs
+    explain.font_file.cache_clear()
+    monkeypatch.setattr(explain, "_UNDRAWABLE", set())
+    try:
+        item = explain.Explanation(Path("a/1.png"), "狗", 0.8, "狗", 0.8, np.zeros((2, 2)), "1.png", truth="猫")
+        assert explain.caption(item, ["猫", "狗"]) == [("#0 → #1 (0.80)", (200, 0, 0))]
+        assert explain.caption(item, ["猫", "狗"]) == [("#0 → #1 (0.80)", (200, 0, 0))]
+    finally:
+        explain.font_file.cache_clear()
+    err = capsys.readouterr().err
+    assert err.count("'猫'") == 1 and err.count("'狗'") == 1 and "fonts-wqy-microhei" in err, err
