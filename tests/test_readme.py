@@ -854,6 +854,21 @@ def test_ci_installs_every_program_readme_commands_run():
     assert not missing, f".ci/run's apt line lacks {missing}, which README commands need"
 
 
+def test_ci_refuses_to_empty_a_venv_it_did_not_make(tmp_path):
+    """EDGECLS_CI_VENV=.venv would have emptied a developer's own venv (`venv --clear`): refused before anything
+    runs. apt-get is a failing stand-in here, so nothing is installed on this machine whatever the script does."""
+    theirs = tmp_path / "venv"
+    theirs.mkdir()
+    (theirs / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "apt-get").write_text("#!/bin/sh\nexit 97\n")
+    (tmp_path / "bin" / "apt-get").chmod(0o755)
+    env = {**os.environ, "EDGECLS_CI_VENV": str(theirs), "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(REPO / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "not a venv .ci/run made" in done.stderr, done.stderr[-2000:]
+    assert (theirs / "pyvenv.cfg").read_text() == "home = /usr/bin\n"
+
+
 def test_readme_rewrites_are_all_used_and_not_run_is_short():
     commands = [c for s in shell_sections() for c in s.commands]
     assert commands, "the README has no shell commands?"
