@@ -30,6 +30,16 @@ import pytest
 _REPO = Path(__file__).resolve().parents[1]
 
 
+# A Python's binary and prefix: /usr/bin/python3.12 and /usr/bin/python3 (3.11) share the prefix /usr, a venv's
+# python3 is its base's binary under another prefix.
+PYTHON_IDENTITY = "import os, sys; print(os.path.realpath(sys.executable), sys.prefix)"
+
+
+def python_identity() -> str:
+    """PYTHON_IDENTITY's line for this interpreter."""
+    return f"{os.path.realpath(sys.executable)} {sys.prefix}"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,15 +101,15 @@ class SshServer:
     def _check_python(self) -> None:
         """The device's `python3` is this interpreter (its venv included), or the tests would try another one's."""
         ran = subprocess.run(
-            [*self.ssh_args(), "python3", "-c", "'import sys; print(sys.prefix)'"],
+            [*self.ssh_args(), "python3", "-c", shlex.quote(PYTHON_IDENTITY)],
             capture_output=True,
             text=True,
             timeout=60,
         )
-        if ran.returncode != 0 or ran.stdout.strip() != sys.prefix:
+        if ran.returncode != 0 or ran.stdout.strip() != python_identity():
             self.stop()
             raise RuntimeError(
-                f"the test sshd's python3 is not {sys.executable} (prefix {ran.stdout.strip()!r}, exit "
+                f"the test sshd's python3 is not {sys.executable} (it is {ran.stdout.strip()!r}, exit "
                 f"{ran.returncode}): {ran.stderr.strip()[-500:]}"
             )
 
@@ -205,10 +215,22 @@ class SshServer:
         self.stop()
 
 
+# OpenSSH's sftp-server: Debian's path, Red Hat's, the BSDs', Arch's and Alpine's.
+SFTP_SERVERS = (
+    "/usr/lib/openssh/sftp-server",
+    "/usr/libexec/openssh/sftp-server",
+    "/usr/libexec/sftp-server",
+    "/usr/lib/ssh/sftp-server",
+)
+
+
 def _sftp_server() -> str:
-    """OpenSSH's sftp-server program (Debian's path, then Red Hat's and the BSDs'), else internal-sftp."""
-    candidates = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
-    return next((c for c in candidates if os.access(c, os.X_OK)), "internal-sftp")
+    """The sftp-server program, else on PATH. Never internal-sftp: under ForceCommand the wrapper would run it as
+    `bash -c internal-sftp`, and scp and sftp exit 255."""
+    found = next((c for c in SFTP_SERVERS if os.access(c, os.X_OK)), None) or shutil.which("sftp-server")
+    if not found:
+        pytest.fail(f"no OpenSSH sftp-server program (looked in {', '.join(SFTP_SERVERS)} and PATH): install it")
+    return found
 
 
 def require_sshd() -> None:
