@@ -93,7 +93,8 @@ def test_two_workers_train_and_only_the_chief_writes_the_run(tmp_path, shapes_fo
         assert code == 0, stderr[-3000:]
     (_, chief_out, chief_err), (_, worker_out, _) = results
     assert "test_accuracy" in chief_out and "the chief (task 0) writes the run" in worker_out
-    assert "epoch 2/2 - " in chief_out and "epoch " not in chief_err + worker_out  # the chief's lines, on stdout
+    assert "\nepoch 2/2 - " in chief_out  # the chief's epoch lines, on stdout
+    assert "\nepoch " not in f"\n{chief_err}" + f"\n{worker_out}", (chief_err, worker_out)
 
     assert sorted(p.name for p in out.iterdir()) == [
         "confusion_matrix.png",
