@@ -6,8 +6,9 @@ activations are averaged per channel into weights, and the ReLU of the weighted 
 activation maps is the heatmap (Selvaraju et al., 2017). It needs the Keras model and its
 gradients, so it lives with training, not in `runtime/`.
 
-The layer is found automatically: the last convolution whose grid still has MIN_GRID cells a side
-(the 7x7 of a 224-pixel ImageNet network), with the normalization, activation and residual-add
+The layer is found automatically: the last convolution whose grid still has MIN_GRID (5) cells a side
+(the last convolution itself unless its grid is 4x4 or coarser: a pretrained backbone at 96 pixels keeps its
+6x6 late blocks, not a 12x12 grid halfway through), with the normalization, activation and residual-add
 layers that directly follow it (their output is what the next block sees). A coarser last grid
 (4x4 at 16 pixels) paints one central blob on every image, whatever the class or the picture. A backbone nested as a
 sub-model (Keras 3) is searched too; the graph is then re-traced so that the nested layer's
@@ -40,7 +41,7 @@ BATCH = 16
 _CONV = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 # Layers that keep the conv's grid and only rescale or gate it: Grad-CAM reads their output instead.
 _ELEMENTWISE = ("BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Add")
-MIN_GRID = 7  # cells a side the automatic layer keeps when the model has one that fine (else its finest)
+MIN_GRID = 5  # cells a side the automatic layer keeps when the model has one that fine (else its finest)
 SHEET = re.compile(r"contact_sheet(_\d+)?")  # the contact sheets' names (without .png): never an image's
 
 

@@ -182,6 +182,23 @@ def test_the_automatic_layer_keeps_a_grid_fine_enough_to_localise():
     assert find_layer(create_model("simple", 10, (32, 32, 1), widths=(8, 16, 32))).name == "block2_relu1"
 
 
+def test_the_automatic_layer_of_a_pretrained_backbone_at_its_usual_size_stays_late():
+    """MobileNetV2 at 96 pixels ends on a 3x3 grid: Grad-CAM takes the deepest convolution still at 6x6 (block 13's
+    expansion), not block 6 at 12x12 halfway through the network; at 192 pixels the last 6x6 grid is kept."""
+    import keras
+
+    from edgecls.explain import find_layer
+
+    def nested(size: int):
+        backbone = keras.applications.MobileNetV2(input_shape=(size, size, 3), weights=None, include_top=False)
+        inputs = keras.Input((size, size, 3))
+        outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(backbone(inputs)))
+        return keras.Model(inputs, outputs)
+
+    assert find_layer(nested(96)).name.endswith("/block_13_expand_relu")
+    assert find_layer(nested(192)).name.endswith("/out_relu")
+
+
 def test_explain_asked_class_and_overwrite_replace_only_ours(tmp_path, tiny_run_dir, shapes_folder):
     from edgecls.explain import explain_run
 

@@ -19,8 +19,8 @@ from edgecls.commands._options import examples
 @click.option("--class", "class_label", help="Explain this label instead of each image's predicted class.")
 @click.option(
     "--layer",
-    help="Convolutional layer to read (default: the last one with a grid of 7 cells a side; SUBMODEL/NAME inside "
-    "a nested model).",
+    help="Convolutional layer to read (default: the last one whose grid has at least 5 cells a side; "
+    "SUBMODEL/NAME inside a nested model).",
 )
 @click.option(
     "--overwrite", is_flag=True, help="Replace an existing explanation folder (only one of ours, or an empty folder)."
@@ -33,7 +33,7 @@ def explain(run, paths, out, class_label, layer, overwrite):
     """Grad-CAM: each image (files or folders) beside a heat map of where the model looked, captioned
     "true → predicted (score)"; the true class is the image's folder name when that is a label.
 
-    The layer is the last convolution whose grid keeps 7 cells a side (--layer picks another).
+    The layer is the last convolution whose grid keeps at least 5 cells a side (--layer picks another).
     """
     from edgecls.explain import explain_run
 
