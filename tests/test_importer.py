@@ -259,3 +259,137 @@ def test_data_folders_that_differ_from_the_labels_are_named_in_one_line(tiny, tm
         import_model(request)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_loaded_sequential_folds_its_rescaling(tmp_path):
+    """A Sequential read from a file has several nodes per layer: the chain is traced through this model's own."""
+    import keras
+
+    from edgecls.importer.keras_layers import fold_input_layers
+
+    layers = keras.layers
+    model = keras.Sequential(
+        [keras.Input((16, 16, 3)), layers.Rescaling(1 / 255), layers.Conv2D(2, 3), layers.GlobalAveragePooling2D()]
+        + [layers.Dense(3, activation="softmax")]
+    )
+    model.save(tmp_path / "seq.keras")
+    loaded = keras.models.load_model(tmp_path / "seq.keras", compile=False)
+    cut, mean, std = fold_input_layers(loaded)
+    assert (mean, std) == ((0.0,), (255.0,))
+    assert not any(isinstance(layer, layers.Rescaling) for layer in cut.layers)
+
+
+def test_augmentation_before_the_rescaling_is_dropped_with_it(tmp_path):
+    """The tutorial's Sequential([data_augmentation, Rescaling(1/255), ...]): augmentation is identity at inference."""
+    import keras
+
+    from edgecls.importer.keras_layers import fold_input_layers
+
+    layers = keras.layers
+    augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])
+    model = keras.Sequential(
+        [keras.Input((16, 16, 3)), augmentation, layers.Rescaling(1 / 255), layers.Conv2D(2, 3)]
+        + [layers.GlobalAveragePooling2D(), layers.Dense(3)]
+    )
+    model.save(tmp_path / "tutorial.keras")
+    cut, mean, std = fold_input_layers(keras.models.load_model(tmp_path / "tutorial.keras", compile=False))
+    assert (mean, std) == ((0.0,), (255.0,))
+
+
+def test_a_declared_normalization_over_a_rescaling_left_inside_is_refused(tmp_path):
+    """A Rescaling that cannot be folded (it follows a layer) would scale the input twice with --normalize scale."""
+    import keras
+
+    from edgecls.importer.request import Declared
+
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Rescaling(1 / 255)(layers.Conv2D(2, 3)(inputs))
+    keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling2D()(x))).save(tmp_path / "inside.keras")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    request = ImportRequest(
+        tmp_path / "inside.keras", tmp_path / "out", tmp_path / "labels.txt", declared=Declared(normalize="scale")
+    )
+    with pytest.raises(EdgeclsError, match="--normalize none") as caught:
+        import_model(request)
+    assert "rescaling" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_undeclared_normalization_message_offers_normalize_none(tiny, tmp_path):
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    with pytest.raises(EdgeclsError, match="none"):
+        import_model(ImportRequest(tiny / "tiny.keras", tmp_path / "out", tmp_path / "labels.txt"))
+
+
+def test_a_per_pixel_normalization_is_not_folded():
+    import keras
+
+    from edgecls.importer.keras_layers import fold_input_layers
+
+    inputs = keras.Input((4, 4, 3))
+    norm = keras.layers.Normalization(axis=(1, 2, 3))
+    norm.adapt(np.random.default_rng(0).uniform(0, 255, (8, 4, 4, 3)).astype("float32"))
+    x = keras.layers.Flatten()(norm(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    assert fold_input_layers(model) == (model, None, None)
+
+
+def test_an_input_feeding_a_rescaling_and_another_layer_folds_nothing():
+    import keras
+
+    from edgecls.importer.keras_layers import fold_input_layers
+
+    inputs = keras.Input((4, 4, 3))
+    a = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    b = keras.layers.Flatten()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
+    assert fold_input_layers(model) == (model, None, None)
+
+
+def test_a_model_with_two_outputs_is_one_line_naming_output_name(tmp_path):
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    outputs = [keras.layers.Dense(3, name="classes")(x), keras.layers.Dense(4, name="boxes")(x)]
+    keras.Model(inputs, outputs).save(tmp_path / "two.keras")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    with pytest.raises(EdgeclsError, match="2 outputs.*--output-name") as caught:
+        import_model(ImportRequest(tmp_path / "two.keras", tmp_path / "out", tmp_path / "labels.txt"))
+    assert "classes" in str(caught.value)
+
+
+def test_a_model_with_two_inputs_says_to_export_the_image_alone(tmp_path):
+    import keras
+
+    a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b]))
+    keras.Model([a, b], keras.layers.Dense(3)(x)).save(tmp_path / "two.keras")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    with pytest.raises(EdgeclsError, match="only input is the image"):
+        import_model(ImportRequest(tmp_path / "two.keras", tmp_path / "out", tmp_path / "labels.txt"))
+
+
+def test_a_teachable_machine_folder_keeps_a_declared_normalize():
+    from edgecls.importer.keras_source import _teachable
+    from edgecls.importer.request import Declared
+
+    assert _teachable(Declared(normalize="scale"), print).normalize == "scale"
+    assert _teachable(Declared(), print).normalize == "symmetric"
+    assert _teachable(Declared(mean=(1.0,), std=(2.0,)), print).normalize is None
+
+
+def test_an_import_removes_work_folders_of_dead_imports_and_creates_missing_parents(tiny, tmp_path):
+    from edgecls.runtime.atomic import host_tag
+
+    (tmp_path / "labels.txt").write_text("a\nb\n")  # the wrong count: refused after the work folder exists
+    out = tmp_path / "nope" / "deeper" / "b"
+    out.parent.mkdir(parents=True)
+    stale = out.parent / f".b-import.{2**22 + 7}@{host_tag()}.abc_1.partial"
+    stale.mkdir()
+    with pytest.raises(EdgeclsError, match="label"):
+        import_model(ImportRequest(tiny / "tiny.keras", out, tmp_path / "labels.txt"))
+    assert list(out.parent.iterdir()) == []
+    with pytest.raises(EdgeclsError, match="label"):
+        import_model(ImportRequest(tiny / "tiny.keras", tmp_path / "x" / "y" / "b", tmp_path / "labels.txt"))

@@ -122,3 +122,110 @@ def test_a_savedmodel_folder_imports_as_one_opaque_layer(foreign, tmp_path):
     serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
     truth = _source_top1(lambda x: next(iter(serve(tf.constant(x, tf.float32)).values())).numpy(), data, False)
     assert _agreement(_predict(tmp_path / "b", data, "tflite-fp32"), truth) >= 0.99
+
+
+def _tiny_import(tmp_path, model, **request):
+    """Import a tiny untrained model saved as .keras (tflite-fp32 only, no --data): (result, lines)."""
+    from edgecls.importer.request import Declared
+
+    model.save(tmp_path / "m.keras")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    lines = []
+    declared = request.pop("declared", Declared(normalize="none"))
+    result = import_model(
+        ImportRequest(
+            tmp_path / "m.keras",
+            tmp_path / "b",
+            tmp_path / "labels.txt",
+            declared=declared,
+            formats="tflite-fp32",
+            **request,
+        ),
+        progress=lines.append,
+    )
+    return result, lines
+
+
+def _bundle_probs(tmp_path, x):
+    from edgecls.runtime.classifier import Classifier
+
+    return Classifier(tmp_path / "b", "tflite-fp32").probabilities(x)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_a_nested_logits_head_is_found_by_its_outputs_and_gets_a_softmax(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    head = keras.Sequential([layers.Dense(3, kernel_initializer="he_normal")])
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, head(layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3)(inputs))))
+    result, lines = _tiny_import(tmp_path, model)
+    assert any(line.startswith("output: logits") for line in lines)
+    assert result.manifest["source"]["preprocessing_from"]["output"] == "model"
+    x = np.random.default_rng(1).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(_bundle_probs(tmp_path, x), _softmax(model.predict(x, verbose=0)), atol=1e-4)
+
+
+def test_a_loaded_sequential_ending_in_logits_imports(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    model = keras.Sequential(
+        [keras.Input((16, 16, 3)), layers.Rescaling(1 / 255), layers.Conv2D(4, 3), layers.GlobalAveragePooling2D()]
+        + [layers.Dense(3)]
+    )
+    from edgecls.importer.request import Declared
+
+    result, lines = _tiny_import(tmp_path, model, declared=Declared())
+    assert (result.manifest["input"]["mean"], result.manifest["input"]["std"]) == ([0.0], [255.0])
+    x = np.random.default_rng(1).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(_bundle_probs(tmp_path, x / 255), _softmax(model.predict(x, verbose=0)), atol=1e-4)
+
+
+def test_a_dynamic_input_size_takes_size(tmp_path):
+    import keras
+
+    from edgecls.importer.request import Declared
+
+    layers = keras.layers
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(inputs)))
+    result, _ = _tiny_import(tmp_path, model, declared=Declared(normalize="none", size=(24, 16)))
+    assert result.manifest["input"]["shape"] == [1, 24, 16, 3]
+    x = np.random.default_rng(1).uniform(0, 255, (4, 24, 16, 3)).astype("float32")
+    np.testing.assert_allclose(_bundle_probs(tmp_path, x), model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_a_dynamic_input_size_over_the_largest_side_is_refused(tmp_path):
+    import keras
+
+    from edgecls.importer.request import Declared
+    from edgecls.runtime.errors import EdgeclsError
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    with pytest.raises(EdgeclsError, match="over 4096 pixels a side"):
+        _tiny_import(tmp_path, model, declared=Declared(normalize="none", size=(5000, 5000)))
+    with pytest.raises(EdgeclsError, match="--size"):
+        _tiny_import(tmp_path, model)
+
+
+def test_a_two_output_model_imports_the_output_named(tmp_path):
+    import keras
+
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(
+        inputs, [layers.Dense(4, name="boxes")(x), layers.Dense(3, activation="softmax", name="cls")(x)]
+    )
+    result, _ = _tiny_import(tmp_path, model, output_name="cls")
+    x = np.random.default_rng(1).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(_bundle_probs(tmp_path, x), model.predict(x, verbose=0)[1], atol=1e-4)

@@ -17,41 +17,90 @@ def fold_input_layers(model) -> tuple:
     """(model without its leading Rescaling/Normalization layers, mean, std), or (model, None, None)."""
     import keras
 
-    chain = _leading_chain(model)
+    channels = int(model.input_shape[-1])
+    chain, cut_at = _leading_chain(model, channels)
     if not chain:
         return model, None, None
-    channels = int(model.input_shape[-1])
     a, b = np.ones(channels), np.zeros(channels)
     for layer in chain:
         scale, offset = _affine(layer, channels)
         a, b = a * scale, b * scale + offset
     if np.any(a == 0):
         raise EdgeclsError(f"the model's {chain[-1].name} layer scales a channel by 0: its input cannot be normalized")
-    cut = keras.Model(chain[-1].output, model.output)
-    mean, std = tuple(float(v) for v in -b / a), tuple(float(v) for v in 1 / a)
+    cut = keras.Model(cut_at, model.outputs[0])
+    mean, std = tuple(_plain(-v) for v in b / a), tuple(_plain(v) for v in 1 / a)
     _check_fold(model, cut, mean, std)
     return cut, _one_if_equal(mean), _one_if_equal(std)
 
 
-def _leading_chain(model) -> list:
-    """The Rescaling/Normalization layers that follow the input one after another (each the only user)."""
+def normalizing_layers(model) -> list:
+    """Names of the Rescaling/Normalization layers anywhere in the model (nested models too)."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
+            found.append(layer.name)
+        elif isinstance(layer, keras.Model):
+            found.extend(normalizing_layers(layer))
+    return found
+
+
+def _leading_chain(model, channels: int) -> tuple:
+    """(the Rescaling/Normalization layers that follow the input one after another, the chain's last tensor).
+
+    Traced through this model's own nodes (a layer of a Sequential read from a file has several): each
+    tensor of the chain must have one consumer. Random* augmentation layers (identity at inference, the
+    tutorial's `data_augmentation` Sequential) may come before or between them; they go with the cut."""
     import keras
 
     kinds = (keras.layers.Rescaling, keras.layers.Normalization)
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    chain = []
-    for layer in layers:
-        if not isinstance(layer, kinds) or len(layer._inbound_nodes) != 1:
+    consumers = _consumers(getattr(model, "_functional", None) or model)
+    if len(model.inputs) != 1:
+        return [], None
+    tensor, chain, cut_at = model.inputs[0], [], None
+    while len(consumers.get(id(tensor), [])) == 1:
+        layer, node = consumers[id(tensor)][0]
+        if len(node.input_tensors) != 1 or len(node.output_tensors) != 1:
             break
-        chain.append(layer)
-    if not chain or not _consumes_input(model, chain[0]):
-        return []
-    return chain
+        if isinstance(layer, kinds) and _per_channel(layer, channels):
+            chain.append(layer)
+            cut_at = node.output_tensors[0]
+        elif not _augmentation(layer):
+            break
+        tensor = node.output_tensors[0]
+    return chain, cut_at
 
 
-def _consumes_input(model, layer) -> bool:
-    inputs = layer._inbound_nodes[0].input_tensors
-    return len(inputs) == 1 and len(model.inputs) == 1 and inputs[0] is model.inputs[0]
+def _consumers(model) -> dict:
+    """id(tensor) -> [(layer, node)] of this model's nodes that take it."""
+    found = {}
+    for layer in model.layers:
+        for index, node in enumerate(layer._inbound_nodes):
+            if f"{id(layer)}_ib-{index}" in model._nodes:
+                for tensor in node.input_tensors:
+                    found.setdefault(id(tensor), []).append((layer, node))
+    return found
+
+
+def _augmentation(layer) -> bool:
+    """A Random* augmentation layer, or a model made only of them: identity at inference."""
+    import keras
+
+    if isinstance(layer, keras.Model):
+        return bool(layer.layers) and all(_augmentation(inner) for inner in layer.layers)
+    return type(layer).__name__.startswith("Random") and type(layer).__module__.startswith("keras")
+
+
+def _per_channel(layer, channels: int) -> bool:
+    """Whether the layer is one `x * a + b` per channel (a Normalization over other axes is kept inside)."""
+    import keras
+
+    if isinstance(layer, keras.layers.Rescaling):
+        values = (layer.scale, layer.offset)
+    else:
+        values = (layer.mean, layer.variance)
+    return all(np.asarray(v).size in (1, channels) for v in values)
 
 
 def _affine(layer, channels: int) -> tuple:
@@ -81,6 +130,11 @@ def _check_fold(model, cut, mean: tuple, std: tuple) -> None:
             f"folding the model's input preprocessing into mean {mean} std {std} changed its answers by {gap:.2g}: "
             "save the model without its Rescaling/Normalization layers and give --mean/--std"
         )
+
+
+def _plain(value) -> float:
+    """A Python float, -0.0 written as 0.0 (a manifest says mean [0.0], never [-0.0])."""
+    return float(value) + 0.0
 
 
 def _one_if_equal(values: tuple) -> tuple:

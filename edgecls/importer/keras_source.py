@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -9,10 +10,12 @@ from pathlib import Path
 
 from edgecls.importer import workrun
 from edgecls.importer.detect import TEACHABLE, Source
-from edgecls.importer.keras_layers import fold_input_layers
+from edgecls.importer.foreign_bundle import MAX_SIDE, probe_output
+from edgecls.importer.keras_layers import fold_input_layers, normalizing_layers
 from edgecls.importer.keras_load import load_model
 from edgecls.importer.labels import read_labels
 from edgecls.importer.request import ImportRequest, ImportResult, ModelHints, resolve_spec
+from edgecls.runtime.atomic import host_tag, remove_stale_stages
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.formats import INT8
 
@@ -27,32 +30,105 @@ def import_keras(request: ImportRequest, source: Source, progress) -> ImportResu
         progress(line)
 
     out = Path(request.out).absolute()
-    work = Path(tempfile.mkdtemp(prefix=".edgecls-import-", dir=out.parent))
+    work = _work_folder(out)
     try:
         progress(f"loading {source.model} ({source.framework})")
         model, opaque = load_model(source, work, note)
-        _check_image_input(model)
+        model = _fixed_size(_single_image_model(model, request), request.declared.size)
         model, hints = _hints(model, opaque, note)
         labels = read_labels(_labels_file(request, source), _output_count(model))
         declared = request.declared
         if source.kind == TEACHABLE:
             declared = _teachable(declared, note)
-        spec, output = resolve_spec(hints, declared, note)
+        if not opaque:
+            _check_not_normalized_twice(model, declared)
+        spec, _ = resolve_spec(hints, declared, note)
+        if max(spec.height, spec.width) > MAX_SIDE:
+            raise EdgeclsError(
+                f"input size {spec.height}x{spec.width} is over {MAX_SIDE} pixels a side: "
+                "give the model's real size with --size N or --size WxH"
+            )
+        output = declared.output or _output(model, spec, note)
         model, head = _probabilities(model, output)
         run = _work_run(request, work, model, spec, labels, head, source.framework, note)
-        return _convert(request, source, run, out, opaque, _from(hints, request.declared, source), lines, progress)
+        chosen = _from(replace(hints, output=output), request.declared, source)
+        return _convert(request, source, run, out, opaque, chosen, lines, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _check_image_input(model) -> None:
+def _work_folder(out: Path) -> Path:
+    """A work folder beside --out named like converters' stages, so one a killed import left is collected."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_stages(out.parent)
+    prefix = f".{out.name}-import.{os.getpid()}@{host_tag()}."
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=out.parent))
+
+
+def _single_image_model(model, request: ImportRequest):
+    """The model as a functional one with its one image input and one output (--output-name picks it)."""
+    import keras
+
+    if request.input_name is not None:
+        raise EdgeclsError("--input is for ONNX and TFLite models: a Keras model's image input is its only input")
     if len(model.inputs) != 1:
-        raise EdgeclsError(f"the model takes {len(model.inputs)} inputs: edgecls imports models that take one image")
+        raise EdgeclsError(
+            f"the model takes {len(model.inputs)} inputs but edgecls imports models whose only input is the image: "
+            "export a model whose only input is the image"
+        )
+    names = [t._keras_history.operation.name for t in model.outputs]
+    if request.output_name is not None:
+        if request.output_name not in names:
+            raise EdgeclsError(
+                f"the model has no output named {request.output_name!r}: its outputs are {', '.join(names)}"
+            )
+        return keras.Model(model.inputs[0], model.outputs[names.index(request.output_name)])
+    if len(names) != 1:
+        raise EdgeclsError(
+            f"the model has {len(names)} outputs ({', '.join(names)}): name the class scores with --output-name NAME"
+        )
     shape = tuple(model.input_shape)
     if len(shape) != 4:
         raise EdgeclsError(
             f"the model's input is not an image (rank {len(shape)}, shape {shape}): "
             "edgecls imports models that take a batch of images (N, H, W, C)"
+        )
+    return model
+
+
+def _fixed_size(model, size: tuple | None):
+    """A model with a dynamic height/width rebuilt on an input of --size (the converters need a fixed one)."""
+    import keras
+
+    _, height, width, channels = model.input_shape
+    if height and width:
+        return model
+    if size is None:
+        raise EdgeclsError("the model's input size is not fixed: give it with --size N or --size WxH")
+    if max(size) > MAX_SIDE:
+        raise EdgeclsError(
+            f"input size {size[0]}x{size[1]} is over {MAX_SIDE} pixels a side: give the model's real size with --size"
+        )
+    if channels is None:
+        raise EdgeclsError("the model's input channels are not fixed: edgecls imports RGB or gray image models")
+    inputs = keras.Input((int(size[0]), int(size[1]), int(channels)), dtype=model.inputs[0].dtype)
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer)
+
+
+def _check_not_normalized_twice(model, declared) -> None:
+    """A Rescaling/Normalization left inside (not right after the input) normalizes what edgecls gives it."""
+    inside = normalizing_layers(model)
+    if not inside:
+        return
+    if declared.normalize is None:
+        changes = declared.mean not in (None, (0.0,)) or declared.std not in (None, (1.0,))
+    else:
+        changes = declared.normalize != "none"
+    if changes:
+        option = f"--normalize {declared.normalize}" if declared.normalize else "--mean/--std"
+        raise EdgeclsError(
+            f"the model normalizes its input itself (its {inside[0]} layer, which edgecls cannot read off): "
+            f"{option} would normalize it twice: give --normalize none"
         )
 
 
@@ -72,20 +148,23 @@ def _hints(model, opaque: bool, note) -> tuple:
         layout="nhwc",
         mean=mean,
         std=std,
-        output=_activation(model),
-        said_by=said | {"size": "the model's input shape", "output": "the model's last activation"},
+        said_by=said | {"size": "the model's input shape"},
     )
 
 
-def _activation(model) -> str | None:
-    """probs when the last layer ends in softmax/sigmoid, logits when linear, None when it cannot be read."""
+def _output(model, spec, note) -> str:
+    """probs or logits: a linear last layer says logits; else the outputs on a few inputs tell (a nested head,
+    a Dropout last or a SavedModel hides the activation)."""
     import keras
 
     last = model.layers[-1]
-    name = getattr(getattr(last, "activation", None), "__name__", None)
-    if isinstance(last, keras.layers.Softmax) or name in ("softmax", "sigmoid"):
-        return "probs"
-    return "logits" if name == "linear" else None
+    if type(last) in (keras.layers.Dense, keras.layers.Conv2D) and last.activation.__name__ == "linear":
+        note("output: logits (the model's last layer is linear), softmax applied by edgecls")
+        return "logits"
+    found = []
+    output = probe_output(lambda x: model.predict(x, verbose=0), spec, None, found)
+    note(found[-1])
+    return output
 
 
 def _labels_file(request: ImportRequest, source: Source):
@@ -104,8 +183,9 @@ def _output_count(model) -> int:
 
 def _teachable(declared, note):
     note(TEACHABLE_LINE)
-    normalized = declared.normalize is not None or declared.mean is not None or declared.std is not None
-    return replace(declared, resize=declared.resize or "center-crop", normalize=None if normalized else "symmetric")
+    given = declared.normalize is not None or declared.mean is not None or declared.std is not None
+    normalize = declared.normalize or (None if given else "symmetric")
+    return replace(declared, resize=declared.resize or "center-crop", normalize=normalize)
 
 
 def _probabilities(model, output: str) -> tuple:
@@ -115,7 +195,7 @@ def _probabilities(model, output: str) -> tuple:
     one = int(model.output_shape[-1]) == 1
     if output == "logits":
         activation = keras.layers.Activation("sigmoid" if one else "softmax", name="edgecls_probabilities")
-        model = keras.Model(model.inputs, activation(model.output))
+        model = keras.Model(model.inputs, activation(model.outputs[0]))
     return model, ("sigmoid" if one else "softmax")
 
 

@@ -136,7 +136,8 @@ def _normalization(hints: ModelHints, declared: Declared, warn) -> tuple:
     if mean is None and std is None:
         raise EdgeclsError(
             "the model does not say how its input is normalized: give --normalize scale|symmetric "
-            "or --mean R,G,B --std R,G,B (0..255 pixel units, e.g. ImageNet's --mean 123.675,116.28,103.53 "
+            "(none: it takes 0..255 pixels and normalizes them itself) or --mean R,G,B --std R,G,B "
+            "(0..255 pixel units, e.g. ImageNet's --mean 123.675,116.28,103.53 "
             "--std 58.395,57.12,57.375)"
         )
     return tuple(mean or (0.0,)), tuple(std or (1.0,))
