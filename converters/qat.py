@@ -370,6 +370,11 @@ def build_qat_model(model, input_spec_range: tuple | None = None):
     """
     import keras
 
+    if isinstance(model, keras.Sequential) and getattr(model, "_functional", None) is not None:
+        # Its own graph: a Sequential has no `operations`, and one read from a file has several nodes per layer.
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        model = clone._functional
     if not isinstance(model, keras.Model) or len(model.inputs) != 1 or len(model.outputs) != 1:
         raise EdgeclsError("quantization-aware training needs a functional Keras model with one input and one output")
     return _Rewriter(model, input_spec_range).build()

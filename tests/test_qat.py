@@ -97,6 +97,30 @@ def test_sigmoid_head_converts_full_int8(tmp_path):
     np.testing.assert_allclose(lite, probabilities(q.predict(x, verbose=0)), atol=0.02)
 
 
+def test_a_sequential_read_from_a_file_converts_full_int8(tmp_path):
+    """A loaded Sequential's layers have several nodes and the Sequential has no `operations` of its own."""
+    import keras
+
+    from edgecls.converters import qat
+    from edgecls.converters.quiet import quiet
+
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((16, 16, 3)), layers.Conv2D(4, 3, activation="relu"), layers.GlobalAveragePooling2D()]
+        + [layers.Dense(3, activation="softmax")]
+    )
+    model.save(tmp_path / "seq.keras")
+    loaded = keras.models.load_model(tmp_path / "seq.keras", compile=False)
+    q = qat.build_qat_model(loaded, (0.0, 1.0))
+    x = np.random.default_rng(0).uniform(0, 1, (32, 16, 16, 3)).astype(np.float32)
+    qat.calibrate(q, x)
+    with quiet():
+        data = qat.to_tflite_int8(q)
+    assert qat.float_tensors(data) == []
+    np.testing.assert_allclose(_tflite_session(data, tmp_path).predict(x), q.predict(x, verbose=0), atol=0.02)
+
+
 def test_unsupported_layer_is_refused_in_one_line():
     import keras
 
