@@ -1,5 +1,6 @@
 """edgecls.cli help: each command says what it does, each option what it is for; `--help` runs in a fresh process."""
 
+import re
 import shlex
 
 import click
@@ -54,7 +55,8 @@ def _examples(help_text: str) -> list:
     """The command lines of a help's `Examples:` block (a shell comment or redirection cut off)."""
     lines = [line.strip() for line in help_text.splitlines()]
     block = lines[lines.index("Examples:") + 1 : lines.index("Options:")] if "Examples:" in lines else []
-    return [shlex.split(line.partition(" >")[0], comments=True) for line in block if line]
+    # the edgecls command ends at a redirection or a pipe (`... | sudo tee FILE`)
+    return [shlex.split(re.split(r" [>|]", line)[0], comments=True) for line in block if line]
 
 
 @pytest.mark.parametrize("path", [path for path, c in _commands() if not isinstance(c, click.Group)], ids=" ".join)

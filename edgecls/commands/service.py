@@ -7,10 +7,10 @@ import click
 from edgecls.commands._options import examples
 
 INSTALL_HINT = """\
-# Install:  edgecls service unit > /etc/systemd/system/edgecls.service
+# Install:  edgecls service unit | sudo tee /etc/systemd/system/edgecls.service >/dev/null
 #           put `edgecls run` options in {config} (TOML, keys = option names),
 #           the token in {env_file} (EDGECLS_RUN_TOKEN=...; chmod 600),
-#           then: systemctl daemon-reload && systemctl enable --now edgecls
+#           then: sudo systemctl daemon-reload && sudo systemctl enable --now edgecls
 """
 
 
@@ -20,7 +20,11 @@ def service():
 
 
 @service.command()
-@click.option("--exec", "executable", help="The edgecls executable ExecStart runs (default: the one on PATH).")
+@click.option(
+    "--exec",
+    "executable",
+    help="The edgecls executable ExecStart runs (default: the edgecls of the running Python, else the one on PATH).",
+)
 @click.option(
     "--config",
     default="/etc/edgecls/run.toml",
@@ -49,7 +53,7 @@ def service():
 )
 @click.option("--no-hint", is_flag=True, help="Print only the unit, without the install comment.")
 @examples(
-    "edgecls service unit > /etc/systemd/system/edgecls.service",
+    "edgecls service unit | sudo tee /etc/systemd/system/edgecls.service",
     "edgecls service unit --config /etc/edgecls/run.toml --user edgecls",
 )
 def unit(executable, config, env_file, results_dir, user, watchdog_sec, no_hint):
