@@ -393,3 +393,22 @@ def test_an_import_removes_work_folders_of_dead_imports_and_creates_missing_pare
     assert list(out.parent.iterdir()) == []
     with pytest.raises(EdgeclsError, match="label"):
         import_model(ImportRequest(tiny / "tiny.keras", tmp_path / "x" / "y" / "b", tmp_path / "labels.txt"))
+
+
+def test_a_keras_file_with_an_unregistered_custom_layer_names_it(tmp_path):
+    import keras
+
+    @keras.saving.register_keras_serializable(package="edgecls_test")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return x * 2
+
+    inputs = keras.Input((4, 4, 3))
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(Twice()(inputs)))).save(tmp_path / "c.keras")
+    del keras.saving.get_custom_objects()["edgecls_test>Twice"]
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    with pytest.raises(EdgeclsError) as caught:
+        import_model(ImportRequest(tmp_path / "c.keras", tmp_path / "out", tmp_path / "labels.txt"))
+    message = str(caught.value)
+    assert "custom layer or function Twice" in message and "register_keras_serializable" in message
+    assert "Keras 3 .keras file?" not in message and "\n" not in message

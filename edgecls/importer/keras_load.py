@@ -8,6 +8,7 @@ SavedModel folder: one `SavedModelLayer` inside a Keras 3 model (opaque: no prun
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from edgecls.importer.detect import SAVEDMODEL, Source
@@ -24,6 +25,13 @@ def load_model(source: Source, work: Path, note) -> tuple:
     try:
         return keras.models.load_model(source.model, compile=False, custom_objects=_keras2_objects()), False
     except Exception as exc:  # Keras raises many types for what it cannot read
+        missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(exc))
+        if missing:
+            raise EdgeclsError(
+                f"cannot load {source.model}: it uses the custom layer or function {missing[1]}, which this Python "
+                "does not know: custom layers must be registered (keras.saving.register_keras_serializable) in the "
+                "code that loads them, or re-save the model without them"
+            ) from exc
         if source.kind == "keras":
             raise EdgeclsError(
                 f"cannot load {source.model}: {_first_line(exc)} (is it a Keras 3 .keras file?)"
