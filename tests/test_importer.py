@@ -412,3 +412,34 @@ def test_a_keras_file_with_an_unregistered_custom_layer_names_it(tmp_path):
     message = str(caught.value)
     assert "custom layer or function Twice" in message and "register_keras_serializable" in message
     assert "Keras 3 .keras file?" not in message and "\n" not in message
+
+
+def _savedmodel(folder, signatures: dict):
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.w = tf.Variable(tf.ones((3, 3)))
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 8, 8, 3), tf.float32)])
+    def predict(x):
+        return {"scores": tf.nn.softmax(tf.reduce_mean(x, axis=(1, 2)) @ module.w)}
+
+    tf.saved_model.save(module, str(folder), signatures={name: predict for name in signatures})
+    return folder
+
+
+def test_a_savedmodel_without_serving_default_uses_its_one_signature(tmp_path):
+    from edgecls.importer.detect import detect
+    from edgecls.importer.keras_load import load_model
+
+    model, opaque = load_model(detect(_savedmodel(tmp_path / "sm", {"predict": 1})), tmp_path, print)
+    assert opaque and tuple(model.input_shape) == (None, 8, 8, 3)
+
+
+def test_a_savedmodel_with_several_signatures_and_no_serving_default_lists_them(tmp_path):
+    from edgecls.importer.detect import detect
+    from edgecls.importer.keras_load import load_model
+
+    folder = _savedmodel(tmp_path / "sm", {"predict": 1, "classify": 1})
+    with pytest.raises(EdgeclsError, match="no serving_default signature.*classify, predict"):
+        load_model(detect(folder), tmp_path, print)

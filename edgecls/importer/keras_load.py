@@ -74,7 +74,7 @@ def _tf_keras_to_savedmodel(path: Path, saved: Path, first: Exception) -> None:
 def _wrap_savedmodel(folder: Path):
     import keras
 
-    layer = savedmodel_layer()(str(Path(folder).resolve()), call_endpoint="serving_default")
+    layer = savedmodel_layer()(str(Path(folder).resolve()), call_endpoint=_endpoint(folder))
     specs = _serving_inputs(layer)
     if len(specs) != 1:
         raise EdgeclsError(f"the SavedModel {folder} takes {len(specs)} inputs: edgecls imports one-image models")
@@ -85,6 +85,21 @@ def _wrap_savedmodel(folder: Path):
             raise EdgeclsError(f"the SavedModel {folder} has {len(outputs)} outputs: edgecls imports one-output models")
         outputs = next(iter(outputs.values()))
     return keras.Model(inputs, outputs)
+
+
+def _endpoint(folder: Path) -> str:
+    """serving_default, else the SavedModel's only signature; several others are listed."""
+    import tensorflow as tf
+
+    names = sorted(tf.saved_model.load(str(folder)).signatures)
+    if "serving_default" in names or not names:
+        return "serving_default"
+    if len(names) > 1:
+        raise EdgeclsError(
+            f"the SavedModel {folder} has no serving_default signature and several others ({', '.join(names)}): "
+            "export it with the image classifier as its serving_default signature"
+        )
+    return names[0]
 
 
 def _serving_inputs(layer) -> list:
