@@ -347,6 +347,11 @@ def _load_backbone_weights(backbone, weights: str | None, title: str, describe: 
         backbone.load_weights(path)
     except (OSError, ValueError, KeyError) as exc:
         cause = next((l.strip() for l in str(exc).splitlines() if l.strip()), type(exc).__name__)
+        if weights == IMAGENET:
+            raise EdgeclsError(
+                f"cannot load {title}'s ImageNet weights from Keras' cache ({cause[:160]}): the file may be "
+                f"truncated or damaged: delete {path} to download it again"
+            ) from exc
         raise EdgeclsError(
             f"cannot load {title} weights from {path}: {cause[:200]} (it must be a no-top weights file for {describe})"
         ) from exc
@@ -383,6 +388,8 @@ def _check_backbone(title: str, input_shape, weights, alpha=None, imagenet_alpha
                 f"{title} has ImageNet weights for alpha {', '.join(f'{a:g}' for a in imagenet_alphas)} only, "
                 f"not {alpha:g}: change --alpha or train from scratch (no --weights)"
             )
+    elif weights is not None and os.path.isdir(weights):
+        raise EdgeclsError(f"weights {weights} is a folder, not a file: pass a no-top {title} weights file (--weights)")
     elif weights is not None and not os.path.isfile(weights):
         raise EdgeclsError(
             f"weights file {weights} does not exist: pass a no-top {title} weights file, or imagenet (--weights)"

@@ -110,6 +110,7 @@ def test_efficientnet_defaults_to_imagenet_mean_and_std_and_the_mobilenets_to_sy
         ),
         ("mobilenetv2", (64, 64, 3), {"alpha": 0.6, "weights": "imagenet"}, "alpha 0.35, 0.5, 0.75, 1, 1.3, 1.4 only"),
         ("efficientnetb0", (64, 64, 3), {"weights": "no/such.h5"}, "weights file no/such.h5 does not exist"),
+        ("efficientnetb0", (64, 64, 3), {"weights": "/tmp"}, "weights /tmp is a folder, not a file"),
         ("efficientnetb0", (64, 64, 3), {"alpha": 0.5}, "model efficientnetb0 has no option(s) alpha"),
     ],
 )
@@ -117,6 +118,16 @@ def test_bad_backbone_options_are_refused_in_one_line_before_building(name, shap
     with pytest.raises(EdgeclsError) as refused:
         create_model(name, 3, shape, **options)
     assert expected in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_truncated_imagenet_file_in_the_keras_cache_says_to_delete_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    cached = tmp_path / "models" / imagenet_weights_file("mobilenetv2", (96, 96, 3), 0.35).name
+    cached.parent.mkdir()
+    cached.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(EdgeclsError) as refused:
+        create_model("mobilenetv2", 3, (96, 96, 3), alpha=0.35, weights="imagenet")
+    assert f"delete {cached} to download it again" in str(refused.value)
 
 
 def test_imagenet_files_are_the_ones_keras_applications_downloads():
