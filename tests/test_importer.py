@@ -443,3 +443,15 @@ def test_a_savedmodel_with_several_signatures_and_no_serving_default_lists_them(
     folder = _savedmodel(tmp_path / "sm", {"predict": 1, "classify": 1})
     with pytest.raises(EdgeclsError, match="no serving_default signature.*classify, predict"):
         load_model(detect(folder), tmp_path, print)
+
+
+def test_a_keras_file_with_a_lambda_layer_says_to_re_save_it_without(tmp_path):
+    import keras
+
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Flatten()(keras.layers.Lambda(lambda t: t * 2)(inputs))
+    keras.Model(inputs, keras.layers.Dense(2)(x)).save(tmp_path / "l.keras")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    with pytest.raises(EdgeclsError, match="holds a Lambda layer.*re-save the model") as caught:
+        import_model(ImportRequest(tmp_path / "l.keras", tmp_path / "out", tmp_path / "labels.txt"))
+    assert "Keras 3 .keras file?" not in str(caught.value)

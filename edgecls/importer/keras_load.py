@@ -32,6 +32,11 @@ def load_model(source: Source, work: Path, note) -> tuple:
                 "does not know: custom layers must be registered (keras.saving.register_keras_serializable) in the "
                 "code that loads them, or re-save the model without them"
             ) from exc
+        if "deserialization of a `Lambda` layer" in str(exc):
+            raise EdgeclsError(
+                f"cannot load {source.model}: it holds a Lambda layer, Python code edgecls does not run from a model "
+                "file: re-save the model with the Lambda replaced by a registered custom layer or removed"
+            ) from exc
         if source.kind == "keras":
             raise EdgeclsError(
                 f"cannot load {source.model}: {_first_line(exc)} (is it a Keras 3 .keras file?)"
