@@ -269,8 +269,8 @@ def enrich(work: Path, name: str, set_name: str, row: dict) -> dict:
 def _table(rows: dict, latency: dict, counts: dict, args) -> list:
     lines = [
         f"# backbones trained from scratch (edgecls train, random init: no ImageNet weights offline), {args.size} px, "
-        f"{args.epochs} epochs, batch {args.batch_size}, Adam 1e-3, no validation split (no early stop, the last "
-        "epochs kept), seed 0",
+        f"{args.epochs} epochs, batch {args.batch_size}, Adam 1e-3, no validation split (no early stop; the "
+        "lowest-training-loss epoch kept), seed 0",
         f"# shapes: {'the whole built-in set' if args.shapes_per_class >= 300 else args.shapes_per_class}"
         f"{'' if args.shapes_per_class >= 300 else ' images a class of the built-in set'}; photos: "
         f"{args.photos_per_class} random crops a class of six scikit-image photos; test n: the test split's images",
