@@ -8,6 +8,7 @@ SavedModel folder: one `SavedModelLayer` inside a Keras 3 model (opaque: no prun
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -73,7 +74,13 @@ def _tf_keras_to_savedmodel(path: Path, saved: Path, first: Exception) -> None:
         model = tf_keras.models.load_model(path, compile=False)
     except Exception as exc:
         raise EdgeclsError(f"cannot load {path}: {_first_line(exc)} (neither Keras 3 nor tf_keras reads it)") from exc
-    model.save(saved, save_format="tf")
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)  # tf_keras warns "Compiled the loaded model..." on saving any uncompiled model
+    try:
+        model.save(saved, save_format="tf")
+    finally:
+        tf_log.setLevel(level)
 
 
 def _wrap_savedmodel(folder: Path):
