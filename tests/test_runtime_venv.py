@@ -23,11 +23,18 @@ def _size_mib(path) -> float:
 @pytest.mark.slow
 def test_runtime_only_environment_classifies_images_without_tensorflow(tmp_path, tiny_bundle, shapes_folder):
     venv = tmp_path / "device-venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # The device venv sees only what it installed: an inherited PYTHONPATH (a checkout) would hand it this
+    # tree's edgecls and top-level folders instead.
+    device_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300, env=device_env)
     pip = venv / "bin" / "pip"
     source = clean_copy(tmp_path / "src")  # the tree as committed: no stale build/ folder goes into the wheel
     install = subprocess.run(
-        [str(pip), "install", "--quiet", f"{source}[runtime]"], capture_output=True, text=True, timeout=1200
+        [str(pip), "install", "--quiet", f"{source}[runtime]"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=device_env,
     )
     assert install.returncode == 0, install.stderr[-3000:]
     python = venv / "bin" / "python"
@@ -38,6 +45,7 @@ def test_runtime_only_environment_classifies_images_without_tensorflow(tmp_path,
         text=True,
         cwd=tmp_path,
         timeout=60,
+        env=device_env,
     )
     assert probe.stdout.split() == ["None", "None"], probe.stdout + probe.stderr
     # One top-level package: the device's entry points are edgecls.runtime.*, and no `runtime` is installed.
@@ -47,11 +55,17 @@ def test_runtime_only_environment_classifies_images_without_tensorflow(tmp_path,
         text=True,
         cwd=tmp_path,
         timeout=60,
+        env=device_env,
     )
     assert names.stdout.split() == ["None", "None"], names.stdout + names.stderr
     for entry in ("edgecls.runtime.install", "edgecls.runtime.bench"):
         helped = subprocess.run(
-            [str(python), "-m", entry, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+            [str(python), "-m", entry, "--help"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+            env=device_env,
         )
         assert helped.returncode == 0 and "usage" in helped.stdout.lower(), entry + helped.stderr[-2000:]
 
@@ -61,6 +75,7 @@ def test_runtime_only_environment_classifies_images_without_tensorflow(tmp_path,
         text=True,
         cwd=tmp_path,
         timeout=120,
+        env=device_env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(l) for l in out.stdout.splitlines()]
@@ -80,6 +95,7 @@ def test_runtime_only_environment_classifies_images_without_tensorflow(tmp_path,
             text=True,
             cwd=tmp_path,
             timeout=120,
+            env=device_env,
         )
         assert one.returncode == 0, one.stderr[-2000:]
 
