@@ -26,27 +26,30 @@ def load_model(source: Source, work: Path, note) -> tuple:
     try:
         return keras.models.load_model(source.model, compile=False, custom_objects=_keras2_objects()), False
     except Exception as exc:  # Keras raises many types for what it cannot read
-        missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(exc))
-        if missing:
-            raise EdgeclsError(
-                f"cannot load {source.model}: it uses the custom layer or function {missing[1]}, which this Python "
-                "does not know: custom layers must be registered (keras.saving.register_keras_serializable) in the "
-                "code that loads them, or re-save the model without them"
-            ) from exc
-        if "deserialization of a `Lambda` layer" in str(exc):
-            raise EdgeclsError(
-                f"cannot load {source.model}: it holds a Lambda layer, Python code edgecls does not run from a model "
-                "file: re-save the model with the Lambda replaced by a registered custom layer or removed"
-            ) from exc
         if source.kind == "keras":
-            raise EdgeclsError(
-                f"cannot load {source.model}: {_first_line(exc)} (is it a Keras 3 .keras file?)"
-            ) from exc
-        first = exc
+            raise _keras3_load_error(source.model, exc) from exc
+        first = exc  # a Keras 2 .h5 (nested models saved by tf_keras: 'Could not locate class Functional'): tf_keras
     saved = work / "tf_keras_savedmodel"
     _tf_keras_to_savedmodel(source.model, saved, first)
     note("Keras 3 cannot read this Keras 2 .h5 directly: loaded by tf_keras (no pruning or QAT remedies on it)")
     return _wrap_savedmodel(saved), True
+
+
+def _keras3_load_error(path: Path, exc: Exception) -> EdgeclsError:
+    """One line for a .keras file Keras 3 cannot read: a custom class, a Lambda, or something else."""
+    missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(exc))
+    if missing:
+        return EdgeclsError(
+            f"cannot load {path}: it uses the custom layer or function {missing[1]}, which this Python "
+            "does not know: custom layers must be registered (keras.saving.register_keras_serializable) in the "
+            "code that loads them, or re-save the model without them"
+        )
+    if "deserialization of a `Lambda` layer" in str(exc):
+        return EdgeclsError(
+            f"cannot load {path}: it holds a Lambda layer, Python code edgecls does not run from a model "
+            "file: re-save the model with the Lambda replaced by a registered custom layer or removed"
+        )
+    return EdgeclsError(f"cannot load {path}: {_first_line(exc)} (is it a Keras 3 .keras file?)")
 
 
 def _keras2_objects() -> dict:
