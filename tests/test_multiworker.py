@@ -257,6 +257,7 @@ def test_a_worker_that_dies_ends_the_other_with_one_error_line_and_no_stage(tmp_
             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
         }
         logs.append(tmp_path / f"worker{index}.log")
+        epochs = tmp_path / f"worker{index}.out"  # epoch lines go to stdout
         procs.append(
             subprocess.Popen(
                 [
@@ -281,14 +282,17 @@ def test_a_worker_that_dies_ends_the_other_with_one_error_line_and_no_stage(tmp_
                     "--quiet",
                 ],
                 env=env,
-                stdout=subprocess.DEVNULL,
+                stdout=epochs.open("w"),
                 stderr=logs[-1].open("w"),
             )
         )
     try:
         deadline = time.monotonic() + 200
-        while "epoch 2/" not in logs[0].read_text() and time.monotonic() < deadline:
+        chief_epochs = tmp_path / "worker0.out"
+        while "epoch 2/" not in chief_epochs.read_text() and time.monotonic() < deadline:
             time.sleep(0.5)
+        assert "epoch 2/" in chief_epochs.read_text(), "the chief printed no second epoch line"
+        assert procs[0].poll() is None, "the chief ended before the other worker was killed"
         procs[1].kill()
         assert procs[0].wait(timeout=120) == 1
     finally:

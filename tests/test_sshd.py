@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -35,7 +36,12 @@ def test_a_python_sharing_this_prefix_is_not_taken_for_this_one(tmp_path):
     """/usr/bin/python3.12 and /usr/bin/python3 (3.11) share the prefix /usr: the check compares the binary too."""
     other = tmp_path / "python3.12"
     shutil.copy(os.path.realpath(sys.executable), other)  # another binary, with this prefix as PYTHONHOME
-    env = {**os.environ, "PYTHONHOME": sys.prefix}
+    stdlib = sysconfig.get_paths()["stdlib"]  # the base interpreter's, also from inside a venv
+    env = {
+        **os.environ,
+        "PYTHONHOME": sys.prefix,  # a venv has no stdlib of its own: PYTHONPATH brings the base one
+        "PYTHONPATH": os.pathsep.join([stdlib, os.path.join(stdlib, "lib-dynload")]),
+    }
     ran = subprocess.run([str(other), "-c", sshd.PYTHON_IDENTITY], env=env, capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split()[-1] == sys.prefix  # what the check compared before: equal
