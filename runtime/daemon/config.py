@@ -77,6 +77,37 @@ class CaptureConfig:
     max_mb: float = 500.0
 
 
+ROTATIONS = (0, 90, 180, 270)  # clockwise degrees
+FLIPS = ("none", "horizontal", "vertical")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One source's own settings (`[sources.NAME]` in the TOML file, or scoped options on the command line).
+
+    The view the model sees is made on the uint8 frame as the camera delivers it, in this order: crop `roi`,
+    rotate `rotate` degrees clockwise, then `flip`. roi: (x, y, w, h), all ints = pixels of the delivered frame,
+    otherwise fractions of its width/height in [0, 1]; None = the whole frame. max_fps: classify at most this often
+    (None = as often as frames come). threshold, smooth, capture_below, capture_every: None = the daemon-wide
+    setting. Every default keeps the behaviour of a daemon without per-source settings."""
+
+    uri: str
+    name: str | None = None  # None: derived from the uri as before (passwords hidden)
+    roi: tuple | None = None
+    rotate: int = 0
+    flip: str = "none"
+    max_fps: float | None = None
+    threshold: float | None = None
+    smooth: int | None = None
+    capture_below: float | None = None
+    capture_every: int | None = None
+
+    @property
+    def transforms(self) -> bool:
+        """Whether the view differs from the whole, upright frame."""
+        return self.roi is not None or self.rotate != 0 or self.flip != "none"
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     """What a daemon runs and how. sources: URIs as `edgecls.runtime.sources` parses them; profile: a loaded
@@ -109,6 +140,14 @@ class DaemonConfig:
     wait_for_sources: bool = True
     show: bool = False
     simple: bool = False  # the simple mode: a line per frame as `edgecls run` prints it without daemon options
+    # One SourceConfig per entry of `sources`, same order; empty: every source with the defaults.
+    source_settings: tuple = ()
+
+    def settings_for(self, index: int) -> SourceConfig:
+        """The settings of sources[index] (the defaults when none were given)."""
+        if self.source_settings:
+            return self.source_settings[index]
+        return SourceConfig(self.sources[index])
 
     def __post_init__(self):
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
