@@ -299,27 +299,15 @@ def flash(bundle_path, targets, options: FlashOptions | None = None) -> list:
 
 
 def read_targets_file(path) -> list:
-    """`TARGET [PROFILE]` per line (PROFILE: a name or a JSON file, for mixed fleets); `#` comments.
+    """`TARGET [PROFILE] [key=value ...]` per line (devices/fleet.py; PROFILE: a name or a JSON file, for mixed
+    fleets); `#` comments.
 
-    Returns TARGET strings, or (TARGET, DeviceProfile) where a line names a profile.
+    Returns TARGET strings, or (TARGET, DeviceProfile) where a line names a profile (the key=value words are
+    read by `edgecls.devices.fleet.read_fleet`).
     """
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise EdgeclsError(f"cannot read --targets {path}: {exc.strerror or exc}") from exc
-    entries = []
-    for number, line in enumerate(lines, 1):
-        words = line.split("#", 1)[0].split()
-        if len(words) > 2:
-            raise EdgeclsError(f"{path} line {number}: expected `TARGET [PROFILE]`, got {len(words)} words")
-        if len(words) == 2:
-            profile = words[1]
-            if not Path(profile).is_absolute() and (Path(path).parent / profile).is_file():
-                profile = str(Path(path).parent / profile)  # a profile file beside the targets file
-            entries.append((words[0], load_profile(profile)))
-        elif words:
-            entries.append(words[0])
-    return entries
+    from edgecls.devices.fleet import read_devices
+
+    return [(d.target, d.profile) if d.profile else d.target for d in read_devices(path)]
 
 
 def printable(text) -> str:
