@@ -11,6 +11,7 @@ import click
 
 from edgecls.commands import (
     bench,
+    compare,
     convert,
     devices,
     evaluate,
@@ -95,6 +96,7 @@ cli.add_command(bench.bench)
 cli.add_command(explain.explain)
 cli.add_command(tune.tune)
 cli.add_command(quickstart)
+cli.add_command(compare.compare)
 
 
 def main(argv=None):

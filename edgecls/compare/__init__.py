@@ -1,0 +1,84 @@
+"""`edgecls compare A B`: two models (runs or bundles) on the same images, and whether B is really better.
+
+The decision is McNemar's exact test on the paired predictions: only the images one model gets right and
+the other wrong (the discordant pairs) carry information, and under "no difference" each of them is equally
+likely to favour A or B, so the count B fixed is Binomial(fixed + broken, 1/2) (scipy.stats.binomtest,
+two-sided). Accuracy alone hides this: +1 point may be 20 fixed and 18 broken, or 2 fixed and 0 broken.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from edgecls.compare.stats import Comparison, McNemar, Paired, decide, format_p, mcnemar, verdict
+from edgecls.runtime.errors import EdgeclsError
+
+__all__ = ["Comparison", "McNemar", "Paired", "compare", "decide", "format_p", "mcnemar", "report", "verdict"]
+
+
+def _alpha(alpha: float) -> float:
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1 and math.isfinite(alpha)):
+        raise EdgeclsError(f"--alpha {alpha!r} is out of range: use a significance level above 0 and below 1")
+    return float(alpha)
+
+
+def compare(a, b, data=None, alpha: float = 0.05, bench_a=None, bench_b=None, workers: int = 4) -> Comparison:
+    """Compare models A and B (run directories or bundles) on `data`, or on the test split both runs share."""
+    from edgecls.compare.models import open_model, shared_test_images, truth_images
+
+    alpha = _alpha(alpha)
+    model_a, model_b = open_model(a, "A"), open_model(b, "B")
+    if data is not None:
+        images, shown = truth_images(data)
+    else:
+        images, shown = shared_test_images(model_a, model_b, workers)
+    pred_a, pred_b = model_a.predict(images, workers), model_b.predict(images, workers)
+    both = [(p, t) for p, t in images if p in pred_a and p in pred_b]
+    paired = Paired(
+        [p for p, _ in both],
+        [t for _, t in both],
+        [pred_a[p] for p, _ in both],
+        [pred_b[p] for p, _ in both],
+    )
+    result = decide(paired, (a, b), alpha)
+    result.data = shown
+    if bench_a is not None or bench_b is not None:
+        result.latency = latency_lines(bench_a, bench_b)
+    return result
+
+
+def latency_lines(bench_a, bench_b) -> list:
+    """p50 of each artifact and thread count both bench JSONs hold, A -> B, from `edgecls bench --json`."""
+    from edgecls.bench_report import compare as compare_bench
+    from edgecls.bench_report import load_results
+
+    if bench_a is None or bench_b is None:
+        raise EdgeclsError("latency needs both bench JSONs: give --bench-a A.json and --bench-b B.json")
+    lines, _ = compare_bench(load_results(bench_b, "--bench-b"), load_results(bench_a, "--bench-a"), math.inf)
+    return [line.removesuffix(" ok") for line in lines]
+
+
+def report(result: Comparison) -> str:
+    """The human-readable comparison; the verdict is the last line."""
+    lines = [
+        f"A = {result.a}",
+        f"B = {result.b}",
+        f"{result.images} images ({result.data}): accuracy A {result.accuracy_a:.4f}, B {result.accuracy_b:.4f}",
+        "",
+        f"{'class':<16} {'images':>6} {'A':>7} {'B':>7} {'delta':>7}",
+    ]
+    for row in result.per_class:
+        lines.append(
+            f"{row['class'][:16]:<16} {row['images']:>6} {row['accuracy_a']:>7.3f} {row['accuracy_b']:>7.3f} "
+            f"{100 * row['delta']:>+6.1f}p"
+        )
+    lines.append("")
+    lines.append(f"{len(result.disagreements)} images where A and B disagree")
+    lines.extend(f"latency {line}" for line in result.latency)
+    lines.append(result.verdict)
+    return "\n".join(lines)
+
+
+def to_json(result: Comparison) -> str:
+    return json.dumps(result.to_dict(), indent=2)
