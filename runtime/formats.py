@@ -38,9 +38,21 @@ class ArtifactFormat:
         return self.precision == INT8
 
 
-# A device profile's `backends` orders the TFLite backends; its `providers` are ONNX Runtime's.
+# A device profile's `backends` orders the engines (each container takes those that run it); `providers` and
+# `ort_allow_spinning` are ONNX Runtime's, `openvino_device` and `openvino_precision` OpenVINO's.
 TFLITE = Container("tflite", ".tflite", "ai-edge-litert", (("prefer", "backends"),))
-ONNX = Container("onnx", ".onnx", "onnxruntime", (("providers", "providers"),))
+ONNX = Container(
+    "onnx",
+    ".onnx",
+    "onnxruntime",
+    (
+        ("prefer", "backends"),
+        ("providers", "providers"),
+        ("allow_spinning", "ort_allow_spinning"),
+        ("device", "openvino_device"),
+        ("precision", "openvino_precision"),
+    ),
+)
 CONTAINERS = {c.name: c for c in (TFLITE, ONNX)}
 
 
