@@ -11,6 +11,8 @@ from edgecls.runtime.errors import MissingDependencyError
 
 # Edge models run in about 0.1 ms (tiny int8) to a few seconds (large fp32 on a Pi Zero).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# A top-1 probability is in (0, 1]; tenths are fine enough to see confidence collapse, and few enough series.
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def _prometheus():
@@ -194,6 +196,14 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self.top1 = prom.Histogram(
+            "edgecls_top1_score",
+            "Top-1 score of each classified frame (the result's score: its probability, after --smooth); "
+            "mean confidence = rate(_sum) / rate(_count).",
+            ["source"],
+            buckets=SCORE_BUCKETS,
+            registry=self.registry,
+        )
         self.bundle = prom.Info("edgecls_bundle", "The loaded bundle and artifact.", registry=self.registry)
         self.reloads = prom.Counter(
             "edgecls_model_reloads",
@@ -225,6 +235,7 @@ class Metrics:
         self.frames.labels(source=name)
         self.inference.labels(source=name)
         self.frame_time.labels(source=name)
+        self.top1.labels(source=name)
 
     def track_drift(self, monitor) -> None:
         """Expose a `edgecls.runtime.monitor.drift.DriftMonitor`'s sources (read at scrape time)."""
@@ -238,11 +249,16 @@ class Metrics:
         """Expose a `daemon.http.StatusServer`'s wrong-token counts (a scraper with an old token shows)."""
         self.registry.register(_HttpCollector(server.guesses))
 
-    def observe_frame(self, source: str, *, infer_s: float, total_s: float, age_s: float) -> None:
+    def observe_frame(
+        self, source: str, *, infer_s: float, total_s: float, age_s: float, score: float | None = None
+    ) -> None:
+        """One classified frame; `score` is its result's top-1 score (None: a caller that does not know it)."""
         self.frames.labels(source=source).inc()
         self.inference.labels(source=source).observe(infer_s)
         self.frame_time.labels(source=source).observe(total_s)
         self.frame_age.labels(source=source).set(age_s)
+        if score is not None:
+            self.top1.labels(source=source).observe(score)
 
     def exposition(self) -> tuple[bytes, str]:
         """(body, content type) for /metrics."""
