@@ -17,6 +17,7 @@ from edgecls.commands import (
     evaluate,
     explain,
     flash,
+    fleet,
     import_,
     predict,
     rollback,
@@ -92,6 +93,7 @@ cli.add_command(flash.flash)
 cli.add_command(sign.sign)
 cli.add_command(rollback.rollback)
 cli.add_command(status.status)
+cli.add_command(fleet.fleet)
 cli.add_command(bench.bench)
 cli.add_command(explain.explain)
 cli.add_command(tune.tune)
