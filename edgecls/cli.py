@@ -19,6 +19,7 @@ from edgecls.commands import (
     flash,
     fleet,
     import_,
+    label,
     predict,
     rollback,
     run,
@@ -99,6 +100,7 @@ cli.add_command(explain.explain)
 cli.add_command(tune.tune)
 cli.add_command(quickstart)
 cli.add_command(compare.compare)
+cli.add_command(label.label)
 
 
 def main(argv=None):

@@ -1,0 +1,119 @@
+"""Label Studio's formats, for people who label there: tasks out (with the model's pre-annotations), labels back in.
+
+Out: the "basic Label Studio JSON format" of its import docs (labelstud.io/guide/tasks, /guide/predictions), one
+task per waiting frame: `{"data": {"image": URL, "edgecls_frame": ID}, "predictions": [{"model_version", "score",
+"result": [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": [TOP1]}}]}]}`, and
+the labelling config of a Choices project naming those controls. Image URLs are Label Studio's local-files URLs
+(`/data/local-files/?d=CAPTURES/...`, served when LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and
+LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT is the folder holding CAPTURES), or any prefix given.
+In: its JSON export (`[{"data", "annotations": [{"result": [{"value": {"choices": [...]}}], "was_cancelled"}]}]`);
+each task's last kept annotation labels its frame through the same journaled moves as the page.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import unquote
+from xml.sax.saxutils import quoteattr
+
+from edgecls.labeling.names import check_label
+from edgecls.labeling.store import INBOX, FrameGone, LabelStore
+from edgecls.runtime.atomic import write_text
+from edgecls.runtime.errors import EdgeclsError
+
+FROM_NAME, TO_NAME = "choice", "image"
+
+
+def label_config(labels) -> str:
+    """The XML labelling config of a single-choice image project whose names match the exported predictions."""
+    choices = "\n".join(f"    <Choice value={quoteattr(label)}/>" for label in labels)
+    return (
+        f'<View>\n  <Image name="{TO_NAME}" value="$image"/>\n'
+        f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" showInLine="true">\n'
+        f"{choices}\n  </Choices>\n</View>\n"
+    )
+
+
+def _prediction(frame, model_version: str) -> list:
+    if not frame.topk:
+        return []
+    result = {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [frame.topk[0][0]]}}
+    return [{"model_version": model_version, "score": frame.score, "result": [result]}]
+
+
+def export_tasks(store: LabelStore, out, image_prefix: str | None = None, model_version: str = "") -> tuple:
+    """Write the tasks JSON to `out` and the labelling config beside it (`.xml`); (tasks path, config path, count)."""
+    out = Path(out)
+    if out.suffix.lower() != ".json":
+        raise EdgeclsError(f"--out {out} should end in .json (Label Studio imports a .json tasks file)")
+    prefix = f"/data/local-files/?d={store.root.resolve().name}/" if image_prefix is None else image_prefix
+    frames = store.ordered()  # most uncertain first, as the page shows them
+    labels = list(dict.fromkeys(store.known_labels() + [label for f in frames for label, _ in f.topk]))
+    tasks = [
+        {
+            "data": {"image": f"{prefix}{INBOX}/{frame.id}", "edgecls_frame": frame.id},
+            "predictions": _prediction(frame, model_version or "edgecls"),
+        }
+        for frame in frames
+    ]
+    config = out.with_suffix(".xml")
+    write_text(out, json.dumps(tasks, indent=1) + "\n")
+    write_text(config, label_config(labels))
+    return out, config, len(tasks)
+
+
+def _frame_of(task: dict) -> str | None:
+    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    if isinstance(data.get("edgecls_frame"), str):
+        return data["edgecls_frame"]
+    image = unquote(str(data.get("image", "")))  # tasks made elsewhere: the path after .unlabelled/
+    return image.split(f"{INBOX}/", 1)[1] if f"{INBOX}/" in image else None
+
+
+def _choice_of(task: dict) -> str | None:
+    """The first choice of the task's last annotation not cancelled; None when it has none."""
+    annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    for annotation in reversed(annotations):
+        for result in annotation.get("result") or []:
+            choices = (result.get("value") or {}).get("choices") if isinstance(result, dict) else None
+            if isinstance(choices, list) and choices:
+                return choices[0]
+    return None
+
+
+def read_export(path) -> list:
+    """[(frame id, label)] from a Label Studio JSON export; every label is checked before anything moves."""
+    try:
+        tasks = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise EdgeclsError(f"cannot read --import {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise EdgeclsError(
+            f"--import {path} is not JSON ({exc}): export the project from Label Studio as JSON"
+        ) from exc
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise EdgeclsError(f"--import {path} is not a list of tasks: export the project from Label Studio as JSON")
+    decided = []
+    for number, task in enumerate(tasks, 1):
+        label, frame = _choice_of(task), _frame_of(task)
+        if label is None or frame is None:
+            continue
+        try:
+            decided.append((frame, check_label(label)))
+        except EdgeclsError as exc:
+            raise EdgeclsError(f"--import {path}, task {number}: {exc}") from None
+    return decided
+
+
+def import_export(store: LabelStore, path) -> dict:
+    """Move each annotated frame into its class folder; counts of moved, already gone, and unannotated tasks."""
+    decided = read_export(path)
+    counts = {"moved": 0, "gone": 0}
+    for frame, label in decided:
+        try:
+            store.decide(frame, label)
+            counts["moved"] += 1
+        except FrameGone:
+            counts["gone"] += 1
+    return counts

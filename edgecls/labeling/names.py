@@ -1,0 +1,26 @@
+"""Class names a person types become folder names under CAPTURES: refuse what is not one plain folder name."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from edgecls.runtime.errors import EdgeclsError
+
+MAX_NAME = 100
+
+
+def check_label(name) -> str:
+    """`name` if it can be a class folder of CAPTURES; otherwise one line saying what is wrong and what to type."""
+    if not isinstance(name, str) or not name.strip():
+        raise EdgeclsError("a class name is needed: type one, such as `cat`")
+    if name != name.strip():
+        raise EdgeclsError(f"class name {name!r} starts or ends with a space: type it without")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise EdgeclsError(f"class name {name!r} holds a control character: type letters, digits, '-' or '_'")
+    if "/" in name or "\\" in name or name in (".", "..") or ".." in name:
+        raise EdgeclsError(f"class name {name!r} is not one folder name (no '/', '\\' or '..'): type a plain name")
+    if name.startswith("."):
+        raise EdgeclsError(f"class name {name!r} starts with '.', which training ignores: type a name without it")
+    if len(name) > MAX_NAME:
+        raise EdgeclsError(f"class name is {len(name)} characters long: keep it under {MAX_NAME}")
+    return name
