@@ -2,7 +2,8 @@
 
 Layout, chosen so that `edgecls train --data DIR` takes the folder as soon as images are moved into
 class folders: new captures land in `DIR/.unlabelled/SOURCE/` (a dot folder, which training ignores)
-as `TIME-FRAME.jpg` with a `TIME-FRAME.json` sidecar (source, time, frame, top-k, score, and the bundle,
+as `TIME-FRAME.jpg` with a `TIME-FRAME.json` sidecar (source, time, frame, top-k, score, the source's view when
+it is not the whole upright frame (the JPEG is that view: what the model saw), and the bundle,
 version, artifact and sha256 of the model that produced the result; strict JSON: a score that is not a
 number is null); a person moves the JPEGs they label into `DIR/<class>/`. SOURCE is the source's name
 made safe for a path, with a short hash of the name when it had to be changed. One daemon per capture folder.
@@ -100,14 +101,18 @@ class Capture:
         found = [(tuple(paths), sum(p.stat().st_size for p in paths)) for paths in groups.values()]
         return sorted(found, key=lambda item: (min(p.stat().st_mtime for p in item[0]), str(item[0][0])))
 
-    def wants(self, result: dict) -> bool:
-        if not result.get("score", 1.0) >= self.below:  # NaN too: a frame the model had no answer for
+    def wants(self, result: dict, below: float | None = None, every: int | None = None) -> bool:
+        """Whether to keep this result's frame; `below` and `every` (a source's own settings) replace the capture's."""
+        below = self.below if below is None else below
+        sample = self.sample if every is None else every
+        if not result.get("score", 1.0) >= below:  # NaN too: a frame the model had no answer for
             return True
-        return self.sample is not None and self._random.randrange(self.sample) == 0
+        return sample is not None and self._random.randrange(sample) == 0
 
-    def offer(self, image, result: dict) -> None:
-        """From a classification loop: never blocks; a full queue drops the frame (counted)."""
-        if not self.wants(result):
+    def offer(self, image, result: dict, below: float | None = None, every: int | None = None) -> None:
+        """From a classification loop: never blocks; a full queue drops the frame (counted). `image`: what the model
+        saw (the source's view); below / every: the source's own settings, None for the capture's."""
+        if not self.wants(result, below, every):
             return
         try:
             self._queue.put_nowait((image, result))
@@ -177,6 +182,7 @@ class Capture:
                 "top1": result.get("top1"),
                 "score": result.get("score"),
                 "topk": result.get("topk"),
+                **({"view": result["view"]} if result.get("view") else {}),
                 **self.model,
                 **(result.get("model") or {}),  # the model that produced this very result, reloads included
             }

@@ -22,10 +22,12 @@ import time
 from edgecls.runtime.daemon.config import DaemonConfig, megabytes
 from edgecls.runtime.daemon.loop import SourceLoop
 from edgecls.runtime.daemon.metrics import Metrics
+from edgecls.runtime.daemon.pace import SkippedCollector
 from edgecls.runtime.daemon.reload import Reloader
 from edgecls.runtime.daemon.supervisor import Supervisor, display_name
 from edgecls.runtime.monitor.drift import NO_REFERENCE, DriftMonitor
 from edgecls.runtime.sources import SOURCE_TIMEOUT_S
+from edgecls.runtime.view import SourceView
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -83,7 +85,7 @@ class Daemon:
                 simple=config.simple,
                 **options,
             )
-            for uri, name in zip(config.sources, _unique_names(config.sources))
+            for uri, name in zip(config.sources, _names(config))
         ]
         self._model_options = {
             "artifact": config.artifact,
@@ -103,7 +105,8 @@ class Daemon:
         if self.capture is not None:  # each sidecar names the model of its result (loop.py), reloads included
             self.metrics.track_capture(self.capture)
         self._describe_model()
-        self.loops = [self._loop(supervisor) for supervisor in self.supervisors]
+        self.loops = [self._loop(i, supervisor) for i, supervisor in enumerate(self.supervisors)]
+        self.metrics.registry.register(SkippedCollector(self.loops))
         self.window = None
         if config.show:
             from edgecls.runtime.daemon.window import Window
@@ -128,19 +131,24 @@ class Daemon:
         self.sink_error: OSError | None = None  # the simple mode's first failed write: run() ends and raises it
         self.ended_by: str | None = None  # "stop" (signal, stop(), window), "duration", or "sources" (all done)
 
-    def _loop(self, supervisor) -> SourceLoop:
-        config = self.config
+    def _loop(self, index: int, supervisor) -> SourceLoop:
+        """Source `index`'s loop, with its own settings where it has them and the daemon's otherwise."""
+        config, own = self.config, self.config.settings_for(index)
         loop = SourceLoop(
             supervisor,
             self.classifier,
             self._publish,
             metrics=self.metrics,
-            smooth=config.smooth,
-            threshold=config.threshold,
+            smooth=config.smooth if own.smooth is None else own.smooth,
+            threshold=config.threshold if own.threshold is None else own.threshold,
             top_k=config.top_k,
             max_frames=config.max_frames,
             capture=self.capture,
             drift=self.drift.source(supervisor.name) if config.drift else None,
+            view=SourceView.of(own, supervisor.name),
+            max_fps=own.max_fps,
+            capture_below=own.capture_below,
+            capture_every=own.capture_every,
         )
         self.metrics.track(supervisor.name, supervisor, loop.stats)
         return loop
@@ -316,8 +324,8 @@ class Daemon:
             if deadline is not None and time.monotonic() >= deadline:
                 self.ended_by = "duration"
                 break
-            if any(s.unopened for s in self.supervisors):  # a source that was never there: a setup mistake
-                self.ended_by = "sources"
+            if any(s.unopened for s in self.supervisors) or any(loop.fatal for loop in self.loops):
+                self.ended_by = "sources"  # a source that was never there, a ROI outside its frame: setup mistakes
                 break
             if all(loop.done for loop in self.loops):
                 self.ended_by = "sources"
@@ -333,7 +341,7 @@ class Daemon:
         After `run()` ended by itself (`ended_by == "sources"`) a non-empty list is a failed run: the CLI
         exits non-zero so systemd's Restart=on-failure restarts it.
         """
-        lines = []
+        lines = [loop.fatal for loop in self.loops if loop.fatal]
         for supervisor in self.supervisors:
             s = supervisor.stats
             if s.state == "failed":
@@ -437,6 +445,12 @@ class _Preview:
         loop = self._loops[index]
         shown = loop.shown
         return None if shown is None else (shown[0], shown[1], loop.stats.fps)
+
+
+def _names(config: DaemonConfig) -> list:
+    """Each source's name: its own (SourceConfig.name), else derived from its URI (`_unique_names`)."""
+    derived = _unique_names(config.sources)
+    return [config.settings_for(i).name or derived[i] for i in range(len(config.sources))]
 
 
 def _unique_names(uris) -> list:

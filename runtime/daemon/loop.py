@@ -14,6 +14,12 @@ With drift monitoring (runtime/monitor/drift.py) the preparing thread resizes th
 the brightness of those pixels and makes the model input from them (`Classifier.prepare_pixels`), and
 the loop hands each frame's raw probabilities to the source's drift window: a few microseconds per
 frame (benchmarks/drift_overhead.py), and nothing at all when the artifact has no reference.
+
+Each source's own settings (runtime/daemon/config.py `SourceConfig`) act here: its view (runtime/view.py: crop,
+rotate, flip) is made by the preparing thread before `Classifier.prepare`, and recorded in each result
+(`"view"`); its `max_fps` (runtime/daemon/pace.py) leaves frames before the next turn unprepared; its threshold,
+smoothing and capture settings replace the daemon-wide ones. The capture gets the view the model saw, the
+preview the whole frame (it draws the ROI on it).
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ import time
 
 import numpy as np
 
+from edgecls.runtime.daemon.pace import Pace
 from edgecls.runtime.monitor.stats import brightness
 from edgecls.runtime.preprocess import pixels
-from edgecls.runtime.sources import SourceEnded, SourceTimeout
+from edgecls.runtime.sources import OFFLINE_KINDS, SourceEnded, SourceTimeout
+from edgecls.runtime.view import SourceView, ViewError
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -101,13 +109,13 @@ class LoopStats:
 
 
 class _Prepared:
-    """A frame, and its model input as prepared for one classifier (or the error preparing it raised)."""
+    """A frame, its view, and the model input as prepared for one classifier (or the error preparing it raised)."""
 
-    __slots__ = ("frame", "classifier", "tensor", "brightness", "pre_s", "error")
+    __slots__ = ("frame", "view", "classifier", "tensor", "brightness", "pre_s", "error")
 
-    def __init__(self, frame, classifier=None, tensor=None, brightness=None, pre_s=0.0, error=None):
+    def __init__(self, frame, view=None, classifier=None, tensor=None, brightness=None, pre_s=0.0, error=None):
         self.frame, self.classifier, self.tensor, self.pre_s, self.error = frame, classifier, tensor, pre_s, error
-        self.brightness = brightness
+        self.view, self.brightness = view, brightness
 
 
 class _Ahead:
@@ -151,8 +159,11 @@ class _Ahead:
 
     def _work(self) -> None:
         loop = self._loop
+        pace, every = loop.pace, loop.every_frame
         while not loop._stop.is_set():
             self._wait_for_room()
+            if every:  # a source that waits for its reader: wait for the turn, nothing is skipped
+                pace.wait(loop._stop)
             if loop._stop.is_set():
                 return
             try:
@@ -162,13 +173,17 @@ class _Ahead:
             except SourceEnded:
                 self._put(self.ENDED)
                 return
+            if not pace.due(time.monotonic() if every else frame.captured_at):
+                continue  # max_fps: not its turn, not prepared (counted as skipped)
             clf = loop._pending or loop.classifier  # a reload about to be adopted: prepare for the new model
             t0 = time.perf_counter()
+            view = None
             try:
-                tensor, bright = loop.prepare(clf, frame.image)
-                item = _Prepared(frame, clf, tensor, bright, time.perf_counter() - t0)
+                view = loop.look(frame.image)
+                tensor, bright = loop.prepare(clf, view)
+                item = _Prepared(frame, view, clf, tensor, bright, time.perf_counter() - t0)
             except Exception as exc:  # reported by the loop, which counts and logs frame errors
-                item = _Prepared(frame, clf, error=exc)
+                item = _Prepared(frame, view, clf, error=exc)
             if not self._put(item):
                 return
 
@@ -184,6 +199,9 @@ class SourceLoop:
     metrics: a `edgecls.runtime.daemon.metrics.Metrics` or None.
     max_frames: stop after this many classified frames (None: until stopped or the source ends).
     drift: this source's `edgecls.runtime.monitor.drift.SourceDrift`, or None for no drift monitoring.
+    view: the source's `edgecls.runtime.view.SourceView` (None: the whole, upright frame); max_fps: classify at
+    most this often (None: every frame it can); capture_below / capture_every: this source's own --capture
+    settings (None: the capture's). `fatal` holds the one line that ended the loop for good (a bad ROI).
     """
 
     def __init__(
@@ -199,6 +217,10 @@ class SourceLoop:
         max_frames: int | None = None,
         capture=None,
         drift=None,
+        view: SourceView | None = None,
+        max_fps: float | None = None,
+        capture_below: float | None = None,
+        capture_every: int | None = None,
     ):
         self.supervisor = supervisor
         self.classifier = classifier
@@ -212,6 +234,11 @@ class SourceLoop:
         self._swap_lock = threading.Lock()
         self.max_frames = max_frames
         self.capture = capture  # a edgecls.runtime.daemon.capture.Capture or None: offered every classified frame
+        self._capture_policy = {"below": capture_below, "every": capture_every}
+        self.view = view or SourceView(supervisor.name)
+        self.pace = Pace(max_fps)
+        self.every_frame = _hands_every_frame(supervisor)
+        self.fatal: str | None = None
         self.drift = drift
         if drift is not None:
             drift.adopt(classifier)
@@ -240,6 +267,13 @@ class SourceLoop:
         self.model = model_info(classifier)
         if self.drift is not None:  # the old window measured the old model: start afresh against the new reference
             self.drift.adopt(classifier)
+
+    def look(self, image):
+        """The frame's view as the source's settings ask (the frame itself when it is whole and upright)."""
+        view = self.view.apply(image)
+        if view is None:
+            raise _Unviewable()
+        return view
 
     def prepare(self, clf, image):
         """A BGR frame -> (model input, brightness of its pixels or None when drift does not need it)."""
@@ -271,7 +305,13 @@ class SourceLoop:
             try:
                 if item.error is not None:
                     raise item.error
-                result = self.classify(item.frame, item if item.classifier is self.classifier else None)
+                result = self.classify(item.frame, item if item.classifier is self.classifier else None, item.view)
+            except ViewError as exc:  # a ROI outside the first frame: a setup mistake, the run ends on it
+                self.fatal = str(exc)
+                break
+            except _Unviewable:  # the ROI left the frame after a size change: said once, when it changed
+                self.stats.errors += 1
+                continue
             except Exception as exc:  # one bad frame (or a model error) must not end this source's loop
                 self.stats.errors += 1
                 log.error("%s: frame %d not classified: %s: %s", name, item.frame.index, type(exc).__name__, exc)
@@ -279,29 +319,32 @@ class SourceLoop:
             self.stats.record(result)
             self.shown = (item.frame.image, result)  # for the preview stream: one reference, replaced each frame
             self.publish(result)
-            if self.capture is not None:
-                self.capture.offer(item.frame.image, result)
+            if self.capture is not None:  # the view the model saw, so labelling and retraining see it too
+                self.capture.offer(item.view, result, **self._capture_policy)
         self._stop.set()  # ends the preparing thread too (max_frames reached, or the source ended)
         ahead.join(1.0)
         log.debug("%s: loop ended after %d frames", name, self.stats.processed)
 
-    def classify(self, frame, prepared: _Prepared | None = None) -> dict:
+    def classify(self, frame, prepared: _Prepared | None = None, view=None) -> dict:
         """One frame -> the published result, with the latency of each step.
 
         `prepared`: the frame's model input, made ahead by the preparing thread for the current
-        classifier; without it (or after a reload to another model) it is made here.
+        classifier; without it (or after a reload to another model) it is made here, from `view` (the frame's
+        view, made here too when not given).
         """
         clf = self.classifier
         if prepared is None:
             t0 = time.perf_counter()
-            tensor, bright = self.prepare(clf, frame.image)
+            tensor, bright = self.prepare(clf, self.look(frame.image) if view is None else view)
             pre_s = time.perf_counter() - t0
         else:
             tensor, bright, pre_s = prepared.tensor, prepared.brightness, prepared.pre_s
         t1 = time.perf_counter()
         probs = clf.infer(tensor[None])[0]
         t2 = time.perf_counter()
+        seen = self.view.record()
         if bright is not None:  # the raw answer, as the reference recorded it per test image
+            self.drift.look(seen)  # a new view (the ROI after a size change) restarts the window
             self.drift.update(probs, bright)
         smoothed = self.smoother(probs)
         order = np.argsort(-smoothed, kind="stable")[: self.top_k]
@@ -316,6 +359,8 @@ class SourceLoop:
             "score": round(score, 6),
             "topk": [{"label": clf.labels[i], "score": round(float(smoothed[i]), 6)} for i in order],
         }
+        if seen:  # the whole, upright frame records nothing: results stay as they were
+            result["view"] = seen
         t3 = time.perf_counter()
         total_s = pre_s + (t3 - t1)  # the work spent on this frame, whichever thread prepared it
         result["latency_ms"] = {
@@ -329,3 +374,16 @@ class SourceLoop:
         if self.metrics is not None:
             self.metrics.observe_frame(frame.source, infer_s=t2 - t1, total_s=total_s, age_s=frame.age_ms / 1000)
         return result
+
+
+class _Unviewable(Exception):
+    """The source's ROI lies wholly outside a frame whose size changed (logged once, by the view)."""
+
+
+def _hands_every_frame(supervisor) -> bool:
+    """Whether the source waits for its reader (a folder, --every-frame) rather than dropping frames."""
+    options, spec = getattr(supervisor, "source_options", {}), getattr(supervisor, "spec", None)
+    every = options.get("every_frame")
+    if every is None:
+        return spec is not None and spec.kind in OFFLINE_KINDS
+    return bool(every)

@@ -1,5 +1,8 @@
 """The preview page: one annotated MJPEG stream per source (label, score, fps drawn), no external assets.
 
+A source with a view (runtime/view.py) shows its whole frame with the region of interest boxed in magenta,
+and the band names the rotation and flip the model's view has on top of that crop.
+
 Frames are annotated and JPEG-encoded by the HTTP thread of each viewer, at most `MAX_FPS`, from the
 newest classified frame the loop kept; with no viewer the loop pays nothing.
 """
@@ -14,10 +17,12 @@ MAX_FPS = 10.0
 BOUNDARY = "edgecls-frame"
 MIN_WIDTH = 320  # small camera frames are enlarged (nearest) so the text stays readable
 TEXT = (0, 255, 0)  # BGR green on a black band
+ROI = (255, 0, 255)  # BGR magenta: the region of interest the model sees, on the whole frame
 
 
 def annotate(image: np.ndarray, result: dict, fps: float) -> np.ndarray:
-    """A copy of the BGR frame with a band on top: `label score  fps`."""
+    """A copy of the BGR frame with a band on top, `label score  fps` (and `rotate 90 flip horizontal` when the
+    view has them), and the result's ROI boxed."""
     import cv2
 
     h, w = image.shape[:2]
@@ -27,9 +32,23 @@ def annotate(image: np.ndarray, result: dict, fps: float) -> np.ndarray:
         out = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
     band = max(18, out.shape[0] // 12)
     cv2.rectangle(out, (0, 0), (out.shape[1], band), (0, 0, 0), -1)
-    text = f"{result.get('top1', '?')} {result.get('score', 0.0):.2f}  {fps:.1f} fps"
+    view = result.get("view") or {}
+    text = f"{result.get('top1', '?')} {result.get('score', 0.0):.2f}  {fps:.1f} fps{_turned(view)}"
     cv2.putText(out, text, (4, band - 5), cv2.FONT_HERSHEY_SIMPLEX, band / 30, TEXT, 1, cv2.LINE_AA)
+    if view.get("roi"):
+        x, y, w, h = (v * scale for v in view["roi"])
+        thick = max(2, out.shape[1] // 320)
+        inset = thick // 2  # the whole line inside the region, so a box on the frame's edge is seen whole
+        cv2.rectangle(out, (x + inset, y + inset), (x + w - 1 - inset, y + h - 1 - inset), ROI, thick)
     return out
+
+
+def _turned(view: dict) -> str:
+    """`  rotate 180 flip vertical` for the band, empty for an upright view."""
+    words = ([f"rotate {view['rotate']}"] if view.get("rotate") else []) + (
+        [f"flip {view['flip']}"] if view.get("flip", "none") != "none" else []
+    )
+    return "  " + " ".join(words) if words else ""
 
 
 def jpeg(image: np.ndarray, quality: int = 80) -> bytes:

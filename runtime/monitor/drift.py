@@ -221,6 +221,7 @@ class SourceDrift:
         self._lock = threading.Lock()
         self._wants = (None, False)  # (classifier, whether its artifact has a reference): asked every frame
         self.reference: Reference | None = None
+        self.view: dict = {}  # the view its frames are made with (runtime/view.py), {} for whole, upright frames
         self._reset(None)
 
     def _reset(self, reference: Reference | None) -> None:
@@ -259,6 +260,16 @@ class SourceDrift:
                 _named(moved),
                 after,
             )
+
+    def look(self, view: dict) -> None:
+        """The view the next frames are made with: a different one (a ROI resolved again after the frame size
+        changed) restarts the window, since its frames show another part of the scene than the window's."""
+        if view == self.view:
+            return
+        was, self.view = self.view, dict(view)
+        if self._frames:
+            log.info("%s: drift window restarted: the view changed from %s to %s", self.name, was, view)
+            self._reset(self.reference)
 
     def wants(self, classifier) -> bool:
         """Whether frames for `classifier` need their brightness measured (its artifact has a reference)."""
@@ -396,6 +407,8 @@ class SourceDrift:
             out["psi"] = {k: round(psi(reference.counts[k], counts[k]), 4) for k in STATISTICS}
         if self.skipped:
             out["skipped_frames"] = self.skipped
+        if self.view:
+            out["view"] = self.view
         return out
 
 

@@ -1,0 +1,149 @@
+"""The view of a frame a source's settings ask for: crop `roi`, rotate clockwise, flip, on uint8 pixels.
+
+    view = SourceView("door", roi=(0.5, 0.0, 0.5, 0.5), rotate=180)
+    image = view.apply(frame)   # the pixels `Classifier.prepare` gets; view.record() goes into each result
+
+The crop is a numpy slice (no copy). Rotation and flip together are one of the eight symmetries of a
+rectangle, done by at most two OpenCV calls on the crop, never on the whole frame; OpenCV writes a contiguous
+array, which the preprocessing's resize would otherwise have copied the crop into anyway
+(benchmarks/per_camera.py measures what it costs per frame). A pixel ROI is checked against the first frame
+(outside it: `ViewError`, one line naming the source and `roi`); when the frame size changes later, the ROI is
+resolved again, clipped to the new frame and logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from edgecls.runtime.errors import EdgeclsError
+
+log = logging.getLogger("edgecls.daemon")
+
+ROTATIONS = (0, 90, 180, 270)
+FLIPS = ("none", "horizontal", "vertical")
+
+
+class ViewError(EdgeclsError):
+    """A source's view cannot be made from its frames (a pixel ROI outside the first frame)."""
+
+
+def _ops(rotate: int, flip: str) -> tuple:
+    """The OpenCV calls that rotate clockwise by `rotate` and then flip: at most two, on the crop only.
+
+    Flipping horizontally after rotating by r is transposing (r = 90), a vertical flip (180), ...; flipping
+    vertically is the horizontal flip after rotating by r + 180."""
+    import cv2
+
+    if flip == "vertical":
+        rotate, flip = (rotate + 180) % 360, "horizontal"
+    if flip == "none":
+        code = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}.get(rotate)
+        return () if code is None else ((cv2.rotate, code),)
+    return {
+        0: ((cv2.flip, 1),),
+        90: ((cv2.transpose, None),),
+        180: ((cv2.flip, 0),),
+        270: ((cv2.transpose, None), (cv2.flip, -1)),
+    }[rotate]
+
+
+def _pixel_box(roi, width: int, height: int) -> tuple:
+    """(x, y, w, h) in pixels: all ints are pixels already, otherwise fractions of the frame's width/height."""
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in roi):
+        return tuple(int(v) for v in roi)
+    fx, fy, fw, fh = (float(v) for v in roi)
+    x0, y0 = round(fx * width), round(fy * height)
+    x1, y1 = round((fx + fw) * width), round((fy + fh) * height)
+    return x0, y0, max(1, x1 - x0), max(1, y1 - y0)
+
+
+def _clip(box: tuple, width: int, height: int) -> tuple | None:
+    """The part of `box` inside a width x height frame, None when nothing is."""
+    x, y, w, h = box
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
+    return None if x1 <= x0 or y1 <= y0 else (x0, y0, x1 - x0, y1 - y0)
+
+
+class SourceView:
+    """One source's view, resolved against the size of its frames (again whenever that changes).
+
+    roi: (x, y, w, h), all ints = pixels, otherwise fractions in 0..1; None = the whole frame.
+    rotate: clockwise degrees (0/90/180/270); flip: none/horizontal/vertical, applied after the rotation."""
+
+    def __init__(self, source: str, roi=None, rotate: int = 0, flip: str = "none"):
+        if rotate not in ROTATIONS:
+            raise ViewError(f"source {source}: rotate {rotate!r} is not one of {', '.join(map(str, ROTATIONS))}")
+        if flip not in FLIPS:
+            raise ViewError(f"source {source}: flip {flip!r} is not one of {', '.join(FLIPS)}")
+        self.source, self.roi, self.rotate, self.flip = source, None if roi is None else tuple(roi), rotate, flip
+        self._ops = _ops(rotate, flip)
+        self._size = None  # (width, height) the box was resolved for
+        self.box: tuple | None = None  # the ROI in pixels of the current frame size, as applied
+        self.changes = 0  # times the frame size changed after the first frame (each re-resolves the ROI)
+
+    @classmethod
+    def of(cls, settings, name: str) -> SourceView:
+        """The view a `edgecls.runtime.daemon.config.SourceConfig` asks for, for the source called `name`."""
+        return cls(name, settings.roi, settings.rotate, settings.flip)
+
+    @property
+    def whole(self) -> bool:
+        """The whole, upright frame: nothing to do, nothing recorded."""
+        return self.roi is None and not self._ops
+
+    def record(self) -> dict:
+        """What a result, capture sidecar and drift window record; {} for the whole, upright frame."""
+        if self.whole:
+            return {}
+        return {"roi": None if self.box is None else list(self.box), "rotate": self.rotate, "flip": self.flip}
+
+    def apply(self, image: np.ndarray) -> np.ndarray | None:
+        """The view of one frame: crop (a slice), then rotation and flip (one new array the size of the crop).
+
+        None while a frame size change has left the ROI wholly outside the frame (said once, when it changed)."""
+        if self.roi is not None:
+            size = (image.shape[1], image.shape[0])
+            if size != self._size:
+                self._resolve(*size)
+            if self.box is None:
+                return None
+            x, y, w, h = self.box
+            image = image[y : y + h, x : x + w]
+        for op, arg in self._ops:
+            image = op(image) if arg is None else op(image, arg)
+        return image
+
+    def _resolve(self, width: int, height: int) -> None:
+        box = _pixel_box(self.roi, width, height)
+        clipped = _clip(box, width, height)
+        first = self._size is None
+        self._size = (width, height)
+        if first:
+            if clipped != box:
+                raise ViewError(
+                    f"source {self.source}: roi {list(self.roi)} lies outside its {width}x{height} frame: give "
+                    f"x, y, w, h inside it in pixels, or as fractions of the frame (0.5 = half)"
+                )
+        else:
+            self.changes += 1
+            if clipped is None:
+                log.error(
+                    "%s: the frame is now %dx%d and roi %s lies outside it: no frame is classified until the size "
+                    "changes back or roi is fixed",
+                    self.source,
+                    width,
+                    height,
+                    list(self.roi),
+                )
+            elif clipped != box:
+                log.warning(
+                    "%s: the frame is now %dx%d; roi %s clipped to %s",
+                    self.source,
+                    width,
+                    height,
+                    list(box),
+                    list(clipped),
+                )
+        self.box = clipped
