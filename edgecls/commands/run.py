@@ -10,6 +10,8 @@ from edgecls.commands._errors import OneLineErrors
 from edgecls.commands._options import examples
 from edgecls.commands.run_options import ENV_PREFIX, run_options
 
+SOURCE_TABLES = "edgecls.run.source_tables"  # ctx.meta key: --config's [sources.NAME] tables
+
 
 def _load_config(ctx, param, path):
     """--config FILE: its keys become the defaults of the other options (so flags and env still win)."""
@@ -19,6 +21,7 @@ def _load_config(ctx, param, path):
     from edgecls.runtime.errors import EdgeclsError
 
     data = read_toml(path)
+    ctx.meta[SOURCE_TABLES] = _source_tables(path, data)
     names = {}  # "stall-timeout", "stall_timeout", "source" -> the parameter's name
     for p in ctx.command.params:
         if p.expose_value:
@@ -33,6 +36,21 @@ def _load_config(ctx, param, path):
     ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in data.items()}}
 
 
+def _source_tables(path, data: dict) -> dict:
+    """The file's [sources.NAME] tables, taken out of `data` (--source's default stays a list of URIs)."""
+    from edgecls.runtime.errors import EdgeclsError
+
+    tables = [key for key in ("source", "sources") if isinstance(data.get(key), dict)]
+    if not tables:
+        return {}
+    if len(tables) > 1 or any(key in data for key in ("source", "sources") if key not in tables):
+        raise EdgeclsError(
+            f"--config {path}: sources given both as a list and as [sources.NAME] tables: make each one a table "
+            '(door = "rtsp://cam/door" is a table holding only the URI)'
+        )
+    return data.pop(tables[0])
+
+
 @click.command(cls=OneLineErrors, context_settings={"auto_envvar_prefix": ENV_PREFIX})
 @run_options(_load_config)
 @examples(
@@ -41,6 +59,9 @@ def _load_config(ctx, param, path):
     "edgecls run bundles/digits --source photos/",
     "edgecls run bundles/digits --source 0 --port 8080   # preview on http://127.0.0.1:8080",
     "edgecls run --config /etc/edgecls/run.toml",
+    "edgecls run bundles/digits --source clip.mp4 --set rotate=180   # a video recorded upside down",
+    "edgecls run bundles/digits --source door=rtsp://cam/door --set door.roi=0.5,0,0.5,0.5 --set door.max_fps=5 "
+    "--source yard=1 --set yard.threshold=0.8 --port 8080",
 )
 def run(**options):  # click passes each option by name: they become a DaemonConfig at once
     """Classify frames from a camera, stream, video or folder; one JSON line per frame.
@@ -60,6 +81,11 @@ def run(**options):  # click passes each option by name: they become a DaemonCon
     first window: /healthz says "degraded": "drift" (still 200) past --drift-threshold, /metrics has
     edgecls_drift_score.
 
+    Per source (--source NAME=URI, then --set NAME.KEY=VALUE, or a [sources.NAME] table in --config):
+    a region of interest, rotation and flip (the model sees that view), max_fps, and its own threshold,
+    smooth and capture settings. One --set option rather than an option per setting: the keys are the
+    TOML table's, EDGECLS_RUN_SET holds several, and the help stays short.
+
     Every option can come from --config FILE (TOML) or an EDGECLS_RUN_<OPTION> variable;
     `edgecls service unit` prints a systemd unit that runs `edgecls run --config FILE`.
     """
@@ -69,6 +95,7 @@ def run(**options):  # click passes each option by name: they become a DaemonCon
     from edgecls.runtime.daemon.nativelog import native_output_to_log
     from edgecls.runtime.errors import EdgeclsError
 
+    options["source_tables"] = click.get_current_context().meta.get(SOURCE_TABLES, {})
     config = DaemonConfig.from_options(options, load_profile)
     with native_output_to_log():  # OpenCV/FFmpeg/LiteRT chatter: debug log lines, not raw stderr
         daemon = Daemon(config)

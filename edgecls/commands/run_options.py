@@ -36,8 +36,10 @@ def run_options(load_config):
             expose_value=False,
             callback=load_config,
             help='TOML file of options: keys are option names (bundle = "...", source = ["0"], port = 8080, '
-            "stall-timeout = 5). The command line, then EDGECLS_RUN_* variables (EDGECLS_RUN_SOURCE, "
-            "EDGECLS_RUN_PORT, ...), override it.",
+            "stall-timeout = 5), and a [sources.NAME] table per named source (uri = ..., rotate = 180, ...: the "
+            "keys of --set). The command line, then EDGECLS_RUN_* variables (EDGECLS_RUN_SOURCE, "
+            "EDGECLS_RUN_PORT, ...), override it; a --source list replaces its sources, NAME=URI keeping the "
+            "NAME table's settings.",
         ),
         *_OPTIONS,
     ]
@@ -60,7 +62,23 @@ _OPTIONS = [
         "URL, GStreamer pipeline, video file, image or folder (default: the device profile's camera). Images "
         "and folders are offline inputs: every image is classified once, in order (unless --fps). Video files "
         "play at their own frame rate and frames inference cannot keep up with are dropped (unless --every-frame). "
-        "Repeat --source to run several sources in one process (daemon mode), each with its own capture and watchdog.",
+        "Repeat --source to run several sources in one process (daemon mode), each with its own capture and watchdog. "
+        "NAME=URI names a source (door=rtsp://cam/door): the name replaces the URI in results, /latest, /metrics, "
+        "MQTT and captures, and --set door.KEY=VALUE sets its own settings. NAME is a letter, then letters, digits, "
+        "_ or -, so `rtsp://h/s?token=x` stays a URI; a file or folder that exists is always a path.",
+    ),
+    click.option(
+        "--set",
+        "settings",
+        multiple=True,
+        metavar="NAME.KEY=VALUE",
+        envvar=f"{ENV_PREFIX}_SET",
+        help="A setting of one named source (repeatable; KEY=VALUE alone: of every source): roi=x,y,w,h (region "
+        "of interest: whole numbers are pixels, 0.5,0,0.5,0.5 fractions of the frame), rotate=0|90|180|270 "
+        "(clockwise), flip=none|horizontal|vertical, max_fps=N (classify at most N frames a second), threshold=S, "
+        "smooth=N, capture.below=S, capture.every=N (these four: the daemon options for this source alone). "
+        "Crop, rotate, then flip. In --config, a [sources.NAME] table holds the same keys; key by key the "
+        "command line wins over the table.",
     ),
     click.option("--device", "device", help="Device profile name or JSON file."),
     click.option("--artifact", help="Artifact to run (default: the device profile's first runnable one)."),

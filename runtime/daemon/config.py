@@ -15,6 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from edgecls.runtime.daemon.source_config import FLIPS, ROTATIONS, SOURCE_NAME, SourceConfig
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.monitor.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW
 
@@ -38,6 +39,7 @@ DAEMON_ONLY = (
     "drift_window",
     "drift_threshold",
 )
+__all__ = ["FLIPS", "ROTATIONS", "SOURCE_NAME", "DaemonConfig", "SourceConfig"]  # SourceConfig lives in source_config
 
 
 @dataclass(frozen=True)
@@ -75,37 +77,6 @@ class CaptureConfig:
     below: float = 0.5
     every: int | None = None
     max_mb: float = 500.0
-
-
-ROTATIONS = (0, 90, 180, 270)  # clockwise degrees
-FLIPS = ("none", "horizontal", "vertical")
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """One source's own settings (`[sources.NAME]` in the TOML file, or scoped options on the command line).
-
-    The view the model sees is made on the uint8 frame as the camera delivers it, in this order: crop `roi`,
-    rotate `rotate` degrees clockwise, then `flip`. roi: (x, y, w, h), all ints = pixels of the delivered frame,
-    otherwise fractions of its width/height in [0, 1]; None = the whole frame. max_fps: classify at most this often
-    (None = as often as frames come). threshold, smooth, capture_below, capture_every: None = the daemon-wide
-    setting. Every default keeps the behaviour of a daemon without per-source settings."""
-
-    uri: str
-    name: str | None = None  # None: derived from the uri as before (passwords hidden)
-    roi: tuple | None = None
-    rotate: int = 0
-    flip: str = "none"
-    max_fps: float | None = None
-    threshold: float | None = None
-    smooth: int | None = None
-    capture_below: float | None = None
-    capture_every: int | None = None
-
-    @property
-    def transforms(self) -> bool:
-        """Whether the view differs from the whole, upright frame."""
-        return self.roi is not None or self.rotate != 0 or self.flip != "none"
 
 
 @dataclass(frozen=True)
@@ -150,15 +121,55 @@ class DaemonConfig:
         return SourceConfig(self.sources[index])
 
     def __post_init__(self):
-        object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
+        given = tuple(self.sources)
+        if any(isinstance(s, SourceConfig) for s in given):  # DaemonConfig.of(bundle, [SourceConfig(...), "0"])
+            if self.source_settings:
+                raise EdgeclsError("give each source's settings once: as SourceConfig sources or as source_settings")
+            settings = tuple(s if isinstance(s, SourceConfig) else SourceConfig(str(s)) for s in given)
+            object.__setattr__(self, "source_settings", settings)
+            given = tuple(s.uri for s in settings)
+        object.__setattr__(self, "sources", tuple(str(s) for s in given))
+        object.__setattr__(self, "source_settings", tuple(self.source_settings))
         if not self.sources:
             raise EdgeclsError("no source to run: give at least one --source (or a device profile with a camera)")
+        self._check_source_settings()
         if self.smooth < 1:
             raise EdgeclsError(f"--smooth {self.smooth}: the smoothing window is a number of frames, at least 1")
         if not 0.0 <= self.threshold <= 1.0:
             raise EdgeclsError(f"--threshold {self.threshold}: a score threshold lies between 0 and 1")
         if self.stall_timeout <= 0:
             raise EdgeclsError(f"--stall-timeout {self.stall_timeout}: give a positive number of seconds")
+
+    def _check_source_settings(self) -> None:
+        """One SourceConfig per source, in order, each name once; capture settings only with a capture folder."""
+        settings = self.source_settings
+        if not settings:
+            return
+        if len(settings) != len(self.sources):
+            raise EdgeclsError(
+                f"source_settings has {len(settings)} entries for {len(self.sources)} sources: give one SourceConfig "
+                "per source, in the order of sources"
+            )
+        for index, (setting, uri) in enumerate(zip(settings, self.sources)):
+            if not isinstance(setting, SourceConfig) or setting.uri != uri:
+                raise EdgeclsError(f"source_settings[{index}] is not a SourceConfig of sources[{index}] ({uri})")
+            capture = [key for key in setting.daemon_only() if key.startswith("capture.")]
+            if capture and self.capture is None:
+                raise EdgeclsError(
+                    f"source {setting.label}: {capture[0]} needs --capture DIR, the folder captured frames go to"
+                )
+        names = set()
+        for setting in settings:
+            if setting.name in names:
+                raise EdgeclsError(f"source name {setting.name} is given twice: name each source once")
+            if setting.name is not None:
+                names.add(setting.name)
+        for setting in settings:
+            if setting.name is None and setting.label in names:
+                raise EdgeclsError(
+                    f"source name {setting.label} is also how source {setting.uri} is shown: name one of them "
+                    "differently"
+                )
 
     @classmethod
     def of(cls, bundle, sources, *, host=HOST, port=None, token=None, allowed_hosts=(), source_options=None, **kw):
@@ -176,10 +187,16 @@ class DaemonConfig:
         if o["wait_for_sources"] is None:  # a service waits for its camera (systemd sets NOTIFY_SOCKET, Type=notify)
             o["wait_for_sources"] = bool(os.environ.get("NOTIFY_SOCKET"))
         profile = load_profile(o["device"])
-        uris = tuple(o["sources"]) or (profile.camera,)
+        settings = _source_settings(o, profile)
+        uris = tuple(s.uri for s in settings)
         allowed_hosts = _allowed_hosts(o)
         source_options = {"loop": o["loop"], "timeout_s": o["timeout"], **_pacing(o, uris, profile)}
-        simple = o["port"] is None and len(uris) == 1 and all(o[name] is None for name in DAEMON_ONLY)
+        simple = (
+            o["port"] is None
+            and len(uris) == 1
+            and all(o[name] is None for name in DAEMON_ONLY)
+            and not settings[0].daemon_only()  # a rotation or max_fps alone keeps the simple mode
+        )
         token = None if simple else read_token(o["token_file"])  # checked in daemon mode, with or without HTTP
         http = None if o["port"] is None else HttpConfig(o["host"] or HOST, o["port"], token, allowed_hosts)
         return cls(
@@ -196,8 +213,16 @@ class DaemonConfig:
             wait_for_sources=o["wait_for_sources"],
             simple=simple,
             drift=not simple,
+            source_settings=settings,
             **_daemon_settings(o),
         )
+
+
+def _source_settings(o: dict, profile) -> tuple:
+    """--source (NAME=URI), --set and the --config file's [sources.NAME] tables -> one SourceConfig per source."""
+    from edgecls.runtime.daemon.per_source import resolve
+
+    return resolve(o["sources"], o.get("settings") or (), o.get("source_tables") or {}, profile.camera)
 
 
 def _daemon_settings(o: dict) -> dict:

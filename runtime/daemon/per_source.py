@@ -1,0 +1,182 @@
+"""Per-source settings from `edgecls run`'s three layers -> one SourceConfig per source, in order.
+
+    [sources.door]                     # --config FILE: a table per source, its key the source's name
+    uri = "rtsp://cam/door"
+    rotate = 180
+    --source door=rtsp://cam/door      # the command line (or EDGECLS_RUN_SOURCE): NAME=URI names a source
+    --set door.rotate=180              # one setting of one source; KEY=VALUE alone: of every source
+
+A --source list (command line, variable, or `source = [...]` in the file) replaces the file's tables as the list
+of sources to run, as --source always replaced the file's list; a NAME=URI whose NAME has a table keeps the
+table's settings. Key by key the command line wins: the table, then `--set KEY=VALUE`, then `--set NAME.KEY=VALUE`.
+Here the text is parsed and each value typed; SourceConfig checks the values themselves.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+
+from edgecls.runtime.daemon.source_config import SOURCE_NAME, SourceConfig
+from edgecls.runtime.errors import EdgeclsError
+
+# key (as in the TOML table and after NAME. in --set) -> SourceConfig field
+FIELDS = {
+    "uri": "uri",
+    "roi": "roi",
+    "rotate": "rotate",
+    "flip": "flip",
+    "max_fps": "max_fps",
+    "threshold": "threshold",
+    "smooth": "smooth",
+    "capture.below": "capture_below",
+    "capture.every": "capture_every",
+}
+WHOLE = ("rotate", "smooth", "capture.every")
+TEXT = ("uri", "flip")
+KEY_HEADS = {key.split(".")[0] for key in FIELDS}  # a source may not be named as a key: `--set capture.below=`
+SET_HELP = "write NAME.KEY=VALUE (door.rotate=180), or KEY=VALUE for every source"
+_INT = re.compile(r"[+-]?\d+")
+
+
+def split_source(text: str) -> tuple:
+    """`--source` text -> (name or None, uri). NAME=URI when the text before the first `=` is a name (a letter, then
+    letters, digits, _ or -: no `:`, `/` or `.`) and the whole text is no existing file or folder; so
+    `rtsp://h/s?token=x` stays a URI, and so does a file named `file=a.mp4` (or write it `./file=a.mp4`)."""
+    name, sep, uri = str(text).partition("=")
+    if not sep or not SOURCE_NAME.fullmatch(name) or os.path.exists(text):
+        return None, str(text)
+    if not uri.strip():
+        raise EdgeclsError(f"--source {text}: give the source after the name: NAME=URI (door=rtsp://cam/door)")
+    return name, uri
+
+
+def parse_set(text: str) -> tuple:
+    """`--set` text -> (name or None, key, value text). What comes before the first `.` is a key (rotate=180,
+    capture.below=0.6: every source) or else a source's name (door.rotate=180)."""
+    left, sep, value = str(text).partition("=")
+    left = left.strip()
+    if not sep or not left:
+        raise EdgeclsError(f"--set {text}: {SET_HELP}")
+    if left.split(".", 1)[0].replace("-", "_") in KEY_HEADS:
+        name, key = None, left
+    else:
+        name, _, key = left.partition(".")
+        if not key:
+            raise EdgeclsError(f"--set {text}: unknown key {left}{_nearest(left)}; {SET_HELP}")
+    key = key.replace("-", "_")
+    if key not in FIELDS:
+        raise EdgeclsError(f"--set {text}: unknown key {key}{_nearest(key)}")
+    if key == "uri":
+        raise EdgeclsError(f"--set {text}: a source's URI is given with --source NAME=URI")
+    return name, key, value.strip()
+
+
+def table_values(name: str, table) -> dict:
+    """One `[sources.NAME]` table (or `NAME = "URI"`) -> {key: value}, `capture = {below = ...}` flattened."""
+    if not SOURCE_NAME.fullmatch(str(name)):
+        raise EdgeclsError(
+            f"[sources.{name}]: a source name is up to 64 letters, digits, _ and -, starting with a letter "
+            "(door, cam-2)"
+        )
+    if isinstance(table, str):
+        return {"uri": table}
+    if not isinstance(table, dict):
+        raise EdgeclsError(f"[sources.{name}]: give a table of settings, or the source's URI as a string")
+    values = {}
+    for key, value in table.items():
+        key = key.replace("-", "_")
+        if key == "capture" and isinstance(value, dict):
+            values.update({f"capture.{k.replace('-', '_')}": v for k, v in value.items()})
+        else:
+            values[key] = value
+    unknown = [key for key in values if key not in FIELDS]
+    if unknown:
+        raise EdgeclsError(f"source {name}: unknown key {unknown[0]}{_nearest(unknown[0])}")
+    return values
+
+
+def resolve(sources, sets, tables, camera) -> tuple:
+    """The three layers -> one SourceConfig per source, in the order given (the file's order for its tables).
+    sources: `--source` texts; sets: `--set` texts; tables: the file's `[sources.NAME]` tables by name; camera: the
+    device profile's camera, the one source when nothing names any."""
+    tables = {name: table_values(name, table) for name, table in (tables or {}).items()}
+    if sources:
+        entries = [split_source(text) for text in sources]
+        chosen = [(name, {**(tables.get(name, {}) if name else {}), "uri": uri}) for name, uri in entries]
+    elif tables:
+        chosen = list(tables.items())
+    else:
+        chosen = [(None, {"uri": camera})]
+    names = [name for name, _ in chosen if name is not None]
+    for name in names:
+        if name.replace("-", "_") in KEY_HEADS:
+            raise EdgeclsError(f"source name {name} is also a setting's key (--set {name}=...): choose another name")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise EdgeclsError(f"source name {twice[0]} is given twice: name each source once")
+    every, scoped = _sets(sets, names)
+    return tuple(_source(name, {**values, **every, **scoped.get(name, {})}) for name, values in chosen)
+
+
+def _sets(sets, names) -> tuple:
+    """`--set` texts -> ({key: value} for every source, {name: {key: value}}); a key set twice is refused."""
+    every, scoped = {}, {}
+    for text in sets or ():
+        name, key, value = parse_set(text)
+        if name is not None and name not in names:
+            known = f" (named sources: {', '.join(names)})" if names else " (no source is named: --source NAME=URI)"
+            hint = difflib.get_close_matches(name, names, 1)
+            raise EdgeclsError(
+                f"--set {text}: no source is named {name}{known}" + (f"; did you mean {hint[0]}?" if hint else "")
+            )
+        target = every if name is None else scoped.setdefault(name, {})
+        if key in target:
+            raise EdgeclsError(f"--set {text}: {(name + '.') if name else ''}{key} is set twice: keep one")
+        target[key] = value
+    return every, scoped
+
+
+def _source(name, values: dict) -> SourceConfig:
+    """SourceConfig(**typed values); a table without a uri, or a value of the wrong kind, in one line."""
+    if "uri" not in values:
+        raise EdgeclsError(f'source {name}: no uri: add uri = "rtsp://..." to [sources.{name}], or --source {name}=URI')
+    uri = values["uri"]
+    if not isinstance(uri, str):
+        raise EdgeclsError(f"source {name}: uri {uri!r}: give the camera, stream, file or folder as a string")
+    where = f"source {name or SourceConfig(uri).label}"
+    typed = {FIELDS[key]: _typed(where, key, value) for key, value in values.items()}
+    return SourceConfig(name=name, **typed)
+
+
+def _typed(where: str, key: str, value):
+    """A value from the command line (text) or the TOML file -> the type SourceConfig checks."""
+    if key == "roi":
+        return _roi(where, value)
+    if key in TEXT:
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value) if key in WHOLE and _INT.fullmatch(value.strip()) else float(value)
+        except ValueError:
+            raise EdgeclsError(f"{where}: {key} {value!r} is not a number") from None
+    return value  # a TOML number (or something else, refused by SourceConfig naming it)
+
+
+def _roi(where: str, value):
+    """`x,y,w,h` text ("0.5,0,0.5,0.5"; "0,0,64,48" = pixels) or a TOML array -> a tuple of numbers."""
+    if not isinstance(value, str):
+        return tuple(value) if isinstance(value, list) else value
+    parts = [part.strip() for part in value.strip().strip("[]()").split(",")]
+    try:
+        return tuple(int(part) if _INT.fullmatch(part) else float(part) for part in parts)
+    except ValueError:
+        raise EdgeclsError(
+            f"{where}: roi {value!r}: give 4 numbers x,y,w,h (0.5,0,0.5,0.5: fractions; 640,0,640,360: pixels)"
+        ) from None
+
+
+def _nearest(key: str) -> str:
+    hint = difflib.get_close_matches(key, list(FIELDS), 1, 0.5)
+    return f" (did you mean {hint[0]}?)" if hint else f"; known keys: {', '.join(FIELDS)}"
