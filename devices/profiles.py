@@ -1,10 +1,11 @@
 """Device profiles are small JSON files: built-in ones in devices/profiles/, users' own in a folder or a file.
 
 A profile says what a device needs and prefers: architecture and Python, the runtime packages `flash --setup`
-installs, artifacts in preference order, threads, ONNX Runtime providers, the default camera (and the CSI
+installs, artifacts and engines in preference order, threads, ONNX Runtime providers and spinning, OpenVINO's
+device and precision, the default camera (and the CSI
 GStreamer pipeline), where releases are installed, the daemon's service name, and the p95 latency budget
 of the post-flash smoke test. `edgecls run --device` and the Classifier read artifacts/backends/providers/
-threads/camera/csi_pipeline; flash reads the rest.
+threads/ort_allow_spinning/openvino_device/openvino_precision/camera/csi_pipeline; flash reads the rest.
 
 User profiles: every *.json in $EDGECLS_PROFILES (a folder; several separated by `:`), else in
 $XDG_CONFIG_HOME/edgecls/profiles (~/.config/edgecls/profiles); one of the same name replaces a built-in.
@@ -33,7 +34,8 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 PROFILES_ENV = "EDGECLS_PROFILES"
 # Every artifact name, in the order a profile's validation error lists them (TFLite first, then ONNX).
 ARTIFACTS = tuple(f.name for f in (TFLITE_INT8, TFLITE_FP16, TFLITE_FP32, ONNX_INT8, ONNX_FP32))
-BACKENDS = ("litert", "tflite-runtime")
+BACKENDS = ("litert", "tflite-runtime", "onnxruntime", "openvino")
+OPENVINO_PRECISIONS = ("", "f32", "bf16", "f16")
 ARCHITECTURES = ("any", "aarch64", "armv7l", "x86_64")
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -47,9 +49,12 @@ class DeviceProfile:
     name: str
     description: str = ""
     artifacts: tuple = DEFAULT_PREFERENCE  # preference order
-    backends: tuple = ("litert", "tflite-runtime")  # for .tflite, in order
+    backends: tuple = ("litert", "tflite-runtime")  # engines in order; each format takes those that run it
     providers: tuple = ("CPUExecutionProvider",)  # ONNX Runtime execution providers, in order
     threads: int | None = None
+    ort_allow_spinning: bool | None = None  # ONNX Runtime's idle intra-op threads spin; None: its default (yes)
+    openvino_device: str = "CPU"  # OpenVINO device; "GPU,CPU": the first one present (a warning names the other)
+    openvino_precision: str = ""  # fp32 artifacts' inference precision; "": f32 (OpenVINO's bf16 is not verified)
     camera: str = "0"  # default source URI
     csi_pipeline: str = ""  # GStreamer pipeline for csi:// sources; {sensor}, {width}, {height}, {fps} filled in
     architecture: str = "any"  # uname -m of the device
@@ -116,6 +121,14 @@ class DeviceProfile:
             not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
         ):
             bad("threads", "a whole number of at least 1, or null for the backend's default")
+        if self.ort_allow_spinning is not None and not isinstance(self.ort_allow_spinning, bool):
+            bad("ort_allow_spinning", "true, false, or null for ONNX Runtime's default")
+        if not isinstance(self.openvino_device, str) or not re.match(
+            r"^[A-Z][A-Z0-9_.:]*(,[A-Z][A-Z0-9_.:]*)*$", self.openvino_device
+        ):
+            bad("openvino_device", 'an OpenVINO device such as "CPU", "GPU", "NPU", or "GPU,CPU" to fall back')
+        if self.openvino_precision not in OPENVINO_PRECISIONS:
+            bad("openvino_precision", f"one of {', '.join(map(repr, OPENVINO_PRECISIONS))}")
         if self.architecture not in ARCHITECTURES:
             bad("architecture", f"one of {', '.join(ARCHITECTURES)}")
         if not re.match(r"^3\.\d+$", self.python):

@@ -121,8 +121,9 @@ class ModelSession:
     """One artifact in its backend, with what the manifest says about its tensors.
 
     layout: the model's input layout ("NHWC" | "NCHW"); output: "probs" | "logits" (see `to_probabilities`);
-    input_name/output_name: the model's tensors to use ("" = its first). Open a bundle's artifact with
-    `for_artifact`, so these travel from the manifest.
+    input_name/output_name: the model's tensors to use ("" = its first); engine_options: one engine's own settings
+    from the profile (see `open_backend`). Open a bundle's artifact with `for_artifact`, so these travel from
+    the manifest.
     """
 
     def __init__(
@@ -138,6 +139,7 @@ class ModelSession:
         output: str = "probs",
         input_name: str = "",
         output_name: str = "",
+        **engine_options,
     ):
         layout = layout.upper()
         if layout not in LAYOUTS or output not in OUTPUTS:
@@ -153,6 +155,7 @@ class ModelSession:
             providers=providers,
             input_name=input_name,
             output_name=output_name,
+            **engine_options,
         )
         self.head, self.layout, self.output = head, layout, output
 
@@ -160,7 +163,7 @@ class ModelSession:
     def for_artifact(cls, path, manifest, artifact, **backend_options) -> ModelSession:
         """The artifact of a bundle at `path` (already verified), opened as its manifest says.
 
-        backend_options: prefer, threads, providers."""
+        backend_options: prefer, threads, providers and engine options (`open_backend`)."""
         return cls(
             path,
             artifact.format,

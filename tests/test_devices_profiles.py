@@ -23,6 +23,28 @@ def test_builtin_profiles_say_everything_flash_needs(name):
         assert p.camera == "csi://0" and ("libcamerasrc" in p.csi_pipeline or "nvarguscamerasrc" in p.csi_pipeline)
 
 
+@pytest.mark.parametrize("name, device", [("intel-cpu", "CPU"), ("intel-igpu", "GPU,CPU")])
+def test_intel_profiles_run_onnx_artifacts_in_openvino_on_their_device(name, device):
+    from edgecls.runtime.formats import backend_options
+
+    p = load_profile(name)
+    assert p.artifacts[0].startswith("onnx-") and p.backends[0] == "openvino" and p.architecture == "x86_64"
+    assert "edgecls[openvino]" in p.packages and p.openvino_precision == ""  # fp32 artifacts at f32
+    options = backend_options("onnx", p)
+    assert options["prefer"][0] == "openvino" and options["device"] == device
+    assert backend_options("tflite", p) == {"prefer": p.backends}  # LiteRT among them for .tflite
+
+
+def test_profiles_without_the_new_fields_keep_onnx_runtime_and_its_default_spinning():
+    from edgecls.runtime.backends.registry import backends_for
+    from edgecls.runtime.formats import backend_options
+
+    for name in ISSUE_PROFILES:
+        options = backend_options("onnx", load_profile(name))
+        assert options["allow_spinning"] is None
+        assert [c.name for c in backends_for("onnx", options["prefer"])] == ["onnxruntime"]
+
+
 def test_every_builtin_is_listed_and_round_trips():
     assert set(ISSUE_PROFILES) <= set(list_profiles())
     for name in list_profiles():
@@ -48,6 +70,11 @@ def test_every_builtin_is_listed_and_round_trips():
         ({"camra": "0"}, r"unknown field\(s\) \['camra'\]"),
         ({"health_url": "localhost:8080"}, r'"health_url" .*http://'),
         ({"health_token_file": "token.txt"}, r'"health_token_file" .*absolute path on the device'),
+        ({"backends": ["openvno"]}, r'"backends" .*names from litert, tflite-runtime, onnxruntime, openvino'),
+        ({"ort_allow_spinning": "no"}, r'"ort_allow_spinning" is \'no\'; expected true, false, or null'),
+        ({"openvino_device": "gpu"}, r'"openvino_device" is \'gpu\'; expected an OpenVINO device such as "CPU"'),
+        ({"openvino_device": "GPU,"}, r'"openvino_device" .*"GPU,CPU" to fall back'),
+        ({"openvino_precision": "int8"}, r'"openvino_precision" is \'int8\'; expected one of \'\', \'f32\''),
     ],
 )
 def test_invalid_profiles_name_the_field_and_the_fix(tmp_path, change, message):

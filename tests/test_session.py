@@ -51,6 +51,38 @@ def test_threads_reach_the_onnxruntime_session(softmax_model, threads, intra_op)
     assert session.backend._session.get_session_options().intra_op_num_threads == intra_op  # 0: ORT's default
 
 
+@pytest.mark.parametrize("allow_spinning, entry", [(True, "1"), (False, "0")])
+def test_spinning_reaches_the_onnxruntime_session(softmax_model, allow_spinning, entry):
+    from edgecls.runtime.backends.onnxrt import SPINNING
+
+    session = ModelSession(softmax_model, "onnx", threads=2, allow_spinning=allow_spinning)
+    assert session.backend._session.get_session_options().get_session_config_entry(SPINNING) == entry
+
+
+def test_without_a_spinning_setting_onnxruntime_keeps_its_own_default(softmax_model):
+    from edgecls.runtime.backends.onnxrt import SPINNING
+
+    options = ModelSession(softmax_model, "onnx", threads=2).backend._session.get_session_options()
+    with pytest.raises(
+        RuntimeError, match="does not have configuration"
+    ):  # no entry at all: ONNX Runtime's default (spin) applies
+        options.get_session_config_entry(SPINNING)
+
+
+def test_a_profile_turning_spinning_off_reaches_the_classifiers_session(tiny_bundle, tmp_path):
+    import json
+
+    from edgecls.devices.profiles import load_profile
+    from edgecls.runtime.backends.onnxrt import SPINNING
+    from edgecls.runtime.classifier import Classifier
+
+    path = tmp_path / "busy.json"
+    path.write_text(json.dumps({"name": "busy", "artifacts": ["onnx-int8"], "threads": 2, "ort_allow_spinning": False}))
+    classifier = Classifier(tiny_bundle, profile=load_profile(str(path)))
+    options = classifier.session.backend._session.get_session_options()
+    assert options.get_session_config_entry(SPINNING) == "0" and options.intra_op_num_threads == 2
+
+
 def _softmax64(z):
     z = np.asarray(z, np.float64)
     e = np.exp(z - z.max(axis=1, keepdims=True))

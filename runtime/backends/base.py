@@ -38,6 +38,20 @@ def pick(tensors: list, name: str, kind: str, path) -> int:
     )
 
 
+def run_in_fixed_batches(run, batch: np.ndarray, fixed: int) -> np.ndarray:
+    """`run` over `batch` for a model whose batch dimension is fixed at `fixed` (a plain torch.onnx.export has 1):
+    chunks of that size, the last one padded with copies of its last row, only the real rows kept."""
+    if fixed < 1 or len(batch) in (0, fixed):
+        return run(batch)
+    outs = []
+    for start in range(0, len(batch), fixed):
+        chunk = batch[start : start + fixed]
+        if len(chunk) < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
+        outs.append(run(chunk)[: len(batch) - start])
+    return np.concatenate(outs)
+
+
 class Backend(Protocol):
     """One model file loaded in one inference engine.
 

@@ -1,4 +1,5 @@
-"""ONNX Runtime with execution providers in the device profile's order (e.g. TensorRT -> CUDA -> CPU).
+"""ONNX Runtime with execution providers in the device profile's order (e.g. TensorRT -> CUDA -> CPU), and
+whether its idle intra-op threads spin (the profile's `ort_allow_spinning`; None keeps ONNX Runtime's default).
 
 Thread safety: InferenceSession.run may be called from several threads at once, so no lock.
 """
@@ -9,7 +10,7 @@ import logging
 
 import numpy as np
 
-from edgecls.runtime.backends.base import TensorSpec, pick
+from edgecls.runtime.backends.base import TensorSpec, pick, run_in_fixed_batches
 
 log = logging.getLogger("edgecls.runtime")
 
@@ -20,6 +21,9 @@ _ORT_TYPES = {
     "tensor(float16)": "float16",
 }
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+# Idle intra-op threads busy-wait for the next op ("1", ORT's default) or sleep ("0"): spinning wins on an idle
+# machine and can lose badly on a busy one, where the spinning threads take the core from the thread with work.
+SPINNING = "session.intra_op.allow_spinning"
 
 
 def choose_providers(preferred, available) -> tuple:
@@ -44,13 +48,25 @@ class OnnxRuntimeBackend:
     module = "onnxruntime"
     package = "onnxruntime"
 
-    def __init__(self, path, threads: int | None = None, providers=None, input_name="", output_name="", **_):
+    def __init__(
+        self,
+        path,
+        threads: int | None = None,
+        providers=None,
+        input_name="",
+        output_name="",
+        allow_spinning: bool | None = None,
+        **_,
+    ):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if allow_spinning is not None:  # None: ONNX Runtime's own default (its intra-op threads spin)
+            options.add_session_config_entry(SPINNING, "1" if allow_spinning else "0")
+        self.allow_spinning = allow_spinning
         options.log_severity_level = 3
         wanted, skipped = choose_providers(providers, ort.get_available_providers())
         if any(p in wanted for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")) and hasattr(
@@ -78,18 +94,7 @@ class OnnxRuntimeBackend:
         self._input_name, self._output_names = self.input_spec.name, [self.output_spec.name]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        fixed = self.input_spec.shape[0] if self.input_spec.shape else -1
-        if fixed < 1 or len(batch) in (0, fixed):
-            return self._run(batch)
-        # A fixed batch dimension (a plain torch.onnx.export has 1): run chunks of that size, the last one padded
-        # with copies of its last row, and keep only the real rows.
-        outs = []
-        for start in range(0, len(batch), fixed):
-            chunk = batch[start : start + fixed]
-            if len(chunk) < fixed:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
-            outs.append(self._run(chunk)[: len(batch) - start])
-        return np.concatenate(outs)
+        return run_in_fixed_batches(self._run, batch, self.input_spec.shape[0] if self.input_spec.shape else -1)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run(self._output_names, {self._input_name: np.ascontiguousarray(batch)})[0]

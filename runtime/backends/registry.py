@@ -1,4 +1,8 @@
-"""Which backend runs which artifact, and whether its package is installed."""
+"""Which backend runs which artifact, and whether its package is installed.
+
+OpenVINO runs ONNX artifacts only when asked (`prefer` names it: a profile's `backends`, the bench's
+`--engines`): ONNX Runtime stays the default for ONNX, with or without OpenVINO installed.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 
 from edgecls.runtime.backends.litert import LiteRTBackend, TFLiteRuntimeBackend
 from edgecls.runtime.backends.onnxrt import OnnxRuntimeBackend
+from edgecls.runtime.backends.openvino import OpenVINOBackend
 from edgecls.runtime.errors import EdgeclsError, MissingDependencyError
 from edgecls.runtime.formats import ONNX, TFLITE
 
@@ -15,8 +20,9 @@ log = logging.getLogger("edgecls.runtime")
 # format -> backends in default order of preference
 BACKENDS = {
     TFLITE.name: (LiteRTBackend, TFLiteRuntimeBackend),
-    ONNX.name: (OnnxRuntimeBackend,),
+    ONNX.name: (OnnxRuntimeBackend, OpenVINOBackend),
 }
+OPT_IN = (OpenVINOBackend,)  # tried only when `prefer` names them
 _BY_NAME = {cls.name: cls for classes in BACKENDS.values() for cls in classes}
 
 
@@ -32,25 +38,42 @@ def available_backends() -> dict:
     return {name: _installed(cls) for name, cls in _BY_NAME.items()}
 
 
-def open_backend(path, fmt: str, prefer=None, threads=None, providers=None, input_name="", output_name=""):
-    """Load `path` in the first installed backend for `fmt`, in `prefer` order if given, reading the
-    input and output tensors of those names ("" = the model's first)."""
+def backends_for(fmt: str, prefer=None) -> list:
+    """The backend classes that may run a `fmt` artifact, in the order they are tried: `prefer`'s first
+    (names of backends for other formats are passed over), then the default order without the opt-in ones."""
     if fmt not in BACKENDS:
         raise EdgeclsError(f"no backend runs {fmt!r} artifacts: supported formats are {', '.join(BACKENDS)}")
-    candidates = list(BACKENDS[fmt])
+    candidates = [c for c in BACKENDS[fmt] if c not in OPT_IN]
     if prefer:
         unknown = [p for p in prefer if p not in _BY_NAME]
         if unknown:
             raise EdgeclsError(f"unknown backend(s) {unknown}: choose from {', '.join(_BY_NAME)}")
-        ordered = [_BY_NAME[p] for p in prefer if _BY_NAME[p] in candidates]
-        candidates = ordered + [c for c in candidates if c not in ordered]
+        ordered = [_BY_NAME[p] for p in prefer if _BY_NAME[p] in BACKENDS[fmt]]
+        candidates = list(dict.fromkeys(ordered)) + [c for c in candidates if c not in ordered]
+    return candidates
+
+
+def open_backend(
+    path, fmt: str, prefer=None, threads=None, providers=None, input_name="", output_name="", **engine_options
+):
+    """Load `path` in the first installed backend for `fmt` (see `backends_for`), reading the input and output
+    tensors of those names ("" = the model's first). engine_options: what one engine takes from a profile
+    (allow_spinning for ONNX Runtime; device and precision for OpenVINO); the others ignore them."""
+    candidates = backends_for(fmt, prefer)
     errors = []
     for cls in candidates:
         if not _installed(cls):
             errors.append(cls)
             continue
         try:
-            backend = cls(path, threads=threads, providers=providers, input_name=input_name, output_name=output_name)
+            backend = cls(
+                path,
+                threads=threads,
+                providers=providers,
+                input_name=input_name,
+                output_name=output_name,
+                **{k: v for k, v in engine_options.items() if v is not None},
+            )
         except EdgeclsError:  # the backend's own one-line message (a tensor name the model lacks)
             raise
         except ImportError as exc:  # e.g. tflite-runtime built against numpy 1.x
@@ -65,4 +88,4 @@ def open_backend(path, fmt: str, prefer=None, threads=None, providers=None, inpu
             log.info("%s: using %s (%s unavailable)", fmt, cls.name, ", ".join(c.name for c in errors))
         return backend
     first = candidates[0]
-    raise MissingDependencyError(first.package, "runtime", f"needed to run {fmt} artifacts")
+    raise MissingDependencyError(first.package, getattr(first, "extra", "runtime"), f"needed to run {fmt} artifacts")

@@ -1,0 +1,175 @@
+"""edgecls.runtime.backends.openvino: OpenVINO on the bundle's ONNX artifacts, against ONNX Runtime on the same file.
+
+Real images (the shapes set the tiny bundle was trained on, its test split, scikit-learn's photos), real
+conversions, real engines; an imported PyTorch-style NCHW logits model (tests/foreign_onnx.py); the real
+`edgecls predict` and the bench's fresh worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from edgecls.runtime.bundle import load_bundle
+from edgecls.runtime.classifier import Classifier
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.preprocess import load_image, preprocess
+from edgecls.runtime.session import ModelSession
+from tests import foreign_onnx
+from tests.conftest import _session_folder, cli_error, run_cli
+
+ov = pytest.importorskip("openvino", reason="openvino is not installed: pip install 'edgecls[openvino]'")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".bmp", ".webp")
+
+
+def _images(folder) -> list:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _batch(bundle, paths) -> np.ndarray:
+    spec = bundle.manifest.preprocess
+    return np.stack([preprocess(load_image(p), spec) for p in paths])
+
+
+def _both(bundle, name: str, **openvino_options) -> tuple:
+    """(ONNX Runtime, OpenVINO) sessions on the very same artifact file, one thread each."""
+    artifact = bundle.artifact(name)
+    path = bundle.verify(artifact)
+    ort = ModelSession.for_artifact(path, bundle.manifest, artifact, threads=1)
+    openvino = ModelSession.for_artifact(
+        path, bundle.manifest, artifact, threads=1, prefer=("openvino",), **openvino_options
+    )
+    assert (ort.backend.name, openvino.backend.name) == ("onnxruntime", "openvino")
+    return ort, openvino
+
+
+@pytest.fixture(scope="module")
+def real_images(shapes_folder, tmp_path_factory) -> list:
+    """The 72 shape images plus 40 photo crops: real pictures, most of them never seen in training."""
+    photos = foreign_onnx.photos(tmp_path_factory.mktemp("ov-photos"), count=40)
+    return _images(shapes_folder) + photos
+
+
+def test_fp32_artifact_gives_onnx_runtimes_probabilities_to_1e_4(tiny_bundle, real_images):
+    bundle = load_bundle(tiny_bundle)
+    ort, openvino = _both(bundle, "onnx-fp32")
+    assert openvino.backend.config["INFERENCE_PRECISION_HINT"] == "f32"
+    x = _batch(bundle, real_images)
+    p_ort, p_ov = ort.predict(x), openvino.predict(x)
+    assert p_ov.shape == p_ort.shape == (len(real_images), len(bundle.labels))
+    assert np.array_equal(p_ort.argmax(1), p_ov.argmax(1))
+    assert float(np.abs(p_ort - p_ov).max()) <= 1e-4
+
+
+def test_int8_artifact_agrees_with_onnx_runtime_on_top1(tiny_bundle, real_images):
+    bundle = load_bundle(tiny_bundle)
+    ort, openvino = _both(bundle, "onnx-int8")
+    assert "INFERENCE_PRECISION_HINT" not in openvino.backend.config  # its QDQ nodes decide
+    x = _batch(bundle, real_images)
+    p_ort, p_ov = ort.predict(x), openvino.predict(x)
+    agreement = float((p_ort.argmax(1) == p_ov.argmax(1)).mean())
+    delta = float(np.abs(p_ort - p_ov).max())
+    print(f"onnx-int8 on {len(x)} images: top-1 agreement {agreement:.4f}, max |dp| {delta:.5f}")
+    assert agreement >= 0.99
+    assert delta < 0.1  # the same integer graph: a few quantization steps at most, never another model
+
+
+def _test_split(run_dir, shapes_folder) -> tuple:
+    split = json.loads((run_dir / "split.json").read_text())["splits"]["test"]
+    return [shapes_folder / rel for rel, _, _ in split], np.array([label for _, _, label in split])
+
+
+def test_bf16_of_an_fp32_artifact_is_measured_against_the_accuracy_gate(tiny_bundle, tiny_run_dir, shapes_folder):
+    """OpenVINO's own default on a bf16 CPU; edgecls asks for f32 unless a profile says bf16. The gate's metric:
+    test-split accuracy points lost against the verified f32 scores (convert's --max-drop, 1.0 by default)."""
+    bundle = load_bundle(tiny_bundle)
+    ort, bf16 = _both(bundle, "onnx-fp32", precision="bf16")
+    assert bf16.backend.config["INFERENCE_PRECISION_HINT"] == "bf16"
+    paths, truth = _test_split(tiny_run_dir, shapes_folder)
+    x = _batch(bundle, paths)
+    p_ort, p_bf16 = ort.predict(x), bf16.predict(x)
+    drop = 100.0 * (float((p_ort.argmax(1) == truth).mean()) - float((p_bf16.argmax(1) == truth).mean()))
+    print(f"bf16 on {len(paths)} test images: accuracy drop {drop:.2f} points, max |dp| {np.abs(p_ort - p_bf16).max()}")
+    assert drop <= 1.0
+
+
+def test_a_profile_naming_openvino_serves_onnx_artifacts_with_it_and_others_keep_onnx_runtime(tiny_bundle):
+    from edgecls.devices.profiles import load_profile
+
+    chosen = Classifier(tiny_bundle, profile=load_profile("intel-cpu"))
+    assert (chosen.artifact.name, chosen.backend_name) == ("onnx-int8", "openvino")
+    assert chosen.session.backend.device == "CPU"
+    default = Classifier(tiny_bundle, artifact="onnx-int8", profile=load_profile("desktop-cpu"))
+    assert default.backend_name == "onnxruntime"  # installed OpenVINO is never chosen unasked
+    image = load_image(_images(tiny_bundle)[0])
+    assert chosen.classify(image).label == default.classify(image).label
+
+
+def test_igpu_profile_falls_back_to_the_cpu_with_a_warning_when_no_gpu_is_present(tiny_bundle, caplog):
+    from edgecls.devices.profiles import load_profile
+
+    if any(d.startswith("GPU") for d in ov.Core().available_devices):
+        pytest.skip("this machine has an OpenVINO GPU: the fallback cannot be seen here")
+    with caplog.at_level(logging.WARNING, logger="edgecls.runtime"):
+        classifier = Classifier(tiny_bundle, profile=load_profile("intel-igpu"))
+    assert classifier.backend_name == "openvino" and classifier.session.backend.device == "CPU"
+    assert any("GPU not present here" in r.getMessage() and "using CPU" in r.getMessage() for r in caplog.records)
+
+
+def test_a_device_openvino_does_not_see_is_one_line_naming_the_devices_it_sees(tiny_bundle, tmp_path):
+    profile = tmp_path / "npu-only.json"
+    profile.write_text(json.dumps({"name": "npu-only", "backends": ["openvino"], "openvino_device": "NPU"}))
+    if "NPU" in ov.Core().available_devices:
+        pytest.skip("this machine has an NPU")
+    from edgecls.devices.profiles import load_profile
+
+    with pytest.raises(EdgeclsError, match=r"OpenVINO sees no device NPU: it sees CPU.*CPU as fallback\)$"):
+        Classifier(tiny_bundle, artifact="onnx-fp32", profile=load_profile(str(profile)))
+    image = _images(tiny_bundle)[0]
+    error = cli_error(run_cli("predict", tiny_bundle, image, "--artifact", "onnx-fp32", "--device", profile))
+    assert "OpenVINO sees no device NPU: it sees CPU" in error
+
+
+def test_edgecls_predict_with_the_intel_cpu_profile_runs_openvino(tiny_bundle):
+    image = _images(tiny_bundle)[0]
+    done = run_cli("-v", "predict", tiny_bundle, image, "--device", "intel-cpu", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded onnx-int8 (model_int8.onnx) with openvino" in done.stderr  # -v names the engine
+    via_ort = run_cli("-v", "predict", tiny_bundle, image, "--artifact", "onnx-int8", "--json")
+    assert "with onnxruntime" in via_ort.stderr
+    ours, theirs = json.loads(done.stdout), json.loads(via_ort.stdout)
+    assert ours["top1"] == theirs["top1"] and abs(ours["score"] - theirs["score"]) < 0.1
+
+
+@pytest.fixture(scope="module")
+def imported_nchw_bundle(tmp_path_factory, shapes_folder):
+    """A PyTorch-style model (NCHW float input, ImageNet mean/std, logits out) imported as a bundle, with int8."""
+    from edgecls.importer.onnx_source import import_onnx
+    from edgecls.importer.request import Declared, ImportRequest
+
+    folder = _session_folder(tmp_path_factory, "foreign-onnx", lambda f: foreign_onnx.pytorch_style(f, shapes_folder))
+    out = tmp_path_factory.mktemp("ov-import") / "bundle"
+    declared = Declared(mean=foreign_onnx.IMAGENET_MEAN, std=foreign_onnx.IMAGENET_STD)
+    import_onnx(ImportRequest(folder / "model.onnx", out, folder / "labels.txt", shapes_folder, declared), print)
+    return out
+
+
+@pytest.mark.parametrize("artifact", ["onnx-fp32", "onnx-int8"])
+def test_an_imported_nchw_logits_model_is_served_by_openvino_as_by_onnx_runtime(
+    imported_nchw_bundle, real_images, artifact
+):
+    bundle = load_bundle(imported_nchw_bundle)
+    assert bundle.manifest.preprocess.layout == "NCHW" and bundle.manifest.output == "logits"
+    ort, openvino = _both(bundle, artifact)
+    assert openvino.input_spec.shape[1:] == (3, foreign_onnx.SIZE, foreign_onnx.SIZE)
+    # Through the serving path: the input table writes the (3, H, W) planes, the session turns logits into softmax.
+    prepare = Classifier(bundle, artifact=artifact).prepare
+    prepared = np.stack([prepare(load_image(p)) for p in real_images])
+    p_ort, p_ov = ort.run_prepared(prepared), openvino.run_prepared(prepared)
+    assert np.allclose(p_ov.sum(1), 1.0, atol=1e-5)  # probabilities, not the model's logits
+    assert np.array_equal(p_ort.argmax(1), p_ov.argmax(1))
+    assert float(np.abs(p_ort - p_ov).max()) <= (1e-4 if artifact == "onnx-fp32" else 0.1)
