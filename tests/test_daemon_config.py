@@ -15,6 +15,7 @@ from edgecls.runtime.daemon.config import (
     DaemonConfig,
     HttpConfig,
     MqttConfig,
+    SourceConfig,
     read_token,
     read_toml,
 )
@@ -116,3 +117,202 @@ def test_a_config_file_that_is_not_toml_is_one_line_naming_it(tmp_path):
         read_toml(tmp_path / "missing.toml")
     bad.write_text('bundle = "b"\nstall-timeout = 5\n')
     assert read_toml(bad) == {"bundle": "b", "stall-timeout": 5}
+
+
+# Per-camera settings: --source NAME=URI, --set NAME.KEY=VALUE and [sources.NAME] tables -> one SourceConfig each.
+
+
+def _from_file(tmp_path, text: str, *args: str, env=None):
+    """The configuration `edgecls run --config FILE ARGS` makes: the file read by run's own --config callback."""
+    from edgecls.commands.run import SOURCE_TABLES
+
+    config = tmp_path / "run.toml"
+    config.write_text('bundle = "b"\n' + text)
+    context = run.make_context("run", ["--config", str(config), *args])
+    options = {**context.params, "source_tables": context.meta.get(SOURCE_TABLES, {})}
+    return DaemonConfig.from_options(options, load_profile)
+
+
+def test_without_per_source_settings_every_source_keeps_the_defaults_of_today():
+    config = _config(sources=("clip.avi", "rtsp://u:p@cam/s"), port=0)
+    assert config.source_settings == (SourceConfig("clip.avi"), SourceConfig("rtsp://u:p@cam/s"))
+    default = config.source_settings[0]
+    assert (default.name, default.roi, default.rotate, default.flip, default.max_fps) == (None, None, 0, "none", None)
+    assert (default.threshold, default.smooth, default.capture_below, default.capture_every) == (None,) * 4
+    assert not default.transforms and DaemonConfig.of("b", ["0"]).settings_for(0) == SourceConfig("0")
+    assert _config().source_settings == (SourceConfig(load_profile(None).camera),)
+
+
+def test_a_toml_table_and_the_command_line_give_the_same_source_settings(tmp_path):
+    table = _from_file(
+        tmp_path,
+        '[sources.door]\nuri = "door.avi"\nroi = [0.5, 0.0, 0.5, 0.5]\nrotate = 180\nflip = "horizontal"\n'
+        "max_fps = 5\nthreshold = 0.8\nsmooth = 5\ncapture = {below = 0.6, every = 100}\n"
+        '[sources.yard]\nuri = "yard.avi"\nroi = [10, 20, 300, 200]\n',
+        "--capture",
+        str(tmp_path / "captures"),
+    )
+    flags = ["--source", "door=door.avi", "--source", "yard=yard.avi", "--capture", str(tmp_path / "captures")]
+    for setting in (
+        "door.roi=0.5,0.0,0.5,0.5 door.rotate=180 door.flip=horizontal door.max_fps=5 door.threshold=0.8 "
+        "door.smooth=5 door.capture.below=0.6 door.capture.every=100 yard.roi=10,20,300,200"
+    ).split():
+        flags += ["--set", setting]
+    line = _from_file(tmp_path, "", *flags)
+    door = SourceConfig("door.avi", "door", (0.5, 0.0, 0.5, 0.5), 180, "horizontal", 5.0, 0.8, 5, 0.6, 100)
+    assert table.source_settings == line.source_settings == (door, SourceConfig("yard.avi", "yard", (10, 20, 300, 200)))
+    assert table.sources == line.sources == ("door.avi", "yard.avi") and not table.simple
+    assert [type(v) for v in line.source_settings[1].roi] == [int] * 4  # pixels stay ints: the view tells them apart
+    assert [type(v) for v in line.source_settings[0].roi] == [float] * 4
+
+
+def test_the_command_line_wins_over_the_table_key_by_key_and_its_source_list_replaces_the_tables(tmp_path):
+    tables = '[sources.door]\nuri = "door.avi"\nrotate = 180\nflip = "vertical"\n[sources.yard]\nuri = "yard.avi"\n'
+    assert [s.rotate for s in _from_file(tmp_path, tables, "--set", "rotate=90").source_settings] == [90, 90]
+    over = _from_file(tmp_path, tables, "--set", "door.rotate=270", "--set", "rotate=90")
+    assert [(s.name, s.rotate, s.flip) for s in over.source_settings] == [
+        ("door", 270, "vertical"),
+        ("yard", 90, "none"),
+    ]
+    replaced = _from_file(tmp_path, tables, "--source", "door=recorded.avi", "--source", "extra.avi")
+    assert replaced.source_settings == (
+        SourceConfig("recorded.avi", "door", rotate=180, flip="vertical"),
+        SourceConfig("extra.avi"),
+    )
+    short = _from_file(tmp_path, '[sources]\ndoor = "door.avi"\n')  # a name = "URI" line is a table of its URI alone
+    assert short.source_settings == (SourceConfig("door.avi", "door"),) and short.simple
+
+
+def test_the_settings_come_from_environment_variables_as_the_other_options_do(monkeypatch):
+    monkeypatch.setenv("EDGECLS_RUN_SOURCE", "door=door.avi yard=yard.avi")
+    monkeypatch.setenv("EDGECLS_RUN_SET", "door.rotate=90 yard.flip=horizontal")
+    context = run.make_context("run", ["b"])
+    config = DaemonConfig.from_options(context.params, load_profile)
+    assert [(s.name, s.uri, s.rotate, s.flip) for s in config.source_settings] == [
+        ("door", "door.avi", 90, "none"),
+        ("yard", "yard.avi", 0, "horizontal"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("door=rtsp://cam/door", ("door", "rtsp://cam/door")),
+        ("cam-2=0", ("cam-2", "0")),
+        ("front_door=http://h/s?x=1", ("front_door", "http://h/s?x=1")),
+        ("rtsp://h/s?token=x", (None, "rtsp://h/s?token=x")),  # a `:` before the first `=`
+        ("videos/file=a.mp4", (None, "videos/file=a.mp4")),  # a `/`
+        ("clip.v2=x.mp4", (None, "clip.v2=x.mp4")),  # a `.`
+        (
+            "v4l2src device=/dev/video0 ! videoconvert ! appsink",
+            (None, "v4l2src device=/dev/video0 ! videoconvert ! appsink"),
+        ),
+        ("2cam=0", (None, "2cam=0")),  # a name starts with a letter
+        ("0", (None, "0")),
+    ],
+)
+def test_a_name_is_what_comes_before_the_first_equals_sign_only_when_it_reads_as_a_name(text, expected):
+    from edgecls.runtime.daemon.per_source import split_source
+
+    assert split_source(text) == expected
+
+
+def test_an_existing_file_whose_name_holds_an_equals_sign_is_a_path_not_a_name(tmp_path, monkeypatch):
+    from edgecls.runtime.daemon.per_source import split_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file=a.mp4").write_bytes(b"")
+    assert split_source("file=a.mp4") == (None, "file=a.mp4")
+    assert split_source("./file=a.mp4") == (None, "./file=a.mp4")
+    assert split_source("other=a.mp4") == ("other", "a.mp4")  # no such file: a name
+    with pytest.raises(EdgeclsError, match=r"--source door=: give the source after the name: NAME=URI"):
+        split_source("door=")
+
+
+def test_a_rotation_or_a_frame_rate_cap_keeps_the_simple_mode_and_a_threshold_of_its_own_leaves_it():
+    assert _config(sources=("clip.avi",), settings=("rotate=180", "max_fps=5", "roi=0,0,32,32")).simple
+    assert _config(sources=("door=clip.avi",), settings=("door.flip=vertical",)).simple
+    for setting in ("threshold=0.5", "smooth=3"):
+        assert not _config(sources=("clip.avi",), settings=(setting,)).simple, setting
+
+
+BAD_SETTINGS = [
+    ("door.rotate=45", r"source door: rotate 45: give 0, 90, 180 or 270 \(degrees clockwise\)"),
+    ("door.rotate=upside", "source door: rotate 'upside' is not a number"),
+    ("door.flip=both", "source door: flip 'both': give none, horizontal or vertical"),
+    ("door.max_fps=0", "source door: max_fps 0.0: give a positive number of frames per second"),
+    ("door.max_fps=-5", "source door: max_fps -5.0: give a positive number"),
+    ("door.max_fps=nan", "source door: max_fps nan: give a positive number"),
+    ("door.max_fps=inf", "source door: max_fps inf: give a positive number"),
+    ("door.threshold=1.5", "source door: threshold 1.5: a score threshold lies between 0 and 1"),
+    ("door.threshold=nan", "source door: threshold nan: a score threshold lies between 0 and 1"),
+    ("door.smooth=0", "source door: smooth 0: give a whole number of frames, at least 1"),
+    ("door.capture.every=0", "source door: capture.every 0: give a whole number of frames, at least 1"),
+    ("door.roi=0.5,0.5,0.5", r"source door: roi \[0.5, 0.5, 0.5\]: give 4 numbers x, y, w, h"),
+    ("door.roi=a,b,c,d", "source door: roi 'a,b,c,d': give 4 numbers x,y,w,h"),
+    ("door.roi=0.5,0,0,0.5", r"source door: roi \[0.5, 0, 0, 0.5\]: its width and height \(w, h\) must be above 0"),
+    ("door.roi=0.6,0,0.5,1.0", r"source door: roi \[0.6, 0, 0.5, 1.0\]: x \+ w = 1.1 goes past the frame's right edge"),
+    ("door.roi=0,0.5,1.0,0.75", r"source door: roi \[0, 0.5, 1.0, 0.75\]: y \+ h = 1.25 goes past the frame's bottom"),
+    ("door.roi=0,0,1.5,0.5", r"source door: roi \[0, 0, 1.5, 0.5\]: fractions of the frame lie between 0 and 1"),
+    ("door.roi=-10,0,64,48", r"source door: roi \[-10, 0, 64, 48\]: x and y count pixels from the top-left corner"),
+    ("door.roi=0,0,0,48", r"source door: roi \[0, 0, 0, 48\]: its width and height \(w, h\) must be above 0"),
+    ("door.roi=0,0,1,1", r"source door: roi \[0, 0, 1, 1\] is 1 pixel wide: whole numbers are pixels; write fractions"),
+    ("door.roi=10,10,1,40", r"source door: roi \[10, 10, 1, 40\] is 1 pixel wide: give a region of 2 pixels or more"),
+    ("door.rotation=90", r"--set door.rotation=90: unknown key rotation \(did you mean rotate\?\)"),
+    ("door.max-fsp=5", r"--set door.max-fsp=5: unknown key max_fsp \(did you mean max_fps\?\)"),
+    ("doro.rotate=90", r"--set doro.rotate=90: no source is named doro \(named sources: door\); did you mean door\?"),
+    ("door.uri=x.avi", r"--set door.uri=x.avi: a source's URI is given with --source NAME=URI"),
+    ("door.rotate", r"--set door.rotate: write NAME.KEY=VALUE"),
+    ("door.capture.below=0.5", "source door: capture.below needs --capture DIR"),
+]
+
+
+@pytest.mark.parametrize("setting, message", BAD_SETTINGS, ids=[s for s, _ in BAD_SETTINGS])
+def test_a_bad_setting_is_one_line_naming_the_source_and_the_key(setting, message):
+    with pytest.raises(EdgeclsError, match=f"^{message}") as refused:
+        _config(sources=("door=door.avi",), settings=(setting,))
+    assert "\n" not in str(refused.value)
+
+
+def test_a_bad_table_is_one_line_naming_the_source_and_the_key(tmp_path):
+    for text, message in [
+        ('[sources.door]\nuri = "d.avi"\nrotation = 90\n', r"source door: unknown key rotation \(did you mean rotate"),
+        ('[sources.door]\nuri = "d.avi"\ncapture = {folder = "x"}\n', "source door: unknown key capture.folder"),
+        ('[sources.door]\nuri = "d.avi"\nrotate = 45\n', "source door: rotate 45: give 0, 90, 180 or 270"),
+        ('[sources.door]\nuri = "d.avi"\nmax_fps = nan\n', "source door: max_fps nan: give a positive number"),
+        ('[sources.door]\nuri = "d.avi"\nroi = [true, 0, 1, 1]\n', r"source door: roi \[True, 0, 1, 1\]: give 4"),
+        ('[sources.door]\nuri = "d.avi"\nsmooth = 2.5\n', "source door: smooth 2.5: give a whole number"),
+        ("[sources.door]\nrotate = 180\n", r'source door: no uri: add uri = "rtsp://..." to \[sources.door\]'),
+        ('[sources."front door"]\nuri = "d.avi"\n', r"\[sources.front door\]: a source name is up to 64 letters"),
+        ('[sources.rotate]\nuri = "d.avi"\n', "source name rotate is also a setting's key"),
+        ('source = ["0"]\n[sources.door]\nuri = "d.avi"\n', "sources given both as a list and as"),
+    ]:
+        with pytest.raises(EdgeclsError, match=message):
+            _from_file(tmp_path, text)
+
+
+def test_a_name_given_twice_or_shown_twice_is_refused():
+    with pytest.raises(EdgeclsError, match="^source name door is given twice: name each source once$"):
+        _config(sources=("door=a.avi", "door=b.avi"))
+    with pytest.raises(EdgeclsError, match="^source name door is also how source door is shown"):
+        _config(sources=("door=a.avi", "door"))
+    with pytest.raises(EdgeclsError, match=r"--set door.rotate=90: door.rotate is set twice: keep one"):
+        _config(sources=("door=a.avi",), settings=("door.rotate=180", "door.rotate=90"))
+    with pytest.raises(EdgeclsError, match=r"no source is named door \(no source is named: --source NAME=URI\)"):
+        _config(sources=("a.avi",), settings=("door.rotate=180",))
+
+
+def test_source_settings_from_scripts_are_checked_too():
+    door = SourceConfig("door.avi", name="door", rotate=90)
+    config = DaemonConfig.of("b", [door, "yard.avi"])
+    assert config.sources == ("door.avi", "yard.avi") and config.source_settings == (door, SourceConfig("yard.avi"))
+    assert DaemonConfig.of("b", ["door.avi"], source_settings=[door]).settings_for(0) is door
+    with pytest.raises(EdgeclsError, match="source_settings has 1 entries for 2 sources"):
+        DaemonConfig.of("b", ["door.avi", "yard.avi"], source_settings=[door])
+    with pytest.raises(EdgeclsError, match=r"source_settings\[0\] is not a SourceConfig of sources\[0\] \(yard.avi\)"):
+        DaemonConfig.of("b", ["yard.avi"], source_settings=[door])
+    with pytest.raises(EdgeclsError, match="source rtsp://cam/s: rotate 45"):
+        SourceConfig("rtsp://cam/s", rotate=45)
+    with pytest.raises(EdgeclsError, match="source door: threshold '0.5': a score threshold"):
+        SourceConfig("d.avi", "door", threshold="0.5")
+    assert SourceConfig("d.avi", rotate=90.0, smooth=3.0) == SourceConfig("d.avi", rotate=90, smooth=3)
