@@ -7,6 +7,7 @@ import json
 import click
 
 from edgecls.commands._options import examples, target_options, with_target_options
+from edgecls.commands._rollout import rollout_requested, run_rollout, with_rollout_options
 
 
 @click.command()
@@ -37,10 +38,13 @@ from edgecls.commands._options import examples, target_options, with_target_opti
     help="Seconds to wait for another flash of the same target to finish.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@with_rollout_options
 @examples(
     "edgecls flash bundles/digits pi@kitchen.local --device raspberry-pi-5",
     "edgecls flash bundles/digits ./device-folder",
     "edgecls flash bundles/digits --targets fleet.txt --device raspberry-pi-5",
+    "edgecls flash bundles/digits --targets fleet.txt --canary 10% --watch 15m --waves 25%,100%",
+    "edgecls flash bundles/digits --targets fleet.txt --canary 1 --watch 10m --promote-if fps>=0.9,confidence>=-0.05",
 )
 def flash(
     bundle,
@@ -57,12 +61,18 @@ def flash(
     jobs,
     lock_timeout,
     as_json,
+    **rollout_options,
 ):
     """Install BUNDLE on each TARGET: user@host[:port][:/root] over SSH, or a local folder (a folder whose
     name has an @ or a : is written ./NAME or /path/NAME).
 
     Sends only the files the profile needs, verifies them on the device, switches `current` atomically,
     runs the smoke test and rolls back on failure. Exits 1 if any target failed or rolled back.
+
+    With --canary or --watch (and --targets): a staged rollout. The canaries are flashed first and their live
+    /metrics watched against their own window before and the devices not yet updated; every criterion holds:
+    the rest follow in --waves, else the canaries are rolled back and the rest never touched (exit 1). Every
+    step goes to a journal: the same command again resumes an interrupted rollout.
     """
     from edgecls.devices.flash import flash as run_flash
     from edgecls.devices.flash import format_table, read_targets_file
@@ -70,6 +80,11 @@ def flash(
     all_targets = list(targets) + (read_targets_file(targets_file) if targets_file else [])
     from edgecls.core.progress import progress
 
+    if rollout_requested(rollout_options):
+        options = target_options(device, profile_file, ssh_config, ssh_options, python, smoke=not no_smoke, jobs=jobs)
+        options.lock_timeout, options.say = lock_timeout, progress
+        run_rollout(bundle, targets, targets_file, options, rollout_options, as_json)
+        return
     options = target_options(
         device,
         profile_file,

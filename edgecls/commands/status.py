@@ -10,18 +10,35 @@ from edgecls.commands._options import examples, json_flag, target_options, with_
 
 
 @click.command()
-@click.argument("target")
+@click.argument("target", required=False)
+@click.option(
+    "--targets",
+    "targets_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A fleet file: one table of every device (version, health, fps per source, drift, last rollout step).",
+)
 @with_target_options
 @json_flag
 @examples(
     "edgecls status pi@kitchen.local",
     "edgecls status ./device-folder --json",
+    "edgecls status --targets fleet.txt",
 )
-def status(target, as_json, **kw):
-    """Installed versions, which is current, signature state, health, and the last flash result with its reason."""
+def status(target, targets_file, as_json, **kw):
+    """Installed versions, which is current, signature state, health, and the last flash result with its reason.
+
+    With --targets FLEET: every device of the fleet in one table, from its own status and its daemon's /metrics.
+    """
     from edgecls.devices.flash import printable as p
     from edgecls.devices.flash import status as run_status
+    from edgecls.runtime.errors import EdgeclsError
 
+    if bool(target) == bool(targets_file):
+        raise EdgeclsError("give one TARGET or --targets FLEET")
+    if targets_file:
+        _fleet(targets_file, target_options(**kw), as_json)
+        return
     info = run_status(target, target_options(**kw))
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -73,3 +90,10 @@ def status(target, as_json, **kw):
             f"  interrupted flash of {p(pending['slot'])} ({serving}): run that flash again to finish it, or "
             f"{undo}; a flash of another version first restores {old}"
         )
+
+
+def _fleet(targets_file, options, as_json: bool) -> None:
+    from edgecls.devices.rollout.status import fleet_status, format_fleet
+
+    rows = fleet_status(targets_file, options)
+    click.echo(json.dumps(rows, indent=2) if as_json else format_fleet(rows))

@@ -1,0 +1,115 @@
+"""The rollout journal: one JSON object per line, appended and fsynced before the step it names goes on.
+
+A re-run of the same rollout reads it back (`Journal.events`) and resumes; an unfinished journal of another
+bundle for the same fleet file refuses a new rollout until it is finished or `--abandon`ed. Default place:
+$XDG_STATE_HOME/edgecls/rollouts (~/.local/state/edgecls/rollouts), one folder per fleet file, one journal per
+bundle version in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from edgecls.runtime.errors import EdgeclsError
+
+DONE = "done"
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "edgecls" / "rollouts"
+
+
+def fleet_folder(fleet_path) -> Path:
+    """The journals of one fleet file: named by its name and a hash of its absolute path."""
+    path = Path(fleet_path).absolute()
+    return state_dir() / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+def default_path(fleet_path, version: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in version)[:80] or "bundle"
+    return fleet_folder(fleet_path) / f"{safe}.jsonl"
+
+
+class Journal:
+    """Append-only JSON lines at `path`; every line fsynced (and the folder, when the file is new)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def events(self) -> list:
+        """Every complete line; a last line cut by a kill mid-write is ignored (its step never happened)."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise EdgeclsError(f"cannot read the rollout journal {self.path}: {exc.strerror or exc}") from exc
+        events = []
+        for number, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                if not text.endswith("\n") and number == text.count("\n") + 1:
+                    break  # the torn last line
+                raise EdgeclsError(
+                    f"the rollout journal {self.path} line {number} is not JSON: it was edited; move it away to "
+                    f"start over (devices may then be between versions: check `edgecls status --targets`)"
+                ) from None
+            events.append(event)
+        return events
+
+    def append(self, step: str, **fields) -> dict:
+        event = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": step, **fields}
+        new = not self.path.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as out:
+            out.seek(0)
+            kept = out.read().rfind(b"\n") + 1
+            if kept < out.tell():  # a line torn by a kill: that step never happened, its bytes go
+                out.truncate(kept)
+            out.write(json.dumps(event, sort_keys=True).encode() + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        if new:
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return event
+
+    def finished(self) -> bool:
+        events = self.events()
+        return bool(events) and events[-1]["step"] == DONE
+
+
+def unfinished_others(fleet_path, mine: Path) -> list:
+    """Unfinished journals of the same fleet file other than `mine`."""
+    folder = fleet_folder(fleet_path)
+    if not folder.is_dir():
+        return []
+    paths = sorted(folder.glob("*.jsonl"))
+    return [p for p in paths if p != mine and Journal(p).events() and not Journal(p).finished()]
+
+
+def last_steps(fleet_path) -> dict:
+    """device name -> (time, step) of its newest journal event, over every journal of the fleet file."""
+    folder = fleet_folder(fleet_path)
+    newest: dict = {}
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        try:
+            events = Journal(path).events()
+        except EdgeclsError:
+            continue
+        for event in events:
+            for name in [event["device"]] if "device" in event else event.get("devices", []):
+                if name not in newest or event["time"] >= newest[name][0]:
+                    newest[name] = (event["time"], f"{event['step']} {event.get('version', '')}".strip())
+    return newest

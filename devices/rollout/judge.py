@@ -1,0 +1,51 @@
+"""The verdict on a watched wave: each device against its own window before and the devices not yet updated."""
+
+from __future__ import annotations
+
+import statistics
+
+from edgecls.devices.rollout.plan import Criteria
+from edgecls.devices.rollout.watch import Window
+
+
+def _n(x) -> str:
+    return "-" if x is None else f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def judge_device(name: str, before: Window, after: Window, others_fps: float | None, criteria: Criteria) -> list:
+    """The reasons `name` fails (empty: it passes), each a short phrase."""
+    why = []
+    if after.fps is None:
+        return [f"no frames counted ({after.error or 'its /metrics did not answer'})"]
+    own = after.fps / before.fps if before.fps else None
+    rel = after.fps / others_fps if others_fps else None
+    if (own is not None and own < criteria.fps) or (rel is not None and rel < criteria.others):
+        ratios = ", ".join(f"{r:.2f}x {what}" for r, what in ((own, "its own"), (rel, "the others'")) if r is not None)
+        why.append(f"fps {_n(before.fps)} -> {_n(after.fps)} ({ratios})")
+    if before.confidence is not None and after.confidence is not None:
+        if after.confidence < before.confidence + criteria.confidence:
+            why.append(f"confidence {before.confidence:.2f} -> {after.confidence:.2f}")
+    if criteria.drift and after.drift and not before.drift:
+        why.append("drift (none before)")
+    if criteria.reloads and after.reload_failed:
+        why.append("the daemon refused the new bundle (reload failed)")
+    if criteria.health and not after.healthy:
+        why.append(f"unhealthy ({after.error or '/healthz not 200'})")
+    return why
+
+
+def judge(wave: list, before: dict, after: dict, others: list, criteria: Criteria) -> dict:
+    """name -> reasons for each watched device of `wave`; `others` names the not-yet-updated watched devices."""
+    rates = [after[o].fps for o in others if o in after and after[o].fps is not None]
+    others_fps = statistics.median(rates) if rates else None
+    return {
+        name: judge_device(name, before.get(name) or Window(), after[name], others_fps, criteria)
+        for name in wave
+        if name in after
+    }
+
+
+def describe(name: str, before: Window, after: Window) -> str:
+    """The numbers of one passing device, for its line."""
+    conf = f", confidence {_n(before.confidence)} -> {_n(after.confidence)}" if after.confidence is not None else ""
+    return f"fps {_n(before.fps)} -> {_n(after.fps)}{conf}"

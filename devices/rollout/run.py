@@ -1,0 +1,238 @@
+"""`edgecls flash --canary`: the staged rollout, step by step, each step journaled before it is taken.
+
+Resuming (the same command again after Ctrl-C or kill -9): devices the journal shows "flashing" but not "flashed"
+are flashed again (a flash of the same bundle finishes or confirms an interrupted one); "rolling back" but not
+"rolled back" are asked their status and rolled back only while `current` is still the new version; a watch
+without its verdict is watched again whole (a window needs its own first sample); the baseline is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from edgecls.devices import flash as flashing
+from edgecls.devices.fleet import fleet_with_profile, read_fleet
+from edgecls.devices.rollout import judge as judging
+from edgecls.devices.rollout.journal import DONE, Journal, default_path, unfinished_others
+from edgecls.devices.rollout.plan import Criteria, choose_canaries, parse_share, plan_waves
+from edgecls.devices.rollout.watch import PrometheusReader, Window, watch
+from edgecls.runtime.bundle import MANIFEST
+from edgecls.runtime.errors import EdgeclsError
+
+
+@dataclass
+class RolloutOptions:
+    canary: str = "10%"
+    waves: str = "100%"
+    watch_s: float = 900.0
+    watch_waves_s: float | None = None  # None: as watch_s; 0: waves are not watched
+    baseline_s: float | None = None  # None: min(watch_s, 300)
+    criteria: Criteria = field(default_factory=Criteria)
+    prometheus: str | None = None
+    journal: str | None = None
+    abandon: bool = False
+    every_s: float = 2.0  # seconds between samples
+    say: object = field(default=lambda message: None, repr=False)
+
+
+@dataclass
+class RolloutResult:
+    result: str  # promoted | rolled back
+    lines: list
+    journal: str
+
+
+_BAD = ("failed", "rolled back")  # flash results that fail a wave before any watch
+
+
+class _Rollout:
+    def __init__(self, bundle_path, fleet_path, flash_options, options: RolloutOptions):
+        self.bundle_path, self.fleet_path = str(Path(bundle_path).absolute()), str(Path(fleet_path).absolute())
+        self.flash_options, self.options, self.say = flash_options, options, options.say
+        self.devices = {d.name: d for d in fleet_with_profile(read_fleet(fleet_path), flash_options.profile)}
+        manifest = (Path(bundle_path) / MANIFEST).read_bytes() if Path(bundle_path).is_dir() else b""
+        self.sha256 = hashlib.sha256(manifest or Path(bundle_path).read_bytes()).hexdigest()
+        self.version = f"{Path(bundle_path).name}-{self.sha256[:12]}"
+        self.journal = Journal(options.journal or default_path(fleet_path, self.version))
+        self.reader = PrometheusReader(options.prometheus) if options.prometheus else None
+        self.lines: list = []
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- the journal
+    def log(self, step: str, **fields) -> dict:
+        with self._lock:
+            return self.journal.append(step, version=self.version, **fields)
+
+    def done_steps(self, step: str) -> dict:
+        """device -> its last event of `step` in the journal."""
+        return {e["device"]: e for e in self.journal.events() if e["step"] == step and "device" in e}
+
+    def _check_journal(self) -> list:
+        """The journal's events after refusing what must not be resumed or started."""
+        events = self.journal.events()
+        if events and events[-1]["step"] == DONE:
+            rotated = self.journal.path.with_suffix(f".{int(time.time())}.jsonl")
+            os.replace(self.journal.path, rotated)  # a finished rollout run again starts a new one
+            self.say(f"the last rollout of this bundle finished ({events[-1].get('result')}): kept as {rotated}")
+            events = []
+        planned = next((e for e in events if e["step"] == "planned"), None)
+        if planned and (planned["sha256"], planned["fleet"]) != (self.sha256, self.fleet_path):
+            if not self.options.abandon:
+                raise EdgeclsError(
+                    f"the journal {self.journal.path} holds an unfinished rollout of {planned['bundle']} to "
+                    f"{planned['fleet']}: run that command again to finish it, or add --abandon to leave it as it is"
+                )
+            self._abandon(self.journal)
+            events = []
+        for other in unfinished_others(self.fleet_path, self.journal.path):
+            first = Journal(other).events()[0]
+            if not self.options.abandon:
+                raise EdgeclsError(
+                    f"an unfinished rollout of {first.get('bundle')} to this fleet ({other}): run its command again "
+                    f"to finish it, or add --abandon to leave its devices as they are and start this one"
+                )
+            self._abandon(Journal(other))
+        return events
+
+    def _abandon(self, journal: Journal) -> None:
+        journal.append(DONE, result="abandoned")
+        self.say(f"abandoned the unfinished rollout in {journal.path}: its devices keep what they run now")
+        if journal.path == self.journal.path:
+            os.replace(journal.path, journal.path.with_suffix(f".{int(time.time())}.jsonl"))
+
+    # ----------------------------------------------------------------- planning and the baseline
+    def plan(self, events: list) -> dict:
+        planned = next((e for e in events if e["step"] == "planned"), None)
+        if planned:
+            self.say(f"resuming the rollout journaled in {self.journal.path}")
+            return planned
+        devices = list(self.devices.values())
+        canaries = choose_canaries(devices, parse_share(self.options.canary, "--canary"))
+        waves = plan_waves(devices, canaries, self.options.waves)
+        for d in devices:
+            if d.metrics_url is None:
+                self.say(
+                    f"{d.name}: no metrics URL (give metrics=http://HOST:PORT in the fleet file, or a profile with "
+                    f"health_url): flashed but not watched"
+                )
+        watch_s = self.options.watch_s
+        return self.log(
+            "planned",
+            bundle=self.bundle_path,
+            sha256=self.sha256,
+            fleet=self.fleet_path,
+            waves=waves,
+            criteria=self.options.criteria.to_dict(),
+            watch_s=watch_s,
+            watch_waves_s=watch_s if self.options.watch_waves_s is None else self.options.watch_waves_s,
+            baseline_s=min(watch_s, 300.0) if self.options.baseline_s is None else self.options.baseline_s,
+        )
+
+    def watched(self, names) -> dict:
+        return {n: self.devices[n].metrics_url for n in names if self.devices[n].metrics_url}
+
+    def baseline(self, planned: dict) -> dict:
+        found = next((e for e in self.journal.events() if e["step"] == "baseline"), None)
+        if found is None:
+            seconds = planned["baseline_s"]
+            self.say(f"measuring every watched device for {seconds:g} s before anything is flashed")
+            windows = self._watch(self.watched(self.devices), seconds)
+            found = self.log("baseline", windows={n: w.to_dict() for n, w in windows.items()})
+        return {n: Window.from_dict(w) for n, w in found["windows"].items()}
+
+    def _watch(self, devices: dict, seconds: float) -> dict:
+        return watch(devices, seconds, reader=self.reader, every_s=self.options.every_s, say=self.say)
+
+    # ----------------------------------------------------------------- flashing and rolling back
+    def flash_wave(self, number: int, names: list) -> dict:
+        """name -> its "flashed" event, flashing those without one (again, if one was cut off)."""
+        flashed = self.done_steps("flashed")
+        todo = [n for n in names if n not in flashed]
+        for name in todo:
+            self.log("flashing", device=name, wave=number)
+        if todo:
+            self.say(f"wave {number}: flashing {', '.join(todo)}")
+            entries = [(self.devices[n].target, self.devices[n].profile) for n in todo]
+            for name, r in zip(todo, flashing.flash(self.bundle_path, entries, self.flash_options)):
+                flashed[name] = self.log(
+                    "flashed", device=name, wave=number, result=r.result, slot=r.slot, reason=r.reason
+                )
+                self.say(f"{name}: {r.result} {r.slot}" + (f" ({r.reason})" if r.reason and not r.ok else ""))
+        return {n: flashed[n] for n in names}
+
+    def _options_for(self, name: str):
+        return replace(self.flash_options, profile=self.devices[name].profile)
+
+    def roll_back(self, names: list, flashed: dict, reasons: dict) -> None:
+        """Roll back every device of the wave the rollout installed, and say why, one line each."""
+        done = self.done_steps("rolled back")
+        for name in names:
+            event, why = flashed[name], "; ".join(reasons.get(name) or []) or "its wave failed"
+            if event["result"] != "installed":
+                self.lines.append(f"{name}: {why}: not changed ({event['result']})")
+                continue
+            if name not in done:
+                self.log("rolling back", device=name)
+                self._roll_back_one(name, event["slot"])
+                self.log("rolled back", device=name)
+            self.lines.append(f"{name}: {why}: rolled back")
+
+    def _roll_back_one(self, name: str, slot: str) -> None:
+        target, options = self.devices[name].target, self._options_for(name)
+        if flashing.status(target, options).get("current") != slot:
+            return  # a rollback cut off by a kill had already switched back
+        flashing.rollback(target, options)
+
+
+def rollout(bundle_path, fleet_path, flash_options, options: RolloutOptions) -> RolloutResult:
+    """Flash the canaries, watch, promote wave by wave or roll back; resumes from the journal."""
+    r = _Rollout(bundle_path, fleet_path, flash_options, options)
+    planned = r.plan(r._check_journal())
+    r.say(f"journal: {r.journal.path}")
+    r.say(f"criteria: {Criteria(**planned['criteria']).describe()}")
+    waves = planned["waves"]
+    before = r.baseline(planned)
+    updated: set = set()
+    for number, names in enumerate(waves):
+        result = _wave(r, planned, number, names, before, updated)
+        if result is not None:
+            return result
+        updated.update(names)
+    r.log(DONE, result="promoted")
+    return RolloutResult("promoted", r.lines or ["every device runs the new bundle"], str(r.journal.path))
+
+
+def _wave(r: _Rollout, planned: dict, number: int, names: list, before: dict, updated: set):
+    """Flash and judge one wave; a RolloutResult when it was rolled back, else None."""
+    flashed = r.flash_wave(number, names)
+    verdict = next((e for e in r.journal.events() if e["step"] == "verdict" and e["wave"] == number), None)
+    if verdict is None:
+        reasons = {n: [f"flash {e['result']}: {e['reason']}"] for n, e in flashed.items() if e["result"] in _BAD}
+        seconds = planned["watch_s"] if number == 0 else planned["watch_waves_s"]
+        watched = r.watched(names)
+        if not reasons and seconds > 0 and watched:
+            others = [n for n in r.watched(r.devices) if n not in updated and n not in names]
+            r.log("watching", wave=number, seconds=seconds, devices=sorted(watched), others=others)
+            r.say(f"wave {number}: watching {', '.join(watched)} for {seconds:g} s against {len(others)} others")
+            after = r._watch({**watched, **r.watched(others)}, seconds)
+            reasons = judging.judge(list(watched), before, after, others, Criteria(**planned["criteria"]))
+            for n in watched:
+                line = "; ".join(reasons[n]) if reasons[n] else judging.describe(n, before.get(n) or Window(), after[n])
+                r.say(f"{n}: {line}")
+        failing = {n: why for n, why in reasons.items() if why}
+        verdict = r.log("verdict", wave=number, ok=not failing, reasons=failing)
+    if verdict["ok"]:
+        if number + 1 < len(planned["waves"]):
+            r.log("promoting", wave=number + 1, devices=planned["waves"][number + 1])
+        return None
+    r.roll_back(names, flashed, verdict["reasons"])
+    untouched = [n for wave in planned["waves"][number + 1 :] for n in wave]
+    if untouched:
+        r.lines.append(f"not touched: {', '.join(untouched)}")
+    r.log(DONE, result="rolled back", wave=number)
+    return RolloutResult("rolled back", r.lines, str(r.journal.path))

@@ -1,0 +1,186 @@
+"""Live numbers of a device's daemon: its /metrics (read with prometheus_client's parser) and /healthz, or the
+same series from a Prometheus server's HTTP API (`--prometheus URL`), sampled over a window.
+
+A window's frames/s is the growth of edgecls_frames_processed over it (every source together), its confidence
+the growth of edgecls_top1_score's sum over its count (a daemon without that histogram: the mean of /latest's
+top-1 scores at each sample), drift whether any source was degraded at any sample, a refused reload whether
+edgecls_model_reload_failing was 1 or the failed reloads grew, healthy whether every /healthz answered 200.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass, field
+
+TIMEOUT_S = 5.0
+
+
+@dataclass
+class Sample:
+    at: float
+    frames: float | None = None  # edgecls_frames_processed, every source; None: /metrics did not answer
+    score_sum: float | None = None
+    score_count: float | None = None
+    drift: bool = False
+    reload_failing: bool = False
+    reloads_failed: float = 0.0
+    healthy: bool = False
+    version: str = ""
+    latest_scores: list = field(default_factory=list)
+    fps_by_source: dict = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class Window:
+    """What a device showed over one window (None: not measured)."""
+
+    seconds: float = 0.0
+    fps: float | None = None
+    confidence: float | None = None
+    drift: bool = False
+    reload_failed: bool = False
+    healthy: bool = True
+    samples: int = 0
+    error: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Window:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def _get(url: str, timeout: float = TIMEOUT_S) -> tuple:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read(4 << 20)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(4 << 20)
+
+
+def parse_metrics(text: str) -> dict:
+    """The numbers a rollout reads from one /metrics exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {"frames": 0.0, "score_sum": None, "score_count": None, "drift": False, "reload_failing": False}
+    out.update(reloads_failed=0.0, version="", fps_by_source={})
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "edgecls_frames_processed_total":
+                out["frames"] += s.value
+            elif s.name in ("edgecls_top1_score_sum", "edgecls_top1_score_count"):
+                key = "score_sum" if s.name.endswith("_sum") else "score_count"
+                out[key] = (out[key] or 0.0) + s.value
+            elif s.name == "edgecls_drift_degraded" and s.value >= 1:
+                out["drift"] = True
+            elif s.name == "edgecls_model_reload_failing":
+                out["reload_failing"] = s.value >= 1
+            elif s.name == "edgecls_model_reloads_total" and s.labels.get("result") == "failed":
+                out["reloads_failed"] = s.value
+            elif s.name == "edgecls_bundle_info":
+                out["version"] = s.labels.get("version", "")
+            elif s.name == "edgecls_fps":
+                out["fps_by_source"][s.labels.get("source", "")] = s.value
+    return out
+
+
+def scrape(metrics_url: str) -> Sample:
+    """One sample of the daemon at `metrics_url` (http://HOST:PORT), straight from the device."""
+    sample = Sample(at=time.monotonic())
+    try:
+        status, body = _get(f"{metrics_url}/metrics")
+        if status != 200:
+            raise OSError(f"/metrics answered {status}")
+        for key, value in parse_metrics(body.decode("utf-8", "replace")).items():
+            setattr(sample, key, value)
+        status, _ = _get(f"{metrics_url}/healthz")
+        sample.healthy = status == 200
+        status, body = _get(f"{metrics_url}/latest")
+        if status == 200:
+            latest = json.loads(body)
+            sample.latest_scores = [r["score"] for r in latest.values() if isinstance(r, dict) and "score" in r]
+    except (OSError, ValueError) as exc:
+        sample.error = str(getattr(exc, "reason", None) or exc)
+        sample.healthy = False
+    return sample
+
+
+class PrometheusReader:
+    """The same samples from a Prometheus server's HTTP API; a device is its `instance` label (HOST:PORT)."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def _query(self, expr: str) -> list:
+        status, body = _get(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
+        reply = json.loads(body)
+        if status != 200 or reply.get("status") != "success":
+            raise OSError(f"Prometheus {self.url} answered {status}: {reply.get('error', '')}")
+        return reply["data"]["result"]
+
+    def _value(self, expr: str) -> float | None:
+        result = self._query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def sample(self, address: str) -> Sample:
+        sample = Sample(at=time.monotonic())
+        on = f'instance="{address}"'
+        try:
+            sample.frames = self._value(f"sum(edgecls_frames_processed_total{{{on}}})")
+            sample.score_sum = self._value(f"sum(edgecls_top1_score_sum{{{on}}})")
+            sample.score_count = self._value(f"sum(edgecls_top1_score_count{{{on}}})")
+            sample.drift = (self._value(f"max(edgecls_drift_degraded{{{on}}})") or 0) >= 1
+            sample.reload_failing = (self._value(f"max(edgecls_model_reload_failing{{{on}}})") or 0) >= 1
+            sample.reloads_failed = self._value(f'sum(edgecls_model_reloads_total{{{on},result="failed"}})') or 0.0
+            sample.healthy = (self._value(f"max(up{{{on}}})") or 0) >= 1
+            for row in self._query(f"edgecls_fps{{{on}}}"):
+                sample.fps_by_source[row["metric"].get("source", "")] = float(row["value"][1])
+        except (OSError, ValueError, KeyError) as exc:
+            sample.error = str(getattr(exc, "reason", None) or exc)
+            sample.healthy = False
+        return sample
+
+
+def window(samples: list) -> Window:
+    """A Window from the samples of one device, oldest first."""
+    counted = [s for s in samples if s.frames is not None]
+    out = Window(samples=len(samples), healthy=bool(samples) and all(s.healthy for s in samples))
+    out.error = next((s.error for s in reversed(samples) if s.error), "")
+    if len(counted) >= 2 and counted[-1].at > counted[0].at:
+        first, last = counted[0], counted[-1]
+        out.seconds = last.at - first.at
+        out.fps = max(0.0, last.frames - first.frames) / out.seconds
+        if first.score_count is not None and last.score_count is not None and last.score_count > first.score_count:
+            out.confidence = (last.score_sum - first.score_sum) / (last.score_count - first.score_count)
+        out.reload_failed = last.reloads_failed > first.reloads_failed
+    scores = [x for s in samples for x in s.latest_scores]
+    if out.confidence is None and scores:
+        out.confidence = sum(scores) / len(scores)
+    out.drift = any(s.drift for s in samples)
+    out.reload_failed = out.reload_failed or any(s.reload_failing for s in samples)
+    return out
+
+
+def watch(devices: list, seconds: float, *, reader=None, every_s: float = 2.0, say=lambda m: None, stop_at=None):
+    """name -> Window of each device (name -> metrics_url or Prometheus address) over `seconds`."""
+    take = (lambda url: reader.sample(urllib.parse.urlsplit(url).netloc)) if reader else scrape
+    samples: dict = {name: [] for name in devices}
+    end = time.monotonic() + seconds
+    said = time.monotonic()
+    while True:
+        for name, url in devices.items():
+            samples[name].append(take(url))
+        now = time.monotonic()
+        if now >= end:
+            break
+        if now - said >= 30:
+            say(f"watching: {end - now:.0f} s left")
+            said = now
+        time.sleep(max(0.0, min(every_s, end - time.monotonic())))
+    return {name: window(s) for name, s in samples.items()}
