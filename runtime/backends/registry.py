@@ -20,10 +20,11 @@ log = logging.getLogger("edgecls.runtime")
 # format -> backends in default order of preference
 BACKENDS = {
     TFLITE.name: (LiteRTBackend, TFLiteRuntimeBackend),
-    ONNX.name: (OnnxRuntimeBackend, OpenVINOBackend),
+    ONNX.name: (OnnxRuntimeBackend,),
 }
-OPT_IN = (OpenVINOBackend,)  # tried only when `prefer` names them
-_BY_NAME = {cls.name: cls for classes in BACKENDS.values() for cls in classes}
+# format -> backends tried only when `prefer` names them (never a default, nor what makes a format runnable)
+OPT_IN = {ONNX.name: (OpenVINOBackend,)}
+_BY_NAME = {cls.name: cls for table in (BACKENDS, OPT_IN) for classes in table.values() for cls in classes}
 
 
 def _installed(cls) -> bool:
@@ -43,12 +44,13 @@ def backends_for(fmt: str, prefer=None) -> list:
     (names of backends for other formats are passed over), then the default order without the opt-in ones."""
     if fmt not in BACKENDS:
         raise EdgeclsError(f"no backend runs {fmt!r} artifacts: supported formats are {', '.join(BACKENDS)}")
-    candidates = [c for c in BACKENDS[fmt] if c not in OPT_IN]
+    candidates = list(BACKENDS[fmt])
     if prefer:
         unknown = [p for p in prefer if p not in _BY_NAME]
         if unknown:
             raise EdgeclsError(f"unknown backend(s) {unknown}: choose from {', '.join(_BY_NAME)}")
-        ordered = [_BY_NAME[p] for p in prefer if _BY_NAME[p] in BACKENDS[fmt]]
+        runs_it = candidates + list(OPT_IN.get(fmt, ()))
+        ordered = [_BY_NAME[p] for p in prefer if _BY_NAME[p] in runs_it]
         candidates = list(dict.fromkeys(ordered)) + [c for c in candidates if c not in ordered]
     return candidates
 
