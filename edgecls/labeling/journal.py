@@ -38,7 +38,7 @@ class Journal:
     def append(self, record: dict) -> dict:
         record = {**record, "t": round(time.time(), 3)}
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             if os.fstat(fd).st_size and not self._ends_with_newline(fd):
                 os.write(fd, b"\n")  # after a torn line, start a fresh one

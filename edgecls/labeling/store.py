@@ -92,7 +92,6 @@ class LabelStore:
         self.journal = Journal(self.root / STATE / "journal.jsonl")
         self.repairs = self.repair()
         self._frames: dict = {}
-        self._seen: set = set()
         self._refreshed = 0.0
         self.refresh()
 
@@ -120,7 +119,6 @@ class LabelStore:
                 self._frames[frame.id] = frame
             for gone in set(self._frames) - set(present):
                 del self._frames[gone]
-            self._seen |= set(present)
             self._refreshed = time.monotonic()
 
     def _score(self, ids: list) -> list:
@@ -172,7 +170,7 @@ class LabelStore:
         return {
             "frame": None if head is None else {**head.to_dict(), "keys": self.keys_for(head)},
             "left": len(ordered),
-            "total": max(len(self._seen), len(ordered)),
+            "total": len(ordered) + len(undoable),  # decisions kept in the journal count as done, restarts included
             "labels": self.known_labels(),
             "undo": None if not undoable else {"frame": undoable[-1].get("frame"), "to": undoable[-1]["files"][0][1]},
         }

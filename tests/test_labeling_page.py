@@ -1,0 +1,152 @@
+"""The labelling page in a real headless Chromium (tests/browser.py): keys move exactly the frames shown, undo, a
+reload resumes, a second tab cannot move a frame twice, a kill -9 of the server mid-move loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+
+from edgecls.labeling import LabelServer, LabelStore
+from edgecls.labeling.store import PAUSE_MID_MOVE_ENV
+from edgecls.runtime.daemon.capture import INBOX
+from tests.browser import chromium, screenshot, wait_for
+from tests.daemon_helpers import wait_for as wait_until
+from tests.test_labeling import TOKEN, images, inbox_ids, make_captures, sidecars_beside_images, start_label
+
+
+def answers(browser) -> int:
+    return int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-answers") or 0)
+
+
+def shown(browser) -> str:
+    return browser.find_element(By.TAG_NAME, "body").get_attribute("data-frame")
+
+
+def progress(browser) -> str:
+    return browser.find_element(By.ID, "progress").text
+
+
+def message(browser) -> str:
+    return browser.find_element(By.ID, "message").text
+
+
+def press(browser, *keys, control: bool = False) -> None:
+    """Type `keys` (with Ctrl held when `control`) into the page and wait for the server's answer to be shown."""
+    before = answers(browser)
+    actions = ActionChains(browser)
+    if control:
+        actions.key_down(Keys.CONTROL).send_keys(*keys).key_up(Keys.CONTROL).perform()
+    else:
+        actions.send_keys(*keys).perform()
+    wait_for(browser, lambda b: answers(b) > before, 15, f"the page's answer to {keys!r}")
+
+
+def key_labels(browser) -> list:
+    return [b.get_attribute("data-label") for b in browser.find_elements(By.CSS_SELECTOR, "#choices .choice")]
+
+
+def open_page(browser, url: str) -> None:
+    browser.get(url)
+    wait_for(browser, lambda b: answers(b) > 0, 20, "the page's first state")
+
+
+@pytest.fixture
+def served(tmp_path):
+    captures = make_captures(tmp_path / "captures")
+    server = LabelServer(LabelStore(captures), port=0, token=TOKEN).start()
+    yield captures, server
+    server.stop()
+
+
+def test_keyboard_labelling_of_20_frames_moves_exactly_those_undo_restores_one_and_a_reload_resumes(served, tmp_path):
+    captures, server = served
+    with chromium(1200, 800) as browser:
+        open_page(browser, f"{server.url}?token={TOKEN}")  # the sign-in link: a cookie, then the page
+        assert progress(browser) == "30 of 30 left"
+        expected = {}  # frame -> class folder ("" for the discard folder)
+        for i in range(20):
+            frame, labels = shown(browser), key_labels(browser)
+            if i == 7:  # a new class, typed after `n`; a bad name first: refused in one line, nothing moves
+                ActionChains(browser).send_keys("n").perform()
+                press(browser, "../up", Keys.ENTER)
+                assert "not one folder name" in message(browser) and shown(browser) == frame
+                ActionChains(browser).send_keys("n").perform()
+                press(browser, "mug", Keys.ENTER)
+                expected[frame] = "mug"
+            elif i % 5 == 4:
+                press(browser, "x")
+                expected[frame] = ".discarded"
+            else:
+                key = 1 + i % 3
+                press(browser, str(key))
+                expected[frame] = labels[key - 1]
+            assert shown(browser) != frame and progress(browser) == f"{29 - i} of 30 left"
+        screenshot(browser, tmp_path / "label-page.png")
+
+        for frame, folder in expected.items():
+            assert images(captures)[Path(frame).name] == [f"{folder}/{Path(frame).name}"]
+        assert inbox_ids(captures) == {f.id for f in LabelStore(captures).ordered()} and len(inbox_ids(captures)) == 10
+        assert all(len(places) == 1 for places in images(captures).values()) and sidecars_beside_images(captures)
+
+        last = list(expected)[-1]
+        press(browser, "u")
+        assert last in inbox_ids(captures) and shown(browser) == last and progress(browser) == "11 of 30 left"
+        browser.refresh()  # a reload (or a closed and reopened tab) resumes where it was
+        wait_for(browser, lambda b: shown(b) == last, 20, "the page after a reload")
+        assert progress(browser) == "11 of 30 left"
+        before_last = list(expected)[-2]
+        press(browser, "z", control=True)
+        assert before_last in inbox_ids(captures) and progress(browser) == "12 of 30 left"
+    assert (tmp_path / "label-page.png").stat().st_size > 10_000
+
+
+def test_a_second_tab_deciding_the_same_frame_does_not_move_it_twice(served):
+    captures, server = served
+    with chromium(1000, 700) as browser:
+        open_page(browser, f"{server.url}?token={TOKEN}")
+        first_tab, frame = browser.current_window_handle, shown(browser)
+        browser.switch_to.new_window("tab")
+        open_page(browser, server.url)  # the session cookie from the first tab
+        second_tab = browser.current_window_handle
+        assert shown(browser) == frame
+        browser.switch_to.window(first_tab)
+        labels = key_labels(browser)
+        press(browser, "1")
+        browser.switch_to.window(second_tab)
+        press(browser, "2")  # the second tab still shows the frame the first one moved
+        assert "already labelled" in message(browser) and shown(browser) != frame
+        assert images(captures)[Path(frame).name] == [f"{labels[0]}/{Path(frame).name}"]
+        assert len(inbox_ids(captures)) == 29 and sidecars_beside_images(captures)
+
+
+def test_a_kill_9_of_the_server_mid_move_leaves_every_image_in_one_place_and_the_page_resumes_after_restart(tmp_path):
+    captures = make_captures(tmp_path / "captures")
+    env = {"EDGECLS_RUN_TOKEN": TOKEN}
+    process, url = start_label(captures, env={**env, PAUSE_MID_MOVE_ENV: "60"})
+    everything = set(images(captures))
+    with chromium(1000, 700) as browser:
+        open_page(browser, f"{url}?token={TOKEN}")
+        frame, labels = shown(browser), key_labels(browser)
+        ActionChains(browser).send_keys("1").perform()  # the server stops between the image and the sidecar
+        moved = captures / labels[0] / Path(frame).name
+        wait_until(moved.exists, 30, "the image's rename")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+        assert set(images(captures)) == everything and all(len(p) == 1 for p in images(captures).values())
+        assert (captures / INBOX / frame).with_suffix(".json").is_file()  # the sidecar: not moved yet
+
+        process, url = start_label(captures, env=env)  # the next start finishes the move
+        try:
+            open_page(browser, f"{url}?token={TOKEN}")
+            assert progress(browser) == "29 of 30 left" and shown(browser) != frame
+            assert moved.with_suffix(".json").is_file() and sidecars_beside_images(captures)
+        finally:
+            process.terminate()
+            _, err = process.communicate(timeout=30)
+    assert "finished a move a kill interrupted" in err and process.returncode == 0
