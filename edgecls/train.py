@@ -6,8 +6,10 @@ import importlib.util
 import math
 import os
 import platform
+import shutil
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,7 +28,9 @@ from edgecls.core.data import (
     open_splits,
 )
 from edgecls.core.datasets import resolve_dataset, scan_folder
+from edgecls.core.datasets.merged import merged_dataset
 from edgecls.core.outputs import run_guard
+from edgecls.core.parent import check_same_input, open_parent, parent_record, start_model
 from edgecls.core.progress import progress
 from edgecls.core.splits import CONTENT_RANK, write_split_record
 from edgecls.distributed import MultiWorkerTrainer, is_chief, local_copy, output_dir
@@ -62,7 +66,7 @@ class TrainConfig:
     without a val split) over both phases together, and metadata.json says which epoch that was.
     """
 
-    data: str
+    data: str | tuple  # a folder or built-in name; several (a tuple) are merged by class name
     out: str
     model: str = DEFAULT_MODEL
     model_options: dict = field(default_factory=dict)
@@ -93,6 +97,12 @@ class TrainConfig:
     teacher: str | None = None  # a run directory to distil from (edgecls.distill)
     temperature: float = distill.DEFAULT_TEMPERATURE
     distill_alpha: float = distill.DEFAULT_ALPHA
+    init_from: str | None = None  # a run to start from: its weights, input and classes; its test split is kept
+    callbacks: tuple = ()  # extra Keras callbacks, from Python only (benchmarks watch every epoch)
+
+    @property
+    def datasets(self) -> list:
+        return [self.data] if isinstance(self.data, (str, os.PathLike)) else list(self.data)
 
     def validate(self) -> None:
         """Raise EdgeclsError (one line, naming the option) for any value training would choke on later."""
@@ -141,6 +151,12 @@ class TrainConfig:
                 raise EdgeclsError(
                     "--teacher does not work with --strategy multiworker: use --strategy none or mirrored"
                 )
+        if self.init_from is not None and (self.teacher is not None or self.strategy == "multiworker"):
+            raise EdgeclsError(
+                "--init-from starts from a run's weights: it does not combine with --teacher or --strategy multiworker"
+            )
+        if not self.datasets:
+            raise EdgeclsError("no --data given: pass a class-per-folder directory or a built-in name")
         if self.strategy == "multiworker" and "TF_CONFIG" not in os.environ:
             raise EdgeclsError(
                 "--strategy multiworker needs TF_CONFIG set on every worker (cluster spec and task index)"
@@ -339,6 +355,9 @@ class _Plan:
     epochs: int
     model_options: dict
     activation: str
+    parent: object = None  # the --init-from run, or None
+    view: Path | None = None  # several folders merged: the folder of symlinks trained on (kept as RUN/data)
+    sources: list = field(default_factory=list)  # the folders a merged dataset's images come from
 
     @property
     def labels(self) -> list:
@@ -350,7 +369,10 @@ def _train_model(cfg: TrainConfig, plan: _Plan, strategy, chief: bool, splits: d
     multiworker = cfg.strategy == "multiworker"
     spec, augment, epochs, activation, labels = plan.spec, plan.augment, plan.epochs, plan.activation, plan.labels
     with strategy.scope():
-        model = create_model(cfg.model, len(labels), spec.shape, head=cfg.head, **plan.model_options)
+        if plan.parent is not None:
+            model = start_model(plan.parent, labels, activation)
+        else:
+            model = create_model(cfg.model, len(labels), spec.shape, head=cfg.head, **plan.model_options)
         trainer = model  # what fits: the model itself, or the Distiller around it and the teacher
         if cfg.teacher:
             _, teacher = distill.load_teacher(cfg.teacher, cfg.out)
@@ -373,6 +395,7 @@ def _train_model(cfg: TrainConfig, plan: _Plan, strategy, chief: bool, splits: d
         return training_callbacks(cfg.patience, monitor, best, logs, graph=not multiworker) + [
             _skip_reporter(splits),
             *lines,
+            *cfg.callbacks,
         ]
 
     progress(
@@ -433,7 +456,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise MissingDependencyError("tensorboard", "train", "--tensorboard writes its logs")
     cfg, plan = _plan(cfg, out)
+    try:
+        return _train_planned(cfg, plan, out, started)
+    finally:
+        if plan.view is not None:
+            shutil.rmtree(plan.view, ignore_errors=True)
 
+
+def _train_planned(cfg: TrainConfig, plan: _Plan, out: Path, started: float) -> TrainResult:
     import keras
     import tensorflow as tf
 
@@ -452,15 +482,20 @@ def train(cfg: TrainConfig) -> TrainResult:
         model.save(stage / rundir.MODEL_FILE)
         write_json(stage / rundir.METADATA_FILE, _metadata(cfg, plan, splits, model, kept, strategy))
         write_split_record(stage, plan.root, plan.labels, splits)
+        if plan.view is not None:  # the merged folders' symlinks: the run's dataset folder from now on
+            shutil.copytree(plan.view, stage / rundir.DATA_DIR, symlinks=True)
         write_json(stage / rundir.HISTORY_FILE, history)
         write_evaluation(stage, metrics, plan.labels)
-        plots.training_curves(history, stage / rundir.CURVES_PNG, title=f"{cfg.model} on {Path(str(cfg.data)).name}")
+        name = " + ".join(Path(str(d)).name for d in cfg.datasets)
+        plots.training_curves(history, stage / rundir.CURVES_PNG, title=f"{cfg.model} on {name}")
     return TrainResult(out, metrics, history, time.perf_counter() - started, chief)
 
 
 def _plan(cfg: TrainConfig, out: Path) -> tuple:
     """(cfg with the teacher's defaults, the plan): the output, the dataset's files and every option that
     depends on them are checked here, before any image is decoded."""
+    if cfg.init_from is not None or len(cfg.datasets) > 1:
+        return _merged_plan(cfg, out)
     root, builtin = resolve_dataset(cfg.data)
     guard = run_guard(root)
     check_output(out, cfg.overwrite, **guard)  # a refusal costs nothing
@@ -488,6 +523,52 @@ def _plan(cfg: TrainConfig, out: Path) -> tuple:
         + f"); input {spec.shape}"
     )
     return cfg, _Plan(root, builtin, guard, teacher, dataset, spec, augment, epochs, model_options, activation)
+
+
+def _merged_plan(cfg: TrainConfig, out: Path) -> tuple:
+    """`_plan` for several --data folders or --init-from: the folders merged behind a folder of symlinks, and
+    with a parent its input, model, classes and test split."""
+    roots = [resolve_dataset(d) for d in cfg.datasets]
+    guard = run_guard(roots[0][0])
+    check_output(out, cfg.overwrite, **guard)
+    defaults = roots[0][1].defaults if roots[0][1] else {}
+    parent = fixed = None
+    if cfg.init_from is not None:
+        parent, fixed = open_parent(cfg.init_from, cfg.workers)
+        check_same_input(parent, image_size=cfg.image_size, color=cfg.color, resize=cfg.resize, normalize=cfg.normalize)
+        cfg = replace(cfg, model=parent.metadata.get("model", {}).get("name", cfg.model))
+    view = Path(tempfile.mkdtemp(prefix="edgecls-data-"))
+    try:
+        dataset, sources = merged_dataset(
+            [str(root) for root, _ in roots], view, cfg.val_fraction, cfg.test_fraction, cfg.seed, fixed, cfg.workers
+        )
+    except BaseException:
+        shutil.rmtree(view, ignore_errors=True)
+        raise
+    if parent is not None:
+        spec = parent.preprocess
+        model_options = dict(parent.metadata.get("model", {}).get("options", {}))
+        grown = len(dataset.labels) != len(parent.labels)
+        activation = head_activation(len(dataset.labels), "auto") if grown else parent.metadata.get("head", "softmax")
+        epochs = cfg.epochs or parent.metadata.get("train", {}).get("epochs") or 30
+    else:
+        spec = preprocess_spec_for(cfg, defaults)
+        model_options = dict(cfg.model_options)
+        for name, value in dataset_options(cfg.model, defaults).items():
+            model_options.setdefault(name, value)
+        check_options(cfg.model, spec.shape, **model_options)
+        activation = head_activation(len(dataset.labels), cfg.head)
+        epochs = cfg.epochs or defaults.get("epochs", 30)
+    augment = cfg.augment or AugmentSpec(flip=bool(defaults.get("flip", False)))
+    progress(
+        f"data: {' + '.join(str(s) for s in sources)} ({len(dataset.labels)} classes, "
+        + (f"the test split of {parent.path}, " if parent is not None else "")
+        + ", ".join(f"{k} {v}" for k, v in dataset.counts().items())
+        + f"); input {spec.shape}"
+    )
+    plan = _Plan(view, None, guard, None, dataset, spec, augment, epochs, model_options, activation)
+    plan.parent, plan.view, plan.sources = parent, view, sources
+    return cfg, plan
 
 
 def _open_data(cfg: TrainConfig, plan: _Plan) -> dict:
@@ -522,6 +603,10 @@ def _metadata(cfg: TrainConfig, plan: _Plan, splits: dict, model, kept, strategy
     import tensorflow as tf
 
     builtin, dataset = plan.builtin, plan.dataset
+    if plan.view is not None:  # RUN/data, where the run's split.json finds its images
+        source = str((Path(cfg.out) / rundir.DATA_DIR).resolve())
+    else:
+        source = cfg.data if builtin else str(Path(plan.root).resolve())
     return {
         "format": rundir.RUN_FORMAT,
         "labels": dataset.labels,
@@ -530,7 +615,8 @@ def _metadata(cfg: TrainConfig, plan: _Plan, splits: dict, model, kept, strategy
         "head": plan.activation,
         "model": {"name": cfg.model, "options": plan.model_options, "parameters": int(model.count_params())},
         "dataset": {
-            "source": cfg.data if builtin else str(Path(plan.root).resolve()),
+            "source": source,
+            "sources": [str(Path(r).resolve()) for r in plan.sources] if plan.view is not None else None,
             "builtin": builtin.name if builtin else None,
             "split_source": dataset.split_source,
             "split_method": CONTENT_RANK,
@@ -543,7 +629,12 @@ def _metadata(cfg: TrainConfig, plan: _Plan, splits: dict, model, kept, strategy
         "seed": cfg.seed,
         "augment": plan.augment.to_dict(),
         "teacher": distill.teacher_record(plan.teacher, cfg.temperature, cfg.distill_alpha) if plan.teacher else None,
-        "train": {k: v for k, v in asdict(cfg).items() if k not in ("augment", "data", "out", "model_options")}
+        "parent": parent_record(plan.parent) if plan.parent is not None else None,
+        "train": {
+            f.name: getattr(cfg, f.name)
+            for f in fields(cfg)
+            if f.name not in ("augment", "data", "out", "model_options", "callbacks")
+        }
         | {"epochs": plan.epochs, "kept_epoch": kept, "replicas": int(strategy.num_replicas_in_sync)},
         "versions": {
             "edgecls": __version__,

@@ -33,7 +33,19 @@ def _parse_widths(value: str | None):
 
 
 @click.command(cls=OneLineErrors)
-@click.option("--data", required=True, help="Class-per-folder directory, or a built-in dataset: digits, shapes.")
+@click.option(
+    "--data",
+    required=True,
+    multiple=True,
+    help="Class-per-folder directory, or a built-in dataset: digits, shapes. Give it several times to train on "
+    "several folders merged by class name (dot folders such as .unlabelled are ignored).",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(),
+    help="A run directory to start from: its weights, input, model and classes (added classes grow the head); "
+    "its recorded test split stays the test split, so `edgecls compare RUN OUT` compares them on the same images.",
+)
 @click.option("--out", "out", required=True, type=click.Path(), help="Run directory to create.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help=_model_help())
 @click.option("--image-size", type=click.IntRange(8, 1024), help="Square input size (default: per dataset, else 64).")
@@ -207,6 +219,7 @@ def _parse_widths(value: str | None):
 @examples(
     "edgecls train --data digits --out runs/digits",
     "edgecls train --data photos/ --out runs/photos --image-size 96 --epochs 40 > train.log",
+    "edgecls train --init-from runs/v1 --data photos/ --data captures/ --out runs/v2",
 )
 def train(**o):
     """Train a CNN on a class-per-folder dataset; write the model, metadata, metrics and plots to --out.
@@ -234,7 +247,8 @@ def train(**o):
         }.items()
         if v is not None
     }
-    builtin = BUILTIN_DATASETS.get(o["data"])
+    data = o["data"][0] if len(o["data"]) == 1 else tuple(o["data"])
+    builtin = BUILTIN_DATASETS.get(o["data"][0])
     flip = o["flip"] if o["flip"] is not None else bool(builtin and builtin.defaults.get("flip"))
     augment = (
         AugmentSpec(o["rotation"], o["shift"], o["shear"], o["zoom"], flip, o["brightness"])
@@ -244,7 +258,7 @@ def train(**o):
     if not o["teacher"] and (o["temperature"] is not None or o["distill_alpha"] is not None):
         raise EdgeclsError("--temperature and --distill-alpha are distillation settings: give --teacher RUN too")
     cfg = TrainConfig(
-        data=o["data"],
+        data=data,
         out=o["out"],
         model=o["model"],
         model_options=model_options,
@@ -273,6 +287,7 @@ def train(**o):
         teacher=o["teacher"],
         temperature=DEFAULT_TEMPERATURE if o["temperature"] is None else o["temperature"],
         distill_alpha=DEFAULT_ALPHA if o["distill_alpha"] is None else o["distill_alpha"],
+        init_from=o["init_from"],
     )
     result = run_training(cfg)
     if not result.chief:

@@ -2,6 +2,7 @@
 
 RUN/model.keras, metadata.json, split.json, metrics.json, history.json, curves.png, confusion_matrix.png
 (split.json: the exact files of each split, see `edgecls.core.splits`; runs before it lack it)
+and, for a run on several --data folders (or started with --init-from), data/: symlinks to its images
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ SPLIT_FILE = "split.json"
 HISTORY_FILE = "history.json"
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
+DATA_DIR = "data"  # a run on several --data folders: one symlink per image, its dataset folder (see datasets/merged.py)
 RUN_FORMAT = "edgecls-run/1"
 
 
