@@ -14,7 +14,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from tests.conftest import REPO, cli_error, run_cli  # noqa: E402
-from tests.daemon_helpers import http_get, write_test_video  # noqa: E402
+from tests.daemon_helpers import http_get, start_cli_daemon, wait_for, write_test_video  # noqa: E402
 from tests.mjpeg_server import MjpegServer  # noqa: E402
 
 
@@ -405,3 +405,101 @@ def test_a_file_or_folder_that_cannot_be_opened_is_its_error_alone(tiny_bundle, 
     assert cli_error(run_cli("run", tiny_bundle, "--source", empty, timeout=60)) == f"error: no images in {empty}"
     daemon = cli_error(run_cli("run", tiny_bundle, "--source", empty, "--port", "0", timeout=60))
     assert daemon == f"error: no images in {empty}"
+
+
+BAD_PER_SOURCE = [
+    (["--set", "door.rotate=45"], "source door: rotate 45: give 0, 90, 180 or 270"),
+    (["--set", "door.max_fps=0"], "source door: max_fps 0.0: give a positive number of frames per second"),
+    (["--set", "door.max_fps=nan"], "source door: max_fps nan: give a positive number of frames per second"),
+    (["--set", "door.rotation=90"], "--set door.rotation=90: unknown key rotation (did you mean rotate?)"),
+    (["--set", "door.roi=0.5,0,0.75,1.0"], "source door: roi [0.5, 0, 0.75, 1.0]: x + w = 1.25 goes past"),
+    (["--set", "door.threshold=2"], "source door: threshold 2.0: a score threshold lies between 0 and 1"),
+    (["--set", "yard.flip=vertical"], "--set yard.flip=vertical: no source is named yard (named sources: door)"),
+    (["--source", "door=other.avi"], "source name door is given twice: name each source once"),
+]
+
+
+def test_a_bad_per_source_setting_stops_the_start_with_one_line_naming_the_source_and_the_key(
+    tiny_bundle, video, tmp_path
+):
+    """From the command line and from a [sources.NAME] table: `error: ...` alone, exit 1, nothing classified
+    (--duration 3 bounds a run that wrongly starts)."""
+    for extra, message in BAD_PER_SOURCE:
+        done = run_cli("run", tiny_bundle, "--source", f"door={video}", "--duration", "3", *extra, timeout=60)
+        assert cli_error(done) == f"error: {message}" or cli_error(done).startswith(f"error: {message}"), extra
+        assert done.stdout == "", extra
+    config = tmp_path / "run.toml"
+    for table, message in [
+        ("rotate = 45", "source door: rotate 45: give 0, 90, 180 or 270"),
+        ("max_fps = nan", "source door: max_fps nan: give a positive number"),
+        ("zoom = 2", "source door: unknown key zoom; known keys: uri, roi, rotate"),
+        ("max-fsp = 5", "source door: unknown key max_fsp (did you mean max_fps?)"),
+    ]:
+        config.write_text(f'bundle = "{tiny_bundle}"\nduration = 3\n[sources.door]\nuri = "{video}"\n{table}\n')
+        assert cli_error(run_cli("run", "--config", config, timeout=60)).startswith(f"error: {message}"), table
+
+
+def test_a_named_source_is_shown_by_its_name_in_latest_metrics_and_events(tiny_bundle, video):
+    """`--source door=URI`: the daemon's started event, /latest, /metrics and /healthz say door, never the URI."""
+    process, url, lines = start_cli_daemon(tiny_bundle, f"door={video}", "--set", "door.rotate=180")
+    try:
+        assert json.loads(next(l for l in lines if l.startswith('{"event": "started"')))["sources"] == ["door"]
+        latest = wait_for(lambda: json.loads(http_get(url + "/latest")[1] or "{}"), 30, "a result in /latest")
+        metrics = http_get(url + "/metrics")[1].decode()
+        health = json.loads(http_get(url + "/healthz")[1])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(10)
+    assert list(latest) == ["door"] and latest["door"]["top1"], latest
+    assert 'edgecls_frames_processed_total{source="door"}' in metrics
+    assert str(video) not in metrics and "door" in health["sources"], health
+    assert code == 0, "".join(lines)[-2000:]
+
+
+def _results(tiny_bundle, tmp_path, name, *args):
+    results = tmp_path / f"{name}.jsonl"
+    done = run_cli("run", tiny_bundle, *args, "--every-frame", "--max-frames", "4", "--results", results, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    timing = ("ts", "latency_ms", "frame_age_ms")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in results.read_text().splitlines()]
+
+
+def test_a_toml_table_and_the_command_line_run_the_same_sources_with_the_same_results(tiny_bundle, tmp_path):
+    """The same two cameras set up in a [sources.NAME] table and with --source NAME=URI --set: the same results,
+    frame by frame (every frame of a video, so the frames are the same), named door and yard."""
+    clip = write_test_video(tmp_path / "clip.avi", frames=8, size=(96, 64))
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'bundle = "{tiny_bundle}"\n'
+        f'[sources.door]\nuri = "{clip}"\nroi = [0.5, 0.0, 0.5, 1.0]\nrotate = 90\nflip = "horizontal"\n'
+        f'[sources.yard]\nuri = "{clip}"\nroi = [8, 8, 48, 40]\nthreshold = 0.99\n'
+    )
+    from_file = _results(tiny_bundle, tmp_path, "file", "--config", config)
+    flags = ["door.roi=0.5,0.0,0.5,1.0", "door.rotate=90", "door.flip=horizontal", "yard.roi=8,8,48,40"]
+    from_line = _results(
+        tiny_bundle,
+        tmp_path,
+        "line",
+        *("--source", f"door={clip}", "--source", f"yard={clip}", "--set", "yard.threshold=0.99"),
+        *[word for flag in flags for word in ("--set", flag)],
+    )
+    assert sorted(from_file, key=str) == sorted(from_line, key=str) and len(from_file) == 8
+    assert {row["source"] for row in from_file} == {"door", "yard"}
+    assert {row["top1"] for row in from_file if row["source"] == "yard"} == {"unknown"}  # its own threshold
+    views = {row["source"]: row.get("view") for row in from_file}  # the settings reached the view: 96x64 frames
+    assert views == {
+        "door": {"roi": [48, 0, 48, 64], "rotate": 90, "flip": "horizontal"},
+        "yard": {"roi": [8, 8, 48, 40], "rotate": 0, "flip": "none"},
+    }, views
+
+
+def test_an_existing_file_named_like_name_equals_uri_is_read_as_the_file(tiny_bundle, video, tmp_path):
+    """`--source file=clip.avi` where that file exists: the file, not a source named `file` reading clip.avi."""
+    import shutil
+
+    shutil.copy(video, tmp_path / "file=clip.avi")
+    done = run_cli(
+        "run", tiny_bundle, "--source", "file=clip.avi", "--every-frame", "--max-frames", "2", cwd=tmp_path, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line)["frame"] for line in done.stdout.splitlines()] == [0, 1]

@@ -122,12 +122,12 @@ def test_a_config_file_that_is_not_toml_is_one_line_naming_it(tmp_path):
 # Per-camera settings: --source NAME=URI, --set NAME.KEY=VALUE and [sources.NAME] tables -> one SourceConfig each.
 
 
-def _from_file(tmp_path, text: str, *args: str, env=None):
+def _from_file(tmp_path, text: str, *args: str, bundle='bundle = "b"\n'):
     """The configuration `edgecls run --config FILE ARGS` makes: the file read by run's own --config callback."""
     from edgecls.commands.run import SOURCE_TABLES
 
     config = tmp_path / "run.toml"
-    config.write_text('bundle = "b"\n' + text)
+    config.write_text(bundle + text)
     context = run.make_context("run", ["--config", str(config), *args])
     options = {**context.params, "source_tables": context.meta.get(SOURCE_TABLES, {})}
     return DaemonConfig.from_options(options, load_profile)
@@ -316,3 +316,18 @@ def test_source_settings_from_scripts_are_checked_too():
     with pytest.raises(EdgeclsError, match="source door: threshold '0.5': a score threshold"):
         SourceConfig("d.avi", "door", threshold="0.5")
     assert SourceConfig("d.avi", rotate=90.0, smooth=3.0) == SourceConfig("d.avi", rotate=90, smooth=3)
+
+
+def test_the_readmes_per_camera_table_is_a_configuration_that_runs_as_it_says(tmp_path):
+    """README.md's `[sources.NAME]` example (and its Chinese twin) parse into the settings its comments name."""
+    from tests.conftest import REPO
+    from tests.readme_blocks import read_blocks
+
+    for readme, section in (("README.md", "Per-camera settings"), ("README.zh-CN.md", "每个摄像头的设置")):
+        (block,) = [b for b in read_blocks(REPO / readme) if b.section == section and b.language == "toml"]
+        config = _from_file(tmp_path, block.text.replace("/data/captures", str(tmp_path / "captures")), bundle="")
+        assert config.sources == ("rtsp://cam1/stream", "rtsp://cam2/stream") and config.http.port == 8080
+        door = SourceConfig(
+            "rtsp://cam1/stream", "door", (0.5, 0.0, 0.5, 0.5), 180, "horizontal", 5.0, 0.8, 5, 0.6, 100
+        )
+        assert config.source_settings == (door, SourceConfig("rtsp://cam2/stream", "yard")), readme
