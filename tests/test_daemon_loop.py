@@ -171,3 +171,74 @@ def test_a_result_from_a_folder_names_the_image_it_came_from(tiny_bundle, tmp_pa
     loop.join(30)
     supervisor.stop()
     assert [r.get("name") for r in results] == [str(stills / "a.png"), str(stills / "b.png")]
+
+
+def _stills(folder, sizes):
+    """A folder of grey images, named so they are read in order, one per (width, height) in `sizes`."""
+    folder.mkdir()
+    for i, (width, height) in enumerate(sizes):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((height, width, 3), 40 + 10 * i, np.uint8))
+    return folder
+
+
+def test_a_pixel_roi_outside_the_first_frame_ends_edgecls_run_with_one_line_naming_the_source_and_roi(
+    tiny_bundle, tmp_path
+):
+    from tests.conftest import cli_error, run_cli
+
+    stills = _stills(tmp_path / "stills", [(64, 48)] * 3)
+    result = run_cli("run", tiny_bundle, "--source", f"door={stills}", "--set", "door.roi=60,0,10,10", timeout=120)
+    line = cli_error(result)
+    assert line.startswith("error: source door: roi [60, 0, 10, 10] lies outside its 64x48 frame"), line
+    assert result.stdout == ""  # not one frame classified through a view that cannot be made
+
+
+def test_images_that_change_size_leave_the_roi_clipped_to_them_and_say_so_once(tiny_bundle, tmp_path, caplog):
+    from edgecls.runtime.daemon.config import SourceConfig
+
+    stills = _stills(tmp_path / "stills", [(64, 48)] * 4 + [(40, 30)] * 4)
+    sink = ListSink()
+    settings = (SourceConfig(str(stills), name="door", roi=(30, 10, 20, 20)),)
+    with caplog.at_level("WARNING", logger="edgecls.daemon"):
+        Daemon(tiny_bundle, [str(stills)], sinks=[sink], source_settings=settings).run()
+    views = [r["view"]["roi"] for r in sink.results]
+    assert views == [[30, 10, 20, 20]] * 4 + [[30, 10, 10, 20]] * 4
+    clipped = [r.getMessage() for r in caplog.records if "clipped" in r.getMessage()]
+    assert clipped == ["door: the frame is now 40x30; roi [30, 10, 20, 20] clipped to [30, 10, 10, 20]"]
+
+
+def _scrape(url, name, source):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.daemon_helpers import http_get
+
+    body = http_get(url + "/metrics")[1].decode()
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("source") == source:
+                return sample.value
+    raise AssertionError(f"{name}{{source={source!r}}} not in /metrics")
+
+
+def test_max_fps_5_on_a_30_fps_camera_classifies_5_frames_a_second_and_counts_the_rest_as_skipped(tiny_bundle):
+    from edgecls.runtime.daemon.config import SourceConfig
+    from tests.mjpeg_server import MjpegServer
+
+    camera = MjpegServer(fps=30).start()
+    sink = ListSink()
+    settings = (SourceConfig(camera.url, name="cam", max_fps=5),)
+    daemon = Daemon(tiny_bundle, [camera.url], sinks=[sink], port=0, source_settings=settings).start()
+    try:
+        wait_for(lambda: sink.results, 30, "a first classified frame")
+        time.sleep(4.2)
+        counts = {k: _scrape(daemon.url, f"edgecls_{k}_total", "cam") for k in ("frames_skipped", "frames_dropped")}
+        first = sink.results[0]["ts"]
+        steady = [r["ts"] for r in list(sink.results) if first + 0.2 <= r["ts"] < first + 4.2]
+    finally:
+        daemon.stop()
+        camera.kill()
+    rate = len(steady) / 4.0
+    assert 4.5 <= rate <= 5.5, (rate, steady)
+    processed = len(sink.results)
+    assert counts["frames_skipped"] >= 3 * processed, (counts, processed)  # about 5 of every 6 frames
+    assert counts["frames_dropped"] < counts["frames_skipped"] / 10, counts  # skipped frames are not drops
