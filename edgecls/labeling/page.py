@@ -33,7 +33,8 @@ main{display:flex;gap:24px;padding:18px}
  border-radius:6px;cursor:pointer}
 #newclass{display:none;margin-top:8px}
 #newclass input{font-size:15px;padding:6px;width:200px}
-#message{min-height:22px;margin-top:10px;color:#ffb74d}
+#message{min-height:22px;margin-top:10px;color:#9c9}
+#message.error{color:#ffb74d}
 #done{display:none;padding:40px;font-size:20px}
 </style></head>
 <body>
@@ -60,7 +61,10 @@ main{display:flex;gap:24px;padding:18px}
 let state = null, busy = false, answers = 0;
 const $ = (id) => document.getElementById(id);
 
-function say(text) { $("message").textContent = text || ""; }
+function say(text, error) {
+  $("message").textContent = text || "";
+  $("message").className = error ? "error" : "";
+}
 
 function show(next) {
   state = next;
@@ -108,16 +112,16 @@ async function act(method, url, body, done) {
   try {
     const [status, data] = await call(method, url, body);
     if (data.frame !== undefined) show(data);
-    say(status === 200 ? done(data) : data.error);
+    say(status === 200 ? done(data) : data.error, status !== 200);
   } catch (err) {
-    say("the label server did not answer: is `edgecls label` still running? (" + err + ")");
+    say("the label server did not answer: is `edgecls label` still running? (" + err + ")", true);
   } finally { busy = false; }
 }
 
 function decide(choice) {
   if (!state || !state.frame) return;
   const body = {frame: state.frame.id, ...choice};
-  act("POST", "/api/decide", body, (d) => "moved to " + d.moved[0][1]);
+  act("POST", "/api/decide", body, (d) => "moved to " + d.moved[0][1] + " (u to undo)");
 }
 
 function undo() { act("POST", "/api/undo", {}, (d) => "undone: " + d.undone + " is back"); }
@@ -148,7 +152,7 @@ document.addEventListener("keydown", (e) => {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   if (e.key >= "1" && e.key <= "9") {
     const label = state && state.frame && state.frame.keys[Number(e.key) - 1];
-    if (label !== undefined) decide({label}); else say("no class on key " + e.key);
+    if (label !== undefined) decide({label}); else say("no class on key " + e.key, true);
   } else if (e.key === "x") decide({discard: true});
   else if (e.key === "n") { e.preventDefault(); newClass(); }
   else if (e.key === "u") undo();

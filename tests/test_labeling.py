@@ -1,0 +1,382 @@
+"""edgecls.labeling without a browser: the store's moves and journal, the HTTP API on real sockets, the command as a
+subprocess (its URL line, SIGTERM, a kill -9 between a move's two renames), Label Studio's formats."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecls.labeling import DISCARDED, FrameGone, LabelServer, LabelStore, export_tasks
+from edgecls.labeling.store import PAUSE_MID_MOVE_ENV
+from edgecls.runtime.daemon.capture import INBOX, Capture
+from edgecls.runtime.errors import EdgeclsError
+from tests.conftest import REPO, cli_error, render_fixture_image, run_cli
+from tests.daemon_helpers import wait_for
+
+LABELS = ("circle", "square", "triangle")
+TOKEN = "label-tok-93f2"
+
+
+def make_captures(root: Path, n: int = 30, seed: int = 0) -> Path:
+    """`n` frames written by the daemon's own Capture (two sources), each with a sidecar whose top-k names the
+    drawn shape with a score in [0.34, 0.95): the layout `edgecls run --capture root` leaves."""
+    capture = Capture(root, below=1.0, queue_size=n + 1)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        kind = LABELS[i % 3]
+        score = round(float(rng.uniform(0.34, 0.95)), 4)
+        others = [label for label in LABELS if label != kind]
+        topk = [{"label": kind, "score": score}] + [{"label": o, "score": round((1 - score) / 2, 4)} for o in others]
+        result = {"source": "door cam" if i % 2 else "cam0", "ts": 1765000000 + i, "frame": i, "top1": kind}
+        capture.offer(render_fixture_image(kind, rng, 40), {**result, "score": score, "topk": topk})
+    assert capture.drain(60)
+    capture.close()
+    return root
+
+
+def images(root: Path) -> dict:
+    """Each image's file name -> every place (relative to root) it is in; the journal's folder is not a place."""
+    found: dict = {}
+    for path in root.rglob("*.jpg"):
+        found.setdefault(path.name, []).append(path.relative_to(root).as_posix())
+    return found
+
+
+def sidecars_beside_images(root: Path) -> bool:
+    jpgs = {p.with_suffix("") for p in root.rglob("*.jpg")}
+    return jpgs == {p.with_suffix("") for p in root.rglob("*.json") if p.parent.name != ".labels"}
+
+
+def inbox_ids(root: Path) -> set:
+    return {p.relative_to(root / INBOX).as_posix() for p in (root / INBOX).rglob("*.jpg")}
+
+
+@pytest.fixture
+def captures(tmp_path) -> Path:
+    return make_captures(tmp_path / "captures")
+
+
+def post(url: str, body: dict, token: str | None = TOKEN, timeout: float = 30) -> tuple:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def get(url: str, token: str | None = TOKEN, host: str | None = None) -> tuple:
+    headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **({"Host": host} if host else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+# -- the store -------------------------------------------------------------------------------------------------
+
+
+def test_frames_come_most_uncertain_first_with_their_top_k_as_the_first_keys(captures):
+    store = LabelStore(captures)
+    ordered = store.ordered()
+    assert len(ordered) == 30
+    assert [f.score for f in ordered] == sorted(f.score for f in ordered)
+    state = store.state()
+    assert state["frame"]["id"] == ordered[0].id and (state["left"], state["total"]) == (30, 30)
+    assert state["frame"]["keys"][:3] == [t[0] for t in ordered[0].topk]
+
+
+def test_a_decision_moves_the_image_and_its_sidecar_and_undo_after_a_restart_brings_them_back(captures):
+    store = LabelStore(captures)
+    frame = store.ordered()[0]
+    before = (captures / INBOX / frame.id).read_bytes()
+    pairs = store.decide(frame.id, "square")
+    name = Path(frame.id).name
+    assert pairs[0][1] == f"square/{name}" and (captures / "square" / name).read_bytes() == before
+    assert (captures / "square" / name).with_suffix(".json").is_file()
+    assert (
+        not (captures / INBOX / frame.id).exists() and not (captures / INBOX / frame.id).with_suffix(".json").exists()
+    )
+    assert store.state()["left"] == 29
+
+    again = LabelStore(captures)  # a restarted server: undo comes from the journal
+    assert again.undo() == frame.id
+    assert (captures / INBOX / frame.id).read_bytes() == before and sidecars_beside_images(captures)
+    assert not any((captures / "square").iterdir())
+    assert again.state()["left"] == 30 and again.state()["undo"] is None
+
+
+def test_a_name_already_in_the_class_folder_gets_a_suffix_never_an_overwrite(captures):
+    store = LabelStore(captures)
+    frame = store.ordered()[0]
+    name = Path(frame.id).name
+    mine = captures / "circle" / name
+    mine.parent.mkdir()
+    mine.write_bytes(b"a person's own image")
+    moved = store.decide(frame.id, "circle")
+    assert mine.read_bytes() == b"a person's own image"
+    assert moved[0][1] == f"circle/{Path(name).stem}-1.jpg" and (captures / moved[1][1]).is_file()
+
+
+def test_discarding_moves_into_the_discard_folder_and_deletes_nothing(captures):
+    store = LabelStore(captures)
+    everything = images(captures)
+    frame = store.ordered()[0]
+    store.decide(frame.id, None)
+    assert images(captures).keys() == everything.keys()
+    assert images(captures)[Path(frame.id).name] == [f"{DISCARDED}/{Path(frame.id).name}"]
+
+
+def test_many_concurrent_decisions_on_one_frame_move_it_once(captures):
+    store = LabelStore(captures)
+    frame = store.ordered()[0].id
+    outcomes, start = [], threading.Barrier(8)
+
+    def decide(label):
+        start.wait()
+        try:
+            outcomes.append(store.decide(frame, label))
+        except FrameGone as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=decide, args=(LABELS[i % 3],)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    moved = [o for o in outcomes if isinstance(o, list)]
+    assert len(moved) == 1 and all("already labelled" in o for o in outcomes if isinstance(o, str))
+    assert len(images(captures)[Path(frame).name]) == 1 and sidecars_beside_images(captures)
+
+
+@pytest.mark.parametrize("bad", ["a/b", "..", "../escape", ".hidden", "cat\x00", "line\nbreak", "", " cat", "a\\b"])
+def test_class_names_that_are_not_one_plain_folder_name_are_refused_in_one_line(captures, bad):
+    store = LabelStore(captures)
+    before = images(captures)
+    with pytest.raises(EdgeclsError) as refused:
+        store.decide(store.ordered()[0].id, bad)
+    assert "\n" not in str(refused.value) and "class name" in str(refused.value)
+    assert images(captures) == before and not (captures.parent / "escape").exists()
+
+
+# -- the HTTP API ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server(captures):
+    served = LabelServer(LabelStore(captures), port=0, token=TOKEN).start()
+    yield served
+    served.stop()
+
+
+def test_the_api_decides_and_undoes_and_a_stale_decision_gets_409_and_the_next_frame(server, captures):
+    status, state = get(server.url + "api/state")
+    state = json.loads(state)
+    first = state["frame"]["id"]
+    status, answer = post(server.url + "api/decide", {"frame": first, "label": "triangle"})
+    assert status == 200 and answer["moved"][0][1] == f"triangle/{Path(first).name}" and answer["left"] == 29
+    status, answer = post(server.url + "api/decide", {"frame": first, "label": "circle"})  # a second tab
+    assert status == 409 and "already labelled" in answer["error"] and answer["frame"]["id"] != first
+    assert images(captures)[Path(first).name] == [f"triangle/{Path(first).name}"]
+    status, answer = post(server.url + "api/undo", {})
+    assert status == 200 and answer["undone"] == first and answer["frame"]["id"] == first
+
+
+def test_path_traversal_in_any_parameter_reaches_no_file(server, captures, tmp_path):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"not yours")
+    for frame in ("../secret.jpg", "../../secret.jpg", str(secret), "cam0/../../../secret.jpg"):
+        assert get(server.url + "image?frame=" + urllib.request.quote(frame))[0] == 404
+        status, answer = post(server.url + "api/decide", {"frame": frame, "label": "circle"})
+        assert status == 409
+    status, answer = post(server.url + "api/decide", {"frame": server.store.ordered()[0].id, "label": "../x"})
+    assert status == 400 and "class name" in answer["error"]
+    assert secret.read_bytes() == b"not yours" and not (captures / "circle").exists()
+
+
+def test_a_wrong_token_is_refused_and_without_a_token_a_foreign_host_is_refused(server, captures):
+    assert get(server.url + "api/state", token="wrong")[0] == 401
+    assert get(server.url + "api/state", token=None)[0] == 401
+    assert post(server.url + "api/decide", {"frame": server.store.ordered()[0].id, "label": "x"}, token="no")[0] == 401
+    assert get(server.url + "image?frame=" + server.store.ordered()[0].id, token=None)[0] == 401
+    assert len(inbox_ids(captures)) == 30
+    open_server = LabelServer(LabelStore(captures), port=0, token=None).start()
+    try:
+        assert get(open_server.url + "api/state", token=None, host="evil.example:8090")[0] == 403
+        assert get(open_server.url + "api/state", token=None)[0] == 200
+    finally:
+        open_server.stop()
+
+
+# -- the command -----------------------------------------------------------------------------------------------
+
+
+def start_label(captures: Path, *options, env: dict | None = None):
+    """A real `edgecls label CAPTURES --port 0 OPTIONS`: (process, url) once it printed its URL line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecls.cli", "label", str(captures), "--port", "0", *map(str, options)],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = process.stdout.readline()
+    match = re.match(r"edgecls label: (http://127\.0\.0\.1:\d+/\S*) \((.+)\)$", line.strip())
+    if match is None:
+        process.kill()
+        raise AssertionError(f"no URL line: {line!r} {process.stderr.read()[-2000:]}")
+    return process, match.group(1)
+
+
+def test_the_command_prints_its_url_on_one_line_and_stops_cleanly_on_sigterm(captures, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    process, url = start_label(captures, "--token-file", token_file)
+    assert url.endswith("/") and "token=" not in url
+    assert get(url + "api/state")[0] == 200
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0 and "30 frames left" in out and "Traceback" not in err
+
+
+def test_without_a_token_the_command_makes_one_and_the_link_signs_in(captures):
+    process, url = start_label(captures)
+    try:
+        token = url.split("?token=", 1)[1]
+        assert len(token) >= 24 and get(url.split("?")[0] + "api/state", token=None)[0] == 401
+        assert get(url.split("?")[0] + "api/state", token=token)[0] == 200
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_exit_when_done_stops_once_every_frame_is_decided(tmp_path):
+    captures = make_captures(tmp_path / "c", n=3)
+    process, url = start_label(captures, "--exit-when-done", env={"EDGECLS_RUN_TOKEN": TOKEN})
+    for frame in sorted(inbox_ids(captures)):
+        assert post(url + "api/decide", {"frame": frame, "discard": True})[0] == 200
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0 and "nothing left to label" in out and not inbox_ids(captures)
+
+
+def test_a_kill_9_between_image_and_sidecar_leaves_each_image_in_one_place_and_the_next_start_repairs(captures):
+    process, url = start_label(captures, env={"EDGECLS_RUN_TOKEN": TOKEN, PAUSE_MID_MOVE_ENV: "60"})
+    frame = LabelStore(captures).ordered()[0].id  # read only: nothing moved yet
+    before = images(captures)
+
+    def decide():  # its answer never comes: the server is killed mid-move
+        with contextlib.suppress(OSError):
+            post(url + "api/decide", {"frame": frame, "label": "square"})
+
+    threading.Thread(target=decide, daemon=True).start()
+    name = Path(frame).name
+    wait_for(lambda: (captures / "square" / name).exists(), 30, "the image's rename")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(30)
+    assert images(captures).keys() == before.keys() and all(len(v) == 1 for v in images(captures).values())
+    assert (captures / INBOX / frame).with_suffix(".json").exists()  # the sidecar was not moved yet
+    assert not sidecars_beside_images(captures)
+
+    store = LabelStore(captures)  # the next start
+    assert store.repairs and "finished a move" in store.repairs[0]
+    assert sidecars_beside_images(captures) and (captures / "square" / name).with_suffix(".json").is_file()
+    assert store.undo() == frame and sidecars_beside_images(captures)  # the repaired move is undoable
+    assert (captures / INBOX / frame).is_file() and not any((captures / "square").iterdir())
+
+
+def test_a_missing_captures_folder_is_one_line_error():
+    result = run_cli("label", "/nonexistent/captures", "--port", "0")
+    assert "is not a folder" in cli_error(result)
+
+
+# -- Label Studio ----------------------------------------------------------------------------------------------
+
+
+def _label_studio_export(tasks: list, choose) -> list:
+    """What Label Studio's JSON export holds after a person annotated each task with choose(task) (None: skipped)."""
+    out = []
+    for number, task in enumerate(tasks, 1):
+        label = choose(task)
+        result = [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
+        annotations = [] if label is None else [{"id": number, "result": result, "was_cancelled": False}]
+        out.append({"id": number, "data": task["data"], "annotations": annotations, "predictions": []})
+    return out
+
+
+def test_label_studio_tasks_carry_the_predictions_and_its_export_imports_into_folders(captures, tmp_path):
+    tasks_path, config_path, count = export_tasks(LabelStore(captures), tmp_path / "tasks.json")
+    tasks = json.loads(tasks_path.read_text())
+    assert count == 30 == len(tasks)
+    first = tasks[0]
+    assert first["data"]["image"] == f"/data/local-files/?d=captures/{INBOX}/{first['data']['edgecls_frame']}"
+    prediction = first["predictions"][0]
+    assert prediction["result"][0]["type"] == "choices" and prediction["result"][0]["from_name"] == "choice"
+    assert prediction["result"][0]["to_name"] == "image" and isinstance(prediction["score"], float)
+    config = config_path.read_text()
+    assert '<Choices name="choice" toName="image"' in config and all(f'"{l}"' in config for l in LABELS)
+
+    truth = {t["data"]["edgecls_frame"]: t["predictions"][0]["result"][0]["value"]["choices"][0] for t in tasks}
+    skipped = tasks[-1]["data"]["edgecls_frame"]
+    export = _label_studio_export(tasks, lambda t: None if t is tasks[-1] else truth[t["data"]["edgecls_frame"]])
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    result = run_cli("label", captures, "--import", tmp_path / "export.json")
+    assert result.returncode == 0, result.stderr
+    assert "moved 29 frames" in result.stdout
+    assert inbox_ids(captures) == {skipped}
+    for frame, label in truth.items():
+        if frame != skipped:
+            assert (captures / label / Path(frame).name).is_file()
+    assert sidecars_beside_images(captures) and LabelStore(captures).undo()  # journaled like the page's moves
+
+
+def test_a_label_studio_export_with_a_bad_class_name_moves_nothing(captures, tmp_path):
+    tasks_path, _, _ = export_tasks(LabelStore(captures), tmp_path / "tasks.json")
+    tasks = json.loads(tasks_path.read_text())
+    export = _label_studio_export(tasks, lambda t: "../../etc" if t is tasks[5] else "circle")
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    error = cli_error(run_cli("label", captures, "--import", tmp_path / "export.json"))
+    assert "task 6" in error and "class name" in error and len(inbox_ids(captures)) == 30
+
+
+LABEL_STUDIO = os.environ.get("EDGECLS_LABEL_STUDIO_URL")  # a running Label Studio, e.g. http://127.0.0.1:8080
+LABEL_STUDIO_TOKEN = os.environ.get("EDGECLS_LABEL_STUDIO_TOKEN", "")  # a legacy API token of its user
+
+
+def _label_studio(method: str, path: str, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Authorization": f"Token {LABEL_STUDIO_TOKEN}", "Content-Type": "application/json"}
+    request = urllib.request.Request(LABEL_STUDIO + path, data, headers, method=method)
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read() or b"null")
+
+
+@pytest.mark.skipif(not LABEL_STUDIO, reason="no Label Studio to talk to: set EDGECLS_LABEL_STUDIO_URL and _TOKEN")
+def test_label_studio_itself_imports_the_tasks_and_its_export_comes_back_into_folders(captures, tmp_path):
+    tasks_path, config_path, _ = export_tasks(LabelStore(captures), tmp_path / "tasks.json")
+    project = _label_studio("POST", "/api/projects", {"title": "edgecls test", "label_config": config_path.read_text()})
+    try:
+        imported = _label_studio("POST", f"/api/projects/{project['id']}/import", json.loads(tasks_path.read_text()))
+        assert imported["task_count"] == 30 and imported["prediction_count"] == 30, imported
+        tasks = _label_studio("GET", f"/api/tasks?project={project['id']}&page_size=100&fields=all")["tasks"]
+        for task in tasks:  # a person accepts each pre-annotation (its result, as Label Studio's UI submits it)
+            _label_studio("POST", f"/api/tasks/{task['id']}/annotations", {"result": task["predictions"][0]["result"]})
+        export = _label_studio("GET", f"/api/projects/{project['id']}/export?exportType=JSON")
+        (tmp_path / "export.json").write_text(json.dumps(export))
+        result = run_cli("label", captures, "--import", tmp_path / "export.json")
+        assert result.returncode == 0 and "moved 30 frames" in result.stdout, result.stderr
+        assert not inbox_ids(captures) and sidecars_beside_images(captures)
+    finally:
+        _label_studio("DELETE", f"/api/projects/{project['id']}")
