@@ -179,8 +179,8 @@ def test_the_command_line_wins_over_the_table_key_by_key_and_its_source_list_rep
         SourceConfig("recorded.avi", "door", rotate=180, flip="vertical"),
         SourceConfig("extra.avi"),
     )
-    short = _from_file(tmp_path, '[sources]\ndoor = "door.avi"\n')  # a name = "URI" line is a table of its URI alone
-    assert short.source_settings == (SourceConfig("door.avi", "door"),) and short.simple
+    short = _from_file(tmp_path, '[sources]\ndoor = "door.avi"\nyard = { uri = 0 }\n')  # name = "URI": the URI alone
+    assert short.source_settings == (SourceConfig("door.avi", "door"), SourceConfig("0", "yard"))
 
 
 def test_the_settings_come_from_environment_variables_as_the_other_options_do(monkeypatch):
@@ -294,7 +294,7 @@ def test_a_bad_table_is_one_line_naming_the_source_and_the_key(tmp_path):
 def test_a_name_given_twice_or_shown_twice_is_refused():
     with pytest.raises(EdgeclsError, match="^source name door is given twice: name each source once$"):
         _config(sources=("door=a.avi", "door=b.avi"))
-    with pytest.raises(EdgeclsError, match="^source name door is also how source door is shown"):
+    with pytest.raises(EdgeclsError, match="^source name door is also how another source is shown"):
         _config(sources=("door=a.avi", "door"))
     with pytest.raises(EdgeclsError, match=r"--set door.rotate=90: door.rotate is set twice: keep one"):
         _config(sources=("door=a.avi",), settings=("door.rotate=180", "door.rotate=90"))
@@ -311,8 +311,11 @@ def test_source_settings_from_scripts_are_checked_too():
         DaemonConfig.of("b", ["door.avi", "yard.avi"], source_settings=[door])
     with pytest.raises(EdgeclsError, match=r"source_settings\[0\] is not a SourceConfig of sources\[0\] \(yard.avi\)"):
         DaemonConfig.of("b", ["yard.avi"], source_settings=[door])
-    with pytest.raises(EdgeclsError, match="source rtsp://cam/s: rotate 45"):
+    with pytest.raises(EdgeclsError, match="source rtsp://cam/s: rotate 45") as refused:
         SourceConfig("rtsp://cam/s", rotate=45)
+    with pytest.raises(EdgeclsError, match="rotate 45") as refused:  # an unnamed source is shown without password
+        _config(sources=("rtsp://admin:hunter2-secret@cam/s",), settings=("rotate=45",))
+    assert "hunter2-secret" not in str(refused.value) and "cam/s" in str(refused.value)
     with pytest.raises(EdgeclsError, match="source door: threshold '0.5': a score threshold"):
         SourceConfig("d.avi", "door", threshold="0.5")
     assert SourceConfig("d.avi", rotate=90.0, smooth=3.0) == SourceConfig("d.avi", rotate=90, smooth=3)

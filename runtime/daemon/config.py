@@ -167,8 +167,8 @@ class DaemonConfig:
         for setting in settings:
             if setting.name is None and setting.label in names:
                 raise EdgeclsError(
-                    f"source name {setting.label} is also how source {setting.uri} is shown: name one of them "
-                    "differently"
+                    f"source name {setting.label} is also how another source is shown: name the source "
+                    f"{setting.label} differently, or name it with NAME=URI"
                 )
 
     @classmethod

@@ -143,10 +143,12 @@ def _source(name, values: dict) -> SourceConfig:
     if "uri" not in values:
         raise EdgeclsError(f'source {name}: no uri: add uri = "rtsp://..." to [sources.{name}], or --source {name}=URI')
     uri = values["uri"]
+    if isinstance(uri, int) and not isinstance(uri, bool):  # uri = 0: camera 0, as `source = [0]` reads it
+        uri = str(uri)
     if not isinstance(uri, str):
         raise EdgeclsError(f"source {name}: uri {uri!r}: give the camera, stream, file or folder as a string")
     where = f"source {name or SourceConfig(uri).label}"
-    typed = {FIELDS[key]: _typed(where, key, value) for key, value in values.items()}
+    typed = {FIELDS[key]: _typed(where, key, value) for key, value in {**values, "uri": uri}.items()}
     return SourceConfig(name=name, **typed)
 
 
