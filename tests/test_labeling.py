@@ -161,6 +161,19 @@ def test_many_concurrent_decisions_on_one_frame_move_it_once(captures):
     assert len(images(captures)[Path(frame).name]) == 1 and sidecars_beside_images(captures)
 
 
+def test_trainings_folder_scan_sees_exactly_the_labelled_frames_and_nothing_of_the_dot_folders(captures):
+    from edgecls.core.datasets.folder import scan_folder
+
+    store = LabelStore(captures)
+    ordered = store.ordered()
+    for i, frame in enumerate(ordered[:12]):
+        store.decide(frame.id, None if i == 11 else LABELS[i % 2])  # the last one discarded
+    dataset = scan_folder(captures, val_fraction=0.0, test_fraction=0.0)
+    assert dataset.labels == ["circle", "square"]
+    seen = sorted(sample.path.name for sample in dataset.splits["train"])
+    assert seen == sorted(Path(f.id).name for f in ordered[:11])
+
+
 @pytest.mark.parametrize("bad", ["a/b", "..", "../escape", ".hidden", "cat\x00", "line\nbreak", "", " cat", "a\\b"])
 def test_class_names_that_are_not_one_plain_folder_name_are_refused_in_one_line(captures, bad):
     store = LabelStore(captures)
