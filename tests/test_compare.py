@@ -1,0 +1,181 @@
+"""`edgecls compare`: McNemar's exact test on real models' paired predictions, the verdict, the exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import cli_error, run_cli
+
+from edgecls.compare import Paired, decide, mcnemar
+
+# Two-sided exact McNemar for 15 fixed and 2 broken: 2 * P(X <= 2), X ~ Binomial(17, 1/2) = 2 * 154 / 2**17.
+P_15_2 = 2 * (1 + 17 + 136) / 2**17
+
+
+def test_the_exact_test_matches_the_binomial_tail_by_hand():
+    a_right = [True] * 40 + [False] * 15 + [True] * 2 + [False] * 3
+    b_right = [True] * 40 + [True] * 15 + [False] * 2 + [False] * 3
+    test = mcnemar(a_right, b_right)
+    assert (test.fixed, test.broken) == (15, 2)
+    assert test.p_value == pytest.approx(P_15_2, rel=1e-12)
+    assert P_15_2 < 0.01
+    assert mcnemar([True, False], [True, False]).p_value == 1.0  # no discordant pair
+    assert mcnemar([True] * 5 + [False] * 5, [False] * 5 + [True] * 5).p_value == pytest.approx(1.0)
+
+
+def test_the_verdict_names_the_better_model_only_when_the_test_says_so():
+    truth = ["a"] * 20
+    fixed_one = Paired([f"{i}.png" for i in range(20)], truth, ["b"] + ["a"] * 19, ["a"] * 20)
+    result = decide(fixed_one, ("A", "B"))
+    assert result.better is None and result.verdict.startswith("no difference (p = 1.000")
+    assert "1 images fixed, 0 broken" in result.verdict
+    b_worse = Paired([f"{i}.png" for i in range(20)], truth, ["a"] * 20, ["b"] * 10 + ["a"] * 10)
+    result = decide(b_worse, ("A", "B"))
+    assert result.better == "A" and result.verdict.startswith("A is better: -50.0 points, p = 0.002")
+
+
+@pytest.fixture(scope="module")
+def weak_run(tmp_path_factory, shapes_folder) -> Path:
+    """A second real run on the same classes that disagrees with the tiny run on many images (16 px, 1 epoch)."""
+    from edgecls.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("weak") / "weak"
+    train(
+        TrainConfig(
+            data=str(shapes_folder),
+            out=str(out),
+            image_size=16,
+            epochs=1,
+            seed=3,
+            model_options={"widths": (4,)},
+            verbose=0,
+        )
+    )
+    return out
+
+
+def _predictions(run: Path, folder: Path) -> dict:
+    from edgecls.compare.models import RunModel, truth_images
+
+    images, _ = truth_images(folder)
+    by_path = RunModel(run).predict(images)
+    return {p: (Path(p), label) for p, label in by_path.items()}
+
+
+def _held_out(tmp_path: Path, shapes_folder: Path, a: Path, b: Path, fixed: int, broken: int) -> Path:
+    """Every shapes image, filed under a truth chosen from the two models' own predictions: `fixed` images where
+    they disagree go under B's label, `broken` under A's, the other disagreements under a third class (both
+    wrong), and agreements under their common label (both right)."""
+    pa, pb = _predictions(a, shapes_folder), _predictions(b, shapes_folder)
+    labels = sorted(p.name for p in shapes_folder.iterdir() if p.is_dir())
+    differ = sorted(name for name in pa if pa[name][1] != pb[name][1])
+    assert len(differ) >= fixed + broken + 1, f"the runs disagree on only {len(differ)} images"
+    out = tmp_path / "held-out"
+    for i, name in enumerate(sorted(pa)):
+        path, label_a = pa[name]
+        label_b = pb[name][1]
+        if name not in differ:
+            truth = label_a
+        elif differ.index(name) < fixed:
+            truth = label_b
+        elif differ.index(name) < fixed + broken:
+            truth = label_a
+        else:
+            truth = next(l for l in labels if l not in (label_a, label_b))
+        (out / truth).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, out / truth / f"{i:03d}{path.suffix}")
+    return out
+
+
+def test_b_fixing_15_and_breaking_2_is_better_at_p_below_001(tmp_path, shapes_folder, tiny_run_dir, weak_run):
+    held_out = _held_out(tmp_path, shapes_folder, weak_run, tiny_run_dir, fixed=15, broken=2)
+    sheet = tmp_path / "disagreements.png"
+    args = ("compare", weak_run, tiny_run_dir, "--data", held_out)
+    result = run_cli(*args, "--json", "--require-better", "--sheet", sheet)
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(result.stdout)
+    assert (doc["test"]["fixed"], doc["test"]["broken"]) == (15, 2)
+    assert doc["test"]["p_value"] == pytest.approx(P_15_2, rel=1e-9)
+    assert doc["better"] == "B" and doc["verdict"].startswith("B is better: +")
+    assert "p = 0.002, 15 images fixed, 2 broken" in doc["verdict"]
+    assert doc["images"] == 72 and len(doc["disagreements"]) >= 17
+    assert {row["class"] for row in doc["per_class"]} == {"circle", "square", "triangle"}
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{min(60, len(doc['disagreements']))} disagreement(s)" in result.stderr
+
+    swapped = run_cli("compare", tiny_run_dir, weak_run, "--data", held_out, "--require-better")
+    assert swapped.returncode == 1, swapped.stderr[-2000:]
+    assert swapped.stdout.splitlines()[-1].startswith("A is better: -")
+    assert "--require-better: B is not better than A" in swapped.stderr
+    assert "Traceback" not in swapped.stderr
+
+
+def test_two_identical_models_make_no_difference_with_p_1(tmp_path, shapes_folder, tiny_run_dir):
+    result = run_cli("compare", tiny_run_dir, tiny_run_dir, "--data", shapes_folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("no difference (p = 1.000"), last
+    assert "0 images fixed, 0 broken" in last
+    assert "0 images where A and B disagree" in result.stdout
+    strict = run_cli("compare", tiny_run_dir, tiny_run_dir, "--data", shapes_folder, "--require-better")
+    assert strict.returncode == 1 and strict.stdout.splitlines()[-1].startswith("no difference")
+
+
+def test_a_run_and_its_bundle_compare_on_the_runs_recorded_test_split(tiny_run_dir, tiny_bundle):
+    """Without --data a bundle has no recorded split: the one-line error says to give held-out images."""
+    from edgecls.compare import compare
+
+    result = compare(tiny_run_dir, tiny_run_dir)
+    assert result.data == f"the test split of {tiny_run_dir}"
+    assert 0 < result.images <= 72 * 0.3 and result.test.p_value == 1.0
+    bundle = next(p for p in (tiny_bundle, tiny_bundle.with_suffix(".tar")) if p.exists())
+    error = cli_error(run_cli("compare", tiny_run_dir, bundle))
+    assert "is a bundle: give held-out images with --data FOLDER" in error
+
+
+def test_a_bundle_is_run_by_the_devices_runtime_on_the_same_images(tiny_run_dir, tiny_bundle, shapes_folder):
+    from edgecls.compare import compare
+
+    bundle = next(p for p in (tiny_bundle, tiny_bundle.with_suffix(".tar")) if p.exists())
+    result = compare(tiny_run_dir, bundle, data=str(shapes_folder))
+    assert result.images == 72
+    assert abs(result.accuracy_a - result.accuracy_b) < 0.1  # the int8 artifact stays close to Keras
+    assert result.test.fixed + result.test.broken <= len(result.disagreements)
+
+
+def test_latency_comes_from_both_bench_jsons_side_by_side(tmp_path, tiny_run_dir, shapes_folder):
+    def bench(path: Path, p50: float) -> Path:
+        record = {"file": "m.tflite", "format": "tflite", "precision": "int8", "threads": 1}
+        doc = {"format": "edgecls-bench/1", "records": [{**record, "p50_ms": p50, "p90_ms": p50, "p99_ms": p50}]}
+        path.write_text(json.dumps(doc))
+        return path
+
+    a, b = bench(tmp_path / "a.json", 2.0), bench(tmp_path / "b.json", 3.0)
+    result = run_cli("compare", tiny_run_dir, tiny_run_dir, "--data", shapes_folder, "--bench-a", a, "--bench-b", b)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "latency tflite-int8 threads=1: p50 2.000 -> 3.000 ms (+50.0%)" in result.stdout
+    error = cli_error(run_cli("compare", tiny_run_dir, tiny_run_dir, "--bench-a", a))
+    assert "give --bench-a A.json and --bench-b B.json" in error
+
+
+def test_the_sheet_never_replaces_a_file_compare_did_not_write(tmp_path, tiny_run_dir, shapes_folder):
+    theirs = tmp_path / "holiday.png"
+    theirs.write_bytes(b"\x89PNG\r\n\x1a\nsomeone's photo")
+    error = cli_error(run_cli("compare", tiny_run_dir, tiny_run_dir, "--data", shapes_folder, "--sheet", theirs))
+    assert "is not a sheet edgecls compare wrote" in error
+    assert theirs.read_bytes().endswith(b"someone's photo")
+    ours = tmp_path / "sheet.png"
+    for _ in range(2):  # a sheet of ours is replaced
+        result = run_cli("compare", tiny_run_dir, tiny_run_dir, "--data", shapes_folder, "--sheet", ours)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_path_that_is_neither_a_run_nor_a_bundle_is_one_line(tmp_path, tiny_run_dir):
+    (tmp_path / "photos").mkdir()
+    error = cli_error(run_cli("compare", tiny_run_dir, tmp_path / "photos", "--data", tmp_path))
+    assert "B " in error and "is neither a run directory" in error
+    error = cli_error(run_cli("compare", tmp_path / "gone", tiny_run_dir))
+    assert "A " in error and "does not exist" in error

@@ -1,0 +1,139 @@
+"""`train --init-from RUN` and several `--data` folders: the parent's weights, classes and fixed test split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli_error, render_fixture_image, run_cli, train_on_private_copy, write_image
+
+from edgecls.runtime.errors import DataError, EdgeclsError
+
+
+def _captures(folder: Path, classes: dict, seed: int = 7) -> Path:
+    """A capture folder as `edgecls run --capture` and `edgecls label` leave it: labelled frames in class
+    folders, unlabelled and discarded ones in dot folders that training must ignore."""
+    rng = np.random.default_rng(seed)
+    for name, (kind, count) in classes.items():
+        for i in range(count):
+            write_image(folder / name / f"cap-{i:03d}.jpg", render_fixture_image(kind, rng, 40))
+    for dot in (".unlabelled/cam", ".discarded"):
+        for i in range(3):
+            write_image(folder / dot / f"frame-{i}.jpg", render_fixture_image("circle", rng, 40))
+    return folder
+
+
+def _train(out: Path, data, parent: Path | None, **kw):
+    from edgecls.train import TrainConfig, train
+
+    options = {"epochs": 1, "seed": 0, "verbose": 0, "batch_size": 8} | kw
+    return train(TrainConfig(data=data, out=str(out), init_from=None if parent is None else str(parent), **options))
+
+
+def _test_digests(run: Path) -> set:
+    return {d for _, d, _ in json.loads((run / "split.json").read_text())["splits"]["test"]}
+
+
+def _head(run: Path) -> np.ndarray:
+    from edgecls.core.rundir import open_run
+
+    return open_run(run).load_model().get_layer("predictions").get_weights()[0]
+
+
+def test_v2_starts_from_v1s_weights_and_keeps_its_test_split(tmp_path, shapes_folder, tiny_run_dir):
+    from edgecls.compare import compare
+    from edgecls.core.splits import file_digest
+    from edgecls.evaluate import evaluate_run
+
+    captures = _captures(tmp_path / "captures", {"circle": ("circle", 6), "square": ("square", 6)})
+    v2 = tmp_path / "v2"
+    # A learning rate of 1e-12 leaves the weights where they started: v1's, if they really come from v1.
+    _train(v2, (str(shapes_folder), str(captures)), tiny_run_dir, learning_rate=1e-12)
+    meta = json.loads((v2 / "metadata.json").read_text())
+    assert meta["parent"]["path"] == str(tiny_run_dir.resolve())
+    assert meta["parent"]["model_sha256"] == file_digest(tiny_run_dir / "model.keras")
+    assert meta["labels"] == ["circle", "square", "triangle"]
+    assert meta["preprocess"] == json.loads((tiny_run_dir / "metadata.json").read_text())["preprocess"]
+    assert _test_digests(v2) == _test_digests(tiny_run_dir)  # the fixed benchmark, file for file
+    record = json.loads((v2 / "split.json").read_text())["splits"]
+    used = [p for entries in record.values() for p, _, _ in entries]
+    assert sum("cap-" in p for p in used) == 12  # every labelled capture, in train or val
+    assert not any("frame-" in p for p in used)  # .unlabelled and .discarded are not data
+    assert np.allclose(_head(v2), _head(tiny_run_dir), atol=1e-6)
+    same = compare(tiny_run_dir, v2)  # no --data: the test split both runs share
+    assert same.data == f"the test split of {tiny_run_dir}" and same.test.fixed + same.test.broken == 0
+    again = evaluate_run(v2)  # convert and evaluate find the merged images through RUN/data
+    assert again["test_accuracy"] == pytest.approx(same.accuracy_b)
+
+
+def test_an_added_class_grows_the_head_keeping_the_old_rows(tmp_path, shapes_folder, tiny_run_dir, capfd):
+    captures = _captures(tmp_path / "captures", {"circle": ("circle", 4), "blob": ("triangle", 9)})
+    v2 = tmp_path / "v2"
+    _train(v2, (str(shapes_folder), str(captures)), tiny_run_dir, learning_rate=1e-12)
+    err = capfd.readouterr().err
+    assert "growing the head from 3 to 4 classes: blob added" in err
+    assert json.loads((v2 / "metadata.json").read_text())["labels"] == ["circle", "square", "triangle", "blob"]
+    old, new = _head(tiny_run_dir), _head(v2)
+    assert new.shape == (old.shape[0], 4)
+    assert np.allclose(new[:, :3], old, atol=1e-6) and not np.allclose(new[:, 3], 0)
+    assert _test_digests(v2) == _test_digests(tiny_run_dir)
+
+
+def test_a_two_class_sigmoid_head_grows_into_softmax_with_the_same_two_probabilities():
+    import keras
+
+    from edgecls.core.parent import _grown_head
+
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    old = keras.layers.Dense(1, activation="sigmoid")
+    old(x)
+    new = keras.layers.Dense(3, activation="softmax")
+    new(x)
+    new.set_weights(_grown_head(old, new))
+    p_old, p_new = np.asarray(old(x))[:, 0], np.asarray(new(x))
+    two = p_new[:, :2] / p_new[:, :2].sum(axis=1, keepdims=True)
+    assert np.allclose(two[:, 1], p_old, atol=1e-5)
+
+
+def test_a_class_missing_from_the_new_data_is_refused_in_one_line(tmp_path, tiny_run_dir):
+    captures = _captures(tmp_path / "captures", {"circle": ("circle", 4), "square": ("square", 4)})
+    error = cli_error(run_cli("train", "--init-from", tiny_run_dir, "--data", captures, "--out", tmp_path / "v2"))
+    assert "class(es) triangle of" in error and "keeps its classes" in error
+    assert not (tmp_path / "v2").exists()
+
+
+def test_one_image_labelled_two_ways_is_refused_naming_both(tmp_path, shapes_folder, tiny_run_dir):
+    captures = _captures(tmp_path / "captures", {"circle": ("circle", 2)})
+    shutil.copy(next((shapes_folder / "square").iterdir()), captures / "circle" / "copy.png")
+    with pytest.raises(DataError, match=r"labelled 'square' in .*square.* and 'circle' in .*copy\.png"):
+        _train(tmp_path / "v2", (str(shapes_folder), str(captures)), tiny_run_dir)
+
+
+def test_a_test_image_of_the_parent_that_vanished_is_an_error(tmp_path, shapes_folder):
+    run, data = train_on_private_copy(shapes_folder, tmp_path)
+    first = json.loads((run / "split.json").read_text())["splits"]["test"][0][0]
+    (data / first).unlink()
+    with pytest.raises(DataError, match=r"1 of the \d+ test images of .* are gone or changed"):
+        _train(tmp_path / "v2", str(data), run)
+
+
+def test_an_option_changing_the_parents_input_is_refused(tmp_path, shapes_folder, tiny_run_dir):
+    with pytest.raises(EdgeclsError, match=r"--image-size 48 differs from .*'s 32"):
+        _train(tmp_path / "v2", str(shapes_folder), tiny_run_dir, image_size=48)
+
+
+def test_several_data_folders_without_a_parent_merge_by_class_name(tmp_path, shapes_folder):
+    from edgecls.evaluate import evaluate_run
+
+    captures = _captures(tmp_path / "captures", {"circle": ("circle", 5), "star": ("triangle", 5)})
+    run = tmp_path / "merged"
+    _train(run, (str(shapes_folder), str(captures)), None, image_size=16, model_options={"widths": (4,)})
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["labels"] == ["circle", "square", "star", "triangle"]
+    assert meta["dataset"]["source"] == str((run / "data").resolve())
+    assert meta["dataset"]["sources"] == [str(shapes_folder.resolve()), str(captures.resolve())]
+    assert sum(meta["dataset"]["counts"].values()) == 72 + 10
+    assert evaluate_run(run)["evaluated_on"] == "test"
