@@ -364,3 +364,37 @@ def test_capture_errors_are_counted_logged_once_a_minute_and_shown_in_healthz(ti
     assert seen["metric"] >= 30
     status = seen["health"]["capture"]
     assert status["errors"] >= 30 and "Read-only file system" in status["last_error"], status
+
+
+def test_a_capture_is_the_view_the_model_saw_and_each_source_keeps_its_own_capture_settings(tiny_bundle, tmp_path):
+    """`turned` crops and rotates, capturing every frame (capture.below = 1); `plain` has the daemon's
+    --capture-below 0, so none of its frames is kept. The JPEG is the crop turned as the model saw it."""
+    from edgecls.runtime.daemon.config import CaptureConfig, DaemonConfig, SourceConfig
+
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    ramp = np.tile(np.linspace(0, 250, 64, dtype=np.uint8)[None, :, None], (48, 1, 3))  # dark left, bright right
+    frames = [np.clip(ramp.astype(int) + 3 * i, 0, 255).astype(np.uint8) for i in range(3)]
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(stills / f"{i}.png"), frame)
+    settings = (
+        SourceConfig(str(stills), name="turned", roi=(8, 4, 40, 30), rotate=90, capture_below=1.0),
+        SourceConfig(str(stills), name="plain"),
+    )
+    config = DaemonConfig.of(
+        tiny_bundle, settings, capture=CaptureConfig(str(tmp_path / "captures"), below=0.0), drift=False
+    )
+    Daemon(config, sinks=[]).run()
+
+    inbox = tmp_path / "captures" / INBOX
+    assert sorted(p.name for p in inbox.iterdir()) == ["turned"]
+    images = sorted((inbox / "turned").glob("*.jpg"))
+    assert len(images) == 3
+    for image in images:
+        sidecar = json.loads(image.with_suffix(".json").read_text())
+        assert sidecar["view"] == {"roi": [8, 4, 40, 30], "rotate": 90, "flip": "none"}
+        crop = frames[sidecar["frame"]][4:34, 8:48]
+        saved = cv2.imread(str(image)).astype(int)
+        assert saved.shape == (40, 30, 3)
+        assert np.abs(saved - cv2.rotate(crop, cv2.ROTATE_90_CLOCKWISE)).mean() < 3
+        assert np.abs(saved - cv2.rotate(crop, cv2.ROTATE_90_COUNTERCLOCKWISE)).mean() > 30
