@@ -409,11 +409,11 @@ def test_a_file_or_folder_that_cannot_be_opened_is_its_error_alone(tiny_bundle, 
 
 BAD_PER_SOURCE = [
     (["--set", "door.rotate=45"], "source door: rotate 45: give 0, 90, 180 or 270"),
-    (["--set", "door.max_fps=0"], "source door: max_fps 0.0: give a positive number of frames per second"),
+    (["--set", "door.max_fps=0"], "source door: max_fps 0: give a positive number of frames per second"),
     (["--set", "door.max_fps=nan"], "source door: max_fps nan: give a positive number of frames per second"),
     (["--set", "door.rotation=90"], "--set door.rotation=90: unknown key rotation (did you mean rotate?)"),
     (["--set", "door.roi=0.5,0,0.75,1.0"], "source door: roi [0.5, 0, 0.75, 1.0]: x + w = 1.25 goes past"),
-    (["--set", "door.threshold=2"], "source door: threshold 2.0: a score threshold lies between 0 and 1"),
+    (["--set", "door.threshold=2"], "source door: threshold 2: a score threshold lies between 0 and 1"),
     (["--set", "yard.flip=vertical"], "--set yard.flip=vertical: no source is named yard (named sources: door)"),
     (["--source", "door=other.avi"], "source name door is given twice: name each source once"),
 ]

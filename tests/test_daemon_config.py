@@ -240,8 +240,8 @@ BAD_SETTINGS = [
     ("door.rotate=45", r"source door: rotate 45: give 0, 90, 180 or 270 \(degrees clockwise\)"),
     ("door.rotate=upside", "source door: rotate 'upside' is not a number"),
     ("door.flip=both", "source door: flip 'both': give none, horizontal or vertical"),
-    ("door.max_fps=0", "source door: max_fps 0.0: give a positive number of frames per second"),
-    ("door.max_fps=-5", "source door: max_fps -5.0: give a positive number"),
+    ("door.max_fps=0", "source door: max_fps 0: give a positive number of frames per second"),
+    ("door.max_fps=-5", "source door: max_fps -5: give a positive number"),
     ("door.max_fps=nan", "source door: max_fps nan: give a positive number"),
     ("door.max_fps=inf", "source door: max_fps inf: give a positive number"),
     ("door.threshold=1.5", "source door: threshold 1.5: a score threshold lies between 0 and 1"),
@@ -318,7 +318,14 @@ def test_source_settings_from_scripts_are_checked_too():
     assert "hunter2-secret" not in str(refused.value) and "cam/s" in str(refused.value)
     with pytest.raises(EdgeclsError, match="source door: threshold '0.5': a score threshold"):
         SourceConfig("d.avi", "door", threshold="0.5")
-    assert SourceConfig("d.avi", rotate=90.0, smooth=3.0) == SourceConfig("d.avi", rotate=90, smooth=3)
+    typed = SourceConfig("d.avi", rotate=90.0, smooth=3.0, max_fps=5, threshold=1, capture_every=2.0)
+    assert [type(v) for v in (typed.rotate, typed.smooth, typed.max_fps, typed.threshold, typed.capture_every)] == [
+        int,
+        int,
+        float,
+        float,
+        int,
+    ]
 
 
 def test_the_readmes_per_camera_table_is_a_configuration_that_runs_as_it_says(tmp_path):

@@ -33,7 +33,6 @@ FIELDS = {
     "capture.below": "capture_below",
     "capture.every": "capture_every",
 }
-WHOLE = ("rotate", "smooth", "capture.every")
 TEXT = ("uri", "flip")
 KEY_HEADS = {key.split(".")[0] for key in FIELDS}  # a source may not be named as a key: `--set capture.below=`
 SET_HELP = "write NAME.KEY=VALUE (door.rotate=180), or KEY=VALUE for every source"
@@ -160,7 +159,7 @@ def _typed(where: str, key: str, value):
         return value
     if isinstance(value, str):
         try:
-            return int(value) if key in WHOLE and _INT.fullmatch(value.strip()) else float(value)
+            return int(value) if _INT.fullmatch(value.strip()) else float(value)  # "0" shown back as 0
         except ValueError:
             raise EdgeclsError(f"{where}: {key} {value!r} is not a number") from None
     return value  # a TOML number (or something else, refused by SourceConfig naming it)

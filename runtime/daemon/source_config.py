@@ -72,9 +72,14 @@ class SourceConfig:
                 f"{where}: max_fps {self.max_fps!r}: give a positive number of frames per second "
                 "(leave it out to classify as often as frames come)"
             )
-        for key, value in (("threshold", self.threshold), ("capture.below", self.capture_below)):
+        for key, field_name in (("threshold", "threshold"), ("capture.below", "capture_below")):
+            value = getattr(self, field_name)
             if value is not None and not (_number(value) and 0.0 <= value <= 1.0):
                 raise EdgeclsError(f"{where}: {key} {value!r}: a score threshold lies between 0 and 1")
+            if value is not None:
+                object.__setattr__(self, field_name, float(value))
+        if self.max_fps is not None:
+            object.__setattr__(self, "max_fps", float(self.max_fps))
         for key, field_name in (("smooth", "smooth"), ("capture.every", "capture_every")):
             value = getattr(self, field_name)
             if value is None:
