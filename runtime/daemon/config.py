@@ -6,6 +6,8 @@
 `edgecls run` reads the --config TOML file with `read_toml`; click puts the command line over EDGECLS_RUN_*
 variables over that file, and `from_options` turns what it resolved into this typed, checked configuration.
 The simple mode (one source, no daemon option) is the same daemon with its own lines on stdout (`simple`).
+Each source's own settings are a SourceConfig (source_config.py), one per source in `source_settings`, layered
+from --source NAME=URI, --set and the file's [sources.NAME] tables by per_source.py.
 """
 
 from __future__ import annotations
