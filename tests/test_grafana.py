@@ -1,0 +1,244 @@
+"""devices/grafana: the fleet dashboard type-checks against Grafana's own schema for the version it declares, its
+provisioning resolves, and every panel's PromQL returns data for every device from a real Prometheus that scrapes
+real `edgecls run` daemons found through `edgecls fleet prometheus-targets`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO, require_tool
+
+GRAFANA = REPO / "devices" / "grafana"
+DASHBOARD = GRAFANA / "edgecls.json"
+SCHEMA = REPO / "tests" / "grafana_schema"  # package.json: @grafana/schema and typescript, `npm ci` there
+# What Grafana itself defines in a query; the test substitutes them as Grafana would for a 1 s scrape interval.
+BUILTINS = {"__rate_interval", "__interval", "__range"}
+
+
+def load(path=DASHBOARD) -> dict:
+    return json.loads(path.read_text())
+
+
+def targets(dashboard: dict):
+    """(panel, target, repeated) for every query of every panel; `repeated`: under a row repeated per device."""
+    repeated = False
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            repeated = bool(panel.get("repeat"))
+            continue
+        for target in panel.get("targets", []):
+            yield panel, target, repeated
+
+
+def substitute(text: str, values: dict) -> str:
+    """`text` with $name and ${name} replaced from `values`; fails on a variable it does not know."""
+
+    def one(match):
+        name = match.group(1) or match.group(2)
+        assert name in values, f"unknown variable ${name} in {text!r}"
+        return values[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", one, text)
+
+
+def _schema_tools():
+    node = require_tool("node", package="nodejs")
+    tsc = SCHEMA / "node_modules" / ".bin" / "tsc"
+    if not (SCHEMA / "node_modules" / "@grafana" / "schema").is_dir() or not tsc.exists():
+        why = f"Grafana's schema is not installed: npm ci --prefix {SCHEMA.relative_to(REPO)}"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return node, tsc
+
+
+# Grafana's types name enums (GraphDrawStyle, VariableHide...); JSON holds their values. Plain<T> is T with every
+# enum replaced by the union of its values, so the JSON literal is checked field by field, excess fields included.
+_PLAIN = (
+    "type Plain<T> = T extends string ? `${T}` : T extends number ? "
+    "(`${T}` extends `${infer N extends number}` ? N : never) : T extends boolean ? boolean : "
+    "T extends (infer U)[] ? Plain<U>[] : T extends object ? { [K in keyof T]: Plain<T[K]> } : T;"
+)
+_PANELCFG = "@grafana/schema/dist/esm/raw/composable/{0}/panelcfg/x/{1}PanelCfg_types.gen"
+_PANEL_TYPES = {"timeseries": "TimeSeries", "table": "Table"}
+
+
+def type_check(dashboard: dict, folder) -> subprocess.CompletedProcess:
+    """tsc on a TypeScript file that assigns the dashboard to Grafana's `Dashboard` type and each panel's options
+    and field config to its panel plugin's `Options` and `FieldConfig` (@grafana/schema)."""
+    _, tsc = _schema_tools()
+    lines = ["import type { Dashboard } from '@grafana/schema';", _PLAIN]
+    for kind, name in _PANEL_TYPES.items():
+        lines.append(f"import type * as {kind} from '{_PANELCFG.format(kind, name)}';")
+    lines.append(f"export const dashboard: Plain<Dashboard> = {json.dumps(dashboard, indent=1)};")
+    for panel in dashboard["panels"]:
+        kind = panel["type"]
+        if kind == "row":
+            continue
+        assert kind in _PANEL_TYPES, f"panel {panel['id']}: no schema check for a {kind} panel"
+        custom = panel["fieldConfig"]["defaults"]["custom"]
+        lines.append(f"export const options{panel['id']}: Plain<{kind}.Options> = {json.dumps(panel['options'])};")
+        lines.append(f"export const custom{panel['id']}: Plain<{kind}.FieldConfig> = {json.dumps(custom)};")
+    (folder / "node_modules").symlink_to(SCHEMA / "node_modules")
+    (folder / "dashboard.ts").write_text("\n".join(lines) + "\n")
+    options = ["--noEmit", "--strict", "--target", "es2022", "--module", "esnext", "--moduleResolution", "bundler"]
+    return subprocess.run(
+        [str(tsc), *options, "--skipLibCheck", "dashboard.ts"], cwd=folder, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_dashboard_declares_the_schema_version_of_the_grafana_schema_it_is_checked_against():
+    node, _ = _schema_tools()
+    script = "import { defaultDashboard } from '@grafana/schema'; console.log(defaultDashboard.schemaVersion);"
+    done = subprocess.run(
+        [node, "--input-type=module", "-e", script], cwd=SCHEMA, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert load()["schemaVersion"] == int(done.stdout)
+
+
+def test_the_dashboard_type_checks_against_grafanas_own_schema(tmp_path):
+    done = type_check(load(), tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "spoil, complaint",
+    [
+        (lambda d: d["panels"][1].update(gridPoss=d["panels"][1].pop("gridPos")), "'\"gridPoss\"' does not exist"),
+        (lambda d: d["panels"][-1]["fieldConfig"]["defaults"]["custom"].update(drawStyle="lines"), '"lines"'),
+        (lambda d: d["templating"]["list"][1].update(refresh=7), "Type '7' is not assignable"),
+        (lambda d: d.update(schemaVersion="42"), "not assignable to type 'number'"),
+    ],
+    ids=["a misspelled field", "a value the field does not take", "an enum number out of range", "a string version"],
+)
+def test_the_schema_check_refuses_a_spoiled_dashboard(tmp_path, spoil, complaint):
+    dashboard = load()
+    spoil(dashboard)
+    done = type_check(dashboard, tmp_path)
+    assert done.returncode != 0 and complaint in done.stdout, done.stdout + done.stderr
+
+
+def _cells(panel) -> set:
+    g = panel["gridPos"]
+    return {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+
+
+def test_panel_ids_are_unique_and_panels_fit_the_grid_without_overlapping():
+    panels = load()["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), ids
+    taken: dict = {}
+    for panel in panels:
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, panel["title"]
+        for cell in _cells(panel):
+            assert cell not in taken, f"{panel['title']!r} overlaps {taken[cell]!r} at {cell}"
+            taken[cell] = panel["title"]
+    rows = [p for p in panels if p["type"] == "row"]
+    assert [r["title"] for r in rows] == ["Fleet", "Device $device"] and rows[1]["repeat"] == "device"
+
+
+def test_every_data_source_and_variable_the_panels_use_is_defined():
+    dashboard = load()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    device = variables["device"]
+    assert device["multi"] and device["includeAll"]  # a repeated row needs several values
+    assert device["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    known = {name: "x" for name in [*variables, *BUILTINS]}
+    for panel in dashboard["panels"]:
+        substitute(panel["title"], known)
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs and len(refs) == len(set(refs)), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"], panel["title"]
+            substitute(target["expr"], known)
+            substitute(target.get("legendFormat", ""), known)  # {{label}}, not variables
+
+
+def test_every_panel_expression_parses_as_promql_under_promtool(tmp_path):
+    promtool = require_tool("promtool", package="prometheus")
+    values = {"device": "door", "datasource": "x", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+    rules = [
+        {"record": f"edgecls_dashboard:panel{p['id']}_{t['refId']}", "expr": substitute(t["expr"], values)}
+        for p, t, _ in targets(load())
+    ]
+    (tmp_path / "exprs.yml").write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = subprocess.run([promtool, "check", "rules", "exprs.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and f"SUCCESS: {len(rules)} rules found" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_provisioning_files_give_grafana_the_dashboards_data_source_and_folder():
+    yaml = pytest.importorskip("yaml")
+    sources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "edgecls.yml").read_text())
+    (source,) = sources["datasources"]
+    current = next(v for v in load()["templating"]["list"] if v["name"] == "datasource")["current"]
+    assert sources["apiVersion"] == 1 and source["type"] == "prometheus"
+    assert (source["uid"], source["name"]) == (current["value"], current["text"])  # the variable's default is it
+    prometheus = yaml.safe_load((REPO / "devices" / "prometheus" / "prometheus.yml").read_text())
+    assert source["jsonData"]["timeInterval"] == prometheus["global"]["scrape_interval"]  # $__rate_interval from it
+    boards = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "edgecls.yml").read_text())
+    (provider,) = boards["providers"]
+    assert boards["apiVersion"] == 1 and provider["type"] == "file" and provider["options"]["path"].startswith("/")
+
+
+@pytest.fixture(scope="module")
+def scraped_fleet(tiny_bundle, tmp_path_factory):
+    pytest.importorskip("cv2")
+    from tests.prometheus_server import ScrapedFleet
+
+    fleet = ScrapedFleet(tmp_path_factory.mktemp("fleet"), tiny_bundle, scrape_s=1.0).start()
+    try:
+        fleet.wait_for_samples(15)
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+def _finite(result: list) -> list:
+    return [r for r in result if math.isfinite(float(r["value"][1]))]
+
+
+def test_every_panel_query_returns_data_for_every_device_from_a_real_prometheus(scraped_fleet):
+    prometheus, names = scraped_fleet.prometheus, scraped_fleet.names
+    dashboard = load()
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "device")
+    metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["query"]["query"]).groups()
+    assert sorted(prometheus.label_values(label, metric)) == sorted(names)  # the variable's values: the fleet
+    # as Grafana fills them with every device selected: a regex of all in the fleet row, one each in a repeated row
+    base = {"datasource": "edgecls-prometheus", "__rate_interval": f"{4 * scraped_fleet.scrape_s:g}s"}
+    empty = []
+    for panel, target, repeated in targets(dashboard):
+        if repeated:
+            for name in names:
+                expr = substitute(target["expr"], {**base, "device": re.escape(name)})
+                if not _finite(prometheus.query(expr)):
+                    empty.append(f"{panel['title']} {target['refId']} for {name}: {expr}")
+        else:
+            expr = substitute(target["expr"], {**base, "device": "(" + "|".join(map(re.escape, names)) + ")"})
+            have = {r["metric"].get("device") for r in _finite(prometheus.query(expr))}
+            if have != set(names):
+                empty.append(f"{panel['title']} {target['refId']}: data for {sorted(have - {None})}: {expr}")
+    assert not empty, "\n".join(empty)
+
+
+def test_the_panels_show_what_the_daemons_say(scraped_fleet):
+    """Not just any data: the fleet row's frames/s and confidence agree with each daemon's own pace and results."""
+    prometheus = scraped_fleet.prometheus
+    fps = {r["metric"]["device"]: float(r["value"][1]) for r in prometheus.query("sum by (device) (edgecls_fps)")}
+    for name, sources, _artifact, pace in scraped_fleet.fleet:
+        assert fps[name] == pytest.approx(pace * len(sources), rel=0.35), (name, fps)
+    versions = prometheus.query("count by (version) (edgecls_bundle_info)")
+    assert len(versions) == 1 and int(versions[0]["value"][1]) == len(scraped_fleet.names)  # one bundle everywhere
+    artifacts = {r["metric"]["device"]: r["metric"]["artifact"] for r in prometheus.query("edgecls_bundle_info")}
+    assert artifacts == {name: artifact for name, _s, artifact, _p in scraped_fleet.fleet}
