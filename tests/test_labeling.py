@@ -318,6 +318,34 @@ def test_a_missing_captures_folder_is_one_line_error():
 # -- Label Studio ----------------------------------------------------------------------------------------------
 
 
+def test_with_a_bundle_its_scores_and_top_k_replace_the_sidecars_in_the_order_and_the_predictions(
+    captures, tmp_path, tiny_bundle
+):
+    from edgecls.runtime.classifier import Classifier
+
+    classifier = Classifier(tiny_bundle)
+    truth = {
+        p.relative_to(captures / INBOX).as_posix(): classifier.classify_file(p)
+        for p in (captures / INBOX).rglob("*.jpg")
+    }
+    result = run_cli(
+        "label", captures, "--bundle", tiny_bundle, "--export", "label-studio", "--out", tmp_path / "t.json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "scored 30 of 30 frames" in result.stderr
+    tasks = json.loads((tmp_path / "t.json").read_text())
+    frames = [t["data"]["edgecls_frame"] for t in tasks]
+    assert frames == sorted(truth, key=lambda f: (truth[f].score, f))  # most uncertain first, by the bundle
+    for task in tasks:
+        expected = truth[task["data"]["edgecls_frame"]]
+        prediction = task["predictions"][0]
+        assert prediction["score"] == pytest.approx(expected.score, abs=1e-6)
+        assert prediction["result"][0]["value"]["choices"] == [expected.label]
+        assert prediction["model_version"] == classifier.bundle.manifest.created
+    store = LabelStore(captures, labels=classifier.labels)
+    assert set(classifier.labels) <= set(store.known_labels())
+
+
 def _label_studio_export(tasks: list, choose) -> list:
     """What Label Studio's JSON export holds after a person annotated each task with choose(task) (None: skipped)."""
     out = []
