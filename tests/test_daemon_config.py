@@ -166,7 +166,7 @@ def test_a_toml_table_and_the_command_line_give_the_same_source_settings(tmp_pat
     assert [type(v) for v in line.source_settings[0].roi] == [float] * 4
 
 
-def test_the_command_line_wins_over_the_table_key_by_key_and_its_source_list_replaces_the_tables(tmp_path):
+def test_the_command_line_wins_over_the_table_key_by_key_and_its_source_list_replaces_the_tables(tmp_path, caplog):
     tables = '[sources.door]\nuri = "door.avi"\nrotate = 180\nflip = "vertical"\n[sources.yard]\nuri = "yard.avi"\n'
     assert [s.rotate for s in _from_file(tmp_path, tables, "--set", "rotate=90").source_settings] == [90, 90]
     over = _from_file(tmp_path, tables, "--set", "door.rotate=270", "--set", "rotate=90")
@@ -174,11 +174,13 @@ def test_the_command_line_wins_over_the_table_key_by_key_and_its_source_list_rep
         ("door", 270, "vertical"),
         ("yard", 90, "none"),
     ]
+    caplog.set_level("INFO", "edgecls.daemon")
     replaced = _from_file(tmp_path, tables, "--source", "door=recorded.avi", "--source", "extra.avi")
     assert replaced.source_settings == (
         SourceConfig("recorded.avi", "door", rotate=180, flip="vertical"),
         SourceConfig("extra.avi"),
     )
+    assert "--source replaces the --config file's sources: yard not run" in caplog.text
     short = _from_file(tmp_path, '[sources]\ndoor = "door.avi"\nyard = { uri = 0 }\n')  # name = "URI": the URI alone
     assert short.source_settings == (SourceConfig("door.avi", "door"), SourceConfig("0", "yard"))
 

@@ -15,11 +15,14 @@ Here the text is parsed and each value typed; SourceConfig checks the values the
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 
 from edgecls.runtime.daemon.source_config import SOURCE_NAME, SourceConfig
 from edgecls.runtime.errors import EdgeclsError
+
+log = logging.getLogger("edgecls.daemon")
 
 # key (as in the TOML table and after NAME. in --set) -> SourceConfig field
 FIELDS = {
@@ -104,6 +107,9 @@ def resolve(sources, sets, tables, camera) -> tuple:
     if sources:
         entries = [split_source(text) for text in sources]
         chosen = [(name, {**(tables.get(name, {}) if name else {}), "uri": uri}) for name, uri in entries]
+        left = [name for name in tables if name not in {name for name, _ in entries}]
+        if left:  # as --source always replaced the file's list; said, since a misspelt NAME would be silent
+            log.info("--source replaces the --config file's sources: %s not run", ", ".join(left))
     elif tables:
         chosen = list(tables.items())
     else:
