@@ -1,6 +1,7 @@
 """runtime/daemon/preview.py: annotated MJPEG per source, opened in a real headless Chromium."""
 
 import http.client
+import http.server
 import logging
 import re
 import subprocess
@@ -193,3 +194,139 @@ def test_annotate_draws_the_text_four_pixels_from_the_left_edge():
     assert ref[:, :4].any()  # the glyphs' own bearing starts inside the first 4 columns, so a shift shows
     np.testing.assert_array_equal(out[:, :4], 0)
     np.testing.assert_array_equal(out[:, 4:], ref[:, : 320 - 4])
+
+
+class _SceneServer(MjpegServer):
+    """tests/mjpeg_server.py's camera, sending `scenes` (JPEG bytes) in turn: frame i is scenes[i % len(scenes)]."""
+
+    def __init__(self, scenes, fps=10.0):
+        super().__init__(fps=fps)
+        self.scenes = scenes
+
+    def start(self):
+        import threading
+
+        from tests.mjpeg_server import _Server
+
+        scenes = self.scenes
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    for i in range(10**6):
+                        body = scenes[i % len(scenes)]
+                        head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body)
+                        self.wfile.write(head + body + b"\r\n")
+                        time.sleep(1 / server.fps)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        server = self._server = _Server(("127.0.0.1", 0), Handler)
+        server.stopping, server.fps = threading.Event(), self.fps
+        self._port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+
+CORNER = (920, 360, 360, 360)  # x, y, w, h: the bottom-right corner of a 1280x720 frame
+
+
+def _corner_scenes(count=12):
+    """1280x720 JPEG scenes: a shape of the fixture classes in the bottom-right corner (the one that matters), one
+    of each other class in two other corners. Returns (jpeg bytes, class of the corner's shape) per scene."""
+    from tests.conftest import FIXTURE_COLOURS, render_fixture_image
+
+    rng, kinds = np.random.default_rng(7), list(FIXTURE_COLOURS)
+    scenes = []
+    for i in range(count):
+        kind = kinds[i % len(kinds)]
+        others = [k for k in kinds if k != kind]
+        canvas = np.full((720, 1280, 3), 60, np.uint8)
+        for (x, y), what in zip([(920, 360), (0, 0), (460, 0)], [kind, *others]):
+            canvas[y : y + 360, x : x + 360] = cv2.resize(render_fixture_image(what, rng, 40), (360, 360))
+        scenes.append((cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(), kind))
+    return scenes
+
+
+def _classified_scenes(bundle, url, frames, **settings):
+    """A daemon on the stream until `frames` results: (its results by frame, a headless Chromium screenshot of /)."""
+    from edgecls.runtime.daemon.config import SourceConfig
+    from tests.browser import chromium, screenshot
+    from tests.daemon_helpers import ListSink
+
+    sink = ListSink()
+    daemon = Daemon(
+        bundle,
+        [url],
+        port=0,
+        sinks=[sink],
+        drift=False,
+        source_options={"every_frame": True},  # no frame dropped: frame i is scene i % count
+        source_settings=(SourceConfig(url, name="yard", **settings),),
+    ).start()
+    try:
+        wait_for(lambda: len(sink.results) >= frames, 60, f"{frames} classified frames")
+        with tempfile.TemporaryDirectory() as tmp, chromium(width=1000, height=700) as browser:
+            browser.get(daemon.url + "/")
+            time.sleep(1.0)  # a few frames of the stream drawn
+            shot = cv2.imread(str(screenshot(browser, Path(tmp) / "preview.png")))
+            img = browser.find_element("css selector", "img").rect
+    finally:
+        daemon.stop()
+    return {r["frame"]: r for r in sink.results[:frames]}, shot, img
+
+
+def _magenta_on_box(shot, img, box) -> float:
+    """The share of points along `box` (frame pixels) where the screenshot shows the preview's magenta."""
+    scale = img["width"] / 1280
+    x, y, w, h = (v * scale for v in box)
+    points = [(x + w * t, y + d) for t in np.linspace(0.1, 0.9, 20) for d in (0, h)]
+    points += [(x + d, y + h * t) for t in np.linspace(0.1, 0.9, 20) for d in (0, w)]
+    hits = 0
+    for px, py in points:
+        cx, cy = round(img["x"] + px), round(img["y"] + py)
+        patch = shot[max(0, cy - 3) : cy + 4, max(0, cx - 3) : cx + 4].astype(int)
+        b, g, r = patch[..., 0], patch[..., 1], patch[..., 2]
+        hits += bool(((r > 200) & (b > 200) & (g < 60)).any())  # the pink of some backgrounds: g > 60
+    return hits / len(points)
+
+
+def test_a_roi_on_the_corner_of_a_720p_stream_classifies_as_the_cropped_images_and_the_preview_boxes_it(
+    tiny_bundle, tmp_path
+):
+    from edgecls.runtime.classifier import Classifier
+
+    scenes = _corner_scenes()
+    camera = _SceneServer([jpeg for jpeg, _ in scenes]).start()
+    try:
+        boxed, boxed_shot, img = _classified_scenes(tiny_bundle, camera.url, 24, roi=CORNER)
+        whole, whole_shot, _ = _classified_scenes(tiny_bundle, camera.url, 24)
+    finally:
+        camera.kill()
+    classifier, (x, y, w, h) = Classifier(tiny_bundle), CORNER
+    cropped = [
+        classifier.classify(cv2.imdecode(np.frombuffer(j, np.uint8), 1)[y : y + h, x : x + w], "bgr").label
+        for j, _ in scenes
+    ]
+    truth = [kind for _, kind in scenes]
+    n = len(scenes)
+    accuracy = {
+        "cropped images": sum(c == t for c, t in zip(cropped, truth)) / n,
+        "roi": sum(r["top1"] == truth[i % n] for i, r in boxed.items()) / len(boxed),
+        "whole frame": sum(r["top1"] == truth[i % n] for i, r in whole.items()) / len(whole),
+    }
+    print("top-1 on the corner:", accuracy)
+    assert all(r["top1"] == cropped[i % n] for i, r in boxed.items())  # the ROI is exactly the cropped image
+    assert all(r["view"] == {"roi": list(CORNER), "rotate": 0, "flip": "none"} for r in boxed.values())
+    assert accuracy["roi"] == accuracy["cropped images"] >= 0.75
+    assert accuracy["whole frame"] <= accuracy["roi"] - 0.25
+    cv2.imwrite(str(tmp_path / "preview-roi.png"), boxed_shot)
+    on_box = {"roi": _magenta_on_box(boxed_shot, img, CORNER), "none": _magenta_on_box(whole_shot, img, CORNER)}
+    print("magenta along the ROI's edges in the screenshot:", on_box)
+    assert on_box["roi"] >= 0.9 and on_box["none"] <= 0.1, tmp_path / "preview-roi.png"
