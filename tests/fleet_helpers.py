@@ -14,13 +14,54 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tests.conftest import REPO
 from tests.daemon_helpers import http_get
 
 CAMERA_FPS = 8
+SHAPES = ("circle", "square", "triangle")
+
+
+def scene(kind: str, rng, size: int = 40):
+    """A camera frame (BGR) of one shape that stands out from its background in the red channel only.
+
+    Blue and green are the same texture inside and outside the shape: a model trained on these frames finds the
+    shape in red. Saved in the other colour order (`np.flip(image, 2)`), the shape is in blue and red is flat:
+    a model trained on those frames sees no shape on these cameras, so its confidence collapses (its own
+    check images, saved in its order, are still right)."""
+    import cv2
+    import numpy as np
+
+    texture = rng.normal(120, 25, size=(size, size, 2)).clip(0, 255)
+    red = np.full((size, size), 30.0) + rng.normal(0, 8, size=(size, size))
+    mask = np.zeros((size, size), np.uint8)
+    r = rng.uniform(0.3, 0.42) * size
+    cx, cy = rng.uniform(r, size - r, 2)
+    if kind == "circle":
+        cv2.circle(mask, (int(cx), int(cy)), int(r), 1, -1)
+    else:
+        sides = 4 if kind == "square" else 3
+        angles = rng.uniform(0, 2 * np.pi) + np.arange(sides) * 2 * np.pi / sides
+        points = np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], 1).astype(np.int32)
+        cv2.fillPoly(mask, [points], 1)
+    red[mask == 1] = 220 + rng.normal(0, 8, size=int(mask.sum()))
+    return np.dstack([texture, red]).clip(0, 255).astype(np.uint8)
+
+
+def write_scenes(folder: Path, per_class: int = 24, seed: int = 0, swapped: bool = False) -> Path:
+    """A class-per-folder dataset of `scene`s (PNG); `swapped`: saved in the other colour order."""
+    import numpy as np
+
+    from tests.conftest import write_image
+
+    rng = np.random.default_rng(seed)
+    for kind in SHAPES:
+        for i in range(per_class):
+            image = scene(kind, rng)
+            write_image(folder / kind / f"{i:03d}.png", np.ascontiguousarray(image[:, :, ::-1]) if swapped else image)
+    return folder
 
 
 def free_port() -> int:
@@ -53,6 +94,7 @@ class Fleet:
 
     def __init__(self, folder: Path, camera: Path, size: int, *, sshd=None, ssh_count: int = 0):
         self.folder, self.camera, self.sshd = Path(folder), Path(camera), sshd
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.devices: list = []
         for i in range(size):
             root = self.folder / f"dev{i:02d}"
@@ -85,8 +127,9 @@ class Fleet:
         from edgecls.devices.profiles import load_profile
 
         try:
-            for d in self.devices:  # the first version: installed locally, before any daemon runs
-                result = flash(bundle, [str(d.root)], FlashOptions(profile=load_profile(str(d.profile))))[0]
+            for d in self.devices:  # the first version: installed locally, before any daemon runs (none to wait for)
+                profile = replace(load_profile(str(d.profile)), health_url="")
+                result = flash(bundle, [str(d.root)], FlashOptions(profile=profile))[0]
                 assert result.ok, result
             for d in self.devices:
                 d.process = self._daemon(d)

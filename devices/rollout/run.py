@@ -81,7 +81,8 @@ class _Rollout:
             self.say(f"the last rollout of this bundle finished ({events[-1].get('result')}): kept as {rotated}")
             events = []
         planned = next((e for e in events if e["step"] == "planned"), None)
-        if planned and (planned["sha256"], planned["fleet"]) != (self.sha256, self.fleet_path):
+        other = planned and (planned["sha256"], planned["fleet"]) != (self.sha256, self.fleet_path)
+        if planned and (other or self.options.abandon):
             if not self.options.abandon:
                 raise EdgeclsError(
                     f"the journal {self.journal.path} holds an unfinished rollout of {planned['bundle']} to "
@@ -109,6 +110,12 @@ class _Rollout:
     def plan(self, events: list) -> dict:
         planned = next((e for e in events if e["step"] == "planned"), None)
         if planned:
+            gone = [n for wave in planned["waves"] for n in wave if n not in self.devices]
+            if gone:
+                raise EdgeclsError(
+                    f"the unfinished rollout in {self.journal.path} names {', '.join(gone)}, no longer in "
+                    f"{self.fleet_path}: put them back to finish it, or add --abandon"
+                )
             self.say(f"resuming the rollout journaled in {self.journal.path}")
             return planned
         devices = list(self.devices.values())
@@ -139,14 +146,16 @@ class _Rollout:
     def baseline(self, planned: dict) -> dict:
         found = next((e for e in self.journal.events() if e["step"] == "baseline"), None)
         if found is None:
-            seconds = planned["baseline_s"]
-            self.say(f"measuring every watched device for {seconds:g} s before anything is flashed")
-            windows = self._watch(self.watched(self.devices), seconds)
+            seconds, watched = planned["baseline_s"], self.watched(self.devices)
+            if watched:
+                self.say(f"measuring every watched device for {seconds:g} s before anything is flashed")
+            windows = self._watch(watched, seconds) if watched else {}
             found = self.log("baseline", windows={n: w.to_dict() for n, w in windows.items()})
         return {n: Window.from_dict(w) for n, w in found["windows"].items()}
 
     def _watch(self, devices: dict, seconds: float) -> dict:
-        return watch(devices, seconds, reader=self.reader, every_s=self.options.every_s, say=self.say)
+        every = min(self.options.every_s, max(0.5, seconds / 20))  # a short watch still gets about 20 samples
+        return watch(devices, seconds, reader=self.reader, every_s=every, say=self.say)
 
     # ----------------------------------------------------------------- flashing and rolling back
     def flash_wave(self, number: int, names: list) -> dict:

@@ -1,0 +1,88 @@
+"""edgecls.devices.rollout's journal in use: a rollout interrupted (Ctrl-C) resumes from it, and an unfinished rollout
+of another bundle refuses a new one until `--abandon`. Devices are local folders without daemons (not watched), so
+the steps run at once; tests/test_rollout.py watches real daemons."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgecls.devices.flash import FlashOptions
+from edgecls.devices.rollout.run import RolloutOptions, rollout
+from tests.conftest import cli_error, run_cli
+from tests.test_flash import PROFILE, bundles  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    path = tmp_path / "fleet.txt"
+    path.write_text("".join(f"{tmp_path / f'dev{i}'} name=dev{i}\n" for i in range(4)))
+    return path
+
+
+def _interrupt_at(prefix: str):
+    def say(message: str) -> None:
+        if message.startswith(prefix):
+            raise KeyboardInterrupt  # what Ctrl-C raises in the host process
+
+    return say
+
+
+def _events(path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_rollout_interrupted_after_journaling_flashing_resumes_and_flashes_those_devices(bundles, fleet, tmp_path):
+    journal = tmp_path / "j.jsonl"
+    options = RolloutOptions(canary="1", waves="50%,100%", watch_s=0, journal=str(journal))
+    with pytest.raises(KeyboardInterrupt):
+        rollout(
+            bundles["a"],
+            fleet,
+            FlashOptions(profile=PROFILE),
+            RolloutOptions(**{**vars(options), "say": _interrupt_at("wave 1: flashing")}),
+        )
+    cut = _events(journal)
+    assert [e["step"] for e in cut][-2:] == ["flashing", "flashing"] and not (tmp_path / "dev1" / "current").exists()
+    said = []
+    done = rollout(
+        bundles["a"], fleet, FlashOptions(profile=PROFILE), RolloutOptions(**{**vars(options), "say": said.append})
+    )
+    assert done.result == "promoted" and any("resuming" in line for line in said)
+    events = _events(journal)
+    assert [e["device"] for e in events if e["step"] == "flashed"] == ["dev0", "dev1", "dev2", "dev3"]
+    assert all((tmp_path / f"dev{i}" / "current").is_symlink() for i in range(4))
+    assert [e["step"] for e in events].count("planned") == 1 and events[-1]["result"] == "promoted"
+
+
+def test_an_unfinished_rollout_of_another_bundle_refuses_a_new_one_until_abandoned(
+    bundles, fleet, tmp_path, monkeypatch
+):
+    state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"name": "test-cpu", "artifacts": ["tflite-int8"], "threads": 1}))
+    monkeypatch.setenv("XDG_STATE_HOME", state["XDG_STATE_HOME"])  # the in-process rollout journals there too
+    with pytest.raises(KeyboardInterrupt):
+        rollout(
+            bundles["a"],
+            fleet,
+            FlashOptions(profile=PROFILE),
+            RolloutOptions(canary="1", watch_s=0, say=_interrupt_at("wave 1")),
+        )
+    args = ("flash", bundles["b"], "--targets", fleet, "--profile", profile, "--canary", "1", "--watch", "0s")
+    refused = run_cli(*args, env=state)
+    line = cli_error(refused)
+    assert "unfinished rollout of" in line and "--abandon" in line and str(bundles["a"]) in line, line
+    assert not (tmp_path / "dev1" / "current").exists()  # nothing of b was flashed
+    done = run_cli(*args, "--abandon", env=state)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "abandoned the unfinished rollout" in done.stderr
+    journals = sorted((tmp_path / "state" / "edgecls" / "rollouts").glob("*/*.jsonl"))
+    results = sorted(_events(p)[-1].get("result") for p in journals)
+    assert results == ["abandoned", "promoted"], results
+
+
+def test_a_staged_rollout_without_a_fleet_file_is_refused_in_one_line(bundles, tmp_path):
+    line = cli_error(run_cli("flash", bundles["a"], str(tmp_path / "dev"), "--canary", "1"))
+    assert "--targets FLEET" in line
