@@ -238,3 +238,52 @@ def test_sources_that_change_frame_size_keep_being_classified(tiny_bundle, tmp_p
     assert [loop.stats.errors for loop in daemon.loops] == [0, 0]
     assert len([r for r in sink.results if r["source"] == str(tmp_path / "stills")]) == 4
     assert daemon.supervisors[0].stats.outages == 0
+
+
+def test_each_named_source_keeps_its_own_smoothing_and_threshold_and_is_served_under_its_name(tiny_bundle, video):
+    """`own` smooths over 3 frames under a threshold, `plain` takes the daemon's (1 frame, no threshold): frame by
+    frame each matches the model as its own settings say; /latest and /metrics name them `own` and `plain`."""
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.daemon.config import SourceConfig
+    from edgecls.runtime.preprocess import preprocess
+
+    classifier = Classifier(tiny_bundle)
+    capture, frames = cv2.VideoCapture(str(video)), []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    probs = [classifier.probabilities(preprocess(f, classifier.spec, order="bgr")[None])[0] for f in frames]
+    smoothed = [np.mean(probs[max(0, i - 2) : i + 1], axis=0) for i in range(len(probs))]
+    threshold = float(np.median([s.max() for s in smoothed]))
+    settings = (
+        SourceConfig(str(video), name="own", smooth=3, threshold=threshold),
+        SourceConfig(str(video), name="plain"),
+    )
+    sink = ListSink()
+    daemon = Daemon(
+        tiny_bundle,
+        [str(video)] * 2,
+        classifier=classifier,
+        port=0,
+        sinks=[sink],
+        source_settings=settings,
+        source_options={"every_frame": True},
+    ).start()
+    try:
+        wait_for(lambda: all(loop.done for loop in daemon.loops), 60, "both sources ended")
+        latest = json.loads(get(daemon.url + "/latest")[1])
+        families = metrics(daemon.url)
+    finally:
+        daemon.stop()
+    assert set(latest) == {"own", "plain"}
+    assert sample(families, "edgecls_frames_processed", "edgecls_frames_processed_total", source="own") == 20
+    assert sample(families, "edgecls_frames_processed", "edgecls_frames_processed_total", source="plain") == 20
+    for name, expected_probs, cut in (("own", smoothed, threshold), ("plain", probs, 0.0)):
+        results = sink.of(name)
+        assert [r["frame"] for r in results] == list(range(20))
+        for result, expected in zip(results, expected_probs):
+            best = int(np.argmax(expected))
+            assert result["score"] == pytest.approx(float(expected[best]), abs=1e-5)
+            assert result["top1"] == (classifier.labels[best] if expected[best] >= cut else "unknown")
+            assert "view" not in result  # the whole, upright frame: results as they always were
+    assert 0 < sum(r["top1"] == "unknown" for r in sink.of("own")) < 20
+    assert not any(r["top1"] == "unknown" for r in sink.of("plain"))
