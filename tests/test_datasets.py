@@ -149,3 +149,14 @@ def test_a_class_named_train_with_images_and_subfolders_stays_a_class(tmp_path):
     (tmp_path / "bus").rename(tmp_path / "test")  # test/ and train/ both hold images of their own: classes
     ds = scan_folder(tmp_path, 0.0, 0.0)
     assert ds.labels == ["test", "train"] and ds.split_source == "seeded" and len(ds.splits["train"]) == 6
+
+
+def test_a_captured_frames_json_sidecar_is_not_counted_as_an_ignored_file(tmp_path):
+    root = _folder(tmp_path / "d", {"a": 4, "b": 4})
+    first = sorted((root / "a").iterdir())[0]
+    first.with_suffix(".json").write_text('{"top1": "a"}')  # what edgecls run --capture and edgecls label leave
+    (root / "b" / "orphan.json").write_text("{}")  # no image of that name: still a stray file
+    ds = scan_folder(root, 0.0, 0.0)
+    assert [n for n in ds.notes if "ignored" in n] == [
+        "ignored 1 non-image file(s) (images are .jpg, .jpeg, .png, .bmp, .webp)"
+    ]

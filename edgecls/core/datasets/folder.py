@@ -42,13 +42,14 @@ def _images_in(class_dir: Path) -> tuple:
     images, ignored = [], 0
     for dirpath, dirnames, filenames in os.walk(class_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        stems = {os.path.splitext(n)[0] for n in filenames if _is_image(n)}
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             if _is_image(name):
                 images.append(Path(dirpath) / name)
-            else:
-                ignored += 1
+            elif not (name.endswith(".json") and name[: -len(".json")] in stems):
+                ignored += 1  # an image's .json sidecar (edgecls run --capture) is expected, not worth a note
     return images, ignored
 
 
