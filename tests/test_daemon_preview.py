@@ -330,3 +330,16 @@ def test_a_roi_on_the_corner_of_a_720p_stream_classifies_as_the_cropped_images_a
     on_box = {"roi": _magenta_on_box(boxed_shot, img, CORNER), "none": _magenta_on_box(whole_shot, img, CORNER)}
     print("magenta along the ROI's edges in the screenshot:", on_box)
     assert on_box["roi"] >= 0.9 and on_box["none"] <= 0.1, tmp_path / "preview-roi.png"
+
+
+def test_the_roi_is_boxed_on_the_whole_frame_at_the_preview_s_scale():
+    """A 64x48 frame is shown 5x enlarged; the ROI (8, 4, 40, 30) is then the box (40, 20)-(239, 169), drawn inside."""
+    from edgecls.runtime.daemon.preview import ROI, annotate
+
+    frame = np.full((48, 64, 3), 90, np.uint8)
+    result = {"top1": "circle", "score": 0.9, "view": {"roi": [8, 4, 40, 30], "rotate": 90, "flip": "none"}}
+    shown = annotate(frame, result, 5.0)
+    ys, xs = np.nonzero(np.all(shown == ROI, axis=2))
+    assert shown.shape == (240, 320, 3)
+    assert (xs.min(), ys.min(), xs.max(), ys.max()) == (40, 20, 239, 169)
+    assert not np.all(annotate(frame, {"top1": "circle", "score": 0.9}, 5.0) == ROI, axis=2).any()

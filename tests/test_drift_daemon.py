@@ -199,3 +199,26 @@ def test_a_hot_reload_to_a_bundle_without_reference_ends_the_drift_and_its_serie
     assert health["model"]["drift_reference"].startswith("no reference: the bundle has no reference statistics")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{shifted}: drift window restarted")]
     assert len(lines) == 1 and "in drift: brightness" in lines[0] and "no reference" in lines[0], lines
+
+
+def test_the_drift_window_records_the_view_and_starts_afresh_when_a_size_change_moves_the_roi(
+    tiny_bundle, tmp_path, caplog
+):
+    """Frames of another size make the ROI resolve to other pixels: the window's frames showed another part of the
+    scene, so it restarts (said once) and records the new view."""
+    from edgecls.runtime.daemon.config import SourceConfig
+
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for i in range(40):
+        size = (48, 64) if i < 25 else (30, 40)
+        cv2.imwrite(str(stills / f"{i:03d}.png"), np.full((*size, 3), 80 + i, np.uint8))
+    settings = (SourceConfig(str(stills), name="door", roi=(30, 10, 20, 20), rotate=180),)
+    daemon = Daemon(tiny_bundle, [str(stills)], sinks=[], drift_window=100, source_settings=settings)
+    with caplog.at_level(logging.INFO, logger="edgecls.daemon"):
+        daemon.run()
+    status = daemon.loops[0].drift.status()
+    assert status["view"] == {"roi": [30, 10, 10, 20], "rotate": 180, "flip": "none"}
+    assert status["window_frames"] == 15  # the frames since the size changed
+    restarts = [r.getMessage() for r in caplog.records if "drift window restarted" in r.getMessage()]
+    assert len(restarts) == 1 and "the view changed" in restarts[0], restarts
