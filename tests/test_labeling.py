@@ -392,6 +392,54 @@ def test_a_label_studio_export_with_a_bad_class_name_moves_nothing(captures, tmp
     assert "task 6" in error and "class name" in error and len(inbox_ids(captures)) == 30
 
 
+def test_an_export_never_overwrites_a_file_it_did_not_write(captures, tmp_path):
+    mine = tmp_path / "tasks.json"
+    mine.write_text('{"my": "notes"}')
+    error = cli_error(run_cli("label", captures, "--export", "label-studio", "--out", mine))
+    assert "is not an earlier `edgecls label --export`" in error and mine.read_text() == '{"my": "notes"}'
+    mine.unlink()
+    assert run_cli("label", captures, "--export", "label-studio", "--out", mine).returncode == 0
+    again = run_cli("label", captures, "--export", "label-studio", "--out", mine)  # its own export: rewritten
+    assert again.returncode == 0 and len(json.loads(mine.read_text())) == 30
+
+
+def test_a_move_that_fails_is_taken_back_and_journaled_as_aborted(captures, monkeypatch):
+    store = LabelStore(captures)
+    frame = store.ordered()[0].id
+    (captures / "circle").write_text("a file where the class folder would go")
+    with pytest.raises(EdgeclsError, match="not a plain folder"):
+        store.decide(frame, "circle")
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst):  # the sidecar's rename fails as across two disks (EXDEV), after the image's worked
+        calls.append(dst)
+        if str(dst).endswith(".json"):
+            raise OSError(18, "Invalid cross-device link")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(EdgeclsError, match="cannot move .* Invalid cross-device link"):
+        store.decide(frame, "square")
+    monkeypatch.undo()
+    assert len(calls) == 3 and frame in inbox_ids(captures)  # image, sidecar (failed), the image taken back
+    assert store.journal.records[-1]["state"] == "aborted" and not store.journal.pending()
+    assert store.state()["frame"]["id"] == frame and not any((captures / "square").iterdir())
+    assert sidecars_beside_images(captures) and all(len(p) == 1 for p in images(captures).values())
+
+
+def test_a_torn_last_journal_line_from_a_kill_is_ignored_and_the_next_line_starts_fresh(captures):
+    store = LabelStore(captures)
+    first, second = [f.id for f in store.ordered()[:2]]
+    store.decide(first, "circle")
+    with open(captures / ".labels" / "journal.jsonl", "a") as journal:
+        journal.write('{"seq": 9, "op": "mo')  # a kill in the middle of an append
+    again = LabelStore(captures)
+    again.decide(second, "square")
+    lines = (captures / ".labels" / "journal.jsonl").read_text().splitlines()
+    assert lines[-3] == '{"seq": 9, "op": "mo' and json.loads(lines[-1])["state"] == "done"
+    assert LabelStore(captures).undo() == second
+
+
 LABEL_STUDIO = os.environ.get("EDGECLS_LABEL_STUDIO_URL")  # a running Label Studio, e.g. http://127.0.0.1:8080
 LABEL_STUDIO_TOKEN = os.environ.get("EDGECLS_LABEL_STUDIO_TOKEN", "")  # a legacy API token of its user
 

@@ -8,11 +8,12 @@ decisions can be undone (`undoable`), whatever the page or the server remembered
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
-from edgecls.runtime.errors import EdgeclsError
+log = logging.getLogger("edgecls.labeling")
 
 
 class Journal:
@@ -25,14 +26,20 @@ class Journal:
     def _read(self) -> list:
         if not self.path.exists():
             return []
-        records, lines = [], self.path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, 1):
+        records, torn = [], 0
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
-                # A kill during an append leaves at most a torn last line: everything before it stands.
-                if number != len(lines):
-                    raise EdgeclsError(f"{self.path} line {number} is not JSON: fix or remove that line") from None
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("seq"), int):
+                records.append(record)
+            else:
+                # What a kill during an append leaves. Skipping it is safe: a torn `begin` had no rename yet (it
+                # is fsynced first), and a torn `done` leaves its `begin` open, which the next start repairs.
+                torn += 1
+        if torn:
+            log.warning("label: %s: skipped %d torn line(s) a killed server left", self.path, torn)
         return records
 
     def append(self, record: dict) -> dict:

@@ -58,9 +58,27 @@ def export_tasks(store: LabelStore, out, image_prefix: str | None = None, model_
         for frame in frames
     ]
     config = out.with_suffix(".xml")
+    for path in (out, config):
+        if path.exists() and not _ours(path):
+            raise EdgeclsError(f"{path} exists and is not an earlier `edgecls label --export`: choose another --out")
     write_text(out, json.dumps(tasks, indent=1) + "\n")
     write_text(config, label_config(labels))
     return out, config, len(tasks)
+
+
+def _ours(path: Path) -> bool:
+    """Whether `path` is a tasks file or labelling config an earlier export wrote (writing it again loses nothing)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if path.suffix.lower() == ".xml":
+        return text.startswith("<View>") and f'<Choices name="{FROM_NAME}"' in text
+    try:
+        tasks = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(tasks, list) and all(isinstance((t.get("data") or {}).get("edgecls_frame"), str) for t in tasks)
 
 
 def _frame_of(task: dict) -> str | None:

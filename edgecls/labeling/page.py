@@ -147,7 +147,7 @@ $("undo").addEventListener("click", undo);
 $("undo2").addEventListener("click", undo);
 
 document.addEventListener("keydown", (e) => {
-  if (e.target === $("newname")) return;
+  if (e.target === $("newname") || e.repeat) return;  // a held key decides once, not a frame per repeat
   if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") { e.preventDefault(); undo(); return; }
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   if (e.key >= "1" && e.key <= "9") {

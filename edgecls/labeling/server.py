@@ -16,7 +16,15 @@ from urllib.parse import parse_qs, unquote
 
 from edgecls.labeling.store import FrameGone, LabelStore
 from edgecls.runtime.daemon.config import HttpConfig, allowed_host_names
-from edgecls.runtime.daemon.http import MAX_FORM_BYTES, _allowed_hosts, _Guesses, _Handler, _Server, _token_bytes
+from edgecls.runtime.daemon.http import (
+    MAX_FORM_BYTES,
+    _allowed_hosts,
+    _Guesses,
+    _Handler,
+    _is_loopback,
+    _Server,
+    _token_bytes,
+)
 from edgecls.runtime.errors import EdgeclsError
 
 log = logging.getLogger("edgecls.labeling")
@@ -55,6 +63,8 @@ class LabelServer:
             )
         except OSError as exc:
             raise EdgeclsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}: pick another --port") from exc
+        if not token and not _is_loopback(host):
+            log.warning("the label page on %s has no token: anyone who can reach it can move your captures", host)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
 
     @property

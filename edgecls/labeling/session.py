@@ -38,6 +38,8 @@ def serve(store: LabelStore, host: str, port: int, token_file, exit_when_done: b
                     break
     finally:
         server.stop()
+        with store.lock:  # a decision under way finishes both its renames before the process ends
+            pass
         for number, handler in previous.items():
             signal.signal(number, handler)
     return len(store.ordered())

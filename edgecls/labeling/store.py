@@ -88,7 +88,7 @@ class LabelStore:
             raise EdgeclsError(f"{root} is not a folder: give the --capture folder of `edgecls run`")
         self.inbox = self.root / INBOX
         self.scorer, self.model_labels, self.progress = scorer, list(labels), progress
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # held by every move, and by readers of the frames and the journal
         self.journal = Journal(self.root / STATE / "journal.jsonl")
         self.repairs = self.repair()
         self._frames: dict = {}
@@ -102,7 +102,8 @@ class LabelStore:
             return []
         found = []
         for path in self.inbox.rglob("*"):
-            if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or path.is_symlink():
+            hidden = any(part.startswith(".") for part in path.relative_to(self.inbox).parts)  # temp files, too
+            if hidden or path.suffix.lower() not in IMAGE_SUFFIXES or path.is_symlink():
                 continue
             if path.is_file():
                 found.append(path.relative_to(self.inbox).as_posix())
@@ -145,7 +146,9 @@ class LabelStore:
 
     def ordered(self) -> list:
         """Frames waiting, most uncertain first (no score at all before the lowest score)."""
-        return sorted(self._frames.values(), key=lambda f: (f.score is not None, f.score or 0.0, f.id))
+        with self.lock:
+            frames = list(self._frames.values())
+        return sorted(frames, key=lambda f: (f.score is not None, f.score or 0.0, f.id))
 
     def frame(self, frame_id: str) -> Frame | None:
         return self._frames.get(frame_id)
@@ -164,9 +167,10 @@ class LabelStore:
 
     def state(self) -> dict:
         """What the page shows: the most uncertain frame, its keys, the progress, what undo would take back."""
-        ordered = self.ordered()
+        with self.lock:
+            ordered = self.ordered()
+            undoable = self.journal.undoable()
         head = ordered[0] if ordered else None
-        undoable = self.journal.undoable()
         return {
             "frame": None if head is None else {**head.to_dict(), "keys": self.keys_for(head)},
             "left": len(ordered),
@@ -188,9 +192,7 @@ class LabelStore:
                     f"frame {frame_id} was already labelled (in another tab?) or moved: showing the next one"
                 )
             pairs = self._pairs(image, self.root / folder_name)
-            seq = self.journal.begin("move", pairs, frame=frame_id, label=label)
-            self._move(pairs)
-            self.journal.end(seq)
+            self._journaled("move", pairs, frame=frame_id, label=label)
             del self._frames[frame_id]
             return pairs
 
@@ -205,9 +207,7 @@ class LabelStore:
             if not (self.root / image_dst).is_file():
                 raise EdgeclsError(f"cannot undo: {image_dst} is no longer there (moved by hand?)")
             back = self._pairs(self.root / image_dst, (self.root / image_src).parent, Path(image_src).stem)
-            seq = self.journal.begin("undo", back, undoes=last["seq"], frame=last.get("frame"))
-            self._move(back)
-            self.journal.end(seq)
+            self._journaled("undo", back, undoes=last["seq"], frame=last.get("frame"))
             frame_id = (self.root / back[0][1]).relative_to(self.inbox).as_posix()
         self.refresh()
         return frame_id
@@ -228,6 +228,19 @@ class LabelStore:
         return [
             [f.relative_to(self.root).as_posix(), t.relative_to(self.root).as_posix()] for f, t in zip(files, targets)
         ]
+
+    def _journaled(self, op: str, pairs: list, **extra) -> None:
+        """`begin`, the renames, `done`; a rename that fails (another disk, permissions) is taken back: `aborted`."""
+        seq = self.journal.begin(op, pairs, **extra)
+        try:
+            self._move(pairs)
+        except EdgeclsError as exc:
+            for src, dst in pairs:
+                if (self.root / dst).exists() and not (self.root / src).exists():
+                    os.rename(self.root / dst, self.root / src)
+            self.journal.end(seq, "aborted", error=str(exc))
+            raise
+        self.journal.end(seq)
 
     def _move(self, pairs: list) -> None:
         pause = float(os.environ.get(PAUSE_MID_MOVE_ENV) or 0)
