@@ -529,7 +529,9 @@ def _merged_plan(cfg: TrainConfig, out: Path) -> tuple:
     """`_plan` for several --data folders or --init-from: the folders merged behind a folder of symlinks, and
     with a parent its input, model, classes and test split."""
     roots = [resolve_dataset(d) for d in cfg.datasets]
-    guard = run_guard(roots[0][0])
+    guard = run_guard(roots[0][0])  # every folder is protected, and RUN/data is the run's own
+    guard["protect"] = {f"the dataset {root}": root for root, _ in roots}
+    guard["contents"] = guard["contents"] | {rundir.DATA_DIR}
     check_output(out, cfg.overwrite, **guard)
     defaults = roots[0][1].defaults if roots[0][1] else {}
     parent = fixed = None

@@ -137,3 +137,12 @@ def test_several_data_folders_without_a_parent_merge_by_class_name(tmp_path, sha
     assert meta["dataset"]["sources"] == [str(shapes_folder.resolve()), str(captures.resolve())]
     assert sum(meta["dataset"]["counts"].values()) == 72 + 10
     assert evaluate_run(run)["evaluated_on"] == "test"
+    target = next((run / "data" / "star").rglob("*.jpg")).resolve()
+    assert target.parent == captures.resolve() / "star"
+    _train(
+        run, (str(shapes_folder), str(captures)), None, image_size=16, model_options={"widths": (4,)}, overwrite=True
+    )
+    assert target.is_file()  # replacing the run removed its symlinks, never the images they point at
+    with pytest.raises(EdgeclsError, match="dataset"):  # a run inside the second folder would become a class
+        _train(captures / "run", (str(shapes_folder), str(captures)), None, image_size=16)
+    assert not (captures / "run").exists()
