@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 from edgecls.compare.stats import Comparison, McNemar, Paired, decide, format_p, mcnemar, verdict
 from edgecls.runtime.errors import EdgeclsError
@@ -33,6 +34,13 @@ def compare(a, b, data=None, alpha: float = 0.05, bench_a=None, bench_b=None, wo
         images, shown = truth_images(data)
     else:
         images, shown = shared_test_images(model_a, model_b, workers)
+    for which, model in (("A", model_a), ("B", model_b)):
+        unknown = sorted({t for _, t in images} - set(model.labels))
+        if unknown:  # its images count as wrong answers of that model: say so, it is rarely meant
+            print(
+                f"warning: {which} has no class {', '.join(unknown)}: it cannot be right on those images",
+                file=sys.stderr,
+            )
     pred_a, pred_b = model_a.predict(images, workers), model_b.predict(images, workers)
     both = [(p, t) for p, t in images if p in pred_a and p in pred_b]
     paired = Paired(
