@@ -242,3 +242,16 @@ def test_max_fps_5_on_a_30_fps_camera_classifies_5_frames_a_second_and_counts_th
     processed = len(sink.results)
     assert counts["frames_skipped"] >= 3 * processed, (counts, processed)  # about 5 of every 6 frames
     assert counts["frames_dropped"] < counts["frames_skipped"] / 10, counts  # skipped frames are not drops
+
+
+def test_max_fps_on_a_folder_paces_it_and_classifies_every_image(tiny_bundle, tmp_path):
+    """A folder waits for its reader: max_fps spaces its images out, none is skipped."""
+    from edgecls.runtime.daemon.config import SourceConfig
+
+    stills = _stills(tmp_path / "stills", [(32, 32)] * 6)
+    sink = ListSink()
+    daemon = Daemon(tiny_bundle, [str(stills)], sinks=[sink], source_settings=(SourceConfig(str(stills), max_fps=5),))
+    daemon.run()
+    stamps = [r["ts"] for r in sink.results]
+    assert [r["frame"] for r in sink.results] == list(range(6)) and daemon.loops[0].pace.skipped == 0
+    assert stamps[-1] - stamps[0] >= 0.95  # five gaps of 0.2 s
