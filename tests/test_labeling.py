@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -308,6 +309,32 @@ def test_a_kill_9_between_image_and_sidecar_leaves_each_image_in_one_place_and_t
     assert sidecars_beside_images(captures) and (captures / "square" / name).with_suffix(".json").is_file()
     assert store.undo() == frame and sidecars_beside_images(captures)  # the repaired move is undoable
     assert (captures / INBOX / frame).is_file() and not any((captures / "square").iterdir())
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_kill_9_at_a_random_moment_of_many_concurrent_decisions_loses_no_image(tmp_path, seed):
+    import random
+
+    captures = make_captures(tmp_path / "captures", n=240, seed=seed)
+    before = set(images(captures))
+    process, url = start_label(captures, env={"EDGECLS_RUN_TOKEN": TOKEN})
+    frames = sorted(inbox_ids(captures))
+
+    def decide(mine):
+        for frame in mine:
+            with contextlib.suppress(OSError):  # the server is killed under it
+                post(url + "api/decide", {"frame": frame, "label": LABELS[hash(frame) % 3]}, timeout=5)
+
+    workers = [threading.Thread(target=decide, args=(frames[i::4] + frames,), daemon=True) for i in range(4)]
+    [w.start() for w in workers]
+    time.sleep(random.Random(seed).uniform(0.3, 1.5))
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(30)
+    assert set(images(captures)) == before and all(len(places) == 1 for places in images(captures).values())
+    store = LabelStore(captures)  # the next start: every sidecar is beside its image again
+    assert sidecars_beside_images(captures) and not store.journal.pending()
+    decided = len(before) - len(inbox_ids(captures))
+    assert 0 < decided < len(before) and store.state()["total"] - store.state()["left"] == decided
 
 
 def test_a_missing_captures_folder_is_one_line_error():
