@@ -131,6 +131,7 @@ class ScrapedFleet:
         from tests.conftest import REPO, run_cli
         from tests.daemon_helpers import start_cli_daemon, write_test_video
 
+        self.folder.mkdir(parents=True, exist_ok=True)
         try:
             lines = []
             for name, sources, artifact, fps in self.fleet:
