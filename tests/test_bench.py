@@ -5,6 +5,7 @@ by the module; timings are never asserted here (benchmarks/bench_reference.py ch
 """
 
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO, cli_error, make_home_like, run_cli
@@ -73,8 +75,12 @@ def bench_run(tmp_path_factory, tiny_bundle, tiny_run_dir, shapes_folder):
 def test_every_artifact_and_the_keras_baseline_get_a_record(bench_run, tiny_bundle):
     _, _, doc = bench_run
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    assert [r["artifact"] for r in doc["records"]] == [a["name"] for a in manifest["artifacts"]] + ["keras"]
-    for r, a in zip(doc["records"], manifest["artifacts"]):
+    # each artifact in its default engine, then (ONNX) in OpenVINO where it is installed: one row each
+    extra = ["openvino"] if importlib.util.find_spec("openvino") else []
+    rows = [(a, e) for a in manifest["artifacts"] for e in [None] + (extra if a["format"] == "onnx" else [])]
+    assert [r["artifact"] for r in doc["records"]] == [a["name"] + (f"@{e}" if e else "") for a, e in rows] + ["keras"]
+    assert [r["engine"] for r in doc["records"][:-1]] == [e for _, e in rows]
+    for r, (a, _) in zip(doc["records"], rows):
         assert (r["file"], r["format"], r["precision"], r["size_bytes"], r["macs"]) == (
             a["file"],
             a["format"],
@@ -111,7 +117,11 @@ def test_keras_source_is_the_bundles_run_while_it_is_unchanged(tiny_bundle, tiny
 def test_records_hold_sane_statistics_from_fresh_processes(bench_run):
     _, _, doc = bench_run
     for r in doc["records"]:
-        assert r["threads"] == 1 and r["repeats"] == 2 and 2 * 10 <= r["runs"] <= 2 * 15 and r["p99_runs"] == r["runs"]
+        assert r["threads"] == 1 and r["repeats"] == 2 and r["p99_runs"] == r["runs"]
+        if r["format"] == "keras":  # fresh processes only: 2 repeats of 10 to 15 runs
+            assert 2 * 10 <= r["runs"] <= 2 * 15
+        else:  # the interleaved pass: 10 rounds of 3 (the budget's share spent) to 20 runs
+            assert 10 * 3 <= r["runs"] <= 10 * 20
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"], r
         assert r["std_ms"] >= 0 and r["min_ms"] <= r["mean_ms"] <= r["max_ms"]
         assert len(r["p50_repeats_ms"]) == 2 and r["p50_spread_pct"] >= 0
@@ -147,9 +157,8 @@ def test_records_hold_sane_statistics_from_fresh_processes(bench_run):
     assert all(len(r["pids"]) == 2 for r in doc["records"]) and len(set(pids)) == len(pids), pids
     # ... and each loaded only its own engine, so its RSS and start-up are its own (sys.modules, read in the worker).
     for r in doc["records"]:
-        assert r["engines_loaded"] == {"tflite": ["ai_edge_litert"], "onnx": ["onnxruntime"]}.get(
-            r["format"], r["engines_loaded"]
-        ), (r["artifact"], r["engines_loaded"])
+        expected = {"tflite": ["ai_edge_litert"], "onnx": [r["engine"] or "onnxruntime"]}.get(r["format"])
+        assert r["engines_loaded"] == (expected or r["engines_loaded"]), (r["artifact"], r["engines_loaded"])
     assert {"tensorflow", "keras"} <= set(records["keras"]["engines_loaded"])  # the probe does see an engine
 
 
@@ -174,8 +183,11 @@ def test_bench_describes_the_machine(bench_run):
 def test_table_csv_markdown_and_plot_are_written(bench_run):
     result, paths, doc = bench_run
     assert "tflite-int8" in result.stdout and "machine:" in result.stdout
-    # 2 x <= 15 runs: every p99 is about the slowest run, and the table says so
-    assert "* p99 from fewer than 100 runs" in result.stdout and result.stdout.count("*  ") >= len(doc["records"])
+    # Keras: 2 x <= 15 runs, so its p99 is about the slowest run, and the table marks it (and any other such row)
+    from edgecls.runtime.bench.table import few_runs
+
+    marked = sum(few_runs(r) for r in doc["records"])
+    assert marked >= 1 and "* p99 from fewer than 100 runs" in result.stdout and result.stdout.count("*  ") >= marked
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [r["artifact"] for r in rows] == [r["artifact"] for r in doc["records"]]
     assert float(rows[0]["p50_ms"]) == pytest.approx(doc["records"][0]["p50_ms"], rel=1e-3) and rows[0]["cpu"]
@@ -353,6 +365,8 @@ def test_runtime_bench_runs_without_the_cli(tiny_bundle, tmp_path):
             "1",
             "--runs",
             "10",
+            "--engines",
+            "",
             "--json",
             str(out),
             "--quiet",
@@ -573,3 +587,83 @@ def test_a_bench_worker_of_an_installed_edgecls_sees_only_the_edgecls_package(tm
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {"edgecls": str(site / "edgecls" / "__init__.py"), "top_level": []}, seen
+
+
+def test_interleaved_rounds_time_every_row_in_turn_a_b_c_a_b_c():
+    """The interleaved pass's schedule, and the calls really made in that order: round r times A's runs, then B's,
+    then C's, before round r+1 starts (a burst of load falls on one round of every row, not on one row)."""
+    from edgecls.runtime.bench.rounds import interleave
+
+    made = []
+    calls = {name: (lambda name=name: made.append(name)) for name in ("A", "B", "C")}
+    schedule, samples = interleave(calls, rounds=3, round_runs=4, budget_s=None)
+    assert schedule == [[r, name] for r in range(3) for name in ("A", "B", "C")]
+    assert made == [name for _ in range(3) for name in ("A", "B", "C") for _ in range(4)]
+    assert {name: [len(s) for s in rounds] for name, rounds in samples.items()} == {n: [4, 4, 4] for n in "ABC"}
+
+
+def test_the_round_statistic_is_the_median_of_round_medians_with_their_spread_and_iqr():
+    from edgecls.runtime.bench.runner import interleaved_latency
+    from edgecls.runtime.bench.stats import round_statistic
+
+    stat = round_statistic([2.0, 10.0, 3.0, 4.0, 5.0])  # one round hit by a burst (10 ms)
+    assert stat["p50_ms"] == 4.0 and stat["rounds"] == 5
+    assert stat["round_spread_pct"] == pytest.approx(100 * (10 - 2) / 4) and stat["round_iqr_ms"] == 2.0
+    # Per row: each round's median first, then the median of those; percentiles from every sample together.
+    rounds = [[1.0, 2.0, 9.0], [3.0, 3.0, 3.0], [2.0, 2.5, 50.0]]
+    latency = interleaved_latency(rounds)
+    assert latency["round_p50s_ms"] == [2.0, 3.0, 2.5] and latency["p50_ms"] == 2.5
+    assert latency["runs"] == 9 and latency["max_ms"] == 50.0
+    assert latency["p50_method"] == "median of interleaved round medians"
+
+
+def test_a_bench_reports_the_interleaved_p50_and_how_it_was_obtained(quick_run):
+    proc, doc, _ = quick_run
+    latency = doc["settings"]["latency"]
+    assert latency["rounds"] == 10 and latency["runs_per_round"] == 20 and "A, B, C, A, B, C" in latency["p50"]
+    labels = [r["artifact"] for r in doc["records"]]
+    assert doc["schedules"]["1"] == [[r, label] for r in range(10) for label in labels]  # one process, in turn
+    for r in doc["records"]:
+        assert len(r["round_p50s_ms"]) == r["rounds"] == 10
+        assert r["p50_ms"] == pytest.approx(float(np.median(r["round_p50s_ms"])))
+        spread = 100 * (max(r["round_p50s_ms"]) - min(r["round_p50s_ms"])) / r["p50_ms"]
+        assert r["round_spread_pct"] == pytest.approx(spread)
+        assert r["p50_method"] == "median of interleaved round medians" and r["fresh_p50_ms"] > 0
+        assert r["load_ms"] > 0 and r["peak_rss_mb"] > 0  # still from the fresh process
+    assert "median of 10 round medians of an interleaved pass" in proc.stdout
+
+
+def test_without_rounds_the_p50_is_the_fresh_processes_as_before(tiny_bundle, tmp_path):
+    out = tmp_path / "b.json"
+    proc = _device_bench(tiny_bundle, "--artifacts", "tflite-int8", *QUICK, "--rounds", "0", "--json", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    (record,) = doc["records"]
+    assert record["p50_method"] == "median of fresh processes' samples" and "rounds" not in record
+    assert record["p50_ms"] == record["fresh_p50_ms"] and doc["schedules"] == {}
+    assert "pooled over 1 repeat(s)" in proc.stdout
+
+
+def test_openvino_gets_its_own_row_beside_onnx_runtime_on_the_same_artifact(quick_run):
+    pytest.importorskip("openvino", reason="openvino is not installed: pip install 'edgecls[openvino]'")
+    _, doc, _ = quick_run
+    rows = {r["artifact"]: r for r in doc["records"]}
+    assert list(rows) == ["tflite-int8", "onnx-int8", "onnx-int8@openvino"]
+    ov, ort = rows["onnx-int8@openvino"], rows["onnx-int8"]
+    assert (ov["engine"], ov["backend"], ov["provider"], ov["file"]) == ("openvino", "openvino", "CPU", ort["file"])
+    assert ov["engines_loaded"] == ["openvino"] and ort["engines_loaded"] == ["onnxruntime"] and ort["engine"] is None
+    assert ov["accuracy"] == pytest.approx(ort["accuracy"], abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--engines", "tensorrt"), "--engines tensorrt: the engines to add are openvino"),
+        (("--rounds", "-1"), "--rounds must be at least 0"),
+    ],
+)
+def test_bad_engine_or_rounds_are_one_line_errors(tiny_bundle, args, message):
+    proc = _device_bench(tiny_bundle, "--artifacts", "onnx-int8", *QUICK, *args)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, proc.stderr[-2000:]

@@ -44,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-warmup", type=float, default=10.0, help="seconds of warm-up at most")
     p.add_argument("--frame", help="image for the whole-frame timing (default: a synthetic 640x480 JPEG)")
     p.add_argument("--data", help="class-per-folder images for accuracy")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=10,
+        help="rounds of the interleaved pass (0: latency from the fresh processes alone)",
+    )
+    p.add_argument("--round-runs", type=int, default=20, help="timed invokes per artifact and round")
+    p.add_argument(
+        "--engines",
+        help="opt-in engines to time beside each artifact's default, e.g. openvino "
+        "(default: every installed one; '' for none)",
+    )
     p.add_argument("--json", dest="json_path", help="write the results here ('-': standard output)")
     p.add_argument("--quiet", action="store_true", help="no progress lines (notes and errors still go to stderr)")
     p.add_argument(
@@ -80,6 +92,9 @@ def options_from(args) -> BenchOptions:
         max_warmup_s=args.max_warmup,
         frame=args.frame,
         data=args.data,
+        rounds=args.rounds,
+        round_runs=args.round_runs,
+        engines=None if args.engines is None else [e.strip() for e in args.engines.split(",") if e.strip()],
     )
 
 

@@ -1,8 +1,12 @@
-"""The parent side: one fresh worker process per (repeat, artifact, threads), pooled into one record each.
+"""The parent side: one fresh worker process per (repeat, row, threads), then one interleaved pass per thread
+count, pooled into one record per row (an artifact in its default engine, or `artifact@engine` for an opt-in
+engine such as OpenVINO).
 
-Repeats go round-robin (repeat 1 of every artifact, then repeat 2, ...) so that a burst of other work on
-the machine lands on several artifacts a little rather than on one a lot, and the spread of the per-repeat
-medians says how much one bench run can be trusted.
+Latency (p50) comes from the interleaved pass (`rounds.py`): every row loaded in one process and timed in rounds,
+A, B, C, A, B, C..., the median of its round medians, so load from other processes falls on every row alike.
+The fresh processes give what needs a process of its own (load, first inference, peak RSS, whole frame,
+accuracy) and, with `rounds=0`, the latency too, as before: repeats round-robin over the rows, the spread of
+their per-repeat medians saying how much one run can be trusted.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Callable
 
 from edgecls.runtime.bench import frame as frames
 from edgecls.runtime.bench import machine
-from edgecls.runtime.bench.stats import spread_pct, summarize
+from edgecls.runtime.bench.stats import round_statistic, spread_pct, summarize
 from edgecls.runtime.bundle import Bundle, load_bundle
 from edgecls.runtime.errors import EdgeclsError
 
@@ -42,10 +46,15 @@ class BenchOptions:
     top_k: int = 5
     python: str = sys.executable
     timeout_s: float = 900.0
+    engines: list | None = None  # opt-in engines timed beside each artifact's default; None: every installed one
+    rounds: int = 10  # of the interleaved pass (0: none; latency from the fresh processes as before)
+    round_runs: int = 20  # invokes per row and round
 
     def validate(self) -> None:
         if self.repeats < 1 or self.runs < 1:
             raise EdgeclsError("--repeats and --runs must be at least 1")
+        if self.rounds < 0 or self.round_runs < 1:
+            raise EdgeclsError("--rounds must be at least 0 (0: no interleaved pass) and --round-runs at least 1")
         if any(t is not None and t < 1 for t in self.threads):
             raise EdgeclsError("--threads values must be at least 1")
         self.threads = list(dict.fromkeys(self.threads))  # 1,1 would time twice and pool both as one record
@@ -75,23 +84,26 @@ class Timed:
     size_bytes: int
     macs: int | None = None
     bundle_accuracy: float | None = None
+    engine: str | None = None  # an opt-in engine (the row is `artifact@engine`); None: the format's default
 
     @classmethod
-    def of(cls, artifact) -> Timed:
+    def of(cls, artifact, engine: str | None = None) -> Timed:
         return cls(
-            artifact.name,
+            row_label(artifact.name, engine),
             artifact.file,
             artifact.format,
             artifact.precision,
             artifact.size_bytes,
             artifact.macs,
             artifact.accuracy,
+            engine,
         )
 
-    def record(self, threads, host: dict, repeats: list) -> dict:
-        """Its record at one thread count: what it is, the machine it ran on, and its repeats pooled."""
+    def record(self, threads, host: dict, repeats: list, interleaved: dict | None = None) -> dict:
+        """Its record at one thread count: what it is, the machine it ran on, its repeats and rounds pooled."""
         static = {
             "artifact": self.artifact,
+            "engine": self.engine,
             "file": self.file,
             "format": self.format,
             "precision": self.precision,
@@ -101,7 +113,29 @@ class Timed:
             "bundle_accuracy": self.bundle_accuracy,
             "machine": host,
         }
-        return pool(static, repeats)
+        return pool(static, repeats, interleaved)
+
+
+def row_label(artifact: str, engine: str | None) -> str:
+    """A row's name in records and tables: the artifact's, `artifact@engine` for an opt-in engine."""
+    return f"{artifact}@{engine}" if engine else artifact
+
+
+def bench_rows(artifacts: list, engines) -> list:
+    """[(artifact, engine)]: each artifact in its default engine (None), then in each opt-in engine that runs its
+    format and is installed (`engines`: those named only; None: all; an unknown name is an error)."""
+    from edgecls.runtime.backends.registry import OPT_IN, available_backends
+
+    opt_in = {cls.name: fmt for fmt, classes in OPT_IN.items() for cls in classes}
+    unknown = [e for e in engines or () if e not in opt_in]
+    if unknown:
+        raise EdgeclsError(f"--engines {','.join(unknown)}: the engines to add are {', '.join(opt_in) or 'none'}")
+    installed = available_backends()
+    wanted = [e for e in (opt_in if engines is None else engines) if installed.get(e)]
+    missing = [e for e in engines or () if not installed.get(e)]
+    if missing:
+        raise EdgeclsError(f"--engines {','.join(missing)}: not installed here (pip install 'edgecls[openvino]')")
+    return [(a, e) for a in artifacts for e in (None, *(e for e in wanted if opt_in[e] == a.format))]
 
 
 def select_artifacts(bundle: Bundle, names) -> list:
@@ -138,7 +172,8 @@ def edgecls_home() -> Path:
 
 def run_worker(job: dict, python: str, timeout_s: float, module: str = "edgecls.runtime.bench.worker") -> dict:
     """Run one measurement in a fresh interpreter; its one-line error becomes ours."""
-    what = job.get("artifact") or Path(str(job.get("model"))).name  # a Keras job names a model, not an artifact
+    # A Keras job names a model, not an artifact; the interleaved pass names rows
+    what = job.get("artifact") or (Path(str(job["model"])).name if job.get("model") else "the interleaved pass")
     # The worker must import this very runtime (a checkout, or the one the device installed), wherever we run from:
     # the folder that holds the imported edgecls package (a checkout's root, or site-packages), never one inside it,
     # where its runtime/ or core/ would import as top-level packages.
@@ -167,14 +202,26 @@ def run_worker(job: dict, python: str, timeout_s: float, module: str = "edgecls.
         raise EdgeclsError(f"benchmarking {what} printed no result: {proc.stdout[-200:]!r}") from None
 
 
-def pool(static: dict, repeats: list) -> dict:
-    """One record from the repeats of one artifact at one thread count."""
+def interleaved_latency(round_samples: list) -> dict:
+    """Invoke statistics of one row's interleaved rounds: percentiles of all its samples, p50 the median of the
+    round medians (`stats.round_statistic`), with the round medians and their spread."""
+    pooled = summarize([x for r in round_samples for x in r])
+    by_round = round_statistic([summarize(r)["p50_ms"] for r in round_samples if r])
+    return {**pooled, **by_round, "p50_method": "median of interleaved round medians"}
+
+
+def pool(static: dict, repeats: list, interleaved: dict | None = None) -> dict:
+    """One record from the repeats of one row at one thread count, and its interleaved rounds if any."""
     invoke = [x for r in repeats for x in r["invoke_samples"]]
     record = dict(static)
     record.update(summarize(invoke))
     record["repeats"] = len(repeats)
     record["p50_repeats_ms"] = [summarize(r["invoke_samples"])["p50_ms"] for r in repeats]
     record["p50_spread_pct"] = spread_pct(record["p50_repeats_ms"])
+    record["fresh_p50_ms"] = record.get("p50_ms")
+    record["p50_method"] = "median of fresh processes' samples"
+    if interleaved is not None:
+        record.update(interleaved_latency(interleaved["round_samples_ms"]))
     record["p99_runs"] = record.get("runs", 0)  # how many samples the p99 stands on (tables mark it below 100)
     record["throughput_ips"] = 1000.0 / record["mean_ms"] if record.get("mean_ms") else None
     macs = record.get("macs")
@@ -255,9 +302,15 @@ def run_bench(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="edgecls-bench-") as tmp:
         frame = _frame_for(bundle, options, Path(tmp))
-        results = _time_artifacts(bundle, artifacts, options, frame, say)
+        rows = bench_rows(artifacts, options.engines)
+        results = _time_artifacts(bundle, rows, options, frame, say)
+        rounds, schedules = _interleaved(bundle, rows, options, frame, say)
         host = machine.describe()
-        records = [Timed.of(a).record(t, host, results[(a.name, t)]) for a in artifacts for t in options.threads]
+        records = [
+            Timed.of(a, e).record(t, host, results[(row_label(a.name, e), t)], rounds.get((row_label(a.name, e), t)))
+            for a, e in rows
+            for t in options.threads
+        ]
         if extra_jobs is not None:
             records += extra_jobs(bundle, options, frame, host, say)
     return {
@@ -282,26 +335,67 @@ def run_bench(
             "artifacts": [a.name for a in artifacts] if options.artifacts else None,
             "frame": options.frame or "synthetic 640x480 JPEG",
             "data": options.data,
+            "engines": options.engines,
+            "latency": latency_method(options),
         },
+        "schedules": schedules,
         "machine": host,
         "records": records,
     }
 
 
-def _time_artifacts(bundle: Bundle, artifacts: list, options: BenchOptions, frame: Path, say) -> dict:
-    """{(artifact name, threads): [one worker result per repeat]}, repeats round-robin over the artifacts."""
+def latency_method(options: BenchOptions) -> dict:
+    """How the records' p50 was obtained, written into the bench document beside the numbers."""
+    if not options.rounds:
+        return {"p50": "median of every timed invoke of the fresh processes", "spread": "p50_spread_pct"}
+    return {
+        "p50": "median of the round medians of an interleaved pass: every row loaded in one process per thread "
+        "count and timed in rounds A, B, C, A, B, C... after each warmed up",
+        "rounds": options.rounds,
+        "runs_per_round": options.round_runs,
+        "spread": "round_spread_pct = (max - min) / median of the round medians; round_iqr_ms their IQR",
+        "fresh_processes": "load_ms, first_inference_ms, peak_rss_mb, frame, accuracy; their own p50: fresh_p50_ms",
+    }
+
+
+def _time_artifacts(bundle: Bundle, rows: list, options: BenchOptions, frame: Path, say) -> dict:
+    """{(row label, threads): [one worker result per repeat]}, repeats round-robin over the rows."""
     results: dict = {}
     for rep in range(options.repeats):
-        for artifact in artifacts:
+        for artifact, engine in rows:
+            label = row_label(artifact.name, engine)
             for threads in options.threads:
-                say(f"[{rep + 1}/{options.repeats}] {artifact.name} threads={threads or 'default'}")
+                say(f"[{rep + 1}/{options.repeats}] {label} threads={threads or 'default'}")
                 job = {
                     "bundle": str(Path(bundle.root).resolve()),
                     "artifact": artifact.name,
+                    "engine": engine,
                     "format": artifact.format,
                     **options.job(threads, frame, rep),
                 }
-                results.setdefault((artifact.name, threads), []).append(
-                    run_worker(job, options.python, options.timeout_s)
-                )
+                results.setdefault((label, threads), []).append(run_worker(job, options.python, options.timeout_s))
     return results
+
+
+def _interleaved(bundle: Bundle, rows: list, options: BenchOptions, frame: Path, say) -> tuple[dict, dict]:
+    """({(row label, threads): {"round_samples_ms": [...]}}, {threads: the schedule that ran}): one process per
+    thread count times every row in interleaved rounds (see `rounds.py`)."""
+    if not options.rounds:
+        return {}, {}
+    results, schedules = {}, {}
+    for threads in options.threads:
+        say(f"interleaved: {options.rounds} rounds of {len(rows)} rows, threads={threads or 'default'}")
+        job = {
+            "bundle": str(Path(bundle.root).resolve()),
+            "rows": [{"label": row_label(a.name, e), "artifact": a.name, "engine": e} for a, e in rows],
+            "threads": threads,
+            "rounds": options.rounds,
+            "round_runs": options.round_runs,
+            "budget_s": options.budget_s,
+            "max_warmup_s": options.max_warmup_s,
+            "frame": str(frame),
+        }
+        done = run_worker(job, options.python, options.timeout_s, module="edgecls.runtime.bench.rounds")
+        schedules[str(threads)] = done["schedule"]
+        results.update({(label, threads): row for label, row in done["rows"].items()})
+    return results, schedules

@@ -79,3 +79,23 @@ def timed_runs(call: Callable[[], None], runs: int, budget_s: float | None, min_
         if deadline is not None and i + 1 >= min_runs and time.perf_counter() >= deadline:
             break
     return samples
+
+
+def round_statistic(round_medians_ms) -> dict:
+    """The interleaved pass's latency: the median of the per-round medians, and how far rounds drifted apart.
+
+    A burst of other work on the machine lands on one round of every artifact alike (A, B, C, A, B, C...), so it
+    moves a few round medians, not one artifact's whole figure; the median of them ignores those rounds.
+    `round_spread_pct`: (max - min) / median of the round medians; `round_iqr_ms`: their interquartile range.
+    """
+    values = np.asarray([v for v in round_medians_ms if v is not None], dtype=np.float64)
+    if values.size == 0:
+        return {"rounds": 0}
+    q1, median, q3 = np.percentile(values, (25, 50, 75))
+    return {
+        "rounds": int(values.size),
+        "p50_ms": float(median),
+        "round_p50s_ms": [float(v) for v in values],
+        "round_spread_pct": spread_pct(values.tolist()),
+        "round_iqr_ms": float(q3 - q1),
+    }

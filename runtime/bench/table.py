@@ -26,7 +26,7 @@ COLUMNS = (
     ("p90", lambda r: _ms(r.get("p90_ms"))),
     ("p99", lambda r: _ms(r.get("p99_ms")) + ("*" if few_runs(r) else "")),
     ("std", lambda r: _ms(r.get("std_ms"))),
-    ("spread", lambda r: _pct(r.get("p50_spread_pct"))),
+    ("spread", lambda r: _pct(r.get("round_spread_pct", r.get("p50_spread_pct")))),
     ("frame p50", lambda r: _ms(r.get("frame_p50_ms"))),
     ("overhead", lambda r: _pct(r.get("overhead_pct_of_invoke"))),
     ("load", lambda r: _ms(r.get("load_ms"))),
@@ -59,9 +59,21 @@ def format_table(doc: dict) -> str:
     if m.get("emulated"):
         lines.append(f"EMULATED ({m['emulated']}): these timings are not those of a real {m.get('arch')} device")
     s = doc.get("settings", {})
+    rounds = (s.get("latency") or {}).get("rounds")
+    if rounds:
+        how = (
+            f"p50 = median of {rounds} round medians of an interleaved pass (every row in one process, rounds "
+            f"A,B,C,A,B,C... of up to {s['latency'].get('runs_per_round')} runs), p90/p99 of its samples; "
+            f"spread = (max-min)/median of the round medians; load, 1st, RSS, frame and acc from "
+            f"{s.get('repeats')} fresh process(es) per row"
+        )
+    else:
+        how = (
+            f"p50/p90/p99 pooled over {s.get('repeats')} repeat(s) of up to {s.get('runs')} runs; "
+            f"spread = (max-min)/median of the per-repeat p50s"
+        )
     lines.append(
-        f"ms per call; p50/p90/p99 pooled over {s.get('repeats')} repeat(s) of up to {s.get('runs')} runs; "
-        f"spread = (max-min)/median of the per-repeat p50s; frame = decode+preprocess+invoke+top-k; "
+        f"ms per call; {how}; frame = decode+preprocess+invoke+top-k; "
         f"overhead = preprocess+top-k (decode excluded) vs invoke"
     )
     if any(few_runs(r) for r in doc["records"]):

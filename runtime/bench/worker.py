@@ -15,6 +15,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgecls.runtime.bench.stats import timed_runs, warm_up
@@ -46,7 +47,7 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-ENGINE_MODULES = ("ai_edge_litert", "tflite_runtime", "onnxruntime", "tensorflow", "keras", "torch")
+ENGINE_MODULES = ("ai_edge_litert", "tflite_runtime", "onnxruntime", "openvino", "tensorflow", "keras", "torch")
 
 
 def engines_loaded() -> list:
@@ -100,14 +101,31 @@ def accuracy(classify_file, folder, labels) -> dict:
     }
 
 
-def _engine_module(fmt: str) -> tuple[str, str]:
-    from edgecls.runtime.backends.registry import BACKENDS, available_backends
+def _engine_module(fmt: str, engine: str | None = None) -> tuple[str, str]:
+    from edgecls.runtime.backends.registry import available_backends, backends_for
 
     installed = available_backends()
-    for cls in BACKENDS.get(fmt, ()):
+    for cls in backends_for(fmt, (engine,) if engine else None):
         if installed[cls.name]:
             return cls.module, cls.package
     return "", ""
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """What a Classifier reads from a profile to pick an engine and set it: `backends` in order, ORT's spinning."""
+
+    backends: tuple = ()
+    ort_allow_spinning: bool | None = None
+
+
+def open_row(bundle: str, artifact: str, engine: str | None, threads, top_k: int = 5, allow_spinning=None):
+    """A Classifier of `artifact` in `engine` (None: the format's default engine); allow_spinning: ONNX Runtime's
+    idle threads spin (None: its default)."""
+    from edgecls.runtime.classifier import Classifier
+
+    profile = EngineChoice((engine,) if engine else (), allow_spinning)
+    return Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
 
 
 def invoke_phases(run, job: dict) -> dict:
@@ -132,19 +150,16 @@ def measure(job: dict) -> dict:
     """Load, first inference, warm-up, timed invokes, timed whole frames, accuracy, RSS: one record."""
     from edgecls.runtime.bench.frame import frame_stages
     from edgecls.runtime.bench.machine import package_versions
-    from edgecls.runtime.classifier import Classifier
     from edgecls.runtime.preprocess import load_image
 
     rss_start = rss_mb()
-    module, package = _engine_module(job["format"])
+    module, package = _engine_module(job["format"], job.get("engine"))
     t = time.perf_counter()
     if module:
         importlib.import_module(module)
     import_ms = (time.perf_counter() - t) * 1000
     t = time.perf_counter()
-    classifier = Classifier(
-        job["bundle"], artifact=job["artifact"], threads=job.get("threads"), top_k=job.get("top_k", 5)
-    )
+    classifier = open_row(job["bundle"], job["artifact"], job.get("engine"), job.get("threads"), job.get("top_k", 5))
     load_ms = (time.perf_counter() - t) * 1000
     backend = classifier.session.backend
 
