@@ -127,6 +127,18 @@ def _f(value, digits=2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def latency_note(doc: dict, repeats: int) -> str:
+    """How the p50 and its spread were obtained, from the bench document's own settings."""
+    latency = doc.get("settings", {}).get("latency") or {}
+    if latency.get("rounds"):
+        return (
+            f"p50 = median of {latency['rounds']} round medians of an interleaved pass (every artifact in one "
+            f"process, rounds A, B, C, A, B, C… of up to {latency['runs_per_round']} runs); spread = (max − min) / "
+            f"median of those round medians; load, 1st, RSS and the whole frame from {repeats} fresh processes."
+        )
+    return f"p50 spread = (max − min) / median of the {repeats} per-process p50s."
+
+
 def summary(name: str, run1: dict, run2: dict, threads: list, repeats: int) -> list:
     """Markdown lines: latency table, ratios, whole frame, run-to-run stability for one bundle."""
     one, two = _by(run1), _by(run2)
@@ -134,7 +146,7 @@ def summary(name: str, run1: dict, run2: dict, threads: list, repeats: int) -> l
     lines = [
         f"### {name}",
         "",
-        f"Invoke (the engine alone), ms; p50 spread = (max − min) / median of the {repeats} per-process p50s.",
+        f"Invoke (the engine alone), ms; {latency_note(run1, repeats)}",
         "",
         "| artifact | MB | "
         + " | ".join(f"p50 @{t} | p90 @{t} | p99 @{t} | spread @{t}" for t in threads)
@@ -147,7 +159,7 @@ def summary(name: str, run1: dict, run2: dict, threads: list, repeats: int) -> l
             r = one.get((a, t), {})
             cells.append(
                 f"{_f(r.get('p50_ms'))} | {_f(r.get('p90_ms'))} | {_f(r.get('p99_ms'))} | "
-                f"{_f(r.get('p50_spread_pct'), 1)} %"
+                f"{_f(r.get('round_spread_pct', r.get('p50_spread_pct')), 1)} %"
             )
         r1 = one.get((a, threads[0]), {})
         lines.append(
@@ -165,6 +177,8 @@ def summary(name: str, run1: dict, run2: dict, threads: list, repeats: int) -> l
             f"**onnx int8 vs fp32 {_ratio(p.get('onnx-fp32'), p.get('onnx-int8'))}**",
             f"tflite-fp32 vs onnx-fp32 {_ratio(p.get('onnx-fp32'), p.get('tflite-fp32'))}",
         ]
+        if p.get("onnx-int8@openvino"):  # OpenVINO on the very same int8 file as ONNX Runtime
+            parts.append(f"OpenVINO vs ONNX Runtime on onnx-int8 {_ratio(p.get('onnx-int8'), p['onnx-int8@openvino'])}")
         if p.get("keras"):
             best = min((v, a) for a, v in p.items() if v and a != "keras")
             parts.append(f"{best[1]} vs Keras {_ratio(p['keras'], best[0])}")
@@ -195,8 +209,13 @@ def summary(name: str, run1: dict, run2: dict, threads: list, repeats: int) -> l
             f"{_f(f.get('total', {}).get('p50_ms'))} | {_f(r.get('frame_p50_ms'))} | {_f(r.get('frame_p90_ms'))} | "
             f"{_f(r.get('frame_p99_ms'))} | {_f(r.get('overhead_pct_of_invoke'), 1)} % |"
         )
+    return lines + stability(one, two)
+
+
+def stability(one: dict, two: dict) -> list:
+    """Markdown lines: each artifact's invoke p50 in two consecutive runs, and the largest difference."""
     worst = 0.0
-    lines += [
+    lines = [
         "",
         "Two consecutive runs of the same command, invoke p50 (ms):",
         "",
@@ -295,13 +314,16 @@ def write_results(docs: dict, work: str, command: str) -> str:
         *int8_instructions(m),
         f"- OS: {m.get('os')}; {m.get('python')}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()),
-        f"- Load average when run 1 ended: {m.get('load_average')} (other work on the machine widens the spread)",
+        f"- Load average when run 1 ended: {m.get('load_average')} (other work on the machine widens the spread); "
+        "competing CPU-bound processes started by the benchmark itself: "
+        f"{first.get('competing_processes', 'not recorded')}",
         "",
         f"Settings: threads {','.join(map(str, threads))}; {st['repeats']} repeats, "
         "each a fresh process per artifact and "
         f"thread count (round-robin); up to {st['runs']} timed runs or {st['time_budget_s']} s per phase after warm-up "
         f"until the latency settles (at most {st.get('max_warmup_s', 10.0)} s); whole frame from a {st['frame']}.",
-        "Execution providers: LiteRT's default CPU kernels (XNNPACK); ONNX Runtime CPUExecutionProvider.",
+        "Execution providers: LiteRT's default CPU kernels (XNNPACK); ONNX Runtime CPUExecutionProvider; "
+        "`onnx-*@openvino` rows: OpenVINO's CPU plugin on the same ONNX file (fp32 artifacts at f32).",
         "",
         "## Issue 8, point 6: both targets from one run",
         "",
@@ -354,6 +376,8 @@ def main(argv=None) -> None:
 
 
 def _main(argv=None) -> None:
+    from benchmarks.threads import competing
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "edgecls-bench-reference"))
     parser.add_argument("--threads", default="1,2")
@@ -375,6 +399,9 @@ def _main(argv=None) -> None:
         "and benchmarks/RESULTS.md, the committed ones)",
     )
     parser.add_argument("--only", help="benchmark only this bundle (digits or mobilenetv2-224)")
+    parser.add_argument(
+        "--competing", type=int, default=0, help="CPU-bound busy loops running through both bench runs (e.g. 1)"
+    )
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results/bench_*_run?.json")
     args = parser.parse_args(argv)
@@ -404,13 +431,15 @@ def _main(argv=None) -> None:
             from edgecls.core.datasets.builtin import materialize
 
             extra += ["--data", str(materialize("digits"))]  # MobileNetV2's random weights make accuracy meaningless
-        first = bench(
-            bundle,
-            out_dir / f"bench_{name}_run1",
-            args,
-            [*extra, "--markdown", str(out_dir / f"bench_{name}.md"), "--plot", str(out_dir / f"bench_{name}.png")],
-        )
-        second = bench(bundle, out_dir / f"bench_{name}_run2", args, extra)
+        with competing(args.competing):
+            first = bench(
+                bundle,
+                out_dir / f"bench_{name}_run1",
+                args,
+                [*extra, "--markdown", str(out_dir / f"bench_{name}.md"), "--plot", str(out_dir / f"bench_{name}.png")],
+            )
+            second = bench(bundle, out_dir / f"bench_{name}_run2", args, extra)
+        first["competing_processes"] = args.competing
         docs[name] = (first, second)
     if "mobilenetv2-224" not in docs:
         return

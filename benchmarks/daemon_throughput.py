@@ -1,11 +1,13 @@
 """Daemon throughput against the model's own speed (issue 7: frames/s >= 0.85 x 1 / invoke).
 
     python3 benchmarks/daemon_throughput.py BUNDLE [--artifact tflite-int8] [--threads 1] [--seconds 20] [--rounds 3]
+        [--competing 1] [--out benchmarks/results/daemon_throughput]
 
 Side by side, in one process and alternating: (a) the artifact's bare invoke on a prepared tensor, timed
 in a tight loop (the best the model can do), and (b) the real daemon (edgecls.runtime.daemon.Daemon) classifying
 every frame of a looping 640x480 MJPG video, a source faster than the model, with the HTTP server up.
-Frames/s counts results published after a 2 s warm-up. Writes benchmarks/results/daemon_throughput.txt/.json.
+Frames/s counts results published after a 2 s warm-up; `--competing N` runs N CPU-bound busy loops meanwhile
+(the issue's "one competing process"), and each round records the load average. Writes OUT.txt and OUT.json.
 """
 
 from __future__ import annotations
@@ -102,6 +104,40 @@ def daemon_fps(classifier, video: Path, seconds: float, warmup: float = 2.0) -> 
     }
 
 
+def cpu_name() -> str:
+    from edgecls.runtime.bench.machine import cpu_model
+
+    return cpu_model() or platform.processor() or "unknown CPU"
+
+
+def measure_rounds(classifier, video: Path, args) -> list:
+    """`args.rounds` rounds of invoke, daemon, invoke; one printed line per round."""
+    rounds = []
+    for r in range(args.rounds):
+        before = invoke_ms(classifier)
+        run = daemon_fps(classifier, video, args.seconds)
+        after = invoke_ms(classifier)
+        invoke = statistics.median([before, after])
+        rounds.append(
+            {
+                "invoke_ms": round(invoke, 3),
+                "invoke_before_ms": round(before, 3),
+                "invoke_after_ms": round(after, 3),
+                **{k: round(v, 3) for k, v in run.items()},
+                "ratio": round(run["fps"] * invoke / 1000, 3),
+                "load_average": [round(v, 2) for v in os.getloadavg()],
+            }
+        )
+        print(
+            f"round {r + 1}: invoke {invoke:.2f} ms (1/invoke {1000 / invoke:.0f}/s)  "
+            f"daemon {run['fps']:.0f} frames/s "
+            f"over {run['frames']} frames  ratio {rounds[-1]['ratio']:.2f}  (pre {run['pre_ms']:.2f} ms, "
+            f"infer {run['infer_ms']:.2f} ms, post {run['post_ms']:.3f} ms)",
+            flush=True,
+        )
+    return rounds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle")
@@ -109,52 +145,37 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--competing", type=int, default=0, help="CPU-bound Python busy loops running meanwhile")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "daemon_throughput"))
     args = p.parse_args()
 
+    from benchmarks.threads import competing
+    from edgecls.runtime.atomic import write_text
     from edgecls.runtime.classifier import Classifier
 
     classifier = Classifier(args.bundle, artifact=args.artifact, threads=args.threads)
-    rounds = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, competing(args.competing):
         video = write_video(Path(tmp) / "clip.avi")
-        for r in range(args.rounds):
-            before = invoke_ms(classifier)
-            run = daemon_fps(classifier, video, args.seconds)
-            after = invoke_ms(classifier)
-            invoke = statistics.median([before, after])
-            rounds.append(
-                {
-                    "invoke_ms": round(invoke, 3),
-                    "invoke_before_ms": round(before, 3),
-                    "invoke_after_ms": round(after, 3),
-                    **{k: round(v, 3) for k, v in run.items()},
-                    "ratio": round(run["fps"] * invoke / 1000, 3),
-                }
-            )
-            print(
-                f"round {r + 1}: invoke {invoke:.2f} ms (1/invoke {1000 / invoke:.0f}/s)  "
-                f"daemon {run['fps']:.0f} frames/s "
-                f"over {run['frames']} frames  ratio {rounds[-1]['ratio']:.2f}  (pre {run['pre_ms']:.2f} ms, "
-                f"infer {run['infer_ms']:.2f} ms, post {run['post_ms']:.3f} ms)",
-                flush=True,
-            )
+        rounds = measure_rounds(classifier, video, args)
     ratio = statistics.median(r["ratio"] for r in rounds)
     machine = f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     record = {
         "bundle": str(args.bundle),
         "artifact": args.artifact,
         "threads": args.threads,
+        "competing_processes": args.competing,
         "backend": classifier.backend_name,
         "rounds": rounds,
         "median_ratio": ratio,
         "machine": machine,
         "date": time.strftime("%Y-%m-%d"),
     }
-    Path(args.out + ".json").write_text(json.dumps(record, indent=2) + "\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_text(args.out + ".json", json.dumps(record, indent=2) + "\n")
     lines = [
         f"# daemon throughput vs invoke: {args.bundle} {args.artifact}, {args.threads} inference thread(s), "
-        f"{classifier.backend_name}; looping 640x480 MJPG video, every frame",
+        f"{classifier.backend_name}; looping 640x480 MJPG video, every frame; "
+        f"{args.competing} competing CPU-bound process(es)",
         f"# {machine}, {time.strftime('%Y-%m-%d')}",
         *(
             f"round {i + 1}: invoke {r['invoke_ms']:.2f} ms -> {1000 / r['invoke_ms']:.0f}/s; "
@@ -165,15 +186,9 @@ def main() -> None:
         ),
         f"median ratio frames/s x invoke: {ratio:.2f} (target: >= 0.85)",
     ]
-    Path(args.out + ".txt").write_text("\n".join(lines) + "\n")
+    write_text(args.out + ".txt", "\n".join(lines) + "\n")
     print(lines[-1])
 
 
 if __name__ == "__main__":
     main()
-
-
-def cpu_name() -> str:
-    from edgecls.runtime.bench.machine import cpu_model
-
-    return cpu_model() or platform.processor() or "unknown CPU"
