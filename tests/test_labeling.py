@@ -30,7 +30,7 @@ LABELS = ("circle", "square", "triangle")
 TOKEN = "label-tok-93f2"
 
 
-def make_captures(root: Path, n: int = 30, seed: int = 0) -> Path:
+def make_captures(root: Path, n: int = 30, seed: int = 0, first: int = 0) -> Path:
     """`n` frames written by the daemon's own Capture (two sources), each with a sidecar whose top-k names the
     drawn shape with a score in [0.34, 0.95): the layout `edgecls run --capture root` leaves."""
     capture = Capture(root, below=1.0, queue_size=n + 1)
@@ -40,7 +40,8 @@ def make_captures(root: Path, n: int = 30, seed: int = 0) -> Path:
         score = round(float(rng.uniform(0.34, 0.95)), 4)
         others = [label for label in LABELS if label != kind]
         topk = [{"label": kind, "score": score}] + [{"label": o, "score": round((1 - score) / 2, 4)} for o in others]
-        result = {"source": "door cam" if i % 2 else "cam0", "ts": 1765000000 + i, "frame": i, "top1": kind}
+        frame = first + i
+        result = {"source": "door cam" if i % 2 else "cam0", "ts": 1765000000 + frame, "frame": frame, "top1": kind}
         capture.offer(render_fixture_image(kind, rng, 40), {**result, "score": score, "topk": topk})
     assert capture.drain(60)
     capture.close()
@@ -99,6 +100,16 @@ def test_frames_come_most_uncertain_first_with_their_top_k_as_the_first_keys(cap
     state = store.state()
     assert state["frame"]["id"] == ordered[0].id and (state["left"], state["total"]) == (30, 30)
     assert state["frame"]["keys"][:3] == [t[0] for t in ordered[0].topk]
+
+
+def test_frames_a_running_daemon_captures_later_join_the_queue_and_frames_moved_by_hand_leave_it(captures):
+    store = LabelStore(captures)
+    make_captures(captures, n=6, seed=9, first=100)  # the daemon keeps capturing while a person labels
+    gone = store.ordered()[0].id
+    (captures / "circle").mkdir()
+    os.rename(captures / INBOX / gone, captures / "circle" / Path(gone).name)  # a person's own move
+    store.refresh()
+    assert store.state()["left"] == 30 + 6 - 1 and store.frame(gone) is None
 
 
 def test_a_decision_moves_the_image_and_its_sidecar_and_undo_after_a_restart_brings_them_back(captures):
