@@ -106,6 +106,19 @@ def test_keyboard_labelling_of_20_frames_moves_exactly_those_undo_restores_one_a
     assert (tmp_path / "label-page.png").stat().st_size > 10_000
 
 
+def test_without_the_cookie_the_page_asks_for_the_token_and_a_wrong_one_moves_nothing(served):
+    captures, server = served
+    with chromium(900, 600) as browser:
+        browser.get(server.url)
+        assert "edgecls label" in browser.title and "Open the labelling page" in browser.page_source
+        field = browser.find_element(By.NAME, "token")
+        field.send_keys("wrong-token", Keys.ENTER)
+        wait_for(browser, lambda b: "not the right one" in b.page_source, 15, "the wrong-token note")
+        browser.find_element(By.NAME, "token").send_keys(TOKEN, Keys.ENTER)
+        wait_for(browser, lambda b: answers(b) > 0, 20, "the page after signing in")
+        assert progress(browser) == "30 of 30 left" and len(inbox_ids(captures)) == 30
+
+
 def test_a_second_tab_deciding_the_same_frame_does_not_move_it_twice(served):
     captures, server = served
     with chromium(1000, 700) as browser:

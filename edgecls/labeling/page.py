@@ -166,3 +166,17 @@ call("GET", "/api/state").then(([, data]) => show(data)).catch((err) => say(Stri
 
 def page() -> bytes:
     return PAGE.encode()
+
+
+def sign_in_page(wrong: bool = False) -> bytes:
+    """Shown at `/` without the session cookie: the token is POSTed (never put in a URL) and answered with one."""
+    note = "<p>That token is not the right one.</p>" if wrong else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edgecls label: sign in</title>
+<style>body{{margin:0;padding:16px;background:#15171a;color:#e4e4e4;font:15px system-ui,sans-serif}}</style></head>
+<body><h1>edgecls label</h1><p>Open the link `edgecls label` printed, or paste its token (--token-file or
+EDGECLS_RUN_TOKEN).</p>{note}
+<form method="post" action="/"><input type="password" name="token" autocomplete="current-password" autofocus>
+<button>Open the labelling page</button></form>
+</body></html>
+""".encode()

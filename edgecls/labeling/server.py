@@ -102,6 +102,12 @@ class _LabelHandler(_Handler):
             self._error(401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="edgecls"'})
         return False
 
+    def _sign_in_page(self, wrong: bool) -> None:
+        from edgecls.labeling.page import sign_in_page
+
+        challenge = {"WWW-Authenticate": 'Bearer realm="edgecls"'}
+        self._send(401, "text/html; charset=utf-8", sign_in_page(wrong=wrong), challenge)
+
     def _get(self):
         path, _, query = self.path.partition("?")
         link = [unquote(v) for k, _, v in (p.partition("=") for p in query.split("&")) if k == "token"]
