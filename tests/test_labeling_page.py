@@ -8,9 +8,11 @@ import signal
 from pathlib import Path
 
 import pytest
-from selenium.webdriver.common.action_chains import ActionChains
-from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
+
+pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium; it is in the test extra)")
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 from edgecls.labeling import LabelServer, LabelStore
 from edgecls.labeling.store import PAUSE_MID_MOVE_ENV
