@@ -78,23 +78,22 @@ def test_int8_artifact_agrees_with_onnx_runtime_on_top1(tiny_bundle, real_images
     assert delta < 0.1  # the same integer graph: a few quantization steps at most, never another model
 
 
-def _test_split(run_dir, shapes_folder) -> tuple:
-    split = json.loads((run_dir / "split.json").read_text())["splits"]["test"]
-    return [shapes_folder / rel for rel, _, _ in split], np.array([label for _, _, label in split])
+def test_a_profile_asking_bf16_runs_fp32_artifacts_in_bf16(tiny_bundle, real_images, tmp_path):
+    """OpenVINO's own default on a bf16 CPU, which edgecls turns off for fp32 artifacts: a profile may ask for it
+    back (on a MobileNetV2 trained on photos, bf16 lost 1.39 points of test accuracy, past convert's 1.0 gate)."""
+    from edgecls.devices.profiles import load_profile
 
-
-def test_bf16_of_an_fp32_artifact_is_measured_against_the_accuracy_gate(tiny_bundle, tiny_run_dir, shapes_folder):
-    """OpenVINO's own default on a bf16 CPU; edgecls asks for f32 unless a profile says bf16. The gate's metric:
-    test-split accuracy points lost against the verified f32 scores (convert's --max-drop, 1.0 by default)."""
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16: OpenVINO runs f32 whatever the hint")
+    profile = tmp_path / "bf16.json"
+    profile.write_text(json.dumps({"name": "bf16", "backends": ["openvino"], "openvino_precision": "bf16"}))
     bundle = load_bundle(tiny_bundle)
-    ort, bf16 = _both(bundle, "onnx-fp32", precision="bf16")
-    assert bf16.backend.config["INFERENCE_PRECISION_HINT"] == "bf16"
-    paths, truth = _test_split(tiny_run_dir, shapes_folder)
-    x = _batch(bundle, paths)
-    p_ort, p_bf16 = ort.predict(x), bf16.predict(x)
-    drop = 100.0 * (float((p_ort.argmax(1) == truth).mean()) - float((p_bf16.argmax(1) == truth).mean()))
-    print(f"bf16 on {len(paths)} test images: accuracy drop {drop:.2f} points, max |dp| {np.abs(p_ort - p_bf16).max()}")
-    assert drop <= 1.0
+    chosen = Classifier(bundle, artifact="onnx-fp32", profile=load_profile(str(profile)))
+    assert chosen.session.backend.config["INFERENCE_PRECISION_HINT"] == "bf16"
+    ort, _ = _both(bundle, "onnx-fp32")
+    x = _batch(bundle, real_images)
+    delta = float(np.abs(chosen.session.predict(x) - ort.predict(x)).max())
+    assert 1e-4 < delta < 0.1, delta  # bf16's 8-bit mantissa shows; still the same model
 
 
 def test_a_profile_naming_openvino_serves_onnx_artifacts_with_it_and_others_keep_onnx_runtime(tiny_bundle):
