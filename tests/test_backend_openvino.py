@@ -21,7 +21,11 @@ from edgecls.runtime.session import ModelSession
 from tests import foreign_onnx
 from tests.conftest import _session_folder, cli_error, run_cli
 
-ov = pytest.importorskip("openvino", reason="openvino is not installed: pip install 'edgecls[openvino]'")
+try:
+    import openvino as ov
+except ImportError:  # the engine tests skip, naming the extra; the device choice below needs no engine
+    ov = None
+needs_openvino = pytest.mark.skipif(ov is None, reason="openvino is not installed: pip install 'edgecls[openvino]'")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".bmp", ".webp")
 
@@ -54,6 +58,7 @@ def real_images(shapes_folder, tmp_path_factory) -> list:
     return _images(shapes_folder) + photos
 
 
+@needs_openvino
 def test_fp32_artifact_gives_onnx_runtimes_probabilities_to_1e_4(tiny_bundle, real_images):
     bundle = load_bundle(tiny_bundle)
     ort, openvino = _both(bundle, "onnx-fp32")
@@ -65,6 +70,7 @@ def test_fp32_artifact_gives_onnx_runtimes_probabilities_to_1e_4(tiny_bundle, re
     assert float(np.abs(p_ort - p_ov).max()) <= 1e-4
 
 
+@needs_openvino
 def test_int8_artifact_agrees_with_onnx_runtime_on_top1(tiny_bundle, real_images):
     bundle = load_bundle(tiny_bundle)
     ort, openvino = _both(bundle, "onnx-int8")
@@ -78,6 +84,7 @@ def test_int8_artifact_agrees_with_onnx_runtime_on_top1(tiny_bundle, real_images
     assert delta < 0.1  # the same integer graph: a few quantization steps at most, never another model
 
 
+@needs_openvino
 def test_a_profile_asking_bf16_runs_fp32_artifacts_in_bf16(tiny_bundle, real_images, tmp_path):
     """OpenVINO's own default on a bf16 CPU, which edgecls turns off for fp32 artifacts: a profile may ask for it
     back (on a MobileNetV2 trained on photos, bf16 lost 1.39 points of test accuracy, past convert's 1.0 gate)."""
@@ -96,6 +103,7 @@ def test_a_profile_asking_bf16_runs_fp32_artifacts_in_bf16(tiny_bundle, real_ima
     assert 1e-4 < delta < 0.1, delta  # bf16's 8-bit mantissa shows; still the same model
 
 
+@needs_openvino
 def test_a_profile_naming_openvino_serves_onnx_artifacts_with_it_and_others_keep_onnx_runtime(tiny_bundle):
     from edgecls.devices.profiles import load_profile
 
@@ -108,6 +116,7 @@ def test_a_profile_naming_openvino_serves_onnx_artifacts_with_it_and_others_keep
     assert chosen.classify(image).label == default.classify(image).label
 
 
+@needs_openvino
 def test_igpu_profile_falls_back_to_the_cpu_with_a_warning_when_no_gpu_is_present(tiny_bundle, caplog):
     from edgecls.devices.profiles import load_profile
 
@@ -119,6 +128,7 @@ def test_igpu_profile_falls_back_to_the_cpu_with_a_warning_when_no_gpu_is_presen
     assert any("GPU not present here" in r.getMessage() and "using CPU" in r.getMessage() for r in caplog.records)
 
 
+@needs_openvino
 def test_a_device_openvino_does_not_see_is_one_line_naming_the_devices_it_sees(tiny_bundle, tmp_path):
     profile = tmp_path / "npu-only.json"
     profile.write_text(json.dumps({"name": "npu-only", "backends": ["openvino"], "openvino_device": "NPU"}))
@@ -133,6 +143,7 @@ def test_a_device_openvino_does_not_see_is_one_line_naming_the_devices_it_sees(t
     assert "OpenVINO sees no device NPU: it sees CPU" in error
 
 
+@needs_openvino
 def test_edgecls_predict_with_the_intel_cpu_profile_runs_openvino(tiny_bundle):
     image = _images(tiny_bundle)[0]
     done = run_cli("-v", "predict", tiny_bundle, image, "--device", "intel-cpu", "--json")
@@ -157,6 +168,7 @@ def imported_nchw_bundle(tmp_path_factory, shapes_folder):
     return out
 
 
+@needs_openvino
 @pytest.mark.parametrize("artifact", ["onnx-fp32", "onnx-int8"])
 def test_an_imported_nchw_logits_model_is_served_by_openvino_as_by_onnx_runtime(
     imported_nchw_bundle, real_images, artifact
@@ -172,3 +184,18 @@ def test_an_imported_nchw_logits_model_is_served_by_openvino_as_by_onnx_runtime(
     assert np.allclose(p_ov.sum(1), 1.0, atol=1e-5)  # probabilities, not the model's logits
     assert np.array_equal(p_ort.argmax(1), p_ov.argmax(1))
     assert float(np.abs(p_ort - p_ov).max()) <= (1e-4 if artifact == "onnx-fp32" else 0.1)
+
+
+def test_the_first_device_openvino_sees_is_chosen_and_the_skipped_ones_named(caplog):
+    from edgecls.runtime.backends.openvino import choose_device
+
+    assert choose_device("GPU", ["CPU", "GPU.0", "GPU.1"]) == "GPU"  # OpenVINO numbers several GPUs
+    assert choose_device("GPU.1,CPU", ["CPU", "GPU.0", "GPU.1"]) == "GPU.1"
+    assert choose_device(None, ["CPU"]) == "CPU" and choose_device("AUTO", ["CPU"]) == "AUTO"
+    with caplog.at_level(logging.WARNING, logger="edgecls.runtime"):
+        assert choose_device("NPU,GPU,CPU", ["CPU"]) == "CPU"
+    assert [r.getMessage() for r in caplog.records] == [
+        "openvino: NPU, GPU not present here (it sees ['CPU']); using CPU"
+    ]
+    with pytest.raises(EdgeclsError, match=r"^OpenVINO sees no device GPU or NPU: it sees CPU \(install"):
+        choose_device("GPU,NPU", ["CPU"])
