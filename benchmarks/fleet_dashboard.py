@@ -106,14 +106,19 @@ def _timeseries(ax, panel, prometheus, device, window, rate):
     for step_ in steps:
         if step_.get("value") is not None:
             ax.axhline(step_["value"] * factor, color="red", linestyle="--", linewidth=1, label="degraded past this")
+    low, high = ax.get_ylim()
     if defaults.get("min") is not None:
-        ax.set_ylim(bottom=defaults["min"] * factor)
+        low = defaults["min"] * factor
+    if defaults.get("max") is not None:
+        high = defaults["max"] * factor * 1.05  # a line at the maximum stays visible
+    ax.set_ylim(low, max(high, low + 1e-9))
     ax.set_ylabel(label, fontsize=8)
+    ax.set_xlabel("time of day", fontsize=7)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=6, loc="upper left", ncol=1 + len(ax.lines) // 4, framealpha=0.8)
 
 
 def render(prometheus, names: list, window: tuple, rate: str, out: Path) -> None:
