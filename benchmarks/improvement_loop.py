@@ -1,0 +1,272 @@
+"""Issue 26 must-show: v2 started from v1 (`train --init-from`) against v2 trained from scratch.
+
+    nice -n 10 python -m benchmarks.improvement_loop [--work DIR] [--epochs 30]
+
+The whole loop on the digits (the UCI set scikit-learn ships, 1,797 8x8 images), with the real commands:
+
+1. the images of each class alternate between the dataset (v1's half) and a pool (the other half);
+2. v1 = `edgecls train --data dataset/` (24 px grey, `simple` 16,32,64), converted by `edgecls convert`;
+3. the pool is run through the daemon, `edgecls run bundles/v1 --source pool/ --capture captures/
+   --capture-every 1 --fps 40 --results results.jsonl`: every frame lands in captures/.unlabelled/ as JPEG + sidecar;
+4. the captures are labelled on the labelling page's server (`edgecls label captures/ --token-file ...
+   --exit-when-done`) through its HTTP API (POST /api/decide, the calls the page's keys make), the truth of
+   each frame found from its sidecar's frame number -> the daemon's result line for it -> the pool file name;
+5. v2 = `train --init-from v1 --data dataset/ --data captures/` and, on exactly v2's train/val/test files
+   (a pre-split folder of symlinks made from v2's split.json), the same model from scratch; both for --epochs
+   epochs with early stopping off, each epoch's model scored on v1's fixed test split;
+6. `edgecls compare v1 v2` (McNemar on v1's test split).
+
+Writes benchmarks/results/improvement_loop.txt and improvement_loop.png. About 6 minutes on two shared cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+FPS = 40  # the folder played as a live camera: capture writes each frame (JPEG + sidecar) before the next comes
+INPUT = {"image_size": 24, "color": "gray", "model_options": {"widths": (16, 32, 64)}}
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def edgecls(*args, **kw) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "edgecls.cli", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, **kw)
+    if result.returncode != 0:
+        raise SystemExit(f"edgecls {' '.join(map(str, args))} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def halves(work: Path) -> tuple:
+    """dataset/<class>/ (even images of each class) and pool/c<class>-<n>.png (odd ones, truth in the name)."""
+    from edgecls.core.datasets.builtin import materialize
+
+    dataset, pool = work / "dataset", work / "pool"
+    for class_dir in sorted(materialize("digits").iterdir()):
+        for i, f in enumerate(sorted(class_dir.iterdir())):
+            if i % 2 == 0:
+                (dataset / class_dir.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, dataset / class_dir.name / f.name)
+            else:
+                pool.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, pool / f"c{class_dir.name}-{f.stem}.png")
+    return dataset, pool
+
+
+def capture(work: Path, bundle: Path, pool: Path) -> Path:
+    captures, results = work / "captures", work / "results.jsonl"
+    n = len(list(pool.iterdir()))
+    edgecls(
+        "run", bundle, "--source", pool, "--capture", captures, "--capture-every", "1", "--capture-max-mb", "200",
+        "--results", results, "--max-frames", n, "--fps", FPS, "--port", "0", timeout=600,
+    )  # fmt: skip
+    return captures
+
+
+def truth_of_frames(work: Path) -> dict:
+    """frame number -> true class, from the daemon's own result lines (each names its pool file)."""
+    truth = {}
+    for line in (work / "results.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "name" in record:
+            truth[record["frame"]] = re.match(r"c(\d+)-", Path(record["name"]).name).group(1)
+    return truth
+
+
+def label_on_the_page(work: Path, captures: Path) -> int:
+    """Label every capture through the page server's API; returns how many were labelled."""
+    truth = truth_of_frames(work)
+    token = work / "label-token"
+    token.write_text("improvement-loop-token\n")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "edgecls.cli", "label", captures, "--port", "0", "--token-file", token,
+         "--exit-when-done"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = None
+        while url is None:
+            line = server.stdout.readline()
+            if not line:
+                raise SystemExit(f"edgecls label ended: {server.stderr.read()[-2000:]}")
+            found = re.search(r"(http://[^\s/]+)", line)
+            url = found.group(1) if found else None
+        headers = {"Authorization": "Bearer improvement-loop-token", "Content-Type": "application/json"}
+
+        def call(path, body=None):
+            data = None if body is None else json.dumps(body).encode()
+            request = urllib.request.Request(url + path, data=data, headers=headers)
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return json.loads(reply.read())
+
+        done = 0
+        while (state := call("/api/state"))["frame"] is not None:
+            frame = state["frame"]["id"]
+            sidecar = json.loads((captures / ".unlabelled" / frame).with_suffix(".json").read_text())
+            call("/api/decide", {"frame": frame, "label": truth[sidecar["frame"]]})
+            done += 1
+            if done % 200 == 0:
+                say(f"labelled {done}, {state['left'] - 1} left")
+        server.wait(timeout=30)
+        return done
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def test_scorer(v1: Path):
+    """A Keras callback recording each epoch's accuracy on v1's fixed test split."""
+    import keras
+    import numpy as np
+
+    from edgecls.core import rundir
+    from edgecls.core.rundata import load_run_splits
+
+    split = load_run_splits(rundir.open_run(v1), ["test"])["test"]
+
+    class ScoreOnV1Test(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.accuracy = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            probs = self.model.predict(split.x, verbose=0, batch_size=256)
+            self.accuracy.append(float(np.mean(probs.argmax(axis=1) == split.y)))
+
+    return ScoreOnV1Test()
+
+
+def presplit_like(run: Path, folder: Path) -> Path:
+    """folder/{train,val,test}/<class>/ symlinks to exactly the files of `run`'s split.json."""
+    record = json.loads((run / "split.json").read_text())
+    root = Path(json.loads((run / "metadata.json").read_text())["dataset"]["source"])
+    for name, entries in record["splits"].items():
+        for i, (path, _, label) in enumerate(entries):
+            link = folder / name / record["labels"][label] / f"{i:05d}{Path(path).suffix}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink((root / path).resolve(), link)
+    return folder
+
+
+def train_watched(v1: Path, out: Path, epochs: int, **kw) -> tuple:
+    from edgecls.train import TrainConfig, train
+
+    scorer = test_scorer(v1)
+    started = time.perf_counter()
+    result = train(TrainConfig(out=str(out), epochs=epochs, patience=0, seed=0, verbose=0, callbacks=(scorer,), **kw))
+    return scorer.accuracy, result.metrics["test_accuracy"], time.perf_counter() - started
+
+
+def first_epoch(curve: list, target: float) -> int | None:
+    return next((i + 1 for i, a in enumerate(curve) if a >= target - 1e-9), None)
+
+
+def plot(curves: dict, target: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), [100 * a for a in curve], marker="o", markersize=3, label=name)
+    ax.axhline(100 * target, color="grey", linestyle="--", label=f"from-scratch accuracy ({100 * target:.1f} %)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy on v1's fixed test split (%)")
+    ax.set_title("digits: v2 started from v1 (--init-from) vs v2 from scratch, same data")
+    ax.set_ylim(max(0, 100 * min(min(c) for c in curves.values()) - 5), 100.5)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, help="Working folder (default: a temporary one, removed).")
+    parser.add_argument("--epochs", type=int, default=30)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="improvement-loop-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    from edgecls.converters.pipeline import ConvertOptions, convert
+    from edgecls.train import TrainConfig, train
+
+    dataset, pool = halves(work)
+    say(f"dataset {sum(1 for _ in dataset.rglob('*.png'))} images, pool {len(list(pool.iterdir()))}")
+    v1 = work / "runs" / "v1"
+    v1_result = train(TrainConfig(data=str(dataset), out=str(v1), epochs=args.epochs, seed=0, verbose=0, **INPUT))
+    say(f"v1 test accuracy {v1_result.metrics['test_accuracy']:.4f}")
+    bundle = work / "bundles" / "v1"
+    convert(v1, bundle, ConvertOptions())
+    captures = capture(work, bundle, pool)
+    captured = len(list((captures / ".unlabelled").rglob("*.jpg")))
+    say(f"daemon captured {captured} frames")
+    labelled = label_on_the_page(work, captures)
+    say(f"labelled {labelled} frames on the page's server")
+    init_curve, init_acc, init_s = train_watched(
+        v1, work / "runs" / "v2", args.epochs, data=(str(dataset), str(captures)), init_from=str(v1)
+    )
+    scratch_data = presplit_like(work / "runs" / "v2", work / "scratch-data")
+    scratch_curve, scratch_acc, scratch_s = train_watched(
+        v1, work / "runs" / "v2-scratch", args.epochs, data=str(scratch_data), **INPUT
+    )
+    verdict = edgecls("compare", v1, work / "runs" / "v2").stdout.splitlines()[-1]
+    write_results(
+        args, v1_result.metrics, captured, labelled, (init_curve, init_acc, init_s),
+        (scratch_curve, scratch_acc, scratch_s), verdict, time.perf_counter() - started,
+    )  # fmt: skip
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_results(args, v1_metrics, captured, labelled, init, scratch, verdict, seconds) -> None:
+    (init_curve, init_acc, init_s), (scratch_curve, scratch_acc, scratch_s) = init, scratch
+    target = scratch_acc  # the from-scratch run's kept model (lowest val loss), scored on v1's test split
+    reach_init, reach_scratch = first_epoch(init_curve, target), first_epoch(scratch_curve, target)
+    lines = [
+        "# Issue 26: v2 with --init-from v1 against v2 from scratch (python -m benchmarks.improvement_loop)",
+        f"# {platform.node()}, {platform.processor() or platform.machine()}, 2 shared noisy cores; one run, seed 0",
+        "",
+        f"v1: half of each digit class, test accuracy {v1_metrics['test_accuracy']:.4f} "
+        f"on its test split ({v1_metrics.get('support', '')} images)".replace(" ( images)", ""),
+        f"the other half through the daemon: {captured} frames captured, {labelled} labelled on the page's server",
+        "v2 trains on v1's dataset + the labelled captures; v1's test split is the test split of both v2 runs",
+        "",
+        f"from-scratch accuracy (its kept epoch, on v1's test split): {target:.4f}",
+        f"epochs to reach it: --init-from v1 {reach_init}, from scratch {reach_scratch} "
+        f"(of {args.epochs}; early stopping off)",
+        f"kept models: --init-from {init_acc:.4f} in {init_s:.0f} s, "
+        f"from scratch {scratch_acc:.4f} in {scratch_s:.0f} s",
+        f"edgecls compare v1 v2: {verdict}",
+        "",
+        "epoch  init-from  scratch   (accuracy on v1's fixed test split after each epoch)",
+    ]
+    for i in range(max(len(init_curve), len(scratch_curve))):
+        a = f"{init_curve[i]:.4f}" if i < len(init_curve) else ""
+        b = f"{scratch_curve[i]:.4f}" if i < len(scratch_curve) else ""
+        lines.append(f"{i + 1:>5}  {a:>9}  {b:>7}")
+    lines.append("")
+    lines.append(f"total {seconds:.0f} s")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "improvement_loop.txt").write_text("\n".join(lines) + "\n")
+    plot({"--init-from v1": init_curve, "from scratch": scratch_curve}, target, RESULTS / "improvement_loop.png")
+    say("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
