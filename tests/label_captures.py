@@ -1,6 +1,6 @@
 """Label a capture folder the way a person would on `edgecls label`'s page, for tests with no person.
 
-    python -m tests.label_captures CAPTURES RESULTS.jsonl
+    python tests/label_captures.py CAPTURES RESULTS.jsonl
 
 Serves CAPTURES with the real `edgecls label` command (its own token file, a free port, --exit-when-done) and
 answers every frame through the page's HTTP API (GET /api/state, POST /api/decide: the calls its keys make),
