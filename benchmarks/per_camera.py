@@ -6,7 +6,9 @@
    `preprocess.pixels` (the resize to the bundle's input size that `Classifier.prepare` does), for no view, a ROI (the
    middle half of each side), rotate 90, rotate 180, and both. The variants take turns frame by frame (a busy
    machine slows them alike); medians per variant, and the ratio to no view. Beside them, rotating after the resize
-   (on the model-size pixels), the alternative the view does not take: it is not exact for every resize mode.
+   (on the model-size pixels), the alternative the view does not take: it is not exact (section 1b counts the
+   pixels it changes per resize mode). OpenCV runs on one thread here (cv2.setNumThreads(1)): its idle worker
+   threads otherwise compete with the timed thread on a busy 2-core machine, and a no-op read 0.5 ms.
 2. max_fps: a real `edgecls run` (a subprocess) on a 640x480 video paced at 30 fps, with `--set cam.max_fps=5` and
    without, taking turns: frames classified per second (from /metrics) and the process's CPU seconds per second
    (/proc/PID/stat, user + system), medians over the pairs.
@@ -74,6 +76,27 @@ def view_costs(spec, width: int, height: int, frames: int, rounds: int) -> dict:
     return {name: (median(alone[name]) if name in alone else None, median(full[name])) for name in full}
 
 
+def after_resize_differences(width: int, height: int, size: int = 224) -> list:
+    """Lines: for each resize mode (box-linear), the model pixels that differ between rotating the frame and
+    rotating after the resize (for 90: resized to the swapped size first), of size x size x 3."""
+    import cv2
+    import numpy as np
+
+    from edgecls.runtime.preprocess import RESIZE_MODES, PreprocessSpec, pixels
+
+    image = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8), (5, 5), 0)
+    lines = []
+    for mode in RESIZE_MODES:
+        spec = PreprocessSpec(size, size, resize=mode)
+        counts = []
+        for code in (cv2.ROTATE_180, cv2.ROTATE_90_CLOCKWISE):
+            exact = pixels(cv2.rotate(image, code), spec, "bgr").astype(int)
+            after = cv2.rotate(pixels(image, spec, "bgr"), code)
+            counts.append(f"{int((exact != after).sum())} differ (max {int(np.abs(exact - after).max())})")
+        lines.append(f"  {width}x{height} {mode:<12} rotate 180: {counts[0]:<22} rotate 90: {counts[1]}")
+    return lines
+
+
 def write_clip(path: Path, frames: int = 90) -> Path:
     """A 640x480 MJPG video at 30 fps: a white disc moving across a grey ramp."""
     import cv2
@@ -125,6 +148,8 @@ def daemon_run(bundle: str, clip: Path, max_fps: float | None, seconds: float) -
 
 
 def main(argv=None) -> int:
+    import cv2
+
     from edgecls.runtime.bundle import load_bundle
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -136,6 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "per_camera.txt"))
     args = parser.parse_args(argv)
     spec = load_bundle(args.bundle).manifest.preprocess
+    cv2.setNumThreads(1)
     out = [
         f"# per-camera settings: cost of the view per frame, and CPU saved by max_fps ({time.strftime('%Y-%m-%d')})",
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with other work (noisy: "
@@ -154,6 +180,13 @@ def main(argv=None) -> int:
             shown = "-" if alone is None else f"{alone:.1f}"
             out.append(f"  {name:<26}{shown:>12}{total:>13.1f}{total / base:>8.2f}")
         print("\n".join(out[-len(costs) - 2 :]), flush=True)
+    out += [
+        "",
+        "## 1b. Rotating after the resize instead: model pixels that differ from rotating the crop (of 224x224x3)",
+    ]
+    for width, height in SIZES:
+        out += after_resize_differences(width, height)
+    print("\n".join(out[-6:]), flush=True)
     out += ["", "## 2. max_fps = 5 on a 640x480 video paced at 30 fps (real `edgecls run`, runs taking turns)"]
     with tempfile.TemporaryDirectory() as tmp:
         clip = write_clip(Path(tmp) / "clip.avi")

@@ -115,7 +115,7 @@ class _Prepared:
 
     def __init__(self, frame, view=None, classifier=None, tensor=None, brightness=None, pre_s=0.0, error=None):
         self.frame, self.classifier, self.tensor, self.pre_s, self.error = frame, classifier, tensor, pre_s, error
-        self.view, self.brightness = view, brightness
+        self.view, self.brightness = view, brightness  # view: (its pixels, its record) from SourceLoop.look
 
 
 class _Ahead:
@@ -180,7 +180,7 @@ class _Ahead:
             view = None
             try:
                 view = loop.look(frame.image)
-                tensor, bright = loop.prepare(clf, view)
+                tensor, bright = loop.prepare(clf, view[0])
                 item = _Prepared(frame, view, clf, tensor, bright, time.perf_counter() - t0)
             except Exception as exc:  # reported by the loop, which counts and logs frame errors
                 item = _Prepared(frame, view, clf, error=exc)
@@ -268,12 +268,13 @@ class SourceLoop:
         if self.drift is not None:  # the old window measured the old model: start afresh against the new reference
             self.drift.adopt(classifier)
 
-    def look(self, image):
-        """The frame's view as the source's settings ask (the frame itself when it is whole and upright)."""
+    def look(self, image) -> tuple:
+        """(the frame's view as the source's settings ask, its record): the frame itself and {} when it is whole and
+        upright. Recorded here, with the pixels: the next frame may resolve the ROI anew before this one is done."""
         view = self.view.apply(image)
         if view is None:
             raise _Unviewable()
-        return view
+        return view, self.view.record()
 
     def prepare(self, clf, image):
         """A BGR frame -> (model input, brightness of its pixels or None when drift does not need it)."""
@@ -320,29 +321,30 @@ class SourceLoop:
             self.shown = (item.frame.image, result)  # for the preview stream: one reference, replaced each frame
             self.publish(result)
             if self.capture is not None:  # the view the model saw, so labelling and retraining see it too
-                self.capture.offer(item.view, result, **self._capture_policy)
+                self.capture.offer(item.view[0], result, **self._capture_policy)
         self._stop.set()  # ends the preparing thread too (max_frames reached, or the source ended)
         ahead.join(1.0)
         log.debug("%s: loop ended after %d frames", name, self.stats.processed)
 
-    def classify(self, frame, prepared: _Prepared | None = None, view=None) -> dict:
+    def classify(self, frame, prepared: _Prepared | None = None, view: tuple | None = None) -> dict:
         """One frame -> the published result, with the latency of each step.
 
         `prepared`: the frame's model input, made ahead by the preparing thread for the current
         classifier; without it (or after a reload to another model) it is made here, from `view` (the frame's
-        view, made here too when not given).
+        view and its record from `look`, made here too when not given).
         """
         clf = self.classifier
+        view = self.look(frame.image) if view is None else view
         if prepared is None:
             t0 = time.perf_counter()
-            tensor, bright = self.prepare(clf, self.look(frame.image) if view is None else view)
+            tensor, bright = self.prepare(clf, view[0])
             pre_s = time.perf_counter() - t0
         else:
             tensor, bright, pre_s = prepared.tensor, prepared.brightness, prepared.pre_s
         t1 = time.perf_counter()
         probs = clf.infer(tensor[None])[0]
         t2 = time.perf_counter()
-        seen = self.view.record()
+        seen = view[1]
         if bright is not None:  # the raw answer, as the reference recorded it per test image
             self.drift.look(seen)  # a new view (the ROI after a size change) restarts the window
             self.drift.update(probs, bright)
