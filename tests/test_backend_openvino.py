@@ -199,3 +199,38 @@ def test_the_first_device_openvino_sees_is_chosen_and_the_skipped_ones_named(cap
     ]
     with pytest.raises(EdgeclsError, match=r"^OpenVINO sees no device GPU or NPU: it sees CPU \(install"):
         choose_device("GPU,NPU", ["CPU"])
+
+
+@needs_openvino
+def test_one_openvino_classifier_shared_by_two_threads_gives_each_its_own_scores(tiny_bundle, real_images):
+    """Each calling thread runs its own infer request: two threads asking for different images at the same time
+    get exactly the single-threaded scores (a shared request would hand one thread the other's output)."""
+    import threading
+
+    from edgecls.devices.profiles import load_profile
+
+    classifier = Classifier(tiny_bundle, artifact="onnx-fp32", profile=load_profile("intel-cpu"))
+    assert classifier.backend_name == "openvino"
+    images = [load_image(p) for p in real_images[::7]]
+    k = len(classifier.labels)
+    expected = [classifier.classify(im, top_k=k).topk for im in images]
+    assert len({tuple(t) for t in expected}) > 5  # distinct scores, so a mix-up would show
+    wrong, start = [], threading.Barrier(2)
+
+    def work(t):
+        start.wait()
+        for i in range(300):
+            j = (i * (t + 1) + t) % len(images)
+            try:
+                if classifier.classify(images[j], top_k=k).topk != expected[j]:
+                    wrong.append((t, i, "other scores"))
+            except Exception as exc:  # counted, not raised: a shared request says "Infer Request is busy"
+                wrong.append((t, i, repr(exc)))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not wrong, wrong[:3]
+    assert not any(thread.is_alive() for thread in threads)

@@ -6,8 +6,9 @@ not see is a one-line error naming the ones it does, unless the profile gives fa
 first one present is used, with a warning naming the one skipped).
 
 Precision: on a CPU with bf16 (Zen 4, Sapphire Rapids) OpenVINO runs fp32 models in bf16 by default; an
-fp32 artifact is compiled with INFERENCE_PRECISION_HINT f32 unless `precision` says otherwise, so it gives
-the scores the converter verified. Int8 artifacts keep OpenVINO's own choice (their QDQ nodes decide).
+fp32 artifact is compiled with INFERENCE_PRECISION_HINT f32 unless `precision` (the profile's
+`openvino_precision`) says otherwise, so it gives the scores the converter verified. Int8 artifacts keep
+OpenVINO's own choice (their QDQ nodes decide).
 
 Thread safety: a CompiledModel may run several infer requests at once, but one request may not; each
 calling thread gets its own request (made on its first `run`), so no lock.
@@ -57,14 +58,13 @@ def choose_device(wanted: str | None, available) -> str:
 
 
 def compile_config(threads: int | None, precision: str | None, fp32: bool) -> dict:
-    """The compile_model properties: latency hint, threads, and f32 for fp32 artifacts unless `precision` is set."""
+    """The compile_model properties: latency hint, threads, and for fp32 artifacts `precision` (default f32);
+    an int8 artifact's precision is its QDQ nodes' and OpenVINO's."""
     config = {"PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    if precision:
-        config["INFERENCE_PRECISION_HINT"] = precision
-    elif fp32:
-        config["INFERENCE_PRECISION_HINT"] = "f32"
+    if fp32:
+        config["INFERENCE_PRECISION_HINT"] = precision or "f32"
     return config
 
 
