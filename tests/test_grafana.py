@@ -213,7 +213,7 @@ def test_every_panel_query_returns_data_for_every_device_from_a_real_prometheus(
     prometheus, names = scraped_fleet.prometheus, scraped_fleet.names
     dashboard = load()
     variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "device")
-    metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["query"]["query"]).groups()
+    metric, label = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]["query"]).groups()
     assert sorted(prometheus.label_values(label, metric)) == sorted(names)  # the variable's values: the fleet
     # as Grafana fills them with every device selected: a regex of all in the fleet row, one each in a repeated row
     base = {"datasource": "edgecls-prometheus", "__rate_interval": f"{4 * scraped_fleet.scrape_s:g}s"}
