@@ -4,11 +4,14 @@
     image = view.apply(frame)   # the pixels `Classifier.prepare` gets; view.record() goes into each result
 
 The crop is a numpy slice (no copy). Rotation and flip together are one of the eight symmetries of a
-rectangle, done by at most two OpenCV calls on the crop, never on the whole frame; OpenCV writes a contiguous
-array, which the preprocessing's resize would otherwise have copied the crop into anyway
-(benchmarks/per_camera.py measures what it costs per frame). A pixel ROI is checked against the first frame
-(outside it: `ViewError`, one line naming the source and `roi`); when the frame size changes later, the ROI is
-resolved again, clipped to the new frame and logged once.
+rectangle, done by at most two OpenCV calls on the crop into buffers the view keeps (two, used in turn: a new
+2.7 MB array per 720p frame cost 2.6 ms in page faults, the rotation itself 0.2 ms); OpenCV writes a contiguous
+array, which the preprocessing's resize would otherwise have copied the crop into anyway. Rotating after the
+resize instead is not exact (benchmarks/per_camera.py measures both, and the view's cost per frame).
+A turned view is valid until the view is applied twice more: copy one kept longer (`reuses`).
+
+A pixel ROI is checked against the first frame (outside it: `ViewError`, one line naming the source and `roi`);
+when the frame size changes later, the ROI is resolved again, clipped to the new frame and logged once.
 """
 
 from __future__ import annotations
@@ -29,8 +32,15 @@ class ViewError(EdgeclsError):
     """A source's view cannot be made from its frames (a pixel ROI outside the first frame)."""
 
 
+def _transpose(image, dst):
+    import cv2
+
+    return cv2.transpose(image, dst=dst)
+
+
 def _ops(rotate: int, flip: str) -> tuple:
-    """The OpenCV calls that rotate clockwise by `rotate` and then flip: at most two, on the crop only.
+    """The OpenCV calls that rotate clockwise by `rotate` and then flip, (call, argument, swaps width and height)
+    each: at most two, on the crop only.
 
     Flipping horizontally after rotating by r is transposing (r = 90), a vertical flip (180), ...; flipping
     vertically is the horizontal flip after rotating by r + 180."""
@@ -40,12 +50,12 @@ def _ops(rotate: int, flip: str) -> tuple:
         rotate, flip = (rotate + 180) % 360, "horizontal"
     if flip == "none":
         code = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}.get(rotate)
-        return () if code is None else ((cv2.rotate, code),)
+        return () if code is None else ((cv2.rotate, code, rotate != 180),)
     return {
-        0: ((cv2.flip, 1),),
-        90: ((cv2.transpose, None),),
-        180: ((cv2.flip, 0),),
-        270: ((cv2.transpose, None), (cv2.flip, -1)),
+        0: ((cv2.flip, 1, False),),
+        90: ((_transpose, None, True),),
+        180: ((cv2.flip, 0, False),),
+        270: ((_transpose, None, True), (cv2.flip, -1, False)),
     }[rotate]
 
 
@@ -79,6 +89,8 @@ class SourceView:
             raise ViewError(f"source {source}: flip {flip!r} is not one of {', '.join(FLIPS)}")
         self.source, self.roi, self.rotate, self.flip = source, None if roi is None else tuple(roi), rotate, flip
         self._ops = _ops(rotate, flip)
+        self._buffers = [{}, {}]  # in turn per frame: output shape -> array, per op
+        self._turn = 0
         self._size = None  # (width, height) the box was resolved for
         self.box: tuple | None = None  # the ROI in pixels of the current frame size, as applied
         self.changes = 0  # times the frame size changed after the first frame (each re-resolves the ROI)
@@ -87,6 +99,11 @@ class SourceView:
     def of(cls, settings, name: str) -> SourceView:
         """The view a `edgecls.runtime.daemon.config.SourceConfig` asks for, for the source called `name`."""
         return cls(name, settings.roi, settings.rotate, settings.flip)
+
+    @property
+    def reuses(self) -> bool:
+        """Whether `apply` writes into buffers it reuses (a rotation or flip): copy a view kept past the next frame."""
+        return bool(self._ops)
 
     @property
     def whole(self) -> bool:
@@ -111,8 +128,16 @@ class SourceView:
                 return None
             x, y, w, h = self.box
             image = image[y : y + h, x : x + w]
-        for op, arg in self._ops:
-            image = op(image) if arg is None else op(image, arg)
+        if not self._ops:
+            return image
+        buffers, self._turn = self._buffers[self._turn], 1 - self._turn
+        for step, (op, arg, swaps) in enumerate(self._ops):
+            h, w = image.shape[:2]
+            shape = ((w, h) if swaps else (h, w)) + image.shape[2:]
+            out = buffers.get((step, shape))
+            if out is None:
+                out = buffers[(step, shape)] = np.empty(shape, np.uint8)
+            image = op(image, dst=out) if arg is None else op(image, arg, dst=out)
         return image
 
     def _resolve(self, width: int, height: int) -> None:

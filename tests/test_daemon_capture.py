@@ -374,7 +374,7 @@ def test_a_capture_is_the_view_the_model_saw_and_each_source_keeps_its_own_captu
     stills = tmp_path / "stills"
     stills.mkdir()
     ramp = np.tile(np.linspace(0, 250, 64, dtype=np.uint8)[None, :, None], (48, 1, 3))  # dark left, bright right
-    frames = [np.clip(ramp.astype(int) + 3 * i, 0, 255).astype(np.uint8) for i in range(3)]
+    frames = [np.clip(ramp.astype(int) + 25 * i - 40, 0, 255).astype(np.uint8) for i in range(4)]  # told apart
     for i, frame in enumerate(frames):
         cv2.imwrite(str(stills / f"{i}.png"), frame)
     settings = (
@@ -389,7 +389,7 @@ def test_a_capture_is_the_view_the_model_saw_and_each_source_keeps_its_own_captu
     inbox = tmp_path / "captures" / INBOX
     assert sorted(p.name for p in inbox.iterdir()) == ["turned"]
     images = sorted((inbox / "turned").glob("*.jpg"))
-    assert len(images) == 3
+    assert len(images) == 4
     for image in images:
         sidecar = json.loads(image.with_suffix(".json").read_text())
         assert sidecar["view"] == {"roi": [8, 4, 40, 30], "rotate": 90, "flip": "none"}

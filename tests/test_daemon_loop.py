@@ -232,6 +232,7 @@ def test_max_fps_5_on_a_30_fps_camera_classifies_5_frames_a_second_and_counts_th
         wait_for(lambda: sink.results, 30, "a first classified frame")
         time.sleep(4.2)
         counts = {k: _scrape(daemon.url, f"edgecls_{k}_total", "cam") for k in ("frames_skipped", "frames_dropped")}
+        health = daemon.health()[1]["sources"]["cam"]
         first = sink.results[0]["ts"]
         steady = [r["ts"] for r in list(sink.results) if first + 0.2 <= r["ts"] < first + 4.2]
     finally:
@@ -242,6 +243,7 @@ def test_max_fps_5_on_a_30_fps_camera_classifies_5_frames_a_second_and_counts_th
     processed = len(sink.results)
     assert counts["frames_skipped"] >= 3 * processed, (counts, processed)  # about 5 of every 6 frames
     assert counts["frames_dropped"] < counts["frames_skipped"] / 10, counts  # skipped frames are not drops
+    assert health["skipped"] >= counts["frames_skipped"] and health["state"] == "running", health
 
 
 def test_max_fps_on_a_folder_paces_it_and_classifies_every_image(tiny_bundle, tmp_path):

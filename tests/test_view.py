@@ -81,3 +81,13 @@ def test_a_roi_wholly_outside_a_resized_frame_gives_no_view_and_says_so_once(cap
 def test_a_rotation_the_view_does_not_know_is_refused_naming_the_source():
     with pytest.raises(ViewError, match="source cam: rotate 45 is not one of 0, 90, 180, 270"):
         SourceView("cam", rotate=45)
+
+
+def test_a_turned_view_stays_intact_while_the_next_frame_is_turned_and_a_view_kept_longer_is_copied():
+    """The preparing thread turns frame n + 1 while the loop still holds frame n's view: two buffers in turn."""
+    first, second = _frame(), _frame()[::-1].copy()
+    view = SourceView("cam", (8, 4, 40, 30), 270, "horizontal")
+    held = view.apply(first)
+    view.apply(second)
+    assert np.array_equal(held, _turned(first[4:34, 8:48], 270, "horizontal"))
+    assert view.reuses and not SourceView("cam", (8, 4, 40, 30)).reuses

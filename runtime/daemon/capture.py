@@ -109,13 +109,14 @@ class Capture:
             return True
         return sample is not None and self._random.randrange(sample) == 0
 
-    def offer(self, image, result: dict, below: float | None = None, every: int | None = None) -> None:
+    def offer(self, image, result: dict, below: float | None = None, every: int | None = None, copy=False) -> None:
         """From a classification loop: never blocks; a full queue drops the frame (counted). `image`: what the model
-        saw (the source's view); below / every: the source's own settings, None for the capture's."""
+        saw (the source's view); below / every: the source's own settings, None for the capture's; copy: the image
+        lives in a buffer its view reuses (runtime/view.py), so a frame kept is copied first."""
         if not self.wants(result, below, every):
             return
         try:
-            self._queue.put_nowait((image, result))
+            self._queue.put_nowait((image.copy() if copy else image, result))
         except queue.Full:
             self.dropped += 1
 

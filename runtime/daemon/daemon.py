@@ -216,6 +216,8 @@ class Daemon:
                 "last_frame_age_s": None if s.last_frame_at is None else round(now - s.last_frame_at, 3),
                 "drift": loop.drift.status() if loop.drift is not None else {"state": "off"},
             }
+            if loop.pace.period is not None:  # max_fps: frames left unclassified on purpose, not drops
+                detail[supervisor.name]["skipped"] = loop.pace.skipped
             if detail[supervisor.name]["drift"]["state"] == "drift":
                 detail[supervisor.name]["degraded"] = "drift"
         unhealthy = [name for name, d in detail.items() if d["state"] != "running"]

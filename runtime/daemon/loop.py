@@ -321,7 +321,7 @@ class SourceLoop:
             self.shown = (item.frame.image, result)  # for the preview stream: one reference, replaced each frame
             self.publish(result)
             if self.capture is not None:  # the view the model saw, so labelling and retraining see it too
-                self.capture.offer(item.view[0], result, **self._capture_policy)
+                self.capture.offer(item.view[0], result, **self._capture_policy, copy=self.view.reuses)
         self._stop.set()  # ends the preparing thread too (max_frames reached, or the source ended)
         ahead.join(1.0)
         log.debug("%s: loop ended after %d frames", name, self.stats.processed)
