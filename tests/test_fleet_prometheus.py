@@ -201,6 +201,11 @@ def test_a_running_prometheus_follows_the_regenerated_targets_file_without_a_res
         wait_for(lambda: scraped() == ({"door": "1", "yard": "1"}, {"door", "yard"}), 90, "yard scraped too")
         targets = {t["labels"]["device"]: t["scrapeUrl"] for t in prometheus.targets()}
         assert targets == {"door": f"{door_url}/metrics", "yard": f"{yard_url}/metrics"}
+        # a device whose daemon stops stays a target: up 0, still a value of the dashboard's device variable
+        yard.terminate()
+        yard.wait(timeout=20)
+        wait_for(lambda: scraped()[0] == {"door": "1", "yard": "0"}, 60, "yard down")
+        assert sorted(prometheus.label_values("device", 'up{job="edgecls"}')) == ["door", "yard"]
     finally:
         prometheus.stop()
         for process, _, _ in daemons:
