@@ -74,17 +74,10 @@ def flash(
     the rest follow in --waves, else the canaries are rolled back and the rest never touched (exit 1). Every
     step goes to a journal: the same command again resumes an interrupted rollout.
     """
+    from edgecls.core.progress import progress
     from edgecls.devices.flash import flash as run_flash
     from edgecls.devices.flash import format_table, read_targets_file
 
-    all_targets = list(targets) + (read_targets_file(targets_file) if targets_file else [])
-    from edgecls.core.progress import progress
-
-    if rollout_requested(rollout_options):
-        options = target_options(device, profile_file, ssh_config, ssh_options, python, smoke=not no_smoke, jobs=jobs)
-        options.lock_timeout, options.say = lock_timeout, progress
-        run_rollout(bundle, targets, targets_file, options, rollout_options, as_json)
-        return
     options = target_options(
         device,
         profile_file,
@@ -98,6 +91,10 @@ def flash(
         lock_timeout=lock_timeout,
         say=progress,
     )
+    if rollout_requested(rollout_options):
+        run_rollout(bundle, targets, targets_file, options, rollout_options, as_json)
+        return
+    all_targets = list(targets) + (read_targets_file(targets_file) if targets_file else [])
     results = run_flash(bundle, all_targets, options)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
