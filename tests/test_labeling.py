@@ -465,6 +465,23 @@ def test_a_move_that_fails_is_taken_back_and_journaled_as_aborted(captures, monk
     assert sidecars_beside_images(captures) and all(len(p) == 1 for p in images(captures).values())
 
 
+def test_a_sidecar_the_capture_cap_removes_mid_move_does_not_undo_the_decision(captures, monkeypatch):
+    store = LabelStore(captures)
+    frame = store.ordered()[0].id
+    real_rename = os.rename
+
+    def rename(src, dst):  # the daemon's size cap deletes the sidecar between the image's rename and its own
+        if str(src).endswith(".json"):
+            os.unlink(src)
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    store.decide(frame, "square")
+    monkeypatch.undo()
+    assert (captures / "square" / Path(frame).name).is_file() and frame not in inbox_ids(captures)
+    assert store.journal.records[-1]["state"] == "done" and not store.journal.pending()
+
+
 def test_a_torn_last_journal_line_from_a_kill_is_ignored_and_the_next_line_starts_fresh(captures):
     store = LabelStore(captures)
     first, second = [f.id for f in store.ordered()[:2]]

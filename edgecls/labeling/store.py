@@ -250,6 +250,10 @@ class LabelStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(source, target)
+            except FileNotFoundError as exc:
+                if i > 0 and not source.exists():  # the daemon's --capture-max-bytes removed the sidecar just now
+                    continue
+                raise FrameGone(f"{src} was removed meanwhile (the capture daemon's size cap?)") from exc
             except OSError as exc:
                 raise EdgeclsError(
                     f"cannot move {src} to {dst}: {exc.strerror or exc} (is {target.parent} on another disk?)"
