@@ -1,5 +1,6 @@
 """edgecls.bench_remote: `edgecls bench --device user@host:port` against a real OpenSSH server on 127.0.0.1."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -51,7 +52,8 @@ def test_remote_bench_runs_on_the_device_and_names_it(sshd, tiny_bundle, shapes_
     # Read on the far side of the SSH session: sshd set SSH_CONNECTION there, not in this test's process.
     assert machine["via_ssh"] is True
     assert machine["hostname"] == socket.gethostname() and machine["cpu"] == cpu_model()
-    assert [r["artifact"] for r in doc["records"]] == ["tflite-int8", "onnx-fp32"]
+    openvino = ["onnx-fp32@openvino"] if importlib.util.find_spec("openvino") else []  # an opt-in engine's row
+    assert [r["artifact"] for r in doc["records"]] == ["tflite-int8", "onnx-fp32", *openvino]
     for r in doc["records"]:
         assert r["machine"]["via_ssh"] is True and 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
     # the device-side temp folder (bundle, synthetic frame, pid file) is gone afterwards; the loopback device
