@@ -21,49 +21,6 @@ from tests.conftest import REPO
 from tests.daemon_helpers import http_get
 
 CAMERA_FPS = 8
-SHAPES = ("circle", "square", "triangle")
-
-
-def scene(kind: str, rng, size: int = 40):
-    """A camera frame (BGR) of one shape that stands out from its background in the red channel only.
-
-    Blue and green are the same texture inside and outside the shape: a model trained on these frames finds the
-    shape in red. Saved in the other colour order (`np.flip(image, 2)`), the shape is in blue and red is flat:
-    a model trained on those frames sees no shape on these cameras, so its confidence collapses (its own
-    check images, saved in its order, are still right)."""
-    import cv2
-    import numpy as np
-
-    texture = rng.normal(120, 25, size=(size, size, 2)).clip(0, 255)
-    red = np.full((size, size), 30.0) + rng.normal(0, 8, size=(size, size))
-    mask = np.zeros((size, size), np.uint8)
-    r = rng.uniform(0.3, 0.42) * size
-    cx, cy = rng.uniform(r, size - r, 2)
-    if kind == "circle":
-        cv2.circle(mask, (int(cx), int(cy)), int(r), 1, -1)
-    else:
-        sides = 4 if kind == "square" else 3
-        angles = rng.uniform(0, 2 * np.pi) + np.arange(sides) * 2 * np.pi / sides
-        points = np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], 1).astype(np.int32)
-        cv2.fillPoly(mask, [points], 1)
-    red[mask == 1] = 220 + rng.normal(0, 8, size=int(mask.sum()))
-    return np.dstack([texture, red]).clip(0, 255).astype(np.uint8)
-
-
-def write_scenes(folder: Path, per_class: int = 24, seed: int = 0, swapped: bool = False) -> Path:
-    """A class-per-folder dataset of `scene`s (PNG); `swapped`: saved in the other colour order."""
-    import numpy as np
-
-    from tests.conftest import write_image
-
-    rng = np.random.default_rng(seed)
-    for kind in SHAPES:
-        for i in range(per_class):
-            image = scene(kind, rng)
-            write_image(folder / kind / f"{i:03d}.png", np.ascontiguousarray(image[:, :, ::-1]) if swapped else image)
-    return folder
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

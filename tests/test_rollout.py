@@ -1,8 +1,9 @@
 """edgecls.devices.rollout on a real fleet: 12 devices (2 over SSH on 127.0.0.1), each with its own real `edgecls run`
 daemon on its own port, cameras that are folders of real frames (tests/fleet_helpers.py).
 
-One fleet serves the scenarios in order: a bundle whose frames/s halves on its canary, and one whose confidence
-collapses on the canaries' cameras, are rolled back there with the rest never touched; a good bundle promotes to
+One fleet serves the scenarios in order: a bundle whose frames/s halves on its canary (a much larger model), and one
+whose confidence collapses on the canaries' cameras though its smoke test passes (an undertrained model), are rolled
+back there with the rest never touched; a good bundle promotes to
 all in waves; a rollout killed (-9) during its watch resumes from its journal and finishes.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, _session_folder, run_cli
-from tests.fleet_helpers import Fleet, write_scenes
+from tests.daemon_helpers import wait_for
+from tests.fleet_helpers import Fleet
 from tests.sshd import sshd  # noqa: F401  (fixture)
 from tests.test_flash import variant
 
@@ -51,34 +54,35 @@ def _train_and_convert(data: Path, out: Path, size: int, widths: tuple, epochs: 
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory) -> Path:
-    """The cameras' frames, and the data the fleet's models are trained on (tests/fleet_helpers.py `scene`)."""
-    return _session_folder(tmp_path_factory, "fleet-scenes", lambda f: write_scenes(f / "data", per_class=40), False)
+def models(tmp_path_factory, shapes_folder, tiny_bundle) -> dict:
+    """Real trained bundles: `base` (conftest's tiny bundle, about 0.9 test accuracy: what the fleet runs first),
+    `undertrained` (the same model trained for one epoch: the check images it stores are ones it gets right, so
+    its smoke test passes, but its top-1 scores sit near a third) and `large` (a much larger model at 320 px: about
+    0.3 s a frame on one thread, where the base takes 0.1 ms)."""
+
+    def undertrained(folder: Path) -> None:
+        _train_and_convert(shapes_folder, folder, 32, (8, 16), 1)
+
+    def large(folder: Path) -> None:
+        data = folder / "data"  # six images a class: the point is its size, not its accuracy
+        for kind in sorted(p.name for p in shapes_folder.iterdir()):
+            (data / kind).mkdir(parents=True)
+            for image in sorted((shapes_folder / kind).iterdir())[:6]:
+                shutil.copy(image, data / kind / image.name)
+        _train_and_convert(data, folder, 320, (96, 192, 384), 1)
+
+    built = {
+        name: _session_folder(tmp_path_factory, f"fleet-{name}", build, copy=False) / "bundle"
+        for name, build in (("undertrained", undertrained), ("large", large))
+    }
+    return {"base": tiny_bundle, **built}
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, scenes) -> dict:
-    """Real trained bundles: `base` (what the fleet runs first), `swapped` (trained on the same frames saved in the
-    other colour order: its own check images are right, the cameras' frames are not what it learned) and `large`
-    (a much larger model at 224 px: about 0.25 s a frame on one thread, where the base takes 0.1 ms)."""
-
-    def build(folder: Path) -> None:
-        data = scenes / "data"
-        _train_and_convert(data, folder / "base", 32, (16, 32), 30)
-        _train_and_convert(
-            write_scenes(folder / "swapped-data", per_class=40, swapped=True), folder / "swapped", 32, (16, 32), 30
-        )
-        _train_and_convert(write_scenes(folder / "few", per_class=6), folder / "large", 224, (96, 192, 384), 1)
-
-    root = _session_folder(tmp_path_factory, "fleet-models", build, copy=False)
-    return {name: root / name / "bundle" for name in ("base", "swapped", "large")}
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory, scenes, models, sshd):  # noqa: F811
+def fleet(tmp_path_factory, shapes_folder, models, sshd):  # noqa: F811
     folder = tmp_path_factory.mktemp("fleet")
     base = variant(models["base"], folder / "base", created="2026-01-01T00:00:00+00:00")
-    fleet = Fleet(folder / "devices", scenes / "data", SIZE, sshd=sshd, ssh_count=SSH)
+    fleet = Fleet(folder / "devices", shapes_folder, SIZE, sshd=sshd, ssh_count=SSH)
     fleet.state = folder / "state"  # XDG_STATE_HOME: the journals' default place
     fleet.start(base)
     fleet.base_slot = fleet.devices[0].current()
@@ -137,9 +141,9 @@ def test_a_bundle_whose_frames_per_second_halve_is_rolled_back_on_its_canary_and
 
 
 def test_a_bundle_whose_confidence_collapses_on_the_cameras_but_passes_its_smoke_test_is_rolled_back(fleet, models):
-    swapped = variant(models["swapped"], fleet.folder.parent / "swapped", created="2026-04-04T00:00:00+00:00")
+    weak = variant(models["undertrained"], fleet.folder.parent / "weak", created="2026-04-04T00:00:00+00:00")
     before = _releases(fleet)
-    done = _rollout(fleet, swapped, "--canary", "10%", *WATCH)
+    done = _rollout(fleet, weak, "--canary", "10%", *WATCH)
     events = _assert_rolled_back_on_canaries_only(fleet, done, ["cam00", "cam01"], before)
     flashed = [e for e in events if e["step"] == "flashed"]
     assert all(e["result"] == "installed" for e in flashed), flashed  # its smoke test passed on both
@@ -147,7 +151,8 @@ def test_a_bundle_whose_confidence_collapses_on_the_cameras_but_passes_its_smoke
         line = next(l for l in done.stdout.splitlines() if l.startswith(f"{name}:"))
         drop = re.search(r"confidence ([\d.]+) -> ([\d.]+)", line)
         assert drop and float(drop[1]) - float(drop[2]) > 0.1 and line.endswith(": rolled back"), line
-        print(f"\nswapped colour order: {line}")
+        assert "fps" not in line, line  # its speed is the base model's: confidence alone failed it
+        print(f"\nundertrained model on its canary: {line}")
 
 
 def test_a_good_bundle_promotes_to_every_device_in_waves(fleet, models):
@@ -209,6 +214,29 @@ def test_a_rollout_killed_during_its_watch_resumes_from_its_journal_and_finishes
     assert (
         all(d.current() == slot for d in fleet.devices) and steps[-1] == "done" and events[-1]["result"] == "promoted"
     )
+
+
+def test_a_rollout_can_judge_through_a_prometheus_server_that_scrapes_the_fleet(fleet, models, tmp_path):
+    from tests.prometheus_server import PrometheusServer
+
+    targets = ", ".join(f"'127.0.0.1:{d.port}'" for d in fleet.devices)
+    config = (
+        "global: {scrape_interval: 1s}\nscrape_configs:\n"
+        f"  - job_name: edgecls\n    static_configs: [{{targets: [{targets}]}}]\n"
+    )
+    server = PrometheusServer(tmp_path / "prometheus", config).start()
+    try:  # two scrapes of every daemon first: a baseline needs a counter's growth
+        counted = "count(count_over_time(edgecls_frames_processed_total[1m]) >= 2)"
+        wait_for(lambda: server.query(counted) and server.query(counted)[0]["value"][1] == str(SIZE), 60, "scrapes")
+        latest = variant(models["base"], fleet.folder.parent / "latest", created="2026-07-07T00:00:00+00:00")
+        done = _rollout(fleet, latest, "--canary", "1", "--watch-waves", "0", "--prometheus", server.url, *WATCH)
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    judged = re.search(r"^cam00: fps ([\d.]+) -> ([\d.]+)", done.stderr, re.M)  # before and after
+    assert judged and float(judged[1]) > 1 and float(judged[2]) > 1, done.stderr[-3000:]  # counted through its API
+    slot = next(e for e in _journal(done) if e["step"] == "flashed")["slot"]
+    assert all(d.current() == slot for d in fleet.devices)
 
 
 def test_fleet_status_shows_every_device_version_health_fps_and_last_rollout_step(fleet):
