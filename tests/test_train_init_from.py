@@ -80,6 +80,12 @@ def test_an_added_class_grows_the_head_keeping_the_old_rows(tmp_path, shapes_fol
     assert new.shape == (old.shape[0], 4)
     assert np.allclose(new[:, :3], old, atol=1e-6) and not np.allclose(new[:, 3], 0)
     assert _test_digests(v2) == _test_digests(tiny_run_dir)
+    from edgecls.compare import compare
+
+    on_captures = compare(tiny_run_dir, v2, data=str(captures))  # v1 never knew blob: said, and counted wrong
+    assert "warning: A has no class blob" in capfd.readouterr().err
+    blob = next(row for row in on_captures.per_class if row["class"] == "blob")
+    assert blob["images"] == 9 and blob["accuracy_a"] == 0.0
 
 
 def test_a_two_class_sigmoid_head_grows_into_softmax_with_the_same_two_probabilities():
