@@ -193,3 +193,27 @@ def test_status_answers_within_its_deadline_when_the_health_urls_name_cannot_be_
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert took < 8.5, took
     assert "not resolved within 5 s" in ran.stdout, ran.stdout
+
+
+def test_fleet_status_is_one_row_per_device_and_a_daemon_that_does_not_answer_is_unhealthy_in_its_row(
+    bundles,
+    tmp_path,  # noqa: F811
+):
+    from tests.fleet_helpers import free_port
+
+    for name in ("door", "shelf"):
+        assert flash(bundles["a"], [str(tmp_path / name)], FlashOptions(profile=PROFILE))[0].ok
+    closed = free_port()  # nothing listens there
+    fleet = tmp_path / "fleet.txt"
+    fleet.write_text(
+        f"{tmp_path / 'door'} name=door metrics=http://127.0.0.1:{closed}\n{tmp_path / 'shelf'} name=shelf\n"
+    )
+    rows = json.loads(run_cli("status", "--targets", fleet, "--json", timeout=60).stdout)
+    slot = current_release(tmp_path / "door").name
+    assert [(r["name"], r["version"]) for r in rows] == [("door", slot), ("shelf", slot)]
+    assert rows[0]["health"].startswith("unhealthy (") and "refused" in rows[0]["health"], rows[0]
+    assert rows[1]["health"] == "not watched" and rows[1]["fps"] == {}
+    table = run_cli("status", "--targets", fleet, timeout=60).stdout.splitlines()
+    assert table[0].split() == ["NAME", "VERSION", "HEALTH", "FPS", "DRIFT", "LAST", "ROLLOUT", "STEP"]
+    assert table[2].split()[:3] == ["shelf", slot, "not"]
+    assert "one TARGET or --targets FLEET" in cli_error(run_cli("status", tmp_path / "door", "--targets", fleet))
