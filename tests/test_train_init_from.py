@@ -126,6 +126,11 @@ def test_a_test_image_of_the_parent_that_vanished_is_an_error(tmp_path, shapes_f
         _train(tmp_path / "v2", str(data), run)
 
 
+def test_a_bundle_given_to_init_from_is_refused_naming_the_run_it_needs(tmp_path, shapes_folder, tiny_bundle):
+    with pytest.raises(EdgeclsError, match=r"is a bundle: give the run directory it was converted from"):
+        _train(tmp_path / "v2", str(shapes_folder), tiny_bundle)
+
+
 def test_an_option_changing_the_parents_input_is_refused(tmp_path, shapes_folder, tiny_run_dir):
     with pytest.raises(EdgeclsError, match=r"--image-size 48 differs from .*'s 32"):
         _train(tmp_path / "v2", str(shapes_folder), tiny_run_dir, image_size=48)

@@ -16,7 +16,7 @@ import numpy as np
 from edgecls.core.datasets.merged import FixedTest
 from edgecls.core.progress import progress
 from edgecls.core.rundir import Run, open_run
-from edgecls.runtime.bundle import sha256_file
+from edgecls.runtime.bundle import MANIFEST, sha256_file
 from edgecls.runtime.errors import DataError, EdgeclsError
 
 HEAD_LAYER = "predictions"  # edgecls.models names every architecture's classifier Dense so
@@ -26,6 +26,10 @@ def open_parent(path, workers: int = 4) -> tuple:
     """(Run, FixedTest): the parent run and its recorded test split, every file still there unchanged."""
     from edgecls.core.rundata import require_splits, run_dataset
 
+    if (Path(path) / MANIFEST).is_file() or Path(path).suffix == ".tar":
+        raise EdgeclsError(
+            f"--init-from {path} is a bundle: give the run directory it was converted from (its weights are Keras's)"
+        )
     run = open_run(path)
     dataset = run_dataset(run, workers, ["test"])
     require_splits(run, dataset, ["test"])
