@@ -140,6 +140,11 @@ QUICK = [
         r"\1 --ssh-config {ssh_config}",
         "fleet.txt (made here) names the local sshd and a local folder",
     ),
+    Rewrite(
+        r"^edgecls fleet prometheus-targets fleet\.txt",
+        "edgecls fleet prometheus-targets fleet-metrics.txt",
+        "fleet.txt (made here) has no metrics= words: fleet-metrics.txt names the device's daemon address",
+    ),
     # The emulated Pi (marker arm64): root already, packages checked not installed, the rootfs and wheels that
     # tests/test_arm64_pi.py caches (building one takes 15-20 minutes), a free port.
     Rewrite(r"^sudo ", "", "the arm64 tests run as root"),
@@ -686,6 +691,9 @@ def workspace(tmp_path_factory):
     space.values["mjpeg_url"] = camera.url
     fleet_root = root / "fleet"
     (space.work / "fleet.txt").write_text(f"# two devices\n{server.target(fleet_root / 'pi-a')}\n{fleet_root / 'sd'}\n")
+    (space.work / "fleet-metrics.txt").write_text(
+        f"{server.target(fleet_root / 'pi-a')} name=pi-a metrics=http://127.0.0.1:8080\n"
+    )
     try:
         yield space
     finally:
