@@ -157,3 +157,6 @@ def test_several_data_folders_without_a_parent_merge_by_class_name(tmp_path, sha
     with pytest.raises(EdgeclsError, match="dataset"):  # a run inside the second folder would become a class
         _train(captures / "run", (str(shapes_folder), str(captures)), None, image_size=16)
     assert not (captures / "run").exists()
+    accuracy = evaluate_run(run)["test_accuracy"]
+    moved = run.rename(tmp_path / "moved")  # a merged run finds its images through its own data/, wherever it is
+    assert evaluate_run(moved)["test_accuracy"] == accuracy

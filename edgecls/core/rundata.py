@@ -15,6 +15,7 @@ from edgecls.core.data import fingerprint, load_split, open_splits
 from edgecls.core.datasets import resolve_dataset, scan_folder
 from edgecls.core.datasets.builtin import BUILTIN_DATASETS, materialize
 from edgecls.core.datasets.folder import SPLIT_NAMES, FolderDataset, dataset_classes, image_files
+from edgecls.core.rundir import DATA_DIR
 from edgecls.core.splits import PERMUTATION, read_split_record, recorded_samples
 from edgecls.runtime.errors import DataError
 
@@ -26,6 +27,8 @@ def _warn(message: str) -> None:
 def run_root(run) -> Path:
     """The run's dataset folder: a built-in by its recorded name (never a same-named folder here)."""
     info = run.metadata.get("dataset", {})
+    if info.get("sources") and (Path(run.path) / DATA_DIR).is_dir():
+        return Path(run.path) / DATA_DIR  # several folders merged: the run's own symlinks, wherever the run moved
     builtin = info.get("builtin")
     if builtin:
         if builtin not in BUILTIN_DATASETS:
