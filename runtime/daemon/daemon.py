@@ -14,6 +14,7 @@ and which statistic moved against what.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -27,7 +28,6 @@ from edgecls.runtime.daemon.reload import Reloader
 from edgecls.runtime.daemon.supervisor import Supervisor, display_name
 from edgecls.runtime.monitor.drift import NO_REFERENCE, DriftMonitor
 from edgecls.runtime.sources import SOURCE_TIMEOUT_S
-from edgecls.runtime.view import SourceView
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -134,21 +134,21 @@ class Daemon:
     def _loop(self, index: int, supervisor) -> SourceLoop:
         """Source `index`'s loop, with its own settings where it has them and the daemon's otherwise."""
         config, own = self.config, self.config.settings_for(index)
+        own = dataclasses.replace(
+            own,
+            smooth=config.smooth if own.smooth is None else own.smooth,
+            threshold=config.threshold if own.threshold is None else own.threshold,
+        )
         loop = SourceLoop(
             supervisor,
             self.classifier,
             self._publish,
             metrics=self.metrics,
-            smooth=config.smooth if own.smooth is None else own.smooth,
-            threshold=config.threshold if own.threshold is None else own.threshold,
             top_k=config.top_k,
             max_frames=config.max_frames,
             capture=self.capture,
             drift=self.drift.source(supervisor.name) if config.drift else None,
-            view=SourceView.of(own, supervisor.name),
-            max_fps=own.max_fps,
-            capture_below=own.capture_below,
-            capture_every=own.capture_every,
+            own=own,
         )
         self.metrics.track(supervisor.name, supervisor, loop.stats)
         return loop

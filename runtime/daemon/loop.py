@@ -199,9 +199,10 @@ class SourceLoop:
     metrics: a `edgecls.runtime.daemon.metrics.Metrics` or None.
     max_frames: stop after this many classified frames (None: until stopped or the source ends).
     drift: this source's `edgecls.runtime.monitor.drift.SourceDrift`, or None for no drift monitoring.
-    view: the source's `edgecls.runtime.view.SourceView` (None: the whole, upright frame); max_fps: classify at
-    most this often (None: every frame it can); capture_below / capture_every: this source's own --capture
-    settings (None: the capture's). `fatal` holds the one line that ended the loop for good (a bad ROI).
+    own: the source's own settings, a `edgecls.runtime.daemon.config.SourceConfig` (None: the defaults): its view
+    (roi, rotate, flip), max_fps, smooth and threshold (the daemon resolves None to its own values before), and
+    capture_below / capture_every (None: the capture's). `fatal` holds the one line that ended the loop for good
+    (a pixel ROI outside the first frame).
     """
 
     def __init__(
@@ -211,22 +212,18 @@ class SourceLoop:
         publish,
         *,
         metrics=None,
-        smooth: int = 1,
-        threshold: float = 0.0,
         top_k: int | None = None,
         max_frames: int | None = None,
         capture=None,
         drift=None,
-        view: SourceView | None = None,
-        max_fps: float | None = None,
-        capture_below: float | None = None,
-        capture_every: int | None = None,
+        own=None,
     ):
         self.supervisor = supervisor
         self.classifier = classifier
         self.publish = publish
         self.metrics = metrics
-        self.smoother = Smoother(smooth, threshold)
+        smooth, threshold = getattr(own, "smooth", None), getattr(own, "threshold", None)
+        self.smoother = Smoother(1 if smooth is None else smooth, 0.0 if threshold is None else threshold)
         self._top_k = top_k
         self.top_k = min(top_k or classifier.top_k, len(classifier.labels))
         self.model = model_info(classifier)  # put in every result: after a reload, the new model's
@@ -234,9 +231,11 @@ class SourceLoop:
         self._swap_lock = threading.Lock()
         self.max_frames = max_frames
         self.capture = capture  # a edgecls.runtime.daemon.capture.Capture or None: offered every classified frame
-        self._capture_policy = {"below": capture_below, "every": capture_every}
-        self.view = view or SourceView(supervisor.name)
-        self.pace = Pace(max_fps)
+        self._capture_policy = dict(
+            below=getattr(own, "capture_below", None), every=getattr(own, "capture_every", None)
+        )
+        self.view = SourceView(supervisor.name) if own is None else SourceView.of(own, supervisor.name)
+        self.pace = Pace(getattr(own, "max_fps", None))
         self.every_frame = _hands_every_frame(supervisor)
         self.fatal: str | None = None
         self.drift = drift
