@@ -21,6 +21,8 @@ from tests.conftest import REPO
 from tests.daemon_helpers import http_get
 
 CAMERA_FPS = 8
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
