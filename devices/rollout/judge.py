@@ -48,4 +48,5 @@ def judge(wave: list, before: dict, after: dict, others: list, criteria: Criteri
 def describe(name: str, before: Window, after: Window) -> str:
     """The numbers of one passing device, for its line."""
     conf = f", confidence {_n(before.confidence)} -> {_n(after.confidence)}" if after.confidence is not None else ""
-    return f"fps {_n(before.fps)} -> {_n(after.fps)}{conf}"
+    alone = " (no frames counted before: judged against the others only)" if before.fps is None else ""
+    return f"fps {_n(before.fps)} -> {_n(after.fps)}{conf}{alone}"
