@@ -148,7 +148,8 @@ def digits_bundle(tmp_path_factory):
 
 
 def _digits_video(path, files, upside_down: bool):
-    """The run's held-out digits, 8x8 scaled to 96x96 (linear, as training enlarges them), one a frame, written as a real MJPG video."""
+    """The run's held-out digits, 8x8 scaled to 96x96 (linear, as training enlarges them), one a frame, written as a
+    real MJPG video."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 96))
     for file in files:
         image = cv2.resize(cv2.imread(str(file)), (96, 96), interpolation=cv2.INTER_LINEAR)
