@@ -86,3 +86,10 @@ def test_an_unfinished_rollout_of_another_bundle_refuses_a_new_one_until_abandon
 def test_a_staged_rollout_without_a_fleet_file_is_refused_in_one_line(bundles, tmp_path):
     line = cli_error(run_cli("flash", bundles["a"], str(tmp_path / "dev"), "--canary", "1"))
     assert "--targets FLEET" in line
+
+
+def test_a_bundle_that_cannot_be_loaded_is_refused_before_anything_is_journaled(fleet, tmp_path):
+    (tmp_path / "broken").mkdir()
+    journal = tmp_path / "j.jsonl"
+    line = cli_error(run_cli("flash", tmp_path / "broken", "--targets", fleet, "--canary", "1", "--journal", journal))
+    assert "broken" in line and not journal.exists(), line

@@ -21,7 +21,7 @@ from edgecls.devices.rollout import judge as judging
 from edgecls.devices.rollout.journal import DONE, Journal, default_path, unfinished_others
 from edgecls.devices.rollout.plan import Criteria, choose_canaries, parse_share, plan_waves
 from edgecls.devices.rollout.watch import PrometheusReader, Window, watch
-from edgecls.runtime.bundle import MANIFEST
+from edgecls.runtime.bundle import MANIFEST, load_bundle
 from edgecls.runtime.errors import EdgeclsError
 
 
@@ -55,6 +55,7 @@ class _Rollout:
         self.bundle_path, self.fleet_path = str(Path(bundle_path).absolute()), str(Path(fleet_path).absolute())
         self.flash_options, self.options, self.say = flash_options, options, options.say
         self.devices = {d.name: d for d in fleet_with_profile(read_fleet(fleet_path), flash_options.profile)}
+        load_bundle(bundle_path)  # a bundle that cannot be flashed is refused before anything is journaled
         manifest = (Path(bundle_path) / MANIFEST).read_bytes() if Path(bundle_path).is_dir() else b""
         self.sha256 = hashlib.sha256(manifest or Path(bundle_path).read_bytes()).hexdigest()
         self.version = f"{Path(bundle_path).name}-{self.sha256[:12]}"
