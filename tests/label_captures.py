@@ -1,11 +1,13 @@
 """Label a capture folder the way a person would on `edgecls label`'s page, for tests with no person.
 
-    python tests/label_captures.py CAPTURES RESULTS.jsonl
+    python tests/label_captures.py CAPTURES RESULTS.jsonl [--browser]
 
 Serves CAPTURES with the real `edgecls label` command (its own token file, a free port, --exit-when-done) and
-answers every frame through the page's HTTP API (GET /api/state, POST /api/decide: the calls its keys make),
-with the truth known from the frame's source file: the sidecar's frame number -> the daemon's result line for
-it (`edgecls run --results`) -> the image's class folder (`photos/<class>/x.png`) or a `c<class>-` file name.
+answers every frame through the page's HTTP API (GET /api/state, POST /api/decide: the calls its keys make) or,
+with --browser, on the page itself in headless Chromium (tests/browser.py): the key of the true class among the
+frame's keys 1-9, else `n` and the class name typed in. The truth comes from the frame's source file: the
+sidecar's frame number -> the daemon's result line for it (`edgecls run --results`) -> the image's class folder
+(`photos/<class>/x.png`) or a `c<class>-` file name.
 """
 
 from __future__ import annotations
@@ -44,8 +46,37 @@ def _url(server: subprocess.Popen) -> str:
             return found.group(1)
 
 
-def label(captures: Path, results: Path) -> int:
-    """Label every frame waiting in CAPTURES/.unlabelled through the page's server; returns how many."""
+def _by_keyboard(url: str, captures: Path, truth: dict) -> int:
+    """Every frame decided with the page's keys in headless Chromium; returns how many."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.browser import chromium, wait_for
+
+    shown = "return (typeof state !== 'undefined' && state) ? (state.frame ? state.frame : 'done') : null"
+    done = 0
+    with chromium() as browser:
+        browser.get(f"{url}/?token={TOKEN}")
+        while (frame := wait_for(browser, lambda d: d.execute_script(shown), 30, "the page shows no state")) != "done":
+            sidecar = json.loads((Path(captures) / ".unlabelled" / frame["id"]).with_suffix(".json").read_text())
+            label = truth[(sidecar["source"], sidecar["frame"])]
+            body = browser.find_element(By.TAG_NAME, "body")
+            if label in frame["keys"]:
+                body.send_keys(str(frame["keys"].index(label) + 1))
+            else:
+                body.send_keys("n")
+                browser.find_element(By.ID, "newname").send_keys(label + Keys.ENTER)
+            now = "return state && state.frame ? state.frame.id : 'done'"
+            wait_for(browser, lambda d: d.execute_script(now) != frame["id"], 30, "the page did not move on")
+            done += 1
+            if done % 100 == 0:
+                print(f"labelled {done} frames on the page", flush=True)
+    return done
+
+
+def label(captures: Path, results: Path, browser: bool = False) -> int:
+    """Label every frame waiting in CAPTURES/.unlabelled on the page's server; returns how many."""
     truth = truth_by_frame(results)
     with tempfile.TemporaryDirectory() as tmp:
         token = Path(tmp) / "token"
@@ -59,6 +90,10 @@ def label(captures: Path, results: Path) -> int:
         )
         try:
             url = _url(server)
+            if browser:
+                done = _by_keyboard(url, captures, truth)
+                server.wait(timeout=60)
+                return done
             headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
             def call(path, body=None):
@@ -82,4 +117,5 @@ def label(captures: Path, results: Path) -> int:
 
 if __name__ == "__main__":
     captures_dir, results_file = map(Path, sys.argv[1:3])
-    print(f"labelled {label(captures_dir, results_file)} frames on the page's server")
+    count = label(captures_dir, results_file, browser="--browser" in sys.argv[3:])
+    print(f"labelled {count} frames on the page's server")
