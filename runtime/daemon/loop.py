@@ -373,7 +373,9 @@ class SourceLoop:
         result["frame_age_ms"] = round(frame.age_ms, 1)
         result["model"] = dict(self.model)
         if self.metrics is not None:
-            self.metrics.observe_frame(frame.source, infer_s=t2 - t1, total_s=total_s, age_s=frame.age_ms / 1000)
+            self.metrics.observe_frame(
+                frame.source, infer_s=t2 - t1, total_s=total_s, age_s=frame.age_ms / 1000, score=score
+            )
         return result
 
 
