@@ -64,7 +64,8 @@ def _pixel_box(roi, width: int, height: int) -> tuple:
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in roi):
         return tuple(int(v) for v in roi)
     fx, fy, fw, fh = (float(v) for v in roi)
-    x0, y0 = round(fx * width), round(fy * height)
+    # A fraction a hair from the right or bottom edge (x 0.999 of 64 px) rounds to the edge: keep one pixel inside.
+    x0, y0 = min(round(fx * width), width - 1), min(round(fy * height), height - 1)
     x1, y1 = round((fx + fw) * width), round((fy + fh) * height)
     return x0, y0, max(1, x1 - x0), max(1, y1 - y0)
 

@@ -49,6 +49,13 @@ def test_a_fractional_roi_is_resolved_in_pixels_of_the_frame_and_recorded_so():
     assert view.record() == {"roi": [320, 120, 320, 240], "rotate": 180, "flip": "none"}
 
 
+def test_a_fractional_roi_a_hair_from_the_edge_keeps_one_pixel_inside_the_frame():
+    """x 0.999 of 64 px rounds to 64, the edge itself: the view keeps the last column, not an error."""
+    got = SourceView("door", (0.999, 0.0, 0.001, 1.0)).apply(_frame(64, 48))
+    assert got.shape == (48, 1, 3)
+    assert np.array_equal(got, _frame(64, 48)[:, 63:64])
+
+
 def test_a_pixel_roi_outside_the_first_frame_is_refused_naming_the_source_and_roi():
     view = SourceView("door", (600, 0, 100, 100))
     with pytest.raises(ViewError) as refused:
