@@ -253,6 +253,30 @@ def test_discovery_topic_is_one_home_assistant_accepts(tmp_path):
         assert match, f"Home Assistant ignores discovery topic {topic!r}"
 
 
+def test_a_source_named_like_another_with_a_dot_gets_its_own_home_assistant_sensor(tmp_path):
+    """`--source clip_avi=...` beside an unnamed `clip.avi`: Home Assistant ids take no '.', and mapping it to '_'
+    gave both one node, so one retained discovery config overwrote the other. A plain name keeps its old id."""
+    broker = Broker(tmp_path).start()
+    sub = Subscriber(broker.port)
+    sources = ["clip_avi", "clip.avi", "door"]
+    try:
+        sink = MqttSink(f"mqtt://127.0.0.1:{broker.port}/lab", qos=1, discovery=True)
+        wait_for(_online(sub, "lab/availability"), 10, "online")
+        for source in sources:
+            sink.write(_result(source, "circle"))
+        wait_for(lambda: len([t for t in sub.topics() if t.startswith("homeassistant/")]) >= 3, 10, "3 configs")
+        sink.close()
+    finally:
+        sub.stop()
+        broker.stop()
+    configs = {json.loads(p)["name"]: t for t, p, _ in sub.messages if t.startswith("homeassistant/")}
+    assert sorted(configs) == ["edgecls clip.avi", "edgecls clip_avi", "edgecls door"], configs
+    assert len(set(configs.values())) == 3, configs
+    assert configs["edgecls door"] == "homeassistant/sensor/lab_door/label/config"
+    assert configs["edgecls clip_avi"] == "homeassistant/sensor/lab_clip_avi/label/config"
+    assert all(HA_TOPIC_MATCHER.fullmatch(t[len("homeassistant/") :]) for t in configs.values()), configs
+
+
 # ---------------------------------------------------------------- availability
 
 

@@ -108,6 +108,19 @@ def _id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "edgecls"
 
 
+def _node(prefix: str, source: str) -> str:
+    """A source's Home Assistant node id. Where the id had to change a topic level that carries no hash yet
+    (`clip.avi` -> `clip_avi`), a short hash of the source keeps it apart from a source named `clip_avi`: one
+    retained discovery config would overwrite the other. Ids of names without such characters stay as they were."""
+    import hashlib
+
+    level = topic_name(source)
+    part = _id(level)
+    if part != level and level == source:
+        part = f"{part}_{hashlib.sha1(source.encode()).hexdigest()[:8]}"
+    return f"{_id(prefix)}_{part}"
+
+
 class MqttSink:
     """A daemon sink (write/close) publishing label changes and availability to an MQTT broker."""
 
@@ -239,7 +252,7 @@ class MqttSink:
 
     def _announce(self, source: str) -> None:
         """Home Assistant MQTT discovery for one source: a sensor whose state is the label."""
-        node = _id(f"{self.target.prefix}_{topic_name(source)}")
+        node = _node(self.target.prefix, source)
         config = {
             "name": f"edgecls {source}",
             "unique_id": f"edgecls_{node}",
