@@ -176,6 +176,7 @@ NOT_NUMBERS = [
     ("--capture-max-mb", "inf"),
     ("--drift-threshold", "nan"),
     ("--smooth", "-1"),
+    ("--smooth", "99999999999999999999999"),
 ]
 
 
@@ -411,10 +412,13 @@ BAD_PER_SOURCE = [
     (["--set", "door.rotate=45"], "source door: rotate 45: give 0, 90, 180 or 270"),
     (["--set", "door.max_fps=0"], "source door: max_fps 0: give a positive number of frames per second"),
     (["--set", "door.max_fps=nan"], "source door: max_fps nan: give a positive number of frames per second"),
-    (["--set", "door.rotation=90"], "--set door.rotation=90: unknown key rotation (did you mean rotate?)"),
+    (["--set", "door.rotation=90"], "--set door.rotation: unknown key rotation (did you mean rotate?)"),
     (["--set", "door.roi=0.5,0,0.75,1.0"], "source door: roi [0.5, 0, 0.75, 1.0]: x + w = 1.25 goes past"),
     (["--set", "door.threshold=2"], "source door: threshold 2: a score threshold lies between 0 and 1"),
-    (["--set", "yard.flip=vertical"], "--set yard.flip=vertical: no source is named yard (named sources: door)"),
+    (["--set", "yard.flip=vertical"], "--set yard.flip: no source is named yard (named sources: door)"),
+    (["--set", "door.uri=rtsp://admin:hunter2@cam/s?token=SECRETTOK"], "--set door.uri: a source's URI is given with"),
+    (["--set", "door.max_fps=1e-11"], "source door: max_fps 1e-11: give a positive number of frames per second"),
+    (["--set", "smooth=99999999999999999999999"], "source door: smooth 99999999999999999999999: give a number of"),
     (["--source", "door=other.avi"], "source name door is given twice: name each source once"),
 ]
 
@@ -437,6 +441,26 @@ def test_a_bad_per_source_setting_stops_the_start_with_one_line_naming_the_sourc
     ]:
         config.write_text(f'bundle = "{tiny_bundle}"\nduration = 3\n[sources.door]\nuri = "{video}"\n{table}\n')
         assert cli_error(run_cli("run", "--config", config, timeout=60)).startswith(f"error: {message}"), table
+
+
+def test_a_source_list_leaving_config_tables_out_is_a_warning_shown_by_default_naming_the_table_meant(
+    tiny_bundle, video, tmp_path
+):
+    """`--source dor=...` beside a file with [sources.door]: the run goes on, and stderr says at the default log
+    level which tables are not run and which one `dor` may mean."""
+    config = tmp_path / "t2.toml"
+    config.write_text(
+        f'bundle = "{tiny_bundle}"\n[sources.door]\nuri = "{video}"\nrotate = 180\n[sources.yard]\nuri = "x"\n'
+    )
+    done = run_cli(
+        "run", "--config", config, "--source", f"dor={video}", "--every-frame", "--max-frames", "1", timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    warning = (
+        "WARNING: --source replaces the --config file's sources: door, yard not run; "
+        "--source dor=... has no [sources.dor] table: did you mean door?"
+    )
+    assert warning in done.stderr.splitlines(), done.stderr[-2000:]
 
 
 def test_a_named_source_is_shown_by_its_name_in_latest_metrics_and_events(tiny_bundle, video):

@@ -81,6 +81,11 @@ def test_the_profile_names_the_camera_when_no_source_is_given():
     [
         ({"sources": ()}, "no source to run"),
         ({"smooth": 0}, "--smooth 0: the smoothing window is a number of frames, at least 1"),
+        (
+            {"smooth": 10**23},
+            "--smooth 100000000000000000000000: the smoothing window is a number of frames, at least 1 "
+            "and at most 10000",
+        ),
         ({"threshold": 1.5}, "--threshold 1.5: a score threshold lies between 0 and 1"),
         ({"stall_timeout": 0}, "--stall-timeout 0: give a positive number of seconds"),
     ],
@@ -174,7 +179,7 @@ def test_the_command_line_wins_over_the_table_key_by_key_and_its_source_list_rep
         ("door", 270, "vertical"),
         ("yard", 90, "none"),
     ]
-    caplog.set_level("INFO", "edgecls.daemon")
+    caplog.set_level("WARNING", "edgecls.daemon")  # shown at the CLI's default level
     replaced = _from_file(tmp_path, tables, "--source", "door=recorded.avi", "--source", "extra.avi")
     assert replaced.source_settings == (
         SourceConfig("recorded.avi", "door", rotate=180, flip="vertical"),
@@ -260,10 +265,21 @@ BAD_SETTINGS = [
     ("door.roi=0,0,0,48", r"source door: roi \[0, 0, 0, 48\]: its width and height \(w, h\) must be above 0"),
     ("door.roi=0,0,1,1", r"source door: roi \[0, 0, 1, 1\] is 1 pixel wide: whole numbers are pixels; write fractions"),
     ("door.roi=10,10,1,40", r"source door: roi \[10, 10, 1, 40\] is 1 pixel wide: give a region of 2 pixels or more"),
-    ("door.rotation=90", r"--set door.rotation=90: unknown key rotation \(did you mean rotate\?\)"),
-    ("door.max-fsp=5", r"--set door.max-fsp=5: unknown key max_fsp \(did you mean max_fps\?\)"),
-    ("doro.rotate=90", r"--set doro.rotate=90: no source is named doro \(named sources: door\); did you mean door\?"),
-    ("door.uri=x.avi", r"--set door.uri=x.avi: a source's URI is given with --source NAME=URI"),
+    ("door.rotation=90", r"--set door.rotation: unknown key rotation \(did you mean rotate\?\)"),
+    ("door.max-fsp=5", r"--set door.max-fsp: unknown key max_fsp \(did you mean max_fps\?\)"),
+    ("doro.rotate=90", r"--set doro.rotate: no source is named doro \(named sources: door\); did you mean door\?"),
+    ("door.uri=x.avi", r"--set door.uri: a source's URI is given with --source NAME=URI"),
+    (
+        "door.max_fps=1e-11",
+        r"source door: max_fps 1e-11: give a positive number of frames per second, at least 1.16e-05",
+    ),
+    (
+        "door.smooth=99999999999999999999999",
+        "source door: smooth 99999999999999999999999: give a number of frames from 1",
+    ),
+    ("door.roi=0.3,0,0.7000001,1.0", r"source door: roi \[0.3, 0, 0.7000001, 1.0\]: x \+ w = 1.0000001 goes past"),
+    ("door\nfoo.rotate=90", r"--set 'door\\nfoo.rotate': no source is named 'door\\nfoo' \(named sources: door\)"),
+    ("door.rot\nate=90", r"--set 'door.rot\\nate': unknown key 'rot\\nate'"),
     ("door.rotate", r"--set door.rotate: write NAME.KEY=VALUE"),
     ("door.capture.below=0.5", "source door: capture.below needs --capture DIR"),
 ]
@@ -298,7 +314,7 @@ def test_a_name_given_twice_or_shown_twice_is_refused():
         _config(sources=("door=a.avi", "door=b.avi"))
     with pytest.raises(EdgeclsError, match="^source name door is also how another source is shown"):
         _config(sources=("door=a.avi", "door"))
-    with pytest.raises(EdgeclsError, match=r"--set door.rotate=90: door.rotate is set twice: keep one"):
+    with pytest.raises(EdgeclsError, match=r"--set door.rotate is given twice: keep one"):
         _config(sources=("door=a.avi",), settings=("door.rotate=180", "door.rotate=90"))
     with pytest.raises(EdgeclsError, match=r"no source is named door \(no source is named: --source NAME=URI\)"):
         _config(sources=("a.avi",), settings=("door.rotate=180",))
@@ -343,3 +359,100 @@ def test_the_readmes_per_camera_table_is_a_configuration_that_runs_as_it_says(tm
             "rtsp://cam1/stream", "door", (0.5, 0.0, 0.5, 0.5), 180, "horizontal", 5.0, 0.8, 5, 0.6, 100
         )
         assert config.source_settings == (door, SourceConfig("rtsp://cam2/stream", "yard")), readme
+
+
+SECRET_SETS = [
+    "door.uri=rtsp://admin:hunter2@cam/s?token=SECRETTOK",
+    "uri=rtsp://admin:hunter2@cam/s?token=SECRETTOK",
+    "door.url=rtsp://admin:hunter2@cam/s?token=SECRETTOK",
+    "rtsp://admin:hunter2@cam/s?token=SECRETTOK",
+]
+
+
+@pytest.mark.parametrize("setting", SECRET_SETS)
+def test_a_refused_set_names_the_setting_and_never_shows_its_value(setting):
+    """A URI given to --set by mistake is refused without its password or token in the error line."""
+    with pytest.raises(EdgeclsError, match="^--set ") as refused:
+        _config(sources=("door=door.avi",), settings=(setting,))
+    assert "hunter2" not in str(refused.value) and "SECRETTOK" not in str(refused.value), str(refused.value)
+
+
+def test_a_name_or_key_with_a_line_break_from_the_file_is_quoted_in_one_error_line(tmp_path):
+    """A table's name or key from the TOML file cannot forge a second `error:` line."""
+    for text, message in [
+        (
+            '[sources."door\\nerror: all fine"]\nuri = "d.avi"\n',
+            r"^\[sources.'door\\nerror: all fine'\]: a source name",
+        ),
+        ('[sources.door]\nuri = "d.avi"\n"rot\\nate" = 1\n', r"^source door: unknown key 'rot\\nate'"),
+        ('"bun\\ndle" = 1\n', r"unknown option\(s\) 'bun\\ndle'"),
+    ]:
+        with pytest.raises(EdgeclsError, match=message) as refused:
+            _from_file(tmp_path, text)
+        assert "\n" not in str(refused.value), text
+
+
+def test_set_lists_from_the_file_the_environment_and_the_command_line_merge_key_by_key(tmp_path, monkeypatch):
+    """Each layer of --set adds its keys: the command line replaces only the keys it sets (before, the highest
+    layer given replaced the others whole and the rotation from the file or EDGECLS_RUN_SET was lost)."""
+    table = '[sources.door]\nuri = "door.avi"\nflip = "vertical"\n'
+    sets = 'set = ["door.rotate=180", "door.max_fps=5"]\n'
+    (door,) = _from_file(tmp_path, sets + table, "--set", "door.threshold=0.5").source_settings
+    assert (door.rotate, door.max_fps, door.threshold, door.flip) == (180, 5.0, 0.5, "vertical")
+    monkeypatch.setenv("EDGECLS_RUN_SET", "door.rotate=90 door.smooth=3")
+    (door,) = _from_file(tmp_path, sets + table, "--set", "door.max_fps=2").source_settings
+    assert (door.rotate, door.max_fps, door.smooth, door.flip) == (90, 2.0, 3, "vertical")
+    context = run.make_context("run", ["b", "--source", "door=clip.avi", "--set", "door.max_fps=5"])
+    (door,) = DaemonConfig.from_options(context.params, load_profile).source_settings
+    assert (door.rotate, door.smooth, door.max_fps) == (90, 3, 5.0)
+    with pytest.raises(EdgeclsError, match=r"^--set door.max_fps is given twice: keep one$"):
+        run.make_context("run", ["b", "--source", "door=c.avi", "--set", "door.max_fps=5", "--set", "door.max-fps=6"])
+
+
+def test_a_source_list_leaving_tables_out_warns_and_names_the_table_a_misspelt_name_means(tmp_path, caplog):
+    tables = '[sources.door]\nuri = "door.avi"\nrotate = 180\n[sources.yard]\nuri = "yard.avi"\n'
+    caplog.set_level("WARNING", "edgecls.daemon")
+    (dor,) = _from_file(tmp_path, tables, "--source", "dor=clip.avi").source_settings
+    assert dor == SourceConfig("clip.avi", "dor")
+    (record,) = [r for r in caplog.records if "not run" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == (
+        "--source replaces the --config file's sources: door, yard not run; "
+        "--source dor=... has no [sources.dor] table: did you mean door?"
+    )
+
+
+def test_a_frame_rate_cap_of_one_frame_a_day_is_the_lowest_taken():
+    assert SourceConfig("d.avi", max_fps=1 / 86400).max_fps == 1 / 86400
+    with pytest.raises(EdgeclsError, match="max_fps 1e-06: give a positive number of frames per second, at least"):
+        SourceConfig("d.avi", max_fps=1e-6)
+    assert SourceConfig("d.avi", smooth=10_000).smooth == 10_000
+
+
+def test_an_unnamed_source_keeps_its_shown_name_whatever_named_sources_run_beside_it():
+    """`#2` counts the unnamed sources only: naming, adding or removing a named source never renames the others
+    (their metric labels and capture folders)."""
+    assert _config(sources=("door=clip.avi", "clip.avi")).names() == ["door", "clip.avi"]
+    assert _config(sources=("clip.avi", "door=clip.avi", "clip.avi")).names() == ["clip.avi", "door", "clip.avi#2"]
+    assert DaemonConfig.of("b", ["rtsp://u:pw@cam/s", "rtsp://u:pw@cam/s"]).names() == [
+        "rtsp://u:***@cam/s",
+        "rtsp://u:***@cam/s#2",
+    ]
+
+
+def test_source_names_equal_but_for_case_are_refused():
+    """`Door` and `door` would share one capture folder on vfat/exFAT media."""
+    with pytest.raises(EdgeclsError, match="^source names Door and door differ only in case"):
+        _config(sources=("Door=a.avi", "door=b.avi"))
+    with pytest.raises(EdgeclsError, match="^source name Door is also how another source is shown"):
+        _config(sources=("Door=a.avi", "door"))
+    with pytest.raises(EdgeclsError, match="differ only in case"):
+        DaemonConfig.of("b", [SourceConfig("a.avi", "yard"), SourceConfig("b.avi", "YARD")])
+
+
+def test_a_key_written_with_dashes_is_the_key_and_a_source_may_not_be_named_like_one():
+    for setting in ("max-fps=5", "door.max-fps=5"):
+        assert _config(sources=("door=d.avi",), settings=(setting,)).source_settings[0].max_fps == 5.0, setting
+    for name in ("max-fps", "max_fps", "capture"):
+        with pytest.raises(EdgeclsError, match=f"^source name {name} is also a setting's key"):
+            _config(sources=(f"{name}=x.avi",))

@@ -18,6 +18,7 @@ def _load_config(ctx, param, path):
     if path is None:
         return
     from edgecls.runtime.daemon.config import read_toml
+    from edgecls.runtime.daemon.per_source import shown_text
     from edgecls.runtime.errors import EdgeclsError
 
     data = read_toml(path)
@@ -28,9 +29,9 @@ def _load_config(ctx, param, path):
             names[p.name] = names[p.name.replace("_", "-")] = p.name
             names.update({o.lstrip("-"): p.name for o in p.opts if o.startswith("--")})
     unknown = sorted(k for k in data if k not in names)
-    if unknown:
+    if unknown:  # a key with a line break is quoted: it cannot add an `error:` line of its own
         raise EdgeclsError(
-            f"--config {path}: unknown option(s) {', '.join(unknown)}; keys are `edgecls run` option "
+            f"--config {path}: unknown option(s) {', '.join(map(shown_text, unknown))}; keys are `edgecls run` option "
             f"names such as bundle, source, port, stall-timeout"
         )
     ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in data.items()}}

@@ -7,6 +7,7 @@ import math
 import click
 
 from edgecls.runtime.daemon.config import TOKEN_ENV, CaptureConfig, DaemonConfig, HttpConfig, MqttConfig
+from edgecls.runtime.daemon.source_config import MAX_SMOOTH
 from edgecls.runtime.sources import SOURCE_TIMEOUT_S
 
 ENV_PREFIX = "EDGECLS_RUN"
@@ -23,6 +24,15 @@ class Finite(click.FloatRange):
 
 
 SECONDS = Finite(min=0, min_open=True)
+
+
+def _layered_sets(ctx, param, value):
+    """--set's layers merged key by key: the --config file's `set`, then EDGECLS_RUN_SET, then the command line
+    (click alone would take the highest layer given, whole, and lose the others' keys)."""
+    from edgecls.runtime.daemon.per_source import layered_sets
+
+    from_line = value if ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE else ()
+    return tuple(layered_sets(ctx.lookup_default(param.name, call=False), param.value_from_envvar(ctx), from_line))
 
 
 def run_options(load_config):
@@ -73,12 +83,13 @@ _OPTIONS = [
         multiple=True,
         metavar="NAME.KEY=VALUE",
         envvar=f"{ENV_PREFIX}_SET",
+        callback=_layered_sets,
         help="A setting of one named source (repeatable; KEY=VALUE alone: of every source): roi=x,y,w,h (region "
         "of interest: whole numbers are pixels, 0.5,0,0.5,0.5 fractions of the frame), rotate=0|90|180|270 "
         "(clockwise), flip=none|horizontal|vertical, max_fps=N (classify at most N frames a second), threshold=S, "
         "smooth=N, capture.below=S, capture.every=N (these four: the daemon options for this source alone). "
         "Crop, rotate, then flip. In --config, a [sources.NAME] table holds the same keys; key by key the "
-        "command line wins over the table.",
+        "command line wins over EDGECLS_RUN_SET, which wins over the file's `set` list, which wins over the table.",
     ),
     click.option("--device", "device", help="Device profile name or JSON file."),
     click.option("--artifact", help="Artifact to run (default: the device profile's first runnable one)."),
@@ -140,7 +151,7 @@ _OPTIONS = [
     ),
     click.option(
         "--smooth",
-        type=click.IntRange(1),
+        type=click.IntRange(1, MAX_SMOOTH),
         help="Daemon mode: average the probabilities of the last N frames of each source.",
     ),
     click.option("--threshold", type=Finite(0, 1), help="Daemon mode: label results scoring below this `unknown`."),

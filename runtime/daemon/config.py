@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from edgecls.runtime.daemon.source_config import FLIPS, ROTATIONS, SOURCE_NAME, SourceConfig
+from edgecls.runtime.daemon.source_config import FLIPS, MAX_SMOOTH, ROTATIONS, SOURCE_NAME, SourceConfig
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.monitor.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW
 
@@ -135,8 +135,11 @@ class DaemonConfig:
         if not self.sources:
             raise EdgeclsError("no source to run: give at least one --source (or a device profile with a camera)")
         self._check_source_settings()
-        if self.smooth < 1:
-            raise EdgeclsError(f"--smooth {self.smooth}: the smoothing window is a number of frames, at least 1")
+        if not 1 <= self.smooth <= MAX_SMOOTH:
+            raise EdgeclsError(
+                f"--smooth {self.smooth}: the smoothing window is a number of frames, at least 1 and at most "
+                f"{MAX_SMOOTH}"
+            )
         if not 0.0 <= self.threshold <= 1.0:
             raise EdgeclsError(f"--threshold {self.threshold}: a score threshold lies between 0 and 1")
         if self.stall_timeout <= 0:
@@ -160,18 +163,37 @@ class DaemonConfig:
                 raise EdgeclsError(
                     f"source {setting.label}: {capture[0]} needs --capture DIR, the folder captured frames go to"
                 )
-        names = set()
+        names = {}  # casefolded -> as given: capture folders of `Door` and `door` are one on vfat/exFAT media
         for setting in settings:
-            if setting.name in names:
+            if setting.name in names.values():
                 raise EdgeclsError(f"source name {setting.name} is given twice: name each source once")
-            if setting.name is not None:
-                names.add(setting.name)
-        for setting in settings:
-            if setting.name is None and setting.label in names:
+            if setting.name is not None and setting.name.casefold() in names:
                 raise EdgeclsError(
-                    f"source name {setting.label} is also how another source is shown: name the source "
-                    f"{setting.label} differently, or name it with NAME=URI"
+                    f"source names {names[setting.name.casefold()]} and {setting.name} differ only in case (their "
+                    "capture folders would be one on vfat/exFAT cards): name them apart"
                 )
+            if setting.name is not None:
+                names[setting.name.casefold()] = setting.name
+        for setting in settings:
+            if setting.name is None and setting.label.casefold() in names:
+                raise EdgeclsError(
+                    f"source name {names[setting.label.casefold()]} is also how another source is shown: name the "
+                    f"source {setting.label} differently, or name it with NAME=URI"
+                )
+
+    def names(self) -> list:
+        """Each source's name in results, metrics and capture folders: its own, else its URI with passwords
+        hidden, `#2`, `#3` ... for the same URI again. Only unnamed sources are counted, so naming or removing
+        another source never renames one."""
+        shown, seen = [], {}
+        for index in range(len(self.sources)):
+            setting = self.settings_for(index)
+            if setting.name is not None:
+                shown.append(setting.name)
+                continue
+            seen[setting.label] = seen.get(setting.label, 0) + 1
+            shown.append(setting.label if seen[setting.label] == 1 else f"{setting.label}#{seen[setting.label]}")
+        return shown
 
     @classmethod
     def of(cls, bundle, sources, *, host=HOST, port=None, token=None, allowed_hosts=(), source_options=None, **kw):

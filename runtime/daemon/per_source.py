@@ -21,6 +21,7 @@ import re
 
 from edgecls.runtime.daemon.source_config import SOURCE_NAME, SourceConfig
 from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.redact import redact
 
 log = logging.getLogger("edgecls.daemon")
 
@@ -56,31 +57,39 @@ def split_source(text: str) -> tuple:
 
 def parse_set(text: str) -> tuple:
     """`--set` text -> (name or None, key, value text). What comes before the first `.` is a key (rotate=180,
-    capture.below=0.6: every source) or else a source's name (door.rotate=180)."""
+    capture.below=0.6: every source) or else a source's name (door.rotate=180). Errors show NAME.KEY only: the
+    value may be a URI holding a password."""
     left, sep, value = str(text).partition("=")
     left = left.strip()
+    shown = f"--set {shown_text(redact(left))}"
     if not sep or not left:
-        raise EdgeclsError(f"--set {text}: {SET_HELP}")
+        raise EdgeclsError(f"{shown}: {SET_HELP}")
     if left.split(".", 1)[0].replace("-", "_") in KEY_HEADS:
         name, key = None, left
     else:
         name, _, key = left.partition(".")
         if not key:
-            raise EdgeclsError(f"--set {text}: unknown key {left}{_nearest(left)}; {SET_HELP}")
+            raise EdgeclsError(f"{shown}: unknown key{_nearest(left)}; {SET_HELP}")  # shown: no password
     key = key.replace("-", "_")
     if key not in FIELDS:
-        raise EdgeclsError(f"--set {text}: unknown key {key}{_nearest(key)}")
+        raise EdgeclsError(f"{shown}: unknown key {shown_text(key)}{_nearest(key)}")
     if key == "uri":
-        raise EdgeclsError(f"--set {text}: a source's URI is given with --source NAME=URI")
+        raise EdgeclsError(f"{shown}: a source's URI is given with --source NAME=URI")
     return name, key, value.strip()
+
+
+def shown_text(text: str) -> str:
+    """A name or key as an error line shows it: quoted when it holds a line break or another control character,
+    so a name from a file cannot add a line (`error: ...`) of its own."""
+    return text if text.isprintable() else repr(text)
 
 
 def table_values(name: str, table) -> dict:
     """One `[sources.NAME]` table (or `NAME = "URI"`) -> {key: value}, `capture = {below = ...}` flattened."""
     if not SOURCE_NAME.fullmatch(str(name)):
         raise EdgeclsError(
-            f"[sources.{name}]: a source name is up to 64 letters, digits, _ and -, starting with a letter "
-            "(door, cam-2)"
+            f"[sources.{shown_text(str(name))}]: a source name is up to 64 letters, digits, _ and -, starting with a "
+            "letter (door, cam-2)"
         )
     if isinstance(table, str):
         return {"uri": table}
@@ -95,7 +104,7 @@ def table_values(name: str, table) -> dict:
             values[key] = value
     unknown = [key for key in values if key not in FIELDS]
     if unknown:
-        raise EdgeclsError(f"source {name}: unknown key {unknown[0]}{_nearest(unknown[0])}")
+        raise EdgeclsError(f"source {name}: unknown key {shown_text(unknown[0])}{_nearest(unknown[0])}")
     return values
 
 
@@ -109,7 +118,11 @@ def resolve(sources, sets, tables, camera) -> tuple:
         chosen = [(name, {**(tables.get(name, {}) if name else {}), "uri": uri}) for name, uri in entries]
         left = [name for name in tables if name not in {name for name, _ in entries}]
         if left:  # as --source always replaced the file's list; said, since a misspelt NAME would be silent
-            log.info("--source replaces the --config file's sources: %s not run", ", ".join(left))
+            log.warning(
+                "--source replaces the --config file's sources: %s not run%s",
+                ", ".join(left),
+                _hint(entries, tables, left),
+            )
     elif tables:
         chosen = list(tables.items())
     else:
@@ -125,22 +138,54 @@ def resolve(sources, sets, tables, camera) -> tuple:
     return tuple(_source(name, {**values, **every, **scoped.get(name, {})}) for name, values in chosen)
 
 
+def _hint(entries, tables, left) -> str:
+    """For each --source NAME=URI without a table whose NAME is close to a table left out: the name it may mean."""
+    hints = []
+    for name, _ in entries:
+        match = difflib.get_close_matches(name, left, 1) if name and name not in tables else []
+        if match:
+            hints.append(f"; --source {name}=... has no [sources.{name}] table: did you mean {match[0]}?")
+    return "".join(hints)
+
+
 def _sets(sets, names) -> tuple:
     """`--set` texts -> ({key: value} for every source, {name: {key: value}}); a key set twice is refused."""
     every, scoped = {}, {}
     for text in sets or ():
         name, key, value = parse_set(text)
+        shown = f"--set {shown_text(key if name is None else f'{name}.{key}')}"
         if name is not None and name not in names:
             known = f" (named sources: {', '.join(names)})" if names else " (no source is named: --source NAME=URI)"
             hint = difflib.get_close_matches(name, names, 1)
             raise EdgeclsError(
-                f"--set {text}: no source is named {name}{known}" + (f"; did you mean {hint[0]}?" if hint else "")
+                f"{shown}: no source is named {shown_text(name)}{known}"
+                + (f"; did you mean {hint[0]}?" if hint else "")
             )
         target = every if name is None else scoped.setdefault(name, {})
         if key in target:
-            raise EdgeclsError(f"--set {text}: {(name + '.') if name else ''}{key} is set twice: keep one")
+            raise EdgeclsError(f"{shown} is given twice: keep one")
         target[key] = value
     return every, scoped
+
+
+def layered_sets(*layers) -> list:
+    """`--set` lists of the layers, lowest first (the --config file's `set`, EDGECLS_RUN_SET, the command line) ->
+    one list in which a later layer's NAME.KEY (or KEY) replaces an earlier one's, key by key."""
+    merged = {}
+    for layer in layers:
+        if isinstance(layer, str):  # set = "door.rotate=180" in the file: one setting
+            layer = [layer]
+        given = {}
+        for text in layer or ():
+            name, key, _ = parse_set(text)
+            if (name, key) in given:
+                shown = key if name is None else f"{name}.{key}"
+                raise EdgeclsError(f"--set {shown_text(shown)} is given twice: keep one")
+            given[(name, key)] = text
+        for name_key, text in given.items():
+            merged.pop(name_key, None)
+            merged[name_key] = text
+    return list(merged.values())
 
 
 def _source(name, values: dict) -> SourceConfig:

@@ -11,6 +11,8 @@ from edgecls.runtime.errors import EdgeclsError
 ROTATIONS = (0, 90, 180, 270)  # clockwise degrees
 FLIPS = ("none", "horizontal", "vertical")
 SOURCE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # `--source NAME=URI`, `[sources.NAME]`
+MIN_FPS = 1 / 86400  # max_fps: one frame a day at the least (below, the wait overflows the clock's range)
+MAX_SMOOTH = 10_000  # smooth: frames averaged at most (5.5 minutes at 30 fps; a huge one overflowed deque's maxlen)
 ROI_HELP = "x, y, w, h: whole numbers are pixels of the frame, numbers with a decimal point fractions of it"
 
 
@@ -67,10 +69,10 @@ class SourceConfig:
         object.__setattr__(self, "rotate", int(self.rotate))
         if self.flip not in FLIPS:
             raise EdgeclsError(f"{where}: flip {self.flip!r}: give {', '.join(FLIPS[:-1])} or {FLIPS[-1]}")
-        if self.max_fps is not None and not (_number(self.max_fps) and 0 < self.max_fps < math.inf):
+        if self.max_fps is not None and not (_number(self.max_fps) and MIN_FPS <= self.max_fps < math.inf):
             raise EdgeclsError(
-                f"{where}: max_fps {self.max_fps!r}: give a positive number of frames per second "
-                "(leave it out to classify as often as frames come)"
+                f"{where}: max_fps {self.max_fps!r}: give a positive number of frames per second, at least "
+                f"{MIN_FPS:.3g} (one a day; leave it out to classify as often as frames come)"
             )
         for key, field_name in (("threshold", "threshold"), ("capture.below", "capture_below")):
             value = getattr(self, field_name)
@@ -86,6 +88,8 @@ class SourceConfig:
                 continue
             if not (_number(value) and math.isfinite(value) and value == int(value) and value >= 1):
                 raise EdgeclsError(f"{where}: {key} {value!r}: give a whole number of frames, at least 1")
+            if key == "smooth" and value > MAX_SMOOTH:
+                raise EdgeclsError(f"{where}: smooth {value!r}: give a number of frames from 1 to {MAX_SMOOTH}")
             object.__setattr__(self, field_name, int(value))
         object.__setattr__(self, "roi", _checked_roi(where, self.roi))
 
@@ -121,7 +125,8 @@ def _checked_roi(where: str, roi) -> tuple | None:
     for total, edge, axis in ((x + w, "right", "x + w"), (y + h, "bottom", "y + h")):
         if total > 1.0 + 1e-9:
             raise EdgeclsError(
-                f"{where}: roi {shown!r}: {axis} = {total:g} goes past the frame's {edge} edge (fractions: at most 1)"
+                f"{where}: roi {shown!r}: {axis} = {total:.10g} goes past the frame's {edge} edge "
+                "(fractions: at most 1)"
             )
     return (x, y, w, h)
 
