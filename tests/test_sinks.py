@@ -8,6 +8,8 @@ import threading
 import pytest
 
 from edgecls.runtime.daemon.sinks import JsonlFileSink
+from tests.conftest import run_cli
+from tests.daemon_helpers import write_test_video
 
 
 def _fill(sink, lines=200):
@@ -60,3 +62,22 @@ def test_results_keep_flowing_to_the_file_when_rotation_fails(tmp_path, caplog):
     sink.close()
     assert [json.loads(line)["frame"] for line in path.read_text().splitlines()] == list(range(20))
     assert len([r for r in caplog.records if "cannot rotate" in r.getMessage()]) == 1  # said once, not per line
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return write_test_video(tmp_path_factory.mktemp("sinks") / "clip.avi", pattern="ramp")
+
+
+def test_a_simple_line_records_the_view_when_the_source_is_turned_or_cropped(tiny_bundle, video):
+    """Per-source settings keep the simple mode; its lines say what the model saw, and stay as before without."""
+    turned = run_cli(
+        "run", tiny_bundle, "--source", video, "--every-frame", "--max-frames", "2", "--set", "rotate=180",
+        timeout=120,
+    )  # fmt: skip
+    assert turned.returncode == 0, turned.stderr[-2000:]
+    rows = [json.loads(line) for line in turned.stdout.splitlines()]
+    assert len(rows) == 2 and all(r["view"]["rotate"] == 180 and r["view"]["flip"] == "none" for r in rows)
+    plain = run_cli("run", tiny_bundle, "--source", video, "--every-frame", "--max-frames", "1", timeout=120)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert "view" not in json.loads(plain.stdout.splitlines()[0])

@@ -46,7 +46,8 @@ class StdoutSink:
 
 class SimpleLines:
     """The simple mode's line per classified frame (`edgecls run` with one source and no daemon option): frame,
-    name, age_ms, top1, score, topk, latency_ms (the total), dropped (the source's count so far) and model."""
+    name, age_ms, top1, score, topk, latency_ms (the total), dropped (the source's count so far), model, and the
+    view when the source's settings crop, rotate or flip its frames."""
 
     def __init__(self, dropped, stream=None, events=None):
         self._dropped = dropped  # () -> frames the source dropped so far, counted now
@@ -65,6 +66,7 @@ class SimpleLines:
             "latency_ms": result["latency_ms"]["total"],
             "dropped": self._dropped(),
             "model": result["model"],
+            **({"view": result["view"]} if "view" in result else {}),  # what the model saw, when not the whole frame
         }
         with self._lock:  # an OSError (`| head`, a full disk) reaches the daemon, which ends the run with it
             self._stream.write(json.dumps(line) + "\n")
