@@ -398,3 +398,27 @@ def test_a_capture_is_the_view_the_model_saw_and_each_source_keeps_its_own_captu
         assert saved.shape == (40, 30, 3)
         assert np.abs(saved - cv2.rotate(crop, cv2.ROTATE_90_CLOCKWISE)).mean() < 3
         assert np.abs(saved - cv2.rotate(crop, cv2.ROTATE_90_COUNTERCLOCKWISE)).mean() > 30
+
+
+def test_frames_labelled_away_from_the_inbox_no_longer_count_toward_the_cap(tmp_path):
+    """A person moving captures into class folders frees their room: the frames still waiting are not deleted to
+    make room for ones that already left (the cap counted them and deleted inbox frames far too early)."""
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    capture = Capture(tmp_path / "captures", below=1.0, max_bytes=10**9)
+    for frame in range(4):
+        capture.offer(image, _result("cam", frame))
+    capture.drain(10)
+    inbox = tmp_path / "captures" / INBOX / "cam"
+    first = sorted(inbox.glob("*.jpg"))
+    per_capture = sum(p.stat().st_size for p in inbox.iterdir()) / 4
+    labelled = tmp_path / "captures" / "cat"
+    labelled.mkdir()
+    for image_path in first[:3]:  # three labelled: moved with their sidecars, as edgecls label does
+        image_path.rename(labelled / image_path.name)
+        image_path.with_suffix(".json").rename(labelled / image_path.with_suffix(".json").name)
+    capture.max_bytes = int(per_capture * 3.5)  # room for three captures: the one waiting and two new ones fit
+    for frame in range(4, 6):
+        capture.offer(image, _result("cam", frame))
+    capture.close(timeout=10)
+    assert first[3].exists(), "a frame waiting to be labelled was deleted to make room for frames already labelled"
+    assert len(list(inbox.glob("*.jpg"))) == 3 and len(list(labelled.glob("*.jpg"))) == 3

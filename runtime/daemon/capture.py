@@ -198,11 +198,24 @@ class Capture:
         self._enforce_cap()
 
     def _enforce_cap(self) -> None:
+        if self._bytes > self.max_bytes:
+            self._forget_moved()
         while self._bytes > self.max_bytes and self._files:
             paths, size = self._files.pop(0)
             self._bytes -= size
             for path in paths:  # the image and its sidecar go together
                 path.unlink(missing_ok=True)  # moved away by a person already: nothing to do
+
+    def _forget_moved(self) -> None:
+        """Captures a person labelled (moved out of the inbox, `edgecls label`) no longer count toward the cap:
+        counting them would delete frames still waiting in the inbox long before it is full."""
+        kept = []
+        for paths, size in self._files:
+            if any(path.exists() for path in paths):
+                kept.append((paths, size))
+            else:
+                self._bytes -= size
+        self._files = kept
 
     def close(self, timeout: float = 1.0) -> None:
         """Write what is queued (within `timeout`), then stop the writer; frames left unwritten count as dropped."""
