@@ -9,7 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.conftest import require_tool, write_image
+from tests.conftest import require_tool, run_cli, write_image
 
 cv2 = pytest.importorskip("cv2")
 
@@ -287,3 +287,27 @@ def test_each_named_source_keeps_its_own_smoothing_and_threshold_and_is_served_u
             assert "view" not in result  # the whole, upright frame: results as they always were
     assert 0 < sum(r["top1"] == "unknown" for r in sink.of("own")) < 20
     assert not any(r["top1"] == "unknown" for r in sink.of("plain"))
+
+
+def test_an_unnamed_source_beside_a_named_one_keeps_its_own_shown_name(tiny_bundle, video, tmp_path):
+    """`--source door=clip.avi --source clip.avi`: the second is clip.avi (its metric label and capture folder),
+    not clip.avi#2 (a #N counted the named source's URI too, so removing `door` renamed it)."""
+    results = tmp_path / "r.jsonl"
+    done = run_cli(
+        "run",
+        tiny_bundle,
+        "--source",
+        f"door={video}",
+        "--source",
+        video,
+        "--every-frame",
+        "--max-frames",
+        "1",
+        "--results",
+        results,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    started = json.loads(next(l for l in done.stderr.splitlines() if l.startswith('{"event": "started"')))
+    assert started["sources"] == ["door", str(video)]
+    assert {json.loads(line)["source"] for line in results.read_text().splitlines()} == {"door", str(video)}

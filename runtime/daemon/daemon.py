@@ -25,7 +25,7 @@ from edgecls.runtime.daemon.loop import SourceLoop
 from edgecls.runtime.daemon.metrics import Metrics
 from edgecls.runtime.daemon.pace import SkippedCollector
 from edgecls.runtime.daemon.reload import Reloader
-from edgecls.runtime.daemon.supervisor import Supervisor, display_name
+from edgecls.runtime.daemon.supervisor import Supervisor
 from edgecls.runtime.monitor.drift import NO_REFERENCE, DriftMonitor
 from edgecls.runtime.sources import SOURCE_TIMEOUT_S
 
@@ -85,7 +85,7 @@ class Daemon:
                 simple=config.simple,
                 **options,
             )
-            for uri, name in zip(config.sources, _names(config))
+            for uri, name in zip(config.sources, config.names())
         ]
         self._model_options = {
             "artifact": config.artifact,
@@ -447,22 +447,6 @@ class _Preview:
         loop = self._loops[index]
         shown = loop.shown
         return None if shown is None else (shown[0], shown[1], loop.stats.fps)
-
-
-def _names(config: DaemonConfig) -> list:
-    """Each source's name: its own (SourceConfig.name), else derived from its URI (`_unique_names`)."""
-    derived = _unique_names(config.sources)
-    return [config.settings_for(i).name or derived[i] for i in range(len(config.sources))]
-
-
-def _unique_names(uris) -> list:
-    """Display names (passwords hidden), with #2, #3 ... when the same source is given twice."""
-    names, seen = [], {}
-    for uri in uris:
-        name = display_name(uri)
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-    return names
 
 
 def _sinks(config: DaemonConfig, dropped) -> list:
