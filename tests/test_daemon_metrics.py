@@ -71,3 +71,27 @@ def test_a_real_daemon_serves_the_top1_score_of_every_result_it_published_on_met
     total = scraped[("edgecls_top1_score_sum", (("source", name),))]
     assert total == pytest.approx(sum(scores), abs=1e-5 * len(scores))  # results round scores to 6 places
     assert len({round(s, 3) for s in scores}) > 1  # real, varying scores, not one constant
+
+
+def test_a_nan_score_is_left_out_so_the_mean_confidence_stays_readable(tmp_path):
+    """A NaN top-1 score (a logit of +inf gives inf - inf) lands in no bucket but would make _sum NaN until
+    a restart, blanking every confidence panel; only finite scores are recorded."""
+    import math
+
+    from edgecls.runtime.daemon.loop import LoopStats
+    from edgecls.runtime.daemon.metrics import Metrics
+    from edgecls.runtime.daemon.supervisor import Supervisor
+
+    (tmp_path / "stills").mkdir()
+    metrics = Metrics()
+    metrics.track("door", Supervisor(str(tmp_path / "stills"), name="door"), LoopStats())
+    for score in (math.nan, math.inf, -math.inf):
+        metrics.observe_frame("door", infer_s=0.001, total_s=0.002, age_s=0.01, score=score)
+    for _ in range(1000):
+        metrics.observe_frame("door", infer_s=0.001, total_s=0.002, age_s=0.01, score=0.9)
+    got = _samples(metrics.exposition()[0].decode())
+    door = ("source", "door")
+    assert got[("edgecls_top1_score_count", (door,))] == 1000
+    assert got[("edgecls_top1_score_sum", (door,))] == pytest.approx(900.0)
+    assert got[("edgecls_top1_score_bucket", (("le", "+Inf"), door))] == 1000
+    assert got[("edgecls_frames_processed_total", (door,))] == 1003  # the frames still count

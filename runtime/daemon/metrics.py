@@ -7,6 +7,8 @@ fps are read from them when Prometheus scrapes, so nothing is computed twice or 
 
 from __future__ import annotations
 
+import math
+
 from edgecls.runtime.errors import MissingDependencyError
 
 # Edge models run in about 0.1 ms (tiny int8) to a few seconds (large fp32 on a Pi Zero).
@@ -252,12 +254,16 @@ class Metrics:
     def observe_frame(
         self, source: str, *, infer_s: float, total_s: float, age_s: float, score: float | None = None
     ) -> None:
-        """One classified frame; `score` is its result's top-1 score (None: a caller that does not know it)."""
+        """One classified frame; `score` is its result's top-1 score (None: a caller that does not know it).
+
+        A score that is not finite (NaN from a logit of +inf) is left out: it lands in no bucket but would
+        make the histogram's _sum NaN, and every mean confidence with it, until the daemon restarts.
+        """
         self.frames.labels(source=source).inc()
         self.inference.labels(source=source).observe(infer_s)
         self.frame_time.labels(source=source).observe(total_s)
         self.frame_age.labels(source=source).set(age_s)
-        if score is not None:
+        if score is not None and math.isfinite(score):
             self.top1.labels(source=source).observe(score)
 
     def exposition(self) -> tuple[bytes, str]:
