@@ -8,9 +8,10 @@ The whole loop on the digits (the UCI set scikit-learn ships, 1,797 8x8 images),
 2. v1 = `edgecls train --data dataset/` (24 px grey, `simple` 16,32,64), converted by `edgecls convert`;
 3. the pool is run through the daemon, `edgecls run bundles/v1 --source pool/ --capture captures/
    --capture-every 1 --fps 40 --results results.jsonl`: every frame lands in captures/.unlabelled/ as JPEG + sidecar;
-4. the captures are labelled on the labelling page's server (`edgecls label captures/ --token-file ...
-   --exit-when-done`) through its HTTP API (POST /api/decide, the calls the page's keys make), the truth of
-   each frame found from its sidecar's frame number -> the daemon's result line for it -> the pool file name;
+4. the captures are labelled on the labelling page (`edgecls label captures/ --token-file ... --exit-when-done`)
+   in headless Chromium with its keys (tests/label_captures.py --browser: the true class's key among 1-9, else
+   `n` and its name), the truth of each frame found from its sidecar's frame number -> the daemon's result
+   line for it -> the pool file name;
 5. v2 = `train --init-from v1 --data dataset/ --data captures/` and, on exactly v2's train/val/test files
    (a pre-split folder of symlinks made from v2's split.json), the same model from scratch; both for --epochs
    epochs with early stopping off, each epoch's model scored on v1's fixed test split;
@@ -25,13 +26,11 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -77,56 +76,12 @@ def capture(work: Path, bundle: Path, pool: Path) -> Path:
     return captures
 
 
-def truth_of_frames(work: Path) -> dict:
-    """frame number -> true class, from the daemon's own result lines (each names its pool file)."""
-    truth = {}
-    for line in (work / "results.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "name" in record:
-            truth[record["frame"]] = re.match(r"c(\d+)-", Path(record["name"]).name).group(1)
-    return truth
-
-
 def label_on_the_page(work: Path, captures: Path) -> int:
-    """Label every capture through the page server's API; returns how many were labelled."""
-    truth = truth_of_frames(work)
-    token = work / "label-token"
-    token.write_text("improvement-loop-token\n")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "edgecls.cli", "label", captures, "--port", "0", "--token-file", token,
-         "--exit-when-done"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        url = None
-        while url is None:
-            line = server.stdout.readline()
-            if not line:
-                raise SystemExit(f"edgecls label ended: {server.stderr.read()[-2000:]}")
-            found = re.search(r"(http://[^\s/]+)", line)
-            url = found.group(1) if found else None
-        headers = {"Authorization": "Bearer improvement-loop-token", "Content-Type": "application/json"}
+    """Every capture labelled on `edgecls label`'s page in headless Chromium, by its keys (tests/label_captures.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.label_captures import label
 
-        def call(path, body=None):
-            data = None if body is None else json.dumps(body).encode()
-            request = urllib.request.Request(url + path, data=data, headers=headers)
-            with urllib.request.urlopen(request, timeout=30) as reply:
-                return json.loads(reply.read())
-
-        done = 0
-        while (state := call("/api/state"))["frame"] is not None:
-            frame = state["frame"]["id"]
-            sidecar = json.loads((captures / ".unlabelled" / frame).with_suffix(".json").read_text())
-            call("/api/decide", {"frame": frame, "label": truth[sidecar["frame"]]})
-            done += 1
-            if done % 200 == 0:
-                say(f"labelled {done}, {state['left'] - 1} left")
-        server.wait(timeout=30)
-        return done
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=30)
+    return label(captures, work / "results.jsonl", browser=True)
 
 
 def test_scorer(v1: Path):
@@ -217,7 +172,7 @@ def main() -> None:
     captured = len(list((captures / ".unlabelled").rglob("*.jpg")))
     say(f"daemon captured {captured} frames")
     labelled = label_on_the_page(work, captures)
-    say(f"labelled {labelled} frames on the page's server")
+    say(f"labelled {labelled} frames on the page, by keyboard in headless Chromium")
     init_curve, init_acc, init_s = train_watched(
         v1, work / "runs" / "v2", args.epochs, data=(str(dataset), str(captures)), init_from=str(v1)
     )
@@ -244,7 +199,8 @@ def write_results(args, v1_metrics, captured, labelled, init, scratch, verdict, 
         "",
         f"v1: half of each digit class, test accuracy {v1_metrics['test_accuracy']:.4f} "
         f"on its test split ({v1_metrics['n']} images)",
-        f"the other half through the daemon: {captured} frames captured, {labelled} labelled on the page's server",
+        f"the other half through the daemon: {captured} frames captured, "
+        f"{labelled} labelled on the page by keyboard (headless Chromium)",
         "v2 trains on v1's dataset + the labelled captures; v1's test split is the test split of both v2 runs",
         "",
         f"from-scratch accuracy (its kept epoch, on v1's test split): {target:.4f}",
