@@ -108,6 +108,80 @@ def test_a_file_at_out_that_is_not_a_targets_list_is_left_alone(tmp_path):
     assert "is a folder" in error
 
 
+def test_a_targets_list_written_by_hand_for_other_jobs_is_left_alone(tmp_path):
+    """A file_sd list is ours only when every group carries labels.device: a user's list for node exporters
+    at --out is refused, not replaced."""
+    fleet = fleet_file(tmp_path, "./a name=door metrics=http://127.0.0.1:8080")
+    theirs = tmp_path / "node-targets.json"
+    text = '[{"targets": ["10.0.0.1:9100"], "labels": {"job": "node"}}]\n'
+    theirs.write_text(text)
+    error = cli_error(run_cli("fleet", "prometheus-targets", fleet, "--out", theirs))
+    assert "not a Prometheus targets file written by edgecls" in error and "left alone" in error
+    assert theirs.read_text() == text
+    mixed = tmp_path / "mixed.json"  # one of ours beside one of theirs: still theirs too
+    mixed.write_text('[{"targets": ["a:1"], "labels": {"device": "door"}}, {"targets": ["10.0.0.1:9100"]}]')
+    assert "left alone" in cli_error(run_cli("fleet", "prometheus-targets", fleet, "--out", mixed))
+    ours = tmp_path / "ours.json"
+    ours.write_text('[{"targets": ["10.0.0.9:1"], "labels": {"device": "old"}}]')
+    assert run_cli("fleet", "prometheus-targets", fleet, "--out", ours).returncode == 0
+    assert json.loads(ours.read_text()) == [{"targets": ["127.0.0.1:8080"], "labels": {"device": "door"}}]
+
+
+def test_a_symlinked_out_is_written_through_to_the_file_it_points_at(tmp_path):
+    """/etc/prometheus/edgecls-targets.json -> /srv/targets.json: the link stays, its target gets the new list
+    (replacing the link by a regular file left the file Prometheus might read through the link stale)."""
+    fleet = fleet_file(tmp_path, "./a name=door metrics=http://127.0.0.1:8080")
+    real = tmp_path / "srv" / "targets.json"
+    real.parent.mkdir()
+    real.write_text('[{"targets": ["10.0.0.9:1"], "labels": {"device": "old"}}]')
+    link = tmp_path / "edgecls-targets.json"
+    link.symlink_to(real)
+    assert run_cli("fleet", "prometheus-targets", fleet, "--out", link).returncode == 0
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert json.loads(real.read_text()) == [{"targets": ["127.0.0.1:8080"], "labels": {"device": "door"}}]
+    notes = tmp_path / "notes.json"  # a link to a file that is not ours is refused like the file
+    notes.write_text("keep me")
+    other = tmp_path / "other.json"
+    other.symlink_to(notes)
+    assert "left alone" in cli_error(run_cli("fleet", "prometheus-targets", fleet, "--out", other))
+    assert notes.read_text() == "keep me" and other.is_symlink()
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("http://127.0.0.1:8080", "http://localhost:8080"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:08080"),
+        ("http://LOCALHOST:8080", "http://[::1]:8080"),
+        ("http://Cam.Local:8080", "http://cam.local.:8080"),
+        ("http://[::1]:8080", "http://[0:0:0:0:0:0:0:1]:8080"),
+    ],
+)
+def test_two_spellings_of_one_metrics_address_are_refused_as_the_same_daemon(tmp_path, first, second):
+    from edgecls.devices.fleet import read_fleet
+    from edgecls.devices.fleet_prometheus import target_groups
+
+    devices = read_fleet(fleet_file(tmp_path, f"./a name=door metrics={first}", f"./b name=yard metrics={second}"))
+    with pytest.raises(EdgeclsError, match=r"'door' and 'yard' both have metrics at .*fix metrics="):
+        target_groups(devices)
+
+
+def test_a_metrics_port_zero_is_refused_naming_the_device(tmp_path):
+    out = tmp_path / "targets.json"
+    fleet = fleet_file(tmp_path, "./a name=door metrics=http://10.0.0.1:0")
+    error = cli_error(run_cli("fleet", "prometheus-targets", fleet, "--out", out))
+    assert "'door'" in error and "port 0" in error and "metrics=" in error
+    assert not out.exists()
+
+
+def test_the_target_names_the_port_as_a_number(tmp_path):
+    from edgecls.devices.fleet import read_fleet
+    from edgecls.devices.fleet_prometheus import target_groups
+
+    done = target_groups(read_fleet(fleet_file(tmp_path, "./a name=door metrics=http://[::1]:08080")))
+    assert done.groups == [{"targets": ["[::1]:8080"], "labels": {"device": "door"}}]
+
+
 @pytest.mark.parametrize(
     "lines, complaint",
     [
