@@ -17,7 +17,8 @@ The whole loop on the digits (the UCI set scikit-learn ships, 1,797 8x8 images),
    epochs with early stopping off, each epoch's model scored on v1's fixed test split;
 6. `edgecls compare v1 v2` (McNemar on v1's test split).
 
-Writes benchmarks/results/improvement_loop.txt and improvement_loop.png. About 6 minutes on two shared cores.
+Writes benchmarks/results/improvement_loop.txt and .png (improvement_loop_seedN.* with --seed N). About 8 minutes
+on two shared cores.
 """
 
 from __future__ import annotations
@@ -118,12 +119,14 @@ def presplit_like(run: Path, folder: Path) -> Path:
     return folder
 
 
-def train_watched(v1: Path, out: Path, epochs: int, **kw) -> tuple:
+def train_watched(v1: Path, out: Path, epochs: int, seed: int, **kw) -> tuple:
     from edgecls.train import TrainConfig, train
 
     scorer = test_scorer(v1)
     started = time.perf_counter()
-    result = train(TrainConfig(out=str(out), epochs=epochs, patience=0, seed=0, verbose=0, callbacks=(scorer,), **kw))
+    result = train(
+        TrainConfig(out=str(out), epochs=epochs, patience=0, seed=seed, verbose=0, callbacks=(scorer,), **kw)
+    )
     return scorer.accuracy, result.metrics["test_accuracy"], time.perf_counter() - started
 
 
@@ -154,6 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="Working folder (default: a temporary one, removed).")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0, help="Seeds the splits and training (results_seedN.txt).")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="improvement-loop-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -164,7 +168,9 @@ def main() -> None:
     dataset, pool = halves(work)
     say(f"dataset {sum(1 for _ in dataset.rglob('*.png'))} images, pool {len(list(pool.iterdir()))}")
     v1 = work / "runs" / "v1"
-    v1_result = train(TrainConfig(data=str(dataset), out=str(v1), epochs=args.epochs, seed=0, verbose=0, **INPUT))
+    v1_result = train(
+        TrainConfig(data=str(dataset), out=str(v1), epochs=args.epochs, seed=args.seed, verbose=0, **INPUT)
+    )
     say(f"v1 test accuracy {v1_result.metrics['test_accuracy']:.4f}")
     bundle = work / "bundles" / "v1"
     convert(v1, bundle, ConvertOptions())
@@ -174,11 +180,11 @@ def main() -> None:
     labelled = label_on_the_page(work, captures)
     say(f"labelled {labelled} frames on the page, by keyboard in headless Chromium")
     init_curve, init_acc, init_s = train_watched(
-        v1, work / "runs" / "v2", args.epochs, data=(str(dataset), str(captures)), init_from=str(v1)
+        v1, work / "runs" / "v2", args.epochs, args.seed, data=(str(dataset), str(captures)), init_from=str(v1)
     )
     scratch_data = presplit_like(work / "runs" / "v2", work / "scratch-data")
     scratch_curve, scratch_acc, scratch_s = train_watched(
-        v1, work / "runs" / "v2-scratch", args.epochs, data=str(scratch_data), **INPUT
+        v1, work / "runs" / "v2-scratch", args.epochs, args.seed, data=str(scratch_data), **INPUT
     )
     verdict = edgecls("compare", v1, work / "runs" / "v2").stdout.splitlines()[-1]
     write_results(
@@ -195,7 +201,8 @@ def write_results(args, v1_metrics, captured, labelled, init, scratch, verdict, 
     reach_init, reach_scratch = first_epoch(init_curve, target), first_epoch(scratch_curve, target)
     lines = [
         "# Issue 26: v2 with --init-from v1 against v2 from scratch (python -m benchmarks.improvement_loop)",
-        f"# {platform.node()}, {platform.processor() or platform.machine()}, 2 shared noisy cores; one run, seed 0",
+        f"# {platform.node()}, {platform.processor() or platform.machine()}, 2 shared noisy cores; "
+        f"one run, seed {args.seed}",
         "",
         f"v1: half of each digit class, test accuracy {v1_metrics['test_accuracy']:.4f} "
         f"on its test split ({v1_metrics['n']} images)",
@@ -225,8 +232,9 @@ def write_results(args, v1_metrics, captured, labelled, init, scratch, verdict, 
     lines.append("")
     lines.append(f"total {seconds:.0f} s")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "improvement_loop.txt").write_text("\n".join(lines) + "\n")
-    plot({"--init-from v1": init_curve, "from scratch": scratch_curve}, target, RESULTS / "improvement_loop.png")
+    name = "improvement_loop" + (f"_seed{args.seed}" if args.seed else "")
+    (RESULTS / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    plot({"--init-from v1": init_curve, "from scratch": scratch_curve}, target, RESULTS / f"{name}.png")
     say("\n".join(lines))
 
 
