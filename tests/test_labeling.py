@@ -348,6 +348,72 @@ def test_a_kill_9_at_a_random_moment_of_many_concurrent_decisions_loses_no_image
     assert 0 < decided < len(before) and store.state()["total"] - store.state()["left"] == decided
 
 
+def journal_seqs(captures: Path) -> list:
+    lines = (captures / ".labels" / "journal.jsonl").read_text().splitlines()
+    return [json.loads(line)["seq"] for line in lines if '"begin"' in line]
+
+
+def test_two_stores_on_one_captures_number_their_decisions_apart_and_undo_takes_back_both(captures):
+    first, second = LabelStore(captures), LabelStore(captures)  # two servers (or a server and an --import)
+    a, b = [f.id for f in first.ordered()[:2]]
+    first.decide(a, "circle")
+    second.decide(b, "square")  # its journal was read before the first one's decision
+    assert len(set(journal_seqs(captures))) == 2
+    again = LabelStore(captures)
+    assert again.undo() == b and again.undo() == a and inbox_ids(captures) >= {a, b}
+
+
+def test_two_servers_deciding_the_same_frames_at_once_move_each_frame_once_beside_its_sidecar(tmp_path):
+    captures = make_captures(tmp_path / "captures", n=60)
+    frames = sorted(inbox_ids(captures))
+    servers = [start_label(captures, env={"EDGECLS_RUN_TOKEN": TOKEN}) for _ in range(2)]
+    answers = []
+    try:
+
+        def decide(url):
+            answers.extend(post(url + "api/decide", {"frame": f, "label": "circle"})[0] for f in frames)
+
+        workers = [threading.Thread(target=decide, args=(url,)) for _, url in servers]
+        [w.start() for w in workers]
+        [w.join(300) for w in workers]
+    finally:
+        for process, _ in servers:
+            process.terminate()
+            process.wait(30)
+    assert sorted(set(answers)) == [200, 409] and answers.count(200) == 60
+    assert not inbox_ids(captures) and all(places == [f"circle/{name}"] for name, places in images(captures).items())
+    assert sidecars_beside_images(captures) and len(set(journal_seqs(captures))) == len(journal_seqs(captures))
+
+
+def test_a_server_killed_mid_move_is_repaired_by_the_other_server_on_the_same_captures(captures):
+    env = {"EDGECLS_RUN_TOKEN": TOKEN}
+    paused, paused_url = start_label(captures, env={**env, PAUSE_MID_MOVE_ENV: "60"})
+    other, other_url = start_label(captures, env=env)
+    try:
+        a, b = [f.id for f in LabelStore(captures).ordered()[:2]]
+
+        def decide_a():  # its answer never comes: the server is killed mid-move
+            with contextlib.suppress(OSError):
+                post(paused_url + "api/decide", {"frame": a, "label": "square"})
+
+        threading.Thread(target=decide_a, daemon=True).start()
+        wait_for(lambda: (captures / "square" / Path(a).name).exists(), 30, "the image's rename")
+        answer = []
+        body = {"frame": b, "label": "circle"}
+        decide_b = threading.Thread(target=lambda: answer.append(post(other_url + "api/decide", body)))
+        decide_b.start()
+        os.kill(paused.pid, signal.SIGKILL)
+        decide_b.join(60)
+        assert answer and answer[0][0] == 200
+        assert sidecars_beside_images(captures)  # the other server finished the killed one's move
+    finally:
+        other.terminate()
+        other.communicate(timeout=30)
+        paused.wait(30)
+    store = LabelStore(captures)
+    assert not store.journal.pending() and store.undo() == b and store.undo() == a and sidecars_beside_images(captures)
+
+
 def test_a_missing_captures_folder_is_one_line_error():
     result = run_cli("label", "/nonexistent/captures", "--port", "0")
     assert "is not a folder" in cli_error(result)

@@ -7,54 +7,95 @@ decisions can be undone (`undoable`), whatever the page or the server remembered
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import time
 from pathlib import Path
 
+from edgecls.runtime.errors import EdgeclsError
+
 log = logging.getLogger("edgecls.labeling")
 
 
 class Journal:
+    """The journal of one CAPTURES, shared by every process labelling it (a second server, `--import`): they
+    append only while holding the store's file lock, and `sync` reads what the others appended before each move,
+    so sequence numbers stay unique and undo and repair see every process's decisions."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.records = self._read()
-        self._next = 1 + max((r.get("seq", 0) for r in self.records), default=0)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgeclsError(f"cannot make {self.path.parent}: {exc.strerror or exc} (a read-only disk?)") from exc
+        self.records: list = []
+        self._read_to = 0  # bytes of the file read so far: always the end of a whole line
+        self.sync()
 
-    def _read(self) -> list:
-        if not self.path.exists():
-            return []
-        records, torn = [], 0
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+    @property
+    def next_seq(self) -> int:
+        return 1 + max((r["seq"] for r in self.records), default=0)
+
+    def sync(self) -> None:
+        """Read the lines appended since the last read (by this process or another); a line without its newline
+        yet is left for later, as another process may be writing it."""
+        try:
+            with open(self.path, "rb") as journal:
+                journal.seek(self._read_to)
+                data = journal.read()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise EdgeclsError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        whole = data[: data.rfind(b"\n") + 1]
+        self._read_to += len(whole)
+        torn = 0
+        for line in whole.decode("utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
                 record = None
             if isinstance(record, dict) and isinstance(record.get("seq"), int):
-                records.append(record)
-            else:
+                self.records.append(record)
+            elif line:
                 # What a kill during an append leaves. Skipping it is safe: a torn `begin` had no rename yet (it
                 # is fsynced first), and a torn `done` leaves its `begin` open, which the next start repairs.
                 torn += 1
         if torn:
             log.warning("label: %s: skipped %d torn line(s) a killed server left", self.path, torn)
-        return records
 
     def append(self, record: dict) -> dict:
+        """Write `record` as one line and fsync it; a write that fails (a full disk) is one EdgeclsError."""
         record = {**record, "t": round(time.time(), 3)}
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            if os.fstat(fd).st_size and not self._ends_with_newline(fd):
-                os.write(fd, b"\n")  # after a torn line, start a fresh one
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if os.fstat(fd).st_size and not self._ends_with_newline(fd):
+                    line = b"\n" + line  # after a torn line, start a fresh one
+                while line:  # a short count (a disk filling up) writes the rest, or fails with its errno
+                    written = os.write(fd, line)
+                    if not written:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    line = line[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise EdgeclsError(
+                f"cannot write the journal {self.path}: {exc.strerror or exc} (disk full?): free some space and retry"
+            ) from exc
         self.records.append(record)
+        self._read_to = self._size()
         return record
+
+    def _size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return self._read_to
 
     @staticmethod
     def _ends_with_newline(fd: int) -> bool:
@@ -62,8 +103,7 @@ class Journal:
 
     def begin(self, op: str, files: list, **extra) -> int:
         """A move about to happen: `files` are [source, destination] pairs relative to CAPTURES, image first."""
-        seq = self._next
-        self._next += 1
+        seq = self.next_seq
         self.append({"seq": seq, "op": op, "state": "begin", "files": files, **extra})
         return seq
 

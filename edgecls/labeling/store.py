@@ -3,7 +3,8 @@
 `CAPTURES/.unlabelled/SOURCE/TIME-FRAME.jpg` (+ `.json` sidecar) is a frame to label; a decision renames the image,
 then its sidecar, into `CAPTURES/<label>/` or `CAPTURES/.discarded/` (never a delete; a name already there gets a
 `-1`, `-2` suffix, never overwritten), between a journal `begin` and `done` (journal.py). Decisions happen under one
-lock and only for a frame still in the inbox, so a second tab or a double click cannot move a file twice.
+lock, a thread lock and flock(2) on `.labels/lock` (a second server or an `--import` on the same CAPTURES takes it
+too), and only for a frame still in the inbox, so a second tab or a double click cannot move a file twice.
 
 A kill can stop a move between its two renames: each rename is atomic, so the image is in exactly one place, and
 the next start (`repair`) reads the unfinished `begin` and moves the sidecar to wherever its image is, finishing
@@ -12,6 +13,7 @@ the move (image already moved) or taking it back (image not moved yet).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -26,6 +28,7 @@ from edgecls.labeling.names import check_label
 from edgecls.runtime.atomic import _fsync_dir
 from edgecls.runtime.daemon.capture import INBOX
 from edgecls.runtime.errors import EdgeclsError
+from edgecls.runtime.lockfile import file_lock
 
 log = logging.getLogger("edgecls.labeling")
 
@@ -89,8 +92,11 @@ class LabelStore:
         self.inbox = self.root / INBOX
         self.scorer, self.model_labels, self.progress = scorer, list(labels), progress
         self.lock = threading.RLock()  # held by every move, and by readers of the frames and the journal
+        self._held = 0  # how deep this process holds the file lock (the thread lock makes it one thread's)
         self.journal = Journal(self.root / STATE / "journal.jsonl")
-        self.repairs = self.repair()
+        self.repairs: list = []
+        with self._locked():  # repairs what a killed process left
+            pass
         self._frames: dict = {}
         self._refreshed = 0.0
         self.refresh()
@@ -168,6 +174,7 @@ class LabelStore:
     def state(self) -> dict:
         """What the page shows: the most uncertain frame, its keys, the progress, what undo would take back."""
         with self.lock:
+            self.journal.sync()  # decisions another process made since
             ordered = self.ordered()
             undoable = self.journal.undoable()
         head = ordered[0] if ordered else None
@@ -181,10 +188,40 @@ class LabelStore:
 
     # -- decisions ---------------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """The thread lock, and flock(2) on CAPTURES/.labels/lock shared with every other process labelling these
+        captures (a second `edgecls label`, an `--import` while the page is used); the journal is read again under
+        it, and a move a killed process left unfinished is repaired (no live process can be inside one then)."""
+        with self.lock:
+            if self._held:
+                self._held += 1
+                try:
+                    yield
+                finally:
+                    self._held -= 1
+                return
+            try:
+                held = file_lock(self.root / STATE / "lock")
+                held.__enter__()
+            except OSError as exc:
+                raise EdgeclsError(
+                    f"cannot lock {self.root / STATE / 'lock'}: {exc.strerror or exc}: is {self.root} writable?"
+                ) from exc
+            self._held = 1
+            try:
+                self.journal.sync()
+                if self.journal.pending():
+                    self.repairs += self._repair()
+                yield
+            finally:
+                self._held = 0
+                held.__exit__(None, None, None)
+
     def decide(self, frame_id: str, label: str | None) -> list:
         """Move the frame into CAPTURES/<label>/ (None: .discarded/); [[from, to], ...] relative to CAPTURES."""
         folder_name = DISCARDED if label is None else check_label(label)
-        with self.lock:
+        with self._locked():
             image = self.inbox / frame_id
             if frame_id not in self._frames or not image.is_file():
                 self._frames.pop(frame_id, None)
@@ -198,7 +235,7 @@ class LabelStore:
 
     def undo(self) -> str:
         """Take the last decision back: its files return to the inbox; the frame's id."""
-        with self.lock:
+        with self._locked():
             undoable = self.journal.undoable()
             if not undoable:
                 raise EdgeclsError("nothing to undo")
@@ -232,23 +269,23 @@ class LabelStore:
     def _journaled(self, op: str, pairs: list, **extra) -> None:
         """`begin`, the renames, `done`; a rename that fails (another disk, permissions) is taken back: `aborted`."""
         seq = self.journal.begin(op, pairs, **extra)
+        done: list = []  # the renames this move made: only these are taken back
         try:
-            self._move(pairs)
+            self._move(pairs, done)
         except EdgeclsError as exc:
-            for src, dst in pairs:
-                if (self.root / dst).exists() and not (self.root / src).exists():
-                    os.rename(self.root / dst, self.root / src)
+            for src, dst in reversed(done):
+                os.rename(self.root / dst, self.root / src)
             self.journal.end(seq, "aborted", error=str(exc))
             raise
         self.journal.end(seq)
 
-    def _move(self, pairs: list) -> None:
+    def _move(self, pairs: list, done: list) -> None:
         pause = float(os.environ.get(PAUSE_MID_MOVE_ENV) or 0)
         folders = set()
         for i, (src, dst) in enumerate(pairs):
             source, target = self.root / src, self.root / dst
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(source, target)
             except FileNotFoundError as exc:
                 if i > 0 and not source.exists():  # the daemon's --capture-max-bytes removed the sidecar just now
@@ -258,6 +295,7 @@ class LabelStore:
                 raise EdgeclsError(
                     f"cannot move {src} to {dst}: {exc.strerror or exc} (is {target.parent} on another disk?)"
                 ) from exc
+            done.append((src, dst))
             folders |= {source.parent, target.parent}
             if i == 0 and pause:
                 time.sleep(pause)
@@ -266,8 +304,8 @@ class LabelStore:
 
     # -- after a kill ------------------------------------------------------------------------------------------
 
-    def repair(self) -> list:
-        """Finish or take back moves a kill interrupted; one line per move saying which."""
+    def _repair(self) -> list:
+        """Finish or take back moves a kill interrupted (under the file lock); one line per move saying which."""
         said = []
         for record in self.journal.pending():
             pairs = record["files"]
