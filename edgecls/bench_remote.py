@@ -33,6 +33,8 @@ def parse_device(text: str):
 
 def runner_args(options) -> list:
     """The edgecls.runtime.bench command line for these BenchOptions (paths are rewritten by the caller)."""
+    from edgecls.runtime.bench.runner import BenchOptions
+
     args = [
         "--threads",
         ",".join(str(t) if t else "default" for t in options.threads),
@@ -49,6 +51,11 @@ def runner_args(options) -> list:
         args += ["--frame-runs", options.frame_runs]
     if options.artifacts:
         args += ["--artifacts", ",".join(options.artifacts)]
+    # Only when set: a device's edgecls from before the interleaved pass knows none of these
+    if options.engines is not None:
+        args += ["--engines", ",".join(options.engines)]
+    if (options.rounds, options.round_runs) != (BenchOptions.rounds, BenchOptions.round_runs):
+        args += ["--rounds", options.rounds, "--round-runs", options.round_runs]
     return [str(a) for a in args]
 
 
@@ -153,6 +160,8 @@ def run_remote(
         # edgecls.runtime.bench's own one-line error, once (not "`python3` failed: error: ..."); else ssh's diagnosis
         raise EdgeclsError(f"{target}: {errors[-1]}" if errors else client.describe_failure(result, python))
     doc = parse_output(result.stdout, target)
+    for gone in doc.get("left_out", []):  # the device's notes went to a stderr nobody reads
+        say(f"note: {gone['row']} left out (an opt-in engine's row): {gone['why']}")
     doc["remote"] = {"device": str(target), "python": python, "workdir": remote}
     doc["bundle"]["path"] = str(bundle)
     return doc

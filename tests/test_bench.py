@@ -667,3 +667,42 @@ def test_bad_engine_or_rounds_are_one_line_errors(tiny_bundle, args, message):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, proc.stderr[-2000:]
+
+
+def _broken_openvino(folder) -> dict:
+    """An environment whose `openvino` is installed but cannot be imported, as with a missing shared library."""
+    package = folder / "broken" / "openvino"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text('raise ImportError("libopenvino.so.2540: cannot open shared object file")\n')
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder / "broken"), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_failing_opt_in_engine_row_is_left_out_with_a_note_and_the_others_are_timed(tiny_bundle, tmp_path):
+    out = tmp_path / "b.json"
+    args = ("bench", tiny_bundle, "--artifacts", "onnx-int8", *QUICK, "--rounds", "2", "--round-runs", "3")
+    done = run_cli(*args, "--no-keras", "--json", out, env=_broken_openvino(tmp_path), timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    notes = [line for line in done.stderr.splitlines() if "onnx-int8@openvino left out" in line]
+    assert len(notes) == 1 and "openvino is installed but cannot be imported (libopenvino.so.2540" in notes[0]
+    doc = json.loads(out.read_text())
+    assert [r["artifact"] for r in doc["records"]] == ["onnx-int8"] and doc["records"][0]["rounds"] == 2
+    assert [g["row"] for g in doc["left_out"]] == ["onnx-int8@openvino"]
+    assert doc["schedules"]["1"] == [[0, "onnx-int8"], [1, "onnx-int8"]]
+
+
+def test_the_cli_passes_engines_and_rounds_here_and_to_a_device(tiny_bundle, tmp_path):
+    from edgecls.bench_remote import runner_args
+    from edgecls.runtime.bench.runner import BenchOptions
+
+    out = tmp_path / "b.json"
+    args = ("--artifacts", "onnx-int8", *QUICK, "--engines", "", "--rounds", "3", "--round-runs", "4")
+    done = run_cli("bench", tiny_bundle, *args, "--no-keras", "--json", out, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [r["artifact"] for r in doc["records"]] == ["onnx-int8"]  # '' adds no opt-in engine
+    assert doc["settings"]["engines"] == [] and doc["settings"]["latency"]["rounds"] == 3
+    assert [len(s) for s in [doc["records"][0]["round_p50s_ms"]]] == [3]
+    remote = runner_args(BenchOptions(engines=["openvino"], rounds=0, round_runs=5))
+    assert remote[remote.index("--engines") + 1] == "openvino" and remote[remote.index("--rounds") + 1] == "0"
+    assert remote[remote.index("--round-runs") + 1] == "5"
+    assert "--rounds" not in runner_args(BenchOptions()) and "--engines" not in runner_args(BenchOptions())

@@ -39,6 +39,21 @@ from edgecls.commands._options import examples
 )
 @click.option("--data", type=click.Path(), help="Class-per-folder images: accuracy of each artifact.")
 @click.option(
+    "--engines",
+    help="Opt-in engines to time beside each artifact's default, e.g. openvino (default: every installed one; "
+    "'' for none). A row of one that fails is left out with a note.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    help="Rounds of the interleaved pass that gives the p50 (0: the fresh processes' p50, as before).",
+)
+@click.option(
+    "--round-runs", type=click.IntRange(1), default=20, show_default=True, help="Timed invokes per row and round."
+)
+@click.option(
     "--keras",
     "keras_model",
     type=click.Path(),
@@ -74,6 +89,7 @@ from edgecls.commands._options import examples
 @examples(
     "edgecls bench bundles/digits",
     "edgecls bench bundles/digits --threads 1,2 --out bench/",
+    "edgecls bench bundles/digits --engines '' --rounds 20",
     "edgecls bench bundles/digits --device pi@kitchen.local --json pi.json",
     "edgecls bench bundles/digits --compare baseline.json --max-regression 10%",
 )
@@ -88,6 +104,9 @@ def bench(
     max_warmup,
     frame,
     data,
+    engines,
+    rounds,
+    round_runs,
     keras_model,
     no_keras,
     json_path,
@@ -105,7 +124,7 @@ def bench(
     """Benchmark every artifact of BUNDLE (and the source Keras model): invoke and whole-frame p50/p90/p99,
     load and first-inference time, peak RSS, GMAC/s, accuracy; compare with a baseline for CI."""
     from edgecls import bench_report as report
-    from edgecls.runtime.bench.__main__ import parse_threads
+    from edgecls.runtime.bench.__main__ import parse_engines, parse_threads
     from edgecls.runtime.bench.runner import BenchOptions
     from edgecls.runtime.errors import EdgeclsError
 
@@ -129,6 +148,9 @@ def bench(
         max_warmup_s=max_warmup,
         frame=frame,
         data=data,
+        engines=parse_engines(engines),
+        rounds=rounds,
+        round_runs=round_runs,
     )
     options.validate()
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731

@@ -32,6 +32,11 @@ def parse_threads(value: str) -> list:
     return list(dict.fromkeys(out))
 
 
+def parse_engines(value: str | None) -> list | None:
+    """'openvino' -> ['openvino']; None -> None (every installed opt-in engine); '' -> [] (none)."""
+    return None if value is None else [e.strip() for e in value.split(",") if e.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m edgecls.runtime.bench", description=__doc__)
     p.add_argument("bundle")
@@ -94,7 +99,7 @@ def options_from(args) -> BenchOptions:
         data=args.data,
         rounds=args.rounds,
         round_runs=args.round_runs,
-        engines=None if args.engines is None else [e.strip() for e in args.engines.split(",") if e.strip()],
+        engines=parse_engines(args.engines),
     )
 
 

@@ -173,7 +173,11 @@ def edgecls_home() -> Path:
 def run_worker(job: dict, python: str, timeout_s: float, module: str = "edgecls.runtime.bench.worker") -> dict:
     """Run one measurement in a fresh interpreter; its one-line error becomes ours."""
     # A Keras job names a model, not an artifact; the interleaved pass names rows
-    what = job.get("artifact") or (Path(str(job["model"])).name if job.get("model") else "the interleaved pass")
+    what = (
+        job.get("label")
+        or job.get("artifact")
+        or (Path(str(job["model"])).name if job.get("model") else "the interleaved pass")
+    )
     # The worker must import this very runtime (a checkout, or the one the device installed), wherever we run from:
     # the folder that holds the imported edgecls package (a checkout's root, or site-packages), never one inside it,
     # where its runtime/ or core/ would import as top-level packages.
@@ -303,7 +307,10 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="edgecls-bench-") as tmp:
         frame = _frame_for(bundle, options, Path(tmp))
         rows = bench_rows(artifacts, options.engines)
-        results = _time_artifacts(bundle, rows, options, frame, say)
+        results, left_out = _time_artifacts(bundle, rows, options, frame, say)
+        for gone in left_out:
+            (notify or say)(f"note: {gone['row']} left out (an opt-in engine's row): {gone['why']}")
+        rows = [(a, e) for a, e in rows if not any(g["row"] == row_label(a.name, e) for g in left_out)]
         rounds, schedules = _interleaved(bundle, rows, options, frame, say)
         host = machine.describe()
         records = [
@@ -339,6 +346,7 @@ def run_bench(
             "latency": latency_method(options),
         },
         "schedules": schedules,
+        "left_out": left_out,  # rows of opt-in engines that failed: {"row", "threads", "why"}
         "machine": host,
         "records": records,
     }
@@ -358,23 +366,36 @@ def latency_method(options: BenchOptions) -> dict:
     }
 
 
-def _time_artifacts(bundle: Bundle, rows: list, options: BenchOptions, frame: Path, say) -> dict:
-    """{(row label, threads): [one worker result per repeat]}, repeats round-robin over the rows."""
+def _time_artifacts(bundle: Bundle, rows: list, options: BenchOptions, frame: Path, say) -> tuple[dict, list]:
+    """({(row label, threads): [one worker result per repeat]}, [rows left out]), repeats round-robin over the rows.
+
+    A row of an opt-in engine that fails (a model it cannot read, a broken install) is left out, with why, and
+    the others are timed; a default engine's failure is the bench's."""
     results: dict = {}
+    left_out: list = []
     for rep in range(options.repeats):
         for artifact, engine in rows:
             label = row_label(artifact.name, engine)
+            if any(gone["row"] == label for gone in left_out):
+                continue
             for threads in options.threads:
                 say(f"[{rep + 1}/{options.repeats}] {label} threads={threads or 'default'}")
                 job = {
                     "bundle": str(Path(bundle.root).resolve()),
                     "artifact": artifact.name,
+                    "label": label,
                     "engine": engine,
                     "format": artifact.format,
                     **options.job(threads, frame, rep),
                 }
-                results.setdefault((label, threads), []).append(run_worker(job, options.python, options.timeout_s))
-    return results
+                try:
+                    results.setdefault((label, threads), []).append(run_worker(job, options.python, options.timeout_s))
+                except EdgeclsError as exc:
+                    if engine is None:
+                        raise
+                    left_out.append({"row": label, "threads": threads, "why": str(exc)})
+                    break
+    return results, left_out
 
 
 def _interleaved(bundle: Bundle, rows: list, options: BenchOptions, frame: Path, say) -> tuple[dict, dict]:

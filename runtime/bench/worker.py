@@ -128,6 +128,17 @@ def open_row(bundle: str, artifact: str, engine: str | None, threads, top_k: int
     return Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
 
 
+def import_engine(module: str, package: str) -> None:
+    """Import the engine's module; a broken install (a missing shared library) is a one-line error naming it."""
+    from edgecls.runtime.errors import EdgeclsError
+
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise EdgeclsError(f"{package} is installed but cannot be imported ({why}): reinstall it") from None
+
+
 def invoke_phases(run, job: dict) -> dict:
     """The engine alone on a ready input: its first call, warm-up until the latency settles, then timed calls."""
     t = time.perf_counter()
@@ -150,18 +161,21 @@ def measure(job: dict) -> dict:
     """Load, first inference, warm-up, timed invokes, timed whole frames, accuracy, RSS: one record."""
     from edgecls.runtime.bench.frame import frame_stages
     from edgecls.runtime.bench.machine import package_versions
+    from edgecls.runtime.errors import EdgeclsError
     from edgecls.runtime.preprocess import load_image
 
     rss_start = rss_mb()
     module, package = _engine_module(job["format"], job.get("engine"))
     t = time.perf_counter()
     if module:
-        importlib.import_module(module)
+        import_engine(module, package)
     import_ms = (time.perf_counter() - t) * 1000
     t = time.perf_counter()
     classifier = open_row(job["bundle"], job["artifact"], job.get("engine"), job.get("threads"), job.get("top_k", 5))
     load_ms = (time.perf_counter() - t) * 1000
     backend = classifier.session.backend
+    if job.get("engine") and backend.name != job["engine"]:  # it fell back to the default: not the row asked for
+        raise EdgeclsError(f"{job['engine']} could not load {job['artifact']} here ({backend.name} did instead)")
 
     # Invoke alone: the engine on an input already preprocessed and quantized (in the model's layout), as TFLite's
     # benchmark_model times it.
