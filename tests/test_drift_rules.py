@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -79,6 +80,102 @@ tests:
       - eval_time: 420m
         alertname: EdgeclsDriftModerate
         exp_alerts: []
+""")
+    done = subprocess.run(
+        [promtool, "test", "rules", "t.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _rule(alert: str) -> dict:
+    yaml = pytest.importorskip("yaml")
+    rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+    return next(rule for rule in rules if rule["alert"] == alert)
+
+
+# Each alert, the series that make it fire on a fleet target (labelled device= by prometheus-targets), when, and
+# its summary: the device named (not its address), the source where the alert is about one.
+FLEET_CASES = [
+    ("EdgeclsDaemonDown", [("up", "", "1 0x5")], "4m", False, "edgecls daemon door does not answer /metrics"),
+    ("EdgeclsSourceDown", [("edgecls_source_up", "S", "0x5")], "4m", True, "camera gate on door delivers no frames"),
+    (
+        "EdgeclsNoFrames",
+        [("edgecls_source_up", "S", "1x15"), ("edgecls_frames_processed_total", "S", "100 200 300 400x12")],
+        "14m",
+        True,
+        "gate on door is up but nothing is classified",
+    ),
+    (
+        "EdgeclsFpsDropped",
+        [("edgecls_fps", "S", "20x120 5x30")],
+        "140m",
+        True,
+        "gate on door classifies at 5.0 fps, under half of the hour before",
+    ),
+    (
+        "EdgeclsDrift",
+        [("edgecls_drift_degraded", "S", "1x20")],
+        "17m",
+        True,
+        "gate on door no longer looks like the training data",
+    ),
+    (
+        "EdgeclsDriftModerate",
+        [
+            ("edgecls_drift_score", 'S, statistic="brightness", against="baseline"', "2.4x400"),
+            ("edgecls_drift_score", 'S, statistic="confidence", against="reference"', "0.3x400"),
+            ("edgecls_drift_degraded", "S", "0x400"),
+        ],
+        "380m",
+        True,
+        "gate on door has drifted moderately (2.4 standard deviations) for 6 hours",
+    ),
+    (
+        "EdgeclsModelReloadRefused",
+        [("edgecls_model_reload_failing", "", "0 1x5")],
+        "4m",
+        False,
+        "door refused a new bundle and still serves the old model",
+    ),
+    (
+        "EdgeclsNoDriftReference",
+        [("edgecls_drift_reference", "S", "0x70")],
+        "65m",
+        True,
+        "door serves a bundle without reference statistics: drift is not monitored",
+    ),
+]
+
+
+@pytest.mark.parametrize("alert, series, at, per_source, summary", FLEET_CASES, ids=[c[0] for c in FLEET_CASES])
+def test_every_alert_keeps_the_device_label_and_names_the_device_in_its_summary(
+    tmp_path, alert, series, at, per_source, summary
+):
+    """Targets from the fleet file carry device=NAME: an alert that dropped it (max by (instance, job, source))
+    or named only the address (10.0.0.5:8080) left the on-call person to look up which camera box it is."""
+    promtool = require_tool("promtool", package="prometheus")
+    target = 'job="edgecls", instance="10.0.0.5:8080", device="door"'
+    lines = []
+    for name, extra, values in series:
+        labels = target + (', source="gate"' + extra[1:] if extra.startswith("S") else "")
+        lines.append(f"      - series: {json.dumps(f'{name}{{{labels}}}')}\n        values: '{values}'")
+    rule = _rule(alert)
+    expected = {"severity": rule["labels"]["severity"], "job": "edgecls", "instance": "10.0.0.5:8080", "device": "door"}
+    if per_source:
+        expected["source"] = "gate"
+    description = rule["annotations"]["description"].replace("{{ $labels.instance }}", "10.0.0.5:8080")
+    (tmp_path / "t.yml").write_text(f"""rule_files: [{RULES}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+{chr(10).join(lines)}
+    alert_rule_test:
+      - eval_time: {at}
+        alertname: {alert}
+        exp_alerts:
+          - exp_labels: {json.dumps(expected)}
+            exp_annotations: {json.dumps({"summary": summary, "description": description})}
 """)
     done = subprocess.run(
         [promtool, "test", "rules", "t.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
