@@ -234,3 +234,25 @@ def test_one_openvino_classifier_shared_by_two_threads_gives_each_its_own_scores
         thread.join(timeout=120)
     assert not wrong, wrong[:3]
     assert not any(thread.is_alive() for thread in threads)
+
+
+@needs_openvino
+def test_an_output_named_through_an_identity_node_is_found_by_that_name(tmp_path, real_images):
+    """Identity(probs) -> scores leaves the compiled port two names, {'probs', 'scores'}: the manifest's 'scores'
+    is found among them (get_any_name() gave 'probs', and the model was refused) and kept as the output's name."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(foreign_onnx.with_softmax(tmp_path / "softmax.onnx"))
+    model.graph.node.append(helper.make_node("Identity", ["probs"], ["scores"], name="rename"))
+    model.graph.output[0].name = "scores"
+    path = tmp_path / "scores.onnx"
+    onnx.save(model, path)
+    x = np.concatenate([foreign_onnx.user_preprocess(foreign_onnx.read_rgb(p)) for p in real_images[-20:]])
+    ort = ModelSession(path, "onnx", threads=1, layout="NCHW", output_name="scores")
+    openvino = ModelSession(path, "onnx", threads=1, prefer=("openvino",), layout="NCHW", output_name="scores")
+    assert openvino.backend.name == "openvino" and openvino.backend.output_spec.name == "scores"
+    p_ort, p_ov = ort.run_prepared(x), openvino.run_prepared(x)
+    assert float(np.abs(p_ort - p_ov).max()) <= 1e-4
+    with pytest.raises(EdgeclsError, match=r"has no output named 'logits': its outputs are 'probs', 'scores' \(fix"):
+        ModelSession(path, "onnx", prefer=("openvino",), layout="NCHW", output_name="logits")

@@ -73,10 +73,20 @@ def _is_quantized(model) -> bool:
     return any(op.get_type_name() == "FakeQuantize" or "Quantize" in op.get_type_name() for op in model.get_ops())
 
 
-def _spec(port) -> TensorSpec:
+def _spec(port, name: str = "") -> TensorSpec:
+    """The port as a TensorSpec, called `name` (the manifest's) when given, else by one of its names."""
     shape = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
     element = port.get_element_type().get_type_name()
-    return TensorSpec(port.get_any_name(), shape, _TYPES.get(element, element))
+    return TensorSpec(name or port.get_any_name(), shape, _TYPES.get(element, element))
+
+
+def _pick_port(ports: list, name: str, kind: str, path):
+    """The port that has `name` among its names ("" = the first): an Identity node leaves a port two names
+    ({'probs', 'scores'}), and get_any_name() may give either."""
+    for port in ports if name else ports[:1]:
+        if not name or name in port.get_names():
+            return port
+    pick([{"name": n} for port in ports for n in sorted(port.get_names())], name, kind, path)  # raises, naming all
 
 
 class OpenVINOBackend:
@@ -103,9 +113,9 @@ class OpenVINOBackend:
         self.config = compile_config(threads, precision, fp32=not _is_quantized(model))
         self._compiled = core.compile_model(model, self.device, self.config)
         inputs, outputs = list(self._compiled.inputs), list(self._compiled.outputs)
-        self._in = inputs[pick([_spec(p) for p in inputs], input_name, "input", path)]
-        self._out = outputs[pick([_spec(p) for p in outputs], output_name, "output", path)]
-        self.input_spec, self.output_spec = _spec(self._in), _spec(self._out)
+        self._in = _pick_port(inputs, input_name, "input", path)
+        self._out = _pick_port(outputs, output_name, "output", path)
+        self.input_spec, self.output_spec = _spec(self._in, input_name), _spec(self._out, output_name)
         self._requests = threading.local()
         self.providers = [self.device]  # what the bench and logs show as the engine's device
         log.info("openvino: running on %s (%s)", self.device, self.config)
