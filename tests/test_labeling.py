@@ -69,8 +69,12 @@ def captures(tmp_path) -> Path:
     return make_captures(tmp_path / "captures")
 
 
-def post(url: str, body: dict, token: str | None = TOKEN, timeout: float = 30) -> tuple:
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+def post(url: str, body: dict, token: str | None = TOKEN, timeout: float = 30, headers: dict | None = None) -> tuple:
+    headers = {
+        "Content-Type": "application/json",
+        **({"Authorization": f"Bearer {token}"} if token else {}),
+        **(headers or {}),
+    }
     request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -242,6 +246,27 @@ def test_a_wrong_token_is_refused_and_without_a_token_a_foreign_host_is_refused(
         assert get(open_server.url + "api/state", token=None)[0] == 200
     finally:
         open_server.stop()
+
+
+def test_a_post_from_another_origin_or_not_json_is_refused_and_moves_nothing(server, captures):
+    frame = server.store.ordered()[0].id
+    body = json.dumps({"frame": frame, "label": "circle"}).encode()
+    sent = [
+        ({"Origin": "http://127.0.0.1:8080", "Content-Type": "application/json"}, 403),
+        ({"Sec-Fetch-Site": "same-site", "Content-Type": "application/json"}, 403),
+        ({"Content-Type": "text/plain"}, 415),
+    ]
+    for headers, status in sent:
+        for path in ("api/decide", "api/undo"):
+            request = urllib.request.Request(
+                server.url + path, body, {**headers, "Authorization": f"Bearer {TOKEN}"}, method="POST"
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == status and "\n" not in json.loads(refused.value.read())["error"].strip()
+    assert len(inbox_ids(captures)) == 30 and not (captures / "circle").exists()
+    same = {"Origin": server.url.rstrip("/"), "Sec-Fetch-Site": "same-origin"}
+    assert post(server.url + "api/decide", {"frame": frame, "label": "circle"}, headers=same)[0] == 200
 
 
 # -- the command -----------------------------------------------------------------------------------------------

@@ -3,8 +3,12 @@ reload resumes, a second tab cannot move a frame twice, a kill -9 of the server 
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import signal
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -165,3 +169,39 @@ def test_a_kill_9_of_the_server_mid_move_leaves_every_image_in_one_place_and_the
             process.terminate()
             _, err = process.communicate(timeout=30)
     assert "finished a move a kill interrupted" in err and process.returncode == 0
+
+
+ATTACK = """<!doctype html><html><body>
+<form id="f" method="post" action="{decide}" enctype="text/plain"><input name='{name}' value='"}}'></form>
+<script>
+fetch("{undo}", {{method: "POST", mode: "no-cors", credentials: "include", body: "{{}}",
+  headers: {{"Content-Type": "text/plain"}}}}).finally(() => document.getElementById("f").submit());
+</script></body></html>
+"""
+
+
+def test_a_page_on_another_port_of_the_same_host_cannot_decide_or_undo_with_the_signed_in_cookie(served, tmp_path):
+    captures, server = served
+    attacker = tmp_path / "attacker"
+    attacker.mkdir()
+    target = server.store.ordered()[1].id
+    # enctype=text/plain sends NAME=VALUE: a field name holding most of a JSON object makes the body valid JSON.
+    name = json.dumps({"frame": target, "label": "pwned", "x": ""})[:-2]
+    (attacker / "index.html").write_text(
+        ATTACK.format(decide=server.url + "api/decide", undo=server.url + "api/undo", name=name)
+    )
+    site = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=attacker))
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        with chromium(900, 600) as browser:
+            open_page(browser, f"{server.url}?token={TOKEN}")  # signed in: the cookie is in the jar
+            decided = shown(browser)
+            press(browser, "1")
+            browser.get(f"http://127.0.0.1:{site.server_address[1]}/index.html")  # same site, another origin
+            wait_for(browser, lambda b: b.current_url.endswith("/api/decide"), 20, "the form's answer")
+            assert "refused a request from another page" in browser.page_source
+        assert not (captures / "pwned").exists() and target in inbox_ids(captures)
+        assert decided not in inbox_ids(captures) and len(inbox_ids(captures)) == 29  # the undo was refused too
+    finally:
+        site.shutdown()
+        site.server_close()

@@ -3,8 +3,10 @@
 Reused as is: bounded worker threads and a request read whole before a thread takes it (slowloris), the bearer
 token or the session cookie a sign-in link (`/?token=`) or form sets, the wrong-token back-off, Host checks when
 there is no token. Added: GET `/` (the page), `/api/state`, `/image?frame=ID`, and POST `/api/decide`
-(`{"frame": ID, "label": NAME}`, or `"discard": true`) and `/api/undo`. A frame ID is only ever looked up among
-the frames waiting (never joined to a path as given), so `..` or an absolute path in any parameter finds nothing.
+(`{"frame": ID, "label": NAME}`, or `"discard": true`) and `/api/undo`, JSON only and only from the page's own
+origin (a page on another port of the same host is same-site, so the cookie alone would let it post). A frame ID
+is only ever looked up among the frames waiting (never joined to a path as given), so `..` or an absolute path in
+any parameter finds nothing.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ class _LabelHandler(_Handler):
         if path not in ("/api/decide", "/api/undo"):
             self._error(404, "not found: POST /api/decide or /api/undo", {"Allow": "GET, HEAD"})
             return
+        if self._cross_site():
+            return
         body = self._body()
         if body is None:
             return
@@ -165,6 +169,20 @@ class _LabelHandler(_Handler):
             self._reply(400, {"error": str(exc), **self.store.state()})
             return
         self._reply(200, {**answer, **self.store.state()})
+
+    def _cross_site(self) -> bool:
+        """Refuse a POST another page sent: the session cookie goes with any request from the same host, whatever
+        the port (a local dev server, Label Studio on :8080), so a form there could otherwise move frames here.
+        Browsers name the sender in Origin and Sec-Fetch-Site; a form or a fetch without a CORS preflight cannot
+        send Content-Type: application/json."""
+        site, origin = self.headers.get("Sec-Fetch-Site"), self.headers.get("Origin")
+        if site not in (None, "same-origin", "none") or origin not in (None, f"http://{self.headers.get('Host')}"):
+            self._error(403, f"refused a request from another page ({origin or site}): use the labelling page itself")
+            return True
+        if self.headers.get_content_type() != "application/json":
+            self._error(415, "send the body as JSON, with Content-Type: application/json")
+            return True
+        return False
 
     def _decide(self, body: dict) -> list:
         frame_id = body.get("frame")
