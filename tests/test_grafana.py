@@ -125,6 +125,72 @@ def test_the_schema_check_refuses_a_spoiled_dashboard(tmp_path, spoil, complaint
     assert done.returncode != 0 and complaint in done.stdout, done.stdout + done.stderr
 
 
+# What a Prometheus panel target may hold (@grafana/schema types a target as Record<string, unknown>, so tsc
+# cannot catch `exprr` or `refId: 5`): each key with the check of its value.
+TARGET_KEYS = {
+    "datasource": lambda v: isinstance(v, dict),
+    "expr": lambda v: isinstance(v, str) and v.strip() != "",
+    "refId": lambda v: isinstance(v, str) and v != "",
+    "legendFormat": lambda v: isinstance(v, str),
+    "range": lambda v: isinstance(v, bool),
+    "instant": lambda v: isinstance(v, bool),
+    "format": lambda v: v in ("time_series", "table"),
+    "interval": lambda v: isinstance(v, str),
+    "editorMode": lambda v: v in ("code", "builder"),
+    "exemplar": lambda v: isinstance(v, bool),
+    "hide": lambda v: isinstance(v, bool),
+}
+
+
+def target_problems(dashboard: dict) -> list:
+    """What is wrong with the dashboard's panel targets: unknown keys, missing refId or expr, values of the wrong
+    type (the schema check leaves targets unchecked)."""
+    problems = []
+    for panel, target, _ in targets(dashboard):
+        where = f"panel {panel['id']} ({panel['title']}) target {target.get('refId')!r}"
+        for key in ("refId", "expr"):
+            if key not in target:
+                problems.append(f"{where}: no {key}")
+        for key, value in target.items():
+            if key not in TARGET_KEYS:
+                problems.append(f"{where}: unknown key {key!r} (known: {', '.join(TARGET_KEYS)})")
+            elif not TARGET_KEYS[key](value):
+                problems.append(f"{where}: {key}={value!r} is not what Grafana takes")
+    return problems
+
+
+def test_every_panel_target_holds_only_known_keys_with_values_grafana_takes():
+    assert target_problems(load()) == []
+
+
+@pytest.mark.parametrize(
+    "spoil, complaint",
+    [
+        (lambda t: t.update(refId=5), "refId=5"),
+        (lambda t: t.update(exprr=t.pop("expr")), "unknown key 'exprr'"),
+        (lambda t: t.update(instant="true"), "instant='true'"),
+        (lambda t: t.update(range=1), "range=1"),
+        (lambda t: t.update(format="timeseries"), "format='timeseries'"),
+        (lambda t: t.pop("refId"), "no refId"),
+        (lambda t: t.update(expr=""), "expr=''"),
+    ],
+    ids=[
+        "a number refId",
+        "a misspelled key",
+        "a string boolean",
+        "a number boolean",
+        "an unknown format",
+        "no refId",
+        "an empty expr",
+    ],
+)
+def test_the_target_check_refuses_a_spoiled_target(spoil, complaint):
+    dashboard = load()
+    spoil(next(t for p in dashboard["panels"] if p["type"] != "row" for t in p["targets"]))
+    problems = target_problems(dashboard)
+    assert len(problems) >= 1 and any(complaint in p for p in problems), problems
+
+
 def _cells(panel) -> set:
     g = panel["gridPos"]
     return {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
