@@ -54,7 +54,7 @@ class DeviceProfile:
     threads: int | None = None
     ort_allow_spinning: bool | None = None  # ONNX Runtime's idle intra-op threads spin; None: its default (yes)
     openvino_device: str = "CPU"  # OpenVINO device; "GPU,CPU": the first one present (a warning names the other)
-    openvino_precision: str = ""  # fp32 artifacts' inference precision; "": f32 (OpenVINO's bf16 is not verified)
+    openvino_precision: str = ""  # the float ops' inference precision (fp32 and int8 artifacts); "": f32
     camera: str = "0"  # default source URI
     csi_pipeline: str = ""  # GStreamer pipeline for csi:// sources; {sensor}, {width}, {height}, {fps} filled in
     architecture: str = "any"  # uname -m of the device

@@ -74,7 +74,6 @@ def test_fp32_artifact_gives_onnx_runtimes_probabilities_to_1e_4(tiny_bundle, re
 def test_int8_artifact_agrees_with_onnx_runtime_on_top1(tiny_bundle, real_images):
     bundle = load_bundle(tiny_bundle)
     ort, openvino = _both(bundle, "onnx-int8")
-    assert "INFERENCE_PRECISION_HINT" not in openvino.backend.config  # its QDQ nodes decide
     x = _batch(bundle, real_images)
     p_ort, p_ov = ort.predict(x), openvino.predict(x)
     agreement = float((p_ort.argmax(1) == p_ov.argmax(1)).mean())
@@ -256,3 +255,22 @@ def test_an_output_named_through_an_identity_node_is_found_by_that_name(tmp_path
     assert float(np.abs(p_ort - p_ov).max()) <= 1e-4
     with pytest.raises(EdgeclsError, match=r"has no output named 'logits': its outputs are 'probs', 'scores' \(fix"):
         ModelSession(path, "onnx", prefer=("openvino",), layout="NCHW", output_name="logits")
+
+
+@needs_openvino
+@pytest.mark.parametrize("artifact", ["onnx-fp32", "onnx-int8"])
+def test_every_artifact_compiles_with_f32_float_ops_and_the_threads_asked(tiny_bundle, artifact):
+    """The compiled model's own properties, not the config we passed: an int8 artifact's float ops (softmax, the
+    ops between QDQ pairs) ran in bf16 on a bf16 CPU, and a backend that dropped INFERENCE_NUM_THREADS passed."""
+    bundle = load_bundle(tiny_bundle)
+    for threads in (1, 2):
+        session = ModelSession.for_artifact(
+            bundle.verify(bundle.artifact(artifact)),
+            bundle.manifest,
+            bundle.artifact(artifact),
+            threads=threads,
+            prefer=("openvino",),
+        )
+        compiled = session.backend._compiled
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == threads
+        assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == str(ov.Type.f32)
