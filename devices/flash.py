@@ -254,13 +254,14 @@ def _kind_name(kind) -> str:
 
 
 def _smoke_profile(profile: DeviceProfile) -> dict:
-    """What the device's Classifier reads from a profile, as plain data (runtime never imports devices/)."""
-    return {
-        "artifacts": list(profile.artifacts),
-        "backends": list(profile.backends),
-        "providers": list(profile.providers),
-        "threads": profile.threads,
-    }
+    """What the device's Classifier reads from a profile, as plain data (runtime never imports devices/): the
+    artifacts, threads and every engine's own fields (runtime/formats.py's profile_options: backends, providers,
+    ort_allow_spinning, openvino_device, openvino_precision), so the smoke test runs as the daemon will."""
+    from edgecls.runtime.formats import CONTAINERS
+
+    engine_fields = (field for container in CONTAINERS.values() for _, field in container.profile_options)
+    plain = {name: getattr(profile, name) for name in ("artifacts", "threads", *engine_fields)}
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in plain.items()}
 
 
 def flash(bundle_path, targets, options: FlashOptions | None = None) -> list:

@@ -549,3 +549,18 @@ def test_a_bundle_with_an_in_bundle_symlink_flashes_over_ssh(bundles, tmp_path, 
         linked, [sshd.target(tmp_path / "remote")], FlashOptions(profile=PROFILE, ssh_config=str(sshd.ssh_config))
     )
     assert remote.result == "installed", remote
+
+
+def test_the_smoke_test_runs_on_the_openvino_device_the_profile_names(bundles, tmp_path):
+    """A profile asking OpenVINO's NPU on a machine without one: the smoke test runs as the daemon will (and fails,
+    naming the devices OpenVINO sees), so the flash rolls back instead of installing a bundle `run` cannot load."""
+    ov = pytest.importorskip("openvino", reason="openvino is not installed: pip install 'edgecls[openvino]'")
+    if "NPU" in ov.Core().available_devices:
+        pytest.skip("this machine has an NPU")
+    npu = DeviceProfile(name="npu", artifacts=("onnx-fp32",), backends=("openvino",), openvino_device="NPU")
+    root = tmp_path / "device"
+    assert flash(bundles["b"], [str(root)], FlashOptions(profile=PROFILE))[0].ok
+    before = current_release(root).name
+    [result] = flash(bundles["a"], [str(root)], FlashOptions(profile=npu))
+    assert result.result == "rolled back", (result.result, result.reason)
+    assert "OpenVINO sees no device NPU" in result.reason and current_release(root).name == before

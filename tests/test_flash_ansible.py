@@ -69,3 +69,22 @@ def test_the_playbook_flashes_loopback_devices(bundles, sshd, tmp_path):  # noqa
     # Again: the installed version is a no-op on the good device (nothing changed).
     again = _ansible("-i", inventory, PLAYBOOK, "-e", f"edgecls_bundle={bundles['a']}", "--limit", "good", tmp=tmp_path)
     assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout
+
+
+def test_the_playbooks_default_smoke_profile_has_every_field_flash_sends():
+    """The playbook's default smoke profile carries what `edgecls flash` sends (the engines' own fields too), with
+    DeviceProfile's defaults: one without openvino_device or ort_allow_spinning smoke-tested another setup."""
+    import re
+
+    import yaml
+
+    from edgecls.devices.flash import _smoke_profile
+    from edgecls.devices.profiles import DeviceProfile
+
+    play = yaml.safe_load(PLAYBOOK.read_text())[0]
+    default = play["vars"]["_smoke_profile"]
+    keys = re.findall(r"'(\w+)':", default)
+    assert sorted(keys) == sorted(_smoke_profile(DeviceProfile(name="x")))
+    expected = _smoke_profile(DeviceProfile(name="x"))
+    assert f"'openvino_device': '{expected['openvino_device']}'" in default
+    assert "'ort_allow_spinning': none" in default and "'openvino_precision': ''" in default
