@@ -205,3 +205,21 @@ def test_a_page_on_another_port_of_the_same_host_cannot_decide_or_undo_with_the_
     finally:
         site.shutdown()
         site.server_close()
+
+
+def test_captures_that_arrive_after_everything_was_labelled_appear_without_a_reload(tmp_path):
+    captures = make_captures(tmp_path / "captures", n=3)
+    server = LabelServer(LabelStore(captures), port=0, token=TOKEN).start()
+    try:
+        with chromium(900, 600) as browser:
+            open_page(browser, f"{server.url}?token={TOKEN}")
+            for _ in range(3):
+                press(browser, "1")
+            assert shown(browser) == "" and "Nothing left" in browser.find_element(By.ID, "done").text
+            make_captures(captures, n=5, seed=4, first=100)  # the daemon captures on
+            wait_for(browser, lambda b: shown(b) in inbox_ids(captures), 15, "a new capture on the page")
+            assert progress(browser) == "5 of 8 left" and answers(browser) == 4  # polls are not answers
+            press(browser, "x")
+            assert len(inbox_ids(captures)) == 4 and progress(browser) == "4 of 8 left"
+    finally:
+        server.stop()

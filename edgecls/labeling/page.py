@@ -1,7 +1,8 @@
 """The labelling page: one frame at a time, most uncertain first, decided with one key.
 
-Everything it shows comes from /api/state after each decision, so a reload, a second tab or a restarted server
-shows the same place; text goes in through textContent only (class names are folder names a person typed).
+Everything it shows comes from /api/state after each decision (and every few seconds, for new captures), so a
+reload, a second tab or a restarted server shows the same place; text goes in through textContent only (class
+names are folder names a person typed).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ main{display:flex;gap:24px;padding:18px}
 </main>
 <script>
 "use strict";
-let state = null, busy = false, answers = 0;
+let state = null, busy = false, answers = 0, generation = 0;
+const POLL_MS = 3000;  // how often the page asks for new captures (the server rescans at most every 2 s)
 const $ = (id) => document.getElementById(id);
 
 function say(text, error) {
@@ -66,14 +68,19 @@ function say(text, error) {
   $("message").className = error ? "error" : "";
 }
 
-function show(next) {
-  state = next;
+function progress(next) {
   const decided = next.total - next.left;
   $("progress").textContent = next.left + " of " + next.total + " left";
   $("bar").firstElementChild.style.width = (next.total ? 100 * decided / next.total : 100) + "%";
+  document.body.dataset.left = next.left;
+}
+
+function show(next, polled) {
+  state = next;
+  progress(next);
   const frame = next.frame;
-  // For scripts and tests driving the page: which frame is shown, after how many answers.
-  Object.assign(document.body.dataset, {frame: frame ? frame.id : "", left: next.left, answers: ++answers});
+  // For scripts and tests driving the page: which frame is shown, after how many answers (polls not counted).
+  Object.assign(document.body.dataset, {frame: frame ? frame.id : "", answers: polled ? answers : ++answers});
   $("done").style.display = frame ? "none" : "block";
   $("main").style.display = frame ? "flex" : "none";
   if (!frame) return;
@@ -109,6 +116,7 @@ async function call(method, url, body) {
 async function act(method, url, body, done) {
   if (busy) return;  // a double click or key repeat decides once
   busy = true;
+  generation++;
   try {
     const [status, data] = await call(method, url, body);
     if (data.frame !== undefined) show(data);
@@ -159,6 +167,20 @@ document.addEventListener("keydown", (e) => {
 });
 
 call("GET", "/api/state").then(([, data]) => show(data)).catch((err) => say(String(err)));
+
+// New captures arrive while the page is open (a daemon with --capture still running): the page asks again every
+// few seconds. A frame being looked at is never swapped for another under the person's finger: while one is shown
+// only the progress changes; an answer that a decision overtook is dropped.
+setInterval(async () => {
+  if (busy) return;
+  const asked = generation;
+  try {
+    const [status, data] = await call("GET", "/api/state");
+    if (status !== 200 || busy || asked !== generation || data.frame === undefined) return;
+    const same = state && state.frame && data.frame && data.frame.id === state.frame.id;
+    if (!state || !state.frame) show(data, true); else if (same) progress(data);
+  } catch (err) { /* the server is away: the next decision says so */ }
+}, POLL_MS);
 </script>
 </body></html>
 """

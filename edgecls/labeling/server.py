@@ -168,6 +168,7 @@ class _LabelHandler(_Handler):
         except EdgeclsError as exc:
             self._reply(400, {"error": str(exc), **self.store.state()})
             return
+        self.store.refresh(at_most_every_s=2.0)  # frames captured meanwhile, so "nothing left" is true
         self._reply(200, {**answer, **self.store.state()})
 
     def _cross_site(self) -> bool:
