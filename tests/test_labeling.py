@@ -115,6 +115,20 @@ def test_frames_a_running_daemon_captures_later_join_the_queue_and_frames_moved_
     assert store.state()["left"] == 30 + 6 - 1 and store.frame(gone) is None
 
 
+def test_a_frame_seen_before_its_sidecar_was_written_gets_its_score_once_the_sidecar_is_there(captures, tmp_path):
+    image = sorted((captures / INBOX).rglob("*.jpg"))[0]
+    sidecar = image.with_suffix(".json")
+    os.rename(sidecar, tmp_path / "later.json")  # the daemon wrote the image and not yet its sidecar
+    store = LabelStore(captures)
+    frame_id = image.relative_to(captures / INBOX).as_posix()
+    assert store.frame(frame_id).score is None and store.ordered()[0].id == frame_id
+    os.rename(tmp_path / "later.json", sidecar)
+    store.refresh()
+    expected = json.loads(sidecar.read_text())
+    assert store.frame(frame_id).score == expected["score"] and store.frame(frame_id).topk[0][0] == expected["top1"]
+    assert store.frame(frame_id).source == expected["source"] and store.ordered()[0].id != frame_id
+
+
 def test_a_decision_moves_the_image_and_its_sidecar_and_undo_after_a_restart_brings_them_back(captures):
     store = LabelStore(captures)
     frame = store.ordered()[0]

@@ -50,6 +50,7 @@ class Frame:
     score: float | None = None  # the model's top-1 score; None: no answer, shown first
     topk: list = field(default_factory=list)  # [(label, score)] best first
     source: str | None = None
+    sidecar: bool = False  # read; a frame seen between the daemon's two writes (image, then sidecar) has none yet
 
     def to_dict(self) -> dict:
         return {
@@ -124,23 +125,28 @@ class LabelStore:
             new = [i for i in present if i not in self._frames]
             for frame in self._score(new):
                 self._frames[frame.id] = frame
+            for frame in self._frames.values():
+                if not frame.sidecar and frame.id not in new:
+                    self._read_sidecar(frame)
             for gone in set(self._frames) - set(present):
                 del self._frames[gone]
             self._refreshed = time.monotonic()
 
-    def _score(self, ids: list) -> list:
-        frames = []
-        for frame_id in ids:
-            sidecar = read_sidecar(self.inbox / frame_id)
+    def _read_sidecar(self, frame: Frame) -> None:
+        """The sidecar's source, and its scores unless a bundle scores the frames; nothing while it is missing."""
+        sidecar = read_sidecar(self.inbox / frame.id)
+        if not sidecar:
+            return
+        frame.sidecar, frame.source = True, sidecar.get("source")
+        if self.scorer is None:
             score = sidecar.get("score")
-            frames.append(
-                Frame(
-                    frame_id,
-                    score if isinstance(score, (int, float)) else None,
-                    _topk(sidecar.get("topk")),
-                    sidecar.get("source"),
-                )
-            )
+            frame.score = score if isinstance(score, (int, float)) else None
+            frame.topk = _topk(sidecar.get("topk"))
+
+    def _score(self, ids: list) -> list:
+        frames = [Frame(frame_id) for frame_id in ids]
+        for frame in frames:
+            self._read_sidecar(frame)
         if self.scorer is not None and ids:
             for start in range(0, len(ids), 64):
                 chunk = frames[start : start + 64]
