@@ -203,7 +203,9 @@ def test_trainings_folder_scan_sees_exactly_the_labelled_frames_and_nothing_of_t
     assert seen == sorted(Path(f.id).name for f in ordered[:11])
 
 
-@pytest.mark.parametrize("bad", ["a/b", "..", "../escape", ".hidden", "cat\x00", "line\nbreak", "", " cat", "a\\b"])
+@pytest.mark.parametrize(
+    "bad", ["a/b", "..", "../escape", ".hidden", "cat\x00", "line\nbreak", "", " cat", "a\\b", "\U0001f431" * 70]
+)
 def test_class_names_that_are_not_one_plain_folder_name_are_refused_in_one_line(captures, bad):
     store = LabelStore(captures)
     before = images(captures)
@@ -286,10 +288,22 @@ def test_a_post_from_another_origin_or_not_json_is_refused_and_moves_nothing(ser
 # -- the command -----------------------------------------------------------------------------------------------
 
 
-def start_label(captures: Path, *options, env: dict | None = None):
+def _file_size_limit(limit: int):
+    """For preexec_fn: files may grow to `limit` bytes, then a write fails with EFBIG as on a full disk."""
+    import resource
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limited
+
+
+def start_label(captures: Path, *options, env: dict | None = None, file_size_limit: int | None = None):
     """A real `edgecls label CAPTURES --port 0 OPTIONS`: (process, url) once it printed its URL line."""
     process = subprocess.Popen(
         [sys.executable, "-m", "edgecls.cli", "label", str(captures), "--port", "0", *map(str, options)],
+        preexec_fn=None if file_size_limit is None else _file_size_limit(file_size_limit),
         cwd=REPO,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
@@ -358,6 +372,30 @@ def test_a_kill_9_between_image_and_sidecar_leaves_each_image_in_one_place_and_t
     assert sidecars_beside_images(captures) and (captures / "square" / name).with_suffix(".json").is_file()
     assert store.undo() == frame and sidecars_beside_images(captures)  # the repaired move is undoable
     assert (captures / INBOX / frame).is_file() and not any((captures / "square").iterdir())
+
+
+def test_a_full_disk_is_answered_in_one_line_and_loses_no_frame(captures):
+    env = {"EDGECLS_RUN_TOKEN": TOKEN, "PYTHONDONTWRITEBYTECODE": "1"}
+    process, url = start_label(captures, env=env, file_size_limit=1000)  # the journal fills the "disk" soon
+    try:
+        answers = [post(url + "api/decide", {"frame": f, "label": "circle"}) for f in sorted(inbox_ids(captures))[:6]]
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    refused = [(status, answer) for status, answer in answers if status != 200]
+    assert answers[0][0] == 200 and refused and "Traceback" not in err
+    assert all("disk full?" in answer["error"] and "\n" not in answer["error"] for _, answer in refused)
+    store = LabelStore(captures)  # the next start, with room again: every image once, beside its sidecar
+    assert all(len(places) == 1 for places in images(captures).values()) and sidecars_beside_images(captures)
+    assert not store.journal.pending() and len(inbox_ids(captures)) == 30 - len(store.journal.undoable())
+
+
+def test_a_label_studio_class_name_too_long_for_a_folder_is_refused_in_one_line(captures, tmp_path):
+    tasks_path, _, _ = export_tasks(LabelStore(captures), tmp_path / "tasks.json")
+    export = _label_studio_export(json.loads(tasks_path.read_text()), lambda t: "\U0001f431" * 70)
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    error = cli_error(run_cli("label", captures, "--import", tmp_path / "export.json"))
+    assert "task 1" in error and "280 bytes" in error and len(inbox_ids(captures)) == 30
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

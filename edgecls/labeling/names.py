@@ -7,6 +7,7 @@ import unicodedata
 from edgecls.runtime.errors import EdgeclsError
 
 MAX_NAME = 100
+MAX_NAME_BYTES = 255  # what a folder name may hold on ext4, xfs, btrfs
 
 
 def check_label(name) -> str:
@@ -23,4 +24,9 @@ def check_label(name) -> str:
         raise EdgeclsError(f"class name {name!r} starts with '.', which training ignores: type a name without it")
     if len(name) > MAX_NAME:
         raise EdgeclsError(f"class name is {len(name)} characters long: keep it under {MAX_NAME}")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise EdgeclsError(
+            f"class name is {len(name.encode('utf-8'))} bytes long in UTF-8 (a folder name holds {MAX_NAME_BYTES}): "
+            "type a shorter one"
+        )
     return name

@@ -168,6 +168,10 @@ class _LabelHandler(_Handler):
         except EdgeclsError as exc:
             self._reply(400, {"error": str(exc), **self.store.state()})
             return
+        except OSError as exc:  # the disk, not the client: answered, never a dropped connection (_guarded's reading)
+            log.error("label: %s failed: %s", path, exc)
+            self._reply(500, {"error": f"{path} failed: {exc.strerror or exc} (disk full?)", **self.store.state()})
+            return
         self.store.refresh(at_most_every_s=2.0)  # frames captured meanwhile, so "nothing left" is true
         self._reply(200, {**answer, **self.store.state()})
 

@@ -14,6 +14,7 @@ the move (image already moved) or taking it back (image not moved yet).
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -81,6 +82,17 @@ def _topk(entries) -> list:
         if isinstance(label, str):
             out.append((label, float(score) if isinstance(score, (int, float)) else None))
     return out
+
+
+def _hint(exc: OSError, path: Path) -> str:
+    """What to do about a move that failed with `exc`."""
+    if exc.errno == errno.EXDEV:
+        return f"is {path.parent} on another disk?"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "disk full? free some space and retry"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "a name too long for the disk: type a shorter class name"
+    return f"can this user write to {path.parent}?"
 
 
 class LabelStore:
@@ -257,17 +269,20 @@ class LabelStore:
 
     def _pairs(self, image: Path, folder: Path, stem: str | None = None) -> list:
         """[[from, to]] for the image and its sidecar, to the first free name in `folder` (never an overwrite)."""
-        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            raise EdgeclsError(
-                f"{folder} is not a plain folder: labelled frames go only into folders under {self.root}"
-            )
-        files = [image] + [p for p in (image.with_suffix(".json"),) if p.is_file()]
-        base = stem or image.stem
-        for n in itertools.count():
-            name = base if n == 0 else f"{base}-{n}"
-            targets = [folder / (name + f.suffix) for f in files]
-            if not any(t.exists() or t.is_symlink() for t in targets):
-                break
+        try:
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                raise EdgeclsError(
+                    f"{folder} is not a plain folder: labelled frames go only into folders under {self.root}"
+                )
+            files = [image] + [p for p in (image.with_suffix(".json"),) if p.is_file()]
+            base = stem or image.stem
+            for n in itertools.count():
+                name = base if n == 0 else f"{base}-{n}"
+                targets = [folder / (name + f.suffix) for f in files]
+                if not any(t.exists() or t.is_symlink() for t in targets):
+                    break
+        except OSError as exc:
+            raise EdgeclsError(f"cannot look into {folder}: {exc.strerror or exc} ({_hint(exc, folder)})") from exc
         return [
             [f.relative_to(self.root).as_posix(), t.relative_to(self.root).as_posix()] for f, t in zip(files, targets)
         ]
@@ -298,9 +313,7 @@ class LabelStore:
                     continue
                 raise FrameGone(f"{src} was removed meanwhile (the capture daemon's size cap?)") from exc
             except OSError as exc:
-                raise EdgeclsError(
-                    f"cannot move {src} to {dst}: {exc.strerror or exc} (is {target.parent} on another disk?)"
-                ) from exc
+                raise EdgeclsError(f"cannot move {src} to {dst}: {exc.strerror or exc} ({_hint(exc, target)})") from exc
             done.append((src, dst))
             folders |= {source.parent, target.parent}
             if i == 0 and pause:
