@@ -188,8 +188,8 @@ def _key(record: dict) -> tuple:
     return record.get("artifact") or f"{record['format']}-{record['precision']}", record.get("threads")
 
 
-def _not_run_reason(name: str, threads, current: dict) -> str | None:
-    """Why a baseline record may be absent from `current` without a regression, or None (it should be there)."""
+def _not_run_reason(name: str, threads, current: dict, record: dict | None = None) -> str | None:
+    """Why a baseline `record` may be absent from `current` without a regression, or None (it should be there)."""
     settings = current.get("settings", {})
     run_threads = settings.get("threads") or sorted({r.get("threads") for r in current["records"]}, key=str)
     if threads not in run_threads:
@@ -197,10 +197,19 @@ def _not_run_reason(name: str, threads, current: dict) -> str | None:
             f"--threads {','.join(str(t) if t else 'default' for t in run_threads)} "
             f"did not include {threads or 'default'}"
         )
-    if settings.get("artifacts") is not None and name not in settings["artifacts"]:
+    artifact, _, engine = name.partition("@")  # `artifact@engine`: an opt-in engine's row
+    if settings.get("artifacts") is not None and artifact not in settings["artifacts"]:
         return "not selected by --artifacts"
     if name == "keras":  # the baseline the bench adds when TensorFlow and the source model are here, not an artifact
         return "no Keras baseline in this run"
+    engine = (record or {}).get("engine") or engine
+    if engine:  # runs only where that engine is installed, and a failing one is left out with a note
+        gone = [g for g in current.get("left_out") or [] if g.get("row") == name]
+        if gone:
+            return f"left out of this run: {gone[0].get('why')}"
+        if settings.get("engines") is not None and engine not in settings["engines"]:
+            return f"--engines did not include {engine}"
+        return f"an opt-in engine's row: {engine} is not installed where this run ran"
     return None
 
 
@@ -238,14 +247,14 @@ def compare(current: dict, baseline: dict, max_regression_pct: float) -> tuple[l
         raise EdgeclsError("the baseline has no artifact and thread count in common with this run: nothing to compare")
     skipped = []
     for name, threads in (k for k in base if k not in ran):
-        why = _not_run_reason(name, threads, current)
+        why = _not_run_reason(name, threads, current, base[(name, threads)])
         if why:
             skipped.append(f"{name} threads={threads} ({why})")
         else:
             lines.append(f"{name} threads={threads}: in the baseline, missing from this run REGRESSION")
             regressions.append(f"{name} threads={threads} missing from this run")
     if skipped:
-        lines.append(f"not compared, this run did not ask for them: {'; '.join(skipped)}")
+        lines.append(f"not compared, this run did not ask for them or could not run them: {'; '.join(skipped)}")
     return lines, regressions
 
 
