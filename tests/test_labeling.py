@@ -149,6 +149,19 @@ def test_a_decision_moves_the_image_and_its_sidecar_and_undo_after_a_restart_bri
     assert again.state()["left"] == 30 and again.state()["undo"] is None
 
 
+def test_a_decision_whose_image_was_moved_by_hand_is_passed_over_and_undo_reaches_the_one_before(captures):
+    store = LabelStore(captures)
+    a, b = [f.id for f in store.ordered()[:2]]
+    store.decide(a, "circle")
+    moved = store.decide(b, "square")
+    (captures / moved[0][1]).unlink()  # a person deleted the second decision's image
+    with pytest.raises(EdgeclsError, match="no longer there .*u again undoes the decision before it"):
+        store.undo()
+    assert LabelStore(captures).undo() == a and a in inbox_ids(captures)  # after a restart too
+    with pytest.raises(EdgeclsError, match="nothing to undo"):
+        store.undo()
+
+
 def test_a_name_already_in_the_class_folder_gets_a_suffix_never_an_overwrite(captures):
     store = LabelStore(captures)
     frame = store.ordered()[0]

@@ -110,6 +110,10 @@ class Journal:
     def end(self, seq: int, state: str = "done", **extra) -> None:
         self.append({"seq": seq, "state": state, **extra})
 
+    def skip(self, seq: int, reason: str) -> None:
+        """Decision `seq` cannot be undone (its files were moved by hand): undo passes over it from now on."""
+        self.append({"seq": self.next_seq, "op": "undo", "state": "skipped", "undoes": seq, "reason": reason})
+
     def pending(self) -> list:
         """`begin` records without an end: moves a kill interrupted."""
         ended = {r["seq"] for r in self.records if r.get("state") != "begin"}
@@ -120,6 +124,8 @@ class Journal:
         begins = {r["seq"]: r for r in self.records if r.get("state") == "begin"}
         stack = []
         for record in self.records:
+            if record.get("state") == "skipped":
+                stack = [s for s in stack if s["seq"] != record.get("undoes")]
             if record.get("state") != "done":
                 continue
             begun = begins.get(record["seq"], {})

@@ -260,7 +260,9 @@ class LabelStore:
             last = undoable[-1]
             image_src, image_dst = last["files"][0]
             if not (self.root / image_dst).is_file():
-                raise EdgeclsError(f"cannot undo: {image_dst} is no longer there (moved by hand?)")
+                self.journal.skip(last["seq"], f"{image_dst} is no longer there")
+                more = " (u again undoes the decision before it)" if len(undoable) > 1 else ""
+                raise EdgeclsError(f"cannot undo: {image_dst} is no longer there (moved by hand?): passed over{more}")
             back = self._pairs(self.root / image_dst, (self.root / image_src).parent, Path(image_src).stem)
             self._journaled("undo", back, undoes=last["seq"], frame=last.get("frame"))
             frame_id = (self.root / back[0][1]).relative_to(self.inbox).as_posix()
