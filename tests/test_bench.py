@@ -706,3 +706,37 @@ def test_the_cli_passes_engines_and_rounds_here_and_to_a_device(tiny_bundle, tmp
     assert remote[remote.index("--engines") + 1] == "openvino" and remote[remote.index("--rounds") + 1] == "0"
     assert remote[remote.index("--round-runs") + 1] == "5"
     assert "--rounds" not in runner_args(BenchOptions()) and "--engines" not in runner_args(BenchOptions())
+
+
+def test_a_baseline_row_of_an_opt_in_engine_absent_from_this_run_is_not_run_not_a_regression(quick_run):
+    """A baseline made where OpenVINO was installed, a run where it is not (or not asked, or left out): its
+    `artifact@openvino` rows are listed as not run, with why; a default engine's row missing still regresses."""
+    from edgecls.bench_report import compare
+
+    _, doc, _ = quick_run
+    current = json.loads(json.dumps(doc))
+    current["records"] = [r for r in current["records"] if not r.get("engine")]
+    current["settings"].update(engines=None, artifacts=None)  # every artifact, every installed engine
+    baseline = json.loads(json.dumps(current))
+    ort = next(r for r in baseline["records"] if r["artifact"] == "onnx-int8")
+    baseline["records"].append(dict(ort, artifact="onnx-int8@openvino", engine="openvino"))
+    lines, regressions = compare(current, baseline, 10)
+    assert regressions == [], lines
+    assert "onnx-int8@openvino threads=1 (an opt-in engine's row: openvino is not installed" in lines[-1]
+    current["settings"]["engines"] = []
+    assert "onnx-int8@openvino threads=1 (--engines did not include openvino)" in compare(current, baseline, 10)[0][-1]
+    current["left_out"] = [{"row": "onnx-int8@openvino", "threads": 1, "why": "benchmarking it failed: no NPU"}]
+    assert "(left out of this run: benchmarking it failed: no NPU)" in compare(current, baseline, 10)[0][-1]
+    current["records"] = [r for r in current["records"] if r["artifact"] != "onnx-int8"]
+    assert compare(current, baseline, 10)[1] == ["onnx-int8 threads=1 missing from this run"]
+
+
+def test_the_interleaved_p90_and_p99_never_fall_below_the_p50_when_rounds_hold_unequal_samples():
+    """Slow rounds cut short by the time budget hold 3 samples, fast ones 20: pooled as they came, the fast rounds
+    outnumbered the slow ones and p90 (1 ms) fell below the p50 of round medians (30 ms)."""
+    from edgecls.runtime.bench.runner import interleaved_latency
+
+    latency = interleaved_latency([[1.0, 30.0, 30.0]] * 7 + [[1.0] * 20] * 6)
+    assert latency["p50_ms"] == 30.0 and latency["rounds"] == 13
+    assert latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"], latency
+    assert latency["runs"] == 13 * 3 and latency["p90_p99_method"].startswith("the first 3 samples of every round")
