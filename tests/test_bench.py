@@ -740,3 +740,39 @@ def test_the_interleaved_p90_and_p99_never_fall_below_the_p50_when_rounds_hold_u
     assert latency["p50_ms"] == 30.0 and latency["rounds"] == 13
     assert latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"], latency
     assert latency["runs"] == 13 * 3 and latency["p90_p99_method"].startswith("the first 3 samples of every round")
+
+
+def test_an_interleaved_pass_killed_by_a_signal_says_so_and_keeps_the_fresh_results(tiny_bundle, tmp_path):
+    """SIGKILL (the OOM killer) on the interleaved pass's process: the bench still writes every row from its fresh
+    processes, notes `killed by signal 9` (not the engine's last log line), and says whose p50 that is."""
+    import signal
+    import time
+
+    from tests.test_bench_remote import _descendants
+
+    out = tmp_path / "b.json"
+    args = ("--artifacts", "tflite-int8,onnx-int8", *QUICK, "--engines", "", "--time-budget", "0")
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "edgecls.runtime.bench", str(tiny_bundle), *args, "--rounds", "500", "--json", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline, killed = time.monotonic() + 120, None
+    while killed is None and time.monotonic() < deadline and bench.poll() is None:
+        rounds = [pid for pid, cmd in _descendants(bench.pid) if "edgecls.runtime.bench.rounds" in cmd]
+        if rounds:
+            time.sleep(0.5)  # inside its rounds, engines loaded
+            os.kill(rounds[0], signal.SIGKILL)
+            killed = rounds[0]
+        time.sleep(0.02)
+    stdout, stderr = bench.communicate(timeout=120)
+    assert killed and bench.returncode == 0, stderr[-3000:]
+    notes = [line for line in stderr.splitlines() if "the interleaved pass failed" in line]
+    assert len(notes) == 1 and "killed by signal 9" in notes[0] and "fresh processes'" in notes[0], stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert [r["artifact"] for r in doc["records"]] == ["tflite-int8", "onnx-int8"] and doc["schedules"] == {}
+    assert all(r["p50_method"] == "median of fresh processes' samples" and r["p50_ms"] > 0 for r in doc["records"])
+    assert doc["settings"]["latency"]["interleaved_failed_threads"] == [1]
+    assert "the pass failed at threads=1" in stdout

@@ -196,14 +196,23 @@ def run_worker(job: dict, python: str, timeout_s: float, module: str = "edgecls.
             f"benchmarking {what} took longer than {timeout_s:.0f} s: lower --runs or --time-budget"
         ) from None
     if proc.returncode != 0:
-        lines = [l for l in proc.stderr.splitlines() if l.strip()]
-        errors = [l for l in lines if l.startswith("error: ")]
-        why = errors[-1][len("error: ") :] if errors else (lines[-1] if lines else f"exit status {proc.returncode}")
-        raise EdgeclsError(f"benchmarking {what} failed: {why}")
+        raise EdgeclsError(f"benchmarking {what} failed: {_failure(proc)}")
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise EdgeclsError(f"benchmarking {what} printed no result: {proc.stdout[-200:]!r}") from None
+
+
+def _failure(proc: subprocess.CompletedProcess) -> str:
+    """Why a worker failed: its own one-line error; else the signal that killed it (the OOM killer's SIGKILL
+    leaves the engine's last log line, unrelated, at the end of stderr); else its last line or exit status."""
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    errors = [l for l in lines if l.startswith("error: ")]
+    if errors:
+        return errors[-1][len("error: ") :]
+    if proc.returncode < 0:
+        return f"killed by signal {-proc.returncode} (out of memory, or stopped by someone)"
+    return lines[-1] if lines else f"exit status {proc.returncode}"
 
 
 def interleaved_latency(round_samples: list) -> dict:
@@ -323,7 +332,7 @@ def run_bench(
         for gone in left_out:
             (notify or say)(f"note: {gone['row']} left out (an opt-in engine's row): {gone['why']}")
         rows = [(a, e) for a, e in rows if not any(g["row"] == row_label(a.name, e) for g in left_out)]
-        rounds, schedules = _interleaved(bundle, rows, options, frame, say)
+        rounds, schedules = _interleaved(bundle, rows, options, frame, say, notify or say)
         host = machine.describe()
         records = [
             Timed.of(a, e).record(t, host, results[(row_label(a.name, e), t)], rounds.get((row_label(a.name, e), t)))
@@ -355,7 +364,7 @@ def run_bench(
             "frame": options.frame or "synthetic 640x480 JPEG",
             "data": options.data,
             "engines": options.engines,
-            "latency": latency_method(options),
+            "latency": latency_method(options, schedules),
         },
         "schedules": schedules,
         "left_out": left_out,  # rows of opt-in engines that failed: {"row", "threads", "why"}
@@ -364,11 +373,14 @@ def run_bench(
     }
 
 
-def latency_method(options: BenchOptions) -> dict:
-    """How the records' p50 was obtained, written into the bench document beside the numbers."""
+def latency_method(options: BenchOptions, schedules: dict | None = None) -> dict:
+    """How the records' p50 was obtained, written into the bench document beside the numbers; `schedules`: the
+    interleaved passes that ran (a thread count missing there failed: its p50 is the fresh processes')."""
     if not options.rounds:
         return {"p50": "median of every timed invoke of the fresh processes", "spread": "p50_spread_pct"}
+    failed = [t for t in options.threads if schedules is not None and str(t) not in schedules]
     return {
+        **({"interleaved_failed_threads": failed} if failed else {}),
         "p50": "median of the round medians of an interleaved pass: every row loaded in one process per thread "
         "count and timed in rounds A, B, C, A, B, C... after each warmed up",
         "rounds": options.rounds,
@@ -410,9 +422,10 @@ def _time_artifacts(bundle: Bundle, rows: list, options: BenchOptions, frame: Pa
     return results, left_out
 
 
-def _interleaved(bundle: Bundle, rows: list, options: BenchOptions, frame: Path, say) -> tuple[dict, dict]:
+def _interleaved(bundle: Bundle, rows: list, options: BenchOptions, frame: Path, say, note) -> tuple[dict, dict]:
     """({(row label, threads): {"round_samples_ms": [...]}}, {threads: the schedule that ran}): one process per
-    thread count times every row in interleaved rounds (see `rounds.py`)."""
+    thread count times every row in interleaved rounds (see `rounds.py`). A pass that fails (its process killed)
+    leaves its thread count's p50 to the fresh processes, with a note, and keeps every result."""
     if not options.rounds:
         return {}, {}
     results, schedules = {}, {}
@@ -428,7 +441,11 @@ def _interleaved(bundle: Bundle, rows: list, options: BenchOptions, frame: Path,
             "max_warmup_s": options.max_warmup_s,
             "frame": str(frame),
         }
-        done = run_worker(job, options.python, options.timeout_s, module="edgecls.runtime.bench.rounds")
+        try:
+            done = run_worker(job, options.python, options.timeout_s, module="edgecls.runtime.bench.rounds")
+        except EdgeclsError as exc:
+            note(f"note: {exc}: the p50 at threads={threads or 'default'} is the fresh processes' (p50_method)")
+            continue
         schedules[str(threads)] = done["schedule"]
         results.update({(label, threads): row for label, row in done["rows"].items()})
     return results, schedules

@@ -67,6 +67,10 @@ def format_table(doc: dict) -> str:
             f"spread = (max-min)/median of the round medians; load, 1st, RSS, frame and acc from "
             f"{s.get('repeats')} fresh process(es) per row"
         )
+        failed = s["latency"].get("interleaved_failed_threads")
+        if failed:
+            shown = ",".join(str(t) if t else "default" for t in failed)
+            how += f" (the pass failed at threads={shown}: there every figure is the fresh processes')"
     else:
         how = (
             f"p50/p90/p99 pooled over {s.get('repeats')} repeat(s) of up to {s.get('runs')} runs; "
