@@ -124,6 +124,7 @@ class ScrapedFleet:
     def __init__(self, folder, bundle, scrape_s: float = 1.0, fleet=FLEET):
         self.folder, self.bundle, self.scrape_s, self.fleet = Path(folder), bundle, scrape_s, fleet
         self.daemons: list = []
+        self.urls: dict = {}  # device name -> its daemon's http://HOST:PORT (/latest, /metrics)
         self.prometheus = None
         self.names = [name for name, *_ in fleet]
 
@@ -144,6 +145,7 @@ class ScrapedFleet:
                 options = ("--artifact", artifact, "--fps", fps, "--drift-window", 20, *more)
                 process, url, _ = start_cli_daemon(self.bundle, clips[0], *options)
                 self.daemons.append(process)
+                self.urls[name] = url
                 lines.append(f"{self.folder / 'devices' / name} name={name} metrics={url}")
             fleet_file = self.folder / "fleet.txt"
             fleet_file.write_text("# the test fleet: one daemon per device\n" + "\n".join(lines) + "\n")
@@ -174,6 +176,23 @@ class ScrapedFleet:
             return set(counts) == set(self.names) and min(counts.values()) >= need
 
         wait_for(enough, timeout, f"{seconds}s of scrapes of {', '.join(self.names)}")
+
+    def poll_results(self, seconds: float) -> dict:
+        """{device: {source: {ts: score}}}: every result each daemon's /latest showed, polled for `seconds` (far
+        faster than the fleet's paces, so each published result is seen)."""
+        import time
+
+        seen: dict = {name: {} for name in self.names}
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for name, url in self.urls.items():
+                with urllib.request.urlopen(url + "/latest", timeout=5) as response:
+                    latest = json.load(response)
+                for source, result in latest.items():
+                    if result:
+                        seen[name].setdefault(source, {})[result["ts"]] = result["score"]
+            time.sleep(0.02)
+        return seen
 
     def stop(self) -> None:
         if self.prometheus is not None:

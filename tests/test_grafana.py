@@ -9,6 +9,7 @@ import math
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -275,6 +276,15 @@ def _finite(result: list) -> list:
     return [r for r in result if math.isfinite(float(r["value"][1]))]
 
 
+def _regex(names) -> str:
+    """The $device value Grafana fills in for these devices selected."""
+    return "(" + "|".join(map(re.escape, names)) + ")"
+
+
+def _sources(scraped_fleet) -> dict:
+    return {name: {s.split("=")[0] for s in sources} for name, sources, _a, _p in scraped_fleet.fleet}
+
+
 def test_every_panel_query_returns_data_for_every_device_from_a_real_prometheus(scraped_fleet):
     prometheus, names = scraped_fleet.prometheus, scraped_fleet.names
     dashboard = load()
@@ -283,28 +293,136 @@ def test_every_panel_query_returns_data_for_every_device_from_a_real_prometheus(
     assert sorted(prometheus.label_values(label, metric)) == sorted(names)  # the variable's values: the fleet
     # as Grafana fills them with every device selected: a regex of all in the fleet row, one each in a repeated row
     base = {"datasource": "edgecls-prometheus", "__rate_interval": f"{4 * scraped_fleet.scrape_s:g}s"}
-    empty = []
+    sources = _sources(scraped_fleet)
+    wrong = []
     for panel, target, repeated in targets(dashboard):
-        if repeated:
+        where = f"{panel['title']} {target['refId']}"
+        if repeated:  # the row of one device shows that device's sources, each of them, and no other's
             for name in names:
                 expr = substitute(target["expr"], {**base, "device": re.escape(name)})
-                if not _finite(prometheus.query(expr)):
-                    empty.append(f"{panel['title']} {target['refId']} for {name}: {expr}")
-        else:
-            expr = substitute(target["expr"], {**base, "device": "(" + "|".join(map(re.escape, names)) + ")"})
+                have = {r["metric"].get("source") for r in _finite(prometheus.query(expr))}
+                if have != sources[name]:
+                    wrong.append(f"{where} for {name}: sources {sorted(map(str, have))}: {expr}")
+            continue
+        # the fleet row: one series or row per selected device, every selected device, no other
+        for chosen in (names, names[:1], names[1:]):
+            expr = substitute(target["expr"], {**base, "device": _regex(chosen)})
             have = {r["metric"].get("device") for r in _finite(prometheus.query(expr))}
-            if have != set(names):
-                empty.append(f"{panel['title']} {target['refId']}: data for {sorted(have - {None})}: {expr}")
-    assert not empty, "\n".join(empty)
+            if have != set(chosen):
+                wrong.append(f"{where} with {chosen} selected: data for {sorted(map(str, have))}: {expr}")
+    assert not wrong, "\n".join(wrong)
 
 
-def test_the_panels_show_what_the_daemons_say(scraped_fleet):
-    """Not just any data: the fleet row's frames/s and confidence agree with each daemon's own pace and results."""
-    prometheus = scraped_fleet.prometheus
-    fps = {r["metric"]["device"]: float(r["value"][1]) for r in prometheus.query("sum by (device) (edgecls_fps)")}
+def _expr(dashboard: dict, title: str, ref: str = "A") -> str:
+    return next(t["expr"] for p, t, _ in targets(dashboard) if p["title"] == title and t["refId"] == ref)
+
+
+def _by(result: list, label: str) -> dict:
+    return {r["metric"][label]: float(r["value"][1]) for r in result}
+
+
+def test_the_frames_and_confidence_panels_show_what_the_daemons_say(scraped_fleet):
+    """The dashboard's own expressions, fleet row and device row: frames/s is each daemon's pace (summed over a
+    device's sources), confidence the mean top-1 score of the results its daemon published in the window."""
+    prometheus, names, window = scraped_fleet.prometheus, scraped_fleet.names, 10
+    results = scraped_fleet.poll_results(window + 2)
+    at = time.time()
+    dashboard = load()
+    fill = {"datasource": "edgecls-prometheus", "__rate_interval": f"{window}s"}
+
+    def shown(title, device):
+        return prometheus.query(substitute(_expr(dashboard, title), {**fill, "device": device}), at=at)
+
+    def mean(scores: dict) -> float:
+        recent = [score for ts, score in scores.items() if at - window <= ts <= at]
+        assert len(recent) >= 10, scores
+        return sum(recent) / len(recent)
+
+    fleet_fps = _by(shown("Frames/s per device", _regex(names)), "device")
+    fleet_confidence = _by(shown("Mean top-1 confidence per device", _regex(names)), "device")
     for name, sources, _artifact, pace in scraped_fleet.fleet:
-        assert fps[name] == pytest.approx(pace * len(sources), rel=0.35), (name, fps)
+        assert fleet_fps[name] == pytest.approx(pace * len(sources), rel=0.35), (name, fleet_fps)
+        everything = {ts: s for by_source in results[name].values() for ts, s in by_source.items()}
+        assert fleet_confidence[name] == pytest.approx(mean(everything), abs=0.03), (name, fleet_confidence)
+        row_fps = _by(shown("Frames/s by source", re.escape(name)), "source")
+        row_confidence = _by(shown("Mean top-1 confidence by source", re.escape(name)), "source")
+        assert set(row_fps) == set(row_confidence) == set(results[name]), (name, row_fps, results[name].keys())
+        for source, scores in results[name].items():
+            assert row_fps[source] == pytest.approx(pace, rel=0.35), (name, source, row_fps)
+            assert row_confidence[source] == pytest.approx(mean(scores), abs=0.03), (name, source, row_confidence)
     versions = prometheus.query("count by (version) (edgecls_bundle_info)")
-    assert len(versions) == 1 and int(versions[0]["value"][1]) == len(scraped_fleet.names)  # one bundle everywhere
-    artifacts = {r["metric"]["device"]: r["metric"]["artifact"] for r in prometheus.query("edgecls_bundle_info")}
-    assert artifacts == {name: artifact for name, _s, artifact, _p in scraped_fleet.fleet}
+    assert len(versions) == 1 and int(versions[0]["value"][1]) == len(names)  # one bundle everywhere
+    table = prometheus.query(substitute(_expr(dashboard, "Bundle each device serves"), {**fill, "device": ".*"}))
+    assert {r["metric"]["device"]: r["metric"]["artifact"] for r in table} == {
+        name: artifact for name, _s, artifact, _p in scraped_fleet.fleet
+    }
+
+
+def histogram_quantile(q: float, buckets: dict) -> float:
+    """Prometheus's histogram_quantile over {le: count} by hand (promql/quantile.go bucketQuantile)."""
+    bounds = sorted(buckets, key=float)
+    counts = [buckets[b] for b in bounds]
+    for i in range(1, len(counts)):  # as Prometheus: counts made monotonic
+        counts[i] = max(counts[i], counts[i - 1])
+    rank = q * counts[-1]
+    b = next(i for i, c in enumerate(counts[:-1] + [math.inf]) if c >= rank)
+    if b == len(bounds) - 1:
+        return float(bounds[-2])
+    start = 0.0 if b == 0 else float(bounds[b - 1])
+    below = 0.0 if b == 0 else counts[b - 1]
+    return start + (float(bounds[b]) - start) * (rank - below) / (counts[b] - below)
+
+
+# Each latency query of the dashboard: the quantile its title or legend names, and the label it is split by.
+QUANTILES = {
+    ("Inference latency p99 per device", "A"): (0.99, "device"),
+    ("Inference latency p50 and p99", "A"): (0.5, "source"),
+    ("Inference latency p50 and p99", "B"): (0.99, "source"),
+}
+
+
+def test_the_latency_panels_show_the_quantile_they_name_as_computed_from_the_buckets(scraped_fleet):
+    prometheus, names = scraped_fleet.prometheus, scraped_fleet.names
+    dashboard = load()
+    latency = {(p["title"], t["refId"]) for p, t, _ in targets(dashboard) if "histogram_quantile" in t["expr"]}
+    assert latency == set(QUANTILES)
+    at, window = time.time(), "10s"
+    fill = {"datasource": "edgecls-prometheus", "__rate_interval": window}
+    shown = {}
+    for (title, ref), (q, by) in QUANTILES.items():
+        for device in [_regex(names)] if by == "device" else map(re.escape, names):
+            expr = substitute(_expr(dashboard, title, ref), {**fill, "device": device})
+            got = _by(prometheus.query(expr, at=at), by)
+            rates = f'sum by ({by}, le) (rate(edgecls_inference_seconds_bucket{{device=~"{device}"}}[{window}]))'
+            buckets: dict = {}
+            for r in prometheus.query(rates, at=at):
+                buckets.setdefault(r["metric"][by], {})[r["metric"]["le"]] = float(r["value"][1])
+            expected = {key: histogram_quantile(q, counts) for key, counts in buckets.items()}
+            assert got == pytest.approx(expected, rel=1e-9), (title, ref, device)
+            shown.update({(title, ref, key): value for key, value in got.items()})
+    for (title, ref, source), p50 in shown.items():
+        if ref == "A" and title == "Inference latency p50 and p99":
+            assert p50 < shown[(title, "B", source)], source  # two quantiles, told apart
+
+
+def test_the_frames_per_second_panels_never_read_zero_for_a_slowly_paced_source(tiny_bundle, tmp_path):
+    """A camera classified every 4 s: the edgecls_fps gauge is 0 once its newest frame is 2 s old (half of the
+    scrapes), so panels built on it showed a working camera as stopped; the counter's rate does not."""
+    pytest.importorskip("cv2")
+    from tests.prometheus_server import ScrapedFleet
+
+    slow = (("slow", ("slow=circle",), "tflite-int8", 0.25),)
+    fleet = ScrapedFleet(tmp_path / "fleet", tiny_bundle, scrape_s=1.0, fleet=slow).start()
+    try:
+        fleet.wait_for_samples(36)
+        dashboard = load()
+        # as Grafana fills $__rate_interval for a 5 s scrape interval (4 x 5 s)
+        fill = {"datasource": "edgecls-prometheus", "__rate_interval": "20s", "device": "slow"}
+        end = time.time()
+        for title in ("Frames/s per device", "Frames/s by source"):
+            (series,) = fleet.prometheus.query_range(substitute(_expr(dashboard, title), fill), end - 15, end, 1)
+            values = [float(v) for _, v in series["values"]]
+            assert len(values) >= 14 and min(values) > 0, (title, values)
+            assert sorted(values)[len(values) // 2] == pytest.approx(0.25, rel=0.4), (title, values)
+    finally:
+        fleet.stop()
