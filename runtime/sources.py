@@ -240,6 +240,7 @@ class SourceStats:
     reconnects: int = 0
     last_error: str = ""
     fps: float | None = None
+    waiting_at: float | None = None  # monotonic time the capture last waited for its reader to take a frame
     events: list = field(default_factory=list)  # (monotonic time, message), last 50
 
     def note(self, message: str) -> None:
@@ -333,8 +334,9 @@ class Source:
 
     def _publish(self, image: np.ndarray, name: str) -> None:
         with self._cond:
-            if self.every_frame:
+            if self.every_frame:  # waiting for the reader is alive, not stalled: a watchdog reads waiting_at
                 while self._frame is not None and self._frame.index > self._last_index and not self._stop.is_set():
+                    self.stats.waiting_at = time.monotonic()
                     self._cond.wait(0.1)
             elif self._frame is not None and self._frame.index > self._last_index:
                 self.stats.dropped += 1

@@ -257,3 +257,38 @@ def test_max_fps_on_a_folder_paces_it_and_classifies_every_image(tiny_bundle, tm
     stamps = [r["ts"] for r in sink.results]
     assert [r["frame"] for r in sink.results] == list(range(6)) and daemon.loops[0].pace.skipped == 0
     assert stamps[-1] - stamps[0] >= 0.95  # five gaps of 0.2 s
+
+
+def test_a_folder_waiting_for_its_max_fps_turn_is_alive_not_stalled(tiny_bundle, tmp_path):
+    """A folder hands over every image: while its next image waits for a turn longer than --stall-timeout, the
+    capture is blocked on its reader, not stalled; every image is classified and the run ends without a failure."""
+    from edgecls.runtime.daemon.config import SourceConfig
+
+    stills = _stills(tmp_path / "stills", [(32, 32)] * 5)
+    sink = ListSink()
+    settings = (SourceConfig(str(stills), name="cam", max_fps=2),)  # a turn each 0.5 s, stalled after 0.3 s
+    daemon = Daemon(tiny_bundle, [str(stills)], sinks=[sink], stall_timeout=0.3, source_settings=settings)
+    daemon.run()
+    assert [r["frame"] for r in sink.results] == list(range(5)), sink.results
+    assert daemon.failures() == [] and daemon.supervisors[0].stats.outages == 0
+    assert daemon.supervisors[0].state == "ended"
+
+
+def test_a_video_read_frame_by_frame_waiting_for_its_max_fps_turn_is_alive_not_stalled(tiny_bundle, tmp_path):
+    """--every-frame on a video: the same wait for the reader, the same liveness."""
+    from edgecls.runtime.daemon.config import SourceConfig
+
+    clip = str(write_test_video(tmp_path / "clip.avi", frames=4))
+    sink = ListSink()
+    settings = (SourceConfig(clip, max_fps=2),)
+    daemon = Daemon(
+        tiny_bundle,
+        [clip],
+        sinks=[sink],
+        stall_timeout=0.3,
+        source_settings=settings,
+        source_options={"every_frame": True},
+    )
+    daemon.run()
+    assert [r["frame"] for r in sink.results] == list(range(4)), sink.results
+    assert daemon.failures() == [] and daemon.supervisors[0].stats.outages == 0

@@ -87,7 +87,8 @@ class SupervisorStats:
 class Supervisor:
     """Owns one `edgecls.runtime.sources.Source`; `read()` hands out only frames its capture really delivered.
 
-    stall_timeout: seconds without a new frame after which the source is closed and reopened.
+    stall_timeout: seconds without a new frame after which the source is closed and reopened (a source that waits
+      for its reader to take a frame, a folder paced by max_fps, is alive meanwhile).
     source_options: passed to Source (loop, every_frame, realtime, fps, profile, timeout_s).
     max_failures: consecutive failed opens before the state becomes "failed" for good (None: never
       for live sources; files and folders fail on the first, since retrying cannot bring them back).
@@ -305,6 +306,8 @@ class Supervisor:
                         self._set_state("running", "")
                 else:
                     self.stats.dropped = self._retired[1] + stats.dropped
+            if stats.waiting_at is not None:  # a source that waits for its reader (max_fps, a slow model) is alive
+                last_new = max(last_new, stats.waiting_at)
             if stats.state == "ended":
                 return "ended", "", ran
             if stats.state == "failed":
