@@ -586,6 +586,68 @@ def test_a_label_studio_export_with_a_bad_class_name_moves_nothing(captures, tmp
     assert "task 6" in error and "class name" in error and len(inbox_ids(captures)) == 30
 
 
+@pytest.mark.parametrize(
+    "task",
+    [
+        {"data": {"edgecls_frame": "F"}, "annotations": 5},
+        {"data": {"edgecls_frame": "F"}, "annotations": [{"result": 7}]},
+        {"data": {"edgecls_frame": "F"}, "annotations": [{"result": [{"value": ["cat"]}]}]},
+        {"data": {"edgecls_frame": "F"}, "annotations": [{"result": [{"value": {"choices": [["cat"]]}}]}]},
+        {"data": "notes", "annotations": [{"result": [{"value": {"choices": ["cat"]}}]}]},
+    ],
+)
+def test_a_malformed_label_studio_export_is_refused_in_one_line_naming_the_task_and_moves_nothing(
+    captures, tmp_path, task
+):
+    frame = LabelStore(captures).ordered()[0].id
+    good = {"data": {"edgecls_frame": frame}, "annotations": [{"result": [{"value": {"choices": ["circle"]}}]}]}
+    bad = json.loads(json.dumps(task).replace('"F"', json.dumps(frame)))
+    (tmp_path / "export.json").write_text(json.dumps([good, bad]))
+    result = run_cli("label", captures, "--import", tmp_path / "export.json")
+    assert "task 2" in cli_error(result) and "Traceback" not in result.stderr and len(inbox_ids(captures)) == 30
+
+
+def test_an_import_counts_frames_of_another_captures_folder_apart_from_frames_already_labelled(captures, tmp_path):
+    store = LabelStore(captures)
+    tasks = json.loads(export_tasks(store, tmp_path / "tasks.json")[0].read_text())
+    store.decide(tasks[0]["data"]["edgecls_frame"], "circle")
+    foreign = {"data": {"image": f"/data/local-files/?d=other/{INBOX}/cam9/x.jpg"}}
+    export = _label_studio_export(tasks[:3] + [foreign], lambda t: "square")
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    result = run_cli("label", captures, "--import", tmp_path / "export.json")
+    assert result.returncode == 0, result.stderr
+    assert "moved 2 frames" in result.stdout and "1 were already labelled" in result.stdout
+    assert "1 are not waiting in" in result.stdout
+
+
+LABEL_STUDIO_TEMPLATE = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="choice" toName="image">
+    <Choice value="Adult content"/>
+    <Choice value="Weapons" />
+  </Choices>
+</View>
+"""
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("tasks.json", "[1, 2]"),
+        ("tasks.json", '[{"data": "notes"}]'),
+        ("tasks.json", "[]"),
+        ("tasks.json", '[{"data": {"edgecls_frame": "a", "image": "b", "note": "mine"}, "predictions": []}]'),
+        ("tasks.xml", LABEL_STUDIO_TEMPLATE),
+    ],
+)
+def test_an_export_never_overwrites_a_user_file_that_only_looks_like_one(captures, tmp_path, name, text):
+    mine = tmp_path / name
+    mine.write_text(text)
+    result = run_cli("label", captures, "--export", "label-studio", "--out", tmp_path / "tasks.json")
+    assert "is not an earlier `edgecls label --export`" in cli_error(result) and "Traceback" not in result.stderr
+    assert mine.read_text() == text
+
+
 def test_an_export_never_overwrites_a_file_it_did_not_write(captures, tmp_path):
     mine = tmp_path / "tasks.json"
     mine.write_text('{"my": "notes"}')

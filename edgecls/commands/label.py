@@ -95,7 +95,8 @@ def label(captures, port, host, bundle, token_file, exit_when_done, export_forma
     if import_file:
         counts = import_export(store, import_file)
         click.echo(
-            f"moved {counts['moved']} frames into class folders of {captures}; {counts['gone']} were already labelled"
+            f"moved {counts['moved']} frames into class folders of {captures}; {counts['gone']} were already "
+            f"labelled; {counts['missing']} are not waiting in {captures} (tasks of another captures folder?)"
         )
         return
     from edgecls.labeling.session import serve

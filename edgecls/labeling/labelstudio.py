@@ -13,6 +13,7 @@ each task's last kept annotation labels its frame through the same journaled mov
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from urllib.parse import unquote
 from xml.sax.saxutils import quoteattr
@@ -49,6 +50,8 @@ def export_tasks(store: LabelStore, out, image_prefix: str | None = None, model_
         raise EdgeclsError(f"--out {out} should end in .json (Label Studio imports a .json tasks file)")
     prefix = f"/data/local-files/?d={store.root.resolve().name}/" if image_prefix is None else image_prefix
     frames = store.ordered()  # most uncertain first, as the page shows them
+    if not frames:
+        raise EdgeclsError(f"no frame is waiting in {store.inbox}: nothing to export")
     labels = list(dict.fromkeys(store.known_labels() + [label for f in frames for label, _ in f.topk]))
     tasks = [
         {
@@ -66,37 +69,72 @@ def export_tasks(store: LabelStore, out, image_prefix: str | None = None, model_
     return out, config, len(tasks)
 
 
+_HEAD, _TAIL = label_config([]).split("\n\n")  # what label_config writes around its <Choice> lines
+_OUR_CONFIG = re.compile(
+    re.escape(_HEAD + "\n") + r"""(    <Choice value=("[^"\n]*"|'[^'\n]*')/>\n)*""" + re.escape(_TAIL)
+)
+
+
 def _ours(path: Path) -> bool:
-    """Whether `path` is a tasks file or labelling config an earlier export wrote (writing it again loses nothing)."""
+    """Whether `path` is a tasks file or labelling config an earlier export wrote (writing it again loses nothing):
+    exactly the shape export_tasks writes, so a user's notes, an empty list or Label Studio's own template is not."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return False
     if path.suffix.lower() == ".xml":
-        return text.startswith("<View>") and f'<Choices name="{FROM_NAME}"' in text
+        return _OUR_CONFIG.fullmatch(text) is not None
     try:
         tasks = json.loads(text)
     except ValueError:
         return False
-    return isinstance(tasks, list) and all(isinstance((t.get("data") or {}).get("edgecls_frame"), str) for t in tasks)
+    return isinstance(tasks, list) and bool(tasks) and all(_our_task(t) for t in tasks)
 
 
-def _frame_of(task: dict) -> str | None:
-    data = task.get("data") if isinstance(task.get("data"), dict) else {}
-    if isinstance(data.get("edgecls_frame"), str):
-        return data["edgecls_frame"]
-    image = unquote(str(data.get("image", "")))  # tasks made elsewhere: the path after .unlabelled/
+def _our_task(task) -> bool:
+    if not isinstance(task, dict):
+        return False
+    data = task.get("data")
+    return (
+        set(task) == {"data", "predictions"}
+        and isinstance(data, dict)
+        and set(data) == {"image", "edgecls_frame"}
+        and isinstance(data["edgecls_frame"], str)
+        and isinstance(task["predictions"], list)
+    )
+
+
+def _typed(value, kind: type, what: str, where: str):
+    """`value` when it is a `kind`; else one line naming the task and the field (a hand-edited or foreign file)."""
+    if not isinstance(value, kind):
+        raise EdgeclsError(
+            f"{where}: {what} is {json.dumps(value)[:60]}, not a JSON {_JSON_NAMES[kind]}: "
+            "export the project from Label Studio as JSON (Export > JSON)"
+        )
+    return value
+
+
+_JSON_NAMES = {list: "list", dict: "object", str: "string"}
+
+
+def _frame_of(task: dict, where: str) -> str | None:
+    data = _typed(task.get("data", {}), dict, '"data"', where)
+    if "edgecls_frame" in data:
+        return _typed(data["edgecls_frame"], str, '"data.edgecls_frame"', where)
+    image = unquote(_typed(data.get("image", ""), str, '"data.image"', where))  # tasks made elsewhere
     return image.split(f"{INBOX}/", 1)[1] if f"{INBOX}/" in image else None
 
 
-def _choice_of(task: dict) -> str | None:
+def _choice_of(task: dict, where: str) -> str | None:
     """The first choice of the task's last annotation not cancelled; None when it has none."""
-    annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
-    for annotation in reversed(annotations):
-        for result in annotation.get("result") or []:
-            choices = (result.get("value") or {}).get("choices") if isinstance(result, dict) else None
-            if isinstance(choices, list) and choices:
-                return choices[0]
+    annotations = _typed(task.get("annotations") or [], list, '"annotations"', where)
+    kept = [a for a in annotations if not _typed(a, dict, "an annotation", where).get("was_cancelled")]
+    for annotation in reversed(kept):
+        for result in _typed(annotation.get("result") or [], list, 'an annotation\'s "result"', where):
+            value = _typed(_typed(result, dict, "a result", where).get("value") or {}, dict, '"value"', where)
+            choices = _typed(value.get("choices") or [], list, '"value.choices"', where)
+            if choices:
+                return _typed(choices[0], str, "a choice", where)
     return None
 
 
@@ -114,24 +152,26 @@ def read_export(path) -> list:
         raise EdgeclsError(f"--import {path} is not a list of tasks: export the project from Label Studio as JSON")
     decided = []
     for number, task in enumerate(tasks, 1):
-        label, frame = _choice_of(task), _frame_of(task)
+        where = f"--import {path}, task {number}"
+        label, frame = _choice_of(task, where), _frame_of(task, where)
         if label is None or frame is None:
             continue
         try:
             decided.append((frame, check_label(label)))
         except EdgeclsError as exc:
-            raise EdgeclsError(f"--import {path}, task {number}: {exc}") from None
+            raise EdgeclsError(f"{where}: {exc}") from None
     return decided
 
 
 def import_export(store: LabelStore, path) -> dict:
-    """Move each annotated frame into its class folder; counts of moved, already gone, and unannotated tasks."""
+    """Move each annotated frame into its class folder; counts of the frames moved, those labelled before (the
+    journal moved them), and those this CAPTURES never had waiting (tasks of another captures folder?)."""
     decided = read_export(path)
-    counts = {"moved": 0, "gone": 0}
+    counts = {"moved": 0, "gone": 0, "missing": 0}
     for frame, label in decided:
         try:
             store.decide(frame, label)
             counts["moved"] += 1
         except FrameGone:
-            counts["gone"] += 1
+            counts["gone" if store.was_labelled(frame) else "missing"] += 1
     return counts

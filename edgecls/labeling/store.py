@@ -177,6 +177,12 @@ class LabelStore:
     def frame(self, frame_id: str) -> Frame | None:
         return self._frames.get(frame_id)
 
+    def was_labelled(self, frame_id: str) -> bool:
+        """Whether the journal moved `frame_id` out of the inbox (here, or in another process)."""
+        with self.lock:
+            self.journal.sync()
+            return any(r.get("op") == "move" and r.get("frame") == frame_id for r in self.journal.records)
+
     def known_labels(self) -> list:
         """Class folders already in CAPTURES, and the bundle's labels."""
         folders = [
