@@ -93,3 +93,34 @@ def test_a_bundle_that_cannot_be_loaded_is_refused_before_anything_is_journaled(
     journal = tmp_path / "j.jsonl"
     line = cli_error(run_cli("flash", tmp_path / "broken", "--targets", fleet, "--canary", "1", "--journal", journal))
     assert "broken" in line and not journal.exists(), line
+
+
+def test_a_device_flashed_but_killed_before_its_flashed_line_is_rolled_back_when_its_wave_fails(
+    bundles, tmp_path, monkeypatch
+):
+    from edgecls.devices.flash import flash
+    from edgecls.devices.rollout.journal import Journal
+
+    (tmp_path / "dev1").write_text("not a device folder")  # dev1's flash fails, so the canaries' wave fails
+    fleet = tmp_path / "fleet.txt"
+    fleet.write_text(f"{tmp_path / 'dev0'} name=dev0\n{tmp_path / 'dev1'} name=dev1\n")
+    assert flash(bundles["a"], [str(tmp_path / "dev0")], FlashOptions(profile=PROFILE))[0].ok
+    old = (tmp_path / "dev0" / "current").readlink()
+    journal = tmp_path / "j.jsonl"
+    options = RolloutOptions(canary="2", watch_s=0, journal=str(journal))
+    append = Journal.append
+
+    def killed_at_flashed(self, step, **fields):
+        if step == "flashed":
+            raise KeyboardInterrupt  # Ctrl-C after the wave's flash, before its first "flashed" line
+        return append(self, step, **fields)
+
+    monkeypatch.setattr(Journal, "append", killed_at_flashed)
+    with pytest.raises(KeyboardInterrupt):
+        rollout(bundles["b"], fleet, FlashOptions(profile=PROFILE), options)
+    monkeypatch.setattr(Journal, "append", append)
+    assert (tmp_path / "dev0" / "current").readlink() != old  # b is installed, the journal does not say so
+    done = rollout(bundles["b"], fleet, FlashOptions(profile=PROFILE), options)
+    assert done.result == "rolled back"
+    assert (tmp_path / "dev0" / "current").readlink() == old, done.lines
+    assert any(line.startswith("dev0:") and line.endswith("rolled back") for line in done.lines), done.lines

@@ -1,7 +1,8 @@
 """`edgecls flash --canary`: the staged rollout, step by step, each step journaled before it is taken.
 
 Resuming (the same command again after Ctrl-C or kill -9): devices the journal shows "flashing" but not "flashed"
-are flashed again (a flash of the same bundle finishes or confirms an interrupted one); "rolling back" but not
+are flashed again (a flash of the same bundle finishes or confirms an interrupted one; "flashing" records the
+slot the device ran, so a device that answers "unchanged" then is still rolled back); "rolling back" but not
 "rolled back" are asked their status and rolled back only while `current` is still the new version; a watch
 without its verdict is watched again whole (a window needs its own first sample); the baseline is kept.
 """
@@ -12,6 +13,7 @@ import hashlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -163,8 +165,9 @@ class _Rollout:
         """name -> its "flashed" event, flashing those without one (again, if one was cut off)."""
         flashed = self.done_steps("flashed")
         todo = [n for n in names if n not in flashed]
+        was = self._currents(todo) if todo else {}
         for name in todo:
-            self.log("flashing", device=name, wave=number)
+            self.log("flashing", device=name, wave=number, was=was[name])
         if todo:
             self.say(f"wave {number}: flashing {', '.join(todo)}")
             entries = [(self.devices[n].target, self.devices[n].profile) for n in todo]
@@ -175,6 +178,26 @@ class _Rollout:
                 self.say(f"{name}: {r.result} {r.slot}" + (f" ({r.reason})" if r.reason and not r.ok else ""))
         return {n: flashed[n] for n in names}
 
+    def _currents(self, names: list) -> dict:
+        """name -> the slot `current` names now (None: none, or the device did not answer)."""
+
+        def current(name: str):
+            try:
+                return flashing.status(self.devices[name].target, self._options_for(name)).get("current")
+            except (EdgeclsError, OSError):
+                return None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.flash_options.jobs, len(names)))) as pool:
+            return dict(zip(names, pool.map(current, names)))
+
+    def _changed(self, name: str, event: dict) -> bool:
+        """Whether this rollout switched `name` to the new slot: installed, or "unchanged" on a re-run after a
+        flash that finished but was cut off before its "flashed" line (its first "flashing" says what it ran)."""
+        if event["result"] == "installed":
+            return True
+        first = next((e for e in self.journal.events() if e["step"] == "flashing" and e.get("device") == name), {})
+        return event["result"] == "unchanged" and "was" in first and first["was"] != event["slot"]
+
     def _options_for(self, name: str):
         return replace(self.flash_options, profile=self.devices[name].profile)
 
@@ -183,7 +206,7 @@ class _Rollout:
         done = self.done_steps("rolled back")
         for name in names:
             event, why = flashed[name], "; ".join(reasons.get(name) or []) or "its wave failed"
-            if event["result"] != "installed":
+            if not self._changed(name, event):
                 self.lines.append(f"{name}: {why}: not changed ({event['result']})")
                 continue
             if name not in done:
