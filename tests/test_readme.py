@@ -141,6 +141,12 @@ QUICK = [
         "fleet.txt (made here) names the local sshd and a local folder",
     ),
     Rewrite(
+        r"^edgecls label captures/$",
+        "python {repo}/tests/label_captures.py captures/ loop.jsonl --browser",
+        "no person here: the page's keys pressed in headless Chromium, the truth from the daemon's results "
+        "(the README says so)",
+    ),
+    Rewrite(
         r"^edgecls fleet prometheus-targets fleet\.txt",
         "edgecls fleet prometheus-targets fleet-metrics.txt",
         "fleet.txt (made here) has no metrics= words: fleet-metrics.txt names the device's daemon address",
