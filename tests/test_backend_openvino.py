@@ -274,3 +274,25 @@ def test_every_artifact_compiles_with_f32_float_ops_and_the_threads_asked(tiny_b
         compiled = session.backend._compiled
         assert compiled.get_property("INFERENCE_NUM_THREADS") == threads
         assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == str(ov.Type.f32)
+
+
+def test_openvinos_own_device_lists_after_auto_multi_or_hetero_stay_whole():
+    """'AUTO:GPU,CPU' is one OpenVINO device (AUTO choosing between GPU and CPU): split at its comma it became
+    'AUTO:GPU', the CPU fallback dropped."""
+    from edgecls.runtime.backends.openvino import choose_device
+
+    assert choose_device("AUTO:GPU,CPU", ["CPU"]) == "AUTO:GPU,CPU"
+    assert choose_device("MULTI:GPU,CPU", ["CPU"]) == "MULTI:GPU,CPU"
+    assert choose_device("NPU,HETERO:GPU,CPU", ["CPU"]) == "HETERO:GPU,CPU"
+
+
+@needs_openvino
+def test_an_openvino_load_error_names_its_cause_not_the_source_line_it_came_from(tmp_path):
+    """OpenVINO's messages start with 'Exception from src/inference/src/cpp/core.cpp:84:' lines; the cause is last."""
+    damaged = tmp_path / "model_fp32.onnx"
+    damaged.write_bytes(b"\x08\x07 a damaged download")
+    with pytest.raises(EdgeclsError) as error:
+        ModelSession(damaged, "onnx", prefer=("openvino",))
+    message = str(error.value)
+    assert message.startswith(f"openvino cannot load {damaged}: Unable to read the model"), message
+    assert "Exception from" not in message and "\n" not in message

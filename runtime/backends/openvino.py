@@ -27,7 +27,21 @@ from edgecls.runtime.errors import EdgeclsError
 log = logging.getLogger("edgecls.runtime")
 
 DEFAULT_DEVICE = "CPU"
+VIRTUAL = ("AUTO", "MULTI", "HETERO")  # OpenVINO's devices that pick among the real ones themselves
 _TYPES = {"f32": "float32", "f16": "float16", "u8": "uint8", "i8": "int8", "i64": "int64", "i32": "int32"}
+
+
+def _choices(wanted: str) -> list:
+    """Devices to try in order: "GPU,CPU" -> ["GPU", "CPU"]; OpenVINO's own lists after AUTO:, MULTI: or HETERO:
+    stay whole, one choice ("AUTO:GPU,CPU" -> ["AUTO:GPU,CPU"]: OpenVINO falls back to the CPU itself)."""
+    parts = [d.strip() for d in wanted.split(",")]
+    choices = []
+    for i, part in enumerate(parts):
+        if ":" in part and part.split(":")[0] in VIRTUAL:
+            return choices + [",".join(p for p in parts[i:] if p)]
+        if part:
+            choices.append(part)
+    return choices
 
 
 def choose_device(wanted: str | None, available) -> str:
@@ -36,12 +50,12 @@ def choose_device(wanted: str | None, available) -> str:
     "GPU" also matches "GPU.0", "GPU.1" (OpenVINO numbers several GPUs) and the generic "AUTO"/"MULTI:..." pass
     through: OpenVINO itself picks among what it sees then.
     """
-    choices = [d.strip() for d in (wanted or DEFAULT_DEVICE).split(",") if d.strip()]
+    choices = _choices(wanted or DEFAULT_DEVICE)
     if not choices:
         raise EdgeclsError(f"OpenVINO device {wanted!r} is empty: give one such as CPU, GPU or GPU,CPU")
     available = list(available)
     for device in choices:
-        if device.split(":")[0] in ("AUTO", "MULTI", "HETERO") or device in available:
+        if device.split(":")[0] in VIRTUAL or device in available:
             chosen = device
         elif any(a.split(".")[0] == device for a in available):
             chosen = device

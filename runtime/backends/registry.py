@@ -84,8 +84,9 @@ def open_backend(
             )
             errors.append(cls)
             continue
-        except Exception as exc:
-            raise EdgeclsError(f"{cls.name} cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
+        except Exception as exc:  # OpenVINO's message starts "Exception from src/...cpp:117:": its last line says why
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            raise EdgeclsError(f"{cls.name} cannot load {path}: {lines[-1][:300]}") from exc
         if errors:
             log.info("%s: using %s (%s unavailable)", fmt, cls.name, ", ".join(c.name for c in errors))
         return backend
