@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgecls.runtime.atomic import write_bytes, write_text
 from edgecls.runtime.bench.runner import FORMAT
-from edgecls.runtime.bench.table import P99_MIN_RUNS, few_runs, format_table
+from edgecls.runtime.bench.table import P99_MIN_RUNS, few_runs, format_table, latency_note
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.runtime.formats import FP16, FP32, INT8
 
@@ -27,6 +27,7 @@ OTHER_COLOUR = "tab:brown"
 OUT_FILES = {"json": "bench.json", "csv": "bench.csv", "markdown": "bench.md", "plot": "bench.png"}
 CSV_FIELDS = (
     "artifact",
+    "engine",
     "file",
     "format",
     "precision",
@@ -47,6 +48,10 @@ CSV_FIELDS = (
     "min_ms",
     "max_ms",
     "p50_spread_pct",
+    "p50_method",
+    "rounds",
+    "round_spread_pct",
+    "fresh_p50_ms",
     "throughput_ips",
     "gmacs_per_s",
     "frame_p50_ms",
@@ -307,7 +312,7 @@ def to_markdown(doc: dict) -> str:
             else []
         ),
         f"Settings: {s.get('repeats')} repeat(s) (a fresh process each) of up to {s.get('runs')} timed runs or "
-        f"{s.get('time_budget_s')} s; whole frame from {s.get('frame')}.",
+        f"{s.get('time_budget_s')} s; whole frame from {s.get('frame')}. Latency: {latency_note(s)}.",
         "",
         "| artifact | threads | backend (provider) | MB | invoke p50 | p90 | p99 | mean ± std | p50 spread | frame p50 "
         "| decode | preprocess+quantize | top-k "
@@ -321,7 +326,7 @@ def to_markdown(doc: dict) -> str:
             f"| {_cell(r['size_bytes'] / 1e6 if r.get('size_bytes') else None)} | {_cell(r.get('p50_ms'))} "
             f"| {_cell(r.get('p90_ms'))} | {_cell(r.get('p99_ms'))}{'*' if few_runs(r) else ''} "
             f"| {_cell(r.get('mean_ms'))} ± {_cell(r.get('std_ms'))} "
-            f"| {_cell(r.get('p50_spread_pct'), 1)} % | {_cell(r.get('frame_p50_ms'))} "
+            f"| {_cell(r.get('round_spread_pct', r.get('p50_spread_pct')), 1)} % | {_cell(r.get('frame_p50_ms'))} "
             f"| {_cell(f.get('decode', {}).get('p50_ms'))} | {_cell(f.get('preprocess', {}).get('p50_ms'))} "
             f"| {_cell(f.get('postprocess', {}).get('p50_ms'), 3)} | {_cell(r.get('overhead_pct_of_invoke'), 1)} % "
             f"| {_cell(r.get('load_ms'), 1)} | {_cell(r.get('first_inference_ms'), 1)} "
@@ -332,8 +337,9 @@ def to_markdown(doc: dict) -> str:
         "",
         "Latencies in ms. invoke: the engine alone on a preprocessed, quantized input. frame: the whole "
         "frame, decode → preprocess+quantize → invoke → top-k through `load_image` and `Classifier.classify`. "
-        "p50 spread: (max − min) / median of the per-repeat p50s. overhead: (preprocess+quantize + top-k) p50, "
-        "decode excluded, as % of the invoke p50.",
+        "p50 spread: (max − min) / median of the round medians where the p50 is the interleaved pass's, of the "
+        "per-repeat p50s where it is the fresh processes' (each record's p50_method in the JSON). overhead: "
+        "(preprocess+quantize + top-k) p50, decode excluded, as % of the invoke p50.",
     ]
     if any(few_runs(r) for r in doc["records"]):
         lines.append(f"\\* p99 from fewer than {P99_MIN_RUNS} runs: it is the slowest run or close to it.")

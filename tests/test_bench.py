@@ -6,6 +6,7 @@ by the module; timings are never asserted here (benchmarks/bench_reference.py ch
 
 import csv
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -776,3 +777,22 @@ def test_an_interleaved_pass_killed_by_a_signal_says_so_and_keeps_the_fresh_resu
     assert all(r["p50_method"] == "median of fresh processes' samples" and r["p50_ms"] > 0 for r in doc["records"])
     assert doc["settings"]["latency"]["interleaved_failed_threads"] == [1]
     assert "the pass failed at threads=1" in stdout
+
+
+def test_markdown_and_csv_describe_the_interleaved_p50_and_the_json_holds_the_raw_rounds(quick_run):
+    """bench.md said '1 repeat(s) ... p50 spread: per-repeat p50s' and showed '– %' beside a round spread; the CSV
+    had no engine, round spread or p50 method; the JSON now holds each round's samples, to check the medians by."""
+    from edgecls.bench_report import to_csv, to_markdown
+
+    _, doc, _ = quick_run
+    markdown = to_markdown(doc)
+    assert "p50 = median of 10 round medians of an interleaved pass" in markdown
+    for r in doc["records"]:
+        assert f"| {r['round_spread_pct']:.1f} % |" in markdown
+        assert [float(np.median(s)) for s in r["round_samples_ms"]] == pytest.approx(r["round_p50s_ms"])
+    rows = list(csv.DictReader(io.StringIO(to_csv(doc))))
+    assert [row["artifact"] for row in rows] == [r["artifact"] for r in doc["records"]]
+    for row, r in zip(rows, doc["records"]):
+        assert row["engine"] == (r["engine"] or "") and row["p50_method"] == "median of interleaved round medians"
+        assert float(row["round_spread_pct"]) == pytest.approx(r["round_spread_pct"], abs=1e-4)
+        assert row["rounds"] == "10" and float(row["fresh_p50_ms"]) == pytest.approx(r["fresh_p50_ms"], abs=1e-4)

@@ -42,6 +42,28 @@ def rows(doc: dict) -> list:
     return [[cell(r) for _, cell in COLUMNS] for r in doc["records"]]
 
 
+def latency_note(s: dict) -> str:
+    """How the p50 and its spread were obtained, from a bench document's settings (the table's and Markdown's)."""
+    rounds = (s.get("latency") or {}).get("rounds")
+    if not rounds:
+        return (
+            f"p50/p90/p99 pooled over {s.get('repeats')} repeat(s) of up to {s.get('runs')} runs; "
+            f"spread = (max-min)/median of the per-repeat p50s"
+        )
+    how = (
+        f"p50 = median of {rounds} round medians of an interleaved pass (every row in one process, rounds "
+        f"A,B,C,A,B,C... of up to {s['latency'].get('runs_per_round')} runs), p90/p99 of as many samples "
+        f"from each round; "
+        f"spread = (max-min)/median of the round medians; load, 1st, RSS, frame and acc from "
+        f"{s.get('repeats')} fresh process(es) per row"
+    )
+    failed = s["latency"].get("interleaved_failed_threads")
+    if failed:
+        shown = ",".join(str(t) if t else "default" for t in failed)
+        how += f" (the pass failed at threads={shown}: there every figure is the fresh processes')"
+    return how
+
+
 def format_table(doc: dict) -> str:
     """Latencies in ms (invoke unless 'frame'); spread: of the per-repeat p50s; overhead: preprocess + top-k
     vs invoke."""
@@ -58,24 +80,7 @@ def format_table(doc: dict) -> str:
     )
     if m.get("emulated"):
         lines.append(f"EMULATED ({m['emulated']}): these timings are not those of a real {m.get('arch')} device")
-    s = doc.get("settings", {})
-    rounds = (s.get("latency") or {}).get("rounds")
-    if rounds:
-        how = (
-            f"p50 = median of {rounds} round medians of an interleaved pass (every row in one process, rounds "
-            f"A,B,C,A,B,C... of up to {s['latency'].get('runs_per_round')} runs), p90/p99 of its samples; "
-            f"spread = (max-min)/median of the round medians; load, 1st, RSS, frame and acc from "
-            f"{s.get('repeats')} fresh process(es) per row"
-        )
-        failed = s["latency"].get("interleaved_failed_threads")
-        if failed:
-            shown = ",".join(str(t) if t else "default" for t in failed)
-            how += f" (the pass failed at threads={shown}: there every figure is the fresh processes')"
-    else:
-        how = (
-            f"p50/p90/p99 pooled over {s.get('repeats')} repeat(s) of up to {s.get('runs')} runs; "
-            f"spread = (max-min)/median of the per-repeat p50s"
-        )
+    how = latency_note(doc.get("settings", {}))
     lines.append(
         f"ms per call; {how}; frame = decode+preprocess+invoke+top-k; "
         f"overhead = preprocess+top-k (decode excluded) vs invoke"
