@@ -197,3 +197,36 @@ def test_a_camera_mounted_upside_down_classifies_as_well_as_an_upright_one_with_
     assert straight >= 0.9
     assert turned == straight
     assert unturned < straight - 0.3
+
+
+class _StallSink(ListSink):
+    """A sink that also keeps the simple mode's stall lines, as SimpleLines writes them to stderr."""
+
+    def __init__(self):
+        super().__init__()
+        self.stalls = []
+
+    def stall(self, event):
+        self.stalls.append(event)
+
+
+def test_the_simple_mode_prints_no_stall_line_for_a_source_its_max_fps_leaves_waiting(tiny_bundle, tmp_path):
+    """max_fps 0.5 on a looping 20 fps clip, --timeout 0.5: frames keep arriving (skipped between turns), so the
+    source is not stalled; a turn each 2 s classifies one."""
+    from edgecls.runtime.daemon.config import SourceConfig
+
+    clip = str(write_test_video(tmp_path / "clip.avi", frames=20))
+    sink = _StallSink()
+    daemon = Daemon(
+        tiny_bundle,
+        [clip],
+        sinks=[sink],
+        simple=True,
+        duration=3.5,
+        source_settings=(SourceConfig(clip, max_fps=0.5),),
+        source_options={"loop": True, "timeout_s": 0.5},
+    )
+    daemon.run()
+    assert 1 <= len(sink.results) <= 3, len(sink.results)
+    assert sink.stalls == []
+    assert daemon.loops[0].pace.skipped > 20

@@ -414,7 +414,8 @@ class Daemon:
 
 class _StallLines:
     """The simple mode's stall lines, as it always printed them: `{"event": "stall", "detail", "state"}` each
-    `after` seconds (--timeout) in which a source's loop classified no frame."""
+    `after` seconds (--timeout) in which a source's loop classified no frame and its source delivered none (frames
+    max_fps leaves unclassified, or a folder waiting for its turn, are not a stall)."""
 
     def __init__(self, loops, after: float, say):
         self._loops, self._after, self._say = loops, after, say
@@ -424,7 +425,7 @@ class _StallLines:
     def check(self) -> None:
         now = time.monotonic()
         for i, loop in enumerate(self._loops):
-            self._since[i] = max(self._since[i], loop.stats.last_at or 0.0)
+            self._since[i] = max(self._since[i], loop.stats.last_at or 0.0, loop.supervisor.alive_at or 0.0)
             if loop.done or now - self._since[i] < self._after:
                 continue
             self._since[i] = now

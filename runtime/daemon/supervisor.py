@@ -120,6 +120,7 @@ class Supervisor:
         self.wait_for_source = wait_for_source
         self.simple = simple
         self.unopened = False  # gave up on a source that never opened (wait_for_source False)
+        self.alive_at: float | None = None  # monotonic time of its newest frame, or of its wait for the reader
         self._ever_opened = False
         self.source_options = {"timeout_s": min(SOURCE_TIMEOUT_S, stall_timeout), **source_options}
         self.stats = SupervisorStats(state_since=time.monotonic())
@@ -308,6 +309,7 @@ class Supervisor:
                     self.stats.dropped = self._retired[1] + stats.dropped
             if stats.waiting_at is not None:  # a source that waits for its reader (max_fps, a slow model) is alive
                 last_new = max(last_new, stats.waiting_at)
+            self.alive_at = last_new
             if stats.state == "ended":
                 return "ended", "", ran
             if stats.state == "failed":
