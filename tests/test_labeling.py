@@ -540,6 +540,24 @@ def test_with_a_bundle_its_scores_and_top_k_replace_the_sidecars_in_the_order_an
     assert set(classifier.labels) <= set(store.known_labels())
 
 
+def test_with_a_bundle_a_corrupt_frame_gets_no_score_and_can_be_discarded_instead_of_stopping_the_page(
+    captures, tiny_bundle
+):
+    from edgecls.labeling.scores import bundle_scorer
+
+    (captures / INBOX / "cam0" / "broken.jpg").write_bytes(b"\xff\xd8 not a whole jpeg")
+    scorer, labels, _ = bundle_scorer(tiny_bundle)
+    store = LabelStore(captures, scorer=scorer, labels=labels)
+    (captures / INBOX / "cam0" / "late.jpg").write_bytes(b"")  # one arriving while the page is served
+    store.refresh()
+    first = [f.id for f in store.ordered()[:2]]
+    assert sorted(first) == ["cam0/broken.jpg", "cam0/late.jpg"] and store.frame(first[0]).score is None
+    assert all(f.score is not None for f in store.ordered()[2:]) and store.state()["left"] == 32
+    for frame in first:
+        store.decide(frame, None)
+    assert (captures / DISCARDED / "broken.jpg").is_file() and store.state()["left"] == 30
+
+
 def _label_studio_export(tasks: list, choose) -> list:
     """What Label Studio's JSON export holds after a person annotated each task with choose(task) (None: skipped)."""
     out = []
