@@ -796,3 +796,14 @@ def test_markdown_and_csv_describe_the_interleaved_p50_and_the_json_holds_the_ra
         assert row["engine"] == (r["engine"] or "") and row["p50_method"] == "median of interleaved round medians"
         assert float(row["round_spread_pct"]) == pytest.approx(r["round_spread_pct"], abs=1e-4)
         assert row["rounds"] == "10" and float(row["fresh_p50_ms"]) == pytest.approx(r["fresh_p50_ms"], abs=1e-4)
+
+
+def test_an_engine_named_twice_is_timed_once(tiny_bundle, tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed: pip install 'edgecls[openvino]'")
+    out = tmp_path / "b.json"
+    args = ("--artifacts", "onnx-int8", *QUICK, "--engines", "openvino,openvino", "--rounds", "2", "--round-runs", "3")
+    proc = _device_bench(tiny_bundle, *args, "--json", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert [(r["artifact"], r["repeats"]) for r in doc["records"]] == [("onnx-int8", 1), ("onnx-int8@openvino", 1)]
+    assert doc["settings"]["engines"] == ["openvino"]

@@ -58,6 +58,8 @@ class BenchOptions:
         if any(t is not None and t < 1 for t in self.threads):
             raise EdgeclsError("--threads values must be at least 1")
         self.threads = list(dict.fromkeys(self.threads))  # 1,1 would time twice and pool both as one record
+        if self.engines is not None:  # openvino,openvino: the same, for rows
+            self.engines = list(dict.fromkeys(self.engines))
 
     def job(self, threads, frame: Path, repeat: int) -> dict:
         """The settings every worker job carries, whatever it times (--data is scored on the first repeat only)."""
