@@ -228,6 +228,18 @@ def test_class_names_that_are_not_one_plain_folder_name_are_refused_in_one_line(
     assert images(captures) == before and not (captures.parent / "escape").exists()
 
 
+def test_a_class_name_differing_only_by_case_is_refused_and_one_differing_by_normalization_joins_it(captures):
+    store = LabelStore(captures)
+    frames = [f.id for f in store.ordered()[:3]]
+    store.decide(frames[0], "circle")
+    with pytest.raises(EdgeclsError, match="only by case: type 'circle'"):
+        store.decide(frames[1], "Circle")
+    store.decide(frames[1], "cafe\u0301")  # typed decomposed (NFD)
+    store.decide(frames[2], "caf\u00e9")  # typed composed (NFC): the same class
+    assert sorted(p.name for p in captures.iterdir() if not p.name.startswith(".")) == ["caf\u00e9", "circle"]
+    assert len(list((captures / "caf\u00e9").glob("*.jpg"))) == 2
+
+
 # -- the HTTP API ----------------------------------------------------------------------------------------------
 
 

@@ -30,3 +30,17 @@ def check_label(name) -> str:
             "type a shorter one"
         )
     return name
+
+
+def same_class(name: str, existing) -> str:
+    """The folder `name` labels into: an existing class it equals once both are NFC-normalized (a keyboard may type
+    `café` decomposed), else `name` NFC-normalized; refused when it differs from an existing class only by case
+    (`Circle` beside `circle` would split one class in two, and merge again on a case-insensitive disk)."""
+    name = unicodedata.normalize("NFC", name)
+    for other in existing:
+        if unicodedata.normalize("NFC", other) == name:
+            return other
+    for other in existing:
+        if unicodedata.normalize("NFC", other).casefold() == name.casefold():
+            raise EdgeclsError(f"class name {name!r} differs from the class {other!r} only by case: type {other!r}")
+    return name

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecls.labeling.journal import Journal
-from edgecls.labeling.names import check_label
+from edgecls.labeling.names import check_label, same_class
 from edgecls.runtime.atomic import _fsync_dir
 from edgecls.runtime.daemon.capture import INBOX
 from edgecls.runtime.errors import EdgeclsError
@@ -244,8 +244,8 @@ class LabelStore:
 
     def decide(self, frame_id: str, label: str | None) -> list:
         """Move the frame into CAPTURES/<label>/ (None: .discarded/); [[from, to], ...] relative to CAPTURES."""
-        folder_name = DISCARDED if label is None else check_label(label)
         with self._locked():
+            folder_name = DISCARDED if label is None else same_class(check_label(label), self.known_labels())
             image = self.inbox / frame_id
             if frame_id not in self._frames or not image.is_file():
                 self._frames.pop(frame_id, None)
