@@ -9,6 +9,10 @@ panels' data, not a Grafana screenshot. It starts the test fleet of tests/promet
 devices/grafana/edgecls.json over that window through Prometheus's HTTP API (query_range, the variables filled as
 Grafana fills them with every device selected) and lays the panels out on the dashboard's own 24-column grid,
 the row repeated per device. Without --bundle it trains and converts the tests' tiny shapes model first.
+
+Each camera plays a clip of the shapes images the model was trained on (each in its own shuffled order), so the
+drift scores stay low: a dashboard of a healthy fleet. (The tests' circle and ramp clips look nothing like the
+training images: their drift panels sit past the degraded line, as they should.)
 """
 
 from __future__ import annotations
@@ -59,6 +63,29 @@ def build_bundle(work: Path) -> Path:
     return work / "bundle"
 
 
+def shapes_clips(shapes: Path, folder: Path, fleet) -> tuple:
+    """`fleet` with every source playing a clip of the shapes images (each its own shuffled order, 20 fps)."""
+    import cv2
+    import numpy as np
+
+    images = sorted(p for p in shapes.rglob("*") if p.suffix in (".png", ".jpg", ".bmp", ".webp"))
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for seed, (name, sources, artifact, fps) in enumerate(fleet):
+        played = []
+        for k, source in enumerate(sources):
+            label = source.split("=")[0]
+            order = np.random.default_rng(10 * seed + k).permutation(len(images))
+            clip = folder / f"{name}-{label}.avi"
+            writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (40, 40))
+            for i in order:
+                writer.write(cv2.resize(cv2.imread(str(images[i])), (40, 40)))
+            writer.release()
+            played.append(f"{label}={clip}")
+        out.append((name, tuple(played), artifact, fps))
+    return tuple(out)
+
+
 def _axis(panel) -> tuple:
     unit = panel["fieldConfig"]["defaults"].get("unit", "none")
     if unit.startswith("suffix:"):
@@ -88,7 +115,8 @@ def _table(ax, panel, prometheus, device_regex, at):
         cellText=[[m.get(c, "") for c in columns] for m in rows], colLabels=columns, loc="upper center", cellLoc="left"
     )
     table.auto_set_font_size(False)
-    table.set_fontsize(9)
+    table.set_fontsize(11)
+    table.auto_set_column_width(list(range(len(columns))))
     table.scale(1, 1.4)
 
 
@@ -113,13 +141,15 @@ def _timeseries(ax, panel, prometheus, device, window, rate):
     if defaults.get("max") is not None:
         high = defaults["max"] * factor * 1.05  # a line at the maximum stays visible
     ax.set_ylim(low, max(high, low + 1e-9))
-    ax.set_ylabel(label, fontsize=8)
-    ax.set_xlabel("time of day", fontsize=7)
+    ax.set_ylabel(label, fontsize=11)
+    ax.set_xlabel("time of day", fontsize=10)
+    ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=5))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
-    ax.tick_params(labelsize=7)
+    ax.tick_params(labelsize=10)
     ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=6, loc="upper left", ncol=1 + len(ax.lines) // 4, framealpha=0.8)
+    if ax.lines:  # one column in a third of the width: two of long names ran past the panel's edge
+        columns = 1 if panel["gridPos"]["w"] <= 8 else 1 + len(ax.lines) // 4
+        ax.legend(fontsize=11, loc="upper left", ncol=columns, framealpha=0.8)
 
 
 def render(prometheus, names: list, window: tuple, rate: str, out: Path) -> None:
@@ -145,27 +175,33 @@ def render(prometheus, names: list, window: tuple, rate: str, out: Path) -> None
         for panel in repeated:
             placed.append((panel, name, panel["gridPos"]["y"] + y_shift))
         y_shift += block
+    # two empty grid units above each row's title, so the time axis of the panels above does not run into it
+    starts = sorted({y for p, _, y in placed if p["type"] == "row"})
+    placed = [(p, d, y + 2 * sum(1 for s in starts if s <= y)) for p, d, y in placed]
     rows = max(y + p["gridPos"]["h"] for p, _, y in placed)
-    figure = plt.figure(figsize=(24, rows * 0.42))
-    grid = figure.add_gridspec(rows, 24, hspace=1.2, wspace=1.6, top=1 - 1.2 / rows, bottom=0.02, left=0.03, right=0.99)
+    figure = plt.figure(figsize=(18, rows * 0.5))
+    grid = figure.add_gridspec(rows, 24, hspace=1.2, wspace=2.4, top=1 - 0.6 / rows, bottom=0.02, left=0.04, right=0.99)
     for panel, device, y in placed:
         g = panel["gridPos"]
         if panel["type"] == "row":
             ax = figure.add_subplot(grid[y : y + 1, :])
             ax.axis("off")
             title = panel["title"].replace("$device", device)
-            ax.text(0, 0.5, title, fontsize=14, fontweight="bold", va="center", transform=ax.transAxes)
+            ax.text(0, 0.5, title, fontsize=18, fontweight="bold", va="center", transform=ax.transAxes)
             continue
         ax = figure.add_subplot(grid[y + 1 : y + g["h"], g["x"] : g["x"] + g["w"]])
-        ax.set_title(panel["title"], fontsize=10, loc="left")
+        if g["x"] > 0:  # room for the y axis's label and ticks beside the panel on the left
+            box = ax.get_position()
+            ax.set_position([box.x0 + 0.025, box.y0, box.width - 0.025, box.height])
+        ax.set_title(panel["title"], fontsize=13, loc="left")
         if panel["type"] == "table":
             _table(ax, panel, prometheus, everyone, window[1])
         else:
             _timeseries(ax, panel, prometheus, device, window, rate)
     figure.suptitle(
-        "edgecls fleet dashboard (devices/grafana/edgecls.json): its panels' queries drawn with matplotlib from a real "
-        "Prometheus scraping three real daemons; a rendering of the panels' data, not a Grafana screenshot",
-        fontsize=13,
+        "edgecls fleet dashboard (devices/grafana/edgecls.json): its panels' queries drawn with matplotlib from a\n"
+        "real Prometheus scraping three real daemons; a rendering of the panels' data, not a Grafana screenshot",
+        fontsize=15,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -177,7 +213,7 @@ def render(prometheus, names: list, window: tuple, rate: str, out: Path) -> None
 
 
 def main(argv=None) -> None:
-    from tests.prometheus_server import ScrapedFleet
+    from tests.prometheus_server import FLEET, ScrapedFleet
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, help="a bundle to run on every device (default: the tests' tiny one)")
@@ -190,7 +226,12 @@ def main(argv=None) -> None:
         if bundle is None:
             print("training and converting the tiny shapes model", flush=True)
             bundle = build_bundle(work)
-        fleet = ScrapedFleet(work / "fleet", bundle, scrape_s=1.0).start()
+        else:
+            from tests.conftest import _write_shapes
+
+            _write_shapes(work / "shapes")  # the generator and seed of the images the tests' tiny model learnt
+        clips = shapes_clips(work / "shapes", work / "clips", FLEET)
+        fleet = ScrapedFleet(work / "fleet", bundle, scrape_s=1.0, fleet=clips).start()
         try:
             print(f"fleet up: {', '.join(fleet.names)}; Prometheus at {fleet.prometheus.url}", flush=True)
             start = time.time()

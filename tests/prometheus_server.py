@@ -108,7 +108,7 @@ class PrometheusServer:
 
 # The fleet the dashboard tests and benchmarks/fleet_dashboard.py scrape: each device its own `edgecls run`
 # daemon with its own camera stand-ins (video files played as live cameras), artifact and pace, so the panels
-# differ per device. (name, sources as NAME=PATTERN, artifact, fps)
+# differ per device. (name, sources as NAME=PATTERN of write_test_video or NAME=PATH of a clip, artifact, fps)
 FLEET = (
     ("door", ("door=circle",), "tflite-int8", 10),
     ("yard", ("yard=circle", "gate=ramp"), "onnx-int8", 6),
@@ -138,8 +138,10 @@ class ScrapedFleet:
             for name, sources, artifact, fps in self.fleet:
                 clips = []
                 for source in sources:
-                    label, pattern = source.split("=")
-                    clip = write_test_video(self.folder / f"{name}-{label}.avi", frames=25, pattern=pattern)
+                    label, pattern = source.split("=", 1)
+                    clip = Path(pattern)  # a clip of the caller's, or a pattern of write_test_video
+                    if not clip.is_file():
+                        clip = write_test_video(self.folder / f"{name}-{label}.avi", frames=25, pattern=pattern)
                     clips.append(f"{label}={clip}")
                 more = [w for clip in clips[1:] for w in ("--source", clip)]
                 options = ("--artifact", artifact, "--fps", fps, "--drift-window", 20, *more)
