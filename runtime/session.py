@@ -121,8 +121,9 @@ class ModelSession:
     """One artifact in its backend, with what the manifest says about its tensors.
 
     layout: the model's input layout ("NHWC" | "NCHW"); output: "probs" | "logits" (see `to_probabilities`);
-    input_name/output_name: the model's tensors to use ("" = its first); engine_options: one engine's own settings
-    from the profile (see `open_backend`). Open a bundle's artifact with `for_artifact`, so these travel from
+    input_name/output_name: the model's tensors to use ("" = its first); backend_options: which engine and how,
+    by keyword (`open_backend`'s prefer, providers, and one engine's own settings from the profile:
+    allow_spinning, device, precision). Open a bundle's artifact with `for_artifact`, so these travel from
     the manifest.
     """
 
@@ -131,15 +132,13 @@ class ModelSession:
         path,
         fmt: str,
         head: str = "softmax",
-        prefer=None,
-        threads=None,
-        providers=None,
         *,
+        threads=None,
         layout: str = "NHWC",
         output: str = "probs",
         input_name: str = "",
         output_name: str = "",
-        **engine_options,
+        **backend_options,
     ):
         layout = layout.upper()
         if layout not in LAYOUTS or output not in OUTPUTS:
@@ -148,14 +147,7 @@ class ModelSession:
                 f"use one of {', '.join(LAYOUTS)} and one of {', '.join(OUTPUTS)}"
             )
         self.backend = open_backend(
-            path,
-            fmt,
-            prefer=prefer,
-            threads=threads,
-            providers=providers,
-            input_name=input_name,
-            output_name=output_name,
-            **engine_options,
+            path, fmt, threads=threads, input_name=input_name, output_name=output_name, **backend_options
         )
         self.head, self.layout, self.output = head, layout, output
 

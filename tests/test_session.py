@@ -150,3 +150,23 @@ def test_a_session_takes_the_layout_in_either_case_and_refuses_unknown_layouts_o
     for bad in ({"layout": "CHW"}, {"output": "softmax"}):
         with pytest.raises(EdgeclsError, match="use one of NHWC, NCHW and one of probs, logits"):
             ModelSession(softmax_model, "onnx", **bad)
+
+
+def test_a_session_has_ten_parameters_at_most_and_still_passes_every_backend_option_by_keyword(softmax_model):
+    """prefer, providers and the engines' own settings travel as keywords to the backend (the house's limit is ten
+    parameters: prefer, threads and providers stood beside **engine_options as eleven)."""
+    import inspect
+
+    params = [p for p in inspect.signature(ModelSession.__init__).parameters if p != "self"]
+    assert len(params) <= 10, params
+    session = ModelSession(
+        softmax_model,
+        "onnx",
+        threads=1,
+        prefer=("onnxruntime",),
+        providers=("CPUExecutionProvider",),
+        allow_spinning=False,
+    )
+    assert session.backend.name == "onnxruntime" and session.backend.providers == ["CPUExecutionProvider"]
+    assert session.backend.allow_spinning is False
+    assert session.backend._session.get_session_options().intra_op_num_threads == 1
