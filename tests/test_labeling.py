@@ -354,6 +354,24 @@ def test_the_command_prints_its_url_on_one_line_and_stops_cleanly_on_sigterm(cap
     assert process.returncode == 0 and "30 frames left" in out and "Traceback" not in err
 
 
+def test_sigterm_during_a_move_waits_for_both_renames_before_the_process_ends(captures):
+    process, url = start_label(captures, env={"EDGECLS_RUN_TOKEN": TOKEN, PAUSE_MID_MOVE_ENV: "3"})
+    frame = LabelStore(captures).ordered()[0].id
+
+    def decide():  # the answer may be cut: the server is stopping
+        with contextlib.suppress(OSError, ValueError):
+            post(url + "api/decide", {"frame": frame, "label": "square"})
+
+    threading.Thread(target=decide, daemon=True).start()
+    moved = captures / "square" / Path(frame).name
+    wait_for(moved.exists, 30, "the image's rename")
+    process.send_signal(signal.SIGTERM)  # between the image's rename and the sidecar's
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0 and "Traceback" not in err
+    assert moved.with_suffix(".json").is_file() and sidecars_beside_images(captures)
+    assert not LabelStore(captures).repairs  # nothing left for the next start to finish
+
+
 def test_without_a_token_the_command_makes_one_and_the_link_signs_in(captures):
     process, url = start_label(captures)
     try:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -223,3 +224,19 @@ def test_captures_that_arrive_after_everything_was_labelled_appear_without_a_rel
             assert len(inbox_ids(captures)) == 4 and progress(browser) == "4 of 8 left"
     finally:
         server.stop()
+
+
+def test_a_held_key_decides_one_frame_however_long_it_auto_repeats(served):
+    captures, server = served
+    with chromium(900, 600) as browser:
+        open_page(browser, f"{server.url}?token={TOKEN}")
+        first = shown(browser)
+        key = {"key": "1", "code": "Digit1", "text": "1", "windowsVirtualKeyCode": 49}
+        browser.execute_cdp_cmd("Input.dispatchKeyEvent", {"type": "keyDown", **key})
+        wait_for(browser, lambda b: shown(b) != first, 15, "the first key's answer")
+        settled = answers(browser)
+        for _ in range(8):  # the keyboard's auto-repeat while the key stays down, after the answer came
+            browser.execute_cdp_cmd("Input.dispatchKeyEvent", {"type": "keyDown", "autoRepeat": True, **key})
+        browser.execute_cdp_cmd("Input.dispatchKeyEvent", {"type": "keyUp", **key})
+        time.sleep(1.5)  # a decision the repeats sent would have been answered by now (one takes milliseconds)
+        assert len(inbox_ids(captures)) == 29 and answers(browser) == settled and first not in inbox_ids(captures)
