@@ -129,6 +129,21 @@ def test_a_frame_seen_before_its_sidecar_was_written_gets_its_score_once_the_sid
     assert store.frame(frame_id).source == expected["source"] and store.ordered()[0].id != frame_id
 
 
+def test_progress_starts_again_for_captures_that_arrive_after_the_inbox_was_emptied(tmp_path):
+    captures = make_captures(tmp_path / "captures", n=3)
+    store = LabelStore(captures)
+    for frame in store.ordered():
+        store.decide(frame.id, "circle")
+    make_captures(captures, n=5, seed=4, first=100)  # a new batch
+    store.refresh()
+    assert (store.state()["left"], store.state()["total"]) == (5, 5)
+    store.decide(store.ordered()[0].id, None)
+    assert (LabelStore(captures).state()["left"], LabelStore(captures).state()["total"]) == (4, 5)  # restarted
+    store.undo()
+    store.undo()  # the decision that emptied the inbox, undone: the first batch is not finished after all
+    assert (store.state()["left"], store.state()["total"]) == (6, 8)
+
+
 def test_a_decision_moves_the_image_and_its_sidecar_and_undo_after_a_restart_brings_them_back(captures):
     store = LabelStore(captures)
     frame = store.ordered()[0]

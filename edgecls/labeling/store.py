@@ -95,6 +95,13 @@ def _hint(exc: OSError, path: Path) -> str:
     return f"can this user write to {path.parent}?"
 
 
+def _this_batch(decisions: list) -> list:
+    """The decisions since the last one that emptied the inbox (`left`: frames waiting before it, journaled since
+    this field came; older decisions all count): a new batch of captures starts its progress at zero."""
+    emptied = [i for i, d in enumerate(decisions) if d.get("left") == 1]
+    return decisions[emptied[-1] + 1 :] if emptied else decisions
+
+
 class LabelStore:
     """scorer: None (the sidecars' scores), or callable(paths) -> [(score, [(label, score)])] (a bundle's view)."""
 
@@ -205,7 +212,7 @@ class LabelStore:
         return {
             "frame": None if head is None else {**head.to_dict(), "keys": self.keys_for(head)},
             "left": len(ordered),
-            "total": len(ordered) + len(undoable),  # decisions kept in the journal count as done, restarts included
+            "total": len(ordered) + len(_this_batch(undoable)),  # restarts included
             "labels": self.known_labels(),
             "undo": None if not undoable else {"frame": undoable[-1].get("frame"), "to": undoable[-1]["files"][0][1]},
         }
@@ -253,7 +260,7 @@ class LabelStore:
                     f"frame {frame_id} was already labelled (in another tab?) or moved: showing the next one"
                 )
             pairs = self._pairs(image, self.root / folder_name)
-            self._journaled("move", pairs, frame=frame_id, label=label)
+            self._journaled("move", pairs, frame=frame_id, label=label, left=len(self._frames))
             del self._frames[frame_id]
             return pairs
 
