@@ -86,6 +86,10 @@ def engine_rows(bundle, artifacts) -> list:
     return rows
 
 
+class RoundFailed(Exception):
+    """One cell's round could not be measured (its one-line reason); the other cells go on."""
+
+
 def one_round(bundle: Path, row: dict, threads: int, runs: int, cpus: str | None, frame: Path) -> float:
     """The median invoke (ms) of `row` at `threads` in a fresh pinned process: one round of one cell."""
     job = {
@@ -102,7 +106,15 @@ def one_round(bundle: Path, row: dict, threads: int, runs: int, cpus: str | None
     command = pinned([sys.executable, "-m", "edgecls.runtime.bench.rounds", json.dumps(job)], cpus)
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
-        raise SystemExit(f"error: {row['label']} threads={threads}: {proc.stderr.strip().splitlines()[-1:]}")
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        errors = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
+        if errors:
+            why = errors[-1]
+        elif proc.returncode < 0:
+            why = f"killed by signal {-proc.returncode}"
+        else:
+            why = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise RoundFailed(f"{row['label']} threads={threads}: {why}")
     samples = json.loads(proc.stdout.strip().splitlines()[-1])["rows"][row["label"]]["round_samples_ms"][0]
     return statistics.median(samples)
 
@@ -117,16 +129,28 @@ def measure(args, bundle_path: Path, rows: list, frame: Path) -> list:
             cells += [{"cores": cores, "skipped": True}]
             continue
         for load in args.load:
-            medians: dict = {}
+            medians, failed = {}, {}
             with competing(load, cpus):
                 for r in range(args.rounds):
                     for row in rows:
                         for threads in args.threads:
-                            ms = one_round(bundle_path, row, threads, args.runs, cpus, frame)
+                            if (row["label"], threads) in failed:
+                                continue
+                            try:
+                                ms = one_round(bundle_path, row, threads, args.runs, cpus, frame)
+                            except RoundFailed as exc:
+                                print(f"error: cores={cores} load={load}: {exc} (left out)", flush=True)
+                                failed[(row["label"], threads)] = str(exc)
+                                continue
                             medians.setdefault((row["label"], threads), []).append(ms)
                     print(f"cores={cores} load={load}: round {r + 1}/{args.rounds} done", flush=True)
             for (label, threads), values in medians.items():
-                cells.append(cell(cores, load, label, threads, values))
+                if (label, threads) not in failed:
+                    cells.append(cell(cores, load, label, threads, values))
+            cells += [
+                {"cores": cores, "load": load, "row": label, "threads": threads, "failed": why}
+                for (label, threads), why in failed.items()
+            ]
     return cells
 
 
@@ -146,9 +170,10 @@ def cell(cores: int, load: int, label: str, threads: int, round_medians: list) -
 
 def table(cells: list) -> list:
     """Plain-text lines: one per row and threads, a column per (cores, load)."""
-    keys = sorted({(c["cores"], c["load"]) for c in cells if not c.get("skipped")})
-    rows = list(dict.fromkeys((c["row"], c["threads"]) for c in cells if not c.get("skipped")))
-    by = {(c["row"], c["threads"], c["cores"], c["load"]): c for c in cells if not c.get("skipped")}
+    measured = [c for c in cells if not c.get("skipped") and not c.get("failed")]
+    keys = sorted({(c["cores"], c["load"]) for c in measured})
+    rows = list(dict.fromkeys((c["row"], c["threads"]) for c in measured))
+    by = {(c["row"], c["threads"], c["cores"], c["load"]): c for c in measured}
     width = max([len(r) for r, _ in rows] + [10])
     head = f"{'engine':<{width}}  thr  " + "  ".join(f"{k}c load {l}".rjust(14) for k, l in keys)
     lines = [head]
@@ -162,6 +187,7 @@ def table(cells: list) -> list:
     skipped = sorted({c["cores"] for c in cells if c.get("skipped")})
     if skipped:
         lines.append(f"not measured: {', '.join(f'{k} cores' for k in skipped)} (this machine has fewer CPUs)")
+    lines += [f"failed: {c['cores']} cores, load {c['load']}: {c['failed']}" for c in cells if c.get("failed")]
     return lines
 
 
@@ -207,6 +233,11 @@ def main(argv=None) -> None:
     write_text(args.out + ".txt", "\n".join(lines) + "\n")
     write_text(args.out + ".json", json.dumps({"machine": host, "settings": vars(args), "cells": cells}, indent=2))
     print("\n".join(lines[2:]))
+    if any(c.get("failed") for c in cells):
+        sys.exit(
+            f"error: {sum(bool(c.get('failed')) for c in cells)} cell(s) failed (listed above); the others "
+            f"are in {args.out}.txt and .json"
+        )
 
 
 if __name__ == "__main__":

@@ -123,9 +123,16 @@ def open_row(bundle: str, artifact: str, engine: str | None, threads, top_k: int
     """A Classifier of `artifact` in `engine` (None: the format's default engine); allow_spinning: ONNX Runtime's
     idle threads spin (None: its default)."""
     from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.errors import EdgeclsError
 
     profile = EngineChoice((engine,) if engine else (), allow_spinning)
-    return Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
+    classifier = Classifier(bundle, artifact=artifact, profile=profile, threads=threads, top_k=top_k)
+    if engine and classifier.backend_name != engine:  # it fell back to the default: not the row asked for
+        raise EdgeclsError(
+            f"{engine} could not load {artifact} here ({classifier.backend_name} did instead): "
+            f"is {engine} installed whole? (`python -c 'import {engine}'`)"
+        )
+    return classifier
 
 
 def import_engine(module: str, package: str) -> None:
@@ -161,7 +168,6 @@ def measure(job: dict) -> dict:
     """Load, first inference, warm-up, timed invokes, timed whole frames, accuracy, RSS: one record."""
     from edgecls.runtime.bench.frame import frame_stages
     from edgecls.runtime.bench.machine import package_versions
-    from edgecls.runtime.errors import EdgeclsError
     from edgecls.runtime.preprocess import load_image
 
     rss_start = rss_mb()
@@ -174,8 +180,6 @@ def measure(job: dict) -> dict:
     classifier = open_row(job["bundle"], job["artifact"], job.get("engine"), job.get("threads"), job.get("top_k", 5))
     load_ms = (time.perf_counter() - t) * 1000
     backend = classifier.session.backend
-    if job.get("engine") and backend.name != job["engine"]:  # it fell back to the default: not the row asked for
-        raise EdgeclsError(f"{job['engine']} could not load {job['artifact']} here ({backend.name} did instead)")
 
     # Invoke alone: the engine on an input already preprocessed and quantized (in the model's layout), as TFLite's
     # benchmark_model times it.
