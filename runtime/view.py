@@ -94,6 +94,7 @@ class SourceView:
         self._turn = 0
         self._size = None  # (width, height) the box was resolved for
         self.box: tuple | None = None  # the ROI in pixels of the current frame size, as applied
+        self.outside = ""  # why no view can be made of frames of the current size ("" while one can)
         self.changes = 0  # times the frame size changed after the first frame (each re-resolves the ROI)
 
     @classmethod
@@ -112,7 +113,8 @@ class SourceView:
         return self.roi is None and not self._ops
 
     def record(self) -> dict:
-        """What a result, capture sidecar and drift window record; {} for the whole, upright frame."""
+        """What a result, capture sidecar and drift window record; {} for the whole, upright frame (roi None: the
+        ROI lies outside the current frame, see `outside`)."""
         if self.whole:
             return {}
         return {"roi": None if self.box is None else list(self.box), "rotate": self.rotate, "flip": self.flip}
@@ -155,13 +157,11 @@ class SourceView:
         else:
             self.changes += 1
             if clipped is None:
+                self.outside = f"the frame is now {width}x{height} and roi {list(self.roi)} lies outside it"
                 log.error(
-                    "%s: the frame is now %dx%d and roi %s lies outside it: no frame is classified until the size "
-                    "changes back or roi is fixed",
+                    "%s: %s: no frame is classified until the size changes back or roi is fixed",
                     self.source,
-                    width,
-                    height,
-                    list(self.roi),
+                    self.outside,
                 )
             elif clipped != box:
                 log.warning(
@@ -173,3 +173,5 @@ class SourceView:
                     list(clipped),
                 )
         self.box = clipped
+        if clipped is not None:
+            self.outside = ""

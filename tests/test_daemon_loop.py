@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
@@ -292,3 +293,34 @@ def test_a_video_read_frame_by_frame_waiting_for_its_max_fps_turn_is_alive_not_s
     daemon.run()
     assert [r["frame"] for r in sink.results] == list(range(4)), sink.results
     assert daemon.failures() == [] and daemon.supervisors[0].stats.outages == 0
+
+
+def test_a_roi_left_outside_resized_frames_degrades_healthz_with_the_reason_and_counts_unviewable_frames(
+    tiny_bundle, tmp_path
+):
+    """Frames that shrank under a pixel ROI are classified no more: /healthz says the source is degraded and why,
+    /metrics counts them (edgecls_frames_unviewable_total), and the drift window no longer shows the old view."""
+    from edgecls.runtime.daemon.config import SourceConfig
+
+    stills = _stills(tmp_path / "stills", [(64, 48)] * 2 + [(30, 20)] * 18)
+    settings = (SourceConfig(str(stills), name="door", roi=(40, 20, 20, 20)),)
+    daemon = Daemon(
+        tiny_bundle, [str(stills)], sinks=[], port=0, source_settings=settings, source_options={"loop": True}
+    ).start()
+    try:
+        from tests.daemon_helpers import http_get
+
+        def degraded():
+            status, body = http_get(daemon.url + "/healthz")
+            health = json.loads(body)
+            return (status, health) if health["status"] == "degraded" else None
+
+        status, health = wait_for(degraded, 20, "/healthz saying degraded")
+        unviewable = _scrape(daemon.url, "edgecls_frames_unviewable_total", "door")
+    finally:
+        daemon.stop()
+    door = health["sources"]["door"]
+    assert status == 200 and health["degraded"] == ["door"] and door["degraded"] == "unviewable", health
+    assert door["unviewable_reason"] == "the frame is now 30x20 and roi [40, 20, 20, 20] lies outside it", door
+    assert door["unviewable"] >= 1 and unviewable >= 1, (door, unviewable)
+    assert door["drift"]["view"]["roi"] is None, door["drift"]

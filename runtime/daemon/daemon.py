@@ -21,7 +21,7 @@ import threading
 import time
 
 from edgecls.runtime.daemon.config import DaemonConfig, megabytes
-from edgecls.runtime.daemon.loop import SourceLoop
+from edgecls.runtime.daemon.loop import SourceLoop, UnviewableCollector
 from edgecls.runtime.daemon.metrics import Metrics
 from edgecls.runtime.daemon.pace import SkippedCollector
 from edgecls.runtime.daemon.reload import Reloader
@@ -46,7 +46,8 @@ class Daemon:
 
     /healthz: 503 when a source delivers no frames ("status": "unhealthy"); a source in drift alone
     keeps 200 with "status": "degraded" and "degraded": "drift" on that source, since the model
-    still answers. "model": "bundle" is the path of the bundle serving, "refused" the last one a reload refused
+    still answers; so does a source whose ROI lies outside its frames ("degraded": "unviewable", with the
+    reason). "model": "bundle" is the path of the bundle serving, "refused" the last one a reload refused
     ({"bundle", "error", "at"}, None once one loads); "capture" has --capture's counts and last write error.
     A live source whose first open fails ends the run unless `wait_for_sources` (see `failures()`).
     """
@@ -107,6 +108,7 @@ class Daemon:
         self._describe_model()
         self.loops = [self._loop(i, supervisor) for i, supervisor in enumerate(self.supervisors)]
         self.metrics.registry.register(SkippedCollector(self.loops))
+        self.metrics.registry.register(UnviewableCollector(self.loops))
         self.window = None
         if config.show:
             from edgecls.runtime.daemon.window import Window
@@ -218,8 +220,9 @@ class Daemon:
             }
             if loop.pace.period is not None:  # max_fps: frames left unclassified on purpose, not drops
                 detail[supervisor.name]["skipped"] = loop.pace.skipped
-            if detail[supervisor.name]["drift"]["state"] == "drift":
-                detail[supervisor.name]["degraded"] = "drift"
+            detail[supervisor.name].update(_unclassified(loop.stats))
+            if detail[supervisor.name]["drift"]["state"] == "drift":  # unviewable first: it is why drift stopped
+                detail[supervisor.name].setdefault("degraded", "drift")
         unhealthy = [name for name, d in detail.items() if d["state"] != "running"]
         degraded = [name for name, d in detail.items() if "degraded" in d]
         # A refused reload leaves the old model serving: worth showing, not a reason for 503. Drift neither.
@@ -410,6 +413,16 @@ class Daemon:
         stuck = [loop.supervisor.name for loop in self.loops if not loop.done]
         if stuck:
             log.warning("stopped without waiting for %s (a frame still being classified)", ", ".join(stuck))
+
+
+def _unclassified(stats) -> dict:
+    """/healthz's counts of frames a source's loop did not classify, when any, and while its ROI lies outside its
+    frames (their size changed) "degraded": "unviewable" and why: the daemon answers, this source classifies nothing."""
+    out = {k: getattr(stats, k) for k in ("errors", "unviewable") if getattr(stats, k)}
+    reason = stats.unviewable_reason
+    if reason:
+        out.update(degraded="unviewable", unviewable_reason=reason)
+    return out
 
 
 class _StallLines:

@@ -81,7 +81,9 @@ class LoopStats:
 
     def __init__(self, window: int = 30):
         self.processed = 0
-        self.errors = 0
+        self.errors = 0  # frames not classified by an error (logged each)
+        self.unviewable = 0  # frames not classified because the ROI lies outside them (a frame size change)
+        self.unviewable_reason = ""  # why, while the newest frame was one of them ("" once a frame is classified)
         self.latest: dict | None = None
         self._times = collections.deque(maxlen=window)
         self._lock = threading.Lock()
@@ -89,6 +91,7 @@ class LoopStats:
     def record(self, result: dict) -> None:
         with self._lock:
             self.processed += 1
+            self.unviewable_reason = ""
             self.latest = result
             self._times.append(time.monotonic())
 
@@ -272,7 +275,7 @@ class SourceLoop:
         upright. Recorded here, with the pixels: the next frame may resolve the ROI anew before this one is done."""
         view = self.view.apply(image)
         if view is None:
-            raise _Unviewable()
+            raise _Unviewable(self.view.outside, self.view.record())
         return view, self.view.record()
 
     def prepare(self, clf, image):
@@ -309,8 +312,8 @@ class SourceLoop:
             except ViewError as exc:  # a ROI outside the first frame: a setup mistake, the run ends on it
                 self.fatal = str(exc)
                 break
-            except _Unviewable:  # the ROI left the frame after a size change: said once, when it changed
-                self.stats.errors += 1
+            except _Unviewable as exc:  # the ROI left the frame after a size change: logged once, shown on /healthz
+                self._unviewable(*exc.args)
                 continue
             except Exception as exc:  # one bad frame (or a model error) must not end this source's loop
                 self.stats.errors += 1
@@ -324,6 +327,12 @@ class SourceLoop:
         self._stop.set()  # ends the preparing thread too (max_frames reached, or the source ended)
         ahead.join(1.0)
         log.debug("%s: loop ended after %d frames", name, self.stats.processed)
+
+    def _unviewable(self, reason: str, seen: dict) -> None:
+        self.stats.unviewable += 1
+        self.stats.unviewable_reason = reason
+        if self.drift is not None:  # its window showed a view these frames no longer have
+            self.drift.look(seen)
 
     def classify(self, frame, prepared: _Prepared | None = None, view: tuple | None = None) -> dict:
         """One frame -> the published result, with the latency of each step.
@@ -380,7 +389,26 @@ class SourceLoop:
 
 
 class _Unviewable(Exception):
-    """The source's ROI lies wholly outside a frame whose size changed (logged once, by the view)."""
+    """The source's ROI lies wholly outside a frame whose size changed (logged once, by the view): (why, its record)."""
+
+
+class UnviewableCollector:
+    """`edgecls_frames_unviewable_total{source}`: frames left unclassified because the ROI lies outside them."""
+
+    def __init__(self, loops):
+        self._loops = loops
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        unviewable = CounterMetricFamily(
+            "edgecls_frames_unviewable",
+            "Frames not classified because the source's roi lies outside them (their size changed); see /healthz.",
+            labels=["source"],
+        )
+        for loop in list(self._loops):
+            unviewable.add_metric([loop.supervisor.name], loop.stats.unviewable)
+        yield unviewable
 
 
 def _hands_every_frame(supervisor) -> bool:
