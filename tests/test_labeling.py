@@ -776,6 +776,33 @@ def test_a_torn_last_journal_line_from_a_kill_is_ignored_and_the_next_line_start
     assert LabelStore(captures).undo() == second
 
 
+# A Python with label-studio-sdk, in a venv of its own: it pins opencv-python-headless<4.13 (and through it numpy<2.3),
+# which would replace the project's cv2 and numpy. .ci/run can make one: python -m venv V && V/bin/pip install
+# label-studio-sdk.
+LABEL_STUDIO_SDK_PYTHON = os.environ.get("EDGECLS_LABEL_STUDIO_SDK_PYTHON")
+VALIDATE = """
+import json, sys
+from label_studio_sdk.label_interface import LabelInterface
+interface = LabelInterface(open(sys.argv[1]).read())
+tasks = json.load(open(sys.argv[2]))
+print(json.dumps([interface.validate_prediction(p) for t in tasks for p in t["predictions"]]))
+"""
+
+
+@pytest.mark.skipif(not LABEL_STUDIO_SDK_PYTHON, reason="set EDGECLS_LABEL_STUDIO_SDK_PYTHON to a python with the SDK")
+def test_label_studios_own_sdk_finds_every_exported_prediction_valid_for_the_exported_config(captures, tmp_path):
+    tasks_path, config_path, count = export_tasks(LabelStore(captures), tmp_path / "tasks.json")
+    wrong = json.loads(tasks_path.read_text())[:1]
+    wrong[0]["predictions"][0]["result"][0]["value"]["choices"] = ["no such class"]  # the validator is not vacuous
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    run = [LABEL_STUDIO_SDK_PYTHON, "-c", VALIDATE, str(config_path)]
+    valid = json.loads(subprocess.run([*run, str(tasks_path)], capture_output=True, check=True, text=True).stdout)
+    assert valid == [True] * count
+    assert json.loads(subprocess.run([*run, str(tmp_path / "wrong.json")], capture_output=True, text=True).stdout) == [
+        False
+    ]
+
+
 LABEL_STUDIO = os.environ.get("EDGECLS_LABEL_STUDIO_URL")  # a running Label Studio, e.g. http://127.0.0.1:8080
 LABEL_STUDIO_TOKEN = os.environ.get("EDGECLS_LABEL_STUDIO_TOKEN", "")  # a legacy API token of its user
 
