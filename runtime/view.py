@@ -90,7 +90,7 @@ class SourceView:
             raise ViewError(f"source {source}: flip {flip!r} is not one of {', '.join(FLIPS)}")
         self.source, self.roi, self.rotate, self.flip = source, None if roi is None else tuple(roi), rotate, flip
         self._ops = _ops(rotate, flip)
-        self._buffers = [{}, {}]  # in turn per frame: output shape -> array, per op
+        self._buffers = [{}, {}]  # in turn per frame: op step -> its output array, replaced when the size changes
         self._turn = 0
         self._size = None  # (width, height) the box was resolved for
         self.box: tuple | None = None  # the ROI in pixels of the current frame size, as applied
@@ -137,9 +137,9 @@ class SourceView:
         for step, (op, arg, swaps) in enumerate(self._ops):
             h, w = image.shape[:2]
             shape = ((w, h) if swaps else (h, w)) + image.shape[2:]
-            out = buffers.get((step, shape))
-            if out is None:
-                out = buffers[(step, shape)] = np.empty(shape, np.uint8)
+            out = buffers.get(step)
+            if out is None or out.shape != shape:
+                out = buffers[step] = np.empty(shape, np.uint8)
             image = op(image, dst=out) if arg is None else op(image, arg, dst=out)
         return image
 

@@ -98,3 +98,24 @@ def test_a_turned_view_stays_intact_while_the_next_frame_is_turned_and_a_view_ke
     view.apply(second)
     assert np.array_equal(held, _turned(first[4:34, 8:48], 270, "horizontal"))
     assert view.reuses and not SourceView("cam", (8, 4, 40, 30)).reuses
+
+
+def test_a_turned_view_keeps_one_buffer_per_turn_however_many_frame_sizes_it_sees():
+    """400 frame sizes under a rotation: the buffers of each turn are replaced when the size changes, not kept beside
+    the old ones (each size kept its own, 668 MiB for 400 720p-ish sizes)."""
+    import tracemalloc
+
+    view = SourceView("cam", rotate=90, flip="horizontal")  # a transpose: one op, one buffer a turn
+    view.apply(_frame(64, 48))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(400):
+            frame = np.zeros((100, 100 + i, 3), np.uint8)  # 30-42 KB each
+            view.apply(frame)
+        del frame
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 3 * 100 * 500 * 3, kept  # two buffers of the newest sizes and change; 400 sizes kept were 14 MB
+    assert np.array_equal(view.apply(_frame(64, 48)), _turned(_frame(64, 48), 90, "horizontal"))
