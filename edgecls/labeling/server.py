@@ -180,8 +180,8 @@ class _LabelHandler(_Handler):
         the port (a local dev server, Label Studio on :8080), so a form there could otherwise move frames here.
         Browsers name the sender in Origin and Sec-Fetch-Site; a form or a fetch without a CORS preflight cannot
         send Content-Type: application/json."""
-        site, origin = self.headers.get("Sec-Fetch-Site"), self.headers.get("Origin")
-        if site not in (None, "same-origin", "none") or origin not in (None, f"http://{self.headers.get('Host')}"):
+        site, origin, host = self.headers.get("Sec-Fetch-Site"), self.headers.get("Origin"), self.headers.get("Host")
+        if site not in (None, "same-origin", "none") or origin not in (None, f"http://{host}", f"https://{host}"):
             self._error(403, f"refused a request from another page ({origin or site}): use the labelling page itself")
             return True
         if self.headers.get_content_type() != "application/json":
