@@ -20,12 +20,16 @@ from edgecls.runtime.bench.worker import open_row, serve_job
 
 def interleave(calls: dict, rounds: int, round_runs: int, budget_s: float | None) -> tuple[list, dict]:
     """(schedule, {label: [samples of round 0, of round 1, ...]}): `rounds` rounds of every call in the dict's
-    order; each round of one call stops after `round_runs` calls or its share of `budget_s`, at least 3."""
+    order; each round of one call stops after `round_runs` calls or its share of `budget_s`, at least 3.
+
+    Each round of a call starts with one untimed call, its warm-up: the other rows ran in between and took the
+    caches, so that first call was 1.7-2.4x slower and would weigh on the pooled p90/p99."""
     share = budget_s / rounds if budget_s else None
     schedule, samples = [], {label: [] for label in calls}
     for r in range(rounds):
         for label, call in calls.items():
             schedule.append([r, label])
+            call()
             samples[label].append(timed_runs(call, round_runs, share, min_runs=min(3, round_runs)))
     return schedule, samples
 

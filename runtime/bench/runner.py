@@ -29,6 +29,8 @@ from edgecls.runtime.bundle import Bundle, load_bundle
 from edgecls.runtime.errors import EdgeclsError
 
 FORMAT = "edgecls-bench/1"
+# Each round of a row starts with one untimed call (rounds.interleave): the rows timed in between took the caches
+ROUNDS_P50 = "median of interleaved round medians, each round's first call untimed (its warm-up)"
 STAGES = ("decode", "preprocess", "invoke", "postprocess", "frame", "total", "overhead")
 
 
@@ -232,7 +234,7 @@ def interleaved_latency(round_samples: list) -> dict:
     return {
         **pooled,
         **by_round,
-        "p50_method": "median of interleaved round medians",
+        "p50_method": ROUNDS_P50,
         "p90_p99_method": f"the first {equal} samples of every round pooled, at least the p50",
     }
 
@@ -385,7 +387,8 @@ def latency_method(options: BenchOptions, schedules: dict | None = None) -> dict
     return {
         **({"interleaved_failed_threads": failed} if failed else {}),
         "p50": "median of the round medians of an interleaved pass: every row loaded in one process per thread "
-        "count and timed in rounds A, B, C, A, B, C... after each warmed up",
+        "count and timed in rounds A, B, C, A, B, C... after each warmed up, each round of a row after one "
+        "untimed call",
         "rounds": options.rounds,
         "runs_per_round": options.round_runs,
         "spread": "round_spread_pct = (max - min) / median of the round medians; round_iqr_ms their IQR",
