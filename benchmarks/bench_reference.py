@@ -322,8 +322,12 @@ def write_results(docs: dict, work: str, command: str) -> str:
         "each a fresh process per artifact and "
         f"thread count (round-robin); up to {st['runs']} timed runs or {st['time_budget_s']} s per phase after warm-up "
         f"until the latency settles (at most {st.get('max_warmup_s', 10.0)} s); whole frame from a {st['frame']}.",
-        "Execution providers: LiteRT's default CPU kernels (XNNPACK); ONNX Runtime CPUExecutionProvider; "
-        "`onnx-*@openvino` rows: OpenVINO's CPU plugin on the same ONNX file (fp32 artifacts at f32).",
+        "Execution providers: LiteRT's default CPU kernels (XNNPACK); ONNX Runtime CPUExecutionProvider"
+        + (
+            "; `onnx-*@openvino` rows: OpenVINO's CPU plugin on the same ONNX file (float ops at f32)."
+            if any(r.get("engine") == "openvino" for pair in docs.values() for d in pair for r in d["records"])
+            else "."
+        ),
         "",
         "## Issue 8, point 6: both targets from one run",
         "",
@@ -358,6 +362,26 @@ def write_results(docs: dict, work: str, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def keep_hand_written(old: str, new: str) -> str:
+    """`new` RESULTS.md text followed by the `## ` sections of `old` that `new` does not write (the hand-written
+    ones, such as "## Backbones"): a rewrite never deletes what another benchmark's author added."""
+    generated = {line for line in new.splitlines() if line.startswith("## ")}
+    kept, keep = [], False
+    for line in old.splitlines():
+        if line.startswith("## "):
+            keep = line not in generated
+        if keep:
+            kept.append(line)
+    return new.rstrip("\n") + "\n\n" + "\n".join(kept).rstrip("\n") + "\n" if kept else new
+
+
+def write_results_file(path: Path, text: str) -> None:
+    """RESULTS.md, atomically, keeping its hand-written sections (`keep_hand_written`)."""
+    from edgecls.runtime.atomic import write_text
+
+    write_text(path, keep_hand_written(path.read_text() if path.is_file() else "", text))
 
 
 def _seconds(text: str) -> float:
@@ -415,7 +439,7 @@ def _main(argv=None) -> None:
             if (out_dir / f"bench_{name}_run2.json").is_file()
         }
         command = docs["mobilenetv2-224"][0].get("command", command)
-        results.write_text(write_results(docs, args.work, command.replace(" --report-only", "")))
+        write_results_file(results, write_results(docs, args.work, command.replace(" --report-only", "")))
         return
     bundles = build_bundles(Path(args.work))
     if args.build_only:
@@ -446,7 +470,7 @@ def _main(argv=None) -> None:
     for name, (run1, _) in docs.items():  # the command goes into the JSON so --report-only can quote it
         run1["command"] = command.strip()
         (out_dir / f"bench_{name}_run1.json").write_text(json.dumps(run1, indent=2) + "\n")
-    results.write_text(write_results(docs, args.work, command.strip()))
+    write_results_file(results, write_results(docs, args.work, command.strip()))
     print(f"wrote {results}")
 
 
