@@ -11,7 +11,7 @@ resize instead is not exact (benchmarks/per_camera.py measures both, and the vie
 A turned view is valid until the view is applied twice more: copy one kept longer (`reuses`).
 
 A pixel ROI is checked against the first frame (outside it: `ViewError`, one line naming the source and `roi`);
-when the frame size changes later, the ROI is resolved again, clipped to the new frame and logged once.
+when the frame size changes later, the ROI is resolved again, clipped to the new frame and logged once per size.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ log = logging.getLogger("edgecls.daemon")
 
 ROTATIONS = (0, 90, 180, 270)
 FLIPS = ("none", "horizontal", "vertical")
+MAX_SIZES = 64  # frame sizes whose resolved ROI a view remembers
 
 
 class ViewError(EdgeclsError):
@@ -59,9 +60,13 @@ def _ops(rotate: int, flip: str) -> tuple:
     }[rotate]
 
 
+def _in_pixels(roi) -> bool:
+    return all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in roi)
+
+
 def _pixel_box(roi, width: int, height: int) -> tuple:
     """(x, y, w, h) in pixels: all ints are pixels already, otherwise fractions of the frame's width/height."""
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in roi):
+    if _in_pixels(roi):
         return tuple(int(v) for v in roi)
     fx, fy, fw, fh = (float(v) for v in roi)
     # A fraction a hair from the right or bottom edge (x 0.999 of 64 px) rounds to the edge: keep one pixel inside.
@@ -93,6 +98,7 @@ class SourceView:
         self._buffers = [{}, {}]  # in turn per frame: op step -> its output array, replaced when the size changes
         self._turn = 0
         self._size = None  # (width, height) the box was resolved for
+        self._resolved = {}  # (width, height) -> (box, why none), each size worked out and said once
         self.box: tuple | None = None  # the ROI in pixels of the current frame size, as applied
         self.outside = ""  # why no view can be made of frames of the current size ("" while one can)
         self.changes = 0  # times the frame size changed after the first frame (each re-resolves the ROI)
@@ -119,6 +125,16 @@ class SourceView:
             return {}
         return {"roi": None if self.box is None else list(self.box), "rotate": self.rotate, "flip": self.flip}
 
+    def scene(self, record: dict) -> dict:
+        """What a drift window compares (runtime/monitor/drift.py): the part of the scene this view shows, given the
+        frame's `record`. A fractional ROI shows the same part at any frame size: the view as configured; a pixel
+        ROI another part once its box is resolved anew (clipped, or outside): the record."""
+        if self.roi is not None and _in_pixels(self.roi):
+            return record
+        if self.whole:
+            return {}
+        return {"roi": None if self.roi is None else list(self.roi), "rotate": self.rotate, "flip": self.flip}
+
     def apply(self, image: np.ndarray) -> np.ndarray | None:
         """The view of one frame: crop (a slice), then rotation and flip (one new array the size of the crop).
 
@@ -144,34 +160,37 @@ class SourceView:
         return image
 
     def _resolve(self, width: int, height: int) -> None:
+        """The box (and why none) for frames of this size: worked out and said once per size, then remembered, so
+        frames alternating between sizes are not re-clipped and re-logged every time."""
+        first, size = self._size is None, (width, height)
+        self._size = size
+        if not first:
+            self.changes += 1
+        known = self._resolved.get(size)
+        if known is None:
+            if len(self._resolved) >= MAX_SIZES:  # a folder of ever new sizes: forget them, say them again
+                self._resolved.clear()
+            known = self._resolved[size] = self._work_out(width, height, first)
+        self.box, self.outside = known
+
+    def _work_out(self, width: int, height: int, first: bool) -> tuple:
+        """(box clipped to the frame or None, why None); a pixel ROI outside the first frame is a ViewError."""
         box = _pixel_box(self.roi, width, height)
         clipped = _clip(box, width, height)
-        first = self._size is None
-        self._size = (width, height)
         if first:
             if clipped != box:
                 raise ViewError(
                     f"source {self.source}: roi {list(self.roi)} lies outside its {width}x{height} frame: give "
                     f"x, y, w, h inside it in pixels, or as fractions of the frame (0.5 = half)"
                 )
-        else:
-            self.changes += 1
-            if clipped is None:
-                self.outside = f"the frame is now {width}x{height} and roi {list(self.roi)} lies outside it"
-                log.error(
-                    "%s: %s: no frame is classified until the size changes back or roi is fixed",
-                    self.source,
-                    self.outside,
-                )
-            elif clipped != box:
-                log.warning(
-                    "%s: the frame is now %dx%d; roi %s clipped to %s",
-                    self.source,
-                    width,
-                    height,
-                    list(box),
-                    list(clipped),
-                )
-        self.box = clipped
-        if clipped is not None:
-            self.outside = ""
+        elif clipped is None:
+            outside = f"the frame is now {width}x{height} and roi {list(self.roi)} lies outside it"
+            log.error(
+                "%s: %s: no frame is classified until the size changes back or roi is fixed", self.source, outside
+            )
+            return None, outside
+        elif clipped != box:
+            log.warning(
+                "%s: the frame is now %dx%d; roi %s clipped to %s", self.source, width, height, list(box), list(clipped)
+            )
+        return clipped, ""

@@ -222,3 +222,23 @@ def test_the_drift_window_records_the_view_and_starts_afresh_when_a_size_change_
     assert status["window_frames"] == 15  # the frames since the size changed
     restarts = [r.getMessage() for r in caplog.records if "drift window restarted" in r.getMessage()]
     assert len(restarts) == 1 and "the view changed" in restarts[0], restarts
+
+
+def test_a_fractional_roi_on_frames_alternating_between_two_sizes_keeps_one_drift_window(tiny_bundle, tmp_path, caplog):
+    """A fractional ROI shows the same part of the scene at any frame size: frames alternating 64x48 / 66x50 fill one
+    window (it restarted on every frame, ending at 1 frame), and the status shows the view as configured."""
+    from edgecls.runtime.daemon.config import SourceConfig
+
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for i in range(60):
+        size = (48, 64) if i % 2 == 0 else (50, 66)
+        cv2.imwrite(str(stills / f"{i:03d}.png"), np.full((*size, 3), 80 + i, np.uint8))
+    settings = (SourceConfig(str(stills), name="door", roi=(0.25, 0.25, 0.5, 0.5)),)
+    daemon = Daemon(tiny_bundle, [str(stills)], sinks=[], drift_window=100, source_settings=settings)
+    with caplog.at_level(logging.INFO, logger="edgecls.daemon"):
+        daemon.run()
+    status = daemon.loops[0].drift.status()
+    assert status["window_frames"] == 60, status
+    assert status["view"] == {"roi": [0.25, 0.25, 0.5, 0.5], "rotate": 0, "flip": "none"}, status
+    assert [r.getMessage() for r in caplog.records if "drift window restarted" in r.getMessage()] == []

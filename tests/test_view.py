@@ -119,3 +119,24 @@ def test_a_turned_view_keeps_one_buffer_per_turn_however_many_frame_sizes_it_see
         tracemalloc.stop()
     assert kept < 3 * 100 * 500 * 3, kept  # two buffers of the newest sizes and change; 400 sizes kept were 14 MB
     assert np.array_equal(view.apply(_frame(64, 48)), _turned(_frame(64, 48), 90, "horizontal"))
+
+
+def test_frames_alternating_between_two_sizes_say_the_clipped_roi_once(caplog):
+    """A pixel ROI clipped on every other frame (64x48, 50x30, 64x48, ...): one warning, not one per change."""
+    view = SourceView("door", (40, 20, 20, 20))
+    big, small = _frame(64, 48), _frame(50, 30)
+    with caplog.at_level(logging.WARNING, logger="edgecls.daemon"):
+        shapes = [view.apply(big if i % 2 == 0 else small).shape for i in range(100)]
+    assert shapes == [(20, 20, 3), (10, 10, 3)] * 50
+    assert [r.getMessage() for r in caplog.records] == [
+        "door: the frame is now 50x30; roi [40, 20, 20, 20] clipped to [40, 20, 10, 10]"
+    ]
+
+
+def test_frames_alternating_with_a_size_the_roi_misses_say_so_once(caplog):
+    view = SourceView("door", (40, 20, 20, 20))
+    big, tiny = _frame(64, 48), _frame(32, 16)
+    with caplog.at_level(logging.WARNING, logger="edgecls.daemon"):
+        views = [view.apply(big if i % 2 == 0 else tiny) for i in range(20)]
+    assert [v is None for v in views] == [False, True] * 10
+    assert len(caplog.records) == 1 and "lies outside it" in caplog.records[0].getMessage()

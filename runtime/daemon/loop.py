@@ -118,7 +118,7 @@ class _Prepared:
 
     def __init__(self, frame, view=None, classifier=None, tensor=None, brightness=None, pre_s=0.0, error=None):
         self.frame, self.classifier, self.tensor, self.pre_s, self.error = frame, classifier, tensor, pre_s, error
-        self.view, self.brightness = view, brightness  # view: (its pixels, its record) from SourceLoop.look
+        self.view, self.brightness = view, brightness  # view: (its pixels, record, scene) from SourceLoop.look
 
 
 class _Ahead:
@@ -271,12 +271,14 @@ class SourceLoop:
             self.drift.adopt(classifier)
 
     def look(self, image) -> tuple:
-        """(the frame's view as the source's settings ask, its record): the frame itself and {} when it is whole and
-        upright. Recorded here, with the pixels: the next frame may resolve the ROI anew before this one is done."""
+        """(the frame's view as the source's settings ask, its record, the scene its drift window compares): the frame
+        itself and {} when it is whole and upright. Recorded here, with the pixels: the next frame may resolve the ROI
+        anew before this one is done."""
         view = self.view.apply(image)
+        record = self.view.record()
         if view is None:
-            raise _Unviewable(self.view.outside, self.view.record())
-        return view, self.view.record()
+            raise _Unviewable(self.view.outside, self.view.scene(record))
+        return view, record, self.view.scene(record)
 
     def prepare(self, clf, image):
         """A BGR frame -> (model input, brightness of its pixels or None when drift does not need it)."""
@@ -328,18 +330,18 @@ class SourceLoop:
         ahead.join(1.0)
         log.debug("%s: loop ended after %d frames", name, self.stats.processed)
 
-    def _unviewable(self, reason: str, seen: dict) -> None:
+    def _unviewable(self, reason: str, scene: dict) -> None:
         self.stats.unviewable += 1
         self.stats.unviewable_reason = reason
         if self.drift is not None:  # its window showed a view these frames no longer have
-            self.drift.look(seen)
+            self.drift.look(scene)
 
     def classify(self, frame, prepared: _Prepared | None = None, view: tuple | None = None) -> dict:
         """One frame -> the published result, with the latency of each step.
 
         `prepared`: the frame's model input, made ahead by the preparing thread for the current
         classifier; without it (or after a reload to another model) it is made here, from `view` (the frame's
-        view and its record from `look`, made here too when not given).
+        view, its record and scene from `look`, made here too when not given).
         """
         clf = self.classifier
         view = self.look(frame.image) if view is None else view
@@ -354,7 +356,7 @@ class SourceLoop:
         t2 = time.perf_counter()
         seen = view[1]
         if bright is not None:  # the raw answer, as the reference recorded it per test image
-            self.drift.look(seen)  # a new view (the ROI after a size change) restarts the window
+            self.drift.look(view[2])  # another part of the scene (a pixel ROI after a size change) restarts it
             self.drift.update(probs, bright)
         smoothed = self.smoother(probs)
         order = np.argsort(-smoothed, kind="stable")[: self.top_k]
@@ -389,7 +391,7 @@ class SourceLoop:
 
 
 class _Unviewable(Exception):
-    """The source's ROI lies wholly outside a frame whose size changed (logged once, by the view): (why, its record)."""
+    """The source's ROI lies wholly outside a frame whose size changed (logged once, by the view): (why, its scene)."""
 
 
 class UnviewableCollector:

@@ -262,8 +262,9 @@ class SourceDrift:
             )
 
     def look(self, view: dict) -> None:
-        """The view the next frames are made with: a different one (a ROI resolved again after the frame size
-        changed) restarts the window, since its frames show another part of the scene than the window's."""
+        """The view the next frames are made with, as `SourceView.scene` gives it: a different one (a pixel ROI
+        resolved again after the frame size changed) restarts the window, since its frames show another part of the
+        scene than the window's. A fractional ROI is the same view at any frame size."""
         if view == self.view:
             return
         was, self.view = self.view, dict(view)
