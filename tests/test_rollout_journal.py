@@ -10,6 +10,7 @@ import pytest
 
 from edgecls.devices.flash import FlashOptions
 from edgecls.devices.rollout.run import RolloutOptions, rollout
+from edgecls.runtime.errors import EdgeclsError
 from tests.conftest import cli_error, run_cli
 from tests.test_flash import PROFILE, bundles  # noqa: F401  (fixture)
 
@@ -124,3 +125,20 @@ def test_a_device_flashed_but_killed_before_its_flashed_line_is_rolled_back_when
     assert done.result == "rolled back"
     assert (tmp_path / "dev0" / "current").readlink() == old, done.lines
     assert any(line.startswith("dev0:") and line.endswith("rolled back") for line in done.lines), done.lines
+
+
+def test_two_devices_naming_one_daemon_however_spelled_are_refused_before_anything_is_journaled(bundles, tmp_path):
+    fleet = tmp_path / "fleet.txt"
+    fleet.write_text(
+        f"{tmp_path / 'dev0'} name=dev0 metrics=http://127.0.0.1:9100\n"
+        f"{tmp_path / 'dev1'} name=dev1 metrics=http://LocalHost:09100\n"
+    )
+    journal = tmp_path / "j.jsonl"
+    with pytest.raises(EdgeclsError, match="dev0.*dev1.*both have metrics at"):
+        rollout(
+            bundles["a"],
+            fleet,
+            FlashOptions(profile=PROFILE),
+            RolloutOptions(canary="1", watch_s=0, journal=str(journal)),
+        )
+    assert not journal.exists() and not (tmp_path / "dev0").exists()

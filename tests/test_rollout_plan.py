@@ -96,3 +96,17 @@ def test_a_window_counts_frames_per_second_and_the_top1_histogram_mean_from_real
     w = window([first, Sample(at=10.0, healthy=True, **later)])
     assert (w.fps, w.confidence, w.healthy, w.drift) == (8.0, 0.8, True, False)
     assert first.version == "v1" and first.fps_by_source == {"cam": 8.0}
+
+
+def test_a_canary_whose_daemon_serves_another_bundle_than_the_flashed_slot_fails():
+    text = 'edgecls_frames_processed_total{source="cam"} %s\nedgecls_bundle_info{bundle="%s",version="v"} 1.0\n'
+    samples = [Sample(at=t, healthy=True, **parse_metrics(text % (8 * t, "old-slot"))) for t in (0.0, 10.0)]
+    after = {"a": window(samples)}
+    before = {"a": Window(fps=8.0)}
+    assert after["a"].serving == "old-slot"
+    assert judge(["a"], before, after, [], Criteria(), slots={"a": "new-slot"})["a"] == [
+        "its daemon serves old-slot, not the flashed new-slot"
+    ]
+    assert judge(["a"], before, after, [], Criteria(), slots={"a": "old-slot"})["a"] == []
+    silent = {"a": window([Sample(at=t, healthy=True, frames=8 * t) for t in (0.0, 10.0)])}
+    assert "does not say which bundle" in judge(["a"], before, silent, [], Criteria(), slots={"a": "new-slot"})["a"][0]

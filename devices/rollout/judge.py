@@ -12,11 +12,20 @@ def _n(x) -> str:
     return "-" if x is None else f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
 
 
-def judge_device(name: str, before: Window, after: Window, others_fps: float | None, criteria: Criteria) -> list:
-    """The reasons `name` fails (empty: it passes), each a short phrase."""
+def judge_device(
+    name: str, before: Window, after: Window, others_fps: float | None, criteria: Criteria, slot: str | None = None
+) -> list:
+    """The reasons `name` fails (empty: it passes), each a short phrase; `slot`: the release it was flashed."""
     why = []
     if after.fps is None:
         return [f"no frames counted ({after.error or 'its /metrics did not answer'})"]
+    if slot and after.serving != slot:  # its numbers are another model's (or another device's)
+        said = (
+            f"serves {after.serving}"
+            if after.serving
+            else "does not say which bundle it serves (no edgecls_bundle_info)"
+        )
+        why.append(f"its daemon {said}, not the flashed {slot}")
     own = after.fps / before.fps if before.fps else None
     rel = after.fps / others_fps if others_fps else None
     if (own is not None and own < criteria.fps) or (rel is not None and rel < criteria.others):
@@ -34,12 +43,15 @@ def judge_device(name: str, before: Window, after: Window, others_fps: float | N
     return why
 
 
-def judge(wave: list, before: dict, after: dict, others: list, criteria: Criteria) -> dict:
-    """name -> reasons for each watched device of `wave`; `others` names the not-yet-updated watched devices."""
+def judge(wave: list, before: dict, after: dict, others: list, criteria: Criteria, slots: dict | None = None) -> dict:
+    """name -> reasons for each watched device of `wave`; `others` names the not-yet-updated watched devices,
+    `slots` the release each was flashed (its daemon must serve it)."""
     rates = [after[o].fps for o in others if o in after and after[o].fps is not None]
     others_fps = statistics.median(rates) if rates else None
     return {
-        name: judge_device(name, before.get(name) or Window(), after[name], others_fps, criteria)
+        name: judge_device(
+            name, before.get(name) or Window(), after[name], others_fps, criteria, (slots or {}).get(name)
+        )
         for name in wave
         if name in after
     }

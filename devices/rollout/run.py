@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgecls.devices import flash as flashing
 from edgecls.devices.fleet import fleet_with_profile, read_fleet
+from edgecls.devices.fleet_prometheus import target_groups
 from edgecls.devices.rollout import judge as judging
 from edgecls.devices.rollout.journal import DONE, Journal, default_path, unfinished_others
 from edgecls.devices.rollout.plan import Criteria, choose_canaries, parse_share, plan_waves
@@ -57,6 +58,7 @@ class _Rollout:
         self.bundle_path, self.fleet_path = str(Path(bundle_path).absolute()), str(Path(fleet_path).absolute())
         self.flash_options, self.options, self.say = flash_options, options, options.say
         self.devices = {d.name: d for d in fleet_with_profile(read_fleet(fleet_path), flash_options.profile)}
+        target_groups(list(self.devices.values()))  # refuses two devices naming one daemon, however spelled
         load_bundle(bundle_path)  # a bundle that cannot be flashed is refused before anything is journaled
         manifest = (Path(bundle_path) / MANIFEST).read_bytes() if Path(bundle_path).is_dir() else b""
         self.sha256 = hashlib.sha256(manifest or Path(bundle_path).read_bytes()).hexdigest()
@@ -253,7 +255,8 @@ def _wave(r: _Rollout, planned: dict, number: int, names: list, before: dict, up
             r.log("watching", wave=number, seconds=seconds, devices=sorted(watched), others=others)
             r.say(f"wave {number}: watching {', '.join(watched)} for {seconds:g} s against {len(others)} others")
             after = r._watch({**watched, **r.watched(others)}, seconds)
-            reasons = judging.judge(list(watched), before, after, others, Criteria(**planned["criteria"]))
+            slots = {n: flashed[n]["slot"] for n in watched}
+            reasons = judging.judge(list(watched), before, after, others, Criteria(**planned["criteria"]), slots)
             for n in watched:
                 line = "; ".join(reasons[n]) if reasons[n] else judging.describe(n, before.get(n) or Window(), after[n])
                 r.say(f"{n}: {line}")

@@ -30,6 +30,7 @@ class Sample:
     reloads_failed: float = 0.0
     healthy: bool = False
     version: str = ""
+    bundle: str = ""  # edgecls_bundle_info{bundle}: the release folder (slot) the daemon serves
     latest_scores: list = field(default_factory=list)
     fps_by_source: dict = field(default_factory=dict)
     error: str = ""
@@ -47,6 +48,7 @@ class Window:
     healthy: bool = True
     samples: int = 0
     error: str = ""
+    serving: str = ""  # the slot its daemon served at the last answered sample ("": it did not say)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +71,7 @@ def parse_metrics(text: str) -> dict:
     from prometheus_client.parser import text_string_to_metric_families
 
     out = {"frames": 0.0, "score_sum": None, "score_count": None, "drift": False, "reload_failing": False}
-    out.update(reloads_failed=0.0, version="", fps_by_source={})
+    out.update(reloads_failed=0.0, version="", bundle="", fps_by_source={})
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == "edgecls_frames_processed_total":
@@ -85,6 +87,7 @@ def parse_metrics(text: str) -> dict:
                 out["reloads_failed"] = s.value
             elif s.name == "edgecls_bundle_info":
                 out["version"] = s.labels.get("version", "")
+                out["bundle"] = s.labels.get("bundle", "")
             elif s.name == "edgecls_fps":
                 out["fps_by_source"][s.labels.get("source", "")] = s.value
     return out
@@ -139,6 +142,8 @@ class PrometheusReader:
             sample.reload_failing = (self._value(f"max(edgecls_model_reload_failing{{{on}}})") or 0) >= 1
             sample.reloads_failed = self._value(f'sum(edgecls_model_reloads_total{{{on},result="failed"}})') or 0.0
             sample.healthy = (self._value(f"max(up{{{on}}})") or 0) >= 1
+            info = self._query(f"edgecls_bundle_info{{{on}}}")
+            sample.bundle = info[0]["metric"].get("bundle", "") if info else ""
             for row in self._query(f"edgecls_fps{{{on}}}"):
                 sample.fps_by_source[row["metric"].get("source", "")] = float(row["value"][1])
         except (OSError, ValueError, KeyError) as exc:
@@ -163,6 +168,7 @@ def window(samples: list) -> Window:
     if out.confidence is None and scores:
         out.confidence = sum(scores) / len(scores)
     out.drift = any(s.drift for s in samples)
+    out.serving = counted[-1].bundle if counted else ""
     out.reload_failed = out.reload_failed or any(s.reload_failing for s in samples)
     return out
 
