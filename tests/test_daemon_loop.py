@@ -324,3 +324,35 @@ def test_a_roi_left_outside_resized_frames_degrades_healthz_with_the_reason_and_
     assert door["unviewable_reason"] == "the frame is now 30x20 and roi [40, 20, 20, 20] lies outside it", door
     assert door["unviewable"] >= 1 and unviewable >= 1, (door, unviewable)
     assert door["drift"]["view"]["roi"] is None, door["drift"]
+
+
+def test_a_result_records_the_view_of_its_own_frame_when_the_next_frame_has_already_resolved_another(
+    tiny_bundle, tmp_path
+):
+    """The last 64x48 frame's inference waits until the preparing thread has looked at the first 40x30 frame (the
+    view's box is then the clipped one): its result must still record the box its own pixels were cut with."""
+    from edgecls.runtime.classifier import Classifier
+    from edgecls.runtime.daemon.config import SourceConfig
+
+    class HeldAtFrame(Classifier):
+        """The real classifier; its inference of loop frame `hold` first waits for `until()`."""
+
+        def __init__(self, bundle, hold, until):
+            super().__init__(bundle)
+            self.calls, self._hold, self._until = 0, hold, until
+
+        def infer(self, prepared):
+            if threading.current_thread().name.startswith("loop:"):
+                if self.calls == self._hold:
+                    wait_for(self._until, 20, "the preparing thread resolving the ROI for the next frame's size")
+                self.calls += 1
+            return super().infer(prepared)
+
+    stills = _stills(tmp_path / "stills", [(64, 48)] * 4 + [(40, 30)] * 4)
+    settings = (SourceConfig(str(stills), name="door", roi=(30, 10, 20, 20)),)
+    sink, loops = ListSink(), []
+    clf = HeldAtFrame(tiny_bundle, 3, lambda: loops and loops[0].view.box == (30, 10, 10, 20))
+    daemon = Daemon(tiny_bundle, [str(stills)], classifier=clf, sinks=[sink], source_settings=settings)
+    loops.extend(daemon.loops)
+    daemon.run()
+    assert [r["view"]["roi"] for r in sink.results] == [[30, 10, 20, 20]] * 4 + [[30, 10, 10, 20]] * 4
