@@ -160,3 +160,14 @@ def test_several_data_folders_without_a_parent_merge_by_class_name(tmp_path, sha
     accuracy = evaluate_run(run)["test_accuracy"]
     moved = run.rename(tmp_path / "moved")  # a merged run finds its images through its own data/, wherever it is
     assert evaluate_run(moved)["test_accuracy"] == accuracy
+
+
+def test_the_parents_dataset_given_through_a_symlink_is_the_same_folder(tmp_path, shapes_folder, tiny_run_dir):
+    link = tmp_path / "shapes-link"
+    link.symlink_to(shapes_folder)
+    captures = _captures(tmp_path / "captures", {"circle": ("circle", 3)})
+    v2 = tmp_path / "v2"
+    _train(v2, (str(link), str(captures)), tiny_run_dir, learning_rate=1e-12)
+    assert _test_digests(v2) == _test_digests(tiny_run_dir)
+    sources = json.loads((v2 / "metadata.json").read_text())["dataset"]["sources"]
+    assert sources == [str(shapes_folder.resolve()), str(captures.resolve())]

@@ -87,24 +87,24 @@ def merged_dataset(data: list, view, val_fraction: float, test_fraction: float, 
     `fixed` (a FixedTest): a parent run's test split: those images are the test split, exactly, and the
     parent's labels come first. Returns (FolderDataset, the folders its images come from).
     """
-    roots = [Path(os.path.abspath(resolve_dataset(d)[0])) for d in data]
+    roots = [Path(resolve_dataset(d)[0]).resolve() for d in data]  # resolved: a folder given through a symlink is
+    # the same folder as the parent's recorded (resolved) one
     for root in roots:
         if not Path(root).is_dir():
             raise DataError(f"dataset folder {root} does not exist: pass class-per-folder directories to --data")
     first = fixed.labels if fixed else None
     sources = list(roots)
-    if fixed and Path(fixed.root).resolve() not in {Path(r).resolve() for r in roots}:
-        sources.append(Path(os.path.abspath(fixed.root)))  # the parent's test images stay where the parent found them
+    if fixed and Path(fixed.root).resolve() not in roots:
+        sources.append(Path(fixed.root).resolve())  # the parent's test images stay where the parent found them
     found = _found(roots, workers)
     test_items = []
     if fixed:
-        test_paths = [Path(os.path.abspath(p)) for p, _ in fixed.images]
-        root_k = next(k for k, r in enumerate(sources) if Path(r).resolve() == Path(fixed.root).resolve())
+        root_k = sources.index(Path(fixed.root).resolve())
+        given = os.path.abspath(fixed.root)  # the parent's images, moved onto the same folder's resolved path
+        test_paths = [sources[root_k] / Path(os.path.abspath(p)).relative_to(given) for p, _ in fixed.images]
         test_items = [
             (root_k, sources[root_k], p, label, d)
-            for (p, label), d in zip(
-                ((Path(os.path.abspath(p)), c) for p, c in fixed.images), digests(test_paths, workers)
-            )
+            for p, label, d in zip(test_paths, (c for _, c in fixed.images), digests(test_paths, workers))
         ]
     kept = _one_class_each(test_items + found)
     test_digests = {item[4] for item in test_items}
