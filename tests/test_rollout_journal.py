@@ -5,6 +5,7 @@ the steps run at once; tests/test_rollout.py watches real daemons."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -142,3 +143,40 @@ def test_two_devices_naming_one_daemon_however_spelled_are_refused_before_anythi
             RolloutOptions(canary="1", watch_s=0, journal=str(journal)),
         )
     assert not journal.exists() and not (tmp_path / "dev0").exists()
+
+
+def test_a_second_rollout_of_the_same_fleet_while_one_runs_is_refused_in_one_line(bundles, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens: the first rollout's baseline lasts its 60 s
+    fleet = tmp_path / "fleet.txt"
+    fleet.write_text(f"{tmp_path / 'dev0'} name=dev0 metrics=http://127.0.0.1:{port}\n")
+    state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    args = ["flash", str(bundles["a"]), "--targets", str(fleet), "--profile", str(tmp_path / "p.json")]
+    args += ["--canary", "1", "--baseline", "60s", "--watch", "1s"]
+    (tmp_path / "p.json").write_text(json.dumps({"name": "test-cpu", "artifacts": ["tflite-int8"], "threads": 1}))
+    log = tmp_path / "first.log"
+    with open(log, "wb") as err:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "edgecls.cli", *args], cwd=REPO, stderr=err, env={**os.environ, **state}
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "measuring every watched device" not in log.read_text():
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        line = cli_error(run_cli(*args, env=state))
+        assert "another rollout of" in line and str(fleet) in line, line
+        line = cli_error(run_cli(*args, "--journal", tmp_path / "mine.jsonl", env=state))
+        assert "another rollout of" in line, line
+    finally:
+        first.kill()
+        first.wait()
+    assert not (tmp_path / "dev0").exists()

@@ -8,6 +8,8 @@ bundle version in it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -88,6 +90,28 @@ class Journal:
     def finished(self) -> bool:
         events = self.events()
         return bool(events) and events[-1]["step"] == DONE
+
+
+@contextlib.contextmanager
+def fleet_lock(fleet_path):
+    """Held (flock(2), exclusive) for a whole rollout of the fleet file: a second host process is refused."""
+    folder = fleet_folder(fleet_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            pid = lock.read().strip() or "?"
+            raise EdgeclsError(
+                f"another rollout of {fleet_path} is running (process {pid}, lock {folder / 'lock'}): wait for it "
+                f"to finish or stop it, then run this command again"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
 
 
 def unfinished_others(fleet_path, mine: Path) -> list:

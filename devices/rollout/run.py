@@ -21,7 +21,7 @@ from edgecls.devices import flash as flashing
 from edgecls.devices.fleet import fleet_with_profile, read_fleet
 from edgecls.devices.fleet_prometheus import target_groups
 from edgecls.devices.rollout import judge as judging
-from edgecls.devices.rollout.journal import DONE, Journal, default_path, unfinished_others
+from edgecls.devices.rollout.journal import DONE, Journal, default_path, fleet_lock, unfinished_others
 from edgecls.devices.rollout.plan import Criteria, choose_canaries, parse_share, plan_waves
 from edgecls.devices.rollout.watch import PrometheusReader, Window, watch
 from edgecls.runtime.bundle import MANIFEST, load_bundle
@@ -227,6 +227,11 @@ class _Rollout:
 def rollout(bundle_path, fleet_path, flash_options, options: RolloutOptions) -> RolloutResult:
     """Flash the canaries, watch, promote wave by wave or roll back; resumes from the journal."""
     r = _Rollout(bundle_path, fleet_path, flash_options, options)
+    with fleet_lock(r.fleet_path):
+        return _run(r)
+
+
+def _run(r: _Rollout) -> RolloutResult:
     planned = r.plan(r._check_journal())
     r.say(f"journal: {r.journal.path}")
     r.say(f"criteria: {Criteria(**planned['criteria']).describe()}")
