@@ -180,3 +180,26 @@ def test_a_second_rollout_of_the_same_fleet_while_one_runs_is_refused_in_one_lin
         first.kill()
         first.wait()
     assert not (tmp_path / "dev0").exists()
+
+
+@pytest.mark.parametrize("mine", ["spelled another way", "--journal"])
+def test_an_unfinished_rollout_refuses_another_however_the_fleet_is_spelled_or_wherever_its_journal_is(
+    bundles, fleet, tmp_path, monkeypatch, mine
+):
+    from edgecls.devices.rollout.journal import last_steps
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "sub").mkdir()
+    journal = str(tmp_path / "jr" / "mine.jsonl") if mine == "--journal" else None
+    with pytest.raises(KeyboardInterrupt):
+        rollout(
+            bundles["a"],
+            fleet,
+            FlashOptions(profile=PROFILE),
+            RolloutOptions(canary="1", watch_s=0, journal=journal, say=_interrupt_at("wave 1")),
+        )
+    other = tmp_path / "sub" / ".." / "fleet.txt" if mine != "--journal" else fleet
+    with pytest.raises(EdgeclsError, match="unfinished rollout of"):
+        rollout(bundles["b"], other, FlashOptions(profile=PROFILE), RolloutOptions(canary="1", watch_s=0))
+    assert not (tmp_path / "dev1" / "current").exists()
+    assert last_steps(other)["dev1"][1].startswith("flashing")  # what `edgecls status --targets` shows

@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+from edgecls.runtime.atomic import write_bytes
 from edgecls.runtime.errors import EdgeclsError
 
 DONE = "done"
@@ -26,10 +27,35 @@ def state_dir() -> Path:
     return Path(base) / "edgecls" / "rollouts"
 
 
-def fleet_folder(fleet_path) -> Path:
-    """The journals of one fleet file: named by its name and a hash of its absolute path."""
-    path = Path(fleet_path).absolute()
+def fleet_folder(fleet_path, *, resolve: bool = True) -> Path:
+    """The journals of one fleet file: named by its name and a hash of its real path (however it is spelled;
+    resolve=False: the absolute path as spelled, where journals were kept before)."""
+    path = Path(fleet_path).resolve() if resolve else Path(fleet_path).absolute()
     return state_dir() / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+def point_to(fleet_path, journal: Path) -> None:
+    """Note a journal kept elsewhere (--journal) in the fleet's folder, so its rollout counts as this fleet's."""
+    journal = journal.resolve()
+    pointer = fleet_folder(fleet_path) / f"{hashlib.sha256(str(journal).encode()).hexdigest()[:12]}.journal"
+    if not pointer.exists():
+        write_bytes(pointer, str(journal).encode())
+
+
+def journals(fleet_path) -> list:
+    """Every journal of the fleet file: those in its folder (and the folder its spelling named before) and
+    those that --journal put elsewhere."""
+    found: list = []
+    for folder in dict.fromkeys((fleet_folder(fleet_path), fleet_folder(fleet_path, resolve=False))):
+        if not folder.is_dir():
+            continue
+        found += sorted(folder.glob("*.jsonl"))
+        for pointer in sorted(folder.glob("*.journal")):
+            try:
+                found.append(Path(pointer.read_text().strip()))
+            except (OSError, UnicodeDecodeError):
+                continue
+    return [p for p in dict.fromkeys(found) if p.is_file()]
 
 
 def default_path(fleet_path, version: str) -> Path:
@@ -116,18 +142,16 @@ def fleet_lock(fleet_path):
 
 def unfinished_others(fleet_path, mine: Path) -> list:
     """Unfinished journals of the same fleet file other than `mine`."""
-    folder = fleet_folder(fleet_path)
-    if not folder.is_dir():
-        return []
-    paths = sorted(folder.glob("*.jsonl"))
-    return [p for p in paths if p != mine and Journal(p).events() and not Journal(p).finished()]
+    mine = Path(mine).resolve()
+    return [
+        p for p in journals(fleet_path) if p.resolve() != mine and Journal(p).events() and not Journal(p).finished()
+    ]
 
 
 def last_steps(fleet_path) -> dict:
     """device name -> (time, step) of its newest journal event, over every journal of the fleet file."""
-    folder = fleet_folder(fleet_path)
     newest: dict = {}
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+    for path in journals(fleet_path):
         try:
             events = Journal(path).events()
         except EdgeclsError:

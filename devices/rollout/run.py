@@ -21,7 +21,7 @@ from edgecls.devices import flash as flashing
 from edgecls.devices.fleet import fleet_with_profile, read_fleet
 from edgecls.devices.fleet_prometheus import target_groups
 from edgecls.devices.rollout import judge as judging
-from edgecls.devices.rollout.journal import DONE, Journal, default_path, fleet_lock, unfinished_others
+from edgecls.devices.rollout.journal import DONE, Journal, default_path, fleet_lock, point_to, unfinished_others
 from edgecls.devices.rollout.plan import Criteria, choose_canaries, parse_share, plan_waves
 from edgecls.devices.rollout.watch import PrometheusReader, Window, watch
 from edgecls.runtime.bundle import MANIFEST, load_bundle
@@ -55,7 +55,7 @@ _BAD = ("failed", "rolled back")  # flash results that fail a wave before any wa
 
 class _Rollout:
     def __init__(self, bundle_path, fleet_path, flash_options, options: RolloutOptions):
-        self.bundle_path, self.fleet_path = str(Path(bundle_path).absolute()), str(Path(fleet_path).absolute())
+        self.bundle_path, self.fleet_path = str(Path(bundle_path).absolute()), str(Path(fleet_path).resolve())
         self.flash_options, self.options, self.say = flash_options, options, options.say
         self.devices = {d.name: d for d in fleet_with_profile(read_fleet(fleet_path), flash_options.profile)}
         target_groups(list(self.devices.values()))  # refuses two devices naming one daemon, however spelled
@@ -86,7 +86,7 @@ class _Rollout:
             self.say(f"the last rollout of this bundle finished ({events[-1].get('result')}): kept as {rotated}")
             events = []
         planned = next((e for e in events if e["step"] == "planned"), None)
-        other = planned and (planned["sha256"], planned["fleet"]) != (self.sha256, self.fleet_path)
+        other = planned and (planned["sha256"], str(Path(planned["fleet"]).resolve())) != (self.sha256, self.fleet_path)
         if planned and (other or self.options.abandon):
             if not self.options.abandon:
                 raise EdgeclsError(
@@ -228,6 +228,8 @@ def rollout(bundle_path, fleet_path, flash_options, options: RolloutOptions) -> 
     """Flash the canaries, watch, promote wave by wave or roll back; resumes from the journal."""
     r = _Rollout(bundle_path, fleet_path, flash_options, options)
     with fleet_lock(r.fleet_path):
+        if options.journal:
+            point_to(r.fleet_path, r.journal.path)
         return _run(r)
 
 
