@@ -534,7 +534,10 @@ def _merged_plan(cfg: TrainConfig, out: Path) -> tuple:
     guard["contents"] = guard["contents"] | {rundir.DATA_DIR}
     check_output(out, cfg.overwrite, **guard)
     defaults = roots[0][1].defaults if roots[0][1] else {}
-    parent = fixed = None
+    parent = fixed = teacher = None
+    if cfg.teacher:  # never with --init-from (validate): the teacher's input is the student's default, as in _plan
+        teacher = distill.open_teacher(cfg.teacher, cfg.out)
+        cfg = replace(cfg, **{k: v for k, v in distill.teacher_defaults(teacher).items() if getattr(cfg, k) is None})
     if cfg.init_from is not None:
         parent, fixed = open_parent(cfg.init_from, cfg.workers)
         check_same_input(parent, image_size=cfg.image_size, color=cfg.color, resize=cfg.resize, normalize=cfg.normalize)
@@ -544,23 +547,10 @@ def _merged_plan(cfg: TrainConfig, out: Path) -> tuple:
         dataset, sources = merged_dataset(
             [str(root) for root, _ in roots], view, cfg.val_fraction, cfg.test_fraction, cfg.seed, fixed, cfg.workers
         )
+        spec, model_options, activation, epochs = _merged_model(cfg, dataset.labels, defaults, parent, teacher)
     except BaseException:
         shutil.rmtree(view, ignore_errors=True)
         raise
-    if parent is not None:
-        spec = parent.preprocess
-        model_options = dict(parent.metadata.get("model", {}).get("options", {}))
-        grown = len(dataset.labels) != len(parent.labels)
-        activation = head_activation(len(dataset.labels), "auto") if grown else parent.metadata.get("head", "softmax")
-        epochs = cfg.epochs or parent.metadata.get("train", {}).get("epochs") or 30
-    else:
-        spec = preprocess_spec_for(cfg, defaults)
-        model_options = dict(cfg.model_options)
-        for name, value in dataset_options(cfg.model, defaults).items():
-            model_options.setdefault(name, value)
-        check_options(cfg.model, spec.shape, **model_options)
-        activation = head_activation(len(dataset.labels), cfg.head)
-        epochs = cfg.epochs or defaults.get("epochs", 30)
     augment = cfg.augment or AugmentSpec(flip=bool(defaults.get("flip", False)))
     progress(
         f"data: {' + '.join(str(s) for s in sources)} ({len(dataset.labels)} classes, "
@@ -568,9 +558,27 @@ def _merged_plan(cfg: TrainConfig, out: Path) -> tuple:
         + ", ".join(f"{k} {v}" for k, v in dataset.counts().items())
         + f"); input {spec.shape}"
     )
-    plan = _Plan(view, None, guard, None, dataset, spec, augment, epochs, model_options, activation)
+    plan = _Plan(view, None, guard, teacher, dataset, spec, augment, epochs, model_options, activation)
     plan.parent, plan.view, plan.sources = parent, view, sources
     return cfg, plan
+
+
+def _merged_model(cfg: TrainConfig, labels: list, defaults: dict, parent, teacher) -> tuple:
+    """(spec, model options, head activation, epochs) of a merged run: the parent's, else from the options."""
+    if parent is not None:
+        spec = parent.preprocess
+        model_options = dict(parent.metadata.get("model", {}).get("options", {}))
+        grown = len(labels) != len(parent.labels)
+        activation = head_activation(len(labels), "auto") if grown else parent.metadata.get("head", "softmax")
+        return spec, model_options, activation, cfg.epochs or parent.metadata.get("train", {}).get("epochs") or 30
+    spec = preprocess_spec_for(cfg, defaults)
+    model_options = dict(cfg.model_options)
+    for name, value in dataset_options(cfg.model, defaults).items():
+        model_options.setdefault(name, value)
+    check_options(cfg.model, spec.shape, **model_options)
+    if teacher is not None:
+        distill.check_teacher(teacher, spec, labels)
+    return spec, model_options, head_activation(len(labels), cfg.head), cfg.epochs or defaults.get("epochs", 30)
 
 
 def _open_data(cfg: TrainConfig, plan: _Plan) -> dict:

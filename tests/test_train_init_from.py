@@ -171,3 +171,18 @@ def test_the_parents_dataset_given_through_a_symlink_is_the_same_folder(tmp_path
     assert _test_digests(v2) == _test_digests(tiny_run_dir)
     sources = json.loads((v2 / "metadata.json").read_text())["dataset"]["sources"]
     assert sources == [str(shapes_folder.resolve()), str(captures.resolve())]
+
+
+def test_a_teacher_with_several_data_folders_is_checked_and_recorded(tmp_path, shapes_folder, tiny_run_dir):
+    star = _captures(tmp_path / "star", {"star": ("triangle", 4)})
+    error = cli_error(
+        run_cli("train", "--data", shapes_folder, "--data", star, "--teacher", tiny_run_dir, "--out", tmp_path / "x")
+    )
+    assert (
+        "the teacher" in error and "classes circle, square, triangle (student circle, square, star, triangle)" in error
+    )
+    captures = _captures(tmp_path / "captures", {"circle": ("circle", 3), "square": ("square", 3)})
+    student = tmp_path / "student"  # no test split: nothing for the teacher to have seen
+    _train(student, (str(shapes_folder), str(captures)), None, teacher=str(tiny_run_dir), test_fraction=0.0)
+    meta = json.loads((student / "metadata.json").read_text())
+    assert meta["teacher"]["run"] == str(tiny_run_dir.resolve()) and meta["input_shape"] == [32, 32, 3]
