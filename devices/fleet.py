@@ -103,6 +103,15 @@ def _profile(word: str, path: Path, where: str) -> DeviceProfile:
         raise EdgeclsError(f"{where}: {exc}") from exc
 
 
+def _is_profile(word: str, path: Path) -> bool:
+    """The word after TARGET names a profile: no `=`, or a profile file whose name has one (`cams/v=2.json`,
+    which old targets files could name) rather than one of KEYS."""
+    key = word.partition("=")[0]
+    if "=" not in word:
+        return True
+    return key not in KEYS and (Path(word).is_file() or (path.parent / word).is_file())
+
+
 def _device(words: list, path: Path, number: int) -> FleetDevice:
     where = f"{path} line {number}"
     target, rest = words[0], words[1:]
@@ -111,7 +120,7 @@ def _device(words: list, path: Path, number: int) -> FleetDevice:
     except SshError as exc:
         raise EdgeclsError(f"{where}: {exc}") from exc
     profile = None
-    if rest and "=" not in rest[0]:
+    if rest and _is_profile(rest[0], path):
         profile, rest = _profile(rest[0], path, where), rest[1:]
     given: dict = {}
     for word in rest:

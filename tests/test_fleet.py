@@ -83,3 +83,14 @@ def test_a_fleet_device_is_plain_frozen_data():
     device = FleetDevice("door", "./door")
     with pytest.raises(AttributeError):
         device.name = "other"  # type: ignore[misc]
+
+
+def test_a_profile_file_whose_name_has_an_equals_sign_is_still_read_as_the_profile(tmp_path):
+    path = _write(tmp_path, "./a cams/v=2.json name=door\n./b nmae=door\n")
+    (tmp_path / "cams").mkdir()
+    (tmp_path / "cams" / "v=2.json").write_text(json.dumps({"name": "v2", "artifacts": ["tflite-int8"]}))
+    with pytest.raises(EdgeclsError, match="line 2: unknown key 'nmae'"):
+        read_fleet(path)
+    path.write_text("./a cams/v=2.json name=door\n")
+    (door,) = read_fleet(path)
+    assert (door.name, door.profile.name) == ("door", "v2")

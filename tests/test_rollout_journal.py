@@ -203,3 +203,42 @@ def test_an_unfinished_rollout_refuses_another_however_the_fleet_is_spelled_or_w
         rollout(bundles["b"], other, FlashOptions(profile=PROFILE), RolloutOptions(canary="1", watch_s=0))
     assert not (tmp_path / "dev1" / "current").exists()
     assert last_steps(other)["dev1"][1].startswith("flashing")  # what `edgecls status --targets` shows
+
+
+def test_a_rollback_cut_off_after_its_switch_is_not_repeated_on_the_re_run(bundles, tmp_path, monkeypatch):
+    from edgecls.devices.flash import flash
+    from edgecls.devices.rollout.journal import Journal
+
+    (tmp_path / "dev1").write_text("not a device folder")  # dev1's flash fails, so the canaries' wave fails
+    fleet = tmp_path / "fleet.txt"
+    fleet.write_text(f"{tmp_path / 'dev0'} name=dev0\n{tmp_path / 'dev1'} name=dev1\n")
+    assert flash(bundles["a"], [str(tmp_path / "dev0")], FlashOptions(profile=PROFILE))[0].ok
+    old = (tmp_path / "dev0" / "current").readlink()
+    options = RolloutOptions(canary="2", watch_s=0, journal=str(tmp_path / "j.jsonl"))
+    append = Journal.append
+
+    def killed_at_rolled_back(self, step, **fields):
+        if step == "rolled back":
+            raise KeyboardInterrupt  # dev0 was switched back; its "rolled back" line never written
+        return append(self, step, **fields)
+
+    monkeypatch.setattr(Journal, "append", killed_at_rolled_back)
+    with pytest.raises(KeyboardInterrupt):
+        rollout(bundles["b"], fleet, FlashOptions(profile=PROFILE), options)
+    monkeypatch.setattr(Journal, "append", append)
+    assert (tmp_path / "dev0" / "current").readlink() == old
+    done = rollout(bundles["b"], fleet, FlashOptions(profile=PROFILE), options)
+    assert done.result == "rolled back" and (tmp_path / "dev0" / "current").readlink() == old, done.lines
+
+
+def test_rollout_lines_escape_control_characters_that_device_replies_carry(bundles, tmp_path):
+    evil = tmp_path / "cam\x1b]0;pwned\x07\x1b[2J"
+    evil.write_text("not a device folder")  # its flash fails, and the reason names its path
+    fleet = tmp_path / "fleet.txt"
+    fleet.write_text(f"{evil} name=dev0\n")
+    (tmp_path / "p.json").write_text(json.dumps({"name": "test-cpu", "artifacts": ["tflite-int8"], "threads": 1}))
+    args = ("flash", bundles["a"], "--targets", fleet, "--profile", tmp_path / "p.json", "--canary", "1")
+    done = run_cli(*args, "--watch", "0s", "--journal", tmp_path / "j.jsonl", env={"XDG_STATE_HOME": str(tmp_path)})
+    assert done.returncode == 1 and "rolled back" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert "\\x1b]0;pwned\\x07" in done.stdout + done.stderr
+    assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stdout + done.stderr

@@ -110,3 +110,52 @@ def test_a_canary_whose_daemon_serves_another_bundle_than_the_flashed_slot_fails
     assert judge(["a"], before, after, [], Criteria(), slots={"a": "old-slot"})["a"] == []
     silent = {"a": window([Sample(at=t, healthy=True, frames=8 * t) for t in (0.0, 10.0)])}
     assert "does not say which bundle" in judge(["a"], before, silent, [], Criteria(), slots={"a": "new-slot"})["a"][0]
+
+
+def test_a_canary_as_fast_as_before_fails_when_the_others_sped_up_far_more_over_the_same_watch():
+    before = {n: Window(fps=8.0) for n in ("a", "o1", "o2", "o3")}
+    after = {"a": Window(fps=8.0), "o1": Window(fps=20.0), "o2": Window(fps=20.0), "o3": Window(fps=20.0)}
+    verdict = judge(["a"], before, after, ["o1", "o2", "o3"], Criteria())["a"]
+    assert len(verdict) == 1 and verdict[0].startswith("fps 8 -> 8") and "0.40x the others'" in verdict[0], verdict
+    assert judge(["a"], before, after, ["o1", "o2", "o3"], parse_criteria("others>=0.3"))["a"] == []
+
+
+def test_drift_fails_a_device_only_where_there_was_none_before():
+    before = {"calm": Window(fps=8.0), "drifting": Window(fps=8.0, drift=True)}
+    after = {"calm": Window(fps=8.0, drift=True), "drifting": Window(fps=8.0, drift=True)}
+    verdict = judge(["calm", "drifting"], before, after, [], Criteria())
+    assert verdict == {"calm": ["drift (none before)"], "drifting": []}
+    assert judge(["calm"], before, after, [], parse_criteria("drift=off"))["calm"] == []
+
+
+def test_a_refused_reload_counts_when_the_failed_reloads_grew_though_the_failing_gauge_reads_0():
+    text = 'edgecls_frames_processed_total{source="cam"} %s\nedgecls_model_reloads_total{result="failed"} %s\n'
+    samples = [Sample(at=t, healthy=True, **parse_metrics(text % (8 * t, failed))) for t, failed in ((0, 0), (10, 1))]
+    after = window(samples)
+    assert after.reload_failed and not any(s.reload_failing for s in samples)
+    assert judge(["a"], {"a": Window(fps=8.0)}, {"a": after}, [], Criteria())["a"] == [
+        "the daemon refused the new bundle (reload failed)"
+    ]
+    steady = window([Sample(at=t, healthy=True, **parse_metrics(text % (8 * t, 3))) for t in (0, 10)])
+    assert not steady.reload_failed  # failed reloads from before the window are not this bundle's
+
+
+def test_a_confidence_or_criterion_that_is_not_a_number_never_passes_and_a_stopped_canary_fails():
+    nan = float("nan")
+    assert judge(["a"], {"a": Window(fps=8.0, confidence=0.9)}, {"a": Window(fps=8.0, confidence=nan)}, [], Criteria())[
+        "a"
+    ] == ["confidence 0.90 -> nan (not a number)"]
+    for bad in ("fps>=nan", "others>=inf", "confidence>=nan", "fps>=-1"):
+        with pytest.raises(EdgeclsError, match="--promote-if"):
+            parse_criteria(bad)
+    stopped = judge(["a"], {}, {"a": Window(fps=0.0)}, [], Criteria())["a"]
+    assert stopped == ["no frames processed over the watch (0 fps)"]
+
+
+def test_waves_whose_cumulative_shares_go_down_are_refused_in_one_line():
+    devices = _devices(8)
+    with pytest.raises(EdgeclsError, match="--waves '50%,25%'.*cumulative"):
+        plan_waves(devices, devices[:1], "50%,25%")
+    with pytest.raises(EdgeclsError, match="--waves '4,2'"):
+        plan_waves(devices, devices[:1], "4,2")
+    assert [len(w) for w in plan_waves(devices, devices[:1], "2,50%,100%")] == [1, 2, 2, 3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from edgecls.devices.rollout.plan import Criteria
@@ -19,6 +20,8 @@ def judge_device(
     why = []
     if after.fps is None:
         return [f"no frames counted ({after.error or 'its /metrics did not answer'})"]
+    if not after.fps > 0:  # a stopped camera (or a hung model) passes no ratio where there is nothing to compare
+        return [f"no frames processed over the watch ({_n(after.fps)} fps)"]
     if slot and after.serving != slot:  # its numbers are another model's (or another device's)
         said = (
             f"serves {after.serving}"
@@ -31,7 +34,10 @@ def judge_device(
     if (own is not None and own < criteria.fps) or (rel is not None and rel < criteria.others):
         ratios = ", ".join(f"{r:.2f}x {what}" for r, what in ((own, "its own"), (rel, "the others'")) if r is not None)
         why.append(f"fps {_n(before.fps)} -> {_n(after.fps)} ({ratios})")
-    if before.confidence is not None and after.confidence is not None:
+    if after.confidence is not None and not math.isfinite(after.confidence):
+        was = "-" if before.confidence is None else f"{before.confidence:.2f}"
+        why.append(f"confidence {was} -> {after.confidence} (not a number)")
+    elif before.confidence is not None and after.confidence is not None and math.isfinite(before.confidence):
         if after.confidence < before.confidence + criteria.confidence:
             why.append(f"confidence {before.confidence:.2f} -> {after.confidence:.2f}")
     if criteria.drift and after.drift and not before.drift:

@@ -60,6 +60,13 @@ def plan_waves(devices: list, canaries: list, waves_text: str) -> list:
     shares = [parse_share(w, "--waves") for w in str(waves_text).split(",") if w.strip()]
     if not shares:
         raise EdgeclsError(f"--waves {waves_text!r}: write cumulative shares such as 25%,100%")
+    for earlier, share in zip(shares, shares[1:]):
+        same = earlier[0] == share[0]
+        if (same and share[1] <= earlier[1]) or count_of(share, len(rest)) < count_of(earlier, len(rest)):
+            raise EdgeclsError(
+                f"--waves {waves_text!r}: the shares are cumulative and must grow, each including the waves "
+                f"before it: write e.g. 25%,50%,100%"
+            )
     plan, done = [[d.name for d in canaries]], 0
     for share in shares:
         upto = count_of(share, len(rest)) if rest else 0
@@ -119,6 +126,11 @@ def parse_criteria(text: str | None) -> Criteria:
                 given[m[1]] = float(m[3])
             except ValueError:
                 raise EdgeclsError(f"--promote-if: {item!r}: {m[3]!r} is not a number") from None
+            low, high, what = (-1.0, 1.0, "delta from -1 to 1") if m[1] == "confidence" else (0.0, math.inf, "ratio")
+            if not (math.isfinite(given[m[1]]) and low <= given[m[1]] <= high):  # nan would pass every device
+                raise EdgeclsError(
+                    f"--promote-if: {item!r}: write a finite {what}, e.g. {m[1]}>={0.8 if low == 0 else -0.1}"
+                )
         elif m[3] in ("on", "off"):
             given[m[1]] = m[3] == "on"
         else:

@@ -79,6 +79,7 @@ def rollout_requested(values: dict) -> bool:
 
 def run_rollout(bundle, targets, targets_file, flash_options, values: dict, as_json: bool) -> None:
     """Run the rollout that `values` (the options above) describe; exit 1 when it rolled back."""
+    from edgecls.devices.flash import printable
     from edgecls.devices.rollout.plan import parse_criteria, parse_duration
     from edgecls.devices.rollout.run import RolloutOptions, rollout
     from edgecls.runtime.errors import EdgeclsError
@@ -100,14 +101,14 @@ def run_rollout(bundle, targets, targets_file, flash_options, values: dict, as_j
         prometheus=values.get("prometheus"),
         journal=values.get("journal"),
         abandon=values["abandon"],
-        say=flash_options.say,
+        say=lambda message: flash_options.say(printable(message)),  # device replies and names reach the terminal
     )
     result = rollout(bundle, targets_file, flash_options, options)
     if as_json:
         click.echo(json.dumps({"result": result.result, "lines": result.lines, "journal": result.journal}, indent=2))
     else:
         for line in result.lines:
-            click.echo(line)
-        click.echo(f"rollout {result.result} (journal {result.journal})")
+            click.echo(printable(line))
+        click.echo(f"rollout {result.result} (journal {printable(result.journal)})")
     if result.result != "promoted":
         raise SystemExit(1)
