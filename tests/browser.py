@@ -86,7 +86,11 @@ def screenshot(driver, path: Path) -> Path:
 
 
 def wait_for(driver, condition, timeout_s: float = 10.0, message: str = ""):
-    """selenium's WebDriverWait(driver, timeout_s).until(condition): the condition's truthy value, or a timeout."""
+    """selenium's WebDriverWait(driver, timeout_s).until(condition): the condition's truthy value, or a timeout.
+
+    An element found just before the page navigated or re-rendered (stale) counts as "not yet", not as a failure."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.05).until(condition, message)
+    wait = WebDriverWait(driver, timeout_s, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(condition, message)
