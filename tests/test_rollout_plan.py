@@ -69,6 +69,7 @@ def test_a_journal_line_torn_by_a_kill_is_ignored_and_the_next_step_starts_on_it
 
 def test_the_verdict_names_fps_against_its_own_before_and_the_others_and_a_confidence_drop():
     before = {"a": Window(fps=8.0, confidence=0.9), "b": Window(fps=8.0, confidence=0.9)}
+    before.update({o: Window(fps=8.0) for o in ("o1", "o2", "o3")})
     after = {
         "a": Window(fps=3.9, confidence=0.88),
         "b": Window(fps=7.9, confidence=0.55),
@@ -159,3 +160,13 @@ def test_waves_whose_cumulative_shares_go_down_are_refused_in_one_line():
     with pytest.raises(EdgeclsError, match="--waves '4,2'"):
         plan_waves(devices, devices[:1], "4,2")
     assert [len(w) for w in plan_waves(devices, devices[:1], "2,50%,100%")] == [1, 2, 2, 3]
+
+
+def test_a_canary_with_a_slower_camera_than_the_others_passes_when_its_frames_per_second_hold():
+    before = {"slowcam": Window(fps=4.0), **{f"o{i}": Window(fps=8.0) for i in range(3)}}
+    after = {"slowcam": Window(fps=4.0), "o0": Window(fps=8.1), "o1": Window(fps=7.9), "o2": Window(fps=8.0)}
+    assert judge(["slowcam"], before, after, ["o0", "o1", "o2"], Criteria())["slowcam"] == []
+    halved = {**after, "slowcam": Window(fps=2.0)}
+    assert judge(["slowcam"], before, halved, ["o0", "o1", "o2"], Criteria())["slowcam"] == [
+        "fps 4 -> 2 (0.50x its own, 0.50x the others')"
+    ]

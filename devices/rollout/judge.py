@@ -14,9 +14,13 @@ def _n(x) -> str:
 
 
 def judge_device(
-    name: str, before: Window, after: Window, others_fps: float | None, criteria: Criteria, slot: str | None = None
+    name: str, before: Window, after: Window, others: tuple, criteria: Criteria, slot: str | None = None
 ) -> list:
-    """The reasons `name` fails (empty: it passes), each a short phrase; `slot`: the release it was flashed."""
+    """The reasons `name` fails (empty: it passes), each a short phrase; `slot`: the release it was flashed.
+
+    `others`: (the median of the not-yet-updated devices' after/before fps ratios, the median of their fps after):
+    a device is compared with how the others changed over the same watch (each camera has its own rate); only a
+    device without its own before is compared with the others' fps itself."""
     why = []
     if after.fps is None:
         return [f"no frames counted ({after.error or 'its /metrics did not answer'})"]
@@ -29,8 +33,12 @@ def judge_device(
             else "does not say which bundle it serves (no edgecls_bundle_info)"
         )
         why.append(f"its daemon {said}, not the flashed {slot}")
+    others_ratio, others_fps = others
     own = after.fps / before.fps if before.fps else None
-    rel = after.fps / others_fps if others_fps else None
+    if own is not None:
+        rel = own / others_ratio if others_ratio else None
+    else:
+        rel = after.fps / others_fps if others_fps else None
     if (own is not None and own < criteria.fps) or (rel is not None and rel < criteria.others):
         ratios = ", ".join(f"{r:.2f}x {what}" for r, what in ((own, "its own"), (rel, "the others'")) if r is not None)
         why.append(f"fps {_n(before.fps)} -> {_n(after.fps)} ({ratios})")
@@ -52,12 +60,12 @@ def judge_device(
 def judge(wave: list, before: dict, after: dict, others: list, criteria: Criteria, slots: dict | None = None) -> dict:
     """name -> reasons for each watched device of `wave`; `others` names the not-yet-updated watched devices,
     `slots` the release each was flashed (its daemon must serve it)."""
-    rates = [after[o].fps for o in others if o in after and after[o].fps is not None]
-    others_fps = statistics.median(rates) if rates else None
+    counted = [o for o in others if o in after and after[o].fps is not None]
+    rates = [after[o].fps for o in counted]
+    ratios = [after[o].fps / before[o].fps for o in counted if o in before and before[o].fps]
+    medians = (statistics.median(ratios) if ratios else None, statistics.median(rates) if rates else None)
     return {
-        name: judge_device(
-            name, before.get(name) or Window(), after[name], others_fps, criteria, (slots or {}).get(name)
-        )
+        name: judge_device(name, before.get(name) or Window(), after[name], medians, criteria, (slots or {}).get(name))
         for name in wave
         if name in after
     }

@@ -83,7 +83,7 @@ class Criteria:
     """What a watched device must show, against its own window before and the not-yet-updated devices."""
 
     fps: float = 0.8  # frames/s at least this times its own before
-    others: float = 0.8  # ... and this times the median of the devices not yet updated
+    others: float = 0.8  # its after/before at least this times the median after/before of those not yet updated
     confidence: float = -0.1  # mean top-1 confidence at least its own before plus this
     drift: bool = True  # no drift where there was none
     reloads: bool = True  # no refused reload
@@ -92,7 +92,7 @@ class Criteria:
     def describe(self) -> str:
         checks = [
             f"fps >= {self.fps:g}x its own before",
-            f"fps >= {self.others:g}x the others' median",
+            f"fps change >= {self.others:g}x the others' median change",
             f"mean confidence >= its own before {self.confidence:+g}",
         ]
         checks += [w for w, on in (("no new drift", self.drift), ("no refused reload", self.reloads)) if on]

@@ -44,8 +44,9 @@ _OPTIONS = (
         "--promote-if",
         default=None,
         metavar="CRITERIA",
-        help="Override criteria: fps>=RATIO (to its own before), others>=RATIO (to the not-yet-updated "
-        "devices' median fps), confidence>=DELTA (to its own before), drift=on|off, reloads=on|off, health=on|off. "
+        help="Override criteria: fps>=RATIO (to its own before), others>=RATIO (its fps change to the "
+        "not-yet-updated devices' median change over the same watch), confidence>=DELTA (to its own before), "
+        "drift=on|off, reloads=on|off, health=on|off. "
         "[default: fps>=0.8,others>=0.8,confidence>=-0.1,drift=on,reloads=on,health=on]",
     ),
     click.option(
