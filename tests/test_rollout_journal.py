@@ -242,3 +242,34 @@ def test_rollout_lines_escape_control_characters_that_device_replies_carry(bundl
     assert done.returncode == 1 and "rolled back" in done.stdout, done.stdout + done.stderr[-2000:]
     assert "\\x1b]0;pwned\\x07" in done.stdout + done.stderr
     assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stdout + done.stderr
+
+
+def test_a_later_wave_that_fails_names_the_devices_its_earlier_waves_left_on_the_new_bundle(bundles, tmp_path):
+    from edgecls.devices.flash import flash
+
+    (tmp_path / "dev3").write_text("not a device folder")  # the last wave's flash fails there
+    fleet = tmp_path / "fleet.txt"
+    fleet.write_text("".join(f"{tmp_path / f'dev{i}'} name=dev{i}\n" for i in range(4)))
+    assert all(r.ok for r in flash(bundles["a"], [str(tmp_path / f"dev{i}") for i in range(3)], FlashOptions()))
+    options = RolloutOptions(canary="1", waves="1,100%", watch_s=0, journal=str(tmp_path / "j.jsonl"))
+    done = rollout(bundles["b"], fleet, FlashOptions(profile=PROFILE), options)
+    assert done.result == "rolled back"
+    assert "still on the new bundle (their waves passed): dev0, dev1" in " ".join(done.lines), done.lines
+
+
+def test_a_device_added_to_the_fleet_before_a_resume_is_named_as_not_flashed(bundles, fleet, tmp_path):
+    journal = tmp_path / "j.jsonl"
+    options = RolloutOptions(canary="1", waves="50%,100%", watch_s=0, journal=str(journal))
+    with pytest.raises(KeyboardInterrupt):
+        rollout(
+            bundles["a"],
+            fleet,
+            FlashOptions(profile=PROFILE),
+            RolloutOptions(**{**vars(options), "say": _interrupt_at("wave 1: flashing")}),
+        )
+    with open(fleet, "a") as out:
+        out.write(f"{tmp_path / 'late'} name=late\n")
+    done = rollout(bundles["a"], fleet, FlashOptions(profile=PROFILE), options)
+    assert done.result == "promoted" and not (tmp_path / "late").exists()
+    assert not any("every device" in line for line in done.lines), done.lines
+    assert any(line.startswith("not in this rollout") and "late" in line for line in done.lines), done.lines

@@ -66,6 +66,7 @@ class _Rollout:
         self.journal = Journal(options.journal or default_path(fleet_path, self.version))
         self.reader = PrometheusReader(options.prometheus) if options.prometheus else None
         self.lines: list = []
+        self.unplanned: list = []  # devices added to the fleet file after the rollout was planned
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- the journal
@@ -122,6 +123,10 @@ class _Rollout:
                     f"{self.fleet_path}: put them back to finish it, or add --abandon"
                 )
             self.say(f"resuming the rollout journaled in {self.journal.path}")
+            planned_names = {n for wave in planned["waves"] for n in wave}
+            self.unplanned = [n for n in self.devices if n not in planned_names]
+            if self.unplanned:
+                self.say(f"not in this rollout's plan, not flashed: {', '.join(self.unplanned)}")
             return planned
         devices = list(self.devices.values())
         canaries = choose_canaries(devices, parse_share(self.options.canary, "--canary"))
@@ -246,6 +251,11 @@ def _run(r: _Rollout) -> RolloutResult:
             return result
         updated.update(names)
     r.log(DONE, result="promoted")
+    if r.unplanned:
+        r.lines.append(
+            f"not in this rollout (added to the fleet file after it was planned), still on what they ran: "
+            f"{', '.join(r.unplanned)}: flash them with a rollout of their own"
+        )
     return RolloutResult("promoted", r.lines or ["every device runs the new bundle"], str(r.journal.path))
 
 
@@ -277,5 +287,10 @@ def _wave(r: _Rollout, planned: dict, number: int, names: list, before: dict, up
     untouched = [n for wave in planned["waves"][number + 1 :] for n in wave]
     if untouched:
         r.lines.append(f"not touched: {', '.join(untouched)}")
+    kept = [n for wave in planned["waves"][:number] for n in wave]
+    if kept:
+        r.lines.append(
+            f"still on the new bundle (their waves passed): {', '.join(kept)}: `edgecls rollback` them to undo"
+        )
     r.log(DONE, result="rolled back", wave=number)
     return RolloutResult("rolled back", r.lines, str(r.journal.path))
