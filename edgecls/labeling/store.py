@@ -260,7 +260,8 @@ class LabelStore:
                     f"frame {frame_id} was already labelled (in another tab?) or moved: showing the next one"
                 )
             pairs = self._pairs(image, self.root / folder_name)
-            self._journaled("move", pairs, frame=frame_id, label=label, left=len(self._frames))
+            named = None if label is None else folder_name  # the class as its folder is named (NFC, or the existing)
+            self._journaled("move", pairs, frame=frame_id, label=named, left=len(self._frames))
             del self._frames[frame_id]
             return pairs
 
