@@ -273,3 +273,20 @@ def test_a_device_added_to_the_fleet_before_a_resume_is_named_as_not_flashed(bun
     assert done.result == "promoted" and not (tmp_path / "late").exists()
     assert not any("every device" in line for line in done.lines), done.lines
     assert any(line.startswith("not in this rollout") and "late" in line for line in done.lines), done.lines
+
+
+@pytest.mark.parametrize(
+    "given", [("--waves", "50%,100%"), ("--watch-waves", "5m"), ("--promote-if", "fps>=0.9"), ("--abandon",)]
+)
+def test_a_rollout_option_without_canary_or_watch_is_refused_instead_of_flashing_every_device(
+    bundles, fleet, tmp_path, given
+):
+    line = cli_error(run_cli("flash", bundles["a"], "--targets", fleet, "--profile", _profile(tmp_path), *given))
+    assert given[0] in line and "--canary" in line, line
+    assert not any((tmp_path / f"dev{i}").exists() for i in range(4))
+
+
+def _profile(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"name": "test-cpu", "artifacts": ["tflite-int8"], "threads": 1}))
+    return path

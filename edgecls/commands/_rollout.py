@@ -23,9 +23,8 @@ _OPTIONS = (
     ),
     click.option(
         "--waves",
-        default="100%",
-        show_default=True,
-        help="After the canaries, cumulative shares of the rest flashed wave by wave (25%,100%).",
+        default=None,
+        help="After the canaries, cumulative shares of the rest flashed wave by wave (25%,100%).  [default: 100%]",
     ),
     click.option(
         "--watch-waves",
@@ -75,7 +74,20 @@ def with_rollout_options(f):
 
 
 def rollout_requested(values: dict) -> bool:
-    return bool(values.get("canary") or values.get("watch"))
+    """--canary or --watch start a rollout; the other rollout options alone are refused (they would be ignored
+    and every device flashed at once)."""
+    from edgecls.runtime.errors import EdgeclsError
+
+    if values.get("canary") or values.get("watch"):
+        return True
+    given = [name for name, value in values.items() if value not in (None, False)]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        raise EdgeclsError(
+            f"{option} is an option of a staged rollout: add --canary SHARE (and --watch DURATION) to start one, "
+            f"or leave {option} out to flash every target at once"
+        )
+    return False
 
 
 def run_rollout(bundle, targets, targets_file, flash_options, values: dict, as_json: bool) -> None:
@@ -94,7 +106,7 @@ def run_rollout(bundle, targets, targets_file, flash_options, values: dict, as_j
 
     options = RolloutOptions(
         canary=values.get("canary") or "10%",
-        waves=values["waves"],
+        waves=values.get("waves") or "100%",
         watch_s=watch,
         watch_waves_s=seconds("watch_waves", "--watch-waves"),
         baseline_s=seconds("baseline", "--baseline"),
