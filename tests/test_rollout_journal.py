@@ -290,3 +290,16 @@ def _profile(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"name": "test-cpu", "artifacts": ["tflite-int8"], "threads": 1}))
     return path
+
+
+@pytest.mark.parametrize("text", ["my notes, no final newline", '{"a": 1}\n', "[1, 2]\n", '{"step": "planned"}\nnotes'])
+def test_a_journal_option_naming_a_file_that_is_not_a_journal_is_refused_and_the_file_kept(
+    bundles, fleet, tmp_path, text
+):
+    notes = tmp_path / "notes.txt"
+    notes.write_text(text)
+    options = RolloutOptions(canary="1", watch_s=0, journal=str(notes))
+    with pytest.raises(EdgeclsError, match="not a rollout journal") as caught:
+        rollout(bundles["a"], fleet, FlashOptions(profile=PROFILE), options)
+    assert str(notes) in str(caught.value) and "\n" not in str(caught.value)
+    assert notes.read_text() == text and not (tmp_path / "dev0").exists()

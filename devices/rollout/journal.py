@@ -84,14 +84,24 @@ class Journal:
             try:
                 event = json.loads(line)
             except ValueError:
-                if not text.endswith("\n") and number == text.count("\n") + 1:
+                if not text.endswith("\n") and number == text.count("\n") + 1 and line.startswith('{"'):
                     break  # the torn last line
+                if not line.startswith('{"'):
+                    self._not_ours(number)
                 raise EdgeclsError(
                     f"the rollout journal {self.path} line {number} is not JSON: it was edited; move it away to "
                     f"start over (devices may then be between versions: check `edgecls status --targets`)"
                 ) from None
+            if not isinstance(event, dict) or not isinstance(event.get("step"), str):
+                self._not_ours(number)
             events.append(event)
         return events
+
+    def _not_ours(self, number: int):
+        raise EdgeclsError(
+            f"{self.path} is not a rollout journal (line {number} is no journal event): give --journal a new file "
+            f"or one a rollout wrote; this one is left as it is"
+        )
 
     def append(self, step: str, **fields) -> dict:
         event = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": step, **fields}
@@ -99,8 +109,11 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+b") as out:
             out.seek(0)
-            kept = out.read().rfind(b"\n") + 1
+            text = out.read()
+            kept = text.rfind(b"\n") + 1
             if kept < out.tell():  # a line torn by a kill: that step never happened, its bytes go
+                if not text[kept:].startswith(b'{"'):
+                    self._not_ours(text.count(b"\n") + 1)
                 out.truncate(kept)
             out.write(json.dumps(event, sort_keys=True).encode() + b"\n")
             out.flush()
