@@ -30,7 +30,7 @@ from edgecls.core.data import (
 from edgecls.core.datasets import resolve_dataset, scan_folder
 from edgecls.core.datasets.merged import merged_dataset
 from edgecls.core.outputs import run_guard
-from edgecls.core.parent import check_same_input, open_parent, parent_record, start_model
+from edgecls.core.parent import check_out_apart, check_same_input, open_parent, parent_record, start_model
 from edgecls.core.progress import progress
 from edgecls.core.splits import CONTENT_RANK, write_split_record
 from edgecls.distributed import MultiWorkerTrainer, is_chief, local_copy, output_dir
@@ -528,6 +528,8 @@ def _plan(cfg: TrainConfig, out: Path) -> tuple:
 def _merged_plan(cfg: TrainConfig, out: Path) -> tuple:
     """`_plan` for several --data folders or --init-from: the folders merged behind a folder of symlinks, and
     with a parent its input, model, classes and test split."""
+    if cfg.init_from is not None:
+        check_out_apart(cfg.init_from, out)
     roots = [resolve_dataset(d) for d in cfg.datasets]
     guard = run_guard(roots[0][0])  # every folder is protected, and RUN/data is the run's own
     guard["protect"] = {f"the dataset {root}": root for root, _ in roots}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -186,3 +187,56 @@ def test_a_teacher_with_several_data_folders_is_checked_and_recorded(tmp_path, s
     _train(student, (str(shapes_folder), str(captures)), None, teacher=str(tiny_run_dir), test_fraction=0.0)
     meta = json.loads((student / "metadata.json").read_text())
     assert meta["teacher"]["run"] == str(tiny_run_dir.resolve()) and meta["input_shape"] == [32, 32, 3]
+
+
+def _replaced_model(tmp_path: Path, tiny_run_dir: Path, classes: int, size: int) -> Path:
+    """A copy of the tiny run whose model.keras was replaced by another model (metadata.json left as it was)."""
+    from edgecls.models import create_model
+
+    run = tmp_path / "v1"
+    shutil.copytree(tiny_run_dir, run)
+    create_model("simple", classes, (size, size, 3), widths=(4,)).save(run / "model.keras")
+    return run
+
+
+@pytest.mark.parametrize(("classes", "size", "said"), [(3, 24, r"input \(24, 24, 3\)"), (4, 32, "4 outputs")])
+def test_a_parent_whose_model_file_was_replaced_is_refused_in_one_line(
+    tmp_path, shapes_folder, tiny_run_dir, classes, size, said
+):
+    run = _replaced_model(tmp_path, tiny_run_dir, classes, size)
+    error = cli_error(run_cli("train", "--init-from", run, "--data", shapes_folder, "--out", tmp_path / "v2"))
+    assert re.search(said, error) and "metadata.json" in error and "model.keras" in error, error
+    assert not (tmp_path / "v2").exists()
+
+
+def test_a_run_is_never_replaced_by_its_own_child(tmp_path, shapes_folder, tiny_run_dir):
+    parent = tmp_path / "v1"
+    shutil.copytree(tiny_run_dir, parent)
+    before = (parent / "model.keras").read_bytes()
+    for out in (parent, parent / "child"):
+        args = ("train", "--init-from", parent, "--data", shapes_folder, "--out", out, "--overwrite", "--epochs", "1")
+        assert "its parent" in cli_error(run_cli(*args))
+    assert (parent / "model.keras").read_bytes() == before and not (parent / "child").exists()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("--model", "mobilenetv2"), ("--head", "sigmoid", "--widths", "64"), ("--dropout", "0.2"), ("--l2", "0.001")],
+)
+def test_model_options_given_with_init_from_are_refused_naming_them(tmp_path, shapes_folder, tiny_run_dir, flags):
+    args = (
+        "train",
+        "--init-from",
+        tiny_run_dir,
+        "--data",
+        shapes_folder,
+        "--out",
+        tmp_path / "v2",
+        "--epochs",
+        "1",
+        *flags,
+    )
+    error = cli_error(run_cli(*args))
+    named = [f for f in flags if f.startswith("--")]
+    assert all(f in error for f in named) and "--init-from" in error, error
+    assert not (tmp_path / "v2").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+from click.core import ParameterSource
 
 from edgecls.commands._errors import OneLineErrors
 from edgecls.commands._options import examples
@@ -18,6 +19,21 @@ def _model_help() -> str:
     from edgecls.models import list_models
 
     return f"Architecture: {', '.join(list_models())}."
+
+
+# What --init-from takes from its parent: the architecture, its options and its head (the weights fit only them)
+PARENTS_MODEL = ("model", "head", "widths", "dense", "pooling", "batch_norm", "dropout", "l2", "alpha", "weights")
+
+
+def _refuse_parents_model_options(o: dict) -> None:
+    ctx = click.get_current_context()
+    given = [n for n in PARENTS_MODEL if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
+    if o["init_from"] and given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise EdgeclsError(
+            f"{flags} cannot change a model started with --init-from {o['init_from']}: it keeps its parent's "
+            "architecture, options and head (leave them out, or train from scratch)"
+        )
 
 
 def _parse_widths(value: str | None):
@@ -233,6 +249,7 @@ def train(**o):
     from edgecls.train import TrainConfig
     from edgecls.train import train as run_training
 
+    _refuse_parents_model_options(o)
     model_options = {
         k: v
         for k, v in {

@@ -46,6 +46,16 @@ def open_parent(path, workers: int = 4) -> tuple:
     return run, FixedTest(run.path, run.labels, images, Path(dataset.root))
 
 
+def check_out_apart(path, out) -> None:
+    """--out equal to or inside --init-from would replace (or be deleted with) the parent it starts from."""
+    parent, child = Path(path).resolve(), Path(out).resolve()
+    if child == parent or parent in child.parents:
+        raise EdgeclsError(
+            f"--out {out} is {'its parent' if child == parent else 'inside its parent'} --init-from {path}: "
+            "the parent stays as it is (its test split is the benchmark); write the new run elsewhere, e.g. runs/v2"
+        )
+
+
 def parent_record(run: Run) -> dict:
     """What metadata.json records of the parent: where it was, and which model (sha256) the weights came from."""
     return {"path": str(run.path.resolve()), "model_sha256": sha256_file(run.model_path), "labels": run.labels}
@@ -73,6 +83,7 @@ def start_model(run: Run, labels: list, activation: str):
     """The parent's model, its head grown to `labels` (the parent's first, in order) when classes were added."""
     model = run.load_model()
     old = run.labels
+    _check_model_file(run, model)
     if labels[: len(old)] != old:
         raise EdgeclsError(f"the classes {labels} do not start with {run.path}'s {old}: this is a bug, report it")
     if labels == old:
@@ -83,6 +94,18 @@ def start_model(run: Run, labels: list, activation: str):
         f"initialised), the {len(old)} old classes' weights kept"
     )
     return _grown(model, len(labels), activation, run.path)
+
+
+def _check_model_file(run: Run, model) -> None:
+    """A model.keras replaced by another model (other input or classes) is refused before any epoch runs."""
+    shape, units = tuple(model.input_shape[1:]), model.output_shape[-1]
+    want = (tuple(run.preprocess.shape), 1 if run.metadata.get("head") == "sigmoid" else len(run.labels))
+    if (shape, units) != want:
+        raise EdgeclsError(
+            f"{run.model_path} takes input {shape} with {units} outputs but {run.path}'s metadata.json says "
+            f"{want[0]} and {want[1]} (classes {', '.join(run.labels)}): the model file was replaced; put the "
+            "run's own model.keras back, or train from scratch"
+        )
 
 
 def _grown(model, n_classes: int, activation: str, where):
