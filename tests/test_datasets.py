@@ -160,3 +160,16 @@ def test_a_captured_frames_json_sidecar_is_not_counted_as_an_ignored_file(tmp_pa
     assert [n for n in ds.notes if "ignored" in n] == [
         "ignored 1 non-image file(s) (images are .jpg, .jpeg, .png, .bmp, .webp)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("names", "first"),
+    [({"caf\u00e9", "cafe\u0301"}, None), ({"Cat", "cat"}, None), ({"dog", "Cat"}, ["cat", "dog"])],
+)
+def test_merged_classes_differing_only_in_case_or_unicode_form_are_refused_naming_both(names, first):
+    from edgecls.core.datasets.merged import merged_labels
+
+    with pytest.raises(DataError, match=r"differ only in case or Unicode normalisation .*: rename") as excinfo:
+        merged_labels(names, first)
+    assert len(str(excinfo.value).splitlines()) == 1
+    assert merged_labels({"cat", "dog", "bird"}, ["dog"]) == ["dog", "bird", "cat"]

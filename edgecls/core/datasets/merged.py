@@ -9,6 +9,7 @@ test as it is; the other images are split into train and val only.
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,18 @@ def _umask() -> int:
 def merged_labels(found_classes, first: list | None) -> list:
     """The parent's labels first, in its order (its head's rows), then new classes sorted."""
     first = list(first or [])
-    return first + sorted({c for c in found_classes} - set(first))
+    labels = first + sorted({c for c in found_classes} - set(first))
+    forms: dict = {}
+    for name in labels:
+        forms.setdefault(unicodedata.normalize("NFC", name).casefold(), []).append(name)
+    clashes = [names for names in forms.values() if len(names) > 1]
+    if clashes:  # they may look identical on screen: show their escapes
+        shown = "; ".join(" and ".join(ascii(n) for n in names) for names in clashes)
+        raise DataError(
+            f"class folders {shown} differ only in case or Unicode normalisation (a copy through macOS may decompose "
+            "names): rename the folders so that each class has one exact name in every --data folder"
+        )
+    return labels
 
 
 def _link(view: Path, item: tuple, tags: list) -> Path:
