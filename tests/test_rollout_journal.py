@@ -10,6 +10,7 @@ import os
 import pytest
 
 from edgecls.devices.flash import FlashOptions
+from edgecls.devices.rollout.plan import parse_criteria
 from edgecls.devices.rollout.run import RolloutOptions, rollout
 from edgecls.runtime.errors import EdgeclsError
 from tests.conftest import cli_error, run_cli
@@ -303,3 +304,35 @@ def test_a_journal_option_naming_a_file_that_is_not_a_journal_is_refused_and_the
         rollout(bundles["a"], fleet, FlashOptions(profile=PROFILE), options)
     assert str(notes) in str(caught.value) and "\n" not in str(caught.value)
     assert notes.read_text() == text and not (tmp_path / "dev0").exists()
+
+
+def test_a_token_protected_daemon_is_watched_with_token_file_and_refused_in_one_line_without(
+    bundles, shapes_folder, tmp_path, monkeypatch
+):
+    from edgecls.devices.flash import flash
+    from tests.daemon_helpers import start_cli_daemon
+
+    monkeypatch.delenv("EDGECLS_TOKEN", raising=False)
+    assert flash(bundles["a"], [str(tmp_path / "dev0")], FlashOptions(profile=PROFILE))[0].ok
+    old = (tmp_path / "dev0" / "current").readlink()
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    daemon, url, _ = start_cli_daemon(tmp_path / "dev0" / "current", shapes_folder, "--fps", "8", "--token-file", token)
+    try:
+        fleet = tmp_path / "fleet.txt"
+        fleet.write_text(f"{tmp_path / 'dev0'} name=dev0 metrics={url}\n")
+        journal = tmp_path / "j.jsonl"
+        loose = parse_criteria("fps>=0.3,confidence>=-1")  # judged on the token, not on 3 s of a busy machine
+        options = RolloutOptions(canary="1", watch_s=3, baseline_s=3, criteria=loose, journal=str(journal))
+        with pytest.raises(EdgeclsError, match="baseline counted no frames.*401.*--token-file") as caught:
+            rollout(bundles["b"], fleet, FlashOptions(profile=PROFILE), options)
+        assert "\n" not in str(caught.value) and (tmp_path / "dev0" / "current").readlink() == old
+        said: list = []
+        options = RolloutOptions(**{**vars(options), "token_file": str(token), "say": said.append})
+        done = rollout(bundles["b"], fleet, FlashOptions(profile=PROFILE), options)
+        assert done.result == "promoted", (done.lines, said)
+        assert (tmp_path / "dev0" / "current").readlink() != old
+        assert "s3cret" not in journal.read_text() and not any("s3cret" in line for line in said + done.lines)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=20)

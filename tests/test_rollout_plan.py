@@ -170,3 +170,34 @@ def test_a_canary_with_a_slower_camera_than_the_others_passes_when_its_frames_pe
     assert judge(["slowcam"], before, halved, ["o0", "o1", "o2"], Criteria())["slowcam"] == [
         "fps 4 -> 2 (0.50x its own, 0.50x the others')"
     ]
+
+
+def test_prometheus_credentials_travel_as_a_header_and_never_in_what_is_printed(tmp_path):
+    import http.server
+    import threading
+
+    from edgecls.devices.rollout.watch import PrometheusReader
+
+    seen: list = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(401)
+            self.end_headers()
+            self.wfile.write(b'{"status": "error", "error": "unauthorized"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reader = PrometheusReader(f"http://ops:pa%40ss@127.0.0.1:{server.server_port}/prom/")
+        sample = reader.sample("10.0.0.5:8080")
+    finally:
+        server.shutdown()
+    assert seen[0][0].startswith("/prom/api/v1/query?") and seen[0][1] == "Basic b3BzOnBhQHNz"  # ops:pa@ss
+    assert "401" in sample.error and "pa%40ss" not in sample.error and "ops" not in sample.error, sample.error
+    with pytest.raises(EdgeclsError, match="without a query"):
+        PrometheusReader("http://127.0.0.1:9090/?token=s3cret")

@@ -25,6 +25,7 @@ from edgecls.devices.rollout.journal import DONE, Journal, default_path, fleet_l
 from edgecls.devices.rollout.plan import Criteria, choose_canaries, parse_share, plan_waves
 from edgecls.devices.rollout.watch import PrometheusReader, Window, watch
 from edgecls.runtime.bundle import MANIFEST, load_bundle
+from edgecls.runtime.daemon.config import read_token
 from edgecls.runtime.errors import EdgeclsError
 
 
@@ -37,6 +38,7 @@ class RolloutOptions:
     baseline_s: float | None = None  # None: min(watch_s, 300)
     criteria: Criteria = field(default_factory=Criteria)
     prometheus: str | None = None
+    token_file: str | None = None  # the daemons' bearer token (None: $EDGECLS_TOKEN, else none)
     journal: str | None = None
     abandon: bool = False
     every_s: float = 2.0  # seconds between samples
@@ -65,6 +67,7 @@ class _Rollout:
         self.version = f"{Path(bundle_path).name}-{self.sha256[:12]}"
         self.journal = Journal(options.journal or default_path(fleet_path, self.version))
         self.reader = PrometheusReader(options.prometheus) if options.prometheus else None
+        self.token = read_token(options.token_file)
         self.lines: list = []
         self.unplanned: list = []  # devices added to the fleet file after the rollout was planned
         self._lock = threading.Lock()
@@ -160,12 +163,18 @@ class _Rollout:
             if watched:
                 self.say(f"measuring every watched device for {seconds:g} s before anything is flashed")
             windows = self._watch(watched, seconds) if watched else {}
+            if windows and all(w.fps is None for w in windows.values()):
+                error = next((w.error for w in windows.values() if w.error), "no answer")
+                raise EdgeclsError(
+                    f"the baseline counted no frames on any of the {len(windows)} watched devices ({error}): nothing "
+                    f"was flashed; check their metrics= URLs, --token-file or --prometheus, then run this again"
+                )
             found = self.log("baseline", windows={n: w.to_dict() for n, w in windows.items()})
         return {n: Window.from_dict(w) for n, w in found["windows"].items()}
 
     def _watch(self, devices: dict, seconds: float) -> dict:
         every = min(self.options.every_s, max(0.5, seconds / 20))  # a short watch still gets about 20 samples
-        return watch(devices, seconds, reader=self.reader, every_s=every, say=self.say)
+        return watch(devices, seconds, reader=self.reader, every_s=every, say=self.say, token=self.token)
 
     # ----------------------------------------------------------------- flashing and rolling back
     def flash_wave(self, number: int, names: list) -> dict:

@@ -9,12 +9,15 @@ edgecls_model_reload_failing was 1 or the failed reloads grew, healthy whether e
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
+
+from edgecls.runtime.errors import EdgeclsError
 
 TIMEOUT_S = 5.0
 
@@ -58,9 +61,9 @@ class Window:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
-def _get(url: str, timeout: float = TIMEOUT_S) -> tuple:
+def _get(url: str, timeout: float = TIMEOUT_S, headers: dict | None = None) -> tuple:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
             return response.status, response.read(4 << 20)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(4 << 20)
@@ -93,18 +96,29 @@ def parse_metrics(text: str) -> dict:
     return out
 
 
-def scrape(metrics_url: str) -> Sample:
-    """One sample of the daemon at `metrics_url` (http://HOST:PORT), straight from the device."""
+def scrape(metrics_url: str, token: str | None = None) -> Sample:
+    """One sample of the daemon at `metrics_url` (http://HOST:PORT), straight from the device; `token`: the
+    bearer token its daemon's --token-file holds."""
     sample = Sample(at=time.monotonic())
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        status, body = _get(f"{metrics_url}/metrics")
+        status, body = _get(f"{metrics_url}/metrics", headers=headers)
+        if status == 401:
+            raise OSError(
+                "/metrics answered 401: "
+                + (
+                    "the --token-file token is not its daemon's"
+                    if token
+                    else "its daemon wants a token: give --token-file FILE"
+                )
+            )
         if status != 200:
             raise OSError(f"/metrics answered {status}")
         for key, value in parse_metrics(body.decode("utf-8", "replace")).items():
             setattr(sample, key, value)
-        status, _ = _get(f"{metrics_url}/healthz")
+        status, _ = _get(f"{metrics_url}/healthz", headers=headers)
         sample.healthy = status == 200
-        status, body = _get(f"{metrics_url}/latest")
+        status, body = _get(f"{metrics_url}/latest", headers=headers)
         if status == 200:
             latest = json.loads(body)
             sample.latest_scores = [r["score"] for r in latest.values() if isinstance(r, dict) and "score" in r]
@@ -118,10 +132,21 @@ class PrometheusReader:
     """The same samples from a Prometheus server's HTTP API; a device is its `instance` label (HOST:PORT)."""
 
     def __init__(self, url: str):
-        self.url = url.rstrip("/")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise EdgeclsError(
+                "--prometheus takes http(s)://[USER:PASSWORD@]HOST:PORT[/PATH], without a query: "
+                "write e.g. --prometheus http://prometheus:9090"
+            )
+        self.headers = {}
+        if parts.username is not None:  # sent as a header; never printed or journaled
+            pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            self.headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        self.url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
     def _query(self, expr: str) -> list:
-        status, body = _get(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
+        status, body = _get(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}", headers=self.headers)
         reply = json.loads(body)
         if status != 200 or reply.get("status") != "success":
             raise OSError(f"Prometheus {self.url} answered {status}: {reply.get('error', '')}")
@@ -173,9 +198,9 @@ def window(samples: list) -> Window:
     return out
 
 
-def watch(devices: list, seconds: float, *, reader=None, every_s: float = 2.0, say=lambda m: None, stop_at=None):
+def watch(devices: list, seconds: float, *, reader=None, every_s: float = 2.0, say=lambda m: None, token=None):
     """name -> Window of each device (name -> metrics_url or Prometheus address) over `seconds`."""
-    take = (lambda url: reader.sample(urllib.parse.urlsplit(url).netloc)) if reader else scrape
+    take = (lambda url: reader.sample(urllib.parse.urlsplit(url).netloc)) if reader else lambda u: scrape(u, token)
     samples: dict = {name: [] for name in devices}
     end = time.monotonic() + seconds
     said = time.monotonic()

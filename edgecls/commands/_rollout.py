@@ -56,6 +56,13 @@ _OPTIONS = (
         "(a device is its instance label, the HOST:PORT of its metrics= URL).",
     ),
     click.option(
+        "--token-file",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="A file holding the bearer token of the daemons' --token-file, sent to their /metrics, /healthz and "
+        "/latest.  [default: $EDGECLS_TOKEN]",
+    ),
+    click.option(
         "--journal",
         type=click.Path(dir_okay=False),
         default=None,
@@ -112,6 +119,7 @@ def run_rollout(bundle, targets, targets_file, flash_options, values: dict, as_j
         baseline_s=seconds("baseline", "--baseline"),
         criteria=parse_criteria(values.get("promote_if")),
         prometheus=values.get("prometheus"),
+        token_file=values.get("token_file"),
         journal=values.get("journal"),
         abandon=values["abandon"],
         say=lambda message: flash_options.say(printable(message)),  # device replies and names reach the terminal
