@@ -179,3 +179,24 @@ def test_a_path_that_is_neither_a_run_nor_a_bundle_is_one_line(tmp_path, tiny_ru
     assert "B " in error and "is neither a run directory" in error
     error = cli_error(run_cli("compare", tmp_path / "gone", tiny_run_dir))
     assert "A " in error and "does not exist" in error
+
+
+def test_only_a_png_whose_software_chunk_is_compares_counts_as_our_sheet(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgecls.compare.sheet import SHEET_MARK, check_sheet_path
+    from edgecls.runtime.errors import EdgeclsError
+
+    gate = tmp_path / "gate.sh"
+    gate.write_text("#!/bin/sh\nedgecls compare runs/v1 runs/v2 --require-better\n")
+    fig = plt.figure(figsize=(1, 1))
+    for name, metadata in (("comment.png", {"Comment": SHEET_MARK}), ("other.png", {"Software": SHEET_MARK + "x"})):
+        fig.savefig(tmp_path / name, metadata=metadata)
+    for path in (gate, tmp_path / "comment.png", tmp_path / "other.png"):
+        with pytest.raises(EdgeclsError, match="is not a sheet edgecls compare wrote"):
+            check_sheet_path(path)
+    fig.savefig(tmp_path / "ours.png", metadata={"Software": SHEET_MARK})
+    assert check_sheet_path(tmp_path / "ours.png") == tmp_path / "ours.png"

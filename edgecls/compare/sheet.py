@@ -11,6 +11,7 @@ from edgecls.runtime.atomic import write_bytes
 from edgecls.runtime.errors import EdgeclsError
 
 SHEET_MARK = "edgecls compare"  # in the PNG's Software chunk: a sheet of ours may be replaced, nothing else
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SHEET_MAX = 60  # tiles on the sheet; the JSON lists every disagreement
 
 
@@ -22,14 +23,29 @@ def check_sheet_path(path) -> Path:
     if path.exists():
         try:
             with path.open("rb") as f:
-                head = f.read(4096)
+                head = f.read(65536)
         except OSError as exc:
             raise EdgeclsError(f"--sheet {path}: cannot read it ({exc.strerror}): choose another path") from None
-        if SHEET_MARK.encode() not in head:
+        if not _is_our_sheet(head):
             raise EdgeclsError(f"--sheet {path} exists and is not a sheet edgecls compare wrote: choose another path")
     if not path.absolute().parent.is_dir():
         raise EdgeclsError(f"--sheet {path}: folder {path.absolute().parent} does not exist: create it first")
     return path
+
+
+def _is_our_sheet(head: bytes) -> bool:
+    """A PNG (its signature first) with a tEXt chunk Software = SHEET_MARK before its image data."""
+    if not head.startswith(PNG_SIGNATURE):
+        return False
+    at = len(PNG_SIGNATURE)
+    while at + 8 <= len(head):
+        length, kind = int.from_bytes(head[at : at + 4], "big"), head[at + 4 : at + 8]
+        if kind == b"tEXt" and head[at + 8 : at + 8 + length] == b"Software\0" + SHEET_MARK.encode():
+            return True
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        at += 12 + length  # length, type, data, CRC
+    return False
 
 
 def write_sheet(result: Comparison, path) -> int:
