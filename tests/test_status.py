@@ -217,3 +217,24 @@ def test_fleet_status_is_one_row_per_device_and_a_daemon_that_does_not_answer_is
     assert table[0].split() == ["NAME", "VERSION", "HEALTH", "FPS", "DRIFT", "LAST", "ROLLOUT", "STEP"]
     assert table[2].split()[:3] == ["shelf", slot, "not"]
     assert "one TARGET or --targets FLEET" in cli_error(run_cli("status", tmp_path / "door", "--targets", fleet))
+
+
+def test_fleet_status_reads_a_token_protected_daemon_with_token_file(bundles, shapes_folder, tmp_path):  # noqa: F811
+    from tests.daemon_helpers import start_cli_daemon
+
+    assert flash(bundles["a"], [str(tmp_path / "door")], FlashOptions(profile=PROFILE))[0].ok
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    daemon, url, _ = start_cli_daemon(tmp_path / "door" / "current", shapes_folder, "--fps", "8", "--token-file", token)
+    try:
+        fleet = tmp_path / "fleet.txt"
+        fleet.write_text(f"{tmp_path / 'door'} name=door metrics={url}\n")
+        env = {"EDGECLS_TOKEN": ""}
+        (row,) = json.loads(run_cli("status", "--targets", fleet, "--json", env=env, timeout=60).stdout)
+        assert "401" in row["health"] and "--token-file" in row["health"], row
+        args = ("status", "--targets", fleet, "--json", "--token-file", token)
+        (row,) = json.loads(run_cli(*args, env=env, timeout=60).stdout)
+        assert row["health"] == "ok" and row["serving"], row
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=20)

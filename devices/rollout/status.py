@@ -14,7 +14,7 @@ from edgecls.runtime.errors import EdgeclsError
 COLUMNS = ("NAME", "VERSION", "HEALTH", "FPS", "DRIFT", "LAST ROLLOUT STEP")
 
 
-def _row(device, options, steps: dict) -> dict:
+def _row(device, options, steps: dict, token: str | None = None) -> dict:
     row = {"name": device.name, "target": device.target, "version": None, "health": "not watched"}
     row.update(fps={}, drift=None, last_step=" ".join(steps.get(device.name, ())) or None, error=None)
     try:
@@ -22,7 +22,7 @@ def _row(device, options, steps: dict) -> dict:
     except (EdgeclsError, OSError) as exc:
         row["error"] = str(exc)
     if device.metrics_url:
-        sample = scrape(device.metrics_url)
+        sample = scrape(device.metrics_url, token)
         row["health"] = "ok" if sample.healthy else f"unhealthy ({sample.error or '/healthz not 200'})"
         row["fps"] = {source: round(value, 2) for source, value in sample.fps_by_source.items()}
         row["drift"] = sample.drift if sample.frames is not None else None
@@ -30,12 +30,12 @@ def _row(device, options, steps: dict) -> dict:
     return row
 
 
-def fleet_status(fleet_path, options) -> list:
-    """One dict per device of the fleet file, in its order (asked in parallel)."""
+def fleet_status(fleet_path, options, token: str | None = None) -> list:
+    """One dict per device of the fleet file, in its order (asked in parallel); `token`: the daemons' bearer token."""
     devices = fleet_with_profile(read_fleet(fleet_path), options.profile)
     steps = last_steps(fleet_path)
     with ThreadPoolExecutor(max_workers=max(1, min(options.jobs, len(devices)))) as pool:
-        return list(pool.map(lambda d: _row(d, options, steps), devices))
+        return list(pool.map(lambda d: _row(d, options, steps, token), devices))
 
 
 def format_fleet(rows: list) -> str:

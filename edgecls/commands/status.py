@@ -18,14 +18,21 @@ from edgecls.commands._options import examples, json_flag, target_options, with_
     default=None,
     help="A fleet file: one table of every device (version, health, fps per source, drift, last rollout step).",
 )
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With --targets: a file holding the bearer token of the daemons' --token-file.  [default: $EDGECLS_TOKEN]",
+)
 @with_target_options
 @json_flag
 @examples(
     "edgecls status pi@kitchen.local",
     "edgecls status ./device-folder --json",
     "edgecls status --targets fleet.txt",
+    "edgecls status --targets fleet.txt --token-file daemon-token.txt",
 )
-def status(target, targets_file, as_json, **kw):
+def status(target, targets_file, token_file, as_json, **kw):
     """Installed versions, which is current, signature state, health, and the last flash result with its reason.
 
     With --targets FLEET: every device of the fleet in one table, from its own status and its daemon's /metrics.
@@ -37,7 +44,7 @@ def status(target, targets_file, as_json, **kw):
     if bool(target) == bool(targets_file):
         raise EdgeclsError("give one TARGET or --targets FLEET")
     if targets_file:
-        _fleet(targets_file, target_options(**kw), as_json)
+        _fleet(targets_file, target_options(**kw), token_file, as_json)
         return
     info = run_status(target, target_options(**kw))
     if as_json:
@@ -92,8 +99,9 @@ def status(target, targets_file, as_json, **kw):
         )
 
 
-def _fleet(targets_file, options, as_json: bool) -> None:
+def _fleet(targets_file, options, token_file, as_json: bool) -> None:
     from edgecls.devices.rollout.status import fleet_status, format_fleet
+    from edgecls.runtime.daemon.config import read_token
 
-    rows = fleet_status(targets_file, options)
+    rows = fleet_status(targets_file, options, read_token(token_file))
     click.echo(json.dumps(rows, indent=2) if as_json else format_fleet(rows))
