@@ -81,6 +81,16 @@ def test_an_added_class_grows_the_head_keeping_the_old_rows(tmp_path, shapes_fol
     assert new.shape == (old.shape[0], 4)
     assert np.allclose(new[:, :3], old, atol=1e-6) and not np.allclose(new[:, 3], 0)
     assert _test_digests(v2) == _test_digests(tiny_run_dir)
+    from edgecls.core.parent import start_model
+    from edgecls.core.rundir import open_run
+
+    parent = open_run(tiny_run_dir)
+    before, grown = parent.load_model(), start_model(parent, [*parent.labels, "blob"], "softmax")
+    body = [layer for layer in grown.layers if layer.name != "predictions" and layer.get_weights()]
+    assert body  # every layer below the head starts as the parent's, bit for bit (BatchNorm statistics too)
+    for layer in body:
+        for w_new, w_old in zip(layer.get_weights(), before.get_layer(layer.name).get_weights(), strict=True):
+            assert np.array_equal(w_new, w_old), layer.name
     from edgecls.compare import compare
 
     on_captures = compare(tiny_run_dir, v2, data=str(captures))  # v1 never knew blob: said, and counted wrong
