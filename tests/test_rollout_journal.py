@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -334,5 +335,38 @@ def test_a_token_protected_daemon_is_watched_with_token_file_and_refused_in_one_
         assert (tmp_path / "dev0" / "current").readlink() != old
         assert "s3cret" not in journal.read_text() and not any("s3cret" in line for line in said + done.lines)
     finally:
+        daemon.terminate()
+        daemon.wait(timeout=20)
+
+
+def test_a_prometheus_watch_shorter_than_four_scrapes_is_refused_and_samples_carry_scrape_times(
+    bundles, shapes_folder, tmp_path
+):
+    from edgecls.devices.flash import flash
+    from edgecls.devices.rollout.watch import PrometheusReader
+    from tests.daemon_helpers import start_cli_daemon, wait_for
+    from tests.prometheus_server import PrometheusServer
+
+    assert flash(bundles["a"], [str(tmp_path / "dev0")], FlashOptions(profile=PROFILE))[0].ok
+    daemon, url, _ = start_cli_daemon(tmp_path / "dev0" / "current", shapes_folder, "--fps", "8")
+    address = url.split("//", 1)[1].rstrip("/")
+    config = "global: {scrape_interval: 3s}\nscrape_configs:\n  - job_name: edgecls\n"
+    config += f"    static_configs: [{{targets: ['{address}']}}]\n"
+    server = PrometheusServer(tmp_path / "prometheus", config).start()
+    try:
+        wait_for(lambda: server.query(f'edgecls_frames_processed_total{{instance="{address}"}}'), 30, "a scrape")
+        fleet = tmp_path / "fleet.txt"
+        fleet.write_text(f"{tmp_path / 'dev0'} name=dev0 metrics={url}\n")
+        options = RolloutOptions(canary="1", watch_s=8, prometheus=server.url, journal=str(tmp_path / "j.jsonl"))
+        with pytest.raises(EdgeclsError, match="every 3 s.*--watch 8 s.*at least 4 scrapes"):
+            rollout(bundles["b"], fleet, FlashOptions(profile=PROFILE), options)
+        assert not (tmp_path / "j.jsonl").exists()
+        first = PrometheusReader(server.url).sample(address)
+        time.sleep(3.5)
+        later = PrometheusReader(server.url).sample(address)
+        scrapes = (later.at - first.at) / 3  # Prometheus's scrape times, 3 s apart, not this host's clock
+        assert first.healthy and round(scrapes) in (1, 2) and abs(scrapes - round(scrapes)) < 0.05, (first, later)
+    finally:
+        server.stop()
         daemon.terminate()
         daemon.wait(timeout=20)

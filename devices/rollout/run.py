@@ -68,9 +68,24 @@ class _Rollout:
         self.journal = Journal(options.journal or default_path(fleet_path, self.version))
         self.reader = PrometheusReader(options.prometheus) if options.prometheus else None
         self.token = read_token(options.token_file)
+        if self.reader:
+            self._check_scrapes(options)
         self.lines: list = []
         self.unplanned: list = []  # devices added to the fleet file after the rollout was planned
         self._lock = threading.Lock()
+
+    def _check_scrapes(self, options: RolloutOptions) -> None:
+        """Refuse watches shorter than 4 of Prometheus's scrape intervals: a window's frames/s needs scrapes."""
+        addresses = [d.metrics_address for d in self.devices.values() if d.metrics_address]
+        interval = self.reader.scrape_interval(addresses)
+        baseline = min(options.watch_s, 300.0) if options.baseline_s is None else options.baseline_s
+        waves = options.watch_s if options.watch_waves_s is None else options.watch_waves_s
+        for option, seconds in (("--watch", options.watch_s), ("--baseline", baseline), ("--watch-waves", waves)):
+            if interval and 0 < seconds < 4 * interval:
+                raise EdgeclsError(
+                    f"--prometheus scrapes these devices every {interval:g} s: {option} {seconds:g} s is too short, "
+                    f"a watch needs at least 4 scrapes ({4 * interval:g} s): watch longer, or leave out --prometheus"
+                )
 
     # ----------------------------------------------------------------- the journal
     def log(self, step: str, **fields) -> dict:

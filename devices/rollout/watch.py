@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -156,17 +157,34 @@ class PrometheusReader:
         result = self._query(expr)
         return float(result[0]["value"][1]) if result else None
 
+    def scrape_interval(self, addresses: list) -> float | None:
+        """The longest scrape interval (seconds) of the active targets naming `addresses`; None: none found."""
+        status, body = _get(f"{self.url}/api/v1/targets?state=active", headers=self.headers)
+        if status != 200:
+            return None
+        intervals = [
+            _seconds(t.get("scrapeInterval", ""))
+            for t in json.loads(body).get("data", {}).get("activeTargets", [])
+            if t.get("labels", {}).get("instance") in addresses
+        ]
+        return max((i for i in intervals if i), default=None)
+
     def sample(self, address: str) -> Sample:
+        """The device's series as Prometheus last scraped them; `at` is that scrape's time (not this host's
+        clock: a counter's growth over host time mixes scrape intervals into frames/s)."""
         sample = Sample(at=time.monotonic())
         on = f'instance="{address}"'
         try:
+            scraped = self._value(f"max(timestamp(edgecls_frames_processed_total{{{on}}}))")
+            sample.at = scraped if scraped is not None else sample.at
             sample.frames = self._value(f"sum(edgecls_frames_processed_total{{{on}}})")
             sample.score_sum = self._value(f"sum(edgecls_top1_score_sum{{{on}}})")
             sample.score_count = self._value(f"sum(edgecls_top1_score_count{{{on}}})")
             sample.drift = (self._value(f"max(edgecls_drift_degraded{{{on}}})") or 0) >= 1
             sample.reload_failing = (self._value(f"max(edgecls_model_reload_failing{{{on}}})") or 0) >= 1
             sample.reloads_failed = self._value(f'sum(edgecls_model_reloads_total{{{on},result="failed"}})') or 0.0
-            sample.healthy = (self._value(f"max(up{{{on}}})") or 0) >= 1
+            sources_up = self._value(f"min(edgecls_source_up{{{on}}})")  # /healthz's 503: a camera down
+            sample.healthy = (self._value(f"max(up{{{on}}})") or 0) >= 1 and (sources_up is None or sources_up >= 1)
             info = self._query(f"edgecls_bundle_info{{{on}}}")
             sample.bundle = info[0]["metric"].get("bundle", "") if info else ""
             for row in self._query(f"edgecls_fps{{{on}}}"):
@@ -175,6 +193,13 @@ class PrometheusReader:
             sample.error = str(getattr(exc, "reason", None) or exc)
             sample.healthy = False
         return sample
+
+
+def _seconds(text: str) -> float | None:
+    """A Prometheus duration (15s, 1m30s, 500ms) in seconds, or None."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * units[u] for n, u in parts) if parts else None
 
 
 def window(samples: list) -> Window:
