@@ -221,12 +221,12 @@ class _Rollout:
         with ThreadPoolExecutor(max_workers=max(1, min(self.flash_options.jobs, len(names)))) as pool:
             return dict(zip(names, pool.map(current, names)))
 
-    def _changed(self, name: str, event: dict) -> bool:
-        """Whether this rollout switched `name` to the new slot: installed, or "unchanged" on a re-run after a
-        flash that finished but was cut off before its "flashed" line (its first "flashing" says what it ran)."""
+    @staticmethod
+    def _changed(event: dict, first: dict) -> bool:
+        """Whether this rollout switched a device to the new slot: installed, or "unchanged" on a re-run after a
+        flash that finished but was cut off before its "flashed" line (its `first` "flashing" says what it ran)."""
         if event["result"] == "installed":
             return True
-        first = next((e for e in self.journal.events() if e["step"] == "flashing" and e.get("device") == name), {})
         return event["result"] == "unchanged" and "was" in first and first["was"] != event["slot"]
 
     def _options_for(self, name: str):
@@ -235,9 +235,13 @@ class _Rollout:
     def roll_back(self, names: list, flashed: dict, reasons: dict) -> None:
         """Roll back every device of the wave the rollout installed, and say why, one line each."""
         done = self.done_steps("rolled back")
+        firsts: dict = {}
+        for e in self.journal.events():
+            if e["step"] == "flashing" and "device" in e:
+                firsts.setdefault(e["device"], e)
         for name in names:
             event, why = flashed[name], "; ".join(reasons.get(name) or []) or "its wave failed"
-            if not self._changed(name, event):
+            if not self._changed(event, firsts.get(name, {})):
                 self.lines.append(f"{name}: {why}: not changed ({event['result']})")
                 continue
             if name not in done:
