@@ -143,7 +143,10 @@ def test_a_bundle_is_run_by_the_devices_runtime_on_the_same_images(tiny_run_dir,
     result = compare(tiny_run_dir, bundle, data=str(shapes_folder))
     assert result.images == 72
     assert abs(result.accuracy_a - result.accuracy_b) < 0.1  # the int8 artifact stays close to Keras
-    assert result.test.fixed + result.test.broken <= len(result.disagreements)
+    fixed = sum(d["b"] == d["truth"] != d["a"] for d in result.disagreements)
+    broken = sum(d["a"] == d["truth"] != d["b"] for d in result.disagreements)
+    assert (result.test.fixed, result.test.broken) == (fixed, broken)
+    assert all(d["a"] != d["b"] for d in result.disagreements)
 
 
 def test_latency_comes_from_both_bench_jsons_side_by_side(tmp_path, tiny_run_dir, shapes_folder):
@@ -200,3 +203,69 @@ def test_only_a_png_whose_software_chunk_is_compares_counts_as_our_sheet(tmp_pat
             check_sheet_path(path)
     fig.savefig(tmp_path / "ours.png", metadata={"Software": SHEET_MARK})
     assert check_sheet_path(tmp_path / "ours.png") == tmp_path / "ours.png"
+
+
+def _relabelled_bundle(tmp_path: Path, tiny_bundle: Path, labels: list) -> Path:
+    """A copy of the tiny bundle whose manifest and labels.txt name its outputs `labels` (sha256 kept right)."""
+    from edgecls.runtime.bundle import sha256_file
+
+    bundle = tmp_path / "relabelled"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "labels.txt").write_text("\n".join(labels) + "\n")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["labels"] = labels
+    manifest["files"]["labels.txt"] = sha256_file(bundle / "labels.txt")
+    manifest.pop("checks", None)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def test_each_model_names_its_outputs_in_its_own_label_order(tmp_path, shapes_folder, tiny_run_dir, tiny_bundle):
+    from test_train_init_from import _captures, _train
+
+    from edgecls.compare import compare
+    from edgecls.runtime.bundle import LABELS, _lines
+
+    captures = _captures(tmp_path / "captures", {"circle": ("circle", 3), "blob": ("triangle", 6)})
+    child = tmp_path / "child"  # a grown child: [circle, square, triangle, blob], not sorted; the parent's weights
+    _train(child, (str(shapes_folder), str(captures)), tiny_run_dir, learning_rate=1e-12)
+    result = compare(tiny_run_dir, child, data=str(shapes_folder))
+    assert result.accuracy_a > 0.8 and abs(result.accuracy_b - result.accuracy_a) < 0.1, result.verdict
+    bundle = next(p for p in (tiny_bundle, tiny_bundle.with_suffix(".tar")) if p.is_dir())
+    assert _lines((bundle / LABELS).read_text()) == ["circle", "square", "triangle"]
+    shuffled = _relabelled_bundle(tmp_path, bundle, ["square", "triangle", "circle"])  # output 0 now says square
+    on_shapes = compare(tiny_run_dir, shuffled, data=str(shapes_folder))
+    assert on_shapes.accuracy_b < 0.3 and on_shapes.test.fixed + on_shapes.test.broken > 30
+
+
+def test_runs_tested_on_other_images_are_refused_without_data(tiny_run_dir, weak_run):
+    from edgecls.compare import compare
+    from edgecls.runtime.errors import DataError
+
+    with pytest.raises(DataError, match=r"A and B were not tested on the same images .*--data FOLDER"):
+        compare(tiny_run_dir, weak_run)
+
+
+def test_a_run_whose_test_images_are_gone_is_refused_without_data(tmp_path, shapes_folder):
+    from conftest import train_on_private_copy
+
+    run, data = train_on_private_copy(shapes_folder, tmp_path)
+    first = json.loads((run / "split.json").read_text())["splits"]["test"][0][0]
+    (data / first).unlink()
+    error = cli_error(run_cli("compare", run, run))
+    assert "test image(s) of" in error and "are gone or changed" in error
+
+
+def test_no_image_read_by_both_models_is_an_error_not_a_verdict():
+    from edgecls.runtime.errors import DataError
+
+    with pytest.raises(DataError, match="no image was read by both models"):
+        decide(Paired([], [], [], []), ("A", "B"))
+
+
+def test_a_sheet_path_that_is_a_folder_is_refused_naming_a_file(tmp_path):
+    from edgecls.compare.sheet import check_sheet_path
+    from edgecls.runtime.errors import EdgeclsError
+
+    with pytest.raises(EdgeclsError, match=r"is a folder: give a file name, e.g. .*disagreements\.png"):
+        check_sheet_path(tmp_path)
