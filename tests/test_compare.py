@@ -269,3 +269,21 @@ def test_a_sheet_path_that_is_a_folder_is_refused_naming_a_file(tmp_path):
 
     with pytest.raises(EdgeclsError, match=r"is a folder: give a file name, e.g. .*disagreements\.png"):
         check_sheet_path(tmp_path)
+
+
+def test_images_a_run_trained_on_given_as_data_are_counted_in_a_warning(tmp_path, tiny_run_dir, shapes_folder, capfd):
+    from edgecls.compare import compare
+
+    doc = json.loads((tiny_run_dir / "split.json").read_text())
+    record, labels = doc["splits"], doc["labels"]
+    seen = len({d for name in ("train", "val") for _, d, _ in record[name]})
+    compare(tiny_run_dir, tiny_run_dir, data=str(shapes_folder))
+    err = capfd.readouterr().err
+    for which in ("A", "B"):
+        assert f"warning: {seen} of the 72 images of {shapes_folder} are images {which} ({tiny_run_dir}) " in err, err
+    held_out = tmp_path / "held-out"
+    for path, _, label in record["test"]:
+        (held_out / labels[label]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shapes_folder / path, held_out / labels[label] / Path(path).name)
+    compare(tiny_run_dir, tiny_run_dir, data=str(held_out))
+    assert "trained or validated on" not in capfd.readouterr().err

@@ -32,6 +32,7 @@ def compare(a, b, data=None, alpha: float = 0.05, bench_a=None, bench_b=None, wo
     model_a, model_b = open_model(a, "A"), open_model(b, "B")
     if data is not None:
         images, shown = truth_images(data)
+        _warn_trained_on(images, shown, {"A": model_a, "B": model_b}, workers)
     else:
         images, shown = shared_test_images(model_a, model_b, workers)
     for which, model in (("A", model_a), ("B", model_b)):
@@ -54,6 +55,27 @@ def compare(a, b, data=None, alpha: float = 0.05, bench_a=None, bench_b=None, wo
     if bench_a is not None or bench_b is not None:
         result.latency = latency_lines(bench_a, bench_b)
     return result
+
+
+def _warn_trained_on(images: list, shown: str, models: dict, workers: int) -> None:
+    """--data holding images a run trained or validated on (same bytes) is said, as evaluate says it: its
+    accuracy there is not held-out. Bundles record no split and are not checked."""
+    from edgecls.compare.models import RunModel
+    from edgecls.core.rundata import trained_on
+    from edgecls.core.splits import digests
+
+    runs = {which: model for which, model in models.items() if isinstance(model, RunModel)}
+    found = digests([p for p, _ in images], workers) if runs else []
+    for which, model in runs.items():
+        seen = trained_on(model.run)
+        overlap = sum(d in seen for d in found)
+        if overlap:
+            print(
+                f"warning: {overlap} of the {len(images)} images of {shown} are images {which} ({model.path}) "
+                "trained or validated on (same bytes): its accuracy there is not held-out; compare on held-out "
+                "images, or leave out --data for the test split both runs recorded",
+                file=sys.stderr,
+            )
 
 
 def latency_lines(bench_a, bench_b) -> list:
