@@ -74,10 +74,15 @@ def test_the_darkened_source_drifts_and_the_steady_one_does_not(tiny_bundle, tin
     seen = {}
 
     def scenario(d):
-        found = wait_for(
-            lambda: (f := scores(d.url)) and worst(f, shifted) > DEFAULT_THRESHOLD and f,
+        found = wait_for(  # against both: the baseline's score may cross a scrape after the reference's
+            lambda: (
+                (f := scores(d.url))
+                and worst(f, shifted, ("reference",)) > DEFAULT_THRESHOLD
+                and worst(f, shifted, ("baseline",)) > DEFAULT_THRESHOLD
+                and f
+            ),
             60,
-            "the shifted source's drift score past the threshold",
+            "the shifted source's drift score past the threshold against the reference and its baseline",
         )
         status, body = http_get(d.url + "/healthz")
         seen.update(found=found, status=status, health=json.loads(body))
