@@ -356,3 +356,26 @@ def test_a_result_records_the_view_of_its_own_frame_when_the_next_frame_has_alre
     loops.extend(daemon.loops)
     daemon.run()
     assert [r["view"]["roi"] for r in sink.results] == [[30, 10, 20, 20]] * 4 + [[30, 10, 10, 20]] * 4
+
+
+def test_a_source_capped_below_half_a_frame_a_second_shows_its_rate_between_turns_not_zero(tiny_bundle, tmp_path):
+    """max_fps 0.25 classifies a frame every 4 s: 2.5 s after one, /healthz and edgecls_fps still say 0.25 (the
+    rate read 0 once 2 s passed without a frame, most of each period)."""
+    from edgecls.runtime.daemon.config import SourceConfig
+
+    stills = _stills(tmp_path / "stills", [(32, 32)] * 3)
+    sink = ListSink()
+    settings = (SourceConfig(str(stills), name="cam", max_fps=0.25),)
+    daemon = Daemon(
+        tiny_bundle, [str(stills)], sinks=[sink], port=0, source_settings=settings, source_options={"loop": True}
+    ).start()
+    try:
+        wait_for(lambda: len(sink.results) >= 2, 30, "two classified frames")
+        time.sleep(2.5)
+        health = daemon.health()[1]["sources"]["cam"]
+        scraped = _scrape(daemon.url, "edgecls_fps", "cam")
+        between = len(sink.results) == 2  # still before the third turn
+    finally:
+        daemon.stop()
+    assert between, [r["ts"] for r in sink.results]
+    assert 0.2 <= health["fps"] <= 0.3 and 0.2 <= scraped <= 0.3, (health, scraped)

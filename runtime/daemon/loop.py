@@ -79,7 +79,8 @@ class Smoother:
 class LoopStats:
     """What the loop did; read by metrics, HTTP and the final summary (bounded: a fixed window of times)."""
 
-    def __init__(self, window: int = 30):
+    def __init__(self, window: int = 30, quiet_after: float = 2.0):
+        self.quiet_after = quiet_after  # seconds without a classified frame after which fps reads 0
         self.processed = 0
         self.errors = 0  # frames not classified by an error (logged each)
         self.unviewable = 0  # frames not classified because the ROI lies outside them (a frame size change)
@@ -103,10 +104,10 @@ class LoopStats:
 
     @property
     def fps(self) -> float:
-        """Frames classified per second over the last window; 0 when none arrived for 2 s."""
+        """Frames classified per second over the last window; 0 when none arrived for `quiet_after` s."""
         with self._lock:
             times = list(self._times)
-        if len(times) < 2 or time.monotonic() - times[-1] > 2.0:
+        if len(times) < 2 or time.monotonic() - times[-1] > self.quiet_after:
             return 0.0
         return (len(times) - 1) / max(1e-9, times[-1] - times[0])
 
@@ -244,7 +245,8 @@ class SourceLoop:
         self.drift = drift
         if drift is not None:
             drift.adopt(classifier)
-        self.stats = LoopStats()
+        # A source capped at max_fps 0.25 classifies every 4 s: its rate is not 0 between two turns.
+        self.stats = LoopStats(quiet_after=max(2.0, 2 * (self.pace.period or 0.0)))
         self.shown = None  # (image, result) of the newest classified frame
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"loop:{supervisor.name}", daemon=True)
