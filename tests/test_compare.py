@@ -287,3 +287,23 @@ def test_images_a_run_trained_on_given_as_data_are_counted_in_a_warning(tmp_path
         shutil.copy(shapes_folder / path, held_out / labels[label] / Path(path).name)
     compare(tiny_run_dir, tiny_run_dir, data=str(held_out))
     assert "trained or validated on" not in capfd.readouterr().err
+
+
+def test_latency_says_which_side_holds_an_artifact_in_a_and_b_words(tmp_path):
+    from edgecls.compare import latency_lines
+
+    def bench(path: Path, host: str, rows: dict) -> Path:
+        records = [
+            {"file": f"m.{f}", "format": f, "precision": "int8", "threads": 1, "p50_ms": p, "p90_ms": p, "p99_ms": p}
+            for f, p in rows.items()
+        ]
+        path.write_text(json.dumps({"format": "edgecls-bench/1", "machine": {"hostname": host}, "records": records}))
+        return path
+
+    a = bench(tmp_path / "a.json", "pi", {"tflite": 2.0, "onnx": 4.0})
+    b = bench(tmp_path / "b.json", "laptop", {"tflite": 1.0, "openvino": 1.5})
+    lines = latency_lines(a, b)
+    assert "tflite-int8 threads=1: p50 2.000 -> 1.000 ms (-50.0%)" in lines
+    assert "only A's bench has onnx-int8 threads=1; only B's has openvino-int8 threads=1" in lines
+    assert any(line.startswith("note: A's bench ran on pi") and "B's on laptop" in line for line in lines), lines
+    assert not any("baseline" in line or "REGRESSION" in line or "this run" in line for line in lines), lines

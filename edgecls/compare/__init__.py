@@ -79,14 +79,43 @@ def _warn_trained_on(images: list, shown: str, models: dict, workers: int) -> No
 
 
 def latency_lines(bench_a, bench_b) -> list:
-    """p50 of each artifact and thread count both bench JSONs hold, A -> B, from `edgecls bench --json`."""
-    from edgecls.bench_report import compare as compare_bench
+    """p50 of each artifact and thread count both bench JSONs hold, A -> B, from `edgecls bench --json`;
+    the ones only one side holds, and benches run on other machines, are said in A/B words."""
     from edgecls.bench_report import load_results
 
     if bench_a is None or bench_b is None:
         raise EdgeclsError("latency needs both bench JSONs: give --bench-a A.json and --bench-b B.json")
-    lines, _ = compare_bench(load_results(bench_b, "--bench-b"), load_results(bench_a, "--bench-a"), math.inf)
-    return [line.removesuffix(" ok") for line in lines]
+    docs = load_results(bench_a, "--bench-a"), load_results(bench_b, "--bench-b")
+    rows_a, rows_b = ({_bench_key(r): r for r in doc["records"]} for doc in docs)
+    ma, mb = (doc.get("machine", {}) for doc in docs)
+    lines = []
+    if (ma.get("hostname"), ma.get("cpu")) != (mb.get("hostname"), mb.get("cpu")):
+        lines.append(
+            f"note: A's bench ran on {ma.get('hostname')} ({ma.get('cpu')}), B's on {mb.get('hostname')} "
+            f"({mb.get('cpu')}): their latencies are not comparable"
+        )
+    for key in (k for k in rows_b if k in rows_a):
+        a, b = rows_a[key]["p50_ms"], rows_b[key]["p50_ms"]
+        lines.append(f"{key[0]} threads={key[1]}: p50 {a:.3f} -> {b:.3f} ms ({100.0 * (b / a - 1.0):+.1f}%)")
+    if not any(k in rows_a for k in rows_b):
+        raise EdgeclsError(
+            "--bench-a and --bench-b have no artifact and thread count in common: bench both with the same --threads"
+        )
+    only_a, only_b = [k for k in rows_a if k not in rows_b], [k for k in rows_b if k not in rows_a]
+    parts = [f"only A's bench has {_named(only_a)}"] if only_a else []
+    if only_b:
+        parts.append(f"only B's{'' if only_a else ' bench'} has {_named(only_b)}")
+    if parts:
+        lines.append("; ".join(parts))
+    return lines
+
+
+def _named(keys: list) -> str:
+    return ", ".join(f"{name} threads={threads}" for name, threads in keys)
+
+
+def _bench_key(record: dict) -> tuple:
+    return record.get("artifact") or f"{record['format']}-{record['precision']}", record.get("threads")
 
 
 def report(result: Comparison) -> str:
