@@ -535,7 +535,7 @@ def _merged_plan(cfg: TrainConfig, out: Path) -> tuple:
     guard["protect"] = {f"the dataset {root}": root for root, _ in roots}
     guard["contents"] = guard["contents"] | {rundir.DATA_DIR}
     check_output(out, cfg.overwrite, **guard)
-    defaults = roots[0][1].defaults if roots[0][1] else {}
+    defaults = _merged_defaults([b for _, b in roots if b], said=cfg.init_from is None)  # a parent's input wins
     parent = fixed = teacher = None
     if cfg.teacher:  # never with --init-from (validate): the teacher's input is the student's default, as in _plan
         teacher = distill.open_teacher(cfg.teacher, cfg.out)
@@ -563,6 +563,22 @@ def _merged_plan(cfg: TrainConfig, out: Path) -> tuple:
     plan = _Plan(view, None, guard, teacher, dataset, spec, augment, epochs, model_options, activation)
     plan.parent, plan.view, plan.sources = parent, view, sources
     return cfg, plan
+
+
+def _merged_defaults(builtins: list, said: bool = True) -> dict:
+    """The defaults (input, widths, epochs) of the built-in datasets among several --data, wherever they stand."""
+    if not builtins:
+        return {}
+    names = ", ".join(dict.fromkeys(b.name for b in builtins))
+    if any(b.defaults != builtins[0].defaults for b in builtins):
+        if said:
+            progress(f"the built-ins {names} have other defaults: none used (give --image-size, --color, --widths)")
+        return {}
+    if said:
+        progress(
+            f"defaults of the built-in {names} for every --data folder (--image-size, --color, --widths change them)"
+        )
+    return builtins[0].defaults
 
 
 def _merged_model(cfg: TrainConfig, labels: list, defaults: dict, parent, teacher) -> tuple:

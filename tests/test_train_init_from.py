@@ -250,3 +250,26 @@ def test_model_options_given_with_init_from_are_refused_naming_them(tmp_path, sh
     named = [f for f in flags if f.startswith("--")]
     assert all(f in error for f in named) and "--init-from" in error, error
     assert not (tmp_path / "v2").exists()
+
+
+def test_a_dangling_symlink_in_one_data_folder_is_skipped_as_a_single_folder_skips_it(tmp_path, shapes_folder, capfd):
+    captures = _captures(tmp_path / "captures", {"circle": ("circle", 4)})
+    (captures / "circle" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (captures / "circle" / "loop.jpg").symlink_to(captures / "circle" / "loop.jpg")
+    run = tmp_path / "merged"
+    _train(run, (str(shapes_folder), str(captures)), None, image_size=16, model_options={"widths": (4,)})
+    assert "2 unreadable file(s) left out" in capfd.readouterr().err
+    assert sum(json.loads((run / "metadata.json").read_text())["dataset"]["counts"].values()) == 72 + 4
+
+
+def test_a_builtin_among_several_data_gives_the_same_defaults_in_any_order(tmp_path, capfd):
+    from edgecls.train import TrainConfig, _plan
+
+    captures = _captures(tmp_path / "captures", {"0": ("circle", 3)})
+    shapes = []
+    for data in (("digits", str(captures)), (str(captures), "digits")):
+        cfg, plan = _plan(TrainConfig(data=data, out=str(tmp_path / "run"), verbose=0), tmp_path / "run")
+        shapes.append((plan.spec.shape, plan.model_options.get("widths"), plan.epochs))
+        shutil.rmtree(plan.view)
+    assert shapes[0] == shapes[1] == ((24, 24, 1), (16, 32, 64), shapes[0][2])
+    assert "defaults of the built-in digits" in capfd.readouterr().err

@@ -265,7 +265,7 @@ def train(**o):
         if v is not None
     }
     data = o["data"][0] if len(o["data"]) == 1 else tuple(o["data"])
-    builtin = BUILTIN_DATASETS.get(o["data"][0])
+    builtin = next((BUILTIN_DATASETS[d] for d in o["data"] if d in BUILTIN_DATASETS), None)  # any --data's
     flip = o["flip"] if o["flip"] is not None else bool(builtin and builtin.defaults.get("flip"))
     augment = (
         AugmentSpec(o["rotation"], o["shift"], o["shear"], o["zoom"], flip, o["brightness"])

@@ -41,9 +41,12 @@ def _found(roots: list, workers: int) -> list:
             found.append((k, root, Path(sample.path), dataset.labels[sample.label]))
     hashed = digests([f[2] for f in found], workers)
     unreadable = [f[2] for f, d in zip(found, hashed) if d is None]
-    if unreadable:
-        raise DataError(f"cannot read {unreadable[0]} ({len(unreadable)} file(s)): check its permissions")
-    return [(*f, d) for f, d in zip(found, hashed)]
+    if unreadable:  # as a single folder does: skipped, said
+        progress(
+            f"warning: {len(unreadable)} unreadable file(s) left out, e.g. {unreadable[0]} "
+            "(a broken symlink, or no read permission)"
+        )
+    return [(*f, d) for f, d in zip(found, hashed) if d is not None]
 
 
 def _one_class_each(found: list) -> list:
