@@ -107,7 +107,7 @@ def test_b_fixing_15_and_breaking_2_is_better_at_p_below_001(tmp_path, shapes_fo
     assert f"{min(60, len(doc['disagreements']))} disagreement(s)" in result.stderr
 
     swapped = run_cli("compare", tiny_run_dir, weak_run, "--data", held_out, "--require-better")
-    assert swapped.returncode == 1, swapped.stderr[-2000:]
+    assert swapped.returncode == 3, swapped.stderr[-2000:]  # not better: 3, apart from an error's 1
     assert swapped.stdout.splitlines()[-1].startswith("A is better: -")
     assert "--require-better: B is not better than A" in swapped.stderr
     assert "Traceback" not in swapped.stderr
@@ -121,7 +121,9 @@ def test_two_identical_models_make_no_difference_with_p_1(tmp_path, shapes_folde
     assert "0 images fixed, 0 broken" in last
     assert "0 images where A and B disagree" in result.stdout
     strict = run_cli("compare", tiny_run_dir, tiny_run_dir, "--data", shapes_folder, "--require-better")
-    assert strict.returncode == 1 and strict.stdout.splitlines()[-1].startswith("no difference")
+    assert strict.returncode == 3 and strict.stdout.splitlines()[-1].startswith("no difference")
+    broken = run_cli("compare", tiny_run_dir, tmp_path / "gone", "--data", shapes_folder, "--require-better")
+    assert "does not exist" in cli_error(broken)  # an error exits 1, as every edgecls command's errors do
 
 
 def test_a_run_and_its_bundle_compare_on_the_runs_recorded_test_split(tiny_run_dir, tiny_bundle):

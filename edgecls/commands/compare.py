@@ -7,6 +7,8 @@ import click
 from edgecls.commands._errors import OneLineErrors
 from edgecls.commands._options import examples
 
+NOT_BETTER = 3  # --require-better's "no": apart from an error's 1 (and click's usage errors' 2)
+
 
 @click.command(cls=OneLineErrors)
 @click.argument("a", type=click.Path())
@@ -23,7 +25,11 @@ from edgecls.commands._options import examples
     show_default=True,
     help="Significance level of McNemar's exact test.",
 )
-@click.option("--require-better", is_flag=True, help="Exit 1 unless B is better than A at --alpha (for CI).")
+@click.option(
+    "--require-better",
+    is_flag=True,
+    help="Exit 3 unless B is better than A at --alpha (for CI); an error exits 1, as in every edgecls command.",
+)
 @click.option("--sheet", type=click.Path(), help="Write the images where A and B disagree as a contact sheet PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (the verdict included).")
 @click.option("--bench-a", type=click.Path(), help="A's `edgecls bench --json` file: p50 latency beside B's.")
@@ -37,8 +43,8 @@ def compare(a, b, data, alpha, require_better, sheet, as_json, bench_a, bench_b)
     """Is B better than A? Both run on the same images: accuracy, per-class deltas, the disagreements, and
     McNemar's exact test on the paired predictions, ending in a verdict line.
 
-    A and B are run directories (Keras) or bundles (the device's runtime). Exit 1 with --require-better
-    unless B is significantly better.
+    A and B are run directories (Keras) or bundles (the device's runtime). Exit status: 0; with
+    --require-better 3 when B is not significantly better; 1 for an error (bad input, a model that does not load).
     """
     from edgecls.compare import compare as run_compare
     from edgecls.compare import report, to_json
@@ -57,4 +63,4 @@ def compare(a, b, data, alpha, require_better, sheet, as_json, bench_a, bench_b)
     click.echo(to_json(result) if as_json else report(result))
     if require_better and result.better != "B":
         click.echo(f"--require-better: B is not better than A at alpha {alpha:g}", err=True)
-        click.get_current_context().exit(1)
+        click.get_current_context().exit(NOT_BETTER)
