@@ -18,7 +18,8 @@ The whole loop on the digits (the UCI set scikit-learn ships, 1,797 8x8 images),
 6. `edgecls compare v1 v2` (McNemar on v1's test split).
 
 Writes benchmarks/results/improvement_loop.txt and .png (improvement_loop_seedN.* with --seed N). About 8 minutes
-on two shared cores.
+on two shared cores. `--summary` reads those files and writes improvement_loop_summary.txt: per seed the epochs
+each run needed to reach the from-scratch run's kept accuracy (exactly, and within one test image), the medians.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +38,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+SUMMARY = "improvement_loop_summary.txt"
 FPS = 40  # the folder played as a live camera: capture writes each frame (JPEG + sidecar) before the next comes
 INPUT = {"image_size": 24, "color": "gray", "model_options": {"widths": (16, 32, 64)}}
 
@@ -153,12 +157,70 @@ def plot(curves: dict, target: float, path: Path) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
+def recorded_runs() -> dict:
+    """{seed: (n test images, from-scratch kept accuracy, init-from curve, scratch curve)} from the results files."""
+    runs = {}
+    for path in sorted(RESULTS.glob("improvement_loop*.txt")):
+        if path.name == SUMMARY:
+            continue
+        text = path.read_text()
+        seed = int(re.search(r"seed (\d+)", text).group(1))
+        n = int(re.search(r"on its test split \((\d+) images\)", text).group(1))
+        target = float(re.search(r"from-scratch accuracy \(its kept epoch.*?: ([0-9.]+)", text).group(1))
+        rows = re.findall(r"^ +\d+ +([0-9.]+) +([0-9.]+)$", text, re.M)
+        runs[seed] = (n, target, [float(a) for a, _ in rows], [float(b) for _, b in rows])
+    return runs
+
+
+def summarize() -> str:
+    """Per seed: the first epoch whose model reaches the from-scratch run's kept accuracy on v1's test split,
+    exactly and within one test image (target - 1/n), for both runs; the medians; the seeds showing a gain."""
+    runs = recorded_runs()
+    lines = [
+        "# Issue 26 summary over seeds (python -m benchmarks.improvement_loop --summary), from the per-epoch",
+        "# tables of improvement_loop.txt (seed 0) and improvement_loop_seedN.txt; 2 shared noisy cores.",
+        "# target: the from-scratch run's kept model (lowest val loss), scored on v1's fixed test split;",
+        "# counted in images right of v1's n test images (the tables' 4-decimal accuracies times n, rounded);",
+        "# 'exact': the first epoch with at least as many right as the target, 'within one image': one fewer.",
+        "",
+        "seed   target  exact: init-from scratch  within one image: init-from scratch",
+    ]
+    cells = {"exact": [], "one": []}
+    for seed, (n, target, init, scratch) in sorted(runs.items()):
+        # in images right of n: the tables' accuracies are rounded to 4 decimals, an image is 1/n
+        right, init, scratch = round(target * n), [round(a * n) for a in init], [round(a * n) for a in scratch]
+        exact = (first_epoch(init, right), first_epoch(scratch, right))
+        one = (first_epoch(init, right - 1), first_epoch(scratch, right - 1))
+        cells["exact"].append(exact)
+        cells["one"].append(one)
+        lines.append(f"{seed:>4}  {right}/{n}  {exact[0]!s:>17} {exact[1]!s:>7}  {one[0]!s:>27} {one[1]!s:>7}")
+    lines.append("")
+    for key, what in (("exact", "exactly"), ("one", "within one image")):
+        pairs = [p for p in cells[key] if None not in p]
+        init, scratch = (statistics.median(p[i] for p in pairs) for i in (0, 1))
+        fewer = sum(a < b for a, b in pairs)
+        ties = sum(a == b for a, b in pairs)
+        lines.append(
+            f"{what}: median epochs --init-from {init:g}, from scratch {scratch:g}; --init-from needed fewer "
+            f"epochs in {fewer} of {len(pairs)} seeds, as many in {ties}, more in {len(pairs) - fewer - ties}"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="Working folder (default: a temporary one, removed).")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="Seeds the splits and training (results_seedN.txt).")
+    parser.add_argument(
+        "--summary", action="store_true", help="Only summarize the seeds' results files (improvement_loop_summary.txt)."
+    )
     args = parser.parse_args()
+    if args.summary:
+        text = summarize()
+        (RESULTS / SUMMARY).write_text(text)
+        say(text)
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="improvement-loop-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
