@@ -309,3 +309,22 @@ def test_latency_says_which_side_holds_an_artifact_in_a_and_b_words(tmp_path):
     assert "only A's bench has onnx-int8 threads=1; only B's has openvino-int8 threads=1" in lines
     assert any(line.startswith("note: A's bench ran on pi") and "B's on laptop" in line for line in lines), lines
     assert not any("baseline" in line or "REGRESSION" in line or "this run" in line for line in lines), lines
+
+
+def test_a_parent_whose_model_changed_since_its_child_started_is_warned_about(
+    tmp_path, shapes_folder, tiny_run_dir, capfd
+):
+    from test_train_init_from import _train
+
+    from edgecls.compare import compare
+    from edgecls.models import create_model
+
+    parent, child = tmp_path / "v1", tmp_path / "v2"
+    shutil.copytree(tiny_run_dir, parent)
+    _train(child, str(shapes_folder), parent, learning_rate=1e-12)
+    compare(parent, child)
+    assert "changed since" not in capfd.readouterr().err
+    create_model("simple", 3, (32, 32, 3), widths=(4,)).save(parent / "model.keras")
+    compare(parent, child)
+    err = capfd.readouterr().err
+    assert f"warning: A's model {parent / 'model.keras'} changed since B ({child}) was started from it" in err, err

@@ -30,6 +30,7 @@ def compare(a, b, data=None, alpha: float = 0.05, bench_a=None, bench_b=None, wo
 
     alpha = _alpha(alpha)
     model_a, model_b = open_model(a, "A"), open_model(b, "B")
+    _warn_parent_changed(model_a, model_b)
     if data is not None:
         images, shown = truth_images(data)
         _warn_trained_on(images, shown, {"A": model_a, "B": model_b}, workers)
@@ -55,6 +56,26 @@ def compare(a, b, data=None, alpha: float = 0.05, bench_a=None, bench_b=None, wo
     if bench_a is not None or bench_b is not None:
         result.latency = latency_lines(bench_a, bench_b)
     return result
+
+
+def _warn_parent_changed(model_a, model_b) -> None:
+    """B started from A (`train --init-from`) records A's model sha256: a model.keras replaced since is said."""
+    from pathlib import Path
+
+    from edgecls.compare.models import RunModel
+    from edgecls.runtime.bundle import sha256_file
+
+    if not (isinstance(model_a, RunModel) and isinstance(model_b, RunModel)):
+        return
+    parent = model_b.run.metadata.get("parent") or {}
+    if parent.get("path") != str(Path(model_a.path).resolve()) or not parent.get("model_sha256"):
+        return
+    if sha256_file(model_a.run.model_path) != parent["model_sha256"]:
+        print(
+            f"warning: A's model {model_a.run.model_path} changed since B ({model_b.path}) was started from it "
+            "(its sha256 differs from B's metadata.json parent.model_sha256): A is not the model B grew from",
+            file=sys.stderr,
+        )
 
 
 def _warn_trained_on(images: list, shown: str, models: dict, workers: int) -> None:
