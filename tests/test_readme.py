@@ -523,6 +523,8 @@ class Workspace:
             except (OSError, urllib.error.URLError):
                 pass  # not listening yet, or 503: a source without frames so far
             time.sleep(0.2)
+        if process.poll() == 0 and "--max-frames" in command:
+            return process  # it classified its --max-frames and ended before a poll came: done, as the README says
         process.kill()
         process.wait()
         log.seek(0)
