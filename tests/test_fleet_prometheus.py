@@ -246,7 +246,6 @@ def test_promtool_check_config_passes_on_the_example_with_generated_targets(tmp_
 
 
 def test_a_running_prometheus_follows_the_regenerated_targets_file_without_a_restart(tiny_bundle, tmp_path):
-    pytest.importorskip("cv2")
     from tests.daemon_helpers import start_cli_daemon, wait_for, write_test_video
     from tests.prometheus_server import PrometheusServer
 
