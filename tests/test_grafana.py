@@ -261,7 +261,6 @@ def test_the_provisioning_files_give_grafana_the_dashboards_data_source_and_fold
 
 @pytest.fixture(scope="module")
 def scraped_fleet(tiny_bundle, tmp_path_factory):
-    pytest.importorskip("cv2")
     from tests.prometheus_server import ScrapedFleet
 
     fleet = ScrapedFleet(tmp_path_factory.mktemp("fleet"), tiny_bundle, scrape_s=1.0).start()
@@ -408,7 +407,6 @@ def test_the_latency_panels_show_the_quantile_they_name_as_computed_from_the_buc
 def test_the_frames_per_second_panels_never_read_zero_for_a_slowly_paced_source(tiny_bundle, tmp_path):
     """A camera classified every 4 s: the edgecls_fps gauge is 0 once its newest frame is 2 s old (half of the
     scrapes), so panels built on it showed a working camera as stopped; the counter's rate does not."""
-    pytest.importorskip("cv2")
     from tests.prometheus_server import ScrapedFleet
 
     slow = (("slow", ("slow=circle",), "tflite-int8", 0.25),)
