@@ -76,6 +76,8 @@ class Measurement:
     device: str = ""  # what was measured: "local", "user@host:port", with the machine's CPU model
     emulated: str | None = None  # runtime.bench.machine.emulation(): set when the device runs under qemu-user
     seconds: float = 0.0  # wall time the measurement took (the device's time that pruning saves)
+    started: float = 0.0  # time.time() when the device was taken (its lock held) and when it was let go: two
+    ended: float = 0.0  # measurements of one device never overlap, whichever process or host asked
 
     def to_dict(self) -> dict:
         return asdict(self)
