@@ -28,6 +28,7 @@ COLUMNS = (
     "train_s", "convert_s", "measure_s",
 )  # fmt: skip
 BUDGET_COLOUR, MEETS_COLOUR, MISSES_COLOUR, CHOSEN_COLOUR = "#d62728", "#1f77b4", "#9a9a9a", "#ffbf00"
+PRUNED_COLOUR = "#e377c2"
 
 
 def _finite(value) -> bool:
@@ -200,6 +201,15 @@ def _device(trials) -> tuple:
     return (device[0][0] if device else "the device"), emulated
 
 
+def figure_title(trials, given: str | None = None) -> str:
+    """`given` (else "Accuracy vs latency on DEVICE"), with the emulation said when the measurements ran emulated."""
+    device, emulated = _device(trials)
+    text = given or f"Accuracy vs latency on {device}"
+    if emulated and "emulated" not in text.lower():
+        text += f" (emulated: {emulated}; not the device's speed)"
+    return text
+
+
 def _budget_text(budget: Budget) -> str:
     parts = [f"{budget.latency_ms:g} ms"]
     parts += [
@@ -219,10 +229,6 @@ def plot_front(trials, budget: Budget, path, title: str | None = None) -> None:
     import matplotlib.pyplot as plt
 
     trials = list(trials)
-    device, emulated = _device(trials)
-    title = title or f"Accuracy vs latency on {device}"
-    if emulated and "emulated" not in title.lower():
-        title += f" (emulated: {emulated}; not the device's speed)"
     fig, (ax, strip) = plt.subplots(
         2, 1, sharex=True, figsize=(8.5, 6), gridspec_kw={"height_ratios": [4, 1], "hspace": 0.08}
     )
@@ -238,8 +244,9 @@ def plot_front(trials, budget: Budget, path, title: str | None = None) -> None:
         budget.latency_ms, 1.0, f" {_budget_text(budget)}", transform=ax.get_xaxis_transform(),
         color=BUDGET_COLOUR, va="bottom", ha="center", fontsize=9,
     )  # fmt: skip
-    ax.set_title(title, pad=18, fontsize=11)
-    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    ax.set_title(figure_title(trials, title), pad=18, fontsize=11)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.text(0.01, -0.01, counts(trials) + "; every trial is a row of trials.csv", fontsize=8, color="#444444")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -283,7 +290,7 @@ def _draw_pruned(strip, trials) -> None:
     if pruned:
         strip.plot(
             [t.predicted_ms for t in pruned], [0.0] * len(pruned), "o", markerfacecolor="none",
-            markeredgecolor="#e377c2", markersize=8, markeredgewidth=1.5, linestyle="none",
+            markeredgecolor=PRUNED_COLOUR, markersize=8, markeredgewidth=1.5, linestyle="none",
             label=f"pruned (predicted): {len(pruned)} never trained",
         )  # fmt: skip
         strip.legend(loc="upper left", fontsize=8, framealpha=0.9)

@@ -1,0 +1,284 @@
+"""edgecls.search.report: the front, the choice, the trials table and the plot, on hand-made trials (the report reads
+trials only; the search that makes real ones is tested in tests/test_search_api.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.search import report
+from edgecls.search.types import FAILED, GATE_FAILED, MEETS, OVER_BUDGET, PRUNED, Budget, Candidate, Measurement, Trial
+
+
+def trial(number, accuracy=None, ms=None, status=MEETS, rss=50.0, size=0.5, predicted=None, emulated=None, **kw):
+    """A trial as the search leaves it; `ms` None: never measured."""
+    candidate = Candidate("simple", 32, "stretch", {"widths": [4, 8]}, macs=1000 * (number + 1), params=100)
+    measurement = None
+    if ms is not None:
+        measurement = Measurement(
+            "tflite-int8", "litert", ms, ms * 1.1, rss, size, device="local (test CPU)", emulated=emulated, seconds=2.0
+        )
+    return Trial(
+        number, candidate, status, predicted_ms=predicted, val_accuracy=accuracy, measurement=measurement, **kw
+    )
+
+
+def numbers(trials) -> list:
+    return [t.number for t in trials]
+
+
+# --- the front ---------------------------------------------------------------------------------------------------
+
+
+def test_the_front_keeps_only_trials_no_other_beats_in_both_accuracy_and_latency_fastest_first():
+    trials = [trial(0, 0.80, 1.0), trial(1, 0.90, 3.0), trial(2, 0.85, 4.0), trial(3, 0.95, 6.0), trial(4, 0.70, 2.0)]
+    assert numbers(report.pareto_front(trials)) == [0, 1, 3]
+
+
+def test_an_equally_accurate_faster_trial_pushes_the_slower_one_off_the_front():
+    trials = [trial(0, 0.90, 5.0), trial(1, 0.90, 2.0)]
+    assert numbers(report.pareto_front(trials)) == [1]
+
+
+def test_two_trials_with_the_same_accuracy_and_latency_are_both_on_the_front():
+    trials = [trial(3, 0.90, 2.0), trial(1, 0.90, 2.0), trial(2, 0.95, 4.0)]
+    assert numbers(report.pareto_front(trials)) == [1, 3, 2]
+
+
+def test_a_faster_trial_as_accurate_at_the_same_latency_is_not_beaten_by_a_less_accurate_one_there():
+    trials = [trial(0, 0.80, 2.0), trial(1, 0.90, 2.0)]
+    assert numbers(report.pareto_front(trials)) == [1]
+
+
+def test_pruned_failed_gate_failed_and_running_trials_are_never_on_the_front():
+    best_looking = dict(accuracy=0.99, ms=0.1)
+    trials = [
+        trial(0, 0.80, 1.0),
+        trial(1, status=PRUNED, predicted=0.05),
+        trial(2, **best_looking, status=FAILED),
+        trial(3, **best_looking, status=GATE_FAILED),
+        trial(4, **best_looking, status=None),
+        trial(5, accuracy=0.99, status=OVER_BUDGET),  # no measurement: not a point of the front
+        trial(6, accuracy=math.nan, ms=0.2),  # diverged
+    ]
+    assert numbers(report.pareto_front(trials)) == [0]
+
+
+def test_over_budget_trials_are_on_the_front_it_is_the_accuracy_latency_trade_off_whatever_the_budget():
+    trials = [trial(0, 0.80, 1.0), trial(1, 0.95, 9.0, status=OVER_BUDGET)]
+    assert numbers(report.pareto_front(trials)) == [0, 1]
+
+
+# --- the choice --------------------------------------------------------------------------------------------------
+
+
+def test_the_chosen_trial_is_the_most_accurate_one_within_the_latency_budget():
+    trials = [trial(0, 0.80, 1.0), trial(1, 0.90, 3.0), trial(2, 0.97, 6.0, status=OVER_BUDGET)]
+    assert report.choose(trials, Budget(5.0)).number == 1
+
+
+def test_a_tie_in_accuracy_is_won_by_the_faster_trial_whichever_came_first():
+    trials = [trial(0, 0.90, 4.0), trial(1, 0.90, 2.5), trial(2, 0.90, 3.0)]
+    assert report.choose(trials, Budget(5.0)).number == 1
+
+
+def test_a_tie_in_accuracy_and_latency_is_won_by_the_earlier_trial():
+    trials = [trial(7, 0.90, 2.0), trial(3, 0.90, 2.0)]
+    assert report.choose(trials, Budget(5.0)).number == 3
+
+
+def test_a_trial_exactly_at_the_budget_meets_it():
+    assert report.choose([trial(0, 0.9, 5.0)], Budget(5.0)).number == 0
+
+
+def test_nothing_is_chosen_when_no_measured_trial_meets_the_budget():
+    trials = [trial(0, 0.90, 6.0, status=OVER_BUDGET), trial(1, status=PRUNED, predicted=1.0)]
+    assert report.choose(trials, Budget(5.0)) is None
+    assert report.choose([], Budget(5.0)) is None
+
+
+def test_pruned_failed_and_gate_failed_trials_are_never_chosen_however_good_they_look():
+    trials = [
+        trial(0, 0.70, 4.0),
+        trial(1, 0.99, status=PRUNED, predicted=0.5),
+        trial(2, 0.99, 0.5, status=FAILED),
+        trial(3, 0.99, 0.5, status=GATE_FAILED),
+        trial(4, 0.99, 0.5, status=None),
+    ]
+    assert report.choose(trials, Budget(5.0)).number == 0
+
+
+def test_a_ram_budget_passes_over_a_more_accurate_trial_that_needs_more_memory():
+    trials = [trial(0, 0.95, 1.0, rss=180.0), trial(1, 0.90, 2.0, rss=90.0)]
+    assert report.choose(trials, Budget(5.0, ram_mb=100)).number == 1
+    assert report.choose(trials, Budget(5.0)).number == 0
+    assert report.misses(trials[0], Budget(5.0, ram_mb=100)) == ["peak RAM 180.0 MB > 100 MB"]
+
+
+def test_a_size_budget_passes_over_a_more_accurate_trial_whose_artifact_is_larger():
+    trials = [trial(0, 0.95, 1.0, size=3.2), trial(1, 0.90, 2.0, size=0.8)]
+    assert report.choose(trials, Budget(5.0, size_mb=1.0)).number == 1
+    assert report.misses(trials[0], Budget(5.0, size_mb=1.0)) == ["size 3.2 MB > 1 MB"]
+
+
+@pytest.mark.parametrize("unmeasured", [None, math.nan])
+def test_a_memory_limit_is_never_taken_as_met_when_that_figure_was_not_measured(unmeasured):
+    trials = [trial(0, 0.95, 1.0, rss=unmeasured), trial(1, 0.90, 2.0)]
+    assert report.choose(trials, Budget(5.0, ram_mb=100)).number == 1
+    assert report.misses(trials[0], Budget(5.0, ram_mb=100)) == ["peak RAM not measured (budget 100 MB)"]
+
+
+def test_measured_trials_can_be_judged_again_against_another_budget():
+    trials = [trial(0, 0.80, 1.0), trial(1, 0.95, 8.0, status=OVER_BUDGET)]
+    assert report.choose(trials, Budget(5.0)).number == 0
+    assert report.choose(trials, Budget(10.0)).number == 1
+    assert report.misses(trials[1], Budget(5.0)) == ["latency 8.00 ms > 5 ms"]
+
+
+# --- the table ---------------------------------------------------------------------------------------------------
+
+
+def search_trials() -> list:
+    return [
+        trial(2, 0.90, 3.0, test_accuracy=0.88, reason="meets 5 ms", train_seconds=12.5),
+        trial(0, 0.80, 1.0, test_accuracy=0.79),
+        trial(1, status=PRUNED, predicted=9.5, reason="predicted 9.5 ms > 5 ms"),
+        trial(3, 0.97, 7.0, status=OVER_BUDGET, reason="latency 7.00 ms > 5 ms"),
+        trial(4, status=FAILED, reason="ValueError: the model\ndiverged"),
+    ]
+
+
+def test_the_table_has_one_row_per_trial_by_number_with_its_figures(tmp_path):
+    csv_path, json_path = report.write_table(search_trials(), tmp_path, budget=Budget(5.0), device={"name": "cpu"})
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["number"] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert list(rows[0]) == list(report.COLUMNS)
+    two = rows[2]
+    assert (two["model"], two["size"], two["status"], two["p50_ms"], two["p90_ms"]) == (
+        "simple",
+        "32",
+        "meets-budget",
+        "3.0",
+        "3.3",
+    )
+    assert (two["val_accuracy"], two["int8_test_accuracy"], two["peak_rss_mb"], two["train_s"]) == (
+        "0.9",
+        "0.88",
+        "50.0",
+        "12.5",
+    )
+    assert json.loads(two["options"]) == {"widths": [4, 8]}
+    assert (two["device"], two["artifact"], two["emulated"]) == ("local (test CPU)", "tflite-int8", "")
+    assert (rows[1]["status"], rows[1]["predicted_ms"], rows[1]["p50_ms"]) == ("pruned", "9.5", "")
+    assert rows[4]["reason"] == "ValueError: the model diverged"  # one line per row
+
+
+def test_the_json_table_reads_back_as_the_same_trials_with_the_budget_front_and_choice(tmp_path):
+    trials = search_trials()
+    report.write_table(trials, tmp_path, budget=Budget(5.0, ram_mb=100), device={"name": "cpu"})
+    back = report.read_table(tmp_path)
+    assert back["trials"] == sorted(trials, key=lambda t: t.number)
+    assert back["budget"] == Budget(5.0, ram_mb=100)
+    assert (back["device"], back["chosen"], back["front"]) == ({"name": "cpu"}, 2, [0, 2, 3])
+
+
+def test_a_diverged_trial_is_written_as_valid_json_with_null_accuracy(tmp_path):
+    report.write_table([trial(0, math.nan, 1.0, status=FAILED)], tmp_path, budget=Budget(5.0))
+    text = (tmp_path / report.TRIALS_JSON).read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["trials"][0]["val_accuracy"] is None
+
+
+def test_a_failing_write_leaves_the_previous_tables_as_they_were(tmp_path):
+    report.write_table(search_trials(), tmp_path, budget=Budget(5.0))
+    before = {name: (tmp_path / name).read_bytes() for name in (report.TRIALS_CSV, report.TRIALS_JSON)}
+    broken = trial(9, 0.5, 1.0)
+    broken.candidate.model_options["widths"] = {4, 8}  # a set: not JSON
+    with pytest.raises(TypeError):
+        report.write_table([*search_trials(), broken], tmp_path, budget=Budget(5.0))
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no temp file left behind
+
+
+def test_reading_a_folder_without_a_trials_table_says_what_to_give_in_one_line(tmp_path):
+    (tmp_path / report.TRIALS_JSON).write_text('{"format": "something-else"}')
+    with pytest.raises(EdgeclsError) as info:
+        report.read_table(tmp_path)
+    assert "\n" not in str(info.value)
+    assert "give the OUT folder of an `edgecls search`" in str(info.value)
+    with pytest.raises(EdgeclsError, match="cannot read"):
+        report.read_table(tmp_path / "nothing")
+
+
+def test_counts_name_each_status():
+    assert report.counts(search_trials()) == "5 trials: 2 meets-budget, 1 over-budget, 1 pruned, 1 failed"
+
+
+# --- the plot ----------------------------------------------------------------------------------------------------
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def colour_mask(image: np.ndarray, hex_colour: str, tolerance: int = 14) -> np.ndarray:
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return (np.abs(image - rgb) <= tolerance).all(axis=-1)
+
+
+def budget_column(path) -> tuple:
+    """The pixel column holding most of the budget colour, and how many such pixels it holds."""
+    per_column = colour_mask(pixels(path), report.BUDGET_COLOUR).sum(axis=0)
+    return int(per_column.argmax()), int(per_column.max())
+
+
+def test_the_front_png_is_a_readable_figure_with_the_budget_line_where_the_budget_is(tmp_path):
+    trials = search_trials()
+    report.plot_front(trials, Budget(2.0), tmp_path / "tight.png")
+    report.plot_front(trials, Budget(6.0), tmp_path / "loose.png")
+    image = pixels(tmp_path / "tight.png")
+    assert 750 <= image.shape[1] <= 1100 and 550 <= image.shape[0] <= 800, image.shape
+    (tight_x, tight_n), (loose_x, loose_n) = (
+        budget_column(tmp_path / "tight.png"),
+        budget_column(tmp_path / "loose.png"),
+    )
+    assert tight_n > 0.4 * image.shape[0] and loose_n > 0.4 * image.shape[0]  # a line across both panels
+    # on a linear axis from about 1 to 9.5 ms, 2 ms and 6 ms lie about half the plot's width apart
+    assert 0.3 * image.shape[1] < loose_x - tight_x < 0.6 * image.shape[1]
+
+
+def test_the_chosen_trial_is_starred_only_when_one_meets_the_budget(tmp_path):
+    report.plot_front(search_trials(), Budget(5.0), tmp_path / "chosen.png")
+    report.plot_front(search_trials(), Budget(0.5), tmp_path / "none.png")
+    assert colour_mask(pixels(tmp_path / "chosen.png"), report.CHOSEN_COLOUR).sum() > 100
+    assert colour_mask(pixels(tmp_path / "none.png"), report.CHOSEN_COLOUR).sum() == 0
+
+
+def test_pruned_candidates_are_drawn_apart_below_the_measured_ones(tmp_path):
+    with_pruned, without = search_trials(), [t for t in search_trials() if t.status != PRUNED]
+    report.plot_front(with_pruned, Budget(5.0), tmp_path / "pruned.png")
+    report.plot_front(without, Budget(5.0), tmp_path / "none.png")
+    pruned = colour_mask(pixels(tmp_path / "pruned.png"), report.PRUNED_COLOUR)
+    assert colour_mask(pixels(tmp_path / "none.png"), report.PRUNED_COLOUR).sum() == 0
+    rows = np.nonzero(pruned.sum(axis=1))[0]
+    assert rows.size and rows.min() > 0.6 * pruned.shape[0]  # in the strip under the accuracy panel
+
+
+def test_a_search_with_nothing_measured_yet_still_draws_its_figure(tmp_path):
+    report.plot_front(
+        [trial(0, status=PRUNED, predicted=12.0), trial(1, status=FAILED)], Budget(5.0), tmp_path / "f.png"
+    )
+    assert pixels(tmp_path / "f.png").shape[0] > 500
+
+
+def test_the_title_names_the_device_and_says_when_the_measurements_were_emulated():
+    local = report.figure_title([trial(0, 0.9, 1.0)])
+    assert local == "Accuracy vs latency on local (test CPU)"
+    emulated = report.figure_title([trial(0, 0.9, 40.0, emulated="qemu-user on an x86_64 CPU")], "Pi 5")
+    assert emulated.startswith("Pi 5 (emulated: qemu-user on an x86_64 CPU")
