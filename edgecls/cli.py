@@ -23,6 +23,7 @@ from edgecls.commands import (
     predict,
     rollback,
     run,
+    search,
     service,
     sign,
     status,
@@ -98,6 +99,7 @@ cli.add_command(fleet.fleet)
 cli.add_command(bench.bench)
 cli.add_command(explain.explain)
 cli.add_command(tune.tune)
+cli.add_command(search.search)
 cli.add_command(quickstart)
 cli.add_command(compare.compare)
 cli.add_command(label.label)

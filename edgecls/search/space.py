@@ -1,0 +1,111 @@
+"""The search space of `edgecls search`: architecture and its width/depth, input size, resize mode.
+
+`suggest` draws one candidate from an Optuna trial with conditional parameters (a simple net's widths and
+depth, a MobileNet's alpha, MobileNetV3's minimalistic flag only exist for the model that has them), and
+`count` builds the candidate's Keras model untrained to count its multiply-accumulates and parameters: the
+latency model's input, known before anything is trained.
+
+Every parameter name has one fixed set of choices (Optuna refuses a categorical whose choices change between
+trials), so an input size a backbone cannot take (MobileNets need 32 px or more) can be drawn: `count`
+refuses it with the model's own one-line reason and the trial records it, instead of crashing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from edgecls.search.types import Candidate
+
+# What the search draws from unless the user narrows it (--models, --sizes).
+DEFAULT_MODELS = ("simple", "mobilenetv2", "mobilenetv3small", "mobilenetv3large")
+OPT_IN_MODELS = ("efficientnetb0",)  # only with --models: 4 M parameters at any input size, slow on small devices
+MODELS = DEFAULT_MODELS + OPT_IN_MODELS
+DEFAULT_SIZES = (24, 32, 48, 64, 96, 128)  # those up to the data's own image size are kept (`default_sizes`)
+RESIZES = ("stretch", "center-crop")
+SIMPLE_BASE_WIDTHS = (4, 8, 16, 32)
+SIMPLE_BLOCKS = (1, 2, 3, 4)
+SIMPLE_CONVS = (1, 2)
+ALPHAS = (0.35, 0.5, 0.75, 1.0)
+MOBILENETV3_ALPHAS = (0.5, 0.75, 1.0)
+
+
+def default_sizes(data_size: int) -> tuple:
+    """The default sizes up to the data's own size (upscaling adds MACs, not detail); the data's size when no
+    default is that small."""
+    kept = tuple(s for s in DEFAULT_SIZES if s <= data_size)
+    return kept or (int(data_size),)
+
+
+def suggest(trial, cfg) -> Candidate:
+    """One candidate from an `optuna.Trial`; `cfg` gives `models` and `sizes` (a SearchConfig)."""
+    model = trial.suggest_categorical("model", list(cfg.models))
+    size = int(trial.suggest_categorical("image_size", [int(s) for s in cfg.sizes]))
+    resize = trial.suggest_categorical("resize", list(RESIZES))
+    return Candidate(model=model, image_size=size, resize=resize, model_options=_options(trial, model))
+
+
+def _options(trial, model: str) -> dict:
+    if model == "simple":
+        base = int(trial.suggest_categorical("simple_base_width", list(SIMPLE_BASE_WIDTHS)))
+        blocks = int(trial.suggest_categorical("simple_blocks", list(SIMPLE_BLOCKS)))
+        convs = int(trial.suggest_categorical("simple_convs_per_block", list(SIMPLE_CONVS)))
+        return {"widths": [base * 2**i for i in range(blocks)], "convs_per_block": convs}
+    if model == "mobilenetv2":
+        return {"alpha": float(trial.suggest_categorical("mobilenetv2_alpha", list(ALPHAS)))}
+    if model in ("mobilenetv3small", "mobilenetv3large"):
+        alpha = float(trial.suggest_categorical(f"{model}_alpha", list(MOBILENETV3_ALPHAS)))
+        minimalistic = bool(trial.suggest_categorical(f"{model}_minimalistic", [False, True]))
+        return {"alpha": alpha, "minimalistic": minimalistic}
+    return {}  # efficientnetb0: fixed width
+
+
+def model_options(candidate: Candidate) -> dict:
+    """The candidate's options as `create_model`/`TrainConfig` take them (JSON keeps widths as a list)."""
+    options = dict(candidate.model_options)
+    if "widths" in options:
+        options["widths"] = tuple(int(w) for w in options["widths"])
+    return options
+
+
+def check(candidate: Candidate, channels: int) -> None:
+    """Raise the model's own EdgeclsError when it refuses the candidate (too small an input, ...), without Keras."""
+    from edgecls.models import check_options
+
+    shape = (candidate.image_size, candidate.image_size, channels)
+    check_options(candidate.model, shape, **model_options(candidate))
+
+
+def count(candidate: Candidate, channels: int, num_classes: int) -> Candidate:
+    """The candidate with `macs` and `params` of its untrained Keras model (built, never trained).
+
+    Raises EdgeclsError (one line, the model's own reason) when the model refuses the candidate."""
+    import keras
+
+    from edgecls.converters.macs import count_macs, count_params
+    from edgecls.models import create_model
+
+    check(candidate, channels)
+    shape = (candidate.image_size, candidate.image_size, channels)
+    model = create_model(candidate.model, num_classes, shape, **model_options(candidate))
+    try:
+        return replace(candidate, macs=count_macs(model), params=count_params(model))
+    finally:
+        del model
+        keras.backend.clear_session()
+
+
+def describe(candidate: Candidate) -> str:
+    """Short words for a progress line: `mobilenetv3small a=0.5 min 64px stretch 5.1 MMAC`."""
+    options = candidate.model_options
+    parts = [candidate.model]
+    if "widths" in options:
+        parts.append("w=" + ",".join(str(w) for w in options["widths"]))
+        parts.append(f"x{options.get('convs_per_block', 2)}")
+    if "alpha" in options:
+        parts.append(f"a={options['alpha']:g}")
+    if options.get("minimalistic"):
+        parts.append("min")
+    parts += [f"{candidate.image_size}px", candidate.resize]
+    if candidate.macs:
+        parts.append(f"{candidate.macs / 1e6:.1f} MMAC")
+    return " ".join(parts)

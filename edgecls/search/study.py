@@ -1,0 +1,126 @@
+"""The Optuna study behind `edgecls search`: what it proposes next, and what it is told each trial gave.
+
+Why Optuna and not keras-tuner (which `edgecls tune` uses): keras-tuner 1.4's oracles (random, Bayesian,
+Hyperband) optimise one objective and know no constraints, so "most accurate under 3 ms" would have to be
+folded into one score by hand (a penalty whose size decides the result), and a candidate pruned before
+training could only be reported as a failure or as a made-up score. Optuna 5.1 searches two objectives at
+once (validation accuracy up, measured latency down) with TPE or NSGA-II, takes a `constraints_func` (the
+budget: a trial over it is infeasible and ranked behind every feasible one), and lets a trial end PRUNED, with
+the latency that pruned it as its constraint, so the sampler learns "too slow there" without an invented
+accuracy. TPE is used: NSGA-II needs a population (50 by default) before it breeds, more trials than a search
+on one device affords; TPE's `constant_liar` keeps workers that ask at the same time apart.
+
+Storage: `JournalStorage(JournalFileBackend(OUT/study.journal))`, an append-only file of operations guarded by
+a file lock, replayed on open: a search killed at any point reopens with every told trial, and several
+processes or hosts on one shared filesystem use one study (keras-tuner's distributed mode needs a chief
+process to serve its oracle over gRPC, one more thing to keep alive). What Optuna 5.1 does NOT offer on a
+journal: heartbeats (`heartbeat_interval` and `fail_stale_trials` are RDB-storage only, so
+`RetryFailedTrialCallback` never fires there). A killed worker's trial stays RUNNING in the journal;
+`edgecls.search.trial` keeps its own heartbeat file per trial and a later worker adopts and finishes it,
+telling the study by trial number.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from edgecls.search.types import FAILED, GATE_FAILED, MEETS, OVER_BUDGET, PRUNED, Budget, Trial
+
+JOURNAL = "study.journal"
+STUDY_NAME = "edgecls-search"
+DIRECTIONS = ("maximize", "minimize")  # validation accuracy, measured latency (ms)
+CONSTRAINTS = "constraints"  # user attribute: what constraints_func returns (<= 0: met)
+SAME_AS = "same_as"  # user attribute of a proposal that repeated a finished trial's candidate
+
+
+def open_study(out: Path, quiet: bool = True):
+    """The study in OUT/study.journal, created on first use (every worker and every resume loads the same)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if quiet:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(Path(out) / JOURNAL)))
+    return optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=list(DIRECTIONS), load_if_exists=True)
+
+
+def constraints(frozen) -> list:
+    """Optuna's constraints_func: the values told with the trial (a FAIL trial has none; never asked)."""
+    return list(frozen.user_attrs.get(CONSTRAINTS, [0.0, 0.0, 0.0, 0.0]))
+
+
+def sampler(seed: int, number: int, trials: int):
+    """TPE, seeded by the search's seed and the trial number it will propose: any worker asking for trial k
+    draws what any other would, so two workers with one seed do not propose the same start."""
+    from optuna.samplers import TPESampler
+
+    return TPESampler(
+        seed=(seed * 1_000_003 + number) % 2**32,
+        n_startup_trials=max(3, min(10, trials // 3)),
+        multivariate=True,
+        group=True,  # conditional parameters (a MobileNet's alpha, simple's widths) in their own groups
+        constant_liar=True,
+        constraints_func=constraints,
+        warn_independent_sampling=False,
+    )
+
+
+def ask(study, seed: int, trials: int):
+    """A new optuna.Trial, proposed by a sampler seeded for its number."""
+    import warnings
+
+    number = len(study.get_trials(deepcopy=False))
+    study.sampler = sampler(seed, number, trials)
+    with warnings.catch_warnings():  # multivariate/group TPE are "experimental" in Optuna: said once, here
+        warnings.simplefilter("ignore")
+        return study.ask()
+
+
+def constraint_values(trial: Trial, budget: Budget) -> list:
+    """[latency, RAM, size, unshippable]: relative excess over the budget (<= 0 met). A pruned trial's latency
+    is the predicted one; a gate failure or a refusal is unshippable (1)."""
+    m = trial.measurement
+    ms = m.latency_ms if m else trial.predicted_ms
+    values = [_excess(ms, budget.latency_ms)]
+    values.append(_excess(m.peak_rss_mb if m else None, budget.ram_mb))
+    values.append(_excess(m.size_mb if m else None, budget.size_mb))
+    values.append(1.0 if trial.status in (GATE_FAILED, FAILED) else 0.0)
+    return values
+
+
+def _excess(value, limit) -> float:
+    if value is None or limit is None or not math.isfinite(float(value)):
+        return 0.0
+    return float(value) / float(limit) - 1.0
+
+
+def tell(study, number: int, trial: Trial, budget: Budget, same_as: int | None = None) -> None:
+    """Tell the study how optuna trial `number` ended: measured trials with (val accuracy, latency); pruned,
+    gate-failed and refused ones PRUNED with their constraints (no invented accuracy); a crash FAIL."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    if storage.get_trial(trial_id).state.is_finished():
+        return  # told already (a worker killed between telling and writing trial.json)
+    storage.set_trial_user_attr(trial_id, CONSTRAINTS, constraint_values(trial, budget))
+    if same_as is not None:
+        storage.set_trial_user_attr(trial_id, SAME_AS, same_as)
+    if trial.status in (MEETS, OVER_BUDGET) and trial.val_accuracy is not None and trial.measurement:
+        study.tell(number, [float(trial.val_accuracy), float(trial.measurement.latency_ms)])
+    elif trial.status in (PRUNED, GATE_FAILED) or (trial.status == FAILED and trial.candidate.macs == 0):
+        study.tell(number, state=TrialState.PRUNED)
+    else:
+        study.tell(number, state=TrialState.FAIL)
+
+
+def fail(study, number: int, same_as: int | None = None) -> None:
+    """End a proposal that is not run (it repeats a running trial's candidate) as FAIL: TPE ignores it."""
+    from optuna.trial import TrialState
+
+    if same_as is not None:
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        study._storage.set_trial_user_attr(trial_id, SAME_AS, same_as)
+    study.tell(number, state=TrialState.FAIL)
