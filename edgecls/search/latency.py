@@ -1,0 +1,201 @@
+"""The latency model of `edgecls search`: MACs -> ms on one device, fitted to the trials measured there so far.
+
+Latency is close to affine in MACs within an architecture family (a fixed cost per invoke: the interpreter,
+int8 requantization, small ops; then a MAC rate), but families run at different MAC rates (MobileNets'
+depthwise-separable convolutions do fewer MACs per second than plain 3x3 convolutions). So each family with at
+least FAMILY_POINTS measured candidates (distinct MACs) gets its own fit, and the others share one pooled fit.
+
+Two forms were compared on real measurements (benchmarks/latency_model.py, results/latency_model.txt): `affine`,
+ms = a + b * MACs with a, b >= 0, least squares in relative error; and `loglog`, log ms = c + k log MACs. The
+default, `affine`, predicted held-out candidates better there (leave-one-out and half-split medians and worsts),
+and it extrapolates linearly to candidates bigger than any measured, where loglog's fitted exponent (below 1
+on small models whose fixed cost dominates) underestimates, which would prune less, never wrongly, but saves less.
+
+Pruning is conservative: nothing is pruned before MIN_POINTS measurements; then a candidate is pruned only when
+even an optimistic estimate, the prediction divided by max(MIN_MARGIN, 1 + the worst leave-one-out relative
+error so far), is over the budget. Size is pruned from params (an int8 artifact holds about a byte per
+parameter: the measured bytes/param once there are points, else a lower bound); RAM only from measured evidence.
+
+Stateless: `from_trials` rebuilds it from the trials on disk each time, so a resumed search and a second worker
+decide alike.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+
+from edgecls.search.types import FAILED, GATE_FAILED, PRUNED, Budget, Candidate, Trial
+
+FORMS = ("affine", "loglog")
+MIN_POINTS = 3  # measured trials before the model predicts (and so prunes) anything
+FAMILY_POINTS = 3  # measured candidates of one family (distinct MACs) before it gets a fit of its own
+MIN_MARGIN = 1.5  # the optimistic estimate is at least this many times below the prediction
+SIZE_FLOOR_BYTES_PER_PARAM = 0.8  # before any measured size: int8 weights take a byte each, minus folded BN
+MB = 1024 * 1024
+
+
+def _fit(points: list, form: str) -> tuple:
+    """Coefficients of one fit over [(macs, ms)]."""
+    x = np.array([p[0] for p in points], dtype=float)
+    y = np.array([p[1] for p in points], dtype=float)
+    if form == "loglog":
+        if len(set(x)) < 2:
+            return (float(np.mean(np.log(y))), 0.0)
+        k, c = np.polyfit(np.log(x), np.log(y), 1)
+        return (float(c), float(k))
+    from scipy.optimize import nnls
+
+    # Relative least squares, a and b >= 0: each row divided by its own latency, so a 0.05 ms model counts
+    # as much as a 20 ms one (absolute least squares would fit the big ones and miss the small ones by 10x).
+    rows = np.stack([1.0 / y, x / y], axis=1)
+    (a, b), _ = nnls(rows, np.ones_like(y))
+    return (float(a), float(b))
+
+
+def _apply(coef: tuple, macs: float, form: str) -> float:
+    if form == "loglog":
+        return float(math.exp(coef[0] + coef[1] * math.log(macs)))
+    return coef[0] + coef[1] * macs
+
+
+def _affine(points: list) -> tuple | None:
+    """(a, b) of y = a + b x by least squares, or None with fewer than 2 distinct x."""
+    if len({p[0] for p in points}) < 2:
+        return None
+    b, a = np.polyfit([p[0] for p in points], [p[1] for p in points], 1)
+    return (float(a), float(b))
+
+
+class LatencyModel:
+    """Fitted to measured trials of one device (`from_trials`); predicts a candidate's latency and decides whether
+    it can meet a budget. `points`: [(Candidate, Measurement)] of trials that reached the device."""
+
+    def __init__(self, points: list, form: str = "affine"):
+        if form not in FORMS:
+            raise ValueError(f"form {form!r}: one of {FORMS}")
+        self.form = form
+        self.points = [(c, m) for c, m in points if c.macs > 0 and m.latency_ms > 0]
+        self._fits = self._fit_all(self.points)
+        self._held_out: dict | None = None
+
+    @classmethod
+    def from_trials(cls, trials: list[Trial], form: str = "affine") -> LatencyModel:
+        """The measured trials' points; pruned, failed and gate-failed trials (never measured, or not as shipped)
+        are left out."""
+        skip = (PRUNED, FAILED, GATE_FAILED)
+        return cls([(t.candidate, t.measurement) for t in trials if t.measurement and t.status not in skip], form)
+
+    def _fit_all(self, points: list) -> dict:
+        """{family: coefficients} for families with enough distinct points, and None: the pooled fit."""
+        if len(points) < MIN_POINTS:
+            return {}
+        fits = {None: _fit([(c.macs, m.latency_ms) for c, m in points], self.form)}
+        for family in {c.model for c, _ in points}:
+            mine = [(c.macs, m.latency_ms) for c, m in points if c.model == family]
+            if len({x for x, _ in mine}) >= FAMILY_POINTS:
+                fits[family] = _fit(mine, self.form)
+        return fits
+
+    def _predict_with(self, fits: dict, candidate: Candidate) -> float | None:
+        if not fits or candidate.macs <= 0:
+            return None
+        coef = fits.get(candidate.model, fits[None])
+        return _apply(coef, candidate.macs, self.form)
+
+    def predict(self, candidate: Candidate) -> float | None:
+        """Predicted p50 in ms on this device; None with fewer than MIN_POINTS measurements (or MACs unknown)."""
+        return self._predict_with(self._fits, candidate)
+
+    def held_out_errors(self) -> dict:
+        """Leave-one-out over the measured trials: each refitted without it, relative error |pred - ms| / ms."""
+        if self._held_out is None:
+            errors = []
+            if len(self.points) > MIN_POINTS:
+                for i, (candidate, measured) in enumerate(self.points):
+                    fits = self._fit_all(self.points[:i] + self.points[i + 1 :])
+                    predicted = self._predict_with(fits, candidate)
+                    errors.append(abs(predicted - measured.latency_ms) / measured.latency_ms)
+            self._held_out = {
+                "n": len(errors),
+                "median": statistics.median(errors) if errors else None,
+                "worst": max(errors) if errors else None,
+                "form": self.form,
+            }
+        return self._held_out
+
+    def margin(self) -> float:
+        """How far below its prediction a candidate's latency may still fall: max(MIN_MARGIN, 1 + worst LOO error)."""
+        worst = self.held_out_errors()["worst"]
+        return max(MIN_MARGIN, 1.0 + (worst or 0.0))
+
+    def decide(self, candidate: Candidate, budget: Budget) -> tuple[bool, float | None, str]:
+        """(plausible?, predicted ms, one-line reason): implausible only when an optimistic estimate is over the
+        budget: latency, the artifact's size, or RAM."""
+        predicted = self.predict(candidate)
+        for check in (self._size_check, self._ram_check):
+            reason = check(candidate, budget)
+            if reason:
+                return False, predicted, reason
+        if predicted is None:
+            why = "MACs unknown" if candidate.macs <= 0 else f"{len(self.points)} of {MIN_POINTS} measurements"
+            return True, None, f"not predicted yet ({why}): measured"
+        best = predicted / self.margin()
+        if best > budget.latency_ms:
+            return (
+                False,
+                predicted,
+                f"predicted {predicted:.3g} ms, at best {best:.3g} ms (the model's worst held-out error allowed for), "
+                f"over the {budget.latency_ms:g} ms budget",
+            )
+        return True, predicted, f"predicted {predicted:.3g} ms, plausible within {budget.latency_ms:g} ms"
+
+    def _size_check(self, candidate: Candidate, budget: Budget) -> str:
+        """Over --max-size-mb: measured bytes per param (optimistic by the margin), else the int8 lower bound."""
+        if budget.size_mb is None or candidate.params <= 0:
+            return ""
+        sized = [(c.params, m.size_mb * MB) for c, m in self.points if m.size_mb and c.params > 0]
+        per_param = min(b / p for p, b in sized) / MIN_MARGIN if sized else SIZE_FLOOR_BYTES_PER_PARAM
+        per_param = max(per_param, SIZE_FLOOR_BYTES_PER_PARAM)
+        least = candidate.params * per_param / MB
+        if least > budget.size_mb:
+            return (
+                f"{candidate.params:,} params: the artifact takes at least {least:.3g} MB, over {budget.size_mb:g} MB"
+            )
+        return ""
+
+    def _ram_check(self, candidate: Candidate, budget: Budget) -> str:
+        """Over --max-ram-mb, only on evidence: with MIN_POINTS measured peaks, a candidate is over when a smaller
+        one (fewer params) measured over the budget already (the runtime's own memory does not shrink), or when
+        the peak fitted in params, divided by MIN_MARGIN, is over it."""
+        ram = [(c.params, m.peak_rss_mb) for c, m in self.points if m.peak_rss_mb and c.params > 0]
+        if budget.ram_mb is None or len(ram) < MIN_POINTS or candidate.params <= 0:
+            return ""
+        smaller = [r for p, r in ram if p <= candidate.params]
+        if smaller and min(smaller) > budget.ram_mb:
+            return (
+                f"peak RSS at least {min(smaller):.0f} MB (measured on smaller candidates), over {budget.ram_mb:g} MB"
+            )
+        fit = _affine(ram)
+        if fit is None:
+            return ""
+        predicted = fit[0] + max(fit[1], 0.0) * candidate.params
+        if predicted / MIN_MARGIN > budget.ram_mb:
+            best = predicted / MIN_MARGIN
+            return f"peak RSS predicted {predicted:.0f} MB, at best {best:.0f} MB, over {budget.ram_mb:g} MB"
+        return ""
+
+    def to_dict(self) -> dict:
+        fits = {(family or "pooled"): [round(v, 12) for v in coef] for family, coef in self._fits.items()}
+        return {
+            "form": self.form,
+            "coefficients": "ms = a + b * MACs" if self.form == "affine" else "ms = exp(c) * MACs ** k",
+            "fits": fits,
+            "points": len(self.points),
+            "min_points": MIN_POINTS,
+            "family_points": FAMILY_POINTS,
+            "margin": self.margin(),
+            "held_out": self.held_out_errors(),
+        }
