@@ -42,6 +42,9 @@ class FlashOptions:
     say: object = field(default=lambda message: None, repr=False)  # progress lines (setup takes minutes)
     lock_timeout: float = 60.0
     jobs: int = 8  # targets flashed at once
+    artifact: str | None = None  # an artifact name, "fastest" (from `bench`), or None: the profile's first
+    bench: str | None = None  # an `edgecls bench --json` result for --artifact fastest (None: the recorded one)
+    force_bench: bool = False  # use a bench measured on another kind of machine (a warning line says so)
 
 
 @dataclass
@@ -74,6 +77,32 @@ def choose_artifacts(bundle: Bundle, profile: DeviceProfile) -> list:
     )
 
 
+def artifacts_for(bundle: Bundle, target_text: str, options: FlashOptions) -> tuple:
+    """(artifact names to send, the profile the smoke test and the device run them with): the profile's
+    choice, the --artifact named, or the fastest row of a bench measured on this target's kind of machine."""
+    from edgecls.devices import fastest
+
+    if options.artifact is None:
+        return choose_artifacts(bundle, options.profile), options.profile
+    if options.artifact != fastest.FASTEST:
+        return [bundle.artifact(options.artifact).name], options.profile
+    from edgecls.devices.ssh import is_ssh_target
+    from edgecls.runtime.bench.machine import describe
+
+    doc, choice = fastest.pick(bundle, options.profile, options.bench)
+    here = None if is_ssh_target(target_text) else describe()  # a local folder: this machine runs the daemon
+    fastest.check_machine(doc, choice.bench, here, target_text, options.force_bench, options.say)
+    derived = fastest.derive(options.profile, choice, bundle)
+    fastest.check_record(derived)  # a user's own file of that name: refused before anything is sent
+    for line in choice.refused:
+        options.say(f"{target_text}: left out {line}")
+    options.say(
+        f"{target_text}: fastest qualifying row of {choice.bench}: {choice.row} ({choice.engine}) at "
+        f"{choice.threads or 'default'} thread(s), p50 {choice.p50_ms:.3f} ms"
+    )
+    return [choice.artifact], derived
+
+
 def _bundle_files(bundle: Bundle, artifacts: list) -> dict:
     """name -> local path of everything to send, each checked against the manifest here first."""
     from edgecls.runtime.bundle import check_file_name, sha256_file
@@ -98,8 +127,7 @@ def _bundle_files(bundle: Bundle, artifacts: list) -> dict:
 def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashResult:
     """Flash one target; refusals and failures raise EdgeclsError, a rollback is a result."""
     started = time.monotonic()
-    profile = options.profile
-    artifacts = choose_artifacts(bundle, profile)
+    artifacts, profile = artifacts_for(bundle, target_text, options)
     files = _bundle_files(bundle, artifacts)
     if profile.allowed_signers:  # refuse here already: nothing is sent for an unsigned bundle
         verify_manifest(bundle.root / MANIFEST, bundle.root / SIGNATURE, Path(profile.allowed_signers).expanduser())
@@ -131,6 +159,8 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     if not set(plan["need"]) <= set(files):
         raise EdgeclsError(f"{target_text}: {_unexpected('plan', 'need', 'names of files in this bundle')}")
     if plan["installed"]:
+        if profile is not options.profile:
+            _record_choice(profile, target_text, options.say)
         return FlashResult(
             target_text, "unchanged", plan["slot"], "already installed and healthy", time.monotonic() - started
         )
@@ -153,6 +183,8 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     except SshError as exc:  # the device's side ended without its verdict: what does it serve now?
         raise SshError(f"{exc}{_device_now(target, target_text)}") from exc
     device_reply(done, "apply", target_text)
+    if profile is not options.profile and done["result"] != "rolled back":
+        _record_choice(profile, target_text, options.say)
     return FlashResult(
         target_text,
         done["result"],
@@ -161,6 +193,17 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
         time.monotonic() - started,
         sorted(send),
         done.get("smoke"),
+    )
+
+
+def _record_choice(derived: DeviceProfile, target_text: str, say) -> None:
+    """The flashed --artifact fastest choice, as a user profile the daemon can be started with."""
+    from edgecls.devices.fastest import record
+
+    path = record(derived)
+    say(
+        f"{target_text}: recorded the choice as profile {derived.name} ({path}): the daemon runs it with "
+        f"`edgecls run ... --device {derived.name}` or `--artifact fastest --device {derived.name}`"
     )
 
 
@@ -274,6 +317,7 @@ def flash(bundle_path, targets, options: FlashOptions | None = None) -> list:
             "no TARGET given: name devices as user@host[:port][:/root] or local folders, or pass --targets FILE"
         )
     bundle = load_bundle(bundle_path)
+    _check_artifact_choice(bundle, targets, options)
 
     def one(entry) -> FlashResult:
         target, profile = entry if isinstance(entry, tuple) else (entry, None)
@@ -297,6 +341,23 @@ def flash(bundle_path, targets, options: FlashOptions | None = None) -> list:
         return [one(targets[0])]
     with ThreadPoolExecutor(max_workers=max(1, min(options.jobs, len(targets)))) as pool:
         return list(pool.map(one, targets))
+
+
+def _check_artifact_choice(bundle: Bundle, targets: list, options: FlashOptions) -> None:
+    """--artifact NAME or fastest, checked once for the whole run: a missing or foreign bench, or a name the
+    bundle lacks, is one error line before any target is touched (only the machine check is per target)."""
+    if options.artifact is None:
+        return
+    from edgecls.devices import fastest
+
+    if options.artifact != fastest.FASTEST:
+        bundle.artifact(options.artifact)
+        return
+    plain = any(not isinstance(t, tuple) for t in targets)  # a target without its own profile takes --device's
+    listed = [options.profile] * plain + [t[1] for t in targets if isinstance(t, tuple)]
+    profiles = {id(p): p for p in listed}
+    for profile in profiles.values():
+        fastest.pick(bundle, profile, options.bench)
 
 
 def read_targets_file(path) -> list:

@@ -37,11 +37,24 @@ from edgecls.commands._rollout import rollout_requested, run_rollout, with_rollo
     show_default=True,
     help="Seconds to wait for another flash of the same target to finish.",
 )
+@click.option(
+    "--artifact",
+    help="Artifact to send (default: the profile's first the bundle has); fastest: the fastest row of a bench "
+    "result (--bench) that passed the accuracy gate, with its engine and threads, recorded as profile NAME-fastest.",
+)
+@click.option(
+    "--bench",
+    type=click.Path(dir_okay=False),
+    help="With --artifact fastest: an `edgecls bench --json` result of this bundle measured on the target's kind "
+    "of machine (default: the one the profile's last choice recorded).",
+)
+@click.option("--force-bench", is_flag=True, help="Use a --bench measured on another kind of machine (warned).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @with_rollout_options
 @examples(
     "edgecls flash bundles/digits pi@kitchen.local --device raspberry-pi-5",
     "edgecls flash bundles/digits ./device-folder",
+    "edgecls flash bundles/digits ./device-folder --artifact fastest --bench bench.json",
     "edgecls flash bundles/digits --targets fleet.txt --device raspberry-pi-5",
     "edgecls flash bundles/digits --targets fleet.txt --canary 10% --watch 15m --waves 25%,100%",
     "edgecls flash bundles/digits --targets fleet.txt --canary 1 --watch 10m --promote-if fps>=0.9,confidence>=-0.05",
@@ -60,6 +73,9 @@ def flash(
     no_smoke,
     jobs,
     lock_timeout,
+    artifact,
+    bench,
+    force_bench,
     as_json,
     **rollout_options,
 ):
@@ -75,9 +91,11 @@ def flash(
     step goes to a journal: the same command again resumes an interrupted rollout.
     """
     from edgecls.core.progress import progress
+    from edgecls.devices.fastest import check_bench_option
     from edgecls.devices.flash import flash as run_flash
     from edgecls.devices.flash import format_table, read_targets_file
 
+    check_bench_option(artifact, bench)
     options = target_options(
         device,
         profile_file,
@@ -90,6 +108,9 @@ def flash(
         jobs=jobs,
         lock_timeout=lock_timeout,
         say=progress,
+        artifact=artifact,
+        bench=bench,
+        force_bench=force_bench,
     )
     if rollout_requested(rollout_options):
         run_rollout(bundle, targets, targets_file, options, rollout_options, as_json)

@@ -58,6 +58,7 @@ def _source_tables(path, data: dict) -> dict:
     "edgecls run bundles/digits --source 0",
     "edgecls run bundles/digits --source clip.mp4 --every-frame",
     "edgecls run bundles/digits --source photos/",
+    "edgecls run bundles/digits --source 0 --artifact fastest --bench bench.json",
     "edgecls run bundles/digits --source 0 --port 8080   # preview on http://127.0.0.1:8080",
     "edgecls run --config /etc/edgecls/run.toml",
     "edgecls run bundles/digits --source clip.mp4 --set rotate=180   # a video recorded upside down",
@@ -97,9 +98,15 @@ def run(**options):  # click passes each option by name: they become a DaemonCon
     from edgecls.runtime.errors import EdgeclsError
 
     options["source_tables"] = click.get_current_context().meta.get(SOURCE_TABLES, {})
-    config = DaemonConfig.from_options(options, load_profile)
+    options, profiles, choice = _artifact_choice(options, load_profile)
+    config = DaemonConfig.from_options(options, profiles)
     with native_output_to_log():  # OpenCV/FFmpeg/LiteRT chatter: debug log lines, not raw stderr
         daemon = Daemon(config)
+        if choice is not None and choice.engine and daemon.classifier.backend_name != choice.engine:
+            raise EdgeclsError(
+                f"--artifact fastest: {choice.row} was timed with {choice.engine}, which cannot load it here "
+                f"({daemon.classifier.backend_name} did): install {choice.engine}, or bench again here"
+            )
         summary = daemon.run(on_start=None if config.simple else _started)
     failures = daemon.failures() if daemon.ended_by == "sources" else []
     if config.simple and failures:  # its one source failed: the error alone, as the simple mode always said it
@@ -107,6 +114,33 @@ def run(**options):  # click passes each option by name: they become a DaemonCon
     _event(_simple_summary(summary) if config.simple else {"event": "stopped", "sources": summary})
     if failures:  # failed is not ended: exit non-zero, so systemd's Restart=on-failure starts it again
         raise EdgeclsError("; ".join(failures))
+
+
+def _artifact_choice(options: dict, load_profile) -> tuple:
+    """(options, the profile loader, the Choice or None): with --artifact fastest, the bench's fastest qualifying
+    row for this machine, run as its derived profile says (artifact and engine first, its threads)."""
+    from edgecls.devices.fastest import FASTEST, check_bench_option, check_machine, derive, pick
+
+    bench, force = options.pop("bench", None), options.pop("force_bench", None)
+    check_bench_option(options["artifact"], bench)
+    if options["artifact"] != FASTEST or options["bundle"] is None:  # no bundle: from_options says so
+        return options, load_profile, None
+    from edgecls.runtime.bench.machine import describe
+    from edgecls.runtime.bundle import load_bundle
+
+    profile = load_profile(options["device"])
+    bundle = load_bundle(options["bundle"])
+    doc, choice = pick(bundle, profile, bench, options["threads"])
+    say = lambda message: click.echo(message, err=True)  # noqa: E731
+    check_machine(doc, choice.bench, describe(), "this machine", bool(force), say)
+    derived = derive(profile, choice, bundle)
+    for line in choice.refused:
+        say(f"note: left out {line}")
+    say(
+        f"--artifact fastest: {choice.row} ({choice.engine}) at {choice.threads or 'default'} thread(s), "
+        f"p50 {choice.p50_ms:.3f} ms in {choice.bench}"
+    )
+    return {**options, "artifact": choice.artifact}, (lambda name: derived), choice
 
 
 def _event(event: dict) -> None:

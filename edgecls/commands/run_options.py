@@ -92,7 +92,21 @@ _OPTIONS = [
         "command line wins over EDGECLS_RUN_SET, which wins over the file's `set` list, which wins over the table.",
     ),
     click.option("--device", "device", help="Device profile name or JSON file."),
-    click.option("--artifact", help="Artifact to run (default: the device profile's first runnable one)."),
+    click.option(
+        "--artifact",
+        help="Artifact to run (default: the device profile's first runnable one); fastest: the fastest row of a "
+        "bench result of this bundle (--bench) that passed the accuracy gate, run with the engine and threads it "
+        "was timed with.",
+    ),
+    click.option(
+        "--bench",
+        type=click.Path(dir_okay=False),
+        help="With --artifact fastest: an `edgecls bench --json` result measured on this kind of machine "
+        "(default: the one `edgecls flash --artifact fastest` recorded for the --device profile).",
+    ),
+    click.option(
+        "--force-bench", is_flag=True, default=None, help="Use a --bench measured on another kind of machine."
+    ),
     click.option(
         "--threads",
         type=click.IntRange(1, 1024),

@@ -1,0 +1,173 @@
+"""`--artifact fastest` on the host side: which bench result to read, whether it was measured on the machine
+that will run the choice, and the derived profile that records the choice.
+
+The choice (runtime/bench/fastest.py) becomes a *derived profile*: the profile used, renamed NAME-fastest, with
+`artifacts` led by the chosen artifact, `backends` led by the engine that ran it and `threads` the row's, and in
+`notes.fastest` where it came from (bench file, row, p50, bundle). `edgecls flash --artifact fastest` writes it
+as a user profile (devices/profiles.py: the first user profiles folder), so `edgecls run --device NAME-fastest`
+runs exactly what was benched, and `--artifact fastest` without --bench reads the bench it names again. A file
+of that name that edgecls did not write (no `notes.fastest.written_by` mark) is the user's: never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgecls.devices.profiles import DeviceProfile, ProfileError, user_profile_dirs
+from edgecls.runtime.bench.fastest import FASTEST, Choice, choose, load_bench, machine_mismatch, make_bench_hint
+from edgecls.runtime.bundle import Bundle
+from edgecls.runtime.errors import EdgeclsError
+
+SUFFIX = "-fastest"
+MARK = "edgecls --artifact fastest"  # notes.fastest.written_by of the profiles this module writes
+
+__all__ = ["FASTEST", "check_bench_option", "check_machine", "derive", "pick", "record", "check_record"]
+
+
+def check_bench_option(artifact: str | None, bench: str | None) -> None:
+    """--bench means something only with --artifact fastest: alone it would be ignored without a word."""
+    if bench and artifact != FASTEST:
+        raise EdgeclsError(f"--bench {bench} is read only with --artifact {FASTEST}: add it, or leave --bench out")
+
+
+def _fastest_notes(profile: DeviceProfile) -> dict | None:
+    notes = profile.notes.get("fastest") if isinstance(profile.notes, dict) else None
+    return notes if isinstance(notes, dict) and notes.get("written_by") == MARK else None
+
+
+def derived_name(profile: DeviceProfile) -> str:
+    """NAME-fastest; a derived profile keeps its own name (choosing again replaces its choice)."""
+    return profile.name if _fastest_notes(profile) else f"{profile.name}{SUFFIX}"
+
+
+def record_path(profile: DeviceProfile) -> Path:
+    return user_profile_dirs()[0] / f"{derived_name(profile)}.json"
+
+
+def recorded_bench(profile: DeviceProfile) -> str | None:
+    """The bench file the last choice recorded for this profile came from, or None."""
+    notes = _fastest_notes(profile)
+    if notes is None:
+        for folder in user_profile_dirs():
+            path = folder / f"{derived_name(profile)}.json"
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            fastest = (data.get("notes") or {}).get("fastest") if isinstance(data, dict) else None
+            if isinstance(fastest, dict) and fastest.get("written_by") == MARK:
+                notes = fastest
+                break
+    return str(notes["bench"]) if notes and notes.get("bench") else None
+
+
+def pick(bundle: Bundle, profile: DeviceProfile, bench: str | None, threads: int | None = None) -> tuple:
+    """(bench document, Choice): from `bench`, else the bench the profile's recorded choice came from; at
+    `threads` (else the profile's; neither: any thread count, the row's becomes the choice's)."""
+    path = bench or recorded_bench(profile)
+    if not path or (not bench and not Path(path).is_file()):
+        gone = f" (the one recorded for profile {profile.name}, {path}, is gone)" if path else ""
+        raise EdgeclsError(
+            f"--artifact {FASTEST} needs a bench result of this bundle{gone}: make one with "
+            f"{make_bench_hint(str(bundle.root))} (add --device user@host to measure on the device), "
+            f"then pass --bench bench.json"
+        )
+    doc = load_bench(path, str(bundle.root))
+    return doc, choose(doc, bundle, str(path), threads=threads or profile.threads)
+
+
+def check_machine(doc: dict, bench: str, here: dict | None, where: str, force: bool, say) -> None:
+    """Refuse a bench measured on another kind of machine than the one that will run the choice (`here`: its
+    description; None: unknown, `where` names it), unless `force`, when a warning line says so instead.
+
+    Refused by default: the ranking of artifacts and engines flips between CPUs (int8 wins with VNNI, loses
+    without), and a wrong choice costs every frame, silently; benching there costs one command."""
+    if here is None:
+        remote = (doc.get("remote") or {}).get("device")
+        why = None if remote and _same_host(remote, where) else f"it was measured on {remote or 'the host'}"
+    else:
+        why = machine_mismatch(doc.get("machine"), here)
+    if not why:
+        return
+    if force:
+        say(f"warning: --bench {bench} was measured on another machine than {where} ({why}); used (--force-bench)")
+        return
+    raise EdgeclsError(
+        f"--bench {bench} was not measured on {where} ({why}): bench there "
+        f"({make_bench_hint(device=where if here is None else None)}), or pass --force-bench if it is the same "
+        f"kind of machine"
+    )
+
+
+def _same_host(a: str, b: str) -> bool:
+    from edgecls.devices.ssh import parse_target
+
+    try:
+        ta, tb = parse_target(a), parse_target(b)
+    except EdgeclsError:
+        return False
+    return ta is not None and tb is not None and (ta.host, ta.port) == (tb.host, tb.port)
+
+
+def derive(profile: DeviceProfile, choice: Choice, bundle: Bundle) -> DeviceProfile:
+    """The profile that runs `choice`: its artifact and engine first, its threads, where it came from."""
+    base = (_fastest_notes(profile) or {}).get("profile") or profile.name
+    notes = {
+        **profile.notes,
+        "fastest": {
+            "written_by": MARK,
+            "profile": base,
+            "bench": str(Path(choice.bench).resolve()),
+            "row": choice.row,
+            "artifact": choice.artifact,
+            "engine": choice.engine,
+            "threads": choice.threads,
+            "p50_ms": round(choice.p50_ms, 4),
+            "bundle": str(Path(bundle.root).resolve()),
+            "bundle_created": bundle.manifest.created,
+            "chosen": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+    derived = replace(
+        profile,
+        name=derived_name(profile),
+        description=f"{base}, running the fastest row of {Path(choice.bench).name}: {choice.row} at "
+        f"{choice.threads or 'default'} thread(s), p50 {choice.p50_ms:.3f} ms",
+        artifacts=(choice.artifact, *(a for a in profile.artifacts if a != choice.artifact)),
+        backends=choice.backends(profile.backends),
+        threads=choice.threads,
+        notes=notes,
+    )
+    derived.validate(f"the derived profile {derived.name}")
+    return derived
+
+
+def check_record(derived: DeviceProfile) -> Path:
+    """Where `record` will write, refused now (before any flash) when a file there is the user's own."""
+    path = user_profile_dirs()[0] / f"{derived.name}.json"
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = None
+        mark = ((data.get("notes") or {}).get("fastest") or {}).get("written_by") if isinstance(data, dict) else None
+        if mark != MARK:
+            raise ProfileError(
+                f"{path} is a profile of your own (edgecls did not write it), and the choice of --artifact "
+                f"{FASTEST} is recorded under that name: rename or move your file; edgecls never replaces it"
+            )
+    return path
+
+
+def record(derived: DeviceProfile) -> Path:
+    """Write the derived profile into the first user profiles folder, atomically; returns its path."""
+    from edgecls.runtime.atomic import write_json
+
+    path = check_record(derived)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(derived).items()}
+    write_json(path, data)
+    return path

@@ -1,0 +1,193 @@
+"""`--artifact fastest`: the fastest row of a bench result (`edgecls bench --json`, here or with --device) that
+may serve this bundle on this kind of machine: its artifact, the engine that ran it, and its thread count.
+
+What qualifies, and why:
+- the bench must be of this bundle: the manifest's sha256 where the bench records it, else every artifact it
+  timed must match the manifest (file, size, MACs and the gate's accuracy figure), so a bench of a retrained or
+  another model is refused rather than trusted;
+- only artifacts in the bundle (every one there passed convert's accuracy gate; a device's release offers those
+  flash sent) and rows at the thread count asked for, when one is fixed;
+- a row of an opt-in engine (`onnx-int8@openvino`) is one the gate never ran: it qualifies only with accuracy
+  measured by the bench (--data) that loses at most `max_drop` points, counted in images, against the same
+  artifact in its default engine (the engine the gate verified it in) on the same images and machine. Without
+  --data it is left out, with why: OpenVINO's int8 can disagree with ONNX Runtime's.
+Whether the bench was made on this kind of machine is the caller's to ask (`machine_mismatch`): only it knows
+which machine will run the choice. Plain data in, plain data out: runs on a device, without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgecls.runtime.bundle import MANIFEST, Bundle, sha256_file
+from edgecls.runtime.errors import EdgeclsError
+
+FASTEST = "fastest"  # the --artifact value that asks for this choice
+# convert's default --max-drop, in accuracy points: bundles do not record the gate's own limit yet
+DEFAULT_MAX_DROP = 1.0
+# What decides which artifact and engine win on a CPU: its family, its model, its int8 instructions, emulation
+MACHINE_KEYS = ("arch", "cpu", "cpu_flags", "emulated")
+
+
+def make_bench_hint(bundle: str = "BUNDLE", device: str | None = None) -> str:
+    """The command that writes the bench result `--artifact fastest` reads, with the accuracy it needs."""
+    where = f" --device {device}" if device else ""
+    return f"`edgecls bench {bundle} --data TEST_IMAGES --json bench.json{where}`"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The fastest qualifying row: what to run, in which engine, at how many threads, and what was left out."""
+
+    artifact: str
+    engine: str  # the backend that ran the row (litert, onnxruntime, openvino...): the one to put first
+    threads: int | None  # None: the engine's default
+    p50_ms: float
+    row: str  # the bench's row label, e.g. onnx-int8@openvino
+    bench: str  # the bench file it came from
+    refused: tuple = ()  # one line per row that did not qualify, naming why
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "refused": list(self.refused)}
+
+    def backends(self, order) -> tuple:
+        """`order` (a profile's backends) with this choice's engine first: the daemon then runs that engine (an
+        old bench that did not record the engine leaves the order as it is)."""
+        if not self.engine:
+            return tuple(order)
+        return (self.engine, *(b for b in order if b != self.engine))
+
+
+def load_bench(path, bundle_shown: str = "BUNDLE") -> dict:
+    """A bench JSON document with the fields a choice reads; a one-line error naming the command otherwise."""
+    path = Path(path)
+    hint = make_bench_hint(bundle_shown)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgeclsError(f"--bench {path} does not exist: write one with {hint}") from None
+    except (OSError, ValueError) as exc:
+        raise EdgeclsError(f"--bench {path} is not a readable JSON file ({str(exc).splitlines()[0]}): {hint}") from None
+    records = doc.get("records") if isinstance(doc, dict) else None
+    if not str((doc or {}).get("format", "") if isinstance(doc, dict) else "").startswith("edgecls-bench/") or not (
+        isinstance(records, list) and records and all(isinstance(r, dict) for r in records)
+    ):
+        raise EdgeclsError(f"--bench {path} is not an edgecls bench result: write one with {hint}")
+    for r in records:
+        p50 = r.get("p50_ms")
+        if not isinstance(r.get("artifact"), str) or isinstance(p50, bool) or not isinstance(p50, (int, float)):
+            raise EdgeclsError(f"--bench {path}: a record lacks its artifact or p50_ms: write it again with {hint}")
+    return doc
+
+
+def _artifact_of(record: dict) -> str:
+    """The bundle artifact a record timed: `onnx-int8@openvino` -> onnx-int8."""
+    engine = record.get("engine")
+    label = record["artifact"]
+    return label[: -len(engine) - 1] if engine and label.endswith(f"@{engine}") else label
+
+
+def _timed_records(doc: dict) -> list:
+    """The records of bundle artifacts (the Keras baseline is not something a device can run)."""
+    return [r for r in doc["records"] if r.get("format") != "keras"]
+
+
+def bundle_mismatch(doc: dict, bundle: Bundle) -> str | None:
+    """Why `doc` is not a bench of `bundle` (one phrase), or None when it is."""
+    recorded = (doc.get("bundle") or {}).get("manifest_sha256")
+    if recorded:
+        here = sha256_file(Path(bundle.root) / MANIFEST)
+        return None if recorded == here else f"its manifest sha256 is {recorded[:12]}…, this bundle's {here[:12]}…"
+    source = (doc.get("bundle") or {}).get("source")
+    if source is not None and source != bundle.manifest.source.get("model", {}):
+        return "it timed another model (its source model differs)"
+    have = {a.name: a for a in bundle.manifest.artifacts}
+    installed_only = (Path(bundle.root) / "release.json").is_file()  # a device's release holds what flash sent
+    for record in _timed_records(doc):
+        name = _artifact_of(record)
+        artifact = have.get(name)
+        if artifact is None:
+            if installed_only:
+                continue
+            return f"it timed {name}, which this bundle does not have"
+        theirs = (record.get("file"), record.get("size_bytes"), record.get("macs"), record.get("bundle_accuracy"))
+        ours = (artifact.file, artifact.size_bytes, artifact.macs, artifact.accuracy)
+        if theirs != ours:
+            return (
+                f"its {name} differs from this bundle's (file, bytes, MACs, gate accuracy: "
+                f"{', '.join(map(str, theirs))} there, {', '.join(map(str, ours))} here)"
+            )
+    return None
+
+
+def machine_mismatch(measured: dict | None, here: dict) -> str | None:
+    """How the machine a bench ran on differs from `here` in what ranks artifacts and engines, or None."""
+    measured = measured or {}
+    differs = [key for key in MACHINE_KEYS if measured.get(key) != here.get(key)]
+    if not differs:
+        return None
+    return "; ".join(f"{key} {measured.get(key)!r} there, {here.get(key)!r} here" for key in differs)
+
+
+def _accuracy_refusal(record: dict, baseline: dict | None, max_drop: float) -> str | None:
+    """Why an opt-in engine's row may not serve (the gate never ran that engine), or None when it may."""
+    row, engine = record["artifact"], record.get("engine")
+    name = _artifact_of(record)
+    if record.get("accuracy") is None or baseline is None or baseline.get("accuracy") is None:
+        return (
+            f"{row}: {engine} was never run by the accuracy gate and this bench measured no accuracy to vouch for "
+            f"it: bench with --data (the bundle's test images) to qualify it"
+        )
+    images = record.get("accuracy_images") or baseline.get("accuracy_images") or 0
+    lost = round((baseline["accuracy"] - record["accuracy"]) * images)
+    if lost * 100 <= max_drop * images:
+        return None
+    return (
+        f"{row}: {engine} disagrees with {name} in {baseline.get('backend') or 'its default engine'} (the engine "
+        f"the gate verified): accuracy {record['accuracy']:.4f} vs {baseline['accuracy']:.4f} on the same "
+        f"{images} images ({lost} more wrong), more than the {max_drop:g}-point max drop"
+    )
+
+
+def choose(
+    doc: dict, bundle: Bundle, bench: str, threads: int | None = None, max_drop: float = DEFAULT_MAX_DROP
+) -> Choice:
+    """The fastest qualifying row of `doc` (checked to be of `bundle` first); `threads` given: rows at that count
+    only. Ties go to the default engine, then to the manifest's order. EdgeclsError when none qualifies."""
+    why = bundle_mismatch(doc, bundle)
+    if why:
+        raise EdgeclsError(f"--bench {bench} is not a bench of bundle {bundle.root}: {why}: {make_bench_hint()}")
+    order = [a.name for a in bundle.manifest.artifacts]
+    records = [r for r in _timed_records(doc) if _artifact_of(r) in order]
+    if not records:
+        raise EdgeclsError(f"--bench {bench} timed none of the artifacts bundle {bundle.root} has: {make_bench_hint()}")
+    at_threads = [r for r in records if threads is None or r.get("threads") == threads]
+    if not at_threads:
+        timed = sorted({str(r.get("threads") or "default") for r in records})
+        raise EdgeclsError(
+            f"--bench {bench} timed threads {','.join(timed)}, not {threads} (the profile's or --threads): "
+            f"bench again with `--threads {threads}`"
+        )
+    defaults = {(_artifact_of(r), r.get("threads")): r for r in at_threads if not r.get("engine")}
+    refused, fit = [], []
+    for record in at_threads:
+        baseline = defaults.get((_artifact_of(record), record.get("threads")))
+        refusal = _accuracy_refusal(record, baseline, max_drop) if record.get("engine") else None
+        if refusal:
+            refused.append(refusal)
+        elif record.get("p50_ms") and record["p50_ms"] > 0:
+            fit.append(record)
+    if not fit:
+        raise EdgeclsError(f"--bench {bench}: no row qualifies ({'; '.join(refused) or 'no timings'})")
+    best = min(fit, key=lambda r: (r["p50_ms"], bool(r.get("engine")), order.index(_artifact_of(r))))
+    return Choice(
+        artifact=_artifact_of(best),
+        engine=best.get("backend") or best.get("engine") or "",
+        threads=best.get("threads"),
+        p50_ms=float(best["p50_ms"]),
+        row=best["artifact"],
+        bench=str(bench),
+        refused=tuple(refused),
+    )
