@@ -357,7 +357,8 @@ def _check_artifact_choice(bundle: Bundle, targets: list, options: FlashOptions)
     listed = [options.profile] * plain + [t[1] for t in targets if isinstance(t, tuple)]
     profiles = {id(p): p for p in listed}
     for profile in profiles.values():
-        fastest.pick(bundle, profile, options.bench)
+        doc, choice = fastest.pick(bundle, profile, options.bench)
+        fastest.check_record(fastest.derive(profile, choice, bundle))  # a user's own file there: never replaced
 
 
 def read_targets_file(path) -> list:

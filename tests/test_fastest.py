@@ -1,0 +1,252 @@
+"""`--artifact fastest` (runtime/bench/fastest.py, devices/fastest.py, flash and run): a real `edgecls bench --json` of
+the session's tiny bundle (with --data, so every row has its accuracy), a real flash into a local folder, and the
+real daemon serving frames with the chosen artifact and engine (its /metrics' edgecls_bundle_info names both).
+
+Where a test needs a figure the tiny model does not give by itself (OpenVINO the fastest, OpenVINO disagreeing
+with ONNX Runtime, another machine), it edits that one figure in a copy of the real bench JSON and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from edgecls.runtime.bench.fastest import choose
+from edgecls.runtime.bundle import MANIFEST, load_bundle
+from tests.conftest import cli_error, run_cli
+from tests.daemon_helpers import http_get, start_cli_daemon, wait_for, write_test_video
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_bundle, shapes_folder, tmp_path_factory) -> Path:
+    """The real bench result: tflite-int8 and onnx-int8 (and onnx-int8@openvino where OpenVINO is installed) at one
+    thread, accuracy on the shapes folder, kept short (one repeat, 20 runs, 2 interleaved rounds)."""
+    path = tmp_path_factory.mktemp("fastest-bench") / "bench.json"
+    done = run_cli(
+        "bench", tiny_bundle, "--artifacts", "tflite-int8,onnx-int8", "--repeats", "1", "--runs", "20",
+        "--rounds", "2", "--time-budget", "5", "--max-warmup", "2", "--no-keras", "--data", shapes_folder,
+        "--json", path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return path
+
+
+@pytest.fixture
+def profiles(tmp_path) -> Path:
+    """A private user profiles folder (EDGECLS_PROFILES) for one test."""
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    return folder
+
+
+def edited(bench: Path, folder: Path, change) -> Path:
+    """A copy of the real bench JSON with `change(doc)` applied."""
+    doc = json.loads(bench.read_text())
+    change(doc)
+    path = folder / "edited-bench.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def openvino_row(doc: dict) -> dict:
+    row = next((r for r in doc["records"] if r["artifact"] == "onnx-int8@openvino"), None)
+    if row is None:
+        pytest.skip("OpenVINO is not installed here (pip install 'edgecls[openvino]'): the bench has no row of it")
+    return row
+
+
+def served(current: Path, clip: Path, *options) -> dict:
+    """The labels of edgecls_bundle_info (artifact, backend...) of a real daemon on `current`, once it classified
+    frames, and its stderr; the daemon is then stopped and must exit cleanly."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    process, url, lines = start_cli_daemon(current, clip, "--max-frames", "100000", *options)
+    try:
+
+        def classified():
+            status, body = http_get(f"{url}/healthz")
+            return status == 200 and all(s["classified"] > 0 for s in json.loads(body)["sources"].values())
+
+        wait_for(classified, 60, "frames classified")
+        families = {f.name: f for f in text_string_to_metric_families(http_get(f"{url}/metrics")[1].decode())}
+        info = next(s for s in families["edgecls_bundle_info"].samples if s.name == "edgecls_bundle_info")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, "".join(lines)[-2000:]
+    return {**info.labels, "stderr": "".join(lines)}
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_test_video(tmp_path_factory.mktemp("fastest-clip") / "clip.avi", frames=10)
+
+
+def flash_fastest(bundle, target, profiles, *options):
+    return run_cli(
+        "flash", bundle, target, "--device", "desktop-cpu", "--artifact", "fastest", *options,
+        env={"EDGECLS_PROFILES": str(profiles)},
+    )  # fmt: skip
+
+
+def qualifying_fastest(doc: dict) -> dict:
+    """The row the spec says wins: the lowest p50 among default-engine rows and opt-in rows whose accuracy is within
+    one point (convert's default max drop) of their artifact's default-engine row on the same images."""
+    defaults = {r["artifact"]: r for r in doc["records"] if not r["engine"]}
+
+    def fits(r):
+        if not r["engine"]:
+            return True
+        base = defaults[r["artifact"].split("@")[0]]
+        return round((base["accuracy"] - r["accuracy"]) * r["accuracy_images"]) * 100 <= r["accuracy_images"]
+
+    return min((r for r in doc["records"] if fits(r)), key=lambda r: r["p50_ms"])
+
+
+def test_flash_and_run_with_artifact_fastest_serve_the_fastest_row_of_a_real_bench(
+    tiny_bundle, bench, profiles, clip, tmp_path, monkeypatch
+):
+    doc = json.loads(bench.read_text())
+    best = qualifying_fastest(doc)
+    expected = best["artifact"].split("@")[0]
+    # A profile that prefers every other artifact and engine: only the bench can make it choose `expected`
+    others = [a for a in ("tflite-int8", "onnx-int8", "tflite-fp32") if a != expected]
+    engines = [e for e in ("litert", "onnxruntime", "openvino") if e != best["backend"]]
+    mine = {"name": "slow-first", "artifacts": [*others, expected], "backends": [*engines, best["backend"]]}
+    (profiles / "slow-first.json").write_text(json.dumps(mine))
+    target = tmp_path / "device"
+    done = run_cli(
+        "flash", tiny_bundle, target, "--device", "slow-first", "--artifact", "fastest", "--bench", bench,
+        env={"EDGECLS_PROFILES": str(profiles)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((target / "current" / "release.json").read_text())["artifacts"] == [expected]
+    record = json.loads((profiles / "slow-first-fastest.json").read_text())
+    assert record["artifacts"][0] == expected and record["backends"][0] == best["backend"]
+    assert record["threads"] == 1 and record["notes"]["fastest"]["bench"] == str(bench.resolve())
+    monkeypatch.setenv("EDGECLS_PROFILES", str(profiles))
+    labels = served(target / "current", clip, "--artifact", "fastest", "--bench", bench, "--device", "slow-first")
+    assert (labels["artifact"], labels["backend"]) == (expected, best["backend"])
+
+
+def test_an_openvino_row_that_is_fastest_is_flashed_recorded_and_served_by_openvino(
+    tiny_bundle, bench, profiles, clip, tmp_path, monkeypatch
+):
+    """The tiny model runs faster in ONNX Runtime and LiteRT than in OpenVINO, so this copy of the real bench has the
+    other rows' p50 multiplied by 100: OpenVINO is then the fastest row, as it is on Intel CPUs with big models."""
+
+    def openvino_fastest(doc):
+        openvino_row(doc)
+        for r in doc["records"]:
+            if r["artifact"] != "onnx-int8@openvino":
+                r["p50_ms"] *= 100
+
+    path = edited(bench, tmp_path, openvino_fastest)
+    target = tmp_path / "device"
+    done = flash_fastest(tiny_bundle, target, profiles, "--bench", path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((target / "current" / "release.json").read_text())["artifacts"] == ["onnx-int8"]
+    record = json.loads((profiles / "desktop-cpu-fastest.json").read_text())
+    assert record["backends"][0] == "openvino" and record["artifacts"][0] == "onnx-int8"
+    # No --bench: the daemon (a subprocess inheriting EDGECLS_PROFILES) takes the bench the flash recorded
+    monkeypatch.setenv("EDGECLS_PROFILES", str(profiles))
+    labels = served(target / "current", clip, "--artifact", "fastest", "--device", "desktop-cpu")
+    assert (labels["artifact"], labels["backend"]) == ("onnx-int8", "openvino")
+    assert "onnx-int8@openvino (openvino)" in labels["stderr"]
+
+
+def test_an_engine_that_disagrees_with_the_gates_engine_is_refused_naming_the_engine(
+    tiny_bundle, bench, profiles, tmp_path
+):
+    """A copy of the real bench where the OpenVINO row got 5 more of the 72 images wrong than ONNX Runtime on the same
+    artifact (its accuracy edited; more than the 1-point max drop) and is the fastest (its p50 divided by 100)."""
+
+    def disagreeing(doc):
+        row = openvino_row(doc)
+        base = next(r for r in doc["records"] if r["artifact"] == "onnx-int8")
+        row["accuracy"] = base["accuracy"] - 5 / row["accuracy_images"]
+        row["p50_ms"] /= 100
+        doc["records"] = [r for r in doc["records"] if r["format"] == "onnx"]  # ONNX Runtime is then the one left
+
+    path = edited(bench, tmp_path, disagreeing)
+    choice = choose(json.loads(path.read_text()), load_bundle(tiny_bundle), str(path))
+    assert (choice.row, choice.engine) == ("onnx-int8", "onnxruntime")
+    [refused] = choice.refused
+    assert refused.startswith("onnx-int8@openvino: openvino disagrees with onnx-int8 in onnxruntime")
+    assert "5 more wrong" in refused
+    target = tmp_path / "device"
+    done = flash_fastest(tiny_bundle, target, profiles, "--bench", path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "left out onnx-int8@openvino: openvino disagrees" in done.stderr
+    assert json.loads((profiles / "desktop-cpu-fastest.json").read_text())["backends"][0] == "onnxruntime"
+
+
+def test_an_engine_the_gate_never_ran_needs_measured_accuracy(tiny_bundle, bench, tmp_path):
+    """A copy of the real bench with the accuracy of every row removed, as `edgecls bench` without --data writes it,
+    and the OpenVINO row the fastest (p50 divided by 100)."""
+
+    def without_data(doc):
+        openvino_row(doc)["p50_ms"] /= 100
+        for r in doc["records"]:
+            r.pop("accuracy", None)
+
+    path = edited(bench, tmp_path, without_data)
+    choice = choose(json.loads(path.read_text()), load_bundle(tiny_bundle), str(path))
+    assert choice.row != "onnx-int8@openvino"
+    assert any("openvino was never run by the accuracy gate" in r and "--data" in r for r in choice.refused)
+
+
+def test_artifact_fastest_without_a_bench_names_the_command_that_makes_one(tiny_bundle, profiles, tmp_path):
+    target = tmp_path / "device"
+    error = cli_error(flash_fastest(tiny_bundle, target, profiles))
+    assert "needs a bench result" in error and "edgecls bench" in error and "--json bench.json" in error
+    assert not target.exists()
+    error = cli_error(run_cli("run", tiny_bundle, "--source", tmp_path, "--bench", "b.json"))
+    assert "--bench b.json is read only with --artifact fastest" in error
+
+
+def test_a_bench_of_another_bundle_is_refused(tiny_bundle, bench, tmp_path):
+    """Another conversion of the model: a copy of the bundle whose manifest gives tflite-int8 another gate accuracy."""
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bundle, other)
+    manifest = json.loads((other / MANIFEST).read_text())
+    next(a for a in manifest["artifacts"] if a["name"] == "tflite-int8")["accuracy"] = 0.5
+    (other / MANIFEST).write_text(json.dumps(manifest))
+    done = run_cli("run", other, "--source", tmp_path, "--artifact", "fastest", "--bench", bench, "--max-frames", "1")
+    error = cli_error(done)
+    assert f"--bench {bench} is not a bench of bundle {other}" in error and "tflite-int8 differs" in error
+
+
+def test_a_bench_of_another_kind_of_machine_is_refused_unless_forced(tiny_bundle, bench, shapes_folder, tmp_path):
+    """A copy of the real bench whose machine's CPU model is edited: it then describes another CPU."""
+
+    def elsewhere(doc):
+        doc["machine"]["cpu"] = "Raspberry Pi 5 Model B Rev 1.0 (Cortex-A76)"
+
+    path = edited(bench, tmp_path, elsewhere)
+    source = shapes_folder / "circle"
+    args = ("run", tiny_bundle, "--source", source, "--artifact", "fastest", "--bench", path, "--max-frames", "1")
+    error = cli_error(run_cli(*args))
+    assert "Raspberry Pi 5" in error and "was not measured on this machine" in error and "--force-bench" in error
+    forced = run_cli(*args, "--force-bench")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "warning: --bench" in forced.stderr and '"frames": 1' in forced.stderr
+
+
+def test_threads_the_bench_did_not_time_are_refused(tiny_bundle, bench, shapes_folder):
+    args = ("--source", shapes_folder / "circle", "--artifact", "fastest", "--bench", bench, "--threads", "2")
+    error = cli_error(run_cli("run", tiny_bundle, *args))
+    assert "timed threads 1, not 2" in error and "--threads 2" in error
+
+
+def test_a_users_own_profile_of_the_derived_name_is_never_replaced(tiny_bundle, bench, profiles, tmp_path):
+    own = profiles / "desktop-cpu-fastest.json"
+    own.write_text(json.dumps({"name": "desktop-cpu-fastest", "artifacts": ["onnx-fp32"], "threads": 4}))
+    before = own.read_bytes()
+    target = tmp_path / "device"
+    error = cli_error(flash_fastest(tiny_bundle, target, profiles, "--bench", bench))
+    assert f"{own} is a profile of your own" in error
+    assert own.read_bytes() == before and not target.exists()
