@@ -17,7 +17,8 @@ from pathlib import Path
 
 from edgecls.runtime.atomic import write_bytes, write_text
 from edgecls.runtime.errors import EdgeclsError
-from edgecls.search.types import FAILED, GATE_FAILED, MEETS, OVER_BUDGET, PRUNED, Budget, Candidate, Trial
+from edgecls.search.space import describe
+from edgecls.search.types import FAILED, GATE_FAILED, MEETS, OVER_BUDGET, PRUNED, Budget, Trial
 
 TRIALS_CSV, TRIALS_JSON, FRONT_PNG = "trials.csv", "trials.json", "front.png"
 FORMAT = "edgecls-search-trials/1"
@@ -85,16 +86,6 @@ def choose(trials, budget: Budget) -> Trial | None:
     the earlier. None when no measured trial meets it."""
     eligible = [t for t in trials if meets(t, budget)]
     return min(eligible, key=lambda t: (-t.val_accuracy, latency(t), t.number), default=None)
-
-
-def label(candidate: Candidate) -> str:
-    """A short name for a candidate: `mobilenetv2 64px alpha=0.35`."""
-    options = " ".join(f"{k}={_value(v)}" for k, v in sorted(candidate.model_options.items()))
-    return " ".join(p for p in (candidate.model, f"{candidate.image_size}px", options) if p)
-
-
-def _value(v) -> str:
-    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def _ms(value) -> str:
@@ -247,7 +238,7 @@ def plot_front(trials, budget: Budget, path, title: str | None = None) -> None:
     ax.set_title(figure_title(trials, title), pad=18, fontsize=11)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8, framealpha=0.9)
-    fig.text(0.01, -0.01, counts(trials) + "; every trial is a row of trials.csv", fontsize=8, color="#444444")
+    fig.text(0.01, -0.01, counts(trials) + "; #N: OUT/trials/NNNN, a row of trials.csv", fontsize=8, color="#444444")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -274,7 +265,7 @@ def _draw_measured(ax, trials, budget: Budget) -> None:
     if chosen:
         point = (latency(chosen), 100 * chosen.val_accuracy)
         name = (
-            f"chosen #{chosen.number}: {label(chosen.candidate)}\n"
+            f"chosen #{chosen.number}: {describe(chosen.candidate)}\n"
             f"{point[1]:.1f} % val accuracy, {point[0]:.2f} ms ({chosen.measurement.artifact})"
         )
         ax.plot(*point, "*", color=CHOSEN_COLOUR, markeredgecolor="black", markersize=18, label=name, zorder=4)
