@@ -87,7 +87,8 @@ def check_machine(doc: dict, bench: str, here: dict | None, where: str, force: b
     without), and a wrong choice costs every frame, silently; benching there costs one command."""
     if here is None:
         remote = (doc.get("remote") or {}).get("device")
-        why = None if remote and _same_host(remote, where) else f"it was measured on {remote or 'the host'}"
+        local = f"{(doc.get('machine') or {}).get('hostname') or 'a host'}, not over SSH"
+        why = None if remote and _same_host(remote, where) else f"it was measured on {remote or local}"
     else:
         why = machine_mismatch(doc.get("machine"), here)
     if not why:
@@ -95,11 +96,19 @@ def check_machine(doc: dict, bench: str, here: dict | None, where: str, force: b
     if force:
         say(f"warning: --bench {bench} was measured on another machine than {where} ({why}); used (--force-bench)")
         return
+    device = _ssh_device(where) if here is None else None
     raise EdgeclsError(
-        f"--bench {bench} was not measured on {where} ({why}): bench there "
-        f"({make_bench_hint(device=where if here is None else None)}), or pass --force-bench if it is the same "
-        f"kind of machine"
+        f"--bench {bench} was not measured on {where} ({why}): bench there ({make_bench_hint(device=device)}), "
+        f"or pass --force-bench if it is the same kind of machine"
     )
+
+
+def _ssh_device(target: str) -> str:
+    """user@host[:port] of an SSH target, as `edgecls bench --device` takes it (without the :/root suffix)."""
+    from edgecls.devices.ssh import parse_target
+
+    parsed = parse_target(target)
+    return parsed.destination + (f":{parsed.port}" if parsed.port else "")
 
 
 def _same_host(a: str, b: str) -> bool:

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from edgecls.devices.fastest import check_machine
 from edgecls.runtime.bench.fastest import choose
 from edgecls.runtime.bundle import MANIFEST, load_bundle
+from edgecls.runtime.errors import EdgeclsError
 from tests.conftest import cli_error, run_cli
 from tests.daemon_helpers import http_get, start_cli_daemon, wait_for, write_test_video
 
@@ -250,3 +252,18 @@ def test_a_users_own_profile_of_the_derived_name_is_never_replaced(tiny_bundle, 
     error = cli_error(flash_fastest(tiny_bundle, target, profiles, "--bench", bench))
     assert f"{own} is a profile of your own" in error
     assert own.read_bytes() == before and not target.exists()
+
+
+def test_an_ssh_target_takes_only_a_bench_made_on_that_host(bench):
+    """The real bench was made here; a copy says it was made with --device pi@kitchen.local (its `remote` edited)."""
+    doc = json.loads(bench.read_text())
+    with pytest.raises(EdgeclsError) as refused:
+        check_machine(doc, str(bench), None, "pi@kitchen.local:/opt/edgecls", False, print)
+    assert "not over SSH" in str(refused.value) and "--device pi@kitchen.local`" in str(refused.value)
+    there = {**doc, "remote": {"device": "pi@kitchen.local"}}
+    check_machine(there, str(bench), None, "pi@kitchen.local:/opt/edgecls", False, print)  # the same host: taken
+    with pytest.raises(EdgeclsError, match="measured on pi@kitchen.local"):
+        check_machine(there, str(bench), None, "pi@garage.local", False, print)
+    warned = []
+    check_machine(there, str(bench), None, "pi@garage.local", True, warned.append)
+    assert len(warned) == 1 and warned[0].startswith("warning: --bench") and "--force-bench" in warned[0]

@@ -70,10 +70,11 @@ def load_bench(path, bundle_shown: str = "BUNDLE") -> dict:
         raise EdgeclsError(f"--bench {path} does not exist: write one with {hint}") from None
     except (OSError, ValueError) as exc:
         raise EdgeclsError(f"--bench {path} is not a readable JSON file ({str(exc).splitlines()[0]}): {hint}") from None
-    records = doc.get("records") if isinstance(doc, dict) else None
-    if not str((doc or {}).get("format", "") if isinstance(doc, dict) else "").startswith("edgecls-bench/") or not (
-        isinstance(records, list) and records and all(isinstance(r, dict) for r in records)
-    ):
+    if not isinstance(doc, dict):
+        doc = {}
+    records = doc.get("records")
+    whole = isinstance(records, list) and records and all(isinstance(r, dict) for r in records)
+    if not str(doc.get("format", "")).startswith("edgecls-bench/") or not whole:
         raise EdgeclsError(f"--bench {path} is not an edgecls bench result: write one with {hint}")
     for r in records:
         p50 = r.get("p50_ms")
