@@ -259,6 +259,8 @@ def summarize(args) -> None:
     settings = json.loads((args.work / "settings.json").read_text())
     budget = Budget(settings["budget_ms"])
     fixed = [fixed_trial(args.work, n) for n in range(len(BASELINES) + 1)]
+    if any(t is None or not t.status for t in fixed):
+        raise SystemExit(f"the default and the baselines are not all measured in {args.work}: run without --summary")
     out = args.work / "search"
     trials = finished(out)
     chosen = report.choose(trials, budget)
@@ -276,6 +278,10 @@ def summarize(args) -> None:
     if chosen:
         doc["bench_again"] = {"search_p50_ms": chosen.measurement.latency_ms}
         doc["bench_again"]["bench_p50_ms"] = bench_again(args, out / "bundle", chosen.measurement.artifact)
+        shipped = (out / "bundle" / "manifest.json").read_bytes()
+        doc["bench_again"]["out_bundle_is_the_chosen_trials"] = (
+            shipped == (out / "trials" / f"{chosen.number:04d}" / "bundle" / "manifest.json").read_bytes()
+        )
         report.plot_front(trials, budget, FRONT, title=f"edgecls search on shapes: {doc['device']}")
     doc["latency_model"] = latency_model(trials)
     doc["kill"] = kill_story(args.work)
@@ -288,7 +294,8 @@ def summarize(args) -> None:
 def fixed_trial(work: Path, number: int):
     from edgecls.search import trial as trials
 
-    return trials.load(work / "baselines" / f"{number:04d}")[0]
+    folder = work / "baselines" / f"{number:04d}"
+    return trials.load(folder)[0] if (folder / trials.TRIAL_JSON).is_file() else None
 
 
 def machine() -> dict:
@@ -366,6 +373,7 @@ def latency_model(trials) -> dict:
             "median": statistics.median(ahead) if ahead else None,
             "worst": max(ahead) if ahead else None,
         },
+        "trials": len(trials),
         "measured": len(measured),
         "pruned": len(pruned),
         "device_seconds_saved": round(len(pruned) * device_s, 1),
@@ -475,6 +483,7 @@ def verdict(doc: dict) -> list:
             f"re-measured by `edgecls bench OUT/bundle --artifacts {chosen['artifact']} --threads 1`: "
             f"{_ms(again['bench_p50_ms'])} ms p50 vs the search's {_ms(again['search_p50_ms'])} ms: "
             f"{(ratio - 1) * 100:+.1f} %, {ok} 15 %"
+            + ("" if again.get("out_bundle_is_the_chosen_trials") else " (OUT/bundle is NOT the chosen trial's bundle)")
         )
     return lines
 
@@ -486,8 +495,8 @@ def model_lines(lm: dict) -> list:
         f"{_pct(loo['median'])}, worst {_pct(loo['worst'])} relative error",
         f"predictions made before their trial was measured (n {ahead['n']}): median {_pct(ahead['median'])}, worst "
         f"{_pct(ahead['worst'])}",
-        f"pruned before training: {lm['pruned']} of {lm['pruned'] + lm['measured']} trials that reached the "
-        f"latency model; device time saved about {lm['device_seconds_saved']:.0f} s ({lm['pruned']} x the median "
+        f"pruned before training: {lm['pruned']} of {lm['trials']} trials ({lm['measured']} measured on the device); "
+        f"device time saved about {lm['device_seconds_saved']:.0f} s ({lm['pruned']} x the median "
         f"measurement, {lm['median_measure_s']:.1f} s), train + convert about "
         f"{lm['train_convert_seconds_saved']:.0f} s",
     ]
