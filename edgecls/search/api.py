@@ -71,11 +71,12 @@ class SearchConfig:
     profile: str | None = None  # an SSH device's profile
     ssh_config: str | None = None
     overwrite: bool = False
+    measure: object = None  # device.MeasureSettings: how long each measurement times (None: the lab's default)
 
     def settings(self) -> dict:
         """What must be the same to resume or join a search (everything but trials and overwrite)."""
         data = self.data if not os.path.exists(self.data) else os.path.abspath(self.data)
-        kept = {k: v for k, v in asdict(self).items() if k not in ("trials", "overwrite", "out", "data")}
+        kept = {k: v for k, v in asdict(self).items() if k not in ("trials", "overwrite", "out", "data", "measure")}
         kept.update(
             data=data,
             budget=self.budget.to_dict(),
@@ -226,6 +227,18 @@ def _first_image_size(dataset) -> int:
     return 64
 
 
+def _check_models(cfg: SearchConfig, progress) -> None:
+    usable = space.usable_models(cfg.models, cfg.sizes)
+    if not usable:
+        raise EdgeclsError(
+            f"--models {','.join(cfg.models)} need images of {space.BACKBONE_MIN_SIZE} px or more and --sizes "
+            f"{','.join(map(str, cfg.sizes))} has none: add a larger size or the simple model"
+        )
+    if len(usable) < len(cfg.models):
+        left = [m for m in cfg.models if m not in usable]
+        progress(f"note: {', '.join(left)} left out: they need {space.BACKBONE_MIN_SIZE} px or more (--sizes)")
+
+
 def _claim(cfg: SearchConfig, out: Path, study) -> tuple | None:
     """Under the lock: tell the study what finished unheard, adopt a stale trial, else start a new one.
     Returns (Trial, folder, optuna number) or None when the study holds `cfg.trials` trials."""
@@ -297,7 +310,8 @@ def search(cfg: SearchConfig, progress=say) -> SearchResult:
     facts = _data_facts(cfg)
     if cfg.sizes is None:
         cfg.sizes = space.default_sizes(facts["size"])
-    lab = DeviceLab(cfg.device, profile=cfg.profile, ssh_config=cfg.ssh_config, progress=progress)
+    _check_models(cfg, progress)
+    lab = DeviceLab(cfg.device, profile=cfg.profile, ssh_config=cfg.ssh_config, settings=cfg.measure, progress=progress)
     out, resumed = prepare_out(cfg)
     study = studies.open_study(out)
     ctx = _context(cfg, out, facts, lab, progress)

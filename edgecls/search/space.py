@@ -6,8 +6,9 @@ depth, a MobileNet's alpha, MobileNetV3's minimalistic flag only exist for the m
 latency model's input, known before anything is trained.
 
 Every parameter name has one fixed set of choices (Optuna refuses a categorical whose choices change between
-trials), so an input size a backbone cannot take (MobileNets need 32 px or more) can be drawn: `count`
-refuses it with the model's own one-line reason and the trial records it, instead of crashing.
+trials): the backbones draw their size from their own parameter, the sizes of 32 px or more, and are left out
+of the models when no size is that large. A candidate the model's own checks still refuse (`count`) is a trial
+ended with that one-line reason, not a crash.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SIMPLE_BLOCKS = (1, 2, 3, 4)
 SIMPLE_CONVS = (1, 2)
 ALPHAS = (0.35, 0.5, 0.75, 1.0)
 MOBILENETV3_ALPHAS = (0.5, 0.75, 1.0)
+BACKBONE_MIN_SIZE = 32  # models.py's check for every Keras applications backbone
 
 
 def default_sizes(data_size: int) -> tuple:
@@ -36,10 +38,23 @@ def default_sizes(data_size: int) -> tuple:
     return kept or (int(data_size),)
 
 
+def backbone_sizes(sizes) -> list:
+    """The sizes a Keras applications backbone takes (32 px or more)."""
+    return [int(s) for s in sizes if int(s) >= BACKBONE_MIN_SIZE]
+
+
+def usable_models(models, sizes) -> tuple:
+    """The models that can be built at one of `sizes` at least (the backbones need 32 px or more)."""
+    return tuple(m for m in models if m == "simple" or backbone_sizes(sizes))
+
+
 def suggest(trial, cfg) -> Candidate:
     """One candidate from an `optuna.Trial`; `cfg` gives `models` and `sizes` (a SearchConfig)."""
-    model = trial.suggest_categorical("model", list(cfg.models))
-    size = int(trial.suggest_categorical("image_size", [int(s) for s in cfg.sizes]))
+    model = trial.suggest_categorical("model", list(usable_models(cfg.models, cfg.sizes)))
+    if model == "simple":
+        size = int(trial.suggest_categorical("image_size", [int(s) for s in cfg.sizes]))
+    else:  # its own parameter: the backbones' sizes start at their least input
+        size = int(trial.suggest_categorical("backbone_image_size", backbone_sizes(cfg.sizes)))
     resize = trial.suggest_categorical("resize", list(RESIZES))
     return Candidate(model=model, image_size=size, resize=resize, model_options=_options(trial, model))
 

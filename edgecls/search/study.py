@@ -4,8 +4,9 @@ Why Optuna and not keras-tuner (which `edgecls tune` uses): keras-tuner 1.4's or
 Hyperband) optimise one objective and know no constraints, so "most accurate under 3 ms" would have to be
 folded into one score by hand (a penalty whose size decides the result), and a candidate pruned before
 training could only be reported as a failure or as a made-up score. Optuna 5.1 searches two objectives at
-once (validation accuracy up, measured latency down) with TPE or NSGA-II, takes a `constraints_func` (the
-budget: a trial over it is infeasible and ranked behind every feasible one), and lets a trial end PRUNED, with
+once (validation accuracy up, measured latency down) with TPE or NSGA-II, takes constraints (the
+budget: a trial over it is infeasible and ranked behind every feasible one; Optuna 5 names them per
+trial with `Trial.set_constraint`), and lets a trial end PRUNED, with
 the latency that pruned it as its constraint, so the sampler learns "too slow there" without an invented
 accuracy. TPE is used: NSGA-II needs a population (50 by default) before it breeds, more trials than a search
 on one device affords; TPE's `constant_liar` keeps workers that ask at the same time apart.
@@ -30,7 +31,6 @@ from edgecls.search.types import FAILED, GATE_FAILED, MEETS, OVER_BUDGET, PRUNED
 JOURNAL = "study.journal"
 STUDY_NAME = "edgecls-search"
 DIRECTIONS = ("maximize", "minimize")  # validation accuracy, measured latency (ms)
-CONSTRAINTS = "constraints"  # user attribute: what constraints_func returns (<= 0: met)
 SAME_AS = "same_as"  # user attribute of a proposal that repeated a finished trial's candidate
 
 
@@ -46,11 +46,6 @@ def open_study(out: Path, quiet: bool = True):
     return optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=list(DIRECTIONS), load_if_exists=True)
 
 
-def constraints(frozen) -> list:
-    """Optuna's constraints_func: the values told with the trial (a FAIL trial has none; never asked)."""
-    return list(frozen.user_attrs.get(CONSTRAINTS, [0.0, 0.0, 0.0, 0.0]))
-
-
 def sampler(seed: int, number: int, trials: int):
     """TPE, seeded by the search's seed and the trial number it will propose: any worker asking for trial k
     draws what any other would, so two workers with one seed do not propose the same start."""
@@ -62,8 +57,6 @@ def sampler(seed: int, number: int, trials: int):
         multivariate=True,
         group=True,  # conditional parameters (a MobileNet's alpha, simple's widths) in their own groups
         constant_liar=True,
-        constraints_func=constraints,
-        warn_independent_sampling=False,
     )
 
 
@@ -72,22 +65,22 @@ def ask(study, seed: int, trials: int):
     import warnings
 
     number = len(study.get_trials(deepcopy=False))
-    study.sampler = sampler(seed, number, trials)
-    with warnings.catch_warnings():  # multivariate/group TPE are "experimental" in Optuna: said once, here
+    with warnings.catch_warnings():  # multivariate/group TPE are "experimental" in Optuna: said here, not per trial
         warnings.simplefilter("ignore")
+        study.sampler = sampler(seed, number, trials)
         return study.ask()
 
 
-def constraint_values(trial: Trial, budget: Budget) -> list:
-    """[latency, RAM, size, unshippable]: relative excess over the budget (<= 0 met). A pruned trial's latency
-    is the predicted one; a gate failure or a refusal is unshippable (1)."""
+def constraint_values(trial: Trial, budget: Budget) -> dict:
+    """Named constraints, relative excess over the budget (<= 0: met): latency, RAM, size, and unshippable
+    (a gate failure or a refusal: 1). A pruned trial's latency is the predicted one."""
     m = trial.measurement
-    ms = m.latency_ms if m else trial.predicted_ms
-    values = [_excess(ms, budget.latency_ms)]
-    values.append(_excess(m.peak_rss_mb if m else None, budget.ram_mb))
-    values.append(_excess(m.size_mb if m else None, budget.size_mb))
-    values.append(1.0 if trial.status in (GATE_FAILED, FAILED) else 0.0)
-    return values
+    return {
+        "latency": _excess(m.latency_ms if m else trial.predicted_ms, budget.latency_ms),
+        "ram": _excess(m.peak_rss_mb if m else None, budget.ram_mb),
+        "size": _excess(m.size_mb if m else None, budget.size_mb),
+        "unshippable": 1.0 if trial.status in (GATE_FAILED, FAILED) else 0.0,
+    }
 
 
 def _excess(value, limit) -> float:
@@ -101,13 +94,14 @@ def tell(study, number: int, trial: Trial, budget: Budget, same_as: int | None =
     gate-failed and refused ones PRUNED with their constraints (no invented accuracy); a crash FAIL."""
     from optuna.trial import TrialState
 
-    storage = study._storage
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    if storage.get_trial(trial_id).state.is_finished():
+    handle = _trial(study, number)
+    if handle.storage.get_trial(handle._trial_id).state.is_finished():
         return  # told already (a worker killed between telling and writing trial.json)
-    storage.set_trial_user_attr(trial_id, CONSTRAINTS, constraint_values(trial, budget))
+    if handle.storage.get_trial_system_attrs(handle._trial_id).get("constraints:latency") is None:
+        for key, value in constraint_values(trial, budget).items():
+            handle.set_constraint(key, value)  # what TPE reads: feasible when every value is <= 0
     if same_as is not None:
-        storage.set_trial_user_attr(trial_id, SAME_AS, same_as)
+        handle.set_user_attr(SAME_AS, same_as)
     if trial.status in (MEETS, OVER_BUDGET) and trial.val_accuracy is not None and trial.measurement:
         study.tell(number, [float(trial.val_accuracy), float(trial.measurement.latency_ms)])
     elif trial.status in (PRUNED, GATE_FAILED) or (trial.status == FAILED and trial.candidate.macs == 0):
@@ -116,11 +110,18 @@ def tell(study, number: int, trial: Trial, budget: Budget, same_as: int | None =
         study.tell(number, state=TrialState.FAIL)
 
 
+def _trial(study, number: int):
+    """An optuna.Trial handle on trial `number`, whichever process asked for it (a resumed or adopted trial)."""
+    from optuna.trial import Trial as OptunaTrial
+
+    study_id = study._storage.get_study_id_from_name(study.study_name)
+    return OptunaTrial(study, study._storage.get_trial_id_from_study_id_trial_number(study_id, number))
+
+
 def fail(study, number: int, same_as: int | None = None) -> None:
     """End a proposal that is not run (it repeats a running trial's candidate) as FAIL: TPE ignores it."""
     from optuna.trial import TrialState
 
     if same_as is not None:
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-        study._storage.set_trial_user_attr(trial_id, SAME_AS, same_as)
+        _trial(study, number).set_user_attr(SAME_AS, same_as)
     study.tell(number, state=TrialState.FAIL)

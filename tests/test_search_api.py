@@ -1,0 +1,228 @@
+"""`edgecls search` end to end on the shapes fixture against this machine (profile desktop-cpu): real training,
+real int8 conversion through the gate, real measurements with the bench's worker.
+
+One module-scoped search is run by two concurrent worker processes sharing one --out; most tests read it. The
+kill -9 test runs its own search. Tiny: simple nets at 16 px, 1 epoch, 4 trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli_error, run_cli
+
+TRIALS = 4
+BUDGET_MS = 50.0  # every tiny simple net meets it on any machine: the chosen one must be the most accurate
+ARGS = ("--device", "desktop-cpu", "--models", "simple", "--sizes", "16", "--epochs", "1", "--max-drop", "100")
+
+
+def _search_command(data, out, trials=TRIALS, budget=BUDGET_MS) -> list:
+    return [sys.executable, "-m", "edgecls.cli", "search", "--data", str(data), "--out", str(out), "--trials",
+            str(trials), "--max-latency-ms", str(budget), *ARGS]  # fmt: skip
+
+
+def _trials(out: Path) -> list:
+    return [json.loads(p.read_text()) for p in sorted((out / "trials").glob("*/trial.json"))]
+
+
+def _stage_events(out: Path) -> list:
+    events = []
+    for log in sorted((out / "trials").glob("*/stages.log")):
+        events += [dict(json.loads(line), trial=log.parent.name) for line in log.read_text().splitlines()]
+    return events
+
+
+@pytest.fixture(scope="module")
+def shared_search(tmp_path_factory, shapes_folder):
+    """Two worker processes started together on one --out; returns (out, [CompletedProcess-like results])."""
+    out = tmp_path_factory.mktemp("search") / "out"
+    procs = [
+        subprocess.Popen(_search_command(shapes_folder, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    return out, results
+
+
+def test_two_workers_on_one_out_finish_exactly_the_trials_asked_each_number_once(shared_search):
+    out, results = shared_search
+    assert all(rc == 0 for rc, _, _ in results), [err[-3000:] for _, _, err in results]
+    trials = _trials(out)
+    assert [t["number"] for t in trials] == list(range(TRIALS))
+    assert len({t["optuna_number"] for t in trials}) == TRIALS
+    assert all(t["status"] == "meets-budget" for t in trials), [t["reason"] for t in trials]
+    assert len({json.dumps(t["candidate"]["model_options"], sort_keys=True) for t in trials}) == TRIALS
+    # exactly one worker wrote the report; the other said who would
+    reported = [err for _, _, err in results if "chosen: trial" in err]
+    assert len(reported) == 1, [err[-1500:] for _, _, err in results]
+
+
+def test_measurements_of_two_workers_never_overlap_on_the_device(shared_search):
+    out, _ = shared_search
+    spans = sorted((t["measurement"]["started"], t["measurement"]["ended"]) for t in _trials(out))
+    assert len(spans) == TRIALS
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, spans
+
+
+def test_no_candidate_of_two_workers_is_trained_twice(shared_search):
+    out, _ = shared_search
+    done = [e["trial"] for e in _stage_events(out) if e["event"] == "train done"]
+    assert sorted(done) == [f"{n:04d}" for n in range(TRIALS)]
+
+
+def test_the_chosen_bundle_meets_the_budget_loads_in_the_runtime_and_is_the_chosen_trials(shared_search, shapes_folder):
+    from edgecls.runtime.classifier import Classifier
+
+    out, _ = shared_search
+    table = json.loads((out / "trials.json").read_text())
+    chosen = next(t for t in table["trials"] if t["number"] == table["chosen"])
+    assert chosen["measurement"]["latency_ms"] <= BUDGET_MS
+    assert chosen["val_accuracy"] == max(t["val_accuracy"] for t in table["trials"] if t["status"] == "meets-budget")
+    trial_dir = out / "trials" / f"{chosen['number']:04d}"
+    assert (out / "bundle" / "manifest.json").read_bytes() == (trial_dir / "bundle" / "manifest.json").read_bytes()
+    assert (out / "run" / "model.keras").read_bytes() == (trial_dir / "run" / "model.keras").read_bytes()
+    classifier = Classifier(out / "bundle")
+    assert classifier.artifact.name == chosen["measurement"]["artifact"]
+    image = next((shapes_folder / "circle").iterdir())
+    assert classifier.classify_file(image).label in ("circle", "square", "triangle")
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert len(rows) == TRIALS + 1
+    assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_search_that_found_no_model_within_the_budget_says_the_fastest_and_still_writes_the_table(
+    shared_search, tmp_path
+):
+    out, _ = shared_search
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for name in ("trials.csv", "trials.json", "front.png"):
+        (copy / name).unlink()
+    shutil.rmtree(copy / "run")
+    shutil.rmtree(copy / "bundle")
+    doc = json.loads((copy / "search.json").read_text())
+    doc["settings"]["budget"]["latency_ms"] = 1e-6
+    (copy / "search.json").write_text(json.dumps(doc))
+    fastest = min(t["measurement"]["latency_ms"] for t in _trials(copy))
+    line = cli_error(run_cli("search", "--report", copy))
+    assert "no trial meets the budget of 1e-06 ms" in line and f"{fastest:.3g} ms p50" in line, line
+    assert (copy / "trials.csv").is_file() and (copy / "front.png").is_file()
+    assert not (copy / "bundle").exists()
+
+
+def test_a_finished_search_run_again_trains_nothing_and_keeps_its_numbering(shared_search, shapes_folder):
+    out, _ = shared_search
+    before = _stage_events(out)
+    result = run_cli(*_search_command(shapes_folder, out)[3:])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _stage_events(out) == before
+    assert len(_trials(out)) == TRIALS
+
+
+def _wait_for(predicate, timeout: float, proc) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_search_killed_during_training_resumes_and_trains_no_candidate_twice(tmp_path, shapes_folder):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_search_command(shapes_folder, out, trials=3), stderr=subprocess.PIPE, text=True)
+    try:
+        # trial 0 finished, trial 1 in training: the kill lands mid-training
+        started = lambda: any(e["trial"] == "0001" and e["event"] == "train started" for e in _stage_events(out))  # noqa: E731
+        _wait_for(lambda: (out / "trials").is_dir() and started(), 300, proc)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed = _stage_events(out)
+    assert [e["event"] for e in killed if e["trial"] == "0001"] == ["train started"], killed
+    assert json.loads((out / "trials" / "0001" / "trial.json").read_text())["status"] is None
+
+    result = run_cli(*_search_command(shapes_folder, out, trials=3)[3:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stderr
+    events = _stage_events(out)
+    done = [e["trial"] for e in events if e["event"] == "train done"]
+    assert sorted(done) == ["0000", "0001", "0002"], events  # each candidate's training finished exactly once
+    assert [e["event"] for e in events if e["trial"] == "0000"] == ["train started", "train done"]
+    pids = {e["pid"] for e in events if e["trial"] == "0001"}
+    assert len(pids) == 2  # the killed worker's start, then the resumed one's whole training
+    trials = _trials(out)
+    assert [t["number"] for t in trials] == [0, 1, 2] and all(t["status"] == "meets-budget" for t in trials)
+    assert len({t["optuna_number"] for t in trials}) == 3
+    assert (out / "bundle" / "manifest.json").is_file()
+
+
+def test_a_killed_trial_with_a_trained_run_goes_straight_to_convert(shared_search, shapes_folder, tmp_path):
+    """The stage on disk is never redone: an abandoned trial whose run is there is converted and measured, not
+    trained, by the next search into that folder."""
+    from edgecls.search import trial as stages
+    from edgecls.search.api import SearchConfig, search
+    from edgecls.search.types import Budget
+
+    out = tmp_path / "out"
+    shutil.copytree(shared_search[0], out)
+    folder = out / "trials" / "0003"
+    shutil.rmtree(folder / "bundle")
+    data = json.loads((folder / "trial.json").read_text())
+    data.update(status=None, measurement=None, bundle_dir=None, told=False,
+                owner={"host": os.uname().nodename, "pid": 2**22 + 1, "since": 0})  # fmt: skip
+    (folder / "trial.json").write_text(json.dumps(data))
+    before = (folder / stages.STAGES_LOG).read_text()
+    cfg = SearchConfig(str(shapes_folder), "desktop-cpu", Budget(BUDGET_MS), str(out), trials=TRIALS,
+                       models=("simple",), sizes=(16,), epochs=1, max_drop=100.0)  # fmt: skip
+    result = search(cfg)
+    assert (folder / stages.STAGES_LOG).read_text() == before  # no training started
+    after = json.loads((folder / "trial.json").read_text())
+    assert after["status"] == "meets-budget" and after["measurement"]["latency_ms"] > 0
+    assert (folder / "bundle" / "manifest.json").is_file()
+    assert result.reported and len(result.trials) == TRIALS
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--max-latency-ms", "0"), "--max-latency-ms 0.0 is not a budget"),
+        (("--max-latency-ms", "5", "--trials", "0"), "--trials 0 is out of range"),
+        (("--max-latency-ms", "5", "--models", "resnet"), "--models resnet: choose among"),
+    ],
+)
+def test_bad_settings_are_refused_in_one_line_before_anything_is_written(tmp_path, shapes_folder, args, words):
+    out = tmp_path / "out"
+    line = cli_error(run_cli("search", "--data", shapes_folder, "--device", "desktop-cpu", "--out", out, *args))
+    assert words in line, line
+    assert not out.exists()
+
+
+def test_an_out_that_is_not_a_search_is_never_touched(tmp_path, shapes_folder):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.txt").write_text("years of work")
+    for extra in ((), ("--overwrite",)):
+        line = cli_error(run_cli("search", "--data", shapes_folder, "--device", "desktop-cpu", "--out", out,
+                                 "--max-latency-ms", "5", *extra))  # fmt: skip
+        assert "is not an edgecls search" in line, line
+    assert [p.name for p in out.iterdir()] == ["thesis.txt"]
+
+
+def test_missing_data_is_refused_naming_the_folder(tmp_path):
+    line = cli_error(run_cli("search", "--data", tmp_path / "nope", "--device", "desktop-cpu", "--out", tmp_path / "o",
+                             "--max-latency-ms", "5"))  # fmt: skip
+    assert "nope" in line and "does not exist" in line, line
+
+
+def test_a_search_needs_its_budget_device_data_and_out(tmp_path):
+    line = cli_error(run_cli("search", "--data", "shapes", "--out", tmp_path / "o"))
+    assert "missing --device, --max-latency-ms" in line, line
