@@ -1,16 +1,17 @@
 """Issue 28 must-show: `edgecls search` on the built-in `shapes` set against this machine, at a budget the default
 `simple` model misses, against three hand-picked baselines that meet it.
 
-    nice -n 10 python -m benchmarks.device_search [--work DIR] [--trials 14] [--epochs 8] [--patience 2]
+    nice -n 10 python -m benchmarks.device_search [--work DIR] [--trials 12] [--epochs 10] [--patience 3]
     python -m benchmarks.device_search --summary --work DIR      # the results again from what DIR holds
 
 1. The device: the `desktop-cpu` profile at 1 thread (a profile JSON written into the work folder), measured by
    the search's own DeviceLab (the bench worker, interleaved rounds' median p50 of the int8 artifact).
 2. The default `simple` model (edgecls train's defaults on shapes: 48 px RGB, widths 16,32,64,128, two convs a
    block) and three hand-picked baselines are trained, converted and measured by the search's own trial code
-   (`edgecls.search.trial.run_trial` with no earlier trials, so nothing is pruned): the same recipe (epochs,
-   patience, no augmentation, seed 0, the same split), the same int8 gate, the same measurement. The budget is
-   --budget-ms (default 0.1 ms: the default model's int8 artifact takes about 0.18 ms here).
+   (`edgecls.search.trial.run_trial` with no earlier trials, so nothing is pruned): the same recipe (`edgecls
+   search`'s default 10 epochs and patience 3, no augmentation, seed 0, the same split), the same int8 gate, the
+   same measurement. The budget is --budget-ms (default 0.1 ms: the default model's int8 artifact takes about
+   0.18 ms here).
 3. The search, by the CLI (`edgecls search ... --out WORK/search`), killed with SIGKILL once a trial has finished
    training but not yet been measured (so a resumed search must not train it again), then run again with the same
    command: stages.log of every trial shows how often each was trained.
@@ -221,9 +222,9 @@ def bench_again(args, bundle: Path, artifact: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=None, help="work folder (kept; a rerun reuses what finished)")
-    parser.add_argument("--trials", type=int, default=14)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--budget-ms", type=float, default=0.1)
     parser.add_argument("--kill-after", type=int, default=3, help="finished trials before the SIGKILL")
     parser.add_argument("--summary", action="store_true", help="only write the results from --work")
