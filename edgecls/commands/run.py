@@ -102,11 +102,7 @@ def run(**options):  # click passes each option by name: they become a DaemonCon
     config = DaemonConfig.from_options(options, profiles)
     with native_output_to_log():  # OpenCV/FFmpeg/LiteRT chatter: debug log lines, not raw stderr
         daemon = Daemon(config)
-        if choice is not None and choice.engine and daemon.classifier.backend_name != choice.engine:
-            raise EdgeclsError(
-                f"--artifact fastest: {choice.row} was timed with {choice.engine}, which cannot load it here "
-                f"({daemon.classifier.backend_name} did): install {choice.engine}, or bench again here"
-            )
+        _check_served(daemon.classifier, choice)
         summary = daemon.run(on_start=None if config.simple else _started)
     failures = daemon.failures() if daemon.ended_by == "sources" else []
     if config.simple and failures:  # its one source failed: the error alone, as the simple mode always said it
@@ -140,7 +136,23 @@ def _artifact_choice(options: dict, load_profile) -> tuple:
         f"--artifact fastest: {choice.row} ({choice.engine}) at {choice.threads or 'default'} thread(s), "
         f"p50 {choice.p50_ms:.3f} ms in {choice.bench}"
     )
-    return {**options, "artifact": choice.artifact}, (lambda name: derived), choice
+    # The derived profile leads to the choice (artifact and engine first) rather than a fixed artifact name, so a
+    # hot reload onto a bundle flashed with another choice still finds its artifact.
+    return {**options, "artifact": None}, (lambda name: derived), choice
+
+
+def _check_served(classifier, choice) -> None:
+    """The daemon loads what was benched, or says why not (an engine not installed here would be passed over)."""
+    from edgecls.runtime.errors import EdgeclsError
+
+    if choice is None:
+        return
+    loaded = (classifier.artifact.name, classifier.backend_name)
+    if loaded[0] != choice.artifact or (choice.engine and loaded[1] != choice.engine):
+        raise EdgeclsError(
+            f"--artifact fastest: {choice.row} was timed with {choice.engine}, but {loaded[0]} in {loaded[1]} "
+            f"loaded here: install {choice.engine} (openvino: `pip install 'edgecls[openvino]'`), or bench again here"
+        )
 
 
 def _event(event: dict) -> None:
