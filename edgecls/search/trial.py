@@ -89,7 +89,7 @@ def is_stale(folder: Path, data: dict) -> bool:
         return False
     who = data.get("owner") or {}
     if who.get("host") == socket.gethostname() and not pid_alive(int(who.get("pid", 0))):
-        return True
+        return True  # else its heartbeat decides (a pid reused by another process keeps no heartbeat fresh)
     try:
         return time.time() - (folder / HEARTBEAT).stat().st_mtime > STALE_S
     except FileNotFoundError:
