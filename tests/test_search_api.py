@@ -217,6 +217,13 @@ def test_an_out_that_is_not_a_search_is_never_touched(tmp_path, shapes_folder):
     assert [p.name for p in out.iterdir()] == ["thesis.txt"]
 
 
+def test_an_out_inside_the_data_is_refused(tmp_path, shapes_folder):
+    line = cli_error(run_cli("search", "--data", shapes_folder, "--device", "desktop-cpu", "--out",
+                             shapes_folder / "search", "--max-latency-ms", "5"))  # fmt: skip
+    assert "overlap" in line, line
+    assert not (shapes_folder / "search").exists()
+
+
 def test_missing_data_is_refused_naming_the_folder(tmp_path):
     line = cli_error(run_cli("search", "--data", tmp_path / "nope", "--device", "desktop-cpu", "--out", tmp_path / "o",
                              "--max-latency-ms", "5"))  # fmt: skip

@@ -27,13 +27,13 @@ def _numbers(kind, what: str):
     cls=OneLineErrors,
     help="Train, convert (int8, through the gate) and measure candidates on the device; keep the most accurate one "
     "within the budget. Candidates the latency model says cannot meet it are pruned before training. Resumes "
-    "after a kill; the same command on several machines with a shared --out splits the trials."
+    "after a kill; the same command on several machines with a shared --out splits the trials. The chosen "
+    "bundle is OUT/bundle: `edgecls flash OUT/bundle ...` takes it as it is."
     + examples_block(
         "edgecls search --data shapes --device desktop-cpu --max-latency-ms 2 --trials 12 --out search/shapes",
         "edgecls search --data photos --device pi@192.168.1.20 --profile raspberry-pi-4 --max-latency-ms 30 "
         "--max-ram-mb 100 --trials 20 --out search/pi",
         "edgecls search --report search/shapes",
-        "edgecls flash search/shapes/bundle --target ./device",
     ),
 )
 @click.option("--data", help="Class-per-folder directory, or a built-in dataset: digits, shapes.")

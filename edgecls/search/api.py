@@ -128,6 +128,13 @@ def validate(cfg: SearchConfig) -> None:
         raise EdgeclsError("no --data given: pass a class-per-folder directory or a built-in name (digits, shapes)")
 
 
+def _apart(out, root) -> None:
+    """OUT inside the data would become a class of it (and the data inside OUT would go with --overwrite)."""
+    out, root = Path(os.path.abspath(out)).resolve(), Path(root).resolve()
+    if out == root or root in out.parents or out in root.parents:
+        raise EdgeclsError(f"--out {out} and the data {root} overlap: choose an --out outside the data")
+
+
 def _is_ours(out: Path) -> bool:
     try:
         doc = json.loads((out / SEARCH_JSON).read_text(encoding="utf-8"))
@@ -312,6 +319,7 @@ def search(cfg: SearchConfig, progress=say) -> SearchResult:
         cfg.sizes = space.default_sizes(facts["size"])
     _check_models(cfg, progress)
     lab = DeviceLab(cfg.device, profile=cfg.profile, ssh_config=cfg.ssh_config, settings=cfg.measure, progress=progress)
+    _apart(cfg.out, facts["root"])
     out, resumed = prepare_out(cfg)
     study = studies.open_study(out)
     ctx = _context(cfg, out, facts, lab, progress)
