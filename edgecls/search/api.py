@@ -354,6 +354,10 @@ def _finish(cfg: SearchConfig, out: Path, last: int | None, started: float, prog
         ends = {t.number: d.get("finished_at", 0) for t, _, d in held}
         last_done = max(ends, key=ends.get) if ends else None
         mine = last is not None and last == last_done
+        if not running and last is None and (out / "trials.json").exists():
+            progress(f"all {len(done)} trials were finished already: see {out / 'trials.csv'} and {out / 'bundle'} "
+                     f"(to write them again: edgecls search --report {out})")  # fmt: skip
+            return SearchResult(out, done, None, False, time.perf_counter() - started)
         if running or (not mine and (out / "trials.json").exists()):
             progress(
                 f"{len(done)}/{cfg.trials} trials finished here and by other workers; "

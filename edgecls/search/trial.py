@@ -39,8 +39,8 @@ INT8_ARTIFACTS = ("tflite-int8", "onnx-int8")
 
 @dataclass
 class TrialContext:
-    """What every trial of one search shares. `lab` is a DeviceLab; `artifact` the device's pick, once known
-    (None: convert the int8 artifacts and ask the lab which it runs)."""
+    """What every trial of one search shares. `lab` is a DeviceLab; `artifact` the device's pick, once a bundle
+    told it (None: the profile's preferred int8 artifact is converted, and the lab asked which it runs)."""
 
     data: str
     budget: Budget
@@ -245,7 +245,7 @@ def _convert(trial: Trial, folder: Path, ctx: TrialContext) -> bool:
     from edgecls.converters.formats import FORMATS
     from edgecls.converters.pipeline import AccuracyGateError, ConvertOptions, convert
 
-    names = [ctx.artifact] if ctx.artifact else list(INT8_ARTIFACTS)
+    names = [ctx.artifact or preferred_int8(ctx.lab)]
     options = ConvertOptions(
         formats=[FORMATS[n] for n in names],
         max_drop=ctx.max_drop,
@@ -267,6 +267,13 @@ def _convert(trial: Trial, folder: Path, ctx: TrialContext) -> bool:
     trial.bundle_dir = str(folder / BUNDLE)
     save(folder, trial)
     return True
+
+
+def preferred_int8(lab) -> str:
+    """The int8 artifact the device's profile prefers (before any bundle exists to ask `lab.artifact_for`):
+    converting one artifact, not every int8 one, also keeps a format the device never runs out of the gate."""
+    preference = [a for a in getattr(getattr(lab, "profile", None), "artifacts", ()) if a in INT8_ARTIFACTS]
+    return preference[0] if preference else INT8_ARTIFACTS[0]
 
 
 def _measure(trial: Trial, folder: Path, ctx: TrialContext) -> Trial:
