@@ -1,0 +1,185 @@
+"""edgecls.search.device: DeviceLab measures a bundle's artifact here (a profile) or over a real SSH server, one
+measurement at a time per device."""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edgecls.runtime.bench.machine import cpu_model
+from edgecls.runtime.errors import EdgeclsError
+from edgecls.search.device import MB, REMOTE_LOCK, DeviceLab, MeasureSettings
+from tests.conftest import REPO
+from tests.sshd import sshd  # noqa: F401  (the fixture)
+
+QUICK = MeasureSettings(runs=30, frame_runs=3, rounds=4, round_runs=10, time_budget_s=1.0, max_warmup_s=1.0)
+
+
+@pytest.fixture(autouse=True)
+def _own_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the local device's lock file goes there
+
+
+def test_a_profile_is_measured_here_on_the_artifact_it_prefers(tiny_bundle):
+    lines = []
+    lab = DeviceLab("desktop-cpu", settings=QUICK, progress=lines.append)
+    assert lab.artifact_for(tiny_bundle) == "tflite-int8"  # desktop-cpu: int8 LiteRT first
+    m = lab.measure(tiny_bundle)
+    assert (m.artifact, m.engine) == ("tflite-int8", "litert")
+    assert 0 < m.latency_ms <= m.latency_p90_ms < 1000
+    assert 20 < m.peak_rss_mb < 4000  # a fresh worker: python, numpy, OpenCV, LiteRT, not this test's TensorFlow
+    assert m.size_mb == (Path(tiny_bundle) / "model_int8.tflite").stat().st_size / MB
+    assert m.device.startswith("desktop-cpu on this machine (") and cpu_model() in m.device
+    assert m.emulated is None  # x86 on x86
+    assert m.started < m.ended <= time.time() and m.seconds == pytest.approx(m.ended - m.started)
+    assert any("measuring tflite-int8" in line for line in lines)
+    described = lab.describe()
+    assert described["kind"] == "local" and described["profile"] == "desktop-cpu"
+    assert described["machine"]["via_ssh"] is False
+
+
+def test_a_profile_file_that_prefers_onnx_is_measured_on_onnx(tiny_bundle, tmp_path):
+    profile = tmp_path / "onnx-box.json"
+    profile.write_text(json.dumps({"name": "onnx-box", "artifacts": ["onnx-int8", "tflite-int8"], "threads": 1}))
+    lab = DeviceLab(str(profile), settings=QUICK)
+    m = lab.measure(tiny_bundle)
+    assert (m.artifact, m.engine) == ("onnx-int8", "onnxruntime")
+    assert m.size_mb == (Path(tiny_bundle) / "model_int8.onnx").stat().st_size / MB
+    assert lab.describe()["threads"] == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed here")
+def test_an_openvino_profile_is_measured_in_openvino(tiny_bundle):
+    m = DeviceLab("intel-cpu", settings=QUICK).measure(tiny_bundle)
+    assert (m.artifact, m.engine) == ("onnx-int8", "openvino")
+
+
+_MEASURE_AFTER_GO = """
+import json, sys, time
+from pathlib import Path
+from edgecls.search.device import DeviceLab, MeasureSettings
+lab = DeviceLab("desktop-cpu", settings=MeasureSettings(**json.loads(sys.argv[3])))
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.01)
+print(json.dumps(lab.measure(sys.argv[1]).to_dict()))
+"""
+
+
+def test_two_processes_measuring_one_device_take_turns(tiny_bundle, tmp_path):
+    """Both start measuring at the same moment; the lock makes one wait until the other let the device go."""
+    from dataclasses import asdict
+
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MEASURE_AFTER_GO, str(tiny_bundle), str(go), json.dumps(asdict(QUICK))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    time.sleep(4)  # both imported edgecls and wait for the file
+    released = time.time()
+    go.touch()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    first, second = sorted(results, key=lambda m: m["started"])
+    assert released <= first["started"] < first["ended"] <= second["started"] < second["ended"]
+    # both asked at `released` (within a poll); the first held the device long enough that a second without the
+    # lock would have started inside its measurement
+    assert first["ended"] - released > 0.3
+
+
+def test_a_device_over_ssh_is_measured_there_and_named(sshd, tiny_bundle):  # noqa: F811
+    device = f"{sshd.user}@{sshd.host}:{sshd.port}"
+    lab = DeviceLab(device, profile="desktop-cpu", ssh_config=sshd.ssh_config, settings=QUICK)
+    m = lab.measure(tiny_bundle)
+    assert (m.artifact, m.engine) == ("tflite-int8", "litert")
+    assert m.device.startswith(f"{device} (") and cpu_model() in m.device
+    assert 0 < m.latency_ms <= m.latency_p90_ms and m.peak_rss_mb > 20
+    assert m.started < m.ended and m.seconds == pytest.approx(m.ended - m.started)
+    described = lab.describe()
+    assert described["kind"] == "ssh" and described["machine"]["via_ssh"] is True  # read on the device's side
+
+
+def test_an_ssh_measurement_waits_for_the_lock_held_on_the_device(sshd, tiny_bundle):  # noqa: F811
+    """The loopback device shares this file system: holding its lock file here is holding the device."""
+    device = f"{sshd.user}@{sshd.host}:{sshd.port}"
+    lines = []
+    lab = DeviceLab(device, ssh_config=sshd.ssh_config, settings=QUICK, progress=lines.append)
+    fd = os.open(REMOTE_LOCK, os.O_RDONLY | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    released = []
+
+    def release_later():
+        time.sleep(3)
+        released.append(time.time())
+        os.close(fd)
+
+    holder = threading.Thread(target=release_later)
+    holder.start()
+    try:
+        m = lab.measure(tiny_bundle)
+    finally:
+        holder.join()
+    assert m.started >= released[0]
+    assert any("waiting for the device" in line for line in lines)
+    # and the device's lock is free again afterwards: nothing of ours keeps it
+    fd = os.open(REMOTE_LOCK, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+def test_an_unreachable_ssh_device_is_one_line_naming_the_cause(tiny_bundle, sshd):  # noqa: F811
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lab = DeviceLab(f"{sshd.user}@127.0.0.1:{port}", ssh_config=sshd.ssh_config, settings=QUICK)
+    with pytest.raises(EdgeclsError) as err:
+        lab.measure(tiny_bundle)
+    assert "cannot reach" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("device", "profile", "says"),
+    [
+        ("no-such-board", None, "unknown device profile 'no-such-board'"),
+        ("pi@kitchen:/opt/edgecls", None, "is not user@host or user@host:PORT"),
+        ("   ", None, "--device is empty"),
+        ("desktop-cpu", "raspberry-pi-4", "leave out --profile raspberry-pi-4"),
+        ("pi@kitchen", "no-such-board", "unknown device profile 'no-such-board'"),
+    ],
+)
+def test_a_bad_device_or_profile_is_one_line_naming_the_fix(device, profile, says):
+    with pytest.raises(EdgeclsError) as err:
+        DeviceLab(device, profile=profile)
+    message = str(err.value)
+    assert says in message and "\n" not in message
+    if "unknown device profile" in message:
+        assert "desktop-cpu" in message and "user@host" in message  # the profiles there are, and the SSH form
+
+
+def test_a_folder_that_is_not_a_bundle_is_refused_before_the_device_is_taken(tmp_path):
+    with pytest.raises(EdgeclsError, match="is not a bundle"):
+        DeviceLab("desktop-cpu").measure(tmp_path)
+    assert not (tmp_path / "state" / "edgecls" / "devices").exists()
