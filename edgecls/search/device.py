@@ -71,7 +71,7 @@ class MeasureSettings:
     time_budget_s: float = 5.0
     max_warmup_s: float = 5.0
 
-    def bench_options(self, artifact: str, threads: int | None, engines: list):
+    def bench_options(self, artifact: str, threads: int | None, engines: list | None):
         from edgecls.runtime.bench.runner import BenchOptions
 
         return BenchOptions(
@@ -158,9 +158,10 @@ class DeviceLab:
         names = [a.name for a in bundle.manifest.artifacts]
         return next(n for n in [*self.profile.artifacts, *names] if n in names)
 
-    def engines_for(self, bundle_dir, artifact: str) -> list:
+    def engines_for(self, bundle_dir, artifact: str) -> list | None:
         """The bench's opt-in engines to time `artifact` in: the profile's engine when it is an opt-in one
-        (OpenVINO for intel-cpu's ONNX), else none (the format's default engine, as the daemon's)."""
+        (OpenVINO for intel-cpu's ONNX), else none (the format's default engine, as the daemon's); None where
+        no opt-in engine runs the format."""
         from edgecls.runtime.backends.registry import OPT_IN
         from edgecls.runtime.bundle import load_bundle
 
@@ -170,7 +171,9 @@ class DeviceLab:
 
         runs_it = opt_in | {cls.name for cls in BACKENDS.get(fmt, ())}
         first = next((b for b in self.profile.backends if b in runs_it), None)
-        return [first] if first in opt_in else []
+        if first in opt_in:
+            return [first]
+        return [] if opt_in else None  # None: no --engines sent (a device's edgecls from before it runs too)
 
     def measure(self, bundle_dir) -> Measurement:
         """Latency p50/p90, the worker's peak RSS and the artifact's size on the device, holding the device."""
