@@ -219,7 +219,26 @@ def test_a_bench_of_another_bundle_is_refused(tiny_bundle, bench, tmp_path):
     (other / MANIFEST).write_text(json.dumps(manifest))
     done = run_cli("run", other, "--source", tmp_path, "--artifact", "fastest", "--bench", bench, "--max-frames", "1")
     error = cli_error(done)
-    assert f"--bench {bench} is not a bench of bundle {other}" in error and "tflite-int8 differs" in error
+    assert f"--bench {bench} is not a bench of bundle {other}" in error and "its manifest sha256 is" in error
+
+
+def test_a_bench_of_the_same_artifacts_in_a_rebuilt_bundle_is_refused_by_its_manifest_sha256(
+    tiny_bundle, bench, tmp_path
+):
+    """The bench records the manifest's sha256: a bundle whose artifacts are byte for byte the same but whose manifest
+    says something else (here only `created`) is another bundle, refused; one without the record (a device's older
+    edgecls) falls back to matching the artifacts."""
+    assert json.loads(bench.read_text())["bundle"]["manifest_sha256"]
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bundle, other)
+    manifest = json.loads((other / MANIFEST).read_text())
+    manifest["created"] = "2030-01-01T00:00:00+00:00"
+    (other / MANIFEST).write_text(json.dumps(manifest))
+    done = run_cli("run", other, "--source", tmp_path, "--artifact", "fastest", "--bench", bench, "--max-frames", "1")
+    assert "its manifest sha256 is" in cli_error(done)
+    older = edited(bench, tmp_path, lambda doc: doc["bundle"].pop("manifest_sha256"))
+    done = run_cli("run", other, "--source", tmp_path, "--artifact", "fastest", "--bench", older, "--max-frames", "1")
+    assert "is not a bench of bundle" not in done.stderr, done.stderr[-2000:]
 
 
 def test_a_bench_of_another_kind_of_machine_is_refused_unless_forced(tiny_bundle, bench, shapes_folder, tmp_path):

@@ -25,7 +25,7 @@ from typing import Callable
 from edgecls.runtime.bench import frame as frames
 from edgecls.runtime.bench import machine
 from edgecls.runtime.bench.stats import round_statistic, spread_pct, summarize
-from edgecls.runtime.bundle import Bundle, load_bundle
+from edgecls.runtime.bundle import MANIFEST, Bundle, load_bundle, sha256_file
 from edgecls.runtime.errors import EdgeclsError
 
 FORMAT = "edgecls-bench/1"
@@ -352,6 +352,8 @@ def run_bench(
         "seconds": round(time.time() - started, 1),
         "bundle": {
             "path": str(bundle_path),
+            # What `--artifact fastest` matches a bench to: this exact bundle, wherever it was copied.
+            "manifest_sha256": sha256_file(Path(bundle.root) / MANIFEST),
             "labels": len(bundle.labels),
             "input": list(bundle.manifest.preprocess.shape),
             "source": bundle.manifest.source.get("model", {}),
