@@ -145,32 +145,41 @@ def _is_ours(out: Path) -> bool:
 
 def prepare_out(cfg: SearchConfig) -> tuple:
     """(OUT, resumed?): a new, empty or missing OUT is started; a search of ours with the same settings is
-    resumed (or with --overwrite replaced); anything else is refused, naming why."""
+    resumed (or with --overwrite replaced); anything else is refused, naming why. Decided under OUT's lock, so
+    workers started together agree: the first writes search.json, the others join it."""
     out = Path(os.path.abspath(cfg.out))
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise EdgeclsError(f"--out {out} is not a folder: choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not _is_ours(out):
-            raise EdgeclsError(
-                f"--out {out} already holds files and is not an edgecls search (no {SEARCH_JSON}): "
-                "choose another --out (a search never replaces what it did not write)"
-            )
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in CONTENTS)
-        if cfg.overwrite and foreign:
+    if out.is_dir() and not (out / SEARCH_JSON).exists() and not (out / LOCK).exists():
+        _refuse_foreign(out)  # before the lock file is made in someone else's folder
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        entries = [p for p in out.iterdir() if p.name != LOCK]
+        if not entries:
+            write_json(out / SEARCH_JSON, {"format": FORMAT, "settings": cfg.settings(), "artifact": None})
+            return out, False
+        _refuse_foreign(out)
+        if not cfg.overwrite:
+            _check_same(out, cfg)
+            return out, True
+        foreign = sorted(p.name for p in entries if p.name not in CONTENTS)
+        if foreign:
             raise EdgeclsError(
                 f"--out {out} is a search but also holds {', '.join(foreign[:3])}, which edgecls did not write, "
                 "so --overwrite will not replace it: move those out or choose another --out"
             )
-        if cfg.overwrite:
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        else:
-            _check_same(out, cfg)
-            return out, True
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / SEARCH_JSON).exists():
+        for child in entries:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         write_json(out / SEARCH_JSON, {"format": FORMAT, "settings": cfg.settings(), "artifact": None})
     return out, False
+
+
+def _refuse_foreign(out: Path) -> None:
+    if any(p.name != LOCK for p in out.iterdir()) and not _is_ours(out):
+        raise EdgeclsError(
+            f"--out {out} already holds files and is not an edgecls search (no {SEARCH_JSON}): "
+            "choose another --out (a search never replaces what it did not write)"
+        )
 
 
 def _check_same(out: Path, cfg: SearchConfig) -> None:
