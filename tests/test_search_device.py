@@ -109,6 +109,8 @@ def test_two_processes_measuring_one_device_take_turns(tiny_bundle, tmp_path):
 def test_a_device_over_ssh_is_measured_there_and_named(sshd, tiny_bundle):  # noqa: F811
     device = f"{sshd.user}@{sshd.host}:{sshd.port}"
     lab = DeviceLab(device, profile="desktop-cpu", ssh_config=sshd.ssh_config, settings=QUICK)
+    asked = lab.describe()  # before any measurement: asked of the device's own python
+    assert asked["machine"]["via_ssh"] is True and asked["label"].startswith(f"{device} (")
     m = lab.measure(tiny_bundle)
     assert (m.artifact, m.engine) == ("tflite-int8", "litert")
     assert m.device.startswith(f"{device} (") and cpu_model() in m.device
