@@ -162,13 +162,11 @@ class DeviceLab:
         """The bench's opt-in engines to time `artifact` in: the profile's engine when it is an opt-in one
         (OpenVINO for intel-cpu's ONNX), else none (the format's default engine, as the daemon's); None where
         no opt-in engine runs the format."""
-        from edgecls.runtime.backends.registry import OPT_IN
+        from edgecls.runtime.backends.registry import BACKENDS, OPT_IN
         from edgecls.runtime.bundle import load_bundle
 
         fmt = load_bundle(bundle_dir).artifact(artifact).format
         opt_in = {cls.name for cls in OPT_IN.get(fmt, ())}
-        from edgecls.runtime.backends.registry import BACKENDS
-
         runs_it = opt_in | {cls.name for cls in BACKENDS.get(fmt, ())}
         first = next((b for b in self.profile.backends if b in runs_it), None)
         if first in opt_in:
