@@ -74,9 +74,14 @@ class SearchConfig:
     measure: object = None  # device.MeasureSettings: how long each measurement times (None: the lab's default)
 
     def settings(self) -> dict:
-        """What must be the same to resume or join a search (everything but trials and overwrite)."""
+        """What must be the same to resume or join a search: everything but trials, overwrite, the measurement's
+        length and how the device is reached (ssh_config: each host its own)."""
         data = self.data if not os.path.exists(self.data) else os.path.abspath(self.data)
-        kept = {k: v for k, v in asdict(self).items() if k not in ("trials", "overwrite", "out", "data", "measure")}
+        kept = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("trials", "overwrite", "out", "data", "measure", "ssh_config")
+        }
         kept.update(
             data=data,
             budget=self.budget.to_dict(),
