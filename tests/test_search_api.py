@@ -60,7 +60,7 @@ def test_two_workers_on_one_out_finish_exactly_the_trials_asked_each_number_once
     assert all(t["status"] == "meets-budget" for t in trials), [t["reason"] for t in trials]
     assert len({json.dumps(t["candidate"]["model_options"], sort_keys=True) for t in trials}) == TRIALS
     # exactly one worker wrote the report; the other said who would
-    reported = [err for _, _, err in results if "chosen: trial" in err]
+    reported = [err for _, _, err in results if "chosen: #" in err]
     assert len(reported) == 1, [err[-1500:] for _, _, err in results]
 
 

@@ -412,7 +412,7 @@ def write_report(out: Path, progress=say) -> Trial:
         fastest = min(measured, key=lambda t: t.measurement.latency_ms, default=None)
         best = (
             f"the fastest measured was {fastest.measurement.latency_ms:.3g} ms p50 "
-            f"(trial {fastest.number + 1}, {space.describe(fastest.candidate)})"
+            f"(#{fastest.number}: trials/{fastest.number:04d}, {space.describe(fastest.candidate)})"
             if fastest
             else "none was measured"
         )
@@ -425,7 +425,8 @@ def write_report(out: Path, progress=say) -> Trial:
     _publish(folder / trials_.BUNDLE, out / "bundle", "manifest.json")
     m = chosen.measurement
     progress(
-        f"chosen: trial {chosen.number + 1}, {space.describe(chosen.candidate)}: val {chosen.val_accuracy:.3g}, "
+        f"chosen: #{chosen.number} (trials/{chosen.number:04d}), {space.describe(chosen.candidate)}: "
+        f"val {chosen.val_accuracy:.3g}, "
         f"{m.artifact} {m.latency_ms:.3g} ms p50 on {m.device}: {out / 'bundle'} (edgecls flash takes it as it is)"
     )
     return chosen
