@@ -24,7 +24,17 @@ from edgecls.runtime.errors import EdgeclsError
 SUFFIX = "-fastest"
 MARK = "edgecls --artifact fastest"  # notes.fastest.written_by of the profiles this module writes
 
-__all__ = ["FASTEST", "check_bench_option", "check_machine", "derive", "pick", "record", "check_record"]
+__all__ = [
+    "FASTEST",
+    "check_bench_option",
+    "check_machine",
+    "derive",
+    "pick",
+    "record",
+    "check_record",
+    "chosen",
+    "served_refusal",
+]
 
 
 def check_bench_option(artifact: str | None, bench: str | None) -> None:
@@ -36,6 +46,23 @@ def check_bench_option(artifact: str | None, bench: str | None) -> None:
 def _fastest_notes(profile: DeviceProfile) -> dict | None:
     notes = profile.notes.get("fastest") if isinstance(profile.notes, dict) else None
     return notes if isinstance(notes, dict) and notes.get("written_by") == MARK else None
+
+
+def chosen(profile: DeviceProfile) -> dict | None:
+    """The choice a derived profile records (row, artifact, engine, threads, bench...), or None for another one."""
+    return _fastest_notes(profile)
+
+
+def served_refusal(choice, artifact: str | None, backend: str | None) -> str | None:
+    """Why what loaded (`artifact` in `backend`) is not what was benched (a Choice, or a derived profile's
+    `chosen` notes), or None: an engine missing where the daemon runs is passed over for the next one, unmeasured."""
+    get = choice.get if isinstance(choice, dict) else lambda key: getattr(choice, key)
+    if artifact == get("artifact") and (not get("engine") or backend == get("engine")):
+        return None
+    return (
+        f"--artifact {FASTEST}: {get('row')} was timed with {get('engine')}, but {artifact} in {backend} loaded "
+        f"here: install {get('engine')} (openvino: `pip install 'edgecls[openvino]'`), or bench again here"
+    )
 
 
 def derived_name(profile: DeviceProfile) -> str:

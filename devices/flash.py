@@ -94,6 +94,8 @@ def artifacts_for(bundle: Bundle, target_text: str, options: FlashOptions) -> tu
     fastest.check_machine(doc, choice.bench, here, target_text, options.force_bench, options.say)
     derived = fastest.derive(options.profile, choice, bundle)
     fastest.check_record(derived)  # a user's own file of that name: refused before anything is sent
+    if here is not None:  # the daemon runs here: the chosen engine must load here, checked before anything is sent
+        _check_loads(bundle, derived, choice)
     for line in choice.refused:
         options.say(f"{target_text}: left out {line}")
     options.say(
@@ -101,6 +103,17 @@ def artifacts_for(bundle: Bundle, target_text: str, options: FlashOptions) -> tu
         f"{choice.threads or 'default'} thread(s), p50 {choice.p50_ms:.3f} ms"
     )
     return [choice.artifact], derived
+
+
+def _check_loads(bundle: Bundle, derived: DeviceProfile, choice) -> None:
+    """Refuse a choice whose engine does not load on this machine (another would serve, never timed)."""
+    from edgecls.devices.fastest import served_refusal
+    from edgecls.runtime.classifier import Classifier
+
+    loaded = Classifier(bundle, profile=derived)
+    why = served_refusal(choice, loaded.artifact.name, loaded.backend_name)
+    if why:
+        raise EdgeclsError(why)
 
 
 def _bundle_files(bundle: Bundle, artifacts: list) -> dict:
@@ -144,7 +157,11 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     if bundle.manifest.needs():  # a device's edgecls older than `requires` ignores it: asked only then
         check_serves(bundle.manifest.needs(), target.edgecls_version(), target_text)
     health_url = profile.health_url
+    recorded = False
     if options.install_service:
+        if profile is not options.profile:  # the service's run.toml names the choice: the device must know it first
+            _record_choice(profile, target_text, options.say)
+            recorded = True
         service = target.install_service(
             name=profile.service or "edgecls",
             unit_dir=options.unit_dir,
@@ -159,7 +176,7 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     if not set(plan["need"]) <= set(files):
         raise EdgeclsError(f"{target_text}: {_unexpected('plan', 'need', 'names of files in this bundle')}")
     if plan["installed"]:
-        if profile is not options.profile:
+        if profile is not options.profile and not recorded:
             _record_choice(profile, target_text, options.say)
         return FlashResult(
             target_text, "unchanged", plan["slot"], "already installed and healthy", time.monotonic() - started
@@ -183,7 +200,10 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
     except SshError as exc:  # the device's side ended without its verdict: what does it serve now?
         raise SshError(f"{exc}{_device_now(target, target_text)}") from exc
     device_reply(done, "apply", target_text)
-    if profile is not options.profile and done["result"] != "rolled back":
+    wrong = _served_elsewhere(profile, done)
+    if wrong:
+        return _undo(target, target_text, profile, wrong, started)
+    if profile is not options.profile and done["result"] != "rolled back" and not recorded:
         _record_choice(profile, target_text, options.say)
     return FlashResult(
         target_text,
@@ -193,6 +213,27 @@ def flash_one(bundle: Bundle, target_text: str, options: FlashOptions) -> FlashR
         time.monotonic() - started,
         sorted(send),
         done.get("smoke"),
+    )
+
+
+def _served_elsewhere(profile: DeviceProfile, done: dict) -> str | None:
+    """Why the device's smoke test ran another artifact or engine than the --artifact fastest choice, or None."""
+    from edgecls.devices.fastest import chosen, served_refusal
+
+    notes, smoke = chosen(profile), done.get("smoke") or {}
+    if notes is None or done["result"] != "installed" or not smoke.get("backend"):
+        return None
+    return served_refusal(notes, smoke.get("artifact"), smoke.get("backend"))
+
+
+def _undo(target, target_text: str, profile: DeviceProfile, why: str, started: float) -> FlashResult:
+    """The device switched to a release that serves another engine than the one timed: back to the previous one."""
+    try:
+        back = device_reply(target.rollback(profile.service), "rollback", target_text)
+    except EdgeclsError as exc:
+        raise EdgeclsError(f"{target_text}: {why}; rolling back failed too: {exc}") from exc
+    return FlashResult(
+        target_text, "rolled back", back["slot"] or "", f"{why} (on the device)", time.monotonic() - started
     )
 
 
@@ -353,12 +394,32 @@ def _check_artifact_choice(bundle: Bundle, targets: list, options: FlashOptions)
     if options.artifact != fastest.FASTEST:
         bundle.artifact(options.artifact)
         return
+    if options.install_service:
+        _check_service_choice(targets, options)
     plain = any(not isinstance(t, tuple) for t in targets)  # a target without its own profile takes --device's
     listed = [options.profile] * plain + [t[1] for t in targets if isinstance(t, tuple)]
     profiles = {id(p): p for p in listed}
     for profile in profiles.values():
         doc, choice = fastest.pick(bundle, profile, options.bench)
         fastest.check_record(fastest.derive(profile, choice, bundle))  # a user's own file there: never replaced
+
+
+def _check_service_choice(targets: list, options: FlashOptions) -> None:
+    """--install-service writes a run.toml naming the derived profile, which only this host records: an SSH device
+    would not know it, and its service would run the default profile, silently."""
+    from edgecls.devices.fastest import derived_name
+    from edgecls.devices.ssh import is_ssh_target
+
+    for entry in targets:
+        target, profile = entry if isinstance(entry, tuple) else (entry, options.profile)
+        if is_ssh_target(target):
+            name = derived_name(profile)
+            raise EdgeclsError(
+                f"--install-service with --artifact fastest on {target}: the choice is recorded here as profile "
+                f"{name}, which that device does not have, so its service would run the default profile: install "
+                f"the service without --artifact fastest, then copy the recorded {name}.json into the device's "
+                f'profiles folder (~/.config/edgecls/profiles) and set device = "{name}" in its run.toml'
+            )
 
 
 def read_targets_file(path) -> list:

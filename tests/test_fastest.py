@@ -9,6 +9,7 @@ with ONNX Runtime, another machine), it edits that one figure in a copy of the r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -286,3 +287,73 @@ def test_an_ssh_target_takes_only_a_bench_made_on_that_host(bench):
     warned = []
     check_machine(there, str(bench), None, "pi@garage.local", True, warned.append)
     assert len(warned) == 1 and warned[0].startswith("warning: --bench") and "--force-bench" in warned[0]
+
+
+def hidden_openvino(folder: Path) -> dict:
+    """The environment of a CLI run where `import openvino` fails, as where it is not installed: a stub package first
+    on PYTHONPATH whose import raises ImportError (the backend registry then passes OpenVINO over)."""
+    stub = folder / "no-openvino" / "openvino"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('openvino hidden by the test')\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(stub.parent), os.environ.get("PYTHONPATH")]))}
+
+
+def test_an_engine_that_does_not_load_here_is_refused_by_flash_before_the_switch_and_by_run(
+    tiny_bundle, bench, profiles, shapes_folder, tmp_path
+):
+    """The copy of the real bench where OpenVINO is the fastest row (the other rows' p50 multiplied by 100), used
+    where OpenVINO cannot be imported: ONNX Runtime would serve instead, unmeasured. Flash refuses before anything
+    is switched, and the daemon refuses to start rather than serve another engine."""
+
+    def openvino_fastest(doc):
+        openvino_row(doc)
+        for r in doc["records"]:
+            if r["artifact"] != "onnx-int8@openvino":
+                r["p50_ms"] *= 100
+
+    path = edited(bench, tmp_path, openvino_fastest)
+    env = {**hidden_openvino(tmp_path), "EDGECLS_PROFILES": str(profiles)}
+    target = tmp_path / "device"
+    done = run_cli(
+        "flash", tiny_bundle, target, "--device", "desktop-cpu", "--artifact", "fastest", "--bench", path, env=env
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "onnx-int8@openvino was timed with openvino" in done.stdout + done.stderr
+    assert not (target / "current").exists() and not (profiles / "desktop-cpu-fastest.json").exists()
+    args = ("--source", shapes_folder / "circle", "--artifact", "fastest", "--bench", path, "--max-frames", "1")
+    error = cli_error(run_cli("run", tiny_bundle, *args, env=env))
+    assert "onnx-int8@openvino was timed with openvino, but onnx-int8 in onnxruntime loaded here" in error
+
+
+def service_flash(bundle, target, bench, tmp_path) -> tuple:
+    """flash(...) with --install-service and --artifact fastest: (results, run.toml's path)."""
+    from edgecls.devices.flash import FlashOptions, flash
+    from edgecls.devices.profiles import load_profile
+
+    config = tmp_path / "etc" / "run.toml"
+    options = FlashOptions(
+        profile=load_profile("desktop-cpu"), install_service=True, unit_dir=str(tmp_path / "units"),
+        service_config=str(config), service_port=0, artifact="fastest", bench=str(bench),
+    )  # fmt: skip
+    return flash(bundle, [str(target)], options), config
+
+
+def test_install_service_with_artifact_fastest_runs_the_chosen_profile(
+    tiny_bundle, bench, profiles, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EDGECLS_PROFILES", str(profiles))
+    [result], config = service_flash(tiny_bundle, tmp_path / "device", bench, tmp_path)
+    assert result.result == "installed", result.reason
+    assert 'device = "desktop-cpu-fastest"' in config.read_text()
+    assert (profiles / "desktop-cpu-fastest.json").is_file()
+
+
+def test_install_service_with_artifact_fastest_on_an_ssh_target_is_refused_naming_what_to_do(
+    tiny_bundle, bench, profiles, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EDGECLS_PROFILES", str(profiles))
+    with pytest.raises(EdgeclsError) as refused:
+        service_flash(tiny_bundle, "pi@kitchen.local", bench, tmp_path)
+    message = str(refused.value)
+    assert "--install-service" in message and "desktop-cpu-fastest" in message and "\n" not in message
+    assert not (tmp_path / "units").exists()

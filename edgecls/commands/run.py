@@ -143,16 +143,12 @@ def _artifact_choice(options: dict, load_profile) -> tuple:
 
 def _check_served(classifier, choice) -> None:
     """The daemon loads what was benched, or says why not (an engine not installed here would be passed over)."""
+    from edgecls.devices.fastest import served_refusal
     from edgecls.runtime.errors import EdgeclsError
 
-    if choice is None:
-        return
-    loaded = (classifier.artifact.name, classifier.backend_name)
-    if loaded[0] != choice.artifact or (choice.engine and loaded[1] != choice.engine):
-        raise EdgeclsError(
-            f"--artifact fastest: {choice.row} was timed with {choice.engine}, but {loaded[0]} in {loaded[1]} "
-            f"loaded here: install {choice.engine} (openvino: `pip install 'edgecls[openvino]'`), or bench again here"
-        )
+    why = served_refusal(choice, classifier.artifact.name, classifier.backend_name) if choice else None
+    if why:
+        raise EdgeclsError(why)
 
 
 def _event(event: dict) -> None:
