@@ -324,6 +324,7 @@ def figures(trial, spec, budget) -> dict:
         "name": spec[0] if spec else describe(trial.candidate),
         "why": spec[4] if spec else "",
         "candidate": describe(trial.candidate),
+        "network": json.dumps([trial.candidate.model, trial.candidate.model_options, trial.candidate.image_size]),
         "macs": trial.candidate.macs,
         "params": trial.candidate.params,
         "status": trial.status,
@@ -444,8 +445,9 @@ def text_lines(doc: dict) -> list:
         "",
         *verdict(doc),
         "",
-        f"all {len(doc['trials'])} search trials (front: {', '.join(map(str, doc['front']))}; accuracies: val = "
-        "Keras on the validation split, test = Keras on the test split, int8 test = the shipped artifact):",
+        f"all {len(doc['trials'])} search trials (# = OUT/trials/NNNN, from 0; the search's progress lines count "
+        f"from 1; front: {', '.join(map(str, doc['front']))}; accuracies: val = Keras on the validation split, test "
+        "= Keras on the test split, int8 test = the shipped artifact):",
         HEADER,
         *[row(r) for r in doc["trials"]],
         "",
@@ -453,9 +455,28 @@ def text_lines(doc: dict) -> list:
         "",
         *kill_lines(doc["kill"]),
         "",
+        *same_network_lines(doc),
+        "",
         "front: docs/img/search-front.png (the search's own front.png, retitled)",
     ]
     return lines
+
+
+def same_network_lines(doc: dict) -> list:
+    """The same network measured more than once (a baseline the search drew again, or two resize modes of a
+    square-image set, which give one and the same model): how far apart its measurements are, the noise floor."""
+    groups: dict = {}
+    for where, rows in (("baseline", [doc["default"], *doc["baselines"]]), ("trial", doc["trials"])):
+        for r in rows:
+            if r["p50_ms"] is not None:
+                groups.setdefault(r["network"], []).append((f"{where} {r['number']}", r["p50_ms"]))
+    lines = []
+    for seen in groups.values():
+        if len(seen) > 1:
+            lo, hi = min(v for _, v in seen), max(v for _, v in seen)
+            shown = ", ".join(f"{w} {_ms(v)}" for w, v in seen)
+            lines.append(f"the same network measured {len(seen)} times: {shown} ms ({(hi / lo - 1) * 100:.0f} % apart)")
+    return lines or ["no network was measured twice"]
 
 
 def verdict(doc: dict) -> list:

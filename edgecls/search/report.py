@@ -237,7 +237,7 @@ def plot_front(trials, budget: Budget, path, title: str | None = None) -> None:
     )  # fmt: skip
     ax.set_title(figure_title(trials, title), pad=18, fontsize=11)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=8, framealpha=0.9)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, framealpha=0.9)
     fig.text(0.01, -0.01, counts(trials) + "; #N: OUT/trials/NNNN, a row of trials.csv", fontsize=8, color="#444444")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -255,13 +255,18 @@ def _draw_measured(ax, trials, budget: Budget) -> None:
                 [latency(t) for t in group], [100 * t.val_accuracy for t in group], "o",
                 color=colour, markersize=7, label=f"{name} (measured)", zorder=3,
             )  # fmt: skip
+    names: dict = {}  # trials at the same point share one label: "#0,6"
     for t in measured:
-        ax.annotate(f"#{t.number}", (latency(t), 100 * t.val_accuracy), xytext=(4, 4), textcoords="offset points",
-                    fontsize=7, color="#555555")  # fmt: skip
+        names.setdefault((latency(t), 100 * t.val_accuracy), []).append(str(t.number))
+    for point, numbers in names.items():
+        ax.annotate("#" + ",".join(numbers), point, xytext=(4, 4), textcoords="offset points", fontsize=7,
+                    color="#555555")  # fmt: skip
     front = pareto_front(trials)
     if front:
-        ax.step([latency(t) for t in front], [100 * t.val_accuracy for t in front], where="post", color=MEETS_COLOUR,
-                alpha=0.6, linewidth=1.5, label="Pareto front", zorder=2)  # fmt: skip
+        # Drawn on to the slowest measured trial: nothing slower is more accurate than the front's last point.
+        xs = [latency(t) for t in front] + [max(latency(t) for t in measured)]
+        ys = [100 * t.val_accuracy for t in front] + [100 * front[-1].val_accuracy]
+        ax.step(xs, ys, where="post", color=MEETS_COLOUR, alpha=0.6, linewidth=1.5, label="Pareto front", zorder=2)
     if chosen:
         point = (latency(chosen), 100 * chosen.val_accuracy)
         name = (
