@@ -22,6 +22,7 @@ class Judged:
     artifacts: list = field(default_factory=list)  # Artifact per format
     rows: list = field(default_factory=list)  # verification table rows
     references: dict = field(default_factory=dict)  # artifact name -> reference statistics (drift monitoring)
+    max_drop: float = 1.0  # the gate's limit (--max-drop), recorded in the manifest
     recalls: dict = field(default_factory=dict)  # artifact name -> per-class recall
     keras_recall: dict = field(default_factory=dict)
     all_right: np.ndarray | None = None  # test images right in Keras and in every artifact
@@ -29,7 +30,8 @@ class Judged:
 
 def judge(stage: Path, reference, verified: list, labels: list, dropped: list, options) -> Judged:
     """Each artifact against the reference on the files every pass decoded; its manifest entry and table row."""
-    judged = Judged(all_right=reference.right())  # check images must be right in Keras and in every artifact
+    # check images must be right in Keras and in every artifact
+    judged = Judged(all_right=reference.right(), max_drop=float(options.max_drop))
     for v in verified:
         fmt, description, failures = v.fmt, v.description, v.failures
         predicted = np.stack([v.probs[p] for p in reference.paths])
@@ -96,6 +98,7 @@ def build_manifest(run, run_path, reference, judged: Judged, calibration: dict) 
         head=run.metadata.get("head", "softmax"),
         artifacts=judged.artifacts,
         reference_accuracy=round(reference.accuracy, 6),
+        max_drop=judged.max_drop,
         source={
             "run": str(Path(run_path).resolve()),
             "model_sha256": sha256_file(run.model_path),

@@ -111,6 +111,7 @@ class Manifest:
     head: str  # softmax | sigmoid
     artifacts: list  # list[Artifact]
     reference_accuracy: float | None = None
+    max_drop: float = 1.0  # the accuracy gate's limit in points (convert --max-drop); older bundles: the default
     source: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
     pruning: dict = field(default_factory=dict)
@@ -152,6 +153,7 @@ class Manifest:
             "head": self.head,
             "output": self.output,
             "reference_accuracy": self.reference_accuracy,
+            "max_drop": self.max_drop,
             "artifacts": [a.to_dict() for a in self.artifacts],
             "source": self.source,
             "calibration": self.calibration,
@@ -180,6 +182,7 @@ class Manifest:
             head=d.get("head", "softmax"),
             artifacts=[Artifact.from_dict(a) for a in _typed(d, "artifacts", list, None, dict)],
             reference_accuracy=d.get("reference_accuracy"),
+            max_drop=_max_drop(d.get("max_drop", 1.0)),
             source=d.get("source", {}),
             calibration=d.get("calibration", {}),
             pruning=d.get("pruning", {}),
@@ -192,6 +195,12 @@ class Manifest:
             output=d.get("output", "probs"),
             requires=requires,
         )
+
+
+def _max_drop(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise TypeError(f"max_drop is {json.dumps(value)[:40]}, not a number of accuracy points from 0 to 100")
+    return float(value)
 
 
 def check_features(requires) -> None:

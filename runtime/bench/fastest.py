@@ -8,9 +8,11 @@ What qualifies, and why:
 - only artifacts in the bundle (every one there passed convert's accuracy gate; a device's release offers those
   flash sent) and rows at the thread count asked for, when one is fixed;
 - a row of an opt-in engine (`onnx-int8@openvino`) is one the gate never ran: it qualifies only with accuracy
-  measured by the bench (--data) that loses at most `max_drop` points, counted in images, against the same
-  artifact in its default engine (the engine the gate verified it in) on the same images and machine. Without
-  --data it is left out, with why: OpenVINO's int8 can disagree with ONNX Runtime's.
+  measured by the bench (--data, on at least one image) that loses, counted in images, against the same artifact
+  in its default engine (the engine the gate verified it in) on the same images and machine, at most what the
+  bundle's own max drop (manifest `max_drop`, convert --max-drop) leaves after the gate's loss below the reference
+  (manifest `reference_accuracy`): the two losses never add up past the limit. Without --data it is left out,
+  with why: OpenVINO's int8 can disagree with ONNX Runtime's.
 Whether the bench was made on this kind of machine is the caller's to ask (`machine_mismatch`): only it knows
 which machine will run the choice. Plain data in, plain data out: runs on a device, without TensorFlow.
 """
@@ -25,8 +27,6 @@ from edgecls.runtime.bundle import MANIFEST, Bundle, sha256_file
 from edgecls.runtime.errors import EdgeclsError
 
 FASTEST = "fastest"  # the --artifact value that asks for this choice
-# convert's default --max-drop, in accuracy points: bundles do not record the gate's own limit yet
-DEFAULT_MAX_DROP = 1.0
 # What decides which artifact and engine win on a CPU: its family, its model, its int8 instructions, emulation
 MACHINE_KEYS = ("arch", "cpu", "cpu_flags", "emulated")
 
@@ -132,8 +132,19 @@ def machine_mismatch(measured: dict | None, here: dict) -> str | None:
     return "; ".join(f"{key} {measured.get(key)!r} there, {here.get(key)!r} here" for key in differs)
 
 
-def _accuracy_refusal(record: dict, baseline: dict | None, max_drop: float) -> str | None:
-    """Why an opt-in engine's row may not serve (the gate never ran that engine), or None when it may."""
+def _gate_used(bundle: Bundle, name: str) -> float:
+    """Points the gate already measured `name` below the bundle's reference (Keras), 0 when not recorded."""
+    artifact = next((a for a in bundle.manifest.artifacts if a.name == name), None)
+    reference = bundle.manifest.reference_accuracy
+    if artifact is None or artifact.accuracy is None or reference is None:
+        return 0.0
+    return max(0.0, round((reference - artifact.accuracy) * 100, 6))
+
+
+def _accuracy_refusal(record: dict, baseline: dict | None, bundle: Bundle) -> str | None:
+    """Why an opt-in engine's row may not serve (the gate never ran that engine), or None when it may: it may lose
+    against its default engine only what the bundle's max drop leaves after the gate's own loss below the reference,
+    so the two never add up past the limit the bundle was converted with."""
     row, engine = record["artifact"], record.get("engine")
     name = _artifact_of(record)
     if record.get("accuracy") is None or baseline is None or baseline.get("accuracy") is None:
@@ -142,19 +153,24 @@ def _accuracy_refusal(record: dict, baseline: dict | None, max_drop: float) -> s
             f"it: bench with --data (the bundle's test images) to qualify it"
         )
     images = record.get("accuracy_images") or baseline.get("accuracy_images") or 0
+    if images <= 0:
+        return (
+            f"{row}: {engine}'s accuracy was measured on no images (the bench records no accuracy_images): bench "
+            f"again with --data (the bundle's test images) to qualify it"
+        )
+    max_drop, used = bundle.manifest.max_drop, _gate_used(bundle, name)
     lost = round((baseline["accuracy"] - record["accuracy"]) * images)
-    if lost * 100 <= max_drop * images:
+    if lost * 100 <= max(0.0, max_drop - used) * images:
         return None
+    gate = f"; the gate measured {name} {used:.2f} points below the reference already" if used else ""
     return (
         f"{row}: {engine} disagrees with {name} in {baseline.get('backend') or 'its default engine'} (the engine "
         f"the gate verified): accuracy {record['accuracy']:.4f} vs {baseline['accuracy']:.4f} on the same "
-        f"{images} images ({lost} more wrong), more than the {max_drop:g}-point max drop"
+        f"{images} images ({lost} more wrong){gate}, more than the bundle's {max_drop:g}-point max drop"
     )
 
 
-def choose(
-    doc: dict, bundle: Bundle, bench: str, threads: int | None = None, max_drop: float = DEFAULT_MAX_DROP
-) -> Choice:
+def choose(doc: dict, bundle: Bundle, bench: str, threads: int | None = None) -> Choice:
     """The fastest qualifying row of `doc` (checked to be of `bundle` first); `threads` given: rows at that count
     only. Ties go to the default engine, then to the manifest's order. EdgeclsError when none qualifies."""
     why = bundle_mismatch(doc, bundle)
@@ -175,7 +191,7 @@ def choose(
     refused, fit = [], []
     for record in at_threads:
         baseline = defaults.get((_artifact_of(record), record.get("threads")))
-        refusal = _accuracy_refusal(record, baseline, max_drop) if record.get("engine") else None
+        refusal = _accuracy_refusal(record, baseline, bundle) if record.get("engine") else None
         if refusal:
             refused.append(refusal)
         elif record.get("p50_ms") and record["p50_ms"] > 0:
