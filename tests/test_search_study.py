@@ -115,3 +115,58 @@ def test_an_unfinished_trial_is_adopted_only_when_its_worker_is_gone(tmp_path):
     old = time.time() - stages.STALE_S - 5
     os.utime(folder / stages.HEARTBEAT, (old, old))
     assert stages.is_stale(folder, elsewhere)
+
+
+def _warm_cfg():
+    return SimpleNamespace(models=space.DEFAULT_MODELS, sizes=(24, 32, 48), budget=Budget(latency_ms=0.1))
+
+
+def _params(candidate: Candidate) -> tuple:
+    return candidate.model, candidate.image_size, candidate.resize, tuple(candidate.model_options["widths"])
+
+
+def test_a_fresh_study_starts_with_the_default_then_the_default_scaled_to_the_budget_and_a_resume_adds_none(tmp_path):
+    cfg = _warm_cfg()
+    default = space.train_default(cfg, 48)  # shapes: 48 px, `edgecls train`'s simple widths 16..128
+    opened = study.open_study(tmp_path)
+    study.warm_start(opened, cfg, default)
+    study.warm_start(opened, cfg, default)  # a second worker's claim while the default is not yet asked
+    first = study.ask(opened, 0, 12)
+    assert study.origin(first) == study.DEFAULT_ORIGIN
+    assert _params(space.suggest(first, cfg)) == ("simple", 48, "stretch", (16, 32, 64, 128))
+    study.warm_start(opened, cfg, default)  # the default is still running: nothing scaled yet
+    assert study.origin(study.ask(opened, 0, 12)) == "sampled (TPE)"
+    # measured at 0.174 ms against 0.1 ms: width factor ~ sqrt(0.1 / 0.174) = 0.76, so half width and a quarter
+    told = _measured(0, space.suggest(first, cfg), 0.98, 0.174)
+    study.tell(opened, first.number, told, Budget(latency_ms=0.1))
+    study.warm_start(opened, cfg, default)
+    scaled = [study.ask(opened, 0, 12) for _ in range(4)]
+    assert [study.origin(p) for p in scaled] == [
+        "warm start: the default at 0.5x width",
+        "warm start: the default at 0.25x width",
+        "warm start: the default at 0.5x width, 32 px",
+        "warm start: the default at 0.25x width, 32 px",
+    ]
+    assert [_params(space.suggest(p, cfg)) for p in scaled] == [
+        ("simple", 48, "stretch", (8, 16, 32, 64)),
+        ("simple", 48, "stretch", (4, 8, 16, 32)),
+        ("simple", 32, "stretch", (8, 16, 32, 64)),
+        ("simple", 32, "stretch", (4, 8, 16, 32)),
+    ]
+    resumed = study.open_study(tmp_path)  # a resumed or joined search: its claims call warm_start again
+    study.warm_start(resumed, cfg, default)
+    assert study.origin(study.ask(resumed, 0, 12)) == "sampled (TPE)"
+    origins = [t.user_attrs.get(study.ORIGIN) for t in study.open_study(tmp_path).get_trials()]
+    assert origins.count(study.DEFAULT_ORIGIN) == 1 and len([o for o in origins if o]) == 5
+
+
+def test_a_default_within_the_budget_is_not_scaled_down_and_no_simple_model_means_no_warm_start(tmp_path):
+    cfg = _warm_cfg()
+    default = space.train_default(cfg, 48)
+    assert space.scaled_down(default, 0.08, 0.1, cfg.sizes) == []
+    assert space.train_default(SimpleNamespace(models=("mobilenetv2",), sizes=(48,)), 48) is None
+    narrow = space.train_default(SimpleNamespace(models=("simple",), sizes=(16, 24)), 48, widths=(16, 32, 64))
+    assert narrow["image_size"] == 24 and narrow["simple_blocks"] == 3  # the nearest size allowed, digits' widths
+    opened = study.open_study(tmp_path)
+    study.warm_start(opened, cfg, None)
+    assert study.origin(study.ask(opened, 0, 12)) == "sampled (TPE)"

@@ -13,6 +13,7 @@ ended with that one-line reason, not a crash.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from edgecls.search.types import Candidate
@@ -72,6 +73,57 @@ def _options(trial, model: str) -> dict:
         minimalistic = bool(trial.suggest_categorical(f"{model}_minimalistic", [False, True]))
         return {"alpha": alpha, "minimalistic": minimalistic}
     return {}  # efficientnetb0: fixed width
+
+
+def train_default(cfg, data_size: int, widths=None) -> dict | None:
+    """The Optuna params of `edgecls train`'s default model in this space: simple with the data's widths (or
+    `build_simple`'s), 2 convolutions a block, stretch, at the data's size (else the nearest size allowed).
+    None when the space cannot hold it (simple not in --models, widths that are not a base doubling per block)."""
+    import inspect
+
+    from edgecls.models import build_simple
+
+    widths = [int(w) for w in (widths or inspect.signature(build_simple).parameters["widths"].default)]
+    doubling = widths == [widths[0] * 2**i for i in range(len(widths))]
+    if "simple" not in cfg.models or not doubling or widths[0] not in SIMPLE_BASE_WIDTHS:
+        return None
+    if len(widths) not in SIMPLE_BLOCKS:
+        return None
+    sizes = sorted(int(s) for s in cfg.sizes)
+    size = max((s for s in sizes if s <= int(data_size)), default=sizes[0])
+    return {
+        "model": "simple",
+        "image_size": size,
+        "resize": "stretch",
+        "simple_base_width": widths[0],
+        "simple_blocks": len(widths),
+        "simple_convs_per_block": 2,
+    }
+
+
+def scaled_down(default: dict, measured_ms: float, budget_ms: float, sizes) -> list:
+    """(params, origin) of the default scaled to the budget: the simple net's MACs grow ~ width^2, so the width
+    factor that fits is ~ sqrt(budget / measured); the space's widths go by doubling, so the largest base width
+    at most that, one step smaller (the latency model is not fitted yet: a margin), and both at the next smaller
+    input size. Empty when the default meets the budget: then it is the reference, and TPE looks further."""
+    if measured_ms <= budget_ms:
+        return []
+    base = default["simple_base_width"]
+    smaller = sorted((w for w in SIMPLE_BASE_WIDTHS if w < base), reverse=True)
+    if not smaller:
+        return []
+    target = base * math.sqrt(budget_ms / measured_ms)
+    first = next((i for i, w in enumerate(smaller) if w <= target), len(smaller) - 1)
+    widths = smaller[first : first + 2]
+    size = default["image_size"]
+    below = max((int(s) for s in sizes if int(s) < size), default=None)
+    found = []
+    for at in [size] + ([below] if below else []):
+        for w in widths:
+            where = "" if at == size else f", {at} px"
+            origin = f"warm start: the default at {w / base:g}x width{where}"
+            found.append(({**default, "simple_base_width": w, "image_size": at}, origin))
+    return found
 
 
 def model_options(candidate: Candidate) -> dict:
