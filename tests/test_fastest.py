@@ -173,9 +173,7 @@ def test_an_openvino_row_that_is_fastest_is_flashed_recorded_and_served_by_openv
     assert "onnx-int8@openvino (openvino)" in labels["stderr"]
 
 
-def test_an_engine_that_disagrees_with_the_gates_engine_is_refused_naming_the_engine(
-    bundle, bench, profiles, tmp_path
-):
+def test_an_engine_that_disagrees_with_the_gates_engine_is_refused_naming_the_engine(bundle, bench, profiles, tmp_path):
     """A copy of the real bench where the OpenVINO row got 5 more of the 72 images wrong than ONNX Runtime on the same
     artifact (its accuracy edited; more than the 1-point max drop) and is the fastest (its p50 divided by 100)."""
 
@@ -235,9 +233,7 @@ def test_a_bench_of_another_bundle_is_refused(bundle, bench, tmp_path):
     assert f"--bench {bench} is not a bench of bundle {other}" in error and "its manifest sha256 is" in error
 
 
-def test_a_bench_of_the_same_artifacts_in_a_rebuilt_bundle_is_refused_by_its_manifest_sha256(
-    bundle, bench, tmp_path
-):
+def test_a_bench_of_the_same_artifacts_in_a_rebuilt_bundle_is_refused_by_its_manifest_sha256(bundle, bench, tmp_path):
     """The bench records the manifest's sha256: a bundle whose artifacts are byte for byte the same but whose manifest
     says something else (here only `created`) is another bundle, refused; one without the record (a device's older
     edgecls) falls back to matching the artifacts."""
@@ -350,9 +346,7 @@ def service_flash(bundle, target, bench, tmp_path) -> tuple:
     return flash(bundle, [str(target)], options), config
 
 
-def test_install_service_with_artifact_fastest_runs_the_chosen_profile(
-    bundle, bench, profiles, tmp_path, monkeypatch
-):
+def test_install_service_with_artifact_fastest_runs_the_chosen_profile(bundle, bench, profiles, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECLS_PROFILES", str(profiles))
     [result], config = service_flash(bundle, tmp_path / "device", bench, tmp_path)
     assert result.result == "installed", result.reason
@@ -426,3 +420,30 @@ def test_an_opt_in_engine_whose_accuracy_was_measured_on_no_images_is_refused(bu
     choice = choose(json.loads(path.read_text()), load_bundle(bundle), str(path))
     assert choice.row != "onnx-int8@openvino"
     assert any("on no images" in r and "--data" in r for r in choice.refused), choice.refused
+
+
+@pytest.mark.parametrize(
+    "field, change",
+    [
+        ("bundle", lambda doc: doc.update(bundle="x")),
+        ("machine", lambda doc: doc.update(machine=["x86_64"])),
+        ("remote", lambda doc: doc.update(remote="pi@x")),
+        ("accuracy", lambda doc: doc["records"][0].update(accuracy="0.9")),
+        ("accuracy_images", lambda doc: doc["records"][0].update(accuracy_images=72.5)),
+        ("threads", lambda doc: doc["records"][0].update(threads="1")),
+        ("engine", lambda doc: doc["records"][0].update(engine=3)),
+    ],
+)
+def test_a_bench_edited_to_a_wrong_type_is_refused_in_one_line_naming_the_field(bundle, bench, tmp_path, field, change):
+    from edgecls.runtime.bench.fastest import load_bench
+
+    path = edited(bench, tmp_path, change)
+    with pytest.raises(EdgeclsError) as refused:
+        load_bench(path)
+    assert field in str(refused.value) and "edgecls bench" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_bench_edited_to_a_wrong_type_gives_run_a_one_line_error(bundle, bench, shapes_folder, tmp_path):
+    path = edited(bench, tmp_path, lambda doc: doc.update(bundle="x"))
+    args = ("--source", shapes_folder / "circle", "--artifact", "fastest", "--bench", path, "--max-frames", "1")
+    assert "bundle" in cli_error(run_cli("run", bundle, *args))

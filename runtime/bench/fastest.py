@@ -80,7 +80,48 @@ def load_bench(path, bundle_shown: str = "BUNDLE") -> dict:
         p50 = r.get("p50_ms")
         if not isinstance(r.get("artifact"), str) or isinstance(p50, bool) or not isinstance(p50, (int, float)):
             raise EdgeclsError(f"--bench {path}: a record lacks its artifact or p50_ms: write it again with {hint}")
+    wrong = _wrong_type(doc)
+    if wrong:
+        raise EdgeclsError(f"--bench {path}: {wrong} (edited?): write it again with {hint}")
     return doc
+
+
+_NUMBER, _TEXT = (int, float), (str,)
+# What a choice reads beyond artifact and p50_ms, and the JSON types it may have (null or absent: not recorded).
+_PARTS = ("bundle", "machine", "remote")
+_FIELDS = {
+    "accuracy": _NUMBER,
+    "accuracy_images": (int,),
+    "threads": (int,),
+    "bundle_accuracy": _NUMBER,
+    "size_bytes": (int,),
+    "macs": _NUMBER,
+    "engine": _TEXT,
+    "backend": _TEXT,
+    "format": _TEXT,
+    "file": _TEXT,
+}
+
+
+def _wrong_type(doc: dict) -> str | None:
+    """The first field a choice reads that has the wrong JSON type, in words, or None."""
+    for part in _PARTS:
+        if doc.get(part) is not None and not isinstance(doc[part], dict):
+            return f"its {part} is {json.dumps(doc[part])[:40]}, not an object"
+    for part, key in (("bundle", "manifest_sha256"), ("remote", "device")):
+        value = (doc.get(part) or {}).get(key)
+        if value is not None and not isinstance(value, str):
+            return f"its {part}.{key} is {json.dumps(value)[:40]}, not a string"
+    for record in doc["records"]:
+        for key, kinds in _FIELDS.items():
+            value = record.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                return f"record {record['artifact']}: its {key} is {json.dumps(value)[:40]}, not {_kind(kinds)}"
+    return None
+
+
+def _kind(kinds: tuple) -> str:
+    return {_NUMBER: "a number", (int,): "a whole number", _TEXT: "a string"}[kinds]
 
 
 def _artifact_of(record: dict) -> str:
