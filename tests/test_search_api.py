@@ -59,6 +59,11 @@ def test_two_workers_on_one_out_finish_exactly_the_trials_asked_each_number_once
     assert len({t["optuna_number"] for t in trials}) == TRIALS
     assert all(t["status"] == "meets-budget" for t in trials), [t["reason"] for t in trials]
     assert len({json.dumps(t["candidate"]["model_options"], sort_keys=True) for t in trials}) == TRIALS
+    # the warm start: edgecls train's default first (it meets 50 ms, so no scaled-down versions), then TPE
+    assert trials[0]["origin"] == "warm start: edgecls train's default", trials[0]
+    assert trials[0]["candidate"]["model_options"] == {"widths": [16, 32, 64, 128], "convs_per_block": 2}
+    assert [t["origin"] for t in trials[1:]] == ["sampled (TPE)"] * (TRIALS - 1)
+    assert sum("trial #0 (warm start: edgecls train's default)" in err for _, _, err in results) == 1
     # exactly one worker wrote the report; the other said who would
     reported = [err for _, _, err in results if "chosen: #" in err]
     assert len(reported) == 1, [err[-1500:] for _, _, err in results]
@@ -233,3 +238,42 @@ def test_missing_data_is_refused_naming_the_folder(tmp_path):
 def test_a_search_needs_its_budget_device_data_and_out(tmp_path):
     line = cli_error(run_cli("search", "--data", "shapes", "--out", tmp_path / "o"))
     assert "missing --device, --max-latency-ms" in line, line
+
+
+def _on_disk(out: Path, statuses: list) -> None:
+    """Finished trials written as a search writes them (told to the study already), one per status."""
+    from edgecls.search import trial as stages
+    from edgecls.search.types import Candidate, Measurement, Trial
+
+    for n, status in enumerate(statuses):
+        candidate = Candidate("simple", 16, "stretch", {"widths": [4 * (n + 1)], "convs_per_block": 1})
+        measured = Measurement("tflite-int8", "litert", 1.0, device="here") if status != "pruned" else None
+        folder = stages.folder_of(out, n)
+        folder.mkdir(parents=True)
+        trial = Trial(n, candidate, status=status, predicted_ms=9.0, val_accuracy=0.5, measurement=measured)
+        stages.save(folder, trial, told=True, optuna_number=n)
+
+
+@pytest.mark.parametrize(
+    "statuses, claims",
+    [
+        (["meets-budget", "pruned", "pruned"], True),  # 1 of --trials 2 reached training: pruned ones are extra
+        (["meets-budget", "failed"], False),  # a failure reached training: it counts
+        (["pruned"] * 5 + ["meets-budget"], False),  # 3 x --trials proposed: the space is mostly over budget
+    ],
+)
+def test_pruned_candidates_do_not_use_up_the_trials_asked_up_to_three_proposals_a_trial(
+    tmp_path, shapes_folder, capfd, statuses, claims
+):
+    from edgecls.search import api, study
+
+    cfg = api.SearchConfig(str(shapes_folder), "desktop-cpu", api.Budget(5.0), str(tmp_path / "out"), trials=2,
+                           models=("simple",), sizes=(16,))  # fmt: skip
+    out, _ = api.prepare_out(cfg)
+    _on_disk(out, statuses)
+    claimed = api._claim(cfg, out, study.open_study(out), None)
+    assert (claimed is not None) == claims
+    if claimed:
+        assert claimed[0].number == len(statuses) and json.loads((claimed[1] / "trial.json").read_text())["owner"]
+    elif "pruned" in statuses[1:]:
+        assert "the space is mostly over budget" in capfd.readouterr().err

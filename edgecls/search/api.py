@@ -1,4 +1,9 @@
-"""`search(cfg)`: run trials until the study holds `cfg.trials`, then write the report and the chosen model.
+"""`search(cfg)`: run trials until `cfg.trials` reached training, then write the report and the chosen model.
+
+What counts toward --trials: trials that reached training (measured, over budget, gate-failed, failed). A
+candidate pruned by the latency model cost no training and no device time, so it is extra; proposals stop at
+MAX_PROPOSALS x --trials in all, with a line saying the space is mostly over budget. The first trials are the
+warm start (study.py): `edgecls train`'s default, then the default scaled down to the budget.
 
 OUT, everything written atomically:
   search.json       what was asked (data, device, budget, space): a resumed search or a second worker must ask
@@ -10,7 +15,8 @@ OUT, everything written atomically:
 
 Several workers: start the same `edgecls search ... --out OUT` on several machines with OUT on a shared
 filesystem (NFS, SMB: one whose locks all of them see). Each claims new trials under OUT/.search.lock, so
-together they run exactly `trials`; the device lab serialises their measurements. The worker that finishes the
+together they train exactly `trials` (a running trial counts until it is pruned, then another is claimed); the
+device lab serialises their measurements. The worker that finishes the
 last trial writes the report; `report(out)` (`edgecls search --report OUT`) rewrites it from the disk.
 """
 
@@ -31,12 +37,13 @@ from edgecls.runtime.errors import EdgeclsError
 from edgecls.search import space
 from edgecls.search import study as studies
 from edgecls.search import trial as trials_
-from edgecls.search.types import STATUSES, Budget, Trial
+from edgecls.search.types import PRUNED, STATUSES, Budget, Trial
 
 SEARCH_JSON, LOCK = "search.json", ".search.lock"
 FORMAT = "edgecls-search/1"
 FRONT_PNG = "front.png"
 MAX_REPEATS = 50  # proposals in a row that repeat a tried candidate: the space is used up
+MAX_PROPOSALS = 3  # x --trials: candidates proposed in all (pruned ones included) before the search gives up
 # What a search of ours holds at its top level; --overwrite replaces nothing else.
 CONTENTS = {
     SEARCH_JSON,
@@ -235,7 +242,8 @@ def _data_facts(cfg: SearchConfig) -> dict:
         )
     defaults = builtin.defaults if builtin else {}
     size = defaults.get("image_size") or _first_image_size(dataset)
-    return {"root": str(root), "color": defaults.get("color", "rgb"), "size": size, "classes": len(dataset.labels)}
+    facts = {"root": str(root), "color": defaults.get("color", "rgb"), "size": size, "classes": len(dataset.labels)}
+    return {**facts, "widths": defaults.get("widths")}  # the simple widths `edgecls train` uses on this data
 
 
 def _first_image_size(dataset) -> int:
@@ -260,9 +268,16 @@ def _check_models(cfg: SearchConfig, progress) -> None:
         progress(f"note: {', '.join(left)} left out: they need {space.BACKBONE_MIN_SIZE} px or more (--sizes)")
 
 
-def _claim(cfg: SearchConfig, out: Path, study) -> tuple | None:
-    """Under the lock: tell the study what finished unheard, adopt a stale trial, else start a new one.
-    Returns (Trial, folder, optuna number) or None when the study holds `cfg.trials` trials."""
+def counted(trials) -> int:
+    """How many of `trials` count toward --trials: those that reached training (measured, over budget, gate
+    failed, failed, or still running); a candidate pruned before training is extra."""
+    return sum(1 for t in trials if t.status != PRUNED)
+
+
+def _claim(cfg: SearchConfig, out: Path, study, default: dict | None) -> tuple | None:
+    """Under the lock: tell the study what finished unheard, adopt a stale trial, else start a new one (the warm
+    start's enqueued ones first). Returns (Trial, folder, optuna number) or None when `cfg.trials` trials reached
+    training, or MAX_PROPOSALS x `cfg.trials` were proposed (the space is mostly over budget)."""
     held = read_trials(out)
     for trial, folder, data in held:
         if trial.status and not data.get("told"):
@@ -272,8 +287,15 @@ def _claim(cfg: SearchConfig, out: Path, study) -> tuple | None:
         if trials_.is_stale(folder, data):
             trials_.save(folder, trial, owner=trials_.owner())
             return trial, folder, data["optuna_number"]
-    if len(held) >= cfg.trials:
+    if counted(t for t, _, _ in held) >= cfg.trials:
         return None
+    if len(held) >= MAX_PROPOSALS * cfg.trials:
+        say(
+            f"{len(held)} candidates proposed, {len(held) - counted(t for t, _, _ in held)} of them pruned as over "
+            f"the budget: the space is mostly over budget, stopping (allow smaller --sizes or raise the budget)"
+        )
+        return None
+    studies.warm_start(study, cfg, default)
     by_key = {t.candidate.key(): t for t, _, _ in held}
     for _ in range(MAX_REPEATS):
         proposal = studies.ask(study, cfg.seed, cfg.trials)
@@ -283,7 +305,8 @@ def _claim(cfg: SearchConfig, out: Path, study) -> tuple | None:
             trial = Trial(number=len(held), candidate=candidate)
             folder = trials_.folder_of(out, trial.number)
             folder.mkdir(parents=True, exist_ok=True)
-            trials_.save(folder, trial, owner=trials_.owner(), optuna_number=proposal.number)
+            origin = studies.origin(proposal)
+            trials_.save(folder, trial, owner=trials_.owner(), optuna_number=proposal.number, origin=origin)
             return trial, folder, proposal.number
         if seen.status:  # the same candidate, the same result: told again, not trained again
             studies.tell(study, proposal.number, seen, cfg.budget, same_as=seen.number)
@@ -337,26 +360,35 @@ def search(cfg: SearchConfig, progress=say) -> SearchResult:
     out, resumed = prepare_out(cfg)
     study = studies.open_study(out)
     ctx = _context(cfg, out, facts, lab, progress)
-    done = len(finished(out))
+    done = counted(finished(out))
     progress(
         f"{'resuming' if resumed else 'searching'} {out}: {done}/{cfg.trials} trials finished; "
         f"{', '.join(cfg.models)} at {', '.join(map(str, cfg.sizes))} px, on {lab.label}, budget "
         f"{cfg.budget.latency_ms:g} ms"
     )
+    default = space.train_default(cfg, facts["size"], facts["widths"])
     last = None
     while True:
         with _locked(out):
-            claimed = _claim(cfg, out, study)
+            claimed = _claim(cfg, out, study, default)
         if claimed is None:
             break
         trial, folder, number = claimed
-        progress(f"trial {trial.number + 1}/{cfg.trials}: {space.describe(trial.candidate)}")
+        origin = trials_.load(folder)[1].get("origin") or "adopted"
+        progress(f"trial #{trial.number} ({origin}): {space.describe(trial.candidate)}")
         trial = trials_.run_trial(trial, folder, ctx, finished(out))
         studies.tell(study, number, trial, cfg.budget)
         trials_.save(folder, trial, told=True, finished_at=time.time())
-        progress(trials_.line(trial, trial.number + 1, cfg.trials))
+        progress(trials_.line(trial, _position(out, trial, cfg.trials)))
         last = trial.number
     return _finish(cfg, out, last, started, progress)
+
+
+def _position(out: Path, trial: Trial, total: int) -> str:
+    """The progress line's label: `#4 (3/12)` (the 3rd of --trials 12) or `#4 (pruned: not counted)`."""
+    if trial.status == PRUNED:
+        return f"#{trial.number} (pruned: not counted in --trials)"
+    return f"#{trial.number} ({counted(t for t, _, _ in read_trials(out) if t.number <= trial.number)}/{total})"
 
 
 def _finish(cfg: SearchConfig, out: Path, last: int | None, started: float, progress) -> SearchResult:
@@ -374,7 +406,7 @@ def _finish(cfg: SearchConfig, out: Path, last: int | None, started: float, prog
             return SearchResult(out, done, None, False, time.perf_counter() - started)
         if running or (not mine and (out / "trials.json").exists()):
             progress(
-                f"{len(done)}/{cfg.trials} trials finished here and by other workers; "
+                f"{counted(done)}/{cfg.trials} trials finished here and by other workers; "
                 f"{'the worker that finishes the last one writes' if running else 'another worker wrote'} the "
                 f"report (or: edgecls search --report {out})"
             )

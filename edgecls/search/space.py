@@ -22,6 +22,17 @@ from edgecls.search.types import Candidate
 DEFAULT_MODELS = ("simple", "mobilenetv2", "mobilenetv3small", "mobilenetv3large")
 OPT_IN_MODELS = ("efficientnetb0",)  # only with --models: 4 M parameters at any input size, slow on small devices
 MODELS = DEFAULT_MODELS + OPT_IN_MODELS
+# What each family costs when trained from scratch with the search's short schedule (for --models' help): on the
+# shapes set at 48 px, 10 epochs (benchmarks/results/device_search.txt) the default simple net reached 98 %,
+# at half width 83 %, the MobileNets 19-45 % (chance 20 %). The warm start (study.py) begins with simple; narrow
+# --models to simple on small data, keep the MobileNets for larger images and longer --epochs.
+MODEL_COSTS = {
+    "simple": "trains from scratch in a few epochs on small data; the warm start begins here",
+    "mobilenetv2": "from scratch needs many epochs and larger images (19-45 % on shapes at 10 epochs)",
+    "mobilenetv3small": "as mobilenetv2; hard-swish runs slowly in int8 (minimalistic avoids it)",
+    "mobilenetv3large": "as mobilenetv3small, with more MACs at the same alpha and size",
+    "efficientnetb0": "opt-in: 4 M parameters at any size, slow on small devices",
+}
 DEFAULT_SIZES = (24, 32, 48, 64, 96, 128)  # those up to the data's own image size are kept (`default_sizes`)
 RESIZES = ("stretch", "center-crop")
 SIMPLE_BASE_WIDTHS = (4, 8, 16, 32)

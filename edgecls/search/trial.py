@@ -311,14 +311,16 @@ def judge(trial: Trial, budget: Budget) -> tuple:
     return MEETS, f"meets {budget.latency_ms:g} ms"
 
 
-def line(trial: Trial, position: int, total: int) -> str:
-    """The trial's progress line, from what it reached:
-    "trial 3/12: mobilenetv3small a=0.5 64px stretch 5.1 MMAC: predicted 2.1 ms, trained val 0.93, int8 gate ok,
+def line(trial: Trial, label, total: int | None = None) -> str:
+    """The trial's progress line, from what it reached; `label` says which trial (`#2 (3/12)`; with `total`,
+    `label/total` as before: `line(trial, 3, 12)`):
+    "trial #2 (3/12): mobilenetv3small a=0.5 64px stretch 5.1 MMAC: predicted 2.1 ms, trained val 0.93, int8 gate ok,
     measured 1.8 ms p50 (meets 3 ms)"."""
+    label = label if total is None else f"{label}/{total}"
     parts = []
     parts.append("predicted " + (f"{trial.predicted_ms:.3g} ms" if trial.predicted_ms is not None else "- ms"))
     if trial.status == PRUNED:
-        return f"trial {position}/{total}: {space.describe(trial.candidate)}: {parts[0]}: pruned ({trial.reason})"
+        return f"trial {label}: {space.describe(trial.candidate)}: {parts[0]}: pruned ({trial.reason})"
     if trial.val_accuracy is not None:
         parts.append(f"trained val {trial.val_accuracy:.3g}")
     if trial.status == GATE_FAILED:
@@ -328,7 +330,7 @@ def line(trial: Trial, position: int, total: int) -> str:
     m = trial.measurement
     if m is not None:
         parts.append(f"measured {m.latency_ms:.3g} ms p50" + (" (emulated)" if m.emulated else ""))
-    head = f"trial {position}/{total}: {space.describe(trial.candidate)}: " + ", ".join(parts)
+    head = f"trial {label}: {space.describe(trial.candidate)}: " + ", ".join(parts)
     if trial.status in (MEETS, OVER_BUDGET):
         return head + f" ({trial.reason})"
     if trial.status == FAILED:
