@@ -445,9 +445,9 @@ def text_lines(doc: dict) -> list:
         "",
         *verdict(doc),
         "",
-        f"all {len(doc['trials'])} search trials (# = OUT/trials/NNNN, from 0; the search's progress lines count "
-        f"from 1; front: {', '.join(map(str, doc['front']))}; accuracies: val = Keras on the validation split, test "
-        "= Keras on the test split, int8 test = the shipped artifact):",
+        f"all {len(doc['trials'])} search trials (# = OUT/trials/NNNN; front: {', '.join(map(str, doc['front']))}; "
+        "accuracies: val = Keras on the validation split, test = Keras on the test split, int8 test = the shipped "
+        "artifact):",
         HEADER,
         *[row(r) for r in doc["trials"]],
         "",
