@@ -12,6 +12,7 @@ of that name that edgecls did not write (no `notes.fastest.written_by` mark) is 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ from edgecls.runtime.bench.fastest import FASTEST, Choice, choose, load_bench, m
 from edgecls.runtime.bundle import Bundle
 from edgecls.runtime.errors import EdgeclsError
 
+log = logging.getLogger("edgecls.devices")
 SUFFIX = "-fastest"
 MARK = "edgecls --artifact fastest"  # notes.fastest.written_by of the profiles this module writes
 
@@ -34,6 +36,7 @@ __all__ = [
     "check_record",
     "chosen",
     "served_refusal",
+    "Benched",
 ]
 
 
@@ -176,9 +179,23 @@ def derive(profile: DeviceProfile, choice: Choice, bundle: Bundle) -> DeviceProf
         backends=choice.backends(profile.backends),
         threads=choice.threads,
         notes=notes,
+        **_engine_settings(choice),
     )
     derived.validate(f"the derived profile {derived.name}")
     return derived
+
+
+def _engine_settings(choice: Choice) -> dict:
+    """The profile fields that make the engine run as the bench timed it: OpenVINO on the device the row ran on at
+    its default f32 (a profile's "GPU,CPU" or f16 was never timed nor accuracy-checked), ONNX Runtime with the
+    row's provider. An older bench without the provider leaves the profile's settings."""
+    if not choice.provider:
+        return {}
+    if choice.engine == "openvino":
+        return {"openvino_device": choice.provider, "openvino_precision": ""}
+    if choice.engine == "onnxruntime":
+        return {"providers": (choice.provider,)}
+    return {}
 
 
 def check_record(derived: DeviceProfile) -> Path:
@@ -207,3 +224,46 @@ def record(derived: DeviceProfile) -> Path:
     data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(derived).items()}
     write_json(path, data)
     return path
+
+
+class Benched:
+    """A profile recording an --artifact fastest choice, as the daemon's Classifier reads it: the same fields, and
+    `for_bundle(bundle)`, which leaves out the choice's opt-in engine (OpenVINO) for a bundle its bench does not
+    cover: the gate never ran that engine, and only that bench's accuracy vouched for it on the bundle it measured.
+    A hot reload onto another bundle then serves in the default engine, with a warning, not unchecked."""
+
+    def __init__(self, profile: DeviceProfile):
+        self.profile = profile
+
+    def __getattr__(self, name):
+        return getattr(self.profile, name)
+
+    def for_bundle(self, bundle: Bundle) -> DeviceProfile:
+        from edgecls.runtime.backends.registry import OPT_IN
+        from edgecls.runtime.bench.fastest import bundle_mismatch
+
+        notes = chosen(self.profile) or {}
+        engine = notes.get("engine")
+        if engine not in {cls.name for classes in OPT_IN.values() for cls in classes}:
+            return self.profile
+        try:
+            why = bundle_mismatch(load_bench(notes.get("bench")), bundle)
+        except EdgeclsError as exc:
+            why = str(exc)
+        if why is None:
+            return self.profile
+        log.warning(
+            "%s serves in its default engine, not %s: %s was chosen by the bench %s of another bundle (%s), and "
+            "only that bench checked its accuracy: bench this bundle and choose again (--artifact fastest --bench)",
+            bundle.root,
+            engine,
+            engine,
+            notes.get("bench"),
+            why,
+        )
+        return replace(self.profile, backends=tuple(b for b in self.profile.backends if b != engine))
+
+
+def benched(profile):
+    """`profile` as `Benched` where it records an --artifact fastest choice, else as it is."""
+    return Benched(profile) if isinstance(profile, DeviceProfile) and chosen(profile) else profile

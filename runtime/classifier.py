@@ -63,6 +63,8 @@ class Classifier:
     def __init__(self, bundle, artifact: str | None = None, profile=None, threads: int | None = None, top_k: int = 5):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         manifest = self.bundle.manifest
+        for_bundle = getattr(profile, "for_bundle", None)  # a profile whose settings depend on the bundle it runs
+        profile = for_bundle(self.bundle) if callable(for_bundle) else profile
         self.profile = profile
         self.artifact = choose_artifact(self.bundle, artifact, getattr(profile, "artifacts", None))
         path = self.bundle.verify(self.artifact)

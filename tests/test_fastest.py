@@ -447,3 +447,63 @@ def test_a_bench_edited_to_a_wrong_type_gives_run_a_one_line_error(bundle, bench
     path = edited(bench, tmp_path, lambda doc: doc.update(bundle="x"))
     args = ("--source", shapes_folder / "circle", "--artifact", "fastest", "--bench", path, "--max-frames", "1")
     assert "bundle" in cli_error(run_cli("run", bundle, *args))
+
+
+def openvino_fastest_bench(bench: Path, folder: Path) -> Path:
+    """The copy of the real bench where OpenVINO is the fastest row (the other rows' p50 multiplied by 100)."""
+
+    def change(doc):
+        openvino_row(doc)
+        for r in doc["records"]:
+            if r["artifact"] != "onnx-int8@openvino":
+                r["p50_ms"] *= 100
+
+    return edited(bench, folder, change)
+
+
+def test_the_derived_profile_runs_the_engine_on_the_device_the_row_was_timed_on(bundle, bench, tmp_path):
+    """intel-igpu asks OpenVINO for "GPU,CPU" (the GPU at its default precision); the bench timed the OpenVINO row on
+    the device its record names (its `provider`) at f32: the derived profile runs that, not an unmeasured GPU."""
+    from edgecls.devices.fastest import derive
+    from edgecls.devices.profiles import load_profile
+
+    path = openvino_fastest_bench(bench, tmp_path)
+    doc = json.loads(path.read_text())
+    choice = choose(doc, load_bundle(bundle), str(path))
+    derived = derive(load_profile("intel-igpu"), choice, load_bundle(bundle))
+    assert derived.openvino_device == openvino_row(doc)["provider"] and derived.openvino_precision == ""
+
+
+def metrics_info(url: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(http_get(f"{url}/metrics")[1].decode())}
+    return next(s for s in families["edgecls_bundle_info"].samples if s.name == "edgecls_bundle_info").labels
+
+
+def test_a_hot_reload_onto_a_bundle_the_bench_never_covered_leaves_the_opt_in_engine_with_a_warning(
+    bundle, bench, profiles, clip, tmp_path, monkeypatch
+):
+    """A daemon serving the OpenVINO choice (the copy of the bench where it is fastest); then another bundle (a copy
+    whose manifest says another `created`: the bench's manifest sha256 no longer matches) is flashed under it: the
+    daemon reloads it in the default engine (the one the gate verified) and says why, not in OpenVINO unchecked."""
+    path = openvino_fastest_bench(bench, tmp_path)
+    target = tmp_path / "device"
+    assert flash_fastest(bundle, target, profiles, "--bench", path).returncode == 0
+    monkeypatch.setenv("EDGECLS_PROFILES", str(profiles))
+    process, url, lines = start_cli_daemon(
+        target / "current", clip, "--max-frames", "100000", "--artifact", "fastest", "--bench", path
+    )
+    try:
+        assert metrics_info(url)["backend"] == "openvino"
+        rebuilt = bundle_copy(bundle, tmp_path / "rebuilt", lambda m: m.update(created="2030-01-01T00:00:00+00:00"))
+        done = run_cli("flash", rebuilt, target, "--artifact", "onnx-int8")
+        assert done.returncode == 0, done.stderr[-2000:]
+        wait_for(lambda: metrics_info(url)["version"].startswith("2030"), 60, "the rebuilt bundle served")
+        assert (metrics_info(url)["artifact"], metrics_info(url)["backend"]) == ("onnx-int8", "onnxruntime")
+    finally:
+        # Its exit status is not checked: a daemon that hot-reloaded a model it served in OpenVINO dies of SIGSEGV
+        # while stopping (also from OpenVINO to OpenVINO, before this fix; the daemon's, not --artifact fastest's).
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert "openvino" in "".join(lines) and "another bundle" in "".join(lines), "".join(lines)[-2000:]

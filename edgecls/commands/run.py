@@ -115,12 +115,12 @@ def run(**options):  # click passes each option by name: they become a DaemonCon
 def _artifact_choice(options: dict, load_profile) -> tuple:
     """(options, the profile loader, the Choice or None): with --artifact fastest, the bench's fastest qualifying
     row for this machine, run as its derived profile says (artifact and engine first, its threads)."""
-    from edgecls.devices.fastest import FASTEST, check_bench_option, check_machine, derive, pick
+    from edgecls.devices.fastest import FASTEST, Benched, benched, check_bench_option, check_machine, derive, pick
 
     bench, force = options.pop("bench", None), options.pop("force_bench", None)
     check_bench_option(options["artifact"], bench)
     if options["artifact"] != FASTEST or options["bundle"] is None:  # no bundle: from_options says so
-        return options, load_profile, None
+        return options, (lambda name: benched(load_profile(name))), None
     from edgecls.runtime.bench.machine import describe
     from edgecls.runtime.bundle import load_bundle
 
@@ -138,7 +138,7 @@ def _artifact_choice(options: dict, load_profile) -> tuple:
     )
     # The derived profile leads to the choice (artifact and engine first) rather than a fixed artifact name, so a
     # hot reload onto a bundle flashed with another choice still finds its artifact.
-    return {**options, "artifact": None}, (lambda name: derived), choice
+    return {**options, "artifact": None}, (lambda name: Benched(derived)), choice
 
 
 def _check_served(classifier, choice) -> None:

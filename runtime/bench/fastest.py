@@ -48,6 +48,7 @@ class Choice:
     row: str  # the bench's row label, e.g. onnx-int8@openvino
     bench: str  # the bench file it came from
     refused: tuple = ()  # one line per row that did not qualify, naming why
+    provider: str = ""  # the engine's device or provider the row ran on (OpenVINO's CPU, ORT's CPUExecutionProvider)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "refused": list(self.refused)}
@@ -248,4 +249,5 @@ def choose(doc: dict, bundle: Bundle, bench: str, threads: int | None = None) ->
         row=best["artifact"],
         bench=str(bench),
         refused=tuple(refused),
+        provider=best.get("provider") if isinstance(best.get("provider"), str) else "",
     )
