@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,10 +41,12 @@ __all__ = [
 ]
 
 
-def check_bench_option(artifact: str | None, bench: str | None) -> None:
-    """--bench means something only with --artifact fastest: alone it would be ignored without a word."""
+def check_bench_option(artifact: str | None, bench: str | None, force_bench: bool = False) -> None:
+    """--bench and --force-bench mean something only with --artifact fastest: alone they would be ignored."""
     if bench and artifact != FASTEST:
         raise EdgeclsError(f"--bench {bench} is read only with --artifact {FASTEST}: add it, or leave --bench out")
+    if force_bench and artifact != FASTEST:
+        raise EdgeclsError(f"--force-bench is read only with --artifact {FASTEST}: add it, or leave --force-bench out")
 
 
 def _fastest_notes(profile: DeviceProfile) -> dict | None:
@@ -106,7 +109,21 @@ def pick(bundle: Bundle, profile: DeviceProfile, bench: str | None, threads: int
             f"then pass --bench bench.json"
         )
     doc = load_bench(path, str(bundle.root))
-    return doc, choose(doc, bundle, str(path), threads=threads or profile.threads)
+    return doc, choose(doc, bundle, str(path), threads=threads or _base_threads(profile))
+
+
+def _base_threads(profile: DeviceProfile) -> int | None:
+    """The thread count a choice is filtered on: a derived profile's is the last row's, so choosing again through
+    it asks its base profile's (no fixed count: any row qualifies, as for the first choice)."""
+    notes = _fastest_notes(profile)
+    if notes is None or not notes.get("profile"):
+        return profile.threads
+    from edgecls.devices.profiles import load_profile
+
+    try:
+        return load_profile(notes["profile"]).threads
+    except EdgeclsError:  # the base profile is gone: the derived one's count, as before
+        return profile.threads
 
 
 def check_machine(doc: dict, bench: str, here: dict | None, where: str, force: bool, say) -> None:
@@ -199,20 +216,41 @@ def _engine_settings(choice: Choice) -> dict:
 
 
 def check_record(derived: DeviceProfile) -> Path:
-    """Where `record` will write, refused now (before any flash) when a file there is the user's own."""
-    path = user_profile_dirs()[0] / f"{derived.name}.json"
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = None
-        mark = ((data.get("notes") or {}).get("fastest") or {}).get("written_by") if isinstance(data, dict) else None
-        if mark != MARK:
+    """Where `record` will write, refused now (before any flash) when the folder cannot be written, or when a file
+    of that name in any user profiles folder is the user's own (a later folder's would be shadowed by ours)."""
+    folders = user_profile_dirs()
+    for folder in folders:
+        path = folder / f"{derived.name}.json"
+        if path.exists() and _mark(path) != MARK:
             raise ProfileError(
                 f"{path} is a profile of your own (edgecls did not write it), and the choice of --artifact "
                 f"{FASTEST} is recorded under that name: rename or move your file; edgecls never replaces it"
             )
-    return path
+    _check_writable(folders[0])
+    return folders[0] / f"{derived.name}.json"
+
+
+def _mark(path: Path) -> str | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return ((data.get("notes") or {}).get("fastest") or {}).get("written_by") if isinstance(data, dict) else None
+
+
+def _check_writable(folder: Path) -> None:
+    """The profiles folder the choice is written to, or the folder it would be made in, can be written."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    why = None
+    if existing is None or not existing.is_dir():
+        why = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} is not writable"
+    if why:
+        raise ProfileError(
+            f"the profiles folder {folder} cannot be written ({why}), and the --artifact {FASTEST} choice is "
+            f"recorded there: set EDGECLS_PROFILES to a folder you can write, or fix its permissions"
+        )
 
 
 def record(derived: DeviceProfile) -> Path:

@@ -241,7 +241,15 @@ def _record_choice(derived: DeviceProfile, target_text: str, say) -> None:
     """The flashed --artifact fastest choice, as a user profile the daemon can be started with."""
     from edgecls.devices.fastest import record
 
-    path = record(derived)
+    try:
+        path = record(derived)
+    except (OSError, EdgeclsError) as exc:  # after the switch: the device runs the new release all the same
+        why = os_error_text(exc) if isinstance(exc, OSError) else str(exc)
+        say(
+            f"{target_text}: warning: the flash is done, but the choice could not be recorded as profile "
+            f"{derived.name} ({why}): flash again with --artifact fastest once the profiles folder can be written"
+        )
+        return
     say(
         f"{target_text}: recorded the choice as profile {derived.name} ({path}): the daemon runs it with "
         f"`edgecls run ... --device {derived.name}` or `--artifact fastest --device {derived.name}`"

@@ -507,3 +507,45 @@ def test_a_hot_reload_onto_a_bundle_the_bench_never_covered_leaves_the_opt_in_en
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     assert "openvino" in "".join(lines) and "another bundle" in "".join(lines), "".join(lines)[-2000:]
+
+
+def test_a_profiles_folder_that_cannot_be_written_is_refused_before_anything_is_flashed(bundle, bench, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    target = tmp_path / "device"
+    error = cli_error(flash_fastest(bundle, target, afile / "profiles", "--bench", bench))
+    assert str(afile / "profiles") in error and "EDGECLS_PROFILES" in error
+    assert not target.exists()
+
+
+def test_a_users_own_profile_of_the_derived_name_in_a_later_profiles_folder_is_never_shadowed(bundle, bench, tmp_path):
+    first, second = tmp_path / "pa", tmp_path / "pb"
+    first.mkdir(), second.mkdir()
+    own = second / "desktop-cpu-fastest.json"
+    own.write_text(json.dumps({"name": "desktop-cpu-fastest", "artifacts": ["onnx-fp32"], "threads": 4}))
+    target = tmp_path / "device"
+    error = cli_error(flash_fastest(bundle, target, f"{first}{os.pathsep}{second}", "--bench", bench))
+    assert f"{own} is a profile of your own" in error
+    assert not target.exists() and not (first / "desktop-cpu-fastest.json").exists()
+
+
+def test_choosing_again_through_the_derived_profile_takes_the_base_profiles_threads(bundle, bench, tmp_path):
+    """The derived profile took the 1 thread of the real bench's rows; a copy timed at 2 threads (its rows' threads
+    edited) is chosen from again through it: desktop-cpu fixes no thread count, so the 2-thread rows qualify."""
+    from edgecls.devices.fastest import derive, pick
+    from edgecls.devices.profiles import load_profile
+
+    loaded = load_bundle(bundle)
+    base = load_profile("desktop-cpu")
+    assert base.threads is None
+    derived = derive(base, choose(json.loads(bench.read_text()), loaded, str(bench)), loaded)
+    assert derived.threads == 1
+    two = edited(bench, tmp_path, lambda doc: [r.update(threads=2) for r in doc["records"]])
+    _, choice = pick(loaded, derived, str(two))
+    assert choice.threads == 2
+
+
+def test_force_bench_without_artifact_fastest_is_refused(bundle, tmp_path):
+    for command in (("run", bundle, "--source", tmp_path), ("flash", bundle, tmp_path / "device")):
+        error = cli_error(run_cli(*command, "--force-bench"))
+        assert "--force-bench is read only with --artifact fastest" in error

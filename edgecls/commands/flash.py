@@ -95,7 +95,7 @@ def flash(
     from edgecls.devices.flash import flash as run_flash
     from edgecls.devices.flash import format_table, read_targets_file
 
-    check_bench_option(artifact, bench)
+    check_bench_option(artifact, bench, force_bench)
     options = target_options(
         device,
         profile_file,

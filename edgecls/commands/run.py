@@ -118,7 +118,7 @@ def _artifact_choice(options: dict, load_profile) -> tuple:
     from edgecls.devices.fastest import FASTEST, Benched, benched, check_bench_option, check_machine, derive, pick
 
     bench, force = options.pop("bench", None), options.pop("force_bench", None)
-    check_bench_option(options["artifact"], bench)
+    check_bench_option(options["artifact"], bench, bool(force))
     if options["artifact"] != FASTEST or options["bundle"] is None:  # no bundle: from_options says so
         return options, (lambda name: benched(load_profile(name))), None
     from edgecls.runtime.bench.machine import describe
