@@ -235,8 +235,9 @@ def test_a_bench_of_another_bundle_is_refused(bundle, bench, tmp_path):
 
 def test_a_bench_of_the_same_artifacts_in_a_rebuilt_bundle_is_refused_by_its_manifest_sha256(bundle, bench, tmp_path):
     """The bench records the manifest's sha256: a bundle whose artifacts are byte for byte the same but whose manifest
-    says something else (here only `created`) is another bundle, refused; one without the record (a device's older
-    edgecls) falls back to matching the artifacts."""
+    says something else (here only `created`) is another bundle, refused; one without it is matched by each row's
+    artifact sha256 (a re-converted artifact of the same size and gate accuracy is refused), and one recording neither
+    (a device's older edgecls) is refused rather than guessed."""
     assert json.loads(bench.read_text())["bundle"]["manifest_sha256"]
     other = tmp_path / "other"
     shutil.copytree(bundle, other)
@@ -247,7 +248,26 @@ def test_a_bench_of_the_same_artifacts_in_a_rebuilt_bundle_is_refused_by_its_man
     assert "its manifest sha256 is" in cli_error(done)
     older = edited(bench, tmp_path, lambda doc: doc["bundle"].pop("manifest_sha256"))
     done = run_cli("run", other, "--source", tmp_path, "--artifact", "fastest", "--bench", older, "--max-frames", "1")
+    assert "records neither the bundle's manifest sha256 nor" in cli_error(done)
+    rows = edited(bench, tmp_path, lambda doc: match_by_artifacts(doc, bundle))
+    done = run_cli("run", other, "--source", tmp_path, "--artifact", "fastest", "--bench", rows, "--max-frames", "1")
     assert "is not a bench of bundle" not in done.stderr, done.stderr[-2000:]
+
+    def reconverted(manifest):  # another tflite-int8 of the same size and gate accuracy (another calibration)
+        next(a for a in manifest["artifacts"] if a["name"] == "tflite-int8").update(sha256="0" * 64)
+
+    rebuilt = bundle_copy(bundle, tmp_path / "rebuilt", reconverted)
+    assert "differs from this bundle's" in cli_error(run_cli("run", rebuilt, "--source", tmp_path, "--artifact",
+        "fastest", "--bench", rows, "--max-frames", "1"))  # fmt: skip
+
+
+def match_by_artifacts(doc: dict, bundle: Path) -> None:
+    """A bench matched to a bundle by its artifacts' sha256 rather than its manifest's (as an edited copy of the bundle
+    needs): the manifest sha256 removed, each row's artifact sha256 recorded."""
+    doc["bundle"].pop("manifest_sha256", None)
+    shas = {a["name"]: a["sha256"] for a in json.loads((bundle / MANIFEST).read_text())["artifacts"]}
+    for r in doc["records"]:
+        r["sha256"] = shas[r["artifact"].split("@")[0]]
 
 
 def test_a_bench_of_another_kind_of_machine_is_refused_unless_forced(bundle, bench, shapes_folder, tmp_path):
@@ -365,10 +385,10 @@ def test_install_service_with_artifact_fastest_on_an_ssh_target_is_refused_namin
     assert not (tmp_path / "units").exists()
 
 
-def opt_in_losing(bench: Path, folder: Path, images) -> Path:
+def opt_in_losing(bench: Path, folder: Path, images, bundle: Path) -> Path:
     """A copy of the real bench where the OpenVINO row is the fastest (its p50 divided by 100) and got one image
     more wrong than ONNX Runtime on the same onnx-int8, out of `images` (None: the count removed, as if absent),
-    without the manifest sha256 (so edited copies of the bundle match it by their artifacts)."""
+    matched by its artifacts' sha256 (so edited copies of the bundle match it)."""
 
     def change(doc):
         row = openvino_row(doc)
@@ -377,7 +397,7 @@ def opt_in_losing(bench: Path, folder: Path, images) -> Path:
             r.pop("accuracy_images", None) if images is None else r.update(accuracy_images=images)
         row["accuracy"] = base["accuracy"] - 1 / (images or 72)
         row["p50_ms"] /= 100
-        doc["bundle"].pop("manifest_sha256", None)
+        match_by_artifacts(doc, bundle)
 
     return edited(bench, folder, change)
 
@@ -396,7 +416,7 @@ def test_an_opt_in_engine_is_held_to_the_bundles_own_max_drop_below_its_referenc
     """One image more wrong out of 200 is half a point: within convert's default 1-point max drop; beyond a bundle
     converted with --max-drop 0.25; and beyond what is left of 1 point when the gate already measured onnx-int8
     0.8 points below the Keras reference (drops must not add up past the limit)."""
-    path = opt_in_losing(bench, tmp_path, 200)
+    path = opt_in_losing(bench, tmp_path, 200, bundle)
     doc = json.loads(path.read_text())
     assert choose(doc, load_bundle(bundle), str(path)).row == "onnx-int8@openvino"
     strict = bundle_copy(bundle, tmp_path / "strict", lambda m: m.update(max_drop=0.25))
@@ -416,7 +436,7 @@ def test_an_opt_in_engine_is_held_to_the_bundles_own_max_drop_below_its_referenc
 
 
 def test_an_opt_in_engine_whose_accuracy_was_measured_on_no_images_is_refused(bundle, bench, tmp_path):
-    path = opt_in_losing(bench, tmp_path, None)
+    path = opt_in_losing(bench, tmp_path, None, bundle)
     choice = choose(json.loads(path.read_text()), load_bundle(bundle), str(path))
     assert choice.row != "onnx-int8@openvino"
     assert any("on no images" in r and "--data" in r for r in choice.refused), choice.refused

@@ -3,8 +3,9 @@ may serve this bundle on this kind of machine: its artifact, the engine that ran
 
 What qualifies, and why:
 - the bench must be of this bundle: the manifest's sha256 where the bench records it, else every artifact it
-  timed must match the manifest (file, size, MACs and the gate's accuracy figure), so a bench of a retrained or
-  another model is refused rather than trusted;
+  timed must match the manifest (its sha256, file, size and the gate's accuracy figure), so a bench of a
+  retrained, re-converted or another model is refused rather than trusted; a bench recording neither sha256
+  (an older edgecls) is refused: same sizes and accuracy figures do not make the same files;
 - only artifacts in the bundle (every one there passed convert's accuracy gate; a device's release offers those
   flash sent) and rows at the thread count asked for, when one is fixed;
 - a row of an opt-in engine (`onnx-int8@openvino`) is one the gate never ran: it qualifies only with accuracy
@@ -101,6 +102,7 @@ _FIELDS = {
     "backend": _TEXT,
     "format": _TEXT,
     "file": _TEXT,
+    "sha256": _TEXT,
 }
 
 
@@ -155,11 +157,16 @@ def bundle_mismatch(doc: dict, bundle: Bundle) -> str | None:
             if installed_only:
                 continue
             return f"it timed {name}, which this bundle does not have"
-        theirs = (record.get("file"), record.get("size_bytes"), record.get("macs"), record.get("bundle_accuracy"))
-        ours = (artifact.file, artifact.size_bytes, artifact.macs, artifact.accuracy)
+        if not record.get("sha256"):  # same file name, size and gate accuracy: a re-conversion can match them all
+            return (
+                f"it records neither the bundle's manifest sha256 nor {name}'s sha256 (an older edgecls wrote it), "
+                f"so whether it timed these very files cannot be told: bench again with this edgecls"
+            )
+        theirs = (record["sha256"][:12], record.get("file"), record.get("size_bytes"), record.get("bundle_accuracy"))
+        ours = (artifact.sha256[:12], artifact.file, artifact.size_bytes, artifact.accuracy)
         if theirs != ours:
             return (
-                f"its {name} differs from this bundle's (file, bytes, MACs, gate accuracy: "
+                f"its {name} differs from this bundle's (sha256, file, bytes, gate accuracy: "
                 f"{', '.join(map(str, theirs))} there, {', '.join(map(str, ours))} here)"
             )
     return None
