@@ -62,7 +62,7 @@ def test_two_workers_on_one_out_finish_exactly_the_trials_asked_each_number_once
     # the warm start: edgecls train's default first (it meets 50 ms, so no scaled-down versions), then TPE
     assert trials[0]["origin"] == "warm start: edgecls train's default", trials[0]
     assert trials[0]["candidate"]["model_options"] == {"widths": [16, 32, 64, 128], "convs_per_block": 2}
-    assert [t["origin"] for t in trials[1:]] == ["sampled (TPE)"] * (TRIALS - 1)
+    assert [t["origin"] for t in trials[1:]] == ["sampled by TPE"] * (TRIALS - 1)
     assert sum("trial #0 (warm start: edgecls train's default)" in err for _, _, err in results) == 1
     # exactly one worker wrote the report; the other said who would
     reported = [err for _, _, err in results if "chosen: #" in err]

@@ -113,7 +113,7 @@ def warm_start(study, cfg, default: dict | None) -> None:
 
 def origin(proposal) -> str:
     """Where an asked trial came from: its warm-start origin, else the sampler."""
-    return proposal.user_attrs.get(ORIGIN) or "sampled (TPE)"
+    return proposal.user_attrs.get(ORIGIN) or "sampled by TPE"
 
 
 def constraint_values(trial: Trial, budget: Budget) -> dict:
