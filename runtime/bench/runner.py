@@ -89,6 +89,7 @@ class Timed:
     macs: int | None = None
     bundle_accuracy: float | None = None
     engine: str | None = None  # an opt-in engine (the row is `artifact@engine`); None: the format's default
+    sha256: str | None = None  # the artifact file's, from the manifest: which exact file was timed
 
     @classmethod
     def of(cls, artifact, engine: str | None = None) -> Timed:
@@ -101,6 +102,7 @@ class Timed:
             artifact.macs,
             artifact.accuracy,
             engine,
+            artifact.sha256,
         )
 
     def record(self, threads, host: dict, repeats: list, interleaved: dict | None = None) -> dict:
@@ -109,6 +111,7 @@ class Timed:
             "artifact": self.artifact,
             "engine": self.engine,
             "file": self.file,
+            "sha256": self.sha256,
             "format": self.format,
             "precision": self.precision,
             "threads": threads,
