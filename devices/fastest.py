@@ -38,6 +38,7 @@ __all__ = [
     "chosen",
     "served_refusal",
     "Benched",
+    "tie_note",
 ]
 
 
@@ -109,7 +110,8 @@ def pick(bundle: Bundle, profile: DeviceProfile, bench: str | None, threads: int
             f"then pass --bench bench.json"
         )
     doc = load_bench(path, str(bundle.root))
-    return doc, choose(doc, bundle, str(path), threads=threads or _base_threads(profile))
+    threads = threads or _base_threads(profile)
+    return doc, choose(doc, bundle, str(path), threads, tuple(profile.artifacts), tuple(profile.backends))
 
 
 def _base_threads(profile: DeviceProfile) -> int | None:
@@ -124,6 +126,13 @@ def _base_threads(profile: DeviceProfile) -> int | None:
         return load_profile(notes["profile"]).threads
     except EdgeclsError:  # the base profile is gone: the derived one's count, as before
         return profile.threads
+
+
+def tie_note(choice: Choice) -> str:
+    """What the choice was tied with, for its progress line ("" when it won alone)."""
+    if not choice.tied:
+        return ""
+    return f" (tied within the round spread with {', '.join(choice.tied)}: the profile's order chose)"
 
 
 def check_machine(doc: dict, bench: str, here: dict | None, where: str, force: bool, say) -> None:

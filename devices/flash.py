@@ -100,7 +100,7 @@ def artifacts_for(bundle: Bundle, target_text: str, options: FlashOptions) -> tu
         options.say(f"{target_text}: left out {line}")
     options.say(
         f"{target_text}: fastest qualifying row of {choice.bench}: {choice.row} ({choice.engine}) at "
-        f"{choice.threads or 'default'} thread(s), p50 {choice.p50_ms:.3f} ms"
+        f"{choice.threads or 'default'} thread(s), p50 {choice.p50_ms:.3f} ms{fastest.tie_note(choice)}"
     )
     return [choice.artifact], derived
 

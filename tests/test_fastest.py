@@ -124,6 +124,9 @@ def qualifying_fastest(doc: dict) -> dict:
 def test_flash_and_run_with_artifact_fastest_serve_the_fastest_row_of_a_real_bench(
     bundle, bench, profiles, clip, tmp_path, monkeypatch
 ):
+    """A copy of the real bench with the round spreads set to 0: the fastest row then wins alone (rows within their
+    round spread are tied, and the profile's order would choose among them)."""
+    bench = edited(bench, tmp_path, lambda doc: [r.update(round_spread_pct=0) for r in doc["records"]])
     doc = json.loads(bench.read_text())
     best = qualifying_fastest(doc)
     expected = best["artifact"].split("@")[0]
@@ -569,3 +572,25 @@ def test_force_bench_without_artifact_fastest_is_refused(bundle, tmp_path):
     for command in (("run", bundle, "--source", tmp_path), ("flash", bundle, tmp_path / "device")):
         error = cli_error(run_cli(*command, "--force-bench"))
         assert "--force-bench is read only with --artifact fastest" in error
+
+
+def test_rows_within_their_round_spread_are_tied_and_the_profiles_order_chooses(bundle, bench, tmp_path):
+    """A copy of the real bench where tflite-int8 takes 1.00 ms and onnx-int8 1.03 ms (OpenVINO's row left out):
+    with round spreads of 10 % those 3 % are noise and the profile's first artifact is chosen; with spreads of 1 %
+    the faster row wins whatever the profile prefers."""
+    from edgecls.devices.fastest import pick
+    from edgecls.devices.profiles import DeviceProfile
+
+    def timed(spread):
+        def change(doc):
+            doc["records"] = [r for r in doc["records"] if not r.get("engine")]
+            for r in doc["records"]:
+                r.update(p50_ms=1.0 if r["artifact"] == "tflite-int8" else 1.03, round_spread_pct=spread)
+
+        return edited(bench, tmp_path, change)
+
+    onnx_first = DeviceProfile(name="onnx-first", artifacts=("onnx-int8", "tflite-int8"))
+    _, noisy = pick(load_bundle(bundle), onnx_first, str(timed(10.0)))
+    assert (noisy.artifact, noisy.tied) == ("onnx-int8", ("tflite-int8",))
+    _, steady = pick(load_bundle(bundle), onnx_first, str(timed(1.0)))
+    assert (steady.artifact, steady.tied) == ("tflite-int8", ())

@@ -115,7 +115,16 @@ def run(**options):  # click passes each option by name: they become a DaemonCon
 def _artifact_choice(options: dict, load_profile) -> tuple:
     """(options, the profile loader, the Choice or None): with --artifact fastest, the bench's fastest qualifying
     row for this machine, run as its derived profile says (artifact and engine first, its threads)."""
-    from edgecls.devices.fastest import FASTEST, Benched, benched, check_bench_option, check_machine, derive, pick
+    from edgecls.devices.fastest import (
+        FASTEST,
+        Benched,
+        benched,
+        check_bench_option,
+        check_machine,
+        derive,
+        pick,
+        tie_note,
+    )
 
     bench, force = options.pop("bench", None), options.pop("force_bench", None)
     check_bench_option(options["artifact"], bench, bool(force))
@@ -134,7 +143,7 @@ def _artifact_choice(options: dict, load_profile) -> tuple:
         say(f"note: left out {line}")
     say(
         f"--artifact fastest: {choice.row} ({choice.engine}) at {choice.threads or 'default'} thread(s), "
-        f"p50 {choice.p50_ms:.3f} ms in {choice.bench}"
+        f"p50 {choice.p50_ms:.3f} ms in {choice.bench}{tie_note(choice)}"
     )
     # The derived profile leads to the choice (artifact and engine first) rather than a fixed artifact name, so a
     # hot reload onto a bundle flashed with another choice still finds its artifact.

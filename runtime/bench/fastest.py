@@ -50,6 +50,7 @@ class Choice:
     bench: str  # the bench file it came from
     refused: tuple = ()  # one line per row that did not qualify, naming why
     provider: str = ""  # the engine's device or provider the row ran on (OpenVINO's CPU, ORT's CPUExecutionProvider)
+    tied: tuple = ()  # the other rows within the round spread of the fastest (the profile's order chose among them)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "refused": list(self.refused)}
@@ -219,9 +220,25 @@ def _accuracy_refusal(record: dict, baseline: dict | None, bundle: Bundle) -> st
     )
 
 
-def choose(doc: dict, bundle: Bundle, bench: str, threads: int | None = None) -> Choice:
+def _spread(record: dict) -> float:
+    """A row's round spread as a fraction ((max - min) / median of its interleaved round medians), 0 if unknown."""
+    value = record.get("round_spread_pct")
+    return value / 100 if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0
+
+
+def _tied(fit: list) -> list:
+    """The rows no faster than the fastest by less than their round spread (either's, the larger): on a shared or
+    noisy machine their order is noise, so the profile's order decides among them rather than the last digit."""
+    fastest = min(fit, key=lambda r: r["p50_ms"])
+    return [r for r in fit if r["p50_ms"] <= fastest["p50_ms"] * (1 + max(_spread(fastest), _spread(r)))]
+
+
+def choose(
+    doc: dict, bundle: Bundle, bench: str, threads: int | None = None, artifacts: tuple = (), engines: tuple = ()
+) -> Choice:
     """The fastest qualifying row of `doc` (checked to be of `bundle` first); `threads` given: rows at that count
-    only. Ties go to the default engine, then to the manifest's order. EdgeclsError when none qualifies."""
+    only. Rows within their round spread of the fastest are tied: the first in `artifacts`, then in `engines` (a
+    profile's order) wins, then the default engine, then the manifest's order. EdgeclsError when none qualifies."""
     why = bundle_mismatch(doc, bundle)
     if why:
         raise EdgeclsError(f"--bench {bench} is not a bench of bundle {bundle.root}: {why}: {make_bench_hint()}")
@@ -247,7 +264,19 @@ def choose(doc: dict, bundle: Bundle, bench: str, threads: int | None = None) ->
             fit.append(record)
     if not fit:
         raise EdgeclsError(f"--bench {bench}: no row qualifies ({'; '.join(refused) or 'no timings'})")
-    best = min(fit, key=lambda r: (r["p50_ms"], bool(r.get("engine")), order.index(_artifact_of(r))))
+
+    def rank(record: dict) -> tuple:
+        name, engine = _artifact_of(record), record.get("backend") or record.get("engine") or ""
+        return (
+            list(artifacts).index(name) if name in artifacts else len(artifacts),
+            list(engines).index(engine) if engine in engines else len(engines),
+            bool(record.get("engine")),
+            order.index(name),
+            record["p50_ms"],
+        )
+
+    tied = _tied(fit)
+    best = min(tied, key=rank)
     return Choice(
         artifact=_artifact_of(best),
         engine=best.get("backend") or best.get("engine") or "",
@@ -257,4 +286,5 @@ def choose(doc: dict, bundle: Bundle, bench: str, threads: int | None = None) ->
         bench=str(bench),
         refused=tuple(refused),
         provider=best.get("provider") if isinstance(best.get("provider"), str) else "",
+        tied=tuple(r["artifact"] for r in tied if r is not best),
     )
