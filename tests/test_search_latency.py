@@ -144,3 +144,59 @@ def test_the_model_round_trips_as_plain_data(measured):
     assert data["form"] == "loglog" and data["points"] == len(measured)
     assert data["margin"] >= MIN_MARGIN and all(math.isfinite(v) for v in data["fits"]["simple"])
     assert LatencyModel.from_trials(measured, form="affine").predict(measured[0].candidate) > 0
+
+
+def test_a_family_not_measured_yet_is_never_pruned_on_latency(measured):
+    """MAC rates differ by family (plain convolutions do far more MACs per second than MobileNets): a family with
+    no measured point of its own is measured, not judged by another family's curve."""
+    model = LatencyModel.from_trials(measured)
+    other = counted("mobilenetv2", 96, alpha=0.35)
+    plausible, predicted, reason = model.decide(other, Budget(latency_ms=1e-6))
+    assert plausible and predicted is not None and "mobilenetv2" in reason and "\n" not in reason
+    # the family measured is still pruned at that budget
+    assert not model.decide(measured[0].candidate, Budget(latency_ms=1e-6))[0]
+
+
+def test_a_borderline_candidate_the_fit_has_not_seen_is_kept(measured):
+    """Fit without it: with the budget between prediction / margin and the prediction, it is still measured; well
+    under the optimistic estimate it is pruned."""
+    for i, held in enumerate(measured):
+        model = LatencyModel.from_trials(measured[:i] + measured[i + 1 :])
+        predicted = model.predict(held.candidate)
+        budget = Budget(latency_ms=predicted / model.margin() * 1.05)
+        assert budget.latency_ms < predicted
+        plausible, _, reason = model.decide(held.candidate, budget)
+        assert plausible, (i, predicted, model.margin(), reason)
+        assert not model.decide(held.candidate, Budget(latency_ms=model.optimistic(held.candidate) * 0.95))[0]
+
+
+def test_a_candidate_far_smaller_than_any_measured_is_bounded_by_the_best_mac_rate(measured):
+    """A fit's intercept, learnt on bigger models, would put a tiny one over a tight budget; the best MAC rate
+    measured on the device bounds its optimistic estimate."""
+    model = LatencyModel.from_trials(measured)
+    tiny = counted("simple", 16, widths=(4,))
+    assert tiny.macs * 10 < min(t.candidate.macs for t in measured)
+    rate = max(t.candidate.macs / t.measurement.latency_ms for t in measured)
+    budget = Budget(latency_ms=tiny.macs / rate / MIN_MARGIN * 1.05)
+    assert model.predict(tiny) / model.margin() > budget.latency_ms  # the fit alone would prune it
+    assert model.decide(tiny, budget)[0]
+
+
+def test_leave_one_out_errors_exceed_the_in_sample_ones(measured):
+    """Each point predicted by a fit that never saw it, not by the fit over all points."""
+    model = LatencyModel.from_trials(measured)
+    inside = [abs(model.predict(t.candidate) - t.measurement.latency_ms) / t.measurement.latency_ms for t in measured]
+    loo = model.held_out_errors()
+    assert loo["median"] > sorted(inside)[len(inside) // 2] and loo["worst"] > max(inside)
+
+
+def test_ram_is_never_pruned_at_or_above_the_least_peak_measured(measured):
+    """Peak RSS follows the input size, not params: a candidate with more params may peak lower. Only a budget
+    under the runtime's own floor (the least peak measured) prunes."""
+    least = min(t.measurement.peak_rss_mb for t in measured)
+    model = LatencyModel.from_trials(measured)
+    huge = counted("simple", 256, widths=(64, 128, 256))
+    for candidate in [huge, *(t.candidate for t in measured)]:
+        assert model.decide(candidate, Budget(latency_ms=1e6, ram_mb=least))[0], candidate
+    plausible, _, reason = model.decide(huge, Budget(latency_ms=1e6, ram_mb=least * 0.8))
+    assert not plausible and "least peak" in reason
