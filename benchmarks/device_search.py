@@ -16,8 +16,15 @@
    training but not yet been measured (so a resumed search must not train it again), then run again with the same
    command: stages.log of every trial shows how often each was trained.
 4. The chosen artifact re-measured by `edgecls bench` (the CLI, its default 3 fresh processes and 10 rounds)
-   against the search's figure; the latency model's leave-one-out error over the measured trials, the error of
-   each prediction made before its trial was measured, and what pruning saved.
+   three times, alternated with the search's own DeviceLab re-measuring OUT/bundle (so both see the same load):
+   the median of the three bench runs (each run's figure kept) against the figure the search recorded; the latency
+   model's leave-one-out error over the measured trials, the error of each prediction made before its trial was
+   measured, and what pruning saved.
+5. Each trial's origin (trial.json's `origin`: the warm start's default and its scalings, or sampled by TPE), and
+   whether the chosen trial and the best baseline were scored on the same test images (their runs' split.json).
+
+The commit of the code measured is recorded in settings.json (run it from a clean worktree of that commit, e.g.
+`git worktree add --detach /tmp/snap HEAD`, so edits made in the working tree meanwhile cannot change it).
 
 Writes benchmarks/results/device_search.txt and .json, and docs/img/search-front.png. Everything runs on this
 machine's CPUs, shared with other work: latencies are medians of interleaved rounds, still noisy (said in the
@@ -77,6 +84,14 @@ BASELINES = (
 
 def say(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+def commit() -> str:
+    """The commit of the code this script runs (REPO's HEAD), with ' + uncommitted edits' when its tree is dirty."""
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "edgecls", "runtime", "devices"],
+                           capture_output=True, text=True)  # fmt: skip
+    return (head.stdout.strip() or "unknown") + (" + uncommitted edits" if dirty.stdout.strip() else "")
 
 
 def write_profile(work: Path) -> Path:
@@ -207,16 +222,59 @@ def run_search(args, profile: Path, budget_ms: float) -> dict:
     return record
 
 
-def bench_again(args, bundle: Path, artifact: str) -> float:
-    """The chosen artifact re-measured by the CLI at 1 thread (its defaults: 3 fresh processes, 10 rounds)."""
-    out = args.work / "bench-chosen.json"
-    if not out.is_file():
-        command = [sys.executable, "-m", "edgecls.cli", "bench", str(bundle), "--artifacts", artifact]
+def measure_again(args, bundle: Path, searched) -> dict:
+    """The chosen artifact re-measured 3 times by `edgecls bench` (the CLI at 1 thread, its defaults: 3 fresh
+    processes, 10 rounds), each run alternated with the search's own DeviceLab re-measuring OUT/bundle, so both
+    see the same load; kept in WORK/bench-again.json (a rerun of --summary reuses it)."""
+    path = args.work / "bench-again.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from edgecls.search.device import DeviceLab
+
+    lab = DeviceLab(str(args.work / f"{PROFILE}.json"), progress=say)
+    runs, lab_runs = [], []
+    for i in range(3):
+        out = args.work / f"bench-chosen-{i}.json"
+        command = [sys.executable, "-m", "edgecls.cli", "bench", str(bundle), "--artifacts", searched.artifact]
         command += ["--threads", "1", "--no-keras", "--engines", "", "--json", str(out)]
-        say("edgecls " + " ".join(command[4:]))
+        say(f"bench run {i + 1}/3: edgecls " + " ".join(command[4:]))
         subprocess.run(command, check=True, capture_output=True, text=True)
-    records = json.loads(out.read_text())["records"]
-    return float(next(r["p50_ms"] for r in records if r["artifact"] == artifact))
+        records = json.loads(out.read_text())["records"]
+        runs.append(float(next(r["p50_ms"] for r in records if r["artifact"] == searched.artifact)))
+        say(f"search's DeviceLab re-measure {i + 1}/3")
+        lab_runs.append(lab.measure(str(bundle)).latency_ms)
+    again = {
+        "search_p50_ms": searched.latency_ms,
+        "bench_runs_p50_ms": runs,
+        "bench_p50_ms": statistics.median(runs),
+        "lab_runs_p50_ms": lab_runs,
+        "lab_p50_ms": statistics.median(lab_runs),
+        "order": "bench, lab, bench, lab, bench, lab",
+    }
+    path.write_text(json.dumps(again, indent=2))
+    return again
+
+
+def trial_origins(out: Path) -> dict:
+    """trial number -> where it came from (trial.json's `origin`: a warm start, or sampled by TPE)."""
+    origins = {}
+    for path in sorted((out / "trials").glob("*/trial.json")):
+        data = json.loads(path.read_text())
+        origins[int(data["number"])] = data.get("origin") or "not recorded"
+    return origins
+
+
+def same_test_split(chosen, baselines) -> dict:
+    """Whether the chosen trial's run and each baseline's were tested on the very same images (split.json)."""
+
+    def test_files(trial):
+        try:
+            return sorted(json.loads((Path(trial.run_dir) / "split.json").read_text())["splits"]["test"])
+        except (TypeError, OSError, ValueError, KeyError):
+            return None
+
+    mine = test_files(chosen)
+    return {str(b.number): mine is not None and mine == test_files(b) for b in baselines}
 
 
 def main() -> None:
@@ -243,7 +301,8 @@ def measure_all(args) -> None:
     say(f"work folder {args.work}")
     profile = write_profile(args.work)
     budget = Budget(args.budget_ms)
-    (args.work / "settings.json").write_text(json.dumps({**vars(args), "work": str(args.work)}, indent=2))
+    settings = {**vars(args), "work": str(args.work), "commit": commit()}
+    (args.work / "settings.json").write_text(json.dumps(settings, indent=2))
     ctx = context(args, profile, budget)
     for number, spec in enumerate((DEFAULT, *BASELINES)):
         run_fixed(args.work, number, spec, ctx)
@@ -265,25 +324,28 @@ def summarize(args) -> None:
     out = args.work / "search"
     trials = finished(out)
     chosen = report.choose(trials, budget)
+    origins = trial_origins(out)
     doc = {
         "machine": machine(),
+        "commit": settings.get("commit") or commit(),
         "settings": {k: settings[k] for k in ("trials", "epochs", "patience", "budget_ms", "kill_after")},
         "device": f"{PROFILE}: the desktop-cpu profile at 1 thread, on this machine",
         "budget_ms": budget.latency_ms,
         "default": figures(fixed[0], DEFAULT, budget),
         "baselines": [figures(t, spec, budget) for t, spec in zip(fixed[1:], BASELINES)],
         "chosen": figures(chosen, None, budget) if chosen else None,
-        "trials": [figures(t, None, budget) for t in trials],
+        "trials": [{**figures(t, None, budget), "origin": origins.get(t.number, "")} for t in trials],
         "front": [t.number for t in report.pareto_front(trials)],
     }
     if chosen:
-        doc["bench_again"] = {"search_p50_ms": chosen.measurement.latency_ms}
-        doc["bench_again"]["bench_p50_ms"] = bench_again(args, out / "bundle", chosen.measurement.artifact)
+        doc["chosen"]["origin"] = origins.get(chosen.number, "")
+        doc["bench_again"] = measure_again(args, out / "bundle", chosen.measurement)
         shipped = (out / "bundle" / "manifest.json").read_bytes()
         doc["bench_again"]["out_bundle_is_the_chosen_trials"] = (
             shipped == (out / "trials" / f"{chosen.number:04d}" / "bundle" / "manifest.json").read_bytes()
         )
         report.plot_front(trials, budget, FRONT, title=f"edgecls search on shapes: {doc['device']}")
+    doc["same_test_split"] = same_test_split(chosen, fixed[1:]) if chosen else None
     doc["latency_model"] = latency_model(trials)
     doc["kill"] = kill_story(args.work)
     RESULTS.mkdir(exist_ok=True)
@@ -428,6 +490,7 @@ def text_lines(doc: dict) -> list:
         "# edgecls search on the built-in shapes set (2,500 images, 5 classes, 48 px RGB) against this machine",
         f"# device: {doc['device']}; {m['summary'] or m['cpu']}; load {', '.join(f'{x:.2f}' for x in m['load'])} "
         f"at the end; {m['when']}",
+        f"# code measured: edgecls at commit {doc.get('commit') or 'not recorded'}",
         "# 2 CPU cores shared with other engineers' work: latencies are medians of interleaved rounds, still noisy",
         f"# recipe for every model (search trials and baselines alike): {doc['settings']['epochs']} epochs, early "
         f"stopping patience {doc['settings']['patience']}, no augmentation, seed 0, one split (test = 500 images), "
@@ -447,9 +510,10 @@ def text_lines(doc: dict) -> list:
         "",
         f"all {len(doc['trials'])} search trials (# = OUT/trials/NNNN; front: {', '.join(map(str, doc['front']))}; "
         "accuracies: val = Keras on the validation split, test = Keras on the test split, int8 test = the shipped "
-        "artifact):",
-        HEADER,
-        *[row(r) for r in doc["trials"]],
+        "artifact; origin = trial.json's: the warm start or sampled by TPE):",
+        HEADER + "  origin",
+        *[row(r) + f"  {r.get('origin') or '-'}" for r in doc["trials"]],
+        *origin_lines(doc["trials"]),
         "",
         *model_lines(doc["latency_model"]),
         "",
@@ -483,29 +547,73 @@ def verdict(doc: dict) -> list:
     chosen, within = doc["chosen"], [r for r in doc["baselines"] if r["meets"]]
     if not chosen:
         return ["the search chose nothing: no trial met the budget"]
-    lines = [f"chosen: trial {chosen['number']}: {chosen['candidate']}, {_ms(chosen['p50_ms'])} ms p50"]
+    lines = [
+        f"chosen: trial {chosen['number']} ({chosen.get('origin') or 'origin not recorded'}): {chosen['candidate']}, "
+        f"{_ms(chosen['p50_ms'])} ms p50"
+    ]
     if not within:
         return [*lines, "no baseline met the budget: nothing to compare the chosen model with"]
     best = max(within, key=lambda r: (r["int8_test_accuracy"] or 0, -(r["p50_ms"] or 0)))
     gain = (chosen["int8_test_accuracy"] or 0) - (best["int8_test_accuracy"] or 0)
     n = chosen.get("test_images") or 500
     word = "AT LEAST AS ACCURATE AS" if gain >= 0 else "LESS ACCURATE THAN"
+    same = (doc.get("same_test_split") or {}).get(str(best["number"]))
     lines += [
         f"best baseline within budget: {best['name']}: int8 test {_pct(best['int8_test_accuracy'])}, "
         f"{_ms(best['p50_ms'])} ms p50",
         f"the search's choice is {word} the best baseline: int8 test {_pct(chosen['int8_test_accuracy'])} vs "
         f"{_pct(best['int8_test_accuracy'])} ({gain * 100:+.1f} points, {gain * n:+.0f} of {n} test images); "
-        f"Keras test {_pct(chosen['keras_test_accuracy'])} vs {_pct(best['keras_test_accuracy'])}",
+        f"Keras test {_pct(chosen['keras_test_accuracy'])} vs {_pct(best['keras_test_accuracy'])}; "
+        + ("the same test images (split.json identical)" if same else "NOT shown to be the same test images"),
     ]
-    again = doc.get("bench_again")
-    if again:
-        ratio = again["bench_p50_ms"] / again["search_p50_ms"]
-        ok = "within" if abs(ratio - 1) <= 0.15 else "NOT within"
+    if chosen["network"] == best["network"]:
         lines.append(
-            f"re-measured by `edgecls bench OUT/bundle --artifacts {chosen['artifact']} --threads 1`: "
-            f"{_ms(again['bench_p50_ms'])} ms p50 vs the search's {_ms(again['search_p50_ms'])} ms: "
-            f"{(ratio - 1) * 100:+.1f} %, {ok} 15 %"
-            + ("" if again.get("out_bundle_is_the_chosen_trials") else " (OUT/bundle is NOT the chosen trial's bundle)")
+            f"the chosen network IS the best baseline's ({best['name']}; the resize mode aside, a square set): "
+            "the search found it, it found nothing better"
+        )
+    return lines + bench_lines(doc, chosen)
+
+
+def bench_lines(doc: dict, chosen: dict) -> list:
+    again = doc.get("bench_again")
+    if not again:
+        return []
+    ratio = again["bench_p50_ms"] / again["search_p50_ms"]
+    ok = "within" if abs(ratio - 1) <= 0.15 else "NOT within"
+    lines = [
+        f"re-measured by `edgecls bench OUT/bundle --artifacts {chosen['artifact']} --threads 1` (3 runs, alternated "
+        "with the search's DeviceLab re-measuring OUT/bundle): bench runs "
+        + ", ".join(_ms(v) for v in again.get("bench_runs_p50_ms", [again["bench_p50_ms"]]))
+        + f" ms p50, median {_ms(again['bench_p50_ms'])} ms vs the search's {_ms(again['search_p50_ms'])} ms: "
+        f"{(ratio - 1) * 100:+.1f} %, {ok} 15 %"
+        + (
+            ""
+            if again.get("out_bundle_is_the_chosen_trials", True)
+            else " (OUT/bundle is NOT the chosen trial's bundle)"
+        )
+    ]
+    if again.get("lab_runs_p50_ms"):
+        lines.append(
+            "the search's DeviceLab on OUT/bundle between those runs: "
+            + ", ".join(_ms(v) for v in again["lab_runs_p50_ms"])
+            + f" ms p50, median {_ms(again['lab_p50_ms'])} ms"
+        )
+    return lines
+
+
+def origin_lines(rows: list) -> list:
+    """How many trials each source proposed, and the best each reached within the budget."""
+    groups: dict = {}
+    for r in rows:
+        kind = "warm start" if (r.get("origin") or "").startswith("warm start") else (r.get("origin") or "-")
+        groups.setdefault(kind, []).append(r)
+    lines = []
+    for kind, members in groups.items():
+        good = [r for r in members if r["meets"] and r["int8_test_accuracy"] is not None]
+        best = max(good, key=lambda r: r["int8_test_accuracy"]) if good else None
+        lines.append(
+            f"{kind}: {len(members)} trials ({', '.join(str(r['number']) for r in members)}); best within budget: "
+            + (f"trial {best['number']}, int8 test {_pct(best['int8_test_accuracy'])}" if best else "none")
         )
     return lines
 
@@ -517,7 +625,8 @@ def model_lines(lm: dict) -> list:
         f"{_pct(loo['median'])}, worst {_pct(loo['worst'])} relative error",
         f"predictions made before their trial was measured (n {ahead['n']}): median {_pct(ahead['median'])}, worst "
         f"{_pct(ahead['worst'])}",
-        f"pruned before training: {lm['pruned']} of {lm['trials']} trials ({lm['measured']} measured on the device); "
+        f"pruned before training: {lm['pruned']} candidates ({lm['measured']} trials measured on the device, "
+        f"{lm['trials']} rows in the table); "
         f"device time saved about {lm['device_seconds_saved']:.0f} s ({lm['pruned']} x the median "
         f"measurement, {lm['median_measure_s']:.1f} s), train + convert about "
         f"{lm['train_convert_seconds_saved']:.0f} s",
