@@ -9,7 +9,7 @@ is open) with two artifacts, tflite-int8 and onnx-int8; runs `edgecls bench --da
 is installed); `edgecls flash --device intel-cpu --artifact fastest --bench` into a local folder; then the real
 daemon (`edgecls run --every-frame --max-frames N --results`) on a 640x480 MJPG clip, interleaved A,B,A,B: A with
 `--artifact fastest` on the flashed folder, B with intel-cpu's own choice (onnx-int8 in OpenVINO) on the bundle,
-both at one thread (the bench's).
+both at one thread (the bench's); each round's artifact and engine are the daemon's own (its -v log line).
 The rate is (frames - 1) / (last ts - first ts) of the results, so start-up is not counted; medians of the rounds.
 Writes benchmarks/results/fastest_choice.txt and fastest_choice_bench.json.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -83,14 +84,16 @@ def clip(path: Path, frames: int = 60) -> Path:
 def daemon_rate(current: Path, video: Path, results: Path, frames: int, env: dict, *options) -> dict:
     """Frames per second of the real daemon, from its results' timestamps, and its median infer step."""
     results.unlink(missing_ok=True)
-    cli("run", current, "--source", video, "--loop", "--every-frame", "--max-frames", frames,
-        "--results", results, *options, env=env)  # fmt: skip
+    done = cli("-v", "run", current, "--source", video, "--loop", "--every-frame", "--max-frames", frames,
+               "--results", results, *options, env=env)  # fmt: skip
     lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     span = lines[-1]["ts"] - lines[0]["ts"]
+    loaded = re.findall(r"loaded (\S+) \(\S+\) with (\S+)", done.stderr)  # -v: the Classifier's own log line
     return {
         "fps": (len(lines) - 1) / span,
         "infer_ms": statistics.median(r["latency_ms"]["infer"] for r in lines),
         "artifact": lines[-1]["model"]["artifact"],
+        "backend": loaded[-1][1] if loaded else "not logged",
     }
 
 
@@ -100,6 +103,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--frames", type=int, default=300)
     args = parser.parse_args(argv)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     bundle = build_bundle(args.work)
     bench = args.work / "bench.json"
     print("benchmarking ...", flush=True)
@@ -123,22 +127,28 @@ def main(argv=None) -> None:
             result = daemon_rate(model, video, args.work / "results.jsonl", args.frames, env, *options)
             runs[name].append(result)
             print(f"round {r + 1} {name}: {result['fps']:.1f} fps, infer {result['infer_ms']:.2f} ms", flush=True)
-    write(bench, chosen, runs, args)
+    write(bench, chosen, runs, args, load_before)
 
 
-def write(bench: Path, chosen: list, runs: dict, args) -> None:
+def write(bench: Path, chosen: list, runs: dict, args, load_before: list) -> None:
     doc = json.loads(bench.read_text())
     m = doc["machine"]
     lines = [
         "# --artifact fastest on MobileNetV2-224 (python -m benchmarks.fastest_choice)",
-        f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, flags {','.join(m['cpu_flags'])}, "
-        f"load at the bench {m['load_average']} (shared, noisy: 3 other engineers' tests ran beside it)",
+        f"machine: {m['cpu']}, {m['cores']} cores (shared with other work), {m['arch']}, flags "
+        f"{','.join(m['cpu_flags'])}; load average (os.getloadavg) at the start {load_before}, at the bench "
+        f"{m['load_average']}",
         "",
-        "bench (edgecls bench --threads 1 --rounds 10 --data: p50 = median of the interleaved round medians):",
+        "bench (edgecls bench --threads 1 --rounds 10 --data: p50 = median of the interleaved round medians;",
+        "spread = (max - min) / median of the round medians: rows within it of the fastest are tied, and the",
+        "profile's order chooses among them):",
     ]
     for r in doc["records"]:
         acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
-        lines.append(f"  {r['artifact']:<20} {r['backend']:<12} p50 {r['p50_ms']:7.3f} ms  accuracy {acc}")
+        spread = "-" if r.get("round_spread_pct") is None else f"{r['round_spread_pct']:.1f} %"
+        lines.append(
+            f"  {r['artifact']:<20} {r['backend']:<12} p50 {r['p50_ms']:7.3f} ms  spread {spread:>7}  accuracy {acc}"
+        )
     lines += [
         "",
         "edgecls flash --device intel-cpu --artifact fastest --bench bench.json:",
@@ -148,12 +158,12 @@ def write(bench: Path, chosen: list, runs: dict, args) -> None:
     for name, results in runs.items():
         fps = [x["fps"] for x in results]
         infer = statistics.median(x["infer_ms"] for x in results)
+        served = ", ".join(sorted({f"{x['artifact']} in {x['backend']}" for x in results}))  # every round's
         lines.append(
-            f"  {name:<10} {results[-1]['artifact']:<12} fps {', '.join(f'{f:.1f}' for f in fps)} "
-            f"(median {statistics.median(fps):.1f})"
+            f"  {name:<10} {served}: fps {', '.join(f'{f:.1f}' for f in fps)} (median {statistics.median(fps):.1f})"
         )
         each = ", ".join(f"{x['infer_ms']:.2f}" for x in results)
-        lines.append(f"  {'':<10} {'':<12} infer ms {each} (median {infer:.2f})")
+        lines.append(f"  {'':<10} infer ms {each} (median {infer:.2f})")
     a, b = (statistics.median(x["fps"] for x in runs[k]) for k in ("fastest", "intel-cpu"))
     pairs = list(zip(runs["fastest"], runs["intel-cpu"]))
     faster = sum(x["fps"] > y["fps"] for x, y in pairs)
