@@ -216,6 +216,33 @@ def test_reading_a_folder_without_a_trials_table_says_what_to_give_in_one_line(t
         report.read_table(tmp_path / "nothing")
 
 
+@pytest.mark.parametrize("start", ["=", "+", "-", "@"])
+def test_a_text_cell_a_spreadsheet_would_run_as_a_formula_is_written_as_text_and_numbers_stay_numbers(tmp_path, start):
+    formula = f'{start}HYPERLINK("http://x")'
+    gate_failed = trial(0, 0.9, 1.0, status=GATE_FAILED, reason=formula)  # reason: the gate's str(exc)
+    measurement = gate_failed.measurement
+    measured_on = trial(1, 0.9, 1.0)
+    measured_on.measurement = Measurement(
+        formula, measurement.engine, 1.0, device=formula, emulated=formula
+    )  # the device: a user's --device
+    negative = trial(2, status=PRUNED, predicted=-0.5)
+    csv_path, _ = report.write_table([gate_failed, measured_on, negative], tmp_path, budget=Budget(5))
+    rows = list(csv.DictReader(csv_path.open(newline="")))
+    assert rows[0]["reason"] == "'" + formula
+    assert (rows[1]["artifact"], rows[1]["device"], rows[1]["emulated"]) == ("'" + formula,) * 3
+    assert rows[2]["predicted_ms"] == "-0.5"  # a negative number stays a number
+    assert (rows[0]["p50_ms"], rows[0]["number"]) == ("1.0", "0")
+
+
+def test_a_cell_starting_with_a_tab_or_carriage_return_is_written_as_text_on_its_own_row(tmp_path):
+    t = trial(0, 0.9, 1.0)
+    t.measurement = Measurement("tflite-int8", "litert", 1.0, device="\t=1+2", emulated="\r=1+2")
+    csv_path, _ = report.write_table([t], tmp_path, budget=Budget(5))
+    row = next(csv.DictReader(csv_path.open(newline="")))
+    assert (row["device"], row["emulated"]) == ("'\t=1+2", "' =1+2")  # the CR: a space, the row kept whole
+    assert len(csv_path.read_text().splitlines()) == 2
+
+
 def test_counts_name_each_status():
     assert report.counts(search_trials()) == "5 trials: 2 meets-budget, 1 over-budget, 1 pruned, 1 failed"
 

@@ -96,9 +96,23 @@ def _round(value, digits: int):
     return round(value, digits) if _finite(value) else ""
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value):
+    """A text cell a spreadsheet would run as a formula (it starts with = + - @, a tab or a CR: a gate's error
+    message, a user's --device) gets a leading ' so it shows as text; its line breaks become spaces (one line per
+    row). Numbers are written as they are: a negative number stays a number."""
+    if not isinstance(value, str):
+        return value
+    text = "'" + value if value.startswith(FORMULA_STARTS) else value
+    return text.replace("\r", " ").replace("\n", " ")
+
+
 def _row(trial: Trial) -> dict:
+    """One row of trials.csv; text cells through `_cell` (no spreadsheet formula, one line)."""
     c, m = trial.candidate, trial.measurement
-    return {
+    row = {
         "number": trial.number,
         "model": c.model,
         "options": json.dumps(c.model_options, sort_keys=True, separators=(",", ":")),
@@ -122,6 +136,7 @@ def _row(trial: Trial) -> dict:
         "convert_s": _round(trial.convert_seconds, 1),
         "measure_s": _round(m and m.seconds, 1),
     }
+    return {name: _cell(value) for name, value in row.items()}
 
 
 def _plain(obj):
@@ -137,8 +152,10 @@ def _plain(obj):
 
 def write_table(trials, folder, *, budget: Budget | None = None, device=None) -> tuple:
     """FOLDER/trials.csv (one row per trial, by number) and FOLDER/trials.json (every Trial.to_dict, with the budget,
-    the device, the front and the chosen trial's number). Both are serialised before either is written, and each is
-    written atomically: a failure leaves the previous files as they were. Returns their paths."""
+    the device, the front and the chosen trial's number). A CSV text cell that a spreadsheet would run as a formula
+    (starting with = + - @, a tab or a CR) is written with a leading ' (numbers as they are). Both are serialised
+    before either is written, and each is written atomically: a failure leaves the previous files as they were.
+    Returns their paths."""
     trials = sorted(trials, key=lambda t: t.number)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
