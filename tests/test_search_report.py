@@ -243,6 +243,18 @@ def test_a_cell_starting_with_a_tab_or_carriage_return_is_written_as_text_on_its
     assert len(csv_path.read_text().splitlines()) == 2
 
 
+@pytest.mark.parametrize(
+    "budget", [{"ram_mb": 5}, "x", [5.0], {"latency_ms": "fast"}, {"latency_ms": 5.0, "ram_mb": "lots"}]
+)
+def test_a_trials_table_with_a_bad_budget_is_refused_in_one_line_naming_the_file(tmp_path, budget):
+    document = {"format": report.FORMAT, "trials": [], "budget": budget}
+    (tmp_path / report.TRIALS_JSON).write_text(json.dumps(document))
+    with pytest.raises(EdgeclsError) as info:
+        report.read_table(tmp_path)
+    assert "\n" not in str(info.value)
+    assert str(tmp_path / report.TRIALS_JSON) in str(info.value) and "budget" in str(info.value)
+
+
 def test_counts_name_each_status():
     assert report.counts(search_trials()) == "5 trials: 2 meets-budget, 1 over-budget, 1 pruned, 1 failed"
 

@@ -185,12 +185,25 @@ def read_table(folder) -> dict:
         if not str(document.get("format", "")).startswith("edgecls-search-trials/"):
             raise ValueError("not a trials table")
         trials = [Trial.from_dict(t) for t in document["trials"]]
+        budget = _budget(document["budget"]) if document.get("budget") else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise EdgeclsError(
             f"cannot read {path} ({type(exc).__name__}: {exc}): give the OUT folder of an `edgecls search`"
         ) from None
-    budget = Budget.from_dict(document["budget"]) if document.get("budget") else None
     return {**document, "trials": trials, "budget": budget}
+
+
+def _budget(data) -> Budget:
+    """The table's budget, its limits numbers (None: not limited), else ValueError naming the field."""
+    try:
+        budget = Budget.from_dict(data)
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"budget {data!r} is not a budget: {exc}") from None
+    for name in ("latency_ms", "ram_mb", "size_mb"):
+        value = getattr(budget, name)
+        if not (_finite(value) or (value is None and name != "latency_ms")):
+            raise ValueError(f"budget {name} {value!r} is not a number")
+    return budget
 
 
 def counts(trials) -> str:
