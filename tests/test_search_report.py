@@ -138,7 +138,7 @@ def test_measured_trials_can_be_judged_again_against_another_budget():
     trials = [trial(0, 0.80, 1.0), trial(1, 0.95, 8.0, status=OVER_BUDGET)]
     assert report.choose(trials, Budget(5.0)).number == 0
     assert report.choose(trials, Budget(10.0)).number == 1
-    assert report.misses(trials[1], Budget(5.0)) == ["latency 8.00 ms > 5 ms"]
+    assert report.misses(trials[1], Budget(5.0)) == ["latency 8 ms > 5 ms"]
 
 
 # --- the table ---------------------------------------------------------------------------------------------------
@@ -312,6 +312,27 @@ def test_a_search_with_nothing_measured_yet_still_draws_its_figure(tmp_path):
         [trial(0, status=PRUNED, predicted=12.0), trial(1, status=FAILED)], Budget(5.0), tmp_path / "f.png"
     )
     assert pixels(tmp_path / "f.png").shape[0] > 500
+
+
+def test_the_chosen_trials_latency_is_printed_to_three_significant_figures_in_the_legend():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    try:
+        report._draw_measured(ax, [trial(0, 0.9, 0.0365), trial(1, 0.8, 0.0123)], Budget(0.1))
+        labels = ax.get_legend_handles_labels()[1]
+    finally:
+        plt.close(fig)
+    chosen = next(label for label in labels if label.startswith("chosen #0"))
+    assert "90.0 % val accuracy, 0.0365 ms (tflite-int8)" in chosen, chosen
+
+
+def test_why_a_trial_misses_the_budget_gives_its_latency_to_three_significant_figures():
+    assert report.misses(trial(0, 0.9, 0.104), Budget(0.1)) == ["latency 0.104 ms > 0.1 ms"]
+    assert report.misses(trial(0, 0.9, 1234.5), Budget(500)) == ["latency 1234 ms > 500 ms"]  # not 1.23e+03
 
 
 def test_the_title_names_the_device_and_says_when_the_measurements_were_emulated():
