@@ -185,3 +185,48 @@ def test_a_folder_that_is_not_a_bundle_is_refused_before_the_device_is_taken(tmp
     with pytest.raises(EdgeclsError, match="is not a bundle"):
         DeviceLab("desktop-cpu").measure(tmp_path)
     assert not (tmp_path / "state" / "edgecls" / "devices").exists()
+
+
+def test_a_device_python_that_prints_before_the_lock_is_measured(sshd, tiny_bundle, tmp_path):  # noqa: F811
+    """A wrapper (conda, a login banner) printing a line before python starts: the lock handshake skips it."""
+    chatty = tmp_path / "chatty-python"
+    chatty.write_text(f'#!/bin/sh\necho "conda: environment base activated"\nexec {sys.executable} "$@"\n')
+    chatty.chmod(0o755)
+    device = f"{sshd.user}@{sshd.host}:{sshd.port}"
+    lab = DeviceLab(device, ssh_config=sshd.ssh_config, settings=QUICK, python=str(chatty))
+    started = time.time()
+    m = lab.measure(tiny_bundle)
+    assert m.latency_ms > 0 and time.time() - started < 50
+
+
+def test_an_ssh_device_runs_the_bench_with_the_python_of_its_own_install_root(sshd, tiny_bundle, tmp_path):  # noqa: F811
+    """A profile's install_root decides the device's python for the lock, the description and the bench alike."""
+    root = tmp_path / "device-root"
+    (root / "venv" / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls"
+    venv_python = root / "venv" / "bin" / "python"
+    venv_python.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {sys.executable} "$@"\n')
+    venv_python.chmod(0o755)
+    profile = tmp_path / "rooted.json"
+    profile.write_text(json.dumps({"name": "rooted", "artifacts": ["tflite-int8"], "install_root": str(root)}))
+    device = f"{sshd.user}@{sshd.host}:{sshd.port}"
+    DeviceLab(device, profile=str(profile), ssh_config=sshd.ssh_config, settings=QUICK).measure(tiny_bundle)
+    assert "edgecls.runtime.bench" in calls.read_text()
+
+
+@pytest.mark.parametrize(
+    ("profile", "says"),
+    [
+        ("desktop-gpu", "TensorrtExecutionProvider"),
+        ("jetson-orin-nano", "CUDAExecutionProvider"),
+        ("intel-igpu", "openvino_device GPU,CPU"),
+    ],
+)
+def test_a_profile_the_bench_cannot_run_as_the_device_does_is_refused(profile, says):
+    """The bench's worker runs ONNX Runtime on its CPU provider and OpenVINO on the CPU: a GPU profile would be
+    timed on the CPU while `edgecls run` uses the GPU."""
+    with pytest.raises(EdgeclsError) as err:
+        DeviceLab(profile)
+    assert says in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(EdgeclsError, match=says):
+        DeviceLab("pi@kitchen", profile=profile)

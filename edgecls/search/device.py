@@ -136,6 +136,7 @@ class DeviceLab:
                     f"(it chooses the artifact of an SSH device), or give --device {profile}"
                 )
             self.profile = _profile(self.device, "--device")
+        _check_benchable(self.profile)
         self._machine: dict | None = None
 
     def __repr__(self) -> str:
@@ -235,7 +236,13 @@ class DeviceLab:
             from edgecls.bench_remote import run_remote
 
             return run_remote(
-                self.device, bundle_dir, options, ssh_config=self.ssh_config, python=self.python, progress=self.say
+                self.device,
+                bundle_dir,
+                options,
+                ssh_config=self.ssh_config,
+                python=self.python,
+                progress=self.say,
+                root=self.profile.install_root,  # the python the lock and the description ran under
             )
         from edgecls.runtime.bench.runner import run_bench
 
@@ -318,12 +325,38 @@ class DeviceLab:
             if words[:1] == ["busy"]:
                 self.say(f"{self.label}: waiting for the device (another measurement holds {REMOTE_LOCK} there)")
                 continue
-            if words[:1] == ["locked"]:
+            if words[:1] == ["locked"] and len(words) == 2:
                 return float(words[1])
-            proc.wait(timeout=60)
+            if words:  # a line of the device's shell or a python wrapper (conda, a banner): not ours
+                continue
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                raise EdgeclsError(
+                    f"{self.label}: the device's measurement lock did not answer in 60 s: check its python "
+                    f"(--remote-python) runs `python3 -c 'import fcntl'`"
+                ) from None
             stderr = proc.stderr.read()
             failed = subprocess.CompletedProcess(proc.args, proc.returncode, b"", stderr)
             raise EdgeclsError(client.describe_failure(failed, "python3 (the device's measurement lock)"))
+
+
+def _check_benchable(profile) -> None:
+    """Refuse a profile whose engine settings the bench's worker does not apply (it runs ONNX Runtime on the CPU
+    provider at its default spinning, OpenVINO on the CPU at f32): the search would time another device."""
+    odd = [p for p in profile.providers if p != "CPUExecutionProvider"]
+    settings = [f"providers {', '.join(odd)}"] if odd else []
+    if profile.openvino_device != "CPU":
+        settings.append(f"openvino_device {profile.openvino_device}")
+    if profile.openvino_precision:
+        settings.append(f"openvino_precision {profile.openvino_precision}")
+    if profile.ort_allow_spinning is not None:
+        settings.append(f"ort_allow_spinning {str(profile.ort_allow_spinning).lower()}")
+    if settings:
+        raise EdgeclsError(
+            f"profile {profile.name} sets {'; '.join(settings)}, which edgecls search's bench does not apply (it "
+            "times ONNX Runtime and OpenVINO on the CPU): give a CPU profile, or a copy of this one without them"
+        )
 
 
 def _profile(name: str | None, option: str):
