@@ -230,3 +230,38 @@ def test_a_profile_the_bench_cannot_run_as_the_device_does_is_refused(profile, s
     assert says in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(EdgeclsError, match=says):
         DeviceLab("pi@kitchen", profile=profile)
+
+
+_MEASURE = """
+import json, sys
+from edgecls.search.device import DeviceLab, MeasureSettings
+DeviceLab("desktop-cpu", settings=MeasureSettings(**json.loads(sys.argv[2]))).measure(sys.argv[1])
+"""
+
+
+def test_a_measurement_killed_with_9_keeps_the_device_until_its_bench_is_done(tiny_bundle, tmp_path):
+    """The bench's workers outlive a killed search: the lock stays held until they are done, not freed at once."""
+    from dataclasses import asdict
+
+    from edgecls.runtime.lockfile import holder
+
+    settings = MeasureSettings(runs=200, frame_runs=3, rounds=20, round_runs=50, time_budget_s=3.0)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", _MEASURE, str(tiny_bundle), json.dumps(asdict(settings))], env=env)
+    lock = None
+    deadline = time.time() + 120
+    while lock is None and time.time() < deadline:
+        lock = next((tmp_path / "state" / "edgecls" / "devices").glob("local-*.lock"), None)
+        time.sleep(0.05)
+    while not holder(lock) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # into the bench
+    proc.kill()
+    proc.wait()
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the orphaned bench still holds the device
+        fcntl.flock(fd, fcntl.LOCK_EX)  # and lets it go once done
+    finally:
+        os.close(fd)

@@ -17,6 +17,7 @@ SSH, so two measurements of one device can be shown not to overlap.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shlex
@@ -138,6 +139,7 @@ class DeviceLab:
             self.profile = _profile(self.device, "--device")
         _check_benchable(self.profile)
         self._machine: dict | None = None
+        self._lock_fd: int | None = None
 
     def __repr__(self) -> str:
         return f"DeviceLab({self.device!r}, profile={self.profile.name!r})"
@@ -244,9 +246,34 @@ class DeviceLab:
                 progress=self.say,
                 root=self.profile.install_root,  # the python the lock and the description ran under
             )
-        from edgecls.runtime.bench.runner import run_bench
+        return self._bench_here(bundle_dir, options)
 
-        return run_bench(bundle_dir, options, notify=self.say)
+    def _bench_here(self, bundle_dir: Path, options) -> dict:
+        """run_bench in a child process that inherits the device lock's descriptor: a flock belongs to the open
+        file, so killed with -9, our process leaves the lock held by the child until its bench workers are done."""
+        import json
+        import sys
+
+        job = json.dumps({"bundle": str(bundle_dir), "options": asdict(options)})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _BENCH_HERE, job],
+            stdout=subprocess.PIPE,
+            text=True,
+            pass_fds=(self._lock_fd,),
+        )
+        doc = error = None
+        for line in proc.stdout:
+            kind, _, rest = line.rstrip("\n").partition(" ")
+            if kind == "say":
+                self.say(rest)
+            elif kind == "doc":
+                doc = json.loads(rest)
+            elif kind == "error":
+                error = rest
+        proc.wait()
+        if doc is None:
+            raise EdgeclsError(error or f"{self.label}: the bench's process failed (exit {proc.returncode}): run again")
+        return doc
 
     def _probe_machine(self) -> dict:
         from edgecls.runtime.bench import machine
@@ -275,7 +302,7 @@ class DeviceLab:
             with self._remote_lock() as clock:
                 yield clock
             return
-        from edgecls.runtime.lockfile import file_lock, holder
+        from edgecls.runtime.lockfile import holder, stamp
 
         folder = _state_dir()
         folder.mkdir(parents=True, exist_ok=True)
@@ -283,10 +310,19 @@ class DeviceLab:
         busy = holder(path)
         if busy is not None:
             self.say(f"{self.label}: waiting for the device ({busy or 'another measurement'} holds it)")
-        with file_lock(path, timeout=None, what=f"a measurement of {self.profile.name} by edgecls search"):
+        # flock'd here rather than by file_lock: its descriptor is lent to the bench's process (_bench_here)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, stamp(f"a measurement of {self.profile.name} by edgecls search").encode(), 0)
+            self._lock_fd = fd
             clock = {"started": time.time()}
             yield clock
             clock["ended"] = time.time()
+        finally:
+            self._lock_fd = None
+            os.close(fd)  # releases the flock, unless the bench's process still holds it
 
     @contextmanager
     def _remote_lock(self):
@@ -339,6 +375,29 @@ class DeviceLab:
             stderr = proc.stderr.read()
             failed = subprocess.CompletedProcess(proc.args, proc.returncode, b"", stderr)
             raise EdgeclsError(client.describe_failure(failed, "python3 (the device's measurement lock)"))
+
+
+# The local bench's process (see DeviceLab._bench_here): "say LINE" for progress, then "doc JSON" or "error LINE".
+# A closed pipe (our process killed) is ignored, so the bench runs on, its workers waited on, and the lock held.
+_BENCH_HERE = """
+import json, sys
+from edgecls.runtime.bench.runner import BenchOptions, run_bench
+from edgecls.runtime.errors import EdgeclsError
+
+def out(kind, text):
+    try:
+        print(kind, text, flush=True)
+    except OSError:
+        pass
+
+job = json.loads(sys.argv[1])
+try:
+    doc = run_bench(job["bundle"], BenchOptions(**job["options"]), notify=lambda line: out("say", line))
+except EdgeclsError as exc:
+    out("error", str(exc).replace(chr(10), " "))
+    sys.exit(1)
+out("doc", json.dumps(doc))
+"""
 
 
 def _check_benchable(profile) -> None:
