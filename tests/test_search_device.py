@@ -265,3 +265,16 @@ def test_a_measurement_killed_with_9_keeps_the_device_until_its_bench_is_done(ti
         fcntl.flock(fd, fcntl.LOCK_EX)  # and lets it go once done
     finally:
         os.close(fd)
+
+
+def test_a_local_profile_refuses_a_search_recorded_on_another_machine():
+    """A local profile measures the machine the worker runs on: a join or resume from another host would mix two
+    machines' figures in one latency model and front."""
+    lab = DeviceLab("desktop-cpu", settings=QUICK)
+    recorded = lab.describe()
+    assert recorded["machine"]["hostname"] and recorded["machine"]["cpu"]
+    assert lab.same_machine(recorded) is None
+    moved = {**recorded, "machine": {**recorded["machine"], "hostname": "elsewhere"}}
+    refusal = DeviceLab("desktop-cpu", settings=QUICK).same_machine(json.loads(json.dumps(moved)))
+    assert "elsewhere" in refusal and recorded["machine"]["hostname"] in refusal and "\n" not in refusal
+    assert DeviceLab("pi@kitchen").same_machine(moved) is None  # an SSH device is the same from any host

@@ -227,6 +227,24 @@ class DeviceLab:
             "settings": asdict(self.settings),
         }
 
+    def same_machine(self, recorded: dict) -> str | None:
+        """None when this lab measures the machine `recorded` (a `describe()` stored by the search) did; else the
+        one line refusing a resume or a worker that would mix another machine's figures into the same search. A
+        local profile is measured wherever the worker runs, so its host and CPU must match; an SSH device is the
+        same device whichever host reaches it."""
+        if self.remote or not recorded or recorded.get("kind") != "local":
+            return None
+        then = recorded.get("machine") or {}
+        now = self._machine if self._machine is not None else self._probe_machine()
+        for key in ("hostname", "cpu"):
+            if then.get(key) and then.get(key) != now.get(key):
+                return (
+                    f"--device {self.device} is measured on the machine the search runs on: this search measured on "
+                    f"{then.get('hostname')} ({then.get('cpu')}), this is {now.get('hostname')} ({now.get('cpu')}); "
+                    f"run it there, or give the device as user@host to measure it over SSH from anywhere"
+                )
+        return None
+
     def _device_line(self, machine: dict) -> str:
         """'pi@host:2222 (Raspberry Pi 4 Model B, 4 cores, aarch64)': what tables and plot titles name."""
         bits = [machine.get("cpu") or "unknown CPU", f"{machine.get('cores')} cores", machine.get("arch") or ""]
