@@ -170,3 +170,12 @@ def test_a_default_within_the_budget_is_not_scaled_down_and_no_simple_model_mean
     opened = study.open_study(tmp_path)
     study.warm_start(opened, cfg, None)
     assert study.origin(study.ask(opened, 0, 12)) == "sampled by TPE"
+
+
+def test_a_trial_told_after_a_kill_between_two_constraints_gets_every_constraint(tmp_path):
+    opened = study.open_study(tmp_path)
+    proposal = study.ask(opened, 0, 10)
+    study._trial(opened, proposal.number).set_constraint("latency", 0.5)  # killed before ram, size, unshippable
+    study.tell(opened, proposal.number, _measured(0, _candidate(64), 0.95, 7.5), BUDGET)
+    told = opened.get_trials()[0]
+    assert told.constraints == {"latency": 0.5, "ram": 0.0, "size": 0.0, "unshippable": 0.0}, told.constraints

@@ -1,7 +1,8 @@
 """The Optuna study behind `edgecls search`: what it proposes next, and what it is told each trial gave.
 
-Why Optuna and not keras-tuner (which `edgecls tune` uses): keras-tuner 1.4's oracles (random, Bayesian,
-Hyperband) optimise one objective and know no constraints, so "most accurate under 3 ms" would have to be
+Why Optuna and not keras-tuner (which `edgecls tune` uses): keras-tuner 1.4.8's oracles (random, Bayesian,
+Hyperband) accept several objectives but rank by their unweighted sum (`MultiObjective.get_value`: accuracy
+and milliseconds added on one scale), and know no constraints, so "most accurate under 3 ms" would have to be
 folded into one score by hand (a penalty whose size decides the result), and a candidate pruned before
 training could only be reported as a failure or as a made-up score. Optuna 5.1 searches two objectives at
 once (validation accuracy up, measured latency down) with TPE or NSGA-II, takes constraints (the
@@ -142,8 +143,9 @@ def tell(study, number: int, trial: Trial, budget: Budget, same_as: int | None =
     handle = _trial(study, number)
     if handle.storage.get_trial(handle._trial_id).state.is_finished():
         return  # told already (a worker killed between telling and writing trial.json)
-    if handle.storage.get_trial_system_attrs(handle._trial_id).get("constraints:latency") is None:
-        for key, value in constraint_values(trial, budget).items():
+    attrs = handle.storage.get_trial_system_attrs(handle._trial_id)
+    for key, value in constraint_values(trial, budget).items():
+        if attrs.get(f"constraints:{key}") is None:  # each on its own: a kill may have left some set
             handle.set_constraint(key, value)  # what TPE reads: feasible when every value is <= 0
     if same_as is not None:
         handle.set_user_attr(SAME_AS, same_as)
@@ -170,3 +172,16 @@ def fail(study, number: int, same_as: int | None = None) -> None:
     if same_as is not None:
         _trial(study, number).set_user_attr(SAME_AS, same_as)
     study.tell(number, state=TrialState.FAIL)
+
+
+def fail_phantoms(study, named) -> list:
+    """End as FAIL every RUNNING optuna trial whose number no trial.json names (`named`): asked by a worker
+    killed before it wrote the trial's folder. Left RUNNING, constant_liar TPE would treat it as running for
+    good. Call it under the search's claim lock (a live worker asks and writes trial.json within it)."""
+    from optuna.trial import TrialState
+
+    phantoms = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    phantoms = [n for n in phantoms if n not in set(named)]
+    for number in phantoms:
+        study.tell(number, state=TrialState.FAIL)
+    return phantoms
