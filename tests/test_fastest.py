@@ -249,7 +249,14 @@ def test_a_bench_of_the_same_artifacts_in_a_rebuilt_bundle_is_refused_by_its_man
     (other / MANIFEST).write_text(json.dumps(manifest))
     done = run_cli("run", other, "--source", tmp_path, "--artifact", "fastest", "--bench", bench, "--max-frames", "1")
     assert "its manifest sha256 is" in cli_error(done)
-    older = edited(bench, tmp_path, lambda doc: doc["bundle"].pop("manifest_sha256"))
+    assert all(r["sha256"] for r in json.loads(bench.read_text())["records"])
+
+    def older_edgecls(doc):  # it recorded neither sha256
+        doc["bundle"].pop("manifest_sha256")
+        for r in doc["records"]:
+            r.pop("sha256")
+
+    older = edited(bench, tmp_path, older_edgecls)
     done = run_cli("run", other, "--source", tmp_path, "--artifact", "fastest", "--bench", older, "--max-frames", "1")
     assert "records neither the bundle's manifest sha256 nor" in cli_error(done)
     rows = edited(bench, tmp_path, lambda doc: match_by_artifacts(doc, bundle))
