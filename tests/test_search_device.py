@@ -248,12 +248,9 @@ def test_a_measurement_killed_with_9_keeps_the_device_until_its_bench_is_done(ti
     settings = MeasureSettings(runs=200, frame_runs=3, rounds=20, round_runs=50, time_budget_s=3.0)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", _MEASURE, str(tiny_bundle), json.dumps(asdict(settings))], env=env)
-    lock = None
+    lock = REMOTE_LOCK
     deadline = time.time() + 120
-    while lock is None and time.time() < deadline:
-        lock = next((tmp_path / "state" / "edgecls" / "devices").glob("local-*.lock"), None)
-        time.sleep(0.05)
-    while not holder(lock) and time.time() < deadline:
+    while "desktop-cpu" not in (holder(lock) or "") and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(1.5)  # into the bench
     proc.kill()
@@ -278,3 +275,23 @@ def test_a_local_profile_refuses_a_search_recorded_on_another_machine():
     refusal = DeviceLab("desktop-cpu", settings=QUICK).same_machine(json.loads(json.dumps(moved)))
     assert "elsewhere" in refusal and recorded["machine"]["hostname"] in refusal and "\n" not in refusal
     assert DeviceLab("pi@kitchen").same_machine(moved) is None  # an SSH device is the same from any host
+
+
+def test_a_local_measurement_waits_for_the_machine_wide_lock_whoever_holds_it(tiny_bundle):
+    """Not a per-user file: another user, sudo, or an SSH measurement of this machine holds the same lock."""
+    fd = os.open(REMOTE_LOCK, os.O_RDONLY | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    released = []
+
+    def release_later():
+        time.sleep(3)
+        released.append(time.time())
+        os.close(fd)
+
+    holder = threading.Thread(target=release_later)
+    holder.start()
+    try:
+        m = DeviceLab("desktop-cpu", settings=QUICK).measure(tiny_bundle)
+    finally:
+        holder.join()
+    assert m.started >= released[0]

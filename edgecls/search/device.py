@@ -8,8 +8,9 @@ bundle's artifacts, int8 first by default) at the profile's threads, so the figu
 `edgecls bench --artifacts A --threads T` reports later: the median of the interleaved rounds' medians.
 
 One measurement at a time per device, whichever process or host asks (search workers on several machines share
-one device): here an flock on a file under $XDG_STATE_HOME/edgecls/devices/ named after this machine; over SSH
-an flock on /tmp/edgecls-measure.lock ON the device, held by a small Python process that an SSH session of ours
+one device): an flock on /tmp/edgecls-measure.lock on the measuring machine, whichever user asks: here taken by
+this process and lent to the bench's (a search killed with -9 leaves it held until the bench is done); over SSH
+taken ON the device, held by a small Python process that an SSH session of ours
 keeps alive (stdlib only, so any device edgecls runs on has what it needs; a killed search drops the session and
 with it the lock). `Measurement.started`/`ended` are read while the lock is held, on the device's own clock for
 SSH, so two measurements of one device can be shown not to overlap.
@@ -19,9 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shlex
-import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -87,15 +86,6 @@ class MeasureSettings:
             rounds=self.rounds,
             round_runs=self.round_runs,
         )
-
-
-def _state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "edgecls" / "devices"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "device"
 
 
 class DeviceLab:
@@ -322,18 +312,19 @@ class DeviceLab:
             return
         from edgecls.runtime.lockfile import holder, stamp
 
-        folder = _state_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"local-{_slug(socket.gethostname())}.lock"
+        path = Path(REMOTE_LOCK)  # this machine's, whichever user or profile measures it (and SSH from elsewhere)
         busy = holder(path)
         if busy is not None:
             self.say(f"{self.label}: waiting for the device ({busy or 'another measurement'} holds it)")
         # flock'd here rather than by file_lock: its descriptor is lent to the bench's process (_bench_here)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = _open_shared(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, stamp(f"a measurement of {self.profile.name} by edgecls search").encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, stamp(f"a measurement of {self.profile.name} by edgecls search").encode(), 0)
+            except OSError:  # another user's file, opened read-only: the stamp only informs
+                pass
             self._lock_fd = fd
             clock = {"started": time.time()}
             yield clock
@@ -416,6 +407,20 @@ except EdgeclsError as exc:
     sys.exit(1)
 out("doc", json.dumps(doc))
 """
+
+
+def _open_shared(path: Path) -> int:
+    """The machine-wide lock file, made writable by every user (/tmp is sticky: another user's file is opened
+    read-only, which flock accepts), as _HOLD_LOCK opens it on an SSH device."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, 0o666)
+    except OSError:
+        pass
+    return fd
 
 
 def _check_benchable(profile) -> None:
