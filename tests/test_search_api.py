@@ -202,6 +202,9 @@ def test_a_killed_trial_with_a_trained_run_goes_straight_to_convert(shared_searc
         (("--max-latency-ms", "0"), "--max-latency-ms 0.0 is not a budget"),
         (("--max-latency-ms", "5", "--trials", "0"), "--trials 0 is out of range"),
         (("--max-latency-ms", "5", "--models", "resnet"), "--models resnet: choose among"),
+        (("--max-latency-ms", "5", "--max-drop", "nan"), "--max-drop nan is not a number of accuracy points"),
+        (("--max-latency-ms", "5", "--max-drop", "-1"), "--max-drop -1.0 is not a number of accuracy points"),
+        (("--max-latency-ms", "5", "--models", ","), "',': give model names separated by commas"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line_before_anything_is_written(tmp_path, shapes_folder, args, words):
@@ -277,3 +280,151 @@ def test_pruned_candidates_do_not_use_up_the_trials_asked_up_to_three_proposals_
         assert claimed[0].number == len(statuses) and json.loads((claimed[1] / "trial.json").read_text())["owner"]
     elif "pruned" in statuses[1:]:
         assert "the space is mostly over budget" in capfd.readouterr().err
+
+
+def _tiny_config(data, out, **extra):
+    from edgecls.search import api
+
+    return api.SearchConfig(str(data), "desktop-cpu", api.Budget(5.0), str(out), trials=2, models=("simple",),
+                            sizes=(16,), **extra)  # fmt: skip
+
+
+def test_a_proposal_whose_worker_was_killed_before_its_trial_json_is_failed_not_left_running(tmp_path, shapes_folder):
+    from optuna.trial import TrialState
+
+    from edgecls.search import api, study
+
+    cfg = _tiny_config(shapes_folder, tmp_path / "out")
+    out, _ = api.prepare_out(cfg)
+    opened = study.open_study(out)
+    phantom = study.ask(opened, 0, 2)  # asked, then killed before trials/0000/trial.json
+    claimed = api._claim(cfg, out, opened, None)
+    states = {t.number: t.state for t in study.open_study(out).get_trials()}
+    assert states[phantom.number] == TrialState.FAIL, states
+    assert states[claimed[2]] == TrialState.RUNNING and claimed[2] != phantom.number
+
+
+def test_a_search_resumed_on_data_with_another_class_or_other_images_is_refused(tmp_path, shapes_folder):
+    from edgecls.search import api
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_folder, data)
+    cfg = _tiny_config(data, tmp_path / "out")
+    api.prepare_out(cfg, api._data_facts(cfg)["fingerprint"])
+    assert api.prepare_out(cfg, api._data_facts(cfg)["fingerprint"])[1]  # the same data: resumed
+    (data / "star").mkdir()
+    for n, image in enumerate(sorted((data / "circle").iterdir())[:8]):
+        shutil.copy(image, data / "star" / f"{n}{image.suffix}")
+    classes = "with classes circle, square, triangle, not circle, square, star, triangle"
+    with pytest.raises(api.EdgeclsError, match=classes):
+        api.prepare_out(cfg, api._data_facts(cfg)["fingerprint"])
+    shutil.rmtree(data / "star")
+    victim = sorted((data / "square").iterdir())[0]
+    victim.write_bytes(victim.read_bytes() + b"\0")  # one image changed: other bytes
+    with pytest.raises(api.EdgeclsError, match="other images"):
+        api.prepare_out(cfg, api._data_facts(cfg)["fingerprint"])
+
+
+def test_overwrite_removes_a_report_stage_a_killed_search_left(tmp_path, shapes_folder):
+    from edgecls.runtime.atomic import host_tag
+    from edgecls.search import api
+
+    cfg = _tiny_config(shapes_folder, tmp_path / "out")
+    out, _ = api.prepare_out(cfg)
+    stage = out / f".run.{2**22 + 1}@{host_tag()}.pv3n_ifz.partial"  # a dead pid's stage of OUT/run
+    stage.mkdir()
+    (stage / "model.keras").write_bytes(b"half")
+    cfg.overwrite = True
+    assert api.prepare_out(cfg) == (out, False)
+    assert sorted(p.name for p in out.iterdir()) == [api.LOCK, api.SEARCH_JSON]
+
+
+def _killed_at(out: Path, patch: str, call: str) -> None:
+    """Run `call` (api's) in a process that SIGKILLs itself where `patch` (module.attribute) is reached."""
+    code = (
+        "import os, signal, sys; from edgecls.search import api, trial; from edgecls.search.device import DeviceLab; "
+        f"setattr({patch.rsplit('.', 1)[0]}, {patch.rsplit('.', 1)[1]!r}, "
+        "lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)); " + call
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+
+
+def test_a_search_run_again_after_a_report_killed_before_its_bundle_writes_the_bundle(shared_search, shapes_folder,
+                                                                                       tmp_path):  # fmt: skip
+    out = tmp_path / "out"
+    shutil.copytree(shared_search[0], out)
+    for name in ("run", "bundle"):
+        shutil.rmtree(out / name)
+    _killed_at(out, "api._publish", f"api.report({str(out)!r})")  # trials.json and front.png written, no bundle
+    assert (out / "trials.json").is_file() and not (out / "bundle").exists()
+    before = _stage_events(out)
+    result = run_cli(*_search_command(shapes_folder, out)[3:])
+    assert result.returncode == 0, result.stderr[-2000:]
+    chosen = json.loads((out / "trials.json").read_text())["chosen"]
+    trial_bundle = out / "trials" / f"{chosen:04d}" / "bundle"
+    assert (out / "bundle" / "manifest.json").read_bytes() == (trial_bundle / "manifest.json").read_bytes()
+    assert _stage_events(out) == before  # nothing trained, converted or measured again
+
+
+def test_a_search_that_chose_nothing_run_again_says_so_again_and_fails(shared_search, shapes_folder, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(shared_search[0], out)
+    for name in ("run", "bundle"):
+        shutil.rmtree(out / name)
+    doc = json.loads((out / "search.json").read_text())
+    doc["settings"]["budget"]["latency_ms"] = 1e-6
+    (out / "search.json").write_text(json.dumps(doc))
+    for _ in range(2):
+        line = cli_error(run_cli(*_search_command(shapes_folder, out, budget=1e-6)[3:]))
+        assert "no trial meets the budget of 1e-06 ms" in line, line
+    assert json.loads((out / "trials.json").read_text())["chosen"] is None and not (out / "bundle").exists()
+
+
+def _abandon(folder: Path, **reset) -> None:
+    data = json.loads((folder / "trial.json").read_text())
+    data.update(status=None, told=False, owner={"host": os.uname().nodename, "pid": 2**22 + 1, "since": 0}, **reset)
+    (folder / "trial.json").write_text(json.dumps(data))
+
+
+def test_a_search_killed_after_convert_and_after_measuring_neither_converts_nor_measures_again(
+    shared_search, shapes_folder, tmp_path
+):
+    out = tmp_path / "out"
+    shutil.copytree(shared_search[0], out)
+    folder = out / "trials" / "0003"
+    shutil.rmtree(folder / "bundle")
+    _abandon(folder, measurement=None, bundle_dir=None)
+    before = len(_stage_events(out))
+    search = f"api.search(api.SearchConfig({str(shapes_folder)!r}, 'desktop-cpu', api.Budget({BUDGET_MS}), "
+    search += f"{str(out)!r}, trials={TRIALS}, models=('simple',), sizes=(16,), epochs=1, max_drop=100.0))"
+    _killed_at(out, "DeviceLab.measure", search)  # the bundle is converted, then the kill
+    assert (folder / "bundle" / "manifest.json").is_file()
+    _killed_at(out, "trial.judge", search)  # measured and saved in trial.json, then the kill
+    assert json.loads((folder / "trial.json").read_text())["measurement"]["latency_ms"] > 0
+    result = run_cli(*_search_command(shapes_folder, out)[3:])
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = [e["event"] for e in _stage_events(out)[before:] if e["trial"] == "0003"]  # since the copy
+    assert "train started" not in events, events
+    assert events.count("convert done") == 1 and events.count("convert started") == 1, events
+    assert events.count("measure done") == 1, events  # the first measurement was cut by the kill, not repeated
+    assert json.loads((folder / "trial.json").read_text())["status"] == "meets-budget"
+
+
+def test_a_bundle_the_device_cannot_measure_fails_its_trial_and_the_search_goes_on(shared_search, shapes_folder,
+                                                                                     tmp_path):  # fmt: skip
+    from edgecls.search.api import SearchConfig, search
+    from edgecls.search.types import Budget
+
+    out = tmp_path / "out"
+    shutil.copytree(shared_search[0], out)
+    folder = out / "trials" / "0003"
+    _abandon(folder, measurement=None)
+    artifact = next(p for p in (folder / "bundle").iterdir() if p.suffix in (".tflite", ".onnx"))
+    artifact.write_bytes(artifact.read_bytes()[:64])  # the runtime cannot load it
+    cfg = SearchConfig(str(shapes_folder), "desktop-cpu", Budget(BUDGET_MS), str(out), trials=TRIALS,
+                       models=("simple",), sizes=(16,), epochs=1, max_drop=100.0)  # fmt: skip
+    result = search(cfg)
+    after = json.loads((folder / "trial.json").read_text())
+    assert after["status"] == "failed" and after["reason"].startswith("measurement failed: "), after["reason"]
+    assert result.reported and result.chosen is not None and result.chosen.number != 3

@@ -16,9 +16,12 @@ def _numbers(kind, what: str):
         if value is None:
             return None
         try:
-            return tuple(kind(v) for v in value.split(",") if v.strip())
+            parsed = tuple(kind(v) for v in value.split(",") if v.strip())
         except ValueError:
-            raise click.BadParameter(f"{value!r}: give {what} separated by commas") from None
+            parsed = ()
+        if not parsed:  # `--models ,` would otherwise widen to every default family
+            raise click.BadParameter(f"{value!r}: give {what} separated by commas")
+        return parsed
 
     return parse
 

@@ -6,12 +6,15 @@ MAX_PROPOSALS x --trials in all, with a line saying the space is mostly over bud
 warm start (study.py): `edgecls train`'s default, then the default scaled down to the budget.
 
 OUT, everything written atomically:
-  search.json       what was asked (data, device, budget, space): a resumed search or a second worker must ask
-                    the same; `trials` may grow. Its "format" marks OUT as a search of ours.
+  search.json       what was asked (data, device, budget, space) and the data's fingerprint (its classes and
+                    the seeded split's files and sizes): a resumed search or a second worker must ask the same
+                    of the same data; `trials` may grow. Its "format" marks OUT as a search of ours.
   study.journal     Optuna's journal (study.py): resumable after a kill, shared by workers through file locks
   trials/NNNN/      trial.json, stages.log, run/, bundle/ (trial.py)
   trials.csv, trials.json, front.png   the table and the Pareto front (report.py)
-  run/, bundle/     the chosen trial's run and bundle, copied whole: `edgecls flash OUT/bundle ...` takes it
+  run/, bundle/     the chosen trial's run and bundle, copied whole: `edgecls flash OUT/bundle ...` takes it;
+                    the report counts as written only once OUT/bundle holds the chosen trial's manifest (or
+                    trials.json says none was chosen, and then every run says so again, exiting non-zero)
 
 Several workers: start the same `edgecls search ... --out OUT` on several machines with OUT on a shared
 filesystem (NFS, SMB: one whose locks all of them see). Each claims new trials under OUT/.search.lock, so
@@ -32,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgecls.core.progress import progress as say
-from edgecls.runtime.atomic import write_json
+from edgecls.runtime.atomic import _STAGE, remove_stale_stages, write_json
 from edgecls.runtime.errors import EdgeclsError
 from edgecls.search import space
 from edgecls.search import study as studies
@@ -123,6 +126,9 @@ def validate(cfg: SearchConfig) -> None:
     _positive("--max-latency-ms", cfg.budget.latency_ms)
     _positive("--max-ram-mb", cfg.budget.ram_mb, optional=True)
     _positive("--max-size-mb", cfg.budget.size_mb, optional=True)
+    from edgecls.converters.options import check_max_drop
+
+    check_max_drop(cfg.max_drop)  # nan, inf or negative: every candidate would train, then fail the gate
     for flag, value, low in (
         ("--trials", cfg.trials, 1),
         ("--epochs", cfg.epochs, 1),
@@ -155,10 +161,11 @@ def _is_ours(out: Path) -> bool:
     return isinstance(doc, dict) and str(doc.get("format", "")).startswith("edgecls-search/")
 
 
-def prepare_out(cfg: SearchConfig) -> tuple:
-    """(OUT, resumed?): a new, empty or missing OUT is started; a search of ours with the same settings is
-    resumed (or with --overwrite replaced); anything else is refused, naming why. Decided under OUT's lock, so
-    workers started together agree: the first writes search.json, the others join it."""
+def prepare_out(cfg: SearchConfig, fingerprint: dict | None = None) -> tuple:
+    """(OUT, resumed?): a new, empty or missing OUT is started; a search of ours with the same settings (and
+    data `fingerprint`, when both have one) is resumed (or with --overwrite replaced); anything else is refused,
+    naming why. Decided under OUT's lock, so workers started together agree: the first writes search.json, the
+    others join it."""
     out = Path(os.path.abspath(cfg.out))
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise EdgeclsError(f"--out {out} is not a folder: choose another --out")
@@ -167,14 +174,17 @@ def prepare_out(cfg: SearchConfig) -> tuple:
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         entries = [p for p in out.iterdir() if p.name != LOCK]
+        new = {"format": FORMAT, "settings": cfg.settings(), "data": fingerprint, "artifact": None}
         if not entries:
-            write_json(out / SEARCH_JSON, {"format": FORMAT, "settings": cfg.settings(), "artifact": None})
+            write_json(out / SEARCH_JSON, new)
             return out, False
         _refuse_foreign(out)
         if not cfg.overwrite:
-            _check_same(out, cfg)
+            _check_same(out, cfg, fingerprint)
             return out, True
-        foreign = sorted(p.name for p in entries if p.name not in CONTENTS)
+        remove_stale_stages(out)  # OUT/run's or OUT/bundle's stage left by a killed report
+        entries = [p for p in out.iterdir() if p.name != LOCK]
+        foreign = sorted(p.name for p in entries if p.name not in CONTENTS and not _our_stage(p.name))
         if foreign:
             raise EdgeclsError(
                 f"--out {out} is a search but also holds {', '.join(foreign[:3])}, which edgecls did not write, "
@@ -182,8 +192,14 @@ def prepare_out(cfg: SearchConfig) -> tuple:
             )
         for child in entries:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        write_json(out / SEARCH_JSON, {"format": FORMAT, "settings": cfg.settings(), "artifact": None})
+        write_json(out / SEARCH_JSON, new)
     return out, False
+
+
+def _our_stage(name: str) -> bool:
+    """A stage of OUT/run or OUT/bundle (runtime.atomic's name pattern), as a report being written leaves it."""
+    m = _STAGE.match(name)
+    return bool(m) and m["name"] in ("run", "bundle")
 
 
 def _refuse_foreign(out: Path) -> None:
@@ -194,9 +210,9 @@ def _refuse_foreign(out: Path) -> None:
         )
 
 
-def _check_same(out: Path, cfg: SearchConfig) -> None:
-    before = json.loads((out / SEARCH_JSON).read_text(encoding="utf-8")).get("settings", {})
-    now = cfg.settings()
+def _check_same(out: Path, cfg: SearchConfig, fingerprint: dict | None = None) -> None:
+    doc = json.loads((out / SEARCH_JSON).read_text(encoding="utf-8"))
+    before, now = doc.get("settings", {}), cfg.settings()
     changed = [k for k in now if before.get(k) != now[k]]
     if changed:
         k = changed[0]
@@ -204,6 +220,18 @@ def _check_same(out: Path, cfg: SearchConfig) -> None:
             f"--out {out} holds a search with {k} {before.get(k)!r}, not {now[k]!r}: resume it with the same "
             "settings, choose another --out, or pass --overwrite to start again"
         )
+    was = doc.get("data")
+    if not fingerprint or not was or was == fingerprint:
+        return  # a search.json written before fingerprints: nothing to compare
+    what = (
+        f"classes {', '.join(was['classes'])}, not {', '.join(fingerprint['classes'])}"
+        if was.get("classes") != fingerprint["classes"]
+        else "other images (files added, removed or changed since)"
+    )
+    raise EdgeclsError(
+        f"--out {out} holds a search of {cfg.data} with {what}: trials on other data cannot be compared; "
+        "choose another --out, or pass --overwrite to start again"
+    )
 
 
 @contextmanager
@@ -238,12 +266,26 @@ def _data_facts(cfg: SearchConfig) -> dict:
     if not dataset.splits.get("val"):
         raise EdgeclsError(
             f"{root} leaves no validation images, and the search ranks candidates on them: add images or raise "
-            "--val-fraction"
+            "use a data folder with more images per class"
         )
     defaults = builtin.defaults if builtin else {}
     size = defaults.get("image_size") or _first_image_size(dataset)
     facts = {"root": str(root), "color": defaults.get("color", "rgb"), "size": size, "classes": len(dataset.labels)}
+    facts["fingerprint"] = _fingerprint(dataset)
     return {**facts, "widths": defaults.get("widths")}  # the simple widths `edgecls train` uses on this data
+
+
+def _fingerprint(dataset) -> dict:
+    """The data as the trials see it: its classes and a sha256 of the seeded split's files (split, path, bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for split in sorted(dataset.splits):
+        for sample in sorted(dataset.splits[split], key=lambda s: str(s.path)):
+            path = Path(sample.path)
+            rel = os.path.relpath(path, dataset.root) if getattr(dataset, "root", None) else str(path)
+            digest.update(f"{split}\0{rel}\0{path.stat().st_size}\n".encode())
+    return {"classes": list(dataset.labels), "files": digest.hexdigest()}
 
 
 def _first_image_size(dataset) -> int:
@@ -279,6 +321,7 @@ def _claim(cfg: SearchConfig, out: Path, study, default: dict | None) -> tuple |
     start's enqueued ones first). Returns (Trial, folder, optuna number) or None when `cfg.trials` trials reached
     training, or MAX_PROPOSALS x `cfg.trials` were proposed (the space is mostly over budget)."""
     held = read_trials(out)
+    studies.fail_phantoms(study, [d.get("optuna_number") for _, _, d in held])
     for trial, folder, data in held:
         if trial.status and not data.get("told"):
             studies.tell(study, data["optuna_number"], trial, cfg.budget)
@@ -357,7 +400,7 @@ def search(cfg: SearchConfig, progress=say) -> SearchResult:
     _check_models(cfg, progress)
     lab = DeviceLab(cfg.device, profile=cfg.profile, ssh_config=cfg.ssh_config, settings=cfg.measure, progress=progress)
     _apart(cfg.out, facts["root"])
-    out, resumed = prepare_out(cfg)
+    out, resumed = prepare_out(cfg, facts["fingerprint"])
     study = studies.open_study(out)
     ctx = _context(cfg, out, facts, lab, progress)
     done = counted(finished(out))
@@ -400,11 +443,11 @@ def _finish(cfg: SearchConfig, out: Path, last: int | None, started: float, prog
         ends = {t.number: d.get("finished_at", 0) for t, _, d in held}
         last_done = max(ends, key=ends.get) if ends else None
         mine = last is not None and last == last_done
-        if not running and last is None and (out / "trials.json").exists():
+        if not running and last is None and _reported(out):
             progress(f"all {len(done)} trials were finished already: see {out / 'trials.csv'} and {out / 'bundle'} "
                      f"(to write them again: edgecls search --report {out})")  # fmt: skip
             return SearchResult(out, done, None, False, time.perf_counter() - started)
-        if running or (not mine and (out / "trials.json").exists()):
+        if running or (not mine and _reported(out)):
             progress(
                 f"{counted(done)}/{cfg.trials} trials finished here and by other workers; "
                 f"{'the worker that finishes the last one writes' if running else 'another worker wrote'} the "
@@ -413,6 +456,21 @@ def _finish(cfg: SearchConfig, out: Path, last: int | None, started: float, prog
             return SearchResult(out, done, None, False, time.perf_counter() - started)
         chosen = write_report(out, progress)
     return SearchResult(out, done, chosen, True, time.perf_counter() - started)
+
+
+def _reported(out: Path) -> bool:
+    """Whether the report is whole: OUT/bundle holds the chosen trial's manifest. Not when trials.json names no
+    chosen trial (the report is written again, and says again that none meets the budget) or a kill cut the
+    report short (trials.json is its first file, OUT/bundle its last)."""
+    try:
+        chosen = json.loads((out / "trials.json").read_text(encoding="utf-8")).get("chosen")
+        mine = (out / "bundle" / "manifest.json").read_bytes()
+        return (
+            isinstance(chosen, int)
+            and mine == (trials_.folder_of(out, chosen) / trials_.BUNDLE / "manifest.json").read_bytes()
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def report(out, progress=say) -> SearchResult:

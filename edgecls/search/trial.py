@@ -6,12 +6,15 @@ runs (int8, through the accuracy gate) -> measure on the device -> meets or over
 
 OUT/trials/NNNN/trial.json is rewritten atomically after every stage, and a stage whose product is on disk
 is never run again: a trained run (train writes it atomically: it is there whole or not at all) goes
-straight to convert, a bundle straight to the device. `stages.log` gets one line when training starts and
-one when it ends (pid, host, time): the proof that no candidate is trained twice across kills.
+straight to convert, a bundle straight to the device, a saved measurement straight to the verdict.
+`stages.log` gets one line when training, conversion and measurement start and one when each ends (pid, host,
+time): the proof that no candidate is trained, converted or measured twice across kills.
 
-A trial being run keeps `heartbeat` fresh (a thread touches it); a trial.json without a status whose
+A trial being run keeps `heartbeat` fresh (a thread touches it every BEAT_S); a trial.json without a status whose
 heartbeat went stale (its process is gone, or on another host silent for `STALE_S`) is adopted by the next
-worker or resumed search, which carries on from its last finished stage.
+worker or resumed search, which carries on from its last finished stage. STALE_S (180 s) comfortably exceeds
+NFS's default attribute cache (acregmax 60 s) plus BEAT_S: a live worker on another host, whose touches this
+host may see up to a minute late, never looks stale.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from edgecls.search.types import FAILED, GATE_FAILED, MEETS, OVER_BUDGET, PRUNED
 TRIALS_DIR = "trials"
 TRIAL_JSON, STAGES_LOG, HEARTBEAT = "trial.json", "stages.log", "heartbeat"
 RUN, BUNDLE = "run", "bundle"
-BEAT_S, STALE_S = 5.0, 60.0
+BEAT_S, STALE_S = 5.0, 180.0
 INT8_ARTIFACTS = ("tflite-int8", "onnx-int8")
 
 
@@ -255,6 +258,7 @@ def _convert(trial: Trial, folder: Path, ctx: TrialContext) -> bool:
         workers=1,
     )
     started = time.perf_counter()
+    _log(folder, "convert started")
     try:
         convert(folder / RUN, folder / BUNDLE, options)
     except AccuracyGateError as exc:
@@ -263,6 +267,7 @@ def _convert(trial: Trial, folder: Path, ctx: TrialContext) -> bool:
     except EdgeclsError as exc:
         _end(folder, trial, FAILED, f"convert failed: {exc}")
         return False
+    _log(folder, "convert done")
     trial.convert_seconds = round(time.perf_counter() - started, 2)
     trial.bundle_dir = str(folder / BUNDLE)
     save(folder, trial)
@@ -284,11 +289,30 @@ def _measure(trial: Trial, folder: Path, ctx: TrialContext) -> Trial:
         if ctx.on_artifact:
             ctx.on_artifact(ctx.artifact)
     if trial.measurement is None:
-        trial.measurement = ctx.lab.measure(str(bundle))
+        _log(folder, "measure started")
+        try:
+            trial.measurement = ctx.lab.measure(str(bundle))
+        except EdgeclsError as exc:
+            if _device_failed(ctx.lab, exc):
+                raise  # every trial would meet it: the search stops, and a resume measures this one again
+            return _end(folder, trial, FAILED, f"measurement failed: {exc}")
+        _log(folder, "measure done")
         save(folder, trial)
     trial.test_accuracy = _artifact_accuracy(bundle, trial.measurement.artifact)
     status, reason = judge(trial, ctx.budget)
     return _end(folder, trial, status, reason)
+
+
+def _device_failed(lab, exc: EdgeclsError) -> bool:
+    """Whether a failed measurement was the device's (lock lost, unreachable), not this bundle's (a bench worker
+    out of memory, an artifact the runtime refuses): the device is asked to describe itself again."""
+    if "measurement lock" in str(exc):
+        return True
+    try:
+        lab._probe_machine()
+    except Exception:  # noqa: BLE001 - whatever keeps the device from answering is the device's failure
+        return True
+    return False
 
 
 def _artifact_accuracy(bundle: Path, artifact: str) -> float | None:
@@ -297,15 +321,11 @@ def _artifact_accuracy(bundle: Path, artifact: str) -> float | None:
 
 
 def judge(trial: Trial, budget: Budget) -> tuple:
-    """(status, one line) of a measured trial against every limit of the budget."""
-    m = trial.measurement
-    over = []
-    if m.latency_ms > budget.latency_ms:
-        over.append(f"{m.latency_ms:.3g} ms p50 > {budget.latency_ms:g} ms")
-    if budget.ram_mb is not None and m.peak_rss_mb is not None and m.peak_rss_mb > budget.ram_mb:
-        over.append(f"peak RSS {m.peak_rss_mb:.0f} MB > {budget.ram_mb:g} MB")
-    if budget.size_mb is not None and m.size_mb is not None and m.size_mb > budget.size_mb:
-        over.append(f"{m.size_mb:.3g} MB file > {budget.size_mb:g} MB")
+    """(status, one line) of a measured trial against every limit of the budget, as the report chooses: a limit
+    whose figure was not measured (RAM, size) is missed."""
+    from edgecls.search.report import misses
+
+    over = misses(trial, budget)
     if over:
         return OVER_BUDGET, "over budget: " + ", ".join(over)
     return MEETS, f"meets {budget.latency_ms:g} ms"
