@@ -428,3 +428,18 @@ def test_a_bundle_the_device_cannot_measure_fails_its_trial_and_the_search_goes_
     after = json.loads((folder / "trial.json").read_text())
     assert after["status"] == "failed" and after["reason"].startswith("measurement failed: "), after["reason"]
     assert result.reported and result.chosen is not None and result.chosen.number != 3
+
+
+def test_a_local_profiles_search_resumed_on_another_machine_is_refused(tmp_path, shapes_folder):
+    from edgecls.search import api
+    from edgecls.search.device import DeviceLab
+
+    cfg, lab = _tiny_config(shapes_folder, tmp_path / "out"), DeviceLab("desktop-cpu")
+    out, _ = api.prepare_out(cfg, None, lab)
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["machine"]["kind"] == "local" and doc["machine"]["machine"]["hostname"]
+    assert api.prepare_out(cfg, None, lab)[1]  # the same machine: resumed
+    doc["machine"]["machine"]["hostname"] = "elsewhere"
+    (out / "search.json").write_text(json.dumps(doc))
+    with pytest.raises(api.EdgeclsError, match="this search measured on elsewhere"):
+        api.prepare_out(cfg, None, lab)

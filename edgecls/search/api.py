@@ -161,11 +161,12 @@ def _is_ours(out: Path) -> bool:
     return isinstance(doc, dict) and str(doc.get("format", "")).startswith("edgecls-search/")
 
 
-def prepare_out(cfg: SearchConfig, fingerprint: dict | None = None) -> tuple:
+def prepare_out(cfg: SearchConfig, fingerprint: dict | None = None, lab=None) -> tuple:
     """(OUT, resumed?): a new, empty or missing OUT is started; a search of ours with the same settings (and
     data `fingerprint`, when both have one) is resumed (or with --overwrite replaced); anything else is refused,
-    naming why. Decided under OUT's lock, so workers started together agree: the first writes search.json, the
-    others join it."""
+    naming why; with `lab` (a DeviceLab), the machine it measures is recorded, and a local profile's search resumed
+    or joined from another machine is refused. Decided under OUT's lock, so workers started together agree: the
+    first writes search.json, the others join it."""
     out = Path(os.path.abspath(cfg.out))
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise EdgeclsError(f"--out {out} is not a folder: choose another --out")
@@ -174,13 +175,17 @@ def prepare_out(cfg: SearchConfig, fingerprint: dict | None = None) -> tuple:
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         entries = [p for p in out.iterdir() if p.name != LOCK]
-        new = {"format": FORMAT, "settings": cfg.settings(), "data": fingerprint, "artifact": None}
+        machine = lab.describe() if lab is not None else None
+        new = {"format": FORMAT, "settings": cfg.settings(), "data": fingerprint, "machine": machine, "artifact": None}
         if not entries:
             write_json(out / SEARCH_JSON, new)
             return out, False
         _refuse_foreign(out)
         if not cfg.overwrite:
             _check_same(out, cfg, fingerprint)
+            refused = lab.same_machine(_doc(out).get("machine")) if lab is not None else None
+            if refused:
+                raise EdgeclsError(refused)
             return out, True
         remove_stale_stages(out)  # OUT/run's or OUT/bundle's stage left by a killed report
         entries = [p for p in out.iterdir() if p.name != LOCK]
@@ -194,6 +199,10 @@ def prepare_out(cfg: SearchConfig, fingerprint: dict | None = None) -> tuple:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         write_json(out / SEARCH_JSON, new)
     return out, False
+
+
+def _doc(out: Path) -> dict:
+    return json.loads((out / SEARCH_JSON).read_text(encoding="utf-8"))
 
 
 def _our_stage(name: str) -> bool:
@@ -400,7 +409,7 @@ def search(cfg: SearchConfig, progress=say) -> SearchResult:
     _check_models(cfg, progress)
     lab = DeviceLab(cfg.device, profile=cfg.profile, ssh_config=cfg.ssh_config, settings=cfg.measure, progress=progress)
     _apart(cfg.out, facts["root"])
-    out, resumed = prepare_out(cfg, facts["fingerprint"])
+    out, resumed = prepare_out(cfg, facts["fingerprint"], lab)
     study = studies.open_study(out)
     ctx = _context(cfg, out, facts, lab, progress)
     done = counted(finished(out))
