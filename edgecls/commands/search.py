@@ -7,8 +7,9 @@ import click
 from edgecls.commands._errors import OneLineErrors
 from edgecls.commands._options import examples_block
 from edgecls.runtime.errors import EdgeclsError
+from edgecls.search.space import MODEL_COSTS
 
-_MODELS = "simple, mobilenetv2, mobilenetv3small, mobilenetv3large; efficientnetb0 only when named"
+_MODELS = "; ".join(f"{name}: {cost}" for name, cost in MODEL_COSTS.items())  # small data: --models simple
 
 
 def _numbers(kind, what: str):
@@ -36,6 +37,8 @@ def _numbers(kind, what: str):
         "edgecls search --data shapes --device desktop-cpu --max-latency-ms 2 --trials 12 --out search/shapes",
         "edgecls search --data photos --device pi@192.168.1.20 --profile raspberry-pi-4 --max-latency-ms 30 "
         "--max-ram-mb 100 --trials 20 --out search/pi",
+        "edgecls search --data photos --device desktop-cpu --models simple --max-latency-ms 5 --trials 8 "
+        "--out search/small",
         "edgecls search --report search/shapes",
     ),
 )
@@ -44,7 +47,14 @@ def _numbers(kind, what: str):
 @click.option("--max-latency-ms", type=float, help="The budget: p50 latency of the shipped artifact on the device.")
 @click.option("--max-ram-mb", type=float, help="Also a budget on the bench worker's peak RSS (MB).")
 @click.option("--max-size-mb", type=float, help="Also a budget on the artifact file's size (MB).")
-@click.option("--trials", type=int, default=12, show_default=True, help="Trials in the study (all workers together).")
+@click.option(
+    "--trials",
+    type=int,
+    default=12,
+    show_default=True,
+    help="Trials that reach training (all workers together); candidates the latency model prunes are extra, "
+    "up to 3 x this many proposals.",
+)
 @click.option("--out", type=click.Path(), help="The search folder: created, or resumed when it is a search.")
 @click.option("--models", callback=_numbers(str, "model names"), help=f"Architectures to search: {_MODELS}.")
 @click.option("--sizes", callback=_numbers(int, "image sizes"), help="Input sizes (default: 24-128 up to the data's).")
