@@ -295,3 +295,54 @@ def test_a_local_measurement_waits_for_the_machine_wide_lock_whoever_holds_it(ti
     finally:
         holder.join()
     assert m.started >= released[0]
+
+
+_MEASURE_SSH = """
+import json, sys
+from edgecls.search.device import DeviceLab, MeasureSettings
+lab = DeviceLab(sys.argv[3], ssh_config=sys.argv[4], settings=MeasureSettings(**json.loads(sys.argv[2])))
+lab.measure(sys.argv[1])
+"""
+
+
+def _bench_folders() -> set:
+    """The temp folders of `edgecls bench` processes running on this machine (the loopback device)."""
+    import re
+
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "edgecls.runtime.bench" in args:
+            found.update(re.findall(r"/[\w./-]*?edgecls-bench\.\w+", args))
+    return found
+
+
+def test_an_ssh_measurement_killed_with_9_keeps_the_device_until_its_bench_is_done(sshd, tiny_bundle):  # noqa: F811
+    """The device's bench runs on in its own session: the lock stays held until it ends, then its temp folder goes."""
+    from dataclasses import asdict
+
+    settings = MeasureSettings(runs=200, frame_runs=3, rounds=20, round_runs=50, time_budget_s=3.0)
+    device = f"{sshd.user}@{sshd.host}:{sshd.port}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-c", _MEASURE_SSH, str(tiny_bundle), json.dumps(asdict(settings)), device]
+    before = _bench_folders()  # another bench on this machine is not ours
+    proc = subprocess.Popen([*argv, str(sshd.ssh_config)], env=env)
+    deadline = time.time() + 120
+    while not _bench_folders() - before and time.time() < deadline:
+        time.sleep(0.05)
+    folders = _bench_folders() - before
+    assert folders
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    fd = os.open(REMOTE_LOCK, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the orphaned bench still holds the device
+        fcntl.flock(fd, fcntl.LOCK_EX)  # and lets it go once done
+    finally:
+        os.close(fd)
+    assert not any(Path(f).exists() for f in folders)
