@@ -52,7 +52,7 @@ def test_a_profile_file_that_prefers_onnx_is_measured_on_onnx(tiny_bundle, tmp_p
     profile.write_text(json.dumps({"name": "onnx-box", "artifacts": ["onnx-int8", "tflite-int8"], "threads": 1}))
     lab = DeviceLab(str(profile), settings=QUICK)
     m = lab.measure(tiny_bundle)
-    assert (m.artifact, m.engine) == ("onnx-int8", "onnxruntime")
+    assert (m.artifact, m.engine) == ("onnx-int8", "onnxruntime") and m.threads == 1
     assert m.size_mb == (Path(tiny_bundle) / "model_int8.onnx").stat().st_size / MB
     assert lab.describe()["threads"] == 1
 

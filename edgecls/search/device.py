@@ -217,6 +217,7 @@ class DeviceLab:
             seconds=clock["ended"] - clock["started"],
             started=clock["started"],
             ended=clock["ended"],
+            threads=record.get("threads", self.profile.threads),
         )
 
     def describe(self) -> dict:
