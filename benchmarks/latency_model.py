@@ -14,7 +14,8 @@ twice in two passes (A then B), so the measurement's own noise stands beside the
 
 The report: leave-one-out relative error of each form (affine in MACs per family, log-log per family), and a
 split fit (half of each family, seeded) predicting the other half: median and worst; then a replay of a search at
-a few budgets in a random order, counting the measurements the pruning would have saved and any wrong prunes.
+a few budgets (latency, then RAM) in 300 random orders, counting the measurements the pruning would have saved
+and any wrong prunes.
 """
 
 from __future__ import annotations
@@ -182,7 +183,10 @@ def split_errors(trials: list, form: str, seed: int) -> list:
     return [_rel(model.predict(t.candidate), t.measurement.latency_ms) for t in held]
 
 
-def replay(trials: list, budget_ms: float, seed: int) -> dict:
+ORDERS = 300  # random orders replayed per budget: 10 hid most wrong prunes (they hang on the first few points)
+
+
+def replay(trials: list, budget_ms: float, seed: int, ram_mb: float | None = None) -> dict:
     """A search's order of candidates at one budget: measured unless the model (fitted so far) prunes it."""
     from edgecls.search.latency import LatencyModel
     from edgecls.search.types import PRUNED, Budget
@@ -190,19 +194,24 @@ def replay(trials: list, budget_ms: float, seed: int) -> dict:
     order = list(trials)
     random.Random(seed).shuffle(order)
     done, saved, wrong = [], 0, []
+    budget = Budget(budget_ms, ram_mb=ram_mb)
     for t in order:
-        plausible, _, _ = LatencyModel.from_trials(done).decide(t.candidate, Budget(budget_ms))
+        plausible, _, _ = LatencyModel.from_trials(done).decide(t.candidate, budget)
         if plausible:
             done.append(t)
             continue
         saved += 1
-        if t.measurement.latency_ms <= budget_ms:  # it would have met the budget: a wrong prune
+        m = t.measurement
+        if m.latency_ms <= budget_ms and (ram_mb is None or m.peak_rss_mb <= ram_mb):  # met it: a wrong prune
             wrong.append(
                 f"{t.candidate.model} {t.candidate.image_size}px {json.dumps(t.candidate.model_options)} "
                 f"({t.measurement.latency_ms:.2f} ms)"
             )
         done.append(type(t)(t.number, t.candidate, PRUNED))
-    meets = sum(t.measurement.latency_ms <= budget_ms for t in trials)
+    meets = sum(
+        t.measurement.latency_ms <= budget_ms and (ram_mb is None or t.measurement.peak_rss_mb <= ram_mb)
+        for t in trials
+    )
     return {"saved": saved, "wrong": len(wrong), "wrongly_pruned": wrong, "meets": meets}
 
 
@@ -235,12 +244,13 @@ def report(points: list, threads: int | None) -> str:
         )
     lines += ["", f"measurement noise, |B - A| / A: median {statistics.median(noise):.1%}, worst {max(noise):.1%}"]
     for which, name in ((0, "pass A"), (1, "pass B"), ("min", "the faster of A and B")):
-        lines += ["", f"fitted on {name}:", *_errors_and_replay(trials_of(points, which))]
+        lines += ["", f"fitted on {name}:", *_errors_and_replay(trials_of(points, which), replays=which == 0)]
     return "\n".join(lines) + "\n"
 
 
-def _errors_and_replay(trials: list) -> list:
-    """Held-out errors of each form, the default model's coefficients, and the replayed searches."""
+def _errors_and_replay(trials: list, replays: bool = True) -> list:
+    """Held-out errors of each form, the default model's coefficients, and (`replays`) the replayed searches
+    (on pass A only: 300 orders per budget take minutes on the shared machine)."""
     from edgecls.search.latency import FORMS, LatencyModel
 
     lines = []
@@ -254,13 +264,16 @@ def _errors_and_replay(trials: list) -> list:
         )
     model = LatencyModel.from_trials(trials)
     lines.append(f"  {model.form} (the default) fitted on all: {json.dumps(model.to_dict()['fits'])}")
-    for budget in (0.5, 1.0, 2.0, 5.0):
-        runs = [replay(trials, budget, seed) for seed in range(10)]
+    budgets = [(ms, None, f"{ms} ms") for ms in (0.25, 0.5, 1.0, 2.0, 3.0, 5.0)]
+    budgets += [(1e9, mb, f"RAM {mb} MB") for mb in (72, 73, 74, 75, 76)]
+    for budget, ram_mb, name in budgets if replays else []:
+        runs = [replay(trials, budget, seed, ram_mb) for seed in range(ORDERS)]
         saved = [r["saved"] for r in runs]
         lines.append(
-            f"  replayed search, budget {budget} ms ({runs[0]['meets']} of {len(trials)} meet it), 10 random orders: "
-            f"measurements saved median {statistics.median(saved)} (range {min(saved)}-{max(saved)}), "
-            f"wrong prunes (pruned, yet measured within the budget) {sum(r['wrong'] for r in runs)} in all"
+            f"  replayed search, budget {name} ({runs[0]['meets']} of {len(trials)} meet it), {ORDERS} random "
+            f"orders: measurements saved median {statistics.median(saved)} (range {min(saved)}-{max(saved)}), "
+            f"wrong prunes (pruned, yet measured within the budget) {sum(r['wrong'] for r in runs)} of "
+            f"{sum(saved)} prunes"
             + (
                 f": {', '.join(sorted({w for r in runs for w in r['wrongly_pruned']}))}"
                 if any(r["wrong"] for r in runs)
