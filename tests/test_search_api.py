@@ -152,7 +152,7 @@ def test_a_search_killed_during_training_resumes_and_trains_no_candidate_twice(t
         proc.kill()
         proc.wait()
     killed = _stage_events(out)
-    assert [e["event"] for e in killed if e["trial"] == "0001"] == ["train started"], killed
+    assert [e["event"] for e in killed if e["trial"] == "0001"] == ["train started"], killed  # no convert yet
     assert json.loads((out / "trials" / "0001" / "trial.json").read_text())["status"] is None
 
     result = run_cli(*_search_command(shapes_folder, out, trials=3)[3:])
@@ -161,8 +161,11 @@ def test_a_search_killed_during_training_resumes_and_trains_no_candidate_twice(t
     events = _stage_events(out)
     done = [e["trial"] for e in events if e["event"] == "train done"]
     assert sorted(done) == ["0000", "0001", "0002"], events  # each candidate's training finished exactly once
-    assert [e["event"] for e in events if e["trial"] == "0000"] == ["train started", "train done"]
-    pids = {e["pid"] for e in events if e["trial"] == "0001"}
+    assert [e["event"] for e in events if e["trial"] == "0000" and e["event"].startswith("train")] == [
+        "train started",
+        "train done",
+    ]
+    pids = {e["pid"] for e in events if e["trial"] == "0001" and e["event"].startswith("train")}
     assert len(pids) == 2  # the killed worker's start, then the resumed one's whole training
     trials = _trials(out)
     assert [t["number"] for t in trials] == [0, 1, 2] and all(t["status"] == "meets-budget" for t in trials)
@@ -185,11 +188,12 @@ def test_a_killed_trial_with_a_trained_run_goes_straight_to_convert(shared_searc
     data.update(status=None, measurement=None, bundle_dir=None, told=False,
                 owner={"host": os.uname().nodename, "pid": 2**22 + 1, "since": 0})  # fmt: skip
     (folder / "trial.json").write_text(json.dumps(data))
-    before = (folder / stages.STAGES_LOG).read_text()
+    trains = lambda: [line for line in (folder / stages.STAGES_LOG).read_text().splitlines() if '"train ' in line]  # noqa: E731
+    before = trains()
     cfg = SearchConfig(str(shapes_folder), "desktop-cpu", Budget(BUDGET_MS), str(out), trials=TRIALS,
                        models=("simple",), sizes=(16,), epochs=1, max_drop=100.0)  # fmt: skip
     result = search(cfg)
-    assert (folder / stages.STAGES_LOG).read_text() == before  # no training started
+    assert trains() == before  # no training started
     after = json.loads((folder / "trial.json").read_text())
     assert after["status"] == "meets-budget" and after["measurement"]["latency_ms"] > 0
     assert (folder / "bundle" / "manifest.json").is_file()
