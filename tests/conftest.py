@@ -2,8 +2,10 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +251,15 @@ def tiny_bundle(tmp_path_factory, tiny_run_dir) -> Path:
         convert(tiny_run_dir, folder / "tiny-bundle", ConvertOptions(calibration_size=32, max_drop=100.0, tar=True))
 
     return _session_folder(tmp_path_factory, "bundle", build) / "tiny-bundle"
+
+
+@pytest.fixture(autouse=True)
+def _default_signal_dispositions():
+    """Every test starts with SIGINT, SIGTERM and SIGHUP as a fresh Python has them: a disposition left ignored by
+    an earlier test in the same worker is inherited by every process a later test starts, which then never stops on
+    the signal it is sent (four interrupt tests timed out that way in one whole-suite run)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for number in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(number, signal.SIG_DFL)
+    yield

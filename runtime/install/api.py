@@ -356,8 +356,8 @@ def _signals_interrupt():
     try:
         yield
     finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
+        for s, handler in before.items():  # None: a handler not set from Python; the default is what it did
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 @contextmanager
@@ -370,8 +370,8 @@ def _signals_ignored():
     try:
         yield
     finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
+        for s, handler in before.items():  # None: a handler not set from Python; the default is what it did
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 def _interrupted(device, slot: str, pending: dict, switching: bool, service: str, exc: BaseException, locked_at):
