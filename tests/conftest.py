@@ -37,12 +37,25 @@ def pytest_xdist_auto_num_workers(config):
     return workers() if whole_suite else 0
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
-    """Group what cannot be split over pytest-xdist workers, longest unit first (tests/parallel.py)."""
-    from tests.parallel import assign_groups
+    """Group what cannot be split over pytest-xdist workers, longest unit first (tests/parallel.py), before
+    pytest-xdist reads the xdist_group marks; then, in a worker, check that the groups took (xdist renamed each
+    grouped test `nodeid@group`). With pytest 9.2 and pytest-xdist 3.8 they silently did not: every test became a
+    unit of its own, module fixtures were rebuilt on each worker, the README's sections rerun on three, and tests
+    that build on earlier ones saw a fresh fleet."""
+    from tests.parallel import assign_groups, ungrouped
 
     assign_groups(items)
+    result = yield
+    if os.environ.get("PYTEST_XDIST_WORKER") and config.getvalue("loadgroup"):
+        lost = ungrouped(items)
+        if lost:
+            raise pytest.UsageError(
+                f"pytest-xdist's loadgroup ignored the xdist_group marks (e.g. {lost[0]}): this pytest "
+                f"{pytest.__version__} and pytest-xdist do not work together; install the dev extra's versions"
+            )
+    return result
 
 
 @pytest.fixture(autouse=True)

@@ -101,3 +101,8 @@ def assign_groups(items: list) -> None:
         key = groups[item] or item.nodeid
         unit_rank[key] = min(unit_rank.get(key, _rank(item, groups[item])), _rank(item, groups[item]))
     items.sort(key=lambda item: unit_rank[groups[item] or item.nodeid])
+
+
+def ungrouped(items: list) -> list:
+    """The node ids of grouped tests that pytest-xdist did not rename `nodeid@group`: loadgroup would split them."""
+    return [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]

@@ -17,16 +17,28 @@ import pytest
 
 from edgecls.runtime.bench.machine import cpu_model
 from edgecls.runtime.errors import EdgeclsError
-from edgecls.search.device import MB, REMOTE_LOCK, DeviceLab, MeasureSettings
+from edgecls.search import device as device_module
+from edgecls.search.device import MB, DeviceLab, MeasureSettings
 from tests.conftest import REPO
 from tests.sshd import sshd  # noqa: F401  (the fixture)
 
 QUICK = MeasureSettings(runs=30, frame_runs=3, rounds=4, round_runs=10, time_budget_s=1.0, max_warmup_s=1.0)
+# Bounded by its time budget, not its runs: a tiny model's 1,000 invokes took under a second on an idle Zen 4.
+LONG = MeasureSettings(runs=10**7, frame_runs=3, rounds=20, round_runs=10**6, time_budget_s=6.0)
 
 
 @pytest.fixture(autouse=True)
 def _own_state(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the local device's lock file goes there
+
+
+@pytest.fixture
+def own_measure_lock(tmp_path, monkeypatch):
+    """This test's own machine-wide measurement lock: the real one is shared with every pytest worker's searches,
+    so "nobody holds it afterwards" could only be asserted of a path no other test measures under."""
+    path = str(tmp_path / "edgecls-measure.lock")
+    monkeypatch.setattr(device_module, "REMOTE_LOCK", path)
+    return path
 
 
 def test_a_profile_is_measured_here_on_the_artifact_it_prefers(tiny_bundle):
@@ -120,12 +132,12 @@ def test_a_device_over_ssh_is_measured_there_and_named(sshd, tiny_bundle):  # no
     assert described["kind"] == "ssh" and described["machine"]["via_ssh"] is True  # read on the device's side
 
 
-def test_an_ssh_measurement_waits_for_the_lock_held_on_the_device(sshd, tiny_bundle):  # noqa: F811
+def test_an_ssh_measurement_waits_for_the_lock_held_on_the_device(sshd, tiny_bundle, own_measure_lock):  # noqa: F811
     """The loopback device shares this file system: holding its lock file here is holding the device."""
     device = f"{sshd.user}@{sshd.host}:{sshd.port}"
     lines = []
     lab = DeviceLab(device, ssh_config=sshd.ssh_config, settings=QUICK, progress=lines.append)
-    fd = os.open(REMOTE_LOCK, os.O_RDONLY | os.O_CREAT, 0o666)
+    fd = os.open(own_measure_lock, os.O_RDONLY | os.O_CREAT, 0o666)
     fcntl.flock(fd, fcntl.LOCK_EX)
     released = []
 
@@ -143,7 +155,7 @@ def test_an_ssh_measurement_waits_for_the_lock_held_on_the_device(sshd, tiny_bun
     assert m.started >= released[0]
     assert any("waiting for the device" in line for line in lines)
     # and the device's lock is free again afterwards: nothing of ours keeps it
-    fd = os.open(REMOTE_LOCK, os.O_RDONLY)
+    fd = os.open(own_measure_lock, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
@@ -234,25 +246,42 @@ def test_a_profile_the_bench_cannot_run_as_the_device_does_is_refused(profile, s
 
 _MEASURE = """
 import json, sys
+from edgecls.search import device
 from edgecls.search.device import DeviceLab, MeasureSettings
+device.REMOTE_LOCK = sys.argv[3]  # the test's own lock file (own_measure_lock), not every worker's
 DeviceLab("desktop-cpu", settings=MeasureSettings(**json.loads(sys.argv[2]))).measure(sys.argv[1])
 """
 
 
-def test_a_measurement_killed_with_9_keeps_the_device_until_its_bench_is_done(tiny_bundle, tmp_path):
+def _children(pid: int) -> list:
+    """The processes whose parent is `pid` (here: the bench's process a measurement starts once it holds the lock)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_measurement_killed_with_9_keeps_the_device_until_its_bench_is_done(tiny_bundle, own_measure_lock):
     """The bench's workers outlive a killed search: the lock stays held until they are done, not freed at once."""
     from dataclasses import asdict
 
     from edgecls.runtime.lockfile import holder
 
-    settings = MeasureSettings(runs=200, frame_runs=3, rounds=20, round_runs=50, time_budget_s=3.0)
+    settings = LONG  # the bench must still run when the search is killed, however fast this machine is
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", _MEASURE, str(tiny_bundle), json.dumps(asdict(settings))], env=env)
-    lock = REMOTE_LOCK
+    job = [sys.executable, "-c", _MEASURE, str(tiny_bundle), json.dumps(asdict(settings)), own_measure_lock]
+    proc = subprocess.Popen(job, env=env)
+    lock = own_measure_lock
     deadline = time.time() + 120
-    while "desktop-cpu" not in (holder(lock) or "") and time.time() < deadline:
+    while not ("desktop-cpu" in (holder(lock) or "") and _children(proc.pid)) and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(1.5)  # into the bench
+    assert _children(proc.pid), "the measurement never started its bench's process"
+    time.sleep(1.0)  # into the bench
     proc.kill()
     proc.wait()
     fd = os.open(lock, os.O_RDONLY)
@@ -277,9 +306,9 @@ def test_a_local_profile_refuses_a_search_recorded_on_another_machine():
     assert DeviceLab("pi@kitchen").same_machine(moved) is None  # an SSH device is the same from any host
 
 
-def test_a_local_measurement_waits_for_the_machine_wide_lock_whoever_holds_it(tiny_bundle):
+def test_a_local_measurement_waits_for_the_machine_wide_lock_whoever_holds_it(tiny_bundle, own_measure_lock):
     """Not a per-user file: another user, sudo, or an SSH measurement of this machine holds the same lock."""
-    fd = os.open(REMOTE_LOCK, os.O_RDONLY | os.O_CREAT, 0o666)
+    fd = os.open(own_measure_lock, os.O_RDONLY | os.O_CREAT, 0o666)
     fcntl.flock(fd, fcntl.LOCK_EX)
     released = []
 
@@ -299,7 +328,9 @@ def test_a_local_measurement_waits_for_the_machine_wide_lock_whoever_holds_it(ti
 
 _MEASURE_SSH = """
 import json, sys
+from edgecls.search import device
 from edgecls.search.device import DeviceLab, MeasureSettings
+device.REMOTE_LOCK = sys.argv[5]  # the test's own lock file (own_measure_lock), not every worker's
 lab = DeviceLab(sys.argv[3], ssh_config=sys.argv[4], settings=MeasureSettings(**json.loads(sys.argv[2])))
 lab.measure(sys.argv[1])
 """
@@ -320,16 +351,20 @@ def _bench_folders() -> set:
     return found
 
 
-def test_an_ssh_measurement_killed_with_9_keeps_the_device_until_its_bench_is_done(sshd, tiny_bundle):  # noqa: F811
+def test_an_ssh_measurement_killed_with_9_keeps_the_device_until_its_bench_is_done(
+    sshd,  # noqa: F811
+    tiny_bundle,
+    own_measure_lock,
+):
     """The device's bench runs on in its own session: the lock stays held until it ends, then its temp folder goes."""
     from dataclasses import asdict
 
-    settings = MeasureSettings(runs=200, frame_runs=3, rounds=20, round_runs=50, time_budget_s=3.0)
+    settings = LONG  # the bench must still run when the search is killed, however fast this machine is
     device = f"{sshd.user}@{sshd.host}:{sshd.port}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-c", _MEASURE_SSH, str(tiny_bundle), json.dumps(asdict(settings)), device]
     before = _bench_folders()  # another bench on this machine is not ours
-    proc = subprocess.Popen([*argv, str(sshd.ssh_config)], env=env)
+    proc = subprocess.Popen([*argv, str(sshd.ssh_config), own_measure_lock], env=env)
     deadline = time.time() + 120
     while not _bench_folders() - before and time.time() < deadline:
         time.sleep(0.05)
@@ -338,7 +373,7 @@ def test_an_ssh_measurement_killed_with_9_keeps_the_device_until_its_bench_is_do
     time.sleep(1.0)
     proc.kill()
     proc.wait()
-    fd = os.open(REMOTE_LOCK, os.O_RDONLY)
+    fd = os.open(own_measure_lock, os.O_RDONLY)
     try:
         with pytest.raises(BlockingIOError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the orphaned bench still holds the device
