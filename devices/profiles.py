@@ -120,7 +120,7 @@ class DeviceProfile:
         if self.threads is not None and (
             not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
         ):
-            bad("threads", "a whole number of at least 1, or null for the backend's default")
+            bad("threads", "a whole number of at least 1, or null: every CPU but one (OpenVINO: its own default)")
         if self.ort_allow_spinning is not None and not isinstance(self.ort_allow_spinning, bool):
             bad("ort_allow_spinning", "true, false, or null for ONNX Runtime's default")
         if not isinstance(self.openvino_device, str) or not re.match(

@@ -45,10 +45,38 @@ def test_predict_in_small_batches_equals_one_batch_and_keeps_row_order(softmax_m
         np.testing.assert_array_equal(session.predict(logits, batch_size=batch_size), whole)
 
 
-@pytest.mark.parametrize("threads, intra_op", [(None, 0), (1, 1), (2, 2)])
-def test_threads_reach_the_onnxruntime_session(softmax_model, threads, intra_op):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_reach_the_onnxruntime_session(softmax_model, threads):
     session = ModelSession(softmax_model, "onnx", threads=threads)
-    assert session.backend._session.get_session_options().intra_op_num_threads == intra_op  # 0: ORT's default
+    assert session.backend._session.get_session_options().intra_op_num_threads == threads
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+@pytest.mark.parametrize("cpus, expected", [(1, 1), (2, 1), (4, 3)])
+def test_without_threads_an_inference_gets_every_usable_core_but_one(
+    softmax_model, tiny_bundle, monkeypatch, fmt, cpus, expected
+):
+    """Not the engine's own default (ONNX Runtime: a spinning thread per core), which took 1.7x longer beside one
+    busy process on 2 cores (runtime/backends/threads.py)."""
+    from edgecls.runtime.backends import threads
+
+    monkeypatch.setattr(threads, "usable_cpus", lambda: cpus)
+    path = softmax_model if fmt == "onnx" else tiny_bundle / "model_int8.tflite"
+    backend = ModelSession(path, fmt).backend
+    assert backend.threads == expected
+    if fmt == "onnx":
+        assert backend._session.get_session_options().intra_op_num_threads == expected
+    assert ModelSession(path, fmt, threads=2).backend.threads == 2  # a caller's or profile's number wins
+
+
+def test_usable_cpus_are_this_process_affinity(monkeypatch):
+    """A container's or taskset's limit, not the machine's CPU count."""
+    import os
+
+    from edgecls.runtime.backends.threads import default_threads, usable_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert usable_cpus() == 3 and default_threads() == 2
 
 
 @pytest.mark.parametrize("allow_spinning, entry", [(True, "1"), (False, "0")])

@@ -42,7 +42,9 @@ def _image_paths(paths) -> list:
 )
 @click.option("--device", "device", help="Device profile name or JSON file (see `edgecls devices`).")
 @click.option(
-    "--threads", type=click.IntRange(1), help="Inference threads (default: the profile's, else the backend's)."
+    "--threads",
+    type=click.IntRange(1),
+    help="Inference threads (default: the profile's, else every CPU but one; OpenVINO its own).",
 )
 @examples(
     "edgecls predict bundles/digits photo.jpg",

@@ -110,7 +110,7 @@ _OPTIONS = [
     click.option(
         "--threads",
         type=click.IntRange(1, 1024),
-        help="Inference threads (default: the profile's, else the backend's).",
+        help="Inference threads (default: the profile's, else every CPU but one; OpenVINO its own).",
     ),
     click.option(
         "--top-k",

@@ -28,8 +28,11 @@ class _InterpreterBackend:
     def __init__(self, path, threads: int | None = None, input_name="", output_name="", **_):
         import importlib
 
+        from edgecls.runtime.backends.threads import default_threads
+
         interpreter_cls = importlib.import_module(self.module).Interpreter
-        self._interp = interpreter_cls(model_path=str(path), num_threads=threads)
+        self.threads = threads or default_threads()
+        self._interp = interpreter_cls(model_path=str(path), num_threads=self.threads)
         self._interp.allocate_tensors()
         inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
         self._in = inputs[pick(inputs, input_name, "input", path)]

@@ -60,10 +60,12 @@ class OnnxRuntimeBackend:
     ):
         import onnxruntime as ort
 
+        from edgecls.runtime.backends.threads import default_threads
+
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        self.threads = threads or default_threads()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
         if allow_spinning is not None:  # None: ONNX Runtime's own default (its intra-op threads spin)
             options.add_session_config_entry(SPINNING, "1" if allow_spinning else "0")
         self.allow_spinning = allow_spinning
