@@ -306,11 +306,11 @@ def _simd_flags() -> str:
     return " ".join(f for f in wanted if f in flags) + (" (no VNNI)" if not flags & {"avx512_vnni", "avx_vnni"} else "")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def cpu_name() -> str:
     from edgecls.runtime.bench.machine import cpu_model
 
     return cpu_model() or platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
