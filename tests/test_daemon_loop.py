@@ -379,33 +379,3 @@ def test_a_source_capped_below_half_a_frame_a_second_shows_its_rate_between_turn
         daemon.stop()
     assert between, [r["ts"] for r in sink.results]
     assert 0.2 <= health["fps"] <= 0.3 and 0.2 <= scraped <= 0.3, (health, scraped)
-
-
-def test_the_thread_that_runs_the_model_is_raised_above_the_preparing_and_capture_threads(tiny_bundle, tmp_path):
-    """runtime/daemon/priority.py: beside a busy process the model's thread kept 0.73 of its rate at equal
-    priority, 0.83 raised; the threads that decode and prepare keep the daemon's priority."""
-    import os
-
-    video = write_test_video(tmp_path / "circles.avi", frames=30)
-    seen = {}
-
-    class Nice(ListSink):
-        def write(self, result):
-            if "loop" not in seen:
-                seen["loop"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-                for thread in threading.enumerate():
-                    if thread.name.split(":")[0] in ("prepare", "capture") and thread.native_id:
-                        seen[thread.name.split(":")[0]] = os.getpriority(os.PRIO_PROCESS, thread.native_id)
-            super().write(result)
-
-    sink = Nice()
-    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    daemon = Daemon(tiny_bundle, [str(video)], sinks=[sink], port=None, max_frames=10)
-    daemon.run()
-    (loop,) = daemon.loops
-    assert len(sink.results) == 10 and seen["prepare"] == seen["capture"] == base
-    if loop.favoured:
-        assert seen["loop"] == max(-20, base - 5)
-    else:
-        assert os.geteuid() != 0, "root may always raise a thread's priority"
-        assert seen["loop"] == base

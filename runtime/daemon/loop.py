@@ -32,7 +32,6 @@ import time
 import numpy as np
 
 from edgecls.runtime.daemon.pace import Pace
-from edgecls.runtime.daemon.priority import raise_this_thread
 from edgecls.runtime.monitor.stats import brightness
 from edgecls.runtime.preprocess import pixels
 from edgecls.runtime.sources import OFFLINE_KINDS, SourceEnded, SourceTimeout
@@ -249,7 +248,6 @@ class SourceLoop:
         # A source capped at max_fps 0.25 classifies every 4 s: its rate is not 0 between two turns.
         self.stats = LoopStats(quiet_after=max(2.0, 2 * (self.pace.period or 0.0)))
         self.shown = None  # (image, result) of the newest classified frame
-        self.favoured: bool | None = None  # whether this loop's thread, which runs the model, got its higher priority
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"loop:{supervisor.name}", daemon=True)
 
@@ -300,8 +298,7 @@ class SourceLoop:
 
     def _run(self) -> None:
         name = self.supervisor.name
-        ahead = _Ahead(self)  # started first: it keeps the daemon's priority (runtime/daemon/priority.py)
-        self.favoured = raise_this_thread()  # this thread runs the model
+        ahead = _Ahead(self)
         while not self._stop.is_set() and (self.max_frames is None or self.stats.processed < self.max_frames):
             item = ahead.take(timeout=0.25)  # short, so stop() is seen within a quarter second
             if item is None:

@@ -120,8 +120,6 @@ def unit_text(options: UnitOptions = UnitOptions()) -> str:
         "ProtectHostname=yes",
         "RestrictNamespaces=yes",
         "RestrictRealtime=yes",
-        # the inference threads' 5 nice levels above the rest (runtime/daemon/priority.py): no capability needed
-        "LimitNICE=-5",
         "RestrictSUIDSGID=yes",
         "LockPersonality=yes",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
