@@ -18,7 +18,6 @@ latency from capture to result (`frame_age_ms` of each result), p50 and p99.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -113,13 +112,14 @@ def daemon_fps(classifier, videos, seconds: float, warmup: float = 2.0, fps: flo
     kept = [i for i, t in enumerate(sink.times) if t >= start]
     span = sink.times[kept[-1]] - sink.times[kept[0]]
     per_source = {}
-    for name in dict.fromkeys(sink.sources[i] for i in kept):
-        mine = [i for i in kept if sink.sources[i] == name]
+    for supervisor in daemon.supervisors:  # every source, one without a result after the warm-up too
+        mine = [i for i in kept if sink.sources[i] == supervisor.name]
         ages = [sink.ages[i] for i in mine]
-        per_source[name] = {
-            "fps": round((len(mine) - 1) / span, 1),
-            "latency_p50_ms": round(_percentile(ages, 50), 2),
-            "latency_p99_ms": round(_percentile(ages, 99), 2),
+        own = sink.times[mine[-1]] - sink.times[mine[0]] if len(mine) > 1 else 0.0
+        per_source[supervisor.name] = {
+            "fps": round((len(mine) - 1) / own, 1) if own else 0.0,
+            "latency_p50_ms": round(_percentile(ages, 50), 2) if ages else None,
+            "latency_p99_ms": round(_percentile(ages, 99), 2) if ages else None,
         }
     return {
         "fps": (len(kept) - 1) / span,
@@ -137,30 +137,12 @@ def cpu_name() -> str:
     return cpu_model() or platform.processor() or "unknown CPU"
 
 
-@contextlib.contextmanager
-def inference_priority(mode: str):
-    """ "raised": the daemon as it ships (runtime/daemon/priority.py); "equal": its model thread left at the
-    daemon's priority, for the comparison."""
-    from edgecls.runtime.daemon import loop
-
-    shipped = loop.raise_this_thread
-    if mode == "equal":
-        loop.raise_this_thread = lambda: False
-    try:
-        yield
-    finally:
-        loop.raise_this_thread = shipped
-
-
 def measure_rounds(classifier, video: Path, args) -> list:
-    """`args.rounds` rounds of invoke, daemon, invoke (twice a round with --compare-priority: the model's thread
-    raised as shipped, then at the daemon's priority); one printed line per daemon run."""
+    """`args.rounds` rounds of invoke, daemon, invoke; one printed line per round."""
     rounds = []
-    modes = ["raised", "equal"] if args.compare_priority else ["raised"]
-    for r, mode in ((r, m) for r in range(args.rounds) for m in modes):
+    for r in range(args.rounds):
         before = invoke_ms(classifier)
-        with inference_priority(mode):
-            run = daemon_fps(classifier, video, args.seconds, fps=args.fps)
+        run = daemon_fps(classifier, video, args.seconds, fps=args.fps)
         after = invoke_ms(classifier)
         invoke = statistics.median([before, after])
         rounds.append(
@@ -170,13 +152,11 @@ def measure_rounds(classifier, video: Path, args) -> list:
                 "invoke_after_ms": round(after, 3),
                 **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in run.items()},
                 "ratio": round(run["fps"] * invoke / 1000, 3),
-                "priority": mode,
                 "load_average": [round(v, 2) for v in os.getloadavg()],
             }
         )
         print(
-            f"round {r + 1}{f' ({mode} priority)' if args.compare_priority else ''}: invoke {invoke:.2f} ms "
-            f"(1/invoke {1000 / invoke:.0f}/s)  "
+            f"round {r + 1}: invoke {invoke:.2f} ms (1/invoke {1000 / invoke:.0f}/s)  "
             f"daemon {run['fps']:.0f} frames/s "
             f"over {run['frames']} frames  ratio {rounds[-1]['ratio']:.2f}  (pre {run['pre_ms']:.2f} ms, "
             f"infer {run['infer_ms']:.2f} ms, post {run['post_ms']:.3f} ms)",
@@ -187,18 +167,12 @@ def measure_rounds(classifier, video: Path, args) -> list:
     return rounds
 
 
-def round_names(rounds: list) -> list:
-    """ "round 1", ... or, with --compare-priority, "round 1 (raised priority)", "round 1 (equal priority)", ..."""
-    modes = list(dict.fromkeys(r["priority"] for r in rounds))
-    if len(modes) == 1:
-        return [f"round {i + 1}" for i in range(len(rounds))]
-    return [f"round {i // len(modes) + 1} ({r['priority']} priority)" for i, r in enumerate(rounds)]
-
-
 def source_line(per_source: dict) -> str:
     """Each source's frames/s and capture-to-result latency p50/p99, numbered in the order they started."""
     return "; ".join(
         f"source {n + 1}: {s['fps']:.1f}/s, latency p50 {s['latency_p50_ms']:.1f} p99 {s['latency_p99_ms']:.1f} ms"
+        if s["latency_p50_ms"] is not None
+        else f"source {n + 1}: no result after the warm-up"
         for n, s in enumerate(per_source.values())
     )
 
@@ -211,11 +185,6 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--competing", type=int, default=0, help="CPU-bound Python busy loops running meanwhile")
-    p.add_argument(
-        "--compare-priority",
-        action="store_true",
-        help="each round also with the model's thread at the daemon's priority (runtime/daemon/priority.py)",
-    )
     p.add_argument("--sources", type=int, default=1, help="copies of the clip, each a source sharing the model")
     p.add_argument("--fps", type=float, help="pace each source at this rate, newest frame only (default: every frame)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "daemon_throughput"))
@@ -230,9 +199,7 @@ def main() -> None:
         clip = write_video(Path(tmp) / "clip.avi")
         video = [clip] * args.sources if args.sources > 1 else clip
         rounds = measure_rounds(classifier, video, args)
-    shipped = [r for r in rounds if r["priority"] == "raised"]
-    ratio = statistics.median(r["ratio"] for r in shipped)
-    equal = [r["ratio"] for r in rounds if r["priority"] == "equal"]
+    ratio = statistics.median(r["ratio"] for r in rounds)
     machine = f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     record = {
         "bundle": str(args.bundle),
@@ -244,7 +211,6 @@ def main() -> None:
         "backend": classifier.backend_name,
         "rounds": rounds,
         "median_ratio": ratio,
-        **({"median_ratio_equal_priority": statistics.median(equal)} if equal else {}),
         "machine": machine,
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -257,19 +223,22 @@ def main() -> None:
         f"{args.competing} competing CPU-bound process(es)",
         f"# {machine}, {time.strftime('%Y-%m-%d')}",
         *(
-            f"{name}: invoke {r['invoke_ms']:.2f} ms -> {1000 / r['invoke_ms']:.0f}/s; "
+            f"round {i + 1}: invoke {r['invoke_ms']:.2f} ms -> {1000 / r['invoke_ms']:.0f}/s; "
             f"daemon {r['fps']:.0f} frames/s; "
             f"ratio {r['ratio']:.2f}; per frame pre {r['pre_ms']:.2f} ms "
             f"infer {r['infer_ms']:.2f} ms post {r['post_ms']:.3f} ms"
             + (f"\n  {source_line(r['per_source'])}" if len(r["per_source"]) > 1 or args.fps else "")
-            for name, r in zip(round_names(rounds), rounds)
+            for i, r in enumerate(rounds)
         ),
-        f"median ratio frames/s x invoke: {ratio:.2f} (issue 25: >= 0.95 at rest, >= 0.88 beside one CPU-bound "
-        "process, >= 0.9 in total with 4 sources)",
-        *([f"with the model's thread at the daemon's priority: {statistics.median(equal):.2f}"] if equal else []),
+        f"median ratio frames/s x invoke: {ratio:.2f} "
+        + (
+            f"(the sources offer {args.sources * args.fps:g} frames/s in all: this is the model's share they use)"
+            if args.fps
+            else "(issue 25: >= 0.95 at rest, >= 0.88 beside one CPU-bound process, >= 0.9 in total with 4 sources)"
+        ),
     ]
     write_text(args.out + ".txt", "\n".join(lines) + "\n")
-    print("\n".join(line for line in lines if line.startswith(("median", "with"))))
+    print(lines[-1])
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def pytest_collection_modifyitems(config, items):
 
     assign_groups(items)
     result = yield
-    if os.environ.get("PYTEST_XDIST_WORKER") and config.getvalue("loadgroup"):
+    if os.environ.get("PYTEST_XDIST_WORKER") and config.getoption("loadgroup", False):
         lost = ungrouped(items)
         if lost:
             raise pytest.UsageError(

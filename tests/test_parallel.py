@@ -28,17 +28,15 @@ def test_alone(n):
 """
 
 
-def test_a_module_with_a_costly_module_fixture_runs_on_one_worker_and_builds_it_once(tmp_path):
-    """The whole suite depends on it (the README's workspace, the rollout fleet): run with this checkout's conftest
-    hooks on 3 workers, a module-scoped fixture is built once, and the ungrouped tests are spread over workers."""
+def _run_probe(tmp_path, *plugins) -> subprocess.CompletedProcess:
     probe = tmp_path / "probe"
-    probe.mkdir()
+    probe.mkdir(exist_ok=True)
     (probe / "test_probe.py").write_text(_PROBE)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")  # not this checkout's addopts
-    log = tmp_path / "built.log"
-    env = {**os.environ, "PROBE_LOG": str(log), "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-n", "3"]
+    env = {**os.environ, "PROBE_LOG": str(tmp_path / "built.log"), "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+    extra = [arg for plugin in plugins for arg in ("-p", plugin)]
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", *extra, "-p", "no:cacheprovider", "-n", "3"]
         + ["--dist", "loadgroup", "-v", str(probe)],
         cwd=tmp_path,
         env=env,
@@ -46,6 +44,42 @@ def test_a_module_with_a_costly_module_fixture_runs_on_one_worker_and_builds_it_
         text=True,
         timeout=300,
     )
+
+
+_LOSES_THE_GROUPS = """
+import pytest
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    for item in items:  # what pytest 9.2 does to pytest-xdist 3.8's renaming: it has no effect
+        item._nodeid = item._nodeid.split("@")[0]
+"""
+
+
+def test_a_worker_whose_groups_did_not_take_stops_the_run_instead_of_splitting_them(tmp_path):
+    (tmp_path / "loses_groups.py").write_text(_LOSES_THE_GROUPS)
+    done = _run_probe(tmp_path, "loses_groups")
+    assert done.returncode != 0 and " PASSED" not in done.stdout, done.stdout[-3000:]
+    assert not (tmp_path / "built.log").exists()  # no test ran
+
+
+def test_ungrouped_names_only_grouped_tests_xdist_did_not_rename():
+    from types import SimpleNamespace
+
+    from tests.parallel import ungrouped
+
+    def item(nodeid, grouped):
+        return SimpleNamespace(nodeid=nodeid, get_closest_marker=lambda name: grouped and name == "xdist_group")
+
+    items = [item("a.py::t@a.py", True), item("a.py::u", True), item("b.py::v", False)]
+    assert ungrouped(items) == ["a.py::u"]
+
+
+def test_a_module_with_a_costly_module_fixture_runs_on_one_worker_and_builds_it_once(tmp_path):
+    """The whole suite depends on it (the README's workspace, the rollout fleet): run with this checkout's conftest
+    hooks on 3 workers, a module-scoped fixture is built once, and the ungrouped tests are spread over workers."""
+    log = tmp_path / "built.log"
+    done = _run_probe(tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert log.read_text().count("built") == 1, log.read_text()
     assert "test_shares_the_module_fixture[0]@test_probe.py" in done.stdout

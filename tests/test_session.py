@@ -58,14 +58,22 @@ def test_without_threads_an_inference_gets_every_usable_core_but_one(
 ):
     """Not the engine's own default (ONNX Runtime: a spinning thread per core), which took 1.7x longer beside one
     busy process on 2 cores (runtime/backends/threads.py)."""
+    import os
+
     from edgecls.runtime.backends import threads
+
+    def os_threads() -> int:
+        return len(os.listdir("/proc/self/task"))
 
     monkeypatch.setattr(threads, "usable_cpus", lambda: cpus)
     path = softmax_model if fmt == "onnx" else tiny_bundle / "model_int8.tflite"
+    before = os_threads()
     backend = ModelSession(path, fmt).backend
     assert backend.threads == expected
     if fmt == "onnx":
         assert backend._session.get_session_options().intra_op_num_threads == expected
+    else:  # what the interpreter really got: XNNPACK starts threads - 1 pool threads when it loads
+        assert os_threads() - before == expected - 1
     assert ModelSession(path, fmt, threads=2).backend.threads == 2  # a caller's or profile's number wins
 
 

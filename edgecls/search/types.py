@@ -78,7 +78,7 @@ class Measurement:
     seconds: float = 0.0  # wall time the measurement took (the device's time that pruning saves)
     started: float = 0.0  # time.time() when the device was taken (its lock held) and when it was let go: two
     ended: float = 0.0  # measurements of one device never overlap, whichever process or host asked
-    threads: int | None = None  # the engine's threads it ran at; None: the engine's default (or not recorded)
+    threads: int | None = None  # the engine's threads it ran at; None: the backend's default (or not recorded)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,12 +1,13 @@
 """How many threads one inference gets in LiteRT and ONNX Runtime when neither the caller nor the device profile
-says: every usable core but one.
+says: every usable core but one, leaving a core to the daemon's own decoding and preparing (a camera device is
+never idle).
 
-A camera device is never idle: the daemon decodes and prepares the next frames beside the model, and other
-services run too. Measured on a 2-core Zen 4 (benchmarks/results/threads.txt, MobileNetV2-224 int8): at rest 2
-threads ran LiteRT 1.76x faster than 1, but beside one CPU-bound process 1 thread was as fast or faster in both
-engines, and ONNX Runtime's default (a spinning thread per core) took 6.2 ms a frame against 3.7 ms at 1 thread
-(11.9 ms at 4). OpenVINO keeps its own default: its scheduler held up under the same load (4.0 ms at 2 threads
-against 4.3 ms at 1).
+The engines' own defaults were a poor fit both ways: LiteRT's is 1 thread whatever the machine; ONNX Runtime's is a
+spinning thread per core, which beside one CPU-bound process took 6.2 ms a frame against 3.7 ms at 1 thread (11.9
+ms at 4; MobileNetV2-224 int8 on a 2-core Zen 4, benchmarks/results/threads.txt). On those 2 cores this gives 1
+thread: beside two busy processes 1 thread was the fastest in every engine, beside one LiteRT's 2 threads were
+faster in 2 rounds of 3 (2.70 against 3.28 ms, spread 65 %). Above 2 cores the choice is not measured. OpenVINO
+keeps its own default: its scheduler held up under the same load (4.0 ms at 2 threads against 4.3 at 1).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class Choice:
 
     artifact: str
     engine: str  # the backend that ran the row (litert, onnxruntime, openvino...): the one to put first
-    threads: int | None  # None: the engine's default
+    threads: int | None  # None: the backend's default (runtime/backends/threads.py)
     p50_ms: float
     row: str  # the bench's row label, e.g. onnx-int8@openvino
     bench: str  # the bench file it came from

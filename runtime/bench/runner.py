@@ -37,7 +37,7 @@ STAGES = ("decode", "preprocess", "invoke", "postprocess", "frame", "total", "ov
 @dataclass
 class BenchOptions:
     artifacts: list | None = None  # names; None: every artifact of the bundle
-    threads: list = field(default_factory=lambda: [1])  # None in the list: the engine's default
+    threads: list = field(default_factory=lambda: [1])  # None in the list: the backend's default
     repeats: int = 3
     runs: int = 200
     frame_runs: int | None = None  # None: as many as `runs`

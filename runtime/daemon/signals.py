@@ -49,8 +49,8 @@ class SignalWatcher:
     def uninstall(self) -> None:
         if self._thread is None:
             return
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        for sig, handler in self._previous.items():  # None: a handler not set from Python; the default did it
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         signal.set_wakeup_fd(self._previous_fd)
         self._closed = True
         try:

@@ -352,12 +352,13 @@ def _signals_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
+    before: dict = {}
+    try:  # set inside the try: a signal arriving between two of them still has the first ones restored
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            before[s] = signal.signal(s, _raise_interrupted)
         yield
     finally:
-        for s, handler in before.items():  # None: a handler not set from Python; the default is what it did
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        _restore(before)
 
 
 @contextmanager
@@ -366,12 +367,20 @@ def _signals_ignored():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
+    before: dict = {}
+    try:  # set inside the try: a SIGTERM raising Interrupted between two of them must not leave SIGINT ignored,
+        # which every process started later would inherit
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            before[s] = signal.signal(s, signal.SIG_IGN)
         yield
     finally:
-        for s, handler in before.items():  # None: a handler not set from Python; the default is what it did
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        _restore(before)
+
+
+def _restore(before: dict) -> None:
+    """Put back the handlers `signal.signal` returned; None (a handler not set from Python) as the default."""
+    for s, handler in before.items():
+        signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 def _interrupted(device, slot: str, pending: dict, switching: bool, service: str, exc: BaseException, locked_at):
