@@ -185,6 +185,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--competing", type=int, default=0, help="CPU-bound Python busy loops running meanwhile")
+    p.add_argument(
+        "--own-session",
+        action="store_true",
+        help="start each busy loop in a session of its own (another service's), not as this one's child",
+    )
     p.add_argument("--sources", type=int, default=1, help="copies of the clip, each a source sharing the model")
     p.add_argument("--fps", type=float, help="pace each source at this rate, newest frame only (default: every frame)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "daemon_throughput"))
@@ -195,7 +200,7 @@ def main() -> None:
     from edgecls.runtime.classifier import Classifier
 
     classifier = Classifier(args.bundle, artifact=args.artifact, threads=args.threads)
-    with tempfile.TemporaryDirectory() as tmp, competing(args.competing):
+    with tempfile.TemporaryDirectory() as tmp, competing(args.competing, own_session=args.own_session):
         clip = write_video(Path(tmp) / "clip.avi")
         video = [clip] * args.sources if args.sources > 1 else clip
         rounds = measure_rounds(classifier, video, args)
@@ -206,6 +211,7 @@ def main() -> None:
         "artifact": args.artifact,
         "threads": args.threads,
         "competing_processes": args.competing,
+        "competing_in_own_session": args.own_session,
         "sources": args.sources,
         "fps_per_source": args.fps,
         "backend": classifier.backend_name,
@@ -220,7 +226,8 @@ def main() -> None:
         f"# daemon throughput vs invoke: {args.bundle} {args.artifact}, {args.threads} inference thread(s), "
         f"{classifier.backend_name}; {args.sources} source(s) of a looping 640x480 MJPG video, "
         f"{f'each paced at {args.fps:g} frames/s (newest frame only)' if args.fps else 'every frame'}; "
-        f"{args.competing} competing CPU-bound process(es)",
+        f"{args.competing} competing CPU-bound process(es)"
+        + (" each in a session of its own" if args.own_session and args.competing else ""),
         f"# {machine}, {time.strftime('%Y-%m-%d')}",
         *(
             f"round {i + 1}: invoke {r['invoke_ms']:.2f} ms -> {1000 / r['invoke_ms']:.0f}/s; "

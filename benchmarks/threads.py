@@ -49,9 +49,14 @@ def pinned(command: list, cpus: str | None) -> list:
 
 
 @contextlib.contextmanager
-def competing(count: int, cpus: str | None = None):
-    """`count` CPU-bound Python busy loops (pinned to `cpus` when given), stopped and reaped on exit."""
-    procs = [subprocess.Popen(pinned([sys.executable, "-c", BUSY_LOOP], cpus)) for _ in range(count)]
+def competing(count: int, cpus: str | None = None, own_session: bool = False):
+    """`count` CPU-bound Python busy loops (pinned to `cpus` when given), stopped and reaped on exit. `own_session`:
+    each in a session of its own, as another service or login would be; with autogroup scheduling the kernel then
+    shares the CPUs between sessions first, and a thread's nice counts only within its own."""
+    procs = [
+        subprocess.Popen(pinned([sys.executable, "-c", BUSY_LOOP], cpus), start_new_session=own_session)
+        for _ in range(count)
+    ]
     try:
         time.sleep(0.5 if procs else 0)  # let the scheduler see them before anything is timed
         yield procs
