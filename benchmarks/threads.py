@@ -38,7 +38,9 @@ BUSY_LOOP = "import signal, sys\nsignal.signal(signal.SIGTERM, lambda *a: sys.ex
 
 def cpu_set(cores: int) -> str | None:
     """The taskset CPU list for `cores` (0..cores-1), or None when taskset or that many CPUs are missing."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from edgecls.runtime.backends.threads import usable_cpus
+
+    usable = usable_cpus()
     if not shutil.which("taskset") or cores > usable:
         return None
     return f"0-{cores - 1}" if cores > 1 else "0"

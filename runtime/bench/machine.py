@@ -139,10 +139,8 @@ def emulation() -> str | None:
 
 def describe() -> dict:
     """The machine this process runs on; `via_ssh` says whether it was started over SSH (a remote bench)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
+    from edgecls.runtime.backends.threads import usable_cpus
+
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -151,7 +149,7 @@ def describe() -> dict:
         "hostname": socket.gethostname(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "cores_usable": usable,
+        "cores_usable": usable_cpus(),
         "arch": platform.machine(),
         "emulated": emulation(),  # timings taken under emulation are labelled, never a real device's
         "cpu_flags": cpu_flags(),
