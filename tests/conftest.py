@@ -266,13 +266,26 @@ def tiny_bundle(tmp_path_factory, tiny_run_dir) -> Path:
     return _session_folder(tmp_path_factory, "bundle", build) / "tiny-bundle"
 
 
+class StraySignal(Exception):
+    """SIGTERM or SIGHUP reached the pytest process itself while no code under test had a handler for it."""
+
+
+def _stray_signal(signum, frame):
+    raise StraySignal(
+        f"{signal.Signals(signum).name} reached the pytest process {os.getpid()} itself while the test had no "
+        "handler for it: a test or the code under test signalled the wrong process (it would have ended this worker)"
+    )
+
+
 @pytest.fixture(autouse=True)
 def _default_signal_dispositions():
-    """Every test starts with SIGINT, SIGTERM and SIGHUP as a fresh Python has them: a disposition left ignored by
-    an earlier test in the same worker is inherited by every process a later test starts, which then never stops on
-    the signal it is sent (four interrupt tests timed out that way in one whole-suite run)."""
+    """Every test starts with SIGINT as a fresh Python has it, SIGTERM and SIGHUP caught: a disposition left
+    ignored by an earlier test in the same worker is inherited by every process a later test starts, which then
+    never stops on the signal it is sent (four interrupt tests timed out that way in one whole-suite run). A
+    handler is not inherited across exec (children get the default), and a stray SIGTERM or SIGHUP fails the test
+    that was running, with its traceback, instead of killing the worker silently (one did in CI, which then hung)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for number in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(number, signal.SIG_DFL)
+            signal.signal(number, _stray_signal)
     yield

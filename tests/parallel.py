@@ -32,6 +32,10 @@ PI_ROOTFS_HINT = "EDGECLS_PI_ROOTFS_CACHE"  # a test elsewhere that reads the Pi
 READS_PI_ROOTFS = pytest.StashKey[bool]()  # set on such tests: they wait for the rootfs (conftest.pi_rootfs_turn)
 CHEAP_MODULE_FIXTURES = {"sshd", "video"}
 MAX_WORKERS = 6  # each worker holds TensorFlow and starts trainings and conversions: ~2-3 GB at its peak
+# pytest-timeout's limit (pyproject's `timeout`, a hung test fails instead of holding CI until it is killed) for the
+# long units: the emulated Pi's rootfs build may take up to BUILD_TIMEOUT_S (45 min) on a fresh machine, and the
+# README's last section waits for it.
+LONG_UNIT_TIMEOUT_S = 75 * 60
 
 
 def workers() -> int:
@@ -85,8 +89,9 @@ def _rank(item, group: str | None) -> tuple:
 
 
 def assign_groups(items: list) -> None:
-    """Mark each item with its xdist group; in a pytest-xdist worker, also order the units by _rank (a group keeps
-    its collection order inside; a plain run keeps collection order throughout)."""
+    """Mark each item with its xdist group (the long units also with a longer timeout); in a pytest-xdist worker,
+    also order the units by _rank (a group keeps its collection order inside; a plain run keeps collection order
+    throughout)."""
     groups = {}
     for item in items:
         if _module(item) != "test_arm64_pi.py" and _reads_pi_rootfs(item):
@@ -94,6 +99,8 @@ def assign_groups(items: list) -> None:
         group = groups[item] = group_of(item)
         if group is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
+        if group in FIRST and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(LONG_UNIT_TIMEOUT_S))
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     unit_rank: dict = {}  # a group's rank is its best item's, so the group stays in one piece and in order

@@ -85,3 +85,91 @@ def test_a_module_with_a_costly_module_fixture_runs_on_one_worker_and_builds_it_
     assert "test_shares_the_module_fixture[0]@test_probe.py" in done.stdout
     workers = {line.split()[0] for line in done.stdout.splitlines() if "PASSED" in line and "test_alone" in line}
     assert len(workers) >= 2, done.stdout[-3000:]
+
+
+def _run_with_this_checkouts_options(tmp_path, source: str) -> subprocess.CompletedProcess:
+    """A probe module run on 2 workers with pyproject.toml's pytest options (addopts, timeout) and conftest's hooks."""
+    probe = tmp_path / "probe"
+    probe.mkdir(exist_ok=True)
+    (probe / "test_probe.py").write_text(source)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir", str(tmp_path)]
+        + ["-p", "tests.conftest", "-p", "no:cacheprovider", "-n", "2", "-v", str(probe)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+_SIGNALS_ITSELF = """
+import os, signal, time
+
+def test_first():
+    time.sleep(0.5)
+
+def test_signals_its_own_worker():
+    os.kill(os.getpid(), signal.SIGHUP)
+    time.sleep(5)
+
+def test_after_it():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+
+def test_last():
+    pass
+"""
+
+
+def test_a_stray_sighup_or_sigterm_fails_the_test_it_reached_and_the_worker_goes_on(tmp_path):
+    """Unhandled, SIGHUP or SIGTERM ends a pytest-xdist worker with no word of why (CI lost a worker that way, then
+    hung): conftest catches both in every test, which fails naming the signal; the workers run the rest."""
+    done = _run_with_this_checkouts_options(tmp_path, _SIGNALS_ITSELF)
+    out = done.stdout
+    assert done.returncode == 1 and "crashed" not in out, out[-3000:]
+    assert "SIGHUP reached the pytest process" in out and "SIGTERM reached the pytest process" in out, out[-3000:]
+    assert "2 failed, 2 passed" in out, out[-3000:]
+
+
+_DIES = """
+import os, signal, time
+
+def test_dies():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def test_slow_neighbour():
+    time.sleep(2)
+"""
+
+
+def test_a_worker_that_dies_ends_the_run_naming_its_test_instead_of_starting_a_replacement(tmp_path):
+    """--max-worker-restart=0: in CI a replacement for a dead worker ran nothing and the run waited for it until
+    CI's limit killed it, with no summary. Now the run ends, and the summary names the test that was running."""
+    done = _run_with_this_checkouts_options(tmp_path, _DIES)
+    out = done.stdout
+    assert done.returncode != 0 and "worker restarting disabled" in out, out[-3000:]
+    assert "FAILED" in out and "test_dies" in out.split("short test summary")[-1], out[-3000:]
+    assert "gw2" not in out  # no replacement worker was started
+
+
+_HANGS = """
+import time
+import pytest
+
+@pytest.mark.timeout(3)
+def test_hangs():
+    time.sleep(120)
+
+def test_quick():
+    pass
+"""
+
+
+def test_a_hung_test_fails_at_its_timeout_with_its_traceback_and_the_run_goes_on(tmp_path):
+    done = _run_with_this_checkouts_options(tmp_path, _HANGS)
+    out = done.stdout
+    assert done.returncode == 1 and "1 failed, 1 passed" in out, out[-3000:]
+    assert "Timeout (>3.0s)" in out, out[-3000:]
+    assert "time.sleep(120)" in out  # where it hung
