@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -64,6 +65,39 @@ def test_a_burst_of_signals_never_freezes_the_daemon_reloads_still_work_and_sigt
                 process.kill()
             process.wait(10)
     assert failures == [], failures
+
+
+def test_sighup_alone_reloads_the_same_path_a_bundle_repaired_in_place_is_then_served(tiny_bundle, tmp_path):
+    """No link moves: only the signal can tell the daemon that the release under `current` was relabelled in place."""
+    release, _ = relabelled(tiny_bundle, tmp_path / "release", "old_")
+    clip = write_test_video(tmp_path / "clip.avi", frames=10)
+    current = tmp_path / "current"
+    os.symlink(release, current)
+    process, url, lines = start_cli_daemon(current, clip)
+    try:
+
+        def labels():
+            status, body = http_get(url + "/latest", timeout=3)
+            result = json.loads(body).get(str(clip)) if status == 200 else None
+            return {t["label"] for t in result["topk"]} if result else set()
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not labels():
+            time.sleep(0.1)
+        assert labels() and all(label.startswith("old_") for label in labels()), labels()
+        shutil.rmtree(release)
+        relabelled(tiny_bundle, release, "new_")  # the same path, other labels
+        time.sleep(1.5)  # the link watcher's polls see nothing move
+        assert all(label.startswith("old_") for label in labels())
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(label.startswith("new_") for label in labels()):
+            time.sleep(0.1)
+        assert labels() and all(label.startswith("new_") for label in labels()), "".join(lines)[-2000:]
+        assert process.poll() is None  # reloaded, still running
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def test_a_script_may_name_the_bundle_and_the_sources_by_keyword(tiny_bundle, tmp_path):
