@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -440,3 +441,42 @@ def test_the_device_refuses_a_manifest_needing_a_feature_its_edgecls_lacks_befor
     error = json.loads(done.stdout.decode().strip().splitlines()[-1])["error"]
     assert "this bundle needs 'hdr-input', which edgecls" in error and "edgecls flash ... --setup" in error, error
     assert not root.exists() or not any(root.iterdir())
+
+
+def test_the_lock_free_plan_never_fails_while_another_flash_moves_its_staged_files_into_releases(bundles, tmp_path):
+    """A flash asks what to send (`plan`, no lock) while another flash commits staging/<slot> into releases/: a file
+    that vanishes between "is it there" and "hash it" is simply not there yet. CI once saw one of two first flashes
+    to a new root fail on it."""
+    import threading
+
+    from edgecls.runtime.install.api import plan
+
+    root = tmp_path / "dev"
+    (root / "releases").mkdir(parents=True)
+    (root / "staging").mkdir()
+    (root / ".edgecls-device").write_text(json.dumps({"format": "edgecls-device/1", "created": 0}))
+    from edgecls.runtime.install.staging import slot_name
+
+    manifest_bytes, artifacts = (bundles["a"] / MANIFEST).read_bytes(), ["tflite-int8"]
+    slot = slot_name(manifest_bytes, artifacts)
+    stage, release = root / "staging" / slot, root / "releases" / slot
+    shutil.copytree(bundles["a"], stage)  # every file staged: plan hashes each while the folder moves
+    stop, errors = threading.Event(), []
+
+    def move_back_and_forth():
+        while not stop.is_set():
+            os.rename(stage, release)
+            os.rename(release, stage)
+
+    mover = threading.Thread(target=move_back_and_forth)
+    mover.start()
+    try:
+        for _ in range(300):
+            try:
+                plan(str(root), manifest_bytes, artifacts)
+            except Exception as exc:  # the defect: FileNotFoundError out of the read-only plan
+                errors.append(repr(exc))
+    finally:
+        stop.set()
+        mover.join()
+    assert errors == [], errors[:3]

@@ -63,13 +63,18 @@ def device_name(name, where: str) -> str:
     return name
 
 
+def _holds(path: Path, digest: str) -> bool:
+    """`path` is a plain file with this sha256. A file gone meanwhile is not held: flash's plan reads without the
+    lock, while another flash may rename staging/<slot> into releases/ (a first flash failed on that once)."""
+    try:
+        return path.is_file() and not path.is_symlink() and sha256_file(path) == digest
+    except FileNotFoundError:
+        return False
+
+
 def verified(folder: Path, files: dict) -> list:
     """Names in `files` that are in `folder` with the right sha256."""
-    return [
-        n
-        for n, digest in files.items()
-        if (folder / n).is_file() and not (folder / n).is_symlink() and sha256_file(folder / n) == digest
-    ]
+    return [n for n, digest in files.items() if _holds(folder / n, digest)]
 
 
 def release_damage(device: DeviceRoot, slot: str) -> list:
@@ -213,15 +218,17 @@ def put_manifest(device: DeviceRoot, slot: str, manifest_bytes: bytes, files: di
 def find_in_releases(device: DeviceRoot, files: dict) -> dict:
     """name -> path of an installed file with that name and sha256 (a new version often keeps the model file)."""
     found = {}
-    releases = [device.current] + (
-        [p for p in device.releases.iterdir() if is_real_dir(p) and SLOT.match(p.name)]
-        if is_real_dir(device.releases)
-        else []
-    )
+    installed = []
+    if is_real_dir(device.releases):  # never through a link
+        try:
+            installed = [p for p in device.releases.iterdir() if is_real_dir(p) and SLOT.match(p.name)]
+        except FileNotFoundError:  # gone meanwhile
+            installed = []
+    releases = [device.current, *installed]
     for release in releases:
         for name in set(files) - set(found):
             path = release / name
-            if path.is_file() and not path.is_symlink() and sha256_file(path) == files[name]:
+            if _holds(path, files[name]):
                 found[name] = path
     return found
 
