@@ -266,11 +266,13 @@ def tiny_bundle(tmp_path_factory, tiny_run_dir) -> Path:
     return _session_folder(tmp_path_factory, "bundle", build) / "tiny-bundle"
 
 
-class StraySignal(Exception):
-    """SIGTERM or SIGHUP reached the pytest process itself while no code under test had a handler for it."""
+class StraySignal(BaseException):
+    """SIGTERM or SIGHUP reached the pytest process itself while no code under test had a handler for it.
+    A BaseException: code under test that catches Exception (a smoke test, a reload) must not swallow it."""
 
 
 def _stray_signal(signum, frame):
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends the process as before (`timeout`, `kill`, CI's cancel)
     raise StraySignal(
         f"{signal.Signals(signum).name} reached the pytest process {os.getpid()} itself while the test had no "
         "handler for it: a test or the code under test signalled the wrong process (it would have ended this worker)"

@@ -461,12 +461,16 @@ def test_the_lock_free_plan_never_fails_while_another_flash_moves_its_staged_fil
     slot = slot_name(manifest_bytes, artifacts)
     stage, release = root / "staging" / slot, root / "releases" / slot
     shutil.copytree(bundles["a"], stage)  # every file staged: plan hashes each while the folder moves
-    stop, errors = threading.Event(), []
+    stop, errors, moves, mover_errors = threading.Event(), [], [0], []
 
     def move_back_and_forth():
-        while not stop.is_set():
-            os.rename(stage, release)
-            os.rename(release, stage)
+        try:
+            while not stop.is_set():
+                os.rename(stage, release)
+                os.rename(release, stage)
+                moves[0] += 1
+        except OSError as exc:
+            mover_errors.append(repr(exc))
 
     mover = threading.Thread(target=move_back_and_forth)
     mover.start()
@@ -479,4 +483,5 @@ def test_the_lock_free_plan_never_fails_while_another_flash_moves_its_staged_fil
     finally:
         stop.set()
         mover.join()
+    assert mover_errors == [] and moves[0] > 100, (mover_errors, moves)  # the folder really moved all along
     assert errors == [], errors[:3]

@@ -150,7 +150,7 @@ def test_a_worker_that_dies_ends_the_run_naming_its_test_instead_of_starting_a_r
     done = _run_with_this_checkouts_options(tmp_path, _DIES)
     out = done.stdout
     assert done.returncode != 0 and "worker restarting disabled" in out, out[-3000:]
-    assert "FAILED" in out and "test_dies" in out.split("short test summary")[-1], out[-3000:]
+    assert "short test summary" in out and "test_dies" in out.split("short test summary")[-1], out[-3000:]
     assert "[gw2]" not in out  # no replacement worker was started (the path of the outer run may hold "gw2")
 
 
@@ -173,3 +173,32 @@ def test_a_hung_test_fails_at_its_timeout_with_its_traceback_and_the_run_goes_on
     assert done.returncode == 1 and "1 failed, 1 passed" in out, out[-3000:]
     assert "Timeout (>3.0s)" in out, out[-3000:]
     assert "time.sleep(120)" in out  # where it hung
+
+
+def test_the_long_units_get_the_long_timeout_and_the_rest_the_ini_one():
+    """pyproject's `timeout` for every test; the README's and the emulated Pi's units, whose rootfs build and flash
+    may take hours on a fresh machine, their own longer one."""
+    from tests.parallel import LONG_UNIT_TIMEOUT_S, assign_groups
+
+    class Item:
+        def __init__(self, fspath):
+            self.fspath, self.stash, self.marks, self.nodeid = fspath, {}, [], fspath + "::t"
+            self.function, self._fixtureinfo = None, None
+
+        def get_closest_marker(self, name):
+            return next((m for m in self.marks if m.name == name), None)
+
+        def add_marker(self, mark):
+            self.marks.append(mark.mark if hasattr(mark, "mark") else mark)
+
+    readme, plain = Item("tests/test_readme.py"), Item("tests/test_other.py")
+    assign_groups([readme, plain])
+    assert readme.get_closest_marker("timeout").args == (LONG_UNIT_TIMEOUT_S,)
+    assert plain.get_closest_marker("timeout") is None  # pyproject's ini value applies
+    assert LONG_UNIT_TIMEOUT_S >= (45 + 60 + 30) * 60  # rootfs build, flash --setup, bench: their own limits
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    ini = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert ini["timeout"] == 1800 and ini["timeout_method"] == "signal" and "--max-worker-restart=0" in ini["addopts"]
